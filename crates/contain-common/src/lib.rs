@@ -1,0 +1,439 @@
+//! The contract between contain's eBPF programs and userspace: map names, the
+//! `#[repr(C)]` keys and values stored in them, and the few pure functions both
+//! sides must compute identically (identity hashes, address encoding).
+//!
+//! `no_std` so the kernel side can use it; the `user` feature adds `aya::Pod`
+//! impls for userspace.
+#![no_std]
+
+/// Bytes of a task's `comm`, including the terminating NUL.
+pub const COMM_LEN: usize = 16;
+/// Bytes of an executable path kept for attribution; longer paths are hashed
+/// in full up to this many bytes (see [`exe_hash`]).
+pub const EXE_PATH_LEN: usize = 256;
+/// Policy ids index the per-policy counter array, so they are bounded.
+pub const MAX_POLICIES: u32 = 4096;
+/// Policy id the kernel reports for a cgroup it has no entry for.
+pub const UNKNOWN_POLICY_ID: u32 = 0;
+
+/// Names of the maps, as pinned under the loader's bpffs directory.
+pub mod map_names {
+    pub const CGROUPS: &str = "CONTAIN_CGROUPS";
+    pub const PROCESSES: &str = "CONTAIN_PROCESSES";
+    pub const DESTS: &str = "CONTAIN_DESTS";
+    pub const PORTS: &str = "CONTAIN_PORTS";
+    pub const CONFIG: &str = "CONTAIN_CONFIG";
+    pub const COUNTERS: &str = "CONTAIN_COUNTERS";
+    pub const STATS: &str = "CONTAIN_STATS";
+    pub const EVENTS: &str = "CONTAIN_EVENTS";
+    pub const SOCKETS: &str = "CONTAIN_SOCKETS";
+    pub const EXECS: &str = "CONTAIN_EXECS";
+    pub const EXE_PATHS: &str = "CONTAIN_EXE_PATHS";
+    pub const INBOUND_PEERS: &str = "CONTAIN_INBOUND";
+    pub const ALL: &[&str] = &[
+        CGROUPS,
+        PROCESSES,
+        DESTS,
+        PORTS,
+        CONFIG,
+        COUNTERS,
+        STATS,
+        EVENTS,
+        SOCKETS,
+        EXECS,
+        EXE_PATHS,
+        INBOUND_PEERS,
+    ];
+}
+
+/// Capacities of the policy maps. They bound what one host can hold; the
+/// loader reports a clear error when a diff would exceed them.
+pub mod capacity {
+    pub const CGROUPS: u32 = 16_384;
+    pub const PROCESSES: u32 = 65_536;
+    pub const DESTS: u32 = 1_048_576;
+    pub const PORTS: u32 = 1_048_576;
+    pub const EXECS: u32 = 65_536;
+    pub const EXE_PATHS: u32 = 16_384;
+    pub const INBOUND_PEERS: u32 = 65_536;
+    pub const EVENTS_BYTES: u32 = 1 << 20;
+}
+
+/// Names of the programs in the object, as the loader attaches them.
+pub mod program_names {
+    pub const SOCK_CREATE: &str = "contain_sock_create";
+    pub const CONNECT4: &str = "contain_connect4";
+    pub const CONNECT6: &str = "contain_connect6";
+    pub const SENDMSG4: &str = "contain_sendmsg4";
+    pub const SENDMSG6: &str = "contain_sendmsg6";
+    pub const EGRESS: &str = "contain_egress";
+    pub const INGRESS: &str = "contain_ingress";
+    pub const EXEC: &str = "contain_exec";
+    pub const FORK: &str = "contain_fork";
+    pub const EXIT: &str = "contain_exit";
+    /// The programs attached to a cgroup, in attach order.
+    pub const CGROUP: &[&str] = &[
+        SOCK_CREATE,
+        CONNECT4,
+        CONNECT6,
+        SENDMSG4,
+        SENDMSG6,
+        EGRESS,
+        INGRESS,
+    ];
+}
+
+/// IP protocol numbers the policy names.
+pub mod proto {
+    /// "Any protocol" in keys.
+    pub const ANY: u8 = 0;
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const ICMPV6: u8 = 58;
+}
+
+/// What the kernel does when no rule allows a flow.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Deny = 0,
+    Allow = 1,
+    /// Let it pass and report what would have been denied.
+    Audit = 2,
+}
+
+impl Verdict {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::Deny),
+            1 => Some(Self::Allow),
+            2 => Some(Self::Audit),
+            _ => None,
+        }
+    }
+}
+
+/// Which program decided, reported in events.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Connect4 = 1,
+    Connect6 = 2,
+    Sendmsg4 = 3,
+    Sendmsg6 = 4,
+    Egress = 5,
+}
+
+impl Hook {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Connect4),
+            2 => Some(Self::Connect6),
+            3 => Some(Self::Sendmsg4),
+            4 => Some(Self::Sendmsg6),
+            5 => Some(Self::Egress),
+            _ => None,
+        }
+    }
+}
+
+/// `CGROUPS` value, keyed by cgroup v2 id (`u64`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CgroupPolicy {
+    pub policy_id: u32,
+    /// `CGROUP_*` flags.
+    pub flags: u32,
+}
+
+/// Report instead of deny: the policy is in audit mode.
+pub const CGROUP_AUDIT: u32 = 1;
+/// A known container no policy selects: contain leaves it alone.
+pub const CGROUP_UNRESTRICTED: u32 = 2;
+
+/// `PROCESSES` key: which process class of a policy a socket's creator
+/// belongs to, by executable path hash or by comm hash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcessKey {
+    pub policy_id: u32,
+    pub kind: u32,
+    pub ident: u64,
+}
+
+pub const PROCESS_BY_EXE: u32 = 1;
+pub const PROCESS_BY_COMM: u32 = 2;
+
+/// `PROCESSES` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcessClass {
+    /// 0 is "any process of the container".
+    pub class: u32,
+    pub _pad: u32,
+}
+
+/// The matched part of a `DESTS` LPM key: every address is stored as IPv6,
+/// IPv4 as `::ffff:a.b.c.d`, so IPv4-mapped IPv6 destinations meet the IPv4
+/// rules by construction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DestKey {
+    pub policy_id: u32,
+    pub class: u32,
+    pub addr: [u8; 16],
+}
+
+/// Bits of a `DestKey` before the address: always matched in full.
+pub const DEST_KEY_FIXED_BITS: u32 = 64;
+
+/// `DESTS` value: the set of (protocol, port) allowances that applies to the
+/// longest matching prefix, with enclosing prefixes' allowances folded in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DestValue {
+    pub ruleset: u32,
+    pub _pad: u32,
+}
+
+/// The matched part of a `PORTS` LPM key. `port` is big-endian so a port
+/// range is a handful of prefixes; for ICMP it holds `type << 8 | code`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortKey {
+    pub ruleset: u32,
+    pub proto: u8,
+    pub port: [u8; 2],
+    pub _pad: u8,
+}
+
+/// Bits of a `PortKey` before the port: always matched in full.
+pub const PORT_KEY_FIXED_BITS: u32 = 40;
+
+/// `PORTS` value: which rule allowed, for attribution and counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortValue {
+    pub rule_id: u32,
+    pub _pad: u32,
+}
+
+/// `CONFIG[0]`: global knobs the loader owns.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Bumped on every applied diff; cached socket verdicts from an older
+    /// generation are re-evaluated.
+    pub generation: u32,
+    /// [`Verdict`] for a cgroup under a managed parent with no entry yet.
+    pub unknown_verdict: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `COUNTERS[policy_id]`, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyCounters {
+    pub allowed: u64,
+    pub denied: u64,
+    pub audited: u64,
+}
+
+/// `STATS` indexes, per CPU.
+pub mod stat {
+    /// Events lost because the ring buffer was full.
+    pub const EVENTS_DROPPED: u32 = 0;
+    /// Packets the egress program could not parse (passed or denied per
+    /// policy, counted here).
+    pub const UNPARSED: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+/// `SOCKETS` (socket storage): who created the socket, and the last verdict
+/// so every later packet of a flow costs one comparison.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockInfo {
+    pub cgroup_id: u64,
+    pub exe_hash: u64,
+    pub tgid: u32,
+    pub uid: u32,
+    pub comm: [u8; COMM_LEN],
+    /// `SOCK_*` flags.
+    pub flags: u32,
+    pub cache_generation: u32,
+    pub cache_addr: [u8; 16],
+    pub cache_port: u16,
+    pub cache_proto: u8,
+    /// `CACHE_*`.
+    pub cache_state: u8,
+    pub _pad: u32,
+}
+
+/// The socket made an outbound connection (connect allowed).
+pub const SOCK_OUTBOUND: u32 = 1;
+pub const CACHE_EMPTY: u8 = 0;
+pub const CACHE_ALLOW: u8 = 1;
+pub const CACHE_DENY: u8 = 2;
+
+/// `EXECS` value, keyed by tgid: the executable the process last exec'd.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecInfo {
+    pub exe_hash: u64,
+}
+
+/// `EXE_PATHS` value, keyed by exe hash: the path, for events.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExePath {
+    pub path: [u8; EXE_PATH_LEN],
+}
+
+/// `INBOUND_PEERS` key: a peer that reached a socket of a filtered cgroup
+/// first; replies to it are not egress to judge (UDP servers).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct InboundKey {
+    pub cgroup_id: u64,
+    pub peer_addr: [u8; 16],
+    pub peer_port: u16,
+    pub local_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// A deny or audit decision, sent through the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub ktime_ns: u64,
+    pub cgroup_id: u64,
+    pub exe_hash: u64,
+    pub tgid: u32,
+    pub uid: u32,
+    pub policy_id: u32,
+    pub rule_id: u32,
+    pub comm: [u8; COMM_LEN],
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    /// 4 or 6 (of the packet or sockaddr, before v4-mapping).
+    pub family: u8,
+    pub proto: u8,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    /// [`Hook`].
+    pub hook: u8,
+    /// [`Verdict`]: `Deny` or `Audit`.
+    pub verdict: u8,
+    pub _pad: [u8; 6],
+}
+
+/// FNV-1a, 64 bit, over bytes up to the first NUL (or `limit`). The kernel
+/// hashes exec'd paths and comms with exactly this; userspace hashes the
+/// policy's strings with it.
+#[inline(always)]
+pub fn fnv1a_start() -> u64 {
+    0xcbf2_9ce4_8422_2325
+}
+
+#[inline(always)]
+pub fn fnv1a_step(hash: u64, byte: u8) -> u64 {
+    (hash ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3)
+}
+
+/// Hash of a NUL-terminated (or full) byte string, as the kernel computes it.
+pub fn identity_hash(bytes: &[u8], limit: usize) -> u64 {
+    let mut hash = fnv1a_start();
+    for &b in bytes.iter().take(limit) {
+        if b == 0 {
+            break;
+        }
+        hash = fnv1a_step(hash, b);
+    }
+    hash
+}
+
+/// Hash of an executable path as exec'd.
+pub fn exe_hash(path: &[u8]) -> u64 {
+    identity_hash(path, EXE_PATH_LEN - 1)
+}
+
+/// Hash of a comm (the kernel truncates comms to 15 bytes).
+pub fn comm_hash(comm: &[u8]) -> u64 {
+    identity_hash(comm, COMM_LEN - 1)
+}
+
+/// An IPv4 address as the 16 key bytes `::ffff:a.b.c.d`.
+#[inline(always)]
+pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
+    ]
+}
+
+/// Prefix length of an IPv4 CIDR in the 128-bit key space.
+pub const V4_MAPPED_PREFIX_BITS: u32 = 96;
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are repr(C), Copy, with explicit padding fields and no
+    // pointers; every bit pattern is valid.
+    unsafe impl aya::Pod for CgroupPolicy {}
+    unsafe impl aya::Pod for ProcessKey {}
+    unsafe impl aya::Pod for ProcessClass {}
+    unsafe impl aya::Pod for DestKey {}
+    unsafe impl aya::Pod for DestValue {}
+    unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for PortValue {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for PolicyCounters {}
+    unsafe impl aya::Pod for ExePath {}
+    unsafe impl aya::Pod for Event {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<CgroupPolicy>(), 8);
+        assert_eq!(size_of::<ProcessKey>(), 16);
+        assert_eq!(size_of::<DestKey>(), 24);
+        assert_eq!(size_of::<PortKey>(), 8);
+        assert_eq!(size_of::<Config>(), 8);
+        assert_eq!(size_of::<SockInfo>(), 8 + 8 + 4 + 4 + 16 + 4 + 4 + 16 + 2 + 1 + 1 + 4);
+        assert_eq!(size_of::<InboundKey>(), 8 + 16 + 2 + 2 + 1 + 3);
+        assert_eq!(size_of::<Event>(), 8 * 3 + 4 * 4 + 16 * 3 + 2 * 2 + 6 + 6);
+    }
+
+    #[test]
+    fn hash_stops_at_nul_and_limit() {
+        assert_eq!(comm_hash(b"curl\0garbage"), comm_hash(b"curl"));
+        assert_ne!(comm_hash(b"curl"), comm_hash(b"curl2"));
+        // The kernel keeps 15 bytes of comm; longer names compare by prefix.
+        assert_eq!(comm_hash(b"0123456789abcdefXYZ"), comm_hash(b"0123456789abcde"));
+        assert_ne!(exe_hash(b"/usr/bin/curl"), exe_hash(b"/tmp/curl"));
+    }
+
+    #[test]
+    fn fnv_matches_reference_vector() {
+        // FNV-1a 64 of "a", from the reference test suite.
+        assert_eq!(identity_hash(b"a", 16), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(identity_hash(b"", 16), fnv1a_start());
+    }
+
+    #[test]
+    fn v4_mapping_is_rfc4291() {
+        assert_eq!(
+            v4_mapped([10, 1, 2, 3]),
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3]
+        );
+    }
+}

@@ -1,0 +1,22 @@
+//! The wire between contain's daemons: tarpc service traits, the serde types
+//! they exchange, where their sockets live, and a Unix-socket transport that
+//! checks each peer's credentials before serving it.
+
+pub mod loader;
+pub mod policyd;
+pub mod resolver;
+pub mod state;
+pub mod transport;
+
+/// Bumped when a service trait or a shared type changes incompatibly.
+pub const API_VERSION: u32 = 1;
+
+/// Where the daemons listen by default.
+pub mod paths {
+    pub const RUN_DIR: &str = "/run/contain";
+    pub const LOADER_SOCKET: &str = "/run/contain/loader.sock";
+    pub const RESOLVER_SOCKET: &str = "/run/contain/resolver.sock";
+    pub const POLICYD_SOCKET: &str = "/run/contain/policyd.sock";
+    /// Group allowed on the policyd socket (and resolver socket).
+    pub const GROUP: &str = "contain";
+}

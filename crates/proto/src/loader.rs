@@ -1,0 +1,131 @@
+//! The bpf-loader service: programs, links, maps and cgroups, nothing about
+//! containers or policy syntax. Root only.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::{KernelState, MapDiff, Verdict};
+
+#[tarpc::service]
+pub trait Loader {
+    /// API version and what the loader runs.
+    async fn version() -> LoaderInfo;
+    /// Attaches contain's programs to a cgroup v2 directory (absolute, or
+    /// relative to the cgroup2 mount) with `BPF_F_ALLOW_MULTI`, so every
+    /// cgroup below it is covered from its first process.
+    async fn attach(cgroup: String) -> Result<Attachment, LoaderError>;
+    /// Detaches contain's programs from a cgroup it attached to.
+    async fn detach(cgroup: String) -> Result<(), LoaderError>;
+    /// The cgroups the programs are attached to.
+    async fn attachments() -> Vec<Attachment>;
+    /// Applies a diff to the policy maps, all or nothing, if the loader is
+    /// still at `diff.from_generation`. Returns the new generation.
+    async fn apply(diff: MapDiff) -> Result<u64, LoaderError>;
+    /// The policy maps as they are, with their generation.
+    async fn state() -> Result<StateSnapshot, LoaderError>;
+    /// Per-policy and global counters.
+    async fn counters() -> Result<Counters, LoaderError>;
+    /// Events with a sequence number above `after`, at most `max`, waiting
+    /// up to `wait_ms` for the first one (long poll).
+    async fn events(after: u64, max: u32, wait_ms: u32) -> EventBatch;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoaderInfo {
+    pub api_version: u32,
+    pub version: String,
+    /// Where maps, programs and links are pinned.
+    pub pin_dir: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// Absolute path of the cgroup directory.
+    pub cgroup: String,
+    pub cgroup_id: u64,
+    pub programs: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateSnapshot {
+    pub generation: u64,
+    pub state: KernelState,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyCounters {
+    pub policy_id: u32,
+    pub allowed: u64,
+    pub denied: u64,
+    pub audited: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Policies with any non-zero counter.
+    pub policies: Vec<PolicyCounters>,
+    /// Events the kernel could not queue because the ring buffer was full.
+    pub events_dropped_kernel: u64,
+    /// Events dropped by the loader because no client read them in time.
+    pub events_dropped_loader: u64,
+}
+
+/// Which hook decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hook {
+    Connect4,
+    Connect6,
+    Sendmsg4,
+    Sendmsg6,
+    Egress,
+}
+
+/// A deny or audit decision, attributed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    /// Wall-clock time, nanoseconds since the Unix epoch.
+    pub time_ns: u64,
+    pub verdict: Verdict,
+    pub hook: Hook,
+    pub cgroup_id: u64,
+    pub policy_id: u32,
+    pub rule_id: u32,
+    pub tgid: u32,
+    pub uid: u32,
+    pub comm: String,
+    /// The executable as exec'd, when the kernel saw the exec.
+    pub exe: Option<String>,
+    pub proto: u8,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub icmp_type: Option<u8>,
+    pub icmp_code: Option<u8>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventBatch {
+    pub events: Vec<Event>,
+    /// Events older than the loader's buffer that this client missed.
+    pub missed: u64,
+    /// The highest sequence number the loader has issued.
+    pub last_seq: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum LoaderError {
+    #[error("generation mismatch: the diff was computed against generation {expected}, the loader is at {actual}; fetch the state and diff again")]
+    GenerationMismatch { expected: u64, actual: u64 },
+    #[error("cgroup {path}: {reason}")]
+    Cgroup { path: String, reason: String },
+    #[error("map {map}: {reason}; nothing was changed")]
+    Map { map: String, reason: String },
+    #[error("invalid diff: {0}; nothing was changed")]
+    InvalidDiff(String),
+    #[error("{0}")]
+    Internal(String),
+}

@@ -1,0 +1,1 @@
+//! The policyd service: reloads, status, explain and events for the CLI.

@@ -1,0 +1,1 @@
+//! The resolver service: the live container inventory.

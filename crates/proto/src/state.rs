@@ -1,0 +1,321 @@
+//! The kernel state contain manages, as plain data: what policyd wants the
+//! loader's maps to hold, what the loader says they hold, and the diff
+//! between the two. Pure: no I/O, no BPF.
+
+use std::{collections::BTreeMap, fmt};
+
+use serde::{Deserialize, Serialize};
+
+/// What the kernel does with traffic no rule allows (or a cgroup it does not
+/// know yet).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    #[default]
+    Deny,
+    Allow,
+    Audit,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Deny => "deny",
+            Verdict::Allow => "allow",
+            Verdict::Audit => "audit",
+        })
+    }
+}
+
+/// How a cgroup is treated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CgroupEntry {
+    pub policy_id: u32,
+    /// Report what would be denied, deny nothing.
+    pub audit: bool,
+    /// Known, but selected by no policy: leave it alone.
+    pub unrestricted: bool,
+}
+
+/// How a process is recognised inside a policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessMatch {
+    /// FNV-1a of the executable path as exec'd (`contain_common::exe_hash`).
+    Exe(u64),
+    /// FNV-1a of the comm (`contain_common::comm_hash`).
+    Comm(u64),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ProcessKey {
+    pub policy_id: u32,
+    pub process: ProcessMatch,
+}
+
+/// A destination prefix of one (policy, process class). Addresses are 16
+/// bytes; IPv4 is `::ffff:a.b.c.d` with `prefix_len` 96 + the IPv4 length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DestKey {
+    pub policy_id: u32,
+    pub class: u32,
+    pub addr: [u8; 16],
+    pub prefix_len: u8,
+}
+
+/// A (protocol, port prefix) allowance of one ruleset. `port` holds
+/// `type << 8 | code` for ICMP; `port_bits` is how many leading bits of it
+/// must match (0 = any port / any type).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PortKey {
+    pub ruleset: u32,
+    pub proto: u8,
+    pub port: u16,
+    pub port_bits: u8,
+}
+
+/// One map entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "map")]
+pub enum Entry {
+    Cgroup { id: u64, value: CgroupEntry },
+    Process { key: ProcessKey, class: u32 },
+    Dest { key: DestKey, ruleset: u32 },
+    Port { key: PortKey, rule_id: u32 },
+}
+
+/// The key of one map entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "map")]
+pub enum EntryKey {
+    Cgroup { id: u64 },
+    Process { key: ProcessKey },
+    Dest { key: DestKey },
+    Port { key: PortKey },
+}
+
+impl Entry {
+    pub fn key(&self) -> EntryKey {
+        match *self {
+            Entry::Cgroup { id, .. } => EntryKey::Cgroup { id },
+            Entry::Process { key, .. } => EntryKey::Process { key },
+            Entry::Dest { key, .. } => EntryKey::Dest { key },
+            Entry::Port { key, .. } => EntryKey::Port { key },
+        }
+    }
+}
+
+/// One change to one map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "op")]
+pub enum MapOp {
+    Upsert { entry: Entry },
+    Delete { key: EntryKey },
+}
+
+/// Everything the policy maps hold, plus the global unknown-cgroup verdict.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelState {
+    pub unknown_verdict: Verdict,
+    #[serde(with = "as_pairs")]
+    pub cgroups: BTreeMap<u64, CgroupEntry>,
+    #[serde(with = "as_pairs")]
+    pub processes: BTreeMap<ProcessKey, u32>,
+    #[serde(with = "as_pairs")]
+    pub dests: BTreeMap<DestKey, u32>,
+    #[serde(with = "as_pairs")]
+    pub ports: BTreeMap<PortKey, u32>,
+}
+
+/// A transactional change: applied only if the loader is still at
+/// `from_generation`, all or nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapDiff {
+    pub from_generation: u64,
+    /// New global verdict for unknown cgroups, if it changes.
+    pub unknown_verdict: Option<Verdict>,
+    pub ops: Vec<MapOp>,
+}
+
+impl MapDiff {
+    pub fn is_empty(&self) -> bool {
+        self.unknown_verdict.is_none() && self.ops.is_empty()
+    }
+}
+
+impl KernelState {
+    pub fn entry_count(&self) -> usize {
+        self.cgroups.len() + self.processes.len() + self.dests.len() + self.ports.len()
+    }
+
+    pub fn get(&self, key: &EntryKey) -> Option<Entry> {
+        match *key {
+            EntryKey::Cgroup { id } => self.cgroups.get(&id).map(|&value| Entry::Cgroup { id, value }),
+            EntryKey::Process { key } => self.processes.get(&key).map(|&class| Entry::Process { key, class }),
+            EntryKey::Dest { key } => self.dests.get(&key).map(|&ruleset| Entry::Dest { key, ruleset }),
+            EntryKey::Port { key } => self.ports.get(&key).map(|&rule_id| Entry::Port { key, rule_id }),
+        }
+    }
+
+    pub fn upsert(&mut self, entry: Entry) {
+        match entry {
+            Entry::Cgroup { id, value } => {
+                self.cgroups.insert(id, value);
+            }
+            Entry::Process { key, class } => {
+                self.processes.insert(key, class);
+            }
+            Entry::Dest { key, ruleset } => {
+                self.dests.insert(key, ruleset);
+            }
+            Entry::Port { key, rule_id } => {
+                self.ports.insert(key, rule_id);
+            }
+        }
+    }
+
+    pub fn remove(&mut self, key: &EntryKey) -> Option<Entry> {
+        let old = self.get(key);
+        match *key {
+            EntryKey::Cgroup { id } => {
+                self.cgroups.remove(&id);
+            }
+            EntryKey::Process { key } => {
+                self.processes.remove(&key);
+            }
+            EntryKey::Dest { key } => {
+                self.dests.remove(&key);
+            }
+            EntryKey::Port { key } => {
+                self.ports.remove(&key);
+            }
+        }
+        old
+    }
+
+    /// Applies `ops` in order.
+    pub fn apply_ops(&mut self, ops: &[MapOp]) {
+        for op in ops {
+            match op {
+                MapOp::Upsert { entry } => self.upsert(*entry),
+                MapOp::Delete { key } => {
+                    self.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Every entry, in map order.
+    pub fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
+        let cgroups = self.cgroups.iter().map(|(&id, &value)| Entry::Cgroup { id, value });
+        let processes = self.processes.iter().map(|(&key, &class)| Entry::Process { key, class });
+        let dests = self.dests.iter().map(|(&key, &ruleset)| Entry::Dest { key, ruleset });
+        let ports = self.ports.iter().map(|(&key, &rule_id)| Entry::Port { key, rule_id });
+        cgroups.chain(processes).chain(dests).chain(ports)
+    }
+}
+
+/// The order in which a diff's operations reach the kernel, so that a packet
+/// racing the update never sees a rule whose target is missing: first the
+/// rule tables a new policy points to, then the cgroup pointers, and only
+/// then the removal of what nothing points to any more.
+pub fn apply_order(op: &MapOp) -> u8 {
+    match op {
+        MapOp::Upsert { entry: Entry::Port { .. } } => 0,
+        MapOp::Upsert { entry: Entry::Dest { .. } } => 1,
+        MapOp::Upsert { entry: Entry::Process { .. } } => 2,
+        MapOp::Upsert { entry: Entry::Cgroup { .. } } => 3,
+        MapOp::Delete { key: EntryKey::Cgroup { .. } } => 4,
+        MapOp::Delete { key: EntryKey::Process { .. } } => 5,
+        MapOp::Delete { key: EntryKey::Dest { .. } } => 6,
+        MapOp::Delete { key: EntryKey::Port { .. } } => 7,
+    }
+}
+
+/// Serialises a map with non-string keys as a list of pairs (JSON objects
+/// need string keys).
+mod as_pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        map: &BTreeMap<K, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        let pairs: Vec<(K, V)> = Vec::deserialize(d)?;
+        Ok(pairs.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> KernelState {
+        let mut s = KernelState::default();
+        s.upsert(Entry::Cgroup {
+            id: 42,
+            value: CgroupEntry { policy_id: 1, audit: false, unrestricted: false },
+        });
+        s.upsert(Entry::Dest {
+            key: DestKey { policy_id: 1, class: 0, addr: [0; 16], prefix_len: 0 },
+            ruleset: 7,
+        });
+        s.upsert(Entry::Port {
+            key: PortKey { ruleset: 7, proto: 6, port: 443, port_bits: 16 },
+            rule_id: 3,
+        });
+        s
+    }
+
+    #[test]
+    fn state_round_trips_through_json() {
+        let s = sample();
+        let json = serde_json_roundtrip(&s);
+        assert_eq!(json, s);
+    }
+
+    fn serde_json_roundtrip(s: &KernelState) -> KernelState {
+        let text = serde_json::to_string(s).expect("serialise");
+        serde_json::from_str(&text).expect("deserialise")
+    }
+
+    #[test]
+    fn upsert_then_delete_restores() {
+        let mut s = sample();
+        let before = s.clone();
+        let key = EntryKey::Cgroup { id: 9 };
+        s.apply_ops(&[MapOp::Upsert {
+            entry: Entry::Cgroup {
+                id: 9,
+                value: CgroupEntry { policy_id: 2, audit: true, unrestricted: false },
+            },
+        }]);
+        assert!(s.get(&key).is_some());
+        s.apply_ops(&[MapOp::Delete { key }]);
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn apply_order_puts_targets_before_pointers() {
+        let port = MapOp::Upsert { entry: sample().entries().last().unwrap() };
+        let cg = MapOp::Upsert { entry: sample().entries().next().unwrap() };
+        let del_port = MapOp::Delete { key: port_key() };
+        assert!(apply_order(&port) < apply_order(&cg));
+        assert!(apply_order(&cg) < apply_order(&del_port));
+    }
+
+    fn port_key() -> EntryKey {
+        EntryKey::Port { key: PortKey { ruleset: 7, proto: 6, port: 443, port_bits: 16 } }
+    }
+}
