@@ -1,1 +1,143 @@
-fn main(){}
+//! `bpf-loader`: the root-only daemon that owns contain's kernel objects.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{bail, Context as _};
+use aya::maps::{MapData, RingBuf};
+use bpf_loader::{
+    events::{self, EventLog},
+    kernel::Kernel,
+    service::LoaderServer,
+};
+use clap::Parser;
+use futures::StreamExt as _;
+use proto::{
+    loader::Loader as _,
+    transport::{accept_loop, bind, framed, spawn_request, PeerPolicy},
+};
+use tarpc::server::{BaseChannel, Channel as _};
+use tokio::io::unix::AsyncFd;
+
+#[derive(Parser, Debug)]
+#[command(name = "bpf-loader", version, about = "contain's BPF loader: programs, links, maps, events (root only)")]
+struct Args {
+    /// Unix socket to serve on (mode 0600, root peers only).
+    #[arg(long, default_value = proto::paths::LOADER_SOCKET)]
+    socket: PathBuf,
+    /// bpffs directory for contain's pins; its parent must be (or become) a bpffs mount.
+    #[arg(long, default_value = "/sys/fs/bpf/contain")]
+    pin_dir: PathBuf,
+    /// Cgroup to attach to with BPF_F_ALLOW_MULTI (absolute, or relative to
+    /// the cgroup2 mount); created if missing. Repeatable.
+    #[arg(long = "attach-parent")]
+    attach_parents: Vec<String>,
+    /// Log format: json (one object per line, for journald/Loki) or text.
+    #[arg(long, default_value = "json")]
+    log_format: String,
+}
+
+fn init_tracing(format: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        "json" => builder.json().flatten_event(true).init(),
+        "text" => builder.init(),
+        other => bail!("--log-format {other}: expected json or text"),
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(&args.log_format)?;
+    if !nix::unistd::geteuid().is_root() {
+        bail!("bpf-loader must run as root (it loads BPF programs and attaches them to cgroups)");
+    }
+
+    let (mut kernel, ring) = Kernel::load(&args.pin_dir).context("loading contain's eBPF object")?;
+    kernel.attach_tracepoints().context("attaching the exec/fork/exit tracepoints")?;
+    for adopted in kernel.adopt().context("adopting the links of a previous loader")? {
+        tracing::info!(cgroup = %adopted.cgroup, cgroup_id = adopted.cgroup_id, "re-attached to cgroup");
+    }
+    for parent in &args.attach_parents {
+        let cgroup_root = bpf_loader::fs::cgroup2_mount()?;
+        let path = bpf_loader::fs::resolve_cgroup(&cgroup_root, parent)?;
+        std::fs::create_dir_all(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
+        let attachment = kernel.attach(parent).with_context(|| format!("attaching to cgroup {parent}"))?;
+        tracing::info!(cgroup = %attachment.cgroup, cgroup_id = attachment.cgroup_id, "attached to cgroup");
+    }
+    tracing::info!(
+        generation = kernel.generation(),
+        entries = kernel.state().entry_count(),
+        pin_dir = %kernel.pin_dir().display(),
+        "bpf-loader ready"
+    );
+
+    let kernel = Arc::new(Mutex::new(kernel));
+    let event_log = EventLog::new();
+    tokio::spawn(drain_events(ring, kernel.clone(), event_log.clone()));
+
+    let listener = bind(&args.socket, 0o600, None).with_context(|| format!("binding {}", args.socket.display()))?;
+    let server = LoaderServer { kernel, events: event_log };
+    let serve = accept_loop(listener, PeerPolicy::RootOnly, move |stream, _peer| {
+        let channel = BaseChannel::with_defaults(framed(stream));
+        tokio::spawn(channel.execute(server.clone().serve()).for_each(spawn_request));
+    });
+    tokio::select! {
+        result = serve => result.context("serving the loader socket")?,
+        _ = shutdown_signal() => tracing::info!("shutting down; programs and maps stay pinned and enforcing"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Moves events from the kernel ring buffer to the log and the buffer.
+async fn drain_events(ring: RingBuf<MapData>, kernel: Arc<Mutex<Kernel>>, log: Arc<EventLog>) {
+    // SAFETY: the ring buffer owns its map fd, which stays open and valid
+    // for as long as the AsyncFd (which owns the ring buffer) lives.
+    let registered = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) };
+    let mut ring = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot poll the event ring buffer; events will not be reported");
+            return;
+        }
+    };
+    let offset = events::monotonic_to_wall_offset_ns();
+    loop {
+        let mut guard = match ring.readable_mut().await {
+            Ok(guard) => guard,
+            Err(e) => {
+                tracing::error!(error = %e, "event ring buffer failed; events will not be reported");
+                return;
+            }
+        };
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            let decoded = {
+                let kernel = kernel.lock().unwrap_or_else(|p| p.into_inner());
+                events::decode(&item, offset, |hash| kernel.exe_path(hash))
+            };
+            match decoded {
+                Some(event) => events::log(&log.push(event)),
+                None => tracing::warn!(len = item.len(), "skipping an undecodable event record"),
+            }
+        }
+        guard.clear_ready();
+    }
+}

@@ -276,6 +276,7 @@ pub const SOCK_OUTBOUND: u32 = 1;
 pub const CACHE_EMPTY: u8 = 0;
 pub const CACHE_ALLOW: u8 = 1;
 pub const CACHE_DENY: u8 = 2;
+pub const CACHE_AUDIT: u8 = 3;
 
 /// `EXECS` value, keyed by tgid: the executable the process last exec'd.
 #[repr(C)]

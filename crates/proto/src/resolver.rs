@@ -1,1 +1,222 @@
 //! The resolver service: the live container inventory.
+//!
+//! Every change to the inventory (a container appearing, changing or
+//! vanishing) gets its own generation number. A client keeps the generation
+//! of the last snapshot or change it applied and asks [`Resolver::watch`] for
+//! what came after it, so it never misses a change; when the resolver no
+//! longer holds that far back (or restarted), the reply is a full
+//! [`WatchReply::Resync`] snapshot instead.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[tarpc::service]
+pub trait Resolver {
+    /// API version, what the resolver runs and how its sources are doing.
+    async fn status() -> ResolverStatus;
+    /// The whole inventory, with the generation it is at.
+    async fn list() -> Snapshot;
+    /// The container whose cgroup v2 id (the inode of its cgroup directory)
+    /// is `cgroup_id`.
+    async fn by_cgroup_id(cgroup_id: u64) -> Option<Container>;
+    /// The containers whose network namespace holds the peer of the host
+    /// interface `ifindex` (several when containers share a namespace, as in
+    /// a pod or with `--network container:X`).
+    async fn by_ifindex(ifindex: u32) -> Vec<Container>;
+    /// The containers called `name` (Docker name, or containerd id/name), in
+    /// any runtime or namespace.
+    async fn by_name(name: String) -> Vec<Container>;
+    /// The changes after generation `after_generation`, waiting up to
+    /// `wait_ms` (capped at [`MAX_WATCH_WAIT_MS`]) for the first one (long
+    /// poll). An empty `Changes` means nothing happened in that time.
+    async fn watch(after_generation: u64, wait_ms: u32) -> WatchReply;
+}
+
+/// Longest a `watch` call waits before answering with no changes; keep a
+/// client's deadline above it.
+pub const MAX_WATCH_WAIT_MS: u32 = 30_000;
+
+/// Which runtime runs a container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// Docker (containerd namespace `moby`); name and labels are Docker's.
+    Docker,
+    /// Plain containerd, including Kubernetes' CRI (namespace `k8s.io`).
+    Containerd,
+}
+
+impl Runtime {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Runtime::Docker => "docker",
+            Runtime::Containerd => "containerd",
+        }
+    }
+}
+
+impl std::fmt::Display for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A host-side interface whose peer lives in a container's network
+/// namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct HostVeth {
+    /// Interface index in the host (the resolver's) network namespace.
+    pub ifindex: u32,
+    pub name: String,
+    /// The peer's interface index inside the container's namespace.
+    pub peer_ifindex: u32,
+}
+
+/// One running container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    /// Runtime id (Docker's 64-hex id, or the containerd container id).
+    pub id: String,
+    /// Docker's name (without the leading `/`); for containerd the
+    /// `nerdctl/name` label, else `<pod>/<container>` for a Kubernetes
+    /// container, else the id.
+    pub name: String,
+    pub runtime: Runtime,
+    /// containerd namespace (`moby` for Docker).
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    /// Image reference as the user gave it (empty if unknown).
+    pub image: String,
+    /// The container's processes (its cgroup and the cgroups below it), as
+    /// of the last resolution; the first is the init process.
+    pub pids: Vec<u32>,
+    /// cgroup v2 path relative to the cgroup2 mount, as in
+    /// `/proc/<pid>/cgroup` (`0::<path>`); empty if the process is in no v2
+    /// cgroup of its own.
+    pub cgroup_path: String,
+    /// Inode of the cgroup v2 directory (what `bpf_get_current_cgroup_id`
+    /// and `bpf_skb_cgroup_id` return); 0 if unknown.
+    pub cgroup_id: u64,
+    /// Inode of the network namespace (`/proc/<pid>/ns/net`); 0 if unknown.
+    pub netns_inode: u64,
+    /// Host interfaces whose peer is in this container's network namespace.
+    pub host_veths: Vec<HostVeth>,
+    /// The container shares the host's (the resolver's) network namespace.
+    pub host_network: bool,
+}
+
+impl Container {
+    /// `namespace/id`: unique across the inventory.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.id)
+    }
+}
+
+/// The whole inventory at one generation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Identifies one run of the resolver; a new value means it restarted.
+    pub instance: u64,
+    pub generation: u64,
+    /// Sorted by [`Container::key`].
+    pub containers: Vec<Container>,
+}
+
+/// What happened to one container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum ChangeKind {
+    Added { container: Container },
+    Updated { container: Container },
+    Removed { namespace: String, id: String, cgroup_id: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// The generation this change created.
+    pub generation: u64,
+    #[serde(flatten)]
+    pub kind: ChangeKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "reply")]
+pub enum WatchReply {
+    /// Every change after the requested generation, in order, up to
+    /// `generation` (the current one).
+    Changes { instance: u64, generation: u64, changes: Vec<Change> },
+    /// The requested generation is older than what the resolver keeps, or
+    /// from another run of it: replace everything with this snapshot and
+    /// watch from its generation.
+    Resync { snapshot: Snapshot, reason: String },
+}
+
+/// Health of one source of information (containerd, rtnetlink, Docker).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceStatus {
+    pub name: String,
+    pub connected: bool,
+    /// Last error, if the source is not connected or had trouble.
+    pub last_error: Option<String>,
+    /// Full resynchronisations done (start, reconnects, gaps).
+    pub resyncs: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolverStatus {
+    pub api_version: u32,
+    pub version: String,
+    pub instance: u64,
+    pub generation: u64,
+    pub containers: u32,
+    /// The cgroup2 mount the cgroup paths are relative to.
+    pub cgroup_root: String,
+    pub sources: Vec<SourceStatus>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Container {
+        Container {
+            id: "abc".into(),
+            name: "curler".into(),
+            runtime: Runtime::Docker,
+            namespace: "moby".into(),
+            labels: BTreeMap::from([("egress".into(), "block".into())]),
+            image: "curlimages/curl:8".into(),
+            pids: vec![42, 43],
+            cgroup_path: "/system.slice/docker-abc.scope".into(),
+            cgroup_id: 1234,
+            netns_inode: 4026532181,
+            host_veths: vec![HostVeth { ifindex: 7, name: "veth1".into(), peer_ifindex: 2 }],
+            host_network: false,
+        }
+    }
+
+    #[test]
+    fn runtime_serialises_as_lowercase_string() {
+        assert_eq!(serde_json::to_string(&Runtime::Docker).unwrap(), "\"docker\"");
+        assert_eq!(serde_json::to_string(&Runtime::Containerd).unwrap(), "\"containerd\"");
+    }
+
+    #[test]
+    fn watch_reply_round_trips() {
+        let reply = WatchReply::Changes {
+            instance: 1,
+            generation: 3,
+            changes: vec![
+                Change { generation: 2, kind: ChangeKind::Added { container: sample() } },
+                Change {
+                    generation: 3,
+                    kind: ChangeKind::Removed { namespace: "moby".into(), id: "abc".into(), cgroup_id: 1234 },
+                },
+            ],
+        };
+        let text = serde_json::to_string(&reply).unwrap();
+        assert_eq!(serde_json::from_str::<WatchReply>(&text).unwrap(), reply);
+        assert_eq!(sample().key(), "moby/abc");
+    }
+}

@@ -1,0 +1,208 @@
+//! Between proto's plain state types and the kernel's `#[repr(C)]` keys and
+//! values. Pure, so the byte layout the kernel matches on is unit-tested.
+
+use aya::maps::lpm_trie::Key;
+use contain_common as kern;
+use proto::state::{CgroupEntry, DestKey, PortKey, ProcessKey, ProcessMatch, Verdict};
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum EncodeError {
+    #[error("policy id {0} is out of range (1..{max})", max = kern::MAX_POLICIES)]
+    PolicyId(u32),
+    #[error("prefix length {0} is longer than 128 bits")]
+    PrefixLen(u8),
+    #[error("port prefix of {0} bits is longer than 16")]
+    PortBits(u8),
+    #[error("address has bits set beyond its /{0} prefix; send the network address")]
+    NotCanonical(u8),
+    #[error("port {port:#06x} has bits set beyond its {bits}-bit prefix")]
+    PortNotCanonical { port: u16, bits: u8 },
+    #[error("unknown process kind {0} in the kernel map")]
+    ProcessKind(u32),
+}
+
+fn check_policy(policy_id: u32) -> Result<(), EncodeError> {
+    if policy_id == kern::UNKNOWN_POLICY_ID || policy_id >= kern::MAX_POLICIES {
+        return Err(EncodeError::PolicyId(policy_id));
+    }
+    Ok(())
+}
+
+pub fn cgroup_value(v: &CgroupEntry) -> Result<kern::CgroupPolicy, EncodeError> {
+    check_policy(v.policy_id)?;
+    let mut flags = 0;
+    if v.audit {
+        flags |= kern::CGROUP_AUDIT;
+    }
+    if v.unrestricted {
+        flags |= kern::CGROUP_UNRESTRICTED;
+    }
+    Ok(kern::CgroupPolicy { policy_id: v.policy_id, flags })
+}
+
+pub fn cgroup_entry(v: &kern::CgroupPolicy) -> CgroupEntry {
+    CgroupEntry {
+        policy_id: v.policy_id,
+        audit: v.flags & kern::CGROUP_AUDIT != 0,
+        unrestricted: v.flags & kern::CGROUP_UNRESTRICTED != 0,
+    }
+}
+
+pub fn process_key(k: &ProcessKey) -> Result<kern::ProcessKey, EncodeError> {
+    check_policy(k.policy_id)?;
+    let (kind, ident) = match k.process {
+        ProcessMatch::Exe(h) => (kern::PROCESS_BY_EXE, h),
+        ProcessMatch::Comm(h) => (kern::PROCESS_BY_COMM, h),
+    };
+    Ok(kern::ProcessKey { policy_id: k.policy_id, kind, ident })
+}
+
+pub fn process_key_back(k: &kern::ProcessKey) -> Result<ProcessKey, EncodeError> {
+    let process = match k.kind {
+        kern::PROCESS_BY_EXE => ProcessMatch::Exe(k.ident),
+        kern::PROCESS_BY_COMM => ProcessMatch::Comm(k.ident),
+        other => return Err(EncodeError::ProcessKind(other)),
+    };
+    Ok(ProcessKey { policy_id: k.policy_id, process })
+}
+
+/// Zero the bits of `bytes` past the first `bits`.
+fn masked<const N: usize>(bytes: [u8; N], bits: usize) -> [u8; N] {
+    let mut out = bytes;
+    for (i, b) in out.iter_mut().enumerate() {
+        let start = i * 8;
+        if start >= bits {
+            *b = 0;
+        } else if start + 8 > bits {
+            *b &= 0xffu8 << (8 - (bits - start));
+        }
+    }
+    out
+}
+
+pub fn dest_key(k: &DestKey) -> Result<Key<kern::DestKey>, EncodeError> {
+    check_policy(k.policy_id)?;
+    if k.prefix_len > 128 {
+        return Err(EncodeError::PrefixLen(k.prefix_len));
+    }
+    // The kernel's trie treats keys equal on their prefix as one entry;
+    // only canonical keys keep this side's view identical to the kernel's.
+    if masked(k.addr, k.prefix_len as usize) != k.addr {
+        return Err(EncodeError::NotCanonical(k.prefix_len));
+    }
+    Ok(Key::new(
+        kern::DEST_KEY_FIXED_BITS + k.prefix_len as u32,
+        kern::DestKey { policy_id: k.policy_id, class: k.class, addr: k.addr },
+    ))
+}
+
+pub fn dest_key_back(k: &Key<kern::DestKey>) -> DestKey {
+    let data = k.data();
+    DestKey {
+        policy_id: data.policy_id,
+        class: data.class,
+        addr: data.addr,
+        prefix_len: k.prefix_len().saturating_sub(kern::DEST_KEY_FIXED_BITS) as u8,
+    }
+}
+
+pub fn port_key(k: &PortKey) -> Result<Key<kern::PortKey>, EncodeError> {
+    if k.port_bits > 16 {
+        return Err(EncodeError::PortBits(k.port_bits));
+    }
+    let port = k.port.to_be_bytes();
+    if masked(port, k.port_bits as usize) != port {
+        return Err(EncodeError::PortNotCanonical { port: k.port, bits: k.port_bits });
+    }
+    Ok(Key::new(
+        kern::PORT_KEY_FIXED_BITS + k.port_bits as u32,
+        kern::PortKey { ruleset: k.ruleset, proto: k.proto, port, _pad: 0 },
+    ))
+}
+
+pub fn port_key_back(k: &Key<kern::PortKey>) -> PortKey {
+    let data = k.data();
+    PortKey {
+        ruleset: data.ruleset,
+        proto: data.proto,
+        port: u16::from_be_bytes(data.port),
+        port_bits: k.prefix_len().saturating_sub(kern::PORT_KEY_FIXED_BITS) as u8,
+    }
+}
+
+pub fn verdict(v: Verdict) -> kern::Verdict {
+    match v {
+        Verdict::Deny => kern::Verdict::Deny,
+        Verdict::Allow => kern::Verdict::Allow,
+        Verdict::Audit => kern::Verdict::Audit,
+    }
+}
+
+pub fn verdict_back(v: u8) -> Verdict {
+    match kern::Verdict::from_u8(v) {
+        Some(kern::Verdict::Allow) => Verdict::Allow,
+        Some(kern::Verdict::Audit) => Verdict::Audit,
+        _ => Verdict::Deny,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(a: [u8; 4]) -> [u8; 16] {
+        kern::v4_mapped(a)
+    }
+
+    #[test]
+    fn ipv4_cidr_becomes_mapped_prefix() {
+        let k = DestKey { policy_id: 3, class: 1, addr: v4([10, 0, 0, 0]), prefix_len: 96 + 8 };
+        let enc = dest_key(&k).unwrap();
+        assert_eq!(enc.prefix_len(), 64 + 104);
+        assert_eq!(enc.data().addr[10..12], [0xff, 0xff]);
+        assert_eq!(dest_key_back(&enc), k);
+    }
+
+    #[test]
+    fn non_canonical_prefixes_are_refused() {
+        let k = DestKey { policy_id: 3, class: 0, addr: v4([10, 1, 0, 0]), prefix_len: 96 + 8 };
+        assert_eq!(dest_key(&k).unwrap_err(), EncodeError::NotCanonical(104));
+        let p = PortKey { ruleset: 1, proto: 6, port: 1025, port_bits: 6 };
+        assert!(port_key(&p).is_err());
+    }
+
+    #[test]
+    fn port_prefix_is_big_endian() {
+        // 1024..=2047 is 0b00000100_00000000 with a 6-bit prefix.
+        let p = PortKey { ruleset: 9, proto: 6, port: 1024, port_bits: 6 };
+        let enc = port_key(&p).unwrap();
+        assert_eq!(enc.data().port, [0x04, 0x00]);
+        assert_eq!(enc.prefix_len(), 40 + 6);
+        assert_eq!(port_key_back(&enc), p);
+    }
+
+    #[test]
+    fn policy_zero_and_too_large_are_refused() {
+        let k = |policy_id| ProcessKey { policy_id, process: ProcessMatch::Comm(1) };
+        assert!(process_key(&k(0)).is_err());
+        assert!(process_key(&k(kern::MAX_POLICIES)).is_err());
+        let ok = process_key(&k(7)).unwrap();
+        assert_eq!(process_key_back(&ok).unwrap(), k(7));
+    }
+
+    #[test]
+    fn cgroup_flags_round_trip() {
+        for (audit, unrestricted) in [(false, false), (true, false), (false, true), (true, true)] {
+            let e = CgroupEntry { policy_id: 5, audit, unrestricted };
+            assert_eq!(cgroup_entry(&cgroup_value(&e).unwrap()), e);
+        }
+    }
+
+    #[test]
+    fn masking_keeps_prefix_bits() {
+        assert_eq!(masked([0xff, 0xff], 12), [0xff, 0xf0]);
+        assert_eq!(masked([0xff, 0xff], 0), [0, 0]);
+        assert_eq!(masked([0xff, 0xff], 16), [0xff, 0xff]);
+    }
+}

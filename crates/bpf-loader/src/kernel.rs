@@ -1,0 +1,554 @@
+//! The loader's hold on the kernel: the loaded object, its pinned maps and
+//! links, and the operations the service exposes (attach, detach, apply,
+//! dump). Everything is pinned under one bpffs directory, so enforcement
+//! outlives this process and a new loader adopts what an old one left.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use aya::{
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{
+        cgroup_skb::CgroupSkbAttachType, links::FdLink, links::PinnedLink, CgroupAttachMode,
+        CgroupSkb, CgroupSock, CgroupSockAddr, TracePoint,
+    },
+    Ebpf, EbpfLoader,
+};
+use contain_common::{
+    self as kern, map_names, program_names, CgroupPolicy, Config, DestValue, ExePath,
+    PolicyCounters, PortValue, ProcessClass,
+};
+use proto::{
+    loader::{Attachment, Counters, LoaderError, PolicyCounters as PolicyCountersDto},
+    state::{apply_order, Entry, EntryKey, KernelState, MapDiff, MapOp},
+};
+use thiserror::Error;
+
+use crate::{encode, fs, tracefs};
+
+/// The eBPF object built by build.rs from crates/contain-ebpf.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/contain.bpf.o"));
+
+/// Bumped when a map's key or value layout changes: a loader with another
+/// layout starts on fresh maps instead of misreading old ones.
+const MAP_LAYOUT_VERSION: u32 = 1;
+
+#[derive(Debug, Error)]
+pub enum KernelError {
+    #[error(transparent)]
+    Fs(#[from] fs::FsError),
+    #[error("loading the eBPF object: {0} (is this root with CAP_BPF/CAP_SYS_ADMIN, on a kernel with BTF?)")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("program {0} is missing from the eBPF object")]
+    MissingProgram(&'static str),
+    #[error("pinning {path}: {reason}")]
+    Pin { path: PathBuf, reason: String },
+    #[error("tracepoint format {path}: field {field} not found")]
+    TraceFormat { path: PathBuf, field: &'static str },
+    #[error("reading {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<KernelError> for LoaderError {
+    fn from(e: KernelError) -> Self {
+        LoaderError::Internal(e.to_string())
+    }
+}
+
+struct PolicyMaps {
+    cgroups: HashMap<MapData, u64, CgroupPolicy>,
+    processes: HashMap<MapData, kern::ProcessKey, ProcessClass>,
+    dests: LpmTrie<MapData, kern::DestKey, DestValue>,
+    ports: LpmTrie<MapData, kern::PortKey, PortValue>,
+    config: Array<MapData, Config>,
+    counters: PerCpuArray<MapData, PolicyCounters>,
+    stats: PerCpuArray<MapData, u64>,
+    exe_paths: HashMap<MapData, u64, ExePath>,
+}
+
+pub struct Kernel {
+    ebpf: Ebpf,
+    maps: PolicyMaps,
+    pin_dir: PathBuf,
+    cgroup_root: PathBuf,
+    /// Distinguishes this loader's link pins from a predecessor's.
+    instance: String,
+    /// What the policy maps hold, kept in step with every write.
+    mirror: KernelState,
+    attachments: BTreeMap<String, Attachment>,
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(KernelError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| KernelError::Map { name, source })
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> KernelError {
+    move |source| KernelError::Map { name, source }
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> KernelError + '_ {
+    move |source| KernelError::Io { path: path.to_owned(), source }
+}
+
+impl Kernel {
+    /// Loads the object with every map pinned (or re-opened from its pin)
+    /// under `pin_dir`, and loads every program. Returns the event ring
+    /// buffer separately: it is drained on its own task.
+    pub fn load(pin_dir: &Path) -> Result<(Kernel, RingBuf<MapData>), KernelError> {
+        let bpffs_root = pin_dir.parent().unwrap_or(Path::new("/sys/fs/bpf"));
+        fs::ensure_mounted("bpf", bpffs_root)?;
+        let maps_dir = pin_dir.join(format!("maps-v{MAP_LAYOUT_VERSION}"));
+        std::fs::create_dir_all(&maps_dir).map_err(io_err(&maps_dir))?;
+        let cgroup_root = fs::cgroup2_mount()?;
+        let offsets = TraceOffsets::read()?;
+
+        let map_paths: Vec<(&str, PathBuf)> =
+            map_names::ALL.iter().map(|&name| (name, maps_dir.join(name))).collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        loader
+            .override_global("EXEC_FILENAME_LOC_OFFSET", &offsets.exec_filename, true)
+            .override_global("FORK_CHILD_PID_OFFSET", &offsets.fork_child_pid, true);
+        let mut ebpf = loader.load(OBJECT)?;
+
+        for &name in program_names::CGROUP {
+            load_program(&mut ebpf, name)?;
+        }
+        for name in [program_names::EXEC, program_names::FORK, program_names::EXIT] {
+            load_program(&mut ebpf, name)?;
+        }
+
+        let maps = PolicyMaps {
+            cgroups: take(&mut ebpf, map_names::CGROUPS)?,
+            processes: take(&mut ebpf, map_names::PROCESSES)?,
+            dests: take(&mut ebpf, map_names::DESTS)?,
+            ports: take(&mut ebpf, map_names::PORTS)?,
+            config: take(&mut ebpf, map_names::CONFIG)?,
+            counters: take(&mut ebpf, map_names::COUNTERS)?,
+            stats: take(&mut ebpf, map_names::STATS)?,
+            exe_paths: take(&mut ebpf, map_names::EXE_PATHS)?,
+        };
+        let events: RingBuf<MapData> = take(&mut ebpf, map_names::EVENTS)?;
+        let instance = format!(
+            "{}-{}",
+            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
+            std::process::id()
+        );
+        let mut kernel = Kernel {
+            ebpf,
+            maps,
+            pin_dir: pin_dir.to_owned(),
+            cgroup_root,
+            instance,
+            mirror: KernelState::default(),
+            attachments: BTreeMap::new(),
+        };
+        kernel.mirror = kernel.read_state()?;
+        Ok((kernel, events))
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    fn links_dir(&self) -> PathBuf {
+        self.pin_dir.join("links")
+    }
+
+    /// Attaches the exec/fork/exit tracepoints, pinning their links, then
+    /// lets go of a predecessor's.
+    pub fn attach_tracepoints(&mut self) -> Result<(), KernelError> {
+        let group = self.links_dir().join("tracepoints");
+        let dir = group.join(&self.instance);
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        for name in [program_names::EXEC, program_names::FORK, program_names::EXIT] {
+            let event = name.trim_start_matches("contain_");
+            let tracepoint = format!("sched_process_{event}");
+            let prog: &mut TracePoint = program_mut(&mut self.ebpf, name)?;
+            let id = prog
+                .attach("sched", &tracepoint)
+                .map_err(|source| KernelError::Program { name, source })?;
+            let link = prog.take_link(id).map_err(|source| KernelError::Program { name, source })?;
+            let fd_link: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| {
+                KernelError::Pin { path: dir.join(name), reason: e.to_string() }
+            })?;
+            pin(fd_link, &dir.join(name))?;
+        }
+        release_other_instances(&group, &self.instance)
+    }
+
+    /// Attaches every cgroup program to `cgroup` with BPF_F_ALLOW_MULTI and
+    /// pins the links; a predecessor's links on the same cgroup are released
+    /// only after the new ones are in place, so there is no gap.
+    pub fn attach(&mut self, cgroup: &str) -> Result<Attachment, KernelError> {
+        let path = fs::resolve_cgroup(&self.cgroup_root, cgroup)?;
+        let relative = path
+            .strip_prefix(&self.cgroup_root)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let cgroup_id = fs::cgroup_id(&path)?;
+        let group = self.links_dir().join("cgroups").join(fs::pin_name_for(&relative));
+        let dir = group.join(&self.instance);
+        if self.attachments.contains_key(&relative) && dir.exists() {
+            return Ok(self.attachments[&relative].clone());
+        }
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let cgroup_dir = File::open(&path).map_err(io_err(&path))?;
+        for &name in program_names::CGROUP {
+            let link = attach_cgroup_program(&mut self.ebpf, name, &cgroup_dir)?;
+            pin(link, &dir.join(name))?;
+        }
+        release_other_instances(&group, &self.instance)?;
+        let attachment = Attachment {
+            cgroup: path.to_string_lossy().into_owned(),
+            cgroup_id,
+            programs: program_names::CGROUP.iter().map(|s| s.to_string()).collect(),
+        };
+        self.attachments.insert(relative, attachment.clone());
+        Ok(attachment)
+    }
+
+    /// Re-attaches to every cgroup a predecessor attached to (found from its
+    /// pins), replacing its links with this loader's programs.
+    pub fn adopt(&mut self) -> Result<Vec<Attachment>, KernelError> {
+        let cgroups_dir = self.links_dir().join("cgroups");
+        let Ok(entries) = std::fs::read_dir(&cgroups_dir) else {
+            return Ok(Vec::new());
+        };
+        let mut adopted = Vec::new();
+        for entry in entries.flatten() {
+            let relative = fs::cgroup_for_pin_name(&entry.file_name().to_string_lossy());
+            if !self.cgroup_root.join(&relative).is_dir() {
+                tracing::info!(cgroup = %relative, "cgroup is gone; releasing its links");
+                release_other_instances(&entry.path(), "")?;
+                let _ = std::fs::remove_dir(entry.path());
+                continue;
+            }
+            adopted.push(self.attach(&relative)?);
+        }
+        Ok(adopted)
+    }
+
+    pub fn detach(&mut self, cgroup: &str) -> Result<(), KernelError> {
+        let path = fs::resolve_cgroup(&self.cgroup_root, cgroup)?;
+        let relative = path
+            .strip_prefix(&self.cgroup_root)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let group = self.links_dir().join("cgroups").join(fs::pin_name_for(&relative));
+        release_other_instances(&group, "")?;
+        let _ = std::fs::remove_dir(&group);
+        self.attachments.remove(&relative);
+        Ok(())
+    }
+
+    pub fn attachments(&self) -> Vec<Attachment> {
+        self.attachments.values().cloned().collect()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.maps.config.get(&0, 0).map_or(0, |c| c.generation as u64)
+    }
+
+    pub fn state(&self) -> &KernelState {
+        &self.mirror
+    }
+
+    /// Applies a diff all or nothing: on any failure the operations already
+    /// written are undone from the mirror's previous values.
+    pub fn apply(&mut self, diff: &MapDiff) -> Result<u64, LoaderError> {
+        let current = self.generation();
+        if diff.from_generation != current {
+            return Err(LoaderError::GenerationMismatch { expected: diff.from_generation, actual: current });
+        }
+        let mut ops = diff.ops.clone();
+        ops.sort_by_key(apply_order);
+        self.validate(&ops)?;
+        let mut undo: Vec<MapOp> = Vec::with_capacity(ops.len());
+        for op in &ops {
+            let key = match op {
+                MapOp::Upsert { entry } => entry.key(),
+                MapOp::Delete { key } => *key,
+            };
+            let previous = self.mirror.get(&key);
+            if let Err(e) = self.write(op) {
+                for back in undo.iter().rev() {
+                    if let Err(undo_err) = self.write(back) {
+                        tracing::error!(error = %undo_err, "undoing a failed diff failed; the maps may be inconsistent until the next apply");
+                    }
+                }
+                return Err(e);
+            }
+            undo.push(match previous {
+                Some(entry) => MapOp::Upsert { entry },
+                None => MapOp::Delete { key },
+            });
+        }
+        self.mirror.apply_ops(&ops);
+        let mut config = self.maps.config.get(&0, 0).unwrap_or_default();
+        if let Some(v) = diff.unknown_verdict {
+            config.unknown_verdict = encode::verdict(v) as u8;
+            self.mirror.unknown_verdict = v;
+        }
+        config.generation = config.generation.wrapping_add(1);
+        self.maps
+            .config
+            .set(0, config, 0)
+            .map_err(|e| LoaderError::Map { map: map_names::CONFIG.into(), reason: e.to_string() })?;
+        Ok(config.generation as u64)
+    }
+
+    /// Refuses a diff whose keys cannot be encoded, or that deletes what is
+    /// not there: both mean it was computed against another state.
+    fn validate(&self, ops: &[MapOp]) -> Result<(), LoaderError> {
+        let invalid = |e: encode::EncodeError| LoaderError::InvalidDiff(e.to_string());
+        for op in ops {
+            match op {
+                MapOp::Upsert { entry } => match entry {
+                    Entry::Cgroup { value, .. } => drop(encode::cgroup_value(value).map_err(invalid)?),
+                    Entry::Process { key, .. } => drop(encode::process_key(key).map_err(invalid)?),
+                    Entry::Dest { key, .. } => drop(encode::dest_key(key).map_err(invalid)?),
+                    Entry::Port { key, .. } => drop(encode::port_key(key).map_err(invalid)?),
+                },
+                MapOp::Delete { key } => {
+                    if self.mirror.get(key).is_none() {
+                        return Err(LoaderError::InvalidDiff(format!("deletes {key:?}, which is not in the maps")));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, op: &MapOp) -> Result<(), LoaderError> {
+        let invalid = |e: encode::EncodeError| LoaderError::InvalidDiff(e.to_string());
+        let failed = |map: &'static str| move |e: MapError| LoaderError::Map { map: map.to_string(), reason: e.to_string() };
+        let m = &mut self.maps;
+        match *op {
+            MapOp::Upsert { entry } => match entry {
+                Entry::Cgroup { id, value } => m
+                    .cgroups
+                    .insert(id, encode::cgroup_value(&value).map_err(invalid)?, 0)
+                    .map_err(failed(map_names::CGROUPS)),
+                Entry::Process { key, class } => m
+                    .processes
+                    .insert(encode::process_key(&key).map_err(invalid)?, ProcessClass { class, _pad: 0 }, 0)
+                    .map_err(failed(map_names::PROCESSES)),
+                Entry::Dest { key, ruleset } => m
+                    .dests
+                    .insert(&encode::dest_key(&key).map_err(invalid)?, DestValue { ruleset, _pad: 0 }, 0)
+                    .map_err(failed(map_names::DESTS)),
+                Entry::Port { key, rule_id } => m
+                    .ports
+                    .insert(&encode::port_key(&key).map_err(invalid)?, PortValue { rule_id, _pad: 0 }, 0)
+                    .map_err(failed(map_names::PORTS)),
+            },
+            MapOp::Delete { key } => match key {
+                EntryKey::Cgroup { id } => m.cgroups.remove(&id).map_err(failed(map_names::CGROUPS)),
+                EntryKey::Process { key } => m
+                    .processes
+                    .remove(&encode::process_key(&key).map_err(invalid)?)
+                    .map_err(failed(map_names::PROCESSES)),
+                EntryKey::Dest { key } => m
+                    .dests
+                    .remove(&encode::dest_key(&key).map_err(invalid)?)
+                    .map_err(failed(map_names::DESTS)),
+                EntryKey::Port { key } => m
+                    .ports
+                    .remove(&encode::port_key(&key).map_err(invalid)?)
+                    .map_err(failed(map_names::PORTS)),
+            },
+        }
+    }
+
+    /// Reads the policy maps back from the kernel.
+    fn read_state(&self) -> Result<KernelState, KernelError> {
+        let m = &self.maps;
+        let mut state = KernelState::default();
+        for item in m.cgroups.iter() {
+            let (id, value) = item.map_err(map_err(map_names::CGROUPS))?;
+            state.upsert(Entry::Cgroup { id, value: encode::cgroup_entry(&value) });
+        }
+        for item in m.processes.iter() {
+            let (key, class) = item.map_err(map_err(map_names::PROCESSES))?;
+            match encode::process_key_back(&key) {
+                Ok(key) => state.upsert(Entry::Process { key, class: class.class }),
+                Err(e) => tracing::warn!(error = %e, "ignoring an undecodable process entry"),
+            }
+        }
+        for item in m.dests.iter() {
+            let (key, value) = item.map_err(map_err(map_names::DESTS))?;
+            state.upsert(Entry::Dest { key: encode::dest_key_back(&key), ruleset: value.ruleset });
+        }
+        for item in m.ports.iter() {
+            let (key, value) = item.map_err(map_err(map_names::PORTS))?;
+            state.upsert(Entry::Port { key: encode::port_key_back(&key), rule_id: value.rule_id });
+        }
+        let config = m.config.get(&0, 0).unwrap_or_default();
+        state.unknown_verdict = encode::verdict_back(config.unknown_verdict);
+        Ok(state)
+    }
+
+    pub fn counters(&self) -> Result<Counters, KernelError> {
+        let m = &self.maps;
+        let mut policies = Vec::new();
+        for policy_id in 0..kern::MAX_POLICIES {
+            let per_cpu = m.counters.get(&policy_id, 0).map_err(map_err(map_names::COUNTERS))?;
+            let mut sum = PolicyCountersDto { policy_id, ..Default::default() };
+            for c in per_cpu.iter() {
+                sum.allowed += c.allowed;
+                sum.denied += c.denied;
+                sum.audited += c.audited;
+            }
+            if sum.allowed + sum.denied + sum.audited > 0 {
+                policies.push(sum);
+            }
+        }
+        let dropped = m
+            .stats
+            .get(&kern::stat::EVENTS_DROPPED, 0)
+            .map_err(map_err(map_names::STATS))?
+            .iter()
+            .sum();
+        Ok(Counters { policies, events_dropped_kernel: dropped, events_dropped_loader: 0 })
+    }
+
+    /// The path an exe hash stands for, if the kernel saw that exec.
+    pub fn exe_path(&self, hash: u64) -> Option<String> {
+        let path = self.maps.exe_paths.get(&hash, 0).ok()?;
+        let end = path.path.iter().position(|&b| b == 0).unwrap_or(path.path.len());
+        Some(String::from_utf8_lossy(&path.path[..end]).into_owned())
+    }
+}
+
+struct TraceOffsets {
+    exec_filename: u32,
+    fork_child_pid: u32,
+}
+
+impl TraceOffsets {
+    fn read() -> Result<TraceOffsets, KernelError> {
+        let root = fs::tracefs()?;
+        let field = |event: &str, field: &'static str| -> Result<u32, KernelError> {
+            let path = root.join("events/sched").join(event).join("format");
+            let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+            tracefs::field_offset(&text, field).ok_or(KernelError::TraceFormat { path, field })
+        };
+        Ok(TraceOffsets {
+            exec_filename: field("sched_process_exec", "filename")?,
+            fork_child_pid: field("sched_process_fork", "child_pid")?,
+        })
+    }
+}
+
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, KernelError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf.program_mut(name).ok_or(KernelError::MissingProgram(name))?;
+    prog.try_into().map_err(|source| KernelError::Program { name, source })
+}
+
+fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), KernelError> {
+    let prog = ebpf.program_mut(name).ok_or(KernelError::MissingProgram(name))?;
+    let result = match prog {
+        aya::programs::Program::CgroupSkb(p) => p.load(),
+        aya::programs::Program::CgroupSock(p) => p.load(),
+        aya::programs::Program::CgroupSockAddr(p) => p.load(),
+        aya::programs::Program::TracePoint(p) => p.load(),
+        _ => return Err(KernelError::MissingProgram(name)),
+    };
+    result.map_err(|source| KernelError::Program { name, source })
+}
+
+fn attach_cgroup_program(ebpf: &mut Ebpf, name: &'static str, cgroup: &File) -> Result<FdLink, KernelError> {
+    let mode = CgroupAttachMode::AllowMultiple;
+    let err = |source| KernelError::Program { name, source };
+    let pin_err = |e: aya::programs::links::LinkError| KernelError::Pin { path: PathBuf::from(name), reason: e.to_string() };
+    match name {
+        program_names::EGRESS | program_names::INGRESS => {
+            let kind = if name == program_names::EGRESS {
+                CgroupSkbAttachType::Egress
+            } else {
+                CgroupSkbAttachType::Ingress
+            };
+            let prog: &mut CgroupSkb = program_mut(ebpf, name)?;
+            let id = prog.attach(cgroup, kind, mode).map_err(err)?;
+            prog.take_link(id).map_err(err)?.try_into().map_err(pin_err)
+        }
+        program_names::SOCK_CREATE => {
+            let prog: &mut CgroupSock = program_mut(ebpf, name)?;
+            let id = prog.attach(cgroup, mode).map_err(err)?;
+            prog.take_link(id).map_err(err)?.try_into().map_err(pin_err)
+        }
+        _ => {
+            let prog: &mut CgroupSockAddr = program_mut(ebpf, name)?;
+            let id = prog.attach(cgroup, mode).map_err(err)?;
+            prog.take_link(id).map_err(err)?.try_into().map_err(pin_err)
+        }
+    }
+}
+
+fn pin(link: FdLink, path: &Path) -> Result<(), KernelError> {
+    if path.exists() {
+        release(path)?;
+    }
+    link.pin(path)
+        .map(drop)
+        .map_err(|e| KernelError::Pin { path: path.to_owned(), reason: e.to_string() })
+}
+
+/// Unpins one link; when this was its last reference the kernel detaches it.
+fn release(path: &Path) -> Result<(), KernelError> {
+    let link = PinnedLink::from_pin(path)
+        .map_err(|e| KernelError::Pin { path: path.to_owned(), reason: e.to_string() })?;
+    link.unpin().map(drop).map_err(io_err(path))
+}
+
+/// Releases every instance directory under `group` but `keep`.
+fn release_other_instances(group: &Path, keep: &str) -> Result<(), KernelError> {
+    let Ok(instances) = std::fs::read_dir(group) else {
+        return Ok(());
+    };
+    for instance in instances.flatten() {
+        if instance.file_name().to_string_lossy() == keep {
+            continue;
+        }
+        let dir = instance.path();
+        if let Ok(links) = std::fs::read_dir(&dir) {
+            for link in links.flatten() {
+                release(&link.path())?;
+            }
+        }
+        std::fs::remove_dir(&dir).map_err(io_err(&dir))?;
+    }
+    Ok(())
+}

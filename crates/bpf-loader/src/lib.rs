@@ -1,0 +1,9 @@
+//! bpf-loader: owns contain's BPF programs, links and maps. It knows
+//! cgroups and maps, nothing about containers or policy syntax.
+
+pub mod encode;
+pub mod events;
+pub mod fs;
+pub mod kernel;
+pub mod service;
+pub mod tracefs;

@@ -1,0 +1,80 @@
+//! The tarpc face of the loader: thin, every call goes to [`Kernel`].
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use proto::{
+    loader::{Attachment, Counters, EventBatch, Loader, LoaderError, LoaderInfo, StateSnapshot},
+    state::MapDiff,
+};
+use tarpc::context::Context;
+
+use crate::{events::EventLog, kernel::Kernel};
+
+/// Longest a client may long-poll for events.
+const MAX_EVENT_WAIT: Duration = Duration::from_secs(30);
+const MAX_EVENT_BATCH: u32 = 10_000;
+
+#[derive(Clone)]
+pub struct LoaderServer {
+    pub kernel: Arc<Mutex<Kernel>>,
+    pub events: Arc<EventLog>,
+}
+
+impl LoaderServer {
+    fn kernel(&self) -> std::sync::MutexGuard<'_, Kernel> {
+        self.kernel.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Loader for LoaderServer {
+    async fn version(self, _: Context) -> LoaderInfo {
+        LoaderInfo {
+            api_version: proto::API_VERSION,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pin_dir: self.kernel().pin_dir().display().to_string(),
+        }
+    }
+
+    async fn attach(self, _: Context, cgroup: String) -> Result<Attachment, LoaderError> {
+        let result = self.kernel().attach(&cgroup);
+        result.map_err(|e| LoaderError::Cgroup { path: cgroup, reason: e.to_string() })
+    }
+
+    async fn detach(self, _: Context, cgroup: String) -> Result<(), LoaderError> {
+        let result = self.kernel().detach(&cgroup);
+        result.map_err(|e| LoaderError::Cgroup { path: cgroup, reason: e.to_string() })
+    }
+
+    async fn attachments(self, _: Context) -> Vec<Attachment> {
+        self.kernel().attachments()
+    }
+
+    async fn apply(self, _: Context, diff: MapDiff) -> Result<u64, LoaderError> {
+        let ops = diff.ops.len();
+        let result = self.kernel().apply(&diff);
+        match &result {
+            Ok(generation) => tracing::info!(ops, generation, "applied diff"),
+            Err(e) => tracing::warn!(ops, error = %e, "refused diff"),
+        }
+        result
+    }
+
+    async fn state(self, _: Context) -> Result<StateSnapshot, LoaderError> {
+        let kernel = self.kernel();
+        Ok(StateSnapshot { generation: kernel.generation(), state: kernel.state().clone() })
+    }
+
+    async fn counters(self, _: Context) -> Result<Counters, LoaderError> {
+        let mut counters = self.kernel().counters()?;
+        counters.events_dropped_loader = self.events.dropped();
+        Ok(counters)
+    }
+
+    async fn events(self, _: Context, after: u64, max: u32, wait_ms: u32) -> EventBatch {
+        let wait = Duration::from_millis(wait_ms.into()).min(MAX_EVENT_WAIT);
+        self.events.poll(after, max.min(MAX_EVENT_BATCH) as usize, wait).await
+    }
+}

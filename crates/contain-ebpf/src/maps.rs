@@ -1,0 +1,56 @@
+//! Every map of the object. Names are the pin names userspace uses
+//! (`contain_common::map_names`); the loader pins them all, so a restarted or
+//! upgraded loader keeps the same maps and the enforcement they carry.
+
+use aya_ebpf::{
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SkStorage},
+    macros::btf_map,
+};
+use contain_common::{
+    capacity, CgroupPolicy, Config, DestKey, DestValue, ExePath, ExecInfo, InboundKey,
+    PolicyCounters, PortKey, PortValue, ProcessClass, ProcessKey, SockInfo, MAX_POLICIES,
+};
+
+#[btf_map(name = "CONTAIN_CGROUPS")]
+pub static CGROUPS: HashMap<u64, CgroupPolicy, { capacity::CGROUPS as usize }> = HashMap::new();
+
+#[btf_map(name = "CONTAIN_PROCESSES")]
+pub static PROCESSES: HashMap<ProcessKey, ProcessClass, { capacity::PROCESSES as usize }> =
+    HashMap::new();
+
+#[btf_map(name = "CONTAIN_DESTS")]
+pub static DESTS: LpmTrie<DestKey, DestValue, { capacity::DESTS as usize }> = LpmTrie::new();
+
+#[btf_map(name = "CONTAIN_PORTS")]
+pub static PORTS: LpmTrie<PortKey, PortValue, { capacity::PORTS as usize }> = LpmTrie::new();
+
+#[btf_map(name = "CONTAIN_CONFIG")]
+pub static CONFIG: Array<Config, 1> = Array::new();
+
+#[btf_map(name = "CONTAIN_COUNTERS")]
+pub static COUNTERS: PerCpuArray<PolicyCounters, { MAX_POLICIES as usize }> = PerCpuArray::new();
+
+#[btf_map(name = "CONTAIN_STATS")]
+pub static STATS: PerCpuArray<u64, { contain_common::stat::COUNT as usize }> = PerCpuArray::new();
+
+#[btf_map(name = "CONTAIN_EVENTS")]
+pub static EVENTS: RingBuf<contain_common::Event, { capacity::EVENTS_BYTES as usize }> =
+    RingBuf::new();
+
+#[btf_map(name = "CONTAIN_SOCKETS")]
+pub static SOCKETS: SkStorage<SockInfo> = SkStorage::new();
+
+#[btf_map(name = "CONTAIN_EXECS")]
+pub static EXECS: LruHashMap<u32, ExecInfo, { capacity::EXECS as usize }> = LruHashMap::new();
+
+#[btf_map(name = "CONTAIN_EXE_PATHS")]
+pub static EXE_PATHS: LruHashMap<u64, ExePath, { capacity::EXE_PATHS as usize }> =
+    LruHashMap::new();
+
+#[btf_map(name = "CONTAIN_INBOUND")]
+pub static INBOUND_PEERS: LruHashMap<InboundKey, u8, { capacity::INBOUND_PEERS as usize }> =
+    LruHashMap::new();
+
+/// One path buffer per CPU: too big for the 512-byte BPF stack.
+#[btf_map]
+pub static PATH_SCRATCH: PerCpuArray<ExePath, 1> = PerCpuArray::new();
