@@ -490,7 +490,14 @@ fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), KernelError> 
 }
 
 fn attach_cgroup_program(ebpf: &mut Ebpf, name: &'static str, cgroup: &File) -> Result<FdLink, KernelError> {
-    let mode = CgroupAttachMode::AllowMultiple;
+    // Since 5.7 aya attaches with a bpf_link, which the kernel always runs in
+    // BPF_F_ALLOW_MULTI mode and which refuses the flag itself; before,
+    // it uses BPF_PROG_ATTACH, which needs the flag.
+    let mode = if aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(5, 7, 0)) {
+        CgroupAttachMode::Single
+    } else {
+        CgroupAttachMode::AllowMultiple
+    };
     let err = |source| KernelError::Program { name, source };
     let pin_err = |e: aya::programs::links::LinkError| KernelError::Pin { path: PathBuf::from(name), reason: e.to_string() };
     match name {

@@ -76,7 +76,7 @@ fn current_identity() -> SockInfo {
     // SAFETY: map value copied out at once.
     let exe_hash = unsafe { EXECS.get(tgid) }.map_or(0, |e| e.exe_hash);
     SockInfo {
-        cgroup_id: 0,
+        cgroup_id: current_cgroup(),
         exe_hash,
         tgid,
         uid: bpf_get_current_uid_gid() as u32,
@@ -200,6 +200,14 @@ fn judge_sock_addr<const V6: bool>(ctx: &SockAddrContext, hook: Hook, is_connect
         (if i.cgroup_id != 0 { i.cgroup_id } else { current_cgroup() }, Identity::of(i))
     };
     let gov = governance(cgroup_id);
+    if !is_connect && target.proto == proto::UDP && !sk.is_null() {
+        // SAFETY: sk is a full socket from the sock_addr context.
+        let local_port = unsafe { core::ptr::read_volatile(&(*sk).src_port) } as u16;
+        if is_reply(cgroup_id, &target.daddr, target.port, local_port) {
+            count(gov.policy_id, Verdict::Allow);
+            return ALLOW;
+        }
+    }
     let decision = decide(&gov, &who, &target);
     count(gov.policy_id, decision.verdict);
     if decision.verdict != Verdict::Allow {
@@ -312,7 +320,10 @@ fn egress(ctx: &SkBuffContext) -> i32 {
                 return ALLOW;
             }
         }
-    } else if sock_type == SOCK_DGRAM && flow.proto == proto::UDP && is_reply(cgroup_id, &flow) {
+    } else if sock_type == SOCK_DGRAM
+        && flow.proto == proto::UDP
+        && is_reply(cgroup_id, &flow.daddr, flow.dport, flow.sport)
+    {
         return ALLOW;
     }
 
@@ -388,13 +399,14 @@ fn event_flow(flow: &Flow) -> EventFlow {
 }
 
 #[inline(always)]
-fn is_reply(cgroup_id: u64, flow: &Flow) -> bool {
+/// Whether `peer` sent a UDP datagram to this cgroup's `local_port` first.
+fn is_reply(cgroup_id: u64, peer_addr: &[u8; 16], peer_port: u16, local_port: u16) -> bool {
     let key = InboundKey {
         cgroup_id,
-        peer_addr: flow.daddr,
-        peer_port: flow.dport,
-        local_port: flow.sport,
-        proto: flow.proto,
+        peer_addr: *peer_addr,
+        peer_port,
+        local_port,
+        proto: proto::UDP,
         _pad: [0; 3],
     };
     // SAFETY: presence check only.

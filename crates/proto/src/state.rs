@@ -205,6 +205,24 @@ impl KernelState {
         }
     }
 
+    /// The operations that turn `self` into `desired`: upserts for what is
+    /// new or changed, deletes for what is gone. Nothing for what is equal,
+    /// so a one-entry change is one operation.
+    pub fn diff_to(&self, desired: &KernelState) -> Vec<MapOp> {
+        let mut ops: Vec<MapOp> = desired
+            .entries()
+            .filter(|e| self.get(&e.key()) != Some(*e))
+            .map(|entry| MapOp::Upsert { entry })
+            .collect();
+        ops.extend(
+            self.entries()
+                .map(|e| e.key())
+                .filter(|k| desired.get(k).is_none())
+                .map(|key| MapOp::Delete { key }),
+        );
+        ops
+    }
+
     /// Every entry, in map order.
     pub fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
         let cgroups = self.cgroups.iter().map(|(&id, &value)| Entry::Cgroup { id, value });
@@ -304,6 +322,23 @@ mod tests {
         assert!(s.get(&key).is_some());
         s.apply_ops(&[MapOp::Delete { key }]);
         assert_eq!(s, before);
+    }
+
+    #[test]
+    fn diff_then_apply_reaches_the_target() {
+        let a = sample();
+        let mut b = sample();
+        b.remove(&port_key());
+        b.upsert(Entry::Cgroup {
+            id: 43,
+            value: CgroupEntry { policy_id: 1, audit: true, unrestricted: false },
+        });
+        let ops = a.diff_to(&b);
+        assert_eq!(ops.len(), 2);
+        let mut applied = a.clone();
+        applied.apply_ops(&ops);
+        assert_eq!(applied, b);
+        assert!(b.diff_to(&b).is_empty());
     }
 
     #[test]

@@ -1,0 +1,395 @@
+//! A lab for privileged tests: a "container" made of a network namespace,
+//! a cgroup v2 directory under a managed parent, and a peer namespace on
+//! the other end of a veth pair that runs TCP/UDP servers. A real
+//! bpf-loader serves its own pins and socket for each lab.
+//!
+//! Addresses are from 198.18.0.0/15 and 2001:db8::/32 (benchmarking and
+//! documentation ranges) and exist only inside the lab's namespaces.
+//! Everything is named after the test process's pid, removed on drop, and
+//! leftovers of dead runs are swept first.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use proto::{
+    loader::LoaderClient,
+    state::{CgroupEntry, DestKey, Entry, KernelState, MapDiff, PortKey, ProcessKey, ProcessMatch, Verdict},
+    transport,
+};
+
+pub const PEER4: &str = "198.18.0.1";
+pub const PEER4_OTHER: &str = "198.18.1.1";
+pub const CT4: &str = "198.18.0.2";
+pub const PEER6: &str = "2001:db8:77::1";
+pub const PEER6_OTHER: &str = "2001:db8:78::1";
+pub const CT6: &str = "2001:db8:77::2";
+pub const PYTHON: &str = "/usr/bin/python3";
+/// Ports the peer serves TCP and UDP on.
+pub const PEER_PORTS: [u16; 3] = [8080, 9090, 5353];
+
+const PREFIX: &str = "contain-t";
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+}
+
+pub fn probe_script() -> PathBuf {
+    repo_root().join("tests/probe.py")
+}
+
+/// `None` (and a note on stderr) when the test does not apply here.
+pub fn require_root(test: &str) -> Option<()> {
+    if nix::unistd::geteuid().is_root() {
+        Some(())
+    } else {
+        eprintln!("{test}: does not apply: needs root (it creates namespaces, cgroups and loads BPF)");
+        None
+    }
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+fn sh(script: &str) -> Output {
+    run(Command::new("sh").arg("-c").arg(script))
+}
+
+pub fn cgroup2_mount() -> PathBuf {
+    bpf_loader::fs::cgroup2_mount().expect("cgroup2 mount")
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Owner pid of a lab name `contain-t-<pid>-<n>...`.
+fn owner(name: &str) -> Option<u32> {
+    name.strip_prefix(PREFIX)?.strip_prefix('-')?.split('-').next()?.parse().ok()
+}
+
+/// Removes namespaces, cgroups and pins of labs whose process is gone.
+fn sweep_leftovers() {
+    if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or("");
+            if owner(name).is_some_and(|pid| !pid_alive(pid)) {
+                let _ = Command::new("ip").args(["netns", "del", name]).status();
+            }
+        }
+    }
+    for dir in [cgroup2_mount(), PathBuf::from("/sys/fs/bpf")] {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if owner(&name).is_some_and(|pid| !pid_alive(pid)) {
+                    remove_tree(&e.path());
+                }
+            }
+        }
+    }
+}
+
+/// Removes a cgroup or bpffs tree depth-first: cgroups after killing their
+/// processes, pins by unlinking (which detaches links).
+fn remove_tree(path: &Path) {
+    let kill = path.join("cgroup.kill");
+    if kill.exists() {
+        let _ = std::fs::write(&kill, "1");
+    }
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                remove_tree(&p);
+            } else if !path.starts_with("/sys/fs/cgroup") && !is_cgroupfs(path) {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+    }
+    for _ in 0..50 {
+        if std::fs::remove_dir(path).is_ok() || !path.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn is_cgroupfs(path: &Path) -> bool {
+    path.starts_with(cgroup2_mount())
+}
+
+static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub struct Lab {
+    pub name: String,
+    pub parent: PathBuf,
+    pub ct: PathBuf,
+    pub ct_ns: String,
+    pub peer_ns: String,
+    pub pin_dir: PathBuf,
+    pub socket: PathBuf,
+    pub scratch: PathBuf,
+    loader: Option<Child>,
+    children: Vec<Child>,
+}
+
+impl Lab {
+    pub fn new() -> Lab {
+        sweep_leftovers();
+        let n = LAB_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("{PREFIX}-{}-{n}", std::process::id());
+        let mount = cgroup2_mount();
+        let parent = mount.join(&name);
+        let ct = parent.join("ct");
+        let scratch = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&ct).expect("creating lab cgroups");
+        std::fs::create_dir_all(&scratch).expect("creating scratch dir");
+        let lab = Lab {
+            ct_ns: format!("{name}-c"),
+            peer_ns: format!("{name}-p"),
+            pin_dir: PathBuf::from("/sys/fs/bpf").join(&name),
+            socket: scratch.join("loader.sock"),
+            name,
+            parent,
+            ct,
+            scratch,
+            loader: None,
+            children: Vec::new(),
+        };
+        lab.build_network();
+        lab
+    }
+
+    fn build_network(&self) {
+        let (c, p) = (&self.ct_ns, &self.peer_ns);
+        sh(&format!(
+            "set -e
+            ip netns add {c}
+            ip netns add {p}
+            ip -n {c} link add vc type veth peer name vp netns {p}
+            ip -n {c} link set lo up
+            ip -n {p} link set lo up
+            ip -n {c} addr add {CT4}/15 dev vc
+            ip -n {c} -6 addr add {CT6}/64 dev vc nodad
+            ip -n {p} addr add {PEER4}/15 dev vp
+            ip -n {p} addr add {PEER4_OTHER}/15 dev vp
+            ip -n {p} -6 addr add {PEER6}/64 dev vp nodad
+            ip -n {p} -6 addr add {PEER6_OTHER}/64 dev vp nodad
+            ip -n {c} link set vc up
+            ip -n {p} link set vp up
+            ip -n {c} -6 route add 2001:db8:78::/64 via {PEER6}
+            ip netns exec {c} sysctl -qw net.ipv4.ping_group_range='0 2147483647'
+            ip netns exec {p} sysctl -qw net.ipv4.ping_group_range='0 2147483647'
+            "
+        ));
+    }
+
+    /// Starts the peer's TCP and UDP servers and waits until they listen.
+    pub fn start_peer_servers(&mut self) {
+        let ports: Vec<String> = PEER_PORTS.iter().map(|p| p.to_string()).collect();
+        let server = repo_root().join("tests/peer_server.py");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.peer_ns, PYTHON]).arg(server).args(&ports);
+        self.spawn_ready(cmd);
+    }
+
+    /// Starts servers inside the container (its netns and cgroup).
+    pub fn start_container_servers(&mut self, ports: &[u16]) {
+        let server = repo_root().join("tests/peer_server.py");
+        let mut args: Vec<String> = vec![PYTHON.into(), server.display().to_string()];
+        args.extend(ports.iter().map(|p| p.to_string()));
+        let cmd = self.in_cgroup_cmd(&self.ct.clone(), &args);
+        self.spawn_ready(cmd);
+    }
+
+    fn spawn_ready(&mut self, mut cmd: Command) {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("starting server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("server output");
+        assert_eq!(line.trim(), "ready", "server did not start");
+        self.children.push(child);
+    }
+
+    /// A command that joins `cgroup`, then the container's netns, then runs `args`.
+    pub fn in_cgroup_cmd(&self, cgroup: &Path, args: &[String]) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"cg=$1; ns=$2; shift 2; echo $$ > "$cg/cgroup.procs" && exec ip netns exec "$ns" "$@""#)
+            .arg("sh")
+            .arg(cgroup)
+            .arg(&self.ct_ns)
+            .args(args);
+        cmd
+    }
+
+    /// Runs one probe from the container with `exe` as the interpreter;
+    /// returns its one-line outcome (`ok`, `denied:EPERM`, `timeout`, ...).
+    pub fn probe_with(&self, cgroup: &Path, exe: &str, args: &[&str]) -> String {
+        let mut full: Vec<String> = vec![exe.into(), probe_script().display().to_string()];
+        full.extend(args.iter().map(|s| s.to_string()));
+        let out = self.in_cgroup_cmd(cgroup, &full).output().expect("running probe");
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if text.is_empty() {
+            panic!("probe {args:?} printed nothing: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        text
+    }
+
+    pub fn probe(&self, args: &[&str]) -> String {
+        self.probe_with(&self.ct.clone(), PYTHON, args)
+    }
+
+    pub fn cgroup_id(&self, path: &Path) -> u64 {
+        std::fs::metadata(path).expect("cgroup").ino()
+    }
+
+    pub fn ct_id(&self) -> u64 {
+        self.cgroup_id(&self.ct)
+    }
+
+    pub fn loader_log(&self) -> PathBuf {
+        self.scratch.join("loader.log")
+    }
+
+    /// Starts bpf-loader attached to the lab's parent cgroup and waits
+    /// until its socket answers.
+    pub async fn start_loader(&mut self) -> LoaderClient {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.loader_log()).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_bpf-loader"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .arg("--attach-parent")
+            .arg(&self.name)
+            .stderr(log)
+            .spawn()
+            .expect("starting bpf-loader");
+        self.loader = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.loader.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("bpf-loader exited ({status}): {}", std::fs::read_to_string(self.loader_log()).unwrap_or_default());
+            }
+            if let Ok(client) = self.client().await {
+                if client.version(tarpc::context::current()).await.is_ok() {
+                    return client;
+                }
+            }
+            assert!(Instant::now() < deadline, "bpf-loader did not come up: {}", std::fs::read_to_string(self.loader_log()).unwrap_or_default());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn client(&self) -> std::io::Result<LoaderClient> {
+        let stream = transport::connect(&self.socket).await?;
+        Ok(LoaderClient::new(tarpc::client::Config::default(), transport::framed(stream)).spawn())
+    }
+
+    /// SIGKILLs the loader this lab started.
+    pub fn kill_loader(&mut self) {
+        if let Some(mut child) = self.loader.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn loader_pid(&self) -> Option<u32> {
+        self.loader.as_ref().map(|c| c.id())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.kill_loader();
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        remove_tree(&self.parent);
+        remove_tree(&self.pin_dir);
+        for ns in [&self.ct_ns, &self.peer_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
+
+/// Builds the kernel state for tests by hand (policyd compiles it for real).
+#[derive(Default, Clone)]
+pub struct Rules {
+    pub state: KernelState,
+    next_ruleset: u32,
+}
+
+pub struct Allow<'a> {
+    pub policy: u32,
+    pub class: u32,
+    pub addr: &'a str,
+    pub proto: u8,
+    /// Port, or `Some(type << 8)` with `icmp_type` for ICMP; `None` = any.
+    pub port: Option<u16>,
+    pub icmp_type: bool,
+}
+
+impl Rules {
+    pub fn cgroup(&mut self, id: u64, policy_id: u32, audit: bool) -> &mut Self {
+        self.state.upsert(Entry::Cgroup { id, value: CgroupEntry { policy_id, audit, unrestricted: false } });
+        self
+    }
+
+    pub fn process(&mut self, policy_id: u32, process: ProcessMatch, class: u32) -> &mut Self {
+        self.state.upsert(Entry::Process { key: ProcessKey { policy_id, process }, class });
+        self
+    }
+
+    /// One host address (a /32 or /128) and one protocol/port allowance.
+    pub fn allow(&mut self, a: Allow<'_>) -> &mut Self {
+        let ip: std::net::IpAddr = a.addr.parse().expect("address");
+        let (addr, prefix_len) = match ip {
+            std::net::IpAddr::V4(v4) => (contain_common::v4_mapped(v4.octets()), 128),
+            std::net::IpAddr::V6(v6) => (v6.octets(), 128),
+        };
+        // One ruleset per destination: allowances for the same address share it.
+        let key = DestKey { policy_id: a.policy, class: a.class, addr, prefix_len };
+        let ruleset = match self.state.dests.get(&key) {
+            Some(&ruleset) => ruleset,
+            None => {
+                self.next_ruleset += 1;
+                self.state.upsert(Entry::Dest { key, ruleset: self.next_ruleset });
+                self.next_ruleset
+            }
+        };
+        let (port, port_bits) = match (a.port, a.icmp_type) {
+            (None, _) => (0, 0),
+            (Some(p), false) => (p, 16),
+            (Some(t), true) => (t << 8, 8),
+        };
+        self.state.upsert(Entry::Port { key: PortKey { ruleset, proto: a.proto, port, port_bits }, rule_id: ruleset });
+        self
+    }
+}
+
+/// Makes the loader's maps equal `desired` (and the unknown verdict).
+pub async fn converge(client: &LoaderClient, desired: &KernelState, unknown: Verdict) -> u64 {
+    let snap = client.state(tarpc::context::current()).await.expect("rpc").expect("state");
+    let diff = MapDiff { from_generation: snap.generation, unknown_verdict: Some(unknown), ops: snap.state.diff_to(desired) };
+    client.apply(tarpc::context::current(), diff).await.expect("rpc").expect("apply")
+}
