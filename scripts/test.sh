@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls exactly this):
+#   formatting, clippy, unit tests, privileged integration tests (root: real
+#   kernel, namespaces, cgroups, BPF), the NixOS module's offline evaluation,
+#   and the VM tests with real Docker in a Debian 12 guest.
+# Installs what it needs first (scripts/setup.sh). Ends with one line:
+#   "N passed, N failed"
+#
+#   scripts/test.sh            everything
+#   CONTAIN_SKIP_VM=1 ...      everything but the VM tier (for quick local runs;
+#                              CI never sets it)
+set -uo pipefail
+root_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root_dir"
+export PATH="$HOME/.cargo/bin:$PATH"
+export CARGO_TERM_COLOR=never
+
+say() { printf '\n\033[1m[test]\033[0m %s\n' "$*"; }
+passed=0
+failed=0
+failures=()
+log_dir="$(mktemp -d /tmp/contain-test.XXXXXX)"
+
+record() { # name status
+  if [[ $2 -eq 0 ]]; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    failures+=("$1")
+  fi
+}
+
+# Adds the counts of every "test result:" line of a cargo test log; a run
+# that died before reporting counts as one failure.
+count_cargo() { # log status name
+  local p f
+  p=$(grep -Eo 'test result: [A-Za-z]+\. [0-9]+ passed' "$1" | awk '{s+=$4} END {print s+0}')
+  f=$(grep -Eo '[0-9]+ failed;' "$1" | awk '{s+=$1} END {print s+0}')
+  passed=$((passed + p))
+  failed=$((failed + f))
+  if [[ $2 -ne 0 && $f -eq 0 ]]; then
+    failed=$((failed + 1))
+  fi
+  if [[ $2 -ne 0 ]]; then failures+=("$3"); fi
+}
+
+# Adds a suite's own "N passed, N failed" line.
+count_summary() { # log status name
+  local line p f
+  line=$(grep -E '^[A-Za-z]*:? ?[0-9]+ passed, [0-9]+ failed' "$1" | tail -n1)
+  p=$(grep -Eo '[0-9]+ passed' <<<"$line" | grep -Eo '[0-9]+')
+  f=$(grep -Eo '[0-9]+ failed' <<<"$line" | grep -Eo '[0-9]+')
+  passed=$((passed + ${p:-0}))
+  failed=$((failed + ${f:-0}))
+  if [[ $2 -ne 0 && ${f:-0} -eq 0 ]]; then failed=$((failed + 1)); fi
+  if [[ $2 -ne 0 ]]; then failures+=("$3"); fi
+}
+
+say "setup"
+want_vm=--vm
+[[ "${CONTAIN_SKIP_VM:-0}" == 1 ]] && want_vm=
+scripts/setup.sh $want_vm || { echo "setup failed"; echo "0 passed, 1 failed"; exit 1; }
+
+if [[ $EUID -ne 0 ]]; then
+  echo "NOTE: not root: the privileged integration tests and VM tests do not apply and will say so."
+fi
+
+say "cargo fmt --check"
+cargo fmt --all --check && (cd crates/contain-ebpf && cargo fmt --check)
+record "cargo fmt" $?
+
+say "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+record "cargo clippy" $?
+
+say "cargo test (unit and privileged integration tests)"
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log_dir/cargo-test.log"
+count_cargo "$log_dir/cargo-test.log" "${PIPESTATUS[0]}" "cargo test"
+
+if [[ -x nixos-tests/offline-check.sh ]]; then
+  say "NixOS module and flake: offline parse and evaluation"
+  nixos-tests/offline-check.sh 2>&1 | tee "$log_dir/nix.log"
+  count_summary "$log_dir/nix.log" "${PIPESTATUS[0]}" "nix offline check"
+fi
+
+if [[ "${CONTAIN_SKIP_VM:-0}" == 1 ]]; then
+  echo "VM tier skipped: CONTAIN_SKIP_VM=1 (CI runs it)"
+elif [[ -x tests/vm/run-all.sh ]]; then
+  say "VM tests: Debian 12 guest, real Docker and containerd"
+  cargo build --release --quiet -p bpf-loader -p resolver -p policyd
+  CONTAIN_BIN_DIR="$root_dir/target/release" tests/vm/run-all.sh 2>&1 | tee "$log_dir/vm.log"
+  count_summary "$log_dir/vm.log" "${PIPESTATUS[0]}" "VM tests"
+fi
+
+echo
+if (( ${#failures[@]} )); then
+  echo "failed suites: ${failures[*]} (logs in $log_dir)"
+fi
+echo "$passed passed, $failed failed"
+[[ $failed -eq 0 && ${#failures[@]} -eq 0 ]]
