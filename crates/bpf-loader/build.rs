@@ -14,22 +14,31 @@ use std::{
 
 fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let ebpf_dir = manifest_dir.join("../contain-ebpf");
     let common_dir = manifest_dir.join("../contain-common");
     let embedded = out_dir.join("contain.bpf.o");
+    let baselines = out_dir.join("baselines.bpf.o");
 
     println!("cargo:rerun-if-env-changed=CONTAIN_EBPF_OBJ");
     if let Some(prebuilt) = env::var_os("CONTAIN_EBPF_OBJ") {
         let prebuilt = PathBuf::from(prebuilt);
         println!("cargo:rerun-if-changed={}", prebuilt.display());
         copy(&prebuilt, &embedded);
+        // Benchmarks only; an empty file makes them say the baseline is missing.
+        std::fs::write(&baselines, []).expect("writing OUT_DIR");
         return;
     }
     for dir in [&ebpf_dir.join("src"), &common_dir.join("src")] {
         println!("cargo:rerun-if-changed={}", dir.display());
     }
-    for file in ["Cargo.toml", "Cargo.lock", "rust-toolchain.toml", ".cargo/config.toml"] {
+    for file in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "rust-toolchain.toml",
+        ".cargo/config.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", ebpf_dir.join(file).display());
     }
 
@@ -55,7 +64,10 @@ fn main() {
         cargo.env_remove(var);
     }
     let status = cargo.status().unwrap_or_else(|e| {
-        panic!("cannot run cargo for the eBPF crate in {}: {e}", ebpf_dir.display())
+        panic!(
+            "cannot run cargo for the eBPF crate in {}: {e}",
+            ebpf_dir.display()
+        )
     });
     if !status.success() {
         panic!(
@@ -63,10 +75,17 @@ fn main() {
              rust-src and bpf-linker: run scripts/setup.sh, or set CONTAIN_EBPF_OBJ to a prebuilt object."
         );
     }
-    copy(&target_dir.join("bpfel-unknown-none/release/contain"), &embedded);
+    let objects = target_dir.join("bpfel-unknown-none/release");
+    copy(&objects.join("contain"), &embedded);
+    copy(&objects.join("baselines"), &baselines);
 }
 
 fn copy(from: &Path, to: &Path) {
-    std::fs::copy(from, to)
-        .unwrap_or_else(|e| panic!("cannot copy eBPF object {} to {}: {e}", from.display(), to.display()));
+    std::fs::copy(from, to).unwrap_or_else(|e| {
+        panic!(
+            "cannot copy eBPF object {} to {}: {e}",
+            from.display(),
+            to.display()
+        )
+    });
 }

@@ -38,7 +38,10 @@ pub fn cgroup_value(v: &CgroupEntry) -> Result<kern::CgroupPolicy, EncodeError> 
     if v.unrestricted {
         flags |= kern::CGROUP_UNRESTRICTED;
     }
-    Ok(kern::CgroupPolicy { policy_id: v.policy_id, flags })
+    Ok(kern::CgroupPolicy {
+        policy_id: v.policy_id,
+        flags,
+    })
 }
 
 pub fn cgroup_entry(v: &kern::CgroupPolicy) -> CgroupEntry {
@@ -55,7 +58,11 @@ pub fn process_key(k: &ProcessKey) -> Result<kern::ProcessKey, EncodeError> {
         ProcessMatch::Exe(h) => (kern::PROCESS_BY_EXE, h),
         ProcessMatch::Comm(h) => (kern::PROCESS_BY_COMM, h),
     };
-    Ok(kern::ProcessKey { policy_id: k.policy_id, kind, ident })
+    Ok(kern::ProcessKey {
+        policy_id: k.policy_id,
+        kind,
+        ident,
+    })
 }
 
 pub fn process_key_back(k: &kern::ProcessKey) -> Result<ProcessKey, EncodeError> {
@@ -64,7 +71,10 @@ pub fn process_key_back(k: &kern::ProcessKey) -> Result<ProcessKey, EncodeError>
         kern::PROCESS_BY_COMM => ProcessMatch::Comm(k.ident),
         other => return Err(EncodeError::ProcessKind(other)),
     };
-    Ok(ProcessKey { policy_id: k.policy_id, process })
+    Ok(ProcessKey {
+        policy_id: k.policy_id,
+        process,
+    })
 }
 
 /// Zero the bits of `bytes` past the first `bits`.
@@ -93,7 +103,11 @@ pub fn dest_key(k: &DestKey) -> Result<Key<kern::DestKey>, EncodeError> {
     }
     Ok(Key::new(
         kern::DEST_KEY_FIXED_BITS + k.prefix_len as u32,
-        kern::DestKey { policy_id: k.policy_id, class: k.class, addr: k.addr },
+        kern::DestKey {
+            policy_id: k.policy_id,
+            class: k.class,
+            addr: k.addr,
+        },
     ))
 }
 
@@ -113,11 +127,19 @@ pub fn port_key(k: &PortKey) -> Result<Key<kern::PortKey>, EncodeError> {
     }
     let port = k.port.to_be_bytes();
     if masked(port, k.port_bits as usize) != port {
-        return Err(EncodeError::PortNotCanonical { port: k.port, bits: k.port_bits });
+        return Err(EncodeError::PortNotCanonical {
+            port: k.port,
+            bits: k.port_bits,
+        });
     }
     Ok(Key::new(
         kern::PORT_KEY_FIXED_BITS + k.port_bits as u32,
-        kern::PortKey { ruleset: k.ruleset, proto: k.proto, port, _pad: 0 },
+        kern::PortKey {
+            ruleset: k.ruleset,
+            proto: k.proto,
+            port,
+            _pad: 0,
+        },
     ))
 }
 
@@ -157,7 +179,12 @@ mod tests {
 
     #[test]
     fn ipv4_cidr_becomes_mapped_prefix() {
-        let k = DestKey { policy_id: 3, class: 1, addr: v4([10, 0, 0, 0]), prefix_len: 96 + 8 };
+        let k = DestKey {
+            policy_id: 3,
+            class: 1,
+            addr: v4([10, 0, 0, 0]),
+            prefix_len: 96 + 8,
+        };
         let enc = dest_key(&k).unwrap();
         assert_eq!(enc.prefix_len(), 64 + 104);
         assert_eq!(enc.data().addr[10..12], [0xff, 0xff]);
@@ -166,16 +193,31 @@ mod tests {
 
     #[test]
     fn non_canonical_prefixes_are_refused() {
-        let k = DestKey { policy_id: 3, class: 0, addr: v4([10, 1, 0, 0]), prefix_len: 96 + 8 };
+        let k = DestKey {
+            policy_id: 3,
+            class: 0,
+            addr: v4([10, 1, 0, 0]),
+            prefix_len: 96 + 8,
+        };
         assert!(matches!(dest_key(&k), Err(EncodeError::NotCanonical(104))));
-        let p = PortKey { ruleset: 1, proto: 6, port: 1025, port_bits: 6 };
+        let p = PortKey {
+            ruleset: 1,
+            proto: 6,
+            port: 1025,
+            port_bits: 6,
+        };
         assert!(port_key(&p).is_err());
     }
 
     #[test]
     fn port_prefix_is_big_endian() {
         // 1024..=2047 is 0b00000100_00000000 with a 6-bit prefix.
-        let p = PortKey { ruleset: 9, proto: 6, port: 1024, port_bits: 6 };
+        let p = PortKey {
+            ruleset: 9,
+            proto: 6,
+            port: 1024,
+            port_bits: 6,
+        };
         let enc = port_key(&p).unwrap();
         assert_eq!(enc.data().port, [0x04, 0x00]);
         assert_eq!(enc.prefix_len(), 40 + 6);
@@ -184,7 +226,10 @@ mod tests {
 
     #[test]
     fn policy_zero_and_too_large_are_refused() {
-        let k = |policy_id| ProcessKey { policy_id, process: ProcessMatch::Comm(1) };
+        let k = |policy_id| ProcessKey {
+            policy_id,
+            process: ProcessMatch::Comm(1),
+        };
         assert!(process_key(&k(0)).is_err());
         assert!(process_key(&k(kern::MAX_POLICIES)).is_err());
         let ok = process_key(&k(7)).unwrap();
@@ -194,7 +239,11 @@ mod tests {
     #[test]
     fn cgroup_flags_round_trip() {
         for (audit, unrestricted) in [(false, false), (true, false), (false, true), (true, true)] {
-            let e = CgroupEntry { policy_id: 5, audit, unrestricted };
+            let e = CgroupEntry {
+                policy_id: 5,
+                audit,
+                unrestricted,
+            };
             assert_eq!(cgroup_entry(&cgroup_value(&e).unwrap()), e);
         }
     }

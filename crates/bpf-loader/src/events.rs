@@ -63,8 +63,18 @@ impl EventLog {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let first = inner.events.front().map_or(inner.last_seq + 1, |e| e.seq);
         let missed = first.saturating_sub(after + 1);
-        let events = inner.events.iter().filter(|e| e.seq > after).take(max).cloned().collect();
-        EventBatch { events, missed, last_seq: inner.last_seq }
+        let events = inner
+            .events
+            .iter()
+            .filter(|e| e.seq > after)
+            .take(max)
+            .cloned()
+            .collect();
+        EventBatch {
+            events,
+            missed,
+            last_seq: inner.last_seq,
+        }
     }
 
     /// Events after `after`, waiting up to `wait` for one to arrive.
@@ -87,7 +97,10 @@ pub fn monotonic_to_wall_offset_ns() -> i128 {
 }
 
 fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
@@ -107,7 +120,11 @@ fn cstr(bytes: &[u8]) -> String {
 }
 
 /// Decodes a raw ring-buffer record; `None` if it is not a whole event.
-pub fn decode(raw: &[u8], wall_offset_ns: i128, exe: impl Fn(u64) -> Option<String>) -> Option<Event> {
+pub fn decode(
+    raw: &[u8],
+    wall_offset_ns: i128,
+    exe: impl Fn(u64) -> Option<String>,
+) -> Option<Event> {
     if raw.len() < std::mem::size_of::<kern::Event>() {
         return None;
     }
@@ -137,7 +154,11 @@ pub fn decode(raw: &[u8], wall_offset_ns: i128, exe: impl Fn(u64) -> Option<Stri
         tgid: e.tgid,
         uid: e.uid,
         comm: cstr(&e.comm),
-        exe: if e.exe_hash == 0 { None } else { exe(e.exe_hash) },
+        exe: if e.exe_hash == 0 {
+            None
+        } else {
+            exe(e.exe_hash)
+        },
         proto: e.proto,
         src: addr(e.family, e.saddr),
         dst: addr(e.family, e.daddr),
@@ -203,12 +224,21 @@ mod tests {
 
     fn bytes(e: &kern::Event) -> Vec<u8> {
         // SAFETY: plain data.
-        unsafe { std::slice::from_raw_parts((e as *const kern::Event).cast::<u8>(), std::mem::size_of::<kern::Event>()) }.to_vec()
+        unsafe {
+            std::slice::from_raw_parts(
+                (e as *const kern::Event).cast::<u8>(),
+                std::mem::size_of::<kern::Event>(),
+            )
+        }
+        .to_vec()
     }
 
     #[test]
     fn decodes_attribution() {
-        let e = decode(&bytes(&raw_event()), 10, |h| (h == 5).then(|| "/usr/bin/curl".to_string())).unwrap();
+        let e = decode(&bytes(&raw_event()), 10, |h| {
+            (h == 5).then(|| "/usr/bin/curl".to_string())
+        })
+        .unwrap();
         assert_eq!(e.comm, "curl");
         assert_eq!(e.exe.as_deref(), Some("/usr/bin/curl"));
         assert_eq!(e.dst, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
@@ -233,7 +263,10 @@ mod tests {
             log.push(e.clone());
         }
         let batch = log.poll(1, 10, Duration::ZERO).await;
-        assert_eq!(batch.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(
+            batch.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
         assert_eq!(batch.last_seq, 3);
         assert_eq!(batch.missed, 0);
         let empty = log.poll(3, 10, Duration::from_millis(10)).await;

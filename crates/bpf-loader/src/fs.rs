@@ -54,7 +54,12 @@ fn unescape_octal(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
             let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -88,9 +93,15 @@ pub fn cgroup2_mount() -> Result<PathBuf, FsError> {
 /// Resolves a cgroup given absolute (under the mount) or relative to it;
 /// refuses `..` so a request cannot escape the hierarchy.
 pub fn resolve_cgroup(mount: &Path, cgroup: &str) -> Result<PathBuf, FsError> {
-    let bad = |reason| FsError::BadCgroupPath { path: cgroup.to_string(), reason };
+    let bad = |reason| FsError::BadCgroupPath {
+        path: cgroup.to_string(),
+        reason,
+    };
     let given = Path::new(cgroup);
-    if given.components().any(|c| matches!(c, Component::ParentDir)) {
+    if given
+        .components()
+        .any(|c| matches!(c, Component::ParentDir))
+    {
         return Err(bad("must not contain '..'"));
     }
     let full = if given.is_absolute() {
@@ -108,13 +119,20 @@ pub fn resolve_cgroup(mount: &Path, cgroup: &str) -> Result<PathBuf, FsError> {
 pub fn cgroup_id(path: &Path) -> Result<u64, FsError> {
     std::fs::metadata(path)
         .map(|m| m.ino())
-        .map_err(|source| FsError::Io { what: "reading cgroup", path: path.to_owned(), source })
+        .map_err(|source| FsError::Io {
+            what: "reading cgroup",
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// Mounts `fs_type` at `target` unless a filesystem of that type is
 /// already mounted there.
 pub fn ensure_mounted(fs_type: &str, target: &Path) -> Result<(), FsError> {
-    if mounts()?.iter().any(|m| m.fs_type == fs_type && m.mount_point == target) {
+    if mounts()?
+        .iter()
+        .any(|m| m.fs_type == fs_type && m.mount_point == target)
+    {
         return Ok(());
     }
     std::fs::create_dir_all(target).map_err(|source| FsError::Io {
@@ -122,8 +140,18 @@ pub fn ensure_mounted(fs_type: &str, target: &Path) -> Result<(), FsError> {
         path: target.to_owned(),
         source,
     })?;
-    nix::mount::mount(Some(fs_type), target, Some(fs_type), nix::mount::MsFlags::empty(), None::<&str>)
-        .map_err(|e| FsError::Io { what: "mounting", path: target.to_owned(), source: e.into() })
+    nix::mount::mount(
+        Some(fs_type),
+        target,
+        Some(fs_type),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| FsError::Io {
+        what: "mounting",
+        path: target.to_owned(),
+        source: e.into(),
+    })
 }
 
 /// The tracefs root, mounting it when nothing provides it.
@@ -179,20 +207,34 @@ mod tests {
         let cg2: Vec<_> = mounts.iter().filter(|m| m.fs_type == "cgroup2").collect();
         assert_eq!(cg2.len(), 1);
         assert_eq!(cg2[0].mount_point, Path::new("/sys/fs/cgroup/unified"));
-        assert!(mounts.iter().any(|m| m.fs_type == "bpf" && m.mount_point == Path::new("/sys/fs/bpf")));
+        assert!(mounts
+            .iter()
+            .any(|m| m.fs_type == "bpf" && m.mount_point == Path::new("/sys/fs/bpf")));
     }
 
     #[test]
     fn skips_garbage_and_unescapes() {
         let mounts = parse_mountinfo("garbage\n1 2 0:3 / /mnt/a\\040b rw - ext4 /dev/x rw\n");
-        assert_eq!(mounts, vec![Mount { mount_point: PathBuf::from("/mnt/a b"), fs_type: "ext4".into() }]);
+        assert_eq!(
+            mounts,
+            vec![Mount {
+                mount_point: PathBuf::from("/mnt/a b"),
+                fs_type: "ext4".into()
+            }]
+        );
     }
 
     #[test]
     fn resolves_relative_and_absolute_cgroups() {
         let mount = Path::new("/sys/fs/cgroup");
-        assert_eq!(resolve_cgroup(mount, "contain.slice").unwrap(), Path::new("/sys/fs/cgroup/contain.slice"));
-        assert_eq!(resolve_cgroup(mount, "/sys/fs/cgroup/a/b").unwrap(), Path::new("/sys/fs/cgroup/a/b"));
+        assert_eq!(
+            resolve_cgroup(mount, "contain.slice").unwrap(),
+            Path::new("/sys/fs/cgroup/contain.slice")
+        );
+        assert_eq!(
+            resolve_cgroup(mount, "/sys/fs/cgroup/a/b").unwrap(),
+            Path::new("/sys/fs/cgroup/a/b")
+        );
         assert!(resolve_cgroup(mount, "/etc").is_err());
         assert!(resolve_cgroup(mount, "a/../../etc").is_err());
     }

@@ -113,7 +113,10 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> KernelError {
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> KernelError + '_ {
-    move |source| KernelError::Io { path: path.to_owned(), source }
+    move |source| KernelError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 impl Kernel {
@@ -128,8 +131,10 @@ impl Kernel {
         let cgroup_root = fs::cgroup2_mount()?;
         let offsets = TraceOffsets::read()?;
 
-        let map_paths: Vec<(&str, PathBuf)> =
-            map_names::ALL.iter().map(|&name| (name, maps_dir.join(name))).collect();
+        let map_paths: Vec<(&str, PathBuf)> = map_names::ALL
+            .iter()
+            .map(|&name| (name, maps_dir.join(name)))
+            .collect();
         let mut loader = EbpfLoader::new();
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
@@ -142,7 +147,11 @@ impl Kernel {
         for &name in program_names::CGROUP {
             load_program(&mut ebpf, name)?;
         }
-        for name in [program_names::EXEC, program_names::FORK, program_names::EXIT] {
+        for name in [
+            program_names::EXEC,
+            program_names::FORK,
+            program_names::EXIT,
+        ] {
             load_program(&mut ebpf, name)?;
         }
 
@@ -159,7 +168,9 @@ impl Kernel {
         let events: RingBuf<MapData> = take(&mut ebpf, map_names::EVENTS)?;
         let instance = format!(
             "{}-{}",
-            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
             std::process::id()
         );
         let mut kernel = Kernel {
@@ -173,6 +184,20 @@ impl Kernel {
         };
         kernel.mirror = kernel.read_state()?;
         Ok((kernel, events))
+    }
+
+    /// The fd of a loaded program, for BPF_PROG_TEST_RUN.
+    pub fn program_fd(&self, name: &str) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let prog = self.ebpf.program(name)?;
+        let fd = match prog {
+            aya::programs::Program::CgroupSkb(p) => p.fd().ok()?,
+            aya::programs::Program::CgroupSock(p) => p.fd().ok()?,
+            aya::programs::Program::CgroupSockAddr(p) => p.fd().ok()?,
+            aya::programs::Program::TracePoint(p) => p.fd().ok()?,
+            _ => return None,
+        };
+        Some(fd.as_fd().as_raw_fd())
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -189,17 +214,26 @@ impl Kernel {
         let group = self.links_dir().join("tracepoints");
         let dir = group.join(&self.instance);
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        for name in [program_names::EXEC, program_names::FORK, program_names::EXIT] {
+        for name in [
+            program_names::EXEC,
+            program_names::FORK,
+            program_names::EXIT,
+        ] {
             let event = name.trim_start_matches("contain_");
             let tracepoint = format!("sched_process_{event}");
             let prog: &mut TracePoint = program_mut(&mut self.ebpf, name)?;
             let id = prog
                 .attach("sched", &tracepoint)
                 .map_err(|source| KernelError::Program { name, source })?;
-            let link = prog.take_link(id).map_err(|source| KernelError::Program { name, source })?;
-            let fd_link: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| {
-                KernelError::Pin { path: dir.join(name), reason: e.to_string() }
-            })?;
+            let link = prog
+                .take_link(id)
+                .map_err(|source| KernelError::Program { name, source })?;
+            let fd_link: FdLink =
+                link.try_into()
+                    .map_err(|e: aya::programs::links::LinkError| KernelError::Pin {
+                        path: dir.join(name),
+                        reason: e.to_string(),
+                    })?;
             pin(fd_link, &dir.join(name))?;
         }
         release_other_instances(&group, &self.instance)
@@ -215,7 +249,10 @@ impl Kernel {
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
         let cgroup_id = fs::cgroup_id(&path)?;
-        let group = self.links_dir().join("cgroups").join(fs::pin_name_for(&relative));
+        let group = self
+            .links_dir()
+            .join("cgroups")
+            .join(fs::pin_name_for(&relative));
         let dir = group.join(&self.instance);
         if self.attachments.contains_key(&relative) && dir.exists() {
             return Ok(self.attachments[&relative].clone());
@@ -230,7 +267,10 @@ impl Kernel {
         let attachment = Attachment {
             cgroup: path.to_string_lossy().into_owned(),
             cgroup_id,
-            programs: program_names::CGROUP.iter().map(|s| s.to_string()).collect(),
+            programs: program_names::CGROUP
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         };
         self.attachments.insert(relative, attachment.clone());
         Ok(attachment)
@@ -263,7 +303,10 @@ impl Kernel {
             .strip_prefix(&self.cgroup_root)
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let group = self.links_dir().join("cgroups").join(fs::pin_name_for(&relative));
+        let group = self
+            .links_dir()
+            .join("cgroups")
+            .join(fs::pin_name_for(&relative));
         release_other_instances(&group, "")?;
         let _ = std::fs::remove_dir(&group);
         self.attachments.remove(&relative);
@@ -275,7 +318,10 @@ impl Kernel {
     }
 
     pub fn generation(&self) -> u64 {
-        self.maps.config.get(&0, 0).map_or(0, |c| c.generation as u64)
+        self.maps
+            .config
+            .get(&0, 0)
+            .map_or(0, |c| c.generation as u64)
     }
 
     pub fn state(&self) -> &KernelState {
@@ -287,7 +333,10 @@ impl Kernel {
     pub fn apply(&mut self, diff: &MapDiff) -> Result<u64, LoaderError> {
         let current = self.generation();
         if diff.from_generation != current {
-            return Err(LoaderError::GenerationMismatch { expected: diff.from_generation, actual: current });
+            return Err(LoaderError::GenerationMismatch {
+                expected: diff.from_generation,
+                actual: current,
+            });
         }
         let mut ops = diff.ops.clone();
         ops.sort_by_key(apply_order);
@@ -322,7 +371,10 @@ impl Kernel {
         self.maps
             .config
             .set(0, config, 0)
-            .map_err(|e| LoaderError::Map { map: map_names::CONFIG.into(), reason: e.to_string() })?;
+            .map_err(|e| LoaderError::Map {
+                map: map_names::CONFIG.into(),
+                reason: e.to_string(),
+            })?;
         Ok(config.generation as u64)
     }
 
@@ -333,14 +385,24 @@ impl Kernel {
         for op in ops {
             match op {
                 MapOp::Upsert { entry } => match entry {
-                    Entry::Cgroup { value, .. } => drop(encode::cgroup_value(value).map_err(invalid)?),
-                    Entry::Process { key, .. } => drop(encode::process_key(key).map_err(invalid)?),
-                    Entry::Dest { key, .. } => drop(encode::dest_key(key).map_err(invalid)?),
-                    Entry::Port { key, .. } => drop(encode::port_key(key).map_err(invalid)?),
+                    Entry::Cgroup { value, .. } => {
+                        encode::cgroup_value(value).map(|_| ()).map_err(invalid)?
+                    }
+                    Entry::Process { key, .. } => {
+                        encode::process_key(key).map(|_| ()).map_err(invalid)?
+                    }
+                    Entry::Dest { key, .. } => {
+                        encode::dest_key(key).map(|_| ()).map_err(invalid)?
+                    }
+                    Entry::Port { key, .. } => {
+                        encode::port_key(key).map(|_| ()).map_err(invalid)?
+                    }
                 },
                 MapOp::Delete { key } => {
                     if self.mirror.get(key).is_none() {
-                        return Err(LoaderError::InvalidDiff(format!("deletes {key:?}, which is not in the maps")));
+                        return Err(LoaderError::InvalidDiff(format!(
+                            "deletes {key:?}, which is not in the maps"
+                        )));
                     }
                 }
             }
@@ -350,7 +412,12 @@ impl Kernel {
 
     fn write(&mut self, op: &MapOp) -> Result<(), LoaderError> {
         let invalid = |e: encode::EncodeError| LoaderError::InvalidDiff(e.to_string());
-        let failed = |map: &'static str| move |e: MapError| LoaderError::Map { map: map.to_string(), reason: e.to_string() };
+        let failed = |map: &'static str| {
+            move |e: MapError| LoaderError::Map {
+                map: map.to_string(),
+                reason: e.to_string(),
+            }
+        };
         let m = &mut self.maps;
         match *op {
             MapOp::Upsert { entry } => match entry {
@@ -360,19 +427,33 @@ impl Kernel {
                     .map_err(failed(map_names::CGROUPS)),
                 Entry::Process { key, class } => m
                     .processes
-                    .insert(encode::process_key(&key).map_err(invalid)?, ProcessClass { class, _pad: 0 }, 0)
+                    .insert(
+                        encode::process_key(&key).map_err(invalid)?,
+                        ProcessClass { class, _pad: 0 },
+                        0,
+                    )
                     .map_err(failed(map_names::PROCESSES)),
                 Entry::Dest { key, ruleset } => m
                     .dests
-                    .insert(&encode::dest_key(&key).map_err(invalid)?, DestValue { ruleset, _pad: 0 }, 0)
+                    .insert(
+                        &encode::dest_key(&key).map_err(invalid)?,
+                        DestValue { ruleset, _pad: 0 },
+                        0,
+                    )
                     .map_err(failed(map_names::DESTS)),
                 Entry::Port { key, rule_id } => m
                     .ports
-                    .insert(&encode::port_key(&key).map_err(invalid)?, PortValue { rule_id, _pad: 0 }, 0)
+                    .insert(
+                        &encode::port_key(&key).map_err(invalid)?,
+                        PortValue { rule_id, _pad: 0 },
+                        0,
+                    )
                     .map_err(failed(map_names::PORTS)),
             },
             MapOp::Delete { key } => match key {
-                EntryKey::Cgroup { id } => m.cgroups.remove(&id).map_err(failed(map_names::CGROUPS)),
+                EntryKey::Cgroup { id } => {
+                    m.cgroups.remove(&id).map_err(failed(map_names::CGROUPS))
+                }
                 EntryKey::Process { key } => m
                     .processes
                     .remove(&encode::process_key(&key).map_err(invalid)?)
@@ -395,22 +476,34 @@ impl Kernel {
         let mut state = KernelState::default();
         for item in m.cgroups.iter() {
             let (id, value) = item.map_err(map_err(map_names::CGROUPS))?;
-            state.upsert(Entry::Cgroup { id, value: encode::cgroup_entry(&value) });
+            state.upsert(Entry::Cgroup {
+                id,
+                value: encode::cgroup_entry(&value),
+            });
         }
         for item in m.processes.iter() {
             let (key, class) = item.map_err(map_err(map_names::PROCESSES))?;
             match encode::process_key_back(&key) {
-                Ok(key) => state.upsert(Entry::Process { key, class: class.class }),
+                Ok(key) => state.upsert(Entry::Process {
+                    key,
+                    class: class.class,
+                }),
                 Err(e) => tracing::warn!(error = %e, "ignoring an undecodable process entry"),
             }
         }
         for item in m.dests.iter() {
             let (key, value) = item.map_err(map_err(map_names::DESTS))?;
-            state.upsert(Entry::Dest { key: encode::dest_key_back(&key), ruleset: value.ruleset });
+            state.upsert(Entry::Dest {
+                key: encode::dest_key_back(&key),
+                ruleset: value.ruleset,
+            });
         }
         for item in m.ports.iter() {
             let (key, value) = item.map_err(map_err(map_names::PORTS))?;
-            state.upsert(Entry::Port { key: encode::port_key_back(&key), rule_id: value.rule_id });
+            state.upsert(Entry::Port {
+                key: encode::port_key_back(&key),
+                rule_id: value.rule_id,
+            });
         }
         let config = m.config.get(&0, 0).unwrap_or_default();
         state.unknown_verdict = encode::verdict_back(config.unknown_verdict);
@@ -421,8 +514,14 @@ impl Kernel {
         let m = &self.maps;
         let mut policies = Vec::new();
         for policy_id in 0..kern::MAX_POLICIES {
-            let per_cpu = m.counters.get(&policy_id, 0).map_err(map_err(map_names::COUNTERS))?;
-            let mut sum = PolicyCountersDto { policy_id, ..Default::default() };
+            let per_cpu = m
+                .counters
+                .get(&policy_id, 0)
+                .map_err(map_err(map_names::COUNTERS))?;
+            let mut sum = PolicyCountersDto {
+                policy_id,
+                ..Default::default()
+            };
             for c in per_cpu.iter() {
                 sum.allowed += c.allowed;
                 sum.denied += c.denied;
@@ -438,13 +537,21 @@ impl Kernel {
             .map_err(map_err(map_names::STATS))?
             .iter()
             .sum();
-        Ok(Counters { policies, events_dropped_kernel: dropped, events_dropped_loader: 0 })
+        Ok(Counters {
+            policies,
+            events_dropped_kernel: dropped,
+            events_dropped_loader: 0,
+        })
     }
 
     /// The path an exe hash stands for, if the kernel saw that exec.
     pub fn exe_path(&self, hash: u64) -> Option<String> {
         let path = self.maps.exe_paths.get(&hash, 0).ok()?;
-        let end = path.path.iter().position(|&b| b == 0).unwrap_or(path.path.len());
+        let end = path
+            .path
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(path.path.len());
         Some(String::from_utf8_lossy(&path.path[..end]).into_owned())
     }
 }
@@ -473,12 +580,17 @@ fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut 
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let prog = ebpf.program_mut(name).ok_or(KernelError::MissingProgram(name))?;
-    prog.try_into().map_err(|source| KernelError::Program { name, source })
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or(KernelError::MissingProgram(name))?;
+    prog.try_into()
+        .map_err(|source| KernelError::Program { name, source })
 }
 
 fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), KernelError> {
-    let prog = ebpf.program_mut(name).ok_or(KernelError::MissingProgram(name))?;
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or(KernelError::MissingProgram(name))?;
     let result = match prog {
         aya::programs::Program::CgroupSkb(p) => p.load(),
         aya::programs::Program::CgroupSock(p) => p.load(),
@@ -489,17 +601,26 @@ fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), KernelError> 
     result.map_err(|source| KernelError::Program { name, source })
 }
 
-fn attach_cgroup_program(ebpf: &mut Ebpf, name: &'static str, cgroup: &File) -> Result<FdLink, KernelError> {
+fn attach_cgroup_program(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    cgroup: &File,
+) -> Result<FdLink, KernelError> {
     // Since 5.7 aya attaches with a bpf_link, which the kernel always runs in
     // BPF_F_ALLOW_MULTI mode and which refuses the flag itself; before,
     // it uses BPF_PROG_ATTACH, which needs the flag.
-    let mode = if aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(5, 7, 0)) {
+    let mode = if aya::util::KernelVersion::current()
+        .is_ok_and(|v| v >= aya::util::KernelVersion::new(5, 7, 0))
+    {
         CgroupAttachMode::Single
     } else {
         CgroupAttachMode::AllowMultiple
     };
     let err = |source| KernelError::Program { name, source };
-    let pin_err = |e: aya::programs::links::LinkError| KernelError::Pin { path: PathBuf::from(name), reason: e.to_string() };
+    let pin_err = |e: aya::programs::links::LinkError| KernelError::Pin {
+        path: PathBuf::from(name),
+        reason: e.to_string(),
+    };
     match name {
         program_names::EGRESS | program_names::INGRESS => {
             let kind = if name == program_names::EGRESS {
@@ -528,15 +649,18 @@ fn pin(link: FdLink, path: &Path) -> Result<(), KernelError> {
     if path.exists() {
         release(path)?;
     }
-    link.pin(path)
-        .map(drop)
-        .map_err(|e| KernelError::Pin { path: path.to_owned(), reason: e.to_string() })
+    link.pin(path).map(drop).map_err(|e| KernelError::Pin {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// Unpins one link; when this was its last reference the kernel detaches it.
 fn release(path: &Path) -> Result<(), KernelError> {
-    let link = PinnedLink::from_pin(path)
-        .map_err(|e| KernelError::Pin { path: path.to_owned(), reason: e.to_string() })?;
+    let link = PinnedLink::from_pin(path).map_err(|e| KernelError::Pin {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
     link.unpin().map(drop).map_err(io_err(path))
 }
 

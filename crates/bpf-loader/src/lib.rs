@@ -6,4 +6,5 @@ pub mod events;
 pub mod fs;
 pub mod kernel;
 pub mod service;
+pub mod testrun;
 pub mod tracefs;

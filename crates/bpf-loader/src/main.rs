@@ -22,7 +22,11 @@ use tarpc::server::{BaseChannel, Channel as _};
 use tokio::io::unix::AsyncFd;
 
 #[derive(Parser, Debug)]
-#[command(name = "bpf-loader", version, about = "contain's BPF loader: programs, links, maps, events (root only)")]
+#[command(
+    name = "bpf-loader",
+    version,
+    about = "contain's BPF loader: programs, links, maps, events (root only)"
+)]
 struct Args {
     /// Unix socket to serve on (mode 0600, root peers only).
     #[arg(long, default_value = proto::paths::LOADER_SOCKET)]
@@ -42,7 +46,9 @@ struct Args {
 fn init_tracing(format: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         "json" => builder.json().flatten_event(true).init(),
         "text" => builder.init(),
@@ -59,16 +65,25 @@ async fn main() -> anyhow::Result<()> {
         bail!("bpf-loader must run as root (it loads BPF programs and attaches them to cgroups)");
     }
 
-    let (mut kernel, ring) = Kernel::load(&args.pin_dir).context("loading contain's eBPF object")?;
-    kernel.attach_tracepoints().context("attaching the exec/fork/exit tracepoints")?;
-    for adopted in kernel.adopt().context("adopting the links of a previous loader")? {
+    let (mut kernel, ring) =
+        Kernel::load(&args.pin_dir).context("loading contain's eBPF object")?;
+    kernel
+        .attach_tracepoints()
+        .context("attaching the exec/fork/exit tracepoints")?;
+    for adopted in kernel
+        .adopt()
+        .context("adopting the links of a previous loader")?
+    {
         tracing::info!(cgroup = %adopted.cgroup, cgroup_id = adopted.cgroup_id, "re-attached to cgroup");
     }
     for parent in &args.attach_parents {
         let cgroup_root = bpf_loader::fs::cgroup2_mount()?;
         let path = bpf_loader::fs::resolve_cgroup(&cgroup_root, parent)?;
-        std::fs::create_dir_all(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
-        let attachment = kernel.attach(parent).with_context(|| format!("attaching to cgroup {parent}"))?;
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("creating cgroup {}", path.display()))?;
+        let attachment = kernel
+            .attach(parent)
+            .with_context(|| format!("attaching to cgroup {parent}"))?;
         tracing::info!(cgroup = %attachment.cgroup, cgroup_id = attachment.cgroup_id, "attached to cgroup");
     }
     tracing::info!(
@@ -82,11 +97,19 @@ async fn main() -> anyhow::Result<()> {
     let event_log = EventLog::new();
     tokio::spawn(drain_events(ring, kernel.clone(), event_log.clone()));
 
-    let listener = bind(&args.socket, 0o600, None).with_context(|| format!("binding {}", args.socket.display()))?;
-    let server = LoaderServer { kernel, events: event_log };
+    let listener = bind(&args.socket, 0o600, None)
+        .with_context(|| format!("binding {}", args.socket.display()))?;
+    let server = LoaderServer {
+        kernel,
+        events: event_log,
+    };
     let serve = accept_loop(listener, PeerPolicy::RootOnly, move |stream, _peer| {
         let channel = BaseChannel::with_defaults(framed(stream));
-        tokio::spawn(channel.execute(server.clone().serve()).for_each(spawn_request));
+        tokio::spawn(
+            channel
+                .execute(server.clone().serve())
+                .for_each(spawn_request),
+        );
     });
     tokio::select! {
         result = serve => result.context("serving the loader socket")?,
@@ -110,7 +133,8 @@ async fn shutdown_signal() {
 async fn drain_events(ring: RingBuf<MapData>, kernel: Arc<Mutex<Kernel>>, log: Arc<EventLog>) {
     // SAFETY: the ring buffer owns its map fd, which stays open and valid
     // for as long as the AsyncFd (which owns the ring buffer) lives.
-    let registered = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) };
+    let registered =
+        unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) };
     let mut ring = match registered {
         Ok(fd) => fd,
         Err(e) => {

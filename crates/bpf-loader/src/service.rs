@@ -40,12 +40,18 @@ impl Loader for LoaderServer {
 
     async fn attach(self, _: Context, cgroup: String) -> Result<Attachment, LoaderError> {
         let result = self.kernel().attach(&cgroup);
-        result.map_err(|e| LoaderError::Cgroup { path: cgroup, reason: e.to_string() })
+        result.map_err(|e| LoaderError::Cgroup {
+            path: cgroup,
+            reason: e.to_string(),
+        })
     }
 
     async fn detach(self, _: Context, cgroup: String) -> Result<(), LoaderError> {
         let result = self.kernel().detach(&cgroup);
-        result.map_err(|e| LoaderError::Cgroup { path: cgroup, reason: e.to_string() })
+        result.map_err(|e| LoaderError::Cgroup {
+            path: cgroup,
+            reason: e.to_string(),
+        })
     }
 
     async fn attachments(self, _: Context) -> Vec<Attachment> {
@@ -64,7 +70,10 @@ impl Loader for LoaderServer {
 
     async fn state(self, _: Context) -> Result<StateSnapshot, LoaderError> {
         let kernel = self.kernel();
-        Ok(StateSnapshot { generation: kernel.generation(), state: kernel.state().clone() })
+        Ok(StateSnapshot {
+            generation: kernel.generation(),
+            state: kernel.state().clone(),
+        })
     }
 
     async fn counters(self, _: Context) -> Result<Counters, LoaderError> {
@@ -75,6 +84,8 @@ impl Loader for LoaderServer {
 
     async fn events(self, _: Context, after: u64, max: u32, wait_ms: u32) -> EventBatch {
         let wait = Duration::from_millis(wait_ms.into()).min(MAX_EVENT_WAIT);
-        self.events.poll(after, max.min(MAX_EVENT_BATCH) as usize, wait).await
+        self.events
+            .poll(after, max.min(MAX_EVENT_BATCH) as usize, wait)
+            .await
     }
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use contain_common::{exe_hash, proto as ip, comm_hash};
+use contain_common::{comm_hash, exe_hash, proto as ip};
 use proto::state::{ProcessMatch, Verdict};
 use std::time::Duration;
 
@@ -15,29 +15,58 @@ const ICMP: u8 = ip::ICMP;
 const ICMPV6: u8 = ip::ICMPV6;
 
 fn allow(addr: &str, proto: u8, port: Option<u16>) -> Allow<'_> {
-    Allow { policy: 1, class: 0, addr, proto, port, icmp_type: false }
+    Allow {
+        policy: 1,
+        class: 0,
+        addr,
+        proto,
+        port,
+        icmp_type: false,
+    }
 }
 
 fn allow_icmp(addr: &str, proto: u8, icmp_type: u16) -> Allow<'_> {
-    Allow { policy: 1, class: 0, addr, proto, port: Some(icmp_type), icmp_type: true }
+    Allow {
+        policy: 1,
+        class: 0,
+        addr,
+        proto,
+        port: Some(icmp_type),
+        icmp_type: true,
+    }
 }
 
 fn assert_outcomes(lab: &Lab, cases: &[(&[&str], &str)]) {
     let mut failures = Vec::new();
     for (args, expected) in cases {
         let got = lab.probe(args);
-        let ok = if *expected == "denied" { got == "denied:EPERM" || got == "timeout" } else { got == *expected };
-        eprintln!("{:<40} expected {:<14} got {}", args.join(" "), expected, got);
+        let ok = if *expected == "denied" {
+            got == "denied:EPERM" || got == "timeout"
+        } else {
+            got == *expected
+        };
+        eprintln!(
+            "{:<40} expected {:<14} got {}",
+            args.join(" "),
+            expected,
+            got
+        );
         if !ok {
             failures.push(format!("{args:?}: expected {expected}, got {got}"));
         }
     }
-    assert!(failures.is_empty(), "unexpected outcomes:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "unexpected outcomes:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocols_are_allowed_and_denied_per_rule() {
-    let Some(()) = require_root("protocols_are_allowed_and_denied_per_rule") else { return };
+    let Some(()) = require_root("protocols_are_allowed_and_denied_per_rule") else {
+        return;
+    };
     let mut lab = Lab::new();
     lab.start_peer_servers();
     let client = lab.start_loader().await;
@@ -83,7 +112,10 @@ async fn protocols_are_allowed_and_denied_per_rule() {
     );
 
     // Denials are reported with attribution.
-    let batch = client.events(tarpc::context::current(), 0, 1000, 1000).await.expect("rpc");
+    let batch = client
+        .events(tarpc::context::current(), 0, 1000, 1000)
+        .await
+        .expect("rpc");
     let denied_connect = batch
         .events
         .iter()
@@ -94,15 +126,28 @@ async fn protocols_are_allowed_and_denied_per_rule() {
     assert_eq!(denied_connect.policy_id, 1);
     assert_eq!(denied_connect.cgroup_id, lab.ct_id());
     assert!(denied_connect.tgid > 0);
-    assert!(batch.events.iter().any(|e| e.icmp_type == Some(8) && e.dst.to_string() == PEER4_OTHER));
-    let counters = client.counters(tarpc::context::current()).await.expect("rpc").expect("counters");
-    let policy = counters.policies.iter().find(|p| p.policy_id == 1).expect("policy 1 counters");
+    assert!(batch
+        .events
+        .iter()
+        .any(|e| e.icmp_type == Some(8) && e.dst.to_string() == PEER4_OTHER));
+    let counters = client
+        .counters(tarpc::context::current())
+        .await
+        .expect("rpc")
+        .expect("counters");
+    let policy = counters
+        .policies
+        .iter()
+        .find(|p| p.policy_id == 1)
+        .expect("policy 1 counters");
     assert!(policy.allowed > 0 && policy.denied > 0, "{policy:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_rules_follow_the_executable_not_the_name() {
-    let Some(()) = require_root("process_rules_follow_the_executable_not_the_name") else { return };
+    let Some(()) = require_root("process_rules_follow_the_executable_not_the_name") else {
+        return;
+    };
     let mut lab = Lab::new();
     lab.start_peer_servers();
     let client = lab.start_loader().await;
@@ -111,8 +156,22 @@ async fn process_rules_follow_the_executable_not_the_name() {
         .cgroup(lab.ct_id(), 1, false)
         .process(1, ProcessMatch::Exe(exe_hash(PYTHON.as_bytes())), 1)
         .process(1, ProcessMatch::Comm(comm_hash(b"allowed-comm")), 2)
-        .allow(Allow { policy: 1, class: 1, addr: PEER4, proto: TCP, port: Some(8080), icmp_type: false })
-        .allow(Allow { policy: 1, class: 2, addr: PEER4, proto: TCP, port: Some(9090), icmp_type: false });
+        .allow(Allow {
+            policy: 1,
+            class: 1,
+            addr: PEER4,
+            proto: TCP,
+            port: Some(8080),
+            icmp_type: false,
+        })
+        .allow(Allow {
+            policy: 1,
+            class: 2,
+            addr: PEER4,
+            proto: TCP,
+            port: Some(9090),
+            icmp_type: false,
+        });
     converge(&client, &rules.state, Verdict::Deny).await;
 
     let copy = lab.scratch.join("python3");
@@ -122,9 +181,17 @@ async fn process_rules_follow_the_executable_not_the_name() {
     let cases: [(&str, &[&str], &str); 5] = [
         (PYTHON, &["tcp", PEER4, "8080"], "ok"),
         (&copy, &["tcp", PEER4, "8080"], "denied:EPERM"),
-        (&copy, &["tcp", PEER4, "8080", "--comm", "python3"], "denied:EPERM"),
+        (
+            &copy,
+            &["tcp", PEER4, "8080", "--comm", "python3"],
+            "denied:EPERM",
+        ),
         // A comm rule matches whatever takes the name (documented: spoofable).
-        (&copy, &["tcp", PEER4, "9090", "--comm", "allowed-comm"], "ok"),
+        (
+            &copy,
+            &["tcp", PEER4, "9090", "--comm", "allowed-comm"],
+            "ok",
+        ),
         (&copy, &["tcp", PEER4, "9090"], "denied:EPERM"),
     ];
     for (exe, args, expected) in cases {
@@ -135,7 +202,9 @@ async fn process_rules_follow_the_executable_not_the_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_in_a_deny_all_container_answer_their_clients() {
-    let Some(()) = require_root("servers_in_a_deny_all_container_answer_their_clients") else { return };
+    let Some(()) = require_root("servers_in_a_deny_all_container_answer_their_clients") else {
+        return;
+    };
     let mut lab = Lab::new();
     lab.start_peer_servers();
     let client = lab.start_loader().await;
@@ -154,35 +223,72 @@ async fn servers_in_a_deny_all_container_answer_their_clients() {
             .expect("probe from peer");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    assert_eq!(from_peer(&["tcp", CT4, "7070"]), "ok", "TCP client of a server in a deny-all container");
-    assert_eq!(from_peer(&["udp-sendto", CT4, "7070"]), "ok", "UDP client of a server in a deny-all container");
+    assert_eq!(
+        from_peer(&["tcp", CT4, "7070"]),
+        "ok",
+        "TCP client of a server in a deny-all container"
+    );
+    assert_eq!(
+        from_peer(&["udp-sendto", CT4, "7070"]),
+        "ok",
+        "UDP client of a server in a deny-all container"
+    );
     assert_eq!(from_peer(&["tcp6", CT6, "7070"]), "ok", "TCP over IPv6");
-    assert_eq!(from_peer(&["ping", CT4]), "ok", "the container's kernel answers pings");
-    assert_outcomes(&lab, &[(&["tcp", PEER4, "8080"], "denied:EPERM"), (&["udp-sendto", PEER4, "5353"], "denied:EPERM")]);
+    assert_eq!(
+        from_peer(&["ping", CT4]),
+        "ok",
+        "the container's kernel answers pings"
+    );
+    assert_outcomes(
+        &lab,
+        &[
+            (&["tcp", PEER4, "8080"], "denied:EPERM"),
+            (&["udp-sendto", PEER4, "5353"], "denied:EPERM"),
+        ],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_mode_passes_traffic_and_reports_it() {
-    let Some(()) = require_root("audit_mode_passes_traffic_and_reports_it") else { return };
+    let Some(()) = require_root("audit_mode_passes_traffic_and_reports_it") else {
+        return;
+    };
     let mut lab = Lab::new();
     lab.start_peer_servers();
     let client = lab.start_loader().await;
     let mut rules = Rules::default();
-    rules.cgroup(lab.ct_id(), 1, true).allow(allow(PEER4, TCP, Some(8080)));
+    rules
+        .cgroup(lab.ct_id(), 1, true)
+        .allow(allow(PEER4, TCP, Some(8080)));
     converge(&client, &rules.state, Verdict::Deny).await;
-    assert_outcomes(&lab, &[(&["tcp", PEER4, "9090"], "ok"), (&["ping", PEER4], "ok")]);
-    let batch = client.events(tarpc::context::current(), 0, 1000, 1000).await.expect("rpc");
+    assert_outcomes(
+        &lab,
+        &[(&["tcp", PEER4, "9090"], "ok"), (&["ping", PEER4], "ok")],
+    );
+    let batch = client
+        .events(tarpc::context::current(), 0, 1000, 1000)
+        .await
+        .expect("rpc");
     assert!(
-        batch.events.iter().any(|e| e.verdict == Verdict::Audit && e.dst_port == 9090),
+        batch
+            .events
+            .iter()
+            .any(|e| e.verdict == Verdict::Audit && e.dst_port == 9090),
         "no audit event for the would-be-denied connect: {:#?}",
         batch.events
     );
-    assert!(!batch.events.iter().any(|e| e.verdict == Verdict::Deny), "audit mode must not deny");
+    assert!(
+        !batch.events.iter().any(|e| e.verdict == Verdict::Deny),
+        "audit mode must not deny"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_cgroup_under_the_parent_is_covered_from_its_first_packet() {
-    let Some(()) = require_root("a_new_cgroup_under_the_parent_is_covered_from_its_first_packet") else { return };
+    let Some(()) = require_root("a_new_cgroup_under_the_parent_is_covered_from_its_first_packet")
+    else {
+        return;
+    };
     let mut lab = Lab::new();
     lab.start_peer_servers();
     let client = lab.start_loader().await;
@@ -190,20 +296,30 @@ async fn a_new_cgroup_under_the_parent_is_covered_from_its_first_packet() {
     // Created after attach, unknown to every map.
     let fresh = lab.parent.join("fresh");
     std::fs::create_dir(&fresh).expect("new cgroup");
-    assert_eq!(lab.probe_with(&fresh, PYTHON, &["tcp", PEER4, "8080"]), "denied:EPERM");
+    assert_eq!(
+        lab.probe_with(&fresh, PYTHON, &["tcp", PEER4, "8080"]),
+        "denied:EPERM"
+    );
     assert!(lab.probe_with(&fresh, PYTHON, &["ping", PEER4]) != "ok");
     converge(&client, &Rules::default().state, Verdict::Allow).await;
-    assert_eq!(lab.probe_with(&fresh, PYTHON, &["tcp", PEER4, "8080"]), "ok");
+    assert_eq!(
+        lab.probe_with(&fresh, PYTHON, &["tcp", PEER4, "8080"]),
+        "ok"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enforcement_survives_kill_9_and_restart_of_the_loader() {
-    let Some(()) = require_root("enforcement_survives_kill_9_and_restart_of_the_loader") else { return };
+    let Some(()) = require_root("enforcement_survives_kill_9_and_restart_of_the_loader") else {
+        return;
+    };
     let mut lab = Lab::new();
     lab.start_peer_servers();
     let client = lab.start_loader().await;
     let mut rules = Rules::default();
-    rules.cgroup(lab.ct_id(), 1, false).allow(allow(PEER4, TCP, Some(8080)));
+    rules
+        .cgroup(lab.ct_id(), 1, false)
+        .allow(allow(PEER4, TCP, Some(8080)));
     let generation = converge(&client, &rules.state, Verdict::Deny).await;
     drop(client);
 
@@ -221,15 +337,28 @@ async fn enforcement_survives_kill_9_and_restart_of_the_loader() {
     lab.kill_loader();
     tokio::time::sleep(Duration::from_millis(800)).await;
     let client = lab.start_loader().await;
-    let out = tokio::task::spawn_blocking(move || probe_loop.wait_with_output()).await.expect("join").expect("loop");
-    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+    let out = tokio::task::spawn_blocking(move || probe_loop.wait_with_output())
+        .await
+        .expect("join")
+        .expect("loop");
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
     assert_eq!(lines.len(), 60, "{lines:?}");
     for (i, line) in lines.iter().enumerate() {
         let expected = if i % 2 == 0 { "ok" } else { "denied:EPERM" };
-        assert_eq!(line, expected, "attempt {i} while the loader was killed and restarted: {lines:?}");
+        assert_eq!(
+            line, expected,
+            "attempt {i} while the loader was killed and restarted: {lines:?}"
+        );
     }
     // The restarted loader adopted the maps: same state, same generation.
-    let snap = client.state(tarpc::context::current()).await.expect("rpc").expect("state");
+    let snap = client
+        .state(tarpc::context::current())
+        .await
+        .expect("rpc")
+        .expect("state");
     assert_eq!(snap.generation, generation);
     assert_eq!(snap.state.cgroups, rules.state.cgroups);
     assert_eq!(snap.state.ports, rules.state.ports);
@@ -237,18 +366,35 @@ async fn enforcement_survives_kill_9_and_restart_of_the_loader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_access_stops_new_and_established_outbound_flows() {
-    let Some(()) = require_root("revoking_access_stops_new_and_established_outbound_flows") else { return };
+    let Some(()) = require_root("revoking_access_stops_new_and_established_outbound_flows") else {
+        return;
+    };
     let mut lab = Lab::new();
     lab.start_peer_servers();
     let client = lab.start_loader().await;
     let mut rules = Rules::default();
-    rules.cgroup(lab.ct_id(), 1, false).allow(allow(PEER4, TCP, Some(8080))).allow(allow(PEER4, UDP, Some(5353)));
+    rules
+        .cgroup(lab.ct_id(), 1, false)
+        .allow(allow(PEER4, TCP, Some(8080)))
+        .allow(allow(PEER4, UDP, Some(5353)));
     converge(&client, &rules.state, Verdict::Deny).await;
-    assert_outcomes(&lab, &[(&["tcp", PEER4, "8080"], "ok"), (&["udp-connect", PEER4, "5353"], "ok")]);
+    assert_outcomes(
+        &lab,
+        &[
+            (&["tcp", PEER4, "8080"], "ok"),
+            (&["udp-connect", PEER4, "5353"], "ok"),
+        ],
+    );
     let mut revoked = Rules::default();
     revoked.cgroup(lab.ct_id(), 1, false);
     converge(&client, &revoked.state, Verdict::Deny).await;
-    assert_outcomes(&lab, &[(&["tcp", PEER4, "8080"], "denied:EPERM"), (&["udp-connect", PEER4, "5353"], "denied:EPERM")]);
+    assert_outcomes(
+        &lab,
+        &[
+            (&["tcp", PEER4, "8080"], "denied:EPERM"),
+            (&["udp-connect", PEER4, "5353"], "denied:EPERM"),
+        ],
+    );
     converge(&client, &rules.state, Verdict::Deny).await;
     assert_outcomes(&lab, &[(&["tcp", PEER4, "8080"], "ok")]);
 }

@@ -9,10 +9,17 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_root_clients_are_refused_and_garbage_does_not_crash_it() {
-    let Some(()) = require_root("non_root_clients_are_refused_and_garbage_does_not_crash_it") else { return };
+    let Some(()) = require_root("non_root_clients_are_refused_and_garbage_does_not_crash_it")
+    else {
+        return;
+    };
     let mut lab = Lab::new();
     let client = lab.start_loader().await;
-    let mode = std::fs::metadata(&lab.socket).expect("socket").permissions().mode() & 0o777;
+    let mode = std::fs::metadata(&lab.socket)
+        .expect("socket")
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600, "loader socket must be root-only");
 
     // Even with the file mode opened up, the credential check refuses
@@ -29,10 +36,22 @@ async fn non_root_clients_are_refused_and_garbage_does_not_crash_it() {
         lab.socket.display()
     );
     let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", PYTHON, "-c", &script])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            PYTHON,
+            "-c",
+            &script,
+        ])
         .output()
         .expect("setpriv");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "closed", "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "closed",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Garbage from root: a bogus frame and a huge length prefix.
     for payload in [&b"\x00\x00\x00\x05hello"[..], &b"\xff\xff\xff\xffxx"[..]] {
@@ -40,8 +59,14 @@ async fn non_root_clients_are_refused_and_garbage_does_not_crash_it() {
         let _ = s.write_all(payload);
     }
     // Still serving.
-    let info = client.version(tarpc::context::current()).await.expect("loader still answers");
+    let info = client
+        .version(tarpc::context::current())
+        .await
+        .expect("loader still answers");
     assert_eq!(info.api_version, proto::API_VERSION);
     let fresh = lab.client().await.expect("new connection");
-    fresh.version(tarpc::context::current()).await.expect("new client answered");
+    fresh
+        .version(tarpc::context::current())
+        .await
+        .expect("new client answered");
 }

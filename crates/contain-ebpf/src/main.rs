@@ -35,7 +35,9 @@ use contain_common::{
 };
 
 use crate::{
-    decide::{count, count_unparsed, decide, generation, governance, report, EventFlow, Identity, Target},
+    decide::{
+        count, count_unparsed, decide, generation, governance, report, EventFlow, Identity, Target,
+    },
     maps::{EXECS, EXE_PATHS, INBOUND_PEERS, PATH_SCRATCH, SOCKETS},
     packet::{Flow, TCP_ACK, TCP_SYN},
 };
@@ -197,7 +199,14 @@ fn judge_sock_addr<const V6: bool>(ctx: &SockAddrContext, hook: Hook, is_connect
     } else {
         // SAFETY: non-null storage pointer.
         let i = unsafe { &*info };
-        (if i.cgroup_id != 0 { i.cgroup_id } else { current_cgroup() }, Identity::of(i))
+        (
+            if i.cgroup_id != 0 {
+                i.cgroup_id
+            } else {
+                current_cgroup()
+            },
+            Identity::of(i),
+        )
     };
     let gov = governance(cgroup_id);
     if !is_connect && target.proto == proto::UDP && !sk.is_null() {
@@ -351,7 +360,14 @@ fn egress(ctx: &SkBuffContext) -> i32 {
     let decision = decide(&gov, &who, &target);
     count(gov.policy_id, decision.verdict);
     if decision.verdict != Verdict::Allow {
-        report(cgroup_id, &gov, &who, &decision, &event_flow(&flow), Hook::Egress);
+        report(
+            cgroup_id,
+            &gov,
+            &who,
+            &decision,
+            &event_flow(&flow),
+            Hook::Egress,
+        );
     }
     if !info.is_null() {
         // SAFETY: non-null storage, owned by this socket.
@@ -472,15 +488,14 @@ fn record_exec(ctx: &TracePointContext) -> Result<(), i32> {
     // SAFETY: reading the record's string with a bounded copy.
     unsafe {
         bpf_probe_read_kernel_str_bytes(ctx.as_ptr().cast::<u8>().add(offset), path)
-            .map_err(|e| e as i32)?
+            .map(drop)?
     };
     let hash = exe_hash(path);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     EXECS
-        .insert(tgid, ExecInfo { exe_hash: hash }, 0)
-        .map_err(|e| e as i32)?;
+        .insert(tgid, ExecInfo { exe_hash: hash }, 0)?;
     // SAFETY: scratch pointer valid for the program's duration.
-    let _ = EXE_PATHS.insert(hash, unsafe { &*scratch }, 0);
+    let _ = EXE_PATHS.insert(hash, unsafe { *scratch }, 0);
     Ok(())
 }
 

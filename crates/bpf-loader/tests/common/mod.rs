@@ -9,6 +9,8 @@
 //! leftovers of dead runs are swept first.
 #![allow(dead_code)]
 
+pub mod packets;
+
 use std::{
     io::{BufRead, BufReader},
     os::unix::fs::MetadataExt,
@@ -20,7 +22,10 @@ use std::{
 
 use proto::{
     loader::LoaderClient,
-    state::{CgroupEntry, DestKey, Entry, KernelState, MapDiff, PortKey, ProcessKey, ProcessMatch, Verdict},
+    state::{
+        CgroupEntry, DestKey, Entry, KernelState, MapDiff, PortKey, ProcessKey, ProcessMatch,
+        Verdict,
+    },
     transport,
 };
 
@@ -37,7 +42,10 @@ pub const PEER_PORTS: [u16; 3] = [8080, 9090, 5353];
 const PREFIX: &str = "contain-t";
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
 }
 
 pub fn probe_script() -> PathBuf {
@@ -49,13 +57,17 @@ pub fn require_root(test: &str) -> Option<()> {
     if nix::unistd::geteuid().is_root() {
         Some(())
     } else {
-        eprintln!("{test}: does not apply: needs root (it creates namespaces, cgroups and loads BPF)");
+        eprintln!(
+            "{test}: does not apply: needs root (it creates namespaces, cgroups and loads BPF)"
+        );
         None
     }
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     if !out.status.success() {
         panic!(
             "{cmd:?} failed ({}): {}{}",
@@ -81,7 +93,12 @@ fn pid_alive(pid: u32) -> bool {
 
 /// Owner pid of a lab name `contain-t-<pid>-<n>...`.
 fn owner(name: &str) -> Option<u32> {
-    name.strip_prefix(PREFIX)?.strip_prefix('-')?.split('-').next()?.parse().ok()
+    name.strip_prefix(PREFIX)?
+        .strip_prefix('-')?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Removes namespaces, cgroups and pins of labs whose process is gone.
@@ -206,7 +223,9 @@ impl Lab {
         let ports: Vec<String> = PEER_PORTS.iter().map(|p| p.to_string()).collect();
         let server = repo_root().join("tests/peer_server.py");
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.peer_ns, PYTHON]).arg(server).args(&ports);
+        cmd.args(["netns", "exec", &self.peer_ns, PYTHON])
+            .arg(server)
+            .args(&ports);
         self.spawn_ready(cmd);
     }
 
@@ -222,7 +241,9 @@ impl Lab {
     fn spawn_ready(&mut self, mut cmd: Command) {
         let mut child = cmd.stdout(Stdio::piped()).spawn().expect("starting server");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("server output");
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("server output");
         assert_eq!(line.trim(), "ready", "server did not start");
         self.children.push(child);
     }
@@ -244,10 +265,16 @@ impl Lab {
     pub fn probe_with(&self, cgroup: &Path, exe: &str, args: &[&str]) -> String {
         let mut full: Vec<String> = vec![exe.into(), probe_script().display().to_string()];
         full.extend(args.iter().map(|s| s.to_string()));
-        let out = self.in_cgroup_cmd(cgroup, &full).output().expect("running probe");
+        let out = self
+            .in_cgroup_cmd(cgroup, &full)
+            .output()
+            .expect("running probe");
         let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if text.is_empty() {
-            panic!("probe {args:?} printed nothing: {}", String::from_utf8_lossy(&out.stderr));
+            panic!(
+                "probe {args:?} printed nothing: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         text
     }
@@ -271,7 +298,11 @@ impl Lab {
     /// Starts bpf-loader attached to the lab's parent cgroup and waits
     /// until its socket answers.
     pub async fn start_loader(&mut self) -> LoaderClient {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.loader_log()).expect("log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.loader_log())
+            .expect("log");
         let child = Command::new(env!("CARGO_BIN_EXE_bpf-loader"))
             .arg("--socket")
             .arg(&self.socket)
@@ -285,15 +316,26 @@ impl Lab {
         self.loader = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(status) = self.loader.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("bpf-loader exited ({status}): {}", std::fs::read_to_string(self.loader_log()).unwrap_or_default());
+            if let Some(status) = self
+                .loader
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "bpf-loader exited ({status}): {}",
+                    std::fs::read_to_string(self.loader_log()).unwrap_or_default()
+                );
             }
             if let Ok(client) = self.client().await {
                 if client.version(tarpc::context::current()).await.is_ok() {
                     return client;
                 }
             }
-            assert!(Instant::now() < deadline, "bpf-loader did not come up: {}", std::fs::read_to_string(self.loader_log()).unwrap_or_default());
+            assert!(
+                Instant::now() < deadline,
+                "bpf-loader did not come up: {}",
+                std::fs::read_to_string(self.loader_log()).unwrap_or_default()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -351,12 +393,22 @@ pub struct Allow<'a> {
 
 impl Rules {
     pub fn cgroup(&mut self, id: u64, policy_id: u32, audit: bool) -> &mut Self {
-        self.state.upsert(Entry::Cgroup { id, value: CgroupEntry { policy_id, audit, unrestricted: false } });
+        self.state.upsert(Entry::Cgroup {
+            id,
+            value: CgroupEntry {
+                policy_id,
+                audit,
+                unrestricted: false,
+            },
+        });
         self
     }
 
     pub fn process(&mut self, policy_id: u32, process: ProcessMatch, class: u32) -> &mut Self {
-        self.state.upsert(Entry::Process { key: ProcessKey { policy_id, process }, class });
+        self.state.upsert(Entry::Process {
+            key: ProcessKey { policy_id, process },
+            class,
+        });
         self
     }
 
@@ -368,12 +420,20 @@ impl Rules {
             std::net::IpAddr::V6(v6) => (v6.octets(), 128),
         };
         // One ruleset per destination: allowances for the same address share it.
-        let key = DestKey { policy_id: a.policy, class: a.class, addr, prefix_len };
+        let key = DestKey {
+            policy_id: a.policy,
+            class: a.class,
+            addr,
+            prefix_len,
+        };
         let ruleset = match self.state.dests.get(&key) {
             Some(&ruleset) => ruleset,
             None => {
                 self.next_ruleset += 1;
-                self.state.upsert(Entry::Dest { key, ruleset: self.next_ruleset });
+                self.state.upsert(Entry::Dest {
+                    key,
+                    ruleset: self.next_ruleset,
+                });
                 self.next_ruleset
             }
         };
@@ -382,14 +442,34 @@ impl Rules {
             (Some(p), false) => (p, 16),
             (Some(t), true) => (t << 8, 8),
         };
-        self.state.upsert(Entry::Port { key: PortKey { ruleset, proto: a.proto, port, port_bits }, rule_id: ruleset });
+        self.state.upsert(Entry::Port {
+            key: PortKey {
+                ruleset,
+                proto: a.proto,
+                port,
+                port_bits,
+            },
+            rule_id: ruleset,
+        });
         self
     }
 }
 
 /// Makes the loader's maps equal `desired` (and the unknown verdict).
 pub async fn converge(client: &LoaderClient, desired: &KernelState, unknown: Verdict) -> u64 {
-    let snap = client.state(tarpc::context::current()).await.expect("rpc").expect("state");
-    let diff = MapDiff { from_generation: snap.generation, unknown_verdict: Some(unknown), ops: snap.state.diff_to(desired) };
-    client.apply(tarpc::context::current(), diff).await.expect("rpc").expect("apply")
+    let snap = client
+        .state(tarpc::context::current())
+        .await
+        .expect("rpc")
+        .expect("state");
+    let diff = MapDiff {
+        from_generation: snap.generation,
+        unknown_verdict: Some(unknown),
+        ops: snap.state.diff_to(desired),
+    };
+    client
+        .apply(tarpc::context::current(), diff)
+        .await
+        .expect("rpc")
+        .expect("apply")
 }

@@ -1,0 +1,124 @@
+//! Hand-built Ethernet frames for BPF_PROG_TEST_RUN: IPv4 with and without
+//! options, IPv6 with extension headers, fragments, TCP/UDP/ICMP.
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+pub const TCP: u8 = 6;
+pub const UDP: u8 = 17;
+pub const ICMP: u8 = 1;
+pub const ICMPV6: u8 = 58;
+
+const SRC4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const SRC6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 2);
+
+fn ethernet(ethertype: u16) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f
+}
+
+/// Transport header: TCP SYN or UDP with ports, or ICMP with `type, code`
+/// taken from `dport >> 8, dport & 0xff`.
+pub fn transport(proto: u8, dport: u16) -> Vec<u8> {
+    match proto {
+        TCP => {
+            let mut h = vec![0u8; 20];
+            h[0..2].copy_from_slice(&40000u16.to_be_bytes());
+            h[2..4].copy_from_slice(&dport.to_be_bytes());
+            h[12] = 5 << 4;
+            h[13] = 0x02; // SYN
+            h
+        }
+        UDP => {
+            let mut h = vec![0u8; 8];
+            h[0..2].copy_from_slice(&40000u16.to_be_bytes());
+            h[2..4].copy_from_slice(&dport.to_be_bytes());
+            h[4..6].copy_from_slice(&8u16.to_be_bytes());
+            h
+        }
+        _ => vec![(dport >> 8) as u8, dport as u8, 0, 0, 0, 1, 0, 1],
+    }
+}
+
+/// IPv4 packet; `options` bytes (a multiple of 4) go after the base header,
+/// `frag_offset` in 8-byte units (non-zero = a later fragment, no L4 header).
+pub fn ipv4(dst: Ipv4Addr, proto: u8, dport: u16, options: usize, frag_offset: u16) -> Vec<u8> {
+    let l4 = if frag_offset == 0 {
+        transport(proto, dport)
+    } else {
+        vec![0xAA; 16]
+    };
+    let ihl = 5 + options / 4;
+    let total = ihl * 4 + l4.len();
+    let mut ip = vec![0u8; ihl * 4];
+    ip[0] = 0x40 | ihl as u8;
+    ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    ip[6..8].copy_from_slice(&frag_offset.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = proto;
+    ip[12..16].copy_from_slice(&SRC4.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    for b in ip[20..].iter_mut() {
+        *b = 1; // NOP options
+    }
+    let mut f = ethernet(0x0800);
+    f.extend(ip);
+    f.extend(l4);
+    f
+}
+
+/// An IPv6 extension header to put before the transport header.
+#[derive(Clone, Copy)]
+pub enum Ext {
+    HopByHop,
+    DestOpts,
+    Routing,
+    /// Fragment header with this offset (8-byte units).
+    Fragment(u16),
+}
+
+pub fn ipv6(dst: Ipv6Addr, proto: u8, dport: u16, exts: &[Ext]) -> Vec<u8> {
+    let later_fragment = exts
+        .iter()
+        .any(|e| matches!(e, Ext::Fragment(o) if *o != 0));
+    let l4 = if later_fragment {
+        vec![0xAA; 16]
+    } else {
+        transport(proto, dport)
+    };
+    let codes: Vec<u8> = exts
+        .iter()
+        .map(|e| match e {
+            Ext::HopByHop => 0,
+            Ext::DestOpts => 60,
+            Ext::Routing => 43,
+            Ext::Fragment(_) => 44,
+        })
+        .collect();
+    let mut body = Vec::new();
+    for (i, e) in exts.iter().enumerate() {
+        let next = codes.get(i + 1).copied().unwrap_or(proto);
+        match e {
+            Ext::Fragment(offset) => {
+                body.extend_from_slice(&[next, 0]);
+                body.extend_from_slice(&(offset << 3).to_be_bytes());
+                body.extend_from_slice(&[0, 0, 0, 7]);
+            }
+            Ext::Routing => body.extend_from_slice(&[next, 0, 0, 0, 0, 0, 0, 0]),
+            _ => body.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]),
+        }
+    }
+    body.extend(l4);
+    let mut ip = vec![0u8; 40];
+    ip[0] = 0x60;
+    ip[4..6].copy_from_slice(&(body.len() as u16).to_be_bytes());
+    ip[6] = codes.first().copied().unwrap_or(proto);
+    ip[7] = 64;
+    ip[8..24].copy_from_slice(&SRC6.octets());
+    ip[24..40].copy_from_slice(&dst.octets());
+    let mut f = ethernet(0x86DD);
+    f.extend(ip);
+    f.extend(body);
+    f
+}

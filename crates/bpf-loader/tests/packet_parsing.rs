@@ -1,0 +1,181 @@
+//! The egress program on crafted packets (BPF_PROG_TEST_RUN): it must find
+//! the real transport header behind IPv4 options and IPv6 extension
+//! headers, and judge later fragments without inventing ports.
+
+mod common;
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use bpf_loader::{kernel::Kernel, testrun};
+use common::packets::{self, Ext, ICMP, ICMPV6, TCP, UDP};
+use common::{require_root, Allow, Rules};
+use contain_common::program_names;
+use proto::state::{MapDiff, Verdict};
+
+const ALLOWED4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const ANYPORT4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 5);
+const OTHER4: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 9);
+const ALLOWED6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 1);
+
+/// The cgroup BPF_PROG_TEST_RUN's dummy socket belongs to: this process's.
+fn own_cgroup_id() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let text = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
+    let path = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("cgroup v2 entry");
+    let full = bpf_loader::fs::cgroup2_mount()
+        .expect("cgroup2")
+        .join(path.trim_start_matches('/'));
+    std::fs::metadata(full).expect("own cgroup").ino()
+}
+
+struct PinDir(std::path::PathBuf);
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn egress_parses_real_headers() {
+    let Some(()) = require_root("egress_parses_real_headers") else {
+        return;
+    };
+    let pins = PinDir(std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/contain-t-{}-parse",
+        std::process::id()
+    )));
+    let (mut kernel, _events) = Kernel::load(&pins.0).expect("loading the eBPF object");
+    let allow = |addr, proto, port: Option<u16>, icmp_type| Allow {
+        policy: 1,
+        class: 0,
+        addr,
+        proto,
+        port,
+        icmp_type,
+    };
+    let mut rules = Rules::default();
+    rules
+        .cgroup(own_cgroup_id(), 1, false)
+        .allow(allow("198.18.0.1", TCP, Some(443), false))
+        .allow(allow("198.18.0.1", UDP, Some(53), false))
+        .allow(allow("198.18.0.1", ICMP, Some(8), true))
+        .allow(allow("198.18.0.5", UDP, None, false))
+        .allow(allow("2001:db8:77::1", TCP, Some(443), false))
+        .allow(allow("2001:db8:77::1", ICMPV6, Some(128), true));
+    let diff = MapDiff {
+        from_generation: kernel.generation(),
+        unknown_verdict: Some(Verdict::Deny),
+        ops: kernel.state().diff_to(&rules.state),
+    };
+    kernel.apply(&diff).expect("apply");
+    let egress = kernel
+        .program_fd(program_names::EGRESS)
+        .expect("egress program");
+
+    let cases: Vec<(&str, Vec<u8>, u32)> = vec![
+        (
+            "v4 tcp syn allowed",
+            packets::ipv4(ALLOWED4, TCP, 443, 0, 0),
+            1,
+        ),
+        (
+            "v4 tcp syn wrong port",
+            packets::ipv4(ALLOWED4, TCP, 444, 0, 0),
+            0,
+        ),
+        (
+            "v4 tcp syn other host",
+            packets::ipv4(OTHER4, TCP, 443, 0, 0),
+            0,
+        ),
+        (
+            "v4 with 8 bytes of options, allowed",
+            packets::ipv4(ALLOWED4, TCP, 443, 8, 0),
+            1,
+        ),
+        (
+            "v4 with 40 bytes of options, wrong port",
+            packets::ipv4(ALLOWED4, TCP, 444, 40, 0),
+            0,
+        ),
+        ("v4 udp allowed", packets::ipv4(ALLOWED4, UDP, 53, 0, 0), 1),
+        (
+            "v4 udp wrong port",
+            packets::ipv4(ALLOWED4, UDP, 54, 0, 0),
+            0,
+        ),
+        (
+            "v4 icmp echo request",
+            packets::ipv4(ALLOWED4, ICMP, 8 << 8, 0, 0),
+            1,
+        ),
+        (
+            "v4 icmp timestamp request",
+            packets::ipv4(ALLOWED4, ICMP, 13 << 8, 0, 0),
+            0,
+        ),
+        (
+            "v4 later fragment, port-specific rule only",
+            packets::ipv4(ALLOWED4, TCP, 443, 0, 100),
+            0,
+        ),
+        (
+            "v4 later fragment, any-port rule",
+            packets::ipv4(ANYPORT4, UDP, 0, 0, 100),
+            1,
+        ),
+        ("v6 tcp allowed", packets::ipv6(ALLOWED6, TCP, 443, &[]), 1),
+        (
+            "v6 tcp wrong port",
+            packets::ipv6(ALLOWED6, TCP, 444, &[]),
+            0,
+        ),
+        (
+            "v6 hop-by-hop + dest opts, allowed",
+            packets::ipv6(ALLOWED6, TCP, 443, &[Ext::HopByHop, Ext::DestOpts]),
+            1,
+        ),
+        (
+            "v6 hop-by-hop + routing, wrong port",
+            packets::ipv6(ALLOWED6, TCP, 444, &[Ext::HopByHop, Ext::Routing]),
+            0,
+        ),
+        (
+            "v6 first fragment, allowed",
+            packets::ipv6(ALLOWED6, TCP, 443, &[Ext::Fragment(0)]),
+            1,
+        ),
+        (
+            "v6 first fragment, wrong port",
+            packets::ipv6(ALLOWED6, TCP, 444, &[Ext::Fragment(0)]),
+            0,
+        ),
+        (
+            "v6 later fragment of tcp",
+            packets::ipv6(ALLOWED6, TCP, 443, &[Ext::Fragment(10)]),
+            0,
+        ),
+        (
+            "v6 icmpv6 echo request",
+            packets::ipv6(ALLOWED6, ICMPV6, 128 << 8, &[]),
+            1,
+        ),
+        (
+            "v6 icmpv6 other type",
+            packets::ipv6(ALLOWED6, ICMPV6, 1 << 8, &[]),
+            0,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, packet, expected) in &cases {
+        let run = testrun::run(egress, packet, 1).expect("BPF_PROG_TEST_RUN");
+        eprintln!("{name:<50} expected {expected} got {}", run.retval);
+        if run.retval != *expected {
+            failures.push(*name);
+        }
+    }
+    assert!(failures.is_empty(), "wrong verdicts: {failures:?}");
+}
