@@ -38,6 +38,11 @@ struct Args {
     /// the cgroup2 mount); created if missing. Repeatable.
     #[arg(long = "attach-parent")]
     attach_parents: Vec<String>,
+    /// Also admit this (non-root) user on the socket: policyd's service
+    /// user. The socket becomes 0660 with that user's primary group, and the
+    /// peer-credential check admits exactly root and that uid.
+    #[arg(long)]
+    client_user: Option<String>,
     /// Log format: json (one object per line, for journald/Loki) or text.
     #[arg(long, default_value = "json")]
     log_format: String,
@@ -103,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
         kernel,
         events: event_log,
     };
-    let serve = accept_loop(listener, PeerPolicy::RootOnly, move |stream, _peer| {
+    let serve = accept_loop(listener, peers, move |stream, _peer| {
         let channel = BaseChannel::with_defaults(framed(stream));
         tokio::spawn(
             channel

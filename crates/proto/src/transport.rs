@@ -23,6 +23,8 @@ pub enum PeerPolicy {
     /// uid 0, or a process whose uid or primary gid is the given group, or
     /// that is a member of it.
     RootOrGroup(u32),
+    /// uid 0, or exactly this uid (a daemon's service user).
+    RootOrUser(u32),
 }
 
 /// The credentials of a connected peer.
@@ -43,6 +45,7 @@ impl PeerPolicy {
             PeerPolicy::RootOrGroup(gid) => {
                 peer.gid == gid || peer.pid.is_some_and(|pid| process_in_group(pid, gid))
             }
+            PeerPolicy::RootOrUser(uid) => peer.uid == uid,
         }
     }
 }
@@ -129,7 +132,11 @@ pub fn peer_cred(stream: &UnixStream) -> io::Result<PeerCred> {
 ///     tokio::spawn(channel.execute(MyServer.serve()).for_each(spawn_request));
 /// })
 /// ```
-pub async fn accept_loop<F>(listener: UnixListener, policy: PeerPolicy, mut on_connection: F) -> io::Result<()>
+pub async fn accept_loop<F>(
+    listener: UnixListener,
+    policy: PeerPolicy,
+    mut on_connection: F,
+) -> io::Result<()>
 where
     F: FnMut(UnixStream, PeerCred),
 {
@@ -168,16 +175,26 @@ mod tests {
 
     #[test]
     fn root_is_always_admitted() {
-        let root = PeerCred { pid: None, uid: 0, gid: 0 };
+        let root = PeerCred {
+            pid: None,
+            uid: 0,
+            gid: 0,
+        };
         assert!(PeerPolicy::RootOnly.admits(&root));
         assert!(PeerPolicy::RootOrGroup(1234).admits(&root));
     }
 
     #[test]
     fn non_root_needs_the_group() {
-        let user = PeerCred { pid: None, uid: 1000, gid: 1000 };
+        let user = PeerCred {
+            pid: None,
+            uid: 1000,
+            gid: 1000,
+        };
         assert!(!PeerPolicy::RootOnly.admits(&user));
         assert!(!PeerPolicy::RootOrGroup(1234).admits(&user));
         assert!(PeerPolicy::RootOrGroup(1000).admits(&user));
+        assert!(PeerPolicy::RootOrUser(1000).admits(&user));
+        assert!(!PeerPolicy::RootOrUser(1001).admits(&user));
     }
 }
