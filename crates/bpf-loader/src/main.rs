@@ -102,7 +102,20 @@ async fn main() -> anyhow::Result<()> {
     let event_log = EventLog::new();
     tokio::spawn(drain_events(ring, kernel.clone(), event_log.clone()));
 
-    let listener = bind(&args.socket, 0o600, None)
+    let (mode, group, peers) = match &args.client_user {
+        None => (0o600, None, PeerPolicy::RootOnly),
+        Some(name) => {
+            let user = nix::unistd::User::from_name(name)
+                .with_context(|| format!("looking up --client-user {name}"))?
+                .with_context(|| format!("--client-user {name}: no such user"))?;
+            (
+                0o660,
+                Some(user.gid.as_raw()),
+                PeerPolicy::RootOrUser(user.uid.as_raw()),
+            )
+        }
+    };
+    let listener = bind(&args.socket, mode, group)
         .with_context(|| format!("binding {}", args.socket.display()))?;
     let server = LoaderServer {
         kernel,
