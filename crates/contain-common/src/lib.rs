@@ -409,7 +409,10 @@ mod tests {
         assert_eq!(size_of::<DestKey>(), 24);
         assert_eq!(size_of::<PortKey>(), 8);
         assert_eq!(size_of::<Config>(), 8);
-        assert_eq!(size_of::<SockInfo>(), 8 + 8 + 4 + 4 + 16 + 4 + 4 + 16 + 2 + 1 + 1 + 4);
+        assert_eq!(
+            size_of::<SockInfo>(),
+            8 + 8 + 4 + 4 + 16 + 4 + 4 + 16 + 2 + 1 + 1 + 4
+        );
         assert_eq!(size_of::<InboundKey>(), 8 + 16 + 2 + 2 + 1 + 3);
         assert_eq!(size_of::<Event>(), 8 * 3 + 4 * 4 + 16 * 3 + 2 * 2 + 6 + 6);
     }
@@ -419,7 +422,10 @@ mod tests {
         assert_eq!(comm_hash(b"curl\0garbage"), comm_hash(b"curl"));
         assert_ne!(comm_hash(b"curl"), comm_hash(b"curl2"));
         // The kernel keeps 15 bytes of comm; longer names compare by prefix.
-        assert_eq!(comm_hash(b"0123456789abcdefXYZ"), comm_hash(b"0123456789abcde"));
+        assert_eq!(
+            comm_hash(b"0123456789abcdefXYZ"),
+            comm_hash(b"0123456789abcde")
+        );
         assert_ne!(exe_hash(b"/usr/bin/curl"), exe_hash(b"/tmp/curl"));
     }
 

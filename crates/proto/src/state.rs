@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 
 /// What the kernel does with traffic no rule allows (or a cgroup it does not
 /// know yet).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     #[default]
@@ -150,10 +152,22 @@ impl KernelState {
 
     pub fn get(&self, key: &EntryKey) -> Option<Entry> {
         match *key {
-            EntryKey::Cgroup { id } => self.cgroups.get(&id).map(|&value| Entry::Cgroup { id, value }),
-            EntryKey::Process { key } => self.processes.get(&key).map(|&class| Entry::Process { key, class }),
-            EntryKey::Dest { key } => self.dests.get(&key).map(|&ruleset| Entry::Dest { key, ruleset }),
-            EntryKey::Port { key } => self.ports.get(&key).map(|&rule_id| Entry::Port { key, rule_id }),
+            EntryKey::Cgroup { id } => self
+                .cgroups
+                .get(&id)
+                .map(|&value| Entry::Cgroup { id, value }),
+            EntryKey::Process { key } => self
+                .processes
+                .get(&key)
+                .map(|&class| Entry::Process { key, class }),
+            EntryKey::Dest { key } => self
+                .dests
+                .get(&key)
+                .map(|&ruleset| Entry::Dest { key, ruleset }),
+            EntryKey::Port { key } => self
+                .ports
+                .get(&key)
+                .map(|&rule_id| Entry::Port { key, rule_id }),
         }
     }
 
@@ -225,10 +239,22 @@ impl KernelState {
 
     /// Every entry, in map order.
     pub fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
-        let cgroups = self.cgroups.iter().map(|(&id, &value)| Entry::Cgroup { id, value });
-        let processes = self.processes.iter().map(|(&key, &class)| Entry::Process { key, class });
-        let dests = self.dests.iter().map(|(&key, &ruleset)| Entry::Dest { key, ruleset });
-        let ports = self.ports.iter().map(|(&key, &rule_id)| Entry::Port { key, rule_id });
+        let cgroups = self
+            .cgroups
+            .iter()
+            .map(|(&id, &value)| Entry::Cgroup { id, value });
+        let processes = self
+            .processes
+            .iter()
+            .map(|(&key, &class)| Entry::Process { key, class });
+        let dests = self
+            .dests
+            .iter()
+            .map(|(&key, &ruleset)| Entry::Dest { key, ruleset });
+        let ports = self
+            .ports
+            .iter()
+            .map(|(&key, &rule_id)| Entry::Port { key, rule_id });
         cgroups.chain(processes).chain(dests).chain(ports)
     }
 }
@@ -239,14 +265,30 @@ impl KernelState {
 /// then the removal of what nothing points to any more.
 pub fn apply_order(op: &MapOp) -> u8 {
     match op {
-        MapOp::Upsert { entry: Entry::Port { .. } } => 0,
-        MapOp::Upsert { entry: Entry::Dest { .. } } => 1,
-        MapOp::Upsert { entry: Entry::Process { .. } } => 2,
-        MapOp::Upsert { entry: Entry::Cgroup { .. } } => 3,
-        MapOp::Delete { key: EntryKey::Cgroup { .. } } => 4,
-        MapOp::Delete { key: EntryKey::Process { .. } } => 5,
-        MapOp::Delete { key: EntryKey::Dest { .. } } => 6,
-        MapOp::Delete { key: EntryKey::Port { .. } } => 7,
+        MapOp::Upsert {
+            entry: Entry::Port { .. },
+        } => 0,
+        MapOp::Upsert {
+            entry: Entry::Dest { .. },
+        } => 1,
+        MapOp::Upsert {
+            entry: Entry::Process { .. },
+        } => 2,
+        MapOp::Upsert {
+            entry: Entry::Cgroup { .. },
+        } => 3,
+        MapOp::Delete {
+            key: EntryKey::Cgroup { .. },
+        } => 4,
+        MapOp::Delete {
+            key: EntryKey::Process { .. },
+        } => 5,
+        MapOp::Delete {
+            key: EntryKey::Dest { .. },
+        } => 6,
+        MapOp::Delete {
+            key: EntryKey::Port { .. },
+        } => 7,
     }
 }
 
@@ -283,14 +325,28 @@ mod tests {
         let mut s = KernelState::default();
         s.upsert(Entry::Cgroup {
             id: 42,
-            value: CgroupEntry { policy_id: 1, audit: false, unrestricted: false },
+            value: CgroupEntry {
+                policy_id: 1,
+                audit: false,
+                unrestricted: false,
+            },
         });
         s.upsert(Entry::Dest {
-            key: DestKey { policy_id: 1, class: 0, addr: [0; 16], prefix_len: 0 },
+            key: DestKey {
+                policy_id: 1,
+                class: 0,
+                addr: [0; 16],
+                prefix_len: 0,
+            },
             ruleset: 7,
         });
         s.upsert(Entry::Port {
-            key: PortKey { ruleset: 7, proto: 6, port: 443, port_bits: 16 },
+            key: PortKey {
+                ruleset: 7,
+                proto: 6,
+                port: 443,
+                port_bits: 16,
+            },
             rule_id: 3,
         });
         s
@@ -316,7 +372,11 @@ mod tests {
         s.apply_ops(&[MapOp::Upsert {
             entry: Entry::Cgroup {
                 id: 9,
-                value: CgroupEntry { policy_id: 2, audit: true, unrestricted: false },
+                value: CgroupEntry {
+                    policy_id: 2,
+                    audit: true,
+                    unrestricted: false,
+                },
             },
         }]);
         assert!(s.get(&key).is_some());
@@ -331,7 +391,11 @@ mod tests {
         b.remove(&port_key());
         b.upsert(Entry::Cgroup {
             id: 43,
-            value: CgroupEntry { policy_id: 1, audit: true, unrestricted: false },
+            value: CgroupEntry {
+                policy_id: 1,
+                audit: true,
+                unrestricted: false,
+            },
         });
         let ops = a.diff_to(&b);
         assert_eq!(ops.len(), 2);
@@ -343,14 +407,25 @@ mod tests {
 
     #[test]
     fn apply_order_puts_targets_before_pointers() {
-        let port = MapOp::Upsert { entry: sample().entries().last().unwrap() };
-        let cg = MapOp::Upsert { entry: sample().entries().next().unwrap() };
+        let port = MapOp::Upsert {
+            entry: sample().entries().last().unwrap(),
+        };
+        let cg = MapOp::Upsert {
+            entry: sample().entries().next().unwrap(),
+        };
         let del_port = MapOp::Delete { key: port_key() };
         assert!(apply_order(&port) < apply_order(&cg));
         assert!(apply_order(&cg) < apply_order(&del_port));
     }
 
     fn port_key() -> EntryKey {
-        EntryKey::Port { key: PortKey { ruleset: 7, proto: 6, port: 443, port_bits: 16 } }
+        EntryKey::Port {
+            key: PortKey {
+                ruleset: 7,
+                proto: 6,
+                port: 443,
+                port_bits: 16,
+            },
+        }
     }
 }
