@@ -47,7 +47,7 @@ count_cargo() { # log status name
 # Adds a suite's own "N passed, N failed" line.
 count_summary() { # log status name
   local line p f
-  line=$(grep -E '^[A-Za-z]*:? ?[0-9]+ passed, [0-9]+ failed' "$1" | tail -n1)
+  line=$(grep -E '[0-9]+ passed, [0-9]+ failed' "$1" | tail -n1)
   p=$(grep -Eo '[0-9]+ passed' <<<"$line" | grep -Eo '[0-9]+')
   f=$(grep -Eo '[0-9]+ failed' <<<"$line" | grep -Eo '[0-9]+')
   passed=$((passed + ${p:-0}))

@@ -192,6 +192,10 @@ for u in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.
   ln -sfn /dev/null "$ROOT/etc/systemd/system/$u"
 done
 ln -sfn /lib/systemd/system/multi-user.target "$ROOT/etc/systemd/system/default.target"
+# Docker puts containers under contain's managed parent (as the NixOS module does), so
+# contain covers them from their first packet.
+mkdir -p "$ROOT/etc/docker"
+printf '{\n  "cgroup-parent": "contain.slice"\n}\n' >"$ROOT/etc/docker/daemon.json"
 # The test agent: started after docker, talks to the host over virtio-serial (see vmctl.py).
 install -m 755 "$HERE/guest/contain-agent" "$ROOT/usr/local/sbin/contain-agent"
 install -m 644 "$HERE/guest/contain-agent.service" "$ROOT/etc/systemd/system/contain-agent.service"

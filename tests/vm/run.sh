@@ -72,6 +72,9 @@ trap cleanup EXIT
 mkdir -p "$SHARE"/{bin,lib,extra,out}
 install -m 755 "$SCENARIO" "$SHARE/scenario.sh"
 install -m 644 "$HERE/lib/vmtest.sh" "$SHARE/lib/vmtest.sh"
+# The same probe and peer server as the privileged host tests, so "ping", "raw ICMP" and
+# "connected UDP" mean one thing in both tiers.
+install -m 755 "$REPO/tests/probe.py" "$REPO/tests/peer_server.py" "$SHARE/lib/"
 found=()
 for b in "${CONTAIN_BINS[@]}"; do
   if [[ -x $BIN_DIR/$b ]]; then
