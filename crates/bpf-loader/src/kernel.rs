@@ -35,7 +35,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/co
 
 /// Bumped when a map's key or value layout changes: a loader with another
 /// layout starts on fresh maps instead of misreading old ones.
-const MAP_LAYOUT_VERSION: u32 = 1;
+const MAP_LAYOUT_VERSION: u32 = 2;
 
 #[derive(Debug, Error)]
 pub enum KernelError {
@@ -81,7 +81,9 @@ struct PolicyMaps {
     cgroups: HashMap<MapData, u64, CgroupPolicy>,
     processes: HashMap<MapData, kern::ProcessKey, ProcessClass>,
     dests: LpmTrie<MapData, kern::DestKey, DestValue>,
+    hosts: HashMap<MapData, kern::DestKey, DestValue>,
     ports: LpmTrie<MapData, kern::PortKey, PortValue>,
+    exact_ports: HashMap<MapData, kern::PortKey, PortValue>,
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, PolicyCounters>,
     stats: PerCpuArray<MapData, u64>,
@@ -159,7 +161,9 @@ impl Kernel {
             cgroups: take(&mut ebpf, map_names::CGROUPS)?,
             processes: take(&mut ebpf, map_names::PROCESSES)?,
             dests: take(&mut ebpf, map_names::DESTS)?,
+            hosts: take(&mut ebpf, map_names::HOSTS)?,
             ports: take(&mut ebpf, map_names::PORTS)?,
+            exact_ports: take(&mut ebpf, map_names::EXACT_PORTS)?,
             config: take(&mut ebpf, map_names::CONFIG)?,
             counters: take(&mut ebpf, map_names::COUNTERS)?,
             stats: take(&mut ebpf, map_names::STATS)?,
@@ -433,22 +437,32 @@ impl Kernel {
                         0,
                     )
                     .map_err(failed(map_names::PROCESSES)),
-                Entry::Dest { key, ruleset } => m
-                    .dests
-                    .insert(
-                        &encode::dest_key(&key).map_err(invalid)?,
-                        DestValue { ruleset, _pad: 0 },
-                        0,
-                    )
-                    .map_err(failed(map_names::DESTS)),
-                Entry::Port { key, rule_id } => m
-                    .ports
-                    .insert(
-                        &encode::port_key(&key).map_err(invalid)?,
-                        PortValue { rule_id, _pad: 0 },
-                        0,
-                    )
-                    .map_err(failed(map_names::PORTS)),
+                Entry::Dest { key, ruleset } => {
+                    let encoded = encode::dest_key(&key).map_err(invalid)?;
+                    let value = DestValue { ruleset, _pad: 0 };
+                    if kern::dest_is_host(key.prefix_len.into()) {
+                        m.hosts
+                            .insert(encoded.data(), value, 0)
+                            .map_err(failed(map_names::HOSTS))
+                    } else {
+                        m.dests
+                            .insert(&encoded, value, 0)
+                            .map_err(failed(map_names::DESTS))
+                    }
+                }
+                Entry::Port { key, rule_id } => {
+                    let encoded = encode::port_key(&key).map_err(invalid)?;
+                    let value = PortValue { rule_id, _pad: 0 };
+                    if kern::port_is_exact(key.port_bits.into()) {
+                        m.exact_ports
+                            .insert(encoded.data(), value, 0)
+                            .map_err(failed(map_names::EXACT_PORTS))
+                    } else {
+                        m.ports
+                            .insert(&encoded, value, 0)
+                            .map_err(failed(map_names::PORTS))
+                    }
+                }
             },
             MapOp::Delete { key } => match key {
                 EntryKey::Cgroup { id } => {
@@ -458,14 +472,26 @@ impl Kernel {
                     .processes
                     .remove(&encode::process_key(&key).map_err(invalid)?)
                     .map_err(failed(map_names::PROCESSES)),
-                EntryKey::Dest { key } => m
-                    .dests
-                    .remove(&encode::dest_key(&key).map_err(invalid)?)
-                    .map_err(failed(map_names::DESTS)),
-                EntryKey::Port { key } => m
-                    .ports
-                    .remove(&encode::port_key(&key).map_err(invalid)?)
-                    .map_err(failed(map_names::PORTS)),
+                EntryKey::Dest { key } => {
+                    let encoded = encode::dest_key(&key).map_err(invalid)?;
+                    if kern::dest_is_host(key.prefix_len.into()) {
+                        m.hosts
+                            .remove(&encoded.data())
+                            .map_err(failed(map_names::HOSTS))
+                    } else {
+                        m.dests.remove(&encoded).map_err(failed(map_names::DESTS))
+                    }
+                }
+                EntryKey::Port { key } => {
+                    let encoded = encode::port_key(&key).map_err(invalid)?;
+                    if kern::port_is_exact(key.port_bits.into()) {
+                        m.exact_ports
+                            .remove(&encoded.data())
+                            .map_err(failed(map_names::EXACT_PORTS))
+                    } else {
+                        m.ports.remove(&encoded).map_err(failed(map_names::PORTS))
+                    }
+                }
             },
         }
     }
@@ -496,6 +522,22 @@ impl Kernel {
             state.upsert(Entry::Dest {
                 key: encode::dest_key_back(&key),
                 ruleset: value.ruleset,
+            });
+        }
+        for item in m.hosts.iter() {
+            let (key, value) = item.map_err(map_err(map_names::HOSTS))?;
+            let key = aya::maps::lpm_trie::Key::new(kern::DEST_KEY_FIXED_BITS + 128, key);
+            state.upsert(Entry::Dest {
+                key: encode::dest_key_back(&key),
+                ruleset: value.ruleset,
+            });
+        }
+        for item in m.exact_ports.iter() {
+            let (key, value) = item.map_err(map_err(map_names::EXACT_PORTS))?;
+            let key = aya::maps::lpm_trie::Key::new(kern::PORT_KEY_FIXED_BITS + 16, key);
+            state.upsert(Entry::Port {
+                key: encode::port_key_back(&key),
+                rule_id: value.rule_id,
             });
         }
         for item in m.ports.iter() {

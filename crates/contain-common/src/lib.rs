@@ -21,7 +21,9 @@ pub mod map_names {
     pub const CGROUPS: &str = "CONTAIN_CGROUPS";
     pub const PROCESSES: &str = "CONTAIN_PROCESSES";
     pub const DESTS: &str = "CONTAIN_DESTS";
+    pub const HOSTS: &str = "CONTAIN_HOSTS";
     pub const PORTS: &str = "CONTAIN_PORTS";
+    pub const EXACT_PORTS: &str = "CONTAIN_EXACT_PORTS";
     pub const CONFIG: &str = "CONTAIN_CONFIG";
     pub const COUNTERS: &str = "CONTAIN_COUNTERS";
     pub const STATS: &str = "CONTAIN_STATS";
@@ -34,7 +36,9 @@ pub mod map_names {
         CGROUPS,
         PROCESSES,
         DESTS,
+        HOSTS,
         PORTS,
+        EXACT_PORTS,
         CONFIG,
         COUNTERS,
         STATS,
@@ -52,7 +56,9 @@ pub mod capacity {
     pub const CGROUPS: u32 = 16_384;
     pub const PROCESSES: u32 = 65_536;
     pub const DESTS: u32 = 1_048_576;
+    pub const HOSTS: u32 = 1_048_576;
     pub const PORTS: u32 = 1_048_576;
+    pub const EXACT_PORTS: u32 = 1_048_576;
     pub const EXECS: u32 = 65_536;
     pub const EXE_PATHS: u32 = 16_384;
     pub const INBOUND_PEERS: u32 = 65_536;
@@ -183,6 +189,20 @@ pub struct DestKey {
     pub policy_id: u32,
     pub class: u32,
     pub addr: [u8; 16],
+}
+
+/// Where a destination entry lives: single hosts (/128, which includes
+/// IPv4 /32) in the `HOSTS` hash map, shorter prefixes in the `DESTS` LPM
+/// trie. The kernel tries the hash first: a host entry is always the
+/// longest match, and a hash lookup does not grow with the rule count.
+pub const fn dest_is_host(prefix_len: u32) -> bool {
+    prefix_len == 128
+}
+
+/// Where a port entry lives: exact ports in `EXACT_PORTS` (hash), ranges,
+/// ICMP types and "any" in `PORTS` (LPM).
+pub const fn port_is_exact(port_bits: u32) -> bool {
+    port_bits == 16
 }
 
 /// Bits of a `DestKey` before the address: always matched in full.

@@ -11,7 +11,9 @@ use contain_common::{
     PROCESS_BY_COMM, PROCESS_BY_EXE, UNKNOWN_POLICY_ID,
 };
 
-use crate::maps::{CGROUPS, CONFIG, COUNTERS, DESTS, EVENTS, PORTS, PROCESSES, STATS};
+use crate::maps::{
+    CGROUPS, CONFIG, COUNTERS, DESTS, EVENTS, EXACT_PORTS, HOSTS, PORTS, PROCESSES, STATS,
+};
 
 /// Who is sending: from socket storage, or empty when the socket predates
 /// contain (then only container-wide rules can match).
@@ -142,66 +144,56 @@ pub fn decide(gov: &Governance, who: &Identity, target: &Target) -> Decision {
         return miss;
     }
     let class = process_class(gov.policy_id, who);
-    let dest = Key::new(
-        DEST_KEY_FIXED_BITS + 128,
-        DestKey {
-            policy_id: gov.policy_id,
-            class,
-            addr: target.daddr,
-        },
-    );
-    let Some(dest) = DESTS.get(&dest) else {
-        return miss;
+    let dest = DestKey {
+        policy_id: gov.policy_id,
+        class,
+        addr: target.daddr,
     };
-    let ruleset = dest.ruleset;
+    // SAFETY: copied out at once.
+    let ruleset = match unsafe { HOSTS.get(dest) } {
+        Some(host) => host.ruleset,
+        None => match DESTS.get(&Key::new(DEST_KEY_FIXED_BITS + 128, dest)) {
+            Some(prefix) => prefix.ruleset,
+            None => return miss,
+        },
+    };
+    let port = PortKey {
+        ruleset,
+        proto: target.proto,
+        port: if target.portless {
+            [0, 0]
+        } else {
+            target.port.to_be_bytes()
+        },
+        _pad: 0,
+    };
     if !target.portless {
-        let exact = Key::new(
-            PORT_KEY_FIXED_BITS + 16,
-            PortKey {
-                ruleset,
-                proto: target.proto,
-                port: target.port.to_be_bytes(),
-                _pad: 0,
-            },
-        );
-        if let Some(hit) = PORTS.get(&exact) {
-            return Decision {
-                verdict: Verdict::Allow,
-                rule_id: hit.rule_id,
-            };
-        }
-    } else {
-        let any_port = Key::new(
-            PORT_KEY_FIXED_BITS,
-            PortKey {
-                ruleset,
-                proto: target.proto,
-                port: [0, 0],
-                _pad: 0,
-            },
-        );
-        if let Some(hit) = PORTS.get(&any_port) {
-            return Decision {
-                verdict: Verdict::Allow,
-                rule_id: hit.rule_id,
-            };
+        // SAFETY: copied out at once.
+        if let Some(hit) = unsafe { EXACT_PORTS.get(port) } {
+            return allowed(hit.rule_id);
         }
     }
-    let any_proto = Key::new(
-        PORT_KEY_FIXED_BITS,
-        PortKey {
-            ruleset,
-            proto: proto::ANY,
-            port: [0, 0],
-            _pad: 0,
-        },
-    );
-    match PORTS.get(&any_proto) {
-        Some(hit) => Decision {
-            verdict: Verdict::Allow,
-            rule_id: hit.rule_id,
-        },
+    let port_bits = if target.portless { 0 } else { 16 };
+    if let Some(hit) = PORTS.get(&Key::new(PORT_KEY_FIXED_BITS + port_bits, port)) {
+        return allowed(hit.rule_id);
+    }
+    let any_proto = PortKey {
+        ruleset,
+        proto: proto::ANY,
+        port: [0, 0],
+        _pad: 0,
+    };
+    match PORTS.get(&Key::new(PORT_KEY_FIXED_BITS, any_proto)) {
+        Some(hit) => allowed(hit.rule_id),
         None => miss,
+    }
+}
+
+#[inline(always)]
+fn allowed(rule_id: u32) -> Decision {
+    Decision {
+        verdict: Verdict::Allow,
+        rule_id,
     }
 }
 

@@ -487,13 +487,11 @@ fn record_exec(ctx: &TracePointContext) -> Result<(), i32> {
     *path = [0; EXE_PATH_LEN];
     // SAFETY: reading the record's string with a bounded copy.
     unsafe {
-        bpf_probe_read_kernel_str_bytes(ctx.as_ptr().cast::<u8>().add(offset), path)
-            .map(drop)?
+        bpf_probe_read_kernel_str_bytes(ctx.as_ptr().cast::<u8>().add(offset), path).map(drop)?
     };
     let hash = exe_hash(path);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    EXECS
-        .insert(tgid, ExecInfo { exe_hash: hash }, 0)?;
+    EXECS.insert(tgid, ExecInfo { exe_hash: hash }, 0)?;
     // SAFETY: scratch pointer valid for the program's duration.
     let _ = EXE_PATHS.insert(hash, unsafe { *scratch }, 0);
     Ok(())

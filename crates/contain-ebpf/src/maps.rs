@@ -21,6 +21,13 @@ pub static PROCESSES: HashMap<ProcessKey, ProcessClass, { capacity::PROCESSES as
 #[btf_map(name = "CONTAIN_DESTS")]
 pub static DESTS: LpmTrie<DestKey, DestValue, { capacity::DESTS as usize }> = LpmTrie::new();
 
+#[btf_map(name = "CONTAIN_HOSTS")]
+pub static HOSTS: HashMap<DestKey, DestValue, { capacity::HOSTS as usize }> = HashMap::new();
+
+#[btf_map(name = "CONTAIN_EXACT_PORTS")]
+pub static EXACT_PORTS: HashMap<PortKey, PortValue, { capacity::EXACT_PORTS as usize }> =
+    HashMap::new();
+
 #[btf_map(name = "CONTAIN_PORTS")]
 pub static PORTS: LpmTrie<PortKey, PortValue, { capacity::PORTS as usize }> = LpmTrie::new();
 
