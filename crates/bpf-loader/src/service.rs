@@ -76,6 +76,10 @@ impl Loader for LoaderServer {
         })
     }
 
+    async fn generation(self, _: Context) -> u64 {
+        self.kernel().generation()
+    }
+
     async fn counters(self, _: Context) -> Result<Counters, LoaderError> {
         let mut counters = self.kernel().counters()?;
         counters.events_dropped_loader = self.events.dropped();

@@ -24,6 +24,8 @@ pub trait Loader {
     async fn apply(diff: MapDiff) -> Result<u64, LoaderError>;
     /// The policy maps as they are, with their generation.
     async fn state() -> Result<StateSnapshot, LoaderError>;
+    /// Only the generation: a cheap check whether the maps changed.
+    async fn generation() -> u64;
     /// Per-policy and global counters.
     async fn counters() -> Result<Counters, LoaderError>;
     /// Events with a sequence number above `after`, at most `max`, waiting

@@ -61,6 +61,9 @@ pub struct ReloadReport {
     /// New verdict for unknown cgroups, if it changes.
     pub unknown_verdict: Option<Verdict>,
     pub ops: Vec<MapOp>,
+    /// Why a valid policy is not applied yet (e.g. waiting for the first
+    /// container inventory); it will be, without another reload.
+    pub pending: Option<String>,
     pub warnings: Vec<Diagnostic>,
     /// Time to read, validate and compile, microseconds.
     pub compile_us: u64,
@@ -225,5 +228,9 @@ pub enum PolicydError {
 }
 
 fn render(diagnostics: &[Diagnostic]) -> String {
-    diagnostics.iter().map(|d| d.rendered.as_str()).collect::<Vec<_>>().join("\n")
+    diagnostics
+        .iter()
+        .map(|d| d.rendered.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
 }

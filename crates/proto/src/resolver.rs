@@ -28,13 +28,15 @@ pub trait Resolver {
     /// any runtime or namespace.
     async fn by_name(name: String) -> Vec<Container>;
     /// The changes after generation `after_generation`, waiting up to
-    /// `wait_ms` (capped at [`MAX_WATCH_WAIT_MS`]) for the first one (long
-    /// poll). An empty `Changes` means nothing happened in that time.
+    /// `wait_ms` (capped at [`MAX_WATCH_WAIT_MS`], and cut short before the
+    /// call's deadline) for the first one (long poll). An empty `Changes`
+    /// means nothing happened in that time.
     async fn watch(after_generation: u64, wait_ms: u32) -> WatchReply;
 }
 
-/// Longest a `watch` call waits before answering with no changes; keep a
-/// client's deadline above it.
+/// Longest a `watch` call waits before answering with no changes. The
+/// server also answers shortly before the call's deadline, so a client with
+/// tarpc's default 10 s deadline gets an empty reply, not an error.
 pub const MAX_WATCH_WAIT_MS: u32 = 30_000;
 
 /// Which runtime runs a container.

@@ -1,0 +1,927 @@
+//! The operator's CLI: argument parsing, calls to the daemon, and output
+//! (tables for people, `--json` for machines).
+
+use std::{
+    fmt::Write as _,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use clap::{Parser, Subcommand};
+use proto::{
+    paths,
+    policyd::{
+        EventBatch, ExplainQuery, Explanation, PolicydClient, PolicydError, ReloadReport, Status,
+    },
+    state::{Entry, EntryKey, MapOp},
+    transport,
+};
+use serde_json::json;
+
+use crate::{
+    compile,
+    daemon::{self, engine::to_wire, feeds::read_inventory_file, InventorySource},
+    diff::OpCounts,
+    explain,
+    ids::IdTables,
+    inventory::Inventory,
+    net::Prefix,
+    policy::{self, proto_name, Allowance, PolicyError},
+};
+
+/// Exit codes scripts can rely on.
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// The policy file is invalid (check, reload): nothing was applied.
+    pub const INVALID_POLICY: u8 = 1;
+    /// The policyd daemon could not be reached.
+    pub const DAEMON_UNREACHABLE: u8 = 2;
+    /// The daemon is up but the loader is unreachable or refused the change.
+    pub const LOADER_FAILED: u8 = 3;
+    /// The container (or other named thing) does not exist.
+    pub const NOT_FOUND: u8 = 4;
+    /// Bad arguments.
+    pub const USAGE: u8 = 64;
+    /// A bug or an unexpected condition.
+    pub const INTERNAL: u8 = 70;
+}
+
+const EXIT_CODES: &str =
+    "Exit codes: 0 ok; 1 invalid policy (nothing applied); 2 policyd unreachable; \
+3 loader unreachable or refused the change; 4 not found; 64 usage error; 70 internal error.";
+
+#[derive(Parser, Debug)]
+#[command(name = "policyd", version, about = "contain's policy daemon and operator CLI", after_help = EXIT_CODES)]
+pub struct Cli {
+    /// policyd's socket (the daemon listens on it, the other commands call it).
+    #[arg(long, global = true, env = "CONTAIN_POLICYD_SOCKET", default_value = paths::POLICYD_SOCKET)]
+    pub socket: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Validate a policy file without applying it (no daemon needed).
+    Check {
+        file: PathBuf,
+        /// Also show which policy each container of this inventory (JSON) gets.
+        #[arg(long)]
+        inventory: Option<PathBuf>,
+    },
+    /// Re-read the policy file and apply it; prints the diff.
+    Reload {
+        /// Print the diff without applying it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Containers, the policy each got, modes, counters.
+    Status,
+    /// Which rule decides a flow, and why.
+    Explain {
+        /// Container name, id or unique id prefix.
+        container: String,
+        /// Destination address.
+        dest: IpAddr,
+        /// tcp, udp, icmp, icmpv6 or a number (default tcp when --port is given).
+        #[arg(long)]
+        proto: Option<String>,
+        /// Port, or for ICMP a type (`8`, `8/0`, `echo-request`).
+        #[arg(long)]
+        port: Option<String>,
+        /// A comm (`curl`) or an executable path (`/usr/bin/curl`).
+        #[arg(long)]
+        process: Option<String>,
+        /// Explain offline against this policy file instead of asking the daemon.
+        #[arg(long, requires = "inventory")]
+        policy: Option<PathBuf>,
+        /// Inventory (JSON) for an offline explain.
+        #[arg(long, requires = "policy")]
+        inventory: Option<PathBuf>,
+    },
+    /// Deny and audit events.
+    Events {
+        /// Keep printing new events as they come.
+        #[arg(long)]
+        follow: bool,
+        /// Only events with a sequence number above this.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// At most this many per request.
+        #[arg(long, default_value_t = 256)]
+        max: u32,
+    },
+    /// Run the daemon.
+    Daemon {
+        /// The policy file (TOML, or the thesis JSON allow-list).
+        #[arg(long)]
+        policy: PathBuf,
+        #[arg(long, default_value = paths::LOADER_SOCKET)]
+        loader_socket: PathBuf,
+        #[arg(long, default_value = paths::RESOLVER_SOCKET)]
+        resolver_socket: PathBuf,
+        /// Take the inventory from this JSON file instead of the resolver.
+        #[arg(long)]
+        inventory: Option<PathBuf>,
+        /// Group admitted to the socket besides root.
+        #[arg(long, default_value = paths::GROUP)]
+        group: String,
+        /// Seconds between checks of the policy file for changes.
+        #[arg(long, default_value_t = 1.0)]
+        poll_secs: f64,
+        /// Seconds between re-reads of the loader's state (drift repair).
+        #[arg(long, default_value_t = 60.0)]
+        resync_secs: f64,
+    },
+}
+
+/// A failure with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The output already said what went wrong (e.g. the JSON report of an
+    /// invalid policy); only the exit code is left to give.
+    fn reported(code: u8) -> Self {
+        Failure {
+            code,
+            message: String::new(),
+        }
+    }
+}
+
+impl From<PolicydError> for Failure {
+    fn from(e: PolicydError) -> Self {
+        let code = match &e {
+            PolicydError::InvalidPolicy { .. } | PolicydError::NoPolicy(_) => exit::INVALID_POLICY,
+            PolicydError::LoaderUnavailable(_) | PolicydError::Loader(_) => exit::LOADER_FAILED,
+            PolicydError::NotFound(_) => exit::NOT_FOUND,
+            PolicydError::BadRequest(_) => exit::USAGE,
+            PolicydError::Internal(_) => exit::INTERNAL,
+        };
+        Failure::new(code, e.to_string())
+    }
+}
+
+fn unreachable_daemon(e: impl std::fmt::Display) -> Failure {
+    Failure::new(
+        exit::DAEMON_UNREACHABLE,
+        format!("policyd is unreachable: {e}"),
+    )
+}
+
+async fn connect(socket: &Path) -> Result<PolicydClient, Failure> {
+    let stream = transport::connect(socket)
+        .await
+        .map_err(unreachable_daemon)?;
+    Ok(PolicydClient::new(tarpc::client::Config::default(), transport::framed(stream)).spawn())
+}
+
+/// Runs a parsed command; returns the exit code.
+pub async fn run(cli: Cli) -> u8 {
+    let json = cli.json;
+    let result = match cli.command {
+        Command::Check { file, inventory } => check(&file, inventory.as_deref(), json),
+        Command::Reload { dry_run } => reload(&cli.socket, dry_run, json).await,
+        Command::Status => status(&cli.socket, json).await,
+        Command::Explain {
+            container,
+            dest,
+            proto,
+            port,
+            process,
+            policy,
+            inventory,
+        } => {
+            let query = ExplainQuery {
+                container,
+                dest,
+                proto,
+                port,
+                process,
+            };
+            match (policy, inventory) {
+                (Some(p), Some(i)) => explain_offline(&p, &i, &query, json),
+                _ => explain_online(&cli.socket, &query, json).await,
+            }
+        }
+        Command::Events { follow, after, max } => {
+            events(&cli.socket, follow, after, max, json).await
+        }
+        Command::Daemon {
+            policy,
+            loader_socket,
+            resolver_socket,
+            inventory,
+            group,
+            poll_secs,
+            resync_secs,
+        } => {
+            let config = daemon::Config {
+                policy,
+                socket: cli.socket.clone(),
+                loader_socket,
+                inventory: match inventory {
+                    Some(path) => InventorySource::File(path),
+                    None => InventorySource::Resolver(resolver_socket),
+                },
+                group,
+                file_poll: Duration::from_secs_f64(poll_secs.max(0.05)),
+                resync_every: Duration::from_secs_f64(resync_secs.max(1.0)),
+            };
+            daemon::run(config)
+                .await
+                .map_err(|e| Failure::new(exit::INTERNAL, format!("{e:#}")))
+        }
+    };
+    match result {
+        Ok(()) => exit::OK,
+        Err(failure) if failure.message.is_empty() => failure.code,
+        Err(failure) => {
+            if json {
+                println!(
+                    "{}",
+                    json!({ "error": failure.message, "exit_code": failure.code })
+                );
+            } else {
+                eprintln!("policyd: {}", failure.message);
+            }
+            failure.code
+        }
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("policyd: cannot serialise output: {e}"),
+    }
+}
+
+// ---- check ----
+
+fn check(file: &Path, inventory: Option<&Path>, json: bool) -> Result<(), Failure> {
+    let policies = match policy::load_file(file) {
+        Ok(p) => p,
+        Err(PolicyError::Invalid(invalid)) => {
+            if json {
+                print_json(&json!({
+                    "valid": false,
+                    "diagnostics": invalid.diagnostics.iter().map(to_wire).collect::<Vec<_>>(),
+                }));
+                return Err(Failure::reported(exit::INVALID_POLICY));
+            }
+            eprintln!("{invalid}");
+            let count = invalid.errors().count();
+            return Err(Failure::new(
+                exit::INVALID_POLICY,
+                format!("{}: {count} error(s); nothing applied", file.display()),
+            ));
+        }
+        Err(e @ PolicyError::Read { .. }) => {
+            return Err(Failure::new(exit::INVALID_POLICY, e.to_string()))
+        }
+    };
+    let inventory = match inventory {
+        Some(path) => read_inventory_file(path).map_err(|e| Failure::new(exit::USAGE, e))?,
+        None => Inventory::default(),
+    };
+    let compiled = compile::compile(&policies, &inventory, &mut IdTables::default())
+        .map_err(|e| Failure::new(exit::INVALID_POLICY, format!("{}: {e}", file.display())))?;
+    let warnings: Vec<_> = policies
+        .warnings
+        .iter()
+        .chain(&compiled.rules.warnings)
+        .chain(&compiled.warnings)
+        .collect();
+    let state = &compiled.state;
+    let containers: Vec<_> = compiled
+        .assignments
+        .iter()
+        .map(|a| {
+            let c = &inventory.containers[a.container_index];
+            json!({
+                "name": c.name,
+                "id": c.id,
+                "policy": a.policy_index.map(|i| policies.policies[i].name.clone()),
+                "also_matched": a.also_matched.iter().map(|&i| policies.policies[i].name.clone()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    if json {
+        print_json(&json!({
+            "valid": true,
+            "format": policies.format,
+            "mode": policies.mode,
+            "unknown_container": policies.unknown_container,
+            "policies": policies.policies.iter().map(|p| json!({
+                "name": p.name,
+                "mode": p.mode,
+                "select": p.selector.to_string(),
+                "rules": p.rule_count(),
+                "processes": p.processes.len(),
+                "allow_loopback": p.allow_loopback,
+            })).collect::<Vec<_>>(),
+            "entries": {
+                "processes": state.processes.len(),
+                "dests": state.dests.len(),
+                "ports": state.ports.len(),
+            },
+            "containers": containers,
+            "diagnostics": warnings.iter().map(|d| to_wire(d)).collect::<Vec<_>>(),
+        }));
+        return Ok(());
+    }
+    for w in &warnings {
+        eprintln!("{w}");
+    }
+    let rules: usize = policies.policies.iter().map(|p| p.rule_count()).sum();
+    println!(
+        "{}: valid ({}), {} policies, {rules} rules, mode {}, unknown containers: {}",
+        file.display(),
+        match policies.format {
+            policy::Format::Toml => "TOML",
+            policy::Format::ThesisJson => "thesis JSON",
+        },
+        policies.policies.len(),
+        policies.mode,
+        policies.unknown_container
+    );
+    println!(
+        "kernel entries: {} processes, {} destinations, {} port entries; {} warning(s)",
+        state.processes.len(),
+        state.dests.len(),
+        state.ports.len(),
+        warnings.len()
+    );
+    let rows: Vec<Vec<String>> = policies
+        .policies
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.mode.to_string(),
+                p.selector.to_string(),
+                p.rule_count().to_string(),
+                p.processes.len().to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "\n{}",
+        table(&["POLICY", "MODE", "SELECTS", "RULES", "PROCESSES"], &rows)
+    );
+    if !inventory.containers.is_empty() {
+        let rows: Vec<Vec<String>> = compiled
+            .assignments
+            .iter()
+            .map(|a| {
+                let c = &inventory.containers[a.container_index];
+                vec![
+                    c.name.clone(),
+                    a.policy_index
+                        .map(|i| policies.policies[i].name.clone())
+                        .unwrap_or_else(|| "-".into()),
+                    a.also_matched
+                        .iter()
+                        .map(|&i| policies.policies[i].name.clone())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ]
+            })
+            .collect();
+        print!(
+            "\n{}",
+            table(&["CONTAINER", "POLICY", "ALSO MATCHED"], &rows)
+        );
+    }
+    Ok(())
+}
+
+// ---- reload ----
+
+async fn reload(socket: &Path, dry_run: bool, json: bool) -> Result<(), Failure> {
+    let client = connect(socket).await?;
+    let report = client
+        .reload(transport::context_with_deadline(120), dry_run)
+        .await
+        .map_err(unreachable_daemon)??;
+    if json {
+        print_json(&report);
+        return Ok(());
+    }
+    print_reload(&report);
+    Ok(())
+}
+
+/// Warnings shown by reload and status; `policyd check FILE` shows all.
+const WARNINGS_SHOWN: usize = 10;
+
+fn print_warnings(warnings: &[proto::policyd::Diagnostic]) {
+    for w in warnings.iter().take(WARNINGS_SHOWN) {
+        eprintln!("{}", w.rendered);
+    }
+    if warnings.len() > WARNINGS_SHOWN {
+        eprintln!(
+            "… and {} more warning(s); `policyd check FILE` lists them all",
+            warnings.len() - WARNINGS_SHOWN
+        );
+    }
+}
+
+pub fn print_reload(report: &ReloadReport) {
+    print_warnings(&report.warnings);
+    let counts = OpCounts::of(&report.ops);
+    let verb = if report.dry_run {
+        "would apply"
+    } else {
+        "applied"
+    };
+    if let Some(why) = &report.pending {
+        println!(
+            "policy {} is valid; not applied yet: {why}",
+            report.policy_digest
+        );
+    } else if report.ops.is_empty() && report.unknown_verdict.is_none() {
+        println!(
+            "policy {}: nothing to change (generation {})",
+            report.policy_digest, report.generation
+        );
+    } else {
+        println!(
+            "policy {}: {verb} {} operation(s) ({} upserts, {} deletes: {} cgroups, {} processes, {} destinations, {} ports){}",
+            report.policy_digest,
+            counts.total(),
+            counts.upserts,
+            counts.deletes,
+            counts.cgroups,
+            counts.processes,
+            counts.dests,
+            counts.ports,
+            if report.dry_run { String::new() } else { format!(", generation {}", report.generation) }
+        );
+    }
+    if let Some(v) = report.unknown_verdict {
+        println!("  ~ unknown containers: {v}");
+    }
+    const SHOWN: usize = 200;
+    for op in report.ops.iter().take(SHOWN) {
+        println!("  {}", describe_op(op));
+    }
+    if report.ops.len() > SHOWN {
+        println!(
+            "  … and {} more (--json shows all)",
+            report.ops.len() - SHOWN
+        );
+    }
+    println!(
+        "compile {:.1} ms, {} {:.1} ms",
+        report.compile_us as f64 / 1000.0,
+        if report.dry_run { "diff" } else { "diff+apply" },
+        report.apply_us as f64 / 1000.0
+    );
+}
+
+fn describe_process(m: proto::state::ProcessMatch) -> String {
+    match m {
+        proto::state::ProcessMatch::Exe(h) => format!("exe#{h:016x}"),
+        proto::state::ProcessMatch::Comm(h) => format!("comm#{h:016x}"),
+    }
+}
+
+/// One map operation, for people.
+pub fn describe_op(op: &MapOp) -> String {
+    let key_text = |key: &EntryKey| match key {
+        EntryKey::Cgroup { id } => format!("cgroup {id}"),
+        EntryKey::Process { key } => format!(
+            "process policy {} {}",
+            key.policy_id,
+            describe_process(key.process)
+        ),
+        EntryKey::Dest { key } => format!(
+            "dest policy {} class {} {}",
+            key.policy_id,
+            key.class,
+            Prefix::from_key(key.addr, key.prefix_len)
+        ),
+        EntryKey::Port { key } => format!(
+            "port ruleset {} {}",
+            key.ruleset,
+            Allowance {
+                proto: key.proto,
+                block: crate::net::PortBlock {
+                    port: key.port,
+                    bits: key.port_bits
+                }
+            }
+        ),
+    };
+    match op {
+        MapOp::Upsert { entry } => {
+            let value = match entry {
+                Entry::Cgroup { value, .. } if value.unrestricted => "unrestricted".to_string(),
+                Entry::Cgroup { value, .. } => {
+                    format!(
+                        "policy {}{}",
+                        value.policy_id,
+                        if value.audit { " (audit)" } else { "" }
+                    )
+                }
+                Entry::Process { class, .. } => format!("class {class}"),
+                Entry::Dest { ruleset, .. } => format!("ruleset {ruleset}"),
+                Entry::Port { rule_id, .. } => format!("rule {rule_id}"),
+            };
+            format!("+ {} -> {value}", key_text(&entry.key()))
+        }
+        MapOp::Delete { key } => format!("- {}", key_text(key)),
+    }
+}
+
+// ---- status ----
+
+async fn status(socket: &Path, json: bool) -> Result<(), Failure> {
+    let client = connect(socket).await?;
+    let status = client
+        .status(transport::context_with_deadline(30))
+        .await
+        .map_err(unreachable_daemon)??;
+    if json {
+        print_json(&status);
+    } else {
+        print!("{}", render_status(&status));
+    }
+    Ok(())
+}
+
+pub fn render_status(s: &Status) -> String {
+    let mut out = String::new();
+    let conn = |c: &proto::policyd::Connection| {
+        if c.connected {
+            format!("connected ({})", c.endpoint)
+        } else {
+            format!(
+                "NOT connected ({}){}",
+                c.endpoint,
+                c.error
+                    .as_ref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            )
+        }
+    };
+    let _ = writeln!(out, "policy file:  {}", s.policy_file);
+    let _ = writeln!(
+        out,
+        "policy:       {}",
+        match (&s.policy_digest, &s.mode) {
+            (Some(d), Some(m)) => format!(
+                "{d}, mode {m}, unknown containers: {}",
+                s.unknown_container
+                    .map(|v| v.to_string())
+                    .unwrap_or_default()
+            ),
+            _ => "none loaded".into(),
+        }
+    );
+    let _ = writeln!(
+        out,
+        "loader:       {}, generation {}",
+        conn(&s.loader),
+        s.generation
+            .map(|g| g.to_string())
+            .unwrap_or_else(|| "?".into())
+    );
+    let _ = writeln!(out, "inventory:    {}", conn(&s.inventory));
+    let _ = writeln!(
+        out,
+        "kernel maps:  {} cgroups, {} processes, {} destinations, {} port entries",
+        s.entries.cgroups, s.entries.processes, s.entries.dests, s.entries.ports
+    );
+    let _ = writeln!(
+        out,
+        "reloads:      {} ({} failed); events dropped: {} in kernel, {} in loader",
+        s.reloads, s.reload_failures, s.events_dropped_kernel, s.events_dropped_loader
+    );
+    if let Some(e) = &s.last_error {
+        let _ = writeln!(out, "last error:   {e}");
+    }
+    let rows: Vec<Vec<String>> = s
+        .containers
+        .iter()
+        .map(|c| {
+            vec![
+                c.name.clone(),
+                c.id.chars().take(12).collect(),
+                c.image.clone(),
+                c.cgroup_id
+                    .map(|id| id.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                c.policy.clone().unwrap_or_else(|| "-".into()),
+                c.mode.clone(),
+            ]
+        })
+        .collect();
+    let _ = write!(
+        out,
+        "\n{}",
+        table(
+            &["CONTAINER", "ID", "IMAGE", "CGROUP", "POLICY", "MODE"],
+            &rows
+        )
+    );
+    let rows: Vec<Vec<String>> = s
+        .policies
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.policy_id.to_string(),
+                p.mode.clone(),
+                p.rules.to_string(),
+                p.processes.to_string(),
+                p.containers.to_string(),
+                p.allowed.to_string(),
+                p.denied.to_string(),
+                p.audited.to_string(),
+            ]
+        })
+        .collect();
+    let _ = write!(
+        out,
+        "\n{}",
+        table(
+            &[
+                "POLICY",
+                "ID",
+                "MODE",
+                "RULES",
+                "PROCESSES",
+                "CONTAINERS",
+                "ALLOWED",
+                "DENIED",
+                "AUDITED"
+            ],
+            &rows
+        )
+    );
+    if !s.warnings.is_empty() {
+        let _ = writeln!(out, "\n{} warning(s):", s.warnings.len());
+        for w in s.warnings.iter().take(WARNINGS_SHOWN) {
+            let _ = writeln!(out, "{}", w.rendered);
+        }
+        if s.warnings.len() > WARNINGS_SHOWN {
+            let _ = writeln!(
+                out,
+                "… and {} more; `policyd check FILE` lists them all",
+                s.warnings.len() - WARNINGS_SHOWN
+            );
+        }
+    }
+    out
+}
+
+// ---- explain ----
+
+async fn explain_online(socket: &Path, query: &ExplainQuery, json: bool) -> Result<(), Failure> {
+    let client = connect(socket).await?;
+    let e = client
+        .explain(transport::context_with_deadline(30), query.clone())
+        .await
+        .map_err(unreachable_daemon)??;
+    print_explanation(&e, json);
+    Ok(())
+}
+
+fn explain_offline(
+    policy_file: &Path,
+    inventory: &Path,
+    query: &ExplainQuery,
+    json: bool,
+) -> Result<(), Failure> {
+    let policies = policy::load_file(policy_file)
+        .map_err(|e| Failure::new(exit::INVALID_POLICY, e.to_string()))?;
+    let inventory = read_inventory_file(inventory).map_err(|e| Failure::new(exit::USAGE, e))?;
+    let compiled = compile::compile(&policies, &inventory, &mut IdTables::default())
+        .map_err(|e| Failure::new(exit::INVALID_POLICY, e.to_string()))?;
+    let e = explain::explain(
+        &policies,
+        &compiled.rules,
+        &compiled.state,
+        &inventory,
+        query,
+    )
+    .map_err(|e| match e {
+        explain::ExplainError::NotFound(m) => Failure::new(exit::NOT_FOUND, m),
+        explain::ExplainError::BadQuery(m) => Failure::new(exit::USAGE, m),
+    })?;
+    print_explanation(&e, json);
+    Ok(())
+}
+
+pub fn print_explanation(e: &Explanation, json: bool) {
+    if json {
+        print_json(e);
+        return;
+    }
+    match e.verdict {
+        Some(v) => println!("{}: {}", v.to_string().to_uppercase(), e.reason),
+        None => println!("{}", e.reason),
+    }
+    println!(
+        "  container: {} ({}), cgroup {}",
+        e.container,
+        e.container_id.chars().take(12).collect::<String>(),
+        e.cgroup_id
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "-".into())
+    );
+    println!(
+        "  policy:    {} (id {}), mode {}",
+        e.policy.as_deref().unwrap_or("-"),
+        e.policy_id,
+        e.mode
+    );
+    println!("  process:   {}", e.process);
+    if let Some(prefix) = &e.matched_prefix {
+        println!(
+            "  matched:   {prefix} -> ruleset {}",
+            e.ruleset.unwrap_or(0)
+        );
+    }
+    if let Some(rule) = &e.rule {
+        println!(
+            "  rule:      {} (rule id {})",
+            rule.description, rule.rule_id
+        );
+        if let Some(loc) = &rule.location {
+            println!("  at:        {loc}");
+        }
+    }
+    if e.verdict.is_some() && !e.allowed_here.is_empty() {
+        println!("  allowed to {}: {}", e.dest, e.allowed_here.join(", "));
+    }
+}
+
+// ---- events ----
+
+async fn events(
+    socket: &Path,
+    follow: bool,
+    after: u64,
+    max: u32,
+    json: bool,
+) -> Result<(), Failure> {
+    let client = connect(socket).await?;
+    let mut after = after;
+    if !json {
+        println!("{}", event_header());
+    }
+    loop {
+        let wait_ms = if follow { 25_000 } else { 0 };
+        let batch: EventBatch = client
+            .events(transport::context_with_deadline(60), after, max, wait_ms)
+            .await
+            .map_err(unreachable_daemon)??;
+        if batch.missed > 0 {
+            eprintln!(
+                "policyd: {} event(s) missed (older than the loader's buffer)",
+                batch.missed
+            );
+        }
+        for e in &batch.events {
+            if json {
+                match serde_json::to_string(e) {
+                    Ok(line) => println!("{line}"),
+                    Err(err) => eprintln!("policyd: {err}"),
+                }
+            } else {
+                println!("{}", event_row(e));
+            }
+            after = after.max(e.event.seq);
+        }
+        if !follow && (batch.events.len() < max as usize) {
+            return Ok(());
+        }
+        if batch.events.is_empty() {
+            // A loader that answers at once instead of long-polling must
+            // not turn this into a busy loop.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn event_header() -> String {
+    format!(
+        "{:<20} {:<6} {:<20} {:<16} {:<24} {:<6} {:<40} {}",
+        "TIME", "VERDICT", "CONTAINER", "POLICY", "PROCESS", "PROTO", "DESTINATION", "HOOK"
+    )
+}
+
+fn event_row(a: &proto::policyd::AttributedEvent) -> String {
+    let e = &a.event;
+    let dest = match (e.icmp_type, e.icmp_code) {
+        (Some(t), Some(c)) => format!("{} type {t} code {c}", e.dst),
+        _ if e.dst.is_ipv6() => format!("[{}]:{}", e.dst, e.dst_port),
+        _ => format!("{}:{}", e.dst, e.dst_port),
+    };
+    let process = match &e.exe {
+        Some(exe) => format!("{} ({exe})", e.comm),
+        None => e.comm.clone(),
+    };
+    format!(
+        "{:<20} {:<6} {:<20} {:<16} {:<24} {:<6} {:<40} {:?}",
+        utc_time(e.time_ns / 1_000_000_000),
+        e.verdict.to_string(),
+        a.container
+            .clone()
+            .unwrap_or_else(|| format!("cgroup {}", e.cgroup_id)),
+        a.policy.clone().unwrap_or_else(|| "-".into()),
+        process,
+        proto_name(e.proto),
+        dest,
+        e.hook
+    )
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` from Unix seconds (Howard Hinnant's civil date
+/// algorithm; no time crate for one line of output).
+pub fn utc_time(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// A plain text table, columns padded to their widest cell.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        padded.join("  ").trim_end().to_string() + "\n"
+    };
+    let mut out = line(headers.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn utc_formatting() {
+        assert_eq!(utc_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_time(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc_time(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn tables_align() {
+        let t = table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
+        assert_eq!(t, "A    BB\nxxx  y\n");
+    }
+}

@@ -1,0 +1,959 @@
+//! Compiles a validated policy and the inventory into the kernel state.
+//!
+//! The kernel looks up, for a packet of a process of class K in a cgroup of
+//! policy P: `DESTS[(P, K, addr)]` (longest prefix) → ruleset R, then
+//! `PORTS[(R, proto, port)]` (longest prefix), then `PORTS[(R, any, *)]`.
+//! It looks at one class and one prefix only, so the compiler must fold:
+//!
+//! * each process class's rules together with the policy's container-wide
+//!   rules (class 0 is "any other process");
+//! * each prefix's allowances together with those of every enclosing prefix
+//!   (Cilium-style), so the longest match alone carries the whole answer;
+//! * identical allowance sets into one ruleset id, so many destinations
+//!   with the same ports share one set of `PORTS` entries.
+//!
+//! IPv6 prefixes never match IPv4 destinations, not even `::/0`: IPv4 is
+//! written as IPv4. Since IPv4 is stored as `::ffff:a.b.c.d`, a short IPv6
+//! prefix covers the mapped block in key space; the compiler then adds an
+//! entry for `::ffff:0:0/96` carrying the IPv4 rules only (possibly none) so
+//! the IPv6 rule cannot leak into IPv4.
+//!
+//! Every policy's rules are compiled whether or not a container uses it
+//! yet, so a container start only needs its `CGROUPS` entry: one map update.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    rc::Rc,
+};
+
+use contain_common::capacity;
+use proto::state::{CgroupEntry, DestKey, KernelState, PortKey, ProcessKey};
+
+use crate::{
+    diagnostic::{Diagnostic, Location, Severity},
+    ids::{IdSpaceFull, IdTables, RuleKey, RulesetKey, LOOPBACK_RULE_ID},
+    inventory::{self, Inventory},
+    net::{Family, Prefix},
+    policy::{AllowRule, Allowance, ContainerPolicy, Mode, PolicySet, ProcessPolicy},
+};
+
+/// Where an allowance came from, inside one policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RuleOrigin {
+    /// The implicit loopback allowance.
+    Loopback,
+    /// `process` is the index of the `[[policy.process]]` entry, `None` for
+    /// container-wide rules; `rule` indexes that entry's `allow` list.
+    Rule { process: Option<usize>, rule: usize },
+}
+
+/// Why a compile could not produce a state the kernel can hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    #[error(transparent)]
+    IdSpace(#[from] IdSpaceFull),
+    #[error("the policy needs {needed} {map} entries but the kernel map holds {capacity}; reduce the rules (or the process entries, which each repeat the container-wide rules)")]
+    Capacity {
+        map: &'static str,
+        needed: usize,
+        capacity: u32,
+    },
+}
+
+/// What a policy id stands for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyInfo {
+    pub index: usize,
+    pub name: String,
+    pub mode: Mode,
+}
+
+/// What a rule id stands for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleInfo {
+    pub policy_index: Option<usize>,
+    /// "container-wide", "exe /usr/bin/curl", or "implicit loopback".
+    pub scope: String,
+    pub allowances: String,
+}
+
+/// Reverse lookups from ids to the policy, for explain, status and events.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Catalog {
+    pub policies: BTreeMap<u32, PolicyInfo>,
+    /// (policy id, class) → index of the process entry.
+    pub classes: BTreeMap<(u32, u32), usize>,
+    pub rules: BTreeMap<u32, RuleInfo>,
+}
+
+/// The policy-dependent part of the kernel state; the inventory adds only
+/// `CGROUPS`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompiledRules {
+    /// Policy id per policy index.
+    pub policy_ids: Vec<u32>,
+    /// Class id per policy index and process index.
+    pub class_ids: Vec<Vec<u32>>,
+    /// Rule id per policy, per scope (`0` = container-wide, `1 + i` =
+    /// process `i`), per rule index.
+    pub rule_ids: Vec<Vec<Vec<u32>>>,
+    pub processes: BTreeMap<ProcessKey, u32>,
+    pub dests: BTreeMap<DestKey, u32>,
+    pub ports: BTreeMap<PortKey, u32>,
+    pub catalog: Catalog,
+    /// Redundant and shadowed rules.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Which policy a container got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    pub container_index: usize,
+    pub policy_index: Option<usize>,
+    /// Later policies whose selectors also match (the first wins).
+    pub also_matched: Vec<usize>,
+}
+
+/// Policy × inventory → everything the loader's maps should hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compiled {
+    pub rules: CompiledRules,
+    pub assignments: Vec<Assignment>,
+    pub state: KernelState,
+    /// Inventory findings (containers sharing a cgroup id, overlaps).
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Compiles policy and inventory in one go.
+pub fn compile(
+    policies: &PolicySet,
+    inventory: &Inventory,
+    ids: &mut IdTables,
+) -> Result<Compiled, CompileError> {
+    let rules = compile_rules(policies, ids)?;
+    let Assigned {
+        assignments,
+        cgroups,
+        warnings,
+    } = assign(policies, &rules, inventory)?;
+    let state = assemble(policies, &rules, cgroups);
+    Ok(Compiled {
+        rules,
+        assignments,
+        state,
+        warnings,
+    })
+}
+
+/// The full kernel state from compiled rules and the cgroup map.
+pub fn assemble(
+    policies: &PolicySet,
+    rules: &CompiledRules,
+    cgroups: BTreeMap<u64, CgroupEntry>,
+) -> KernelState {
+    KernelState {
+        unknown_verdict: policies.unknown_container,
+        cgroups,
+        processes: rules.processes.clone(),
+        dests: rules.dests.clone(),
+        ports: rules.ports.clone(),
+    }
+}
+
+/// The inventory-dependent part of the kernel state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Assigned {
+    pub assignments: Vec<Assignment>,
+    pub cgroups: BTreeMap<u64, CgroupEntry>,
+    /// Containers sharing a cgroup id, overlapping selectors, host network.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// `CGROUPS` from the inventory: the first selecting policy wins; a known
+/// container no policy selects is left alone (unrestricted).
+pub fn assign(
+    policies: &PolicySet,
+    rules: &CompiledRules,
+    inventory: &Inventory,
+) -> Result<Assigned, CompileError> {
+    let mut assignments = Vec::with_capacity(inventory.containers.len());
+    let mut cgroups = BTreeMap::new();
+    let mut warnings = Vec::new();
+    let mut owner: HashMap<u64, usize> = HashMap::new();
+    for (container_index, container) in inventory.containers.iter().enumerate() {
+        let selection = inventory::select(policies, container);
+        if !selection.also_matched.is_empty() {
+            if let Some(first) = selection.policy {
+                let others: Vec<String> = selection
+                    .also_matched
+                    .iter()
+                    .map(|&i| format!("\"{}\"", policies.policies[i].name))
+                    .collect();
+                warnings.push(Diagnostic {
+                    severity: Severity::Warning,
+                    location: policies.policies[first].location.clone(),
+                    message: format!(
+                        "container \"{}\" is selected by policy \"{}\" and also by {}; the first in the file applies",
+                        container.name,
+                        policies.policies[first].name,
+                        others.join(", ")
+                    ),
+                    source_line: None,
+                });
+            }
+        }
+        if let Some(index) = selection.policy {
+            let policy = &policies.policies[index];
+            if container.host_network && policy.allow_loopback {
+                warnings.push(Diagnostic {
+                    severity: Severity::Warning,
+                    location: policy.location.clone(),
+                    message: format!(
+                        "container \"{}\" uses the host network, so loopback is the host's: policy \"{}\" lets it reach every host-local service; set allow_loopback = false in that policy to prevent it",
+                        container.name, policy.name
+                    ),
+                    source_line: None,
+                });
+            }
+        }
+        assignments.push(Assignment {
+            container_index,
+            policy_index: selection.policy,
+            also_matched: selection.also_matched,
+        });
+        let Some(cgroup_id) = container.cgroup_id else {
+            continue;
+        };
+        if let Some(&first) = owner.get(&cgroup_id) {
+            warnings.push(Diagnostic {
+                severity: Severity::Warning,
+                location: None,
+                message: format!(
+                    "containers \"{}\" and \"{}\" report the same cgroup id {cgroup_id}; the first keeps it",
+                    inventory.containers[first].name, container.name
+                ),
+                source_line: None,
+            });
+            continue;
+        }
+        owner.insert(cgroup_id, container_index);
+        let entry = match selection.policy {
+            Some(index) => CgroupEntry {
+                policy_id: rules.policy_ids[index],
+                audit: policies.policies[index].mode == Mode::Audit,
+                unrestricted: false,
+            },
+            None => CgroupEntry {
+                policy_id: contain_common::UNKNOWN_POLICY_ID,
+                audit: false,
+                unrestricted: true,
+            },
+        };
+        cgroups.insert(cgroup_id, entry);
+    }
+    if cgroups.len() > capacity::CGROUPS as usize {
+        return Err(CompileError::Capacity {
+            map: "CGROUPS",
+            needed: cgroups.len(),
+            capacity: capacity::CGROUPS,
+        });
+    }
+    Ok(Assigned {
+        assignments,
+        cgroups,
+        warnings,
+    })
+}
+
+/// Compiles every policy's rules (independent of the inventory).
+pub fn compile_rules(
+    policies: &PolicySet,
+    ids: &mut IdTables,
+) -> Result<CompiledRules, CompileError> {
+    let mut out = CompiledRules::default();
+    let mut rulesets = RulesetInterner::default();
+    for (index, policy) in policies.policies.iter().enumerate() {
+        let policy_id = ids.policies.get_or_alloc(&policy.name)?;
+        out.policy_ids.push(policy_id);
+        out.catalog.policies.insert(
+            policy_id,
+            PolicyInfo {
+                index,
+                name: policy.name.clone(),
+                mode: policy.mode,
+            },
+        );
+        compile_policy(index, policy, policy_id, ids, &mut rulesets, &mut out)?;
+    }
+    for (map, needed, cap) in [
+        ("PROCESSES", out.processes.len(), capacity::PROCESSES),
+        ("DESTS", out.dests.len(), capacity::DESTS),
+        ("PORTS", out.ports.len(), capacity::PORTS),
+    ] {
+        if needed > cap as usize {
+            return Err(CompileError::Capacity {
+                map,
+                needed,
+                capacity: cap,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn compile_policy(
+    index: usize,
+    policy: &ContainerPolicy,
+    policy_id: u32,
+    ids: &mut IdTables,
+    rulesets: &mut RulesetInterner,
+    out: &mut CompiledRules,
+) -> Result<(), CompileError> {
+    // Rule ids, per scope.
+    let mut rule_ids = vec![scope_rule_ids(
+        policy,
+        None,
+        &policy.rules,
+        ids,
+        index,
+        out,
+    )?];
+    for process in &policy.processes {
+        rule_ids.push(scope_rule_ids(
+            policy,
+            Some(process),
+            &process.rules,
+            ids,
+            index,
+            out,
+        )?);
+    }
+
+    // Process classes.
+    let mut class_ids = Vec::with_capacity(policy.processes.len());
+    for (pi, process) in policy.processes.iter().enumerate() {
+        let mut matches: Vec<_> = process.idents.iter().map(|i| i.to_match()).collect();
+        matches.sort_unstable();
+        matches.dedup();
+        let class = ids.classes.get_or_alloc(&(policy_id, matches.clone()))?;
+        for process_match in matches {
+            out.processes.insert(
+                ProcessKey {
+                    policy_id,
+                    process: process_match,
+                },
+                class,
+            );
+        }
+        out.catalog.classes.insert((policy_id, class), pi);
+        class_ids.push(class);
+    }
+
+    let container_rules: Vec<(RuleOrigin, &AllowRule, u32)> = policy
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(ri, r)| {
+            (
+                RuleOrigin::Rule {
+                    process: None,
+                    rule: ri,
+                },
+                r,
+                rule_ids[0][ri],
+            )
+        })
+        .collect();
+
+    // Class 0: any process without an entry of its own.
+    let ctx = FoldContext { policy, policy_id };
+    let mut redundant = Vec::new();
+    fold_class(
+        &ctx,
+        0,
+        &container_rules,
+        None,
+        ids,
+        rulesets,
+        out,
+        &mut redundant,
+    )?;
+    for (pi, process) in policy.processes.iter().enumerate() {
+        // Container-wide rules first, so a process rule that repeats one
+        // is the one reported as redundant.
+        let mut rules = container_rules.clone();
+        rules.extend(process.rules.iter().enumerate().map(|(ri, r)| {
+            (
+                RuleOrigin::Rule {
+                    process: Some(pi),
+                    rule: ri,
+                },
+                r,
+                rule_ids[pi + 1][ri],
+            )
+        }));
+        fold_class(
+            &ctx,
+            class_ids[pi],
+            &rules,
+            Some(pi),
+            ids,
+            rulesets,
+            out,
+            &mut redundant,
+        )?;
+    }
+    report_redundant(&ctx, redundant, out);
+
+    out.class_ids.push(class_ids);
+    out.rule_ids.push(rule_ids);
+    Ok(())
+}
+
+fn scope_rule_ids(
+    policy: &ContainerPolicy,
+    process: Option<&ProcessPolicy>,
+    rules: &[AllowRule],
+    ids: &mut IdTables,
+    policy_index: usize,
+    out: &mut CompiledRules,
+) -> Result<Vec<u32>, CompileError> {
+    let scope = match process {
+        None => "container-wide".to_string(),
+        Some(p) => p.describe(),
+    };
+    rules
+        .iter()
+        .map(|rule| {
+            let key = RuleKey {
+                policy: policy.name.clone(),
+                process: process.map(|p| p.idents.clone()),
+                allowances: rule.allowances.clone(),
+            };
+            let id = ids.rules.get_or_alloc(&key)?;
+            out.catalog.rules.entry(id).or_insert_with(|| RuleInfo {
+                policy_index: Some(policy_index),
+                scope: scope.clone(),
+                allowances: rule.describe_allowances(),
+            });
+            Ok(id)
+        })
+        .collect()
+}
+
+/// Content-addressed rulesets of this compile, so each distinct allowance
+/// set gets its `PORTS` entries once.
+#[derive(Default)]
+struct RulesetInterner {
+    seen: HashMap<RulesetKey, u32>,
+}
+
+impl RulesetInterner {
+    fn intern(
+        &mut self,
+        set: &AllowSet,
+        ids: &mut IdTables,
+        out: &mut CompiledRules,
+    ) -> Result<u32, CompileError> {
+        let key: RulesetKey = set
+            .iter()
+            .map(|(a, v)| (a.proto, a.block.port, a.block.bits, v.rule_id))
+            .collect();
+        if let Some(&id) = self.seen.get(&key) {
+            return Ok(id);
+        }
+        let id = ids.rulesets.get_or_alloc(&key)?;
+        for &(proto, port, port_bits, rule_id) in &key {
+            out.ports.insert(
+                PortKey {
+                    ruleset: id,
+                    proto,
+                    port,
+                    port_bits,
+                },
+                rule_id,
+            );
+        }
+        self.seen.insert(key, id);
+        Ok(id)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Grant {
+    rule_id: u32,
+    origin: RuleOrigin,
+    /// Destination prefix of the rule that granted it (for messages).
+    dest: Prefix,
+}
+
+/// A ruleset being built: allowance → who granted it. Kept minimal: no
+/// entry covers another.
+type AllowSet = BTreeMap<Allowance, Grant>;
+
+fn covering(set: &AllowSet, a: &Allowance) -> Option<Grant> {
+    if let Some(g) = set.get(&Allowance::ANY) {
+        return Some(*g);
+    }
+    (0..=a.block.bits).find_map(|bits| {
+        let block = crate::net::PortBlock::enclosing(a.block.port, bits);
+        set.get(&Allowance {
+            proto: a.proto,
+            block,
+        })
+        .copied()
+    })
+}
+
+fn insert_minimal(set: &mut AllowSet, a: Allowance, grant: Grant) {
+    if a == Allowance::ANY {
+        set.clear();
+    } else {
+        let lo = Allowance {
+            proto: a.proto,
+            block: crate::net::PortBlock {
+                port: a.block.first(),
+                bits: 0,
+            },
+        };
+        let hi = Allowance {
+            proto: a.proto,
+            block: crate::net::PortBlock {
+                port: a.block.last(),
+                bits: 16,
+            },
+        };
+        let covered: Vec<Allowance> = set
+            .range(lo..=hi)
+            .map(|(k, _)| *k)
+            .filter(|k| a.covers(k))
+            .collect();
+        for k in covered {
+            set.remove(&k);
+        }
+    }
+    set.insert(a, grant);
+}
+
+struct FoldContext<'a> {
+    policy: &'a ContainerPolicy,
+    policy_id: u32,
+}
+
+/// A (rule, destination) whose every allowance was already granted.
+struct Redundant {
+    origin: RuleOrigin,
+    dest: Prefix,
+    by: Grant,
+}
+
+/// One contribution of a rule to a prefix.
+#[derive(Clone, Copy)]
+struct Contribution {
+    allowance: Allowance,
+    grant: Grant,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fold_class(
+    ctx: &FoldContext,
+    class: u32,
+    rules: &[(RuleOrigin, &AllowRule, u32)],
+    scope: Option<usize>,
+    ids: &mut IdTables,
+    rulesets: &mut RulesetInterner,
+    out: &mut CompiledRules,
+    redundant: &mut Vec<Redundant>,
+) -> Result<(), CompileError> {
+    // Own contributions per prefix, in rule order: the implicit loopback
+    // first, so explicit loopback rules are reported as redundant.
+    let mut own: HashMap<Prefix, Vec<Contribution>> = HashMap::new();
+    if ctx.policy.allow_loopback {
+        for dest in [Prefix::v4_loopback(), Prefix::v6_loopback()] {
+            let grant = Grant {
+                rule_id: LOOPBACK_RULE_ID,
+                origin: RuleOrigin::Loopback,
+                dest,
+            };
+            own.entry(dest).or_default().push(Contribution {
+                allowance: Allowance::ANY,
+                grant,
+            });
+        }
+    }
+    for &(origin, rule, rule_id) in rules {
+        for &dest in &rule.dests {
+            let grant = Grant {
+                rule_id,
+                origin,
+                dest,
+            };
+            let contributions = own.entry(dest).or_default();
+            contributions.extend(
+                rule.allowances
+                    .iter()
+                    .filter(|a| a.applies_to(dest.family()))
+                    .map(|&allowance| Contribution { allowance, grant }),
+            );
+        }
+    }
+
+    let mut v4: Vec<Prefix> = Vec::new();
+    let mut v6: Vec<Prefix> = Vec::new();
+    for (prefix, contributions) in &own {
+        if contributions.is_empty() {
+            continue;
+        }
+        match prefix.family() {
+            Family::V4 => v4.push(*prefix),
+            Family::V6 => v6.push(*prefix),
+        }
+    }
+    // An IPv6 prefix covering the IPv4-mapped block must not lend its
+    // allowances to IPv4: pin the block with the IPv4 rules alone.
+    let v4_root = Prefix::v4_all();
+    let pin_v4_root = v6.iter().any(|p| p.contains(&v4_root));
+    if pin_v4_root && !v4.contains(&v4_root) {
+        v4.push(v4_root);
+    }
+    v4.sort_unstable();
+    v6.sort_unstable();
+
+    let in_scope = |origin: RuleOrigin| match origin {
+        RuleOrigin::Loopback => false,
+        RuleOrigin::Rule { process, .. } => process == scope,
+    };
+
+    for (list, pinned) in [(v4, pin_v4_root.then_some(v4_root)), (v6, None)] {
+        // Prefixes sorted by (address, length) visit every ancestor before
+        // its descendants; the stack holds the chain of enclosing prefixes.
+        let mut stack: Vec<(Prefix, Rc<AllowSet>)> = Vec::new();
+        let empty = Rc::new(AllowSet::new());
+        for prefix in list {
+            while stack.last().is_some_and(|(p, _)| !p.contains(&prefix)) {
+                stack.pop();
+            }
+            let parent = stack
+                .last()
+                .map(|(_, s)| s.clone())
+                .unwrap_or_else(|| empty.clone());
+            let mut set: AllowSet = (*parent).clone();
+            let mut changed = false;
+            let mut covered_pairs: HashMap<(RuleOrigin, Prefix), Option<Grant>> = HashMap::new();
+            for c in own.get(&prefix).map(Vec::as_slice).unwrap_or(&[]) {
+                let pair = covered_pairs
+                    .entry((c.grant.origin, c.grant.dest))
+                    .or_insert(None);
+                match covering(&set, &c.allowance) {
+                    Some(by) => {
+                        // Remember a coverer for the message unless part of
+                        // this pair already added something.
+                        if pair.is_none() {
+                            *pair = Some(by);
+                        }
+                    }
+                    None => {
+                        insert_minimal(&mut set, c.allowance, c.grant);
+                        changed = true;
+                        // Marks the pair as contributing.
+                        *pair = Some(Grant {
+                            rule_id: 0,
+                            ..c.grant
+                        });
+                    }
+                }
+            }
+            for ((origin, dest), by) in covered_pairs {
+                if let Some(by) = by {
+                    if by.rule_id != 0 && in_scope(origin) {
+                        redundant.push(Redundant { origin, dest, by });
+                    }
+                }
+            }
+            if changed || pinned == Some(prefix) {
+                let ruleset = rulesets.intern(&set, ids, out)?;
+                let key = DestKey {
+                    policy_id: ctx.policy_id,
+                    class,
+                    addr: prefix.key_bytes(),
+                    prefix_len: prefix.len,
+                };
+                out.dests.insert(key, ruleset);
+                stack.push((prefix, Rc::new(set)));
+            } else {
+                // Same allowances as the enclosing prefix: the kernel's
+                // longest match lands there anyway, no entry needed.
+                stack.push((prefix, parent));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn describe_origin(policy: &ContainerPolicy, origin: RuleOrigin) -> (String, Option<Location>) {
+    match origin {
+        RuleOrigin::Loopback => (
+            "the implicit loopback allowance (allow_loopback)".into(),
+            None,
+        ),
+        RuleOrigin::Rule {
+            process: None,
+            rule,
+        } => {
+            let r = &policy.rules[rule];
+            (format!("allow[{}]", r.index), r.location.clone())
+        }
+        RuleOrigin::Rule {
+            process: Some(pi),
+            rule,
+        } => {
+            let p = &policy.processes[pi];
+            let r = &p.rules[rule];
+            (
+                format!("process {} allow[{}]", p.describe(), r.index),
+                r.location.clone(),
+            )
+        }
+    }
+}
+
+fn report_redundant(ctx: &FoldContext, mut redundant: Vec<Redundant>, out: &mut CompiledRules) {
+    // A (rule, destination) pair is reported once, even though container
+    // rules are folded into every class.
+    redundant.sort_by_key(|r| (r.origin, r.dest));
+    redundant.dedup_by_key(|r| (r.origin, r.dest));
+    let mut by_rule: BTreeMap<RuleOrigin, Vec<&Redundant>> = BTreeMap::new();
+    for r in &redundant {
+        by_rule.entry(r.origin).or_default().push(r);
+    }
+    const SHOWN: usize = 3;
+    for (origin, items) in by_rule {
+        let (what, location) = describe_origin(ctx.policy, origin);
+        let mut parts: Vec<String> = items
+            .iter()
+            .take(SHOWN)
+            .map(|r| {
+                let (by, by_loc) = describe_origin(ctx.policy, r.by.origin);
+                let at = by_loc
+                    .map(|l| format!(" (line {})", l.line))
+                    .unwrap_or_default();
+                if r.by.dest == r.dest {
+                    format!("{} is already allowed by {by}{at}", r.dest)
+                } else {
+                    format!(
+                        "{} is already allowed by {by}{at} through {}",
+                        r.dest, r.by.dest
+                    )
+                }
+            })
+            .collect();
+        if items.len() > SHOWN {
+            parts.push(format!("and {} more destinations", items.len() - SHOWN));
+        }
+        out.warnings.push(Diagnostic {
+            severity: Severity::Warning,
+            location,
+            message: format!(
+                "policy \"{}\": {what} is redundant for some destinations: {}",
+                ctx.policy.name,
+                parts.join("; ")
+            ),
+            source_line: None,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{diff::diff_ops, inventory::Container, policy};
+
+    pub(crate) fn policy(text: &str) -> PolicySet {
+        policy::parse("p.toml", text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn inventory(containers: &[(&str, u64)]) -> Inventory {
+        Inventory {
+            containers: containers
+                .iter()
+                .map(|&(name, cg)| Container {
+                    id: format!("{name}-id"),
+                    name: name.into(),
+                    image: "alpine:3".into(),
+                    namespace: "moby".into(),
+                    runtime: "docker".into(),
+                    cgroup_id: Some(cg),
+                    ..Container::default()
+                })
+                .collect(),
+        }
+    }
+
+    fn dest_count(state: &KernelState, policy_id: u32, class: u32) -> usize {
+        state
+            .dests
+            .keys()
+            .filter(|k| k.policy_id == policy_id && k.class == class)
+            .count()
+    }
+
+    #[test]
+    fn cgroups_get_their_policy_or_are_left_alone() {
+        let p = policy("mode='audit'\n[[policy]]\nname='a'\nselect={name='web'}\nallow=[{to='1.1.1.1', proto='tcp', ports=[443]}]\n");
+        let c = compile(
+            &p,
+            &inventory(&[("web", 10), ("other", 11)]),
+            &mut IdTables::default(),
+        )
+        .unwrap();
+        let web = c.state.cgroups[&10];
+        assert!(web.audit && !web.unrestricted && web.policy_id >= 1);
+        assert!(c.state.cgroups[&11].unrestricted);
+        assert_eq!(c.state.unknown_verdict, proto::state::Verdict::Deny);
+    }
+
+    #[test]
+    fn enclosing_prefixes_fold_into_specific_ones() {
+        let p = policy(
+            "allow_loopback=false\n[[policy]]\nname='a'\nselect={name='a'}\nallow=[\n{to='10.0.0.0/8', proto='tcp', ports=[443]},\n{to='10.1.0.0/16', proto='udp', ports=[53]},\n]\n",
+        );
+        let c = compile(&p, &Inventory::default(), &mut IdTables::default()).unwrap();
+        assert_eq!(c.state.dests.len(), 2);
+        let specific = c
+            .state
+            .dests
+            .iter()
+            .find(|(k, _)| k.prefix_len == 96 + 16)
+            .unwrap();
+        let ports: Vec<(u8, u16)> = c
+            .state
+            .ports
+            .keys()
+            .filter(|k| k.ruleset == *specific.1)
+            .map(|k| (k.proto, k.port))
+            .collect();
+        assert_eq!(ports, vec![(6, 443), (17, 53)]);
+    }
+
+    #[test]
+    fn process_classes_include_container_wide_rules() {
+        let p = policy(
+            "allow_loopback=false\n[[policy]]\nname='a'\nselect={name='a'}\nallow=[{to='9.9.9.9', proto='udp', ports=[53]}]\n[[policy.process]]\ncomm='curl'\nallow=[{to='1.1.1.0/24', proto='tcp', ports=[80, 443]}]\n",
+        );
+        let c = compile(&p, &Inventory::default(), &mut IdTables::default()).unwrap();
+        let pid = c.rules.policy_ids[0];
+        let class = c.rules.class_ids[0][0];
+        assert_eq!(dest_count(&c.state, pid, 0), 1);
+        assert_eq!(dest_count(&c.state, pid, class), 2);
+        assert_eq!(
+            c.state.processes[&ProcessKey {
+                policy_id: pid,
+                process: proto::state::ProcessMatch::Comm(contain_common::comm_hash(b"curl"))
+            }],
+            class
+        );
+    }
+
+    #[test]
+    fn same_ports_share_one_ruleset() {
+        let mut text = String::from(
+            "allow_loopback=false\n[[policy]]\nname='a'\nselect={name='a'}\nallow=[\n",
+        );
+        for i in 0..1000u32 {
+            text.push_str(&format!(
+                "{{to='10.{}.{}.{}', proto='tcp', ports=[80, 443]}},\n",
+                i >> 16,
+                (i >> 8) & 255,
+                i & 255
+            ));
+        }
+        text.push_str("]\n");
+        let c = compile(
+            &policy(&text),
+            &Inventory::default(),
+            &mut IdTables::default(),
+        )
+        .unwrap();
+        assert_eq!(c.state.dests.len(), 1000);
+        let rulesets: std::collections::BTreeSet<u32> = c.state.dests.values().copied().collect();
+        assert_eq!(rulesets.len(), 1);
+        assert_eq!(c.state.ports.len(), 2);
+    }
+
+    #[test]
+    fn loopback_is_implicit_and_shared() {
+        let p = policy(
+            "[[policy]]\nname='a'\nselect={name='a'}\n[[policy]]\nname='b'\nselect={name='b'}\n",
+        );
+        let c = compile(&p, &Inventory::default(), &mut IdTables::default()).unwrap();
+        // Two prefixes per policy, one ruleset for all: any protocol.
+        assert_eq!(c.state.dests.len(), 4);
+        assert_eq!(c.state.ports.len(), 1);
+        let (key, rule) = c.state.ports.iter().next().unwrap();
+        assert_eq!((key.proto, key.port_bits, *rule), (0, 0, LOOPBACK_RULE_ID));
+    }
+
+    #[test]
+    fn ipv6_any_does_not_leak_into_ipv4() {
+        let p = policy(
+            "allow_loopback=false\n[[policy]]\nname='a'\nselect={name='a'}\nallow=[{to='::/0', proto='tcp', ports=[443]}]\n",
+        );
+        let c = compile(&p, &Inventory::default(), &mut IdTables::default()).unwrap();
+        let root = c
+            .state
+            .dests
+            .iter()
+            .find(|(k, _)| k.prefix_len == 96)
+            .expect("IPv4 block pinned");
+        assert!(
+            c.state.ports.keys().all(|k| k.ruleset != *root.1),
+            "the pinned IPv4 block allows nothing"
+        );
+    }
+
+    #[test]
+    fn redundant_rules_are_warned() {
+        let p = policy(
+            "[[policy]]\nname='a'\nselect={name='a'}\nallow=[\n{to='10.0.0.0/8', proto='tcp'},\n{to='10.1.0.0/16', proto='tcp', ports=[443]},\n{to='127.0.0.1', proto='tcp', ports=[80]},\n]\n[[policy.process]]\ncomm='x'\nallow=[{to='10.2.0.0/16', proto='tcp', ports=[22]}]\n",
+        );
+        let c = compile(&p, &Inventory::default(), &mut IdTables::default()).unwrap();
+        let w: Vec<String> = c.rules.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(w.len(), 3, "{w:#?}");
+        assert!(
+            w[0].contains("p.toml:6:1") || w[0].contains("allow[1]"),
+            "{w:#?}"
+        );
+        assert!(
+            w.iter()
+                .any(|m| m.contains("allow[1] is redundant") && m.contains("through 10.0.0.0/8")),
+            "{w:#?}"
+        );
+        assert!(
+            w.iter()
+                .any(|m| m.contains("allow[2] is redundant") && m.contains("loopback")),
+            "{w:#?}"
+        );
+        assert!(
+            w.iter()
+                .any(|m| m.contains("process comm x allow[0] is redundant")),
+            "{w:#?}"
+        );
+    }
+
+    #[test]
+    fn recompiling_is_stable() {
+        let p = policy(
+            "[[policy]]\nname='a'\nselect={name='a'}\nallow=[{to='1.1.1.1', proto='tcp', ports=[443]}]\n[[policy.process]]\nexe='/bin/x'\nallow=[{to='2.2.2.2'}]\n",
+        );
+        let mut ids = IdTables::default();
+        let a = compile(&p, &inventory(&[("a", 1)]), &mut ids).unwrap();
+        let b = compile(&p, &inventory(&[("a", 1)]), &mut ids).unwrap();
+        assert_eq!(a.state, b.state);
+        // A fresh daemon that learns ids from the kernel lands on the same state.
+        let mut fresh = IdTables::default();
+        fresh.seed_from_state(&a.state);
+        fresh.seed_policies(&a.state, &p, &inventory(&[("a", 1)]));
+        let c = compile(&p, &inventory(&[("a", 1)]), &mut fresh).unwrap();
+        assert!(diff_ops(&a.state, &c.state).is_empty());
+    }
+}

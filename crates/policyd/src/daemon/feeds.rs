@@ -1,0 +1,284 @@
+//! When to converge: the policy file changed, SIGHUP, the inventory
+//! changed, or it is time to re-read the loader's state.
+
+use std::{
+    collections::BTreeMap,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use proto::{
+    resolver::{
+        ChangeKind, Container as ResolverContainer, ResolverClient, WatchReply, MAX_WATCH_WAIT_MS,
+    },
+    transport,
+};
+
+use super::Shared;
+use crate::{
+    inventory::{Container, Inventory},
+    policy,
+};
+
+/// Exponential backoff for reconnects: 0.5 s doubling to 30 s.
+struct Backoff(Duration);
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(30);
+    fn new() -> Self {
+        Backoff(Self::FIRST)
+    }
+    fn next(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(Self::MAX);
+        d
+    }
+    fn reset(&mut self) {
+        self.0 = Self::FIRST;
+    }
+}
+
+/// What identifies a file version cheaply. Polled rather than inotify'd:
+/// Kubernetes ConfigMaps and editors replace files by rename or symlink
+/// swap, which a stat of the path follows and a watch on the old inode
+/// misses.
+fn file_version(path: &Path) -> Option<(SystemTime, u64, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len(), meta.ino()))
+}
+
+/// Reloads when the policy file's content changes.
+pub async fn watch_policy_file(engine: Shared, path: PathBuf, every: Duration) {
+    let mut last = file_version(&path);
+    loop {
+        tokio::time::sleep(every).await;
+        let now = file_version(&path);
+        if now == last {
+            continue;
+        }
+        last = now;
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        let digest = policy::fnv1a(&bytes);
+        let mut e = engine.lock().await;
+        if e.loaded_digest() == Some(digest) || e.rejected_digest == Some(digest) {
+            continue;
+        }
+        match e.reload(false).await {
+            Ok(report) => tracing::info!(ops = report.ops.len(), "policy file changed: reloaded"),
+            Err(err) => tracing::error!(error = %err, "policy file changed but was not applied"),
+        }
+    }
+}
+
+pub async fn on_sighup(engine: Shared) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        let mut e = engine.lock().await;
+        match e.reload(false).await {
+            Ok(report) => tracing::info!(ops = report.ops.len(), "SIGHUP: reloaded"),
+            Err(err) => tracing::error!(error = %err, "SIGHUP: policy not applied"),
+        }
+    }
+}
+
+/// Re-reads the loader's state now and then, and sooner while something
+/// is failing, so a restarted loader or a lost diff is repaired.
+pub async fn resync(engine: Shared, every: Duration) {
+    let mut backoff = Backoff::new();
+    loop {
+        let healthy = {
+            let e = engine.lock().await;
+            e.last_error.is_none() && e.loader.connected()
+        };
+        let wait = if healthy {
+            backoff.reset();
+            every
+        } else {
+            backoff.next()
+        };
+        tokio::time::sleep(wait).await;
+        let mut e = engine.lock().await;
+        // A full state read is megabytes on a big host: skip it when the
+        // loader's generation says nothing changed behind our back.
+        let known = e.kernel.as_ref().map(|k| k.generation);
+        if healthy && known.is_some() && e.loader.generation().await.ok() == known {
+            continue;
+        }
+        e.kernel = None;
+        e.converge_logged(if healthy { "periodic resync" } else { "retry" })
+            .await;
+    }
+}
+
+/// Ends the hold on convergence if no inventory arrives in time: the
+/// rules are applied, the loader's cgroup entries carried over as they are.
+pub async fn inventory_grace(engine: Shared, grace: Duration) {
+    tokio::time::sleep(grace).await;
+    let mut e = engine.lock().await;
+    if e.inventory_state.ready {
+        return;
+    }
+    tracing::warn!(
+        grace_secs = grace.as_secs(),
+        "no container inventory yet; applying the policy's rules and keeping the loader's cgroup entries until it arrives"
+    );
+    e.inventory_state.hold = false;
+    e.converge_logged("inventory grace period over").await;
+}
+
+fn to_inventory(containers: &BTreeMap<String, ResolverContainer>) -> Inventory {
+    Inventory {
+        containers: containers.values().map(Container::from).collect(),
+    }
+}
+
+async fn publish(engine: &Shared, containers: &BTreeMap<String, ResolverContainer>) {
+    let mut e = engine.lock().await;
+    e.inventory_state.connection.connected = true;
+    e.inventory_state.connection.error = None;
+    e.set_inventory(to_inventory(containers)).await;
+}
+
+/// Follows the resolver: a snapshot, then its changes (long poll), and a
+/// fresh snapshot whenever it restarted or lost track.
+pub async fn follow_resolver(engine: Shared, path: PathBuf) {
+    let mut backoff = Backoff::new();
+    let mut reported: Option<String> = None;
+    loop {
+        let error = follow_once(&engine, &path, &mut backoff).await;
+        {
+            let mut e = engine.lock().await;
+            e.inventory_state.connection.connected = false;
+            e.inventory_state.connection.error = Some(error.clone());
+        }
+        // Say it once per distinct failure; retries are quiet.
+        if reported.as_ref() != Some(&error) {
+            tracing::warn!(error = %error, "resolver unavailable; retrying with backoff, keeping the last inventory");
+            reported = Some(error);
+        }
+        tokio::time::sleep(backoff.next()).await;
+    }
+}
+
+async fn follow_once(engine: &Shared, path: &Path, backoff: &mut Backoff) -> String {
+    let stream = match transport::connect(path).await {
+        Ok(s) => s,
+        Err(e) => return e.to_string(),
+    };
+    let client =
+        ResolverClient::new(tarpc::client::Config::default(), transport::framed(stream)).spawn();
+    let snapshot = match client.list(transport::context_with_deadline(30)).await {
+        Ok(s) => s,
+        Err(e) => return format!("resolver list failed: {e}"),
+    };
+    backoff.reset();
+    tracing::info!(
+        containers = snapshot.containers.len(),
+        generation = snapshot.generation,
+        "resolver inventory"
+    );
+    let mut instance = snapshot.instance;
+    let mut generation = snapshot.generation;
+    let mut containers: BTreeMap<String, ResolverContainer> = snapshot
+        .containers
+        .into_iter()
+        .map(|c| (c.key(), c))
+        .collect();
+    publish(engine, &containers).await;
+    let deadline = u64::from(MAX_WATCH_WAIT_MS / 1000) + 15;
+    loop {
+        let reply = match client
+            .watch(
+                transport::context_with_deadline(deadline),
+                generation,
+                MAX_WATCH_WAIT_MS,
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return format!("resolver watch failed: {e}"),
+        };
+        match reply {
+            WatchReply::Changes {
+                instance: i,
+                generation: g,
+                changes,
+            } => {
+                if i != instance {
+                    return "resolver restarted".into();
+                }
+                generation = g;
+                if changes.is_empty() {
+                    continue;
+                }
+                for change in changes {
+                    match change.kind {
+                        ChangeKind::Added { container } | ChangeKind::Updated { container } => {
+                            containers.insert(container.key(), container);
+                        }
+                        ChangeKind::Removed { namespace, id, .. } => {
+                            containers.remove(&format!("{namespace}/{id}"));
+                        }
+                    }
+                }
+                publish(engine, &containers).await;
+            }
+            WatchReply::Resync { snapshot, reason } => {
+                tracing::info!(reason, "resolver resync");
+                instance = snapshot.instance;
+                generation = snapshot.generation;
+                containers = snapshot
+                    .containers
+                    .into_iter()
+                    .map(|c| (c.key(), c))
+                    .collect();
+                publish(engine, &containers).await;
+            }
+        }
+    }
+}
+
+/// Reads an inventory file: `{"containers": [...]}` or a bare list.
+pub fn read_inventory_file(path: &Path) -> Result<Inventory, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_str::<Inventory>(&text)
+        .or_else(|_| {
+            serde_json::from_str::<Vec<Container>>(&text).map(|containers| Inventory { containers })
+        })
+        .map_err(|e| format!("{}: not an inventory: {e}", path.display()))
+}
+
+/// Follows an inventory file (tests, hosts without the resolver).
+pub async fn watch_inventory_file(engine: Shared, path: PathBuf, every: Duration) {
+    let mut last = None;
+    loop {
+        let now = file_version(&path);
+        if now != last {
+            last = now;
+            match read_inventory_file(&path) {
+                Ok(inventory) => {
+                    let mut e = engine.lock().await;
+                    e.inventory_state.connection.connected = true;
+                    e.inventory_state.connection.error = None;
+                    e.set_inventory(inventory).await;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "inventory file not usable");
+                    engine.lock().await.inventory_state.connection.error = Some(err);
+                }
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}

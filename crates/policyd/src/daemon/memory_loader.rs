@@ -1,0 +1,126 @@
+//! An in-memory stand-in for bpf-loader that keeps the loader's contract
+//! (all-or-nothing apply at `from_generation`, generation bumps, state
+//! snapshots) without BPF: for tests and benchmarks of the daemon over
+//! real sockets, unprivileged.
+
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+};
+
+use futures::StreamExt;
+use proto::{
+    loader::{Attachment, Counters, EventBatch, Loader, LoaderError, LoaderInfo, StateSnapshot},
+    state::{KernelState, MapDiff},
+    transport,
+};
+use tarpc::{
+    context::Context,
+    server::{BaseChannel, Channel},
+};
+
+#[derive(Debug, Default)]
+pub struct Maps {
+    pub generation: u64,
+    pub state: KernelState,
+    /// Diffs applied so far.
+    pub applies: usize,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct MemoryLoader {
+    pub maps: Arc<Mutex<Maps>>,
+}
+
+impl MemoryLoader {
+    fn maps(&self) -> std::sync::MutexGuard<'_, Maps> {
+        // A panic while holding the lock poisons it; the maps are still
+        // consistent (every update is a single assignment), so carry on.
+        self.maps.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// (generation, state, applies) now.
+    pub fn snapshot(&self) -> (u64, KernelState, usize) {
+        let m = self.maps();
+        (m.generation, m.state.clone(), m.applies)
+    }
+
+    /// Serves the loader service on `socket` (root only, like the real one)
+    /// from the current tokio runtime.
+    pub fn serve(&self, socket: &Path) -> std::io::Result<()> {
+        let listener = transport::bind(socket, 0o600, None)?;
+        let loader = self.clone();
+        tokio::spawn(transport::accept_loop(
+            listener,
+            transport::PeerPolicy::RootOnly,
+            move |stream, _| {
+                let channel = BaseChannel::with_defaults(transport::framed(stream));
+                tokio::spawn(
+                    channel
+                        .execute(loader.clone().serve())
+                        .for_each(transport::spawn_request),
+                );
+            },
+        ));
+        Ok(())
+    }
+}
+
+impl Loader for MemoryLoader {
+    async fn version(self, _: Context) -> LoaderInfo {
+        LoaderInfo {
+            api_version: proto::API_VERSION,
+            version: "memory".into(),
+            pin_dir: String::new(),
+        }
+    }
+    async fn attach(self, _: Context, cgroup: String) -> Result<Attachment, LoaderError> {
+        Err(LoaderError::Cgroup {
+            path: cgroup,
+            reason: "the in-memory loader attaches nothing".into(),
+        })
+    }
+    async fn detach(self, _: Context, _: String) -> Result<(), LoaderError> {
+        Ok(())
+    }
+    async fn attachments(self, _: Context) -> Vec<Attachment> {
+        Vec::new()
+    }
+    async fn apply(self, _: Context, diff: MapDiff) -> Result<u64, LoaderError> {
+        let mut m = self.maps();
+        if diff.from_generation != m.generation {
+            return Err(LoaderError::GenerationMismatch {
+                expected: diff.from_generation,
+                actual: m.generation,
+            });
+        }
+        if let Some(v) = diff.unknown_verdict {
+            m.state.unknown_verdict = v;
+        }
+        m.state.apply_ops(&diff.ops);
+        m.generation += 1;
+        m.applies += 1;
+        Ok(m.generation)
+    }
+    async fn state(self, _: Context) -> Result<StateSnapshot, LoaderError> {
+        let m = self.maps();
+        Ok(StateSnapshot {
+            generation: m.generation,
+            state: m.state.clone(),
+        })
+    }
+    async fn generation(self, _: Context) -> u64 {
+        self.maps().generation
+    }
+    async fn counters(self, _: Context) -> Result<Counters, LoaderError> {
+        Ok(Counters::default())
+    }
+    /// No events ever come; waits out the long poll as the real one does.
+    async fn events(self, _: Context, _: u64, _: u32, wait_ms: u32) -> EventBatch {
+        tokio::time::sleep(std::time::Duration::from_millis(u64::from(
+            wait_ms.min(30_000),
+        )))
+        .await;
+        EventBatch::default()
+    }
+}

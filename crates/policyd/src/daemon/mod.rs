@@ -1,0 +1,137 @@
+//! `policyd daemon`: serves the CLI, watches the policy file, SIGHUP and
+//! the resolver, and keeps the loader converged.
+//!
+//! One [`engine::Engine`] behind a mutex serialises every change; the tasks
+//! here only decide *when* to converge.
+
+pub mod engine;
+pub mod feeds;
+pub mod memory_loader;
+pub mod server;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use proto::{policyd::Policyd, transport};
+use tarpc::server::{BaseChannel, Channel};
+use tokio::sync::Mutex;
+
+use self::engine::Engine;
+
+/// Where the daemon's inventory comes from.
+#[derive(Clone, Debug)]
+pub enum InventorySource {
+    /// The resolver service (the normal case).
+    Resolver(PathBuf),
+    /// A JSON file holding an [`crate::inventory::Inventory`], re-read when
+    /// it changes: for tests and hosts without the resolver.
+    File(PathBuf),
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub policy: PathBuf,
+    pub socket: PathBuf,
+    pub loader_socket: PathBuf,
+    pub inventory: InventorySource,
+    /// Group admitted to the socket besides root.
+    pub group: String,
+    /// How often the policy (and inventory) file is checked for changes.
+    pub file_poll: Duration,
+    /// How often the loader's state is re-read to repair drift (a loader
+    /// restart, someone else's writes).
+    pub resync_every: Duration,
+}
+
+pub type Shared = Arc<Mutex<Engine>>;
+
+/// Runs the daemon until the socket fails or a fatal error occurs.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let endpoint = match &config.inventory {
+        InventorySource::Resolver(p) => p.display().to_string(),
+        InventorySource::File(p) => p.display().to_string(),
+    };
+    let engine: Shared = Arc::new(Mutex::new(Engine::new(
+        config.policy.clone(),
+        config.loader_socket.clone(),
+        endpoint,
+    )));
+
+    let (gid, peer_policy, mode) = match nix::unistd::Group::from_name(&config.group) {
+        Ok(Some(group)) => {
+            let gid = group.gid.as_raw();
+            (Some(gid), transport::PeerPolicy::RootOrGroup(gid), 0o660)
+        }
+        _ => {
+            tracing::warn!(group = %config.group, "group not found; the socket is for root only");
+            (None, transport::PeerPolicy::RootOnly, 0o600)
+        }
+    };
+    let listener = transport::bind(&config.socket, mode, gid)
+        .with_context(|| format!("cannot listen on {}", config.socket.display()))?;
+    tracing::info!(socket = %config.socket.display(), policy = %config.policy.display(), "policyd listening");
+
+    // First load: an invalid file is reported and the loader left as is.
+    {
+        let mut e = engine.lock().await;
+        match &config.inventory {
+            InventorySource::Resolver(_) => e.inventory_state.hold = true,
+            InventorySource::File(path) => match feeds::read_inventory_file(path) {
+                Ok(inventory) => {
+                    e.inventory = inventory;
+                    e.inventory_state.ready = true;
+                    e.inventory_state.connection.connected = true;
+                }
+                Err(err) => tracing::warn!(error = %err, "inventory file not usable yet"),
+            },
+        }
+        match e.reload(false).await {
+            Ok(report) => tracing::info!(
+                ops = report.ops.len(),
+                applied = report.applied,
+                "initial policy loaded"
+            ),
+            Err(err) => tracing::error!(error = %err, "initial policy not applied"),
+        }
+    }
+
+    tokio::spawn(feeds::watch_policy_file(
+        engine.clone(),
+        config.policy.clone(),
+        config.file_poll,
+    ));
+    tokio::spawn(feeds::on_sighup(engine.clone()));
+    tokio::spawn(feeds::resync(engine.clone(), config.resync_every));
+    match &config.inventory {
+        InventorySource::Resolver(path) => {
+            tokio::spawn(feeds::follow_resolver(engine.clone(), path.clone()));
+            tokio::spawn(feeds::inventory_grace(
+                engine.clone(),
+                engine::INVENTORY_GRACE,
+            ));
+        }
+        InventorySource::File(path) => {
+            tokio::spawn(feeds::watch_inventory_file(
+                engine.clone(),
+                path.clone(),
+                config.file_poll,
+            ));
+        }
+    }
+
+    transport::accept_loop(listener, peer_policy, move |stream, peer| {
+        tracing::debug!(uid = peer.uid, pid = ?peer.pid, "client connected");
+        let server = server::PolicydServer {
+            engine: engine.clone(),
+        };
+        let channel = BaseChannel::with_defaults(transport::framed(stream));
+        tokio::spawn(
+            channel
+                .execute(server.serve())
+                .for_each(transport::spawn_request),
+        );
+    })
+    .await
+    .context("accepting connections failed")
+}

@@ -1,0 +1,829 @@
+//! `explain`: which rule decides a flow, and why.
+//!
+//! The verdict comes from replaying the kernel's lookups on the compiled
+//! state (so explain shows what the kernel will do, folding included); the
+//! rule is then found in the policy text. [`policy_allows`] is an
+//! independent reading of the policy, used by tests to check the compiler
+//! against the semantics.
+
+use std::net::IpAddr;
+
+use contain_common::proto as ipproto;
+use proto::{
+    policyd::{ExplainQuery, Explanation, RuleRef},
+    state::{CgroupEntry, DestKey, KernelState, PortKey, ProcessKey, ProcessMatch, Verdict},
+};
+
+use crate::{
+    compile::CompiledRules,
+    ids::LOOPBACK_RULE_ID,
+    inventory::Inventory,
+    net::{addr_key, Prefix},
+    policy::{
+        proto_name, toml_format::icmp_type_named, AllowRule, Allowance, ContainerPolicy, PolicySet,
+        ProcessIdent,
+    },
+};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExplainError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadQuery(String),
+}
+
+/// Who sends: the executable path (if known) and the comm.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sender {
+    pub exe: Option<String>,
+    pub comm: Option<String>,
+}
+
+impl Sender {
+    /// `/usr/bin/curl` is an executable (whose comm is `curl`); anything
+    /// else is a comm.
+    pub fn parse(text: Option<&str>) -> Sender {
+        match text {
+            None => Sender::default(),
+            Some(t) if t.starts_with('/') => {
+                let base = t.rsplit('/').next().unwrap_or(t);
+                let comm: String = base
+                    .bytes()
+                    .take(contain_common::COMM_LEN - 1)
+                    .map(char::from)
+                    .collect();
+                Sender {
+                    exe: Some(t.to_string()),
+                    comm: Some(comm),
+                }
+            }
+            Some(t) => Sender {
+                exe: None,
+                comm: Some(t.to_string()),
+            },
+        }
+    }
+}
+
+/// Every lookup the kernel makes for one packet, and its result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelTrace {
+    pub cgroup: Option<CgroupEntry>,
+    pub class: u32,
+    pub class_match: Option<ProcessMatch>,
+    pub dest: Option<(DestKey, u32)>,
+    pub port: Option<(PortKey, u32)>,
+    pub verdict: Verdict,
+}
+
+/// Replays the kernel's decision for a packet (see `compile` for the
+/// lookup order). `port` holds `type << 8 | code` for ICMP.
+pub fn kernel_lookup(
+    state: &KernelState,
+    cgroup_id: Option<u64>,
+    sender: &Sender,
+    dest: IpAddr,
+    proto: u8,
+    port: u16,
+) -> KernelTrace {
+    let mut trace = KernelTrace {
+        cgroup: None,
+        class: 0,
+        class_match: None,
+        dest: None,
+        port: None,
+        verdict: state.unknown_verdict,
+    };
+    let Some(cgroup) = cgroup_id.and_then(|id| state.cgroups.get(&id)).copied() else {
+        return trace;
+    };
+    trace.cgroup = Some(cgroup);
+    if cgroup.unrestricted {
+        trace.verdict = Verdict::Allow;
+        return trace;
+    }
+    let policy_id = cgroup.policy_id;
+    let candidates = [
+        sender
+            .exe
+            .as_ref()
+            .map(|e| ProcessMatch::Exe(contain_common::exe_hash(e.as_bytes()))),
+        sender
+            .comm
+            .as_ref()
+            .map(|c| ProcessMatch::Comm(contain_common::comm_hash(c.as_bytes()))),
+    ];
+    for process in candidates.into_iter().flatten() {
+        if let Some(&class) = state.processes.get(&ProcessKey { policy_id, process }) {
+            trace.class = class;
+            trace.class_match = Some(process);
+            break;
+        }
+    }
+    let addr = addr_key(dest);
+    trace.dest = (0..=128u8).rev().find_map(|len| {
+        let key = DestKey {
+            policy_id,
+            class: trace.class,
+            addr: Prefix::new(addr, len).key_bytes(),
+            prefix_len: len,
+        };
+        state.dests.get(&key).map(|&r| (key, r))
+    });
+    let denied = if cgroup.audit {
+        Verdict::Audit
+    } else {
+        Verdict::Deny
+    };
+    let Some((_, ruleset)) = trace.dest else {
+        trace.verdict = denied;
+        return trace;
+    };
+    let specific = (0..=16u8).rev().find_map(|bits| {
+        let block = crate::net::PortBlock::enclosing(port, bits);
+        let key = PortKey {
+            ruleset,
+            proto,
+            port: block.port,
+            port_bits: block.bits,
+        };
+        state.ports.get(&key).map(|&rule| (key, rule))
+    });
+    let any = || {
+        let key = PortKey {
+            ruleset,
+            proto: ipproto::ANY,
+            port: 0,
+            port_bits: 0,
+        };
+        state.ports.get(&key).map(|&rule| (key, rule))
+    };
+    trace.port = specific.or_else(any);
+    trace.verdict = if trace.port.is_some() {
+        Verdict::Allow
+    } else {
+        denied
+    };
+    trace
+}
+
+/// The process entry (index) the kernel would pick: by exe first, then comm.
+pub fn process_entry(policy: &ContainerPolicy, sender: &Sender) -> Option<usize> {
+    let by = |wanted: ProcessMatch| {
+        policy
+            .processes
+            .iter()
+            .position(|p| p.idents.iter().any(|i| i.to_match() == wanted))
+    };
+    let exe = sender
+        .exe
+        .as_ref()
+        .and_then(|e| by(ProcessIdent::Exe(e.clone()).to_match()));
+    exe.or_else(|| {
+        sender
+            .comm
+            .as_ref()
+            .and_then(|c| by(ProcessIdent::Comm(c.clone()).to_match()))
+    })
+}
+
+fn allowance_matches(a: &Allowance, proto: u8, port: u16) -> bool {
+    a.proto == ipproto::ANY || (a.proto == proto && a.block.contains_value(port))
+}
+
+/// A rule destination matches an address of the same family only: IPv6
+/// prefixes never match IPv4 (see `compile`).
+fn dest_matches(d: &Prefix, addr: u128) -> bool {
+    d.contains_addr(addr) && d.family() == Prefix::new(addr, 128).family()
+}
+
+/// The policy's answer, read directly from the rules (no folding, no
+/// tries): the reference the compiler is tested against.
+pub fn policy_allows(
+    policy: &ContainerPolicy,
+    sender: &Sender,
+    dest: IpAddr,
+    proto: u8,
+    port: u16,
+) -> bool {
+    let addr = addr_key(dest);
+    if policy.allow_loopback
+        && (Prefix::v4_loopback().contains_addr(addr) || Prefix::v6_loopback().contains_addr(addr))
+    {
+        return true;
+    }
+    let process_rules = process_entry(policy, sender)
+        .map(|i| policy.processes[i].rules.as_slice())
+        .unwrap_or(&[]);
+    policy.rules.iter().chain(process_rules).any(|rule| {
+        rule.dests.iter().any(|d| {
+            dest_matches(d, addr)
+                && rule
+                    .allowances
+                    .iter()
+                    .any(|a| a.applies_to(d.family()) && allowance_matches(a, proto, port))
+        })
+    })
+}
+
+fn location_text(rule: &AllowRule) -> Option<String> {
+    rule.location.as_ref().map(ToString::to_string)
+}
+
+/// Finds the rule the kernel's rule id stands for at this destination: the
+/// one with that id whose destination is the most specific match.
+fn find_rule(
+    policy: &ContainerPolicy,
+    compiled: &CompiledRules,
+    policy_index: usize,
+    process: Option<usize>,
+    rule_id: u32,
+    addr: u128,
+) -> Option<RuleRef> {
+    if rule_id == LOOPBACK_RULE_ID {
+        return Some(RuleRef {
+            rule_id,
+            description: "implicit loopback allowance: 127.0.0.0/8 and ::1 never leave the container's network namespace (allow_loopback)".into(),
+            location: None,
+        });
+    }
+    let ids = compiled.rule_ids.get(policy_index)?;
+    let mut scopes: Vec<(Option<usize>, &[AllowRule], &[u32])> =
+        vec![(None, &policy.rules, &ids[0])];
+    if let Some(pi) = process {
+        scopes.push((Some(pi), &policy.processes[pi].rules, &ids[pi + 1]));
+    }
+    let mut best: Option<(u8, Option<usize>, &AllowRule, Prefix)> = None;
+    for (scope, rules, rule_ids) in scopes {
+        for (rule, &id) in rules.iter().zip(rule_ids) {
+            if id != rule_id {
+                continue;
+            }
+            for d in rule.dests.iter().filter(|d| dest_matches(d, addr)) {
+                if best.as_ref().is_none_or(|(len, ..)| d.len > *len) {
+                    best = Some((d.len, scope, rule, *d));
+                }
+            }
+        }
+    }
+    let (_, scope, rule, dest) = best?;
+    let scope_text = match scope {
+        None => String::new(),
+        Some(pi) => format!(", process {}", policy.processes[pi].describe()),
+    };
+    Some(RuleRef {
+        rule_id,
+        description: format!(
+            "policy \"{}\"{scope_text}, allow[{}]: {} to {dest}",
+            policy.name,
+            rule.index,
+            rule.describe_allowances()
+        ),
+        location: location_text(rule),
+    })
+}
+
+/// Parses the query's protocol and port into kernel terms.
+fn flow(query: &ExplainQuery) -> Result<Option<(u8, u16)>, ExplainError> {
+    let proto = match (&query.proto, &query.port) {
+        (None, None) => return Ok(None),
+        (None, Some(_)) => ipproto::TCP,
+        (Some(p), _) => match p.to_ascii_lowercase().as_str() {
+            "tcp" => ipproto::TCP,
+            "udp" => ipproto::UDP,
+            "icmp" => ipproto::ICMP,
+            "icmpv6" | "icmp6" | "ipv6-icmp" => ipproto::ICMPV6,
+            other => other.parse::<u8>().map_err(|_| {
+                ExplainError::BadQuery(format!(
+                    "unknown protocol \"{other}\"; expected tcp, udp, icmp, icmpv6 or a protocol number"
+                ))
+            })?,
+        },
+    };
+    let port = match proto {
+        ipproto::ICMP | ipproto::ICMPV6 => {
+            // Without a type, ask about the echo request: what ping sends.
+            let default = if proto == ipproto::ICMP { "8" } else { "128" };
+            let text = query.port.as_deref().unwrap_or(default).trim();
+            let (ty, code) = text.split_once('/').unwrap_or((text, "0"));
+            let ty = ty
+                .parse::<u8>()
+                .ok()
+                .or_else(|| icmp_type_named(proto, ty))
+                .ok_or_else(|| {
+                    ExplainError::BadQuery(format!(
+                        "\"{ty}\" is not an ICMP type (0-255 or a name)"
+                    ))
+                })?;
+            let code = code.parse::<u8>().map_err(|_| {
+                ExplainError::BadQuery(format!("\"{code}\" is not an ICMP code (0-255)"))
+            })?;
+            u16::from(ty) << 8 | u16::from(code)
+        }
+        ipproto::TCP | ipproto::UDP => {
+            let text = query.port.as_deref().ok_or_else(|| {
+                ExplainError::BadQuery(format!("{} needs --port", proto_name(proto)))
+            })?;
+            match text.trim().parse::<u16>() {
+                Ok(p) if p > 0 => p,
+                _ => {
+                    return Err(ExplainError::BadQuery(format!(
+                        "\"{text}\" is not a port (1-65535)"
+                    )))
+                }
+            }
+        }
+        _ => 0,
+    };
+    Ok(Some((proto, port)))
+}
+
+fn describe_flow(proto: u8, port: u16) -> String {
+    match proto {
+        ipproto::ICMP | ipproto::ICMPV6 => format!(
+            "{} type {} code {}",
+            proto_name(proto),
+            port >> 8,
+            port & 0xff
+        ),
+        ipproto::TCP | ipproto::UDP => format!("{}/{port}", proto_name(proto)),
+        other => proto_name(other),
+    }
+}
+
+/// Explains a query against the state the compiler produced.
+pub fn explain(
+    policies: &PolicySet,
+    compiled: &CompiledRules,
+    state: &KernelState,
+    inventory: &Inventory,
+    query: &ExplainQuery,
+) -> Result<Explanation, ExplainError> {
+    let container = inventory
+        .find(&query.container)
+        .map_err(ExplainError::NotFound)?;
+    let sender = Sender::parse(query.process.as_deref());
+    let flow = flow(query)?;
+    let (proto, port) = flow.unwrap_or((ipproto::ANY, 0));
+    let trace = kernel_lookup(state, container.cgroup_id, &sender, query.dest, proto, port);
+    let policy_entry = trace.cgroup.filter(|c| !c.unrestricted).and_then(|c| {
+        compiled
+            .catalog
+            .policies
+            .get(&c.policy_id)
+            .map(|info| (c, info.index))
+    });
+    let who = match (&sender.exe, &sender.comm) {
+        (Some(e), _) => format!("exe {e}"),
+        (None, Some(c)) => format!("comm {c}"),
+        (None, None) => "any process".to_string(),
+    };
+    let mut out = Explanation {
+        container: container.name.clone(),
+        container_id: container.id.clone(),
+        cgroup_id: container.cgroup_id,
+        policy: None,
+        policy_id: trace.cgroup.map(|c| c.policy_id).unwrap_or(0),
+        mode: String::new(),
+        process_class: trace.class,
+        process: String::new(),
+        dest: query.dest,
+        proto: flow.map(|f| f.0),
+        port: flow.map(|f| f.1),
+        verdict: flow.map(|_| trace.verdict),
+        matched_prefix: None,
+        ruleset: None,
+        rule: None,
+        allowed_here: Vec::new(),
+        reason: String::new(),
+    };
+    let flow_text = flow
+        .map(|(p, port)| describe_flow(p, port))
+        .unwrap_or_else(|| "traffic".into());
+
+    let Some(cgroup) = trace.cgroup else {
+        out.mode = "unmapped".into();
+        out.process = who;
+        out.verdict = Some(state.unknown_verdict);
+        out.reason = format!(
+            "container \"{}\" has no cgroup entry yet (not mapped by the resolver), so the unknown_container verdict applies: {}",
+            container.name, state.unknown_verdict
+        );
+        return Ok(out);
+    };
+    if cgroup.unrestricted {
+        out.mode = "unrestricted".into();
+        out.process = who;
+        out.verdict = Some(Verdict::Allow);
+        out.reason = format!(
+            "no policy selects container \"{}\"; contain leaves it alone",
+            container.name
+        );
+        return Ok(out);
+    }
+    let Some((_, policy_index)) = policy_entry else {
+        out.mode = if cgroup.audit {
+            "audit".into()
+        } else {
+            "enforce".into()
+        };
+        out.process = who;
+        out.reason = format!("the kernel has policy id {} for this container, which the loaded policy does not define (a reload is pending?)", cgroup.policy_id);
+        return Ok(out);
+    };
+    let policy = &policies.policies[policy_index];
+    out.policy = Some(policy.name.clone());
+    out.mode = policy.mode.to_string();
+    let process_index = compiled
+        .catalog
+        .classes
+        .get(&(cgroup.policy_id, trace.class))
+        .copied();
+    out.process = match process_index {
+        Some(pi) => format!(
+            "{who}: process entry {} (class {})",
+            policy.processes[pi].describe(),
+            trace.class
+        ),
+        None => format!("{who}: no process entry, container-wide rules (class 0)"),
+    };
+
+    let addr = addr_key(query.dest);
+    if let Some((dest_key, ruleset)) = trace.dest {
+        let prefix = Prefix::from_key(dest_key.addr, dest_key.prefix_len);
+        out.matched_prefix = Some(prefix.to_string());
+        out.ruleset = Some(ruleset);
+        let lo = PortKey {
+            ruleset,
+            proto: 0,
+            port: 0,
+            port_bits: 0,
+        };
+        let hi = PortKey {
+            ruleset,
+            proto: u8::MAX,
+            port: u16::MAX,
+            port_bits: u8::MAX,
+        };
+        out.allowed_here = state
+            .ports
+            .range(lo..=hi)
+            .map(|(k, _)| {
+                Allowance {
+                    proto: k.proto,
+                    block: crate::net::PortBlock {
+                        port: k.port,
+                        bits: k.port_bits,
+                    },
+                }
+                .to_string()
+            })
+            .collect();
+    }
+    if let Some((_, rule_id)) = trace.port {
+        out.rule = find_rule(policy, compiled, policy_index, process_index, rule_id, addr);
+    }
+
+    let dest = query.dest;
+    let denied_word = if cgroup.audit {
+        "would be denied (audit mode: reported, not blocked)"
+    } else {
+        "denied"
+    };
+    out.reason = match (flow, &out.rule, &trace.dest) {
+        (None, _, None) => format!("no rule of policy \"{}\" allows anything to {dest} for this process", policy.name),
+        (None, _, Some(_)) => format!("allowed to {dest}: {}", out.allowed_here.join(", ")),
+        (Some(_), Some(rule), _) => format!("{flow_text} to {dest} is allowed by {}", rule.description),
+        (Some(_), None, None) => format!(
+            "{flow_text} to {dest} is {denied_word}: no rule of policy \"{}\" covers {dest} for this process",
+            policy.name
+        ),
+        (Some(_), None, Some(_)) => format!(
+            "{flow_text} to {dest} is {denied_word}: rules cover {dest} via {} but allow only {}",
+            out.matched_prefix.as_deref().unwrap_or("?"),
+            if out.allowed_here.is_empty() { "nothing".to_string() } else { out.allowed_here.join(", ") }
+        ),
+    };
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{
+        compile::compile,
+        ids::IdTables,
+        inventory::Container,
+        net::PortBlock,
+        policy::{normalize_allowances, Format, Mode, ProcessPolicy, Selector},
+    };
+
+    fn inventory() -> Inventory {
+        Inventory {
+            containers: vec![Container {
+                id: "c0ffee00".into(),
+                name: "curler".into(),
+                image: "alpine:3".into(),
+                namespace: "moby".into(),
+                cgroup_id: Some(7),
+                ..Container::default()
+            }],
+        }
+    }
+
+    fn query(
+        dest: &str,
+        proto: Option<&str>,
+        port: Option<&str>,
+        process: Option<&str>,
+    ) -> ExplainQuery {
+        ExplainQuery {
+            container: "curler".into(),
+            dest: dest.parse().unwrap(),
+            proto: proto.map(Into::into),
+            port: port.map(Into::into),
+            process: process.map(Into::into),
+        }
+    }
+
+    const CURLER: &str = r#"[[policy]]
+name = "curler"
+select = { name = "curler" }
+allow = [{ to = "9.9.9.9", proto = "udp", ports = [53] }]
+[[policy.process]]
+exe = "/usr/bin/curl"
+allow = [{ to = ["1.1.1.0/24"], proto = "tcp", ports = [80, 443] },
+         { to = ["1.1.1.0/24"], proto = "icmp" }]
+"#;
+
+    fn run(q: ExplainQuery) -> Explanation {
+        let p = crate::policy::parse("p.toml", CURLER).unwrap();
+        let inv = inventory();
+        let c = compile(&p, &inv, &mut IdTables::default()).unwrap();
+        explain(&p, &c.rules, &c.state, &inv, &q).unwrap()
+    }
+
+    #[test]
+    fn allowed_flow_names_the_rule() {
+        let e = run(query(
+            "1.1.1.5",
+            Some("tcp"),
+            Some("443"),
+            Some("/usr/bin/curl"),
+        ));
+        assert_eq!(e.verdict, Some(Verdict::Allow));
+        let rule = e.rule.unwrap();
+        assert!(
+            rule.description
+                .contains("process exe /usr/bin/curl, allow[0]: tcp/80, tcp/443 to 1.1.1.0/24"),
+            "{rule:?}"
+        );
+        assert_eq!(rule.location.as_deref(), Some("p.toml:7:10"));
+        assert_eq!(e.matched_prefix.as_deref(), Some("1.1.1.0/24"));
+    }
+
+    #[test]
+    fn other_processes_get_container_rules_only() {
+        let e = run(query("1.1.1.5", Some("tcp"), Some("443"), Some("wget")));
+        assert_eq!(e.verdict, Some(Verdict::Deny));
+        assert!(
+            e.reason
+                .contains("no rule of policy \"curler\" covers 1.1.1.5"),
+            "{}",
+            e.reason
+        );
+        let e = run(query("9.9.9.9", Some("udp"), Some("53"), Some("wget")));
+        assert_eq!(e.verdict, Some(Verdict::Allow));
+        // A renamed copy of curl is not curl: the exe is what counts.
+        let e = run(query(
+            "1.1.1.5",
+            Some("tcp"),
+            Some("443"),
+            Some("/tmp/curl"),
+        ));
+        assert_eq!(e.verdict, Some(Verdict::Deny));
+    }
+
+    #[test]
+    fn wrong_port_lists_what_is_allowed() {
+        let e = run(query(
+            "1.1.1.5",
+            Some("tcp"),
+            Some("22"),
+            Some("/usr/bin/curl"),
+        ));
+        assert_eq!(e.verdict, Some(Verdict::Deny));
+        assert!(
+            e.reason
+                .contains("allow only icmp any type, tcp/80, tcp/443"),
+            "{}",
+            e.reason
+        );
+        let e = run(query("1.1.1.5", Some("icmp"), None, Some("/usr/bin/curl")));
+        assert_eq!(e.verdict, Some(Verdict::Allow));
+    }
+
+    #[test]
+    fn loopback_and_docker_dns_are_allowed() {
+        let e = run(query("127.0.0.11", Some("udp"), Some("53"), None));
+        assert_eq!(e.verdict, Some(Verdict::Allow));
+        assert!(e.rule.unwrap().description.contains("loopback"));
+        let e = run(query("::1", Some("tcp"), Some("8080"), None));
+        assert_eq!(e.verdict, Some(Verdict::Allow));
+    }
+
+    #[test]
+    fn ipv4_mapped_ipv6_meets_ipv4_rules() {
+        let e = run(query(
+            "::ffff:1.1.1.5",
+            Some("tcp"),
+            Some("80"),
+            Some("/usr/bin/curl"),
+        ));
+        assert_eq!(e.verdict, Some(Verdict::Allow));
+    }
+
+    #[test]
+    fn unknown_container_and_bad_queries() {
+        let p = crate::policy::parse("p.toml", CURLER).unwrap();
+        let inv = inventory();
+        let c = compile(&p, &inv, &mut IdTables::default()).unwrap();
+        let mut q = query("1.1.1.1", Some("tcp"), None, None);
+        assert!(matches!(
+            explain(&p, &c.rules, &c.state, &inv, &q),
+            Err(ExplainError::BadQuery(_))
+        ));
+        q.container = "nope".into();
+        assert!(matches!(
+            explain(&p, &c.rules, &c.state, &inv, &q),
+            Err(ExplainError::NotFound(_))
+        ));
+    }
+
+    // ---- The compiler against the reference reading of the policy. ----
+
+    /// A small universe of prefixes so rules nest and overlap.
+    fn universe() -> Vec<Prefix> {
+        [
+            "0.0.0.0/0",
+            "10.0.0.0/8",
+            "10.1.0.0/16",
+            "10.1.2.0/24",
+            "10.1.2.3/32",
+            "10.2.0.0/16",
+            "127.0.0.0/8",
+            "::/0",
+            "2001:db8::/32",
+            "2001:db8:1::/48",
+            "2001:db8:1::1/128",
+            "::1/128",
+        ]
+        .iter()
+        .map(|s| crate::net::parse_cidr(s).unwrap())
+        .collect()
+    }
+
+    fn addresses() -> Vec<IpAddr> {
+        [
+            "10.1.2.3",
+            "10.1.2.4",
+            "10.1.9.9",
+            "10.2.0.1",
+            "10.9.9.9",
+            "8.8.8.8",
+            "127.0.0.11",
+            "2001:db8:1::1",
+            "2001:db8:1::2",
+            "2001:db8:2::1",
+            "2002::1",
+            "::1",
+            "::ffff:10.1.2.3",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect()
+    }
+
+    fn arb_allowance() -> impl Strategy<Value = Allowance> {
+        prop_oneof![
+            Just(Allowance::ANY),
+            (
+                prop::sample::select(vec![6u8, 17]),
+                0u16..8,
+                prop::sample::select(vec![0u8, 13, 14, 16])
+            )
+                .prop_map(|(proto, port, bits)| Allowance {
+                    proto,
+                    block: PortBlock::enclosing(port, if bits == 0 { 0 } else { bits }),
+                }),
+            (
+                prop::sample::select(vec![1u8, 58]),
+                prop::sample::select(vec![0u8, 8, 16])
+            )
+                .prop_map(|(proto, bits)| {
+                    Allowance {
+                        proto,
+                        block: PortBlock::enclosing(8 << 8, bits),
+                    }
+                }),
+        ]
+    }
+
+    fn arb_rule() -> impl Strategy<Value = AllowRule> {
+        (
+            prop::collection::vec(prop::sample::select(universe()), 1..3),
+            prop::collection::vec(arb_allowance(), 1..3),
+        )
+            .prop_map(|(mut dests, allowances)| {
+                dests.sort_unstable();
+                dests.dedup();
+                AllowRule {
+                    index: 0,
+                    dests,
+                    allowances: normalize_allowances(allowances),
+                    location: None,
+                }
+            })
+    }
+
+    fn arb_policy() -> impl Strategy<Value = ContainerPolicy> {
+        (
+            prop::collection::vec(arb_rule(), 0..5),
+            prop::collection::vec(arb_rule(), 0..4),
+            prop::collection::vec(arb_rule(), 0..3),
+            any::<bool>(),
+        )
+            .prop_map(|(rules, curl, ping, allow_loopback)| ContainerPolicy {
+                name: "p".into(),
+                mode: Mode::Enforce,
+                allow_loopback,
+                selector: Selector {
+                    name: Some("curler".into()),
+                    ..Selector::default()
+                },
+                rules,
+                processes: vec![
+                    ProcessPolicy {
+                        idents: vec![ProcessIdent::Exe("/usr/bin/curl".into())],
+                        rules: curl,
+                        location: None,
+                    },
+                    ProcessPolicy {
+                        idents: vec![ProcessIdent::Comm("ping".into())],
+                        rules: ping,
+                        location: None,
+                    },
+                ],
+                location: None,
+            })
+    }
+
+    fn set_of(policy: ContainerPolicy) -> PolicySet {
+        PolicySet {
+            source_name: "gen".into(),
+            format: Format::Toml,
+            mode: Mode::Enforce,
+            unknown_container: Verdict::Deny,
+            policies: vec![policy],
+            warnings: Vec::new(),
+            digest: 0,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+        #[test]
+        fn kernel_lookups_agree_with_the_policy(policy in arb_policy()) {
+            let set = set_of(policy);
+            let inv = inventory();
+            let compiled = compile(&set, &inv, &mut IdTables::default()).unwrap();
+            let senders = [
+                Sender::parse(Some("/usr/bin/curl")),
+                Sender::parse(Some("ping")),
+                Sender::parse(Some("/bin/ping")),
+                Sender::parse(Some("sh")),
+                Sender::default(),
+            ];
+            let flows = [(6u8, 1u16), (6, 4), (6, 7), (17, 3), (1, 8 << 8), (1, 3 << 8), (58, 8 << 8 | 1), (132, 0)];
+            let mut verdicts = BTreeMap::new();
+            for sender in &senders {
+                for &dest in &addresses() {
+                    for &(proto, port) in &flows {
+                        let kernel = kernel_lookup(&compiled.state, Some(7), sender, dest, proto, port).verdict;
+                        let reference = policy_allows(&set.policies[0], sender, dest, proto, port);
+                        prop_assert_eq!(
+                            kernel == Verdict::Allow, reference,
+                            "sender {:?} dest {} proto {} port {}", sender, dest, proto, port
+                        );
+                        verdicts.insert((sender.exe.clone(), dest, proto, port), kernel);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! Stable ids for policies, process classes, rules and rulesets.
+//!
+//! Map keys and values embed these ids, so if a one-rule edit renumbered
+//! them every entry would change. Each id is therefore derived from *what
+//! it names* (a content hash picks the preferred id; collisions probe to the
+//! next free one) and remembered in a table that lives as long as the
+//! daemon: the same content keeps its id across reloads, new content gets a
+//! new id, and an id still present in the kernel is never handed to
+//! different content (that would briefly mix two rulesets while a diff is
+//! being applied).
+//!
+//! After a restart the tables are rebuilt from the loader's state (ruleset
+//! contents and process classes are visible there; policy ids are recovered
+//! through the cgroups of running containers), so a restarted policyd
+//! converges with an empty or near-empty diff.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    hash::{Hash, Hasher},
+};
+
+use proto::state::{KernelState, ProcessMatch};
+
+use crate::{
+    inventory::{self, Inventory},
+    policy::{Allowance, PolicySet, ProcessIdent},
+};
+
+/// FNV-1a as a `Hasher`: deterministic across runs (std's `RandomState`
+/// is not), so the same content prefers the same id after a restart.
+#[derive(Default)]
+pub struct StableHasher(u64);
+
+impl Hasher for StableHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            contain_common::fnv1a_start()
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            h = contain_common::fnv1a_step(h, b);
+        }
+        self.0 = h;
+    }
+}
+
+pub fn stable_hash<T: Hash + ?Sized>(value: &T) -> u64 {
+    let mut h = StableHasher::default();
+    value.hash(&mut h);
+    h.finish()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no free {what} id left in {first}..={last}")]
+pub struct IdSpaceFull {
+    pub what: &'static str,
+    pub first: u32,
+    pub last: u32,
+}
+
+/// Content → id, both ways, within an inclusive id range.
+#[derive(Clone, Debug)]
+pub struct IdTable<K> {
+    what: &'static str,
+    first: u32,
+    last: u32,
+    by_key: HashMap<K, u32>,
+    by_id: HashMap<u32, K>,
+}
+
+impl<K: Clone + Eq + Hash> IdTable<K> {
+    pub fn new(what: &'static str, first: u32, last: u32) -> Self {
+        IdTable {
+            what,
+            first,
+            last,
+            by_key: HashMap::new(),
+            by_id: HashMap::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    pub fn get(&self, key: &K) -> Option<u32> {
+        self.by_key.get(key).copied()
+    }
+
+    pub fn key_of(&self, id: u32) -> Option<&K> {
+        self.by_id.get(&id)
+    }
+
+    /// The id of `key`, allocating one near its content hash if new.
+    pub fn get_or_alloc(&mut self, key: &K) -> Result<u32, IdSpaceFull> {
+        if let Some(&id) = self.by_key.get(key) {
+            return Ok(id);
+        }
+        let span = u64::from(self.last - self.first) + 1;
+        if self.by_key.len() as u64 >= span {
+            return Err(IdSpaceFull {
+                what: self.what,
+                first: self.first,
+                last: self.last,
+            });
+        }
+        let start = stable_hash(key) % span;
+        // Linear probing: the table is sparse for every realistic policy, so
+        // this finds a slot in a step or two.
+        let mut offset = 0u64;
+        loop {
+            let id = self.first + ((start + offset) % span) as u32;
+            if !self.by_id.contains_key(&id) {
+                self.by_key.insert(key.clone(), id);
+                self.by_id.insert(id, key.clone());
+                return Ok(id);
+            }
+            offset += 1;
+        }
+    }
+
+    /// Records an id learned from the kernel, unless the key or id is taken.
+    pub fn seed(&mut self, key: K, id: u32) -> bool {
+        if id < self.first
+            || id > self.last
+            || self.by_key.contains_key(&key)
+            || self.by_id.contains_key(&id)
+        {
+            return false;
+        }
+        self.by_key.insert(key.clone(), id);
+        self.by_id.insert(id, key);
+        true
+    }
+
+    /// Forgets every id for which `keep` is false.
+    pub fn retain(&mut self, mut keep: impl FnMut(u32, &K) -> bool) {
+        self.by_id.retain(|id, key| keep(*id, key));
+        let by_id = &self.by_id;
+        self.by_key.retain(|_, id| by_id.contains_key(id));
+    }
+}
+
+/// Which process class of a policy: the policy id and the sorted process
+/// identities that select it.
+pub type ClassKey = (u32, Vec<ProcessMatch>);
+
+/// A rule id names an *allowance* within a scope, not a destination: all
+/// rules of one policy and process scope that allow the same protocols and
+/// ports share it, so 100 000 destinations with the same ports fold into
+/// one ruleset. `explain` finds the precise rule from the destination.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RuleKey {
+    pub policy: String,
+    /// `None` for the policy's container-wide rules.
+    pub process: Option<Vec<ProcessIdent>>,
+    pub allowances: Vec<Allowance>,
+}
+
+/// A ruleset's content: its `PORTS` entries as (proto, port, bits, rule id).
+pub type RulesetKey = Vec<(u8, u16, u8, u32)>;
+
+/// Rule id 0 means "no rule"; 1 is the implicit loopback allowance.
+pub const LOOPBACK_RULE_ID: u32 = 1;
+const FIRST_RULE_ID: u32 = 2;
+
+#[derive(Clone, Debug)]
+pub struct IdTables {
+    pub policies: IdTable<String>,
+    pub classes: IdTable<ClassKey>,
+    pub rules: IdTable<RuleKey>,
+    pub rulesets: IdTable<RulesetKey>,
+}
+
+impl Default for IdTables {
+    fn default() -> Self {
+        IdTables {
+            policies: IdTable::new("policy", 1, contain_common::MAX_POLICIES - 1),
+            classes: IdTable::new("process class", 1, u32::MAX),
+            rules: IdTable::new("rule", FIRST_RULE_ID, u32::MAX),
+            rulesets: IdTable::new("ruleset", 1, u32::MAX),
+        }
+    }
+}
+
+impl IdTables {
+    /// Learns process classes and rulesets from what the kernel holds.
+    pub fn seed_from_state(&mut self, state: &KernelState) {
+        let mut classes: BTreeMap<(u32, u32), Vec<ProcessMatch>> = BTreeMap::new();
+        for (key, &class) in &state.processes {
+            classes
+                .entry((key.policy_id, class))
+                .or_default()
+                .push(key.process);
+        }
+        for ((policy_id, class), mut matches) in classes {
+            matches.sort_unstable();
+            self.classes.seed((policy_id, matches), class);
+        }
+        let mut rulesets: BTreeMap<u32, RulesetKey> = BTreeMap::new();
+        for (key, &rule_id) in &state.ports {
+            rulesets.entry(key.ruleset).or_default().push((
+                key.proto,
+                key.port,
+                key.port_bits,
+                rule_id,
+            ));
+        }
+        // A ruleset with no PORTS entries (an explicit "nothing") is seen
+        // only through DESTS.
+        for &ruleset in state.dests.values() {
+            rulesets.entry(ruleset).or_default();
+        }
+        for (id, mut content) in rulesets {
+            content.sort_unstable();
+            self.rulesets.seed(content, id);
+        }
+    }
+
+    /// Learns policy ids from the cgroups of running containers: the
+    /// policy that selects a container now is taken to be the one whose id
+    /// its cgroup carries in the kernel, when that is consistent.
+    pub fn seed_policies(
+        &mut self,
+        state: &KernelState,
+        policies: &PolicySet,
+        inventory: &Inventory,
+    ) {
+        for container in &inventory.containers {
+            let Some(cgroup_id) = container.cgroup_id else {
+                continue;
+            };
+            let Some(entry) = state.cgroups.get(&cgroup_id) else {
+                continue;
+            };
+            if entry.unrestricted || entry.policy_id == 0 {
+                continue;
+            }
+            if let Some(index) = inventory::select(policies, container).policy {
+                self.policies
+                    .seed(policies.policies[index].name.clone(), entry.policy_id);
+            }
+        }
+    }
+
+    /// Forgets ids the kernel no longer holds (after a successful apply),
+    /// so the tables do not grow without bound across edits.
+    pub fn retain_live(&mut self, state: &KernelState, policies: &PolicySet) {
+        let live_classes: std::collections::HashSet<(u32, u32)> = state
+            .processes
+            .iter()
+            .map(|(k, &c)| (k.policy_id, c))
+            .collect();
+        self.classes
+            .retain(|id, key| live_classes.contains(&(key.0, id)));
+        let live_rules: std::collections::HashSet<u32> = state.ports.values().copied().collect();
+        self.rules.retain(|id, _| live_rules.contains(&id));
+        let live_rulesets: std::collections::HashSet<u32> = state
+            .dests
+            .values()
+            .copied()
+            .chain(state.ports.keys().map(|k| k.ruleset))
+            .collect();
+        self.rulesets.retain(|id, _| live_rulesets.contains(&id));
+        let names: std::collections::HashSet<&str> =
+            policies.policies.iter().map(|p| p.name.as_str()).collect();
+        self.policies
+            .retain(|_, name| names.contains(name.as_str()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_content_same_id_and_collisions_probe() {
+        let mut t: IdTable<String> = IdTable::new("test", 1, 3);
+        let a = t.get_or_alloc(&"a".to_string()).unwrap();
+        assert_eq!(t.get_or_alloc(&"a".to_string()).unwrap(), a);
+        let b = t.get_or_alloc(&"b".to_string()).unwrap();
+        let c = t.get_or_alloc(&"c".to_string()).unwrap();
+        let mut all = vec![a, b, c];
+        all.sort_unstable();
+        assert_eq!(all, vec![1, 2, 3]);
+        assert!(t.get_or_alloc(&"d".to_string()).is_err());
+        t.retain(|id, _| id != b);
+        assert_eq!(t.get_or_alloc(&"d".to_string()).unwrap(), b);
+    }
+
+    #[test]
+    fn preferred_id_is_deterministic() {
+        let mut a: IdTable<String> = IdTable::new("t", 1, u32::MAX);
+        let mut b: IdTable<String> = IdTable::new("t", 1, u32::MAX);
+        assert_eq!(
+            a.get_or_alloc(&"x".into()).unwrap(),
+            b.get_or_alloc(&"x".into()).unwrap()
+        );
+    }
+
+    #[test]
+    fn seeding_refuses_taken_ids() {
+        let mut t: IdTable<String> = IdTable::new("t", 1, 10);
+        assert!(t.seed("a".into(), 5));
+        assert!(!t.seed("b".into(), 5));
+        assert!(!t.seed("a".into(), 6));
+        assert!(!t.seed("c".into(), 11));
+        assert_eq!(t.get(&"a".into()), Some(5));
+    }
+}

@@ -1,0 +1,188 @@
+//! The container inventory policyd compiles against, and selector matching.
+//!
+//! This is policyd's own input type; the resolver's wire types convert into
+//! it, so the compiler does not depend on how containers are discovered.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{PolicySet, Selector};
+
+/// One running container.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Container {
+    /// Runtime container id (full hex for Docker).
+    pub id: String,
+    /// Name without Docker's leading `/`.
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Image reference as the runtime reports it.
+    pub image: String,
+    /// Runtime namespace: `moby` for Docker, `k8s.io` for Kubernetes.
+    pub namespace: String,
+    /// `docker` or `containerd`; informational.
+    pub runtime: String,
+    /// cgroup v2 id of the container's cgroup; `None` until the resolver has
+    /// mapped it (the kernel then applies `unknown_container`).
+    pub cgroup_id: Option<u64>,
+    /// Shares the host's network namespace (so also the host's loopback).
+    pub host_network: bool,
+}
+
+impl From<&proto::resolver::Container> for Container {
+    fn from(c: &proto::resolver::Container) -> Self {
+        Container {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            labels: c.labels.clone(),
+            image: c.image.clone(),
+            namespace: c.namespace.clone(),
+            runtime: c.runtime.as_str().to_string(),
+            // The resolver says 0 for "not known yet".
+            cgroup_id: (c.cgroup_id != 0).then_some(c.cgroup_id),
+            host_network: c.host_network,
+        }
+    }
+}
+
+/// Every container the resolver knows, in a stable order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    pub containers: Vec<Container>,
+}
+
+impl Inventory {
+    /// Finds a container by id, id prefix (at least 4 characters, unique) or name.
+    pub fn find(&self, query: &str) -> Result<&Container, String> {
+        let query = query.trim_start_matches('/');
+        if let Some(c) = self
+            .containers
+            .iter()
+            .find(|c| c.name == query || c.id == query)
+        {
+            return Ok(c);
+        }
+        if query.len() >= 4 {
+            let mut by_prefix = self.containers.iter().filter(|c| c.id.starts_with(query));
+            if let Some(first) = by_prefix.next() {
+                return match by_prefix.next() {
+                    None => Ok(first),
+                    Some(_) => Err(format!("container id prefix \"{query}\" is ambiguous")),
+                };
+            }
+        }
+        Err(format!("no container named \"{query}\" or with that id"))
+    }
+}
+
+/// Image references as people write them: Docker Hub's implied prefixes
+/// (`docker.io/library/`, `docker.io/`) removed, so `nginx:*` also matches
+/// what containerd reports as `docker.io/library/nginx:1.25`.
+pub fn short_image(image: &str) -> &str {
+    image
+        .strip_prefix("docker.io/library/")
+        .or_else(|| image.strip_prefix("docker.io/"))
+        .unwrap_or(image)
+}
+
+impl Selector {
+    /// Whether this selector selects `container`.
+    pub fn matches(&self, container: &Container) -> bool {
+        let name = self
+            .name
+            .as_ref()
+            .is_none_or(|n| n == container.name.trim_start_matches('/'));
+        let namespace = self
+            .namespace
+            .as_ref()
+            .is_none_or(|ns| *ns == container.namespace);
+        let image = self.image.as_ref().is_none_or(|g| {
+            g.matches(&container.image) || g.matches(short_image(&container.image))
+        });
+        let labels = self.labels.iter().all(|(k, v)| {
+            container
+                .labels
+                .get(k)
+                .is_some_and(|value| v.matches(value))
+        });
+        name && namespace && image && labels
+    }
+}
+
+/// Which policy (by index) selects a container, and which later policies
+/// would also have selected it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selection {
+    pub policy: Option<usize>,
+    pub also_matched: Vec<usize>,
+}
+
+/// The first policy in file order whose selector matches wins.
+pub fn select(policies: &PolicySet, container: &Container) -> Selection {
+    let mut matching = policies
+        .policies
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.selector.matches(container))
+        .map(|(i, _)| i);
+    let policy = matching.next();
+    Selection {
+        policy,
+        also_matched: matching.collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy;
+
+    fn container(name: &str, image: &str, labels: &[(&str, &str)]) -> Container {
+        Container {
+            id: format!("{name}0000000000"),
+            name: name.into(),
+            image: image.into(),
+            namespace: "moby".into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            cgroup_id: Some(1),
+            ..Container::default()
+        }
+    }
+
+    #[test]
+    fn first_matching_policy_wins() {
+        let p = policy::parse(
+            "p.toml",
+            "[[policy]]\nname='web'\nselect={image='nginx:*'}\n[[policy]]\nname='blocked'\nselect={label={egress='block'}}\n",
+        )
+        .unwrap();
+        let both = container("a", "docker.io/library/nginx:1.25", &[("egress", "block")]);
+        assert_eq!(
+            select(&p, &both),
+            Selection {
+                policy: Some(0),
+                also_matched: vec![1]
+            }
+        );
+        let blocked = container("b", "redis:7", &[("egress", "block")]);
+        assert_eq!(select(&p, &blocked).policy, Some(1));
+        let neither = container("c", "redis:7", &[("egress", "open")]);
+        assert_eq!(select(&p, &neither).policy, None);
+    }
+
+    #[test]
+    fn find_by_name_id_and_prefix() {
+        let inv = Inventory {
+            containers: vec![container("a", "x", &[]), container("b", "x", &[])],
+        };
+        assert_eq!(inv.find("/a").unwrap().name, "a");
+        assert_eq!(inv.find("b0000000000").unwrap().name, "b");
+        assert_eq!(inv.find("b000").unwrap().name, "b");
+        assert!(inv.find("zzz").is_err());
+    }
+}

@@ -1,0 +1,27 @@
+//! policyd: contain's policy daemon and operator CLI, as a library.
+//!
+//! The pure core, in the order data flows through it:
+//!
+//! * [`policy`]: parse and validate a policy file (TOML, or the thesis' JSON
+//!   allow-list) into a [`policy::PolicySet`], with located errors and
+//!   warnings;
+//! * [`compile`]: policy × [`inventory::Inventory`] → the kernel state the
+//!   loader's maps should hold, with stable ids ([`ids`]);
+//! * [`diff`]: current state → desired state as a minimal list of map
+//!   operations;
+//! * [`explain`]: which rule decides a flow, replaying the kernel's lookups.
+//!
+//! [`daemon`] and [`cli`] are the edges: sockets, signals, files, output.
+
+pub mod cli;
+pub mod compile;
+pub mod daemon;
+pub mod diagnostic;
+pub mod diff;
+pub mod explain;
+pub mod glob;
+pub mod ids;
+pub mod inventory;
+pub mod net;
+pub mod policy;
+pub mod synthetic;

@@ -1,0 +1,361 @@
+//! Destination prefixes in the kernel's 128-bit key space, and port ranges
+//! as big-endian prefix blocks.
+//!
+//! Every address is kept as 128 bits, IPv4 as `::ffff:a.b.c.d`, because that
+//! is how `DESTS` is keyed: IPv4-mapped IPv6 destinations meet the IPv4 rules
+//! by construction.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+/// `::ffff:0:0`, the start of the IPv4-mapped block.
+const V4_MAPPED_BASE: u128 = 0xffff_u128 << 32;
+/// Prefix length of the IPv4-mapped block in the 128-bit space.
+pub const V4_BLOCK_LEN: u8 = 96;
+
+/// Which address family a prefix belongs to. A prefix is IPv4 when it lies
+/// entirely inside `::ffff:0:0/96`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+/// An address prefix in the 128-bit key space; host bits are always zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Prefix {
+    pub addr: u128,
+    /// Leading address bits that must match, 0..=128.
+    pub len: u8,
+}
+
+fn mask(len: u8) -> u128 {
+    match len {
+        0 => 0,
+        128.. => u128::MAX,
+        l => !(u128::MAX >> l),
+    }
+}
+
+impl Prefix {
+    /// The prefix of `addr` of length `len`, host bits cleared.
+    pub fn new(addr: u128, len: u8) -> Self {
+        let len = len.min(128);
+        Prefix {
+            addr: addr & mask(len),
+            len,
+        }
+    }
+
+    /// All of IPv4: `0.0.0.0/0` as it is stored.
+    pub fn v4_all() -> Self {
+        Prefix {
+            addr: V4_MAPPED_BASE,
+            len: V4_BLOCK_LEN,
+        }
+    }
+
+    /// `127.0.0.0/8`.
+    pub fn v4_loopback() -> Self {
+        Prefix::new(V4_MAPPED_BASE | (127u128 << 24), V4_BLOCK_LEN + 8)
+    }
+
+    /// `::1/128`.
+    pub fn v6_loopback() -> Self {
+        Prefix { addr: 1, len: 128 }
+    }
+
+    pub fn contains(&self, other: &Prefix) -> bool {
+        self.len <= other.len && other.addr & mask(self.len) == self.addr
+    }
+
+    pub fn contains_addr(&self, addr: u128) -> bool {
+        addr & mask(self.len) == self.addr
+    }
+
+    pub fn family(&self) -> Family {
+        if Prefix::v4_all().contains(self) {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+
+    /// The 16 key bytes, network order.
+    pub fn key_bytes(&self) -> [u8; 16] {
+        self.addr.to_be_bytes()
+    }
+
+    pub fn from_key(addr: [u8; 16], len: u8) -> Self {
+        Prefix::new(u128::from_be_bytes(addr), len)
+    }
+}
+
+/// An address as the kernel looks it up: IPv4 mapped into IPv6.
+pub fn addr_key(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => V4_MAPPED_BASE | u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.family() {
+            Family::V4 => {
+                let v4 = Ipv4Addr::from((self.addr & u128::from(u32::MAX)) as u32);
+                write!(f, "{v4}/{}", self.len - V4_BLOCK_LEN)
+            }
+            Family::V6 => write!(f, "{}/{}", Ipv6Addr::from(self.addr), self.len),
+        }
+    }
+}
+
+/// Parses `a.b.c.d/n`, `x::y/n`, or a bare address (a host route).
+///
+/// Host bits must be zero: `10.0.0.1/8` is refused rather than widened,
+/// because in an allow-list the wider reading is the dangerous one.
+pub fn parse_cidr(text: &str) -> Result<Prefix, String> {
+    let text = text.trim();
+    let (addr_text, len_text) = match text.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (text, None),
+    };
+    let ip: IpAddr = addr_text.parse().map_err(|_| {
+        format!("`{addr_text}` is not an IPv4 or IPv6 address (expected e.g. 10.0.0.0/8 or 2001:db8::/32)")
+    })?;
+    let max = match ip {
+        IpAddr::V4(_) => 32u8,
+        IpAddr::V6(_) => 128u8,
+    };
+    let len = match len_text {
+        None => max,
+        Some(l) => {
+            let parsed: u8 = l
+                .parse()
+                .map_err(|_| format!("prefix length `{l}` is not a number from 0 to {max}"))?;
+            if parsed > max {
+                return Err(format!("prefix length {parsed} is longer than {max}"));
+            }
+            parsed
+        }
+    };
+    let key = addr_key(ip);
+    let key_len = match ip {
+        IpAddr::V4(_) => len + V4_BLOCK_LEN,
+        IpAddr::V6(_) => len,
+    };
+    let prefix = Prefix::new(key, key_len);
+    if prefix.addr != key {
+        let network = match ip {
+            IpAddr::V4(_) => {
+                Ipv4Addr::from((prefix.addr & u128::from(u32::MAX)) as u32).to_string()
+            }
+            IpAddr::V6(_) => Ipv6Addr::from(prefix.addr).to_string(),
+        };
+        return Err(format!(
+            "`{text}` has host bits set; write {network}/{len} for the network or {addr_text}/{max} for the host"
+        ));
+    }
+    Ok(prefix)
+}
+
+/// A block of ports (or ICMP type/code words) matched by their leading
+/// `bits` bits, as a `PORTS` LPM key holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortBlock {
+    pub port: u16,
+    pub bits: u8,
+}
+
+impl PortBlock {
+    pub const ALL: PortBlock = PortBlock { port: 0, bits: 0 };
+
+    pub fn first(&self) -> u16 {
+        self.port
+    }
+
+    pub fn last(&self) -> u16 {
+        let span = if self.bits == 0 {
+            u32::from(u16::MAX)
+        } else {
+            (1u32 << (16 - self.bits)) - 1
+        };
+        (u32::from(self.port) + span) as u16
+    }
+
+    pub fn contains(&self, other: &PortBlock) -> bool {
+        self.bits <= other.bits && self.first() <= other.first() && other.last() <= self.last()
+    }
+
+    pub fn contains_value(&self, value: u16) -> bool {
+        self.first() <= value && value <= self.last()
+    }
+
+    /// The block of `bits` leading bits that contains `value`.
+    pub fn enclosing(value: u16, bits: u8) -> PortBlock {
+        let bits = bits.min(16);
+        let mask = (u32::from(u16::MAX) << (16 - u32::from(bits))) as u16;
+        PortBlock {
+            port: value & mask,
+            bits,
+        }
+    }
+}
+
+/// The fewest aligned blocks covering `lo..=hi` exactly.
+pub fn range_to_blocks(lo: u16, hi: u16) -> Vec<PortBlock> {
+    let mut blocks = Vec::new();
+    if lo > hi {
+        return blocks;
+    }
+    let mut start = u32::from(lo);
+    let end = u32::from(hi);
+    while start <= end {
+        // Largest aligned block starting at `start` that stays inside the range.
+        let mut size_log2 = if start == 0 {
+            16
+        } else {
+            start.trailing_zeros().min(16)
+        };
+        while start + (1u32 << size_log2) - 1 > end {
+            size_log2 -= 1;
+        }
+        blocks.push(PortBlock {
+            port: start as u16,
+            bits: 16 - size_log2 as u8,
+        });
+        start += 1u32 << size_log2;
+    }
+    blocks
+}
+
+/// Merges overlapping and adjacent inclusive ranges, sorted.
+pub fn merge_ranges(mut ranges: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
+    ranges.sort_unstable();
+    let mut merged: Vec<(u16, u16)> = Vec::with_capacity(ranges.len());
+    for (lo, hi) in ranges {
+        match merged.last_mut() {
+            Some(last) if u32::from(lo) <= u32::from(last.1) + 1 => last.1 = last.1.max(hi),
+            _ => merged.push((lo, hi)),
+        }
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v4_cidr_is_mapped() {
+        let p = parse_cidr("1.1.1.0/24").unwrap();
+        assert_eq!(p.len, 120);
+        assert_eq!(p.family(), Family::V4);
+        assert_eq!(p.to_string(), "1.1.1.0/24");
+        assert_eq!(
+            p.key_bytes(),
+            contain_common::v4_mapped([1, 1, 1, 0]),
+            "key bytes must be the kernel's ::ffff:a.b.c.d"
+        );
+        assert_eq!(parse_cidr("0.0.0.0/0").unwrap(), Prefix::v4_all());
+    }
+
+    #[test]
+    fn v6_and_bare_addresses() {
+        let p = parse_cidr("2001:db8::/32").unwrap();
+        assert_eq!((p.len, p.family()), (32, Family::V6));
+        assert_eq!(p.to_string(), "2001:db8::/32");
+        assert_eq!(parse_cidr("10.1.2.3").unwrap().len, 128);
+        assert_eq!(parse_cidr("::1").unwrap(), Prefix::v6_loopback());
+        // ::/0 covers the IPv4-mapped block in key space but is an IPv6 prefix.
+        assert_eq!(parse_cidr("::/0").unwrap().family(), Family::V6);
+        assert_eq!(
+            parse_cidr("::ffff:10.0.0.0/104").unwrap().family(),
+            Family::V4
+        );
+    }
+
+    #[test]
+    fn bad_cidrs_say_why() {
+        assert!(parse_cidr("10.0.0.0/33")
+            .unwrap_err()
+            .contains("longer than 32"));
+        assert!(parse_cidr("10.0.0.1/8").unwrap_err().contains("host bits"));
+        assert!(parse_cidr("10.0.0/8").unwrap_err().contains("not an IPv4"));
+        assert!(parse_cidr("10.0.0.0/x")
+            .unwrap_err()
+            .contains("not a number"));
+        assert!(parse_cidr("2001:db8::/129").unwrap_err().contains("128"));
+    }
+
+    #[test]
+    fn containment() {
+        let a = parse_cidr("10.0.0.0/8").unwrap();
+        let b = parse_cidr("10.1.0.0/16").unwrap();
+        assert!(a.contains(&b) && !b.contains(&a) && a.contains(&a));
+        assert!(Prefix::v4_all().contains(&Prefix::v4_loopback()));
+        assert!(a.contains_addr(addr_key("10.9.9.9".parse().unwrap())));
+    }
+
+    #[test]
+    fn ranges_become_minimal_blocks() {
+        assert_eq!(
+            range_to_blocks(443, 443),
+            vec![PortBlock {
+                port: 443,
+                bits: 16
+            }]
+        );
+        assert_eq!(range_to_blocks(0, 65535), vec![PortBlock::ALL]);
+        assert_eq!(
+            range_to_blocks(8000, 8080),
+            vec![
+                PortBlock {
+                    port: 8000,
+                    bits: 10
+                },
+                PortBlock {
+                    port: 8064,
+                    bits: 12
+                },
+                PortBlock {
+                    port: 8080,
+                    bits: 16
+                },
+            ]
+        );
+        assert_eq!(range_to_blocks(1, 65535).len(), 16);
+    }
+
+    #[test]
+    fn blocks_cover_exactly_the_range() {
+        for (lo, hi) in [
+            (1u16, 1u16),
+            (3, 17),
+            (1000, 1999),
+            (1, 65535),
+            (65535, 65535),
+            (0, 7),
+        ] {
+            let blocks = range_to_blocks(lo, hi);
+            let covered: u32 = blocks
+                .iter()
+                .map(|b| u32::from(b.last()) - u32::from(b.first()) + 1)
+                .sum();
+            assert_eq!(covered, u32::from(hi) - u32::from(lo) + 1);
+            assert!(blocks.iter().all(|b| b.first() >= lo && b.last() <= hi));
+        }
+    }
+
+    #[test]
+    fn merging_ranges() {
+        assert_eq!(
+            merge_ranges(vec![(80, 80), (81, 90), (443, 443), (85, 86)]),
+            vec![(80, 90), (443, 443)]
+        );
+        assert_eq!(merge_ranges(vec![(1, 65535), (80, 80)]), vec![(1, 65535)]);
+    }
+}

@@ -1,0 +1,1253 @@
+//! The TOML policy format.
+//!
+//! ```toml
+//! mode = "enforce"            # or "audit"
+//! unknown_container = "deny"  # deny | allow | audit: a managed cgroup not mapped yet
+//! allow_loopback = true       # 127.0.0.0/8 and ::1 always allowed (default)
+//!
+//! [[policy]]
+//! name = "public-web"
+//! mode = "audit"              # optional, overrides the file's mode
+//! select = { label = { egress = "block" } }  # and/or name, image (glob), namespace
+//! allow = [
+//!   { to = ["10.0.0.0/8"], proto = "tcp", ports = [443, "8000-8080"] },
+//!   { to = "1.1.1.1", proto = ["tcp", "udp"], ports = [53] },
+//!   { to = ["0.0.0.0/0", "::/0"], proto = ["icmp", "icmpv6"], icmp_types = ["echo-request"] },
+//! ]
+//!
+//! [[policy.process]]
+//! exe = "/usr/bin/curl"       # or comm = "curl"; either may be a list
+//! allow = [{ to = ["1.1.1.0/24"], proto = "tcp", ports = [80, 443] }]
+//! ```
+//!
+//! Parsing is in two steps: serde with `deny_unknown_fields` catches syntax
+//! errors, unknown keys and wrong types (one at a time: that is what the TOML
+//! parser can report), then validation collects every semantic error
+//! (bad CIDR, port out of range, conflicting selectors) with its position.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    ops::Range,
+};
+
+use contain_common::proto as ipproto;
+use proto::state::Verdict;
+use serde::{
+    de::{self, IntoDeserializer},
+    Deserialize, Deserializer,
+};
+use serde_spanned::Spanned;
+
+use super::{
+    fnv1a, normalize_allowances, AllowRule, Allowance, ContainerPolicy, Format, InvalidPolicy,
+    Mode, PolicySet, ProcessIdent, ProcessPolicy, Selector,
+};
+use crate::{
+    diagnostic::{Diagnostic, Source},
+    glob::Glob,
+    net::{merge_ranges, parse_cidr, range_to_blocks, Family, PortBlock, Prefix},
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    mode: Option<Mode>,
+    #[serde(default)]
+    unknown_container: Option<Verdict>,
+    #[serde(default)]
+    allow_loopback: Option<bool>,
+    #[serde(default)]
+    policy: Vec<Spanned<RawPolicy>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    name: Spanned<String>,
+    #[serde(default)]
+    mode: Option<Mode>,
+    #[serde(default)]
+    allow_loopback: Option<bool>,
+    select: Spanned<RawSelect>,
+    #[serde(default)]
+    allow: Vec<Spanned<RawRule>>,
+    #[serde(default)]
+    process: Vec<Spanned<RawProcess>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSelect {
+    #[serde(default)]
+    name: Option<Spanned<String>>,
+    #[serde(default, alias = "labels")]
+    label: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    image: Option<Spanned<String>>,
+    #[serde(default)]
+    namespace: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProcess {
+    #[serde(default)]
+    exe: Option<Spanned<Strings>>,
+    #[serde(default)]
+    comm: Option<Spanned<Strings>>,
+    #[serde(default)]
+    allow: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    to: Spanned<Strings>,
+    #[serde(default)]
+    proto: Option<Spanned<Protos>>,
+    #[serde(default)]
+    ports: Option<Vec<Spanned<PortSpec>>>,
+    #[serde(default)]
+    icmp_types: Option<Vec<Spanned<IcmpSpec>>>,
+}
+
+/// A string or a list of strings.
+enum Strings {
+    One(String),
+    Many(Vec<Spanned<String>>),
+}
+
+impl Strings {
+    /// Each string with its span (a lone string takes the whole value's span).
+    fn items(self, whole: Range<usize>) -> Vec<(String, Range<usize>)> {
+        match self {
+            Strings::One(s) => vec![(s, whole)],
+            Strings::Many(v) => v
+                .into_iter()
+                .map(|s| (s.get_ref().clone(), s.span()))
+                .collect(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Strings {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Strings;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Strings, E> {
+                Ok(Strings::One(v.to_string()))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Strings, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<Spanned<String>>()? {
+                    items.push(item);
+                }
+                Ok(Strings::Many(items))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Proto {
+    Tcp,
+    Udp,
+    Icmp,
+    #[serde(alias = "icmp6", alias = "ipv6-icmp")]
+    Icmpv6,
+    Any,
+}
+
+impl Proto {
+    fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => ipproto::TCP,
+            Proto::Udp => ipproto::UDP,
+            Proto::Icmp => ipproto::ICMP,
+            Proto::Icmpv6 => ipproto::ICMPV6,
+            Proto::Any => ipproto::ANY,
+        }
+    }
+    fn has_ports(self) -> bool {
+        matches!(self, Proto::Tcp | Proto::Udp)
+    }
+    fn is_icmp(self) -> bool {
+        matches!(self, Proto::Icmp | Proto::Icmpv6)
+    }
+}
+
+/// A protocol name or a list of them.
+struct Protos(Vec<Proto>);
+
+impl<'de> Deserialize<'de> for Protos {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Protos;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a protocol (tcp, udp, icmp, icmpv6, any) or a list of them")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Protos, E> {
+                let proto = Proto::deserialize(v.into_deserializer())
+                    .map_err(|e: de::value::Error| E::custom(e.to_string()))?;
+                Ok(Protos(vec![proto]))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Protos, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<Proto>()? {
+                    items.push(item);
+                }
+                Ok(Protos(items))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `443` or `"8000-8080"`, checked later so every bad port is reported.
+enum PortSpec {
+    Number(i64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for PortSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = PortSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a port number (1-65535) or a range like \"8000-8080\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PortSpec, E> {
+                Ok(PortSpec::Number(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<PortSpec, E> {
+                Ok(PortSpec::Number(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PortSpec, E> {
+                Ok(PortSpec::Text(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `8`, `"echo-request"`, `"3/4"` or `{ type = 3, code = 4 }`.
+enum IcmpSpec {
+    Number(i64),
+    Text(String),
+    TypeCode { ty: i64, code: Option<i64> },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTypeCode {
+    #[serde(rename = "type")]
+    ty: i64,
+    #[serde(default)]
+    code: Option<i64>,
+}
+
+impl<'de> Deserialize<'de> for IcmpSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = IcmpSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an ICMP type (0-255 or a name like \"echo-request\"), \"TYPE/CODE\", or { type = T, code = C }")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<IcmpSpec, E> {
+                Ok(IcmpSpec::Number(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<IcmpSpec, E> {
+                Ok(IcmpSpec::Number(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<IcmpSpec, E> {
+                Ok(IcmpSpec::Text(v.to_string()))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<IcmpSpec, A::Error> {
+                let raw = RawTypeCode::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(IcmpSpec::TypeCode {
+                    ty: raw.ty,
+                    code: raw.code,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Named ICMP types, per protocol.
+const ICMP_NAMES: &[(&str, u8)] = &[
+    ("echo-reply", 0),
+    ("destination-unreachable", 3),
+    ("redirect", 5),
+    ("echo-request", 8),
+    ("router-advertisement", 9),
+    ("router-solicitation", 10),
+    ("time-exceeded", 11),
+    ("parameter-problem", 12),
+    ("timestamp-request", 13),
+    ("timestamp-reply", 14),
+];
+const ICMPV6_NAMES: &[(&str, u8)] = &[
+    ("destination-unreachable", 1),
+    ("packet-too-big", 2),
+    ("time-exceeded", 3),
+    ("parameter-problem", 4),
+    ("echo-request", 128),
+    ("echo-reply", 129),
+    ("router-solicitation", 133),
+    ("router-advertisement", 134),
+    ("neighbor-solicitation", 135),
+    ("neighbor-advertisement", 136),
+];
+
+fn icmp_type_by_name(proto: Proto, name: &str) -> Option<u8> {
+    let table = if proto == Proto::Icmp {
+        ICMP_NAMES
+    } else {
+        ICMPV6_NAMES
+    };
+    table.iter().find(|(n, _)| *n == name).map(|&(_, t)| t)
+}
+
+/// An ICMP (`proto` 1) or ICMPv6 (`proto` 58) type by name.
+pub(crate) fn icmp_type_named(proto: u8, name: &str) -> Option<u8> {
+    match proto {
+        ipproto::ICMP => icmp_type_by_name(Proto::Icmp, name),
+        ipproto::ICMPV6 => icmp_type_by_name(Proto::Icmpv6, name),
+        _ => None,
+    }
+}
+
+/// Most policies a file may hold: ids are bounded by the kernel's counter array.
+pub const MAX_POLICIES_IN_FILE: usize = contain_common::MAX_POLICIES as usize - 1;
+
+/// Validation state: the source (for locations) and what was found.
+pub(crate) struct Checker<'a> {
+    pub src: Source<'a>,
+    pub errors: Vec<Diagnostic>,
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl<'a> Checker<'a> {
+    pub fn new(name: &'a str, text: &'a str) -> Self {
+        Checker {
+            src: Source::new(name, text),
+            errors: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    pub fn error(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
+        let d = self.src.error(span, message);
+        self.errors.push(d);
+    }
+
+    pub fn warn(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
+        let d = self.src.warning(span, message);
+        self.warnings.push(d);
+    }
+
+    /// Checks a comm; `None` if unusable.
+    pub fn comm(&mut self, comm: &str, span: Range<usize>) -> Option<ProcessIdent> {
+        let max = contain_common::COMM_LEN - 1;
+        if comm.is_empty() {
+            self.error(
+                Some(span),
+                "comm is empty; expected a process name like \"curl\"",
+            );
+            return None;
+        }
+        if comm.contains('\0') {
+            self.error(Some(span), "comm contains a NUL byte");
+            return None;
+        }
+        if comm.len() > max {
+            let kept = comm
+                .as_bytes()
+                .get(..max)
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            self.warn(
+                Some(span),
+                format!(
+                    "comm \"{comm}\" is longer than the {max} bytes the kernel keeps; it matches any process whose comm is \"{kept}\""
+                ),
+            );
+        }
+        Some(ProcessIdent::Comm(comm.to_string()))
+    }
+
+    /// Checks an executable path; `None` if unusable.
+    pub fn exe(&mut self, path: &str, span: Range<usize>) -> Option<ProcessIdent> {
+        if !path.starts_with('/') {
+            self.error(
+                Some(span),
+                format!("exe \"{path}\" is not an absolute path; expected the path as exec'd, e.g. \"/usr/bin/curl\""),
+            );
+            return None;
+        }
+        if path.contains('\0') {
+            self.error(Some(span), "exe contains a NUL byte");
+            return None;
+        }
+        let max = contain_common::EXE_PATH_LEN - 1;
+        if path.len() > max {
+            self.warn(
+                Some(span),
+                format!(
+                    "exe path is longer than {max} bytes; the kernel compares only the first {max}"
+                ),
+            );
+        }
+        Some(ProcessIdent::Exe(path.to_string()))
+    }
+
+    pub fn finish(
+        self,
+        build: impl FnOnce(Vec<Diagnostic>) -> PolicySet,
+    ) -> Result<PolicySet, InvalidPolicy> {
+        if self.errors.is_empty() {
+            Ok(build(self.warnings))
+        } else {
+            let mut diagnostics = self.errors;
+            diagnostics.extend(self.warnings);
+            Err(InvalidPolicy { diagnostics })
+        }
+    }
+}
+
+/// Parses and validates TOML policy text.
+pub fn parse(name: &str, text: &str) -> Result<PolicySet, InvalidPolicy> {
+    let mut checker = Checker::new(name, text);
+    let raw: RawFile = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            checker.error(e.span(), e.message().trim_end().to_string());
+            return Err(InvalidPolicy {
+                diagnostics: checker.errors,
+            });
+        }
+    };
+    let mode = raw.mode.unwrap_or_default();
+    let allow_loopback = raw.allow_loopback.unwrap_or(true);
+    let mut policies: Vec<ContainerPolicy> = Vec::new();
+    let mut first_use_of_name: HashMap<String, Range<usize>> = HashMap::new();
+    let mut selectors: Vec<(Selector, String, Range<usize>)> = Vec::new();
+
+    if raw.policy.len() > MAX_POLICIES_IN_FILE {
+        checker.error(
+            raw.policy.get(MAX_POLICIES_IN_FILE).map(Spanned::span),
+            format!("too many policies: at most {MAX_POLICIES_IN_FILE} fit the kernel's policy id space"),
+        );
+    }
+
+    for raw_policy in raw.policy {
+        let policy_span = raw_policy.span();
+        let rp = raw_policy.into_inner();
+        let name = rp.name.get_ref().trim().to_string();
+        if name.is_empty() {
+            checker.error(Some(rp.name.span()), "policy name is empty");
+        } else if let Some(first) = first_use_of_name.get(&name) {
+            let line = checker.src.location(first.start).line;
+            checker.error(
+                Some(rp.name.span()),
+                format!("policy name \"{name}\" is already used on line {line}"),
+            );
+        } else {
+            first_use_of_name.insert(name.clone(), rp.name.span());
+        }
+
+        let select_span = rp.select.span();
+        let selector = check_selector(&mut checker, rp.select.into_inner(), select_span.clone());
+        if let Some(selector) = &selector {
+            if let Some((_, earlier, earlier_span)) = selectors
+                .iter()
+                .find(|(s, _, _)| s.selects_all_of(selector))
+            {
+                let line = checker.src.location(earlier_span.start).line;
+                checker.error(
+                    Some(select_span.clone()),
+                    format!(
+                        "conflicting selectors: policy \"{name}\" can never apply, because policy \"{earlier}\" (line {line}) comes first and selects every container this one selects; make the selectors disjoint or move this policy first"
+                    ),
+                );
+            }
+            selectors.push((selector.clone(), name.clone(), select_span));
+        }
+
+        let rules = check_rules(&mut checker, rp.allow);
+        let mut processes = Vec::new();
+        let mut seen_idents: HashMap<ProcessIdent, Range<usize>> = HashMap::new();
+        for raw_process in rp.process {
+            let span = raw_process.span();
+            if let Some(process) = check_process(
+                &mut checker,
+                raw_process.into_inner(),
+                span.clone(),
+                &mut seen_idents,
+            ) {
+                if process.rules.is_empty() {
+                    checker.warn(
+                        Some(span),
+                        format!(
+                            "process entry {} has no allow rules of its own; it gets the container-wide rules, as any other process would",
+                            process.describe()
+                        ),
+                    );
+                }
+                processes.push(process);
+            }
+        }
+
+        if let Some(selector) = selector {
+            policies.push(ContainerPolicy {
+                name,
+                mode: rp.mode.unwrap_or(mode),
+                allow_loopback: rp.allow_loopback.unwrap_or(allow_loopback),
+                selector,
+                rules,
+                processes,
+                location: Some(checker.src.location(policy_span.start)),
+            });
+        }
+    }
+
+    let unknown_container = raw.unknown_container.unwrap_or(Verdict::Deny);
+    let source_name = name.to_string();
+    let digest = fnv1a(text.as_bytes());
+    checker.finish(|warnings| PolicySet {
+        source_name,
+        format: Format::Toml,
+        mode,
+        unknown_container,
+        policies,
+        warnings,
+        digest,
+    })
+}
+
+fn check_selector(checker: &mut Checker, raw: RawSelect, span: Range<usize>) -> Option<Selector> {
+    let mut selector = Selector::default();
+    let mut ok = true;
+    if let Some(name) = raw.name {
+        // Docker reports names with a leading '/'; people write them without.
+        let n = name.get_ref().trim().trim_start_matches('/').to_string();
+        if n.is_empty() {
+            checker.error(Some(name.span()), "select.name is empty");
+            ok = false;
+        }
+        selector.name = Some(n);
+    }
+    for (key, value) in raw.label {
+        if key.is_empty() {
+            checker.error(Some(value.span()), "label key is empty");
+            ok = false;
+            continue;
+        }
+        match Glob::new(value.get_ref()) {
+            Ok(glob) => {
+                selector.labels.insert(key, glob);
+            }
+            Err(e) => {
+                checker.error(Some(value.span()), format!("label value: {e}"));
+                ok = false;
+            }
+        }
+    }
+    if let Some(image) = raw.image {
+        match Glob::new(image.get_ref().trim()) {
+            Ok(glob) if !glob.as_str().is_empty() => selector.image = Some(glob),
+            Ok(_) => {
+                checker.error(
+                    Some(image.span()),
+                    "select.image is empty; expected an image glob like \"nginx:*\"",
+                );
+                ok = false;
+            }
+            Err(e) => {
+                checker.error(Some(image.span()), format!("select.image: {e}"));
+                ok = false;
+            }
+        }
+    }
+    if let Some(ns) = raw.namespace {
+        let n = ns.get_ref().trim().to_string();
+        if n.is_empty() {
+            checker.error(
+                Some(ns.span()),
+                "select.namespace is empty; expected e.g. \"moby\" or \"k8s.io\"",
+            );
+            ok = false;
+        }
+        selector.namespace = Some(n);
+    }
+    if ok && selector.is_empty() {
+        checker.error(
+            Some(span),
+            "select needs at least one of name, label, image, namespace (to select every container, use image = \"*\")",
+        );
+        ok = false;
+    }
+    ok.then_some(selector)
+}
+
+fn check_process(
+    checker: &mut Checker,
+    raw: RawProcess,
+    span: Range<usize>,
+    seen: &mut HashMap<ProcessIdent, Range<usize>>,
+) -> Option<ProcessPolicy> {
+    let idents: Vec<ProcessIdent> = match (raw.exe, raw.comm) {
+        (Some(_), Some(comm)) => {
+            checker.error(
+                Some(comm.span()),
+                "conflicting selectors: a process entry takes exe or comm, not both (the kernel recognises a process by its executable first, then by its comm; write two entries)",
+            );
+            return None;
+        }
+        (None, None) => {
+            checker.error(
+                Some(span),
+                "process entry needs exe = \"/path/as/execd\" or comm = \"name\"",
+            );
+            return None;
+        }
+        (Some(exe), None) => {
+            let whole = exe.span();
+            let items = exe.into_inner().items(whole);
+            items
+                .into_iter()
+                .filter_map(|(p, s)| checker.exe(&p, s))
+                .collect()
+        }
+        (None, Some(comm)) => {
+            let whole = comm.span();
+            let items = comm.into_inner().items(whole);
+            items
+                .into_iter()
+                .filter_map(|(c, s)| checker.comm(&c, s))
+                .collect()
+        }
+    };
+    if idents.is_empty() {
+        checker.error(Some(span), "process entry lists no exe or comm");
+        return None;
+    }
+    let mut unique = Vec::new();
+    for ident in idents {
+        let hashed_same = |other: &ProcessIdent| other.to_match() == ident.to_match();
+        if let Some((_, first)) = seen.iter().find(|(other, _)| hashed_same(other)) {
+            let line = checker.src.location(first.start).line;
+            checker.error(
+                Some(span.clone()),
+                format!("conflicting selectors: {ident} already has a process entry on line {line} in this policy"),
+            );
+            continue;
+        }
+        seen.insert(ident.clone(), span.clone());
+        unique.push(ident);
+    }
+    let rules = check_rules(checker, raw.allow);
+    Some(ProcessPolicy {
+        idents: unique,
+        rules,
+        location: Some(checker.src.location(span.start)),
+    })
+}
+
+fn check_rules(checker: &mut Checker, raw: Vec<Spanned<RawRule>>) -> Vec<AllowRule> {
+    raw.into_iter()
+        .enumerate()
+        .filter_map(|(index, r)| {
+            let span = r.span();
+            check_rule(checker, r.into_inner(), index, span)
+        })
+        .collect()
+}
+
+fn check_rule(
+    checker: &mut Checker,
+    raw: RawRule,
+    index: usize,
+    span: Range<usize>,
+) -> Option<AllowRule> {
+    let mut ok = true;
+    let to_span = raw.to.span();
+    let mut dests: Vec<Prefix> = Vec::new();
+    for (text, s) in raw.to.into_inner().items(to_span.clone()) {
+        match parse_cidr(&text) {
+            Ok(p) if dests.contains(&p) => {
+                checker.warn(Some(s), format!("destination {p} is listed twice"))
+            }
+            Ok(p) => dests.push(p),
+            Err(e) => {
+                checker.error(Some(s), format!("invalid destination: {e}"));
+                ok = false;
+            }
+        }
+    }
+    if ok && dests.is_empty() {
+        checker.error(
+            Some(to_span),
+            "`to` lists no destination; for anywhere write [\"0.0.0.0/0\", \"::/0\"]",
+        );
+        ok = false;
+    }
+
+    let protos: Vec<Proto> = match raw.proto {
+        Some(p) => {
+            let p_span = p.span();
+            let mut list = p.into_inner().0;
+            list.sort_unstable();
+            list.dedup();
+            if list.is_empty() {
+                checker.error(
+                    Some(p_span),
+                    "proto lists no protocol; expected tcp, udp, icmp, icmpv6 or any",
+                );
+                return None;
+            }
+            if list.contains(&Proto::Any) && list.len() > 1 {
+                checker.error(
+                    Some(p_span),
+                    "proto \"any\" already includes every protocol; list it alone",
+                );
+                return None;
+            }
+            list
+        }
+        None if raw.ports.is_some() => {
+            checker.error(
+                Some(span),
+                "ports need a protocol: add proto = \"tcp\", \"udp\" or [\"tcp\", \"udp\"]",
+            );
+            return None;
+        }
+        None if raw.icmp_types.is_some() => {
+            checker.error(Some(span), "icmp_types need proto = \"icmp\" or \"icmpv6\"");
+            return None;
+        }
+        None => vec![Proto::Any],
+    };
+
+    let mut port_ranges: Option<Vec<(u16, u16)>> = None;
+    if let Some(ports) = raw.ports {
+        if !protos.iter().any(|p| p.has_ports()) {
+            let at = ports.first().map(Spanned::span).unwrap_or(span.clone());
+            checker.error(
+                Some(at),
+                "ports apply to tcp and udp, and this rule has neither; for ICMP use icmp_types",
+            );
+            ok = false;
+        }
+        if ports.is_empty() {
+            checker.error(
+                Some(span.clone()),
+                "ports is empty; leave it out to allow every port",
+            );
+            ok = false;
+        }
+        let mut ranges = Vec::new();
+        for port in ports {
+            let s = port.span();
+            match check_port_spec(port.get_ref()) {
+                Ok(r) => ranges.push(r),
+                Err(e) => {
+                    checker.error(Some(s), e);
+                    ok = false;
+                }
+            }
+        }
+        port_ranges = Some(ranges);
+    }
+
+    // Per ICMP protocol: the (type, code) pairs allowed; None = every type.
+    let mut icmp: BTreeMap<Proto, Vec<IcmpMatch>> = BTreeMap::new();
+    if let Some(types) = raw.icmp_types {
+        let icmp_protos: Vec<Proto> = protos.iter().copied().filter(|p| p.is_icmp()).collect();
+        if icmp_protos.is_empty() {
+            let at = types.first().map(Spanned::span).unwrap_or(span.clone());
+            checker.error(
+                Some(at),
+                "icmp_types apply to icmp and icmpv6, and this rule has neither",
+            );
+            ok = false;
+        }
+        if types.is_empty() {
+            checker.error(
+                Some(span.clone()),
+                "icmp_types is empty; leave it out to allow every type",
+            );
+            ok = false;
+        }
+        for spec in types {
+            let s = spec.span();
+            match check_icmp_spec(spec.get_ref(), &icmp_protos) {
+                Ok(per_proto) => {
+                    for (proto, pair) in per_proto {
+                        icmp.entry(proto).or_default().push(pair);
+                    }
+                }
+                Err(e) => {
+                    checker.error(Some(s), e);
+                    ok = false;
+                }
+            }
+        }
+    }
+    if !ok {
+        return None;
+    }
+
+    let mut allowances = Vec::new();
+    for proto in &protos {
+        let number = proto.number();
+        match proto {
+            Proto::Any => allowances.push(Allowance::ANY),
+            Proto::Tcp | Proto::Udp => match &port_ranges {
+                None => allowances.push(Allowance {
+                    proto: number,
+                    block: PortBlock::ALL,
+                }),
+                Some(ranges) => {
+                    let merged = merge_ranges(ranges.clone());
+                    // Port 0 is no destination; 1-65535 is "every port".
+                    if merged == [(1, u16::MAX)] {
+                        allowances.push(Allowance {
+                            proto: number,
+                            block: PortBlock::ALL,
+                        });
+                    } else {
+                        for (lo, hi) in merged {
+                            allowances.extend(range_to_blocks(lo, hi).into_iter().map(|block| {
+                                Allowance {
+                                    proto: number,
+                                    block,
+                                }
+                            }));
+                        }
+                    }
+                }
+            },
+            Proto::Icmp | Proto::Icmpv6 => match icmp.get(proto) {
+                None => allowances.push(Allowance {
+                    proto: number,
+                    block: PortBlock::ALL,
+                }),
+                Some(pairs) => {
+                    for &(ty, code) in pairs {
+                        let block = match code {
+                            None => PortBlock {
+                                port: u16::from(ty) << 8,
+                                bits: 8,
+                            },
+                            Some(c) => PortBlock {
+                                port: u16::from(ty) << 8 | u16::from(c),
+                                bits: 16,
+                            },
+                        };
+                        allowances.push(Allowance {
+                            proto: number,
+                            block,
+                        });
+                    }
+                }
+            },
+        }
+    }
+    let allowances = normalize_allowances(allowances);
+
+    // A destination no allowance of this rule can reach (icmp to an IPv6
+    // prefix, icmpv6 to an IPv4 one) is a mistake worth naming.
+    let applies = |p: &Prefix| allowances.iter().any(|a| a.applies_to(p.family()));
+    let unreachable: Vec<&Prefix> = dests.iter().filter(|p| !applies(p)).collect();
+    if !unreachable.is_empty() {
+        let list = unreachable
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let hint = if unreachable[0].family() == Family::V6 {
+            "icmp is IPv4 only; add icmpv6"
+        } else {
+            "icmpv6 is IPv6 only; add icmp"
+        };
+        if unreachable.len() == dests.len() {
+            checker.error(
+                Some(span),
+                format!("this rule allows nothing: {hint} (destinations {list})"),
+            );
+            return None;
+        }
+        checker.warn(
+            Some(span.clone()),
+            format!("destinations {list} get nothing from this rule: {hint}"),
+        );
+    }
+
+    Some(AllowRule {
+        index,
+        dests,
+        allowances,
+        location: Some(checker.src.location(span.start)),
+    })
+}
+
+fn port_number(value: i64) -> Result<u16, String> {
+    match value {
+        0 => Err("port 0 is no destination port (in the thesis JSON format port 0 meant ICMP: write proto = \"icmp\")".into()),
+        1..=65535 => Ok(value as u16),
+        _ => Err(format!("port {value} is out of range; expected 1-65535")),
+    }
+}
+
+fn check_port_spec(spec: &PortSpec) -> Result<(u16, u16), String> {
+    match spec {
+        PortSpec::Number(n) => port_number(*n).map(|p| (p, p)),
+        PortSpec::Text(text) => {
+            let parse = |s: &str| -> Result<u16, String> {
+                let n: i64 = s.trim().parse().map_err(|_| {
+                    format!("\"{text}\" is not a port or a range; expected a number 1-65535 or \"LOW-HIGH\"")
+                })?;
+                port_number(n)
+            };
+            match text.split_once('-') {
+                None => parse(text).map(|p| (p, p)),
+                Some((lo, hi)) => {
+                    let (lo, hi) = (parse(lo)?, parse(hi)?);
+                    if lo > hi {
+                        Err(format!(
+                            "port range \"{text}\" is backwards; write \"{hi}-{lo}\""
+                        ))
+                    } else {
+                        Ok((lo, hi))
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn byte(value: i64, what: &str) -> Result<u8, String> {
+    u8::try_from(value).map_err(|_| format!("ICMP {what} {value} is out of range; expected 0-255"))
+}
+
+/// An ICMP type, and a code or every code.
+type IcmpMatch = (u8, Option<u8>);
+
+/// One `icmp_types` entry, resolved for each ICMP protocol of the rule.
+fn check_icmp_spec(spec: &IcmpSpec, protos: &[Proto]) -> Result<Vec<(Proto, IcmpMatch)>, String> {
+    let numeric = |ty: u8, code: Option<u8>| protos.iter().map(|&p| (p, (ty, code))).collect();
+    match spec {
+        IcmpSpec::Number(n) => Ok(numeric(byte(*n, "type")?, None)),
+        IcmpSpec::TypeCode { ty, code } => {
+            let code = code.map(|c| byte(c, "code")).transpose()?;
+            Ok(numeric(byte(*ty, "type")?, code))
+        }
+        IcmpSpec::Text(text) => {
+            let text = text.trim();
+            if let Some((ty, code)) = text.split_once('/') {
+                let num = |s: &str, what| {
+                    s.trim()
+                        .parse::<i64>()
+                        .map_err(|_| format!("\"{text}\" is not TYPE/CODE with numbers 0-255"))
+                        .and_then(|n| byte(n, what))
+                };
+                return Ok(numeric(num(ty, "type")?, Some(num(code, "code")?)));
+            }
+            if let Ok(n) = text.parse::<i64>() {
+                return Ok(numeric(byte(n, "type")?, None));
+            }
+            let resolved: Vec<_> = protos
+                .iter()
+                .filter_map(|&p| icmp_type_by_name(p, text).map(|t| (p, (t, None))))
+                .collect();
+            if resolved.is_empty() {
+                let mut names: Vec<&str> = ICMP_NAMES
+                    .iter()
+                    .chain(ICMPV6_NAMES)
+                    .map(|(n, _)| *n)
+                    .collect();
+                names.sort_unstable();
+                names.dedup();
+                Err(format!(
+                    "unknown ICMP type \"{text}\" for this rule's protocols; expected a number 0-255, \"TYPE/CODE\", or one of: {}",
+                    names.join(", ")
+                ))
+            } else {
+                Ok(resolved)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(text: &str) -> PolicySet {
+        match parse("p.toml", text) {
+            Ok(p) => p,
+            Err(e) => panic!("expected valid policy, got:\n{e}"),
+        }
+    }
+
+    fn err(text: &str) -> String {
+        match parse("p.toml", text) {
+            Ok(_) => panic!("expected an invalid policy:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    const DESIGN_SKETCH: &str = r#"
+mode = "enforce"
+unknown_container = "deny"
+
+[[policy]]
+name = "public-web"
+select = { label = { egress = "block" } }
+allow = [
+  { to = ["10.0.0.0/8", "192.168.0.0/16"], proto = "tcp", ports = [443] },
+  { to = ["1.1.1.1/32", "2606:4700:4700::1111/128"], proto = "udp", ports = [53] },
+]
+
+[[policy]]
+name = "curler"
+select = { name = "curler" }
+[[policy.process]]
+exe = "/usr/bin/curl"
+allow = [{ to = ["1.1.1.0/24"], proto = "tcp", ports = [80, 443] },
+         { to = ["1.1.1.0/24"], proto = "icmp" }]
+"#;
+
+    #[test]
+    fn design_sketch_parses() {
+        let p = ok(DESIGN_SKETCH);
+        assert_eq!(p.policies.len(), 2);
+        assert_eq!(p.unknown_container, Verdict::Deny);
+        let web = &p.policies[0];
+        assert_eq!(web.rules.len(), 2);
+        assert_eq!(web.rules[0].dests.len(), 2);
+        assert_eq!(
+            web.rules[0].allowances,
+            vec![Allowance {
+                proto: 6,
+                block: PortBlock {
+                    port: 443,
+                    bits: 16
+                }
+            }]
+        );
+        assert!(web.allow_loopback);
+        let curler = &p.policies[1];
+        assert_eq!(
+            curler.processes[0].idents,
+            vec![ProcessIdent::Exe("/usr/bin/curl".into())]
+        );
+        assert_eq!(
+            curler.processes[0].rules[1].allowances,
+            vec![Allowance {
+                proto: 1,
+                block: PortBlock::ALL
+            }]
+        );
+        assert_eq!(curler.location.as_ref().unwrap().line, 13);
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    }
+
+    #[test]
+    fn unknown_key_has_location_and_expectation() {
+        let e = err("[[policy]]\nname = \"a\"\nselect = { name = \"a\" }\nallow = [{ to = \"1.1.1.1\", prto = \"tcp\" }]\n");
+        assert!(e.starts_with("p.toml:4:"), "{e}");
+        assert!(e.contains("unknown field `prto`"), "{e}");
+        assert!(e.contains("expected one of"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_has_location() {
+        let e = err("mode = \"enforce\"\n[[policy]\n");
+        assert!(e.starts_with("p.toml:2:"), "{e}");
+    }
+
+    #[test]
+    fn bad_enum_values_list_choices() {
+        let e = err("mode = \"strict\"\n");
+        assert!(e.starts_with("p.toml:1:8"), "{e}");
+        assert!(e.contains("enforce") && e.contains("audit"), "{e}");
+        let e = err("unknown_container = \"maybe\"\n");
+        assert!(
+            e.contains("deny") && e.contains("allow") && e.contains("audit"),
+            "{e}"
+        );
+        let e =
+            err("[[policy]]\nname='a'\nselect={name='a'}\nallow=[{to='1.1.1.1', proto='tcpp'}]\n");
+        assert!(e.contains("tcpp") && e.contains("icmpv6"), "{e}");
+    }
+
+    #[test]
+    fn every_semantic_error_is_reported_with_position() {
+        let e = err(r#"[[policy]]
+name = "a"
+select = { name = "a" }
+allow = [
+  { to = ["10.0.0.0/33", "10.0.0.1/8"], proto = "tcp", ports = [70000, "90-80", 0] },
+  { to = "1.1.1.1", proto = "icmp", ports = [80] },
+  { to = "1.1.1.1", ports = [80] },
+  { to = "2001:db8::/32", proto = "icmp" },
+  { to = "1.1.1.1", proto = "icmp", icmp_types = [300, "bogus"] },
+]
+"#);
+        for needle in [
+            "p.toml:5:11: error: invalid destination: prefix length 33",
+            "p.toml:5:26: error: invalid destination: `10.0.0.1/8` has host bits set",
+            "p.toml:5:65: error: port 70000 is out of range",
+            "p.toml:5:72: error: port range \"90-80\" is backwards",
+            "p.toml:5:81: error: port 0 is no destination port",
+            "p.toml:6:46: error: ports apply to tcp and udp",
+            "p.toml:7:3: error: ports need a protocol",
+            "p.toml:8:3: error: this rule allows nothing: icmp is IPv4 only",
+            "p.toml:9:51: error: ICMP type 300 is out of range",
+            "error: unknown ICMP type \"bogus\"",
+        ] {
+            assert!(e.contains(needle), "missing `{needle}` in:\n{e}");
+        }
+    }
+
+    #[test]
+    fn conflicting_selectors_are_errors() {
+        let e = err("[[policy]]\nname='a'\nselect={label={tier='web'}}\n[[policy]]\nname='b'\nselect={label={tier='web'}, image='nginx:*'}\n");
+        assert!(
+            e.contains("p.toml:6:8: error: conflicting selectors: policy \"b\" can never apply"),
+            "{e}"
+        );
+        let e = err(
+            "[[policy]]\nname='a'\nselect={name='x'}\n[[policy.process]]\nexe='/bin/a'\ncomm='a'\n",
+        );
+        assert!(e.contains("exe or comm, not both"), "{e}");
+        let e = err("[[policy]]\nname='a'\nselect={name='x'}\n[[policy.process]]\ncomm='a'\nallow=[{to='1.1.1.1'}]\n[[policy.process]]\ncomm=['b','a']\nallow=[{to='1.1.1.1'}]\n");
+        assert!(
+            e.contains("comm a already has a process entry on line 4"),
+            "{e}"
+        );
+        let e = err("[[policy]]\nname='a'\nselect={}\n");
+        assert!(e.contains("select needs at least one of"), "{e}");
+        let e = err(
+            "[[policy]]\nname='a'\nselect={name='x'}\n[[policy]]\nname='a'\nselect={name='y'}\n",
+        );
+        assert!(e.contains("already used on line 2"), "{e}");
+    }
+
+    #[test]
+    fn disjoint_selectors_are_fine() {
+        let p = ok("[[policy]]\nname='a'\nselect={label={tier='web'}, image='nginx:*'}\n[[policy]]\nname='b'\nselect={label={tier='web'}}\n");
+        assert_eq!(p.policies.len(), 2);
+    }
+
+    #[test]
+    fn ports_ranges_icmp_and_lists() {
+        let p = ok(r#"[[policy]]
+name = "a"
+select = { image = "nginx:*", namespace = "moby" }
+allow = [
+  { to = "1.1.1.1", proto = ["tcp", "udp"], ports = ["1-65535"] },
+  { to = "1.1.1.2", proto = "tcp", ports = [80, 81, "82 - 83"] },
+  { to = ["1.1.1.3", "::1:2"], proto = ["icmp", "icmpv6"], icmp_types = ["echo-request", "3/4", { type = 11 }, "packet-too-big"] },
+]
+"#);
+        let rules = &p.policies[0].rules;
+        assert_eq!(rules[0].allowances.len(), 2);
+        assert!(rules[0]
+            .allowances
+            .iter()
+            .all(|a| a.block == PortBlock::ALL));
+        assert_eq!(
+            rules[1].allowances,
+            vec![Allowance {
+                proto: 6,
+                block: PortBlock { port: 80, bits: 14 }
+            }]
+        );
+        let icmp: Vec<String> = rules[2]
+            .allowances
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            icmp,
+            [
+                "icmp type 3 code 4",
+                "icmp type 8",
+                "icmp type 11",
+                "icmpv6 type 2",
+                "icmpv6 type 3 code 4",
+                "icmpv6 type 11",
+                "icmpv6 type 128"
+            ]
+        );
+    }
+
+    #[test]
+    fn warnings_do_not_block() {
+        let p = ok(r#"[[policy]]
+name = "a"
+select = { name = "a" }
+allow = [{ to = ["1.1.1.1", "1.1.1.1", "2001:db8::1"], proto = "icmp" }]
+[[policy.process]]
+comm = "averyveryverylongname"
+"#);
+        let text: Vec<String> = p.warnings.iter().map(ToString::to_string).collect();
+        assert!(text.iter().any(|w| w.contains("listed twice")), "{text:?}");
+        assert!(
+            text.iter()
+                .any(|w| w.contains("get nothing from this rule")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|w| w.contains("longer than the 15 bytes")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|w| w.contains("no allow rules of its own")),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn policy_mode_and_loopback_override() {
+        let p = ok("mode='audit'\nallow_loopback=false\n[[policy]]\nname='a'\nselect={name='a'}\n[[policy]]\nname='b'\nmode='enforce'\nallow_loopback=true\nselect={name='b'}\n");
+        assert_eq!(
+            (p.policies[0].mode, p.policies[0].allow_loopback),
+            (Mode::Audit, false)
+        );
+        assert_eq!(
+            (p.policies[1].mode, p.policies[1].allow_loopback),
+            (Mode::Enforce, true)
+        );
+    }
+
+    #[test]
+    fn hostile_input_never_panics() {
+        for text in [
+            "", "\u{0}", "[[policy]]", "policy = 5", "[[policy]]\nname=1", "[[policy]]\nname='a'\nselect={name=''}",
+            "[[policy]]\nname='a'\nselect={name='a'}\nallow=[{to=[]}]",
+            "[[policy]]\nname='a'\nselect={name='a'}\nallow=[{to='1.1.1.1', proto=[]}]",
+            "[[policy]]\nname='a'\nselect={name='a'}\nallow=[{to='1.1.1.1', proto='tcp', ports=[]}]",
+            "[[policy]]\nname='a'\nselect={name='a'}\nallow=[{to='1.1.1.1', proto='tcp', ports=[99999999999999999999]}]",
+            "[[policy]]\nname='a'\nselect={name='a'}\nallow=[{to='1.1.1.1', proto='icmp', icmp_types=[{type=-1, code=999}]}]",
+            "[[policy]]\nname='a'\nselect={name='a'}\n[[policy.process]]\nexe='relative'",
+        ] {
+            let _ = parse("p.toml", text);
+        }
+    }
+}

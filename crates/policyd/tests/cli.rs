@@ -1,0 +1,164 @@
+//! The `policyd` binary's contract with scripts: exit codes, output on the
+//! right stream, `--json`.
+
+use std::process::{Command, Output};
+
+fn policyd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_policyd"))
+        .args(args)
+        .output()
+        .expect("run policyd")
+}
+
+fn sample(name: &str) -> String {
+    format!("{}/samples/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A scratch directory removed when dropped, even if the test fails.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("policyd-cli-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+    fn file(&self, name: &str, text: &str) -> String {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn check_accepts_the_samples() {
+    for file in ["policy.toml", "allowlist.json"] {
+        let out = policyd(&["check", &sample(file)]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
+    }
+    let out = policyd(&[
+        "check",
+        &sample("policy.toml"),
+        "--inventory",
+        &sample("inventory.json"),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("runner-1") && stdout.contains("ci-runners"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_refuses_an_invalid_file_with_exit_1_and_a_location() {
+    let scratch = Scratch::new("bad");
+    let path = scratch.file(
+        "bad.toml",
+        "[[policy]]\nname = \"a\"\nselect = { name = \"a\" }\nallow = [{ to = \"10.0.0.0/33\" }]\n",
+    );
+    let out = policyd(&["check", &path]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{path}:4:17: error: invalid destination")),
+        "{stderr}"
+    );
+
+    let out = policyd(&["--json", "check", &path]);
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(json["valid"], false);
+    assert_eq!(json["diagnostics"][0]["line"], 4);
+    assert_eq!(json["diagnostics"][0]["column"], 17);
+}
+
+#[test]
+fn unreadable_file_is_exit_1() {
+    let out = policyd(&["check", "/nonexistent/policy.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn an_unreachable_daemon_is_exit_2() {
+    for cmd in [
+        &["status"][..],
+        &["reload"],
+        &["reload", "--dry-run"],
+        &["events"],
+        &["explain", "x", "1.1.1.1"],
+    ] {
+        let mut args = vec!["--socket", "/nonexistent/policyd.sock"];
+        args.extend_from_slice(cmd);
+        let out = policyd(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn usage_errors_are_64_and_help_is_0() {
+    assert_eq!(policyd(&["frobnicate"]).status.code(), Some(64));
+    assert_eq!(
+        policyd(&["explain", "x", "not-an-ip"]).status.code(),
+        Some(64)
+    );
+    assert_eq!(policyd(&["--help"]).status.code(), Some(0));
+    let help = String::from_utf8_lossy(&policyd(&["--help"]).stdout).to_string();
+    assert!(help.contains("Exit codes"), "{help}");
+}
+
+#[test]
+fn offline_explain() {
+    let args = |process: &str| {
+        vec![
+            "explain".to_string(),
+            "curler".into(),
+            "1.1.1.9".into(),
+            "--port".into(),
+            "443".into(),
+            "--process".into(),
+            process.into(),
+            "--policy".into(),
+            sample("policy.toml"),
+            "--inventory".into(),
+            sample("inventory.json"),
+        ]
+    };
+    let run = |a: Vec<String>| {
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        policyd(&refs)
+    };
+    let out = run(args("/usr/bin/curl"));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ALLOW"));
+    let out = run(args("/tmp/curl"));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("DENY"));
+    let mut a = args("curl");
+    a.insert(0, "--json".into());
+    let out = run(a);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        json["verdict"], "deny",
+        "comm curl is not exe /usr/bin/curl"
+    );
+    let mut a = args("curl");
+    a[1] = "nobody".into();
+    assert_eq!(run(a).status.code(), Some(4));
+}

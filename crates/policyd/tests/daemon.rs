@@ -1,0 +1,621 @@
+//! The daemon end to end over real Unix sockets: an in-memory loader that keeps
+//! the maps in memory with the real generation semantics, an inventory
+//! file, and the policyd client. No privileges, no BPF.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use policyd::{
+    daemon::{self, memory_loader::MemoryLoader, Config, InventorySource},
+    inventory::{Container, Inventory},
+};
+use proto::{
+    policyd::{ExplainQuery, PolicydClient, PolicydError},
+    state::{KernelState, Verdict},
+    transport,
+};
+use tarpc::context::Context;
+
+struct Env {
+    dir: PathBuf,
+    loader: MemoryLoader,
+}
+
+impl Env {
+    fn new(name: &str) -> Env {
+        let dir = std::env::temp_dir().join(format!("policyd-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Env {
+            dir,
+            loader: MemoryLoader::default(),
+        }
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+    fn serve_loader(&self) {
+        self.loader.serve(&self.path("loader.sock")).unwrap();
+    }
+    fn write(&self, name: &str, text: &str) {
+        // Replace atomically, as editors and ConfigMaps do.
+        let tmp = self.path(&format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.path(name)).unwrap();
+    }
+    fn write_inventory(&self, names: &[(&str, u64)]) {
+        let inventory = Inventory {
+            containers: names
+                .iter()
+                .map(|&(name, cgroup)| Container {
+                    id: format!("{name}-0123456789"),
+                    name: name.into(),
+                    image: "alpine:3.20".into(),
+                    namespace: "moby".into(),
+                    runtime: "docker".into(),
+                    cgroup_id: Some(cgroup),
+                    ..Container::default()
+                })
+                .collect(),
+        };
+        self.write(
+            "inventory.json",
+            &serde_json::to_string(&inventory).unwrap(),
+        );
+    }
+    /// Runs a daemon on its own runtime, so dropping it stops every task
+    /// it started (as a process exit would).
+    fn start_daemon(&self, policy: &str) -> tokio::runtime::Runtime {
+        let config = Config {
+            policy: self.path(policy),
+            socket: self.path("policyd.sock"),
+            loader_socket: self.path("loader.sock"),
+            inventory: InventorySource::File(self.path("inventory.json")),
+            group: "root".into(),
+            file_poll: Duration::from_millis(50),
+            resync_every: Duration::from_secs(3600),
+        };
+        let _ = std::fs::remove_file(self.path("policyd.sock"));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.spawn(async move {
+            if let Err(e) = daemon::run(config).await {
+                eprintln!("daemon stopped: {e:#}");
+            }
+        });
+        rt
+    }
+    async fn client(&self) -> PolicydClient {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(stream) = transport::connect(&self.path("policyd.sock")).await {
+                return PolicydClient::new(
+                    tarpc::client::Config::default(),
+                    transport::framed(stream),
+                )
+                .spawn();
+            }
+            assert!(Instant::now() < deadline, "daemon did not come up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    fn kernel(&self) -> (u64, KernelState, usize) {
+        self.loader.snapshot()
+    }
+    async fn wait_for(&self, what: &str, mut done: impl FnMut(&KernelState) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done(&self.kernel().1) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn ctx() -> Context {
+    transport::context_with_deadline(30)
+}
+
+fn query(container: &str, dest: &str, port: &str, process: Option<&str>) -> ExplainQuery {
+    ExplainQuery {
+        container: container.into(),
+        dest: dest.parse().unwrap(),
+        proto: Some("tcp".into()),
+        port: Some(port.into()),
+        process: process.map(Into::into),
+    }
+}
+
+const V1: &str = r#"
+mode = "enforce"
+unknown_container = "deny"
+
+[[policy]]
+name = "web"
+select = { name = "web" }
+allow = [{ to = "10.0.0.0/8", proto = "tcp", ports = [443] }]
+
+[[policy]]
+name = "curler"
+select = { name = "curler" }
+[[policy.process]]
+exe = "/usr/bin/curl"
+allow = [{ to = "1.1.1.0/24", proto = "tcp", ports = [80, 443] }]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_grants_and_revokes_live_and_refuses_invalid_files() {
+    let env = Env::new("reload");
+    env.serve_loader();
+    env.write("policy.toml", V1);
+    env.write_inventory(&[("web", 101), ("curler", 102), ("other", 103)]);
+    let daemon = env.start_daemon("policy.toml");
+    let client = env.client().await;
+    env.wait_for("cgroups of all containers", |s| s.cgroups.len() == 3)
+        .await;
+
+    let (_, state, _) = env.kernel();
+    assert!(
+        state.cgroups[&103].unrestricted,
+        "a container no policy selects is left alone"
+    );
+    assert_eq!(state.unknown_verdict, Verdict::Deny);
+
+    let status = client.status(ctx()).await.unwrap().unwrap();
+    let curler = status
+        .containers
+        .iter()
+        .find(|c| c.name == "curler")
+        .unwrap();
+    assert_eq!(
+        (curler.policy.as_deref(), curler.mode.as_str()),
+        (Some("curler"), "enforce")
+    );
+    assert!(status.loader.connected);
+
+    let e = client
+        .explain(
+            ctx(),
+            query("curler", "1.1.1.7", "443", Some("/usr/bin/curl")),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.verdict, Some(Verdict::Allow), "{e:?}");
+    let e = client
+        .explain(ctx(), query("web", "10.1.1.1", "22", None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.verdict, Some(Verdict::Deny), "{e:?}");
+
+    // Grant ssh to web: a reload applies a small diff.
+    env.write(
+        "policy.toml",
+        &V1.replace(
+            "ports = [443] }]",
+            "ports = [443] }, { to = \"10.0.0.5\", proto = \"tcp\", ports = [22] }]",
+        ),
+    );
+    let report = client.reload(ctx(), false).await.unwrap().unwrap();
+    assert!(report.applied && report.ops.len() <= 4, "{report:#?}");
+    let e = client
+        .explain(ctx(), query("web", "10.0.0.5", "22", None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.verdict, Some(Verdict::Allow));
+
+    // Revoke it again: back to the first state's rules.
+    env.write("policy.toml", V1);
+    let report = client.reload(ctx(), false).await.unwrap().unwrap();
+    assert!(report.applied, "{report:#?}");
+    let e = client
+        .explain(ctx(), query("web", "10.0.0.5", "22", None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.verdict, Some(Verdict::Deny));
+
+    // An invalid file is refused with a location; the kernel keeps the old.
+    let (generation, before, _) = env.kernel();
+    env.write(
+        "policy.toml",
+        &V1.replace("ports = [443]", "ports = [70000]"),
+    );
+    let err = client.reload(ctx(), false).await.unwrap().unwrap_err();
+    match &err {
+        PolicydError::InvalidPolicy { diagnostics } => {
+            assert_eq!(diagnostics[0].line, Some(8), "{err}");
+            assert!(diagnostics[0].message.contains("70000"), "{err}");
+        }
+        other => panic!("expected InvalidPolicy, got {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await; // the file watcher sees it too
+    let (generation_after, after, _) = env.kernel();
+    assert_eq!((generation_after, &after), (generation, &before));
+    let status = client.status(ctx()).await.unwrap().unwrap();
+    assert!(status.last_error.unwrap_or_default().contains("70000"));
+    let e = client
+        .explain(ctx(), query("web", "10.1.1.1", "443", None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        e.verdict,
+        Some(Verdict::Allow),
+        "the running policy stays in force"
+    );
+
+    // A dry run shows the diff and changes nothing.
+    env.write("policy.toml", &V1.replace("1.1.1.0/24", "1.1.2.0/24"));
+    let report = client.reload(ctx(), true).await.unwrap().unwrap();
+    assert!(
+        report.dry_run && !report.applied && !report.ops.is_empty(),
+        "{report:#?}"
+    );
+    assert_eq!(env.kernel().0, generation);
+
+    drop(client);
+    daemon.shutdown_background();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_changes_inventory_changes_and_other_writers_are_handled() {
+    let env = Env::new("watch");
+    env.serve_loader();
+    env.write("policy.toml", V1);
+    env.write_inventory(&[("web", 201)]);
+    let daemon = env.start_daemon("policy.toml");
+    let _client = env.client().await;
+    env.wait_for("first convergence", |s| s.cgroups.len() == 1)
+        .await;
+
+    // A container starts: one cgroup entry, nothing else.
+    let (generation, before, _) = env.kernel();
+    env.write_inventory(&[("web", 201), ("curler", 202)]);
+    env.wait_for("the new container's cgroup", |s| {
+        s.cgroups.contains_key(&202)
+    })
+    .await;
+    let (generation_after, after, _) = env.kernel();
+    assert_eq!(generation_after, generation + 1);
+    assert_eq!(policyd::diff::diff_ops(&before, &after).len(), 1);
+
+    // Someone else writes to the loader: policyd's next apply hits a
+    // generation mismatch, refetches and still converges.
+    {
+        let mut m = env.loader.maps.lock().unwrap();
+        m.generation += 5;
+        m.state.cgroups.remove(&201);
+    }
+    // The file changes (no reload call): the watcher applies it.
+    env.write(
+        "policy.toml",
+        &V1.replace("ports = [443]", "ports = [443, 8443]"),
+    );
+    env.wait_for("the edited rule and the repaired cgroup", |s| {
+        s.cgroups.contains_key(&201) && s.ports.keys().any(|k| k.port == 8443)
+    })
+    .await;
+
+    daemon.shutdown_background();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_daemon_converges_without_touching_the_kernel() {
+    let env = Env::new("restart");
+    env.serve_loader();
+    // History with edits, so ids are not what a fresh start would pick alone.
+    env.write("policy.toml", V1);
+    env.write_inventory(&[("web", 301), ("curler", 302)]);
+    let first = env.start_daemon("policy.toml");
+    let client = env.client().await;
+    env.wait_for("first convergence", |s| s.cgroups.len() == 2)
+        .await;
+    let edited = V1.replace(
+        "ports = [443] }]",
+        "ports = [443] }, { to = \"192.0.2.0/24\", proto = \"udp\", ports = [53] }]",
+    );
+    env.write("policy.toml", &edited);
+    client.reload(ctx(), false).await.unwrap().unwrap();
+    drop(client);
+    first.shutdown_background();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let (generation, state, applies) = env.kernel();
+    let second = env.start_daemon("policy.toml");
+    let client = env.client().await;
+    let status = client.status(ctx()).await.unwrap().unwrap();
+    assert!(status.policy_digest.is_some());
+    let (generation_after, state_after, applies_after) = env.kernel();
+    assert_eq!(applies_after, applies, "no apply needed after a restart");
+    assert_eq!((generation_after, state_after), (generation, state));
+    drop(client);
+    second.shutdown_background();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_thesis_json_file_works() {
+    let env = Env::new("thesis");
+    env.serve_loader();
+    env.write(
+        "allowlist.json",
+        r#"[{"container_name": "curler", "policy": [
+              {"process": "curl", "allow": [{"cidr4": "1.1.1.0/24", "ports": [80, 443]}]},
+              {"process": "ping", "allow": [{"cidr4": "1.1.1.0/24", "ports": [0]}]}]}]"#,
+    );
+    env.write_inventory(&[("curler", 401)]);
+    let daemon = env.start_daemon("allowlist.json");
+    let client = env.client().await;
+    env.wait_for("convergence", |s| s.cgroups.contains_key(&401))
+        .await;
+    let e = client
+        .explain(ctx(), query("curler", "1.1.1.1", "443", Some("curl")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.verdict, Some(Verdict::Allow));
+    let mut ping = query("curler", "1.1.1.1", "8", Some("ping"));
+    ping.proto = Some("icmp".into());
+    let e = client.explain(ctx(), ping.clone()).await.unwrap().unwrap();
+    assert_eq!(e.verdict, Some(Verdict::Allow));
+    ping.process = Some("sh".into());
+    let e = client.explain(ctx(), ping).await.unwrap().unwrap();
+    assert_eq!(e.verdict, Some(Verdict::Deny));
+    drop(client);
+    daemon.shutdown_background();
+}
+
+mod fake_resolver {
+    use std::{
+        collections::BTreeMap,
+        sync::{Arc, Mutex},
+        time::Duration,
+    };
+
+    use proto::resolver::{
+        Change, ChangeKind, Container, Resolver, ResolverStatus, Runtime, Snapshot, WatchReply,
+    };
+    use tarpc::context::Context;
+    use tokio::sync::Notify;
+
+    #[derive(Default)]
+    struct Inner {
+        generation: u64,
+        containers: BTreeMap<String, Container>,
+        changes: Vec<Change>,
+    }
+
+    /// The resolver's contract in memory: snapshots, and changes by
+    /// generation with a long poll.
+    #[derive(Clone, Default)]
+    pub struct FakeResolver {
+        inner: Arc<Mutex<Inner>>,
+        changed: Arc<Notify>,
+    }
+
+    pub fn container(name: &str, cgroup_id: u64) -> Container {
+        Container {
+            id: format!("{name}-id"),
+            name: name.into(),
+            runtime: Runtime::Docker,
+            namespace: "moby".into(),
+            labels: BTreeMap::new(),
+            image: "alpine:3.20".into(),
+            pids: vec![1],
+            cgroup_path: format!("/contain.slice/docker-{name}.scope"),
+            cgroup_id,
+            netns_inode: 0,
+            host_veths: Vec::new(),
+            host_network: false,
+        }
+    }
+
+    impl FakeResolver {
+        pub fn add(&self, c: Container) {
+            let mut i = self.inner.lock().unwrap();
+            i.generation += 1;
+            let generation = i.generation;
+            i.containers.insert(c.key(), c.clone());
+            i.changes.push(Change {
+                generation,
+                kind: ChangeKind::Added { container: c },
+            });
+            self.changed.notify_waiters();
+        }
+        pub fn remove(&self, name: &str) {
+            let mut i = self.inner.lock().unwrap();
+            let Some(c) = i.containers.values().find(|c| c.name == name).cloned() else {
+                return;
+            };
+            i.generation += 1;
+            let generation = i.generation;
+            i.containers.remove(&c.key());
+            i.changes.push(Change {
+                generation,
+                kind: ChangeKind::Removed {
+                    namespace: c.namespace,
+                    id: c.id,
+                    cgroup_id: c.cgroup_id,
+                },
+            });
+            self.changed.notify_waiters();
+        }
+    }
+
+    impl Resolver for FakeResolver {
+        async fn status(self, _: Context) -> ResolverStatus {
+            let i = self.inner.lock().unwrap();
+            ResolverStatus {
+                api_version: proto::API_VERSION,
+                version: "fake".into(),
+                instance: 1,
+                generation: i.generation,
+                containers: i.containers.len() as u32,
+                cgroup_root: "/sys/fs/cgroup".into(),
+                sources: Vec::new(),
+            }
+        }
+        async fn list(self, _: Context) -> Snapshot {
+            let i = self.inner.lock().unwrap();
+            Snapshot {
+                instance: 1,
+                generation: i.generation,
+                containers: i.containers.values().cloned().collect(),
+            }
+        }
+        async fn by_cgroup_id(self, _: Context, cgroup_id: u64) -> Option<Container> {
+            self.inner
+                .lock()
+                .unwrap()
+                .containers
+                .values()
+                .find(|c| c.cgroup_id == cgroup_id)
+                .cloned()
+        }
+        async fn by_ifindex(self, _: Context, _: u32) -> Vec<Container> {
+            Vec::new()
+        }
+        async fn by_name(self, _: Context, name: String) -> Vec<Container> {
+            self.inner
+                .lock()
+                .unwrap()
+                .containers
+                .values()
+                .filter(|c| c.name == name)
+                .cloned()
+                .collect()
+        }
+        async fn watch(self, _: Context, after: u64, wait_ms: u32) -> WatchReply {
+            let deadline =
+                tokio::time::Instant::now() + Duration::from_millis(u64::from(wait_ms.min(2_000)));
+            loop {
+                let notified = self.changed.notified();
+                {
+                    let i = self.inner.lock().unwrap();
+                    let changes: Vec<Change> = i
+                        .changes
+                        .iter()
+                        .filter(|c| c.generation > after)
+                        .cloned()
+                        .collect();
+                    if !changes.is_empty() || tokio::time::Instant::now() >= deadline {
+                        return WatchReply::Changes {
+                            instance: 1,
+                            generation: i.generation,
+                            changes,
+                        };
+                    }
+                }
+                let _ = tokio::time::timeout_at(deadline, notified).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_the_resolver_and_holds_until_the_first_inventory() {
+    use fake_resolver::{container, FakeResolver};
+    use futures::StreamExt;
+    use proto::{resolver::Resolver as _, state::CgroupEntry};
+    use tarpc::server::{BaseChannel, Channel};
+
+    let env = Env::new("resolver");
+    env.serve_loader();
+    env.write("policy.toml", V1);
+    // What a previous policyd left in the kernel: web's cgroup, under some
+    // policy id. Without an inventory this must not be dropped.
+    {
+        let mut m = env.loader.maps.lock().unwrap();
+        m.state.cgroups.insert(
+            501,
+            CgroupEntry {
+                policy_id: 7,
+                audit: false,
+                unrestricted: false,
+            },
+        );
+    }
+
+    let config = Config {
+        policy: env.path("policy.toml"),
+        socket: env.path("policyd.sock"),
+        loader_socket: env.path("loader.sock"),
+        inventory: InventorySource::Resolver(env.path("resolver.sock")),
+        group: "root".into(),
+        file_poll: Duration::from_millis(50),
+        resync_every: Duration::from_secs(3600),
+    };
+    let daemon = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    daemon.spawn(async move { daemon::run(config).await });
+    let client = env.client().await;
+
+    // No resolver yet: the policy is valid but held back.
+    let report = client.reload(ctx(), false).await.unwrap().unwrap();
+    assert!(
+        report
+            .pending
+            .as_deref()
+            .unwrap_or("")
+            .contains("inventory"),
+        "{report:#?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, state, applies) = env.kernel();
+    assert_eq!(applies, 0, "nothing applied before the inventory is known");
+    assert!(state.cgroups.contains_key(&501));
+
+    // The resolver comes up with web: policyd converges.
+    let resolver = FakeResolver::default();
+    resolver.add(container("web", 501));
+    let listener = transport::bind(&env.path("resolver.sock"), 0o600, None).unwrap();
+    let served = resolver.clone();
+    tokio::spawn(transport::accept_loop(
+        listener,
+        transport::PeerPolicy::RootOnly,
+        move |stream, _| {
+            let channel = BaseChannel::with_defaults(transport::framed(stream));
+            tokio::spawn(
+                channel
+                    .execute(served.clone().serve())
+                    .for_each(transport::spawn_request),
+            );
+        },
+    ));
+    // The rules go in under the policy id the kernel already had for web's
+    // cgroup: learned from the loader's state, nothing renumbered.
+    env.wait_for("web's policy rules", |s| {
+        s.dests.keys().any(|k| k.policy_id == 7)
+    })
+    .await;
+    assert!(!env.kernel().1.cgroups[&501].unrestricted);
+
+    // A container starts and another stops: followed through watch.
+    resolver.add(container("curler", 502));
+    env.wait_for("curler's cgroup", |s| s.cgroups.contains_key(&502))
+        .await;
+    resolver.remove("web");
+    env.wait_for("web's cgroup gone", |s| !s.cgroups.contains_key(&501))
+        .await;
+    let status = client.status(ctx()).await.unwrap().unwrap();
+    assert!(status.inventory.connected, "{status:#?}");
+    assert_eq!(status.containers.len(), 1);
+
+    drop(client);
+    daemon.shutdown_background();
+}

@@ -1,0 +1,284 @@
+//! cgroup v2: where the unified hierarchy is mounted, which v2 cgroup a
+//! process is in, and the cgroup id (the inode of the cgroup directory).
+//!
+//! The parsers are pure; the few functions that touch the filesystem say so.
+
+use std::{
+    os::unix::fs::MetadataExt,
+    path::{Component, Path, PathBuf},
+};
+
+use crate::error::{Error, Result};
+
+/// The cgroup2 mount the resolver resolves paths against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cgroup2Mount {
+    /// Where it is mounted, e.g. `/sys/fs/cgroup` or `/sys/fs/cgroup/unified`.
+    pub mount_point: PathBuf,
+    /// Which cgroup of the hierarchy is mounted there (`/` normally; a
+    /// sub-path inside a cgroup namespace or a bind mount).
+    pub root: String,
+}
+
+impl Cgroup2Mount {
+    /// A mount given on the command line (`--cgroup-root`): its root is the
+    /// hierarchy's root.
+    pub fn at(mount_point: impl Into<PathBuf>) -> Self {
+        Cgroup2Mount {
+            mount_point: mount_point.into(),
+            root: "/".to_string(),
+        }
+    }
+
+    /// The directory of the cgroup at `path` (as `/proc/<pid>/cgroup` shows
+    /// it), or `None` if it is outside this mount or not a plain absolute
+    /// path (e.g. `/../x` as seen from another cgroup namespace).
+    pub fn dir_of(&self, path: &str) -> Option<PathBuf> {
+        let path = Path::new(path);
+        if !path.is_absolute()
+            || path
+                .components()
+                .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+        {
+            return None;
+        }
+        let rel = path.strip_prefix(&self.root).ok()?;
+        Some(if rel.as_os_str().is_empty() {
+            self.mount_point.clone()
+        } else {
+            self.mount_point.join(rel)
+        })
+    }
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, `\011`, `\012`,
+/// `\134`).
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
+            let digits = &bytes[i + 1..i + 4];
+            if digits.iter().all(|d| (b'0'..=b'7').contains(d)) {
+                let value = digits
+                    .iter()
+                    .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
+                if let Ok(b) = u8::try_from(value) {
+                    out.push(b);
+                    i += 4;
+                    continue;
+                }
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Finds the cgroup2 mount in the text of `/proc/self/mountinfo`. When there
+/// are several, the first that mounts the hierarchy's root wins (a bind mount
+/// of a sub-cgroup is only used if there is nothing else).
+pub fn parse_mountinfo(text: &str) -> Option<Cgroup2Mount> {
+    let mut fallback = None;
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        if sep < 5 || fields.get(sep + 1) != Some(&"cgroup2") {
+            continue;
+        }
+        let mount = Cgroup2Mount {
+            mount_point: PathBuf::from(unescape_mountinfo(fields[4])),
+            root: unescape_mountinfo(fields[3]),
+        };
+        if mount.root == "/" {
+            return Some(mount);
+        }
+        fallback.get_or_insert(mount);
+    }
+    fallback
+}
+
+/// The v2 entry of `/proc/<pid>/cgroup` (`0::/path`), on a pure v2 host and
+/// on a hybrid one (where the v1 controllers come first). A cgroup removed
+/// while the process is still in it reads `/path (deleted)`; the suffix is
+/// dropped.
+pub fn parse_proc_cgroup(text: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix("0::")?;
+        let path = rest.strip_suffix(" (deleted)").unwrap_or(rest);
+        path.starts_with('/').then(|| path.to_string())
+    })
+}
+
+/// Parses `cgroup.procs` (one pid per line); junk lines are skipped.
+pub fn parse_pids(text: &str) -> Vec<u32> {
+    text.lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+/// Reads `/proc/self/mountinfo` (I/O).
+pub fn find_mount(mountinfo: &Path) -> Result<Cgroup2Mount> {
+    let text = std::fs::read_to_string(mountinfo).map_err(|e| Error::io(mountinfo, e))?;
+    parse_mountinfo(&text).ok_or_else(|| Error::NoCgroup2Mount(mountinfo.display().to_string()))
+}
+
+/// The cgroup id: the inode number of the cgroup's directory (I/O).
+pub fn cgroup_id(dir: &Path) -> Result<u64> {
+    std::fs::metadata(dir)
+        .map(|m| m.ino())
+        .map_err(|e| Error::io(dir, e))
+}
+
+/// Every process in the cgroup at `dir` and the cgroups below it, at most
+/// `limit` of them, depth-first (I/O). Errors (a cgroup vanishing while it
+/// is read) end that branch.
+pub fn procs_below(dir: &Path, limit: usize) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), 0usize)];
+    while let Some((d, depth)) = stack.pop() {
+        if let Ok(text) = std::fs::read_to_string(d.join("cgroup.procs")) {
+            pids.extend(parse_pids(&text));
+        }
+        if pids.len() >= limit {
+            pids.truncate(limit);
+            break;
+        }
+        if depth >= 16 {
+            continue;
+        }
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push((entry.path(), depth + 1));
+                }
+            }
+        }
+    }
+    pids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID_MOUNTINFO: &str = "\
+25 30 0:23 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    const PURE_V2_MOUNTINFO: &str = "\
+22 27 0:21 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
+26 22 0:23 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+";
+
+    #[test]
+    fn finds_cgroup2_on_hybrid_host() {
+        let m = parse_mountinfo(HYBRID_MOUNTINFO).unwrap();
+        assert_eq!(m.mount_point, PathBuf::from("/sys/fs/cgroup/unified"));
+        assert_eq!(m.root, "/");
+    }
+
+    #[test]
+    fn finds_cgroup2_on_pure_v2_host_with_optional_fields() {
+        let m = parse_mountinfo(PURE_V2_MOUNTINFO).unwrap();
+        assert_eq!(m.mount_point, PathBuf::from("/sys/fs/cgroup"));
+    }
+
+    #[test]
+    fn no_cgroup2_mount_is_none() {
+        let v1_only = "32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n";
+        assert_eq!(parse_mountinfo(v1_only), None);
+        assert_eq!(parse_mountinfo(""), None);
+        assert_eq!(parse_mountinfo("garbage\n- cgroup2\n1 2 3 - cgroup2"), None);
+    }
+
+    #[test]
+    fn prefers_the_hierarchy_root_over_a_bind_mount() {
+        let text = "\
+50 40 0:38 /kubepods /host/cg rw - cgroup2 cgroup2 rw
+51 40 0:38 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw
+";
+        assert_eq!(
+            parse_mountinfo(text).unwrap().mount_point,
+            PathBuf::from("/sys/fs/cgroup")
+        );
+        let only_bind = "50 40 0:38 /kubepods /host/cg rw - cgroup2 cgroup2 rw\n";
+        let m = parse_mountinfo(only_bind).unwrap();
+        assert_eq!(m.root, "/kubepods");
+        assert_eq!(
+            m.dir_of("/kubepods/pod1/c1"),
+            Some(PathBuf::from("/host/cg/pod1/c1"))
+        );
+        assert_eq!(m.dir_of("/system.slice/x"), None);
+    }
+
+    #[test]
+    fn unescapes_spaces_in_mount_points() {
+        let text = "41 31 0:38 / /mnt/my\\040cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            parse_mountinfo(text).unwrap().mount_point,
+            PathBuf::from("/mnt/my cgroup")
+        );
+        assert_eq!(unescape_mountinfo("a\\134b"), "a\\b");
+        assert_eq!(unescape_mountinfo("trailing\\04"), "trailing\\04");
+        assert_eq!(unescape_mountinfo("\\999"), "\\999");
+    }
+
+    #[test]
+    fn v2_entry_on_pure_v2_host() {
+        assert_eq!(
+            parse_proc_cgroup("0::/system.slice/docker-0123abcd.scope\n"),
+            Some("/system.slice/docker-0123abcd.scope".to_string())
+        );
+    }
+
+    #[test]
+    fn v2_entry_on_hybrid_host_after_v1_lines() {
+        let text = "\
+12:pids:/docker/0123
+4:memory:/docker/0123
+1:name=systemd:/docker/0123
+0::/docker/0123
+";
+        assert_eq!(parse_proc_cgroup(text), Some("/docker/0123".to_string()));
+    }
+
+    #[test]
+    fn v1_only_or_garbage_has_no_v2_entry() {
+        assert_eq!(parse_proc_cgroup("4:memory:/docker/0123\n"), None);
+        assert_eq!(parse_proc_cgroup(""), None);
+        assert_eq!(parse_proc_cgroup("0::relative\n"), None);
+        assert_eq!(parse_proc_cgroup("\u{0}\u{1}0::"), None);
+    }
+
+    #[test]
+    fn deleted_cgroup_suffix_is_dropped() {
+        assert_eq!(
+            parse_proc_cgroup("0::/gone (deleted)\n"),
+            Some("/gone".to_string())
+        );
+    }
+
+    #[test]
+    fn dir_of_joins_under_the_mount() {
+        let m = Cgroup2Mount::at("/sys/fs/cgroup/unified");
+        assert_eq!(m.dir_of("/"), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            m.dir_of("/default/c1"),
+            Some(PathBuf::from("/sys/fs/cgroup/unified/default/c1"))
+        );
+        assert_eq!(m.dir_of("/../../etc"), None);
+        assert_eq!(m.dir_of("relative"), None);
+    }
+
+    #[test]
+    fn pids_skip_junk() {
+        assert_eq!(parse_pids("1\n22\n\nx\n333\n"), vec![1, 22, 333]);
+    }
+}

@@ -1,0 +1,792 @@
+//! The containerd source: lists containers and tasks of the watched
+//! namespaces, follows containerd's event stream, and reconnects (with
+//! back-off, saying so) whenever containerd is absent, restarts or the
+//! stream breaks; every (re)connection starts with a full listing.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use containerd_client::{
+    events::{
+        ContainerCreate, ContainerDelete, ContainerUpdate, TaskCreate, TaskDelete, TaskExecStarted,
+        TaskExit, TaskStart,
+    },
+    services::v1::{
+        containers_client::ContainersClient, events_client::EventsClient,
+        tasks_client::TasksClient, GetContainerRequest, ListContainersRequest, ListTasksRequest,
+        SubscribeRequest,
+    },
+    tonic::{self, transport::Channel, Code},
+    types::{v1::Status as TaskStatus, Envelope},
+};
+use prost::{Message, Name};
+use proto::resolver::Runtime;
+use tokio::sync::mpsc;
+
+use crate::{
+    docker::Docker,
+    error::{Error, Result},
+    source::{RuntimeContainer, SourceEvent, StatusBoard},
+    Backoff,
+};
+
+/// Namespaces always watched: Docker's, containerd's default, Kubernetes'.
+pub const DEFAULT_NAMESPACES: &[&str] = &["moby", "default", "k8s.io"];
+/// The namespace Docker runs its containers in.
+pub const DOCKER_NAMESPACE: &str = "moby";
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which runtime a namespace belongs to.
+pub fn runtime_of(namespace: &str) -> Runtime {
+    if namespace == DOCKER_NAMESPACE {
+        Runtime::Docker
+    } else {
+        Runtime::Containerd
+    }
+}
+
+/// The name of a plain containerd container: nerdctl's name label, else
+/// `<pod>/<container>` for a Kubernetes container (`<pod>/POD` for the
+/// pod's sandbox), else the id.
+pub fn containerd_name(id: &str, labels: &BTreeMap<String, String>) -> String {
+    if let Some(name) = labels.get("nerdctl/name").filter(|n| !n.is_empty()) {
+        return name.clone();
+    }
+    if let Some(pod) = labels.get("io.kubernetes.pod.name") {
+        let container = labels
+            .get("io.kubernetes.container.name")
+            .map(String::as_str)
+            .unwrap_or("POD");
+        return format!("{pod}/{container}");
+    }
+    id.to_string()
+}
+
+/// An event the source acts on, decoded from an envelope.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A container was created or updated: (re)read its record.
+    ContainerChanged {
+        namespace: String,
+        id: String,
+    },
+    ContainerDeleted {
+        namespace: String,
+        id: String,
+    },
+    /// A task was created or started: its init process is `pid`.
+    TaskRunning {
+        namespace: String,
+        id: String,
+        pid: u32,
+    },
+    /// The init process exited, or the task was deleted.
+    TaskGone {
+        namespace: String,
+        id: String,
+    },
+    /// An exec process started: the container has new processes.
+    ExecStarted {
+        namespace: String,
+        id: String,
+    },
+}
+
+fn decode<T: Message + Name + Default>(any: &prost_types::Any) -> Option<T> {
+    // containerd leaves out the leading `/` of type URLs; accept both.
+    let type_name = any.type_url.rsplit('/').next().unwrap_or_default();
+    if type_name != T::full_name() {
+        return None;
+    }
+    T::decode(any.value.as_slice()).ok()
+}
+
+/// Pure: decodes the envelopes the source cares about; `None` for other
+/// topics, undecodable payloads, or namespaces not in `namespaces`.
+pub fn decode_envelope(env: &Envelope, namespaces: &[String]) -> Option<Event> {
+    if !namespaces.contains(&env.namespace) {
+        return None;
+    }
+    let any = env.event.as_ref()?;
+    let namespace = env.namespace.clone();
+    match env.topic.as_str() {
+        "/containers/create" => decode::<ContainerCreate>(any).map(|e| Event::ContainerChanged {
+            namespace,
+            id: e.id,
+        }),
+        "/containers/update" => decode::<ContainerUpdate>(any).map(|e| Event::ContainerChanged {
+            namespace,
+            id: e.id,
+        }),
+        "/containers/delete" => decode::<ContainerDelete>(any).map(|e| Event::ContainerDeleted {
+            namespace,
+            id: e.id,
+        }),
+        "/tasks/create" => decode::<TaskCreate>(any).map(|e| Event::TaskRunning {
+            namespace,
+            id: e.container_id,
+            pid: e.pid,
+        }),
+        "/tasks/start" => decode::<TaskStart>(any).map(|e| Event::TaskRunning {
+            namespace,
+            id: e.container_id,
+            pid: e.pid,
+        }),
+        "/tasks/exit" => decode::<TaskExit>(any).and_then(|e| {
+            // Exits of exec processes carry their own id; only the init
+            // process's exit (id == container id) ends the task.
+            (e.id.is_empty() || e.id == e.container_id).then_some(Event::TaskGone {
+                namespace,
+                id: e.container_id,
+            })
+        }),
+        "/tasks/delete" => decode::<TaskDelete>(any).and_then(|e| {
+            (e.id.is_empty() || e.id == e.container_id).then_some(Event::TaskGone {
+                namespace,
+                id: e.container_id,
+            })
+        }),
+        "/tasks/exec-started" => decode::<TaskExecStarted>(any).map(|e| Event::ExecStarted {
+            namespace,
+            id: e.container_id,
+        }),
+        _ => None,
+    }
+}
+
+/// What the source keeps of a containerd container record.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Meta {
+    name: String,
+    labels: BTreeMap<String, String>,
+    image: String,
+}
+
+fn meta_of(namespace: &str, c: &containerd_client::services::v1::Container) -> Meta {
+    let labels: BTreeMap<String, String> = c
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let name = if namespace == DOCKER_NAMESPACE {
+        c.id.clone()
+    } else {
+        containerd_name(&c.id, &labels)
+    };
+    Meta {
+        name,
+        labels,
+        image: c.image.clone(),
+    }
+}
+
+/// Pure: the running containers of one namespace from a container listing
+/// and a task listing. A task counts while its status is created, running,
+/// paused or pausing and it has a pid.
+pub fn join_listing(
+    containers: &[containerd_client::services::v1::Container],
+    tasks: &[containerd_client::types::v1::Process],
+) -> Vec<(String, u32)> {
+    let mut pids: HashMap<&str, u32> = HashMap::new();
+    for t in tasks {
+        let id = if t.container_id.is_empty() {
+            t.id.as_str()
+        } else {
+            t.container_id.as_str()
+        };
+        let alive = matches!(
+            TaskStatus::try_from(t.status),
+            Ok(TaskStatus::Created
+                | TaskStatus::Running
+                | TaskStatus::Paused
+                | TaskStatus::Pausing)
+        );
+        if alive && t.pid != 0 {
+            pids.insert(id, t.pid);
+        }
+    }
+    containers
+        .iter()
+        .filter_map(|c| pids.get(c.id.as_str()).map(|&pid| (c.id.clone(), pid)))
+        .collect()
+}
+
+fn with_namespace<T>(namespace: &str, msg: T) -> std::result::Result<tonic::Request<T>, String> {
+    let mut req = tonic::Request::new(msg);
+    let value = tonic::metadata::MetadataValue::try_from(namespace)
+        .map_err(|_| format!("namespace {namespace:?} is not a valid gRPC header value"))?;
+    req.metadata_mut().insert("containerd-namespace", value);
+    Ok(req)
+}
+
+/// Follows one containerd.
+pub struct ContainerdSource {
+    pub socket: PathBuf,
+    pub namespaces: Vec<String>,
+    pub docker: Arc<Docker>,
+    pub tx: mpsc::Sender<SourceEvent>,
+    pub status: StatusBoard,
+    /// How often the full listing is repeated while connected (catches what
+    /// no event announces, such as a Docker rename).
+    pub relist: Duration,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Why a session ended.
+enum End {
+    /// The engine is gone: stop.
+    Shutdown,
+    /// Reconnect after a back-off.
+    Lost(Error),
+}
+
+impl ContainerdSource {
+    pub fn name(&self) -> String {
+        format!("containerd:{}", self.socket.display())
+    }
+
+    fn err(&self, reason: impl std::fmt::Display) -> Error {
+        Error::Containerd {
+            socket: self.socket.display().to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Runs forever (until the engine goes away).
+    pub async fn run(self) {
+        let name = self.name();
+        self.status.register(&name);
+        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
+        let mut attempt: u64 = 0;
+        loop {
+            attempt += 1;
+            let mut connected = false;
+            match self.session(&mut connected).await {
+                End::Shutdown => return,
+                End::Lost(e) => {
+                    if connected {
+                        backoff.reset();
+                        attempt = 1;
+                    }
+                    let delay = backoff.next_delay();
+                    self.status.failed(&name, &e);
+                    // Every failure is logged while the back-off grows; once
+                    // it is at its cap, about once a minute.
+                    if connected || delay < Duration::from_secs(10) || attempt.is_multiple_of(6) {
+                        tracing::warn!(error = %e, retry_in = ?delay, attempt, "containerd unavailable; its containers stay as last seen until it is back");
+                    }
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Channel> {
+        match tokio::time::timeout(CALL_TIMEOUT, containerd_client::connect(&self.socket)).await {
+            Ok(Ok(channel)) => Ok(channel),
+            Ok(Err(e)) => {
+                // tonic's error hides the cause (e.g. "No such file").
+                let mut msg = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    let text = s.to_string();
+                    if !msg.contains(&text) {
+                        msg = format!("{msg}: {text}");
+                    }
+                    src = s.source();
+                }
+                Err(self.err(msg))
+            }
+            Err(_) => Err(self.err("connect timed out")),
+        }
+    }
+
+    async fn session(&self, connected: &mut bool) -> End {
+        let name = self.name();
+        let channel = match self.connect().await {
+            Ok(c) => c,
+            Err(e) => return End::Lost(e),
+        };
+        // Subscribe before listing. containerd sends the stream's headers
+        // only with the first event, so the subscription runs in its own
+        // task and forwards what it receives; the listing goes out right
+        // after the subscription request on the same connection, and is
+        // repeated once shortly after, when the subscription is surely in
+        // place, so nothing that happened in between is missed. Events that
+        // raced a listing are applied again afterwards, which is harmless.
+        let (event_tx, mut events) = mpsc::channel::<std::result::Result<Envelope, String>>(1024);
+        let mut events_client = EventsClient::new(channel.clone());
+        let filters = vec![
+            r#"topic~="^/tasks/""#.to_string(),
+            r#"topic~="^/containers/""#.to_string(),
+        ];
+        let subscription = tokio::spawn(async move {
+            let mut stream = match events_client.subscribe(SubscribeRequest { filters }).await {
+                Ok(resp) => resp.into_inner(),
+                Err(status) => {
+                    let _ = event_tx
+                        .send(Err(format!("subscribe: {}", status.message())))
+                        .await;
+                    return;
+                }
+            };
+            loop {
+                let item = match stream.message().await {
+                    Ok(Some(env)) => Ok(env),
+                    Ok(None) => Err("event stream ended".to_string()),
+                    Err(status) => Err(format!("event stream: {}", status.message())),
+                };
+                let last = item.is_err();
+                if event_tx.send(item).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        let _abort = AbortOnDrop(subscription);
+        tokio::task::yield_now().await;
+        let mut cache: HashMap<(String, String), Meta> = HashMap::new();
+        if let Err(end) = self.full_listing(&channel, &mut cache).await {
+            return end;
+        }
+        *connected = true;
+        self.status.connected(&name);
+        self.status.resynced(&name);
+        tracing::info!(socket = %self.socket.display(), namespaces = ?self.namespaces, "following containerd");
+
+        let confirm = tokio::time::sleep(Duration::from_millis(250));
+        tokio::pin!(confirm);
+        let mut confirmed = false;
+        let mut relist = tokio::time::interval(self.relist.max(Duration::from_secs(1)));
+        relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        relist.tick().await;
+        loop {
+            tokio::select! {
+                item = events.recv() => match item {
+                    Some(Ok(env)) => {
+                        let Some(event) = decode_envelope(&env, &self.namespaces) else { continue };
+                        if let Err(end) = self.handle(&channel, &mut cache, event).await {
+                            return end;
+                        }
+                    }
+                    Some(Err(reason)) => return End::Lost(self.err(reason)),
+                    None => return End::Lost(self.err("event subscription ended")),
+                },
+                _ = &mut confirm, if !confirmed => {
+                    confirmed = true;
+                    if let Err(end) = self.full_listing(&channel, &mut cache).await {
+                        return end;
+                    }
+                }
+                _ = relist.tick() => {
+                    if let Err(end) = self.full_listing(&channel, &mut cache).await {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(&self, ev: SourceEvent) -> std::result::Result<(), End> {
+        self.tx.send(ev).await.map_err(|_| End::Shutdown)
+    }
+
+    /// Lists every watched namespace and sends one snapshot.
+    async fn full_listing(
+        &self,
+        channel: &Channel,
+        cache: &mut HashMap<(String, String), Meta>,
+    ) -> std::result::Result<(), End> {
+        let mut all = Vec::new();
+        cache.clear();
+        for ns in &self.namespaces {
+            let containers = self.list_containers(channel, ns).await.map_err(End::Lost)?;
+            let tasks = self.list_tasks(channel, ns).await.map_err(End::Lost)?;
+            let running = join_listing(&containers, &tasks);
+            for c in &containers {
+                cache.insert((ns.clone(), c.id.clone()), meta_of(ns, c));
+            }
+            if ns == DOCKER_NAMESPACE && !running.is_empty() {
+                let ids: Vec<String> = running.iter().map(|(id, _)| id.clone()).collect();
+                let docker = self.docker.lookup_many(&ids).await;
+                for (id, meta) in docker {
+                    if let Some(m) = cache.get_mut(&(ns.clone(), id)) {
+                        *m = Meta {
+                            name: meta.name,
+                            labels: meta.labels,
+                            image: meta.image,
+                        };
+                    }
+                }
+            }
+            for (id, pid) in running {
+                let meta = cache
+                    .get(&(ns.clone(), id.clone()))
+                    .cloned()
+                    .unwrap_or_default();
+                all.push(self.container(ns, &id, meta, pid));
+            }
+        }
+        tracing::debug!(containers = all.len(), "containerd listing");
+        self.send(SourceEvent::Snapshot {
+            source: self.name(),
+            containers: all,
+        })
+        .await
+    }
+
+    fn container(&self, namespace: &str, id: &str, meta: Meta, pid: u32) -> RuntimeContainer {
+        RuntimeContainer {
+            runtime: runtime_of(namespace),
+            namespace: namespace.to_string(),
+            id: id.to_string(),
+            name: if meta.name.is_empty() {
+                id.to_string()
+            } else {
+                meta.name
+            },
+            labels: meta.labels,
+            image: meta.image,
+            pid,
+        }
+    }
+
+    async fn list_containers(
+        &self,
+        channel: &Channel,
+        ns: &str,
+    ) -> Result<Vec<containerd_client::services::v1::Container>> {
+        let req = with_namespace(ns, ListContainersRequest { filters: vec![] })
+            .map_err(|e| self.err(e))?;
+        let mut client = ContainersClient::new(channel.clone());
+        match tokio::time::timeout(CALL_TIMEOUT, client.list(req)).await {
+            Ok(Ok(resp)) => Ok(resp.into_inner().containers),
+            Ok(Err(status)) => {
+                Err(self.err(format!("listing containers of {ns}: {}", status.message())))
+            }
+            Err(_) => Err(self.err(format!("listing containers of {ns} timed out"))),
+        }
+    }
+
+    async fn list_tasks(
+        &self,
+        channel: &Channel,
+        ns: &str,
+    ) -> Result<Vec<containerd_client::types::v1::Process>> {
+        let req = with_namespace(
+            ns,
+            ListTasksRequest {
+                filter: String::new(),
+            },
+        )
+        .map_err(|e| self.err(e))?;
+        let mut client = TasksClient::new(channel.clone());
+        match tokio::time::timeout(CALL_TIMEOUT, client.list(req)).await {
+            Ok(Ok(resp)) => Ok(resp.into_inner().tasks),
+            Ok(Err(status)) => {
+                Err(self.err(format!("listing tasks of {ns}: {}", status.message())))
+            }
+            Err(_) => Err(self.err(format!("listing tasks of {ns} timed out"))),
+        }
+    }
+
+    /// The record of one container: `Ok(None)` if containerd no longer has it.
+    async fn get_meta(&self, channel: &Channel, ns: &str, id: &str) -> Result<Option<Meta>> {
+        let req = with_namespace(ns, GetContainerRequest { id: id.to_string() })
+            .map_err(|e| self.err(e))?;
+        let mut client = ContainersClient::new(channel.clone());
+        let container = match tokio::time::timeout(CALL_TIMEOUT, client.get(req)).await {
+            Ok(Ok(resp)) => resp.into_inner().container,
+            Ok(Err(status)) if status.code() == Code::NotFound => return Ok(None),
+            Ok(Err(status)) => {
+                return Err(self.err(format!("getting container {ns}/{id}: {}", status.message())))
+            }
+            Err(_) => return Err(self.err(format!("getting container {ns}/{id} timed out"))),
+        };
+        let Some(container) = container else {
+            return Ok(None);
+        };
+        let mut meta = meta_of(ns, &container);
+        if ns == DOCKER_NAMESPACE {
+            if let Some(d) = self.docker.lookup(id).await {
+                meta = Meta {
+                    name: d.name,
+                    labels: d.labels,
+                    image: d.image,
+                };
+            } else {
+                tracing::warn!(container = %id, "no Docker name or labels for this container (Docker API and config.v2.json both failed); using the id");
+            }
+        }
+        Ok(Some(meta))
+    }
+
+    async fn handle(
+        &self,
+        channel: &Channel,
+        cache: &mut HashMap<(String, String), Meta>,
+        event: Event,
+    ) -> std::result::Result<(), End> {
+        let source = self.name();
+        match event {
+            Event::ContainerChanged { namespace, id } => {
+                // Only the record is read here; the container enters the
+                // inventory when its task runs.
+                match self.get_meta(channel, &namespace, &id).await {
+                    Ok(Some(meta)) => {
+                        cache.insert((namespace, id), meta);
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot read a container record"),
+                }
+                Ok(())
+            }
+            Event::ContainerDeleted { namespace, id } => {
+                cache.remove(&(namespace.clone(), id.clone()));
+                self.send(SourceEvent::Remove {
+                    source,
+                    namespace,
+                    id,
+                })
+                .await
+            }
+            Event::TaskRunning { namespace, id, pid } => {
+                let cache_key = (namespace.clone(), id.clone());
+                let meta = match cache.get(&cache_key) {
+                    Some(meta) => Some(meta.clone()),
+                    None => match self.get_meta(channel, &namespace, &id).await {
+                        Ok(meta) => meta,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read a container record; listing everything again");
+                            return self.full_listing(channel, cache).await;
+                        }
+                    },
+                };
+                let Some(meta) = meta else { return Ok(()) };
+                cache.insert(cache_key, meta.clone());
+                let container = self.container(&namespace, &id, meta, pid);
+                self.send(SourceEvent::Upsert { source, container }).await
+            }
+            Event::TaskGone { namespace, id } => {
+                self.send(SourceEvent::Remove {
+                    source,
+                    namespace,
+                    id,
+                })
+                .await
+            }
+            Event::ExecStarted { namespace, id } => {
+                self.send(SourceEvent::Refresh { namespace, id }).await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use containerd_client::types::v1::Process;
+
+    fn envelope<T: Message + Name>(ns: &str, topic: &str, msg: &T) -> Envelope {
+        Envelope {
+            timestamp: None,
+            namespace: ns.into(),
+            topic: topic.into(),
+            // As containerd sends it: no leading slash.
+            event: Some(prost_types::Any {
+                type_url: T::full_name(),
+                value: msg.encode_to_vec(),
+            }),
+        }
+    }
+
+    fn watched() -> Vec<String> {
+        DEFAULT_NAMESPACES.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn task_create_carries_the_pid() {
+        let env = envelope(
+            "moby",
+            "/tasks/create",
+            &TaskCreate {
+                container_id: "abc".into(),
+                pid: 4242,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            decode_envelope(&env, &watched()),
+            Some(Event::TaskRunning {
+                namespace: "moby".into(),
+                id: "abc".into(),
+                pid: 4242
+            })
+        );
+    }
+
+    #[test]
+    fn leading_slash_in_type_url_is_accepted() {
+        let mut env = envelope(
+            "default",
+            "/tasks/start",
+            &TaskStart {
+                container_id: "c".into(),
+                pid: 7,
+            },
+        );
+        if let Some(any) = env.event.as_mut() {
+            any.type_url = format!("/{}", any.type_url);
+        }
+        assert!(matches!(
+            decode_envelope(&env, &watched()),
+            Some(Event::TaskRunning { pid: 7, .. })
+        ));
+    }
+
+    #[test]
+    fn exec_exits_do_not_end_the_task() {
+        let exec_exit = TaskExit {
+            container_id: "c".into(),
+            id: "exec-1".into(),
+            pid: 9,
+            ..Default::default()
+        };
+        assert_eq!(
+            decode_envelope(&envelope("default", "/tasks/exit", &exec_exit), &watched()),
+            None
+        );
+        let init_exit = TaskExit {
+            container_id: "c".into(),
+            id: "c".into(),
+            pid: 8,
+            ..Default::default()
+        };
+        assert_eq!(
+            decode_envelope(&envelope("default", "/tasks/exit", &init_exit), &watched()),
+            Some(Event::TaskGone {
+                namespace: "default".into(),
+                id: "c".into()
+            })
+        );
+        let delete = TaskDelete {
+            container_id: "c".into(),
+            id: String::new(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            decode_envelope(&envelope("default", "/tasks/delete", &delete), &watched()),
+            Some(Event::TaskGone { .. })
+        ));
+    }
+
+    #[test]
+    fn unwatched_namespaces_other_topics_and_garbage_are_ignored() {
+        let create = TaskCreate {
+            container_id: "abc".into(),
+            pid: 1,
+            ..Default::default()
+        };
+        assert_eq!(
+            decode_envelope(&envelope("buildkit", "/tasks/create", &create), &watched()),
+            None
+        );
+        assert_eq!(
+            decode_envelope(&envelope("moby", "/images/create", &create), &watched()),
+            None
+        );
+        let mut wrong_type = envelope("moby", "/tasks/create", &ContainerDelete { id: "x".into() });
+        assert_eq!(
+            decode_envelope(&wrong_type, &watched()),
+            None,
+            "payload type must match the topic"
+        );
+        wrong_type.event = Some(prost_types::Any {
+            type_url: TaskCreate::full_name(),
+            value: vec![0xff, 0xff, 0xff],
+        });
+        assert_eq!(decode_envelope(&wrong_type, &watched()), None);
+        wrong_type.event = None;
+        assert_eq!(decode_envelope(&wrong_type, &watched()), None);
+    }
+
+    #[test]
+    fn container_events_decode() {
+        let env = envelope(
+            "k8s.io",
+            "/containers/delete",
+            &ContainerDelete { id: "p".into() },
+        );
+        assert_eq!(
+            decode_envelope(&env, &watched()),
+            Some(Event::ContainerDeleted {
+                namespace: "k8s.io".into(),
+                id: "p".into()
+            })
+        );
+        let env = envelope(
+            "default",
+            "/containers/create",
+            &ContainerCreate {
+                id: "n".into(),
+                ..Default::default()
+            },
+        );
+        assert!(matches!(
+            decode_envelope(&env, &watched()),
+            Some(Event::ContainerChanged { .. })
+        ));
+    }
+
+    #[test]
+    fn names_of_plain_containerd_containers() {
+        let mut labels = BTreeMap::new();
+        assert_eq!(containerd_name("id1", &labels), "id1");
+        labels.insert("io.kubernetes.pod.name".into(), "web-0".into());
+        assert_eq!(containerd_name("id1", &labels), "web-0/POD");
+        labels.insert("io.kubernetes.container.name".into(), "nginx".into());
+        assert_eq!(containerd_name("id1", &labels), "web-0/nginx");
+        labels.insert("nerdctl/name".into(), "mine".into());
+        assert_eq!(containerd_name("id1", &labels), "mine");
+        assert_eq!(runtime_of("moby"), Runtime::Docker);
+        assert_eq!(runtime_of("k8s.io"), Runtime::Containerd);
+    }
+
+    #[test]
+    fn listing_keeps_only_live_tasks() {
+        let c = |id: &str| containerd_client::services::v1::Container {
+            id: id.into(),
+            ..Default::default()
+        };
+        let t = |id: &str, pid: u32, status: TaskStatus| Process {
+            id: id.into(),
+            pid,
+            status: status as i32,
+            ..Default::default()
+        };
+        let containers = vec![c("run"), c("stopped"), c("notask"), c("paused"), c("zero")];
+        let tasks = vec![
+            t("run", 10, TaskStatus::Running),
+            t("stopped", 11, TaskStatus::Stopped),
+            t("paused", 12, TaskStatus::Paused),
+            t("zero", 0, TaskStatus::Running),
+            t("orphan", 13, TaskStatus::Running),
+        ];
+        let mut got = join_listing(&containers, &tasks);
+        got.sort();
+        assert_eq!(
+            got,
+            vec![("paused".to_string(), 12), ("run".to_string(), 10)]
+        );
+    }
+}

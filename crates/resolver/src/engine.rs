@@ -1,0 +1,384 @@
+//! The engine: one task that owns what the runtimes said, the host's link
+//! table and the inventory, and turns source events, link events and
+//! periodic rescans into inventory changes.
+//!
+//! Sources never wait on the engine's readers and readers never wait on the
+//! sources: queries read the published inventory under a short lock.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
+
+use proto::resolver::{ChangeKind, Container};
+use tokio::sync::{mpsc, watch};
+
+use crate::{
+    cgroup::{self, Cgroup2Mount},
+    inventory::Inventory,
+    links::{Link, LinkSignal, Netlink},
+    procfs::Proc,
+    resolve::{build, ProcFacts},
+    source::{key, RuntimeContainer, SourceEvent, StatusBoard},
+};
+
+/// Most processes listed per container.
+const MAX_PIDS: usize = 4096;
+/// Most queued events handled in one batch.
+const MAX_BATCH: usize = 1024;
+pub const RTNETLINK_SOURCE: &str = "rtnetlink";
+
+/// What the service reads.
+pub struct Shared {
+    pub inventory: RwLock<Inventory>,
+    /// The current generation, for long-polling watchers.
+    pub generation: watch::Sender<u64>,
+    pub status: StatusBoard,
+    pub cgroup_root: String,
+}
+
+impl Shared {
+    pub fn new(inventory: Inventory, status: StatusBoard, cgroup_root: String) -> Self {
+        let generation = watch::Sender::new(inventory.generation());
+        Shared {
+            inventory: RwLock::new(inventory),
+            generation,
+            status,
+            cgroup_root,
+        }
+    }
+
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Inventory> {
+        self.inventory.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct Record {
+    source: String,
+    rc: RuntimeContainer,
+    /// Start time of `rc.pid` when first seen, to tell a reused pid apart.
+    start_time: Option<u64>,
+    /// What /proc and the cgroup tree said at the last full resolution.
+    facts: Option<ProcFacts>,
+}
+
+#[derive(Default)]
+struct Work {
+    events: Vec<SourceEvent>,
+    links_changed: bool,
+    gap: bool,
+    rescan: bool,
+}
+
+pub struct Engine {
+    shared: Arc<Shared>,
+    proc: Proc,
+    mount: Cgroup2Mount,
+    netlink: Netlink,
+    records: BTreeMap<String, Record>,
+    links: Vec<Link>,
+    own_netns: Option<u64>,
+}
+
+impl Engine {
+    pub fn new(shared: Arc<Shared>, proc: Proc, mount: Cgroup2Mount, netlink: Netlink) -> Self {
+        let own_netns = proc.own_netns_inode();
+        Engine {
+            shared,
+            proc,
+            mount,
+            netlink,
+            records: BTreeMap::new(),
+            links: Vec::new(),
+            own_netns,
+        }
+    }
+
+    /// Runs until both channels close.
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<SourceEvent>,
+        mut link_signals: mpsc::Receiver<LinkSignal>,
+        rescan: Duration,
+    ) {
+        let mut tick = tokio::time::interval(rescan.max(Duration::from_millis(100)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut events_open, mut links_open) = (true, true);
+        self.shared.status.register(RTNETLINK_SOURCE);
+        loop {
+            let mut work = Work::default();
+            tokio::select! {
+                ev = events.recv(), if events_open => match ev {
+                    Some(ev) => work.events.push(ev),
+                    None => events_open = false,
+                },
+                sig = link_signals.recv(), if links_open => match sig {
+                    Some(sig) => work.add_link(sig),
+                    None => links_open = false,
+                },
+                // The first tick fires at once: the full scan at start.
+                _ = tick.tick() => work.rescan = true,
+            }
+            if !events_open && !links_open {
+                return;
+            }
+            while work.events.len() < MAX_BATCH {
+                match events.try_recv() {
+                    Ok(ev) => work.events.push(ev),
+                    Err(_) => break,
+                }
+            }
+            while let Ok(sig) = link_signals.try_recv() {
+                work.add_link(sig);
+            }
+            self.process(work).await;
+        }
+    }
+
+    async fn process(&mut self, work: Work) {
+        let started = Instant::now();
+        let mut dirty = BTreeSet::new();
+        for ev in work.events {
+            self.absorb(ev, &mut dirty);
+        }
+        let everything = work.rescan || work.gap;
+        if everything || work.links_changed {
+            self.reload_links().await;
+        }
+        let keys: Vec<String> = if everything || work.links_changed {
+            let inv = self.shared.read();
+            self.records
+                .keys()
+                .chain(inv.keys())
+                .cloned()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect()
+        } else {
+            dirty.iter().cloned().collect()
+        };
+        let mut resolved = Vec::with_capacity(keys.len());
+        for k in keys {
+            // After a link change alone, containers nothing else happened to
+            // keep their /proc facts and only get their veths recomputed.
+            let full = everything || dirty.contains(&k);
+            let value = self.resolve(&k, full).await;
+            resolved.push((k, value));
+        }
+        let mut changes = Vec::new();
+        let generation = {
+            let mut inv = self
+                .shared
+                .inventory
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            for (k, value) in resolved {
+                if let Some(change) = inv.set(&k, value) {
+                    changes.push(change);
+                }
+            }
+            inv.generation()
+        };
+        if !changes.is_empty() {
+            self.shared.generation.send_replace(generation);
+        }
+        for change in &changes {
+            match &change.kind {
+                ChangeKind::Added { container: c } => tracing::info!(
+                    generation = change.generation,
+                    container = %c.key(), name = %c.name, runtime = %c.runtime, pid = c.pids.first().copied().unwrap_or(0),
+                    cgroup = %c.cgroup_path, cgroup_id = c.cgroup_id, netns = c.netns_inode,
+                    veths = ?c.host_veths.iter().map(|v| v.ifindex).collect::<Vec<_>>(), host_network = c.host_network,
+                    "container added"
+                ),
+                ChangeKind::Updated { container: c } => tracing::debug!(
+                    generation = change.generation, container = %c.key(), cgroup_id = c.cgroup_id,
+                    veths = ?c.host_veths.iter().map(|v| v.ifindex).collect::<Vec<_>>(), pids = c.pids.len(),
+                    "container updated"
+                ),
+                ChangeKind::Removed {
+                    namespace,
+                    id,
+                    cgroup_id,
+                } => tracing::info!(
+                    generation = change.generation, container = %key(namespace, id), cgroup_id, "container removed"
+                ),
+            }
+        }
+        tracing::trace!(elapsed = ?started.elapsed(), changes = changes.len(), everything, "batch done");
+    }
+
+    fn absorb(&mut self, ev: SourceEvent, dirty: &mut BTreeSet<String>) {
+        match ev {
+            SourceEvent::Snapshot { source, containers } => {
+                let fresh: BTreeMap<String, RuntimeContainer> =
+                    containers.into_iter().map(|c| (c.key(), c)).collect();
+                let stale: Vec<String> = self
+                    .records
+                    .iter()
+                    .filter(|(k, r)| r.source == source && !fresh.contains_key(*k))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in stale {
+                    self.records.remove(&k);
+                    dirty.insert(k);
+                }
+                for (k, rc) in fresh {
+                    self.upsert(source.clone(), rc);
+                    dirty.insert(k);
+                }
+            }
+            SourceEvent::Upsert { source, container } => {
+                dirty.insert(container.key());
+                self.upsert(source, container);
+            }
+            SourceEvent::Remove {
+                source,
+                namespace,
+                id,
+            } => {
+                let k = key(&namespace, &id);
+                if self.records.get(&k).is_some_and(|r| r.source == source) {
+                    self.records.remove(&k);
+                }
+                dirty.insert(k);
+            }
+            SourceEvent::Refresh { namespace, id } => {
+                dirty.insert(key(&namespace, &id));
+            }
+        }
+    }
+
+    fn upsert(&mut self, source: String, rc: RuntimeContainer) {
+        let k = rc.key();
+        let start_time = self
+            .records
+            .get(&k)
+            .filter(|r| r.rc.pid == rc.pid)
+            .and_then(|r| r.start_time);
+        self.records.insert(
+            k,
+            Record {
+                source,
+                rc,
+                start_time,
+                facts: None,
+            },
+        );
+    }
+
+    async fn reload_links(&mut self) {
+        match self.netlink.links().await {
+            Ok(links) => {
+                self.links = links;
+                self.shared.status.connected(RTNETLINK_SOURCE);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the host's links; keeping the previous table");
+                self.shared.status.failed(RTNETLINK_SOURCE, &e);
+            }
+        }
+    }
+
+    /// Follows the chain for one container; `None` if it is not running.
+    /// With `full` false and facts from an earlier resolution, only the
+    /// namespace id and the veths are looked at again.
+    async fn resolve(&mut self, k: &str, full: bool) -> Option<Container> {
+        let container = self.resolve_inner(k, full).await;
+        if container.is_none() {
+            // Nothing is reused from a resolution that found nothing.
+            if let Some(r) = self.records.get_mut(k) {
+                r.facts = None;
+            }
+        }
+        container
+    }
+
+    async fn resolve_inner(&mut self, k: &str, full: bool) -> Option<Container> {
+        let record = self.records.get(k)?;
+        let pid = record.rc.pid;
+        if pid == 0 {
+            return None;
+        }
+        let start = self.proc.start_time(pid)?;
+        if record.start_time.is_some_and(|known| known != start) {
+            return None;
+        }
+        if !full {
+            if let Some(mut facts) = record.facts.clone() {
+                let rc = record.rc.clone();
+                if facts.nsid.is_none() {
+                    if let Some((file, ino)) = self.proc.open_netns(pid) {
+                        if Some(ino) == facts.netns_inode {
+                            facts.nsid = self.nsid(k, ino, &file).await;
+                        }
+                    }
+                    if let Some(r) = self.records.get_mut(k) {
+                        r.facts = Some(facts.clone());
+                    }
+                }
+                return Some(build(&rc, &facts, &self.links, self.own_netns));
+            }
+        }
+        let rc = record.rc.clone();
+
+        let cgroup_path = self.proc.cgroup_path(pid);
+        let dir = cgroup_path
+            .as_deref()
+            .filter(|p| *p != "/")
+            .and_then(|p| self.mount.dir_of(p));
+        let cgroup_id = dir.as_deref().and_then(|d| cgroup::cgroup_id(d).ok());
+        let pids = dir
+            .as_deref()
+            .map(|d| cgroup::procs_below(d, MAX_PIDS))
+            .unwrap_or_default();
+        let (netns_inode, nsid) = match self.proc.open_netns(pid) {
+            Some((file, ino)) => (Some(ino), self.nsid(k, ino, &file).await),
+            None => (None, None),
+        };
+        // What was read belongs to the announced process only if it is
+        // still the same process now.
+        if self.proc.start_time(pid) != Some(start) {
+            return None;
+        }
+        let facts = ProcFacts {
+            cgroup_path,
+            cgroup_id,
+            pids,
+            netns_inode,
+            nsid,
+        };
+        let container = build(&rc, &facts, &self.links, self.own_netns);
+        if let Some(r) = self.records.get_mut(k) {
+            r.start_time = Some(start);
+            r.facts = Some(facts);
+        }
+        Some(container)
+    }
+
+    /// The host's id for the namespace `ino` (open as `file`). Asked anew
+    /// at every full resolution, never cached by inode: a freed namespace's
+    /// inode number is soon given to a new one, with another id.
+    async fn nsid(&self, k: &str, ino: u64, file: &std::fs::File) -> Option<i32> {
+        if Some(ino) == self.own_netns {
+            return None;
+        }
+        match self.netlink.nsid_of(file).await {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::debug!(container = %k, error = %e, "no namespace id");
+                None
+            }
+        }
+    }
+}
+
+impl Work {
+    fn add_link(&mut self, sig: LinkSignal) {
+        match sig {
+            LinkSignal::Changed => self.links_changed = true,
+            LinkSignal::Gap => self.gap = true,
+        }
+    }
+}

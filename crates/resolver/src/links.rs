@@ -1,0 +1,300 @@
+//! rtnetlink: the host's links (which veth's peer lives in which network
+//! namespace), namespace ids, and the link event stream.
+//!
+//! A host-side veth carries its peer's ifindex (`IFLA_LINK`) and the id the
+//! host gives the peer's namespace (`IFLA_LINK_NETNSID`). The id is local to
+//! the host namespace, so it is turned into a namespace inode by asking the
+//! kernel (`RTM_GETNSID` with a namespace fd) for the id of each container's
+//! namespace.
+
+use std::{os::fd::AsRawFd, time::Duration};
+
+use futures::{StreamExt, TryStreamExt};
+use rtnetlink::{
+    packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST},
+    packet_route::{
+        link::{InfoKind, LinkAttribute, LinkInfo as NlLinkInfo, LinkMessage},
+        nsid::{NsidAttribute, NsidMessage},
+        RouteNetlinkMessage,
+    },
+    Handle, MulticastGroup,
+};
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+
+/// What the resolver keeps of one link of the host namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub ifindex: u32,
+    pub name: String,
+    pub kind: Option<String>,
+    /// `IFLA_LINK`: for a veth, the peer's ifindex (in the peer's namespace).
+    pub peer_ifindex: Option<u32>,
+    /// `IFLA_LINK_NETNSID`: the host's id for the peer's namespace; absent
+    /// when the peer is in the same namespace.
+    pub link_netnsid: Option<i32>,
+}
+
+impl Link {
+    pub fn is_veth(&self) -> bool {
+        self.kind.as_deref() == Some("veth")
+    }
+
+    /// Pure: the fields of a `RTM_NEWLINK` message the resolver uses.
+    pub fn from_message(msg: &LinkMessage) -> Link {
+        let mut link = Link {
+            ifindex: msg.header.index,
+            name: String::new(),
+            kind: None,
+            peer_ifindex: None,
+            link_netnsid: None,
+        };
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(name) => link.name = name.clone(),
+                LinkAttribute::Link(index) => link.peer_ifindex = Some(*index),
+                LinkAttribute::LinkNetNsId(id) if *id >= 0 => link.link_netnsid = Some(*id),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let NlLinkInfo::Kind(kind) = info {
+                            link.kind = Some(match kind {
+                                InfoKind::Veth => "veth".to_string(),
+                                other => other.to_string(),
+                            });
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        link
+    }
+}
+
+/// Pure: the host-side veths whose peer is in the namespace the host calls
+/// `nsid`, sorted by ifindex.
+pub fn veths_into(links: &[Link], nsid: i32) -> Vec<proto::resolver::HostVeth> {
+    let mut veths: Vec<_> = links
+        .iter()
+        .filter(|l| l.is_veth() && l.link_netnsid == Some(nsid))
+        .map(|l| proto::resolver::HostVeth {
+            ifindex: l.ifindex,
+            name: l.name.clone(),
+            peer_ifindex: l.peer_ifindex.unwrap_or(0),
+        })
+        .collect();
+    veths.sort();
+    veths
+}
+
+/// Requests to the kernel over a route netlink socket of its own (never the
+/// multicast one, whose buffer may overrun).
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+    timeout: Duration,
+}
+
+impl Netlink {
+    /// Opens a socket and spawns its connection task on the current runtime.
+    pub fn connect() -> Result<Self> {
+        let (conn, handle, _) = rtnetlink::new_connection()
+            .map_err(|e| Error::Netlink(format!("cannot open a route netlink socket: {e}")))?;
+        tokio::spawn(conn);
+        Ok(Netlink {
+            handle,
+            timeout: Duration::from_secs(5),
+        })
+    }
+
+    /// Every link of the host namespace.
+    pub async fn links(&self) -> Result<Vec<Link>> {
+        let dump = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .map_ok(|m| Link::from_message(&m))
+            .try_collect::<Vec<_>>();
+        match tokio::time::timeout(self.timeout, dump).await {
+            Ok(Ok(links)) => Ok(links),
+            Ok(Err(e)) => Err(Error::Netlink(format!("link dump: {e}"))),
+            Err(_) => Err(Error::Timeout("netlink link dump".into())),
+        }
+    }
+
+    /// The host's id for the network namespace open as `ns` (`None` if the
+    /// host has none for it, which means no host link points into it).
+    pub async fn nsid_of(&self, ns: &impl AsRawFd) -> Result<Option<i32>> {
+        let fd = u32::try_from(ns.as_raw_fd()).map_err(|_| Error::Netlink("negative fd".into()))?;
+        let mut msg = NsidMessage::default();
+        msg.attributes.push(NsidAttribute::Fd(fd));
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetNsId(msg));
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+        let mut handle = self.handle.clone();
+        let query = async move {
+            let mut responses = handle
+                .request(req)
+                .map_err(|e| Error::Netlink(format!("RTM_GETNSID: {e}")))?;
+            let mut found = None;
+            while let Some(resp) = responses.next().await {
+                match resp.payload {
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(m)) => {
+                        for attr in m.attributes {
+                            if let NsidAttribute::Id(id) = attr {
+                                found = (id >= 0).then_some(id);
+                            }
+                        }
+                    }
+                    NetlinkPayload::Error(e) if e.code.is_some() => {
+                        return Err(Error::Netlink(format!("RTM_GETNSID: {}", e.to_io())));
+                    }
+                    _ => {}
+                }
+            }
+            Ok(found)
+        };
+        tokio::time::timeout(self.timeout, query)
+            .await
+            .map_err(|_| Error::Timeout("netlink RTM_GETNSID".into()))?
+    }
+}
+
+/// What the link watcher tells the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkSignal {
+    /// A link or namespace id appeared, changed or vanished.
+    Changed,
+    /// Events were lost (socket overrun, or the watcher restarted): the link
+    /// table must be read again and everything recomputed.
+    Gap,
+}
+
+/// Follows link and namespace-id events of the host namespace forever,
+/// reopening the socket with back-off if it fails. Every (re)subscription
+/// starts with a [`LinkSignal::Gap`], so the engine re-reads the table after
+/// anything it may have missed.
+pub async fn watch(tx: mpsc::Sender<LinkSignal>) {
+    let mut backoff = crate::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        match rtnetlink::new_multicast_connection(&[MulticastGroup::Link, MulticastGroup::Nsid]) {
+            Ok((conn, _handle, mut messages)) => {
+                let conn_task = tokio::spawn(conn);
+                if tx.send(LinkSignal::Gap).await.is_err() {
+                    return;
+                }
+                backoff.reset();
+                while let Some((msg, _)) = messages.next().await {
+                    let signal = match msg.payload {
+                        NetlinkPayload::InnerMessage(
+                            RouteNetlinkMessage::NewLink(_)
+                            | RouteNetlinkMessage::DelLink(_)
+                            | RouteNetlinkMessage::NewNsId(_)
+                            | RouteNetlinkMessage::DelNsId(_),
+                        ) => LinkSignal::Changed,
+                        NetlinkPayload::Overrun(_) => {
+                            tracing::warn!("rtnetlink event socket overran: link events were lost; rereading the link table");
+                            LinkSignal::Gap
+                        }
+                        _ => continue,
+                    };
+                    if tx.send(signal).await.is_err() {
+                        conn_task.abort();
+                        return;
+                    }
+                }
+                conn_task.abort();
+                tracing::warn!("rtnetlink event socket closed; reopening");
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot subscribe to rtnetlink link events");
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtnetlink::packet_route::link::LinkHeader;
+
+    fn msg(index: u32, attrs: Vec<LinkAttribute>) -> LinkMessage {
+        let mut m = LinkMessage::default();
+        m.header = LinkHeader {
+            index,
+            ..LinkHeader::default()
+        };
+        m.attributes = attrs;
+        m
+    }
+
+    #[test]
+    fn host_side_veth_carries_peer_and_nsid() {
+        let l = Link::from_message(&msg(
+            7,
+            vec![
+                LinkAttribute::IfName("veth1234".into()),
+                LinkAttribute::Link(2),
+                LinkAttribute::LinkNetNsId(3),
+                LinkAttribute::LinkInfo(vec![NlLinkInfo::Kind(InfoKind::Veth)]),
+            ],
+        ));
+        assert_eq!(
+            l,
+            Link {
+                ifindex: 7,
+                name: "veth1234".into(),
+                kind: Some("veth".into()),
+                peer_ifindex: Some(2),
+                link_netnsid: Some(3)
+            }
+        );
+        assert!(l.is_veth());
+    }
+
+    #[test]
+    fn negative_nsid_and_other_kinds() {
+        let l = Link::from_message(&msg(
+            1,
+            vec![
+                LinkAttribute::IfName("br0".into()),
+                LinkAttribute::LinkNetNsId(-1),
+                LinkAttribute::LinkInfo(vec![NlLinkInfo::Kind(InfoKind::Bridge)]),
+            ],
+        ));
+        assert_eq!(l.link_netnsid, None);
+        assert!(!l.is_veth());
+        let bare = Link::from_message(&msg(9, vec![]));
+        assert_eq!(bare.name, "");
+        assert_eq!(bare.kind, None);
+    }
+
+    #[test]
+    fn veths_into_picks_only_veths_into_that_namespace() {
+        let veth = |ifindex, nsid| Link {
+            ifindex,
+            name: format!("v{ifindex}"),
+            kind: Some("veth".into()),
+            peer_ifindex: Some(2),
+            link_netnsid: nsid,
+        };
+        let mut links = vec![
+            veth(9, Some(1)),
+            veth(4, Some(1)),
+            veth(5, Some(2)),
+            veth(6, None),
+        ];
+        links.push(Link {
+            kind: Some("vxlan".into()),
+            ..veth(7, Some(1))
+        });
+        let got: Vec<u32> = veths_into(&links, 1).iter().map(|v| v.ifindex).collect();
+        assert_eq!(got, vec![4, 9]);
+        assert!(veths_into(&links, 3).is_empty());
+    }
+}

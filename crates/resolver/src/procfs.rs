@@ -1,0 +1,121 @@
+//! What /proc says about one process: when it started (to tell a reused pid
+//! from the process the runtime announced), its cgroup v2 path and its
+//! network namespace.
+
+use std::{
+    fs::File,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use crate::cgroup;
+
+/// The start time of a process (field 22 of `/proc/<pid>/stat`, clock ticks
+/// since boot). The command name (field 2) may hold spaces and parentheses,
+/// so fields are counted from the last `)`.
+pub fn parse_stat_starttime(text: &str) -> Option<u64> {
+    let after_comm = &text[text.rfind(')')? + 1..];
+    // After the comm come field 3 (state) ... field 22 (starttime).
+    after_comm.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// A view of a /proc tree (the host's `/proc`, or another for tests).
+#[derive(Clone, Debug)]
+pub struct Proc {
+    root: PathBuf,
+}
+
+impl Default for Proc {
+    fn default() -> Self {
+        Proc {
+            root: PathBuf::from("/proc"),
+        }
+    }
+}
+
+impl Proc {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Proc { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn pid_path(&self, pid: u32, file: &str) -> PathBuf {
+        self.root.join(pid.to_string()).join(file)
+    }
+
+    /// Start time of `pid`, or `None` if it does not exist (any more).
+    pub fn start_time(&self, pid: u32) -> Option<u64> {
+        let text = std::fs::read_to_string(self.pid_path(pid, "stat")).ok()?;
+        parse_stat_starttime(&text)
+    }
+
+    /// The v2 cgroup path of `pid` (`0::` entry of `/proc/<pid>/cgroup`).
+    pub fn cgroup_path(&self, pid: u32) -> Option<String> {
+        let text = std::fs::read_to_string(self.pid_path(pid, "cgroup")).ok()?;
+        cgroup::parse_proc_cgroup(&text)
+    }
+
+    /// Inode of the network namespace of `pid`.
+    pub fn netns_inode(&self, pid: u32) -> Option<u64> {
+        std::fs::metadata(self.pid_path(pid, "ns/net"))
+            .ok()
+            .map(|m| m.ino())
+    }
+
+    /// Opens the network namespace of `pid`, returning the file (usable as a
+    /// namespace fd) and its inode, read from the same open file so they
+    /// cannot disagree.
+    pub fn open_netns(&self, pid: u32) -> Option<(File, u64)> {
+        let file = File::open(self.pid_path(pid, "ns/net")).ok()?;
+        let ino = file.metadata().ok()?.ino();
+        Some((file, ino))
+    }
+
+    /// Inode of the resolver's own network namespace: "the host" for veths
+    /// and for host-network containers.
+    pub fn own_netns_inode(&self) -> Option<u64> {
+        std::fs::metadata(self.root.join("self/ns/net"))
+            .ok()
+            .map(|m| m.ino())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starttime_of_a_plain_comm() {
+        let stat = "1234 (sleep) S 1 1234 1234 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 987654 8462336 200 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+        assert_eq!(parse_stat_starttime(stat), Some(987654));
+    }
+
+    #[test]
+    fn starttime_with_spaces_and_parens_in_comm() {
+        let stat = "77 (evil) S 1 2 ) x) R 1 77 77 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 4242 0 0";
+        assert_eq!(parse_stat_starttime(stat), Some(4242));
+    }
+
+    #[test]
+    fn truncated_or_garbage_stat_is_none() {
+        assert_eq!(parse_stat_starttime(""), None);
+        assert_eq!(parse_stat_starttime("1 (x) S 1 2"), None);
+        assert_eq!(parse_stat_starttime("no parens at all"), None);
+        assert_eq!(
+            parse_stat_starttime("1 (x) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 notanumber"),
+            None
+        );
+    }
+
+    #[test]
+    fn own_process_is_readable() {
+        let proc = Proc::default();
+        let me = std::process::id();
+        assert!(proc.start_time(me).is_some());
+        assert_eq!(proc.netns_inode(me), proc.own_netns_inode());
+        assert!(proc.start_time(u32::MAX).is_none());
+    }
+}

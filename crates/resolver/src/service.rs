@@ -1,0 +1,194 @@
+//! The tarpc face of the resolver: reads of the published inventory, and a
+//! long-polling watch. Never waits on a runtime.
+
+use std::{sync::Arc, time::Duration};
+
+use proto::resolver::{
+    Container, Resolver, ResolverStatus, Snapshot, WatchReply, MAX_WATCH_WAIT_MS,
+};
+use tarpc::context::Context;
+
+use crate::engine::Shared;
+
+#[derive(Clone)]
+pub struct ResolverServer {
+    pub shared: Arc<Shared>,
+}
+
+impl ResolverServer {
+    /// The watch logic, callable without tarpc.
+    pub async fn watch_inner(&self, after_generation: u64, wait_ms: u32) -> WatchReply {
+        let mut generation = self.shared.generation.subscribe();
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(u64::from(wait_ms.min(MAX_WATCH_WAIT_MS)));
+        loop {
+            // Mark the current value seen before reading the inventory, so a
+            // change published after the read wakes the wait below.
+            generation.borrow_and_update();
+            let (instance, current, reply) = {
+                let inv = self.shared.read();
+                (
+                    inv.instance(),
+                    inv.generation(),
+                    inv.changes_after(after_generation),
+                )
+            };
+            if let Some(reply) = reply {
+                return reply;
+            }
+            match tokio::time::timeout_at(deadline, generation.changed()).await {
+                Ok(Ok(())) => continue,
+                // Timed out, or the engine is gone: nothing new.
+                _ => {
+                    return WatchReply::Changes {
+                        instance,
+                        generation: current,
+                        changes: Vec::new(),
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Resolver for ResolverServer {
+    async fn status(self, _: Context) -> ResolverStatus {
+        let (instance, generation, containers) = {
+            let inv = self.shared.read();
+            (
+                inv.instance(),
+                inv.generation(),
+                u32::try_from(inv.len()).unwrap_or(u32::MAX),
+            )
+        };
+        ResolverStatus {
+            api_version: proto::API_VERSION,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            instance,
+            generation,
+            containers,
+            cgroup_root: self.shared.cgroup_root.clone(),
+            sources: self.shared.status.all(),
+        }
+    }
+
+    async fn list(self, _: Context) -> Snapshot {
+        self.shared.read().snapshot()
+    }
+
+    async fn by_cgroup_id(self, _: Context, cgroup_id: u64) -> Option<Container> {
+        self.shared.read().by_cgroup_id(cgroup_id).cloned()
+    }
+
+    async fn by_ifindex(self, _: Context, ifindex: u32) -> Vec<Container> {
+        self.shared.read().by_ifindex(ifindex)
+    }
+
+    async fn by_name(self, _: Context, name: String) -> Vec<Container> {
+        self.shared.read().by_name(name.trim_start_matches('/'))
+    }
+
+    async fn watch(self, ctx: Context, after_generation: u64, wait_ms: u32) -> WatchReply {
+        // Answer (empty) a little before the caller's deadline rather than
+        // let the call fail: a client with tarpc's default 10 s deadline
+        // asking for a 30 s wait gets an empty reply after about 10 s.
+        let budget = ctx
+            .deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .saturating_sub(Duration::from_millis(250));
+        let wait_ms = wait_ms.min(u32::try_from(budget.as_millis()).unwrap_or(u32::MAX));
+        self.watch_inner(after_generation, wait_ms).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proto::resolver::Runtime;
+
+    use super::*;
+    use crate::{inventory::Inventory, source::StatusBoard};
+
+    fn container(id: &str) -> Container {
+        Container {
+            id: id.into(),
+            name: id.into(),
+            runtime: Runtime::Containerd,
+            namespace: "default".into(),
+            labels: BTreeMap::new(),
+            image: String::new(),
+            pids: vec![1],
+            cgroup_path: "/x".into(),
+            cgroup_id: 5,
+            netns_inode: 0,
+            host_veths: vec![],
+            host_network: false,
+        }
+    }
+
+    fn publish(shared: &Shared, id: &str) {
+        let generation = {
+            let mut inv = shared.inventory.write().unwrap();
+            inv.set(&format!("default/{id}"), Some(container(id)));
+            inv.generation()
+        };
+        shared.generation.send_replace(generation);
+    }
+
+    #[tokio::test]
+    async fn watch_wakes_on_a_change_and_times_out_empty() {
+        let shared = Arc::new(Shared::new(
+            Inventory::new(1, 10, 16),
+            StatusBoard::default(),
+            "/sys/fs/cgroup".into(),
+        ));
+        let server = ResolverServer {
+            shared: shared.clone(),
+        };
+
+        // Nothing happens: an empty reply at the current generation.
+        let started = tokio::time::Instant::now();
+        let reply = server.watch_inner(10, 50).await;
+        assert_eq!(
+            reply,
+            WatchReply::Changes {
+                instance: 1,
+                generation: 10,
+                changes: vec![]
+            }
+        );
+        assert!(started.elapsed() >= Duration::from_millis(50));
+
+        // A change while waiting wakes the watcher at once.
+        let waiting = tokio::spawn({
+            let server = server.clone();
+            async move { server.watch_inner(10, 10_000).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        publish(&shared, "a");
+        let reply = tokio::time::timeout(Duration::from_secs(2), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        let WatchReply::Changes {
+            generation,
+            changes,
+            ..
+        } = reply
+        else {
+            panic!("expected changes")
+        };
+        assert_eq!((generation, changes.len()), (11, 1));
+
+        // Already behind: answered without waiting.
+        publish(&shared, "b");
+        let WatchReply::Changes { changes, .. } = server.watch_inner(10, 10_000).await else {
+            panic!("expected changes")
+        };
+        assert_eq!(
+            changes.iter().map(|c| c.generation).collect::<Vec<_>>(),
+            vec![11, 12]
+        );
+    }
+}

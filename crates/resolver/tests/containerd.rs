@@ -1,0 +1,776 @@
+//! The containerd path against a real containerd: Debian's `containerd` and
+//! `runc` (installed by `tests/containerd/prepare.sh` if missing), started
+//! here on a private socket and root, an image imported from a busybox-static
+//! tarball built locally, containers run with `ctr`, and the real `resolver`
+//! binary queried over its tarpc socket.
+//!
+//! Privileged: run as root (`cargo test -p resolver --test containerd`).
+//! Everything is created under names carrying this run's pid and removed
+//! afterwards; leftovers of an earlier, killed run are removed first.
+
+mod common;
+
+use std::{
+    io::Write,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use proto::resolver::{ResolverClient, Runtime};
+
+const BASE_PREFIX: &str = "/var/lib/contain-test-resolver-";
+const IMAGE: &str = "docker.io/contain-test/busybox:latest";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Container ids of run `pid`: `rt<pid>-<name>` (containerd namespaces).
+fn cid(pid: u32, name: &str) -> String {
+    format!("rt{pid}-{name}")
+}
+
+/// Docker ids are 64 hex digits: `c0de<pid as 8 hex><n as 52 hex>`.
+fn docker_id(pid: u32, n: u32) -> String {
+    format!("c0de{pid:08x}{n:052x}")
+}
+
+fn docker_prefix(pid: u32) -> String {
+    format!("c0de{pid:08x}")
+}
+
+/// The cgroup parent of run `pid`'s containers (`ctr run --cgroup`), in
+/// every hierarchy, so cleanup is by name and touches nothing shared.
+fn cgroup_parent(pid: u32) -> String {
+    format!("contain-test-resolver-{pid}c")
+}
+
+/// Mount points of every cgroup hierarchy (v1 controllers and v2).
+fn cgroup_hierarchies() -> Vec<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let sep = f.iter().position(|x| *x == "-")?;
+            matches!(f.get(sep + 1), Some(&"cgroup") | Some(&"cgroup2"))
+                .then(|| PathBuf::from(f[4]))
+        })
+        .collect()
+}
+
+/// Removes the empty directories of a tree, deepest first; never anything
+/// else.
+fn remove_empty_dirs(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_empty_dirs(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// Kills what a run (`pid`) left: containerd and its shims (found by the
+/// run's directory on their command line), the containers' processes and
+/// cgroups, runc state, mounts, then the directory.
+fn remove_run(pid: u32) {
+    let base = PathBuf::from(format!("{BASE_PREFIX}{pid}"));
+    let needle = base.display().to_string();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&needle) && p as u32 != std::process::id()
+            {
+                unsafe {
+                    libc::kill(p, libc::SIGKILL);
+                }
+            }
+        }
+    }
+    for hierarchy in cgroup_hierarchies() {
+        remove_cgroup_tree(&hierarchy.join(cgroup_parent(pid)));
+    }
+    for (ns, prefix) in [
+        ("default", format!("rt{pid}-")),
+        ("moby", docker_prefix(pid)),
+    ] {
+        if let Ok(entries) = std::fs::read_dir(format!("/run/containerd/runc/{ns}")) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut mounts: Vec<&str> = mountinfo
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter(|m| m.starts_with(&needle))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in mounts {
+        run_quiet("umount", &["-l", m]);
+    }
+    // Shim sockets of the run's tasks (containerd 1.6 names them
+    // sha256("<containerd address>/<namespace>/<id>")), found through the
+    // run's task state before it is removed.
+    let address = base.join("state/containerd.sock");
+    let tasks = base.join("state/io.containerd.runtime.v2.task");
+    for ns in std::fs::read_dir(&tasks).into_iter().flatten().flatten() {
+        for task in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+            let key = address.join(ns.file_name()).join(task.file_name());
+            let out = Command::new("sha256sum")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .and_then(|mut c| {
+                    c.stdin
+                        .take()
+                        .map(|mut i| i.write_all(key.as_os_str().as_encoded_bytes()));
+                    c.wait_with_output()
+                });
+            if let Ok(out) = out {
+                let hash = String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                if hash.len() == 64 {
+                    let _ = std::fs::remove_file(Path::new("/run/containerd/s").join(hash));
+                }
+            }
+        }
+    }
+    // ctr's stdio fifos of the run's containers.
+    if let Ok(entries) = std::fs::read_dir("/run/containerd/fifo") {
+        for e in entries.flatten() {
+            let ours = std::fs::read_dir(e.path()).is_ok_and(|files| {
+                files.flatten().any(|f| {
+                    let name = f.file_name().to_string_lossy().into_owned();
+                    name.starts_with(&format!("rt{pid}-")) || name.starts_with(&docker_prefix(pid))
+                })
+            });
+            if ours {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    // The run created /run/containerd (shims and runc keep state there
+    // whatever the config says): remove what is left of it, if empty.
+    if base.join("created-run-containerd").exists() {
+        remove_empty_dirs(Path::new("/run/containerd"));
+    }
+    let _ = std::fs::remove_dir_all(&base);
+    let mut links = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/sys/class/net") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("crt{pid}")) {
+                links.push(name);
+            }
+        }
+    }
+    for l in links {
+        run_quiet("ip", &["link", "del", &l]);
+    }
+}
+
+fn sweep_leftovers() {
+    if let Ok(entries) = std::fs::read_dir("/var/lib") {
+        for e in entries.flatten() {
+            let name = format!("/var/lib/{}", e.file_name().to_string_lossy());
+            if let Some(pid) = dead_run_pid(&name, BASE_PREFIX) {
+                eprintln!("removing leftovers of run {pid}");
+                remove_run(pid);
+            }
+        }
+    }
+}
+
+/// A private containerd, plus the run's directory.
+struct Env {
+    pid: u32,
+    base: PathBuf,
+    socket: PathBuf,
+    containerd: Option<Child>,
+    resolver: Option<Child>,
+    resolver_log: Vec<u8>,
+    docker_api: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Env {
+    fn new() -> Env {
+        sweep_leftovers();
+        let prepare = repo_root().join("tests/containerd/prepare.sh");
+        run(prepare.to_str().unwrap(), &["packages"]);
+        for tool in ["containerd", "ctr", "runc", "containerd-shim-runc-v2"] {
+            if !run_quiet("sh", &["-c", &format!("command -v {tool}")]) {
+                panic!(
+                    "prerequisite missing: `{tool}` not found even after {} packages",
+                    prepare.display()
+                );
+            }
+        }
+        let pid = std::process::id();
+        let base = PathBuf::from(format!("{BASE_PREFIX}{pid}"));
+        remove_run(pid);
+        std::fs::create_dir_all(base.join("state")).unwrap();
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o711)).unwrap();
+        let socket = base.join("state/containerd.sock");
+        let config = format!(
+            r#"version = 2
+root = "{b}/root"
+state = "{b}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{s}"
+[ttrpc]
+  address = "{s}.ttrpc"
+[debug]
+  address = ""
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{b}/opt"
+"#,
+            b = base.display(),
+            s = socket.display()
+        );
+        std::fs::write(base.join("config.toml"), config).unwrap();
+        let had_run_containerd = Path::new("/run/containerd").exists();
+        if !had_run_containerd {
+            std::fs::write(base.join("created-run-containerd"), b"").unwrap();
+        }
+        let mut env = Env {
+            pid,
+            base,
+            socket,
+            containerd: None,
+            resolver: None,
+            resolver_log: vec![],
+            docker_api: None,
+        };
+        env.start_containerd();
+        let tarball = env.base.join("busybox.tar");
+        let reference = run(
+            prepare.to_str().unwrap(),
+            &["image", tarball.to_str().unwrap()],
+        );
+        assert_eq!(reference.trim(), IMAGE);
+        for ns in ["default", "moby"] {
+            env.ctr(ns, &["images", "import", tarball.to_str().unwrap()]);
+        }
+        env
+    }
+
+    fn start_containerd(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.base.join("containerd.log"))
+            .unwrap();
+        let child = Command::new("containerd")
+            .args(["--config", self.base.join("config.toml").to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("prerequisite missing: cannot start containerd: {e}"));
+        self.containerd = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !run_quiet(
+            "ctr",
+            &["--address", self.socket.to_str().unwrap(), "version"],
+        ) {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not come up; log:\n{}",
+                self.tail("containerd.log")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop_containerd(&mut self) {
+        if let Some(mut child) = self.containerd.take() {
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            let _ = child.wait();
+        }
+    }
+
+    fn tail(&self, file: &str) -> String {
+        let text = std::fs::read_to_string(self.base.join(file)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    fn ctr(&self, ns: &str, args: &[&str]) -> String {
+        let mut all = vec!["--address", self.socket.to_str().unwrap(), "-n", ns];
+        all.extend_from_slice(args);
+        run("ctr", &all)
+    }
+
+    /// `ctr run -d` of `sleep 600` (or `cmd`), with extra flags.
+    fn run_container(&self, ns: &str, id: &str, flags: &[&str], cmd: &[&str]) -> u32 {
+        let cgroup = format!("/{}/{id}", cgroup_parent(self.pid));
+        let mut args = vec!["run", "-d", "--cgroup", &cgroup];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&[IMAGE, id]);
+        if cmd.is_empty() {
+            args.extend_from_slice(&["sleep", "600"]);
+        } else {
+            args.extend_from_slice(cmd);
+        }
+        self.ctr(ns, &args);
+        self.task_pid(ns, id).unwrap_or(0)
+    }
+
+    fn task_pid(&self, ns: &str, id: &str) -> Option<u32> {
+        self.ctr(ns, &["task", "ls"]).lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.first() == Some(&id))
+                .then(|| f.get(1)?.parse().ok())
+                .flatten()
+        })
+    }
+
+    fn remove_container(&self, ns: &str, id: &str) {
+        let addr = self.socket.to_str().unwrap();
+        run_quiet(
+            "ctr",
+            &[
+                "--address",
+                addr,
+                "-n",
+                ns,
+                "task",
+                "kill",
+                "-s",
+                "KILL",
+                id,
+            ],
+        );
+        run_quiet(
+            "ctr",
+            &["--address", addr, "-n", ns, "task", "rm", "-f", id],
+        );
+        run_quiet("ctr", &["--address", addr, "-n", ns, "container", "rm", id]);
+    }
+
+    fn start_resolver(&mut self, extra: &[&str]) -> PathBuf {
+        let socket = self.base.join("resolver.sock");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.base.join("resolver.log"))
+            .unwrap();
+        let mut args: Vec<String> = vec![
+            "--socket".into(),
+            socket.display().to_string(),
+            "--containerd-socket".into(),
+            self.socket.display().to_string(),
+            "--docker-socket".into(),
+            self.base.join("docker.sock").display().to_string(),
+            "--docker-root".into(),
+            self.base.join("docker").display().to_string(),
+            "--rescan-secs".into(),
+            "3600".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = Command::new(env!("CARGO_BIN_EXE_resolver"))
+            .args(&args)
+            .env("RUST_LOG", "resolver=debug,info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting the resolver binary");
+        self.resolver = Some(child);
+        socket
+    }
+
+    fn stop_resolver(&mut self) {
+        if let Some(mut child) = self.resolver.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A stand-in for dockerd's API socket: answers `/containers/json` with
+    /// `body`, as dockerd would (HTTP/1.0, connection closed after).
+    fn serve_docker_api(&mut self, body: String) {
+        let path = self.base.join("docker.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener =
+            tokio::net::UnixListener::bind(&path).expect("binding the fake Docker socket");
+        self.docker_api = Some(tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let ok =
+                        String::from_utf8_lossy(&req).starts_with("GET /containers/json?all=1");
+                    let resp = if ok {
+                        format!("HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{body}")
+                    } else {
+                        "HTTP/1.0 404 Not Found\r\n\r\n{}".to_string()
+                    };
+                    let _ = stream.write_all(resp.as_bytes()).await;
+                });
+            }
+        }));
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.resolver_log = std::fs::read(self.base.join("resolver.log")).unwrap_or_default();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- resolver.log (tail) ----\n{}",
+                self.tail("resolver.log")
+            );
+            eprintln!(
+                "---- containerd.log (tail) ----\n{}",
+                self.tail("containerd.log")
+            );
+        }
+        self.stop_resolver();
+        if let Some(h) = self.docker_api.take() {
+            h.abort();
+        }
+        if self.containerd.is_some() {
+            for ns in ["default", "moby"] {
+                let addr = self.socket.to_str().unwrap().to_string();
+                let out = Command::new("ctr")
+                    .args(["--address", &addr, "-n", ns, "container", "ls", "-q"])
+                    .output();
+                if let Ok(out) = out {
+                    for id in String::from_utf8_lossy(&out.stdout).lines() {
+                        self.remove_container(ns, id.trim());
+                    }
+                }
+            }
+        }
+        self.stop_containerd();
+        remove_run(self.pid);
+        if let Ok(dir) = std::env::var("RESOLVER_TEST_LOG_DIR") {
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::write(Path::new(&dir).join("resolver.log"), &self.resolver_log);
+        }
+    }
+}
+
+async fn status_of(client: &ResolverClient, source_prefix: &str) -> proto::resolver::SourceStatus {
+    let status = client.status(ctx()).await.expect("status over tarpc");
+    status
+        .sources
+        .iter()
+        .find(|s| s.name.starts_with(source_prefix))
+        .cloned()
+        .unwrap_or_else(|| panic!("no source {source_prefix} in {status:?}"))
+}
+
+async fn wait_source(
+    client: &ResolverClient,
+    connected: bool,
+    what: &str,
+) -> proto::resolver::SourceStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = status_of(client, "containerd:").await;
+        if s.connected == connected {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for: {what}; last status {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn cgroup_path_of(pid: u32) -> String {
+    resolver::cgroup::parse_proc_cgroup(
+        &std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolver_follows_a_real_containerd() {
+    if !root_or_skip("resolver_follows_a_real_containerd") {
+        return;
+    }
+    let mut env = Env::new();
+    let pid = env.pid;
+
+    // ---- containerd absent: the resolver serves anyway and says why ----
+    env.stop_containerd();
+    let socket = env.start_resolver(&[]);
+    let client = connect(&socket).await;
+    let s = wait_source(&client, false, "containerd reported unreachable").await;
+    assert!(s.last_error.is_some(), "the reason is reported: {s:?}");
+    assert!(list(&client).await.containers.is_empty());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        std::fs::read_to_string(env.base.join("resolver.log"))
+            .unwrap()
+            .contains("containerd unavailable"),
+        "the log says containerd is unavailable and that it retries"
+    );
+    env.stop_resolver();
+    env.start_containerd();
+
+    // ---- start-up with containers already running ----
+    let c1 = cid(pid, "c1");
+    let p_c1 = env.run_container("default", &c1, &["--label", "egress=block"], &[]);
+    let h1 = cid(pid, "h1");
+    let p_h1 = env.run_container("default", &h1, &["--net-host"], &[]);
+    let (d1, d2) = (docker_id(pid, 1), docker_id(pid, 2));
+    let p_d1 = env.run_container("moby", &d1, &[], &[]);
+    let p_d2 = env.run_container("moby", &d2, &[], &[]);
+    // A CNI plugin's work: a veth whose peer goes into c1's namespace.
+    let veth0 = format!("crt{pid}0");
+    run(
+        "ip",
+        &[
+            "link",
+            "add",
+            &veth0,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth1",
+            "netns",
+            &p_c1.to_string(),
+        ],
+    );
+    // Docker's side: d1 through the API, d2 only through config.v2.json.
+    env.serve_docker_api(format!(
+        r#"[{{"Id":"{d1}","Names":["/web"],"Image":"nginx:1.25","Labels":{{"egress":"block","tier":"public"}}}}]"#
+    ));
+    let d2_dir = env.base.join("docker/containers").join(&d2);
+    std::fs::create_dir_all(&d2_dir).unwrap();
+    std::fs::File::create(d2_dir.join("config.v2.json"))
+        .unwrap()
+        .write_all(
+            br#"{"Name":"/curler","Config":{"Image":"curlimages/curl:8","Labels":{"team":"sec"}}}"#,
+        )
+        .unwrap();
+
+    let socket = env.start_resolver(&[]);
+    let client = connect(&socket).await;
+    let ifindex0 = ifindex(&veth0);
+    let snap = wait_for(&client, WAIT, "c1, h1, d1 and d2 mapped", |s| {
+        let ready = find(s, "default", &c1).is_some_and(|c| !c.host_veths.is_empty())
+            && find(s, "default", &h1).is_some()
+            && find(s, "moby", &d1).is_some_and(|c| c.name == "web")
+            && find(s, "moby", &d2).is_some_and(|c| c.name == "curler");
+        ready.then(|| s.clone())
+    })
+    .await;
+    let mount = cgroup_mount();
+    let c = find(&snap, "default", &c1).unwrap();
+    assert_eq!(c.runtime, Runtime::Containerd);
+    assert_eq!(c.pids.first(), Some(&p_c1), "init pid first");
+    assert_eq!(c.cgroup_path, cgroup_path_of(p_c1));
+    assert_eq!(
+        c.cgroup_path,
+        format!("/{}/{c1}", cgroup_parent(pid)),
+        "the path ctr was given"
+    );
+    assert_eq!(
+        c.cgroup_id,
+        inode(&mount.join(c.cgroup_path.trim_start_matches('/')))
+    );
+    assert_eq!(
+        c.netns_inode,
+        inode(Path::new(&format!("/proc/{p_c1}/ns/net")))
+    );
+    assert_eq!(
+        c.host_veths.iter().map(|v| v.ifindex).collect::<Vec<_>>(),
+        vec![ifindex0]
+    );
+    assert_eq!(c.image, IMAGE);
+    assert_eq!(
+        c.labels.get("egress").map(String::as_str),
+        Some("block"),
+        "containerd labels"
+    );
+    assert!(!c.host_network);
+    let h = find(&snap, "default", &h1).unwrap();
+    assert!(h.host_network && h.host_veths.is_empty(), "{h:?}");
+    assert_eq!(h.pids.first(), Some(&p_h1));
+    let d = find(&snap, "moby", &d1).unwrap();
+    assert_eq!(
+        (d.runtime, d.image.as_str()),
+        (Runtime::Docker, "nginx:1.25")
+    );
+    assert_eq!(
+        d.labels.get("tier").map(String::as_str),
+        Some("public"),
+        "Docker's labels from the API"
+    );
+    assert_eq!(d.pids.first(), Some(&p_d1));
+    let d = find(&snap, "moby", &d2).unwrap();
+    assert_eq!(
+        (d.image.as_str(), d.labels["team"].as_str()),
+        ("curlimages/curl:8", "sec"),
+        "from config.v2.json"
+    );
+    assert_eq!(d.pids.first(), Some(&p_d2));
+    assert_eq!(
+        client.by_name(ctx(), "/web".into()).await.unwrap()[0].id,
+        d1
+    );
+    let s = status_of(&client, "containerd:").await;
+    assert!(s.connected && s.resyncs >= 1, "{s:?}");
+
+    // ---- a container joining c1's network namespace (a pod) ----
+    let mut watcher = Watcher::new(&client).await;
+    let s1 = cid(pid, "s1");
+    let netns_flag = format!("network:/proc/{p_c1}/ns/net");
+    env.run_container("default", &s1, &["--with-ns", &netns_flag], &[]);
+    let s = wait_for(&client, WAIT, "s1 shares c1's namespace and veth", |s| {
+        find(s, "default", &s1)
+            .filter(|c| !c.host_veths.is_empty())
+            .cloned()
+    })
+    .await;
+    let c = find(&list(&client).await, "default", &c1).unwrap().clone();
+    assert_eq!(
+        (s.netns_inode, &s.host_veths),
+        (c.netns_inode, &c.host_veths)
+    );
+    assert_ne!(s.cgroup_id, c.cgroup_id);
+    let by_if: Vec<String> = client
+        .by_ifindex(ctx(), ifindex0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(by_if, vec![c1.clone(), s1.clone()]);
+    watcher.converge(&client, WAIT).await;
+
+    // ---- containers coming and going quickly ----
+    let mut kept = Vec::new();
+    for i in 0..8 {
+        let id = cid(pid, &format!("q{i}"));
+        match i % 3 {
+            0 => {
+                let p = env.run_container("default", &id, &[], &[]);
+                kept.push((id, p));
+            }
+            1 => {
+                env.run_container("default", &id, &[], &[]);
+                env.remove_container("default", &id);
+            }
+            _ => {
+                // Exits by itself at once.
+                env.run_container("default", &id, &[], &["true"]);
+            }
+        }
+        watcher.poll(&client, 0).await;
+    }
+    let snap = wait_for(
+        &client,
+        WAIT,
+        "only the q containers still running are listed",
+        |s| {
+            let qs: Vec<&str> = s
+                .containers
+                .iter()
+                .filter(|c| c.id.contains("-q"))
+                .map(|c| c.id.as_str())
+                .collect();
+            let want: Vec<&str> = kept.iter().map(|(id, _)| id.as_str()).collect();
+            (qs == want).then(|| s.clone())
+        },
+    )
+    .await;
+    for (id, p) in &kept {
+        assert_eq!(find(&snap, "default", id).unwrap().pids.first(), Some(p));
+    }
+    watcher.converge(&client, WAIT).await;
+    for (id, _) in &kept {
+        assert!(
+            watcher.seen_added.contains(&format!("default/{id}")),
+            "the watcher saw {id} arrive"
+        );
+    }
+
+    // ---- containerd restarts; a container dies while it is down ----
+    let resyncs_before = status_of(&client, "containerd:").await.resyncs;
+    env.stop_containerd();
+    wait_source(&client, false, "containerd reported down").await;
+    let snap = list(&client).await;
+    assert!(
+        find(&snap, "default", &c1).is_some(),
+        "containers stay listed while containerd is down"
+    );
+    let (victim, victim_pid) = kept.remove(0);
+    unsafe {
+        libc::kill(victim_pid as i32, libc::SIGKILL);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.start_containerd();
+    let s = wait_source(&client, true, "containerd reconnected").await;
+    assert!(
+        s.resyncs > resyncs_before,
+        "a reconnect resynchronises: {s:?}"
+    );
+    wait_for(
+        &client,
+        WAIT,
+        "the container that died during the outage is gone",
+        |s| find(s, "default", &victim).is_none().then_some(()),
+    )
+    .await;
+    let n1 = cid(pid, "n1");
+    let p_n1 = env.run_container("default", &n1, &[], &[]);
+    let n = wait_for(
+        &client,
+        WAIT,
+        "a container started after the restart",
+        |s| find(s, "default", &n1).cloned(),
+    )
+    .await;
+    assert_eq!(n.pids.first(), Some(&p_n1));
+    let snap = list(&client).await;
+    for id in [&c1, &h1, &s1] {
+        assert!(
+            find(&snap, "default", id).is_some(),
+            "{id} survived the restart"
+        );
+    }
+    watcher.converge(&client, WAIT).await;
+
+    // ---- a container deleted: gone, and its cgroup id no longer maps ----
+    let cg = find(&snap, "default", &c1).unwrap().cgroup_id;
+    env.remove_container("default", &c1);
+    wait_for(&client, WAIT, "c1 removed", |s| {
+        find(s, "default", &c1).is_none().then_some(())
+    })
+    .await;
+    assert!(client.by_cgroup_id(ctx(), cg).await.unwrap().is_none());
+    watcher.converge(&client, WAIT).await;
+}

@@ -1,0 +1,490 @@
+//! The rtnetlink + procfs + cgroup path against "containers" built from
+//! network namespaces, veth pairs, cgroup v2 directories and `sleep`
+//! processes. Privileged: run as root (`cargo test -p resolver --test netns`).
+//!
+//! The runtime side is played by the test: it tells the engine "container X
+//! has init pid P", as containerd would. Everything after that is the real
+//! chain: rtnetlink events and dumps, RTM_GETNSID, /proc, the cgroup tree,
+//! and the tarpc service. Full rescans are disabled (one per hour), so every
+//! update seen here came from an event.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use common::*;
+use proto::resolver::Runtime;
+use resolver::{
+    source::{RuntimeContainer, SourceEvent},
+    Config, Daemon,
+};
+
+const CG_PREFIX: &str = "contain-test-resolver-";
+const NS_PREFIX: &str = "contain-rv-";
+const LINK_PREFIX: &str = "crv";
+const SOCKET_PREFIX: &str = "contain-resolver-test-";
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Removes what an earlier, dead run of these tests left behind.
+fn sweep_leftovers() {
+    let mount = cgroup_mount();
+    if let Ok(entries) = std::fs::read_dir(&mount) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if dead_run_pid(&name, CG_PREFIX).is_some() {
+                eprintln!("removing leftover cgroup {name}");
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    for line in run("ip", &["netns", "list"]).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        if dead_run_pid(name, NS_PREFIX).is_some() {
+            eprintln!("removing leftover netns {name}");
+            run_quiet("ip", &["netns", "del", name]);
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if dead_run_pid(&name, SOCKET_PREFIX).is_some() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/sys/class/net") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if dead_run_pid(&name, LINK_PREFIX).is_some() {
+                eprintln!("removing leftover link {name}");
+                run_quiet("ip", &["link", "del", &name]);
+            }
+        }
+    }
+}
+
+/// Everything one test creates, removed by name on drop.
+struct Scene {
+    tag: String,
+    cgroup_base: PathBuf,
+    netns: Vec<String>,
+    links: Vec<String>,
+    procs: Vec<Proc>,
+}
+
+impl Scene {
+    fn new(tag: &str) -> Scene {
+        sweep_leftovers();
+        let pid = std::process::id();
+        let tag = format!("{pid}{tag}");
+        let cgroup_base = cgroup_mount().join(format!("{CG_PREFIX}{tag}"));
+        remove_cgroup_tree(&cgroup_base);
+        std::fs::create_dir_all(&cgroup_base)
+            .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", cgroup_base.display()));
+        Scene {
+            tag,
+            cgroup_base,
+            netns: vec![],
+            links: vec![],
+            procs: vec![],
+        }
+    }
+
+    fn netns(&mut self, n: &str) -> String {
+        let name = format!("{NS_PREFIX}{}-{n}", self.tag);
+        run_quiet("ip", &["netns", "del", &name]);
+        run("ip", &["netns", "add", &name]);
+        self.netns.push(name.clone());
+        name
+    }
+
+    /// A veth pair: host side `crv<tag><n>`, peer `eth<n>` inside `netns`.
+    fn veth(&mut self, n: &str, netns: &str) -> (String, u32) {
+        let host = format!("{LINK_PREFIX}{}{n}", self.tag);
+        assert!(host.len() <= 15, "interface name {host} too long");
+        run_quiet("ip", &["link", "del", &host]);
+        let peer = format!("eth{n}");
+        run(
+            "ip",
+            &[
+                "link", "add", &host, "type", "veth", "peer", "name", &peer, "netns", netns,
+            ],
+        );
+        self.links.push(host.clone());
+        let peer_ifindex: u32 = run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                netns,
+                "cat",
+                &format!("/sys/class/net/{peer}/ifindex"),
+            ],
+        )
+        .trim()
+        .parse()
+        .expect("peer ifindex");
+        (host, peer_ifindex)
+    }
+
+    fn cgroup(&self, n: &str) -> PathBuf {
+        let dir = self.cgroup_base.join(n);
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", dir.display()));
+        dir
+    }
+
+    /// `sleep` in cgroup `cg` and (if given) network namespace `netns`;
+    /// returns once it is `sleep` in both.
+    fn process(&mut self, cg: &Path, netns: Option<&str>) -> u32 {
+        let exec = match netns {
+            Some(ns) => format!("exec ip netns exec {ns} sleep 600"),
+            None => "exec sleep 600".to_string(),
+        };
+        let child = Command::new("sh")
+            .args([
+                "-c",
+                &format!("echo $$ > {}/cgroup.procs && {exec}", cg.display()),
+            ])
+            .spawn()
+            .expect("spawning sh");
+        let proc = Proc(child);
+        let pid = proc.pid();
+        self.procs.push(proc);
+        for _ in 0..500 {
+            if std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "sleep")
+            {
+                return pid;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("process {pid} did not become `sleep` in {}", cg.display());
+    }
+
+    fn kill(&mut self, pid: u32) {
+        self.procs.retain(|p| p.pid() != pid);
+    }
+
+    fn rel(&self, dir: &Path) -> String {
+        format!(
+            "/{}",
+            dir.strip_prefix(cgroup_mount())
+                .expect("under the mount")
+                .display()
+        )
+    }
+}
+
+impl Drop for Scene {
+    fn drop(&mut self) {
+        self.procs.clear();
+        for l in &self.links {
+            run_quiet("ip", &["link", "del", l]);
+        }
+        for n in &self.netns {
+            run_quiet("ip", &["netns", "del", n]);
+        }
+        remove_cgroup_tree(&self.cgroup_base);
+        let socket = std::env::temp_dir().join(format!("{SOCKET_PREFIX}{}.sock", self.tag));
+        let _ = std::fs::remove_file(socket);
+    }
+}
+
+fn rc(id: &str, pid: u32) -> RuntimeContainer {
+    RuntimeContainer {
+        runtime: Runtime::Containerd,
+        namespace: "test".into(),
+        id: id.into(),
+        name: format!("name-{id}"),
+        labels: BTreeMap::from([("egress".into(), "block".into())]),
+        image: "test/image:1".into(),
+        pid,
+    }
+}
+
+async fn start_daemon(tag: &str) -> (Daemon, PathBuf) {
+    let socket = std::env::temp_dir().join(format!(
+        "contain-resolver-test-{}{tag}.sock",
+        std::process::id()
+    ));
+    let mut config = Config::new(&socket);
+    config.containerd_socket = None;
+    config.rescan = Duration::from_secs(3600);
+    let daemon = Daemon::start(config)
+        .await
+        .unwrap_or_else(|e| panic!("starting the resolver: {e}"));
+    (daemon, socket)
+}
+
+async fn upsert(daemon: &Daemon, c: RuntimeContainer) {
+    daemon
+        .sender()
+        .send(SourceEvent::Upsert {
+            source: "test".into(),
+            container: c,
+        })
+        .await
+        .expect("engine running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maps_veth_to_netns_to_pid_to_cgroup_from_events() {
+    if !root_or_skip("maps_veth_to_netns_to_pid_to_cgroup_from_events") {
+        return;
+    }
+    let mut scene = Scene::new("a");
+    // Containers already running when the resolver starts.
+    let ns = scene.netns("a");
+    let (veth0, peer0) = scene.veth("a0", &ns);
+    let (cg_a, cg_b, cg_c) = (scene.cgroup("a"), scene.cgroup("b"), scene.cgroup("c"));
+    let pa = scene.process(&cg_a, Some(&ns));
+    let pb = scene.process(&cg_b, None); // host network
+    let pc = scene.process(&cg_c, Some(&ns)); // shares a's namespace
+
+    let (daemon, socket) = start_daemon("a").await;
+    let client = connect(&socket).await;
+    for (id, pid) in [("a", pa), ("b", pb), ("c", pc)] {
+        upsert(&daemon, rc(id, pid)).await;
+    }
+    let ifindex0 = ifindex(&veth0);
+    let snap = wait_for(&client, WAIT, "a, b and c mapped", |s| {
+        (find(s, "test", "a").is_some_and(|a| !a.host_veths.is_empty())
+            && find(s, "test", "b").is_some()
+            && find(s, "test", "c").is_some())
+        .then(|| s.clone())
+    })
+    .await;
+
+    let a = find(&snap, "test", "a").unwrap();
+    assert_eq!(a.pids, vec![pa]);
+    assert_eq!(a.cgroup_path, scene.rel(&cg_a));
+    assert_eq!(
+        a.cgroup_id,
+        inode(&cg_a),
+        "cgroup id is the inode of the cgroup directory"
+    );
+    assert_eq!(a.netns_inode, inode(Path::new(&format!("/run/netns/{ns}"))));
+    assert!(!a.host_network);
+    assert_eq!(a.host_veths.len(), 1);
+    assert_eq!(
+        (
+            a.host_veths[0].ifindex,
+            a.host_veths[0].name.as_str(),
+            a.host_veths[0].peer_ifindex
+        ),
+        (ifindex0, veth0.as_str(), peer0)
+    );
+    assert_eq!(
+        (a.name.as_str(), a.runtime, a.labels["egress"].as_str()),
+        ("name-a", Runtime::Containerd, "block")
+    );
+
+    let b = find(&snap, "test", "b").unwrap();
+    assert!(b.host_network, "b runs in the host namespace");
+    assert!(b.host_veths.is_empty());
+    assert_eq!(b.netns_inode, inode(Path::new("/proc/self/ns/net")));
+    assert_eq!(b.cgroup_id, inode(&cg_b));
+
+    let c = find(&snap, "test", "c").unwrap();
+    assert_eq!(c.netns_inode, a.netns_inode, "c shares a's namespace");
+    assert_eq!(c.host_veths, a.host_veths);
+    assert_eq!(c.cgroup_id, inode(&cg_c));
+
+    // Lookups over tarpc.
+    let by_if: Vec<String> = client
+        .by_ifindex(ctx(), ifindex0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.id.clone())
+        .collect();
+    assert_eq!(by_if, vec!["a", "c"]);
+    assert_eq!(
+        client
+            .by_cgroup_id(ctx(), inode(&cg_b))
+            .await
+            .unwrap()
+            .map(|c| c.id),
+        Some("b".to_string())
+    );
+    assert!(client.by_cgroup_id(ctx(), 1).await.unwrap().is_none());
+    assert_eq!(
+        client.by_name(ctx(), "name-c".into()).await.unwrap().len(),
+        1
+    );
+    assert!(
+        client.by_ifindex(ctx(), 1).await.unwrap().is_empty(),
+        "lo is no container's veth"
+    );
+
+    // From here on, a watcher must see every change.
+    let mut watcher = Watcher::new(&client).await;
+
+    // A second veth into a's namespace appears: an rtnetlink event, no rescan.
+    let (veth1, _) = scene.veth("a1", &ns);
+    let ifindex1 = ifindex(&veth1);
+    wait_for(&client, WAIT, "a has both veths", |s| {
+        find(s, "test", "a")
+            .filter(|a| {
+                a.host_veths.iter().map(|v| v.ifindex).collect::<Vec<_>>()
+                    == vec![ifindex0, ifindex1]
+            })
+            .cloned()
+    })
+    .await;
+    watcher.converge(&client, WAIT).await;
+
+    // The first veth vanishes.
+    run("ip", &["link", "del", &veth0]);
+    let a = wait_for(&client, WAIT, "a keeps only the second veth", |s| {
+        find(s, "test", "a")
+            .filter(|a| a.host_veths.len() == 1)
+            .cloned()
+    })
+    .await;
+    assert_eq!(a.host_veths[0].ifindex, ifindex1);
+    assert_eq!(
+        find(&list(&client).await, "test", "c").unwrap().host_veths,
+        a.host_veths
+    );
+    assert!(client.by_ifindex(ctx(), ifindex0).await.unwrap().is_empty());
+
+    // A new process joins a's cgroup (an exec): seen on the runtime's refresh.
+    let pa2 = scene.process(&cg_a, Some(&ns));
+    daemon
+        .sender()
+        .send(SourceEvent::Refresh {
+            namespace: "test".into(),
+            id: "a".into(),
+        })
+        .await
+        .unwrap();
+    wait_for(&client, WAIT, "a lists both processes", |s| {
+        find(s, "test", "a")
+            .filter(|a| a.pids == vec![pa, pa2])
+            .cloned()
+    })
+    .await;
+
+    // b's init process dies: on the next look at b, it is gone.
+    scene.kill(pb);
+    daemon
+        .sender()
+        .send(SourceEvent::Refresh {
+            namespace: "test".into(),
+            id: "b".into(),
+        })
+        .await
+        .unwrap();
+    wait_for(&client, WAIT, "b gone after its process died", |s| {
+        find(s, "test", "b").is_none().then_some(())
+    })
+    .await;
+
+    // c is removed by its runtime.
+    daemon
+        .sender()
+        .send(SourceEvent::Remove {
+            source: "test".into(),
+            namespace: "test".into(),
+            id: "c".into(),
+        })
+        .await
+        .unwrap();
+    wait_for(&client, WAIT, "c removed", |s| {
+        find(s, "test", "c").is_none().then_some(())
+    })
+    .await;
+
+    watcher.converge(&client, WAIT).await;
+    assert_eq!(
+        watcher.resyncs, 0,
+        "a watcher keeping up never needs a resync"
+    );
+    let status = client.status(ctx()).await.unwrap();
+    assert_eq!(status.containers, 1);
+    assert!(
+        status
+            .sources
+            .iter()
+            .any(|s| s.name == "rtnetlink" && s.connected),
+        "{status:?}"
+    );
+
+    daemon.shutdown().await;
+    assert!(!socket.exists(), "socket removed on shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_coming_and_going_quickly() {
+    if !root_or_skip("containers_coming_and_going_quickly") {
+        return;
+    }
+    let mut scene = Scene::new("b");
+    let (daemon, socket) = start_daemon("b").await;
+    let client = connect(&socket).await;
+    let mut watcher = Watcher::new(&client).await;
+
+    // Ten containers, each with its own namespace, veth and cgroup, created
+    // back to back; every other one is torn down again at once (process
+    // killed, veth and namespace deleted) before anyone looks.
+    let mut kept = BTreeMap::new();
+    for i in 0..10 {
+        let n = format!("{i}");
+        let ns = scene.netns(&n);
+        let (veth, _) = scene.veth(&format!("c{i}"), &ns);
+        let cg = scene.cgroup(&n);
+        let pid = scene.process(&cg, Some(&ns));
+        upsert(&daemon, rc(&format!("q{i}"), pid)).await;
+        if i % 2 == 1 {
+            scene.kill(pid);
+            run("ip", &["link", "del", &veth]);
+            run("ip", &["netns", "del", &ns]);
+            daemon
+                .sender()
+                .send(SourceEvent::Remove {
+                    source: "test".into(),
+                    namespace: "test".into(),
+                    id: format!("q{i}"),
+                })
+                .await
+                .unwrap();
+        } else {
+            kept.insert(format!("q{i}"), (ifindex(&veth), inode(&cg)));
+        }
+        // The watcher polls as it goes, without waiting.
+        watcher.poll(&client, 0).await;
+    }
+    let snap = wait_for(
+        &client,
+        WAIT,
+        "exactly the kept containers, each with its veth",
+        |s| {
+            let ok = s.containers.len() == kept.len()
+                && kept.iter().all(|(id, (ifindex, cg))| {
+                    find(s, "test", id).is_some_and(|c| {
+                        c.cgroup_id == *cg
+                            && c.host_veths.iter().map(|v| v.ifindex).collect::<Vec<_>>()
+                                == vec![*ifindex]
+                    })
+                });
+            ok.then(|| s.clone())
+        },
+    )
+    .await;
+    let netns: std::collections::BTreeSet<u64> =
+        snap.containers.iter().map(|c| c.netns_inode).collect();
+    assert_eq!(
+        netns.len(),
+        kept.len(),
+        "every kept container has its own namespace"
+    );
+    watcher.converge(&client, WAIT).await;
+    daemon.shutdown().await;
+}
