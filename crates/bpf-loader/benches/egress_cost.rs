@@ -30,19 +30,6 @@ const RULE_COUNTS: [usize; 3] = [10, 1_000, 100_000];
 
 static BASELINES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baselines.bpf.o"));
 
-fn own_cgroup_id() -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let text = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
-    let path = text
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .expect("cgroup v2 entry");
-    let full = bpf_loader::fs::cgroup2_mount()
-        .expect("cgroup2")
-        .join(path.trim_start_matches('/'));
-    std::fs::metadata(full).expect("own cgroup").ino()
-}
-
 /// A small deterministic PRNG (xorshift), so every run builds the same rules.
 struct Rng(u64);
 impl Rng {
@@ -144,7 +131,7 @@ fn main() {
 
     let allowed = packets::ipv4(Ipv4Addr::new(198, 18, 0, 1), packets::TCP, 443, 0, 0);
     let denied = packets::ipv4(Ipv4Addr::new(203, 0, 113, 9), packets::TCP, 443, 0, 0);
-    let cgroup_id = own_cgroup_id();
+    let cgroup_id = bpf_loader::fs::own_cgroup_id().expect("own cgroup id");
 
     let floor = median_ns(pass_fd, &allowed, 1);
     let mut rows = Vec::new();

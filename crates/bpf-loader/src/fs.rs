@@ -126,6 +126,22 @@ pub fn cgroup_id(path: &Path) -> Result<u64, FsError> {
         })
 }
 
+/// The cgroup v2 id of the calling process (the id of the cgroup sockets it
+/// creates belong to).
+pub fn own_cgroup_id() -> Result<u64, FsError> {
+    let proc_cgroup = Path::new("/proc/self/cgroup");
+    let text = std::fs::read_to_string(proc_cgroup).map_err(|source| FsError::Io {
+        what: "reading own cgroup",
+        path: proc_cgroup.to_owned(),
+        source,
+    })?;
+    let relative = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or(FsError::NoCgroup2)?;
+    cgroup_id(&cgroup2_mount()?.join(relative.trim_start_matches('/')))
+}
+
 /// Mounts `fs_type` at `target` unless a filesystem of that type is
 /// already mounted there.
 pub fn ensure_mounted(fs_type: &str, target: &Path) -> Result<(), FsError> {
@@ -165,13 +181,15 @@ pub fn tracefs() -> Result<PathBuf, FsError> {
     Ok(target)
 }
 
-/// A bpffs name for a cgroup path (bpffs names cannot hold '/').
+/// A bpffs name for a cgroup path: bpffs names cannot hold '/', and bpffs
+/// refuses '.' in names ("reserved"), which every systemd slice has.
 pub fn pin_name_for(cgroup_relative: &str) -> String {
     let mut out = String::with_capacity(cgroup_relative.len());
     for ch in cgroup_relative.trim_matches('/').chars() {
         match ch {
             '%' => out.push_str("%25"),
             '/' => out.push_str("%2F"),
+            '.' => out.push_str("%2E"),
             c => out.push(c),
         }
     }
@@ -186,7 +204,9 @@ pub fn cgroup_for_pin_name(name: &str) -> String {
     if name == "%2F" {
         return String::new();
     }
-    name.replace("%2F", "/").replace("%25", "%")
+    name.replace("%2F", "/")
+        .replace("%2E", ".")
+        .replace("%25", "%")
 }
 
 #[cfg(test)]
@@ -241,9 +261,16 @@ mod tests {
 
     #[test]
     fn pin_names_round_trip() {
-        for path in ["contain.slice", "a/b/c", "odd%name/x", ""] {
+        for path in [
+            "contain.slice",
+            "a/b/c",
+            "odd%name/x",
+            "system.slice/docker-1.scope",
+            "",
+        ] {
             assert_eq!(cgroup_for_pin_name(&pin_name_for(path)), path);
             assert!(!pin_name_for(path).contains('/'));
+            assert!(!pin_name_for(path).contains('.'));
         }
     }
 }

@@ -67,9 +67,7 @@ async fn protocols_are_allowed_and_denied_per_rule() {
     let Some(()) = require_root("protocols_are_allowed_and_denied_per_rule") else {
         return;
     };
-    let mut lab = Lab::new();
-    lab.start_peer_servers();
-    let client = lab.start_loader().await;
+    let (lab, client) = Lab::running().await;
     let mut rules = Rules::default();
     rules
         .cgroup(lab.ct_id(), 1, false)
@@ -148,9 +146,7 @@ async fn process_rules_follow_the_executable_not_the_name() {
     let Some(()) = require_root("process_rules_follow_the_executable_not_the_name") else {
         return;
     };
-    let mut lab = Lab::new();
-    lab.start_peer_servers();
-    let client = lab.start_loader().await;
+    let (lab, client) = Lab::running().await;
     let mut rules = Rules::default();
     rules
         .cgroup(lab.ct_id(), 1, false)
@@ -205,9 +201,7 @@ async fn servers_in_a_deny_all_container_answer_their_clients() {
     let Some(()) = require_root("servers_in_a_deny_all_container_answer_their_clients") else {
         return;
     };
-    let mut lab = Lab::new();
-    lab.start_peer_servers();
-    let client = lab.start_loader().await;
+    let (mut lab, client) = Lab::running().await;
     let mut rules = Rules::default();
     // Policy 1 with no allowance at all.
     rules.cgroup(lab.ct_id(), 1, false);
@@ -253,9 +247,7 @@ async fn audit_mode_passes_traffic_and_reports_it() {
     let Some(()) = require_root("audit_mode_passes_traffic_and_reports_it") else {
         return;
     };
-    let mut lab = Lab::new();
-    lab.start_peer_servers();
-    let client = lab.start_loader().await;
+    let (lab, client) = Lab::running().await;
     let mut rules = Rules::default();
     rules
         .cgroup(lab.ct_id(), 1, true)
@@ -289,9 +281,7 @@ async fn a_new_cgroup_under_the_parent_is_covered_from_its_first_packet() {
     else {
         return;
     };
-    let mut lab = Lab::new();
-    lab.start_peer_servers();
-    let client = lab.start_loader().await;
+    let (lab, client) = Lab::running().await;
     converge(&client, &Rules::default().state, Verdict::Deny).await;
     // Created after attach, unknown to every map.
     let fresh = lab.parent.join("fresh");
@@ -313,9 +303,7 @@ async fn enforcement_survives_kill_9_and_restart_of_the_loader() {
     let Some(()) = require_root("enforcement_survives_kill_9_and_restart_of_the_loader") else {
         return;
     };
-    let mut lab = Lab::new();
-    lab.start_peer_servers();
-    let client = lab.start_loader().await;
+    let (mut lab, client) = Lab::running().await;
     let mut rules = Rules::default();
     rules
         .cgroup(lab.ct_id(), 1, false)
@@ -369,9 +357,7 @@ async fn revoking_access_stops_new_and_established_outbound_flows() {
     let Some(()) = require_root("revoking_access_stops_new_and_established_outbound_flows") else {
         return;
     };
-    let mut lab = Lab::new();
-    lab.start_peer_servers();
-    let client = lab.start_loader().await;
+    let (lab, client) = Lab::running().await;
     let mut rules = Rules::default();
     rules
         .cgroup(lab.ct_id(), 1, false)

@@ -17,20 +17,6 @@ const ANYPORT4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 5);
 const OTHER4: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 9);
 const ALLOWED6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 1);
 
-/// The cgroup BPF_PROG_TEST_RUN's dummy socket belongs to: this process's.
-fn own_cgroup_id() -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let text = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
-    let path = text
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .expect("cgroup v2 entry");
-    let full = bpf_loader::fs::cgroup2_mount()
-        .expect("cgroup2")
-        .join(path.trim_start_matches('/'));
-    std::fs::metadata(full).expect("own cgroup").ino()
-}
-
 struct PinDir(std::path::PathBuf);
 impl Drop for PinDir {
     fn drop(&mut self) {
@@ -58,7 +44,11 @@ fn egress_parses_real_headers() {
     };
     let mut rules = Rules::default();
     rules
-        .cgroup(own_cgroup_id(), 1, false)
+        .cgroup(
+            bpf_loader::fs::own_cgroup_id().expect("own cgroup id"),
+            1,
+            false,
+        )
         .allow(allow("198.18.0.1", TCP, Some(443), false))
         .allow(allow("198.18.0.1", UDP, Some(53), false))
         .allow(allow("198.18.0.1", ICMP, Some(8), true))

@@ -173,7 +173,8 @@ impl Lab {
         let n = LAB_COUNTER.fetch_add(1, Ordering::SeqCst);
         let name = format!("{PREFIX}-{}-{n}", std::process::id());
         let mount = cgroup2_mount();
-        let parent = mount.join(&name);
+        // A dotted, systemd-style name: bpffs refuses dots in pin names.
+        let parent = mount.join(format!("{name}.slice"));
         let ct = parent.join("ct");
         let scratch = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&ct).expect("creating lab cgroups");
@@ -295,6 +296,14 @@ impl Lab {
         self.scratch.join("loader.log")
     }
 
+    /// A lab with its peer servers running and its loader up.
+    pub async fn running() -> (Lab, LoaderClient) {
+        let mut lab = Lab::new();
+        lab.start_peer_servers();
+        let client = lab.start_loader().await;
+        (lab, client)
+    }
+
     /// Starts bpf-loader attached to the lab's parent cgroup and waits
     /// until its socket answers.
     pub async fn start_loader(&mut self) -> LoaderClient {
@@ -309,7 +318,7 @@ impl Lab {
             .arg("--pin-dir")
             .arg(&self.pin_dir)
             .arg("--attach-parent")
-            .arg(&self.name)
+            .arg(&self.parent)
             .stderr(log)
             .spawn()
             .expect("starting bpf-loader");
