@@ -30,7 +30,11 @@ fn check_policy(policy_id: u32) -> Result<(), EncodeError> {
 }
 
 pub fn cgroup_value(v: &CgroupEntry) -> Result<kern::CgroupPolicy, EncodeError> {
-    check_policy(v.policy_id)?;
+    // A container no policy selects is unrestricted and has no policy: it
+    // counts under policy 0, with the unknown cgroups.
+    if !(v.unrestricted && v.policy_id == kern::UNKNOWN_POLICY_ID) {
+        check_policy(v.policy_id)?;
+    }
     let mut flags = 0;
     if v.audit {
         flags |= kern::CGROUP_AUDIT;
@@ -234,6 +238,14 @@ mod tests {
         assert!(process_key(&k(kern::MAX_POLICIES)).is_err());
         let ok = process_key(&k(7)).unwrap();
         assert_eq!(process_key_back(&ok).unwrap(), k(7));
+    }
+
+    #[test]
+    fn unrestricted_cgroups_need_no_policy() {
+        let free = CgroupEntry { policy_id: 0, audit: false, unrestricted: true };
+        assert_eq!(cgroup_entry(&cgroup_value(&free).unwrap()), free);
+        let restricted = CgroupEntry { policy_id: 0, audit: false, unrestricted: false };
+        assert!(cgroup_value(&restricted).is_err());
     }
 
     #[test]
