@@ -242,9 +242,17 @@ mod tests {
 
     #[test]
     fn unrestricted_cgroups_need_no_policy() {
-        let free = CgroupEntry { policy_id: 0, audit: false, unrestricted: true };
+        let free = CgroupEntry {
+            policy_id: 0,
+            audit: false,
+            unrestricted: true,
+        };
         assert_eq!(cgroup_entry(&cgroup_value(&free).unwrap()), free);
-        let restricted = CgroupEntry { policy_id: 0, audit: false, unrestricted: false };
+        let restricted = CgroupEntry {
+            policy_id: 0,
+            audit: false,
+            unrestricted: false,
+        };
         assert!(cgroup_value(&restricted).is_err());
     }
 

@@ -16,6 +16,7 @@ const ALLOWED4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const ANYPORT4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 5);
 const OTHER4: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 9);
 const ALLOWED6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 1);
+const OTHER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x99, 0, 0, 0, 0, 9);
 
 struct PinDir(std::path::PathBuf);
 impl Drop for PinDir {

@@ -1,13 +1,158 @@
-//! Baseline programs for benchmarks, not for enforcement: the floor a
-//! cgroup_skb program cannot go below (returns "pass" and nothing else).
+//! Programs for benchmarks, not for enforcement.
+//!
+//! - `baseline_pass`: the floor a cgroup_skb program cannot go below
+//!   (returns "pass" and nothing else).
+//! - `thesis_scan`: the thesis' design, rebuilt for the comparison: one
+//!   allow-list per container held as an array of `{addr, mask, port,
+//!   proto}` entries and scanned linearly for every packet until an entry
+//!   matches (IPv4 only, as the thesis' `cidr4` rules). The thesis scanned
+//!   at most 500 entries with an unrolled loop; here the scan is a
+//!   `bpf_loop` so that the same program runs at 10 to 100 000 entries.
+//!   The bench crate fills `THESIS_RULES` and `THESIS_LEN`; an instance of
+//!   this object is loaded per rule count.
+//! - `thesis_scan_bounded`: the same scan as a plain bounded loop over at
+//!   most `THESIS_BOUNDED_MAX` entries, the shape of the thesis' own loop
+//!   (the verifier walks every iteration, hence the cap).
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
+use aya_ebpf::{
+    btf_maps::Array, helpers::generated::bpf_loop, macros::btf_map, macros::cgroup_skb,
+    programs::SkBuffContext,
+};
 
 #[cgroup_skb]
 pub fn baseline_pass(_ctx: SkBuffContext) -> i32 {
     1
+}
+
+/// One allow-list entry (layout shared with `crates/bench`). Addresses and
+/// masks are in network byte order; `port` 0 means any port (and, for
+/// ICMP, every type), `proto` 0 any protocol.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ThesisRule {
+    pub addr: u32,
+    pub mask: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Room for 100 000 rules and a little more.
+const THESIS_MAX: usize = 131_072;
+
+#[btf_map(name = "THESIS_RULES")]
+static THESIS_RULES: Array<ThesisRule, THESIS_MAX> = Array::new();
+
+/// Index 0: the number of entries in use.
+#[btf_map(name = "THESIS_LEN")]
+static THESIS_LEN: Array<u32, 1> = Array::new();
+
+const ETH_P_IP: u16 = 0x0800;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+
+/// What the scan compares and what it found.
+#[repr(C)]
+struct Scan {
+    daddr: u32,
+    port: u16,
+    proto: u8,
+    matched: u8,
+}
+
+extern "C" fn scan_one(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer given to it: a Scan on the
+    // caller's stack.
+    let scan = unsafe { &mut *ctx.cast::<Scan>() };
+    let Some(rule) = THESIS_RULES.get(index as u32) else {
+        return 1;
+    };
+    if matches(rule, scan) {
+        scan.matched = 1;
+        return 1;
+    }
+    0
+}
+
+/// The bounded loop's cap (the thesis scanned at most 500 entries).
+const THESIS_BOUNDED_MAX: u32 = 512;
+
+#[inline(always)]
+fn matches(rule: &ThesisRule, scan: &Scan) -> bool {
+    scan.daddr & rule.mask == rule.addr
+        && (rule.proto == 0 || rule.proto == scan.proto)
+        && (rule.port == 0 || rule.port == scan.port)
+}
+
+/// The packet's destination, protocol and port; `Err(verdict)` when the
+/// packet is not looked up (not IPv4: passed; unreadable: dropped).
+#[inline(always)]
+fn parse(ctx: &SkBuffContext) -> Result<Scan, i32> {
+    if u16::from_be(ctx.skb.protocol() as u16) != ETH_P_IP {
+        return Err(1);
+    }
+    let Ok(hdr) = ctx.load::<[u8; 20]>(0) else {
+        return Err(0);
+    };
+    let proto = hdr[9];
+    let header_len = ((hdr[0] & 0x0f) as usize) * 4;
+    let port = if proto == IPPROTO_TCP || proto == IPPROTO_UDP {
+        match ctx.load::<[u8; 4]>(header_len) {
+            Ok(l4) => u16::from_be_bytes([l4[2], l4[3]]),
+            Err(_) => return Err(0),
+        }
+    } else {
+        0
+    };
+    Ok(Scan {
+        daddr: u32::from_ne_bytes([hdr[16], hdr[17], hdr[18], hdr[19]]),
+        port,
+        proto,
+        matched: 0,
+    })
+}
+
+#[cgroup_skb]
+pub fn thesis_scan(ctx: SkBuffContext) -> i32 {
+    let mut scan = match parse(&ctx) {
+        Ok(scan) => scan,
+        Err(verdict) => return verdict,
+    };
+    let len = THESIS_LEN.get(0).copied().unwrap_or(0);
+    // SAFETY: the callback is a static function of the right signature; the
+    // context is a stack object that outlives the call.
+    unsafe {
+        bpf_loop(
+            len,
+            scan_one as *mut core::ffi::c_void,
+            (&mut scan as *mut Scan).cast(),
+            0,
+        )
+    };
+    i32::from(scan.matched & 1)
+}
+
+#[cgroup_skb]
+pub fn thesis_scan_bounded(ctx: SkBuffContext) -> i32 {
+    let scan = match parse(&ctx) {
+        Ok(scan) => scan,
+        Err(verdict) => return verdict,
+    };
+    let len = THESIS_LEN.get(0).copied().unwrap_or(0);
+    for i in 0..THESIS_BOUNDED_MAX {
+        if i >= len {
+            break;
+        }
+        let Some(rule) = THESIS_RULES.get(i) else {
+            break;
+        };
+        if matches(rule, &scan) {
+            return 1;
+        }
+    }
+    0
 }
 
 #[cfg(not(test))]

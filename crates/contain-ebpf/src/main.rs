@@ -309,6 +309,9 @@ fn egress(ctx: &SkBuffContext) -> i32 {
         count_unparsed();
         return judged(gov.on_miss);
     };
+    if is_link_infrastructure(&flow) {
+        return ALLOW;
+    }
     // SAFETY: full socket pointer checked non-null above.
     let (sock_type, sock_proto) = unsafe { ((*full).type_, (*full).protocol) };
     // SAFETY: full socket pointer, no create.
@@ -377,6 +380,18 @@ fn egress(ctx: &SkBuffContext) -> i32 {
 }
 
 #[inline(always)]
+/// IPv6 neighbour discovery and MLD. The kernel sends them from per-netns
+/// control sockets, which in a container runtime belong to the container's
+/// cgroup; without them no IPv6 packet reaches a neighbour. They cannot
+/// leave the link (routers do not forward them, receivers require hop
+/// limit 255), so they are not egress to judge.
+fn is_link_infrastructure(flow: &Flow) -> bool {
+    if flow.proto != proto::ICMPV6 || flow.later_fragment {
+        return false;
+    }
+    matches!(flow.dport >> 8, 130..=137 | 143)
+}
+
 fn judged(v: Verdict) -> i32 {
     if v == Verdict::Deny {
         REJECT

@@ -197,9 +197,13 @@ impl Lab {
 
     fn build_network(&self) {
         let (c, p) = (&self.ct_ns, &self.peer_ns);
+        // The container's netns is made from inside its cgroup, as runc
+        // does: the kernel's per-netns control sockets (neighbour discovery,
+        // ICMP errors, RSTs) then belong to the container's cgroup too.
+        let ct = self.ct.display();
         sh(&format!(
             "set -e
-            ip netns add {c}
+            sh -c 'echo $$ > {ct}/cgroup.procs && exec ip netns add {c}'
             ip netns add {p}
             ip -n {c} link add vc type veth peer name vp netns {p}
             ip -n {c} link set lo up

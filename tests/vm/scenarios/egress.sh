@@ -1,0 +1,174 @@
+#!/bin/bash
+# contain end to end with real Docker and containerd in the Debian 12 guest (kernel 6.1): the
+# three daemons under systemd, an egress=block label, a per-process policy, ping, curl and raw
+# ICMP allowed and denied, IPv6, first-packet coverage of a new container, a live reload, and
+# kill -9 of each daemon while a probe loop runs.
+. /mnt/share/lib/vmtest.sh
+
+NET=contain-net
+SUBNET=198.18.251.0/24
+SUBNET6=2001:db8:251::/64
+PEER_IP=198.18.251.10
+PEER_IP6=2001:db8:251::10
+T=/opt/contain-test            # probe.py and peer_server.py, bind-mounted into containers
+IMG=$CONTAIN_TEST_IMAGE
+
+# probe CONTAINER ARGS...: the probe's one-line outcome (ok, denied:EPERM, timeout, error:...)
+probe() { local c=$1; shift; { docker exec "$c" python3 $T/probe.py "$@" 2>&1 || true; } | tail -n1; }
+# expect DESC WANT CONTAINER ARGS...: WANT is ok, denied (EPERM or timeout) or denied:EPERM
+expect() {
+  local desc=$1 want=$2; shift 2
+  local got; got=$(probe "$@")
+  case "$want:$got" in
+    ok:ok | denied:denied:EPERM | denied:timeout | denied:EPERM:denied:EPERM) pass "$desc ($got)" ;;
+    *) fail "$desc: wanted $want, got $got" ;;
+  esac
+}
+
+write_policy() { # extra TCP port allowed for egress=block, besides 8080
+  cat >/etc/contain/policy.toml <<EOF
+mode = "enforce"
+unknown_container = "deny"
+allow_loopback = true
+
+[[policy]]
+name = "blocked"
+select = { label = { egress = "block" } }
+allow = [
+  { to = ["$PEER_IP", "$PEER_IP6"], proto = "tcp", ports = [8080$1] },
+]
+
+[[policy]]
+name = "curler"
+select = { name = "curler" }
+[[policy.process]]
+exe = "/usr/bin/curl"
+allow = [{ to = ["$PEER_IP"], proto = "tcp", ports = [8080] }]
+EOF
+}
+
+step "contain under systemd"
+install_contain
+mkdir -p $T /etc/contain
+cp /mnt/share/lib/probe.py /mnt/share/lib/peer_server.py $T/
+getent group contain >/dev/null || groupadd --system contain
+write_policy ""
+check "policy is valid" policyd check /etc/contain/policy.toml
+check "start bpf-loader" systemd-run --unit=contain-bpf-loader -p Restart=always -p RestartSec=0.2 \
+  /usr/local/bin/bpf-loader --attach-parent contain.slice
+check "loader socket" retry 100 0.2 test -S /run/contain/loader.sock
+check "start resolver" systemd-run --unit=contain-resolver -p Restart=always -p RestartSec=0.2 \
+  /usr/local/bin/resolver
+check "resolver socket" retry 100 0.2 test -S /run/contain/resolver.sock
+check "start policyd" systemd-run --unit=contain-policyd -p Restart=always -p RestartSec=0.2 \
+  /usr/local/bin/policyd daemon --policy /etc/contain/policy.toml
+check "policyd socket" retry 100 0.2 test -S /run/contain/policyd.sock
+defer journalctl -u contain-bpf-loader -u contain-resolver -u contain-policyd --no-pager -o cat \
+  --output-fields=MESSAGE > /mnt/share/out/daemons.log
+
+step "containers"
+docker network rm "$NET" >/dev/null 2>&1 || true
+defer docker network rm "$NET"
+defer docker rm -f peer blocked free curler first
+check "network $NET" docker network create --ipv6 --subnet "$SUBNET" --subnet "$SUBNET6" "$NET"
+run() { docker run -d --network "$NET" -v $T:$T:ro "$@"; }
+check "peer (servers on 8080, 9090, 5353)" run --name peer --ip $PEER_IP --ip6 $PEER_IP6 "$IMG" \
+  python3 $T/peer_server.py 8080 9090 5353
+check "blocked (egress=block)" run --name blocked --label egress=block "$IMG" sleep 3600
+check "free (no policy)" run --name free "$IMG" sleep 3600
+check "curler (per-process policy)" run --name curler "$IMG" sleep 3600
+check "the peer answers" retry 30 0.5 bash -c "[[ \$(docker exec free python3 $T/probe.py tcp $PEER_IP 8080) == ok ]]"
+check "containers sit under contain.slice" \
+  bash -c "grep -q contain.slice /proc/\$(docker inspect -f '{{.State.Pid}}' blocked)/cgroup"
+check "policyd maps blocked to its policy" retry 40 0.25 bash -c "policyd status | grep blocked | grep -q blocked"
+
+step "egress=block: only TCP 8080 to the peer"
+expect "blocked: curl-like TCP to peer:8080" ok blocked tcp $PEER_IP 8080
+expect "blocked: TCP to peer:9090" denied:EPERM blocked tcp $PEER_IP 9090
+expect "blocked: ping (ICMP datagram socket)" denied blocked ping $PEER_IP
+expect "blocked: raw ICMP socket" denied blocked icmp-raw $PEER_IP
+expect "blocked: UDP sendto" denied:EPERM blocked udp-sendto $PEER_IP 5353
+expect "blocked: UDP connected" denied:EPERM blocked udp-connect $PEER_IP 5353
+expect "blocked: IPv6 TCP to peer:8080" ok blocked tcp6 $PEER_IP6 8080
+expect "blocked: IPv6 TCP to peer:9090" denied:EPERM blocked tcp6 $PEER_IP6 9090
+expect "blocked: IPv6 ping" denied blocked ping6 $PEER_IP6
+expect "blocked: v4-mapped IPv6 to peer:9090" denied:EPERM blocked tcp-mapped $PEER_IP 9090
+check_fails "blocked: busybox ping" docker exec blocked timeout 5 ping -c1 -W2 $PEER_IP
+check_fails "blocked: curl to peer:9090" docker exec blocked curl -sS --max-time 5 http://$PEER_IP:9090/
+check "blocked: curl to peer:8080" docker exec blocked curl -sS --max-time 5 http://$PEER_IP:8080/
+check "the peer can still reach blocked's servers (inbound is not egress)" bash -c \
+  "docker exec -d blocked python3 $T/peer_server.py 7070 && sleep 2 && \
+   [[ \$(docker exec peer python3 $T/probe.py tcp \$(docker inspect -f '{{(index .NetworkSettings.Networks \"$NET\").IPAddress}}' blocked) 7070) == ok ]]"
+
+step "a container without policy is left alone"
+expect "free: TCP 9090" ok free tcp $PEER_IP 9090
+expect "free: ping" ok free ping $PEER_IP
+expect "free: raw ICMP" ok free icmp-raw $PEER_IP
+
+step "per process: only /usr/bin/curl in curler"
+check "curler: curl to peer:8080" docker exec curler curl -sS --max-time 5 http://$PEER_IP:8080/
+check_fails "curler: busybox wget to peer:8080" docker exec curler timeout 5 wget -q -O- http://$PEER_IP:8080/
+check_fails "curler: a renamed copy of curl" docker exec curler sh -c \
+  "cp /usr/bin/curl /tmp/curl && /tmp/curl -sS --max-time 5 http://$PEER_IP:8080/"
+expect "curler: python TCP to peer:8080" denied:EPERM curler tcp $PEER_IP 8080
+expect "curler: python renamed to curl (comm)" denied:EPERM curler tcp $PEER_IP 8080 --comm curl
+
+step "first packet of a new container"
+out=$(docker run --rm --network "$NET" -v $T:$T:ro --label egress=block --name first "$IMG" \
+  python3 $T/probe.py tcp $PEER_IP 9090 2>&1 | tail -n1 || true)
+[[ $out == denied:* || $out == timeout ]] && pass "a denied connect as the container's first act is denied ($out)" \
+  || fail "first packet of a new egress=block container escaped: $out"
+
+step "policyd reload changes access live"
+write_policy ", 9090"
+check "policyd reload" policyd reload
+expect "blocked: TCP 9090 after the reload" ok blocked tcp $PEER_IP 9090
+write_policy ""
+check "policyd reload (revert)" policyd reload
+expect "blocked: TCP 9090 after reverting" denied:EPERM blocked tcp $PEER_IP 9090
+cp /etc/contain/policy.toml /tmp/good.toml
+echo 'mode = "sideways"' >/etc/contain/policy.toml
+check_fails "an invalid policy is refused" policyd reload
+expect "the old policy keeps enforcing" denied:EPERM blocked tcp $PEER_IP 9090
+cp /tmp/good.toml /etc/contain/policy.toml
+
+step "kill -9 of each daemon while a probe loop runs"
+docker exec -d blocked sh -c "for i in \$(seq 1 25); do python3 $T/probe.py tcp $PEER_IP 8080; \
+  python3 $T/probe.py tcp $PEER_IP 9090; done > /tmp/loop.out 2>&1; touch /tmp/loop.done"
+for unit in contain-bpf-loader contain-resolver contain-policyd; do
+  sleep 2
+  check "kill -9 $unit" systemctl kill -s KILL "$unit"
+done
+check "probe loop finished" retry 120 1 docker exec blocked test -f /tmp/loop.done
+loop=$(docker exec blocked cat /tmp/loop.out || true)
+allowed_ok=$(awk 'NR % 2 == 1 && $0 == "ok"' <<<"$loop" | wc -l)
+denied_ok=$(awk 'NR % 2 == 0 && $0 == "ok"' <<<"$loop" | wc -l)
+[[ $denied_ok -eq 0 ]] && pass "no denied connection passed during the kills" \
+  || fail "$denied_ok denied connections passed during the kills"
+[[ $allowed_ok -eq 25 ]] && pass "allowed connections kept working (25/25)" \
+  || fail "allowed connections: $allowed_ok/25 worked"
+check "all daemons are back" retry 50 0.2 systemctl is-active --quiet contain-bpf-loader contain-resolver contain-policyd
+
+step "a plain containerd container (ctr)"
+ctr -n default images import --all-platforms /dev/null >/dev/null 2>&1 || true
+if docker save "$IMG" | ctr -n default images import - >/dev/null 2>&1; then
+  pass "image imported into containerd"
+  ref=$(ctr -n default images ls -q | grep contain-test | head -n1)
+  defer ctr -n default tasks kill -s KILL ctr-blocked
+  defer ctr -n default containers rm ctr-blocked
+  check "ctr run (egress=block, under contain.slice)" ctr -n default run -d --net-host \
+    --runc-systemd-cgroup --cgroup contain.slice:ctr:blocked --label egress=block \
+    --mount type=bind,src=$T,dst=$T,options=rbind:ro "$ref" ctr-blocked sleep 3600
+  check "policyd maps the containerd container" retry 40 0.25 bash -c "policyd status | grep -q ctr-blocked"
+  out=$(ctr -n default tasks exec --exec-id p1 ctr-blocked python3 $T/probe.py tcp $PEER_IP 9090 2>&1 | tail -n1 || true)
+  [[ $out == denied:EPERM ]] && pass "ctr container: TCP 9090 denied" || fail "ctr container: TCP 9090: $out"
+  out=$(ctr -n default tasks exec --exec-id p2 ctr-blocked python3 $T/probe.py tcp $PEER_IP 8080 2>&1 | tail -n1 || true)
+  [[ $out == ok ]] && pass "ctr container: TCP 8080 allowed" || fail "ctr container: TCP 8080: $out"
+else
+  fail "could not import $IMG into containerd"
+fi
+
+step "denials are logged with attribution"
+check "the loader logged denials as JSON" bash -c \
+  "journalctl -u contain-bpf-loader -o cat | grep '\"verdict\":\"deny\"' | grep -q '\"comm\":\"python3\"'"
+finish
