@@ -6,13 +6,13 @@
 //!   allow-list per container held as an array of `{addr, mask, port,
 //!   proto}` entries and scanned linearly for every packet until an entry
 //!   matches (IPv4 only, as the thesis' `cidr4` rules). The thesis scanned
-//!   at most 500 entries with an unrolled loop; here the scan is a
-//!   `bpf_loop` so that the same program runs at 10 to 100 000 entries.
+//!   at most 500 entries per packet; here the scan is a `bpf_loop` so that
+//!   the same program runs at 10 to 100 000 entries.
 //!   The bench crate fills `THESIS_RULES` and `THESIS_LEN`; an instance of
 //!   this object is loaded per rule count.
 //! - `thesis_scan_bounded`: the same scan as a plain bounded loop over at
-//!   most `THESIS_BOUNDED_MAX` entries, the shape of the thesis' own loop
-//!   (the verifier walks every iteration, hence the cap).
+//!   most `THESIS_BOUNDED_MAX` entries, the shape a scan capped at 500
+//!   entries takes (the verifier walks every iteration, hence the cap).
 #![no_std]
 #![no_main]
 

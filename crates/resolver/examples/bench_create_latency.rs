@@ -97,17 +97,19 @@ impl Drop for Bench {
         }
         let _ = std::fs::remove_dir_all(&self.base);
         if !self.had_run_containerd {
-            for d in [
-                "/run/containerd/runc/default",
-                "/run/containerd/runc",
-                "/run/containerd/s",
-                "/run/containerd/fifo",
-                "/run/containerd",
-            ] {
-                let _ = std::fs::remove_dir(d);
-            }
+            remove_empty_dirs(Path::new("/run/containerd"));
         }
     }
+}
+
+/// Removes the empty directories of a tree, deepest first; nothing else.
+fn remove_empty_dirs(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_empty_dirs(&e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 fn now_ns() -> i128 {

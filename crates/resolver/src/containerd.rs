@@ -164,6 +164,8 @@ struct Meta {
     name: String,
     labels: BTreeMap<String, String>,
     image: String,
+    /// Init pid of the running task, 0 if none.
+    pid: u32,
 }
 
 fn meta_of(namespace: &str, c: &containerd_client::services::v1::Container) -> Meta {
@@ -181,6 +183,7 @@ fn meta_of(namespace: &str, c: &containerd_client::services::v1::Container) -> M
         name,
         labels,
         image: c.image.clone(),
+        pid: 0,
     }
 }
 
@@ -425,16 +428,15 @@ impl ContainerdSource {
                             name: meta.name,
                             labels: meta.labels,
                             image: meta.image,
+                            pid: 0,
                         };
                     }
                 }
             }
             for (id, pid) in running {
-                let meta = cache
-                    .get(&(ns.clone(), id.clone()))
-                    .cloned()
-                    .unwrap_or_default();
-                all.push(self.container(ns, &id, meta, pid));
+                let entry = cache.entry((ns.clone(), id.clone())).or_default();
+                entry.pid = pid;
+                all.push(self.container(ns, &id, entry.clone(), pid));
             }
         }
         tracing::debug!(containers = all.len(), "containerd listing");
@@ -523,6 +525,7 @@ impl ContainerdSource {
                     name: d.name,
                     labels: d.labels,
                     image: d.image,
+                    pid: 0,
                 };
             } else {
                 tracing::warn!(container = %id, "no Docker name or labels for this container (Docker API and config.v2.json both failed); using the id");
@@ -540,11 +543,19 @@ impl ContainerdSource {
         let source = self.name();
         match event {
             Event::ContainerChanged { namespace, id } => {
-                // Only the record is read here; the container enters the
-                // inventory when its task runs.
+                // The record is read here; a container enters the inventory
+                // when its task runs, or now if it already runs (an update
+                // of its labels).
+                let key = (namespace.clone(), id.clone());
+                let pid = cache.get(&key).map_or(0, |m| m.pid);
                 match self.get_meta(channel, &namespace, &id).await {
-                    Ok(Some(meta)) => {
-                        cache.insert((namespace, id), meta);
+                    Ok(Some(mut meta)) => {
+                        meta.pid = pid;
+                        cache.insert(key, meta.clone());
+                        if pid != 0 {
+                            let container = self.container(&namespace, &id, meta, pid);
+                            return self.send(SourceEvent::Upsert { source, container }).await;
+                        }
                     }
                     Ok(None) => {}
                     Err(e) => tracing::warn!(error = %e, "cannot read a container record"),
@@ -572,12 +583,18 @@ impl ContainerdSource {
                         }
                     },
                 };
-                let Some(meta) = meta else { return Ok(()) };
+                let Some(mut meta) = meta else {
+                    return Ok(());
+                };
+                meta.pid = pid;
                 cache.insert(cache_key, meta.clone());
                 let container = self.container(&namespace, &id, meta, pid);
                 self.send(SourceEvent::Upsert { source, container }).await
             }
             Event::TaskGone { namespace, id } => {
+                if let Some(m) = cache.get_mut(&(namespace.clone(), id.clone())) {
+                    m.pid = 0;
+                }
                 self.send(SourceEvent::Remove {
                     source,
                     namespace,

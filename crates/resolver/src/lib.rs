@@ -102,6 +102,9 @@ pub struct Config {
     /// Full rescan period (processes, cgroups, links); also how often the
     /// containerd listing is repeated.
     pub rescan: Duration,
+    /// The group whose members may use the socket besides root; `None`:
+    /// group `contain` if the host has it, else root only.
+    pub socket_group: Option<u32>,
 }
 
 impl Config {
@@ -117,6 +120,7 @@ impl Config {
             docker_socket: PathBuf::from("/var/run/docker.sock"),
             docker_root: PathBuf::from("/var/lib/docker"),
             rescan: Duration::from_secs(30),
+            socket_group: None,
         }
     }
 }
@@ -179,7 +183,7 @@ impl Daemon {
         ));
 
         let netlink = Netlink::connect()?;
-        let gid = contain_gid();
+        let gid = config.socket_group.or_else(contain_gid);
         let (mode, policy) = match gid {
             Some(gid) => (0o660, PeerPolicy::RootOrGroup(gid)),
             None => (0o600, PeerPolicy::RootOnly),

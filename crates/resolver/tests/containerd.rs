@@ -671,6 +671,15 @@ async fn resolver_follows_a_real_containerd() {
     assert_eq!(by_if, vec![c1.clone(), s1.clone()]);
     watcher.converge(&client, WAIT).await;
 
+    // ---- a running container's labels change (containerd update event) ----
+    env.ctr("default", &["containers", "label", &c1, "tier=web"]);
+    wait_for(&client, WAIT, "c1 carries its new label", |s| {
+        find(s, "default", &c1)
+            .filter(|c| c.labels.get("tier").map(String::as_str) == Some("web"))
+            .cloned()
+    })
+    .await;
+
     // ---- containers coming and going quickly ----
     let mut kept = Vec::new();
     for i in 0..8 {

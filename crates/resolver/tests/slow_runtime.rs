@@ -9,6 +9,32 @@ use std::time::{Duration, Instant};
 
 use resolver::{Config, Daemon};
 
+/// A scratch directory `<tmp>/<prefix><pid>`, removed on drop (also when
+/// the test fails); those of earlier, dead runs are removed first.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(prefix: &str) -> Scratch {
+        let tmp = std::env::temp_dir();
+        for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if common::dead_run_pid(&name, prefix).is_some() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let dir = tmp.join(format!("{prefix}{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Accepts connections on `path` and holds them open without a word.
 fn hung_server(path: &std::path::Path) -> tokio::task::JoinHandle<()> {
     let _ = std::fs::remove_file(path);
@@ -23,15 +49,16 @@ fn hung_server(path: &std::path::Path) -> tokio::task::JoinHandle<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_containerd_never_blocks_the_service() {
-    let dir = std::env::temp_dir().join(format!("contain-resolver-slow-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = Scratch::new("contain-resolver-slow-");
+    let dir = scratch.0.clone();
     let hung = hung_server(&dir.join("containerd.sock"));
 
     let mut config = Config::new(dir.join("resolver.sock"));
     config.containerd_socket = Some(dir.join("containerd.sock"));
     config.docker_socket = dir.join("docker.sock");
     config.docker_root = dir.join("docker");
+    // Unprivileged runs may use the socket through their own group.
+    config.socket_group = Some(unsafe { libc::getegid() });
     let daemon = Daemon::start(config)
         .await
         .unwrap_or_else(|e| panic!("starting the resolver: {e}"));
@@ -79,7 +106,6 @@ async fn a_hung_containerd_never_blocks_the_service() {
     }
     daemon.shutdown().await;
     hung.abort();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 async fn snap_generation(client: &proto::resolver::ResolverClient) -> u64 {
@@ -88,11 +114,8 @@ async fn snap_generation(client: &proto::resolver::ResolverClient) -> u64 {
 
 #[tokio::test]
 async fn a_hung_docker_api_falls_back_to_config_v2_json() {
-    let dir = std::env::temp_dir().join(format!(
-        "contain-resolver-slow-docker-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
+    let scratch = Scratch::new("contain-resolver-slow-docker-");
+    let dir = scratch.0.clone();
     let id = "ab".repeat(32);
     let config_dir = dir.join("root/containers").join(&id);
     std::fs::create_dir_all(&config_dir).unwrap();
@@ -126,5 +149,4 @@ async fn a_hung_docker_api_falls_back_to_config_v2_json() {
         started.elapsed()
     );
     hung.abort();
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,0 +1,848 @@
+//! The control plane, with the real release daemons on private sockets,
+//! pins and cgroups:
+//!
+//! - `policyd reload` (the CLI, as an operator runs it, wall time) of a
+//!   synthetic 10 000-rule policy (policyd's own generator: 10 policies, 50
+//!   containers from an inventory file), of a one-rule change and of an
+//!   unchanged file, against the real bpf-loader and its BPF maps;
+//! - resident memory of bpf-loader, resolver and policyd, at rest;
+//! - container create → policy in force: a private containerd, the
+//!   resolver following it, policyd following the resolver, bpf-loader
+//!   attached to the containers' parent cgroup. Each container is run with
+//!   `ctr run` and pings a peer from its first moment; the time from
+//!   containerd's `/tasks/create` (and `/tasks/start`) event to the moment
+//!   the container's cgroup is in the loader's `CGROUPS` map is taken, and
+//!   an nftables counter on the peer counts packets that got out (the
+//!   policy denies them, and so does the unknown-container verdict before
+//!   it is in force).
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{bail, Context as _, Result};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray};
+use contain_common::{CgroupPolicy, PolicyCounters};
+use proto::state::{Entry, EntryKey, MapOp};
+use serde::{Deserialize, Serialize};
+
+use crate::sys;
+
+const RULES: usize = 10_000;
+const POLICIES: usize = 10;
+const CONTAINERS: usize = 50;
+const IMAGE: &str = "docker.io/contain-test/busybox:latest";
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Reload {
+    pub wall_ms: Vec<f64>,
+    /// policyd's own split (from the reload report), per run.
+    pub compile_ms: Vec<f64>,
+    pub apply_ms: Vec<f64>,
+    pub ops: usize,
+    pub ops_detail: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Rss {
+    pub daemon: String,
+    /// Started, nothing loaded (policyd: an empty policy).
+    pub idle_kb: Option<u64>,
+    /// After the 10 000-rule policy is installed and the reloads are done.
+    pub loaded_kb: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Create {
+    pub trials: usize,
+    /// containerd `/tasks/create` event → cgroup in the loader's map, ms.
+    pub from_create_ms: Vec<f64>,
+    /// containerd `/tasks/start` event → cgroup in the loader's map, ms.
+    pub from_start_ms: Vec<f64>,
+    /// Packets from the containers counted on the peer (should be 0).
+    pub escaped_packets: u64,
+    /// The positive control: one ping from the same namespace outside the
+    /// managed cgroup, counted on the peer (should be 1).
+    pub control_packets: u64,
+    /// Loader counters: packets denied as "unknown container" (before the
+    /// policy was in force) and by the policy (after).
+    pub denied_unknown: u64,
+    pub denied_by_policy: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Control {
+    pub rules: usize,
+    pub policies: usize,
+    pub containers: usize,
+    pub install: Reload,
+    pub remove_all: Reload,
+    pub one_rule: Reload,
+    pub unchanged: Reload,
+    pub rss: Vec<Rss>,
+    pub create: Option<Create>,
+    pub seconds: f64,
+}
+
+struct Daemon {
+    name: &'static str,
+    child: Child,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        sys::stop(&mut self.child);
+    }
+}
+
+fn wait_for_socket(path: &Path, daemon: &mut Daemon, log: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = daemon.child.try_wait()? {
+            bail!(
+                "{} exited ({status}): {}",
+                daemon.name,
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("{} did not come up", daemon.name);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn start(
+    name: &'static str,
+    bin: &Path,
+    args: &[&str],
+    socket: &Path,
+    scratch: &Path,
+) -> Result<Daemon> {
+    let log_path = scratch.join(format!("{name}.log"));
+    let log = std::fs::File::create(&log_path)?;
+    let child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut d = Daemon { name, child };
+    wait_for_socket(socket, &mut d, &log_path)?;
+    Ok(d)
+}
+
+/// One `policyd reload --json`, wall time.
+fn reload(policyd: &Path, socket: &Path) -> Result<(f64, serde_json::Value)> {
+    let t = Instant::now();
+    let out = Command::new(policyd)
+        .arg("--socket")
+        .arg(socket)
+        .args(["reload", "--json"])
+        .output()?;
+    let wall = t.elapsed().as_secs_f64() * 1000.0;
+    if !out.status.success() {
+        bail!(
+            "policyd reload failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((wall, serde_json::from_slice(&out.stdout)?))
+}
+
+fn record(r: &mut Reload, wall: f64, report: &serde_json::Value) {
+    r.wall_ms.push(wall);
+    r.compile_ms
+        .push(report["compile_us"].as_f64().unwrap_or(f64::NAN) / 1000.0);
+    r.apply_ms
+        .push(report["apply_us"].as_f64().unwrap_or(f64::NAN) / 1000.0);
+    let ops: Vec<MapOp> = serde_json::from_value(report["ops"].clone()).unwrap_or_default();
+    r.ops = ops.len();
+    let mut by: BTreeMap<String, usize> = BTreeMap::new();
+    for op in &ops {
+        let (verb, map) = match op {
+            MapOp::Upsert { entry } => (
+                "upsert",
+                match entry {
+                    Entry::Cgroup { .. } => "cgroup",
+                    Entry::Process { .. } => "process",
+                    Entry::Dest { .. } => "destination",
+                    Entry::Port { .. } => "port",
+                },
+            ),
+            MapOp::Delete { key } => (
+                "delete",
+                match key {
+                    EntryKey::Cgroup { .. } => "cgroup",
+                    EntryKey::Process { .. } => "process",
+                    EntryKey::Dest { .. } => "destination",
+                    EntryKey::Port { .. } => "port",
+                },
+            ),
+        };
+        *by.entry(format!("{verb} {map}")).or_default() += 1;
+    }
+    r.ops_detail = by
+        .iter()
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+}
+
+/// The one-rule edit policyd's own benchmark makes: the middle rule's port
+/// 443 becomes 8443.
+fn edit_one_rule(text: &str, rules: usize) -> Result<String> {
+    let n = (rules / 2 / 5) * 5;
+    let old = policyd::synthetic::rule_line(n);
+    if !old.contains("[443]") || !text.contains(&old) {
+        bail!("synthetic rule {n} is not the expected tcp/443 line: {old}");
+    }
+    Ok(text.replacen(&old, &old.replace("[443]", "[8443]"), 1))
+}
+
+fn maps_dir(pin_dir: &Path) -> Result<PathBuf> {
+    std::fs::read_dir(pin_dir)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("maps-v"))
+        })
+        .context("the loader's maps directory")
+}
+
+/// Everything this phase creates, removed on drop.
+struct Scene {
+    scratch: PathBuf,
+    pin_dir: PathBuf,
+    cgroup: PathBuf,
+    netns: Vec<String>,
+    containerd: Option<Containerd>,
+    daemons: Vec<Daemon>,
+}
+
+impl Drop for Scene {
+    fn drop(&mut self) {
+        self.daemons.clear();
+        self.containerd.take();
+        for ns in &self.netns {
+            let _ = sys::run("ip", &["netns", "del", ns]);
+        }
+        sys::remove_pin_tree(&self.pin_dir);
+        sys::remove_cgroup_tree(&self.cgroup);
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
+
+pub fn measure(bin_dir: &Path, quick: bool) -> Result<(Control, Vec<String>)> {
+    let started = Instant::now();
+    let mut missing = Vec::new();
+    let bin = |name: &str| bin_dir.join(name);
+    for b in ["bpf-loader", "policyd", "resolver"] {
+        if !bin(b).is_file() {
+            bail!(
+                "{} not found (build with `cargo build --release -p bpf-loader -p policyd -p resolver`, or pass --bin-dir)",
+                bin(b).display()
+            );
+        }
+    }
+    let name = format!("{}-cp", sys::run_name());
+    let mut scene = Scene {
+        scratch: PathBuf::from("/tmp").join(&name),
+        pin_dir: PathBuf::from("/sys/fs/bpf").join(&name),
+        cgroup: sys::cgroup_root()?.join(&name),
+        netns: Vec::new(),
+        containerd: None,
+        daemons: Vec::new(),
+    };
+    let s = scene.scratch.clone();
+    std::fs::create_dir_all(&s)?;
+    std::fs::create_dir_all(scene.cgroup.join("ctr"))?;
+    let sock = |n: &str| s.join(format!("{n}.sock"));
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+
+    // A private containerd, when there is one to run.
+    match Containerd::start(&s.join("containerd"), &name) {
+        Ok(c) => scene.containerd = Some(c),
+        Err(e) => missing.push(format!(
+            "container create → policy in force: no private containerd could be started ({e:#})"
+        )),
+    }
+
+    let loader = start(
+        "bpf-loader",
+        &bin("bpf-loader"),
+        &[
+            "--socket",
+            &path(&sock("loader")),
+            "--pin-dir",
+            &path(&scene.pin_dir),
+            "--attach-parent",
+            &format!("{name}/ctr"),
+            "--log-format",
+            "text",
+        ],
+        &sock("loader"),
+        &s,
+    )?;
+    let mut resolver_args = vec![
+        "--socket".to_string(),
+        path(&sock("resolver")),
+        "--docker-socket".into(),
+        path(&s.join("no-docker.sock")),
+        "--docker-root".into(),
+        path(&s.join("no-docker")),
+    ];
+    match &scene.containerd {
+        Some(c) => resolver_args.extend(["--containerd-socket".into(), path(&c.socket)]),
+        None => resolver_args.push("--no-containerd".into()),
+    }
+    let resolver_args: Vec<&str> = resolver_args.iter().map(String::as_str).collect();
+    let resolver = start(
+        "resolver",
+        &bin("resolver"),
+        &resolver_args,
+        &sock("resolver"),
+        &s,
+    )?;
+
+    // policyd on the synthetic inventory file, for the reload timings.
+    let policy = s.join("policy.toml");
+    let text = policyd::synthetic::policy_text(RULES, POLICIES);
+    let edited = edit_one_rule(&text, RULES)?;
+    let empty = "mode = \"enforce\"\nunknown_container = \"deny\"\n";
+    std::fs::write(&policy, empty)?;
+    std::fs::write(
+        s.join("inventory.json"),
+        serde_json::to_string(&policyd::synthetic::inventory(CONTAINERS))?,
+    )?;
+    let policyd_bin = bin("policyd");
+    let policyd_sock = sock("policyd");
+    let daemon_args = |policy: &Path, inventory: Option<&Path>, socket: &Path| {
+        let mut a = vec![
+            "--socket".to_string(),
+            path(socket),
+            "daemon".into(),
+            "--policy".into(),
+            path(policy),
+            "--loader-socket".into(),
+            path(&sock("loader")),
+            "--group".into(),
+            "root".into(),
+            "--poll-secs".into(),
+            "3600".into(),
+            "--resync-secs".into(),
+            "3600".into(),
+        ];
+        match inventory {
+            Some(i) => a.extend(["--inventory".into(), path(i)]),
+            None => a.extend(["--resolver-socket".into(), path(&sock("resolver"))]),
+        }
+        a
+    };
+    let args = daemon_args(&policy, Some(&s.join("inventory.json")), &policyd_sock);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let policyd_daemon = start("policyd", &policyd_bin, &args, &policyd_sock, &s)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let idle = [
+        ("bpf-loader", sys::rss_kb(loader.child.id())),
+        ("resolver", sys::rss_kb(resolver.child.id())),
+        ("policyd", sys::rss_kb(policyd_daemon.child.id())),
+    ];
+
+    let mut control = Control {
+        rules: RULES,
+        policies: POLICIES,
+        containers: CONTAINERS,
+        ..Control::default()
+    };
+    let installs = if quick { 1 } else { 3 };
+    let changes = if quick { 2 } else { 7 };
+    reload(&policyd_bin, &policyd_sock)?; // the empty policy, settled
+    for i in 0..installs {
+        std::fs::write(&policy, &text)?;
+        let (wall, report) = reload(&policyd_bin, &policyd_sock)?;
+        record(&mut control.install, wall, &report);
+        if i + 1 < installs {
+            std::fs::write(&policy, empty)?;
+            let (wall, report) = reload(&policyd_bin, &policyd_sock)?;
+            record(&mut control.remove_all, wall, &report);
+        }
+    }
+    for i in 0..changes {
+        std::fs::write(&policy, if i % 2 == 0 { &edited } else { &text })?;
+        let (wall, report) = reload(&policyd_bin, &policyd_sock)?;
+        record(&mut control.one_rule, wall, &report);
+        let (wall, report) = reload(&policyd_bin, &policyd_sock)?;
+        record(&mut control.unchanged, wall, &report);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let loaded = [
+        sys::rss_kb(loader.child.id()),
+        sys::rss_kb(resolver.child.id()),
+        sys::rss_kb(policyd_daemon.child.id()),
+    ];
+    control.rss = idle
+        .iter()
+        .zip(loaded)
+        .map(|((daemon, idle), loaded)| Rss {
+            daemon: daemon.to_string(),
+            idle_kb: *idle,
+            loaded_kb: loaded,
+        })
+        .collect();
+    // Leave the maps empty for the next policyd.
+    std::fs::write(&policy, empty)?;
+    reload(&policyd_bin, &policyd_sock)?;
+    drop(policyd_daemon);
+
+    if scene.containerd.is_some() {
+        match create_to_in_force(&mut scene, &name, &daemon_args, &policyd_bin, quick) {
+            Ok(c) => control.create = Some(c),
+            Err(e) => missing.push(format!("container create → policy in force: {e:#}")),
+        }
+    }
+    scene.daemons.push(resolver);
+    scene.daemons.push(loader);
+    drop(scene);
+    control.seconds = started.elapsed().as_secs_f64();
+    Ok((control, missing))
+}
+
+/// policyd's daemon arguments for (policy, inventory file or the resolver, socket).
+type DaemonArgs<'a> = dyn Fn(&Path, Option<&Path>, &Path) -> Vec<String> + 'a;
+
+fn create_to_in_force(
+    scene: &mut Scene,
+    name: &str,
+    daemon_args: &DaemonArgs<'_>,
+    policyd_bin: &Path,
+    quick: bool,
+) -> Result<Create> {
+    let s = scene.scratch.clone();
+    // The containers' network: a namespace they join, a veth to a peer
+    // that counts what reaches it.
+    let (ct_ns, peer_ns) = (format!("{name}-ct"), format!("{name}-peer"));
+    scene.netns.push(ct_ns.clone());
+    scene.netns.push(peer_ns.clone());
+    sys::sh(&format!(
+        "ip netns add {ct_ns}
+         ip netns add {peer_ns}
+         ip -n {ct_ns} link add vc address 02:cb:00:00:c8:02 type veth peer name vp address 02:cb:00:00:c8:01 netns {peer_ns}
+         ip -n {ct_ns} addr add 198.18.200.2/24 dev vc
+         ip -n {peer_ns} addr add 198.18.200.1/24 dev vp
+         ip -n {ct_ns} link set lo up
+         ip -n {ct_ns} link set vc up
+         ip -n {peer_ns} link set vp up
+         ip -n {ct_ns} neigh replace 198.18.200.1 lladdr 02:cb:00:00:c8:01 dev vc nud permanent
+         ip -n {peer_ns} neigh replace 198.18.200.2 lladdr 02:cb:00:00:c8:02 dev vp nud permanent"
+    ))?;
+    sys::run_with_input(
+        "ip",
+        &["netns", "exec", &peer_ns, "nft", "-f", "-"],
+        b"table ip cbench {\n chain pre {\n  type filter hook prerouting priority -300;\n  ip saddr 198.18.200.2 counter\n }\n}\n",
+    )?;
+    let counted = || -> Result<u64> {
+        let out = sys::run(
+            "ip",
+            &[
+                "netns", "exec", &peer_ns, "nft", "list", "table", "ip", "cbench",
+            ],
+        )?;
+        out.split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .context("nft counter")?
+            .parse()
+            .context("nft counter")
+    };
+
+    // policyd following the resolver, with a policy that selects the
+    // benchmark's containers and allows nothing they send.
+    let policy = s.join("policy-ct.toml");
+    std::fs::write(
+        &policy,
+        "mode = \"enforce\"\nunknown_container = \"deny\"\n\n[[policy]]\nname = \"bench\"\nselect = { label = { \"contain-bench\" = \"1\" } }\nallow = [{ to = [\"198.18.201.1\"], proto = \"tcp\", ports = [9] }]\n",
+    )?;
+    let socket = s.join("policyd-ct.sock");
+    let args = daemon_args(&policy, None, &socket);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let policyd_ct = start("policyd", policyd_bin, &args, &socket, &s)?;
+    // Let it converge (first inventory, first apply).
+    std::thread::sleep(Duration::from_secs(2));
+
+    let maps = maps_dir(&scene.pin_dir)?;
+    let cgroups: BpfHashMap<MapData, u64, CgroupPolicy> =
+        Map::HashMap(MapData::from_pin(maps.join("CONTAIN_CGROUPS"))?).try_into()?;
+    let containerd = scene.containerd.as_ref().context("containerd")?;
+    let events = containerd.events()?;
+    let trials = if quick { 2 } else { 10 };
+    let parent = scene.cgroup.join("ctr");
+    let mut create = Create {
+        trials,
+        ..Create::default()
+    };
+    for i in 0..=trials {
+        let id = format!("{name}-{i}");
+        let cgroup_path = format!("/{name}/ctr/{id}");
+        let netns = sys::netns_path(&ct_ns);
+        let run_args = [
+            "run",
+            "-d",
+            "--cgroup",
+            &cgroup_path,
+            "--label",
+            "contain-bench=1",
+            "--with-ns",
+            &format!("network:{}", netns.display()),
+            IMAGE,
+            &id,
+            "sh",
+            "-c",
+            "while :; do ping -c 1 -W 1 198.18.200.1 >/dev/null 2>&1; sleep 0.005; done",
+        ];
+        let run = {
+            let args: Vec<String> = run_args.iter().map(|a| a.to_string()).collect();
+            let socket = containerd.socket.clone();
+            std::thread::spawn(move || containerd_ctr(&socket, &args))
+        };
+        let dir = parent.join(&id);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut in_force = None;
+        let mut cgroup_id = None;
+        while Instant::now() < deadline {
+            if cgroup_id.is_none() && dir.is_dir() {
+                cgroup_id = sys::cgroup_id(&dir).ok();
+            }
+            if let Some(cid) = cgroup_id {
+                if cgroups.get(&cid, 0).is_ok() {
+                    in_force = Some(now_ns());
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        run.join()
+            .map_err(|_| anyhow::anyhow!("ctr thread panicked"))??;
+        let in_force = in_force.with_context(|| {
+            format!("container {id}: its cgroup never appeared in the loader's map")
+        })?;
+        let create_ns = events.wait(&id, "/tasks/create")?;
+        let start_ns = events.wait(&id, "/tasks/start")?;
+        // Let it ping under the policy for a moment, then remove it.
+        std::thread::sleep(Duration::from_millis(100));
+        containerd.remove(&id);
+        if i == 0 {
+            continue; // warm-up
+        }
+        create
+            .from_create_ms
+            .push((in_force - create_ns) as f64 / 1e6);
+        create
+            .from_start_ms
+            .push((in_force - start_ns) as f64 / 1e6);
+    }
+    create.escaped_packets = counted()?;
+    // Positive control: the same namespace, outside the managed cgroup.
+    let _ = sys::run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &ct_ns,
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "198.18.200.1",
+        ],
+    );
+    create.control_packets = counted()? - create.escaped_packets;
+    let counters: PerCpuArray<MapData, PolicyCounters> =
+        Map::PerCpuArray(MapData::from_pin(maps.join("CONTAIN_COUNTERS"))?).try_into()?;
+    for policy_id in 0..contain_common::MAX_POLICIES {
+        let denied: u64 = counters
+            .get(&policy_id, 0)
+            .map(|v| v.iter().map(|c| c.denied).sum())
+            .unwrap_or(0);
+        if policy_id == contain_common::UNKNOWN_POLICY_ID {
+            create.denied_unknown = denied;
+        } else {
+            create.denied_by_policy += denied;
+        }
+    }
+    drop(policyd_ct);
+    Ok(create)
+}
+
+fn now_ns() -> i128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
+fn containerd_ctr(socket: &Path, args: &[String]) -> Result<String> {
+    let mut all = vec![
+        "--address".to_string(),
+        socket.to_string_lossy().into_owned(),
+        "-n".into(),
+        "default".into(),
+    ];
+    all.extend(args.iter().cloned());
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    sys::run("ctr", &all)
+}
+
+/// A private containerd (own root, state and socket), with the busybox
+/// image the resolver's tests build (tests/containerd/prepare.sh).
+struct Containerd {
+    base: PathBuf,
+    socket: PathBuf,
+    child: Option<Child>,
+    /// Whether /run/containerd existed before (runc's state goes there
+    /// whatever containerd's own state directory is).
+    had_run_containerd: bool,
+}
+
+impl Containerd {
+    fn start(base: &Path, name: &str) -> Result<Containerd> {
+        for tool in ["containerd", "ctr", "runc", "containerd-shim-runc-v2"] {
+            if sys::run("sh", &["-c", &format!("command -v {tool}")]).is_err() {
+                bail!("{tool} is not installed");
+            }
+        }
+        let prepare = crate::repo_root().join("tests/containerd/prepare.sh");
+        if !prepare.is_file() {
+            bail!(
+                "{} is missing (it builds the test image)",
+                prepare.display()
+            );
+        }
+        // Overlay snapshots need a real filesystem, not the tmpfs under /tmp.
+        let base = PathBuf::from("/var/lib")
+            .join(name)
+            .join(base.file_name().unwrap_or_default());
+        std::fs::create_dir_all(base.join("state"))?;
+        let had_run_containerd = Path::new("/run/containerd").exists();
+        let socket = base.join("state/containerd.sock");
+        std::fs::write(
+            base.join("config.toml"),
+            format!(
+                "version = 2\nroot = \"{b}/root\"\nstate = \"{b}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{s}\"\n[ttrpc]\n  address = \"{s}.ttrpc\"\n[debug]\n  address = \"\"\n[plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{b}/opt\"\n",
+                b = base.display(),
+                s = socket.display()
+            ),
+        )?;
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(base.join("config.toml"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(base.join("containerd.log"))?)
+            .spawn()?;
+        let c = Containerd {
+            base: base.clone(),
+            socket: socket.clone(),
+            child: Some(child),
+            had_run_containerd,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while containerd_ctr(&socket, &["version".into()]).is_err() {
+            if Instant::now() > deadline {
+                bail!("containerd did not start");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let tarball = base.join("busybox.tar");
+        sys::run(
+            &prepare.to_string_lossy(),
+            &["image", &tarball.to_string_lossy()],
+        )?;
+        containerd_ctr(
+            &socket,
+            &[
+                "images".into(),
+                "import".into(),
+                tarball.to_string_lossy().into_owned(),
+            ],
+        )?;
+        Ok(c)
+    }
+
+    fn remove(&self, id: &str) {
+        let a = |v: &[&str]| {
+            let v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+            let _ = containerd_ctr(&self.socket, &v);
+        };
+        a(&["task", "kill", "-s", "KILL", id]);
+        let rm: Vec<String> = ["task", "rm", "-f", id]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for _ in 0..50 {
+            if containerd_ctr(&self.socket, &rm).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        a(&["container", "rm", id]);
+    }
+
+    /// Follows containerd's events (`ctr events`).
+    fn events(&self) -> Result<Events> {
+        let mut child = Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .arg("events")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().context("ctr events stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(ev) = parse_event(&line) {
+                    if tx.send(ev).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        // Give the subscription a moment to be in place.
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(Events { child, rx })
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if let Ok(out) = containerd_ctr(
+            &self.socket,
+            &["container".into(), "ls".into(), "-q".into()],
+        ) {
+            for id in out.lines() {
+                self.remove(id.trim());
+            }
+        }
+        if let Some(mut c) = self.child.take() {
+            sys::stop(&mut c);
+        }
+        // Mounts containerd left under its root (snapshots, shm).
+        if let Some(parent) = self.base.parent() {
+            sys::unmount_under(parent);
+        }
+        if let Some(parent) = self.base.parent() {
+            let _ = std::fs::remove_dir_all(parent);
+        }
+        if !self.had_run_containerd {
+            // Only empty directories: anything else is someone else's.
+            for d in [
+                "/run/containerd/runc/default",
+                "/run/containerd/runc",
+                "/run/containerd/s",
+                "/run/containerd/fifo",
+                "/run/containerd",
+            ] {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+    }
+}
+
+struct Event {
+    ns_epoch: i128,
+    topic: String,
+    line: String,
+}
+
+struct Events {
+    child: Child,
+    rx: mpsc::Receiver<Event>,
+}
+
+impl Events {
+    /// The time of event `topic` about container `id`.
+    fn wait(&self, id: &str, topic: &str) -> Result<i128> {
+        let found = |e: &Event| e.topic == topic && e.line.contains(&format!("\"{id}\""));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let e = self
+                .rx
+                .recv_timeout(left)
+                .with_context(|| format!("no {topic} event for {id}"))?;
+            if found(&e) {
+                return Ok(e.ns_epoch);
+            }
+        }
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `2025-11-21 17:41:38.123456789 +0000 UTC default /tasks/create {...}`
+fn parse_event(line: &str) -> Option<Event> {
+    let mut f = line.split_whitespace();
+    let (date, time, offset) = (f.next()?, f.next()?, f.next()?);
+    let _zone = f.next()?;
+    let _namespace = f.next()?;
+    let topic = f.next()?.to_string();
+    let mut d = date.split('-').map(|x| x.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(|x| x.parse::<i64>());
+    let (hh, mm, ss) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
+    let frac_ns: i64 = format!("{frac:0<9}")[..9].parse().ok()?;
+    let sign = if offset.starts_with('-') { -1 } else { 1 };
+    let off = offset.trim_start_matches(['+', '-']);
+    let off_s = sign
+        * (off.get(0..2)?.parse::<i64>().ok()? * 3600 + off.get(2..4)?.parse::<i64>().ok()? * 60);
+    let secs = days_from_civil(y, m, day) * 86_400 + hh * 3600 + mm * 60 + ss - off_s;
+    Some(Event {
+        ns_epoch: i128::from(secs) * 1_000_000_000 + i128::from(frac_ns),
+        topic,
+        line: line.to_string(),
+    })
+}
+
+/// Days since 1970-01-01 (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ctr_event_lines() {
+        let e = parse_event(
+            "2024-03-01 12:00:01.5 +0000 UTC default /tasks/create {\"container_id\":\"x\"}",
+        )
+        .expect("parsed");
+        assert_eq!(e.topic, "/tasks/create");
+        assert_eq!(e.ns_epoch, 1_709_294_401_500_000_000);
+    }
+}

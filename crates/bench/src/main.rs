@@ -1,0 +1,319 @@
+//! `contain-bench`: contain's benchmark suite. It measures and reports; it
+//! asserts nothing (benchmarks are not tests). Needs root.
+//!
+//! ```text
+//! sudo contain-bench run --out docs        # everything, then the report
+//! sudo contain-bench run --phases prog     # one phase (prog, latency, throughput, control)
+//! contain-bench report --out docs          # re-render docs/benchmarks.md from the JSON
+//! ```
+//!
+//! `scripts/bench.sh` builds everything and runs the first form.
+
+mod control;
+mod lab;
+mod latency;
+mod progcost;
+mod programs;
+mod report;
+mod rules;
+mod svg;
+mod sys;
+mod throughput;
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "contain-bench",
+    about = "contain's benchmarks: program cost, latency, throughput, control plane"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the suite (root), write DIR/benchmarks.json and the report.
+    Run {
+        /// Where benchmarks.json, benchmarks.md and the plots go.
+        #[arg(long, default_value = "docs")]
+        out: PathBuf,
+        /// Comma-separated: prog, latency, throughput, control.
+        #[arg(long, default_value = "prog,latency,throughput,control")]
+        phases: String,
+        /// Rule counts.
+        #[arg(long, default_value = "10,100,1000,10000,100000")]
+        rules: String,
+        /// Fewer rounds and samples: a smoke run of the whole suite.
+        #[arg(long)]
+        quick: bool,
+        /// Rounds of the program-cost phase.
+        #[arg(long, default_value_t = 7)]
+        prog_rounds: usize,
+        /// Rounds of the latency phase (each: every configuration once).
+        #[arg(long, default_value_t = 10)]
+        latency_rounds: usize,
+        /// Echoes and request/responses per configuration per round.
+        #[arg(long, default_value_t = 400)]
+        latency_samples: usize,
+        /// iperf3 runs per configuration.
+        #[arg(long, default_value_t = 3)]
+        iperf_rounds: usize,
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 2)]
+        iperf_secs: u32,
+        /// Directory with the release binaries bpf-loader, policyd and
+        /// resolver (default: next to this binary).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
+    /// Render DIR/benchmarks.md and the plots from DIR/benchmarks.json.
+    Report {
+        #[arg(long, default_value = "docs")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Meta {
+    pub date_utc: String,
+    pub nproc: usize,
+    pub cpu_model: String,
+    pub kernel: String,
+    pub commit: String,
+    /// Uncommitted changes in the work tree when the suite ran.
+    pub dirty: bool,
+    pub loadavg_before: String,
+    pub command: String,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Results {
+    pub meta: Meta,
+    pub prog_cost: Option<progcost::ProgCost>,
+    pub latency: Option<latency::Latency>,
+    pub throughput: Option<throughput::Throughput>,
+    pub control: Option<control::Control>,
+    /// What was not measured, and why.
+    pub not_measured: Vec<String>,
+}
+
+fn repo_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    here.canonicalize().unwrap_or(here)
+}
+
+fn meta() -> Meta {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).trim().to_string())
+        .unwrap_or_default();
+    let root = repo_root();
+    let root = root.to_string_lossy();
+    let git = |args: &[&str]| {
+        let mut all = vec!["-C", &root];
+        all.extend_from_slice(args);
+        sys::run("git", &all).unwrap_or_default().trim().to_string()
+    };
+    Meta {
+        date_utc: sys::run("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+            .unwrap_or_default()
+            .trim()
+            .into(),
+        nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model,
+        kernel: sys::run("uname", &["-r"]).unwrap_or_default().trim().into(),
+        commit: git(&["rev-parse", "--short=12", "HEAD"]),
+        dirty: !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty(),
+        loadavg_before: std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+            .into(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        seconds: 0.0,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    out: &Path,
+    phases: &str,
+    counts: Vec<usize>,
+    quick: bool,
+    prog_rounds: usize,
+    latency_rounds: usize,
+    latency_samples: usize,
+    iperf_rounds: usize,
+    iperf_secs: u32,
+    bin_dir: Option<PathBuf>,
+) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "contain-bench run needs root (it loads BPF programs, creates namespaces and cgroups)"
+        );
+    }
+    let started = Instant::now();
+    let phases: Vec<&str> = phases.split(',').map(str::trim).collect();
+    for p in &phases {
+        if !["prog", "latency", "throughput", "control"].contains(p) {
+            bail!("unknown phase {p:?} (prog, latency, throughput, control)");
+        }
+    }
+    let has = |p: &str| phases.contains(&p);
+    let (prog_rounds, latency_rounds, latency_samples, iperf_rounds, iperf_secs) = if quick {
+        (2, 2, 50, 1, 1)
+    } else {
+        (
+            prog_rounds,
+            latency_rounds,
+            latency_samples,
+            iperf_rounds,
+            iperf_secs,
+        )
+    };
+    let mut results = Results {
+        meta: meta(),
+        ..Results::default()
+    };
+    std::fs::create_dir_all(out)?;
+
+    if has("prog") || has("latency") || has("throughput") {
+        let network = has("latency") || has("throughput");
+        eprintln!(
+            "contain-bench: setting up ({} rule counts{})",
+            counts.len(),
+            if network {
+                ", namespaces and nftables"
+            } else {
+                ""
+            }
+        );
+        let t = Instant::now();
+        let mut lab = lab::Lab::new(&lab::Options {
+            counts: counts.clone(),
+            network,
+        })?;
+        eprintln!(
+            "contain-bench: set up in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        if has("prog") {
+            eprintln!("contain-bench: program cost (BPF_PROG_TEST_RUN)");
+            results.prog_cost = Some(progcost::measure(&lab, prog_rounds, 20)?);
+        }
+        if has("latency") {
+            eprintln!("contain-bench: latency (ICMP echo, TCP request/response)");
+            results.latency = Some(latency::measure(
+                &lab,
+                &latency::Params {
+                    rounds: latency_rounds,
+                    per_round: latency_samples,
+                    budget: Duration::from_millis(1500),
+                },
+            )?);
+        }
+        if has("throughput") {
+            if sys::run("iperf3", &["--version"]).is_err() {
+                results
+                    .not_measured
+                    .push("throughput: iperf3 is not installed".into());
+            } else {
+                eprintln!("contain-bench: throughput (iperf3)");
+                results.throughput = Some(throughput::measure(
+                    &mut lab,
+                    &counts,
+                    iperf_rounds,
+                    iperf_secs,
+                )?);
+            }
+        }
+        drop(lab);
+    }
+    if has("control") {
+        eprintln!("contain-bench: control plane (real daemons)");
+        let bin_dir = match bin_dir {
+            Some(d) => d,
+            None => std::env::current_exe()?
+                .parent()
+                .context("binary directory")?
+                .to_path_buf(),
+        };
+        let (control, missing) = control::measure(&bin_dir, quick)?;
+        results.control = Some(control);
+        results.not_measured.extend(missing);
+    }
+    results.meta.seconds = started.elapsed().as_secs_f64();
+    let json = out.join("benchmarks.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&results)? + "\n")
+        .with_context(|| format!("writing {}", json.display()))?;
+    eprintln!("contain-bench: wrote {}", json.display());
+    report::write(&results, out)?;
+    eprintln!(
+        "contain-bench: wrote {} ({:.0} s in all)",
+        out.join("benchmarks.md").display(),
+        results.meta.seconds
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Run {
+            out,
+            phases,
+            rules,
+            quick,
+            prog_rounds,
+            latency_rounds,
+            latency_samples,
+            iperf_rounds,
+            iperf_secs,
+            bin_dir,
+        } => {
+            let mut counts: Vec<usize> = rules
+                .split(',')
+                .map(|s| s.trim().parse())
+                .collect::<Result<_, _>>()
+                .context("--rules: comma-separated numbers")?;
+            counts.sort_unstable();
+            counts.dedup();
+            if counts.is_empty() || counts.len() > 40 || counts[0] < lab::needed_len() {
+                bail!(
+                    "--rules: 1 to 40 counts, each at least {}",
+                    lab::needed_len()
+                );
+            }
+            run(
+                &out,
+                &phases,
+                counts,
+                quick,
+                prog_rounds,
+                latency_rounds,
+                latency_samples,
+                iperf_rounds,
+                iperf_secs,
+                bin_dir,
+            )
+        }
+        Cmd::Report { out } => {
+            let json = out.join("benchmarks.json");
+            let text = std::fs::read_to_string(&json)
+                .with_context(|| format!("reading {}", json.display()))?;
+            let results: Results = serde_json::from_str(&text)?;
+            report::write(&results, &out)
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Per-packet program cost with BPF_PROG_TEST_RUN: contain's egress
+//! program (the full decision: the test run's dummy socket has no socket
+//! storage, so nothing is cached), the thesis-style scan, and the floor,
+//! at each rule count, interleaved round by round in one run.
+//!
+//! contain's policy is chosen by the cgroup of the dummy socket, which is
+//! the cgroup of the calling process: the bench moves itself into the
+//! cgroup of each rule count before running its packets.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
+
+use anyhow::{bail, Context as _, Result};
+use bpf_loader::testrun;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    lab::{Kind, Lab, PREFIX_RULE, RR_PORT},
+    rules::TCP,
+    sys,
+};
+
+/// A hand-built Ethernet frame with an IPv4 TCP SYN (the kernel strips the
+/// Ethernet header for cgroup_skb).
+pub fn tcp_syn(dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = TCP;
+    ip[12..16].copy_from_slice(&[198, 18, 0, 2]);
+    ip[16..20].copy_from_slice(&dst.octets());
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x02;
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&tcp);
+    f
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Row {
+    pub rules: usize,
+    /// Median over rounds, ns per run; raw per-round values below.
+    pub contain_allow_host_ns: f64,
+    pub contain_allow_prefix_ns: f64,
+    pub contain_deny_ns: f64,
+    pub thesis_allow_ns: f64,
+    pub thesis_deny_ns: f64,
+    /// The bounded-loop variant, where the list fits (≤ 512 entries).
+    pub thesis_bounded_allow_ns: Option<f64>,
+    pub thesis_bounded_deny_ns: Option<f64>,
+    pub floor_ns: f64,
+    pub raw: BTreeMap<String, Vec<u32>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProgCost {
+    pub rounds: usize,
+    /// Each measurement is one BPF_PROG_TEST_RUN call of about this long.
+    pub target_ms: u64,
+    pub floor_ns: f64,
+    pub rows: Vec<Row>,
+    pub seconds: f64,
+}
+
+/// One measurement: the kernel's mean ns per run over a call of about
+/// `target_ms`, checking the verdict.
+fn measure_one(fd: i32, packet: &[u8], expected: u32, target_ms: u64, what: &str) -> Result<u32> {
+    let probe = testrun::run(fd, packet, 64).with_context(|| format!("test run of {what}"))?;
+    if probe.retval != expected {
+        bail!(
+            "{what}: verdict {} where {expected} was expected",
+            probe.retval
+        );
+    }
+    let per_run = u64::from(probe.duration_ns.max(1));
+    let repeat = (target_ms * 1_000_000 / per_run).clamp(100, 5_000_000) as u32;
+    let run = testrun::run(fd, packet, repeat).with_context(|| format!("test run of {what}"))?;
+    Ok(run.duration_ns)
+}
+
+pub fn measure(lab: &Lab, rounds: usize, target_ms: u64) -> Result<ProgCost> {
+    let started = Instant::now();
+    let egress = lab.egress_fd()?;
+    let denied = tcp_syn(Ipv4Addr::new(198, 18, 255, 9), 443);
+    let prefix_hit = tcp_syn(
+        Ipv4Addr::from(u32::from(PREFIX_RULE.addr) | 7),
+        PREFIX_RULE.port,
+    );
+    let contain: Vec<_> = lab
+        .targets
+        .iter()
+        .filter(|t| t.kind == Kind::Contain)
+        .collect();
+    let mut raw: BTreeMap<usize, BTreeMap<String, Vec<u32>>> = BTreeMap::new();
+    let mut push = |rules: usize, key: &str, v: u32| {
+        raw.entry(rules)
+            .or_default()
+            .entry(key.to_string())
+            .or_default()
+            .push(v)
+    };
+    for round in 0..rounds {
+        for i in 0..contain.len() {
+            let t = contain[(i + round) % contain.len()];
+            let allowed = tcp_syn(t.peer, RR_PORT);
+            // Every configuration has its own peer address (and list).
+            let peer_of = |kind: Kind| {
+                lab.targets
+                    .iter()
+                    .find(|x| x.kind == kind && x.rules == t.rules)
+                    .map(|x| x.peer)
+            };
+            let thesis_allowed = tcp_syn(
+                peer_of(Kind::Thesis).context("a thesis configuration per rule count")?,
+                RR_PORT,
+            );
+            let thesis = lab
+                .thesis
+                .get(&(Kind::Thesis, t.rules))
+                .context("a thesis instance per rule count")?;
+            let bounded = lab.thesis.get(&(Kind::ThesisBounded, t.rules));
+            lab.enter(Some(t))?;
+            let m = |fd, pkt: &[u8], verdict, what: &str| {
+                measure_one(fd, pkt, verdict, target_ms, what)
+            };
+            let floor = m(lab.floor.fd, &allowed, 1, "baseline_pass")?;
+            let allow_host = m(egress, &allowed, 1, "contain, allowed host")?;
+            let allow_prefix = m(egress, &prefix_hit, 1, "contain, allowed prefix")?;
+            let deny = m(egress, &denied, 0, "contain, denied")?;
+            let t_allow = m(thesis.fd, &thesis_allowed, 1, "thesis scan, allowed")?;
+            let t_deny = m(thesis.fd, &denied, 0, "thesis scan, denied")?;
+            if let (Some(b), Some(peer)) = (bounded, peer_of(Kind::ThesisBounded)) {
+                let allowed = tcp_syn(peer, RR_PORT);
+                let v = m(b.fd, &allowed, 1, "bounded thesis scan, allowed")?;
+                push(t.rules, "thesis_bounded_allow", v);
+                let v = m(b.fd, &denied, 0, "bounded thesis scan, denied")?;
+                push(t.rules, "thesis_bounded_deny", v);
+            }
+            lab.enter(None)?;
+            push(t.rules, "floor", floor);
+            push(t.rules, "contain_allow_host", allow_host);
+            push(t.rules, "contain_allow_prefix", allow_prefix);
+            push(t.rules, "contain_deny", deny);
+            push(t.rules, "thesis_allow", t_allow);
+            push(t.rules, "thesis_deny", t_deny);
+        }
+        eprint!(".");
+    }
+    eprintln!();
+    let med = |v: &[u32]| sys::median(&v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>());
+    let mut all_floor = Vec::new();
+    let rows = raw
+        .into_iter()
+        .map(|(rules, series)| {
+            all_floor.extend(series["floor"].iter().map(|&x| f64::from(x)));
+            Row {
+                rules,
+                contain_allow_host_ns: med(&series["contain_allow_host"]),
+                contain_allow_prefix_ns: med(&series["contain_allow_prefix"]),
+                contain_deny_ns: med(&series["contain_deny"]),
+                thesis_allow_ns: med(&series["thesis_allow"]),
+                thesis_deny_ns: med(&series["thesis_deny"]),
+                thesis_bounded_allow_ns: series.get("thesis_bounded_allow").map(|v| med(v)),
+                thesis_bounded_deny_ns: series.get("thesis_bounded_deny").map(|v| med(v)),
+                floor_ns: med(&series["floor"]),
+                raw: series,
+            }
+        })
+        .collect();
+    Ok(ProgCost {
+        rounds,
+        target_ms,
+        floor_ns: sys::median(&all_floor),
+        rows,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
