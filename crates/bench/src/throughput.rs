@@ -52,6 +52,7 @@ fn iperf(lab: &Lab, idx: usize, secs: u32) -> Result<(f64, u64)> {
     let mut cmd = Command::new("iperf3");
     cmd.args(["-c", &t.peer.to_string(), "-p", &IPERF_PORT.to_string()])
         .args(["-t", &secs.to_string(), "-J", "--connect-timeout", "3000"])
+        .args(std::env::var("CBENCH_IPERF_AFFINITY").ok().map(|a| vec!["-A".to_string(), a]).unwrap_or_default())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let child = sys::spawn_in(cmd, Some(&t.ns), Some(&t.cgroup))?;

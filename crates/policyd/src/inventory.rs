@@ -40,8 +40,11 @@ impl From<&proto::resolver::Container> for Container {
             image: c.image.clone(),
             namespace: c.namespace.clone(),
             runtime: c.runtime.as_str().to_string(),
-            // The resolver says 0 for "not known yet".
-            cgroup_id: (c.cgroup_id != 0).then_some(c.cgroup_id),
+            // The resolver says 0 for "not known yet". A container whose name
+            // and labels are not known yet must not be matched (or found
+            // unselected and left alone): without a cgroup id it keeps the
+            // kernel's unknown-container verdict until they are.
+            cgroup_id: (c.cgroup_id != 0 && c.metadata_complete).then_some(c.cgroup_id),
             host_network: c.host_network,
         }
     }
@@ -138,6 +141,28 @@ pub fn select(policies: &PolicySet, container: &Container) -> Selection {
 mod tests {
     use super::*;
     use crate::policy;
+
+    #[test]
+    fn containers_without_runtime_metadata_stay_unmapped() {
+        let resolved = proto::resolver::Container {
+            id: "abc".into(),
+            name: "abc".into(),
+            runtime: proto::resolver::Runtime::Docker,
+            namespace: "moby".into(),
+            labels: Default::default(),
+            image: String::new(),
+            pids: vec![42],
+            cgroup_path: "/contain.slice/docker-abc.scope".into(),
+            cgroup_id: 77,
+            netns_inode: 1,
+            host_veths: Vec::new(),
+            host_network: false,
+            metadata_complete: false,
+        };
+        assert_eq!(Container::from(&resolved).cgroup_id, None);
+        let complete = proto::resolver::Container { metadata_complete: true, ..resolved };
+        assert_eq!(Container::from(&complete).cgroup_id, Some(77));
+    }
 
     fn container(name: &str, image: &str, labels: &[(&str, &str)]) -> Container {
         Container {

@@ -419,6 +419,7 @@ mod fake_resolver {
             netns_inode: 0,
             host_veths: Vec::new(),
             host_network: false,
+            metadata_complete: true,
         }
     }
 

@@ -106,6 +106,10 @@ pub struct Container {
     pub host_veths: Vec<HostVeth>,
     /// The container shares the host's (the resolver's) network namespace.
     pub host_network: bool,
+    /// The runtime's name and labels are known. False for a Docker container
+    /// whose Docker record could not be read yet: its name is its id and
+    /// its labels are missing, so a policy must not be chosen from them.
+    pub metadata_complete: bool,
 }
 
 impl Container {
@@ -129,9 +133,17 @@ pub struct Snapshot {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum ChangeKind {
-    Added { container: Container },
-    Updated { container: Container },
-    Removed { namespace: String, id: String, cgroup_id: u64 },
+    Added {
+        container: Container,
+    },
+    Updated {
+        container: Container,
+    },
+    Removed {
+        namespace: String,
+        id: String,
+        cgroup_id: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,7 +159,11 @@ pub struct Change {
 pub enum WatchReply {
     /// Every change after the requested generation, in order, up to
     /// `generation` (the current one).
-    Changes { instance: u64, generation: u64, changes: Vec<Change> },
+    Changes {
+        instance: u64,
+        generation: u64,
+        changes: Vec<Change>,
+    },
     /// The requested generation is older than what the resolver keeps, or
     /// from another run of it: replace everything with this snapshot and
     /// watch from its generation.
@@ -193,15 +209,26 @@ mod tests {
             cgroup_path: "/system.slice/docker-abc.scope".into(),
             cgroup_id: 1234,
             netns_inode: 4026532181,
-            host_veths: vec![HostVeth { ifindex: 7, name: "veth1".into(), peer_ifindex: 2 }],
+            host_veths: vec![HostVeth {
+                ifindex: 7,
+                name: "veth1".into(),
+                peer_ifindex: 2,
+            }],
             host_network: false,
+            metadata_complete: true,
         }
     }
 
     #[test]
     fn runtime_serialises_as_lowercase_string() {
-        assert_eq!(serde_json::to_string(&Runtime::Docker).unwrap(), "\"docker\"");
-        assert_eq!(serde_json::to_string(&Runtime::Containerd).unwrap(), "\"containerd\"");
+        assert_eq!(
+            serde_json::to_string(&Runtime::Docker).unwrap(),
+            "\"docker\""
+        );
+        assert_eq!(
+            serde_json::to_string(&Runtime::Containerd).unwrap(),
+            "\"containerd\""
+        );
     }
 
     #[test]
@@ -210,10 +237,19 @@ mod tests {
             instance: 1,
             generation: 3,
             changes: vec![
-                Change { generation: 2, kind: ChangeKind::Added { container: sample() } },
+                Change {
+                    generation: 2,
+                    kind: ChangeKind::Added {
+                        container: sample(),
+                    },
+                },
                 Change {
                     generation: 3,
-                    kind: ChangeKind::Removed { namespace: "moby".into(), id: "abc".into(), cgroup_id: 1234 },
+                    kind: ChangeKind::Removed {
+                        namespace: "moby".into(),
+                        id: "abc".into(),
+                        cgroup_id: 1234,
+                    },
                 },
             ],
         };

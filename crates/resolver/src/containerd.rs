@@ -158,6 +158,10 @@ pub fn decode_envelope(env: &Envelope, namespaces: &[String]) -> Option<Event> {
     }
 }
 
+/// Lookups of a new Docker container's record before reporting it incomplete.
+const DOCKER_META_ATTEMPTS: u32 = 4;
+const DOCKER_META_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// What the source keeps of a containerd container record.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Meta {
@@ -166,6 +170,9 @@ struct Meta {
     image: String,
     /// Init pid of the running task, 0 if none.
     pid: u32,
+    /// Name and labels come from the runtime that owns them (for Docker
+    /// containers: Docker, not containerd's `moby` record).
+    complete: bool,
 }
 
 fn meta_of(namespace: &str, c: &containerd_client::services::v1::Container) -> Meta {
@@ -184,6 +191,7 @@ fn meta_of(namespace: &str, c: &containerd_client::services::v1::Container) -> M
         labels,
         image: c.image.clone(),
         pid: 0,
+        complete: namespace != DOCKER_NAMESPACE,
     }
 }
 
@@ -429,6 +437,7 @@ impl ContainerdSource {
                             labels: meta.labels,
                             image: meta.image,
                             pid: 0,
+                            complete: true,
                         };
                     }
                 }
@@ -460,7 +469,23 @@ impl ContainerdSource {
             labels: meta.labels,
             image: meta.image,
             pid,
+            metadata_complete: meta.complete,
         }
+    }
+
+    /// Docker writes its record of a container around the time containerd
+    /// reports the task: a few quick retries catch it without waiting for
+    /// the next full listing.
+    async fn docker_meta_with_retries(&self, id: &str) -> Option<crate::docker::DockerMeta> {
+        for attempt in 0..DOCKER_META_ATTEMPTS {
+            if let Some(meta) = self.docker.lookup(id).await {
+                return Some(meta);
+            }
+            if attempt + 1 < DOCKER_META_ATTEMPTS {
+                tokio::time::sleep(DOCKER_META_RETRY).await;
+            }
+        }
+        None
     }
 
     async fn list_containers(
@@ -520,15 +545,19 @@ impl ContainerdSource {
         };
         let mut meta = meta_of(ns, &container);
         if ns == DOCKER_NAMESPACE {
-            if let Some(d) = self.docker.lookup(id).await {
-                meta = Meta {
-                    name: d.name,
-                    labels: d.labels,
-                    image: d.image,
-                    pid: 0,
-                };
-            } else {
-                tracing::warn!(container = %id, "no Docker name or labels for this container (Docker API and config.v2.json both failed); using the id");
+            match self.docker_meta_with_retries(id).await {
+                Some(d) => {
+                    meta = Meta {
+                        name: d.name,
+                        labels: d.labels,
+                        image: d.image,
+                        pid: 0,
+                        complete: true,
+                    };
+                }
+                None => {
+                    tracing::warn!(container = %id, "no Docker name or labels for this container yet (Docker API and config.v2.json both failed); reported as incomplete until the next listing");
+                }
             }
         }
         Ok(Some(meta))

@@ -228,6 +228,7 @@ mod tests {
                 peer_ifindex: 2,
             }],
             host_network: false,
+            metadata_complete: true,
         }
     }
 

@@ -68,6 +68,7 @@ pub fn build(
         netns_inode,
         host_veths,
         host_network,
+        metadata_complete: rc.metadata_complete,
     }
 }
 
@@ -88,6 +89,7 @@ mod tests {
             labels: BTreeMap::from([("egress".into(), "block".into())]),
             image: "curl".into(),
             pid,
+            metadata_complete: true,
         }
     }
 

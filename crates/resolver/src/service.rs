@@ -124,6 +124,7 @@ mod tests {
             netns_inode: 0,
             host_veths: vec![],
             host_network: false,
+            metadata_complete: true,
         }
     }
 

@@ -20,6 +20,8 @@ pub struct RuntimeContainer {
     pub image: String,
     /// Init process of the running task; 0 when no task runs.
     pub pid: u32,
+    /// See `proto::resolver::Container::metadata_complete`.
+    pub metadata_complete: bool,
 }
 
 impl RuntimeContainer {

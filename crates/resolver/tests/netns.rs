@@ -205,6 +205,7 @@ fn rc(id: &str, pid: u32) -> RuntimeContainer {
         labels: BTreeMap::from([("egress".into(), "block".into())]),
         image: "test/image:1".into(),
         pid,
+        metadata_complete: true,
     }
 }
 
