@@ -45,27 +45,13 @@ struct Args {
     client_user: Option<String>,
     /// Log format: json (one object per line, for journald/Loki) or text.
     #[arg(long, default_value = "json")]
-    log_format: String,
-}
-
-fn init_tracing(format: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        "json" => builder.json().flatten_event(true).init(),
-        "text" => builder.init(),
-        other => bail!("--log-format {other}: expected json or text"),
-    }
-    Ok(())
+    log_format: proto::runtime::LogFormat,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_tracing(&args.log_format)?;
+    proto::runtime::init_tracing(args.log_format);
     if !nix::unistd::geteuid().is_root() {
         bail!("bpf-loader must run as root (it loads BPF programs and attaches them to cgroups)");
     }
@@ -131,20 +117,9 @@ async fn main() -> anyhow::Result<()> {
     });
     tokio::select! {
         result = serve => result.context("serving the loader socket")?,
-        _ = shutdown_signal() => tracing::info!("shutting down; programs and maps stay pinned and enforcing"),
+        _ = proto::runtime::shutdown_signal() => tracing::info!("shutting down; programs and maps stay pinned and enforcing"),
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }
 
 /// Moves events from the kernel ring buffer to the log and the buffer.

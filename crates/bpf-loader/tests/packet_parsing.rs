@@ -159,6 +159,27 @@ fn egress_parses_real_headers() {
             packets::ipv6(ALLOWED6, ICMPV6, 1 << 8, &[]),
             0,
         ),
+        // Neighbour discovery and MLD stay on the link: always let out.
+        (
+            "v6 neighbour solicitation",
+            packets::ipv6(OTHER6, ICMPV6, 135 << 8, &[]),
+            1,
+        ),
+        (
+            "v6 neighbour advertisement",
+            packets::ipv6(OTHER6, ICMPV6, 136 << 8, &[]),
+            1,
+        ),
+        (
+            "v6 MLDv2 report",
+            packets::ipv6(OTHER6, ICMPV6, 143 << 8, &[]),
+            1,
+        ),
+        (
+            "v6 echo request, other host",
+            packets::ipv6(OTHER6, ICMPV6, 128 << 8, &[]),
+            0,
+        ),
     ];
     let mut failures = Vec::new();
     for (name, packet, expected) in &cases {

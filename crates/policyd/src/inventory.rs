@@ -160,7 +160,10 @@ mod tests {
             metadata_complete: false,
         };
         assert_eq!(Container::from(&resolved).cgroup_id, None);
-        let complete = proto::resolver::Container { metadata_complete: true, ..resolved };
+        let complete = proto::resolver::Container {
+            metadata_complete: true,
+            ..resolved
+        };
         assert_eq!(Container::from(&complete).cgroup_id, Some(77));
     }
 

@@ -30,13 +30,7 @@ fn main() -> ExitCode {
         }
     }
     if is_daemon {
-        tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-            )
-            .with_writer(std::io::stderr)
-            .init();
+        proto::runtime::init_tracing(proto::runtime::LogFormat::Text);
     }
     // One thread for the daemon too: every change is serialised by the
     // engine anyway, and one malloc arena keeps the resident set small

@@ -5,6 +5,7 @@
 pub mod loader;
 pub mod policyd;
 pub mod resolver;
+pub mod runtime;
 pub mod state;
 pub mod transport;
 

@@ -39,18 +39,15 @@ struct Args {
     /// the event-driven updates.
     #[arg(long, default_value_t = 30)]
     rescan_secs: u64,
+    /// Log format: text or json (one object per line, for journald/Loki).
+    #[arg(long, default_value = "text")]
+    log_format: proto::runtime::LogFormat,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    proto::runtime::init_tracing(args.log_format);
     let mut config = Config::new(&args.socket);
     config.containerd_socket = (!args.no_containerd).then(|| args.containerd_socket.clone());
     config.namespaces.extend(args.namespaces.iter().cloned());
@@ -62,19 +59,8 @@ async fn main() -> anyhow::Result<()> {
     let daemon = Daemon::start(config)
         .await
         .context("starting the resolver")?;
-    shutdown_signal().await;
+    proto::runtime::shutdown_signal().await;
     tracing::info!("shutting down");
     daemon.shutdown().await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }
