@@ -132,6 +132,31 @@ check_fails "an invalid policy is refused" policyd reload
 expect "the old policy keeps enforcing" denied:EPERM blocked tcp $PEER_IP 9090
 cp /tmp/good.toml /etc/contain/policy.toml
 
+step "the thesis' JSON allow-list, as is (policyd restarted on it)"
+cat >/etc/contain/allowlist.json <<EOF
+[
+  { "container_name": "blocked",
+    "policy": [ { "process": "python3", "allow": [ { "cidr4": "$PEER_IP/32", "ports": [9090, 0] } ] } ] }
+]
+EOF
+start_policyd() { # policy file
+  systemctl stop contain-policyd >/dev/null 2>&1 || true
+  retry 50 0.1 bash -c '! systemctl is-active --quiet contain-policyd'
+  rm -f /run/contain/policyd.sock
+  systemd-run --unit=contain-policyd -p Restart=always -p RestartSec=0.2 \
+    /usr/local/bin/policyd daemon --policy "$1" && retry 100 0.2 test -S /run/contain/policyd.sock
+}
+check "policyd on /etc/contain/allowlist.json" start_policyd /etc/contain/allowlist.json
+check "converged on the JSON policy" retry 40 0.25 bash -c \
+  "[[ \$(docker exec blocked python3 $T/probe.py tcp $PEER_IP 9090) == ok ]]"
+expect "thesis JSON: python3 may ping the peer (port 0 = ICMP)" ok blocked ping $PEER_IP
+expect "thesis JSON: python3 may not reach peer:8080" denied:EPERM blocked tcp $PEER_IP 8080
+check_fails "thesis JSON: curl (another process) may not reach peer:9090" \
+  docker exec blocked curl -sS --max-time 5 http://$PEER_IP:9090/
+check "policyd back on the TOML policy" start_policyd /etc/contain/policy.toml
+check "converged back" retry 40 0.25 bash -c \
+  "[[ \$(docker exec blocked python3 $T/probe.py tcp $PEER_IP 9090) == denied:EPERM ]]"
+
 step "kill -9 of each daemon while a probe loop runs"
 docker exec -d blocked sh -c "for i in \$(seq 1 25); do python3 $T/probe.py tcp $PEER_IP 8080; \
   python3 $T/probe.py tcp $PEER_IP 9090; done > /tmp/loop.out 2>&1; touch /tmp/loop.done"
