@@ -13,7 +13,7 @@
 # Plots are SVG written by the bench itself: no plotting library.
 #
 #   sudo scripts/bench.sh                      # the whole suite
-#   sudo scripts/bench.sh --quick              # a smoke run (seconds, noisy)
+#   sudo scripts/bench.sh --quick --out /tmp/bench   # a smoke run (under a minute, noisy)
 #   sudo scripts/bench.sh --phases prog,latency --out /tmp/bench
 #
 # Arguments go to `contain-bench run` (see `contain-bench run --help`).

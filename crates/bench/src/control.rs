@@ -37,6 +37,8 @@ const RULES: usize = 10_000;
 const POLICIES: usize = 10;
 const CONTAINERS: usize = 50;
 const IMAGE: &str = "docker.io/contain-test/busybox:latest";
+/// Send attempts from the unmapped cgroup (half ICMP, half UDP).
+const UNMAPPED_PINGS: u64 = 10;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Reload {
@@ -46,6 +48,9 @@ pub struct Reload {
     pub apply_ms: Vec<f64>,
     pub ops: usize,
     pub ops_detail: String,
+    /// Size of the JSON report the CLI printed (it lists every operation).
+    #[serde(default)]
+    pub report_bytes: Vec<usize>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -53,7 +58,10 @@ pub struct Rss {
     pub daemon: String,
     /// Started, nothing loaded (policyd: an empty policy).
     pub idle_kb: Option<u64>,
-    /// After the 10 000-rule policy is installed and the reloads are done.
+    /// One second after the first install of the 10 000-rule policy.
+    #[serde(default)]
+    pub installed_kb: Option<u64>,
+    /// Two seconds after all the reloads (the policy still installed).
     pub loaded_kb: Option<u64>,
 }
 
@@ -69,6 +77,15 @@ pub struct Create {
     /// The positive control: one ping from the same namespace outside the
     /// managed cgroup, counted on the peer (should be 1).
     pub control_packets: u64,
+    /// Send attempts (raw ICMP echo requests and UDP datagrams) from a
+    /// fresh cgroup under the managed parent that nothing maps; how many
+    /// the kernel accepted (sendto did not fail); how many reached the peer.
+    #[serde(default)]
+    pub unmapped_sent: u64,
+    #[serde(default)]
+    pub unmapped_accepted_by_kernel: u64,
+    #[serde(default)]
+    pub unmapped_escaped: u64,
     /// Loader counters: packets denied as "unknown container" (before the
     /// policy was in force) and by the policy (after).
     pub denied_unknown: u64,
@@ -141,8 +158,8 @@ fn start(
     Ok(d)
 }
 
-/// One `policyd reload --json`, wall time.
-fn reload(policyd: &Path, socket: &Path) -> Result<(f64, serde_json::Value)> {
+/// One `policyd reload --json`: wall time, the report, its size.
+fn reload(policyd: &Path, socket: &Path) -> Result<(f64, serde_json::Value, usize)> {
     let t = Instant::now();
     let out = Command::new(policyd)
         .arg("--socket")
@@ -158,11 +175,13 @@ fn reload(policyd: &Path, socket: &Path) -> Result<(f64, serde_json::Value)> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok((wall, serde_json::from_slice(&out.stdout)?))
+    Ok((wall, serde_json::from_slice(&out.stdout)?, out.stdout.len()))
 }
 
-fn record(r: &mut Reload, wall: f64, report: &serde_json::Value) {
+fn record(r: &mut Reload, (wall, report, bytes): (f64, serde_json::Value, usize)) {
+    let report = &report;
     r.wall_ms.push(wall);
+    r.report_bytes.push(bytes);
     r.compile_ms
         .push(report["compile_us"].as_f64().unwrap_or(f64::NAN) / 1000.0);
     r.apply_ms
@@ -370,22 +389,30 @@ pub fn measure(bin_dir: &Path, quick: bool) -> Result<(Control, Vec<String>)> {
     let installs = if quick { 1 } else { 3 };
     let changes = if quick { 2 } else { 7 };
     reload(&policyd_bin, &policyd_sock)?; // the empty policy, settled
+    let mut installed = [None; 3];
     for i in 0..installs {
         std::fs::write(&policy, &text)?;
-        let (wall, report) = reload(&policyd_bin, &policyd_sock)?;
-        record(&mut control.install, wall, &report);
+        record(&mut control.install, reload(&policyd_bin, &policyd_sock)?);
+        if i == 0 {
+            std::thread::sleep(Duration::from_secs(1));
+            installed = [
+                sys::rss_kb(loader.child.id()),
+                sys::rss_kb(resolver.child.id()),
+                sys::rss_kb(policyd_daemon.child.id()),
+            ];
+        }
         if i + 1 < installs {
             std::fs::write(&policy, empty)?;
-            let (wall, report) = reload(&policyd_bin, &policyd_sock)?;
-            record(&mut control.remove_all, wall, &report);
+            record(
+                &mut control.remove_all,
+                reload(&policyd_bin, &policyd_sock)?,
+            );
         }
     }
     for i in 0..changes {
         std::fs::write(&policy, if i % 2 == 0 { &edited } else { &text })?;
-        let (wall, report) = reload(&policyd_bin, &policyd_sock)?;
-        record(&mut control.one_rule, wall, &report);
-        let (wall, report) = reload(&policyd_bin, &policyd_sock)?;
-        record(&mut control.unchanged, wall, &report);
+        record(&mut control.one_rule, reload(&policyd_bin, &policyd_sock)?);
+        record(&mut control.unchanged, reload(&policyd_bin, &policyd_sock)?);
     }
     std::thread::sleep(Duration::from_secs(2));
     let loaded = [
@@ -395,10 +422,12 @@ pub fn measure(bin_dir: &Path, quick: bool) -> Result<(Control, Vec<String>)> {
     ];
     control.rss = idle
         .iter()
+        .zip(installed)
         .zip(loaded)
-        .map(|((daemon, idle), loaded)| Rss {
+        .map(|(((daemon, idle), installed), loaded)| Rss {
             daemon: daemon.to_string(),
             idle_kb: *idle,
+            installed_kb: installed,
             loaded_kb: loaded,
         })
         .collect();
@@ -554,6 +583,46 @@ fn create_to_in_force(
             .push((in_force - start_ns) as f64 / 1e6);
     }
     create.escaped_packets = counted()?;
+    // First-packet coverage without any container: a cgroup created under
+    // the managed parent that nothing ever maps, pinging at once.
+    let unmapped = parent.join("unmapped");
+    std::fs::create_dir_all(&unmapped)?;
+    // Raw ICMP echo requests (judged by the egress program, packet by
+    // packet) and UDP datagrams (judged at sendmsg), each attempt counted.
+    let mut probe = Command::new("/usr/bin/python3");
+    probe
+        .arg("-c")
+        .arg(format!(
+            "import socket, time\n\
+             sent = 0\n\
+             for i in range({n}):\n\
+             \x20   for kind in ('icmp', 'udp'):\n\
+             \x20       try:\n\
+             \x20           if kind == 'icmp':\n\
+             \x20               s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)\n\
+             \x20               s.sendto(b'\\x08\\x00\\xf7\\xff\\x00\\x00\\x00\\x00', ('198.18.200.1', 0))\n\
+             \x20           else:\n\
+             \x20               s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             \x20               s.sendto(b'x', ('198.18.200.1', 9))\n\
+             \x20           sent += 1\n\
+             \x20       except OSError:\n\
+             \x20           pass\n\
+             \x20   time.sleep(0.02)\n\
+             print(sent)\n",
+            n = UNMAPPED_PINGS / 2
+        ))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let out = sys::spawn_in(probe, Some(&ct_ns), Some(&unmapped))?.wait_with_output()?;
+    let accepted: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .context("the unmapped-cgroup probe's output")?;
+    create.unmapped_accepted_by_kernel = accepted;
+    create.unmapped_sent = UNMAPPED_PINGS;
+    create.unmapped_escaped = counted()? - create.escaped_packets;
+    let _ = std::fs::remove_dir(&unmapped);
+    let before_control = counted()?;
     // Positive control: the same namespace, outside the managed cgroup.
     let _ = sys::run(
         "ip",
@@ -569,7 +638,7 @@ fn create_to_in_force(
             "198.18.200.1",
         ],
     );
-    create.control_packets = counted()? - create.escaped_packets;
+    create.control_packets = counted()? - before_control;
     let counters: PerCpuArray<MapData, PolicyCounters> =
         Map::PerCpuArray(MapData::from_pin(maps.join("CONTAIN_COUNTERS"))?).try_into()?;
     for policy_id in 0..contain_common::MAX_POLICIES {

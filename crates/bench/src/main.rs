@@ -64,11 +64,11 @@ enum Cmd {
         /// Echoes and request/responses per configuration per round.
         #[arg(long, default_value_t = 400)]
         latency_samples: usize,
-        /// iperf3 runs per configuration.
-        #[arg(long, default_value_t = 3)]
+        /// iperf3 runs per configuration (each paired with an unfiltered run).
+        #[arg(long, default_value_t = 8)]
         iperf_rounds: usize,
         /// Seconds per iperf3 run.
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 1)]
         iperf_secs: u32,
         /// Directory with the release binaries bpf-loader, policyd and
         /// resolver (default: next to this binary).

@@ -148,6 +148,13 @@ pub fn write(r: &Results, out: &Path) -> Result<()> {
             .into(),
     );
     notes.push(
+        "Docker: container create → policy in force is measured through containerd (`ctr run`), \
+         not Docker: there is no Docker daemon on the benchmark machine. Docker starts its \
+         containers through containerd too, and the resolver then also asks Docker's API for \
+         names and labels (not measured)."
+            .into(),
+    );
+    notes.push(
         "contain's cached per-flow path in isolation: BPF_PROG_TEST_RUN's dummy socket has no \
          socket storage, so the program-cost table is always the full, uncached decision. The \
          latency and throughput phases run contain on real sockets, where every packet after a \
@@ -224,9 +231,10 @@ fn summary(md: &mut String, r: &Results) {
                 .filter(|x| x.kind == Kind::Contain)
                 .map(|x| {
                     format!(
-                        "{:.1} % at {} rules",
-                        100.0 * x.median_gbps / none.median_gbps,
-                        count(x.rules)
+                        "{:.1} % at {} rules (median of paired ratios; ratio of medians {:.1} %)",
+                        100.0 * x.median_ratio_to_none,
+                        count(x.rules),
+                        100.0 * x.median_gbps / none.median_gbps
                     )
                 })
                 .collect();
@@ -271,11 +279,13 @@ fn summary(md: &mut String, r: &Results) {
         for row in &c.rss {
             let _ = writeln!(
                 md,
-                "| resident memory, {} | {} | {} at rest with {} rules ({} idle) |",
+                "| resident memory, {} | {} | {} at rest with {} rules installed, {} after {} more reloads ({} idle) |",
                 row.daemon,
                 target(&row.daemon),
-                mb(row.loaded_kb),
+                mb(row.installed_kb),
                 count(c.rules),
+                mb(row.loaded_kb),
+                c.install.wall_ms.len() + c.remove_all.wall_ms.len() + c.one_rule.wall_ms.len() + c.unchanged.wall_ms.len() - 1,
                 mb(row.idle_kb)
             );
         }
@@ -284,6 +294,19 @@ fn summary(md: &mut String, r: &Results) {
 }
 
 fn prog_cost(md: &mut String, p: &crate::progcost::ProgCost, out: &Path) -> Result<()> {
+    let _ = writeln!(md, "## The rule lists\n");
+    let _ = writeln!(
+        md,
+        "A list of N rules is the same for every filter: N − 4 synthetic rules, TCP to one port \
+         each (1024–5119), to destinations in 10.0.0.0/8 (/32, /30 or /28, each in its own /28 \
+         block, so no two overlap and every form of the list gives the same verdicts; no \
+         traffic ever goes there), with the 4 rules the measured traffic needs in the middle \
+         (ICMP, the request/response port and iperf3's port to the configuration's peer, and \
+         one /24). contain gets it the way policyd lays a policy out (host rules in a hash map, \
+         prefixes in an LPM trie, shared port sets), one policy per list, all lists in the \
+         maps at once; the thesis-style program gets it as its entry array; nftables as rules \
+         or set elements (`crates/bench/src/rules.rs`).\n"
+    );
     let _ = writeln!(md, "## Per-packet program cost (BPF_PROG_TEST_RUN)\n");
     let _ = writeln!(
         md,
@@ -415,14 +438,18 @@ fn latency(md: &mut String, l: &crate::latency::Latency, out: &Path) -> Result<(
          than ping's microsecond printout); **TCP RR** is a {}-byte request and response on one \
          connection with TCP_NODELAY. Both back to back. Every configuration has its own client \
          namespace, cgroup and veth to one shared peer namespace; the filter sits on the \
-         client's egress: contain (all its cgroup programs attached to the parent of the \
-         client's cgroup, as with `contain.slice`), the thesis-style scan attached as \
+         client's egress: contain (all its cgroup programs, socket hooks, egress and ingress, \
+         attached to the parent of the client's cgroup, as with `contain.slice`; after a \
+         flow's first packet its verdict is cached on the socket), the thesis-style scan \
+         (both variants) attached as \
          cgroup_skb/egress, or an nftables `output` chain with policy drop in the client \
          namespace: *one rule per entry* (the same list, in order) or *one set lookup* (a \
          concatenated `address . protocol . port` interval set). Each list has the rules the \
          traffic needs in its middle. {} rounds; each round measures every configuration \
          once ({} echoes, then {} request/responses), in rotating order, so the machine's \
-         noise is shared. No ARP (static neighbours), IPv6 off on the veths.\n",
+         noise is shared. The measuring thread and the server's thread are pinned to one CPU \
+         (otherwise the scheduler's choice between same- and cross-CPU wake-ups moves whole \
+         rounds by 20 µs). No ARP (static neighbours), IPv6 off on the veths.\n",
         l.payload_bytes, l.rounds, l.per_round, l.per_round
     );
     let none = l.rows.iter().find(|x| x.kind == Kind::None);
@@ -519,6 +546,60 @@ fn latency(md: &mut String, l: &crate::latency::Latency, out: &Path) -> Result<(
         std::fs::write(out.join(file), svg::line_chart(&chart))?;
         let _ = writeln!(md, "![{title}]({file})\n");
     }
+    if let Some(none) = none {
+        let added =
+            |k: Kind, pick: fn(&crate::latency::Row) -> &Stats, base: f64| -> Vec<(f64, f64)> {
+                l.rows
+                    .iter()
+                    .filter(|x| x.kind == k)
+                    .map(|x| (x.rules as f64, pick(x).median_us - base))
+                    .collect()
+            };
+        fn ping(r: &crate::latency::Row) -> &Stats {
+            &r.ping
+        }
+        fn rr(r: &crate::latency::Row) -> &Stats {
+            &r.tcp_rr
+        }
+        let chart = LineChart {
+            title: "Added median round trip vs no filter, µs (the flat ones)",
+            x_label: "rules",
+            y_label: "added median round trip, µs",
+            log_x: true,
+            log_y: false,
+            series: vec![
+                Series {
+                    name: "contain, ping".into(),
+                    points: added(Kind::Contain, ping, none.ping.median_us),
+                    color: color(Kind::Contain),
+                    dashed: false,
+                },
+                Series {
+                    name: "contain, TCP RR".into(),
+                    points: added(Kind::Contain, rr, none.tcp_rr.median_us),
+                    color: color(Kind::Contain),
+                    dashed: true,
+                },
+                Series {
+                    name: "nftables set, ping".into(),
+                    points: added(Kind::NftSet, ping, none.ping.median_us),
+                    color: color(Kind::NftSet),
+                    dashed: false,
+                },
+                Series {
+                    name: "nftables set, TCP RR".into(),
+                    points: added(Kind::NftSet, rr, none.tcp_rr.median_us),
+                    color: color(Kind::NftSet),
+                    dashed: true,
+                },
+            ],
+        };
+        std::fs::write(out.join("latency_added.svg"), svg::line_chart(&chart))?;
+        let _ = writeln!(
+            md,
+            "Zoomed in on the configurations whose cost does not grow with the list:\n\n![added latency](latency_added.svg)\n"
+        );
+    }
     if !l.nft_load_s.is_empty() {
         let cells: Vec<String> = l
             .nft_load_s
@@ -539,9 +620,12 @@ fn throughput(md: &mut String, t: &crate::throughput::Throughput, out: &Path) ->
     let _ = writeln!(
         md,
         "iperf3, one TCP stream from the client namespace (in the configuration's cgroup) to the \
-         peer, {} s per run, {} runs per configuration, configurations round-robin; receiver \
-         side. On 2 cores the sender, the receiver and the veth's softirq share the CPUs, so \
-         the absolute figure is the machine's, not the filter's.\n",
+         peer, {} s per run, receiver side. Each configuration is run {} times, each time right \
+         next to an unfiltered run (which one goes first alternates), configurations \
+         round-robin; the last column is the median of those pairs' ratios. On 2 cores the \
+         sender, the receiver and the veth's softirq share the CPUs with whatever else runs, so \
+         single runs vary by ±10 % or more. contain's cost on a bulk stream is an early return \
+         per packet (the flow's verdict is cached and unchanged), whatever the rule count.\n",
         t.seconds_per_run, t.rounds
     );
     let none = t
@@ -551,17 +635,26 @@ fn throughput(md: &mut String, t: &crate::throughput::Throughput, out: &Path) ->
         .map(|x| x.median_gbps);
     let _ = writeln!(
         md,
-        "| configuration | rules | median Gbit/s | runs | of unfiltered |\n|---|---:|---:|---|---:|"
+        "| configuration | rules | median Gbit/s | runs | ratio of medians | median of paired ratios |\n|---|---:|---:|---|---:|---:|"
     );
     let mut bars = Vec::new();
     for row in &t.rows {
-        let runs: Vec<String> = row.gbps.iter().map(|g| format!("{g:.2}")).collect();
+        let runs: Vec<String> = if row.gbps.len() > 8 {
+            vec![format!(
+                "{} runs, {:.2}–{:.2}",
+                row.gbps.len(),
+                sys::quantile(&row.gbps, 0.0),
+                sys::quantile(&row.gbps, 1.0)
+            )]
+        } else {
+            row.gbps.iter().map(|g| format!("{g:.2}")).collect()
+        };
         let of = none.map_or("—".into(), |n| {
             format!("{:.1} %", 100.0 * row.median_gbps / n)
         });
         let _ = writeln!(
             md,
-            "| {} | {} | {:.2} | {} | {} |",
+            "| {} | {} | {:.2} | {} | {} | {:.1} % |",
             row.kind.label(),
             if row.kind == Kind::None {
                 "—".into()
@@ -570,7 +663,8 @@ fn throughput(md: &mut String, t: &crate::throughput::Throughput, out: &Path) ->
             },
             row.median_gbps,
             runs.join(", "),
-            of
+            of,
+            100.0 * row.median_ratio_to_none
         );
         bars.push(Bar {
             label: if row.kind == Kind::None {
@@ -599,14 +693,16 @@ fn control(md: &mut String, c: &crate::control::Control) {
          start), against `policyd daemon` and the real `bpf-loader` writing the BPF maps. The \
          policy is policyd's synthetic one: {} rules over {} policies (each with two \
          per-executable entries), {} containers from an inventory file. The one-rule change \
-         flips one rule's port in the middle of the file, alternately there and back.\n",
+         flips one rule's port in the middle of the file, alternately there and back. The wall \
+         time beyond policyd's own two phases is the CLI's start and the reload report going \
+         back to it over the socket and out as JSON: the report lists every map operation.\n",
         count(c.rules),
         c.policies,
         c.containers
     );
     let _ = writeln!(
         md,
-        "| reload | wall time, median (min–max, n) | policyd: compile | policyd: diff + apply via the loader | map operations |\n|---|---|---:|---:|---|"
+        "| reload | wall time, median (min–max, n) | policyd: read, validate, compile | policyd: diff + apply via the loader | map operations | report printed |\n|---|---|---:|---:|---|---:|"
     );
     for (name, r) in [
         ("install 10 000 rules (from empty)", &c.install),
@@ -617,9 +713,10 @@ fn control(md: &mut String, c: &crate::control::Control) {
         if r.wall_ms.is_empty() {
             continue;
         }
+        let bytes = r.report_bytes.last().copied().unwrap_or(0) as f64;
         let _ = writeln!(
             md,
-            "| {name} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} |",
             spread(&r.wall_ms),
             ms(sys::median(&r.compile_ms)),
             ms(sys::median(&r.apply_ms)),
@@ -627,14 +724,20 @@ fn control(md: &mut String, c: &crate::control::Control) {
                 "0".to_string()
             } else {
                 format!("{}: {}", r.ops, r.ops_detail)
+            },
+            if bytes >= 1e6 {
+                format!("{:.1} MB", bytes / 1e6)
+            } else {
+                format!("{:.1} kB", bytes / 1e3)
             }
         );
     }
     let _ = writeln!(
         md,
         "\nResident memory (VmRSS) at rest: *idle* one second after start (policyd on an empty \
-         policy; the resolver {}), *loaded* two seconds after the reloads above, the \
-         {}-rule policy in the maps.\n",
+         policy; the resolver {}), *installed* one second after the first install of the \
+         {}-rule policy, *after the reloads* two seconds after all the reloads above (the \
+         policy still installed).\n",
         if c.create.is_some() {
             "following a private containerd"
         } else {
@@ -644,14 +747,15 @@ fn control(md: &mut String, c: &crate::control::Control) {
     );
     let _ = writeln!(
         md,
-        "| daemon | idle | loaded | target |\n|---|---:|---:|---:|"
+        "| daemon | idle | installed | after the reloads | target |\n|---|---:|---:|---:|---:|"
     );
     for row in &c.rss {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |",
             row.daemon,
             mb(row.idle_kb),
+            mb(row.installed_kb),
             mb(row.loaded_kb),
             if row.daemon == "bpf-loader" {
                 "≤ 15 MB"
@@ -697,11 +801,22 @@ fn control(md: &mut String, c: &crate::control::Control) {
             let _ = writeln!(md, "| `/tasks/start` event | {} |", row(&cr.from_start_ms));
             let _ = writeln!(
                 md,
-                "\nPackets from the containers that reached the peer (an nftables counter there): \
-                 **{}**. Positive control, one ping from the same namespace outside the managed \
-                 cgroup: counted {}. The loader's counters: {} packets denied as an unknown \
-                 container (before the policy was in force), {} denied by the policy (after).\n",
-                cr.escaped_packets, cr.control_packets, cr.denied_unknown, cr.denied_by_policy
+                "\nA negative time from `/tasks/start` means the policy was in force before \
+                 containerd reported the start.\n\nPackets from the containers that reached the \
+                 peer (an nftables counter there): **{}**. A cgroup created under the managed \
+                 parent that nothing maps (no container), sending to the peer from its first \
+                 instruction: {} attempts (raw ICMP echo requests and UDP datagrams), {} refused \
+                 at once (EPERM), **{}** reached the peer. Positive control, one ping from the same \
+                 namespace outside the managed cgroup: counted {}. The loader's counters: {} \
+                 packets denied as an unknown container (the unmapped cgroup, and any container \
+                 packet before its policy was in force), {} denied by the policy.\n",
+                cr.escaped_packets,
+                cr.unmapped_sent,
+                cr.unmapped_sent - cr.unmapped_accepted_by_kernel.min(cr.unmapped_sent),
+                cr.unmapped_escaped,
+                cr.control_packets,
+                cr.denied_unknown,
+                cr.denied_by_policy
             );
         }
         None => {

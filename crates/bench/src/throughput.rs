@@ -1,6 +1,6 @@
 //! TCP throughput through the filtered veth: iperf3 from a configuration's
 //! namespace and cgroup to the server in the peer namespace, short runs,
-//! configurations round-robin.
+//! each next to an unfiltered run, configurations round-robin.
 
 use std::{
     process::{Command, Stdio},
@@ -23,6 +23,10 @@ pub struct Row {
     /// Receiver-side Gbit/s of each run.
     pub gbps: Vec<f64>,
     pub median_gbps: f64,
+    /// Median of (this run ÷ the unfiltered run next to it): less
+    /// sensitive to the machine's drifts than the ratio of medians.
+    #[serde(default)]
+    pub median_ratio_to_none: f64,
     pub retransmits: Vec<u64>,
 }
 
@@ -41,9 +45,10 @@ pub fn selected(kind: Kind, rules: usize, counts: &[usize]) -> bool {
     let hi = counts.last().copied().unwrap_or(100_000);
     match kind {
         Kind::None => true,
-        Kind::Contain | Kind::NftSet => rules == lo || rules == hi,
+        Kind::Contain => rules == lo || rules == hi,
+        Kind::NftSet => rules == hi,
         Kind::Thesis | Kind::NftLinear => rules == 100.max(lo) || rules == 10_000.min(hi),
-        Kind::ThesisBounded => rules == 100.max(lo),
+        Kind::ThesisBounded => false,
     }
 }
 
@@ -52,7 +57,6 @@ fn iperf(lab: &Lab, idx: usize, secs: u32) -> Result<(f64, u64)> {
     let mut cmd = Command::new("iperf3");
     cmd.args(["-c", &t.peer.to_string(), "-p", &IPERF_PORT.to_string()])
         .args(["-t", &secs.to_string(), "-J", "--connect-timeout", "3000"])
-        .args(std::env::var("CBENCH_IPERF_AFFINITY").ok().map(|a| vec!["-A".to_string(), a]).unwrap_or_default())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let child = sys::spawn_in(cmd, Some(&t.ns), Some(&t.cgroup))?;
@@ -80,36 +84,72 @@ pub fn measure(lab: &mut Lab, counts: &[usize], rounds: usize, secs: u32) -> Res
     let server = sys::spawn_in(server, Some(&lab.peer_ns.clone()), None)?;
     lab.adopt_child(server);
     std::thread::sleep(Duration::from_millis(300));
+    let none = lab
+        .targets
+        .iter()
+        .position(|t| t.kind == Kind::None)
+        .context("the unfiltered configuration")?;
     let chosen: Vec<usize> = (0..lab.targets.len())
-        .filter(|&i| selected(lab.targets[i].kind, lab.targets[i].rules, counts))
+        .filter(|&i| i != none && selected(lab.targets[i].kind, lab.targets[i].rules, counts))
         .collect();
     let mut gbps = vec![Vec::new(); chosen.len()];
     let mut retr = vec![Vec::new(); chosen.len()];
+    let mut ratios = vec![Vec::new(); chosen.len()];
+    let (mut none_gbps, mut none_retr) = (Vec::new(), Vec::new());
+    // Each configuration is run right next to an unfiltered run (which
+    // one goes first alternates), and judged by the ratio of the pair.
     for round in 0..rounds {
         for i in 0..chosen.len() {
             let j = (i + round * 3) % chosen.len();
-            let (g, r) = iperf(lab, chosen[j], secs)?;
-            gbps[j].push(g);
-            retr[j].push(r);
+            let pair = if round % 2 == 0 {
+                [none, chosen[j]]
+            } else {
+                [chosen[j], none]
+            };
+            let mut got = [0.0; 2];
+            for (k, &idx) in pair.iter().enumerate() {
+                let (g, r) = iperf(lab, idx, secs)?;
+                got[k] = g;
+                if idx == none {
+                    none_gbps.push(g);
+                    none_retr.push(r);
+                } else {
+                    gbps[j].push(g);
+                    retr[j].push(r);
+                }
+            }
+            let (filtered, unfiltered) = if pair[0] == none {
+                (got[1], got[0])
+            } else {
+                (got[0], got[1])
+            };
+            ratios[j].push(filtered / unfiltered);
         }
         eprint!(".");
     }
     eprintln!();
-    let rows = chosen
-        .iter()
-        .enumerate()
-        .map(|(j, &i)| {
-            let t = &lab.targets[i];
-            Row {
-                name: t.name(),
-                kind: t.kind,
-                rules: t.rules,
-                median_gbps: sys::median(&gbps[j]),
-                gbps: std::mem::take(&mut gbps[j]),
-                retransmits: std::mem::take(&mut retr[j]),
-            }
-        })
-        .collect();
+    let t = &lab.targets[none];
+    let mut rows = vec![Row {
+        name: t.name(),
+        kind: t.kind,
+        rules: t.rules,
+        median_gbps: sys::median(&none_gbps),
+        median_ratio_to_none: 1.0,
+        gbps: none_gbps,
+        retransmits: none_retr,
+    }];
+    for (j, &i) in chosen.iter().enumerate() {
+        let t = &lab.targets[i];
+        rows.push(Row {
+            name: t.name(),
+            kind: t.kind,
+            rules: t.rules,
+            median_gbps: sys::median(&gbps[j]),
+            median_ratio_to_none: sys::median(&ratios[j]),
+            gbps: std::mem::take(&mut gbps[j]),
+            retransmits: std::mem::take(&mut retr[j]),
+        });
+    }
     Ok(Throughput {
         seconds_per_run: secs,
         rounds,
