@@ -18,7 +18,7 @@ use aya::{
 
 use crate::rules::{thesis_entries, Rule, ThesisRule};
 
-static BASELINES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baselines.bpf.o"));
+use bpf_loader::BASELINES_OBJECT as BASELINES;
 
 fn load(name: &str) -> Result<(Ebpf, RawFd)> {
     let mut ebpf = EbpfLoader::new()

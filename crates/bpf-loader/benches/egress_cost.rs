@@ -28,8 +28,6 @@ const REPEAT: u32 = 2_000_000;
 const ROUNDS: usize = 7;
 const RULE_COUNTS: [usize; 3] = [10, 1_000, 100_000];
 
-static BASELINES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baselines.bpf.o"));
-
 /// A small deterministic PRNG (xorshift), so every run builds the same rules.
 struct Rng(u64);
 impl Rng {
@@ -119,7 +117,7 @@ fn main() {
         .expect("egress program");
 
     let mut baselines = EbpfLoader::new()
-        .load(BASELINES)
+        .load(bpf_loader::BASELINES_OBJECT)
         .expect("baseline object (built by build.rs)");
     let pass: &mut CgroupSkb = baselines
         .program_mut("baseline_pass")
