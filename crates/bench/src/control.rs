@@ -28,7 +28,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use contain_common::{CgroupPolicy, PolicyCounters};
-use proto::state::{Entry, EntryKey, MapOp};
+use proto::state::{Entry, EntryKey, MapOp, OpCounts};
 use serde::{Deserialize, Serialize};
 
 use crate::sys;
@@ -158,13 +158,17 @@ fn start(
     Ok(d)
 }
 
-/// One `policyd reload --json`: wall time, the report, its size.
+/// Operations a reload report lists in full: a one-rule change fits, a
+/// first install of 10 000 rules (tens of thousands) is counted only.
+const LISTED_OPS: &str = "1000";
+
+/// One `policyd reload --json --max-ops 1000`: wall time, the report, its size.
 fn reload(policyd: &Path, socket: &Path) -> Result<(f64, serde_json::Value, usize)> {
     let t = Instant::now();
     let out = Command::new(policyd)
         .arg("--socket")
         .arg(socket)
-        .args(["reload", "--json"])
+        .args(["reload", "--json", "--max-ops", LISTED_OPS])
         .output()?;
     let wall = t.elapsed().as_secs_f64() * 1000.0;
     if !out.status.success() {
@@ -186,8 +190,21 @@ fn record(r: &mut Reload, (wall, report, bytes): (f64, serde_json::Value, usize)
         .push(report["compile_us"].as_f64().unwrap_or(f64::NAN) / 1000.0);
     r.apply_ms
         .push(report["apply_us"].as_f64().unwrap_or(f64::NAN) / 1000.0);
+    let counts: OpCounts = serde_json::from_value(report["counts"].clone()).unwrap_or_default();
     let ops: Vec<MapOp> = serde_json::from_value(report["ops"].clone()).unwrap_or_default();
-    r.ops = ops.len();
+    r.ops = counts.total();
+    if ops.len() < r.ops {
+        r.ops_detail = format!(
+            "{} upserts, {} deletes: {} cgroups, {} processes, {} destinations, {} ports",
+            counts.upserts,
+            counts.deletes,
+            counts.cgroups,
+            counts.processes,
+            counts.dests,
+            counts.ports
+        );
+        return;
+    }
     let mut by: BTreeMap<String, usize> = BTreeMap::new();
     for op in &ops {
         let (verb, map) = match op {

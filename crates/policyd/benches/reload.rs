@@ -171,7 +171,7 @@ async fn end_to_end(rules: usize) {
             std::fs::write(&path, text).expect("write");
             let t = Instant::now();
             let report = client
-                .reload(transport::context_with_deadline(120), false)
+                .reload(transport::context_with_deadline(120), false, u32::MAX)
                 .await
                 .expect("rpc")
                 .expect("reload");

@@ -22,7 +22,6 @@ use serde_json::json;
 use crate::{
     compile,
     daemon::{self, engine::to_wire, feeds::read_inventory_file, InventorySource},
-    diff::OpCounts,
     explain,
     ids::IdTables,
     inventory::Inventory,
@@ -78,6 +77,10 @@ pub enum Command {
         /// Print the diff without applying it.
         #[arg(long)]
         dry_run: bool,
+        /// List at most this many operations (default: all with --json,
+        /// 200 otherwise); the counts per map are always complete.
+        #[arg(long)]
+        max_ops: Option<u32>,
     },
     /// Containers, the policy each got, modes, counters.
     Status,
@@ -196,7 +199,7 @@ pub async fn run(cli: Cli) -> u8 {
     let json = cli.json;
     let result = match cli.command {
         Command::Check { file, inventory } => check(&file, inventory.as_deref(), json),
-        Command::Reload { dry_run } => reload(&cli.socket, dry_run, json).await,
+        Command::Reload { dry_run, max_ops } => reload(&cli.socket, dry_run, max_ops, json).await,
         Command::Status => status(&cli.socket, json).await,
         Command::Explain {
             container,
@@ -414,10 +417,19 @@ fn check(file: &Path, inventory: Option<&Path>, json: bool) -> Result<(), Failur
 
 // ---- reload ----
 
-async fn reload(socket: &Path, dry_run: bool, json: bool) -> Result<(), Failure> {
+/// Operations a human-readable reload report lists.
+const OPS_SHOWN: u32 = 200;
+
+async fn reload(
+    socket: &Path,
+    dry_run: bool,
+    max_ops: Option<u32>,
+    json: bool,
+) -> Result<(), Failure> {
     let client = connect(socket).await?;
+    let max_ops = max_ops.unwrap_or(if json { u32::MAX } else { OPS_SHOWN });
     let report = client
-        .reload(transport::context_with_deadline(120), dry_run)
+        .reload(transport::context_with_deadline(120), dry_run, max_ops)
         .await
         .map_err(unreachable_daemon)??;
     if json {
@@ -445,7 +457,7 @@ fn print_warnings(warnings: &[proto::policyd::Diagnostic]) {
 
 pub fn print_reload(report: &ReloadReport) {
     print_warnings(&report.warnings);
-    let counts = OpCounts::of(&report.ops);
+    let counts = report.counts;
     let verb = if report.dry_run {
         "would apply"
     } else {
@@ -456,7 +468,7 @@ pub fn print_reload(report: &ReloadReport) {
             "policy {} is valid; not applied yet: {why}",
             report.policy_digest
         );
-    } else if report.ops.is_empty() && report.unknown_verdict.is_none() {
+    } else if counts.total() == 0 && report.unknown_verdict.is_none() {
         println!(
             "policy {}: nothing to change (generation {})",
             report.policy_digest, report.generation
@@ -478,14 +490,13 @@ pub fn print_reload(report: &ReloadReport) {
     if let Some(v) = report.unknown_verdict {
         println!("  ~ unknown containers: {v}");
     }
-    const SHOWN: usize = 200;
-    for op in report.ops.iter().take(SHOWN) {
+    for op in &report.ops {
         println!("  {}", describe_op(op));
     }
-    if report.ops.len() > SHOWN {
+    if counts.total() > report.ops.len() {
         println!(
-            "  … and {} more (--json shows all)",
-            report.ops.len() - SHOWN
+            "  … and {} more (--json or --max-ops N shows them)",
+            counts.total() - report.ops.len()
         );
     }
     println!(

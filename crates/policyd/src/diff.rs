@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 
 use proto::state::{apply_order, Entry, EntryKey, KernelState, MapOp, Verdict};
-use serde::{Deserialize, Serialize};
 
 /// Upserts for keys that are new or changed, deletes for keys that are gone.
 fn diff_map<K: Ord + Copy, V: PartialEq + Copy>(
@@ -104,45 +103,7 @@ pub fn apply(state: &mut KernelState, unknown_verdict: Option<Verdict>, ops: &[M
     state.apply_ops(ops);
 }
 
-/// How many operations touch each map, for reports.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OpCounts {
-    pub upserts: usize,
-    pub deletes: usize,
-    pub cgroups: usize,
-    pub processes: usize,
-    pub dests: usize,
-    pub ports: usize,
-}
-
-impl OpCounts {
-    pub fn of(ops: &[MapOp]) -> Self {
-        let mut c = OpCounts::default();
-        for op in ops {
-            let key = match op {
-                MapOp::Upsert { entry } => {
-                    c.upserts += 1;
-                    entry.key()
-                }
-                MapOp::Delete { key } => {
-                    c.deletes += 1;
-                    *key
-                }
-            };
-            match key {
-                EntryKey::Cgroup { .. } => c.cgroups += 1,
-                EntryKey::Process { .. } => c.processes += 1,
-                EntryKey::Dest { .. } => c.dests += 1,
-                EntryKey::Port { .. } => c.ports += 1,
-            }
-        }
-        c
-    }
-
-    pub fn total(&self) -> usize {
-        self.upserts + self.deletes
-    }
-}
+pub use proto::state::OpCounts;
 
 #[cfg(test)]
 mod tests {

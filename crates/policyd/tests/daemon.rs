@@ -207,7 +207,11 @@ async fn reload_grants_and_revokes_live_and_refuses_invalid_files() {
             "ports = [443] }, { to = \"10.0.0.5\", proto = \"tcp\", ports = [22] }]",
         ),
     );
-    let report = client.reload(ctx(), false).await.unwrap().unwrap();
+    let report = client
+        .reload(ctx(), false, u32::MAX)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(report.applied && report.ops.len() <= 4, "{report:#?}");
     let e = client
         .explain(ctx(), query("web", "10.0.0.5", "22", None))
@@ -218,7 +222,11 @@ async fn reload_grants_and_revokes_live_and_refuses_invalid_files() {
 
     // Revoke it again: back to the first state's rules.
     env.write("policy.toml", V1);
-    let report = client.reload(ctx(), false).await.unwrap().unwrap();
+    let report = client
+        .reload(ctx(), false, u32::MAX)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(report.applied, "{report:#?}");
     let e = client
         .explain(ctx(), query("web", "10.0.0.5", "22", None))
@@ -233,7 +241,11 @@ async fn reload_grants_and_revokes_live_and_refuses_invalid_files() {
         "policy.toml",
         &V1.replace("ports = [443]", "ports = [70000]"),
     );
-    let err = client.reload(ctx(), false).await.unwrap().unwrap_err();
+    let err = client
+        .reload(ctx(), false, u32::MAX)
+        .await
+        .unwrap()
+        .unwrap_err();
     match &err {
         PolicydError::InvalidPolicy { diagnostics } => {
             assert_eq!(diagnostics[0].line, Some(8), "{err}");
@@ -259,12 +271,17 @@ async fn reload_grants_and_revokes_live_and_refuses_invalid_files() {
 
     // A dry run shows the diff and changes nothing.
     env.write("policy.toml", &V1.replace("1.1.1.0/24", "1.1.2.0/24"));
-    let report = client.reload(ctx(), true).await.unwrap().unwrap();
+    let report = client.reload(ctx(), true, u32::MAX).await.unwrap().unwrap();
     assert!(
         report.dry_run && !report.applied && !report.ops.is_empty(),
         "{report:#?}"
     );
+    assert_eq!(report.counts.total(), report.ops.len());
     assert_eq!(env.kernel().0, generation);
+    // A capped report lists fewer operations but counts them all.
+    let capped = client.reload(ctx(), true, 0).await.unwrap().unwrap();
+    assert!(capped.ops.is_empty());
+    assert_eq!(capped.counts, report.counts);
 
     drop(client);
     daemon.shutdown_background();
@@ -328,7 +345,11 @@ async fn a_restarted_daemon_converges_without_touching_the_kernel() {
         "ports = [443] }, { to = \"192.0.2.0/24\", proto = \"udp\", ports = [53] }]",
     );
     env.write("policy.toml", &edited);
-    client.reload(ctx(), false).await.unwrap().unwrap();
+    client
+        .reload(ctx(), false, u32::MAX)
+        .await
+        .unwrap()
+        .unwrap();
     drop(client);
     first.shutdown_background();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -567,7 +588,11 @@ async fn follows_the_resolver_and_holds_until_the_first_inventory() {
     let client = env.client().await;
 
     // No resolver yet: the policy is valid but held back.
-    let report = client.reload(ctx(), false).await.unwrap().unwrap();
+    let report = client
+        .reload(ctx(), false, u32::MAX)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(
         report
             .pending

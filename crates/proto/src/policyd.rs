@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     loader::{Event, LoaderError},
-    state::{MapOp, Verdict},
+    state::{MapOp, OpCounts, Verdict},
 };
 
 #[tarpc::service]
@@ -17,7 +17,7 @@ pub trait Policyd {
     /// Re-reads the policy file and converges the loader to it. With
     /// `dry_run`, computes and returns the diff without applying it. An
     /// invalid file is refused and the running policy stays in force.
-    async fn reload(dry_run: bool) -> Result<ReloadReport, PolicydError>;
+    async fn reload(dry_run: bool, max_ops: u32) -> Result<ReloadReport, PolicydError>;
     /// Containers, the policy each got, modes, counters.
     async fn status() -> Result<Status, PolicydError>;
     /// Which rule decides a flow, and why.
@@ -60,6 +60,10 @@ pub struct ReloadReport {
     pub policy_digest: String,
     /// New verdict for unknown cgroups, if it changes.
     pub unknown_verdict: Option<Verdict>,
+    /// How many operations the diff has, per map.
+    pub counts: OpCounts,
+    /// The operations, the first `max_ops` of them (a first install of a
+    /// big policy is tens of thousands).
     pub ops: Vec<MapOp>,
     /// Why a valid policy is not applied yet (e.g. waiting for the first
     /// container inventory); it will be, without another reload.

@@ -292,6 +292,46 @@ pub fn apply_order(op: &MapOp) -> u8 {
     }
 }
 
+/// How many operations touch each map, for reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpCounts {
+    pub upserts: usize,
+    pub deletes: usize,
+    pub cgroups: usize,
+    pub processes: usize,
+    pub dests: usize,
+    pub ports: usize,
+}
+
+impl OpCounts {
+    pub fn of(ops: &[MapOp]) -> Self {
+        let mut c = OpCounts::default();
+        for op in ops {
+            let key = match op {
+                MapOp::Upsert { entry } => {
+                    c.upserts += 1;
+                    entry.key()
+                }
+                MapOp::Delete { key } => {
+                    c.deletes += 1;
+                    *key
+                }
+            };
+            match key {
+                EntryKey::Cgroup { .. } => c.cgroups += 1,
+                EntryKey::Process { .. } => c.processes += 1,
+                EntryKey::Dest { .. } => c.dests += 1,
+                EntryKey::Port { .. } => c.ports += 1,
+            }
+        }
+        c
+    }
+
+    pub fn total(&self) -> usize {
+        self.upserts + self.deletes
+    }
+}
+
 /// Serialises a map with non-string keys as a list of pairs (JSON objects
 /// need string keys).
 mod as_pairs {

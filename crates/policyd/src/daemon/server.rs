@@ -30,8 +30,15 @@ impl Policyd for PolicydServer {
         }
     }
 
-    async fn reload(self, _: Context, dry_run: bool) -> Result<ReloadReport, PolicydError> {
-        self.engine.lock().await.reload(dry_run).await
+    async fn reload(
+        self,
+        _: Context,
+        dry_run: bool,
+        max_ops: u32,
+    ) -> Result<ReloadReport, PolicydError> {
+        let mut report = self.engine.lock().await.reload(dry_run).await?;
+        report.ops.truncate(max_ops as usize);
+        Ok(report)
     }
 
     async fn status(self, _: Context) -> Result<Status, PolicydError> {
