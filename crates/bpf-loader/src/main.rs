@@ -48,7 +48,9 @@ struct Args {
     log_format: proto::runtime::LogFormat,
 }
 
-#[tokio::main]
+// One thread: map updates are serialised anyway, and a single malloc arena
+// keeps the resident set small (see `release_memory`).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     proto::runtime::init_tracing(args.log_format);

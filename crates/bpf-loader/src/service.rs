@@ -29,6 +29,13 @@ impl LoaderServer {
     }
 }
 
+/// Hands freed heap pages back to the kernel: a big diff or state dump is
+/// megabytes of JSON once, and glibc would otherwise keep them resident.
+fn release_memory() {
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
+}
+
 impl Loader for LoaderServer {
     async fn version(self, _: Context) -> LoaderInfo {
         LoaderInfo {
@@ -61,6 +68,8 @@ impl Loader for LoaderServer {
     async fn apply(self, _: Context, diff: MapDiff) -> Result<u64, LoaderError> {
         let ops = diff.ops.len();
         let result = self.kernel().apply(&diff);
+        drop(diff);
+        release_memory();
         match &result {
             Ok(generation) => tracing::info!(ops, generation, "applied diff"),
             Err(e) => tracing::warn!(ops, error = %e, "refused diff"),
@@ -69,6 +78,9 @@ impl Loader for LoaderServer {
     }
 
     async fn state(self, _: Context) -> Result<StateSnapshot, LoaderError> {
+        // The snapshot is serialised after this returns; the memory it and
+        // the last request took is handed back on the next call.
+        release_memory();
         let kernel = self.kernel();
         Ok(StateSnapshot {
             generation: kernel.generation(),
