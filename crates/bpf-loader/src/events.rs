@@ -166,6 +166,9 @@ pub fn decode(
         dst_port: e.dport,
         icmp_type: is_icmp.then_some(e.icmp_type),
         icmp_code: is_icmp.then_some(e.icmp_code),
+        suppressed: e.suppressed,
+        revoked_flow: e.flags & kern::EVENT_REVOKED_FLOW != 0,
+        socket_cookie: e.socket_cookie,
     })
 }
 
@@ -189,6 +192,8 @@ pub fn log(event: &Event) {
         src_port = event.src_port,
         dst_port = event.dst_port,
         icmp_type = event.icmp_type.map(i64::from).unwrap_or(-1),
+        suppressed = event.suppressed,
+        revoked_flow = event.revoked_flow,
         "egress {}",
         event.verdict
     );
@@ -218,7 +223,10 @@ mod tests {
             icmp_code: 0,
             hook: kern::Hook::Connect4 as u8,
             verdict: kern::Verdict::Deny as u8,
-            _pad: [0; 6],
+            flags: kern::EVENT_REVOKED_FLOW,
+            _pad: 0,
+            suppressed: 12,
+            socket_cookie: 99,
         }
     }
 
@@ -245,6 +253,9 @@ mod tests {
         assert_eq!(e.time_ns, 1_010);
         assert_eq!(e.icmp_type, None);
         assert_eq!(e.verdict, Verdict::Deny);
+        assert_eq!(e.suppressed, 12);
+        assert!(e.revoked_flow);
+        assert_eq!(e.socket_cookie, 99);
     }
 
     #[test]

@@ -35,7 +35,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/co
 
 /// Bumped when a map's key or value layout changes: a loader with another
 /// layout starts on fresh maps instead of misreading old ones.
-const MAP_LAYOUT_VERSION: u32 = 2;
+const MAP_LAYOUT_VERSION: u32 = 3;
 
 #[derive(Debug, Error)]
 pub enum KernelError {
@@ -121,6 +121,16 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> KernelError + '_ {
     }
 }
 
+/// Runtime limits of the kernel side, from the loader's command line.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// How long a UDP socket may answer a peer after the peer's last
+    /// datagram to it.
+    pub udp_reply_timeout: std::time::Duration,
+    /// Deny/audit events one cgroup may report per second.
+    pub events_per_second: u32,
+}
+
 impl Kernel {
     /// Loads the object with every map pinned (or re-opened from its pin)
     /// under `pin_dir`, and loads every program. Returns the event ring
@@ -143,17 +153,18 @@ impl Kernel {
         }
         loader
             .override_global("EXEC_FILENAME_LOC_OFFSET", &offsets.exec_filename, true)
-            .override_global("FORK_CHILD_PID_OFFSET", &offsets.fork_child_pid, true);
+            .override_global("NEWTASK_PID_OFFSET", &offsets.newtask_pid, true)
+            .override_global(
+                "NEWTASK_CLONE_FLAGS_OFFSET",
+                &offsets.newtask_clone_flags,
+                true,
+            );
         let mut ebpf = loader.load(OBJECT)?;
 
         for &name in program_names::CGROUP {
             load_program(&mut ebpf, name)?;
         }
-        for name in [
-            program_names::EXEC,
-            program_names::FORK,
-            program_names::EXIT,
-        ] {
+        for &(name, _, _) in program_names::TRACEPOINTS {
             load_program(&mut ebpf, name)?;
         }
 
@@ -212,22 +223,16 @@ impl Kernel {
         self.pin_dir.join("links")
     }
 
-    /// Attaches the exec/fork/exit tracepoints, pinning their links, then
+    /// Attaches the exec/newtask/exit tracepoints, pinning their links, then
     /// lets go of a predecessor's.
     pub fn attach_tracepoints(&mut self) -> Result<(), KernelError> {
         let group = self.links_dir().join("tracepoints");
         let dir = group.join(&self.instance);
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        for name in [
-            program_names::EXEC,
-            program_names::FORK,
-            program_names::EXIT,
-        ] {
-            let event = name.trim_start_matches("contain_");
-            let tracepoint = format!("sched_process_{event}");
+        for &(name, category, tracepoint) in program_names::TRACEPOINTS {
             let prog: &mut TracePoint = program_mut(&mut self.ebpf, name)?;
             let id = prog
-                .attach("sched", &tracepoint)
+                .attach(category, tracepoint)
                 .map_err(|source| KernelError::Program { name, source })?;
             let link = prog
                 .take_link(id)
@@ -326,6 +331,19 @@ impl Kernel {
             .config
             .get(&0, 0)
             .map_or(0, |c| c.generation as u64)
+    }
+
+    /// Sets the kernel's runtime limits (not policy: the generation stays).
+    pub fn set_limits(&mut self, limits: &Limits) -> Result<(), KernelError> {
+        let mut config = self.maps.config.get(&0, 0).unwrap_or_default();
+        config.udp_reply_timeout_ns = u64::try_from(limits.udp_reply_timeout.as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        config.events_per_second = limits.events_per_second.max(1);
+        self.maps
+            .config
+            .set(0, config, 0)
+            .map_err(map_err(map_names::CONFIG))
     }
 
     pub fn state(&self) -> &KernelState {
@@ -579,10 +597,19 @@ impl Kernel {
             .map_err(map_err(map_names::STATS))?
             .iter()
             .sum();
+        let stat = |index: u32| -> Result<u64, KernelError> {
+            Ok(m.stats
+                .get(&index, 0)
+                .map_err(map_err(map_names::STATS))?
+                .iter()
+                .sum())
+        };
         Ok(Counters {
             policies,
             events_dropped_kernel: dropped,
             events_dropped_loader: 0,
+            events_rate_limited: stat(kern::stat::EVENTS_RATE_LIMITED)?,
+            unstamped_sockets: stat(kern::stat::UNSTAMPED_SOCKETS)?,
         })
     }
 
@@ -600,20 +627,22 @@ impl Kernel {
 
 struct TraceOffsets {
     exec_filename: u32,
-    fork_child_pid: u32,
+    newtask_pid: u32,
+    newtask_clone_flags: u32,
 }
 
 impl TraceOffsets {
     fn read() -> Result<TraceOffsets, KernelError> {
         let root = fs::tracefs()?;
         let field = |event: &str, field: &'static str| -> Result<u32, KernelError> {
-            let path = root.join("events/sched").join(event).join("format");
+            let path = root.join("events").join(event).join("format");
             let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
             tracefs::field_offset(&text, field).ok_or(KernelError::TraceFormat { path, field })
         };
         Ok(TraceOffsets {
-            exec_filename: field("sched_process_exec", "filename")?,
-            fork_child_pid: field("sched_process_fork", "child_pid")?,
+            exec_filename: field("sched/sched_process_exec", "filename")?,
+            newtask_pid: field("task/task_newtask", "pid")?,
+            newtask_clone_flags: field("task/task_newtask", "clone_flags")?,
         })
     }
 }

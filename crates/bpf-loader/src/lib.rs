@@ -13,6 +13,7 @@ pub static BASELINES_OBJECT: &[u8] =
 pub mod events;
 pub mod fs;
 pub mod kernel;
+pub mod revoke;
 pub mod service;
 pub mod testrun;
 pub mod tracefs;

@@ -3,13 +3,15 @@
 use std::{
     path::PathBuf,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use anyhow::{bail, Context as _};
 use aya::maps::{MapData, RingBuf};
 use bpf_loader::{
     events::{self, EventLog},
-    kernel::Kernel,
+    kernel::{Kernel, Limits},
+    revoke::{self, RevokedFlow},
     service::LoaderServer,
 };
 use clap::Parser;
@@ -46,6 +48,15 @@ struct Args {
     /// Log format: json (one object per line, for journald/Loki) or text.
     #[arg(long, default_value = "json")]
     log_format: proto::runtime::LogFormat,
+    /// Seconds a UDP socket of a filtered container may answer a peer that
+    /// sent to it first, after the peer's last datagram (conntrack's UDP
+    /// timeout is 30).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    udp_reply_timeout_secs: u64,
+    /// Deny/audit events one cgroup may report per second; the rest are
+    /// counted and the count reported with its next event.
+    #[arg(long, default_value_t = contain_common::DEFAULT_EVENTS_PER_SECOND, value_parser = clap::value_parser!(u32).range(1..))]
+    events_per_second: u32,
 }
 
 // One thread: map updates are serialised anyway, and a single malloc arena
@@ -61,8 +72,14 @@ async fn main() -> anyhow::Result<()> {
     let (mut kernel, ring) =
         Kernel::load(&args.pin_dir).context("loading contain's eBPF object")?;
     kernel
+        .set_limits(&Limits {
+            udp_reply_timeout: Duration::from_secs(args.udp_reply_timeout_secs),
+            events_per_second: args.events_per_second,
+        })
+        .context("setting the kernel's limits")?;
+    kernel
         .attach_tracepoints()
-        .context("attaching the exec/fork/exit tracepoints")?;
+        .context("attaching the exec/newtask/exit tracepoints")?;
     for adopted in kernel
         .adopt()
         .context("adopting the links of a previous loader")?
@@ -153,10 +170,34 @@ async fn drain_events(ring: RingBuf<MapData>, kernel: Arc<Mutex<Kernel>>, log: A
                 events::decode(&item, offset, |hash| kernel.exe_path(hash))
             };
             match decoded {
-                Some(event) => events::log(&log.push(event)),
+                Some(event) => {
+                    if event.revoked_flow {
+                        abort_revoked(&event);
+                    }
+                    events::log(&log.push(event));
+                }
                 None => tracing::warn!(len = item.len(), "skipping an undecodable event record"),
             }
         }
         guard.clear_ready();
     }
+}
+
+/// Aborts the socket of a revoked TCP flow, off the runtime thread; if that
+/// fails the flow stays dropped, only the sender is not told at once.
+fn abort_revoked(event: &proto::loader::Event) {
+    let flow = RevokedFlow {
+        tgid: event.tgid,
+        src: event.src,
+        dst: event.dst,
+        src_port: event.src_port,
+        dst_port: event.dst_port,
+        socket_cookie: event.socket_cookie,
+    };
+    tokio::task::spawn_blocking(move || match revoke::abort(&flow) {
+        Ok(()) => tracing::info!(?flow, "aborted the socket of a revoked flow"),
+        Err(e) => {
+            tracing::warn!(?flow, error = %e, "could not abort the socket of a revoked flow; its packets stay dropped")
+        }
+    });
 }

@@ -32,6 +32,7 @@ pub mod map_names {
     pub const EXECS: &str = "CONTAIN_EXECS";
     pub const EXE_PATHS: &str = "CONTAIN_EXE_PATHS";
     pub const INBOUND_PEERS: &str = "CONTAIN_INBOUND";
+    pub const EVENT_BUDGETS: &str = "CONTAIN_EVENT_BUDGETS";
     pub const ALL: &[&str] = &[
         CGROUPS,
         PROCESSES,
@@ -47,6 +48,7 @@ pub mod map_names {
         EXECS,
         EXE_PATHS,
         INBOUND_PEERS,
+        EVENT_BUDGETS,
     ];
 }
 
@@ -62,6 +64,7 @@ pub mod capacity {
     pub const EXECS: u32 = 65_536;
     pub const EXE_PATHS: u32 = 16_384;
     pub const INBOUND_PEERS: u32 = 65_536;
+    pub const EVENT_BUDGETS: u32 = 16_384;
     pub const EVENTS_BYTES: u32 = 1 << 20;
 }
 
@@ -75,8 +78,16 @@ pub mod program_names {
     pub const EGRESS: &str = "contain_egress";
     pub const INGRESS: &str = "contain_ingress";
     pub const EXEC: &str = "contain_exec";
-    pub const FORK: &str = "contain_fork";
+    pub const NEWTASK: &str = "contain_newtask";
     pub const EXIT: &str = "contain_exit";
+    /// The tracepoint programs, with the (category, event) each attaches to.
+    pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
+        (EXEC, "sched", "sched_process_exec"),
+        // task_newtask, unlike sched_process_fork, carries the clone flags:
+        // threads share their process's entry and get none of their own.
+        (NEWTASK, "task", "task_newtask"),
+        (EXIT, "sched", "sched_process_exit"),
+    ];
     /// The programs attached to a cgroup, in attach order.
     pub const CGROUP: &[&str] = &[
         SOCK_CREATE,
@@ -243,13 +254,25 @@ pub struct PortValue {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
-    /// Bumped on every applied diff; cached socket verdicts from an older
-    /// generation are re-evaluated.
+    /// Bumped on every applied diff; cached socket verdicts and UDP reply
+    /// allowances from an older generation are re-evaluated.
     pub generation: u32,
     /// [`Verdict`] for a cgroup under a managed parent with no entry yet.
     pub unknown_verdict: u8,
     pub _pad: [u8; 3],
+    /// How long a UDP peer that spoke first may be answered after its last
+    /// datagram (conntrack's `nf_conntrack_udp_timeout` is 30 s).
+    pub udp_reply_timeout_ns: u64,
+    /// Deny/audit events one cgroup may report per second; the rest are
+    /// counted and the count rides on its next event.
+    pub events_per_second: u32,
+    pub _pad2: u32,
 }
+
+/// Default of [`Config::udp_reply_timeout_ns`].
+pub const DEFAULT_UDP_REPLY_TIMEOUT_NS: u64 = 30_000_000_000;
+/// Default of [`Config::events_per_second`].
+pub const DEFAULT_EVENTS_PER_SECOND: u32 = 100;
 
 /// `COUNTERS[policy_id]`, per CPU.
 #[repr(C)]
@@ -267,7 +290,11 @@ pub mod stat {
     /// Packets the egress program could not parse (passed or denied per
     /// policy, counted here).
     pub const UNPARSED: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// Events not reported because their cgroup exceeded its rate.
+    pub const EVENTS_RATE_LIMITED: u32 = 2;
+    /// Sockets that could not be stamped at creation and were refused.
+    pub const UNSTAMPED_SOCKETS: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// `SOCKETS` (socket storage): who created the socket, and the last verdict
@@ -312,17 +339,39 @@ pub struct ExePath {
     pub path: [u8; EXE_PATH_LEN],
 }
 
-/// `INBOUND_PEERS` key: a peer that reached a socket of a filtered cgroup
-/// first; replies to it are not egress to judge (UDP servers).
+/// `INBOUND_PEERS` key: a UDP peer that sent a datagram to one socket of a
+/// filtered cgroup (by socket cookie); that socket may answer it (UDP
+/// servers). No other socket may, and only until the allowance expires.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct InboundKey {
-    pub cgroup_id: u64,
+    pub socket_cookie: u64,
     pub peer_addr: [u8; 16],
     pub peer_port: u16,
-    pub local_port: u16,
-    pub proto: u8,
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 6],
+}
+
+/// `INBOUND_PEERS` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InboundPeer {
+    /// `bpf_ktime_get_ns` of the peer's last datagram.
+    pub last_seen_ns: u64,
+    /// The generation it was seen under: a policy change ends it, so a
+    /// reply to a flow the container started and a reload revoked is not
+    /// an allowance.
+    pub generation: u32,
+    pub _pad: u32,
+}
+
+/// `EVENT_BUDGETS` value, keyed by cgroup id: a one-second window of
+/// reported events, and how many were held back.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventBudget {
+    pub window_start_ns: u64,
+    pub reported: u32,
+    pub suppressed: u32,
 }
 
 /// A deny or audit decision, sent through the `EVENTS` ring buffer.
@@ -350,8 +399,19 @@ pub struct Event {
     pub hook: u8,
     /// [`Verdict`]: `Deny` or `Audit`.
     pub verdict: u8,
-    pub _pad: [u8; 6],
+    /// `EVENT_*` flags.
+    pub flags: u8,
+    pub _pad: u8,
+    /// Events of this cgroup held back by the rate limit since its last
+    /// reported one.
+    pub suppressed: u32,
+    /// The socket's cookie (0 when there is no socket).
+    pub socket_cookie: u64,
 }
+
+/// An established outbound TCP flow that a policy change revoked: the
+/// loader aborts the socket so the sender learns of it.
+pub const EVENT_REVOKED_FLOW: u8 = 1;
 
 /// FNV-1a, 64 bit, over bytes up to the first NUL (or `limit`). The kernel
 /// hashes exec'd paths and comms with exactly this; userspace hashes the
@@ -428,13 +488,18 @@ mod tests {
         assert_eq!(size_of::<ProcessKey>(), 16);
         assert_eq!(size_of::<DestKey>(), 24);
         assert_eq!(size_of::<PortKey>(), 8);
-        assert_eq!(size_of::<Config>(), 8);
         assert_eq!(
             size_of::<SockInfo>(),
             8 + 8 + 4 + 4 + 16 + 4 + 4 + 16 + 2 + 1 + 1 + 4
         );
-        assert_eq!(size_of::<InboundKey>(), 8 + 16 + 2 + 2 + 1 + 3);
-        assert_eq!(size_of::<Event>(), 8 * 3 + 4 * 4 + 16 * 3 + 2 * 2 + 6 + 6);
+        assert_eq!(size_of::<InboundKey>(), 8 + 16 + 2 + 6);
+        assert_eq!(size_of::<InboundPeer>(), 16);
+        assert_eq!(size_of::<EventBudget>(), 16);
+        assert_eq!(size_of::<Config>(), 24);
+        assert_eq!(
+            size_of::<Event>(),
+            8 * 3 + 4 * 4 + 16 * 3 + 2 * 2 + 6 + 2 + 4 + 8
+        );
     }
 
     #[test]

@@ -6,14 +6,18 @@
 
 use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::bpf_ktime_get_ns};
 use contain_common::{
-    comm_hash, proto, stat, CgroupPolicy, DestKey, Event, Hook, PortKey, ProcessKey, SockInfo,
-    Verdict, CGROUP_AUDIT, CGROUP_UNRESTRICTED, COMM_LEN, DEST_KEY_FIXED_BITS, PORT_KEY_FIXED_BITS,
+    comm_hash, proto, stat, CgroupPolicy, DestKey, EventBudget, Hook, PortKey, ProcessKey,
+    SockInfo, Verdict, CGROUP_AUDIT, CGROUP_UNRESTRICTED, COMM_LEN, DEFAULT_EVENTS_PER_SECOND,
+    DEFAULT_UDP_REPLY_TIMEOUT_NS, DEST_KEY_FIXED_BITS, EVENT_REVOKED_FLOW, PORT_KEY_FIXED_BITS,
     PROCESS_BY_COMM, PROCESS_BY_EXE, UNKNOWN_POLICY_ID,
 };
 
 use crate::maps::{
-    CGROUPS, CONFIG, COUNTERS, DESTS, EVENTS, EXACT_PORTS, HOSTS, PORTS, PROCESSES, STATS,
+    CGROUPS, CONFIG, COUNTERS, DESTS, EVENTS, EVENT_BUDGETS, EXACT_PORTS, HOSTS, PORTS, PROCESSES,
+    STATS,
 };
+
+const NS_PER_SEC: u64 = 1_000_000_000;
 
 /// Who is sending: from socket storage, or empty when the socket predates
 /// contain (then only container-wide rules can match).
@@ -53,9 +57,28 @@ pub struct Governance {
     pub unrestricted: bool,
 }
 
+/// The policy generation. Every hook reads it once, before any policy
+/// lookup, so a verdict is never cached under a generation newer than the
+/// maps it was decided on.
 #[inline(always)]
 pub fn generation() -> u32 {
     CONFIG.get(0).map_or(0, |c| c.generation)
+}
+
+#[inline(always)]
+pub fn udp_reply_timeout_ns() -> u64 {
+    match CONFIG.get(0).map_or(0, |c| c.udp_reply_timeout_ns) {
+        0 => DEFAULT_UDP_REPLY_TIMEOUT_NS,
+        t => t,
+    }
+}
+
+#[inline(always)]
+fn events_per_second() -> u32 {
+    match CONFIG.get(0).map_or(0, |c| c.events_per_second) {
+        0 => DEFAULT_EVENTS_PER_SECOND,
+        n => n,
+    }
 }
 
 #[inline(always)]
@@ -127,8 +150,10 @@ fn process_class(policy_id: u32, who: &Identity) -> u32 {
     0
 }
 
-/// Judges a flow against the policy that governs it.
-#[inline(always)]
+/// Judges a flow against the policy that governs it. A BPF-to-BPF call:
+/// source-routed packets judge up to three addresses, and inlining each
+/// copy would exceed the 512-byte stack.
+#[inline(never)]
 pub fn decide(gov: &Governance, who: &Identity, target: &Target) -> Decision {
     if gov.unrestricted {
         return Decision {
@@ -213,7 +238,7 @@ pub fn count(policy_id: u32, verdict: Verdict) {
 }
 
 #[inline(always)]
-fn bump_stat(index: u32) {
+pub fn bump_stat(index: u32) {
     if let Some(s) = STATS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot.
         unsafe { *s += 1 };
@@ -227,6 +252,10 @@ pub fn count_unparsed() {
 
 /// What an event reports beyond the decision.
 pub struct EventFlow {
+    pub hook: Hook,
+    pub socket_cookie: u64,
+    /// `EVENT_*` flags.
+    pub flags: u8,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
     pub sport: u16,
@@ -235,45 +264,96 @@ pub struct EventFlow {
     pub proto: u8,
 }
 
-/// Queues a deny/audit event; when the ring buffer is full the event is
-/// dropped and counted, never waited for.
-#[allow(clippy::too_many_arguments)]
+/// How many of a cgroup's events were held back since its last reported
+/// one, or `None` when this one must be held back too: one cgroup flooding
+/// denied sends must not fill the ring and hide every other container's
+/// events. Updates race between CPUs; the limit is approximate, the counts
+/// are not lost (each CPU's increment lands on the shared value or the
+/// window restarts).
 #[inline(always)]
+fn event_budget(cgroup_id: u64, now: u64) -> Option<u32> {
+    let limit = events_per_second();
+    let Some(b) = EVENT_BUDGETS.get_ptr_mut(cgroup_id) else {
+        let fresh = EventBudget {
+            window_start_ns: now,
+            reported: 1,
+            suppressed: 0,
+        };
+        let _ = EVENT_BUDGETS.insert(cgroup_id, fresh, 0);
+        return Some(0);
+    };
+    // SAFETY: map value pointer, valid for this program run.
+    let b = unsafe { &mut *b };
+    let suppressed = b.suppressed;
+    if now.wrapping_sub(b.window_start_ns) >= NS_PER_SEC {
+        b.window_start_ns = now;
+        b.reported = 1;
+        b.suppressed = 0;
+        return Some(suppressed);
+    }
+    if b.reported < limit {
+        b.reported += 1;
+        b.suppressed = 0;
+        return Some(suppressed);
+    }
+    b.suppressed = suppressed.saturating_add(1);
+    None
+}
+
+/// Queues a deny/audit event, within the cgroup's rate; when the ring
+/// buffer is full the event is dropped and counted, never waited for.
+/// Revoked flows always report: the loader aborts their sockets.
+/// A BPF-to-BPF call (rarely taken) that fills the ring slot in place: the
+/// event does not fit the stack beside the decision.
+#[inline(never)]
 pub fn report(
     cgroup_id: u64,
     gov: &Governance,
     who: &Identity,
     decision: &Decision,
     flow: &EventFlow,
-    hook: Hook,
 ) {
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let suppressed = match event_budget(cgroup_id, now) {
+        Some(n) => n,
+        None if flow.flags & EVENT_REVOKED_FLOW != 0 => 0,
+        None => {
+            bump_stat(stat::EVENTS_RATE_LIMITED);
+            return;
+        }
+    };
     let Some(mut slot) = EVENTS.reserve(0) else {
         bump_stat(stat::EVENTS_DROPPED);
         return;
     };
     let is_icmp = flow.proto == proto::ICMP || flow.proto == proto::ICMPV6;
-    let event = Event {
-        // SAFETY: helper without preconditions.
-        ktime_ns: unsafe { bpf_ktime_get_ns() },
-        cgroup_id,
-        exe_hash: who.exe_hash,
-        tgid: who.tgid,
-        uid: who.uid,
-        policy_id: gov.policy_id,
-        rule_id: decision.rule_id,
-        comm: who.comm,
-        saddr: flow.saddr,
-        daddr: flow.daddr,
-        sport: flow.sport,
-        dport: if is_icmp { 0 } else { flow.dport },
-        family: flow.family,
-        proto: flow.proto,
-        icmp_type: if is_icmp { (flow.dport >> 8) as u8 } else { 0 },
-        icmp_code: if is_icmp { flow.dport as u8 } else { 0 },
-        hook: hook as u8,
-        verdict: decision.verdict as u8,
-        _pad: [0; 6],
-    };
-    slot.write(event);
+    let e = slot.as_mut_ptr();
+    // SAFETY: a reserved ring-buffer slot of exactly one Event; every field
+    // is written before it is submitted.
+    unsafe {
+        (*e).ktime_ns = now;
+        (*e).cgroup_id = cgroup_id;
+        (*e).exe_hash = who.exe_hash;
+        (*e).tgid = who.tgid;
+        (*e).uid = who.uid;
+        (*e).policy_id = gov.policy_id;
+        (*e).rule_id = decision.rule_id;
+        (*e).comm = who.comm;
+        (*e).saddr = flow.saddr;
+        (*e).daddr = flow.daddr;
+        (*e).sport = flow.sport;
+        (*e).dport = if is_icmp { 0 } else { flow.dport };
+        (*e).family = flow.family;
+        (*e).proto = flow.proto;
+        (*e).icmp_type = if is_icmp { (flow.dport >> 8) as u8 } else { 0 };
+        (*e).icmp_code = if is_icmp { flow.dport as u8 } else { 0 };
+        (*e).hook = flow.hook as u8;
+        (*e).verdict = decision.verdict as u8;
+        (*e).flags = flow.flags;
+        (*e)._pad = 0;
+        (*e).suppressed = suppressed;
+        (*e).socket_cookie = flow.socket_cookie;
+    }
     slot.submit(0);
 }

@@ -6,9 +6,10 @@
 //!   denied `connect()`/`sendto()` with EPERM at once;
 //! - `cgroup_skb/egress` parses every outgoing IP packet and is the backstop
 //!   for raw sockets, ping sockets and anything the socket hooks miss;
-//! - `cgroup_skb/ingress` remembers UDP peers that spoke first, so a UDP
-//!   server in a filtered container can answer them;
-//! - `sched_process_exec|fork|exit` keep the executable each process runs.
+//! - `cgroup_skb/ingress` remembers UDP peers that spoke first to a socket,
+//!   so a UDP server in a filtered container can answer them;
+//! - `sched_process_exec`, `task_newtask` and `sched_process_exit` keep the
+//!   executable each process runs.
 //!
 //! No kprobes, fentry or LSM: they do not exist on the kernels contain runs on.
 #![no_std]
@@ -22,24 +23,26 @@ use aya_ebpf::{
     bindings::{bpf_sock, BPF_SK_STORAGE_GET_F_CREATE},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_probe_read_kernel_str_bytes, bpf_sk_fullsock, bpf_skb_cgroup_id,
-        generated::bpf_sk_storage_get,
+        bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes, bpf_sk_fullsock,
+        bpf_skb_cgroup_id, generated::bpf_sk_storage_get,
     },
     macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, tracepoint},
     programs::{SkBuffContext, SockAddrContext, SockContext, TracePointContext},
     EbpfContext as _,
 };
 use contain_common::{
-    exe_hash, proto, v4_mapped, ExecInfo, Hook, InboundKey, SockInfo, Verdict, CACHE_ALLOW,
-    CACHE_AUDIT, CACHE_DENY, CACHE_EMPTY, COMM_LEN, EXE_PATH_LEN, SOCK_OUTBOUND,
+    exe_hash, proto, stat, v4_mapped, ExecInfo, Hook, InboundKey, InboundPeer, SockInfo, Verdict,
+    CACHE_ALLOW, CACHE_AUDIT, CACHE_DENY, CACHE_EMPTY, COMM_LEN, EVENT_REVOKED_FLOW, EXE_PATH_LEN,
+    SOCK_OUTBOUND,
 };
 
 use crate::{
     decide::{
-        count, count_unparsed, decide, generation, governance, report, EventFlow, Identity, Target,
+        bump_stat, count, count_unparsed, decide, generation, governance, report,
+        udp_reply_timeout_ns, Decision, EventFlow, Governance, Identity, Target,
     },
     maps::{EXECS, EXE_PATHS, INBOUND_PEERS, PATH_SCRATCH, SOCKETS},
-    packet::{Flow, TCP_ACK, TCP_SYN},
+    packet::{Flow, MAX_ROUTE_ADDRS, TCP_ACK, TCP_SYN},
 };
 
 const ALLOW: i32 = 1;
@@ -47,14 +50,20 @@ const REJECT: i32 = 0;
 
 const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
+const AF_UNSPEC: u32 = 0;
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
 const LOOPBACK_IFINDEX: u32 = 1;
+const CLONE_THREAD: u64 = 0x0001_0000;
 
 /// Tracepoint field offsets, read by the loader from tracefs `format` files
 /// (they differ between kernel versions) and patched in at load time.
 #[no_mangle]
 static EXEC_FILENAME_LOC_OFFSET: u32 = 8;
 #[no_mangle]
-static FORK_CHILD_PID_OFFSET: u32 = 44;
+static NEWTASK_PID_OFFSET: u32 = 8;
+#[no_mangle]
+static NEWTASK_CLONE_FLAGS_OFFSET: u32 = 32;
 
 /// The socket storage map as the helpers take it: the static's address is
 /// what the loader relocates to the map.
@@ -113,19 +122,37 @@ unsafe fn stamped_storage(sk: *mut core::ffi::c_void) -> *mut SockInfo {
     .cast::<SockInfo>()
 }
 
+/// Every socket a governed process creates carries its creator's identity:
+/// the packet hooks tell user sockets from the kernel's own by it. A socket
+/// that cannot be stamped (out of memory) is refused, not let through
+/// anonymous.
 #[cgroup_sock(sock_create)]
 pub fn contain_sock_create(ctx: SockContext) -> i32 {
     // SAFETY: ctx.sock is the socket being created.
-    unsafe { stamped_storage(ctx.sock.cast()) };
-    ALLOW
+    if !unsafe { stamped_storage(ctx.sock.cast()) }.is_null() {
+        return ALLOW;
+    }
+    if governance(current_cgroup()).unrestricted {
+        return ALLOW;
+    }
+    bump_stat(stat::UNSTAMPED_SOCKETS);
+    REJECT
 }
 
 // --------------------------------------------------------- per-flow hooks
 
-#[inline(always)]
+/// What a socket hook reads from its context.
+struct SockAddrCall {
+    target: Target,
+    flow: EventFlow,
+    sock_type: u32,
+}
+
+/// `None` when the address is of a family the hook cannot judge.
 /// `V6` selects the hook family: the verifier refuses reads of `user_ip6`
 /// in IPv4 hooks and of `user_ip4` in IPv6 hooks.
-fn sock_addr_target<const V6: bool>(ctx: &SockAddrContext) -> Option<(Target, EventFlow)> {
+#[inline(always)]
+fn sock_addr_call<const V6: bool>(ctx: &SockAddrContext) -> Option<SockAddrCall> {
     let sa = ctx.sock_addr;
     // Context fields are read once, up front, with volatile loads: the
     // verifier only accepts ctx loads at constant offsets from the ctx
@@ -145,11 +172,12 @@ fn sock_addr_target<const V6: bool>(ctx: &SockAddrContext) -> Option<(Target, Ev
         (_, p) => p,
     };
     let port = u16::from_be(user_port as u16);
-    let (daddr, family) = if !V6 && user_family == 2 {
+    // udp_sendmsg() sends to an AF_UNSPEC sockaddr as if it were AF_INET.
+    let (daddr, family) = if !V6 && (user_family == AF_INET || user_family == AF_UNSPEC) {
         // SAFETY: as above.
         let user_ip4 = unsafe { core::ptr::read_volatile(&(*sa).user_ip4) };
         (v4_mapped(user_ip4.to_ne_bytes()), 4)
-    } else if V6 && user_family == 10 {
+    } else if V6 && user_family == AF_INET6 {
         // SAFETY: as above.
         let w = unsafe {
             [
@@ -168,28 +196,45 @@ fn sock_addr_target<const V6: bool>(ctx: &SockAddrContext) -> Option<(Target, Ev
     } else {
         return None;
     };
-    let target = Target {
-        daddr,
-        proto,
-        port,
-        portless: false,
-    };
-    let flow = EventFlow {
-        saddr: [0; 16],
-        daddr,
-        sport: 0,
-        dport: port,
-        family,
-        proto,
-    };
-    Some((target, flow))
+    Some(SockAddrCall {
+        target: Target {
+            daddr,
+            proto,
+            port,
+            portless: false,
+        },
+        flow: EventFlow {
+            hook: Hook::Egress,
+            socket_cookie: 0,
+            flags: 0,
+            saddr: [0; 16],
+            daddr,
+            sport: 0,
+            dport: port,
+            family,
+            proto,
+        },
+        sock_type,
+    })
 }
 
 #[inline(always)]
 fn judge_sock_addr<const V6: bool>(ctx: &SockAddrContext, hook: Hook, is_connect: bool) -> i32 {
-    let Some((target, flow)) = sock_addr_target::<V6>(ctx) else {
-        return ALLOW;
+    let gen = generation();
+    let Some(call) = sock_addr_call::<V6>(ctx) else {
+        // connect() with another family is refused by the kernel itself;
+        // a send to an address this hook cannot read is refused here.
+        if is_connect || governance(current_cgroup()).unrestricted {
+            return ALLOW;
+        }
+        return REJECT;
     };
+    let SockAddrCall {
+        target,
+        mut flow,
+        sock_type,
+    } = call;
+    flow.hook = hook;
     // SAFETY: the context is valid; sk is a full socket in these hooks.
     let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
     // SAFETY: sk comes from the sock_addr context.
@@ -209,32 +254,45 @@ fn judge_sock_addr<const V6: bool>(ctx: &SockAddrContext, hook: Hook, is_connect
         )
     };
     let gov = governance(cgroup_id);
-    if !is_connect && target.proto == proto::UDP && !sk.is_null() {
-        // SAFETY: sk is a full socket from the sock_addr context.
-        let local_port = unsafe { core::ptr::read_volatile(&(*sk).src_port) } as u16;
-        if is_reply(cgroup_id, &target.daddr, target.port, local_port) {
-            count(gov.policy_id, Verdict::Allow);
-            return ALLOW;
-        }
+    if gov.unrestricted {
+        return ALLOW;
+    }
+    // SAFETY: the sock_addr context is what the helper takes.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    if !is_connect
+        && target.proto == proto::UDP
+        && is_reply(cookie, &target.daddr, target.port, gen)
+    {
+        count(gov.policy_id, Verdict::Allow);
+        return ALLOW;
     }
     let decision = decide(&gov, &who, &target);
+    if is_connect && sock_type != SOCK_STREAM {
+        // A datagram or raw connect() sends nothing (iputils ping and
+        // glibc's getaddrinfo connect a UDP socket only to learn their
+        // source address): the verdict is enforced on what is sent, at the
+        // egress hook, with EPERM and an event there. Only an allow is
+        // remembered, so the first denied send reports.
+        if decision.verdict == Verdict::Allow && !info.is_null() {
+            // SAFETY: non-null storage pointer, owned by this socket.
+            remember(unsafe { &mut *info }, &target, decision.verdict, gen);
+        }
+        return ALLOW;
+    }
     count(gov.policy_id, decision.verdict);
     if decision.verdict != Verdict::Allow {
-        report(cgroup_id, &gov, &who, &decision, &flow, hook);
+        flow.socket_cookie = cookie;
+        report(cgroup_id, &gov, &who, &decision, &flow);
     }
     if !info.is_null() {
         // SAFETY: non-null storage pointer, owned by this socket.
         let i = unsafe { &mut *info };
-        remember(i, &target, decision.verdict);
+        remember(i, &target, decision.verdict, gen);
         if is_connect && decision.verdict != Verdict::Deny {
             i.flags |= SOCK_OUTBOUND;
         }
     }
-    if decision.verdict == Verdict::Deny {
-        REJECT
-    } else {
-        ALLOW
-    }
+    judged(decision.verdict)
 }
 
 #[inline(always)]
@@ -244,8 +302,8 @@ fn current_cgroup() -> u64 {
 }
 
 #[inline(always)]
-fn remember(info: &mut SockInfo, target: &Target, verdict: Verdict) {
-    info.cache_generation = generation();
+fn remember(info: &mut SockInfo, target: &Target, verdict: Verdict, gen: u32) {
+    info.cache_generation = gen;
     info.cache_addr = target.daddr;
     info.cache_port = target.port;
     info.cache_proto = target.proto;
@@ -285,18 +343,12 @@ pub fn contain_egress(ctx: SkBuffContext) -> i32 {
 
 #[inline(always)]
 fn egress(ctx: &SkBuffContext) -> i32 {
+    let gen = generation();
     // SAFETY: the context is valid for the program's duration.
     let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
     if sk.is_null() {
-        // Sent by the kernel itself (e.g. a RST or an ICMP error), not by a
-        // process of the container.
-        return ALLOW;
-    }
-    // SAFETY: sk from the skb context.
-    let full: *mut bpf_sock = unsafe { bpf_sk_fullsock(sk) };
-    if full.is_null() {
-        // Request and time-wait sockets: handshakes of inbound connections
-        // and the tail of closed ones.
+        // The kernel runs this hook only for packets of a socket; there is
+        // no process of the container behind one without.
         return ALLOW;
     }
     // SAFETY: skb context.
@@ -305,91 +357,176 @@ fn egress(ctx: &SkBuffContext) -> i32 {
     if gov.unrestricted {
         return ALLOW;
     }
-    let Some(flow) = packet::parse(ctx) else {
+    let mut flow = Flow::EMPTY;
+    if !packet::parse(ctx.skb.skb, &mut flow) {
         count_unparsed();
         return judged(gov.on_miss);
-    };
-    if is_link_infrastructure(&flow) {
-        return ALLOW;
     }
-    // SAFETY: full socket pointer checked non-null above.
-    let (sock_type, sock_proto) = unsafe { ((*full).type_, (*full).protocol) };
-    // SAFETY: full socket pointer, no create.
-    let info = unsafe { bpf_sk_storage_get(sockets_map(), full.cast(), core::ptr::null_mut(), 0) }
-        .cast::<SockInfo>();
-
-    if sock_type == SOCK_STREAM && sock_proto == proto::TCP as u32 && flow.proto == proto::TCP {
-        let opening = flow.tcp_flags & TCP_SYN != 0 && flow.tcp_flags & TCP_ACK == 0;
-        if !opening {
-            // An established stream: ours to judge again only if we let it
-            // out and the policy changed since.
+    // SAFETY: sk from the skb context.
+    let full: *mut bpf_sock = unsafe { bpf_sk_fullsock(sk) };
+    let info = if full.is_null() {
+        core::ptr::null_mut()
+    } else {
+        // SAFETY: full socket pointer, no create.
+        unsafe { bpf_sk_storage_get(sockets_map(), full.cast(), core::ptr::null_mut(), 0) }
+            .cast::<SockInfo>()
+    };
+    let source_routed = flow.route_len != 0 || flow.route_unjudgeable;
+    if !source_routed {
+        if is_kernel_link_control(&flow, info.is_null()) {
+            return ALLOW;
+        }
+        if full.is_null() {
+            // Request and time-wait sockets: handshakes of inbound
+            // connections and the tail of closed ones, to the peer that
+            // opened them.
+            return ALLOW;
+        }
+        // SAFETY: full socket pointer checked non-null above.
+        let (sock_type, sock_proto) = unsafe { ((*full).type_, (*full).protocol) };
+        let tcp = sock_type == SOCK_STREAM && sock_proto == proto::TCP as u32;
+        if tcp && flow.proto == proto::TCP && !is_opening(&flow) {
+            // An accepted connection (its socket inherits the listener's
+            // stamp, never marked outbound) or one that predates contain:
+            // its peer opened it, or contain was not there to judge it.
+            // Outbound flows go on to the cache, so a policy change
+            // re-judges them.
             if info.is_null() {
                 return ALLOW;
             }
             // SAFETY: non-null storage.
-            let i = unsafe { &*info };
-            if i.flags & SOCK_OUTBOUND == 0 || i.cache_generation == generation() {
+            if unsafe { (*info).flags } & SOCK_OUTBOUND == 0 {
                 return ALLOW;
             }
         }
-    } else if sock_type == SOCK_DGRAM
-        && flow.proto == proto::UDP
-        && is_reply(cgroup_id, &flow.daddr, flow.dport, flow.sport)
-    {
-        return ALLOW;
+        if sock_type == SOCK_DGRAM && flow.proto == proto::UDP {
+            // SAFETY: the skb context is what the helper takes.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
+            if is_reply(cookie, &flow.daddr, flow.dport, gen) {
+                return ALLOW;
+            }
+        }
     }
-
     let target = Target {
         daddr: flow.daddr,
         proto: flow.proto,
         port: flow.dport,
         portless: flow.later_fragment,
     };
-    let gen = generation();
-    if !info.is_null() {
+    // A source-routed packet is never a cache hit: its destination is not
+    // the only address it goes to.
+    let cached_before = if info.is_null() {
+        CACHE_EMPTY
+    } else {
         // SAFETY: non-null storage.
         let i = unsafe { &*info };
-        if let Some(v) = cached(i, &target, gen) {
-            count(gov.policy_id, v);
-            return judged(v);
+        if !source_routed {
+            if let Some(v) = cached(i, &target, gen) {
+                count(gov.policy_id, v);
+                return judged(v);
+            }
         }
-    }
+        i.cache_state
+    };
     let who = if info.is_null() {
         Identity::UNKNOWN
     } else {
         // SAFETY: non-null storage.
         Identity::of(unsafe { &*info })
     };
-    let decision = decide(&gov, &who, &target);
+    let decision = if source_routed {
+        decide_source_routed(&gov, &who, &target, &flow)
+    } else {
+        decide(&gov, &who, &target)
+    };
     count(gov.policy_id, decision.verdict);
     if decision.verdict != Verdict::Allow {
-        report(
-            cgroup_id,
-            &gov,
-            &who,
-            &decision,
-            &event_flow(&flow),
-            Hook::Egress,
-        );
+        let mut event = event_flow(&flow);
+        // SAFETY: the skb context is what the helper takes.
+        event.socket_cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
+        if decision.verdict == Verdict::Deny
+            && flow.proto == proto::TCP
+            && cached_before == CACHE_ALLOW
+            && !info.is_null()
+        {
+            event.flags |= EVENT_REVOKED_FLOW;
+        }
+        report(cgroup_id, &gov, &who, &decision, &event);
     }
-    if !info.is_null() {
+    if !info.is_null() && !source_routed {
         // SAFETY: non-null storage, owned by this socket.
-        remember(unsafe { &mut *info }, &target, decision.verdict);
+        let i = unsafe { &mut *info };
+        remember(i, &target, decision.verdict, gen);
+        // A SYN no connect() hook judged (TCP Fast Open's sendto): the
+        // flow is outbound all the same, and re-judged as such.
+        if flow.proto == proto::TCP && is_opening(&flow) && decision.verdict != Verdict::Deny {
+            i.flags |= SOCK_OUTBOUND;
+        }
     }
     judged(decision.verdict)
 }
 
 #[inline(always)]
-/// IPv6 neighbour discovery and MLD. The kernel sends them from per-netns
-/// control sockets, which in a container runtime belong to the container's
-/// cgroup; without them no IPv6 packet reaches a neighbour. They cannot
-/// leave the link (routers do not forward them, receivers require hop
-/// limit 255), so they are not egress to judge.
-fn is_link_infrastructure(flow: &Flow) -> bool {
-    if flow.proto != proto::ICMPV6 || flow.later_fragment {
+fn is_opening(flow: &Flow) -> bool {
+    flow.tcp_flags & TCP_SYN != 0 && flow.tcp_flags & TCP_ACK == 0
+}
+
+/// A source-routed packet goes to its destination and to every address of
+/// its route: each is judged; a route naming more than can be judged is
+/// denied.
+#[inline(always)]
+fn decide_source_routed(
+    gov: &Governance,
+    who: &Identity,
+    target: &Target,
+    flow: &Flow,
+) -> Decision {
+    let deny = Decision {
+        verdict: gov.on_miss,
+        rule_id: 0,
+    };
+    if flow.route_unjudgeable {
+        return deny;
+    }
+    let mut worst = decide(gov, who, target);
+    for i in 0..MAX_ROUTE_ADDRS {
+        if i >= flow.route_len || worst.verdict == Verdict::Deny {
+            break;
+        }
+        let hop = Target {
+            daddr: flow.route[i],
+            proto: target.proto,
+            port: target.port,
+            portless: target.portless,
+        };
+        let d = decide(gov, who, &hop);
+        if d.verdict != Verdict::Allow {
+            worst = d;
+        }
+    }
+    worst
+}
+
+/// IPv6 neighbour discovery and MLD that the kernel itself sends. It sends
+/// them from per-netns control sockets (never stamped: no process created
+/// them, and a process's socket always is), which in a container runtime
+/// belong to the container's cgroup; without them no IPv6 packet reaches a
+/// neighbour. Their content is the kernel's, and they carry the hop limit
+/// receivers require (255 for neighbour discovery, so nothing forwarded is
+/// accepted; 1 for MLD, to link-scope multicast only). Neighbour discovery
+/// cannot be held to link-scope destinations: unreachability probes and
+/// solicited advertisements go to a neighbour's global address (RFC 4861).
+/// The same message from a process's socket is judged like anything else.
+#[inline(always)]
+fn is_kernel_link_control(flow: &Flow, unstamped: bool) -> bool {
+    if !unstamped || flow.proto != proto::ICMPV6 || flow.later_fragment {
         return false;
     }
-    matches!(flow.dport >> 8, 130..=137 | 143)
+    match flow.dport >> 8 {
+        133..=137 => flow.hop_limit == 255,
+        130..=132 | 143 => flow.hop_limit == 1 && flow.daddr[0] == 0xff && flow.daddr[1] == 0x02,
+        _ => false,
+    }
 }
 
 fn judged(v: Verdict) -> i32 {
@@ -420,6 +557,9 @@ fn cached(i: &SockInfo, target: &Target, gen: u32) -> Option<Verdict> {
 #[inline(always)]
 fn event_flow(flow: &Flow) -> EventFlow {
     EventFlow {
+        hook: Hook::Egress,
+        socket_cookie: 0,
+        flags: 0,
         saddr: flow.saddr,
         daddr: flow.daddr,
         sport: flow.sport,
@@ -429,19 +569,23 @@ fn event_flow(flow: &Flow) -> EventFlow {
     }
 }
 
+/// Whether `peer` sent a UDP datagram to this very socket first, under the
+/// current policy generation and recently enough.
 #[inline(always)]
-/// Whether `peer` sent a UDP datagram to this cgroup's `local_port` first.
-fn is_reply(cgroup_id: u64, peer_addr: &[u8; 16], peer_port: u16, local_port: u16) -> bool {
+fn is_reply(socket_cookie: u64, peer_addr: &[u8; 16], peer_port: u16, gen: u32) -> bool {
     let key = InboundKey {
-        cgroup_id,
+        socket_cookie,
         peer_addr: *peer_addr,
         peer_port,
-        local_port,
-        proto: proto::UDP,
-        _pad: [0; 3],
+        _pad: [0; 6],
     };
-    // SAFETY: presence check only.
-    unsafe { INBOUND_PEERS.get(key) }.is_some()
+    // SAFETY: copied out at once.
+    let Some(seen) = (unsafe { INBOUND_PEERS.get(key) }).copied() else {
+        return false;
+    };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    seen.generation == gen && now.wrapping_sub(seen.last_seen_ns) <= udp_reply_timeout_ns()
 }
 
 #[cgroup_skb]
@@ -451,17 +595,19 @@ pub fn contain_ingress(ctx: SkBuffContext) -> i32 {
 }
 
 /// A UDP datagram that came in from another host (not over loopback, where
-/// the container could forge the source) makes its sender a peer the
-/// container may answer.
+/// the container could forge the source) lets the socket it reached answer
+/// its sender for a while.
 #[inline(always)]
 fn remember_inbound_peer(ctx: &SkBuffContext) {
+    let gen = generation();
     // SAFETY: the context is valid.
     if unsafe { (*ctx.skb.skb).ifindex } == LOOPBACK_IFINDEX {
         return;
     }
-    let Some(flow) = packet::parse(ctx) else {
+    let mut flow = Flow::EMPTY;
+    if !packet::parse(ctx.skb.skb, &mut flow) {
         return;
-    };
+    }
     if flow.proto != proto::UDP || flow.later_fragment {
         return;
     }
@@ -470,29 +616,44 @@ fn remember_inbound_peer(ctx: &SkBuffContext) {
     if governance(cgroup_id).unrestricted {
         return;
     }
+    // SAFETY: the skb context is what the helper takes; on ingress its
+    // socket is the one the datagram was delivered to.
+    let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
+    if socket_cookie == 0 {
+        return;
+    }
     let key = InboundKey {
-        cgroup_id,
+        socket_cookie,
         peer_addr: flow.saddr,
         peer_port: flow.sport,
-        local_port: flow.dport,
-        proto: flow.proto,
-        _pad: [0; 3],
+        _pad: [0; 6],
     };
-    let _ = INBOUND_PEERS.insert(key, 1u8, 0);
+    let seen = InboundPeer {
+        // SAFETY: helper without preconditions.
+        last_seen_ns: unsafe { bpf_ktime_get_ns() },
+        generation: gen,
+        _pad: 0,
+    };
+    let _ = INBOUND_PEERS.insert(key, seen, 0);
 }
 
 // ------------------------------------------------------ process tracking
 
 /// Records the path the process exec'd, hashed as userspace hashes policy
 /// paths, so a renamed copy of an allowed binary is another executable.
+/// When the path cannot be read whole the process gets no identity (the
+/// container-wide rules), never the one it had before the exec.
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn contain_exec(ctx: TracePointContext) -> u32 {
-    let _ = record_exec(&ctx);
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if record_exec(&ctx, tgid).is_err() {
+        let _ = EXECS.remove(tgid);
+    }
     0
 }
 
 #[inline(always)]
-fn record_exec(ctx: &TracePointContext) -> Result<(), i32> {
+fn record_exec(ctx: &TracePointContext, tgid: u32) -> Result<(), i32> {
     // SAFETY: offset from the tracepoint's format file.
     let loc: u32 = unsafe { ctx.read_at(read_config(&EXEC_FILENAME_LOC_OFFSET) as usize)? };
     let offset = (loc & 0xffff) as usize;
@@ -501,28 +662,50 @@ fn record_exec(ctx: &TracePointContext) -> Result<(), i32> {
     let path = unsafe { &mut (*scratch).path };
     *path = [0; EXE_PATH_LEN];
     // SAFETY: reading the record's string with a bounded copy.
-    unsafe {
-        bpf_probe_read_kernel_str_bytes(ctx.as_ptr().cast::<u8>().add(offset), path).map(drop)?
-    };
+    let read =
+        unsafe { bpf_probe_read_kernel_str_bytes(ctx.as_ptr().cast::<u8>().add(offset), path)? }
+            .len();
+    if read >= EXE_PATH_LEN - 1 {
+        // Truncated: another path may share the prefix.
+        return Err(0);
+    }
     let hash = exe_hash(path);
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     EXECS.insert(tgid, ExecInfo { exe_hash: hash }, 0)?;
     // SAFETY: scratch pointer valid for the program's duration.
     let _ = EXE_PATHS.insert(hash, unsafe { *scratch }, 0);
     Ok(())
 }
 
-/// A forked child runs its parent's executable until it execs.
-#[tracepoint(category = "sched", name = "sched_process_fork")]
-pub fn contain_fork(ctx: TracePointContext) -> u32 {
-    let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: copied out at once.
-    let Some(exec) = (unsafe { EXECS.get(parent) }).copied() else {
+/// A new process runs its parent's executable until it execs. Threads
+/// share their process's entry (keyed by tgid) and get none of their own,
+/// so the table holds one entry per live process. A child of a process
+/// with no entry is made to have none, whatever a recycled pid left.
+#[tracepoint(category = "task", name = "task_newtask")]
+pub fn contain_newtask(ctx: TracePointContext) -> u32 {
+    // SAFETY: offsets from the tracepoint's format file.
+    let (child, clone_flags) = unsafe {
+        (
+            ctx.read_at::<u32>(read_config(&NEWTASK_PID_OFFSET) as usize),
+            ctx.read_at::<u64>(read_config(&NEWTASK_CLONE_FLAGS_OFFSET) as usize),
+        )
+    };
+    let (Ok(child), Ok(clone_flags)) = (child, clone_flags) else {
         return 0;
     };
-    // SAFETY: offset from the tracepoint's format file.
-    if let Ok(child) = unsafe { ctx.read_at::<u32>(read_config(&FORK_CHILD_PID_OFFSET) as usize) } {
-        let _ = EXECS.insert(child, exec, 0);
+    if clone_flags & CLONE_THREAD != 0 {
+        return 0;
+    }
+    let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: copied out at once.
+    match unsafe { EXECS.get(parent) }.copied() {
+        Some(exec) => {
+            if EXECS.insert(child, exec, 0).is_err() {
+                let _ = EXECS.remove(child);
+            }
+        }
+        None => {
+            let _ = EXECS.remove(child);
+        }
     }
     0
 }

@@ -7,8 +7,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use contain_common::{
-    capacity, CgroupPolicy, Config, DestKey, DestValue, ExePath, ExecInfo, InboundKey,
-    PolicyCounters, PortKey, PortValue, ProcessClass, ProcessKey, SockInfo, MAX_POLICIES,
+    capacity, CgroupPolicy, Config, DestKey, DestValue, EventBudget, ExePath, ExecInfo, InboundKey,
+    InboundPeer, PolicyCounters, PortKey, PortValue, ProcessClass, ProcessKey, SockInfo,
+    MAX_POLICIES,
 };
 
 #[btf_map(name = "CONTAIN_CGROUPS")]
@@ -55,7 +56,16 @@ pub static EXE_PATHS: LruHashMap<u64, ExePath, { capacity::EXE_PATHS as usize }>
     LruHashMap::new();
 
 #[btf_map(name = "CONTAIN_INBOUND")]
-pub static INBOUND_PEERS: LruHashMap<InboundKey, u8, { capacity::INBOUND_PEERS as usize }> =
+pub static INBOUND_PEERS: LruHashMap<
+    InboundKey,
+    InboundPeer,
+    { capacity::INBOUND_PEERS as usize },
+> = LruHashMap::new();
+
+/// Per-cgroup event rate windows. LRU: a cgroup evicted by a flood of
+/// others starts a fresh window, which only lets its events through.
+#[btf_map(name = "CONTAIN_EVENT_BUDGETS")]
+pub static EVENT_BUDGETS: LruHashMap<u64, EventBudget, { capacity::EVENT_BUDGETS as usize }> =
     LruHashMap::new();
 
 /// One path buffer per CPU: too big for the 512-byte BPF stack.

@@ -71,6 +71,14 @@ pub struct Counters {
     pub events_dropped_kernel: u64,
     /// Events dropped by the loader because no client read them in time.
     pub events_dropped_loader: u64,
+    /// Events the kernel held back because their cgroup exceeded its rate
+    /// (each cgroup's next event carries its own count in `suppressed`).
+    #[serde(default)]
+    pub events_rate_limited: u64,
+    /// Sockets refused at creation because they could not be stamped with
+    /// their creator's identity.
+    #[serde(default)]
+    pub unstamped_sockets: u64,
 }
 
 /// Which hook decided.
@@ -107,6 +115,17 @@ pub struct Event {
     pub dst_port: u16,
     pub icmp_type: Option<u8>,
     pub icmp_code: Option<u8>,
+    /// Events of this cgroup the kernel held back by its rate limit since
+    /// the previous one reported.
+    #[serde(default)]
+    pub suppressed: u32,
+    /// An established outbound TCP flow that a policy change revoked; the
+    /// loader aborts its socket.
+    #[serde(default)]
+    pub revoked_flow: bool,
+    /// The kernel's cookie of the socket (0 when unknown).
+    #[serde(default)]
+    pub socket_cookie: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
