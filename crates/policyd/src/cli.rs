@@ -338,6 +338,7 @@ fn check(file: &Path, inventory: Option<&Path>, json: bool) -> Result<(), Failur
                 "rules": p.rule_count(),
                 "processes": p.processes.len(),
                 "allow_loopback": p.allow_loopback,
+                "allow_docker_dns": p.allow_docker_dns,
             })).collect::<Vec<_>>(),
             "entries": {
                 "processes": state.processes.len(),

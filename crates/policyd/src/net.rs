@@ -62,6 +62,15 @@ impl Prefix {
         Prefix::new(V4_MAPPED_BASE | (127u128 << 24), V4_BLOCK_LEN + 8)
     }
 
+    /// `127.0.0.11/32`, Docker's embedded DNS server inside every container
+    /// network namespace on a user-defined network.
+    pub fn docker_dns() -> Self {
+        Prefix::new(
+            V4_MAPPED_BASE | (127u128 << 24) | 11,
+            V4_BLOCK_LEN + 32,
+        )
+    }
+
     /// `::1/128`.
     pub fn v6_loopback() -> Self {
         Prefix { addr: 1, len: 128 }

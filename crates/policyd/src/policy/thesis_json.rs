@@ -11,7 +11,9 @@
 //! matched `bpf_get_current_comm`); a port allows TCP and UDP to it; port 0
 //! allows ICMP (every type). `//` line comments, which the thesis README's
 //! example carries, are ignored. Two extensions, documented: `"process":
-//! "*"` (or `""`) means every process of the container.
+//! "*"` (or `""`) means every process of the container. Loopback is allowed
+//! and Docker's DNS (`127.0.0.11`) is not, as in a TOML file that sets
+//! neither `allow_loopback` nor `allow_docker_dns`.
 //!
 //! JSON has no spans in serde, so positions of semantic errors are found by
 //! locating the offending literal after its enclosing entry.
@@ -278,6 +280,9 @@ pub fn parse(name: &str, text: &str) -> Result<PolicySet, InvalidPolicy> {
             name: container.clone(),
             mode: Mode::Enforce,
             allow_loopback: true,
+            // As in TOML: Docker's DNS forwards anything upstream, so it is
+            // allowed only by rules that name it.
+            allow_docker_dns: false,
             selector: Selector {
                 name: Some(container),
                 ..Selector::default()

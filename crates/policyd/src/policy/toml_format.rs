@@ -4,6 +4,7 @@
 //! mode = "enforce"            # or "audit"
 //! unknown_container = "deny"  # deny | allow | audit: a managed cgroup not mapped yet
 //! allow_loopback = true       # 127.0.0.0/8 and ::1 always allowed (default)
+//! allow_docker_dns = false    # Docker's DNS at 127.0.0.11 (default: not allowed)
 //!
 //! [[policy]]
 //! name = "public-web"
@@ -59,6 +60,8 @@ struct RawFile {
     #[serde(default)]
     allow_loopback: Option<bool>,
     #[serde(default)]
+    allow_docker_dns: Option<bool>,
+    #[serde(default)]
     policy: Vec<Spanned<RawPolicy>>,
 }
 
@@ -70,6 +73,8 @@ struct RawPolicy {
     mode: Option<Mode>,
     #[serde(default)]
     allow_loopback: Option<bool>,
+    #[serde(default)]
+    allow_docker_dns: Option<bool>,
     select: Spanned<RawSelect>,
     #[serde(default)]
     allow: Vec<Spanned<RawRule>>,
@@ -441,6 +446,7 @@ pub fn parse(name: &str, text: &str) -> Result<PolicySet, InvalidPolicy> {
     };
     let mode = raw.mode.unwrap_or_default();
     let allow_loopback = raw.allow_loopback.unwrap_or(true);
+    let allow_docker_dns = raw.allow_docker_dns.unwrap_or(false);
     let mut policies: Vec<ContainerPolicy> = Vec::new();
     let mut first_use_of_name: HashMap<String, Range<usize>> = HashMap::new();
     let mut selectors: Vec<(Selector, String, Range<usize>)> = Vec::new();
@@ -515,6 +521,7 @@ pub fn parse(name: &str, text: &str) -> Result<PolicySet, InvalidPolicy> {
                 name,
                 mode: rp.mode.unwrap_or(mode),
                 allow_loopback: rp.allow_loopback.unwrap_or(allow_loopback),
+                allow_docker_dns: rp.allow_docker_dns.unwrap_or(allow_docker_dns),
                 selector,
                 rules,
                 processes,
