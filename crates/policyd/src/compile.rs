@@ -762,10 +762,7 @@ fn describe_origin(policy: &ContainerPolicy, origin: RuleOrigin) -> (String, Opt
             "the implicit loopback allowance (allow_loopback)".into(),
             None,
         ),
-        RuleOrigin::DockerDns => (
-            "the Docker DNS allowance (allow_docker_dns)".into(),
-            None,
-        ),
+        RuleOrigin::DockerDns => ("the Docker DNS allowance (allow_docker_dns)".into(), None),
         RuleOrigin::Rule {
             process: None,
             rule,
@@ -1039,7 +1036,10 @@ mod tests {
         let dns = ruleset_for(&c.state, pid, "127.0.0.11").unwrap();
         assert_eq!(
             ports_of(&c.state, dns),
-            [(6, 0, 0, DOCKER_DNS_RULE_ID), (17, 0, 0, DOCKER_DNS_RULE_ID)]
+            [
+                (6, 0, 0, DOCKER_DNS_RULE_ID),
+                (17, 0, 0, DOCKER_DNS_RULE_ID)
+            ]
         );
     }
 

@@ -808,29 +808,31 @@ allow = [{ to = ["1.1.1.0/24"], proto = "tcp", ports = [80, 443] },
             any::<bool>(),
             any::<bool>(),
         )
-            .prop_map(|(rules, curl, ping, allow_loopback, allow_docker_dns)| ContainerPolicy {
-                name: "p".into(),
-                mode: Mode::Enforce,
-                allow_loopback,
-                allow_docker_dns,
-                selector: Selector {
-                    name: Some("curler".into()),
-                    ..Selector::default()
-                },
-                rules,
-                processes: vec![
-                    ProcessPolicy {
-                        idents: vec![ProcessIdent::Exe("/usr/bin/curl".into())],
-                        rules: curl,
-                        location: None,
+            .prop_map(|(rules, curl, ping, allow_loopback, allow_docker_dns)| {
+                ContainerPolicy {
+                    name: "p".into(),
+                    mode: Mode::Enforce,
+                    allow_loopback,
+                    allow_docker_dns,
+                    selector: Selector {
+                        name: Some("curler".into()),
+                        ..Selector::default()
                     },
-                    ProcessPolicy {
-                        idents: vec![ProcessIdent::Comm("ping".into())],
-                        rules: ping,
-                        location: None,
-                    },
-                ],
-                location: None,
+                    rules,
+                    processes: vec![
+                        ProcessPolicy {
+                            idents: vec![ProcessIdent::Exe("/usr/bin/curl".into())],
+                            rules: curl,
+                            location: None,
+                        },
+                        ProcessPolicy {
+                            idents: vec![ProcessIdent::Comm("ping".into())],
+                            rules: ping,
+                            location: None,
+                        },
+                    ],
+                    location: None,
+                }
             })
     }
 

@@ -65,10 +65,7 @@ impl Prefix {
     /// `127.0.0.11/32`, Docker's embedded DNS server inside every container
     /// network namespace on a user-defined network.
     pub fn docker_dns() -> Self {
-        Prefix::new(
-            V4_MAPPED_BASE | (127u128 << 24) | 11,
-            V4_BLOCK_LEN + 32,
-        )
+        Prefix::new(V4_MAPPED_BASE | (127u128 << 24) | 11, V4_BLOCK_LEN + 32)
     }
 
     /// `::1/128`.

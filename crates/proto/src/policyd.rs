@@ -101,9 +101,17 @@ pub struct ContainerStatus {
     pub policy: Option<String>,
     /// Later policies whose selectors also match (the first wins).
     pub also_matched: Vec<String>,
-    /// "enforce", "audit", "unrestricted" (no policy selects it) or
-    /// "unmapped" (no cgroup id yet: the unknown-container verdict applies).
+    /// cgroup v2 path relative to the cgroup2 mount, when known.
+    pub cgroup_path: Option<String>,
+    /// "enforce" or "audit" (the policy's mode, and the loader's programs
+    /// are attached at or above the container's cgroup), "unenforced" (they
+    /// are not: the map entries exist but no program looks at them),
+    /// "unverified" (that cannot be checked), "unrestricted" (no policy
+    /// selects it) or "unmapped" (no cgroup id yet: the unknown-container
+    /// verdict applies).
     pub mode: String,
+    /// For "unenforced" and "unverified": why.
+    pub unenforced_reason: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
