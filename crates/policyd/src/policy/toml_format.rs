@@ -47,7 +47,9 @@ use super::{
 use crate::{
     diagnostic::{Diagnostic, Source},
     glob::Glob,
-    net::{merge_ranges, parse_cidr, range_to_blocks, Family, PortBlock, Prefix},
+    net::{
+        merge_ranges, parse_cidr, range_to_blocks, translator_overlaps, Family, PortBlock, Prefix,
+    },
 };
 
 #[derive(Deserialize)]
@@ -697,7 +699,19 @@ fn check_rule(
             Ok(p) if dests.contains(&p) => {
                 checker.warn(Some(s), format!("destination {p} is listed twice"))
             }
-            Ok(p) => dests.push(p),
+            Ok(p) => {
+                let translators = translator_overlaps(&p);
+                if !translators.is_empty() {
+                    checker.warn(
+                        Some(s),
+                        format!(
+                            "destination {p} covers IPv6 prefixes that reach IPv4 hosts through translators ({}): this rule may let traffic reach IPv4 destinations the IPv4 rules do not allow; list the IPv6 destinations you mean without them, or allow the IPv4 hosts explicitly",
+                            translators.join(", ")
+                        ),
+                    );
+                }
+                dests.push(p);
+            }
             Err(e) => {
                 checker.error(Some(s), format!("invalid destination: {e}"));
                 ok = false;
@@ -1227,6 +1241,31 @@ comm = "averyveryverylongname"
         assert!(
             text.iter().any(|w| w.contains("no allow rules of its own")),
             "{text:?}"
+        );
+    }
+
+    #[test]
+    fn ipv6_rules_over_translator_prefixes_warn_with_their_position() {
+        let p = ok(r#"[[policy]]
+name = "a"
+select = { name = "a" }
+allow = [
+  { to = ["2001:db8::/32", "64:ff9b::/96"], proto = "tcp", ports = [443] },
+  { to = "::/0", proto = "icmpv6" },
+  { to = "2606:4700:4700::1111", proto = "udp", ports = [53] },
+]
+"#);
+        let text: Vec<String> = p.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 2, "{text:#?}");
+        assert!(
+            text[0].starts_with("p.toml:5:28: warning: destination 64:ff9b::/96 covers IPv6 prefixes that reach IPv4 hosts through translators (NAT64 64:ff9b::/96)"),
+            "{text:#?}"
+        );
+        assert!(
+            text[1].starts_with("p.toml:6:10: warning: destination ::/0 covers")
+                && text[1].contains("6to4 2002::/16")
+                && text[1].contains("Teredo 2001::/32"),
+            "{text:#?}"
         );
     }
 
