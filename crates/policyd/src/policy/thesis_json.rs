@@ -387,6 +387,31 @@ mod tests {
     }
 
     #[test]
+    fn a_file_with_several_mistakes_reports_them_all() {
+        let text = r#"[
+ {"container_name": "a", "policy": [
+  {"process": "curl", "allow": [
+   {"cidr4": "1.1.1.0/33", "ports": [80]},
+   {"cidr4": "2001:db8::/32", "ports": [443]},
+   {"cidr4": "1.1.1.0/24", "ports": [70000]}
+  ]},
+  {"process": "curl", "allow": []}
+ ]},
+ {"container_name": "a", "policy": []}
+]"#;
+        let e = parse("x.json", text).unwrap_err().to_string();
+        for needle in [
+            "x.json:4:14: error: invalid cidr4: prefix length 33",
+            "x.json:5:14: error: cidr4 2001:db8::/32 is not IPv4",
+            "x.json:6:38: error: port 70000 is out of range",
+            "x.json:8:4: error: conflicting selectors: process \"curl\" has a second entry",
+            "x.json:10:3: error: conflicting selectors: container \"a\" has a second entry",
+        ] {
+            assert!(e.contains(needle), "missing `{needle}` in:\n{e}");
+        }
+    }
+
+    #[test]
     fn comment_stripping_keeps_offsets_and_strings() {
         let text = "{\"a\": \"x//y\"} // c\n// é\n1";
         let s = strip_line_comments(text);
