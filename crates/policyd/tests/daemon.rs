@@ -471,6 +471,20 @@ async fn a_container_outside_the_attached_parents_is_shown_unenforced() {
         "{rendered}"
     );
 
+    let e = client
+        .explain(ctx(), query("web", "10.1.1.1", "22", None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.mode, "unenforced", "{e:?}");
+    assert!(
+        e.reason.starts_with(
+            "unenforced (cgroup /system.slice/docker-web-0123456789.scope is not below"
+        ),
+        "{}",
+        e.reason
+    );
+
     // Attaching the other parent too makes the claim true.
     env.loader.attach_cgroup("/sys/fs/cgroup/system.slice");
     let status = client.status(ctx()).await.unwrap().unwrap();

@@ -184,7 +184,9 @@ pub struct Explanation {
     pub cgroup_id: Option<u64>,
     pub policy: Option<String>,
     pub policy_id: u32,
-    /// "enforce", "audit", "unrestricted" or "unmapped".
+    /// "enforce", "audit", "unrestricted", "unmapped", or "unenforced" /
+    /// "unverified" when the loader's programs do not (or may not) see the
+    /// container (see `ContainerStatus::mode`); `reason` then says why first.
     pub mode: String,
     /// Which process class the kernel would pick, and by what.
     pub process_class: u32,

@@ -603,7 +603,36 @@ impl Engine {
         self.unenforced_reported = now;
     }
 
-    pub fn explain(&mut self, query: &ExplainQuery) -> Result<Explanation, PolicydError> {
+    /// Explains a flow; when the loader's programs do not (or may not) see
+    /// the container, says so first, since the verdict is then the
+    /// policy's, not the kernel's.
+    pub async fn explain(&mut self, query: &ExplainQuery) -> Result<Explanation, PolicydError> {
+        let mut explanation = self.explain_policy(query)?;
+        let Some(policy_name) = explanation.policy.clone() else {
+            return Ok(explanation);
+        };
+        let attached = self.loader.attached_parents().await;
+        let policy_mode = self.loaded.as_ref().and_then(|l| {
+            l.policies
+                .policies
+                .iter()
+                .find(|p| p.name == policy_name)
+                .map(|p| p.mode)
+        });
+        if let Ok(container) = self.inventory.find(&query.container) {
+            let enforcement = coverage::enforcement(container, policy_mode, &attached);
+            if let Some(why) = enforcement.unenforced_reason {
+                explanation.reason = format!(
+                    "{} ({why}); what the policy says: {}",
+                    enforcement.mode, explanation.reason
+                );
+                explanation.mode = enforcement.mode;
+            }
+        }
+        Ok(explanation)
+    }
+
+    fn explain_policy(&mut self, query: &ExplainQuery) -> Result<Explanation, PolicydError> {
         let Some(loaded) = &self.loaded else {
             return Err(PolicydError::NoPolicy(
                 self.last_error
