@@ -829,9 +829,15 @@ pub fn print_explanation(e: &Explanation, json: bool) {
         print_json(e);
         return;
     }
-    match e.verdict {
-        Some(v) => println!("{}: {}", v.to_string().to_uppercase(), e.reason),
-        None => println!("{}", e.reason),
+    match (e.verdict, e.mode.as_str()) {
+        // The verdict is the policy's; the kernel does not (or may not) apply it.
+        (Some(v), "unenforced" | "unverified") => println!(
+            "{} (the policy says {v}): {}",
+            e.mode.to_uppercase(),
+            e.reason
+        ),
+        (Some(v), _) => println!("{}: {}", v.to_string().to_uppercase(), e.reason),
+        (None, _) => println!("{}", e.reason),
     }
     println!(
         "  container: {} ({}), cgroup {}",
