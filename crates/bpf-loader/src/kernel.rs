@@ -275,6 +275,7 @@ impl Kernel {
         release_other_instances(&group, &self.instance)?;
         let attachment = Attachment {
             cgroup: path.to_string_lossy().into_owned(),
+            cgroup_path: format!("/{relative}"),
             cgroup_id,
             programs: program_names::CGROUP
                 .iter()

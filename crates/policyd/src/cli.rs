@@ -21,6 +21,7 @@ use serde_json::json;
 
 use crate::{
     compile,
+    coverage::{self, AttachedParents, Enforcement},
     daemon::{self, engine::to_wire, feeds::read_inventory_file, InventorySource},
     explain,
     ids::IdTables,
@@ -71,6 +72,12 @@ pub enum Command {
         /// Also show which policy each container of this inventory (JSON) gets.
         #[arg(long)]
         inventory: Option<PathBuf>,
+        /// A cgroup bpf-loader attached its programs to, relative to the
+        /// cgroup2 mount (e.g. /contain.slice); repeat for several. With
+        /// --inventory, containers below none of them are shown unenforced;
+        /// without any, enforcement is shown unverified.
+        #[arg(long = "attached", value_name = "CGROUP", requires = "inventory")]
+        attached: Vec<String>,
     },
     /// Re-read the policy file and apply it; prints the diff.
     Reload {
@@ -198,7 +205,11 @@ async fn connect(socket: &Path) -> Result<PolicydClient, Failure> {
 pub async fn run(cli: Cli) -> u8 {
     let json = cli.json;
     let result = match cli.command {
-        Command::Check { file, inventory } => check(&file, inventory.as_deref(), json),
+        Command::Check {
+            file,
+            inventory,
+            attached,
+        } => check(&file, inventory.as_deref(), &attached, json),
         Command::Reload { dry_run, max_ops } => reload(&cli.socket, dry_run, max_ops, json).await,
         Command::Status => status(&cli.socket, json).await,
         Command::Explain {
@@ -277,7 +288,12 @@ fn print_json(value: &impl serde::Serialize) {
 
 // ---- check ----
 
-fn check(file: &Path, inventory: Option<&Path>, json: bool) -> Result<(), Failure> {
+fn check(
+    file: &Path,
+    inventory: Option<&Path>,
+    attached: &[String],
+    json: bool,
+) -> Result<(), Failure> {
     let policies = match policy::load_file(file) {
         Ok(p) => p,
         Err(PolicyError::Invalid(invalid)) => {
@@ -312,16 +328,34 @@ fn check(file: &Path, inventory: Option<&Path>, json: bool) -> Result<(), Failur
         .chain(&compiled.warnings)
         .collect();
     let state = &compiled.state;
-    let containers: Vec<_> = compiled
+    let attached: AttachedParents = if attached.is_empty() {
+        Err("no --attached CGROUP given; name the cgroups bpf-loader attached to, e.g. --attached /contain.slice".into())
+    } else {
+        Ok(attached.to_vec())
+    };
+    let enforcements: Vec<Enforcement> = compiled
         .assignments
         .iter()
         .map(|a| {
             let c = &inventory.containers[a.container_index];
+            let mode = a.policy_index.map(|i| policies.policies[i].mode);
+            coverage::enforcement(c, mode, &attached)
+        })
+        .collect();
+    let containers: Vec<_> = compiled
+        .assignments
+        .iter()
+        .zip(&enforcements)
+        .map(|(a, e)| {
+            let c = &inventory.containers[a.container_index];
             json!({
                 "name": c.name,
                 "id": c.id,
+                "cgroup_path": c.cgroup_path,
                 "policy": a.policy_index.map(|i| policies.policies[i].name.clone()),
                 "also_matched": a.also_matched.iter().map(|&i| policies.policies[i].name.clone()).collect::<Vec<_>>(),
+                "mode": e.mode,
+                "unenforced_reason": e.unenforced_reason,
             })
         })
         .collect();
@@ -338,6 +372,7 @@ fn check(file: &Path, inventory: Option<&Path>, json: bool) -> Result<(), Failur
                 "rules": p.rule_count(),
                 "processes": p.processes.len(),
                 "allow_loopback": p.allow_loopback,
+                "allow_docker_dns": p.allow_docker_dns,
             })).collect::<Vec<_>>(),
             "entries": {
                 "processes": state.processes.len(),
@@ -392,13 +427,15 @@ fn check(file: &Path, inventory: Option<&Path>, json: bool) -> Result<(), Failur
         let rows: Vec<Vec<String>> = compiled
             .assignments
             .iter()
-            .map(|a| {
+            .zip(&enforcements)
+            .map(|(a, e)| {
                 let c = &inventory.containers[a.container_index];
                 vec![
                     c.name.clone(),
                     a.policy_index
                         .map(|i| policies.policies[i].name.clone())
                         .unwrap_or_else(|| "-".into()),
+                    e.mode.clone(),
                     a.also_matched
                         .iter()
                         .map(|&i| policies.policies[i].name.clone())
@@ -409,10 +446,51 @@ fn check(file: &Path, inventory: Option<&Path>, json: bool) -> Result<(), Failur
             .collect();
         print!(
             "\n{}",
-            table(&["CONTAINER", "POLICY", "ALSO MATCHED"], &rows)
+            table(&["CONTAINER", "POLICY", "MODE", "ALSO MATCHED"], &rows)
         );
+        let reasons = compiled
+            .assignments
+            .iter()
+            .zip(&enforcements)
+            .filter_map(|(a, e)| {
+                let reason = e.unenforced_reason.as_ref()?;
+                Some((
+                    &inventory.containers[a.container_index].name,
+                    &e.mode,
+                    reason,
+                ))
+            });
+        print!("{}", render_unenforced(reasons));
     }
     Ok(())
+}
+
+/// "container NAME is MODE: REASON" lines for containers whose policy the
+/// kernel does not (or may not) enforce, one per distinct mode and reason,
+/// after a blank line; empty if none.
+fn render_unenforced<'a>(
+    items: impl Iterator<Item = (&'a String, &'a String, &'a String)>,
+) -> String {
+    let mut groups: Vec<((&str, &str), Vec<&str>)> = Vec::new();
+    for (name, mode, reason) in items {
+        let key = (mode.as_str(), reason.as_str());
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, names)) => names.push(name),
+            None => groups.push((key, vec![name])),
+        }
+    }
+    let lines: Vec<String> = groups
+        .into_iter()
+        .map(|((mode, reason), names)| match names.as_slice() {
+            [one] => format!("container {one} is {mode}: {reason}"),
+            many => format!("containers {} are {mode}: {reason}", many.join(", ")),
+        })
+        .collect();
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!("\n{}\n", lines.join("\n"))
+    }
 }
 
 // ---- reload ----
@@ -654,6 +732,9 @@ pub fn render_status(s: &Status) -> String {
             &rows
         )
     );
+    out.push_str(&render_unenforced(s.containers.iter().filter_map(|c| {
+        Some((&c.name, &c.mode, c.unenforced_reason.as_ref()?))
+    })));
     let rows: Vec<Vec<String>> = s
         .policies
         .iter()
@@ -748,9 +829,15 @@ pub fn print_explanation(e: &Explanation, json: bool) {
         print_json(e);
         return;
     }
-    match e.verdict {
-        Some(v) => println!("{}: {}", v.to_string().to_uppercase(), e.reason),
-        None => println!("{}", e.reason),
+    match (e.verdict, e.mode.as_str()) {
+        // The verdict is the policy's; the kernel does not (or may not) apply it.
+        (Some(v), "unenforced" | "unverified") => println!(
+            "{} (the policy says {v}): {}",
+            e.mode.to_uppercase(),
+            e.reason
+        ),
+        (Some(v), _) => println!("{}: {}", v.to_string().to_uppercase(), e.reason),
+        (None, _) => println!("{}", e.reason),
     }
     println!(
         "  container: {} ({}), cgroup {}",

@@ -12,6 +12,11 @@
 //! * identical allowance sets into one ruleset id, so many destinations
 //!   with the same ports share one set of `PORTS` entries.
 //!
+//! The implicit loopback allowance (`127.0.0.0/8`) stops short of Docker's
+//! embedded DNS at `127.0.0.11`: that prefix gets an entry of its own that
+//! folds in every enclosing prefix's allowances *except* loopback's, plus
+//! TCP and UDP when `allow_docker_dns` is set (see [`fold_class`]).
+//!
 //! IPv6 prefixes never match IPv4 destinations, not even `::/0`: IPv4 is
 //! written as IPv4. Since IPv4 is stored as `::ffff:a.b.c.d`, a short IPv6
 //! prefix covers the mapped block in key space; the compiler then adds an
@@ -31,9 +36,9 @@ use proto::state::{CgroupEntry, DestKey, KernelState, PortKey, ProcessKey};
 
 use crate::{
     diagnostic::{Diagnostic, Location, Severity},
-    ids::{IdSpaceFull, IdTables, RuleKey, RulesetKey, LOOPBACK_RULE_ID},
+    ids::{IdSpaceFull, IdTables, RuleKey, RulesetKey, DOCKER_DNS_RULE_ID, LOOPBACK_RULE_ID},
     inventory::{self, Inventory},
-    net::{Family, Prefix},
+    net::{Family, PortBlock, Prefix},
     policy::{AllowRule, Allowance, ContainerPolicy, Mode, PolicySet, ProcessPolicy},
 };
 
@@ -42,6 +47,8 @@ use crate::{
 pub enum RuleOrigin {
     /// The implicit loopback allowance.
     Loopback,
+    /// The `allow_docker_dns` allowance.
+    DockerDns,
     /// `process` is the index of the `[[policy.process]]` entry, `None` for
     /// container-wide rules; `rule` indexes that entry's `allow` list.
     Rule { process: Option<usize>, rule: usize },
@@ -496,7 +503,7 @@ fn covering(set: &AllowSet, a: &Allowance) -> Option<Grant> {
         return Some(*g);
     }
     (0..=a.block.bits).find_map(|bits| {
-        let block = crate::net::PortBlock::enclosing(a.block.port, bits);
+        let block = PortBlock::enclosing(a.block.port, bits);
         set.get(&Allowance {
             proto: a.proto,
             block,
@@ -511,14 +518,14 @@ fn insert_minimal(set: &mut AllowSet, a: Allowance, grant: Grant) {
     } else {
         let lo = Allowance {
             proto: a.proto,
-            block: crate::net::PortBlock {
+            block: PortBlock {
                 port: a.block.first(),
                 bits: 0,
             },
         };
         let hi = Allowance {
             proto: a.proto,
-            block: crate::net::PortBlock {
+            block: PortBlock {
                 port: a.block.last(),
                 bits: 16,
             },
@@ -565,8 +572,8 @@ fn fold_class(
     out: &mut CompiledRules,
     redundant: &mut Vec<Redundant>,
 ) -> Result<(), CompileError> {
-    // Own contributions per prefix, in rule order: the implicit loopback
-    // first, so explicit loopback rules are reported as redundant.
+    // Own contributions per prefix, in rule order: the implicit allowances
+    // first, so explicit rules repeating them are reported as redundant.
     let mut own: HashMap<Prefix, Vec<Contribution>> = HashMap::new();
     if ctx.policy.allow_loopback {
         for dest in [Prefix::v4_loopback(), Prefix::v6_loopback()] {
@@ -577,6 +584,26 @@ fn fold_class(
             };
             own.entry(dest).or_default().push(Contribution {
                 allowance: Allowance::ANY,
+                grant,
+            });
+        }
+    }
+    let docker_dns = Prefix::docker_dns();
+    if ctx.policy.allow_docker_dns {
+        let grant = Grant {
+            rule_id: DOCKER_DNS_RULE_ID,
+            origin: RuleOrigin::DockerDns,
+            dest: docker_dns,
+        };
+        // Every port, not just 53: Docker DNATs 127.0.0.11:53 to a random
+        // port of dockerd's listener inside the container's namespace, and
+        // cgroup_skb/egress sees the packet after that NAT.
+        for proto in [contain_common::proto::TCP, contain_common::proto::UDP] {
+            own.entry(docker_dns).or_default().push(Contribution {
+                allowance: Allowance {
+                    proto,
+                    block: PortBlock::ALL,
+                },
                 grant,
             });
         }
@@ -616,15 +643,29 @@ fn fold_class(
     if pin_v4_root && !v4.contains(&v4_root) {
         v4.push(v4_root);
     }
+    // Docker's DNS forwards anything it is sent upstream from dockerd's
+    // cgroup, beyond contain's sight: the loopback allowance must not reach
+    // it. Its own entry keeps the longest match from landing on 127.0.0.0/8.
+    let carve_out_docker_dns = ctx.policy.allow_loopback;
+    if carve_out_docker_dns && !v4.contains(&docker_dns) {
+        v4.push(docker_dns);
+    }
     v4.sort_unstable();
     v6.sort_unstable();
 
     let in_scope = |origin: RuleOrigin| match origin {
-        RuleOrigin::Loopback => false,
+        RuleOrigin::Loopback | RuleOrigin::DockerDns => false,
         RuleOrigin::Rule { process, .. } => process == scope,
     };
 
-    for (list, pinned) in [(v4, pin_v4_root.then_some(v4_root)), (v6, None)] {
+    let mut v4_pinned = Vec::new();
+    if pin_v4_root {
+        v4_pinned.push(v4_root);
+    }
+    if carve_out_docker_dns {
+        v4_pinned.push(docker_dns);
+    }
+    for (list, pinned) in [(v4, v4_pinned), (v6, Vec::new())] {
         // Prefixes sorted by (address, length) visit every ancestor before
         // its descendants; the stack holds the chain of enclosing prefixes.
         let mut stack: Vec<(Prefix, Rc<AllowSet>)> = Vec::new();
@@ -637,7 +678,11 @@ fn fold_class(
                 .last()
                 .map(|(_, s)| s.clone())
                 .unwrap_or_else(|| empty.clone());
-            let mut set: AllowSet = (*parent).clone();
+            let mut set: AllowSet = if carve_out_docker_dns && prefix == docker_dns {
+                fold_ancestors_without_loopback(&stack, &own)
+            } else {
+                (*parent).clone()
+            };
             let mut changed = false;
             let mut covered_pairs: HashMap<(RuleOrigin, Prefix), Option<Grant>> = HashMap::new();
             for c in own.get(&prefix).map(Vec::as_slice).unwrap_or(&[]) {
@@ -670,7 +715,7 @@ fn fold_class(
                     }
                 }
             }
-            if changed || pinned == Some(prefix) {
+            if changed || pinned.contains(&prefix) {
                 let ruleset = rulesets.intern(&set, ids, out)?;
                 let key = DestKey {
                     policy_id: ctx.policy_id,
@@ -690,12 +735,34 @@ fn fold_class(
     Ok(())
 }
 
+/// The allowances of the enclosing prefixes on `stack` (outermost first),
+/// folded again from their own contributions with the loopback allowance
+/// left out: what a prefix carved out of loopback inherits.
+fn fold_ancestors_without_loopback(
+    stack: &[(Prefix, Rc<AllowSet>)],
+    own: &HashMap<Prefix, Vec<Contribution>>,
+) -> AllowSet {
+    let mut set = AllowSet::new();
+    let contributions = stack
+        .iter()
+        .filter_map(|(ancestor, _)| own.get(ancestor))
+        .flatten()
+        .filter(|c| c.grant.origin != RuleOrigin::Loopback);
+    for c in contributions {
+        if covering(&set, &c.allowance).is_none() {
+            insert_minimal(&mut set, c.allowance, c.grant);
+        }
+    }
+    set
+}
+
 fn describe_origin(policy: &ContainerPolicy, origin: RuleOrigin) -> (String, Option<Location>) {
     match origin {
         RuleOrigin::Loopback => (
             "the implicit loopback allowance (allow_loopback)".into(),
             None,
         ),
+        RuleOrigin::DockerDns => ("the Docker DNS allowance (allow_docker_dns)".into(), None),
         RuleOrigin::Rule {
             process: None,
             rule,
@@ -880,17 +947,100 @@ mod tests {
         assert_eq!(c.state.ports.len(), 2);
     }
 
+    /// The ruleset the kernel's longest match lands on for `addr`.
+    fn ruleset_for(state: &KernelState, policy_id: u32, addr: &str) -> Option<u32> {
+        let addr = crate::net::addr_key(addr.parse().unwrap());
+        (0..=128u8).rev().find_map(|len| {
+            state
+                .dests
+                .get(&DestKey {
+                    policy_id,
+                    class: 0,
+                    addr: Prefix::new(addr, len).key_bytes(),
+                    prefix_len: len,
+                })
+                .copied()
+        })
+    }
+
+    fn ports_of(state: &KernelState, ruleset: u32) -> Vec<(u8, u16, u8, u32)> {
+        state
+            .ports
+            .iter()
+            .filter(|(k, _)| k.ruleset == ruleset)
+            .map(|(k, &rule)| (k.proto, k.port, k.port_bits, rule))
+            .collect()
+    }
+
     #[test]
     fn loopback_is_implicit_and_shared() {
         let p = policy(
             "[[policy]]\nname='a'\nselect={name='a'}\n[[policy]]\nname='b'\nselect={name='b'}\n",
         );
         let c = compile(&p, &Inventory::default(), &mut IdTables::default()).unwrap();
-        // Two prefixes per policy, one ruleset for all: any protocol.
-        assert_eq!(c.state.dests.len(), 4);
+        // Per policy: 127.0.0.0/8 and ::1 (any protocol, one shared ruleset)
+        // and the Docker DNS carve-out (an empty ruleset: nothing).
+        assert_eq!(c.state.dests.len(), 6);
         assert_eq!(c.state.ports.len(), 1);
         let (key, rule) = c.state.ports.iter().next().unwrap();
         assert_eq!((key.proto, key.port_bits, *rule), (0, 0, LOOPBACK_RULE_ID));
+    }
+
+    #[test]
+    fn docker_dns_is_carved_out_of_loopback() {
+        let p = policy("[[policy]]\nname='a'\nselect={name='a'}\n");
+        let c = compile(&p, &Inventory::default(), &mut IdTables::default()).unwrap();
+        let pid = c.rules.policy_ids[0];
+        let lo = ruleset_for(&c.state, pid, "127.0.0.1").unwrap();
+        assert_eq!(ports_of(&c.state, lo), [(0, 0, 0, LOOPBACK_RULE_ID)]);
+        let dns = ruleset_for(&c.state, pid, "127.0.0.11").expect("a carve-out entry");
+        assert_ne!(dns, lo);
+        assert!(
+            ports_of(&c.state, dns).is_empty(),
+            "the loopback allowance must not fold into 127.0.0.11"
+        );
+    }
+
+    #[test]
+    fn docker_dns_carve_out_keeps_explicit_enclosing_rules() {
+        let p = policy(
+            "allow_docker_dns=true\n[[policy]]\nname='a'\nselect={name='a'}\nallow=[{to='0.0.0.0/0', proto='icmp'}]\n",
+        );
+        let c = compile(&p, &Inventory::default(), &mut IdTables::default()).unwrap();
+        let pid = c.rules.policy_ids[0];
+        let dns = ruleset_for(&c.state, pid, "127.0.0.11").unwrap();
+        let protos: Vec<(u8, u32)> = ports_of(&c.state, dns)
+            .into_iter()
+            .map(|(proto, _, _, rule)| (proto, rule))
+            .collect();
+        let icmp_rule = c.rules.rule_ids[0][0][0];
+        assert_eq!(
+            protos,
+            [
+                (1, icmp_rule),
+                (6, DOCKER_DNS_RULE_ID),
+                (17, DOCKER_DNS_RULE_ID)
+            ]
+        );
+    }
+
+    #[test]
+    fn docker_dns_without_loopback_is_tcp_and_udp_only() {
+        let p = policy(
+            "allow_loopback=false\n[[policy]]\nname='a'\nallow_docker_dns=true\nselect={name='a'}\n",
+        );
+        let c = compile(&p, &Inventory::default(), &mut IdTables::default()).unwrap();
+        let pid = c.rules.policy_ids[0];
+        assert_eq!(c.state.dests.len(), 1);
+        assert_eq!(ruleset_for(&c.state, pid, "127.0.0.1"), None);
+        let dns = ruleset_for(&c.state, pid, "127.0.0.11").unwrap();
+        assert_eq!(
+            ports_of(&c.state, dns),
+            [
+                (6, 0, 0, DOCKER_DNS_RULE_ID),
+                (17, 0, 0, DOCKER_DNS_RULE_ID)
+            ]
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use proto::{
 
 use crate::{
     compile::CompiledRules,
-    ids::LOOPBACK_RULE_ID,
+    ids::{DOCKER_DNS_RULE_ID, LOOPBACK_RULE_ID},
     inventory::Inventory,
     net::{addr_key, Prefix},
     policy::{
@@ -208,7 +208,13 @@ pub fn policy_allows(
     port: u16,
 ) -> bool {
     let addr = addr_key(dest);
-    if policy.allow_loopback
+    if Prefix::docker_dns().contains_addr(addr) {
+        // Not part of the loopback allowance: only allow_docker_dns or an
+        // explicit rule allows it.
+        if policy.allow_docker_dns && matches!(proto, ipproto::TCP | ipproto::UDP) {
+            return true;
+        }
+    } else if policy.allow_loopback
         && (Prefix::v4_loopback().contains_addr(addr) || Prefix::v6_loopback().contains_addr(addr))
     {
         return true;
@@ -244,7 +250,15 @@ fn find_rule(
     if rule_id == LOOPBACK_RULE_ID {
         return Some(RuleRef {
             rule_id,
-            description: "implicit loopback allowance: 127.0.0.0/8 and ::1 never leave the container's network namespace (allow_loopback)".into(),
+            description: "implicit loopback allowance: 127.0.0.0/8 (except Docker's DNS at 127.0.0.11) and ::1 never leave the container's network namespace (allow_loopback)".into(),
+            location: None,
+        });
+    }
+    if rule_id == DOCKER_DNS_RULE_ID {
+        return Some(RuleRef {
+            rule_id,
+            description: "Docker's embedded DNS at 127.0.0.11, TCP and UDP (allow_docker_dns)"
+                .into(),
             location: None,
         });
     }
@@ -629,12 +643,44 @@ allow = [{ to = ["1.1.1.0/24"], proto = "tcp", ports = [80, 443] },
     }
 
     #[test]
-    fn loopback_and_docker_dns_are_allowed() {
-        let e = run(query("127.0.0.11", Some("udp"), Some("53"), None));
+    fn loopback_is_allowed_but_not_docker_dns() {
+        let e = run(query("127.0.0.1", Some("tcp"), Some("8080"), None));
         assert_eq!(e.verdict, Some(Verdict::Allow));
         assert!(e.rule.unwrap().description.contains("loopback"));
         let e = run(query("::1", Some("tcp"), Some("8080"), None));
         assert_eq!(e.verdict, Some(Verdict::Allow));
+        let e = run(query("127.0.0.11", Some("udp"), Some("53"), None));
+        assert_eq!(e.verdict, Some(Verdict::Deny), "{e:?}");
+        assert_eq!(e.matched_prefix.as_deref(), Some("127.0.0.11/32"));
+        assert!(e.rule.is_none(), "{e:?}");
+    }
+
+    #[test]
+    fn allow_docker_dns_allows_tcp_and_udp_on_every_port() {
+        let text = CURLER.replacen("[[policy]]", "allow_docker_dns = true\n[[policy]]", 1);
+        let p = crate::policy::parse("p.toml", &text).unwrap();
+        let inv = inventory();
+        let c = compile(&p, &inv, &mut IdTables::default()).unwrap();
+        let ask = |proto: &str, port: &str| {
+            explain(
+                &p,
+                &c.rules,
+                &c.state,
+                &inv,
+                &query("127.0.0.11", Some(proto), Some(port), None),
+            )
+            .unwrap()
+        };
+        // The egress program sees the port Docker DNATs 53 to.
+        for (proto, port) in [("udp", "53"), ("tcp", "53"), ("udp", "43117")] {
+            let e = ask(proto, port);
+            assert_eq!(e.verdict, Some(Verdict::Allow), "{e:?}");
+            assert!(
+                e.rule.unwrap().description.contains("allow_docker_dns"),
+                "{proto}/{port}"
+            );
+        }
+        assert_eq!(ask("icmp", "8").verdict, Some(Verdict::Deny));
     }
 
     #[test]
@@ -677,6 +723,7 @@ allow = [{ to = ["1.1.1.0/24"], proto = "tcp", ports = [80, 443] },
             "10.1.2.3/32",
             "10.2.0.0/16",
             "127.0.0.0/8",
+            "127.0.0.11/32",
             "::/0",
             "2001:db8::/32",
             "2001:db8:1::/48",
@@ -696,7 +743,9 @@ allow = [{ to = ["1.1.1.0/24"], proto = "tcp", ports = [80, 443] },
             "10.2.0.1",
             "10.9.9.9",
             "8.8.8.8",
+            "127.0.0.1",
             "127.0.0.11",
+            "::ffff:127.0.0.11",
             "2001:db8:1::1",
             "2001:db8:1::2",
             "2001:db8:2::1",
@@ -757,29 +806,33 @@ allow = [{ to = ["1.1.1.0/24"], proto = "tcp", ports = [80, 443] },
             prop::collection::vec(arb_rule(), 0..4),
             prop::collection::vec(arb_rule(), 0..3),
             any::<bool>(),
+            any::<bool>(),
         )
-            .prop_map(|(rules, curl, ping, allow_loopback)| ContainerPolicy {
-                name: "p".into(),
-                mode: Mode::Enforce,
-                allow_loopback,
-                selector: Selector {
-                    name: Some("curler".into()),
-                    ..Selector::default()
-                },
-                rules,
-                processes: vec![
-                    ProcessPolicy {
-                        idents: vec![ProcessIdent::Exe("/usr/bin/curl".into())],
-                        rules: curl,
-                        location: None,
+            .prop_map(|(rules, curl, ping, allow_loopback, allow_docker_dns)| {
+                ContainerPolicy {
+                    name: "p".into(),
+                    mode: Mode::Enforce,
+                    allow_loopback,
+                    allow_docker_dns,
+                    selector: Selector {
+                        name: Some("curler".into()),
+                        ..Selector::default()
                     },
-                    ProcessPolicy {
-                        idents: vec![ProcessIdent::Comm("ping".into())],
-                        rules: ping,
-                        location: None,
-                    },
-                ],
-                location: None,
+                    rules,
+                    processes: vec![
+                        ProcessPolicy {
+                            idents: vec![ProcessIdent::Exe("/usr/bin/curl".into())],
+                            rules: curl,
+                            location: None,
+                        },
+                        ProcessPolicy {
+                            idents: vec![ProcessIdent::Comm("ping".into())],
+                            rules: ping,
+                            location: None,
+                        },
+                    ],
+                    location: None,
+                }
             })
     }
 

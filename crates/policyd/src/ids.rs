@@ -170,7 +170,9 @@ pub type RulesetKey = Vec<(u8, u16, u8, u32)>;
 
 /// Rule id 0 means "no rule"; 1 is the implicit loopback allowance.
 pub const LOOPBACK_RULE_ID: u32 = 1;
-const FIRST_RULE_ID: u32 = 2;
+/// The `allow_docker_dns` allowance (TCP and UDP to `127.0.0.11`).
+pub const DOCKER_DNS_RULE_ID: u32 = 2;
+const FIRST_RULE_ID: u32 = 3;
 
 #[derive(Clone, Debug)]
 pub struct IdTables {

@@ -27,6 +27,11 @@ pub struct Container {
     /// cgroup v2 id of the container's cgroup; `None` until the resolver has
     /// mapped it (the kernel then applies `unknown_container`).
     pub cgroup_id: Option<u64>,
+    /// cgroup v2 path relative to the cgroup2 mount, as in
+    /// `/proc/<pid>/cgroup` (`/contain.slice/docker-<id>.scope`), when known:
+    /// tells whether the loader's programs, attached to parent cgroups, see
+    /// this container.
+    pub cgroup_path: Option<String>,
     /// Shares the host's network namespace (so also the host's loopback).
     pub host_network: bool,
 }
@@ -45,6 +50,7 @@ impl From<&proto::resolver::Container> for Container {
             // unselected and left alone): without a cgroup id it keeps the
             // kernel's unknown-container verdict until they are.
             cgroup_id: (c.cgroup_id != 0 && c.metadata_complete).then_some(c.cgroup_id),
+            cgroup_path: (!c.cgroup_path.is_empty()).then(|| c.cgroup_path.clone()),
             host_network: c.host_network,
         }
     }

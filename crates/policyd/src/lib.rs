@@ -9,12 +9,15 @@
 //!   loader's maps should hold, with stable ids ([`ids`]);
 //! * [`diff`]: current state → desired state as a minimal list of map
 //!   operations;
-//! * [`explain`]: which rule decides a flow, replaying the kernel's lookups.
+//! * [`explain`]: which rule decides a flow, replaying the kernel's lookups;
+//! * [`coverage`]: whether the loader's programs, attached to parent
+//!   cgroups, see a container at all.
 //!
 //! [`daemon`] and [`cli`] are the edges: sockets, signals, files, output.
 
 pub mod cli;
 pub mod compile;
+pub mod coverage;
 pub mod daemon;
 pub mod diagnostic;
 pub mod diff;

@@ -62,6 +62,12 @@ impl Prefix {
         Prefix::new(V4_MAPPED_BASE | (127u128 << 24), V4_BLOCK_LEN + 8)
     }
 
+    /// `127.0.0.11/32`, Docker's embedded DNS server inside every container
+    /// network namespace on a user-defined network.
+    pub fn docker_dns() -> Self {
+        Prefix::new(V4_MAPPED_BASE | (127u128 << 24) | 11, V4_BLOCK_LEN + 32)
+    }
+
     /// `::1/128`.
     pub fn v6_loopback() -> Self {
         Prefix { addr: 1, len: 128 }
@@ -162,6 +168,27 @@ pub fn parse_cidr(text: &str) -> Result<Prefix, String> {
     Ok(prefix)
 }
 
+/// IPv6 prefixes whose addresses reach IPv4 hosts through a translator or
+/// tunnel relay: an IPv6 rule covering them allows IPv4 destinations the
+/// IPv4 rules may not.
+const TRANSLATOR_PREFIXES: &[(&str, u128, u8)] = &[
+    ("NAT64", 0x0064_ff9b_u128 << 96, 96),
+    ("local-use NAT64", 0x0064_ff9b_0001_u128 << 80, 48),
+    ("6to4", 0x2002_u128 << 112, 16),
+    ("Teredo", 0x2001_0000_u128 << 96, 32),
+];
+
+/// The translator prefixes `prefix` overlaps (contains, or lies inside),
+/// as "NAME PREFIX" for messages.
+pub fn translator_overlaps(prefix: &Prefix) -> Vec<String> {
+    TRANSLATOR_PREFIXES
+        .iter()
+        .map(|&(name, addr, len)| (name, Prefix::new(addr, len)))
+        .filter(|(_, t)| prefix.contains(t) || t.contains(prefix))
+        .map(|(name, t)| format!("{name} {t}"))
+        .collect()
+}
+
 /// A block of ports (or ICMP type/code words) matched by their leading
 /// `bits` bits, as a `PORTS` LPM key holds it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -248,6 +275,24 @@ pub fn merge_ranges(mut ranges: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn translator_prefixes_are_found_when_covered_inside_or_overlapping() {
+        let overlaps = |text: &str| translator_overlaps(&parse_cidr(text).unwrap());
+        assert_eq!(overlaps("64:ff9b::/96"), ["NAT64 64:ff9b::/96"]);
+        assert_eq!(overlaps("64:ff9b::808:808"), ["NAT64 64:ff9b::/96"]);
+        assert_eq!(
+            overlaps("64:ff9b:1:2::/64"),
+            ["local-use NAT64 64:ff9b:1::/48"]
+        );
+        assert_eq!(overlaps("2002:c000:204::/48"), ["6to4 2002::/16"]);
+        assert_eq!(overlaps("2001::/32"), ["Teredo 2001::/32"]);
+        assert_eq!(overlaps("2000::/3"), ["6to4 2002::/16", "Teredo 2001::/32"]);
+        assert_eq!(overlaps("::/0").len(), 4);
+        assert!(overlaps("2001:db8::/32").is_empty());
+        assert!(overlaps("2606:4700:4700::1111").is_empty());
+        assert!(overlaps("10.0.0.0/8").is_empty());
+    }
 
     #[test]
     fn v4_cidr_is_mapped() {

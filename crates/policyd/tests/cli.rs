@@ -63,6 +63,54 @@ fn check_accepts_the_samples() {
 }
 
 #[test]
+fn check_inventory_shows_containers_outside_the_attached_parents_unenforced() {
+    let args = [
+        "check",
+        &sample("policy.toml"),
+        "--inventory",
+        &sample("inventory.json"),
+    ];
+    let out = policyd(&[&args[..], &["--attached", "/contain.slice"]].concat());
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("container runner-1 is unenforced: cgroup /system.slice/docker-0a1b2c3d4e5f.scope is not below an attached parent (/contain.slice)"),
+        "{stdout}"
+    );
+    let json_args = [
+        &["--json"][..],
+        &args[..],
+        &["--attached", "/contain.slice"],
+    ]
+    .concat();
+    let json: serde_json::Value =
+        serde_json::from_slice(&policyd(&json_args).stdout).expect("one JSON document");
+    let modes: Vec<(&str, &str)> = json["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["mode"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        modes,
+        [
+            ("curler", "enforce"),
+            ("nginx", "enforce"),
+            ("runner-1", "unenforced"),
+            ("grafana", "unrestricted")
+        ]
+    );
+
+    // Without the attached parents, enforcement is never claimed.
+    let stdout = String::from_utf8_lossy(&policyd(&args).stdout).into_owned();
+    assert!(
+        stdout.contains("containers curler, nginx, runner-1 are unverified: ")
+            && stdout.contains("--attached /contain.slice"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn check_refuses_an_invalid_file_with_exit_1_and_a_location() {
     let scratch = Scratch::new("bad");
     let path = scratch.file(

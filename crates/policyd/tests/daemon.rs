@@ -18,6 +18,9 @@ use proto::{
 };
 use tarpc::context::Context;
 
+/// The cgroup the loader's programs are attached to in these tests.
+const MANAGED_PARENT: &str = "/contain.slice";
+
 struct Env {
     dir: PathBuf,
     loader: MemoryLoader,
@@ -36,7 +39,10 @@ impl Env {
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
+    /// Serves the in-memory loader, attached (as the deployment is) to
+    /// the managed parent `/contain.slice`.
     fn serve_loader(&self) {
+        self.loader.attach_cgroup(MANAGED_PARENT);
         self.loader.serve(&self.path("loader.sock")).unwrap();
     }
     fn write(&self, name: &str, text: &str) {
@@ -45,17 +51,33 @@ impl Env {
         std::fs::write(&tmp, text).unwrap();
         std::fs::rename(&tmp, self.path(name)).unwrap();
     }
+    /// Containers under the managed parent, by name and cgroup id.
     fn write_inventory(&self, names: &[(&str, u64)]) {
+        let placed: Vec<(&str, u64, String)> = names
+            .iter()
+            .map(|&(name, cgroup)| {
+                (
+                    name,
+                    cgroup,
+                    format!("{MANAGED_PARENT}/docker-{name}-0123456789.scope"),
+                )
+            })
+            .collect();
+        self.write_inventory_placed(&placed);
+    }
+    /// Containers by name, cgroup id and cgroup path.
+    fn write_inventory_placed(&self, containers: &[(&str, u64, String)]) {
         let inventory = Inventory {
-            containers: names
+            containers: containers
                 .iter()
-                .map(|&(name, cgroup)| Container {
+                .map(|(name, cgroup, path)| Container {
                     id: format!("{name}-0123456789"),
-                    name: name.into(),
+                    name: name.to_string(),
                     image: "alpine:3.20".into(),
                     namespace: "moby".into(),
                     runtime: "docker".into(),
-                    cgroup_id: Some(cgroup),
+                    cgroup_id: Some(*cgroup),
+                    cgroup_path: Some(path.clone()),
                     ..Container::default()
                 })
                 .collect(),
@@ -394,6 +416,80 @@ async fn the_thesis_json_file_works() {
     ping.process = Some("sh".into());
     let e = client.explain(ctx(), ping).await.unwrap().unwrap();
     assert_eq!(e.verdict, Some(Verdict::Deny));
+    drop(client);
+    daemon.shutdown_background();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_outside_the_attached_parents_is_shown_unenforced() {
+    let env = Env::new("unenforced");
+    env.serve_loader();
+    env.write("policy.toml", V1);
+    // web was started before Docker's cgroup-parent pointed at contain.slice.
+    env.write_inventory_placed(&[
+        (
+            "web",
+            601,
+            "/system.slice/docker-web-0123456789.scope".into(),
+        ),
+        (
+            "curler",
+            602,
+            format!("{MANAGED_PARENT}/docker-curler-0123456789.scope"),
+        ),
+    ]);
+    let daemon = env.start_daemon("policy.toml");
+    let client = env.client().await;
+    env.wait_for("both cgroups", |s| s.cgroups.len() == 2).await;
+
+    let status = client.status(ctx()).await.unwrap().unwrap();
+    let by_name = |name: &str| {
+        status
+            .containers
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap()
+            .clone()
+    };
+    let web = by_name("web");
+    assert_eq!(web.mode, "unenforced", "{web:?}");
+    let reason = web.unenforced_reason.unwrap_or_default();
+    assert!(
+        reason.starts_with(
+            "cgroup /system.slice/docker-web-0123456789.scope is not below an attached parent (/contain.slice)"
+        ),
+        "{reason}"
+    );
+    let curler = by_name("curler");
+    assert_eq!(
+        (curler.mode.as_str(), curler.unenforced_reason),
+        ("enforce", None)
+    );
+    let rendered = policyd::cli::render_status(&status);
+    assert!(
+        rendered.contains("container web is unenforced: cgroup /system.slice/docker-web"),
+        "{rendered}"
+    );
+
+    let e = client
+        .explain(ctx(), query("web", "10.1.1.1", "22", None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.mode, "unenforced", "{e:?}");
+    assert!(
+        e.reason.starts_with(
+            "unenforced (cgroup /system.slice/docker-web-0123456789.scope is not below"
+        ),
+        "{}",
+        e.reason
+    );
+
+    // Attaching the other parent too makes the claim true.
+    env.loader.attach_cgroup("/sys/fs/cgroup/system.slice");
+    let status = client.status(ctx()).await.unwrap().unwrap();
+    let web = status.containers.iter().find(|c| c.name == "web").unwrap();
+    assert_eq!(web.mode, "enforce", "{web:?}");
     drop(client);
     daemon.shutdown_background();
 }

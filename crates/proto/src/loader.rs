@@ -45,6 +45,10 @@ pub struct LoaderInfo {
 pub struct Attachment {
     /// Absolute path of the cgroup directory.
     pub cgroup: String,
+    /// The same cgroup relative to the cgroup2 mount, as `/proc/<pid>/cgroup`
+    /// writes it (`/contain.slice`; `/` for the root): the form the
+    /// resolver reports containers' cgroups in.
+    pub cgroup_path: String,
     pub cgroup_id: u64,
     pub programs: Vec<String>,
 }

@@ -101,9 +101,17 @@ pub struct ContainerStatus {
     pub policy: Option<String>,
     /// Later policies whose selectors also match (the first wins).
     pub also_matched: Vec<String>,
-    /// "enforce", "audit", "unrestricted" (no policy selects it) or
-    /// "unmapped" (no cgroup id yet: the unknown-container verdict applies).
+    /// cgroup v2 path relative to the cgroup2 mount, when known.
+    pub cgroup_path: Option<String>,
+    /// "enforce" or "audit" (the policy's mode, and the loader's programs
+    /// are attached at or above the container's cgroup), "unenforced" (they
+    /// are not: the map entries exist but no program looks at them),
+    /// "unverified" (that cannot be checked), "unrestricted" (no policy
+    /// selects it) or "unmapped" (no cgroup id yet: the unknown-container
+    /// verdict applies).
     pub mode: String,
+    /// For "unenforced" and "unverified": why.
+    pub unenforced_reason: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,7 +184,9 @@ pub struct Explanation {
     pub cgroup_id: Option<u64>,
     pub policy: Option<String>,
     pub policy_id: u32,
-    /// "enforce", "audit", "unrestricted" or "unmapped".
+    /// "enforce", "audit", "unrestricted", "unmapped", or "unenforced" /
+    /// "unverified" when the loader's programs do not (or may not) see the
+    /// container (see `ContainerStatus::mode`); `reason` then says why first.
     pub mode: String,
     /// Which process class the kernel would pick, and by what.
     pub process_class: u32,

@@ -7,6 +7,7 @@
 //! invalid policy never gets that far: the running one stays in force.
 
 use std::{
+    collections::BTreeMap,
     path::PathBuf,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -23,6 +24,7 @@ use proto::{
 
 use crate::{
     compile::{self, Assignment, CompiledRules},
+    coverage::{self, AttachedParents},
     diagnostic::{Diagnostic, Severity},
     diff::{diff_ops, diff_verdict, OpCounts},
     explain::{self, ExplainError},
@@ -106,6 +108,21 @@ impl LoaderLink {
             .map_err(|e| self.failed(format!("generation request failed: {e}")))
     }
 
+    /// The cgroups the loader's programs are attached to, relative to the
+    /// cgroup2 mount, or why they are not known.
+    pub async fn attached_parents(&mut self) -> AttachedParents {
+        let client = self.client().await.map_err(|e| e.to_string())?;
+        match client
+            .attachments(transport::context_with_deadline(10))
+            .await
+        {
+            Ok(attachments) => Ok(attachments.into_iter().map(|a| a.cgroup_path).collect()),
+            Err(e) => Err(self
+                .failed(format!("attachments request failed: {e}"))
+                .to_string()),
+        }
+    }
+
     async fn apply(&mut self, diff: MapDiff) -> Result<Result<u64, LoaderError>, PolicydError> {
         let client = self.client().await?;
         match client
@@ -161,6 +178,9 @@ pub struct Engine {
     pub reload_failures: u64,
     pub last_applied_unix: Option<u64>,
     pub last_error: Option<String>,
+    /// Containers already reported as unenforced (key → reason), so each is
+    /// warned about once, and again if it recurs.
+    unenforced_reported: BTreeMap<String, String>,
 }
 
 fn unix_now() -> u64 {
@@ -240,6 +260,7 @@ impl Engine {
             reload_failures: 0,
             last_applied_unix: None,
             last_error: None,
+            unenforced_reported: BTreeMap::new(),
         }
     }
 
@@ -420,6 +441,7 @@ impl Engine {
                 self.last_error = Some(e.to_string());
             } else {
                 self.last_error = None;
+                self.warn_unenforced().await;
             }
         }
         result
@@ -527,9 +549,90 @@ impl Engine {
             "inventory changed"
         })
         .await;
+        self.warn_unenforced().await;
     }
 
-    pub fn explain(&mut self, query: &ExplainQuery) -> Result<Explanation, PolicydError> {
+    /// Each container's enforcement under the loaded policy, in inventory
+    /// order, with the policy index that selects it.
+    fn enforcements(&self, attached: &AttachedParents) -> Vec<(Assignment, coverage::Enforcement)> {
+        let Some(loaded) = &self.loaded else {
+            return Vec::new();
+        };
+        let policies = &loaded.policies;
+        let assignments = match compile::assign(policies, &loaded.rules, &self.inventory) {
+            Ok(assigned) => assigned.assignments,
+            Err(_) => self.assignments.clone(),
+        };
+        assignments
+            .into_iter()
+            .filter_map(|a| {
+                let c = self.inventory.containers.get(a.container_index)?;
+                let mode = a.policy_index.map(|i| policies.policies[i].mode);
+                let enforcement = coverage::enforcement(c, mode, attached);
+                Some((a, enforcement))
+            })
+            .collect()
+    }
+
+    /// Logs a warning for every selected container whose policy the kernel
+    /// does not enforce (its cgroup is below no attached parent), once per
+    /// container and reason.
+    async fn warn_unenforced(&mut self) {
+        let attached = self.loader.attached_parents().await;
+        let mut now = BTreeMap::new();
+        for (a, e) in self.enforcements(&attached) {
+            if e.mode != "unenforced" {
+                continue;
+            }
+            let (Some(reason), Some(c)) = (
+                e.unenforced_reason,
+                self.inventory.containers.get(a.container_index),
+            ) else {
+                continue;
+            };
+            if self.unenforced_reported.get(&c.id) != Some(&reason) {
+                tracing::warn!(
+                    container = %c.name,
+                    id = %c.id,
+                    reason = %reason,
+                    "container selected by a policy is NOT enforced"
+                );
+            }
+            now.insert(c.id.clone(), reason);
+        }
+        self.unenforced_reported = now;
+    }
+
+    /// Explains a flow; when the loader's programs do not (or may not) see
+    /// the container, says so first, since the verdict is then the
+    /// policy's, not the kernel's.
+    pub async fn explain(&mut self, query: &ExplainQuery) -> Result<Explanation, PolicydError> {
+        let mut explanation = self.explain_policy(query)?;
+        let Some(policy_name) = explanation.policy.clone() else {
+            return Ok(explanation);
+        };
+        let attached = self.loader.attached_parents().await;
+        let policy_mode = self.loaded.as_ref().and_then(|l| {
+            l.policies
+                .policies
+                .iter()
+                .find(|p| p.name == policy_name)
+                .map(|p| p.mode)
+        });
+        if let Ok(container) = self.inventory.find(&query.container) {
+            let enforcement = coverage::enforcement(container, policy_mode, &attached);
+            if let Some(why) = enforcement.unenforced_reason {
+                explanation.reason = format!(
+                    "{} ({why}); what the policy says: {}",
+                    enforcement.mode, explanation.reason
+                );
+                explanation.mode = enforcement.mode;
+            }
+        }
+        Ok(explanation)
+    }
+
+    fn explain_policy(&mut self, query: &ExplainQuery) -> Result<Explanation, PolicydError> {
         let Some(loaded) = &self.loaded else {
             return Err(PolicydError::NoPolicy(
                 self.last_error
@@ -597,6 +700,8 @@ impl Engine {
                 ports: k.state.ports.len() as u64,
             };
         }
+        let attached = self.loader.attached_parents().await;
+        let enforcements = self.enforcements(&attached);
         let Some(loaded) = &self.loaded else {
             status.containers = self
                 .inventory
@@ -607,6 +712,7 @@ impl Engine {
                     name: c.name.clone(),
                     image: c.image.clone(),
                     cgroup_id: c.cgroup_id,
+                    cgroup_path: c.cgroup_path.clone(),
                     mode: "unknown".into(),
                     ..ContainerStatus::default()
                 })
@@ -627,23 +733,14 @@ impl Engine {
             .chain(&self.inventory_warnings)
             .map(to_wire)
             .collect();
-        let assignments = match compile::assign(policies, &loaded.rules, &self.inventory) {
-            Ok(assigned) => assigned.assignments,
-            Err(_) => self.assignments.clone(),
-        };
         let mut containers_per_policy = vec![0u32; policies.policies.len()];
-        for a in &assignments {
+        for (a, enforcement) in enforcements {
             let Some(c) = self.inventory.containers.get(a.container_index) else {
                 continue;
             };
             if let Some(i) = a.policy_index {
                 containers_per_policy[i] += 1;
             }
-            let mode = match (c.cgroup_id, a.policy_index) {
-                (None, _) => "unmapped".to_string(),
-                (Some(_), None) => "unrestricted".to_string(),
-                (Some(_), Some(i)) => policies.policies[i].mode.to_string(),
-            };
             status.containers.push(ContainerStatus {
                 id: c.id.clone(),
                 name: c.name.clone(),
@@ -655,7 +752,9 @@ impl Engine {
                     .iter()
                     .map(|&i| policies.policies[i].name.clone())
                     .collect(),
-                mode,
+                cgroup_path: c.cgroup_path.clone(),
+                mode: enforcement.mode,
+                unenforced_reason: enforcement.unenforced_reason,
             });
         }
         for (i, p) in policies.policies.iter().enumerate() {

@@ -1,9 +1,10 @@
 //! An in-memory stand-in for bpf-loader that keeps the loader's contract
 //! (all-or-nothing apply at `from_generation`, generation bumps, state
-//! snapshots) without BPF: for tests and benchmarks of the daemon over
-//! real sockets, unprivileged.
+//! snapshots, the attachments it reports) without BPF: for tests and
+//! benchmarks of the daemon over real sockets, unprivileged.
 
 use std::{
+    collections::BTreeMap,
     path::Path,
     sync::{Arc, Mutex},
 };
@@ -25,6 +26,19 @@ pub struct Maps {
     pub state: KernelState,
     /// Diffs applied so far.
     pub applies: usize,
+    /// Cgroups "attached" to, keyed by their path relative to the cgroup2
+    /// mount.
+    pub attachments: BTreeMap<String, Attachment>,
+}
+
+/// Where the in-memory loader pretends the cgroup2 hierarchy is mounted.
+const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
+
+/// A cgroup given as the real loader takes it (absolute under the mount,
+/// or relative to it) as a path relative to the mount: `/contain.slice`.
+fn hierarchy_path(cgroup: &str) -> String {
+    let relative = cgroup.strip_prefix(CGROUP_MOUNT).unwrap_or(cgroup);
+    format!("/{}", relative.trim_matches('/'))
 }
 
 #[derive(Clone, Debug, Default)]
@@ -43,6 +57,22 @@ impl MemoryLoader {
     pub fn snapshot(&self) -> (u64, KernelState, usize) {
         let m = self.maps();
         (m.generation, m.state.clone(), m.applies)
+    }
+
+    /// Records an attachment to `cgroup` (absolute under the pretend mount,
+    /// or relative to it), as the real loader reports one; no program runs.
+    pub fn attach_cgroup(&self, cgroup: &str) -> Attachment {
+        let cgroup_path = hierarchy_path(cgroup);
+        let attachment = Attachment {
+            cgroup: format!("{CGROUP_MOUNT}{}", cgroup_path.trim_end_matches('/')),
+            cgroup_path,
+            cgroup_id: 0,
+            programs: Vec::new(),
+        };
+        self.maps()
+            .attachments
+            .insert(attachment.cgroup_path.clone(), attachment.clone());
+        attachment
     }
 
     /// Serves the loader service on `socket` (root only, like the real one)
@@ -75,16 +105,14 @@ impl Loader for MemoryLoader {
         }
     }
     async fn attach(self, _: Context, cgroup: String) -> Result<Attachment, LoaderError> {
-        Err(LoaderError::Cgroup {
-            path: cgroup,
-            reason: "the in-memory loader attaches nothing".into(),
-        })
+        Ok(self.attach_cgroup(&cgroup))
     }
-    async fn detach(self, _: Context, _: String) -> Result<(), LoaderError> {
+    async fn detach(self, _: Context, cgroup: String) -> Result<(), LoaderError> {
+        self.maps().attachments.remove(&hierarchy_path(&cgroup));
         Ok(())
     }
     async fn attachments(self, _: Context) -> Vec<Attachment> {
-        Vec::new()
+        self.maps().attachments.values().cloned().collect()
     }
     async fn apply(self, _: Context, diff: MapDiff) -> Result<u64, LoaderError> {
         let mut m = self.maps();

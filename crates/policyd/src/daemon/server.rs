@@ -46,7 +46,7 @@ impl Policyd for PolicydServer {
     }
 
     async fn explain(self, _: Context, query: ExplainQuery) -> Result<Explanation, PolicydError> {
-        self.engine.lock().await.explain(&query)
+        self.engine.lock().await.explain(&query).await
     }
 
     async fn events(

@@ -17,11 +17,14 @@
 //!   there is no deny rule, so order between rules never changes a verdict.
 //! * Loopback (`127.0.0.0/8`, `::1`) is allowed implicitly unless
 //!   `allow_loopback = false`: traffic on `lo` never leaves the container's
-//!   network namespace. This also covers Docker's embedded DNS at
-//!   `127.0.0.11`, whose forwarded queries dockerd sends from its own cgroup
-//!   (so contain neither sees nor filters them). A container on the host
-//!   network shares the host's `lo`; set `allow_loopback = false` for it to
-//!   keep it from host-local services.
+//!   network namespace. A container on the host network shares the host's
+//!   `lo`; set `allow_loopback = false` for it to keep it from host-local
+//!   services.
+//! * Docker's embedded DNS at `127.0.0.11` is *not* part of the loopback
+//!   allowance: dockerd forwards whatever it is sent upstream from its own
+//!   cgroup, where contain does not look, so it is a tunnel out of a
+//!   container that may reach nothing else. `allow_docker_dns = true` allows
+//!   it (TCP and UDP, every port); explicit rules covering it allow it too.
 
 pub mod thesis_json;
 pub mod toml_format;
@@ -87,6 +90,8 @@ pub struct ContainerPolicy {
     /// Effective mode (the policy's own, or the file's).
     pub mode: Mode,
     pub allow_loopback: bool,
+    /// TCP and UDP to Docker's embedded DNS server, `127.0.0.11`.
+    pub allow_docker_dns: bool,
     pub selector: Selector,
     /// Rules for every process of the container.
     pub rules: Vec<AllowRule>,

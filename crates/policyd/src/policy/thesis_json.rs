@@ -11,7 +11,9 @@
 //! matched `bpf_get_current_comm`); a port allows TCP and UDP to it; port 0
 //! allows ICMP (every type). `//` line comments, which the thesis README's
 //! example carries, are ignored. Two extensions, documented: `"process":
-//! "*"` (or `""`) means every process of the container.
+//! "*"` (or `""`) means every process of the container. Loopback is allowed
+//! and Docker's DNS (`127.0.0.11`) is not, as in a TOML file that sets
+//! neither `allow_loopback` nor `allow_docker_dns`.
 //!
 //! JSON has no spans in serde, so positions of semantic errors are found by
 //! locating the offending literal after its enclosing entry.
@@ -278,6 +280,9 @@ pub fn parse(name: &str, text: &str) -> Result<PolicySet, InvalidPolicy> {
             name: container.clone(),
             mode: Mode::Enforce,
             allow_loopback: true,
+            // As in TOML: Docker's DNS forwards anything upstream, so it is
+            // allowed only by rules that name it.
+            allow_docker_dns: false,
             selector: Selector {
                 name: Some(container),
                 ..Selector::default()
@@ -379,6 +384,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("conflicting selectors"), "{e}");
+    }
+
+    #[test]
+    fn a_file_with_several_mistakes_reports_them_all() {
+        let text = r#"[
+ {"container_name": "a", "policy": [
+  {"process": "curl", "allow": [
+   {"cidr4": "1.1.1.0/33", "ports": [80]},
+   {"cidr4": "2001:db8::/32", "ports": [443]},
+   {"cidr4": "1.1.1.0/24", "ports": [70000]}
+  ]},
+  {"process": "curl", "allow": []}
+ ]},
+ {"container_name": "a", "policy": []}
+]"#;
+        let e = parse("x.json", text).unwrap_err().to_string();
+        for needle in [
+            "x.json:4:14: error: invalid cidr4: prefix length 33",
+            "x.json:5:14: error: cidr4 2001:db8::/32 is not IPv4",
+            "x.json:6:38: error: port 70000 is out of range",
+            "x.json:8:4: error: conflicting selectors: process \"curl\" has a second entry",
+            "x.json:10:3: error: conflicting selectors: container \"a\" has a second entry",
+        ] {
+            assert!(e.contains(needle), "missing `{needle}` in:\n{e}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! mode = "enforce"            # or "audit"
 //! unknown_container = "deny"  # deny | allow | audit: a managed cgroup not mapped yet
 //! allow_loopback = true       # 127.0.0.0/8 and ::1 always allowed (default)
+//! allow_docker_dns = false    # Docker's DNS at 127.0.0.11 (default: not allowed)
 //!
 //! [[policy]]
 //! name = "public-web"
@@ -22,8 +23,11 @@
 //!
 //! Parsing is in two steps: serde with `deny_unknown_fields` catches syntax
 //! errors, unknown keys and wrong types (one at a time: that is what the TOML
-//! parser can report), then validation collects every semantic error
-//! (bad CIDR, port out of range, conflicting selectors) with its position.
+//! parser can report), then validation collects every semantic error (bad
+//! CIDR, unknown protocol or mode, port out of range, unknown ICMP type,
+//! duplicate names, conflicting selectors) with its position. Keywords are
+//! therefore read as strings and checked in the second step, so a misspelt
+//! protocol does not hide the other mistakes of the file.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -33,10 +37,7 @@ use std::{
 
 use contain_common::proto as ipproto;
 use proto::state::Verdict;
-use serde::{
-    de::{self, IntoDeserializer},
-    Deserialize, Deserializer,
-};
+use serde::{de, Deserialize, Deserializer};
 use serde_spanned::Spanned;
 
 use super::{
@@ -46,18 +47,22 @@ use super::{
 use crate::{
     diagnostic::{Diagnostic, Source},
     glob::Glob,
-    net::{merge_ranges, parse_cidr, range_to_blocks, Family, PortBlock, Prefix},
+    net::{
+        merge_ranges, parse_cidr, range_to_blocks, translator_overlaps, Family, PortBlock, Prefix,
+    },
 };
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
     #[serde(default)]
-    mode: Option<Mode>,
+    mode: Option<Spanned<String>>,
     #[serde(default)]
-    unknown_container: Option<Verdict>,
+    unknown_container: Option<Spanned<String>>,
     #[serde(default)]
     allow_loopback: Option<bool>,
+    #[serde(default)]
+    allow_docker_dns: Option<bool>,
     #[serde(default)]
     policy: Vec<Spanned<RawPolicy>>,
 }
@@ -67,9 +72,11 @@ struct RawFile {
 struct RawPolicy {
     name: Spanned<String>,
     #[serde(default)]
-    mode: Option<Mode>,
+    mode: Option<Spanned<String>>,
     #[serde(default)]
     allow_loopback: Option<bool>,
+    #[serde(default)]
+    allow_docker_dns: Option<bool>,
     select: Spanned<RawSelect>,
     #[serde(default)]
     allow: Vec<Spanned<RawRule>>,
@@ -106,7 +113,7 @@ struct RawProcess {
 struct RawRule {
     to: Spanned<Strings>,
     #[serde(default)]
-    proto: Option<Spanned<Protos>>,
+    proto: Option<Spanned<Strings>>,
     #[serde(default)]
     ports: Option<Vec<Spanned<PortSpec>>>,
     #[serde(default)]
@@ -181,34 +188,6 @@ impl Proto {
     }
     fn is_icmp(self) -> bool {
         matches!(self, Proto::Icmp | Proto::Icmpv6)
-    }
-}
-
-/// A protocol name or a list of them.
-struct Protos(Vec<Proto>);
-
-impl<'de> Deserialize<'de> for Protos {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> de::Visitor<'de> for V {
-            type Value = Protos;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a protocol (tcp, udp, icmp, icmpv6, any) or a list of them")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Protos, E> {
-                let proto = Proto::deserialize(v.into_deserializer())
-                    .map_err(|e: de::value::Error| E::custom(e.to_string()))?;
-                Ok(Protos(vec![proto]))
-            }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Protos, A::Error> {
-                let mut items = Vec::new();
-                while let Some(item) = seq.next_element::<Proto>()? {
-                    items.push(item);
-                }
-                Ok(Protos(items))
-            }
-        }
-        d.deserialize_any(V)
     }
 }
 
@@ -413,6 +392,32 @@ impl<'a> Checker<'a> {
         Some(ProcessIdent::Exe(path.to_string()))
     }
 
+    /// Reads a keyword (a mode, a verdict, a protocol) after
+    /// deserialisation, so a wrong one is reported along with every other
+    /// error; `None` (and an error naming the choices) if it is not one.
+    pub fn keyword<T: de::DeserializeOwned>(
+        &mut self,
+        what: &str,
+        text: &str,
+        span: Range<usize>,
+    ) -> Option<T> {
+        let text = text.trim();
+        match T::deserialize(de::value::StrDeserializer::<de::value::Error>::new(text)) {
+            Ok(value) => Some(value),
+            Err(e) => {
+                // serde says "unknown variant `x`, expected one of …";
+                // keep the choices, in the file's own words.
+                let e = e.to_string();
+                let expected = e
+                    .split_once(", expected")
+                    .map(|(_, choices)| format!("expected{choices}"))
+                    .unwrap_or(e);
+                self.error(Some(span), format!("unknown {what} \"{text}\"; {expected}"));
+                None
+            }
+        }
+    }
+
     pub fn finish(
         self,
         build: impl FnOnce(Vec<Diagnostic>) -> PolicySet,
@@ -439,8 +444,16 @@ pub fn parse(name: &str, text: &str) -> Result<PolicySet, InvalidPolicy> {
             });
         }
     };
-    let mode = raw.mode.unwrap_or_default();
+    let mode: Mode = raw
+        .mode
+        .and_then(|m| checker.keyword("mode", m.get_ref(), m.span()))
+        .unwrap_or_default();
+    let unknown_container: Verdict = raw
+        .unknown_container
+        .and_then(|v| checker.keyword("unknown_container", v.get_ref(), v.span()))
+        .unwrap_or_default();
     let allow_loopback = raw.allow_loopback.unwrap_or(true);
+    let allow_docker_dns = raw.allow_docker_dns.unwrap_or(false);
     let mut policies: Vec<ContainerPolicy> = Vec::new();
     let mut first_use_of_name: HashMap<String, Range<usize>> = HashMap::new();
     let mut selectors: Vec<(Selector, String, Range<usize>)> = Vec::new();
@@ -486,6 +499,9 @@ pub fn parse(name: &str, text: &str) -> Result<PolicySet, InvalidPolicy> {
             selectors.push((selector.clone(), name.clone(), select_span));
         }
 
+        let policy_mode: Option<Mode> = rp
+            .mode
+            .and_then(|m| checker.keyword("mode", m.get_ref(), m.span()));
         let rules = check_rules(&mut checker, rp.allow);
         let mut processes = Vec::new();
         let mut seen_idents: HashMap<ProcessIdent, Range<usize>> = HashMap::new();
@@ -513,8 +529,9 @@ pub fn parse(name: &str, text: &str) -> Result<PolicySet, InvalidPolicy> {
         if let Some(selector) = selector {
             policies.push(ContainerPolicy {
                 name,
-                mode: rp.mode.unwrap_or(mode),
+                mode: policy_mode.unwrap_or(mode),
                 allow_loopback: rp.allow_loopback.unwrap_or(allow_loopback),
+                allow_docker_dns: rp.allow_docker_dns.unwrap_or(allow_docker_dns),
                 selector,
                 rules,
                 processes,
@@ -523,7 +540,6 @@ pub fn parse(name: &str, text: &str) -> Result<PolicySet, InvalidPolicy> {
         }
     }
 
-    let unknown_container = raw.unknown_container.unwrap_or(Verdict::Deny);
     let source_name = name.to_string();
     let digest = fnv1a(text.as_bytes());
     checker.finish(|warnings| PolicySet {
@@ -690,7 +706,19 @@ fn check_rule(
             Ok(p) if dests.contains(&p) => {
                 checker.warn(Some(s), format!("destination {p} is listed twice"))
             }
-            Ok(p) => dests.push(p),
+            Ok(p) => {
+                let translators = translator_overlaps(&p);
+                if !translators.is_empty() {
+                    checker.warn(
+                        Some(s),
+                        format!(
+                            "destination {p} covers IPv6 prefixes that reach IPv4 hosts through translators ({}): this rule may let traffic reach IPv4 destinations the IPv4 rules do not allow; list the IPv6 destinations you mean without them, or allow the IPv4 hosts explicitly",
+                            translators.join(", ")
+                        ),
+                    );
+                }
+                dests.push(p);
+            }
             Err(e) => {
                 checker.error(Some(s), format!("invalid destination: {e}"));
                 ok = false;
@@ -708,7 +736,24 @@ fn check_rule(
     let protos: Vec<Proto> = match raw.proto {
         Some(p) => {
             let p_span = p.span();
-            let mut list = p.into_inner().0;
+            let mut list = Vec::new();
+            let mut unknown = false;
+            for (text, s) in p.into_inner().items(p_span.clone()) {
+                match checker.keyword::<Proto>("proto", &text, s) {
+                    Some(proto) => list.push(proto),
+                    None => unknown = true,
+                }
+            }
+            if unknown {
+                // Which restrictions apply depends on the protocols; the
+                // port values can still be checked on their own.
+                for port in raw.ports.iter().flatten() {
+                    if let Err(e) = check_port_spec(port.get_ref()) {
+                        checker.error(Some(port.span()), e);
+                    }
+                }
+                return None;
+            }
             list.sort_unstable();
             list.dedup();
             if list.is_empty() {
@@ -1125,6 +1170,40 @@ allow = [
     }
 
     #[test]
+    fn a_file_with_several_mistakes_reports_them_all() {
+        let e = err(r#"mode = "strict"
+unknown_container = "maybe"
+
+[[policy]]
+name = "web"
+select = { name = "web" }
+allow = [
+  { to = ["10.0.0.0/33"], proto = "tcp", ports = [443] },
+  { to = "1.1.1.1", proto = ["udp", "tcpp"], ports = [70000] },
+  { to = "1.1.1.1", proto = "icmp", icmp_types = ["echo-requets"] },
+]
+
+[[policy]]
+name = "web"
+mode = "loud"
+select = { name = "api" }
+"#);
+        for needle in [
+            "p.toml:1:8: error: unknown mode \"strict\"; expected `enforce` or `audit`",
+            "p.toml:2:21: error: unknown unknown_container \"maybe\"; expected one of `deny`, `allow`, `audit`",
+            "p.toml:8:11: error: invalid destination: prefix length 33",
+            "p.toml:9:37: error: unknown proto \"tcpp\"; expected one of `tcp`, `udp`",
+            "p.toml:9:55: error: port 70000 is out of range",
+            "p.toml:10:51: error: unknown ICMP type \"echo-requets\"",
+            "p.toml:14:8: error: policy name \"web\" is already used on line 5",
+            "p.toml:15:8: error: unknown mode \"loud\"",
+        ] {
+            assert!(e.contains(needle), "missing `{needle}` in:\n{e}");
+        }
+        assert_eq!(e.matches(": error: ").count(), 8, "{e}");
+    }
+
+    #[test]
     fn conflicting_selectors_are_errors() {
         let e = err("[[policy]]\nname='a'\nselect={label={tier='web'}}\n[[policy]]\nname='b'\nselect={label={tier='web'}, image='nginx:*'}\n");
         assert!(
@@ -1220,6 +1299,31 @@ comm = "averyveryverylongname"
         assert!(
             text.iter().any(|w| w.contains("no allow rules of its own")),
             "{text:?}"
+        );
+    }
+
+    #[test]
+    fn ipv6_rules_over_translator_prefixes_warn_with_their_position() {
+        let p = ok(r#"[[policy]]
+name = "a"
+select = { name = "a" }
+allow = [
+  { to = ["2001:db8::/32", "64:ff9b::/96"], proto = "tcp", ports = [443] },
+  { to = "::/0", proto = "icmpv6" },
+  { to = "2606:4700:4700::1111", proto = "udp", ports = [53] },
+]
+"#);
+        let text: Vec<String> = p.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 2, "{text:#?}");
+        assert!(
+            text[0].starts_with("p.toml:5:28: warning: destination 64:ff9b::/96 covers IPv6 prefixes that reach IPv4 hosts through translators (NAT64 64:ff9b::/96)"),
+            "{text:#?}"
+        );
+        assert!(
+            text[1].starts_with("p.toml:6:10: warning: destination ::/0 covers")
+                && text[1].contains("6to4 2002::/16")
+                && text[1].contains("Teredo 2001::/32"),
+            "{text:#?}"
         );
     }
 

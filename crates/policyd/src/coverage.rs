@@ -1,0 +1,229 @@
+//! Whether the kernel enforces a container's policy at all.
+//!
+//! bpf-loader attaches contain's programs to parent cgroups (a dedicated
+//! `contain.slice` set as Docker's `cgroup-parent`, `kubepods.slice`), and
+//! the kernel runs them for every cgroup at or below those. A container
+//! whose cgroup lies elsewhere (started before the `cgroup-parent` was set,
+//! or under another parent) gets its map entries and no program ever looks
+//! at them: its policy is not enforced, whatever the maps say. Both sides
+//! are compared as the resolver reports cgroups: paths relative to the
+//! cgroup2 mount, as `/proc/<pid>/cgroup` writes them.
+
+use crate::{inventory::Container, policy::Mode};
+
+/// The cgroups the loader's programs are attached to (paths relative to
+/// the cgroup2 mount), or why they are not known.
+pub type AttachedParents = Result<Vec<String>, String>;
+
+/// Whether `path` is `parent` or a cgroup below it. Both are relative to
+/// the cgroup2 mount; `/` is the root, above everything.
+pub fn is_at_or_below(path: &str, parent: &str) -> bool {
+    let path = path.trim_end_matches('/');
+    let parent = parent.trim_end_matches('/');
+    parent.is_empty()
+        || path == parent
+        || path
+            .strip_prefix(parent)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Where a container stands with respect to the attached programs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Coverage {
+    /// Its cgroup is at or below this attached cgroup.
+    Attached(String),
+    /// Its cgroup is below no attached cgroup: why, for people.
+    NotAttached(String),
+    /// Cannot be told: why, for people.
+    Unknown(String),
+}
+
+/// Which attached parent, if any, covers a container's cgroup.
+pub fn coverage(cgroup_path: Option<&str>, attached: &AttachedParents) -> Coverage {
+    let parents = match attached {
+        Ok(parents) => parents,
+        Err(why) => {
+            return Coverage::Unknown(format!(
+                "the cgroups the loader's programs are attached to are not known ({why})"
+            ))
+        }
+    };
+    let Some(path) = cgroup_path.filter(|p| !p.is_empty()) else {
+        return Coverage::Unknown(
+            "its cgroup path is not known, so whether the loader's programs see it cannot be checked"
+                .into(),
+        );
+    };
+    if let Some(parent) = parents.iter().find(|p| is_at_or_below(path, p)) {
+        return Coverage::Attached(parent.clone());
+    }
+    let listed = if parents.is_empty() {
+        "none: the loader has attached its programs nowhere".to_string()
+    } else {
+        parents.join(", ")
+    };
+    Coverage::NotAttached(format!(
+        "cgroup {path} is not below an attached parent ({listed}); recreate the container under the managed parent (Docker: \"cgroup-parent\" in /etc/docker/daemon.json)"
+    ))
+}
+
+/// What status shows for a container: a mode, and when the kernel does not
+/// (or may not) do what the policy's mode says, why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Enforcement {
+    /// "enforce", "audit", "unenforced", "unverified", "unrestricted" or
+    /// "unmapped" (see `proto::policyd::ContainerStatus::mode`).
+    pub mode: String,
+    pub unenforced_reason: Option<String>,
+}
+
+/// The enforcement of `container` under the policy mode it is selected by
+/// (`None`: no policy selects it).
+pub fn enforcement(
+    container: &Container,
+    policy_mode: Option<Mode>,
+    attached: &AttachedParents,
+) -> Enforcement {
+    let plain = |mode: &str| Enforcement {
+        mode: mode.to_string(),
+        unenforced_reason: None,
+    };
+    if container.cgroup_id.is_none() {
+        return plain("unmapped");
+    }
+    let Some(mode) = policy_mode else {
+        return plain("unrestricted");
+    };
+    match coverage(container.cgroup_path.as_deref(), attached) {
+        Coverage::Attached(_) => plain(&mode.to_string()),
+        Coverage::NotAttached(why) => Enforcement {
+            mode: "unenforced".into(),
+            unenforced_reason: Some(why),
+        },
+        Coverage::Unknown(why) => Enforcement {
+            mode: "unverified".into(),
+            unenforced_reason: Some(why),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parents(list: &[&str]) -> AttachedParents {
+        Ok(list.iter().map(|s| s.to_string()).collect())
+    }
+
+    fn container(cgroup_path: Option<&str>) -> Container {
+        Container {
+            name: "web".into(),
+            cgroup_id: Some(42),
+            cgroup_path: cgroup_path.map(Into::into),
+            ..Container::default()
+        }
+    }
+
+    #[test]
+    fn below_means_below_a_path_component() {
+        assert!(is_at_or_below(
+            "/contain.slice/docker-abc.scope",
+            "/contain.slice"
+        ));
+        assert!(is_at_or_below("/contain.slice", "/contain.slice"));
+        assert!(is_at_or_below("/contain.slice/a/b", "/contain.slice/"));
+        assert!(is_at_or_below("/system.slice/x.scope", "/"));
+        assert!(!is_at_or_below(
+            "/contain.slice-other/docker-abc.scope",
+            "/contain.slice"
+        ));
+        assert!(!is_at_or_below(
+            "/system.slice/docker-abc.scope",
+            "/contain.slice"
+        ));
+        assert!(!is_at_or_below("/contain", "/contain.slice"));
+    }
+
+    #[test]
+    fn a_container_under_an_attached_parent_is_enforced() {
+        let e = enforcement(
+            &container(Some("/contain.slice/docker-abc.scope")),
+            Some(Mode::Enforce),
+            &parents(&["/kubepods.slice", "/contain.slice"]),
+        );
+        assert_eq!((e.mode.as_str(), e.unenforced_reason), ("enforce", None));
+        let e = enforcement(
+            &container(Some("/contain.slice/docker-abc.scope")),
+            Some(Mode::Audit),
+            &parents(&["/contain.slice"]),
+        );
+        assert_eq!(e.mode, "audit");
+    }
+
+    #[test]
+    fn a_container_elsewhere_is_unenforced_with_the_reason() {
+        let e = enforcement(
+            &container(Some("/system.slice/docker-abc.scope")),
+            Some(Mode::Enforce),
+            &parents(&["/contain.slice"]),
+        );
+        assert_eq!(e.mode, "unenforced");
+        let reason = e.unenforced_reason.unwrap();
+        assert!(
+            reason.starts_with(
+                "cgroup /system.slice/docker-abc.scope is not below an attached parent (/contain.slice)"
+            ),
+            "{reason}"
+        );
+        assert!(reason.contains("cgroup-parent"), "{reason}");
+        let e = enforcement(
+            &container(Some("/system.slice/docker-abc.scope")),
+            Some(Mode::Enforce),
+            &parents(&[]),
+        );
+        assert!(
+            e.unenforced_reason
+                .unwrap()
+                .contains("attached its programs nowhere"),
+            "no attachment at all"
+        );
+    }
+
+    #[test]
+    fn unknown_paths_or_attachments_are_unverified_never_enforced() {
+        let e = enforcement(
+            &container(None),
+            Some(Mode::Enforce),
+            &parents(&["/contain.slice"]),
+        );
+        assert_eq!(e.mode, "unverified");
+        assert!(e
+            .unenforced_reason
+            .unwrap()
+            .contains("cgroup path is not known"));
+        let e = enforcement(
+            &container(Some("/contain.slice/docker-abc.scope")),
+            Some(Mode::Enforce),
+            &Err("the loader is unreachable".into()),
+        );
+        assert_eq!(e.mode, "unverified");
+        assert!(e
+            .unenforced_reason
+            .unwrap()
+            .contains("the loader is unreachable"));
+    }
+
+    #[test]
+    fn unselected_and_unmapped_containers_keep_their_modes() {
+        let attached = parents(&["/contain.slice"]);
+        let outside = container(Some("/system.slice/docker-abc.scope"));
+        assert_eq!(enforcement(&outside, None, &attached).mode, "unrestricted");
+        let unmapped = Container {
+            cgroup_id: None,
+            ..outside
+        };
+        for mode in [Some(Mode::Enforce), None] {
+            assert_eq!(enforcement(&unmapped, mode, &attached).mode, "unmapped");
+        }
+    }
+}
