@@ -40,6 +40,20 @@ format:
 \tfield:pid_t child_pid;\toffset:44;\tsize:4;\tsigned:1;
 ";
 
+    const NEWTASK: &str = "\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:pid_t pid;\toffset:8;\tsize:4;\tsigned:1;
+\tfield:char comm[16];\toffset:12;\tsize:16;\tsigned:0;
+\tfield:u64 clone_flags;\toffset:32;\tsize:8;\tsigned:0;
+\tfield:short oom_score_adj;\toffset:40;\tsize:2;\tsigned:1;
+";
+
+    #[test]
+    fn reads_the_new_task_pid_and_clone_flags_not_common_pid() {
+        assert_eq!(field_offset(NEWTASK, "pid"), Some(8));
+        assert_eq!(field_offset(NEWTASK, "clone_flags"), Some(32));
+    }
+
     #[test]
     fn reads_offsets() {
         assert_eq!(field_offset(EXEC, "filename"), Some(8));
