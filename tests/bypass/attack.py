@@ -117,10 +117,13 @@ def srh(denied):
 
 
 def srr(kind, denied):
-    # LSRR (131) or SSRR (137) with one hop: the kernel routes to that hop
-    # and appends the connected address as the final destination.
-    opt = struct.pack("!BBB", kind, 7, 4) + socket.inet_aton(denied)
-    return opt + b"\x01"  # NOP padding to 8 bytes
+    # LSRR (131) or SSRR (137) listing the denied hop twice. The kernel takes
+    # the first entry as the next hop and appends the connected address as
+    # the final one. Set before connect(), the packets go to the denied hop;
+    # set on a connected TCP socket (whose route is cached) they go to the
+    # allowed peer but the option asks it to forward to the denied hop.
+    addr = socket.inet_aton(denied)
+    return struct.pack("!BBB", kind, 11, 4) + addr + addr + b"\x01"
 
 
 def steer(sock_type, host, port, denied, marker, how, before):
@@ -182,10 +185,10 @@ def nd(icmp_type, dest, ifname, marker):
 
 # --- 4. UDP replies ------------------------------------------------------------
 
-def udp_revoke(host, port, marker):
+def udp_revoke(host, port, first_marker, marker):
     with socket.socket(family_of(host), socket.SOCK_DGRAM) as s:
         s.settimeout(3)
-        attempt("first", lambda: s.sendto(b"first, while allowed", (host, int(port))) and None)
+        attempt("first", lambda: s.sendto(payload(first_marker), (host, int(port))) and None)
         attempt("reply", lambda: len(s.recvfrom(2048)[0]))
         wait_go()
         attempt("after", lambda: s.sendto(payload(marker), (host, int(port))) and None)
