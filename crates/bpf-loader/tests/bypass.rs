@@ -208,6 +208,8 @@ const PROBES: &[Probe] = &[
         "marker captured", "plain TCP4", p_tfo),
     probe!("sendmmsg", "sendmmsg() of two datagrams to a denied address",
         "marker captured", "sendmmsg() to the allowed peer", p_sendmmsg),
+    probe!("io-uring", "UDP datagrams to a denied address via io_uring SENDMSG and SEND-with-address (C, built at test time)",
+        "marker captured", "the same to the allowed peer", p_uring),
     probe!("fd-passing", "a process the policy does not allow makes a UDP socket, passes it (SCM_RIGHTS) to allowed python3, which sends",
         "marker captured", "python3 sends on its own socket", p_fdpass),
 ];
@@ -230,6 +232,8 @@ struct Ctx {
     other_python: PathBuf,
     /// A copy of python3 at a path longer than 255 bytes (exec identity).
     long_python: PathBuf,
+    /// `uring_send.c` compiled for this run, or why it could not be.
+    uring: Result<PathBuf, String>,
     /// Processes this suite started (sniffers, sink, listeners), killed
     /// by their own handle when the suite ends.
     children: Vec<Child>,
@@ -303,7 +307,11 @@ fn read_until(out: &mut BufReader<ChildStdout>, want: &str) -> Vec<String> {
 impl Ctx {
     fn marker(&mut self) -> String {
         self.markers += 1;
-        let m = if self.mode == Mode::SelfTest { 's' } else { 'f' };
+        let m = if self.mode == Mode::SelfTest {
+            's'
+        } else {
+            'f'
+        };
         format!("MK{{{m}{}}}", self.markers)
     }
 
@@ -312,12 +320,19 @@ impl Ctx {
     fn attack_in(&self, cgroup: &Path, args: &[&str]) -> String {
         let mut full = vec![PYTHON.to_string(), script("attack.py")];
         full.extend(args.iter().map(|s| s.to_string()));
+        self.run_in(cgroup, &full)
+    }
+
+    /// Runs any program in `cgroup` and the container's netns.
+    fn run_in(&self, cgroup: &Path, full: &[String]) -> String {
         let out = self
             .lab
-            .in_cgroup_cmd(cgroup, &full)
+            .in_cgroup_cmd(cgroup, full)
             .output()
-            .expect("running attack.py");
-        let mut text = String::from_utf8_lossy(&out.stdout).trim().replace('\n', " ");
+            .unwrap_or_else(|e| panic!("running {full:?}: {e}"));
+        let mut text = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .replace('\n', " ");
         let err = String::from_utf8_lossy(&out.stderr);
         if let Some(last) = err.trim().lines().last() {
             text.push_str(&format!(" [stderr: {last}]"));
@@ -350,7 +365,9 @@ impl Ctx {
             .args(args)
             .output()
             .expect("running peer.py");
-        String::from_utf8_lossy(&out.stdout).trim().replace('\n', " ")
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .replace('\n', " ")
     }
 
     fn spawn_ready(&mut self, mut cmd: Command) {
@@ -458,8 +475,14 @@ impl Ctx {
         let c = sub(control, &cm);
         let a_out = self.attack(&a.iter().map(String::as_str).collect::<Vec<_>>());
         let c_out = self.attack(&c.iter().map(String::as_str).collect::<Vec<_>>());
-        self.judge(t, &lm, &cm, leak, vec![format!("attack: {a_out}"), format!("control: {c_out}")])
-            .await
+        self.judge(
+            t,
+            &lm,
+            &cm,
+            leak,
+            vec![format!("attack: {a_out}"), format!("control: {c_out}")],
+        )
+        .await
     }
 
     async fn judge(
@@ -617,7 +640,15 @@ async fn p_steer_tcp4_lsrr(cx: &mut Ctx) -> Outcome {
 
 async fn p_steer_tcp4_lsrr_before(cx: &mut Ctx) -> Outcome {
     cx.simple(
-        &["steer-tcp", PEER4, SINK, PEER4_OTHER, "{L}", "131", "before"],
+        &[
+            "steer-tcp",
+            PEER4,
+            SINK,
+            PEER4_OTHER,
+            "{L}",
+            "131",
+            "before",
+        ],
         &["tcp", PEER4, SINK, "{C}"],
         steer_leak,
     )
@@ -635,7 +666,15 @@ async fn p_steer_tcp4_ssrr(cx: &mut Ctx) -> Outcome {
 
 async fn p_steer_udp4_lsrr(cx: &mut Ctx) -> Outcome {
     cx.simple(
-        &["steer-udp", PEER4, "5353", PEER4_OTHER, "{L}", "131", "after"],
+        &[
+            "steer-udp",
+            PEER4,
+            "5353",
+            PEER4_OTHER,
+            "{L}",
+            "131",
+            "after",
+        ],
         &["udp", PEER4, "5353", "{C}"],
         steer_leak,
     )
@@ -644,7 +683,15 @@ async fn p_steer_udp4_lsrr(cx: &mut Ctx) -> Outcome {
 
 async fn p_steer_udp4_ssrr(cx: &mut Ctx) -> Outcome {
     cx.simple(
-        &["steer-udp", PEER4, "5353", PEER4_OTHER, "{L}", "137", "after"],
+        &[
+            "steer-udp",
+            PEER4,
+            "5353",
+            PEER4_OTHER,
+            "{L}",
+            "137",
+            "after",
+        ],
         &["udp", PEER4, "5353", "{C}"],
         steer_leak,
     )
@@ -661,7 +708,10 @@ async fn accepted_send(cx: &mut Ctx, port: &str, denied: &str, m: &str) -> Strin
     let mut rest = String::new();
     let _ = out.read_to_string(&mut rest);
     let _ = child.wait();
-    format!("peer: {peer}; container: {}", rest.trim().replace('\n', " "))
+    format!(
+        "peer: {peer}; container: {}",
+        rest.trim().replace('\n', " ")
+    )
 }
 
 async fn p_steer_accepted(cx: &mut Ctx) -> Outcome {
@@ -669,8 +719,14 @@ async fn p_steer_accepted(cx: &mut Ctx) -> Outcome {
     let (lm, cm) = (cx.marker(), cx.marker());
     let a = accepted_send(cx, "7300", PEER6_OTHER, &lm).await;
     let c = accepted_send(cx, "7301", "-", &cm).await;
-    cx.judge(t, &lm, &cm, steer_leak, vec![format!("attack: {a}"), format!("control: {c}")])
-        .await
+    cx.judge(
+        t,
+        &lm,
+        &cm,
+        steer_leak,
+        vec![format!("attack: {a}"), format!("control: {c}")],
+    )
+    .await
 }
 
 async fn nd_probe(cx: &mut Ctx, kind: &str, dest: &str) -> Outcome {
@@ -737,7 +793,10 @@ async fn reply_probe(cx: &mut Ctx, args: &[&str], lport: &str, peer_port: &str) 
     let mut rest = String::new();
     let _ = out.read_to_string(&mut rest);
     let _ = child.wait();
-    format!("peer: {peer}; container: {}", rest.trim().replace('\n', " "))
+    format!(
+        "peer: {peer}; container: {}",
+        rest.trim().replace('\n', " ")
+    )
 }
 
 async fn p_udp_tied(cx: &mut Ctx) -> Outcome {
@@ -750,12 +809,30 @@ async fn p_udp_tied(cx: &mut Ctx) -> Outcome {
 async fn p_udp_expired(cx: &mut Ctx) -> Outcome {
     let t = now();
     let (lm, cm) = (cx.marker(), cx.marker());
-    let c = reply_probe(cx, &["udp-late-reply", "6003", PEER4, "0", &cm], "6003", "7779").await;
+    let c = reply_probe(
+        cx,
+        &["udp-late-reply", "6003", PEER4, "0", &cm],
+        "6003",
+        "7779",
+    )
+    .await;
     // Twice the timeout the loader was given: well past it.
     let wait = (2 * UDP_TIMEOUT_SECS).to_string();
-    let a = reply_probe(cx, &["udp-late-reply", "6002", PEER4, &wait, &lm], "6002", "7778").await;
+    let a = reply_probe(
+        cx,
+        &["udp-late-reply", "6002", PEER4, &wait, &lm],
+        "6002",
+        "7778",
+    )
+    .await;
     let mut o = cx
-        .judge(t, &lm, &cm, marker_leak, vec![format!("attack: {a}"), format!("control: {c}")])
+        .judge(
+            t,
+            &lm,
+            &cm,
+            marker_leak,
+            vec![format!("attack: {a}"), format!("control: {c}")],
+        )
         .await;
     if cx.mode == Mode::Filtered && !cx.udp_timeout_supported {
         o.failures.push(format!(
@@ -769,10 +846,14 @@ async fn p_docker_dns(cx: &mut Ctx) -> Outcome {
     let t = now();
     let (lm, c1, c2) = (cx.marker(), cx.marker(), cx.marker());
     let mut o = Outcome::default();
-    o.notes
-        .push(format!("attack: {}", cx.attack(&["udp", "127.0.0.11", "53", &lm])));
-    o.notes
-        .push(format!("lo: {}", cx.attack(&["udp", "127.0.0.1", "53", &c1])));
+    o.notes.push(format!(
+        "attack: {}",
+        cx.attack(&["udp", "127.0.0.11", "53", &lm])
+    ));
+    o.notes.push(format!(
+        "lo: {}",
+        cx.attack(&["udp", "127.0.0.1", "53", &c1])
+    ));
     let lo_ok = cx
         .wait_seen(t, Duration::from_secs(5), |p| has_marker(p, &c1))
         .await;
@@ -817,10 +898,17 @@ async fn p_ping(cx: &mut Ctx) -> Outcome {
     let (lm, cm) = (cx.marker(), cx.marker());
     let ct = cx.lab.ct.clone();
     let ping = |dest: &str, m: &str| -> (bool, String) {
-        let args: Vec<String> = ["/usr/bin/ping", "-c1", "-W2", "-p", &ping_marker_hex(m), dest]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let args: Vec<String> = [
+            "/usr/bin/ping",
+            "-c1",
+            "-W2",
+            "-p",
+            &ping_marker_hex(m),
+            dest,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let out = cx
             .lab
             .in_cgroup_cmd(&ct, &args)
@@ -838,7 +926,13 @@ async fn p_ping(cx: &mut Ctx) -> Outcome {
     let (ok, c) = ping(PEER4, &cm);
     // ping -p repeats the pattern: the marker is whole in the payload.
     let mut o = cx
-        .judge(t, &lm, &cm, marker_leak, vec![format!("attack: {a}"), format!("control: {c}")])
+        .judge(
+            t,
+            &lm,
+            &cm,
+            marker_leak,
+            vec![format!("attack: {a}"), format!("control: {c}")],
+        )
         .await;
     o.control &= ok;
     if !ok {
@@ -897,7 +991,11 @@ async fn p_flood(cx: &mut Ctx) -> Outcome {
             &lm,
             &cm,
             marker_leak,
-            vec![format!("A: {flood}"), format!("B: {b}"), format!("B control: {c}")],
+            vec![
+                format!("A: {flood}"),
+                format!("B: {b}"),
+                format!("B control: {c}"),
+            ],
         )
         .await;
     if cx.mode == Mode::SelfTest {
@@ -917,7 +1015,9 @@ async fn p_flood(cx: &mut Ctx) -> Outcome {
     // sending one denied datagram now and then until the limiter lets one
     // through (bounded; the rate limit's window is the loader's business).
     let suppressed = |e: &Event| {
-        serde_json::to_value(e).ok().and_then(|v| v["suppressed"].as_u64())
+        serde_json::to_value(e)
+            .ok()
+            .and_then(|v| v["suppressed"].as_u64())
     };
     let mut found = None;
     let mut field_seen = false;
@@ -942,9 +1042,7 @@ async fn p_flood(cx: &mut Ctx) -> Outcome {
         (None, true) => o
             .failures
             .push("no event of A reports a suppressed count > 0".into()),
-        (None, false) => o
-            .failures
-            .push("events carry no `suppressed` field".into()),
+        (None, false) => o.failures.push("events carry no `suppressed` field".into()),
     }
     o
 }
@@ -1067,6 +1165,38 @@ async fn p_sendmmsg(cx: &mut Ctx) -> Outcome {
     .await
 }
 
+async fn p_uring(cx: &mut Ctx) -> Outcome {
+    let bin = match &cx.uring {
+        Ok(bin) => bin.display().to_string(),
+        Err(why) => {
+            return Outcome {
+                notes: vec![format!("io_uring probe not built: {why}")],
+                ..Default::default()
+            }
+        }
+    };
+    let t = now();
+    let (lm, cm) = (cx.marker(), cx.marker());
+    let ct = cx.lab.ct.clone();
+    let run = |host: &str, m: &str| {
+        let args: Vec<String> = [bin.as_str(), host, "5353", m]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        cx.run_in(&ct, &args)
+    };
+    let a = run(PEER4_OTHER, &lm);
+    let c = run(PEER4, &cm);
+    cx.judge(
+        t,
+        &lm,
+        &cm,
+        marker_leak,
+        vec![format!("attack: {a}"), format!("control: {c}")],
+    )
+    .await
+}
+
 async fn p_fdpass(cx: &mut Ctx) -> Outcome {
     let other = cx.other_python.display().to_string();
     cx.simple(
@@ -1082,6 +1212,25 @@ async fn p_fdpass(cx: &mut Ctx) -> Outcome {
 fn copy_python(to: &Path) {
     std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
     std::fs::copy(PYTHON, to).expect("copying python3");
+}
+
+/// Compiles the io_uring probe (C: Python has no io_uring) into `dir`.
+fn build_uring(dir: &Path) -> Result<PathBuf, String> {
+    let bin = dir.join("uring_send");
+    let out = Command::new("gcc")
+        .args(["-O1", "-Wall", "-o"])
+        .arg(&bin)
+        .arg(script("uring_send.c"))
+        .output()
+        .map_err(|e| format!("cannot run gcc: {e}"))?;
+    if out.status.success() {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "gcc failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
 }
 
 async fn setup(mode: Mode) -> Ctx {
@@ -1110,6 +1259,7 @@ async fn setup(mode: Mode) -> Ctx {
         .join("python3");
     copy_python(&long_python);
     assert!(long_python.as_os_str().len() > 255);
+    let uring = build_uring(&lab.scratch);
     let container = |name: &str, path: &Path| Container {
         id: format!("{name}-id"),
         name: name.into(),
@@ -1139,6 +1289,7 @@ async fn setup(mode: Mode) -> Ctx {
         udp_timeout_supported,
         other_python,
         long_python,
+        uring,
         children: Vec::new(),
         lab,
     };
