@@ -263,6 +263,14 @@ def exec_as(path, rest):
     os.execv(path, [path, os.path.abspath(__file__)] + rest)
 
 
+def chroot_exec(root, path, rest):
+    # CAP_SYS_CHROOT is in Docker's default set: inside `root`, `path` (the
+    # allowed executable's path) is whatever the attacker put there.
+    os.chroot(root)
+    os.chdir("/")
+    os.execv(path, [path] + rest)
+
+
 # --- 10. AF_UNSPEC -------------------------------------------------------------------
 
 def sendto_unspec(host, port, marker):
@@ -383,6 +391,15 @@ def v6_srh_raw(src, dst, denied, port, marker):
     raw6_send([ip6(src, dst, 43, rh + udp_hdr(40000, int(port), payload(marker)))], dst)
 
 
+def af_packet(ifname, src, dst, port, marker):
+    # A link-layer frame (broadcast MAC) carrying an IPv4/UDP packet: the
+    # cgroup hooks never see it; only a program on the host side of the
+    # container's veth can.
+    pkt = ip4(src, dst, 17, udp_hdr(40000, int(port), payload(marker)))
+    with socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800)) as s:
+        attempt("sendto", lambda: s.sendto(pkt, (ifname, 0x0800, 0, 0, b"\xff" * 6)) and None)
+
+
 def tfo(host, port, marker):
     with socket.socket(family_of(host), socket.SOCK_STREAM) as s:
         s.settimeout(3)
@@ -463,8 +480,9 @@ COMMANDS = {
     "inbound-rthdr": inbound_rthdr, "nd": nd, "udp-revoke": udp_revoke, "udp-tied": udp_tied,
     "udp-late-reply": udp_late_reply, "udp-listen": lambda *a: udp_listen(list(a)),
     "connect-then-send": connect_then_send, "exec-as": lambda path, *rest: exec_as(path, list(rest)),
+    "chroot-exec": lambda root, path, *rest: chroot_exec(root, path, list(rest)),
     "sendto-unspec": sendto_unspec, "raw4": raw4, "frag4-later": frag4_later, "frag4-overlap": frag4_overlap,
-    "frag4-tiny": frag4_tiny, "v6-ext": v6_ext, "v6-frag-hidden": v6_frag_hidden, "v6-srh-raw": v6_srh_raw, "tfo": tfo,
+    "frag4-tiny": frag4_tiny, "v6-ext": v6_ext, "v6-frag-hidden": v6_frag_hidden, "v6-srh-raw": v6_srh_raw, "af-packet": af_packet, "tfo": tfo,
     "sendmmsg": sendmmsg, "fdpass": fdpass, "fd-create": fd_create, "flood": flood,
 }
 

@@ -178,6 +178,8 @@ const PROBES: &[Probe] = &[
         "marker captured", "the same to the allowed peer; filtered: connect ok, send EPERM", p_udp_connect),
     probe!("9-exec-long-path", "allowed python3 execv()s a copy of itself at a path > 255 bytes, which sends",
         "marker captured", "/usr/bin/python3 itself", p_exec_long),
+    probe!("9b-exec-chroot-same-path", "chroot() into a directory whose /usr/bin/python3 is another (static) program, exec it by that path; it sends",
+        "marker captured", "/usr/bin/python3 itself", p_exec_chroot),
     probe!("10-af-unspec", "sendto() on UDP4 with a sockaddr of family AF_UNSPEC naming a denied address",
         "marker captured", "plain sendto to the allowed peer", p_af_unspec),
     probe!("12-event-flood", "container A floods denied sends; container B sends one denied datagram",
@@ -210,6 +212,8 @@ const PROBES: &[Probe] = &[
         "marker captured", "sendmmsg() to the allowed peer", p_sendmmsg),
     probe!("io-uring", "UDP datagrams to a denied address via io_uring SENDMSG and SEND-with-address (C, built at test time)",
         "marker captured", "the same to the allowed peer", p_uring),
+    probe!("af-packet", "AF_PACKET frame (broadcast MAC) carrying IPv4/UDP to a denied address",
+        "marker captured", "plain UDP4", p_af_packet),
     probe!("fd-passing", "a process the policy does not allow makes a UDP socket, passes it (SCM_RIGHTS) to allowed python3, which sends",
         "marker captured", "python3 sends on its own socket", p_fdpass),
 ];
@@ -234,6 +238,8 @@ struct Ctx {
     long_python: PathBuf,
     /// `uring_send.c` compiled for this run, or why it could not be.
     uring: Result<PathBuf, String>,
+    /// A chroot holding `static_send.c` at `/usr/bin/python3`.
+    chroot: Result<PathBuf, String>,
     /// Processes this suite started (sniffers, sink, listeners), killed
     /// by their own handle when the suite ends.
     children: Vec<Child>,
@@ -969,6 +975,24 @@ async fn p_exec_long(cx: &mut Ctx) -> Outcome {
     .await
 }
 
+async fn p_exec_chroot(cx: &mut Ctx) -> Outcome {
+    let root = match &cx.chroot {
+        Ok(root) => root.display().to_string(),
+        Err(why) => {
+            return Outcome {
+                notes: vec![format!("chroot probe not built: {why}")],
+                ..Default::default()
+            }
+        }
+    };
+    cx.simple(
+        &["chroot-exec", &root, PYTHON, PEER4, EXE_PORT, "{L}"],
+        &["udp", PEER4, EXE_PORT, "{C}"],
+        marker_leak,
+    )
+    .await
+}
+
 async fn p_af_unspec(cx: &mut Ctx) -> Outcome {
     cx.simple(
         &["sendto-unspec", PEER4_OTHER, "5353", "{L}"],
@@ -1197,6 +1221,15 @@ async fn p_uring(cx: &mut Ctx) -> Outcome {
     .await
 }
 
+async fn p_af_packet(cx: &mut Ctx) -> Outcome {
+    cx.simple(
+        &["af-packet", "vc", CT4, PEER4_OTHER, "5353", "{L}"],
+        &["udp", PEER4, "5353", "{C}"],
+        marker_leak,
+    )
+    .await
+}
+
 async fn p_fdpass(cx: &mut Ctx) -> Outcome {
     let other = cx.other_python.display().to_string();
     cx.simple(
@@ -1214,20 +1247,23 @@ fn copy_python(to: &Path) {
     std::fs::copy(PYTHON, to).expect("copying python3");
 }
 
-/// Compiles the io_uring probe (C: Python has no io_uring) into `dir`.
-fn build_uring(dir: &Path) -> Result<PathBuf, String> {
-    let bin = dir.join("uring_send");
+/// Compiles one of the suite's C helpers into `bin` (Python has no
+/// io_uring, and a chroot needs a static binary).
+fn build_c(source: &str, bin: &Path, extra: &[&str]) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(bin.parent().expect("parent")).map_err(|e| e.to_string())?;
     let out = Command::new("gcc")
-        .args(["-O1", "-Wall", "-o"])
-        .arg(&bin)
-        .arg(script("uring_send.c"))
+        .args(["-O1", "-Wall"])
+        .args(extra)
+        .arg("-o")
+        .arg(bin)
+        .arg(script(source))
         .output()
         .map_err(|e| format!("cannot run gcc: {e}"))?;
     if out.status.success() {
-        Ok(bin)
+        Ok(bin.to_path_buf())
     } else {
         Err(format!(
-            "gcc failed: {}",
+            "gcc {source} failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
@@ -1259,7 +1295,14 @@ async fn setup(mode: Mode) -> Ctx {
         .join("python3");
     copy_python(&long_python);
     assert!(long_python.as_os_str().len() > 255);
-    let uring = build_uring(&lab.scratch);
+    let uring = build_c("uring_send.c", &lab.scratch.join("uring_send"), &[]);
+    // A chroot whose /usr/bin/python3 is another program.
+    let chroot = build_c(
+        "static_send.c",
+        &lab.scratch.join("chroot").join(&PYTHON[1..]),
+        &["-static"],
+    )
+    .map(|_| lab.scratch.join("chroot"));
     let container = |name: &str, path: &Path| Container {
         id: format!("{name}-id"),
         name: name.into(),
@@ -1290,6 +1333,7 @@ async fn setup(mode: Mode) -> Ctx {
         other_python,
         long_python,
         uring,
+        chroot,
         children: Vec::new(),
         lab,
     };
