@@ -130,6 +130,10 @@ def steer(sock_type, host, port, denied, marker, how, before):
     fam = family_of(host)
     with socket.socket(fam, sock_type) as s:
         s.settimeout(3)
+        # A known source port: the test tells this socket's packets (a SYN
+        # carries no marker) from an earlier probe's orphaned retransmits.
+        s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", 0))
+        say(lport=s.getsockname()[1])
 
         def setopt():
             if fam == socket.AF_INET6:

@@ -470,6 +470,13 @@ impl Ctx {
         control: &[&str],
         leak: impl Fn(&Value, &str) -> bool,
     ) -> Outcome {
+        let (t, lm, cm, notes) = self.pair(attack, control);
+        self.judge(t, &lm, &cm, leak, notes).await
+    }
+
+    /// Runs attack and control; returns the start time, both markers and
+    /// both outputs.
+    fn pair(&mut self, attack: &[&str], control: &[&str]) -> (f64, String, String, Vec<String>) {
         let t = now();
         let (lm, cm) = (self.marker(), self.marker());
         let sub = |args: &[&str], m: &str| -> Vec<String> {
@@ -481,14 +488,28 @@ impl Ctx {
         let c = sub(control, &cm);
         let a_out = self.attack(&a.iter().map(String::as_str).collect::<Vec<_>>());
         let c_out = self.attack(&c.iter().map(String::as_str).collect::<Vec<_>>());
-        self.judge(
+        (
             t,
-            &lm,
-            &cm,
-            leak,
+            lm,
+            cm,
             vec![format!("attack: {a_out}"), format!("control: {c_out}")],
         )
-        .await
+    }
+
+    /// Steering: the attack's socket reports its source port, so that its
+    /// unmarked packets (a SYN) are told apart from an earlier probe's
+    /// orphaned retransmits to the same denied address.
+    async fn steer(&mut self, attack: &[&str], control: &[&str]) -> Outcome {
+        let (t, lm, cm, notes) = self.pair(attack, control);
+        let lport = notes[0]
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("lport="))
+            .and_then(|p| p.parse::<u64>().ok());
+        let leak = move |p: &Value, m: &str| {
+            names_denied(p)
+                && (has_marker(p, m) || (from_container(p) && p["sport"].as_u64() == lport))
+        };
+        self.judge(t, &lm, &cm, leak, notes).await
     }
 
     async fn judge(
@@ -506,6 +527,10 @@ impl Ctx {
         // now; a little more for those that took another queue.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let leaked = self.seen(t, |p| leak(p, lm));
+        let mut notes = notes;
+        if let Some(p) = self.since(t).find(|p| leak(p, lm)) {
+            notes.push(format!("leaked: {}", summary(p)));
+        }
         Outcome {
             leaked,
             control,
@@ -515,14 +540,26 @@ impl Ctx {
     }
 }
 
-fn marker_leak(p: &Value, m: &str) -> bool {
-    has_marker(p, m)
+/// One captured packet, briefly, for the notes of a probe that leaked.
+fn summary(p: &Value) -> String {
+    let mut s = format!(
+        "{} -> {} proto {}",
+        p["src"].as_str().unwrap_or("?"),
+        p["dst"].as_str().unwrap_or("?"),
+        p["proto"]
+    );
+    for key in ["dport", "icmp_type", "frag_off", "rh", "srr"] {
+        match &p[key] {
+            Value::Null => {}
+            Value::Array(a) if a.is_empty() => {}
+            v => s.push_str(&format!(" {key} {v}")),
+        }
+    }
+    s
 }
 
-/// Steering: the marked packet went to, or names, a denied address; or
-/// anything from the container went to one (a SYN carries no marker).
-fn steer_leak(p: &Value, m: &str) -> bool {
-    names_denied(p) && (has_marker(p, m) || from_container(p))
+fn marker_leak(p: &Value, m: &str) -> bool {
+    has_marker(p, m)
 }
 
 // --- probes -------------------------------------------------------------------
@@ -609,43 +646,39 @@ async fn p_revocation(cx: &mut Ctx) -> Outcome {
 }
 
 async fn p_steer_tcp6_after(cx: &mut Ctx) -> Outcome {
-    cx.simple(
+    cx.steer(
         &["steer-tcp", PEER6, SINK, PEER6_OTHER, "{L}", "0", "after"],
         &["tcp", PEER6, SINK, "{C}"],
-        steer_leak,
     )
     .await
 }
 
 async fn p_steer_tcp6_before(cx: &mut Ctx) -> Outcome {
-    cx.simple(
+    cx.steer(
         &["steer-tcp", PEER6, SINK, PEER6_OTHER, "{L}", "0", "before"],
         &["tcp", PEER6, SINK, "{C}"],
-        steer_leak,
     )
     .await
 }
 
 async fn p_steer_udp6(cx: &mut Ctx) -> Outcome {
-    cx.simple(
+    cx.steer(
         &["steer-udp", PEER6, "5353", PEER6_OTHER, "{L}", "0", "after"],
         &["udp", PEER6, "5353", "{C}"],
-        steer_leak,
     )
     .await
 }
 
 async fn p_steer_tcp4_lsrr(cx: &mut Ctx) -> Outcome {
-    cx.simple(
+    cx.steer(
         &["steer-tcp", PEER4, SINK, PEER4_OTHER, "{L}", "131", "after"],
         &["tcp", PEER4, SINK, "{C}"],
-        steer_leak,
     )
     .await
 }
 
 async fn p_steer_tcp4_lsrr_before(cx: &mut Ctx) -> Outcome {
-    cx.simple(
+    cx.steer(
         &[
             "steer-tcp",
             PEER4,
@@ -656,22 +689,20 @@ async fn p_steer_tcp4_lsrr_before(cx: &mut Ctx) -> Outcome {
             "before",
         ],
         &["tcp", PEER4, SINK, "{C}"],
-        steer_leak,
     )
     .await
 }
 
 async fn p_steer_tcp4_ssrr(cx: &mut Ctx) -> Outcome {
-    cx.simple(
+    cx.steer(
         &["steer-tcp", PEER4, SINK, PEER4_OTHER, "{L}", "137", "after"],
         &["tcp", PEER4, SINK, "{C}"],
-        steer_leak,
     )
     .await
 }
 
 async fn p_steer_udp4_lsrr(cx: &mut Ctx) -> Outcome {
-    cx.simple(
+    cx.steer(
         &[
             "steer-udp",
             PEER4,
@@ -682,13 +713,12 @@ async fn p_steer_udp4_lsrr(cx: &mut Ctx) -> Outcome {
             "after",
         ],
         &["udp", PEER4, "5353", "{C}"],
-        steer_leak,
     )
     .await
 }
 
 async fn p_steer_udp4_ssrr(cx: &mut Ctx) -> Outcome {
-    cx.simple(
+    cx.steer(
         &[
             "steer-udp",
             PEER4,
@@ -699,7 +729,6 @@ async fn p_steer_udp4_ssrr(cx: &mut Ctx) -> Outcome {
             "after",
         ],
         &["udp", PEER4, "5353", "{C}"],
-        steer_leak,
     )
     .await
 }
@@ -725,11 +754,15 @@ async fn p_steer_accepted(cx: &mut Ctx) -> Outcome {
     let (lm, cm) = (cx.marker(), cx.marker());
     let a = accepted_send(cx, "7300", PEER6_OTHER, &lm).await;
     let c = accepted_send(cx, "7301", "-", &cm).await;
+    // The accepted socket's unmarked packets come from port 7300.
+    let leak = |p: &Value, m: &str| {
+        names_denied(p) && (has_marker(p, m) || p["sport"].as_u64() == Some(7300))
+    };
     cx.judge(
         t,
         &lm,
         &cm,
-        steer_leak,
+        leak,
         vec![format!("attack: {a}"), format!("control: {c}")],
     )
     .await
