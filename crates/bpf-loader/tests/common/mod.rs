@@ -163,6 +163,9 @@ pub struct Lab {
     pub pin_dir: PathBuf,
     pub socket: PathBuf,
     pub scratch: PathBuf,
+    /// Extra arguments for the lab's bpf-loader (e.g. a shorter UDP reply
+    /// timeout), set before `start_loader`.
+    pub loader_args: Vec<String>,
     loader: Option<Child>,
     children: Vec<Child>,
 }
@@ -188,6 +191,7 @@ impl Lab {
             parent,
             ct,
             scratch,
+            loader_args: Vec::new(),
             loader: None,
             children: Vec::new(),
         };
@@ -288,6 +292,15 @@ impl Lab {
         self.probe_with(&self.ct.clone(), PYTHON, args)
     }
 
+    /// A second "container" cgroup under the lab's managed parent; its
+    /// processes share the container's netns (like two containers of one
+    /// pod). Removed with the parent when the lab drops.
+    pub fn add_container_cgroup(&self, name: &str) -> PathBuf {
+        let path = self.parent.join(name);
+        std::fs::create_dir_all(&path).expect("creating a container cgroup");
+        path
+    }
+
     pub fn cgroup_id(&self, path: &Path) -> u64 {
         std::fs::metadata(path).expect("cgroup").ino()
     }
@@ -323,6 +336,7 @@ impl Lab {
             .arg(&self.pin_dir)
             .arg("--attach-parent")
             .arg(&self.parent)
+            .args(&self.loader_args)
             .stderr(log)
             .spawn()
             .expect("starting bpf-loader");
