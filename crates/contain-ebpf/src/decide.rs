@@ -6,7 +6,7 @@
 
 use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::bpf_ktime_get_ns};
 use contain_common::{
-    comm_hash, proto, stat, CgroupPolicy, DestKey, EventBudget, Hook, PortKey, ProcessKey,
+    comm_hash, proto, stat, CgroupPolicy, DestKey, EventBudget, PortKey, ProcessKey,
     SockInfo, Verdict, CGROUP_AUDIT, CGROUP_UNRESTRICTED, COMM_LEN, DEFAULT_EVENTS_PER_SECOND,
     DEFAULT_UDP_REPLY_TIMEOUT_NS, DEST_KEY_FIXED_BITS, EVENT_REVOKED_FLOW, PORT_KEY_FIXED_BITS,
     PROCESS_BY_COMM, PROCESS_BY_EXE, UNKNOWN_POLICY_ID,
@@ -106,11 +106,28 @@ pub fn governance(cgroup_id: u64) -> Governance {
     }
 }
 
-/// The outcome of judging one flow.
+/// The outcome of judging one flow: the verdict and the rule that allowed
+/// it, packed in one register. BPF-to-BPF calls return an aggregate through
+/// a pointer to the caller's stack, which kernel 6.1's verifier refuses.
 #[derive(Clone, Copy)]
-pub struct Decision {
-    pub verdict: Verdict,
-    pub rule_id: u32,
+#[repr(transparent)]
+pub struct Decision(u64);
+
+impl Decision {
+    #[inline(always)]
+    pub fn new(verdict: Verdict, rule_id: u32) -> Decision {
+        Decision((rule_id as u64) << 8 | verdict as u64)
+    }
+
+    #[inline(always)]
+    pub fn verdict(self) -> Verdict {
+        Verdict::from_u8(self.0 as u8).unwrap_or(Verdict::Deny)
+    }
+
+    #[inline(always)]
+    pub fn rule_id(self) -> u32 {
+        (self.0 >> 8) as u32
+    }
 }
 
 /// The flow being judged, addresses as 16 key bytes.
@@ -156,15 +173,9 @@ fn process_class(policy_id: u32, who: &Identity) -> u32 {
 #[inline(never)]
 pub fn decide(gov: &Governance, who: &Identity, target: &Target) -> Decision {
     if gov.unrestricted {
-        return Decision {
-            verdict: Verdict::Allow,
-            rule_id: 0,
-        };
+        return Decision::new(Verdict::Allow, 0);
     }
-    let miss = Decision {
-        verdict: gov.on_miss,
-        rule_id: 0,
-    };
+    let miss = Decision::new(gov.on_miss, 0);
     if gov.policy_id == UNKNOWN_POLICY_ID {
         return miss;
     }
@@ -216,10 +227,7 @@ pub fn decide(gov: &Governance, who: &Identity, target: &Target) -> Decision {
 
 #[inline(always)]
 fn allowed(rule_id: u32) -> Decision {
-    Decision {
-        verdict: Verdict::Allow,
-        rule_id,
-    }
+    Decision::new(Verdict::Allow, rule_id)
 }
 
 /// Counts a decision for its policy.
@@ -251,8 +259,10 @@ pub fn count_unparsed() {
 }
 
 /// What an event reports beyond the decision.
+#[repr(C)]
 pub struct EventFlow {
-    pub hook: Hook,
+    /// [`Hook`], as its byte (this lives in map memory too).
+    pub hook: u8,
     pub socket_cookie: u64,
     /// `EVENT_*` flags.
     pub flags: u8,
@@ -304,7 +314,9 @@ fn event_budget(cgroup_id: u64, now: u64) -> Option<u32> {
 /// buffer is full the event is dropped and counted, never waited for.
 /// Revoked flows always report: the loader aborts their sockets.
 /// A BPF-to-BPF call (rarely taken) that fills the ring slot in place: the
-/// event does not fit the stack beside the decision.
+/// event does not fit the stack beside the decision. Returns whether the
+/// event was queued (and returns a value at all: kernel 6.1's verifier
+/// refuses a call that leaves a stack pointer in R0).
 #[inline(never)]
 pub fn report(
     cgroup_id: u64,
@@ -312,7 +324,7 @@ pub fn report(
     who: &Identity,
     decision: &Decision,
     flow: &EventFlow,
-) {
+) -> bool {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let suppressed = match event_budget(cgroup_id, now) {
@@ -320,12 +332,12 @@ pub fn report(
         None if flow.flags & EVENT_REVOKED_FLOW != 0 => 0,
         None => {
             bump_stat(stat::EVENTS_RATE_LIMITED);
-            return;
+            return false;
         }
     };
     let Some(mut slot) = EVENTS.reserve(0) else {
         bump_stat(stat::EVENTS_DROPPED);
-        return;
+        return false;
     };
     let is_icmp = flow.proto == proto::ICMP || flow.proto == proto::ICMPV6;
     let e = slot.as_mut_ptr();
@@ -338,7 +350,7 @@ pub fn report(
         (*e).tgid = who.tgid;
         (*e).uid = who.uid;
         (*e).policy_id = gov.policy_id;
-        (*e).rule_id = decision.rule_id;
+        (*e).rule_id = decision.rule_id();
         (*e).comm = who.comm;
         (*e).saddr = flow.saddr;
         (*e).daddr = flow.daddr;
@@ -348,12 +360,13 @@ pub fn report(
         (*e).proto = flow.proto;
         (*e).icmp_type = if is_icmp { (flow.dport >> 8) as u8 } else { 0 };
         (*e).icmp_code = if is_icmp { flow.dport as u8 } else { 0 };
-        (*e).hook = flow.hook as u8;
-        (*e).verdict = decision.verdict as u8;
+        (*e).hook = flow.hook;
+        (*e).verdict = decision.verdict() as u8;
         (*e).flags = flow.flags;
         (*e)._pad = 0;
         (*e).suppressed = suppressed;
         (*e).socket_cookie = flow.socket_cookie;
     }
     slot.submit(0);
+    true
 }

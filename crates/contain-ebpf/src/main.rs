@@ -20,7 +20,7 @@ mod maps;
 mod packet;
 
 use aya_ebpf::{
-    bindings::{bpf_sock, BPF_SK_STORAGE_GET_F_CREATE},
+    bindings::{__sk_buff, bpf_sock, BPF_SK_STORAGE_GET_F_CREATE},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes, bpf_sk_fullsock,
@@ -41,9 +41,11 @@ use crate::{
         bump_stat, count, count_unparsed, decide, generation, governance, report,
         udp_reply_timeout_ns, Decision, EventFlow, Governance, Identity, Target,
     },
-    maps::{EXECS, EXE_PATHS, INBOUND_PEERS, PATH_SCRATCH, SOCKETS},
+    maps::{EVENT_FLOW_SCRATCH, EXECS, EXE_PATHS, INBOUND_PEERS, PATH_SCRATCH, SOCKETS},
     packet::{Flow, MAX_ROUTE_ADDRS, TCP_ACK, TCP_SYN},
 };
+
+static UNKNOWN_IDENTITY: Identity = Identity::UNKNOWN;
 
 const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
@@ -204,7 +206,7 @@ fn sock_addr_call<const V6: bool>(ctx: &SockAddrContext) -> Option<SockAddrCall>
             portless: false,
         },
         flow: EventFlow {
-            hook: Hook::Egress,
+            hook: Hook::Egress as u8,
             socket_cookie: 0,
             flags: 0,
             saddr: [0; 16],
@@ -234,7 +236,7 @@ fn judge_sock_addr<const V6: bool>(ctx: &SockAddrContext, hook: Hook, is_connect
         mut flow,
         sock_type,
     } = call;
-    flow.hook = hook;
+    flow.hook = hook as u8;
     // SAFETY: the context is valid; sk is a full socket in these hooks.
     let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
     // SAFETY: sk comes from the sock_addr context.
@@ -273,26 +275,26 @@ fn judge_sock_addr<const V6: bool>(ctx: &SockAddrContext, hook: Hook, is_connect
         // source address): the verdict is enforced on what is sent, at the
         // egress hook, with EPERM and an event there. Only an allow is
         // remembered, so the first denied send reports.
-        if decision.verdict == Verdict::Allow && !info.is_null() {
+        if decision.verdict() == Verdict::Allow && !info.is_null() {
             // SAFETY: non-null storage pointer, owned by this socket.
-            remember(unsafe { &mut *info }, &target, decision.verdict, gen);
+            remember(unsafe { &mut *info }, &target, decision.verdict(), gen);
         }
         return ALLOW;
     }
-    count(gov.policy_id, decision.verdict);
-    if decision.verdict != Verdict::Allow {
+    count(gov.policy_id, decision.verdict());
+    if decision.verdict() != Verdict::Allow {
         flow.socket_cookie = cookie;
-        report(cgroup_id, &gov, &who, &decision, &flow);
+        let _queued = report(cgroup_id, &gov, &who, &decision, &flow);
     }
     if !info.is_null() {
         // SAFETY: non-null storage pointer, owned by this socket.
         let i = unsafe { &mut *info };
-        remember(i, &target, decision.verdict, gen);
-        if is_connect && decision.verdict != Verdict::Deny {
+        remember(i, &target, decision.verdict(), gen);
+        if is_connect && decision.verdict() != Verdict::Deny {
             i.flags |= SOCK_OUTBOUND;
         }
     }
-    judged(decision.verdict)
+    judged(decision.verdict())
 }
 
 #[inline(always)]
@@ -407,6 +409,37 @@ fn egress(ctx: &SkBuffContext) -> i32 {
             }
         }
     }
+    let scope = Scope {
+        cgroup_id,
+        gov,
+        gen,
+        source_routed,
+    };
+    judge_packet(ctx.skb.skb, &scope, info, &flow)
+}
+
+#[derive(Clone, Copy)]
+/// Where a packet is judged: its cgroup's governance, the generation read
+/// first, and whether it is source-routed.
+struct Scope {
+    cgroup_id: u64,
+    gov: Governance,
+    gen: u32,
+    source_routed: bool,
+}
+
+/// The full decision for one packet, served from the socket's cache when
+/// the flow was judged under this generation. A BPF-to-BPF call of its
+/// own: with the parse, the egress program's single frame would exceed the
+/// 512-byte stack kernel 6.1 allows across calls.
+#[inline(never)]
+fn judge_packet(skb: *mut __sk_buff, scope: &Scope, info: *mut SockInfo, flow: &Flow) -> i32 {
+    let Scope {
+        cgroup_id,
+        gov,
+        gen,
+        source_routed,
+    } = *scope;
     let target = Target {
         daddr: flow.daddr,
         proto: flow.proto,
@@ -428,42 +461,56 @@ fn egress(ctx: &SkBuffContext) -> i32 {
         }
         i.cache_state
     };
-    let who = if info.is_null() {
-        Identity::UNKNOWN
-    } else {
-        // SAFETY: non-null storage.
-        Identity::of(unsafe { &*info })
+    // A copy of the stored identity, or the static unknown one (zeroing a
+    // local would be a `memset` call, see `packet::write_v4_mapped`).
+    let stored;
+    let who: &Identity = match unsafe { info.as_ref() } {
+        Some(i) => {
+            stored = Identity::of(i);
+            &stored
+        }
+        None => &UNKNOWN_IDENTITY,
     };
     let decision = if source_routed {
-        decide_source_routed(&gov, &who, &target, &flow)
+        decide_source_routed(skb, &gov, who, flow)
     } else {
-        decide(&gov, &who, &target)
+        decide(&gov, who, &target)
     };
-    count(gov.policy_id, decision.verdict);
-    if decision.verdict != Verdict::Allow {
-        let mut event = event_flow(&flow);
-        // SAFETY: the skb context is what the helper takes.
-        event.socket_cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
-        if decision.verdict == Verdict::Deny
-            && flow.proto == proto::TCP
-            && cached_before == CACHE_ALLOW
-            && !info.is_null()
-        {
-            event.flags |= EVENT_REVOKED_FLOW;
+    count(gov.policy_id, decision.verdict());
+    if decision.verdict() != Verdict::Allow {
+        // The event's flow is assembled in a per-CPU map value: the stack
+        // has no room for it beside the decision.
+        if let Some(event) = EVENT_FLOW_SCRATCH.get_ptr_mut(0) {
+            // SAFETY: per-CPU map value, this program's alone while it runs.
+            let event = unsafe { &mut *event };
+            fill_event_flow(event, flow);
+            // SAFETY: the skb context is what the helper takes.
+            event.socket_cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
+            if decision.verdict() == Verdict::Deny
+                && flow.proto == proto::TCP
+                && cached_before == CACHE_ALLOW
+            {
+                event.flags |= EVENT_REVOKED_FLOW;
+            }
+            let _queued = report(cgroup_id, &gov, who, &decision, event);
         }
-        report(cgroup_id, &gov, &who, &decision, &event);
     }
-    if !info.is_null() && !source_routed {
-        // SAFETY: non-null storage, owned by this socket.
-        let i = unsafe { &mut *info };
-        remember(i, &target, decision.verdict, gen);
+    if source_routed {
+        // Not cached: the next packet of the flow is judged again. (An
+        // early return rather than `&&` with the null check: LLVM folds that
+        // into bit arithmetic that kernel 6.1's verifier cannot follow.)
+        return judged(decision.verdict());
+    }
+    // SAFETY: storage pointer from the helper, null or valid.
+    if let Some(i) = unsafe { info.as_mut() } {
+        remember(i, &target, decision.verdict(), gen);
         // A SYN no connect() hook judged (TCP Fast Open's sendto): the
         // flow is outbound all the same, and re-judged as such.
-        if flow.proto == proto::TCP && is_opening(&flow) && decision.verdict != Verdict::Deny {
+        if flow.proto == proto::TCP && is_opening(flow) && decision.verdict() != Verdict::Deny {
             i.flags |= SOCK_OUTBOUND;
         }
     }
-    judged(decision.verdict)
+    judged(decision.verdict())
 }
 
 #[inline(always)]
@@ -472,37 +519,40 @@ fn is_opening(flow: &Flow) -> bool {
 }
 
 /// A source-routed packet goes to its destination and to every address of
-/// its route: each is judged; a route naming more than can be judged is
-/// denied.
-#[inline(always)]
+/// its route: each is judged; a route naming more than can be judged, or
+/// one that cannot be read, is denied. A call of its own, off the common
+/// path's stack.
+#[inline(never)]
 fn decide_source_routed(
+    skb: *mut __sk_buff,
     gov: &Governance,
     who: &Identity,
-    target: &Target,
     flow: &Flow,
 ) -> Decision {
-    let deny = Decision {
-        verdict: gov.on_miss,
-        rule_id: 0,
+    let mut target = Target {
+        daddr: flow.daddr,
+        proto: flow.proto,
+        port: flow.dport,
+        portless: flow.later_fragment,
     };
+    let deny = Decision::new(gov.on_miss, 0);
     if flow.route_unjudgeable {
         return deny;
     }
-    let mut worst = decide(gov, who, target);
-    for i in 0..MAX_ROUTE_ADDRS {
-        if i >= flow.route_len || worst.verdict == Verdict::Deny {
+    let mut worst = decide(gov, who, &target);
+    let mut i = 0;
+    while i < flow.route_len as usize && i < MAX_ROUTE_ADDRS {
+        if worst.verdict() == Verdict::Deny {
             break;
         }
-        let hop = Target {
-            daddr: flow.route[i],
-            proto: target.proto,
-            port: target.port,
-            portless: target.portless,
-        };
-        let d = decide(gov, who, &hop);
-        if d.verdict != Verdict::Allow {
+        if !packet::load_route_address(skb, flow, i, &mut target.daddr) {
+            return deny;
+        }
+        let d = decide(gov, who, &target);
+        if d.verdict() != Verdict::Allow {
             worst = d;
         }
+        i += 1;
     }
     worst
 }
@@ -555,18 +605,16 @@ fn cached(i: &SockInfo, target: &Target, gen: u32) -> Option<Verdict> {
 }
 
 #[inline(always)]
-fn event_flow(flow: &Flow) -> EventFlow {
-    EventFlow {
-        hook: Hook::Egress,
-        socket_cookie: 0,
-        flags: 0,
-        saddr: flow.saddr,
-        daddr: flow.daddr,
-        sport: flow.sport,
-        dport: flow.dport,
-        family: flow.family,
-        proto: flow.proto,
-    }
+fn fill_event_flow(event: &mut EventFlow, flow: &Flow) {
+    event.hook = Hook::Egress as u8;
+    event.socket_cookie = 0;
+    event.flags = 0;
+    event.saddr = flow.saddr;
+    event.daddr = flow.daddr;
+    event.sport = flow.sport;
+    event.dport = flow.dport;
+    event.family = flow.family;
+    event.proto = flow.proto;
 }
 
 /// Whether `peer` sent a UDP datagram to this very socket first, under the

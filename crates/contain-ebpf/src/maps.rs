@@ -71,3 +71,7 @@ pub static EVENT_BUDGETS: LruHashMap<u64, EventBudget, { capacity::EVENT_BUDGETS
 /// One path buffer per CPU: too big for the 512-byte BPF stack.
 #[btf_map]
 pub static PATH_SCRATCH: PerCpuArray<ExePath, 1> = PerCpuArray::new();
+
+/// One event's flow per CPU, assembled off the egress program's stack.
+#[btf_map]
+pub static EVENT_FLOW_SCRATCH: PerCpuArray<crate::decide::EventFlow, 1> = PerCpuArray::new();

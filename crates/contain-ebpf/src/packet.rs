@@ -21,10 +21,13 @@ pub struct Flow {
     /// IPv6 hop limit or IPv4 TTL.
     pub hop_limit: u8,
     /// Further addresses a source route (an IPv6 routing header with
-    /// segments left, an IPv4 LSRR/SSRR option) sends the packet to; each is
-    /// judged like the destination.
-    pub route: [[u8; 16]; MAX_ROUTE_ADDRS],
-    pub route_len: usize,
+    /// segments left, an IPv4 LSRR/SSRR option) sends the packet to, each
+    /// judged like the destination: `route_len` addresses from
+    /// `route_offset` in the packet (kept as an offset, not copied: a bigger
+    /// `Flow` is zeroed with a `memset` call that kernel 6.1's verifier
+    /// refuses).
+    pub route_offset: u16,
+    pub route_len: u8,
     /// A source route naming more addresses than are judged, or one that
     /// cannot be read: never allowed.
     pub route_unjudgeable: bool,
@@ -51,10 +54,27 @@ const IPOPT_SSRR: u8 = 137;
 const IPOPT_END: u8 = 0;
 const IPOPT_NOOP: u8 = 1;
 const IPV4_MAX_OPTIONS: usize = 40;
+/// Options (NOPs included) walked before giving up; each step is a verifier
+/// path, and real packets carry one or two.
+const IPV4_OPTIONS_WALKED: usize = 8;
 
 /// Extension headers walked before giving up (a packet with more is judged
 /// with the last header type seen and no ports).
 const MAX_EXT_HEADERS: usize = 6;
+
+/// Writes `::ffff:a.b.c.d` into `dst` byte by byte. Volatile stores, so
+/// LLVM does not turn the zero run into a call to `memset`: kernel 6.1's
+/// verifier refuses that call in a BPF-to-BPF subprogram (the routine
+/// leaves a stack pointer in R0).
+#[inline(always)]
+pub fn write_v4_mapped(dst: &mut [u8; 16], octets: [u8; 4]) {
+    let key = v4_mapped(octets);
+    let p = dst.as_mut_ptr();
+    for (i, b) in key.iter().enumerate() {
+        // SAFETY: i < 16, within `dst`.
+        unsafe { p.add(i).write_volatile(*b) };
+    }
+}
 
 impl Flow {
     pub const EMPTY: Flow = Flow {
@@ -67,7 +87,7 @@ impl Flow {
         tcp_flags: 0,
         later_fragment: false,
         hop_limit: 0,
-        route: [[0; 16]; MAX_ROUTE_ADDRS],
+        route_offset: 0,
         route_len: 0,
         route_unjudgeable: false,
     };
@@ -98,14 +118,14 @@ fn parse_v4(ctx: &SkBuffContext, flow: &mut Flow) -> Option<()> {
         return None;
     }
     let frag_offset = u16::from_be_bytes([hdr[6], hdr[7]]) & 0x1fff;
-    flow.daddr = v4_mapped([hdr[16], hdr[17], hdr[18], hdr[19]]);
-    flow.saddr = v4_mapped([hdr[12], hdr[13], hdr[14], hdr[15]]);
+    write_v4_mapped(&mut flow.daddr, [hdr[16], hdr[17], hdr[18], hdr[19]]);
+    write_v4_mapped(&mut flow.saddr, [hdr[12], hdr[13], hdr[14], hdr[15]]);
     flow.family = 4;
     flow.proto = hdr[9];
     flow.later_fragment = frag_offset != 0;
     flow.hop_limit = hdr[8];
     if header_len > 20 {
-        read_v4_source_route(ctx.skb.skb, header_len - 20, flow);
+        flow.route_unjudgeable = !read_v4_source_route(ctx.skb.skb, header_len - 20, flow);
     }
     if !flow.later_fragment {
         read_transport(ctx, header_len, flow);
@@ -129,7 +149,7 @@ fn parse_v6(ctx: &SkBuffContext, flow: &mut Flow) -> Option<()> {
         match flow.proto {
             IPPROTO_ROUTING => {
                 let ext: [u8; 8] = ctx.load(offset).ok()?;
-                read_v6_routing_header(ctx, offset, &ext, flow);
+                read_v6_routing_header(offset, &ext, flow);
                 flow.proto = ext[0];
                 offset += (ext[1] as usize + 1) * 8;
             }
@@ -165,7 +185,7 @@ fn parse_v6(ctx: &SkBuffContext, flow: &mut Flow) -> Option<()> {
 /// routing) `last_entry + 1`, type 0 (deprecated, but a raw socket can
 /// write it) `hdr_ext_len / 2`.
 #[inline(always)]
-fn read_v6_routing_header(ctx: &SkBuffContext, offset: usize, ext: &[u8; 8], flow: &mut Flow) {
+fn read_v6_routing_header(offset: usize, ext: &[u8; 8], flow: &mut Flow) {
     let (hdr_ext_len, routing_type, segments_left) = (ext[1] as usize, ext[2], ext[3]);
     if segments_left == 0 {
         // Exhausted: the destination is the last address.
@@ -180,45 +200,61 @@ fn read_v6_routing_header(ctx: &SkBuffContext, offset: usize, ext: &[u8; 8], flo
             return;
         }
     };
-    if count == 0 || count > MAX_ROUTE_ADDRS || count * 2 > hdr_ext_len {
+    if count == 0 || count > MAX_ROUTE_ADDRS || count * 2 > hdr_ext_len || flow.route_len != 0
+    {
         flow.route_unjudgeable = true;
         return;
     }
-    for i in 0..MAX_ROUTE_ADDRS {
-        if i >= count {
-            break;
-        }
-        match ctx.load::<[u8; 16]>(offset + 8 + 16 * i) {
-            Ok(addr) => flow.route[i] = addr,
-            Err(_) => {
-                flow.route_unjudgeable = true;
-                return;
-            }
-        }
+    flow.route_offset = (offset + 8) as u16;
+    flow.route_len = count as u8;
+}
+
+/// Loads the `index`th address of the packet's source route into `addr`,
+/// as key bytes; false when it cannot be read.
+#[inline(always)]
+pub fn load_route_address(
+    skb: *mut __sk_buff,
+    flow: &Flow,
+    index: usize,
+    addr: &mut [u8; 16],
+) -> bool {
+    let ctx = SkBuffContext::new(skb);
+    if flow.family == 4 {
+        let Ok(a) = ctx.load::<[u8; 4]>(flow.route_offset as usize + 4 * index) else {
+            return false;
+        };
+        write_v4_mapped(addr, a);
+        true
+    } else {
+        let Ok(a) = ctx.load::<[u8; 16]>(flow.route_offset as usize + 16 * index) else {
+            return false;
+        };
+        *addr = a;
+        true
     }
-    flow.route_len = count;
 }
 
 /// The addresses of an IPv4 loose or strict source route option (the
 /// kernel sends a socket's `IP_OPTIONS` route with the first hop as the
 /// destination and the rest, the connected address last, in the option).
 /// Options are read two bytes at a time, in a call of its own so the loop
-/// is not unrolled into the caller's stack frame.
+/// is not unrolled into the caller's stack frame. False when the options
+/// cannot be judged. (A BPF-to-BPF call returns a value: kernel 6.1's
+/// verifier refuses one that leaves a stack pointer in R0.)
 #[inline(never)]
-fn read_v4_source_route(skb: *mut __sk_buff, options_len: usize, flow: &mut Flow) {
+fn read_v4_source_route(skb: *mut __sk_buff, options_len: usize, flow: &mut Flow) -> bool {
     let ctx = SkBuffContext::new(skb);
     let len = options_len.min(IPV4_MAX_OPTIONS);
     let mut at = 0usize;
-    for _ in 0..IPV4_MAX_OPTIONS {
+    for _ in 0..IPV4_OPTIONS_WALKED {
         if at >= len {
-            return;
+            return true;
         }
         let Ok(head) = ctx.load::<[u8; 2]>(20 + at) else {
-            flow.route_unjudgeable = true;
-            return;
+            return false;
         };
         match head[0] {
-            IPOPT_END => return,
+            IPOPT_END => return true,
             IPOPT_NOOP => {
                 at += 1;
                 continue;
@@ -227,32 +263,22 @@ fn read_v4_source_route(skb: *mut __sk_buff, options_len: usize, flow: &mut Flow
         }
         let opt_len = head[1] as usize;
         if opt_len < 2 {
-            flow.route_unjudgeable = true;
-            return;
+            return false;
         }
         if head[0] == IPOPT_LSRR || head[0] == IPOPT_SSRR {
             let count = opt_len.saturating_sub(3) / 4;
             if count == 0 || count > MAX_ROUTE_ADDRS || at + opt_len > len {
-                flow.route_unjudgeable = true;
-                return;
+                return false;
             }
-            for i in 0..MAX_ROUTE_ADDRS {
-                if i >= count {
-                    break;
-                }
-                match ctx.load::<[u8; 4]>(20 + at + 3 + 4 * i) {
-                    Ok(a) => flow.route[i] = v4_mapped(a),
-                    Err(_) => {
-                        flow.route_unjudgeable = true;
-                        return;
-                    }
-                }
-            }
-            flow.route_len = count;
-            return;
+            flow.route_offset = (20 + at + 3) as u16;
+            flow.route_len = count as u8;
+            return true;
         }
         at += opt_len;
     }
+    // More options than are walked (padding can hide a route behind them)
+    // cannot be judged.
+    at >= len
 }
 
 #[inline(always)]
