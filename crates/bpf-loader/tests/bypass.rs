@@ -1344,6 +1344,10 @@ async fn setup(mode: Mode) -> Ctx {
         namespace: "moby".into(),
         runtime: "docker".into(),
         cgroup_id: Some(lab.cgroup_id(path)),
+        cgroup_path: path
+            .strip_prefix(cgroup2_mount())
+            .ok()
+            .map(|p| format!("/{}", p.display())),
         host_network: false,
     };
     let inventory = Inventory {
