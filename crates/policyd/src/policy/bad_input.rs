@@ -12,9 +12,38 @@ const SAMPLE_JSON: &str = include_str!("../../samples/allowlist.json");
 
 /// Pieces that matter to either syntax, and some that are wide in UTF-8.
 const PIECES: &[&str] = &[
-    "\"", "'", "[", "]", "{", "}", "=", ",", ":", "\n", "\t", "\\", "#", "//", "/", "-", "*", "0",
-    "65536", "-1", "4294967296", "::", "/33", "/0", "é", "😀", "\u{0}", "[[policy]]",
-    "[[policy.process]]", "icmp", "tcp", "",
+    "\"",
+    "'",
+    "[",
+    "]",
+    "{",
+    "}",
+    "=",
+    ",",
+    ":",
+    "\n",
+    "\t",
+    "\\",
+    "#",
+    "//",
+    "/",
+    "-",
+    "*",
+    "0",
+    "65536",
+    "-1",
+    "4294967296",
+    "::",
+    "/33",
+    "/0",
+    "é",
+    "😀",
+    "\u{0}",
+    "[[policy]]",
+    "[[policy.process]]",
+    "icmp",
+    "tcp",
+    "",
 ];
 
 /// `text` with `span` characters at `at` (both taken modulo its length)
@@ -32,7 +61,10 @@ fn edit(text: &str, at: usize, span: usize, piece: &str) -> String {
 }
 
 fn edits() -> impl Strategy<Value = Vec<(usize, usize, &'static str)>> {
-    prop::collection::vec((any::<usize>(), 0usize..8, prop::sample::select(PIECES)), 1..4)
+    prop::collection::vec(
+        (any::<usize>(), 0usize..8, prop::sample::select(PIECES)),
+        1..4,
+    )
 }
 
 fn apply(text: &str, edits: &[(usize, usize, &str)]) -> String {
@@ -46,7 +78,10 @@ fn apply(text: &str, edits: &[(usize, usize, &str)]) -> String {
 /// A refusal names at least one error, and every location is in the text.
 fn check(text: &str, parsed: Result<PolicySet, InvalidPolicy>) -> Result<(), TestCaseError> {
     if let Err(invalid) = parsed {
-        prop_assert!(invalid.errors().next().is_some(), "refused without an error");
+        prop_assert!(
+            invalid.errors().next().is_some(),
+            "refused without an error"
+        );
         let lines = text.split('\n').count() as u32;
         for diagnostic in &invalid.diagnostics {
             prop_assert!(!diagnostic.message.is_empty());
