@@ -84,11 +84,13 @@ pub fn codec() -> LengthDelimitedCodec {
 /// call contain makes and far from overflowing.
 const MAX_DEADLINE: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
-/// What [`MAX_DEADLINE`] needs of tarpc's `ClientMessage`: its variants and
-/// fields in tarpc's order, every field defaulted and the rest ignored, so
-/// that whatever tarpc accepts this accepts too. Fields that are never read
-/// are still declared: serde also reads a struct from a JSON array, where
-/// each one takes its place.
+/// What [`MAX_DEADLINE`] needs of tarpc's `ClientMessage`, read as tarpc
+/// reads it: its variants and fields in tarpc's order, every field
+/// defaulted and the rest ignored, so this reads at least as far into any
+/// frame as tarpc does. That matters because tarpc panics as soon as it has
+/// read the deadline, whatever follows. Fields never looked at are still
+/// declared: serde also reads a struct from a JSON array, where each takes
+/// its place.
 #[derive(Deserialize)]
 #[allow(dead_code)]
 enum RequestProbe {
@@ -111,28 +113,41 @@ struct RequestFields {
 #[allow(dead_code)]
 struct ContextFields {
     #[serde(default)]
-    deadline: Option<Duration>,
+    deadline: Option<Deadline>,
     #[serde(default)]
     trace_context: IgnoredAny,
 }
 
-/// Refuses a request frame whose deadline tarpc cannot represent. Replies
-/// and frames that are no request pass untouched (a reply fails the probe at
-/// its first key, so the check costs clients next to nothing).
-fn check_deadline(frame: &[u8]) -> io::Result<()> {
-    if let Ok(RequestProbe::Request(request)) = serde_json::from_slice(frame) {
-        if let Some(deadline) = request.context.deadline.filter(|d| *d > MAX_DEADLINE) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "request refused: its deadline is {} s away, more than the {} s allowed",
-                    deadline.as_secs(),
-                    MAX_DEADLINE.as_secs()
-                ),
-            ));
+const DEADLINE_REFUSED: &str = "request refused: its deadline is";
+
+/// A deadline tarpc can add to `Instant::now()`; reading any other one
+/// stops the probe with an error that starts with [`DEADLINE_REFUSED`].
+struct Deadline;
+
+impl<'de> Deserialize<'de> for Deadline {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let deadline = Duration::deserialize(deserializer)?;
+        if deadline > MAX_DEADLINE {
+            return Err(serde::de::Error::custom(format_args!(
+                "{DEADLINE_REFUSED} {} s away, more than the {} s allowed",
+                deadline.as_secs(),
+                MAX_DEADLINE.as_secs()
+            )));
         }
+        Ok(Deadline)
     }
-    Ok(())
+}
+
+/// Refuses a request frame whose deadline tarpc cannot represent. Any other
+/// frame, well-formed or not, is left for the real decoding to judge; a
+/// reply fails the probe at its first key, so clients pay next to nothing.
+fn check_deadline(frame: &[u8]) -> io::Result<()> {
+    match serde_json::from_slice::<RequestProbe>(frame) {
+        Err(e) if e.to_string().starts_with(DEADLINE_REFUSED) => {
+            Err(io::Error::new(io::ErrorKind::InvalidData, e))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The JSON body of a frame, as tokio-serde's `Json` codec reads and writes
@@ -309,7 +324,10 @@ mod tests {
         );
         // serde reads a struct from an array as well: same request, no names.
         let as_array = format!(r#"{{"Request":[[{far},{TRACE}],1,{{"Version":{{}}}}]}}"#);
-        for frame in [as_object, as_array] {
+        // tarpc panics on reading the deadline, before it sees the rest is
+        // no JSON (found by fuzz/ rpc_frames).
+        let then_garbage = format!(r#"{{"Request":{{"context":{{"deadline":{far},"tr"#);
+        for frame in [as_object, as_array, then_garbage] {
             let error = decode::<ClientMessage<LoaderRequest>>(frame.as_bytes()).unwrap_err();
             assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{frame}");
             assert!(error.to_string().contains("deadline"), "{error}");
