@@ -9,14 +9,18 @@
 # "N passed, N failed".
 #
 # A crash, a leak, a timeout or running out of memory fails the target and
-# leaves the input in fuzz/artifacts/<target>/. Reproduce it with
-#   fuzz/target/<host>/release/<target> fuzz/artifacts/<target>/<file>
+# leaves the input in fuzz/artifacts/<target>/; the target's binary given
+# that file replays it.
 # and, once fixed, copy it into fuzz/corpus/<target>/ so that every later
 # run replays it first.
 #
 #   scripts/fuzz.sh                     25 s per target (what CI runs)
 #   scripts/fuzz.sh 600                 longer, e.g. before a release
+#   scripts/fuzz.sh 0                   replay the seeds only
 #   scripts/fuzz.sh 60 rpc_frames       some targets only
+#   CONTAIN_FUZZ_TARGET_DIR=...         where to build (default
+#                                       /var/cache/contain-fuzz/target, or
+#                                       fuzz/target if that is not writable)
 set -uo pipefail
 root_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root_dir"
@@ -27,23 +31,32 @@ seconds="${1:-25}"
 shift
 targets=("$@")
 
+# The build lives outside the work tree when it can, so that CI, which
+# starts from a fresh clone every time, rebuilds only what changed (a cold
+# build of the targets and their dependencies takes several minutes).
+target_dir="${CONTAIN_FUZZ_TARGET_DIR:-/var/cache/contain-fuzz/target}"
+if ! mkdir -p "$target_dir" 2>/dev/null || [[ ! -w "$target_dir" ]]; then
+  target_dir="$root_dir/fuzz/target"
+  mkdir -p "$target_dir"
+fi
+target_dir="$(cd "$target_dir" && pwd)"
 work="fuzz/target/contain-fuzz"
 mkdir -p "$work"
 # The targets decode events; they never load programs. An empty object
 # spares building the eBPF crate a second time. Created once: a new mtime
 # would make cargo rebuild bpf-loader.
-[[ -e "$work/no-ebpf.o" ]] || : >"$work/no-ebpf.o"
-export CONTAIN_EBPF_OBJ="$root_dir/$work/no-ebpf.o"
+[[ -e "$target_dir/no-ebpf.o" ]] || : >"$target_dir/no-ebpf.o"
+export CONTAIN_EBPF_OBJ="$target_dir/no-ebpf.o"
 
 started=$(date +%s)
-if ! cargo +nightly fuzz build --debug-assertions >"$work/build.log" 2>&1; then
+if ! cargo +nightly fuzz build --debug-assertions --target-dir "$target_dir" >"$work/build.log" 2>&1; then
   tail -n 30 "$work/build.log"
   echo "FAIL build (log: $work/build.log)"
   echo "0 passed, 1 failed"
   exit 1
 fi
 built=$(date +%s)
-echo "built the fuzz targets in $((built - started)) s"
+echo "built the fuzz targets in $((built - started)) s (in $target_dir)"
 
 if (( ${#targets[@]} == 0 )); then
   mapfile -t targets < <(cargo +nightly fuzz list)
@@ -53,7 +66,7 @@ host="$(rustc +nightly -vV | sed -n 's/^host: //p')"
 passed=0
 failed=0
 for target in "${targets[@]}"; do
-  binary="fuzz/target/$host/release/$target"
+  binary="$target_dir/$host/release/$target"
   seeds="fuzz/corpus/$target"
   # libFuzzer adds what it finds to the first directory: a scratch one, so
   # the committed seeds change only by hand.
@@ -66,8 +79,12 @@ for target in "${targets[@]}"; do
     failed=$((failed + 1))
     continue
   fi
-  "$binary" "$scratch" "$seeds" \
-    -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+  if [[ $seconds -eq 0 ]]; then
+    bound=(-runs=0) # libFuzzer reads 0 s as "no limit"
+  else
+    bound=(-max_total_time="$seconds")
+  fi
+  "$binary" "$scratch" "$seeds" "${bound[@]}" -timeout=10 -rss_limit_mb=2048 \
     -artifact_prefix="$artifacts/" -print_final_stats=1 >"$log" 2>&1
   status=$?
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
@@ -77,7 +94,7 @@ for target in "${targets[@]}"; do
   else
     artifact=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -n1)
     reason=$(grep -m1 -E '^==[0-9]+== ERROR|panicked at|^thread .* panicked' "$log")
-    echo "FAIL $target: ${reason:-exit $status}; input: ${artifact:-none} (log: $log)"
+    echo "FAIL $target: ${reason:-exit $status}; input: ${artifact:-none}; replay: $binary <input> (log: $log)"
     failed=$((failed + 1))
   fi
 done
