@@ -10,9 +10,8 @@
 #
 # A crash, a leak, a timeout or running out of memory fails the target and
 # leaves the input in fuzz/artifacts/<target>/; the target's binary given
-# that file replays it.
-# and, once fixed, copy it into fuzz/corpus/<target>/ so that every later
-# run replays it first.
+# that file replays it. Once the bug is fixed, copy the input into
+# fuzz/corpus/<target>/ so that every later run replays it first.
 #
 #   scripts/fuzz.sh                     25 s per target (what CI runs)
 #   scripts/fuzz.sh 600                 longer, e.g. before a release
@@ -28,8 +27,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 export CARGO_TERM_COLOR=never
 
 seconds="${1:-25}"
-shift
-targets=("$@")
+targets=("${@:2}")
 
 # The build lives outside the work tree when it can, so that CI, which
 # starts from a fresh clone every time, rebuilds only what changed (a cold
