@@ -317,7 +317,7 @@ mod tests {
     const TRACE: &str = r#"{"trace_id":[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0],"span_id":0,"sampling_decision":"Unsampled"}"#;
 
     #[test]
-    fn a_request_decodes_with_its_deadline() {
+    fn a_request_with_a_deadline_decodes() {
         let frame = format!(
             r#"{{"Request":{{"context":{{"deadline":{{"secs":9,"nanos":0}},"trace_context":{TRACE}}},"id":2,"message":{{"Attach":{{"cgroup":"/x"}}}}}}}}"#
         );
