@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what contain needs to build and test on a fresh Debian 12 machine
 # of this kind, idempotently: Debian packages, the rustup pieces (stable
-# components, nightly rust-src) and bpf-linker built against the nightly
-# toolchain's own LLVM. A second run only checks and prints "ok" lines.
+# components, nightly rust-src), bpf-linker built against the nightly
+# toolchain's own LLVM, and cargo-fuzz (scripts/fuzz.sh). A second run only
+# checks and prints "ok" lines.
 #
 #   scripts/setup.sh            build + test prerequisites
 #   scripts/setup.sh --vm       also what the VM tests need (QEMU, debootstrap)
@@ -83,5 +84,14 @@ else
     cargo +nightly install bpf-linker --version "$bpf_linker_version" --locked \
       --no-default-features --features "llvm-$llvm_major"
   rm -rf "$prefix"
+fi
+
+# --- cargo-fuzz, which builds the libFuzzer targets in fuzz/ -----------------
+cargo_fuzz_version=0.13.1
+if cargo fuzz --version 2>/dev/null | grep -q "$cargo_fuzz_version"; then
+  say "ok: cargo-fuzz $cargo_fuzz_version"
+else
+  say "building cargo-fuzz $cargo_fuzz_version (about a minute)"
+  cargo install cargo-fuzz --version "$cargo_fuzz_version" --locked
 fi
 say "done"

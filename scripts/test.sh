@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run calls exactly this):
 #   formatting, clippy, unit tests, privileged integration tests (root: real
-#   kernel, namespaces, cgroups, BPF), the NixOS module's offline evaluation,
-#   and the VM tests with real Docker in a Debian 12 guest.
+#   kernel, namespaces, cgroups, BPF), bounded fuzzing (scripts/fuzz.sh), the
+#   NixOS module's offline evaluation, and the VM tests with real Docker in a
+#   Debian 12 guest.
 # Installs what it needs first (scripts/setup.sh). Ends with one line:
 #   "N passed, N failed"
 #
@@ -76,6 +77,13 @@ record "cargo clippy" $?
 say "cargo test (unit and privileged integration tests)"
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log_dir/cargo-test.log"
 count_cargo "$log_dir/cargo-test.log" "${PIPESTATUS[0]}" "cargo test"
+
+# Bounded fuzzing of every input another party controls (policy files,
+# socket frames, kernel events, resolver inputs), from the seeds in
+# fuzz/corpus/. CONTAIN_FUZZ_SECONDS: time per target (CI leaves the default).
+say "fuzzing, ${CONTAIN_FUZZ_SECONDS:-25} s per target"
+scripts/fuzz.sh "${CONTAIN_FUZZ_SECONDS:-25}" 2>&1 | tee "$log_dir/fuzz.log"
+count_summary "$log_dir/fuzz.log" "${PIPESTATUS[0]}" "fuzzing"
 
 if [[ -x nixos-tests/offline-check.sh ]]; then
   say "NixOS module and flake: offline parse and evaluation"

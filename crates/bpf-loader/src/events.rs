@@ -62,7 +62,8 @@ impl EventLog {
     fn collect(&self, after: u64, max: usize) -> EventBatch {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let first = inner.events.front().map_or(inner.last_seq + 1, |e| e.seq);
-        let missed = first.saturating_sub(after + 1);
+        // `after` comes from a client: u64::MAX must not overflow.
+        let missed = first.saturating_sub(after.saturating_add(1));
         let events = inner
             .events
             .iter()
@@ -201,6 +202,8 @@ pub fn log(event: &Event) {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn raw_event() -> kern::Event {
@@ -282,5 +285,36 @@ mod tests {
         assert_eq!(batch.missed, 0);
         let empty = log.poll(3, 10, Duration::from_millis(10)).await;
         assert!(empty.events.is_empty());
+    }
+
+    #[test]
+    fn a_client_may_ask_for_events_after_any_sequence_number() {
+        let log = EventLog::new();
+        log.push(decode(&bytes(&raw_event()), 0, |_| None).unwrap());
+        let batch = log.collect(u64::MAX, 10);
+        assert!(batch.events.is_empty());
+        assert_eq!(batch.missed, 0);
+    }
+
+    proptest! {
+        #[test]
+        fn any_record_is_decoded_or_skipped(raw in prop::collection::vec(any::<u8>(), 0..160)) {
+            let whole = raw.len() >= std::mem::size_of::<kern::Event>();
+            match decode(&raw, monotonic_to_wall_offset_ns(), |_| Some("/bin/x".into())) {
+                Some(event) => {
+                    prop_assert!(whole);
+                    serde_json::to_string(&event).unwrap();
+                }
+                None => {
+                    let hook = raw.get(std::mem::offset_of!(kern::Event, hook));
+                    let verdict = raw.get(std::mem::offset_of!(kern::Event, verdict));
+                    prop_assert!(
+                        !whole
+                            || kern::Hook::from_u8(*hook.unwrap()).is_none()
+                            || kern::Verdict::from_u8(*verdict.unwrap()).is_none()
+                    );
+                }
+            }
+        }
     }
 }

@@ -29,6 +29,9 @@ pub mod resolve;
 pub mod service;
 pub mod source;
 
+#[cfg(test)]
+mod bad_input;
+
 use std::{
     path::PathBuf,
     sync::Arc,

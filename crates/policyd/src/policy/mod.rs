@@ -29,6 +29,9 @@
 pub mod thesis_json;
 pub mod toml_format;
 
+#[cfg(test)]
+mod bad_input;
+
 use std::{collections::BTreeMap, fmt, path::Path};
 
 use proto::state::{ProcessMatch, Verdict};

@@ -1,0 +1,68 @@
+//! What the resolver reads that others write — /proc files of processes a
+//! container runs, the mount table, Docker's replies and `config.v2.json`,
+//! containerd's event envelopes — is parsed or refused, never a panic. The
+//! fuzz target `resolver_inputs` does the same for longer.
+
+use containerd_client::types::Envelope;
+use proptest::prelude::*;
+use prost::Message;
+
+use crate::{
+    cgroup::{parse_mountinfo, parse_pids, parse_proc_cgroup, Cgroup2Mount},
+    containerd::{decode_envelope, DEFAULT_NAMESPACES},
+    docker::{parse_api_list, parse_config_v2, parse_http_response},
+    procfs::parse_stat_starttime,
+};
+
+/// Lines shaped like the real files, with any of their fields replaced.
+fn proc_like() -> impl Strategy<Value = String> {
+    prop::collection::vec(
+        prop_oneof![
+            Just("24 1 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw".to_string()),
+            Just("0::/contain.slice/docker-1.scope (deleted)".to_string()),
+            Just("42 (a) b) S 1 2 3".to_string()),
+            r"[0-9a-z:/()\\ -]{0,40}",
+            any::<String>(),
+        ],
+        0..6,
+    )
+    .prop_map(|lines| lines.join("\n"))
+}
+
+proptest! {
+    #[test]
+    fn proc_and_mountinfo_text_is_parsed_or_skipped(text in proc_like()) {
+        if let Some(mount) = parse_mountinfo(&text) {
+            let _ = mount.dir_of("/contain.slice/docker-1.scope");
+        }
+        if let Some(path) = parse_proc_cgroup(&text) {
+            prop_assert!(path.starts_with('/'));
+            let _ = Cgroup2Mount::at("/sys/fs/cgroup").dir_of(&path);
+        }
+        let _ = parse_pids(&text);
+        let _ = parse_stat_starttime(&text);
+    }
+
+    #[test]
+    fn docker_replies_are_parsed_or_refused(
+        head in r"HTTP/1\.[01] [0-9]{0,4} [A-Za-z ]{0,8}(\r\nTransfer-Encoding: chunked)?\r\n\r\n",
+        body in prop::collection::vec(any::<u8>(), 0..200),
+    ) {
+        let mut raw = head.into_bytes();
+        raw.extend_from_slice(&body);
+        if let Ok((_, body)) = parse_http_response(&raw) {
+            let _ = parse_api_list(&body);
+            let _ = parse_config_v2(&body);
+        }
+    }
+
+    #[test]
+    fn containerd_envelopes_are_decoded_or_ignored(
+        bytes in prop::collection::vec(any::<u8>(), 0..200),
+    ) {
+        if let Ok(envelope) = Envelope::decode(bytes.as_slice()) {
+            let namespaces: Vec<String> = DEFAULT_NAMESPACES.iter().map(|s| s.to_string()).collect();
+            let _ = decode_envelope(&envelope, &namespaces);
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! A ring-buffer record as bpf-loader drains it: any bytes. The kernel
+//! writes these, but a record of another layout (an older or newer eBPF
+//! object than the loader) must be skipped, never trusted.
+#![no_main]
+
+use std::sync::LazyLock;
+
+use bpf_loader::events::{decode, log, monotonic_to_wall_offset_ns};
+use libfuzzer_sys::fuzz_target;
+
+static WALL_OFFSET_NS: LazyLock<i128> = LazyLock::new(monotonic_to_wall_offset_ns);
+
+fuzz_target!(|data: &[u8]| {
+    // Some hashes name a known executable and some do not: both paths run.
+    let exe = |hash: u64| hash.is_multiple_of(2).then(|| "/usr/bin/curl".to_string());
+    if let Some(event) = decode(data, *WALL_OFFSET_NS, exe) {
+        log(&event);
+        serde_json::to_string(&event).expect("an event always serialises");
+    }
+});
