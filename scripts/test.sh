@@ -19,6 +19,7 @@ export CARGO_TERM_COLOR=never
 say() { printf '\n\033[1m[test]\033[0m %s\n' "$*"; }
 passed=0
 failed=0
+skipped=0
 failures=()
 log_dir="$(mktemp -d /tmp/contain-test.XXXXXX)"
 
@@ -34,11 +35,14 @@ record() { # name status
 # Adds the counts of every "test result:" line of a cargo test log; a run
 # that died before reporting counts as one failure.
 count_cargo() { # log status name
-  local p f
+  local p f i
   p=$(grep -Eo 'test result: [A-Za-z]+\. [0-9]+ passed' "$1" | awk '{s+=$4} END {print s+0}')
   f=$(grep -Eo '[0-9]+ failed;' "$1" | awk '{s+=$1} END {print s+0}')
+  # Ignored tests did not run: skipped, never passed (each says why).
+  i=$(grep -Eo '[0-9]+ ignored;' "$1" | awk '{s+=$1} END {print s+0}')
   passed=$((passed + p))
   failed=$((failed + f))
+  skipped=$((skipped + i))
   if [[ $2 -ne 0 && $f -eq 0 ]]; then
     failed=$((failed + 1))
   fi
@@ -104,5 +108,11 @@ echo
 if (( ${#failures[@]} )); then
   echo "failed suites: ${failures[*]} (logs in $log_dir)"
 fi
-echo "$passed passed, $failed failed"
+if (( skipped )); then
+  echo "skipped (did not run; cargo lists each with its reason):"
+  grep -E '^test .* \.\.\. ignored' "$log_dir/cargo-test.log" | sed 's/^/  /'
+  echo "$passed passed, $failed failed, $skipped skipped"
+else
+  echo "$passed passed, $failed failed"
+fi
 [[ $failed -eq 0 && ${#failures[@]} -eq 0 ]]
