@@ -364,6 +364,7 @@ impl Kernel {
         let mut ops = diff.ops.clone();
         ops.sort_by_key(apply_order);
         self.validate(&ops)?;
+        let rules_changed = changes_rules(&self.mirror, diff);
         let mut undo: Vec<MapOp> = Vec::with_capacity(ops.len());
         for op in &ops {
             let key = match op {
@@ -391,6 +392,9 @@ impl Kernel {
             self.mirror.unknown_verdict = v;
         }
         config.generation = config.generation.wrapping_add(1);
+        if rules_changed {
+            config.rules_epoch = config.rules_epoch.wrapping_add(1);
+        }
         self.maps
             .config
             .set(0, config, 0)
@@ -626,6 +630,30 @@ impl Kernel {
     }
 }
 
+/// Whether `diff` changes what an entry already in the maps decides, so
+/// the kernel's cached verdicts must be judged again. Adding or removing a
+/// container's cgroup does not: a socket's cache also holds the policy id it
+/// was decided under, which a new or removed cgroup entry changes. Container
+/// churn thus leaves every other socket's cache (and UDP reply allowance)
+/// alone.
+pub fn changes_rules(current: &KernelState, diff: &MapDiff) -> bool {
+    if diff
+        .unknown_verdict
+        .is_some_and(|v| v != current.unknown_verdict)
+    {
+        return true;
+    }
+    diff.ops.iter().any(|op| match op {
+        MapOp::Upsert {
+            entry: entry @ Entry::Cgroup { .. },
+        } => current.get(&entry.key()).is_some_and(|old| old != *entry),
+        MapOp::Delete {
+            key: EntryKey::Cgroup { .. },
+        } => false,
+        _ => true,
+    })
+}
+
 struct TraceOffsets {
     exec_filename: u32,
     newtask_pid: u32,
@@ -754,4 +782,80 @@ fn release_other_instances(group: &Path, keep: &str) -> Result<(), KernelError> 
         std::fs::remove_dir(&dir).map_err(io_err(&dir))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::state::{CgroupEntry, PortKey, Verdict};
+
+    use super::*;
+
+    fn cgroup(id: u64, policy_id: u32) -> Entry {
+        Entry::Cgroup {
+            id,
+            value: CgroupEntry {
+                policy_id,
+                audit: false,
+                unrestricted: false,
+            },
+        }
+    }
+
+    fn diff(ops: Vec<MapOp>, unknown_verdict: Option<Verdict>) -> MapDiff {
+        MapDiff {
+            from_generation: 0,
+            unknown_verdict,
+            ops,
+        }
+    }
+
+    fn state_with(entries: &[Entry]) -> KernelState {
+        let mut state = KernelState::default();
+        for e in entries {
+            state.upsert(*e);
+        }
+        state
+    }
+
+    #[test]
+    fn container_churn_keeps_the_rules_epoch() {
+        let current = state_with(&[cgroup(1, 7)]);
+        let start = MapOp::Upsert {
+            entry: cgroup(2, 7),
+        };
+        let stop = MapOp::Delete {
+            key: EntryKey::Cgroup { id: 1 },
+        };
+        assert!(!changes_rules(&current, &diff(vec![start, stop], None)));
+        let same_again = MapOp::Upsert {
+            entry: cgroup(1, 7),
+        };
+        assert!(!changes_rules(&current, &diff(vec![same_again], None)));
+    }
+
+    #[test]
+    fn a_changed_rule_cgroup_or_unknown_verdict_bumps_it() {
+        let current = state_with(&[cgroup(1, 7)]);
+        let moved = MapOp::Upsert {
+            entry: cgroup(1, 8),
+        };
+        assert!(changes_rules(&current, &diff(vec![moved], None)));
+        let rule = MapOp::Upsert {
+            entry: Entry::Port {
+                key: PortKey {
+                    ruleset: 1,
+                    proto: 6,
+                    port: 443,
+                    port_bits: 16,
+                },
+                rule_id: 3,
+            },
+        };
+        assert!(changes_rules(&current, &diff(vec![rule], None)));
+        assert!(changes_rules(&current, &diff(vec![], Some(Verdict::Audit))));
+        assert!(!changes_rules(
+            &current,
+            &diff(vec![], Some(current.unknown_verdict))
+        ));
+    }
 }

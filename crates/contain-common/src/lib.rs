@@ -64,7 +64,9 @@ pub mod capacity {
     pub const EXECS: u32 = 65_536;
     pub const EXE_PATHS: u32 = 16_384;
     pub const INBOUND_PEERS: u32 = 65_536;
-    pub const EVENT_BUDGETS: u32 = 16_384;
+    /// Slots of the per-CPU, direct-mapped event budget table (a power of
+    /// two).
+    pub const EVENT_BUDGETS: u32 = 4_096;
     pub const EVENTS_BYTES: u32 = 1 << 20;
 }
 
@@ -254,8 +256,7 @@ pub struct PortValue {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
-    /// Bumped on every applied diff; cached socket verdicts and UDP reply
-    /// allowances from an older generation are re-evaluated.
+    /// Bumped on every applied diff: the loader's concurrency token.
     pub generation: u32,
     /// [`Verdict`] for a cgroup under a managed parent with no entry yet.
     pub unknown_verdict: u8,
@@ -266,7 +267,13 @@ pub struct Config {
     /// Deny/audit events one cgroup may report per second; the rest are
     /// counted and the count rides on its next event.
     pub events_per_second: u32,
-    pub _pad2: u32,
+    /// Bumped when a diff changes what an existing entry decides (rules,
+    /// process classes, a cgroup's policy or mode, the unknown verdict), not
+    /// when a container's cgroup is only added or removed: cached socket
+    /// verdicts and UDP reply allowances of an older epoch are judged
+    /// again. Caches also hold the policy id they were decided under, so a
+    /// cgroup that gains or loses its entry misses them without a bump.
+    pub rules_epoch: u32,
 }
 
 /// Default of [`Config::udp_reply_timeout_ns`].
@@ -309,13 +316,15 @@ pub struct SockInfo {
     pub comm: [u8; COMM_LEN],
     /// `SOCK_*` flags.
     pub flags: u32,
-    pub cache_generation: u32,
+    /// The rules epoch the cached verdict was decided under.
+    pub cache_epoch: u32,
     pub cache_addr: [u8; 16],
     pub cache_port: u16,
     pub cache_proto: u8,
     /// `CACHE_*`.
     pub cache_state: u8,
-    pub _pad: u32,
+    /// The policy the cached verdict was decided under.
+    pub cache_policy_id: u32,
 }
 
 /// The socket made an outbound connection (connect allowed).
@@ -348,7 +357,10 @@ pub struct InboundKey {
     pub socket_cookie: u64,
     pub peer_addr: [u8; 16],
     pub peer_port: u16,
-    pub _pad: [u8; 6],
+    // Scalars, not a byte array: zeroing `[u8; 6]` is a `memset` call in
+    // BPF, a byte loop on the per-packet path.
+    pub _pad1: u16,
+    pub _pad2: u32,
 }
 
 /// `INBOUND_PEERS` value.
@@ -357,18 +369,21 @@ pub struct InboundKey {
 pub struct InboundPeer {
     /// `bpf_ktime_get_ns` of the peer's last datagram.
     pub last_seen_ns: u64,
-    /// The generation it was seen under: a policy change ends it, so a
+    /// The rules epoch it was seen under: a policy change ends it, so a
     /// reply to a flow the container started and a reload revoked is not
     /// an allowance.
-    pub generation: u32,
+    pub rules_epoch: u32,
     pub _pad: u32,
 }
 
-/// `EVENT_BUDGETS` value, keyed by cgroup id: a one-second window of
-/// reported events, and how many were held back.
+/// `EVENT_BUDGETS` slot (per CPU, indexed by the cgroup id's low bits): a
+/// one-second window of one cgroup's reported events, and how many were
+/// held back. A slot another cgroup takes over starts a fresh window for
+/// it, so a flood can never hold back another cgroup's events.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventBudget {
+    pub cgroup_id: u64,
     pub window_start_ns: u64,
     pub reported: u32,
     pub suppressed: u32,
@@ -405,7 +420,7 @@ pub struct Event {
     /// Events of this cgroup held back by the rate limit since its last
     /// reported one.
     pub suppressed: u32,
-    /// The socket's cookie (0 when there is no socket).
+    /// The socket's cookie, for revoked flows (0 otherwise).
     pub socket_cookie: u64,
 }
 
@@ -494,7 +509,7 @@ mod tests {
         );
         assert_eq!(size_of::<InboundKey>(), 8 + 16 + 2 + 6);
         assert_eq!(size_of::<InboundPeer>(), 16);
-        assert_eq!(size_of::<EventBudget>(), 16);
+        assert_eq!(size_of::<EventBudget>(), 24);
         assert_eq!(size_of::<Config>(), 24);
         assert_eq!(
             size_of::<Event>(),

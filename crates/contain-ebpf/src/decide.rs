@@ -6,8 +6,8 @@
 
 use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::bpf_ktime_get_ns};
 use contain_common::{
-    comm_hash, proto, stat, CgroupPolicy, DestKey, EventBudget, PortKey, ProcessKey,
-    SockInfo, Verdict, CGROUP_AUDIT, CGROUP_UNRESTRICTED, COMM_LEN, DEFAULT_EVENTS_PER_SECOND,
+    capacity, comm_hash, proto, stat, CgroupPolicy, DestKey, PortKey, ProcessKey, SockInfo,
+    Verdict, CGROUP_AUDIT, CGROUP_UNRESTRICTED, COMM_LEN, DEFAULT_EVENTS_PER_SECOND,
     DEFAULT_UDP_REPLY_TIMEOUT_NS, DEST_KEY_FIXED_BITS, EVENT_REVOKED_FLOW, PORT_KEY_FIXED_BITS,
     PROCESS_BY_COMM, PROCESS_BY_EXE, UNKNOWN_POLICY_ID,
 };
@@ -57,12 +57,12 @@ pub struct Governance {
     pub unrestricted: bool,
 }
 
-/// The policy generation. Every hook reads it once, before any policy
-/// lookup, so a verdict is never cached under a generation newer than the
-/// maps it was decided on.
+/// The rules epoch. Every hook reads it once, before any policy lookup,
+/// so a verdict is never cached under an epoch newer than the maps it was
+/// decided on.
 #[inline(always)]
-pub fn generation() -> u32 {
-    CONFIG.get(0).map_or(0, |c| c.generation)
+pub fn rules_epoch() -> u32 {
+    CONFIG.get(0).map_or(0, |c| c.rules_epoch)
 }
 
 #[inline(always)]
@@ -167,10 +167,9 @@ fn process_class(policy_id: u32, who: &Identity) -> u32 {
     0
 }
 
-/// Judges a flow against the policy that governs it. A BPF-to-BPF call:
-/// source-routed packets judge up to three addresses, and inlining each
-/// copy would exceed the 512-byte stack.
-#[inline(never)]
+/// Judges a flow against the policy that governs it. Inlined into the
+/// common path; [`decide_call`] is the same as a BPF-to-BPF call.
+#[inline(always)]
 pub fn decide(gov: &Governance, who: &Identity, target: &Target) -> Decision {
     if gov.unrestricted {
         return Decision::new(Verdict::Allow, 0);
@@ -225,6 +224,14 @@ pub fn decide(gov: &Governance, who: &Identity, target: &Target) -> Decision {
     }
 }
 
+/// [`decide`] as a BPF-to-BPF call, for the rare paths that judge several
+/// addresses (source routes): inlining each copy would exceed the 512-byte
+/// stack.
+#[inline(never)]
+pub fn decide_call(gov: &Governance, who: &Identity, target: &Target) -> Decision {
+    decide(gov, who, target)
+}
+
 #[inline(always)]
 fn allowed(rule_id: u32) -> Decision {
     Decision::new(Verdict::Allow, rule_id)
@@ -277,36 +284,36 @@ pub struct EventFlow {
 /// How many of a cgroup's events were held back since its last reported
 /// one, or `None` when this one must be held back too: one cgroup flooding
 /// denied sends must not fill the ring and hide every other container's
-/// events. Updates race between CPUs; the limit is approximate, the counts
-/// are not lost (each CPU's increment lands on the shared value or the
-/// window restarts).
+/// events. Per CPU, so the limit applies per CPU; a slot taken over by
+/// another cgroup restarts its window (and drops the previous cgroup's
+/// held-back count, which the global counter still has).
 #[inline(always)]
 fn event_budget(cgroup_id: u64, now: u64) -> Option<u32> {
-    let limit = events_per_second();
-    let Some(b) = EVENT_BUDGETS.get_ptr_mut(cgroup_id) else {
-        let fresh = EventBudget {
-            window_start_ns: now,
-            reported: 1,
-            suppressed: 0,
-        };
-        let _ = EVENT_BUDGETS.insert(cgroup_id, fresh, 0);
+    let slot = (cgroup_id as u32) & (capacity::EVENT_BUDGETS - 1);
+    let Some(b) = EVENT_BUDGETS.get_ptr_mut(slot) else {
         return Some(0);
     };
-    // SAFETY: map value pointer, valid for this program run.
+    // SAFETY: per-CPU map value, this program's alone while it runs.
     let b = unsafe { &mut *b };
-    let suppressed = b.suppressed;
-    if now.wrapping_sub(b.window_start_ns) >= NS_PER_SEC {
+    if b.cgroup_id != cgroup_id || now.wrapping_sub(b.window_start_ns) >= NS_PER_SEC {
+        let suppressed = if b.cgroup_id == cgroup_id {
+            b.suppressed
+        } else {
+            0
+        };
+        b.cgroup_id = cgroup_id;
         b.window_start_ns = now;
         b.reported = 1;
         b.suppressed = 0;
         return Some(suppressed);
     }
-    if b.reported < limit {
+    if b.reported < events_per_second() {
         b.reported += 1;
+        let suppressed = b.suppressed;
         b.suppressed = 0;
         return Some(suppressed);
     }
-    b.suppressed = suppressed.saturating_add(1);
+    b.suppressed = b.suppressed.saturating_add(1);
     None
 }
 

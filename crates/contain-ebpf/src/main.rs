@@ -19,6 +19,8 @@ mod decide;
 mod maps;
 mod packet;
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     bindings::{__sk_buff, bpf_sock, BPF_SK_STORAGE_GET_F_CREATE},
     helpers::{
@@ -38,7 +40,7 @@ use contain_common::{
 
 use crate::{
     decide::{
-        bump_stat, count, count_unparsed, decide, generation, governance, report,
+        bump_stat, count, count_unparsed, decide, decide_call, governance, report, rules_epoch,
         udp_reply_timeout_ns, Decision, EventFlow, Governance, Identity, Target,
     },
     maps::{EVENT_FLOW_SCRATCH, EXECS, EXE_PATHS, INBOUND_PEERS, PATH_SCRATCH, SOCKETS},
@@ -95,12 +97,12 @@ fn current_identity() -> SockInfo {
         uid: bpf_get_current_uid_gid() as u32,
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
         flags: 0,
-        cache_generation: 0,
+        cache_epoch: 0,
         cache_addr: [0; 16],
         cache_port: 0,
         cache_proto: 0,
         cache_state: CACHE_EMPTY,
-        _pad: 0,
+        cache_policy_id: 0,
     }
 }
 
@@ -222,7 +224,7 @@ fn sock_addr_call<const V6: bool>(ctx: &SockAddrContext) -> Option<SockAddrCall>
 
 #[inline(always)]
 fn judge_sock_addr<const V6: bool>(ctx: &SockAddrContext, hook: Hook, is_connect: bool) -> i32 {
-    let gen = generation();
+    let epoch = rules_epoch();
     let Some(call) = sock_addr_call::<V6>(ctx) else {
         // connect() with another family is refused by the kernel itself;
         // a send to an address this hook cannot read is refused here.
@@ -259,14 +261,13 @@ fn judge_sock_addr<const V6: bool>(ctx: &SockAddrContext, hook: Hook, is_connect
     if gov.unrestricted {
         return ALLOW;
     }
-    // SAFETY: the sock_addr context is what the helper takes.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    if !is_connect
-        && target.proto == proto::UDP
-        && is_reply(cookie, &target.daddr, target.port, gen)
-    {
-        count(gov.policy_id, Verdict::Allow);
-        return ALLOW;
+    if !is_connect && target.proto == proto::UDP {
+        // SAFETY: the sock_addr context is what the helper takes.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+        if is_reply(cookie, &target.daddr, target.port, epoch) {
+            count(gov.policy_id, Verdict::Allow);
+            return ALLOW;
+        }
     }
     let decision = decide(&gov, &who, &target);
     if is_connect && sock_type != SOCK_STREAM {
@@ -277,19 +278,24 @@ fn judge_sock_addr<const V6: bool>(ctx: &SockAddrContext, hook: Hook, is_connect
         // remembered, so the first denied send reports.
         if decision.verdict() == Verdict::Allow && !info.is_null() {
             // SAFETY: non-null storage pointer, owned by this socket.
-            remember(unsafe { &mut *info }, &target, decision.verdict(), gen);
+            remember(
+                unsafe { &mut *info },
+                &target,
+                &gov,
+                decision.verdict(),
+                epoch,
+            );
         }
         return ALLOW;
     }
     count(gov.policy_id, decision.verdict());
     if decision.verdict() != Verdict::Allow {
-        flow.socket_cookie = cookie;
         let _queued = report(cgroup_id, &gov, &who, &decision, &flow);
     }
     if !info.is_null() {
         // SAFETY: non-null storage pointer, owned by this socket.
         let i = unsafe { &mut *info };
-        remember(i, &target, decision.verdict(), gen);
+        remember(i, &target, &gov, decision.verdict(), epoch);
         if is_connect && decision.verdict() != Verdict::Deny {
             i.flags |= SOCK_OUTBOUND;
         }
@@ -304,8 +310,9 @@ fn current_cgroup() -> u64 {
 }
 
 #[inline(always)]
-fn remember(info: &mut SockInfo, target: &Target, verdict: Verdict, gen: u32) {
-    info.cache_generation = gen;
+fn remember(info: &mut SockInfo, target: &Target, gov: &Governance, verdict: Verdict, epoch: u32) {
+    info.cache_epoch = epoch;
+    info.cache_policy_id = gov.policy_id;
     info.cache_addr = target.daddr;
     info.cache_port = target.port;
     info.cache_proto = target.proto;
@@ -345,7 +352,7 @@ pub fn contain_egress(ctx: SkBuffContext) -> i32 {
 
 #[inline(always)]
 fn egress(ctx: &SkBuffContext) -> i32 {
-    let gen = generation();
+    let epoch = rules_epoch();
     // SAFETY: the context is valid for the program's duration.
     let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
     if sk.is_null() {
@@ -359,11 +366,13 @@ fn egress(ctx: &SkBuffContext) -> i32 {
     if gov.unrestricted {
         return ALLOW;
     }
-    let mut flow = Flow::EMPTY;
-    if !packet::parse(ctx.skb.skb, &mut flow) {
+    let mut slot = MaybeUninit::uninit();
+    let flow = Flow::zeroed_in(&mut slot);
+    if !packet::parse(ctx.skb.skb, flow) {
         count_unparsed();
         return judged(gov.on_miss);
     }
+    let flow: &Flow = flow;
     // SAFETY: sk from the skb context.
     let full: *mut bpf_sock = unsafe { bpf_sk_fullsock(sk) };
     let info = if full.is_null() {
@@ -375,7 +384,7 @@ fn egress(ctx: &SkBuffContext) -> i32 {
     };
     let source_routed = flow.route_len != 0 || flow.route_unjudgeable;
     if !source_routed {
-        if is_kernel_link_control(&flow, info.is_null()) {
+        if is_kernel_link_control(flow, info.is_null()) {
             return ALLOW;
         }
         if full.is_null() {
@@ -387,7 +396,7 @@ fn egress(ctx: &SkBuffContext) -> i32 {
         // SAFETY: full socket pointer checked non-null above.
         let (sock_type, sock_proto) = unsafe { ((*full).type_, (*full).protocol) };
         let tcp = sock_type == SOCK_STREAM && sock_proto == proto::TCP as u32;
-        if tcp && flow.proto == proto::TCP && !is_opening(&flow) {
+        if tcp && flow.proto == proto::TCP && !is_opening(flow) {
             // An accepted connection (its socket inherits the listener's
             // stamp, never marked outbound) or one that predates contain:
             // its peer opened it, or contain was not there to judge it.
@@ -404,7 +413,7 @@ fn egress(ctx: &SkBuffContext) -> i32 {
         if sock_type == SOCK_DGRAM && flow.proto == proto::UDP {
             // SAFETY: the skb context is what the helper takes.
             let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
-            if is_reply(cookie, &flow.daddr, flow.dport, gen) {
+            if is_reply(cookie, &flow.daddr, flow.dport, epoch) {
                 return ALLOW;
             }
         }
@@ -412,32 +421,30 @@ fn egress(ctx: &SkBuffContext) -> i32 {
     let scope = Scope {
         cgroup_id,
         gov,
-        gen,
+        epoch,
         source_routed,
     };
-    judge_packet(ctx.skb.skb, &scope, info, &flow)
+    judge_packet(ctx.skb.skb, &scope, info, flow)
 }
 
 #[derive(Clone, Copy)]
-/// Where a packet is judged: its cgroup's governance, the generation read
+/// Where a packet is judged: its cgroup's governance, the rules epoch read
 /// first, and whether it is source-routed.
 struct Scope {
     cgroup_id: u64,
     gov: Governance,
-    gen: u32,
+    epoch: u32,
     source_routed: bool,
 }
 
 /// The full decision for one packet, served from the socket's cache when
-/// the flow was judged under this generation. A BPF-to-BPF call of its
-/// own: with the parse, the egress program's single frame would exceed the
-/// 512-byte stack kernel 6.1 allows across calls.
-#[inline(never)]
+/// the flow was judged under this epoch and policy.
+#[inline(always)]
 fn judge_packet(skb: *mut __sk_buff, scope: &Scope, info: *mut SockInfo, flow: &Flow) -> i32 {
     let Scope {
         cgroup_id,
         gov,
-        gen,
+        epoch,
         source_routed,
     } = *scope;
     let target = Target {
@@ -454,7 +461,7 @@ fn judge_packet(skb: *mut __sk_buff, scope: &Scope, info: *mut SockInfo, flow: &
         // SAFETY: non-null storage.
         let i = unsafe { &*info };
         if !source_routed {
-            if let Some(v) = cached(i, &target, gen) {
+            if let Some(v) = cached(i, &target, &gov, epoch) {
                 count(gov.policy_id, v);
                 return judged(v);
             }
@@ -484,13 +491,15 @@ fn judge_packet(skb: *mut __sk_buff, scope: &Scope, info: *mut SockInfo, flow: &
             // SAFETY: per-CPU map value, this program's alone while it runs.
             let event = unsafe { &mut *event };
             fill_event_flow(event, flow);
-            // SAFETY: the skb context is what the helper takes.
-            event.socket_cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
             if decision.verdict() == Verdict::Deny
                 && flow.proto == proto::TCP
                 && cached_before == CACHE_ALLOW
             {
+                // The loader aborts exactly this socket; other events go
+                // without the cookie (a helper call on the deny path).
                 event.flags |= EVENT_REVOKED_FLOW;
+                // SAFETY: the skb context is what the helper takes.
+                event.socket_cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
             }
             let _queued = report(cgroup_id, &gov, who, &decision, event);
         }
@@ -503,7 +512,7 @@ fn judge_packet(skb: *mut __sk_buff, scope: &Scope, info: *mut SockInfo, flow: &
     }
     // SAFETY: storage pointer from the helper, null or valid.
     if let Some(i) = unsafe { info.as_mut() } {
-        remember(i, &target, decision.verdict(), gen);
+        remember(i, &target, &gov, decision.verdict(), epoch);
         // A SYN no connect() hook judged (TCP Fast Open's sendto): the
         // flow is outbound all the same, and re-judged as such.
         if flow.proto == proto::TCP && is_opening(flow) && decision.verdict() != Verdict::Deny {
@@ -539,7 +548,7 @@ fn decide_source_routed(
     if flow.route_unjudgeable {
         return deny;
     }
-    let mut worst = decide(gov, who, &target);
+    let mut worst = decide_call(gov, who, &target);
     let mut i = 0;
     while i < flow.route_len as usize && i < MAX_ROUTE_ADDRS {
         if worst.verdict() == Verdict::Deny {
@@ -548,7 +557,7 @@ fn decide_source_routed(
         if !packet::load_route_address(skb, flow, i, &mut target.daddr) {
             return deny;
         }
-        let d = decide(gov, who, &target);
+        let d = decide_call(gov, who, &target);
         if d.verdict() != Verdict::Allow {
             worst = d;
         }
@@ -588,9 +597,10 @@ fn judged(v: Verdict) -> i32 {
 }
 
 #[inline(always)]
-fn cached(i: &SockInfo, target: &Target, gen: u32) -> Option<Verdict> {
+fn cached(i: &SockInfo, target: &Target, gov: &Governance, epoch: u32) -> Option<Verdict> {
     if i.cache_state == CACHE_EMPTY
-        || i.cache_generation != gen
+        || i.cache_epoch != epoch
+        || i.cache_policy_id != gov.policy_id
         || i.cache_proto != target.proto
         || i.cache_port != target.port
         || i.cache_addr != target.daddr
@@ -618,14 +628,15 @@ fn fill_event_flow(event: &mut EventFlow, flow: &Flow) {
 }
 
 /// Whether `peer` sent a UDP datagram to this very socket first, under the
-/// current policy generation and recently enough.
+/// current rules epoch and recently enough.
 #[inline(always)]
-fn is_reply(socket_cookie: u64, peer_addr: &[u8; 16], peer_port: u16, gen: u32) -> bool {
+fn is_reply(socket_cookie: u64, peer_addr: &[u8; 16], peer_port: u16, epoch: u32) -> bool {
     let key = InboundKey {
         socket_cookie,
         peer_addr: *peer_addr,
         peer_port,
-        _pad: [0; 6],
+        _pad1: 0,
+        _pad2: 0,
     };
     // SAFETY: copied out at once.
     let Some(seen) = (unsafe { INBOUND_PEERS.get(key) }).copied() else {
@@ -633,7 +644,7 @@ fn is_reply(socket_cookie: u64, peer_addr: &[u8; 16], peer_port: u16, gen: u32) 
     };
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    seen.generation == gen && now.wrapping_sub(seen.last_seen_ns) <= udp_reply_timeout_ns()
+    seen.rules_epoch == epoch && now.wrapping_sub(seen.last_seen_ns) <= udp_reply_timeout_ns()
 }
 
 #[cgroup_skb]
@@ -647,13 +658,14 @@ pub fn contain_ingress(ctx: SkBuffContext) -> i32 {
 /// its sender for a while.
 #[inline(always)]
 fn remember_inbound_peer(ctx: &SkBuffContext) {
-    let gen = generation();
+    let epoch = rules_epoch();
     // SAFETY: the context is valid.
     if unsafe { (*ctx.skb.skb).ifindex } == LOOPBACK_IFINDEX {
         return;
     }
-    let mut flow = Flow::EMPTY;
-    if !packet::parse(ctx.skb.skb, &mut flow) {
+    let mut slot = MaybeUninit::uninit();
+    let flow = Flow::zeroed_in(&mut slot);
+    if !packet::parse(ctx.skb.skb, flow) {
         return;
     }
     if flow.proto != proto::UDP || flow.later_fragment {
@@ -674,12 +686,13 @@ fn remember_inbound_peer(ctx: &SkBuffContext) {
         socket_cookie,
         peer_addr: flow.saddr,
         peer_port: flow.sport,
-        _pad: [0; 6],
+        _pad1: 0,
+        _pad2: 0,
     };
     let seen = InboundPeer {
         // SAFETY: helper without preconditions.
         last_seen_ns: unsafe { bpf_ktime_get_ns() },
-        generation: gen,
+        rules_epoch: epoch,
         _pad: 0,
     };
     let _ = INBOUND_PEERS.insert(key, seen, 0);

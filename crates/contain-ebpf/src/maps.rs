@@ -62,11 +62,11 @@ pub static INBOUND_PEERS: LruHashMap<
     { capacity::INBOUND_PEERS as usize },
 > = LruHashMap::new();
 
-/// Per-cgroup event rate windows. LRU: a cgroup evicted by a flood of
-/// others starts a fresh window, which only lets its events through.
+/// Per-cgroup event rate windows, per CPU and direct-mapped: an array
+/// lookup on the deny path instead of a hash map's.
 #[btf_map(name = "CONTAIN_EVENT_BUDGETS")]
-pub static EVENT_BUDGETS: LruHashMap<u64, EventBudget, { capacity::EVENT_BUDGETS as usize }> =
-    LruHashMap::new();
+pub static EVENT_BUDGETS: PerCpuArray<EventBudget, { capacity::EVENT_BUDGETS as usize }> =
+    PerCpuArray::new();
 
 /// One path buffer per CPU: too big for the 512-byte BPF stack.
 #[btf_map]

@@ -2,10 +2,14 @@
 //! IPv6 with extension headers, fragments. A cgroup_skb program sees the
 //! packet from its network header on.
 
+use core::mem::{size_of, MaybeUninit};
+
 use aya_ebpf::{bindings::__sk_buff, programs::SkBuffContext};
 use contain_common::{proto, v4_mapped};
 
-/// What the decision needs from a packet.
+/// What the decision needs from a packet. 8-aligned, addresses first: it is
+/// zeroed and filled with word stores (see [`Flow::zeroed_in`]).
+#[repr(C, align(8))]
 pub struct Flow {
     /// Destination as 16 key bytes (IPv4 v4-mapped).
     pub daddr: [u8; 16],
@@ -77,24 +81,45 @@ pub fn write_v4_mapped(dst: &mut [u8; 16], octets: [u8; 4]) {
 }
 
 impl Flow {
-    pub const EMPTY: Flow = Flow {
-        daddr: [0; 16],
-        saddr: [0; 16],
-        family: 0,
-        proto: 0,
-        sport: 0,
-        dport: 0,
-        tcp_flags: 0,
-        later_fragment: false,
-        hop_limit: 0,
-        route_offset: 0,
-        route_len: 0,
-        route_unjudgeable: false,
-    };
+    /// A zeroed `Flow` in `slot`, written as 64-bit words. Zeroing it as a
+    /// value makes LLVM call `memset`, which for BPF is a byte loop (and,
+    /// in a BPF-to-BPF subprogram, refused by kernel 6.1's verifier: the
+    /// routine leaves a stack pointer in R0).
+    #[inline(always)]
+    pub fn zeroed_in(slot: &mut MaybeUninit<Flow>) -> &mut Flow {
+        let words = slot.as_mut_ptr().cast::<u64>();
+        for i in 0..size_of::<Flow>() / 8 {
+            // SAFETY: within the slot, which is 8-aligned and a whole number
+            // of words (checked below at compile time).
+            unsafe { words.add(i).write_volatile(0) };
+        }
+        // SAFETY: every field is an integer, array of integers or bool, for
+        // which all-zero bytes are a valid value.
+        unsafe { slot.assume_init_mut() }
+    }
+
+    /// Sets both addresses of an IPv4 packet as `::ffff:a.b.c.d` key bytes,
+    /// with word stores for the same reason.
+    #[inline(always)]
+    fn set_v4_addresses(&mut self, daddr: [u8; 4], saddr: [u8; 4]) {
+        let mapped_prefix = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+        let d = self.daddr.as_mut_ptr().cast::<u32>();
+        let s = self.saddr.as_mut_ptr().cast::<u32>();
+        // SAFETY: both arrays are 16 bytes at 4-aligned offsets of an
+        // 8-aligned struct; words 0 and 1 are already zero.
+        unsafe {
+            d.add(2).write_volatile(mapped_prefix);
+            d.add(3).write_volatile(u32::from_ne_bytes(daddr));
+            s.add(2).write_volatile(mapped_prefix);
+            s.add(3).write_volatile(u32::from_ne_bytes(saddr));
+        }
+    }
 }
 
-/// Parses the packet into `flow`; false when it is not an IP packet this
-/// can read. A BPF-to-BPF call writing the caller's `Flow` in place: the
+const _: () = assert!(size_of::<Flow>() % 8 == 0 && core::mem::offset_of!(Flow, saddr) == 16);
+
+/// Parses the packet into `flow`, which must be zeroed; false when it is not
+/// an IP packet this can read. A BPF-to-BPF call writing the caller's `Flow` in place: the
 /// parse and the decision do not both fit one 512-byte stack frame.
 #[inline(never)]
 pub fn parse(skb: *mut __sk_buff, flow: &mut Flow) -> bool {
@@ -118,8 +143,10 @@ fn parse_v4(ctx: &SkBuffContext, flow: &mut Flow) -> Option<()> {
         return None;
     }
     let frag_offset = u16::from_be_bytes([hdr[6], hdr[7]]) & 0x1fff;
-    write_v4_mapped(&mut flow.daddr, [hdr[16], hdr[17], hdr[18], hdr[19]]);
-    write_v4_mapped(&mut flow.saddr, [hdr[12], hdr[13], hdr[14], hdr[15]]);
+    flow.set_v4_addresses(
+        [hdr[16], hdr[17], hdr[18], hdr[19]],
+        [hdr[12], hdr[13], hdr[14], hdr[15]],
+    );
     flow.family = 4;
     flow.proto = hdr[9];
     flow.later_fragment = frag_offset != 0;
@@ -200,8 +227,7 @@ fn read_v6_routing_header(offset: usize, ext: &[u8; 8], flow: &mut Flow) {
             return;
         }
     };
-    if count == 0 || count > MAX_ROUTE_ADDRS || count * 2 > hdr_ext_len || flow.route_len != 0
-    {
+    if count == 0 || count > MAX_ROUTE_ADDRS || count * 2 > hdr_ext_len || flow.route_len != 0 {
         flow.route_unjudgeable = true;
         return;
     }

@@ -127,7 +127,7 @@ pub struct Event {
     /// loader aborts its socket.
     #[serde(default)]
     pub revoked_flow: bool,
-    /// The kernel's cookie of the socket (0 when unknown).
+    /// The kernel's cookie of the socket, for revoked flows (0 otherwise).
     #[serde(default)]
     pub socket_cookie: u64,
 }
