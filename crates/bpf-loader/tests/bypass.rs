@@ -64,6 +64,12 @@ fn policy(revoked: bool, docker_dns: bool) -> String {
     } else {
         ""
     };
+    // Rules some reflection and multicast probes need: the container may
+    // ping and reach its own address (as an "allow our subnet" rule lets
+    // it) and speak mDNS.
+    let extra = format!(
+        "  {{ to = [\"{CT4}\"], proto = \"icmp\", icmp_types = [\"echo-request\"] }},\n  {{ to = [\"{CT4}\"], proto = \"tcp\", ports = [9] }},\n  {{ to = [\"224.0.0.251\"], proto = \"udp\", ports = [5353] }},\n"
+    );
     format!(
         r#"mode = "enforce"
 unknown_container = "deny"
@@ -77,7 +83,7 @@ allow = [
   {{ to = ["{PEER6}"], proto = "udp", ports = [5353] }},
   {{ to = ["{PEER4}"], proto = "icmp", icmp_types = ["echo-request"] }},
   {{ to = ["{PEER6}"], proto = "icmpv6", icmp_types = ["echo-request"] }},
-]
+{extra}]
 
 [[policy.process]]
 exe = "{PYTHON}"
@@ -242,6 +248,24 @@ const PROBES: &[Probe] = &[
     probe!("af-packet", "AF_PACKET frame (broadcast MAC) carrying IPv4/UDP to a denied address",
         "marker captured", "plain UDP4", p_af_packet,
         open = "link-layer frames need the veth backstop (issue: link-layer frames)"),
+    probe!("x-srh-segleft", "raw IPv6 SRH: last_entry 0, 3 slots, segments_left 2, slot 1 denied",
+        "routing header naming a denied address captured", "plain UDP6", p_x_srh_segleft),
+    probe!("x-ext7-srh", "raw IPv6: six dest-opts headers, then an SRH naming a denied address (judged as unjudgeable; with an any-protocol rule to the peer it leaked before the fix)",
+        "routing header naming a denied address captured", "plain UDP6", p_x_ext7),
+    probe!("x-reflect-echo6-lo", "raw ICMPv6 echo request from a spoofed denied address to ::1",
+        "marker captured", "plain UDP6", p_x_echo6_lo),
+    probe!("x-reflect-echo6-self", "raw ICMPv6 echo request from a spoofed denied address to the container's own address",
+        "marker captured", "plain UDP6", p_x_echo6_self),
+    probe!("x-reflect-echo4-self", "raw ICMP echo request from a spoofed denied address to the container's own address",
+        "marker captured", "plain UDP4", p_x_echo4_self),
+    probe!("x-reflect-rst4-self", "raw SYN from a spoofed denied address to the container's own closed port 9",
+        "a TCP packet from the container to the denied address with sport 9", "plain UDP4", p_x_rst4_self),
+    probe!("x-mptcp-revocation", "MPTCP stream (plain TCP peer, fallback) to an allowed port; the rule is removed mid-stream",
+        "a byte of the flow captured > 1 s after apply returned", "the flow's bytes arrive before the revocation", p_x_mptcp_revocation),
+    probe!("x-revoked-flood", "300 TCP flows to the allowed peer, each then given an LSRR through a denied hop; count events",
+        "a segment naming the denied hop captured; filtered: more events in one second than the cgroup's rate", "-", p_x_revoked_flood),
+    probe!("x-mcast-reply", "UDP socket joins 224.0.0.251:5353; a raw datagram from a spoofed denied address to the group loops back to it; it answers (mDNS allowed)",
+        "marker captured", "plain UDP4", p_x_mcast_reply),
     probe!("fd-passing", "a process the policy does not allow makes a UDP socket, passes it (SCM_RIGHTS) to allowed python3, which sends",
         "marker captured", "python3 sends on its own socket", p_fdpass),
 ];
@@ -588,11 +612,129 @@ fn marker_leak(p: &Value, m: &str) -> bool {
 // --- probes -------------------------------------------------------------------
 
 async fn p_revocation(cx: &mut Ctx) -> Outcome {
+    revocation_with(cx, "stream").await
+}
+
+async fn p_x_mptcp_revocation(cx: &mut Ctx) -> Outcome {
+    revocation_with(cx, "stream-mptcp").await
+}
+
+async fn p_x_srh_segleft(cx: &mut Ctx) -> Outcome {
+    cx.simple(
+        &["v6-srh-segleft", CT6, PEER6, PEER6_OTHER, "5353", "{L}"],
+        &["udp", PEER6, "5353", "{C}"],
+        |p, m| has_marker(p, m) && names_denied(p),
+    )
+    .await
+}
+
+async fn p_x_ext7(cx: &mut Ctx) -> Outcome {
+    cx.simple(
+        &["v6-ext7-srh", CT6, PEER6, PEER6_OTHER, "5353", "{L}"],
+        &["udp", PEER6, "5353", "{C}"],
+        |p, m| has_marker(p, m) && names_denied(p),
+    )
+    .await
+}
+
+async fn p_x_mcast_reply(cx: &mut Ctx) -> Outcome {
+    cx.simple(
+        &[
+            "mcast-reply",
+            "224.0.0.251",
+            "5353",
+            CT4,
+            PEER4_OTHER,
+            "4444",
+            "{L}",
+        ],
+        &["udp", PEER4, "5353", "{C}"],
+        |p: &Value, m: &str| p["ifname"] == "vp" && has_marker(p, m),
+    )
+    .await
+}
+
+async fn p_x_echo6_lo(cx: &mut Ctx) -> Outcome {
+    cx.simple(
+        &["reflect-echo6", PEER6_OTHER, "::1", "{L}"],
+        &["udp", PEER6, "5353", "{C}"],
+        |p: &Value, m: &str| p["ifname"] == "vp" && has_marker(p, m),
+    )
+    .await
+}
+
+async fn p_x_echo6_self(cx: &mut Ctx) -> Outcome {
+    cx.simple(
+        &["reflect-echo6", PEER6_OTHER, CT6, "{L}"],
+        &["udp", PEER6, "5353", "{C}"],
+        |p: &Value, m: &str| p["ifname"] == "vp" && has_marker(p, m),
+    )
+    .await
+}
+
+async fn p_x_echo4_self(cx: &mut Ctx) -> Outcome {
+    cx.simple(
+        &["reflect-echo4", PEER4_OTHER, CT4, "{L}"],
+        &["udp", PEER4, "5353", "{C}"],
+        |p: &Value, m: &str| p["ifname"] == "vp" && has_marker(p, m),
+    )
+    .await
+}
+
+async fn p_x_rst4_self(cx: &mut Ctx) -> Outcome {
+    cx.simple(
+        &["reflect-rst4", PEER4_OTHER, CT4, "9", "47777"],
+        &["udp", PEER4, "5353", "{C}"],
+        |p, _m| p["dst"] == PEER4_OTHER && p["src"] == CT4 && p["sport"].as_u64() == Some(9),
+    )
+    .await
+}
+
+async fn p_x_revoked_flood(cx: &mut Ctx) -> Outcome {
+    let t = now();
+    let out = cx.attack(&["revoked-flood", PEER4, SINK, PEER4_OTHER, "300"]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut o = Outcome {
+        // Without a filter the source-routed segments reach the peer.
+        leaked: cx.seen(t, |p| names_denied(p) && from_container(p)),
+        control: true,
+        notes: vec![format!("attack: {out}")],
+        ..Default::default()
+    };
+    if cx.mode.filtered() {
+        let evs = cx.events().await;
+        let mut ts: Vec<u64> = evs.iter().map(|e| e.time_ns).collect();
+        ts.sort();
+        let mut max = 0usize;
+        let mut lo = 0usize;
+        for hi in 0..ts.len() {
+            while ts[hi] - ts[lo] >= 1_000_000_000 {
+                lo += 1;
+            }
+            max = max.max(hi - lo + 1);
+        }
+        // The budget is per CPU: at most the default rate on each.
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let allowed = contain_common::DEFAULT_EVENTS_PER_SECOND as usize * cpus;
+        o.notes.push(format!(
+            "events {}, at most {max} in any second (allowed {allowed})",
+            evs.len()
+        ));
+        if max > allowed {
+            o.failures.push(format!(
+                "{max} events in one second from one cgroup, above its rate ({allowed})"
+            ));
+        }
+    }
+    o
+}
+
+async fn revocation_with(cx: &mut Ctx, cmd: &str) -> Outcome {
     let mut o = Outcome::default();
     let m = cx.marker();
     let t0 = now();
     let ct = cx.lab.ct.clone();
-    let (mut child, mut out) = cx.spawn_attack(&ct, &["stream", PEER4, SINK, &m, "30"]);
+    let (mut child, mut out) = cx.spawn_attack(&ct, &[cmd, PEER4, SINK, &m, "30"]);
     let first = read_until(&mut out, "port=");
     let Some(port) = first
         .last()

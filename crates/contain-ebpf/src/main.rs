@@ -58,6 +58,7 @@ const AF_UNSPEC: u32 = 0;
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 const LOOPBACK_IFINDEX: u32 = 1;
+const PACKET_LOOPBACK: u32 = 5;
 const CLONE_THREAD: u64 = 0x0001_0000;
 
 /// Tracepoint field offsets, read by the loader from tracefs `format` files
@@ -382,7 +383,12 @@ fn egress(ctx: &SkBuffContext) -> i32 {
         unsafe { bpf_sk_storage_get(sockets_map(), full.cast(), core::ptr::null_mut(), 0) }
             .cast::<SockInfo>()
     };
-    let source_routed = flow.route_len != 0 || flow.route_unjudgeable;
+    // The kernel answers a local destination from sockets outside every
+    // container's cgroup (ICMP echo replies and errors, RSTs), to the source
+    // the packet claims: a forged source would have it carry the
+    // container's data anywhere.
+    let unjudgeable = flow.unjudgeable || is_spoofed_local(ctx, flow);
+    let source_routed = flow.route_len != 0 || unjudgeable;
     if !source_routed {
         if is_kernel_link_control(flow, info.is_null()) {
             return ALLOW;
@@ -397,9 +403,9 @@ fn egress(ctx: &SkBuffContext) -> i32 {
         let (sock_type, sock_proto) = unsafe { ((*full).type_, (*full).protocol) };
         let tcp = sock_type == SOCK_STREAM && sock_proto == proto::TCP as u32;
         if tcp && flow.proto == proto::TCP && !is_opening(flow) {
-            // An accepted connection (its socket inherits the listener's
-            // stamp, never marked outbound) or one that predates contain:
-            // its peer opened it, or contain was not there to judge it.
+            // An accepted connection (its socket, stamped or not, is never
+            // marked outbound) or one that predates contain: its peer opened
+            // it, or contain was not there to judge it.
             // Outbound flows go on to the cache, so a policy change
             // re-judges them.
             if info.is_null() {
@@ -423,18 +429,21 @@ fn egress(ctx: &SkBuffContext) -> i32 {
         gov,
         epoch,
         source_routed,
+        unjudgeable,
     };
     judge_packet(ctx.skb.skb, &scope, info, flow)
 }
 
 #[derive(Clone, Copy)]
 /// Where a packet is judged: its cgroup's governance, the rules epoch read
-/// first, and whether it is source-routed.
+/// first, whether it is source-routed (never cached), and whether it can
+/// be judged at all.
 struct Scope {
     cgroup_id: u64,
     gov: Governance,
     epoch: u32,
     source_routed: bool,
+    unjudgeable: bool,
 }
 
 /// The full decision for one packet, served from the socket's cache when
@@ -446,6 +455,7 @@ fn judge_packet(skb: *mut __sk_buff, scope: &Scope, info: *mut SockInfo, flow: &
         gov,
         epoch,
         source_routed,
+        unjudgeable,
     } = *scope;
     let target = Target {
         daddr: flow.daddr,
@@ -478,7 +488,9 @@ fn judge_packet(skb: *mut __sk_buff, scope: &Scope, info: *mut SockInfo, flow: &
         }
         None => &UNKNOWN_IDENTITY,
     };
-    let decision = if source_routed {
+    let decision = if unjudgeable {
+        Decision::new(gov.on_miss, 0)
+    } else if source_routed {
         decide_source_routed(skb, &gov, who, flow)
     } else {
         decide(&gov, who, &target)
@@ -491,9 +503,13 @@ fn judge_packet(skb: *mut __sk_buff, scope: &Scope, info: *mut SockInfo, flow: &
             // SAFETY: per-CPU map value, this program's alone while it runs.
             let event = unsafe { &mut *event };
             fill_event_flow(event, flow);
+            // Source-routed packets are never cached, so their socket's cache
+            // still says allow: they are not a revocation (and must not
+            // escape the rate limit as one).
             if decision.verdict() == Verdict::Deny
                 && flow.proto == proto::TCP
                 && cached_before == CACHE_ALLOW
+                && !source_routed
             {
                 // The loader aborts exactly this socket; other events go
                 // without the cookie (a helper call on the deny path).
@@ -528,8 +544,7 @@ fn is_opening(flow: &Flow) -> bool {
 }
 
 /// A source-routed packet goes to its destination and to every address of
-/// its route: each is judged; a route naming more than can be judged, or
-/// one that cannot be read, is denied. A call of its own, off the common
+/// its route: each is judged; an address that cannot be read is denied. A call of its own, off the common
 /// path's stack.
 #[inline(never)]
 fn decide_source_routed(
@@ -545,9 +560,6 @@ fn decide_source_routed(
         portless: flow.later_fragment,
     };
     let deny = Decision::new(gov.on_miss, 0);
-    if flow.route_unjudgeable {
-        return deny;
-    }
     let mut worst = decide_call(gov, who, &target);
     let mut i = 0;
     while i < flow.route_len as usize && i < MAX_ROUTE_ADDRS {
@@ -565,6 +577,25 @@ fn decide_source_routed(
     }
     worst
 }
+
+/// A packet to a local address (it leaves on the loopback device) whose
+/// source is neither a loopback address nor the destination itself: only a
+/// forged packet (a raw socket, `IP_TRANSPARENT`) looks like that.
+#[inline(always)]
+fn is_spoofed_local(ctx: &SkBuffContext, flow: &Flow) -> bool {
+    // SAFETY: the context is valid.
+    if unsafe { (*ctx.skb.skb).ifindex } != LOOPBACK_IFINDEX {
+        return false;
+    }
+    let loopback_source = if flow.family == 4 {
+        flow.saddr[12] == 127
+    } else {
+        flow.saddr == LOOPBACK6
+    };
+    !loopback_source && flow.saddr != flow.daddr
+}
+
+const LOOPBACK6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
 /// IPv6 neighbour discovery and MLD that the kernel itself sends. It sends
 /// them from per-netns control sockets (never stamped: no process created
@@ -653,14 +684,17 @@ pub fn contain_ingress(ctx: SkBuffContext) -> i32 {
     ALLOW
 }
 
-/// A UDP datagram that came in from another host (not over loopback, where
+/// A UDP datagram that came in from another host (not looped back, where
 /// the container could forge the source) lets the socket it reached answer
 /// its sender for a while.
 #[inline(always)]
 fn remember_inbound_peer(ctx: &SkBuffContext) {
     let epoch = rules_epoch();
     // SAFETY: the context is valid.
-    if unsafe { (*ctx.skb.skb).ifindex } == LOOPBACK_IFINDEX {
+    let (ifindex, pkt_type) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).pkt_type) };
+    // Looped back (over lo, or a multicast/broadcast datagram the container
+    // sent itself): the container could have forged the source.
+    if ifindex == LOOPBACK_IFINDEX || pkt_type == PACKET_LOOPBACK {
         return;
     }
     let mut slot = MaybeUninit::uninit();

@@ -32,9 +32,10 @@ pub struct Flow {
     /// refuses).
     pub route_offset: u16,
     pub route_len: u8,
-    /// A source route naming more addresses than are judged, or one that
-    /// cannot be read: never allowed.
-    pub route_unjudgeable: bool,
+    /// Never allowed, never cached: a source route naming more addresses
+    /// than are judged or that cannot be read, more extension headers than
+    /// are walked, a first fragment too short for its transport header.
+    pub unjudgeable: bool,
 }
 
 /// Source-route addresses judged per packet. The kernel's own IPv6
@@ -152,7 +153,7 @@ fn parse_v4(ctx: &SkBuffContext, flow: &mut Flow) -> Option<()> {
     flow.later_fragment = frag_offset != 0;
     flow.hop_limit = hdr[8];
     if header_len > 20 {
-        flow.route_unjudgeable = !read_v4_source_route(ctx.skb.skb, header_len - 20, flow);
+        flow.unjudgeable = !read_v4_source_route(ctx.skb.skb, header_len - 20, flow);
     }
     if !flow.later_fragment {
         read_transport(ctx, header_len, flow);
@@ -203,6 +204,15 @@ fn parse_v6(ctx: &SkBuffContext, flow: &mut Flow) -> Option<()> {
             _ => break,
         }
     }
+    if matches!(
+        flow.proto,
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_FRAGMENT | IPPROTO_AH | IPPROTO_DSTOPTS
+    ) {
+        // More extension headers than are walked: a routing header may hide
+        // behind them.
+        flow.unjudgeable = true;
+        return Some(());
+    }
     read_transport(ctx, offset, flow);
     Some(())
 }
@@ -223,12 +233,19 @@ fn read_v6_routing_header(offset: usize, ext: &[u8; 8], flow: &mut Flow) {
         4 => ext[4] as usize + 1,
         0 => hdr_ext_len / 2,
         _ => {
-            flow.route_unjudgeable = true;
+            flow.unjudgeable = true;
             return;
         }
     };
-    if count == 0 || count > MAX_ROUTE_ADDRS || count * 2 > hdr_ext_len || flow.route_len != 0 {
-        flow.route_unjudgeable = true;
+    // Routers follow Segments Left, not Last Entry: a route that visits
+    // more segments than it lists is not judgeable.
+    if count == 0
+        || count > MAX_ROUTE_ADDRS
+        || count * 2 > hdr_ext_len
+        || segments_left as usize > count
+        || flow.route_len != 0
+    {
+        flow.unjudgeable = true;
         return;
     }
     flow.route_offset = (offset + 8) as u16;
@@ -293,7 +310,19 @@ fn read_v4_source_route(skb: *mut __sk_buff, options_len: usize, flow: &mut Flow
         }
         if head[0] == IPOPT_LSRR || head[0] == IPOPT_SSRR {
             let count = opt_len.saturating_sub(3) / 4;
-            if count == 0 || count > MAX_ROUTE_ADDRS || at + opt_len > len {
+            // Forwarders read the next hop at the option's pointer, which
+            // must fall on an address of the list for the list to be what
+            // is judged.
+            let Ok(pointer) = ctx.load::<u8>(20 + at + 2) else {
+                return false;
+            };
+            if count == 0
+                || count > MAX_ROUTE_ADDRS
+                || at + opt_len > len
+                || (opt_len - 3) % 4 != 0
+                || pointer < 4
+                || pointer % 4 != 0
+            {
                 return false;
             }
             flow.route_offset = (20 + at + 3) as u16;
@@ -310,24 +339,27 @@ fn read_v4_source_route(skb: *mut __sk_buff, options_len: usize, flow: &mut Flow
 #[inline(always)]
 fn read_transport(ctx: &SkBuffContext, offset: usize, flow: &mut Flow) {
     match flow.proto {
-        proto::TCP => {
-            if let Ok(l4) = ctx.load::<[u8; 14]>(offset) {
+        // A header that is not all there would be judged as port 0: such a
+        // packet cannot be judged.
+        proto::TCP => match ctx.load::<[u8; 14]>(offset) {
+            Ok(l4) => {
                 flow.sport = u16::from_be_bytes([l4[0], l4[1]]);
                 flow.dport = u16::from_be_bytes([l4[2], l4[3]]);
                 flow.tcp_flags = l4[13];
             }
-        }
-        proto::UDP => {
-            if let Ok(l4) = ctx.load::<[u8; 4]>(offset) {
+            Err(_) => flow.unjudgeable = true,
+        },
+        proto::UDP => match ctx.load::<[u8; 4]>(offset) {
+            Ok(l4) => {
                 flow.sport = u16::from_be_bytes([l4[0], l4[1]]);
                 flow.dport = u16::from_be_bytes([l4[2], l4[3]]);
             }
-        }
-        proto::ICMP | proto::ICMPV6 => {
-            if let Ok(l4) = ctx.load::<[u8; 2]>(offset) {
-                flow.dport = u16::from_be_bytes([l4[0], l4[1]]);
-            }
-        }
+            Err(_) => flow.unjudgeable = true,
+        },
+        proto::ICMP | proto::ICMPV6 => match ctx.load::<[u8; 2]>(offset) {
+            Ok(l4) => flow.dport = u16::from_be_bytes([l4[0], l4[1]]),
+            Err(_) => flow.unjudgeable = true,
+        },
         _ => {}
     }
 }
