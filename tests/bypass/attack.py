@@ -20,6 +20,10 @@ import subprocess
 import sys
 import time
 
+# The Internet checksum, shared with the probes of the other test tiers.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from probe import checksum as csum  # noqa: E402
+
 libc = ctypes.CDLL(None, use_errno=True)
 
 IPV6_RTHDR = 57
@@ -208,15 +212,23 @@ def bound_udp(host, lport, reuse):
     return s
 
 
+def first_peer(sock):
+    """Says "ready", then waits for the peer's first datagram: its address,
+    or None (reported) when none came."""
+    print("ready", flush=True)
+    try:
+        return sock.recvfrom(2048)[1]
+    except OSError as e:
+        say(recv=err(e))
+        return None
+
+
 def udp_tied(lport, host, marker_a, marker_b):
     """Socket A is spoken to by the peer; socket B (same local port, via
     SO_REUSEPORT, bound after the peer spoke) answers the same peer."""
     a = bound_udp(host, lport, True)
-    print("ready", flush=True)
-    try:
-        _, peer = a.recvfrom(2048)
-    except OSError as e:
-        say(recv=err(e))
+    peer = first_peer(a)
+    if peer is None:
         return
     b = bound_udp(host, lport, True)
     attempt("b_send", lambda: b.sendto(payload(marker_b), peer) and None)
@@ -226,11 +238,8 @@ def udp_tied(lport, host, marker_a, marker_b):
 
 def udp_late_reply(lport, host, wait, marker):
     a = bound_udp(host, lport, False)
-    print("ready", flush=True)
-    try:
-        _, peer = a.recvfrom(2048)
-    except OSError as e:
-        say(recv=err(e))
+    peer = first_peer(a)
+    if peer is None:
         return
     time.sleep(float(wait))
     attempt("late_reply", lambda: a.sendto(payload(marker), peer) and None)
@@ -286,15 +295,6 @@ def sendto_unspec(host, port, marker):
 
 
 # --- classic vectors ------------------------------------------------------------------
-
-def csum(data):
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return ~total & 0xFFFF
-
 
 def ip4(src, dst, proto, body, options=b"", frag=0, ident=0x4242):
     ihl = 5 + len(options) // 4

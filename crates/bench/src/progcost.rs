@@ -69,7 +69,8 @@ pub struct ProgCost {
 /// One measurement: the kernel's mean ns per run over a call of about
 /// `target_ms`, checking the verdict.
 fn measure_one(fd: i32, packet: &[u8], expected: u32, target_ms: u64, what: &str) -> Result<u32> {
-    let probe = testrun::run(fd, packet, 64).with_context(|| format!("test run of {what}"))?;
+    let probe = testrun::run(fd, packet, 64, testrun::egress_ifindex()?)
+        .with_context(|| format!("test run of {what}"))?;
     if probe.retval != expected {
         bail!(
             "{what}: verdict {} where {expected} was expected",
@@ -78,7 +79,8 @@ fn measure_one(fd: i32, packet: &[u8], expected: u32, target_ms: u64, what: &str
     }
     let per_run = u64::from(probe.duration_ns.max(1));
     let repeat = (target_ms * 1_000_000 / per_run).clamp(100, 5_000_000) as u32;
-    let run = testrun::run(fd, packet, repeat).with_context(|| format!("test run of {what}"))?;
+    let run = testrun::run(fd, packet, repeat, testrun::egress_ifindex()?)
+        .with_context(|| format!("test run of {what}"))?;
     Ok(run.duration_ns)
 }
 

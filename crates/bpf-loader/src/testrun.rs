@@ -38,18 +38,33 @@ pub struct TestRun {
     pub duration_ns: u32,
 }
 
+/// Bytes of `struct __sk_buff` passed as the test run's context: up to and
+/// including `ifindex` (offset 40) and `tc_index`, which the kernel requires
+/// to be zero.
+const SKB_CTX_LEN: usize = 48;
+const SKB_CTX_IFINDEX: usize = 40;
+
 /// Runs program `prog_fd` `repeat` times on `packet` (for skb programs: an
-/// Ethernet frame; the kernel strips the Ethernet header for cgroup_skb).
-pub fn run(prog_fd: RawFd, packet: &[u8], repeat: u32) -> io::Result<TestRun> {
+/// Ethernet frame; the kernel strips the Ethernet header for cgroup_skb), as
+/// if it left through interface `ifindex` of this network namespace. Without
+/// one the kernel uses the loopback device, where contain's egress program
+/// treats a packet that is not from a loopback address to another address
+/// as forged.
+pub fn run(prog_fd: RawFd, packet: &[u8], repeat: u32, ifindex: u32) -> io::Result<TestRun> {
+    let mut ctx = [0u8; SKB_CTX_LEN];
+    ctx[SKB_CTX_IFINDEX..SKB_CTX_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
     let mut attr = TestRunAttr {
         prog_fd: prog_fd as u32,
         data_size_in: packet.len() as u32,
         data_in: packet.as_ptr() as u64,
         repeat,
+        ctx_size_in: SKB_CTX_LEN as u32,
+        ctx_in: ctx.as_ptr() as u64,
         ..Default::default()
     };
     // SAFETY: attr is a valid bpf_attr prefix of the size passed; the packet
-    // buffer outlives the call and the kernel only reads it (no data_out).
+    // and context buffers outlive the call and the kernel only reads them
+    // (no data_out, no ctx_out).
     let ret = unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -64,5 +79,26 @@ pub fn run(prog_fd: RawFd, packet: &[u8], repeat: u32) -> io::Result<TestRun> {
     Ok(TestRun {
         retval: attr.retval,
         duration_ns: attr.duration,
+    })
+}
+
+/// An interface of this network namespace other than loopback, for test
+/// runs of packets that leave the host.
+pub fn egress_ifindex() -> io::Result<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/sys/class/net")? {
+        let path = entry?.path().join("ifindex");
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            if let Ok(index) = text.trim().parse::<u32>() {
+                found.push(index);
+            }
+        }
+    }
+    found.sort_unstable();
+    found.into_iter().find(|&i| i > 1).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            "no network interface but loopback in this namespace: a test run needs one to send packets through (add one, e.g. `ip link add contain-tr type dummy`)",
+        )
     })
 }

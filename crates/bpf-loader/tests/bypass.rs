@@ -148,6 +148,39 @@ macro_rules! probe {
             open: None,
         }
     };
+    // The common shape: one attack and one control command, judged by
+    // `Ctx::simple`.
+    ($name:literal, $attack:literal, $leak:literal, $control:literal, simple($a:expr, $c:expr, $judge:expr)) => {
+        Probe {
+            name: $name,
+            attack: $attack,
+            leak: $leak,
+            control: $control,
+            run: |cx| Box::pin(cx.simple($a, $c, $judge)),
+            open: None,
+        }
+    };
+    // A steering attack and its control, judged by `Ctx::steer`.
+    ($name:literal, $attack:literal, $leak:literal, $control:literal, steer($a:expr, $c:expr)) => {
+        Probe {
+            name: $name,
+            attack: $attack,
+            leak: $leak,
+            control: $control,
+            run: |cx| Box::pin(cx.steer($a, $c)),
+            open: None,
+        }
+    };
+    ($name:literal, $attack:literal, $leak:literal, $control:literal, simple($a:expr, $c:expr, $judge:expr), open = $why:literal) => {
+        Probe {
+            name: $name,
+            attack: $attack,
+            leak: $leak,
+            control: $control,
+            run: |cx| Box::pin(cx.simple($a, $c, $judge)),
+            open: Some($why),
+        }
+    };
     ($name:literal, $attack:literal, $leak:literal, $control:literal, $f:ident, open = $why:literal) => {
         Probe {
             name: $name,
@@ -165,21 +198,29 @@ const PROBES: &[Probe] = &[
     probe!("1-revocation", "TCP stream of marked bytes to an allowed port; the rule is removed mid-stream",
         "a byte of the flow captured > 1 s after apply returned", "the flow's bytes arrive before the revocation", p_revocation),
     probe!("2-steer-tcp6-srh", "connected TCP6 to allowed peer, then IPV6_RTHDR (SRH) naming a denied address, send",
-        "packet to / routing header naming a denied address", "plain TCP6 to the same port", p_steer_tcp6_after),
+        "packet to / routing header naming a denied address", "plain TCP6 to the same port",
+        steer(&["steer-tcp", PEER6, SINK, PEER6_OTHER, "{L}", "0", "after"], &["tcp", PEER6, SINK, "{C}"])),
     probe!("2-steer-tcp6-srh-before", "IPV6_RTHDR (SRH) set before connect() to the allowed peer",
-        "packet to / routing header naming a denied address", "plain TCP6 to the same port", p_steer_tcp6_before),
+        "packet to / routing header naming a denied address", "plain TCP6 to the same port",
+        steer(&["steer-tcp", PEER6, SINK, PEER6_OTHER, "{L}", "0", "before"], &["tcp", PEER6, SINK, "{C}"])),
     probe!("2-steer-udp6-srh", "connected UDP6 to allowed peer, IPV6_RTHDR (SRH) naming a denied address, send",
-        "packet to / routing header naming a denied address", "plain UDP6 to the same port", p_steer_udp6),
+        "packet to / routing header naming a denied address", "plain UDP6 to the same port",
+        steer(&["steer-udp", PEER6, "5353", PEER6_OTHER, "{L}", "0", "after"], &["udp", PEER6, "5353", "{C}"])),
     probe!("2-steer-tcp4-lsrr", "connected TCP4, then IP_OPTIONS LSRR naming a denied hop, send",
-        "packet to / LSRR naming a denied address", "plain TCP4", p_steer_tcp4_lsrr),
+        "packet to / LSRR naming a denied address", "plain TCP4",
+        steer(&["steer-tcp", PEER4, SINK, PEER4_OTHER, "{L}", "131", "after"], &["tcp", PEER4, SINK, "{C}"])),
     probe!("2-steer-tcp4-lsrr-before", "IP_OPTIONS LSRR naming a denied hop, then connect() to the allowed peer",
-        "packet to / LSRR naming a denied address", "plain TCP4", p_steer_tcp4_lsrr_before),
+        "packet to / LSRR naming a denied address", "plain TCP4",
+        steer(&["steer-tcp", PEER4, SINK, PEER4_OTHER, "{L}", "131", "before"], &["tcp", PEER4, SINK, "{C}"])),
     probe!("2-steer-tcp4-ssrr", "connected TCP4, then IP_OPTIONS SSRR naming a denied hop, send",
-        "packet to / SSRR naming a denied address", "plain TCP4", p_steer_tcp4_ssrr),
+        "packet to / SSRR naming a denied address", "plain TCP4",
+        steer(&["steer-tcp", PEER4, SINK, PEER4_OTHER, "{L}", "137", "after"], &["tcp", PEER4, SINK, "{C}"])),
     probe!("2-steer-udp4-lsrr", "connected UDP4, IP_OPTIONS LSRR naming a denied hop, send",
-        "packet to / LSRR naming a denied address", "plain UDP4", p_steer_udp4_lsrr),
+        "packet to / LSRR naming a denied address", "plain UDP4",
+        steer(&["steer-udp", PEER4, "5353", PEER4_OTHER, "{L}", "131", "after"], &["udp", PEER4, "5353", "{C}"])),
     probe!("2-steer-udp4-ssrr", "connected UDP4, IP_OPTIONS SSRR naming a denied hop, send",
-        "packet to / SSRR naming a denied address", "plain UDP4", p_steer_udp4_ssrr),
+        "packet to / SSRR naming a denied address", "plain UDP4",
+        steer(&["steer-udp", PEER4, "5353", PEER4_OTHER, "{L}", "137", "after"], &["udp", PEER4, "5353", "{C}"])),
     probe!("2-steer-accepted", "the peer connects in; the accepted socket gets IPV6_RTHDR naming a denied address and sends",
         "packet to / routing header naming a denied address", "the accepted socket answers without it", p_steer_accepted),
     probe!("3-nd-ns-global", "raw ICMPv6 type 135 with a marked payload to a denied global address",
@@ -214,58 +255,87 @@ const PROBES: &[Probe] = &[
         "marker captured", "/usr/bin/python3 itself", p_exec_chroot,
         open = "executable identity is the path as exec'd (issue: executable identity root cannot forge)"),
     probe!("10-af-unspec", "sendto() on UDP4 with a sockaddr of family AF_UNSPEC naming a denied address",
-        "marker captured", "plain sendto to the allowed peer", p_af_unspec),
+        "marker captured", "plain sendto to the allowed peer",
+        simple(&["sendto-unspec", PEER4_OTHER, "5353", "{L}"], &["udp", PEER4, "5353", "{C}"], marker_leak)),
     probe!("12-event-flood", "container A floods denied sends; container B sends one denied datagram",
         "B's marker captured", "B's allowed datagram; filtered: B's event and A's suppressed count reported", p_flood),
     probe!("raw4-hdrincl", "IP_HDRINCL UDP packet to a denied address",
-        "marker captured", "plain UDP4", p_raw4),
+        "marker captured", "plain UDP4",
+        simple(&["raw4", CT4, PEER4_OTHER, "5353", "{L}", "none"], &["udp", PEER4, "5353", "{C}"], marker_leak)),
     probe!("raw4-options", "IP_HDRINCL with NOP options to a denied address",
-        "marker captured", "plain UDP4", p_raw4_nop),
+        "marker captured", "plain UDP4",
+        simple(&["raw4", CT4, PEER4_OTHER, "5353", "{L}", "nop"], &["udp", PEER4, "5353", "{C}"], marker_leak)),
     probe!("raw4-record-route", "IP_HDRINCL with a record-route option to a denied address",
-        "marker captured", "plain UDP4", p_raw4_rr),
+        "marker captured", "plain UDP4",
+        simple(&["raw4", CT4, PEER4_OTHER, "5353", "{L}", "rr"], &["udp", PEER4, "5353", "{C}"], marker_leak)),
     probe!("raw4-lsrr-to-allowed", "IP_HDRINCL to the allowed peer with LSRR naming a denied hop",
         "LSRR naming a denied address captured", "plain UDP4", p_raw4_lsrr),
     probe!("frag4-later-denied-dest", "a later IPv4 fragment (no transport header) with data to a denied address",
-        "marker captured", "plain UDP4", p_frag4_later),
+        "marker captured", "plain UDP4",
+        simple(&["frag4-later", CT4, PEER4_OTHER, "5353", "{L}"], &["udp", PEER4, "5353", "{C}"], marker_leak)),
     probe!("frag4-overlap", "first fragment to an allowed port, an overlapping offset-0 fragment to a denied port with data",
-        "marker captured", "plain UDP4", p_frag4_overlap),
+        "marker captured", "plain UDP4",
+        simple(&["frag4-overlap", CT4, PEER4, "5353", "9090", "{L}"], &["udp", PEER4, "5353", "{C}"], marker_leak)),
     probe!("frag4-header-split", "a datagram to a denied port: UDP header alone in fragment 1, data in fragment 2",
-        "marker captured", "plain UDP4", p_frag4_split),
+        "marker captured", "plain UDP4",
+        simple(&["frag4-tiny", CT4, PEER4, "5353", "9090", "{L}"], &["udp", PEER4, "5353", "{C}"], marker_leak)),
     probe!("v6-ext-chain", "raw IPv6: hop-by-hop + destination options + UDP to a denied port",
-        "marker captured", "plain UDP6", p_v6_ext),
+        "marker captured", "plain UDP6",
+        simple(&["v6-ext", CT6, PEER6, "9090", "{L}"], &["udp", PEER6, "5353", "{C}"], marker_leak)),
     probe!("v6-frag-hidden-port", "raw IPv6: first fragment ends before the UDP header; port in fragment 2",
-        "marker captured", "plain UDP6", p_v6_frag),
+        "marker captured", "plain UDP6",
+        simple(&["v6-frag-hidden", CT6, PEER6, "9090", "{L}"], &["udp", PEER6, "5353", "{C}"], marker_leak)),
     probe!("v6-srh-raw", "raw IPv6 to the allowed peer with an SRH whose next segment is denied",
-        "routing header naming a denied address captured", "plain UDP6", p_v6_srh_raw),
+        "routing header naming a denied address captured", "plain UDP6",
+        simple(&["v6-srh-raw", CT6, PEER6, PEER6_OTHER, "5353", "{L}"], &["udp", PEER6, "5353", "{C}"], |p, m| has_marker(p, m) && names_denied(p))),
     probe!("v4-mapped", "AF_INET6 UDP sendto ::ffff:<denied IPv4>",
-        "marker captured", "::ffff:<allowed peer>", p_mapped),
+        "marker captured", "::ffff:<allowed peer>",
+        simple(&["mapped-udp", PEER4_OTHER, "5353", "{L}"], &["mapped-udp", PEER4, "5353", "{C}"], marker_leak)),
     probe!("tcp-fastopen", "sendto(MSG_FASTOPEN) with TCP_FASTOPEN_NO_COOKIE, data in the SYN, to a denied address",
-        "marker captured", "plain TCP4", p_tfo),
+        "marker captured", "plain TCP4",
+        simple(&["tfo", PEER4_OTHER, "8080", "{L}"], &["tcp", PEER4, SINK, "{C}"], marker_leak)),
     probe!("sendmmsg", "sendmmsg() of two datagrams to a denied address",
-        "marker captured", "sendmmsg() to the allowed peer", p_sendmmsg),
+        "marker captured", "sendmmsg() to the allowed peer",
+        simple(&["sendmmsg", PEER4_OTHER, "5353", "{L}"], &["sendmmsg", PEER4, "5353", "{C}"], marker_leak)),
     probe!("io-uring", "UDP datagrams to a denied address via io_uring SENDMSG and SEND-with-address (C, built at test time)",
         "marker captured", "the same to the allowed peer", p_uring),
     probe!("af-packet", "AF_PACKET frame (broadcast MAC) carrying IPv4/UDP to a denied address",
-        "marker captured", "plain UDP4", p_af_packet,
+        "marker captured", "plain UDP4",
+        simple(&["af-packet", "vc", CT4, PEER4_OTHER, "5353", "{L}"], &["udp", PEER4, "5353", "{C}"], marker_leak),
         open = "link-layer frames need the veth backstop (issue: link-layer frames)"),
     probe!("x-srh-segleft", "raw IPv6 SRH: last_entry 0, 3 slots, segments_left 2, slot 1 denied",
-        "routing header naming a denied address captured", "plain UDP6", p_x_srh_segleft),
+        "routing header naming a denied address captured", "plain UDP6",
+        simple(&["v6-srh-segleft", CT6, PEER6, PEER6_OTHER, "5353", "{L}"], &["udp", PEER6, "5353", "{C}"], |p, m| has_marker(p, m) && names_denied(p))),
     probe!("x-ext7-srh", "raw IPv6: six dest-opts headers, then an SRH naming a denied address (judged as unjudgeable; with an any-protocol rule to the peer it leaked before the fix)",
-        "routing header naming a denied address captured", "plain UDP6", p_x_ext7),
+        "routing header naming a denied address captured", "plain UDP6",
+        simple(&["v6-ext7-srh", CT6, PEER6, PEER6_OTHER, "5353", "{L}"], &["udp", PEER6, "5353", "{C}"], |p, m| has_marker(p, m) && names_denied(p))),
     probe!("x-reflect-echo6-lo", "raw ICMPv6 echo request from a spoofed denied address to ::1",
-        "marker captured", "plain UDP6", p_x_echo6_lo),
+        "marker captured", "plain UDP6",
+        simple(&["reflect-echo6", PEER6_OTHER, "::1", "{L}"], &["udp", PEER6, "5353", "{C}"], |p: &Value, m: &str| p["ifname"] == "vp" && has_marker(p, m))),
     probe!("x-reflect-echo6-self", "raw ICMPv6 echo request from a spoofed denied address to the container's own address",
-        "marker captured", "plain UDP6", p_x_echo6_self),
+        "marker captured", "plain UDP6",
+        simple(&["reflect-echo6", PEER6_OTHER, CT6, "{L}"], &["udp", PEER6, "5353", "{C}"], |p: &Value, m: &str| p["ifname"] == "vp" && has_marker(p, m))),
     probe!("x-reflect-echo4-self", "raw ICMP echo request from a spoofed denied address to the container's own address",
-        "marker captured", "plain UDP4", p_x_echo4_self),
+        "marker captured", "plain UDP4",
+        simple(&["reflect-echo4", PEER4_OTHER, CT4, "{L}"], &["udp", PEER4, "5353", "{C}"], |p: &Value, m: &str| p["ifname"] == "vp" && has_marker(p, m))),
     probe!("x-reflect-rst4-self", "raw SYN from a spoofed denied address to the container's own closed port 9",
-        "a TCP packet from the container to the denied address with sport 9", "plain UDP4", p_x_rst4_self),
+        "a TCP packet from the container to the denied address with sport 9", "plain UDP4",
+        simple(&["reflect-rst4", PEER4_OTHER, CT4, "9", "47777"], &["udp", PEER4, "5353", "{C}"], |p, _m| p["dst"] == PEER4_OTHER && p["src"] == CT4 && p["sport"].as_u64() == Some(9))),
     probe!("x-mptcp-revocation", "MPTCP stream (plain TCP peer, fallback) to an allowed port; the rule is removed mid-stream",
         "a byte of the flow captured > 1 s after apply returned", "the flow's bytes arrive before the revocation", p_x_mptcp_revocation),
     probe!("x-revoked-flood", "300 TCP flows to the allowed peer, each then given an LSRR through a denied hop; count events",
         "a segment naming the denied hop captured; filtered: more events in one second than the cgroup's rate", "-", p_x_revoked_flood),
     probe!("x-mcast-reply", "UDP socket joins 224.0.0.251:5353; a raw datagram from a spoofed denied address to the group loops back to it; it answers (mDNS allowed)",
-        "marker captured", "plain UDP4", p_x_mcast_reply),
+        "marker captured", "plain UDP4",
+        simple(&[
+            "mcast-reply",
+            "224.0.0.251",
+            "5353",
+            CT4,
+            PEER4_OTHER,
+            "4444",
+            "{L}",
+        ], &["udp", PEER4, "5353", "{C}"], |p: &Value, m: &str| p["ifname"] == "vp" && has_marker(p, m))),
     probe!("fd-passing", "a process the policy does not allow makes a UDP socket, passes it (SCM_RIGHTS) to allowed python3, which sends",
         "marker captured", "python3 sends on its own socket", p_fdpass),
 ];
@@ -619,77 +689,6 @@ async fn p_x_mptcp_revocation(cx: &mut Ctx) -> Outcome {
     revocation_with(cx, "stream-mptcp").await
 }
 
-async fn p_x_srh_segleft(cx: &mut Ctx) -> Outcome {
-    cx.simple(
-        &["v6-srh-segleft", CT6, PEER6, PEER6_OTHER, "5353", "{L}"],
-        &["udp", PEER6, "5353", "{C}"],
-        |p, m| has_marker(p, m) && names_denied(p),
-    )
-    .await
-}
-
-async fn p_x_ext7(cx: &mut Ctx) -> Outcome {
-    cx.simple(
-        &["v6-ext7-srh", CT6, PEER6, PEER6_OTHER, "5353", "{L}"],
-        &["udp", PEER6, "5353", "{C}"],
-        |p, m| has_marker(p, m) && names_denied(p),
-    )
-    .await
-}
-
-async fn p_x_mcast_reply(cx: &mut Ctx) -> Outcome {
-    cx.simple(
-        &[
-            "mcast-reply",
-            "224.0.0.251",
-            "5353",
-            CT4,
-            PEER4_OTHER,
-            "4444",
-            "{L}",
-        ],
-        &["udp", PEER4, "5353", "{C}"],
-        |p: &Value, m: &str| p["ifname"] == "vp" && has_marker(p, m),
-    )
-    .await
-}
-
-async fn p_x_echo6_lo(cx: &mut Ctx) -> Outcome {
-    cx.simple(
-        &["reflect-echo6", PEER6_OTHER, "::1", "{L}"],
-        &["udp", PEER6, "5353", "{C}"],
-        |p: &Value, m: &str| p["ifname"] == "vp" && has_marker(p, m),
-    )
-    .await
-}
-
-async fn p_x_echo6_self(cx: &mut Ctx) -> Outcome {
-    cx.simple(
-        &["reflect-echo6", PEER6_OTHER, CT6, "{L}"],
-        &["udp", PEER6, "5353", "{C}"],
-        |p: &Value, m: &str| p["ifname"] == "vp" && has_marker(p, m),
-    )
-    .await
-}
-
-async fn p_x_echo4_self(cx: &mut Ctx) -> Outcome {
-    cx.simple(
-        &["reflect-echo4", PEER4_OTHER, CT4, "{L}"],
-        &["udp", PEER4, "5353", "{C}"],
-        |p: &Value, m: &str| p["ifname"] == "vp" && has_marker(p, m),
-    )
-    .await
-}
-
-async fn p_x_rst4_self(cx: &mut Ctx) -> Outcome {
-    cx.simple(
-        &["reflect-rst4", PEER4_OTHER, CT4, "9", "47777"],
-        &["udp", PEER4, "5353", "{C}"],
-        |p, _m| p["dst"] == PEER4_OTHER && p["src"] == CT4 && p["sport"].as_u64() == Some(9),
-    )
-    .await
-}
-
 async fn p_x_revoked_flood(cx: &mut Ctx) -> Outcome {
     let t = now();
     let out = cx.attack(&["revoked-flood", PEER4, SINK, PEER4_OTHER, "300"]);
@@ -810,101 +809,13 @@ async fn revocation_with(cx: &mut Ctx, cmd: &str) -> Outcome {
     o
 }
 
-async fn p_steer_tcp6_after(cx: &mut Ctx) -> Outcome {
-    cx.steer(
-        &["steer-tcp", PEER6, SINK, PEER6_OTHER, "{L}", "0", "after"],
-        &["tcp", PEER6, SINK, "{C}"],
-    )
-    .await
-}
-
-async fn p_steer_tcp6_before(cx: &mut Ctx) -> Outcome {
-    cx.steer(
-        &["steer-tcp", PEER6, SINK, PEER6_OTHER, "{L}", "0", "before"],
-        &["tcp", PEER6, SINK, "{C}"],
-    )
-    .await
-}
-
-async fn p_steer_udp6(cx: &mut Ctx) -> Outcome {
-    cx.steer(
-        &["steer-udp", PEER6, "5353", PEER6_OTHER, "{L}", "0", "after"],
-        &["udp", PEER6, "5353", "{C}"],
-    )
-    .await
-}
-
-async fn p_steer_tcp4_lsrr(cx: &mut Ctx) -> Outcome {
-    cx.steer(
-        &["steer-tcp", PEER4, SINK, PEER4_OTHER, "{L}", "131", "after"],
-        &["tcp", PEER4, SINK, "{C}"],
-    )
-    .await
-}
-
-async fn p_steer_tcp4_lsrr_before(cx: &mut Ctx) -> Outcome {
-    cx.steer(
-        &[
-            "steer-tcp",
-            PEER4,
-            SINK,
-            PEER4_OTHER,
-            "{L}",
-            "131",
-            "before",
-        ],
-        &["tcp", PEER4, SINK, "{C}"],
-    )
-    .await
-}
-
-async fn p_steer_tcp4_ssrr(cx: &mut Ctx) -> Outcome {
-    cx.steer(
-        &["steer-tcp", PEER4, SINK, PEER4_OTHER, "{L}", "137", "after"],
-        &["tcp", PEER4, SINK, "{C}"],
-    )
-    .await
-}
-
-async fn p_steer_udp4_lsrr(cx: &mut Ctx) -> Outcome {
-    cx.steer(
-        &[
-            "steer-udp",
-            PEER4,
-            "5353",
-            PEER4_OTHER,
-            "{L}",
-            "131",
-            "after",
-        ],
-        &["udp", PEER4, "5353", "{C}"],
-    )
-    .await
-}
-
-async fn p_steer_udp4_ssrr(cx: &mut Ctx) -> Outcome {
-    cx.steer(
-        &[
-            "steer-udp",
-            PEER4,
-            "5353",
-            PEER4_OTHER,
-            "{L}",
-            "137",
-            "after",
-        ],
-        &["udp", PEER4, "5353", "{C}"],
-    )
-    .await
-}
-
-/// A server in the container; the peer connects in; the accepted socket
-/// sends with (attack) or without (control) a routing header.
-async fn accepted_send(cx: &mut Ctx, port: &str, denied: &str, m: &str) -> String {
+/// Starts `container` in the container, waits for it to be ready, runs
+/// `peer` in the peer's namespace, and reports what both said.
+async fn container_then_peer(cx: &mut Ctx, container: &[&str], peer: &[&str]) -> String {
     let ct = cx.lab.ct.clone();
-    let (mut child, mut out) = cx.spawn_attack(&ct, &["inbound-rthdr", port, denied, m]);
+    let (mut child, mut out) = cx.spawn_attack(&ct, container);
     read_until(&mut out, "ready");
-    let peer = cx.peer(&["tcp-in", CT6, port]);
+    let peer = cx.peer(peer);
     let mut rest = String::new();
     let _ = out.read_to_string(&mut rest);
     let _ = child.wait();
@@ -912,6 +823,17 @@ async fn accepted_send(cx: &mut Ctx, port: &str, denied: &str, m: &str) -> Strin
         "peer: {peer}; container: {}",
         rest.trim().replace('\n', " ")
     )
+}
+
+/// A server in the container; the peer connects in; the accepted socket
+/// sends with (attack) or without (control) a routing header.
+async fn accepted_send(cx: &mut Ctx, port: &str, denied: &str, m: &str) -> String {
+    container_then_peer(
+        cx,
+        &["inbound-rthdr", port, denied, m],
+        &["tcp-in", CT6, port],
+    )
+    .await
 }
 
 async fn p_steer_accepted(cx: &mut Ctx) -> Outcome {
@@ -990,17 +912,7 @@ async fn p_udp_revoke(cx: &mut Ctx) -> Outcome {
 /// The container's socket(s) on `lport` wait for the peer to speak first
 /// (from `peer_port`), then answer as `args` says.
 async fn reply_probe(cx: &mut Ctx, args: &[&str], lport: &str, peer_port: &str) -> String {
-    let ct = cx.lab.ct.clone();
-    let (mut child, mut out) = cx.spawn_attack(&ct, args);
-    read_until(&mut out, "ready");
-    let peer = cx.peer(&["udp-first", peer_port, CT4, lport]);
-    let mut rest = String::new();
-    let _ = out.read_to_string(&mut rest);
-    let _ = child.wait();
-    format!(
-        "peer: {peer}; container: {}",
-        rest.trim().replace('\n', " ")
-    )
+    container_then_peer(cx, args, &["udp-first", peer_port, CT4, lport]).await
 }
 
 async fn p_udp_tied(cx: &mut Ctx) -> Outcome {
@@ -1184,15 +1096,6 @@ async fn p_exec_chroot(cx: &mut Ctx) -> Outcome {
     .await
 }
 
-async fn p_af_unspec(cx: &mut Ctx) -> Outcome {
-    cx.simple(
-        &["sendto-unspec", PEER4_OTHER, "5353", "{L}"],
-        &["udp", PEER4, "5353", "{C}"],
-        marker_leak,
-    )
-    .await
-}
-
 async fn p_flood(cx: &mut Ctx) -> Outcome {
     let t = now();
     let (lm, cm, am) = (cx.marker(), cx.marker(), cx.marker());
@@ -1262,120 +1165,12 @@ async fn p_flood(cx: &mut Ctx) -> Outcome {
     o
 }
 
-async fn p_raw4(cx: &mut Ctx) -> Outcome {
-    cx.simple(
-        &["raw4", CT4, PEER4_OTHER, "5353", "{L}", "none"],
-        &["udp", PEER4, "5353", "{C}"],
-        marker_leak,
-    )
-    .await
-}
-
-async fn p_raw4_nop(cx: &mut Ctx) -> Outcome {
-    cx.simple(
-        &["raw4", CT4, PEER4_OTHER, "5353", "{L}", "nop"],
-        &["udp", PEER4, "5353", "{C}"],
-        marker_leak,
-    )
-    .await
-}
-
-async fn p_raw4_rr(cx: &mut Ctx) -> Outcome {
-    cx.simple(
-        &["raw4", CT4, PEER4_OTHER, "5353", "{L}", "rr"],
-        &["udp", PEER4, "5353", "{C}"],
-        marker_leak,
-    )
-    .await
-}
-
 async fn p_raw4_lsrr(cx: &mut Ctx) -> Outcome {
     let opt = format!("lsrr={PEER4_OTHER}");
     cx.simple(
         &["raw4", CT4, PEER4, "5353", "{L}", &opt],
         &["udp", PEER4, "5353", "{C}"],
         |p, m| has_marker(p, m) && names_denied(p),
-    )
-    .await
-}
-
-async fn p_frag4_later(cx: &mut Ctx) -> Outcome {
-    cx.simple(
-        &["frag4-later", CT4, PEER4_OTHER, "5353", "{L}"],
-        &["udp", PEER4, "5353", "{C}"],
-        marker_leak,
-    )
-    .await
-}
-
-async fn p_frag4_overlap(cx: &mut Ctx) -> Outcome {
-    cx.simple(
-        &["frag4-overlap", CT4, PEER4, "5353", "9090", "{L}"],
-        &["udp", PEER4, "5353", "{C}"],
-        marker_leak,
-    )
-    .await
-}
-
-async fn p_frag4_split(cx: &mut Ctx) -> Outcome {
-    cx.simple(
-        &["frag4-tiny", CT4, PEER4, "5353", "9090", "{L}"],
-        &["udp", PEER4, "5353", "{C}"],
-        marker_leak,
-    )
-    .await
-}
-
-async fn p_v6_ext(cx: &mut Ctx) -> Outcome {
-    cx.simple(
-        &["v6-ext", CT6, PEER6, "9090", "{L}"],
-        &["udp", PEER6, "5353", "{C}"],
-        marker_leak,
-    )
-    .await
-}
-
-async fn p_v6_frag(cx: &mut Ctx) -> Outcome {
-    cx.simple(
-        &["v6-frag-hidden", CT6, PEER6, "9090", "{L}"],
-        &["udp", PEER6, "5353", "{C}"],
-        marker_leak,
-    )
-    .await
-}
-
-async fn p_v6_srh_raw(cx: &mut Ctx) -> Outcome {
-    cx.simple(
-        &["v6-srh-raw", CT6, PEER6, PEER6_OTHER, "5353", "{L}"],
-        &["udp", PEER6, "5353", "{C}"],
-        |p, m| has_marker(p, m) && names_denied(p),
-    )
-    .await
-}
-
-async fn p_mapped(cx: &mut Ctx) -> Outcome {
-    cx.simple(
-        &["mapped-udp", PEER4_OTHER, "5353", "{L}"],
-        &["mapped-udp", PEER4, "5353", "{C}"],
-        marker_leak,
-    )
-    .await
-}
-
-async fn p_tfo(cx: &mut Ctx) -> Outcome {
-    cx.simple(
-        &["tfo", PEER4_OTHER, "8080", "{L}"],
-        &["tcp", PEER4, SINK, "{C}"],
-        marker_leak,
-    )
-    .await
-}
-
-async fn p_sendmmsg(cx: &mut Ctx) -> Outcome {
-    cx.simple(
-        &["sendmmsg", PEER4_OTHER, "5353", "{L}"],
-        &["sendmmsg", PEER4, "5353", "{C}"],
-        marker_leak,
     )
     .await
 }
@@ -1408,15 +1203,6 @@ async fn p_uring(cx: &mut Ctx) -> Outcome {
         &cm,
         marker_leak,
         vec![format!("attack: {a}"), format!("control: {c}")],
-    )
-    .await
-}
-
-async fn p_af_packet(cx: &mut Ctx) -> Outcome {
-    cx.simple(
-        &["af-packet", "vc", CT4, PEER4_OTHER, "5353", "{L}"],
-        &["udp", PEER4, "5353", "{C}"],
-        marker_leak,
     )
     .await
 }
@@ -1663,26 +1449,27 @@ fn assert_rows(mode: Mode, rows: &[Row]) {
     );
 }
 
+/// Runs one mode's probes and fails on any that did not hold (root only).
+async fn run_mode(mode: Mode, test: &str) {
+    let Some(()) = require_root(test) else {
+        return;
+    };
+    let rows = run_suite(mode).await;
+    assert_rows(mode, &rows);
+}
+
 /// With no filter at all, every probe must leak and every control arrive:
 /// otherwise the probe proves nothing in the filtered run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bypass_self_test() {
-    let Some(()) = require_root("bypass_self_test") else {
-        return;
-    };
-    let rows = run_suite(Mode::SelfTest).await;
-    assert_rows(Mode::SelfTest, &rows);
+    run_mode(Mode::SelfTest, "bypass_self_test").await;
 }
 
 /// Under the real loader and policy, nothing forbidden arrives at the peer
 /// and every control still does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bypass_filtered() {
-    let Some(()) = require_root("bypass_filtered") else {
-        return;
-    };
-    let rows = run_suite(Mode::Filtered).await;
-    assert_rows(Mode::Filtered, &rows);
+    run_mode(Mode::Filtered, "bypass_filtered").await;
 }
 
 /// The holes contain does not close yet (see the README's threat model),
@@ -1691,9 +1478,5 @@ async fn bypass_filtered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "open holes: AF_PACKET frames (veth backstop) and chroot exec identity, named in the README's threat model"]
 async fn bypass_open_holes() {
-    let Some(()) = require_root("bypass_open_holes") else {
-        return;
-    };
-    let rows = run_suite(Mode::OpenHoles).await;
-    assert_rows(Mode::OpenHoles, &rows);
+    run_mode(Mode::OpenHoles, "bypass_open_holes").await;
 }

@@ -25,6 +25,9 @@ impl Drop for PinDir {
     }
 }
 
+const LOOPBACK_IFINDEX: u32 = 1;
+const MLDV2_ROUTERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x16);
+
 #[test]
 fn egress_parses_real_headers() {
     let Some(()) = require_root("egress_parses_real_headers") else {
@@ -159,21 +162,32 @@ fn egress_parses_real_headers() {
             packets::ipv6(ALLOWED6, ICMPV6, 1 << 8, &[]),
             0,
         ),
-        // Neighbour discovery and MLD stay on the link: always let out.
+        // Neighbour discovery and MLD from an unstamped (kernel) socket, as
+        // the test run's is, with the hop limit receivers require: let out.
         (
-            "v6 neighbour solicitation",
+            "v6 neighbour solicitation, hop limit 255",
+            packets::with_hop_limit(packets::ipv6(OTHER6, ICMPV6, 135 << 8, &[]), 255),
+            1,
+        ),
+        (
+            "v6 neighbour advertisement, hop limit 255",
+            packets::with_hop_limit(packets::ipv6(OTHER6, ICMPV6, 136 << 8, &[]), 255),
+            1,
+        ),
+        (
+            "v6 neighbour solicitation, hop limit 64",
             packets::ipv6(OTHER6, ICMPV6, 135 << 8, &[]),
+            0,
+        ),
+        (
+            "v6 MLDv2 report to ff02::16, hop limit 1",
+            packets::with_hop_limit(packets::ipv6(MLDV2_ROUTERS, ICMPV6, 143 << 8, &[]), 1),
             1,
         ),
         (
-            "v6 neighbour advertisement",
-            packets::ipv6(OTHER6, ICMPV6, 136 << 8, &[]),
-            1,
-        ),
-        (
-            "v6 MLDv2 report",
-            packets::ipv6(OTHER6, ICMPV6, 143 << 8, &[]),
-            1,
+            "v6 MLDv2 report to a global address, hop limit 1",
+            packets::with_hop_limit(packets::ipv6(OTHER6, ICMPV6, 143 << 8, &[]), 1),
+            0,
         ),
         (
             "v6 echo request, other host",
@@ -181,13 +195,26 @@ fn egress_parses_real_headers() {
             0,
         ),
     ];
+    let ifindex = testrun::egress_ifindex().expect("an interface to run packets through");
     let mut failures = Vec::new();
     for (name, packet, expected) in &cases {
-        let run = testrun::run(egress, packet, 1).expect("BPF_PROG_TEST_RUN");
+        let run = testrun::run(egress, packet, 1, ifindex).expect("BPF_PROG_TEST_RUN");
         eprintln!("{name:<50} expected {expected} got {}", run.retval);
         if run.retval != *expected {
             failures.push(*name);
         }
+    }
+    // The same allowed packet leaving through the loopback device: a local
+    // destination with a source that is neither loopback nor the
+    // destination is forged, whatever the rules.
+    let forged = &cases[0].1;
+    let run = testrun::run(egress, forged, 1, LOOPBACK_IFINDEX).expect("BPF_PROG_TEST_RUN");
+    eprintln!(
+        "{:<50} expected 0 got {}",
+        "v4 tcp syn allowed, forged over loopback", run.retval
+    );
+    if run.retval != 0 {
+        failures.push("v4 tcp syn allowed, forged over loopback");
     }
     assert!(failures.is_empty(), "wrong verdicts: {failures:?}");
 }

@@ -122,3 +122,9 @@ pub fn ipv6(dst: Ipv6Addr, proto: u8, dport: u16, exts: &[Ext]) -> Vec<u8> {
     f.extend(body);
     f
 }
+
+/// The same IPv6 frame with another hop limit.
+pub fn with_hop_limit(mut frame: Vec<u8>, hop_limit: u8) -> Vec<u8> {
+    frame[14 + 7] = hop_limit;
+    frame
+}
