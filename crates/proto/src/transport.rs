@@ -252,9 +252,10 @@ pub fn peer_cred(stream: &UnixStream) -> io::Result<PeerCred> {
 }
 
 /// Accepts connections until the listener fails, handing each admitted one
-/// (with its credentials) to `on_connection`, which starts serving it, e.g.:
+/// (with its credentials) to `on_connection`, which starts serving it, e.g.
+/// (a sketch, not compiled: `MyServer` stands for a service's server):
 ///
-/// ```ignore
+/// ```text
 /// accept_loop(listener, PeerPolicy::RootOnly, |stream, _peer| {
 ///     let channel = BaseChannel::with_defaults(framed(stream));
 ///     tokio::spawn(channel.execute(MyServer.serve()).for_each(spawn_request));
