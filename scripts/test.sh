@@ -74,8 +74,9 @@ say "cargo fmt --check"
 cargo fmt --all --check && (cd crates/contain-ebpf && cargo fmt --check)
 record "cargo fmt" $?
 
-say "cargo clippy --all-targets -- -D warnings"
-cargo clippy --workspace --all-targets --quiet -- -D warnings
+say "cargo clippy --all-targets -- -D warnings (workspace and eBPF crate)"
+cargo clippy --workspace --all-targets --quiet -- -D warnings \
+  && (cd crates/contain-ebpf && cargo clippy --release --quiet -- -D warnings)
 record "cargo clippy" $?
 
 say "cargo test (unit and privileged integration tests)"

@@ -117,7 +117,8 @@ impl Flow {
     }
 }
 
-const _: () = assert!(size_of::<Flow>() % 8 == 0 && core::mem::offset_of!(Flow, saddr) == 16);
+const _: () =
+    assert!(size_of::<Flow>().is_multiple_of(8) && core::mem::offset_of!(Flow, saddr) == 16);
 
 /// Parses the packet into `flow`, which must be zeroed; false when it is not
 /// an IP packet this can read. A BPF-to-BPF call writing the caller's `Flow` in place: the
@@ -319,7 +320,7 @@ fn read_v4_source_route(skb: *mut __sk_buff, options_len: usize, flow: &mut Flow
             if count == 0
                 || count > MAX_ROUTE_ADDRS
                 || at + opt_len > len
-                || (opt_len - 3) % 4 != 0
+                || !(opt_len - 3).is_multiple_of(4)
                 || pointer < 4
                 || pointer % 4 != 0
             {
