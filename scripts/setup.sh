@@ -23,7 +23,7 @@ else
 fi
 
 # --- Debian packages ---------------------------------------------------------
-packages=(protobuf-compiler iproute2 iputils-ping curl python3 util-linux procps
+packages=(protobuf-compiler iproute2 iputils-ping curl python3 util-linux procps gcc libc6-dev
           containerd runc busybox-static jq socat nftables iperf3 bpftool)
 if (( want_vm )); then
   packages+=(debootstrap e2fsprogs zstd qemu-utils)
