@@ -389,6 +389,7 @@ fn egress(ctx: &SkBuffContext) -> i32 {
     // container's data anywhere.
     let unjudgeable = flow.unjudgeable || is_spoofed_local(ctx, flow);
     let source_routed = flow.route_len != 0 || unjudgeable;
+    let mut udp_socket = false;
     if !source_routed {
         if is_kernel_link_control(flow, info.is_null()) {
             return ALLOW;
@@ -416,13 +417,7 @@ fn egress(ctx: &SkBuffContext) -> i32 {
                 return ALLOW;
             }
         }
-        if sock_type == SOCK_DGRAM && flow.proto == proto::UDP {
-            // SAFETY: the skb context is what the helper takes.
-            let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
-            if is_reply(cookie, &flow.daddr, flow.dport, epoch) {
-                return ALLOW;
-            }
-        }
+        udp_socket = sock_type == SOCK_DGRAM && flow.proto == proto::UDP;
     }
     let scope = Scope {
         cgroup_id,
@@ -430,6 +425,7 @@ fn egress(ctx: &SkBuffContext) -> i32 {
         epoch,
         source_routed,
         unjudgeable,
+        udp_socket,
     };
     judge_packet(ctx.skb.skb, &scope, info, flow)
 }
@@ -444,6 +440,9 @@ struct Scope {
     epoch: u32,
     source_routed: bool,
     unjudgeable: bool,
+    /// A UDP datagram of a UDP socket (not source-routed): a reply to a
+    /// peer that spoke first passes whatever the rules say.
+    udp_socket: bool,
 }
 
 /// The full decision for one packet, served from the socket's cache when
@@ -456,6 +455,7 @@ fn judge_packet(skb: *mut __sk_buff, scope: &Scope, info: *mut SockInfo, flow: &
         epoch,
         source_routed,
         unjudgeable,
+        udp_socket,
     } = *scope;
     let target = Target {
         daddr: flow.daddr,
@@ -465,19 +465,29 @@ fn judge_packet(skb: *mut __sk_buff, scope: &Scope, info: *mut SockInfo, flow: &
     };
     // A source-routed packet is never a cache hit: its destination is not
     // the only address it goes to.
-    let cached_before = if info.is_null() {
-        CACHE_EMPTY
-    } else {
-        // SAFETY: non-null storage.
-        let i = unsafe { &*info };
-        if !source_routed {
-            if let Some(v) = cached(i, &target, &gov, epoch) {
-                count(gov.policy_id, v);
-                return judged(v);
-            }
-        }
-        i.cache_state
+    // SAFETY: storage pointer from the helper, null or valid.
+    let (cached_before, hit) = match unsafe { info.as_ref() } {
+        Some(i) if !source_routed => (i.cache_state, cached(i, &target, &gov, epoch)),
+        Some(i) => (i.cache_state, None),
+        None => (CACHE_EMPTY, None),
     };
+    if hit == Some(Verdict::Allow) {
+        count(gov.policy_id, Verdict::Allow);
+        return ALLOW;
+    }
+    // Only a flow the cache does not already allow pays for the reply
+    // lookup (a helper call and a hash lookup).
+    if udp_socket {
+        // SAFETY: the skb context is what the helper takes.
+        let cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
+        if is_reply(cookie, &flow.daddr, flow.dport, epoch) {
+            return ALLOW;
+        }
+    }
+    if let Some(v) = hit {
+        count(gov.policy_id, v);
+        return judged(v);
+    }
     // A copy of the stored identity, or the static unknown one (zeroing a
     // local would be a `memset` call, see `packet::write_v4_mapped`).
     let stored;
