@@ -195,10 +195,11 @@ fn record(r: &mut Reload, (wall, report, bytes): (f64, serde_json::Value, usize)
     r.ops = counts.total();
     if ops.len() < r.ops {
         r.ops_detail = format!(
-            "{} upserts, {} deletes: {} cgroups, {} processes, {} destinations, {} ports",
+            "{} upserts, {} deletes: {} cgroups, {} veths, {} processes, {} destinations, {} ports",
             counts.upserts,
             counts.deletes,
             counts.cgroups,
+            counts.veths,
             counts.processes,
             counts.dests,
             counts.ports
@@ -215,6 +216,7 @@ fn record(r: &mut Reload, (wall, report, bytes): (f64, serde_json::Value, usize)
                     Entry::Process { .. } => "process",
                     Entry::Dest { .. } => "destination",
                     Entry::Port { .. } => "port",
+                    Entry::Veth { .. } => "veth",
                 },
             ),
             MapOp::Delete { key } => (
@@ -224,6 +226,7 @@ fn record(r: &mut Reload, (wall, report, bytes): (f64, serde_json::Value, usize)
                     EntryKey::Process { .. } => "process",
                     EntryKey::Dest { .. } => "destination",
                     EntryKey::Port { .. } => "port",
+                    EntryKey::Veth { .. } => "veth",
                 },
             ),
         };

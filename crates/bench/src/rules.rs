@@ -112,6 +112,7 @@ impl ContainState {
                 policy_id,
                 audit: false,
                 unrestricted: false,
+                forwarded_dns: false,
             },
         });
         let mut by_dest: BTreeMap<(u32, u8), Vec<(u8, u16)>> = BTreeMap::new();

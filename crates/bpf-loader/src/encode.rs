@@ -42,6 +42,9 @@ pub fn cgroup_value(v: &CgroupEntry) -> Result<kern::CgroupPolicy, EncodeError> 
     if v.unrestricted {
         flags |= kern::CGROUP_UNRESTRICTED;
     }
+    if v.forwarded_dns {
+        flags |= kern::CGROUP_FORWARDED_DNS;
+    }
     Ok(kern::CgroupPolicy {
         policy_id: v.policy_id,
         flags,
@@ -53,6 +56,7 @@ pub fn cgroup_entry(v: &kern::CgroupPolicy) -> CgroupEntry {
         policy_id: v.policy_id,
         audit: v.flags & kern::CGROUP_AUDIT != 0,
         unrestricted: v.flags & kern::CGROUP_UNRESTRICTED != 0,
+        forwarded_dns: v.flags & kern::CGROUP_FORWARDED_DNS != 0,
     }
 }
 
@@ -246,23 +250,26 @@ mod tests {
             policy_id: 0,
             audit: false,
             unrestricted: true,
+            forwarded_dns: false,
         };
         assert_eq!(cgroup_entry(&cgroup_value(&free).unwrap()), free);
         let restricted = CgroupEntry {
             policy_id: 0,
             audit: false,
             unrestricted: false,
+            forwarded_dns: false,
         };
         assert!(cgroup_value(&restricted).is_err());
     }
 
     #[test]
     fn cgroup_flags_round_trip() {
-        for (audit, unrestricted) in [(false, false), (true, false), (false, true), (true, true)] {
+        for flags in 0..8u8 {
             let e = CgroupEntry {
                 policy_id: 5,
-                audit,
-                unrestricted,
+                audit: flags & 1 != 0,
+                unrestricted: flags & 2 != 0,
+                forwarded_dns: flags & 4 != 0,
             };
             assert_eq!(cgroup_entry(&cgroup_value(&e).unwrap()), e);
         }

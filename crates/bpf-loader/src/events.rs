@@ -137,6 +137,7 @@ pub fn decode(
         kern::Hook::Sendmsg4 => Hook::Sendmsg4,
         kern::Hook::Sendmsg6 => Hook::Sendmsg6,
         kern::Hook::Egress => Hook::Egress,
+        kern::Hook::Veth => Hook::Veth,
     };
     let verdict = match kern::Verdict::from_u8(e.verdict)? {
         kern::Verdict::Deny => Verdict::Deny,
@@ -170,6 +171,11 @@ pub fn decode(
         suppressed: e.suppressed,
         revoked_flow: e.flags & kern::EVENT_REVOKED_FLOW != 0,
         socket_cookie: e.socket_cookie,
+        link_layer: e.flags & kern::EVENT_LINK_LAYER != 0,
+        unattributed: e.flags & kern::EVENT_UNATTRIBUTED != 0,
+        // A veth event of a frame that is not IP carries its ethertype as
+        // the port.
+        ethertype: (e.family == 0 && hook == Hook::Veth).then_some(e.dport),
     })
 }
 
@@ -195,6 +201,9 @@ pub fn log(event: &Event) {
         icmp_type = event.icmp_type.map(i64::from).unwrap_or(-1),
         suppressed = event.suppressed,
         revoked_flow = event.revoked_flow,
+        link_layer = event.link_layer,
+        unattributed = event.unattributed,
+        ethertype = event.ethertype.map(i64::from).unwrap_or(-1),
         "egress {}",
         event.verdict
     );

@@ -20,7 +20,7 @@ use aya::{
 };
 use contain_common::{
     self as kern, map_names, program_names, CgroupPolicy, Config, DestValue, ExePath,
-    PolicyCounters, PortValue, ProcessClass,
+    PolicyCounters, PortValue, ProcessClass, VethOwner,
 };
 use proto::{
     loader::{Attachment, Counters, LoaderError, PolicyCounters as PolicyCountersDto},
@@ -28,14 +28,14 @@ use proto::{
 };
 use thiserror::Error;
 
-use crate::{encode, fs, tracefs};
+use crate::{encode, fs, tracefs, veths};
 
 /// The eBPF object built by build.rs from crates/contain-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/contain.bpf.o"));
 
 /// Bumped when a map's key or value layout changes: a loader with another
 /// layout starts on fresh maps instead of misreading old ones.
-const MAP_LAYOUT_VERSION: u32 = 3;
+const MAP_LAYOUT_VERSION: u32 = 4;
 
 #[derive(Debug, Error)]
 pub enum KernelError {
@@ -88,6 +88,9 @@ struct PolicyMaps {
     counters: PerCpuArray<MapData, PolicyCounters>,
     stats: PerCpuArray<MapData, u64>,
     exe_paths: HashMap<MapData, u64, ExePath>,
+    veths: HashMap<MapData, u32, VethOwner>,
+    /// Cgroup id → its level: where the cgroup programs are attached.
+    attached_cgroups: HashMap<MapData, u64, u32>,
 }
 
 pub struct Kernel {
@@ -100,6 +103,8 @@ pub struct Kernel {
     /// What the policy maps hold, kept in step with every write.
     mirror: KernelState,
     attachments: BTreeMap<String, Attachment>,
+    /// Host-side veths the backstop is attached to: ifindex → name.
+    veths: BTreeMap<u32, String>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
@@ -167,6 +172,7 @@ impl Kernel {
         for &(name, _, _) in program_names::TRACEPOINTS {
             load_program(&mut ebpf, name)?;
         }
+        load_program(&mut ebpf, program_names::VETH)?;
 
         let maps = PolicyMaps {
             cgroups: take(&mut ebpf, map_names::CGROUPS)?,
@@ -179,6 +185,8 @@ impl Kernel {
             counters: take(&mut ebpf, map_names::COUNTERS)?,
             stats: take(&mut ebpf, map_names::STATS)?,
             exe_paths: take(&mut ebpf, map_names::EXE_PATHS)?,
+            veths: take(&mut ebpf, map_names::VETHS)?,
+            attached_cgroups: take(&mut ebpf, map_names::ATTACHED_CGROUPS)?,
         };
         let events: RingBuf<MapData> = take(&mut ebpf, map_names::EVENTS)?;
         let instance = format!(
@@ -196,6 +204,7 @@ impl Kernel {
             instance,
             mirror: KernelState::default(),
             attachments: BTreeMap::new(),
+            veths: BTreeMap::new(),
         };
         kernel.mirror = kernel.read_state()?;
         Ok((kernel, events))
@@ -210,6 +219,7 @@ impl Kernel {
             aya::programs::Program::CgroupSock(p) => p.fd().ok()?,
             aya::programs::Program::CgroupSockAddr(p) => p.fd().ok()?,
             aya::programs::Program::TracePoint(p) => p.fd().ok()?,
+            aya::programs::Program::SchedClassifier(p) => p.fd().ok()?,
             _ => return None,
         };
         Some(fd.as_fd().as_raw_fd())
@@ -273,6 +283,13 @@ impl Kernel {
             pin(link, &dir.join(name))?;
         }
         release_other_instances(&group, &self.instance)?;
+        // The veth backstop passes the packets of sockets under this cgroup:
+        // these programs judged them.
+        let level = relative.split('/').filter(|c| !c.is_empty()).count() as u32;
+        self.maps
+            .attached_cgroups
+            .insert(cgroup_id, level, 0)
+            .map_err(map_err(map_names::ATTACHED_CGROUPS))?;
         let attachment = Attachment {
             cgroup: path.to_string_lossy().into_owned(),
             cgroup_path: format!("/{relative}"),
@@ -319,8 +336,82 @@ impl Kernel {
             .join(fs::pin_name_for(&relative));
         release_other_instances(&group, "")?;
         let _ = std::fs::remove_dir(&group);
-        self.attachments.remove(&relative);
+        if let Some(gone) = self.attachments.remove(&relative) {
+            let _ = self.maps.attached_cgroups.remove(&gone.cgroup_id);
+        }
         Ok(())
+    }
+
+    /// Forgets attachment records no attachment of this loader backs (a
+    /// predecessor's cgroups it did not adopt). Called once every
+    /// attachment is in place.
+    pub fn prune_attached_cgroups(&mut self) -> Result<(), KernelError> {
+        let attached: std::collections::BTreeSet<u64> =
+            self.attachments.values().map(|a| a.cgroup_id).collect();
+        let stale: Vec<u64> = self
+            .maps
+            .attached_cgroups
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|id| !attached.contains(id))
+            .collect();
+        for id in stale {
+            self.maps
+                .attached_cgroups
+                .remove(&id)
+                .map_err(map_err(map_names::ATTACHED_CGROUPS))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the veth backstop to host-side veth `ifindex` (`name`),
+    /// unless this loader already has. Returns whether it attached.
+    pub fn attach_veth(&mut self, ifindex: u32, name: &str) -> Result<bool, KernelError> {
+        if self.veths.get(&ifindex).is_some_and(|n| n == name) {
+            return Ok(false);
+        }
+        let link = veths::attach(&mut self.ebpf, name)?;
+        if let Some(link) = link {
+            let group = veths::pin_group(&self.links_dir(), ifindex);
+            let dir = group.join(&self.instance);
+            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            pin(link, &dir.join(program_names::VETH))?;
+            release_other_instances(&group, &self.instance)?;
+        }
+        self.veths.insert(ifindex, name.to_owned());
+        Ok(true)
+    }
+
+    /// A veth left this namespace (deleted, or moved into a container's):
+    /// its pinned link, if any, is released.
+    pub fn veth_gone(&mut self, ifindex: u32) {
+        self.veths.remove(&ifindex);
+        let group = veths::pin_group(&self.links_dir(), ifindex);
+        if group.exists() {
+            if let Err(e) = release_other_instances(&group, "") {
+                tracing::warn!(ifindex, error = %e, "cannot release a gone veth's link");
+            }
+            let _ = std::fs::remove_dir(&group);
+        }
+    }
+
+    /// Releases the pinned links of veths that no longer exist (a
+    /// predecessor's, for veths deleted while no loader ran).
+    pub fn release_gone_veths(&mut self, present: &[u32]) {
+        let Ok(entries) = std::fs::read_dir(self.links_dir().join("veths")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let ifindex = entry.file_name().to_string_lossy().parse::<u32>().ok();
+            if ifindex.is_some_and(|i| !present.contains(&i)) {
+                self.veth_gone(ifindex.unwrap_or_default());
+            }
+        }
+    }
+
+    /// The host-side veths the backstop is attached to.
+    pub fn attached_veths(&self) -> &BTreeMap<u32, String> {
+        &self.veths
     }
 
     pub fn attachments(&self) -> Vec<Attachment> {
@@ -424,6 +515,13 @@ impl Kernel {
                     Entry::Port { key, .. } => {
                         encode::port_key(key).map(|_| ()).map_err(invalid)?
                     }
+                    Entry::Veth { ifindex, cgroup_id } => {
+                        if *ifindex == 0 || *cgroup_id == 0 {
+                            return Err(LoaderError::InvalidDiff(format!(
+                                "veth entry {ifindex} -> cgroup {cgroup_id}: ifindex and cgroup id must be non-zero"
+                            )));
+                        }
+                    }
                 },
                 MapOp::Delete { key } => {
                     if self.mirror.get(key).is_none() {
@@ -486,6 +584,10 @@ impl Kernel {
                             .map_err(failed(map_names::PORTS))
                     }
                 }
+                Entry::Veth { ifindex, cgroup_id } => m
+                    .veths
+                    .insert(ifindex, VethOwner { cgroup_id }, 0)
+                    .map_err(failed(map_names::VETHS)),
             },
             MapOp::Delete { key } => match key {
                 EntryKey::Cgroup { id } => {
@@ -514,6 +616,9 @@ impl Kernel {
                     } else {
                         m.ports.remove(&encoded).map_err(failed(map_names::PORTS))
                     }
+                }
+                EntryKey::Veth { ifindex } => {
+                    m.veths.remove(&ifindex).map_err(failed(map_names::VETHS))
                 }
             },
         }
@@ -568,6 +673,13 @@ impl Kernel {
             state.upsert(Entry::Port {
                 key: encode::port_key_back(&key),
                 rule_id: value.rule_id,
+            });
+        }
+        for item in m.veths.iter() {
+            let (ifindex, owner) = item.map_err(map_err(map_names::VETHS))?;
+            state.upsert(Entry::Veth {
+                ifindex,
+                cgroup_id: owner.cgroup_id,
             });
         }
         let config = m.config.get(&0, 0).unwrap_or_default();
@@ -650,6 +762,13 @@ pub fn changes_rules(current: &KernelState, diff: &MapDiff) -> bool {
         MapOp::Delete {
             key: EntryKey::Cgroup { .. },
         } => false,
+        // Which container a veth belongs to decides no cached verdict.
+        MapOp::Upsert {
+            entry: Entry::Veth { .. },
+        }
+        | MapOp::Delete {
+            key: EntryKey::Veth { .. },
+        } => false,
         _ => true,
     })
 }
@@ -696,6 +815,7 @@ fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), KernelError> 
         aya::programs::Program::CgroupSock(p) => p.load(),
         aya::programs::Program::CgroupSockAddr(p) => p.load(),
         aya::programs::Program::TracePoint(p) => p.load(),
+        aya::programs::Program::SchedClassifier(p) => p.load(),
         _ => return Err(KernelError::MissingProgram(name)),
     };
     result.map_err(|source| KernelError::Program { name, source })
@@ -797,6 +917,7 @@ mod tests {
                 policy_id,
                 audit: false,
                 unrestricted: false,
+                forwarded_dns: false,
             },
         }
     }
@@ -831,6 +952,17 @@ mod tests {
             entry: cgroup(1, 7),
         };
         assert!(!changes_rules(&current, &diff(vec![same_again], None)));
+        // A container's veth comes and goes with it.
+        let veth = MapOp::Upsert {
+            entry: Entry::Veth {
+                ifindex: 9,
+                cgroup_id: 2,
+            },
+        };
+        let veth_gone = MapOp::Delete {
+            key: EntryKey::Veth { ifindex: 9 },
+        };
+        assert!(!changes_rules(&current, &diff(vec![veth, veth_gone], None)));
     }
 
     #[test]

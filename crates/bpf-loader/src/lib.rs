@@ -17,3 +17,4 @@ pub mod revoke;
 pub mod service;
 pub mod testrun;
 pub mod tracefs;
+pub mod veths;

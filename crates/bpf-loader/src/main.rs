@@ -96,14 +96,25 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("attaching to cgroup {parent}"))?;
         tracing::info!(cgroup = %attachment.cgroup, cgroup_id = attachment.cgroup_id, "attached to cgroup");
     }
-    tracing::info!(
-        generation = kernel.generation(),
-        entries = kernel.state().entry_count(),
-        pin_dir = %kernel.pin_dir().display(),
-        "bpf-loader ready"
-    );
-
+    kernel
+        .prune_attached_cgroups()
+        .context("recording the cgroups the programs are attached to")?;
     let kernel = Arc::new(Mutex::new(kernel));
+    // Every veth gets the backstop before the socket is served: a client
+    // that sees the loader ready sees every existing veth covered.
+    bpf_loader::veths::attach_all(&kernel).await;
+    tokio::spawn(bpf_loader::veths::follow(kernel.clone()));
+    {
+        let kernel_guard = kernel.lock().unwrap_or_else(|p| p.into_inner());
+        tracing::info!(
+            generation = kernel_guard.generation(),
+            entries = kernel_guard.state().entry_count(),
+            pin_dir = %kernel_guard.pin_dir().display(),
+            veths = kernel_guard.attached_veths().len(),
+            tcx = bpf_loader::veths::uses_tcx(),
+            "bpf-loader ready"
+        );
+    }
     let event_log = EventLog::new();
     tokio::spawn(drain_events(ring, kernel.clone(), event_log.clone()));
 

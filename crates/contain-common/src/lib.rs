@@ -33,6 +33,8 @@ pub mod map_names {
     pub const EXE_PATHS: &str = "CONTAIN_EXE_PATHS";
     pub const INBOUND_PEERS: &str = "CONTAIN_INBOUND";
     pub const EVENT_BUDGETS: &str = "CONTAIN_EVENT_BUDGETS";
+    pub const VETHS: &str = "CONTAIN_VETHS";
+    pub const ATTACHED_CGROUPS: &str = "CONTAIN_ATTACHED_CGROUPS";
     pub const ALL: &[&str] = &[
         CGROUPS,
         PROCESSES,
@@ -49,6 +51,8 @@ pub mod map_names {
         EXE_PATHS,
         INBOUND_PEERS,
         EVENT_BUDGETS,
+        VETHS,
+        ATTACHED_CGROUPS,
     ];
 }
 
@@ -68,7 +72,13 @@ pub mod capacity {
     /// two).
     pub const EVENT_BUDGETS: u32 = 4_096;
     pub const EVENTS_BYTES: u32 = 1 << 20;
+    pub const VETHS: u32 = 16_384;
+    pub const ATTACHED_CGROUPS: u32 = 16_384;
 }
+
+/// Cgroup levels the veth program walks up from a socket's cgroup to find
+/// one contain's cgroup programs are attached to (the root is level 0).
+pub const MAX_CGROUP_DEPTH: u32 = 16;
 
 /// Names of the programs in the object, as the loader attaches them.
 pub mod program_names {
@@ -82,6 +92,8 @@ pub mod program_names {
     pub const EXEC: &str = "contain_exec";
     pub const NEWTASK: &str = "contain_newtask";
     pub const EXIT: &str = "contain_exit";
+    /// The classifier on the host side of each container's veth.
+    pub const VETH: &str = "contain_veth";
     /// The tracepoint programs, with the (category, event) each attaches to.
     pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
         (EXEC, "sched", "sched_process_exec"),
@@ -142,6 +154,8 @@ pub enum Hook {
     Sendmsg4 = 3,
     Sendmsg6 = 4,
     Egress = 5,
+    /// The backstop on the host side of a container's veth.
+    Veth = 6,
 }
 
 impl Hook {
@@ -152,6 +166,7 @@ impl Hook {
             3 => Some(Self::Sendmsg4),
             4 => Some(Self::Sendmsg6),
             5 => Some(Self::Egress),
+            6 => Some(Self::Veth),
             _ => None,
         }
     }
@@ -170,6 +185,17 @@ pub struct CgroupPolicy {
 pub const CGROUP_AUDIT: u32 = 1;
 /// A known container no policy selects: contain leaves it alone.
 pub const CGROUP_UNRESTRICTED: u32 = 2;
+/// The policy lets the container use Docker's embedded DNS, so the queries
+/// dockerd forwards for it from inside its network namespace may leave.
+pub const CGROUP_FORWARDED_DNS: u32 = 4;
+
+/// `VETHS` value, keyed by the host-side ifindex (`u32`) of a container's
+/// veth: the container whose frames come in on it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VethOwner {
+    pub cgroup_id: u64,
+}
 
 /// `PROCESSES` key: which process class of a policy a socket's creator
 /// belongs to, by executable path hash or by comm hash.
@@ -301,7 +327,11 @@ pub mod stat {
     pub const EVENTS_RATE_LIMITED: u32 = 2;
     /// Sockets that could not be stamped at creation and were refused.
     pub const UNSTAMPED_SOCKETS: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// Packets of no container's socket on a veth contain knows no
+    /// container for, let through (a veth of an unfiltered container, or
+    /// one policyd has not mapped yet).
+    pub const VETH_UNOWNED: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// `SOCKETS` (socket storage): who created the socket, and the last verdict
@@ -427,6 +457,13 @@ pub struct Event {
 /// An established outbound TCP flow that a policy change revoked: the
 /// loader aborts the socket so the sender learns of it.
 pub const EVENT_REVOKED_FLOW: u8 = 1;
+/// A veth event: the frame came from a packet socket (AF_PACKET, AF_XDP),
+/// which no cgroup program sees.
+pub const EVENT_LINK_LAYER: u8 = 2;
+/// A veth event: the packet came from no socket of a container's (the
+/// kernel's own, or a host process working in the container's namespace,
+/// such as dockerd forwarding DNS queries).
+pub const EVENT_UNATTRIBUTED: u8 = 4;
 
 /// FNV-1a, 64 bit, over bytes up to the first NUL (or `limit`). The kernel
 /// hashes exec'd paths and comms with exactly this; userspace hashes the
@@ -490,6 +527,7 @@ mod pod {
     unsafe impl aya::Pod for PolicyCounters {}
     unsafe impl aya::Pod for ExePath {}
     unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for VethOwner {}
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@
 //! - `cgroup_skb/ingress` remembers UDP peers that spoke first to a socket,
 //!   so a UDP server in a filtered container can answer them;
 //! - `sched_process_exec`, `task_newtask` and `sched_process_exit` keep the
-//!   executable each process runs.
+//!   executable each process runs;
+//! - `contain_veth` (tc ingress on the host side of each container's veth)
+//!   is the backstop for frames of packet sockets, which no cgroup hook sees.
 //!
 //! No kprobes, fentry or LSM: they do not exist on the kernels contain runs on.
 #![no_std]
@@ -18,6 +20,7 @@
 mod decide;
 mod maps;
 mod packet;
+mod veth;
 
 use core::mem::MaybeUninit;
 
@@ -28,8 +31,8 @@ use aya_ebpf::{
         bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes, bpf_sk_fullsock,
         bpf_skb_cgroup_id, generated::bpf_sk_storage_get,
     },
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, tracepoint},
-    programs::{SkBuffContext, SockAddrContext, SockContext, TracePointContext},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, classifier, tracepoint},
+    programs::{SkBuffContext, SockAddrContext, SockContext, TcContext, TracePointContext},
     EbpfContext as _,
 };
 use contain_common::{
@@ -369,7 +372,7 @@ fn egress(ctx: &SkBuffContext) -> i32 {
     }
     let mut slot = MaybeUninit::uninit();
     let flow = Flow::zeroed_in(&mut slot);
-    if !packet::parse(ctx.skb.skb, flow) {
+    if !packet::parse::<{ packet::L3_AT_START }>(ctx.skb.skb, flow) {
         count_unparsed();
         return judged(gov.on_miss);
     }
@@ -557,7 +560,7 @@ fn is_opening(flow: &Flow) -> bool {
 /// its route: each is judged; an address that cannot be read is denied. A call of its own, off the common
 /// path's stack.
 #[inline(never)]
-fn decide_source_routed(
+pub(crate) fn decide_source_routed(
     skb: *mut __sk_buff,
     gov: &Governance,
     who: &Identity,
@@ -709,7 +712,7 @@ fn remember_inbound_peer(ctx: &SkBuffContext) {
     }
     let mut slot = MaybeUninit::uninit();
     let flow = Flow::zeroed_in(&mut slot);
-    if !packet::parse(ctx.skb.skb, flow) {
+    if !packet::parse::<{ packet::L3_AT_START }>(ctx.skb.skb, flow) {
         return;
     }
     if flow.proto != proto::UDP || flow.later_fragment {
@@ -740,6 +743,13 @@ fn remember_inbound_peer(ctx: &SkBuffContext) {
         _pad: 0,
     };
     let _ = INBOUND_PEERS.insert(key, seen, 0);
+}
+
+/// Every frame a container sends, as it arrives on the host side of its
+/// veth: see [`veth`].
+#[classifier]
+pub fn contain_veth(ctx: TcContext) -> i32 {
+    veth::judge_frame(ctx.skb.skb)
 }
 
 // ------------------------------------------------------ process tracking

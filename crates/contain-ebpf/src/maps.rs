@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use contain_common::{
     capacity, CgroupPolicy, Config, DestKey, DestValue, EventBudget, ExePath, ExecInfo, InboundKey,
-    InboundPeer, PolicyCounters, PortKey, PortValue, ProcessClass, ProcessKey, SockInfo,
+    InboundPeer, PolicyCounters, PortKey, PortValue, ProcessClass, ProcessKey, SockInfo, VethOwner,
     MAX_POLICIES,
 };
 
@@ -75,3 +75,13 @@ pub static PATH_SCRATCH: PerCpuArray<ExePath, 1> = PerCpuArray::new();
 /// One event's flow per CPU, assembled off the egress program's stack.
 #[btf_map]
 pub static EVENT_FLOW_SCRATCH: PerCpuArray<crate::decide::EventFlow, 1> = PerCpuArray::new();
+
+/// The container behind each host-side veth, by ifindex (policyd's).
+#[btf_map(name = "CONTAIN_VETHS")]
+pub static VETHS: HashMap<u32, VethOwner, { capacity::VETHS as usize }> = HashMap::new();
+
+/// The cgroups contain's cgroup programs are attached to (the loader's):
+/// a socket under one of them was judged by those programs.
+#[btf_map(name = "CONTAIN_ATTACHED_CGROUPS")]
+pub static ATTACHED_CGROUPS: HashMap<u64, u32, { capacity::ATTACHED_CGROUPS as usize }> =
+    HashMap::new();

@@ -1,6 +1,7 @@
 //! Reading the real headers of an outgoing IP packet: IPv4 with options,
 //! IPv6 with extension headers, fragments. A cgroup_skb program sees the
-//! packet from its network header on.
+//! packet from its network header on ([`L3_AT_START`]), a tc program from
+//! its Ethernet header ([`L3_AFTER_ETHERNET`]).
 
 use core::mem::{size_of, MaybeUninit};
 
@@ -46,8 +47,14 @@ pub const MAX_ROUTE_ADDRS: usize = 2;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
 
-const ETH_P_IP: u32 = 0x0800;
-const ETH_P_IPV6: u32 = 0x86DD;
+pub const ETH_P_IP: u32 = 0x0800;
+pub const ETH_P_IPV6: u32 = 0x86DD;
+pub const ETH_P_ARP: u32 = 0x0806;
+
+/// Where the network header starts in a cgroup_skb program's packet.
+pub const L3_AT_START: usize = 0;
+/// Where it starts in a tc program's frame.
+pub const L3_AFTER_ETHERNET: usize = 14;
 
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_ROUTING: u8 = 43;
@@ -123,20 +130,28 @@ const _: () =
 /// Parses the packet into `flow`, which must be zeroed; false when it is not
 /// an IP packet this can read. A BPF-to-BPF call writing the caller's `Flow` in place: the
 /// parse and the decision do not both fit one 512-byte stack frame.
+/// `L3` is where the network header starts ([`L3_AT_START`] or
+/// [`L3_AFTER_ETHERNET`]); the route offset it records counts from the
+/// packet's start.
 #[inline(never)]
-pub fn parse(skb: *mut __sk_buff, flow: &mut Flow) -> bool {
+pub fn parse<const L3: usize>(skb: *mut __sk_buff, flow: &mut Flow) -> bool {
     let ctx = SkBuffContext::new(skb);
-    // skb->protocol is in network byte order.
-    match u16::from_be(ctx.skb.protocol() as u16) as u32 {
-        ETH_P_IP => parse_v4(&ctx, flow).is_some(),
-        ETH_P_IPV6 => parse_v6(&ctx, flow).is_some(),
+    match ethertype(skb) {
+        ETH_P_IP => parse_v4::<L3>(&ctx, flow).is_some(),
+        ETH_P_IPV6 => parse_v6::<L3>(&ctx, flow).is_some(),
         _ => false,
     }
 }
 
+/// The packet's protocol (`skb->protocol`, in network byte order there).
 #[inline(always)]
-fn parse_v4(ctx: &SkBuffContext, flow: &mut Flow) -> Option<()> {
-    let hdr: [u8; 20] = ctx.load(0).ok()?;
+pub fn ethertype(skb: *mut __sk_buff) -> u32 {
+    u16::from_be(SkBuffContext::new(skb).skb.protocol() as u16) as u32
+}
+
+#[inline(always)]
+fn parse_v4<const L3: usize>(ctx: &SkBuffContext, flow: &mut Flow) -> Option<()> {
+    let hdr: [u8; 20] = ctx.load(L3).ok()?;
     if hdr[0] >> 4 != 4 {
         return None;
     }
@@ -154,26 +169,26 @@ fn parse_v4(ctx: &SkBuffContext, flow: &mut Flow) -> Option<()> {
     flow.later_fragment = frag_offset != 0;
     flow.hop_limit = hdr[8];
     if header_len > 20 {
-        flow.unjudgeable = !read_v4_source_route(ctx.skb.skb, header_len - 20, flow);
+        flow.unjudgeable = !read_v4_source_route::<L3>(ctx.skb.skb, header_len - 20, flow);
     }
     if !flow.later_fragment {
-        read_transport(ctx, header_len, flow);
+        read_transport(ctx, L3 + header_len, flow);
     }
     Some(())
 }
 
 #[inline(always)]
-fn parse_v6(ctx: &SkBuffContext, flow: &mut Flow) -> Option<()> {
-    let hdr: [u8; 8] = ctx.load(0).ok()?;
+fn parse_v6<const L3: usize>(ctx: &SkBuffContext, flow: &mut Flow) -> Option<()> {
+    let hdr: [u8; 8] = ctx.load(L3).ok()?;
     if hdr[0] >> 4 != 6 {
         return None;
     }
-    flow.saddr = ctx.load(8).ok()?;
-    flow.daddr = ctx.load(24).ok()?;
+    flow.saddr = ctx.load(L3 + 8).ok()?;
+    flow.daddr = ctx.load(L3 + 24).ok()?;
     flow.family = 6;
     flow.proto = hdr[6];
     flow.hop_limit = hdr[7];
-    let mut offset = 40usize;
+    let mut offset = L3 + 40;
     for _ in 0..MAX_EXT_HEADERS {
         match flow.proto {
             IPPROTO_ROUTING => {
@@ -286,7 +301,11 @@ pub fn load_route_address(
 /// cannot be judged. (A BPF-to-BPF call returns a value: kernel 6.1's
 /// verifier refuses one that leaves a stack pointer in R0.)
 #[inline(never)]
-fn read_v4_source_route(skb: *mut __sk_buff, options_len: usize, flow: &mut Flow) -> bool {
+fn read_v4_source_route<const L3: usize>(
+    skb: *mut __sk_buff,
+    options_len: usize,
+    flow: &mut Flow,
+) -> bool {
     let ctx = SkBuffContext::new(skb);
     let len = options_len.min(IPV4_MAX_OPTIONS);
     let mut at = 0usize;
@@ -294,7 +313,7 @@ fn read_v4_source_route(skb: *mut __sk_buff, options_len: usize, flow: &mut Flow
         if at >= len {
             return true;
         }
-        let Ok(head) = ctx.load::<[u8; 2]>(20 + at) else {
+        let Ok(head) = ctx.load::<[u8; 2]>(L3 + 20 + at) else {
             return false;
         };
         match head[0] {
@@ -314,7 +333,7 @@ fn read_v4_source_route(skb: *mut __sk_buff, options_len: usize, flow: &mut Flow
             // Forwarders read the next hop at the option's pointer, which
             // must fall on an address of the list for the list to be what
             // is judged.
-            let Ok(pointer) = ctx.load::<u8>(20 + at + 2) else {
+            let Ok(pointer) = ctx.load::<u8>(L3 + 20 + at + 2) else {
                 return false;
             };
             if count == 0
@@ -326,7 +345,7 @@ fn read_v4_source_route(skb: *mut __sk_buff, options_len: usize, flow: &mut Flow
             {
                 return false;
             }
-            flow.route_offset = (20 + at + 3) as u16;
+            flow.route_offset = (L3 + 20 + at + 3) as u16;
             flow.route_len = count as u8;
             return true;
         }

@@ -110,11 +110,12 @@ fn pure(rules: usize) {
 
     println!("{rules} rules, {POLICIES} policies, {CONTAINERS} containers:");
     println!(
-        "  kernel entries    {} processes, {} dests, {} ports, {} cgroups",
+        "  kernel entries    {} processes, {} dests, {} ports, {} cgroups, {} veths",
         installed.processes.len(),
         installed.dests.len(),
         installed.ports.len(),
-        installed.cgroups.len()
+        installed.cgroups.len(),
+        installed.veths.len()
     );
     println!("  parse+validate    {}", ms(parse));
     println!("  compile           {}", ms(compile_time));
@@ -213,6 +214,7 @@ async fn end_to_end(rules: usize) {
     println!("    unchanged file  {}", ms(median(same)));
     let (_, state, _) = loader.snapshot();
     assert_eq!(state.cgroups.len(), CONTAINERS);
+    assert_eq!(state.veths.len(), CONTAINERS);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -342,6 +342,11 @@ fn check(
             coverage::enforcement(c, mode, &attached)
         })
         .collect();
+    let mut policy_of = vec![None; inventory.containers.len()];
+    for a in &compiled.assignments {
+        policy_of[a.container_index] = a.policy_index.map(|i| policies.policies[i].name.as_str());
+    }
+    let uncovered = coverage::packet_sockets_uncovered(&inventory, &policy_of);
     let containers: Vec<_> = compiled
         .assignments
         .iter()
@@ -356,6 +361,7 @@ fn check(
                 "also_matched": a.also_matched.iter().map(|&i| policies.policies[i].name.clone()).collect::<Vec<_>>(),
                 "mode": e.mode,
                 "unenforced_reason": e.unenforced_reason,
+                "packet_sockets_uncovered": uncovered[a.container_index],
             })
         })
         .collect();
@@ -448,32 +454,42 @@ fn check(
             "\n{}",
             table(&["CONTAINER", "POLICY", "MODE", "ALSO MATCHED"], &rows)
         );
-        let reasons = compiled
+        let unenforced = compiled
             .assignments
             .iter()
             .zip(&enforcements)
             .filter_map(|(a, e)| {
                 let reason = e.unenforced_reason.as_ref()?;
                 Some((
-                    &inventory.containers[a.container_index].name,
-                    &e.mode,
-                    reason,
+                    inventory.containers[a.container_index].name.as_str(),
+                    e.mode.as_str(),
+                    reason.as_str(),
                 ))
             });
-        print!("{}", render_unenforced(reasons));
+        let not_covered = compiled.assignments.iter().filter_map(|a| {
+            let reason = uncovered[a.container_index].as_deref()?;
+            Some((
+                inventory.containers[a.container_index].name.as_str(),
+                NOT_COVERED,
+                reason,
+            ))
+        });
+        print!("{}", render_reasons(unenforced.chain(not_covered)));
     }
     Ok(())
 }
 
-/// "container NAME is MODE: REASON" lines for containers whose policy the
-/// kernel does not (or may not) enforce, one per distinct mode and reason,
-/// after a blank line; empty if none.
-fn render_unenforced<'a>(
-    items: impl Iterator<Item = (&'a String, &'a String, &'a String)>,
-) -> String {
+/// What status and check say of a container whose packet sockets the veth
+/// backstop does not judge on a veth of its own.
+const NOT_COVERED: &str = "not covered against packet sockets";
+
+/// "container NAME is STATE: REASON" lines for containers whose policy the
+/// kernel does not (or may not) enforce, or not everywhere, one per
+/// distinct state and reason, after a blank line; empty if none.
+fn render_reasons<'a>(items: impl Iterator<Item = (&'a str, &'a str, &'a str)>) -> String {
     let mut groups: Vec<((&str, &str), Vec<&str>)> = Vec::new();
-    for (name, mode, reason) in items {
-        let key = (mode.as_str(), reason.as_str());
+    for (name, state, reason) in items {
+        let key = (state, reason);
         match groups.iter_mut().find(|(k, _)| *k == key) {
             Some((_, names)) => names.push(name),
             None => groups.push((key, vec![name])),
@@ -481,9 +497,9 @@ fn render_unenforced<'a>(
     }
     let lines: Vec<String> = groups
         .into_iter()
-        .map(|((mode, reason), names)| match names.as_slice() {
-            [one] => format!("container {one} is {mode}: {reason}"),
-            many => format!("containers {} are {mode}: {reason}", many.join(", ")),
+        .map(|((state, reason), names)| match names.as_slice() {
+            [one] => format!("container {one} is {state}: {reason}"),
+            many => format!("containers {} are {state}: {reason}", many.join(", ")),
         })
         .collect();
     if lines.is_empty() {
@@ -553,12 +569,13 @@ pub fn print_reload(report: &ReloadReport) {
         );
     } else {
         println!(
-            "policy {}: {verb} {} operation(s) ({} upserts, {} deletes: {} cgroups, {} processes, {} destinations, {} ports){}",
+            "policy {}: {verb} {} operation(s) ({} upserts, {} deletes: {} cgroups, {} veths, {} processes, {} destinations, {} ports){}",
             report.policy_digest,
             counts.total(),
             counts.upserts,
             counts.deletes,
             counts.cgroups,
+            counts.veths,
             counts.processes,
             counts.dests,
             counts.ports,
@@ -618,21 +635,30 @@ pub fn describe_op(op: &MapOp) -> String {
                 }
             }
         ),
+        EntryKey::Veth { ifindex } => format!("veth {ifindex}"),
     };
     match op {
         MapOp::Upsert { entry } => {
             let value = match entry {
                 Entry::Cgroup { value, .. } if value.unrestricted => "unrestricted".to_string(),
                 Entry::Cgroup { value, .. } => {
-                    format!(
-                        "policy {}{}",
-                        value.policy_id,
-                        if value.audit { " (audit)" } else { "" }
-                    )
+                    let flags: Vec<&str> = [
+                        (value.audit, "audit"),
+                        (value.forwarded_dns, "forwarded DNS"),
+                    ]
+                    .into_iter()
+                    .filter_map(|(set, name)| set.then_some(name))
+                    .collect();
+                    if flags.is_empty() {
+                        format!("policy {}", value.policy_id)
+                    } else {
+                        format!("policy {} ({})", value.policy_id, flags.join(", "))
+                    }
                 }
                 Entry::Process { class, .. } => format!("class {class}"),
                 Entry::Dest { ruleset, .. } => format!("ruleset {ruleset}"),
                 Entry::Port { rule_id, .. } => format!("rule {rule_id}"),
+                Entry::Veth { cgroup_id, .. } => format!("cgroup {cgroup_id}"),
             };
             format!("+ {} -> {value}", key_text(&entry.key()))
         }
@@ -697,8 +723,8 @@ pub fn render_status(s: &Status) -> String {
     let _ = writeln!(out, "inventory:    {}", conn(&s.inventory));
     let _ = writeln!(
         out,
-        "kernel maps:  {} cgroups, {} processes, {} destinations, {} port entries",
-        s.entries.cgroups, s.entries.processes, s.entries.dests, s.entries.ports
+        "kernel maps:  {} cgroups, {} veths, {} processes, {} destinations, {} port entries",
+        s.entries.cgroups, s.entries.veths, s.entries.processes, s.entries.dests, s.entries.ports
     );
     let _ = writeln!(
         out,
@@ -732,9 +758,21 @@ pub fn render_status(s: &Status) -> String {
             &rows
         )
     );
-    out.push_str(&render_unenforced(s.containers.iter().filter_map(|c| {
-        Some((&c.name, &c.mode, c.unenforced_reason.as_ref()?))
-    })));
+    let unenforced = s.containers.iter().filter_map(|c| {
+        Some((
+            c.name.as_str(),
+            c.mode.as_str(),
+            c.unenforced_reason.as_deref()?,
+        ))
+    });
+    let not_covered = s.containers.iter().filter_map(|c| {
+        Some((
+            c.name.as_str(),
+            NOT_COVERED,
+            c.packet_sockets_uncovered.as_deref()?,
+        ))
+    });
+    out.push_str(&render_reasons(unenforced.chain(not_covered)));
     let rows: Vec<Vec<String>> = s
         .policies
         .iter()
@@ -1015,6 +1053,45 @@ mod tests {
         assert_eq!(utc_time(0), "1970-01-01T00:00:00Z");
         assert_eq!(utc_time(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(utc_time(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn ops_read_as_what_they_do() {
+        use proto::state::CgroupEntry;
+        let cgroup = |audit, forwarded_dns| MapOp::Upsert {
+            entry: Entry::Cgroup {
+                id: 42,
+                value: CgroupEntry {
+                    policy_id: 3,
+                    audit,
+                    unrestricted: false,
+                    forwarded_dns,
+                },
+            },
+        };
+        assert_eq!(
+            describe_op(&cgroup(false, false)),
+            "+ cgroup 42 -> policy 3"
+        );
+        assert_eq!(
+            describe_op(&cgroup(true, true)),
+            "+ cgroup 42 -> policy 3 (audit, forwarded DNS)"
+        );
+        assert_eq!(
+            describe_op(&cgroup(false, true)),
+            "+ cgroup 42 -> policy 3 (forwarded DNS)"
+        );
+        let veth = MapOp::Upsert {
+            entry: Entry::Veth {
+                ifindex: 7,
+                cgroup_id: 42,
+            },
+        };
+        assert_eq!(describe_op(&veth), "+ veth 7 -> cgroup 42");
+        let gone = MapOp::Delete {
+            key: EntryKey::Veth { ifindex: 7 },
+        };
+        assert_eq!(describe_op(&gone), "- veth 7");
     }
 
     #[test]

@@ -24,7 +24,8 @@
 //! the IPv6 rule cannot leak into IPv4.
 //!
 //! Every policy's rules are compiled whether or not a container uses it
-//! yet, so a container start only needs its `CGROUPS` entry: one map update.
+//! yet, so a container start only needs its `CGROUPS` entry and its veth's
+//! `VETHS` entry: two map updates.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -94,7 +95,7 @@ pub struct Catalog {
 }
 
 /// The policy-dependent part of the kernel state; the inventory adds only
-/// `CGROUPS`.
+/// `CGROUPS` and `VETHS`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CompiledRules {
     /// Policy id per policy index.
@@ -141,9 +142,10 @@ pub fn compile(
     let Assigned {
         assignments,
         cgroups,
+        veths,
         warnings,
     } = assign(policies, &rules, inventory)?;
-    let state = assemble(policies, &rules, cgroups);
+    let state = assemble(policies, &rules, cgroups, veths);
     Ok(Compiled {
         rules,
         assignments,
@@ -152,11 +154,12 @@ pub fn compile(
     })
 }
 
-/// The full kernel state from compiled rules and the cgroup map.
+/// The full kernel state from compiled rules and the inventory's maps.
 pub fn assemble(
     policies: &PolicySet,
     rules: &CompiledRules,
     cgroups: BTreeMap<u64, CgroupEntry>,
+    veths: BTreeMap<u32, u64>,
 ) -> KernelState {
     KernelState {
         unknown_verdict: policies.unknown_container,
@@ -164,6 +167,7 @@ pub fn assemble(
         processes: rules.processes.clone(),
         dests: rules.dests.clone(),
         ports: rules.ports.clone(),
+        veths,
     }
 }
 
@@ -172,12 +176,16 @@ pub fn assemble(
 pub struct Assigned {
     pub assignments: Vec<Assignment>,
     pub cgroups: BTreeMap<u64, CgroupEntry>,
-    /// Containers sharing a cgroup id, overlapping selectors, host network.
+    /// Host-side veth ifindex → the cgroup id of its owner.
+    pub veths: BTreeMap<u32, u64>,
+    /// Containers sharing a cgroup id or a veth, overlapping selectors,
+    /// host network.
     pub warnings: Vec<Diagnostic>,
 }
 
-/// `CGROUPS` from the inventory: the first selecting policy wins; a known
-/// container no policy selects is left alone (unrestricted).
+/// `CGROUPS` and `VETHS` from the inventory: the first selecting policy
+/// wins; a known container no policy selects is left alone (unrestricted),
+/// and so are the frames on its veths.
 pub fn assign(
     policies: &PolicySet,
     rules: &CompiledRules,
@@ -249,27 +257,87 @@ pub fn assign(
                 policy_id: rules.policy_ids[index],
                 audit: policies.policies[index].mode == Mode::Audit,
                 unrestricted: false,
+                forwarded_dns: policies.policies[index].allow_docker_dns,
             },
             None => CgroupEntry {
                 policy_id: contain_common::UNKNOWN_POLICY_ID,
                 audit: false,
                 unrestricted: true,
+                forwarded_dns: false,
             },
         };
         cgroups.insert(cgroup_id, entry);
     }
-    if cgroups.len() > capacity::CGROUPS as usize {
-        return Err(CompileError::Capacity {
-            map: "CGROUPS",
-            needed: cgroups.len(),
-            capacity: capacity::CGROUPS,
-        });
+    let veths = assign_veths(policies, inventory, &assignments, &mut warnings);
+    for (map, needed, cap) in [
+        ("CGROUPS", cgroups.len(), capacity::CGROUPS),
+        ("VETHS", veths.len(), capacity::VETHS),
+    ] {
+        if needed > cap as usize {
+            return Err(CompileError::Capacity {
+                map,
+                needed,
+                capacity: cap,
+            });
+        }
     }
     Ok(Assigned {
         assignments,
         cgroups,
+        veths,
         warnings,
     })
+}
+
+/// `VETHS`: each host-side veth to its owner's cgroup id (see
+/// [`Inventory::veth_owners`]). Frames from any packet socket behind a
+/// shared veth are judged under the owner's policy, so containers sharing
+/// it under another policy are named in a warning.
+fn assign_veths(
+    policies: &PolicySet,
+    inventory: &Inventory,
+    assignments: &[Assignment],
+    warnings: &mut Vec<Diagnostic>,
+) -> BTreeMap<u32, u64> {
+    let policy_of = |index: usize| assignments[index].policy_index;
+    let mut veths = BTreeMap::new();
+    // One warning per namespace, not per veth.
+    let mut differing: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (ifindex, owner) in inventory.veth_owners() {
+        veths.insert(ifindex, owner.cgroup_id);
+        let others: Vec<usize> = owner
+            .sharers
+            .into_iter()
+            .filter(|&i| policy_of(i) != policy_of(owner.owner))
+            .collect();
+        if !others.is_empty() {
+            differing.insert(owner.owner, others);
+        }
+    }
+    for (owner, others) in differing {
+        let owner_name = &inventory.containers[owner].name;
+        let names: Vec<String> = others
+            .iter()
+            .map(|&i| format!("\"{}\"", inventory.containers[i].name))
+            .collect();
+        let (subject, verb) = match names.as_slice() {
+            [one] => (format!("container {one}"), "shares"),
+            many => (format!("containers {}", many.join(", ")), "share"),
+        };
+        let policy = match policy_of(owner) {
+            Some(index) => format!("policy \"{}\"", policies.policies[index].name),
+            None => "unrestricted: no policy selects it".to_string(),
+        };
+        warnings.push(Diagnostic {
+            severity: Severity::Warning,
+            location: None,
+            message: format!(
+                "{subject} {verb} the network namespace of \"{owner_name}\"; frames from packet sockets there are judged under \"{owner_name}\"'s policy ({policy})"
+            ),
+            source_line: None,
+        });
+    }
+    veths
 }
 
 /// Compiles every policy's rules (independent of the inventory).
@@ -877,6 +945,83 @@ mod tests {
         assert!(web.audit && !web.unrestricted && web.policy_id >= 1);
         assert!(c.state.cgroups[&11].unrestricted);
         assert_eq!(c.state.unknown_verdict, proto::state::Verdict::Deny);
+    }
+
+    #[test]
+    fn forwarded_dns_follows_the_selecting_policys_docker_dns_setting() {
+        let p = policy(
+            "allow_docker_dns=true\n[[policy]]\nname='dns'\nselect={name='a'}\n[[policy]]\nname='nodns'\nallow_docker_dns=false\nselect={name='b'}\n",
+        );
+        let c = compile(
+            &p,
+            &inventory(&[("a", 10), ("b", 11), ("other", 12)]),
+            &mut IdTables::default(),
+        )
+        .unwrap();
+        let forwarded = |cg: u64| c.state.cgroups[&cg].forwarded_dns;
+        assert!(forwarded(10), "the top-level setting reaches the policy");
+        assert!(!forwarded(11), "a policy's own setting wins");
+        assert!(!forwarded(12), "an unrestricted container has no policy");
+    }
+
+    fn with_veths(mut inventory: Inventory, veths: &[&[u32]]) -> Inventory {
+        for (c, v) in inventory.containers.iter_mut().zip(veths) {
+            c.host_veths = v.to_vec();
+        }
+        inventory
+    }
+
+    #[test]
+    fn veths_point_to_their_containers_cgroups_selected_or_not() {
+        let p = policy("[[policy]]\nname='a'\nselect={name='web'}\n");
+        let inv = with_veths(
+            inventory(&[("web", 10), ("other", 11), ("host", 12)]),
+            &[&[7], &[8, 9], &[]],
+        );
+        let c = compile(&p, &inv, &mut IdTables::default()).unwrap();
+        assert_eq!(c.state.veths, BTreeMap::from([(7, 10), (8, 11), (9, 11)]));
+        assert!(c.state.cgroups[&11].unrestricted, "so its veths pass");
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn a_shared_veth_has_one_owner_and_a_warning_when_policies_differ() {
+        let p = policy(
+            "[[policy]]\nname='app'\nselect={name='app'}\n[[policy]]\nname='side'\nselect={name='sidecar'}\n",
+        );
+        // Ids "app-id" < "sidecar-id" < "twin-id": app owns the veth.
+        let inv = with_veths(
+            inventory(&[("sidecar", 11), ("app", 10), ("twin", 12)]),
+            &[&[7], &[7], &[7]],
+        );
+        let c = compile(&p, &inv, &mut IdTables::default()).unwrap();
+        assert_eq!(c.state.veths, BTreeMap::from([(7, 10)]));
+        let messages: Vec<&str> = c.warnings.iter().map(|w| w.message.as_str()).collect();
+        assert_eq!(
+            messages,
+            ["containers \"sidecar\", \"twin\" share the network namespace of \"app\"; frames from packet sockets there are judged under \"app\"'s policy (policy \"app\")"]
+        );
+
+        // Under one policy, sharing changes nothing worth a warning.
+        let p = policy("[[policy]]\nname='all'\nselect={image='alpine:*'}\n");
+        let c = compile(&p, &inv, &mut IdTables::default()).unwrap();
+        assert_eq!(c.state.veths, BTreeMap::from([(7, 10)]));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn more_veths_than_the_map_holds_is_a_capacity_error() {
+        let p = policy("[[policy]]\nname='a'\nselect={name='web'}\n");
+        let veths: Vec<u32> = (0..=capacity::VETHS).collect();
+        let inv = with_veths(inventory(&[("web", 10)]), &[&veths]);
+        assert_eq!(
+            compile(&p, &inv, &mut IdTables::default()),
+            Err(CompileError::Capacity {
+                map: "VETHS",
+                needed: capacity::VETHS as usize + 1,
+                capacity: capacity::VETHS,
+            })
+        );
     }
 
     #[test]

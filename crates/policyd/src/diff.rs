@@ -85,6 +85,13 @@ pub fn diff_ops(current: &KernelState, desired: &KernelState) -> Vec<MapOp> {
         |key| EntryKey::Port { key },
         &mut ops,
     );
+    diff_map(
+        &current.veths,
+        &desired.veths,
+        |ifindex, cgroup_id| Entry::Veth { ifindex, cgroup_id },
+        |ifindex| EntryKey::Veth { ifindex },
+        &mut ops,
+    );
     // Stable: within one class of operation, keys stay in map order.
     ops.sort_by_key(apply_order);
     ops
@@ -115,15 +122,17 @@ mod tests {
         // Small key spaces so states overlap and values collide often.
         let cgroups = prop::collection::btree_map(
             0u64..20,
-            (0u32..4, any::<bool>(), any::<bool>()).prop_map(|(policy_id, audit, unrestricted)| {
-                CgroupEntry {
+            (0u32..4, any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+                |(policy_id, audit, unrestricted, forwarded_dns)| CgroupEntry {
                     policy_id,
                     audit,
                     unrestricted,
-                }
-            }),
+                    forwarded_dns,
+                },
+            ),
             0..10,
         );
+        let veths = prop::collection::btree_map(0u32..8, 0u64..20, 0..6);
         let processes = prop::collection::btree_map(
             (0u32..3, any::<bool>(), 0u64..4).prop_map(|(policy_id, exe, h)| ProcessKey {
                 policy_id,
@@ -167,13 +176,14 @@ mod tests {
             0..12,
         );
         let verdict = prop::sample::select(vec![Verdict::Deny, Verdict::Allow, Verdict::Audit]);
-        (verdict, cgroups, processes, dests, ports).prop_map(
-            |(unknown_verdict, cgroups, processes, dests, ports)| KernelState {
+        (verdict, cgroups, processes, dests, ports, veths).prop_map(
+            |(unknown_verdict, cgroups, processes, dests, ports, veths)| KernelState {
                 unknown_verdict,
                 cgroups,
                 processes,
                 dests,
                 ports,
+                veths,
             },
         )
     }

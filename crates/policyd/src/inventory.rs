@@ -34,6 +34,25 @@ pub struct Container {
     pub cgroup_path: Option<String>,
     /// Shares the host's network namespace (so also the host's loopback).
     pub host_network: bool,
+    /// Host-side ifindexes of the veths whose peers are in the container's
+    /// network namespace; containers sharing a namespace list the same ones.
+    pub host_veths: Vec<u32>,
+}
+
+impl Container {
+    /// The runtime says the container joined another container's network
+    /// namespace: a Kubernetes container joins its pod's sandbox, as
+    /// containerd's CRI and cri-dockerd label it. Docker's
+    /// `--network container:X` leaves no trace in the inventory.
+    pub fn joins_another_netns(&self) -> bool {
+        ["io.cri-containerd.kind", "io.kubernetes.docker.type"]
+            .iter()
+            .any(|key| {
+                self.labels
+                    .get(*key)
+                    .is_some_and(|kind| kind == "container")
+            })
+    }
 }
 
 impl From<&proto::resolver::Container> for Container {
@@ -52,6 +71,7 @@ impl From<&proto::resolver::Container> for Container {
             cgroup_id: (c.cgroup_id != 0 && c.metadata_complete).then_some(c.cgroup_id),
             cgroup_path: (!c.cgroup_path.is_empty()).then(|| c.cgroup_path.clone()),
             host_network: c.host_network,
+            host_veths: c.host_veths.iter().map(|v| v.ifindex).collect(),
         }
     }
 }
@@ -62,7 +82,56 @@ pub struct Inventory {
     pub containers: Vec<Container>,
 }
 
+/// Whose policy judges the frames arriving on one host-side veth.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VethOwner {
+    /// Index into [`Inventory::containers`].
+    pub owner: usize,
+    pub cgroup_id: u64,
+    /// The other containers behind the same veth (sharing the owner's
+    /// network namespace), in inventory order.
+    pub sharers: Vec<usize>,
+}
+
 impl Inventory {
+    /// The owner of every host-side veth some container with a cgroup id
+    /// lists. A veth has one owner in the kernel, so when containers share
+    /// a namespace the one that did not join another's wins (when the
+    /// runtime says so), then the lowest container id: the same choice
+    /// whatever order the inventory comes in.
+    pub fn veth_owners(&self) -> BTreeMap<u32, VethOwner> {
+        let mut behind: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for (index, container) in self.containers.iter().enumerate() {
+            for &ifindex in &container.host_veths {
+                let indexes = behind.entry(ifindex).or_default();
+                if indexes.last() != Some(&index) {
+                    indexes.push(index);
+                }
+            }
+        }
+        behind
+            .into_iter()
+            .filter_map(|(ifindex, indexes)| {
+                let (owner, cgroup_id) = indexes
+                    .iter()
+                    .filter_map(|&i| Some((i, self.containers[i].cgroup_id?)))
+                    .min_by_key(|&(i, _)| {
+                        let c = &self.containers[i];
+                        (c.joins_another_netns(), &c.id, &c.namespace)
+                    })?;
+                let sharers = indexes.into_iter().filter(|&i| i != owner).collect();
+                Some((
+                    ifindex,
+                    VethOwner {
+                        owner,
+                        cgroup_id,
+                        sharers,
+                    },
+                ))
+            })
+            .collect()
+    }
+
     /// Finds a container by id, id prefix (at least 4 characters, unique) or name.
     pub fn find(&self, query: &str) -> Result<&Container, String> {
         let query = query.trim_start_matches('/');
@@ -161,11 +230,16 @@ mod tests {
             cgroup_path: "/contain.slice/docker-abc.scope".into(),
             cgroup_id: 77,
             netns_inode: 1,
-            host_veths: Vec::new(),
+            host_veths: vec![proto::resolver::HostVeth {
+                ifindex: 31,
+                name: "veth1a2b".into(),
+                peer_ifindex: 2,
+            }],
             host_network: false,
             metadata_complete: false,
         };
         assert_eq!(Container::from(&resolved).cgroup_id, None);
+        assert_eq!(Container::from(&resolved).host_veths, [31]);
         let complete = proto::resolver::Container {
             metadata_complete: true,
             ..resolved
@@ -207,6 +281,88 @@ mod tests {
         assert_eq!(select(&p, &blocked).policy, Some(1));
         let neither = container("c", "redis:7", &[("egress", "open")]);
         assert_eq!(select(&p, &neither).policy, None);
+    }
+
+    fn behind(id: &str, cgroup_id: Option<u64>, veths: &[u32]) -> Container {
+        Container {
+            id: id.into(),
+            name: format!("n-{id}"),
+            cgroup_id,
+            host_veths: veths.to_vec(),
+            ..Container::default()
+        }
+    }
+
+    fn owners(inventory: &Inventory) -> Vec<(u32, &str, Vec<&str>)> {
+        inventory
+            .veth_owners()
+            .into_iter()
+            .map(|(ifindex, o)| {
+                let id = |i: usize| inventory.containers[i].id.as_str();
+                (
+                    ifindex,
+                    id(o.owner),
+                    o.sharers.into_iter().map(id).collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_veth_belongs_to_the_container_behind_it() {
+        let inv = Inventory {
+            containers: vec![
+                behind("a", Some(1), &[7, 9]),
+                behind("b", Some(2), &[8]),
+                behind("host", Some(3), &[]),
+            ],
+        };
+        assert_eq!(
+            owners(&inv),
+            [(7, "a", vec![]), (8, "b", vec![]), (9, "a", vec![])]
+        );
+        assert_eq!(inv.veth_owners()[&8].cgroup_id, 2);
+    }
+
+    #[test]
+    fn a_shared_veth_goes_to_the_lowest_id_whatever_the_order() {
+        let mut inv = Inventory {
+            containers: vec![
+                behind("c2", Some(3), &[7]),
+                behind("c0", Some(1), &[7]),
+                behind("c1", Some(2), &[7]),
+            ],
+        };
+        assert_eq!(owners(&inv), [(7, "c0", vec!["c2", "c1"])]);
+        inv.containers.reverse();
+        assert_eq!(owners(&inv), [(7, "c0", vec!["c1", "c2"])]);
+    }
+
+    #[test]
+    fn a_shared_veth_goes_to_the_namespace_owner_when_the_runtime_says() {
+        let mut app = behind("00-app", Some(1), &[7]);
+        app.labels
+            .insert("io.cri-containerd.kind".into(), "container".into());
+        let mut sandbox = behind("ff-sandbox", Some(2), &[7]);
+        sandbox
+            .labels
+            .insert("io.cri-containerd.kind".into(), "sandbox".into());
+        let inv = Inventory {
+            containers: vec![app, sandbox],
+        };
+        assert_eq!(owners(&inv), [(7, "ff-sandbox", vec!["00-app"])]);
+    }
+
+    #[test]
+    fn containers_without_a_cgroup_id_own_no_veth() {
+        let inv = Inventory {
+            containers: vec![
+                behind("a", None, &[7]),
+                behind("b", Some(2), &[7]),
+                behind("c", None, &[8]),
+            ],
+        };
+        assert_eq!(owners(&inv), [(7, "b", vec!["a"])]);
     }
 
     #[test]

@@ -73,7 +73,8 @@ pub fn policy_text(rules: usize, policies: usize) -> String {
     text
 }
 
-/// `containers` containers named `c0`, `c1`, …, with cgroup ids 1000 + i.
+/// `containers` containers named `c0`, `c1`, …, with cgroup ids 1000 + i
+/// and a veth each, host ifindex 100 + i.
 pub fn inventory(containers: usize) -> Inventory {
     Inventory {
         containers: (0..containers)
@@ -84,6 +85,7 @@ pub fn inventory(containers: usize) -> Inventory {
                 namespace: "moby".into(),
                 runtime: "docker".into(),
                 cgroup_id: Some(1000 + i as u64),
+                host_veths: vec![100 + i as u32],
                 ..Container::default()
             })
             .collect(),

@@ -60,6 +60,71 @@ fn check_accepts_the_samples() {
         stdout.contains("runner-1") && stdout.contains("ci-runners"),
         "{stdout}"
     );
+    assert!(
+        !stdout.contains("packet sockets"),
+        "every sample container has a veth of its own: {stdout}"
+    );
+}
+
+#[test]
+fn check_inventory_shows_containers_not_covered_against_packet_sockets() {
+    let scratch = Scratch::new("packet-sockets");
+    let policy = scratch.file(
+        "p.toml",
+        "[[policy]]\nname='web'\nselect={image='nginx:*'}\n[[policy]]\nname='tools'\nselect={image='busybox:*'}\n",
+    );
+    // debug runs with `--network container:web`; edge on the host network;
+    // lan on a macvlan network.
+    let inventory = scratch.file(
+        "inventory.json",
+        r#"{"containers": [
+  {"id": "a1", "name": "web", "image": "nginx:1.27", "cgroup_id": 1, "host_veths": [7]},
+  {"id": "b2", "name": "debug", "image": "busybox:1.36", "cgroup_id": 2, "host_veths": [7]},
+  {"id": "c3", "name": "edge", "image": "nginx:1.27", "cgroup_id": 3, "host_network": true},
+  {"id": "d4", "name": "lan", "image": "nginx:1.27", "cgroup_id": 4}
+]}"#,
+    );
+    let out = policyd(&["check", &policy, "--inventory", &inventory]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "container debug is not covered against packet sockets: shares the network namespace of \"web\"",
+        "container edge is not covered against packet sockets: uses the host network: no veth of its own",
+        "container lan is not covered against packet sockets: no host-side veth",
+    ] {
+        assert!(stdout.contains(line), "{line}\n{stdout}");
+    }
+    assert!(!stdout.contains("container web is not covered"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("container \"debug\" shares the network namespace of \"web\"; frames from packet sockets there are judged under \"web\"'s policy (policy \"web\")"),
+        "{stderr}"
+    );
+
+    let json: serde_json::Value = serde_json::from_slice(
+        &policyd(&["check", "--json", &policy, "--inventory", &inventory]).stdout,
+    )
+    .expect("one JSON document");
+    let uncovered: Vec<(&str, bool)> = json["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap(),
+                c["packet_sockets_uncovered"].is_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        uncovered,
+        [
+            ("web", false),
+            ("debug", true),
+            ("edge", true),
+            ("lan", true)
+        ]
+    );
 }
 
 #[test]

@@ -470,6 +470,21 @@ async fn a_container_outside_the_attached_parents_is_shown_unenforced() {
         rendered.contains("container web is unenforced: cgroup /system.slice/docker-web"),
         "{rendered}"
     );
+    // The inventory file gives neither a veth.
+    assert!(
+        curler
+            .packet_sockets_uncovered
+            .as_deref()
+            .is_some_and(|r| r.starts_with("no host-side veth")),
+        "{:?}",
+        curler.packet_sockets_uncovered
+    );
+    assert!(
+        rendered.contains(
+            "containers web, curler are not covered against packet sockets: no host-side veth"
+        ),
+        "{rendered}"
+    );
 
     let e = client
         .explain(ctx(), query("web", "10.1.1.1", "22", None))
@@ -502,7 +517,8 @@ mod fake_resolver {
     };
 
     use proto::resolver::{
-        Change, ChangeKind, Container, Resolver, ResolverStatus, Runtime, Snapshot, WatchReply,
+        Change, ChangeKind, Container, HostVeth, Resolver, ResolverStatus, Runtime, Snapshot,
+        WatchReply,
     };
     use tarpc::context::Context;
     use tokio::sync::Notify;
@@ -522,6 +538,7 @@ mod fake_resolver {
         changed: Arc<Notify>,
     }
 
+    /// A container with one veth, whose host ifindex is its cgroup id.
     pub fn container(name: &str, cgroup_id: u64) -> Container {
         Container {
             id: format!("{name}-id"),
@@ -534,7 +551,11 @@ mod fake_resolver {
             cgroup_path: format!("/contain.slice/docker-{name}.scope"),
             cgroup_id,
             netns_inode: 0,
-            host_veths: Vec::new(),
+            host_veths: vec![HostVeth {
+                ifindex: cgroup_id as u32,
+                name: format!("veth{name}"),
+                peer_ifindex: 2,
+            }],
             host_network: false,
             metadata_complete: true,
         }
@@ -644,6 +665,8 @@ mod fake_resolver {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follows_the_resolver_and_holds_until_the_first_inventory() {
+    use std::collections::BTreeMap;
+
     use fake_resolver::{container, FakeResolver};
     use futures::StreamExt;
     use proto::{resolver::Resolver as _, state::CgroupEntry};
@@ -653,7 +676,8 @@ async fn follows_the_resolver_and_holds_until_the_first_inventory() {
     env.serve_loader();
     env.write("policy.toml", V1);
     // What a previous policyd left in the kernel: web's cgroup, under some
-    // policy id. Without an inventory this must not be dropped.
+    // policy id, and its veth under an ifindex since reused. Without an
+    // inventory neither must be dropped.
     {
         let mut m = env.loader.maps.lock().unwrap();
         m.state.cgroups.insert(
@@ -662,8 +686,10 @@ async fn follows_the_resolver_and_holds_until_the_first_inventory() {
                 policy_id: 7,
                 audit: false,
                 unrestricted: false,
+                forwarded_dns: false,
             },
         );
+        m.state.veths.insert(31, 501);
     }
 
     let config = Config {
@@ -701,6 +727,7 @@ async fn follows_the_resolver_and_holds_until_the_first_inventory() {
     let (_, state, applies) = env.kernel();
     assert_eq!(applies, 0, "nothing applied before the inventory is known");
     assert!(state.cgroups.contains_key(&501));
+    assert_eq!(state.veths.get(&31), Some(&501));
 
     // The resolver comes up with web: policyd converges.
     let resolver = FakeResolver::default();
@@ -725,7 +752,9 @@ async fn follows_the_resolver_and_holds_until_the_first_inventory() {
         s.dests.keys().any(|k| k.policy_id == 7)
     })
     .await;
-    assert!(!env.kernel().1.cgroups[&501].unrestricted);
+    let (_, state, _) = env.kernel();
+    assert!(!state.cgroups[&501].unrestricted);
+    assert_eq!(state.veths, BTreeMap::from([(501, 501)]));
 
     // A container starts and another stops: followed through watch.
     resolver.add(container("curler", 502));
@@ -734,6 +763,7 @@ async fn follows_the_resolver_and_holds_until_the_first_inventory() {
     resolver.remove("web");
     env.wait_for("web's cgroup gone", |s| !s.cgroups.contains_key(&501))
         .await;
+    assert_eq!(env.kernel().1.veths, BTreeMap::from([(502, 502)]));
     let status = client.status(ctx()).await.unwrap().unwrap();
     assert!(status.inventory.connected, "{status:#?}");
     assert_eq!(status.containers.len(), 1);

@@ -82,7 +82,7 @@ fn inserting_a_rule_at_the_top_renumbers_nothing() {
 }
 
 #[test]
-fn a_container_start_is_one_cgroup_entry() {
+fn a_container_start_is_its_cgroup_and_veth_entries() {
     let text = synthetic::policy_text(RULES, 4);
     let set = policy::parse("p.toml", &text).unwrap();
     let mut ids = IdTables::default();
@@ -93,7 +93,11 @@ fn a_container_start_is_one_cgroup_entry() {
         .unwrap()
         .state;
     let counts = OpCounts::of(&diff_ops(&before, &after));
-    assert_eq!((counts.total(), counts.cgroups), (1, 1), "{counts:?}");
+    assert_eq!(
+        (counts.total(), counts.cgroups, counts.veths),
+        (2, 1, 1),
+        "{counts:?}"
+    );
 }
 
 #[test]

@@ -94,6 +94,9 @@ pub enum Hook {
     Sendmsg4,
     Sendmsg6,
     Egress,
+    /// The backstop on the host side of the container's veth: a frame no
+    /// cgroup program saw.
+    Veth,
 }
 
 /// A deny or audit decision, attributed.
@@ -130,6 +133,18 @@ pub struct Event {
     /// The kernel's cookie of the socket, for revoked flows (0 otherwise).
     #[serde(default)]
     pub socket_cookie: u64,
+    /// A veth event of a frame from a packet socket (AF_PACKET, AF_XDP):
+    /// there is no process to attribute it to.
+    #[serde(default)]
+    pub link_layer: bool,
+    /// A veth event of a packet from no socket of the container's (the
+    /// kernel's, or a host process's in the container's namespace).
+    #[serde(default)]
+    pub unattributed: bool,
+    /// The ethertype of a denied frame that is not IP (then `proto` is 0
+    /// and the addresses unspecified).
+    #[serde(default)]
+    pub ethertype: Option<u16>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

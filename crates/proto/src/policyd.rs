@@ -89,6 +89,8 @@ pub struct EntryCounts {
     pub processes: u64,
     pub dests: u64,
     pub ports: u64,
+    #[serde(default)]
+    pub veths: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +114,11 @@ pub struct ContainerStatus {
     pub mode: String,
     /// For "unenforced" and "unverified": why.
     pub unenforced_reason: Option<String>,
+    /// For a container a policy selects: why the veth backstop does not
+    /// judge frames from its packet sockets (AF_PACKET, which no cgroup
+    /// program sees) under its policy; `None` when it does.
+    #[serde(default)]
+    pub packet_sockets_uncovered: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

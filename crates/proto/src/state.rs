@@ -37,6 +37,10 @@ pub struct CgroupEntry {
     pub audit: bool,
     /// Known, but selected by no policy: leave it alone.
     pub unrestricted: bool,
+    /// The policy lets the container use Docker's embedded DNS: the queries
+    /// dockerd forwards for it from inside its namespace may leave.
+    #[serde(default)]
+    pub forwarded_dns: bool,
 }
 
 /// How a process is recognised inside a policy.
@@ -80,10 +84,28 @@ pub struct PortKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "map")]
 pub enum Entry {
-    Cgroup { id: u64, value: CgroupEntry },
-    Process { key: ProcessKey, class: u32 },
-    Dest { key: DestKey, ruleset: u32 },
-    Port { key: PortKey, rule_id: u32 },
+    Cgroup {
+        id: u64,
+        value: CgroupEntry,
+    },
+    Process {
+        key: ProcessKey,
+        class: u32,
+    },
+    Dest {
+        key: DestKey,
+        ruleset: u32,
+    },
+    Port {
+        key: PortKey,
+        rule_id: u32,
+    },
+    /// The container (by cgroup id) whose frames arrive on the host-side
+    /// veth `ifindex`.
+    Veth {
+        ifindex: u32,
+        cgroup_id: u64,
+    },
 }
 
 /// The key of one map entry.
@@ -94,6 +116,7 @@ pub enum EntryKey {
     Process { key: ProcessKey },
     Dest { key: DestKey },
     Port { key: PortKey },
+    Veth { ifindex: u32 },
 }
 
 impl Entry {
@@ -103,6 +126,7 @@ impl Entry {
             Entry::Process { key, .. } => EntryKey::Process { key },
             Entry::Dest { key, .. } => EntryKey::Dest { key },
             Entry::Port { key, .. } => EntryKey::Port { key },
+            Entry::Veth { ifindex, .. } => EntryKey::Veth { ifindex },
         }
     }
 }
@@ -127,6 +151,9 @@ pub struct KernelState {
     pub dests: BTreeMap<DestKey, u32>,
     #[serde(with = "as_pairs")]
     pub ports: BTreeMap<PortKey, u32>,
+    /// Host-side veth ifindex → the cgroup id of the container behind it.
+    #[serde(with = "as_pairs", default)]
+    pub veths: BTreeMap<u32, u64>,
 }
 
 /// A transactional change: applied only if the loader is still at
@@ -147,7 +174,11 @@ impl MapDiff {
 
 impl KernelState {
     pub fn entry_count(&self) -> usize {
-        self.cgroups.len() + self.processes.len() + self.dests.len() + self.ports.len()
+        self.cgroups.len()
+            + self.processes.len()
+            + self.dests.len()
+            + self.ports.len()
+            + self.veths.len()
     }
 
     pub fn get(&self, key: &EntryKey) -> Option<Entry> {
@@ -168,6 +199,10 @@ impl KernelState {
                 .ports
                 .get(&key)
                 .map(|&rule_id| Entry::Port { key, rule_id }),
+            EntryKey::Veth { ifindex } => self
+                .veths
+                .get(&ifindex)
+                .map(|&cgroup_id| Entry::Veth { ifindex, cgroup_id }),
         }
     }
 
@@ -184,6 +219,9 @@ impl KernelState {
             }
             Entry::Port { key, rule_id } => {
                 self.ports.insert(key, rule_id);
+            }
+            Entry::Veth { ifindex, cgroup_id } => {
+                self.veths.insert(ifindex, cgroup_id);
             }
         }
     }
@@ -202,6 +240,9 @@ impl KernelState {
             }
             EntryKey::Port { key } => {
                 self.ports.remove(&key);
+            }
+            EntryKey::Veth { ifindex } => {
+                self.veths.remove(&ifindex);
             }
         }
         old
@@ -255,16 +296,31 @@ impl KernelState {
             .ports
             .iter()
             .map(|(&key, &rule_id)| Entry::Port { key, rule_id });
-        cgroups.chain(processes).chain(dests).chain(ports)
+        let veths = self
+            .veths
+            .iter()
+            .map(|(&ifindex, &cgroup_id)| Entry::Veth { ifindex, cgroup_id });
+        cgroups
+            .chain(processes)
+            .chain(dests)
+            .chain(ports)
+            .chain(veths)
     }
 }
 
 /// The order in which a diff's operations reach the kernel, so that a packet
 /// racing the update never sees a rule whose target is missing: first the
 /// rule tables a new policy points to, then the cgroup pointers, and only
-/// then the removal of what nothing points to any more.
+/// then the removal of what nothing points to any more. A veth points to a
+/// cgroup entry: it comes after it and goes before it.
 pub fn apply_order(op: &MapOp) -> u8 {
     match op {
+        MapOp::Upsert {
+            entry: Entry::Veth { .. },
+        } => 4,
+        MapOp::Delete {
+            key: EntryKey::Veth { .. },
+        } => 4,
         MapOp::Upsert {
             entry: Entry::Port { .. },
         } => 0,
@@ -279,16 +335,16 @@ pub fn apply_order(op: &MapOp) -> u8 {
         } => 3,
         MapOp::Delete {
             key: EntryKey::Cgroup { .. },
-        } => 4,
-        MapOp::Delete {
-            key: EntryKey::Process { .. },
         } => 5,
         MapOp::Delete {
-            key: EntryKey::Dest { .. },
+            key: EntryKey::Process { .. },
         } => 6,
         MapOp::Delete {
-            key: EntryKey::Port { .. },
+            key: EntryKey::Dest { .. },
         } => 7,
+        MapOp::Delete {
+            key: EntryKey::Port { .. },
+        } => 8,
     }
 }
 
@@ -301,6 +357,8 @@ pub struct OpCounts {
     pub processes: usize,
     pub dests: usize,
     pub ports: usize,
+    #[serde(default)]
+    pub veths: usize,
 }
 
 impl OpCounts {
@@ -322,6 +380,7 @@ impl OpCounts {
                 EntryKey::Process { .. } => c.processes += 1,
                 EntryKey::Dest { .. } => c.dests += 1,
                 EntryKey::Port { .. } => c.ports += 1,
+                EntryKey::Veth { .. } => c.veths += 1,
             }
         }
         c
@@ -369,6 +428,7 @@ mod tests {
                 policy_id: 1,
                 audit: false,
                 unrestricted: false,
+                forwarded_dns: false,
             },
         });
         s.upsert(Entry::Dest {
@@ -416,6 +476,7 @@ mod tests {
                     policy_id: 2,
                     audit: true,
                     unrestricted: false,
+                    forwarded_dns: false,
                 },
             },
         }]);
@@ -435,6 +496,7 @@ mod tests {
                 policy_id: 1,
                 audit: true,
                 unrestricted: false,
+                forwarded_dns: false,
             },
         });
         let ops = a.diff_to(&b);

@@ -301,29 +301,32 @@ impl Engine {
     }
 
     /// The state the policy and inventory call for. Until a first inventory
-    /// arrives, the loader's cgroup entries are carried over unchanged:
-    /// dropping them would turn every running container "unknown".
+    /// arrives, the loader's cgroup and veth entries are carried over
+    /// unchanged: dropping them would turn every running container
+    /// "unknown".
     fn desired(&mut self, kernel: &KernelState) -> Result<Option<KernelState>, PolicydError> {
         let Some(loaded) = &self.loaded else {
             return Ok(None);
         };
-        let cgroups = if self.inventory_state.ready {
+        let (cgroups, veths) = if self.inventory_state.ready {
             let compile::Assigned {
                 assignments,
                 cgroups,
+                veths,
                 warnings,
             } = compile::assign(&loaded.policies, &loaded.rules, &self.inventory)
                 .map_err(compile_failure)?;
             self.assignments = assignments;
             self.inventory_warnings = warnings;
-            cgroups
+            (cgroups, veths)
         } else {
-            kernel.cgroups.clone()
+            (kernel.cgroups.clone(), kernel.veths.clone())
         };
         Ok(Some(compile::assemble(
             &loaded.policies,
             &loaded.rules,
             cgroups,
+            veths,
         )))
     }
 
@@ -640,10 +643,14 @@ impl Engine {
                     .unwrap_or_else(|| "not loaded".into()),
             ));
         };
-        let cgroups = compile::assign(&loaded.policies, &loaded.rules, &self.inventory)
-            .map_err(compile_failure)?
-            .cgroups;
-        let state = compile::assemble(&loaded.policies, &loaded.rules, cgroups);
+        let assigned = compile::assign(&loaded.policies, &loaded.rules, &self.inventory)
+            .map_err(compile_failure)?;
+        let state = compile::assemble(
+            &loaded.policies,
+            &loaded.rules,
+            assigned.cgroups,
+            assigned.veths,
+        );
         explain::explain(
             &loaded.policies,
             &loaded.rules,
@@ -698,6 +705,7 @@ impl Engine {
                 processes: k.state.processes.len() as u64,
                 dests: k.state.dests.len() as u64,
                 ports: k.state.ports.len() as u64,
+                veths: k.state.veths.len() as u64,
             };
         }
         let attached = self.loader.attached_parents().await;
@@ -733,6 +741,12 @@ impl Engine {
             .chain(&self.inventory_warnings)
             .map(to_wire)
             .collect();
+        let mut policy_of = vec![None; self.inventory.containers.len()];
+        for (a, _) in &enforcements {
+            policy_of[a.container_index] =
+                a.policy_index.map(|i| policies.policies[i].name.as_str());
+        }
+        let mut uncovered = coverage::packet_sockets_uncovered(&self.inventory, &policy_of);
         let mut containers_per_policy = vec![0u32; policies.policies.len()];
         for (a, enforcement) in enforcements {
             let Some(c) = self.inventory.containers.get(a.container_index) else {
@@ -755,6 +769,7 @@ impl Engine {
                 cgroup_path: c.cgroup_path.clone(),
                 mode: enforcement.mode,
                 unenforced_reason: enforcement.unenforced_reason,
+                packet_sockets_uncovered: uncovered[a.container_index].take(),
             });
         }
         for (i, p) in policies.policies.iter().enumerate() {

@@ -1,0 +1,269 @@
+//! The veth backstop's attachments: `contain_veth` on tc ingress of every
+//! veth of the loader's (the host's) network namespace, from the moment the
+//! runtime creates the pair: before one end is moved into the container's
+//! namespace, so before the container's first process can send. The end
+//! that is moved leaves with an `RTM_DELLINK` here, and its attachment is
+//! released (a move also drops a device's qdiscs); the host-side end keeps
+//! its own. A veth with no container behind it costs a lookup per frame.
+//!
+//! Kernels with tcx (6.6 and later) get a bpf_link per veth, pinned like
+//! the cgroup links (a new loader pins its own, then releases its
+//! predecessor's); older kernels get a `clsact` filter at a fixed priority
+//! and handle, which stays in the kernel without a process and which a new
+//! loader replaces in one netlink request. Either way nothing is detached
+//! while a loader restarts, and a veth's attachment goes with the veth.
+
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use aya::{
+    programs::{
+        links::FdLink,
+        tc::{self, NlOptions, TcAttachOptions, TcHandle},
+        LinkOrder, SchedClassifier, TcAttachType,
+    },
+    util::KernelVersion,
+    Ebpf,
+};
+use contain_common::program_names;
+use futures::{StreamExt as _, TryStreamExt as _};
+use rtnetlink::{
+    packet_core::NetlinkPayload,
+    packet_route::{
+        link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
+        RouteNetlinkMessage,
+    },
+    MulticastGroup,
+};
+
+use crate::kernel::{Kernel, KernelError};
+
+/// The clsact filter's priority (first: a filter before contain's could
+/// accept a frame) and handle, fixed so a new loader replaces it in place.
+const FILTER_PRIORITY: u16 = 1;
+const FILTER_HANDLE: TcHandle = TcHandle::new(0xc0a7, 1);
+
+/// A veth, from a link message: its ifindex and name.
+pub fn veth_of(msg: &LinkMessage) -> Option<(u32, String)> {
+    let mut name = None;
+    let mut is_veth = false;
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => name = Some(n.clone()),
+            LinkAttribute::LinkInfo(infos) => {
+                is_veth |= infos
+                    .iter()
+                    .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
+            }
+            _ => {}
+        }
+    }
+    name.filter(|_| is_veth).map(|n| (msg.header.index, n))
+}
+
+/// How this kernel takes tc programs.
+pub fn uses_tcx() -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
+/// Attaches `contain_veth` to ingress of `name`. With tcx the returned link
+/// is for the caller to pin; with netlink the filter is in the kernel and
+/// there is nothing to keep.
+pub fn attach(ebpf: &mut Ebpf, name: &str) -> Result<Option<FdLink>, KernelError> {
+    let prog_name = program_names::VETH;
+    let err = |source| KernelError::Program {
+        name: prog_name,
+        source,
+    };
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(prog_name)
+        .ok_or(KernelError::MissingProgram(prog_name))?
+        .try_into()
+        .map_err(err)?;
+    if uses_tcx() {
+        let id = prog
+            .attach_with_options(
+                name,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::first()),
+            )
+            .map_err(err)?;
+        let link = prog.take_link(id).map_err(err)?;
+        let fd_link = FdLink::try_from(link).map_err(|e| KernelError::Pin {
+            path: name.into(),
+            reason: e.to_string(),
+        })?;
+        return Ok(Some(fd_link));
+    }
+    match tc::qdisc_add_clsact(name) {
+        Ok(()) => {}
+        Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(err(e.into())),
+    }
+    let options = || {
+        TcAttachOptions::Netlink(NlOptions {
+            priority: FILTER_PRIORITY,
+            handle: FILTER_HANDLE,
+            classid: None,
+        })
+    };
+    let id = match prog.attach_with_options(name, TcAttachType::Ingress, options()) {
+        Ok(id) => id,
+        // A predecessor's filter: replaced in place, in one request.
+        Err(_) => {
+            let existing = tc::SchedClassifierLink::attached(
+                name,
+                TcAttachType::Ingress,
+                FILTER_PRIORITY,
+                FILTER_HANDLE,
+                None,
+            )
+            .map_err(|source| KernelError::Io {
+                path: name.into(),
+                source,
+            })?;
+            prog.attach_to_link(existing).map_err(err)?
+        }
+    };
+    // The filter stays when this loader exits: the link is forgotten, not
+    // dropped (dropping it would detach the filter).
+    std::mem::forget(prog.take_link(id).map_err(err)?);
+    Ok(None)
+}
+
+/// Attaches to every veth now, then follows link events and attaches to
+/// each new one, forever. A lost event (socket overrun) is
+/// made up by a full re-read.
+pub async fn follow(kernel: Arc<Mutex<Kernel>>) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match rtnetlink::new_multicast_connection(&[MulticastGroup::Link]) {
+            Ok((conn, _, mut messages)) => {
+                let conn_task = tokio::spawn(conn);
+                delay = Duration::from_millis(100);
+                attach_all(&kernel).await;
+                while let Some((msg, _)) = messages.next().await {
+                    match msg.payload {
+                        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
+                            if let Some((ifindex, name)) = veth_of(&link) {
+                                attach_one(&kernel, ifindex, &name);
+                            }
+                        }
+                        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) => {
+                            lock(&kernel).veth_gone(link.header.index);
+                        }
+                        NetlinkPayload::Overrun(_) => {
+                            tracing::warn!("rtnetlink event socket overran; re-reading the links");
+                            attach_all(&kernel).await;
+                        }
+                        _ => {}
+                    }
+                }
+                conn_task.abort();
+                tracing::warn!("rtnetlink event socket closed; reopening");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, retry_in = ?delay, "cannot follow link events: new veths are not covered against packet sockets until this recovers");
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Every veth of this namespace, from a link dump.
+pub async fn veths() -> std::io::Result<Vec<(u32, String)>> {
+    let (conn, handle, _) = rtnetlink::new_connection()?;
+    let conn_task = tokio::spawn(conn);
+    let links: Result<Vec<_>, _> = handle
+        .link()
+        .get()
+        .execute()
+        .map_ok(|m| veth_of(&m))
+        .try_collect()
+        .await;
+    conn_task.abort();
+    links
+        .map(|l| l.into_iter().flatten().collect())
+        .map_err(std::io::Error::other)
+}
+
+/// Attaches to every veth there is, and releases the pins of veths that
+/// are gone.
+pub async fn attach_all(kernel: &Arc<Mutex<Kernel>>) {
+    match veths().await {
+        Ok(veths) => {
+            for (ifindex, name) in &veths {
+                attach_one(kernel, *ifindex, name);
+            }
+            let present: Vec<u32> = veths.iter().map(|(i, _)| *i).collect();
+            lock(kernel).release_gone_veths(&present);
+        }
+        Err(e) => tracing::error!(error = %e, "cannot list the host's veths"),
+    }
+}
+
+fn attach_one(kernel: &Arc<Mutex<Kernel>>, ifindex: u32, name: &str) {
+    match lock(kernel).attach_veth(ifindex, name) {
+        Ok(true) => tracing::info!(veth = name, ifindex, "backstop attached to veth"),
+        Ok(false) => {}
+        // The end a runtime moves into a container's namespace is often gone
+        // from this one before it could be attached: nothing to cover here.
+        Err(e) if nix::net::if_::if_nametoindex(name).ok() != Some(ifindex) => {
+            tracing::debug!(veth = name, ifindex, error = %e, "veth left this namespace before the backstop was attached");
+        }
+        Err(e) => {
+            tracing::error!(veth = name, ifindex, error = %e, "cannot attach the backstop to veth: packet sockets behind it are not covered")
+        }
+    }
+}
+
+fn lock(kernel: &Arc<Mutex<Kernel>>) -> std::sync::MutexGuard<'_, Kernel> {
+    kernel.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The pin directory of one veth's tcx links.
+pub fn pin_group(links_dir: &Path, ifindex: u32) -> std::path::PathBuf {
+    links_dir.join("veths").join(ifindex.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtnetlink::packet_route::link::LinkHeader;
+
+    fn msg(index: u32, attrs: Vec<LinkAttribute>) -> LinkMessage {
+        let mut m = LinkMessage::default();
+        m.header = LinkHeader {
+            index,
+            ..LinkHeader::default()
+        };
+        m.attributes = attrs;
+        m
+    }
+
+    #[test]
+    fn veths_only() {
+        let veth = vec![
+            LinkAttribute::IfName("veth1".into()),
+            LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Veth)]),
+        ];
+        assert_eq!(
+            veth_of(&msg(7, veth.clone())),
+            Some((7, "veth1".to_string()))
+        );
+        assert_eq!(veth_of(&msg(7, veth[1..].to_vec())), None);
+        let bridge = vec![
+            LinkAttribute::IfName("br0".into()),
+            LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]),
+        ];
+        assert_eq!(veth_of(&msg(8, bridge)), None);
+        assert_eq!(
+            veth_of(&msg(9, vec![LinkAttribute::IfName("lo".into())])),
+            None
+        );
+    }
+}

@@ -1,0 +1,289 @@
+//! The backstop on the host side of each container's veth (tc ingress
+//! there is the container's egress). Packet sockets (AF_PACKET, AF_XDP)
+//! send whole frames that never pass a cgroup hook; here every frame is
+//! sorted by the socket that sent it, which the kernel keeps on the packet
+//! across the veth and a process cannot forge:
+//!
+//! - an IP socket in a cgroup contain's programs are attached to: already
+//!   judged by `cgroup_skb/egress`, passed at the cost of a lookup;
+//! - a packet socket: judged here under the policy of the cgroup that made
+//!   it (or, for a socket from outside contain's cgroups, the veth's
+//!   owner's), with no process identity, so only container-wide rules can
+//!   allow it;
+//! - no socket, or the socket of a host process or the kernel in the
+//!   container's namespace: judged under the veth owner's policy, with the
+//!   kernel's neighbour discovery exempt by content and dockerd's forwarded
+//!   DNS queries by the policy's DNS setting.
+//!
+//! ARP passes (it reaches only the container's link); any other ethertype
+//! and any VLAN-tagged frame of a governed container is dropped.
+
+use core::mem::MaybeUninit;
+
+use aya_ebpf::{
+    bindings::{__sk_buff, bpf_sock, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    helpers::{bpf_sk_fullsock, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id},
+};
+use contain_common::{
+    proto, stat, Hook, Verdict, CGROUP_FORWARDED_DNS, EVENT_LINK_LAYER, EVENT_UNATTRIBUTED,
+    MAX_CGROUP_DEPTH,
+};
+
+use crate::{
+    decide::{
+        bump_stat, count, decide, governance, report, Decision, Governance, Identity, Target,
+    },
+    decide_source_routed,
+    maps::{ATTACHED_CGROUPS, CGROUPS, EVENT_FLOW_SCRATCH, VETHS},
+    packet::{self, Flow, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, L3_AFTER_ETHERNET},
+};
+
+/// Continue with the next tc program (or the stack): tc's "no opinion",
+/// so a program attached after contain's still runs.
+const PASS: i32 = TC_ACT_UNSPEC;
+const DROP: i32 = TC_ACT_SHOT;
+
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+const DNS_PORT: u16 = 53;
+const IPPROTO_IGMP: u8 = 2;
+
+static NOBODY: Identity = Identity::UNKNOWN;
+
+/// Who sent a frame that no cgroup program judged.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// A packet socket of some process: the content is the sender's.
+    PacketSocket,
+    /// No socket, or one of the kernel's or of a host process's.
+    Unattributed {
+        /// A full TCP or UDP socket of a host process (dockerd's DNS
+        /// forwarder is one): not the kernel's.
+        host_process: bool,
+    },
+}
+
+#[inline(always)]
+pub fn judge_frame(skb: *mut __sk_buff) -> i32 {
+    // SAFETY: the context is valid for the program's duration.
+    let (sk, ifindex, vlan_present) = unsafe {
+        (
+            (*skb).__bindgen_anon_2.sk,
+            (*skb).ifindex,
+            (*skb).vlan_present,
+        )
+    };
+    let origin = if sk.is_null() {
+        Origin::Unattributed {
+            host_process: false,
+        }
+    } else {
+        // SAFETY: a socket pointer from the context; `family` is readable
+        // on every kind of socket.
+        let family = unsafe { (*sk).family };
+        if family == AF_INET || family == AF_INET6 {
+            if socket_is_governed(skb) {
+                return PASS;
+            }
+            Origin::Unattributed {
+                host_process: is_host_process_socket(sk),
+            }
+        } else {
+            Origin::PacketSocket
+        }
+    };
+    // A packet socket of a governed cgroup is judged under that cgroup: the
+    // kernel's record of who made the socket, which no frame can forge, and
+    // more precise than the veth when containers share a namespace (a pod
+    // whose sandbox no policy selects). Anything else is judged under the
+    // container behind the veth.
+    let cgroup_id = if origin == Origin::PacketSocket && socket_is_governed(skb) {
+        // SAFETY: skb context.
+        unsafe { bpf_skb_cgroup_id(skb) }
+    } else {
+        // SAFETY: copied out at once.
+        match unsafe { VETHS.get(ifindex) } {
+            Some(owner) => owner.cgroup_id,
+            None => {
+                bump_stat(stat::VETH_UNOWNED);
+                return PASS;
+            }
+        }
+    };
+    let gov = governance(cgroup_id);
+    if gov.unrestricted {
+        return PASS;
+    }
+    let flags = match origin {
+        Origin::PacketSocket => EVENT_LINK_LAYER,
+        Origin::Unattributed { .. } => EVENT_UNATTRIBUTED,
+    };
+    let ethertype = packet::ethertype(skb);
+    if vlan_present != 0 || (ethertype != ETH_P_IP && ethertype != ETH_P_IPV6) {
+        if ethertype == ETH_P_ARP && vlan_present == 0 {
+            return PASS;
+        }
+        return deny_frame(cgroup_id, &gov, ethertype, flags);
+    }
+    let mut slot = MaybeUninit::uninit();
+    let flow = Flow::zeroed_in(&mut slot);
+    if !packet::parse::<L3_AFTER_ETHERNET>(skb, flow) {
+        bump_stat(stat::UNPARSED);
+        return deny_frame(cgroup_id, &gov, ethertype, flags);
+    }
+    let flow: &Flow = flow;
+    let source_routed = flow.route_len != 0 || flow.unjudgeable;
+    if !source_routed && is_link_control(flow, origin) {
+        return PASS;
+    }
+    let target = Target {
+        daddr: flow.daddr,
+        proto: flow.proto,
+        port: flow.dport,
+        portless: flow.later_fragment,
+    };
+    let mut decision = if flow.unjudgeable {
+        Decision::new(gov.on_miss, 0)
+    } else if source_routed {
+        decide_source_routed(skb, &gov, &NOBODY, flow)
+    } else {
+        decide(&gov, &NOBODY, &target)
+    };
+    if decision.verdict() != Verdict::Allow
+        && !source_routed
+        && is_forwarded_dns(flow, origin, cgroup_id)
+    {
+        decision = Decision::new(Verdict::Allow, 0);
+    }
+    count(gov.policy_id, decision.verdict());
+    if decision.verdict() != Verdict::Allow {
+        if let Some(event) = EVENT_FLOW_SCRATCH.get_ptr_mut(0) {
+            // SAFETY: per-CPU map value, this program's alone while it runs.
+            let event = unsafe { &mut *event };
+            event.hook = Hook::Veth as u8;
+            event.socket_cookie = 0;
+            event.flags = flags;
+            event.saddr = flow.saddr;
+            event.daddr = flow.daddr;
+            event.sport = flow.sport;
+            event.dport = flow.dport;
+            event.family = flow.family;
+            event.proto = flow.proto;
+            let _queued = report(cgroup_id, &gov, &NOBODY, &decision, event);
+        }
+    }
+    if decision.verdict() == Verdict::Deny {
+        DROP
+    } else {
+        PASS
+    }
+}
+
+/// Whether the packet's socket is in a cgroup contain's cgroup programs
+/// run for (one they are attached to, or below one): the socket's cgroup
+/// and its ancestors, from the root down.
+#[inline(always)]
+fn socket_is_governed(skb: *mut __sk_buff) -> bool {
+    let mut level = 0;
+    while level < MAX_CGROUP_DEPTH {
+        // SAFETY: skb context; 0 past the socket's own level (or without
+        // a full socket).
+        let id = unsafe { bpf_skb_ancestor_cgroup_id(skb, level as i32) };
+        if id == 0 {
+            return false;
+        }
+        // SAFETY: presence only.
+        if unsafe { ATTACHED_CGROUPS.get(id) }.is_some() {
+            return true;
+        }
+        level += 1;
+    }
+    false
+}
+
+/// A full TCP or UDP socket (a host process's; the kernel's control
+/// sockets are raw ones, its time-wait and request sockets not full).
+#[inline(always)]
+fn is_host_process_socket(sk: *mut bpf_sock) -> bool {
+    // SAFETY: a socket pointer from the context.
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    if full.is_null() {
+        return false;
+    }
+    // SAFETY: a full socket.
+    let sock_type = unsafe { (*full).type_ };
+    sock_type == SOCK_STREAM || sock_type == SOCK_DGRAM
+}
+
+/// Link control the container's link needs. From the kernel: neighbour
+/// discovery with hop limit 255 (to any neighbour address, RFC 4861), MLD
+/// with hop limit 1 to link-scope multicast, IGMP with TTL 1 to 224.0.0.0/24.
+/// From a packet socket the same, but neighbour discovery only to
+/// link-local or link-scope multicast destinations: a frame's global
+/// destination would be routed on by the host.
+#[inline(always)]
+fn is_link_control(flow: &Flow, origin: Origin) -> bool {
+    if flow.later_fragment {
+        return false;
+    }
+    let d = &flow.daddr;
+    let link_multicast6 = d[0] == 0xff && d[1] == 0x02;
+    match flow.proto {
+        proto::ICMPV6 => match flow.dport >> 8 {
+            133..=137 => {
+                let link_scope = link_multicast6 || (d[0] == 0xfe && d[1] & 0xc0 == 0x80);
+                flow.hop_limit == 255 && (link_scope || origin != Origin::PacketSocket)
+            }
+            130..=132 | 143 => flow.hop_limit == 1 && link_multicast6,
+            _ => false,
+        },
+        IPPROTO_IGMP => {
+            flow.family == 4 && flow.hop_limit == 1 && d[12] == 224 && d[13] == 0 && d[14] == 0
+        }
+        _ => false,
+    }
+}
+
+/// A DNS query a host process (dockerd's embedded DNS) forwards from
+/// inside the container's namespace, for a container whose policy lets it
+/// use that DNS.
+#[inline(always)]
+fn is_forwarded_dns(flow: &Flow, origin: Origin, cgroup_id: u64) -> bool {
+    if origin != (Origin::Unattributed { host_process: true }) {
+        return false;
+    }
+    if flow.dport != DNS_PORT || (flow.proto != proto::UDP && flow.proto != proto::TCP) {
+        return false;
+    }
+    // SAFETY: copied out at once.
+    unsafe { CGROUPS.get(cgroup_id) }.is_some_and(|c| c.flags & CGROUP_FORWARDED_DNS != 0)
+}
+
+/// A frame that is not IP (or not readable as IP): reported with its
+/// ethertype as the "port".
+#[inline(always)]
+fn deny_frame(cgroup_id: u64, gov: &Governance, ethertype: u32, flags: u8) -> i32 {
+    let verdict = gov.on_miss;
+    count(gov.policy_id, verdict);
+    if let Some(event) = EVENT_FLOW_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: per-CPU map value, this program's alone while it runs.
+        let event = unsafe { &mut *event };
+        event.hook = Hook::Veth as u8;
+        event.socket_cookie = 0;
+        event.flags = flags;
+        event.saddr = [0; 16];
+        event.daddr = [0; 16];
+        event.sport = 0;
+        event.dport = ethertype as u16;
+        event.family = 0;
+        event.proto = 0;
+        let _queued = report(cgroup_id, gov, &NOBODY, &Decision::new(verdict, 0), event);
+    }
+    if verdict == Verdict::Deny {
+        DROP
+    } else {
+        PASS
+    }
+}
