@@ -32,6 +32,28 @@ pub trait Resolver {
     /// call's deadline) for the first one (long poll). An empty `Changes`
     /// means nothing happened in that time.
     async fn watch(after_generation: u64, wait_ms: u32) -> WatchReply;
+    /// The files `path`s name inside containers, resolved in each
+    /// container's own root (its mount namespace's view, symlinks followed
+    /// without leaving it), in request order.
+    async fn executables(lookups: Vec<ExeLookup>) -> Vec<Result<ExeFile, String>>;
+}
+
+/// One executable to resolve inside one container.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ExeLookup {
+    pub container_id: String,
+    /// Absolute path inside the container.
+    pub path: String,
+    /// Also hash the file's content (for a policy's `sha256` pin).
+    pub sha256: bool,
+}
+
+/// What a path names inside a container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExeFile {
+    pub file: crate::state::FileId,
+    /// Lowercase hex SHA-256 of the content, when asked for.
+    pub sha256: Option<String>,
 }
 
 /// Longest a `watch` call waits before answering with no changes. The
@@ -110,6 +132,11 @@ pub struct Container {
     /// whose Docker record could not be read yet: its name is its id and
     /// its labels are missing, so a policy must not be chosen from them.
     pub metadata_complete: bool,
+    /// The runtime mounts the container's root filesystem read-only
+    /// (`None`: the runtime did not say). A writable root lets root in the
+    /// container replace the files its process rules name.
+    #[serde(default)]
+    pub readonly_rootfs: Option<bool>,
 }
 
 impl Container {

@@ -43,12 +43,28 @@ pub struct CgroupEntry {
     pub forwarded_dns: bool,
 }
 
+/// The file a process executes, as the kernel records it at exec: its
+/// filesystem, inode and inode change time. A replaced, copied, chrooted or
+/// bind-mounted file is another file; one modified in place gets a new
+/// change time.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+pub struct FileId {
+    /// The filesystem's device number as the kernel encodes it
+    /// (`major << 20 | minor`), not as `stat` reports it.
+    pub dev: u32,
+    pub ino: u64,
+    pub ctime_sec: i64,
+    pub ctime_nsec: u32,
+}
+
 /// How a process is recognised inside a policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProcessMatch {
-    /// FNV-1a of the executable path as exec'd (`contain_common::exe_hash`).
-    Exe(u64),
+    /// The executed file (an `exe` rule resolved inside one container).
+    File(FileId),
     /// FNV-1a of the comm (`contain_common::comm_hash`).
     Comm(u64),
 }
