@@ -10,6 +10,10 @@
                                         spoke first
   peer.py tcp-in HOST PORT              connects in to a server in the
                                         container and reads for a while
+  peer.py udp-echo PORT                 UDP server on every address that
+                                        answers each datagram with itself
+                                        (the upstream DNS of the Docker DNS
+                                        probe); prints "ready"
 """
 
 import socket
@@ -61,6 +65,16 @@ def tcp_in(host, port):
             pass
 
 
+def udp_echo(port):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", port))
+    print("ready", flush=True)
+    while True:
+        data, addr = s.recvfrom(4096)
+        s.sendto(data, addr)
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "sink":
@@ -69,6 +83,8 @@ def main():
         udp_first(int(args[0]), args[1], int(args[2]))
     elif cmd == "tcp-in":
         tcp_in(args[0], int(args[1]))
+    elif cmd == "udp-echo":
+        udp_echo(int(args[0]))
     else:
         sys.exit(f"unknown command {cmd}")
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The receiver's eye of the bypass suite: captures every frame that arrives
 on the given interfaces of the namespace it runs in, and writes one JSON line
-per IPv4/IPv6 packet to OUT.
+per frame to OUT.
 
 Usage: sniffer.py OUT IFACE [IFACE...]      (prints "ready" once capturing)
 
@@ -12,10 +12,15 @@ fragment it never reassembles, a datagram to a closed port all count as
 arrived). Outgoing frames (the peer's own answers, and loopback's transmit
 copy) are skipped: only what was delivered to this side is judged.
 
+Frames of other protocols (ARP, anything a packet socket can write) are
+recorded too, with their ethertype and markers only, and a VLAN tag (which
+the receive path takes off the frame before any capture) as `vlan`.
+
 Each line: t (CLOCK_REALTIME of the kernel's receive timestamp, seconds as a
-float, the clock the test reads right after an apply returns), ifname, v,
-src, dst, proto (the upper-layer protocol after extension headers), sport,
-dport, icmp_type, tcp_flags, frag_off (offset in bytes), more_frags,
+float, the clock the test reads right after an apply returns), ifname,
+ethertype, vlan (the 802.1Q VLAN id, when the frame was tagged), v (4, 6,
+or 0 for a frame that is not IP), src, dst, proto (the upper-layer protocol
+after extension headers; -1 when not IP), sport, dport, icmp_type, tcp_flags, frag_off (offset in bytes), more_frags,
 payload_len, markers (every MK{...} token in the frame), rh (addresses of an
 IPv6 routing header of any type), srr (addresses of an IPv4 LSRR/SSRR
 option), ext (the IPv6 extension header chain).
@@ -29,8 +34,13 @@ import struct
 import sys
 
 ETH_P_ALL = 0x0003
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
 PACKET_OUTGOING = 4
 SO_TIMESTAMPNS = 35
+SOL_PACKET = 263
+PACKET_AUXDATA = 8
+TP_STATUS_VLAN_VALID = 1 << 4
 MARKER = re.compile(rb"MK\{[0-9A-Za-z]{1,40}\}")
 
 
@@ -117,18 +127,21 @@ def transport(data, proto, first, rec):
         rec["payload_len"] = len(data)
 
 
-def decode(frame, ifname, t):
-    rec = {"t": t, "ifname": ifname}
+def decode(frame, ifname, t, ethertype, vlan):
+    rec = {"t": t, "ifname": ifname, "ethertype": ethertype}
+    if vlan is not None:
+        rec["vlan"] = vlan
     if not frame:
         return None
     version = frame[0] >> 4
     try:
-        if version == 4 and len(frame) >= 20:
+        if ethertype == ETH_P_IP and version == 4 and len(frame) >= 20:
             ipv4(frame, rec)
-        elif version == 6 and len(frame) >= 40:
+        elif ethertype == ETH_P_IPV6 and version == 6 and len(frame) >= 40:
             ipv6(frame, rec)
         else:
-            return None
+            rec["v"] = 0
+            rec["proto"] = -1
     except (IndexError, struct.error, ValueError):
         rec.setdefault("proto", -1)
         rec["truncated"] = True
@@ -145,6 +158,7 @@ def main():
         s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        s.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
         s.bind((ifname, ETH_P_ALL))
         socks[s.fileno()] = (s, ifname)
     print("ready", flush=True)
@@ -152,15 +166,22 @@ def main():
         ready, _, _ = select.select(list(socks), [], [])
         for fd in ready:
             s, ifname = socks[fd]
-            frame, anc, _, addr = s.recvmsg(65536, 256)
+            frame, anc, _, addr = s.recvmsg(65536, 512)
             if addr[2] == PACKET_OUTGOING:
                 continue
             t = None
+            vlan = None
             for level, kind, data in anc:
                 if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
                     sec, nsec = struct.unpack("qq", data[:16])
                     t = sec + nsec / 1e9
-            rec = decode(frame, ifname, t)
+                elif level == SOL_PACKET and kind == PACKET_AUXDATA:
+                    # struct tpacket_auxdata: status, len, snaplen, mac,
+                    # net, vlan_tci, vlan_tpid.
+                    status, _, _, _, _, tci, _ = struct.unpack("=IIIHHHH", data[:20])
+                    if status & TP_STATUS_VLAN_VALID:
+                        vlan = tci & 0x0FFF
+            rec = decode(frame, ifname, t, addr[1], vlan)
             if rec is not None:
                 out.write(json.dumps(rec) + "\n")
 

@@ -172,7 +172,9 @@ impl Kernel {
         for &(name, _, _) in program_names::TRACEPOINTS {
             load_program(&mut ebpf, name)?;
         }
-        load_program(&mut ebpf, program_names::VETH)?;
+        for (name, _) in veths::PROGRAMS {
+            load_program(&mut ebpf, name)?;
+        }
 
         let maps = PolicyMaps {
             cgroups: take(&mut ebpf, map_names::CGROUPS)?,
@@ -370,12 +372,14 @@ impl Kernel {
         if self.veths.get(&ifindex).is_some_and(|n| n == name) {
             return Ok(false);
         }
-        let link = veths::attach(&mut self.ebpf, name)?;
-        if let Some(link) = link {
+        let links = veths::attach(&mut self.ebpf, name)?;
+        if !links.is_empty() {
             let group = veths::pin_group(&self.links_dir(), ifindex);
             let dir = group.join(&self.instance);
             std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-            pin(link, &dir.join(program_names::VETH))?;
+            for (program, link) in links {
+                pin(link, &dir.join(program))?;
+            }
             release_other_instances(&group, &self.instance)?;
         }
         self.veths.insert(ifindex, name.to_owned());

@@ -41,8 +41,8 @@ use rtnetlink::{
 
 use crate::kernel::{Kernel, KernelError};
 
-/// The clsact filter's priority (first: a filter before contain's could
-/// accept a frame) and handle, fixed so a new loader replaces it in place.
+/// The clsact filters' priority (first: a filter before contain's could
+/// accept a frame) and handle, fixed so a new loader replaces them in place.
 const FILTER_PRIORITY: u16 = 1;
 const FILTER_HANDLE: TcHandle = TcHandle::new(0xc0a7, 1);
 
@@ -69,11 +69,33 @@ pub fn uses_tcx() -> bool {
     KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
 }
 
-/// Attaches `contain_veth` to ingress of `name`. With tcx the returned link
-/// is for the caller to pin; with netlink the filter is in the kernel and
-/// there is nothing to keep.
-pub fn attach(ebpf: &mut Ebpf, name: &str) -> Result<Option<FdLink>, KernelError> {
-    let prog_name = program_names::VETH;
+/// The backstop's programs and where on a veth each runs: what the
+/// container sends arrives on the host side's ingress, what it receives
+/// leaves by its egress.
+pub const PROGRAMS: [(&str, TcAttachType); 2] = [
+    (program_names::VETH, TcAttachType::Ingress),
+    (program_names::VETH_INBOUND, TcAttachType::Egress),
+];
+
+/// Attaches the backstop's programs to `name`. With tcx the returned links
+/// are for the caller to pin; with netlink the filters are in the kernel
+/// and there is nothing to keep.
+pub fn attach(ebpf: &mut Ebpf, name: &str) -> Result<Vec<(&'static str, FdLink)>, KernelError> {
+    let mut links = Vec::new();
+    for (prog_name, attach_type) in PROGRAMS {
+        if let Some(link) = attach_one_program(ebpf, prog_name, attach_type, name)? {
+            links.push((prog_name, link));
+        }
+    }
+    Ok(links)
+}
+
+fn attach_one_program(
+    ebpf: &mut Ebpf,
+    prog_name: &'static str,
+    attach_type: TcAttachType,
+    name: &str,
+) -> Result<Option<FdLink>, KernelError> {
     let err = |source| KernelError::Program {
         name: prog_name,
         source,
@@ -87,7 +109,7 @@ pub fn attach(ebpf: &mut Ebpf, name: &str) -> Result<Option<FdLink>, KernelError
         let id = prog
             .attach_with_options(
                 name,
-                TcAttachType::Ingress,
+                attach_type,
                 TcAttachOptions::TcxOrder(LinkOrder::first()),
             )
             .map_err(err)?;
@@ -110,13 +132,13 @@ pub fn attach(ebpf: &mut Ebpf, name: &str) -> Result<Option<FdLink>, KernelError
             classid: None,
         })
     };
-    let id = match prog.attach_with_options(name, TcAttachType::Ingress, options()) {
+    let id = match prog.attach_with_options(name, attach_type, options()) {
         Ok(id) => id,
         // A predecessor's filter: replaced in place, in one request.
         Err(_) => {
             let existing = tc::SchedClassifierLink::attached(
                 name,
-                TcAttachType::Ingress,
+                attach_type,
                 FILTER_PRIORITY,
                 FILTER_HANDLE,
                 None,

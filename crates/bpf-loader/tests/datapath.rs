@@ -6,7 +6,10 @@ mod common;
 
 use common::*;
 use contain_common::{comm_hash, exe_hash, proto as ip};
-use proto::state::{ProcessMatch, Verdict};
+use proto::{
+    loader::Hook,
+    state::{ProcessMatch, Verdict},
+};
 use std::time::Duration;
 
 const TCP: u8 = ip::TCP;
@@ -383,4 +386,150 @@ async fn revoking_access_stops_new_and_established_outbound_flows() {
     );
     converge(&client, &rules.state, Verdict::Deny).await;
     assert_outcomes(&lab, &[(&["tcp", PEER4, "8080"], "ok")]);
+}
+
+/// The markers of every frame the peer's sniffer wrote to `capture`.
+fn captured_markers(capture: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(capture)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .flat_map(|v| {
+            v["markers"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|m| m.as_str().map(str::to_string))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// With the veth backstop on the host side of the container's veth (and
+/// the veth mapped to the container, as policyd maps it from the
+/// inventory), what the cgroup hooks let through still flows: a server in
+/// the container answers, and a flow allowed to one executable only works.
+/// A packet socket's frame to a denied address stops there, reported as a
+/// link-layer event in the container's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_veth_backstop_stops_packet_sockets_and_keeps_allowed_flows() {
+    let Some(()) = require_root("the_veth_backstop_stops_packet_sockets_and_keeps_allowed_flows")
+    else {
+        return;
+    };
+    let (mut lab, client) = Lab::running().await;
+    let mut rules = Rules::default();
+    rules
+        .cgroup(lab.ct_id(), 1, false)
+        .veth(lab.ct_veth.ifindex, lab.ct_id())
+        .process(1, ProcessMatch::Exe(exe_hash(PYTHON.as_bytes())), 1)
+        .allow(Allow {
+            policy: 1,
+            class: 1,
+            addr: PEER4,
+            proto: TCP,
+            port: Some(9090),
+            icmp_type: false,
+        })
+        .allow(allow(PEER4, UDP, Some(5353)));
+    converge(&client, &rules.state, Verdict::Deny).await;
+    lab.start_container_servers(&[7070]);
+    let capture = lab.scratch.join("capture.jsonl");
+    std::fs::write(&capture, "").expect("capture file");
+    lab.start_peer_sniffer(&capture);
+
+    let from_peer = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.peer_ns, PYTHON])
+            .arg(probe_script())
+            .args(args)
+            .output()
+            .expect("probe from peer");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(
+        from_peer(&["tcp", CT4, "7070"]),
+        "ok",
+        "a server in the container answers through the backstop"
+    );
+    assert_eq!(from_peer(&["tcp6", CT6, "7070"]), "ok", "over IPv6");
+
+    let copy = lab.scratch.join("python3");
+    std::fs::copy(PYTHON, &copy).expect("copying python3");
+    let ct = lab.ct.clone();
+    assert_eq!(
+        lab.probe_with(&ct, PYTHON, &["tcp", PEER4, "9090"]),
+        "ok",
+        "the flow allowed to python3 works through the backstop"
+    );
+    assert_eq!(
+        lab.probe_with(&ct, &copy.display().to_string(), &["tcp", PEER4, "9090"]),
+        "denied:EPERM",
+        "and only for python3"
+    );
+
+    // The same frame to a denied and to an allowed destination.
+    let attack = repo_root().join("tests/bypass/attack.py");
+    let frame = |dst: &str, marker: &str| {
+        let args: Vec<String> = [
+            PYTHON,
+            &attack.display().to_string(),
+            "pkt-udp",
+            "vc",
+            "dgram",
+            "0",
+            &lab.peer_link.mac,
+            CT4,
+            dst,
+            "5353",
+            marker,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let out = lab.in_cgroup_cmd(&ct, &args).output().expect("attack.py");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("sendto=ok"),
+            "the packet socket could not send: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    frame(PEER4_OTHER, "MK{denied}");
+    frame(PEER4, "MK{allowed}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !captured_markers(&capture)
+        .iter()
+        .any(|m| m == "MK{allowed}")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a packet socket's frame to an allowed destination did not arrive"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !captured_markers(&capture).iter().any(|m| m == "MK{denied}"),
+        "a packet socket's frame to a denied address arrived at the peer"
+    );
+
+    let batch = client
+        .events(tarpc::context::current(), 0, 1000, 1000)
+        .await
+        .expect("rpc");
+    let event = batch
+        .events
+        .iter()
+        .find(|e| e.hook == Hook::Veth && e.dst.to_string() == PEER4_OTHER)
+        .unwrap_or_else(|| panic!("no veth event for the frame in {:#?}", batch.events));
+    assert!(event.link_layer, "{event:#?}");
+    assert!(!event.unattributed, "{event:#?}");
+    assert_eq!(event.cgroup_id, lab.ct_id());
+    assert_eq!(event.policy_id, 1);
+    assert_eq!(event.verdict, Verdict::Deny);
+    assert_eq!((event.proto, event.dst_port), (UDP, 5353));
+    assert_eq!(event.src.to_string(), CT4);
 }

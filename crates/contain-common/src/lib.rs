@@ -35,6 +35,7 @@ pub mod map_names {
     pub const EVENT_BUDGETS: &str = "CONTAIN_EVENT_BUDGETS";
     pub const VETHS: &str = "CONTAIN_VETHS";
     pub const ATTACHED_CGROUPS: &str = "CONTAIN_ATTACHED_CGROUPS";
+    pub const VETH_PEERS: &str = "CONTAIN_VETH_PEERS";
     pub const ALL: &[&str] = &[
         CGROUPS,
         PROCESSES,
@@ -53,6 +54,7 @@ pub mod map_names {
         EVENT_BUDGETS,
         VETHS,
         ATTACHED_CGROUPS,
+        VETH_PEERS,
     ];
 }
 
@@ -74,6 +76,7 @@ pub mod capacity {
     pub const EVENTS_BYTES: u32 = 1 << 20;
     pub const VETHS: u32 = 16_384;
     pub const ATTACHED_CGROUPS: u32 = 16_384;
+    pub const VETH_PEERS: u32 = 65_536;
 }
 
 /// Cgroup levels the veth program walks up from a socket's cgroup to find
@@ -92,8 +95,10 @@ pub mod program_names {
     pub const EXEC: &str = "contain_exec";
     pub const NEWTASK: &str = "contain_newtask";
     pub const EXIT: &str = "contain_exit";
-    /// The classifier on the host side of each container's veth.
+    /// The classifiers on the host side of each container's veth: what the
+    /// container sends (tc ingress there) and what it receives (tc egress).
     pub const VETH: &str = "contain_veth";
+    pub const VETH_INBOUND: &str = "contain_veth_inbound";
     /// The tracepoint programs, with the (category, event) each attaches to.
     pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
         (EXEC, "sched", "sched_process_exec"),
@@ -188,6 +193,17 @@ pub const CGROUP_UNRESTRICTED: u32 = 2;
 /// The policy lets the container use Docker's embedded DNS, so the queries
 /// dockerd forwards for it from inside its network namespace may leave.
 pub const CGROUP_FORWARDED_DNS: u32 = 4;
+
+/// `VETH_PEERS` key: an address that sent a packet into a container through
+/// its veth (host-side ifindex). The kernel's own replies to it (echo
+/// replies, resets, ICMP errors) may leave through that veth.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct VethPeerKey {
+    pub ifindex: u32,
+    pub _pad: u32,
+    pub addr: [u8; 16],
+}
 
 /// `VETHS` value, keyed by the host-side ifindex (`u32`) of a container's
 /// veth: the container whose frames come in on it.

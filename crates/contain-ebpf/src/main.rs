@@ -693,8 +693,35 @@ fn is_reply(socket_cookie: u64, peer_addr: &[u8; 16], peer_port: u16, epoch: u32
 
 #[cgroup_skb]
 pub fn contain_ingress(ctx: SkBuffContext) -> i32 {
+    if is_forged_over_loopback(&ctx) {
+        return REJECT;
+    }
     remember_inbound_peer(&ctx);
     ALLOW
+}
+
+/// A packet for a governed socket that came in over `lo` from a source
+/// that is neither a loopback address nor the destination itself: only a
+/// container's own raw or packet socket writes that. Delivered, it would
+/// let a forged peer open a connection the container then "answers" (an
+/// accepted connection is not egress to judge).
+#[inline(always)]
+fn is_forged_over_loopback(ctx: &SkBuffContext) -> bool {
+    // SAFETY: the context is valid.
+    if unsafe { (*ctx.skb.skb).ifindex } != LOOPBACK_IFINDEX {
+        return false;
+    }
+    let mut slot = MaybeUninit::uninit();
+    let flow = Flow::zeroed_in(&mut slot);
+    if !packet::parse::<{ packet::L3_AT_START }>(ctx.skb.skb, flow) {
+        return false;
+    }
+    if !is_spoofed_local(ctx, flow) {
+        return false;
+    }
+    // SAFETY: skb context.
+    let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
+    !governance(cgroup_id).unrestricted
 }
 
 /// A UDP datagram that came in from another host (not looped back, where
@@ -750,6 +777,13 @@ fn remember_inbound_peer(ctx: &SkBuffContext) {
 #[classifier]
 pub fn contain_veth(ctx: TcContext) -> i32 {
     veth::judge_frame(ctx.skb.skb)
+}
+
+/// Every frame the host sends into a container through its veth: see
+/// [`veth::admit_inbound`].
+#[classifier]
+pub fn contain_veth_inbound(ctx: TcContext) -> i32 {
+    veth::admit_inbound(ctx.skb.skb)
 }
 
 // ------------------------------------------------------ process tracking

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use contain_common::{
     capacity, CgroupPolicy, Config, DestKey, DestValue, EventBudget, ExePath, ExecInfo, InboundKey,
     InboundPeer, PolicyCounters, PortKey, PortValue, ProcessClass, ProcessKey, SockInfo, VethOwner,
-    MAX_POLICIES,
+    VethPeerKey, MAX_POLICIES,
 };
 
 #[btf_map(name = "CONTAIN_CGROUPS")]
@@ -85,3 +85,9 @@ pub static VETHS: HashMap<u32, VethOwner, { capacity::VETHS as usize }> = HashMa
 #[btf_map(name = "CONTAIN_ATTACHED_CGROUPS")]
 pub static ATTACHED_CGROUPS: HashMap<u64, u32, { capacity::ATTACHED_CGROUPS as usize }> =
     HashMap::new();
+
+/// Who sent packets into each container through its veth, and when last
+/// (`bpf_ktime_get_ns`): the kernel may answer them.
+#[btf_map(name = "CONTAIN_VETH_PEERS")]
+pub static VETH_PEERS: LruHashMap<VethPeerKey, u64, { capacity::VETH_PEERS as usize }> =
+    LruHashMap::new();

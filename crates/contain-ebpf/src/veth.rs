@@ -15,26 +15,34 @@
 //!   kernel's neighbour discovery exempt by content and dockerd's forwarded
 //!   DNS queries by the policy's DNS setting.
 //!
-//! ARP passes (it reaches only the container's link); any other ethertype
-//! and any VLAN-tagged frame of a governed container is dropped.
+//! The kernel's own ARP passes (it reaches only the container's link), and
+//! so do its replies (echo replies, resets, ICMP errors) to addresses that
+//! sent packets into the container through its veth, which
+//! `contain_veth_inbound` (tc egress, the container's inbound side) notes.
+//! A packet socket gets no exemption: its ARP, neighbour discovery or
+//! IGMP would carry whatever it writes to the container's neighbours. Any
+//! other ethertype and any VLAN-tagged frame of a governed container is
+//! dropped.
 
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     bindings::{__sk_buff, bpf_sock, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::{bpf_sk_fullsock, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id},
+    helpers::{bpf_ktime_get_ns, bpf_sk_fullsock, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id},
+    programs::SkBuffContext,
 };
 use contain_common::{
-    proto, stat, Hook, Verdict, CGROUP_FORWARDED_DNS, EVENT_LINK_LAYER, EVENT_UNATTRIBUTED,
-    MAX_CGROUP_DEPTH,
+    proto, stat, Hook, Verdict, VethPeerKey, CGROUP_FORWARDED_DNS, EVENT_LINK_LAYER,
+    EVENT_UNATTRIBUTED, MAX_CGROUP_DEPTH,
 };
 
 use crate::{
     decide::{
-        bump_stat, count, decide, governance, report, Decision, Governance, Identity, Target,
+        bump_stat, count, decide, governance, report, udp_reply_timeout_ns, Decision, Governance,
+        Identity, Target,
     },
     decide_source_routed,
-    maps::{ATTACHED_CGROUPS, CGROUPS, EVENT_FLOW_SCRATCH, VETHS},
+    maps::{ATTACHED_CGROUPS, CGROUPS, EVENT_FLOW_SCRATCH, VETHS, VETH_PEERS},
     packet::{self, Flow, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, L3_AFTER_ETHERNET},
 };
 
@@ -122,7 +130,7 @@ pub fn judge_frame(skb: *mut __sk_buff) -> i32 {
     };
     let ethertype = packet::ethertype(skb);
     if vlan_present != 0 || (ethertype != ETH_P_IP && ethertype != ETH_P_IPV6) {
-        if ethertype == ETH_P_ARP && vlan_present == 0 {
+        if ethertype == ETH_P_ARP && vlan_present == 0 && origin != Origin::PacketSocket {
             return PASS;
         }
         return deny_frame(cgroup_id, &gov, ethertype, flags);
@@ -153,7 +161,7 @@ pub fn judge_frame(skb: *mut __sk_buff) -> i32 {
     };
     if decision.verdict() != Verdict::Allow
         && !source_routed
-        && is_forwarded_dns(flow, origin, cgroup_id)
+        && (is_forwarded_dns(flow, origin, cgroup_id) || is_kernel_answer(flow, origin, ifindex))
     {
         decision = Decision::new(Verdict::Allow, 0);
     }
@@ -217,25 +225,20 @@ fn is_host_process_socket(sk: *mut bpf_sock) -> bool {
     sock_type == SOCK_STREAM || sock_type == SOCK_DGRAM
 }
 
-/// Link control the container's link needs. From the kernel: neighbour
+/// Link control the kernel sends for the container's link: neighbour
 /// discovery with hop limit 255 (to any neighbour address, RFC 4861), MLD
-/// with hop limit 1 to link-scope multicast, IGMP with TTL 1 to 224.0.0.0/24.
-/// From a packet socket the same, but neighbour discovery only to
-/// link-local or link-scope multicast destinations: a frame's global
-/// destination would be routed on by the host.
+/// with hop limit 1 to link-scope multicast, IGMP with TTL 1 to
+/// 224.0.0.0/24. Never from a packet socket, which writes what it likes.
 #[inline(always)]
 fn is_link_control(flow: &Flow, origin: Origin) -> bool {
-    if flow.later_fragment {
+    if flow.later_fragment || origin == Origin::PacketSocket {
         return false;
     }
     let d = &flow.daddr;
     let link_multicast6 = d[0] == 0xff && d[1] == 0x02;
     match flow.proto {
         proto::ICMPV6 => match flow.dport >> 8 {
-            133..=137 => {
-                let link_scope = link_multicast6 || (d[0] == 0xfe && d[1] & 0xc0 == 0x80);
-                flow.hop_limit == 255 && (link_scope || origin != Origin::PacketSocket)
-            }
+            133..=137 => flow.hop_limit == 255,
             130..=132 | 143 => flow.hop_limit == 1 && link_multicast6,
             _ => false,
         },
@@ -259,6 +262,99 @@ fn is_forwarded_dns(flow: &Flow, origin: Origin, cgroup_id: u64) -> bool {
     }
     // SAFETY: copied out at once.
     unsafe { CGROUPS.get(cgroup_id) }.is_some_and(|c| c.flags & CGROUP_FORWARDED_DNS != 0)
+}
+
+/// A packet of the kernel's own (no socket, or one of its control
+/// sockets: not a host process's) to an address that sent packets into the
+/// container through this veth recently: its echo reply, reset or ICMP
+/// error. Its content is the kernel's, and the address spoke first; a
+/// packet forged inside the container (over `lo`) never passed the veth, so
+/// the kernel's answer to it stays judged.
+#[inline(always)]
+fn is_kernel_answer(flow: &Flow, origin: Origin, ifindex: u32) -> bool {
+    if origin
+        != (Origin::Unattributed {
+            host_process: false,
+        })
+    {
+        return false;
+    }
+    let key = VethPeerKey {
+        ifindex,
+        _pad: 0,
+        addr: flow.daddr,
+    };
+    // SAFETY: copied out at once.
+    let Some(seen) = (unsafe { VETH_PEERS.get(key) }).copied() else {
+        return false;
+    };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    now.wrapping_sub(seen) <= udp_reply_timeout_ns()
+}
+
+/// How often a peer's entry is refreshed: once a second is enough for
+/// expiry measured in tens of seconds, and spares a map update per packet.
+const PEER_REFRESH_NS: u64 = 1_000_000_000;
+
+/// What the host sends into a container through its veth (tc egress on the
+/// host side). A frame the bridge reflects back to the port it came from
+/// (hairpin mode) is the container's own: multicast and broadcast never
+/// need that (the kernel loops them itself), and a packet socket's frame
+/// must not come back as if another host had sent it; neither is noted as
+/// a peer. Every other source is noted, so the kernel may answer it.
+#[inline(always)]
+pub fn admit_inbound(skb: *mut __sk_buff) -> i32 {
+    // SAFETY: the context is valid for the program's duration.
+    let (ifindex, ingress_ifindex, sk) = unsafe {
+        (
+            (*skb).ifindex,
+            (*skb).ingress_ifindex,
+            (*skb).__bindgen_anon_2.sk,
+        )
+    };
+    let ctx = SkBuffContext::new(skb);
+    if ingress_ifindex == ifindex {
+        let group_address = ctx.load::<u8>(0).map_or(true, |b| b & 1 != 0);
+        // SAFETY: a socket pointer from the context; `family` is readable
+        // on every kind of socket.
+        let packet_socket = !sk.is_null() && !matches!(unsafe { (*sk).family }, AF_INET | AF_INET6);
+        return if group_address || packet_socket {
+            DROP
+        } else {
+            PASS
+        };
+    }
+    // SAFETY: presence only.
+    if unsafe { VETHS.get(ifindex) }.is_none() {
+        return PASS;
+    }
+    let mut addr = [0u8; 16];
+    match packet::ethertype(skb) {
+        ETH_P_IP => match ctx.load::<[u8; 4]>(L3_AFTER_ETHERNET + 12) {
+            Ok(a) => packet::write_v4_mapped(&mut addr, a),
+            Err(_) => return PASS,
+        },
+        ETH_P_IPV6 => match ctx.load::<[u8; 16]>(L3_AFTER_ETHERNET + 8) {
+            Ok(a) => addr = a,
+            Err(_) => return PASS,
+        },
+        _ => return PASS,
+    }
+    let key = VethPeerKey {
+        ifindex,
+        _pad: 0,
+        addr,
+    };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: copied out at once.
+    let fresh = unsafe { VETH_PEERS.get(key) }
+        .is_some_and(|&seen| now.wrapping_sub(seen) < PEER_REFRESH_NS);
+    if !fresh {
+        let _ = VETH_PEERS.insert(key, now, 0);
+    }
+    PASS
 }
 
 /// A frame that is not IP (or not readable as IP): reported with its

@@ -1,12 +1,24 @@
-//! A lab for privileged tests: a "container" made of a network namespace,
-//! a cgroup v2 directory under a managed parent, and a peer namespace on
-//! the other end of a veth pair that runs TCP/UDP servers. A real
-//! bpf-loader serves its own pins and socket for each lab.
+//! A lab for privileged tests, laid out like a Docker host: a "container"
+//! (a network namespace and a cgroup v2 directory under a managed parent),
+//! a peer namespace that runs TCP/UDP servers, and between them a "host"
+//! namespace holding a bridge, on which the host-side end of each one's
+//! veth pair is a port. A real bpf-loader runs in the host namespace (so
+//! its veth backstop sees exactly the lab's veths) and serves its own pins
+//! and socket for each lab.
 //!
-//! Addresses are from 198.18.0.0/15 and 2001:db8::/32 (benchmarking and
-//! documentation ranges) and exist only inside the lab's namespaces.
-//! Everything is named after the test process's pid, removed on drop, and
-//! leftovers of dead runs are swept first.
+//! ```text
+//!   ct ns: vc ──── hc ┐
+//!                     br0   (host ns: the loader runs here)
+//! peer ns: vp ──── hp ┘
+//! ```
+//!
+//! Everything the container sends reaches the peer through `hc`'s ingress
+//! (where the backstop sits), the bridge and `hp`: a capture on `vp` sees
+//! only what passed. Addresses are from 198.18.0.0/15 and 2001:db8::/32
+//! (benchmarking and documentation ranges), one bridged subnet, and exist
+//! only inside the lab's namespaces. Everything is named after the test
+//! process's pid, removed on drop, and leftovers of dead runs are swept
+//! first.
 #![allow(dead_code)]
 
 pub mod packets;
@@ -38,6 +50,11 @@ pub const CT6: &str = "2001:db8:77::2";
 pub const PYTHON: &str = "/usr/bin/python3";
 /// Ports the peer serves TCP and UDP on.
 pub const PEER_PORTS: [u16; 3] = [8080, 9090, 5353];
+/// The bridge in the host namespace, and the host-side ends of the
+/// container's and the peer's veths on it.
+pub const BRIDGE: &str = "br0";
+pub const CT_HOST_VETH: &str = "hc";
+pub const PEER_HOST_VETH: &str = "hp";
 
 const PREFIX: &str = "contain-t";
 
@@ -81,6 +98,31 @@ fn run(cmd: &mut Command) -> Output {
 
 fn sh(script: &str) -> Output {
     run(Command::new("sh").arg("-c").arg(script))
+}
+
+/// One link of a namespace, as `ip -j link` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub name: String,
+    pub ifindex: u32,
+    /// The MAC address, `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+}
+
+/// Reads `dev` inside `ns` (ifindexes are per namespace).
+pub fn link_in(ns: &str, dev: &str) -> Link {
+    let out = run(Command::new("ip").args(["-n", ns, "-j", "link", "show", "dev", dev]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("ip -j link show {dev} in {ns}: {e}"));
+    let l = &v[0];
+    Link {
+        name: dev.to_string(),
+        ifindex: l["ifindex"]
+            .as_u64()
+            .and_then(|i| u32::try_from(i).ok())
+            .unwrap_or_else(|| panic!("no ifindex for {dev} in {ns}: {v}")),
+        mac: l["address"].as_str().unwrap_or_default().to_string(),
+    }
 }
 
 pub fn cgroup2_mount() -> PathBuf {
@@ -160,6 +202,13 @@ pub struct Lab {
     pub ct: PathBuf,
     pub ct_ns: String,
     pub peer_ns: String,
+    /// The "host": the bridge, the host-side veth ends and the loader.
+    pub host_ns: String,
+    /// The host-side end of the container's veth, read in the host
+    /// namespace: what an inventory lists as the container's veth.
+    pub ct_veth: Link,
+    /// The peer's own end (`vp`), whose MAC frames to the peer are sent to.
+    pub peer_link: Link,
     pub pin_dir: PathBuf,
     pub socket: PathBuf,
     pub scratch: PathBuf,
@@ -168,6 +217,19 @@ pub struct Lab {
     pub loader_args: Vec<String>,
     loader: Option<Child>,
     children: Vec<Child>,
+    /// Namespaces of [`Lab::add_neighbour`], deleted on drop.
+    extra_ns: Vec<String>,
+}
+
+/// Another "container" on the lab's bridge, with a netns and cgroup of
+/// its own (see [`Lab::add_neighbour`]).
+pub struct Neighbour {
+    pub ns: String,
+    pub cgroup: PathBuf,
+    /// Its end in its own namespace (`vn`).
+    pub link: Link,
+    /// The host-side end, in the host namespace.
+    pub host_veth: Link,
 }
 
 impl Lab {
@@ -182,9 +244,20 @@ impl Lab {
         let scratch = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&ct).expect("creating lab cgroups");
         std::fs::create_dir_all(&scratch).expect("creating scratch dir");
-        let lab = Lab {
+        let mut lab = Lab {
             ct_ns: format!("{name}-c"),
             peer_ns: format!("{name}-p"),
+            host_ns: format!("{name}-h"),
+            ct_veth: Link {
+                name: CT_HOST_VETH.into(),
+                ifindex: 0,
+                mac: String::new(),
+            },
+            peer_link: Link {
+                name: "vp".into(),
+                ifindex: 0,
+                mac: String::new(),
+            },
             pin_dir: PathBuf::from("/sys/fs/bpf").join(&name),
             socket: scratch.join("loader.sock"),
             name,
@@ -194,37 +267,104 @@ impl Lab {
             loader_args: Vec::new(),
             loader: None,
             children: Vec::new(),
+            extra_ns: Vec::new(),
         };
         lab.build_network();
         lab
     }
 
-    fn build_network(&self) {
-        let (c, p) = (&self.ct_ns, &self.peer_ns);
-        // The container's netns is made from inside its cgroup, as runc
-        // does: the kernel's per-netns control sockets (neighbour discovery,
-        // ICMP errors, RSTs) then belong to the container's cgroup too.
-        let ct = self.ct.display();
+    fn build_network(&mut self) {
+        let (c, p, h) = (
+            self.ct_ns.clone(),
+            self.peer_ns.clone(),
+            self.host_ns.clone(),
+        );
+        // The host: a bridge that only switches (no address, no IPv6 of its
+        // own, no multicast snooping, no br_netfilter: plain L2 between the
+        // ports, as the lab had with one veth pair).
         sh(&format!(
             "set -e
-            sh -c 'echo $$ > {ct}/cgroup.procs && exec ip netns add {c}'
-            ip netns add {p}
-            ip -n {c} link add vc type veth peer name vp netns {p}
-            ip -n {c} link set lo up
-            ip -n {p} link set lo up
+            ip netns add {h}
+            ip netns exec {h} sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+            ip netns exec {h} sh -c 'for k in iptables ip6tables arptables; do f=/proc/sys/net/bridge/bridge-nf-call-$k; [ -e $f ] && echo 0 > $f; done; true'
+            ip -n {h} link set lo up
+            ip -n {h} link add {BRIDGE} type bridge stp_state 0 mcast_snooping 0
+            ip -n {h} link set {BRIDGE} up
+            "
+        ));
+        // The container's netns is made from inside its cgroup, as runc
+        // does: the kernel's per-netns control sockets (neighbour discovery)
+        // then belong to the container's cgroup too.
+        self.plug(&self.ct, &c, "vc", CT_HOST_VETH);
+        self.plug_ns_only(&p, "vp", PEER_HOST_VETH);
+        sh(&format!(
+            "set -e
             ip -n {c} addr add {CT4}/15 dev vc
             ip -n {c} -6 addr add {CT6}/64 dev vc nodad
             ip -n {p} addr add {PEER4}/15 dev vp
             ip -n {p} addr add {PEER4_OTHER}/15 dev vp
             ip -n {p} -6 addr add {PEER6}/64 dev vp nodad
             ip -n {p} -6 addr add {PEER6_OTHER}/64 dev vp nodad
-            ip -n {c} link set vc up
-            ip -n {p} link set vp up
             ip -n {c} -6 route add 2001:db8:78::/64 via {PEER6}
             ip netns exec {c} sysctl -qw net.ipv4.ping_group_range='0 2147483647'
             ip netns exec {p} sysctl -qw net.ipv4.ping_group_range='0 2147483647'
             "
         ));
+        self.ct_veth = link_in(&h, CT_HOST_VETH);
+        self.peer_link = link_in(&p, "vp");
+    }
+
+    /// A new namespace `ns`, made from inside `cgroup` (as runc does), its
+    /// `inner` veth end plugged into the host's bridge as `host_end`.
+    fn plug(&self, cgroup: &Path, ns: &str, inner: &str, host_end: &str) {
+        let cg = cgroup.display();
+        sh(&format!(
+            "sh -c 'echo $$ > {cg}/cgroup.procs && exec ip netns add {ns}'"
+        ));
+        self.plug_veth(ns, inner, host_end);
+    }
+
+    fn plug_ns_only(&self, ns: &str, inner: &str, host_end: &str) {
+        sh(&format!("ip netns add {ns}"));
+        self.plug_veth(ns, inner, host_end);
+    }
+
+    fn plug_veth(&self, ns: &str, inner: &str, host_end: &str) {
+        let h = &self.host_ns;
+        sh(&format!(
+            "set -e
+            ip -n {ns} link set lo up
+            ip -n {ns} link add {inner} type veth peer name {host_end} netns {h}
+            ip -n {h} link set {host_end} master {BRIDGE}
+            ip -n {h} link set {host_end} up
+            ip -n {ns} link set {inner} up
+            "
+        ));
+    }
+
+    /// Another container on the bridge: a cgroup `name` under the lab's
+    /// parent, a netns made from inside it with `addr4`/15 and `addr6`/64
+    /// on its veth (`vn`), and that veth's host end. Which policy (if any)
+    /// selects it is the test's business. Removed when the lab drops.
+    pub fn add_neighbour(&mut self, name: &str, addr4: &str, addr6: &str) -> Neighbour {
+        let cgroup = self.add_container_cgroup(name);
+        let ns = format!("{}-{name}", self.name);
+        let host_end = format!("hn-{name}");
+        assert!(host_end.len() <= 15, "interface name {host_end} too long");
+        self.extra_ns.push(ns.clone());
+        self.plug(&cgroup, &ns, "vn", &host_end);
+        sh(&format!(
+            "set -e
+            ip -n {ns} addr add {addr4}/15 dev vn
+            ip -n {ns} -6 addr add {addr6}/64 dev vn nodad
+            "
+        ));
+        Neighbour {
+            link: link_in(&ns, "vn"),
+            host_veth: link_in(&self.host_ns, &host_end),
+            ns,
+            cgroup,
+        }
     }
 
     /// Starts the peer's TCP and UDP servers and waits until they listen.
@@ -247,6 +387,17 @@ impl Lab {
         self.spawn_ready(cmd);
     }
 
+    /// Captures what arrives at the peer (`vp`) into `out`, one JSON line
+    /// per frame (`tests/bypass/sniffer.py`), from now until the lab drops.
+    pub fn start_peer_sniffer(&mut self, out: &Path) {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.peer_ns, PYTHON])
+            .arg(repo_root().join("tests/bypass/sniffer.py"))
+            .arg(out)
+            .arg("vp");
+        self.spawn_ready(cmd);
+    }
+
     fn spawn_ready(&mut self, mut cmd: Command) {
         let mut child = cmd.stdout(Stdio::piped()).spawn().expect("starting server");
         let mut line = String::new();
@@ -259,14 +410,7 @@ impl Lab {
 
     /// A command that joins `cgroup`, then the container's netns, then runs `args`.
     pub fn in_cgroup_cmd(&self, cgroup: &Path, args: &[String]) -> Command {
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg(r#"cg=$1; ns=$2; shift 2; echo $$ > "$cg/cgroup.procs" && exec ip netns exec "$ns" "$@""#)
-            .arg("sh")
-            .arg(cgroup)
-            .arg(&self.ct_ns)
-            .args(args);
-        cmd
+        in_cgroup_ns_cmd(cgroup, &self.ct_ns, args)
     }
 
     /// Runs one probe from the container with `exe` as the interpreter;
@@ -321,15 +465,22 @@ impl Lab {
         (lab, client)
     }
 
-    /// Starts bpf-loader attached to the lab's parent cgroup and waits
-    /// until its socket answers.
+    /// Starts bpf-loader in the host namespace, attached to the lab's
+    /// parent cgroup, and waits until its socket answers (by then the
+    /// backstop is on every veth of the host namespace).
     pub async fn start_loader(&mut self) -> LoaderClient {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.loader_log())
             .expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_bpf-loader"))
+        // nsenter, not `ip netns exec`: that remounts /sys for the
+        // namespace, which hides bpffs and the cgroup2 mount. Without
+        // --fork nsenter execs the loader itself: the child is the loader.
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.host_ns))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_bpf-loader"))
             .arg("--socket")
             .arg(&self.socket)
             .arg("--pin-dir")
@@ -385,6 +536,18 @@ impl Lab {
     }
 }
 
+/// A command that joins `cgroup`, then the netns `ns`, then runs `args`.
+pub fn in_cgroup_ns_cmd(cgroup: &Path, ns: &str, args: &[String]) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"cg=$1; ns=$2; shift 2; echo $$ > "$cg/cgroup.procs" && exec ip netns exec "$ns" "$@""#)
+        .arg("sh")
+        .arg(cgroup)
+        .arg(ns)
+        .args(args);
+    cmd
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         self.kill_loader();
@@ -394,7 +557,11 @@ impl Drop for Lab {
         }
         remove_tree(&self.parent);
         remove_tree(&self.pin_dir);
-        for ns in [&self.ct_ns, &self.peer_ns] {
+        let namespaces = [&self.ct_ns, &self.peer_ns]
+            .into_iter()
+            .chain(&self.extra_ns)
+            .chain([&self.host_ns]);
+        for ns in namespaces {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
         let _ = std::fs::remove_dir_all(&self.scratch);
@@ -426,7 +593,17 @@ impl Rules {
                 policy_id,
                 audit,
                 unrestricted: false,
+                forwarded_dns: false,
             },
+        });
+        self
+    }
+
+    /// The container (cgroup `id`) behind the host-side veth `ifindex`.
+    pub fn veth(&mut self, ifindex: u32, id: u64) -> &mut Self {
+        self.state.upsert(Entry::Veth {
+            ifindex,
+            cgroup_id: id,
         });
         self
     }
