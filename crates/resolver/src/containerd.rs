@@ -173,6 +173,21 @@ struct Meta {
     /// Name and labels come from the runtime that owns them (for Docker
     /// containers: Docker, not containerd's `moby` record).
     complete: bool,
+    /// `root.readonly` of the container's OCI spec.
+    readonly_rootfs: Option<bool>,
+}
+
+/// Pure: whether an OCI runtime spec (containerd keeps it as JSON in the
+/// container record, Docker's included: dockerd writes its
+/// `HostConfig.ReadonlyRootfs` there as `root.readonly`) mounts the root
+/// filesystem read-only. `None` when the spec is missing or unreadable.
+pub fn readonly_rootfs_of_spec(spec: Option<&prost_types::Any>) -> Option<bool> {
+    let spec: serde_json::Value = serde_json::from_slice(&spec?.value).ok()?;
+    let root = spec.get("root")?.as_object()?;
+    match root.get("readonly") {
+        None | Some(serde_json::Value::Null) => Some(false),
+        Some(v) => v.as_bool(),
+    }
 }
 
 fn meta_of(namespace: &str, c: &containerd_client::services::v1::Container) -> Meta {
@@ -192,6 +207,7 @@ fn meta_of(namespace: &str, c: &containerd_client::services::v1::Container) -> M
         image: c.image.clone(),
         pid: 0,
         complete: namespace != DOCKER_NAMESPACE,
+        readonly_rootfs: readonly_rootfs_of_spec(c.spec.as_ref()),
     }
 }
 
@@ -438,6 +454,7 @@ impl ContainerdSource {
                             image: meta.image,
                             pid: 0,
                             complete: true,
+                            readonly_rootfs: m.readonly_rootfs,
                         };
                     }
                 }
@@ -470,6 +487,7 @@ impl ContainerdSource {
             image: meta.image,
             pid,
             metadata_complete: meta.complete,
+            readonly_rootfs: meta.readonly_rootfs,
         }
     }
 
@@ -553,6 +571,7 @@ impl ContainerdSource {
                         image: d.image,
                         pid: 0,
                         complete: true,
+                        readonly_rootfs: meta.readonly_rootfs,
                     };
                 }
                 None => {
@@ -806,6 +825,32 @@ mod tests {
         assert_eq!(containerd_name("id1", &labels), "mine");
         assert_eq!(runtime_of("moby"), Runtime::Docker);
         assert_eq!(runtime_of("k8s.io"), Runtime::Containerd);
+    }
+
+    #[test]
+    fn read_only_root_comes_from_the_oci_spec() {
+        let spec = |json: &str| prost_types::Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+            value: json.as_bytes().to_vec(),
+        };
+        let ro = spec(r#"{"ociVersion":"1.1.0","root":{"path":"rootfs","readonly":true}}"#);
+        assert_eq!(readonly_rootfs_of_spec(Some(&ro)), Some(true));
+        let rw = spec(r#"{"root":{"path":"/var/lib/x/rootfs"}}"#);
+        assert_eq!(readonly_rootfs_of_spec(Some(&rw)), Some(false));
+        let rw = spec(r#"{"root":{"path":"rootfs","readonly":false}}"#);
+        assert_eq!(readonly_rootfs_of_spec(Some(&rw)), Some(false));
+        assert_eq!(
+            readonly_rootfs_of_spec(Some(&spec(r#"{"process":{}}"#))),
+            None
+        );
+        assert_eq!(readonly_rootfs_of_spec(Some(&spec("garbage"))), None);
+        assert_eq!(readonly_rootfs_of_spec(None), None);
+        let c = containerd_client::services::v1::Container {
+            id: "x".into(),
+            spec: Some(ro),
+            ..Default::default()
+        };
+        assert_eq!(meta_of("moby", &c).readonly_rootfs, Some(true));
     }
 
     #[test]

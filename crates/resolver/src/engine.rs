@@ -6,7 +6,7 @@
 //! sources: queries read the published inventory under a short lock.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{
     cgroup::{self, Cgroup2Mount},
+    exe::{self, RootId},
     inventory::Inventory,
     links::{Link, LinkSignal, Netlink},
     procfs::Proc,
@@ -36,6 +37,12 @@ pub struct Shared {
     pub generation: watch::Sender<u64>,
     pub status: StatusBoard,
     pub cgroup_root: String,
+    /// The root directory each container's init process had when the
+    /// resolver first saw it, by container key: executables are resolved
+    /// only through processes that still have it (see [`crate::exe`]).
+    pub roots: RwLock<HashMap<String, RootId>>,
+    /// Where /proc is (the host's, or a test's).
+    pub proc_root: std::path::PathBuf,
 }
 
 impl Shared {
@@ -46,7 +53,17 @@ impl Shared {
             generation,
             status,
             cgroup_root,
+            roots: RwLock::new(HashMap::new()),
+            proc_root: std::path::PathBuf::from("/proc"),
         }
+    }
+
+    pub fn root_of(&self, key: &str) -> Option<RootId> {
+        self.roots
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .copied()
     }
 
     pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Inventory> {
@@ -61,6 +78,9 @@ struct Record {
     start_time: Option<u64>,
     /// What /proc and the cgroup tree said at the last full resolution.
     facts: Option<ProcFacts>,
+    /// The root directory of `rc.pid` when first seen: the root the
+    /// runtime gave the container, before anything in it could chroot.
+    root: Option<RootId>,
 }
 
 #[derive(Default)]
@@ -166,6 +186,19 @@ impl Engine {
             let value = self.resolve(&k, full).await;
             resolved.push((k, value));
         }
+        {
+            let mut roots = self.shared.roots.write().unwrap_or_else(|p| p.into_inner());
+            for (k, value) in &resolved {
+                match (value, self.records.get(k).and_then(|r| r.root)) {
+                    (Some(_), Some(root)) => {
+                        roots.insert(k.clone(), root);
+                    }
+                    _ => {
+                        roots.remove(k);
+                    }
+                }
+            }
+        }
         let mut changes = Vec::new();
         let generation = {
             let mut inv = self
@@ -252,11 +285,11 @@ impl Engine {
 
     fn upsert(&mut self, source: String, rc: RuntimeContainer) {
         let k = rc.key();
-        let start_time = self
+        let (start_time, root) = self
             .records
             .get(&k)
             .filter(|r| r.rc.pid == rc.pid)
-            .and_then(|r| r.start_time);
+            .map_or((None, None), |r| (r.start_time, r.root));
         self.records.insert(
             k,
             Record {
@@ -264,6 +297,7 @@ impl Engine {
                 rc,
                 start_time,
                 facts: None,
+                root,
             },
         );
     }
@@ -322,6 +356,7 @@ impl Engine {
             }
         }
         let rc = record.rc.clone();
+        let known_root = record.root.filter(|_| record.start_time == Some(start));
 
         let cgroup_path = self.proc.cgroup_path(pid);
         let dir = cgroup_path
@@ -337,6 +372,7 @@ impl Engine {
             Some((file, ino)) => (Some(ino), self.nsid(k, ino, &file).await),
             None => (None, None),
         };
+        let root = known_root.or_else(|| exe::root_of(self.proc.root(), pid));
         // What was read belongs to the announced process only if it is
         // still the same process now.
         if self.proc.start_time(pid) != Some(start) {
@@ -353,6 +389,7 @@ impl Engine {
         if let Some(r) = self.records.get_mut(k) {
             r.start_time = Some(start);
             r.facts = Some(facts);
+            r.root = root;
         }
         Some(container)
     }

@@ -22,6 +22,7 @@ pub mod containerd;
 pub mod docker;
 pub mod engine;
 pub mod error;
+pub mod exe;
 pub mod inventory;
 pub mod links;
 pub mod procfs;

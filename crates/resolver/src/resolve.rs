@@ -69,6 +69,7 @@ pub fn build(
         host_veths,
         host_network,
         metadata_complete: rc.metadata_complete,
+        readonly_rootfs: rc.readonly_rootfs,
     }
 }
 
@@ -90,6 +91,7 @@ mod tests {
             image: "curl".into(),
             pid,
             metadata_complete: true,
+            readonly_rootfs: None,
         }
     }
 

@@ -1,14 +1,21 @@
 //! The tarpc face of the resolver: reads of the published inventory, and a
 //! long-polling watch. Never waits on a runtime.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, fs::File, sync::Arc, time::Duration};
 
 use proto::resolver::{
-    Container, Resolver, ResolverStatus, Snapshot, WatchReply, MAX_WATCH_WAIT_MS,
+    Container, ExeFile, ExeLookup, Resolver, ResolverStatus, Snapshot, WatchReply,
+    MAX_WATCH_WAIT_MS,
 };
 use tarpc::context::Context;
 
-use crate::engine::Shared;
+use crate::{engine::Shared, exe};
+
+/// A running container's processes and the root it started with.
+type Target = (Vec<u32>, Option<exe::RootId>);
+
+/// Most paths resolved in one call.
+pub const MAX_EXE_LOOKUPS: usize = 16_384;
 
 #[derive(Clone)]
 pub struct ResolverServer {
@@ -48,6 +55,55 @@ impl ResolverServer {
                 }
             }
         }
+    }
+}
+
+impl ResolverServer {
+    /// The executables logic, callable without tarpc. Blocking: reads
+    /// /proc and hashes files.
+    pub fn executables_blocking(&self, lookups: &[ExeLookup]) -> Vec<Result<ExeFile, String>> {
+        if lookups.len() > MAX_EXE_LOOKUPS {
+            let e = format!(
+                "{} paths in one request; at most {MAX_EXE_LOOKUPS} are resolved at once",
+                lookups.len()
+            );
+            return lookups.iter().map(|_| Err(e.clone())).collect();
+        }
+        // Each container's processes and recorded root, read once under
+        // the lock, then its root opened once for all of its paths.
+        let mut targets: BTreeMap<&str, Option<Target>> = BTreeMap::new();
+        {
+            let inv = self.shared.read();
+            for l in lookups {
+                targets.entry(l.container_id.as_str()).or_insert_with(|| {
+                    let key = inv
+                        .keys()
+                        .find(|k| inv.get(k).is_some_and(|c| c.id == l.container_id))?
+                        .clone();
+                    let pids = inv.get(&key)?.pids.clone();
+                    Some((pids, self.shared.root_of(&key)))
+                });
+            }
+        }
+        let roots: BTreeMap<&str, Result<File, String>> = targets
+            .into_iter()
+            .map(|(id, target)| {
+                let root = match target {
+                    None => Err(format!("no container {id} is running")),
+                    Some((pids, expected)) => {
+                        exe::open_root(&self.shared.proc_root, id, &pids, expected)
+                    }
+                };
+                (id, root)
+            })
+            .collect();
+        lookups
+            .iter()
+            .map(|l| match &roots[l.container_id.as_str()] {
+                Ok(root) => exe::resolve_in(root, &l.container_id, &l.path, l.sha256),
+                Err(e) => Err(e.clone()),
+            })
+            .collect()
     }
 }
 
@@ -99,6 +155,20 @@ impl Resolver for ResolverServer {
         let wait_ms = wait_ms.min(u32::try_from(budget.as_millis()).unwrap_or(u32::MAX));
         self.watch_inner(after_generation, wait_ms).await
     }
+
+    async fn executables(
+        self,
+        _: Context,
+        lookups: Vec<ExeLookup>,
+    ) -> Vec<Result<ExeFile, String>> {
+        let count = lookups.len();
+        let started = std::time::Instant::now();
+        let results = tokio::task::spawn_blocking(move || self.executables_blocking(&lookups))
+            .await
+            .unwrap_or_else(|e| vec![Err(format!("resolving failed: {e}")); count]);
+        tracing::debug!(count, failed = results.iter().filter(|r| r.is_err()).count(), elapsed = ?started.elapsed(), "executables resolved");
+        results
+    }
 }
 
 #[cfg(test)]
@@ -125,6 +195,7 @@ mod tests {
             host_veths: vec![],
             host_network: false,
             metadata_complete: true,
+            readonly_rootfs: None,
         }
     }
 

@@ -22,6 +22,8 @@ pub struct RuntimeContainer {
     pub pid: u32,
     /// See `proto::resolver::Container::metadata_complete`.
     pub metadata_complete: bool,
+    /// See `proto::resolver::Container::readonly_rootfs`.
+    pub readonly_rootfs: Option<bool>,
 }
 
 impl RuntimeContainer {

@@ -206,6 +206,7 @@ fn rc(id: &str, pid: u32) -> RuntimeContainer {
         image: "test/image:1".into(),
         pid,
         metadata_complete: true,
+        readonly_rootfs: None,
     }
 }
 
@@ -487,5 +488,77 @@ async fn containers_coming_and_going_quickly() {
         "every kept container has its own namespace"
     );
     watcher.converge(&client, WAIT).await;
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executables_are_the_files_paths_name_in_the_containers_root() {
+    if !root_or_skip("executables_are_the_files_paths_name_in_the_containers_root") {
+        return;
+    }
+    let mut scene = Scene::new("e");
+    let cg = scene.cgroup("e");
+    // Its root is the host's: what the paths name is what stat says here.
+    let pid = scene.process(&cg, None);
+    let (daemon, socket) = start_daemon("e").await;
+    let client = connect(&socket).await;
+    upsert(&daemon, rc("e", pid)).await;
+    wait_for(&client, WAIT, "e mapped", |s| {
+        find(s, "test", "e").map(|_| ())
+    })
+    .await;
+
+    let lookup = |id: &str, path: &str, sha256: bool| proto::resolver::ExeLookup {
+        container_id: id.into(),
+        path: path.into(),
+        sha256,
+    };
+    let sh = std::fs::canonicalize("/bin/sh").unwrap();
+    let got = client
+        .executables(
+            ctx(),
+            vec![
+                lookup("e", "/bin/sh", true),
+                lookup("e", "/no/such/file", false),
+                lookup("e", "/proc/self/exe", false),
+                lookup("e", "/etc", false),
+                lookup("nobody", "/bin/sh", false),
+            ],
+        )
+        .await
+        .expect("executables over tarpc");
+    let file = got[0].as_ref().expect("/bin/sh resolves");
+    assert_eq!(
+        file.file,
+        resolver::exe::file_id(&std::fs::metadata(&sh).unwrap())
+    );
+    let content = resolver::exe::hash(&mut std::fs::File::open(&sh).unwrap()).unwrap();
+    assert_eq!(file.sha256.as_deref(), Some(content.as_str()));
+    assert_eq!(
+        got[1].as_ref().unwrap_err(),
+        "/no/such/file: no such file in container e"
+    );
+    assert!(
+        got[2].is_err(),
+        "magic links are not followed: {:?}",
+        got[2]
+    );
+    assert_eq!(
+        got[3].as_ref().unwrap_err(),
+        "/etc: not a regular file in container e"
+    );
+    assert!(
+        got[4].as_ref().unwrap_err().contains("no container nobody"),
+        "{:?}",
+        got[4]
+    );
+
+    // The container's processes gone: said so, not guessed.
+    scene.kill(pid);
+    let got = client
+        .executables(ctx(), vec![lookup("e", "/bin/sh", false)])
+        .await
+        .unwrap();
+    assert!(got[0].is_err(), "{got:?}");
     daemon.shutdown().await;
 }

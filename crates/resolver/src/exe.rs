@@ -1,0 +1,297 @@
+//! What an `exe` path names inside a container: the file itself (device,
+//! inode, change time, as the kernel records the executed file at exec),
+//! and optionally a SHA-256 of its content.
+//!
+//! The path is resolved in the container's own root, `/proc/<pid>/root`
+//! opened as a directory, with `openat2(RESOLVE_IN_ROOT |
+//! RESOLVE_NO_MAGICLINKS)`: absolute symlinks and `..` stay inside that
+//! root, as they do for the container's own exec, and no `/proc` magic link
+//! leads out of it.
+//!
+//! Root in the container can `chroot` (a Docker default capability) any of
+//! its processes, the init process included (`exec chroot /copy sh` keeps
+//! pid 1), and `/proc/<pid>/root` then names the copy, where it put its own
+//! `/usr/bin/curl`. So the root the runtime gave the container is recorded
+//! when the resolver first sees the container ([`RootId`], read from the
+//! runtime's init process right after it started), and a process whose
+//! root is another one is never used to resolve a path.
+
+use std::{
+    fs::File,
+    io::Read,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::fs::{MetadataExt, OpenOptionsExt},
+    },
+    path::Path,
+};
+
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use proto::{resolver::ExeFile, state::FileId};
+use sha2::{Digest, Sha256};
+
+/// The filesystem's device number as the kernel keeps it in its own
+/// structures (`MKDEV(major, minor)`: 12 bits of major above 20 bits of
+/// minor), which is what the exec tracepoint reads; `stat` reports the
+/// same device in glibc's encoding, with the bits arranged otherwise.
+pub fn kernel_dev(st_dev: u64) -> u32 {
+    let (major, minor) = (libc::major(st_dev), libc::minor(st_dev));
+    ((major & 0xfff) << 20) | (minor & 0xf_ffff)
+}
+
+/// A file's identity from its `stat`.
+pub fn file_id(meta: &std::fs::Metadata) -> FileId {
+    FileId {
+        dev: kernel_dev(meta.dev()),
+        ino: meta.ino(),
+        ctime_sec: meta.ctime(),
+        ctime_nsec: u32::try_from(meta.ctime_nsec()).unwrap_or(0),
+    }
+}
+
+/// A container's root directory: device and inode, in `stat`'s terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RootId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl RootId {
+    fn of(meta: &std::fs::Metadata) -> RootId {
+        RootId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+}
+
+/// The root directory of `pid` as `proc` shows it, or `None`.
+pub fn root_of(proc_root: &Path, pid: u32) -> Option<RootId> {
+    std::fs::metadata(proc_root.join(pid.to_string()).join("root"))
+        .ok()
+        .map(|m| RootId::of(&m))
+}
+
+/// Opens the container's root through the first of `pids` whose root is
+/// `expected`; says why none could be used otherwise.
+pub fn open_root(
+    proc_root: &Path,
+    container: &str,
+    pids: &[u32],
+    expected: Option<RootId>,
+) -> Result<File, String> {
+    let Some(expected) = expected else {
+        return Err(format!(
+            "the root filesystem of container {container} was not recorded when it started"
+        ));
+    };
+    let mut other_root = false;
+    for &pid in pids {
+        let path = proc_root.join(pid.to_string()).join("root");
+        // O_DIRECTORY through the magic link: the process's root itself.
+        let Ok(dir) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(&path)
+        else {
+            continue;
+        };
+        match dir.metadata() {
+            Ok(meta) if RootId::of(&meta) == expected => return Ok(dir),
+            Ok(_) => other_root = true,
+            Err(_) => continue,
+        }
+    }
+    Err(if other_root {
+        format!("no process of container {container} has the root filesystem it started with (chrooted elsewhere?); not resolved")
+    } else {
+        format!("container {container} has no live process")
+    })
+}
+
+fn open_in(root: &File, path: &str, flags: OFlag) -> nix::Result<OwnedFd> {
+    // openat2 refuses flags O_PATH ignores (EINVAL) where openat drops them.
+    let flags = if flags.contains(OFlag::O_PATH) {
+        flags | OFlag::O_CLOEXEC
+    } else {
+        flags | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK
+    };
+    let how = OpenHow::new()
+        .flags(flags)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = openat2(root.as_raw_fd(), path, how)?;
+    // SAFETY: openat2 just returned this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Resolves `path` in the container root `root` (see [`open_root`]):
+/// the file it names, which must be a regular file, and with `sha256` its
+/// content's hash.
+pub fn resolve_in(
+    root: &File,
+    container: &str,
+    path: &str,
+    sha256: bool,
+) -> Result<ExeFile, String> {
+    if !path.starts_with('/') {
+        return Err(format!("{path}: not an absolute path"));
+    }
+    let why = |e: nix::Error| match e {
+        nix::Error::ENOENT => format!("{path}: no such file in container {container}"),
+        nix::Error::ENOTDIR => {
+            format!("{path}: a parent is not a directory in container {container}")
+        }
+        nix::Error::ELOOP => format!(
+            "{path}: too many symlinks, or a link out of the container, in container {container}"
+        ),
+        nix::Error::EXDEV => format!("{path}: leads out of container {container}'s root"),
+        nix::Error::EACCES => format!("{path}: permission denied in container {container}"),
+        nix::Error::ENOSYS => {
+            format!("{path}: this kernel has no openat2 (Linux 5.6 or later is needed)")
+        }
+        e => format!("{path}: {e} in container {container}"),
+    };
+    // O_PATH first: stat without opening what may be a FIFO or a device.
+    let handle = File::from(open_in(root, path, OFlag::O_PATH).map_err(why)?);
+    let meta = handle.metadata().map_err(|e| format!("{path}: {e}"))?;
+    if !meta.file_type().is_file() {
+        return Err(format!(
+            "{path}: not a regular file in container {container}"
+        ));
+    }
+    let file = file_id(&meta);
+    let sha256 = if sha256 {
+        let mut content = File::from(open_in(root, path, OFlag::O_RDONLY).map_err(why)?);
+        let again = content.metadata().map_err(|e| format!("{path}: {e}"))?;
+        if (again.dev(), again.ino()) != (meta.dev(), meta.ino()) {
+            return Err(format!(
+                "{path}: replaced while being resolved in container {container}"
+            ));
+        }
+        let digest = hash(&mut content).map_err(|e| format!("{path}: reading it: {e}"))?;
+        if file_id(&content.metadata().map_err(|e| format!("{path}: {e}"))?) != file {
+            return Err(format!(
+                "{path}: changed while being hashed in container {container}"
+            ));
+        }
+        Some(digest)
+    } else {
+        None
+    };
+    Ok(ExeFile { file, sha256 })
+}
+
+/// Lowercase hex SHA-256 of everything `reader` yields.
+pub fn hash(reader: &mut impl Read) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[test]
+    fn device_numbers_take_the_kernels_encoding() {
+        // 8:1 (sda1): glibc's dev_t is 0x801, the kernel's 8 << 20 | 1.
+        assert_eq!(kernel_dev(libc::makedev(8, 1)), (8 << 20) | 1);
+        // Anonymous devices (overlay, tmpfs) are major 0.
+        assert_eq!(kernel_dev(libc::makedev(0, 52)), 52);
+        // Minors above 255 sit in glibc's high bits; the kernel's are flat.
+        assert_eq!(
+            kernel_dev(libc::makedev(259, 0x12345)),
+            (259 << 20) | 0x12345
+        );
+    }
+
+    #[test]
+    fn sha256_of_known_content() {
+        assert_eq!(
+            hash(&mut &b"abc"[..]).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "contain-resolver-exe-{}-{name}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("usr/bin")).unwrap();
+        dir
+    }
+
+    #[test]
+    fn resolves_inside_a_root_and_never_out_of_it() {
+        let dir = scratch("inroot");
+        let mut f = File::create(dir.join("usr/bin/curl")).unwrap();
+        f.write_all(b"abc").unwrap();
+        drop(f);
+        std::os::unix::fs::symlink("/usr/bin", dir.join("bin")).unwrap();
+        std::os::unix::fs::symlink("../../../../../../etc/passwd", dir.join("usr/bin/up")).unwrap();
+        let root = File::open(&dir).unwrap();
+
+        let got = resolve_in(&root, "c", "/usr/bin/curl", true).unwrap();
+        let meta = std::fs::metadata(dir.join("usr/bin/curl")).unwrap();
+        assert_eq!(got.file, file_id(&meta));
+        assert_eq!(
+            got.sha256.as_deref(),
+            Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        );
+        // An absolute symlink is followed inside the root, as exec does
+        // inside the container.
+        let via_link = resolve_in(&root, "c", "/bin/curl", false).unwrap();
+        assert_eq!((via_link.file, via_link.sha256), (got.file, None));
+        // `..` stops at the root: the host's /etc/passwd is not reached.
+        let up = resolve_in(&root, "c", "/usr/bin/up", false).unwrap_err();
+        assert!(up.contains("no such file in container c"), "{up}");
+
+        let missing = resolve_in(&root, "c", "/usr/bin/wget", false).unwrap_err();
+        assert_eq!(missing, "/usr/bin/wget: no such file in container c");
+        let dir_err = resolve_in(&root, "c", "/usr/bin", false).unwrap_err();
+        assert_eq!(dir_err, "/usr/bin: not a regular file in container c");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_process_root_resolves_like_the_files_own_stat() {
+        // The test's own /proc/<pid>/root is the host's root.
+        let me = std::process::id();
+        let proc = Path::new("/proc");
+        let expected = root_of(proc, me);
+        let root = open_root(proc, "self", &[u32::MAX, me], expected).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let got = resolve_in(&root, "self", exe.to_str().unwrap(), false).unwrap();
+        assert_eq!(got.file, file_id(&std::fs::metadata(&exe).unwrap()));
+    }
+
+    #[test]
+    fn a_process_with_another_root_is_not_used() {
+        let dir = scratch("otherroot");
+        let me = std::process::id();
+        let proc = Path::new("/proc");
+        let elsewhere = RootId::of(&std::fs::metadata(&dir).unwrap());
+        let err = open_root(proc, "c", &[me], Some(elsewhere)).unwrap_err();
+        assert!(err.contains("chrooted elsewhere"), "{err}");
+        let err = open_root(proc, "c", &[u32::MAX], Some(elsewhere)).unwrap_err();
+        assert_eq!(err, "container c has no live process");
+        let err = open_root(proc, "c", &[me], None).unwrap_err();
+        assert!(err.contains("was not recorded"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
