@@ -3,7 +3,7 @@
 
 use aya::maps::lpm_trie::Key;
 use contain_common as kern;
-use proto::state::{CgroupEntry, DestKey, PortKey, ProcessKey, ProcessMatch, Verdict};
+use proto::state::{CgroupEntry, DestKey, FileId, PortKey, ProcessKey, ProcessMatch, Verdict};
 use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -60,10 +60,13 @@ pub fn cgroup_entry(v: &kern::CgroupPolicy) -> CgroupEntry {
     }
 }
 
-pub fn process_key(k: &ProcessKey) -> Result<kern::ProcessKey, EncodeError> {
+/// The kernel's key of a process class entry. A file is keyed by its exe
+/// id, the hash under the loader's per-boot `exe_key` that the exec program
+/// computes too.
+pub fn process_key(k: &ProcessKey, exe_key: [u64; 2]) -> Result<kern::ProcessKey, EncodeError> {
     check_policy(k.policy_id)?;
     let (kind, ident) = match k.process {
-        ProcessMatch::Exe(h) => (kern::PROCESS_BY_EXE, h),
+        ProcessMatch::File(f) => (kern::PROCESS_BY_FILE, kern::file_id(exe_key, &stamp(&f))),
         ProcessMatch::Comm(h) => (kern::PROCESS_BY_COMM, h),
     };
     Ok(kern::ProcessKey {
@@ -73,9 +76,30 @@ pub fn process_key(k: &ProcessKey) -> Result<kern::ProcessKey, EncodeError> {
     })
 }
 
-pub fn process_key_back(k: &kern::ProcessKey) -> Result<ProcessKey, EncodeError> {
+/// The kernel's value of a process class entry: the class, and the file
+/// its key stands for (which the hash alone does not give back).
+pub fn process_value(k: &ProcessKey, class: u32) -> kern::ProcessClass {
+    kern::ProcessClass {
+        class,
+        _pad: 0,
+        file: match k.process {
+            ProcessMatch::File(f) => stamp(&f),
+            ProcessMatch::Comm(_) => kern::FileStamp::default(),
+        },
+    }
+}
+
+pub fn process_key_back(
+    k: &kern::ProcessKey,
+    v: &kern::ProcessClass,
+) -> Result<ProcessKey, EncodeError> {
     let process = match k.kind {
-        kern::PROCESS_BY_EXE => ProcessMatch::Exe(k.ident),
+        kern::PROCESS_BY_FILE => ProcessMatch::File(FileId {
+            dev: v.file.dev,
+            ino: v.file.ino,
+            ctime_sec: v.file.ctime_sec,
+            ctime_nsec: v.file.ctime_nsec,
+        }),
         kern::PROCESS_BY_COMM => ProcessMatch::Comm(k.ident),
         other => return Err(EncodeError::ProcessKind(other)),
     };
@@ -83,6 +107,15 @@ pub fn process_key_back(k: &kern::ProcessKey) -> Result<ProcessKey, EncodeError>
         policy_id: k.policy_id,
         process,
     })
+}
+
+fn stamp(f: &FileId) -> kern::FileStamp {
+    kern::FileStamp {
+        ino: f.ino,
+        ctime_sec: f.ctime_sec,
+        dev: f.dev,
+        ctime_nsec: f.ctime_nsec,
+    }
 }
 
 /// Zero the bits of `bytes` past the first `bits`.

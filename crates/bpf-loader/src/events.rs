@@ -156,10 +156,10 @@ pub fn decode(
         tgid: e.tgid,
         uid: e.uid,
         comm: cstr(&e.comm),
-        exe: if e.exe_hash == 0 {
+        exe: if e.exe_id == 0 {
             None
         } else {
-            exe(e.exe_hash)
+            exe(e.exe_id)
         },
         proto: e.proto,
         src: addr(e.family, e.saddr),
@@ -219,7 +219,7 @@ mod tests {
         kern::Event {
             ktime_ns: 1_000,
             cgroup_id: 77,
-            exe_hash: 5,
+            exe_id: 5,
             tgid: 42,
             uid: 1000,
             policy_id: 3,

@@ -14,7 +14,7 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
         cgroup_skb::CgroupSkbAttachType, links::FdLink, links::PinnedLink, CgroupAttachMode,
-        CgroupSkb, CgroupSock, CgroupSockAddr, TracePoint,
+        CgroupSkb, CgroupSock, CgroupSockAddr, RawTracePoint, TracePoint,
     },
     Ebpf, EbpfLoader,
 };
@@ -61,6 +61,8 @@ pub enum KernelError {
     MissingProgram(&'static str),
     #[error("pinning {path}: {reason}")]
     Pin { path: PathBuf, reason: String },
+    #[error("reading the kernel's BTF: {0}")]
+    Btf(#[from] crate::btf::BtfError),
     #[error("tracepoint format {path}: field {field} not found")]
     TraceFormat { path: PathBuf, field: &'static str },
     #[error("reading {path}: {source}")]
@@ -105,6 +107,8 @@ pub struct Kernel {
     attachments: BTreeMap<String, Attachment>,
     /// Host-side veths the backstop is attached to: ifindex → name.
     veths: BTreeMap<u32, String>,
+    /// The key of the kernel's exe ids (`CONFIG.exe_key`).
+    exe_key: [u64; 2],
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
@@ -147,6 +151,7 @@ impl Kernel {
         std::fs::create_dir_all(&maps_dir).map_err(io_err(&maps_dir))?;
         let cgroup_root = fs::cgroup2_mount()?;
         let offsets = TraceOffsets::read()?;
+        let exec = ExecOffsets::read(&crate::btf::Btf::from_sys_fs()?)?;
 
         let map_paths: Vec<(&str, PathBuf)> = map_names::ALL
             .iter()
@@ -157,7 +162,14 @@ impl Kernel {
             loader.map_pin_path(name, path.as_path());
         }
         loader
-            .override_global("EXEC_FILENAME_LOC_OFFSET", &offsets.exec_filename, true)
+            .override_global("BPRM_FILE_OFFSET", &exec.bprm_file, true)
+            .override_global("BPRM_FILENAME_OFFSET", &exec.bprm_filename, true)
+            .override_global("FILE_INODE_OFFSET", &exec.file_inode, true)
+            .override_global("INODE_SB_OFFSET", &exec.inode_sb, true)
+            .override_global("INODE_INO_OFFSET", &exec.inode_ino, true)
+            .override_global("INODE_CTIME_SEC_OFFSET", &exec.inode_ctime_sec, true)
+            .override_global("INODE_CTIME_NSEC_OFFSET", &exec.inode_ctime_nsec, true)
+            .override_global("SB_DEV_OFFSET", &exec.sb_dev, true)
             .override_global("NEWTASK_PID_OFFSET", &offsets.newtask_pid, true)
             .override_global(
                 "NEWTASK_CLONE_FLAGS_OFFSET",
@@ -170,6 +182,9 @@ impl Kernel {
             load_program(&mut ebpf, name)?;
         }
         for &(name, _, _) in program_names::TRACEPOINTS {
+            load_program(&mut ebpf, name)?;
+        }
+        for &(name, _) in program_names::RAW_TRACEPOINTS {
             load_program(&mut ebpf, name)?;
         }
         for (name, _) in veths::PROGRAMS {
@@ -207,7 +222,9 @@ impl Kernel {
             mirror: KernelState::default(),
             attachments: BTreeMap::new(),
             veths: BTreeMap::new(),
+            exe_key: [0, 0],
         };
+        kernel.exe_key = kernel.ensure_exe_key()?;
         kernel.mirror = kernel.read_state()?;
         Ok((kernel, events))
     }
@@ -255,6 +272,17 @@ impl Kernel {
                         path: dir.join(name),
                         reason: e.to_string(),
                     })?;
+            pin(fd_link, &dir.join(name))?;
+        }
+        for &(name, tracepoint) in program_names::RAW_TRACEPOINTS {
+            let prog: &mut RawTracePoint = program_mut(&mut self.ebpf, name)?;
+            let id = prog
+                .attach(tracepoint)
+                .map_err(|source| KernelError::Program { name, source })?;
+            let link = prog
+                .take_link(id)
+                .map_err(|source| KernelError::Program { name, source })?;
+            let fd_link = FdLink::from(link);
             pin(fd_link, &dir.join(name))?;
         }
         release_other_instances(&group, &self.instance)
@@ -429,6 +457,29 @@ impl Kernel {
             .map_or(0, |c| c.generation as u64)
     }
 
+    /// The key of the kernel's exe ids: drawn from the kernel's random pool
+    /// the first time the maps are used (so once per boot, as the maps live
+    /// in bpffs), kept in the pinned config after that.
+    fn ensure_exe_key(&mut self) -> Result<[u64; 2], KernelError> {
+        let mut config = self.maps.config.get(&0, 0).unwrap_or_default();
+        if config.exe_key != [0, 0] {
+            return Ok(config.exe_key);
+        }
+        let mut bytes = [0u8; 16];
+        while bytes == [0u8; 16] {
+            let urandom = Path::new("/dev/urandom");
+            std::io::Read::read_exact(&mut File::open(urandom).map_err(io_err(urandom))?, &mut bytes)
+                .map_err(io_err(urandom))?;
+        }
+        let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
+        config.exe_key = [word(&bytes[..8]), word(&bytes[8..])];
+        self.maps
+            .config
+            .set(0, config, 0)
+            .map_err(map_err(map_names::CONFIG))?;
+        Ok(config.exe_key)
+    }
+
     /// Sets the kernel's runtime limits (not policy: the generation stays).
     pub fn set_limits(&mut self, limits: &Limits) -> Result<(), KernelError> {
         let mut config = self.maps.config.get(&0, 0).unwrap_or_default();
@@ -511,7 +562,7 @@ impl Kernel {
                         encode::cgroup_value(value).map(|_| ()).map_err(invalid)?
                     }
                     Entry::Process { key, .. } => {
-                        encode::process_key(key).map(|_| ()).map_err(invalid)?
+                        encode::process_key(key, self.exe_key).map(|_| ()).map_err(invalid)?
                     }
                     Entry::Dest { key, .. } => {
                         encode::dest_key(key).map(|_| ()).map_err(invalid)?
@@ -547,6 +598,7 @@ impl Kernel {
                 reason: e.to_string(),
             }
         };
+        let exe_key = self.exe_key;
         let m = &mut self.maps;
         match *op {
             MapOp::Upsert { entry } => match entry {
@@ -557,8 +609,8 @@ impl Kernel {
                 Entry::Process { key, class } => m
                     .processes
                     .insert(
-                        encode::process_key(&key).map_err(invalid)?,
-                        ProcessClass { class, _pad: 0 },
+                        encode::process_key(&key, exe_key).map_err(invalid)?,
+                        encode::process_value(&key, class),
                         0,
                     )
                     .map_err(failed(map_names::PROCESSES)),
@@ -599,7 +651,7 @@ impl Kernel {
                 }
                 EntryKey::Process { key } => m
                     .processes
-                    .remove(&encode::process_key(&key).map_err(invalid)?)
+                    .remove(&encode::process_key(&key, exe_key).map_err(invalid)?)
                     .map_err(failed(map_names::PROCESSES)),
                 EntryKey::Dest { key } => {
                     let encoded = encode::dest_key(&key).map_err(invalid)?;
@@ -641,7 +693,7 @@ impl Kernel {
         }
         for item in m.processes.iter() {
             let (key, class) = item.map_err(map_err(map_names::PROCESSES))?;
-            match encode::process_key_back(&key) {
+            match encode::process_key_back(&key, &class) {
                 Ok(key) => state.upsert(Entry::Process {
                     key,
                     class: class.class,
@@ -778,7 +830,6 @@ pub fn changes_rules(current: &KernelState, diff: &MapDiff) -> bool {
 }
 
 struct TraceOffsets {
-    exec_filename: u32,
     newtask_pid: u32,
     newtask_clone_flags: u32,
 }
@@ -792,9 +843,52 @@ impl TraceOffsets {
             tracefs::field_offset(&text, field).ok_or(KernelError::TraceFormat { path, field })
         };
         Ok(TraceOffsets {
-            exec_filename: field("sched/sched_process_exec", "filename")?,
             newtask_pid: field("task/task_newtask", "pid")?,
             newtask_clone_flags: field("task/task_newtask", "clone_flags")?,
+        })
+    }
+}
+
+/// Where the exec program finds the executed file's identity, from the
+/// kernel's BTF. The inode change time moved between kernels: a
+/// `timespec64 i_ctime` (6.1), `__i_ctime` (6.6), then `i_ctime_sec` and
+/// `i_ctime_nsec` (6.11).
+struct ExecOffsets {
+    bprm_file: u32,
+    bprm_filename: u32,
+    file_inode: u32,
+    inode_sb: u32,
+    inode_ino: u32,
+    inode_ctime_sec: u32,
+    inode_ctime_nsec: u32,
+    sb_dev: u32,
+}
+
+impl ExecOffsets {
+    fn read(btf: &crate::btf::Btf) -> Result<ExecOffsets, crate::btf::BtfError> {
+        let (inode_ctime_sec, inode_ctime_nsec) = if btf.has_member("inode", "i_ctime_sec") {
+            (
+                btf.member_offset("inode", "i_ctime_sec")?,
+                btf.member_offset("inode", "i_ctime_nsec")?,
+            )
+        } else {
+            let ctime = btf
+                .member_offset("inode", "__i_ctime")
+                .or_else(|_| btf.member_offset("inode", "i_ctime"))?;
+            (
+                ctime + btf.member_offset("timespec64", "tv_sec")?,
+                ctime + btf.member_offset("timespec64", "tv_nsec")?,
+            )
+        };
+        Ok(ExecOffsets {
+            bprm_file: btf.member_offset("linux_binprm", "file")?,
+            bprm_filename: btf.member_offset("linux_binprm", "filename")?,
+            file_inode: btf.member_offset("file", "f_inode")?,
+            inode_sb: btf.member_offset("inode", "i_sb")?,
+            inode_ino: btf.member_offset("inode", "i_ino")?,
+            inode_ctime_sec,
+            inode_ctime_nsec,
+            sb_dev: btf.member_offset("super_block", "s_dev")?,
         })
     }
 }
@@ -819,6 +913,7 @@ fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), KernelError> 
         aya::programs::Program::CgroupSock(p) => p.load(),
         aya::programs::Program::CgroupSockAddr(p) => p.load(),
         aya::programs::Program::TracePoint(p) => p.load(),
+        aya::programs::Program::RawTracePoint(p) => p.load(),
         aya::programs::Program::SchedClassifier(p) => p.load(),
         _ => return Err(KernelError::MissingProgram(name)),
     };

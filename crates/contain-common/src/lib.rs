@@ -8,8 +8,7 @@
 
 /// Bytes of a task's `comm`, including the terminating NUL.
 pub const COMM_LEN: usize = 16;
-/// Bytes of an executable path kept for attribution; longer paths are hashed
-/// in full up to this many bytes (see [`exe_hash`]).
+/// Bytes of an executable path kept for attribution (events).
 pub const EXE_PATH_LEN: usize = 256;
 /// Policy ids index the per-policy counter array, so they are bounded.
 pub const MAX_POLICIES: u32 = 4096;
@@ -101,12 +100,14 @@ pub mod program_names {
     pub const VETH_INBOUND: &str = "contain_veth_inbound";
     /// The tracepoint programs, with the (category, event) each attaches to.
     pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
-        (EXEC, "sched", "sched_process_exec"),
         // task_newtask, unlike sched_process_fork, carries the clone flags:
         // threads share their process's entry and get none of their own.
         (NEWTASK, "task", "task_newtask"),
         (EXIT, "sched", "sched_process_exit"),
     ];
+    /// The raw tracepoint programs (they see the tracepoint's arguments,
+    /// `sched_process_exec`'s `linux_binprm` included), with their event.
+    pub const RAW_TRACEPOINTS: &[(&str, &str)] = &[(EXEC, "sched_process_exec")];
     /// The programs attached to a cgroup, in attach order.
     pub const CGROUP: &[&str] = &[
         SOCK_CREATE,
@@ -223,16 +224,98 @@ pub struct ProcessKey {
     pub ident: u64,
 }
 
-pub const PROCESS_BY_EXE: u32 = 1;
+/// By the executed file's identity ([`file_id`]).
+pub const PROCESS_BY_FILE: u32 = 1;
 pub const PROCESS_BY_COMM: u32 = 2;
 
 /// `PROCESSES` value.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ProcessClass {
     /// 0 is "any process of the container".
     pub class: u32,
     pub _pad: u32,
+    /// For a `PROCESS_BY_FILE` key, the file its keyed hash stands for (the
+    /// loader reads its maps back from this); zero otherwise.
+    pub file: FileStamp,
+}
+
+/// What identifies an executed file, as the exec tracepoint reads it from
+/// the kernel's inode: the filesystem's device (kernel encoding,
+/// `major << 20 | minor`), the inode number and the inode change time. A
+/// copy, a replacement or another filesystem's file differs in one of
+/// them; a file written in place gets a new change time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileStamp {
+    pub ino: u64,
+    pub ctime_sec: i64,
+    pub dev: u32,
+    pub ctime_nsec: u32,
+}
+
+/// The exe id of a file: SipHash-2-4 of its stamp under the loader's
+/// per-boot key ([`Config::exe_key`]), so no process in a container can
+/// search offline for a file whose id collides with an allowed one. 0 is
+/// "no identity", never an id.
+#[inline(always)]
+pub fn file_id(key: [u64; 2], file: &FileStamp) -> u64 {
+    let words = [
+        file.ino,
+        file.ctime_sec as u64,
+        (file.dev as u64) | ((file.ctime_nsec as u64) << 32),
+    ];
+    let id = siphash24(key, &words);
+    if id == 0 {
+        1
+    } else {
+        id
+    }
+}
+
+/// SipHash-2-4 of whole little-endian 64-bit words (the reference
+/// algorithm over their bytes).
+#[inline(always)]
+fn siphash24(key: [u64; 2], words: &[u64; 3]) -> u64 {
+    let mut v = [
+        key[0] ^ 0x736f_6d65_7073_6575,
+        key[1] ^ 0x646f_7261_6e64_6f6d,
+        key[0] ^ 0x6c79_6765_6e65_7261,
+        key[1] ^ 0x7465_6462_7974_6573,
+    ];
+    #[inline(always)]
+    fn round(v: &mut [u64; 4]) {
+        v[0] = v[0].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(13) ^ v[0];
+        v[0] = v[0].rotate_left(32);
+        v[2] = v[2].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(16) ^ v[2];
+        v[0] = v[0].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(21) ^ v[0];
+        v[2] = v[2].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(17) ^ v[2];
+        v[2] = v[2].rotate_left(32);
+    }
+    let mut i = 0;
+    while i < words.len() {
+        v[3] ^= words[i];
+        round(&mut v);
+        round(&mut v);
+        v[0] ^= words[i];
+        i += 1;
+    }
+    // The final block: no bytes left over, the message length in bytes on top.
+    let last = ((words.len() as u64 * 8) & 0xff) << 56;
+    v[3] ^= last;
+    round(&mut v);
+    round(&mut v);
+    v[0] ^= last;
+    v[2] ^= 0xff;
+    round(&mut v);
+    round(&mut v);
+    round(&mut v);
+    round(&mut v);
+    v[0] ^ v[1] ^ v[2] ^ v[3]
 }
 
 /// The matched part of a `DESTS` LPM key: every address is stored as IPv6,
@@ -316,6 +399,9 @@ pub struct Config {
     /// again. Caches also hold the policy id they were decided under, so a
     /// cgroup that gains or loses its entry misses them without a bump.
     pub rules_epoch: u32,
+    /// The key of [`file_id`], drawn by the loader when it creates the maps
+    /// (so per boot) and never shown to any other process.
+    pub exe_key: [u64; 2],
 }
 
 /// Default of [`Config::udp_reply_timeout_ns`].
@@ -356,7 +442,7 @@ pub mod stat {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SockInfo {
     pub cgroup_id: u64,
-    pub exe_hash: u64,
+    pub exe_id: u64,
     pub tgid: u32,
     pub uid: u32,
     pub comm: [u8; COMM_LEN],
@@ -384,10 +470,11 @@ pub const CACHE_AUDIT: u8 = 3;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExecInfo {
-    pub exe_hash: u64,
+    pub exe_id: u64,
 }
 
-/// `EXE_PATHS` value, keyed by exe hash: the path, for events.
+/// `EXE_PATHS` value, keyed by exe id: the path the file was exec'd as, for
+/// events.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExePath {
@@ -441,7 +528,7 @@ pub struct EventBudget {
 pub struct Event {
     pub ktime_ns: u64,
     pub cgroup_id: u64,
-    pub exe_hash: u64,
+    pub exe_id: u64,
     pub tgid: u32,
     pub uid: u32,
     pub policy_id: u32,
@@ -506,11 +593,6 @@ pub fn identity_hash(bytes: &[u8], limit: usize) -> u64 {
     hash
 }
 
-/// Hash of an executable path as exec'd.
-pub fn exe_hash(path: &[u8]) -> u64 {
-    identity_hash(path, EXE_PATH_LEN - 1)
-}
-
 /// Hash of a comm (the kernel truncates comms to 15 bytes).
 pub fn comm_hash(comm: &[u8]) -> u64 {
     identity_hash(comm, COMM_LEN - 1)
@@ -544,12 +626,37 @@ mod pod {
     unsafe impl aya::Pod for ExePath {}
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for VethOwner {}
+    unsafe impl aya::Pod for FileStamp {}
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use core::mem::size_of;
+
+    #[test]
+    #[allow(deprecated)] // SipHasher is the reference SipHash-2-4
+    fn file_id_is_siphash24_of_the_stamp() {
+        use core::hash::Hasher;
+        let key = [0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908];
+        let file = FileStamp {
+            ino: 1_234_567,
+            ctime_sec: 1_764_000_000,
+            dev: (8 << 20) | 1,
+            ctime_nsec: 999_999_999,
+        };
+        let mut reference = core::hash::SipHasher::new_with_keys(key[0], key[1]);
+        reference.write(&file.ino.to_le_bytes());
+        reference.write(&(file.ctime_sec as u64).to_le_bytes());
+        reference.write(&((file.dev as u64) | ((file.ctime_nsec as u64) << 32)).to_le_bytes());
+        assert_eq!(file_id(key, &file), reference.finish());
+        let touched = FileStamp {
+            ctime_nsec: 0,
+            ..file
+        };
+        assert_ne!(file_id(key, &file), file_id(key, &touched));
+        assert_ne!(file_id(key, &file), file_id([1, 2], &file));
+    }
 
     #[test]
     fn layouts_have_no_implicit_padding() {
@@ -564,7 +671,9 @@ mod tests {
         assert_eq!(size_of::<InboundKey>(), 8 + 16 + 2 + 6);
         assert_eq!(size_of::<InboundPeer>(), 16);
         assert_eq!(size_of::<EventBudget>(), 24);
-        assert_eq!(size_of::<Config>(), 24);
+        assert_eq!(size_of::<Config>(), 40);
+        assert_eq!(size_of::<FileStamp>(), 24);
+        assert_eq!(size_of::<ProcessClass>(), 32);
         assert_eq!(
             size_of::<Event>(),
             8 * 3 + 4 * 4 + 16 * 3 + 2 * 2 + 6 + 2 + 4 + 8
@@ -580,7 +689,7 @@ mod tests {
             comm_hash(b"0123456789abcdefXYZ"),
             comm_hash(b"0123456789abcde")
         );
-        assert_ne!(exe_hash(b"/usr/bin/curl"), exe_hash(b"/tmp/curl"));
+        assert_ne!(comm_hash(b"curl"), comm_hash(b"curl2"));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use contain_common::{
     capacity, comm_hash, proto, stat, CgroupPolicy, DestKey, PortKey, ProcessKey, SockInfo,
     Verdict, CGROUP_AUDIT, CGROUP_UNRESTRICTED, COMM_LEN, DEFAULT_EVENTS_PER_SECOND,
     DEFAULT_UDP_REPLY_TIMEOUT_NS, DEST_KEY_FIXED_BITS, EVENT_REVOKED_FLOW, PORT_KEY_FIXED_BITS,
-    PROCESS_BY_COMM, PROCESS_BY_EXE, UNKNOWN_POLICY_ID,
+    PROCESS_BY_COMM, PROCESS_BY_FILE, UNKNOWN_POLICY_ID,
 };
 
 use crate::maps::{
@@ -25,7 +25,7 @@ const NS_PER_SEC: u64 = 1_000_000_000;
 pub struct Identity {
     pub tgid: u32,
     pub uid: u32,
-    pub exe_hash: u64,
+    pub exe_id: u64,
     pub comm: [u8; COMM_LEN],
 }
 
@@ -33,7 +33,7 @@ impl Identity {
     pub const UNKNOWN: Identity = Identity {
         tgid: 0,
         uid: 0,
-        exe_hash: 0,
+        exe_id: 0,
         comm: [0; COMM_LEN],
     };
 
@@ -41,7 +41,7 @@ impl Identity {
         Identity {
             tgid: info.tgid,
             uid: info.uid,
-            exe_hash: info.exe_hash,
+            exe_id: info.exe_id,
             comm: info.comm,
         }
     }
@@ -142,11 +142,11 @@ pub struct Target {
 
 #[inline(always)]
 fn process_class(policy_id: u32, who: &Identity) -> u32 {
-    if who.exe_hash != 0 {
+    if who.exe_id != 0 {
         let key = ProcessKey {
             policy_id,
-            kind: PROCESS_BY_EXE,
-            ident: who.exe_hash,
+            kind: PROCESS_BY_FILE,
+            ident: who.exe_id,
         };
         // SAFETY: copied out at once.
         if let Some(class) = unsafe { PROCESSES.get(key) } {
@@ -353,7 +353,7 @@ pub fn report(
     unsafe {
         (*e).ktime_ns = now;
         (*e).cgroup_id = cgroup_id;
-        (*e).exe_hash = who.exe_hash;
+        (*e).exe_id = who.exe_id;
         (*e).tgid = who.tgid;
         (*e).uid = who.uid;
         (*e).policy_id = gov.policy_id;

@@ -28,17 +28,20 @@ use aya_ebpf::{
     bindings::{__sk_buff, bpf_sock, BPF_SK_STORAGE_GET_F_CREATE},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes, bpf_sk_fullsock,
-        bpf_skb_cgroup_id, generated::bpf_sk_storage_get,
+        bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_str_bytes, bpf_sk_fullsock, bpf_skb_cgroup_id,
+        generated::bpf_sk_storage_get,
     },
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, classifier, tracepoint},
-    programs::{SkBuffContext, SockAddrContext, SockContext, TcContext, TracePointContext},
-    EbpfContext as _,
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, classifier, raw_tracepoint, tracepoint},
+    programs::{
+        RawTracePointContext, SkBuffContext, SockAddrContext, SockContext, TcContext,
+        TracePointContext,
+    },
 };
 use contain_common::{
-    exe_hash, proto, stat, v4_mapped, ExecInfo, Hook, InboundKey, InboundPeer, SockInfo, Verdict,
-    CACHE_ALLOW, CACHE_AUDIT, CACHE_DENY, CACHE_EMPTY, COMM_LEN, EVENT_REVOKED_FLOW, EXE_PATH_LEN,
-    SOCK_OUTBOUND,
+    file_id, proto, stat, v4_mapped, ExecInfo, FileStamp, Hook, InboundKey, InboundPeer, SockInfo,
+    Verdict, CACHE_ALLOW, CACHE_AUDIT, CACHE_DENY, CACHE_EMPTY, COMM_LEN, EVENT_REVOKED_FLOW,
+    EXE_PATH_LEN, SOCK_OUTBOUND,
 };
 
 use crate::{
@@ -46,7 +49,7 @@ use crate::{
         bump_stat, count, count_unparsed, decide, decide_call, governance, report, rules_epoch,
         udp_reply_timeout_ns, Decision, EventFlow, Governance, Identity, Target,
     },
-    maps::{EVENT_FLOW_SCRATCH, EXECS, EXE_PATHS, INBOUND_PEERS, PATH_SCRATCH, SOCKETS},
+    maps::{CONFIG, EVENT_FLOW_SCRATCH, EXECS, EXE_PATHS, INBOUND_PEERS, PATH_SCRATCH, SOCKETS},
     packet::{Flow, MAX_ROUTE_ADDRS, TCP_ACK, TCP_SYN},
 };
 
@@ -67,11 +70,29 @@ const CLONE_THREAD: u64 = 0x0001_0000;
 /// Tracepoint field offsets, read by the loader from tracefs `format` files
 /// (they differ between kernel versions) and patched in at load time.
 #[no_mangle]
-static EXEC_FILENAME_LOC_OFFSET: u32 = 8;
-#[no_mangle]
 static NEWTASK_PID_OFFSET: u32 = 8;
 #[no_mangle]
 static NEWTASK_CLONE_FLAGS_OFFSET: u32 = 32;
+
+/// Kernel struct member offsets along `linux_binprm` → `file` → `inode` →
+/// `super_block`, read by the loader from the kernel's BTF (they differ
+/// between kernel versions and builds) and patched in at load time.
+#[no_mangle]
+static BPRM_FILE_OFFSET: u32 = 0;
+#[no_mangle]
+static BPRM_FILENAME_OFFSET: u32 = 0;
+#[no_mangle]
+static FILE_INODE_OFFSET: u32 = 0;
+#[no_mangle]
+static INODE_SB_OFFSET: u32 = 0;
+#[no_mangle]
+static INODE_INO_OFFSET: u32 = 0;
+#[no_mangle]
+static INODE_CTIME_SEC_OFFSET: u32 = 0;
+#[no_mangle]
+static INODE_CTIME_NSEC_OFFSET: u32 = 0;
+#[no_mangle]
+static SB_DEV_OFFSET: u32 = 0;
 
 /// The socket storage map as the helpers take it: the static's address is
 /// what the loader relocates to the map.
@@ -93,10 +114,10 @@ fn current_identity() -> SockInfo {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: map value copied out at once.
-    let exe_hash = unsafe { EXECS.get(tgid) }.map_or(0, |e| e.exe_hash);
+    let exe_id = unsafe { EXECS.get(tgid) }.map_or(0, |e| e.exe_id);
     SockInfo {
         cgroup_id: current_cgroup(),
-        exe_hash,
+        exe_id,
         tgid,
         uid: bpf_get_current_uid_gid() as u32,
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
@@ -788,12 +809,16 @@ pub fn contain_veth_inbound(ctx: TcContext) -> i32 {
 
 // ------------------------------------------------------ process tracking
 
-/// Records the path the process exec'd, hashed as userspace hashes policy
-/// paths, so a renamed copy of an allowed binary is another executable.
-/// When the path cannot be read whole the process gets no identity (the
-/// container-wide rules), never the one it had before the exec.
-#[tracepoint(category = "sched", name = "sched_process_exec")]
-pub fn contain_exec(ctx: TracePointContext) -> u32 {
+/// Records the file the process now runs, by its identity (device, inode,
+/// change time: see `contain_common::FileStamp`), not by the path it was
+/// exec'd as: a copy, a replacement, a bind mount over the path or a
+/// chroot with its own file at that path is another file. For a script
+/// the file is its interpreter (the kernel has swapped it in by now). When
+/// the file cannot be read the process gets no identity (the
+/// container-wide rules), never the one it had before the exec. A raw
+/// tracepoint: only it has the exec's `linux_binprm`.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn contain_exec(ctx: RawTracePointContext) -> i32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if record_exec(&ctx, tgid).is_err() {
         let _ = EXECS.remove(tgid);
@@ -801,27 +826,52 @@ pub fn contain_exec(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Reads a kernel value at `base + offset`.
+///
+/// # Safety
+/// `base` must be a kernel pointer whose object has `T` at `offset`.
 #[inline(always)]
-fn record_exec(ctx: &TracePointContext, tgid: u32) -> Result<(), i32> {
-    // SAFETY: offset from the tracepoint's format file.
-    let loc: u32 = unsafe { ctx.read_at(read_config(&EXEC_FILENAME_LOC_OFFSET) as usize)? };
-    let offset = (loc & 0xffff) as usize;
-    let scratch = PATH_SCRATCH.get_ptr_mut(0).ok_or(0)?;
-    // SAFETY: per-CPU scratch buffer; the source is inside the trace record.
-    let path = unsafe { &mut (*scratch).path };
-    *path = [0; EXE_PATH_LEN];
-    // SAFETY: reading the record's string with a bounded copy.
-    let read =
-        unsafe { bpf_probe_read_kernel_str_bytes(ctx.as_ptr().cast::<u8>().add(offset), path)? }
-            .len();
-    if read >= EXE_PATH_LEN - 1 {
-        // Truncated: another path may share the prefix.
+unsafe fn kernel_field<T>(base: *const u8, offset: &'static u32) -> Result<T, i32> {
+    // SAFETY: per the caller; the helper checks the access.
+    unsafe { bpf_probe_read_kernel(base.add(read_config(offset) as usize).cast::<T>()) }
+}
+
+#[inline(always)]
+fn record_exec(ctx: &RawTracePointContext, tgid: u32) -> Result<(), i32> {
+    // sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+    let bprm: *const u8 = ctx.arg(2);
+    // SAFETY: offsets the loader read from the kernel's BTF, along the
+    // pointers bprm->file->f_inode->i_sb.
+    let file = unsafe {
+        let file: *const u8 = kernel_field(bprm, &BPRM_FILE_OFFSET)?;
+        let inode: *const u8 = kernel_field(file, &FILE_INODE_OFFSET)?;
+        let sb: *const u8 = kernel_field(inode, &INODE_SB_OFFSET)?;
+        FileStamp {
+            ino: kernel_field(inode, &INODE_INO_OFFSET)?,
+            ctime_sec: kernel_field(inode, &INODE_CTIME_SEC_OFFSET)?,
+            dev: kernel_field(sb, &SB_DEV_OFFSET)?,
+            ctime_nsec: kernel_field(inode, &INODE_CTIME_NSEC_OFFSET)?,
+        }
+    };
+    let key = CONFIG.get(0).map_or([0, 0], |c| c.exe_key);
+    if key == [0, 0] {
+        // No loader has drawn the key: no identity can be trusted.
         return Err(0);
     }
-    let hash = exe_hash(path);
-    EXECS.insert(tgid, ExecInfo { exe_hash: hash }, 0)?;
-    // SAFETY: scratch pointer valid for the program's duration.
-    let _ = EXE_PATHS.insert(hash, unsafe { *scratch }, 0);
+    let exe_id = file_id(key, &file);
+    EXECS.insert(tgid, ExecInfo { exe_id }, 0)?;
+    // The path, for events only.
+    let scratch = PATH_SCRATCH.get_ptr_mut(0).ok_or(0)?;
+    // SAFETY: per-CPU scratch buffer.
+    let path = unsafe { &mut (*scratch).path };
+    *path = [0; EXE_PATH_LEN];
+    // SAFETY: bprm->filename is the kernel's copy of the exec'd path.
+    let filename: *const u8 = unsafe { kernel_field(bprm, &BPRM_FILENAME_OFFSET)? };
+    // SAFETY: bounded copy of a kernel string.
+    if unsafe { bpf_probe_read_kernel_str_bytes(filename, path) }.is_ok() {
+        // SAFETY: scratch pointer valid for the program's duration.
+        let _ = EXE_PATHS.insert(exe_id, unsafe { *scratch }, 0);
+    }
     Ok(())
 }
 

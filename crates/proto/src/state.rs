@@ -59,6 +59,21 @@ pub struct FileId {
     pub ctime_nsec: u32,
 }
 
+impl FileId {
+    /// The identity of a file as `stat` reports it (`st_dev` in the C
+    /// library's encoding, which the kernel's differs from).
+    pub fn from_stat(st_dev: u64, ino: u64, ctime_sec: i64, ctime_nsec: i64) -> FileId {
+        let major = ((st_dev >> 8) & 0xfff) | ((st_dev >> 32) & !0xfff);
+        let minor = (st_dev & 0xff) | ((st_dev >> 12) & !0xff);
+        FileId {
+            dev: ((major << 20) | (minor & 0xf_ffff)) as u32,
+            ino,
+            ctime_sec,
+            ctime_nsec: ctime_nsec.clamp(0, 999_999_999) as u32,
+        }
+    }
+}
+
 /// How a process is recognised inside a policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -435,6 +450,16 @@ mod as_pairs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_id_takes_the_kernels_device_encoding() {
+        // 8:1 (sda1) is 0x801 to the C library, 8 << 20 | 1 to the kernel;
+        // 259:65536 shows the high bits of both halves.
+        assert_eq!(FileId::from_stat(0x801, 5, 6, 7).dev, (8 << 20) | 1);
+        let big = (259u64 << 8) | (0x10000u64 << 12);
+        assert_eq!(FileId::from_stat(big, 5, 6, 7).dev, (259 << 20) | 0x10000);
+        assert_eq!(FileId::from_stat(0x801, 5, 6, 7).ctime_nsec, 7);
+    }
 
     fn sample() -> KernelState {
         let mut s = KernelState::default();

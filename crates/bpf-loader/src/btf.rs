@@ -1,0 +1,283 @@
+//! Struct member offsets from the kernel's BTF (`/sys/kernel/btf/vmlinux`),
+//! for the exec program's walk `linux_binprm` → `file` → `inode` →
+//! `super_block`, whose layout differs between kernel versions and builds.
+//!
+//! Only what that needs: the type section is walked to number the types,
+//! structs and unions are kept with their members. (aya parses BTF too,
+//! but keeps members private; btf-rs is LGPL, which this MIT/Apache
+//! project does not link.)
+
+use std::collections::HashMap;
+
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum BtfError {
+    #[error("not BTF data (bad magic or header)")]
+    Header,
+    #[error("BTF data ends inside type {0}")]
+    Truncated(u32),
+    #[error("unknown BTF kind {kind} at type {id}")]
+    UnknownKind { kind: u32, id: u32 },
+    #[error("the kernel's BTF has no struct {0}")]
+    NoStruct(String),
+    #[error("the kernel's BTF has no member {member} in struct {ty}")]
+    NoMember { ty: String, member: String },
+}
+
+const MAGIC: u16 = 0xeb9f;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_TYPE_TAG: u32 = 18;
+
+struct Member {
+    name: String,
+    type_id: u32,
+    /// Bits from the start of the enclosing struct.
+    bit_offset: u32,
+}
+
+struct Type {
+    kind: u32,
+    /// What a typedef or qualifier refers to.
+    refers_to: u32,
+    members: Vec<Member>,
+}
+
+/// The parsed types, by id (1-based: id 0 is `void`).
+pub struct Btf {
+    types: Vec<Type>,
+    structs: HashMap<String, u32>,
+}
+
+fn u32_at(data: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?))
+}
+
+impl Btf {
+    pub fn from_sys_fs() -> Result<Btf, crate::kernel::KernelError> {
+        let path = std::path::Path::new("/sys/kernel/btf/vmlinux");
+        let data = std::fs::read(path).map_err(|source| crate::kernel::KernelError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Btf::parse(&data).map_err(crate::kernel::KernelError::Btf)
+    }
+
+    /// Parses little-endian BTF (what the kernel exposes).
+    pub fn parse(data: &[u8]) -> Result<Btf, BtfError> {
+        if data.get(0..2) != Some(&MAGIC.to_le_bytes()[..]) {
+            return Err(BtfError::Header);
+        }
+        let field = |at| u32_at(data, at).ok_or(BtfError::Header);
+        let hdr_len = field(4)? as usize;
+        let (type_off, type_len) = (field(8)? as usize, field(12)? as usize);
+        let (str_off, str_len) = (field(16)? as usize, field(20)? as usize);
+        let types_data = data
+            .get(hdr_len + type_off..hdr_len + type_off + type_len)
+            .ok_or(BtfError::Header)?;
+        let strings = data
+            .get(hdr_len + str_off..hdr_len + str_off + str_len)
+            .ok_or(BtfError::Header)?;
+        let string = |off: u32| -> String {
+            let rest = strings.get(off as usize..).unwrap_or_default();
+            let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+            String::from_utf8_lossy(&rest[..end]).into_owned()
+        };
+        let mut btf = Btf {
+            types: vec![Type {
+                kind: 0,
+                refers_to: 0,
+                members: Vec::new(),
+            }],
+            structs: HashMap::new(),
+        };
+        let mut at = 0usize;
+        while at < types_data.len() {
+            let id = btf.types.len() as u32;
+            let word = |i: usize| u32_at(types_data, at + 4 * i).ok_or(BtfError::Truncated(id));
+            let (name_off, info, size_or_type) = (word(0)?, word(1)?, word(2)?);
+            let vlen = (info & 0xffff) as usize;
+            let kind = (info >> 24) & 0x1f;
+            let bitfield_offsets = info >> 31 == 1;
+            at += 12;
+            let mut members = Vec::new();
+            let extra = match kind {
+                1 | 14 | 17 => 4,
+                3 => 12,
+                4 | 5 => {
+                    for m in 0..vlen {
+                        let base = at + 12 * m;
+                        let read = |i: usize| {
+                            u32_at(types_data, base + 4 * i).ok_or(BtfError::Truncated(id))
+                        };
+                        let offset = read(2)?;
+                        members.push(Member {
+                            name: string(read(0)?),
+                            type_id: read(1)?,
+                            bit_offset: if bitfield_offsets {
+                                offset & 0x00ff_ffff
+                            } else {
+                                offset
+                            },
+                        });
+                    }
+                    12 * vlen
+                }
+                6 | 13 => 8 * vlen,
+                15 | 19 => 12 * vlen,
+                2 | 7..=12 | 16 | 18 => 0,
+                kind => return Err(BtfError::UnknownKind { kind, id }),
+            };
+            at += extra;
+            if at > types_data.len() {
+                return Err(BtfError::Truncated(id));
+            }
+            let name = string(name_off);
+            if kind == KIND_STRUCT && !name.is_empty() {
+                btf.structs.entry(name.clone()).or_insert(id);
+            }
+            btf.types.push(Type {
+                kind,
+                refers_to: size_or_type,
+                members,
+            });
+        }
+        Ok(btf)
+    }
+
+    /// The byte offset of `member` in struct `ty`, looking into anonymous
+    /// struct and union members as C does.
+    pub fn member_offset(&self, ty: &str, member: &str) -> Result<u32, BtfError> {
+        let id = *self
+            .structs
+            .get(ty)
+            .ok_or_else(|| BtfError::NoStruct(ty.to_owned()))?;
+        self.find(id, member, 0)
+            .map(|bits| bits / 8)
+            .ok_or_else(|| BtfError::NoMember {
+                ty: ty.to_owned(),
+                member: member.to_owned(),
+            })
+    }
+
+    /// Whether struct `ty` has `member` (directly or in an anonymous part).
+    pub fn has_member(&self, ty: &str, member: &str) -> bool {
+        self.member_offset(ty, member).is_ok()
+    }
+
+    fn find(&self, id: u32, member: &str, depth: u32) -> Option<u32> {
+        let ty = self.types.get(id as usize)?;
+        for m in &ty.members {
+            if m.name == member {
+                return Some(m.bit_offset);
+            }
+        }
+        if depth > 4 {
+            return None;
+        }
+        for m in ty.members.iter().filter(|m| m.name.is_empty()) {
+            let inner = self.resolve(m.type_id);
+            if let Some(bits) = self.find(inner, member, depth + 1) {
+                return Some(m.bit_offset + bits);
+            }
+        }
+        None
+    }
+
+    /// Through typedefs and qualifiers to a struct or union.
+    fn resolve(&self, mut id: u32) -> u32 {
+        for _ in 0..16 {
+            match self.types.get(id as usize).map(|t| t.kind) {
+                Some(KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG) => {
+                    id = self.types[id as usize].refers_to;
+                }
+                Some(KIND_STRUCT | KIND_UNION) | _ => return id,
+            }
+        }
+        id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A BTF blob with `struct outer { int a; union { int b; int c; }; }`.
+    fn blob() -> Vec<u8> {
+        let strings = b"\0int\0outer\0a\0b\0c\0";
+        let name = |s: &str| -> u32 {
+            let needle = format!("\0{s}\0");
+            strings
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+                .map(|p| p as u32 + 1)
+                .unwrap_or(0)
+        };
+        let mut types = Vec::new();
+        let mut push = |words: &[u32]| {
+            for w in words {
+                types.extend_from_slice(&w.to_le_bytes());
+            }
+        };
+        // 1: int (kind 1), 4 bytes, 32 bits.
+        push(&[name("int"), 1 << 24, 4, 32]);
+        // 2: anonymous union of b and c at 0.
+        push(&[0, (5 << 24) | 2, 4, name("b"), 1, 0, name("c"), 1, 0]);
+        // 3: struct outer { a at 0; anon union at 32 bits }.
+        push(&[name("outer"), (4 << 24) | 2, 8, name("a"), 1, 0, 0, 2, 32]);
+        let mut data = Vec::new();
+        data.extend_from_slice(&MAGIC.to_le_bytes());
+        data.extend_from_slice(&[1, 0]);
+        for w in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+            data.extend_from_slice(&w.to_le_bytes());
+        }
+        data.extend_from_slice(&types);
+        data.extend_from_slice(strings);
+        data
+    }
+
+    #[test]
+    fn members_direct_and_in_anonymous_unions() {
+        let btf = Btf::parse(&blob()).unwrap();
+        assert_eq!(btf.member_offset("outer", "a"), Ok(0));
+        assert_eq!(btf.member_offset("outer", "c"), Ok(4));
+        assert!(matches!(
+            btf.member_offset("outer", "d"),
+            Err(BtfError::NoMember { .. })
+        ));
+        assert!(matches!(
+            btf.member_offset("inner", "a"),
+            Err(BtfError::NoStruct(_))
+        ));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert_eq!(Btf::parse(b"nope").err(), Some(BtfError::Header));
+        let mut cut = blob();
+        cut[12] = 200; // type_len beyond the data
+        assert!(Btf::parse(&cut).is_err());
+    }
+
+    #[test]
+    fn this_kernel_has_the_exec_walk() {
+        // Every kernel contain runs on has BTF (the loader needs it).
+        let data = std::fs::read("/sys/kernel/btf/vmlinux").expect("the kernel's BTF");
+        let btf = Btf::parse(&data).unwrap();
+        for (ty, member) in [
+            ("linux_binprm", "file"),
+            ("linux_binprm", "filename"),
+            ("file", "f_inode"),
+            ("inode", "i_sb"),
+            ("inode", "i_ino"),
+            ("super_block", "s_dev"),
+        ] {
+            assert!(btf.member_offset(ty, member).is_ok(), "{ty}.{member}");
+        }
+    }
+}
