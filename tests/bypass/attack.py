@@ -702,6 +702,15 @@ def pkt_arp(ifname, dmac, src, dst, marker):
     frame_send(ifname, "dgram", 0, mac(dmac), ETH_P_ARP, arp + payload(marker, 128))
 
 
+def pkt_arp_plain(ifname, dmac, src, dst, tha):
+    """An ARP request for `dst`, 28 bytes and nothing after them, whose
+    target hardware address (which a request leaves unset and a receiver
+    ignores) is the 6 bytes `tha`: well formed, yet carrying data."""
+    arp = struct.pack("!HHBBH6s4s6s4s", 1, ETH_P_IP, 6, 4, 1, own_mac(ifname), socket.inet_aton(src), mac(tha),
+                      socket.inet_aton(dst))
+    frame_send(ifname, "dgram", 0, mac(dmac), ETH_P_ARP, arp)
+
+
 def solicited_node(addr):
     """ff02::1:ffXX:XXXX and its MAC, 33:33:ff:XX:XX:XX."""
     low = socket.inet_pton(socket.AF_INET6, addr)[13:]
@@ -897,7 +906,7 @@ COMMANDS = {
     "sendto-unspec": sendto_unspec, "raw4": raw4, "frag4-later": frag4_later, "frag4-overlap": frag4_overlap,
     "frag4-tiny": frag4_tiny, "v6-ext": v6_ext, "v6-frag-hidden": v6_frag_hidden, "v6-srh-raw": v6_srh_raw, "tfo": tfo,
     "sendmmsg": sendmmsg, "mcast-reply": mcast_reply, "v6-srh-segleft": v6_srh_segleft, "v6-ext7-srh": v6_ext7_srh, "reflect-echo6": reflect_echo6, "reflect-echo4": reflect_echo4, "reflect-rst4": reflect_rst4, "stream-mptcp": stream_mptcp, "revoked-flood": revoked_flood, "fdpass": fdpass, "fd-create": fd_create, "flood": flood,
-    "pkt-udp": pkt_udp, "pkt-vlan": pkt_vlan, "pkt-ethertype": pkt_ethertype, "pkt-arp": pkt_arp, "pkt-nd": pkt_nd,
+    "pkt-udp": pkt_udp, "pkt-vlan": pkt_vlan, "pkt-ethertype": pkt_ethertype, "pkt-arp": pkt_arp, "pkt-arp-plain": pkt_arp_plain, "pkt-nd": pkt_nd,
     "pkt-lo": pkt_lo, "tcp-forged-accept": tcp_forged_accept, "xdp-udp": xdp_udp, "dns-forwarder": dns_forwarder, "udp-ask": udp_ask,
 }
 

@@ -10,12 +10,17 @@
                                         spoke first
   peer.py tcp-in HOST PORT              connects in to a server in the
                                         container and reads for a while
+  peer.py udp-connect HOST PORT         connected UDP socket: one datagram,
+                                        then waits for an answer; prints ok,
+                                        error:ECONNREFUSED (an ICMP port
+                                        unreachable came back) or timeout
   peer.py udp-echo PORT                 UDP server on every address that
                                         answers each datagram with itself
                                         (the upstream DNS of the Docker DNS
                                         probe); prints "ready"
 """
 
+import errno
 import socket
 import sys
 import threading
@@ -65,6 +70,21 @@ def tcp_in(host, port):
             pass
 
 
+def udp_connect(host, port):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        try:
+            s.connect((host, port))
+            s.send(b"anyone there?")
+            s.recv(64)
+            print("ok")
+        except socket.timeout:
+            print("timeout")
+        except OSError as e:
+            print("error:" + errno.errorcode.get(e.errno, str(e)))
+
+
 def udp_echo(port):
     s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -83,6 +103,8 @@ def main():
         udp_first(int(args[0]), args[1], int(args[2]))
     elif cmd == "tcp-in":
         tcp_in(args[0], int(args[1]))
+    elif cmd == "udp-connect":
+        udp_connect(args[0], int(args[1]))
     elif cmd == "udp-echo":
         udp_echo(int(args[0]))
     else:

@@ -13,8 +13,10 @@ arrived). Outgoing frames (the peer's own answers, and loopback's transmit
 copy) are skipped: only what was delivered to this side is judged.
 
 Frames of other protocols (ARP, anything a packet socket can write) are
-recorded too, with their ethertype and markers only, and a VLAN tag (which
-the receive path takes off the frame before any capture) as `vlan`.
+recorded too, with their ethertype and markers, and a VLAN tag (which
+the receive path takes off the frame before any capture) as `vlan`; an
+Ethernet/IPv4 ARP frame also with its fields as `arp` (op, sha, spa, tha,
+tpa).
 
 Each line: t (CLOCK_REALTIME of the kernel's receive timestamp, seconds as a
 float, the clock the test reads right after an apply returns), ifname,
@@ -23,7 +25,8 @@ or 0 for a frame that is not IP), src, dst, proto (the upper-layer protocol
 after extension headers; -1 when not IP), sport, dport, icmp_type, tcp_flags, frag_off (offset in bytes), more_frags,
 payload_len, markers (every MK{...} token in the frame), rh (addresses of an
 IPv6 routing header of any type), srr (addresses of an IPv4 LSRR/SSRR
-option), ext (the IPv6 extension header chain).
+option), ext (the IPv6 extension header chain), nd_target (the target
+address of a Neighbor Solicitation or Advertisement), arp.
 """
 
 import json
@@ -36,6 +39,7 @@ import sys
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
+ETH_P_ARP = 0x0806
 PACKET_OUTGOING = 4
 SO_TIMESTAMPNS = 35
 SOL_PACKET = 263
@@ -123,8 +127,24 @@ def transport(data, proto, first, rec):
     elif proto in (1, 58) and data:
         rec["icmp_type"] = data[0]
         rec["payload_len"] = max(0, len(data) - 8)
+        if proto == 58 and data[0] in (135, 136) and len(data) >= 24:
+            rec["nd_target"] = socket.inet_ntop(socket.AF_INET6, data[8:24])
     else:
         rec["payload_len"] = len(data)
+
+
+def arp(frame, rec):
+    htype, ptype, hlen, plen, op = struct.unpack("!HHBBH", frame[:8])
+    if (htype, ptype, hlen, plen) != (1, ETH_P_IP, 6, 4):
+        return
+    hw = lambda b: ":".join(f"{x:02x}" for x in b)  # noqa: E731
+    rec["arp"] = {
+        "op": op,
+        "sha": hw(frame[8:14]),
+        "spa": socket.inet_ntop(socket.AF_INET, frame[14:18]),
+        "tha": hw(frame[18:24]),
+        "tpa": socket.inet_ntop(socket.AF_INET, frame[24:28]),
+    }
 
 
 def decode(frame, ifname, t, ethertype, vlan):
@@ -142,6 +162,8 @@ def decode(frame, ifname, t, ethertype, vlan):
         else:
             rec["v"] = 0
             rec["proto"] = -1
+            if ethertype == ETH_P_ARP and len(frame) >= 28:
+                arp(frame, rec)
     except (IndexError, struct.error, ValueError):
         rec.setdefault("proto", -1)
         rec["truncated"] = True

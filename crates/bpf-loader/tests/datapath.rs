@@ -533,3 +533,207 @@ async fn the_veth_backstop_stops_packet_sockets_and_keeps_allowed_flows() {
     assert_eq!((event.proto, event.dst_port), (UDP, 5353));
     assert_eq!(event.src.to_string(), CT4);
 }
+
+/// What `script` (a Python script of the repository) prints when run with
+/// `args` in the peer's namespace, trimmed.
+fn at_peer(lab: &Lab, script: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.peer_ns, PYTHON])
+        .arg(repo_root().join(script))
+        .args(args)
+        .output()
+        .expect("running a script in the peer's namespace");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Whether `marker` is captured within 3 s.
+async fn marker_arrives(capture: &std::path::Path, marker: &str) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while !captured_markers(capture).iter().any(|m| m == marker) {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
+
+/// The UDP reply timeout the loader of the test below runs with: short, so
+/// that the test can wait it out.
+const REPLY_TIMEOUT_SECS: u64 = 3;
+
+/// With the container's veth mapped to it (as policyd maps it from the
+/// inventory) under a policy that allows nothing, the kernel still answers
+/// the peer that reached the container through that veth: echo replies, a
+/// RST for a closed TCP port, ICMP port unreachable for a closed UDP port,
+/// over IPv4 and IPv6. They come from the kernel's own sockets, outside
+/// every container cgroup, so only the backstop sees them, and it lets them
+/// go to an address that sent packets into the container through its veth
+/// within the UDP reply timeout.
+///
+/// The kernel's answer to a request forged on the container's lo "from" a
+/// denied address that never spoke (echo reply, port unreachable, RST) is
+/// the bypass suite's `pkt-lo-echo4`, `pkt-lo-echo6`, `pkt-lo-udp-error4`
+/// and `pkt-lo-rst4` (same mapped veth). Here, what the exemption adds:
+/// it is per address (another address of the same peer host gets nothing
+/// while the peer's own is exempt) and it ends with the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kernel_answers_peers_through_a_mapped_veth() {
+    let Some(()) = require_root("the_kernel_answers_peers_through_a_mapped_veth") else {
+        return;
+    };
+    let mut lab = Lab::new();
+    lab.loader_args = vec![
+        "--udp-reply-timeout-secs".into(),
+        REPLY_TIMEOUT_SECS.to_string(),
+    ];
+    lab.start_peer_servers();
+    let client = lab.start_loader().await;
+    let mut rules = Rules::default();
+    // Policy 1 with no allowance at all.
+    rules
+        .cgroup(lab.ct_id(), 1, false)
+        .veth(lab.ct_veth.ifindex, lab.ct_id());
+    converge(&client, &rules.state, Verdict::Deny).await;
+    let capture = lab.scratch.join("capture.jsonl");
+    std::fs::write(&capture, "").expect("capture file");
+    lab.start_peer_sniffer(&capture);
+
+    // Nothing listens on this port in the container.
+    const CLOSED: &str = "7071";
+    let probe = "tests/probe.py";
+    let peer = "tests/bypass/peer.py";
+    let cases: [(&str, &str, &[&str], &str); 6] = [
+        ("echo reply", probe, &["ping", CT4], "ok"),
+        ("echo reply (IPv6)", probe, &["ping6", CT6], "ok"),
+        ("RST", probe, &["tcp", CT4, CLOSED], "error:ECONNREFUSED"),
+        (
+            "RST (IPv6)",
+            probe,
+            &["tcp6", CT6, CLOSED],
+            "error:ECONNREFUSED",
+        ),
+        (
+            "port unreachable",
+            peer,
+            &["udp-connect", CT4, CLOSED],
+            "error:ECONNREFUSED",
+        ),
+        (
+            "port unreachable (IPv6)",
+            peer,
+            &["udp-connect", CT6, CLOSED],
+            "error:ECONNREFUSED",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, script, args, expected) in cases {
+        let got = at_peer(&lab, script, args);
+        eprintln!(
+            "{what:<24} {:<28} expected {expected:<20} got {got}",
+            args.join(" ")
+        );
+        if got != expected {
+            failures.push(format!(
+                "the kernel's {what} to the peer ({args:?}): expected {expected}, got {got}"
+            ));
+        }
+    }
+    let batch = client
+        .events(tarpc::context::current(), 0, 1000, 1000)
+        .await
+        .expect("rpc");
+    for e in &batch.events {
+        let to_peer = [PEER4, PEER6].contains(&e.dst.to_string().as_str());
+        if e.verdict == Verdict::Deny && to_peer {
+            failures.push(format!("an answer to the peer was denied: {e:?}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "the kernel's answers did not reach the peer through the mapped veth:\n{}",
+        failures.join("\n")
+    );
+
+    // Echo requests forged on the container's lo, each "from" `spoofed`
+    // with a marker the kernel's reply carries: whether that reply reached
+    // the peer's link.
+    let ct = lab.ct.clone();
+    let attack = repo_root().join("tests/bypass/attack.py");
+    let mut n = 0;
+    let mut forge = |spoofed: &str, to: &str| -> String {
+        n += 1;
+        let marker = format!("MK{{dp{n}}}");
+        let args: Vec<String> = [
+            PYTHON,
+            &attack.display().to_string(),
+            "pkt-lo",
+            "echo",
+            spoofed,
+            to,
+            &marker,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let out = lab.in_cgroup_cmd(&ct, &args).output().expect("attack.py");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("sendto=ok"),
+            "the packet socket could not write on lo: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        marker
+    };
+    let arrived = |marker: &str| captured_markers(&capture).iter().any(|m| m == marker);
+
+    for (own, other, own_ping, to) in [
+        (PEER4, PEER4_OTHER, "ping", CT4),
+        (PEER6, PEER6_OTHER, "ping6", CT6),
+    ] {
+        // The peer has just spoken from `own`.
+        assert_eq!(at_peer(&lab, probe, &[own_ping, to]), "ok");
+        let denied = forge(other, to);
+        let answered = forge(own, to);
+        // The control: a request forged "from" the peer's own address is
+        // answered while that address is exempt (the exemption is by
+        // address, whoever wrote the request); it shows the forged request
+        // works and the capture sees its reply. Once it has arrived, the
+        // other's would have too.
+        assert!(
+            marker_arrives(&capture, &answered).await,
+            "control: the kernel's reply to an echo request forged from {own}, which had just pinged the container, did not arrive (forging or capture broken?)"
+        );
+        assert!(
+            !arrived(&denied),
+            "the kernel's reply to an echo request forged on lo from {other} reached it, though only {own} had sent packets into the container"
+        );
+        // The exemption ends with the timeout (entries are refreshed at
+        // most once a second, and nothing has come from the peer since).
+        tokio::time::sleep(Duration::from_secs(REPLY_TIMEOUT_SECS + 1)).await;
+        let late = forge(own, to);
+        let after = forge(own, to);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !arrived(&late) && !arrived(&after),
+            "the kernel's reply to an echo request forged from {own} arrived {}s after {own} last sent anything (the reply timeout is {REPLY_TIMEOUT_SECS}s)",
+            REPLY_TIMEOUT_SECS + 1
+        );
+    }
+    let batch = client
+        .events(tarpc::context::current(), 0, 1000, 1000)
+        .await
+        .expect("rpc");
+    let forged_reported = batch.events.iter().any(|e| {
+        e.hook == Hook::Veth
+            && e.verdict == Verdict::Deny
+            && e.unattributed
+            && e.cgroup_id == lab.ct_id()
+            && e.dst.to_string() == PEER4_OTHER
+    });
+    assert!(
+        forged_reported,
+        "no veth deny event (unattributed, the container's) for the reply to {PEER4_OTHER}: {:#?}",
+        batch.events
+    );
+}
