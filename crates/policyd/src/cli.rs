@@ -347,11 +347,40 @@ fn check(
         policy_of[a.container_index] = a.policy_index.map(|i| policies.policies[i].name.as_str());
     }
     let uncovered = coverage::packet_sockets_uncovered(&inventory, &policy_of);
+    // What each container's exe paths name there, as far as the inventory
+    // says (offline, nothing is resolved that it does not list).
+    let statuses: Vec<proto::policyd::ContainerStatus> = compiled
+        .assignments
+        .iter()
+        .map(|a| {
+            let c = &inventory.containers[a.container_index];
+            proto::policyd::ContainerStatus {
+                name: c.name.clone(),
+                readonly_rootfs: c.readonly_rootfs,
+                executables: compiled
+                    .exes
+                    .iter()
+                    .filter(|o| o.container_index == a.container_index)
+                    .filter_map(|o| {
+                        let policy = &policies.policies[a.policy_index?];
+                        Some(proto::policyd::ExecutableStatus {
+                            entry: policy.processes[o.process_index].describe(),
+                            path: o.path.clone(),
+                            file: o.file.as_ref().ok().copied(),
+                            problem: o.file.as_ref().err().cloned(),
+                        })
+                    })
+                    .collect(),
+                ..Default::default()
+            }
+        })
+        .collect();
     let containers: Vec<_> = compiled
         .assignments
         .iter()
         .zip(&enforcements)
-        .map(|(a, e)| {
+        .zip(&statuses)
+        .map(|((a, e), status)| {
             let c = &inventory.containers[a.container_index];
             json!({
                 "name": c.name,
@@ -362,6 +391,8 @@ fn check(
                 "mode": e.mode,
                 "unenforced_reason": e.unenforced_reason,
                 "packet_sockets_uncovered": uncovered[a.container_index],
+                "readonly_rootfs": c.readonly_rootfs,
+                "executables": status.executables,
             })
         })
         .collect();
@@ -475,6 +506,7 @@ fn check(
             ))
         });
         print!("{}", render_reasons(unenforced.chain(not_covered)));
+        print!("{}", render_executables(&statuses));
     }
     Ok(())
 }
@@ -604,7 +636,12 @@ pub fn print_reload(report: &ReloadReport) {
 
 fn describe_process(m: proto::state::ProcessMatch) -> String {
     match m {
-        proto::state::ProcessMatch::Exe(h) => format!("exe#{h:016x}"),
+        proto::state::ProcessMatch::File(f) => format!(
+            "file {} ctime {}.{:09}",
+            explain::describe_file(&f),
+            f.ctime_sec,
+            f.ctime_nsec
+        ),
         proto::state::ProcessMatch::Comm(h) => format!("comm#{h:016x}"),
     }
 }
@@ -747,6 +784,12 @@ pub fn render_status(s: &Status) -> String {
                     .unwrap_or_else(|| "-".into()),
                 c.policy.clone().unwrap_or_else(|| "-".into()),
                 c.mode.clone(),
+                match c.readonly_rootfs {
+                    Some(true) => "read-only",
+                    Some(false) => "writable",
+                    None => "?",
+                }
+                .into(),
             ]
         })
         .collect();
@@ -754,7 +797,15 @@ pub fn render_status(s: &Status) -> String {
         out,
         "\n{}",
         table(
-            &["CONTAINER", "ID", "IMAGE", "CGROUP", "POLICY", "MODE"],
+            &[
+                "CONTAINER",
+                "ID",
+                "IMAGE",
+                "CGROUP",
+                "POLICY",
+                "MODE",
+                "ROOT FS"
+            ],
             &rows
         )
     );
@@ -773,6 +824,7 @@ pub fn render_status(s: &Status) -> String {
         ))
     });
     out.push_str(&render_reasons(unenforced.chain(not_covered)));
+    out.push_str(&render_executables(&s.containers));
     let rows: Vec<Vec<String>> = s
         .policies
         .iter()
@@ -820,6 +872,60 @@ pub fn render_status(s: &Status) -> String {
                 s.warnings.len() - WARNINGS_SHOWN
             );
         }
+    }
+    out
+}
+
+/// What each container's `exe` paths name there, and which containers
+/// have them on a root filesystem root in the container may write.
+fn render_executables(containers: &[proto::policyd::ContainerStatus]) -> String {
+    let mut out = String::new();
+    let rows: Vec<Vec<String>> = containers
+        .iter()
+        .flat_map(|c| {
+            c.executables.iter().map(|e| {
+                vec![
+                    c.name.clone(),
+                    e.path.clone(),
+                    match (&e.file, &e.problem) {
+                        (Some(f), _) => explain::describe_file(f),
+                        (None, Some(why)) => format!("none, container-wide rules: {why}"),
+                        (None, None) => "none".into(),
+                    },
+                ]
+            })
+        })
+        .collect();
+    if rows.is_empty() {
+        return out;
+    }
+    let _ = write!(out, "\n{}", table(&["CONTAINER", "EXE", "FILE"], &rows));
+    let with_exes = |readonly: Option<bool>| -> Vec<&str> {
+        containers
+            .iter()
+            .filter(|c| !c.executables.is_empty() && c.readonly_rootfs == readonly)
+            .map(|c| c.name.as_str())
+            .collect()
+    };
+    let subject = |names: &[&str]| match names {
+        [one] => format!("container {one} has"),
+        many => format!("containers {} have", many.join(", ")),
+    };
+    let writable = with_exes(Some(false));
+    if !writable.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{} process rules on a writable root filesystem: root in the container can replace the files they name; run it with --read-only (or pin each file's content with sha256)",
+            subject(&writable)
+        );
+    }
+    let unknown = with_exes(None);
+    if !unknown.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{} process rules, and the runtime did not say whether the root filesystem is read-only: if it is writable, root in the container can replace the files they name",
+            subject(&unknown)
+        );
     }
     out
 }

@@ -24,8 +24,17 @@
 //! the IPv6 rule cannot leak into IPv4.
 //!
 //! Every policy's rules are compiled whether or not a container uses it
-//! yet, so a container start only needs its `CGROUPS` entry and its veth's
-//! `VETHS` entry: two map updates.
+//! yet, so a container start only needs its `CGROUPS` entry, its veth's
+//! `VETHS` entry and a `PROCESSES` entry per executable its policy names.
+//!
+//! A process class is recognised by comm (policy-wide, compiled with the
+//! rules) or by the file it executed: each `exe` path resolved inside each
+//! selected container (the daemon asks the resolver; the results ride in
+//! the inventory, [`crate::inventory::Container::exes`]) gives a
+//! `PROCESSES` entry for that file under the policy. A path that names no
+//! file there, or a file whose content is not the entry's `sha256` pin,
+//! gives none, and a warning: that executable gets the container-wide
+//! rules.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -33,7 +42,7 @@ use std::{
 };
 
 use contain_common::capacity;
-use proto::state::{CgroupEntry, DestKey, KernelState, PortKey, ProcessKey};
+use proto::state::{CgroupEntry, DestKey, FileId, KernelState, PortKey, ProcessKey, ProcessMatch};
 
 use crate::{
     diagnostic::{Diagnostic, Location, Severity},
@@ -122,14 +131,28 @@ pub struct Assignment {
     pub also_matched: Vec<usize>,
 }
 
+/// What one `exe` path of a selected container's policy came to there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExeOutcome {
+    pub container_index: usize,
+    /// Index of the `[[policy.process]]` entry in the selecting policy.
+    pub process_index: usize,
+    pub path: String,
+    /// The file the kernel recognises for that entry, or why there is none
+    /// (the executable then gets the container-wide rules).
+    pub file: Result<FileId, String>,
+}
+
 /// Policy × inventory → everything the loader's maps should hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Compiled {
     pub rules: CompiledRules,
     pub assignments: Vec<Assignment>,
     pub state: KernelState,
-    /// Inventory findings (containers sharing a cgroup id, overlaps).
+    /// Inventory findings (containers sharing a cgroup id, overlaps,
+    /// executables not resolved).
     pub warnings: Vec<Diagnostic>,
+    pub exes: Vec<ExeOutcome>,
 }
 
 /// Compiles policy and inventory in one go.
@@ -143,14 +166,17 @@ pub fn compile(
         assignments,
         cgroups,
         veths,
+        files,
+        exes,
         warnings,
     } = assign(policies, &rules, inventory)?;
-    let state = assemble(policies, &rules, cgroups, veths);
+    let state = assemble(policies, &rules, cgroups, veths, files);
     Ok(Compiled {
         rules,
         assignments,
         state,
         warnings,
+        exes,
     })
 }
 
@@ -160,11 +186,14 @@ pub fn assemble(
     rules: &CompiledRules,
     cgroups: BTreeMap<u64, CgroupEntry>,
     veths: BTreeMap<u32, u64>,
+    files: BTreeMap<ProcessKey, u32>,
 ) -> KernelState {
+    let mut processes = rules.processes.clone();
+    processes.extend(files);
     KernelState {
         unknown_verdict: policies.unknown_container,
         cgroups,
-        processes: rules.processes.clone(),
+        processes,
         dests: rules.dests.clone(),
         ports: rules.ports.clone(),
         veths,
@@ -178,8 +207,12 @@ pub struct Assigned {
     pub cgroups: BTreeMap<u64, CgroupEntry>,
     /// Host-side veth ifindex → the cgroup id of its owner.
     pub veths: BTreeMap<u32, u64>,
+    /// `PROCESSES` entries of the executables resolved in the containers.
+    pub files: BTreeMap<ProcessKey, u32>,
+    /// Every `exe` path of every selected container, resolved or not.
+    pub exes: Vec<ExeOutcome>,
     /// Containers sharing a cgroup id or a veth, overlapping selectors,
-    /// host network.
+    /// host network, executables not resolved.
     pub warnings: Vec<Diagnostic>,
 }
 
@@ -269,9 +302,15 @@ pub fn assign(
         cgroups.insert(cgroup_id, entry);
     }
     let veths = assign_veths(policies, inventory, &assignments, &mut warnings);
+    let (files, exes) = assign_files(policies, rules, inventory, &assignments, &mut warnings);
     for (map, needed, cap) in [
         ("CGROUPS", cgroups.len(), capacity::CGROUPS),
         ("VETHS", veths.len(), capacity::VETHS),
+        (
+            "PROCESSES",
+            rules.processes.len() + files.len(),
+            capacity::PROCESSES,
+        ),
     ] {
         if needed > cap as usize {
             return Err(CompileError::Capacity {
@@ -285,8 +324,105 @@ pub fn assign(
         assignments,
         cgroups,
         veths,
+        files,
+        exes,
         warnings,
     })
+}
+
+/// What the kernel recognises of `path` of entry `process` in a container
+/// whose resolutions are `exes`: its file, or why none.
+pub fn exe_file(
+    process: &ProcessPolicy,
+    path: &str,
+    exes: &BTreeMap<String, crate::inventory::Resolution>,
+) -> Result<FileId, String> {
+    let resolved = match exes.get(path) {
+        None => return Err("not resolved offline (the inventory lists no file for it)".into()),
+        Some(Err(why)) => return Err(why.clone()),
+        Some(Ok(resolved)) => resolved,
+    };
+    match (&process.sha256, &resolved.sha256) {
+        (None, _) => Ok(resolved.file),
+        (Some(_), None) => {
+            Err("its content was not hashed, so the sha256 pin cannot be checked".into())
+        }
+        (Some(pin), Some(hash)) if pin == hash => Ok(resolved.file),
+        (Some(pin), Some(hash)) => Err(format!(
+            "its content (sha256 {hash}) is not what the sha256 pin says ({pin})"
+        )),
+    }
+}
+
+/// `PROCESSES` entries for the files the `exe` paths name in each mapped
+/// container a policy selects (one entry per file and policy: containers
+/// sharing a file share it). A path that names no usable file gives no
+/// entry, and a warning.
+fn assign_files(
+    policies: &PolicySet,
+    rules: &CompiledRules,
+    inventory: &Inventory,
+    assignments: &[Assignment],
+    warnings: &mut Vec<Diagnostic>,
+) -> (BTreeMap<ProcessKey, u32>, Vec<ExeOutcome>) {
+    let mut files: BTreeMap<ProcessKey, (u32, usize)> = BTreeMap::new();
+    let mut outcomes = Vec::new();
+    for a in assignments {
+        let Some(policy_index) = a.policy_index else {
+            continue;
+        };
+        let container = &inventory.containers[a.container_index];
+        if container.cgroup_id.is_none() {
+            continue;
+        }
+        let policy = &policies.policies[policy_index];
+        let policy_id = rules.policy_ids[policy_index];
+        for (pi, process) in policy.processes.iter().enumerate() {
+            let class = rules.class_ids[policy_index][pi];
+            for path in process.exe_paths() {
+                let mut file = exe_file(process, path, &container.exes);
+                if let Ok(id) = file {
+                    let key = ProcessKey {
+                        policy_id,
+                        process: ProcessMatch::File(id),
+                    };
+                    match files.get(&key) {
+                        Some(&(other_class, other)) if other_class != class => {
+                            file = Err(format!(
+                                "it is the same file as {} of an earlier process entry, which keeps it",
+                                policy.processes[other].describe()
+                            ));
+                        }
+                        _ => {
+                            files.insert(key, (class, pi));
+                        }
+                    }
+                }
+                if let Err(why) = &file {
+                    warnings.push(Diagnostic {
+                        severity: Severity::Warning,
+                        location: process.location.clone(),
+                        message: format!(
+                            "container \"{}\": exe {path} gives no process class: {why}; processes running it get the container-wide rules of policy \"{}\"",
+                            container.name, policy.name
+                        ),
+                        source_line: None,
+                    });
+                }
+                outcomes.push(ExeOutcome {
+                    container_index: a.container_index,
+                    process_index: pi,
+                    path: path.to_string(),
+                    file,
+                });
+            }
+        }
+    }
+    let files = files
+        .into_iter()
+        .map(|(key, (class, _))| (key, class))
+        .collect();
+    (files, outcomes)
 }
 
 /// `VETHS`: each host-side veth to its owner's cgroup id (see
@@ -404,14 +540,15 @@ fn compile_policy(
         )?);
     }
 
-    // Process classes.
+    // Process classes: comms are keys here; exe files are keys per
+    // container (see `assign_files`).
     let mut class_ids = Vec::with_capacity(policy.processes.len());
     for (pi, process) in policy.processes.iter().enumerate() {
-        let mut matches: Vec<_> = process.idents.iter().map(|i| i.to_match()).collect();
-        matches.sort_unstable();
-        matches.dedup();
-        let class = ids.classes.get_or_alloc(&(policy_id, matches.clone()))?;
-        for process_match in matches {
+        let mut idents = process.idents.clone();
+        idents.sort_unstable();
+        idents.dedup();
+        let class = ids.classes.get_or_alloc(&(policy_id, idents))?;
+        for process_match in process.idents.iter().filter_map(|i| i.comm_match()) {
             out.processes.insert(
                 ProcessKey {
                     policy_id,
@@ -1233,6 +1370,194 @@ mod tests {
                 .any(|m| m.contains("process comm x allow[0] is redundant")),
             "{w:#?}"
         );
+    }
+
+    fn file(ino: u64) -> FileId {
+        FileId {
+            dev: 60,
+            ino,
+            ctime_sec: 1,
+            ctime_nsec: 2,
+        }
+    }
+
+    fn resolved(ino: u64, sha256: Option<&str>) -> crate::inventory::Resolution {
+        Ok(proto::resolver::ExeFile {
+            file: file(ino),
+            sha256: sha256.map(Into::into),
+        })
+    }
+
+    fn with_exes(
+        mut inventory: Inventory,
+        exes: &[&[(&str, crate::inventory::Resolution)]],
+    ) -> Inventory {
+        for (c, e) in inventory.containers.iter_mut().zip(exes) {
+            c.exes = e.iter().map(|(p, r)| (p.to_string(), r.clone())).collect();
+        }
+        inventory
+    }
+
+    fn class_of(state: &KernelState, policy_id: u32, ino: u64) -> Option<u32> {
+        state
+            .processes
+            .get(&ProcessKey {
+                policy_id,
+                process: ProcessMatch::File(file(ino)),
+            })
+            .copied()
+    }
+
+    const TWO_ENTRIES: &str = "[[policy]]\nname='a'\nselect={image='alpine:*'}\n[[policy.process]]\nexe=['/usr/bin/curl', '/bin/curl']\nallow=[{to='1.1.1.1'}]\n[[policy.process]]\nexe='/usr/bin/wget'\nallow=[{to='2.2.2.2'}]\n";
+
+    #[test]
+    fn each_container_gets_the_files_its_paths_name() {
+        let p = policy(TWO_ENTRIES);
+        let inv = with_exes(
+            inventory(&[("c1", 10), ("c2", 11), ("unmapped", 12)]),
+            &[
+                &[
+                    ("/usr/bin/curl", resolved(1, None)),
+                    // A symlink to the same file: one entry.
+                    ("/bin/curl", resolved(1, None)),
+                    ("/usr/bin/wget", resolved(3, None)),
+                ],
+                &[
+                    ("/usr/bin/curl", resolved(2, None)),
+                    (
+                        "/bin/curl",
+                        Err("/bin/curl: no such file in container c2-id".into()),
+                    ),
+                    ("/usr/bin/wget", resolved(4, None)),
+                ],
+                &[("/usr/bin/curl", resolved(9, None))],
+            ],
+        );
+        let mut inv = inv;
+        inv.containers[2].cgroup_id = None;
+        let c = compile(&p, &inv, &mut IdTables::default()).unwrap();
+        let pid = c.rules.policy_ids[0];
+        let (curl, wget) = (c.rules.class_ids[0][0], c.rules.class_ids[0][1]);
+        assert_eq!(class_of(&c.state, pid, 1), Some(curl));
+        assert_eq!(class_of(&c.state, pid, 2), Some(curl));
+        assert_eq!(class_of(&c.state, pid, 3), Some(wget));
+        assert_eq!(class_of(&c.state, pid, 4), Some(wget));
+        assert_eq!(
+            class_of(&c.state, pid, 9),
+            None,
+            "an unmapped container gets no entries"
+        );
+        assert_eq!(c.state.processes.len(), 4);
+        let messages: Vec<&str> = c.warnings.iter().map(|w| w.message.as_str()).collect();
+        assert_eq!(
+            messages,
+            ["container \"c2\": exe /bin/curl gives no process class: /bin/curl: no such file in container c2-id; processes running it get the container-wide rules of policy \"a\""]
+        );
+        assert_eq!(c.warnings[0].location.as_ref().map(|l| l.line), Some(4));
+        assert_eq!(c.exes.len(), 6);
+    }
+
+    #[test]
+    fn a_file_two_entries_name_goes_to_the_first() {
+        let p = policy(TWO_ENTRIES);
+        let inv = with_exes(
+            inventory(&[("c1", 10)]),
+            &[&[
+                ("/usr/bin/curl", resolved(1, None)),
+                ("/usr/bin/wget", resolved(1, None)),
+            ]],
+        );
+        let c = compile(&p, &inv, &mut IdTables::default()).unwrap();
+        let pid = c.rules.policy_ids[0];
+        assert_eq!(class_of(&c.state, pid, 1), Some(c.rules.class_ids[0][0]));
+        assert!(
+            c.warnings[1]
+                .message
+                .contains("exe /usr/bin/wget gives no process class: it is the same file as exe /usr/bin/curl|/bin/curl of an earlier process entry"),
+            "{:#?}",
+            c.warnings
+        );
+    }
+
+    #[test]
+    fn a_sha256_pin_keeps_other_content_out() {
+        let pin = "ab".repeat(32);
+        let p = policy(&format!(
+            "[[policy]]\nname='a'\nselect={{image='alpine:*'}}\n[[policy.process]]\nexe='/usr/bin/curl'\nsha256='{pin}'\nallow=[{{to='1.1.1.1'}}]\n"
+        ));
+        let other = "cd".repeat(32);
+        let inv = with_exes(
+            inventory(&[("good", 10), ("bad", 11), ("unhashed", 12)]),
+            &[
+                &[("/usr/bin/curl", resolved(1, Some(&pin)))],
+                &[("/usr/bin/curl", resolved(2, Some(&other)))],
+                &[("/usr/bin/curl", resolved(3, None))],
+            ],
+        );
+        let c = compile(&p, &inv, &mut IdTables::default()).unwrap();
+        let pid = c.rules.policy_ids[0];
+        assert!(class_of(&c.state, pid, 1).is_some());
+        assert_eq!(class_of(&c.state, pid, 2), None);
+        assert_eq!(class_of(&c.state, pid, 3), None);
+        let w: Vec<&str> = c.warnings.iter().map(|w| w.message.as_str()).collect();
+        assert!(
+            w[0].contains(&format!(
+                "its content (sha256 {other}) is not what the sha256 pin says ({pin})"
+            )),
+            "{w:#?}"
+        );
+        assert!(w[1].contains("its content was not hashed"), "{w:#?}");
+    }
+
+    #[test]
+    fn containers_coming_and_going_touch_only_their_own_files() {
+        let p = policy(TWO_ENTRIES);
+        let one = with_exes(
+            inventory(&[("c1", 10)]),
+            &[&[("/usr/bin/curl", resolved(1, None))]],
+        );
+        let two = with_exes(
+            inventory(&[("c1", 10), ("c2", 11)]),
+            &[
+                &[("/usr/bin/curl", resolved(1, None))],
+                &[("/usr/bin/curl", resolved(2, None))],
+            ],
+        );
+        let mut ids = IdTables::default();
+        let a = compile(&p, &one, &mut ids).unwrap();
+        let b = compile(&p, &two, &mut ids).unwrap();
+        let ops: Vec<String> = diff_ops(&a.state, &b.state)
+            .iter()
+            .map(crate::cli::describe_op)
+            .collect();
+        assert_eq!(ops.len(), 2, "{ops:#?}");
+        assert!(ops[0].contains("file dev 0:60 ino 2"), "{ops:#?}");
+        assert!(ops[1].starts_with("+ cgroup 11"), "{ops:#?}");
+        // A restarted daemon learns the classes through the files, even
+        // one that history put on an id its content would not pick.
+        let curl = b.rules.class_ids[0][0];
+        let mut kernel = b.state.clone();
+        for class in kernel.processes.values_mut() {
+            if *class == curl {
+                *class = 77;
+            }
+        }
+        kernel.dests = kernel
+            .dests
+            .into_iter()
+            .map(|(mut k, v)| {
+                if k.class == curl {
+                    k.class = 77;
+                }
+                (k, v)
+            })
+            .collect();
+        let mut fresh = IdTables::default();
+        fresh.seed_from_state(&kernel);
+        fresh.seed_policies(&kernel, &p, &two);
+        let c = compile(&p, &two, &mut fresh).unwrap();
+        assert_eq!(c.rules.class_ids[0][0], 77);
+        assert!(diff_ops(&kernel, &c.state).is_empty());
     }
 
     #[test]

@@ -137,7 +137,12 @@ mod tests {
             (0u32..3, any::<bool>(), 0u64..4).prop_map(|(policy_id, exe, h)| ProcessKey {
                 policy_id,
                 process: if exe {
-                    ProcessMatch::Exe(h)
+                    ProcessMatch::File(proto::state::FileId {
+                        dev: 52,
+                        ino: h,
+                        ctime_sec: 1,
+                        ctime_nsec: 0,
+                    })
                 } else {
                     ProcessMatch::Comm(h)
                 },

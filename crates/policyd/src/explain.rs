@@ -8,20 +8,23 @@
 
 use std::net::IpAddr;
 
+use std::collections::BTreeMap;
+
 use contain_common::proto as ipproto;
 use proto::{
     policyd::{ExplainQuery, Explanation, RuleRef},
-    state::{CgroupEntry, DestKey, KernelState, PortKey, ProcessKey, ProcessMatch, Verdict},
+    state::{
+        CgroupEntry, DestKey, FileId, KernelState, PortKey, ProcessKey, ProcessMatch, Verdict,
+    },
 };
 
 use crate::{
-    compile::CompiledRules,
+    compile::{exe_file, CompiledRules},
     ids::{DOCKER_DNS_RULE_ID, LOOPBACK_RULE_ID},
-    inventory::Inventory,
+    inventory::{Inventory, Resolution},
     net::{addr_key, Prefix},
     policy::{
         proto_name, toml_format::icmp_type_named, AllowRule, Allowance, ContainerPolicy, PolicySet,
-        ProcessIdent,
     },
 };
 
@@ -33,11 +36,19 @@ pub enum ExplainError {
     BadQuery(String),
 }
 
-/// Who sends: the executable path (if known) and the comm.
+/// Who sends: the executable (its path, and the file it names in the
+/// container when known) and the comm.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Sender {
     pub exe: Option<String>,
+    /// What the kernel recognises the executable by.
+    pub file: Option<FileId>,
     pub comm: Option<String>,
+}
+
+/// A file identity for people: `dev MAJOR:MINOR ino N`.
+pub fn describe_file(f: &FileId) -> String {
+    format!("dev {}:{} ino {}", f.dev >> 20, f.dev & 0xf_ffff, f.ino)
 }
 
 impl Sender {
@@ -55,14 +66,25 @@ impl Sender {
                     .collect();
                 Sender {
                     exe: Some(t.to_string()),
+                    file: None,
                     comm: Some(comm),
                 }
             }
             Some(t) => Sender {
                 exe: None,
+                file: None,
                 comm: Some(t.to_string()),
             },
         }
+    }
+
+    /// The same sender running the file its path names in a container
+    /// whose resolutions are `exes` (unchanged when it names none there).
+    pub fn in_container(mut self, exes: &BTreeMap<String, Resolution>) -> Sender {
+        if let Some(Some(Ok(resolved))) = self.exe.as_ref().map(|e| exes.get(e)) {
+            self.file = Some(resolved.file);
+        }
+        self
     }
 }
 
@@ -105,10 +127,7 @@ pub fn kernel_lookup(
     }
     let policy_id = cgroup.policy_id;
     let candidates = [
-        sender
-            .exe
-            .as_ref()
-            .map(|e| ProcessMatch::Exe(contain_common::exe_hash(e.as_bytes()))),
+        sender.file.map(ProcessMatch::File),
         sender
             .comm
             .as_ref()
@@ -168,23 +187,26 @@ pub fn kernel_lookup(
     trace
 }
 
-/// The process entry (index) the kernel would pick: by exe first, then comm.
-pub fn process_entry(policy: &ContainerPolicy, sender: &Sender) -> Option<usize> {
-    let by = |wanted: ProcessMatch| {
+/// The process entry (index) the kernel would pick in a container whose
+/// resolutions are `exes`: the first whose exe paths name the sender's file
+/// there (with the content its pin wants), else the one with its comm.
+pub fn process_entry(
+    policy: &ContainerPolicy,
+    exes: &BTreeMap<String, Resolution>,
+    sender: &Sender,
+) -> Option<usize> {
+    let by_file = sender.file.and_then(|file| {
+        policy.processes.iter().position(|p| {
+            p.exe_paths()
+                .any(|path| exe_file(p, path, exes) == Ok(file))
+        })
+    });
+    by_file.or_else(|| {
+        let comm = ProcessMatch::Comm(contain_common::comm_hash(sender.comm.as_ref()?.as_bytes()));
         policy
             .processes
             .iter()
-            .position(|p| p.idents.iter().any(|i| i.to_match() == wanted))
-    };
-    let exe = sender
-        .exe
-        .as_ref()
-        .and_then(|e| by(ProcessIdent::Exe(e.clone()).to_match()));
-    exe.or_else(|| {
-        sender
-            .comm
-            .as_ref()
-            .and_then(|c| by(ProcessIdent::Comm(c.clone()).to_match()))
+            .position(|p| p.idents.iter().any(|i| i.comm_match() == Some(comm)))
     })
 }
 
@@ -202,6 +224,7 @@ fn dest_matches(d: &Prefix, addr: u128) -> bool {
 /// tries): the reference the compiler is tested against.
 pub fn policy_allows(
     policy: &ContainerPolicy,
+    exes: &BTreeMap<String, Resolution>,
     sender: &Sender,
     dest: IpAddr,
     proto: u8,
@@ -219,7 +242,7 @@ pub fn policy_allows(
     {
         return true;
     }
-    let process_rules = process_entry(policy, sender)
+    let process_rules = process_entry(policy, exes, sender)
         .map(|i| policy.processes[i].rules.as_slice())
         .unwrap_or(&[]);
     policy.rules.iter().chain(process_rules).any(|rule| {
@@ -377,7 +400,7 @@ pub fn explain(
     let container = inventory
         .find(&query.container)
         .map_err(ExplainError::NotFound)?;
-    let sender = Sender::parse(query.process.as_deref());
+    let sender = Sender::parse(query.process.as_deref()).in_container(&container.exes);
     let flow = flow(query)?;
     let (proto, port) = flow.unwrap_or((ipproto::ANY, 0));
     let trace = kernel_lookup(state, container.cgroup_id, &sender, query.dest, proto, port);
@@ -388,10 +411,20 @@ pub fn explain(
             .get(&c.policy_id)
             .map(|info| (c, info.index))
     });
-    let who = match (&sender.exe, &sender.comm) {
-        (Some(e), _) => format!("exe {e}"),
-        (None, Some(c)) => format!("comm {c}"),
-        (None, None) => "any process".to_string(),
+    let who = match (&sender.exe, &sender.file, &sender.comm) {
+        (Some(e), Some(f), _) => format!("exe {e} ({})", describe_file(f)),
+        (Some(e), None, comm) => {
+            let why = match container.exes.get(e) {
+                Some(Err(why)) => why.clone(),
+                _ => format!("not resolved in container \"{}\"", container.name),
+            };
+            format!(
+                "exe {e} ({why}: recognised by its comm {} only)",
+                comm.as_deref().unwrap_or("-")
+            )
+        }
+        (None, _, Some(c)) => format!("comm {c}"),
+        (None, _, None) => "any process".to_string(),
     };
     let mut out = Explanation {
         container: container.name.clone(),
@@ -534,8 +567,39 @@ mod tests {
         ids::IdTables,
         inventory::Container,
         net::PortBlock,
-        policy::{normalize_allowances, Format, Mode, ProcessPolicy, Selector},
+        policy::{normalize_allowances, Format, Mode, ProcessIdent, ProcessPolicy, Selector},
     };
+
+    /// The image's curl in the container.
+    const CURL: FileId = FileId {
+        dev: 52,
+        ino: 1001,
+        ctime_sec: 1_700_000_000,
+        ctime_nsec: 5,
+    };
+    /// Another file: a copy, a replacement, a chroot's own curl.
+    const OTHER: FileId = FileId {
+        dev: 52,
+        ino: 2002,
+        ctime_sec: 1_700_000_000,
+        ctime_nsec: 5,
+    };
+
+    fn exes() -> BTreeMap<String, Resolution> {
+        BTreeMap::from([
+            (
+                "/usr/bin/curl".to_string(),
+                Ok(proto::resolver::ExeFile {
+                    file: CURL,
+                    sha256: None,
+                }),
+            ),
+            (
+                "/usr/bin/wget".to_string(),
+                Err("/usr/bin/wget: no such file in container c0ffee00".to_string()),
+            ),
+        ])
+    }
 
     fn inventory() -> Inventory {
         Inventory {
@@ -545,6 +609,7 @@ mod tests {
                 image: "alpine:3".into(),
                 namespace: "moby".into(),
                 cgroup_id: Some(7),
+                exes: exes(),
                 ..Container::default()
             }],
         }
@@ -599,6 +664,61 @@ allow = [{ to = ["1.1.1.0/24"], proto = "tcp", ports = [80, 443] },
         );
         assert_eq!(rule.location.as_deref(), Some("p.toml:7:10"));
         assert_eq!(e.matched_prefix.as_deref(), Some("1.1.1.0/24"));
+        assert!(
+            e.process.starts_with(
+                "exe /usr/bin/curl (dev 0:52 ino 1001): process entry exe /usr/bin/curl"
+            ),
+            "{}",
+            e.process
+        );
+    }
+
+    #[test]
+    fn an_exe_the_container_does_not_have_is_recognised_by_comm_only() {
+        let e = run(query(
+            "1.1.1.5",
+            Some("tcp"),
+            Some("443"),
+            Some("/usr/bin/wget"),
+        ));
+        assert_eq!(e.verdict, Some(Verdict::Deny));
+        assert!(
+            e.process.starts_with(
+                "exe /usr/bin/wget (/usr/bin/wget: no such file in container c0ffee00: recognised by its comm wget only)"
+            ),
+            "{}",
+            e.process
+        );
+        let e = run(query("1.1.1.5", Some("tcp"), Some("443"), Some("/opt/x")));
+        assert!(
+            e.process.starts_with(
+                "exe /opt/x (not resolved in container \"curler\": recognised by its comm x only)"
+            ),
+            "{}",
+            e.process
+        );
+    }
+
+    #[test]
+    fn only_the_file_the_path_names_gets_the_class() {
+        let p = crate::policy::parse("p.toml", CURLER).unwrap();
+        let inv = inventory();
+        let c = compile(&p, &inv, &mut IdTables::default()).unwrap();
+        let curl = Sender::parse(Some("/usr/bin/curl")).in_container(&exes());
+        assert_eq!(curl.file, Some(CURL));
+        // Another file at that path (the layer overwritten after policyd
+        // resolved it, a bind mount, a chroot): not curl.
+        let impostor = Sender {
+            file: Some(OTHER),
+            ..curl.clone()
+        };
+        let dest: IpAddr = "1.1.1.5".parse().unwrap();
+        let lookup = |s: &Sender| kernel_lookup(&c.state, Some(7), s, dest, 6, 443).verdict;
+        assert_eq!(lookup(&curl), Verdict::Allow);
+        assert_eq!(lookup(&impostor), Verdict::Deny);
+        let policy = &p.policies[0];
+        assert!(policy_allows(policy, &exes(), &curl, dest, 6, 443));
+        assert!(!policy_allows(policy, &exes(), &impostor, dest, 6, 443));
     }
 
     #[test]
@@ -822,11 +942,13 @@ allow = [{ to = ["1.1.1.0/24"], proto = "tcp", ports = [80, 443] },
                     processes: vec![
                         ProcessPolicy {
                             idents: vec![ProcessIdent::Exe("/usr/bin/curl".into())],
+                            sha256: None,
                             rules: curl,
                             location: None,
                         },
                         ProcessPolicy {
                             idents: vec![ProcessIdent::Comm("ping".into())],
+                            sha256: None,
                             rules: ping,
                             location: None,
                         },
@@ -855,10 +977,13 @@ allow = [{ to = ["1.1.1.0/24"], proto = "tcp", ports = [80, 443] },
             let set = set_of(policy);
             let inv = inventory();
             let compiled = compile(&set, &inv, &mut IdTables::default()).unwrap();
+            let exes = exes();
             let senders = [
-                Sender::parse(Some("/usr/bin/curl")),
+                Sender::parse(Some("/usr/bin/curl")).in_container(&exes),
+                Sender { file: Some(OTHER), ..Sender::parse(Some("/usr/bin/curl")) },
                 Sender::parse(Some("ping")),
                 Sender::parse(Some("/bin/ping")),
+                Sender { file: Some(CURL), ..Sender::parse(Some("/bin/ping")) },
                 Sender::parse(Some("sh")),
                 Sender::default(),
             ];
@@ -868,12 +993,12 @@ allow = [{ to = ["1.1.1.0/24"], proto = "tcp", ports = [80, 443] },
                 for &dest in &addresses() {
                     for &(proto, port) in &flows {
                         let kernel = kernel_lookup(&compiled.state, Some(7), sender, dest, proto, port).verdict;
-                        let reference = policy_allows(&set.policies[0], sender, dest, proto, port);
+                        let reference = policy_allows(&set.policies[0], &exes, sender, dest, proto, port);
                         prop_assert_eq!(
                             kernel == Verdict::Allow, reference,
                             "sender {:?} dest {} proto {} port {}", sender, dest, proto, port
                         );
-                        verdicts.insert((sender.exe.clone(), dest, proto, port), kernel);
+                        verdicts.insert((sender.exe.clone(), sender.file, dest, proto, port), kernel);
                     }
                 }
             }

@@ -10,16 +10,17 @@
 //! being applied).
 //!
 //! After a restart the tables are rebuilt from the loader's state (ruleset
-//! contents and process classes are visible there; policy ids are recovered
-//! through the cgroups of running containers), so a restarted policyd
-//! converges with an empty or near-empty diff.
+//! contents are visible there; policy ids are recovered through the cgroups
+//! of running containers, process classes through the comms and resolved
+//! files of the policies' entries), so a restarted policyd converges with an
+//! empty or near-empty diff.
 
 use std::{
     collections::{BTreeMap, HashMap},
     hash::{Hash, Hasher},
 };
 
-use proto::state::{KernelState, ProcessMatch};
+use proto::state::{KernelState, ProcessKey, ProcessMatch};
 
 use crate::{
     inventory::{self, Inventory},
@@ -150,8 +151,9 @@ impl<K: Clone + Eq + Hash> IdTable<K> {
 }
 
 /// Which process class of a policy: the policy id and the sorted process
-/// identities that select it.
-pub type ClassKey = (u32, Vec<ProcessMatch>);
+/// identities of its entry as written (comms, and exe paths: the files
+/// those name differ from container to container, the class does not).
+pub type ClassKey = (u32, Vec<ProcessIdent>);
 
 /// A rule id names an *allowance* within a scope, not a destination: all
 /// rules of one policy and process scope that allow the same protocols and
@@ -194,19 +196,8 @@ impl Default for IdTables {
 }
 
 impl IdTables {
-    /// Learns process classes and rulesets from what the kernel holds.
+    /// Learns rulesets from what the kernel holds.
     pub fn seed_from_state(&mut self, state: &KernelState) {
-        let mut classes: BTreeMap<(u32, u32), Vec<ProcessMatch>> = BTreeMap::new();
-        for (key, &class) in &state.processes {
-            classes
-                .entry((key.policy_id, class))
-                .or_default()
-                .push(key.process);
-        }
-        for ((policy_id, class), mut matches) in classes {
-            matches.sort_unstable();
-            self.classes.seed((policy_id, matches), class);
-        }
         let mut rulesets: BTreeMap<u32, RulesetKey> = BTreeMap::new();
         for (key, &rule_id) in &state.ports {
             rulesets.entry(key.ruleset).or_default().push((
@@ -251,15 +242,59 @@ impl IdTables {
                     .seed(policies.policies[index].name.clone(), entry.policy_id);
             }
         }
+        self.seed_classes(state, policies, inventory);
+    }
+
+    /// Learns process classes of the policies whose ids are known: the
+    /// class the kernel holds for an entry's comm, or for a file one of its
+    /// exe paths names in a container the policy selects.
+    fn seed_classes(&mut self, state: &KernelState, policies: &PolicySet, inventory: &Inventory) {
+        let mut selected: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (ci, container) in inventory.containers.iter().enumerate() {
+            if let Some(index) = inventory::select(policies, container).policy {
+                selected.entry(index).or_default().push(ci);
+            }
+        }
+        for (index, policy) in policies.policies.iter().enumerate() {
+            let Some(policy_id) = self.policies.get(&policy.name) else {
+                continue;
+            };
+            let containers = selected.get(&index).map(Vec::as_slice).unwrap_or(&[]);
+            for process in &policy.processes {
+                let comms = process.idents.iter().filter_map(ProcessIdent::comm_match);
+                let files = containers.iter().flat_map(|&ci| {
+                    let exes = &inventory.containers[ci].exes;
+                    process.exe_paths().filter_map(|path| {
+                        let file = exes.get(path)?.as_ref().ok()?.file;
+                        Some(ProcessMatch::File(file))
+                    })
+                });
+                let class = comms.chain(files).find_map(|process| {
+                    state
+                        .processes
+                        .get(&ProcessKey { policy_id, process })
+                        .copied()
+                });
+                if let Some(class) = class {
+                    let mut idents = process.idents.clone();
+                    idents.sort_unstable();
+                    idents.dedup();
+                    self.classes.seed((policy_id, idents), class);
+                }
+            }
+        }
     }
 
     /// Forgets ids the kernel no longer holds (after a successful apply),
     /// so the tables do not grow without bound across edits.
     pub fn retain_live(&mut self, state: &KernelState, policies: &PolicySet) {
+        // A class whose executables no running container has keeps its
+        // rules in DESTS: it is live as long as those are.
         let live_classes: std::collections::HashSet<(u32, u32)> = state
             .processes
             .iter()
             .map(|(k, &c)| (k.policy_id, c))
+            .chain(state.dests.keys().map(|k| (k.policy_id, k.class)))
             .collect();
         self.classes
             .retain(|id, key| live_classes.contains(&(key.0, id)));

@@ -5,9 +5,14 @@
 
 use std::collections::BTreeMap;
 
+use proto::resolver::{ExeFile, ExeLookup};
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{PolicySet, Selector};
+
+/// What an `exe` path names in one container, as the resolver found it, or
+/// why it names nothing usable there.
+pub type Resolution = Result<ExeFile, String>;
 
 /// One running container.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +42,13 @@ pub struct Container {
     /// Host-side ifindexes of the veths whose peers are in the container's
     /// network namespace; containers sharing a namespace list the same ones.
     pub host_veths: Vec<u32>,
+    /// The runtime mounts the container's root filesystem read-only
+    /// (`None`: it did not say).
+    pub readonly_rootfs: Option<bool>,
+    /// The files the `exe` paths of the selecting policy name in this
+    /// container, by path: filled by the daemon from the resolver (an
+    /// inventory file may list them; a path missing here was not resolved).
+    pub exes: BTreeMap<String, Resolution>,
 }
 
 impl Container {
@@ -72,6 +84,108 @@ impl From<&proto::resolver::Container> for Container {
             cgroup_path: (!c.cgroup_path.is_empty()).then(|| c.cgroup_path.clone()),
             host_network: c.host_network,
             host_veths: c.host_veths.iter().map(|v| v.ifindex).collect(),
+            readonly_rootfs: c.readonly_rootfs,
+            exes: BTreeMap::new(),
+        }
+    }
+}
+
+/// The exe paths to resolve in each container: those of the policy that
+/// selects it, for containers mapped to a cgroup (others get no kernel
+/// entries anyway), by container index; `true` when some entry pins the
+/// path's content (the resolver must hash it).
+pub fn wanted_exes(
+    policies: &PolicySet,
+    inventory: &Inventory,
+) -> BTreeMap<usize, BTreeMap<String, bool>> {
+    let mut wanted: BTreeMap<usize, BTreeMap<String, bool>> = BTreeMap::new();
+    for (index, container) in inventory.containers.iter().enumerate() {
+        if container.cgroup_id.is_none() {
+            continue;
+        }
+        let Some(policy) = select(policies, container).policy else {
+            continue;
+        };
+        for process in &policies.policies[policy].processes {
+            for path in process.exe_paths() {
+                let hash = wanted
+                    .entry(index)
+                    .or_default()
+                    .entry(path.to_string())
+                    .or_default();
+                *hash |= process.sha256.is_some();
+            }
+        }
+    }
+    wanted
+}
+
+/// What to ask the resolver so every wanted path of `inventory` is known:
+/// the paths not resolved yet (all of them with `again`), and those
+/// resolved without the hash a pin now needs. Each lookup comes with the
+/// index of its container.
+pub fn exe_lookups(
+    wanted: &BTreeMap<usize, BTreeMap<String, bool>>,
+    inventory: &Inventory,
+    again: bool,
+) -> Vec<(usize, ExeLookup)> {
+    let mut lookups = Vec::new();
+    for (&index, paths) in wanted {
+        let container = &inventory.containers[index];
+        for (path, &sha256) in paths {
+            let known = container.exes.get(path);
+            let fresh_enough = match known {
+                None => false,
+                Some(Ok(file)) => !sha256 || file.sha256.is_some(),
+                Some(Err(_)) => true,
+            };
+            if again || !fresh_enough {
+                lookups.push((
+                    index,
+                    ExeLookup {
+                        container_id: container.id.clone(),
+                        path: path.clone(),
+                        sha256,
+                    },
+                ));
+            }
+        }
+    }
+    lookups
+}
+
+/// Forgets the resolutions of paths no longer wanted, so an inventory
+/// compares equal whatever was resolved for an earlier policy.
+pub fn keep_wanted_exes(
+    inventory: &mut Inventory,
+    wanted: &BTreeMap<usize, BTreeMap<String, bool>>,
+) {
+    let none = BTreeMap::new();
+    for (index, container) in inventory.containers.iter_mut().enumerate() {
+        let paths = wanted.get(&index).unwrap_or(&none);
+        container.exes.retain(|path, _| paths.contains_key(path));
+    }
+}
+
+/// Copies into `fresh` the resolutions `old` holds for the same running
+/// containers (same id and cgroup id: a restarted container has a new
+/// cgroup, and a new root filesystem mount whose files are other files).
+pub fn carry_exes(old: &Inventory, fresh: &mut Inventory) {
+    let known: BTreeMap<(&str, u64), &BTreeMap<String, Resolution>> = old
+        .containers
+        .iter()
+        .filter(|c| !c.exes.is_empty())
+        .filter_map(|c| Some(((c.id.as_str(), c.cgroup_id?), &c.exes)))
+        .collect();
+    for c in &mut fresh.containers {
+        if !c.exes.is_empty() {
+            continue;
+        }
+        let Some(cgroup_id) = c.cgroup_id else {
+            continue;
+        };
+        if let Some(exes) = known.get(&(c.id.as_str(), cgroup_id)) {
+            c.exes = (*exes).clone();
         }
     }
 }
@@ -237,6 +351,7 @@ mod tests {
             }],
             host_network: false,
             metadata_complete: false,
+            readonly_rootfs: Some(true),
         };
         assert_eq!(Container::from(&resolved).cgroup_id, None);
         assert_eq!(Container::from(&resolved).host_veths, [31]);
@@ -245,6 +360,7 @@ mod tests {
             ..resolved
         };
         assert_eq!(Container::from(&complete).cgroup_id, Some(77));
+        assert_eq!(Container::from(&complete).readonly_rootfs, Some(true));
     }
 
     fn container(name: &str, image: &str, labels: &[(&str, &str)]) -> Container {

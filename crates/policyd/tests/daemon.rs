@@ -13,10 +13,19 @@ use policyd::{
 };
 use proto::{
     policyd::{ExplainQuery, PolicydClient, PolicydError},
-    state::{KernelState, Verdict},
+    resolver::ExeFile,
+    state::{FileId, KernelState, Verdict},
     transport,
 };
 use tarpc::context::Context;
+
+/// The file /usr/bin/curl names in the curler containers.
+const CURL: FileId = FileId {
+    dev: 52,
+    ino: 1311,
+    ctime_sec: 1_729_000_000,
+    ctime_nsec: 0,
+};
 
 /// The cgroup the loader's programs are attached to in these tests.
 const MANAGED_PARENT: &str = "/contain.slice";
@@ -65,7 +74,9 @@ impl Env {
             .collect();
         self.write_inventory_placed(&placed);
     }
-    /// Containers by name, cgroup id and cgroup path.
+    /// Containers by name, cgroup id and cgroup path. An inventory file
+    /// says what `exe` paths name in the containers (the resolver does,
+    /// when there is one): curler's /usr/bin/curl is [`CURL`].
     fn write_inventory_placed(&self, containers: &[(&str, u64, String)]) {
         let inventory = Inventory {
             containers: containers
@@ -78,6 +89,18 @@ impl Env {
                     runtime: "docker".into(),
                     cgroup_id: Some(*cgroup),
                     cgroup_path: Some(path.clone()),
+                    exes: if *name == "curler" {
+                        [(
+                            "/usr/bin/curl".to_string(),
+                            Ok(ExeFile {
+                                file: CURL,
+                                sha256: None,
+                            }),
+                        )]
+                        .into()
+                    } else {
+                        Default::default()
+                    },
                     ..Container::default()
                 })
                 .collect(),
@@ -320,7 +343,8 @@ async fn file_changes_inventory_changes_and_other_writers_are_handled() {
     env.wait_for("first convergence", |s| s.cgroups.len() == 1)
         .await;
 
-    // A container starts: one cgroup entry, nothing else.
+    // A container starts: its cgroup entry and the file its policy's exe
+    // names there, nothing else.
     let (generation, before, _) = env.kernel();
     env.write_inventory(&[("web", 201), ("curler", 202)]);
     env.wait_for("the new container's cgroup", |s| {
@@ -329,7 +353,18 @@ async fn file_changes_inventory_changes_and_other_writers_are_handled() {
     .await;
     let (generation_after, after, _) = env.kernel();
     assert_eq!(generation_after, generation + 1);
-    assert_eq!(policyd::diff::diff_ops(&before, &after).len(), 1);
+    let ops: Vec<String> = policyd::diff::diff_ops(&before, &after)
+        .iter()
+        .map(policyd::cli::describe_op)
+        .collect();
+    // The class entry goes in first: the container's processes never see
+    // its cgroup's policy without it.
+    assert_eq!(ops.len(), 2, "{ops:#?}");
+    assert!(
+        ops[0].contains("file dev 0:52 ino 1311 ctime 1729000000.000000000 -> class"),
+        "{ops:#?}"
+    );
+    assert!(ops[1].starts_with("+ cgroup 202 -> policy"), "{ops:#?}");
 
     // Someone else writes to the loader: policyd's next apply hits a
     // generation mismatch, refetches and still converges.
@@ -517,8 +552,8 @@ mod fake_resolver {
     };
 
     use proto::resolver::{
-        Change, ChangeKind, Container, HostVeth, Resolver, ResolverStatus, Runtime, Snapshot,
-        WatchReply,
+        Change, ChangeKind, Container, ExeFile, ExeLookup, HostVeth, Resolver, ResolverStatus,
+        Runtime, Snapshot, WatchReply,
     };
     use tarpc::context::Context;
     use tokio::sync::Notify;
@@ -528,6 +563,10 @@ mod fake_resolver {
         generation: u64,
         containers: BTreeMap<String, Container>,
         changes: Vec<Change>,
+        /// What paths name in containers, by (container id, path).
+        files: BTreeMap<(String, String), ExeFile>,
+        /// Every lookup asked for, in order.
+        lookups: Vec<ExeLookup>,
     }
 
     /// The resolver's contract in memory: snapshots, and changes by
@@ -558,10 +597,22 @@ mod fake_resolver {
             }],
             host_network: false,
             metadata_complete: true,
+            readonly_rootfs: Some(false),
         }
     }
 
     impl FakeResolver {
+        /// `path` names `file` in container `id` from now on.
+        pub fn file(&self, id: &str, path: &str, file: ExeFile) {
+            self.inner
+                .lock()
+                .unwrap()
+                .files
+                .insert((id.to_string(), path.to_string()), file);
+        }
+        pub fn lookups(&self) -> Vec<ExeLookup> {
+            self.inner.lock().unwrap().lookups.clone()
+        }
         pub fn add(&self, c: Container) {
             let mut i = self.inner.lock().unwrap();
             i.generation += 1;
@@ -634,6 +685,30 @@ mod fake_resolver {
                 .values()
                 .filter(|c| c.name == name)
                 .cloned()
+                .collect()
+        }
+        async fn executables(
+            self,
+            _: Context,
+            lookups: Vec<ExeLookup>,
+        ) -> Vec<Result<ExeFile, String>> {
+            let mut i = self.inner.lock().unwrap();
+            i.lookups.extend(lookups.iter().cloned());
+            lookups
+                .iter()
+                .map(|l| {
+                    let mut file = i
+                        .files
+                        .get(&(l.container_id.clone(), l.path.clone()))
+                        .cloned()
+                        .ok_or_else(|| {
+                            format!("{}: no such file in container {}", l.path, l.container_id)
+                        })?;
+                    if !l.sha256 {
+                        file.sha256 = None;
+                    }
+                    Ok(file)
+                })
                 .collect()
         }
         async fn watch(self, _: Context, after: u64, wait_ms: u32) -> WatchReply {
@@ -768,6 +843,188 @@ async fn follows_the_resolver_and_holds_until_the_first_inventory() {
     assert!(status.inventory.connected, "{status:#?}");
     assert_eq!(status.containers.len(), 1);
 
+    drop(client);
+    daemon.shutdown_background();
+}
+
+/// Serves `resolver` on `resolver.sock` in `env`'s directory.
+fn serve_resolver(env: &Env, resolver: &fake_resolver::FakeResolver) {
+    use futures::StreamExt;
+    use proto::resolver::Resolver as _;
+    use tarpc::server::{BaseChannel, Channel};
+
+    let listener = transport::bind(&env.path("resolver.sock"), 0o600, None).unwrap();
+    let served = resolver.clone();
+    tokio::spawn(transport::accept_loop(
+        listener,
+        transport::PeerPolicy::RootOnly,
+        move |stream, _| {
+            let channel = BaseChannel::with_defaults(transport::framed(stream));
+            tokio::spawn(
+                channel
+                    .execute(served.clone().serve())
+                    .for_each(transport::spawn_request),
+            );
+        },
+    ));
+}
+
+const CURLERS: &str = r#"
+[[policy]]
+name = "curlers"
+select = { image = "alpine:*" }
+[[policy.process]]
+exe = "/usr/bin/curl"
+allow = [{ to = "1.1.1.0/24", proto = "tcp", ports = [443] }]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exe_rules_take_the_file_each_container_has() {
+    use fake_resolver::{container, FakeResolver};
+    use proto::state::ProcessMatch;
+
+    let env = Env::new("exes");
+    env.serve_loader();
+    env.write("policy.toml", CURLERS);
+    let file = |ino: u64| FileId {
+        dev: 60,
+        ino,
+        ctime_sec: 1_729_000_000,
+        ctime_nsec: 7,
+    };
+    let exe = |ino: u64| ExeFile {
+        file: file(ino),
+        sha256: Some(format!("{ino:064x}")),
+    };
+    let has_file = |s: &KernelState, ino: u64| {
+        s.processes
+            .keys()
+            .any(|k| k.process == ProcessMatch::File(file(ino)))
+    };
+    let resolver = FakeResolver::default();
+    resolver.add(container("c1", 701));
+    // c1's image has curl; a symlink /bin/curl leads to it.
+    resolver.file("c1-id", "/usr/bin/curl", exe(11));
+    resolver.file("c1-id", "/bin/curl", exe(11));
+    // c2 is another container: its own filesystem, its own curl.
+    resolver.file("c2-id", "/usr/bin/curl", exe(22));
+    serve_resolver(&env, &resolver);
+    let config = Config {
+        policy: env.path("policy.toml"),
+        socket: env.path("policyd.sock"),
+        loader_socket: env.path("loader.sock"),
+        inventory: InventorySource::Resolver(env.path("resolver.sock")),
+        group: "root".into(),
+        file_poll: Duration::from_millis(50),
+        resync_every: Duration::from_secs(3600),
+    };
+    let daemon = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    daemon.spawn(async move { daemon::run(config).await });
+    let client = env.client().await;
+
+    env.wait_for("c1's curl", |s| {
+        s.cgroups.contains_key(&701) && has_file(s, 11)
+    })
+    .await;
+    assert_eq!(resolver.lookups().len(), 1, "{:?}", resolver.lookups());
+
+    // Another container starts: only its own paths are resolved.
+    resolver.add(container("c2", 702));
+    env.wait_for("c2's curl", |s| {
+        s.cgroups.contains_key(&702) && has_file(s, 22)
+    })
+    .await;
+    let lookups = resolver.lookups();
+    assert_eq!(lookups.len(), 2, "{lookups:?}");
+    assert_eq!(
+        (
+            lookups[1].container_id.as_str(),
+            lookups[1].path.as_str(),
+            lookups[1].sha256
+        ),
+        ("c2-id", "/usr/bin/curl", false)
+    );
+
+    // explain judges the file a path names: a symlink to curl is curl.
+    let explain = |process: &str| {
+        let client = client.clone();
+        let q = query("c1", "1.1.1.1", "443", Some(process));
+        async move { client.explain(ctx(), q).await.unwrap().unwrap() }
+    };
+    let e = explain("/usr/bin/curl").await;
+    assert_eq!(e.verdict, Some(Verdict::Allow), "{e:?}");
+    let e = explain("/bin/curl").await;
+    assert_eq!(e.verdict, Some(Verdict::Allow), "{e:?}");
+    let e = explain("/tmp/curl").await;
+    assert_eq!(e.verdict, Some(Verdict::Deny), "{e:?}");
+    assert!(
+        e.process
+            .contains("/tmp/curl: no such file in container c1-id"),
+        "{}",
+        e.process
+    );
+
+    // status: what each path names, and that the root is writable.
+    let status = client.status(ctx()).await.unwrap().unwrap();
+    let c1 = status.containers.iter().find(|c| c.name == "c1").unwrap();
+    assert_eq!(c1.readonly_rootfs, Some(false));
+    assert_eq!(c1.executables.len(), 1, "{c1:?}");
+    assert_eq!(
+        (c1.executables[0].path.as_str(), c1.executables[0].file),
+        ("/usr/bin/curl", Some(file(11)))
+    );
+    let rendered = policyd::cli::render_status(&status);
+    assert!(
+        rendered.contains("containers c1, c2 have process rules on a writable root filesystem"),
+        "{rendered}"
+    );
+
+    // The file is replaced in c1; a reload resolves every path again.
+    resolver.file("c1-id", "/usr/bin/curl", exe(12));
+    let report = client
+        .reload(ctx(), false, u32::MAX)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(report.applied, "{report:#?}");
+    let (_, state, _) = env.kernel();
+    assert!(has_file(&state, 12) && !has_file(&state, 11) && has_file(&state, 22));
+
+    // A content pin: c2's curl has it, c1's does not (no class, a warning).
+    env.write(
+        "policy.toml",
+        &CURLERS.replace(
+            "exe = \"/usr/bin/curl\"",
+            &format!("exe = \"/usr/bin/curl\"\nsha256 = \"{:064X}\"", 22),
+        ),
+    );
+    let report = client
+        .reload(ctx(), false, u32::MAX)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(report.applied, "{report:#?}");
+    let (_, state, _) = env.kernel();
+    assert!(has_file(&state, 22) && !has_file(&state, 12), "{state:?}");
+    assert!(resolver.lookups().iter().rev().take(2).all(|l| l.sha256));
+    let status = client.status(ctx()).await.unwrap().unwrap();
+    let c1 = status.containers.iter().find(|c| c.name == "c1").unwrap();
+    let problem = c1.executables[0].problem.clone().unwrap_or_default();
+    assert!(
+        problem.contains("is not what the sha256 pin says"),
+        "{problem}"
+    );
+    assert!(
+        status.warnings.iter().any(|w| w
+            .message
+            .contains("container \"c1\": exe /usr/bin/curl gives no process class")),
+        "{:#?}",
+        status.warnings
+    );
     drop(client);
     daemon.shutdown_background();
 }

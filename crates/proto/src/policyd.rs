@@ -119,6 +119,27 @@ pub struct ContainerStatus {
     /// program sees) under its policy; `None` when it does.
     #[serde(default)]
     pub packet_sockets_uncovered: Option<String>,
+    /// The runtime mounts the container's root filesystem read-only
+    /// (`None`: it did not say). Where it is writable, root in the
+    /// container can replace the files its process rules name.
+    #[serde(default)]
+    pub readonly_rootfs: Option<bool>,
+    /// Each `exe` path of the selecting policy's process entries, and what
+    /// it names in this container.
+    #[serde(default)]
+    pub executables: Vec<ExecutableStatus>,
+}
+
+/// What one `exe` path of a process entry names in one container.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutableStatus {
+    /// The process entry, e.g. `exe /usr/bin/curl|/bin/curl`.
+    pub entry: String,
+    pub path: String,
+    /// The file the kernel recognises for the entry there.
+    pub file: Option<crate::state::FileId>,
+    /// Why there is none: its processes get the container-wide rules.
+    pub problem: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -243,6 +243,7 @@ mod tests {
             }],
             host_network: false,
             metadata_complete: true,
+            readonly_rootfs: None,
         }
     }
 

@@ -15,21 +15,22 @@ use std::{
 use proto::{
     loader::{LoaderClient, LoaderError, StateSnapshot},
     policyd::{
-        self as wire, Connection, ContainerStatus, EntryCounts, ExplainQuery, Explanation,
-        PolicyStatus, PolicydError, ReloadReport, Status,
+        self as wire, Connection, ContainerStatus, EntryCounts, ExecutableStatus, ExplainQuery,
+        Explanation, PolicyStatus, PolicydError, ReloadReport, Status,
     },
-    state::{KernelState, MapDiff, MapOp, Verdict},
+    resolver::{ExeFile, ExeLookup, ResolverClient},
+    state::{KernelState, MapDiff, MapOp, ProcessKey, ProcessMatch, Verdict},
     transport,
 };
 
 use crate::{
-    compile::{self, Assignment, CompiledRules},
+    compile::{self, Assignment, CompiledRules, ExeOutcome},
     coverage::{self, AttachedParents},
     diagnostic::{Diagnostic, Severity},
     diff::{diff_ops, diff_verdict, OpCounts},
     explain::{self, ExplainError},
     ids::IdTables,
-    inventory::Inventory,
+    inventory::{self, Inventory},
     policy::{self, Format, PolicyError, PolicySet},
 };
 
@@ -135,6 +136,68 @@ impl LoaderLink {
     }
 }
 
+/// The resolver, asked what `exe` paths name inside containers (policyd
+/// cannot open other users' `/proc/<pid>/root`; the resolver can).
+pub struct ExeResolver {
+    pub path: PathBuf,
+    client: Option<ResolverClient>,
+}
+
+/// How a resolution the resolver could not be asked for starts.
+const UNANSWERED: &str = "not resolved: the resolver could not be asked";
+
+/// Paths asked for in one request.
+const EXE_LOOKUPS_PER_REQUEST: usize = 4096;
+
+impl ExeResolver {
+    pub fn new(path: PathBuf) -> Self {
+        ExeResolver { path, client: None }
+    }
+
+    /// Resolves `lookups`, in order; `Err` when the resolver could not be
+    /// asked (nothing is known then).
+    pub async fn executables(
+        &mut self,
+        lookups: Vec<ExeLookup>,
+    ) -> Result<Vec<Result<ExeFile, String>>, String> {
+        let mut results = Vec::with_capacity(lookups.len());
+        for chunk in lookups.chunks(EXE_LOOKUPS_PER_REQUEST) {
+            let client = match &self.client {
+                Some(c) => c.clone(),
+                None => {
+                    let stream = transport::connect(&self.path).await.map_err(|e| {
+                        format!("the resolver ({}) is unavailable: {e}", self.path.display())
+                    })?;
+                    let client = ResolverClient::new(
+                        tarpc::client::Config::default(),
+                        transport::framed(stream),
+                    )
+                    .spawn();
+                    self.client = Some(client.clone());
+                    client
+                }
+            };
+            // Hashing large executables takes a while.
+            let got = client
+                .executables(transport::context_with_deadline(120), chunk.to_vec())
+                .await
+                .map_err(|e| {
+                    self.client = None;
+                    format!("the resolver's executables request failed: {e}")
+                })?;
+            if got.len() != chunk.len() {
+                return Err(format!(
+                    "the resolver answered {} results for {} paths",
+                    got.len(),
+                    chunk.len()
+                ));
+            }
+            results.extend(got);
+        }
+        Ok(results)
+    }
+}
+
 /// Where the inventory comes from, for status.
 #[derive(Clone, Debug, Default)]
 pub struct InventoryState {
@@ -174,6 +237,12 @@ pub struct Engine {
     seeded: bool,
     pub assignments: Vec<Assignment>,
     pub inventory_warnings: Vec<Diagnostic>,
+    /// Resolves `exe` paths in containers; `None` with an inventory file
+    /// (resolutions can then only come from the file).
+    pub exe_resolver: Option<ExeResolver>,
+    /// The last resolution could not reach the resolver: retried by the
+    /// periodic resync.
+    pub exes_incomplete: bool,
     pub reloads: u64,
     pub reload_failures: u64,
     pub last_applied_unix: Option<u64>,
@@ -256,6 +325,8 @@ impl Engine {
             seeded: false,
             assignments: Vec::new(),
             inventory_warnings: Vec::new(),
+            exe_resolver: None,
+            exes_incomplete: false,
             reloads: 0,
             reload_failures: 0,
             last_applied_unix: None,
@@ -301,33 +372,106 @@ impl Engine {
     }
 
     /// The state the policy and inventory call for. Until a first inventory
-    /// arrives, the loader's cgroup and veth entries are carried over
-    /// unchanged: dropping them would turn every running container
-    /// "unknown".
+    /// arrives, the loader's cgroup, veth and executable entries are
+    /// carried over unchanged: dropping them would turn every running
+    /// container "unknown".
     fn desired(&mut self, kernel: &KernelState) -> Result<Option<KernelState>, PolicydError> {
         let Some(loaded) = &self.loaded else {
             return Ok(None);
         };
-        let (cgroups, veths) = if self.inventory_state.ready {
+        let (cgroups, veths, files) = if self.inventory_state.ready {
             let compile::Assigned {
                 assignments,
                 cgroups,
                 veths,
+                files,
+                exes: _,
                 warnings,
             } = compile::assign(&loaded.policies, &loaded.rules, &self.inventory)
                 .map_err(compile_failure)?;
             self.assignments = assignments;
             self.inventory_warnings = warnings;
-            (cgroups, veths)
+            (cgroups, veths, files)
         } else {
-            (kernel.cgroups.clone(), kernel.veths.clone())
+            let files: BTreeMap<ProcessKey, u32> = kernel
+                .processes
+                .iter()
+                .filter(|(k, _)| matches!(k.process, ProcessMatch::File(_)))
+                .map(|(k, &class)| (*k, class))
+                .collect();
+            (kernel.cgroups.clone(), kernel.veths.clone(), files)
         };
         Ok(Some(compile::assemble(
             &loaded.policies,
             &loaded.rules,
             cgroups,
             veths,
+            files,
         )))
+    }
+
+    /// Asks the resolver what the `exe` paths of `policies` name in each
+    /// container they select, and records it in `inventory`: the paths not
+    /// known yet, or all of them with `again` (a reload: a file may have
+    /// been replaced since). Resolutions of paths no policy names any more
+    /// are dropped. When the resolver cannot be asked, what was known stays
+    /// and the rest is marked unresolved (retried by the periodic resync).
+    async fn resolve_exes(&mut self, policies: &PolicySet, inventory: &mut Inventory, again: bool) {
+        let wanted = inventory::wanted_exes(policies, inventory);
+        inventory::keep_wanted_exes(inventory, &wanted);
+        if std::mem::take(&mut self.exes_incomplete) {
+            // Ask again what the resolver never answered.
+            for c in &mut inventory.containers {
+                c.exes
+                    .retain(|_, r| !r.as_ref().is_err_and(|e| e.starts_with(UNANSWERED)));
+            }
+        }
+        let lookups = inventory::exe_lookups(&wanted, inventory, again);
+        if lookups.is_empty() {
+            return;
+        }
+        let Some(resolver) = &mut self.exe_resolver else {
+            return;
+        };
+        let started = Instant::now();
+        let asked: Vec<ExeLookup> = lookups.iter().map(|(_, l)| l.clone()).collect();
+        match resolver.executables(asked).await {
+            Ok(results) => {
+                let failed = results.iter().filter(|r| r.is_err()).count();
+                for ((ci, lookup), result) in lookups.into_iter().zip(results) {
+                    inventory.containers[ci].exes.insert(lookup.path, result);
+                }
+                tracing::debug!(paths = inventory.containers.len(), failed, elapsed = ?started.elapsed(), "executables resolved");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot resolve the policy's executables; processes of the paths not resolved get the container-wide rules until the resolver answers");
+                for (ci, lookup) in lookups {
+                    inventory.containers[ci]
+                        .exes
+                        .entry(lookup.path)
+                        .or_insert_with(|| Err(format!("{UNANSWERED}: {e}")));
+                }
+                self.exes_incomplete = true;
+            }
+        }
+    }
+
+    /// Retries the resolutions the resolver did not answer, and converges
+    /// if that changed anything.
+    pub async fn retry_exes(&mut self) {
+        if !self.exes_incomplete {
+            return;
+        }
+        let Some(loaded) = &self.loaded else {
+            return;
+        };
+        let policies = loaded.policies.clone();
+        let mut inventory = self.inventory.clone();
+        self.resolve_exes(&policies, &mut inventory, false).await;
+        if inventory != self.inventory {
+            self.inventory = inventory;
+            self.converge_logged("executables resolved").await;
+        }
     }
 
     /// Makes the loader hold the desired state. Retries on a generation
@@ -473,6 +617,13 @@ impl Engine {
                 return Err(e);
             }
         };
+        // Every executable again: a file may have been replaced or
+        // modified since it was resolved.
+        let mut inventory = self.inventory.clone();
+        if self.inventory_state.ready {
+            self.resolve_exes(&candidate.policies, &mut inventory, true)
+                .await;
+        }
         let compile_us = started.elapsed().as_micros() as u64;
         let warnings: Vec<wire::Diagnostic> = candidate
             .policies
@@ -486,8 +637,10 @@ impl Engine {
         if dry_run {
             let snapshot = self.kernel_state().await?;
             let previous = self.loaded.replace(candidate);
+            let previous_inventory = std::mem::replace(&mut self.inventory, inventory);
             let desired = self.desired(&snapshot.state);
             self.loaded = previous;
+            self.inventory = previous_inventory;
             let desired = desired?.unwrap_or_default();
             let ops = diff_ops(&snapshot.state, &desired);
             return Ok(ReloadReport {
@@ -506,6 +659,7 @@ impl Engine {
         }
 
         let previous = self.loaded.replace(candidate);
+        self.inventory = inventory;
         self.rejected_digest = None;
         match self.converge().await {
             Ok(outcome) => Ok(ReloadReport {
@@ -533,9 +687,16 @@ impl Engine {
         }
     }
 
-    /// A new inventory from the resolver (or the inventory file).
-    pub async fn set_inventory(&mut self, inventory: Inventory) {
+    /// A new inventory from the resolver (or the inventory file). The
+    /// executables of containers already known are not resolved again; a
+    /// new container's are, before its entries are applied.
+    pub async fn set_inventory(&mut self, mut inventory: Inventory) {
         let first = !self.inventory_state.ready;
+        inventory::carry_exes(&self.inventory, &mut inventory);
+        if let Some(loaded) = &self.loaded {
+            let policies = loaded.policies.clone();
+            self.resolve_exes(&policies, &mut inventory, false).await;
+        }
         if !first && inventory == self.inventory {
             return;
         }
@@ -610,7 +771,8 @@ impl Engine {
     /// the container, says so first, since the verdict is then the
     /// policy's, not the kernel's.
     pub async fn explain(&mut self, query: &ExplainQuery) -> Result<Explanation, PolicydError> {
-        let mut explanation = self.explain_policy(query)?;
+        let inventory = self.inventory_for_explain(query).await;
+        let mut explanation = self.explain_policy(query, &inventory)?;
         let Some(policy_name) = explanation.policy.clone() else {
             return Ok(explanation);
         };
@@ -622,7 +784,7 @@ impl Engine {
                 .find(|p| p.name == policy_name)
                 .map(|p| p.mode)
         });
-        if let Ok(container) = self.inventory.find(&query.container) {
+        if let Ok(container) = inventory.find(&query.container) {
             let enforcement = coverage::enforcement(container, policy_mode, &attached);
             if let Some(why) = enforcement.unenforced_reason {
                 explanation.reason = format!(
@@ -635,7 +797,47 @@ impl Engine {
         Ok(explanation)
     }
 
-    fn explain_policy(&mut self, query: &ExplainQuery) -> Result<Explanation, PolicydError> {
+    /// The inventory, with the file the query's executable path names in
+    /// its container when no policy path already did: explain then judges
+    /// the file the kernel would see (a symlink to an allowed binary is
+    /// that binary; a copy is not).
+    async fn inventory_for_explain(&mut self, query: &ExplainQuery) -> Inventory {
+        let mut inventory = self.inventory.clone();
+        let Some(path) = query.process.as_deref().filter(|p| p.starts_with('/')) else {
+            return inventory;
+        };
+        let Ok(container) = inventory.find(&query.container) else {
+            return inventory;
+        };
+        if container.exes.contains_key(path) || container.cgroup_id.is_none() {
+            return inventory;
+        }
+        let id = container.id.clone();
+        let Some(resolver) = &mut self.exe_resolver else {
+            return inventory;
+        };
+        let lookup = ExeLookup {
+            container_id: id.clone(),
+            path: path.to_string(),
+            sha256: false,
+        };
+        let result = match resolver.executables(vec![lookup]).await {
+            Ok(mut results) => results
+                .pop()
+                .unwrap_or_else(|| Err("the resolver gave no answer".into())),
+            Err(e) => Err(format!("{UNANSWERED}: {e}")),
+        };
+        if let Some(c) = inventory.containers.iter_mut().find(|c| c.id == id) {
+            c.exes.insert(path.to_string(), result);
+        }
+        inventory
+    }
+
+    fn explain_policy(
+        &mut self,
+        query: &ExplainQuery,
+        inventory: &Inventory,
+    ) -> Result<Explanation, PolicydError> {
         let Some(loaded) = &self.loaded else {
             return Err(PolicydError::NoPolicy(
                 self.last_error
@@ -643,24 +845,20 @@ impl Engine {
                     .unwrap_or_else(|| "not loaded".into()),
             ));
         };
-        let assigned = compile::assign(&loaded.policies, &loaded.rules, &self.inventory)
-            .map_err(compile_failure)?;
+        let assigned =
+            compile::assign(&loaded.policies, &loaded.rules, inventory).map_err(compile_failure)?;
         let state = compile::assemble(
             &loaded.policies,
             &loaded.rules,
             assigned.cgroups,
             assigned.veths,
+            assigned.files,
         );
-        explain::explain(
-            &loaded.policies,
-            &loaded.rules,
-            &state,
-            &self.inventory,
-            query,
-        )
-        .map_err(|e| match e {
-            ExplainError::NotFound(m) => PolicydError::NotFound(m),
-            ExplainError::BadQuery(m) => PolicydError::BadRequest(m),
+        explain::explain(&loaded.policies, &loaded.rules, &state, inventory, query).map_err(|e| {
+            match e {
+                ExplainError::NotFound(m) => PolicydError::NotFound(m),
+                ExplainError::BadQuery(m) => PolicydError::BadRequest(m),
+            }
         })
     }
 
@@ -710,6 +908,12 @@ impl Engine {
         }
         let attached = self.loader.attached_parents().await;
         let enforcements = self.enforcements(&attached);
+        let exes: Vec<ExeOutcome> = self
+            .loaded
+            .as_ref()
+            .and_then(|l| compile::assign(&l.policies, &l.rules, &self.inventory).ok())
+            .map(|a| a.exes)
+            .unwrap_or_default();
         let Some(loaded) = &self.loaded else {
             status.containers = self
                 .inventory
@@ -770,6 +974,8 @@ impl Engine {
                 mode: enforcement.mode,
                 unenforced_reason: enforcement.unenforced_reason,
                 packet_sockets_uncovered: uncovered[a.container_index].take(),
+                readonly_rootfs: c.readonly_rootfs,
+                executables: executable_statuses(policies, &a, &exes),
             });
         }
         for (i, p) in policies.policies.iter().enumerate() {
@@ -811,6 +1017,26 @@ impl Engine {
     pub fn loaded_digest(&self) -> Option<u64> {
         self.loaded.as_ref().map(|l| l.policies.digest)
     }
+}
+
+/// What each `exe` path of the policy selecting a container names there.
+fn executable_statuses(
+    policies: &PolicySet,
+    assignment: &Assignment,
+    exes: &[ExeOutcome],
+) -> Vec<ExecutableStatus> {
+    let Some(policy) = assignment.policy_index.map(|i| &policies.policies[i]) else {
+        return Vec::new();
+    };
+    exes.iter()
+        .filter(|o| o.container_index == assignment.container_index)
+        .map(|o| ExecutableStatus {
+            entry: policy.processes[o.process_index].describe(),
+            path: o.path.clone(),
+            file: o.file.as_ref().ok().copied(),
+            problem: o.file.as_ref().err().cloned(),
+        })
+        .collect()
 }
 
 /// Hands freed heap back to the kernel. Parsing a large TOML file builds

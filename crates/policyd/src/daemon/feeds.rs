@@ -108,6 +108,7 @@ pub async fn resync(engine: Shared, every: Duration) {
         };
         tokio::time::sleep(wait).await;
         let mut e = engine.lock().await;
+        e.retry_exes().await;
         // A full state read is megabytes on a big host: skip it when the
         // loader's generation says nothing changed behind our back.
         let known = e.kernel.as_ref().map(|k| k.generation);

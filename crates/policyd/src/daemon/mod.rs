@@ -76,7 +76,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     {
         let mut e = engine.lock().await;
         match &config.inventory {
-            InventorySource::Resolver(_) => e.inventory_state.hold = true,
+            InventorySource::Resolver(path) => {
+                e.inventory_state.hold = true;
+                e.exe_resolver = Some(engine::ExeResolver::new(path.clone()));
+            }
             InventorySource::File(path) => match feeds::read_inventory_file(path) {
                 Ok(inventory) => {
                     e.inventory = inventory;

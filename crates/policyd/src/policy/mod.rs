@@ -7,10 +7,14 @@
 //!   selector matches it (all criteria of a selector must hold). A container
 //!   no policy selects is left alone (unrestricted). A managed cgroup the
 //!   resolver has not mapped yet gets `unknown_container`.
-//! * Inside a policy, a process is recognised by the executable it exec'd
-//!   (`exe`, the path as exec'd) or else by its `comm`. The kernel tries the
-//!   exe first: a process matching both an `exe` entry and a `comm` entry
-//!   gets the `exe` entry's rules.
+//! * Inside a policy, a process is recognised by the file it executed
+//!   (`exe`: the file that path names inside the container, resolved in each
+//!   selected container's own root; optionally pinned by content with
+//!   `sha256`) or else by its `comm`. The kernel tries the file first: a
+//!   process matching both an `exe` entry and a `comm` entry gets the `exe`
+//!   entry's rules. A path that names no file in a container, or a file
+//!   whose content differs from the pin, gives that container no class for
+//!   it: the executable gets the container-wide rules.
 //! * A process entry's traffic is allowed by its own rules **and** the
 //!   policy's container-wide `allow` rules; any other process of the
 //!   container gets the container-wide rules only. Rules only ever allow:
@@ -167,20 +171,29 @@ impl fmt::Display for Selector {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProcessIdent {
-    /// Executable path as exec'd.
+    /// An absolute path inside the container: the file it names there is
+    /// the executable (resolved per container, see `compile::assign`).
     Exe(String),
     /// Task comm (the kernel keeps 15 bytes).
     Comm(String),
 }
 
 impl ProcessIdent {
-    /// The `PROCESSES` key part, hashed as the kernel hashes.
-    pub fn to_match(&self) -> ProcessMatch {
+    /// The `PROCESSES` key part of a comm, hashed as the kernel hashes;
+    /// `None` for an exe, whose key is the file it names in each container.
+    pub fn comm_match(&self) -> Option<ProcessMatch> {
         match self {
-            ProcessIdent::Exe(path) => ProcessMatch::Exe(contain_common::exe_hash(path.as_bytes())),
-            ProcessIdent::Comm(comm) => {
-                ProcessMatch::Comm(contain_common::comm_hash(comm.as_bytes()))
-            }
+            ProcessIdent::Exe(_) => None,
+            ProcessIdent::Comm(comm) => Some(ProcessMatch::Comm(contain_common::comm_hash(
+                comm.as_bytes(),
+            ))),
+        }
+    }
+
+    pub fn exe_path(&self) -> Option<&str> {
+        match self {
+            ProcessIdent::Exe(path) => Some(path),
+            ProcessIdent::Comm(_) => None,
         }
     }
 }
@@ -199,11 +212,19 @@ impl fmt::Display for ProcessIdent {
 pub struct ProcessPolicy {
     /// Any of these identifies the class (all exe, or all comm).
     pub idents: Vec<ProcessIdent>,
+    /// For exe entries: the SHA-256 (lowercase hex) every file the paths
+    /// name must have; a file with other content gets no class.
+    pub sha256: Option<String>,
     pub rules: Vec<AllowRule>,
     pub location: Option<Location>,
 }
 
 impl ProcessPolicy {
+    /// The exe paths of this entry (none for a comm entry).
+    pub fn exe_paths(&self) -> impl Iterator<Item = &str> {
+        self.idents.iter().filter_map(ProcessIdent::exe_path)
+    }
+
     pub fn describe(&self) -> String {
         let kind = match self.idents.first() {
             Some(ProcessIdent::Exe(_)) => "exe",

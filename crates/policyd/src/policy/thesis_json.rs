@@ -271,6 +271,7 @@ pub fn parse(name: &str, text: &str) -> Result<PolicySet, InvalidPolicy> {
                 continue;
             };
             processes.push(ProcessPolicy {
+                sha256: None,
                 idents: vec![ident],
                 rules,
                 location: Some(checker.src.location(process_at)),

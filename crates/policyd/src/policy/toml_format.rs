@@ -18,8 +18,13 @@
 //!
 //! [[policy.process]]
 //! exe = "/usr/bin/curl"       # or comm = "curl"; either may be a list
+//! sha256 = "…"                # optional, exe only: the content every named file must have
 //! allow = [{ to = ["1.1.1.0/24"], proto = "tcp", ports = [80, 443] }]
 //! ```
+//!
+//! An `exe` is the file the path names inside each selected container (its
+//! own root, symlinks followed there), not the path string: a renamed,
+//! copied, replaced, bind-mounted or chrooted file is another file.
 //!
 //! Parsing is in two steps: serde with `deny_unknown_fields` catches syntax
 //! errors, unknown keys and wrong types (one at a time: that is what the TOML
@@ -104,6 +109,8 @@ struct RawProcess {
     exe: Option<Spanned<Strings>>,
     #[serde(default)]
     comm: Option<Spanned<Strings>>,
+    #[serde(default)]
+    sha256: Option<Spanned<String>>,
     #[serde(default)]
     allow: Vec<Spanned<RawRule>>,
 }
@@ -308,6 +315,9 @@ pub(crate) fn icmp_type_named(proto: u8, name: &str) -> Option<u8> {
     }
 }
 
+/// Paths the kernel opens are shorter than `PATH_MAX`.
+const MAX_EXE_PATH: usize = 4096;
+
 /// Most policies a file may hold: ids are bounded by the kernel's counter array.
 pub const MAX_POLICIES_IN_FILE: usize = contain_common::MAX_POLICIES as usize - 1;
 
@@ -372,7 +382,7 @@ impl<'a> Checker<'a> {
         if !path.starts_with('/') {
             self.error(
                 Some(span),
-                format!("exe \"{path}\" is not an absolute path; expected the path as exec'd, e.g. \"/usr/bin/curl\""),
+                format!("exe \"{path}\" is not an absolute path; expected the executable's path inside the container, e.g. \"/usr/bin/curl\""),
             );
             return None;
         }
@@ -380,16 +390,33 @@ impl<'a> Checker<'a> {
             self.error(Some(span), "exe contains a NUL byte");
             return None;
         }
-        let max = contain_common::EXE_PATH_LEN - 1;
-        if path.len() > max {
-            self.warn(
+        if path.len() >= MAX_EXE_PATH {
+            self.error(
                 Some(span),
                 format!(
-                    "exe path is longer than {max} bytes; the kernel compares only the first {max}"
+                    "exe path is {} bytes long; a path the kernel can open has fewer than {MAX_EXE_PATH}",
+                    path.len()
                 ),
             );
+            return None;
         }
         Some(ProcessIdent::Exe(path.to_string()))
+    }
+
+    /// Checks a content pin: 64 hex digits, kept lowercase; `None` if
+    /// unusable.
+    pub fn sha256(&mut self, text: &str, span: Range<usize>) -> Option<String> {
+        let hex = text.trim();
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            self.error(
+                Some(span),
+                format!(
+                    "sha256 \"{text}\" is not a SHA-256: expected 64 hex digits, as `sha256sum FILE` prints them"
+                ),
+            );
+            return None;
+        }
+        Some(hex.to_ascii_lowercase())
     }
 
     /// Reads a keyword (a mode, a verdict, a protocol) after
@@ -660,10 +687,32 @@ fn check_process(
         checker.error(Some(span), "process entry lists no exe or comm");
         return None;
     }
+    let sha256 = match raw.sha256 {
+        None => None,
+        Some(pin) if idents.iter().all(|i| i.exe_path().is_none()) => {
+            checker.error(
+                Some(pin.span()),
+                "sha256 pins the content of an exe's file; a comm entry names no file (use exe = \"/path\")",
+            );
+            None
+        }
+        Some(pin) => {
+            let pin_span = pin.span();
+            Some(checker.sha256(pin.get_ref(), pin_span)?)
+        }
+    };
     let mut unique = Vec::new();
     for ident in idents {
-        let hashed_same = |other: &ProcessIdent| other.to_match() == ident.to_match();
-        if let Some((_, first)) = seen.iter().find(|(other, _)| hashed_same(other)) {
+        // Comms the kernel cannot tell apart (same hash of the kept bytes)
+        // are the same comm; exe paths are compared as written (two paths
+        // naming one file in a container are found when it is resolved).
+        let same = |other: &ProcessIdent| match (other, &ident) {
+            (ProcessIdent::Comm(_), ProcessIdent::Comm(_)) => {
+                other.comm_match() == ident.comm_match()
+            }
+            _ => *other == ident,
+        };
+        if let Some((_, first)) = seen.iter().find(|(other, _)| same(other)) {
             let line = checker.src.location(first.start).line;
             checker.error(
                 Some(span.clone()),
@@ -677,6 +726,7 @@ fn check_process(
     let rules = check_rules(checker, raw.allow);
     Some(ProcessPolicy {
         idents: unique,
+        sha256,
         rules,
         location: Some(checker.src.location(span.start)),
     })
@@ -1201,6 +1251,56 @@ select = { name = "api" }
             assert!(e.contains(needle), "missing `{needle}` in:\n{e}");
         }
         assert_eq!(e.matches(": error: ").count(), 8, "{e}");
+    }
+
+    #[test]
+    fn an_exe_entry_may_pin_its_files_content() {
+        let pin = "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD";
+        let p = ok(&format!(
+            "[[policy]]\nname='a'\nselect={{name='x'}}\n[[policy.process]]\nexe=['/usr/bin/curl', '/bin/curl']\nsha256='{pin}'\nallow=[{{to='1.1.1.1'}}]\n"
+        ));
+        let entry = &p.policies[0].processes[0];
+        assert_eq!(
+            entry.sha256.as_deref(),
+            Some(pin.to_ascii_lowercase().as_str())
+        );
+        assert_eq!(
+            entry.exe_paths().collect::<Vec<_>>(),
+            ["/usr/bin/curl", "/bin/curl"]
+        );
+
+        let e = err("[[policy]]\nname='a'\nselect={name='x'}\n[[policy.process]]\nexe='/usr/bin/curl'\nsha256='abc'\n");
+        assert!(
+            e.contains(
+                "p.toml:6:8: error: sha256 \"abc\" is not a SHA-256: expected 64 hex digits"
+            ),
+            "{e}"
+        );
+        let e = err(&format!(
+            "[[policy]]\nname='a'\nselect={{name='x'}}\n[[policy.process]]\ncomm='curl'\nsha256='{pin}'\n"
+        ));
+        assert!(
+            e.contains("p.toml:6:8: error: sha256 pins the content of an exe's file; a comm entry names no file"),
+            "{e}"
+        );
+        let e = err(
+            "[[policy]]\nname='a'\nselect={name='x'}\n[[policy.process]]\nexe='usr/bin/curl'\n",
+        );
+        assert!(
+            e.contains("p.toml:5:5: error: exe \"usr/bin/curl\" is not an absolute path"),
+            "{e}"
+        );
+        let long = format!("/{}", "a".repeat(4096));
+        let e = err(&format!(
+            "[[policy]]\nname='a'\nselect={{name='x'}}\n[[policy.process]]\nexe='{long}'\n"
+        ));
+        assert!(e.contains("exe path is 4097 bytes long"), "{e}");
+        // The same path twice in one policy is one executable.
+        let e = err("[[policy]]\nname='a'\nselect={name='x'}\n[[policy.process]]\nexe='/bin/a'\n[[policy.process]]\nexe=['/bin/b', '/bin/a']\n");
+        assert!(
+            e.contains("exe /bin/a already has a process entry on line 4"),
+            "{e}"
+        );
     }
 
     #[test]
