@@ -103,7 +103,8 @@ pub enum Command {
         /// Port, or for ICMP a type (`8`, `8/0`, `echo-request`).
         #[arg(long)]
         port: Option<String>,
-        /// A comm (`curl`) or an executable path (`/usr/bin/curl`).
+        /// A comm (`curl`) or an executable path (`/usr/bin/curl`): the file
+        /// that path names in the container, as the kernel would see it.
         #[arg(long)]
         process: Option<String>,
         /// Explain offline against this policy file instead of asking the daemon.

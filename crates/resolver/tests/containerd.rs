@@ -644,6 +644,61 @@ async fn resolver_follows_a_real_containerd() {
     let s = status_of(&client, "containerd:").await;
     assert!(s.connected && s.resyncs >= 1, "{s:?}");
 
+    // ---- executables: what paths name in each container's own root ----
+    let lookup = |id: &str, path: &str, sha256: bool| proto::resolver::ExeLookup {
+        container_id: id.into(),
+        path: path.into(),
+        sha256,
+    };
+    let got = client
+        .executables(
+            ctx(),
+            vec![
+                lookup(&c1, "/bin/sleep", true),
+                lookup(&c1, "/bin/busybox", false),
+                lookup(&d1, "/bin/busybox", false),
+                lookup(&c1, "/usr/bin/curl", false),
+            ],
+        )
+        .await
+        .unwrap();
+    let stat = |path: String| resolver::exe::file_id(&std::fs::metadata(path).unwrap());
+    let busybox_c1 = got[0].as_ref().expect("/bin/sleep in c1");
+    // /bin/sleep is the image's symlink to busybox, followed inside c1.
+    assert_eq!(
+        busybox_c1.file,
+        stat(format!("/proc/{p_c1}/root/bin/busybox"))
+    );
+    assert_eq!(got[1].as_ref().unwrap().file, busybox_c1.file);
+    // The image's busybox is a copy of the host's: same content, other file.
+    let host = resolver::exe::hash(&mut std::fs::File::open("/bin/busybox").unwrap()).unwrap();
+    assert_eq!(busybox_c1.sha256.as_deref(), Some(host.as_str()));
+    assert_ne!(busybox_c1.file, stat("/bin/busybox".into()));
+    // d1 has its own root filesystem: its busybox is another file.
+    let busybox_d1 = got[2].as_ref().expect("/bin/busybox in d1");
+    assert_eq!(
+        busybox_d1.file,
+        stat(format!("/proc/{p_d1}/root/bin/busybox"))
+    );
+    assert_ne!(busybox_d1.file, busybox_c1.file);
+    assert!(
+        got[3].as_ref().unwrap_err().contains("no such file"),
+        "{:?}",
+        got[3]
+    );
+
+    // ---- a read-only root filesystem, as the OCI spec says ----
+    let ro = cid(pid, "ro");
+    env.run_container("default", &ro, &["--read-only"], &[]);
+    let r = wait_for(&client, WAIT, "ro mapped", |s| {
+        find(s, "default", &ro).cloned()
+    })
+    .await;
+    assert_eq!(r.readonly_rootfs, Some(true));
+    let c = find(&list(&client).await, "default", &c1).unwrap().clone();
+    assert_eq!(c.readonly_rootfs, Some(false));
+    env.remove_container("default", &ro);
+
     // ---- a container joining c1's network namespace (a pod) ----
     let mut watcher = Watcher::new(&client).await;
     let s1 = cid(pid, "s1");
