@@ -4,6 +4,8 @@
 
 use std::fmt::Write;
 
+use proto::{resolver::ExeFile, state::FileId};
+
 use crate::inventory::{Container, Inventory};
 
 /// The destination of rule `n`: mostly IPv4 host routes, some /24s and
@@ -73,8 +75,9 @@ pub fn policy_text(rules: usize, policies: usize) -> String {
     text
 }
 
-/// `containers` containers named `c0`, `c1`, …, with cgroup ids 1000 + i
-/// and a veth each, host ifindex 100 + i.
+/// `containers` containers named `c0`, `c1`, …, with cgroup ids 1000 + i,
+/// a veth each, host ifindex 100 + i, and their own `/usr/bin/curl` and
+/// `/usr/bin/wget` (each container's root filesystem is its own device).
 pub fn inventory(containers: usize) -> Inventory {
     Inventory {
         containers: (0..containers)
@@ -86,6 +89,18 @@ pub fn inventory(containers: usize) -> Inventory {
                 runtime: "docker".into(),
                 cgroup_id: Some(1000 + i as u64),
                 host_veths: vec![100 + i as u32],
+                exes: [("/usr/bin/curl", 101), ("/usr/bin/wget", 102)]
+                    .into_iter()
+                    .map(|(path, ino)| {
+                        let file = FileId {
+                            dev: 64 + i as u32,
+                            ino,
+                            ctime_sec: 1_700_000_000,
+                            ctime_nsec: 0,
+                        };
+                        (path.to_string(), Ok(ExeFile { file, sha256: None }))
+                    })
+                    .collect(),
                 ..Container::default()
             })
             .collect(),

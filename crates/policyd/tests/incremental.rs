@@ -81,8 +81,10 @@ fn inserting_a_rule_at_the_top_renumbers_nothing() {
     assert!(counts.total() <= 4, "{counts:?}");
 }
 
+/// Its cgroup, its veth, and the two files its policy's exe paths name in
+/// it: nothing of the policy's rules.
 #[test]
-fn a_container_start_is_its_cgroup_and_veth_entries() {
+fn a_container_start_is_its_cgroup_veth_and_executable_entries() {
     let text = synthetic::policy_text(RULES, 4);
     let set = policy::parse("p.toml", &text).unwrap();
     let mut ids = IdTables::default();
@@ -94,8 +96,13 @@ fn a_container_start_is_its_cgroup_and_veth_entries() {
         .state;
     let counts = OpCounts::of(&diff_ops(&before, &after));
     assert_eq!(
-        (counts.total(), counts.cgroups, counts.veths),
-        (2, 1, 1),
+        (
+            counts.total(),
+            counts.cgroups,
+            counts.veths,
+            counts.processes
+        ),
+        (4, 1, 1, 2),
         "{counts:?}"
     );
 }
