@@ -160,6 +160,14 @@ pub fn resolve_in(
         ));
     }
     let file = file_id(&meta);
+    if sha256 && meta.len() > MAX_HASHED_BYTES {
+        // A file root in the container planted to keep the resolver busy.
+        return Err(format!(
+            "{path}: {} bytes in container {container}, more than the {} MiB hashed for a sha256 pin",
+            meta.len(),
+            MAX_HASHED_BYTES >> 20
+        ));
+    }
     let sha256 = if sha256 {
         let mut content = File::from(open_in(root, path, OFlag::O_RDONLY).map_err(why)?);
         let again = content.metadata().map_err(|e| format!("{path}: {e}"))?;
@@ -168,7 +176,8 @@ pub fn resolve_in(
                 "{path}: replaced while being resolved in container {container}"
             ));
         }
-        let digest = hash(&mut content).map_err(|e| format!("{path}: reading it: {e}"))?;
+        let digest = hash(&mut (&mut content).take(MAX_HASHED_BYTES + 1))
+            .map_err(|e| format!("{path}: reading it: {e}"))?;
         if file_id(&content.metadata().map_err(|e| format!("{path}: {e}"))?) != file {
             return Err(format!(
                 "{path}: changed while being hashed in container {container}"
@@ -180,6 +189,9 @@ pub fn resolve_in(
     };
     Ok(ExeFile { file, sha256 })
 }
+
+/// Largest file hashed for a `sha256` pin.
+pub const MAX_HASHED_BYTES: u64 = 1 << 30;
 
 /// Lowercase hex SHA-256 of everything `reader` yields.
 pub fn hash(reader: &mut impl Read) -> std::io::Result<String> {

@@ -179,7 +179,7 @@ impl ExeResolver {
             };
             // Hashing large executables takes a while.
             let got = client
-                .executables(transport::context_with_deadline(120), chunk.to_vec())
+                .executables(transport::context_with_deadline(60), chunk.to_vec())
                 .await
                 .map_err(|e| {
                     self.client = None;
