@@ -93,6 +93,7 @@ static INODE_CTIME_SEC_OFFSET: u32 = 0;
 static INODE_CTIME_NSEC_OFFSET: u32 = 0;
 #[no_mangle]
 static SB_DEV_OFFSET: u32 = 0;
+const CTIME_NSEC_MASK: u32 = 0x7fff_ffff;
 
 /// The socket storage map as the helpers take it: the static's address is
 /// what the loader relocates to the map.
@@ -850,7 +851,9 @@ fn record_exec(ctx: &RawTracePointContext, tgid: u32) -> Result<(), i32> {
             ino: kernel_field(inode, &INODE_INO_OFFSET)?,
             ctime_sec: kernel_field(inode, &INODE_CTIME_SEC_OFFSET)?,
             dev: kernel_field(sb, &SB_DEV_OFFSET)?,
-            ctime_nsec: kernel_field(inode, &INODE_CTIME_NSEC_OFFSET)?,
+            // Bit 31 is the kernel's "ctime was queried" flag (multigrain
+            // timestamps, 6.13), not part of the time `stat` reports.
+            ctime_nsec: kernel_field::<u32>(inode, &INODE_CTIME_NSEC_OFFSET)? & CTIME_NSEC_MASK,
         }
     };
     let key = CONFIG.get(0).map_or([0, 0], |c| c.exe_key);

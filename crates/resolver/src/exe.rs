@@ -30,23 +30,9 @@ use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use proto::{resolver::ExeFile, state::FileId};
 use sha2::{Digest, Sha256};
 
-/// The filesystem's device number as the kernel keeps it in its own
-/// structures (`MKDEV(major, minor)`: 12 bits of major above 20 bits of
-/// minor), which is what the exec tracepoint reads; `stat` reports the
-/// same device in glibc's encoding, with the bits arranged otherwise.
-pub fn kernel_dev(st_dev: u64) -> u32 {
-    let (major, minor) = (libc::major(st_dev), libc::minor(st_dev));
-    ((major & 0xfff) << 20) | (minor & 0xf_ffff)
-}
-
-/// A file's identity from its `stat`.
+/// A file's identity from its `stat`, as the exec tracepoint records it.
 pub fn file_id(meta: &std::fs::Metadata) -> FileId {
-    FileId {
-        dev: kernel_dev(meta.dev()),
-        ino: meta.ino(),
-        ctime_sec: meta.ctime(),
-        ctime_nsec: u32::try_from(meta.ctime_nsec()).unwrap_or(0),
-    }
+    FileId::from_stat(meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec())
 }
 
 /// A container's root directory: device and inode, in `stat`'s terms.
@@ -219,15 +205,10 @@ mod tests {
 
     #[test]
     fn device_numbers_take_the_kernels_encoding() {
-        // 8:1 (sda1): glibc's dev_t is 0x801, the kernel's 8 << 20 | 1.
-        assert_eq!(kernel_dev(libc::makedev(8, 1)), (8 << 20) | 1);
-        // Anonymous devices (overlay, tmpfs) are major 0.
-        assert_eq!(kernel_dev(libc::makedev(0, 52)), 52);
-        // Minors above 255 sit in glibc's high bits; the kernel's are flat.
-        assert_eq!(
-            kernel_dev(libc::makedev(259, 0x12345)),
-            (259 << 20) | 0x12345
-        );
+        let dev = |major, minor| FileId::from_stat(libc::makedev(major, minor), 1, 0, 0).dev;
+        assert_eq!(dev(8, 1), (8 << 20) | 1);
+        assert_eq!(dev(0, 52), 52);
+        assert_eq!(dev(259, 0x12345), (259 << 20) | 0x12345);
     }
 
     #[test]
