@@ -14,6 +14,7 @@ part, then write one line to my stdin".
 import ctypes
 import errno
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -22,7 +23,7 @@ import time
 
 # The Internet checksum, shared with the probes of the other test tiers.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from probe import checksum as csum  # noqa: E402
+from probe import checksum as csum, set_comm  # noqa: E402
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -310,6 +311,43 @@ def chroot_exec(root, path, rest):
     os.chroot(root)
     os.chdir("/")
     os.execv(path, [path] + rest)
+
+
+# --- exe-*: executable identity is the file, not its path, name or comm -------
+
+def show_file(tag, path):
+    st = os.stat(path)
+    say(**{tag: f"ino:{st.st_ino},ctime:{st.st_ctime_ns}"})
+
+
+def overwrite_exec(src, path, rest):
+    # Root in the container rewrites the allowed executable in place (the
+    # same inode: no new file, no rename) with another program's bytes, and
+    # execs it by its path.
+    show_file("before", path)
+    with open(src, "rb") as f:
+        data = f.read()
+    with open(os.open(path, os.O_WRONLY | os.O_TRUNC), "wb") as f:
+        f.write(data)
+    show_file("after", path)
+    os.execv(path, [path] + rest)
+
+
+def copy_exec(src, dst, rest):
+    # A copy of the allowed executable (its mode and times copied too; its
+    # ctime cannot be), exec'd from where it was put.
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    shutil.copy2(src, dst)
+    show_file("copy", dst)
+    os.execv(dst, [dst] + rest)
+
+
+def as_comm(name, rest):
+    # prctl(PR_SET_NAME): the comm the allowed executable would have.
+    set_comm(name)
+    with open("/proc/self/comm") as f:
+        say(comm=f.read().strip())
+    COMMANDS[rest[0]](*rest[1:])
 
 
 # --- 10. AF_UNSPEC -------------------------------------------------------------------
@@ -903,6 +941,9 @@ COMMANDS = {
     "udp-late-reply": udp_late_reply,
     "connect-then-send": connect_then_send, "exec-as": lambda path, *rest: exec_as(path, list(rest)),
     "chroot-exec": lambda root, path, *rest: chroot_exec(root, path, list(rest)),
+    "overwrite-exec": lambda src, path, *rest: overwrite_exec(src, path, list(rest)),
+    "copy-exec": lambda src, dst, *rest: copy_exec(src, dst, list(rest)),
+    "as-comm": lambda name, *rest: as_comm(name, list(rest)),
     "sendto-unspec": sendto_unspec, "raw4": raw4, "frag4-later": frag4_later, "frag4-overlap": frag4_overlap,
     "frag4-tiny": frag4_tiny, "v6-ext": v6_ext, "v6-frag-hidden": v6_frag_hidden, "v6-srh-raw": v6_srh_raw, "tfo": tfo,
     "sendmmsg": sendmmsg, "mcast-reply": mcast_reply, "v6-srh-segleft": v6_srh_segleft, "v6-ext7-srh": v6_ext7_srh, "reflect-echo6": reflect_echo6, "reflect-echo4": reflect_echo4, "reflect-rst4": reflect_rst4, "stream-mptcp": stream_mptcp, "revoked-flood": revoked_flood, "fdpass": fdpass, "fd-create": fd_create, "flood": flood,

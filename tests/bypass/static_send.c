@@ -1,6 +1,8 @@
-/* A program that is not python3 (static, so it runs inside an empty chroot):
- * sends one marked UDP datagram. Used by the exec-identity probe: placed at
- * /usr/bin/python3 inside a chroot, it is exec'd by that path.
+/* A program that is not python3: sends one marked UDP datagram. Used by the
+ * exec-identity probes: built static and placed at /usr/bin/python3 inside an
+ * otherwise empty chroot, it is exec'd by that path; built as usual, it is
+ * put in the place of the lab's allowed executable (written over its bytes in
+ * place, bind-mounted over its path) and exec'd by that executable's path.
  *
  * usage: static_send HOST PORT MARKER      prints sendto=ok|error:<errno>
  */

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use contain_common::{comm_hash, exe_hash, proto as ip};
+use contain_common::{comm_hash, proto as ip};
 use proto::{
     loader::Hook,
     state::{ProcessMatch, Verdict},
@@ -153,7 +153,7 @@ async fn process_rules_follow_the_executable_not_the_name() {
     let mut rules = Rules::default();
     rules
         .cgroup(lab.ct_id(), 1, false)
-        .process(1, ProcessMatch::Exe(exe_hash(PYTHON.as_bytes())), 1)
+        .process(1, ProcessMatch::File(common::file_of(PYTHON)), 1)
         .process(1, ProcessMatch::Comm(comm_hash(b"allowed-comm")), 2)
         .allow(Allow {
             policy: 1,
@@ -197,6 +197,97 @@ async fn process_rules_follow_the_executable_not_the_name() {
         let got = lab.probe_with(&ct, exe, args);
         assert_eq!(got, expected, "{exe} {args:?}");
     }
+}
+
+/// A process rule names a file (device, inode, ctime), resolved when the
+/// policy is: every path to that file gets its class (a hard link is the
+/// file, a symlink is followed by exec), a change of the file does not
+/// until the policy is resolved again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_rules_hold_for_the_file_through_links_not_past_its_changes() {
+    let Some(()) =
+        require_root("process_rules_hold_for_the_file_through_links_not_past_its_changes")
+    else {
+        return;
+    };
+    let (lab, client) = Lab::running().await;
+    let dir = lab.scratch.join("app");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let path = |name: &str| dir.join(name).display().to_string();
+    let (app, hard, soft, late) = (path("app"), path("hard"), path("soft"), path("late"));
+    std::fs::copy(PYTHON, &app).expect("copying python3");
+    std::fs::hard_link(&app, &hard).expect("hard link");
+    std::os::unix::fs::symlink(&app, &soft).expect("symlink");
+    // Resolved after the links are made: link(2) changes the inode's ctime.
+    let install = |file: proto::state::FileId| {
+        let mut rules = Rules::default();
+        rules
+            .cgroup(lab.ct_id(), 1, false)
+            .process(1, ProcessMatch::File(file), 1)
+            .allow(Allow {
+                policy: 1,
+                class: 1,
+                addr: PEER4,
+                proto: TCP,
+                port: Some(8080),
+                icmp_type: false,
+            });
+        let client = client.clone();
+        async move { converge(&client, &rules.state, Verdict::Deny).await }
+    };
+    let ct = lab.ct.clone();
+    let check = |step: &str, cases: &[(&str, &str)]| {
+        for (exe, expected) in cases {
+            let got = lab.probe_with(&ct, exe, &["tcp", PEER4, "8080"]);
+            eprintln!("{step}: {exe:<50} expected {expected:<14} got {got}");
+            assert_eq!(got, *expected, "{step}: {exe}");
+        }
+    };
+    let resolved = file_of(&app);
+    install(resolved).await;
+    check(
+        "resolved",
+        &[
+            (&app, "ok"),
+            (&hard, "ok"),
+            (&soft, "ok"),
+            // Another file, the same bytes.
+            (PYTHON, "denied:EPERM"),
+        ],
+    );
+
+    // The same bytes written over it in place: the same inode, a new
+    // ctime. No path to it keeps the class.
+    let bytes = std::fs::read(&app).expect("reading the copy");
+    std::fs::write(&app, &bytes).expect("rewriting in place");
+    let rewritten = file_of(&app);
+    assert_eq!(rewritten.ino, resolved.ino, "rewritten in place");
+    assert_ne!(rewritten, resolved, "the rewrite changed the ctime");
+    check(
+        "rewritten",
+        &[
+            (&app, "denied:EPERM"),
+            (&hard, "denied:EPERM"),
+            (&soft, "denied:EPERM"),
+        ],
+    );
+
+    // Resolved again (a policyd reload): the file as it is now.
+    install(rewritten).await;
+    check("re-resolved", &[(&app, "ok"), (&hard, "ok"), (&soft, "ok")]);
+
+    // A link made after resolving is a change of the inode (its ctime):
+    // the class waits for the next resolution, which every link shares.
+    std::fs::hard_link(&app, &late).expect("hard link");
+    check(
+        "linked later",
+        &[(&app, "denied:EPERM"), (&late, "denied:EPERM")],
+    );
+    install(file_of(&late)).await;
+    check(
+        "re-resolved",
+        &[(&app, "ok"), (&hard, "ok"), (&soft, "ok"), (&late, "ok")],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -424,7 +515,7 @@ async fn the_veth_backstop_stops_packet_sockets_and_keeps_allowed_flows() {
     rules
         .cgroup(lab.ct_id(), 1, false)
         .veth(lab.ct_veth.ifindex, lab.ct_id())
-        .process(1, ProcessMatch::Exe(exe_hash(PYTHON.as_bytes())), 1)
+        .process(1, ProcessMatch::File(common::file_of(PYTHON)), 1)
         .allow(Allow {
             policy: 1,
             class: 1,

@@ -125,6 +125,14 @@ pub fn link_in(ns: &str, dev: &str) -> Link {
     }
 }
 
+/// The identity the kernel records when `path` is exec'd (symlinks
+/// followed, as exec follows them).
+pub fn file_of(path: &str) -> proto::state::FileId {
+    use std::os::unix::fs::MetadataExt as _;
+    let md = std::fs::metadata(path).unwrap_or_else(|e| panic!("stat {path}: {e}"));
+    proto::state::FileId::from_stat(md.dev(), md.ino(), md.ctime(), md.ctime_nsec())
+}
+
 pub fn cgroup2_mount() -> PathBuf {
     bpf_loader::fs::cgroup2_mount().expect("cgroup2 mount")
 }
