@@ -27,7 +27,6 @@ pub enum BtfError {
 
 const MAGIC: u16 = 0xeb9f;
 const KIND_STRUCT: u32 = 4;
-const KIND_UNION: u32 = 5;
 const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
@@ -196,7 +195,7 @@ impl Btf {
                 Some(KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG) => {
                     id = self.types[id as usize].refers_to;
                 }
-                Some(KIND_STRUCT | KIND_UNION) | _ => return id,
+                _ => return id,
             }
         }
         id
@@ -233,7 +232,13 @@ mod tests {
         let mut data = Vec::new();
         data.extend_from_slice(&MAGIC.to_le_bytes());
         data.extend_from_slice(&[1, 0]);
-        for w in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+        for w in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
             data.extend_from_slice(&w.to_le_bytes());
         }
         data.extend_from_slice(&types);

@@ -271,10 +271,37 @@ mod tests {
             policy_id,
             process: ProcessMatch::Comm(1),
         };
-        assert!(process_key(&k(0)).is_err());
-        assert!(process_key(&k(kern::MAX_POLICIES)).is_err());
-        let ok = process_key(&k(7)).unwrap();
-        assert_eq!(process_key_back(&ok).unwrap(), k(7));
+        let key = [1, 2];
+        assert!(process_key(&k(0), key).is_err());
+        assert!(process_key(&k(kern::MAX_POLICIES), key).is_err());
+        let ok = process_key(&k(7), key).unwrap();
+        assert_eq!(
+            process_key_back(&ok, &process_value(&k(7), 3)).unwrap(),
+            k(7)
+        );
+    }
+
+    #[test]
+    fn file_entries_are_keyed_by_the_kernels_exe_id_and_read_back_whole() {
+        let file = FileId {
+            dev: (8 << 20) | 1,
+            ino: 42,
+            ctime_sec: 1_700_000_000,
+            ctime_nsec: 5,
+        };
+        let k = ProcessKey {
+            policy_id: 3,
+            process: ProcessMatch::File(file),
+        };
+        let key = [7, 9];
+        let encoded = process_key(&k, key).unwrap();
+        assert_eq!(encoded.kind, kern::PROCESS_BY_FILE);
+        assert_eq!(encoded.ident, kern::file_id(key, &stamp(&file)));
+        // Another boot's key gives another id: nothing to precompute.
+        assert_ne!(process_key(&k, [7, 10]).unwrap().ident, encoded.ident);
+        let value = process_value(&k, 4);
+        assert_eq!(value.class, 4);
+        assert_eq!(process_key_back(&encoded, &value).unwrap(), k);
     }
 
     #[test]

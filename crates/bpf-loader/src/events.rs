@@ -156,11 +156,7 @@ pub fn decode(
         tgid: e.tgid,
         uid: e.uid,
         comm: cstr(&e.comm),
-        exe: if e.exe_id == 0 {
-            None
-        } else {
-            exe(e.exe_id)
-        },
+        exe: if e.exe_id == 0 { None } else { exe(e.exe_id) },
         proto: e.proto,
         src: addr(e.family, e.saddr),
         dst: addr(e.family, e.daddr),

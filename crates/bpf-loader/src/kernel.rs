@@ -468,8 +468,11 @@ impl Kernel {
         let mut bytes = [0u8; 16];
         while bytes == [0u8; 16] {
             let urandom = Path::new("/dev/urandom");
-            std::io::Read::read_exact(&mut File::open(urandom).map_err(io_err(urandom))?, &mut bytes)
-                .map_err(io_err(urandom))?;
+            std::io::Read::read_exact(
+                &mut File::open(urandom).map_err(io_err(urandom))?,
+                &mut bytes,
+            )
+            .map_err(io_err(urandom))?;
         }
         let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
         config.exe_key = [word(&bytes[..8]), word(&bytes[8..])];
@@ -561,9 +564,9 @@ impl Kernel {
                     Entry::Cgroup { value, .. } => {
                         encode::cgroup_value(value).map(|_| ()).map_err(invalid)?
                     }
-                    Entry::Process { key, .. } => {
-                        encode::process_key(key, self.exe_key).map(|_| ()).map_err(invalid)?
-                    }
+                    Entry::Process { key, .. } => encode::process_key(key, self.exe_key)
+                        .map(|_| ())
+                        .map_err(invalid)?,
                     Entry::Dest { key, .. } => {
                         encode::dest_key(key).map(|_| ()).map_err(invalid)?
                     }
