@@ -1008,6 +1008,14 @@ async fn exe_rules_take_the_file_each_container_has() {
         .unwrap()
         .unwrap();
     assert!(report.applied, "{report:#?}");
+    // The reload itself says what it found, not only `status` later.
+    assert!(
+        report.warnings.iter().any(|w| w
+            .message
+            .contains("container \"c1\": exe /usr/bin/curl gives no process class")),
+        "{:#?}",
+        report.warnings
+    );
     let (_, state, _) = env.kernel();
     assert!(has_file(&state, 22) && !has_file(&state, 12), "{state:?}");
     assert!(resolver.lookups().iter().rev().take(2).all(|l| l.sha256));

@@ -625,7 +625,10 @@ impl Engine {
                 .await;
         }
         let compile_us = started.elapsed().as_micros() as u64;
-        let warnings: Vec<wire::Diagnostic> = candidate
+        // The policy's own warnings, then what matching it against the
+        // containers found (an executable that resolved to nothing, a sha256
+        // pin the file fails).
+        let mut warnings: Vec<wire::Diagnostic> = candidate
             .policies
             .warnings
             .iter()
@@ -638,9 +641,12 @@ impl Engine {
             let snapshot = self.kernel_state().await?;
             let previous = self.loaded.replace(candidate);
             let previous_inventory = std::mem::replace(&mut self.inventory, inventory);
+            let previous_warnings = self.inventory_warnings.clone();
             let desired = self.desired(&snapshot.state);
             self.loaded = previous;
             self.inventory = previous_inventory;
+            let found = std::mem::replace(&mut self.inventory_warnings, previous_warnings);
+            warnings.extend(found.iter().map(to_wire));
             let desired = desired?.unwrap_or_default();
             let ops = diff_ops(&snapshot.state, &desired);
             return Ok(ReloadReport {
@@ -661,7 +667,9 @@ impl Engine {
         let previous = self.loaded.replace(candidate);
         self.inventory = inventory;
         self.rejected_digest = None;
-        match self.converge().await {
+        let converged = self.converge().await;
+        warnings.extend(self.inventory_warnings.iter().map(to_wire));
+        match converged {
             Ok(outcome) => Ok(ReloadReport {
                 dry_run: false,
                 applied: outcome.applied,
