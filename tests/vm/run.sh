@@ -4,7 +4,7 @@
 #   tests/vm/run.sh SCENARIO_SCRIPT [EXTRA_DIR...]
 #
 # SCENARIO_SCRIPT is a bash script that runs in the guest as root (see README.md for the API).
-# It finds, under /mnt/share:  bin/ (contain binaries), lib/vmtest.sh (helpers),
+# It finds, under /mnt/share:  bin/ (contain binaries), lib/ (vmtest.sh, lib/*.py, probe.py...),
 # extra/<basename of each EXTRA_DIR>/, out/ (files to bring back).
 # Exits with the scenario's exit code; 124 = a phase timed out; 125 = harness/guest failure.
 #
@@ -72,6 +72,8 @@ trap cleanup EXIT
 mkdir -p "$SHARE"/{bin,lib,extra,out}
 install -m 755 "$SCENARIO" "$SHARE/scenario.sh"
 install -m 644 "$HERE/lib/vmtest.sh" "$SHARE/lib/vmtest.sh"
+# VM-only python helpers (frames.py: packet-socket probes, a capture, a tiny DNS server).
+for f in "$HERE"/lib/*.py; do if [[ -e $f ]]; then install -m 755 "$f" "$SHARE/lib/"; fi; done
 # The same probe and peer server as the privileged host tests, so "ping", "raw ICMP" and
 # "connected UDP" mean one thing in both tiers.
 install -m 755 "$REPO/tests/probe.py" "$REPO/tests/peer_server.py" "$SHARE/lib/"

@@ -468,7 +468,7 @@ fn assign_veths(
             severity: Severity::Warning,
             location: None,
             message: format!(
-                "{subject} {verb} the network namespace of \"{owner_name}\"; frames from packet sockets there are judged under \"{owner_name}\"'s policy ({policy})"
+                "{subject} {verb} the network namespace of \"{owner_name}\"; packets from no container's socket there (the kernel's answers, Docker's DNS forwarding) are judged under \"{owner_name}\"'s policy ({policy})"
             ),
             source_line: None,
         });
@@ -1136,7 +1136,7 @@ mod tests {
         let messages: Vec<&str> = c.warnings.iter().map(|w| w.message.as_str()).collect();
         assert_eq!(
             messages,
-            ["containers \"sidecar\", \"twin\" share the network namespace of \"app\"; frames from packet sockets there are judged under \"app\"'s policy (policy \"app\")"]
+            ["containers \"sidecar\", \"twin\" share the network namespace of \"app\"; packets from no container's socket there (the kernel's answers, Docker's DNS forwarding) are judged under \"app\"'s policy (policy \"app\")"]
         );
 
         // Under one policy, sharing changes nothing worth a warning.

@@ -118,38 +118,29 @@ pub fn enforcement(
 /// send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PacketSockets {
-    /// On its own host-side veth, under its own policy.
-    OwnVeth,
+    /// On a host-side veth (its own, or that of a container whose network
+    /// namespace it shares), under its own policy: the kernel judges a
+    /// packet socket under the cgroup that made it.
+    Veth,
     /// Nowhere: it uses the host's network namespace.
     HostNetwork,
     /// Nowhere: its namespace has no veth to the host (macvlan, ipvlan,
     /// `--network none`, another driver).
     NoVeth,
-    /// On the veth of the container it shares a namespace with (index into
-    /// the inventory), under that container's policy.
-    SharedWith(usize),
 }
 
 /// Each container's [`PacketSockets`], in inventory order.
 pub fn packet_sockets(inventory: &Inventory) -> Vec<PacketSockets> {
-    let owners = inventory.veth_owners();
     inventory
         .containers
         .iter()
-        .enumerate()
-        .map(|(index, c)| {
+        .map(|c| {
             if c.host_network {
-                return PacketSockets::HostNetwork;
-            }
-            if c.host_veths.is_empty() {
-                return PacketSockets::NoVeth;
-            }
-            // A namespace's veths all have the same owner. None yet (no
-            // container behind them has a cgroup id) still leaves them its
-            // own: the kernel then judges a packet socket by its cgroup.
-            match c.host_veths.iter().find_map(|i| owners.get(i)) {
-                Some(o) if o.owner != index => PacketSockets::SharedWith(o.owner),
-                _ => PacketSockets::OwnVeth,
+                PacketSockets::HostNetwork
+            } else if c.host_veths.is_empty() {
+                PacketSockets::NoVeth
+            } else {
+                PacketSockets::Veth
             }
         })
         .collect()
@@ -157,9 +148,8 @@ pub fn packet_sockets(inventory: &Inventory) -> Vec<PacketSockets> {
 
 /// For each container a policy selects (`policies[i]` names the policy of
 /// container `i`), why frames from its packet sockets are not judged under
-/// its policy on a veth of its own, for people; `None` when they are (or
-/// on a shared veth whose owner has the same policy), or when no policy
-/// selects it.
+/// its policy, for people; `None` when they are, or when no policy selects
+/// it.
 pub fn packet_sockets_uncovered(
     inventory: &Inventory,
     policies: &[Option<&str>],
@@ -173,26 +163,13 @@ pub fn packet_sockets_uncovered(
                 return None;
             }
             match coverage {
-                PacketSockets::OwnVeth => None,
+                PacketSockets::Veth => None,
                 PacketSockets::HostNetwork => Some(format!(
                     "uses the host network: no veth of its own; frames from packet sockets (CAP_NET_RAW) leave unjudged; {DROP_NET_RAW}"
                 )),
                 PacketSockets::NoVeth => Some(format!(
                     "no host-side veth (macvlan, ipvlan, --network none or another driver): frames from packet sockets (CAP_NET_RAW) are not judged; {DROP_NET_RAW}"
                 )),
-                PacketSockets::SharedWith(owner) if policies[owner] == *policy => None,
-                PacketSockets::SharedWith(owner) => {
-                    let name = &inventory.containers[owner].name;
-                    let judged = match policies[owner] {
-                        Some(p) => format!("judged under \"{name}\"'s policy \"{p}\""),
-                        None => format!(
-                            "judged under \"{name}\"'s, which no policy selects: they pass; {DROP_NET_RAW}"
-                        ),
-                    };
-                    Some(format!(
-                        "shares the network namespace of \"{name}\" (--network container: or a pod), which owns the veth: frames from packet sockets there are {judged}"
-                    ))
-                }
             }
         })
         .collect()
@@ -316,41 +293,36 @@ mod tests {
     }
 
     #[test]
-    fn packet_sockets_are_judged_on_a_veth_of_the_containers_own() {
-        let inventory = Inventory {
-            containers: vec![
-                networked("bridged", false, &[7]),
-                networked("host", true, &[]),
-                networked("macvlan", false, &[]),
-                // `--network container:bridged`: its id sorts after.
-                networked("joined", false, &[7]),
-            ],
-        };
-        assert_eq!(
-            packet_sockets(&inventory),
-            [
-                PacketSockets::OwnVeth,
-                PacketSockets::HostNetwork,
-                PacketSockets::NoVeth,
-                PacketSockets::SharedWith(0),
-            ]
-        );
-    }
-
-    #[test]
-    fn a_veth_nobody_owns_yet_is_still_the_containers_own() {
+    fn packet_sockets_are_judged_on_any_veth_to_the_host() {
         let unmapped = Container {
             cgroup_id: None,
             ..networked("starting", false, &[7])
         };
         let inventory = Inventory {
-            containers: vec![unmapped],
+            containers: vec![
+                networked("bridged", false, &[7]),
+                networked("host", true, &[]),
+                networked("macvlan", false, &[]),
+                // `--network container:bridged`: the kernel judges its packet
+                // sockets under its own cgroup's policy on bridged's veth.
+                networked("joined", false, &[7]),
+                unmapped,
+            ],
         };
-        assert_eq!(packet_sockets(&inventory), [PacketSockets::OwnVeth]);
+        assert_eq!(
+            packet_sockets(&inventory),
+            [
+                PacketSockets::Veth,
+                PacketSockets::HostNetwork,
+                PacketSockets::NoVeth,
+                PacketSockets::Veth,
+                PacketSockets::Veth,
+            ]
+        );
     }
 
     #[test]
-    fn uncovered_filtered_containers_get_a_reason_naming_the_fix_or_the_owner() {
+    fn uncovered_filtered_containers_get_a_reason_naming_the_fix() {
         let inventory = Inventory {
             containers: vec![
                 networked("bridged", false, &[7]),
@@ -374,23 +346,10 @@ mod tests {
         let macvlan = reasons[2].as_deref().unwrap();
         assert!(macvlan.starts_with("no host-side veth"), "{macvlan}");
         assert_eq!(
-            reasons[3].as_deref(),
-            Some("shares the network namespace of \"bridged\" (--network container: or a pod), which owns the veth: frames from packet sockets there are judged under \"bridged\"'s policy \"web\"")
+            reasons[3], None,
+            "a shared veth judges it under its own policy"
         );
         assert_eq!(reasons[4], None, "no policy selects it");
-
-        // The owner's policy is the container's own: nothing is lost.
-        let reasons =
-            packet_sockets_uncovered(&inventory, &[Some("web"), None, None, Some("web"), None]);
-        assert_eq!(reasons[3], None);
-
-        // An owner no policy selects lets them pass: say so.
-        let reasons = packet_sockets_uncovered(&inventory, &[None, None, None, Some("side"), None]);
-        let joined = reasons[3].as_deref().unwrap();
-        assert!(
-            joined.contains("which no policy selects: they pass; drop NET_RAW"),
-            "{joined}"
-        );
     }
 
     #[test]

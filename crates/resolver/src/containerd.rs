@@ -622,8 +622,11 @@ impl ContainerdSource {
             Event::TaskRunning { namespace, id, pid } => {
                 let cache_key = (namespace.clone(), id.clone());
                 let meta = match cache.get(&cache_key) {
-                    Some(meta) => Some(meta.clone()),
-                    None => match self.get_meta(channel, &namespace, &id).await {
+                    // A Docker container a listing saw before it ran has no
+                    // Docker name or labels yet: read them now, or it would
+                    // stay unmapped until the next listing.
+                    Some(meta) if meta.complete => Some(meta.clone()),
+                    _ => match self.get_meta(channel, &namespace, &id).await {
                         Ok(meta) => meta,
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot read a container record; listing everything again");
