@@ -284,8 +284,10 @@ in
           # root (the default User=), with these capabilities and nothing else:
           # CAP_BPF to load programs and create maps, CAP_PERFMON for the
           # verifier's pointer rules and tracepoints, CAP_NET_ADMIN for the
-          # cgroup_skb/sock programs, CAP_SYS_ADMIN for attaching to cgroups and
-          # pinning in bpffs.
+          # cgroup_skb/sock programs and the veth backstop's tc programs (it
+          # follows rtnetlink, hence AF_NETLINK), CAP_SYS_ADMIN for attaching
+          # to cgroups and pinning in bpffs. It reads the kernel's BTF under
+          # /sys (read-only below) for the exec program's offsets.
           CapabilityBoundingSet = [
             "CAP_BPF"
             "CAP_NET_ADMIN"
