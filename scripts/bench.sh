@@ -4,10 +4,12 @@
 #   docs/benchmarks.md     tables, with the plots docs/*.svg
 #   docs/benchmarks.json   the raw results (machine, kernel, commit included)
 #
-# Per-packet program cost (BPF_PROG_TEST_RUN) of contain, a thesis-style
-# linear scan and the floor; added ping and TCP request/response latency
-# against no filter, the thesis-style scan and nftables; iperf3 throughput;
-# policyd reload, container create → policy in force, daemon memory.
+# Per-packet program cost (BPF_PROG_TEST_RUN) of contain (egress program
+# and veth backstop), a thesis-style linear scan and the floor; added ping
+# and TCP request/response latency against no filter, the thesis-style scan
+# and nftables, contain with and without its veth backstop; iperf3
+# throughput; policyd reload, container create → policy in force, daemon
+# memory.
 # A few minutes. Needs root. Installs what it needs first, idempotently
 # (scripts/setup.sh: iperf3, nftables, containerd, the eBPF toolchain).
 # Plots are SVG written by the bench itself: no plotting library.

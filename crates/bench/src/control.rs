@@ -144,15 +144,28 @@ fn start(
     socket: &Path,
     scratch: &Path,
 ) -> Result<Daemon> {
+    start_in(name, bin, args, socket, scratch, None)
+}
+
+/// [`start`], in network namespace `netns` if given (joined between fork
+/// and exec, as `nsenter --net` does: the mounts stay the host's).
+fn start_in(
+    name: &'static str,
+    bin: &Path,
+    args: &[&str],
+    socket: &Path,
+    scratch: &Path,
+    netns: Option<&str>,
+) -> Result<Daemon> {
     let log_path = scratch.join(format!("{name}.log"));
     let log = std::fs::File::create(&log_path)?;
-    let child = Command::new(bin)
-        .args(args)
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
+        .stderr(log);
+    let child =
+        sys::spawn_in(cmd, netns, None).with_context(|| format!("starting {}", bin.display()))?;
     let mut d = Daemon { name, child };
     wait_for_socket(socket, &mut d, &log_path)?;
     Ok(d)
@@ -319,7 +332,13 @@ pub fn measure(bin_dir: &Path, quick: bool) -> Result<(Control, Vec<String>)> {
         )),
     }
 
-    let loader = start(
+    // bpf-loader attaches its veth backstop to every veth of its network
+    // namespace: it runs in one of its own, so no device of the host's
+    // (nor of anything else running there) gets a program from the bench.
+    let loader_ns = format!("{name}-loader");
+    sys::run("ip", &["netns", "add", &loader_ns])?;
+    scene.netns.push(loader_ns.clone());
+    let loader = start_in(
         "bpf-loader",
         &bin("bpf-loader"),
         &[
@@ -334,6 +353,7 @@ pub fn measure(bin_dir: &Path, quick: bool) -> Result<(Control, Vec<String>)> {
         ],
         &sock("loader"),
         &s,
+        Some(&loader_ns),
     )?;
     let mut resolver_args = vec![
         "--socket".to_string(),

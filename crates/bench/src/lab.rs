@@ -5,8 +5,25 @@
 //! phases can go round-robin over them.
 //!
 //! Configuration k: client 198.18.k.2/24 in `cbench-<pid>-k`, peer
-//! 198.18.k.1/24 in `cbench-<pid>-peer`; static neighbour entries (no ARP
-//! in the measurements); IPv6 off on the veths (no background chatter).
+//! 198.18.k.1/24 on `p<k>` in `cbench-<pid>-peer`; static neighbour
+//! entries (no ARP in the measurements); IPv6 off on the veths (no
+//! background chatter).
+//!
+//! The veth backstop: the peer namespace plays the host, and `p<k>` is the
+//! host side of configuration k's veth, where Docker's host end of a
+//! container's veth is. For the "contain + veth backstop" configurations
+//! the bench attaches the backstop there the way bpf-loader does
+//! (`Kernel::attach_veth`: `contain_veth` on tc ingress, what the
+//! container sends, and `contain_veth_inbound` on tc egress, what it
+//! receives; tcx, first in line, the links pinned) and maps the device to
+//! the configuration's cgroup in `CONTAIN_VETHS`, as policyd would. Every
+//! configuration's path is the same single veth pair; only what is
+//! attached to it differs.
+//!
+//! The program-cost phase test-runs `contain_veth` on veths of its own
+//! namespace, `cbench-<pid>-tr` (BPF_PROG_TEST_RUN looks the context's
+//! ifindex up in the caller's namespace): one mapped to each contain
+//! configuration's cgroup (ifindex 2000 + i), one mapped to nothing.
 
 use std::{
     collections::BTreeMap,
@@ -23,13 +40,14 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use bpf_loader::kernel::Kernel;
-use proto::state::{MapDiff, Verdict};
+use proto::state::{Entry, MapDiff, Verdict};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     programs::{Floor, Thesis, BOUNDED_MAX},
     rules::{self, ContainState, Rule},
     sys,
+    tcfloor::TcFloor,
 };
 
 /// TCP request/response server port on the peer.
@@ -50,6 +68,12 @@ pub const PREFIX_RULE: Rule = Rule {
 pub enum Kind {
     None,
     Contain,
+    /// contain's cgroup programs, and `contain_veth` on the host side of
+    /// the configuration's veth.
+    ContainVeth,
+    /// contain's cgroup programs, and a tc program that only passes on
+    /// the host side of the veth (tcx, as the backstop): the hook's cost.
+    ContainTcFloor,
     Thesis,
     ThesisBounded,
     NftLinear,
@@ -61,6 +85,8 @@ impl Kind {
         match self {
             Kind::None => "no filter",
             Kind::Contain => "contain",
+            Kind::ContainVeth => "contain + veth backstop",
+            Kind::ContainTcFloor => "contain + a tc program that passes",
             Kind::Thesis => "thesis-style scan",
             Kind::ThesisBounded => "thesis-style, bounded loop",
             Kind::NftLinear => "nftables, one rule per entry",
@@ -76,6 +102,9 @@ pub struct Target {
     pub cgroup: PathBuf,
     pub client: Ipv4Addr,
     pub peer: Ipv4Addr,
+    /// The ifindex of the host-side end of its veth, in the peer
+    /// namespace (0 without the network).
+    pub host_ifindex: u32,
 }
 
 impl Target {
@@ -92,6 +121,29 @@ impl Target {
             ),
         }
     }
+}
+
+/// The host-side (peer-namespace) end of configuration k's veth.
+pub fn peer_veth(k: usize) -> String {
+    format!("p{k}")
+}
+
+/// The test-run namespace's veth mapped to nothing.
+pub const TESTRUN_UNOWNED: u32 = 2999;
+
+/// Where the backstop is attached for the latency and throughput phases.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Backstop {
+    /// The configuration (`contain-veth@N`).
+    pub target: String,
+    /// The host-side device, in the peer namespace.
+    pub device: String,
+    pub ifindex: u32,
+    /// How it is attached: "tcx" (a bpf_link) or "clsact" (a netlink filter).
+    pub attach: String,
+    /// `contain_veth`, or the tc floor (a program that only passes).
+    #[serde(default)]
+    pub program: String,
 }
 
 /// The rules the measured traffic to `peer` needs: ICMP, the TCP
@@ -125,6 +177,15 @@ pub struct Lab {
     pub floor: Floor,
     /// Seconds to load each nftables table, by target name.
     pub nft_load_s: BTreeMap<String, f64>,
+    /// The namespace the program-cost phase test-runs `contain_veth` in.
+    pub testrun_ns: String,
+    /// Its veths mapped to each contain configuration's cgroup, by rule
+    /// count (the unmapped one is [`TESTRUN_UNOWNED`]).
+    pub testrun_veths: BTreeMap<usize, u32>,
+    /// Where the backstop is attached (network phases).
+    pub backstop: Vec<Backstop>,
+    /// The tc floor program, attached next to the backstop (tcx kernels).
+    tc_floor: Option<TcFloor>,
     network: bool,
     servers: Vec<JoinHandle<()>>,
     children: Vec<Child>,
@@ -144,6 +205,7 @@ impl Lab {
             .context("loading contain's eBPF object (bpf-loader's Kernel)")?;
         let mut lab = Lab {
             peer_ns: format!("{name}-peer"),
+            testrun_ns: format!("{name}-tr"),
             name,
             base,
             home,
@@ -153,6 +215,9 @@ impl Lab {
             thesis: BTreeMap::new(),
             floor: Floor::load()?,
             nft_load_s: BTreeMap::new(),
+            testrun_veths: BTreeMap::new(),
+            backstop: Vec::new(),
+            tc_floor: None,
             network: opts.network,
             servers: Vec::new(),
             children: Vec::new(),
@@ -167,22 +232,36 @@ impl Lab {
                 ns: format!("{}-{k}", lab.name),
                 cgroup: lab.base.join(match kind {
                     Kind::Contain => format!("contain/r{rules}"),
+                    Kind::ContainVeth => format!("contain/v{rules}"),
+                    Kind::ContainTcFloor => format!("contain/f{rules}"),
                     _ => format!("t{k}"),
                 }),
                 client: Ipv4Addr::new(198, 18, k, 2),
                 peer: Ipv4Addr::new(198, 18, k, 1),
+                host_ifindex: 0,
             };
             lab.targets.push(target);
         };
         add(&mut lab, Kind::None, 0);
         for kind in [
             Kind::Contain,
+            Kind::ContainVeth,
+            Kind::ContainTcFloor,
             Kind::Thesis,
             Kind::ThesisBounded,
             Kind::NftLinear,
             Kind::NftSet,
         ] {
-            if !opts.network && matches!(kind, Kind::NftLinear | Kind::NftSet) {
+            let network_only = matches!(
+                kind,
+                Kind::ContainVeth | Kind::ContainTcFloor | Kind::NftLinear | Kind::NftSet
+            );
+            if !opts.network && network_only {
+                continue;
+            }
+            // The floor is attached by tcx only (as the backstop is on
+            // these kernels).
+            if kind == Kind::ContainTcFloor && !bpf_loader::veths::uses_tcx() {
                 continue;
             }
             for &n in &opts.counts {
@@ -195,13 +274,62 @@ impl Lab {
         for t in &lab.targets {
             std::fs::create_dir_all(&t.cgroup)?;
         }
+        lab.setup_testrun()?;
+        if opts.network {
+            lab.setup_network()?;
+        }
         lab.setup_contain()?;
         lab.setup_thesis()?;
         if opts.network {
-            lab.setup_network()?;
+            lab.setup_backstop()?;
             lab.setup_nft()?;
         }
         Ok(lab)
+    }
+
+    /// The test-run namespace and its veths (never up, no traffic: only
+    /// devices for BPF_PROG_TEST_RUN's ifindex).
+    fn setup_testrun(&mut self) -> Result<()> {
+        let ns = self.testrun_ns.clone();
+        sys::run("ip", &["netns", "add", &ns])?;
+        let contain: Vec<usize> = self
+            .targets
+            .iter()
+            .filter(|t| t.kind == Kind::Contain)
+            .map(|t| t.rules)
+            .collect();
+        let mut devices: Vec<(String, u32)> = (0..contain.len())
+            .map(|i| (format!("tr{i}"), 2000 + i as u32))
+            .collect();
+        devices.push(("tru".into(), TESTRUN_UNOWNED));
+        for (name, index) in &devices {
+            let (peer_name, peer_index) = (format!("{name}p"), (index + 1000).to_string());
+            let index = index.to_string();
+            sys::run(
+                "ip",
+                &[
+                    "-n",
+                    &ns,
+                    "link",
+                    "add",
+                    name,
+                    "index",
+                    &index,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &peer_name,
+                    "index",
+                    &peer_index,
+                ],
+            )?;
+        }
+        self.testrun_veths = contain
+            .into_iter()
+            .zip(devices.iter().map(|d| d.1))
+            .collect();
+        Ok(())
     }
 
     fn setup_contain(&mut self) -> Result<()> {
@@ -211,9 +339,24 @@ impl Lab {
             .with_context(|| format!("attaching contain to {parent}"))?;
         let mut state = ContainState::default();
         for (i, t) in self.targets.iter().enumerate() {
-            if t.kind == Kind::Contain {
+            if matches!(
+                t.kind,
+                Kind::Contain | Kind::ContainVeth | Kind::ContainTcFloor
+            ) {
                 let list = rules::list(t.rules, &needed(t.peer));
-                state.add_policy(i as u32 + 1, sys::cgroup_id(&t.cgroup)?, &list);
+                let cgroup_id = sys::cgroup_id(&t.cgroup)?;
+                state.add_policy(i as u32 + 1, cgroup_id, &list);
+                // The veth each container's frames come in on, as policyd
+                // maps it: the host side of its own (network phases), or
+                // a test-run device (program cost).
+                let ifindex = match t.kind {
+                    Kind::ContainVeth => Some(t.host_ifindex).filter(|&i| i != 0),
+                    Kind::Contain => self.testrun_veths.get(&t.rules).copied(),
+                    _ => None,
+                };
+                if let Some(ifindex) = ifindex {
+                    state.state.upsert(Entry::Veth { ifindex, cgroup_id });
+                }
             }
         }
         let diff = MapDiff {
@@ -251,7 +394,7 @@ impl Lab {
         sys::run("ip", &["netns", "exec", peer, "sh", "-c", quiet])?;
         for (i, t) in self.targets.iter().enumerate() {
             let k = i + 1;
-            let (ns, pv) = (t.ns.as_str(), format!("p{k}"));
+            let (ns, pv) = (t.ns.as_str(), peer_veth(k));
             let (cmac, pmac) = (
                 format!("02:cb:00:00:{k:02x}:02"),
                 format!("02:cb:00:00:{k:02x}:01"),
@@ -321,6 +464,21 @@ impl Lab {
                 ],
             )?;
         }
+        // The host-side ends' ifindexes, as the peer namespace numbers them
+        // (what CONTAIN_VETHS is keyed by).
+        let names: Vec<String> = (1..=self.targets.len()).map(peer_veth).collect();
+        let indexes = sys::with_netns(peer, || {
+            names
+                .iter()
+                .map(|n| {
+                    nix::net::if_::if_nametoindex(n.as_str())
+                        .with_context(|| format!("ifindex of {n}"))
+                })
+                .collect::<Result<Vec<u32>>>()
+        })?;
+        for (t, index) in self.targets.iter_mut().zip(indexes) {
+            t.host_ifindex = index;
+        }
         // The TCP request/response server, in the peer namespace.
         let stop = self.stop.clone();
         let listener = sys::in_netns(peer, move || {
@@ -331,6 +489,54 @@ impl Lab {
         self.servers.push(std::thread::spawn(move || {
             crate::latency::serve(listener, stop)
         }));
+        Ok(())
+    }
+
+    /// Attaches `contain_veth` to the host side of each "contain + veth
+    /// backstop" configuration's veth with bpf-loader's own code, from the
+    /// peer namespace, where the device is (the loader attaches to every
+    /// veth of its namespace; here only these get it, so the other
+    /// configurations keep today's path).
+    fn setup_backstop(&mut self) -> Result<()> {
+        let attach = if bpf_loader::veths::uses_tcx() {
+            "tcx"
+        } else {
+            "clsact"
+        };
+        for (i, t) in self.targets.iter().enumerate() {
+            let (device, ifindex) = (peer_veth(i + 1), t.host_ifindex);
+            let program = match t.kind {
+                Kind::ContainVeth => {
+                    let kernel = &mut self.kernel;
+                    sys::with_netns(&self.peer_ns, || {
+                        kernel
+                            .attach_veth(ifindex, &device)
+                            .map_err(|e| anyhow::anyhow!("attaching contain_veth to {device}: {e}"))
+                    })?;
+                    bpf_loader::veths::PROGRAMS
+                        .iter()
+                        .map(|(name, _)| *name)
+                        .collect::<Vec<_>>()
+                        .join(" + ")
+                }
+                Kind::ContainTcFloor => {
+                    if self.tc_floor.is_none() {
+                        self.tc_floor = Some(TcFloor::load()?);
+                    }
+                    let floor = self.tc_floor.as_mut().context("the tc floor")?;
+                    sys::with_netns(&self.peer_ns, || floor.attach(ifindex))?;
+                    "tc floor (ingress and egress)".to_string()
+                }
+                _ => continue,
+            };
+            self.backstop.push(Backstop {
+                target: t.name(),
+                device,
+                ifindex,
+                attach: attach.into(),
+                program,
+            });
+        }
         Ok(())
     }
 
@@ -368,10 +574,28 @@ impl Lab {
         }
     }
 
+    /// Moves this process into the root cgroup: outside every cgroup
+    /// contain's programs are attached to, at the shortest ancestor walk.
+    pub fn enter_root(&self) -> Result<()> {
+        sys::enter_cgroup(&sys::cgroup_root()?)
+    }
+
     pub fn egress_fd(&self) -> Result<i32> {
         self.kernel
             .program_fd(contain_common::program_names::EGRESS)
             .context("contain's egress program")
+    }
+
+    pub fn veth_fd(&self) -> Result<i32> {
+        self.kernel
+            .program_fd(contain_common::program_names::VETH)
+            .context("contain's veth program")
+    }
+
+    pub fn veth_inbound_fd(&self) -> Result<i32> {
+        self.kernel
+            .program_fd(contain_common::program_names::VETH_INBOUND)
+            .context("contain's veth inbound program")
     }
 }
 
@@ -392,6 +616,7 @@ impl Drop for Lab {
             }
             let _ = sys::run("ip", &["netns", "del", &self.peer_ns]);
         }
+        let _ = sys::run("ip", &["netns", "del", &self.testrun_ns]);
         sys::remove_pin_tree(&self.pin_dir);
         sys::remove_cgroup_tree(&self.base);
     }

@@ -18,6 +18,7 @@ mod report;
 mod rules;
 mod svg;
 mod sys;
+mod tcfloor;
 mod throughput;
 
 use std::{
@@ -103,6 +104,9 @@ pub struct Results {
     pub latency: Option<latency::Latency>,
     pub throughput: Option<throughput::Throughput>,
     pub control: Option<control::Control>,
+    /// Where the latency and throughput phases had the veth backstop.
+    #[serde(default)]
+    pub veth_backstop: Vec<lab::Backstop>,
     /// What was not measured, and why.
     pub not_measured: Vec<String>,
 }
@@ -208,6 +212,7 @@ fn run(
             "contain-bench: set up in {:.1} s",
             t.elapsed().as_secs_f64()
         );
+        results.veth_backstop = lab.backstop.clone();
         if has("prog") {
             eprintln!("contain-bench: program cost (BPF_PROG_TEST_RUN)");
             results.prog_cost = Some(progcost::measure(&lab, prog_rounds, 20)?);

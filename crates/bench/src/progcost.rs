@@ -1,11 +1,29 @@
 //! Per-packet program cost with BPF_PROG_TEST_RUN: contain's egress
 //! program (the full decision: the test run's dummy socket has no socket
-//! storage, so nothing is cached), the thesis-style scan, and the floor,
-//! at each rule count, interleaved round by round in one run.
+//! storage, so nothing is cached), contain's veth backstop, the
+//! thesis-style scan, and the floor, at each rule count, interleaved round
+//! by round in one run.
 //!
 //! contain's policy is chosen by the cgroup of the dummy socket, which is
 //! the cgroup of the calling process: the bench moves itself into the
 //! cgroup of each rule count before running its packets.
+//!
+//! `contain_veth` (a tc program) gets the same kind of dummy socket, in the
+//! caller's cgroup, with the IP family of the frame: it can never see a
+//! frame without a socket here. Its paths: *governed* (the bench in the
+//! container's cgroup: the socket's ancestor walk finds the cgroup
+//! contain's programs are attached to, and the frame passes: what every
+//! packet of a container's own IP sockets costs), and, with the bench in
+//! the root cgroup (a socket outside contain's cgroups, the shortest
+//! walk), *unowned* (a veth `CONTAIN_VETHS` has no container for: pass)
+//! and *judged* (a veth mapped to the container's cgroup: its policy
+//! decides, with no process identity). `contain_veth_inbound` (tc egress
+//! of the host side, what the container receives) on the container's veth
+//! (the source is looked up in, and once a second refreshed in,
+//! `CONTAIN_VETH_PEERS`: every packet into a container) and on an unowned
+//! one. The device is a veth of the bench's test-run namespace: the kernel
+//! looks the context's ifindex up in the caller's namespace, so these runs
+//! are made from a thread there.
 
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
 
@@ -14,7 +32,7 @@ use bpf_loader::testrun;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    lab::{Kind, Lab, PREFIX_RULE, RR_PORT},
+    lab::{Kind, Lab, PREFIX_RULE, RR_PORT, TESTRUN_UNOWNED},
     rules::TCP,
     sys,
 };
@@ -53,6 +71,28 @@ pub struct Row {
     pub thesis_bounded_allow_ns: Option<f64>,
     pub thesis_bounded_deny_ns: Option<f64>,
     pub floor_ns: f64,
+    /// `contain_veth`: a socket under contain's cgroups (pass after the
+    /// ancestor walk).
+    #[serde(default)]
+    pub veth_governed_ns: Option<f64>,
+    /// A socket outside them, on a veth mapped to no container (pass).
+    #[serde(default)]
+    pub veth_unowned_ns: Option<f64>,
+    /// A socket outside them, on the container's veth: judged by its
+    /// policy.
+    #[serde(default)]
+    pub veth_allow_host_ns: Option<f64>,
+    #[serde(default)]
+    pub veth_allow_prefix_ns: Option<f64>,
+    #[serde(default)]
+    pub veth_deny_ns: Option<f64>,
+    /// `contain_veth_inbound` on the container's veth (pass, the peer
+    /// noted).
+    #[serde(default)]
+    pub veth_inbound_ns: Option<f64>,
+    /// … on a veth mapped to no container (pass).
+    #[serde(default)]
+    pub veth_inbound_unowned_ns: Option<f64>,
     pub raw: BTreeMap<String, Vec<u32>>,
 }
 
@@ -66,11 +106,24 @@ pub struct ProgCost {
     pub seconds: f64,
 }
 
+/// tc verdicts as the test run reports them: TC_ACT_UNSPEC (-1, "no
+/// opinion": pass on) and TC_ACT_SHOT.
+const TC_PASS: u32 = u32::MAX;
+const TC_DROP: u32 = 2;
+
 /// One measurement: the kernel's mean ns per run over a call of about
-/// `target_ms`, checking the verdict.
-fn measure_one(fd: i32, packet: &[u8], expected: u32, target_ms: u64, what: &str) -> Result<u32> {
-    let probe = testrun::run(fd, packet, 64, testrun::egress_ifindex()?)
-        .with_context(|| format!("test run of {what}"))?;
+/// `target_ms` (the packet as if on device `ifindex` of the calling
+/// thread's namespace), checking the verdict.
+fn measure_one(
+    fd: i32,
+    packet: &[u8],
+    ifindex: u32,
+    expected: u32,
+    target_ms: u64,
+    what: &str,
+) -> Result<u32> {
+    let probe =
+        testrun::run(fd, packet, 64, ifindex).with_context(|| format!("test run of {what}"))?;
     if probe.retval != expected {
         bail!(
             "{what}: verdict {} where {expected} was expected",
@@ -79,14 +132,17 @@ fn measure_one(fd: i32, packet: &[u8], expected: u32, target_ms: u64, what: &str
     }
     let per_run = u64::from(probe.duration_ns.max(1));
     let repeat = (target_ms * 1_000_000 / per_run).clamp(100, 5_000_000) as u32;
-    let run = testrun::run(fd, packet, repeat, testrun::egress_ifindex()?)
-        .with_context(|| format!("test run of {what}"))?;
+    let run =
+        testrun::run(fd, packet, repeat, ifindex).with_context(|| format!("test run of {what}"))?;
     Ok(run.duration_ns)
 }
 
 pub fn measure(lab: &Lab, rounds: usize, target_ms: u64) -> Result<ProgCost> {
     let started = Instant::now();
     let egress = lab.egress_fd()?;
+    let veth = lab.veth_fd()?;
+    let inbound = lab.veth_inbound_fd()?;
+    let out_ifindex = testrun::egress_ifindex()?;
     let denied = tcp_syn(Ipv4Addr::new(198, 18, 255, 9), 443);
     let prefix_hit = tcp_syn(
         Ipv4Addr::from(u32::from(PREFIX_RULE.addr) | 7),
@@ -125,14 +181,37 @@ pub fn measure(lab: &Lab, rounds: usize, target_ms: u64) -> Result<ProgCost> {
                 .get(&(Kind::Thesis, t.rules))
                 .context("a thesis instance per rule count")?;
             let bounded = lab.thesis.get(&(Kind::ThesisBounded, t.rules));
+            let veth_dev = *lab
+                .testrun_veths
+                .get(&t.rules)
+                .context("a test-run veth per rule count")?;
             lab.enter(Some(t))?;
             let m = |fd, pkt: &[u8], verdict, what: &str| {
-                measure_one(fd, pkt, verdict, target_ms, what)
+                measure_one(fd, pkt, out_ifindex, verdict, target_ms, what)
             };
+            let on_dev = |fd, dev, pkt: &[u8], verdict, what: &str| {
+                sys::with_netns(&lab.testrun_ns, || {
+                    measure_one(fd, pkt, dev, verdict, target_ms, what)
+                })
+            };
+            let on_veth =
+                |dev, pkt: &[u8], verdict, what: &str| on_dev(veth, dev, pkt, verdict, what);
             let floor = m(lab.floor.fd, &allowed, 1, "baseline_pass")?;
             let allow_host = m(egress, &allowed, 1, "contain, allowed host")?;
             let allow_prefix = m(egress, &prefix_hit, 1, "contain, allowed prefix")?;
             let deny = m(egress, &denied, 0, "contain, denied")?;
+            // The frames of the two early exits go where the policy denies:
+            // the verdict shows the exit was taken, not a judgement.
+            let v_governed = on_veth(veth_dev, &denied, TC_PASS, "veth, governed socket")?;
+            // Into the container (the frame's source is the peer).
+            let v_in = on_dev(inbound, veth_dev, &allowed, TC_PASS, "veth inbound")?;
+            let v_in_unowned = on_dev(
+                inbound,
+                TESTRUN_UNOWNED,
+                &allowed,
+                TC_PASS,
+                "veth inbound, unowned",
+            )?;
             let t_allow = m(thesis.fd, &thesis_allowed, 1, "thesis scan, allowed")?;
             let t_deny = m(thesis.fd, &denied, 0, "thesis scan, denied")?;
             if let (Some(b), Some(peer)) = (bounded, peer_of(Kind::ThesisBounded)) {
@@ -142,7 +221,26 @@ pub fn measure(lab: &Lab, rounds: usize, target_ms: u64) -> Result<ProgCost> {
                 let v = m(b.fd, &denied, 0, "bounded thesis scan, denied")?;
                 push(t.rules, "thesis_bounded_deny", v);
             }
+            // A socket outside contain's cgroups, as the veth program sees
+            // the frames no cgroup program judged.
+            lab.enter_root()?;
+            let v_unowned = on_veth(TESTRUN_UNOWNED, &denied, TC_PASS, "veth, unowned")?;
+            let v_host = on_veth(veth_dev, &allowed, TC_PASS, "veth, judged, allowed host")?;
+            let v_prefix = on_veth(
+                veth_dev,
+                &prefix_hit,
+                TC_PASS,
+                "veth, judged, allowed prefix",
+            )?;
+            let v_deny = on_veth(veth_dev, &denied, TC_DROP, "veth, judged, denied")?;
             lab.enter(None)?;
+            push(t.rules, "veth_governed", v_governed);
+            push(t.rules, "veth_unowned", v_unowned);
+            push(t.rules, "veth_allow_host", v_host);
+            push(t.rules, "veth_allow_prefix", v_prefix);
+            push(t.rules, "veth_deny", v_deny);
+            push(t.rules, "veth_inbound", v_in);
+            push(t.rules, "veth_inbound_unowned", v_in_unowned);
             push(t.rules, "floor", floor);
             push(t.rules, "contain_allow_host", allow_host);
             push(t.rules, "contain_allow_prefix", allow_prefix);
@@ -169,6 +267,13 @@ pub fn measure(lab: &Lab, rounds: usize, target_ms: u64) -> Result<ProgCost> {
                 thesis_bounded_allow_ns: series.get("thesis_bounded_allow").map(|v| med(v)),
                 thesis_bounded_deny_ns: series.get("thesis_bounded_deny").map(|v| med(v)),
                 floor_ns: med(&series["floor"]),
+                veth_governed_ns: series.get("veth_governed").map(|v| med(v)),
+                veth_unowned_ns: series.get("veth_unowned").map(|v| med(v)),
+                veth_allow_host_ns: series.get("veth_allow_host").map(|v| med(v)),
+                veth_allow_prefix_ns: series.get("veth_allow_prefix").map(|v| med(v)),
+                veth_deny_ns: series.get("veth_deny").map(|v| med(v)),
+                veth_inbound_ns: series.get("veth_inbound").map(|v| med(v)),
+                veth_inbound_unowned_ns: series.get("veth_inbound_unowned").map(|v| med(v)),
                 raw: series,
             }
         })

@@ -12,8 +12,9 @@ use crate::{
     sys, Results,
 };
 
-const KINDS: [Kind; 5] = [
+const KINDS: [Kind; 6] = [
     Kind::Contain,
+    Kind::ContainVeth,
     Kind::Thesis,
     Kind::ThesisBounded,
     Kind::NftLinear,
@@ -23,6 +24,8 @@ const KINDS: [Kind; 5] = [
 fn color(kind: Kind) -> &'static str {
     match kind {
         Kind::Contain => COLORS[0],
+        Kind::ContainVeth => COLORS[5],
+        Kind::ContainTcFloor => COLORS[4],
         Kind::Thesis => COLORS[1],
         Kind::ThesisBounded => COLORS[6],
         Kind::NftLinear => COLORS[2],
@@ -66,6 +69,54 @@ fn us(v: f64) -> String {
 fn signed_us(v: f64) -> String {
     let sign = if v < 0.0 { "−" } else { "+" };
     format!("{sign}{}", us(v.abs()))
+}
+
+/// A small signed difference in µs, to 10 ns.
+fn signed_us2(v: f64) -> String {
+    let sign = if v < 0.0 { "−" } else { "+" };
+    format!("{sign}{:.2} µs", v.abs())
+}
+
+/// The veth backstop's own share of a round trip: contain + backstop
+/// against contain alone, at one rule count. (difference of the medians,
+/// median of the per-round differences of the round medians)
+fn backstop_share(
+    l: &crate::latency::Latency,
+    rules: usize,
+    pick: fn(&crate::latency::Row) -> &Stats,
+) -> Option<(f64, f64)> {
+    share_over_contain(l, Kind::ContainVeth, rules, pick)
+}
+
+/// What configuration `kind` adds to contain alone's round trip, at one
+/// rule count (as [`backstop_share`]).
+fn share_over_contain(
+    l: &crate::latency::Latency,
+    kind: Kind,
+    rules: usize,
+    pick: fn(&crate::latency::Row) -> &Stats,
+) -> Option<(f64, f64)> {
+    let with = l.rows.iter().find(|x| x.kind == kind && x.rules == rules)?;
+    let without = l
+        .rows
+        .iter()
+        .find(|x| x.kind == Kind::Contain && x.rules == rules)?;
+    let (a, b) = (pick(with), pick(without));
+    let rounds: Vec<f64> = a
+        .round_medians_us
+        .iter()
+        .zip(&b.round_medians_us)
+        .map(|(x, y)| x - y)
+        .collect();
+    Some((a.median_us - b.median_us, sys::median(&rounds)))
+}
+
+fn ping_of(r: &crate::latency::Row) -> &Stats {
+    &r.ping
+}
+
+fn rr_of(r: &crate::latency::Row) -> &Stats {
+    &r.tcp_rr
 }
 
 fn ratio(a: f64, b: f64) -> String {
@@ -130,10 +181,10 @@ pub fn write(r: &Results, out: &Path) -> Result<()> {
         prog_cost(&mut md, p, out)?;
     }
     if let Some(l) = &r.latency {
-        latency(&mut md, l, out)?;
+        latency(&mut md, l, &r.veth_backstop, out)?;
     }
     if let Some(t) = &r.throughput {
-        throughput(&mut md, t, out)?;
+        throughput(&mut md, t, r.latency.as_ref(), out)?;
     }
     if let Some(c) = &r.control {
         control(&mut md, c);
@@ -161,6 +212,20 @@ pub fn write(r: &Results, out: &Path) -> Result<()> {
          flow's first takes the cached verdict."
             .into(),
     );
+    if r.prog_cost
+        .as_ref()
+        .is_some_and(|p| p.rows.iter().any(|x| x.veth_governed_ns.is_some()))
+    {
+        notes.push(
+            "`contain_veth` on a frame with no socket at all (the kernel's own packets): a test \
+             run always gives the program a socket, so the unowned-veth and judged columns \
+             include a one-lookup ancestor walk such a frame skips. Frames of packet sockets \
+             (AF_PACKET, AF_XDP), what the backstop is for, cost the governed walk plus a judged \
+             decision; the latency and throughput phases send from IP sockets only, so there \
+             every frame on the backstop takes the common path."
+                .into(),
+        );
+    }
     for n in notes {
         let _ = writeln!(md, "- {n}");
     }
@@ -205,6 +270,30 @@ fn summary(md: &mut String, r: &Results) {
                 ratio(worst(hi), p.floor_ns),
                 count(hi.rules)
             );
+            if let (Some(gov), Some(unowned), Some(host), Some(prefix), Some(deny)) = (
+                hi.veth_governed_ns,
+                hi.veth_unowned_ns,
+                hi.veth_allow_host_ns,
+                hi.veth_allow_prefix_ns,
+                hi.veth_deny_ns,
+            ) {
+                let _ = writeln!(
+                    md,
+                    "| veth backstop, per frame, {} rules | — (the targets are the round trip and throughput below) | out (`contain_veth`): {} a container's own socket (the common path; floor {}), {} on a veth of no container; judged by the policy: {} allowed host, {} allowed prefix, {} denied (egress program: {}, {}, {}); in (`contain_veth_inbound`): {} into a container, {} on a veth of no container |",
+                    count(hi.rules),
+                    ns(gov),
+                    ns(hi.floor_ns),
+                    ns(unowned),
+                    ns(host),
+                    ns(prefix),
+                    ns(deny),
+                    ns(hi.contain_allow_host_ns),
+                    ns(hi.contain_allow_prefix_ns),
+                    ns(hi.contain_deny_ns),
+                    hi.veth_inbound_ns.map_or("—".into(), ns),
+                    hi.veth_inbound_unowned_ns.map_or("—".into(), ns)
+                );
+            }
         }
     }
     if let Some(l) = &r.latency {
@@ -213,37 +302,88 @@ fn summary(md: &mut String, r: &Results) {
             if let (Some(lo), Some(hi)) = (contain.first(), contain.last()) {
                 let _ = writeln!(
                     md,
-                    "| added median ping RTT vs no filter | ≤ 1 µs, flat from 10 to 100 000 rules | {} at {} rules, {} at {} rules (no filter: {}) |",
-                    signed_us(lo.ping.median_us - none.ping.median_us),
+                    "| added median ping RTT vs no filter | ≤ 1 µs, flat from 10 to 100 000 rules | {} at {} rules, {} at {} rules; TCP RR {}, {} (no filter: ping {:.2} µs, TCP RR {:.2} µs) |",
+                    signed_us2(lo.ping.median_us - none.ping.median_us),
                     count(lo.rules),
-                    signed_us(hi.ping.median_us - none.ping.median_us),
+                    signed_us2(hi.ping.median_us - none.ping.median_us),
                     count(hi.rules),
-                    us(none.ping.median_us)
+                    signed_us2(lo.tcp_rr.median_us - none.tcp_rr.median_us),
+                    signed_us2(hi.tcp_rr.median_us - none.tcp_rr.median_us),
+                    none.ping.median_us,
+                    none.tcp_rr.median_us
+                );
+            }
+            let veth: Vec<_> = l
+                .rows
+                .iter()
+                .filter(|x| x.kind == Kind::ContainVeth)
+                .collect();
+            if let (Some(lo), Some(hi)) = (veth.first(), veth.last()) {
+                let added = |row: &crate::latency::Row,
+                             pick: fn(&crate::latency::Row) -> &Stats| {
+                    signed_us2(pick(row).median_us - pick(none).median_us)
+                };
+                let _ = writeln!(
+                    md,
+                    "| … with the veth backstop too (cgroup programs + `contain_veth`) | ≤ 1 µs added round trip | {} at {} rules, {} at {} rules; TCP RR {}, {} |",
+                    added(lo, ping_of),
+                    count(lo.rules),
+                    added(hi, ping_of),
+                    count(hi.rules),
+                    added(lo, rr_of),
+                    added(hi, rr_of)
+                );
+                let share = |rules: usize, pick| {
+                    let all =
+                        backstop_share(l, rules, pick).map_or("—".into(), |(d, _)| signed_us2(d));
+                    match share_over_contain(l, Kind::ContainTcFloor, rules, pick) {
+                        Some((hook, _)) => format!("{all} (the tc hook {})", signed_us2(hook)),
+                        None => all,
+                    }
+                };
+                let _ = writeln!(
+                    md,
+                    "| … the backstop's own share (contain + backstop − contain) | — | {} at {} rules, {} at {} rules; TCP RR {}, {} |",
+                    share(lo.rules, ping_of),
+                    count(lo.rules),
+                    share(hi.rules, ping_of),
+                    count(hi.rules),
+                    share(lo.rules, rr_of),
+                    share(hi.rules, rr_of)
                 );
             }
         }
     }
     if let Some(t) = &r.throughput {
         if let Some(none) = t.rows.iter().find(|x| x.kind == Kind::None) {
-            let cells: Vec<String> = t
-                .rows
-                .iter()
-                .filter(|x| x.kind == Kind::Contain)
-                .map(|x| {
-                    format!(
-                        "{:.1} % at {} rules (median of paired ratios; ratio of medians {:.1} %)",
-                        100.0 * x.median_ratio_to_none,
-                        count(x.rules),
-                        100.0 * x.median_gbps / none.median_gbps
-                    )
-                })
-                .collect();
+            let cells = |kind: Kind| -> Vec<String> {
+                t.rows
+                    .iter()
+                    .filter(|x| x.kind == kind)
+                    .map(|x| {
+                        format!(
+                            "{:.1} % at {} rules (median of paired ratios; ratio of medians {:.1} %)",
+                            100.0 * x.median_ratio_to_none,
+                            count(x.rules),
+                            100.0 * x.median_gbps / none.median_gbps
+                        )
+                    })
+                    .collect()
+            };
             let _ = writeln!(
                 md,
                 "| TCP throughput through a filtered veth | ≥ 98 % of unfiltered | {} ({:.1} Gbit/s unfiltered) |",
-                cells.join(", "),
+                cells(Kind::Contain).join(", "),
                 none.median_gbps
             );
+            let veth = cells(Kind::ContainVeth);
+            if !veth.is_empty() {
+                let _ = writeln!(
+                    md,
+                    "| … with the veth backstop too | ≥ 98 % of unfiltered | {} |",
+                    veth.join(", ")
+                );
+            }
         }
     }
     if let Some(c) = &r.control {
@@ -366,6 +506,7 @@ fn prog_cost(md: &mut String, p: &crate::progcost::ProgCost, out: &Path) -> Resu
          smallest count, and against the floor measured in the same rounds. ² denied packet: \
          full scan against contain's full decision.\n"
     );
+    veth_cost(md, p);
     let pts = |f: &dyn Fn(&crate::progcost::Row) -> f64| -> Vec<(f64, f64)> {
         p.rows.iter().map(|r| (r.rules as f64, f(r))).collect()
     };
@@ -422,14 +563,123 @@ fn prog_cost(md: &mut String, p: &crate::progcost::ProgCost, out: &Path) -> Resu
                 color: COLORS[4],
                 dashed: true,
             },
-        ],
+            Series {
+                name: "veth, container's socket".into(),
+                points: p
+                    .rows
+                    .iter()
+                    .filter_map(|r| r.veth_governed_ns.map(|v| (r.rules as f64, v)))
+                    .collect(),
+                color: COLORS[3],
+                dashed: false,
+            },
+            Series {
+                name: "veth, judged, denied".into(),
+                points: p
+                    .rows
+                    .iter()
+                    .filter_map(|r| r.veth_deny_ns.map(|v| (r.rules as f64, v)))
+                    .collect(),
+                color: COLORS[3],
+                dashed: true,
+            },
+        ]
+        .into_iter()
+        .filter(|s| !s.points.is_empty())
+        .collect(),
     };
     std::fs::write(out.join("prog_cost.svg"), svg::line_chart(&chart))?;
     let _ = writeln!(md, "![per-packet cost](prog_cost.svg)\n");
     Ok(())
 }
 
-fn latency(md: &mut String, l: &crate::latency::Latency, out: &Path) -> Result<()> {
+/// The veth backstop's program cost, next to the egress program's.
+fn veth_cost(md: &mut String, p: &crate::progcost::ProgCost) {
+    if p.rows.iter().all(|r| r.veth_governed_ns.is_none()) {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "### The veth backstop (`contain_veth`, `contain_veth_inbound`)\n"
+    );
+    let _ = writeln!(
+        md,
+        "The two tc programs bpf-loader attaches to the host side of every veth: \
+         `contain_veth` on ingress (what the container sends) and `contain_veth_inbound` on \
+         egress (what it receives). Measured in the same rounds as the columns above, on the \
+         same TCP SYNs wrapped in Ethernet, as if \
+         they came in on a veth of the bench's own namespace (the test run's `ifindex`, looked \
+         up in the caller's namespace). BPF_PROG_TEST_RUN gives a tc program a dummy socket, as \
+         it does a cgroup program: in the caller's cgroup, with the frame's IP family. So the \
+         common path *can* be test-run: **a container's own socket** (the bench in the \
+         container's cgroup) is a packet the cgroup programs already judged; the program walks \
+         the socket's ancestor cgroups from the root until one is in `CONTAIN_ATTACHED_CGROUPS` \
+         (here 3 levels: the programs sit on `cbench-<pid>/contain`, one level deeper than a \
+         top-level `contain.slice`) and passes it. The frame goes where the policy denies, so \
+         the verdict shows the exit was taken. The other columns run from the root cgroup, a \
+         socket outside contain's cgroups with the shortest walk (one lookup), as the program \
+         sees a host process's packets: **unowned veth** is a veth `CONTAIN_VETHS` maps to no \
+         container (pass; the cheapest exit a test run can reach: a frame with no socket at \
+         all, which a test run cannot make, skips the walk too); **judged** is the container's \
+         veth (mapped to the cgroup of the egress columns' policy): parsed from the Ethernet \
+         header and decided under its policy with no process identity, *allowed host*, \
+         *allowed prefix* and *denied* as above (a denied frame is dropped and reported, like \
+         the egress program's). **Inbound** is `contain_veth_inbound` on a frame into the \
+         container: on its veth the frame's source is looked up in `CONTAIN_VETH_PEERS` (and \
+         rewritten there at most once a second), which every packet into a container costs; on \
+         an unowned veth it passes after the `CONTAIN_VETHS` lookup.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| rules | out: a container's socket (pass) | unowned veth (pass) | judged: allowed host | allowed prefix | denied | judged ÷ egress¹ | inbound: the container's veth | unowned veth | egress, denied | floor |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let opt = |v: Option<f64>| v.map_or("—".to_string(), ns);
+    for row in &p.rows {
+        let judged_worst = [
+            row.veth_allow_host_ns,
+            row.veth_allow_prefix_ns,
+            row.veth_deny_ns,
+        ]
+        .into_iter()
+        .flatten()
+        .fold(f64::NAN, f64::max);
+        let egress_worst = row
+            .contain_allow_host_ns
+            .max(row.contain_allow_prefix_ns)
+            .max(row.contain_deny_ns);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            count(row.rules),
+            opt(row.veth_governed_ns),
+            opt(row.veth_unowned_ns),
+            opt(row.veth_allow_host_ns),
+            opt(row.veth_allow_prefix_ns),
+            opt(row.veth_deny_ns),
+            if judged_worst.is_nan() {
+                "—".into()
+            } else {
+                ratio(judged_worst, egress_worst)
+            },
+            opt(row.veth_inbound_ns),
+            opt(row.veth_inbound_unowned_ns),
+            ns(row.contain_deny_ns),
+            ns(row.floor_ns)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n¹ the slowest judged path against the egress program's slowest, same rule count, \
+         same rounds.\n"
+    );
+}
+
+fn latency(
+    md: &mut String,
+    l: &crate::latency::Latency,
+    backstop: &[crate::lab::Backstop],
+    out: &Path,
+) -> Result<()> {
     let _ = writeln!(md, "## Added latency\n");
     let _ = writeln!(
         md,
@@ -444,13 +694,45 @@ fn latency(md: &mut String, l: &crate::latency::Latency, out: &Path) -> Result<(
          (both variants) attached as \
          cgroup_skb/egress, or an nftables `output` chain with policy drop in the client \
          namespace: *one rule per entry* (the same list, in order) or *one set lookup* (a \
-         concatenated `address . protocol . port` interval set). Each list has the rules the \
-         traffic needs in its middle. {} rounds; each round measures every configuration \
+         concatenated `address . protocol . port` interval set). **contain + veth backstop** \
+         is contain's cgroup programs as in the contain column, on a cgroup and policy of its \
+         own, plus the veth backstop: the peer namespace plays the host, and the peer's end of \
+         the configuration's veth is the host side of a container's veth, where Docker's is; \
+         the backstop is attached there by bpf-loader's own code (`Kernel::attach_veth`: \
+         `contain_veth` on tc ingress, `contain_veth_inbound` on tc egress{}) and the device is \
+         mapped to the configuration's cgroup in `CONTAIN_VETHS`, as policyd maps a \
+         container's veth. Every frame the client sends crosses `contain_veth`; they come from \
+         the client's own sockets, so they take the common path (the ancestor-cgroup walk \
+         finds contain's cgroup, 3 levels here, and the frame passes); every reply crosses \
+         `contain_veth_inbound` (its source looked up in `CONTAIN_VETH_PEERS`). Every \
+         configuration's path is the same: one veth pair, no bridge, no routing hop; only what \
+         is attached differs (the other configurations' peer ends have no backstop, as if \
+         contain were not installed: with bpf-loader every veth of its namespace would get \
+         one; the kernel's tc hooks, on for every device once one program is attached \
+         anywhere, are shared by all). Each list has the rules the traffic needs in its middle. {} rounds; each round \
+         measures every configuration \
          once ({} echoes, then {} request/responses), in rotating order, so the machine's \
          noise is shared. The measuring thread and the server's thread are pinned to one CPU \
          (otherwise the scheduler's choice between same- and cross-CPU wake-ups moves whole \
          rounds by 20 µs). No ARP (static neighbours), IPv6 off on the veths.\n",
-        l.payload_bytes, l.rounds, l.per_round, l.per_round
+        l.payload_bytes,
+        if backstop.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {}: {}",
+                backstop.first().map_or("", |b| b.attach.as_str()),
+                backstop
+                    .iter()
+                    .filter(|b| b.target.starts_with("contain-veth"))
+                    .map(|b| format!("{} on `{}` (ifindex {})", b.target, b.device, b.ifindex))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        },
+        l.rounds,
+        l.per_round,
+        l.per_round
     );
     let none = l.rows.iter().find(|x| x.kind == Kind::None);
     let counts: Vec<usize> = {
@@ -489,7 +771,7 @@ fn latency(md: &mut String, l: &crate::latency::Latency, out: &Path) -> Result<(
         for k in KINDS {
             let _ = write!(md, " {} |", k.label());
         }
-        let _ = writeln!(md, "\n|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(md, "\n|---:|{}", "---:|".repeat(KINDS.len()));
         for &n in &counts {
             let _ = write!(md, "| {} |", count(n));
             for k in KINDS {
@@ -547,6 +829,9 @@ fn latency(md: &mut String, l: &crate::latency::Latency, out: &Path) -> Result<(
         let _ = writeln!(md, "![{title}]({file})\n");
     }
     if let Some(none) = none {
+        backstop_latency(md, l, none, &counts);
+    }
+    if let Some(none) = none {
         let added =
             |k: Kind, pick: fn(&crate::latency::Row) -> &Stats, base: f64| -> Vec<(f64, f64)> {
                 l.rows
@@ -555,12 +840,7 @@ fn latency(md: &mut String, l: &crate::latency::Latency, out: &Path) -> Result<(
                     .map(|x| (x.rules as f64, pick(x).median_us - base))
                     .collect()
             };
-        fn ping(r: &crate::latency::Row) -> &Stats {
-            &r.ping
-        }
-        fn rr(r: &crate::latency::Row) -> &Stats {
-            &r.tcp_rr
-        }
+        let (ping, rr) = (ping_of, rr_of);
         let chart = LineChart {
             title: "Added median round trip vs no filter, µs (the flat ones)",
             x_label: "rules",
@@ -581,6 +861,18 @@ fn latency(md: &mut String, l: &crate::latency::Latency, out: &Path) -> Result<(
                     dashed: true,
                 },
                 Series {
+                    name: "contain + backstop, ping".into(),
+                    points: added(Kind::ContainVeth, ping, none.ping.median_us),
+                    color: color(Kind::ContainVeth),
+                    dashed: false,
+                },
+                Series {
+                    name: "contain + backstop, TCP RR".into(),
+                    points: added(Kind::ContainVeth, rr, none.tcp_rr.median_us),
+                    color: color(Kind::ContainVeth),
+                    dashed: true,
+                },
+                Series {
                     name: "nftables set, ping".into(),
                     points: added(Kind::NftSet, ping, none.ping.median_us),
                     color: color(Kind::NftSet),
@@ -592,7 +884,10 @@ fn latency(md: &mut String, l: &crate::latency::Latency, out: &Path) -> Result<(
                     color: color(Kind::NftSet),
                     dashed: true,
                 },
-            ],
+            ]
+            .into_iter()
+            .filter(|s| !s.points.is_empty())
+            .collect(),
         };
         std::fs::write(out.join("latency_added.svg"), svg::line_chart(&chart))?;
         let _ = writeln!(
@@ -615,7 +910,77 @@ fn latency(md: &mut String, l: &crate::latency::Latency, out: &Path) -> Result<(
     Ok(())
 }
 
-fn throughput(md: &mut String, t: &crate::throughput::Throughput, out: &Path) -> Result<()> {
+/// contain with and without the veth backstop, side by side, to 10 ns.
+fn backstop_latency(
+    md: &mut String,
+    l: &crate::latency::Latency,
+    none: &crate::latency::Row,
+    counts: &[usize],
+) {
+    if !l.rows.iter().any(|x| x.kind == Kind::ContainVeth) {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "### contain with and without the veth backstop\n\nThe medians above, to 10 ns, and \
+         the difference each makes to no filter's. **contain + a tc program that passes** has a \
+         two-instruction tc program (`r0 = TC_ACT_UNSPEC; exit`, loaded and attached by tcx \
+         like the backstop, `crates/bench/src/tcfloor.rs`) where the backstop is: what running \
+         any tc program on the veth costs. The last two columns split the backstop's share \
+         (contain + backstop − contain) into that hook's share (contain + the program that \
+         passes − contain) and the rest, `contain_veth`'s own work: each the difference of the \
+         medians, and in parentheses the median over rounds of the difference of the two \
+         configurations' round medians (all are measured in every round).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| rules | round trip | no filter | contain | contain + a tc program that passes | contain + veth backstop | the backstop's share | of it, the tc hook's |\n|---:|---|---:|---:|---:|---:|---:|---:|"
+    );
+    let us2 = |v: f64| format!("{v:.2} µs");
+    for &n in counts {
+        for (what, pick) in [
+            ("ping", ping_of as fn(&crate::latency::Row) -> &Stats),
+            ("TCP RR", rr_of),
+        ] {
+            let cell = |kind: Kind| {
+                l.rows
+                    .iter()
+                    .find(|x| x.kind == kind && x.rules == n)
+                    .map_or("—".to_string(), |row| {
+                        format!(
+                            "{} ({})",
+                            us2(pick(row).median_us),
+                            signed_us2(pick(row).median_us - pick(none).median_us)
+                        )
+                    })
+            };
+            let share = |kind| {
+                share_over_contain(l, kind, n, pick).map_or("—".to_string(), |(d, r)| {
+                    format!("{} ({})", signed_us2(d), signed_us2(r))
+                })
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {what} | {} | {} | {} | {} | {} | {} |",
+                count(n),
+                us2(pick(none).median_us),
+                cell(Kind::Contain),
+                cell(Kind::ContainTcFloor),
+                cell(Kind::ContainVeth),
+                share(Kind::ContainVeth),
+                share(Kind::ContainTcFloor)
+            );
+        }
+    }
+    let _ = writeln!(md);
+}
+
+fn throughput(
+    md: &mut String,
+    t: &crate::throughput::Throughput,
+    latency: Option<&crate::latency::Latency>,
+    out: &Path,
+) -> Result<()> {
     let _ = writeln!(md, "## Throughput\n");
     let _ = writeln!(
         md,
@@ -625,7 +990,10 @@ fn throughput(md: &mut String, t: &crate::throughput::Throughput, out: &Path) ->
          round-robin; the last column is the median of those pairs' ratios. On 2 cores the \
          sender, the receiver and the veth's softirq share the CPUs with whatever else runs, so \
          single runs vary by ±10 % or more. contain's cost on a bulk stream is an early return \
-         per packet (the flow's verdict is cached and unchanged), whatever the rule count.\n",
+         per packet (the flow's verdict is cached and unchanged), whatever the rule count. With \
+         the veth backstop (on the peer's end of the veth, as in the latency section) each data \
+         packet (a GSO packet of up to 64 kB on a veth) also takes the ancestor-cgroup walk on \
+         its way in, and each ACK coming back passes `contain_veth_inbound` on its way out.\n",
         t.seconds_per_run, t.rounds
     );
     let none = t
@@ -635,7 +1003,7 @@ fn throughput(md: &mut String, t: &crate::throughput::Throughput, out: &Path) ->
         .map(|x| x.median_gbps);
     let _ = writeln!(
         md,
-        "| configuration | rules | median Gbit/s | runs | ratio of medians | median of paired ratios |\n|---|---:|---:|---|---:|---:|"
+        "| configuration | rules | median Gbit/s | runs | ratio of medians | median of paired ratios | frames on the veth's host side¹ |\n|---|---:|---:|---|---:|---:|---:|"
     );
     let mut bars = Vec::new();
     for row in &t.rows {
@@ -652,9 +1020,13 @@ fn throughput(md: &mut String, t: &crate::throughput::Throughput, out: &Path) ->
         let of = none.map_or("—".into(), |n| {
             format!("{:.1} %", 100.0 * row.median_gbps / n)
         });
+        let frames = match (row.frames_per_second(), row.mean_frame_bytes()) {
+            (Some(f), Some(b)) => format!("{:.0} k/s, {:.1} kB each", f / 1e3, b / 1e3),
+            _ => "—".into(),
+        };
         let _ = writeln!(
             md,
-            "| {} | {} | {:.2} | {} | {} | {:.1} % |",
+            "| {} | {} | {:.2} | {} | {} | {:.1} % | {frames} |",
             row.kind.label(),
             if row.kind == Kind::None {
                 "—".into()
@@ -676,6 +1048,27 @@ fn throughput(md: &mut String, t: &crate::throughput::Throughput, out: &Path) ->
             color: color(row.kind),
         });
     }
+    let _ = writeln!(
+        md,
+        "\n¹ skbs received on the peer's end of the veth during the runs (a GSO packet counts \
+         once: a tc program there, like the veth backstop, runs once for it), at the median \
+         rate, with their mean size.\n"
+    );
+    for row in t.rows.iter().filter(|x| x.kind == Kind::ContainVeth) {
+        let share = latency.and_then(|l| backstop_share(l, row.rules, ping_of));
+        if let (Some(fps), Some((share_us, _))) = (row.frames_per_second(), share) {
+            let _ = writeln!(
+                md,
+                "The backstop at {} rules: {:.0} k frames/s × its share of a ping round trip \
+                 ({}, one frame) ≈ {:.2} % of one CPU's time: about what it can take from \
+                 a stream bound by that CPU (an estimate; single runs vary far more).",
+                count(row.rules),
+                fps / 1e3,
+                signed_us2(share_us),
+                100.0 * fps * share_us.max(0.0) * 1e-6
+            );
+        }
+    }
     std::fs::write(
         out.join("throughput.svg"),
         svg::bar_chart("TCP throughput (iperf3), median", "Gbit/s", &bars),
@@ -688,7 +1081,9 @@ fn control(md: &mut String, c: &crate::control::Control) {
     let _ = writeln!(md, "## Control plane\n");
     let _ = writeln!(
         md,
-        "The release daemons, on private sockets, pins and cgroups. `policyd reload` is the CLI \
+        "The release daemons, on private sockets, pins and cgroups; bpf-loader in a network \
+         namespace of its own (it attaches its veth backstop to every veth of its namespace, \
+         and the host's are not the bench's to touch). `policyd reload` is the CLI \
          as an operator runs it (wall time from exec to exit, so it includes the CLI's own \
          start), against `policyd daemon` and the real `bpf-loader` writing the BPF maps. The \
          policy is policyd's synthetic one: {} rules over {} policies (each with two \
@@ -825,5 +1220,67 @@ fn control(md: &mut String, c: &crate::control::Control) {
                 "Container create → policy in force was not measured (see below).\n"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::latency::{Latency, Row};
+
+    fn row(kind: Kind, rules: usize, median: f64, rounds: &[f64]) -> Row {
+        let stats = Stats {
+            n: 1,
+            median_us: median,
+            round_medians_us: rounds.to_vec(),
+            ..Stats::default()
+        };
+        Row {
+            name: String::new(),
+            kind,
+            rules,
+            ping: stats.clone(),
+            tcp_rr: stats,
+        }
+    }
+
+    #[test]
+    fn backstop_share_pairs_rounds() {
+        let l = Latency {
+            rounds: 3,
+            per_round: 1,
+            payload_bytes: 64,
+            rows: vec![
+                row(Kind::Contain, 10, 2.0, &[2.0, 2.1, 1.9]),
+                row(Kind::ContainVeth, 10, 2.1, &[2.05, 2.2, 1.9]),
+            ],
+            nft_load_s: Default::default(),
+            seconds: 0.0,
+        };
+        let (d, r) = backstop_share(&l, 10, ping_of).expect("both configurations");
+        assert!((d - 0.1).abs() < 1e-9);
+        assert!((r - 0.05).abs() < 1e-9);
+        assert!(backstop_share(&l, 100, ping_of).is_none());
+    }
+
+    #[test]
+    fn results_without_the_backstop_still_render() {
+        // A row as runs before the veth backstop wrote it.
+        let old = r#"{"rules": 10, "contain_allow_host_ns": 67.0, "contain_allow_prefix_ns": 78.0,
+            "contain_deny_ns": 105.0, "thesis_allow_ns": 38.0, "thesis_deny_ns": 47.0,
+            "thesis_bounded_allow_ns": 34.0, "thesis_bounded_deny_ns": 37.0, "floor_ns": 14.0,
+            "raw": {}}"#;
+        let row: crate::progcost::Row = serde_json::from_str(old).expect("old row");
+        assert!(row.veth_governed_ns.is_none());
+        let p = crate::progcost::ProgCost {
+            rounds: 1,
+            target_ms: 20,
+            floor_ns: 14.0,
+            rows: vec![row],
+            seconds: 0.0,
+        };
+        let mut md = String::new();
+        veth_cost(&mut md, &p);
+        assert!(md.is_empty());
     }
 }

@@ -212,6 +212,25 @@ pub fn join_netns(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Runs `f` on the calling thread inside network namespace `ns`, then
+/// moves the thread back to the namespace it was in (for what must happen
+/// on this thread: a test run needs its device in the thread's namespace,
+/// a tc attachment resolves its device there).
+pub fn with_netns<T>(ns: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let home = File::open("/proc/thread-self/ns/net")
+        .context("opening this thread's network namespace")?;
+    join_netns(&netns_path(ns))?;
+    let out = f();
+    // SAFETY: a valid namespace fd; affects the calling thread only.
+    if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!(
+            "returning from network namespace {ns}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    out
+}
+
 /// Spawns `cmd` inside network namespace `ns` and, if given, `cgroup`
 /// (joined in the child between fork and exec, so its first instruction
 /// already runs there).

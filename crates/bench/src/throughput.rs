@@ -11,7 +11,7 @@ use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    lab::{Kind, Lab, IPERF_PORT},
+    lab::{peer_veth, Kind, Lab, IPERF_PORT},
     sys,
 };
 
@@ -28,6 +28,38 @@ pub struct Row {
     #[serde(default)]
     pub median_ratio_to_none: f64,
     pub retransmits: Vec<u64>,
+    /// Frames (skbs: GSO packets count once) and bytes that came in on the
+    /// host side of the configuration's veth during each run: what a tc
+    /// ingress program there (the veth backstop) runs on.
+    #[serde(default)]
+    pub frames: Vec<u64>,
+    #[serde(default)]
+    pub frame_bytes: Vec<u64>,
+    /// Frames that left by the host side towards the client during each
+    /// run (the ACKs): what a tc egress program there runs on.
+    #[serde(default)]
+    pub frames_back: Vec<u64>,
+}
+
+impl Row {
+    /// Mean size of the frames on the veth, bytes.
+    pub fn mean_frame_bytes(&self) -> Option<f64> {
+        let frames: u64 = self.frames.iter().sum();
+        (frames > 0).then(|| self.frame_bytes.iter().sum::<u64>() as f64 / frames as f64)
+    }
+
+    /// Frames a second at the median rate, from the mean frame size.
+    pub fn frames_per_second(&self) -> Option<f64> {
+        self.mean_frame_bytes()
+            .map(|size| self.median_gbps * 1e9 / 8.0 / size)
+    }
+
+    /// Frames back (ACKs) per frame in.
+    pub fn back_per_frame(&self) -> Option<f64> {
+        let frames: u64 = self.frames.iter().sum();
+        (frames > 0 && !self.frames_back.is_empty())
+            .then(|| self.frames_back.iter().sum::<u64>() as f64 / frames as f64)
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -45,15 +77,48 @@ pub fn selected(kind: Kind, rules: usize, counts: &[usize]) -> bool {
     let hi = counts.last().copied().unwrap_or(100_000);
     match kind {
         Kind::None => true,
-        Kind::Contain => rules == lo || rules == hi,
+        Kind::Contain | Kind::ContainVeth => rules == lo || rules == hi,
         Kind::NftSet => rules == hi,
         Kind::Thesis | Kind::NftLinear => rules == 100.max(lo) || rules == 10_000.min(hi),
-        Kind::ThesisBounded => false,
+        Kind::ThesisBounded | Kind::ContainTcFloor => false,
     }
 }
 
-fn iperf(lab: &Lab, idx: usize, secs: u32) -> Result<(f64, u64)> {
+/// Counters of the host side of configuration `idx`'s veth: packets and
+/// bytes received (from the client), packets sent (to it).
+fn counters(lab: &Lab, idx: usize) -> Result<(u64, u64, u64)> {
+    let dev = peer_veth(idx + 1);
+    let out = sys::run(
+        "ip",
+        &["-n", &lab.peer_ns, "-s", "-j", "link", "show", "dev", &dev],
+    )?;
+    let json: serde_json::Value = serde_json::from_str(&out).context("`ip -s -j link` output")?;
+    let rx = &json[0]["stats64"]["rx"];
+    let tx = &json[0]["stats64"]["tx"];
+    Ok((
+        rx["packets"]
+            .as_u64()
+            .with_context(|| format!("rx packets of {dev}"))?,
+        rx["bytes"]
+            .as_u64()
+            .with_context(|| format!("rx bytes of {dev}"))?,
+        tx["packets"]
+            .as_u64()
+            .with_context(|| format!("tx packets of {dev}"))?,
+    ))
+}
+
+struct Run {
+    gbps: f64,
+    retransmits: u64,
+    frames: u64,
+    bytes: u64,
+    frames_back: u64,
+}
+
+fn iperf(lab: &Lab, idx: usize, secs: u32) -> Result<Run> {
     let t = &lab.targets[idx];
+    let before = counters(lab, idx)?;
     let mut cmd = Command::new("iperf3");
     cmd.args(["-c", &t.peer.to_string(), "-p", &IPERF_PORT.to_string()])
         .args(["-t", &secs.to_string(), "-J", "--connect-timeout", "3000"])
@@ -71,7 +136,14 @@ fn iperf(lab: &Lab, idx: usize, secs: u32) -> Result<(f64, u64)> {
         .as_f64()
         .context("iperf3: no end.sum_received.bits_per_second")?;
     let retr = end["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
-    Ok((bps / 1e9, retr))
+    let after = counters(lab, idx)?;
+    Ok(Run {
+        gbps: bps / 1e9,
+        retransmits: retr,
+        frames: after.0.saturating_sub(before.0),
+        bytes: after.1.saturating_sub(before.1),
+        frames_back: after.2.saturating_sub(before.2),
+    })
 }
 
 pub fn measure(lab: &mut Lab, counts: &[usize], rounds: usize, secs: u32) -> Result<Throughput> {
@@ -92,10 +164,9 @@ pub fn measure(lab: &mut Lab, counts: &[usize], rounds: usize, secs: u32) -> Res
     let chosen: Vec<usize> = (0..lab.targets.len())
         .filter(|&i| i != none && selected(lab.targets[i].kind, lab.targets[i].rules, counts))
         .collect();
-    let mut gbps = vec![Vec::new(); chosen.len()];
-    let mut retr = vec![Vec::new(); chosen.len()];
+    let mut runs: Vec<Vec<Run>> = (0..chosen.len()).map(|_| Vec::new()).collect();
     let mut ratios = vec![Vec::new(); chosen.len()];
-    let (mut none_gbps, mut none_retr) = (Vec::new(), Vec::new());
+    let mut none_runs = Vec::new();
     // Each configuration is run right next to an unfiltered run (which
     // one goes first alternates), and judged by the ratio of the pair.
     for round in 0..rounds {
@@ -108,14 +179,12 @@ pub fn measure(lab: &mut Lab, counts: &[usize], rounds: usize, secs: u32) -> Res
             };
             let mut got = [0.0; 2];
             for (k, &idx) in pair.iter().enumerate() {
-                let (g, r) = iperf(lab, idx, secs)?;
-                got[k] = g;
+                let run = iperf(lab, idx, secs)?;
+                got[k] = run.gbps;
                 if idx == none {
-                    none_gbps.push(g);
-                    none_retr.push(r);
+                    none_runs.push(run);
                 } else {
-                    gbps[j].push(g);
-                    retr[j].push(r);
+                    runs[j].push(run);
                 }
             }
             let (filtered, unfiltered) = if pair[0] == none {
@@ -128,27 +197,24 @@ pub fn measure(lab: &mut Lab, counts: &[usize], rounds: usize, secs: u32) -> Res
         eprint!(".");
     }
     eprintln!();
-    let t = &lab.targets[none];
-    let mut rows = vec![Row {
-        name: t.name(),
-        kind: t.kind,
-        rules: t.rules,
-        median_gbps: sys::median(&none_gbps),
-        median_ratio_to_none: 1.0,
-        gbps: none_gbps,
-        retransmits: none_retr,
-    }];
-    for (j, &i) in chosen.iter().enumerate() {
-        let t = &lab.targets[i];
-        rows.push(Row {
+    let row = |t: &crate::lab::Target, runs: &[Run], ratio: f64| {
+        let gbps: Vec<f64> = runs.iter().map(|r| r.gbps).collect();
+        Row {
             name: t.name(),
             kind: t.kind,
             rules: t.rules,
-            median_gbps: sys::median(&gbps[j]),
-            median_ratio_to_none: sys::median(&ratios[j]),
-            gbps: std::mem::take(&mut gbps[j]),
-            retransmits: std::mem::take(&mut retr[j]),
-        });
+            median_gbps: sys::median(&gbps),
+            median_ratio_to_none: ratio,
+            gbps,
+            retransmits: runs.iter().map(|r| r.retransmits).collect(),
+            frames: runs.iter().map(|r| r.frames).collect(),
+            frame_bytes: runs.iter().map(|r| r.bytes).collect(),
+            frames_back: runs.iter().map(|r| r.frames_back).collect(),
+        }
+    };
+    let mut rows = vec![row(&lab.targets[none], &none_runs, 1.0)];
+    for (j, &i) in chosen.iter().enumerate() {
+        rows.push(row(&lab.targets[i], &runs[j], sys::median(&ratios[j])));
     }
     Ok(Throughput {
         seconds_per_run: secs,
