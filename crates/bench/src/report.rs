@@ -222,7 +222,8 @@ pub fn write(r: &Results, out: &Path) -> Result<()> {
              include a one-lookup ancestor walk such a frame skips. Frames of packet sockets \
              (AF_PACKET, AF_XDP), what the backstop is for, cost the governed walk plus a judged \
              decision; the latency and throughput phases send from IP sockets only, so there \
-             every frame on the backstop takes the common path."
+             every frame out takes `contain_veth`'s common path, and every frame in \
+             `contain_veth_inbound`'s."
                 .into(),
         );
     }
@@ -325,7 +326,7 @@ fn summary(md: &mut String, r: &Results) {
                 };
                 let _ = writeln!(
                     md,
-                    "| … with the veth backstop too (cgroup programs + `contain_veth`) | ≤ 1 µs added round trip | {} at {} rules, {} at {} rules; TCP RR {}, {} |",
+                    "| … with the veth backstop too (cgroup programs + `contain_veth` + `contain_veth_inbound`) | ≤ 1 µs added round trip | {} at {} rules, {} at {} rules; TCP RR {}, {} |",
                     added(lo, ping_of),
                     count(lo.rules),
                     added(hi, ping_of),
@@ -337,7 +338,7 @@ fn summary(md: &mut String, r: &Results) {
                     let all =
                         backstop_share(l, rules, pick).map_or("—".into(), |(d, _)| signed_us2(d));
                     match share_over_contain(l, Kind::ContainTcFloor, rules, pick) {
-                        Some((hook, _)) => format!("{all} (the tc hook {})", signed_us2(hook)),
+                        Some((hook, _)) => format!("{all} (the tc hooks {})", signed_us2(hook)),
                         None => all,
                     }
                 };
@@ -720,14 +721,14 @@ fn latency(
             String::new()
         } else {
             format!(
-                "; {}: {}",
+                "; {}, on {}",
                 backstop.first().map_or("", |b| b.attach.as_str()),
                 backstop
                     .iter()
                     .filter(|b| b.target.starts_with("contain-veth"))
-                    .map(|b| format!("{} on `{}` (ifindex {})", b.target, b.device, b.ifindex))
+                    .map(|b| format!("`{}`", b.device))
                     .collect::<Vec<_>>()
-                    .join("; ")
+                    .join(", ")
             )
         },
         l.rounds,
@@ -924,17 +925,18 @@ fn backstop_latency(
         md,
         "### contain with and without the veth backstop\n\nThe medians above, to 10 ns, and \
          the difference each makes to no filter's. **contain + a tc program that passes** has a \
-         two-instruction tc program (`r0 = TC_ACT_UNSPEC; exit`, loaded and attached by tcx \
-         like the backstop, `crates/bench/src/tcfloor.rs`) where the backstop is: what running \
-         any tc program on the veth costs. The last two columns split the backstop's share \
-         (contain + backstop − contain) into that hook's share (contain + the program that \
-         passes − contain) and the rest, `contain_veth`'s own work: each the difference of the \
-         medians, and in parentheses the median over rounds of the difference of the two \
-         configurations' round medians (all are measured in every round).\n"
+         two-instruction tc program (`r0 = TC_ACT_UNSPEC; exit`, `crates/bench/src/tcfloor.rs`) \
+         attached by tcx where the backstop's two programs are, on tc ingress and egress of the \
+         host side: what running any tc program there costs. The last two columns are the \
+         backstop's share (contain + backstop − contain) and, of it, the hooks' share (contain \
+         + the program that passes − contain); the rest is the two programs' own work. Each is \
+         the difference of the medians, and in parentheses the median over rounds of the \
+         difference of the two configurations' round medians (all are measured in every \
+         round).\n"
     );
     let _ = writeln!(
         md,
-        "| rules | round trip | no filter | contain | contain + a tc program that passes | contain + veth backstop | the backstop's share | of it, the tc hook's |\n|---:|---|---:|---:|---:|---:|---:|---:|"
+        "| rules | round trip | no filter | contain | contain + a tc program that passes | contain + veth backstop | the backstop's share | of it, the tc hooks' |\n|---:|---|---:|---:|---:|---:|---:|---:|"
     );
     let us2 = |v: f64| format!("{v:.2} µs");
     for &n in counts {
@@ -1021,7 +1023,15 @@ fn throughput(
             format!("{:.1} %", 100.0 * row.median_gbps / n)
         });
         let frames = match (row.frames_per_second(), row.mean_frame_bytes()) {
-            (Some(f), Some(b)) => format!("{:.0} k/s, {:.1} kB each", f / 1e3, b / 1e3),
+            (Some(f), Some(b)) => format!(
+                "{:.0} k/s in, {:.1} kB each; {}",
+                f / 1e3,
+                b / 1e3,
+                row.back_per_frame().map_or("—".into(), |back| format!(
+                    "{:.0} k/s back",
+                    f * back / 1e3
+                ))
+            ),
             _ => "—".into(),
         };
         let _ = writeln!(
@@ -1051,21 +1061,26 @@ fn throughput(
     let _ = writeln!(
         md,
         "\n¹ skbs received on the peer's end of the veth during the runs (a GSO packet counts \
-         once: a tc program there, like the veth backstop, runs once for it), at the median \
-         rate, with their mean size.\n"
+         once: a tc program there, like the backstop's `contain_veth`, runs once for it), at \
+         the median rate, with their mean size; and the skbs it sent back (ACKs: \
+         `contain_veth_inbound` runs once for each).\n"
     );
     for row in t.rows.iter().filter(|x| x.kind == Kind::ContainVeth) {
         let share = latency.and_then(|l| backstop_share(l, row.rules, ping_of));
-        if let (Some(fps), Some((share_us, _))) = (row.frames_per_second(), share) {
+        if let (Some(fps), Some(back), Some((share_us, _))) =
+            (row.frames_per_second(), row.back_per_frame(), share)
+        {
             let _ = writeln!(
                 md,
-                "The backstop at {} rules: {:.0} k frames/s × its share of a ping round trip \
-                 ({}, one frame) ≈ {:.2} % of one CPU's time: about what it can take from \
-                 a stream bound by that CPU (an estimate; single runs vary far more).",
+                "The backstop at {} rules: ({:.0} k frames in + {:.0} k back a second) × half \
+                 its share of a ping round trip ({}: one frame each way) ≈ {:.2} % of one CPU's \
+                 time, about what it can take from a stream bound by that CPU (an estimate; \
+                 single runs vary far more).",
                 count(row.rules),
                 fps / 1e3,
+                fps * back / 1e3,
                 signed_us2(share_us),
-                100.0 * fps * share_us.max(0.0) * 1e-6
+                100.0 * fps * (1.0 + back) * share_us.max(0.0) / 2.0 * 1e-6
             );
         }
     }

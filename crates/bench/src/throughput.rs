@@ -80,7 +80,8 @@ pub fn selected(kind: Kind, rules: usize, counts: &[usize]) -> bool {
         Kind::Contain | Kind::ContainVeth => rules == lo || rules == hi,
         Kind::NftSet => rules == hi,
         Kind::Thesis | Kind::NftLinear => rules == 100.max(lo) || rules == 10_000.min(hi),
-        Kind::ThesisBounded | Kind::ContainTcFloor => false,
+        Kind::ContainTcFloor => rules == hi,
+        Kind::ThesisBounded => false,
     }
 }
 
