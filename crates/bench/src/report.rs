@@ -995,7 +995,9 @@ fn throughput(
          per packet (the flow's verdict is cached and unchanged), whatever the rule count. With \
          the veth backstop (on the peer's end of the veth, as in the latency section) each data \
          packet (a GSO packet of up to 64 kB on a veth) also takes the ancestor-cgroup walk on \
-         its way in, and each ACK coming back passes `contain_veth_inbound` on its way out.\n",
+         its way in, and each ACK coming back passes `contain_veth_inbound` on its way out; \
+         *contain + a tc program that passes* has the same two tc hooks without the \
+         backstop's work (see the latency section).\n",
         t.seconds_per_run, t.rounds
     );
     let none = t
