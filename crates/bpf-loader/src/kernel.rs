@@ -433,11 +433,13 @@ impl Kernel {
         let Ok(entries) = std::fs::read_dir(self.links_dir().join("veths")) else {
             return;
         };
-        for entry in entries.flatten() {
-            let ifindex = entry.file_name().to_string_lossy().parse::<u32>().ok();
-            if ifindex.is_some_and(|i| !present.contains(&i)) {
-                self.veth_gone(ifindex.unwrap_or_default());
-            }
+        let gone: Vec<u32> = entries
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_string_lossy().parse().ok())
+            .filter(|ifindex| !present.contains(ifindex))
+            .collect();
+        for ifindex in gone {
+            self.veth_gone(ifindex);
         }
     }
 
