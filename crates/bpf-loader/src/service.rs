@@ -5,9 +5,9 @@ use std::{
     time::Duration,
 };
 
-use proto::{
-    loader::{Attachment, Counters, EventBatch, Loader, LoaderError, LoaderInfo, StateSnapshot},
-    state::MapDiff,
+use kernel_model::diff::MapDiff;
+use proto::loader::{
+    Attachment, Counters, EventBatch, Loader, LoaderError, LoaderInfo, StateSnapshot,
 };
 use tarpc::context::Context;
 

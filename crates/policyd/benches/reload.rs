@@ -7,16 +7,19 @@
 
 use std::time::{Duration, Instant};
 
+use kernel_model::{
+    diff::{diff_ops, OpCounts},
+    state::KernelState,
+};
 use policyd::{
     compile::compile,
     daemon::{self, memory_loader::MemoryLoader, Config, InventorySource},
-    diff::{diff_ops, OpCounts},
     ids::IdTables,
     inventory::Inventory,
     policy,
     synthetic::{self, rule_line},
 };
-use proto::{policyd::PolicydClient, state::KernelState, transport};
+use proto::{policyd::PolicydClient, transport};
 
 const RUNS: usize = 7;
 const POLICIES: usize = 10;

@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use kernel_model::state::{FileId, KernelState, Verdict};
 use policyd::{
     daemon::{self, memory_loader::MemoryLoader, Config, InventorySource},
     inventory::{Container, Inventory},
@@ -14,7 +15,6 @@ use policyd::{
 use proto::{
     policyd::{ExplainQuery, PolicydClient, PolicydError},
     resolver::ExeFile,
-    state::{FileId, KernelState, Verdict},
     transport,
 };
 use tarpc::context::Context;
@@ -353,7 +353,7 @@ async fn file_changes_inventory_changes_and_other_writers_are_handled() {
     .await;
     let (generation_after, after, _) = env.kernel();
     assert_eq!(generation_after, generation + 1);
-    let ops: Vec<String> = policyd::diff::diff_ops(&before, &after)
+    let ops: Vec<String> = kernel_model::diff::diff_ops(&before, &after)
         .iter()
         .map(policyd::cli::describe_op)
         .collect();
@@ -744,7 +744,8 @@ async fn follows_the_resolver_and_holds_until_the_first_inventory() {
 
     use fake_resolver::{container, FakeResolver};
     use futures::StreamExt;
-    use proto::{resolver::Resolver as _, state::CgroupEntry};
+    use kernel_model::state::CgroupEntry;
+    use proto::resolver::Resolver as _;
     use tarpc::server::{BaseChannel, Channel};
 
     let env = Env::new("resolver");
@@ -881,7 +882,7 @@ allow = [{ to = "1.1.1.0/24", proto = "tcp", ports = [443] }]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exe_rules_take_the_file_each_container_has() {
     use fake_resolver::{container, FakeResolver};
-    use proto::state::ProcessMatch;
+    use kernel_model::state::ProcessMatch;
 
     let env = Env::new("exes");
     env.serve_loader();

@@ -6,7 +6,6 @@ pub mod loader;
 pub mod policyd;
 pub mod resolver;
 pub mod runtime;
-pub mod state;
 pub mod transport;
 
 /// Bumped when a service trait or a shared type changes incompatibly.

@@ -5,7 +5,10 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{KernelState, MapDiff, Verdict};
+use kernel_model::{
+    diff::MapDiff,
+    state::{KernelState, Verdict},
+};
 
 #[tarpc::service]
 pub trait Loader {

@@ -12,6 +12,10 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use kernel_model::{
+    diff::{diff_ops, diff_verdict, MapDiff, OpCounts},
+    state::{KernelState, MapOp, ProcessKey, ProcessMatch, Verdict},
+};
 use proto::{
     loader::{LoaderClient, LoaderError, StateSnapshot},
     policyd::{
@@ -19,7 +23,6 @@ use proto::{
         Explanation, PolicyStatus, PolicydError, ReloadReport, Status,
     },
     resolver::{ExeFile, ExeLookup, ResolverClient},
-    state::{KernelState, MapDiff, MapOp, ProcessKey, ProcessMatch, Verdict},
     transport,
 };
 
@@ -27,7 +30,6 @@ use crate::{
     compile::{self, Assignment, CompiledRules, ExeOutcome},
     coverage::{self, AttachedParents},
     diagnostic::{Diagnostic, Severity},
-    diff::{diff_ops, diff_verdict, OpCounts},
     explain::{self, ExplainError},
     ids::IdTables,
     inventory::{self, Inventory},

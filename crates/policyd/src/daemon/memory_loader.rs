@@ -1,5 +1,5 @@
 //! An in-memory stand-in for bpf-loader that keeps the loader's contract
-//! (all-or-nothing apply at `from_generation`, generation bumps, state
+//! (all-or-nothing apply at `from_generation`, the same validation, generation bumps, state
 //! snapshots, the attachments it reports) without BPF: for tests and
 //! benchmarks of the daemon over real sockets, unprivileged.
 
@@ -10,9 +10,9 @@ use std::{
 };
 
 use futures::StreamExt;
+use kernel_model::{diff::MapDiff, state::KernelState, validate::validate};
 use proto::{
     loader::{Attachment, Counters, EventBatch, Loader, LoaderError, LoaderInfo, StateSnapshot},
-    state::{KernelState, MapDiff},
     transport,
 };
 use tarpc::{
@@ -122,6 +122,8 @@ impl Loader for MemoryLoader {
                 actual: m.generation,
             });
         }
+        // Refused exactly as the real loader refuses it.
+        validate(&m.state, &diff.ops).map_err(|e| LoaderError::InvalidDiff(e.to_string()))?;
         if let Some(v) = diff.unknown_verdict {
             m.state.unknown_verdict = v;
         }
