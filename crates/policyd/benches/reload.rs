@@ -163,8 +163,11 @@ async fn end_to_end(rules: usize) {
     tokio::spawn(daemon::run(config));
     let client = loop {
         if let Ok(stream) = transport::connect(&dir.join("policyd.sock")).await {
-            break PolicydClient::new(tarpc::client::Config::default(), transport::framed(stream))
-                .spawn();
+            break PolicydClient::new(
+                tarpc::client::Config::default(),
+                transport::client(stream, transport::Service::Policyd),
+            )
+            .spawn();
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };

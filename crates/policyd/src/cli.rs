@@ -199,7 +199,11 @@ async fn connect(socket: &Path) -> Result<PolicydClient, Failure> {
     let stream = transport::connect(socket)
         .await
         .map_err(unreachable_daemon)?;
-    Ok(PolicydClient::new(tarpc::client::Config::default(), transport::framed(stream)).spawn())
+    Ok(PolicydClient::new(
+        tarpc::client::Config::default(),
+        transport::client(stream, transport::Service::Policyd),
+    )
+    .spawn())
 }
 
 /// Runs a parsed command; returns the exit code.

@@ -141,7 +141,7 @@ impl Env {
             if let Ok(stream) = transport::connect(&self.path("policyd.sock")).await {
                 return PolicydClient::new(
                     tarpc::client::Config::default(),
-                    transport::framed(stream),
+                    transport::client(stream, transport::Service::Policyd),
                 )
                 .spawn();
             }
@@ -746,7 +746,7 @@ async fn follows_the_resolver_and_holds_until_the_first_inventory() {
     use futures::StreamExt;
     use kernel_model::state::CgroupEntry;
     use proto::resolver::Resolver as _;
-    use tarpc::server::{BaseChannel, Channel};
+    use tarpc::server::Channel;
 
     let env = Env::new("resolver");
     env.serve_loader();
@@ -810,16 +810,14 @@ async fn follows_the_resolver_and_holds_until_the_first_inventory() {
     resolver.add(container("web", 501));
     let listener = transport::bind(&env.path("resolver.sock"), 0o600, None).unwrap();
     let served = resolver.clone();
-    tokio::spawn(transport::accept_loop(
+    tokio::spawn(transport::serve(
         listener,
         transport::PeerPolicy::RootOnly,
-        move |stream, _| {
-            let channel = BaseChannel::with_defaults(transport::framed(stream));
-            tokio::spawn(
-                channel
-                    .execute(served.clone().serve())
-                    .for_each(transport::spawn_request),
-            );
+        transport::Service::Resolver,
+        move |channel, _| {
+            channel
+                .execute(served.clone().serve())
+                .for_each(transport::spawn_request)
         },
     ));
     // The rules go in under the policy id the kernel already had for web's
@@ -852,20 +850,18 @@ async fn follows_the_resolver_and_holds_until_the_first_inventory() {
 fn serve_resolver(env: &Env, resolver: &fake_resolver::FakeResolver) {
     use futures::StreamExt;
     use proto::resolver::Resolver as _;
-    use tarpc::server::{BaseChannel, Channel};
+    use tarpc::server::Channel;
 
     let listener = transport::bind(&env.path("resolver.sock"), 0o600, None).unwrap();
     let served = resolver.clone();
-    tokio::spawn(transport::accept_loop(
+    tokio::spawn(transport::serve(
         listener,
         transport::PeerPolicy::RootOnly,
-        move |stream, _| {
-            let channel = BaseChannel::with_defaults(transport::framed(stream));
-            tokio::spawn(
-                channel
-                    .execute(served.clone().serve())
-                    .for_each(transport::spawn_request),
-            );
+        transport::Service::Resolver,
+        move |channel, _| {
+            channel
+                .execute(served.clone().serve())
+                .for_each(transport::spawn_request)
         },
     ));
 }

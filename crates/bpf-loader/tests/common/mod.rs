@@ -527,7 +527,11 @@ impl Lab {
 
     pub async fn client(&self) -> std::io::Result<LoaderClient> {
         let stream = transport::connect(&self.socket).await?;
-        Ok(LoaderClient::new(tarpc::client::Config::default(), transport::framed(stream)).spawn())
+        Ok(LoaderClient::new(
+            tarpc::client::Config::default(),
+            transport::client(stream, transport::Service::Loader),
+        )
+        .spawn())
     }
 
     /// SIGKILLs the loader this lab started.

@@ -68,9 +68,11 @@ impl LoaderLink {
         }
         match transport::connect(&self.path).await {
             Ok(stream) => {
-                let client =
-                    LoaderClient::new(tarpc::client::Config::default(), transport::framed(stream))
-                        .spawn();
+                let client = LoaderClient::new(
+                    tarpc::client::Config::default(),
+                    transport::client(stream, transport::Service::Loader),
+                )
+                .spawn();
                 self.client = Some(client.clone());
                 self.last_error = None;
                 Ok(client)
@@ -172,7 +174,7 @@ impl ExeResolver {
                     })?;
                     let client = ResolverClient::new(
                         tarpc::client::Config::default(),
-                        transport::framed(stream),
+                        transport::client(stream, transport::Service::Resolver),
                     )
                     .spawn();
                     self.client = Some(client.clone());

@@ -15,10 +15,7 @@ use proto::{
     loader::{Attachment, Counters, EventBatch, Loader, LoaderError, LoaderInfo, StateSnapshot},
     transport,
 };
-use tarpc::{
-    context::Context,
-    server::{BaseChannel, Channel},
-};
+use tarpc::{context::Context, server::Channel};
 
 #[derive(Debug, Default)]
 pub struct Maps {
@@ -80,16 +77,14 @@ impl MemoryLoader {
     pub fn serve(&self, socket: &Path) -> std::io::Result<()> {
         let listener = transport::bind(socket, 0o600, None)?;
         let loader = self.clone();
-        tokio::spawn(transport::accept_loop(
+        tokio::spawn(transport::serve(
             listener,
             transport::PeerPolicy::RootOnly,
-            move |stream, _| {
-                let channel = BaseChannel::with_defaults(transport::framed(stream));
-                tokio::spawn(
-                    channel
-                        .execute(loader.clone().serve())
-                        .for_each(transport::spawn_request),
-                );
+            transport::Service::Loader,
+            move |channel, _| {
+                channel
+                    .execute(loader.clone().serve())
+                    .for_each(transport::spawn_request)
             },
         ));
         Ok(())

@@ -147,7 +147,7 @@ pub async fn connect(socket: &Path) -> ResolverClient {
             Ok(stream) => {
                 return ResolverClient::new(
                     tarpc::client::Config::default(),
-                    proto::transport::framed(stream),
+                    proto::transport::client(stream, proto::transport::Service::Resolver),
                 )
                 .spawn();
             }
