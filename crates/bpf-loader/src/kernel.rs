@@ -357,24 +357,6 @@ impl Kernel {
         Ok(adopted)
     }
 
-    pub fn detach(&mut self, cgroup: &str) -> Result<(), KernelError> {
-        let path = fs::resolve_cgroup(&self.cgroup_root, cgroup)?;
-        let relative = path
-            .strip_prefix(&self.cgroup_root)
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let group = self
-            .links_dir()
-            .join("cgroups")
-            .join(fs::pin_name_for(&relative));
-        release_other_instances(&group, "")?;
-        let _ = std::fs::remove_dir(&group);
-        if let Some(gone) = self.attachments.remove(&relative) {
-            let _ = self.maps.attached_cgroups.remove(&gone.cgroup_id);
-        }
-        Ok(())
-    }
-
     /// Forgets attachment records no attachment of this loader backs (a
     /// predecessor's cgroups it did not adopt). Called once every
     /// attachment is in place.

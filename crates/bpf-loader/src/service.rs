@@ -45,22 +45,6 @@ impl Loader for LoaderServer {
         }
     }
 
-    async fn attach(self, _: Context, cgroup: String) -> Result<Attachment, LoaderError> {
-        let result = self.kernel().attach(&cgroup);
-        result.map_err(|e| LoaderError::Cgroup {
-            path: cgroup,
-            reason: e.to_string(),
-        })
-    }
-
-    async fn detach(self, _: Context, cgroup: String) -> Result<(), LoaderError> {
-        let result = self.kernel().detach(&cgroup);
-        result.map_err(|e| LoaderError::Cgroup {
-            path: cgroup,
-            reason: e.to_string(),
-        })
-    }
-
     async fn attachments(self, _: Context) -> Vec<Attachment> {
         self.kernel().attachments()
     }

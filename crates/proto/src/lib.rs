@@ -9,7 +9,7 @@ pub mod runtime;
 pub mod transport;
 
 /// Bumped when a service trait or a shared type changes incompatibly.
-pub const API_VERSION: u32 = 1;
+pub const API_VERSION: u32 = 2;
 
 /// Where the daemons listen by default.
 pub mod paths {

@@ -463,13 +463,20 @@ mod tests {
     #[test]
     fn a_request_with_a_deadline_decodes() {
         let frame = format!(
-            r#"{{"Request":{{"context":{{"deadline":{{"secs":9,"nanos":0}},"trace_context":{TRACE}}},"id":2,"message":{{"Attach":{{"cgroup":"/x"}}}}}}}}"#
+            r#"{{"Request":{{"context":{{"deadline":{{"secs":9,"nanos":0}},"trace_context":{TRACE}}},"id":2,"message":{{"Events":{{"after":5,"max":10,"wait_ms":0}}}}}}}}"#
         );
         let message: ClientMessage<LoaderRequest> = decode(frame.as_bytes()).unwrap();
         let ClientMessage::Request(request) = message else {
             panic!("not a request: {message:?}");
         };
-        assert!(matches!(request.message, LoaderRequest::Attach { cgroup } if cgroup == "/x"));
+        assert!(matches!(
+            request.message,
+            LoaderRequest::Events {
+                after: 5,
+                max: 10,
+                wait_ms: 0
+            }
+        ));
     }
 
     #[test]

@@ -99,13 +99,6 @@ impl Loader for MemoryLoader {
             pin_dir: String::new(),
         }
     }
-    async fn attach(self, _: Context, cgroup: String) -> Result<Attachment, LoaderError> {
-        Ok(self.attach_cgroup(&cgroup))
-    }
-    async fn detach(self, _: Context, cgroup: String) -> Result<(), LoaderError> {
-        self.maps().attachments.remove(&hierarchy_path(&cgroup));
-        Ok(())
-    }
     async fn attachments(self, _: Context) -> Vec<Attachment> {
         self.maps().attachments.values().cloned().collect()
     }
