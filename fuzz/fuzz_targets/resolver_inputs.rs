@@ -11,7 +11,7 @@ use resolver::{
     cgroup::{parse_mountinfo, parse_pids, parse_proc_cgroup, Cgroup2Mount},
     containerd::{decode_envelope, DEFAULT_NAMESPACES},
     docker::{parse_api_list, parse_config_v2},
-    procfs::parse_stat_starttime,
+    process::parse_stat_starttime,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         (1, Some(text)) => {
-            if let Some(path) = parse_proc_cgroup(text) {
+            if let Some(path) = parse_proc_cgroup(text.as_bytes()) {
                 let _ = Cgroup2Mount::at("/sys/fs/cgroup").dir_of(&path);
             }
         }

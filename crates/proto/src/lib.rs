@@ -3,6 +3,7 @@
 //! checks each peer's credentials before serving it.
 
 pub mod loader;
+pub mod mounts;
 pub mod policyd;
 pub mod resolver;
 pub mod runtime;

@@ -11,7 +11,7 @@ use crate::{
     cgroup::{parse_mountinfo, parse_pids, parse_proc_cgroup, Cgroup2Mount},
     containerd::{decode_envelope, DEFAULT_NAMESPACES},
     docker::{parse_api_list, parse_config_v2},
-    procfs::parse_stat_starttime,
+    process::parse_stat_starttime,
 };
 
 /// Lines shaped like the real files, with any of their fields replaced.
@@ -35,7 +35,7 @@ proptest! {
         if let Some(mount) = parse_mountinfo(&text) {
             let _ = mount.dir_of("/contain.slice/docker-1.scope");
         }
-        if let Some(path) = parse_proc_cgroup(&text) {
+        if let Some(path) = parse_proc_cgroup(text.as_bytes()) {
             prop_assert!(path.starts_with('/'));
             let _ = Cgroup2Mount::at("/sys/fs/cgroup").dir_of(&path);
         }

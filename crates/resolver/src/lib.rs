@@ -25,7 +25,7 @@ pub mod error;
 pub mod exe;
 pub mod inventory;
 pub mod links;
-pub mod procfs;
+pub mod process;
 pub mod resolve;
 pub mod service;
 pub mod source;
@@ -54,7 +54,7 @@ use crate::{
     engine::{Engine, Shared},
     inventory::{Inventory, DEFAULT_LOG_CAPACITY},
     links::Netlink,
-    procfs::Proc,
+    process::Proc,
     service::ResolverServer,
     source::{SourceEvent, StatusBoard},
 };
@@ -163,7 +163,7 @@ impl Daemon {
                 }
                 Cgroup2Mount::at(root)
             }
-            None => cgroup::find_mount(std::path::Path::new("/proc/self/mountinfo"))?,
+            None => cgroup::find_mount()?,
         };
         tracing::info!(mount = %mount.mount_point.display(), root = %mount.root, "cgroup2 hierarchy");
         let status = StatusBoard::default();

@@ -55,7 +55,7 @@ pub fn pid_alive(pid: u32) -> bool {
 
 /// The cgroup2 mount, as the resolver finds it.
 pub fn cgroup_mount() -> PathBuf {
-    resolver::cgroup::find_mount(Path::new("/proc/self/mountinfo"))
+    resolver::cgroup::find_mount()
         .unwrap_or_else(|e| panic!("prerequisite missing: {e}"))
         .mount_point
 }
