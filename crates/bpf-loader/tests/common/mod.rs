@@ -71,12 +71,28 @@ pub fn probe_script() -> PathBuf {
 /// `None` (and a note on stderr) when the test does not apply here.
 pub fn require_root(test: &str) -> Option<()> {
     if nix::unistd::geteuid().is_root() {
-        Some(())
-    } else {
-        eprintln!(
-            "{test}: does not apply: needs root (it creates namespaces, cgroups and loads BPF)"
-        );
-        None
+        return Some(());
+    }
+    skipped(&format!(
+        "{test}: needs root (it creates namespaces, cgroups and loads BPF)"
+    ));
+    None
+}
+
+/// Says why a test did not run, and records it in `$CONTAIN_SKIPPED_LOG`
+/// (set by scripts/test.sh, which counts it as skipped, not passed).
+fn skipped(why: &str) {
+    eprintln!("skipped: {why}");
+    if let Some(log) = std::env::var_os("CONTAIN_SKIPPED_LOG") {
+        use std::io::Write as _;
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| writeln!(f, "{why}"));
+        if let Err(e) = appended {
+            panic!("cannot record a skipped test in {log:?}: {e}");
+        }
     }
 }
 
