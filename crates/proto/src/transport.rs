@@ -7,8 +7,8 @@
 //! per service and per direction ([`Service`]).
 
 use std::{
-    io, marker::PhantomData, os::unix::fs::PermissionsExt, path::Path, pin::Pin, sync::Arc,
-    time::Duration,
+    collections::HashMap, io, marker::PhantomData, os::unix::fs::PermissionsExt, path::Path,
+    pin::Pin, sync::Arc, time::Duration,
 };
 
 use futures::Future;
@@ -65,8 +65,11 @@ impl Service {
     }
 }
 
-/// Connections one server serves at once; more are refused and logged.
-pub const MAX_CONNECTIONS: usize = 64;
+/// Connections one server serves at once to one peer uid; more from that
+/// uid are refused and logged. Per uid, so a client that leaks connections
+/// (or a member of the `contain` group) cannot lock out another: policyd's
+/// connections to the loader and the resolver, or root's CLI.
+pub const MAX_CONNECTIONS_PER_UID: usize = 32;
 /// Requests of one connection in flight at once; more are answered with
 /// an error.
 pub const MAX_REQUESTS_PER_CONNECTION: usize = 32;
@@ -386,7 +389,7 @@ where
 }
 
 /// Serves `service` on `listener`: every connection `policy` admits, up to
-/// [`MAX_CONNECTIONS`] at once, each with at most
+/// [`MAX_CONNECTIONS_PER_UID`] at once per peer uid, each with at most
 /// [`MAX_REQUESTS_PER_CONNECTION`] requests in flight and frames within the
 /// service's limits. `serve_channel` runs one connection to its end, e.g.
 /// (not compiled: `MyServer` stands for a service's server):
@@ -408,14 +411,17 @@ where
     F: FnMut(ServerChannel<Req, Resp>, PeerCred) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut slots: HashMap<u32, Arc<Semaphore>> = HashMap::new();
     accept_loop(listener, policy, move |stream, peer| {
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let uid_slots = slots
+            .entry(peer.uid)
+            .or_insert_with(|| Arc::new(Semaphore::new(MAX_CONNECTIONS_PER_UID)));
+        let Ok(slot) = uid_slots.clone().try_acquire_owned() else {
             tracing::warn!(
                 uid = peer.uid,
                 pid = ?peer.pid,
                 ?service,
-                "connection refused: {MAX_CONNECTIONS} connections are open already"
+                "connection refused: this uid has {MAX_CONNECTIONS_PER_UID} connections open already"
             );
             return;
         };
@@ -561,7 +567,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connections_beyond_the_limit_are_refused_until_one_ends() {
+    async fn a_uids_connections_beyond_the_limit_are_refused_until_one_ends() {
         use futures::StreamExt;
 
         let dir = std::env::temp_dir().join(format!("contain-serve-{}", std::process::id()));
@@ -578,7 +584,7 @@ mod tests {
             EchoClient::new(Default::default(), client(stream, Service::Policyd)).spawn()
         };
         let mut clients = Vec::new();
-        for n in 0..MAX_CONNECTIONS as u32 {
+        for n in 0..MAX_CONNECTIONS_PER_UID as u32 {
             let c = open().await;
             assert_eq!(c.echo(tarpc::context::current(), n).await.unwrap(), n);
             clients.push(c);
