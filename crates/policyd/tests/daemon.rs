@@ -1004,7 +1004,10 @@ async fn exe_rules_take_the_file_each_container_has() {
         .await
         .unwrap()
         .unwrap();
-    assert!(report.applied, "{report:#?}");
+    // The file watcher may have applied the change first (it polls every
+    // 50 ms here): then this reload finds nothing left to do. Either way
+    // the pin is in force once it returns.
+    assert!(report.applied || report.ops.is_empty(), "{report:#?}");
     // The reload itself says what it found, not only `status` later.
     assert!(
         report.warnings.iter().any(|w| w
