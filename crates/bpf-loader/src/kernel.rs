@@ -1,6 +1,6 @@
 //! The loader's hold on the kernel: the loaded object, its pinned maps and
-//! links, and the operations the service exposes (attach, detach, apply,
-//! dump). Everything is pinned under one bpffs directory, so enforcement
+//! links, attachment to the cgroups of the command line, and the operations
+//! the service exposes (apply, state, counters). Everything is pinned under one bpffs directory, so enforcement
 //! outlives this process and a new loader adopts what an old one left.
 
 use std::{

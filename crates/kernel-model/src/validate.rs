@@ -23,11 +23,21 @@ pub enum InvalidDiff {
         "deletes {0:?}, which is not in the maps (the diff was computed against another state)"
     )]
     DeletesMissing(EntryKey),
+    #[error("touches {0:?} twice; a diff changes each entry once (its operations are reordered before they reach the kernel)")]
+    Repeated(EntryKey),
 }
 
 /// Checks `ops` against the state they are to be applied to.
 pub fn validate(current: &KernelState, ops: &[MapOp]) -> Result<(), InvalidDiff> {
+    let mut touched = std::collections::HashSet::with_capacity(ops.len());
     for op in ops {
+        let key = match op {
+            MapOp::Upsert { entry } => entry.key(),
+            MapOp::Delete { key } => *key,
+        };
+        if !touched.insert(key) {
+            return Err(InvalidDiff::Repeated(key));
+        }
         match op {
             MapOp::Upsert { entry } => check_entry(entry).map_err(|source| match source {
                 Invalid::Encode(source) => InvalidDiff::Unencodable {
@@ -115,6 +125,24 @@ mod tests {
             validate(&empty, &[MapOp::Upsert { entry: veth }]),
             Err(InvalidDiff::VethZero { .. })
         ));
+    }
+
+    #[test]
+    fn refuses_touching_an_entry_twice() {
+        // Upserts go before deletes in the kernel: "delete, then upsert"
+        // would end deleted there and present in a loader that kept order.
+        let mut s = KernelState::default();
+        s.upsert(cgroup(3));
+        let ops = [
+            MapOp::Delete {
+                key: EntryKey::Cgroup { id: 7 },
+            },
+            MapOp::Upsert { entry: cgroup(4) },
+        ];
+        assert_eq!(
+            validate(&s, &ops),
+            Err(InvalidDiff::Repeated(EntryKey::Cgroup { id: 7 }))
+        );
     }
 
     #[test]

@@ -18,6 +18,9 @@ pub mod paths {
     pub const LOADER_SOCKET: &str = "/run/contain/loader.sock";
     pub const RESOLVER_SOCKET: &str = "/run/contain/resolver.sock";
     pub const POLICYD_SOCKET: &str = "/run/contain/policyd.sock";
-    /// Group allowed on the policyd socket (and resolver socket).
+    /// Group allowed on the policyd socket; it owns the daemons' sockets.
     pub const GROUP: &str = "contain";
+    /// The user policyd runs as: the one client besides root the loader
+    /// (with `--client-user`) and the resolver admit.
+    pub const USER: &str = "contain";
 }

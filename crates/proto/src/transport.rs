@@ -44,8 +44,10 @@ impl Service {
             // A diff as large as a big host's whole state (root and
             // policyd's user only).
             Service::Loader => 256 << 20,
-            // Executable lookups: a few paths per container.
-            Service::Resolver => 16 << 20,
+            // Executable lookups: policyd sends up to 4 096 at once, each a
+            // container id and a path of up to 4 KiB (root and policyd's
+            // user only).
+            Service::Resolver => 32 << 20,
             // The CLI's requests: flags and one explain query. The socket
             // is open to the `contain` group.
             Service::Policyd => 64 << 10,
@@ -372,7 +374,17 @@ where
     F: FnMut(UnixStream, PeerCred),
 {
     loop {
-        let (stream, _) = listener.accept().await?;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            // Out of descriptors, or a peer gone before it was accepted:
+            // the socket keeps serving once that passes.
+            Err(e) if accept_error_is_transient(&e) => {
+                tracing::warn!(error = %e, "accept failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let peer = match peer_cred(&stream) {
             Ok(peer) => peer,
             Err(e) => {
@@ -434,6 +446,13 @@ where
         });
     })
     .await
+}
+
+fn accept_error_is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::ECONNABORTED)
+    )
 }
 
 /// Runs one request of a tarpc channel on its own task.

@@ -106,8 +106,8 @@ pub struct Config {
     /// Full rescan period (processes, cgroups, links); also how often the
     /// containerd listing is repeated.
     pub rescan: Duration,
-    /// The group whose members may use the socket besides root; `None`:
-    /// group `contain` if the host has it, else root only.
+    /// The group that owns the socket; `None`: group `contain` if the host
+    /// has it. Peers besides root: policyd's user `contain` only.
     pub socket_group: Option<u32>,
 }
 
@@ -131,12 +131,17 @@ impl Config {
 
 /// The gid of group `contain`, if the host has it.
 fn contain_gid() -> Option<u32> {
-    let text = std::fs::read_to_string("/etc/group").ok()?;
-    text.lines().find_map(|l| {
-        let mut f = l.split(':');
-        (f.next()? == proto::paths::GROUP).then_some(())?;
-        f.nth(1)?.parse().ok()
-    })
+    nix::unistd::Group::from_name(proto::paths::GROUP)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw())
+}
+
+fn policyd_uid() -> Option<u32> {
+    nix::unistd::User::from_name(proto::paths::USER)
+        .ok()
+        .flatten()
+        .map(|u| u.uid.as_raw())
 }
 
 /// A running resolver: engine, link watcher, containerd source, server.
@@ -187,10 +192,13 @@ impl Daemon {
         ));
 
         let netlink = Netlink::connect()?;
+        // Only policyd asks the resolver anything: its group's members
+        // (operators using the CLI) are not admitted, since a lookup hashes
+        // files in containers and reports what it finds.
         let gid = config.socket_group.or_else(contain_gid);
-        let (mode, policy) = match gid {
-            Some(gid) => (0o660, PeerPolicy::RootOrGroup(gid)),
-            None => (0o600, PeerPolicy::RootOnly),
+        let (mode, policy) = match (gid, policyd_uid()) {
+            (Some(_), Some(uid)) => (0o660, PeerPolicy::RootOrUser(uid)),
+            _ => (0o600, PeerPolicy::RootOnly),
         };
         let listener = bind(&config.socket, mode, gid).map_err(|e| Error::io(&config.socket, e))?;
 

@@ -12,7 +12,7 @@ use resolver::{Config, Daemon};
 #[command(name = "resolver", version)]
 struct Args {
     /// Unix socket to serve on (mode 0660 with group `contain` if it exists,
-    /// else 0600; root and that group only).
+    /// else 0600); root and policyd's user `contain` only.
     #[arg(long, default_value = proto::paths::RESOLVER_SOCKET)]
     socket: PathBuf,
     /// containerd's gRPC socket.
