@@ -398,6 +398,17 @@ def frag4_later(src, dst, port, marker):
     raw4_send([ip4(src, dst, 17, payload(marker, 64), frag=8, ident=0x1111)], dst)
 
 
+def frag4_after_cached(src, dst, marker):
+    # From one socket: an allowed echo reply (type 0 code 0, which the rules
+    # see as "port 0"), then a later ICMP fragment with data. The fragment
+    # has no port: only a rule for any ICMP could allow it, whatever the
+    # socket's cached verdict for port 0 says.
+    reply = struct.pack("!BBHHH", 0, 0, 0, 0x77, 1) + b"R" * 16
+    reply = reply[:2] + struct.pack("!H", csum(reply)) + reply[4:]
+    raw4_send([ip4(src, dst, 1, reply, ident=0x5554),
+               ip4(src, dst, 1, payload(marker, 64), frag=8, ident=0x5555)], dst)
+
+
 def frag4_overlap(src, dst, ok_port, bad_port, marker):
     # First fragment names an allowed port; an overlapping fragment at
     # offset 0 rewrites the UDP header to a denied port and carries data.
@@ -944,7 +955,7 @@ COMMANDS = {
     "overwrite-exec": lambda src, path, *rest: overwrite_exec(src, path, list(rest)),
     "copy-exec": lambda src, dst, *rest: copy_exec(src, dst, list(rest)),
     "as-comm": lambda name, *rest: as_comm(name, list(rest)),
-    "sendto-unspec": sendto_unspec, "raw4": raw4, "frag4-later": frag4_later, "frag4-overlap": frag4_overlap,
+    "sendto-unspec": sendto_unspec, "raw4": raw4, "frag4-later": frag4_later, "frag4-after-cached": frag4_after_cached, "frag4-overlap": frag4_overlap,
     "frag4-tiny": frag4_tiny, "v6-ext": v6_ext, "v6-frag-hidden": v6_frag_hidden, "v6-srh-raw": v6_srh_raw, "tfo": tfo,
     "sendmmsg": sendmmsg, "mcast-reply": mcast_reply, "v6-srh-segleft": v6_srh_segleft, "v6-ext7-srh": v6_ext7_srh, "reflect-echo6": reflect_echo6, "reflect-echo4": reflect_echo4, "reflect-rst4": reflect_rst4, "stream-mptcp": stream_mptcp, "revoked-flood": revoked_flood, "fdpass": fdpass, "fd-create": fd_create, "flood": flood,
     "pkt-udp": pkt_udp, "pkt-vlan": pkt_vlan, "pkt-ethertype": pkt_ethertype, "pkt-arp": pkt_arp, "pkt-arp-plain": pkt_arp_plain, "pkt-nd": pkt_nd,

@@ -92,9 +92,10 @@ fn policy(app: &str, revoked: bool, docker_dns: bool) -> String {
     };
     // Rules some reflection and multicast probes need: the container may
     // ping and reach its own address (as an "allow our subnet" rule lets
-    // it) and speak mDNS.
+    // it) and speak mDNS; and it may answer the peer's pings (an ICMP rule
+    // whose "port" is 0, which a later fragment must not borrow).
     let extra = format!(
-        "  {{ to = [\"{CT4}\"], proto = \"icmp\", icmp_types = [\"echo-request\"] }},\n  {{ to = [\"{CT4}\"], proto = \"tcp\", ports = [9] }},\n  {{ to = [\"224.0.0.251\"], proto = \"udp\", ports = [5353] }},\n"
+        "  {{ to = [\"{CT4}\"], proto = \"icmp\", icmp_types = [\"echo-request\"] }},\n  {{ to = [\"{CT4}\"], proto = \"tcp\", ports = [9] }},\n  {{ to = [\"224.0.0.251\"], proto = \"udp\", ports = [5353] }},\n  {{ to = [\"{PEER4}\"], proto = \"icmp\", icmp_types = [\"echo-reply\"] }},\n"
     );
     format!(
         r#"mode = "enforce"
@@ -284,6 +285,9 @@ const PROBES: &[Probe] = &[
     probe!("frag4-later-denied-dest", "a later IPv4 fragment (no transport header) with data to a denied address",
         "marker captured", "plain UDP4",
         simple(&["frag4-later", CT4, PEER4_OTHER, "5353", "{L}"], &["udp", PEER4, "5353", "{C}"], marker_leak)),
+    probe!("frag4-after-cached-port0", "from one raw socket: an allowed echo reply (ICMP \"port\" 0), then a later ICMP fragment with data to the same peer",
+        "marker captured", "plain UDP4",
+        simple(&["frag4-after-cached", CT4, PEER4, "{L}"], &["udp", PEER4, "5353", "{C}"], marker_leak)),
     probe!("frag4-overlap", "first fragment to an allowed port, an overlapping offset-0 fragment to a denied port with data",
         "marker captured", "plain UDP4",
         simple(&["frag4-overlap", CT4, PEER4, "5353", "9090", "{L}"], &["udp", PEER4, "5353", "{C}"], marker_leak)),

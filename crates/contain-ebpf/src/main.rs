@@ -489,10 +489,13 @@ fn judge_packet(skb: *mut __sk_buff, scope: &Scope, info: *mut SockInfo, flow: &
         portless: flow.later_fragment,
     };
     // A source-routed packet is never a cache hit: its destination is not
-    // the only address it goes to.
+    // the only address it goes to. Nor is a later fragment: it has no port,
+    // and the cache is keyed by one (a verdict for port 0 is not one for
+    // "no port").
+    let uncached = source_routed || flow.later_fragment;
     // SAFETY: storage pointer from the helper, null or valid.
     let (cached_before, hit) = match unsafe { info.as_ref() } {
-        Some(i) if !source_routed => (i.cache_state, cached(i, &target, &gov, epoch)),
+        Some(i) if !uncached => (i.cache_state, cached(i, &target, &gov, epoch)),
         Some(i) => (i.cache_state, None),
         None => (CACHE_EMPTY, None),
     };
@@ -538,13 +541,13 @@ fn judge_packet(skb: *mut __sk_buff, scope: &Scope, info: *mut SockInfo, flow: &
             // SAFETY: per-CPU map value, this program's alone while it runs.
             let event = unsafe { &mut *event };
             fill_event_flow(event, flow);
-            // Source-routed packets are never cached, so their socket's cache
-            // still says allow: they are not a revocation (and must not
-            // escape the rate limit as one).
+            // Source-routed packets and later fragments are never cached, so
+            // their socket's cache still says allow: they are not a
+            // revocation (and must not escape the rate limit as one).
             if decision.verdict() == Verdict::Deny
                 && flow.proto == proto::TCP
                 && cached_before == CACHE_ALLOW
-                && !source_routed
+                && !uncached
             {
                 // The loader aborts exactly this socket; other events go
                 // without the cookie (a helper call on the deny path).
@@ -555,7 +558,7 @@ fn judge_packet(skb: *mut __sk_buff, scope: &Scope, info: *mut SockInfo, flow: &
             let _queued = report(cgroup_id, &gov, who, &decision, event);
         }
     }
-    if source_routed {
+    if uncached {
         // Not cached: the next packet of the flow is judged again. (An
         // early return rather than `&&` with the null check: LLVM folds that
         // into bit arithmetic that kernel 6.1's verifier cannot follow.)
