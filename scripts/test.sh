@@ -96,6 +96,20 @@ if [[ -x nixos-tests/offline-check.sh ]]; then
   count_summary "$log_dir/nix.log" "${PIPESTATUS[0]}" "nix offline check"
 fi
 
+# The Debian package, built twice: the release, and the same code as a
+# higher version, which the VM tier's package scenario upgrades to
+# (tests/vm/run.sh passes target/vm-debs to the guest). Each build ends with
+# lintian, which fails it on any error or warning not overridden.
+build_debs() {
+  rm -rf target/vm-debs
+  CONTAIN_DEB_OUT="$root_dir/target/vm-debs" scripts/package.sh \
+    && CONTAIN_DEB_OUT="$root_dir/target/vm-debs" \
+      CONTAIN_DEB_VERSION="$(dpkg-parsechangelog -S Version)+vmupgrade1" scripts/package.sh
+}
+say "Debian package (scripts/package.sh, lintian)"
+build_debs 2>&1 | tee "$log_dir/package.log"
+record "debian package" "${PIPESTATUS[0]}"
+
 if [[ "${CONTAIN_SKIP_VM:-0}" == 1 ]]; then
   echo "VM tier skipped: CONTAIN_SKIP_VM=1 (CI runs it)"
 elif [[ -x tests/vm/run-all.sh ]]; then
