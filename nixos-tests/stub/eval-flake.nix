@@ -75,6 +75,10 @@ in
       inherit (ebpf) name cargoRoot env;
       nativeBuildInputs = names ebpf.nativeBuildInputs;
       cargoDeps = names ebpf.cargoDeps.paths;
+      cargoDepsName = ebpf.cargoDeps.name;
+      cargoConfigVendorDirectories = map (p: p.cargoConfigVendorDirectory) (
+        builtins.filter (p: p ? cargoConfigVendorDirectory) ebpf.cargoDeps.paths
+      );
       lockFiles = map (p: p.lockFile) (builtins.filter (p: p ? lockFile) ebpf.cargoDeps.paths);
       dontFixup = ebpf.dontFixup;
       storePath = ebpf.outPath;
