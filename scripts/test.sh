@@ -2,8 +2,9 @@
 # The whole test suite, as CI runs it (.ci/run calls exactly this):
 #   formatting, clippy, unit tests, privileged integration tests (root: real
 #   kernel, namespaces, cgroups, BPF), bounded fuzzing (scripts/fuzz.sh), the
-#   NixOS module's offline evaluation, and the VM tests with real Docker in a
-#   Debian 12 guest.
+#   NixOS module's offline evaluation, the Debian package (built, lintian),
+#   and the VM tests with real Docker in a Debian 12 guest (one of which
+#   installs, upgrades and purges that package).
 # Installs what it needs first (scripts/setup.sh). Ends with one line:
 #   "N passed, N failed"
 #

@@ -44,6 +44,13 @@ pid_of() { docker inspect -f '{{.State.Pid}}' "$1"; }
 ip_of() { docker inspect -f "{{(index .NetworkSettings.Networks \"$NET\").IPAddress}}" "$1"; }
 main_pid() { systemctl show -p MainPID --value "$1"; }
 all_active() { systemctl is-active --quiet contain-bpf-loader contain-resolver contain-policyd; }
+# every tc filter on the host-side veths, both directions (the backstop on kernel 6.1)
+veth_filters() {
+  local d dir
+  for d in $(ip -o link show type veth | awk -F': ' '{print $2}' | cut -d@ -f1); do
+    for dir in ingress egress; do tc filter show dev "$d" "$dir" || return 1; done
+  done
+}
 probe() { local c=$1; shift; { docker exec "$c" python3 $T/probe.py "$@" 2>&1 || true; } | tail -n1; }
 
 # ---- the capture in the peer's network namespace ------------------------------------------------
@@ -55,7 +62,7 @@ capture_start() {
   nsenter -t "$(pid_of peer)" -n tcpdump -i eth0 -nn -l -U 'ip and (tcp or udp or icmp)' \
     >"$CAP" 2>"$CAP.err" &
   CAP_PID=$!
-  retry 50 0.2 grep -q "listening on" "$CAP.err" || fail "the capture did not start: $(cat "$CAP.err")"
+  retry 50 0.2 grep -qs "listening on" "$CAP.err" || fail "the capture did not start: $(cat "$CAP.err")"
 }
 capture_stop() {
   sleep 1 # the bridge delivers synchronously; a second covers tcpdump's own line output
@@ -129,14 +136,17 @@ cp /mnt/share/lib/probe.py /mnt/share/lib/peer_server.py "$CONTAIN_EXTRA/package
 defer journalctl -u contain-bpf-loader -u contain-resolver -u contain-policyd --no-pager -o short-monotonic \
   > /mnt/share/out/daemons.log
 
+export -f veth_filters
+
 # ---- 1. install ---------------------------------------------------------------------------------
 step "install"
 cp "$FIRST" "$UPGRADE" /tmp/
 out=$("${APT[@]}" install "/tmp/$(basename "$FIRST")" 2>&1) && pass "apt-get install $(basename "$FIRST")" \
   || { fail "apt-get install"; printf '%s\n' "$out" | tail -n 30 | sed 's/^/    /'; finish; }
 printf '%s\n' "$out" >/mnt/share/out/install.log
-[[ $out == *"policyd setup docker"* ]] && pass "the installation says how to set up Docker" \
-  || fail "the installation does not mention policyd setup docker"
+[[ $out == *"contain is installed and running"* && $out == *"policyd setup docker"* ]] \
+  && pass "the installation says contain runs, and how to set up Docker" \
+  || fail "the installation does not say that contain runs and how to set up Docker"
 check "the three units are active" retry 100 0.2 all_active
 check "the units are enabled" systemctl is-enabled --quiet contain-bpf-loader contain-resolver contain-policyd
 check "bpf-loader is pulled in by docker.service" test -L /etc/systemd/system/docker.service.wants/contain-bpf-loader.service
@@ -290,6 +300,7 @@ check_fails "the binaries are gone" test -e /usr/bin/policyd
 check_output "the package is removed, its configuration kept" "deinstall ok config-files" dpkg-query -W -f='${Status}' contain
 check "the programs are still attached to contain.slice" bash -c \
   "bpftool cgroup show /sys/fs/cgroup/contain.slice | grep -q contain_"
+check "the veth backstop is still on the containers' veths" bash -c "veth_filters | grep -q contain_veth"
 capture_start
 probe blocked tcp $PEER_IP $DENIED_PORT >/dev/null
 probe blocked udp-sendto $PEER_IP $DENIED_PORT >/dev/null
@@ -304,10 +315,11 @@ out=$("${APT[@]}" purge contain 2>&1) && pass "apt-get purge contain" \
 printf '%s\n' "$out" >/mnt/share/out/purge.log
 [[ $out == *"nothing is filtered any more"* ]] && pass "the purge says filtering is gone" || fail "the purge does not say filtering is gone"
 check_fails "the pins are gone" test -e /sys/fs/bpf/contain
-check_fails "no program on contain.slice" bash -c "bpftool cgroup show /sys/fs/cgroup/contain.slice | grep -q contain_"
-check_fails "no veth filter left" bash -c \
-  "for d in \$(ip -o link show type veth | awk -F': ' '{print \$2}' | cut -d@ -f1); do for dir in ingress egress; do tc filter show dev \$d \$dir; done; done | grep -q contain_veth"
-check "no contain program left in the kernel" retry 20 0.5 bash -c "! bpftool prog show | grep -q contain_"
+check "no program on contain.slice" bash -c \
+  "out=\$(bpftool cgroup show /sys/fs/cgroup/contain.slice) && ! grep -q contain_ <<<\"\$out\""
+check "no veth filter left" bash -c "out=\$(veth_filters) && ! grep -q contain_veth <<<\"\$out\""
+check "no contain program left in the kernel" retry 20 0.5 bash -c \
+  "out=\$(bpftool prog show) && ! grep -q contain_ <<<\"\$out\""
 check_fails "/etc/contain is gone" test -e /etc/contain
 check_output "the package is gone" "not-installed" bash -c "dpkg-query -W -f='\${Status}' contain 2>&1 | grep -q 'no packages found' && echo not-installed"
 check_output "Docker's daemon.json is left as it is" contain.slice python3 -c \
