@@ -1244,6 +1244,40 @@ mod tests {
     use clap::CommandFactory;
 
     #[test]
+    fn status_names_containers_outside_the_managed_parent_and_what_to_do() {
+        let container = |name: &str, outside: Option<&str>| proto::policyd::ContainerStatus {
+            name: name.into(),
+            mode: "unrestricted".into(),
+            outside_managed_parent: outside.map(Into::into),
+            ..Default::default()
+        };
+        let status = Status {
+            containers: vec![
+                container("inside", None),
+                container("old-web", Some("/system.slice/docker-abc.scope")),
+            ],
+            ..Status::default()
+        };
+        let out = render_status(&status);
+        let section = out
+            .split("NOT under the managed parent")
+            .nth(1)
+            .expect("a section for containers outside the managed parent");
+        assert!(out.contains("1 container(s) NOT under the managed parent"));
+        assert!(section.contains("policyd setup docker"));
+        assert!(section
+            .lines()
+            .any(|l| l.starts_with("old-web") && l.ends_with("/system.slice/docker-abc.scope")));
+        assert!(!section.lines().any(|l| l.starts_with("inside")));
+
+        let all_inside = Status {
+            containers: vec![container("inside", None)],
+            ..Status::default()
+        };
+        assert!(!render_status(&all_inside).contains("NOT under the managed parent"));
+    }
+
+    #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
     }
