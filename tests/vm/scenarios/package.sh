@@ -148,6 +148,10 @@ printf '%s\n' "$out" >/mnt/share/out/install.log
   && pass "the installation says contain runs, and how to set up Docker" \
   || fail "the installation does not say that contain runs and how to set up Docker"
 check "the three units are active" retry 100 0.2 all_active
+check_output "systemd finds nothing to fault in the units" "units verified" bash -c \
+  'out=$(systemd-analyze verify --man=no /lib/systemd/system/contain-{bpf-loader,resolver,policyd}.service \
+     /lib/systemd/system/contain.slice 2>&1 | grep -E "contain[-.]" || true)
+   printf "%s\n" "$out"; [[ -z $out ]] && echo "units verified"' 
 check "the units are enabled" systemctl is-enabled --quiet contain-bpf-loader contain-resolver contain-policyd
 check "bpf-loader is pulled in by docker.service" test -L /etc/systemd/system/docker.service.wants/contain-bpf-loader.service
 check "bpf-loader is ordered before docker.service" bash -c \
