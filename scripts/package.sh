@@ -38,4 +38,5 @@ say "lintian $deb"
 # --fail-on warning: any error or warning not overridden (with its reason,
 # debian/contain.lintian-overrides) fails the build.
 lintian --fail-on error,warning --info "$deb"
+debian/rules clean >/dev/null # the staging tree under debian/; the .deb stays
 say "built $deb"
