@@ -133,8 +133,8 @@ info "install $(basename "$FIRST"), upgrade to $(basename "$UPGRADE")"
 
 mkdir -p $T
 cp /mnt/share/lib/probe.py /mnt/share/lib/peer_server.py "$CONTAIN_EXTRA/package.d/loop.py" $T/
-defer journalctl -u contain-bpf-loader -u contain-resolver -u contain-policyd --no-pager -o short-monotonic \
-  > /mnt/share/out/daemons.log
+defer bash -c "journalctl -u contain-bpf-loader -u contain-resolver -u contain-policyd --no-pager \
+  -o short-monotonic > /mnt/share/out/daemons.log"
 
 export -f veth_filters
 
