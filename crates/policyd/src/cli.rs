@@ -266,7 +266,7 @@ pub async fn run(cli: Cli) -> u8 {
             daemon_json,
             cgroup_parent,
             force,
-        }) => setup_docker(&daemon_json, &cgroup_parent, force),
+        }) => setup_docker(&daemon_json, &cgroup_parent, force, json),
         Command::Daemon {
             policy,
             loader_socket,
@@ -736,7 +736,20 @@ pub fn describe_op(op: &MapOp) -> String {
 
 // ---- setup docker ----
 
-fn setup_docker(daemon_json: &Path, parent: &str, force: bool) -> Result<(), Failure> {
+fn setup_docker(daemon_json: &Path, parent: &str, force: bool, json: bool) -> Result<(), Failure> {
+    // Docker's systemd cgroup driver (the default on cgroup v2) takes a
+    // slice name, and bpf-loader's unit attaches to contain.slice.
+    let valid_slice = parent.len() > ".slice".len()
+        && parent.ends_with(".slice")
+        && parent
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+    if !valid_slice {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!("--cgroup-parent {parent:?}: Docker's systemd cgroup driver takes a slice name, such as contain.slice"),
+        ));
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -750,6 +763,25 @@ fn setup_docker(daemon_json: &Path, parent: &str, force: bool) -> Result<(), Fai
     let outcome = crate::setup::setup_docker(daemon_json, parent, force, &backup)
         .map_err(|e| Failure::new(exit::SETUP_REFUSED, format!("{e}; nothing changed")))?;
     let file = daemon_json.display();
+    if json {
+        let (changed, backup, replaced) = match &outcome {
+            crate::setup::SetupOutcome::AlreadySet => (false, None, None),
+            crate::setup::SetupOutcome::Written { backup, replaced } => (
+                true,
+                backup.as_ref().map(|b| b.display().to_string()),
+                replaced.clone(),
+            ),
+        };
+        print_json(&json!({
+            "file": file.to_string(),
+            "cgroup_parent": parent,
+            "changed": changed,
+            "backup": backup,
+            "replaced": replaced,
+            "restart_docker": changed,
+        }));
+        return Ok(());
+    }
     match outcome {
         crate::setup::SetupOutcome::AlreadySet => {
             println!("{file} already sets \"cgroup-parent\": \"{parent}\"; nothing to do.");

@@ -98,12 +98,15 @@ pub fn merge_cgroup_parent(
             match members.first() {
                 Some(first) => {
                     let between = &text[open..first.key_start];
-                    let indent = if between.contains('\n') {
-                        between.to_owned()
+                    if between.contains('\n') {
+                        out.push_str(&format!("{between}\"{CGROUP_PARENT_KEY}\": {wanted},"));
                     } else {
-                        " ".to_owned()
-                    };
-                    out.push_str(&format!("{indent}\"{CGROUP_PARENT_KEY}\": {wanted},"));
+                        // One line: `{ "cgroup-parent": ..., ` before the rest.
+                        out.push_str(&format!(" \"{CGROUP_PARENT_KEY}\": {wanted},"));
+                        if between.is_empty() {
+                            out.push(' ');
+                        }
+                    }
                     out.push_str(&text[open..]);
                 }
                 None => {
@@ -371,7 +374,15 @@ mod tests {
     #[test]
     fn a_one_line_object_stays_one_line() {
         let text = changed(Some(r#"{"debug": true}"#), false);
-        assert_eq!(text, r#"{ "cgroup-parent": "contain.slice","debug": true}"#);
+        assert_eq!(
+            text,
+            r#"{ "cgroup-parent": "contain.slice", "debug": true}"#
+        );
+        let text = changed(Some(r#"{ "debug": true }"#), false);
+        assert_eq!(
+            text,
+            r#"{ "cgroup-parent": "contain.slice", "debug": true }"#
+        );
     }
 
     #[test]
