@@ -85,8 +85,14 @@ let
 
     # The eBPF crate is its own workspace with its own lock file.
     cargoRoot = ebpfDir;
+    # Named "cargo-vendor-dir" because that is the directory the
+    # .cargo/config.toml of importCargoLock names (`directory =
+    # "cargo-vendor-dir"`, relative), and cargoSetupHook copies cargoDeps to
+    # $NIX_BUILD_TOP/<cargoDeps' name> and appends that config: under any
+    # other name cargo would find no vendored sources. The join keeps that
+    # config and Cargo.lock (importCargoLock's output comes first).
     cargoDeps = symlinkJoin {
-      name = "contain-ebpf-cargo-deps";
+      name = "cargo-vendor-dir";
       paths = [
         (rustPlatform.importCargoLock {
           lockFile = root + "/${ebpfDir}/Cargo.lock";

@@ -273,6 +273,9 @@ if f is not None:
           and e["lockFiles"][0].endswith("crates/contain-ebpf/Cargo.lock"),
           "ebpf: built from crates/contain-ebpf with its own Cargo.lock")
     check("rust-vendor-src" in e["cargoDeps"], "ebpf: the standard library's dependencies are vendored (build-std)")
+    check(e["cargoConfigVendorDirectories"][:1] == [e["cargoDepsName"]] and e["cargoDeps"][0] == "cargo-vendor-dir",
+          f"ebpf: cargoDeps is named {e['cargoDepsName']!r}, the vendor directory importCargoLock's cargo config "
+          f"names ({e['cargoConfigVendorDirectories']}), and that config comes first in the join")
     check(e["env"].get("RUSTC_BOOTSTRAP") == "1", "ebpf: RUSTC_BOOTSTRAP=1 (nixpkgs' rustc, no overlay)")
     check(any(n.startswith("bpf-linker") for n in e["nativeBuildInputs"]), "ebpf: links with pkgs.bpf-linker")
     check(any("rustc" in n and "overridden" in n for n in e["nativeBuildInputs"]),

@@ -6,11 +6,20 @@
 # checks and prints "ok" lines.
 #
 #   scripts/setup.sh            build + test prerequisites
-#   scripts/setup.sh --vm       also what the VM tests need (QEMU, debootstrap)
+#   scripts/setup.sh --package  also what the Debian package needs (scripts/package.sh)
+#   scripts/setup.sh --vm       also what the VM tests need (QEMU, debootstrap), and
+#                               the packaging tools (the VM tier installs the package)
 set -euo pipefail
 
 want_vm=0
-[[ "${1:-}" == "--vm" ]] && want_vm=1
+want_package=0
+for arg in "$@"; do
+  case "$arg" in
+    --vm) want_vm=1; want_package=1 ;;
+    --package) want_package=1 ;;
+    *) echo "scripts/setup.sh: unknown option $arg (known: --package, --vm)" >&2; exit 64 ;;
+  esac
+done
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 root_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,6 +36,9 @@ packages=(protobuf-compiler iproute2 iputils-ping curl python3 util-linux procps
           containerd runc busybox-static jq socat nftables iperf3 bpftool)
 if (( want_vm )); then
   packages+=(debootstrap e2fsprogs zstd qemu-utils)
+fi
+if (( want_package )); then
+  packages+=(dpkg-dev debhelper lintian help2man)
 fi
 missing=()
 for p in "${packages[@]}"; do

@@ -2,8 +2,9 @@
 # The whole test suite, as CI runs it (.ci/run calls exactly this):
 #   formatting, clippy, unit tests, privileged integration tests (root: real
 #   kernel, namespaces, cgroups, BPF), bounded fuzzing (scripts/fuzz.sh), the
-#   NixOS module's offline evaluation, and the VM tests with real Docker in a
-#   Debian 12 guest.
+#   NixOS module's offline evaluation, the Debian package (built, lintian),
+#   and the VM tests with real Docker in a Debian 12 guest (one of which
+#   installs, upgrades and purges that package).
 # Installs what it needs first (scripts/setup.sh). Ends with one line:
 #   "N passed, N failed"
 #
@@ -102,6 +103,20 @@ if [[ -x nixos-tests/offline-check.sh ]]; then
   nixos-tests/offline-check.sh 2>&1 | tee "$log_dir/nix.log"
   count_summary "$log_dir/nix.log" "${PIPESTATUS[0]}" "nix offline check"
 fi
+
+# The Debian package, built twice: the release, and the same code as a
+# higher version, which the VM tier's package scenario upgrades to
+# (tests/vm/run.sh passes target/vm-debs to the guest). Each build ends with
+# lintian, which fails it on any error or warning not overridden.
+build_debs() {
+  rm -rf target/vm-debs
+  CONTAIN_DEB_OUT="$root_dir/target/vm-debs" scripts/package.sh \
+    && CONTAIN_DEB_OUT="$root_dir/target/vm-debs" \
+      CONTAIN_DEB_VERSION="$(dpkg-parsechangelog -S Version)+vmupgrade1" scripts/package.sh
+}
+say "Debian package (scripts/package.sh, lintian)"
+build_debs 2>&1 | tee "$log_dir/package.log"
+record "debian package" "${PIPESTATUS[0]}"
 
 if [[ "${CONTAIN_SKIP_VM:-0}" == 1 ]]; then
   echo "VM tier skipped: CONTAIN_SKIP_VM=1 (CI runs it)"

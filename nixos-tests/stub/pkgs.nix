@@ -140,7 +140,13 @@ let
           outputHashes ? { },
         }:
         assert builtins.pathExists lockFile;
-        stubDerivation "cargo-vendor-dir" { lockFile = toString lockFile; };
+        stubDerivation "cargo-vendor-dir" {
+          lockFile = toString lockFile;
+          # As nixpkgs' import-cargo-lock.nix writes it into
+          # $out/.cargo/config.toml: a path relative to the build directory,
+          # where cargoSetupHook copies cargoDeps under its own name.
+          cargoConfigVendorDirectory = "cargo-vendor-dir";
+        };
       cargoSetupHook = simple "cargo-setup-hook.sh";
       rustLibSrc = simple "rust-lib-src";
       rustVendorSrc = simple "rust-vendor-src";

@@ -4,13 +4,16 @@
 #   tests/vm/run.sh SCENARIO_SCRIPT [EXTRA_DIR...]
 #
 # SCENARIO_SCRIPT is a bash script that runs in the guest as root (see README.md for the API).
-# It finds, under /mnt/share:  bin/ (contain binaries), lib/ (vmtest.sh, lib/*.py, probe.py...),
+# It finds, under /mnt/share:  bin/ (contain binaries), debs/ (packages), lib/ (vmtest.sh,
+# lib/*.py, probe.py...),
 # extra/<basename of each EXTRA_DIR>/, out/ (files to bring back).
 # Exits with the scenario's exit code; 124 = a phase timed out; 125 = harness/guest failure.
 #
 # Environment:
 #   CONTAIN_BIN_DIR          where bpf-loader, resolver, policyd are taken from
 #                            (default: <repo>/target/release; missing ones are skipped)
+#   CONTAIN_VM_DEB_DIR       the .deb files the guest finds in /mnt/share/debs (default:
+#                            <repo>/target/vm-debs, which scripts/test.sh fills; none if absent)
 #   CONTAIN_VM_CACHE         image + saved state cache (default /var/cache/contain-vm)
 #   CONTAIN_VM_SNAPSHOT=0    always cold boot (no saved VM state)
 #   CONTAIN_VM_TIMEOUT       seconds the scenario itself may take (default 600)
@@ -26,6 +29,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 CACHE=${CONTAIN_VM_CACHE:-/var/cache/contain-vm}
 BIN_DIR=${CONTAIN_BIN_DIR:-$REPO/target/release}
+DEB_DIR=${CONTAIN_VM_DEB_DIR:-$REPO/target/vm-debs}
 CONTAIN_BINS=(bpf-loader resolver policyd)
 
 log() { printf '[run %s] %s\n' "$(date +%T)" "$*" >&2; }
@@ -69,7 +73,7 @@ trap cleanup EXIT
 
 # The share: the scenario, the helper library, the contain binaries and the extra dirs.
 # Copies, not the repo itself: the guest gets write access to the share.
-mkdir -p "$SHARE"/{bin,lib,extra,out}
+mkdir -p "$SHARE"/{bin,debs,lib,extra,out}
 install -m 755 "$SCENARIO" "$SHARE/scenario.sh"
 install -m 644 "$HERE/lib/vmtest.sh" "$SHARE/lib/vmtest.sh"
 # VM-only python helpers (frames.py: packet-socket probes, a capture, a tiny DNS server).
@@ -85,6 +89,11 @@ for b in "${CONTAIN_BINS[@]}"; do
   fi
 done
 log "contain binaries from $BIN_DIR: ${found[*]:-(none)}"
+debs=()
+for f in "$DEB_DIR"/*.deb; do
+  if [[ -f $f ]]; then install -m 644 "$f" "$SHARE/debs/"; debs+=("$(basename "$f")"); fi
+done
+log "packages from $DEB_DIR: ${debs[*]:-(none)}"
 for d in "$@"; do cp -a "$d" "$SHARE/extra/$(basename "$d")"; done
 
 state_args=(--state-dir "$CACHE/state")

@@ -41,6 +41,9 @@ pub mod exit {
     pub const LOADER_FAILED: u8 = 3;
     /// The container (or other named thing) does not exist.
     pub const NOT_FOUND: u8 = 4;
+    /// `setup` refused to change a file (invalid, or a conflicting
+    /// setting without --force) or could not write it: nothing changed.
+    pub const SETUP_REFUSED: u8 = 5;
     /// Bad arguments.
     pub const USAGE: u8 = 64;
     /// A bug or an unexpected condition.
@@ -49,7 +52,8 @@ pub mod exit {
 
 const EXIT_CODES: &str =
     "Exit codes: 0 ok; 1 invalid policy (nothing applied); 2 policyd unreachable; \
-3 loader unreachable or refused the change; 4 not found; 64 usage error; 70 internal error.";
+3 loader unreachable or refused the change; 4 not found; 5 setup changed nothing (refused or \
+failed); 64 usage error; 70 internal error.";
 
 #[derive(Parser, Debug)]
 #[command(name = "policyd", version, about = "contain's policy daemon and operator CLI", after_help = EXIT_CODES)]
@@ -126,6 +130,9 @@ pub enum Command {
         #[arg(long, default_value_t = 256)]
         max: u32,
     },
+    /// Configure another program to work with contain (no daemon needed).
+    #[command(subcommand)]
+    Setup(SetupTarget),
     /// Run the daemon.
     Daemon {
         /// The policy file (TOML, or the thesis JSON allow-list).
@@ -147,6 +154,24 @@ pub enum Command {
         /// Seconds between re-reads of the loader's state (drift repair).
         #[arg(long, default_value_t = 60.0)]
         resync_secs: f64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SetupTarget {
+    /// Put Docker's containers under the managed parent cgroup: sets
+    /// "cgroup-parent" in Docker's daemon.json, keeping everything else in
+    /// it and a backup of it. Docker reads it when it restarts.
+    Docker {
+        /// Docker's configuration file.
+        #[arg(long, default_value = "/etc/docker/daemon.json")]
+        daemon_json: PathBuf,
+        /// The managed parent: the slice bpf-loader attaches to.
+        #[arg(long, default_value = "contain.slice")]
+        cgroup_parent: String,
+        /// Replace another "cgroup-parent" already set there.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -241,6 +266,11 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Events { follow, after, max } => {
             events(&cli.socket, follow, after, max, json).await
         }
+        Command::Setup(SetupTarget::Docker {
+            daemon_json,
+            cgroup_parent,
+            force,
+        }) => setup_docker(&daemon_json, &cgroup_parent, force, json),
         Command::Daemon {
             policy,
             loader_socket,
@@ -708,6 +738,81 @@ pub fn describe_op(op: &MapOp) -> String {
     }
 }
 
+// ---- setup docker ----
+
+fn setup_docker(daemon_json: &Path, parent: &str, force: bool, json: bool) -> Result<(), Failure> {
+    // Docker's systemd cgroup driver (the default on cgroup v2) takes a
+    // slice name, and bpf-loader's unit attaches to contain.slice.
+    let valid_slice = parent.len() > ".slice".len()
+        && parent.ends_with(".slice")
+        && parent
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+    if !valid_slice {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!("--cgroup-parent {parent:?}: Docker's systemd cgroup driver takes a slice name, such as contain.slice"),
+        ));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut backup = daemon_json.as_os_str().to_owned();
+    backup.push(format!(
+        ".contain-backup-{}",
+        utc_time(now).replace(':', "")
+    ));
+    let backup = PathBuf::from(backup);
+    let outcome = crate::setup::setup_docker(daemon_json, parent, force, &backup)
+        .map_err(|e| Failure::new(exit::SETUP_REFUSED, format!("{e}; nothing changed")))?;
+    let file = daemon_json.display();
+    if json {
+        let (changed, backup, replaced) = match &outcome {
+            crate::setup::SetupOutcome::AlreadySet => (false, None, None),
+            crate::setup::SetupOutcome::Written { backup, replaced } => (
+                true,
+                backup.as_ref().map(|b| b.display().to_string()),
+                replaced.clone(),
+            ),
+        };
+        print_json(&json!({
+            "file": file.to_string(),
+            "cgroup_parent": parent,
+            "changed": changed,
+            "backup": backup,
+            "replaced": replaced,
+            "restart_docker": changed,
+        }));
+        return Ok(());
+    }
+    match outcome {
+        crate::setup::SetupOutcome::AlreadySet => {
+            println!("{file} already sets \"cgroup-parent\": \"{parent}\"; nothing to do.");
+            println!("Containers created since Docker read it are under {parent}; `policyd status` lists any that are not.");
+        }
+        crate::setup::SetupOutcome::Written { backup, replaced } => {
+            match replaced {
+                Some(old) => {
+                    println!("{file}: \"cgroup-parent\" changed from {old} to \"{parent}\".")
+                }
+                None => println!("{file}: \"cgroup-parent\": \"{parent}\" added."),
+            }
+            match backup {
+                Some(b) => println!("The previous file is saved as {}.", b.display()),
+                None => println!("(There was no such file before: nothing to back up.)"),
+            }
+            println!(
+                "Docker reads it when it starts: restart it now with `systemctl restart docker`"
+            );
+            println!("(this stops running containers unless \"live-restore\" is set). Containers keep the");
+            println!("cgroup they were created in: recreate existing ones so that they are under {parent}");
+            println!("(`policyd status` lists those that are not).");
+        }
+    }
+    Ok(())
+}
+
 // ---- status ----
 
 async fn status(socket: &Path, json: bool) -> Result<(), Failure> {
@@ -829,6 +934,7 @@ pub fn render_status(s: &Status) -> String {
         ))
     });
     out.push_str(&render_reasons(unenforced.chain(not_covered)));
+    out.push_str(&render_outside_managed_parent(&s.containers));
     out.push_str(&render_executables(&s.containers));
     let rows: Vec<Vec<String>> = s
         .policies
@@ -879,6 +985,25 @@ pub fn render_status(s: &Status) -> String {
         }
     }
     out
+}
+
+/// The containers whose cgroup is below no attached parent, and what to do.
+fn render_outside_managed_parent(containers: &[proto::policyd::ContainerStatus]) -> String {
+    let rows: Vec<Vec<String>> = containers
+        .iter()
+        .filter_map(|c| Some(vec![c.name.clone(), c.outside_managed_parent.clone()?]))
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\n{} container(s) NOT under the managed parent: contain's cgroup programs do not \
+         see them (one a policy selects is shown unenforced), so they get no first-packet \
+         coverage and no unknown-container verdict. For Docker: `policyd setup docker`, \
+         restart Docker, then recreate these containers.\n{}",
+        rows.len(),
+        table(&["CONTAINER", "CGROUP"], &rows)
+    )
 }
 
 /// What each container's `exe` paths name there, and which containers
@@ -1153,6 +1278,40 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn status_names_containers_outside_the_managed_parent_and_what_to_do() {
+        let container = |name: &str, outside: Option<&str>| proto::policyd::ContainerStatus {
+            name: name.into(),
+            mode: "unrestricted".into(),
+            outside_managed_parent: outside.map(Into::into),
+            ..Default::default()
+        };
+        let status = Status {
+            containers: vec![
+                container("inside", None),
+                container("old-web", Some("/system.slice/docker-abc.scope")),
+            ],
+            ..Status::default()
+        };
+        let out = render_status(&status);
+        let section = out
+            .split("NOT under the managed parent")
+            .nth(1)
+            .expect("a section for containers outside the managed parent");
+        assert!(out.contains("1 container(s) NOT under the managed parent"));
+        assert!(section.contains("policyd setup docker"));
+        assert!(section
+            .lines()
+            .any(|l| l.starts_with("old-web") && l.ends_with("/system.slice/docker-abc.scope")));
+        assert!(!section.lines().any(|l| l.starts_with("inside")));
+
+        let all_inside = Status {
+            containers: vec![container("inside", None)],
+            ..Status::default()
+        };
+        assert!(!render_status(&all_inside).contains("NOT under the managed parent"));
+    }
 
     #[test]
     fn cli_definition_is_consistent() {

@@ -74,6 +74,18 @@ pub fn coverage(cgroup_path: Option<&str>, attached: &AttachedParents) -> Covera
     ))
 }
 
+/// For a container whose cgroup is below no attached parent (whether a
+/// policy selects it or not), where its cgroup is; `None` when it is below
+/// one, or when that cannot be told. Such a container gets no first-packet
+/// coverage and no unknown-container verdict, and a policy that selects it
+/// is not enforced.
+pub fn outside_attached(container: &Container, attached: &AttachedParents) -> Option<String> {
+    match coverage(container.cgroup_path.as_deref(), attached) {
+        Coverage::NotAttached(_) => container.cgroup_path.clone(),
+        Coverage::Attached(_) | Coverage::Unknown(_) => None,
+    }
+}
+
 /// What status shows for a container: a mode, and when the kernel does not
 /// (or may not) do what the policy's mode says, why.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -190,6 +202,21 @@ mod tests {
             cgroup_path: cgroup_path.map(Into::into),
             ..Container::default()
         }
+    }
+
+    #[test]
+    fn containers_outside_every_attached_parent_are_named_whatever_their_policy() {
+        let attached = parents(&["/contain.slice"]);
+        let outside = container(Some("/system.slice/docker-abc.scope"));
+        assert_eq!(
+            outside_attached(&outside, &attached).as_deref(),
+            Some("/system.slice/docker-abc.scope")
+        );
+        let inside = container(Some("/contain.slice/docker-abc.scope"));
+        assert_eq!(outside_attached(&inside, &attached), None);
+        // Unknown is not "outside": status says why elsewhere.
+        assert_eq!(outside_attached(&outside, &Err("loader down".into())), None);
+        assert_eq!(outside_attached(&container(None), &attached), None);
     }
 
     #[test]

@@ -12,6 +12,9 @@
 //! * [`coverage`]: whether the loader's programs, attached to parent
 //!   cgroups, see a container at all.
 //!
+//! [`setup`] edits Docker's configuration for the managed parent (a pure
+//! merge, with the file I/O apart).
+//!
 //! [`daemon`] and [`cli`] are the edges: sockets, signals, files, output.
 
 pub mod cli;
@@ -25,4 +28,5 @@ pub mod ids;
 pub mod inventory;
 pub mod net;
 pub mod policy;
+pub mod setup;
 pub mod synthetic;

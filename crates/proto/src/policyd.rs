@@ -126,6 +126,12 @@ pub struct ContainerStatus {
     /// container can replace the files its process rules name.
     #[serde(default)]
     pub readonly_rootfs: Option<bool>,
+    /// Its cgroup, when that is below no cgroup the loader's programs are
+    /// attached to (whether a policy selects it or not): no first-packet
+    /// coverage, no unknown-container verdict. Docker containers created
+    /// before `cgroup-parent` named the managed parent are such.
+    #[serde(default)]
+    pub outside_managed_parent: Option<String>,
     /// Each `exe` path of the selecting policy's process entries, and what
     /// it names in this container.
     #[serde(default)]

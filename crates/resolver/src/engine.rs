@@ -43,6 +43,10 @@ pub struct Shared {
     pub roots: RwLock<HashMap<String, RootId>>,
     /// Where /proc is (the host's, or a test's).
     pub proc_root: std::path::PathBuf,
+    /// The sources whose full listing the inventory holds (a first
+    /// snapshot processed): until containerd's is in, the inventory is
+    /// missing every running container, not saying they are gone.
+    pub listed: watch::Sender<BTreeSet<String>>,
 }
 
 impl Shared {
@@ -55,6 +59,7 @@ impl Shared {
             cgroup_root,
             roots: RwLock::new(HashMap::new()),
             proc_root: std::path::PathBuf::from("/proc"),
+            listed: watch::Sender::new(BTreeSet::new()),
         }
     }
 
@@ -159,6 +164,14 @@ impl Engine {
     async fn process(&mut self, work: Work) {
         let started = Instant::now();
         let mut dirty = BTreeSet::new();
+        let listed: BTreeSet<String> = work
+            .events
+            .iter()
+            .filter_map(|ev| match ev {
+                SourceEvent::Snapshot { source, .. } => Some(source.clone()),
+                _ => None,
+            })
+            .collect();
         for ev in work.events {
             self.absorb(ev, &mut dirty);
         }
@@ -215,6 +228,13 @@ impl Engine {
         };
         if !changes.is_empty() {
             self.shared.generation.send_replace(generation);
+        }
+        if !listed.is_empty() {
+            self.shared.listed.send_if_modified(|known| {
+                let before = known.len();
+                known.extend(listed);
+                known.len() != before
+            });
         }
         for change in &changes {
             match &change.kind {

@@ -152,6 +152,10 @@ pub struct Daemon {
     socket: PathBuf,
 }
 
+/// How long start-up waits for containerd's first listing before serving
+/// the inventory without it.
+pub const FIRST_LISTING_WAIT: Duration = Duration::from_secs(10);
+
 impl Daemon {
     /// Starts everything on the current tokio runtime. Fails only on what
     /// the resolver cannot do without: the cgroup2 mount, a netlink socket,
@@ -200,7 +204,6 @@ impl Daemon {
             (Some(_), Some(uid)) => (0o660, PeerPolicy::RootOrUser(uid)),
             _ => (0o600, PeerPolicy::RootOnly),
         };
-        let listener = bind(&config.socket, mode, gid).map_err(|e| Error::io(&config.socket, e))?;
 
         let (source_tx, source_rx) = mpsc::channel(1024);
         let (link_tx, link_rx) = mpsc::channel(1024);
@@ -208,6 +211,7 @@ impl Daemon {
         let engine = Engine::new(shared.clone(), Proc::default(), mount, netlink);
         tasks.push(tokio::spawn(engine.run(source_rx, link_rx, config.rescan)));
         tasks.push(tokio::spawn(links::watch(link_tx)));
+        let mut first_listing = None;
         if let Some(socket) = &config.containerd_socket {
             let mut namespaces = config.namespaces.clone();
             namespaces.sort();
@@ -223,8 +227,34 @@ impl Daemon {
                 status: status.clone(),
                 relist: config.rescan,
             };
+            first_listing = Some(source.name());
             tasks.push(tokio::spawn(source.run()));
         }
+        // A client's first inventory must hold the running containers: an
+        // empty one would tell policyd they are all gone, and it would take
+        // their entries out of the kernel until the listing came (a
+        // restarted resolver would deny every selected container's allowed
+        // flows for that long). So the socket is served once containerd's
+        // first listing is in, or, if containerd does not answer, after
+        // FIRST_LISTING_WAIT with what is known.
+        if let Some(name) = first_listing {
+            let mut listed = shared.listed.subscribe();
+            let waited =
+                tokio::time::timeout(FIRST_LISTING_WAIT, listed.wait_for(|l| l.contains(&name)))
+                    .await;
+            if !matches!(waited, Ok(Ok(_))) {
+                tracing::warn!(source = %name, wait = ?FIRST_LISTING_WAIT, "no first listing of the containers yet; serving the inventory without it");
+            }
+        }
+        let listener = match bind(&config.socket, mode, gid) {
+            Ok(listener) => listener,
+            Err(e) => {
+                for t in &tasks {
+                    t.abort();
+                }
+                return Err(Error::io(&config.socket, e));
+            }
+        };
         let server = ResolverServer {
             shared: shared.clone(),
         };

@@ -576,6 +576,20 @@ async fn resolver_follows_a_real_containerd() {
 
     let socket = env.start_resolver(&[]);
     let client = connect(&socket).await;
+    // The first inventory a client gets already holds every running
+    // container: an empty one would tell policyd they are all gone.
+    let first = list(&client).await;
+    for (ns, id) in [
+        ("default", &c1),
+        ("default", &h1),
+        ("moby", &d1),
+        ("moby", &d2),
+    ] {
+        assert!(
+            find(&first, ns, id).is_some(),
+            "{ns}/{id} is missing from the first inventory served: {first:?}"
+        );
+    }
     let ifindex0 = ifindex(&veth0);
     let snap = wait_for(&client, WAIT, "c1, h1, d1 and d2 mapped", |s| {
         let ready = find(s, "default", &c1).is_some_and(|c| !c.host_veths.is_empty())

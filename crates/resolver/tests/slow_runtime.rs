@@ -1,7 +1,9 @@
 //! A runtime that accepts connections and never answers (a hung containerd,
-//! a hung dockerd) must not block the resolver: the inventory is served at
-//! once, and the source reports the trouble and retries. Needs no
-//! privileges.
+//! a hung dockerd) must not block the resolver: start-up waits a bounded
+//! time for containerd's first listing (so that no client gets an inventory
+//! that leaves out running containers), then the inventory is served and
+//! answers at once, and the source reports the trouble and retries. Needs
+//! no privileges.
 
 mod common;
 
@@ -59,12 +61,22 @@ async fn a_hung_containerd_never_blocks_the_service() {
     config.docker_root = dir.join("docker");
     // Unprivileged runs may use the socket through their own group.
     config.socket_group = Some(unsafe { libc::getegid() });
+    let starting = Instant::now();
     let daemon = Daemon::start(config)
         .await
         .unwrap_or_else(|e| panic!("starting the resolver: {e}"));
+    // It waited for the listing that never came, as long as it waits and
+    // no longer: until then no client could take an empty inventory for
+    // the truth.
+    let waited = starting.elapsed();
+    assert!(
+        waited >= resolver::FIRST_LISTING_WAIT
+            && waited < resolver::FIRST_LISTING_WAIT + Duration::from_secs(5),
+        "start-up waited {waited:?} for the hung containerd's listing"
+    );
     let client = common::connect(&dir.join("resolver.sock")).await;
 
-    // Served at once, while the containerd source is stuck.
+    // Answers at once, while the containerd source is stuck.
     for _ in 0..5 {
         let started = Instant::now();
         let snap = common::list(&client).await;

@@ -937,6 +937,7 @@ impl Engine {
                     image: c.image.clone(),
                     cgroup_id: c.cgroup_id,
                     cgroup_path: c.cgroup_path.clone(),
+                    outside_managed_parent: coverage::outside_attached(c, &attached),
                     mode: "unknown".into(),
                     ..ContainerStatus::default()
                 })
@@ -987,6 +988,7 @@ impl Engine {
                 unenforced_reason: enforcement.unenforced_reason,
                 packet_sockets_uncovered: uncovered[a.container_index].take(),
                 readonly_rootfs: c.readonly_rootfs,
+                outside_managed_parent: coverage::outside_attached(c, &attached),
                 executables: executable_statuses(policies, &a, &exes),
             });
         }
