@@ -635,8 +635,9 @@ impl Kernel {
         }
     }
 
-    /// Reads the policy maps back from the kernel.
-    fn read_state(&self) -> Result<KernelState, KernelError> {
+    /// Reads the policy maps back from the kernel (what [`Kernel::state`]
+    /// mirrors).
+    pub fn read_state(&self) -> Result<KernelState, KernelError> {
         let m = &self.maps;
         let mut state = KernelState::default();
         for item in m.cgroups.iter() {

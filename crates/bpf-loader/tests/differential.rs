@@ -23,7 +23,7 @@ use common::packets::{self, Ext, ICMP, ICMPV6, TCP, UDP};
 use common::require_root;
 use contain_common::{program_names, proto::ANY};
 use kernel_model::{
-    decide::{egress, Packet, Socket, SocketKind},
+    decide::{egress, Packet, Reason, Socket, SocketKind},
     diff::MapDiff,
     prefix::{addr_key, PortBlock, Prefix, V4_BLOCK_LEN},
     state::{
@@ -284,7 +284,36 @@ fn random_packet(rng: &mut Rng) -> (Vec<u8>, Packet, bool) {
             if later_fragment { 100 } else { 0 },
         )
     };
+    // Over loopback, the source decides whether the packet is forged: the
+    // frames' own address (forged unless it is the destination), a
+    // loopback address, or the destination itself.
+    let frame = if over_loopback && rng.chance(50) {
+        let source = if rng.chance(50) {
+            model.dest
+        } else if is_v6 {
+            IpAddr::V6(Ipv6Addr::LOCALHOST)
+        } else {
+            v4(127, 0, 0, 1)
+        };
+        // An IPv4-mapped destination in an IPv6 frame is no IPv6 source.
+        if is_v6 == source.is_ipv6() {
+            model.source = source;
+            packets::with_source(frame, source)
+        } else {
+            frame
+        }
+    } else {
+        frame
+    };
     (frame, model, over_loopback)
+}
+
+/// The rules' verdicts the kernel counted, summed over policies.
+fn counted(kernel: &Kernel) -> [u64; 3] {
+    let counters = kernel.counters().expect("the loader's counters");
+    counters.policies.iter().fold([0; 3], |[a, d, u], p| {
+        [a + p.allowed, d + p.denied, u + p.audited]
+    })
 }
 
 struct PinDir(std::path::PathBuf);
@@ -333,10 +362,14 @@ fn kernel_decides_as_the_model() {
         let diff = MapDiff::between(kernel.generation(), kernel.state(), &desired);
         kernel.apply(&diff).expect("the loader applies the diff");
         assert_eq!(
-            kernel.state(),
+            &kernel.read_state().expect("reading the maps back"),
             &desired,
-            "round {round}: the loader's state"
+            "round {round}: the maps as the kernel holds them"
         );
+        // Pass or drop shows allow from deny; the counters show allow from
+        // audit: every packet the rules judge counts once, under its verdict.
+        let before = counted(&kernel);
+        let mut expected = [0u64; 3];
         for _ in 0..PACKETS_PER_ROUND {
             let (frame, packet, over_loopback) = random_packet(&mut rng);
             let model = egress(&desired, own_cgroup, &socket, &packet);
@@ -347,6 +380,16 @@ fn kernel_decides_as_the_model() {
             };
             let run = testrun::run(program, &frame, 1, through).expect("BPF_PROG_TEST_RUN");
             let kernel_passes = run.retval == 1;
+            if matches!(
+                model.reason,
+                Reason::Rules | Reason::SourceRoute | Reason::Unjudgeable
+            ) {
+                expected[match model.verdict {
+                    Verdict::Allow => 0,
+                    Verdict::Deny => 1,
+                    Verdict::Audit => 2,
+                }] += 1;
+            }
             *seen
                 .entry((format!("{:?}", model.reason), model.verdict))
                 .or_insert(0u32) += 1;
@@ -360,6 +403,13 @@ fn kernel_decides_as_the_model() {
                     model.lookup,
                 ));
             }
+        }
+        let after = counted(&kernel);
+        let delta = [0, 1, 2].map(|i| after[i] - before[i]);
+        if delta != expected && mismatches.len() < 20 {
+            mismatches.push(format!(
+                "round {round}: the kernel counted [allowed, denied, audited] = {delta:?}, the model {expected:?}"
+            ));
         }
     }
     for ((reason, verdict), n) in &seen {

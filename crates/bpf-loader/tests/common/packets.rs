@@ -129,6 +129,15 @@ pub fn with_hop_limit(mut frame: Vec<u8>, hop_limit: u8) -> Vec<u8> {
     frame
 }
 
+/// The same frame from another source address (of the frame's family).
+pub fn with_source(mut frame: Vec<u8>, source: std::net::IpAddr) -> Vec<u8> {
+    match source {
+        std::net::IpAddr::V4(s) => frame[14 + 12..14 + 16].copy_from_slice(&s.octets()),
+        std::net::IpAddr::V6(s) => frame[14 + 8..14 + 24].copy_from_slice(&s.octets()),
+    }
+    frame
+}
+
 /// The source address every frame here carries.
 pub fn source(v6: bool) -> std::net::IpAddr {
     if v6 {
