@@ -213,7 +213,10 @@ in
           expect_denied(machine, raw_icmp("curler"), "curler IP_HDRINCL icmp")
 
       with subtest("denied attempts are logged"):
-          machine.succeed("journalctl -u contain-bpf-loader -o cat | grep -qi deny")
+          machine.succeed(
+              "journalctl -u contain-policyd -o cat | grep '\"contain.verdict\":\"deny\"' "
+              "| grep -q '\"container.name\":\"curler\"'"
+          )
 
       with subtest("first packet: a new container's first process is already filtered"):
           expect_denied(

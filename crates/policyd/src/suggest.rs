@@ -170,10 +170,13 @@ struct Tally {
     comms: BTreeSet<String>,
 }
 
+/// Events per (service, destination) of one scope.
+type Flows = BTreeMap<(Service, Dest), Tally>;
+
 #[derive(Clone, Debug, Default)]
 struct Seen {
     policies: BTreeSet<String>,
-    flows: BTreeMap<Scope, BTreeMap<(Service, Dest), Tally>>,
+    flows: BTreeMap<Scope, Flows>,
     docker_dns: u64,
     /// Non-IP frames: nothing allows them.
     not_ip: u64,
@@ -395,7 +398,7 @@ struct Entry {
 /// Groups the flows of one scope into entries: one per (protocol, port or
 /// type) with every destination seen for it; entries of one protocol
 /// with the same destinations are then merged into one listing each port.
-fn entries(flows: &BTreeMap<(Service, Dest), Tally>) -> Vec<Entry> {
+fn entries(flows: &Flows) -> Vec<Entry> {
     let mut by_service: BTreeMap<Service, Vec<(Dest, &Tally)>> = BTreeMap::new();
     for ((service, dest), tally) in flows {
         by_service.entry(*service).or_default().push((*dest, tally));
@@ -441,7 +444,7 @@ fn entries(flows: &BTreeMap<(Service, Dest), Tally>) -> Vec<Entry> {
     out
 }
 
-fn render_entries(out: &mut String, flows: &BTreeMap<(Service, Dest), Tally>) {
+fn render_entries(out: &mut String, flows: &Flows) {
     out.push_str("allow = [\n");
     for e in entries(flows) {
         let total: u64 = e.dests.iter().map(|(_, n)| n).sum();
@@ -558,7 +561,7 @@ pub fn render(s: &Suggestion) -> String {
             );
         }
         let wide = seen.flows.get(&Scope::ContainerWide);
-        let exes: Vec<(&String, &BTreeMap<(Service, Dest), Tally>)> = seen
+        let exes: Vec<(&String, &Flows)> = seen
             .flows
             .iter()
             .filter_map(|(scope, flows)| match scope {
