@@ -366,6 +366,53 @@ async fn a_denial_is_logged_with_its_container_and_moves_its_counter_in_promethe
         "promtool: {said}"
     );
 
+    // The alert rules and the dashboard in deploy/ are valid, and name
+    // only metrics the page has.
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/observability");
+    let rules = deploy.join("contain-rules.yml");
+    let checked = Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check rules: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let dashboard = std::fs::read_to_string(deploy.join("grafana-dashboard.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let mut referenced = std::fs::read_to_string(&rules).unwrap();
+    let prometheus_panels = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["datasource"]["type"] == "prometheus");
+    for panel in prometheus_panels {
+        for target in panel["targets"].as_array().unwrap() {
+            referenced.push_str(target["expr"].as_str().unwrap());
+            referenced.push('\n');
+        }
+    }
+    let families: Vec<&str> = after
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect();
+    let mut names: Vec<&str> = referenced
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("contain_"))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(names.len() >= 7, "{names:?}");
+    for name in names {
+        assert!(
+            families.contains(&name),
+            "deploy/observability names {name}, which /metrics does not have"
+        );
+    }
+
     // A real Prometheus scrapes the endpoint and has the series.
     let prometheus_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     std::fs::write(
