@@ -53,14 +53,17 @@ pub enum Reason {
 
 impl Reason {
     pub fn of(event: &Event) -> Reason {
+        // Most specific first: a revoked flow and a non-IP frame are that
+        // whatever the policy; under no policy, the unknown-container
+        // verdict decided, not a rule.
         if event.revoked_flow {
             Reason::Revoked
         } else if event.ethertype.is_some() {
             Reason::NotIp
-        } else if event.link_layer {
-            Reason::PacketSocket
         } else if event.policy_id == contain_common::UNKNOWN_POLICY_ID {
             Reason::UnknownContainer
+        } else if event.link_layer {
+            Reason::PacketSocket
         } else if event.unattributed {
             Reason::Unattributed
         } else {
@@ -392,6 +395,10 @@ mod tests {
         let mut e = event();
         e.unattributed = true;
         assert_eq!(Reason::of(&e), Reason::Unattributed);
+        let mut e = event();
+        e.link_layer = true;
+        e.policy_id = contain_common::UNKNOWN_POLICY_ID;
+        assert_eq!(Reason::of(&e), Reason::UnknownContainer);
     }
 
     #[test]
