@@ -218,6 +218,12 @@ in
               "| grep -q '\"container.name\":\"curler\"'"
           )
 
+      with subtest("the denials moved curler's counter on the metrics page"):
+          machine.succeed(
+              f"{curl} -sf http://127.0.0.1:9879/metrics "
+              "| grep -E '^contain_container_verdicts_total\\{action=\"deny\",policy=\"curler\",container=\"curler\"\\} [1-9]'"
+          )
+
       with subtest("first packet: a new container's first process is already filtered"):
           expect_denied(
               machine,
