@@ -72,8 +72,9 @@ check "peer (servers on 8080, 9090, 9091)" run --name peer --ip $PEER_IP "$IMG" 
 check "blocked (egress=block)" run --name blocked --label egress=block "$IMG" sleep 3600
 check "watched (audit mode)" run --name watched "$IMG" sleep 3600
 status_mode() { policyd --json status | python3 -c "import json,sys; s=json.load(sys.stdin); print(*[c['mode'] for c in s['containers'] if c['name']=='$1'])"; }
-check_output "blocked is enforced" enforce retry 80 0.25 status_mode blocked
-check_output "watched is audited" audit retry 80 0.25 status_mode watched
+mode_is() { [[ $(status_mode "$1") == "$2" ]]; }
+check "blocked is enforced" retry 80 0.25 mode_is blocked enforce
+check "watched is audited" retry 80 0.25 mode_is watched audit
 both_states() { moved 'contain_containers{state="enforced"}' 0 && moved 'contain_containers{state="audited"}' 0; }
 check "the metrics count them by state (enforced, audited)" retry 40 0.25 both_states
 
@@ -166,7 +167,9 @@ check "policyd check accepts the suggestion alone" policyd check /tmp/suggested.
 write_policy
 check "policyd check accepts it in the policy" policyd check /etc/contain/policy.toml
 check "policyd reload" policyd reload
-check_output "watched is now enforced by the suggested policy" enforce retry 40 0.25 status_mode watched
+check "watched is now enforced by the suggested policy" retry 40 0.25 mode_is watched enforce
+policy_of() { policyd --json status | python3 -c "import json,sys; s=json.load(sys.stdin); print(*[c['policy'] for c in s['containers'] if c['name']=='$1'])"; }
+check_output "by the suggested policy (named after it)" watched policy_of watched
 out=$(probe watched tcp $PEER_IP 9090)
 [[ $out == ok ]] && pass "enforced: what was seen is allowed ($out)" || fail "enforced: TCP 9090: $out"
 out=$(probe watched tcp $PEER_IP 9091)
