@@ -163,12 +163,12 @@ pub enum Command {
     /// lines), per container and executable, as TOML to review.
     Suggest {
         /// Events from this time on: for the journal anything `journalctl
-        /// --since` takes ("2 days ago", "2026-11-30 08:00"); with --input,
+        /// --since` takes ("2 days ago", "-2h", "2026-11-30 08:00"); with --input,
         /// an RFC 3339 time in UTC (2026-11-30T08:00:00Z).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         since: Option<String>,
         /// Events up to this time (same forms as --since).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         until: Option<String>,
         /// Only this container (its name).
         #[arg(long)]

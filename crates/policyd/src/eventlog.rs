@@ -271,8 +271,10 @@ impl EventRecord {
             network_type: (!non_ip)
                 .then(|| if event.dst.is_ipv4() { "ipv4" } else { "ipv6" }.to_string()),
             transport: (!non_ip).then(|| transport_name(event.proto)),
-            source_address: (!non_ip).then_some(event.src),
-            source_port: has_ports.then_some(event.src_port),
+            // A connect() is judged before the socket has a source: then
+            // there is none to report, rather than 0.0.0.0:0.
+            source_address: (!non_ip && !event.src.is_unspecified()).then_some(event.src),
+            source_port: (has_ports && event.src_port != 0).then_some(event.src_port),
             destination_address: (!non_ip).then_some(event.dst),
             destination_port: has_ports.then_some(event.dst_port),
             icmp_type: if is_icmp { event.icmp_type } else { None },
@@ -361,6 +363,17 @@ mod tests {
         assert_eq!(v["destination.address"], "198.18.0.1");
         assert_eq!(v["destination.port"], 443);
         assert!(v.get("contain.icmp.type").is_none());
+        assert_eq!(v["source.address"], "172.17.0.2");
+    }
+
+    #[test]
+    fn a_connect_judged_before_it_has_a_source_reports_none() {
+        let mut e = event();
+        e.src = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        e.src_port = 0;
+        let v: serde_json::Value =
+            serde_json::from_str(&EventRecord::new(&e, None, None).to_line()).unwrap();
+        assert!(v.get("source.address").is_none() && v.get("source.port").is_none());
     }
 
     #[test]

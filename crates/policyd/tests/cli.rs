@@ -322,6 +322,11 @@ fn suggest_writes_a_policy_that_check_accepts() {
     let windowed = String::from_utf8_lossy(&out.stdout);
     assert!(windowed.contains("198.18.0.1") && !windowed.contains("198.18.0.53"));
 
+    // journalctl's relative times start with a dash; with a file they
+    // are refused for what they are, not taken for flags.
+    let out = policyd(&["suggest", "--input", &events, "--since", "-2h"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--since \"-2h\""));
     let out = policyd(&["suggest", "--input", &events, "--since", "yesterday"]);
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("RFC 3339"));
