@@ -507,9 +507,10 @@ pub fn render(s: &Suggestion) -> String {
     out.push_str(
         "# Each entry allows exactly what was seen. Review every one before use: a\n\
          # destination seen once may be an attack rather than a need.\n\
-         # Each [[policy]] selects one container by name. The first policy that\n\
-         # selects a container wins: put these before broader ones, or merge their\n\
-         # allow entries into the policy that selects the container now.\n",
+         # Each [[policy]] selects one container by name. Use one in place of a\n\
+         # policy that selects only that container (policyd check refuses a policy\n\
+         # an earlier one shadows), before broader ones (the first policy that\n\
+         # selects a container wins), or merge its entries into the container's policy.\n",
     );
     if s.aggregate.v4.is_some() || s.aggregate.v6.is_some() {
         let _ = writeln!(

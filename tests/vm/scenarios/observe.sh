@@ -23,22 +23,25 @@ value() { curl -sf "$METRICS" | awk -v s="$1" '$1 == s { print $2; found = 1 } E
 # moved SERIES BEFORE: the series is above BEFORE now.
 moved() { awk -v a="$(value "$1")" -v b="$2" 'BEGIN { exit !(a > b) }'; }
 
+# write_policy: lockdown for egress=block, and for watched the audit policy "observe" or, once
+# reviewed, the suggested policy in its place (policyd check refuses a policy that a first one
+# shadows entirely).
 write_policy() {
+  local watched='[[policy]]
+name = "observe"
+mode = "audit"
+select = { name = "watched" }'
+  [[ -s /tmp/suggested.toml ]] && watched=$(cat /tmp/suggested.toml)
   cat >/etc/contain/policy.toml <<EOF
 mode = "enforce"
 unknown_container = "deny"
-
-$(cat /tmp/suggested.toml 2>/dev/null || true)
 
 [[policy]]
 name = "lockdown"
 select = { label = { egress = "block" } }
 allow = [{ to = ["$PEER_IP"], proto = "tcp", ports = [8080] }]
 
-[[policy]]
-name = "observe"
-mode = "audit"
-select = { name = "watched" }
+$watched
 EOF
 }
 
@@ -165,7 +168,7 @@ check_output "the suggestion allows what watched did" "{ to = [\"$PEER_IP\"], pr
   cat /tmp/suggested.toml
 check "policyd check accepts the suggestion alone" policyd check /tmp/suggested.toml
 write_policy
-check "policyd check accepts it in the policy" policyd check /etc/contain/policy.toml
+check "policyd check accepts it in place of the audit policy" policyd check /etc/contain/policy.toml
 check "policyd reload" policyd reload
 check "watched is now enforced by the suggested policy" retry 40 0.25 mode_is watched enforce
 policy_of() { policyd --json status | python3 -c "import json,sys; s=json.load(sys.stdin); print(*[c['policy'] for c in s['containers'] if c['name']=='$1'])"; }
