@@ -10,8 +10,8 @@ use prost::Message;
 use resolver::{
     cgroup::{parse_mountinfo, parse_pids, parse_proc_cgroup, Cgroup2Mount},
     containerd::{decode_envelope, DEFAULT_NAMESPACES},
-    docker::{parse_api_list, parse_config_v2, parse_http_response},
-    procfs::parse_stat_starttime,
+    docker::{parse_api_list, parse_config_v2},
+    process::parse_stat_starttime,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         (1, Some(text)) => {
-            if let Some(path) = parse_proc_cgroup(text) {
+            if let Some(path) = parse_proc_cgroup(text.as_bytes()) {
                 let _ = Cgroup2Mount::at("/sys/fs/cgroup").dir_of(&path);
             }
         }
@@ -38,9 +38,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = parse_stat_starttime(text);
         }
         (4, _) => {
-            if let Ok((_, body)) = parse_http_response(input) {
-                let _ = parse_api_list(&body);
-            }
+            let _ = parse_api_list(input);
         }
         (5, _) => {
             let _ = parse_config_v2(input);

@@ -12,7 +12,7 @@ use proto::{
     loader::{LoaderRequest, LoaderResponse},
     policyd::{PolicydRequest, PolicydResponse},
     resolver::{ResolverRequest, ResolverResponse},
-    transport::{codec, JsonCodec},
+    transport::{Frames, JsonCodec, Service},
 };
 use serde::de::DeserializeOwned;
 use tarpc::{tokio_serde::Deserializer, ClientMessage, Response};
@@ -24,7 +24,8 @@ fn decode_as<Item: DeserializeOwned>(frame: &BytesMut) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut frames = codec();
+    // The largest limits any server reads with.
+    let mut frames = Frames::server(Service::Loader);
     let mut stream = BytesMut::from(data);
     // As a connection does: frames until the stream ends or one is bad.
     while let Ok(Some(frame)) = frames.decode_eof(&mut stream) {

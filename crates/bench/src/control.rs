@@ -28,7 +28,10 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use contain_common::{CgroupPolicy, PolicyCounters};
-use proto::state::{Entry, EntryKey, MapOp, OpCounts};
+use kernel_model::{
+    diff::OpCounts,
+    state::{Entry, EntryKey, MapOp},
+};
 use serde::{Deserialize, Serialize};
 
 use crate::sys;

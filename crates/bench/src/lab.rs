@@ -40,7 +40,10 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use bpf_loader::kernel::Kernel;
-use proto::state::{Entry, MapDiff, Verdict};
+use kernel_model::{
+    diff::MapDiff,
+    state::{Entry, Verdict},
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -360,9 +363,8 @@ impl Lab {
             }
         }
         let diff = MapDiff {
-            from_generation: self.kernel.generation(),
             unknown_verdict: Some(Verdict::Deny),
-            ops: self.kernel.state().diff_to(&state.state),
+            ..MapDiff::between(self.kernel.generation(), self.kernel.state(), &state.state)
         };
         self.kernel
             .apply(&diff)

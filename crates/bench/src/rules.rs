@@ -16,7 +16,7 @@ use std::{
 };
 
 use contain_common::v4_mapped;
-use proto::state::{CgroupEntry, DestKey, Entry, KernelState, PortKey};
+use kernel_model::state::{CgroupEntry, DestPrefix, Entry, KernelState, PortPrefix};
 
 pub const TCP: u8 = 6;
 pub const ICMP: u8 = 1;
@@ -134,7 +134,7 @@ impl ContainState {
                 }
             };
             self.state.upsert(Entry::Dest {
-                key: DestKey {
+                key: DestPrefix {
                     policy_id,
                     class: 0,
                     addr: v4_mapped(Ipv4Addr::from(addr).octets()),
@@ -149,7 +149,7 @@ impl ContainState {
                         (_, p) => (p, 16),
                     };
                     self.state.upsert(Entry::Port {
-                        key: PortKey {
+                        key: PortPrefix {
                             ruleset,
                             proto,
                             port,

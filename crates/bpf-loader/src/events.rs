@@ -12,10 +12,8 @@ use std::{
 };
 
 use contain_common as kern;
-use proto::{
-    loader::{Event, EventBatch, Hook},
-    state::Verdict,
-};
+use kernel_model::state::Verdict;
+use proto::loader::{Event, EventBatch, Hook};
 use tokio::sync::Notify;
 
 /// Events kept for clients that poll.

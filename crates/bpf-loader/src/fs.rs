@@ -8,6 +8,7 @@ use std::{
     path::{Component, Path, PathBuf},
 };
 
+use proto::mounts::{self, Mount};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -25,68 +26,18 @@ pub enum FsError {
     },
 }
 
-/// One line of /proc/self/mountinfo, the fields we use.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Mount {
-    pub mount_point: PathBuf,
-    pub fs_type: String,
-}
-
-/// Parses /proc/self/mountinfo text; malformed lines are skipped.
-pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
-    text.lines()
-        .filter_map(|line| {
-            let mut fields = line.split(' ');
-            let mount_point = fields.nth(4)?;
-            // Optional fields end at a lone "-", then fs type.
-            let fs_type = fields.skip_while(|f| *f != "-").nth(1)?;
-            Some(Mount {
-                mount_point: PathBuf::from(unescape_octal(mount_point)),
-                fs_type: fs_type.to_string(),
-            })
-        })
-        .collect()
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_octal(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn mounts() -> Result<Vec<Mount>, FsError> {
-    let path = Path::new("/proc/self/mountinfo");
-    let text = std::fs::read_to_string(path).map_err(|source| FsError::Io {
+    mounts::read().map_err(|source| FsError::Io {
         what: "reading mount table",
-        path: path.to_owned(),
+        path: PathBuf::from("/proc/self/mountinfo"),
         source,
-    })?;
-    Ok(parse_mountinfo(&text))
+    })
 }
 
 /// Where the cgroup v2 hierarchy is mounted.
 pub fn cgroup2_mount() -> Result<PathBuf, FsError> {
-    mounts()?
-        .into_iter()
-        .find(|m| m.fs_type == "cgroup2")
-        .map(|m| m.mount_point)
+    mounts::cgroup2(&mounts()?)
+        .map(|m| m.mount_point.clone())
         .ok_or(FsError::NoCgroup2)
 }
 
@@ -129,17 +80,21 @@ pub fn cgroup_id(path: &Path) -> Result<u64, FsError> {
 /// The cgroup v2 id of the calling process (the id of the cgroup sockets it
 /// creates belong to).
 pub fn own_cgroup_id() -> Result<u64, FsError> {
-    let proc_cgroup = Path::new("/proc/self/cgroup");
-    let text = std::fs::read_to_string(proc_cgroup).map_err(|source| FsError::Io {
+    let io = |e: procfs::ProcError| FsError::Io {
         what: "reading own cgroup",
-        path: proc_cgroup.to_owned(),
-        source,
-    })?;
-    let relative = text
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
+        path: PathBuf::from("/proc/self/cgroup"),
+        source: io::Error::other(e.to_string()),
+    };
+    let cgroups = procfs::process::Process::myself()
+        .and_then(|me| me.cgroups())
+        .map_err(io)?;
+    // The v2 entry: hierarchy 0, no controllers.
+    let v2 = cgroups
+        .0
+        .iter()
+        .find(|c| c.hierarchy == 0 && c.controllers.is_empty())
         .ok_or(FsError::NoCgroup2)?;
-    cgroup_id(&cgroup2_mount()?.join(relative.trim_start_matches('/')))
+    cgroup_id(&cgroup2_mount()?.join(v2.pathname.trim_start_matches('/')))
 }
 
 /// Mounts `fs_type` at `target` unless a filesystem of that type is
@@ -212,37 +167,6 @@ pub fn cgroup_for_pin_name(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const HYBRID: &str = "\
-24 30 0:22 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
-31 24 0:26 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
-32 31 0:27 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw
-33 31 0:28 / /sys/fs/cgroup/systemd rw,nosuid,nodev,noexec,relatime shared:11 - cgroup cgroup rw,name=systemd
-40 24 0:35 / /sys/fs/bpf rw,nosuid,nodev,noexec,relatime shared:16 - bpf bpf rw,mode=700
-";
-
-    #[test]
-    fn finds_cgroup2_on_hybrid_host() {
-        let mounts = parse_mountinfo(HYBRID);
-        let cg2: Vec<_> = mounts.iter().filter(|m| m.fs_type == "cgroup2").collect();
-        assert_eq!(cg2.len(), 1);
-        assert_eq!(cg2[0].mount_point, Path::new("/sys/fs/cgroup/unified"));
-        assert!(mounts
-            .iter()
-            .any(|m| m.fs_type == "bpf" && m.mount_point == Path::new("/sys/fs/bpf")));
-    }
-
-    #[test]
-    fn skips_garbage_and_unescapes() {
-        let mounts = parse_mountinfo("garbage\n1 2 0:3 / /mnt/a\\040b rw - ext4 /dev/x rw\n");
-        assert_eq!(
-            mounts,
-            vec![Mount {
-                mount_point: PathBuf::from("/mnt/a b"),
-                fs_type: "ext4".into()
-            }]
-        );
-    }
 
     #[test]
     fn resolves_relative_and_absolute_cgroups() {

@@ -22,13 +22,16 @@ use contain_common::{
     self as kern, map_names, program_names, CgroupPolicy, Config, DestValue, ExePath,
     PolicyCounters, PortValue, ProcessClass, VethOwner,
 };
-use proto::{
-    loader::{Attachment, Counters, LoaderError, PolicyCounters as PolicyCountersDto},
-    state::{apply_order, Entry, EntryKey, KernelState, MapDiff, MapOp},
+use kernel_model::{
+    diff::{apply_order, MapDiff},
+    repr::{self, LpmKey},
+    state::{Entry, EntryKey, KernelState, MapOp},
+    validate::validate,
 };
+use proto::loader::{Attachment, Counters, LoaderError, PolicyCounters as PolicyCountersDto};
 use thiserror::Error;
 
-use crate::{encode, fs, tracefs, veths};
+use crate::{fs, tracefs, veths};
 
 /// The eBPF object built by build.rs from crates/contain-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/contain.bpf.o"));
@@ -354,24 +357,6 @@ impl Kernel {
         Ok(adopted)
     }
 
-    pub fn detach(&mut self, cgroup: &str) -> Result<(), KernelError> {
-        let path = fs::resolve_cgroup(&self.cgroup_root, cgroup)?;
-        let relative = path
-            .strip_prefix(&self.cgroup_root)
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let group = self
-            .links_dir()
-            .join("cgroups")
-            .join(fs::pin_name_for(&relative));
-        release_other_instances(&group, "")?;
-        let _ = std::fs::remove_dir(&group);
-        if let Some(gone) = self.attachments.remove(&relative) {
-            let _ = self.maps.attached_cgroups.remove(&gone.cgroup_id);
-        }
-        Ok(())
-    }
-
     /// Forgets attachment records no attachment of this loader backs (a
     /// predecessor's cgroups it did not adopt). Called once every
     /// attachment is in place.
@@ -514,7 +499,7 @@ impl Kernel {
         }
         let mut ops = diff.ops.clone();
         ops.sort_by_key(apply_order);
-        self.validate(&ops)?;
+        validate(&self.mirror, &ops).map_err(|e| LoaderError::InvalidDiff(e.to_string()))?;
         let rules_changed = changes_rules(&self.mirror, diff);
         let mut undo: Vec<MapOp> = Vec::with_capacity(ops.len());
         for op in &ops {
@@ -539,7 +524,7 @@ impl Kernel {
         self.mirror.apply_ops(&ops);
         let mut config = self.maps.config.get(&0, 0).unwrap_or_default();
         if let Some(v) = diff.unknown_verdict {
-            config.unknown_verdict = encode::verdict(v) as u8;
+            config.unknown_verdict = repr::verdict(v) as u8;
             self.mirror.unknown_verdict = v;
         }
         config.generation = config.generation.wrapping_add(1);
@@ -556,47 +541,8 @@ impl Kernel {
         Ok(config.generation as u64)
     }
 
-    /// Refuses a diff whose keys cannot be encoded, or that deletes what is
-    /// not there: both mean it was computed against another state.
-    fn validate(&self, ops: &[MapOp]) -> Result<(), LoaderError> {
-        let invalid = |e: encode::EncodeError| LoaderError::InvalidDiff(e.to_string());
-        for op in ops {
-            match op {
-                MapOp::Upsert { entry } => match entry {
-                    Entry::Cgroup { value, .. } => {
-                        encode::cgroup_value(value).map(|_| ()).map_err(invalid)?
-                    }
-                    Entry::Process { key, .. } => encode::process_key(key, self.exe_key)
-                        .map(|_| ())
-                        .map_err(invalid)?,
-                    Entry::Dest { key, .. } => {
-                        encode::dest_key(key).map(|_| ()).map_err(invalid)?
-                    }
-                    Entry::Port { key, .. } => {
-                        encode::port_key(key).map(|_| ()).map_err(invalid)?
-                    }
-                    Entry::Veth { ifindex, cgroup_id } => {
-                        if *ifindex == 0 || *cgroup_id == 0 {
-                            return Err(LoaderError::InvalidDiff(format!(
-                                "veth entry {ifindex} -> cgroup {cgroup_id}: ifindex and cgroup id must be non-zero"
-                            )));
-                        }
-                    }
-                },
-                MapOp::Delete { key } => {
-                    if self.mirror.get(key).is_none() {
-                        return Err(LoaderError::InvalidDiff(format!(
-                            "deletes {key:?}, which is not in the maps"
-                        )));
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
     fn write(&mut self, op: &MapOp) -> Result<(), LoaderError> {
-        let invalid = |e: encode::EncodeError| LoaderError::InvalidDiff(e.to_string());
+        let invalid = |e: repr::EncodeError| LoaderError::InvalidDiff(e.to_string());
         let failed = |map: &'static str| {
             move |e: MapError| LoaderError::Map {
                 map: map.to_string(),
@@ -609,39 +555,39 @@ impl Kernel {
             MapOp::Upsert { entry } => match entry {
                 Entry::Cgroup { id, value } => m
                     .cgroups
-                    .insert(id, encode::cgroup_value(&value).map_err(invalid)?, 0)
+                    .insert(id, repr::cgroup_value(&value).map_err(invalid)?, 0)
                     .map_err(failed(map_names::CGROUPS)),
                 Entry::Process { key, class } => m
                     .processes
                     .insert(
-                        encode::process_key(&key, exe_key).map_err(invalid)?,
-                        encode::process_value(&key, class),
+                        repr::process_key(&key, exe_key).map_err(invalid)?,
+                        repr::process_value(&key, class),
                         0,
                     )
                     .map_err(failed(map_names::PROCESSES)),
                 Entry::Dest { key, ruleset } => {
-                    let encoded = encode::dest_key(&key).map_err(invalid)?;
+                    let encoded = repr::dest_key(&key).map_err(invalid)?;
                     let value = DestValue { ruleset, _pad: 0 };
-                    if kern::dest_is_host(key.prefix_len.into()) {
+                    if repr::dest_is_host(&key) {
                         m.hosts
-                            .insert(encoded.data(), value, 0)
+                            .insert(encoded.data, value, 0)
                             .map_err(failed(map_names::HOSTS))
                     } else {
                         m.dests
-                            .insert(&encoded, value, 0)
+                            .insert(&lpm(encoded), value, 0)
                             .map_err(failed(map_names::DESTS))
                     }
                 }
                 Entry::Port { key, rule_id } => {
-                    let encoded = encode::port_key(&key).map_err(invalid)?;
+                    let encoded = repr::port_key(&key).map_err(invalid)?;
                     let value = PortValue { rule_id, _pad: 0 };
-                    if kern::port_is_exact(key.port_bits.into()) {
+                    if repr::port_is_exact(&key) {
                         m.exact_ports
-                            .insert(encoded.data(), value, 0)
+                            .insert(encoded.data, value, 0)
                             .map_err(failed(map_names::EXACT_PORTS))
                     } else {
                         m.ports
-                            .insert(&encoded, value, 0)
+                            .insert(&lpm(encoded), value, 0)
                             .map_err(failed(map_names::PORTS))
                     }
                 }
@@ -656,26 +602,30 @@ impl Kernel {
                 }
                 EntryKey::Process { key } => m
                     .processes
-                    .remove(&encode::process_key(&key, exe_key).map_err(invalid)?)
+                    .remove(&repr::process_key(&key, exe_key).map_err(invalid)?)
                     .map_err(failed(map_names::PROCESSES)),
                 EntryKey::Dest { key } => {
-                    let encoded = encode::dest_key(&key).map_err(invalid)?;
-                    if kern::dest_is_host(key.prefix_len.into()) {
+                    let encoded = repr::dest_key(&key).map_err(invalid)?;
+                    if repr::dest_is_host(&key) {
                         m.hosts
-                            .remove(&encoded.data())
+                            .remove(&encoded.data)
                             .map_err(failed(map_names::HOSTS))
                     } else {
-                        m.dests.remove(&encoded).map_err(failed(map_names::DESTS))
+                        m.dests
+                            .remove(&lpm(encoded))
+                            .map_err(failed(map_names::DESTS))
                     }
                 }
                 EntryKey::Port { key } => {
-                    let encoded = encode::port_key(&key).map_err(invalid)?;
-                    if kern::port_is_exact(key.port_bits.into()) {
+                    let encoded = repr::port_key(&key).map_err(invalid)?;
+                    if repr::port_is_exact(&key) {
                         m.exact_ports
-                            .remove(&encoded.data())
+                            .remove(&encoded.data)
                             .map_err(failed(map_names::EXACT_PORTS))
                     } else {
-                        m.ports.remove(&encoded).map_err(failed(map_names::PORTS))
+                        m.ports
+                            .remove(&lpm(encoded))
+                            .map_err(failed(map_names::PORTS))
                     }
                 }
                 EntryKey::Veth { ifindex } => {
@@ -693,12 +643,12 @@ impl Kernel {
             let (id, value) = item.map_err(map_err(map_names::CGROUPS))?;
             state.upsert(Entry::Cgroup {
                 id,
-                value: encode::cgroup_entry(&value),
+                value: repr::cgroup_entry(&value),
             });
         }
         for item in m.processes.iter() {
             let (key, class) = item.map_err(map_err(map_names::PROCESSES))?;
-            match encode::process_key_back(&key, &class) {
+            match repr::process_key_back(&key, &class) {
                 Ok(key) => state.upsert(Entry::Process {
                     key,
                     class: class.class,
@@ -709,30 +659,36 @@ impl Kernel {
         for item in m.dests.iter() {
             let (key, value) = item.map_err(map_err(map_names::DESTS))?;
             state.upsert(Entry::Dest {
-                key: encode::dest_key_back(&key),
+                key: repr::dest_key_back(&unlpm(&key)),
                 ruleset: value.ruleset,
             });
         }
         for item in m.hosts.iter() {
-            let (key, value) = item.map_err(map_err(map_names::HOSTS))?;
-            let key = aya::maps::lpm_trie::Key::new(kern::DEST_KEY_FIXED_BITS + 128, key);
+            let (data, value) = item.map_err(map_err(map_names::HOSTS))?;
+            let key = LpmKey {
+                prefix_len: kern::DEST_KEY_FIXED_BITS + 128,
+                data,
+            };
             state.upsert(Entry::Dest {
-                key: encode::dest_key_back(&key),
+                key: repr::dest_key_back(&key),
                 ruleset: value.ruleset,
             });
         }
         for item in m.exact_ports.iter() {
             let (key, value) = item.map_err(map_err(map_names::EXACT_PORTS))?;
-            let key = aya::maps::lpm_trie::Key::new(kern::PORT_KEY_FIXED_BITS + 16, key);
+            let key = LpmKey {
+                prefix_len: kern::PORT_KEY_FIXED_BITS + 16,
+                data: key,
+            };
             state.upsert(Entry::Port {
-                key: encode::port_key_back(&key),
+                key: repr::port_key_back(&key),
                 rule_id: value.rule_id,
             });
         }
         for item in m.ports.iter() {
             let (key, value) = item.map_err(map_err(map_names::PORTS))?;
             state.upsert(Entry::Port {
-                key: encode::port_key_back(&key),
+                key: repr::port_key_back(&unlpm(&key)),
                 rule_id: value.rule_id,
             });
         }
@@ -744,7 +700,7 @@ impl Kernel {
             });
         }
         let config = m.config.get(&0, 0).unwrap_or_default();
-        state.unknown_verdict = encode::verdict_back(config.unknown_verdict);
+        state.unknown_verdict = repr::verdict_back(config.unknown_verdict);
         Ok(state)
     }
 
@@ -1008,9 +964,22 @@ fn release_other_instances(group: &Path, keep: &str) -> Result<(), KernelError> 
     Ok(())
 }
 
+/// The model's trie key as aya's.
+fn lpm<K: aya::Pod>(k: LpmKey<K>) -> aya::maps::lpm_trie::Key<K> {
+    aya::maps::lpm_trie::Key::new(k.prefix_len, k.data)
+}
+
+/// Aya's trie key as the model's.
+fn unlpm<K: aya::Pod>(k: &aya::maps::lpm_trie::Key<K>) -> LpmKey<K> {
+    LpmKey {
+        prefix_len: k.prefix_len(),
+        data: k.data(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use proto::state::{CgroupEntry, PortKey, Verdict};
+    use kernel_model::state::{CgroupEntry, PortPrefix, Verdict};
 
     use super::*;
 
@@ -1078,7 +1047,7 @@ mod tests {
         assert!(changes_rules(&current, &diff(vec![moved], None)));
         let rule = MapOp::Upsert {
             entry: Entry::Port {
-                key: PortKey {
+                key: PortPrefix {
                     ruleset: 1,
                     proto: 6,
                     port: 443,

@@ -2,7 +2,6 @@
 //! cgroups and maps, nothing about containers or policy syntax.
 
 pub mod btf;
-pub mod encode;
 
 /// The benchmark-only eBPF object (crates/contain-ebpf `baselines`: the
 /// "pass" floor and the thesis-style scans), built by this crate's build

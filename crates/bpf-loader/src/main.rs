@@ -18,9 +18,9 @@ use clap::Parser;
 use futures::StreamExt as _;
 use proto::{
     loader::Loader as _,
-    transport::{accept_loop, bind, framed, spawn_request, PeerPolicy},
+    transport::{bind, serve, spawn_request, PeerPolicy, Service},
 };
-use tarpc::server::{BaseChannel, Channel as _};
+use tarpc::server::Channel as _;
 use tokio::io::unix::AsyncFd;
 
 #[derive(Parser, Debug)]
@@ -137,13 +137,10 @@ async fn main() -> anyhow::Result<()> {
         kernel,
         events: event_log,
     };
-    let serve = accept_loop(listener, peers, move |stream, _peer| {
-        let channel = BaseChannel::with_defaults(framed(stream));
-        tokio::spawn(
-            channel
-                .execute(server.clone().serve())
-                .for_each(spawn_request),
-        );
+    let serve = serve(listener, peers, Service::Loader, move |channel, _peer| {
+        channel
+            .execute(server.clone().serve())
+            .for_each(spawn_request)
     });
     tokio::select! {
         result = serve => result.context("serving the loader socket")?,

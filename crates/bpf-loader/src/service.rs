@@ -5,9 +5,9 @@ use std::{
     time::Duration,
 };
 
-use proto::{
-    loader::{Attachment, Counters, EventBatch, Loader, LoaderError, LoaderInfo, StateSnapshot},
-    state::MapDiff,
+use kernel_model::diff::MapDiff;
+use proto::loader::{
+    Attachment, Counters, EventBatch, Loader, LoaderError, LoaderInfo, StateSnapshot,
 };
 use tarpc::context::Context;
 
@@ -43,22 +43,6 @@ impl Loader for LoaderServer {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pin_dir: self.kernel().pin_dir().display().to_string(),
         }
-    }
-
-    async fn attach(self, _: Context, cgroup: String) -> Result<Attachment, LoaderError> {
-        let result = self.kernel().attach(&cgroup);
-        result.map_err(|e| LoaderError::Cgroup {
-            path: cgroup,
-            reason: e.to_string(),
-        })
-    }
-
-    async fn detach(self, _: Context, cgroup: String) -> Result<(), LoaderError> {
-        let result = self.kernel().detach(&cgroup);
-        result.map_err(|e| LoaderError::Cgroup {
-            path: cgroup,
-            reason: e.to_string(),
-        })
     }
 
     async fn attachments(self, _: Context) -> Vec<Attachment> {

@@ -42,14 +42,12 @@ use std::{
 };
 
 use common::*;
+use kernel_model::state::{KernelState, Verdict};
 use policyd::{
     ids::IdTables,
     inventory::{Container, Inventory},
 };
-use proto::{
-    loader::{Event, Hook, LoaderClient},
-    state::{KernelState, Verdict},
-};
+use proto::loader::{Event, Hook, LoaderClient};
 use serde_json::Value;
 
 /// Addresses no rule allows: a packet to one of them, or naming one in a

@@ -6,10 +6,8 @@ mod common;
 
 use common::*;
 use contain_common::{comm_hash, proto as ip};
-use proto::{
-    loader::Hook,
-    state::{ProcessMatch, Verdict},
-};
+use kernel_model::state::{ProcessMatch, Verdict};
+use proto::loader::Hook;
 use std::time::Duration;
 
 const TCP: u8 = ip::TCP;
@@ -219,7 +217,7 @@ async fn process_rules_hold_for_the_file_through_links_not_past_its_changes() {
     std::fs::hard_link(&app, &hard).expect("hard link");
     std::os::unix::fs::symlink(&app, &soft).expect("symlink");
     // Resolved after the links are made: link(2) changes the inode's ctime.
-    let install = |file: proto::state::FileId| {
+    let install = |file: kernel_model::state::FileId| {
         let mut rules = Rules::default();
         rules
             .cgroup(lab.ct_id(), 1, false)

@@ -10,7 +10,7 @@ use bpf_loader::{kernel::Kernel, testrun};
 use common::packets::{self, Ext, ICMP, ICMPV6, TCP, UDP};
 use common::{require_root, Allow, Rules};
 use contain_common::program_names;
-use proto::state::{MapDiff, Verdict};
+use kernel_model::{diff::MapDiff, state::Verdict};
 
 const ALLOWED4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const ANYPORT4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 5);
@@ -60,9 +60,8 @@ fn egress_parses_real_headers() {
         .allow(allow("2001:db8:77::1", TCP, Some(443), false))
         .allow(allow("2001:db8:77::1", ICMPV6, Some(128), true));
     let diff = MapDiff {
-        from_generation: kernel.generation(),
         unknown_verdict: Some(Verdict::Deny),
-        ops: kernel.state().diff_to(&rules.state),
+        ..MapDiff::between(kernel.generation(), kernel.state(), &rules.state)
     };
     kernel.apply(&diff).expect("apply");
     let egress = kernel

@@ -7,16 +7,19 @@
 
 use std::time::{Duration, Instant};
 
+use kernel_model::{
+    diff::{diff_ops, OpCounts},
+    state::KernelState,
+};
 use policyd::{
     compile::compile,
     daemon::{self, memory_loader::MemoryLoader, Config, InventorySource},
-    diff::{diff_ops, OpCounts},
     ids::IdTables,
     inventory::Inventory,
     policy,
     synthetic::{self, rule_line},
 };
-use proto::{policyd::PolicydClient, state::KernelState, transport};
+use proto::{policyd::PolicydClient, transport};
 
 const RUNS: usize = 7;
 const POLICIES: usize = 10;
@@ -162,8 +165,11 @@ async fn end_to_end(rules: usize) {
     tokio::spawn(daemon::run(config));
     let client = loop {
         if let Ok(stream) = transport::connect(&dir.join("policyd.sock")).await {
-            break PolicydClient::new(tarpc::client::Config::default(), transport::framed(stream))
-                .spawn();
+            break PolicydClient::new(
+                tarpc::client::Config::default(),
+                transport::client(stream, transport::Service::Policyd),
+            )
+            .spawn();
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };

@@ -9,12 +9,12 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
+use kernel_model::state::{Entry, EntryKey, MapOp};
 use proto::{
     paths,
     policyd::{
         EventBatch, ExplainQuery, Explanation, PolicydClient, PolicydError, ReloadReport, Status,
     },
-    state::{Entry, EntryKey, MapOp},
     transport,
 };
 use serde_json::json;
@@ -255,7 +255,11 @@ async fn connect(socket: &Path) -> Result<PolicydClient, Failure> {
     let stream = transport::connect(socket)
         .await
         .map_err(unreachable_daemon)?;
-    Ok(PolicydClient::new(tarpc::client::Config::default(), transport::framed(stream)).spawn())
+    Ok(PolicydClient::new(
+        tarpc::client::Config::default(),
+        transport::client(stream, transport::Service::Policyd),
+    )
+    .spawn())
 }
 
 /// Runs a parsed command; returns the exit code.
@@ -715,15 +719,15 @@ pub fn print_reload(report: &ReloadReport) {
     );
 }
 
-fn describe_process(m: proto::state::ProcessMatch) -> String {
+fn describe_process(m: kernel_model::state::ProcessMatch) -> String {
     match m {
-        proto::state::ProcessMatch::File(f) => format!(
+        kernel_model::state::ProcessMatch::File(f) => format!(
             "file {} ctime {}.{:09}",
             explain::describe_file(&f),
             f.ctime_sec,
             f.ctime_nsec
         ),
-        proto::state::ProcessMatch::Comm(h) => format!("comm#{h:016x}"),
+        kernel_model::state::ProcessMatch::Comm(h) => format!("comm#{h:016x}"),
     }
 }
 
@@ -1244,7 +1248,7 @@ mod tests {
 
     #[test]
     fn ops_read_as_what_they_do() {
-        use proto::state::CgroupEntry;
+        use kernel_model::state::CgroupEntry;
         let cgroup = |audit, forwarded_dns| MapOp::Upsert {
             entry: Entry::Cgroup {
                 id: 42,

@@ -42,7 +42,9 @@ use std::{
 };
 
 use contain_common::capacity;
-use proto::state::{CgroupEntry, DestKey, FileId, KernelState, PortKey, ProcessKey, ProcessMatch};
+use kernel_model::state::{
+    CgroupEntry, DestPrefix, FileId, KernelState, PortPrefix, ProcessKey, ProcessMatch,
+};
 
 use crate::{
     diagnostic::{Diagnostic, Location, Severity},
@@ -115,8 +117,8 @@ pub struct CompiledRules {
     /// process `i`), per rule index.
     pub rule_ids: Vec<Vec<Vec<u32>>>,
     pub processes: BTreeMap<ProcessKey, u32>,
-    pub dests: BTreeMap<DestKey, u32>,
-    pub ports: BTreeMap<PortKey, u32>,
+    pub dests: BTreeMap<DestPrefix, u32>,
+    pub ports: BTreeMap<PortPrefix, u32>,
     pub catalog: Catalog,
     /// Redundant and shadowed rules.
     pub warnings: Vec<Diagnostic>,
@@ -677,7 +679,7 @@ impl RulesetInterner {
         let id = ids.rulesets.get_or_alloc(&key)?;
         for &(proto, port, port_bits, rule_id) in &key {
             out.ports.insert(
-                PortKey {
+                PortPrefix {
                     ruleset: id,
                     proto,
                     port,
@@ -922,7 +924,7 @@ fn fold_class(
             }
             if changed || pinned.contains(&prefix) {
                 let ruleset = rulesets.intern(&set, ids, out)?;
-                let key = DestKey {
+                let key = DestPrefix {
                     policy_id: ctx.policy_id,
                     class,
                     addr: prefix.key_bytes(),
@@ -1038,7 +1040,8 @@ fn report_redundant(ctx: &FoldContext, mut redundant: Vec<Redundant>, out: &mut 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{diff::diff_ops, inventory::Container, policy};
+    use crate::{inventory::Container, policy};
+    use kernel_model::diff::diff_ops;
 
     pub(crate) fn policy(text: &str) -> PolicySet {
         policy::parse("p.toml", text).unwrap_or_else(|e| panic!("{e}"))
@@ -1081,7 +1084,7 @@ mod tests {
         let web = c.state.cgroups[&10];
         assert!(web.audit && !web.unrestricted && web.policy_id >= 1);
         assert!(c.state.cgroups[&11].unrestricted);
-        assert_eq!(c.state.unknown_verdict, proto::state::Verdict::Deny);
+        assert_eq!(c.state.unknown_verdict, kernel_model::state::Verdict::Deny);
     }
 
     #[test]
@@ -1197,7 +1200,9 @@ mod tests {
         assert_eq!(
             c.state.processes[&ProcessKey {
                 policy_id: pid,
-                process: proto::state::ProcessMatch::Comm(contain_common::comm_hash(b"curl"))
+                process: kernel_model::state::ProcessMatch::Comm(contain_common::comm_hash(
+                    b"curl"
+                ))
             }],
             class
         );
@@ -1235,7 +1240,7 @@ mod tests {
         (0..=128u8).rev().find_map(|len| {
             state
                 .dests
-                .get(&DestKey {
+                .get(&DestPrefix {
                     policy_id,
                     class: 0,
                     addr: Prefix::new(addr, len).key_bytes(),

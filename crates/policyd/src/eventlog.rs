@@ -17,10 +17,8 @@
 
 use std::net::IpAddr;
 
-use proto::{
-    loader::{Event, Hook},
-    state::Verdict,
-};
+use kernel_model::state::Verdict;
+use proto::loader::{Event, Hook};
 use serde::{Deserialize, Serialize};
 
 use crate::{cli::utc_time, inventory::Container};

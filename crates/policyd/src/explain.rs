@@ -11,12 +11,11 @@ use std::net::IpAddr;
 use std::collections::BTreeMap;
 
 use contain_common::proto as ipproto;
-use proto::{
-    policyd::{ExplainQuery, Explanation, RuleRef},
-    state::{
-        CgroupEntry, DestKey, FileId, KernelState, PortKey, ProcessKey, ProcessMatch, Verdict,
-    },
+use kernel_model::{
+    decide::{lookup, Creator, Target},
+    state::{FileId, KernelState, PortPrefix, ProcessMatch, Verdict},
 };
+use proto::policyd::{ExplainQuery, Explanation, RuleRef};
 
 use crate::{
     compile::{exe_file, CompiledRules},
@@ -78,6 +77,14 @@ impl Sender {
         }
     }
 
+    /// What the kernel stamps on the sockets it creates.
+    pub fn creator(&self) -> Creator {
+        Creator {
+            file: self.file,
+            comm: self.comm.as_ref().map(|c| c.as_bytes().to_vec()),
+        }
+    }
+
     /// The same sender running the file its path names in a container
     /// whose resolutions are `exes` (unchanged when it names none there).
     pub fn in_container(mut self, exes: &BTreeMap<String, Resolution>) -> Sender {
@@ -86,105 +93,6 @@ impl Sender {
         }
         self
     }
-}
-
-/// Every lookup the kernel makes for one packet, and its result.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KernelTrace {
-    pub cgroup: Option<CgroupEntry>,
-    pub class: u32,
-    pub class_match: Option<ProcessMatch>,
-    pub dest: Option<(DestKey, u32)>,
-    pub port: Option<(PortKey, u32)>,
-    pub verdict: Verdict,
-}
-
-/// Replays the kernel's decision for a packet (see `compile` for the
-/// lookup order). `port` holds `type << 8 | code` for ICMP.
-pub fn kernel_lookup(
-    state: &KernelState,
-    cgroup_id: Option<u64>,
-    sender: &Sender,
-    dest: IpAddr,
-    proto: u8,
-    port: u16,
-) -> KernelTrace {
-    let mut trace = KernelTrace {
-        cgroup: None,
-        class: 0,
-        class_match: None,
-        dest: None,
-        port: None,
-        verdict: state.unknown_verdict,
-    };
-    let Some(cgroup) = cgroup_id.and_then(|id| state.cgroups.get(&id)).copied() else {
-        return trace;
-    };
-    trace.cgroup = Some(cgroup);
-    if cgroup.unrestricted {
-        trace.verdict = Verdict::Allow;
-        return trace;
-    }
-    let policy_id = cgroup.policy_id;
-    let candidates = [
-        sender.file.map(ProcessMatch::File),
-        sender
-            .comm
-            .as_ref()
-            .map(|c| ProcessMatch::Comm(contain_common::comm_hash(c.as_bytes()))),
-    ];
-    for process in candidates.into_iter().flatten() {
-        if let Some(&class) = state.processes.get(&ProcessKey { policy_id, process }) {
-            trace.class = class;
-            trace.class_match = Some(process);
-            break;
-        }
-    }
-    let addr = addr_key(dest);
-    trace.dest = (0..=128u8).rev().find_map(|len| {
-        let key = DestKey {
-            policy_id,
-            class: trace.class,
-            addr: Prefix::new(addr, len).key_bytes(),
-            prefix_len: len,
-        };
-        state.dests.get(&key).map(|&r| (key, r))
-    });
-    let denied = if cgroup.audit {
-        Verdict::Audit
-    } else {
-        Verdict::Deny
-    };
-    let Some((_, ruleset)) = trace.dest else {
-        trace.verdict = denied;
-        return trace;
-    };
-    let specific = (0..=16u8).rev().find_map(|bits| {
-        let block = crate::net::PortBlock::enclosing(port, bits);
-        let key = PortKey {
-            ruleset,
-            proto,
-            port: block.port,
-            port_bits: block.bits,
-        };
-        state.ports.get(&key).map(|&rule| (key, rule))
-    });
-    let any = || {
-        let key = PortKey {
-            ruleset,
-            proto: ipproto::ANY,
-            port: 0,
-            port_bits: 0,
-        };
-        state.ports.get(&key).map(|&rule| (key, rule))
-    };
-    trace.port = specific.or_else(any);
-    trace.verdict = if trace.port.is_some() {
-        Verdict::Allow
-    } else {
-        denied
-    };
-    trace
 }
 
 /// The process entry (index) the kernel would pick in a container whose
@@ -403,8 +311,17 @@ pub fn explain(
     let sender = Sender::parse(query.process.as_deref()).in_container(&container.exes);
     let flow = flow(query)?;
     let (proto, port) = flow.unwrap_or((ipproto::ANY, 0));
-    let trace = kernel_lookup(state, container.cgroup_id, &sender, query.dest, proto, port);
-    let policy_entry = trace.cgroup.filter(|c| !c.unrestricted).and_then(|c| {
+    let target = Target {
+        dest: query.dest,
+        proto,
+        port,
+        later_fragment: false,
+    };
+    let trace = container
+        .cgroup_id
+        .map(|id| lookup(state, id, Some(&sender.creator()), &target));
+    let cgroup = trace.as_ref().and_then(|t| t.governance.cgroup);
+    let policy_entry = cgroup.filter(|c| !c.unrestricted).and_then(|c| {
         compiled
             .catalog
             .policies
@@ -431,14 +348,14 @@ pub fn explain(
         container_id: container.id.clone(),
         cgroup_id: container.cgroup_id,
         policy: None,
-        policy_id: trace.cgroup.map(|c| c.policy_id).unwrap_or(0),
+        policy_id: cgroup.map(|c| c.policy_id).unwrap_or(0),
         mode: String::new(),
-        process_class: trace.class,
+        process_class: trace.as_ref().map_or(0, |t| t.class),
         process: String::new(),
         dest: query.dest,
         proto: flow.map(|f| f.0),
         port: flow.map(|f| f.1),
-        verdict: flow.map(|_| trace.verdict),
+        verdict: None,
         matched_prefix: None,
         ruleset: None,
         rule: None,
@@ -449,7 +366,7 @@ pub fn explain(
         .map(|(p, port)| describe_flow(p, port))
         .unwrap_or_else(|| "traffic".into());
 
-    let Some(cgroup) = trace.cgroup else {
+    let (Some(trace), Some(cgroup)) = (trace, cgroup) else {
         out.mode = "unmapped".into();
         out.process = who;
         out.verdict = Some(state.unknown_verdict);
@@ -469,6 +386,7 @@ pub fn explain(
         );
         return Ok(out);
     }
+    out.verdict = flow.map(|_| trace.verdict);
     let Some((_, policy_index)) = policy_entry else {
         out.mode = if cgroup.audit {
             "audit".into()
@@ -501,13 +419,13 @@ pub fn explain(
         let prefix = Prefix::from_key(dest_key.addr, dest_key.prefix_len);
         out.matched_prefix = Some(prefix.to_string());
         out.ruleset = Some(ruleset);
-        let lo = PortKey {
+        let lo = PortPrefix {
             ruleset,
             proto: 0,
             port: 0,
             port_bits: 0,
         };
-        let hi = PortKey {
+        let hi = PortPrefix {
             ruleset,
             proto: u8::MAX,
             port: u16::MAX,
@@ -552,11 +470,26 @@ pub fn explain(
             if out.allowed_here.is_empty() { "nothing".to_string() } else { out.allowed_here.join(", ") }
         ),
     };
+    if proto == ipproto::UDP && out.verdict != Some(Verdict::Allow) {
+        // The egress program's one exception to the rules.
+        out.reason.push_str(
+            "; only a reply passes: a datagram back to an address and port that sent this socket one first, within the UDP reply timeout",
+        );
+    }
     Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
+    fn target(dest: std::net::IpAddr, proto: u8, port: u16) -> kernel_model::decide::Target {
+        kernel_model::decide::Target {
+            dest,
+            proto,
+            port,
+            later_fragment: false,
+        }
+    }
+
     use std::collections::BTreeMap;
 
     use proptest::prelude::*;
@@ -713,7 +646,8 @@ allow = [{ to = ["1.1.1.0/24"], proto = "tcp", ports = [80, 443] },
             ..curl.clone()
         };
         let dest: IpAddr = "1.1.1.5".parse().unwrap();
-        let lookup = |s: &Sender| kernel_lookup(&c.state, Some(7), s, dest, 6, 443).verdict;
+        let lookup =
+            |s: &Sender| lookup(&c.state, 7, Some(&s.creator()), &target(dest, 6, 443)).verdict;
         assert_eq!(lookup(&curl), Verdict::Allow);
         assert_eq!(lookup(&impostor), Verdict::Deny);
         let policy = &p.policies[0];
@@ -992,7 +926,7 @@ allow = [{ to = ["1.1.1.0/24"], proto = "tcp", ports = [80, 443] },
             for sender in &senders {
                 for &dest in &addresses() {
                     for &(proto, port) in &flows {
-                        let kernel = kernel_lookup(&compiled.state, Some(7), sender, dest, proto, port).verdict;
+                        let kernel = lookup(&compiled.state, 7, Some(&sender.creator()), &target(dest, proto, port)).verdict;
                         let reference = policy_allows(&set.policies[0], &exes, sender, dest, proto, port);
                         prop_assert_eq!(
                             kernel == Verdict::Allow, reference,

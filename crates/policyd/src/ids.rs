@@ -20,7 +20,7 @@ use std::{
     hash::{Hash, Hasher},
 };
 
-use proto::state::{KernelState, ProcessKey, ProcessMatch};
+use kernel_model::state::{KernelState, ProcessKey, ProcessMatch};
 
 use crate::{
     inventory::{self, Inventory},

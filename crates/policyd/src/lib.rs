@@ -7,9 +7,8 @@
 //!   warnings;
 //! * [`compile`]: policy × [`inventory::Inventory`] → the kernel state the
 //!   loader's maps should hold, with stable ids ([`ids`]);
-//! * [`diff`]: current state → desired state as a minimal list of map
-//!   operations;
-//! * [`explain`]: which rule decides a flow, replaying the kernel's lookups;
+//! * [`explain`]: which rule decides a flow, from the kernel model's
+//!   decision (`kernel_model::decide`) and the policy text;
 //! * [`coverage`]: whether the loader's programs, attached to parent
 //!   cgroups, see a container at all.
 //!
@@ -20,7 +19,6 @@ pub mod compile;
 pub mod coverage;
 pub mod daemon;
 pub mod diagnostic;
-pub mod diff;
 pub mod eventlog;
 pub mod explain;
 pub mod glob;

@@ -21,6 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use kernel_model::state::Verdict;
 use prometheus_client::{
     encoding::prometheus_text,
     metrics::{
@@ -31,7 +32,6 @@ use prometheus_client::{
     },
     registry::{Registry, Unit},
 };
-use proto::state::Verdict;
 
 /// How long a gone container's series stay: long enough for a few
 /// scrapes to see its last increments, short enough that container churn
@@ -232,7 +232,7 @@ impl ContainerState {
 /// Usage of the policy maps, from the loader's state as policyd last read
 /// or wrote it: destinations go to the host table or the prefix trie,
 /// ports to the exact table or the range trie, as the loader splits them.
-pub fn map_usage(state: &proto::state::KernelState) -> Vec<MapUsage> {
+pub fn map_usage(state: &kernel_model::state::KernelState) -> Vec<MapUsage> {
     use contain_common::{capacity, dest_is_host, port_is_exact};
     let hosts = state
         .dests
@@ -606,9 +606,9 @@ mod tests {
 
     #[test]
     fn destinations_and_ports_are_split_as_the_loader_splits_them() {
-        use proto::state::{DestKey, KernelState, PortKey};
+        use kernel_model::state::{DestPrefix, KernelState, PortPrefix};
         let mut state = KernelState::default();
-        let dest = |prefix_len| DestKey {
+        let dest = |prefix_len| DestPrefix {
             policy_id: 1,
             class: 0,
             addr: [0; 16],
@@ -618,7 +618,7 @@ mod tests {
         state.dests.insert(dest(120), 1);
         state.dests.insert(dest(104), 1);
         state.ports.insert(
-            PortKey {
+            PortPrefix {
                 ruleset: 1,
                 proto: 6,
                 port: 443,

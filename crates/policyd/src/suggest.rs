@@ -20,7 +20,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use proto::state::Verdict;
+use kernel_model::state::Verdict;
 
 use crate::{
     cli::exit,

@@ -4,7 +4,8 @@
 
 use std::fmt::Write;
 
-use proto::{resolver::ExeFile, state::FileId};
+use kernel_model::state::FileId;
+use proto::resolver::ExeFile;
 
 use crate::inventory::{Container, Inventory};
 

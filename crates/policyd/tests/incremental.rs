@@ -2,15 +2,17 @@
 //! one-rule edit, a container start and a reload of the same file cost O(1)
 //! map operations, independent of the policy's size.
 
+use kernel_model::{
+    diff::{apply, diff_ops, diff_verdict, OpCounts},
+    state::KernelState,
+};
 use policyd::{
     compile::compile,
-    diff::{apply, diff_ops, diff_verdict, OpCounts},
     ids::IdTables,
     inventory::Inventory,
     policy,
     synthetic::{self, rule_line},
 };
-use proto::state::KernelState;
 
 const RULES: usize = 5_000;
 

@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use kernel_model::state::Verdict;
 use policyd::{
     daemon::{self, memory_loader::MemoryLoader, observe::EventLogTarget, Config, InventorySource},
     inventory::{Container, Inventory},
@@ -22,7 +23,6 @@ use policyd::{
 use proto::{
     loader::{Counters, Event, Hook, PolicyCounters},
     policyd::PolicydClient,
-    state::Verdict,
     transport,
 };
 
@@ -222,7 +222,10 @@ async fn a_denial_is_logged_with_its_container_and_moves_its_counter_in_promethe
     drop(stream);
     let client = PolicydClient::new(
         tarpc::client::Config::default(),
-        transport::framed(transport::connect(&socket).await.unwrap()),
+        transport::client(
+            transport::connect(&socket).await.unwrap(),
+            transport::Service::Policyd,
+        ),
     )
     .spawn();
     let deadline = Instant::now() + PATIENCE;

@@ -3,14 +3,14 @@
 //! checks each peer's credentials before serving it.
 
 pub mod loader;
+pub mod mounts;
 pub mod policyd;
 pub mod resolver;
 pub mod runtime;
-pub mod state;
 pub mod transport;
 
 /// Bumped when a service trait or a shared type changes incompatibly.
-pub const API_VERSION: u32 = 1;
+pub const API_VERSION: u32 = 2;
 
 /// Where the daemons listen by default.
 pub mod paths {

@@ -5,19 +5,19 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{KernelState, MapDiff, Verdict};
+use kernel_model::{
+    diff::MapDiff,
+    state::{KernelState, Verdict},
+};
 
 #[tarpc::service]
 pub trait Loader {
     /// API version and what the loader runs.
     async fn version() -> LoaderInfo;
-    /// Attaches contain's programs to a cgroup v2 directory (absolute, or
-    /// relative to the cgroup2 mount) with `BPF_F_ALLOW_MULTI`, so every
-    /// cgroup below it is covered from its first process.
-    async fn attach(cgroup: String) -> Result<Attachment, LoaderError>;
-    /// Detaches contain's programs from a cgroup it attached to.
-    async fn detach(cgroup: String) -> Result<(), LoaderError>;
-    /// The cgroups the programs are attached to.
+    /// The cgroups the programs are attached to (`--attach-parent`, with
+    /// `BPF_F_ALLOW_MULTI`: every cgroup below is covered from its first
+    /// process). Only the loader's command line attaches: no client can
+    /// detach them.
     async fn attachments() -> Vec<Attachment>;
     /// Applies a diff to the policy maps, all or nothing, if the loader is
     /// still at `diff.from_generation`. Returns the new generation.
@@ -160,8 +160,6 @@ pub struct EventBatch {
 pub enum LoaderError {
     #[error("generation mismatch: the diff was computed against generation {expected}, the loader is at {actual}; fetch the state and diff again")]
     GenerationMismatch { expected: u64, actual: u64 },
-    #[error("cgroup {path}: {reason}")]
-    Cgroup { path: String, reason: String },
     #[error("map {map}: {reason}; nothing was changed")]
     Map { map: String, reason: String },
     #[error("invalid diff: {0}; nothing was changed")]

@@ -5,10 +5,12 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    loader::{Event, LoaderError},
-    state::{MapOp, OpCounts, Verdict},
+use kernel_model::{
+    diff::OpCounts,
+    state::{MapOp, Verdict},
 };
+
+use crate::loader::{Event, LoaderError};
 
 #[tarpc::service]
 pub trait Policyd {
@@ -137,7 +139,7 @@ pub struct ExecutableStatus {
     pub entry: String,
     pub path: String,
     /// The file the kernel recognises for the entry there.
-    pub file: Option<crate::state::FileId>,
+    pub file: Option<kernel_model::state::FileId>,
     /// Why there is none: its processes get the container-wide rules.
     pub problem: Option<String>,
 }

@@ -51,7 +51,7 @@ pub struct ExeLookup {
 /// What a path names inside a container.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExeFile {
-    pub file: crate::state::FileId,
+    pub file: kernel_model::state::FileId,
     /// Lowercase hex SHA-256 of the content, when asked for.
     pub sha256: Option<String>,
 }

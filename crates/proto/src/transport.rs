@@ -2,10 +2,13 @@
 //!
 //! Every server accepts a connection only after the peer's uid/gid pass its
 //! [`PeerPolicy`]; a refused peer is logged and dropped before any request is
-//! read.
+//! read. [`serve`] bounds what admitted peers can take: connections at once,
+//! requests in flight per connection, and the size of each frame, which is
+//! per service and per direction ([`Service`]).
 
 use std::{
-    io, marker::PhantomData, os::unix::fs::PermissionsExt, path::Path, pin::Pin, time::Duration,
+    collections::HashMap, io, marker::PhantomData, os::unix::fs::PermissionsExt, path::Path,
+    pin::Pin, sync::Arc, time::Duration,
 };
 
 use futures::Future;
@@ -13,15 +16,63 @@ use serde::{
     de::{DeserializeOwned, IgnoredAny},
     Deserialize, Serialize,
 };
-use tarpc::{serde_transport::Transport, tokio_serde};
-use tokio::net::{UnixListener, UnixStream};
+use tarpc::{
+    server::{limits::requests_per_channel::MaxRequests, BaseChannel, Channel},
+    tokio_serde, ClientMessage, Response,
+};
+use tokio::{
+    net::{UnixListener, UnixStream},
+    sync::Semaphore,
+};
 use tokio_util::{
     bytes::{Bytes, BytesMut},
-    codec::LengthDelimitedCodec,
+    codec::{Decoder, Encoder, LengthDelimitedCodec},
 };
 
-/// Largest frame accepted: a full state dump of a big host fits.
-const MAX_FRAME_BYTES: usize = 256 << 20;
+/// contain's three services, for the limits of their sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    Loader,
+    Resolver,
+    Policyd,
+}
+
+impl Service {
+    /// The largest request a server of this service reads.
+    pub const fn max_request_bytes(self) -> usize {
+        match self {
+            // A diff as large as a big host's whole state (root and
+            // policyd's user only).
+            Service::Loader => 256 << 20,
+            // Executable lookups: a few paths per container.
+            Service::Resolver => 16 << 20,
+            // The CLI's requests: flags and one explain query. The socket
+            // is open to the `contain` group.
+            Service::Policyd => 64 << 10,
+        }
+    }
+
+    /// The largest response a client of this service reads.
+    pub const fn max_response_bytes(self) -> usize {
+        match self {
+            // A state dump of a big host.
+            Service::Loader => 256 << 20,
+            // The inventory of a big host.
+            Service::Resolver => 64 << 20,
+            // A dry run that lists every operation.
+            Service::Policyd => 256 << 20,
+        }
+    }
+}
+
+/// Connections one server serves at once to one peer uid; more from that
+/// uid are refused and logged. Per uid, so a client that leaks connections
+/// (or a member of the `contain` group) cannot lock out another: policyd's
+/// connections to the loader and the resolver, or root's CLI.
+pub const MAX_CONNECTIONS_PER_UID: usize = 32;
+/// Requests of one connection in flight at once; more are answered with
+/// an error.
+pub const MAX_REQUESTS_PER_CONNECTION: usize = 32;
 
 /// Who may talk to a server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,12 +120,53 @@ fn process_in_group(pid: i32, gid: u32) -> bool {
         .is_some_and(|groups| groups.split_whitespace().any(|g| g.parse() == Ok(gid)))
 }
 
-/// The length-delimited framing of every socket; public so that the fuzz
+/// The length-delimited framing of every socket: frames up to `read`
+/// bytes are read, up to `write` bytes written. Public so that the fuzz
 /// targets decode frames exactly as the servers do.
-pub fn codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .max_frame_length(MAX_FRAME_BYTES)
-        .new_codec()
+pub struct Frames {
+    read: LengthDelimitedCodec,
+    write: LengthDelimitedCodec,
+}
+
+impl Frames {
+    pub fn new(read: usize, write: usize) -> Frames {
+        let codec = |max| {
+            LengthDelimitedCodec::builder()
+                .max_frame_length(max)
+                .new_codec()
+        };
+        Frames {
+            read: codec(read),
+            write: codec(write),
+        }
+    }
+
+    /// A server's framing: it reads requests and writes responses.
+    pub fn server(service: Service) -> Frames {
+        Frames::new(service.max_request_bytes(), service.max_response_bytes())
+    }
+
+    /// A client's framing: it writes requests and reads responses.
+    pub fn client(service: Service) -> Frames {
+        Frames::new(service.max_response_bytes(), service.max_request_bytes())
+    }
+}
+
+impl Decoder for Frames {
+    type Item = BytesMut;
+    type Error = io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<BytesMut>> {
+        self.read.decode(src)
+    }
+}
+
+impl Encoder<Bytes> for Frames {
+    type Error = io::Error;
+
+    fn encode(&mut self, frame: Bytes, dst: &mut BytesMut) -> io::Result<()> {
+        self.write.encode(frame, dst)
+    }
 }
 
 /// The furthest deadline a request may carry. tarpc turns the relative
@@ -195,19 +287,37 @@ impl<Item, SinkItem: Serialize> tokio_serde::Serializer<SinkItem> for JsonCodec<
     }
 }
 
-/// A JSON transport over a connected Unix stream.
-pub fn framed<Item, SinkItem>(
-    stream: UnixStream,
-) -> Transport<UnixStream, Item, SinkItem, JsonCodec<Item, SinkItem>>
-where
-    Item: DeserializeOwned,
-    SinkItem: Serialize,
-{
-    tarpc::serde_transport::new(
-        tokio_util::codec::Framed::new(stream, codec()),
+/// A JSON transport over a connected Unix stream. (tarpc's own serde
+/// transport fixes one frame limit for both directions.)
+pub type JsonTransport<Item, SinkItem> = tokio_serde::Framed<
+    tokio_util::codec::Framed<UnixStream, Frames>,
+    Item,
+    SinkItem,
+    JsonCodec<Item, SinkItem>,
+>;
+
+fn framed<Item, SinkItem>(stream: UnixStream, frames: Frames) -> JsonTransport<Item, SinkItem> {
+    tokio_serde::Framed::new(
+        tokio_util::codec::Framed::new(stream, frames),
         JsonCodec::default(),
     )
 }
+
+/// A client's transport to `service` over a connected stream.
+pub fn client<Req, Resp>(
+    stream: UnixStream,
+    service: Service,
+) -> JsonTransport<Response<Resp>, ClientMessage<Req>>
+where
+    Req: Serialize,
+    Resp: DeserializeOwned,
+{
+    framed(stream, Frames::client(service))
+}
+
+/// One connection of a server, as [`serve`] hands it over.
+pub type ServerChannel<Req, Resp> =
+    MaxRequests<BaseChannel<Req, Resp, JsonTransport<ClientMessage<Req>, Response<Resp>>>>;
 
 /// Connects to a server's socket, saying which socket failed and why.
 pub async fn connect(path: &Path) -> io::Result<UnixStream> {
@@ -252,16 +362,8 @@ pub fn peer_cred(stream: &UnixStream) -> io::Result<PeerCred> {
 }
 
 /// Accepts connections until the listener fails, handing each admitted one
-/// (with its credentials) to `on_connection`, which starts serving it, e.g.
-/// (a sketch, not compiled: `MyServer` stands for a service's server):
-///
-/// ```text
-/// accept_loop(listener, PeerPolicy::RootOnly, |stream, _peer| {
-///     let channel = BaseChannel::with_defaults(framed(stream));
-///     tokio::spawn(channel.execute(MyServer.serve()).for_each(spawn_request));
-/// })
-/// ```
-pub async fn accept_loop<F>(
+/// (with its credentials) to `on_connection`.
+async fn accept_loop<F>(
     listener: UnixListener,
     policy: PeerPolicy,
     mut on_connection: F,
@@ -286,6 +388,54 @@ where
     }
 }
 
+/// Serves `service` on `listener`: every connection `policy` admits, up to
+/// [`MAX_CONNECTIONS_PER_UID`] at once per peer uid, each with at most
+/// [`MAX_REQUESTS_PER_CONNECTION`] requests in flight and frames within the
+/// service's limits. `serve_channel` runs one connection to its end, e.g.
+/// (not compiled: `MyServer` stands for a service's server):
+///
+/// ```text
+/// serve(listener, PeerPolicy::RootOnly, Service::Loader, |channel, _peer| {
+///     channel.execute(MyServer.serve()).for_each(spawn_request)
+/// })
+/// ```
+pub async fn serve<Req, Resp, F, Fut>(
+    listener: UnixListener,
+    policy: PeerPolicy,
+    service: Service,
+    mut serve_channel: F,
+) -> io::Result<()>
+where
+    Req: DeserializeOwned,
+    Resp: Serialize,
+    F: FnMut(ServerChannel<Req, Resp>, PeerCred) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut slots: HashMap<u32, Arc<Semaphore>> = HashMap::new();
+    accept_loop(listener, policy, move |stream, peer| {
+        let uid_slots = slots
+            .entry(peer.uid)
+            .or_insert_with(|| Arc::new(Semaphore::new(MAX_CONNECTIONS_PER_UID)));
+        let Ok(slot) = uid_slots.clone().try_acquire_owned() else {
+            tracing::warn!(
+                uid = peer.uid,
+                pid = ?peer.pid,
+                ?service,
+                "connection refused: this uid has {MAX_CONNECTIONS_PER_UID} connections open already"
+            );
+            return;
+        };
+        let channel = BaseChannel::with_defaults(framed(stream, Frames::server(service)))
+            .max_concurrent_requests(MAX_REQUESTS_PER_CONNECTION);
+        let connection = serve_channel(channel, peer);
+        tokio::spawn(async move {
+            connection.await;
+            drop(slot);
+        });
+    })
+    .await
+}
+
 /// Runs one request of a tarpc channel on its own task.
 pub async fn spawn_request(fut: impl Future<Output = ()> + Send + 'static) {
     tokio::spawn(fut);
@@ -301,8 +451,7 @@ pub fn context_with_deadline(secs: u64) -> tarpc::context::Context {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
-    use tarpc::{tokio_serde::Deserializer, ClientMessage, Response};
-    use tokio_util::codec::Decoder;
+    use tarpc::tokio_serde::Deserializer;
 
     use super::*;
     use crate::{
@@ -320,13 +469,20 @@ mod tests {
     #[test]
     fn a_request_with_a_deadline_decodes() {
         let frame = format!(
-            r#"{{"Request":{{"context":{{"deadline":{{"secs":9,"nanos":0}},"trace_context":{TRACE}}},"id":2,"message":{{"Attach":{{"cgroup":"/x"}}}}}}}}"#
+            r#"{{"Request":{{"context":{{"deadline":{{"secs":9,"nanos":0}},"trace_context":{TRACE}}},"id":2,"message":{{"Events":{{"after":5,"max":10,"wait_ms":0}}}}}}}}"#
         );
         let message: ClientMessage<LoaderRequest> = decode(frame.as_bytes()).unwrap();
         let ClientMessage::Request(request) = message else {
             panic!("not a request: {message:?}");
         };
-        assert!(matches!(request.message, LoaderRequest::Attach { cgroup } if cgroup == "/x"));
+        assert!(matches!(
+            request.message,
+            LoaderRequest::Events {
+                after: 5,
+                max: 10,
+                wait_ms: 0
+            }
+        ));
     }
 
     #[test]
@@ -351,7 +507,7 @@ mod tests {
     /// Every frame a stream of `bytes` holds, decoded as each service's
     /// request and reply: errors are fine, panics are not.
     fn decode_stream(bytes: &[u8]) {
-        let mut frames = codec();
+        let mut frames = Frames::server(Service::Loader);
         let mut stream = BytesMut::from(bytes);
         while let Ok(Some(frame)) = frames.decode_eof(&mut stream) {
             let _ = decode::<ClientMessage<LoaderRequest>>(&frame);
@@ -377,6 +533,83 @@ mod tests {
             bytes.extend_from_slice(text.as_bytes());
             decode_stream(&bytes);
         }
+    }
+
+    #[test]
+    fn frames_beyond_a_services_limits_are_refused() {
+        let header = |len: usize| BytesMut::from(&(len as u32).to_be_bytes()[..]);
+        let mut policyd = Frames::server(Service::Policyd);
+        let too_big = Service::Policyd.max_request_bytes() + 1;
+        assert!(policyd.decode(&mut header(too_big)).is_err());
+        // The same size is a fine response for the CLI to read.
+        let mut cli = Frames::client(Service::Policyd);
+        assert!(matches!(cli.decode(&mut header(too_big)), Ok(None)));
+        // And a server does not write what its clients would refuse.
+        let mut out = BytesMut::new();
+        let huge = Bytes::from(vec![b' '; Service::Resolver.max_response_bytes() + 1]);
+        assert!(Frames::server(Service::Resolver)
+            .encode(huge, &mut out)
+            .is_err());
+    }
+
+    #[tarpc::service]
+    trait Echo {
+        async fn echo(n: u32) -> u32;
+    }
+
+    #[derive(Clone)]
+    struct EchoServer;
+
+    impl Echo for EchoServer {
+        async fn echo(self, _: tarpc::context::Context, n: u32) -> u32 {
+            n
+        }
+    }
+
+    #[tokio::test]
+    async fn a_uids_connections_beyond_the_limit_are_refused_until_one_ends() {
+        use futures::StreamExt;
+
+        let dir = std::env::temp_dir().join(format!("contain-serve-{}", std::process::id()));
+        let socket = dir.join("echo.sock");
+        let listener = bind(&socket, 0o600, None).unwrap();
+        let server = tokio::spawn(serve(
+            listener,
+            PeerPolicy::RootOrUser(nix_uid()),
+            Service::Policyd,
+            |channel, _| channel.execute(EchoServer.serve()).for_each(spawn_request),
+        ));
+        let open = || async {
+            let stream = connect(&socket).await.unwrap();
+            EchoClient::new(Default::default(), client(stream, Service::Policyd)).spawn()
+        };
+        let mut clients = Vec::new();
+        for n in 0..MAX_CONNECTIONS_PER_UID as u32 {
+            let c = open().await;
+            assert_eq!(c.echo(tarpc::context::current(), n).await.unwrap(), n);
+            clients.push(c);
+        }
+        let refused = open().await;
+        assert!(refused.echo(tarpc::context::current(), 1).await.is_err());
+        // One ends: its slot serves the next connection.
+        drop(clients.pop());
+        let mut served = None;
+        for _ in 0..100 {
+            let c = open().await;
+            if c.echo(tarpc::context::current(), 7).await.is_ok() {
+                served = Some(c);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(served.is_some(), "a freed slot serves a new connection");
+        server.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn nix_uid() -> u32 {
+        // SAFETY: getuid has no preconditions.
+        unsafe { libc::getuid() }
     }
 
     #[test]

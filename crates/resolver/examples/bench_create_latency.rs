@@ -203,7 +203,7 @@ async fn main() -> anyhow::Result<()> {
     let stream = proto::transport::connect(&resolver_socket).await?;
     let client = ResolverClient::new(
         tarpc::client::Config::default(),
-        proto::transport::framed(stream),
+        proto::transport::client(stream, proto::transport::Service::Resolver),
     )
     .spawn();
     // Wait until the resolver follows containerd.

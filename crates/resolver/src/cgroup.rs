@@ -8,6 +8,9 @@ use std::{
     path::{Component, Path, PathBuf},
 };
 
+use procfs::FromRead;
+use proto::mounts;
+
 use crate::error::{Error, Result};
 
 /// The cgroup2 mount the resolver resolves paths against.
@@ -51,65 +54,31 @@ impl Cgroup2Mount {
     }
 }
 
-/// Undoes mountinfo's octal escapes (`\040` for a space, `\011`, `\012`,
-/// `\134`).
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
-            let digits = &bytes[i + 1..i + 4];
-            if digits.iter().all(|d| (b'0'..=b'7').contains(d)) {
-                let value = digits
-                    .iter()
-                    .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
-                if let Ok(b) = u8::try_from(value) {
-                    out.push(b);
-                    i += 4;
-                    continue;
-                }
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Finds the cgroup2 mount in the text of `/proc/self/mountinfo`. When there
 /// are several, the first that mounts the hierarchy's root wins (a bind mount
 /// of a sub-cgroup is only used if there is nothing else).
 pub fn parse_mountinfo(text: &str) -> Option<Cgroup2Mount> {
-    let mut fallback = None;
-    for line in text.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let Some(sep) = fields.iter().position(|f| *f == "-") else {
-            continue;
-        };
-        if sep < 5 || fields.get(sep + 1) != Some(&"cgroup2") {
-            continue;
-        }
-        let mount = Cgroup2Mount {
-            mount_point: PathBuf::from(unescape_mountinfo(fields[4])),
-            root: unescape_mountinfo(fields[3]),
-        };
-        if mount.root == "/" {
-            return Some(mount);
-        }
-        fallback.get_or_insert(mount);
-    }
-    fallback
+    cgroup2_of(&mounts::parse_mountinfo(text))
 }
 
-/// The v2 entry of `/proc/<pid>/cgroup` (`0::/path`), on a pure v2 host and
-/// on a hybrid one (where the v1 controllers come first). A cgroup removed
-/// while the process is still in it reads `/path (deleted)`; the suffix is
-/// dropped.
-pub fn parse_proc_cgroup(text: &str) -> Option<String> {
-    text.lines().find_map(|line| {
-        let rest = line.strip_prefix("0::")?;
-        let path = rest.strip_suffix(" (deleted)").unwrap_or(rest);
+fn cgroup2_of(all: &[mounts::Mount]) -> Option<Cgroup2Mount> {
+    mounts::cgroup2(all).map(|m| Cgroup2Mount {
+        mount_point: m.mount_point.clone(),
+        root: m.root.clone(),
+    })
+}
+
+/// The v2 entry of `/proc/<pid>/cgroup` (`0::/path`, read by the `procfs`
+/// crate), on a pure v2 host and on a hybrid one (where the v1 controllers
+/// come first). A cgroup removed while the process is still in it reads
+/// `/path (deleted)`; the suffix is dropped.
+pub fn parse_proc_cgroup(text: &[u8]) -> Option<String> {
+    let cgroups = procfs::ProcessCGroups::from_read(text).ok()?;
+    cgroups.0.into_iter().find_map(|c| {
+        if c.hierarchy != 0 || !c.controllers.is_empty() {
+            return None;
+        }
+        let path = c.pathname.strip_suffix(" (deleted)").unwrap_or(&c.pathname);
         path.starts_with('/').then(|| path.to_string())
     })
 }
@@ -119,10 +88,11 @@ pub fn parse_pids(text: &str) -> Vec<u32> {
     text.lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
-/// Reads `/proc/self/mountinfo` (I/O).
-pub fn find_mount(mountinfo: &Path) -> Result<Cgroup2Mount> {
-    let text = std::fs::read_to_string(mountinfo).map_err(|e| Error::io(mountinfo, e))?;
-    parse_mountinfo(&text).ok_or_else(|| Error::NoCgroup2Mount(mountinfo.display().to_string()))
+/// The cgroup2 mount of this process's mount namespace (I/O).
+pub fn find_mount() -> Result<Cgroup2Mount> {
+    let mountinfo = Path::new("/proc/self/mountinfo");
+    let all = mounts::read().map_err(|e| Error::io(mountinfo, e))?;
+    cgroup2_of(&all).ok_or_else(|| Error::NoCgroup2Mount(mountinfo.display().to_string()))
 }
 
 /// The cgroup id: the inode number of the cgroup's directory (I/O).
@@ -225,15 +195,12 @@ mod tests {
             parse_mountinfo(text).unwrap().mount_point,
             PathBuf::from("/mnt/my cgroup")
         );
-        assert_eq!(unescape_mountinfo("a\\134b"), "a\\b");
-        assert_eq!(unescape_mountinfo("trailing\\04"), "trailing\\04");
-        assert_eq!(unescape_mountinfo("\\999"), "\\999");
     }
 
     #[test]
     fn v2_entry_on_pure_v2_host() {
         assert_eq!(
-            parse_proc_cgroup("0::/system.slice/docker-0123abcd.scope\n"),
+            parse_proc_cgroup(b"0::/system.slice/docker-0123abcd.scope\n"),
             Some("/system.slice/docker-0123abcd.scope".to_string())
         );
     }
@@ -246,21 +213,24 @@ mod tests {
 1:name=systemd:/docker/0123
 0::/docker/0123
 ";
-        assert_eq!(parse_proc_cgroup(text), Some("/docker/0123".to_string()));
+        assert_eq!(
+            parse_proc_cgroup(text.as_bytes()),
+            Some("/docker/0123".to_string())
+        );
     }
 
     #[test]
     fn v1_only_or_garbage_has_no_v2_entry() {
-        assert_eq!(parse_proc_cgroup("4:memory:/docker/0123\n"), None);
-        assert_eq!(parse_proc_cgroup(""), None);
-        assert_eq!(parse_proc_cgroup("0::relative\n"), None);
-        assert_eq!(parse_proc_cgroup("\u{0}\u{1}0::"), None);
+        assert_eq!(parse_proc_cgroup(b"4:memory:/docker/0123\n"), None);
+        assert_eq!(parse_proc_cgroup(b""), None);
+        assert_eq!(parse_proc_cgroup(b"0::relative\n"), None);
+        assert_eq!(parse_proc_cgroup(b"\x00\x010::"), None);
     }
 
     #[test]
     fn deleted_cgroup_suffix_is_dropped() {
         assert_eq!(
-            parse_proc_cgroup("0::/gone (deleted)\n"),
+            parse_proc_cgroup(b"0::/gone (deleted)\n"),
             Some("/gone".to_string())
         );
     }

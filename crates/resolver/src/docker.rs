@@ -26,8 +26,15 @@ use std::{
     time::{Duration, Instant},
 };
 
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::{
+    body::Bytes,
+    header::{HOST, USER_AGENT},
+    Request, StatusCode,
+};
+use hyper_util::rt::TokioIo;
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::error::{Error, Result};
 
@@ -120,76 +127,6 @@ pub fn is_docker_id(id: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// Pure: splits an HTTP/1.x response into status code and body, undoing a
-/// chunked transfer encoding.
-pub fn parse_http_response(raw: &[u8]) -> Result<(u16, Vec<u8>)> {
-    let bad = |what: &str| {
-        Error::Docker(format!(
-            "malformed HTTP response from the Docker API: {what}"
-        ))
-    };
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("no end of headers"))?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad("headers are not UTF-8"))?;
-    let body = &raw[end + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.split(' ');
-    if !parts.next().unwrap_or_default().starts_with("HTTP/1.") {
-        return Err(bad("not HTTP/1.x"));
-    }
-    let status: u16 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("no status code"))?;
-    let chunked = lines.any(|l| {
-        l.split_once(':').is_some_and(|(k, v)| {
-            k.trim().eq_ignore_ascii_case("transfer-encoding")
-                && v.to_ascii_lowercase().contains("chunked")
-        })
-    });
-    if !chunked {
-        return Ok((status, body.to_vec()));
-    }
-    let mut out = Vec::new();
-    let mut rest = body;
-    loop {
-        let line_end = rest
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| bad("truncated chunk size"))?;
-        let size_text = std::str::from_utf8(&rest[..line_end]).map_err(|_| bad("chunk size"))?;
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| bad("chunk size"))?;
-        rest = &rest[line_end + 2..];
-        if size == 0 {
-            return Ok((status, out));
-        }
-        if rest.len() < size {
-            return Err(bad("truncated chunk"));
-        }
-        out.extend_from_slice(&rest[..size]);
-        rest = &rest[size..];
-        rest = rest
-            .strip_prefix(b"\r\n")
-            .ok_or_else(|| bad("chunk not followed by CRLF"))?;
-    }
-}
-
-/// Percent-encodes a query value.
-fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// Largest API response read (a list of thousands of containers fits).
 const MAX_RESPONSE_BYTES: usize = 64 << 20;
 
@@ -231,29 +168,52 @@ impl Docker {
         *guard = Some(Instant::now() + Duration::from_secs(10));
     }
 
+    /// `GET path` on the Engine API, with hyper's HTTP/1.1 client over the
+    /// Unix socket; the body up to [`MAX_RESPONSE_BYTES`].
     async fn get(&self, path: &str) -> Result<Vec<u8>> {
+        let failed = |what: &str, e: &dyn std::fmt::Display| {
+            Error::Docker(format!(
+                "GET {path} on {}: {what}: {e}",
+                self.socket.display()
+            ))
+        };
         let request = async {
-            let mut stream = tokio::net::UnixStream::connect(&self.socket)
+            let stream = tokio::net::UnixStream::connect(&self.socket)
                 .await
-                .map_err(|e| Error::Docker(format!("{}: {e}", self.socket.display())))?;
-            let req = format!(
-                "GET {path} HTTP/1.0\r\nHost: docker\r\nUser-Agent: contain-resolver\r\n\r\n"
-            );
-            stream
-                .write_all(req.as_bytes())
-                .await
-                .map_err(|e| Error::Docker(format!("request: {e}")))?;
-            let mut raw = Vec::new();
-            (&mut stream)
-                .take(MAX_RESPONSE_BYTES as u64)
-                .read_to_end(&mut raw)
-                .await
-                .map_err(|e| Error::Docker(format!("response: {e}")))?;
-            let (status, body) = parse_http_response(&raw)?;
-            if status != 200 {
-                return Err(Error::Docker(format!("GET {path}: HTTP {status}")));
+                .map_err(|e| failed("connect", &e))?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| failed("handshake", &e))?;
+            let exchange = async {
+                let request = Request::get(path)
+                    .header(HOST, "docker")
+                    .header(USER_AGENT, "contain-resolver")
+                    .body(Empty::<Bytes>::new())
+                    .map_err(|e| failed("request", &e))?;
+                let response = sender
+                    .send_request(request)
+                    .await
+                    .map_err(|e| failed("response", &e))?;
+                let status = response.status();
+                let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+                    .collect()
+                    .await
+                    .map_err(|e| failed("body", &e))?
+                    .to_bytes();
+                if status != StatusCode::OK {
+                    return Err(failed("status", &status));
+                }
+                Ok(body.to_vec())
+            };
+            // The connection is driven beside the exchange and dropped with
+            // it (a timeout leaves nothing behind). Once it ends, the
+            // exchange has its response or its error.
+            tokio::pin!(exchange);
+            tokio::select! {
+                result = &mut exchange => result,
+                _ = connection => exchange.await,
             }
-            Ok(body)
         };
         tokio::time::timeout(self.timeout, request)
             .await
@@ -269,7 +229,8 @@ impl Docker {
         if self.api_allowed() {
             let path = if ids.len() == 1 {
                 let filter = serde_json::json!({ "id": [ids[0]] }).to_string();
-                format!("/containers/json?all=1&filters={}", url_encode(&filter))
+                let filter = utf8_percent_encode(&filter, NON_ALPHANUMERIC);
+                format!("/containers/json?all=1&filters={filter}")
             } else {
                 "/containers/json?all=1".to_string()
             };
@@ -367,45 +328,60 @@ mod tests {
         assert!(!is_docker_id(&ID[1..]));
     }
 
-    #[test]
-    fn http_plain_body() {
-        let raw = b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n[1]";
-        assert_eq!(parse_http_response(raw).unwrap(), (200, b"[1]".to_vec()));
+    /// A stand-in for dockerd on a Unix socket: answers each connection
+    /// with `reply` (raw HTTP) and records the request line.
+    async fn fake_docker(socket: &Path, reply: &'static [u8]) -> tokio::task::JoinHandle<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::UnixListener::bind(socket).unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = vec![0u8; 4096];
+            let n = stream.read(&mut request).await.unwrap();
+            stream.write_all(reply).await.unwrap();
+            let text = String::from_utf8_lossy(&request[..n]).into_owned();
+            text.lines().next().unwrap_or_default().to_string()
+        })
     }
 
-    #[test]
-    fn http_chunked_body() {
-        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n[1,\r\n2;ext=1\r\n2]\r\n0\r\n\r\n";
-        assert_eq!(parse_http_response(raw).unwrap(), (200, b"[1,2]".to_vec()));
-    }
-
-    #[test]
-    fn http_errors() {
-        assert!(parse_http_response(b"").is_err());
-        assert!(parse_http_response(b"SSH-2.0\r\n\r\n").is_err());
-        assert!(parse_http_response(b"HTTP/1.1 abc\r\n\r\n").is_err());
-        assert!(parse_http_response(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
-        )
-        .is_err());
-        assert!(parse_http_response(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nshort"
-        )
-        .is_err());
-        assert_eq!(
-            parse_http_response(b"HTTP/1.1 404 Not Found\r\n\r\n{}")
-                .unwrap()
-                .0,
-            404
+    #[tokio::test]
+    async fn asks_the_engine_api_and_reads_a_chunked_reply() {
+        let dir = std::env::temp_dir().join(format!("contain-docker-api-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("docker.sock");
+        // Built by hand: a body split over two chunks.
+        let body = format!(r#"[{{"Id":"{ID}","Names":["/web"],"Image":"nginx"}}]"#);
+        let (first, second) = body.split_at(10);
+        let raw = format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{first}\r\n{:x}\r\n{second}\r\n0\r\n\r\n",
+            first.len(),
+            second.len()
         );
+        let served = fake_docker(&socket, Box::leak(raw.into_bytes().into_boxed_slice())).await;
+        let docker = Docker::new(&socket, dir.join("no-root"));
+        let meta = docker.lookup(ID).await.expect("metadata from the API");
+        assert_eq!((meta.name.as_str(), meta.image.as_str()), ("web", "nginx"));
+        let request_line = served.await.unwrap();
+        assert!(
+            request_line.starts_with("GET /containers/json?all=1&filters=%7B%22id%22%3A%5B%22"),
+            "{request_line}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    #[test]
-    fn url_encoding_of_filters() {
-        assert_eq!(
-            url_encode(r#"{"id":["ab"]}"#),
-            "%7B%22id%22%3A%5B%22ab%22%5D%7D"
-        );
+    #[tokio::test]
+    async fn an_error_status_is_an_api_failure_not_metadata() {
+        let dir = std::env::temp_dir().join(format!("contain-docker-404-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("docker.sock");
+        let _served = fake_docker(
+            &socket,
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\n[]",
+        )
+        .await;
+        let docker = Docker::new(&socket, dir.join("no-root"));
+        let error = docker.get("/containers/json").await.unwrap_err();
+        assert!(error.to_string().contains("404"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ use crate::{
     exe::{self, RootId},
     inventory::Inventory,
     links::{Link, LinkSignal, Netlink},
-    procfs::Proc,
+    process::Proc,
     resolve::{build, ProcFacts},
     source::{key, RuntimeContainer, SourceEvent, StatusBoard},
 };

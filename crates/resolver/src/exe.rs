@@ -26,8 +26,9 @@ use std::{
     path::Path,
 };
 
+use kernel_model::state::FileId;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
-use proto::{resolver::ExeFile, state::FileId};
+use proto::resolver::ExeFile;
 use sha2::{Digest, Sha256};
 
 /// A file's identity from its `stat`, as the exec tracepoint records it.

@@ -25,7 +25,7 @@ pub mod error;
 pub mod exe;
 pub mod inventory;
 pub mod links;
-pub mod procfs;
+pub mod process;
 pub mod resolve;
 pub mod service;
 pub mod source;
@@ -42,9 +42,9 @@ use std::{
 use futures::StreamExt;
 use proto::{
     resolver::{Resolver as _, Snapshot},
-    transport::{accept_loop, bind, framed, spawn_request, PeerPolicy},
+    transport::{bind, serve, spawn_request, PeerPolicy, Service},
 };
-use tarpc::server::{BaseChannel, Channel as _};
+use tarpc::server::Channel as _;
 use tokio::{sync::mpsc, task::JoinHandle};
 
 pub use error::{Error, Result};
@@ -54,7 +54,7 @@ use crate::{
     engine::{Engine, Shared},
     inventory::{Inventory, DEFAULT_LOG_CAPACITY},
     links::Netlink,
-    procfs::Proc,
+    process::Proc,
     service::ResolverServer,
     source::{SourceEvent, StatusBoard},
 };
@@ -163,7 +163,7 @@ impl Daemon {
                 }
                 Cgroup2Mount::at(root)
             }
-            None => cgroup::find_mount(std::path::Path::new("/proc/self/mountinfo"))?,
+            None => cgroup::find_mount()?,
         };
         tracing::info!(mount = %mount.mount_point.display(), root = %mount.root, "cgroup2 hierarchy");
         let status = StatusBoard::default();
@@ -222,9 +222,8 @@ impl Daemon {
         };
         let socket = config.socket.clone();
         tasks.push(tokio::spawn(async move {
-            let serve = accept_loop(listener, policy, move |stream, _peer| {
-                let channel = BaseChannel::with_defaults(framed(stream));
-                tokio::spawn(channel.execute(server.clone().serve()).for_each(spawn_request));
+            let serve = serve(listener, policy, Service::Resolver, move |channel, _peer| {
+                channel.execute(server.clone().serve()).for_each(spawn_request)
             });
             if let Err(e) = serve.await {
                 tracing::error!(socket = %socket.display(), error = %e, "the service socket failed");

@@ -507,10 +507,8 @@ async fn wait_source(
 }
 
 fn cgroup_path_of(pid: u32) -> String {
-    resolver::cgroup::parse_proc_cgroup(
-        &std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap(),
-    )
-    .unwrap()
+    resolver::cgroup::parse_proc_cgroup(&std::fs::read(format!("/proc/{pid}/cgroup")).unwrap())
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

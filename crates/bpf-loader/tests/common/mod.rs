@@ -32,14 +32,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use proto::{
-    loader::LoaderClient,
+use kernel_model::{
+    diff::MapDiff,
     state::{
-        CgroupEntry, DestKey, Entry, KernelState, MapDiff, PortKey, ProcessKey, ProcessMatch,
-        Verdict,
+        CgroupEntry, DestPrefix, Entry, KernelState, PortPrefix, ProcessKey, ProcessMatch, Verdict,
     },
-    transport,
 };
+use proto::{loader::LoaderClient, transport};
 
 pub const PEER4: &str = "198.18.0.1";
 pub const PEER4_OTHER: &str = "198.18.1.1";
@@ -72,12 +71,28 @@ pub fn probe_script() -> PathBuf {
 /// `None` (and a note on stderr) when the test does not apply here.
 pub fn require_root(test: &str) -> Option<()> {
     if nix::unistd::geteuid().is_root() {
-        Some(())
-    } else {
-        eprintln!(
-            "{test}: does not apply: needs root (it creates namespaces, cgroups and loads BPF)"
-        );
-        None
+        return Some(());
+    }
+    skipped(&format!(
+        "{test}: needs root (it creates namespaces, cgroups and loads BPF)"
+    ));
+    None
+}
+
+/// Says why a test did not run, and records it in `$CONTAIN_SKIPPED_LOG`
+/// (set by scripts/test.sh, which counts it as skipped, not passed).
+fn skipped(why: &str) {
+    eprintln!("skipped: {why}");
+    if let Some(log) = std::env::var_os("CONTAIN_SKIPPED_LOG") {
+        use std::io::Write as _;
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| writeln!(f, "{why}"));
+        if let Err(e) = appended {
+            panic!("cannot record a skipped test in {log:?}: {e}");
+        }
     }
 }
 
@@ -127,10 +142,10 @@ pub fn link_in(ns: &str, dev: &str) -> Link {
 
 /// The identity the kernel records when `path` is exec'd (symlinks
 /// followed, as exec follows them).
-pub fn file_of(path: &str) -> proto::state::FileId {
+pub fn file_of(path: &str) -> kernel_model::state::FileId {
     use std::os::unix::fs::MetadataExt as _;
     let md = std::fs::metadata(path).unwrap_or_else(|e| panic!("stat {path}: {e}"));
-    proto::state::FileId::from_stat(md.dev(), md.ino(), md.ctime(), md.ctime_nsec())
+    kernel_model::state::FileId::from_stat(md.dev(), md.ino(), md.ctime(), md.ctime_nsec())
 }
 
 pub fn cgroup2_mount() -> PathBuf {
@@ -528,7 +543,11 @@ impl Lab {
 
     pub async fn client(&self) -> std::io::Result<LoaderClient> {
         let stream = transport::connect(&self.socket).await?;
-        Ok(LoaderClient::new(tarpc::client::Config::default(), transport::framed(stream)).spawn())
+        Ok(LoaderClient::new(
+            tarpc::client::Config::default(),
+            transport::client(stream, transport::Service::Loader),
+        )
+        .spawn())
     }
 
     /// SIGKILLs the loader this lab started.
@@ -632,7 +651,7 @@ impl Rules {
             std::net::IpAddr::V6(v6) => (v6.octets(), 128),
         };
         // One ruleset per destination: allowances for the same address share it.
-        let key = DestKey {
+        let key = DestPrefix {
             policy_id: a.policy,
             class: a.class,
             addr,
@@ -655,7 +674,7 @@ impl Rules {
             (Some(t), true) => (t << 8, 8),
         };
         self.state.upsert(Entry::Port {
-            key: PortKey {
+            key: PortPrefix {
                 ruleset,
                 proto: a.proto,
                 port,
@@ -675,9 +694,8 @@ pub async fn converge(client: &LoaderClient, desired: &KernelState, unknown: Ver
         .expect("rpc")
         .expect("state");
     let diff = MapDiff {
-        from_generation: snap.generation,
         unknown_verdict: Some(unknown),
-        ops: snap.state.diff_to(desired),
+        ..MapDiff::between(snap.generation, &snap.state, desired)
     };
     client
         .apply(tarpc::context::current(), diff)

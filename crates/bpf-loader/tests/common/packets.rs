@@ -128,3 +128,49 @@ pub fn with_hop_limit(mut frame: Vec<u8>, hop_limit: u8) -> Vec<u8> {
     frame[14 + 7] = hop_limit;
     frame
 }
+
+/// The source address every frame here carries.
+pub fn source(v6: bool) -> std::net::IpAddr {
+    if v6 {
+        SRC6.into()
+    } else {
+        SRC4.into()
+    }
+}
+
+/// IPv6 packet with one routing header of `routing_type` listing `route`,
+/// `segments_left` of them still to visit.
+pub fn ipv6_routed(
+    dst: Ipv6Addr,
+    proto: u8,
+    dport: u16,
+    routing_type: u8,
+    route: &[Ipv6Addr],
+    segments_left: u8,
+) -> Vec<u8> {
+    let mut body = vec![
+        proto,
+        (route.len() * 2) as u8,
+        routing_type,
+        segments_left,
+        0,
+        0,
+        0,
+        0,
+    ];
+    for hop in route {
+        body.extend_from_slice(&hop.octets());
+    }
+    body.extend(transport(proto, dport));
+    let mut ip = vec![0u8; 40];
+    ip[0] = 0x60;
+    ip[4..6].copy_from_slice(&(body.len() as u16).to_be_bytes());
+    ip[6] = 43;
+    ip[7] = 64;
+    ip[8..24].copy_from_slice(&SRC6.octets());
+    ip[24..40].copy_from_slice(&dst.octets());
+    let mut f = ethernet(0x86DD);
+    f.extend(ip);
+    f.extend(body);
+    f
+}

@@ -12,6 +12,10 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use kernel_model::{
+    diff::{diff_ops, diff_verdict, MapDiff, OpCounts},
+    state::{KernelState, MapOp, ProcessKey, ProcessMatch, Verdict},
+};
 use proto::{
     loader::{LoaderClient, LoaderError, StateSnapshot},
     policyd::{
@@ -19,7 +23,6 @@ use proto::{
         Explanation, PolicyStatus, PolicydError, ReloadReport, Status,
     },
     resolver::{ExeFile, ExeLookup, ResolverClient},
-    state::{KernelState, MapDiff, MapOp, ProcessKey, ProcessMatch, Verdict},
     transport,
 };
 
@@ -27,7 +30,6 @@ use crate::{
     compile::{self, Assignment, CompiledRules, ExeOutcome},
     coverage::{self, AttachedParents},
     diagnostic::{Diagnostic, Severity},
-    diff::{diff_ops, diff_verdict, OpCounts},
     explain::{self, ExplainError},
     ids::IdTables,
     inventory::{self, Inventory},
@@ -67,9 +69,11 @@ impl LoaderLink {
         }
         match transport::connect(&self.path).await {
             Ok(stream) => {
-                let client =
-                    LoaderClient::new(tarpc::client::Config::default(), transport::framed(stream))
-                        .spawn();
+                let client = LoaderClient::new(
+                    tarpc::client::Config::default(),
+                    transport::client(stream, transport::Service::Loader),
+                )
+                .spawn();
                 self.client = Some(client.clone());
                 self.last_error = None;
                 Ok(client)
@@ -171,7 +175,7 @@ impl ExeResolver {
                     })?;
                     let client = ResolverClient::new(
                         tarpc::client::Config::default(),
-                        transport::framed(stream),
+                        transport::client(stream, transport::Service::Resolver),
                     )
                     .spawn();
                     self.client = Some(client.clone());

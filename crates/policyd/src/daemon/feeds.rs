@@ -176,8 +176,11 @@ async fn follow_once(engine: &Shared, path: &Path, backoff: &mut Backoff) -> Str
         Ok(s) => s,
         Err(e) => return e.to_string(),
     };
-    let client =
-        ResolverClient::new(tarpc::client::Config::default(), transport::framed(stream)).spawn();
+    let client = ResolverClient::new(
+        tarpc::client::Config::default(),
+        transport::client(stream, transport::Service::Resolver),
+    )
+    .spawn();
     let snapshot = match client.list(transport::context_with_deadline(30)).await {
         Ok(s) => s,
         Err(e) => return format!("resolver list failed: {e}"),

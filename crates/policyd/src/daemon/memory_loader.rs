@@ -1,5 +1,5 @@
 //! An in-memory stand-in for bpf-loader that keeps the loader's contract
-//! (all-or-nothing apply at `from_generation`, generation bumps, state
+//! (all-or-nothing apply at `from_generation`, the same validation, generation bumps, state
 //! snapshots, the attachments it reports) without BPF: for tests and
 //! benchmarks of the daemon over real sockets, unprivileged.
 
@@ -10,17 +10,14 @@ use std::{
 };
 
 use futures::StreamExt;
+use kernel_model::{diff::MapDiff, state::KernelState, validate::validate};
 use proto::{
     loader::{
         Attachment, Counters, Event, EventBatch, Loader, LoaderError, LoaderInfo, StateSnapshot,
     },
-    state::{KernelState, MapDiff},
     transport,
 };
-use tarpc::{
-    context::Context,
-    server::{BaseChannel, Channel},
-};
+use tarpc::{context::Context, server::Channel};
 
 #[derive(Debug, Default)]
 pub struct Maps {
@@ -114,16 +111,14 @@ impl MemoryLoader {
     pub fn serve(&self, socket: &Path) -> std::io::Result<()> {
         let listener = transport::bind(socket, 0o600, None)?;
         let loader = self.clone();
-        tokio::spawn(transport::accept_loop(
+        tokio::spawn(transport::serve(
             listener,
             transport::PeerPolicy::RootOnly,
-            move |stream, _| {
-                let channel = BaseChannel::with_defaults(transport::framed(stream));
-                tokio::spawn(
-                    channel
-                        .execute(loader.clone().serve())
-                        .for_each(transport::spawn_request),
-                );
+            transport::Service::Loader,
+            move |channel, _| {
+                channel
+                    .execute(loader.clone().serve())
+                    .for_each(transport::spawn_request)
             },
         ));
         Ok(())
@@ -138,13 +133,6 @@ impl Loader for MemoryLoader {
             pin_dir: String::new(),
         }
     }
-    async fn attach(self, _: Context, cgroup: String) -> Result<Attachment, LoaderError> {
-        Ok(self.attach_cgroup(&cgroup))
-    }
-    async fn detach(self, _: Context, cgroup: String) -> Result<(), LoaderError> {
-        self.maps().attachments.remove(&hierarchy_path(&cgroup));
-        Ok(())
-    }
     async fn attachments(self, _: Context) -> Vec<Attachment> {
         self.maps().attachments.values().cloned().collect()
     }
@@ -156,6 +144,8 @@ impl Loader for MemoryLoader {
                 actual: m.generation,
             });
         }
+        // Refused exactly as the real loader refuses it.
+        validate(&m.state, &diff.ops).map_err(|e| LoaderError::InvalidDiff(e.to_string()))?;
         if let Some(v) = diff.unknown_verdict {
             m.state.unknown_verdict = v;
         }

@@ -15,7 +15,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use futures::StreamExt;
 use proto::{policyd::Policyd, transport};
-use tarpc::server::{BaseChannel, Channel};
+use tarpc::server::Channel;
 use tokio::sync::Mutex;
 
 use self::engine::Engine;
@@ -153,18 +153,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
-    transport::accept_loop(listener, peer_policy, move |stream, peer| {
-        tracing::debug!(uid = peer.uid, pid = ?peer.pid, "client connected");
-        let server = server::PolicydServer {
-            engine: engine.clone(),
-        };
-        let channel = BaseChannel::with_defaults(transport::framed(stream));
-        tokio::spawn(
+    transport::serve(
+        listener,
+        peer_policy,
+        transport::Service::Policyd,
+        move |channel, peer| {
+            tracing::debug!(uid = peer.uid, pid = ?peer.pid, "client connected");
+            let server = server::PolicydServer {
+                engine: engine.clone(),
+            };
             channel
                 .execute(server.serve())
-                .for_each(transport::spawn_request),
-        );
-    })
+                .for_each(transport::spawn_request)
+        },
+    )
     .await
     .context("accepting connections failed")
 }

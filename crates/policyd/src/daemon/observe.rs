@@ -209,9 +209,9 @@ pub async fn gather(engine: &Shared, recorder: &Recorder) -> Scrape {
                     e.policy_name(p.policy_id)?
                 };
                 Some([
-                    (name.clone(), proto::state::Verdict::Allow, p.allowed),
-                    (name.clone(), proto::state::Verdict::Deny, p.denied),
-                    (name, proto::state::Verdict::Audit, p.audited),
+                    (name.clone(), kernel_model::state::Verdict::Allow, p.allowed),
+                    (name.clone(), kernel_model::state::Verdict::Deny, p.denied),
+                    (name, kernel_model::state::Verdict::Audit, p.audited),
                 ])
             })
             .flatten()

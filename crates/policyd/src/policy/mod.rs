@@ -38,7 +38,7 @@ mod bad_input;
 
 use std::{collections::BTreeMap, fmt, path::Path};
 
-use proto::state::{ProcessMatch, Verdict};
+use kernel_model::state::{ProcessMatch, Verdict};
 use serde::{Deserialize, Serialize};
 
 use crate::{

@@ -21,7 +21,7 @@
 use std::collections::HashSet;
 
 use contain_common::proto as ipproto;
-use proto::state::Verdict;
+use kernel_model::state::Verdict;
 use serde::Deserialize;
 
 use super::{

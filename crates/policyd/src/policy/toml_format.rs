@@ -41,7 +41,7 @@ use std::{
 };
 
 use contain_common::proto as ipproto;
-use proto::state::Verdict;
+use kernel_model::state::Verdict;
 use serde::{de, Deserialize, Deserializer};
 use serde_spanned::Spanned;
 

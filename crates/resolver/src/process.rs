@@ -1,6 +1,8 @@
 //! What /proc says about one process: when it started (to tell a reused pid
 //! from the process the runtime announced), its cgroup v2 path and its
-//! network namespace.
+//! network namespace. `cgroup` is read by the `procfs` crate; `stat` is not:
+//! its parser slices the text unchecked (it panics on a line that is not
+//! the kernel's) and wants every field, where only the start time is needed.
 
 use std::{
     fs::File,
@@ -54,7 +56,7 @@ impl Proc {
 
     /// The v2 cgroup path of `pid` (`0::` entry of `/proc/<pid>/cgroup`).
     pub fn cgroup_path(&self, pid: u32) -> Option<String> {
-        let text = std::fs::read_to_string(self.pid_path(pid, "cgroup")).ok()?;
+        let text = std::fs::read(self.pid_path(pid, "cgroup")).ok()?;
         cgroup::parse_proc_cgroup(&text)
     }
 

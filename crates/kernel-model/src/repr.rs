@@ -1,11 +1,23 @@
-//! Between proto's plain state types and the kernel's `#[repr(C)]` keys and
-//! values. Pure, so the byte layout the kernel matches on is unit-tested.
+//! Between the model's plain entries and the kernel's `#[repr(C)]` keys and
+//! values, both ways. Every entry the loader writes goes through here, so
+//! what cannot be encoded is what the loader refuses.
 
-use aya::maps::lpm_trie::Key;
 use contain_common as kern;
-use proto::state::{CgroupEntry, DestKey, FileId, PortKey, ProcessKey, ProcessMatch, Verdict};
 use thiserror::Error;
 
+use crate::state::{
+    CgroupEntry, DestPrefix, FileId, PortPrefix, ProcessKey, ProcessMatch, Verdict,
+};
+
+/// A key of an LPM trie as the kernel takes it: how many leading bits of
+/// `data` must match.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LpmKey<K> {
+    pub prefix_len: u32,
+    pub data: K,
+}
+
+/// An entry the kernel's maps cannot hold as given.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum EncodeError {
     #[error("policy id {0} is out of range (1..{max})", max = kern::MAX_POLICIES)]
@@ -58,6 +70,12 @@ pub fn cgroup_entry(v: &kern::CgroupPolicy) -> CgroupEntry {
         unrestricted: v.flags & kern::CGROUP_UNRESTRICTED != 0,
         forwarded_dns: v.flags & kern::CGROUP_FORWARDED_DNS != 0,
     }
+}
+
+/// Whether a process entry can be keyed (its file's hash needs the
+/// loader's key, its policy id does not).
+pub fn check_process_key(k: &ProcessKey) -> Result<(), EncodeError> {
+    check_policy(k.policy_id)
 }
 
 /// The kernel's key of a process class entry. A file is keyed by its exe
@@ -132,7 +150,19 @@ fn masked<const N: usize>(bytes: [u8; N], bits: usize) -> [u8; N] {
     out
 }
 
-pub fn dest_key(k: &DestKey) -> Result<Key<kern::DestKey>, EncodeError> {
+/// Whether a destination entry goes to the exact-host hash map rather
+/// than the prefix trie.
+pub fn dest_is_host(k: &DestPrefix) -> bool {
+    kern::dest_is_host(k.prefix_len.into())
+}
+
+/// Whether a port entry goes to the exact-port hash map rather than the
+/// prefix trie.
+pub fn port_is_exact(k: &PortPrefix) -> bool {
+    kern::port_is_exact(k.port_bits.into())
+}
+
+pub fn dest_key(k: &DestPrefix) -> Result<LpmKey<kern::DestKey>, EncodeError> {
     check_policy(k.policy_id)?;
     if k.prefix_len > 128 {
         return Err(EncodeError::PrefixLen(k.prefix_len));
@@ -142,27 +172,28 @@ pub fn dest_key(k: &DestKey) -> Result<Key<kern::DestKey>, EncodeError> {
     if masked(k.addr, k.prefix_len as usize) != k.addr {
         return Err(EncodeError::NotCanonical(k.prefix_len));
     }
-    Ok(Key::new(
-        kern::DEST_KEY_FIXED_BITS + k.prefix_len as u32,
-        kern::DestKey {
+    Ok(LpmKey {
+        prefix_len: kern::DEST_KEY_FIXED_BITS + k.prefix_len as u32,
+        data: kern::DestKey {
             policy_id: k.policy_id,
             class: k.class,
             addr: k.addr,
         },
-    ))
+    })
 }
 
-pub fn dest_key_back(k: &Key<kern::DestKey>) -> DestKey {
-    let data = k.data();
-    DestKey {
-        policy_id: data.policy_id,
-        class: data.class,
-        addr: data.addr,
-        prefix_len: k.prefix_len().saturating_sub(kern::DEST_KEY_FIXED_BITS) as u8,
+/// A destination entry read back: from the trie with its key's length, or
+/// from the host map as `DEST_KEY_FIXED_BITS + 128`.
+pub fn dest_key_back(k: &LpmKey<kern::DestKey>) -> DestPrefix {
+    DestPrefix {
+        policy_id: k.data.policy_id,
+        class: k.data.class,
+        addr: k.data.addr,
+        prefix_len: k.prefix_len.saturating_sub(kern::DEST_KEY_FIXED_BITS) as u8,
     }
 }
 
-pub fn port_key(k: &PortKey) -> Result<Key<kern::PortKey>, EncodeError> {
+pub fn port_key(k: &PortPrefix) -> Result<LpmKey<kern::PortKey>, EncodeError> {
     if k.port_bits > 16 {
         return Err(EncodeError::PortBits(k.port_bits));
     }
@@ -173,24 +204,25 @@ pub fn port_key(k: &PortKey) -> Result<Key<kern::PortKey>, EncodeError> {
             bits: k.port_bits,
         });
     }
-    Ok(Key::new(
-        kern::PORT_KEY_FIXED_BITS + k.port_bits as u32,
-        kern::PortKey {
+    Ok(LpmKey {
+        prefix_len: kern::PORT_KEY_FIXED_BITS + k.port_bits as u32,
+        data: kern::PortKey {
             ruleset: k.ruleset,
             proto: k.proto,
             port,
             _pad: 0,
         },
-    ))
+    })
 }
 
-pub fn port_key_back(k: &Key<kern::PortKey>) -> PortKey {
-    let data = k.data();
-    PortKey {
-        ruleset: data.ruleset,
-        proto: data.proto,
-        port: u16::from_be_bytes(data.port),
-        port_bits: k.prefix_len().saturating_sub(kern::PORT_KEY_FIXED_BITS) as u8,
+/// A port entry read back: from the trie with its key's length, or from
+/// the exact map as `PORT_KEY_FIXED_BITS + 16`.
+pub fn port_key_back(k: &LpmKey<kern::PortKey>) -> PortPrefix {
+    PortPrefix {
+        ruleset: k.data.ruleset,
+        proto: k.data.proto,
+        port: u16::from_be_bytes(k.data.port),
+        port_bits: k.prefix_len.saturating_sub(kern::PORT_KEY_FIXED_BITS) as u8,
     }
 }
 
@@ -220,28 +252,28 @@ mod tests {
 
     #[test]
     fn ipv4_cidr_becomes_mapped_prefix() {
-        let k = DestKey {
+        let k = DestPrefix {
             policy_id: 3,
             class: 1,
             addr: v4([10, 0, 0, 0]),
             prefix_len: 96 + 8,
         };
         let enc = dest_key(&k).unwrap();
-        assert_eq!(enc.prefix_len(), 64 + 104);
-        assert_eq!(enc.data().addr[10..12], [0xff, 0xff]);
+        assert_eq!(enc.prefix_len, 64 + 104);
+        assert_eq!(enc.data.addr[10..12], [0xff, 0xff]);
         assert_eq!(dest_key_back(&enc), k);
     }
 
     #[test]
     fn non_canonical_prefixes_are_refused() {
-        let k = DestKey {
+        let k = DestPrefix {
             policy_id: 3,
             class: 0,
             addr: v4([10, 1, 0, 0]),
             prefix_len: 96 + 8,
         };
         assert!(matches!(dest_key(&k), Err(EncodeError::NotCanonical(104))));
-        let p = PortKey {
+        let p = PortPrefix {
             ruleset: 1,
             proto: 6,
             port: 1025,
@@ -253,15 +285,15 @@ mod tests {
     #[test]
     fn port_prefix_is_big_endian() {
         // 1024..=2047 is 0b00000100_00000000 with a 6-bit prefix.
-        let p = PortKey {
+        let p = PortPrefix {
             ruleset: 9,
             proto: 6,
             port: 1024,
             port_bits: 6,
         };
         let enc = port_key(&p).unwrap();
-        assert_eq!(enc.data().port, [0x04, 0x00]);
-        assert_eq!(enc.prefix_len(), 40 + 6);
+        assert_eq!(enc.data.port, [0x04, 0x00]);
+        assert_eq!(enc.prefix_len, 40 + 6);
         assert_eq!(port_key_back(&enc), p);
     }
 

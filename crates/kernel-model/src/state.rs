@@ -1,6 +1,5 @@
 //! The kernel state contain manages, as plain data: what policyd wants the
-//! loader's maps to hold, what the loader says they hold, and the diff
-//! between the two. Pure: no I/O, no BPF.
+//! loader's maps to hold and what the loader says they hold.
 
 use std::{collections::BTreeMap, fmt};
 
@@ -93,7 +92,7 @@ pub struct ProcessKey {
 /// A destination prefix of one (policy, process class). Addresses are 16
 /// bytes; IPv4 is `::ffff:a.b.c.d` with `prefix_len` 96 + the IPv4 length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct DestKey {
+pub struct DestPrefix {
     pub policy_id: u32,
     pub class: u32,
     pub addr: [u8; 16],
@@ -104,7 +103,7 @@ pub struct DestKey {
 /// `type << 8 | code` for ICMP; `port_bits` is how many leading bits of it
 /// must match (0 = any port / any type).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct PortKey {
+pub struct PortPrefix {
     pub ruleset: u32,
     pub proto: u8,
     pub port: u16,
@@ -124,11 +123,11 @@ pub enum Entry {
         class: u32,
     },
     Dest {
-        key: DestKey,
+        key: DestPrefix,
         ruleset: u32,
     },
     Port {
-        key: PortKey,
+        key: PortPrefix,
         rule_id: u32,
     },
     /// The container (by cgroup id) whose frames arrive on the host-side
@@ -145,8 +144,8 @@ pub enum Entry {
 pub enum EntryKey {
     Cgroup { id: u64 },
     Process { key: ProcessKey },
-    Dest { key: DestKey },
-    Port { key: PortKey },
+    Dest { key: DestPrefix },
+    Port { key: PortPrefix },
     Veth { ifindex: u32 },
 }
 
@@ -179,28 +178,12 @@ pub struct KernelState {
     #[serde(with = "as_pairs")]
     pub processes: BTreeMap<ProcessKey, u32>,
     #[serde(with = "as_pairs")]
-    pub dests: BTreeMap<DestKey, u32>,
+    pub dests: BTreeMap<DestPrefix, u32>,
     #[serde(with = "as_pairs")]
-    pub ports: BTreeMap<PortKey, u32>,
+    pub ports: BTreeMap<PortPrefix, u32>,
     /// Host-side veth ifindex → the cgroup id of the container behind it.
     #[serde(with = "as_pairs", default)]
     pub veths: BTreeMap<u32, u64>,
-}
-
-/// A transactional change: applied only if the loader is still at
-/// `from_generation`, all or nothing.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MapDiff {
-    pub from_generation: u64,
-    /// New global verdict for unknown cgroups, if it changes.
-    pub unknown_verdict: Option<Verdict>,
-    pub ops: Vec<MapOp>,
-}
-
-impl MapDiff {
-    pub fn is_empty(&self) -> bool {
-        self.unknown_verdict.is_none() && self.ops.is_empty()
-    }
 }
 
 impl KernelState {
@@ -291,24 +274,6 @@ impl KernelState {
         }
     }
 
-    /// The operations that turn `self` into `desired`: upserts for what is
-    /// new or changed, deletes for what is gone. Nothing for what is equal,
-    /// so a one-entry change is one operation.
-    pub fn diff_to(&self, desired: &KernelState) -> Vec<MapOp> {
-        let mut ops: Vec<MapOp> = desired
-            .entries()
-            .filter(|e| self.get(&e.key()) != Some(*e))
-            .map(|entry| MapOp::Upsert { entry })
-            .collect();
-        ops.extend(
-            self.entries()
-                .map(|e| e.key())
-                .filter(|k| desired.get(k).is_none())
-                .map(|key| MapOp::Delete { key }),
-        );
-        ops
-    }
-
     /// Every entry, in map order.
     pub fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
         let cgroups = self
@@ -336,89 +301,6 @@ impl KernelState {
             .chain(dests)
             .chain(ports)
             .chain(veths)
-    }
-}
-
-/// The order in which a diff's operations reach the kernel, so that a packet
-/// racing the update never sees a rule whose target is missing: first the
-/// rule tables a new policy points to, then the cgroup pointers, and only
-/// then the removal of what nothing points to any more. A veth points to a
-/// cgroup entry: it comes after it and goes before it.
-pub fn apply_order(op: &MapOp) -> u8 {
-    match op {
-        MapOp::Upsert {
-            entry: Entry::Veth { .. },
-        } => 4,
-        MapOp::Delete {
-            key: EntryKey::Veth { .. },
-        } => 4,
-        MapOp::Upsert {
-            entry: Entry::Port { .. },
-        } => 0,
-        MapOp::Upsert {
-            entry: Entry::Dest { .. },
-        } => 1,
-        MapOp::Upsert {
-            entry: Entry::Process { .. },
-        } => 2,
-        MapOp::Upsert {
-            entry: Entry::Cgroup { .. },
-        } => 3,
-        MapOp::Delete {
-            key: EntryKey::Cgroup { .. },
-        } => 5,
-        MapOp::Delete {
-            key: EntryKey::Process { .. },
-        } => 6,
-        MapOp::Delete {
-            key: EntryKey::Dest { .. },
-        } => 7,
-        MapOp::Delete {
-            key: EntryKey::Port { .. },
-        } => 8,
-    }
-}
-
-/// How many operations touch each map, for reports.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OpCounts {
-    pub upserts: usize,
-    pub deletes: usize,
-    pub cgroups: usize,
-    pub processes: usize,
-    pub dests: usize,
-    pub ports: usize,
-    #[serde(default)]
-    pub veths: usize,
-}
-
-impl OpCounts {
-    pub fn of(ops: &[MapOp]) -> Self {
-        let mut c = OpCounts::default();
-        for op in ops {
-            let key = match op {
-                MapOp::Upsert { entry } => {
-                    c.upserts += 1;
-                    entry.key()
-                }
-                MapOp::Delete { key } => {
-                    c.deletes += 1;
-                    *key
-                }
-            };
-            match key {
-                EntryKey::Cgroup { .. } => c.cgroups += 1,
-                EntryKey::Process { .. } => c.processes += 1,
-                EntryKey::Dest { .. } => c.dests += 1,
-                EntryKey::Port { .. } => c.ports += 1,
-                EntryKey::Veth { .. } => c.veths += 1,
-            }
-        }
-        c
-    }
-
-    pub fn total(&self) -> usize {
-        self.upserts + self.deletes
     }
 }
 
@@ -473,7 +355,7 @@ mod tests {
             },
         });
         s.upsert(Entry::Dest {
-            key: DestKey {
+            key: DestPrefix {
                 policy_id: 1,
                 class: 0,
                 addr: [0; 16],
@@ -482,7 +364,7 @@ mod tests {
             ruleset: 7,
         });
         s.upsert(Entry::Port {
-            key: PortKey {
+            key: PortPrefix {
                 ruleset: 7,
                 proto: 6,
                 port: 443,
@@ -524,51 +406,5 @@ mod tests {
         assert!(s.get(&key).is_some());
         s.apply_ops(&[MapOp::Delete { key }]);
         assert_eq!(s, before);
-    }
-
-    #[test]
-    fn diff_then_apply_reaches_the_target() {
-        let a = sample();
-        let mut b = sample();
-        b.remove(&port_key());
-        b.upsert(Entry::Cgroup {
-            id: 43,
-            value: CgroupEntry {
-                policy_id: 1,
-                audit: true,
-                unrestricted: false,
-                forwarded_dns: false,
-            },
-        });
-        let ops = a.diff_to(&b);
-        assert_eq!(ops.len(), 2);
-        let mut applied = a.clone();
-        applied.apply_ops(&ops);
-        assert_eq!(applied, b);
-        assert!(b.diff_to(&b).is_empty());
-    }
-
-    #[test]
-    fn apply_order_puts_targets_before_pointers() {
-        let port = MapOp::Upsert {
-            entry: sample().entries().last().unwrap(),
-        };
-        let cg = MapOp::Upsert {
-            entry: sample().entries().next().unwrap(),
-        };
-        let del_port = MapOp::Delete { key: port_key() };
-        assert!(apply_order(&port) < apply_order(&cg));
-        assert!(apply_order(&cg) < apply_order(&del_port));
-    }
-
-    fn port_key() -> EntryKey {
-        EntryKey::Port {
-            key: PortKey {
-                ruleset: 7,
-                proto: 6,
-                port: 443,
-                port_bits: 16,
-            },
-        }
     }
 }

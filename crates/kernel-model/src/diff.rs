@@ -1,12 +1,41 @@
-//! The minimal change from the kernel state there is to the one wanted.
+//! The minimal change from the kernel state there is to the one wanted,
+//! and the order it reaches the kernel in.
 //!
 //! `apply(diff(a, b), a) == b` for all states (property-tested). Operations
-//! come in the order `proto::state::apply_order` prescribes, so a packet
-//! racing the update never meets a pointer to a missing table.
+//! come in the order [`apply_order`] prescribes, so a packet racing the
+//! update never meets a pointer to a missing table.
 
 use std::collections::BTreeMap;
 
-use proto::state::{apply_order, Entry, EntryKey, KernelState, MapOp, Verdict};
+use serde::{Deserialize, Serialize};
+
+use crate::state::{Entry, EntryKey, KernelState, MapOp, Verdict};
+
+/// A transactional change: applied only if the loader is still at
+/// `from_generation`, all or nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapDiff {
+    pub from_generation: u64,
+    /// New global verdict for unknown cgroups, if it changes.
+    pub unknown_verdict: Option<Verdict>,
+    pub ops: Vec<MapOp>,
+}
+
+impl MapDiff {
+    /// The diff that turns `current` (the loader's state at
+    /// `from_generation`) into `desired`.
+    pub fn between(from_generation: u64, current: &KernelState, desired: &KernelState) -> Self {
+        MapDiff {
+            from_generation,
+            unknown_verdict: diff_verdict(current, desired),
+            ops: diff_ops(current, desired),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.unknown_verdict.is_none() && self.ops.is_empty()
+    }
+}
 
 /// Upserts for keys that are new or changed, deletes for keys that are gone.
 fn diff_map<K: Ord + Copy, V: PartialEq + Copy>(
@@ -110,13 +139,94 @@ pub fn apply(state: &mut KernelState, unknown_verdict: Option<Verdict>, ops: &[M
     state.apply_ops(ops);
 }
 
-pub use proto::state::OpCounts;
+/// The order in which a diff's operations reach the kernel, so that a packet
+/// racing the update never sees a rule whose target is missing: first the
+/// rule tables a new policy points to, then the cgroup pointers, and only
+/// then the removal of what nothing points to any more. A veth points to a
+/// cgroup entry: it comes after it and goes before it.
+pub fn apply_order(op: &MapOp) -> u8 {
+    match op {
+        MapOp::Upsert {
+            entry: Entry::Port { .. },
+        } => 0,
+        MapOp::Upsert {
+            entry: Entry::Dest { .. },
+        } => 1,
+        MapOp::Upsert {
+            entry: Entry::Process { .. },
+        } => 2,
+        MapOp::Upsert {
+            entry: Entry::Cgroup { .. },
+        } => 3,
+        MapOp::Upsert {
+            entry: Entry::Veth { .. },
+        }
+        | MapOp::Delete {
+            key: EntryKey::Veth { .. },
+        } => 4,
+        MapOp::Delete {
+            key: EntryKey::Cgroup { .. },
+        } => 5,
+        MapOp::Delete {
+            key: EntryKey::Process { .. },
+        } => 6,
+        MapOp::Delete {
+            key: EntryKey::Dest { .. },
+        } => 7,
+        MapOp::Delete {
+            key: EntryKey::Port { .. },
+        } => 8,
+    }
+}
+
+/// How many operations touch each map, for reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpCounts {
+    pub upserts: usize,
+    pub deletes: usize,
+    pub cgroups: usize,
+    pub processes: usize,
+    pub dests: usize,
+    pub ports: usize,
+    #[serde(default)]
+    pub veths: usize,
+}
+
+impl OpCounts {
+    pub fn of(ops: &[MapOp]) -> Self {
+        let mut c = OpCounts::default();
+        for op in ops {
+            let key = match op {
+                MapOp::Upsert { entry } => {
+                    c.upserts += 1;
+                    entry.key()
+                }
+                MapOp::Delete { key } => {
+                    c.deletes += 1;
+                    *key
+                }
+            };
+            match key {
+                EntryKey::Cgroup { .. } => c.cgroups += 1,
+                EntryKey::Process { .. } => c.processes += 1,
+                EntryKey::Dest { .. } => c.dests += 1,
+                EntryKey::Port { .. } => c.ports += 1,
+                EntryKey::Veth { .. } => c.veths += 1,
+            }
+        }
+        c
+    }
+
+    pub fn total(&self) -> usize {
+        self.upserts + self.deletes
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::{CgroupEntry, DestPrefix, FileId, PortPrefix, ProcessKey, ProcessMatch};
     use proptest::prelude::*;
-    use proto::state::{CgroupEntry, DestKey, PortKey, ProcessKey, ProcessMatch};
 
     fn arb_state() -> impl Strategy<Value = KernelState> {
         // Small key spaces so states overlap and values collide often.
@@ -137,7 +247,7 @@ mod tests {
             (0u32..3, any::<bool>(), 0u64..4).prop_map(|(policy_id, exe, h)| ProcessKey {
                 policy_id,
                 process: if exe {
-                    ProcessMatch::File(proto::state::FileId {
+                    ProcessMatch::File(FileId {
                         dev: 52,
                         ino: h,
                         ctime_sec: 1,
@@ -154,7 +264,7 @@ mod tests {
             (0u32..3, 0u32..2, 0u8..4, 0u8..129).prop_map(|(policy_id, class, b, prefix_len)| {
                 let mut addr = [0u8; 16];
                 addr[15] = b;
-                DestKey {
+                DestPrefix {
                     policy_id,
                     class,
                     addr,
@@ -171,7 +281,7 @@ mod tests {
                 0u16..4,
                 0u8..17,
             )
-                .prop_map(|(ruleset, proto, port, port_bits)| PortKey {
+                .prop_map(|(ruleset, proto, port, port_bits)| PortPrefix {
                     ruleset,
                     proto,
                     port,
@@ -218,6 +328,56 @@ mod tests {
             let ops = diff_ops(&a, &b);
             prop_assert!(ops.windows(2).all(|w| apply_order(&w[0]) <= apply_order(&w[1])));
         }
+    }
+
+    #[test]
+    fn apply_order_puts_targets_before_pointers() {
+        let port = MapOp::Upsert {
+            entry: Entry::Port {
+                key: PortPrefix {
+                    ruleset: 7,
+                    proto: 6,
+                    port: 443,
+                    port_bits: 16,
+                },
+                rule_id: 3,
+            },
+        };
+        let cgroup = MapOp::Upsert {
+            entry: Entry::Cgroup {
+                id: 42,
+                value: CgroupEntry {
+                    policy_id: 1,
+                    audit: false,
+                    unrestricted: false,
+                    forwarded_dns: false,
+                },
+            },
+        };
+        let veth = MapOp::Upsert {
+            entry: Entry::Veth {
+                ifindex: 5,
+                cgroup_id: 42,
+            },
+        };
+        let del_cgroup = MapOp::Delete {
+            key: EntryKey::Cgroup { id: 42 },
+        };
+        let del_port = MapOp::Delete {
+            key: EntryKey::Port {
+                key: PortPrefix {
+                    ruleset: 7,
+                    proto: 6,
+                    port: 443,
+                    port_bits: 16,
+                },
+            },
+        };
+        let order: Vec<u8> = [&port, &cgroup, &veth, &del_cgroup, &del_port]
+            .into_iter()
+            .map(apply_order)
+            .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
     }
 
     #[test]

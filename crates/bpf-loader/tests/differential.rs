@@ -1,0 +1,389 @@
+//! The kernel's egress decision against the model's
+//! (`kernel_model::decide::egress`): random kernel states, installed through
+//! the real loader's diff and apply, and random packets run through the
+//! egress program with BPF_PROG_TEST_RUN. Every verdict must be the
+//! model's, including the special cases: the kernel's own neighbour
+//! discovery and MLD, later fragments (no port), forged local sources over
+//! loopback, source routes (judged hop by hop, or unjudgeable), unknown and
+//! unrestricted cgroups, audit mode.
+//!
+//! A test run's socket is one no process created (no socket storage, not
+//! TCP, not UDP), so the cases that need a process's socket (accepted
+//! connections, UDP replies, per-process classes) are the datapath tests'
+//! and the model's unit tests' to prove.
+//!
+//! `DIFFERENTIAL_SEED=N` replays a run; each run prints its seed.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use bpf_loader::{kernel::Kernel, testrun};
+use common::packets::{self, Ext, ICMP, ICMPV6, TCP, UDP};
+use common::require_root;
+use contain_common::{program_names, proto::ANY};
+use kernel_model::{
+    decide::{egress, Packet, Socket, SocketKind},
+    diff::MapDiff,
+    prefix::{addr_key, PortBlock, Prefix, V4_BLOCK_LEN},
+    state::{
+        CgroupEntry, DestPrefix, Entry, KernelState, PortPrefix, ProcessKey, ProcessMatch, Verdict,
+    },
+};
+
+const ROUNDS: usize = 150;
+const PACKETS_PER_ROUND: usize = 300;
+const LOOPBACK_IFINDEX: u32 = 1;
+const GRE: u8 = 47;
+
+/// splitmix64: small, seedable, good enough to spread cases.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())]
+    }
+}
+
+fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+    Ipv4Addr::new(a, b, c, d).into()
+}
+
+fn v6(text: &str) -> Ipv6Addr {
+    text.parse().expect("an IPv6 address")
+}
+
+/// Destinations packets go to and rules are built around, so that they
+/// meet often.
+fn v4_universe() -> Vec<IpAddr> {
+    vec![
+        v4(198, 18, 0, 1),
+        v4(198, 18, 0, 2), // the frames' source
+        v4(198, 18, 0, 5),
+        v4(198, 18, 1, 1),
+        v4(198, 18, 9, 9),
+        v4(10, 0, 0, 1),
+        v4(127, 0, 0, 1),
+    ]
+}
+
+fn v6_universe() -> Vec<Ipv6Addr> {
+    [
+        "2001:db8:77::1",
+        "2001:db8:77::2", // the frames' source
+        "2001:db8:77::5",
+        "2001:db8:99::9",
+        "ff02::16",
+        "ff02::1:ff00:1",
+        "::1",
+        "::ffff:198.18.0.1",
+    ]
+    .into_iter()
+    .map(v6)
+    .collect()
+}
+
+fn random_state(rng: &mut Rng, own_cgroup: u64) -> KernelState {
+    let mut s = KernelState {
+        unknown_verdict: rng.pick(&[Verdict::Deny, Verdict::Allow, Verdict::Audit]),
+        ..KernelState::default()
+    };
+    let entry = |policy_id, audit, unrestricted| CgroupEntry {
+        policy_id,
+        audit,
+        unrestricted,
+        forwarded_dns: false,
+    };
+    let own = match rng.below(10) {
+        0 => None,
+        1 => Some(entry(0, false, true)),
+        2 => Some(entry(1, true, false)),
+        3 => Some(entry(2, false, false)),
+        _ => Some(entry(1, false, false)),
+    };
+    if let Some(value) = own {
+        s.upsert(Entry::Cgroup {
+            id: own_cgroup,
+            value,
+        });
+    }
+    // Other containers, which must not matter.
+    for id in [own_cgroup + 1, own_cgroup + 2] {
+        if rng.chance(50) {
+            s.upsert(Entry::Cgroup {
+                id,
+                value: entry(rng.pick(&[1, 2]), rng.chance(30), false),
+            });
+        }
+    }
+    // Process classes: a socket no process created is in none of them.
+    for class in 1..=rng.below(3) as u32 {
+        s.upsert(Entry::Process {
+            key: ProcessKey {
+                policy_id: rng.pick(&[1, 2]),
+                process: ProcessMatch::Comm(rng.next()),
+            },
+            class,
+        });
+    }
+    let addresses: Vec<u128> = v4_universe()
+        .into_iter()
+        .chain(v6_universe().into_iter().map(IpAddr::V6))
+        .map(addr_key)
+        .collect();
+    for _ in 0..rng.below(14) {
+        let addr = rng.pick(&addresses);
+        let len = if Prefix::new(addr, 128).family() == kernel_model::prefix::Family::V4 {
+            V4_BLOCK_LEN + rng.pick(&[0u8, 8, 16, 24, 31, 32])
+        } else {
+            rng.pick(&[0u8, 16, 32, 48, 64, 96, 112, 127, 128])
+        };
+        s.upsert(Entry::Dest {
+            key: DestPrefix {
+                policy_id: rng.pick(&[1, 1, 2]),
+                class: if rng.chance(85) { 0 } else { 1 },
+                addr: Prefix::new(addr, len).key_bytes(),
+                prefix_len: len,
+            },
+            ruleset: 1 + rng.below(6) as u32,
+        });
+    }
+    for ruleset in 1..=6u32 {
+        for _ in 0..rng.below(5) {
+            let proto = rng.pick(&[TCP, TCP, UDP, UDP, ICMP, ICMPV6, ANY, GRE]);
+            let block = match proto {
+                ANY => PortBlock::ALL,
+                ICMP | ICMPV6 => {
+                    let ty: u16 = rng.pick(&[0, 3, 8, 128, 133, 135, 136, 143]);
+                    PortBlock::enclosing(ty << 8, rng.pick(&[0u8, 8, 8, 16]))
+                }
+                _ => PortBlock::enclosing(
+                    rng.pick(&[53u16, 80, 443, 8080, 1024, 65535]),
+                    rng.pick(&[0u8, 6, 8, 12, 16, 16, 16]),
+                ),
+            };
+            s.upsert(Entry::Port {
+                key: PortPrefix {
+                    ruleset,
+                    proto,
+                    port: block.port,
+                    port_bits: block.bits,
+                },
+                rule_id: 1 + rng.below(1000) as u32,
+            });
+        }
+    }
+    s
+}
+
+/// One random frame, the model's reading of it, and whether it leaves
+/// through the loopback device.
+fn random_packet(rng: &mut Rng) -> (Vec<u8>, Packet, bool) {
+    let is_v6 = rng.chance(50);
+    let over_loopback = rng.chance(12);
+    let source = packets::source(is_v6);
+    let proto = if is_v6 {
+        rng.pick(&[TCP, UDP, ICMPV6, ICMPV6, GRE])
+    } else {
+        rng.pick(&[TCP, UDP, ICMP, GRE])
+    };
+    let port: u16 = match proto {
+        TCP | UDP => rng.pick(&[53, 80, 443, 444, 1025, 8080, 8081, 65535]),
+        ICMP => rng.pick(&[0u16, 3, 8, 13]) << 8 | rng.pick(&[0u16, 0, 1]),
+        ICMPV6 => rng.pick(&[128u16, 129, 130, 133, 134, 135, 136, 137, 143]) << 8,
+        _ => 0,
+    };
+    let later_fragment = rng.chance(12);
+    let mut model = Packet {
+        source,
+        dest: source,
+        proto,
+        port: if later_fragment { 0 } else { port },
+        tcp_opening: proto == TCP && !later_fragment,
+        later_fragment,
+        hop_limit: 64,
+        route: Vec::new(),
+        unjudgeable: false,
+        over_loopback,
+    };
+    let frame = if is_v6 {
+        let dest = if over_loopback && rng.chance(30) {
+            v6("2001:db8:77::2")
+        } else {
+            rng.pick(&v6_universe())
+        };
+        model.dest = dest.into();
+        let routed = !later_fragment && rng.chance(15);
+        let frame = if routed {
+            let hops: Vec<Ipv6Addr> = (0..rng.below(4))
+                .map(|_| rng.pick(&v6_universe()))
+                .collect();
+            let segments_left = rng.below(hops.len() + 2) as u8;
+            let routing_type = if rng.chance(80) { 0 } else { 3 };
+            if segments_left != 0 {
+                let sound = routing_type == 0
+                    && !hops.is_empty()
+                    && hops.len() <= 2
+                    && segments_left as usize <= hops.len();
+                if sound {
+                    model.route = hops.iter().map(|&h| IpAddr::V6(h)).collect();
+                } else {
+                    model.unjudgeable = true;
+                }
+            }
+            packets::ipv6_routed(dest, proto, port, routing_type, &hops, segments_left)
+        } else {
+            let mut exts = Vec::new();
+            if rng.chance(20) {
+                exts.push(rng.pick(&[Ext::HopByHop, Ext::DestOpts]));
+            }
+            if later_fragment {
+                exts.push(Ext::Fragment(100));
+            }
+            packets::ipv6(dest, proto, port, &exts)
+        };
+        let hop_limit = if proto == ICMPV6 {
+            rng.pick(&[1u8, 64, 255])
+        } else {
+            64
+        };
+        model.hop_limit = hop_limit;
+        packets::with_hop_limit(frame, hop_limit)
+    } else {
+        let dest = if over_loopback && rng.chance(30) {
+            source
+        } else {
+            rng.pick(&v4_universe())
+        };
+        model.dest = dest;
+        let IpAddr::V4(dest4) = dest else {
+            unreachable!("the IPv4 universe holds IPv4 addresses")
+        };
+        let options = if rng.chance(15) { 8 } else { 0 };
+        packets::ipv4(
+            dest4,
+            proto,
+            port,
+            options,
+            if later_fragment { 100 } else { 0 },
+        )
+    };
+    (frame, model, over_loopback)
+}
+
+struct PinDir(std::path::PathBuf);
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn kernel_decides_as_the_model() {
+    let Some(()) = require_root("kernel_decides_as_the_model") else {
+        return;
+    };
+    let seed = std::env::var("DIFFERENTIAL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    eprintln!("DIFFERENTIAL_SEED={seed}");
+    let mut rng = Rng(seed);
+    let pins = PinDir(std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/contain-t-{}-differential",
+        std::process::id()
+    )));
+    let (mut kernel, _events) = Kernel::load(&pins.0).expect("loading the eBPF object");
+    let program = kernel
+        .program_fd(program_names::EGRESS)
+        .expect("egress program");
+    let ifindex = testrun::egress_ifindex().expect("an interface to run packets through");
+    // A test run's socket belongs to the cgroup of the process running it.
+    let own_cgroup = bpf_loader::fs::own_cgroup_id().expect("own cgroup id");
+    let socket = Socket::Unstamped {
+        kind: SocketKind::Other,
+    };
+
+    let mut mismatches = Vec::new();
+    let mut seen = std::collections::BTreeMap::new();
+    for round in 0..ROUNDS {
+        let desired = random_state(&mut rng, own_cgroup);
+        // From the previous round's state: the diff and its apply order are
+        // under test too.
+        let diff = MapDiff::between(kernel.generation(), kernel.state(), &desired);
+        kernel.apply(&diff).expect("the loader applies the diff");
+        assert_eq!(
+            kernel.state(),
+            &desired,
+            "round {round}: the loader's state"
+        );
+        for _ in 0..PACKETS_PER_ROUND {
+            let (frame, packet, over_loopback) = random_packet(&mut rng);
+            let model = egress(&desired, own_cgroup, &socket, &packet);
+            let through = if over_loopback {
+                LOOPBACK_IFINDEX
+            } else {
+                ifindex
+            };
+            let run = testrun::run(program, &frame, 1, through).expect("BPF_PROG_TEST_RUN");
+            let kernel_passes = run.retval == 1;
+            *seen
+                .entry((format!("{:?}", model.reason), model.verdict))
+                .or_insert(0u32) += 1;
+            if kernel_passes != model.passes() && mismatches.len() < 20 {
+                mismatches.push(format!(
+                    "round {round}: kernel {} but the model says {:?} ({:?})\n  packet {packet:?}\n  cgroup {:?}\n  lookup {:?}",
+                    if kernel_passes { "passes" } else { "drops" },
+                    model.verdict,
+                    model.reason,
+                    desired.cgroups.get(&own_cgroup),
+                    model.lookup,
+                ));
+            }
+        }
+    }
+    for ((reason, verdict), n) in &seen {
+        eprintln!("{reason:<20} {verdict:<6} {n}");
+    }
+    // The run must have reached every case it claims to compare.
+    for (reason, verdict) in [
+        ("Rules", Verdict::Allow),
+        ("Rules", Verdict::Deny),
+        ("Rules", Verdict::Audit),
+        ("Unrestricted", Verdict::Allow),
+        ("KernelLinkControl", Verdict::Allow),
+        ("Unjudgeable", Verdict::Deny),
+        ("SourceRoute", Verdict::Allow),
+        ("SourceRoute", Verdict::Deny),
+    ] {
+        assert!(
+            seen.contains_key(&(reason.to_string(), verdict)),
+            "no case of {reason} {verdict} was generated (seed {seed})"
+        );
+    }
+    assert!(
+        mismatches.is_empty(),
+        "the kernel and the model disagree (DIFFERENTIAL_SEED={seed}):\n{}",
+        mismatches.join("\n")
+    );
+}
