@@ -213,7 +213,16 @@ in
           expect_denied(machine, raw_icmp("curler"), "curler IP_HDRINCL icmp")
 
       with subtest("denied attempts are logged"):
-          machine.succeed("journalctl -u contain-bpf-loader -o cat | grep -qi deny")
+          machine.succeed(
+              "journalctl -u contain-policyd -o cat | grep '\"contain.verdict\":\"deny\"' "
+              "| grep -q '\"container.name\":\"curler\"'"
+          )
+
+      with subtest("the denials moved curler's counter on the metrics page"):
+          machine.succeed(
+              f"{curl} -sf http://127.0.0.1:9879/metrics "
+              "| grep -E '^contain_container_verdicts_total\\{action=\"deny\",policy=\"curler\",container=\"curler\"\\} [1-9]'"
+          )
 
       with subtest("first packet: a new container's first process is already filtered"):
           expect_denied(

@@ -176,7 +176,7 @@ if m is not None:
     check(exec_is(Lc, "bpf-loader", "--socket /run/contain/loader.sock --attach-parent /sys/fs/cgroup/contain.slice --client-user contain"),
           f"loader: ExecStart = {Lc.get('ExecStart')}")
     check(exec_is(Rc, "resolver", "--socket /run/contain/resolver.sock"), f"resolver: ExecStart = {Rc.get('ExecStart')}")
-    check(exec_is(Pc, "policyd", "daemon --policy /etc/contain/policy.toml --socket /run/contain/policyd.sock"),
+    check(exec_is(Pc, "policyd", "daemon --policy /etc/contain/policy.toml --socket /run/contain/policyd.sock --metrics-listen 127.0.0.1:9879"),
           f"policyd: ExecStart = {Pc.get('ExecStart')}")
 
     check(sorted(Lc.get("CapabilityBoundingSet", [])) == sorted(["CAP_BPF", "CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_PERFMON"]),
@@ -212,8 +212,19 @@ if m is not None:
           "policyd: after (and wants) the loader and the resolver")
     check(re.fullmatch(r"/nix/store/\S+/bin/kill -HUP \$MAINPID", Pc.get("ExecReload", "")) is not None,
           f"policyd: ExecReload sends SIGHUP ({Pc.get('ExecReload')})")
-    check(Pc.get("PrivateNetwork") is True and Pc.get("RestrictAddressFamilies") == ["AF_UNIX"],
-          "policyd: no network, Unix sockets only")
+    check(Pc.get("PrivateNetwork") is False and Pc.get("RestrictAddressFamilies") == ["AF_UNIX", "AF_INET", "AF_INET6"]
+          and Pc.get("IPAddressDeny") == "any" and Pc.get("IPAddressAllow") == ["localhost"],
+          "policyd with metrics (the default): IP sockets, reachable from localhost only")
+    check(o.get("metricsListenAddressDefault") == "127.0.0.1:9879" and o.get("metricsAllowedClientsDefault") == ["localhost"],
+          "options: metrics on 127.0.0.1:9879 for localhost by default")
+    nm = get(m, "variants", "noMetrics", default={})
+    check(nm.get("PrivateNetwork") is True and nm.get("RestrictAddressFamilies") == ["AF_UNIX"]
+          and "IPAddressDeny" not in nm and nm.get("ExecStart", "").endswith(" --metrics-listen off"),
+          "policyd without metrics (metricsListenAddress = null): no network, Unix sockets only, --metrics-listen off")
+    v6 = get(m, "variants", "ipv6Metrics", default={})
+    check(v6.get("ExecStart", "").endswith(" --metrics-listen [::1]:9879")
+          and v6.get("IPAddressAllow") == ["localhost", "10.0.0.0/8"],
+          "policyd metrics on [::1]:9879 for the clients listed")
     src = s["etc"].get("contain/policy.toml", {}).get("source", "")
     check(src != "" and P.get("reloadTriggers") == [src],
           "policyd: reloaded (not restarted) when /etc/contain/policy.toml changes")

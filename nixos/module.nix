@@ -79,6 +79,7 @@ let
 
   # "a-b.slice" lives at a.slice/a-b.slice in the cgroup tree (systemd.slice(5)).
   sliceName = lib.removeSuffix ".slice" cfg.cgroupParent;
+  metricsListen = if cfg.metricsListenAddress == null then "off" else cfg.metricsListenAddress;
   sliceParts = lib.splitString "-" sliceName;
   cgroupRelPath = lib.concatStringsSep "/" (
     lib.genList (
@@ -209,6 +210,34 @@ in
       ];
       default = "info";
       description = "Log level of the three daemons (passed as `RUST_LOG`).";
+    };
+
+    metricsListenAddress = mkOption {
+      # IP:PORT, IPv6 in brackets; what `policyd daemon --metrics-listen` takes.
+      type = types.nullOr (types.strMatching "(\\[[0-9A-Fa-f:.]+]|[0-9.]+):[0-9]+");
+      default = "127.0.0.1:9879";
+      example = "[::1]:9879";
+      description = ''
+        Where policyd serves Prometheus metrics (`/metrics`, plain HTTP, no
+        authentication), or `null` for none. Keep it on loopback, or put a
+        proxy in front: the page names containers and policies. When set,
+        policyd gets IPv4/IPv6 sockets and leaves the private network
+        namespace it otherwise runs in, and systemd's IP firewall limits it
+        to `metricsAllowedClients`.
+      '';
+    };
+
+    metricsAllowedClients = mkOption {
+      type = types.listOf types.str;
+      default = [ "localhost" ];
+      example = [
+        "localhost"
+        "10.0.0.0/8"
+      ];
+      description = ''
+        Addresses allowed to reach policyd's metrics endpoint (systemd's
+        `IPAddressAllow=`; everything else is denied with `IPAddressDeny=any`).
+      '';
     };
 
     cgroupParent = mkOption {
@@ -393,7 +422,7 @@ in
         reloadTriggers = [ checkedPolicy ];
         serviceConfig = commonServiceConfig // {
           Type = "simple";
-          ExecStart = "${cfg.package}/bin/policyd daemon --policy ${policyFile} --socket ${policydSocket}";
+          ExecStart = "${cfg.package}/bin/policyd daemon --policy ${policyFile} --socket ${policydSocket} --metrics-listen ${metricsListen}";
           ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
           Restart = "always";
           RestartSec = "1s";
@@ -408,9 +437,15 @@ in
           AmbientCapabilities = [ ];
           ReadWritePaths = [ runDir ];
           # Unix sockets on the file system work across network namespaces:
-          # policyd needs no network at all.
-          PrivateNetwork = true;
-          RestrictAddressFamilies = [ "AF_UNIX" ];
+          # without metrics policyd needs no network at all; with them, only
+          # the metrics clients may reach it.
+          PrivateNetwork = cfg.metricsListenAddress == null;
+          RestrictAddressFamilies =
+            [ "AF_UNIX" ]
+            ++ lib.optionals (cfg.metricsListenAddress != null) [
+              "AF_INET"
+              "AF_INET6"
+            ];
           ProtectKernelTunables = true;
           ProtectControlGroups = true;
           # Not "invisible": the peer check reads /proc/PID/status of a
@@ -426,6 +461,10 @@ in
             "~@resources"
           ];
           SystemCallErrorNumber = "EPERM";
+        }
+        // lib.optionalAttrs (cfg.metricsListenAddress != null) {
+          IPAddressDeny = "any";
+          IPAddressAllow = cfg.metricsAllowedClients;
         };
       };
     }

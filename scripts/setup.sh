@@ -33,7 +33,8 @@ fi
 
 # --- Debian packages ---------------------------------------------------------
 packages=(protobuf-compiler iproute2 iputils-ping curl python3 util-linux procps gcc libc6-dev
-          containerd runc busybox-static jq socat nftables iperf3 bpftool)
+          containerd runc busybox-static jq socat nftables iperf3 bpftool
+          prometheus)   # prometheus and promtool: the metrics test scrapes and lints /metrics
 if (( want_vm )); then
   packages+=(debootstrap e2fsprogs zstd qemu-utils)
 fi
@@ -48,6 +49,10 @@ if (( ${#missing[@]} )); then
   say "installing Debian packages: ${missing[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The package enables a Prometheus server on :9090; the tests start their own on loopback.
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && [[ -d /run/systemd/system ]]; then
+    $SUDO systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  fi
 else
   say "ok: Debian packages"
 fi

@@ -134,6 +134,8 @@ in
     logLevelDefault = opt.logLevel.default;
     logLevelValues = opt.logLevel.type.nestedTypes.values;
     cgroupParentDefault = opt.cgroupParent.default;
+    metricsListenAddressDefault = opt.metricsListenAddress.default;
+    metricsAllowedClientsDefault = opt.metricsAllowedClients.default;
     policyDefault = opt.policy.default;
     policySubOptions = builtins.attrNames policySubOptions;
     modeValues = policySubOptions.mode.type.nestedTypes.values;
@@ -207,6 +209,36 @@ in
       ]).config.environment.etc."contain/policy.toml".source
     );
 
+    # Metrics off: policyd back in its private network namespace.
+    noMetrics =
+      let
+        c =
+          (eval [
+            {
+              services.contain = {
+                enable = true;
+                metricsListenAddress = null;
+              };
+            }
+          ]).config;
+      in
+      c.systemd.services.contain-policyd.serviceConfig;
+
+    # Metrics on IPv6 loopback, for the private network's clients too.
+    ipv6Metrics =
+      (eval [
+        {
+          services.contain = {
+            enable = true;
+            metricsListenAddress = "[::1]:9879";
+            metricsAllowedClients = [
+              "localhost"
+              "10.0.0.0/8"
+            ];
+          };
+        }
+      ]).config.systemd.services.contain-policyd.serviceConfig;
+
     # Disabled: the module contributes nothing.
     disabled =
       let
@@ -264,6 +296,16 @@ in
             };
           }
         ]).config.services.contain.logLevel;
+    metricsAddressWithoutPort =
+      fails
+        (eval [
+          {
+            services.contain = {
+              enable = true;
+              metricsListenAddress = "localhost";
+            };
+          }
+        ]).config.services.contain.metricsListenAddress;
     cgroupParentNotASlice =
       fails
         (eval [

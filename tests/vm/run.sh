@@ -95,6 +95,12 @@ for f in "$DEB_DIR"/*.deb; do
 done
 log "packages from $DEB_DIR: ${debs[*]:-(none)}"
 for d in "$@"; do cp -a "$d" "$SHARE/extra/$(basename "$d")"; done
+# The host's Prometheus and promtool (Debian's prometheus package; libc only, so they run in the
+# Debian 12 guest too): the metrics scenario scrapes and lints with the real tools.
+mkdir -p "$SHARE/tools"
+for t in prometheus promtool; do
+  if command -v "$t" >/dev/null; then install -m 755 "$(command -v "$t")" "$SHARE/tools/"; fi
+done
 
 state_args=(--state-dir "$CACHE/state")
 [[ ${CONTAIN_VM_SNAPSHOT:-1} == 0 ]] && state_args=(--no-state)

@@ -1,7 +1,8 @@
 //! Deny and audit events: drained from the kernel's ring buffer, attributed
-//! (exe path), written as JSON log lines, and kept in a bounded buffer that
-//! clients long-poll. A slow or absent client never slows the kernel side:
-//! the oldest events are dropped and counted.
+//! (exe path), and kept in a bounded buffer that clients long-poll. policyd
+//! follows it and writes the log lines, with the names only it knows. A
+//! slow or absent client never slows the kernel side: the oldest events
+//! are dropped and counted.
 
 use std::{
     collections::VecDeque,
@@ -171,36 +172,6 @@ pub fn decode(
         // the port.
         ethertype: (e.family == 0 && hook == Hook::Veth).then_some(e.dport),
     })
-}
-
-/// One JSON log line per event, for journald and Loki.
-pub fn log(event: &Event) {
-    tracing::warn!(
-        target: "contain::event",
-        seq = event.seq,
-        verdict = %event.verdict,
-        hook = ?event.hook,
-        cgroup_id = event.cgroup_id,
-        policy_id = event.policy_id,
-        rule_id = event.rule_id,
-        tgid = event.tgid,
-        uid = event.uid,
-        comm = %event.comm,
-        exe = event.exe.as_deref().unwrap_or(""),
-        proto = event.proto,
-        src = %event.src,
-        dst = %event.dst,
-        src_port = event.src_port,
-        dst_port = event.dst_port,
-        icmp_type = event.icmp_type.map(i64::from).unwrap_or(-1),
-        suppressed = event.suppressed,
-        revoked_flow = event.revoked_flow,
-        link_layer = event.link_layer,
-        unattributed = event.unattributed,
-        ethertype = event.ethertype.map(i64::from).unwrap_or(-1),
-        "egress {}",
-        event.verdict
-    );
 }
 
 #[cfg(test)]

@@ -159,6 +159,8 @@ async fn end_to_end(rules: usize) {
         // The bench reloads explicitly; keep the watchers out of the way.
         file_poll: Duration::from_secs(3600),
         resync_every: Duration::from_secs(3600),
+        metrics_listen: None,
+        event_log: policyd::daemon::observe::EventLogTarget::Off,
     };
     tokio::spawn(daemon::run(config));
     let client = loop {

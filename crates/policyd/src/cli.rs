@@ -154,7 +154,63 @@ pub enum Command {
         /// Seconds between re-reads of the loader's state (drift repair).
         #[arg(long, default_value_t = 60.0)]
         resync_secs: f64,
+        /// Serve Prometheus metrics at http://ADDRESS/metrics (plain HTTP,
+        /// no authentication: keep it on loopback or behind a proxy), or
+        /// `off`.
+        #[arg(long, default_value = DEFAULT_METRICS_LISTEN, value_parser = parse_listen)]
+        metrics_listen: Listen,
+        /// Where to write the deny and audit events, one JSON object per
+        /// line: `-` (stdout, the journal under systemd), a file to append
+        /// to, or `off`.
+        #[arg(long, default_value = "-")]
+        event_log: daemon::observe::EventLogTarget,
     },
+    /// Policy entries that would have allowed the deny and audit events
+    /// seen (read from the journal, or from a file of policyd's JSON event
+    /// lines), per container and executable, as TOML to review.
+    Suggest {
+        /// Events from this time on: for the journal anything `journalctl
+        /// --since` takes ("2 days ago", "-2h", "2026-11-30 08:00"); with --input,
+        /// an RFC 3339 time in UTC (2026-11-30T08:00:00Z).
+        #[arg(long, allow_hyphen_values = true)]
+        since: Option<String>,
+        /// Events up to this time (same forms as --since).
+        #[arg(long, allow_hyphen_values = true)]
+        until: Option<String>,
+        /// Only this container (its name).
+        #[arg(long)]
+        container: Option<String>,
+        /// Read policyd's JSON event lines from this file (`-`: stdin)
+        /// instead of the journal.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// The systemd unit whose journal holds the events.
+        #[arg(long, default_value = "contain-policyd.service")]
+        unit: String,
+        /// Widen IPv4 destinations to prefixes of this length (e.g. 24);
+        /// by default each address seen is listed.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=32))]
+        aggregate_v4: Option<u8>,
+        /// Widen IPv6 destinations to prefixes of this length (e.g. 64).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=128))]
+        aggregate_v6: Option<u8>,
+    },
+}
+
+/// Where `policyd daemon` serves metrics unless told otherwise.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9879";
+
+/// `--metrics-listen`: an address, or off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listen(pub Option<std::net::SocketAddr>);
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    if s == "off" {
+        return Ok(Listen(None));
+    }
+    s.parse().map(|a| Listen(Some(a))).map_err(|_| {
+        format!("{s:?} is not an address to listen on; expected IP:PORT (127.0.0.1:9879, [::1]:9879) or off")
+    })
 }
 
 #[derive(Subcommand, Debug)]
@@ -271,6 +327,26 @@ pub async fn run(cli: Cli) -> u8 {
             cgroup_parent,
             force,
         }) => setup_docker(&daemon_json, &cgroup_parent, force, json),
+        Command::Suggest {
+            since,
+            until,
+            container,
+            input,
+            unit,
+            aggregate_v4,
+            aggregate_v6,
+        } => crate::suggest::run(&crate::suggest::Request {
+            since,
+            until,
+            container,
+            input,
+            unit,
+            aggregate: crate::suggest::Aggregate {
+                v4: aggregate_v4,
+                v6: aggregate_v6,
+            },
+        })
+        .map_err(|e| Failure::new(e.exit_code(), e.to_string())),
         Command::Daemon {
             policy,
             loader_socket,
@@ -279,6 +355,8 @@ pub async fn run(cli: Cli) -> u8 {
             group,
             poll_secs,
             resync_secs,
+            metrics_listen,
+            event_log,
         } => {
             let config = daemon::Config {
                 policy,
@@ -291,6 +369,8 @@ pub async fn run(cli: Cli) -> u8 {
                 group,
                 file_poll: Duration::from_secs_f64(poll_secs.max(0.05)),
                 resync_every: Duration::from_secs_f64(resync_secs.max(1.0)),
+                metrics_listen: metrics_listen.0,
+                event_log,
             };
             daemon::run(config)
                 .await

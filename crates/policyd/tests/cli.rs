@@ -280,3 +280,54 @@ fn offline_explain() {
     a[1] = "nobody".into();
     assert_eq!(run(a).status.code(), Some(4));
 }
+
+/// Two event lines as policyd writes them: an audited curl and an audited
+/// DNS query of container `web`, and a line of another kind.
+const EVENT_LINES: &str = r#"{"timestamp":"2026-11-30T08:00:00.000000001Z","level":"info","event.name":"contain.egress.audit","contain.verdict":"audit","contain.reason":"not_allowed","contain.policy":"observe","contain.hook":"connect4","contain.seq":1,"contain.cgroup_id":7,"contain.suppressed":0,"container.name":"web","container.id":"abc","process.pid":10,"process.user.id":0,"process.executable.name":"curl","process.executable.path":"/usr/bin/curl","network.type":"ipv4","network.transport":"tcp","source.address":"172.17.0.2","source.port":40000,"destination.address":"198.18.0.1","destination.port":443}
+{"timestamp":"2026-11-30T09:00:00.000000001Z","level":"info","event.name":"contain.egress.audit","contain.verdict":"audit","contain.reason":"not_allowed","contain.policy":"observe","contain.hook":"sendmsg4","contain.seq":2,"contain.cgroup_id":7,"contain.suppressed":0,"container.name":"web","container.id":"abc","process.pid":11,"process.user.id":0,"process.executable.name":"python3","network.type":"ipv4","network.transport":"udp","source.address":"172.17.0.2","source.port":40001,"destination.address":"198.18.0.53","destination.port":53}
+2026-11-30T08:00:00Z  INFO policyd listening
+"#;
+
+#[test]
+fn suggest_writes_a_policy_that_check_accepts() {
+    let scratch = Scratch::new("suggest");
+    let events = scratch.file("events.json", EVENT_LINES);
+    let out = policyd(&["suggest", "--input", &events]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let suggested = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(suggested.contains("[[policy.process]]\nexe = \"/usr/bin/curl\""));
+    assert!(suggested.contains("{ to = [\"198.18.0.53\"], proto = \"udp\", ports = [53] }"));
+    let file = scratch.file("suggested.toml", &suggested);
+    let check = policyd(&["check", &file]);
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "policyd check refused the suggestion:\n{suggested}\n{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    // A window: only the 08:00 event.
+    let out = policyd(&[
+        "suggest",
+        "--input",
+        &events,
+        "--until",
+        "2026-11-30T08:30:00Z",
+    ]);
+    let windowed = String::from_utf8_lossy(&out.stdout);
+    assert!(windowed.contains("198.18.0.1") && !windowed.contains("198.18.0.53"));
+
+    // journalctl's relative times start with a dash; with a file they
+    // are refused for what they are, not taken for flags.
+    let out = policyd(&["suggest", "--input", &events, "--since", "-2h"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--since \"-2h\""));
+    let out = policyd(&["suggest", "--input", &events, "--since", "yesterday"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RFC 3339"));
+}

@@ -121,6 +121,8 @@ impl Env {
             group: "root".into(),
             file_poll: Duration::from_millis(50),
             resync_every: Duration::from_secs(3600),
+            metrics_listen: None,
+            event_log: policyd::daemon::observe::EventLogTarget::Off,
         };
         let _ = std::fs::remove_file(self.path("policyd.sock"));
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -776,6 +778,8 @@ async fn follows_the_resolver_and_holds_until_the_first_inventory() {
         group: "root".into(),
         file_poll: Duration::from_millis(50),
         resync_every: Duration::from_secs(3600),
+        metrics_listen: None,
+        event_log: policyd::daemon::observe::EventLogTarget::Off,
     };
     let daemon = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -914,6 +918,8 @@ async fn exe_rules_take_the_file_each_container_has() {
         group: "root".into(),
         file_poll: Duration::from_millis(50),
         resync_every: Duration::from_secs(3600),
+        metrics_listen: None,
+        event_log: policyd::daemon::observe::EventLogTarget::Off,
     };
     let daemon = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

@@ -329,8 +329,8 @@ expect_frames none "$report" "curler, AF_PACKET TCP SYN to peer:8080 (only a per
 out=$(veth_events blocked link_layer)
 [[ ${out%%$'\n'*} -gt 0 ]] && pass "policyd events: ${out%%$'\n'*} veth events with link_layer for blocked (${out#*$'\n'})" \
   || fail "policyd events: no veth event with link_layer for blocked"
-check "the loader's journal has them too" bash -c \
-  "journalctl -u contain-bpf-loader -o cat | grep -i veth | grep -q '\"link_layer\":true'"
+check "policyd's event log has them too" bash -c \
+  "journalctl -u contain-policyd -o cat | grep '\"contain.hook\":\"veth\"' | grep -q '\"contain.reason\":\"packet_socket\"'"
 
 # ---- 3. first frame ----------------------------------------------------------------------------
 

@@ -194,6 +194,6 @@ else
 fi
 
 step "denials are logged with attribution"
-check "the loader logged denials as JSON" bash -c \
-  "journalctl -u contain-bpf-loader -o cat | grep '\"verdict\":\"deny\"' | grep -q '\"comm\":\"python3\"'"
+check "policyd logged denials as JSON" bash -c \
+  "journalctl -u contain-policyd -o cat | grep '\"contain.verdict\":\"deny\"' | grep -q '\"process.executable.name\":\"python3\"'"
 finish

@@ -33,6 +33,7 @@ use crate::{
     explain::{self, ExplainError},
     ids::IdTables,
     inventory::{self, Inventory},
+    metrics::{Recorder, ReloadResult},
     policy::{self, Format, PolicyError, PolicySet},
 };
 
@@ -254,6 +255,8 @@ pub struct Engine {
     /// Containers already reported as unenforced (key → reason), so each is
     /// warned about once, and again if it recurs.
     unenforced_reported: BTreeMap<String, String>,
+    /// What the metrics endpoint reports of reloads and events.
+    pub recorder: std::sync::Arc<Recorder>,
 }
 
 fn unix_now() -> u64 {
@@ -336,6 +339,7 @@ impl Engine {
             last_applied_unix: None,
             last_error: None,
             unenforced_reported: BTreeMap::new(),
+            recorder: Default::default(),
         }
     }
 
@@ -586,6 +590,8 @@ impl Engine {
         let result = self.reload_inner(dry_run, started).await;
         release_freed_memory();
         if !dry_run {
+            self.recorder
+                .reload(reload_result(&result), started.elapsed());
             self.reloads += 1;
             if let Err(e) = &result {
                 self.reload_failures += 1;
@@ -1028,8 +1034,29 @@ impl Engine {
         (container, policy)
     }
 
+    /// The name of the loaded policy with kernel id `policy_id`.
+    pub fn policy_name(&self, policy_id: u32) -> Option<String> {
+        self.loaded
+            .as_ref()
+            .and_then(|l| l.rules.catalog.policies.get(&policy_id))
+            .map(|p| p.name.clone())
+    }
+
     pub fn loaded_digest(&self) -> Option<u64> {
         self.loaded.as_ref().map(|l| l.policies.digest)
+    }
+}
+
+/// How a reload ended, for the metrics.
+fn reload_result(result: &Result<ReloadReport, PolicydError>) -> ReloadResult {
+    match result {
+        Ok(report) if report.pending.is_some() => ReloadResult::Pending,
+        Ok(report) if report.applied => ReloadResult::Applied,
+        Ok(_) => ReloadResult::Unchanged,
+        Err(PolicydError::InvalidPolicy { .. } | PolicydError::NoPolicy(_)) => {
+            ReloadResult::Invalid
+        }
+        Err(_) => ReloadResult::Failed,
     }
 }
 

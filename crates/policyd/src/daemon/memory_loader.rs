@@ -12,7 +12,9 @@ use std::{
 use futures::StreamExt;
 use kernel_model::{diff::MapDiff, state::KernelState, validate::validate};
 use proto::{
-    loader::{Attachment, Counters, EventBatch, Loader, LoaderError, LoaderInfo, StateSnapshot},
+    loader::{
+        Attachment, Counters, Event, EventBatch, Loader, LoaderError, LoaderInfo, StateSnapshot,
+    },
     transport,
 };
 use tarpc::{context::Context, server::Channel};
@@ -26,6 +28,10 @@ pub struct Maps {
     /// Cgroups "attached" to, keyed by their path relative to the cgroup2
     /// mount.
     pub attachments: BTreeMap<String, Attachment>,
+    /// Events "the kernel" reported, numbered from 1 as the loader does.
+    pub events: Vec<Event>,
+    /// What `counters` answers.
+    pub counters: Counters,
 }
 
 /// Where the in-memory loader pretends the cgroup2 hierarchy is mounted.
@@ -70,6 +76,34 @@ impl MemoryLoader {
             .attachments
             .insert(attachment.cgroup_path.clone(), attachment.clone());
         attachment
+    }
+
+    /// Reports `event` as the real loader reports one from the kernel,
+    /// with the next sequence number.
+    pub fn push_event(&self, mut event: Event) {
+        let mut m = self.maps();
+        event.seq = m.events.len() as u64 + 1;
+        m.events.push(event);
+    }
+
+    /// Sets what `counters` answers.
+    pub fn set_counters(&self, counters: Counters) {
+        self.maps().counters = counters;
+    }
+
+    fn events_after(&self, after: u64, max: u32) -> EventBatch {
+        let m = self.maps();
+        EventBatch {
+            events: m
+                .events
+                .iter()
+                .filter(|e| e.seq > after)
+                .take(max as usize)
+                .cloned()
+                .collect(),
+            missed: 0,
+            last_seq: m.events.len() as u64,
+        }
     }
 
     /// Serves the loader service on `socket` (root only, like the real one)
@@ -131,14 +165,19 @@ impl Loader for MemoryLoader {
         self.maps().generation
     }
     async fn counters(self, _: Context) -> Result<Counters, LoaderError> {
-        Ok(Counters::default())
+        Ok(self.maps().counters.clone())
     }
-    /// No events ever come; waits out the long poll as the real one does.
-    async fn events(self, _: Context, _: u64, _: u32, wait_ms: u32) -> EventBatch {
-        tokio::time::sleep(std::time::Duration::from_millis(u64::from(
-            wait_ms.min(30_000),
-        )))
-        .await;
-        EventBatch::default()
+    /// The pushed events; with none new, waits out the long poll (checking
+    /// now and then) as the real one does.
+    async fn events(self, _: Context, after: u64, max: u32, wait_ms: u32) -> EventBatch {
+        let deadline = tokio::time::Instant::now()
+            + std::time::Duration::from_millis(u64::from(wait_ms.min(30_000)));
+        loop {
+            let batch = self.events_after(after, max);
+            if !batch.events.is_empty() || tokio::time::Instant::now() >= deadline {
+                return batch;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 }

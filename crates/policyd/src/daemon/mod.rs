@@ -7,9 +7,10 @@
 pub mod engine;
 pub mod feeds;
 pub mod memory_loader;
+pub mod observe;
 pub mod server;
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use futures::StreamExt;
@@ -42,6 +43,10 @@ pub struct Config {
     /// How often the loader's state is re-read to repair drift (a loader
     /// restart, someone else's writes).
     pub resync_every: Duration,
+    /// Where `/metrics` is served (plain HTTP); `None`: not at all.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Where the deny and audit events are written, one JSON line each.
+    pub event_log: observe::EventLogTarget,
 }
 
 pub type Shared = Arc<Mutex<Engine>>;
@@ -99,6 +104,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
+    let recorder = engine.lock().await.recorder.clone();
+    if let Some(addr) = config.metrics_listen {
+        // A busy port must not keep the policy from being enforced: say
+        // so and go on without metrics (a scraper then sees it down).
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                tracing::info!(address = %addr, "serving metrics at /metrics");
+                tokio::spawn(observe::serve_metrics(
+                    listener,
+                    engine.clone(),
+                    recorder.clone(),
+                ));
+            }
+            Err(e) => tracing::error!(
+                address = %addr,
+                error = %e,
+                "cannot serve metrics there; choose another address with --metrics-listen, or turn them off with --metrics-listen off"
+            ),
+        }
+    }
+    tokio::spawn(observe::follow_events(
+        engine.clone(),
+        recorder,
+        config.event_log.clone(),
+    ));
     tokio::spawn(feeds::watch_policy_file(
         engine.clone(),
         config.policy.clone(),

@@ -1,0 +1,342 @@
+//! The daemon's observability edges: the deny/audit event log (followed
+//! from bpf-loader, attributed, one JSON line per event) and the `/metrics`
+//! endpoint. The formats are pure ([`crate::eventlog`], [`crate::metrics`]);
+//! this is the I/O around them.
+
+use std::{
+    collections::BTreeSet,
+    convert::Infallible,
+    io::Write,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use http_body_util::Full;
+use hyper::{body::Bytes, server::conn::http1, service::service_fn, Method, Request, Response};
+use hyper_util::rt::TokioIo;
+use proto::{loader::LoaderClient, transport};
+use tokio::{net::TcpListener, sync::Semaphore};
+
+use super::Shared;
+use crate::{
+    eventlog::EventRecord,
+    metrics::{self, ContainerState, KernelCounters, Recorder, Scrape},
+};
+
+/// Where the event log goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventLogTarget {
+    /// policyd's stdout: the journal under systemd.
+    Stdout,
+    /// Appended to a file (for a log shipper that tails files).
+    File(PathBuf),
+    /// Not written (the events still reach `policyd events` and metrics).
+    Off,
+}
+
+impl std::str::FromStr for EventLogTarget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "-" | "stdout" => Ok(EventLogTarget::Stdout),
+            "off" => Ok(EventLogTarget::Off),
+            "" => Err("an empty event log path; give a file, - (stdout) or off".into()),
+            path => Ok(EventLogTarget::File(PathBuf::from(path))),
+        }
+    }
+}
+
+/// Events asked for per request.
+const EVENTS_PER_BATCH: u32 = 1024;
+/// The long poll's wait.
+const EVENTS_WAIT_MS: u32 = 25_000;
+
+fn open_target(target: &EventLogTarget) -> std::io::Result<Option<Box<dyn Write + Send>>> {
+    Ok(match target {
+        EventLogTarget::Stdout => Some(Box::new(std::io::stdout())),
+        EventLogTarget::File(path) => Some(Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?,
+        )),
+        EventLogTarget::Off => None,
+    })
+}
+
+/// Where the follower goes on from: the loader's sequence numbers restart
+/// with the loader.
+fn resume_from(cursor: Option<u64>, loader_last_seq: u64) -> u64 {
+    match cursor {
+        // A first start: what the loader buffered before was logged by
+        // the policyd that ran then (`policyd events` still shows it).
+        None => loader_last_seq,
+        // The loader restarted: its numbering began again.
+        Some(c) if loader_last_seq < c => 0,
+        Some(c) => c,
+    }
+}
+
+/// Follows the loader's events for as long as the daemon runs: writes one
+/// JSON line per event to `target` and counts it in `recorder`.
+pub async fn follow_events(engine: Shared, recorder: Arc<Recorder>, target: EventLogTarget) {
+    let mut out = match open_target(&target) {
+        Ok(out) => out,
+        Err(e) => {
+            tracing::error!(error = %e, target = ?target, "cannot open the event log; deny and audit events are only counted and shown by `policyd events`");
+            None
+        }
+    };
+    let mut cursor: Option<u64> = None;
+    let mut client: Option<LoaderClient> = None;
+    let mut retry = Duration::from_millis(500);
+    loop {
+        let c = match &client {
+            Some(c) => c.clone(),
+            None => {
+                let connected = engine.lock().await.loader.client().await;
+                let Ok(c) = connected else {
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(Duration::from_secs(30));
+                    continue;
+                };
+                // Where to go on from, now that the loader may be a new one.
+                let probe = c
+                    .events(transport::context_with_deadline(10), u64::MAX, 0, 0)
+                    .await;
+                let Ok(probe) = probe else {
+                    tokio::time::sleep(retry).await;
+                    continue;
+                };
+                let from = resume_from(cursor, probe.last_seq);
+                if cursor.is_none() && from > 0 {
+                    tracing::info!(
+                        after = from,
+                        "following the loader's events; the {from} it issued before are not logged again (`policyd events` shows those still buffered)"
+                    );
+                }
+                cursor = Some(from);
+                client = Some(c.clone());
+                retry = Duration::from_millis(500);
+                c
+            }
+        };
+        let after = cursor.unwrap_or(0);
+        let ctx = transport::context_with_deadline(u64::from(EVENTS_WAIT_MS / 1000) + 10);
+        let batch = match c.events(ctx, after, EVENTS_PER_BATCH, EVENTS_WAIT_MS).await {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::warn!(error = %e, "lost the loader's event stream; reconnecting");
+                client = None;
+                tokio::time::sleep(retry).await;
+                continue;
+            }
+        };
+        if batch.last_seq < after {
+            cursor = Some(0);
+            continue;
+        }
+        if batch.missed > 0 {
+            tracing::warn!(
+                missed = batch.missed,
+                "events were dropped from the loader's buffer before policyd read them"
+            );
+        }
+        let records: Vec<EventRecord> = {
+            let e = engine.lock().await;
+            batch
+                .events
+                .iter()
+                .map(|event| {
+                    let container = e
+                        .inventory
+                        .containers
+                        .iter()
+                        .find(|c| c.cgroup_id == Some(event.cgroup_id));
+                    let policy = e.policy_name(event.policy_id);
+                    EventRecord::new(event, container, policy.as_deref())
+                })
+                .collect()
+        };
+        for record in &records {
+            recorder.verdict(
+                record.verdict,
+                record.policy.as_deref().unwrap_or(""),
+                record.container_name.as_deref().unwrap_or(""),
+                record.suppressed,
+            );
+        }
+        if let Some(w) = out.as_mut() {
+            let mut text = String::new();
+            for record in &records {
+                text.push_str(&record.to_line());
+                text.push('\n');
+            }
+            if let Err(e) = w.write_all(text.as_bytes()).and_then(|()| w.flush()) {
+                tracing::error!(error = %e, "cannot write the event log; events are only counted from now on");
+                out = None;
+            }
+        }
+        if let Some(last) = batch.events.last() {
+            cursor = Some(last.seq.max(after));
+        }
+    }
+}
+
+/// Reads what a scrape shows.
+pub async fn gather(engine: &Shared, recorder: &Recorder) -> Scrape {
+    let mut e = engine.lock().await;
+    let counters = match e.loader.client().await {
+        Ok(client) => client
+            .counters(transport::context_with_deadline(10))
+            .await
+            .ok()
+            .and_then(Result::ok),
+        Err(_) => None,
+    };
+    let kernel = counters.map(|c| KernelCounters {
+        policy_verdicts: c
+            .policies
+            .iter()
+            .filter_map(|p| {
+                let name = if p.policy_id == contain_common::UNKNOWN_POLICY_ID {
+                    String::new()
+                } else {
+                    // Counters of a policy no longer in the file are not
+                    // attributed to anything.
+                    e.policy_name(p.policy_id)?
+                };
+                Some([
+                    (name.clone(), kernel_model::state::Verdict::Allow, p.allowed),
+                    (name.clone(), kernel_model::state::Verdict::Deny, p.denied),
+                    (name, kernel_model::state::Verdict::Audit, p.audited),
+                ])
+            })
+            .flatten()
+            .collect(),
+        ring_buffer_full: c.events_dropped_kernel,
+        loader_buffer_full: c.events_dropped_loader,
+        rate_limited: c.events_rate_limited,
+        unstamped_sockets: c.unstamped_sockets,
+    });
+    let status = e.status().await;
+    let mut containers = std::collections::BTreeMap::new();
+    for c in &status.containers {
+        *containers
+            .entry(ContainerState::from_mode(&c.mode))
+            .or_default() += 1;
+    }
+    let present: BTreeSet<String> = e
+        .inventory
+        .containers
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    recorder.retain_containers(&present, Instant::now());
+    Scrape {
+        kernel,
+        maps: e.kernel.as_ref().map(|k| metrics::map_usage(&k.state)),
+        containers,
+        loader_connected: status.loader.connected,
+        inventory_connected: status.inventory.connected,
+        policy_loaded: e.loaded.is_some(),
+    }
+}
+
+/// Scrapes served at once; more wait for the next accept.
+const CONCURRENT_SCRAPES: usize = 4;
+/// Longest a connection may stay open.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
+
+fn response(status: u16, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+/// Serves `GET /metrics` on `listener` until the daemon ends.
+pub async fn serve_metrics(listener: TcpListener, engine: Shared, recorder: Arc<Recorder>) {
+    let permits = Arc::new(Semaphore::new(CONCURRENT_SCRAPES));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let engine = engine.clone();
+        let recorder = recorder.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let engine = engine.clone();
+                let recorder = recorder.clone();
+                async move {
+                    Ok::<_, Infallible>(match (req.method(), req.uri().path()) {
+                        (&Method::GET, "/metrics") => {
+                            let scrape = gather(&engine, &recorder).await;
+                            response(
+                                200,
+                                metrics::CONTENT_TYPE,
+                                metrics::render(&scrape, &recorder),
+                            )
+                        }
+                        (&Method::GET, _) => response(
+                            404,
+                            "text/plain; charset=utf-8",
+                            "not found; the metrics are at /metrics\n".into(),
+                        ),
+                        _ => response(
+                            405,
+                            "text/plain; charset=utf-8",
+                            "only GET is served\n".into(),
+                        ),
+                    })
+                }
+            });
+            let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_DEADLINE, connection).await;
+            drop(permit);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_first_start_skips_what_an_earlier_policyd_logged() {
+        assert_eq!(resume_from(None, 40), 40);
+    }
+
+    #[test]
+    fn a_restarted_loader_is_read_from_its_first_event() {
+        assert_eq!(resume_from(Some(500), 3), 0);
+    }
+
+    #[test]
+    fn a_reconnect_to_the_same_loader_goes_on_where_it_was() {
+        assert_eq!(resume_from(Some(500), 520), 500);
+    }
+
+    #[test]
+    fn event_log_targets_parse() {
+        assert_eq!("-".parse(), Ok(EventLogTarget::Stdout));
+        assert_eq!("off".parse(), Ok(EventLogTarget::Off));
+        assert_eq!(
+            "/var/log/contain.json".parse(),
+            Ok(EventLogTarget::File("/var/log/contain.json".into()))
+        );
+        assert!("".parse::<EventLogTarget>().is_err());
+    }
+}

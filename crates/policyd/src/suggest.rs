@@ -1,0 +1,946 @@
+//! `policyd suggest`: the policy entries that would have allowed what was
+//! denied (or audited) in a time window, per container and executable, as
+//! TOML for a person to review, with how often each was seen.
+//!
+//! The source is policyd's own event log (the JSON lines of
+//! [`crate::eventlog`]), from the journal or a file: it outlives restarts
+//! of every daemon and spans whatever window the journal keeps, where the
+//! loader's buffer holds only the latest 65 536 events of the running
+//! loader. A file works for lines exported from Loki too.
+//!
+//! [`Collector`] is the pure part: lines in, [`Suggestion`] out, rendered
+//! by [`render`]; [`run`] feeds it from the journal or a file.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    io::BufRead,
+    net::IpAddr,
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use kernel_model::state::Verdict;
+
+use crate::{
+    cli::exit,
+    eventlog::{EventRecord, Reason},
+};
+
+/// Docker's embedded DNS server: allowed by `allow_docker_dns`, not a rule.
+const DOCKER_DNS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 11));
+/// Comms shown in a comment per entry.
+const COMMS_SHOWN: usize = 4;
+/// Destinations whose counts are shown in a comment per entry.
+const DESTS_COUNTED: usize = 4;
+
+/// Widening of destinations into prefixes, per family (`None`: each
+/// address as seen).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Aggregate {
+    pub v4: Option<u8>,
+    pub v6: Option<u8>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Request {
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub container: Option<String>,
+    /// A file of event lines (`-`: stdin); `None`: the journal.
+    pub input: Option<PathBuf>,
+    /// The unit whose journal holds the events.
+    pub unit: String,
+    pub aggregate: Aggregate,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SuggestError {
+    #[error("cannot run journalctl: {0}; pass policyd's event lines with --input FILE instead")]
+    Journal(String),
+    #[error("journalctl failed ({status}): {stderr}; it needs root or membership of the systemd-journal group (or pass the event lines with --input FILE)")]
+    JournalFailed { status: String, stderr: String },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("--{flag} {value:?}: with --input, give an RFC 3339 time in UTC such as 2026-11-30T08:00:00Z")]
+    BadTime { flag: &'static str, value: String },
+}
+
+impl SuggestError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            SuggestError::BadTime { .. } => exit::USAGE,
+            SuggestError::Read { .. } => exit::NOT_FOUND,
+            SuggestError::Journal(_) | SuggestError::JournalFailed { .. } => exit::INTERNAL,
+        }
+    }
+}
+
+/// What a rule has to name: a protocol and its port or ICMP type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Service {
+    Tcp(u16),
+    Udp(u16),
+    Icmp(u8),
+    Icmpv6(u8),
+    /// Another IP protocol: no rule narrower than `proto = "any"` allows it.
+    Other(u8),
+}
+
+impl Service {
+    fn proto(self) -> &'static str {
+        match self {
+            Service::Tcp(_) => "tcp",
+            Service::Udp(_) => "udp",
+            Service::Icmp(_) => "icmp",
+            Service::Icmpv6(_) => "icmpv6",
+            Service::Other(_) => "any",
+        }
+    }
+
+    /// The port or type number, when the rule lists one.
+    fn number(self) -> Option<u16> {
+        match self {
+            Service::Tcp(p) | Service::Udp(p) => Some(p),
+            Service::Icmp(t) | Service::Icmpv6(t) => Some(t.into()),
+            Service::Other(_) => None,
+        }
+    }
+}
+
+/// A destination prefix: an address with its host bits cleared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Dest {
+    addr: IpAddr,
+    len: u8,
+}
+
+impl Dest {
+    fn new(addr: IpAddr, aggregate: Aggregate) -> Dest {
+        match addr {
+            IpAddr::V4(a) => {
+                let len = aggregate.v4.unwrap_or(32).min(32);
+                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+                Dest {
+                    addr: IpAddr::V4((u32::from(a) & mask).into()),
+                    len,
+                }
+            }
+            IpAddr::V6(a) => {
+                let len = aggregate.v6.unwrap_or(128).min(128);
+                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                Dest {
+                    addr: IpAddr::V6((u128::from(a) & mask).into()),
+                    len,
+                }
+            }
+        }
+    }
+
+    fn is_host(self) -> bool {
+        self.len == if self.addr.is_ipv4() { 32 } else { 128 }
+    }
+}
+
+impl std::fmt::Display for Dest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_host() {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}/{}", self.addr, self.len)
+        }
+    }
+}
+
+/// Which rules of a policy an event falls under.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Scope {
+    /// Every process of the container (and frames, which have no process).
+    ContainerWide,
+    /// A process entry `exe = PATH`.
+    Exe(String),
+}
+
+#[derive(Clone, Debug, Default)]
+struct Tally {
+    events: u64,
+    comms: BTreeSet<String>,
+}
+
+/// Events per (service, destination) of one scope.
+type Flows = BTreeMap<(Service, Dest), Tally>;
+
+#[derive(Clone, Debug, Default)]
+struct Seen {
+    policies: BTreeSet<String>,
+    flows: BTreeMap<Scope, Flows>,
+    docker_dns: u64,
+    /// Non-IP frames: nothing allows them.
+    not_ip: u64,
+    events: u64,
+}
+
+/// Filters applied to each record.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub container: Option<String>,
+    /// Nanoseconds since the epoch; only for records read from a file (the
+    /// journal is asked for the window itself).
+    pub since_ns: Option<u128>,
+    pub until_ns: Option<u128>,
+}
+
+/// Reads event lines and keeps what a suggestion needs.
+#[derive(Debug, Default)]
+pub struct Collector {
+    filter: Filter,
+    aggregate: Aggregate,
+    containers: BTreeMap<String, Seen>,
+    /// Lines that are not event records (policyd's other log lines).
+    other_lines: u64,
+    /// Events of cgroups no container was mapped to.
+    unmapped: u64,
+    /// Events the rate limit held back: seen by the kernel, never logged.
+    suppressed: u64,
+    first: Option<String>,
+    last: Option<String>,
+}
+
+impl Collector {
+    pub fn new(filter: Filter, aggregate: Aggregate) -> Self {
+        Collector {
+            filter,
+            aggregate,
+            ..Collector::default()
+        }
+    }
+
+    pub fn add_line(&mut self, line: &str) {
+        let line = line.trim();
+        // The journal may prefix nothing, Loki exports nothing either; a
+        // line that does not start as an object is another log line.
+        let Ok(record) = serde_json::from_str::<EventRecord>(line) else {
+            self.other_lines += 1;
+            return;
+        };
+        self.add(record);
+    }
+
+    fn add(&mut self, record: EventRecord) {
+        if record.verdict == Verdict::Allow {
+            return;
+        }
+        if self.filter.since_ns.is_some() || self.filter.until_ns.is_some() {
+            let Some(t) = parse_rfc3339(&record.timestamp) else {
+                self.other_lines += 1;
+                return;
+            };
+            if self.filter.since_ns.is_some_and(|s| t < s)
+                || self.filter.until_ns.is_some_and(|u| t > u)
+            {
+                return;
+            }
+        }
+        if let Some(want) = &self.filter.container {
+            if record.container_name.as_deref() != Some(want.as_str()) {
+                return;
+            }
+        }
+        self.suppressed += u64::from(record.suppressed);
+        let Some(container) = record.container_name.clone() else {
+            self.unmapped += 1;
+            return;
+        };
+        // Timestamps of one format compare as strings.
+        if self.first.as_ref().is_none_or(|f| record.timestamp < *f) {
+            self.first = Some(record.timestamp.clone());
+        }
+        if self.last.as_ref().is_none_or(|l| record.timestamp > *l) {
+            self.last = Some(record.timestamp.clone());
+        }
+        let seen = self.containers.entry(container).or_default();
+        seen.events += 1;
+        if let Some(p) = &record.policy {
+            seen.policies.insert(p.clone());
+        }
+        if record.reason == Reason::NotIp {
+            seen.not_ip += 1;
+            return;
+        }
+        let (Some(dest), Some(transport)) = (record.destination_address, &record.transport) else {
+            seen.not_ip += 1;
+            return;
+        };
+        let service = match (
+            transport.as_str(),
+            record.destination_port,
+            record.icmp_type,
+        ) {
+            ("tcp" | "udp", Some(53), _) if dest == DOCKER_DNS => {
+                seen.docker_dns += 1;
+                return;
+            }
+            ("tcp", Some(port), _) => Service::Tcp(port),
+            ("udp", Some(port), _) => Service::Udp(port),
+            ("icmp", _, Some(t)) => Service::Icmp(t),
+            ("icmpv6", _, Some(t)) => Service::Icmpv6(t),
+            (other, _, _) => match other.parse::<u8>() {
+                Ok(n) => Service::Other(n),
+                Err(_) => {
+                    self.other_lines += 1;
+                    seen.events -= 1;
+                    return;
+                }
+            },
+        };
+        // Frames and packets no process sent get only the container-wide
+        // rules; so does a process whose executable the kernel did not see.
+        let scope = match (&record.exe, record.reason) {
+            (_, Reason::PacketSocket | Reason::Unattributed) => Scope::ContainerWide,
+            (Some(exe), _) => Scope::Exe(exe.clone()),
+            (None, _) => Scope::ContainerWide,
+        };
+        let tally = seen
+            .flows
+            .entry(scope)
+            .or_default()
+            .entry((service, Dest::new(dest, self.aggregate)))
+            .or_default();
+        tally.events += 1;
+        if let Some(comm) = record.comm {
+            if tally.comms.len() < COMMS_SHOWN {
+                tally.comms.insert(comm);
+            }
+        }
+    }
+
+    pub fn finish(self) -> Suggestion {
+        Suggestion {
+            containers: self.containers,
+            other_lines: self.other_lines,
+            unmapped: self.unmapped,
+            suppressed: self.suppressed,
+            first: self.first,
+            last: self.last,
+            aggregate: self.aggregate,
+        }
+    }
+}
+
+/// What was seen, ready to render.
+#[derive(Debug)]
+pub struct Suggestion {
+    containers: BTreeMap<String, Seen>,
+    pub other_lines: u64,
+    pub unmapped: u64,
+    pub suppressed: u64,
+    first: Option<String>,
+    last: Option<String>,
+    aggregate: Aggregate,
+}
+
+impl Suggestion {
+    /// Events that became part of a suggestion.
+    pub fn events(&self) -> u64 {
+        self.containers.values().map(|s| s.events).sum()
+    }
+}
+
+/// A TOML basic string.
+fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Text safe in a TOML comment: one line, printable.
+fn comment_text(s: &str) -> String {
+    s.chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+fn plural(n: u64, one: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {one}s")
+    }
+}
+
+/// One allow entry: a protocol, its ports or types, destinations.
+struct Entry {
+    proto: &'static str,
+    numbers: Vec<u16>,
+    /// For `proto = "any"`: the protocols seen.
+    other_protocols: Vec<u8>,
+    dests: Vec<(Dest, u64)>,
+    comms: BTreeSet<String>,
+}
+
+/// Groups the flows of one scope into entries: one per (protocol, port or
+/// type) with every destination seen for it; entries of one protocol
+/// with the same destinations are then merged into one listing each port.
+fn entries(flows: &Flows) -> Vec<Entry> {
+    let mut by_service: BTreeMap<Service, Vec<(Dest, &Tally)>> = BTreeMap::new();
+    for ((service, dest), tally) in flows {
+        by_service.entry(*service).or_default().push((*dest, tally));
+    }
+    let mut out: Vec<Entry> = Vec::new();
+    for (service, dests) in by_service {
+        let comms: BTreeSet<String> = dests
+            .iter()
+            .flat_map(|(_, t)| t.comms.iter().cloned())
+            .take(COMMS_SHOWN)
+            .collect();
+        let dests: Vec<(Dest, u64)> = dests.iter().map(|(d, t)| (*d, t.events)).collect();
+        let same = out.iter_mut().find(|e| {
+            e.proto == service.proto()
+                && e.dests
+                    .iter()
+                    .map(|(d, _)| d)
+                    .eq(dests.iter().map(|(d, _)| d))
+        });
+        match same {
+            Some(e) => {
+                e.numbers.extend(service.number());
+                if let Service::Other(p) = service {
+                    e.other_protocols.push(p);
+                }
+                for ((_, n), (_, add)) in e.dests.iter_mut().zip(&dests) {
+                    *n += add;
+                }
+                e.comms.extend(comms);
+            }
+            None => out.push(Entry {
+                proto: service.proto(),
+                numbers: service.number().into_iter().collect(),
+                other_protocols: match service {
+                    Service::Other(p) => vec![p],
+                    _ => Vec::new(),
+                },
+                dests,
+                comms,
+            }),
+        }
+    }
+    out
+}
+
+fn render_entries(out: &mut String, flows: &Flows) {
+    out.push_str("allow = [\n");
+    for e in entries(flows) {
+        let total: u64 = e.dests.iter().map(|(_, n)| n).sum();
+        let mut note = plural(total, "event");
+        if e.dests.len() > 1 && e.dests.len() <= DESTS_COUNTED {
+            let per: Vec<String> = e.dests.iter().map(|(d, n)| format!("{d} {n}")).collect();
+            let _ = write!(note, " ({})", per.join(", "));
+        }
+        if !e.comms.is_empty() {
+            let comms: Vec<String> = e.comms.iter().map(|c| comment_text(c)).collect();
+            let _ = write!(note, "; comm {}", comms.join(", "));
+        }
+        if !e.other_protocols.is_empty() {
+            let protos: Vec<String> = e.other_protocols.iter().map(u8::to_string).collect();
+            let _ = write!(
+                note,
+                "; IP protocol {}: no rule narrower than proto = \"any\" allows it",
+                protos.join(", ")
+            );
+        }
+        let _ = writeln!(out, "  # {note}");
+        let to: Vec<String> = e
+            .dests
+            .iter()
+            .map(|(d, _)| toml_string(&d.to_string()))
+            .collect();
+        let _ = write!(
+            out,
+            "  {{ to = [{}], proto = \"{}\"",
+            to.join(", "),
+            e.proto
+        );
+        let numbers: Vec<String> = e.numbers.iter().map(u16::to_string).collect();
+        match e.proto {
+            "tcp" | "udp" => {
+                let _ = write!(out, ", ports = [{}]", numbers.join(", "));
+            }
+            "icmp" | "icmpv6" => {
+                let _ = write!(out, ", icmp_types = [{}]", numbers.join(", "));
+            }
+            _ => {}
+        }
+        out.push_str(" },\n");
+    }
+    out.push_str("]\n");
+}
+
+/// The suggestion as a TOML policy file.
+pub fn render(s: &Suggestion) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# Suggested by `policyd suggest` from {} deny and audit events{}.",
+        s.events(),
+        match (&s.first, &s.last) {
+            (Some(f), Some(l)) => format!(" between {f} and {l}"),
+            _ => String::new(),
+        }
+    );
+    out.push_str(
+        "# Each entry allows exactly what was seen. Review every one before use: a\n\
+         # destination seen once may be an attack rather than a need.\n\
+         # Each [[policy]] selects one container by name. Use one in place of a\n\
+         # policy that selects only that container (policyd check refuses a policy\n\
+         # an earlier one shadows), before broader ones (the first policy that\n\
+         # selects a container wins), or merge its entries into the container's policy.\n",
+    );
+    if s.aggregate.v4.is_some() || s.aggregate.v6.is_some() {
+        let _ = writeln!(
+            out,
+            "# Destinations widened to prefixes: IPv4 /{}, IPv6 /{}.",
+            s.aggregate.v4.unwrap_or(32),
+            s.aggregate.v6.unwrap_or(128)
+        );
+    }
+    if s.suppressed > 0 {
+        let _ = writeln!(
+            out,
+            "# {} more {} held back by the kernel's per-container rate limit and never\n# logged: what they were is not known; run in audit mode longer to see them.",
+            s.suppressed,
+            if s.suppressed == 1 { "event was" } else { "events were" }
+        );
+    }
+    if s.unmapped > 0 {
+        let _ = writeln!(
+            out,
+            "# {} came from cgroups no container was mapped to yet: not included.",
+            plural(s.unmapped, "event")
+        );
+    }
+    if s.containers.is_empty() {
+        out.push_str(
+            "# Nothing to suggest: no deny or audit event of a known container was seen.\n",
+        );
+    }
+    for (name, seen) in &s.containers {
+        out.push('\n');
+        let policies: Vec<String> = seen.policies.iter().map(|p| comment_text(p)).collect();
+        let _ = writeln!(
+            out,
+            "# container {}: {}{}",
+            comment_text(name),
+            plural(seen.events, "event"),
+            if policies.is_empty() {
+                String::new()
+            } else {
+                format!(" under policy {}", policies.join(", "))
+            }
+        );
+        if seen.not_ip > 0 {
+            let _ = writeln!(
+                out,
+                "# {} of frames that are not IP (from a packet socket): no rule allows those.",
+                plural(seen.not_ip, "event")
+            );
+        }
+        let wide = seen.flows.get(&Scope::ContainerWide);
+        let exes: Vec<(&String, &Flows)> = seen
+            .flows
+            .iter()
+            .filter_map(|(scope, flows)| match scope {
+                Scope::Exe(path) => Some((path, flows)),
+                Scope::ContainerWide => None,
+            })
+            .collect();
+        if wide.is_none() && exes.is_empty() && seen.docker_dns == 0 {
+            let _ = writeln!(out, "# (nothing a rule can allow)");
+            continue;
+        }
+        out.push_str("[[policy]]\n");
+        let _ = writeln!(out, "name = {}", toml_string(name));
+        let _ = writeln!(out, "select = {{ name = {} }}", toml_string(name));
+        if seen.docker_dns > 0 {
+            let _ = writeln!(
+                out,
+                "# {} to Docker's DNS (127.0.0.11)",
+                plural(seen.docker_dns, "event")
+            );
+            out.push_str("allow_docker_dns = true\n");
+        }
+        if let Some(flows) = wide {
+            out.push_str("# every process of the container (and its packet sockets)\n");
+            render_entries(&mut out, flows);
+        }
+        for (exe, flows) in exes {
+            out.push_str("\n[[policy.process]]\n");
+            let _ = writeln!(out, "exe = {}", toml_string(exe));
+            render_entries(&mut out, flows);
+        }
+    }
+    out
+}
+
+/// Nanoseconds since the epoch of `YYYY-MM-DDTHH:MM:SS[.fraction]Z`.
+pub fn parse_rfc3339(s: &str) -> Option<u128> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.splitn(3, '-');
+    let year: i64 = d.next()?.parse().ok()?;
+    let month: i64 = d.next()?.parse().ok()?;
+    let day: i64 = d.next()?.parse().ok()?;
+    let (hms, fraction) = match time.split_once('.') {
+        Some((hms, f)) => (hms, f),
+        None => (time, ""),
+    };
+    let mut t = hms.splitn(3, ':');
+    let hour: i64 = t.next()?.parse().ok()?;
+    let minute: i64 = t.next()?.parse().ok()?;
+    let second: i64 = t.next()?.parse().ok()?;
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+        || fraction.len() > 9
+        || !fraction.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let nanos: u128 = if fraction.is_empty() {
+        0
+    } else {
+        fraction.parse::<u128>().ok()? * 10u128.pow(9 - fraction.len() as u32)
+    };
+    // Howard Hinnant's days_from_civil.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second;
+    let secs = u128::try_from(secs).ok()?;
+    Some(secs * 1_000_000_000 + nanos)
+}
+
+fn window_bound(flag: &'static str, value: &Option<String>) -> Result<Option<u128>, SuggestError> {
+    value
+        .as_ref()
+        .map(|v| {
+            parse_rfc3339(v).ok_or_else(|| SuggestError::BadTime {
+                flag,
+                value: v.clone(),
+            })
+        })
+        .transpose()
+}
+
+/// Reads the events `request` names and prints the suggestion.
+pub fn run(request: &Request) -> Result<(), SuggestError> {
+    let aggregate = request.aggregate;
+    let suggestion = match &request.input {
+        Some(path) => {
+            let filter = Filter {
+                container: request.container.clone(),
+                since_ns: window_bound("since", &request.since)?,
+                until_ns: window_bound("until", &request.until)?,
+            };
+            let mut collector = Collector::new(filter, aggregate);
+            let read_err = |source| SuggestError::Read {
+                path: path.display().to_string(),
+                source,
+            };
+            let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
+                Box::new(std::io::stdin().lock())
+            } else {
+                Box::new(std::io::BufReader::new(
+                    std::fs::File::open(path).map_err(read_err)?,
+                ))
+            };
+            for line in reader.split(b'\n') {
+                let line = line.map_err(read_err)?;
+                collector.add_line(&String::from_utf8_lossy(&line));
+            }
+            collector.finish()
+        }
+        None => {
+            let filter = Filter {
+                container: request.container.clone(),
+                ..Filter::default()
+            };
+            let mut collector = Collector::new(filter, aggregate);
+            let mut command = Command::new("journalctl");
+            command
+                .args(["--no-pager", "-o", "cat", "-u", &request.unit])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            if let Some(since) = &request.since {
+                command.args(["--since", since]);
+            }
+            if let Some(until) = &request.until {
+                command.args(["--until", until]);
+            }
+            let mut child = command
+                .spawn()
+                .map_err(|e| SuggestError::Journal(e.to_string()))?;
+            if let Some(stdout) = child.stdout.take() {
+                for line in std::io::BufReader::new(stdout).split(b'\n') {
+                    let line = line.map_err(|e| SuggestError::Journal(e.to_string()))?;
+                    collector.add_line(&String::from_utf8_lossy(&line));
+                }
+            }
+            let output = child
+                .wait_with_output()
+                .map_err(|e| SuggestError::Journal(e.to_string()))?;
+            if !output.status.success() {
+                return Err(SuggestError::JournalFailed {
+                    status: output.status.to_string(),
+                    stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+                });
+            }
+            collector.finish()
+        }
+    };
+    print!("{}", render(&suggestion));
+    eprintln!(
+        "policyd: {} event(s) of {} container(s) read; {} other line(s) skipped",
+        suggestion.events(),
+        suggestion.containers.len(),
+        suggestion.other_lines
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use proto::loader::{Event, Hook};
+
+    use super::*;
+    use crate::{eventlog::EventRecord, inventory::Container, policy};
+
+    fn event(exe: Option<&str>, dst: IpAddr, proto: u8, port: u16) -> Event {
+        let is_icmp = proto == 1 || proto == 58;
+        Event {
+            seq: 1,
+            time_ns: 1_764_489_600_000_000_000,
+            verdict: Verdict::Audit,
+            hook: Hook::Connect4,
+            cgroup_id: 9,
+            policy_id: 2,
+            rule_id: 0,
+            tgid: 77,
+            uid: 0,
+            comm: exe.map_or("sh", |e| e.rsplit('/').next().unwrap()).into(),
+            exe: exe.map(str::to_string),
+            proto,
+            src: IpAddr::V4(Ipv4Addr::new(172, 17, 0, 2)),
+            dst,
+            src_port: 40000,
+            dst_port: if is_icmp { 0 } else { port },
+            icmp_type: is_icmp.then_some(port as u8),
+            icmp_code: is_icmp.then_some(0),
+            suppressed: 0,
+            revoked_flow: false,
+            socket_cookie: 0,
+            link_layer: false,
+            unattributed: false,
+            ethertype: None,
+        }
+    }
+
+    fn line(container: &str, e: &Event) -> String {
+        let c = Container {
+            id: format!("{container}-id"),
+            name: container.into(),
+            image: "contain-test:latest".into(),
+            ..Container::default()
+        };
+        EventRecord::new(e, Some(&c), Some("observe")).to_line()
+    }
+
+    fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+    }
+
+    fn suggest(lines: &[String], filter: Filter, aggregate: Aggregate) -> String {
+        let mut c = Collector::new(filter, aggregate);
+        for l in lines {
+            c.add_line(l);
+        }
+        render(&c.finish())
+    }
+
+    fn valid(text: &str) -> policy::PolicySet {
+        match policy::parse("suggested.toml", text) {
+            Ok(p) => p,
+            Err(e) => panic!("the suggestion is not a valid policy:\n{e}\n---\n{text}"),
+        }
+    }
+
+    #[test]
+    fn what_was_seen_becomes_entries_per_container_and_executable_with_counts() {
+        let curl = Some("/usr/bin/curl");
+        let lines = vec![
+            line("curler", &event(curl, v4(198, 18, 0, 1), 6, 443)),
+            line("curler", &event(curl, v4(198, 18, 0, 1), 6, 443)),
+            line("curler", &event(curl, v4(198, 18, 0, 1), 6, 80)),
+            line("curler", &event(None, v4(198, 18, 0, 2), 17, 123)),
+            line("curler", &event(curl, v4(198, 18, 0, 3), 1, 8)),
+            line(
+                "web",
+                &event(Some("/usr/sbin/nginx"), v4(10, 0, 0, 5), 6, 5432),
+            ),
+            "2026-11-30T08:00:00Z INFO policyd listening".into(),
+        ];
+        let text = suggest(&lines, Filter::default(), Aggregate::default());
+        let policies = valid(&text);
+        assert_eq!(policies.policies.len(), 2, "{text}");
+        assert!(text.contains(
+            "  # 3 events; comm curl\n  { to = [\"198.18.0.1\"], proto = \"tcp\", ports = [80, 443] },"
+        ), "{text}");
+        assert!(text.contains("{ to = [\"198.18.0.3\"], proto = \"icmp\", icmp_types = [8] }"));
+        assert!(text.contains("# every process of the container (and its packet sockets)\nallow = [\n  # 1 event; comm sh\n  { to = [\"198.18.0.2\"], proto = \"udp\", ports = [123] },"), "{text}");
+        assert!(text.contains("[[policy.process]]\nexe = \"/usr/bin/curl\""));
+        assert!(text.contains("select = { name = \"web\" }"));
+        assert!(text.contains("# container curler: 5 events under policy observe"));
+    }
+
+    #[test]
+    fn one_container_and_a_time_window_can_be_asked_for() {
+        let mut late = event(None, v4(198, 18, 0, 9), 6, 22);
+        late.time_ns += 3_600_000_000_000;
+        let lines = vec![
+            line("curler", &event(None, v4(198, 18, 0, 1), 6, 443)),
+            line("curler", &late),
+            line("web", &event(None, v4(10, 0, 0, 5), 6, 5432)),
+        ];
+        let filter = Filter {
+            container: Some("curler".into()),
+            since_ns: None,
+            until_ns: parse_rfc3339("2025-11-30T08:30:00Z"),
+        };
+        let text = suggest(&lines, filter, Aggregate::default());
+        valid(&text);
+        assert!(text.contains("198.18.0.1"));
+        assert!(!text.contains("198.18.0.9"), "{text}");
+        assert!(!text.contains("web"));
+    }
+
+    #[test]
+    fn prefixes_only_when_asked() {
+        let lines = vec![
+            line("c", &event(None, v4(198, 18, 0, 1), 6, 443)),
+            line("c", &event(None, v4(198, 18, 0, 200), 6, 443)),
+            line(
+                "c",
+                &event(
+                    None,
+                    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 5)),
+                    6,
+                    443,
+                ),
+            ),
+        ];
+        let exact = suggest(&lines, Filter::default(), Aggregate::default());
+        valid(&exact);
+        assert!(
+            exact.contains("\"198.18.0.1\", \"198.18.0.200\", \"2001:db8:0:1::5\""),
+            "{exact}"
+        );
+        let widened = suggest(
+            &lines,
+            Filter::default(),
+            Aggregate {
+                v4: Some(24),
+                v6: Some(48),
+            },
+        );
+        valid(&widened);
+        assert!(
+            widened.contains(
+                "{ to = [\"198.18.0.0/24\", \"2001:db8::/48\"], proto = \"tcp\", ports = [443] }"
+            ),
+            "{widened}"
+        );
+        assert!(
+            widened.contains("# 3 events (198.18.0.0/24 2, 2001:db8::/48 1)"),
+            "{widened}"
+        );
+    }
+
+    #[test]
+    fn docker_dns_is_the_policy_switch_and_other_protocols_need_any() {
+        let lines = vec![
+            line("c", &event(None, DOCKER_DNS, 17, 53)),
+            line("c", &event(None, v4(198, 18, 0, 1), 47, 0)),
+        ];
+        let text = suggest(&lines, Filter::default(), Aggregate::default());
+        let policies = valid(&text);
+        assert!(policies.policies[0].allow_docker_dns, "{text}");
+        assert!(
+            text.contains("{ to = [\"198.18.0.1\"], proto = \"any\" }"),
+            "{text}"
+        );
+        assert!(text.contains("IP protocol 47"));
+    }
+
+    #[test]
+    fn hostile_names_and_paths_stay_strings() {
+        let exe = "/tmp/x\"\n[[policy]]\nname = \"evil";
+        let mut e = event(Some(exe), v4(198, 18, 0, 1), 6, 443);
+        e.comm = "a\nb".into();
+        let text = suggest(&[line("c", &e)], Filter::default(), Aggregate::default());
+        let policies = valid(&text);
+        assert_eq!(policies.policies.len(), 1, "{text}");
+    }
+
+    #[test]
+    fn unmapped_and_rate_limited_events_are_said_not_hidden() {
+        let mut e = event(None, v4(198, 18, 0, 1), 6, 443);
+        e.suppressed = 40;
+        e.policy_id = 0;
+        let unmapped = EventRecord::new(&e, None, None).to_line();
+        let text = suggest(&[unmapped], Filter::default(), Aggregate::default());
+        valid(&text);
+        assert!(text.contains("# 40 more events were held back"), "{text}");
+        assert!(text.contains("# 1 event came from cgroups no container was mapped to yet"));
+        assert!(text.contains("Nothing to suggest"));
+    }
+
+    #[test]
+    fn rfc3339_times_parse_as_the_event_log_writes_them() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_rfc3339("2023-11-14T22:13:20.123456789Z"),
+            Some(1_700_000_000_123_456_789)
+        );
+        assert_eq!(
+            parse_rfc3339("2000-02-29T00:00:00.5Z"),
+            Some(951_782_400_500_000_000)
+        );
+        assert_eq!(parse_rfc3339("2 days ago"), None);
+        assert_eq!(parse_rfc3339("2023-13-01T00:00:00Z"), None);
+    }
+}
