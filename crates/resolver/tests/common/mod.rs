@@ -154,7 +154,10 @@ impl Drop for Proc {
 }
 
 pub async fn connect(socket: &Path) -> ResolverClient {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // The resolver serves once containerd's first listing is in, or after
+    // FIRST_LISTING_WAIT without it: wait longer than that, since a loaded
+    // machine (or the resolver's own start-up) adds to it.
+    let deadline = Instant::now() + resolver::FIRST_LISTING_WAIT + Duration::from_secs(20);
     loop {
         match proto::transport::connect(socket).await {
             Ok(stream) => {
