@@ -15,6 +15,5 @@ pub mod fs;
 pub mod kernel;
 pub mod revoke;
 pub mod service;
-pub mod testrun;
 pub mod tracefs;
 pub mod veths;

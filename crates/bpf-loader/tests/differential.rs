@@ -18,8 +18,11 @@ mod common;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use bpf_loader::{kernel::Kernel, testrun};
-use common::packets::{self, Ext, ICMP, ICMPV6, TCP, UDP};
+use bpf_loader::kernel::Kernel;
+use test_kit::{
+    packets::{self, Ext, ICMP, ICMPV6, TCP, UDP},
+    testrun,
+};
 use common::require_root;
 use contain_common::{program_names, proto::ANY};
 use kernel_model::{

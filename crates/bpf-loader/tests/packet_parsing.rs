@@ -6,8 +6,11 @@ mod common;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use bpf_loader::{kernel::Kernel, testrun};
-use common::packets::{self, Ext, ICMP, ICMPV6, TCP, UDP};
+use bpf_loader::kernel::Kernel;
+use test_kit::{
+    packets::{self, Ext, ICMP, ICMPV6, TCP, UDP},
+    testrun,
+};
 use common::{require_root, Allow, Rules};
 use contain_common::program_names;
 use kernel_model::{diff::MapDiff, state::Verdict};

@@ -9,7 +9,7 @@ use std::{
 
 use kernel_model::state::{FileId, KernelState, Verdict};
 use policyd::{
-    daemon::{self, memory_loader::MemoryLoader, Config, InventorySource},
+    daemon::{self, Config, InventorySource},
     inventory::{Container, Inventory},
 };
 use proto::{
@@ -18,6 +18,7 @@ use proto::{
     transport,
 };
 use tarpc::context::Context;
+use test_kit::memory_loader::MemoryLoader;
 
 /// The file /usr/bin/curl names in the curler containers.
 const CURL: FileId = FileId {

@@ -11,8 +11,8 @@ use policyd::{
     ids::IdTables,
     inventory::Inventory,
     policy,
-    synthetic::{self, rule_line},
 };
+use test_kit::synthetic::{self, rule_line};
 
 const RULES: usize = 5_000;
 

@@ -17,7 +17,7 @@ use std::{
 
 use kernel_model::state::Verdict;
 use policyd::{
-    daemon::{self, memory_loader::MemoryLoader, observe::EventLogTarget, Config, InventorySource},
+    daemon::{self, observe::EventLogTarget, Config, InventorySource},
     inventory::{Container, Inventory},
 };
 use proto::{
@@ -25,6 +25,7 @@ use proto::{
     policyd::PolicydClient,
     transport,
 };
+use test_kit::memory_loader::MemoryLoader;
 
 const POLICY: &str = r#"
 mode = "enforce"

@@ -23,6 +23,10 @@ use resolver::{
     source::{RuntimeContainer, SourceEvent},
     Config, Daemon,
 };
+use test_kit::{
+    cgroup::remove_tree as remove_cgroup_tree,
+    process::{run_quiet, Proc},
+};
 
 const CG_PREFIX: &str = "contain-test-resolver-";
 const NS_PREFIX: &str = "contain-rv-";
@@ -32,39 +36,8 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// Removes what an earlier, dead run of these tests left behind.
 fn sweep_leftovers() {
-    let mount = cgroup_mount();
-    if let Ok(entries) = std::fs::read_dir(&mount) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if dead_run_pid(&name, CG_PREFIX).is_some() {
-                eprintln!("removing leftover cgroup {name}");
-                remove_cgroup_tree(&e.path());
-            }
-        }
-    }
-    for line in run("ip", &["netns", "list"]).lines() {
-        let name = line.split_whitespace().next().unwrap_or_default();
-        if dead_run_pid(name, NS_PREFIX).is_some() {
-            eprintln!("removing leftover netns {name}");
-            run_quiet("ip", &["netns", "del", name]);
-        }
-    }
-    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if dead_run_pid(&name, SOCKET_PREFIX).is_some() {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
-    if let Ok(entries) = std::fs::read_dir("/sys/class/net") {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if dead_run_pid(&name, LINK_PREFIX).is_some() {
-                eprintln!("removing leftover link {name}");
-                run_quiet("ip", &["link", "del", &name]);
-            }
-        }
+    for prefix in [CG_PREFIX, NS_PREFIX, SOCKET_PREFIX, LINK_PREFIX] {
+        test_kit::cleanup::sweep_dead_runs(prefix);
     }
 }
 

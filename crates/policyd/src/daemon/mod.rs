@@ -6,7 +6,6 @@
 
 pub mod engine;
 pub mod feeds;
-pub mod memory_loader;
 pub mod observe;
 pub mod server;
 

@@ -1,6 +1,5 @@
 //! Hand-built Ethernet frames for BPF_PROG_TEST_RUN: IPv4 with and without
 //! options, IPv6 with extension headers, fragments, TCP/UDP/ICMP.
-#![allow(dead_code)]
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
