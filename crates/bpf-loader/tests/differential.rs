@@ -19,10 +19,6 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use bpf_loader::kernel::Kernel;
-use test_kit::{
-    packets::{self, Ext, ICMP, ICMPV6, TCP, UDP},
-    testrun,
-};
 use common::require_root;
 use contain_common::{program_names, proto::ANY};
 use kernel_model::{
@@ -32,6 +28,10 @@ use kernel_model::{
     state::{
         CgroupEntry, DestPrefix, Entry, KernelState, PortPrefix, ProcessKey, ProcessMatch, Verdict,
     },
+};
+use test_kit::{
+    packets::{self, Ext, ICMP, ICMPV6, TCP, UDP},
+    testrun,
 };
 
 const ROUNDS: usize = 150;

@@ -6,12 +6,7 @@ use kernel_model::{
     diff::{apply, diff_ops, diff_verdict, OpCounts},
     state::KernelState,
 };
-use policyd::{
-    compile::compile,
-    ids::IdTables,
-    inventory::Inventory,
-    policy,
-};
+use policyd::{compile::compile, ids::IdTables, inventory::Inventory, policy};
 use test_kit::synthetic::{self, rule_line};
 
 const RULES: usize = 5_000;

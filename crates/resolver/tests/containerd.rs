@@ -54,7 +54,11 @@ fn link_prefix(pid: u32) -> String {
 /// Removes what earlier, killed runs left: their containerd and its
 /// state, their containers' cgroups, their links.
 fn sweep_leftovers() {
-    for e in std::fs::read_dir("/var/lib").into_iter().flatten().flatten() {
+    for e in std::fs::read_dir("/var/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let name = e.file_name().to_string_lossy().into_owned();
         if let Some(pid) = dead_owner(&name, BASE_PREFIX) {
             eprintln!("removing leftovers of run {pid}");
@@ -219,7 +223,11 @@ impl Drop for Env {
         if let Some(h) = self.docker_api.take() {
             h.abort();
         }
-        for e in std::fs::read_dir("/sys/class/net").into_iter().flatten().flatten() {
+        for e in std::fs::read_dir("/sys/class/net")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with(&link_prefix(self.pid)) {
                 run_quiet("ip", &["link", "del", &name]);

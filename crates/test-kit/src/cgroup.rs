@@ -11,9 +11,12 @@ use crate::{io_error, process, Error, Result};
 
 /// Where the cgroup v2 hierarchy is mounted.
 pub fn cgroup2_mount() -> Result<PathBuf> {
-    hierarchies(&["cgroup2"])?.into_iter().next().ok_or_else(|| {
-        Error::Setup("no cgroup2 mount in /proc/self/mountinfo: the kit needs cgroup v2".into())
-    })
+    hierarchies(&["cgroup2"])?
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            Error::Setup("no cgroup2 mount in /proc/self/mountinfo: the kit needs cgroup v2".into())
+        })
 }
 
 /// Mount points of every cgroup hierarchy, v1 controllers and v2 (a

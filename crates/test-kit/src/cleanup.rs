@@ -115,7 +115,10 @@ mod tests {
     #[test]
     fn names_of_dead_runs_are_found_and_this_runs_are_not() {
         // Pids above the kernel's pid_max (2^22) belong to no process.
-        assert_eq!(dead_owner("cbench-4194305-peer", "cbench-"), Some(4_194_305));
+        assert_eq!(
+            dead_owner("cbench-4194305-peer", "cbench-"),
+            Some(4_194_305)
+        );
         assert_eq!(dead_owner("crv4194305a1", "crv"), Some(4_194_305));
         let own = format!("cbench-{}-peer", std::process::id());
         assert_eq!(dead_owner(&own, "cbench-"), None);

@@ -259,7 +259,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .ok_or_else(|| Error::Setup("ctr events has no stdout".into()))?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(std::io::Result::ok) {
+            for line in BufReader::new(stdout)
+                .lines()
+                .map_while(std::io::Result::ok)
+            {
                 if let Some(event) = Event::parse(&line) {
                     if tx.send(event).is_err() {
                         return;
@@ -277,7 +280,11 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         if self.running() {
             for ns in &self.namespaces {
-                for id in self.ctr(ns, &["container", "ls", "-q"]).unwrap_or_default().lines() {
+                for id in self
+                    .ctr(ns, &["container", "ls", "-q"])
+                    .unwrap_or_default()
+                    .lines()
+                {
                     self.remove_container(ns, id.trim());
                 }
             }
@@ -300,8 +307,14 @@ pub fn remove_state(base: &Path) {
         return;
     }
     let needle = base.to_string_lossy().into_owned();
-    for p in procfs::process::all_processes().into_iter().flatten().flatten() {
-        let named = p.cmdline().is_ok_and(|c| c.iter().any(|a| a.contains(&needle)));
+    for p in procfs::process::all_processes()
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let named = p
+            .cmdline()
+            .is_ok_and(|c| c.iter().any(|a| a.contains(&needle)));
         if named && p.pid as u32 != std::process::id() {
             process::signal(p.pid as u32, nix::sys::signal::Signal::SIGKILL);
         }
@@ -333,9 +346,11 @@ fn remove_fifos_of(id: &str) {
     let fifo = Path::new(RUN_CONTAINERD).join("fifo");
     for dir in std::fs::read_dir(fifo).into_iter().flatten().flatten() {
         let ours = std::fs::read_dir(dir.path()).is_ok_and(|files| {
-            files
-                .flatten()
-                .any(|f| f.file_name().to_string_lossy().starts_with(&format!("{id}-")))
+            files.flatten().any(|f| {
+                f.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{id}-"))
+            })
         });
         if ours {
             let _ = std::fs::remove_dir_all(dir.path());

@@ -19,7 +19,8 @@ pub fn root_or_skip(test: &str) -> bool {
 
 /// Runs a command; panics with its output if it cannot run or fails.
 pub fn run(cmd: &str, args: &[&str]) -> String {
-    test_kit::process::run(cmd, args).unwrap_or_else(|e| panic!("prerequisite missing or failed: {e}"))
+    test_kit::process::run(cmd, args)
+        .unwrap_or_else(|e| panic!("prerequisite missing or failed: {e}"))
 }
 
 /// The cgroup2 mount.
