@@ -52,6 +52,10 @@ const H: u32 = 430;
 /// Room right of the plot for the line charts' legend.
 const LEGEND_W: u32 = 250;
 const FONT: &str = "sans-serif";
+/// plotters' SVG backend writes a font of size `s` as `font-size` s / 1.24
+/// (pixels to points): the titles' 15 and the labels' 12.
+const TITLE_SIZE: f64 = 15.0 * 1.24;
+const LABEL_SIZE: f64 = 12.0 * 1.24;
 const GRID: RGBColor = RGBColor(0xe9, 0xec, 0xef);
 const FRAME: RGBColor = RGBColor(0x49, 0x50, 0x57);
 
@@ -100,10 +104,13 @@ fn span(values: impl Iterator<Item = f64>, log: bool) -> Range<f64> {
             hi = lo * 10.0;
         }
     } else {
+        // From zero, with room above the highest point.
         lo = lo.min(0.0);
-        if hi <= lo {
-            hi = lo + 1.0;
-        }
+        hi = if hi <= lo {
+            lo + 1.0
+        } else {
+            hi + (hi - lo) * 0.05
+        };
     }
     lo..hi
 }
@@ -147,7 +154,10 @@ where
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let (plot_area, legend_area) = root.split_horizontally(W - LEGEND_W);
     let mut chart = ChartBuilder::on(&plot_area)
-        .caption(c.title, (FONT, 15).into_font().style(FontStyle::Bold))
+        .caption(
+            c.title,
+            (FONT, TITLE_SIZE).into_font().style(FontStyle::Bold),
+        )
         .margin(10)
         .x_label_area_size(44)
         .y_label_area_size(64)
@@ -155,15 +165,14 @@ where
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
-        .disable_x_mesh()
-        .disable_y_mesh()
         .bold_line_style(GRID)
+        .light_line_style(TRANSPARENT)
         .axis_style(FRAME)
         .x_desc(c.x_label)
         .y_desc(c.y_label)
         .x_label_formatter(&|v| num(*v))
         .y_label_formatter(&|v| num(*v))
-        .label_style((FONT, 12))
+        .label_style((FONT, LABEL_SIZE))
         .draw()
         .map_err(|e| e.to_string())?;
     for ser in &c.series {
@@ -188,6 +197,7 @@ where
             .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
             .map_err(|e| e.to_string())?;
     }
+    frame(&root, chart.plotting_area().get_pixel_range())?;
     // The legend beside the plot, one row a series, in their order.
     for (i, ser) in c.series.iter().enumerate() {
         let y = 54 + 20 * i as i32;
@@ -206,11 +216,21 @@ where
             .draw(&Text::new(
                 ser.name.clone(),
                 (44, y - 6),
-                (FONT, 12).into_font(),
+                (FONT, LABEL_SIZE).into_font(),
             ))
             .map_err(|e| e.to_string())?;
     }
     root.present().map_err(|e| e.to_string())
+}
+
+/// A rectangle around the plot at `pixels` (the mesh draws only the axes).
+fn frame<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    pixels: (Range<i32>, Range<i32>),
+) -> Result<(), String> {
+    let (x, y) = pixels;
+    root.draw(&Rectangle::new([(x.start, y.start), (x.end, y.end)], FRAME))
+        .map_err(|e| e.to_string())
 }
 
 pub fn bar_chart(title: &str, unit: &str, bars: &[Bar]) -> Result<String, ChartError> {
@@ -228,12 +248,13 @@ fn draw_bars(svg: &mut String, title: &str, unit: &str, bars: &[Bar]) -> Result<
     // The first bar on top: row i is segment rows - 1 - i.
     let segment = |i: usize| (rows as i32) - 1 - i as i32;
     let mut chart = ChartBuilder::on(&root)
-        .caption(title, (FONT, 15).into_font().style(FontStyle::Bold))
+        .caption(title, (FONT, TITLE_SIZE).into_font().style(FontStyle::Bold))
         .margin(10)
         .margin_right(90)
         .x_label_area_size(44)
-        .y_label_area_size(250)
-        .build_cartesian_2d(0.0..max * 1.05, (0..rows as i32).into_segmented())
+        .y_label_area_size(280)
+        // A segmented 0..n has n + 1 segments (both ends count).
+        .build_cartesian_2d(0.0..max * 1.05, (0..rows as i32 - 1).into_segmented())
         .map_err(|e| e.to_string())?;
     let label_of = |v: &SegmentValue<i32>| match v {
         SegmentValue::CenterOf(s) | SegmentValue::Exact(s) => bars
@@ -247,36 +268,31 @@ fn draw_bars(svg: &mut String, title: &str, unit: &str, bars: &[Bar]) -> Result<
     chart
         .configure_mesh()
         .disable_y_mesh()
-        .disable_x_mesh()
         .bold_line_style(GRID)
+        .light_line_style(TRANSPARENT)
         .axis_style(FRAME)
         .x_desc(unit)
         .x_label_formatter(&|v| num(*v))
         .y_labels(bars.len())
         .y_label_formatter(&label_of)
-        .label_style((FONT, 12))
+        .label_style((FONT, LABEL_SIZE))
         .draw()
         .map_err(|e| e.to_string())?;
     for (i, b) in bars.iter().enumerate() {
         let s = segment(i);
-        chart
-            .draw_series([Rectangle::new(
-                [
-                    (0.0, SegmentValue::Exact(s)),
-                    (b.value, SegmentValue::Exact(s + 1)),
-                ],
-                rgb(b.color).filled(),
-            )
-            .into_dyn()])
-            .map_err(|e| e.to_string())?;
-        chart
-            .draw_series([Text::new(
-                num(b.value),
-                (b.value, SegmentValue::CenterOf(s)),
-                (FONT, 12).into_font(),
-            )
-            .into_dyn()])
-            .map_err(|e| e.to_string())?;
+        let mut bar = Rectangle::new(
+            [
+                (0.0, SegmentValue::Exact(s)),
+                (b.value, SegmentValue::Exact(s + 1)),
+            ],
+            rgb(b.color).filled(),
+        );
+        bar.set_margin(4, 4, 0, 0);
+        chart.draw_series([bar]).map_err(|e| e.to_string())?;
+        // The value just right of the bar's end, centred on it.
+        let value = EmptyElement::at((b.value, SegmentValue::CenterOf(s)))
+            + Text::new(num(b.value), (6, -7), (FONT, LABEL_SIZE).into_font());
+        chart.draw_series([value]).map_err(|e| e.to_string())?;
     }
     root.present().map_err(|e| e.to_string())
 }
