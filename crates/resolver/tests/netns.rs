@@ -25,6 +25,7 @@ use resolver::{
 };
 use test_kit::{
     cgroup::remove_tree as remove_cgroup_tree,
+    lab::Netns,
     process::{run_quiet, Proc},
 };
 
@@ -45,7 +46,7 @@ fn sweep_leftovers() {
 struct Scene {
     tag: String,
     cgroup_base: PathBuf,
-    netns: Vec<String>,
+    netns: Vec<Netns>,
     links: Vec<String>,
     procs: Vec<Proc>,
 }
@@ -70,9 +71,8 @@ impl Scene {
 
     fn netns(&mut self, n: &str) -> String {
         let name = format!("{NS_PREFIX}{}-{n}", self.tag);
-        run_quiet("ip", &["netns", "del", &name]);
-        run("ip", &["netns", "add", &name]);
-        self.netns.push(name.clone());
+        let netns = Netns::new(&name).unwrap_or_else(|e| panic!("{e}"));
+        self.netns.push(netns);
         name
     }
 
@@ -160,9 +160,7 @@ impl Drop for Scene {
         for l in &self.links {
             run_quiet("ip", &["link", "del", l]);
         }
-        for n in &self.netns {
-            run_quiet("ip", &["netns", "del", n]);
-        }
+        self.netns.clear();
         remove_cgroup_tree(&self.cgroup_base);
         let socket = std::env::temp_dir().join(format!("{SOCKET_PREFIX}{}.sock", self.tag));
         let _ = std::fs::remove_file(socket);
