@@ -123,11 +123,6 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         Ok(containerd)
     }
 
-    /// The directory holding everything of this containerd.
-    pub fn base(&self) -> &Path {
-        &self.base
-    }
-
     /// containerd's API socket.
     pub fn socket(&self) -> &Path {
         &self.socket
@@ -173,7 +168,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         }
     }
 
-    pub fn running(&self) -> bool {
+    fn running(&self) -> bool {
         self.child.is_some()
     }
 

@@ -19,7 +19,7 @@ pub fn run(program: &str, args: &[&str]) -> Result<String> {
 }
 
 /// Runs a prepared command; its stdout, or an error as [`run`]'s.
-pub fn output_of(cmd: &mut Command) -> Result<String> {
+fn output_of(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().map_err(|source| Error::Spawn {
         command: describe(cmd),
         source,
