@@ -283,7 +283,7 @@ fn maps_dir(pin_dir: &Path) -> Result<PathBuf> {
 struct Scene {
     scratch: PathBuf,
     pin_dir: PathBuf,
-    cgroup: PathBuf,
+    cgroup: cgroup::Cgroup,
     netns: Vec<String>,
     containerd: Option<Containerd>,
     daemons: Vec<Daemon>,
@@ -297,7 +297,6 @@ impl Drop for Scene {
             let _ = process::run("ip", &["netns", "del", ns]);
         }
         cleanup::remove_any(&self.pin_dir);
-        cgroup::remove_tree(&self.cgroup);
         let _ = std::fs::remove_dir_all(&self.scratch);
     }
 }
@@ -318,14 +317,14 @@ pub fn measure(bin_dir: &Path, quick: bool) -> Result<(Control, Vec<String>)> {
     let mut scene = Scene {
         scratch: PathBuf::from("/tmp").join(&name),
         pin_dir: PathBuf::from("/sys/fs/bpf").join(&name),
-        cgroup: cgroup::cgroup2_mount()?.join(&name),
+        cgroup: cgroup::Cgroup::create(&cgroup::cgroup2_mount()?.join(&name))?,
         netns: Vec::new(),
         containerd: None,
         daemons: Vec::new(),
     };
     let s = scene.scratch.clone();
     std::fs::create_dir_all(&s)?;
-    std::fs::create_dir_all(scene.cgroup.join("ctr"))?;
+    std::fs::create_dir_all(scene.cgroup.path().join("ctr"))?;
     let sock = |n: &str| s.join(format!("{n}.sock"));
     let path = |p: &Path| p.to_string_lossy().into_owned();
 
@@ -564,7 +563,7 @@ fn create_to_in_force(
     let containerd = scene.containerd.as_ref().context("containerd")?;
     let events = containerd.events()?;
     let trials = if quick { 2 } else { 10 };
-    let parent = scene.cgroup.join("ctr");
+    let parent = scene.cgroup.path().join("ctr");
     let mut create = Create {
         trials,
         ..Create::default()

@@ -24,7 +24,7 @@ use resolver::{
     Config, Daemon,
 };
 use test_kit::{
-    cgroup::remove_tree as remove_cgroup_tree,
+    cgroup::Cgroup,
     lab::Netns,
     process::{run_quiet, Proc},
 };
@@ -45,7 +45,7 @@ fn sweep_leftovers() {
 /// Everything one test creates, removed by name on drop.
 struct Scene {
     tag: String,
-    cgroup_base: PathBuf,
+    cgroup_base: Cgroup,
     netns: Vec<Netns>,
     links: Vec<String>,
     procs: Vec<Proc>,
@@ -56,10 +56,8 @@ impl Scene {
         sweep_leftovers();
         let pid = std::process::id();
         let tag = format!("{pid}{tag}");
-        let cgroup_base = cgroup_mount().join(format!("{CG_PREFIX}{tag}"));
-        remove_cgroup_tree(&cgroup_base);
-        std::fs::create_dir_all(&cgroup_base)
-            .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", cgroup_base.display()));
+        let cgroup_base = Cgroup::create(&cgroup_mount().join(format!("{CG_PREFIX}{tag}")))
+            .unwrap_or_else(|e| panic!("{e}"));
         Scene {
             tag,
             cgroup_base,
@@ -106,7 +104,7 @@ impl Scene {
     }
 
     fn cgroup(&self, n: &str) -> PathBuf {
-        let dir = self.cgroup_base.join(n);
+        let dir = self.cgroup_base.path().join(n);
         std::fs::create_dir_all(&dir)
             .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", dir.display()));
         dir
@@ -161,9 +159,9 @@ impl Drop for Scene {
             run_quiet("ip", &["link", "del", l]);
         }
         self.netns.clear();
-        remove_cgroup_tree(&self.cgroup_base);
         let socket = std::env::temp_dir().join(format!("{SOCKET_PREFIX}{}.sock", self.tag));
         let _ = std::fs::remove_file(socket);
+        // The cgroups go with their field, after the processes.
     }
 }
 

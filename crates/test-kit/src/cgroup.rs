@@ -9,6 +9,34 @@ use std::{
 
 use crate::{io_error, process, Error, Result};
 
+/// A cgroup directory the run made, removed with everything running in it
+/// when dropped.
+#[derive(Debug)]
+pub struct Cgroup {
+    path: PathBuf,
+}
+
+impl Cgroup {
+    /// Creates the cgroup `path` (and its parents), replacing a stale one.
+    pub fn create(path: &Path) -> Result<Cgroup> {
+        remove_tree(path);
+        std::fs::create_dir_all(path).map_err(io_error("creating cgroup", path))?;
+        Ok(Cgroup {
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        remove_tree(&self.path);
+    }
+}
+
 /// Where the cgroup v2 hierarchy is mounted.
 pub fn cgroup2_mount() -> Result<PathBuf> {
     hierarchies(&["cgroup2"])?

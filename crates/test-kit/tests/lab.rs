@@ -18,7 +18,7 @@ fn a_netns_a_cgroup_and_their_process_are_made_and_removed() {
     cleanup::sweep_dead_runs(PREFIX);
     let name = format!("{PREFIX}{}", std::process::id());
     let dir = cgroup::cgroup2_mount().expect("cgroup2").join(&name);
-    std::fs::create_dir_all(&dir).expect("creating the cgroup");
+    let made = cgroup::Cgroup::create(&dir).expect("creating the cgroup");
     {
         let ns = lab::Netns::new(&name).expect("creating the namespace");
         assert!(lab::netns_path(ns.name()).exists());
@@ -52,8 +52,11 @@ fn a_netns_a_cgroup_and_their_process_are_made_and_removed() {
             own
         );
 
-        cgroup::remove_tree(&dir);
-        assert!(!dir.exists(), "the cgroup is gone, its process killed");
+        drop(made);
+        assert!(
+            !dir.exists(),
+            "the cgroup is gone on drop, its process killed"
+        );
         let pid = child.pid();
         drop(child);
         assert!(!process::pid_alive(pid));
