@@ -131,19 +131,38 @@ pub fn line_chart(c: &LineChart) -> Result<String, ChartError> {
         c.series.iter().flat_map(|s| s.points.iter().map(|p| p.1)),
         c.log_y,
     );
+    let labels = (labels(&xs, c.log_x), labels(&ys, c.log_y));
     let mut svg = String::new();
     let drawn = match (c.log_x, c.log_y) {
-        (false, false) => draw_lines(&mut svg, c, xs, ys),
-        (true, false) => draw_lines(&mut svg, c, xs.log_scale(), ys),
-        (false, true) => draw_lines(&mut svg, c, xs, ys.log_scale()),
-        (true, true) => draw_lines(&mut svg, c, xs.log_scale(), ys.log_scale()),
+        (false, false) => draw_lines(&mut svg, c, xs, ys, labels),
+        (true, false) => draw_lines(&mut svg, c, xs.log_scale(), ys, labels),
+        (false, true) => draw_lines(&mut svg, c, xs, ys.log_scale(), labels),
+        (true, true) => draw_lines(&mut svg, c, xs.log_scale(), ys.log_scale(), labels),
     };
     drawn.map_err(error(c.title))?;
     Ok(svg)
 }
 
-/// Draws `c` on axes `x` and `y` (linear or log) into `svg`.
-fn draw_lines<X, Y>(svg: &mut String, c: &LineChart, x: X, y: Y) -> Result<(), String>
+/// How many labels an axis over `span` gets: one a decade on a log axis
+/// (plotters fills a decade with 2, 3, ... 9 when allowed more), about
+/// five steps on a linear one.
+fn labels(span: &Range<f64>, log: bool) -> usize {
+    if log {
+        (span.end / span.start).log10().round().max(1.0) as usize + 1
+    } else {
+        6
+    }
+}
+
+/// Draws `c` on axes `x` and `y` (linear or log) into `svg`, with `labels`
+/// (x, y) tick labels at most.
+fn draw_lines<X, Y>(
+    svg: &mut String,
+    c: &LineChart,
+    x: X,
+    y: Y,
+    labels: (usize, usize),
+) -> Result<(), String>
 where
     X: AsRangedCoord<Value = f64>,
     Y: AsRangedCoord<Value = f64>,
@@ -170,6 +189,8 @@ where
         .axis_style(FRAME)
         .x_desc(c.x_label)
         .y_desc(c.y_label)
+        .x_labels(labels.0)
+        .y_labels(labels.1)
         .x_label_formatter(&|v| num(*v))
         .y_label_formatter(&|v| num(*v))
         .label_style((FONT, LABEL_SIZE))
