@@ -45,7 +45,6 @@ use kernel_model::{
     state::{Entry, Verdict},
 };
 use serde::{Deserialize, Serialize};
-
 use test_kit::{cgroup, cleanup, process};
 
 use crate::{
@@ -199,7 +198,7 @@ pub struct Lab {
 
 impl Lab {
     pub fn new(opts: &Options) -> Result<Lab> {
-        test_kit::cleanup::sweep_dead_runs(sys::RUN_PREFIX);
+        cleanup::sweep_dead_runs(sys::RUN_PREFIX);
         let name = sys::run_name();
         let root = cgroup::cgroup2_mount()?;
         let base = root.join(&name);

@@ -27,10 +27,9 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use test_kit::{process, repo_root};
-
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
+use test_kit::{process, repo_root};
 
 #[derive(Parser, Debug)]
 #[command(

@@ -28,7 +28,6 @@
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
 
 use anyhow::{bail, Context as _, Result};
-
 use serde::{Deserialize, Serialize};
 use test_kit::testrun;
 
