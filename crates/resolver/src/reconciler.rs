@@ -1,8 +1,8 @@
-//! The engine: one task that owns what the runtimes said, the host's link
+//! The reconciler: one task that owns what the runtimes said, the host's link
 //! table and the inventory, and turns source events, link events and
 //! periodic rescans into inventory changes.
 //!
-//! Sources never wait on the engine's readers and readers never wait on the
+//! Sources never wait on the reconciler's readers and readers never wait on the
 //! sources: queries read the published inventory under a short lock.
 
 use std::{
@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use crate::{
     cgroup::{self, Cgroup2Mount},
     exe::{self, RootId},
-    inventory::Inventory,
+    inventory::VersionedInventory,
     links::{Link, LinkSignal, Netlink},
     process::Proc,
     resolve::{build, ProcFacts},
@@ -32,7 +32,7 @@ pub const RTNETLINK_SOURCE: &str = "rtnetlink";
 
 /// What the service reads.
 pub struct Shared {
-    pub inventory: RwLock<Inventory>,
+    pub inventory: RwLock<VersionedInventory>,
     /// The current generation, for long-polling watchers.
     pub generation: watch::Sender<u64>,
     pub status: StatusBoard,
@@ -50,7 +50,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(inventory: Inventory, status: StatusBoard, cgroup_root: String) -> Self {
+    pub fn new(inventory: VersionedInventory, status: StatusBoard, cgroup_root: String) -> Self {
         let generation = watch::Sender::new(inventory.generation());
         Shared {
             inventory: RwLock::new(inventory),
@@ -71,7 +71,7 @@ impl Shared {
             .copied()
     }
 
-    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Inventory> {
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, VersionedInventory> {
         self.inventory.read().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -96,7 +96,7 @@ struct Work {
     rescan: bool,
 }
 
-pub struct Engine {
+pub struct Reconciler {
     shared: Arc<Shared>,
     proc: Proc,
     mount: Cgroup2Mount,
@@ -106,10 +106,10 @@ pub struct Engine {
     own_netns: Option<u64>,
 }
 
-impl Engine {
+impl Reconciler {
     pub fn new(shared: Arc<Shared>, proc: Proc, mount: Cgroup2Mount, netlink: Netlink) -> Self {
         let own_netns = proc.own_netns_inode();
-        Engine {
+        Reconciler {
             shared,
             proc,
             mount,
