@@ -21,7 +21,7 @@ use crate::{
     links::{Link, LinkSignal, Netlink},
     process::Proc,
     resolve::{build, ProcFacts},
-    source::{key, RuntimeContainer, SourceEvent, StatusBoard},
+    source::{self, key, RuntimeContainer, SourceEvent, StatusBoard},
 };
 
 /// Most processes listed per container.
@@ -303,8 +303,24 @@ impl Reconciler {
         }
     }
 
-    fn upsert(&mut self, source: String, rc: RuntimeContainer) {
+    fn upsert(&mut self, source: String, mut rc: RuntimeContainer) {
         let k = rc.key();
+        let dropped = source::bound_labels(&mut rc.labels);
+        // Warned once per change, not on every re-list.
+        if !dropped.is_empty()
+            && self
+                .records
+                .get(&k)
+                .is_none_or(|r| r.rc.labels != rc.labels)
+        {
+            tracing::warn!(
+                container = %k,
+                labels = ?dropped,
+                max_label_bytes = source::MAX_LABEL_BYTES,
+                max_labels_bytes = source::MAX_LABELS_BYTES,
+                "labels over the size limits are left out of the inventory; no policy can select on them"
+            );
+        }
         let (start_time, root) = self
             .records
             .get(&k)
