@@ -39,9 +39,9 @@ use aya_ebpf::{
     },
 };
 use contain_common::{
-    file_id, ip_proto, stat, v4_mapped, ExecInfo, FileStamp, Hook, InboundKey, InboundPeer, SockInfo,
-    Verdict, CACHE_ALLOW, CACHE_AUDIT, CACHE_DENY, CACHE_EMPTY, COMM_LEN, EVENT_REVOKED_FLOW,
-    EXE_PATH_LEN, SOCK_OUTBOUND,
+    file_id, ip_proto, stat, v4_mapped, ExecInfo, FileStamp, Hook, InboundKey, InboundPeer,
+    SockInfo, Verdict, CACHE_ALLOW, CACHE_AUDIT, CACHE_DENY, CACHE_EMPTY, COMM_LEN,
+    EVENT_REVOKED_FLOW, EXE_PATH_LEN, SOCK_OUTBOUND,
 };
 
 use crate::{
