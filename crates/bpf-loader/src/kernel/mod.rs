@@ -31,8 +31,6 @@ use thiserror::Error;
 
 use crate::fs;
 
-pub use transaction::changes_rules;
-
 #[derive(Debug, Error)]
 pub enum KernelError {
     #[error(transparent)]

@@ -191,7 +191,7 @@ fn set<K: aya::Pod, V: aya::Pod>(
 /// was decided under, which a new or removed cgroup entry changes. Container
 /// churn thus leaves every other socket's cache (and UDP reply allowance)
 /// alone.
-pub fn changes_rules(current: &KernelState, diff: &MapDiff) -> bool {
+fn changes_rules(current: &KernelState, diff: &MapDiff) -> bool {
     if diff
         .unknown_verdict
         .is_some_and(|v| v != current.unknown_verdict)
