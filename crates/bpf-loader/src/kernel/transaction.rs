@@ -42,6 +42,7 @@ impl Kernel {
                 self.undo(&undo);
                 return Err(e);
             }
+            // The mirror still holds the state before this diff.
             undo.push(match self.mirror.get(&key) {
                 Some(entry) => MapOp::Upsert { entry },
                 None => MapOp::Delete { key },
