@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use contain_common::{comm_hash, proto as ip};
+use contain_common::{comm_hash, ip_proto as ip};
 use kernel_model::state::{ProcessMatch, Verdict};
 use proto::loader::Hook;
 use std::time::Duration;

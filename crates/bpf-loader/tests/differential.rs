@@ -20,7 +20,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use bpf_loader::kernel::Kernel;
 use common::require_root;
-use contain_common::{program_names, proto::ANY};
+use contain_common::{ip_proto::ANY, program_names};
 use kernel_model::{
     decide::{egress, Packet, Reason, Socket, SocketKind},
     diff::MapDiff,

@@ -668,28 +668,6 @@ mod fake_resolver {
                 containers: i.containers.values().cloned().collect(),
             }
         }
-        async fn by_cgroup_id(self, _: Context, cgroup_id: u64) -> Option<Container> {
-            self.inner
-                .lock()
-                .unwrap()
-                .containers
-                .values()
-                .find(|c| c.cgroup_id == cgroup_id)
-                .cloned()
-        }
-        async fn by_ifindex(self, _: Context, _: u32) -> Vec<Container> {
-            Vec::new()
-        }
-        async fn by_name(self, _: Context, name: String) -> Vec<Container> {
-            self.inner
-                .lock()
-                .unwrap()
-                .containers
-                .values()
-                .filter(|c| c.name == name)
-                .cloned()
-                .collect()
-        }
         async fn executables(
             self,
             _: Context,

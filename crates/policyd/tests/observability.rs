@@ -126,7 +126,7 @@ fn denial(cgroup_id: u64, policy_id: u32, port: u16) -> Event {
         uid: 0,
         comm: "curl".into(),
         exe: Some("/usr/bin/curl".into()),
-        proto: contain_common::proto::TCP,
+        proto: contain_common::ip_proto::TCP,
         src: "172.17.0.2".parse().unwrap(),
         dst: "198.18.0.1".parse().unwrap(),
         src_port: 40000,

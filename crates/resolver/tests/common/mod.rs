@@ -143,7 +143,7 @@ impl Watcher {
                 true
             }
         };
-        self.at = resolver::inventory::apply_reply(&mut self.copy, &reply);
+        self.at = reply.apply_to(&mut self.copy);
         changed
     }
 
