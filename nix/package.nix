@@ -3,9 +3,10 @@
 # Two derivations:
 #
 #   ebpf      the kernel side (crates/contain-ebpf, its own Cargo workspace),
-#             built for bpfel-unknown-none exactly as bpf-loader's build.rs does
-#             (`cargo build --release --locked` in that directory, which picks up
-#             its .cargo/config.toml: target, build-std = ["core"], BTF flags),
+#             built for bpfel-unknown-none as bpf-loader's build.rs does through
+#             aya-build (`cargo build --release` in that directory, which picks up
+#             its .cargo/config.toml: target, build-std = ["core"], BTF flags;
+#             the bench-only `baselines` feature stays off),
 #             minus rustup's `nightly` toolchain. No rust-overlay/fenix:
 #               - nixpkgs' stable rustc + cargo, with RUSTC_BOOTSTRAP=1 so they
 #                 accept -Z build-std and the [unstable] config table;

@@ -77,7 +77,7 @@ record "cargo fmt" $?
 
 say "cargo clippy --all-targets -- -D warnings (workspace and eBPF crate)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings \
-  && (cd crates/contain-ebpf && cargo clippy --release --quiet -- -D warnings)
+  && (cd crates/contain-ebpf && cargo clippy --release --all-features --quiet -- -D warnings)
 record "cargo clippy" $?
 
 say "cargo test (unit and privileged integration tests)"
