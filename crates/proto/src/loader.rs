@@ -167,3 +167,130 @@ pub enum LoaderError {
     #[error("{0}")]
     Internal(String),
 }
+
+#[cfg(test)]
+mod tests {
+    use contain_common::capacity;
+    use kernel_model::state::{
+        CgroupEntry, DestPrefix, Entry, FileId, MapOp, PortPrefix, ProcessKey, ProcessMatch,
+    };
+    use tarpc::{ClientMessage, Response};
+
+    use super::*;
+    use crate::transport::Service;
+
+    /// One entry of each map with every number at its widest, and how many
+    /// of them policyd ever asks for (its compile refuses more).
+    fn widest_entries() -> Vec<(Entry, u32)> {
+        let widest_file = FileId {
+            dev: u32::MAX,
+            ino: u64::MAX,
+            ctime_sec: i64::MIN,
+            ctime_nsec: 999_999_999,
+        };
+        vec![
+            (
+                Entry::Cgroup {
+                    id: u64::MAX,
+                    value: CgroupEntry {
+                        policy_id: u32::MAX,
+                        audit: false,
+                        unrestricted: false,
+                        forwarded_dns: false,
+                    },
+                },
+                capacity::CGROUPS,
+            ),
+            (
+                Entry::Process {
+                    key: ProcessKey {
+                        policy_id: u32::MAX,
+                        process: ProcessMatch::File(widest_file),
+                    },
+                    class: u32::MAX,
+                },
+                capacity::PROCESSES,
+            ),
+            (
+                Entry::Dest {
+                    key: DestPrefix {
+                        policy_id: u32::MAX,
+                        class: u32::MAX,
+                        addr: [255; 16],
+                        prefix_len: 128,
+                    },
+                    ruleset: u32::MAX,
+                },
+                capacity::DESTS,
+            ),
+            (
+                Entry::Port {
+                    key: PortPrefix {
+                        ruleset: u32::MAX,
+                        proto: u8::MAX,
+                        port: u16::MAX,
+                        port_bits: 16,
+                    },
+                    rule_id: u32::MAX,
+                },
+                capacity::PORTS,
+            ),
+            (
+                Entry::Veth {
+                    ifindex: u32::MAX,
+                    cgroup_id: u64::MAX,
+                },
+                capacity::VETHS,
+            ),
+        ]
+    }
+
+    fn json_len(value: &impl Serialize) -> u64 {
+        serde_json::to_vec(value).expect("serialises").len() as u64
+    }
+
+    /// The frame limits hold the largest messages the loader's socket
+    /// carries: a full host's state and a diff that writes all of it.
+    /// Sizes are added up entry by entry (the growth of the message per
+    /// entry, comma included) rather than built: millions of entries.
+    #[test]
+    fn the_largest_state_and_diff_fit_the_loaders_frames() {
+        let empty_state = Response {
+            request_id: u64::MAX,
+            message: Ok(LoaderResponse::State(Ok(StateSnapshot {
+                generation: u64::MAX,
+                state: KernelState::default(),
+            }))),
+        };
+        let empty_diff = ClientMessage::Request(tarpc::Request {
+            context: tarpc::context::current(),
+            id: u64::MAX,
+            message: LoaderRequest::Apply {
+                diff: MapDiff {
+                    from_generation: u64::MAX,
+                    unknown_verdict: Some(Verdict::Audit),
+                    ops: Vec::new(),
+                },
+            },
+        });
+        let (mut state_bytes, mut diff_bytes) = (json_len(&empty_state), json_len(&empty_diff));
+        for (entry, count) in widest_entries() {
+            let mut one = KernelState::default();
+            one.apply_ops(&[MapOp::Upsert { entry }]);
+            let per_state_entry = json_len(&one) - json_len(&KernelState::default()) + 1;
+            let per_op = json_len(&MapOp::Upsert { entry }) + 1;
+            state_bytes += per_state_entry * u64::from(count);
+            diff_bytes += per_op * u64::from(count);
+        }
+        let limit_response = Service::Loader.max_response_bytes() as u64;
+        let limit_request = Service::Loader.max_request_bytes() as u64;
+        assert!(
+            state_bytes <= limit_response,
+            "a full state is {state_bytes} bytes, over the {limit_response}-byte response frame"
+        );
+        assert!(
+            diff_bytes <= limit_request,
+            "a diff writing a full state is {diff_bytes} bytes, over the {limit_request}-byte request frame"
+        );
+    }
+}

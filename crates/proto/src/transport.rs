@@ -41,9 +41,11 @@ impl Service {
     /// The largest request a server of this service reads.
     pub const fn max_request_bytes(self) -> usize {
         match self {
-            // A diff as large as a big host's whole state (root and
-            // policyd's user only).
-            Service::Loader => 256 << 20,
+            // A diff that writes a full host's whole state: about 350 MiB
+            // of JSON at every map's capacity with the widest numbers
+            // (`the_largest_state_and_diff_fit_the_loaders_frames`). Root
+            // and policyd's user only.
+            Service::Loader => 512 << 20,
             // Executable lookups: policyd sends up to 4 096 at once, each a
             // container id and a path of up to 4 KiB (root and policyd's
             // user only).
@@ -57,12 +59,13 @@ impl Service {
     /// The largest response a client of this service reads.
     pub const fn max_response_bytes(self) -> usize {
         match self {
-            // A state dump of a big host.
+            // A full host's state: under 256 MiB of JSON (the same test).
             Service::Loader => 256 << 20,
             // The inventory of a big host.
             Service::Resolver => 64 << 20,
-            // A dry run that lists every operation.
-            Service::Policyd => 256 << 20,
+            // A dry run that lists every operation of the largest diff
+            // (the loader's request above).
+            Service::Policyd => 512 << 20,
         }
     }
 }
