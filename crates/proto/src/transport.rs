@@ -91,12 +91,15 @@ pub enum PeerPolicy {
     RootOrUser(u32),
 }
 
-/// The credentials of a connected peer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The credentials of a connected peer, as the kernel recorded them when
+/// it connected.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerCred {
     pub pid: Option<i32>,
     pub uid: u32,
     pub gid: u32,
+    /// Supplementary groups (`SO_PEERGROUPS`).
+    pub groups: Vec<u32>,
 }
 
 impl PeerPolicy {
@@ -106,23 +109,10 @@ impl PeerPolicy {
         }
         match *self {
             PeerPolicy::RootOnly => false,
-            PeerPolicy::RootOrGroup(gid) => {
-                peer.gid == gid || peer.pid.is_some_and(|pid| process_in_group(pid, gid))
-            }
+            PeerPolicy::RootOrGroup(gid) => peer.gid == gid || peer.groups.contains(&gid),
             PeerPolicy::RootOrUser(uid) => peer.uid == uid,
         }
     }
-}
-
-/// Supplementary groups of a live process, from /proc.
-fn process_in_group(pid: i32, gid: u32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return false;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
-        .is_some_and(|groups| groups.split_whitespace().any(|g| g.parse() == Ok(gid)))
 }
 
 /// The length-delimited framing of every socket: frames up to `read`
@@ -356,13 +346,16 @@ pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> io::Result<UnixListener
     Ok(listener)
 }
 
-/// Reads `SO_PEERCRED` of a connected stream.
+/// Reads `SO_PEERCRED` and `SO_PEERGROUPS` of a connected stream: both
+/// were fixed when the peer connected, so neither a later `setgroups` nor
+/// a pid reused since can change what is judged.
 pub fn peer_cred(stream: &UnixStream) -> io::Result<PeerCred> {
     let cred = stream.peer_cred()?;
     Ok(PeerCred {
         pid: cred.pid(),
         uid: cred.uid(),
         gid: cred.gid(),
+        groups: crate::peer_groups::peer_groups(stream)?,
     })
 }
 
@@ -640,6 +633,7 @@ mod tests {
             pid: None,
             uid: 0,
             gid: 0,
+            groups: Vec::new(),
         };
         assert!(PeerPolicy::RootOnly.admits(&root));
         assert!(PeerPolicy::RootOrGroup(1234).admits(&root));
@@ -651,9 +645,11 @@ mod tests {
             pid: None,
             uid: 1000,
             gid: 1000,
+            groups: vec![27, 4321],
         };
         assert!(!PeerPolicy::RootOnly.admits(&user));
         assert!(!PeerPolicy::RootOrGroup(1234).admits(&user));
+        assert!(PeerPolicy::RootOrGroup(4321).admits(&user));
         assert!(PeerPolicy::RootOrGroup(1000).admits(&user));
         assert!(PeerPolicy::RootOrUser(1000).admits(&user));
         assert!(!PeerPolicy::RootOrUser(1001).admits(&user));
