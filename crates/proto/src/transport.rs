@@ -460,6 +460,45 @@ pub async fn spawn_request(fut: impl Future<Output = ()> + Send + 'static) {
     tokio::spawn(fut);
 }
 
+/// Requests one peer uid may have in flight at once over all its
+/// connections, where a server runs them with [`spawn_request_within`]:
+/// without it a uid could keep [`MAX_CONNECTIONS_PER_UID`] ×
+/// [`MAX_REQUESTS_PER_CONNECTION`] expensive requests running.
+pub const MAX_REQUESTS_PER_UID: usize = 32;
+
+/// Each peer uid's share of [`MAX_REQUESTS_PER_UID`]. One entry per uid
+/// ever admitted: the peer policy admits few (root and a group's members).
+#[derive(Clone, Default)]
+pub struct RequestsPerUid(Arc<std::sync::Mutex<HashMap<u32, Arc<Semaphore>>>>);
+
+impl RequestsPerUid {
+    /// The permits `uid`'s requests run under.
+    pub fn permits(&self, uid: u32) -> Arc<Semaphore> {
+        let mut slots = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .entry(uid)
+            .or_insert_with(|| Arc::new(Semaphore::new(MAX_REQUESTS_PER_UID)))
+            .clone()
+    }
+}
+
+/// Runs one request on its own task once one of `permits` is free. Until
+/// then the connection reads no further requests: its peer waits rather
+/// than piling up work.
+pub async fn spawn_request_within(
+    permits: Arc<Semaphore>,
+    fut: impl Future<Output = ()> + Send + 'static,
+) {
+    // The semaphore is never closed, so acquiring only waits.
+    let Ok(permit) = permits.acquire_owned().await else {
+        return;
+    };
+    tokio::spawn(async move {
+        fut.await;
+        drop(permit);
+    });
+}
+
 /// Context for a call that may take up to `secs` (tarpc's default is 10 s).
 pub fn context_with_deadline(secs: u64) -> tarpc::context::Context {
     let mut ctx = tarpc::context::current();
