@@ -1042,3 +1042,157 @@ async fn exe_rules_take_the_file_each_container_has() {
     drop(client);
     daemon.shutdown_background();
 }
+
+/// A loader whose next apply, once armed, waits until the test lets it
+/// through: a reload that takes as long as the test wants.
+mod gated_loader {
+    use std::sync::{Arc, Mutex};
+
+    use futures::StreamExt;
+    use kernel_model::diff::MapDiff;
+    use policyd::daemon::memory_loader::MemoryLoader;
+    use proto::{
+        loader::{
+            Attachment, Counters, EventBatch, Loader, LoaderError, LoaderInfo, StateSnapshot,
+        },
+        transport,
+    };
+    use tarpc::{context::Context, server::Channel};
+    use tokio::sync::oneshot;
+
+    type Gate = (oneshot::Sender<()>, oneshot::Receiver<()>);
+
+    #[derive(Clone)]
+    pub struct GatedLoader {
+        pub inner: MemoryLoader,
+        gate: Arc<Mutex<Option<Gate>>>,
+    }
+
+    impl GatedLoader {
+        pub fn new(inner: MemoryLoader) -> Self {
+            GatedLoader {
+                inner,
+                gate: Arc::default(),
+            }
+        }
+
+        /// Holds the next apply: the first receiver hears when it arrived,
+        /// the sender lets it through.
+        pub fn arm(&self) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
+            let (arrived, heard) = oneshot::channel();
+            let (release, released) = oneshot::channel();
+            *self.gate.lock().unwrap() = Some((arrived, released));
+            (heard, release)
+        }
+
+        pub fn serve(&self, socket: &std::path::Path) {
+            let listener = transport::bind(socket, 0o600, None).unwrap();
+            let loader = self.clone();
+            tokio::spawn(transport::serve(
+                listener,
+                transport::PeerPolicy::RootOnly,
+                transport::Service::Loader,
+                move |channel, _| {
+                    channel
+                        .execute(loader.clone().serve())
+                        .for_each(transport::spawn_request)
+                },
+            ));
+        }
+    }
+
+    impl Loader for GatedLoader {
+        async fn version(self, ctx: Context) -> LoaderInfo {
+            self.inner.version(ctx).await
+        }
+        async fn attachments(self, ctx: Context) -> Vec<Attachment> {
+            self.inner.attachments(ctx).await
+        }
+        async fn apply(self, ctx: Context, diff: MapDiff) -> Result<u64, LoaderError> {
+            let gate = self.gate.lock().unwrap().take();
+            if let Some((arrived, released)) = gate {
+                let _ = arrived.send(());
+                let _ = released.await;
+            }
+            self.inner.apply(ctx, diff).await
+        }
+        async fn state(self, ctx: Context) -> Result<StateSnapshot, LoaderError> {
+            self.inner.state(ctx).await
+        }
+        async fn generation(self, ctx: Context) -> u64 {
+            self.inner.generation(ctx).await
+        }
+        async fn counters(self, ctx: Context) -> Result<Counters, LoaderError> {
+            self.inner.counters(ctx).await
+        }
+        async fn events(self, ctx: Context, after: u64, max: u32, wait_ms: u32) -> EventBatch {
+            self.inner.events(ctx, after, max, wait_ms).await
+        }
+    }
+}
+
+/// Status and explain answer from what was last applied while a reload
+/// waits on the loader: the loader's apply is held until both answered,
+/// so a status that waited for the reload would never return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_explain_answer_while_a_reload_waits_on_the_loader() {
+    let env = Env::new("busy");
+    let loader = gated_loader::GatedLoader::new(env.loader.clone());
+    env.loader.attach_cgroup(MANAGED_PARENT);
+    loader.serve(&env.path("loader.sock"));
+    env.write("policy.toml", V1);
+    env.write_inventory(&[("web", 701), ("curler", 702)]);
+    let daemon = env.start_daemon("policy.toml");
+    let client = env.client().await;
+    env.wait_for("first convergence", |s| s.cgroups.len() == 2)
+        .await;
+    let before = client.status(ctx()).await.unwrap().unwrap();
+
+    // Grant ssh to web; the file watcher reloads, and its apply is held.
+    let (arrived, release) = loader.arm();
+    env.write(
+        "policy.toml",
+        &V1.replace(
+            "ports = [443] }]",
+            "ports = [443] }, { to = \"10.0.0.5\", proto = \"tcp\", ports = [22] }]",
+        ),
+    );
+    // A guard against hanging forever if the watcher never reloads, not a
+    // measure of anything.
+    tokio::time::timeout(Duration::from_secs(30), arrived)
+        .await
+        .expect("the policy file change reached the loader")
+        .unwrap();
+
+    let during = client.status(ctx()).await.unwrap().unwrap();
+    assert_eq!(
+        (&during.policy_digest, during.generation, during.reloads),
+        (&before.policy_digest, before.generation, before.reloads),
+        "status shows the state before the reload"
+    );
+    let e = client
+        .explain(ctx(), query("web", "10.0.0.5", "22", None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.verdict, Some(Verdict::Deny), "the policy in force: {e:?}");
+
+    release.send(()).unwrap();
+    env.wait_for("the granted rule", |s| s.ports.keys().any(|k| k.port == 22))
+        .await;
+    // A reload asked for now queues behind nothing and sees the new file.
+    let report = client
+        .reload(ctx(), false, u32::MAX)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(report.ops.is_empty(), "{report:#?}");
+    let e = client
+        .explain(ctx(), query("web", "10.0.0.5", "22", None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.verdict, Some(Verdict::Allow), "{e:?}");
+    drop(client);
+    daemon.shutdown_background();
+}
