@@ -610,6 +610,28 @@ mod tests {
             .is_err());
     }
 
+    #[tokio::test]
+    async fn a_uids_requests_beyond_the_cap_wait_for_one_to_end() {
+        let requests = RequestsPerUid::default();
+        // Each held request ends when it gets one of these.
+        let ends = Arc::new(Semaphore::new(0));
+        let held = || {
+            let ends = ends.clone();
+            async move { ends.acquire().await.unwrap().forget() }
+        };
+        for _ in 0..MAX_REQUESTS_PER_UID {
+            spawn_request_within(requests.permits(1000), held()).await;
+        }
+        // Another uid is not held up.
+        spawn_request_within(requests.permits(1001), async {}).await;
+        let mut next = Box::pin(spawn_request_within(requests.permits(1000), held()));
+        assert!(futures::poll!(&mut next).is_pending());
+        ends.add_permits(1);
+        next.await;
+        assert_eq!(requests.permits(1000).available_permits(), 0);
+        ends.add_permits(MAX_REQUESTS_PER_UID);
+    }
+
     #[tarpc::service]
     trait Echo {
         async fn echo(n: u32) -> u32;

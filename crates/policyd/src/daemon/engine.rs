@@ -965,3 +965,49 @@ fn release_freed_memory() {
 /// How long the first convergence waits for an inventory before carrying
 /// the loader's cgroup entries over unchanged.
 pub const INVENTORY_GRACE: Duration = Duration::from_secs(15);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::Container;
+
+    fn inventory(name: &str) -> Inventory {
+        Inventory {
+            containers: vec![Container {
+                name: name.into(),
+                ..Container::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn queued_commands_merge_into_one_reload_the_newest_inventory_and_the_worst_resync() {
+        let mut batch = Batch::default();
+        let mut answers = Vec::new();
+        for command in [
+            Command::SetInventory(inventory("old")),
+            Command::Resync { healthy: true },
+            Command::SetInventory(inventory("new")),
+            Command::Resync { healthy: false },
+            Command::InventoryUnavailable("resolver restarted".into()),
+        ] {
+            let (reply, answer) = oneshot::channel();
+            batch.add(Command::Reload {
+                dry_run: false,
+                reply,
+            });
+            answers.push(answer);
+            batch.add(command);
+        }
+        assert_eq!(batch.reloads.len(), 5);
+        assert!(batch.dry_runs.is_empty());
+        assert_eq!(batch.inventory, Some(inventory("new")));
+        assert_eq!(batch.link, Some(Err("resolver restarted".into())));
+        assert_eq!(batch.resync, Some(false));
+        let report = Ok(ReloadReport::default());
+        answer(std::mem::take(&mut batch.reloads), &report);
+        for mut a in answers {
+            assert_eq!(a.try_recv(), Ok(report.clone()));
+        }
+    }
+}
