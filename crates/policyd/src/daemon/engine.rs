@@ -4,14 +4,14 @@
 //! attribution, metrics) read the last published view and never wait for
 //! a reload.
 //!
-//! Commands queued while the engine works are taken together: every
-//! reload waiting is answered by one reload that started after it asked,
-//! and only the newest inventory is used.
+//! Commands queued while the engine works are taken together, and every
+//! reload waiting is answered by one reload that started after it asked:
+//! reloads never run in parallel, and a storm of them costs one.
 
 use std::{
     collections::BTreeMap,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -20,16 +20,17 @@ use kernel_model::{
     state::KernelState,
 };
 use proto::{
-    loader::{LoaderClient, LoaderError, StateSnapshot},
-    policyd::{self as wire, Connection, PolicydError, ReloadReport},
-    resolver::{ExeFile, ExeLookup, ResolverClient},
-    transport,
+    loader::{LoaderError, StateSnapshot},
+    policyd::{self as wire, PolicydError, ReloadReport},
+    resolver::ExeLookup,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
+    links::{loader_deadline, ExeResolver, LoaderLink, UNANSWERED},
     plan::{self, Loaded},
     view::{self, View},
+    Config, InventorySource,
 };
 use crate::{
     compile,
@@ -39,185 +40,6 @@ use crate::{
     metrics::{Recorder, ReloadResult},
     policy::{self, PolicyError, PolicySet},
 };
-
-/// How long a state transfer or apply may take on a big host.
-const LOADER_DEADLINE_SECS: u64 = 60;
-
-/// Connection to the loader, shared by the engine and the readers,
-/// re-established on demand.
-pub struct LoaderLink {
-    pub path: PathBuf,
-    client: Mutex<Option<LoaderClient>>,
-    last_error: Mutex<Option<String>>,
-}
-
-/// Locks `m`; a panic elsewhere while it was held left a plain value.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl LoaderLink {
-    pub fn new(path: PathBuf) -> Self {
-        LoaderLink {
-            path,
-            client: Mutex::new(None),
-            last_error: Mutex::new(None),
-        }
-    }
-
-    pub async fn client(&self) -> Result<LoaderClient, PolicydError> {
-        if let Some(client) = lock(&self.client).clone() {
-            return Ok(client);
-        }
-        match transport::connect(&self.path).await {
-            Ok(stream) => {
-                let client = LoaderClient::new(
-                    tarpc::client::Config::default(),
-                    transport::client(stream, transport::Service::Loader),
-                )
-                .spawn();
-                *lock(&self.client) = Some(client.clone());
-                *lock(&self.last_error) = None;
-                Ok(client)
-            }
-            Err(e) => Err(self.failed(e.to_string())),
-        }
-    }
-
-    /// Drops the connection after a transport error; the next call redials.
-    pub fn failed(&self, error: String) -> PolicydError {
-        *lock(&self.client) = None;
-        *lock(&self.last_error) = Some(error.clone());
-        PolicydError::LoaderUnavailable(error)
-    }
-
-    /// Records an error the loader answered with (the connection is fine).
-    pub fn refused(&self, error: String) {
-        *lock(&self.last_error) = Some(error);
-    }
-
-    pub fn connected(&self) -> bool {
-        lock(&self.client).is_some()
-    }
-
-    pub fn connection(&self) -> Connection {
-        Connection {
-            connected: self.connected(),
-            endpoint: self.path.display().to_string(),
-            error: lock(&self.last_error).clone(),
-        }
-    }
-
-    async fn state(&self) -> Result<StateSnapshot, PolicydError> {
-        let client = self.client().await?;
-        match client
-            .state(transport::context_with_deadline(LOADER_DEADLINE_SECS))
-            .await
-        {
-            Ok(Ok(snapshot)) => Ok(snapshot),
-            Ok(Err(e)) => Err(PolicydError::Loader(e)),
-            Err(e) => Err(self.failed(format!("state request failed: {e}"))),
-        }
-    }
-
-    /// The loader's generation only: a cheap check before a full state read.
-    async fn generation(&self) -> Result<u64, PolicydError> {
-        let client = self.client().await?;
-        client
-            .generation(transport::context_with_deadline(LOADER_DEADLINE_SECS))
-            .await
-            .map_err(|e| self.failed(format!("generation request failed: {e}")))
-    }
-
-    /// The cgroups the loader's programs are attached to, relative to the
-    /// cgroup2 mount, or why they are not known.
-    pub async fn attached_parents(&self) -> crate::coverage::AttachedParents {
-        let client = self.client().await.map_err(|e| e.to_string())?;
-        match client
-            .attachments(transport::context_with_deadline(10))
-            .await
-        {
-            Ok(attachments) => Ok(attachments.into_iter().map(|a| a.cgroup_path).collect()),
-            Err(e) => Err(self
-                .failed(format!("attachments request failed: {e}"))
-                .to_string()),
-        }
-    }
-
-    async fn apply(&self, diff: MapDiff) -> Result<Result<u64, LoaderError>, PolicydError> {
-        let client = self.client().await?;
-        client
-            .apply(transport::context_with_deadline(LOADER_DEADLINE_SECS), diff)
-            .await
-            .map_err(|e| self.failed(format!("apply request failed: {e}")))
-    }
-}
-
-/// The resolver, asked what `exe` paths name inside containers (policyd
-/// cannot open other users' `/proc/<pid>/root`; the resolver can).
-pub struct ExeResolver {
-    path: PathBuf,
-    client: Mutex<Option<ResolverClient>>,
-}
-
-/// How a resolution the resolver could not be asked for starts.
-pub const UNANSWERED: &str = "not resolved: the resolver could not be asked";
-
-/// Paths asked for in one request.
-const EXE_LOOKUPS_PER_REQUEST: usize = 4096;
-
-impl ExeResolver {
-    pub fn new(path: PathBuf) -> Self {
-        ExeResolver {
-            path,
-            client: Mutex::new(None),
-        }
-    }
-
-    /// Resolves `lookups`, in order; `Err` when the resolver could not be
-    /// asked (nothing is known then).
-    pub async fn executables(
-        &self,
-        lookups: Vec<ExeLookup>,
-    ) -> Result<Vec<Result<ExeFile, String>>, String> {
-        let mut results = Vec::with_capacity(lookups.len());
-        for chunk in lookups.chunks(EXE_LOOKUPS_PER_REQUEST) {
-            let cached = lock(&self.client).clone();
-            let client = match cached {
-                Some(c) => c,
-                None => {
-                    let stream = transport::connect(&self.path).await.map_err(|e| {
-                        format!("the resolver ({}) is unavailable: {e}", self.path.display())
-                    })?;
-                    let client = ResolverClient::new(
-                        tarpc::client::Config::default(),
-                        transport::client(stream, transport::Service::Resolver),
-                    )
-                    .spawn();
-                    *lock(&self.client) = Some(client.clone());
-                    client
-                }
-            };
-            // Hashing large executables takes a while.
-            let got = client
-                .executables(transport::context_with_deadline(60), chunk.to_vec())
-                .await
-                .map_err(|e| {
-                    *lock(&self.client) = None;
-                    format!("the resolver's executables request failed: {e}")
-                })?;
-            if got.len() != chunk.len() {
-                return Err(format!(
-                    "the resolver answered {} results for {} paths",
-                    got.len(),
-                    chunk.len()
-                ));
-            }
-            results.extend(got);
-        }
-        Ok(results)
-    }
-}
 
 type Reply = oneshot::Sender<Result<ReloadReport, PolicydError>>;
 
@@ -272,18 +94,6 @@ impl Handle {
     }
 }
 
-/// Where the inventory comes from, as far as converging goes.
-#[derive(Clone, Debug, Default)]
-struct InventoryLink {
-    connection: Connection,
-    /// Whether a first inventory arrived.
-    ready: bool,
-    /// Hold convergence until the first inventory or the end of the grace
-    /// period: converging earlier would apply rules under policy ids not
-    /// yet learned from the running containers.
-    hold: bool,
-}
-
 /// What one convergence did.
 #[derive(Debug, Default)]
 struct Outcome {
@@ -299,138 +109,75 @@ struct Engine {
     loader: Arc<LoaderLink>,
     exe_resolver: Option<Arc<ExeResolver>>,
     policy_path: PathBuf,
+    /// What readers see; published after each batch of commands.
+    view: View,
     publish: watch::Sender<Arc<View>>,
     ids: IdTables,
-    loaded: Option<Arc<Loaded>>,
-    /// Digest of the last file that failed validation, so the file watcher
-    /// reports it once, not every second.
-    rejected_digest: Option<u64>,
-    inventory: Arc<Inventory>,
-    link: InventoryLink,
-    /// What the loader holds, as of its generation, when known.
-    kernel: Option<Arc<StateSnapshot>>,
+    /// Whether a first inventory arrived.
+    inventory_ready: bool,
+    /// Hold convergence until the first inventory or the end of the grace
+    /// period: converging earlier would apply rules under policy ids not
+    /// yet learned from the running containers.
+    hold: bool,
     /// Whether the id tables have learned the loader's ids since start.
     seeded: bool,
     /// The last resolution could not reach the resolver: retried by the
     /// periodic resync.
     exes_incomplete: bool,
-    reloads: u64,
-    reload_failures: u64,
-    last_applied_unix: Option<u64>,
-    last_error: Option<String>,
     /// Containers already reported as unenforced (id → reason), so each is
     /// warned about once, and again if it recurs.
     unenforced_reported: BTreeMap<String, String>,
     recorder: Arc<Recorder>,
 }
 
-/// Where the engine starts from.
-pub struct Setup {
-    pub policy_path: PathBuf,
-    pub loader_socket: PathBuf,
-    pub inventory: super::InventorySource,
-    pub recorder: Arc<Recorder>,
-}
-
-/// Starts the engine's task; it runs until every [`Handle`] is dropped.
-pub fn spawn(setup: Setup) -> Handle {
+/// Starts the engine's task; it ends when every [`Handle`] is dropped.
+pub fn spawn(config: &Config, recorder: Arc<Recorder>) -> Handle {
     let (commands, queue) = mpsc::channel(QUEUED_COMMANDS);
-    let (publish, view) = watch::channel(Arc::new(View::default()));
-    let mut link = InventoryLink::default();
-    let mut inventory = Inventory::default();
-    let exe_resolver = match &setup.inventory {
-        super::InventorySource::Resolver(path) => {
-            link.connection.endpoint = path.display().to_string();
-            link.hold = true;
+    let mut view = View::default();
+    let (mut inventory_ready, mut hold) = (false, false);
+    let exe_resolver = match &config.inventory {
+        InventorySource::Resolver(path) => {
+            view.inventory_connection.endpoint = path.display().to_string();
+            hold = true;
             Some(Arc::new(ExeResolver::new(path.clone())))
         }
-        super::InventorySource::File(path) => {
-            link.connection.endpoint = path.display().to_string();
+        InventorySource::File(path) => {
+            view.inventory_connection.endpoint = path.display().to_string();
             match super::feeds::read_inventory_file(path) {
-                Ok(read) => {
-                    inventory = read;
-                    link.ready = true;
-                    link.connection.connected = true;
+                Ok(inventory) => {
+                    view.inventory = Arc::new(inventory);
+                    view.inventory_connection.connected = true;
+                    inventory_ready = true;
                 }
                 Err(err) => tracing::warn!(error = %err, "inventory file not usable yet"),
             }
             None
         }
     };
+    let (publish, published) = watch::channel(Arc::new(view.clone()));
     let handle = Handle {
         commands,
-        view,
-        loader: Arc::new(LoaderLink::new(setup.loader_socket)),
+        view: published,
+        loader: Arc::new(LoaderLink::new(config.loader_socket.clone())),
         exe_resolver,
-        policy_path: setup.policy_path,
+        policy_path: config.policy.clone(),
     };
     let engine = Engine {
         loader: handle.loader.clone(),
         exe_resolver: handle.exe_resolver.clone(),
         policy_path: handle.policy_path.clone(),
+        view,
         publish,
         ids: IdTables::default(),
-        loaded: None,
-        rejected_digest: None,
-        inventory: Arc::new(inventory),
-        link,
-        kernel: None,
+        inventory_ready,
+        hold,
         seeded: false,
         exes_incomplete: false,
-        reloads: 0,
-        reload_failures: 0,
-        last_applied_unix: None,
-        last_error: None,
         unenforced_reported: BTreeMap::new(),
-        recorder: setup.recorder,
+        recorder,
     };
-    engine.publish();
     tokio::spawn(engine.run(queue));
     handle
-}
-
-/// The commands that were waiting, merged.
-#[derive(Default)]
-struct Batch {
-    reloads: Vec<Reply>,
-    dry_runs: Vec<Reply>,
-    inventory: Option<Inventory>,
-    /// The inventory source's state after the batch: `Ok` when its last
-    /// word was an inventory.
-    link: Option<Result<(), String>>,
-    resync: Option<bool>,
-    grace_over: bool,
-}
-
-impl Batch {
-    fn add(&mut self, command: Command) {
-        match command {
-            Command::Reload {
-                dry_run: false,
-                reply,
-            } => self.reloads.push(reply),
-            Command::Reload {
-                dry_run: true,
-                reply,
-            } => self.dry_runs.push(reply),
-            Command::SetInventory(inventory) => {
-                self.inventory = Some(inventory);
-                self.link = Some(Ok(()));
-            }
-            Command::InventoryUnavailable(error) => self.link = Some(Err(error)),
-            Command::Resync { healthy } => {
-                self.resync = Some(self.resync.unwrap_or(true) && healthy);
-            }
-            Command::GraceOver => self.grace_over = true,
-        }
-    }
-}
-
-fn answer(replies: Vec<Reply>, result: &Result<ReloadReport, PolicydError>) {
-    for reply in replies {
-        // The asker may have given up; nothing to tell it then.
-        let _ = reply.send(result.clone());
-    }
 }
 
 fn unix_now() -> u64 {
@@ -486,101 +233,94 @@ fn load(path: &std::path::Path, ids: &mut IdTables) -> Result<Loaded, PolicydErr
 impl Engine {
     async fn run(mut self, mut queue: mpsc::Receiver<Command>) {
         while let Some(first) = queue.recv().await {
-            let mut batch = Batch::default();
-            batch.add(first);
+            let mut commands = vec![first];
             while let Ok(more) = queue.try_recv() {
-                batch.add(more);
+                commands.push(more);
             }
-            let (reloads, dry_runs) = self.handle_batch(&mut batch).await;
-            // Published before anyone hears back, so a client's next
-            // status or explain sees what its reload did.
-            self.publish();
-            if let Some(result) = reloads {
-                answer(std::mem::take(&mut batch.reloads), &result);
+            let (mut reloads, mut dry_runs, mut why) = (Vec::new(), Vec::new(), None);
+            for command in commands {
+                match command {
+                    Command::Reload {
+                        dry_run: false,
+                        reply,
+                    } => reloads.push(reply),
+                    Command::Reload {
+                        dry_run: true,
+                        reply,
+                    } => dry_runs.push(reply),
+                    other => why = self.take(other).await.or(why),
+                }
             }
-            if let Some(result) = dry_runs {
-                answer(std::mem::take(&mut batch.dry_runs), &result);
-            }
-        }
-    }
-
-    async fn handle_batch(
-        &mut self,
-        batch: &mut Batch,
-    ) -> (
-        Option<Result<ReloadReport, PolicydError>>,
-        Option<Result<ReloadReport, PolicydError>>,
-    ) {
-        match batch.link.take() {
-            Some(Ok(())) => {
-                self.link.connection.connected = true;
-                self.link.connection.error = None;
-            }
-            Some(Err(error)) => {
-                self.link.connection.connected = false;
-                self.link.connection.error = Some(error);
-            }
-            None => {}
-        }
-        let mut why = None;
-        if batch.grace_over && !self.link.ready {
-            tracing::warn!(
-                grace_secs = INVENTORY_GRACE.as_secs(),
-                "no container inventory yet; applying the policy's rules and keeping the loader's cgroup entries until it arrives"
-            );
-            self.link.hold = false;
-            why = Some("inventory grace period over");
-        }
-        if let Some(inventory) = batch.inventory.take() {
-            why = self.set_inventory(inventory).await.or(why);
-        }
-        if let Some(healthy) = batch.resync {
-            why = self.resync(healthy).await.or(why);
-        }
-        let reloaded = if batch.reloads.is_empty() {
-            if let Some(why) = why {
+            // One reload answers every reload that waited: each asked
+            // before it began, so each sees the file as it is now.
+            let mut answers = Vec::new();
+            if !reloads.is_empty() {
+                answers.push((reloads, self.reload(false).await));
+            } else if let Some(why) = why {
                 self.converge_logged(why).await;
                 self.warn_unenforced().await;
             }
-            None
-        } else {
-            Some(self.reload(false).await)
-        };
-        let dry_run = if batch.dry_runs.is_empty() {
-            None
-        } else {
-            Some(self.reload(true).await)
-        };
-        (reloaded, dry_run)
+            if !dry_runs.is_empty() {
+                answers.push((dry_runs, self.reload(true).await));
+            }
+            // Published before anyone hears back, so a client's next
+            // status or explain sees what its reload did.
+            self.publish.send_replace(Arc::new(self.view.clone()));
+            for (replies, result) in answers {
+                for reply in replies {
+                    // The asker may have given up; nothing to tell it then.
+                    let _ = reply.send(result.clone());
+                }
+            }
+        }
     }
 
-    fn publish(&self) {
-        let view = View {
-            loaded: self.loaded.clone(),
-            rejected_digest: self.rejected_digest,
-            inventory: self.inventory.clone(),
-            inventory_connection: self.link.connection.clone(),
-            kernel: self.kernel.clone(),
-            reloads: self.reloads,
-            reload_failures: self.reload_failures,
-            last_applied_unix: self.last_applied_unix,
-            last_error: self.last_error.clone(),
-        };
-        self.publish.send_replace(Arc::new(view));
+    /// Takes a command other than a reload; says why to converge, if it
+    /// should.
+    async fn take(&mut self, command: Command) -> Option<&'static str> {
+        match command {
+            Command::Reload { .. } => None,
+            Command::SetInventory(inventory) => {
+                self.view.inventory_connection.connected = true;
+                self.view.inventory_connection.error = None;
+                self.set_inventory(inventory).await
+            }
+            Command::InventoryUnavailable(error) => {
+                self.view.inventory_connection.connected = false;
+                self.view.inventory_connection.error = Some(error);
+                None
+            }
+            Command::Resync { healthy } => self.resync(healthy).await,
+            Command::GraceOver if !self.inventory_ready => {
+                tracing::warn!(
+                    grace_secs = INVENTORY_GRACE.as_secs(),
+                    "no container inventory yet; applying the policy's rules and keeping the loader's cgroup entries until it arrives"
+                );
+                self.hold = false;
+                Some("inventory grace period over")
+            }
+            Command::GraceOver => None,
+        }
     }
 
     /// The inventory to plan with: none until a first one arrived.
     fn ready_inventory(&self) -> Option<&Inventory> {
-        self.link.ready.then_some(&*self.inventory)
+        self.inventory_ready.then_some(&*self.view.inventory)
     }
 
     /// The loader's state, fetched if not known.
     async fn kernel_state(&mut self) -> Result<Arc<StateSnapshot>, PolicydError> {
-        if let Some(k) = &self.kernel {
+        if let Some(k) = &self.view.kernel {
             return Ok(k.clone());
         }
-        let snapshot = Arc::new(self.loader.state().await?);
-        self.kernel = Some(snapshot.clone());
+        let ctx = loader_deadline();
+        let snapshot = self
+            .loader
+            .call("state", |c| async move { c.state(ctx).await })
+            .await?
+            .map_err(PolicydError::Loader)?;
+        let snapshot = Arc::new(snapshot);
+        self.view.kernel = Some(snapshot.clone());
         Ok(snapshot)
     }
 
@@ -592,11 +332,11 @@ impl Engine {
         }
         let mut ids = IdTables::default();
         ids.seed_from_state(kernel);
-        if let Some(loaded) = &self.loaded {
-            ids.seed_policies(kernel, &loaded.policies, &self.inventory);
+        if let Some(loaded) = &self.view.loaded {
+            ids.seed_policies(kernel, &loaded.policies, &self.view.inventory);
             match compile::compile_rules(&loaded.policies, &mut ids) {
                 Ok(rules) => {
-                    self.loaded = Some(Arc::new(Loaded {
+                    self.view.loaded = Some(Arc::new(Loaded {
                         policies: loaded.policies.clone(),
                         rules,
                     }))
@@ -658,22 +398,25 @@ impl Engine {
     /// nothing changed. Says why to converge, if it should.
     async fn resync(&mut self, healthy: bool) -> Option<&'static str> {
         let mut why = None;
-        if let Some(loaded) = self.loaded.clone().filter(|_| self.exes_incomplete) {
-            let mut inventory = (*self.inventory).clone();
+        if let Some(loaded) = self.view.loaded.clone().filter(|_| self.exes_incomplete) {
+            let mut inventory = (*self.view.inventory).clone();
             self.resolve_exes(&loaded.policies, &mut inventory, false)
                 .await;
-            if inventory != *self.inventory {
-                self.inventory = Arc::new(inventory);
+            if inventory != *self.view.inventory {
+                self.view.inventory = Arc::new(inventory);
                 why = Some("executables resolved");
             }
         }
         // A full state read is megabytes on a big host: skip it when the
         // loader's generation says nothing changed behind our back.
-        let known = self.kernel.as_ref().map(|k| k.generation);
-        if healthy && known.is_some() && self.loader.generation().await.ok() == known {
+        let known = self.view.kernel.as_ref().map(|k| k.generation);
+        let generation = self.loader.call("generation", |c| async move {
+            c.generation(loader_deadline()).await
+        });
+        if healthy && known.is_some() && generation.await.ok() == known {
             return why;
         }
-        self.kernel = None;
+        self.view.kernel = None;
         Some(if healthy { "periodic resync" } else { "retry" })
     }
 
@@ -681,11 +424,11 @@ impl Engine {
     /// mismatch (someone else changed the maps between fetch and apply).
     async fn converge(&mut self) -> Result<Outcome, PolicydError> {
         const ATTEMPTS: usize = 4;
-        if self.link.hold && !self.link.ready {
+        if self.hold && !self.inventory_ready {
             return Ok(Outcome {
                 pending: Some(format!(
                     "waiting for the first container inventory from {}",
-                    self.link.connection.endpoint
+                    self.view.inventory_connection.endpoint
                 )),
                 ..Outcome::default()
             });
@@ -693,7 +436,7 @@ impl Engine {
         for _ in 0..ATTEMPTS {
             let kernel = self.kernel_state().await?;
             self.seed(&kernel.state);
-            let Some(loaded) = self.loaded.clone() else {
+            let Some(loaded) = self.view.loaded.clone() else {
                 return Ok(Outcome {
                     generation: kernel.generation,
                     ..Outcome::default()
@@ -708,15 +451,22 @@ impl Engine {
                     ..Outcome::default()
                 });
             }
-            match self.loader.apply(plan.diff.clone()).await {
+            let diff = plan.diff.clone();
+            let applied = self
+                .loader
+                .call("apply", |c| async move {
+                    c.apply(loader_deadline(), diff).await
+                })
+                .await;
+            match applied {
                 Ok(Ok(generation)) => {
                     self.ids.retain_live(&plan.desired, &loaded.policies);
                     tracing::info!(generation, ops = plan.diff.ops.len(), "applied");
-                    self.kernel = Some(Arc::new(StateSnapshot {
+                    self.view.kernel = Some(Arc::new(StateSnapshot {
                         generation,
                         state: plan.desired,
                     }));
-                    self.last_applied_unix = Some(unix_now());
+                    self.view.last_applied_unix = Some(unix_now());
                     return Ok(Outcome {
                         applied: true,
                         pending: None,
@@ -731,14 +481,14 @@ impl Engine {
                         actual,
                         "loader state moved on; refetching and diffing again"
                     );
-                    self.kernel = None;
+                    self.view.kernel = None;
                 }
                 Ok(Err(e)) => {
-                    self.kernel = None;
+                    self.view.kernel = None;
                     return Err(PolicydError::Loader(e));
                 }
                 Err(e) => {
-                    self.kernel = None;
+                    self.view.kernel = None;
                     return Err(e);
                 }
             }
@@ -763,11 +513,11 @@ impl Engine {
                         "converged"
                     );
                 }
-                self.last_error = None;
+                self.view.last_error = None;
             }
             Err(e) => {
                 tracing::warn!(why, error = %e, "cannot converge yet");
-                self.last_error = Some(e.to_string());
+                self.view.last_error = Some(e.to_string());
             }
         }
     }
@@ -781,12 +531,12 @@ impl Engine {
         if !dry_run {
             self.recorder
                 .reload(reload_result(&result), started.elapsed());
-            self.reloads += 1;
+            self.view.reloads += 1;
             if let Err(e) = &result {
-                self.reload_failures += 1;
-                self.last_error = Some(e.to_string());
+                self.view.reload_failures += 1;
+                self.view.last_error = Some(e.to_string());
             } else {
-                self.last_error = None;
+                self.view.last_error = None;
                 self.warn_unenforced().await;
             }
         }
@@ -810,7 +560,7 @@ impl Engine {
             Ok(c) => c,
             Err(e) => {
                 if let Ok(text) = std::fs::read(&self.policy_path) {
-                    self.rejected_digest = Some(policy::fnv1a(&text));
+                    self.view.rejected_digest = Some(policy::fnv1a(&text));
                 }
                 tracing::warn!(error = %e, "policy refused");
                 return Err(e);
@@ -818,8 +568,8 @@ impl Engine {
         };
         // Every executable again: a file may have been replaced or
         // modified since it was resolved.
-        let mut inventory = (*self.inventory).clone();
-        if self.link.ready {
+        let mut inventory = (*self.view.inventory).clone();
+        if self.inventory_ready {
             self.resolve_exes(&candidate.policies, &mut inventory, true)
                 .await;
         }
@@ -838,8 +588,12 @@ impl Engine {
 
         let outcome = if dry_run {
             let kernel = self.kernel_state().await?;
-            let plan = plan::plan(&candidate, self.link.ready.then_some(&inventory), &kernel)
-                .map_err(compile_failure)?;
+            let plan = plan::plan(
+                &candidate,
+                self.inventory_ready.then_some(&inventory),
+                &kernel,
+            )
+            .map_err(compile_failure)?;
             Outcome {
                 generation: kernel.generation,
                 diff: plan.diff,
@@ -847,15 +601,15 @@ impl Engine {
                 ..Outcome::default()
             }
         } else {
-            let previous = self.loaded.replace(Arc::new(candidate));
-            self.inventory = Arc::new(inventory);
-            self.rejected_digest = None;
+            let previous = self.view.loaded.replace(Arc::new(candidate));
+            self.view.inventory = Arc::new(inventory);
+            self.view.rejected_digest = None;
             match self.converge().await {
                 Ok(outcome) => outcome,
                 // The loader refused the diff (capacity, invalid): nothing
                 // changed in the kernel, so the running policy stays ours too.
                 Err(e @ PolicydError::Loader(_)) => {
-                    self.loaded = previous;
+                    self.view.loaded = previous;
                     return Err(e);
                 }
                 // The loader is away: the new policy is valid and stays
@@ -883,17 +637,17 @@ impl Engine {
     /// are not resolved again; a new container's are, before its entries
     /// are applied. Says why to converge, if anything changed.
     async fn set_inventory(&mut self, mut inventory: Inventory) -> Option<&'static str> {
-        let first = !self.link.ready;
-        inventory::carry_exes(&self.inventory, &mut inventory);
-        if let Some(loaded) = self.loaded.clone() {
+        let first = !self.inventory_ready;
+        inventory::carry_exes(&self.view.inventory, &mut inventory);
+        if let Some(loaded) = self.view.loaded.clone() {
             self.resolve_exes(&loaded.policies, &mut inventory, false)
                 .await;
         }
-        if !first && inventory == *self.inventory {
+        if !first && inventory == *self.view.inventory {
             return None;
         }
-        self.inventory = Arc::new(inventory);
-        self.link.ready = true;
+        self.view.inventory = Arc::new(inventory);
+        self.inventory_ready = true;
         if first {
             // Policy ids are learned through running containers' cgroups:
             // now that they are known, learn again from the loader's state.
@@ -907,16 +661,21 @@ impl Engine {
     /// does not enforce (its cgroup is below no attached parent), once per
     /// container and reason.
     async fn warn_unenforced(&mut self) {
-        let Some(loaded) = &self.loaded else {
+        let Some(loaded) = &self.view.loaded else {
             return;
         };
-        let Ok(assigned) = compile::assign(&loaded.policies, &loaded.rules, &self.inventory) else {
+        let Ok(assigned) = compile::assign(&loaded.policies, &loaded.rules, &self.view.inventory)
+        else {
             return;
         };
         let attached = self.loader.attached_parents().await;
         let mut now = BTreeMap::new();
-        let enforcements =
-            view::enforcements(loaded, &self.inventory, assigned.assignments, &attached);
+        let enforcements = view::enforcements(
+            loaded,
+            &self.view.inventory,
+            assigned.assignments,
+            &attached,
+        );
         for (c, _, enforcement) in enforcements {
             let (Some(reason), "unenforced") =
                 (enforcement.unenforced_reason, enforcement.mode.as_str())
@@ -965,49 +724,3 @@ fn release_freed_memory() {
 /// How long the first convergence waits for an inventory before carrying
 /// the loader's cgroup entries over unchanged.
 pub const INVENTORY_GRACE: Duration = Duration::from_secs(15);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::inventory::Container;
-
-    fn inventory(name: &str) -> Inventory {
-        Inventory {
-            containers: vec![Container {
-                name: name.into(),
-                ..Container::default()
-            }],
-        }
-    }
-
-    #[test]
-    fn queued_commands_merge_into_one_reload_the_newest_inventory_and_the_worst_resync() {
-        let mut batch = Batch::default();
-        let mut answers = Vec::new();
-        for command in [
-            Command::SetInventory(inventory("old")),
-            Command::Resync { healthy: true },
-            Command::SetInventory(inventory("new")),
-            Command::Resync { healthy: false },
-            Command::InventoryUnavailable("resolver restarted".into()),
-        ] {
-            let (reply, answer) = oneshot::channel();
-            batch.add(Command::Reload {
-                dry_run: false,
-                reply,
-            });
-            answers.push(answer);
-            batch.add(command);
-        }
-        assert_eq!(batch.reloads.len(), 5);
-        assert!(batch.dry_runs.is_empty());
-        assert_eq!(batch.inventory, Some(inventory("new")));
-        assert_eq!(batch.link, Some(Err("resolver restarted".into())));
-        assert_eq!(batch.resync, Some(false));
-        let report = Ok(ReloadReport::default());
-        answer(std::mem::take(&mut batch.reloads), &report);
-        for mut a in answers {
-            assert_eq!(a.try_recv(), Ok(report.clone()));
-        }
-    }
-}

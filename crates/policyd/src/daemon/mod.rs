@@ -7,6 +7,7 @@
 
 pub mod engine;
 pub mod feeds;
+pub mod links;
 pub mod memory_loader;
 pub mod observe;
 pub mod plan;
@@ -54,12 +55,7 @@ pub struct Config {
 /// Runs the daemon until the socket fails or a fatal error occurs.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let recorder = Arc::new(metrics::Recorder::default());
-    let engine = engine::spawn(engine::Setup {
-        policy_path: config.policy.clone(),
-        loader_socket: config.loader_socket.clone(),
-        inventory: config.inventory.clone(),
-        recorder: recorder.clone(),
-    });
+    let engine = engine::spawn(&config, recorder.clone());
 
     let (gid, peer_policy, mode) = match nix::unistd::Group::from_name(&config.group) {
         Ok(Some(group)) => {

@@ -57,14 +57,15 @@ impl Policyd for PolicydServer {
         max: u32,
         wait_ms: u32,
     ) -> Result<EventBatch, PolicydError> {
-        let loader = &self.engine.loader;
-        let client = loader.client().await?;
         let wait_ms = wait_ms.min(MAX_EVENTS_WAIT_MS);
         let ctx = transport::context_with_deadline(u64::from(wait_ms / 1000) + 10);
-        let batch = client
-            .events(ctx, after, max, wait_ms)
-            .await
-            .map_err(|e| loader.failed(format!("events request failed: {e}")))?;
+        let batch = self
+            .engine
+            .loader
+            .call("events", |c| async move {
+                c.events(ctx, after, max, wait_ms).await
+            })
+            .await?;
         let view = self.engine.view();
         let events = batch
             .events

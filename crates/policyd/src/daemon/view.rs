@@ -16,7 +16,8 @@ use proto::{
 };
 
 use super::{
-    engine::{compile_failure, to_wire, Handle, LoaderLink, UNANSWERED},
+    engine::{compile_failure, to_wire, Handle},
+    links::{LoaderLink, UNANSWERED},
     plan::{self, Loaded},
 };
 use crate::{
@@ -85,17 +86,17 @@ pub fn enforcements<'a>(
 
 /// The loader's counters, or `None` (why is kept for status).
 pub async fn counters(loader: &LoaderLink) -> Option<Counters> {
-    let client = loader.client().await.ok()?;
-    match client.counters(transport::context_with_deadline(10)).await {
+    let ctx = transport::context_with_deadline(10);
+    match loader
+        .call("counters", |c| async move { c.counters(ctx).await })
+        .await
+    {
         Ok(Ok(c)) => Some(c),
         Ok(Err(e)) => {
             loader.refused(e.to_string());
             None
         }
-        Err(e) => {
-            loader.failed(format!("counters request failed: {e}"));
-            None
-        }
+        Err(_) => None,
     }
 }
 
@@ -132,21 +133,19 @@ pub async fn status(handle: &Handle, counters: Option<&Counters>) -> Status {
         let assigned = compile::assign(&loaded.policies, &loaded.rules, inventory).ok()?;
         Some((loaded, assigned))
     });
+    let container = |c: &Container| ContainerStatus {
+        id: c.id.clone(),
+        name: c.name.clone(),
+        image: c.image.clone(),
+        cgroup_id: c.cgroup_id,
+        cgroup_path: c.cgroup_path.clone(),
+        readonly_rootfs: c.readonly_rootfs,
+        outside_managed_parent: coverage::outside_attached(c, &attached),
+        mode: "unknown".into(),
+        ..ContainerStatus::default()
+    };
     let Some((loaded, assigned)) = matched else {
-        status.containers = inventory
-            .containers
-            .iter()
-            .map(|c| ContainerStatus {
-                id: c.id.clone(),
-                name: c.name.clone(),
-                image: c.image.clone(),
-                cgroup_id: c.cgroup_id,
-                cgroup_path: c.cgroup_path.clone(),
-                outside_managed_parent: coverage::outside_attached(c, &attached),
-                mode: "unknown".into(),
-                ..ContainerStatus::default()
-            })
-            .collect();
+        status.containers = inventory.containers.iter().map(container).collect();
         return status;
     };
     let policies = &loaded.policies;
@@ -175,23 +174,17 @@ pub async fn status(handle: &Handle, counters: Option<&Counters>) -> Status {
             containers_per_policy[i] += 1;
         }
         status.containers.push(ContainerStatus {
-            id: c.id.clone(),
-            name: c.name.clone(),
-            image: c.image.clone(),
-            cgroup_id: c.cgroup_id,
             policy: a.policy_index.map(|i| policies.policies[i].name.clone()),
             also_matched: a
                 .also_matched
                 .iter()
                 .map(|&i| policies.policies[i].name.clone())
                 .collect(),
-            cgroup_path: c.cgroup_path.clone(),
             mode: enforcement.mode,
             unenforced_reason: enforcement.unenforced_reason,
             packet_sockets_uncovered: uncovered[a.container_index].take(),
-            readonly_rootfs: c.readonly_rootfs,
-            outside_managed_parent: coverage::outside_attached(c, &attached),
             executables: executable_statuses(policies, &a, &assigned.exes),
+            ..container(c)
         });
     }
     for (i, p) in policies.policies.iter().enumerate() {
