@@ -468,14 +468,13 @@ pub const MAX_REQUESTS_PER_UID: usize = 32;
 
 /// Each peer uid's share of [`MAX_REQUESTS_PER_UID`]. One entry per uid
 /// ever admitted: the peer policy admits few (root and a group's members).
-#[derive(Clone, Default)]
-pub struct RequestsPerUid(Arc<std::sync::Mutex<HashMap<u32, Arc<Semaphore>>>>);
+#[derive(Default)]
+pub struct RequestsPerUid(HashMap<u32, Arc<Semaphore>>);
 
 impl RequestsPerUid {
     /// The permits `uid`'s requests run under.
-    pub fn permits(&self, uid: u32) -> Arc<Semaphore> {
-        let mut slots = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        slots
+    pub fn permits(&mut self, uid: u32) -> Arc<Semaphore> {
+        self.0
             .entry(uid)
             .or_insert_with(|| Arc::new(Semaphore::new(MAX_REQUESTS_PER_UID)))
             .clone()
@@ -484,7 +483,8 @@ impl RequestsPerUid {
 
 /// Runs one request on its own task once one of `permits` is free. Until
 /// then the connection reads no further requests: its peer waits rather
-/// than piling up work.
+/// than piling up work. Requests still end meanwhile: tarpc buffers 100
+/// responses per connection, more than a uid has in flight.
 pub async fn spawn_request_within(
     permits: Arc<Semaphore>,
     fut: impl Future<Output = ()> + Send + 'static,
@@ -612,7 +612,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_uids_requests_beyond_the_cap_wait_for_one_to_end() {
-        let requests = RequestsPerUid::default();
+        let mut requests = RequestsPerUid::default();
         // Each held request ends when it gets one of these.
         let ends = Arc::new(Semaphore::new(0));
         let held = || {

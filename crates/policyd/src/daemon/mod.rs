@@ -19,9 +19,9 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use futures::StreamExt;
 use proto::{policyd::Policyd, transport};
+use tarpc::server::Channel;
 
 use crate::metrics;
-use tarpc::server::Channel;
 
 /// Where the daemon's inventory comes from.
 #[derive(Clone, Debug)]
@@ -132,7 +132,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // Reloads queue at the engine; status and explain run beside it, so a
     // uid's requests in flight are capped across all its connections.
-    let requests = transport::RequestsPerUid::default();
+    let mut requests = transport::RequestsPerUid::default();
     transport::serve(
         listener,
         peer_policy,
