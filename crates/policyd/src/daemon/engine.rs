@@ -1,8 +1,8 @@
 //! The one task that owns the daemon's state and changes the loader's
-//! maps: it takes [`Command`]s, plans ([`super::plan`]) and applies, and
-//! publishes a [`View`] after each batch. Readers (status, explain, event
-//! attribution, metrics) read the last published view and never wait for
-//! a reload.
+//! maps: it takes reloads and [`Feed`] news, plans ([`super::plan`]),
+//! applies, and publishes a [`View`] after each batch. Readers (status,
+//! explain, event attribution, metrics) read the last published view and
+//! never wait for a reload.
 //!
 //! Commands queued while the engine works are taken together, and every
 //! reload waiting is answered by one reload that started after it asked:
@@ -44,10 +44,18 @@ use crate::{
 type Reply = oneshot::Sender<Result<ReloadReport, PolicydError>>;
 
 /// What the engine is asked to do.
-pub enum Command {
+enum Command {
     /// Re-read the policy file and apply it (or, with `dry_run`, say what
     /// applying it would do).
-    Reload { dry_run: bool, reply: Reply },
+    Reload {
+        dry_run: bool,
+        reply: Reply,
+    },
+    Feed(Feed),
+}
+
+/// News from a feed: what changed, or that it is time to look.
+pub enum Feed {
     /// A new inventory from the resolver (or the inventory file).
     SetInventory(Inventory),
     /// The inventory source failed; the last inventory stays.
@@ -80,9 +88,13 @@ impl Handle {
         self.view.borrow().clone()
     }
 
-    pub async fn send(&self, command: Command) {
+    async fn send(&self, command: Command) {
         // Only fails once the engine is gone, when the daemon is ending.
         let _ = self.commands.send(command).await;
+    }
+
+    pub async fn tell(&self, feed: Feed) {
+        self.send(Command::Feed(feed)).await;
     }
 
     pub async fn reload(&self, dry_run: bool) -> Result<ReloadReport, PolicydError> {
@@ -248,7 +260,7 @@ impl Engine {
                         dry_run: true,
                         reply,
                     } => dry_runs.push(reply),
-                    other => why = self.take(other).await.or(why),
+                    Command::Feed(feed) => why = self.take(feed).await.or(why),
                 }
             }
             // One reload answers every reload that waited: each asked
@@ -275,23 +287,21 @@ impl Engine {
         }
     }
 
-    /// Takes a command other than a reload; says why to converge, if it
-    /// should.
-    async fn take(&mut self, command: Command) -> Option<&'static str> {
-        match command {
-            Command::Reload { .. } => None,
-            Command::SetInventory(inventory) => {
+    /// Takes a feed's news; says why to converge, if it should.
+    async fn take(&mut self, feed: Feed) -> Option<&'static str> {
+        match feed {
+            Feed::SetInventory(inventory) => {
                 self.view.inventory_connection.connected = true;
                 self.view.inventory_connection.error = None;
                 self.set_inventory(inventory).await
             }
-            Command::InventoryUnavailable(error) => {
+            Feed::InventoryUnavailable(error) => {
                 self.view.inventory_connection.connected = false;
                 self.view.inventory_connection.error = Some(error);
                 None
             }
-            Command::Resync { healthy } => self.resync(healthy).await,
-            Command::GraceOver if !self.inventory_ready => {
+            Feed::Resync { healthy } => self.resync(healthy).await,
+            Feed::GraceOver if !self.inventory_ready => {
                 tracing::warn!(
                     grace_secs = INVENTORY_GRACE.as_secs(),
                     "no container inventory yet; applying the policy's rules and keeping the loader's cgroup entries until it arrives"
@@ -299,7 +309,7 @@ impl Engine {
                 self.hold = false;
                 Some("inventory grace period over")
             }
-            Command::GraceOver => None,
+            Feed::GraceOver => None,
         }
     }
 

@@ -16,7 +16,7 @@ use proto::{
     transport,
 };
 
-use super::engine::{Command, Handle};
+use super::engine::{Feed, Handle};
 use crate::{
     inventory::{Container, Inventory},
     policy,
@@ -104,7 +104,7 @@ pub async fn resync(engine: Handle, every: Duration) {
             backoff.next()
         };
         tokio::time::sleep(wait).await;
-        engine.send(Command::Resync { healthy }).await;
+        engine.tell(Feed::Resync { healthy }).await;
     }
 }
 
@@ -112,7 +112,7 @@ pub async fn resync(engine: Handle, every: Duration) {
 /// rules are applied, the loader's cgroup entries carried over as they are.
 pub async fn inventory_grace(engine: Handle, grace: Duration) {
     tokio::time::sleep(grace).await;
-    engine.send(Command::GraceOver).await;
+    engine.tell(Feed::GraceOver).await;
 }
 
 fn to_inventory(containers: &BTreeMap<String, ResolverContainer>) -> Inventory {
@@ -123,7 +123,7 @@ fn to_inventory(containers: &BTreeMap<String, ResolverContainer>) -> Inventory {
 
 async fn publish(engine: &Handle, containers: &BTreeMap<String, ResolverContainer>) {
     engine
-        .send(Command::SetInventory(to_inventory(containers)))
+        .tell(Feed::SetInventory(to_inventory(containers)))
         .await;
 }
 
@@ -134,9 +134,7 @@ pub async fn follow_resolver(engine: Handle, path: PathBuf) {
     let mut reported: Option<String> = None;
     loop {
         let error = follow_once(&engine, &path, &mut backoff).await;
-        engine
-            .send(Command::InventoryUnavailable(error.clone()))
-            .await;
+        engine.tell(Feed::InventoryUnavailable(error.clone())).await;
         // Say it once per distinct failure; retries are quiet.
         if reported.as_ref() != Some(&error) {
             tracing::warn!(error = %error, "resolver unavailable; retrying with backoff, keeping the last inventory");
@@ -245,14 +243,14 @@ pub async fn watch_inventory_file(engine: Handle, path: PathBuf, every: Duration
         let now = file_version(&path);
         if now != last {
             last = now;
-            let command = match read_inventory_file(&path) {
-                Ok(inventory) => Command::SetInventory(inventory),
+            let feed = match read_inventory_file(&path) {
+                Ok(inventory) => Feed::SetInventory(inventory),
                 Err(err) => {
                     tracing::warn!(error = %err, "inventory file not usable");
-                    Command::InventoryUnavailable(err)
+                    Feed::InventoryUnavailable(err)
                 }
             };
-            engine.send(command).await;
+            engine.tell(feed).await;
         }
         tokio::time::sleep(every).await;
     }

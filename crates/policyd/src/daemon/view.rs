@@ -100,6 +100,8 @@ pub async fn counters(loader: &LoaderLink) -> Option<Counters> {
     }
 }
 
+/// What `policyd status` shows: the engine's last published view, with
+/// the loader's attachments (and `counters`) as they are now.
 pub async fn status(handle: &Handle, counters: Option<&Counters>) -> Status {
     let view = handle.view();
     let attached = handle.loader.attached_parents().await;
