@@ -24,7 +24,10 @@ use proto::{
     policyd::{self as wire, PolicydError, ReloadReport},
     resolver::ExeLookup,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::{
+    sync::{mpsc, oneshot, watch},
+    task::JoinHandle,
+};
 
 use super::{
     links::{loader_deadline, ExeResolver, LoaderLink, UNANSWERED},
@@ -143,7 +146,7 @@ struct Engine {
 }
 
 /// Starts the engine's task; it ends when every [`Handle`] is dropped.
-pub fn spawn(config: &Config, recorder: Arc<Recorder>) -> Handle {
+pub fn spawn(config: &Config, recorder: Arc<Recorder>) -> (Handle, JoinHandle<()>) {
     let (commands, queue) = mpsc::channel(QUEUED_COMMANDS);
     let mut view = View::default();
     let (mut inventory_ready, mut hold) = (false, false);
@@ -188,8 +191,7 @@ pub fn spawn(config: &Config, recorder: Arc<Recorder>) -> Handle {
         unenforced_reported: BTreeMap::new(),
         recorder,
     };
-    tokio::spawn(engine.run(queue));
-    handle
+    (handle, tokio::spawn(engine.run(queue)))
 }
 
 fn unix_now() -> u64 {

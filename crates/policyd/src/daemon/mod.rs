@@ -55,7 +55,7 @@ pub struct Config {
 /// Runs the daemon until the socket fails or a fatal error occurs.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let recorder = Arc::new(metrics::Recorder::default());
-    let engine = engine::spawn(&config, recorder.clone());
+    let (engine, engine_task) = engine::spawn(&config, recorder.clone());
 
     let (gid, peer_policy, mode) = match nix::unistd::Group::from_name(&config.group) {
         Ok(Some(group)) => {
@@ -133,7 +133,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Reloads queue at the engine; status and explain run beside it, so a
     // uid's requests in flight are capped across all its connections.
     let mut requests = transport::RequestsPerUid::default();
-    transport::serve(
+    let serve = transport::serve(
         listener,
         peer_policy,
         transport::Service::Policyd,
@@ -147,7 +147,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .execute(server.serve())
                 .for_each(move |request| transport::spawn_request_within(permits.clone(), request))
         },
-    )
-    .await
-    .context("accepting connections failed")
+    );
+    // Without its engine policyd would answer from a state that no longer
+    // changes: end, and let the service manager start it afresh.
+    tokio::select! {
+        served = serve => served.context("accepting connections failed"),
+        ended = engine_task => Err(anyhow::anyhow!(
+            "the policy engine stopped ({}); policyd exits so that it is restarted",
+            ended.err().map_or_else(|| "its commands ended".to_string(), |e| e.to_string())
+        )),
+    }
 }
