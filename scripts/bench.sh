@@ -12,7 +12,8 @@
 # memory.
 # A few minutes. Needs root. Installs what it needs first, idempotently
 # (scripts/setup.sh: iperf3, nftables, containerd, the eBPF toolchain).
-# Plots are SVG written by the bench itself: no plotting library.
+# Plots are SVG, drawn with the plotters crate (its SVG backend: no system
+# font libraries).
 #
 #   sudo scripts/bench.sh                      # the whole suite
 #   sudo scripts/bench.sh --quick --out /tmp/bench   # a smoke run (under a minute, noisy)

@@ -18,11 +18,9 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
@@ -33,13 +31,17 @@ use kernel_model::{
     state::{Entry, EntryKey, MapOp},
 };
 use serde::{Deserialize, Serialize};
+use test_kit::{
+    cgroup, cleanup,
+    containerd::{now_ns, Containerd},
+    process,
+};
 
 use crate::sys;
 
 const RULES: usize = 10_000;
 const POLICIES: usize = 10;
 const CONTAINERS: usize = 50;
-const IMAGE: &str = "docker.io/contain-test/busybox:latest";
 /// Send attempts from the unmapped cgroup (half ICMP, half UDP).
 const UNMAPPED_PINGS: u64 = 10;
 
@@ -116,7 +118,7 @@ struct Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        sys::stop(&mut self.child);
+        process::stop(&mut self.child);
     }
 }
 
@@ -167,8 +169,8 @@ fn start_in(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
-    let child =
-        sys::spawn_in(cmd, netns, None).with_context(|| format!("starting {}", bin.display()))?;
+    let child = test_kit::lab::spawn_in(cmd, netns, None)
+        .with_context(|| format!("starting {}", bin.display()))?;
     let mut d = Daemon { name, child };
     wait_for_socket(socket, &mut d, &log_path)?;
     Ok(d)
@@ -259,7 +261,7 @@ fn record(r: &mut Reload, (wall, report, bytes): (f64, serde_json::Value, usize)
 /// 443 becomes 8443.
 fn edit_one_rule(text: &str, rules: usize) -> Result<String> {
     let n = (rules / 2 / 5) * 5;
-    let old = policyd::synthetic::rule_line(n);
+    let old = test_kit::synthetic::rule_line(n);
     if !old.contains("[443]") || !text.contains(&old) {
         bail!("synthetic rule {n} is not the expected tcp/443 line: {old}");
     }
@@ -281,7 +283,7 @@ fn maps_dir(pin_dir: &Path) -> Result<PathBuf> {
 struct Scene {
     scratch: PathBuf,
     pin_dir: PathBuf,
-    cgroup: PathBuf,
+    cgroup: cgroup::Cgroup,
     netns: Vec<String>,
     containerd: Option<Containerd>,
     daemons: Vec<Daemon>,
@@ -292,10 +294,9 @@ impl Drop for Scene {
         self.daemons.clear();
         self.containerd.take();
         for ns in &self.netns {
-            let _ = sys::run("ip", &["netns", "del", ns]);
+            let _ = process::run("ip", &["netns", "del", ns]);
         }
-        sys::remove_pin_tree(&self.pin_dir);
-        sys::remove_cgroup_tree(&self.cgroup);
+        cleanup::remove_any(&self.pin_dir);
         let _ = std::fs::remove_dir_all(&self.scratch);
     }
 }
@@ -316,19 +317,21 @@ pub fn measure(bin_dir: &Path, quick: bool) -> Result<(Control, Vec<String>)> {
     let mut scene = Scene {
         scratch: PathBuf::from("/tmp").join(&name),
         pin_dir: PathBuf::from("/sys/fs/bpf").join(&name),
-        cgroup: sys::cgroup_root()?.join(&name),
+        cgroup: cgroup::Cgroup::create(&cgroup::cgroup2_mount()?.join(&name))?,
         netns: Vec::new(),
         containerd: None,
         daemons: Vec::new(),
     };
     let s = scene.scratch.clone();
     std::fs::create_dir_all(&s)?;
-    std::fs::create_dir_all(scene.cgroup.join("ctr"))?;
+    std::fs::create_dir_all(scene.cgroup.path().join("ctr"))?;
     let sock = |n: &str| s.join(format!("{n}.sock"));
     let path = |p: &Path| p.to_string_lossy().into_owned();
 
     // A private containerd, when there is one to run.
-    match Containerd::start(&s.join("containerd"), &name) {
+    // Overlay snapshots need a real filesystem, not the tmpfs under /tmp.
+    let containerd_base = PathBuf::from("/var/lib").join(&name);
+    match Containerd::start(&containerd_base, &format!("{name}/ctr"), &["default"]) {
         Ok(c) => scene.containerd = Some(c),
         Err(e) => missing.push(format!(
             "container create → policy in force: no private containerd could be started ({e:#})"
@@ -339,7 +342,7 @@ pub fn measure(bin_dir: &Path, quick: bool) -> Result<(Control, Vec<String>)> {
     // namespace: it runs in one of its own, so no device of the host's
     // (nor of anything else running there) gets a program from the bench.
     let loader_ns = format!("{name}-loader");
-    sys::run("ip", &["netns", "add", &loader_ns])?;
+    process::run("ip", &["netns", "add", &loader_ns])?;
     scene.netns.push(loader_ns.clone());
     let loader = start_in(
         "bpf-loader",
@@ -367,7 +370,7 @@ pub fn measure(bin_dir: &Path, quick: bool) -> Result<(Control, Vec<String>)> {
         path(&s.join("no-docker")),
     ];
     match &scene.containerd {
-        Some(c) => resolver_args.extend(["--containerd-socket".into(), path(&c.socket)]),
+        Some(c) => resolver_args.extend(["--containerd-socket".into(), path(c.socket())]),
         None => resolver_args.push("--no-containerd".into()),
     }
     let resolver_args: Vec<&str> = resolver_args.iter().map(String::as_str).collect();
@@ -381,13 +384,13 @@ pub fn measure(bin_dir: &Path, quick: bool) -> Result<(Control, Vec<String>)> {
 
     // policyd on the synthetic inventory file, for the reload timings.
     let policy = s.join("policy.toml");
-    let text = policyd::synthetic::policy_text(RULES, POLICIES);
+    let text = test_kit::synthetic::policy_text(RULES, POLICIES);
     let edited = edit_one_rule(&text, RULES)?;
     let empty = "mode = \"enforce\"\nunknown_container = \"deny\"\n";
     std::fs::write(&policy, empty)?;
     std::fs::write(
         s.join("inventory.json"),
-        serde_json::to_string(&policyd::synthetic::inventory(CONTAINERS))?,
+        serde_json::to_string(&test_kit::synthetic::inventory(CONTAINERS))?,
     )?;
     let policyd_bin = bin("policyd");
     let policyd_sock = sock("policyd");
@@ -508,7 +511,7 @@ fn create_to_in_force(
     let (ct_ns, peer_ns) = (format!("{name}-ct"), format!("{name}-peer"));
     scene.netns.push(ct_ns.clone());
     scene.netns.push(peer_ns.clone());
-    sys::sh(&format!(
+    process::sh(&format!(
         "ip netns add {ct_ns}
          ip netns add {peer_ns}
          ip -n {ct_ns} link add vc address 02:cb:00:00:c8:02 type veth peer name vp address 02:cb:00:00:c8:01 netns {peer_ns}
@@ -520,13 +523,13 @@ fn create_to_in_force(
          ip -n {ct_ns} neigh replace 198.18.200.1 lladdr 02:cb:00:00:c8:01 dev vc nud permanent
          ip -n {peer_ns} neigh replace 198.18.200.2 lladdr 02:cb:00:00:c8:02 dev vp nud permanent"
     ))?;
-    sys::run_with_input(
+    process::run_with_input(
         "ip",
         &["netns", "exec", &peer_ns, "nft", "-f", "-"],
         b"table ip cbench {\n chain pre {\n  type filter hook prerouting priority -300;\n  ip saddr 198.18.200.2 counter\n }\n}\n",
     )?;
     let counted = || -> Result<u64> {
-        let out = sys::run(
+        let out = process::run(
             "ip",
             &[
                 "netns", "exec", &peer_ns, "nft", "list", "table", "ip", "cbench",
@@ -560,53 +563,40 @@ fn create_to_in_force(
     let containerd = scene.containerd.as_ref().context("containerd")?;
     let events = containerd.events()?;
     let trials = if quick { 2 } else { 10 };
-    let parent = scene.cgroup.join("ctr");
+    let parent = scene.cgroup.path().join("ctr");
     let mut create = Create {
         trials,
         ..Create::default()
     };
     for i in 0..=trials {
         let id = format!("{name}-{i}");
-        let cgroup_path = format!("/{name}/ctr/{id}");
-        let netns = sys::netns_path(&ct_ns);
-        let run_args = [
-            "run",
-            "-d",
-            "--cgroup",
-            &cgroup_path,
-            "--label",
-            "contain-bench=1",
-            "--with-ns",
-            &format!("network:{}", netns.display()),
-            IMAGE,
-            &id,
-            "sh",
-            "-c",
-            "while :; do ping -c 1 -W 1 198.18.200.1 >/dev/null 2>&1; sleep 0.005; done",
-        ];
-        let run = {
-            let args: Vec<String> = run_args.iter().map(|a| a.to_string()).collect();
-            let socket = containerd.socket.clone();
-            std::thread::spawn(move || containerd_ctr(&socket, &args))
-        };
+        let netns = test_kit::lab::netns_path(&ct_ns);
+        let with_ns = format!("network:{}", netns.display());
+        let flags = ["--label", "contain-bench=1", "--with-ns", &with_ns];
+        let pinging = "while :; do ping -c 1 -W 1 198.18.200.1 >/dev/null 2>&1; sleep 0.005; done";
         let dir = parent.join(&id);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut in_force = None;
-        let mut cgroup_id = None;
-        while Instant::now() < deadline {
-            if cgroup_id.is_none() && dir.is_dir() {
-                cgroup_id = sys::cgroup_id(&dir).ok();
-            }
-            if let Some(cid) = cgroup_id {
-                if cgroups.get(&cid, 0).is_ok() {
-                    in_force = Some(now_ns());
-                    break;
+        let in_force = std::thread::scope(|scope| -> Result<Option<i128>> {
+            let run = scope
+                .spawn(|| containerd.run_container("default", &id, &flags, &["sh", "-c", pinging]));
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut in_force = None;
+            let mut cgroup_id = None;
+            while Instant::now() < deadline {
+                if cgroup_id.is_none() && dir.is_dir() {
+                    cgroup_id = cgroup::cgroup_id(&dir).ok();
                 }
+                if let Some(cid) = cgroup_id {
+                    if cgroups.get(&cid, 0).is_ok() {
+                        in_force = Some(now_ns());
+                        break;
+                    }
+                }
+                std::thread::sleep(Duration::from_micros(200));
             }
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        run.join()
-            .map_err(|_| anyhow::anyhow!("ctr thread panicked"))??;
+            run.join()
+                .map_err(|_| anyhow::anyhow!("ctr thread panicked"))??;
+            Ok(in_force)
+        })?;
         let in_force = in_force.with_context(|| {
             format!("container {id}: its cgroup never appeared in the loader's map")
         })?;
@@ -614,7 +604,7 @@ fn create_to_in_force(
         let start_ns = events.wait(&id, "/tasks/start")?;
         // Let it ping under the policy for a moment, then remove it.
         std::thread::sleep(Duration::from_millis(100));
-        containerd.remove(&id);
+        containerd.remove_container("default", &id);
         if i == 0 {
             continue; // warm-up
         }
@@ -656,7 +646,7 @@ fn create_to_in_force(
         ))
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    let out = sys::spawn_in(probe, Some(&ct_ns), Some(&unmapped))?.wait_with_output()?;
+    let out = test_kit::lab::spawn_in(probe, Some(&ct_ns), Some(&unmapped))?.wait_with_output()?;
     let accepted: u64 = String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()
@@ -667,7 +657,7 @@ fn create_to_in_force(
     let _ = std::fs::remove_dir(&unmapped);
     let before_control = counted()?;
     // Positive control: the same namespace, outside the managed cgroup.
-    let _ = sys::run(
+    let _ = process::run(
         "ip",
         &[
             "netns",
@@ -697,264 +687,4 @@ fn create_to_in_force(
     }
     drop(policyd_ct);
     Ok(create)
-}
-
-fn now_ns() -> i128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i128)
-}
-
-fn containerd_ctr(socket: &Path, args: &[String]) -> Result<String> {
-    let mut all = vec![
-        "--address".to_string(),
-        socket.to_string_lossy().into_owned(),
-        "-n".into(),
-        "default".into(),
-    ];
-    all.extend(args.iter().cloned());
-    let all: Vec<&str> = all.iter().map(String::as_str).collect();
-    sys::run("ctr", &all)
-}
-
-/// A private containerd (own root, state and socket), with the busybox
-/// image the resolver's tests build (tests/containerd/prepare.sh).
-struct Containerd {
-    base: PathBuf,
-    socket: PathBuf,
-    child: Option<Child>,
-    /// Whether /run/containerd existed before (runc's state goes there
-    /// whatever containerd's own state directory is).
-    had_run_containerd: bool,
-}
-
-impl Containerd {
-    fn start(base: &Path, name: &str) -> Result<Containerd> {
-        for tool in ["containerd", "ctr", "runc", "containerd-shim-runc-v2"] {
-            if sys::run("sh", &["-c", &format!("command -v {tool}")]).is_err() {
-                bail!("{tool} is not installed");
-            }
-        }
-        let prepare = crate::repo_root().join("tests/containerd/prepare.sh");
-        if !prepare.is_file() {
-            bail!(
-                "{} is missing (it builds the test image)",
-                prepare.display()
-            );
-        }
-        // Overlay snapshots need a real filesystem, not the tmpfs under /tmp.
-        let base = PathBuf::from("/var/lib")
-            .join(name)
-            .join(base.file_name().unwrap_or_default());
-        std::fs::create_dir_all(base.join("state"))?;
-        let had_run_containerd = Path::new("/run/containerd").exists();
-        let socket = base.join("state/containerd.sock");
-        std::fs::write(
-            base.join("config.toml"),
-            format!(
-                "version = 2\nroot = \"{b}/root\"\nstate = \"{b}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{s}\"\n[ttrpc]\n  address = \"{s}.ttrpc\"\n[debug]\n  address = \"\"\n[plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{b}/opt\"\n",
-                b = base.display(),
-                s = socket.display()
-            ),
-        )?;
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(base.join("config.toml"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(base.join("containerd.log"))?)
-            .spawn()?;
-        let c = Containerd {
-            base: base.clone(),
-            socket: socket.clone(),
-            child: Some(child),
-            had_run_containerd,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while containerd_ctr(&socket, &["version".into()]).is_err() {
-            if Instant::now() > deadline {
-                bail!("containerd did not start");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let tarball = base.join("busybox.tar");
-        sys::run(
-            &prepare.to_string_lossy(),
-            &["image", &tarball.to_string_lossy()],
-        )?;
-        containerd_ctr(
-            &socket,
-            &[
-                "images".into(),
-                "import".into(),
-                tarball.to_string_lossy().into_owned(),
-            ],
-        )?;
-        Ok(c)
-    }
-
-    fn remove(&self, id: &str) {
-        let a = |v: &[&str]| {
-            let v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
-            let _ = containerd_ctr(&self.socket, &v);
-        };
-        a(&["task", "kill", "-s", "KILL", id]);
-        let rm: Vec<String> = ["task", "rm", "-f", id]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        for _ in 0..50 {
-            if containerd_ctr(&self.socket, &rm).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        a(&["container", "rm", id]);
-    }
-
-    /// Follows containerd's events (`ctr events`).
-    fn events(&self) -> Result<Events> {
-        let mut child = Command::new("ctr")
-            .arg("--address")
-            .arg(&self.socket)
-            .arg("events")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let stdout = child.stdout.take().context("ctr events stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(ev) = parse_event(&line) {
-                    if tx.send(ev).is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        // Give the subscription a moment to be in place.
-        std::thread::sleep(Duration::from_millis(300));
-        Ok(Events { child, rx })
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        if let Ok(out) = containerd_ctr(
-            &self.socket,
-            &["container".into(), "ls".into(), "-q".into()],
-        ) {
-            for id in out.lines() {
-                self.remove(id.trim());
-            }
-        }
-        if let Some(mut c) = self.child.take() {
-            sys::stop(&mut c);
-        }
-        // Mounts containerd left under its root (snapshots, shm).
-        if let Some(parent) = self.base.parent() {
-            sys::unmount_under(parent);
-        }
-        if let Some(parent) = self.base.parent() {
-            let _ = std::fs::remove_dir_all(parent);
-        }
-        if !self.had_run_containerd {
-            // Only empty directories: anything else is someone else's.
-            for d in [
-                "/run/containerd/runc/default",
-                "/run/containerd/runc",
-                "/run/containerd/s",
-                "/run/containerd/fifo",
-                "/run/containerd",
-            ] {
-                let _ = std::fs::remove_dir(d);
-            }
-        }
-    }
-}
-
-struct Event {
-    ns_epoch: i128,
-    topic: String,
-    line: String,
-}
-
-struct Events {
-    child: Child,
-    rx: mpsc::Receiver<Event>,
-}
-
-impl Events {
-    /// The time of event `topic` about container `id`.
-    fn wait(&self, id: &str, topic: &str) -> Result<i128> {
-        let found = |e: &Event| e.topic == topic && e.line.contains(&format!("\"{id}\""));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let e = self
-                .rx
-                .recv_timeout(left)
-                .with_context(|| format!("no {topic} event for {id}"))?;
-            if found(&e) {
-                return Ok(e.ns_epoch);
-            }
-        }
-    }
-}
-
-impl Drop for Events {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `2025-11-21 17:41:38.123456789 +0000 UTC default /tasks/create {...}`
-fn parse_event(line: &str) -> Option<Event> {
-    let mut f = line.split_whitespace();
-    let (date, time, offset) = (f.next()?, f.next()?, f.next()?);
-    let _zone = f.next()?;
-    let _namespace = f.next()?;
-    let topic = f.next()?.to_string();
-    let mut d = date.split('-').map(|x| x.parse::<i64>());
-    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let mut t = hms.split(':').map(|x| x.parse::<i64>());
-    let (hh, mm, ss) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
-    let frac_ns: i64 = format!("{frac:0<9}")[..9].parse().ok()?;
-    let sign = if offset.starts_with('-') { -1 } else { 1 };
-    let off = offset.trim_start_matches(['+', '-']);
-    let off_s = sign
-        * (off.get(0..2)?.parse::<i64>().ok()? * 3600 + off.get(2..4)?.parse::<i64>().ok()? * 60);
-    let secs = days_from_civil(y, m, day) * 86_400 + hh * 3600 + mm * 60 + ss - off_s;
-    Some(Event {
-        ns_epoch: i128::from(secs) * 1_000_000_000 + i128::from(frac_ns),
-        topic,
-        line: line.to_string(),
-    })
-}
-
-/// Days since 1970-01-01 (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_ctr_event_lines() {
-        let e = parse_event(
-            "2024-03-01 12:00:01.5 +0000 UTC default /tasks/create {\"container_id\":\"x\"}",
-        )
-        .expect("parsed");
-        assert_eq!(e.topic, "/tasks/create");
-        assert_eq!(e.ns_epoch, 1_709_294_401_500_000_000);
-    }
 }

@@ -45,6 +45,7 @@ use kernel_model::{
     state::{Entry, Verdict},
 };
 use serde::{Deserialize, Serialize};
+use test_kit::{cgroup, cleanup, process};
 
 use crate::{
     programs::{Floor, Thesis, BOUNDED_MAX},
@@ -197,12 +198,12 @@ pub struct Lab {
 
 impl Lab {
     pub fn new(opts: &Options) -> Result<Lab> {
-        sys::sweep_leftovers();
+        cleanup::sweep_dead_runs(sys::RUN_PREFIX);
         let name = sys::run_name();
-        let root = sys::cgroup_root()?;
+        let root = cgroup::cgroup2_mount()?;
         let base = root.join(&name);
         std::fs::create_dir_all(&base)?;
-        let home = sys::own_cgroup()?;
+        let home = cgroup::own_cgroup()?;
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(&name);
         let (kernel, _events) = Kernel::load(&pin_dir)
             .context("loading contain's eBPF object (bpf-loader's Kernel)")?;
@@ -294,7 +295,7 @@ impl Lab {
     /// devices for BPF_PROG_TEST_RUN's ifindex).
     fn setup_testrun(&mut self) -> Result<()> {
         let ns = self.testrun_ns.clone();
-        sys::run("ip", &["netns", "add", &ns])?;
+        process::run("ip", &["netns", "add", &ns])?;
         let contain: Vec<usize> = self
             .targets
             .iter()
@@ -308,7 +309,7 @@ impl Lab {
         for (name, index) in &devices {
             let (peer_name, peer_index) = (format!("{name}p"), (index + 1000).to_string());
             let index = index.to_string();
-            sys::run(
+            process::run(
                 "ip",
                 &[
                     "-n",
@@ -347,7 +348,7 @@ impl Lab {
                 Kind::Contain | Kind::ContainVeth | Kind::ContainTcFloor
             ) {
                 let list = rules::list(t.rules, &needed(t.peer));
-                let cgroup_id = sys::cgroup_id(&t.cgroup)?;
+                let cgroup_id = cgroup::cgroup_id(&t.cgroup)?;
                 state.add_policy(i as u32 + 1, cgroup_id, &list);
                 // The veth each container's frames come in on, as policyd
                 // maps it: the host side of its own (network phases), or
@@ -391,9 +392,9 @@ impl Lab {
         let peer = &self.peer_ns;
         let quiet =
             "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1";
-        sys::run("ip", &["netns", "add", peer])?;
-        sys::run("ip", &["-n", peer, "link", "set", "lo", "up"])?;
-        sys::run("ip", &["netns", "exec", peer, "sh", "-c", quiet])?;
+        process::run("ip", &["netns", "add", peer])?;
+        process::run("ip", &["-n", peer, "link", "set", "lo", "up"])?;
+        process::run("ip", &["netns", "exec", peer, "sh", "-c", quiet])?;
         for (i, t) in self.targets.iter().enumerate() {
             let k = i + 1;
             let (ns, pv) = (t.ns.as_str(), peer_veth(k));
@@ -401,8 +402,8 @@ impl Lab {
                 format!("02:cb:00:00:{k:02x}:02"),
                 format!("02:cb:00:00:{k:02x}:01"),
             );
-            sys::run("ip", &["netns", "add", ns])?;
-            sys::run(
+            process::run("ip", &["netns", "add", ns])?;
+            process::run(
                 "ip",
                 &[
                     "netns",
@@ -413,7 +414,7 @@ impl Lab {
                     &format!("{quiet}; sysctl -qw net.ipv4.ping_group_range='0 2147483647'"),
                 ],
             )?;
-            sys::run(
+            process::run(
                 "ip",
                 &[
                     "-n", ns, "link", "add", "vc", "address", &cmac, "type", "veth", "peer",
@@ -422,18 +423,18 @@ impl Lab {
             )?;
             let c = t.client.to_string();
             let p = t.peer.to_string();
-            sys::run(
+            process::run(
                 "ip",
                 &["-n", ns, "addr", "add", &format!("{c}/24"), "dev", "vc"],
             )?;
-            sys::run(
+            process::run(
                 "ip",
                 &["-n", peer, "addr", "add", &format!("{p}/24"), "dev", &pv],
             )?;
-            sys::run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
-            sys::run("ip", &["-n", ns, "link", "set", "vc", "up"])?;
-            sys::run("ip", &["-n", peer, "link", "set", &pv, "up"])?;
-            sys::run(
+            process::run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+            process::run("ip", &["-n", ns, "link", "set", "vc", "up"])?;
+            process::run("ip", &["-n", peer, "link", "set", &pv, "up"])?;
+            process::run(
                 "ip",
                 &[
                     "-n",
@@ -449,7 +450,7 @@ impl Lab {
                     "permanent",
                 ],
             )?;
-            sys::run(
+            process::run(
                 "ip",
                 &[
                     "-n",
@@ -469,7 +470,7 @@ impl Lab {
         // The host-side ends' ifindexes, as the peer namespace numbers them
         // (what CONTAIN_VETHS is keyed by).
         let names: Vec<String> = (1..=self.targets.len()).map(peer_veth).collect();
-        let indexes = sys::with_netns(peer, || {
+        let indexes = test_kit::lab::with_netns(peer, || {
             names
                 .iter()
                 .map(|n| {
@@ -483,10 +484,10 @@ impl Lab {
         }
         // The TCP request/response server, in the peer namespace.
         let stop = self.stop.clone();
-        let listener = sys::in_netns(peer, move || {
+        let listener = test_kit::lab::in_netns(peer, move || {
             let l = std::net::TcpListener::bind(("0.0.0.0", RR_PORT))?;
             l.set_nonblocking(true)?;
-            Ok(l)
+            Ok::<_, anyhow::Error>(l)
         })?;
         self.servers.push(std::thread::spawn(move || {
             crate::latency::serve(listener, stop)
@@ -510,7 +511,7 @@ impl Lab {
             let program = match t.kind {
                 Kind::ContainVeth => {
                     let kernel = &mut self.kernel;
-                    sys::with_netns(&self.peer_ns, || {
+                    test_kit::lab::with_netns(&self.peer_ns, || {
                         kernel
                             .attach_veth(ifindex, &device)
                             .map_err(|e| anyhow::anyhow!("attaching contain_veth to {device}: {e}"))
@@ -526,7 +527,7 @@ impl Lab {
                         self.tc_floor = Some(TcFloor::load()?);
                     }
                     let floor = self.tc_floor.as_mut().context("the tc floor")?;
-                    sys::with_netns(&self.peer_ns, || floor.attach(ifindex))?;
+                    test_kit::lab::with_netns(&self.peer_ns, || floor.attach(ifindex))?;
                     "tc floor (ingress and egress)".to_string()
                 }
                 _ => continue,
@@ -550,7 +551,7 @@ impl Lab {
                 _ => continue,
             };
             let started = Instant::now();
-            sys::run_with_input(
+            process::run_with_input(
                 "ip",
                 &["netns", "exec", &t.ns, "nft", "-f", "-"],
                 text.as_bytes(),
@@ -570,16 +571,14 @@ impl Lab {
     /// Moves this process into a target's cgroup (its sockets and the
     /// dummy socket of a test run get that cgroup) or back home.
     pub fn enter(&self, target: Option<&Target>) -> Result<()> {
-        match target {
-            Some(t) => sys::enter_cgroup(&t.cgroup),
-            None => sys::enter_cgroup(&self.home),
-        }
+        let cgroup = target.map_or(&self.home, |t| &t.cgroup);
+        Ok(cgroup::enter(cgroup)?)
     }
 
     /// Moves this process into the root cgroup: outside every cgroup
     /// contain's programs are attached to, at the shortest ancestor walk.
     pub fn enter_root(&self) -> Result<()> {
-        sys::enter_cgroup(&sys::cgroup_root()?)
+        Ok(cgroup::enter(&cgroup::cgroup2_mount()?)?)
     }
 
     pub fn egress_fd(&self) -> Result<i32> {
@@ -603,10 +602,10 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let _ = sys::enter_cgroup(&self.home);
+        let _ = cgroup::enter(&self.home);
         self.stop.store(true, Ordering::SeqCst);
         for mut c in self.children.drain(..) {
-            sys::stop(&mut c);
+            process::stop(&mut c);
         }
         for s in self.servers.drain(..) {
             let _ = s.join();
@@ -614,13 +613,13 @@ impl Drop for Lab {
         self.thesis.clear();
         if self.network {
             for t in &self.targets {
-                let _ = sys::run("ip", &["netns", "del", &t.ns]);
+                let _ = process::run("ip", &["netns", "del", &t.ns]);
             }
-            let _ = sys::run("ip", &["netns", "del", &self.peer_ns]);
+            let _ = process::run("ip", &["netns", "del", &self.peer_ns]);
         }
-        let _ = sys::run("ip", &["netns", "del", &self.testrun_ns]);
-        sys::remove_pin_tree(&self.pin_dir);
-        sys::remove_cgroup_tree(&self.base);
+        let _ = process::run("ip", &["netns", "del", &self.testrun_ns]);
+        cleanup::remove_any(&self.pin_dir);
+        cgroup::remove_tree(&self.base);
     }
 }
 

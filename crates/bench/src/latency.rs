@@ -226,9 +226,9 @@ pub fn measure(lab: &Lab, p: &Params) -> Result<Latency> {
     for t in &lab.targets {
         lab.enter(Some(t))?;
         let peer = t.peer;
-        sys::in_netns(&t.ns, move || ping_batch(peer, 5, Duration::from_secs(5)))
+        test_kit::lab::in_netns(&t.ns, move || ping_batch(peer, 5, Duration::from_secs(5)))
             .with_context(|| format!("ping from {}", t.name()))?;
-        sys::in_netns(&t.ns, move || rr_batch(peer, 5, Duration::from_secs(5)))
+        test_kit::lab::in_netns(&t.ns, move || rr_batch(peer, 5, Duration::from_secs(5)))
             .with_context(|| format!("TCP from {}", t.name()))?;
     }
     for round in 0..p.rounds {
@@ -237,11 +237,11 @@ pub fn measure(lab: &Lab, p: &Params) -> Result<Latency> {
             let t = &lab.targets[idx];
             lab.enter(Some(t))?;
             let (peer, count, budget) = (t.peer, p.per_round, p.budget);
-            let s = sys::in_netns(&t.ns, move || ping_batch(peer, count, budget))
+            let s = test_kit::lab::in_netns(&t.ns, move || ping_batch(peer, count, budget))
                 .with_context(|| format!("ping from {}", t.name()))?;
             ping_rounds[idx].push(sys::median(&s));
             ping[idx].extend(s);
-            let s = sys::in_netns(&t.ns, move || rr_batch(peer, count, budget))
+            let s = test_kit::lab::in_netns(&t.ns, move || rr_batch(peer, count, budget))
                 .with_context(|| format!("TCP from {}", t.name()))?;
             rr_rounds[idx].push(sys::median(&s));
             rr[idx].extend(s);

@@ -29,6 +29,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
+use test_kit::{process, repo_root};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -111,11 +112,6 @@ pub struct Results {
     pub not_measured: Vec<String>,
 }
 
-fn repo_root() -> PathBuf {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    here.canonicalize().unwrap_or(here)
-}
-
 fn meta() -> Meta {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu_model = cpuinfo
@@ -128,16 +124,22 @@ fn meta() -> Meta {
     let git = |args: &[&str]| {
         let mut all = vec!["-C", &root];
         all.extend_from_slice(args);
-        sys::run("git", &all).unwrap_or_default().trim().to_string()
+        process::run("git", &all)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
     };
     Meta {
-        date_utc: sys::run("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        date_utc: process::run("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"])
             .unwrap_or_default()
             .trim()
             .into(),
         nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
         cpu_model,
-        kernel: sys::run("uname", &["-r"]).unwrap_or_default().trim().into(),
+        kernel: process::run("uname", &["-r"])
+            .unwrap_or_default()
+            .trim()
+            .into(),
         commit: git(&["rev-parse", "--short=12", "HEAD"]),
         dirty: !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty(),
         loadavg_before: std::fs::read_to_string("/proc/loadavg")
@@ -229,7 +231,7 @@ fn run(
             )?);
         }
         if has("throughput") {
-            if sys::run("iperf3", &["--version"]).is_err() {
+            if process::run("iperf3", &["--version"]).is_err() {
                 results
                     .not_measured
                     .push("throughput: iperf3 is not installed".into());

@@ -28,8 +28,8 @@
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
 
 use anyhow::{bail, Context as _, Result};
-use bpf_loader::testrun;
 use serde::{Deserialize, Serialize};
+use test_kit::testrun;
 
 use crate::{
     lab::{Kind, Lab, PREFIX_RULE, RR_PORT, TESTRUN_UNOWNED},
@@ -190,7 +190,7 @@ pub fn measure(lab: &Lab, rounds: usize, target_ms: u64) -> Result<ProgCost> {
                 measure_one(fd, pkt, out_ifindex, verdict, target_ms, what)
             };
             let on_dev = |fd, dev, pkt: &[u8], verdict, what: &str| {
-                sys::with_netns(&lab.testrun_ns, || {
+                test_kit::lab::with_netns(&lab.testrun_ns, || {
                     measure_one(fd, pkt, dev, verdict, target_ms, what)
                 })
             };

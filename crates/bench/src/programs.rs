@@ -18,7 +18,8 @@ use aya::{
 
 use crate::rules::{thesis_entries, Rule, ThesisRule};
 
-use bpf_loader::BASELINES_OBJECT as BASELINES;
+/// The baselines object, built by this crate's build script.
+static BASELINES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baselines"));
 
 fn load(name: &str) -> Result<(Ebpf, RawFd)> {
     let mut ebpf = EbpfLoader::new()

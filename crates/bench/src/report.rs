@@ -589,7 +589,7 @@ fn prog_cost(md: &mut String, p: &crate::progcost::ProgCost, out: &Path) -> Resu
         .filter(|s| !s.points.is_empty())
         .collect(),
     };
-    std::fs::write(out.join("prog_cost.svg"), svg::line_chart(&chart))?;
+    std::fs::write(out.join("prog_cost.svg"), svg::line_chart(&chart)?)?;
     let _ = writeln!(md, "![per-packet cost](prog_cost.svg)\n");
     Ok(())
 }
@@ -826,7 +826,7 @@ fn latency(
             log_y: true,
             series,
         };
-        std::fs::write(out.join(file), svg::line_chart(&chart))?;
+        std::fs::write(out.join(file), svg::line_chart(&chart)?)?;
         let _ = writeln!(md, "![{title}]({file})\n");
     }
     if let Some(none) = none {
@@ -890,7 +890,7 @@ fn latency(
             .filter(|s| !s.points.is_empty())
             .collect(),
         };
-        std::fs::write(out.join("latency_added.svg"), svg::line_chart(&chart))?;
+        std::fs::write(out.join("latency_added.svg"), svg::line_chart(&chart)?)?;
         let _ = writeln!(
             md,
             "Zoomed in on the configurations whose cost does not grow with the list:\n\n![added latency](latency_added.svg)\n"
@@ -1088,7 +1088,7 @@ fn throughput(
     }
     std::fs::write(
         out.join("throughput.svg"),
-        svg::bar_chart("TCP throughput (iperf3), median", "Gbit/s", &bars),
+        svg::bar_chart("TCP throughput (iperf3), median", "Gbit/s", &bars)?,
     )?;
     let _ = writeln!(md, "\n![throughput](throughput.svg)\n");
     Ok(())

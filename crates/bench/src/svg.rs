@@ -1,7 +1,17 @@
-//! Plain SVG charts (no plotting library): line charts with optional log
-//! axes, and horizontal bar charts.
+//! The report's SVG charts, drawn with plotters' SVG backend: line charts
+//! with optional log axes and the legend beside the plot, and horizontal
+//! bar charts. plotters is built without its `ttf` feature (no fontconfig
+//! or FreeType): the SVG backend writes text as `<text>` elements, and
+//! plotters' built-in estimate of text extents is enough to lay out the
+//! axes' labels.
 
-use std::fmt::Write as _;
+use std::ops::Range;
+
+use plotters::{
+    coord::ranged1d::{AsRangedCoord, SegmentValue, ValueFormatter},
+    element::DashedPathElement,
+    prelude::*,
+};
 
 pub const COLORS: [&str; 7] = [
     "#1b6ac9", "#d9480f", "#2b8a3e", "#7048e8", "#868e96", "#c2255c", "#e8a317",
@@ -23,18 +33,31 @@ pub struct LineChart<'a> {
     pub series: Vec<Series>,
 }
 
-const W: f64 = 760.0;
-const H: f64 = 430.0;
-const LEFT: f64 = 78.0;
-const RIGHT: f64 = 250.0;
-const TOP: f64 = 44.0;
-const BOTTOM: f64 = 58.0;
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+pub struct Bar {
+    pub label: String,
+    pub value: f64,
+    pub color: &'static str,
 }
+
+/// What plotters could not draw (its backend's error, as text).
+#[derive(Debug, thiserror::Error)]
+#[error("drawing the chart {chart:?}: {message}")]
+pub struct ChartError {
+    chart: String,
+    message: String,
+}
+
+const W: u32 = 760;
+const H: u32 = 430;
+/// Room right of the plot for the line charts' legend.
+const LEGEND_W: u32 = 250;
+const FONT: &str = "sans-serif";
+/// plotters' SVG backend writes a font of size `s` as `font-size` s / 1.24
+/// (pixels to points): the titles' 15 and the labels' 12.
+const TITLE_SIZE: f64 = 15.0 * 1.24;
+const LABEL_SIZE: f64 = 12.0 * 1.24;
+const GRID: RGBColor = RGBColor(0xe9, 0xec, 0xef);
+const FRAME: RGBColor = RGBColor(0x49, 0x50, 0x57);
 
 /// A short label for a tick value.
 pub fn num(v: f64) -> String {
@@ -52,260 +75,312 @@ pub fn num(v: f64) -> String {
     }
 }
 
-struct Axis {
-    lo: f64,
-    hi: f64,
-    log: bool,
-}
-
-impl Axis {
-    fn new(values: impl Iterator<Item = f64>, log: bool, zero: bool) -> Axis {
-        let vals: Vec<f64> = values
-            .filter(|v| v.is_finite() && (!log || *v > 0.0))
-            .collect();
-        let (mut lo, mut hi) = vals
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
-        if vals.is_empty() {
-            (lo, hi) = (1.0, 10.0);
-        }
-        if log {
-            lo = 10f64.powf(lo.log10().floor());
-            hi = 10f64.powf(hi.log10().ceil());
-            if hi <= lo {
-                hi = lo * 10.0;
-            }
-        } else {
-            if zero {
-                lo = lo.min(0.0);
-            }
-            let step = nice_step((hi - lo).max(1e-9) / 5.0);
-            lo = (lo / step).floor() * step;
-            hi = (hi / step).ceil() * step;
-            if hi <= lo {
-                hi = lo + step;
-            }
-        }
-        Axis { lo, hi, log }
-    }
-
-    /// Position in 0..1.
-    fn frac(&self, v: f64) -> f64 {
-        if self.log {
-            (v.max(self.lo).log10() - self.lo.log10()) / (self.hi.log10() - self.lo.log10())
-        } else {
-            (v - self.lo) / (self.hi - self.lo)
-        }
-    }
-
-    fn ticks(&self) -> Vec<f64> {
-        if self.log {
-            let mut t = Vec::new();
-            let mut v = self.lo;
-            while v <= self.hi * 1.0001 {
-                t.push(v);
-                v *= 10.0;
-            }
-            t
-        } else {
-            let step = nice_step((self.hi - self.lo) / 5.0);
-            let mut t = Vec::new();
-            let mut v = self.lo;
-            while v <= self.hi + step * 1e-6 {
-                t.push(v);
-                v += step;
-            }
-            t
-        }
-    }
-}
-
-fn nice_step(raw: f64) -> f64 {
-    let mag = 10f64.powf(raw.log10().floor());
-    let f = raw / mag;
-    let nice = if f <= 1.0 {
-        1.0
-    } else if f <= 2.0 {
-        2.0
-    } else if f <= 2.5 {
-        2.5
-    } else if f <= 5.0 {
-        5.0
-    } else {
-        10.0
+/// `#rrggbb` as plotters' colour (black for anything else).
+fn rgb(hex: &str) -> RGBColor {
+    let channel = |i: usize| {
+        hex.get(i..i + 2)
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .unwrap_or(0)
     };
-    nice * mag
+    RGBColor(channel(1), channel(3), channel(5))
 }
 
-fn header(s: &mut String, title: &str) {
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r##"<rect width="{W}" height="{H}" fill="#ffffff"/>"##);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="24" font-size="15" font-weight="bold">{}</text>"#,
-        LEFT,
-        esc(title)
-    );
+/// The span of the values an axis shows: whole decades on a log axis
+/// (positive values only), from zero on a linear one.
+fn span(values: impl Iterator<Item = f64>, log: bool) -> Range<f64> {
+    let values: Vec<f64> = values
+        .filter(|v| v.is_finite() && (!log || *v > 0.0))
+        .collect();
+    let (mut lo, mut hi) = values
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    if values.is_empty() {
+        (lo, hi) = (1.0, 10.0);
+    }
+    if log {
+        lo = 10f64.powf(lo.log10().floor());
+        hi = 10f64.powf(hi.log10().ceil());
+        if hi <= lo {
+            hi = lo * 10.0;
+        }
+    } else {
+        // From zero, with room above the highest point.
+        lo = lo.min(0.0);
+        hi = if hi <= lo {
+            lo + 1.0
+        } else {
+            hi + (hi - lo) * 0.05
+        };
+    }
+    lo..hi
 }
 
-pub fn line_chart(c: &LineChart) -> String {
-    let pw = W - LEFT - RIGHT;
-    let ph = H - TOP - BOTTOM;
-    let xs = Axis::new(
+fn error(chart: &str) -> impl Fn(String) -> ChartError + '_ {
+    move |message| ChartError {
+        chart: chart.to_string(),
+        message,
+    }
+}
+
+pub fn line_chart(c: &LineChart) -> Result<String, ChartError> {
+    let xs = span(
         c.series.iter().flat_map(|s| s.points.iter().map(|p| p.0)),
         c.log_x,
-        false,
     );
-    let ys = Axis::new(
+    let ys = span(
         c.series.iter().flat_map(|s| s.points.iter().map(|p| p.1)),
         c.log_y,
-        true,
     );
-    let px = |v: f64| LEFT + xs.frac(v) * pw;
-    let py = |v: f64| TOP + ph - ys.frac(v) * ph;
-    let mut s = String::new();
-    header(&mut s, c.title);
-    for t in ys.ticks() {
-        let y = py(t);
-        let _ = writeln!(
-            s,
-            r##"<line x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#e9ecef"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
-            LEFT + pw,
-            LEFT - 6.0,
-            y + 4.0,
-            num(t)
-        );
+    let labels = (labels(&xs, c.log_x), labels(&ys, c.log_y));
+    let mut svg = String::new();
+    let drawn = match (c.log_x, c.log_y) {
+        (false, false) => draw_lines(&mut svg, c, xs, ys, labels),
+        (true, false) => draw_lines(&mut svg, c, xs.log_scale(), ys, labels),
+        (false, true) => draw_lines(&mut svg, c, xs, ys.log_scale(), labels),
+        (true, true) => draw_lines(&mut svg, c, xs.log_scale(), ys.log_scale(), labels),
+    };
+    drawn.map_err(error(c.title))?;
+    Ok(svg)
+}
+
+/// How many labels an axis over `span` gets: one a decade on a log axis
+/// (plotters fills a decade with 2, 3, ... 9 when allowed more), about
+/// five steps on a linear one.
+fn labels(span: &Range<f64>, log: bool) -> usize {
+    if log {
+        (span.end / span.start).log10().round().max(1.0) as usize + 1
+    } else {
+        6
     }
-    for t in xs.ticks() {
-        let x = px(t);
-        let _ = writeln!(
-            s,
-            r##"<line x1="{x:.1}" x2="{x:.1}" y1="{TOP}" y2="{}" stroke="#e9ecef"/><text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"##,
-            TOP + ph,
-            TOP + ph + 16.0,
-            num(t)
-        );
-    }
-    let _ = writeln!(
-        s,
-        r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#495057"/>"##
-    );
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
-        LEFT + pw / 2.0,
-        H - 16.0,
-        esc(c.x_label)
-    );
-    let _ = writeln!(
-        s,
-        r#"<text transform="translate(18,{}) rotate(-90)" text-anchor="middle">{}</text>"#,
-        TOP + ph / 2.0,
-        esc(c.y_label)
-    );
-    for (i, ser) in c.series.iter().enumerate() {
-        let pts: Vec<String> = ser
+}
+
+/// Draws `c` on axes `x` and `y` (linear or log) into `svg`, with `labels`
+/// (x, y) tick labels at most.
+fn draw_lines<X, Y>(
+    svg: &mut String,
+    c: &LineChart,
+    x: X,
+    y: Y,
+    labels: (usize, usize),
+) -> Result<(), String>
+where
+    X: AsRangedCoord<Value = f64>,
+    Y: AsRangedCoord<Value = f64>,
+    X::CoordDescType: ValueFormatter<f64>,
+    Y::CoordDescType: ValueFormatter<f64>,
+{
+    let root = SVGBackend::with_string(svg, (W, H)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let (plot_area, legend_area) = root.split_horizontally(W - LEGEND_W);
+    let mut chart = ChartBuilder::on(&plot_area)
+        .caption(
+            c.title,
+            (FONT, TITLE_SIZE).into_font().style(FontStyle::Bold),
+        )
+        .margin(10)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x, y)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .bold_line_style(GRID)
+        .light_line_style(TRANSPARENT)
+        .axis_style(FRAME)
+        .x_desc(c.x_label)
+        .y_desc(c.y_label)
+        .x_labels(labels.0)
+        .y_labels(labels.1)
+        .x_label_formatter(&|v| num(*v))
+        .y_label_formatter(&|v| num(*v))
+        .label_style((FONT, LABEL_SIZE))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for ser in &c.series {
+        let color = rgb(ser.color);
+        let points: Vec<(f64, f64)> = ser
             .points
             .iter()
+            .copied()
             .filter(|p| p.1.is_finite() && (!c.log_y || p.1 > 0.0))
-            .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
             .collect();
-        let dash = if ser.dashed {
-            r#" stroke-dasharray="6,4""#
+        let line = color.stroke_width(2);
+        if ser.dashed {
+            chart
+                .draw_series(DashedLineSeries::new(points.iter().copied(), 6, 4, line))
+                .map_err(|e| e.to_string())?;
         } else {
-            ""
-        };
-        let _ = writeln!(
-            s,
-            r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="2"{dash}/>"#,
-            pts.join(" "),
-            ser.color
-        );
-        for p in &pts {
-            let (x, y) = p.split_once(',').unwrap_or(("0", "0"));
-            let _ = writeln!(
-                s,
-                r#"<circle cx="{x}" cy="{y}" r="3" fill="{}"/>"#,
-                ser.color
-            );
+            chart
+                .draw_series(LineSeries::new(points.iter().copied(), line))
+                .map_err(|e| e.to_string())?;
         }
-        let ly = TOP + 10.0 + i as f64 * 20.0;
-        let lx = LEFT + pw + 16.0;
-        let _ = writeln!(
-            s,
-            r#"<line x1="{lx}" x2="{}" y1="{ly}" y2="{ly}" stroke="{}" stroke-width="2"{dash}/><text x="{}" y="{}">{}</text>"#,
-            lx + 22.0,
-            ser.color,
-            lx + 28.0,
-            ly + 4.0,
-            esc(&ser.name)
-        );
+        chart
+            .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+            .map_err(|e| e.to_string())?;
     }
-    s.push_str("</svg>\n");
-    s
+    frame(&root, chart.plotting_area().get_pixel_range())?;
+    // The legend beside the plot, one row a series, in their order.
+    for (i, ser) in c.series.iter().enumerate() {
+        let y = 54 + 20 * i as i32;
+        let line = rgb(ser.color).stroke_width(2);
+        let (from, to) = ((16, y), (38, y));
+        if ser.dashed {
+            legend_area
+                .draw(&DashedPathElement::new([from, to], 6, 4, line))
+                .map_err(|e| e.to_string())?;
+        } else {
+            legend_area
+                .draw(&PathElement::new([from, to], line))
+                .map_err(|e| e.to_string())?;
+        }
+        legend_area
+            .draw(&Text::new(
+                ser.name.clone(),
+                (44, y - 6),
+                (FONT, LABEL_SIZE).into_font(),
+            ))
+            .map_err(|e| e.to_string())?;
+    }
+    root.present().map_err(|e| e.to_string())
 }
 
-pub struct Bar {
-    pub label: String,
-    pub value: f64,
-    pub color: &'static str,
+/// A rectangle around the plot at `pixels` (the mesh draws only the axes).
+fn frame<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    pixels: (Range<i32>, Range<i32>),
+) -> Result<(), String> {
+    let (x, y) = pixels;
+    root.draw(&Rectangle::new([(x.start, y.start), (x.end, y.end)], FRAME))
+        .map_err(|e| e.to_string())
 }
 
-pub fn bar_chart(title: &str, unit: &str, bars: &[Bar]) -> String {
-    let label_w = 260.0;
-    let row = 26.0;
-    let h = TOP + BOTTOM + row * bars.len() as f64;
-    let pw = W - label_w - 90.0;
+pub fn bar_chart(title: &str, unit: &str, bars: &[Bar]) -> Result<String, ChartError> {
+    let mut svg = String::new();
+    draw_bars(&mut svg, title, unit, bars).map_err(error(title))?;
+    Ok(svg)
+}
+
+fn draw_bars(svg: &mut String, title: &str, unit: &str, bars: &[Bar]) -> Result<(), String> {
+    let rows = bars.len() as u32;
+    let height = 102 + 26 * rows;
     let max = bars.iter().map(|b| b.value).fold(0.0, f64::max).max(1e-9);
-    let axis = Axis::new([0.0, max].into_iter(), false, true);
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" viewBox="0 0 {W} {h}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r##"<rect width="{W}" height="{h}" fill="#ffffff"/>"##);
-    let _ = writeln!(
-        s,
-        r#"<text x="16" y="24" font-size="15" font-weight="bold">{}</text>"#,
-        esc(title)
-    );
-    let bottom = TOP + row * bars.len() as f64;
-    for t in axis.ticks() {
-        let x = label_w + axis.frac(t) * pw;
-        let _ = writeln!(
-            s,
-            r##"<line x1="{x:.1}" x2="{x:.1}" y1="{TOP}" y2="{bottom}" stroke="#e9ecef"/><text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"##,
-            bottom + 16.0,
-            num(t)
-        );
-    }
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
-        label_w + pw / 2.0,
-        bottom + 38.0,
-        esc(unit)
-    );
+    let root = SVGBackend::with_string(svg, (W, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    // The first bar on top: row i is segment rows - 1 - i.
+    let segment = |i: usize| (rows as i32) - 1 - i as i32;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, (FONT, TITLE_SIZE).into_font().style(FontStyle::Bold))
+        .margin(10)
+        .margin_right(90)
+        .x_label_area_size(44)
+        .y_label_area_size(280)
+        // A segmented 0..n has n + 1 segments (both ends count).
+        .build_cartesian_2d(0.0..max * 1.05, (0..rows as i32 - 1).into_segmented())
+        .map_err(|e| e.to_string())?;
+    let label_of = |v: &SegmentValue<i32>| match v {
+        SegmentValue::CenterOf(s) | SegmentValue::Exact(s) => bars
+            .iter()
+            .enumerate()
+            .find(|(i, _)| segment(*i) == *s)
+            .map(|(_, b)| b.label.clone())
+            .unwrap_or_default(),
+        SegmentValue::Last => String::new(),
+    };
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .bold_line_style(GRID)
+        .light_line_style(TRANSPARENT)
+        .axis_style(FRAME)
+        .x_desc(unit)
+        .x_label_formatter(&|v| num(*v))
+        .y_labels(bars.len())
+        .y_label_formatter(&label_of)
+        .label_style((FONT, LABEL_SIZE))
+        .draw()
+        .map_err(|e| e.to_string())?;
     for (i, b) in bars.iter().enumerate() {
-        let y = TOP + i as f64 * row;
-        let w = axis.frac(b.value) * pw;
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="{}" text-anchor="end">{}</text><rect x="{label_w}" y="{}" width="{w:.1}" height="{}" fill="{}"/><text x="{}" y="{}">{}</text>"#,
-            label_w - 8.0,
-            y + row / 2.0 + 4.0,
-            esc(&b.label),
-            y + 4.0,
-            row - 8.0,
-            b.color,
-            label_w + w + 6.0,
-            y + row / 2.0 + 4.0,
-            num(b.value)
+        let s = segment(i);
+        let mut bar = Rectangle::new(
+            [
+                (0.0, SegmentValue::Exact(s)),
+                (b.value, SegmentValue::Exact(s + 1)),
+            ],
+            rgb(b.color).filled(),
         );
+        bar.set_margin(4, 4, 0, 0);
+        chart.draw_series([bar]).map_err(|e| e.to_string())?;
+        // The value just right of the bar's end, centred on it.
+        let value = EmptyElement::at((b.value, SegmentValue::CenterOf(s)))
+            + Text::new(num(b.value), (6, -7), (FONT, LABEL_SIZE).into_font());
+        chart.draw_series([value]).map_err(|e| e.to_string())?;
     }
-    s.push_str("</svg>\n");
-    s
+    root.present().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(name: &str, dashed: bool) -> Series {
+        Series {
+            name: name.into(),
+            points: vec![(10.0, 14.0), (100.0, 66.0), (1000.0, 1700.0)],
+            color: COLORS[1],
+            dashed,
+        }
+    }
+
+    #[test]
+    fn a_line_chart_has_its_title_labels_legend_and_a_path_per_series() {
+        let svg = line_chart(&LineChart {
+            title: "cost per packet",
+            x_label: "rules",
+            y_label: "ns",
+            log_x: true,
+            log_y: true,
+            series: vec![series("contain & co", false), series("thesis", true)],
+        })
+        .expect("drawn");
+        assert!(svg.starts_with("<svg"), "{svg}");
+        for text in [
+            "cost per packet",
+            "rules",
+            "ns",
+            "contain &amp; co",
+            "thesis",
+            "1k",
+        ] {
+            assert!(svg.contains(text), "no {text:?} in {svg}");
+        }
+        assert!(svg.contains("#D9480F") || svg.contains("#d9480f"), "{svg}");
+        assert!(svg.contains("stroke-dasharray") || svg.matches("<polyline").count() > 2);
+    }
+
+    #[test]
+    fn a_bar_chart_labels_every_bar_with_its_value() {
+        let bars = [
+            Bar {
+                label: "no filter".into(),
+                value: 9.5,
+                color: COLORS[4],
+            },
+            Bar {
+                label: "contain".into(),
+                value: 9.25,
+                color: COLORS[0],
+            },
+        ];
+        let svg = bar_chart("TCP throughput", "Gbit/s", &bars).expect("drawn");
+        for text in [
+            "TCP throughput",
+            "Gbit/s",
+            "no filter",
+            "contain",
+            "9.5",
+            "9.2",
+        ] {
+            assert!(svg.contains(text), "no {text:?} in {svg}");
+        }
+    }
 }

@@ -9,6 +9,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
+use test_kit::process;
 
 use crate::{
     lab::{peer_veth, Kind, Lab, IPERF_PORT},
@@ -89,7 +90,7 @@ pub fn selected(kind: Kind, rules: usize, counts: &[usize]) -> bool {
 /// bytes received (from the client), packets sent (to it).
 fn counters(lab: &Lab, idx: usize) -> Result<(u64, u64, u64)> {
     let dev = peer_veth(idx + 1);
-    let out = sys::run(
+    let out = process::run(
         "ip",
         &["-n", &lab.peer_ns, "-s", "-j", "link", "show", "dev", &dev],
     )?;
@@ -125,7 +126,7 @@ fn iperf(lab: &Lab, idx: usize, secs: u32) -> Result<Run> {
         .args(["-t", &secs.to_string(), "-J", "--connect-timeout", "3000"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let child = sys::spawn_in(cmd, Some(&t.ns), Some(&t.cgroup))?;
+    let child = test_kit::lab::spawn_in(cmd, Some(&t.ns), Some(&t.cgroup))?;
     let out = child.wait_with_output()?;
     let json: serde_json::Value = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("iperf3 output: {}", String::from_utf8_lossy(&out.stderr)))?;
@@ -154,7 +155,7 @@ pub fn measure(lab: &mut Lab, counts: &[usize], rounds: usize, secs: u32) -> Res
         .args(["-s", "-p", &IPERF_PORT.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let server = sys::spawn_in(server, Some(&lab.peer_ns.clone()), None)?;
+    let server = test_kit::lab::spawn_in(server, Some(&lab.peer_ns.clone()), None)?;
     lab.adopt_child(server);
     std::thread::sleep(Duration::from_millis(300));
     let none = lab

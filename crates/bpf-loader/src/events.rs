@@ -143,7 +143,7 @@ pub fn decode(
         kern::Verdict::Allow => Verdict::Allow,
         kern::Verdict::Audit => Verdict::Audit,
     };
-    let is_icmp = e.proto == kern::proto::ICMP || e.proto == kern::proto::ICMPV6;
+    let is_icmp = e.proto == kern::ip_proto::ICMP || e.proto == kern::ip_proto::ICMPV6;
     Some(Event {
         seq: 0,
         time_ns: (e.ktime_ns as i128 + wall_offset_ns).max(0) as u64,
@@ -195,7 +195,7 @@ mod tests {
             sport: 40000,
             dport: 443,
             family: 4,
-            proto: kern::proto::TCP,
+            proto: kern::ip_proto::TCP,
             icmp_type: 0,
             icmp_code: 0,
             hook: kern::Hook::Connect4 as u8,

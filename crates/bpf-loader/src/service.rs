@@ -11,7 +11,10 @@ use proto::loader::{
 };
 use tarpc::context::Context;
 
-use crate::{events::EventLog, kernel::Kernel};
+use crate::{
+    events::EventLog,
+    kernel::{Kernel, KernelError},
+};
 
 /// Longest a client may long-poll for events.
 const MAX_EVENT_WAIT: Duration = Duration::from_secs(30);
@@ -26,6 +29,23 @@ pub struct LoaderServer {
 impl LoaderServer {
     fn kernel(&self) -> std::sync::MutexGuard<'_, Kernel> {
         self.kernel.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The wire's error for a kernel error: the kinds a client acts on keep
+/// their own variant, the rest is text.
+fn to_wire(e: KernelError) -> LoaderError {
+    match e {
+        KernelError::GenerationMismatch { expected, actual } => {
+            LoaderError::GenerationMismatch { expected, actual }
+        }
+        KernelError::InvalidDiff(e) => LoaderError::InvalidDiff(e.to_string()),
+        KernelError::Unencodable(e) => LoaderError::InvalidDiff(e.to_string()),
+        KernelError::Map { name, source } => LoaderError::Map {
+            map: name.to_string(),
+            reason: source.to_string(),
+        },
+        other => LoaderError::Internal(other.to_string()),
     }
 }
 
@@ -51,7 +71,7 @@ impl Loader for LoaderServer {
 
     async fn apply(self, _: Context, diff: MapDiff) -> Result<u64, LoaderError> {
         let ops = diff.ops.len();
-        let result = self.kernel().apply(&diff);
+        let result = self.kernel().apply(&diff).map_err(to_wire);
         drop(diff);
         release_memory();
         match &result {
@@ -77,7 +97,7 @@ impl Loader for LoaderServer {
     }
 
     async fn counters(self, _: Context) -> Result<Counters, LoaderError> {
-        let mut counters = self.kernel().counters()?;
+        let mut counters = self.kernel().counters().map_err(to_wire)?;
         counters.events_dropped_loader = self.events.dropped();
         Ok(counters)
     }

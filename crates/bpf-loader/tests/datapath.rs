@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use contain_common::{comm_hash, proto as ip};
+use contain_common::{comm_hash, ip_proto as ip};
 use kernel_model::state::{ProcessMatch, Verdict};
 use proto::loader::Hook;
 use std::time::Duration;
@@ -300,15 +300,7 @@ async fn servers_in_a_deny_all_container_answer_their_clients() {
     converge(&client, &rules.state, Verdict::Deny).await;
     lab.start_container_servers(&[7070]);
 
-    let from_peer = |args: &[&str]| {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &lab.peer_ns, PYTHON])
-            .arg(probe_script())
-            .args(args)
-            .output()
-            .expect("probe from peer");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let from_peer = |args: &[&str]| at_peer(&lab, "tests/probe.py", args);
     assert_eq!(
         from_peer(&["tcp", CT4, "7070"]),
         "ok",
@@ -529,15 +521,7 @@ async fn the_veth_backstop_stops_packet_sockets_and_keeps_allowed_flows() {
     std::fs::write(&capture, "").expect("capture file");
     lab.start_peer_sniffer(&capture);
 
-    let from_peer = |args: &[&str]| {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &lab.peer_ns, PYTHON])
-            .arg(probe_script())
-            .args(args)
-            .output()
-            .expect("probe from peer");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let from_peer = |args: &[&str]| at_peer(&lab, "tests/probe.py", args);
     assert_eq!(
         from_peer(&["tcp", CT4, "7070"]),
         "ok",

@@ -18,10 +18,9 @@ mod common;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use bpf_loader::{kernel::Kernel, testrun};
-use common::packets::{self, Ext, ICMP, ICMPV6, TCP, UDP};
+use bpf_loader::kernel::Kernel;
 use common::require_root;
-use contain_common::{program_names, proto::ANY};
+use contain_common::{ip_proto::ANY, program_names};
 use kernel_model::{
     decide::{egress, Packet, Reason, Socket, SocketKind},
     diff::MapDiff,
@@ -29,6 +28,10 @@ use kernel_model::{
     state::{
         CgroupEntry, DestPrefix, Entry, KernelState, PortPrefix, ProcessKey, ProcessMatch, Verdict,
     },
+};
+use test_kit::{
+    packets::{self, Ext, ICMP, ICMPV6, TCP, UDP},
+    testrun,
 };
 
 const ROUNDS: usize = 150;

@@ -6,11 +6,14 @@ mod common;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use bpf_loader::{kernel::Kernel, testrun};
-use common::packets::{self, Ext, ICMP, ICMPV6, TCP, UDP};
+use bpf_loader::kernel::Kernel;
 use common::{require_root, Allow, Rules};
 use contain_common::program_names;
 use kernel_model::{diff::MapDiff, state::Verdict};
+use test_kit::{
+    packets::{self, Ext, ICMP, ICMPV6, TCP, UDP},
+    testrun,
+};
 
 const ALLOWED4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const ANYPORT4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 5);

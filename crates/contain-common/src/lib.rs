@@ -121,7 +121,7 @@ pub mod program_names {
 }
 
 /// IP protocol numbers the policy names.
-pub mod proto {
+pub mod ip_proto {
     /// "Any protocol" in keys.
     pub const ANY: u8 = 0;
     pub const ICMP: u8 = 1;

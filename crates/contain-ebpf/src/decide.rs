@@ -6,7 +6,7 @@
 
 use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::bpf_ktime_get_ns};
 use contain_common::{
-    capacity, comm_hash, proto, stat, CgroupPolicy, DestKey, PortKey, ProcessKey, SockInfo,
+    capacity, comm_hash, ip_proto, stat, CgroupPolicy, DestKey, PortKey, ProcessKey, SockInfo,
     Verdict, CGROUP_AUDIT, CGROUP_UNRESTRICTED, COMM_LEN, DEFAULT_EVENTS_PER_SECOND,
     DEFAULT_UDP_REPLY_TIMEOUT_NS, DEST_KEY_FIXED_BITS, EVENT_REVOKED_FLOW, PORT_KEY_FIXED_BITS,
     PROCESS_BY_COMM, PROCESS_BY_FILE, UNKNOWN_POLICY_ID,
@@ -214,7 +214,7 @@ pub fn decide(gov: &Governance, who: &Identity, target: &Target) -> Decision {
     }
     let any_proto = PortKey {
         ruleset,
-        proto: proto::ANY,
+        proto: ip_proto::ANY,
         port: [0, 0],
         _pad: 0,
     };
@@ -346,7 +346,7 @@ pub fn report(
         bump_stat(stat::EVENTS_DROPPED);
         return false;
     };
-    let is_icmp = flow.proto == proto::ICMP || flow.proto == proto::ICMPV6;
+    let is_icmp = flow.proto == ip_proto::ICMP || flow.proto == ip_proto::ICMPV6;
     let e = slot.as_mut_ptr();
     // SAFETY: a reserved ring-buffer slot of exactly one Event; every field
     // is written before it is submitted.

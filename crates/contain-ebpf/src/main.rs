@@ -39,9 +39,9 @@ use aya_ebpf::{
     },
 };
 use contain_common::{
-    file_id, proto, stat, v4_mapped, ExecInfo, FileStamp, Hook, InboundKey, InboundPeer, SockInfo,
-    Verdict, CACHE_ALLOW, CACHE_AUDIT, CACHE_DENY, CACHE_EMPTY, COMM_LEN, EVENT_REVOKED_FLOW,
-    EXE_PATH_LEN, SOCK_OUTBOUND,
+    file_id, ip_proto, stat, v4_mapped, ExecInfo, FileStamp, Hook, InboundKey, InboundPeer,
+    SockInfo, Verdict, CACHE_ALLOW, CACHE_AUDIT, CACHE_DENY, CACHE_EMPTY, COMM_LEN,
+    EVENT_REVOKED_FLOW, EXE_PATH_LEN, SOCK_OUTBOUND,
 };
 
 use crate::{
@@ -197,8 +197,8 @@ fn sock_addr_call<const V6: bool>(ctx: &SockAddrContext) -> Option<SockAddrCall>
         )
     };
     let proto = match (sock_type, sock_proto as u8) {
-        (SOCK_STREAM, _) => proto::TCP,
-        (SOCK_DGRAM, p) if p == proto::UDP || p == 0 => proto::UDP,
+        (SOCK_STREAM, _) => ip_proto::TCP,
+        (SOCK_DGRAM, p) if p == ip_proto::UDP || p == 0 => ip_proto::UDP,
         (_, p) => p,
     };
     let port = u16::from_be(user_port as u16);
@@ -287,7 +287,7 @@ fn judge_sock_addr<const V6: bool>(ctx: &SockAddrContext, hook: Hook, is_connect
     if gov.unrestricted {
         return ALLOW;
     }
-    if !is_connect && target.proto == proto::UDP {
+    if !is_connect && target.proto == ip_proto::UDP {
         // SAFETY: the sock_addr context is what the helper takes.
         let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
         if is_reply(cookie, &target.daddr, target.port, epoch) {
@@ -427,8 +427,8 @@ fn egress(ctx: &SkBuffContext) -> i32 {
         }
         // SAFETY: full socket pointer checked non-null above.
         let (sock_type, sock_proto) = unsafe { ((*full).type_, (*full).protocol) };
-        let tcp = sock_type == SOCK_STREAM && sock_proto == proto::TCP as u32;
-        if tcp && flow.proto == proto::TCP && !is_opening(flow) {
+        let tcp = sock_type == SOCK_STREAM && sock_proto == ip_proto::TCP as u32;
+        if tcp && flow.proto == ip_proto::TCP && !is_opening(flow) {
             // An accepted connection (its socket, stamped or not, is never
             // marked outbound) or one that predates contain: its peer opened
             // it, or contain was not there to judge it.
@@ -442,7 +442,7 @@ fn egress(ctx: &SkBuffContext) -> i32 {
                 return ALLOW;
             }
         }
-        udp_socket = sock_type == SOCK_DGRAM && flow.proto == proto::UDP;
+        udp_socket = sock_type == SOCK_DGRAM && flow.proto == ip_proto::UDP;
     }
     let scope = Scope {
         cgroup_id,
@@ -545,7 +545,7 @@ fn judge_packet(skb: *mut __sk_buff, scope: &Scope, info: *mut SockInfo, flow: &
             // their socket's cache still says allow: they are not a
             // revocation (and must not escape the rate limit as one).
             if decision.verdict() == Verdict::Deny
-                && flow.proto == proto::TCP
+                && flow.proto == ip_proto::TCP
                 && cached_before == CACHE_ALLOW
                 && !uncached
             {
@@ -569,7 +569,7 @@ fn judge_packet(skb: *mut __sk_buff, scope: &Scope, info: *mut SockInfo, flow: &
         remember(i, &target, &gov, decision.verdict(), epoch);
         // A SYN no connect() hook judged (TCP Fast Open's sendto): the
         // flow is outbound all the same, and re-judged as such.
-        if flow.proto == proto::TCP && is_opening(flow) && decision.verdict() != Verdict::Deny {
+        if flow.proto == ip_proto::TCP && is_opening(flow) && decision.verdict() != Verdict::Deny {
             i.flags |= SOCK_OUTBOUND;
         }
     }
@@ -647,7 +647,7 @@ const LOOPBACK6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 /// The same message from a process's socket is judged like anything else.
 #[inline(always)]
 fn is_kernel_link_control(flow: &Flow, unstamped: bool) -> bool {
-    if !unstamped || flow.proto != proto::ICMPV6 || flow.later_fragment {
+    if !unstamped || flow.proto != ip_proto::ICMPV6 || flow.later_fragment {
         return false;
     }
     match flow.dport >> 8 {
@@ -767,7 +767,7 @@ fn remember_inbound_peer(ctx: &SkBuffContext) {
     if !packet::parse::<{ packet::L3_AT_START }>(ctx.skb.skb, flow) {
         return;
     }
-    if flow.proto != proto::UDP || flow.later_fragment {
+    if flow.proto != ip_proto::UDP || flow.later_fragment {
         return;
     }
     // SAFETY: skb context.

@@ -6,7 +6,7 @@
 use core::mem::{size_of, MaybeUninit};
 
 use aya_ebpf::{bindings::__sk_buff, programs::SkBuffContext};
-use contain_common::{proto, v4_mapped};
+use contain_common::{ip_proto, v4_mapped};
 
 /// What the decision needs from a packet. 8-aligned, addresses first: it is
 /// zeroed and filled with word stores (see [`Flow::zeroed_in`]).
@@ -361,7 +361,7 @@ fn read_transport(ctx: &SkBuffContext, offset: usize, flow: &mut Flow) {
     match flow.proto {
         // A header that is not all there would be judged as port 0: such a
         // packet cannot be judged.
-        proto::TCP => match ctx.load::<[u8; 14]>(offset) {
+        ip_proto::TCP => match ctx.load::<[u8; 14]>(offset) {
             Ok(l4) => {
                 flow.sport = u16::from_be_bytes([l4[0], l4[1]]);
                 flow.dport = u16::from_be_bytes([l4[2], l4[3]]);
@@ -369,14 +369,14 @@ fn read_transport(ctx: &SkBuffContext, offset: usize, flow: &mut Flow) {
             }
             Err(_) => flow.unjudgeable = true,
         },
-        proto::UDP => match ctx.load::<[u8; 4]>(offset) {
+        ip_proto::UDP => match ctx.load::<[u8; 4]>(offset) {
             Ok(l4) => {
                 flow.sport = u16::from_be_bytes([l4[0], l4[1]]);
                 flow.dport = u16::from_be_bytes([l4[2], l4[3]]);
             }
             Err(_) => flow.unjudgeable = true,
         },
-        proto::ICMP | proto::ICMPV6 => match ctx.load::<[u8; 2]>(offset) {
+        ip_proto::ICMP | ip_proto::ICMPV6 => match ctx.load::<[u8; 2]>(offset) {
             Ok(l4) => flow.dport = u16::from_be_bytes([l4[0], l4[1]]),
             Err(_) => flow.unjudgeable = true,
         },

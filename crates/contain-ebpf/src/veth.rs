@@ -32,7 +32,7 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use contain_common::{
-    proto, stat, Hook, Verdict, VethPeerKey, CGROUP_FORWARDED_DNS, EVENT_LINK_LAYER,
+    ip_proto, stat, Hook, Verdict, VethPeerKey, CGROUP_FORWARDED_DNS, EVENT_LINK_LAYER,
     EVENT_UNATTRIBUTED, MAX_CGROUP_DEPTH,
 };
 
@@ -237,7 +237,7 @@ fn is_link_control(flow: &Flow, origin: Origin) -> bool {
     let d = &flow.daddr;
     let link_multicast6 = d[0] == 0xff && d[1] == 0x02;
     match flow.proto {
-        proto::ICMPV6 => match flow.dport >> 8 {
+        ip_proto::ICMPV6 => match flow.dport >> 8 {
             133..=137 => flow.hop_limit == 255,
             130..=132 | 143 => flow.hop_limit == 1 && link_multicast6,
             _ => false,
@@ -257,7 +257,7 @@ fn is_forwarded_dns(flow: &Flow, origin: Origin, cgroup_id: u64) -> bool {
     if origin != (Origin::Unattributed { host_process: true }) {
         return false;
     }
-    if flow.dport != DNS_PORT || (flow.proto != proto::UDP && flow.proto != proto::TCP) {
+    if flow.dport != DNS_PORT || (flow.proto != ip_proto::UDP && flow.proto != ip_proto::TCP) {
         return false;
     }
     // SAFETY: copied out at once.

@@ -12,7 +12,7 @@
 
 use std::net::IpAddr;
 
-use contain_common::{comm_hash, proto as ipproto, UNKNOWN_POLICY_ID};
+use contain_common::{comm_hash, ip_proto, UNKNOWN_POLICY_ID};
 
 use crate::{
     prefix::{addr_key, PortBlock, Prefix},
@@ -163,7 +163,7 @@ pub fn lookup(
     out.port = (0..=longest_bits)
         .rev()
         .find_map(|bits| port_entry(target.proto, PortBlock::enclosing(target.port, bits)))
-        .or_else(|| port_entry(ipproto::ANY, PortBlock::ALL));
+        .or_else(|| port_entry(ip_proto::ANY, PortBlock::ALL));
     if out.port.is_some() {
         out.verdict = Verdict::Allow;
     }
@@ -282,14 +282,14 @@ pub fn egress(state: &KernelState, cgroup_id: u64, socket: &Socket, packet: &Pac
         };
         match kind {
             SocketKind::Tcp { outbound }
-                if packet.proto == ipproto::TCP
+                if packet.proto == ip_proto::TCP
                     && !packet.tcp_opening
                     && (unstamped || !outbound) =>
             {
                 return done(Verdict::Allow, Reason::AcceptedConnection);
             }
             SocketKind::Udp { peer_spoke_first } => {
-                udp_reply = peer_spoke_first && packet.proto == ipproto::UDP;
+                udp_reply = peer_spoke_first && packet.proto == ip_proto::UDP;
             }
             _ => {}
         }
@@ -357,7 +357,7 @@ fn is_forged_local(packet: &Packet) -> bool {
 /// multicast, hop limit 1), which the kernel sends from sockets no process
 /// created.
 fn is_kernel_link_control(packet: &Packet) -> bool {
-    if packet.proto != ipproto::ICMPV6 || packet.later_fragment {
+    if packet.proto != ip_proto::ICMPV6 || packet.later_fragment {
         return false;
     }
     let link_scope_multicast = match packet.dest {
@@ -402,7 +402,7 @@ mod tests {
             },
             ruleset: 1,
         });
-        for (proto, port, port_bits) in [(ipproto::TCP, 443, 16), (ipproto::UDP, 0, 0)] {
+        for (proto, port, port_bits) in [(ip_proto::TCP, 443, 16), (ip_proto::UDP, 0, 0)] {
             s.upsert(Entry::Port {
                 key: PortPrefix {
                     ruleset: 1,
@@ -425,7 +425,7 @@ mod tests {
             dest,
             proto,
             port,
-            tcp_opening: proto == ipproto::TCP,
+            tcp_opening: proto == ip_proto::TCP,
             later_fragment: false,
             hop_limit: 64,
             route: Vec::new(),
@@ -444,16 +444,16 @@ mod tests {
     fn rules_decide_ports_and_later_fragments() {
         let s = state();
         let v = |p: &Packet| egress(&s, CGROUP, &other(), p).verdict;
-        assert_eq!(v(&packet(HOST.into(), ipproto::TCP, 443)), Verdict::Allow);
-        assert_eq!(v(&packet(HOST.into(), ipproto::TCP, 444)), Verdict::Deny);
-        let mut fragment = packet(HOST.into(), ipproto::TCP, 443);
+        assert_eq!(v(&packet(HOST.into(), ip_proto::TCP, 443)), Verdict::Allow);
+        assert_eq!(v(&packet(HOST.into(), ip_proto::TCP, 444)), Verdict::Deny);
+        let mut fragment = packet(HOST.into(), ip_proto::TCP, 443);
         fragment.later_fragment = true;
         assert_eq!(
             v(&fragment),
             Verdict::Deny,
             "a port-specific rule needs a port"
         );
-        let mut fragment = packet(HOST.into(), ipproto::UDP, 53);
+        let mut fragment = packet(HOST.into(), ip_proto::UDP, 53);
         fragment.later_fragment = true;
         assert_eq!(v(&fragment), Verdict::Allow, "an any-port rule does not");
     }
@@ -463,7 +463,7 @@ mod tests {
         let s = state();
         let ns = |hop_limit| Packet {
             hop_limit,
-            ..packet("2001:db8::9".parse().unwrap(), ipproto::ICMPV6, 135 << 8)
+            ..packet("2001:db8::9".parse().unwrap(), ip_proto::ICMPV6, 135 << 8)
         };
         let e = egress(&s, CGROUP, &other(), &ns(255));
         assert_eq!(
@@ -483,7 +483,7 @@ mod tests {
             hop_limit: 1,
             ..packet(
                 Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x16).into(),
-                ipproto::ICMPV6,
+                ip_proto::ICMPV6,
                 143 << 8,
             )
         };
@@ -497,7 +497,7 @@ mod tests {
             creator: Creator::default(),
             kind: SocketKind::Udp { peer_spoke_first },
         };
-        let to = packet(Ipv4Addr::new(198, 18, 7, 7).into(), ipproto::UDP, 5353);
+        let to = packet(Ipv4Addr::new(198, 18, 7, 7).into(), ip_proto::UDP, 5353);
         assert_eq!(egress(&s, CGROUP, &udp(false), &to).verdict, Verdict::Deny);
         let e = egress(&s, CGROUP, &udp(true), &to);
         assert_eq!((e.verdict, e.reason), (Verdict::Allow, Reason::UdpReply));
@@ -517,7 +517,7 @@ mod tests {
         let s = state();
         let forged = Packet {
             over_loopback: true,
-            ..packet(HOST.into(), ipproto::TCP, 443)
+            ..packet(HOST.into(), ip_proto::TCP, 443)
         };
         assert_eq!(
             egress(&s, CGROUP, &other(), &forged).reason,
@@ -526,7 +526,7 @@ mod tests {
         assert_eq!(egress(&s, CGROUP, &other(), &forged).verdict, Verdict::Deny);
         let routed = |hop: Ipv4Addr| Packet {
             route: vec![hop.into()],
-            ..packet(HOST.into(), ipproto::TCP, 443)
+            ..packet(HOST.into(), ip_proto::TCP, 443)
         };
         assert_eq!(
             egress(&s, CGROUP, &other(), &routed(HOST)).verdict,
@@ -547,7 +547,7 @@ mod tests {
         };
         let ack = Packet {
             tcp_opening: false,
-            ..packet(Ipv4Addr::new(10, 0, 0, 1).into(), ipproto::TCP, 80)
+            ..packet(Ipv4Addr::new(10, 0, 0, 1).into(), ip_proto::TCP, 80)
         };
         assert_eq!(
             egress(&s, CGROUP, &tcp(false), &ack).verdict,
@@ -560,7 +560,7 @@ mod tests {
     fn unknown_cgroups_get_the_unknown_verdict() {
         let mut s = state();
         s.unknown_verdict = Verdict::Audit;
-        let e = egress(&s, 7, &other(), &packet(HOST.into(), ipproto::TCP, 443));
+        let e = egress(&s, 7, &other(), &packet(HOST.into(), ip_proto::TCP, 443));
         assert_eq!(e.verdict, Verdict::Audit);
     }
 }

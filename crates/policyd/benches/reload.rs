@@ -13,13 +13,16 @@ use kernel_model::{
 };
 use policyd::{
     compile::compile,
-    daemon::{self, memory_loader::MemoryLoader, Config, InventorySource},
+    daemon::{self, Config, InventorySource},
     ids::IdTables,
     inventory::Inventory,
     policy,
-    synthetic::{self, rule_line},
 };
 use proto::{policyd::PolicydClient, transport};
+use test_kit::{
+    memory_loader::MemoryLoader,
+    synthetic::{self, rule_line},
+};
 
 const RUNS: usize = 7;
 const POLICIES: usize = 10;

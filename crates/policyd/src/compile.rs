@@ -805,7 +805,7 @@ fn fold_class(
         // Every port, not just 53: Docker DNATs 127.0.0.11:53 to a random
         // port of dockerd's listener inside the container's namespace, and
         // cgroup_skb/egress sees the packet after that NAT.
-        for proto in [contain_common::proto::TCP, contain_common::proto::UDP] {
+        for proto in [contain_common::ip_proto::TCP, contain_common::ip_proto::UDP] {
             own.entry(docker_dns).or_default().push(Contribution {
                 allowance: Allowance {
                     proto,

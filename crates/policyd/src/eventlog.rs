@@ -200,7 +200,7 @@ pub fn split_image(image: &str) -> (String, Vec<String>) {
 /// OpenTelemetry's `network.transport` for an IP protocol number: the
 /// name contain's policies use, or the number.
 pub fn transport_name(proto: u8) -> String {
-    use contain_common::proto as p;
+    use contain_common::ip_proto as p;
     match proto {
         p::TCP => "tcp".into(),
         p::UDP => "udp".into(),
@@ -228,7 +228,7 @@ impl EventRecord {
         let is_icmp = event.icmp_type.is_some();
         let has_ports = matches!(
             event.proto,
-            contain_common::proto::TCP | contain_common::proto::UDP
+            contain_common::ip_proto::TCP | contain_common::ip_proto::UDP
         );
         let (image_name, image_tags) = match container {
             Some(c) if !c.image.is_empty() => {
@@ -311,7 +311,7 @@ mod tests {
             uid: 0,
             comm: "curl".into(),
             exe: Some("/usr/bin/curl".into()),
-            proto: contain_common::proto::TCP,
+            proto: contain_common::ip_proto::TCP,
             src: IpAddr::V4(Ipv4Addr::new(172, 17, 0, 2)),
             dst: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
             src_port: 40000,
@@ -377,7 +377,7 @@ mod tests {
     #[test]
     fn icmp_has_a_type_and_no_port_and_an_unmapped_cgroup_no_container() {
         let mut e = event();
-        e.proto = contain_common::proto::ICMPV6;
+        e.proto = contain_common::ip_proto::ICMPV6;
         e.dst = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
         e.icmp_type = Some(128);
         e.icmp_code = Some(0);

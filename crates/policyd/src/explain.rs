@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use std::collections::BTreeMap;
 
-use contain_common::proto as ipproto;
+use contain_common::ip_proto;
 use kernel_model::{
     decide::{lookup, Creator, Target},
     state::{FileId, KernelState, PortPrefix, ProcessMatch, Verdict},
@@ -119,7 +119,7 @@ pub fn process_entry(
 }
 
 fn allowance_matches(a: &Allowance, proto: u8, port: u16) -> bool {
-    a.proto == ipproto::ANY || (a.proto == proto && a.block.contains_value(port))
+    a.proto == ip_proto::ANY || (a.proto == proto && a.block.contains_value(port))
 }
 
 /// A rule destination matches an address of the same family only: IPv6
@@ -142,7 +142,7 @@ pub fn policy_allows(
     if Prefix::docker_dns().contains_addr(addr) {
         // Not part of the loopback allowance: only allow_docker_dns or an
         // explicit rule allows it.
-        if policy.allow_docker_dns && matches!(proto, ipproto::TCP | ipproto::UDP) {
+        if policy.allow_docker_dns && matches!(proto, ip_proto::TCP | ip_proto::UDP) {
             return true;
         }
     } else if policy.allow_loopback
@@ -233,12 +233,12 @@ fn find_rule(
 fn flow(query: &ExplainQuery) -> Result<Option<(u8, u16)>, ExplainError> {
     let proto = match (&query.proto, &query.port) {
         (None, None) => return Ok(None),
-        (None, Some(_)) => ipproto::TCP,
+        (None, Some(_)) => ip_proto::TCP,
         (Some(p), _) => match p.to_ascii_lowercase().as_str() {
-            "tcp" => ipproto::TCP,
-            "udp" => ipproto::UDP,
-            "icmp" => ipproto::ICMP,
-            "icmpv6" | "icmp6" | "ipv6-icmp" => ipproto::ICMPV6,
+            "tcp" => ip_proto::TCP,
+            "udp" => ip_proto::UDP,
+            "icmp" => ip_proto::ICMP,
+            "icmpv6" | "icmp6" | "ipv6-icmp" => ip_proto::ICMPV6,
             other => other.parse::<u8>().map_err(|_| {
                 ExplainError::BadQuery(format!(
                     "unknown protocol \"{other}\"; expected tcp, udp, icmp, icmpv6 or a protocol number"
@@ -247,9 +247,9 @@ fn flow(query: &ExplainQuery) -> Result<Option<(u8, u16)>, ExplainError> {
         },
     };
     let port = match proto {
-        ipproto::ICMP | ipproto::ICMPV6 => {
+        ip_proto::ICMP | ip_proto::ICMPV6 => {
             // Without a type, ask about the echo request: what ping sends.
-            let default = if proto == ipproto::ICMP { "8" } else { "128" };
+            let default = if proto == ip_proto::ICMP { "8" } else { "128" };
             let text = query.port.as_deref().unwrap_or(default).trim();
             let (ty, code) = text.split_once('/').unwrap_or((text, "0"));
             let ty = ty
@@ -266,7 +266,7 @@ fn flow(query: &ExplainQuery) -> Result<Option<(u8, u16)>, ExplainError> {
             })?;
             u16::from(ty) << 8 | u16::from(code)
         }
-        ipproto::TCP | ipproto::UDP => {
+        ip_proto::TCP | ip_proto::UDP => {
             let text = query.port.as_deref().ok_or_else(|| {
                 ExplainError::BadQuery(format!("{} needs --port", proto_name(proto)))
             })?;
@@ -286,13 +286,13 @@ fn flow(query: &ExplainQuery) -> Result<Option<(u8, u16)>, ExplainError> {
 
 fn describe_flow(proto: u8, port: u16) -> String {
     match proto {
-        ipproto::ICMP | ipproto::ICMPV6 => format!(
+        ip_proto::ICMP | ip_proto::ICMPV6 => format!(
             "{} type {} code {}",
             proto_name(proto),
             port >> 8,
             port & 0xff
         ),
-        ipproto::TCP | ipproto::UDP => format!("{}/{port}", proto_name(proto)),
+        ip_proto::TCP | ip_proto::UDP => format!("{}/{port}", proto_name(proto)),
         other => proto_name(other),
     }
 }
@@ -310,7 +310,7 @@ pub fn explain(
         .map_err(ExplainError::NotFound)?;
     let sender = Sender::parse(query.process.as_deref()).in_container(&container.exes);
     let flow = flow(query)?;
-    let (proto, port) = flow.unwrap_or((ipproto::ANY, 0));
+    let (proto, port) = flow.unwrap_or((ip_proto::ANY, 0));
     let target = Target {
         dest: query.dest,
         proto,
@@ -470,7 +470,7 @@ pub fn explain(
             if out.allowed_here.is_empty() { "nothing".to_string() } else { out.allowed_here.join(", ") }
         ),
     };
-    if proto == ipproto::UDP && out.verdict != Some(Verdict::Allow) {
+    if proto == ip_proto::UDP && out.verdict != Some(Verdict::Allow) {
         // The egress program's one exception to the rules.
         out.reason.push_str(
             "; only a reply passes: a datagram back to an address and port that sent this socket one first, within the UDP reply timeout",

@@ -32,4 +32,3 @@ pub mod net;
 pub mod policy;
 pub mod setup;
 pub mod suggest;
-pub mod synthetic;

@@ -9,7 +9,7 @@ use std::{
 
 use kernel_model::state::{FileId, KernelState, Verdict};
 use policyd::{
-    daemon::{self, memory_loader::MemoryLoader, Config, InventorySource},
+    daemon::{self, Config, InventorySource},
     inventory::{Container, Inventory},
 };
 use proto::{
@@ -18,6 +18,7 @@ use proto::{
     transport,
 };
 use tarpc::context::Context;
+use test_kit::memory_loader::MemoryLoader;
 
 /// The file /usr/bin/curl names in the curler containers.
 const CURL: FileId = FileId {
@@ -708,28 +709,6 @@ mod fake_resolver {
                 containers: i.containers.values().cloned().collect(),
             }
         }
-        async fn by_cgroup_id(self, _: Context, cgroup_id: u64) -> Option<Container> {
-            self.inner
-                .lock()
-                .unwrap()
-                .containers
-                .values()
-                .find(|c| c.cgroup_id == cgroup_id)
-                .cloned()
-        }
-        async fn by_ifindex(self, _: Context, _: u32) -> Vec<Container> {
-            Vec::new()
-        }
-        async fn by_name(self, _: Context, name: String) -> Vec<Container> {
-            self.inner
-                .lock()
-                .unwrap()
-                .containers
-                .values()
-                .filter(|c| c.name == name)
-                .cloned()
-                .collect()
-        }
         async fn executables(
             self,
             _: Context,
@@ -1091,7 +1070,6 @@ mod gated_loader {
 
     use futures::StreamExt;
     use kernel_model::diff::MapDiff;
-    use policyd::daemon::memory_loader::MemoryLoader;
     use proto::{
         loader::{
             Attachment, Counters, EventBatch, Loader, LoaderError, LoaderInfo, StateSnapshot,
@@ -1099,6 +1077,7 @@ mod gated_loader {
         transport,
     };
     use tarpc::{context::Context, server::Channel};
+    use test_kit::memory_loader::MemoryLoader;
     use tokio::sync::oneshot;
 
     type Gate = (oneshot::Sender<()>, oneshot::Receiver<()>);

@@ -6,13 +6,8 @@ use kernel_model::{
     diff::{apply, diff_ops, diff_verdict, OpCounts},
     state::KernelState,
 };
-use policyd::{
-    compile::compile,
-    ids::IdTables,
-    inventory::Inventory,
-    policy,
-    synthetic::{self, rule_line},
-};
+use policyd::{compile::compile, ids::IdTables, inventory::Inventory, policy};
+use test_kit::synthetic::{self, rule_line};
 
 const RULES: usize = 5_000;
 

@@ -17,7 +17,7 @@ use std::{
 
 use kernel_model::state::Verdict;
 use policyd::{
-    daemon::{self, memory_loader::MemoryLoader, observe::EventLogTarget, Config, InventorySource},
+    daemon::{self, observe::EventLogTarget, Config, InventorySource},
     inventory::{Container, Inventory},
 };
 use proto::{
@@ -25,6 +25,7 @@ use proto::{
     policyd::PolicydClient,
     transport,
 };
+use test_kit::memory_loader::MemoryLoader;
 
 const POLICY: &str = r#"
 mode = "enforce"
@@ -125,7 +126,7 @@ fn denial(cgroup_id: u64, policy_id: u32, port: u16) -> Event {
         uid: 0,
         comm: "curl".into(),
         exe: Some("/usr/bin/curl".into()),
-        proto: contain_common::proto::TCP,
+        proto: contain_common::ip_proto::TCP,
         src: "172.17.0.2".parse().unwrap(),
         dst: "198.18.0.1".parse().unwrap(),
         src_port: 40000,

@@ -4,6 +4,7 @@
 
 pub mod loader;
 pub mod mounts;
+pub mod peer_groups;
 pub mod policyd;
 pub mod resolver;
 pub mod runtime;

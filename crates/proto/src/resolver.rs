@@ -17,16 +17,6 @@ pub trait Resolver {
     async fn status() -> ResolverStatus;
     /// The whole inventory, with the generation it is at.
     async fn list() -> Snapshot;
-    /// The container whose cgroup v2 id (the inode of its cgroup directory)
-    /// is `cgroup_id`.
-    async fn by_cgroup_id(cgroup_id: u64) -> Option<Container>;
-    /// The containers whose network namespace holds the peer of the host
-    /// interface `ifindex` (several when containers share a namespace, as in
-    /// a pod or with `--network container:X`).
-    async fn by_ifindex(ifindex: u32) -> Vec<Container>;
-    /// The containers called `name` (Docker name, or containerd id/name), in
-    /// any runtime or namespace.
-    async fn by_name(name: String) -> Vec<Container>;
     /// The changes after generation `after_generation`, waiting up to
     /// `wait_ms` (capped at [`MAX_WATCH_WAIT_MS`], and cut short before the
     /// call's deadline) for the first one (long poll). An empty `Changes`
@@ -195,6 +185,50 @@ pub enum WatchReply {
     /// from another run of it: replace everything with this snapshot and
     /// watch from its generation.
     Resync { snapshot: Snapshot, reason: String },
+}
+
+impl WatchReply {
+    /// The run of the resolver this reply comes from.
+    pub fn instance(&self) -> u64 {
+        match self {
+            WatchReply::Changes { instance, .. } => *instance,
+            WatchReply::Resync { snapshot, .. } => snapshot.instance,
+        }
+    }
+
+    /// Folds this reply into a client's copy of the inventory (keyed by
+    /// [`Container::key`]); returns the generation to watch from next. The
+    /// one fold every client uses, so a watcher's copy cannot drift from the
+    /// server's list by a client's own reading of a change.
+    pub fn apply_to(self, copy: &mut BTreeMap<String, Container>) -> u64 {
+        match self {
+            WatchReply::Resync { snapshot, .. } => {
+                *copy = snapshot
+                    .containers
+                    .into_iter()
+                    .map(|c| (c.key(), c))
+                    .collect();
+                snapshot.generation
+            }
+            WatchReply::Changes {
+                generation,
+                changes,
+                ..
+            } => {
+                for change in changes {
+                    match change.kind {
+                        ChangeKind::Added { container } | ChangeKind::Updated { container } => {
+                            copy.insert(container.key(), container);
+                        }
+                        ChangeKind::Removed { namespace, id, .. } => {
+                            copy.remove(&format!("{namespace}/{id}"));
+                        }
+                    }
+                }
+                generation
+            }
+        }
+    }
 }
 
 /// Health of one source of information (containerd, rtnetlink, Docker).

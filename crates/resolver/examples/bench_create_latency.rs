@@ -21,103 +21,15 @@
 //! Each container is removed before the next starts. Needs root.
 
 use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
 use containerd_client::services::v1::{events_client::EventsClient, SubscribeRequest};
 use proto::resolver::{ChangeKind, ResolverClient, WatchReply};
 use resolver::{Config, Daemon};
-
-const IMAGE: &str = "docker.io/contain-test/busybox:latest";
-
-struct Bench {
-    base: PathBuf,
-    socket: PathBuf,
-    cgroup_parent: String,
-    containerd: Option<Child>,
-    had_run_containerd: bool,
-}
-
-fn sh(cmd: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(cmd).args(args).output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "`{cmd} {}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-impl Bench {
-    fn ctr(&self, args: &[&str]) -> anyhow::Result<String> {
-        let mut all = vec![
-            "--address",
-            self.socket.to_str().unwrap_or_default(),
-            "-n",
-            "default",
-        ];
-        all.extend_from_slice(args);
-        sh("ctr", &all)
-    }
-
-    fn remove(&self, id: &str) {
-        let _ = self.ctr(&["task", "kill", "-s", "KILL", id]);
-        let _ = self.ctr(&["task", "rm", "-f", id]);
-        let _ = self.ctr(&["container", "rm", id]);
-    }
-}
-
-impl Drop for Bench {
-    fn drop(&mut self) {
-        if let Ok(out) = self.ctr(&["container", "ls", "-q"]) {
-            for id in out.lines() {
-                self.remove(id.trim());
-            }
-        }
-        if let Some(mut c) = self.containerd.take() {
-            unsafe {
-                libc::kill(c.id() as i32, libc::SIGTERM);
-            }
-            let _ = c.wait();
-        }
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        for line in mountinfo.lines() {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if let Some(sep) = f.iter().position(|x| *x == "-") {
-                if matches!(f.get(sep + 1), Some(&"cgroup") | Some(&"cgroup2")) {
-                    let _ = std::fs::remove_dir(Path::new(f[4]).join(&self.cgroup_parent));
-                }
-                if f[4].starts_with(&self.base.display().to_string()) {
-                    let _ = Command::new("umount").args(["-l", f[4]]).status();
-                }
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.base);
-        if !self.had_run_containerd {
-            remove_empty_dirs(Path::new("/run/containerd"));
-        }
-    }
-}
-
-/// Removes the empty directories of a tree, deepest first; nothing else.
-fn remove_empty_dirs(dir: &Path) {
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            remove_empty_dirs(&e.path());
-        }
-    }
-    let _ = std::fs::remove_dir(dir);
-}
-
-fn now_ns() -> i128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i128)
-        .unwrap_or(0)
-}
+use test_kit::containerd::{now_ns, Containerd};
 
 fn stats(name: &str, mut v: Vec<f64>) {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -144,54 +56,14 @@ async fn main() -> anyhow::Result<()> {
         .transpose()?
         .unwrap_or(30);
     let pid = std::process::id();
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let prepare = repo.join("tests/containerd/prepare.sh");
-    sh(prepare.to_str().unwrap_or_default(), &["packages"])?;
-
     let base = PathBuf::from(format!("/var/lib/contain-bench-{pid}"));
-    std::fs::create_dir_all(base.join("state"))?;
-    let socket = base.join("state/containerd.sock");
-    let mut bench = Bench {
-        base: base.clone(),
-        socket: socket.clone(),
-        cgroup_parent: format!("contain-bench-{pid}"),
-        containerd: None,
-        had_run_containerd: Path::new("/run/containerd").exists(),
-    };
-    std::fs::write(
-        base.join("config.toml"),
-        format!(
-            "version = 2\nroot = \"{b}/root\"\nstate = \"{b}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{s}\"\n[ttrpc]\n  address = \"{s}.ttrpc\"\n[debug]\n  address = \"\"\n[plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{b}/opt\"\n",
-            b = base.display(),
-            s = socket.display()
-        ),
-    )?;
-    bench.containerd = Some(
-        Command::new("containerd")
-            .args([
-                "--config",
-                base.join("config.toml").to_str().unwrap_or_default(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while sh(
-        "ctr",
-        &["--address", socket.to_str().unwrap_or_default(), "version"],
-    )
-    .is_err()
-    {
-        anyhow::ensure!(Instant::now() < deadline, "containerd did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let tarball = base.join("busybox.tar");
-    sh(
-        prepare.to_str().unwrap_or_default(),
-        &["image", tarball.to_str().unwrap_or_default()],
-    )?;
-    bench.ctr(&["images", "import", tarball.to_str().unwrap_or_default()])?;
+    // Shared with the blocking task that runs each `ctr run`.
+    let containerd = Arc::new(Containerd::start(
+        &base,
+        &format!("contain-bench-{pid}"),
+        &["default"],
+    )?);
+    let socket = containerd.socket().to_path_buf();
 
     // The resolver, in-process, serving on a private socket.
     let resolver_socket = base.join("resolver.sock");
@@ -252,27 +124,9 @@ async fn main() -> anyhow::Result<()> {
     while from_event.len() < n {
         let id = format!("bench{pid}-{i}");
         i += 1;
-        let cgroup = format!("/{}/{id}", bench.cgroup_parent);
-        let ctr_socket = socket.clone();
-        let id2 = id.clone();
-        let run = tokio::task::spawn_blocking(move || {
-            sh(
-                "ctr",
-                &[
-                    "--address",
-                    ctr_socket.to_str().unwrap_or_default(),
-                    "-n",
-                    "default",
-                    "run",
-                    "-d",
-                    "--cgroup",
-                    &cgroup,
-                    IMAGE,
-                    &id2,
-                    "sleep",
-                    "600",
-                ],
-            )
+        let run = tokio::task::spawn_blocking({
+            let (containerd, id) = (Arc::clone(&containerd), id.clone());
+            move || containerd.run_container("default", &id, &[], &[])
         });
         // The resolver's client: long-poll until the container is added.
         let mut seen_at = None;
@@ -318,7 +172,7 @@ async fn main() -> anyhow::Result<()> {
         };
         let ts = env.timestamp.unwrap_or_default();
         let event_ns = i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos);
-        bench.remove(&id);
+        containerd.remove_container("default", &id);
         if warmup {
             warmup = false;
             continue;
@@ -333,6 +187,6 @@ async fn main() -> anyhow::Result<()> {
     stats("event → client", from_event);
     stats("seen → client", from_seen);
     daemon.shutdown().await;
-    drop(bench);
+    drop(containerd);
     Ok(())
 }

@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use backon::{BackoffBuilder as _, ExponentialBuilder};
 use containerd_client::{
     events::{
         ContainerCreate, ContainerDelete, ContainerUpdate, TaskCreate, TaskDelete, TaskExecStarted,
@@ -31,8 +32,14 @@ use crate::{
     docker::Docker,
     error::{Error, Result},
     source::{RuntimeContainer, SourceEvent, StatusBoard},
-    Backoff,
 };
+
+const RECONNECT_MAX: Duration = Duration::from_secs(10);
+/// Waits between attempts to reach containerd: 0.25 s doubling to 10 s.
+const RECONNECT: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(250))
+    .with_max_delay(RECONNECT_MAX)
+    .without_max_times();
 
 /// Namespaces always watched: Docker's, containerd's default, Kubernetes'.
 pub const DEFAULT_NAMESPACES: &[&str] = &["moby", "default", "k8s.io"];
@@ -272,7 +279,7 @@ impl Drop for AbortOnDrop {
 
 /// Why a session ended.
 enum End {
-    /// The engine is gone: stop.
+    /// The reconciler is gone: stop.
     Shutdown,
     /// Reconnect after a back-off.
     Lost(Error),
@@ -290,11 +297,11 @@ impl ContainerdSource {
         }
     }
 
-    /// Runs forever (until the engine goes away).
+    /// Runs forever (until the reconciler goes away).
     pub async fn run(self) {
         let name = self.name();
         self.status.register(&name);
-        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
+        let mut delays = RECONNECT.build();
         let mut attempt: u64 = 0;
         loop {
             attempt += 1;
@@ -303,14 +310,14 @@ impl ContainerdSource {
                 End::Shutdown => return,
                 End::Lost(e) => {
                     if connected {
-                        backoff.reset();
+                        delays = RECONNECT.build();
                         attempt = 1;
                     }
-                    let delay = backoff.next_delay();
+                    let delay = delays.next().unwrap_or(RECONNECT_MAX);
                     self.status.failed(&name, &e);
                     // Every failure is logged while the back-off grows; once
                     // it is at its cap, about once a minute.
-                    if connected || delay < Duration::from_secs(10) || attempt.is_multiple_of(6) {
+                    if connected || delay < RECONNECT_MAX || attempt.is_multiple_of(6) {
                         tracing::warn!(error = %e, retry_in = ?delay, attempt, "containerd unavailable; its containers stay as last seen until it is back");
                     }
                     tokio::time::sleep(delay).await;

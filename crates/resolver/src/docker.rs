@@ -35,6 +35,7 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde::Deserialize;
+use tokio::io::AsyncReadExt as _;
 
 use crate::error::{Error, Result};
 
@@ -129,6 +130,10 @@ pub fn is_docker_id(id: &str) -> bool {
 
 /// Largest API response read (a list of thousands of containers fits).
 const MAX_RESPONSE_BYTES: usize = 64 << 20;
+/// Largest `config.v2.json` read. Docker writes a few kilobytes (the
+/// container's config, environment and labels); a bigger file is refused
+/// rather than read whole into memory.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 /// How Docker's metadata is looked up.
 pub struct Docker {
@@ -270,9 +275,20 @@ impl Docker {
             )));
         }
         let path = config_path(&self.root, id);
-        let body = tokio::fs::read(&path)
+        let file = tokio::fs::File::open(&path)
             .await
             .map_err(|e| Error::io(&path, e))?;
+        let mut body = Vec::new();
+        file.take(MAX_CONFIG_BYTES + 1)
+            .read_to_end(&mut body)
+            .await
+            .map_err(|e| Error::io(&path, e))?;
+        if body.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(Error::Docker(format!(
+                "{} is over {MAX_CONFIG_BYTES} bytes; not read (the container's name and labels come from the Docker API once it answers)",
+                path.display()
+            )));
+        }
         parse_config_v2(&body)
     }
 }
@@ -306,6 +322,26 @@ mod tests {
     fn api_list_garbage_is_an_error() {
         assert!(parse_api_list(b"{\"message\":\"nope\"}").is_err());
         assert!(parse_api_list(b"").is_err());
+    }
+
+    #[tokio::test]
+    async fn an_oversized_config_v2_is_refused_unread() {
+        let root = tempfile::tempdir().unwrap();
+        let path = config_path(root.path(), ID);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let docker = Docker::new(root.path().join("no-docker.sock"), root.path());
+        let fits = br#"{"Name":"/web","Config":{"Image":"nginx","Labels":{}}}"#;
+        std::fs::write(&path, fits).unwrap();
+        assert_eq!(docker.read_config(ID).await.unwrap().name, "web");
+        // Valid JSON, one byte over: a label Docker would have written.
+        let padding = MAX_CONFIG_BYTES as usize - fits.len() + 1;
+        let huge = format!(
+            r#"{{"Name":"/web","Config":{{"Image":"nginx","Labels":{{"x":"{}"}}}}}}"#,
+            "a".repeat(padding)
+        );
+        std::fs::write(&path, huge).unwrap();
+        let error = docker.read_config(ID).await.unwrap_err().to_string();
+        assert!(error.contains("config.v2.json is over"), "{error}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The inventory as data: containers by key, a generation bumped by every
 //! change, and a bounded log of changes for watchers. Pure: no I/O.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use proto::resolver::{Change, ChangeKind, Container, Snapshot, WatchReply};
 
@@ -9,27 +9,25 @@ use proto::resolver::{Change, ChangeKind, Container, Snapshot, WatchReply};
 pub const DEFAULT_LOG_CAPACITY: usize = 4096;
 
 #[derive(Debug)]
-pub struct Inventory {
+pub struct VersionedInventory {
     instance: u64,
     generation: u64,
     containers: BTreeMap<String, Container>,
     log: VecDeque<Change>,
     log_capacity: usize,
-    by_cgroup: HashMap<u64, String>,
 }
 
-impl Inventory {
+impl VersionedInventory {
     /// An empty inventory at `first_generation`. Seed it from the wall clock
     /// so that a restarted resolver's generations are above its
     /// predecessor's, and watchers of the old run get a resync.
     pub fn new(instance: u64, first_generation: u64, log_capacity: usize) -> Self {
-        Inventory {
+        VersionedInventory {
             instance,
             generation: first_generation,
             containers: BTreeMap::new(),
             log: VecDeque::new(),
             log_capacity: log_capacity.max(1),
-            by_cgroup: HashMap::new(),
         }
     }
 
@@ -74,18 +72,8 @@ impl Inventory {
                 cgroup_id: old.cgroup_id,
             },
         };
-        if let Some(old) = self.containers.get(key) {
-            if old.cgroup_id != 0
-                && self.by_cgroup.get(&old.cgroup_id).map(String::as_str) == Some(key)
-            {
-                self.by_cgroup.remove(&old.cgroup_id);
-            }
-        }
         match &kind {
             ChangeKind::Added { container } | ChangeKind::Updated { container } => {
-                if container.cgroup_id != 0 {
-                    self.by_cgroup.insert(container.cgroup_id, key.to_string());
-                }
                 self.containers.insert(key.to_string(), container.clone());
             }
             ChangeKind::Removed { .. } => {
@@ -110,28 +98,6 @@ impl Inventory {
             generation: self.generation,
             containers: self.containers.values().cloned().collect(),
         }
-    }
-
-    pub fn by_cgroup_id(&self, cgroup_id: u64) -> Option<&Container> {
-        self.by_cgroup
-            .get(&cgroup_id)
-            .and_then(|k| self.containers.get(k))
-    }
-
-    pub fn by_ifindex(&self, ifindex: u32) -> Vec<Container> {
-        self.containers
-            .values()
-            .filter(|c| c.host_veths.iter().any(|v| v.ifindex == ifindex))
-            .cloned()
-            .collect()
-    }
-
-    pub fn by_name(&self, name: &str) -> Vec<Container> {
-        self.containers
-            .values()
-            .filter(|c| c.name == name || c.id == name)
-            .cloned()
-            .collect()
     }
 
     /// What a watcher at `after` must apply to catch up: `None` if it is
@@ -173,38 +139,6 @@ impl Inventory {
     }
 }
 
-/// Applies a watch reply to a client-side copy of the inventory (what a
-/// client such as policyd does); returns the generation to watch from next.
-/// Pure; used by the tests to prove a watcher ends up equal to the server.
-pub fn apply_reply(copy: &mut BTreeMap<String, Container>, reply: &WatchReply) -> u64 {
-    match reply {
-        WatchReply::Resync { snapshot, .. } => {
-            copy.clear();
-            for c in &snapshot.containers {
-                copy.insert(c.key(), c.clone());
-            }
-            snapshot.generation
-        }
-        WatchReply::Changes {
-            generation,
-            changes,
-            ..
-        } => {
-            for change in changes {
-                match &change.kind {
-                    ChangeKind::Added { container } | ChangeKind::Updated { container } => {
-                        copy.insert(container.key(), container.clone());
-                    }
-                    ChangeKind::Removed { namespace, id, .. } => {
-                        copy.remove(&crate::source::key(namespace, id));
-                    }
-                }
-            }
-            *generation
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,7 +169,7 @@ mod tests {
 
     #[test]
     fn every_change_bumps_the_generation_once() {
-        let mut inv = Inventory::new(1, 100, 16);
+        let mut inv = VersionedInventory::new(1, 100, 16);
         let a = container("a", 10, 5);
         assert_eq!(
             inv.set("default/a", Some(a.clone())).unwrap().generation,
@@ -265,31 +199,8 @@ mod tests {
     }
 
     #[test]
-    fn lookups_follow_changes() {
-        let mut inv = Inventory::new(1, 0, 16);
-        inv.set("default/a", Some(container("a", 10, 5)));
-        inv.set("default/b", Some(container("b", 11, 5)));
-        assert_eq!(inv.by_cgroup_id(10).unwrap().id, "a");
-        assert_eq!(
-            inv.by_ifindex(5).len(),
-            2,
-            "two containers sharing a namespace"
-        );
-        assert_eq!(inv.by_name("name-b")[0].id, "b");
-        assert_eq!(inv.by_name("b")[0].id, "b");
-        // a's cgroup changes (restarted task): the old id no longer maps.
-        inv.set("default/a", Some(container("a", 12, 6)));
-        assert!(inv.by_cgroup_id(10).is_none());
-        assert_eq!(inv.by_cgroup_id(12).unwrap().id, "a");
-        inv.set("default/a", None);
-        assert!(inv.by_cgroup_id(12).is_none());
-        assert_eq!(inv.by_cgroup_id(11).unwrap().id, "b");
-        assert!(inv.by_cgroup_id(0).is_none());
-    }
-
-    #[test]
     fn watcher_gets_exactly_the_changes_after_its_generation() {
-        let mut inv = Inventory::new(7, 0, 16);
+        let mut inv = VersionedInventory::new(7, 0, 16);
         assert!(inv.changes_after(0).is_none(), "current: wait");
         inv.set("default/a", Some(container("a", 10, 5)));
         inv.set("default/b", Some(container("b", 11, 6)));
@@ -312,7 +223,7 @@ mod tests {
 
     #[test]
     fn too_old_or_future_generation_gets_a_resync() {
-        let mut inv = Inventory::new(7, 0, 2);
+        let mut inv = VersionedInventory::new(7, 0, 2);
         for i in 0..5 {
             inv.set(
                 &format!("default/c{i}"),
@@ -334,7 +245,7 @@ mod tests {
             Some(WatchReply::Resync { .. })
         ));
         // A fresh inventory (no log) resyncs anyone behind it.
-        let fresh = Inventory::new(8, 1000, 2);
+        let fresh = VersionedInventory::new(8, 1000, 2);
         assert!(matches!(
             fresh.changes_after(5),
             Some(WatchReply::Resync { .. })
@@ -343,7 +254,7 @@ mod tests {
 
     #[test]
     fn a_client_applying_replies_converges() {
-        let mut inv = Inventory::new(7, 0, 3);
+        let mut inv = VersionedInventory::new(7, 0, 3);
         let mut copy = BTreeMap::new();
         let mut at = 0;
         for round in 0..20u64 {
@@ -357,7 +268,7 @@ mod tests {
             // out of the log and is resynced.
             if round % 2 == 1 {
                 if let Some(reply) = inv.changes_after(at) {
-                    at = apply_reply(&mut copy, &reply);
+                    at = reply.apply_to(&mut copy);
                 }
                 let server: BTreeMap<_, _> = inv
                     .snapshot()

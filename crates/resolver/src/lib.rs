@@ -14,18 +14,18 @@
 //!
 //! Pure logic lives in [`cgroup`], [`procfs`] (parsers), [`links`]
 //! (message → link), [`resolve`], [`inventory`], [`docker`] (parsers) and
-//! [`containerd`] (event decoding); the I/O is in the engine, the link
+//! [`containerd`] (event decoding); the I/O is in the reconciler, the link
 //! watcher, the containerd source and the service.
 
 pub mod cgroup;
 pub mod containerd;
 pub mod docker;
-pub mod engine;
 pub mod error;
 pub mod exe;
 pub mod inventory;
 pub mod links;
 pub mod process;
+pub mod reconciler;
 pub mod resolve;
 pub mod service;
 pub mod source;
@@ -51,42 +51,13 @@ pub use error::{Error, Result};
 
 use crate::{
     cgroup::Cgroup2Mount,
-    engine::{Engine, Shared},
-    inventory::{Inventory, DEFAULT_LOG_CAPACITY},
+    inventory::{VersionedInventory, DEFAULT_LOG_CAPACITY},
     links::Netlink,
     process::Proc,
+    reconciler::{Reconciler, Shared},
     service::ResolverServer,
     source::{SourceEvent, StatusBoard},
 };
-
-/// Exponential back-off between retries.
-#[derive(Clone, Debug)]
-pub struct Backoff {
-    first: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    pub fn new(first: Duration, max: Duration) -> Self {
-        Backoff {
-            first,
-            max,
-            next: first,
-        }
-    }
-
-    /// The delay to wait now; doubles the next one, up to the cap.
-    pub fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        delay
-    }
-
-    pub fn reset(&mut self) {
-        self.next = self.first;
-    }
-}
 
 /// How the resolver runs.
 #[derive(Clone, Debug)]
@@ -94,7 +65,7 @@ pub struct Config {
     /// Where to serve the tarpc service.
     pub socket: PathBuf,
     /// containerd's socket; `None` runs without containerd (other sources
-    /// feed the engine through [`Daemon::sender`]).
+    /// feed the reconciler through [`Daemon::sender`]).
     pub containerd_socket: Option<PathBuf>,
     /// containerd namespaces to follow.
     pub namespaces: Vec<String>,
@@ -144,7 +115,7 @@ fn policyd_uid() -> Option<u32> {
         .map(|u| u.uid.as_raw())
 }
 
-/// A running resolver: engine, link watcher, containerd source, server.
+/// A running resolver: reconciler, link watcher, containerd source, server.
 pub struct Daemon {
     shared: Arc<Shared>,
     source_tx: mpsc::Sender<SourceEvent>,
@@ -188,7 +159,7 @@ impl Daemon {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
             .unwrap_or(1);
-        let inventory = Inventory::new(instance, first_generation, DEFAULT_LOG_CAPACITY);
+        let inventory = VersionedInventory::new(instance, first_generation, DEFAULT_LOG_CAPACITY);
         let shared = Arc::new(Shared::new(
             inventory,
             status.clone(),
@@ -208,8 +179,12 @@ impl Daemon {
         let (source_tx, source_rx) = mpsc::channel(1024);
         let (link_tx, link_rx) = mpsc::channel(1024);
         let mut tasks = Vec::new();
-        let engine = Engine::new(shared.clone(), Proc::default(), mount, netlink);
-        tasks.push(tokio::spawn(engine.run(source_rx, link_rx, config.rescan)));
+        let reconciler = Reconciler::new(shared.clone(), Proc::default(), mount, netlink);
+        tasks.push(tokio::spawn(reconciler.run(
+            source_rx,
+            link_rx,
+            config.rescan,
+        )));
         tasks.push(tokio::spawn(links::watch(link_tx)));
         let mut first_listing = None;
         if let Some(socket) = &config.containerd_socket {
@@ -298,19 +273,5 @@ impl Daemon {
             let _ = t.await;
         }
         let _ = std::fs::remove_file(&self.socket);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_to_the_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
-        let got: Vec<u128> = (0..4).map(|_| b.next_delay().as_millis()).collect();
-        assert_eq!(got, vec![100, 200, 350, 350]);
-        b.reset();
-        assert_eq!(b.next_delay(), Duration::from_millis(100));
     }
 }

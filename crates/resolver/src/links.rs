@@ -9,6 +9,7 @@
 
 use std::{os::fd::AsRawFd, time::Duration};
 
+use backon::{BackoffBuilder as _, ExponentialBuilder};
 use futures::{StreamExt, TryStreamExt};
 use rtnetlink::{
     packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST},
@@ -161,7 +162,7 @@ impl Netlink {
     }
 }
 
-/// What the link watcher tells the engine.
+/// What the link watcher tells the reconciler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinkSignal {
     /// A link or namespace id appeared, changed or vanished.
@@ -171,12 +172,19 @@ pub enum LinkSignal {
     Gap,
 }
 
+const RESUBSCRIBE_MAX: Duration = Duration::from_secs(10);
+/// Waits between attempts to subscribe to rtnetlink: 0.2 s doubling to 10 s.
+const RESUBSCRIBE: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(200))
+    .with_max_delay(RESUBSCRIBE_MAX)
+    .without_max_times();
+
 /// Follows link and namespace-id events of the host namespace forever,
 /// reopening the socket with back-off if it fails. Every (re)subscription
-/// starts with a [`LinkSignal::Gap`], so the engine re-reads the table after
+/// starts with a [`LinkSignal::Gap`], so the reconciler re-reads the table after
 /// anything it may have missed.
 pub async fn watch(tx: mpsc::Sender<LinkSignal>) {
-    let mut backoff = crate::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut delays = RESUBSCRIBE.build();
     loop {
         match rtnetlink::new_multicast_connection(&[MulticastGroup::Link, MulticastGroup::Nsid]) {
             Ok((conn, _handle, mut messages)) => {
@@ -184,7 +192,7 @@ pub async fn watch(tx: mpsc::Sender<LinkSignal>) {
                 if tx.send(LinkSignal::Gap).await.is_err() {
                     return;
                 }
-                backoff.reset();
+                delays = RESUBSCRIBE.build();
                 while let Some((msg, _)) = messages.next().await {
                     let signal = match msg.payload {
                         NetlinkPayload::InnerMessage(
@@ -208,13 +216,13 @@ pub async fn watch(tx: mpsc::Sender<LinkSignal>) {
                 tracing::warn!("rtnetlink event socket closed; reopening");
             }
             Err(e) => {
-                let delay = backoff.next_delay();
+                let delay = delays.next().unwrap_or(RESUBSCRIBE_MAX);
                 tracing::warn!(error = %e, retry_in = ?delay, "cannot subscribe to rtnetlink link events");
                 tokio::time::sleep(delay).await;
                 continue;
             }
         }
-        tokio::time::sleep(backoff.next_delay()).await;
+        tokio::time::sleep(delays.next().unwrap_or(RESUBSCRIBE_MAX)).await;
     }
 }
 

@@ -4,12 +4,11 @@
 use std::{collections::BTreeMap, fs::File, sync::Arc, time::Duration};
 
 use proto::resolver::{
-    Container, ExeFile, ExeLookup, Resolver, ResolverStatus, Snapshot, WatchReply,
-    MAX_WATCH_WAIT_MS,
+    ExeFile, ExeLookup, Resolver, ResolverStatus, Snapshot, WatchReply, MAX_WATCH_WAIT_MS,
 };
 use tarpc::context::Context;
 
-use crate::{engine::Shared, exe};
+use crate::{exe, reconciler::Shared};
 
 /// A running container's processes and the root it started with.
 type Target = (Vec<u32>, Option<exe::RootId>);
@@ -45,7 +44,7 @@ impl ResolverServer {
             }
             match tokio::time::timeout_at(deadline, generation.changed()).await {
                 Ok(Ok(())) => continue,
-                // Timed out, or the engine is gone: nothing new.
+                // Timed out, or the reconciler is gone: nothing new.
                 _ => {
                     return WatchReply::Changes {
                         instance,
@@ -132,18 +131,6 @@ impl Resolver for ResolverServer {
         self.shared.read().snapshot()
     }
 
-    async fn by_cgroup_id(self, _: Context, cgroup_id: u64) -> Option<Container> {
-        self.shared.read().by_cgroup_id(cgroup_id).cloned()
-    }
-
-    async fn by_ifindex(self, _: Context, ifindex: u32) -> Vec<Container> {
-        self.shared.read().by_ifindex(ifindex)
-    }
-
-    async fn by_name(self, _: Context, name: String) -> Vec<Container> {
-        self.shared.read().by_name(name.trim_start_matches('/'))
-    }
-
     async fn watch(self, ctx: Context, after_generation: u64, wait_ms: u32) -> WatchReply {
         // Answer (empty) a little before the caller's deadline rather than
         // let the call fail: a client with tarpc's default 10 s deadline
@@ -175,10 +162,10 @@ impl Resolver for ResolverServer {
 mod tests {
     use std::collections::BTreeMap;
 
-    use proto::resolver::Runtime;
+    use proto::resolver::{Container, Runtime};
 
     use super::*;
-    use crate::{inventory::Inventory, source::StatusBoard};
+    use crate::{inventory::VersionedInventory, source::StatusBoard};
 
     fn container(id: &str) -> Container {
         Container {
@@ -211,7 +198,7 @@ mod tests {
     #[tokio::test]
     async fn watch_wakes_on_a_change_and_times_out_empty() {
         let shared = Arc::new(Shared::new(
-            Inventory::new(1, 10, 16),
+            VersionedInventory::new(1, 10, 16),
             StatusBoard::default(),
             "/sys/fs/cgroup".into(),
         ));

@@ -1,4 +1,4 @@
-//! What runtime sources (containerd, or a test harness) tell the engine, and
+//! What runtime sources (containerd, or a test harness) tell the reconciler, and
 //! the board where every source reports its health.
 
 use std::{
@@ -32,12 +32,39 @@ impl RuntimeContainer {
     }
 }
 
+/// Longest label (key and value) the inventory keeps. Selectors match short
+/// labels (`egress=block`); a label this long is data, not a selector.
+pub const MAX_LABEL_BYTES: usize = 1024;
+/// Most label bytes the inventory keeps per container. The inventory is
+/// served whole in one reply frame (64 MiB), so one container's labels must
+/// not crowd out thousands of others.
+pub const MAX_LABELS_BYTES: usize = 16 * 1024;
+
+/// Drops the labels over [`MAX_LABEL_BYTES`], then, in key order, those past
+/// [`MAX_LABELS_BYTES`] in all. Returns the keys dropped (cut to 64 bytes).
+pub fn bound_labels(labels: &mut BTreeMap<String, String>) -> Vec<String> {
+    let mut total = 0;
+    let mut dropped = Vec::new();
+    labels.retain(|key, value| {
+        let size = key.len() + value.len();
+        let keep = size <= MAX_LABEL_BYTES && total + size <= MAX_LABELS_BYTES;
+        if keep {
+            total += size;
+        } else {
+            let end = key.floor_char_boundary(64);
+            dropped.push(key[..end].to_string());
+        }
+        keep
+    });
+    dropped
+}
+
 /// `namespace/id`, as [`proto::resolver::Container::key`].
 pub fn key(namespace: &str, id: &str) -> String {
     format!("{namespace}/{id}")
 }
 
-/// What a source tells the engine.
+/// What a source tells the reconciler.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SourceEvent {
     /// Everything `source` knows, replacing all it said before (after a
@@ -109,5 +136,34 @@ impl StatusBoard {
             .values()
             .cloned()
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversized_labels_are_dropped_and_named() {
+        let mut labels = BTreeMap::from([
+            ("egress".to_string(), "block".to_string()),
+            ("huge".to_string(), "x".repeat(MAX_LABEL_BYTES)),
+        ]);
+        assert_eq!(bound_labels(&mut labels), vec!["huge"]);
+        assert_eq!(labels.keys().collect::<Vec<_>>(), vec!["egress"]);
+    }
+
+    #[test]
+    fn a_container_keeps_at_most_its_share_of_label_bytes() {
+        let value = "v".repeat(MAX_LABEL_BYTES - 4);
+        let mut labels: BTreeMap<String, String> = (0..100)
+            .map(|i| (format!("l{i:03}"), value.clone()))
+            .collect();
+        let dropped = bound_labels(&mut labels);
+        let kept: usize = labels.iter().map(|(k, v)| k.len() + v.len()).sum();
+        assert!(kept <= MAX_LABELS_BYTES);
+        assert_eq!(labels.len(), MAX_LABELS_BYTES / MAX_LABEL_BYTES);
+        assert_eq!(labels.len() + dropped.len(), 100);
+        assert_eq!(dropped[0], format!("l{:03}", labels.len()));
     }
 }

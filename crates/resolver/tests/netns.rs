@@ -23,6 +23,11 @@ use resolver::{
     source::{RuntimeContainer, SourceEvent},
     Config, Daemon,
 };
+use test_kit::{
+    cgroup::Cgroup,
+    lab::Netns,
+    process::{run_quiet, Proc},
+};
 
 const CG_PREFIX: &str = "contain-test-resolver-";
 const NS_PREFIX: &str = "contain-rv-";
@@ -32,47 +37,16 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// Removes what an earlier, dead run of these tests left behind.
 fn sweep_leftovers() {
-    let mount = cgroup_mount();
-    if let Ok(entries) = std::fs::read_dir(&mount) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if dead_run_pid(&name, CG_PREFIX).is_some() {
-                eprintln!("removing leftover cgroup {name}");
-                remove_cgroup_tree(&e.path());
-            }
-        }
-    }
-    for line in run("ip", &["netns", "list"]).lines() {
-        let name = line.split_whitespace().next().unwrap_or_default();
-        if dead_run_pid(name, NS_PREFIX).is_some() {
-            eprintln!("removing leftover netns {name}");
-            run_quiet("ip", &["netns", "del", name]);
-        }
-    }
-    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if dead_run_pid(&name, SOCKET_PREFIX).is_some() {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
-    if let Ok(entries) = std::fs::read_dir("/sys/class/net") {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if dead_run_pid(&name, LINK_PREFIX).is_some() {
-                eprintln!("removing leftover link {name}");
-                run_quiet("ip", &["link", "del", &name]);
-            }
-        }
+    for prefix in [CG_PREFIX, NS_PREFIX, SOCKET_PREFIX, LINK_PREFIX] {
+        test_kit::cleanup::sweep_dead_runs(prefix);
     }
 }
 
 /// Everything one test creates, removed by name on drop.
 struct Scene {
     tag: String,
-    cgroup_base: PathBuf,
-    netns: Vec<String>,
+    cgroup_base: Cgroup,
+    netns: Vec<Netns>,
     links: Vec<String>,
     procs: Vec<Proc>,
 }
@@ -82,10 +56,8 @@ impl Scene {
         sweep_leftovers();
         let pid = std::process::id();
         let tag = format!("{pid}{tag}");
-        let cgroup_base = cgroup_mount().join(format!("{CG_PREFIX}{tag}"));
-        remove_cgroup_tree(&cgroup_base);
-        std::fs::create_dir_all(&cgroup_base)
-            .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", cgroup_base.display()));
+        let cgroup_base = Cgroup::create(&cgroup_mount().join(format!("{CG_PREFIX}{tag}")))
+            .unwrap_or_else(|e| panic!("{e}"));
         Scene {
             tag,
             cgroup_base,
@@ -97,9 +69,8 @@ impl Scene {
 
     fn netns(&mut self, n: &str) -> String {
         let name = format!("{NS_PREFIX}{}-{n}", self.tag);
-        run_quiet("ip", &["netns", "del", &name]);
-        run("ip", &["netns", "add", &name]);
-        self.netns.push(name.clone());
+        let netns = Netns::new(&name).unwrap_or_else(|e| panic!("{e}"));
+        self.netns.push(netns);
         name
     }
 
@@ -133,7 +104,7 @@ impl Scene {
     }
 
     fn cgroup(&self, n: &str) -> PathBuf {
-        let dir = self.cgroup_base.join(n);
+        let dir = self.cgroup_base.path().join(n);
         std::fs::create_dir_all(&dir)
             .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", dir.display()));
         dir
@@ -187,12 +158,10 @@ impl Drop for Scene {
         for l in &self.links {
             run_quiet("ip", &["link", "del", l]);
         }
-        for n in &self.netns {
-            run_quiet("ip", &["netns", "del", n]);
-        }
-        remove_cgroup_tree(&self.cgroup_base);
+        self.netns.clear();
         let socket = std::env::temp_dir().join(format!("{SOCKET_PREFIX}{}.sock", self.tag));
         let _ = std::fs::remove_file(socket);
+        // The cgroups go with their field, after the processes.
     }
 }
 
@@ -298,31 +267,26 @@ async fn maps_veth_to_netns_to_pid_to_cgroup_from_events() {
     assert_eq!(c.host_veths, a.host_veths);
     assert_eq!(c.cgroup_id, inode(&cg_c));
 
-    // Lookups over tarpc.
-    let by_if: Vec<String> = client
-        .by_ifindex(ctx(), ifindex0)
-        .await
-        .unwrap()
-        .iter()
-        .map(|c| c.id.clone())
-        .collect();
-    assert_eq!(by_if, vec!["a", "c"]);
+    // Who holds which veth and cgroup, as a client reads it from the list.
+    let snap = list(&client).await;
+    let on_veth = |ifindex: u32| -> Vec<String> {
+        snap.containers
+            .iter()
+            .filter(|c| c.host_veths.iter().any(|v| v.ifindex == ifindex))
+            .map(|c| c.id.clone())
+            .collect()
+    };
+    assert_eq!(on_veth(ifindex0), vec!["a", "c"]);
+    assert!(on_veth(1).is_empty(), "lo is no container's veth");
+    let in_cgroup = |id: u64| snap.containers.iter().find(|c| c.cgroup_id == id);
+    assert_eq!(in_cgroup(inode(&cg_b)).map(|c| c.id.as_str()), Some("b"));
+    assert!(in_cgroup(1).is_none());
     assert_eq!(
-        client
-            .by_cgroup_id(ctx(), inode(&cg_b))
-            .await
-            .unwrap()
-            .map(|c| c.id),
-        Some("b".to_string())
-    );
-    assert!(client.by_cgroup_id(ctx(), 1).await.unwrap().is_none());
-    assert_eq!(
-        client.by_name(ctx(), "name-c".into()).await.unwrap().len(),
+        snap.containers
+            .iter()
+            .filter(|c| c.name == "name-c")
+            .count(),
         1
-    );
-    assert!(
-        client.by_ifindex(ctx(), 1).await.unwrap().is_empty(),
-        "lo is no container's veth"
     );
 
     // From here on, a watcher must see every change.
@@ -355,7 +319,11 @@ async fn maps_veth_to_netns_to_pid_to_cgroup_from_events() {
         find(&list(&client).await, "test", "c").unwrap().host_veths,
         a.host_veths
     );
-    assert!(client.by_ifindex(ctx(), ifindex0).await.unwrap().is_empty());
+    assert!(list(&client)
+        .await
+        .containers
+        .iter()
+        .all(|c| c.host_veths.iter().all(|v| v.ifindex != ifindex0)));
 
     // A new process joins a's cgroup (an exec): seen on the runtime's refresh.
     let pa2 = scene.process(&cg_a, Some(&ns));

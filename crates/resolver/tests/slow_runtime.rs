@@ -17,14 +17,8 @@ struct Scratch(std::path::PathBuf);
 
 impl Scratch {
     fn new(prefix: &str) -> Scratch {
-        let tmp = std::env::temp_dir();
-        for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if common::dead_run_pid(&name, prefix).is_some() {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-        let dir = tmp.join(format!("{prefix}{}", std::process::id()));
+        test_kit::cleanup::sweep_dead_runs(prefix);
+        let dir = std::env::temp_dir().join(format!("{prefix}{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Scratch(dir)

@@ -18,16 +18,13 @@
 //! (benchmarking and documentation ranges), one bridged subnet, and exist
 //! only inside the lab's namespaces. Everything is named after the test
 //! process's pid, removed on drop, and leftovers of dead runs are swept
-//! first.
+//! first (test-kit's naming and sweep).
 #![allow(dead_code)]
-
-pub mod packets;
 
 use std::{
     io::{BufRead, BufReader},
-    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
@@ -39,6 +36,8 @@ use kernel_model::{
     },
 };
 use proto::{loader::LoaderClient, transport};
+pub use test_kit::lab::{in_cgroup_ns_cmd, Link};
+use test_kit::{cgroup, cleanup, lab, privileged};
 
 pub const PEER4: &str = "198.18.0.1";
 pub const PEER4_OTHER: &str = "198.18.1.1";
@@ -55,89 +54,30 @@ pub const BRIDGE: &str = "br0";
 pub const CT_HOST_VETH: &str = "hc";
 pub const PEER_HOST_VETH: &str = "hp";
 
-const PREFIX: &str = "contain-t";
+/// Every lab's name starts with this, then the test process's pid.
+const PREFIX: &str = "contain-t-";
 
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("repo root")
-}
+pub use test_kit::repo_root;
 
 pub fn probe_script() -> PathBuf {
     repo_root().join("tests/probe.py")
 }
 
-/// `None` (and a note on stderr) when the test does not apply here.
+/// `None` (recorded as skipped, see test-kit's `privileged`) when not
+/// root.
 pub fn require_root(test: &str) -> Option<()> {
-    if nix::unistd::geteuid().is_root() {
-        return Some(());
+    privileged::root_or_skip(test, "it creates namespaces, cgroups and loads BPF").then_some(())
+}
+
+fn sh(script: &str) {
+    if let Err(e) = test_kit::process::sh(script) {
+        panic!("{e}");
     }
-    skipped(&format!(
-        "{test}: needs root (it creates namespaces, cgroups and loads BPF)"
-    ));
-    None
-}
-
-/// Says why a test did not run, and records it in `$CONTAIN_SKIPPED_LOG`
-/// (set by scripts/test.sh, which counts it as skipped, not passed).
-fn skipped(why: &str) {
-    eprintln!("skipped: {why}");
-    if let Some(log) = std::env::var_os("CONTAIN_SKIPPED_LOG") {
-        use std::io::Write as _;
-        let appended = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .and_then(|mut f| writeln!(f, "{why}"));
-        if let Err(e) = appended {
-            panic!("cannot record a skipped test in {log:?}: {e}");
-        }
-    }
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    if !out.status.success() {
-        panic!(
-            "{cmd:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    out
-}
-
-fn sh(script: &str) -> Output {
-    run(Command::new("sh").arg("-c").arg(script))
-}
-
-/// One link of a namespace, as `ip -j link` reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Link {
-    pub name: String,
-    pub ifindex: u32,
-    /// The MAC address, `aa:bb:cc:dd:ee:ff`.
-    pub mac: String,
 }
 
 /// Reads `dev` inside `ns` (ifindexes are per namespace).
 pub fn link_in(ns: &str, dev: &str) -> Link {
-    let out = run(Command::new("ip").args(["-n", ns, "-j", "link", "show", "dev", dev]));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("ip -j link show {dev} in {ns}: {e}"));
-    let l = &v[0];
-    Link {
-        name: dev.to_string(),
-        ifindex: l["ifindex"]
-            .as_u64()
-            .and_then(|i| u32::try_from(i).ok())
-            .unwrap_or_else(|| panic!("no ifindex for {dev} in {ns}: {v}")),
-        mac: l["address"].as_str().unwrap_or_default().to_string(),
-    }
+    lab::link_in(ns, dev).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The identity the kernel records when `path` is exec'd (symlinks
@@ -149,72 +89,7 @@ pub fn file_of(path: &str) -> kernel_model::state::FileId {
 }
 
 pub fn cgroup2_mount() -> PathBuf {
-    bpf_loader::fs::cgroup2_mount().expect("cgroup2 mount")
-}
-
-fn pid_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// Owner pid of a lab name `contain-t-<pid>-<n>...`.
-fn owner(name: &str) -> Option<u32> {
-    name.strip_prefix(PREFIX)?
-        .strip_prefix('-')?
-        .split('-')
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// Removes namespaces, cgroups and pins of labs whose process is gone.
-fn sweep_leftovers() {
-    if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let name = line.split_whitespace().next().unwrap_or("");
-            if owner(name).is_some_and(|pid| !pid_alive(pid)) {
-                let _ = Command::new("ip").args(["netns", "del", name]).status();
-            }
-        }
-    }
-    for dir in [cgroup2_mount(), PathBuf::from("/sys/fs/bpf")] {
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if owner(&name).is_some_and(|pid| !pid_alive(pid)) {
-                    remove_tree(&e.path());
-                }
-            }
-        }
-    }
-}
-
-/// Removes a cgroup or bpffs tree depth-first: cgroups after killing their
-/// processes, pins by unlinking (which detaches links).
-fn remove_tree(path: &Path) {
-    let kill = path.join("cgroup.kill");
-    if kill.exists() {
-        let _ = std::fs::write(&kill, "1");
-    }
-    if let Ok(entries) = std::fs::read_dir(path) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                remove_tree(&p);
-            } else if !path.starts_with("/sys/fs/cgroup") && !is_cgroupfs(path) {
-                let _ = std::fs::remove_file(&p);
-            }
-        }
-    }
-    for _ in 0..50 {
-        if std::fs::remove_dir(path).is_ok() || !path.exists() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn is_cgroupfs(path: &Path) -> bool {
-    path.starts_with(cgroup2_mount())
+    cgroup::cgroup2_mount().unwrap_or_else(|e| panic!("{e}"))
 }
 
 static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -257,9 +132,9 @@ pub struct Neighbour {
 
 impl Lab {
     pub fn new() -> Lab {
-        sweep_leftovers();
+        cleanup::sweep_dead_runs(PREFIX);
         let n = LAB_COUNTER.fetch_add(1, Ordering::SeqCst);
-        let name = format!("{PREFIX}-{}-{n}", std::process::id());
+        let name = format!("{PREFIX}{}-{n}", std::process::id());
         let mount = cgroup2_mount();
         // A dotted, systemd-style name: bpffs refuses dots in pin names.
         let parent = mount.join(format!("{name}.slice"));
@@ -469,7 +344,7 @@ impl Lab {
     }
 
     pub fn cgroup_id(&self, path: &Path) -> u64 {
-        std::fs::metadata(path).expect("cgroup").ino()
+        cgroup::cgroup_id(path).unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub fn ct_id(&self) -> u64 {
@@ -563,18 +438,6 @@ impl Lab {
     }
 }
 
-/// A command that joins `cgroup`, then the netns `ns`, then runs `args`.
-pub fn in_cgroup_ns_cmd(cgroup: &Path, ns: &str, args: &[String]) -> Command {
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(r#"cg=$1; ns=$2; shift 2; echo $$ > "$cg/cgroup.procs" && exec ip netns exec "$ns" "$@""#)
-        .arg("sh")
-        .arg(cgroup)
-        .arg(ns)
-        .args(args);
-    cmd
-}
-
 impl Drop for Lab {
     fn drop(&mut self) {
         self.kill_loader();
@@ -582,8 +445,8 @@ impl Drop for Lab {
             let _ = child.kill();
             let _ = child.wait();
         }
-        remove_tree(&self.parent);
-        remove_tree(&self.pin_dir);
+        cgroup::remove_tree(&self.parent);
+        cleanup::remove_any(&self.pin_dir);
         let namespaces = [&self.ct_ns, &self.peer_ns]
             .into_iter()
             .chain(&self.extra_ns)

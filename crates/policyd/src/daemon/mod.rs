@@ -8,7 +8,6 @@
 pub mod engine;
 pub mod feeds;
 pub mod links;
-pub mod memory_loader;
 pub mod observe;
 pub mod plan;
 pub mod server;

@@ -251,7 +251,7 @@ pub struct Allowance {
 
 impl Allowance {
     pub const ANY: Allowance = Allowance {
-        proto: contain_common::proto::ANY,
+        proto: contain_common::ip_proto::ANY,
         block: PortBlock::ALL,
     };
 
@@ -259,22 +259,22 @@ impl Allowance {
     /// (ICMP is IPv4 only, ICMPv6 IPv6 only).
     pub fn applies_to(&self, family: Family) -> bool {
         match self.proto {
-            contain_common::proto::ICMP => family == Family::V4,
-            contain_common::proto::ICMPV6 => family == Family::V6,
+            contain_common::ip_proto::ICMP => family == Family::V4,
+            contain_common::ip_proto::ICMPV6 => family == Family::V6,
             _ => true,
         }
     }
 
     /// Whether everything `other` allows, this allows too.
     pub fn covers(&self, other: &Allowance) -> bool {
-        self.proto == contain_common::proto::ANY
+        self.proto == contain_common::ip_proto::ANY
             || (self.proto == other.proto && self.block.contains(&other.block))
     }
 }
 
 impl fmt::Display for Allowance {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use contain_common::proto as p;
+        use contain_common::ip_proto as p;
         let name = proto_name(self.proto);
         let b = self.block;
         match self.proto {
@@ -304,7 +304,7 @@ impl fmt::Display for Allowance {
 }
 
 pub fn proto_name(proto: u8) -> String {
-    use contain_common::proto as p;
+    use contain_common::ip_proto as p;
     match proto {
         p::ANY => "any".into(),
         p::TCP => "tcp".into(),

@@ -20,7 +20,7 @@
 
 use std::collections::HashSet;
 
-use contain_common::proto as ipproto;
+use contain_common::ip_proto;
 use kernel_model::state::Verdict;
 use serde::Deserialize;
 
@@ -209,7 +209,7 @@ pub fn parse(name: &str, text: &str) -> Result<PolicySet, InvalidPolicy> {
                 for &port in &allow.ports {
                     match port {
                         0 => allowances.push(Allowance {
-                            proto: ipproto::ICMP,
+                            proto: ip_proto::ICMP,
                             block: PortBlock::ALL,
                         }),
                         1..=65535 => {
@@ -218,11 +218,11 @@ pub fn parse(name: &str, text: &str) -> Result<PolicySet, InvalidPolicy> {
                                 bits: 16,
                             };
                             allowances.push(Allowance {
-                                proto: ipproto::TCP,
+                                proto: ip_proto::TCP,
                                 block,
                             });
                             allowances.push(Allowance {
-                                proto: ipproto::UDP,
+                                proto: ip_proto::UDP,
                                 block,
                             });
                         }

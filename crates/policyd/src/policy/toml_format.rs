@@ -40,7 +40,7 @@ use std::{
     ops::Range,
 };
 
-use contain_common::proto as ipproto;
+use contain_common::ip_proto;
 use kernel_model::state::Verdict;
 use serde::{de, Deserialize, Deserializer};
 use serde_spanned::Spanned;
@@ -183,11 +183,11 @@ enum Proto {
 impl Proto {
     fn number(self) -> u8 {
         match self {
-            Proto::Tcp => ipproto::TCP,
-            Proto::Udp => ipproto::UDP,
-            Proto::Icmp => ipproto::ICMP,
-            Proto::Icmpv6 => ipproto::ICMPV6,
-            Proto::Any => ipproto::ANY,
+            Proto::Tcp => ip_proto::TCP,
+            Proto::Udp => ip_proto::UDP,
+            Proto::Icmp => ip_proto::ICMP,
+            Proto::Icmpv6 => ip_proto::ICMPV6,
+            Proto::Any => ip_proto::ANY,
         }
     }
     fn has_ports(self) -> bool {
@@ -309,8 +309,8 @@ fn icmp_type_by_name(proto: Proto, name: &str) -> Option<u8> {
 /// An ICMP (`proto` 1) or ICMPv6 (`proto` 58) type by name.
 pub(crate) fn icmp_type_named(proto: u8, name: &str) -> Option<u8> {
     match proto {
-        ipproto::ICMP => icmp_type_by_name(Proto::Icmp, name),
-        ipproto::ICMPV6 => icmp_type_by_name(Proto::Icmpv6, name),
+        ip_proto::ICMP => icmp_type_by_name(Proto::Icmp, name),
+        ip_proto::ICMPV6 => icmp_type_by_name(Proto::Icmpv6, name),
         _ => None,
     }
 }

@@ -1,156 +1,43 @@
-//! Helpers of the privileged integration tests: commands that fail loudly,
-//! a tarpc client, waiting for the inventory, and cleanup by name.
+//! Helpers of the resolver's integration tests: a tarpc client, waiting
+//! for the inventory, a watcher's copy of it; the host side (commands,
+//! cgroups, cleanup by name, the root-only tier) is test-kit's.
 #![allow(dead_code)]
 
 use std::{
     collections::BTreeMap,
-    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use proto::resolver::{Container, ResolverClient, Snapshot, WatchReply};
 
-/// Whether the test applies. When not root it does not, and says so in
-/// `$CONTAIN_SKIPPED_LOG` (set by scripts/test.sh, which counts it as
-/// skipped, not passed).
+/// Whether the test applies: as root. Otherwise it is recorded as skipped
+/// (test-kit's `privileged`).
 pub fn root_or_skip(test: &str) -> bool {
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    let why = format!("{test}: needs root (network namespaces, veths, cgroups)");
-    eprintln!("skipped: {why}");
-    if let Some(log) = std::env::var_os("CONTAIN_SKIPPED_LOG") {
-        use std::io::Write as _;
-        // One appended line per test: tests run in parallel.
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .and_then(|mut f| f.write_all(format!("{why}\n").as_bytes()))
-            .unwrap_or_else(|e| panic!("cannot record a skipped test in {log:?}: {e}"));
-    }
-    false
+    test_kit::privileged::root_or_skip(test, "network namespaces, veths, cgroups")
 }
 
-/// Runs a command; panics with its stderr if it cannot run or fails.
+/// Runs a command; panics with its output if it cannot run or fails.
 pub fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("prerequisite missing: cannot run `{cmd}`: {e}"));
-    if !out.status.success() {
-        panic!(
-            "`{cmd} {}` failed ({}): {}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    test_kit::process::run(cmd, args)
+        .unwrap_or_else(|e| panic!("prerequisite missing or failed: {e}"))
 }
 
-/// Runs a command, ignoring failure (cleanup).
-pub fn run_quiet(cmd: &str, args: &[&str]) -> bool {
-    Command::new(cmd)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-pub fn pid_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// The cgroup2 mount, as the resolver finds it.
+/// The cgroup2 mount.
 pub fn cgroup_mount() -> PathBuf {
-    resolver::cgroup::find_mount()
-        .unwrap_or_else(|e| panic!("prerequisite missing: {e}"))
-        .mount_point
+    test_kit::cgroup::cgroup2_mount().unwrap_or_else(|e| panic!("prerequisite missing: {e}"))
 }
 
+/// A file's inode: a cgroup's id, a network namespace's id.
 pub fn inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
     std::fs::metadata(path)
         .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
         .ino()
 }
 
 pub fn ifindex(name: &str) -> u32 {
-    let text = std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
-        .unwrap_or_else(|e| panic!("ifindex of {name}: {e}"));
-    text.trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("ifindex of {name}: {e}"))
-}
-
-/// Kills every process of a cgroup directory tree and removes it, leaves
-/// first.
-pub fn remove_cgroup_tree(dir: &Path) {
-    if !dir.exists() {
-        return;
-    }
-    for _ in 0..50 {
-        let mut any = false;
-        for pid in resolver::cgroup::procs_below(dir, 100_000) {
-            any = true;
-            unsafe {
-                libc::kill(pid as i32, libc::SIGKILL);
-            }
-        }
-        if !any {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut dirs = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        if let Ok(entries) = std::fs::read_dir(&d) {
-            for e in entries.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push(e.path());
-                }
-            }
-        }
-        dirs.push(d);
-    }
-    for d in dirs.iter().rev() {
-        for _ in 0..50 {
-            match std::fs::remove_dir(d) {
-                Ok(()) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-    }
-}
-
-/// Names created by an earlier run whose process is gone: `prefix<pid>...`.
-pub fn dead_run_pid(name: &str, prefix: &str) -> Option<u32> {
-    let rest = name.strip_prefix(prefix)?;
-    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-    let pid: u32 = digits.parse().ok()?;
-    (pid != std::process::id() && !pid_alive(pid)).then_some(pid)
-}
-
-/// A child killed (and reaped) when dropped.
-pub struct Proc(pub Child);
-
-impl Proc {
-    pub fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    test_kit::lab::ifindex(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub async fn connect(socket: &Path) -> ResolverClient {
@@ -256,7 +143,7 @@ impl Watcher {
                 true
             }
         };
-        self.at = resolver::inventory::apply_reply(&mut self.copy, &reply);
+        self.at = reply.apply_to(&mut self.copy);
         changed
     }
 

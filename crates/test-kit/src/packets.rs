@@ -1,6 +1,5 @@
 //! Hand-built Ethernet frames for BPF_PROG_TEST_RUN: IPv4 with and without
 //! options, IPv6 with extension headers, fragments, TCP/UDP/ICMP.
-#![allow(dead_code)]
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -110,10 +109,16 @@ pub fn ipv6(dst: Ipv6Addr, proto: u8, dport: u16, exts: &[Ext]) -> Vec<u8> {
         }
     }
     body.extend(l4);
+    ipv6_frame(dst, codes.first().copied().unwrap_or(proto), body)
+}
+
+/// An Ethernet frame of an IPv6 header (from the lab's container address,
+/// hop limit 64) to `dst` whose next header is `next`, then `body`.
+fn ipv6_frame(dst: Ipv6Addr, next: u8, body: Vec<u8>) -> Vec<u8> {
     let mut ip = vec![0u8; 40];
     ip[0] = 0x60;
     ip[4..6].copy_from_slice(&(body.len() as u16).to_be_bytes());
-    ip[6] = codes.first().copied().unwrap_or(proto);
+    ip[6] = next;
     ip[7] = 64;
     ip[8..24].copy_from_slice(&SRC6.octets());
     ip[24..40].copy_from_slice(&dst.octets());
@@ -171,15 +176,6 @@ pub fn ipv6_routed(
         body.extend_from_slice(&hop.octets());
     }
     body.extend(transport(proto, dport));
-    let mut ip = vec![0u8; 40];
-    ip[0] = 0x60;
-    ip[4..6].copy_from_slice(&(body.len() as u16).to_be_bytes());
-    ip[6] = 43;
-    ip[7] = 64;
-    ip[8..24].copy_from_slice(&SRC6.octets());
-    ip[24..40].copy_from_slice(&dst.octets());
-    let mut f = ethernet(0x86DD);
-    f.extend(ip);
-    f.extend(body);
-    f
+    // 43: the routing header.
+    ipv6_frame(dst, 43, body)
 }

@@ -1,8 +1,8 @@
-//! The engine: one task that owns what the runtimes said, the host's link
+//! The reconciler: one task that owns what the runtimes said, the host's link
 //! table and the inventory, and turns source events, link events and
 //! periodic rescans into inventory changes.
 //!
-//! Sources never wait on the engine's readers and readers never wait on the
+//! Sources never wait on the reconciler's readers and readers never wait on the
 //! sources: queries read the published inventory under a short lock.
 
 use std::{
@@ -17,11 +17,11 @@ use tokio::sync::{mpsc, watch};
 use crate::{
     cgroup::{self, Cgroup2Mount},
     exe::{self, RootId},
-    inventory::Inventory,
+    inventory::VersionedInventory,
     links::{Link, LinkSignal, Netlink},
     process::Proc,
     resolve::{build, ProcFacts},
-    source::{key, RuntimeContainer, SourceEvent, StatusBoard},
+    source::{self, key, RuntimeContainer, SourceEvent, StatusBoard},
 };
 
 /// Most processes listed per container.
@@ -32,7 +32,7 @@ pub const RTNETLINK_SOURCE: &str = "rtnetlink";
 
 /// What the service reads.
 pub struct Shared {
-    pub inventory: RwLock<Inventory>,
+    pub inventory: RwLock<VersionedInventory>,
     /// The current generation, for long-polling watchers.
     pub generation: watch::Sender<u64>,
     pub status: StatusBoard,
@@ -50,7 +50,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(inventory: Inventory, status: StatusBoard, cgroup_root: String) -> Self {
+    pub fn new(inventory: VersionedInventory, status: StatusBoard, cgroup_root: String) -> Self {
         let generation = watch::Sender::new(inventory.generation());
         Shared {
             inventory: RwLock::new(inventory),
@@ -71,7 +71,7 @@ impl Shared {
             .copied()
     }
 
-    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Inventory> {
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, VersionedInventory> {
         self.inventory.read().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -96,7 +96,7 @@ struct Work {
     rescan: bool,
 }
 
-pub struct Engine {
+pub struct Reconciler {
     shared: Arc<Shared>,
     proc: Proc,
     mount: Cgroup2Mount,
@@ -106,10 +106,10 @@ pub struct Engine {
     own_netns: Option<u64>,
 }
 
-impl Engine {
+impl Reconciler {
     pub fn new(shared: Arc<Shared>, proc: Proc, mount: Cgroup2Mount, netlink: Netlink) -> Self {
         let own_netns = proc.own_netns_inode();
-        Engine {
+        Reconciler {
             shared,
             proc,
             mount,
@@ -303,8 +303,24 @@ impl Engine {
         }
     }
 
-    fn upsert(&mut self, source: String, rc: RuntimeContainer) {
+    fn upsert(&mut self, source: String, mut rc: RuntimeContainer) {
         let k = rc.key();
+        let dropped = source::bound_labels(&mut rc.labels);
+        // Warned once per change, not on every re-list.
+        if !dropped.is_empty()
+            && self
+                .records
+                .get(&k)
+                .is_none_or(|r| r.rc.labels != rc.labels)
+        {
+            tracing::warn!(
+                container = %k,
+                labels = ?dropped,
+                max_label_bytes = source::MAX_LABEL_BYTES,
+                max_labels_bytes = source::MAX_LABELS_BYTES,
+                "labels over the size limits are left out of the inventory; no policy can select on them"
+            );
+        }
         let (start_time, root) = self
             .records
             .get(&k)

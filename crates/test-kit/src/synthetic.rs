@@ -7,7 +7,7 @@ use std::fmt::Write;
 use kernel_model::state::FileId;
 use proto::resolver::ExeFile;
 
-use crate::inventory::{Container, Inventory};
+use policyd::inventory::{Container, Inventory};
 
 /// The destination of rule `n`: mostly IPv4 host routes, some /24s and
 /// IPv6 prefixes, spread so few of them nest.
@@ -115,7 +115,7 @@ mod tests {
     #[test]
     fn generated_policy_is_valid_and_sized() {
         let text = policy_text(1000, 4);
-        let set = crate::policy::parse("synthetic.toml", &text).unwrap_or_else(|e| panic!("{e}"));
+        let set = policyd::policy::parse("synthetic.toml", &text).unwrap_or_else(|e| panic!("{e}"));
         let rules: usize = set.policies.iter().map(|p| p.rule_count()).sum();
         assert_eq!(rules, 1000);
         assert_eq!(set.policies.len(), 4);

@@ -2,12 +2,12 @@
 //! unprivileged against it (demos, measurements):
 //!
 //! ```sh
-//! cargo run -p policyd --example memory_loader -- /tmp/contain/loader.sock
+//! cargo run -p test-kit --example memory_loader -- /tmp/contain/loader.sock
 //! policyd daemon --policy p.toml --inventory inv.json \
 //!     --loader-socket /tmp/contain/loader.sock --socket /tmp/contain/policyd.sock
 //! ```
 
-use policyd::daemon::memory_loader::MemoryLoader;
+use test_kit::memory_loader::MemoryLoader;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {

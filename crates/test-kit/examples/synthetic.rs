@@ -2,7 +2,7 @@
 //! `policyd check`, `reload` and `status` at scale):
 //!
 //! ```sh
-//! cargo run -p policyd --example synthetic -- 10000 10 50 /tmp/contain
+//! cargo run -p test-kit --example synthetic -- 10000 10 50 /tmp/contain
 //! # → /tmp/contain/policy.toml (10 000 rules, 10 policies),
 //! #   /tmp/contain/inventory.json (50 containers)
 //! ```
@@ -18,11 +18,11 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     std::fs::write(
         dir.join("policy.toml"),
-        policyd::synthetic::policy_text(rules, policies),
+        test_kit::synthetic::policy_text(rules, policies),
     )?;
     std::fs::write(
         dir.join("inventory.json"),
-        serde_json::to_string_pretty(&policyd::synthetic::inventory(containers))?,
+        serde_json::to_string_pretty(&test_kit::synthetic::inventory(containers))?,
     )?;
     eprintln!(
         "wrote {rules} rules in {policies} policies and {containers} containers to {}",

@@ -1,0 +1,289 @@
+//! Links: the tracepoints, the cgroup programs and the veth backstop,
+//! each pinned under an instance directory so a new loader attaches its own
+//! before it releases a predecessor's (no gap), and adopts what an old
+//! loader left.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    programs::{
+        cgroup_skb::CgroupSkbAttachType, links::FdLink, links::PinnedLink, CgroupAttachMode,
+        CgroupSkb, CgroupSock, CgroupSockAddr, RawTracePoint, TracePoint,
+    },
+    Ebpf,
+};
+use contain_common::{map_names, program_names};
+use proto::loader::Attachment;
+
+use super::{io_err, map_err, object::program_mut, Kernel, KernelError};
+use crate::{fs, veths};
+
+impl Kernel {
+    /// Attaches the exec/newtask/exit tracepoints, pinning their links, then
+    /// lets go of a predecessor's.
+    pub fn attach_tracepoints(&mut self) -> Result<(), KernelError> {
+        let group = self.links_dir().join("tracepoints");
+        let dir = group.join(&self.instance);
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        for &(name, category, tracepoint) in program_names::TRACEPOINTS {
+            let prog: &mut TracePoint = program_mut(&mut self.ebpf, name)?;
+            let id = prog
+                .attach(category, tracepoint)
+                .map_err(|source| KernelError::Program { name, source })?;
+            let link = prog
+                .take_link(id)
+                .map_err(|source| KernelError::Program { name, source })?;
+            let fd_link: FdLink =
+                link.try_into()
+                    .map_err(|e: aya::programs::links::LinkError| KernelError::Pin {
+                        path: dir.join(name),
+                        reason: e.to_string(),
+                    })?;
+            pin(fd_link, &dir.join(name))?;
+        }
+        for &(name, tracepoint) in program_names::RAW_TRACEPOINTS {
+            let prog: &mut RawTracePoint = program_mut(&mut self.ebpf, name)?;
+            let id = prog
+                .attach(tracepoint)
+                .map_err(|source| KernelError::Program { name, source })?;
+            let link = prog
+                .take_link(id)
+                .map_err(|source| KernelError::Program { name, source })?;
+            let fd_link = FdLink::from(link);
+            pin(fd_link, &dir.join(name))?;
+        }
+        release_other_instances(&group, &self.instance)
+    }
+
+    /// Attaches every cgroup program to `cgroup` with BPF_F_ALLOW_MULTI and
+    /// pins the links; a predecessor's links on the same cgroup are released
+    /// only after the new ones are in place, so there is no gap.
+    pub fn attach(&mut self, cgroup: &str) -> Result<Attachment, KernelError> {
+        let path = fs::resolve_cgroup(&self.cgroup_root, cgroup)?;
+        let relative = path
+            .strip_prefix(&self.cgroup_root)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let cgroup_id = fs::cgroup_id(&path)?;
+        let group = self
+            .links_dir()
+            .join("cgroups")
+            .join(fs::pin_name_for(&relative));
+        let dir = group.join(&self.instance);
+        if self.attachments.contains_key(&relative) && dir.exists() {
+            return Ok(self.attachments[&relative].clone());
+        }
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let cgroup_dir = File::open(&path).map_err(io_err(&path))?;
+        for &name in program_names::CGROUP {
+            let link = attach_cgroup_program(&mut self.ebpf, name, &cgroup_dir)?;
+            pin(link, &dir.join(name))?;
+        }
+        release_other_instances(&group, &self.instance)?;
+        // The veth backstop passes the packets of sockets under this cgroup:
+        // these programs judged them.
+        let level = relative.split('/').filter(|c| !c.is_empty()).count() as u32;
+        self.maps
+            .attached_cgroups
+            .insert(cgroup_id, level, 0)
+            .map_err(map_err(map_names::ATTACHED_CGROUPS))?;
+        let attachment = Attachment {
+            cgroup: path.to_string_lossy().into_owned(),
+            cgroup_path: format!("/{relative}"),
+            cgroup_id,
+            programs: program_names::CGROUP
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        };
+        self.attachments.insert(relative, attachment.clone());
+        Ok(attachment)
+    }
+
+    /// Re-attaches to every cgroup a predecessor attached to (found from its
+    /// pins), replacing its links with this loader's programs.
+    pub fn adopt(&mut self) -> Result<Vec<Attachment>, KernelError> {
+        let cgroups_dir = self.links_dir().join("cgroups");
+        let Ok(entries) = std::fs::read_dir(&cgroups_dir) else {
+            return Ok(Vec::new());
+        };
+        let mut adopted = Vec::new();
+        for entry in entries.flatten() {
+            let relative = fs::cgroup_for_pin_name(&entry.file_name().to_string_lossy());
+            if !self.cgroup_root.join(&relative).is_dir() {
+                tracing::info!(cgroup = %relative, "cgroup is gone; releasing its links");
+                release_other_instances(&entry.path(), "")?;
+                let _ = std::fs::remove_dir(entry.path());
+                continue;
+            }
+            adopted.push(self.attach(&relative)?);
+        }
+        Ok(adopted)
+    }
+
+    /// Forgets attachment records no attachment of this loader backs (a
+    /// predecessor's cgroups it did not adopt). Called once every
+    /// attachment is in place.
+    pub fn prune_attached_cgroups(&mut self) -> Result<(), KernelError> {
+        let attached: BTreeSet<u64> = self.attachments.values().map(|a| a.cgroup_id).collect();
+        let stale: Vec<u64> = self
+            .maps
+            .attached_cgroups
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|id| !attached.contains(id))
+            .collect();
+        for id in stale {
+            self.maps
+                .attached_cgroups
+                .remove(&id)
+                .map_err(map_err(map_names::ATTACHED_CGROUPS))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the veth backstop to host-side veth `ifindex` (`name`),
+    /// unless this loader already has. Returns whether it attached.
+    pub fn attach_veth(&mut self, ifindex: u32, name: &str) -> Result<bool, KernelError> {
+        if self.veths.get(&ifindex).is_some_and(|n| n == name) {
+            return Ok(false);
+        }
+        let links = veths::attach(&mut self.ebpf, name)?;
+        if !links.is_empty() {
+            let group = veths::pin_group(&self.links_dir(), ifindex);
+            let dir = group.join(&self.instance);
+            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            for (program, link) in links {
+                pin(link, &dir.join(program))?;
+            }
+            release_other_instances(&group, &self.instance)?;
+        }
+        self.veths.insert(ifindex, name.to_owned());
+        Ok(true)
+    }
+
+    /// A veth left this namespace (deleted, or moved into a container's):
+    /// its pinned link, if any, is released.
+    pub fn veth_gone(&mut self, ifindex: u32) {
+        self.veths.remove(&ifindex);
+        let group = veths::pin_group(&self.links_dir(), ifindex);
+        if group.exists() {
+            if let Err(e) = release_other_instances(&group, "") {
+                tracing::warn!(ifindex, error = %e, "cannot release a gone veth's link");
+            }
+            let _ = std::fs::remove_dir(&group);
+        }
+    }
+
+    /// Releases the pinned links of veths that no longer exist (a
+    /// predecessor's, for veths deleted while no loader ran).
+    pub fn release_gone_veths(&mut self, present: &[u32]) {
+        let Ok(entries) = std::fs::read_dir(self.links_dir().join("veths")) else {
+            return;
+        };
+        let gone: Vec<u32> = entries
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_string_lossy().parse().ok())
+            .filter(|ifindex| !present.contains(ifindex))
+            .collect();
+        for ifindex in gone {
+            self.veth_gone(ifindex);
+        }
+    }
+
+    /// The host-side veths the backstop is attached to.
+    pub fn attached_veths(&self) -> &BTreeMap<u32, String> {
+        &self.veths
+    }
+
+    pub fn attachments(&self) -> Vec<Attachment> {
+        self.attachments.values().cloned().collect()
+    }
+}
+
+fn attach_cgroup_program(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    cgroup: &File,
+) -> Result<FdLink, KernelError> {
+    // Since 5.7 aya attaches with a bpf_link, which the kernel always runs in
+    // BPF_F_ALLOW_MULTI mode and which refuses the flag itself; before,
+    // it uses BPF_PROG_ATTACH, which needs the flag.
+    let mode = if aya::util::KernelVersion::current()
+        .is_ok_and(|v| v >= aya::util::KernelVersion::new(5, 7, 0))
+    {
+        CgroupAttachMode::Single
+    } else {
+        CgroupAttachMode::AllowMultiple
+    };
+    let err = |source| KernelError::Program { name, source };
+    let pin_err = |e: aya::programs::links::LinkError| KernelError::Pin {
+        path: PathBuf::from(name),
+        reason: e.to_string(),
+    };
+    match name {
+        program_names::EGRESS | program_names::INGRESS => {
+            let kind = if name == program_names::EGRESS {
+                CgroupSkbAttachType::Egress
+            } else {
+                CgroupSkbAttachType::Ingress
+            };
+            let prog: &mut CgroupSkb = program_mut(ebpf, name)?;
+            let id = prog.attach(cgroup, kind, mode).map_err(err)?;
+            prog.take_link(id).map_err(err)?.try_into().map_err(pin_err)
+        }
+        program_names::SOCK_CREATE => {
+            let prog: &mut CgroupSock = program_mut(ebpf, name)?;
+            let id = prog.attach(cgroup, mode).map_err(err)?;
+            prog.take_link(id).map_err(err)?.try_into().map_err(pin_err)
+        }
+        _ => {
+            let prog: &mut CgroupSockAddr = program_mut(ebpf, name)?;
+            let id = prog.attach(cgroup, mode).map_err(err)?;
+            prog.take_link(id).map_err(err)?.try_into().map_err(pin_err)
+        }
+    }
+}
+
+fn pin(link: FdLink, path: &Path) -> Result<(), KernelError> {
+    if path.exists() {
+        release(path)?;
+    }
+    link.pin(path).map(drop).map_err(|e| KernelError::Pin {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// Unpins one link; when this was its last reference the kernel detaches it.
+fn release(path: &Path) -> Result<(), KernelError> {
+    let link = PinnedLink::from_pin(path).map_err(|e| KernelError::Pin {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    link.unpin().map(drop).map_err(io_err(path))
+}
+
+/// Releases every instance directory under `group` but `keep`.
+fn release_other_instances(group: &Path, keep: &str) -> Result<(), KernelError> {
+    let Ok(instances) = std::fs::read_dir(group) else {
+        return Ok(());
+    };
+    for instance in instances.flatten() {
+        if instance.file_name().to_string_lossy() == keep {
+            continue;
+        }
+        let dir = instance.path();
+        if let Ok(links) = std::fs::read_dir(&dir) {
+            for link in links.flatten() {
+                release(&link.path())?;
+            }
+        }
+        std::fs::remove_dir(&dir).map_err(io_err(&dir))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,212 @@
+//! Loading the eBPF object: maps pinned (or re-opened from their pins) under
+//! one bpffs directory, every program loaded, the config map's per-boot
+//! exe key and runtime limits.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use aya::{
+    maps::{MapData, MapError, RingBuf},
+    Ebpf, EbpfLoader,
+};
+use contain_common::{map_names, program_names};
+use kernel_model::state::KernelState;
+
+use super::{
+    io_err, map_err,
+    offsets::{ExecOffsets, TraceOffsets},
+    Kernel, KernelError, Limits, PolicyMaps,
+};
+use crate::{fs, veths};
+
+/// The eBPF object build.rs built from crates/contain-ebpf (its `contain`
+/// binary).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/contain"));
+
+/// Bumped when a map's key or value layout changes: a loader with another
+/// layout starts on fresh maps instead of misreading old ones.
+const MAP_LAYOUT_VERSION: u32 = 4;
+
+impl Kernel {
+    /// Loads the object with every map pinned (or re-opened from its pin)
+    /// under `pin_dir`, and loads every program. Returns the event ring
+    /// buffer separately: it is drained on its own task.
+    pub fn load(pin_dir: &Path) -> Result<(Kernel, RingBuf<MapData>), KernelError> {
+        let bpffs_root = pin_dir.parent().unwrap_or(Path::new("/sys/fs/bpf"));
+        fs::ensure_mounted("bpf", bpffs_root)?;
+        let maps_dir = pin_dir.join(format!("maps-v{MAP_LAYOUT_VERSION}"));
+        std::fs::create_dir_all(&maps_dir).map_err(io_err(&maps_dir))?;
+        let cgroup_root = fs::cgroup2_mount()?;
+        let offsets = TraceOffsets::read()?;
+        let exec = ExecOffsets::read(&crate::btf::Btf::from_sys_fs()?)?;
+
+        let map_paths: Vec<(&str, PathBuf)> = map_names::ALL
+            .iter()
+            .map(|&name| (name, maps_dir.join(name)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        loader
+            .override_global("BPRM_FILE_OFFSET", &exec.bprm_file, true)
+            .override_global("BPRM_FILENAME_OFFSET", &exec.bprm_filename, true)
+            .override_global("FILE_INODE_OFFSET", &exec.file_inode, true)
+            .override_global("INODE_SB_OFFSET", &exec.inode_sb, true)
+            .override_global("INODE_INO_OFFSET", &exec.inode_ino, true)
+            .override_global("INODE_CTIME_SEC_OFFSET", &exec.inode_ctime_sec, true)
+            .override_global("INODE_CTIME_NSEC_OFFSET", &exec.inode_ctime_nsec, true)
+            .override_global("SB_DEV_OFFSET", &exec.sb_dev, true)
+            .override_global("NEWTASK_PID_OFFSET", &offsets.newtask_pid, true)
+            .override_global(
+                "NEWTASK_CLONE_FLAGS_OFFSET",
+                &offsets.newtask_clone_flags,
+                true,
+            );
+        let mut ebpf = loader.load(OBJECT)?;
+
+        for &name in program_names::CGROUP {
+            load_program(&mut ebpf, name)?;
+        }
+        for &(name, _, _) in program_names::TRACEPOINTS {
+            load_program(&mut ebpf, name)?;
+        }
+        for &(name, _) in program_names::RAW_TRACEPOINTS {
+            load_program(&mut ebpf, name)?;
+        }
+        for (name, _) in veths::PROGRAMS {
+            load_program(&mut ebpf, name)?;
+        }
+
+        let maps = PolicyMaps {
+            cgroups: take(&mut ebpf, map_names::CGROUPS)?,
+            processes: take(&mut ebpf, map_names::PROCESSES)?,
+            dests: take(&mut ebpf, map_names::DESTS)?,
+            hosts: take(&mut ebpf, map_names::HOSTS)?,
+            ports: take(&mut ebpf, map_names::PORTS)?,
+            exact_ports: take(&mut ebpf, map_names::EXACT_PORTS)?,
+            config: take(&mut ebpf, map_names::CONFIG)?,
+            counters: take(&mut ebpf, map_names::COUNTERS)?,
+            stats: take(&mut ebpf, map_names::STATS)?,
+            exe_paths: take(&mut ebpf, map_names::EXE_PATHS)?,
+            veths: take(&mut ebpf, map_names::VETHS)?,
+            attached_cgroups: take(&mut ebpf, map_names::ATTACHED_CGROUPS)?,
+        };
+        let events: RingBuf<MapData> = take(&mut ebpf, map_names::EVENTS)?;
+        let instance = format!(
+            "{}-{}",
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+            std::process::id()
+        );
+        let mut kernel = Kernel {
+            ebpf,
+            maps,
+            pin_dir: pin_dir.to_owned(),
+            cgroup_root,
+            instance,
+            mirror: KernelState::default(),
+            attachments: BTreeMap::new(),
+            veths: BTreeMap::new(),
+            exe_key: [0, 0],
+        };
+        kernel.exe_key = kernel.ensure_exe_key()?;
+        kernel.mirror = kernel.read_state()?;
+        Ok((kernel, events))
+    }
+    /// The fd of a loaded program, for BPF_PROG_TEST_RUN.
+    pub fn program_fd(&self, name: &str) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let prog = self.ebpf.program(name)?;
+        let fd = match prog {
+            aya::programs::Program::CgroupSkb(p) => p.fd().ok()?,
+            aya::programs::Program::CgroupSock(p) => p.fd().ok()?,
+            aya::programs::Program::CgroupSockAddr(p) => p.fd().ok()?,
+            aya::programs::Program::TracePoint(p) => p.fd().ok()?,
+            aya::programs::Program::SchedClassifier(p) => p.fd().ok()?,
+            _ => return None,
+        };
+        Some(fd.as_fd().as_raw_fd())
+    }
+    /// The key of the kernel's exe ids: drawn from the kernel's random pool
+    /// the first time the maps are used (so once per boot, as the maps live
+    /// in bpffs), kept in the pinned config after that.
+    fn ensure_exe_key(&mut self) -> Result<[u64; 2], KernelError> {
+        let mut config = self.maps.config.get(&0, 0).unwrap_or_default();
+        if config.exe_key != [0, 0] {
+            return Ok(config.exe_key);
+        }
+        let mut bytes = [0u8; 16];
+        while bytes == [0u8; 16] {
+            let urandom = Path::new("/dev/urandom");
+            std::io::Read::read_exact(
+                &mut File::open(urandom).map_err(io_err(urandom))?,
+                &mut bytes,
+            )
+            .map_err(io_err(urandom))?;
+        }
+        let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
+        config.exe_key = [word(&bytes[..8]), word(&bytes[8..])];
+        self.maps
+            .config
+            .set(0, config, 0)
+            .map_err(map_err(map_names::CONFIG))?;
+        Ok(config.exe_key)
+    }
+
+    /// Sets the kernel's runtime limits (not policy: the generation stays).
+    pub fn set_limits(&mut self, limits: &Limits) -> Result<(), KernelError> {
+        let mut config = self.maps.config.get(&0, 0).unwrap_or_default();
+        config.udp_reply_timeout_ns = u64::try_from(limits.udp_reply_timeout.as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        config.events_per_second = limits.events_per_second.max(1);
+        self.maps
+            .config
+            .set(0, config, 0)
+            .map_err(map_err(map_names::CONFIG))
+    }
+}
+
+pub(super) fn program_mut<'a, T>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut T, KernelError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or(KernelError::MissingProgram(name))?;
+    prog.try_into()
+        .map_err(|source| KernelError::Program { name, source })
+}
+
+fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), KernelError> {
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or(KernelError::MissingProgram(name))?;
+    let result = match prog {
+        aya::programs::Program::CgroupSkb(p) => p.load(),
+        aya::programs::Program::CgroupSock(p) => p.load(),
+        aya::programs::Program::CgroupSockAddr(p) => p.load(),
+        aya::programs::Program::TracePoint(p) => p.load(),
+        aya::programs::Program::RawTracePoint(p) => p.load(),
+        aya::programs::Program::SchedClassifier(p) => p.load(),
+        _ => return Err(KernelError::MissingProgram(name)),
+    };
+    result.map_err(|source| KernelError::Program { name, source })
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(KernelError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| KernelError::Map { name, source })
+}

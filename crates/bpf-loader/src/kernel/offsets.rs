@@ -1,0 +1,69 @@
+//! The offsets the programs are loaded with: tracepoint record fields from
+//! tracefs, kernel struct members from BTF.
+
+use super::{io_err, KernelError};
+use crate::{btf, fs, tracefs};
+
+pub(super) struct TraceOffsets {
+    pub(super) newtask_pid: u32,
+    pub(super) newtask_clone_flags: u32,
+}
+
+impl TraceOffsets {
+    pub(super) fn read() -> Result<TraceOffsets, KernelError> {
+        let root = fs::tracefs()?;
+        let field = |event: &str, field: &'static str| -> Result<u32, KernelError> {
+            let path = root.join("events").join(event).join("format");
+            let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+            tracefs::field_offset(&text, field).ok_or(KernelError::TraceFormat { path, field })
+        };
+        Ok(TraceOffsets {
+            newtask_pid: field("task/task_newtask", "pid")?,
+            newtask_clone_flags: field("task/task_newtask", "clone_flags")?,
+        })
+    }
+}
+
+/// Where the exec program finds the executed file's identity, from the
+/// kernel's BTF. The inode change time moved between kernels: a
+/// `timespec64 i_ctime` (6.1), `__i_ctime` (6.6), then `i_ctime_sec` and
+/// `i_ctime_nsec` (6.11).
+pub(super) struct ExecOffsets {
+    pub(super) bprm_file: u32,
+    pub(super) bprm_filename: u32,
+    pub(super) file_inode: u32,
+    pub(super) inode_sb: u32,
+    pub(super) inode_ino: u32,
+    pub(super) inode_ctime_sec: u32,
+    pub(super) inode_ctime_nsec: u32,
+    pub(super) sb_dev: u32,
+}
+
+impl ExecOffsets {
+    pub(super) fn read(btf: &btf::Btf) -> Result<ExecOffsets, btf::BtfError> {
+        let (inode_ctime_sec, inode_ctime_nsec) = if btf.has_member("inode", "i_ctime_sec") {
+            (
+                btf.member_offset("inode", "i_ctime_sec")?,
+                btf.member_offset("inode", "i_ctime_nsec")?,
+            )
+        } else {
+            let ctime = btf
+                .member_offset("inode", "__i_ctime")
+                .or_else(|_| btf.member_offset("inode", "i_ctime"))?;
+            (
+                ctime + btf.member_offset("timespec64", "tv_sec")?,
+                ctime + btf.member_offset("timespec64", "tv_nsec")?,
+            )
+        };
+        Ok(ExecOffsets {
+            bprm_file: btf.member_offset("linux_binprm", "file")?,
+            bprm_filename: btf.member_offset("linux_binprm", "filename")?,
+            file_inode: btf.member_offset("file", "f_inode")?,
+            inode_sb: btf.member_offset("inode", "i_sb")?,
+            inode_ino: btf.member_offset("inode", "i_ino")?,
+            inode_ctime_sec,
+            inode_ctime_nsec,
+            sb_dev: btf.member_offset("super_block", "s_dev")?,
+        })
+    }
+}

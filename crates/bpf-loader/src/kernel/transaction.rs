@@ -1,0 +1,311 @@
+//! The map transaction: a diff applied all or nothing, in the order the
+//! model gives, with the generation check and the rules epoch.
+
+use aya::maps::{lpm_trie::Key, HashMap, MapData};
+use contain_common::{self as kern, map_names, DestValue, PortValue, VethOwner};
+use kernel_model::{
+    diff::{apply_order, MapDiff},
+    repr::{self, EncodeError, LpmKey},
+    state::{Entry, EntryKey, KernelState, MapOp},
+    validate::validate,
+};
+
+use super::{map_err, Kernel, KernelError, PolicyMaps};
+
+impl Kernel {
+    /// Applies a diff all or nothing: every operation is encoded before any
+    /// is written, and on a failed write the ones already written are undone
+    /// from the mirror's previous values.
+    pub fn apply(&mut self, diff: &MapDiff) -> Result<u64, KernelError> {
+        let current = self.generation();
+        if diff.from_generation != current {
+            return Err(KernelError::GenerationMismatch {
+                expected: diff.from_generation,
+                actual: current,
+            });
+        }
+        let mut ops = diff.ops.clone();
+        ops.sort_by_key(apply_order);
+        validate(&self.mirror, &ops)?;
+        let writes = ops
+            .iter()
+            .map(|op| MapWrite::encode(op, self.exe_key))
+            .collect::<Result<Vec<_>, _>>()?;
+        let rules_changed = changes_rules(&self.mirror, diff);
+        let mut undo: Vec<MapOp> = Vec::with_capacity(ops.len());
+        for (op, write) in ops.iter().zip(&writes) {
+            let key = match op {
+                MapOp::Upsert { entry } => entry.key(),
+                MapOp::Delete { key } => *key,
+            };
+            if let Err(e) = write.write(&mut self.maps) {
+                self.undo(&undo);
+                return Err(e);
+            }
+            // The mirror still holds the state before this diff.
+            undo.push(match self.mirror.get(&key) {
+                Some(entry) => MapOp::Upsert { entry },
+                None => MapOp::Delete { key },
+            });
+        }
+        self.mirror.apply_ops(&ops);
+        let mut config = self.maps.config.get(&0, 0).unwrap_or_default();
+        if let Some(v) = diff.unknown_verdict {
+            config.unknown_verdict = repr::verdict(v) as u8;
+            self.mirror.unknown_verdict = v;
+        }
+        config.generation = config.generation.wrapping_add(1);
+        if rules_changed {
+            config.rules_epoch = config.rules_epoch.wrapping_add(1);
+        }
+        self.maps
+            .config
+            .set(0, config, 0)
+            .map_err(map_err(map_names::CONFIG))?;
+        Ok(config.generation as u64)
+    }
+
+    /// Writes back what `done` (the inverse of the writes so far) restores,
+    /// newest first.
+    fn undo(&mut self, done: &[MapOp]) {
+        for back in done.iter().rev() {
+            let result = MapWrite::encode(back, self.exe_key)
+                .map_err(KernelError::from)
+                .and_then(|write| write.write(&mut self.maps));
+            if let Err(e) = result {
+                tracing::error!(error = %e, "undoing a failed diff failed; the maps may be inconsistent until the next apply");
+            }
+        }
+    }
+}
+
+/// One operation in the kernel's layout: the map it goes to, the encoded
+/// key, and the encoded value (`None` deletes).
+enum MapWrite {
+    Cgroup(u64, Option<kern::CgroupPolicy>),
+    Process(kern::ProcessKey, Option<kern::ProcessClass>),
+    Host(kern::DestKey, Option<DestValue>),
+    Dest(Key<kern::DestKey>, Option<DestValue>),
+    ExactPort(kern::PortKey, Option<PortValue>),
+    Port(Key<kern::PortKey>, Option<PortValue>),
+    Veth(u32, Option<VethOwner>),
+}
+
+impl MapWrite {
+    fn encode(op: &MapOp, exe_key: [u64; 2]) -> Result<MapWrite, EncodeError> {
+        Ok(match *op {
+            MapOp::Upsert { entry } => match entry {
+                Entry::Cgroup { id, value } => {
+                    MapWrite::Cgroup(id, Some(repr::cgroup_value(&value)?))
+                }
+                Entry::Process { key, class } => MapWrite::Process(
+                    repr::process_key(&key, exe_key)?,
+                    Some(repr::process_value(&key, class)),
+                ),
+                Entry::Dest { key, ruleset } => {
+                    MapWrite::dest(&key, Some(DestValue { ruleset, _pad: 0 }))?
+                }
+                Entry::Port { key, rule_id } => {
+                    MapWrite::port(&key, Some(PortValue { rule_id, _pad: 0 }))?
+                }
+                Entry::Veth { ifindex, cgroup_id } => {
+                    MapWrite::Veth(ifindex, Some(VethOwner { cgroup_id }))
+                }
+            },
+            MapOp::Delete { key } => match key {
+                EntryKey::Cgroup { id } => MapWrite::Cgroup(id, None),
+                EntryKey::Process { key } => {
+                    MapWrite::Process(repr::process_key(&key, exe_key)?, None)
+                }
+                EntryKey::Dest { key } => MapWrite::dest(&key, None)?,
+                EntryKey::Port { key } => MapWrite::port(&key, None)?,
+                EntryKey::Veth { ifindex } => MapWrite::Veth(ifindex, None),
+            },
+        })
+    }
+
+    /// Full-length destinations go to the hash map, shorter prefixes to the
+    /// trie.
+    fn dest(
+        key: &kernel_model::state::DestPrefix,
+        value: Option<DestValue>,
+    ) -> Result<MapWrite, EncodeError> {
+        let encoded = repr::dest_key(key)?;
+        Ok(if repr::dest_is_host(key) {
+            MapWrite::Host(encoded.data, value)
+        } else {
+            MapWrite::Dest(lpm(encoded), value)
+        })
+    }
+
+    /// Single ports go to the hash map, port blocks to the trie.
+    fn port(
+        key: &kernel_model::state::PortPrefix,
+        value: Option<PortValue>,
+    ) -> Result<MapWrite, EncodeError> {
+        let encoded = repr::port_key(key)?;
+        Ok(if repr::port_is_exact(key) {
+            MapWrite::ExactPort(encoded.data, value)
+        } else {
+            MapWrite::Port(lpm(encoded), value)
+        })
+    }
+
+    fn write(&self, m: &mut PolicyMaps) -> Result<(), KernelError> {
+        match self {
+            MapWrite::Cgroup(k, v) => set(&mut m.cgroups, k, v, map_names::CGROUPS),
+            MapWrite::Process(k, v) => set(&mut m.processes, k, v, map_names::PROCESSES),
+            MapWrite::Host(k, v) => set(&mut m.hosts, k, v, map_names::HOSTS),
+            MapWrite::ExactPort(k, v) => set(&mut m.exact_ports, k, v, map_names::EXACT_PORTS),
+            MapWrite::Veth(k, v) => set(&mut m.veths, k, v, map_names::VETHS),
+            MapWrite::Dest(k, v) => match v {
+                Some(v) => m.dests.insert(k, v, 0),
+                None => m.dests.remove(k),
+            }
+            .map_err(map_err(map_names::DESTS)),
+            MapWrite::Port(k, v) => match v {
+                Some(v) => m.ports.insert(k, v, 0),
+                None => m.ports.remove(k),
+            }
+            .map_err(map_err(map_names::PORTS)),
+        }
+    }
+}
+
+/// Inserts `value` at `key`, or removes `key` when there is no value.
+fn set<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    key: &K,
+    value: &Option<V>,
+    name: &'static str,
+) -> Result<(), KernelError> {
+    match value {
+        Some(v) => map.insert(key, v, 0),
+        None => map.remove(key),
+    }
+    .map_err(map_err(name))
+}
+
+/// Whether `diff` changes what an entry already in the maps decides, so
+/// the kernel's cached verdicts must be judged again. Adding or removing a
+/// container's cgroup does not: a socket's cache also holds the policy id it
+/// was decided under, which a new or removed cgroup entry changes. Container
+/// churn thus leaves every other socket's cache (and UDP reply allowance)
+/// alone.
+fn changes_rules(current: &KernelState, diff: &MapDiff) -> bool {
+    if diff
+        .unknown_verdict
+        .is_some_and(|v| v != current.unknown_verdict)
+    {
+        return true;
+    }
+    diff.ops.iter().any(|op| match op {
+        MapOp::Upsert {
+            entry: entry @ Entry::Cgroup { .. },
+        } => current.get(&entry.key()).is_some_and(|old| old != *entry),
+        MapOp::Delete {
+            key: EntryKey::Cgroup { .. },
+        } => false,
+        // Which container a veth belongs to decides no cached verdict.
+        MapOp::Upsert {
+            entry: Entry::Veth { .. },
+        }
+        | MapOp::Delete {
+            key: EntryKey::Veth { .. },
+        } => false,
+        _ => true,
+    })
+}
+
+/// The model's trie key as aya's.
+fn lpm<K: aya::Pod>(k: LpmKey<K>) -> Key<K> {
+    Key::new(k.prefix_len, k.data)
+}
+
+#[cfg(test)]
+mod tests {
+    use kernel_model::state::{CgroupEntry, PortPrefix, Verdict};
+
+    use super::*;
+
+    fn cgroup(id: u64, policy_id: u32) -> Entry {
+        Entry::Cgroup {
+            id,
+            value: CgroupEntry {
+                policy_id,
+                audit: false,
+                unrestricted: false,
+                forwarded_dns: false,
+            },
+        }
+    }
+
+    fn diff(ops: Vec<MapOp>, unknown_verdict: Option<Verdict>) -> MapDiff {
+        MapDiff {
+            from_generation: 0,
+            unknown_verdict,
+            ops,
+        }
+    }
+
+    fn state_with(entries: &[Entry]) -> KernelState {
+        let mut state = KernelState::default();
+        for e in entries {
+            state.upsert(*e);
+        }
+        state
+    }
+
+    #[test]
+    fn container_churn_keeps_the_rules_epoch() {
+        let current = state_with(&[cgroup(1, 7)]);
+        let start = MapOp::Upsert {
+            entry: cgroup(2, 7),
+        };
+        let stop = MapOp::Delete {
+            key: EntryKey::Cgroup { id: 1 },
+        };
+        assert!(!changes_rules(&current, &diff(vec![start, stop], None)));
+        let same_again = MapOp::Upsert {
+            entry: cgroup(1, 7),
+        };
+        assert!(!changes_rules(&current, &diff(vec![same_again], None)));
+        // A container's veth comes and goes with it.
+        let veth = MapOp::Upsert {
+            entry: Entry::Veth {
+                ifindex: 9,
+                cgroup_id: 2,
+            },
+        };
+        let veth_gone = MapOp::Delete {
+            key: EntryKey::Veth { ifindex: 9 },
+        };
+        assert!(!changes_rules(&current, &diff(vec![veth, veth_gone], None)));
+    }
+
+    #[test]
+    fn a_changed_rule_cgroup_or_unknown_verdict_bumps_it() {
+        let current = state_with(&[cgroup(1, 7)]);
+        let moved = MapOp::Upsert {
+            entry: cgroup(1, 8),
+        };
+        assert!(changes_rules(&current, &diff(vec![moved], None)));
+        let rule = MapOp::Upsert {
+            entry: Entry::Port {
+                key: PortPrefix {
+                    ruleset: 1,
+                    proto: 6,
+                    port: 443,
+                    port_bits: 16,
+                },
+                rule_id: 3,
+            },
+        };
+        assert!(changes_rules(&current, &diff(vec![rule], None)));
+        assert!(changes_rules(&current, &diff(vec![], Some(Verdict::Audit))));
+        assert!(!changes_rules(
+            &current,
+            &diff(vec![], Some(current.unknown_verdict))
+        ));
+    }
+}
