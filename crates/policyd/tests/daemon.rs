@@ -111,10 +111,10 @@ impl Env {
             &serde_json::to_string(&inventory).unwrap(),
         );
     }
-    /// Runs a daemon on its own runtime, so dropping it stops every task
-    /// it started (as a process exit would).
-    fn start_daemon(&self, policy: &str) -> tokio::runtime::Runtime {
-        let config = Config {
+    /// A daemon on `policy`, the inventory file and the loader here,
+    /// checking the files every 50 ms.
+    fn config(&self, policy: &str) -> Config {
+        Config {
             policy: self.path(policy),
             socket: self.path("policyd.sock"),
             loader_socket: self.path("loader.sock"),
@@ -124,7 +124,14 @@ impl Env {
             resync_every: Duration::from_secs(3600),
             metrics_listen: None,
             event_log: policyd::daemon::observe::EventLogTarget::Off,
-        };
+        }
+    }
+    fn start_daemon(&self, policy: &str) -> tokio::runtime::Runtime {
+        self.start(self.config(policy))
+    }
+    /// Runs a daemon on its own runtime, so dropping it stops every task
+    /// it started (as a process exit would).
+    fn start(&self, config: Config) -> tokio::runtime::Runtime {
         let _ = std::fs::remove_file(self.path("policyd.sock"));
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -335,23 +342,10 @@ async fn a_dry_run_shows_the_diff_and_changes_nothing() {
     env.serve_loader();
     env.write("policy.toml", V1);
     env.write_inventory(&[("web", 801), ("curler", 802)]);
-    let config = Config {
-        policy: env.path("policy.toml"),
-        socket: env.path("policyd.sock"),
-        loader_socket: env.path("loader.sock"),
-        inventory: InventorySource::File(env.path("inventory.json")),
-        group: "root".into(),
+    let daemon = env.start(Config {
         file_poll: Duration::from_secs(3600),
-        resync_every: Duration::from_secs(3600),
-        metrics_listen: None,
-        event_log: policyd::daemon::observe::EventLogTarget::Off,
-    };
-    let daemon = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    daemon.spawn(async move { daemon::run(config).await });
+        ..env.config("policy.toml")
+    });
     let client = env.client().await;
     env.wait_for("first convergence", |s| s.cgroups.len() == 2)
         .await;
@@ -790,23 +784,10 @@ async fn follows_the_resolver_and_holds_until_the_first_inventory() {
         m.state.veths.insert(31, 501);
     }
 
-    let config = Config {
-        policy: env.path("policy.toml"),
-        socket: env.path("policyd.sock"),
-        loader_socket: env.path("loader.sock"),
+    let daemon = env.start(Config {
         inventory: InventorySource::Resolver(env.path("resolver.sock")),
-        group: "root".into(),
-        file_poll: Duration::from_millis(50),
-        resync_every: Duration::from_secs(3600),
-        metrics_listen: None,
-        event_log: policyd::daemon::observe::EventLogTarget::Off,
-    };
-    let daemon = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    daemon.spawn(async move { daemon::run(config).await });
+        ..env.config("policy.toml")
+    });
     let client = env.client().await;
 
     // No resolver yet: the policy is valid but held back.
@@ -930,23 +911,10 @@ async fn exe_rules_take_the_file_each_container_has() {
     // c2 is another container: its own filesystem, its own curl.
     resolver.file("c2-id", "/usr/bin/curl", exe(22));
     serve_resolver(&env, &resolver);
-    let config = Config {
-        policy: env.path("policy.toml"),
-        socket: env.path("policyd.sock"),
-        loader_socket: env.path("loader.sock"),
+    let daemon = env.start(Config {
         inventory: InventorySource::Resolver(env.path("resolver.sock")),
-        group: "root".into(),
-        file_poll: Duration::from_millis(50),
-        resync_every: Duration::from_secs(3600),
-        metrics_listen: None,
-        event_log: policyd::daemon::observe::EventLogTarget::Off,
-    };
-    let daemon = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    daemon.spawn(async move { daemon::run(config).await });
+        ..env.config("policy.toml")
+    });
     let client = env.client().await;
 
     env.wait_for("c1's curl", |s| {
