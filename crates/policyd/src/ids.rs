@@ -96,10 +96,6 @@ impl<K: Clone + Eq + Hash> IdTable<K> {
         self.by_key.get(key).copied()
     }
 
-    pub fn key_of(&self, id: u32) -> Option<&K> {
-        self.by_id.get(&id)
-    }
-
     /// The id of `key`, allocating one near its content hash if new.
     pub fn get_or_alloc(&mut self, key: &K) -> Result<u32, IdSpaceFull> {
         if let Some(&id) = self.by_key.get(key) {

@@ -456,6 +456,45 @@ pub async fn spawn_request(fut: impl Future<Output = ()> + Send + 'static) {
     tokio::spawn(fut);
 }
 
+/// Requests one peer uid may have in flight at once over all its
+/// connections, where a server runs them with [`spawn_request_within`]:
+/// without it a uid could keep [`MAX_CONNECTIONS_PER_UID`] ×
+/// [`MAX_REQUESTS_PER_CONNECTION`] expensive requests running.
+pub const MAX_REQUESTS_PER_UID: usize = 32;
+
+/// Each peer uid's share of [`MAX_REQUESTS_PER_UID`]. One entry per uid
+/// ever admitted: the peer policy admits few (root and a group's members).
+#[derive(Default)]
+pub struct RequestsPerUid(HashMap<u32, Arc<Semaphore>>);
+
+impl RequestsPerUid {
+    /// The permits `uid`'s requests run under.
+    pub fn permits(&mut self, uid: u32) -> Arc<Semaphore> {
+        self.0
+            .entry(uid)
+            .or_insert_with(|| Arc::new(Semaphore::new(MAX_REQUESTS_PER_UID)))
+            .clone()
+    }
+}
+
+/// Runs one request on its own task once one of `permits` is free. Until
+/// then the connection reads no further requests: its peer waits rather
+/// than piling up work. Requests still end meanwhile: tarpc buffers 100
+/// responses per connection, more than a uid has in flight.
+pub async fn spawn_request_within(
+    permits: Arc<Semaphore>,
+    fut: impl Future<Output = ()> + Send + 'static,
+) {
+    // The semaphore is never closed, so acquiring only waits.
+    let Ok(permit) = permits.acquire_owned().await else {
+        return;
+    };
+    tokio::spawn(async move {
+        fut.await;
+        drop(permit);
+    });
+}
+
 /// Context for a call that may take up to `secs` (tarpc's default is 10 s).
 pub fn context_with_deadline(secs: u64) -> tarpc::context::Context {
     let mut ctx = tarpc::context::current();
@@ -565,6 +604,28 @@ mod tests {
         assert!(Frames::server(Service::Resolver)
             .encode(huge, &mut out)
             .is_err());
+    }
+
+    #[tokio::test]
+    async fn a_uids_requests_beyond_the_cap_wait_for_one_to_end() {
+        let mut requests = RequestsPerUid::default();
+        // Each held request ends when it gets one of these.
+        let ends = Arc::new(Semaphore::new(0));
+        let held = || {
+            let ends = ends.clone();
+            async move { ends.acquire().await.unwrap().forget() }
+        };
+        for _ in 0..MAX_REQUESTS_PER_UID {
+            spawn_request_within(requests.permits(1000), held()).await;
+        }
+        // Another uid is not held up.
+        spawn_request_within(requests.permits(1001), async {}).await;
+        let mut next = Box::pin(spawn_request_within(requests.permits(1000), held()));
+        assert!(futures::poll!(&mut next).is_pending());
+        ends.add_permits(1);
+        next.await;
+        assert_eq!(requests.permits(1000).available_permits(), 0);
+        ends.add_permits(MAX_REQUESTS_PER_UID);
     }
 
     #[tarpc::service]

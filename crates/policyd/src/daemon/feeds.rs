@@ -1,5 +1,6 @@
 //! When to converge: the policy file changed, SIGHUP, the inventory
-//! changed, or it is time to re-read the loader's state.
+//! changed, or it is time to re-read the loader's state. Each feed sends
+//! the engine a command; none touches its state.
 
 use std::{
     collections::BTreeMap,
@@ -15,7 +16,7 @@ use proto::{
     transport,
 };
 
-use super::Shared;
+use super::engine::{Feed, Handle};
 use crate::{
     inventory::{Container, Inventory},
     policy,
@@ -50,7 +51,7 @@ fn file_version(path: &Path) -> Option<(SystemTime, u64, u64)> {
 }
 
 /// Reloads when the policy file's content changes.
-pub async fn watch_policy_file(engine: Shared, path: PathBuf, every: Duration) {
+pub async fn watch_policy_file(engine: Handle, path: PathBuf, every: Duration) {
     let mut last = file_version(&path);
     loop {
         tokio::time::sleep(every).await;
@@ -63,18 +64,18 @@ pub async fn watch_policy_file(engine: Shared, path: PathBuf, every: Duration) {
             continue;
         };
         let digest = policy::fnv1a(&bytes);
-        let mut e = engine.lock().await;
-        if e.loaded_digest() == Some(digest) || e.rejected_digest == Some(digest) {
+        let view = engine.view();
+        if view.loaded_digest() == Some(digest) || view.rejected_digest == Some(digest) {
             continue;
         }
-        match e.reload(false).await {
+        match engine.reload(false).await {
             Ok(report) => tracing::info!(ops = report.ops.len(), "policy file changed: reloaded"),
             Err(err) => tracing::error!(error = %err, "policy file changed but was not applied"),
         }
     }
 }
 
-pub async fn on_sighup(engine: Shared) {
+pub async fn on_sighup(engine: Handle) {
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => s,
         Err(e) => {
@@ -83,8 +84,7 @@ pub async fn on_sighup(engine: Shared) {
         }
     };
     while hup.recv().await.is_some() {
-        let mut e = engine.lock().await;
-        match e.reload(false).await {
+        match engine.reload(false).await {
             Ok(report) => tracing::info!(ops = report.ops.len(), "SIGHUP: reloaded"),
             Err(err) => tracing::error!(error = %err, "SIGHUP: policy not applied"),
         }
@@ -93,13 +93,10 @@ pub async fn on_sighup(engine: Shared) {
 
 /// Re-reads the loader's state now and then, and sooner while something
 /// is failing, so a restarted loader or a lost diff is repaired.
-pub async fn resync(engine: Shared, every: Duration) {
+pub async fn resync(engine: Handle, every: Duration) {
     let mut backoff = Backoff::new();
     loop {
-        let healthy = {
-            let e = engine.lock().await;
-            e.last_error.is_none() && e.loader.connected()
-        };
+        let healthy = engine.view().last_error.is_none() && engine.loader.connected();
         let wait = if healthy {
             backoff.reset();
             every
@@ -107,34 +104,15 @@ pub async fn resync(engine: Shared, every: Duration) {
             backoff.next()
         };
         tokio::time::sleep(wait).await;
-        let mut e = engine.lock().await;
-        e.retry_exes().await;
-        // A full state read is megabytes on a big host: skip it when the
-        // loader's generation says nothing changed behind our back.
-        let known = e.kernel.as_ref().map(|k| k.generation);
-        if healthy && known.is_some() && e.loader.generation().await.ok() == known {
-            continue;
-        }
-        e.kernel = None;
-        e.converge_logged(if healthy { "periodic resync" } else { "retry" })
-            .await;
+        engine.tell(Feed::Resync { healthy }).await;
     }
 }
 
 /// Ends the hold on convergence if no inventory arrives in time: the
 /// rules are applied, the loader's cgroup entries carried over as they are.
-pub async fn inventory_grace(engine: Shared, grace: Duration) {
+pub async fn inventory_grace(engine: Handle, grace: Duration) {
     tokio::time::sleep(grace).await;
-    let mut e = engine.lock().await;
-    if e.inventory_state.ready {
-        return;
-    }
-    tracing::warn!(
-        grace_secs = grace.as_secs(),
-        "no container inventory yet; applying the policy's rules and keeping the loader's cgroup entries until it arrives"
-    );
-    e.inventory_state.hold = false;
-    e.converge_logged("inventory grace period over").await;
+    engine.tell(Feed::GraceOver).await;
 }
 
 fn to_inventory(containers: &BTreeMap<String, ResolverContainer>) -> Inventory {
@@ -143,25 +121,20 @@ fn to_inventory(containers: &BTreeMap<String, ResolverContainer>) -> Inventory {
     }
 }
 
-async fn publish(engine: &Shared, containers: &BTreeMap<String, ResolverContainer>) {
-    let mut e = engine.lock().await;
-    e.inventory_state.connection.connected = true;
-    e.inventory_state.connection.error = None;
-    e.set_inventory(to_inventory(containers)).await;
+async fn publish(engine: &Handle, containers: &BTreeMap<String, ResolverContainer>) {
+    engine
+        .tell(Feed::SetInventory(to_inventory(containers)))
+        .await;
 }
 
 /// Follows the resolver: a snapshot, then its changes (long poll), and a
 /// fresh snapshot whenever it restarted or lost track.
-pub async fn follow_resolver(engine: Shared, path: PathBuf) {
+pub async fn follow_resolver(engine: Handle, path: PathBuf) {
     let mut backoff = Backoff::new();
     let mut reported: Option<String> = None;
     loop {
         let error = follow_once(&engine, &path, &mut backoff).await;
-        {
-            let mut e = engine.lock().await;
-            e.inventory_state.connection.connected = false;
-            e.inventory_state.connection.error = Some(error.clone());
-        }
+        engine.tell(Feed::InventoryUnavailable(error.clone())).await;
         // Say it once per distinct failure; retries are quiet.
         if reported.as_ref() != Some(&error) {
             tracing::warn!(error = %error, "resolver unavailable; retrying with backoff, keeping the last inventory");
@@ -171,7 +144,7 @@ pub async fn follow_resolver(engine: Shared, path: PathBuf) {
     }
 }
 
-async fn follow_once(engine: &Shared, path: &Path, backoff: &mut Backoff) -> String {
+async fn follow_once(engine: &Handle, path: &Path, backoff: &mut Backoff) -> String {
     let stream = match transport::connect(path).await {
         Ok(s) => s,
         Err(e) => return e.to_string(),
@@ -264,24 +237,20 @@ pub fn read_inventory_file(path: &Path) -> Result<Inventory, String> {
 }
 
 /// Follows an inventory file (tests, hosts without the resolver).
-pub async fn watch_inventory_file(engine: Shared, path: PathBuf, every: Duration) {
+pub async fn watch_inventory_file(engine: Handle, path: PathBuf, every: Duration) {
     let mut last = None;
     loop {
         let now = file_version(&path);
         if now != last {
             last = now;
-            match read_inventory_file(&path) {
-                Ok(inventory) => {
-                    let mut e = engine.lock().await;
-                    e.inventory_state.connection.connected = true;
-                    e.inventory_state.connection.error = None;
-                    e.set_inventory(inventory).await;
-                }
+            let feed = match read_inventory_file(&path) {
+                Ok(inventory) => Feed::SetInventory(inventory),
                 Err(err) => {
                     tracing::warn!(error = %err, "inventory file not usable");
-                    engine.lock().await.inventory_state.connection.error = Some(err);
+                    Feed::InventoryUnavailable(err)
                 }
-            }
+            };
+            engine.tell(feed).await;
         }
         tokio::time::sleep(every).await;
     }

@@ -1,13 +1,17 @@
 //! `policyd daemon`: serves the CLI, watches the policy file, SIGHUP and
 //! the resolver, and keeps the loader converged.
 //!
-//! One [`engine::Engine`] behind a mutex serialises every change; the tasks
-//! here only decide *when* to converge.
+//! One task ([`engine`]) owns the state and makes every change, planned by
+//! the pure [`plan`]; the feeds only decide *when*, and the readers
+//! ([`view`]) answer from what it last published.
 
 pub mod engine;
 pub mod feeds;
+pub mod links;
 pub mod observe;
+pub mod plan;
 pub mod server;
+pub mod view;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -15,9 +19,8 @@ use anyhow::Context as _;
 use futures::StreamExt;
 use proto::{policyd::Policyd, transport};
 use tarpc::server::Channel;
-use tokio::sync::Mutex;
 
-use self::engine::Engine;
+use crate::metrics;
 
 /// Where the daemon's inventory comes from.
 #[derive(Clone, Debug)]
@@ -48,19 +51,10 @@ pub struct Config {
     pub event_log: observe::EventLogTarget,
 }
 
-pub type Shared = Arc<Mutex<Engine>>;
-
 /// Runs the daemon until the socket fails or a fatal error occurs.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let endpoint = match &config.inventory {
-        InventorySource::Resolver(p) => p.display().to_string(),
-        InventorySource::File(p) => p.display().to_string(),
-    };
-    let engine: Shared = Arc::new(Mutex::new(Engine::new(
-        config.policy.clone(),
-        config.loader_socket.clone(),
-        endpoint,
-    )));
+    let recorder = Arc::new(metrics::Recorder::default());
+    let (engine, engine_task) = engine::spawn(&config, recorder.clone());
 
     let (gid, peer_policy, mode) = match nix::unistd::Group::from_name(&config.group) {
         Ok(Some(group)) => {
@@ -76,34 +70,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.socket.display()))?;
     tracing::info!(socket = %config.socket.display(), policy = %config.policy.display(), "policyd listening");
 
-    // First load: an invalid file is reported and the loader left as is.
-    {
-        let mut e = engine.lock().await;
-        match &config.inventory {
-            InventorySource::Resolver(path) => {
-                e.inventory_state.hold = true;
-                e.exe_resolver = Some(engine::ExeResolver::new(path.clone()));
-            }
-            InventorySource::File(path) => match feeds::read_inventory_file(path) {
-                Ok(inventory) => {
-                    e.inventory = inventory;
-                    e.inventory_state.ready = true;
-                    e.inventory_state.connection.connected = true;
-                }
-                Err(err) => tracing::warn!(error = %err, "inventory file not usable yet"),
-            },
-        }
-        match e.reload(false).await {
-            Ok(report) => tracing::info!(
-                ops = report.ops.len(),
-                applied = report.applied,
-                "initial policy loaded"
-            ),
-            Err(err) => tracing::error!(error = %err, "initial policy not applied"),
-        }
+    // First load, before serving: an invalid file is reported and the
+    // loader left as is.
+    match engine.reload(false).await {
+        Ok(report) => tracing::info!(
+            ops = report.ops.len(),
+            applied = report.applied,
+            "initial policy loaded"
+        ),
+        Err(err) => tracing::error!(error = %err, "initial policy not applied"),
     }
 
-    let recorder = engine.lock().await.recorder.clone();
     if let Some(addr) = config.metrics_listen {
         // A busy port must not keep the policy from being enforced: say
         // so and go on without metrics (a scraper then sees it down).
@@ -152,7 +129,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
-    transport::serve(
+    // Reloads queue at the engine; status and explain run beside it, so a
+    // uid's requests in flight are capped across all its connections.
+    let mut requests = transport::RequestsPerUid::default();
+    let serve = transport::serve(
         listener,
         peer_policy,
         transport::Service::Policyd,
@@ -161,11 +141,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let server = server::PolicydServer {
                 engine: engine.clone(),
             };
+            let permits = requests.permits(peer.uid);
             channel
                 .execute(server.serve())
-                .for_each(transport::spawn_request)
+                .for_each(move |request| transport::spawn_request_within(permits.clone(), request))
         },
-    )
-    .await
-    .context("accepting connections failed")
+    );
+    // Without its engine policyd would answer from a state that no longer
+    // changes: end, and let the service manager start it afresh.
+    tokio::select! {
+        served = serve => served.context("accepting connections failed"),
+        ended = engine_task => Err(anyhow::anyhow!(
+            "the policy engine stopped ({}); policyd exits so that it is restarted",
+            ended.err().map_or_else(|| "its commands ended".to_string(), |e| e.to_string())
+        )),
+    }
 }

@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use proto::{loader::LoaderClient, transport};
 use tokio::{net::TcpListener, sync::Semaphore};
 
-use super::Shared;
+use super::{engine::Handle, view};
 use crate::{
     eventlog::EventRecord,
     metrics::{self, ContainerState, KernelCounters, Recorder, Scrape},
@@ -81,7 +81,7 @@ fn resume_from(cursor: Option<u64>, loader_last_seq: u64) -> u64 {
 
 /// Follows the loader's events for as long as the daemon runs: writes one
 /// JSON line per event to `target` and counts it in `recorder`.
-pub async fn follow_events(engine: Shared, recorder: Arc<Recorder>, target: EventLogTarget) {
+pub async fn follow_events(engine: Handle, recorder: Arc<Recorder>, target: EventLogTarget) {
     let mut out = match open_target(&target) {
         Ok(out) => out,
         Err(e) => {
@@ -96,7 +96,7 @@ pub async fn follow_events(engine: Shared, recorder: Arc<Recorder>, target: Even
         let c = match &client {
             Some(c) => c.clone(),
             None => {
-                let connected = engine.lock().await.loader.client().await;
+                let connected = engine.loader.client().await;
                 let Ok(c) = connected else {
                     tokio::time::sleep(retry).await;
                     retry = (retry * 2).min(Duration::from_secs(30));
@@ -144,22 +144,18 @@ pub async fn follow_events(engine: Shared, recorder: Arc<Recorder>, target: Even
                 "events were dropped from the loader's buffer before policyd read them"
             );
         }
-        let records: Vec<EventRecord> = {
-            let e = engine.lock().await;
-            batch
-                .events
-                .iter()
-                .map(|event| {
-                    let container = e
-                        .inventory
-                        .containers
-                        .iter()
-                        .find(|c| c.cgroup_id == Some(event.cgroup_id));
-                    let policy = e.policy_name(event.policy_id);
-                    EventRecord::new(event, container, policy.as_deref())
-                })
-                .collect()
-        };
+        let view = engine.view();
+        let records: Vec<EventRecord> = batch
+            .events
+            .iter()
+            .map(|event| {
+                EventRecord::new(
+                    event,
+                    view.container_of(event.cgroup_id),
+                    view.policy_name(event.policy_id),
+                )
+            })
+            .collect();
         for record in &records {
             recorder.verdict(
                 record.verdict,
@@ -186,16 +182,10 @@ pub async fn follow_events(engine: Shared, recorder: Arc<Recorder>, target: Even
 }
 
 /// Reads what a scrape shows.
-pub async fn gather(engine: &Shared, recorder: &Recorder) -> Scrape {
-    let mut e = engine.lock().await;
-    let counters = match e.loader.client().await {
-        Ok(client) => client
-            .counters(transport::context_with_deadline(10))
-            .await
-            .ok()
-            .and_then(Result::ok),
-        Err(_) => None,
-    };
+pub async fn gather(engine: &Handle, recorder: &Recorder) -> Scrape {
+    let counters = view::counters(&engine.loader).await;
+    let status = view::status(engine, counters.as_ref()).await;
+    let e = engine.view();
     let kernel = counters.map(|c| KernelCounters {
         policy_verdicts: c
             .policies
@@ -206,7 +196,7 @@ pub async fn gather(engine: &Shared, recorder: &Recorder) -> Scrape {
                 } else {
                     // Counters of a policy no longer in the file are not
                     // attributed to anything.
-                    e.policy_name(p.policy_id)?
+                    e.policy_name(p.policy_id)?.to_string()
                 };
                 Some([
                     (name.clone(), kernel_model::state::Verdict::Allow, p.allowed),
@@ -221,7 +211,6 @@ pub async fn gather(engine: &Shared, recorder: &Recorder) -> Scrape {
         rate_limited: c.events_rate_limited,
         unstamped_sockets: c.unstamped_sockets,
     });
-    let status = e.status().await;
     let mut containers = std::collections::BTreeMap::new();
     for c in &status.containers {
         *containers
@@ -260,7 +249,7 @@ fn response(status: u16, content_type: &str, body: String) -> Response<Full<Byte
 }
 
 /// Serves `GET /metrics` on `listener` until the daemon ends.
-pub async fn serve_metrics(listener: TcpListener, engine: Shared, recorder: Arc<Recorder>) {
+pub async fn serve_metrics(listener: TcpListener, engine: Handle, recorder: Arc<Recorder>) {
     let permits = Arc::new(Semaphore::new(CONCURRENT_SCRAPES));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {

@@ -1,4 +1,5 @@
-//! The policyd tarpc service, on top of the engine.
+//! The policyd tarpc service: reloads go to the engine; status, explain
+//! and events are answered from its published view.
 
 use proto::{
     policyd::{
@@ -9,7 +10,7 @@ use proto::{
 };
 use tarpc::context::Context;
 
-use super::Shared;
+use super::{engine::Handle, view};
 
 /// Longest an events long poll may wait, so a client cannot park a request
 /// forever.
@@ -17,16 +18,15 @@ const MAX_EVENTS_WAIT_MS: u32 = 30_000;
 
 #[derive(Clone)]
 pub struct PolicydServer {
-    pub engine: Shared,
+    pub engine: Handle,
 }
 
 impl Policyd for PolicydServer {
     async fn version(self, _: Context) -> PolicydInfo {
-        let e = self.engine.lock().await;
         PolicydInfo {
             api_version: proto::API_VERSION,
             version: env!("CARGO_PKG_VERSION").to_string(),
-            policy_file: e.policy_path.display().to_string(),
+            policy_file: self.engine.policy_path.display().to_string(),
         }
     }
 
@@ -36,17 +36,18 @@ impl Policyd for PolicydServer {
         dry_run: bool,
         max_ops: u32,
     ) -> Result<ReloadReport, PolicydError> {
-        let mut report = self.engine.lock().await.reload(dry_run).await?;
+        let mut report = self.engine.reload(dry_run).await?;
         report.ops.truncate(max_ops as usize);
         Ok(report)
     }
 
     async fn status(self, _: Context) -> Result<Status, PolicydError> {
-        Ok(self.engine.lock().await.status().await)
+        let counters = view::counters(&self.engine.loader).await;
+        Ok(view::status(&self.engine, counters.as_ref()).await)
     }
 
     async fn explain(self, _: Context, query: ExplainQuery) -> Result<Explanation, PolicydError> {
-        self.engine.lock().await.explain(&query).await
+        view::explain(&self.engine, &query).await
     }
 
     async fn events(
@@ -56,33 +57,23 @@ impl Policyd for PolicydServer {
         max: u32,
         wait_ms: u32,
     ) -> Result<EventBatch, PolicydError> {
-        // Take the client and let go of the engine: a long poll must not
-        // hold up reloads.
-        let client = self.engine.lock().await.loader.client().await?;
         let wait_ms = wait_ms.min(MAX_EVENTS_WAIT_MS);
         let ctx = transport::context_with_deadline(u64::from(wait_ms / 1000) + 10);
-        let batch = match client.events(ctx, after, max, wait_ms).await {
-            Ok(b) => b,
-            Err(e) => {
-                return Err(self
-                    .engine
-                    .lock()
-                    .await
-                    .loader
-                    .failed(format!("events request failed: {e}")))
-            }
-        };
-        let e = self.engine.lock().await;
+        let batch = self
+            .engine
+            .loader
+            .call("events", |c| async move {
+                c.events(ctx, after, max, wait_ms).await
+            })
+            .await?;
+        let view = self.engine.view();
         let events = batch
             .events
             .into_iter()
-            .map(|event| {
-                let (container, policy) = e.attribute(event.cgroup_id, event.policy_id);
-                AttributedEvent {
-                    event,
-                    container,
-                    policy,
-                }
+            .map(|event| AttributedEvent {
+                container: view.container_of(event.cgroup_id).map(|c| c.name.clone()),
+                policy: view.policy_name(event.policy_id).map(str::to_string),
+                event,
             })
             .collect();
         Ok(EventBatch {

@@ -1,0 +1,177 @@
+//! policyd's connections to the loader and the resolver, shared by the
+//! engine and the readers: each redials on demand after a failure.
+
+use std::{
+    path::PathBuf,
+    sync::{Mutex, MutexGuard},
+};
+
+use proto::{
+    loader::LoaderClient,
+    policyd::{Connection, PolicydError},
+    resolver::{ExeFile, ExeLookup, ResolverClient},
+    transport,
+};
+
+/// Connection to the loader, shared by the engine and the readers,
+/// re-established on demand.
+pub struct LoaderLink {
+    pub path: PathBuf,
+    client: Mutex<Option<LoaderClient>>,
+    last_error: Mutex<Option<String>>,
+}
+
+/// Locks `m`; a panic elsewhere while it was held left a plain value.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl LoaderLink {
+    pub fn new(path: PathBuf) -> Self {
+        LoaderLink {
+            path,
+            client: Mutex::new(None),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    pub async fn client(&self) -> Result<LoaderClient, PolicydError> {
+        if let Some(client) = lock(&self.client).clone() {
+            return Ok(client);
+        }
+        match transport::connect(&self.path).await {
+            Ok(stream) => {
+                let client = LoaderClient::new(
+                    tarpc::client::Config::default(),
+                    transport::client(stream, transport::Service::Loader),
+                )
+                .spawn();
+                *lock(&self.client) = Some(client.clone());
+                *lock(&self.last_error) = None;
+                Ok(client)
+            }
+            Err(e) => Err(self.failed(e.to_string())),
+        }
+    }
+
+    /// Drops the connection after a transport error; the next call redials.
+    pub fn failed(&self, error: String) -> PolicydError {
+        *lock(&self.client) = None;
+        *lock(&self.last_error) = Some(error.clone());
+        PolicydError::LoaderUnavailable(error)
+    }
+
+    /// Records an error the loader answered with (the connection is fine).
+    pub fn refused(&self, error: String) {
+        *lock(&self.last_error) = Some(error);
+    }
+
+    pub fn connected(&self) -> bool {
+        lock(&self.client).is_some()
+    }
+
+    pub fn connection(&self) -> Connection {
+        Connection {
+            connected: self.connected(),
+            endpoint: self.path.display().to_string(),
+            error: lock(&self.last_error).clone(),
+        }
+    }
+
+    /// Calls the loader; a transport failure drops the connection.
+    pub async fn call<T, Answer>(
+        &self,
+        what: &str,
+        call: impl FnOnce(LoaderClient) -> Answer,
+    ) -> Result<T, PolicydError>
+    where
+        Answer: std::future::Future<Output = Result<T, tarpc::client::RpcError>>,
+    {
+        let client = self.client().await?;
+        call(client)
+            .await
+            .map_err(|e| self.failed(format!("{what} request failed: {e}")))
+    }
+
+    /// The cgroups the loader's programs are attached to, relative to the
+    /// cgroup2 mount, or why they are not known.
+    pub async fn attached_parents(&self) -> crate::coverage::AttachedParents {
+        let ctx = transport::context_with_deadline(10);
+        let attachments = self
+            .call("attachments", |c| async move { c.attachments(ctx).await })
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(attachments.into_iter().map(|a| a.cgroup_path).collect())
+    }
+}
+
+/// Context for a state transfer or apply, which take a while on a big host.
+pub fn loader_deadline() -> tarpc::context::Context {
+    transport::context_with_deadline(60)
+}
+
+/// The resolver, asked what `exe` paths name inside containers (policyd
+/// cannot open other users' `/proc/<pid>/root`; the resolver can).
+pub struct ExeResolver {
+    path: PathBuf,
+    client: Mutex<Option<ResolverClient>>,
+}
+
+/// How a resolution the resolver could not be asked for starts.
+pub const UNANSWERED: &str = "not resolved: the resolver could not be asked";
+
+/// Paths asked for in one request.
+const EXE_LOOKUPS_PER_REQUEST: usize = 4096;
+
+impl ExeResolver {
+    pub fn new(path: PathBuf) -> Self {
+        ExeResolver {
+            path,
+            client: Mutex::new(None),
+        }
+    }
+
+    /// Resolves `lookups`, in order; `Err` when the resolver could not be
+    /// asked (nothing is known then).
+    pub async fn executables(
+        &self,
+        lookups: Vec<ExeLookup>,
+    ) -> Result<Vec<Result<ExeFile, String>>, String> {
+        let mut results = Vec::with_capacity(lookups.len());
+        for chunk in lookups.chunks(EXE_LOOKUPS_PER_REQUEST) {
+            let cached = lock(&self.client).clone();
+            let client = match cached {
+                Some(c) => c,
+                None => {
+                    let stream = transport::connect(&self.path).await.map_err(|e| {
+                        format!("the resolver ({}) is unavailable: {e}", self.path.display())
+                    })?;
+                    let client = ResolverClient::new(
+                        tarpc::client::Config::default(),
+                        transport::client(stream, transport::Service::Resolver),
+                    )
+                    .spawn();
+                    *lock(&self.client) = Some(client.clone());
+                    client
+                }
+            };
+            // Hashing large executables takes a while.
+            let got = client
+                .executables(transport::context_with_deadline(60), chunk.to_vec())
+                .await
+                .map_err(|e| {
+                    *lock(&self.client) = None;
+                    format!("the resolver's executables request failed: {e}")
+                })?;
+            if got.len() != chunk.len() {
+                return Err(format!(
+                    "the resolver answered {} results for {} paths",
+                    got.len(),
+                    chunk.len()
+                ));
+            }
+            results.extend(got);
+        }
+        Ok(results)
+    }
+}

@@ -1,0 +1,316 @@
+//! What the engine publishes after each batch of commands, and the readers
+//! that answer from it (status, explain, event attribution) without
+//! waiting for the engine: a status during a long reload shows the state
+//! before it.
+
+use std::{borrow::Cow, sync::Arc};
+
+use proto::{
+    loader::{Counters, StateSnapshot},
+    policyd::{
+        Connection, ContainerStatus, EntryCounts, ExecutableStatus, ExplainQuery, Explanation,
+        PolicyStatus, PolicydError, Status,
+    },
+    resolver::ExeLookup,
+    transport,
+};
+
+use super::{
+    engine::{compile_failure, to_wire, Handle},
+    links::{LoaderLink, UNANSWERED},
+    plan::{self, Loaded},
+};
+use crate::{
+    compile::{self, Assignment, ExeOutcome},
+    coverage::{self, AttachedParents, Enforcement},
+    explain::{self, ExplainError},
+    inventory::{Container, Inventory},
+    policy::{Format, PolicySet},
+};
+
+/// The engine's state as of its last finished batch.
+#[derive(Clone, Debug, Default)]
+pub struct View {
+    pub loaded: Option<Arc<Loaded>>,
+    /// Digest of the last policy file refused.
+    pub rejected_digest: Option<u64>,
+    pub inventory: Arc<Inventory>,
+    pub inventory_connection: Connection,
+    /// What the loader holds, as last read or applied.
+    pub kernel: Option<Arc<StateSnapshot>>,
+    pub reloads: u64,
+    pub reload_failures: u64,
+    pub last_applied_unix: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+impl View {
+    pub fn loaded_digest(&self) -> Option<u64> {
+        self.loaded.as_ref().map(|l| l.policies.digest)
+    }
+
+    /// The name of the loaded policy with kernel id `policy_id`.
+    pub fn policy_name(&self, policy_id: u32) -> Option<&str> {
+        let loaded = self.loaded.as_ref()?;
+        let info = loaded.rules.catalog.policies.get(&policy_id)?;
+        Some(&info.name)
+    }
+
+    /// The container owning `cgroup_id`, for an event.
+    pub fn container_of(&self, cgroup_id: u64) -> Option<&Container> {
+        self.inventory
+            .containers
+            .iter()
+            .find(|c| c.cgroup_id == Some(cgroup_id))
+    }
+}
+
+/// Each container of `assignments`, with its assignment and what the kernel
+/// enforces of it.
+pub fn enforcements<'a>(
+    loaded: &Loaded,
+    inventory: &'a Inventory,
+    assignments: Vec<Assignment>,
+    attached: &AttachedParents,
+) -> Vec<(&'a Container, Assignment, Enforcement)> {
+    assignments
+        .into_iter()
+        .filter_map(|a| {
+            let c = inventory.containers.get(a.container_index)?;
+            let mode = a.policy_index.map(|i| loaded.policies.policies[i].mode);
+            let enforcement = coverage::enforcement(c, mode, attached);
+            Some((c, a, enforcement))
+        })
+        .collect()
+}
+
+/// The loader's counters, or `None` (why is kept for status).
+pub async fn counters(loader: &LoaderLink) -> Option<Counters> {
+    let ctx = transport::context_with_deadline(10);
+    match loader
+        .call("counters", |c| async move { c.counters(ctx).await })
+        .await
+    {
+        Ok(Ok(c)) => Some(c),
+        Ok(Err(e)) => {
+            loader.refused(e.to_string());
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// What `policyd status` shows: the engine's last published view, with
+/// the loader's attachments (and `counters`) as they are now.
+pub async fn status(handle: &Handle, counters: Option<&Counters>) -> Status {
+    let view = handle.view();
+    let attached = handle.loader.attached_parents().await;
+    let mut status = Status {
+        api_version: proto::API_VERSION,
+        policy_file: handle.policy_path.display().to_string(),
+        generation: view.kernel.as_ref().map(|k| k.generation),
+        loader: handle.loader.connection(),
+        inventory: view.inventory_connection.clone(),
+        reloads: view.reloads,
+        reload_failures: view.reload_failures,
+        last_applied_unix: view.last_applied_unix,
+        last_error: view.last_error.clone(),
+        ..Status::default()
+    };
+    if let Some(c) = counters {
+        status.events_dropped_kernel = c.events_dropped_kernel;
+        status.events_dropped_loader = c.events_dropped_loader;
+    }
+    if let Some(k) = &view.kernel {
+        status.entries = EntryCounts {
+            cgroups: k.state.cgroups.len() as u64,
+            processes: k.state.processes.len() as u64,
+            dests: k.state.dests.len() as u64,
+            ports: k.state.ports.len() as u64,
+            veths: k.state.veths.len() as u64,
+        };
+    }
+    let inventory = &view.inventory;
+    let matched = view.loaded.as_ref().and_then(|loaded| {
+        let assigned = compile::assign(&loaded.policies, &loaded.rules, inventory).ok()?;
+        Some((loaded, assigned))
+    });
+    let container = |c: &Container| ContainerStatus {
+        id: c.id.clone(),
+        name: c.name.clone(),
+        image: c.image.clone(),
+        cgroup_id: c.cgroup_id,
+        cgroup_path: c.cgroup_path.clone(),
+        readonly_rootfs: c.readonly_rootfs,
+        outside_managed_parent: coverage::outside_attached(c, &attached),
+        mode: "unknown".into(),
+        ..ContainerStatus::default()
+    };
+    let Some((loaded, assigned)) = matched else {
+        status.containers = inventory.containers.iter().map(container).collect();
+        return status;
+    };
+    let policies = &loaded.policies;
+    status.policy_digest = Some(format!("{:016x}", policies.digest));
+    status.mode = Some(match policies.format {
+        Format::Toml => policies.mode.to_string(),
+        Format::ThesisJson => format!("{} (thesis JSON)", policies.mode),
+    });
+    status.unknown_container = Some(policies.unknown_container);
+    status.warnings = policies
+        .warnings
+        .iter()
+        .chain(&loaded.rules.warnings)
+        .chain(&assigned.warnings)
+        .map(to_wire)
+        .collect();
+    let enforcements = enforcements(loaded, inventory, assigned.assignments, &attached);
+    let mut policy_of = vec![None; inventory.containers.len()];
+    for (_, a, _) in &enforcements {
+        policy_of[a.container_index] = a.policy_index.map(|i| policies.policies[i].name.as_str());
+    }
+    let mut uncovered = coverage::packet_sockets_uncovered(inventory, &policy_of);
+    let mut containers_per_policy = vec![0u32; policies.policies.len()];
+    for (c, a, enforcement) in enforcements {
+        if let Some(i) = a.policy_index {
+            containers_per_policy[i] += 1;
+        }
+        status.containers.push(ContainerStatus {
+            policy: a.policy_index.map(|i| policies.policies[i].name.clone()),
+            also_matched: a
+                .also_matched
+                .iter()
+                .map(|&i| policies.policies[i].name.clone())
+                .collect(),
+            mode: enforcement.mode,
+            unenforced_reason: enforcement.unenforced_reason,
+            packet_sockets_uncovered: uncovered[a.container_index].take(),
+            executables: executable_statuses(policies, &a, &assigned.exes),
+            ..container(c)
+        });
+    }
+    for (i, p) in policies.policies.iter().enumerate() {
+        let policy_id = loaded.rules.policy_ids.get(i).copied().unwrap_or(0);
+        let counter = counters.and_then(|c| c.policies.iter().find(|pc| pc.policy_id == policy_id));
+        status.policies.push(PolicyStatus {
+            name: p.name.clone(),
+            policy_id,
+            mode: p.mode.to_string(),
+            rules: p.rule_count() as u32,
+            processes: p.processes.len() as u32,
+            containers: containers_per_policy[i],
+            allowed: counter.map(|c| c.allowed).unwrap_or(0),
+            denied: counter.map(|c| c.denied).unwrap_or(0),
+            audited: counter.map(|c| c.audited).unwrap_or(0),
+        });
+    }
+    status
+}
+
+/// What each `exe` path of the policy selecting a container names there.
+fn executable_statuses(
+    policies: &PolicySet,
+    assignment: &Assignment,
+    exes: &[ExeOutcome],
+) -> Vec<ExecutableStatus> {
+    let Some(policy) = assignment.policy_index.map(|i| &policies.policies[i]) else {
+        return Vec::new();
+    };
+    exes.iter()
+        .filter(|o| o.container_index == assignment.container_index)
+        .map(|o| ExecutableStatus {
+            entry: policy.processes[o.process_index].describe(),
+            path: o.path.clone(),
+            file: o.file.as_ref().ok().copied(),
+            problem: o.file.as_ref().err().cloned(),
+        })
+        .collect()
+}
+
+/// Explains a flow under the policy in force; when the loader's programs
+/// do not (or may not) see the container, says so first, since the
+/// verdict is then the policy's, not the kernel's.
+pub async fn explain(handle: &Handle, query: &ExplainQuery) -> Result<Explanation, PolicydError> {
+    let view = handle.view();
+    let Some(loaded) = &view.loaded else {
+        return Err(PolicydError::NoPolicy(
+            view.last_error
+                .clone()
+                .unwrap_or_else(|| "not loaded".into()),
+        ));
+    };
+    let inventory = inventory_for_explain(handle, &view.inventory, query).await;
+    let desired = plan::desired(loaded, &inventory).map_err(compile_failure)?;
+    let mut explanation = explain::explain(
+        &loaded.policies,
+        &loaded.rules,
+        &desired.desired,
+        &inventory,
+        query,
+    )
+    .map_err(|e| match e {
+        ExplainError::NotFound(m) => PolicydError::NotFound(m),
+        ExplainError::BadQuery(m) => PolicydError::BadRequest(m),
+    })?;
+    let Some(policy_name) = explanation.policy.as_deref() else {
+        return Ok(explanation);
+    };
+    let policy_mode = loaded
+        .policies
+        .policies
+        .iter()
+        .find(|p| p.name == policy_name)
+        .map(|p| p.mode);
+    let attached = handle.loader.attached_parents().await;
+    if let Ok(container) = inventory.find(&query.container) {
+        let enforcement = coverage::enforcement(container, policy_mode, &attached);
+        if let Some(why) = enforcement.unenforced_reason {
+            explanation.reason = format!(
+                "{} ({why}); what the policy says: {}",
+                enforcement.mode, explanation.reason
+            );
+            explanation.mode = enforcement.mode;
+        }
+    }
+    Ok(explanation)
+}
+
+/// The inventory, with the file the query's executable path names in its
+/// container when no policy path already did: explain then judges the file
+/// the kernel would see (a symlink to an allowed binary is that binary; a
+/// copy is not).
+async fn inventory_for_explain<'a>(
+    handle: &Handle,
+    inventory: &'a Inventory,
+    query: &ExplainQuery,
+) -> Cow<'a, Inventory> {
+    let Some(path) = query.process.as_deref().filter(|p| p.starts_with('/')) else {
+        return Cow::Borrowed(inventory);
+    };
+    let Ok(container) = inventory.find(&query.container) else {
+        return Cow::Borrowed(inventory);
+    };
+    let Some(resolver) = &handle.exe_resolver else {
+        return Cow::Borrowed(inventory);
+    };
+    if container.exes.contains_key(path) || container.cgroup_id.is_none() {
+        return Cow::Borrowed(inventory);
+    }
+    let lookup = ExeLookup {
+        container_id: container.id.clone(),
+        path: path.to_string(),
+        sha256: false,
+    };
+    let result = match resolver.executables(vec![lookup]).await {
+        Ok(mut results) => results
+            .pop()
+            .unwrap_or_else(|| Err("the resolver gave no answer".into())),
+        Err(e) => Err(format!("{UNANSWERED}: {e}")),
+    };
+    let id = container.id.clone();
+    let mut inventory = inventory.clone();
+    if let Some(c) = inventory.containers.iter_mut().find(|c| c.id == id) {
+        c.exes.insert(path.to_string(), result);
+    }
+    Cow::Owned(inventory)
+}
