@@ -9,10 +9,9 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use backon::{BackoffBuilder as _, ExponentialBackoff, ExponentialBuilder};
 use proto::{
-    resolver::{
-        ChangeKind, Container as ResolverContainer, ResolverClient, WatchReply, MAX_WATCH_WAIT_MS,
-    },
+    resolver::{Container as ResolverContainer, ResolverClient, WatchReply, MAX_WATCH_WAIT_MS},
     transport,
 };
 
@@ -22,23 +21,17 @@ use crate::{
     policy,
 };
 
-/// Exponential backoff for reconnects: 0.5 s doubling to 30 s.
-struct Backoff(Duration);
+/// The longest wait between retries.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Retries while something fails: 0.5 s doubling to [`RETRY_MAX`], never
+/// giving up.
+const RETRY: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(500))
+    .with_max_delay(RETRY_MAX)
+    .without_max_times();
 
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(500);
-    const MAX: Duration = Duration::from_secs(30);
-    fn new() -> Self {
-        Backoff(Self::FIRST)
-    }
-    fn next(&mut self) -> Duration {
-        let d = self.0;
-        self.0 = (self.0 * 2).min(Self::MAX);
-        d
-    }
-    fn reset(&mut self) {
-        self.0 = Self::FIRST;
-    }
+fn next_delay(delays: &mut ExponentialBackoff) -> Duration {
+    delays.next().unwrap_or(RETRY_MAX)
 }
 
 /// What identifies a file version cheaply. Polled rather than inotify'd:
@@ -94,14 +87,14 @@ pub async fn on_sighup(engine: Handle) {
 /// Re-reads the loader's state now and then, and sooner while something
 /// is failing, so a restarted loader or a lost diff is repaired.
 pub async fn resync(engine: Handle, every: Duration) {
-    let mut backoff = Backoff::new();
+    let mut delays = RETRY.build();
     loop {
         let healthy = engine.view().last_error.is_none() && engine.loader.connected();
         let wait = if healthy {
-            backoff.reset();
+            delays = RETRY.build();
             every
         } else {
-            backoff.next()
+            next_delay(&mut delays)
         };
         tokio::time::sleep(wait).await;
         engine.tell(Feed::Resync { healthy }).await;
@@ -130,21 +123,21 @@ async fn publish(engine: &Handle, containers: &BTreeMap<String, ResolverContaine
 /// Follows the resolver: a snapshot, then its changes (long poll), and a
 /// fresh snapshot whenever it restarted or lost track.
 pub async fn follow_resolver(engine: Handle, path: PathBuf) {
-    let mut backoff = Backoff::new();
+    let mut delays = RETRY.build();
     let mut reported: Option<String> = None;
     loop {
-        let error = follow_once(&engine, &path, &mut backoff).await;
+        let error = follow_once(&engine, &path, &mut delays).await;
         engine.tell(Feed::InventoryUnavailable(error.clone())).await;
         // Say it once per distinct failure; retries are quiet.
         if reported.as_ref() != Some(&error) {
             tracing::warn!(error = %error, "resolver unavailable; retrying with backoff, keeping the last inventory");
             reported = Some(error);
         }
-        tokio::time::sleep(backoff.next()).await;
+        tokio::time::sleep(next_delay(&mut delays)).await;
     }
 }
 
-async fn follow_once(engine: &Handle, path: &Path, backoff: &mut Backoff) -> String {
+async fn follow_once(engine: &Handle, path: &Path, delays: &mut ExponentialBackoff) -> String {
     let stream = match transport::connect(path).await {
         Ok(s) => s,
         Err(e) => return e.to_string(),
@@ -158,7 +151,7 @@ async fn follow_once(engine: &Handle, path: &Path, backoff: &mut Backoff) -> Str
         Ok(s) => s,
         Err(e) => return format!("resolver list failed: {e}"),
     };
-    backoff.reset();
+    *delays = RETRY.build();
     tracing::info!(
         containers = snapshot.containers.len(),
         generation = snapshot.generation,
@@ -185,42 +178,22 @@ async fn follow_once(engine: &Handle, path: &Path, backoff: &mut Backoff) -> Str
             Ok(r) => r,
             Err(e) => return format!("resolver watch failed: {e}"),
         };
-        match reply {
-            WatchReply::Changes {
-                instance: i,
-                generation: g,
-                changes,
-            } => {
-                if i != instance {
+        let unchanged = match &reply {
+            WatchReply::Changes { changes, .. } => {
+                if reply.instance() != instance {
                     return "resolver restarted".into();
                 }
-                generation = g;
-                if changes.is_empty() {
-                    continue;
-                }
-                for change in changes {
-                    match change.kind {
-                        ChangeKind::Added { container } | ChangeKind::Updated { container } => {
-                            containers.insert(container.key(), container);
-                        }
-                        ChangeKind::Removed { namespace, id, .. } => {
-                            containers.remove(&format!("{namespace}/{id}"));
-                        }
-                    }
-                }
-                publish(engine, &containers).await;
+                changes.is_empty()
             }
-            WatchReply::Resync { snapshot, reason } => {
+            WatchReply::Resync { reason, .. } => {
                 tracing::info!(reason, "resolver resync");
-                instance = snapshot.instance;
-                generation = snapshot.generation;
-                containers = snapshot
-                    .containers
-                    .into_iter()
-                    .map(|c| (c.key(), c))
-                    .collect();
-                publish(engine, &containers).await;
+                instance = reply.instance();
+                false
             }
+        };
+        generation = reply.apply_to(&mut containers);
+        if !unchanged {
+            publish(engine, &containers).await;
         }
     }
 }
