@@ -317,8 +317,7 @@ impl Reconciler {
                 container = %k,
                 labels = ?dropped,
                 max_label_bytes = source::MAX_LABEL_BYTES,
-                max_labels_bytes = source::MAX_LABELS_BYTES,
-                "labels over the size limits are left out of the inventory; no policy can select on them"
+                "labels over the size limit are left out of the inventory; no policy can select on them"
             );
         }
         let (start_time, root) = self

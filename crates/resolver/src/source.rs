@@ -34,23 +34,23 @@ impl RuntimeContainer {
 
 /// Longest label (key and value) the inventory keeps. Selectors match short
 /// labels (`egress=block`); a label this long is data, not a selector.
+///
+/// Dropping a label by its own size cannot open a hole: whoever set the
+/// long value could as well have set one no selector matches (a run
+/// label replaces the image's label of the same key, so an image cannot
+/// lengthen the operator's). There is deliberately no cap on a container's
+/// label bytes in all: dropping some labels to fit one would let an image
+/// with many labels push out the operator's short `egress=block` and
+/// leave the container unrestricted.
 pub const MAX_LABEL_BYTES: usize = 1024;
-/// Most label bytes the inventory keeps per container. The inventory is
-/// served whole in one reply frame (64 MiB), so one container's labels must
-/// not crowd out thousands of others.
-pub const MAX_LABELS_BYTES: usize = 16 * 1024;
 
-/// Drops the labels over [`MAX_LABEL_BYTES`], then, in key order, those past
-/// [`MAX_LABELS_BYTES`] in all. Returns the keys dropped (cut to 64 bytes).
+/// Drops the labels over [`MAX_LABEL_BYTES`]. Returns the keys dropped
+/// (cut to 64 bytes).
 pub fn bound_labels(labels: &mut BTreeMap<String, String>) -> Vec<String> {
-    let mut total = 0;
     let mut dropped = Vec::new();
     labels.retain(|key, value| {
-        let size = key.len() + value.len();
-        let keep = size <= MAX_LABEL_BYTES && total + size <= MAX_LABELS_BYTES;
-        if keep {
-            total += size;
-        } else {
+        let keep = key.len() + value.len() <= MAX_LABEL_BYTES;
+        if !keep {
             let end = key.floor_char_boundary(64);
             dropped.push(key[..end].to_string());
         }
@@ -153,17 +153,17 @@ mod tests {
         assert_eq!(labels.keys().collect::<Vec<_>>(), vec!["egress"]);
     }
 
+    /// An image's many labels, each within the limit and sorting before
+    /// the operator's, must not push out the label a policy selects on.
     #[test]
-    fn a_container_keeps_at_most_its_share_of_label_bytes() {
+    fn many_labels_never_crowd_out_a_selector() {
         let value = "v".repeat(MAX_LABEL_BYTES - 4);
         let mut labels: BTreeMap<String, String> = (0..100)
-            .map(|i| (format!("l{i:03}"), value.clone()))
+            .map(|i| (format!("a{i:03}"), value.clone()))
             .collect();
-        let dropped = bound_labels(&mut labels);
-        let kept: usize = labels.iter().map(|(k, v)| k.len() + v.len()).sum();
-        assert!(kept <= MAX_LABELS_BYTES);
-        assert_eq!(labels.len(), MAX_LABELS_BYTES / MAX_LABEL_BYTES);
-        assert_eq!(labels.len() + dropped.len(), 100);
-        assert_eq!(dropped[0], format!("l{:03}", labels.len()));
+        labels.insert("egress".into(), "block".into());
+        assert!(bound_labels(&mut labels).is_empty());
+        assert_eq!(labels.get("egress").map(String::as_str), Some("block"));
+        assert_eq!(labels.len(), 101);
     }
 }
