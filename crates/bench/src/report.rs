@@ -189,6 +189,9 @@ pub fn write(r: &Results, out: &Path) -> Result<()> {
     if let Some(c) = &r.control {
         control(&mut md, c);
     }
+    if let Some(s) = &r.syscalls {
+        crate::sockcost::render(&mut md, s);
+    }
     let _ = writeln!(md, "## Not measured, and why\n");
     let mut notes = r.not_measured.clone();
     notes.push(
