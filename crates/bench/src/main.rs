@@ -11,6 +11,7 @@
 //! `scripts/bench.sh` builds everything and runs the first form.
 
 mod control;
+mod flowcost;
 mod lab;
 mod latency;
 mod progcost;
@@ -112,6 +113,9 @@ pub struct Results {
     /// connect() and sendto() per call, with and without contain's hooks.
     #[serde(default)]
     pub syscalls: Option<sockcost::SockCost>,
+    /// A packet of an established flow, by bpf_stats, against the floor.
+    #[serde(default)]
+    pub flow: Option<flowcost::FlowCost>,
     /// Where the latency and throughput phases had the veth backstop.
     #[serde(default)]
     pub veth_backstop: Vec<lab::Backstop>,
@@ -265,6 +269,16 @@ fn run(
                         batches: 10,
                         calls: 2000,
                     }
+                },
+            )?);
+        }
+        if has("flow") {
+            eprintln!("contain-bench: a packet of an established flow (bpf_stats)");
+            results.flow = Some(flowcost::measure(
+                &lab,
+                &flowcost::Params {
+                    rounds: if quick { 2 } else { latency_rounds },
+                    packets: if quick { 2000 } else { 20_000 },
                 },
             )?);
         }

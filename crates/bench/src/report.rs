@@ -192,6 +192,9 @@ pub fn write(r: &Results, out: &Path) -> Result<()> {
     if let Some(s) = &r.syscalls {
         crate::sockcost::render(&mut md, s);
     }
+    if let Some(f) = &r.flow {
+        crate::flowcost::render(&mut md, f);
+    }
     let _ = writeln!(md, "## Not measured, and why\n");
     let mut notes = r.not_measured.clone();
     notes.push(
