@@ -37,7 +37,8 @@ use test_kit::{process, repo_root};
 #[derive(Parser, Debug)]
 #[command(
     name = "contain-bench",
-    about = "contain's benchmarks: program cost, latency, throughput, control plane"
+    about = "contain's benchmarks: program cost, latency, throughput, control plane, socket calls, \
+             established flows"
 )]
 struct Cli {
     #[command(subcommand)]
