@@ -354,3 +354,33 @@ pub fn render(md: &mut String, c: &FlowCost) {
     }
     let _ = writeln!(md);
 }
+
+/// The design-targets table's row: the largest rule count's slowest flow
+/// against the floor on the same flow (issue #16: ≤ 1.5 ×).
+pub fn summary(c: &FlowCost) -> Option<String> {
+    let rules = c
+        .rows
+        .iter()
+        .filter(|r| r.name != "floor")
+        .map(|r| r.rules)
+        .max()?;
+    let (row, base) = FLOWS
+        .iter()
+        .filter_map(|&f| {
+            let row = c
+                .rows
+                .iter()
+                .find(|r| r.name != "floor" && r.rules == rules && r.flow == f)?;
+            let base = c.rows.iter().find(|r| r.name == "floor" && r.flow == f)?;
+            Some((row, base.ns_per_packet))
+        })
+        .max_by(|a, b| (a.0.ns_per_packet / a.1).total_cmp(&(b.0.ns_per_packet / b.1)))?;
+    Some(format!(
+        "| egress program, a packet of an established flow, {rules} rules, vs the floor (bpf_stats) \
+         | ≤ 1.5 × (issue #16) | {:.2} × ({:.0} ns against {:.0} ns, {}; bpf_stats' own cost in both) |",
+        row.ns_per_packet / base,
+        row.ns_per_packet,
+        base,
+        row.flow.label()
+    ))
+}

@@ -251,6 +251,11 @@ fn summary(md: &mut String, r: &Results) {
         md,
         "| what | target (DESIGN.md) | measured |\n|---|---|---|"
     );
+    if let Some(f) = &r.flow {
+        if let Some(line) = crate::flowcost::summary(f) {
+            let _ = writeln!(md, "{line}");
+        }
+    }
     if let Some(p) = &r.prog_cost {
         if let (Some(lo), Some(hi)) = (p.rows.first(), p.rows.last()) {
             let worst = |row: &crate::progcost::Row| {
