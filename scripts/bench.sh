@@ -9,7 +9,9 @@
 # and TCP request/response latency against no filter, the thesis-style scan
 # and nftables, contain with and without its veth backstop; iperf3
 # throughput; policyd reload, container create → policy in force, daemon
-# memory.
+# memory; connect() and sendto() per call with contain's socket hooks and
+# without (phase `syscalls`); an established flow's packet on contain's
+# egress program against the floor, by the kernel's bpf_stats (`flow`).
 # A few minutes. Needs root. Installs what it needs first, idempotently
 # (scripts/setup.sh: iperf3, nftables, containerd, the eBPF toolchain).
 # Plots are SVG, drawn with the plotters crate (its SVG backend: no system

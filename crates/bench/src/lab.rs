@@ -58,6 +58,14 @@ use crate::{
 pub const RR_PORT: u16 = 7777;
 /// iperf3 server port on the peer.
 pub const IPERF_PORT: u16 = 5201;
+/// UDP port on the peer the socket-call phase sends to, allowed (a bound
+/// socket there that nobody reads: datagrams are dropped silently once its
+/// buffer is full, no ICMP).
+pub const UDP_SINK_PORT: u16 = 9999;
+/// UDP port on the peer the socket-call phase sends to, denied by every
+/// contain list (also a bound socket, so the configurations without
+/// contain send there quietly too).
+pub const UDP_DENIED_PORT: u16 = 9998;
 /// A prefix rule every list carries (never the destination of traffic;
 /// the BPF_PROG_TEST_RUN "allowed by a prefix" packet goes there).
 pub const PREFIX_RULE: Rule = Rule {
@@ -151,12 +159,15 @@ pub struct Backstop {
 }
 
 /// The rules the measured traffic to `peer` needs: ICMP, the TCP
-/// request/response port and iperf3's port, plus the prefix rule.
+/// request/response port, iperf3's port and the socket-call phase's UDP
+/// sink, plus the prefix rule. A list of N rules is still N rules: these
+/// take the place of synthetic ones.
 pub fn needed(peer: Ipv4Addr) -> Vec<Rule> {
     vec![
         Rule::host(peer, rules::ICMP, 0),
         Rule::host(peer, rules::TCP, RR_PORT),
         Rule::host(peer, rules::TCP, IPERF_PORT),
+        Rule::host(peer, rules::UDP, UDP_SINK_PORT),
         PREFIX_RULE,
     ]
 }

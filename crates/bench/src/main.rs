@@ -3,19 +3,22 @@
 //!
 //! ```text
 //! sudo contain-bench run --out docs        # everything, then the report
-//! sudo contain-bench run --phases prog     # one phase (prog, latency, throughput, control)
+//! sudo contain-bench run --phases prog     # one phase (prog, latency, throughput, control,
+//!                                            # syscalls, flow)
 //! contain-bench report --out docs          # re-render docs/benchmarks.md from the JSON
 //! ```
 //!
 //! `scripts/bench.sh` builds everything and runs the first form.
 
 mod control;
+mod flowcost;
 mod lab;
 mod latency;
 mod progcost;
 mod programs;
 mod report;
 mod rules;
+mod sockcost;
 mod svg;
 mod sys;
 mod tcfloor;
@@ -34,7 +37,8 @@ use test_kit::{process, repo_root};
 #[derive(Parser, Debug)]
 #[command(
     name = "contain-bench",
-    about = "contain's benchmarks: program cost, latency, throughput, control plane"
+    about = "contain's benchmarks: program cost, latency, throughput, control plane, socket calls, \
+             established flows"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -48,8 +52,10 @@ enum Cmd {
         /// Where benchmarks.json, benchmarks.md and the plots go.
         #[arg(long, default_value = "docs")]
         out: PathBuf,
-        /// Comma-separated: prog, latency, throughput, control.
-        #[arg(long, default_value = "prog,latency,throughput,control")]
+        /// Comma-separated: prog, latency, throughput, control, syscalls
+        /// (connect() and sendto() per call), flow (an established flow's
+        /// packet, by bpf_stats).
+        #[arg(long, default_value = "prog,latency,throughput,control,syscalls,flow")]
         phases: String,
         /// Rule counts.
         #[arg(long, default_value = "10,100,1000,10000,100000")]
@@ -105,6 +111,12 @@ pub struct Results {
     pub latency: Option<latency::Latency>,
     pub throughput: Option<throughput::Throughput>,
     pub control: Option<control::Control>,
+    /// connect() and sendto() per call, with and without contain's hooks.
+    #[serde(default)]
+    pub syscalls: Option<sockcost::SockCost>,
+    /// A packet of an established flow, by bpf_stats, against the floor.
+    #[serde(default)]
+    pub flow: Option<flowcost::FlowCost>,
     /// Where the latency and throughput phases had the veth backstop.
     #[serde(default)]
     pub veth_backstop: Vec<lab::Backstop>,
@@ -151,6 +163,15 @@ fn meta() -> Meta {
     }
 }
 
+const PHASES: [&str; 6] = [
+    "prog",
+    "latency",
+    "throughput",
+    "control",
+    "syscalls",
+    "flow",
+];
+
 #[allow(clippy::too_many_arguments)]
 fn run(
     out: &Path,
@@ -172,8 +193,8 @@ fn run(
     let started = Instant::now();
     let phases: Vec<&str> = phases.split(',').map(str::trim).collect();
     for p in &phases {
-        if !["prog", "latency", "throughput", "control"].contains(p) {
-            bail!("unknown phase {p:?} (prog, latency, throughput, control)");
+        if !PHASES.contains(p) {
+            bail!("unknown phase {p:?} ({})", PHASES.join(", "));
         }
     }
     let has = |p: &str| phases.contains(&p);
@@ -194,8 +215,11 @@ fn run(
     };
     std::fs::create_dir_all(out)?;
 
-    if has("prog") || has("latency") || has("throughput") {
-        let network = has("latency") || has("throughput");
+    if ["prog", "latency", "throughput", "syscalls", "flow"]
+        .iter()
+        .any(|p| has(p))
+    {
+        let network = has("latency") || has("throughput") || has("syscalls") || has("flow");
         eprintln!(
             "contain-bench: setting up ({} rule counts{})",
             counts.len(),
@@ -227,6 +251,35 @@ fn run(
                     rounds: latency_rounds,
                     per_round: latency_samples,
                     budget: Duration::from_millis(1500),
+                },
+            )?);
+        }
+        if has("syscalls") {
+            eprintln!("contain-bench: connect() and sendto() per call");
+            results.syscalls = Some(sockcost::measure(
+                &lab,
+                &if quick {
+                    sockcost::Params {
+                        rounds: 2,
+                        batches: 3,
+                        calls: 1000,
+                    }
+                } else {
+                    sockcost::Params {
+                        rounds: latency_rounds,
+                        batches: 10,
+                        calls: 2000,
+                    }
+                },
+            )?);
+        }
+        if has("flow") {
+            eprintln!("contain-bench: a packet of an established flow (bpf_stats)");
+            results.flow = Some(flowcost::measure(
+                &lab,
+                &flowcost::Params {
+                    rounds: if quick { 2 } else { latency_rounds },
+                    packets: if quick { 2000 } else { 20_000 },
                 },
             )?);
         }

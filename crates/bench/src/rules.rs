@@ -20,6 +20,7 @@ use kernel_model::state::{CgroupEntry, DestPrefix, Entry, KernelState, PortPrefi
 
 pub const TCP: u8 = 6;
 pub const ICMP: u8 = 1;
+pub const UDP: u8 = 17;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rule {
@@ -214,6 +215,8 @@ pub fn nft_linear(rules: &[Rule]) -> String {
             (ICMP, _) => writeln!(s, "  ip daddr {d} ip protocol icmp accept"),
             (TCP, 0) => writeln!(s, "  ip daddr {d} ip protocol tcp accept"),
             (TCP, p) => writeln!(s, "  ip daddr {d} tcp dport {p} accept"),
+            (UDP, 0) => writeln!(s, "  ip daddr {d} ip protocol udp accept"),
+            (UDP, p) => writeln!(s, "  ip daddr {d} udp dport {p} accept"),
             (proto, _) => writeln!(s, "  ip daddr {d} ip protocol {proto} accept"),
         };
     }
