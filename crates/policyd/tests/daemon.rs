@@ -1184,3 +1184,44 @@ async fn status_and_explain_answer_while_a_reload_waits_on_the_loader() {
     drop(client);
     daemon.shutdown_background();
 }
+
+/// A reload the file refuses must not swallow the news that waited with
+/// it: a container that starts while an invalid edit is reloaded still
+/// gets its entries. The loader's apply is held so that both queue up
+/// and reach the engine in one batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reload_does_not_drop_a_container_start_queued_with_it() {
+    let env = Env::new("refused-batch");
+    let loader = gated_loader::GatedLoader::new(env.loader.clone());
+    env.loader.attach_cgroup(MANAGED_PARENT);
+    loader.serve(&env.path("loader.sock"));
+    env.write("policy.toml", V1);
+    env.write_inventory(&[("web", 711)]);
+    let daemon = env.start_daemon("policy.toml");
+    env.wait_for("first convergence", |s| s.cgroups.len() == 1)
+        .await;
+
+    // curler starts; its apply is held at the loader.
+    let (arrived, release) = loader.arm();
+    env.write_inventory(&[("web", 711), ("curler", 712)]);
+    // A guard against hanging forever, not a measure of anything.
+    tokio::time::timeout(Duration::from_secs(30), arrived)
+        .await
+        .expect("curler's entry reached the loader")
+        .unwrap();
+    // Meanwhile an invalid edit (the file watcher asks for a reload) and
+    // another container start queue up behind the held apply.
+    env.write("policy.toml", "this is not a policy");
+    env.write_inventory(&[("web", 711), ("curler", 712), ("db", 713)]);
+    // Let both watchers (every 50 ms) see their files before the release.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    release.send(()).unwrap();
+
+    env.wait_for("db's entry, despite the refused reload", |s| {
+        s.cgroups.contains_key(&713)
+    })
+    .await;
+    let (_, state, _) = env.kernel();
+    assert!(state.cgroups.contains_key(&712), "{state:?}");
+    daemon.shutdown_background();
+}

@@ -178,7 +178,10 @@ pub fn spawn(config: &Config, recorder: Arc<Recorder>) -> (Handle, JoinHandle<()
         policy_path: config.policy.clone(),
     };
     let engine = Engine {
-        loader: handle.loader.clone(),
+        // A connection of its own: clients' requests (event long polls,
+        // status) fill the loader's per-connection request limit, and the
+        // engine's applies must never wait behind them or be throttled.
+        loader: Arc::new(LoaderLink::new(config.loader_socket.clone())),
         exe_resolver: handle.exe_resolver.clone(),
         policy_path: handle.policy_path.clone(),
         view,
@@ -234,13 +237,33 @@ pub fn compile_failure(e: compile::CompileError) -> PolicydError {
     error_diagnostic(e.to_string())
 }
 
+/// A policy file refused, with the digest of the very bytes refused (a
+/// second read could find an editor's finished write and have the file
+/// watcher skip it for good).
+struct Refused {
+    error: PolicydError,
+    digest: Option<u64>,
+}
+
 /// Reads, validates and compiles the policy file.
-fn load(path: &std::path::Path, ids: &mut IdTables) -> Result<Loaded, PolicydError> {
-    let policies = policy::load_file(path).map_err(|e| match e {
-        PolicyError::Invalid(invalid_policy) => invalid(&invalid_policy.diagnostics),
-        PolicyError::Read { .. } => error_diagnostic(e.to_string()),
+fn load(path: &std::path::Path, ids: &mut IdTables) -> Result<Loaded, Refused> {
+    let text = std::fs::read_to_string(path).map_err(|source| Refused {
+        error: error_diagnostic(
+            PolicyError::Read {
+                path: path.display().to_string(),
+                source,
+            }
+            .to_string(),
+        ),
+        digest: None,
     })?;
-    let rules = compile::compile_rules(&policies, ids).map_err(compile_failure)?;
+    let refused = |error| Refused {
+        error,
+        digest: Some(policy::fnv1a(text.as_bytes())),
+    };
+    let policies = policy::parse(&path.display().to_string(), &text)
+        .map_err(|invalid_policy| refused(invalid(&invalid_policy.diagnostics)))?;
+    let rules = compile::compile_rules(&policies, ids).map_err(|e| refused(compile_failure(e)))?;
     Ok(Loaded { policies, rules })
 }
 
@@ -265,14 +288,20 @@ impl Engine {
                     Command::Feed(feed) => why = self.take(feed).await.or(why),
                 }
             }
+            // The feeds' news first: a reload the file or the loader
+            // refuses converges nothing, and a container start or a lost
+            // diff must reach the kernel all the same.
+            if let Some(why) = why {
+                self.converge_logged(why).await;
+                if reloads.is_empty() {
+                    self.warn_unenforced().await;
+                }
+            }
             // One reload answers every reload that waited: each asked
             // before it began, so each sees the file as it is now.
             let mut answers = Vec::new();
             if !reloads.is_empty() {
                 answers.push((reloads, self.reload(false).await));
-            } else if let Some(why) = why {
-                self.converge_logged(why).await;
-                self.warn_unenforced().await;
             }
             if !dry_runs.is_empty() {
                 answers.push((dry_runs, self.reload(true).await));
@@ -570,12 +599,12 @@ impl Engine {
         }
         let candidate = match load(&self.policy_path, &mut self.ids) {
             Ok(c) => c,
-            Err(e) => {
-                if let Ok(text) = std::fs::read(&self.policy_path) {
-                    self.view.rejected_digest = Some(policy::fnv1a(&text));
+            Err(Refused { error, digest }) => {
+                if digest.is_some() {
+                    self.view.rejected_digest = digest;
                 }
-                tracing::warn!(error = %e, "policy refused");
-                return Err(e);
+                tracing::warn!(error = %error, "policy refused");
+                return Err(error);
             }
         };
         // Every executable again: a file may have been replaced or

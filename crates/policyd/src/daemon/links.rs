@@ -78,7 +78,9 @@ impl LoaderLink {
         }
     }
 
-    /// Calls the loader; a transport failure drops the connection.
+    /// Calls the loader; a transport failure drops the connection. A
+    /// request the loader turned away (too many in flight on this
+    /// connection) leaves the connection as it is.
     pub async fn call<T, Answer>(
         &self,
         what: &str,
@@ -88,9 +90,16 @@ impl LoaderLink {
         Answer: std::future::Future<Output = Result<T, tarpc::client::RpcError>>,
     {
         let client = self.client().await?;
-        call(client)
-            .await
-            .map_err(|e| self.failed(format!("{what} request failed: {e}")))
+        call(client).await.map_err(|e| {
+            let error = format!("{what} request failed: {e}");
+            match e {
+                tarpc::client::RpcError::Server(_) => {
+                    self.refused(error.clone());
+                    PolicydError::LoaderUnavailable(error)
+                }
+                _ => self.failed(error),
+            }
+        })
     }
 
     /// The cgroups the loader's programs are attached to, relative to the

@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use proto::{loader::LoaderClient, transport};
 use tokio::{net::TcpListener, sync::Semaphore};
 
-use super::{engine::Handle, view};
+use super::{engine::Handle, links::LoaderLink, view};
 use crate::{
     eventlog::EventRecord,
     metrics::{self, ContainerState, KernelCounters, Recorder, Scrape},
@@ -89,6 +89,9 @@ pub async fn follow_events(engine: Handle, recorder: Arc<Recorder>, target: Even
             None
         }
     };
+    // A connection of its own: clients' event long polls on the shared
+    // one must not be able to crowd out the event log.
+    let link = LoaderLink::new(engine.loader.path.clone());
     let mut cursor: Option<u64> = None;
     let mut client: Option<LoaderClient> = None;
     let mut retry = Duration::from_millis(500);
@@ -96,7 +99,7 @@ pub async fn follow_events(engine: Handle, recorder: Arc<Recorder>, target: Even
         let c = match &client {
             Some(c) => c.clone(),
             None => {
-                let connected = engine.loader.client().await;
+                let connected = link.client().await;
                 let Ok(c) = connected else {
                     tokio::time::sleep(retry).await;
                     retry = (retry * 2).min(Duration::from_secs(30));
@@ -107,6 +110,7 @@ pub async fn follow_events(engine: Handle, recorder: Arc<Recorder>, target: Even
                     .events(transport::context_with_deadline(10), u64::MAX, 0, 0)
                     .await;
                 let Ok(probe) = probe else {
+                    link.failed("events probe failed".into());
                     tokio::time::sleep(retry).await;
                     continue;
                 };
@@ -129,6 +133,7 @@ pub async fn follow_events(engine: Handle, recorder: Arc<Recorder>, target: Even
             Ok(batch) => batch,
             Err(e) => {
                 tracing::warn!(error = %e, "lost the loader's event stream; reconnecting");
+                link.failed(e.to_string());
                 client = None;
                 tokio::time::sleep(retry).await;
                 continue;
