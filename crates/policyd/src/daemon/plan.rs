@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use kernel_model::{
     diff::MapDiff,
-    state::{KernelState, ProcessKey, ProcessMatch},
+    state::{CgroupEntry, KernelState, ProcessKey, ProcessMatch},
 };
 use proto::loader::StateSnapshot;
 
@@ -17,7 +17,7 @@ use crate::{
     compile::{self, Assigned, CompileError, CompiledRules},
     diagnostic::Diagnostic,
     inventory::Inventory,
-    policy::PolicySet,
+    policy::{Mode, PolicySet},
 };
 
 /// A policy that passed validation and compiled.
@@ -56,8 +56,9 @@ pub fn desired(loaded: &Loaded, inventory: &Inventory) -> Result<Plan, CompileEr
 
 /// Plans the change from `kernel` to what `loaded` calls for. With no
 /// inventory yet (`None`), the loader's cgroup, veth and executable
-/// entries are carried over unchanged: dropping them would turn every
-/// running container "unknown".
+/// entries are carried over (dropping them would turn every running
+/// container "unknown"), each cgroup under the policy it had, with that
+/// policy's mode and DNS allowance as the loaded file says them now.
 pub fn plan(
     loaded: &Loaded,
     inventory: Option<&Inventory>,
@@ -73,10 +74,16 @@ pub fn plan(
                 .filter(|(k, _)| matches!(k.process, ProcessMatch::File(_)))
                 .map(|(k, &class)| (*k, class))
                 .collect();
+            let cgroups = kernel
+                .state
+                .cgroups
+                .iter()
+                .map(|(&id, &entry)| (id, carried(loaded, entry)))
+                .collect();
             let desired = compile::assemble(
                 &loaded.policies,
                 &loaded.rules,
-                kernel.state.cgroups.clone(),
+                cgroups,
                 kernel.state.veths.clone(),
                 files,
             );
@@ -89,6 +96,26 @@ pub fn plan(
     };
     plan.diff = MapDiff::between(kernel.generation, &kernel.state, &plan.desired);
     Ok(plan)
+}
+
+/// A cgroup entry kept without an inventory: a switch from audit to enforce,
+/// or `allow_docker_dns` turned off, applies to it at once. A policy the
+/// file no longer has enforces (its rules are gone: everything is denied).
+fn carried(loaded: &Loaded, entry: CgroupEntry) -> CgroupEntry {
+    if entry.unrestricted {
+        return entry;
+    }
+    let policy = loaded
+        .rules
+        .catalog
+        .policies
+        .get(&entry.policy_id)
+        .map(|info| &loaded.policies.policies[info.index]);
+    CgroupEntry {
+        audit: policy.is_some_and(|p| p.mode == Mode::Audit),
+        forwarded_dns: policy.is_some_and(|p| p.allow_docker_dns),
+        ..entry
+    }
 }
 
 #[cfg(test)]
@@ -207,5 +234,26 @@ mod tests {
         let held = plan(&loaded, None, &applied(&running)).unwrap();
         assert!(held.diff.is_empty(), "{:?}", held.diff);
         assert_eq!(held.desired.cgroups.len(), 3);
+    }
+
+    /// A switch from audit to enforce reaches the containers whose entries
+    /// are carried over while no inventory has arrived.
+    #[test]
+    fn without_an_inventory_a_carried_entry_takes_its_policys_new_mode() {
+        let enforcing = loaded(20);
+        let mut auditing = enforcing.clone();
+        auditing.policies.policies[0].mode = Mode::Audit;
+        let running = plan(&auditing, Some(&inventory(3)), &empty()).unwrap();
+        assert!(running.desired.cgroups.values().all(|e| e.audit));
+        let held = plan(&enforcing, None, &applied(&running)).unwrap();
+        assert!(
+            held.desired
+                .cgroups
+                .values()
+                .all(|e| !e.audit && !e.unrestricted),
+            "{:?}",
+            held.desired.cgroups
+        );
+        assert_eq!(OpCounts::of(&held.diff.ops).total(), 3, "{:?}", held.diff);
     }
 }
