@@ -714,8 +714,9 @@ impl Engine {
         let enforcements = view::enforcements(
             loaded,
             &self.view.inventory,
-            assigned.assignments,
+            assigned,
             &attached,
+            self.view.kernel.as_deref(),
         );
         for (c, _, enforcement) in enforcements {
             let (Some(reason), "unenforced") =

@@ -3,7 +3,9 @@
 //! waiting for the engine: a status during a long reload shows the state
 //! before it.
 
-use std::{borrow::Cow, sync::Arc};
+use std::{borrow::Cow, collections::BTreeMap, sync::Arc};
+
+use kernel_model::state::CgroupEntry;
 
 use proto::{
     loader::{Counters, StateSnapshot},
@@ -21,7 +23,7 @@ use super::{
     plan::{self, Loaded},
 };
 use crate::{
-    compile::{self, Assignment, ExeOutcome},
+    compile::{self, Assigned, Assignment, ExeOutcome},
     coverage::{self, AttachedParents, Enforcement},
     explain::{self, ExplainError},
     inventory::{Container, Inventory},
@@ -65,23 +67,64 @@ impl View {
     }
 }
 
-/// Each container of `assignments`, with its assignment and what the kernel
-/// enforces of it.
+/// Each container of `assigned`, with its assignment and what the kernel
+/// enforces of it: by the programs' attachment, and by what the loader's
+/// maps hold (`kernel`, as last read or applied).
 pub fn enforcements<'a>(
     loaded: &Loaded,
     inventory: &'a Inventory,
-    assignments: Vec<Assignment>,
+    assigned: Assigned,
     attached: &AttachedParents,
+    kernel: Option<&StateSnapshot>,
 ) -> Vec<(&'a Container, Assignment, Enforcement)> {
-    assignments
+    let desired = assigned.cgroups;
+    assigned
+        .assignments
         .into_iter()
         .filter_map(|a| {
             let c = inventory.containers.get(a.container_index)?;
             let mode = a.policy_index.map(|i| loaded.policies.policies[i].mode);
-            let enforcement = coverage::enforcement(c, mode, attached);
+            let enforcement = held_by_kernel(
+                coverage::enforcement(c, mode, attached),
+                c,
+                &desired,
+                kernel,
+            );
             Some((c, a, enforcement))
         })
         .collect()
+}
+
+/// A container is only reported enforced (or audited) when the loader's
+/// maps hold its entry as the policy gives it: not while it waits to be
+/// applied, nor after an apply that failed.
+fn held_by_kernel(
+    enforcement: Enforcement,
+    container: &Container,
+    desired: &BTreeMap<u64, CgroupEntry>,
+    kernel: Option<&StateSnapshot>,
+) -> Enforcement {
+    if !matches!(enforcement.mode.as_str(), "enforce" | "audit") {
+        return enforcement;
+    }
+    let Some(cgroup_id) = container.cgroup_id else {
+        return enforcement;
+    };
+    let (mode, why) = match kernel {
+        None => (
+            "unverified",
+            "policyd has not read the loader's maps yet",
+        ),
+        Some(k) if k.state.cgroups.get(&cgroup_id) != desired.get(&cgroup_id) => (
+            "unenforced",
+            "the loader's maps do not hold this container's entry as its policy gives it (not applied yet, or the last apply failed: see the last error)",
+        ),
+        Some(_) => return enforcement,
+    };
+    Enforcement {
+        mode: mode.into(),
+        unenforced_reason: Some(why.into()),
+    }
 }
 
 /// The loader's counters, or `None` (why is kept for status).
@@ -164,7 +207,14 @@ pub async fn status(handle: &Handle, counters: Option<&Counters>) -> Status {
         .chain(&assigned.warnings)
         .map(to_wire)
         .collect();
-    let enforcements = enforcements(loaded, inventory, assigned.assignments, &attached);
+    let exes = assigned.exes.clone();
+    let enforcements = enforcements(
+        loaded,
+        inventory,
+        assigned,
+        &attached,
+        view.kernel.as_deref(),
+    );
     let mut policy_of = vec![None; inventory.containers.len()];
     for (_, a, _) in &enforcements {
         policy_of[a.container_index] = a.policy_index.map(|i| policies.policies[i].name.as_str());
@@ -185,7 +235,7 @@ pub async fn status(handle: &Handle, counters: Option<&Counters>) -> Status {
             mode: enforcement.mode,
             unenforced_reason: enforcement.unenforced_reason,
             packet_sockets_uncovered: uncovered[a.container_index].take(),
-            executables: executable_statuses(policies, &a, &assigned.exes),
+            executables: executable_statuses(policies, &a, &exes),
             ..container(c)
         });
     }
@@ -313,4 +363,58 @@ async fn inventory_for_explain<'a>(
         c.exes.insert(path.to_string(), result);
     }
     Cow::Owned(inventory)
+}
+
+#[cfg(test)]
+mod tests {
+    use kernel_model::state::KernelState;
+
+    use super::*;
+
+    fn enforced() -> Enforcement {
+        Enforcement {
+            mode: "enforce".into(),
+            unenforced_reason: None,
+        }
+    }
+
+    fn entry(policy_id: u32) -> CgroupEntry {
+        CgroupEntry {
+            policy_id,
+            audit: false,
+            unrestricted: false,
+            forwarded_dns: false,
+        }
+    }
+
+    fn kernel_with(cgroups: &[(u64, CgroupEntry)]) -> StateSnapshot {
+        StateSnapshot {
+            generation: 1,
+            state: KernelState {
+                cgroups: cgroups.iter().copied().collect(),
+                ..KernelState::default()
+            },
+        }
+    }
+
+    /// Status says "enforce" only for what the maps hold.
+    #[test]
+    fn a_container_is_enforced_only_once_the_maps_hold_its_entry() {
+        let container = Container {
+            cgroup_id: Some(7),
+            ..Container::default()
+        };
+        let desired = BTreeMap::from([(7, entry(3))]);
+        let mode = |kernel: Option<&StateSnapshot>| {
+            held_by_kernel(enforced(), &container, &desired, kernel).mode
+        };
+        assert_eq!(mode(Some(&kernel_with(&[(7, entry(3))]))), "enforce");
+        assert_eq!(mode(Some(&kernel_with(&[]))), "unenforced", "not applied");
+        assert_eq!(
+            mode(Some(&kernel_with(&[(7, entry(4))]))),
+            "unenforced",
+            "another policy's entry"
+        );
+        assert_eq!(mode(None), "unverified", "the maps never read");
+    }
 }
