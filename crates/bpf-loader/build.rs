@@ -6,9 +6,26 @@
 //! `CONTAIN_EBPF_OBJ=/path/to/object` embeds a prebuilt object instead
 //! (packagers such as the Nix flake build it on their own).
 
-use std::{env, path::PathBuf};
+use std::{
+    env,
+    path::{Path, PathBuf},
+};
 
-use anyhow::Context as _;
+use anyhow::{ensure, Context as _};
+
+/// The object the loader embeds must be an ELF file: an empty or stale one
+/// would only fail when the loader starts on a host.
+fn ensure_elf(path: &Path, what: &str) -> anyhow::Result<()> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("{what}: cannot read {}", path.display()))?;
+    ensure!(
+        bytes.starts_with(b"\x7fELF"),
+        "{what}: {} is not an ELF object ({} bytes)",
+        path.display(),
+        bytes.len()
+    );
+    Ok(())
+}
 
 fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("cargo sets OUT_DIR")?);
@@ -16,6 +33,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(prebuilt) = env::var_os("CONTAIN_EBPF_OBJ") {
         let prebuilt = PathBuf::from(prebuilt);
         println!("cargo:rerun-if-changed={}", prebuilt.display());
+        ensure_elf(&prebuilt, "CONTAIN_EBPF_OBJ")?;
         std::fs::copy(&prebuilt, out_dir.join("contain"))
             .with_context(|| format!("CONTAIN_EBPF_OBJ={}: cannot copy it", prebuilt.display()))?;
         return Ok(());
@@ -30,6 +48,12 @@ fn main() -> anyhow::Result<()> {
     // The eBPF crate is its own workspace (another target, another
     // toolchain); aya-build runs cargo where the build script runs.
     env::set_current_dir(&ebpf_dir).with_context(|| format!("cd {}", ebpf_dir.display()))?;
+    // aya-build leaves OUT_DIR as it is when told to skip (AYA_BUILD_SKIP):
+    // no object from an earlier build may pass for this one.
+    let object = out_dir.join("contain");
+    if object.exists() {
+        std::fs::remove_file(&object).with_context(|| format!("removing {}", object.display()))?;
+    }
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "contain-ebpf",
@@ -38,5 +62,9 @@ fn main() -> anyhow::Result<()> {
         }],
         aya_build::Toolchain::Nightly,
     )
-    .context("building the eBPF object (needs the nightly toolchain with rust-src and bpf-linker: run scripts/setup.sh, or set CONTAIN_EBPF_OBJ to a prebuilt object)")
+    .context("building the eBPF object (needs the nightly toolchain with rust-src and bpf-linker: run scripts/setup.sh, or set CONTAIN_EBPF_OBJ to a prebuilt object)")?;
+    ensure_elf(
+        &object,
+        "the eBPF build (is AYA_BUILD_SKIP set? unset it, or set CONTAIN_EBPF_OBJ)",
+    )
 }
