@@ -309,6 +309,11 @@ impl Engine {
             // Published before anyone hears back, so a client's next
             // status or explain sees what its reload did.
             self.publish.send_replace(Arc::new(self.view.clone()));
+            // After the publish: only then is the view before the reload,
+            // and the policy it held, let go.
+            if !answers.is_empty() {
+                release_freed_memory();
+            }
             for (replies, result) in answers {
                 for reply in replies {
                     // The asker may have given up; nothing to tell it then.
@@ -568,7 +573,6 @@ impl Engine {
     async fn reload(&mut self, dry_run: bool) -> Result<ReloadReport, PolicydError> {
         let started = Instant::now();
         let result = self.reload_inner(dry_run, started).await;
-        release_freed_memory();
         if !dry_run {
             self.recorder
                 .reload(reload_result(&result), started.elapsed());
