@@ -22,18 +22,18 @@
 use std::{
     fs::File,
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    net::{Ipv4Addr, UdpSocket},
     os::fd::{AsRawFd as _, RawFd},
     path::Path,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    lab::{Kind, Lab, RR_PORT, UDP_SINK_PORT},
-    sys,
+    lab::{Kind, Lab, UDP_SINK_PORT},
+    latency, sys,
 };
 
 const PAYLOAD: usize = 64;
@@ -131,11 +131,7 @@ fn batch(flow: Flow, peer: Ipv4Addr, prog: RawFd, count: usize) -> Result<Delta>
     let (t0, c0, t1, c1);
     match flow {
         Flow::TcpRr => {
-            let addr = SocketAddr::from((peer, RR_PORT));
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-                .with_context(|| format!("connecting to {addr}"))?;
-            s.set_nodelay(true)?;
-            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut s = latency::rr_connection(peer)?;
             let req = [0x5au8; PAYLOAD];
             let mut resp = [0u8; PAYLOAD];
             for _ in 0..WARMUP {

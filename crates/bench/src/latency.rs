@@ -54,14 +54,21 @@ fn echo(mut conn: TcpStream) {
     }
 }
 
-/// Round trips of `count` TCP request/responses, µs.
-pub fn rr_batch(dst: Ipv4Addr, count: usize, budget: Duration) -> Result<Vec<f64>> {
-    sys::pin_thread(sys::measuring_cpu());
+/// A connection to the request/response server at `dst`, as the loops
+/// use it: no Nagle delay, and a stuck peer fails the batch.
+pub fn rr_connection(dst: Ipv4Addr) -> Result<TcpStream> {
     let addr = SocketAddr::from((dst, RR_PORT));
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .with_context(|| format!("connecting to {addr}"))?;
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    Ok(s)
+}
+
+/// Round trips of `count` TCP request/responses, µs.
+pub fn rr_batch(dst: Ipv4Addr, count: usize, budget: Duration) -> Result<Vec<f64>> {
+    sys::pin_thread(sys::measuring_cpu());
+    let mut s = rr_connection(dst)?;
     let req = [0x5au8; PAYLOAD];
     let mut resp = [0u8; PAYLOAD];
     let mut samples = Vec::with_capacity(count);
