@@ -40,11 +40,15 @@ fi
 target_dir="$(cd "$target_dir" && pwd)"
 work="fuzz/target/contain-fuzz"
 mkdir -p "$work"
-# The targets decode events; they never load programs. An empty object
-# spares building the eBPF crate a second time. Created once: a new mtime
-# would make cargo rebuild bpf-loader.
-[[ -e "$target_dir/no-ebpf.o" ]] || : >"$target_dir/no-ebpf.o"
-export CONTAIN_EBPF_OBJ="$target_dir/no-ebpf.o"
+# The targets decode events; they never load programs. An ELF object with
+# no programs in it (bpf-loader's build.rs refuses anything but ELF) spares
+# building the eBPF crate a second time. Created once: a new mtime would
+# make cargo rebuild bpf-loader.
+no_programs="$target_dir/no-programs.o"
+if [[ "$(head -c 4 "$no_programs" 2>/dev/null | od -An -c | tr -d ' ')" != '177ELF' ]]; then
+  : | cc -x c -c -o "$no_programs" - || { echo "FAIL build: cc cannot make $no_programs"; echo "0 passed, 1 failed"; exit 1; }
+fi
+export CONTAIN_EBPF_OBJ="$no_programs"
 
 started=$(date +%s)
 if ! cargo +nightly fuzz build --debug-assertions --target-dir "$target_dir" >"$work/build.log" 2>&1; then
