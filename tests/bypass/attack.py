@@ -131,7 +131,11 @@ def srr(kind, denied):
     return struct.pack("!BBB", kind, 11, 4) + addr + addr + b"\x01"
 
 
-def steer(sock_type, host, port, denied, marker, how, before):
+def steer(sock_type, host, port, denied, marker, how, when):
+    """`when`: "before" connect(), "after" it, or "after-sent": after a
+    first plain datagram, so the flow's verdict is cached and its packets
+    take the established path when the option is set."""
+    before = when == "before"
     fam = family_of(host)
     with socket.socket(fam, sock_type) as s:
         s.settimeout(3)
@@ -150,6 +154,9 @@ def steer(sock_type, host, port, denied, marker, how, before):
             return
         if not attempt("connect", lambda: s.connect((host, int(port)))):
             return
+        if when == "after-sent":
+            attempt("plain", lambda: s.send(b"plain datagram") and None)
+            time.sleep(0.1)
         if not before and not attempt("setsockopt", setopt):
             return
         for _ in range(3):
@@ -201,6 +208,20 @@ def udp_revoke(host, port, first_marker, marker):
         attempt("reply", lambda: len(s.recvfrom(2048)[0]))
         wait_go()
         attempt("after", lambda: s.sendto(payload(marker), (host, int(port))) and None)
+
+
+def tcp_hold(host, port, first_marker, marker):
+    """An established TCP flow: one marked send, then (after "go") three
+    more on the same connection."""
+    with socket.socket(family_of(host), socket.SOCK_STREAM) as s:
+        s.settimeout(3)
+        if not attempt("connect", lambda: s.connect((host, int(port)))):
+            return
+        attempt("first", lambda: s.send(payload(first_marker)) and None)
+        wait_go()
+        for _ in range(3):
+            attempt("after", lambda: s.send(payload(marker)) and None)
+            time.sleep(0.1)
 
 
 def bound_udp(host, lport, reuse):
@@ -946,9 +967,9 @@ def xdp_udp(ifname, dmac, src, dst, port, marker):
 
 COMMANDS = {
     "udp": udp, "tcp": tcp, "mapped-udp": mapped_udp, "stream": stream,
-    "steer-tcp": lambda *a: steer(socket.SOCK_STREAM, *a[:5], before=a[5] == "before"),
-    "steer-udp": lambda *a: steer(socket.SOCK_DGRAM, *a[:5], before=a[5] == "before"),
-    "inbound-rthdr": inbound_rthdr, "nd": nd, "udp-revoke": udp_revoke, "udp-tied": udp_tied,
+    "steer-tcp": lambda *a: steer(socket.SOCK_STREAM, *a),
+    "steer-udp": lambda *a: steer(socket.SOCK_DGRAM, *a),
+    "inbound-rthdr": inbound_rthdr, "nd": nd, "udp-revoke": udp_revoke, "tcp-hold": tcp_hold, "udp-tied": udp_tied,
     "udp-late-reply": udp_late_reply,
     "connect-then-send": connect_then_send, "exec-as": lambda path, *rest: exec_as(path, list(rest)),
     "chroot-exec": lambda root, path, *rest: chroot_exec(root, path, list(rest)),

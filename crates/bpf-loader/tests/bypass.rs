@@ -219,6 +219,12 @@ const PROBES: &[Probe] = &[
     probe!("2-steer-udp4-lsrr", "connected UDP4, IP_OPTIONS LSRR naming a denied hop, send",
         "packet to / LSRR naming a denied address", "plain UDP4",
         steer(&["steer-udp", PEER4, "5353", PEER4_OTHER, "{L}", "131", "after"], &["udp", PEER4, "5353", "{C}"])),
+    probe!("2-steer-udp4-lsrr-cached", "connected UDP4, one plain datagram (its verdict cached: the established path), then IP_OPTIONS LSRR naming a denied hop, send",
+        "packet to / LSRR naming a denied address", "plain UDP4",
+        steer(&["steer-udp", PEER4, "5353", PEER4_OTHER, "{L}", "131", "after-sent"], &["udp", PEER4, "5353", "{C}"])),
+    probe!("2-steer-udp6-srh-cached", "connected UDP6, one plain datagram (its verdict cached: the established path), then IPV6_RTHDR (SRH) naming a denied address, send",
+        "packet to / routing header naming a denied address", "plain UDP6 to the same port",
+        steer(&["steer-udp", PEER6, "5353", PEER6_OTHER, "{L}", "0", "after-sent"], &["udp", PEER6, "5353", "{C}"])),
     probe!("2-steer-udp4-ssrr", "connected UDP4, IP_OPTIONS SSRR naming a denied hop, send",
         "packet to / SSRR naming a denied address", "plain UDP4",
         steer(&["steer-udp", PEER4, "5353", PEER4_OTHER, "{L}", "137", "after"], &["udp", PEER4, "5353", "{C}"])),
@@ -240,6 +246,8 @@ const PROBES: &[Probe] = &[
         "marker captured", "UDP6 to the allowed peer", p_rs_mcast),
     probe!("4a-udp-reply-after-revoke", "UDP to allowed peer P, P replies, the rule is revoked, send to P again",
         "the second datagram's marker captured", "the first datagram, while allowed", p_udp_revoke),
+    probe!("4d-flow-outlives-its-container", "established TCP4 flow to an allowed peer; the container's cgroup entry goes (policyd forgets the container: unknown, denied); send again",
+        "a later send's marker captured", "the first send, while known", p_container_forgotten),
     probe!("4b-udp-reply-other-socket", "P speaks to socket A; socket B (same port via SO_REUSEPORT) sends to P",
         "B's marker captured", "A's reply", p_udp_tied),
     probe!("4c-udp-reply-expired", "P speaks to socket A; A replies after the reply timeout (loader runs with 2 s)",
@@ -730,6 +738,26 @@ impl Ctx {
         Ok(())
     }
 
+    /// The lab's policy installed without the container's cgroup entry, as
+    /// when policyd no longer knows the container.
+    async fn forget_container(&mut self) -> Result<(), String> {
+        let Some(client) = &self.client else {
+            return Ok(());
+        };
+        let text = policy(&self.app.display().to_string(), false, false);
+        let set = policyd::policy::parse("bypass.toml", &text).map_err(|e| e.to_string())?;
+        let mut compiled = policyd::compile::compile(&set, &self.inventory, &mut self.ids)
+            .map_err(|e| e.to_string())?;
+        let ct = self.lab.ct_id();
+        if compiled.state.cgroups.remove(&ct).is_none() {
+            return Err(format!("the compiled policy has no entry for cgroup {ct}"));
+        }
+        compiled.state.veths.retain(|_, owner| *owner != ct);
+        converge(client, &compiled.state, compiled.state.unknown_verdict).await;
+        self.current_policy = None;
+        Ok(())
+    }
+
     /// What policyd does on a reload: the allowed executable resolved
     /// again in each container (stat'ed here, as the lab shares the host's
     /// root), the policy compiled and installed again.
@@ -1105,6 +1133,32 @@ async fn p_udp_revoke(cx: &mut Ctx) -> Outcome {
     let mut failures = Vec::new();
     if let Err(e) = cx.install(true, false).await {
         failures.push(format!("revoking policy refused: {e}"));
+    }
+    let _ = writeln!(child.stdin.as_mut().expect("stdin"), "go");
+    let mut rest = String::new();
+    let _ = out.read_to_string(&mut rest);
+    let _ = child.wait();
+    notes.push(rest.trim().replace('\n', " "));
+    let mut o = cx.judge(t, &lm, &cm, marker_leak, notes).await;
+    if let Err(e) = cx.install(false, false).await {
+        failures.push(format!("policy refused: {e}"));
+    }
+    o.failures = failures;
+    o
+}
+
+/// An established flow's cached allow was taken without looking up the
+/// container's cgroup: once that entry goes, the flow's next packet is the
+/// unknown cgroup's (denied), not the cache's.
+async fn p_container_forgotten(cx: &mut Ctx) -> Outcome {
+    let t = now();
+    let (lm, cm) = (cx.marker(), cx.marker());
+    let ct = cx.lab.ct.clone();
+    let (mut child, mut out) = cx.spawn_attack(&ct, &["tcp-hold", PEER4, SINK, &cm, &lm]);
+    let mut notes = read_until(&mut out, "WAIT");
+    let mut failures = Vec::new();
+    if let Err(e) = cx.forget_container().await {
+        failures.push(format!("removing the container's entry refused: {e}"));
     }
     let _ = writeln!(child.stdin.as_mut().expect("stdin"), "go");
     let mut rest = String::new();

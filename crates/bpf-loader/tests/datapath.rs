@@ -407,8 +407,16 @@ async fn enforcement_survives_kill_9_and_restart_of_the_loader() {
         .expect("probe loop");
     tokio::time::sleep(Duration::from_millis(800)).await;
     lab.kill_loader();
+    // Pins of an earlier map layout, as an upgrade that changed one leaves
+    // them: the restarted loader removes them.
+    let earlier_layout = lab.pin_dir.join("maps-v1");
+    std::fs::create_dir_all(&earlier_layout).expect("an earlier layout's directory");
     tokio::time::sleep(Duration::from_millis(800)).await;
     let client = lab.start_loader().await;
+    assert!(
+        !earlier_layout.exists(),
+        "the maps of an earlier layout are still pinned"
+    );
     let out = tokio::task::spawn_blocking(move || probe_loop.wait_with_output())
         .await
         .expect("join")

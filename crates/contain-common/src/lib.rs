@@ -382,26 +382,31 @@ pub struct PortValue {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     /// Bumped on every applied diff: the loader's concurrency token.
-    pub generation: u32,
-    /// [`Verdict`] for a cgroup under a managed parent with no entry yet.
-    pub unknown_verdict: u8,
-    pub _pad: [u8; 3],
-    /// How long a UDP peer that spoke first may be answered after its last
-    /// datagram (conntrack's `nf_conntrack_udp_timeout` is 30 s).
-    pub udp_reply_timeout_ns: u64,
-    /// Deny/audit events one cgroup may report per second; the rest are
-    /// counted and the count rides on its next event.
-    pub events_per_second: u32,
+    pub generation: u64,
     /// Bumped when a diff changes what an existing entry decides (rules,
     /// process classes, a cgroup's policy or mode, the unknown verdict), not
     /// when a container's cgroup is only added or removed: cached socket
     /// verdicts and UDP reply allowances of an older epoch are judged
     /// again. Caches also hold the policy id they were decided under, so a
     /// cgroup that gains or loses its entry misses them without a bump.
-    pub rules_epoch: u32,
+    pub rules_epoch: u64,
+    /// Bumped with every rules epoch and whenever a cgroup entry is removed.
+    /// A socket's cached allow stamped with the current value was checked
+    /// against its cgroup's entry since that entry last changed or went, so
+    /// an established flow's packet is allowed without looking it up.
+    pub cgroup_epoch: u64,
+    /// How long a UDP peer that spoke first may be answered after its last
+    /// datagram (conntrack's `nf_conntrack_udp_timeout` is 30 s).
+    pub udp_reply_timeout_ns: u64,
     /// The key of [`file_id`], drawn by the loader when it creates the maps
     /// (so per boot) and never shown to any other process.
     pub exe_key: [u64; 2],
+    /// Deny/audit events one cgroup may report per second; the rest are
+    /// counted and the count rides on its next event.
+    pub events_per_second: u32,
+    /// [`Verdict`] for a cgroup under a managed parent with no entry yet.
+    pub unknown_verdict: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Default of [`Config::udp_reply_timeout_ns`].
@@ -441,6 +446,22 @@ pub mod stat {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SockInfo {
+    // The cached verdict comes first: an established flow's packet reads
+    // only these fields, which share one cache line with the storage's
+    // own header.
+    /// The rules epoch the cached verdict was decided under.
+    pub cache_epoch: u64,
+    /// The [`Config::cgroup_epoch`] under which the egress program last
+    /// found the cached verdict's policy to be the socket's cgroup's
+    /// (0: never): while it is current, the cached allow needs no lookup.
+    pub cache_cgroup_epoch: u64,
+    pub cache_addr: [u8; 16],
+    /// The policy the cached verdict was decided under.
+    pub cache_policy_id: u32,
+    pub cache_port: u16,
+    pub cache_proto: u8,
+    /// `CACHE_*`.
+    pub cache_state: u8,
     pub cgroup_id: u64,
     pub exe_id: u64,
     pub tgid: u32,
@@ -448,15 +469,7 @@ pub struct SockInfo {
     pub comm: [u8; COMM_LEN],
     /// `SOCK_*` flags.
     pub flags: u32,
-    /// The rules epoch the cached verdict was decided under.
-    pub cache_epoch: u32,
-    pub cache_addr: [u8; 16],
-    pub cache_port: u16,
-    pub cache_proto: u8,
-    /// `CACHE_*`.
-    pub cache_state: u8,
-    /// The policy the cached verdict was decided under.
-    pub cache_policy_id: u32,
+    pub _pad: u32,
 }
 
 /// The socket made an outbound connection (connect allowed).
@@ -505,8 +518,7 @@ pub struct InboundPeer {
     /// The rules epoch it was seen under: a policy change ends it, so a
     /// reply to a flow the container started and a reload revoked is not
     /// an allowance.
-    pub rules_epoch: u32,
-    pub _pad: u32,
+    pub rules_epoch: u64,
 }
 
 /// `EVENT_BUDGETS` slot (per CPU, indexed by the cgroup id's low bits): a

@@ -57,12 +57,29 @@ pub struct Governance {
     pub unrestricted: bool,
 }
 
-/// The rules epoch. Every hook reads it once, before any policy lookup,
-/// so a verdict is never cached under an epoch newer than the maps it was
-/// decided on.
+/// The rules and cgroup epochs (`Config`). Every hook reads them once,
+/// before any policy lookup, so a verdict is never cached under an epoch
+/// newer than the maps it was decided on.
+#[derive(Clone, Copy)]
+pub struct Epochs {
+    pub rules: u64,
+    /// 0 when the config cannot be read, or before the loader's first
+    /// change: no cached allow is taken without its cgroup's lookup then.
+    pub cgroup: u64,
+}
+
 #[inline(always)]
-pub fn rules_epoch() -> u32 {
-    CONFIG.get(0).map_or(0, |c| c.rules_epoch)
+pub fn epochs() -> Epochs {
+    CONFIG.get(0).map_or(
+        Epochs {
+            rules: 0,
+            cgroup: 0,
+        },
+        |c| Epochs {
+            rules: c.rules_epoch,
+            cgroup: c.cgroup_epoch,
+        },
+    )
 }
 
 #[inline(always)]

@@ -18,6 +18,7 @@
 #![no_main]
 
 mod decide;
+mod established;
 mod maps;
 mod packet;
 mod veth;
@@ -46,8 +47,8 @@ use contain_common::{
 
 use crate::{
     decide::{
-        bump_stat, count, count_unparsed, decide, decide_call, governance, report, rules_epoch,
-        udp_reply_timeout_ns, Decision, EventFlow, Governance, Identity, Target,
+        bump_stat, count, count_unparsed, decide, decide_call, epochs, governance, report,
+        udp_reply_timeout_ns, Decision, Epochs, EventFlow, Governance, Identity, Target,
     },
     maps::{CONFIG, EVENT_FLOW_SCRATCH, EXECS, EXE_PATHS, INBOUND_PEERS, PATH_SCRATCH, SOCKETS},
     packet::{Flow, MAX_ROUTE_ADDRS, TCP_ACK, TCP_SYN},
@@ -58,12 +59,12 @@ static UNKNOWN_IDENTITY: Identity = Identity::UNKNOWN;
 const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
 
-const SOCK_STREAM: u32 = 1;
+pub(crate) const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
 const AF_UNSPEC: u32 = 0;
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
-const LOOPBACK_IFINDEX: u32 = 1;
+pub(crate) const LOOPBACK_IFINDEX: u32 = 1;
 const PACKET_LOOPBACK: u32 = 5;
 const CLONE_THREAD: u64 = 0x0001_0000;
 
@@ -123,12 +124,14 @@ fn current_identity() -> SockInfo {
         uid: bpf_get_current_uid_gid() as u32,
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
         flags: 0,
+        cache_policy_id: 0,
         cache_epoch: 0,
+        cache_cgroup_epoch: 0,
         cache_addr: [0; 16],
         cache_port: 0,
         cache_proto: 0,
         cache_state: CACHE_EMPTY,
-        cache_policy_id: 0,
+        _pad: 0,
     }
 }
 
@@ -250,7 +253,7 @@ fn sock_addr_call<const V6: bool>(ctx: &SockAddrContext) -> Option<SockAddrCall>
 
 #[inline(always)]
 fn judge_sock_addr<const V6: bool>(ctx: &SockAddrContext, hook: Hook, is_connect: bool) -> i32 {
-    let epoch = rules_epoch();
+    let epoch = epochs().rules;
     let Some(call) = sock_addr_call::<V6>(ctx) else {
         // connect() with another family is refused by the kernel itself;
         // a send to an address this hook cannot read is refused here.
@@ -310,6 +313,7 @@ fn judge_sock_addr<const V6: bool>(ctx: &SockAddrContext, hook: Hook, is_connect
                 &gov,
                 decision.verdict(),
                 epoch,
+                0,
             );
         }
         return ALLOW;
@@ -321,7 +325,7 @@ fn judge_sock_addr<const V6: bool>(ctx: &SockAddrContext, hook: Hook, is_connect
     if !info.is_null() {
         // SAFETY: non-null storage pointer, owned by this socket.
         let i = unsafe { &mut *info };
-        remember(i, &target, &gov, decision.verdict(), epoch);
+        remember(i, &target, &gov, decision.verdict(), epoch, 0);
         if is_connect && decision.verdict() != Verdict::Deny {
             i.flags |= SOCK_OUTBOUND;
         }
@@ -335,9 +339,20 @@ fn current_cgroup() -> u64 {
     unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() }
 }
 
+/// Caches `verdict` for the socket. `cgroup_checked` is the cgroup epoch
+/// under which `gov` was looked up for the socket's own cgroup (0 when it
+/// was not: the socket hooks judge under the caller's identity).
 #[inline(always)]
-fn remember(info: &mut SockInfo, target: &Target, gov: &Governance, verdict: Verdict, epoch: u32) {
+fn remember(
+    info: &mut SockInfo,
+    target: &Target,
+    gov: &Governance,
+    verdict: Verdict,
+    epoch: u64,
+    cgroup_checked: u64,
+) {
     info.cache_epoch = epoch;
+    info.cache_cgroup_epoch = cgroup_checked;
     info.cache_policy_id = gov.policy_id;
     info.cache_addr = target.daddr;
     info.cache_port = target.port;
@@ -378,12 +393,26 @@ pub fn contain_egress(ctx: SkBuffContext) -> i32 {
 
 #[inline(always)]
 fn egress(ctx: &SkBuffContext) -> i32 {
-    let epoch = rules_epoch();
+    let epochs = epochs();
     // SAFETY: the context is valid for the program's duration.
     let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
     if sk.is_null() {
         // The kernel runs this hook only for packets of a socket; there is
         // no process of the container behind one without.
+        return ALLOW;
+    }
+    // The helper takes any socket and finds no storage on request and
+    // time-wait sockets: an established flow's packet needs no
+    // `bpf_sk_fullsock` call before its cached verdict.
+    // SAFETY: sk from the skb context, no create.
+    let info = unsafe { bpf_sk_storage_get(sockets_map(), sk.cast(), core::ptr::null_mut(), 0) }
+        .cast::<SockInfo>();
+    if established::allows_cached(ctx.skb.skb, info, &epochs) {
+        return ALLOW;
+    }
+    // SAFETY: sk from the skb context.
+    let full: *mut bpf_sock = unsafe { bpf_sk_fullsock(sk) };
+    if !full.is_null() && established::allows_accepted(ctx.skb.skb, full, info) {
         return ALLOW;
     }
     // SAFETY: skb context.
@@ -399,15 +428,6 @@ fn egress(ctx: &SkBuffContext) -> i32 {
         return judged(gov.on_miss);
     }
     let flow: &Flow = flow;
-    // SAFETY: sk from the skb context.
-    let full: *mut bpf_sock = unsafe { bpf_sk_fullsock(sk) };
-    let info = if full.is_null() {
-        core::ptr::null_mut()
-    } else {
-        // SAFETY: full socket pointer, no create.
-        unsafe { bpf_sk_storage_get(sockets_map(), full.cast(), core::ptr::null_mut(), 0) }
-            .cast::<SockInfo>()
-    };
     // The kernel answers a local destination from sockets outside every
     // container's cgroup (ICMP echo replies and errors, RSTs), to the source
     // the packet claims: a forged source would have it carry the
@@ -447,7 +467,7 @@ fn egress(ctx: &SkBuffContext) -> i32 {
     let scope = Scope {
         cgroup_id,
         gov,
-        epoch,
+        epochs,
         source_routed,
         unjudgeable,
         udp_socket,
@@ -462,7 +482,7 @@ fn egress(ctx: &SkBuffContext) -> i32 {
 struct Scope {
     cgroup_id: u64,
     gov: Governance,
-    epoch: u32,
+    epochs: Epochs,
     source_routed: bool,
     unjudgeable: bool,
     /// A UDP datagram of a UDP socket (not source-routed): a reply to a
@@ -477,7 +497,7 @@ fn judge_packet(skb: *mut __sk_buff, scope: &Scope, info: *mut SockInfo, flow: &
     let Scope {
         cgroup_id,
         gov,
-        epoch,
+        epochs,
         source_routed,
         unjudgeable,
         udp_socket,
@@ -495,11 +515,17 @@ fn judge_packet(skb: *mut __sk_buff, scope: &Scope, info: *mut SockInfo, flow: &
     let uncached = source_routed || flow.later_fragment;
     // SAFETY: storage pointer from the helper, null or valid.
     let (cached_before, hit) = match unsafe { info.as_ref() } {
-        Some(i) if !uncached => (i.cache_state, cached(i, &target, &gov, epoch)),
+        Some(i) if !uncached => (i.cache_state, cached(i, &target, &gov, epochs.rules)),
         Some(i) => (i.cache_state, None),
         None => (CACHE_EMPTY, None),
     };
     if hit == Some(Verdict::Allow) {
+        // Checked against the socket's own cgroup just now: the flow's next
+        // packets take the established path until a cgroup entry changes.
+        // SAFETY: a hit means non-null storage.
+        if let Some(i) = unsafe { info.as_mut() } {
+            i.cache_cgroup_epoch = cgroup_checked(&gov, &epochs);
+        }
         count(gov.policy_id, Verdict::Allow);
         return ALLOW;
     }
@@ -508,7 +534,7 @@ fn judge_packet(skb: *mut __sk_buff, scope: &Scope, info: *mut SockInfo, flow: &
     if udp_socket {
         // SAFETY: the skb context is what the helper takes.
         let cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
-        if is_reply(cookie, &flow.daddr, flow.dport, epoch) {
+        if is_reply(cookie, &flow.daddr, flow.dport, epochs.rules) {
             return ALLOW;
         }
     }
@@ -566,7 +592,14 @@ fn judge_packet(skb: *mut __sk_buff, scope: &Scope, info: *mut SockInfo, flow: &
     }
     // SAFETY: storage pointer from the helper, null or valid.
     if let Some(i) = unsafe { info.as_mut() } {
-        remember(i, &target, &gov, decision.verdict(), epoch);
+        remember(
+            i,
+            &target,
+            &gov,
+            decision.verdict(),
+            epochs.rules,
+            cgroup_checked(&gov, &epochs),
+        );
         // A SYN no connect() hook judged (TCP Fast Open's sendto): the
         // flow is outbound all the same, and re-judged as such.
         if flow.proto == ip_proto::TCP && is_opening(flow) && decision.verdict() != Verdict::Deny {
@@ -633,7 +666,7 @@ fn is_spoofed_local(ctx: &SkBuffContext, flow: &Flow) -> bool {
     !loopback_source && flow.saddr != flow.daddr
 }
 
-const LOOPBACK6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+pub(crate) const LOOPBACK6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
 /// IPv6 neighbour discovery and MLD that the kernel itself sends. It sends
 /// them from per-netns control sockets (never stamped: no process created
@@ -666,7 +699,7 @@ fn judged(v: Verdict) -> i32 {
 }
 
 #[inline(always)]
-fn cached(i: &SockInfo, target: &Target, gov: &Governance, epoch: u32) -> Option<Verdict> {
+fn cached(i: &SockInfo, target: &Target, gov: &Governance, epoch: u64) -> Option<Verdict> {
     if i.cache_state == CACHE_EMPTY
         || i.cache_epoch != epoch
         || i.cache_policy_id != gov.policy_id
@@ -681,6 +714,18 @@ fn cached(i: &SockInfo, target: &Target, gov: &Governance, epoch: u32) -> Option
         CACHE_AUDIT => Verdict::Audit,
         _ => Verdict::Deny,
     })
+}
+
+/// The cgroup epoch to stamp on a verdict the egress program cached after
+/// looking up the socket's own cgroup. Never one for a cgroup with no entry:
+/// its entry may come later without moving the epoch.
+#[inline(always)]
+fn cgroup_checked(gov: &Governance, epochs: &Epochs) -> u64 {
+    if gov.policy_id == contain_common::UNKNOWN_POLICY_ID {
+        0
+    } else {
+        epochs.cgroup
+    }
 }
 
 #[inline(always)]
@@ -699,7 +744,7 @@ fn fill_event_flow(event: &mut EventFlow, flow: &Flow) {
 /// Whether `peer` sent a UDP datagram to this very socket first, under the
 /// current rules epoch and recently enough.
 #[inline(always)]
-fn is_reply(socket_cookie: u64, peer_addr: &[u8; 16], peer_port: u16, epoch: u32) -> bool {
+fn is_reply(socket_cookie: u64, peer_addr: &[u8; 16], peer_port: u16, epoch: u64) -> bool {
     let key = InboundKey {
         socket_cookie,
         peer_addr: *peer_addr,
@@ -754,7 +799,7 @@ fn is_forged_over_loopback(ctx: &SkBuffContext) -> bool {
 /// its sender for a while.
 #[inline(always)]
 fn remember_inbound_peer(ctx: &SkBuffContext) {
-    let epoch = rules_epoch();
+    let epoch = epochs().rules;
     // SAFETY: the context is valid.
     let (ifindex, pkt_type) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).pkt_type) };
     // Looped back (over lo, or a multicast/broadcast datagram the container
@@ -792,7 +837,6 @@ fn remember_inbound_peer(ctx: &SkBuffContext) {
         // SAFETY: helper without preconditions.
         last_seen_ns: unsafe { bpf_ktime_get_ns() },
         rules_epoch: epoch,
-        _pad: 0,
     };
     let _ = INBOUND_PEERS.insert(key, seen, 0);
 }

@@ -139,7 +139,7 @@ impl Kernel {
         self.maps
             .config
             .get(&0, 0)
-            .map_or(0, |c| c.generation as u64)
+            .map_or(0, |c| c.generation)
     }
 
     pub fn state(&self) -> &KernelState {

@@ -29,7 +29,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/co
 
 /// Bumped when a map's key or value layout changes: a loader with another
 /// layout starts on fresh maps instead of misreading old ones.
-const MAP_LAYOUT_VERSION: u32 = 4;
+const MAP_LAYOUT_VERSION: u32 = 5;
 
 impl Kernel {
     /// Loads the object with every map pinned (or re-opened from its pin)
@@ -81,6 +81,9 @@ impl Kernel {
         for (name, _) in veths::PROGRAMS {
             load_program(&mut ebpf, name)?;
         }
+        // This object loads here: an older layout's maps are not needed
+        // for a way back.
+        unpin_other_layouts(pin_dir, &maps_dir);
 
         let maps = PolicyMaps {
             cgroups: take(&mut ebpf, map_names::CGROUPS)?,
@@ -170,6 +173,34 @@ impl Kernel {
             .config
             .set(0, config, 0)
             .map_err(map_err(map_names::CONFIG))
+    }
+}
+
+/// Removes the pins of maps of an earlier layout (an upgrade that changed
+/// one): nothing reads them again. Programs still attached from the earlier
+/// loader keep their maps until this loader replaces them; a failure only
+/// leaves the pins (and their memory) until the next boot.
+fn unpin_other_layouts(pin_dir: &Path, current: &Path) {
+    let Ok(entries) = std::fs::read_dir(pin_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_layout = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with("maps-v"));
+        if !is_layout || path == current {
+            continue;
+        }
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "unpinned the maps of an earlier layout")
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot unpin the maps of an earlier layout")
+            }
+        }
     }
 }
 

@@ -58,11 +58,14 @@ impl Kernel {
         if rules_changed {
             config.rules_epoch = config.rules_epoch.wrapping_add(1);
         }
+        if rules_changed || removes_cgroups(diff) {
+            config.cgroup_epoch = config.cgroup_epoch.wrapping_add(1);
+        }
         self.maps
             .config
             .set(0, config, 0)
             .map_err(map_err(map_names::CONFIG))?;
-        Ok(config.generation as u64)
+        Ok(config.generation)
     }
 
     /// Writes back what `done` (the inverse of the writes so far) restores,
@@ -217,6 +220,21 @@ fn changes_rules(current: &KernelState, diff: &MapDiff) -> bool {
     })
 }
 
+/// Whether `diff` removes a cgroup's entry. Its sockets' cached allows were
+/// checked against that entry, so the established-flow path may no longer
+/// take them without looking the cgroup up again (which then finds no
+/// entry). Cached verdicts themselves stay: they hold the policy id too.
+fn removes_cgroups(diff: &MapDiff) -> bool {
+    diff.ops.iter().any(|op| {
+        matches!(
+            op,
+            MapOp::Delete {
+                key: EntryKey::Cgroup { .. }
+            }
+        )
+    })
+}
+
 /// The model's trie key as aya's.
 fn lpm<K: aya::Pod>(k: LpmKey<K>) -> Key<K> {
     Key::new(k.prefix_len, k.data)
@@ -281,6 +299,24 @@ mod tests {
             key: EntryKey::Veth { ifindex: 9 },
         };
         assert!(!changes_rules(&current, &diff(vec![veth, veth_gone], None)));
+    }
+
+    #[test]
+    fn only_a_removed_cgroup_moves_the_cgroup_epoch_without_the_rules() {
+        let start = MapOp::Upsert {
+            entry: cgroup(2, 7),
+        };
+        let veth = MapOp::Upsert {
+            entry: Entry::Veth {
+                ifindex: 9,
+                cgroup_id: 2,
+            },
+        };
+        assert!(!removes_cgroups(&diff(vec![start, veth], None)));
+        let stop = MapOp::Delete {
+            key: EntryKey::Cgroup { id: 1 },
+        };
+        assert!(removes_cgroups(&diff(vec![stop], None)));
     }
 
     #[test]

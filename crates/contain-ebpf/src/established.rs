@@ -1,0 +1,200 @@
+//! A packet of an established flow, allowed before anything else: no
+//! lookup of the socket's cgroup, no helper to read the headers (they are
+//! read in place, in the packet's linear part).
+//!
+//! It allows exactly what the full path would allow, and nothing else:
+//! - an outbound flow's packet by its socket's cached allow
+//!   ([`allows_cached`]), which the egress program must have checked
+//!   against the socket's own cgroup under the current cgroup epoch
+//!   (`Config::cgroup_epoch`, which moves whenever an existing cgroup entry
+//!   changes or goes, and with every rules epoch);
+//! - a packet of an accepted TCP connection, or of one that predates
+//!   contain ([`allows_accepted`]): the full path lets those through
+//!   whatever the policy says;
+//!
+//! and only a packet the full path would judge by its destination and port
+//! alone: no IPv4 options, no IPv6 extension header, not a fragment's later
+//! part, its transport header all there, not a forged source to a local
+//! address. Anything else falls through to the full path.
+
+use aya_ebpf::bindings::{__sk_buff, bpf_sock};
+use contain_common::{
+    ip_proto, v4_mapped, SockInfo, Verdict, CACHE_ALLOW, SOCK_OUTBOUND, UNKNOWN_POLICY_ID,
+};
+
+use crate::{
+    decide::{count, Epochs},
+    packet::{ethertype, ETH_P_IP, ETH_P_IPV6, TCP_ACK, TCP_SYN},
+    LOOPBACK6, LOOPBACK_IFINDEX, SOCK_STREAM,
+};
+
+/// What the established path reads of a packet.
+struct Headers {
+    daddr: [u8; 16],
+    /// The destination port, or ICMP's `type << 8 | code`.
+    port: u16,
+    proto: u8,
+    tcp_flags: u8,
+}
+
+#[inline(always)]
+fn be16(p: *const u8) -> u16 {
+    // SAFETY: the callers checked both bytes are within the packet.
+    unsafe { u16::from_be_bytes([*p, *p.add(1)]) }
+}
+
+/// The transport header from `l4` as the full path reads it: a TCP header
+/// up to its flags, UDP's ports, ICMP's type and code. `None` when it is not
+/// all in the linear part, or of another protocol.
+#[inline(always)]
+fn transport(l4: usize, end: usize, proto: u8) -> Option<(u16, u8)> {
+    let p = l4 as *const u8;
+    match proto {
+        ip_proto::TCP => {
+            if l4 + 14 > end {
+                return None;
+            }
+            // SAFETY: 14 bytes from `l4` are within the packet.
+            Some((be16(p.wrapping_add(2)), unsafe { *p.add(13) }))
+        }
+        ip_proto::UDP => {
+            if l4 + 4 > end {
+                return None;
+            }
+            Some((be16(p.wrapping_add(2)), 0))
+        }
+        ip_proto::ICMP | ip_proto::ICMPV6 => {
+            if l4 + 2 > end {
+                return None;
+            }
+            Some((be16(p), 0))
+        }
+        _ => None,
+    }
+}
+
+/// The headers of a packet the full path would judge by destination and
+/// port alone, or `None`.
+#[inline(always)]
+fn headers(skb: *mut __sk_buff) -> Option<Headers> {
+    // SAFETY: the context is valid for the program's duration; `data` and
+    // `data_end` bound the packet's linear part, which starts at the network
+    // header in a cgroup_skb program.
+    let (data, end, ifindex) = unsafe {
+        (
+            (*skb).data as usize,
+            (*skb).data_end as usize,
+            (*skb).ifindex,
+        )
+    };
+    let ip = data as *const u8;
+    match ethertype(skb) {
+        ETH_P_IP => {
+            if data + 20 > end {
+                return None;
+            }
+            // SAFETY: 20 bytes from `data` are within the packet.
+            let (ver_ihl, proto, daddr, saddr) = unsafe {
+                (
+                    *ip,
+                    *ip.add(9),
+                    [*ip.add(16), *ip.add(17), *ip.add(18), *ip.add(19)],
+                    [*ip.add(12), *ip.add(13), *ip.add(14), *ip.add(15)],
+                )
+            };
+            let fragment_offset = be16(ip.wrapping_add(6)) & 0x1fff;
+            if ver_ihl != 0x45 || fragment_offset != 0 {
+                return None;
+            }
+            // A packet to a local address from a source that is neither a
+            // loopback address nor the destination is forged.
+            if ifindex == LOOPBACK_IFINDEX && saddr[0] != 127 && saddr != daddr {
+                return None;
+            }
+            let (port, tcp_flags) = transport(data + 20, end, proto)?;
+            Some(Headers {
+                daddr: v4_mapped(daddr),
+                port,
+                proto,
+                tcp_flags,
+            })
+        }
+        ETH_P_IPV6 => {
+            if data + 40 > end {
+                return None;
+            }
+            // SAFETY: 40 bytes from `data` are within the packet.
+            let (version, proto, daddr, saddr) = unsafe {
+                (
+                    *ip >> 4,
+                    *ip.add(6),
+                    ip.add(24).cast::<[u8; 16]>().read_unaligned(),
+                    ip.add(8).cast::<[u8; 16]>().read_unaligned(),
+                )
+            };
+            // The next header must be the transport itself: an extension
+            // header (a routing header above all) takes the full path.
+            if version != 6 {
+                return None;
+            }
+            if ifindex == LOOPBACK_IFINDEX && saddr != LOOPBACK6 && saddr != daddr {
+                return None;
+            }
+            let (port, tcp_flags) = transport(data + 40, end, proto)?;
+            Some(Headers {
+                daddr,
+                port,
+                proto,
+                tcp_flags,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Whether the socket's cached verdict allows this packet without the full
+/// path (counted as the full path counts it).
+#[inline(always)]
+pub fn allows_cached(skb: *mut __sk_buff, info: *mut SockInfo, epochs: &Epochs) -> bool {
+    // SAFETY: storage pointer from the helper, null or valid.
+    let Some(i) = (unsafe { info.as_ref() }) else {
+        return false;
+    };
+    if i.cache_state != CACHE_ALLOW
+        || epochs.cgroup == 0
+        || i.cache_cgroup_epoch != epochs.cgroup
+        || i.cache_epoch != epochs.rules
+        || i.cache_policy_id == UNKNOWN_POLICY_ID
+    {
+        return false;
+    }
+    let Some(h) = headers(skb) else {
+        return false;
+    };
+    if i.cache_proto != h.proto || i.cache_port != h.port || i.cache_addr != h.daddr {
+        return false;
+    }
+    count(i.cache_policy_id, Verdict::Allow);
+    true
+}
+
+/// Whether this is a packet of an accepted TCP connection (never marked
+/// outbound) or of one that predates contain, which the full path lets
+/// through whatever the policy says.
+#[inline(always)]
+pub fn allows_accepted(skb: *mut __sk_buff, full: *mut bpf_sock, info: *mut SockInfo) -> bool {
+    // SAFETY: storage pointer from the helper, null or valid.
+    if unsafe { info.as_ref() }.is_some_and(|i| i.flags & SOCK_OUTBOUND != 0) {
+        return false;
+    }
+    // SAFETY: a full socket pointer from the helper, non-null.
+    let (sock_type, sock_proto) = unsafe { ((*full).type_, (*full).protocol) };
+    if sock_type != SOCK_STREAM || sock_proto != ip_proto::TCP as u32 {
+        return false;
+    }
+    let Some(h) = headers(skb) else {
+        return false;
+    };
+    let opening = h.tcp_flags & TCP_SYN != 0 && h.tcp_flags & TCP_ACK == 0;
+    h.proto == ip_proto::TCP && !opening
+}
