@@ -678,12 +678,12 @@ mod tests {
         assert_eq!(size_of::<PortKey>(), 8);
         assert_eq!(
             size_of::<SockInfo>(),
-            8 + 8 + 4 + 4 + 16 + 4 + 4 + 16 + 2 + 1 + 1 + 4
+            8 + 8 + 16 + 4 + 2 + 1 + 1 + 8 + 8 + 4 + 4 + 16 + 4 + 4
         );
         assert_eq!(size_of::<InboundKey>(), 8 + 16 + 2 + 6);
         assert_eq!(size_of::<InboundPeer>(), 16);
         assert_eq!(size_of::<EventBudget>(), 24);
-        assert_eq!(size_of::<Config>(), 40);
+        assert_eq!(size_of::<Config>(), 8 * 4 + 16 + 4 + 1 + 3);
         assert_eq!(size_of::<FileStamp>(), 24);
         assert_eq!(size_of::<ProcessClass>(), 32);
         assert_eq!(
