@@ -160,21 +160,36 @@ pub fn allows_cached(skb: *mut __sk_buff, info: *mut SockInfo, epochs: &Epochs) 
     let Some(i) = (unsafe { info.as_ref() }) else {
         return false;
     };
-    if i.cache_state != CACHE_ALLOW
+    // The cache is copied out in one go (volatile loads stay together, in
+    // order), as the full path reads it, before the headers: another CPU
+    // may be writing it for the same socket.
+    // SAFETY: fields of a valid map value.
+    let (state, stamp, epoch, policy_id, proto, port, addr) = unsafe {
+        (
+            core::ptr::read_volatile(&i.cache_state),
+            core::ptr::read_volatile(&i.cache_cgroup_epoch),
+            core::ptr::read_volatile(&i.cache_epoch),
+            core::ptr::read_volatile(&i.cache_policy_id),
+            core::ptr::read_volatile(&i.cache_proto),
+            core::ptr::read_volatile(&i.cache_port),
+            core::ptr::read_volatile(&i.cache_addr),
+        )
+    };
+    if state != CACHE_ALLOW
         || epochs.cgroup == 0
-        || i.cache_cgroup_epoch != epochs.cgroup
-        || i.cache_epoch != epochs.rules
-        || i.cache_policy_id == UNKNOWN_POLICY_ID
+        || stamp != epochs.cgroup
+        || epoch != epochs.rules
+        || policy_id == UNKNOWN_POLICY_ID
     {
         return false;
     }
     let Some(h) = headers(skb) else {
         return false;
     };
-    if i.cache_proto != h.proto || i.cache_port != h.port || i.cache_addr != h.daddr {
+    if proto != h.proto || port != h.port || addr != h.daddr {
         return false;
     }
-    count(i.cache_policy_id, Verdict::Allow);
+    count(policy_id, Verdict::Allow);
     true
 }
 

@@ -32,6 +32,12 @@ impl Kernel {
             .map(|op| MapWrite::encode(op, self.exe_key))
             .collect::<Result<Vec<_>, _>>()?;
         let rules_changed = changes_rules(&self.mirror, diff);
+        let cgroups_checked_again = rules_changed || removes_cgroups(diff);
+        if cgroups_checked_again {
+            // Before the first write: from it on, the established path
+            // would take a cached allow the full path no longer gives.
+            self.bump_epochs(false, true)?;
+        }
         let mut undo: Vec<MapOp> = Vec::with_capacity(ops.len());
         for (op, write) in ops.iter().zip(&writes) {
             let key = match op {
@@ -40,6 +46,11 @@ impl Kernel {
             };
             if let Err(e) = write.write(&mut self.maps) {
                 self.undo(&undo);
+                // Verdicts cached while the diff was half written were
+                // decided on maps that never were the policy.
+                if let Err(bump) = self.bump_epochs(true, true) {
+                    tracing::error!(error = %bump, "cannot move the epochs after a failed diff; verdicts cached during it stay until the next change");
+                }
                 return Err(e);
             }
             // The mirror still holds the state before this diff.
@@ -58,7 +69,9 @@ impl Kernel {
         if rules_changed {
             config.rules_epoch = config.rules_epoch.wrapping_add(1);
         }
-        if rules_changed || removes_cgroups(diff) {
+        // Again after the last write: allows stamped against the maps half
+        // written are not taken either.
+        if cgroups_checked_again {
             config.cgroup_epoch = config.cgroup_epoch.wrapping_add(1);
         }
         self.maps
@@ -66,6 +79,21 @@ impl Kernel {
             .set(0, config, 0)
             .map_err(map_err(map_names::CONFIG))?;
         Ok(config.generation)
+    }
+
+    /// Moves the rules and/or cgroup epoch, nothing else.
+    fn bump_epochs(&mut self, rules: bool, cgroup: bool) -> Result<(), KernelError> {
+        let mut config = self.maps.config.get(&0, 0).unwrap_or_default();
+        if rules {
+            config.rules_epoch = config.rules_epoch.wrapping_add(1);
+        }
+        if cgroup {
+            config.cgroup_epoch = config.cgroup_epoch.wrapping_add(1);
+        }
+        self.maps
+            .config
+            .set(0, config, 0)
+            .map_err(map_err(map_names::CONFIG))
     }
 
     /// Writes back what `done` (the inverse of the writes so far) restores,
