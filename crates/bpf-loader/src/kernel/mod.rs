@@ -136,10 +136,7 @@ impl Kernel {
     }
 
     pub fn generation(&self) -> u64 {
-        self.maps
-            .config
-            .get(&0, 0)
-            .map_or(0, |c| c.generation)
+        self.maps.config.get(&0, 0).map_or(0, |c| c.generation)
     }
 
     pub fn state(&self) -> &KernelState {
