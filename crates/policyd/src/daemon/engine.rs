@@ -245,8 +245,15 @@ struct Refused {
     digest: Option<u64>,
 }
 
-/// Reads, validates and compiles the policy file.
-fn load(path: &std::path::Path, ids: &mut IdTables) -> Result<Loaded, Refused> {
+/// Reads, validates and compiles the policy file. The same bytes as
+/// `previous` was loaded from are `previous` itself; otherwise only the
+/// policies that differ from `previous`'s are compiled again.
+fn load(
+    path: &std::path::Path,
+    ids: &mut IdTables,
+    previous: Option<&Arc<Loaded>>,
+) -> Result<Arc<Loaded>, Refused> {
+    let started = Instant::now();
     let text = std::fs::read_to_string(path).map_err(|source| Refused {
         error: error_diagnostic(
             PolicyError::Read {
@@ -257,14 +264,35 @@ fn load(path: &std::path::Path, ids: &mut IdTables) -> Result<Loaded, Refused> {
         ),
         digest: None,
     })?;
+    let digest = policy::fnv1a(text.as_bytes());
+    let name = path.display().to_string();
+    if let Some(previous) =
+        previous.filter(|p| p.policies.digest == digest && p.policies.source_name == name)
+    {
+        tracing::debug!(elapsed = ?started.elapsed(), "policy file unchanged; its compiled form stays");
+        return Ok(previous.clone());
+    }
     let refused = |error| Refused {
         error,
-        digest: Some(policy::fnv1a(text.as_bytes())),
+        digest: Some(digest),
     };
-    let policies = policy::parse(&path.display().to_string(), &text)
+    let read = started.elapsed();
+    let policies = policy::parse(&name, &text)
         .map_err(|invalid_policy| refused(invalid(&invalid_policy.diagnostics)))?;
-    let rules = compile::compile_rules(&policies, ids).map_err(|e| refused(compile_failure(e)))?;
-    Ok(Loaded { policies, rules })
+    drop(text);
+    let parsed = started.elapsed();
+    let (rules, reuse) =
+        compile::compile_rules_reusing(&policies, ids, previous.map(|p| (&p.policies, &p.rules)))
+            .map_err(|e| refused(compile_failure(e)))?;
+    tracing::debug!(
+        ?read,
+        parse = ?(parsed - read),
+        compile = ?(started.elapsed() - parsed),
+        reused = reuse.reused,
+        compiled = reuse.compiled,
+        "policy loaded"
+    );
+    Ok(Arc::new(Loaded { policies, rules }))
 }
 
 impl Engine {
@@ -601,7 +629,7 @@ impl Engine {
                 self.seed(&snapshot.state);
             }
         }
-        let candidate = match load(&self.policy_path, &mut self.ids) {
+        let candidate = match load(&self.policy_path, &mut self.ids, self.view.loaded.as_ref()) {
             Ok(c) => c,
             Err(Refused { error, digest }) => {
                 if digest.is_some() {
@@ -646,7 +674,7 @@ impl Engine {
                 ..Outcome::default()
             }
         } else {
-            let previous = self.view.loaded.replace(Arc::new(candidate));
+            let previous = self.view.loaded.replace(candidate);
             self.view.inventory = Arc::new(inventory);
             self.view.rejected_digest = None;
             match self.converge().await {
