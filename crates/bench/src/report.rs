@@ -1175,9 +1175,11 @@ fn control(md: &mut String, c: &crate::control::Control) {
          start), against `policyd daemon` and the real `bpf-loader` writing the BPF maps. The \
          policy is policyd's synthetic one: {} rules over {} policies (each with two \
          per-executable entries), {} containers from an inventory file. The one-rule change \
-         flips one rule's port in the middle of the file, alternately there and back. The wall \
-         time beyond policyd's own two phases is the CLI's start and the reload report going \
-         back to it over the socket and out as JSON: the report lists every map operation.\n",
+         flips one rule's port in the middle of the file, alternately there and back; policyd \
+         compiles again only the policy that changed, and a file whose bytes are unchanged is \
+         not parsed again. The wall time beyond policyd's own two phases is the CLI's start and \
+         the reload report going back to it over the socket and out as JSON (`--json \
+         --max-ops 1000`: the counts per map, and the first 1000 operations).\n",
         count(c.rules),
         c.policies,
         c.containers
