@@ -854,7 +854,7 @@ fn scope_rule_ids(
 /// set gets its `PORTS` entries once.
 #[derive(Default)]
 struct RulesetInterner {
-    seen: HashMap<RulesetKey, u32>,
+    seen: FastMap<RulesetKey, u32>,
 }
 
 impl RulesetInterner {
@@ -1124,6 +1124,9 @@ fn fold_class(
         // its descendants; the stack holds the chain of enclosing prefixes.
         let mut stack: Vec<(Prefix, Rc<AllowSet>)> = Vec::new();
         let empty = Rc::new(AllowSet::new());
+        // Each prefix's (rule, destination) pairs and whether something
+        // already granted them; a prefix has a handful: a list beats a map.
+        let mut covered_pairs: Vec<((RuleOrigin, Prefix), Option<Grant>)> = Vec::new();
         for prefix in list {
             while stack.last().is_some_and(|(p, _)| !p.contains(&prefix)) {
                 stack.pop();
@@ -1138,8 +1141,7 @@ fn fold_class(
                 (*parent).clone()
             };
             let mut changed = false;
-            // A prefix has a handful of contributions: a list beats a map.
-            let mut covered_pairs: Vec<((RuleOrigin, Prefix), Option<Grant>)> = Vec::new();
+            covered_pairs.clear();
             for c in own.get(&prefix).map(Vec::as_slice).unwrap_or(&[]) {
                 let pair_key = (c.grant.origin, c.grant.dest);
                 let at = match covered_pairs.iter().position(|(k, _)| *k == pair_key) {
@@ -1169,7 +1171,7 @@ fn fold_class(
                     }
                 }
             }
-            for ((origin, dest), by) in covered_pairs {
+            for ((origin, dest), by) in covered_pairs.drain(..) {
                 if let Some(by) = by {
                     if by.rule_id != 0 && in_scope(origin) {
                         redundant.push(Redundant { origin, dest, by });
