@@ -798,3 +798,43 @@ fn release_freed_memory() {
 /// How long the first convergence waits for an inventory before carrying
 /// the loader's cgroup entries over unchanged.
 pub const INVENTORY_GRACE: Duration = Duration::from_secs(15);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy_text(port: u16) -> String {
+        format!(
+            "[[policy]]\nname = \"a\"\nselect = {{ name = \"a\" }}\nallow = [{{ to = \"10.0.0.1\", proto = \"tcp\", ports = [443] }}]\n\
+             [[policy]]\nname = \"b\"\nselect = {{ name = \"b\" }}\nallow = [{{ to = \"10.0.0.2\", proto = \"tcp\", ports = [{port}] }}]\n"
+        )
+    }
+
+    #[test]
+    fn the_same_bytes_again_are_the_loaded_policy_itself() {
+        let dir = std::env::temp_dir().join(format!("policyd-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("policy.toml");
+        std::fs::write(&path, policy_text(443)).unwrap();
+        let mut ids = IdTables::default();
+        let Ok(first) = load(&path, &mut ids, None) else {
+            panic!("the policy loads")
+        };
+        let Ok(again) = load(&path, &mut ids, Some(&first)) else {
+            panic!("the policy loads")
+        };
+        assert!(Arc::ptr_eq(&first, &again), "not parsed nor compiled again");
+
+        std::fs::write(&path, policy_text(8443)).unwrap();
+        let mut fresh_ids = ids.clone();
+        let Ok(edited) = load(&path, &mut ids, Some(&again)) else {
+            panic!("the policy loads")
+        };
+        assert!(!Arc::ptr_eq(&again, &edited));
+        assert_eq!(
+            edited.rules,
+            compile::compile_rules(&edited.policies, &mut fresh_ids).unwrap()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
