@@ -5,6 +5,9 @@
 //!   synthetic 10 000-rule policy (policyd's own generator: 10 policies, 50
 //!   containers from an inventory file), of a one-rule change and of an
 //!   unchanged file, against the real bpf-loader and its BPF maps;
+//! - `nft -f` of the same rules as one nftables set per address family, in
+//!   the same run, into a network namespace of the bench's: from empty, and
+//!   an atomic replace of the table (how an nftables reload is done);
 //! - resident memory of bpf-loader, resolver and policyd, at rest;
 //! - container create → policy in force: a private containerd, the
 //!   resolver following it, policyd following the resolver, bpf-loader
@@ -58,6 +61,20 @@ pub struct Reload {
     pub report_bytes: Vec<usize>,
 }
 
+/// `nft -f` of the same rules, for comparison.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NftLoad {
+    /// Into a namespace with no table: wall time of `nft -f`, ms.
+    pub install_ms: Vec<f64>,
+    /// Over the loaded table, replacing it in one transaction (the file
+    /// deletes and re-creates the table), ms.
+    pub replace_ms: Vec<f64>,
+    /// Set elements loaded (IPv4, IPv6 and ICMP sets together).
+    pub elements: usize,
+    /// Size of the file `nft -f` read.
+    pub bytes: usize,
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Rss {
     pub daemon: String,
@@ -106,6 +123,9 @@ pub struct Control {
     pub remove_all: Reload,
     pub one_rule: Reload,
     pub unchanged: Reload,
+    /// `nft -f` of the same rules in the same run (none if nft is missing).
+    #[serde(default)]
+    pub nft: Option<NftLoad>,
     pub rss: Vec<Rss>,
     pub create: Option<Create>,
     pub seconds: f64,
@@ -477,6 +497,12 @@ pub fn measure(bin_dir: &Path, quick: bool) -> Result<(Control, Vec<String>)> {
             loaded_kb: loaded,
         })
         .collect();
+    // The same rules through `nft -f`, in the same run.
+    let nft_runs = if quick { 2 } else { 7 };
+    match measure_nft(&mut scene, &format!("{name}-nft"), &text, nft_runs) {
+        Ok(nft) => control.nft = Some(nft),
+        Err(e) => missing.push(format!("control plane, nft -f of the same rules: {e:#}")),
+    }
     // Leave the maps empty for the next policyd.
     std::fs::write(&policy, empty)?;
     reload(&policyd_bin, &policyd_sock)?;
@@ -687,4 +713,236 @@ fn create_to_in_force(
     }
     drop(policyd_ct);
     Ok(create)
+}
+
+/// One rule of the synthetic policy, as nftables sees it: a destination
+/// and what it allows there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct NftRule {
+    /// `10.0.0.1`, `172.16.0.0/24`, `2001:db8::/64`.
+    to: String,
+    v6: bool,
+    /// (protocol name, port range) pairs; ICMP as ("icmp", type name).
+    allows: Vec<(String, String)>,
+}
+
+/// A value of the synthetic rule lines' inline tables: a string, a
+/// number, or a list of them (as text).
+fn toml_values(value: &str) -> Vec<String> {
+    value
+        .trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .split(',')
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+/// The rules of a synthetic policy (`test_kit::synthetic::policy_text`),
+/// read from its `{ to = …, proto = …, ports = […] }, # rule N` lines: the
+/// generator's few forms, anything else is an error (not guessed at).
+fn nft_rules(text: &str) -> Result<Vec<NftRule>> {
+    let mut rules = Vec::new();
+    for line in text.lines().filter(|l| l.contains("# rule ")) {
+        let body = line
+            .split_once('{')
+            .and_then(|(_, rest)| rest.rsplit_once('}'))
+            .map(|(body, _)| body)
+            .with_context(|| format!("not an inline rule: {line}"))?;
+        // Split `key = value` pairs at the commas outside brackets.
+        let (mut fields, mut depth, mut start) = (BTreeMap::new(), 0, 0);
+        for (i, c) in body.char_indices().chain([(body.len(), ',')]) {
+            match c {
+                '[' => depth += 1,
+                ']' => depth -= 1,
+                ',' if depth == 0 => {
+                    let field = &body[start..i];
+                    start = i + 1;
+                    if let Some((k, v)) = field.split_once('=') {
+                        fields.insert(k.trim().to_string(), toml_values(v));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let to = match fields.get("to").map(Vec::as_slice) {
+            Some([to]) => to.clone(),
+            _ => bail!("a rule with one destination expected: {line}"),
+        };
+        let protos = fields.get("proto").cloned().unwrap_or_default();
+        let mut allows = Vec::new();
+        for proto in &protos {
+            match proto.as_str() {
+                "tcp" | "udp" => {
+                    let ports = fields.get("ports").context("ports")?;
+                    allows.extend(ports.iter().map(|p| (proto.clone(), p.clone())));
+                }
+                "icmp" | "icmpv6" => match fields.get("icmp_types") {
+                    Some(types) => allows.extend(types.iter().map(|t| (proto.clone(), t.clone()))),
+                    None => allows.push((proto.clone(), String::new())),
+                },
+                other => bail!("protocol {other} in {line}"),
+            }
+        }
+        if allows.is_empty() {
+            bail!("a rule with no protocol: {line}");
+        }
+        rules.push(NftRule {
+            v6: to.contains(':'),
+            to,
+            allows,
+        });
+    }
+    Ok(rules)
+}
+
+const NFT_TABLE: &str = "cbench_ctl";
+
+/// The rules as one nftables table: one interval set per address family
+/// (destination . protocol . port) and one of (destination . ICMP type),
+/// each looked up once by a drop-by-default output chain. `replace` deletes
+/// the table first, in the same transaction: an nftables reload.
+fn nft_table(rules: &[NftRule], replace: bool) -> (String, usize) {
+    let (mut v4, mut v6, mut icmp4, mut icmp6) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for r in rules {
+        for (proto, what) in &r.allows {
+            let element = format!("{} . {proto} . {what}", r.to);
+            match (proto.as_str(), r.v6) {
+                ("icmp" | "icmpv6", false) => icmp4.push(format!("{} . {what}", r.to)),
+                ("icmp" | "icmpv6", true) => icmp6.push(format!("{} . {what}", r.to)),
+                (_, false) => v4.push(element),
+                (_, true) => v6.push(element),
+            }
+        }
+    }
+    let elements = v4.len() + v6.len() + icmp4.len() + icmp6.len();
+    let mut s = String::new();
+    if replace {
+        s.push_str(&format!(
+            "table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\n"
+        ));
+    }
+    s.push_str(&format!("table inet {NFT_TABLE} {{\n"));
+    for (name, ty, list) in [
+        ("allow4", "ipv4_addr . inet_proto . inet_service", &v4),
+        ("allow6", "ipv6_addr . inet_proto . inet_service", &v6),
+        ("icmp4", "ipv4_addr . icmp_type", &icmp4),
+        ("icmp6", "ipv6_addr . icmpv6_type", &icmp6),
+    ] {
+        s.push_str(&format!(" set {name} {{\n  type {ty}; flags interval;\n"));
+        if !list.is_empty() {
+            s.push_str(&format!("  elements = {{ {} }}\n", list.join(",\n   ")));
+        }
+        s.push_str(" }\n");
+    }
+    s.push_str(
+        " chain out {\n  type filter hook output priority 0; policy drop;\n  \
+         ip daddr . meta l4proto . th dport @allow4 accept\n  \
+         ip6 daddr . meta l4proto . th dport @allow6 accept\n  \
+         ip daddr . icmp type @icmp4 accept\n  \
+         ip6 daddr . icmpv6 type @icmp6 accept\n }\n}\n",
+    );
+    (s, elements)
+}
+
+/// `nft -f file` in network namespace `ns`, joined between fork and exec
+/// (no `ip netns exec` in the time): wall time, ms.
+fn nft_load(ns: &str, file: &Path) -> Result<f64> {
+    let mut cmd = Command::new("nft");
+    cmd.arg("-f")
+        .arg(file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let t = Instant::now();
+    let out = test_kit::lab::spawn_in(cmd, Some(ns), None)?.wait_with_output()?;
+    let wall = t.elapsed().as_secs_f64() * 1000.0;
+    if !out.status.success() {
+        bail!(
+            "nft -f {} failed ({}): {}",
+            file.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(wall)
+}
+
+/// Times `nft -f` of `text`'s rules in a namespace of its own (`ns`, added
+/// here and recorded in the scene for removal), `runs` times from empty and
+/// `runs` times as a replace of the loaded table.
+fn measure_nft(scene: &mut Scene, ns: &str, text: &str, runs: usize) -> Result<NftLoad> {
+    let rules = nft_rules(text)?;
+    if rules.is_empty() {
+        bail!("no rules in the synthetic policy");
+    }
+    process::run("ip", &["netns", "add", ns])?;
+    scene.netns.push(ns.to_string());
+    let (fresh, elements) = nft_table(&rules, false);
+    let (replace, _) = nft_table(&rules, true);
+    let (fresh_file, replace_file) = (
+        scene.scratch.join("rules.nft"),
+        scene.scratch.join("rules-replace.nft"),
+    );
+    std::fs::write(&fresh_file, &fresh)?;
+    std::fs::write(&replace_file, &replace)?;
+    let mut nft = NftLoad {
+        elements,
+        bytes: fresh.len(),
+        ..NftLoad::default()
+    };
+    for _ in 0..runs {
+        nft.install_ms.push(nft_load(ns, &fresh_file)?);
+        nft.replace_ms.push(nft_load(ns, &replace_file)?);
+        let mut cmd = Command::new("nft");
+        cmd.args(["delete", "table", "inet", NFT_TABLE]);
+        let status = test_kit::lab::spawn_in(cmd, Some(ns), None)?.wait()?;
+        if !status.success() {
+            bail!("nft delete table inet {NFT_TABLE} failed ({status})");
+        }
+    }
+    Ok(nft)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_synthetic_rule_becomes_nftables_elements() {
+        let text = test_kit::synthetic::policy_text(100, 2);
+        let rules = nft_rules(&text).unwrap();
+        assert_eq!(rules.len(), 100);
+        assert!(rules.iter().any(|r| r.v6));
+        let two_protos = rules
+            .iter()
+            .find(|r| r.allows.len() == 4)
+            .expect("a tcp+udp rule with two port specs");
+        assert_eq!(
+            two_protos.allows,
+            [
+                ("tcp".to_string(), "53".to_string()),
+                ("tcp".into(), "8000-8080".into()),
+                ("udp".into(), "53".into()),
+                ("udp".into(), "8000-8080".into()),
+            ]
+        );
+        let (table, elements) = nft_table(&rules, false);
+        assert_eq!(
+            elements,
+            rules.iter().map(|r| r.allows.len()).sum::<usize>()
+        );
+        assert!(table.contains("echo-request"));
+        assert!(!table.contains("delete table"));
+        assert!(nft_table(&rules, true)
+            .0
+            .starts_with("table inet cbench_ctl\ndelete table"));
+    }
+
+    #[test]
+    fn an_unknown_rule_form_is_an_error_not_a_guess() {
+        let text = "allow = [\n  { to = \"10.0.0.1\", proto = \"sctp\" }, # rule 0\n]\n";
+        assert!(nft_rules(text).is_err());
+    }
 }

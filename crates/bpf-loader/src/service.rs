@@ -71,9 +71,12 @@ impl Loader for LoaderServer {
 
     async fn apply(self, _: Context, diff: MapDiff) -> Result<u64, LoaderError> {
         let ops = diff.ops.len();
+        let started = std::time::Instant::now();
         let result = self.kernel().apply(&diff).map_err(to_wire);
+        let applied = started.elapsed();
         drop(diff);
         release_memory();
+        tracing::debug!(ops, apply = ?applied, release = ?(started.elapsed() - applied), "apply handled");
         match &result {
             Ok(generation) => tracing::info!(ops, generation, "applied diff"),
             Err(e) => tracing::warn!(ops, error = %e, "refused diff"),

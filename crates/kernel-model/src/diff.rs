@@ -9,11 +9,19 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{Entry, EntryKey, KernelState, MapOp, Verdict};
+use crate::state::{
+    CgroupEntry, DestPrefix, Entry, EntryKey, FileId, KernelState, MapOp, PortPrefix, ProcessKey,
+    ProcessMatch, Verdict,
+};
 
 /// A transactional change: applied only if the loader is still at
 /// `from_generation`, all or nothing.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// On the wire its operations go packed ([`PackedOp`]: one short JSON
+/// array each, a quarter of [`MapOp`]'s own form and read without
+/// buffering); a diff in the long form (`ops`) is read too.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(from = "WireDiff")]
 pub struct MapDiff {
     pub from_generation: u64,
     /// New global verdict for unknown cgroups, if it changes.
@@ -34,6 +42,223 @@ impl MapDiff {
 
     pub fn is_empty(&self) -> bool {
         self.unknown_verdict.is_none() && self.ops.is_empty()
+    }
+}
+
+/// [`MapDiff`] as it travels.
+#[derive(Deserialize)]
+struct WireDiff {
+    from_generation: u64,
+    unknown_verdict: Option<Verdict>,
+    /// The long form, [`MapOp`]'s own.
+    #[serde(default)]
+    ops: Vec<MapOp>,
+    #[serde(default)]
+    packed: Vec<PackedOp>,
+}
+
+impl From<WireDiff> for MapDiff {
+    fn from(wire: WireDiff) -> MapDiff {
+        let mut ops = wire.ops;
+        ops.extend(wire.packed.into_iter().map(MapOp::from));
+        MapDiff {
+            from_generation: wire.from_generation,
+            unknown_verdict: wire.unknown_verdict,
+            ops,
+        }
+    }
+}
+
+impl Serialize for MapDiff {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+
+        struct Packed<'a>(&'a [MapOp]);
+        impl Serialize for Packed<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.iter().map(|op| PackedOp::from(*op)))
+            }
+        }
+        let mut diff = serializer.serialize_struct("MapDiff", 3)?;
+        diff.serialize_field("from_generation", &self.from_generation)?;
+        diff.serialize_field("unknown_verdict", &self.unknown_verdict)?;
+        diff.serialize_field("packed", &Packed(&self.ops))?;
+        diff.end()
+    }
+}
+
+/// One operation, packed: the map and the verb in a one-letter tag (a
+/// leading `-` deletes), the key's and value's fields in order, addresses
+/// as two big-endian halves. `{"d":[1,0,0,281470681743360,120,7]}` is a
+/// `DESTS` upsert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PackedOp {
+    /// cgroup id, policy id, audit, unrestricted, forwarded DNS.
+    #[serde(rename = "c")]
+    Cgroup(u64, u32, bool, bool, bool),
+    /// policy id, comm hash, class.
+    #[serde(rename = "p")]
+    Comm(u32, u64, u32),
+    /// policy id, device, inode, change time (s, ns), class.
+    #[serde(rename = "f")]
+    File(u32, u32, u64, i64, u32, u32),
+    /// policy id, class, address (high, low), prefix length, ruleset.
+    #[serde(rename = "d")]
+    Dest(u32, u32, u64, u64, u8, u32),
+    /// ruleset, protocol, port, port bits, rule id.
+    #[serde(rename = "r")]
+    Port(u32, u8, u16, u8, u32),
+    /// ifindex, cgroup id.
+    #[serde(rename = "v")]
+    Veth(u32, u64),
+    #[serde(rename = "-c")]
+    DeleteCgroup(u64),
+    #[serde(rename = "-p")]
+    DeleteComm(u32, u64),
+    #[serde(rename = "-f")]
+    DeleteFile(u32, u32, u64, i64, u32),
+    #[serde(rename = "-d")]
+    DeleteDest(u32, u32, u64, u64, u8),
+    #[serde(rename = "-r")]
+    DeletePort(u32, u8, u16, u8),
+    #[serde(rename = "-v")]
+    DeleteVeth(u32),
+}
+
+fn addr_halves(addr: [u8; 16]) -> (u64, u64) {
+    let a = u128::from_be_bytes(addr);
+    ((a >> 64) as u64, a as u64)
+}
+
+fn addr_of(high: u64, low: u64) -> [u8; 16] {
+    ((u128::from(high) << 64) | u128::from(low)).to_be_bytes()
+}
+
+impl From<MapOp> for PackedOp {
+    fn from(op: MapOp) -> PackedOp {
+        match op {
+            MapOp::Upsert { entry } => match entry {
+                Entry::Cgroup { id, value } => PackedOp::Cgroup(
+                    id,
+                    value.policy_id,
+                    value.audit,
+                    value.unrestricted,
+                    value.forwarded_dns,
+                ),
+                Entry::Process { key, class } => match key.process {
+                    ProcessMatch::Comm(comm) => PackedOp::Comm(key.policy_id, comm, class),
+                    ProcessMatch::File(f) => PackedOp::File(
+                        key.policy_id,
+                        f.dev,
+                        f.ino,
+                        f.ctime_sec,
+                        f.ctime_nsec,
+                        class,
+                    ),
+                },
+                Entry::Dest { key, ruleset } => {
+                    let (high, low) = addr_halves(key.addr);
+                    PackedOp::Dest(key.policy_id, key.class, high, low, key.prefix_len, ruleset)
+                }
+                Entry::Port { key, rule_id } => {
+                    PackedOp::Port(key.ruleset, key.proto, key.port, key.port_bits, rule_id)
+                }
+                Entry::Veth { ifindex, cgroup_id } => PackedOp::Veth(ifindex, cgroup_id),
+            },
+            MapOp::Delete { key } => match key {
+                EntryKey::Cgroup { id } => PackedOp::DeleteCgroup(id),
+                EntryKey::Process { key } => match key.process {
+                    ProcessMatch::Comm(comm) => PackedOp::DeleteComm(key.policy_id, comm),
+                    ProcessMatch::File(f) => {
+                        PackedOp::DeleteFile(key.policy_id, f.dev, f.ino, f.ctime_sec, f.ctime_nsec)
+                    }
+                },
+                EntryKey::Dest { key } => {
+                    let (high, low) = addr_halves(key.addr);
+                    PackedOp::DeleteDest(key.policy_id, key.class, high, low, key.prefix_len)
+                }
+                EntryKey::Port { key } => {
+                    PackedOp::DeletePort(key.ruleset, key.proto, key.port, key.port_bits)
+                }
+                EntryKey::Veth { ifindex } => PackedOp::DeleteVeth(ifindex),
+            },
+        }
+    }
+}
+
+impl From<PackedOp> for MapOp {
+    fn from(op: PackedOp) -> MapOp {
+        let file = |policy_id, dev, ino, ctime_sec, ctime_nsec| ProcessKey {
+            policy_id,
+            process: ProcessMatch::File(FileId {
+                dev,
+                ino,
+                ctime_sec,
+                ctime_nsec,
+            }),
+        };
+        let comm = |policy_id, comm| ProcessKey {
+            policy_id,
+            process: ProcessMatch::Comm(comm),
+        };
+        let dest = |policy_id, class, high, low, prefix_len| DestPrefix {
+            policy_id,
+            class,
+            addr: addr_of(high, low),
+            prefix_len,
+        };
+        let port = |ruleset, proto, port, port_bits| PortPrefix {
+            ruleset,
+            proto,
+            port,
+            port_bits,
+        };
+        let upsert = |entry| MapOp::Upsert { entry };
+        let delete = |key| MapOp::Delete { key };
+        match op {
+            PackedOp::Cgroup(id, policy_id, audit, unrestricted, forwarded_dns) => {
+                upsert(Entry::Cgroup {
+                    id,
+                    value: CgroupEntry {
+                        policy_id,
+                        audit,
+                        unrestricted,
+                        forwarded_dns,
+                    },
+                })
+            }
+            PackedOp::Comm(policy_id, c, class) => upsert(Entry::Process {
+                key: comm(policy_id, c),
+                class,
+            }),
+            PackedOp::File(policy_id, dev, ino, sec, nsec, class) => upsert(Entry::Process {
+                key: file(policy_id, dev, ino, sec, nsec),
+                class,
+            }),
+            PackedOp::Dest(policy_id, class, high, low, len, ruleset) => upsert(Entry::Dest {
+                key: dest(policy_id, class, high, low, len),
+                ruleset,
+            }),
+            PackedOp::Port(ruleset, proto, p, bits, rule_id) => upsert(Entry::Port {
+                key: port(ruleset, proto, p, bits),
+                rule_id,
+            }),
+            PackedOp::Veth(ifindex, cgroup_id) => upsert(Entry::Veth { ifindex, cgroup_id }),
+            PackedOp::DeleteCgroup(id) => delete(EntryKey::Cgroup { id }),
+            PackedOp::DeleteComm(policy_id, c) => delete(EntryKey::Process {
+                key: comm(policy_id, c),
+            }),
+            PackedOp::DeleteFile(policy_id, dev, ino, sec, nsec) => delete(EntryKey::Process {
+                key: file(policy_id, dev, ino, sec, nsec),
+            }),
+            PackedOp::DeleteDest(policy_id, class, high, low, len) => delete(EntryKey::Dest {
+                key: dest(policy_id, class, high, low, len),
+            }),
+            PackedOp::DeletePort(ruleset, proto, p, bits) => delete(EntryKey::Port {
+                key: port(ruleset, proto, p, bits),
+            }),
+            PackedOp::DeleteVeth(ifindex) => delete(EntryKey::Veth { ifindex }),
+        }
     }
 }
 
@@ -303,7 +528,108 @@ mod tests {
         )
     }
 
+    /// Any operation, every field over its whole range.
+    fn arb_op() -> impl Strategy<Value = MapOp> {
+        let process = prop_oneof![
+            (any::<u32>(), any::<u64>(), any::<i64>(), any::<u32>()).prop_map(
+                |(dev, ino, ctime_sec, ctime_nsec)| ProcessMatch::File(FileId {
+                    dev,
+                    ino,
+                    ctime_sec,
+                    ctime_nsec,
+                })
+            ),
+            any::<u64>().prop_map(ProcessMatch::Comm),
+        ];
+        let entry = prop_oneof![
+            (
+                any::<u64>(),
+                any::<u32>(),
+                any::<bool>(),
+                any::<bool>(),
+                any::<bool>()
+            )
+                .prop_map(|(id, policy_id, audit, unrestricted, forwarded_dns)| {
+                    Entry::Cgroup {
+                        id,
+                        value: CgroupEntry {
+                            policy_id,
+                            audit,
+                            unrestricted,
+                            forwarded_dns,
+                        },
+                    }
+                }),
+            (any::<u32>(), process, any::<u32>()).prop_map(|(policy_id, process, class)| {
+                Entry::Process {
+                    key: ProcessKey { policy_id, process },
+                    class,
+                }
+            }),
+            (
+                any::<u32>(),
+                any::<u32>(),
+                any::<[u8; 16]>(),
+                any::<u8>(),
+                any::<u32>()
+            )
+                .prop_map(|(policy_id, class, addr, prefix_len, ruleset)| {
+                    Entry::Dest {
+                        key: DestPrefix {
+                            policy_id,
+                            class,
+                            addr,
+                            prefix_len,
+                        },
+                        ruleset,
+                    }
+                }),
+            (
+                any::<u32>(),
+                any::<u8>(),
+                any::<u16>(),
+                any::<u8>(),
+                any::<u32>()
+            )
+                .prop_map(|(ruleset, proto, port, port_bits, rule_id)| Entry::Port {
+                    key: PortPrefix {
+                        ruleset,
+                        proto,
+                        port,
+                        port_bits,
+                    },
+                    rule_id,
+                }),
+            (any::<u32>(), any::<u64>())
+                .prop_map(|(ifindex, cgroup_id)| Entry::Veth { ifindex, cgroup_id }),
+        ];
+        (entry, any::<bool>()).prop_map(|(entry, delete)| {
+            if delete {
+                MapOp::Delete { key: entry.key() }
+            } else {
+                MapOp::Upsert { entry }
+            }
+        })
+    }
+
     proptest! {
+        #[test]
+        fn a_diff_travels_packed_and_arrives_the_same(
+            ops in prop::collection::vec(arb_op(), 0..40),
+            from_generation in any::<u64>(),
+        ) {
+            let diff = MapDiff { from_generation, unknown_verdict: Some(Verdict::Audit), ops };
+            let json = serde_json::to_string(&diff).unwrap();
+            prop_assert_eq!(serde_json::from_str::<MapDiff>(&json).unwrap(), diff.clone());
+            // The long form, MapOp's own, is read too.
+            let long = serde_json::json!({
+                "from_generation": from_generation,
+                "unknown_verdict": "audit",
+                "ops": diff.ops,
+            });
+            prop_assert_eq!(serde_json::from_value::<MapDiff>(long).unwrap(), diff);
+        }
+
         #[test]
         fn applying_the_diff_reaches_the_target(a in arb_state(), b in arb_state()) {
             let ops = diff_ops(&a, &b);
@@ -328,6 +654,24 @@ mod tests {
             let ops = diff_ops(&a, &b);
             prop_assert!(ops.windows(2).all(|w| apply_order(&w[0]) <= apply_order(&w[1])));
         }
+    }
+
+    #[test]
+    fn a_packed_operation_is_a_quarter_of_the_long_form() {
+        let op = MapOp::Upsert {
+            entry: Entry::Dest {
+                key: DestPrefix {
+                    policy_id: 3,
+                    class: 1,
+                    addr: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 255, 255, 10, 1, 2, 3],
+                    prefix_len: 128,
+                },
+                ruleset: 77,
+            },
+        };
+        let packed = serde_json::to_string(&PackedOp::from(op)).unwrap();
+        assert_eq!(packed, r#"{"d":[3,1,0,281470849581571,128,77]}"#);
+        assert!(packed.len() * 3 < serde_json::to_string(&op).unwrap().len());
     }
 
     #[test]

@@ -122,6 +122,9 @@ pub struct CompiledRules {
     pub catalog: Catalog,
     /// Redundant and shadowed rules.
     pub warnings: Vec<Diagnostic>,
+    /// Which of `warnings` each policy (by index) gave, so a policy's
+    /// compiled form can be taken over whole by the next compile.
+    pub policy_warnings: Vec<std::ops::Range<usize>>,
 }
 
 /// Which policy a container got.
@@ -483,8 +486,31 @@ pub fn compile_rules(
     policies: &PolicySet,
     ids: &mut IdTables,
 ) -> Result<CompiledRules, CompileError> {
+    compile_rules_reusing(policies, ids, None).map(|(rules, _)| rules)
+}
+
+/// How many policies a compile took over from the previous one, and how
+/// many it compiled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reuse {
+    pub reused: usize,
+    pub compiled: usize,
+}
+
+/// [`compile_rules`], taking over from `previous` (the last compile, with
+/// the policies it compiled) the compiled form of every policy that is
+/// unchanged: equal in every field, at the same index, and whose ids the
+/// tables still give it. Only the policies an edit touched are compiled
+/// again, so a one-rule change costs one policy's compile, not the file's.
+/// The result is what a full compile with the same id tables gives.
+pub fn compile_rules_reusing(
+    policies: &PolicySet,
+    ids: &mut IdTables,
+    previous: Option<(&PolicySet, &CompiledRules)>,
+) -> Result<(CompiledRules, Reuse), CompileError> {
     let mut out = CompiledRules::default();
     let mut rulesets = RulesetInterner::default();
+    let mut reuse = Reuse::default();
     for (index, policy) in policies.policies.iter().enumerate() {
         let policy_id = ids.policies.get_or_alloc(&policy.name)?;
         out.policy_ids.push(policy_id);
@@ -496,7 +522,23 @@ pub fn compile_rules(
                 mode: policy.mode,
             },
         );
-        compile_policy(index, policy, policy_id, ids, &mut rulesets, &mut out)?;
+        let warnings_from = out.warnings.len();
+        let unchanged = previous.filter(|(before, compiled)| {
+            before.policies.get(index) == Some(policy)
+                && compiled.policy_ids.get(index) == Some(&policy_id)
+                && compiled.policy_warnings.len() == before.policies.len()
+        });
+        match unchanged {
+            Some((_, compiled)) if holds_ids(policy, index, policy_id, compiled, ids) => {
+                take_over(index, policy_id, compiled, &mut out);
+                reuse.reused += 1;
+            }
+            _ => {
+                compile_policy(index, policy, policy_id, ids, &mut rulesets, &mut out)?;
+                reuse.compiled += 1;
+            }
+        }
+        out.policy_warnings.push(warnings_from..out.warnings.len());
     }
     for (map, needed, cap) in [
         ("PROCESSES", out.processes.len(), capacity::PROCESSES),
@@ -511,7 +553,168 @@ pub fn compile_rules(
             });
         }
     }
-    Ok(out)
+    Ok((out, reuse))
+}
+
+/// The `DESTS` entries of one policy, in a compile's map (keys sort by
+/// policy id first).
+fn policy_dests(
+    dests: &BTreeMap<DestPrefix, u32>,
+    policy_id: u32,
+) -> impl Iterator<Item = (&DestPrefix, &u32)> {
+    let at = |policy_id| DestPrefix {
+        policy_id,
+        class: 0,
+        addr: [0; 16],
+        prefix_len: 0,
+    };
+    match policy_id.checked_add(1) {
+        Some(next) => dests.range(at(policy_id)..at(next)),
+        None => dests.range(at(policy_id)..),
+    }
+}
+
+/// The `PORTS` entries of one ruleset (keys sort by ruleset first).
+fn ruleset_ports(
+    ports: &BTreeMap<PortPrefix, u32>,
+    ruleset: u32,
+) -> impl Iterator<Item = (&PortPrefix, &u32)> {
+    let at = |ruleset| PortPrefix {
+        ruleset,
+        proto: 0,
+        port: 0,
+        port_bits: 0,
+    };
+    match ruleset.checked_add(1) {
+        Some(next) => ports.range(at(ruleset)..at(next)),
+        None => ports.range(at(ruleset)..),
+    }
+}
+
+/// The rulesets one policy's destinations point to.
+fn policy_rulesets(compiled: &CompiledRules, policy_id: u32) -> std::collections::BTreeSet<u32> {
+    policy_dests(&compiled.dests, policy_id)
+        .map(|(_, &ruleset)| ruleset)
+        .collect()
+}
+
+/// Whether the id tables still give every key of `policy` the id its
+/// compiled form in `compiled` uses. An id the tables forgot (an apply
+/// drops ids the kernel no longer holds) is learned again; one given to
+/// another key since means the policy must be compiled again.
+fn holds_ids(
+    policy: &ContainerPolicy,
+    index: usize,
+    policy_id: u32,
+    compiled: &CompiledRules,
+    ids: &mut IdTables,
+) -> bool {
+    fn holds<K: Clone + Eq + std::hash::Hash>(
+        table: &mut crate::ids::IdTable<K>,
+        key: K,
+        id: u32,
+    ) -> bool {
+        match table.get(&key) {
+            Some(have) => have == id,
+            None => table.seed(key, id),
+        }
+    }
+    let (Some(class_ids), Some(rule_ids)) =
+        (compiled.class_ids.get(index), compiled.rule_ids.get(index))
+    else {
+        return false;
+    };
+    if class_ids.len() != policy.processes.len() || rule_ids.len() != policy.processes.len() + 1 {
+        return false;
+    }
+    for (process, &class) in policy.processes.iter().zip(class_ids) {
+        if !holds(&mut ids.classes, (policy_id, class_key(process)), class) {
+            return false;
+        }
+    }
+    let scopes = std::iter::once((None, &policy.rules))
+        .chain(policy.processes.iter().map(|p| (Some(p), &p.rules)));
+    for ((process, rules), scope_ids) in scopes.zip(rule_ids) {
+        if rules.len() != scope_ids.len() {
+            return false;
+        }
+        // Rules of one scope with the same allowances share a key: check
+        // each key once.
+        let mut checked: Option<&[Allowance]> = None;
+        for (rule, &id) in rules.iter().zip(scope_ids) {
+            if checked == Some(rule.allowances.as_slice()) {
+                continue;
+            }
+            if !holds(&mut ids.rules, rule_key(policy, process, rule), id) {
+                return false;
+            }
+            checked = Some(&rule.allowances);
+        }
+    }
+    for ruleset in policy_rulesets(compiled, policy_id) {
+        let mut content: RulesetKey = ruleset_ports(&compiled.ports, ruleset)
+            .map(|(k, &rule_id)| (k.proto, k.port, k.port_bits, rule_id))
+            .collect();
+        content.sort_unstable();
+        if !holds(&mut ids.rulesets, content, ruleset) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Copies policy `index`'s compiled form from `compiled` into `out`.
+fn take_over(index: usize, policy_id: u32, compiled: &CompiledRules, out: &mut CompiledRules) {
+    out.class_ids.push(compiled.class_ids[index].clone());
+    out.rule_ids.push(compiled.rule_ids[index].clone());
+    out.processes.extend(
+        compiled
+            .processes
+            .iter()
+            .filter(|(k, _)| k.policy_id == policy_id)
+            .map(|(k, v)| (*k, *v)),
+    );
+    out.dests
+        .extend(policy_dests(&compiled.dests, policy_id).map(|(k, v)| (*k, *v)));
+    for ruleset in policy_rulesets(compiled, policy_id) {
+        out.ports
+            .extend(ruleset_ports(&compiled.ports, ruleset).map(|(k, v)| (*k, *v)));
+    }
+    out.catalog.classes.extend(
+        compiled
+            .catalog
+            .classes
+            .range((policy_id, 0)..=(policy_id, u32::MAX))
+            .map(|(k, v)| (*k, *v)),
+    );
+    for &id in compiled.rule_ids[index].iter().flatten() {
+        if let Some(info) = compiled.catalog.rules.get(&id) {
+            out.catalog.rules.entry(id).or_insert_with(|| info.clone());
+        }
+    }
+    out.warnings
+        .extend_from_slice(&compiled.warnings[compiled.policy_warnings[index].clone()]);
+}
+
+/// A process entry's class key: its identities, sorted, without repeats.
+fn class_key(process: &ProcessPolicy) -> Vec<crate::policy::ProcessIdent> {
+    let mut idents = process.idents.clone();
+    idents.sort_unstable();
+    idents.dedup();
+    idents
+}
+
+/// The id-table key of a rule: its policy, scope and allowances.
+fn rule_key(
+    policy: &ContainerPolicy,
+    process: Option<&ProcessPolicy>,
+    rule: &AllowRule,
+) -> RuleKey {
+    RuleKey {
+        policy: policy.name.clone(),
+        process: process.map(|p| p.idents.clone()),
+        allowances: rule.allowances.clone(),
+    }
 }
 
 fn compile_policy(
@@ -546,10 +749,7 @@ fn compile_policy(
     // container (see `assign_files`).
     let mut class_ids = Vec::with_capacity(policy.processes.len());
     for (pi, process) in policy.processes.iter().enumerate() {
-        let mut idents = process.idents.clone();
-        idents.sort_unstable();
-        idents.dedup();
-        let class = ids.classes.get_or_alloc(&(policy_id, idents))?;
+        let class = ids.classes.get_or_alloc(&(policy_id, class_key(process)))?;
         for process_match in process.idents.iter().filter_map(|i| i.comm_match()) {
             out.processes.insert(
                 ProcessKey {
@@ -639,12 +839,7 @@ fn scope_rule_ids(
     rules
         .iter()
         .map(|rule| {
-            let key = RuleKey {
-                policy: policy.name.clone(),
-                process: process.map(|p| p.idents.clone()),
-                allowances: rule.allowances.clone(),
-            };
-            let id = ids.rules.get_or_alloc(&key)?;
+            let id = ids.rules.get_or_alloc(&rule_key(policy, process, rule))?;
             out.catalog.rules.entry(id).or_insert_with(|| RuleInfo {
                 policy_index: Some(policy_index),
                 scope: scope.clone(),
@@ -659,7 +854,7 @@ fn scope_rule_ids(
 /// set gets its `PORTS` entries once.
 #[derive(Default)]
 struct RulesetInterner {
-    seen: HashMap<RulesetKey, u32>,
+    seen: FastMap<RulesetKey, u32>,
 }
 
 impl RulesetInterner {
@@ -690,6 +885,58 @@ impl RulesetInterner {
         }
         self.seen.insert(key, id);
         Ok(id)
+    }
+}
+
+/// A map keyed by the policy's own prefixes, hashed with FxHash rather
+/// than SipHash: the compiler hashes every destination of every class,
+/// and the keys come from the operator's file, not from the network.
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FxHasher>>;
+
+/// rustc's FxHash: a multiply and a rotate per word.
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0; 8];
+            word.copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+        for &b in chunks.remainder() {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(n.into());
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(n.into());
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(n.into());
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.write_u64(n as u64);
+        self.write_u64((n >> 64) as u64);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 
@@ -781,7 +1028,7 @@ fn fold_class(
 ) -> Result<(), CompileError> {
     // Own contributions per prefix, in rule order: the implicit allowances
     // first, so explicit rules repeating them are reported as redundant.
-    let mut own: HashMap<Prefix, Vec<Contribution>> = HashMap::new();
+    let mut own: FastMap<Prefix, Vec<Contribution>> = FastMap::default();
     if ctx.policy.allow_loopback {
         for dest in [Prefix::v4_loopback(), Prefix::v6_loopback()] {
             let grant = Grant {
@@ -877,6 +1124,9 @@ fn fold_class(
         // its descendants; the stack holds the chain of enclosing prefixes.
         let mut stack: Vec<(Prefix, Rc<AllowSet>)> = Vec::new();
         let empty = Rc::new(AllowSet::new());
+        // Each prefix's (rule, destination) pairs and whether something
+        // already granted them; a prefix has a handful: a list beats a map.
+        let mut covered_pairs: Vec<((RuleOrigin, Prefix), Option<Grant>)> = Vec::new();
         for prefix in list {
             while stack.last().is_some_and(|(p, _)| !p.contains(&prefix)) {
                 stack.pop();
@@ -891,11 +1141,17 @@ fn fold_class(
                 (*parent).clone()
             };
             let mut changed = false;
-            let mut covered_pairs: HashMap<(RuleOrigin, Prefix), Option<Grant>> = HashMap::new();
+            covered_pairs.clear();
             for c in own.get(&prefix).map(Vec::as_slice).unwrap_or(&[]) {
-                let pair = covered_pairs
-                    .entry((c.grant.origin, c.grant.dest))
-                    .or_insert(None);
+                let pair_key = (c.grant.origin, c.grant.dest);
+                let at = match covered_pairs.iter().position(|(k, _)| *k == pair_key) {
+                    Some(at) => at,
+                    None => {
+                        covered_pairs.push((pair_key, None));
+                        covered_pairs.len() - 1
+                    }
+                };
+                let pair = &mut covered_pairs[at].1;
                 match covering(&set, &c.allowance) {
                     Some(by) => {
                         // Remember a coverer for the message unless part of
@@ -915,7 +1171,7 @@ fn fold_class(
                     }
                 }
             }
-            for ((origin, dest), by) in covered_pairs {
+            for ((origin, dest), by) in covered_pairs.drain(..) {
                 if let Some(by) = by {
                     if by.rule_id != 0 && in_scope(origin) {
                         redundant.push(Redundant { origin, dest, by });
@@ -947,7 +1203,7 @@ fn fold_class(
 /// left out: what a prefix carved out of loopback inherits.
 fn fold_ancestors_without_loopback(
     stack: &[(Prefix, Rc<AllowSet>)],
-    own: &HashMap<Prefix, Vec<Contribution>>,
+    own: &FastMap<Prefix, Vec<Contribution>>,
 ) -> AllowSet {
     let mut set = AllowSet::new();
     let contributions = stack
@@ -1580,5 +1836,125 @@ mod tests {
         fresh.seed_policies(&a.state, &p, &inventory(&[("a", 1)]));
         let c = compile(&p, &inventory(&[("a", 1)]), &mut fresh).unwrap();
         assert!(diff_ops(&a.state, &c.state).is_empty());
+    }
+
+    /// Three policies, one with a process entry; `port` is one rule's port
+    /// in the second.
+    fn three_policies(port: u16) -> PolicySet {
+        policy(&format!(
+            "[[policy]]\nname='a'\nselect={{name='a'}}\nallow=[{{to='10.0.0.0/8', proto='tcp', ports=[443]}}, {{to='10.1.1.1', proto='tcp', ports=[443]}}]\n\
+             [[policy.process]]\ncomm='curl'\nallow=[{{to='192.0.2.1', proto='tcp', ports=[80]}}]\n\
+             [[policy]]\nname='b'\nselect={{name='b'}}\nallow=[{{to='10.2.0.1', proto='tcp', ports=[{port}]}}, {{to='2001:db8::/64', proto='udp', ports=[53]}}]\n\
+             [[policy]]\nname='c'\nselect={{name='c'}}\nallow=[{{to='10.3.0.1', proto='tcp', ports=[443]}}]\n"
+        ))
+    }
+
+    #[test]
+    fn an_unchanged_file_takes_every_policy_over_without_compiling() {
+        let p = three_policies(443);
+        let mut ids = IdTables::default();
+        let (first, reuse) = compile_rules_reusing(&p, &mut ids, None).unwrap();
+        assert_eq!(
+            reuse,
+            Reuse {
+                reused: 0,
+                compiled: 3
+            }
+        );
+        assert!(!first.warnings.is_empty(), "policy a has a redundant rule");
+        let (again, reuse) = compile_rules_reusing(&p, &mut ids, Some((&p, &first))).unwrap();
+        assert_eq!(
+            reuse,
+            Reuse {
+                reused: 3,
+                compiled: 0
+            }
+        );
+        assert_eq!(again, first);
+    }
+
+    #[test]
+    fn a_one_rule_change_compiles_only_its_policy_and_equals_a_full_compile() {
+        let before = three_policies(443);
+        let after = three_policies(8443);
+        let mut ids = IdTables::default();
+        let (first, _) = compile_rules_reusing(&before, &mut ids, None).unwrap();
+        let mut full_ids = ids.clone();
+        let (reused, reuse) =
+            compile_rules_reusing(&after, &mut ids, Some((&before, &first))).unwrap();
+        assert_eq!(
+            reuse,
+            Reuse {
+                reused: 2,
+                compiled: 1
+            }
+        );
+        let full = compile_rules(&after, &mut full_ids).unwrap();
+        assert_eq!(reused, full);
+        assert_ne!(reused.dests, first.dests);
+    }
+
+    #[test]
+    fn a_policy_moved_in_the_file_is_compiled_again() {
+        let p = three_policies(443);
+        let mut ids = IdTables::default();
+        let (first, _) = compile_rules_reusing(&p, &mut ids, None).unwrap();
+        let mut swapped = p.clone();
+        swapped.policies.swap(0, 2);
+        let (_, reuse) = compile_rules_reusing(&swapped, &mut ids, Some((&p, &first))).unwrap();
+        assert_eq!(
+            reuse,
+            Reuse {
+                reused: 1,
+                compiled: 2
+            }
+        );
+    }
+
+    /// Ids the tables forgot since are learned again; an id another key
+    /// holds now makes the policy compile again, never share the id.
+    #[test]
+    fn a_policy_whose_ids_went_elsewhere_is_compiled_again() {
+        let p = three_policies(443);
+        let mut ids = IdTables::default();
+        let (first, _) = compile_rules_reusing(&p, &mut ids, None).unwrap();
+
+        let mut forgetful = IdTables::default();
+        for (index, policy) in p.policies.iter().enumerate() {
+            assert!(forgetful
+                .policies
+                .seed(policy.name.clone(), first.policy_ids[index]));
+        }
+        let (relearned, reuse) =
+            compile_rules_reusing(&p, &mut forgetful, Some((&p, &first))).unwrap();
+        assert_eq!(
+            reuse,
+            Reuse {
+                reused: 3,
+                compiled: 0
+            }
+        );
+        assert_eq!(relearned, first);
+        assert_eq!(forgetful.rules.len(), ids.rules.len());
+        assert_eq!(forgetful.rulesets.len(), ids.rulesets.len());
+
+        let mut taken = IdTables::default();
+        for (index, policy) in p.policies.iter().enumerate() {
+            taken
+                .policies
+                .seed(policy.name.clone(), first.policy_ids[index]);
+        }
+        let b_ruleset = *policy_dests(&first.dests, first.policy_ids[1])
+            .next()
+            .unwrap()
+            .1;
+        assert!(taken.rulesets.seed(vec![(99, 9, 16, 9)], b_ruleset));
+        let mut full_ids = taken.clone();
+        let (recompiled, reuse) =
+            compile_rules_reusing(&p, &mut taken, Some((&p, &first))).unwrap();
+        assert!(reuse.compiled >= 1, "{reuse:?}");
+        assert!(policy_dests(&recompiled.dests, first.policy_ids[1])
+            .all(|(_, &ruleset)| ruleset != b_ruleset));
+        assert_eq!(recompiled, compile_rules(&p, &mut full_ids).unwrap());
     }
 }

@@ -24,6 +24,7 @@ impl Kernel {
                 actual: current,
             });
         }
+        let started = std::time::Instant::now();
         let mut ops = diff.ops.clone();
         ops.sort_by_key(apply_order);
         validate(&self.mirror, &ops)?;
@@ -31,6 +32,7 @@ impl Kernel {
             .iter()
             .map(|op| MapWrite::encode(op, self.exe_key))
             .collect::<Result<Vec<_>, _>>()?;
+        let encoded = started.elapsed();
         let rules_changed = changes_rules(&self.mirror, diff);
         let cgroups_checked_again = rules_changed || removes_cgroups(diff);
         if cgroups_checked_again {
@@ -59,7 +61,15 @@ impl Kernel {
                 None => MapOp::Delete { key },
             });
         }
+        let written = started.elapsed();
         self.mirror.apply_ops(&ops);
+        tracing::debug!(
+            ops = ops.len(),
+            validate_encode = ?encoded,
+            write = ?(written - encoded),
+            mirror = ?(started.elapsed() - written),
+            "diff written"
+        );
         let mut config = self.maps.config.get(&0, 0).unwrap_or_default();
         if let Some(v) = diff.unknown_verdict {
             config.unknown_verdict = repr::verdict(v) as u8;

@@ -245,8 +245,15 @@ struct Refused {
     digest: Option<u64>,
 }
 
-/// Reads, validates and compiles the policy file.
-fn load(path: &std::path::Path, ids: &mut IdTables) -> Result<Loaded, Refused> {
+/// Reads, validates and compiles the policy file. The same bytes as
+/// `previous` was loaded from are `previous` itself; otherwise only the
+/// policies that differ from `previous`'s are compiled again.
+fn load(
+    path: &std::path::Path,
+    ids: &mut IdTables,
+    previous: Option<&Arc<Loaded>>,
+) -> Result<Arc<Loaded>, Refused> {
+    let started = Instant::now();
     let text = std::fs::read_to_string(path).map_err(|source| Refused {
         error: error_diagnostic(
             PolicyError::Read {
@@ -257,14 +264,35 @@ fn load(path: &std::path::Path, ids: &mut IdTables) -> Result<Loaded, Refused> {
         ),
         digest: None,
     })?;
+    let digest = policy::fnv1a(text.as_bytes());
+    let name = path.display().to_string();
+    if let Some(previous) =
+        previous.filter(|p| p.policies.digest == digest && p.policies.source_name == name)
+    {
+        tracing::debug!(elapsed = ?started.elapsed(), "policy file unchanged; its compiled form stays");
+        return Ok(previous.clone());
+    }
     let refused = |error| Refused {
         error,
-        digest: Some(policy::fnv1a(text.as_bytes())),
+        digest: Some(digest),
     };
-    let policies = policy::parse(&path.display().to_string(), &text)
+    let read = started.elapsed();
+    let policies = policy::parse(&name, &text)
         .map_err(|invalid_policy| refused(invalid(&invalid_policy.diagnostics)))?;
-    let rules = compile::compile_rules(&policies, ids).map_err(|e| refused(compile_failure(e)))?;
-    Ok(Loaded { policies, rules })
+    drop(text);
+    let parsed = started.elapsed();
+    let (rules, reuse) =
+        compile::compile_rules_reusing(&policies, ids, previous.map(|p| (&p.policies, &p.rules)))
+            .map_err(|e| refused(compile_failure(e)))?;
+    tracing::debug!(
+        ?read,
+        parse = ?(parsed - read),
+        compile = ?(started.elapsed() - parsed),
+        reused = reuse.reused,
+        compiled = reuse.compiled,
+        "policy loaded"
+    );
+    Ok(Arc::new(Loaded { policies, rules }))
 }
 
 impl Engine {
@@ -601,7 +629,7 @@ impl Engine {
                 self.seed(&snapshot.state);
             }
         }
-        let candidate = match load(&self.policy_path, &mut self.ids) {
+        let candidate = match load(&self.policy_path, &mut self.ids, self.view.loaded.as_ref()) {
             Ok(c) => c,
             Err(Refused { error, digest }) => {
                 if digest.is_some() {
@@ -646,7 +674,7 @@ impl Engine {
                 ..Outcome::default()
             }
         } else {
-            let previous = self.view.loaded.replace(Arc::new(candidate));
+            let previous = self.view.loaded.replace(candidate);
             self.view.inventory = Arc::new(inventory);
             self.view.rejected_digest = None;
             match self.converge().await {
@@ -770,3 +798,43 @@ fn release_freed_memory() {
 /// How long the first convergence waits for an inventory before carrying
 /// the loader's cgroup entries over unchanged.
 pub const INVENTORY_GRACE: Duration = Duration::from_secs(15);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy_text(port: u16) -> String {
+        format!(
+            "[[policy]]\nname = \"a\"\nselect = {{ name = \"a\" }}\nallow = [{{ to = \"10.0.0.1\", proto = \"tcp\", ports = [443] }}]\n\
+             [[policy]]\nname = \"b\"\nselect = {{ name = \"b\" }}\nallow = [{{ to = \"10.0.0.2\", proto = \"tcp\", ports = [{port}] }}]\n"
+        )
+    }
+
+    #[test]
+    fn the_same_bytes_again_are_the_loaded_policy_itself() {
+        let dir = std::env::temp_dir().join(format!("policyd-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("policy.toml");
+        std::fs::write(&path, policy_text(443)).unwrap();
+        let mut ids = IdTables::default();
+        let Ok(first) = load(&path, &mut ids, None) else {
+            panic!("the policy loads")
+        };
+        let Ok(again) = load(&path, &mut ids, Some(&first)) else {
+            panic!("the policy loads")
+        };
+        assert!(Arc::ptr_eq(&first, &again), "not parsed nor compiled again");
+
+        std::fs::write(&path, policy_text(8443)).unwrap();
+        let mut fresh_ids = ids.clone();
+        let Ok(edited) = load(&path, &mut ids, Some(&again)) else {
+            panic!("the policy loads")
+        };
+        assert!(!Arc::ptr_eq(&again, &edited));
+        assert_eq!(
+            edited.rules,
+            compile::compile_rules(&edited.policies, &mut fresh_ids).unwrap()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
