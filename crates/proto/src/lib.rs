@@ -11,7 +11,7 @@ pub mod runtime;
 pub mod transport;
 
 /// Bumped when a service trait or a shared type changes incompatibly.
-pub const API_VERSION: u32 = 2;
+pub const API_VERSION: u32 = 3;
 
 /// Where the daemons listen by default.
 pub mod paths {
