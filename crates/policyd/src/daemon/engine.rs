@@ -31,7 +31,7 @@ use tokio::{
 
 use super::{
     links::{loader_deadline, ExeResolver, LoaderLink, UNANSWERED},
-    plan::{self, Loaded},
+    plan::{self, ContainerChange, Loaded, Since},
     view::{self, View},
     Config, InventorySource,
 };
@@ -39,7 +39,7 @@ use crate::{
     compile,
     diagnostic::{Diagnostic, Severity},
     ids::IdTables,
-    inventory::{self, Inventory},
+    inventory::{self, Container, Inventory},
     metrics::{Recorder, ReloadResult},
     policy::{self, PolicyError, PolicySet},
 };
@@ -61,6 +61,9 @@ enum Command {
 pub enum Feed {
     /// A new inventory from the resolver (or the inventory file).
     SetInventory(Inventory),
+    /// Containers changed, by inventory key (`None`: gone); the others
+    /// are as before.
+    ContainersChanged(Vec<(String, Option<Container>)>),
     /// The inventory source failed; the last inventory stays.
     InventoryUnavailable(String),
     /// Re-read the loader's state if it may have changed behind our back
@@ -142,6 +145,15 @@ struct Engine {
     /// Containers already reported as unenforced (id → reason), so each is
     /// warned about once, and again if it recurs.
     unenforced_reported: BTreeMap<String, String>,
+    /// The containers changed since the loader's state was last planned
+    /// and converged from `planned_with`, by inventory key (from the
+    /// first change's before to the last one's after); `None` when
+    /// anything else may have changed (then the whole state is planned).
+    since_converged: Option<BTreeMap<String, ContainerChange>>,
+    planned_with: Option<Arc<Loaded>>,
+    /// The containers the last convergence looked at alone, for the
+    /// unenforced check; `None`: all of them.
+    last_converged: Option<Vec<ContainerChange>>,
     recorder: Arc<Recorder>,
 }
 
@@ -192,6 +204,9 @@ pub fn spawn(config: &Config, recorder: Arc<Recorder>) -> (Handle, JoinHandle<()
         seeded: false,
         exes_incomplete: false,
         unenforced_reported: BTreeMap::new(),
+        since_converged: None,
+        planned_with: None,
+        last_converged: None,
         recorder,
     };
     (handle, tokio::spawn(engine.run(queue)))
@@ -331,6 +346,11 @@ impl Engine {
                 self.view.inventory_connection.error = None;
                 self.set_inventory(inventory).await
             }
+            Feed::ContainersChanged(changes) => {
+                self.view.inventory_connection.connected = true;
+                self.view.inventory_connection.error = None;
+                self.change_containers(changes).await
+            }
             Feed::InventoryUnavailable(error) => {
                 self.view.inventory_connection.connected = false;
                 self.view.inventory_connection.error = Some(error);
@@ -347,6 +367,13 @@ impl Engine {
             }
             Feed::GraceOver => None,
         }
+    }
+
+    /// Forgets the loader's state (it is fetched again before the next
+    /// plan), and with it what the last plan knew.
+    fn forget_kernel(&mut self) {
+        self.view.kernel = None;
+        self.since_converged = None;
     }
 
     /// The inventory to plan with: none until a first one arrived.
@@ -450,19 +477,21 @@ impl Engine {
                 .await;
             if inventory != *self.view.inventory {
                 self.view.inventory = Arc::new(inventory);
+                self.since_converged = None;
                 why = Some("executables resolved");
             }
         }
         // A full state read is megabytes on a big host: skip it when the
         // loader's generation says nothing changed behind our back.
         let known = self.view.kernel.as_ref().map(|k| k.generation);
-        let generation = self.loader.call("generation", |c| async move {
+        let loader = self.loader.clone();
+        let generation = loader.call("generation", |c| async move {
             c.generation(loader_deadline()).await
         });
         if healthy && known.is_some() && generation.await.ok() == known {
             return why;
         }
-        self.view.kernel = None;
+        self.forget_kernel();
         Some(if healthy { "periodic resync" } else { "retry" })
     }
 
@@ -470,6 +499,7 @@ impl Engine {
     /// mismatch (someone else changed the maps between fetch and apply).
     async fn converge(&mut self) -> Result<Outcome, PolicydError> {
         const ATTEMPTS: usize = 4;
+        self.last_converged = None;
         if self.hold && !self.inventory_ready {
             return Ok(Outcome {
                 pending: Some(format!(
@@ -488,9 +518,26 @@ impl Engine {
                     ..Outcome::default()
                 });
             };
-            let plan =
-                plan::plan(&loaded, self.ready_inventory(), &kernel).map_err(compile_failure)?;
+            let changes: Option<Vec<ContainerChange>> = match &self.planned_with {
+                Some(planned) if Arc::ptr_eq(planned, &loaded) => self
+                    .since_converged
+                    .as_ref()
+                    .map(|changes| changes.values().cloned().collect()),
+                _ => None,
+            };
+            let since = match &changes {
+                Some(changes) => Since::Containers(changes),
+                None => Since::Anything,
+            };
+            let plan = plan::plan_since(&loaded, self.ready_inventory(), &kernel, since)
+                .map_err(compile_failure)?;
+            // What this plan looked at alone, once it is in the loader.
+            let looked_at = match (&plan.desired, since) {
+                (None, Since::Containers(changes)) => Some(changes.to_vec()),
+                _ => None,
+            };
             if plan.diff.is_empty() {
+                self.converged(&loaded, looked_at);
                 return Ok(Outcome {
                     generation: kernel.generation,
                     warnings: plan.warnings,
@@ -506,12 +553,26 @@ impl Engine {
                 .await;
             match applied {
                 Ok(Ok(generation)) => {
-                    self.ids.retain_live(&plan.desired, &loaded.policies);
+                    let state = match plan.desired {
+                        Some(desired) => {
+                            self.ids.retain_live(&desired, &loaded.policies);
+                            desired
+                        }
+                        // Only container entries changed: the rules, and
+                        // the ids they hold, are as they were.
+                        None => {
+                            let mut state = kernel.state.clone();
+                            kernel_model::diff::apply(
+                                &mut state,
+                                plan.diff.unknown_verdict,
+                                &plan.diff.ops,
+                            );
+                            state
+                        }
+                    };
                     tracing::info!(generation, ops = plan.diff.ops.len(), "applied");
-                    self.view.kernel = Some(Arc::new(StateSnapshot {
-                        generation,
-                        state: plan.desired,
-                    }));
+                    self.view.kernel = Some(Arc::new(StateSnapshot { generation, state }));
+                    self.converged(&loaded, looked_at);
                     self.view.last_applied_unix = Some(unix_now());
                     return Ok(Outcome {
                         applied: true,
@@ -527,14 +588,14 @@ impl Engine {
                         actual,
                         "loader state moved on; refetching and diffing again"
                     );
-                    self.view.kernel = None;
+                    self.forget_kernel();
                 }
                 Ok(Err(e)) => {
-                    self.view.kernel = None;
+                    self.forget_kernel();
                     return Err(PolicydError::Loader(e));
                 }
                 Err(e) => {
-                    self.view.kernel = None;
+                    self.forget_kernel();
                     return Err(e);
                 }
             }
@@ -542,6 +603,14 @@ impl Engine {
         Err(PolicydError::Internal(format!(
             "the loader's generation changed {ATTEMPTS} times while applying; another writer is active?"
         )))
+    }
+
+    /// The loader holds what `loaded` calls for on the inventory: later
+    /// container changes can be planned alone.
+    fn converged(&mut self, loaded: &Arc<Loaded>, looked_at: Option<Vec<ContainerChange>>) {
+        self.since_converged = Some(BTreeMap::new());
+        self.planned_with = Some(loaded.clone());
+        self.last_converged = looked_at;
     }
 
     /// Converges and records the outcome for status.
@@ -648,6 +717,7 @@ impl Engine {
         } else {
             let previous = self.view.loaded.replace(Arc::new(candidate));
             self.view.inventory = Arc::new(inventory);
+            self.since_converged = None;
             self.view.rejected_digest = None;
             match self.converge().await {
                 Ok(outcome) => outcome,
@@ -693,6 +763,7 @@ impl Engine {
         }
         self.view.inventory = Arc::new(inventory);
         self.inventory_ready = true;
+        self.since_converged = None;
         if first {
             // Policy ids are learned through running containers' cgroups:
             // now that they are known, learn again from the loader's state.
@@ -702,22 +773,118 @@ impl Engine {
         Some("inventory changed")
     }
 
+    /// Takes the changed containers of an inventory, the others unchanged:
+    /// only these are looked at (their executables carried over or
+    /// resolved as [`Self::set_inventory`] does), so a change costs what
+    /// its containers do, not what the host's do. Says why to converge,
+    /// if anything changed.
+    async fn change_containers(
+        &mut self,
+        changes: Vec<(String, Option<Container>)>,
+    ) -> Option<&'static str> {
+        let mut changed = Vec::new();
+        for (key, mut after) in changes {
+            let position = position_of(&self.view.inventory, &key);
+            let before = position.ok().map(|i| &self.view.inventory.containers[i]);
+            if let (Some(after), Some(before)) = (after.as_mut(), before) {
+                if after.exes.is_empty()
+                    && after.id == before.id
+                    && after.cgroup_id.is_some()
+                    && after.cgroup_id == before.cgroup_id
+                {
+                    after.exes = before.exes.clone();
+                }
+            }
+            if let (Some(loaded), true) = (self.view.loaded.clone(), after.is_some()) {
+                let mut alone = Inventory {
+                    containers: after.take().into_iter().collect(),
+                };
+                // Only this container's unanswered paths are asked again
+                // here; the periodic resync still retries everyone's.
+                let incomplete = std::mem::take(&mut self.exes_incomplete);
+                self.resolve_exes(&loaded.policies, &mut alone, false).await;
+                self.exes_incomplete |= incomplete;
+                after = alone.containers.pop();
+            }
+            let before = position
+                .ok()
+                .map(|i| self.view.inventory.containers[i].clone());
+            if before == after {
+                continue;
+            }
+            changed.push((key, ContainerChange { before, after }));
+        }
+        if changed.is_empty() {
+            return None;
+        }
+        let inventory = Arc::make_mut(&mut self.view.inventory);
+        for (key, change) in &changed {
+            match (position_of(inventory, key), change.after.clone()) {
+                (Ok(i), Some(after)) => inventory.containers[i] = after,
+                (Ok(i), None) => {
+                    inventory.containers.remove(i);
+                }
+                (Err(i), Some(after)) => inventory.containers.insert(i, after),
+                (Err(_), None) => {}
+            }
+        }
+        if !self.inventory_ready {
+            self.inventory_ready = true;
+            self.seeded = false;
+            return Some("first inventory");
+        }
+        if let Some(since) = &mut self.since_converged {
+            for (key, change) in changed {
+                since
+                    .entry(key)
+                    .and_modify(|earlier| earlier.after = change.after.clone())
+                    .or_insert(change);
+            }
+        }
+        Some("inventory changed")
+    }
+
     /// Logs a warning for every selected container whose policy the kernel
     /// does not enforce (its cgroup is below no attached parent), once per
     /// container and reason.
     async fn warn_unenforced(&mut self) {
-        let Some(loaded) = &self.view.loaded else {
+        let Some(loaded) = self.view.loaded.clone() else {
             return;
         };
-        let Ok(assigned) = compile::assign(&loaded.policies, &loaded.rules, &self.view.inventory)
-        else {
+        // After a convergence that looked at some containers alone, only
+        // those can have become (or stopped being) unenforced.
+        let scope = self.last_converged.take();
+        let scoped;
+        let inventory = match &scope {
+            Some(changes) => {
+                scoped = Inventory {
+                    containers: changes.iter().filter_map(|c| c.after.clone()).collect(),
+                };
+                &scoped
+            }
+            None => &*self.view.inventory,
+        };
+        let Ok(assigned) = compile::assign(&loaded.policies, &loaded.rules, inventory) else {
             return;
         };
         let attached = self.loader.attached_parents().await;
-        let mut now = BTreeMap::new();
+        let mut reported = match &scope {
+            Some(changes) => {
+                let mut kept = std::mem::take(&mut self.unenforced_reported);
+                let mut previous = BTreeMap::new();
+                for c in changes.iter().flat_map(|c| c.before.iter().chain(&c.after)) {
+                    if let Some(reason) = kept.remove(&c.id) {
+                        previous.insert(c.id.clone(), reason);
+                    }
+                }
+                self.unenforced_reported = previous;
+                kept
+            }
+            None => BTreeMap::new(),
+        };
         let enforcements = view::enforcements(
-            loaded,
-            &self.view.inventory,
+            &loaded,
+            inventory,
             assigned,
             &attached,
             self.view.kernel.as_deref(),
@@ -736,10 +903,22 @@ impl Engine {
                     "container selected by a policy is NOT enforced"
                 );
             }
-            now.insert(c.id.clone(), reason);
+            reported.insert(c.id.clone(), reason);
         }
-        self.unenforced_reported = now;
+        self.unenforced_reported = reported;
     }
+}
+
+/// Where the container of inventory key `key` (`namespace/id`) is in an
+/// inventory kept in key order (the resolver's), or would go.
+fn position_of(inventory: &Inventory, key: &str) -> Result<usize, usize> {
+    inventory.containers.binary_search_by(|c| {
+        c.namespace
+            .bytes()
+            .chain(std::iter::once(b'/'))
+            .chain(c.id.bytes())
+            .cmp(key.bytes())
+    })
 }
 
 /// How a reload ended, for the metrics.
