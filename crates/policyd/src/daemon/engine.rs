@@ -123,6 +123,104 @@ struct Outcome {
     warnings: Vec<Diagnostic>,
 }
 
+/// One change to a published value, made again to an older copy.
+trait Patch<C> {
+    fn patch(&mut self, change: &C);
+}
+
+/// A key's container (`None`: gone) in an inventory in key order.
+type InventoryChange = (String, Option<Container>);
+
+impl Patch<InventoryChange> for Inventory {
+    fn patch(&mut self, (key, container): &InventoryChange) {
+        match (position_of(self, key), container.clone()) {
+            (Ok(i), Some(container)) => self.containers[i] = container,
+            (Ok(i), None) => {
+                self.containers.remove(i);
+            }
+            (Err(i), Some(container)) => self.containers.insert(i, container),
+            (Err(_), None) => {}
+        }
+    }
+}
+
+/// A diff the loader applied, and the generation it reached.
+type Applied = (u64, MapDiff);
+
+impl Patch<Applied> for StateSnapshot {
+    fn patch(&mut self, (generation, diff): &Applied) {
+        kernel_model::diff::apply(&mut self.state, diff.unknown_verdict, &diff.ops);
+        self.generation = *generation;
+    }
+}
+
+/// Changes a value readers share (the view's inventory, the loader's
+/// state) without a clone of all of it per change: the copy the previous
+/// publish held, once no reader holds it any more, is kept with the
+/// changes it lacks, and the next change is made to it. A change then
+/// costs what it changes, not the size of the host.
+struct Recycler<T, C> {
+    /// An unshared earlier copy and the changes made since.
+    spare: Option<(T, Vec<C>)>,
+    /// The changes made since the last publish; `None` when the value was
+    /// replaced whole (no older copy can catch up by changes).
+    since_publish: Option<Vec<C>>,
+}
+
+impl<T, C> Default for Recycler<T, C> {
+    fn default() -> Self {
+        Recycler {
+            spare: None,
+            since_publish: Some(Vec::new()),
+        }
+    }
+}
+
+impl<T: Clone + Patch<C>, C: Clone> Recycler<T, C> {
+    /// Makes `changes` to `current`: in place when nobody else holds it,
+    /// else to the spare copy (caught up first), else to a clone.
+    fn change(&mut self, current: &mut Arc<T>, changes: &[C]) {
+        match Arc::get_mut(current) {
+            Some(value) => changes.iter().for_each(|c| value.patch(c)),
+            None => {
+                let mut next = match self.spare.take() {
+                    Some((mut spare, lag)) => {
+                        lag.iter().for_each(|c| spare.patch(c));
+                        spare
+                    }
+                    None => (**current).clone(),
+                };
+                changes.iter().for_each(|c| next.patch(c));
+                *current = Arc::new(next);
+            }
+        }
+        if let Some(since) = &mut self.since_publish {
+            since.extend_from_slice(changes);
+        }
+    }
+
+    /// The value was replaced whole.
+    fn replaced(&mut self) {
+        self.spare = None;
+        self.since_publish = None;
+    }
+
+    /// After a publish: the value the previous publish held becomes the
+    /// spare, if it is not the current one and nobody holds it.
+    fn recycle(&mut self, previous: Option<Arc<T>>, current: Option<&Arc<T>>) {
+        let since = self.since_publish.replace(Vec::new());
+        let (Some(previous), Some(current), Some(lag)) = (previous, current, since) else {
+            self.spare = None;
+            return;
+        };
+        if Arc::ptr_eq(&previous, current) {
+            // Unchanged since: a spare kept earlier still catches up.
+            return;
+        }
+        self.spare = Arc::try_unwrap(previous).ok().map(|value| (value, lag));
+    }
+}
+
 struct Engine {
     loader: Arc<LoaderLink>,
     exe_resolver: Option<Arc<ExeResolver>>,
@@ -154,6 +252,8 @@ struct Engine {
     /// The containers the last convergence looked at alone, for the
     /// unenforced check; `None`: all of them.
     last_converged: Option<Vec<ContainerChange>>,
+    inventory_copies: Recycler<Inventory, InventoryChange>,
+    kernel_copies: Recycler<StateSnapshot, Applied>,
     recorder: Arc<Recorder>,
 }
 
@@ -207,6 +307,8 @@ pub fn spawn(config: &Config, recorder: Arc<Recorder>) -> (Handle, JoinHandle<()
         since_converged: None,
         planned_with: None,
         last_converged: None,
+        inventory_copies: Recycler::default(),
+        kernel_copies: Recycler::default(),
         recorder,
     };
     (handle, tokio::spawn(engine.run(queue)))
@@ -323,7 +425,16 @@ impl Engine {
             }
             // Published before anyone hears back, so a client's next
             // status or explain sees what its reload did.
-            self.publish.send_replace(Arc::new(self.view.clone()));
+            let previous = self.publish.send_replace(Arc::new(self.view.clone()));
+            if let Ok(previous) = Arc::try_unwrap(previous) {
+                self.inventory_copies
+                    .recycle(Some(previous.inventory), Some(&self.view.inventory));
+                self.kernel_copies
+                    .recycle(previous.kernel, self.view.kernel.as_ref());
+            } else {
+                self.inventory_copies.recycle(None, None);
+                self.kernel_copies.recycle(None, None);
+            }
             // After the publish: only then is the view before the reload,
             // and the policy it held, let go.
             if !answers.is_empty() {
@@ -373,6 +484,7 @@ impl Engine {
     /// plan), and with it what the last plan knew.
     fn forget_kernel(&mut self) {
         self.view.kernel = None;
+        self.kernel_copies.replaced();
         self.since_converged = None;
     }
 
@@ -394,6 +506,7 @@ impl Engine {
             .map_err(PolicydError::Loader)?;
         let snapshot = Arc::new(snapshot);
         self.view.kernel = Some(snapshot.clone());
+        self.kernel_copies.replaced();
         Ok(snapshot)
     }
 
@@ -477,6 +590,7 @@ impl Engine {
                 .await;
             if inventory != *self.view.inventory {
                 self.view.inventory = Arc::new(inventory);
+                self.inventory_copies.replaced();
                 self.since_converged = None;
                 why = Some("executables resolved");
             }
@@ -553,25 +667,28 @@ impl Engine {
                 .await;
             match applied {
                 Ok(Ok(generation)) => {
-                    let state = match plan.desired {
-                        Some(desired) => {
-                            self.ids.retain_live(&desired, &loaded.policies);
-                            desired
+                    tracing::info!(generation, ops = plan.diff.ops.len(), "applied");
+                    match plan.desired {
+                        Some(state) => {
+                            self.ids.retain_live(&state, &loaded.policies);
+                            self.view.kernel = Some(Arc::new(StateSnapshot { generation, state }));
+                            self.kernel_copies.replaced();
                         }
                         // Only container entries changed: the rules, and
                         // the ids they hold, are as they were.
                         None => {
-                            let mut state = kernel.state.clone();
-                            kernel_model::diff::apply(
-                                &mut state,
-                                plan.diff.unknown_verdict,
-                                &plan.diff.ops,
-                            );
-                            state
+                            // Not held here, so it can be changed in place.
+                            drop(kernel);
+                            match &mut self.view.kernel {
+                                Some(held) => self
+                                    .kernel_copies
+                                    .change(held, &[(generation, plan.diff.clone())]),
+                                // The plan was made from it: cannot happen;
+                                // it is read again before the next plan.
+                                None => self.forget_kernel(),
+                            }
                         }
-                    };
-                    tracing::info!(generation, ops = plan.diff.ops.len(), "applied");
-                    self.view.kernel = Some(Arc::new(StateSnapshot { generation, state }));
+                    }
                     self.converged(&loaded, looked_at);
                     self.view.last_applied_unix = Some(unix_now());
                     return Ok(Outcome {
@@ -717,6 +834,7 @@ impl Engine {
         } else {
             let previous = self.view.loaded.replace(Arc::new(candidate));
             self.view.inventory = Arc::new(inventory);
+            self.inventory_copies.replaced();
             self.since_converged = None;
             self.view.rejected_digest = None;
             match self.converge().await {
@@ -762,6 +880,7 @@ impl Engine {
             return None;
         }
         self.view.inventory = Arc::new(inventory);
+        self.inventory_copies.replaced();
         self.inventory_ready = true;
         self.since_converged = None;
         if first {
@@ -817,17 +936,12 @@ impl Engine {
         if changed.is_empty() {
             return None;
         }
-        let inventory = Arc::make_mut(&mut self.view.inventory);
-        for (key, change) in &changed {
-            match (position_of(inventory, key), change.after.clone()) {
-                (Ok(i), Some(after)) => inventory.containers[i] = after,
-                (Ok(i), None) => {
-                    inventory.containers.remove(i);
-                }
-                (Err(i), Some(after)) => inventory.containers.insert(i, after),
-                (Err(_), None) => {}
-            }
-        }
+        let edits: Vec<InventoryChange> = changed
+            .iter()
+            .map(|(key, change)| (key.clone(), change.after.clone()))
+            .collect();
+        self.inventory_copies
+            .change(&mut self.view.inventory, &edits);
         if !self.inventory_ready {
             self.inventory_ready = true;
             self.seeded = false;
@@ -949,3 +1063,82 @@ fn release_freed_memory() {
 /// How long the first convergence waits for an inventory before carrying
 /// the loader's cgroup entries over unchanged.
 pub const INVENTORY_GRACE: Duration = Duration::from_secs(15);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container(id: &str) -> Container {
+        Container {
+            id: id.into(),
+            namespace: "default".into(),
+            cgroup_id: Some(id.len() as u64),
+            ..Container::default()
+        }
+    }
+
+    fn add(id: &str) -> InventoryChange {
+        (format!("default/{id}"), Some(container(id)))
+    }
+
+    fn ids(inventory: &Inventory) -> Vec<&str> {
+        inventory.containers.iter().map(|c| c.id.as_str()).collect()
+    }
+
+    /// One engine batch: `changes` made to the value, then published.
+    fn batch(
+        copies: &mut Recycler<Inventory, InventoryChange>,
+        value: &mut Arc<Inventory>,
+        published: &mut Arc<Inventory>,
+        changes: &[InventoryChange],
+    ) {
+        copies.change(value, changes);
+        let previous = std::mem::replace(published, value.clone());
+        copies.recycle(Some(previous), Some(value));
+    }
+
+    #[test]
+    fn a_change_to_a_published_value_is_made_to_the_spare_copy_caught_up() {
+        let mut copies = Recycler::default();
+        let mut value = Arc::new(Inventory::default());
+        let mut published = value.clone();
+        batch(
+            &mut copies,
+            &mut value,
+            &mut published,
+            &[add("b"), add("d")],
+        );
+        // The value before that batch, unheld, is the spare now.
+        assert!(copies.spare.is_some());
+        batch(&mut copies, &mut value, &mut published, &[add("a")]);
+        assert_eq!(ids(&value), ["a", "b", "d"]);
+        batch(
+            &mut copies,
+            &mut value,
+            &mut published,
+            &[("default/b".into(), None), add("c")],
+        );
+        assert_eq!(ids(&value), ["a", "c", "d"]);
+        assert_eq!(ids(&published), ["a", "c", "d"]);
+    }
+
+    #[test]
+    fn a_copy_a_reader_holds_or_a_value_replaced_whole_is_not_reused() {
+        let mut copies = Recycler::default();
+        let mut value = Arc::new(Inventory::default());
+        let mut published = value.clone();
+        let reader = published.clone();
+        batch(&mut copies, &mut value, &mut published, &[add("a")]);
+        assert!(copies.spare.is_none(), "a reader still holds it");
+        drop(reader);
+        value = Arc::new(Inventory {
+            containers: vec![container("z")],
+        });
+        copies.replaced();
+        let previous = std::mem::replace(&mut published, value.clone());
+        copies.recycle(Some(previous), Some(&value));
+        assert!(copies.spare.is_none(), "it cannot catch up by changes");
+        batch(&mut copies, &mut value, &mut published, &[add("b")]);
+        assert_eq!(ids(&value), ["b", "z"]);
+    }
+}
