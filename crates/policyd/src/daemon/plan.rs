@@ -183,11 +183,12 @@ fn containers_only(
     let changed: BTreeSet<(&str, &str)> = versions()
         .map(|c| (c.namespace.as_str(), c.id.as_str()))
         .collect();
-    // Integer comparisons only: what ties a change to other containers.
+    // What ties a change to other containers; integers are compared
+    // first, a container's name only when they match.
     let tied = inventory.containers.iter().any(|c| {
-        !changed.contains(&(c.namespace.as_str(), c.id.as_str()))
-            && (c.cgroup_id.is_some_and(|id| cgroup_ids.contains(&id))
-                || c.host_veths.iter().any(|v| ifindexes.contains(v)))
+        (c.cgroup_id.is_some_and(|id| cgroup_ids.contains(&id))
+            || c.host_veths.iter().any(|v| ifindexes.contains(v)))
+            && !changed.contains(&(c.namespace.as_str(), c.id.as_str()))
     });
     // Two changed containers sharing a cgroup id or a veth, before or
     // after: the whole plan orders them.
