@@ -131,9 +131,9 @@ pub struct Control {
     pub seconds: f64,
 }
 
-struct Daemon {
+pub(crate) struct Daemon {
     name: &'static str,
-    child: Child,
+    pub(crate) child: Child,
 }
 
 impl Drop for Daemon {
@@ -162,7 +162,7 @@ fn wait_for_socket(path: &Path, daemon: &mut Daemon, log: &Path) -> Result<()> {
     }
 }
 
-fn start(
+pub(crate) fn start(
     name: &'static str,
     bin: &Path,
     args: &[&str],
@@ -174,7 +174,7 @@ fn start(
 
 /// [`start`], in network namespace `netns` if given (joined between fork
 /// and exec, as `nsenter --net` does: the mounts stay the host's).
-fn start_in(
+pub(crate) fn start_in(
     name: &'static str,
     bin: &Path,
     args: &[&str],
@@ -288,7 +288,7 @@ fn edit_one_rule(text: &str, rules: usize) -> Result<String> {
     Ok(text.replacen(&old, &old.replace("[443]", "[8443]"), 1))
 }
 
-fn maps_dir(pin_dir: &Path) -> Result<PathBuf> {
+pub(crate) fn maps_dir(pin_dir: &Path) -> Result<PathBuf> {
     std::fs::read_dir(pin_dir)?
         .flatten()
         .map(|e| e.path())

@@ -4,7 +4,7 @@
 //! ```text
 //! sudo contain-bench run --out docs        # everything, then the report
 //! sudo contain-bench run --phases prog     # one phase (prog, latency, throughput, control,
-//!                                            # syscalls, flow)
+//!                                            # syscalls, flow, scale)
 //! contain-bench report --out docs          # re-render docs/benchmarks.md from the JSON
 //! ```
 //!
@@ -18,6 +18,7 @@ mod progcost;
 mod programs;
 mod report;
 mod rules;
+mod scale;
 mod sockcost;
 mod svg;
 mod sys;
@@ -54,8 +55,12 @@ enum Cmd {
         out: PathBuf,
         /// Comma-separated: prog, latency, throughput, control, syscalls
         /// (connect() and sendto() per call), flow (an established flow's
-        /// packet, by bpf_stats).
-        #[arg(long, default_value = "prog,latency,throughput,control,syscalls,flow")]
+        /// packet, by bpf_stats), scale (a container start on hosts of 10,
+        /// 100 and 500 containers).
+        #[arg(
+            long,
+            default_value = "prog,latency,throughput,control,syscalls,flow,scale"
+        )]
         phases: String,
         /// Rule counts.
         #[arg(long, default_value = "10,100,1000,10000,100000")]
@@ -117,6 +122,9 @@ pub struct Results {
     /// A packet of an established flow, by bpf_stats, against the floor.
     #[serde(default)]
     pub flow: Option<flowcost::FlowCost>,
+    /// One container start on hosts of 10, 100 and 500 containers.
+    #[serde(default)]
+    pub scale: Option<scale::Scale>,
     /// Where the latency and throughput phases had the veth backstop.
     #[serde(default)]
     pub veth_backstop: Vec<lab::Backstop>,
@@ -163,13 +171,14 @@ fn meta() -> Meta {
     }
 }
 
-const PHASES: [&str; 6] = [
+const PHASES: [&str; 7] = [
     "prog",
     "latency",
     "throughput",
     "control",
     "syscalls",
     "flow",
+    "scale",
 ];
 
 #[allow(clippy::too_many_arguments)]
@@ -300,18 +309,27 @@ fn run(
         }
         drop(lab);
     }
+    let bin_dir = match bin_dir {
+        Some(d) => d,
+        None => std::env::current_exe()?
+            .parent()
+            .context("binary directory")?
+            .to_path_buf(),
+    };
     if has("control") {
         eprintln!("contain-bench: control plane (real daemons)");
-        let bin_dir = match bin_dir {
-            Some(d) => d,
-            None => std::env::current_exe()?
-                .parent()
-                .context("binary directory")?
-                .to_path_buf(),
-        };
         let (control, missing) = control::measure(&bin_dir, quick)?;
         results.control = Some(control);
         results.not_measured.extend(missing);
+    }
+    if has("scale") {
+        eprintln!("contain-bench: scale in containers (real daemons, 10 to 500 containers)");
+        match scale::measure(&bin_dir, quick) {
+            Ok(scale) => results.scale = Some(scale),
+            Err(e) => results
+                .not_measured
+                .push(format!("scale in containers: {e:#}")),
+        }
     }
     results.meta.seconds = started.elapsed().as_secs_f64();
     let json = out.join("benchmarks.json");

@@ -195,6 +195,9 @@ pub fn write(r: &Results, out: &Path) -> Result<()> {
     if let Some(f) = &r.flow {
         crate::flowcost::render(&mut md, f);
     }
+    if let Some(s) = &r.scale {
+        crate::scale::render(&mut md, s);
+    }
     let _ = writeln!(md, "## Not measured, and why\n");
     let mut notes = r.not_measured.clone();
     notes.push(

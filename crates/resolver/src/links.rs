@@ -7,7 +7,11 @@
 //! kernel (`RTM_GETNSID` with a namespace fd) for the id of each container's
 //! namespace.
 
-use std::{os::fd::AsRawFd, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap},
+    os::fd::AsRawFd,
+    time::Duration,
+};
 
 use backon::{BackoffBuilder as _, ExponentialBuilder};
 use futures::{StreamExt, TryStreamExt};
@@ -73,20 +77,113 @@ impl Link {
     }
 }
 
-/// Pure: the host-side veths whose peer is in the namespace the host calls
-/// `nsid`, sorted by ifindex.
+/// The host-side veths whose peer is in the namespace the host calls
+/// `nsid`, sorted by ifindex, found by scanning every link: what
+/// [`LinkTable::veths_into`] must answer.
+#[cfg(test)]
 pub fn veths_into(links: &[Link], nsid: i32) -> Vec<proto::resolver::HostVeth> {
     let mut veths: Vec<_> = links
         .iter()
         .filter(|l| l.is_veth() && l.link_netnsid == Some(nsid))
-        .map(|l| proto::resolver::HostVeth {
-            ifindex: l.ifindex,
-            name: l.name.clone(),
-            peer_ifindex: l.peer_ifindex.unwrap_or(0),
-        })
+        .map(host_veth)
         .collect();
     veths.sort();
     veths
+}
+
+fn host_veth(l: &Link) -> proto::resolver::HostVeth {
+    proto::resolver::HostVeth {
+        ifindex: l.ifindex,
+        name: l.name.clone(),
+        peer_ifindex: l.peer_ifindex.unwrap_or(0),
+    }
+}
+
+/// The host's links, indexed so that one namespace's veths are found
+/// without a scan of every link, and one link's change names the
+/// namespaces it concerns: the cost of a link event does not grow with the
+/// host's containers. Pure.
+#[derive(Clone, Debug, Default)]
+pub struct LinkTable {
+    by_ifindex: HashMap<u32, Link>,
+    /// Ifindexes of the host-side veths, by the id the host gives their
+    /// peer's namespace.
+    veths_by_nsid: HashMap<i32, BTreeSet<u32>>,
+}
+
+impl LinkTable {
+    /// A table of `links` (a full dump).
+    pub fn from_links(links: Vec<Link>) -> Self {
+        let mut table = LinkTable::default();
+        for link in links {
+            table.upsert(link);
+        }
+        table
+    }
+
+    /// The namespace id a link's veth side points into, if it is a veth.
+    fn veth_nsid(link: &Link) -> Option<i32> {
+        link.link_netnsid.filter(|_| link.is_veth())
+    }
+
+    /// Takes a link as `RTM_NEWLINK` announced it; the namespace ids whose
+    /// veths changed (before and after), none if it changed nothing a
+    /// container's entry shows.
+    pub fn upsert(&mut self, link: Link) -> Vec<i32> {
+        let new_nsid = Self::veth_nsid(&link);
+        let old = self.by_ifindex.get(&link.ifindex);
+        if old == Some(&link) {
+            return Vec::new();
+        }
+        let old_nsid = old.and_then(Self::veth_nsid);
+        let shown_same =
+            old.is_some_and(|o| old_nsid == new_nsid && host_veth(o) == host_veth(&link));
+        if let Some(nsid) = old_nsid {
+            self.unindex(nsid, link.ifindex);
+        }
+        if let Some(nsid) = new_nsid {
+            self.veths_by_nsid
+                .entry(nsid)
+                .or_default()
+                .insert(link.ifindex);
+        }
+        self.by_ifindex.insert(link.ifindex, link);
+        if shown_same {
+            return Vec::new();
+        }
+        let mut affected: Vec<i32> = old_nsid.into_iter().chain(new_nsid).collect();
+        affected.dedup();
+        affected
+    }
+
+    /// Takes a link's removal (`RTM_DELLINK`); the namespace id whose
+    /// veths changed, if it was a veth.
+    pub fn remove(&mut self, ifindex: u32) -> Option<i32> {
+        let nsid = Self::veth_nsid(&self.by_ifindex.remove(&ifindex)?)?;
+        self.unindex(nsid, ifindex);
+        Some(nsid)
+    }
+
+    fn unindex(&mut self, nsid: i32, ifindex: u32) {
+        if let Some(set) = self.veths_by_nsid.get_mut(&nsid) {
+            set.remove(&ifindex);
+            if set.is_empty() {
+                self.veths_by_nsid.remove(&nsid);
+            }
+        }
+    }
+
+    /// The host-side veths whose peer is in the namespace the host calls
+    /// `nsid`, sorted by ifindex.
+    pub fn veths_into(&self, nsid: i32) -> Vec<proto::resolver::HostVeth> {
+        self.veths_by_nsid
+            .get(&nsid)
+            .into_iter()
+            .flatten()
+            .filter_map(|ifindex| self.by_ifindex.get(ifindex))
+            .map(host_veth)
+            .collect()
+    }
 }
 
 /// Requests to the kernel over a route netlink socket of its own (never the
@@ -162,14 +259,48 @@ impl Netlink {
     }
 }
 
-/// What the link watcher tells the reconciler.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What the link watcher tells the reconciler: the kernel's events with
+/// what they carry, so that the table is kept without a dump of every
+/// link on each of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LinkSignal {
-    /// A link or namespace id appeared, changed or vanished.
-    Changed,
+    /// A link appeared or changed (`RTM_NEWLINK`, with all its attributes).
+    Link(Link),
+    /// A link vanished (`RTM_DELLINK`).
+    Removed { ifindex: u32 },
+    /// A namespace got an id (`RTM_NEWNSID`) or lost it (`RTM_DELNSID`).
+    Nsid { nsid: i32, removed: bool },
     /// Events were lost (socket overrun, or the watcher restarted): the link
     /// table must be read again and everything recomputed.
     Gap,
+}
+
+impl LinkSignal {
+    /// Pure: what a message of the link and namespace-id groups says;
+    /// `None` for others.
+    pub fn from_message(msg: &RouteNetlinkMessage) -> Option<LinkSignal> {
+        let nsid_of = |m: &NsidMessage| {
+            m.attributes.iter().find_map(|a| match a {
+                NsidAttribute::Id(id) => Some(*id),
+                _ => None,
+            })
+        };
+        match msg {
+            RouteNetlinkMessage::NewLink(m) => Some(LinkSignal::Link(Link::from_message(m))),
+            RouteNetlinkMessage::DelLink(m) => Some(LinkSignal::Removed {
+                ifindex: m.header.index,
+            }),
+            RouteNetlinkMessage::NewNsId(m) => nsid_of(m).map(|nsid| LinkSignal::Nsid {
+                nsid,
+                removed: false,
+            }),
+            RouteNetlinkMessage::DelNsId(m) => nsid_of(m).map(|nsid| LinkSignal::Nsid {
+                nsid,
+                removed: true,
+            }),
+            _ => None,
+        }
+    }
 }
 
 const RESUBSCRIBE_MAX: Duration = Duration::from_secs(10);
@@ -194,13 +325,13 @@ pub async fn watch(tx: mpsc::Sender<LinkSignal>) {
                 }
                 delays = RESUBSCRIBE.build();
                 while let Some((msg, _)) = messages.next().await {
-                    let signal = match msg.payload {
-                        NetlinkPayload::InnerMessage(
-                            RouteNetlinkMessage::NewLink(_)
-                            | RouteNetlinkMessage::DelLink(_)
-                            | RouteNetlinkMessage::NewNsId(_)
-                            | RouteNetlinkMessage::DelNsId(_),
-                        ) => LinkSignal::Changed,
+                    let signal = match &msg.payload {
+                        NetlinkPayload::InnerMessage(inner) => {
+                            match LinkSignal::from_message(inner) {
+                                Some(signal) => signal,
+                                None => continue,
+                            }
+                        }
                         NetlinkPayload::Overrun(_) => {
                             tracing::warn!("rtnetlink event socket overran: link events were lost; rereading the link table");
                             LinkSignal::Gap
@@ -304,5 +435,113 @@ mod tests {
         let got: Vec<u32> = veths_into(&links, 1).iter().map(|v| v.ifindex).collect();
         assert_eq!(got, vec![4, 9]);
         assert!(veths_into(&links, 3).is_empty());
+    }
+
+    fn veth_link(ifindex: u32, nsid: Option<i32>) -> Link {
+        Link {
+            ifindex,
+            name: format!("v{ifindex}"),
+            kind: Some("veth".into()),
+            peer_ifindex: Some(2),
+            link_netnsid: nsid,
+        }
+    }
+
+    #[test]
+    fn the_table_answers_as_a_scan_of_every_link_does() {
+        let mut links = vec![
+            veth_link(9, Some(1)),
+            veth_link(4, Some(1)),
+            veth_link(5, Some(2)),
+            veth_link(6, None),
+            Link {
+                kind: Some("vxlan".into()),
+                ..veth_link(7, Some(1))
+            },
+        ];
+        let mut table = LinkTable::from_links(links.clone());
+        for nsid in 0..4 {
+            assert_eq!(
+                table.veths_into(nsid),
+                veths_into(&links, nsid),
+                "nsid {nsid}"
+            );
+        }
+        // A veth moves to another namespace, one vanishes, one is renamed.
+        assert_eq!(table.upsert(veth_link(4, Some(2))), vec![1, 2]);
+        links[1] = veth_link(4, Some(2));
+        assert_eq!(table.remove(5), Some(2));
+        links.remove(2);
+        let renamed = Link {
+            name: "eth9".into(),
+            ..veth_link(9, Some(1))
+        };
+        assert_eq!(table.upsert(renamed.clone()), vec![1]);
+        links[0] = renamed;
+        for nsid in 0..4 {
+            assert_eq!(
+                table.veths_into(nsid),
+                veths_into(&links, nsid),
+                "nsid {nsid}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_link_event_names_only_the_namespaces_it_concerns() {
+        let mut table =
+            LinkTable::from_links((1..=500).map(|i| veth_link(i, Some(i as i32))).collect());
+        // The same link again, or a change no entry shows: nothing.
+        assert!(table.upsert(veth_link(7, Some(7))).is_empty());
+        let up = Link {
+            kind: Some("veth".into()),
+            ..veth_link(7, Some(7))
+        };
+        assert!(table.upsert(up).is_empty());
+        // A new veth: its namespace only.
+        assert_eq!(table.upsert(veth_link(501, Some(501))), vec![501]);
+        // Links that are not veths, and their removal: none.
+        assert!(table
+            .upsert(Link {
+                kind: Some("bridge".into()),
+                ..veth_link(600, None)
+            })
+            .is_empty());
+        assert_eq!(table.remove(600), None);
+        assert_eq!(table.remove(999), None);
+    }
+
+    #[test]
+    fn kernel_messages_become_signals_with_what_they_carry() {
+        let new = RouteNetlinkMessage::NewLink(msg(
+            7,
+            vec![
+                LinkAttribute::IfName("veth7".into()),
+                LinkAttribute::LinkNetNsId(3),
+                LinkAttribute::LinkInfo(vec![NlLinkInfo::Kind(InfoKind::Veth)]),
+            ],
+        ));
+        assert!(matches!(
+            LinkSignal::from_message(&new),
+            Some(LinkSignal::Link(Link {
+                ifindex: 7,
+                link_netnsid: Some(3),
+                ..
+            }))
+        ));
+        let del = RouteNetlinkMessage::DelLink(msg(7, vec![]));
+        assert_eq!(
+            LinkSignal::from_message(&del),
+            Some(LinkSignal::Removed { ifindex: 7 })
+        );
+        let mut nsid = NsidMessage::default();
+        nsid.attributes.push(NsidAttribute::Id(4));
+        assert_eq!(
+            LinkSignal::from_message(&RouteNetlinkMessage::DelNsId(nsid)),
+            Some(LinkSignal::Nsid {
+                nsid: 4,
+                removed: true
+            })
+        );
     }
 }

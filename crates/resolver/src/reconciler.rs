@@ -6,7 +6,7 @@
 //! sources: queries read the published inventory under a short lock.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
@@ -18,7 +18,7 @@ use crate::{
     cgroup::{self, Cgroup2Mount},
     exe::{self, RootId},
     inventory::VersionedInventory,
-    links::{Link, LinkSignal, Netlink},
+    links::{LinkSignal, LinkTable, Netlink},
     process::Proc,
     resolve::{build, ProcFacts},
     source::{self, key, RuntimeContainer, SourceEvent, StatusBoard},
@@ -91,7 +91,8 @@ struct Record {
 #[derive(Default)]
 struct Work {
     events: Vec<SourceEvent>,
-    links_changed: bool,
+    /// Link and namespace-id events, in the kernel's order.
+    links: Vec<LinkSignal>,
     gap: bool,
     rescan: bool,
 }
@@ -102,7 +103,17 @@ pub struct Reconciler {
     mount: Cgroup2Mount,
     netlink: Netlink,
     records: BTreeMap<String, Record>,
-    links: Vec<Link>,
+    links: LinkTable,
+    /// Containers by the namespace id their last resolution found
+    /// (`None`: their namespace had none), so that a link event recomputes
+    /// the containers it concerns and no others.
+    keys_by_nsid: HashMap<Option<i32>, BTreeSet<String>>,
+    /// Namespace ids no known container had when a link event named them,
+    /// already looked for among the containers whose namespace had no id:
+    /// each is looked for once, not at every event about its links. An id
+    /// is forgotten when the kernel frees it (it may then be given to
+    /// another namespace) and at every full rescan.
+    searched_nsids: HashSet<i32>,
     own_netns: Option<u64>,
 }
 
@@ -115,7 +126,9 @@ impl Reconciler {
             mount,
             netlink,
             records: BTreeMap::new(),
-            links: Vec::new(),
+            links: LinkTable::default(),
+            keys_by_nsid: HashMap::new(),
+            searched_nsids: HashSet::new(),
             own_netns,
         }
     }
@@ -176,10 +189,10 @@ impl Reconciler {
             self.absorb(ev, &mut dirty);
         }
         let everything = work.rescan || work.gap;
-        if everything || work.links_changed {
+        let keys: Vec<String> = if everything {
+            // The dump is newer than the link events of this batch.
             self.reload_links().await;
-        }
-        let keys: Vec<String> = if everything || work.links_changed {
+            self.searched_nsids.clear();
             let inv = self.shared.read();
             self.records
                 .keys()
@@ -189,7 +202,9 @@ impl Reconciler {
                 .into_iter()
                 .collect()
         } else {
-            dirty.iter().cloned().collect()
+            let mut keys = self.take_link_events(work.links);
+            keys.extend(dirty.iter().cloned());
+            keys.into_iter().collect()
         };
         let mut resolved = Vec::with_capacity(keys.len());
         for k in keys {
@@ -274,7 +289,7 @@ impl Reconciler {
                     .map(|(k, _)| k.clone())
                     .collect();
                 for k in stale {
-                    self.records.remove(&k);
+                    self.remove_record(&k);
                     dirty.insert(k);
                 }
                 for (k, rc) in fresh {
@@ -293,7 +308,7 @@ impl Reconciler {
             } => {
                 let k = key(&namespace, &id);
                 if self.records.get(&k).is_some_and(|r| r.source == source) {
-                    self.records.remove(&k);
+                    self.remove_record(&k);
                 }
                 dirty.insert(k);
             }
@@ -325,6 +340,7 @@ impl Reconciler {
             .get(&k)
             .filter(|r| r.rc.pid == rc.pid)
             .map_or((None, None), |r| (r.start_time, r.root));
+        self.remove_record(&k);
         self.records.insert(
             k,
             Record {
@@ -337,10 +353,78 @@ impl Reconciler {
         );
     }
 
+    /// Removes a record and its place in the namespace index.
+    fn remove_record(&mut self, k: &str) {
+        self.set_facts(k, None);
+        self.records.remove(k);
+    }
+
+    /// Records what a resolution found (`None`: nothing to reuse), keeping
+    /// the namespace index in step.
+    fn set_facts(&mut self, k: &str, facts: Option<ProcFacts>) {
+        let Some(record) = self.records.get_mut(k) else {
+            return;
+        };
+        let old = record.facts.as_ref().map(|f| f.nsid);
+        let new = facts.as_ref().map(|f| f.nsid);
+        record.facts = facts;
+        if old == new {
+            return;
+        }
+        if let Some(old) = old {
+            if let Some(keys) = self.keys_by_nsid.get_mut(&old) {
+                keys.remove(k);
+                if keys.is_empty() {
+                    self.keys_by_nsid.remove(&old);
+                }
+            }
+        }
+        if let Some(new) = new {
+            self.keys_by_nsid
+                .entry(new)
+                .or_default()
+                .insert(k.to_string());
+        }
+    }
+
+    /// Applies link events to the table; the containers whose veths they
+    /// may change: those in the namespaces they name, and, when one names
+    /// a namespace no known container is in for the first time, those
+    /// whose namespace had no id (it may be theirs, just given one).
+    fn take_link_events(&mut self, signals: Vec<LinkSignal>) -> BTreeSet<String> {
+        let mut nsids = BTreeSet::new();
+        for signal in signals {
+            match signal {
+                LinkSignal::Link(link) => nsids.extend(self.links.upsert(link)),
+                LinkSignal::Removed { ifindex } => nsids.extend(self.links.remove(ifindex)),
+                LinkSignal::Nsid { nsid, removed } => {
+                    if removed {
+                        self.searched_nsids.remove(&nsid);
+                    }
+                    nsids.insert(nsid);
+                }
+                // Taken as Work::gap, never queued here.
+                LinkSignal::Gap => {}
+            }
+        }
+        let mut keys = BTreeSet::new();
+        let mut unowned = false;
+        for nsid in nsids {
+            match self.keys_by_nsid.get(&Some(nsid)) {
+                Some(owners) => keys.extend(owners.iter().cloned()),
+                None => unowned |= self.searched_nsids.insert(nsid),
+            }
+        }
+        if unowned {
+            keys.extend(self.keys_by_nsid.get(&None).into_iter().flatten().cloned());
+        }
+        keys
+    }
+
     async fn reload_links(&mut self) {
         match self.netlink.links().await {
             Ok(links) => {
-                self.links = links;
+                self.links = LinkTable::from_links(links);
                 self.shared.status.connected(RTNETLINK_SOURCE);
             }
             Err(e) => {
@@ -357,9 +441,7 @@ impl Reconciler {
         let container = self.resolve_inner(k, full).await;
         if container.is_none() {
             // Nothing is reused from a resolution that found nothing.
-            if let Some(r) = self.records.get_mut(k) {
-                r.facts = None;
-            }
+            self.set_facts(k, None);
         }
         container
     }
@@ -383,9 +465,7 @@ impl Reconciler {
                             facts.nsid = self.nsid(k, ino, &file).await;
                         }
                     }
-                    if let Some(r) = self.records.get_mut(k) {
-                        r.facts = Some(facts.clone());
-                    }
+                    self.set_facts(k, Some(facts.clone()));
                 }
                 return Some(build(&rc, &facts, &self.links, self.own_netns));
             }
@@ -423,9 +503,9 @@ impl Reconciler {
         let container = build(&rc, &facts, &self.links, self.own_netns);
         if let Some(r) = self.records.get_mut(k) {
             r.start_time = Some(start);
-            r.facts = Some(facts);
             r.root = root;
         }
+        self.set_facts(k, Some(facts));
         Some(container)
     }
 
@@ -449,8 +529,8 @@ impl Reconciler {
 impl Work {
     fn add_link(&mut self, sig: LinkSignal) {
         match sig {
-            LinkSignal::Changed => self.links_changed = true,
             LinkSignal::Gap => self.gap = true,
+            other => self.links.push(other),
         }
     }
 }

@@ -3,10 +3,7 @@
 
 use proto::resolver::Container;
 
-use crate::{
-    links::{veths_into, Link},
-    source::RuntimeContainer,
-};
+use crate::{links::LinkTable, source::RuntimeContainer};
 
 /// What the resolver read about a container's init process and cgroup.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -29,7 +26,7 @@ pub struct ProcFacts {
 pub fn build(
     rc: &RuntimeContainer,
     facts: &ProcFacts,
-    links: &[Link],
+    links: &LinkTable,
     own_netns: Option<u64>,
 ) -> Container {
     let cgroup_path = facts.cgroup_path.clone().unwrap_or_default();
@@ -41,7 +38,7 @@ pub fn build(
     let netns_inode = facts.netns_inode.unwrap_or(0);
     let host_network = netns_inode != 0 && Some(netns_inode) == own_netns;
     let host_veths = match (host_network, facts.nsid) {
-        (false, Some(nsid)) => veths_into(links, nsid),
+        (false, Some(nsid)) => links.veths_into(nsid),
         _ => Vec::new(),
     };
     let mut pids: Vec<u32> = facts
@@ -80,6 +77,7 @@ mod tests {
     use proto::resolver::Runtime;
 
     use super::*;
+    use crate::links::Link;
 
     fn rc(pid: u32) -> RuntimeContainer {
         RuntimeContainer {
@@ -114,7 +112,7 @@ mod tests {
             netns_inode: Some(4026532181),
             nsid: Some(3),
         };
-        let links = vec![veth(7, Some(3)), veth(8, Some(4)), veth(9, None)];
+        let links = LinkTable::from_links(vec![veth(7, Some(3)), veth(8, Some(4)), veth(9, None)]);
         let c = build(&rc(200), &facts, &links, Some(4026531833));
         assert_eq!(c.cgroup_id, 777);
         assert_eq!(
@@ -137,7 +135,12 @@ mod tests {
             nsid: Some(3),
             ..Default::default()
         };
-        let c = build(&rc(5), &facts, &[veth(7, Some(3))], Some(1));
+        let c = build(
+            &rc(5),
+            &facts,
+            &LinkTable::from_links(vec![veth(7, Some(3))]),
+            Some(1),
+        );
         assert!(c.host_network);
         assert!(c.host_veths.is_empty());
     }
@@ -148,7 +151,12 @@ mod tests {
             netns_inode: Some(2),
             ..Default::default()
         };
-        let c = build(&rc(5), &facts, &[veth(7, Some(3))], Some(1));
+        let c = build(
+            &rc(5),
+            &facts,
+            &LinkTable::from_links(vec![veth(7, Some(3))]),
+            Some(1),
+        );
         assert!(!c.host_network && c.host_veths.is_empty());
     }
 
@@ -159,8 +167,11 @@ mod tests {
             cgroup_id: Some(1),
             ..Default::default()
         };
-        assert_eq!(build(&rc(5), &facts, &[], None).cgroup_id, 0);
-        let unknown = build(&rc(5), &ProcFacts::default(), &[], None);
+        assert_eq!(
+            build(&rc(5), &facts, &LinkTable::default(), None).cgroup_id,
+            0
+        );
+        let unknown = build(&rc(5), &ProcFacts::default(), &LinkTable::default(), None);
         assert_eq!(
             (unknown.cgroup_id, unknown.netns_inode, unknown.host_network),
             (0, 0, false)

@@ -31,7 +31,7 @@ use tokio::{
 
 use super::{
     links::{loader_deadline, ExeResolver, LoaderLink, UNANSWERED},
-    plan::{self, Loaded},
+    plan::{self, ContainerChange, Loaded, Since},
     view::{self, View},
     Config, InventorySource,
 };
@@ -39,7 +39,7 @@ use crate::{
     compile,
     diagnostic::{Diagnostic, Severity},
     ids::IdTables,
-    inventory::{self, Inventory},
+    inventory::{self, Container, Inventory},
     metrics::{Recorder, ReloadResult},
     policy::{self, PolicyError, PolicySet},
 };
@@ -61,6 +61,9 @@ enum Command {
 pub enum Feed {
     /// A new inventory from the resolver (or the inventory file).
     SetInventory(Inventory),
+    /// Containers changed, by inventory key (`None`: gone); the others
+    /// are as before.
+    ContainersChanged(Vec<(String, Option<Container>)>),
     /// The inventory source failed; the last inventory stays.
     InventoryUnavailable(String),
     /// Re-read the loader's state if it may have changed behind our back
@@ -120,6 +123,104 @@ struct Outcome {
     warnings: Vec<Diagnostic>,
 }
 
+/// One change to a published value, made again to an older copy.
+trait Patch<C> {
+    fn patch(&mut self, change: &C);
+}
+
+/// A key's container (`None`: gone) in an inventory in key order.
+type InventoryChange = (String, Option<Container>);
+
+impl Patch<InventoryChange> for Inventory {
+    fn patch(&mut self, (key, container): &InventoryChange) {
+        match (position_of(self, key), container.clone()) {
+            (Ok(i), Some(container)) => self.containers[i] = container,
+            (Ok(i), None) => {
+                self.containers.remove(i);
+            }
+            (Err(i), Some(container)) => self.containers.insert(i, container),
+            (Err(_), None) => {}
+        }
+    }
+}
+
+/// A diff the loader applied, and the generation it reached.
+type Applied = (u64, MapDiff);
+
+impl Patch<Applied> for StateSnapshot {
+    fn patch(&mut self, (generation, diff): &Applied) {
+        kernel_model::diff::apply(&mut self.state, diff.unknown_verdict, &diff.ops);
+        self.generation = *generation;
+    }
+}
+
+/// Changes a value readers share (the view's inventory, the loader's
+/// state) without a clone of all of it per change: the copy the previous
+/// publish held, once no reader holds it any more, is kept with the
+/// changes it lacks, and the next change is made to it. A change then
+/// costs what it changes, not the size of the host.
+struct Recycler<T, C> {
+    /// An unshared earlier copy and the changes made since.
+    spare: Option<(T, Vec<C>)>,
+    /// The changes made since the last publish; `None` when the value was
+    /// replaced whole (no older copy can catch up by changes).
+    since_publish: Option<Vec<C>>,
+}
+
+impl<T, C> Default for Recycler<T, C> {
+    fn default() -> Self {
+        Recycler {
+            spare: None,
+            since_publish: Some(Vec::new()),
+        }
+    }
+}
+
+impl<T: Clone + Patch<C>, C: Clone> Recycler<T, C> {
+    /// Makes `changes` to `current`: in place when nobody else holds it,
+    /// else to the spare copy (caught up first), else to a clone.
+    fn change(&mut self, current: &mut Arc<T>, changes: &[C]) {
+        match Arc::get_mut(current) {
+            Some(value) => changes.iter().for_each(|c| value.patch(c)),
+            None => {
+                let mut next = match self.spare.take() {
+                    Some((mut spare, lag)) => {
+                        lag.iter().for_each(|c| spare.patch(c));
+                        spare
+                    }
+                    None => (**current).clone(),
+                };
+                changes.iter().for_each(|c| next.patch(c));
+                *current = Arc::new(next);
+            }
+        }
+        if let Some(since) = &mut self.since_publish {
+            since.extend_from_slice(changes);
+        }
+    }
+
+    /// The value was replaced whole.
+    fn replaced(&mut self) {
+        self.spare = None;
+        self.since_publish = None;
+    }
+
+    /// After a publish: the value the previous publish held becomes the
+    /// spare, if it is not the current one and nobody holds it.
+    fn recycle(&mut self, previous: Option<Arc<T>>, current: Option<&Arc<T>>) {
+        let since = self.since_publish.replace(Vec::new());
+        let (Some(previous), Some(current), Some(lag)) = (previous, current, since) else {
+            self.spare = None;
+            return;
+        };
+        if Arc::ptr_eq(&previous, current) {
+            // Unchanged since: a spare kept earlier still catches up.
+            return;
+        }
+        self.spare = Arc::try_unwrap(previous).ok().map(|value| (value, lag));
+    }
+}
+
 struct Engine {
     loader: Arc<LoaderLink>,
     exe_resolver: Option<Arc<ExeResolver>>,
@@ -142,6 +243,17 @@ struct Engine {
     /// Containers already reported as unenforced (id → reason), so each is
     /// warned about once, and again if it recurs.
     unenforced_reported: BTreeMap<String, String>,
+    /// The containers changed since the loader's state was last planned
+    /// and converged from `planned_with`, by inventory key (from the
+    /// first change's before to the last one's after); `None` when
+    /// anything else may have changed (then the whole state is planned).
+    since_converged: Option<BTreeMap<String, ContainerChange>>,
+    planned_with: Option<Arc<Loaded>>,
+    /// The containers the last convergence looked at alone, for the
+    /// unenforced check; `None`: all of them.
+    last_converged: Option<Vec<ContainerChange>>,
+    inventory_copies: Recycler<Inventory, InventoryChange>,
+    kernel_copies: Recycler<StateSnapshot, Applied>,
     recorder: Arc<Recorder>,
 }
 
@@ -192,6 +304,11 @@ pub fn spawn(config: &Config, recorder: Arc<Recorder>) -> (Handle, JoinHandle<()
         seeded: false,
         exes_incomplete: false,
         unenforced_reported: BTreeMap::new(),
+        since_converged: None,
+        planned_with: None,
+        last_converged: None,
+        inventory_copies: Recycler::default(),
+        kernel_copies: Recycler::default(),
         recorder,
     };
     (handle, tokio::spawn(engine.run(queue)))
@@ -336,7 +453,16 @@ impl Engine {
             }
             // Published before anyone hears back, so a client's next
             // status or explain sees what its reload did.
-            self.publish.send_replace(Arc::new(self.view.clone()));
+            let previous = self.publish.send_replace(Arc::new(self.view.clone()));
+            if let Ok(previous) = Arc::try_unwrap(previous) {
+                self.inventory_copies
+                    .recycle(Some(previous.inventory), Some(&self.view.inventory));
+                self.kernel_copies
+                    .recycle(previous.kernel, self.view.kernel.as_ref());
+            } else {
+                self.inventory_copies.recycle(None, None);
+                self.kernel_copies.recycle(None, None);
+            }
             // After the publish: only then is the view before the reload,
             // and the policy it held, let go.
             if !answers.is_empty() {
@@ -359,6 +485,11 @@ impl Engine {
                 self.view.inventory_connection.error = None;
                 self.set_inventory(inventory).await
             }
+            Feed::ContainersChanged(changes) => {
+                self.view.inventory_connection.connected = true;
+                self.view.inventory_connection.error = None;
+                self.change_containers(changes).await
+            }
             Feed::InventoryUnavailable(error) => {
                 self.view.inventory_connection.connected = false;
                 self.view.inventory_connection.error = Some(error);
@@ -375,6 +506,14 @@ impl Engine {
             }
             Feed::GraceOver => None,
         }
+    }
+
+    /// Forgets the loader's state (it is fetched again before the next
+    /// plan), and with it what the last plan knew.
+    fn forget_kernel(&mut self) {
+        self.view.kernel = None;
+        self.kernel_copies.replaced();
+        self.since_converged = None;
     }
 
     /// The inventory to plan with: none until a first one arrived.
@@ -395,6 +534,7 @@ impl Engine {
             .map_err(PolicydError::Loader)?;
         let snapshot = Arc::new(snapshot);
         self.view.kernel = Some(snapshot.clone());
+        self.kernel_copies.replaced();
         Ok(snapshot)
     }
 
@@ -478,19 +618,22 @@ impl Engine {
                 .await;
             if inventory != *self.view.inventory {
                 self.view.inventory = Arc::new(inventory);
+                self.inventory_copies.replaced();
+                self.since_converged = None;
                 why = Some("executables resolved");
             }
         }
         // A full state read is megabytes on a big host: skip it when the
         // loader's generation says nothing changed behind our back.
         let known = self.view.kernel.as_ref().map(|k| k.generation);
-        let generation = self.loader.call("generation", |c| async move {
+        let loader = self.loader.clone();
+        let generation = loader.call("generation", |c| async move {
             c.generation(loader_deadline()).await
         });
         if healthy && known.is_some() && generation.await.ok() == known {
             return why;
         }
-        self.view.kernel = None;
+        self.forget_kernel();
         Some(if healthy { "periodic resync" } else { "retry" })
     }
 
@@ -498,6 +641,7 @@ impl Engine {
     /// mismatch (someone else changed the maps between fetch and apply).
     async fn converge(&mut self) -> Result<Outcome, PolicydError> {
         const ATTEMPTS: usize = 4;
+        self.last_converged = None;
         if self.hold && !self.inventory_ready {
             return Ok(Outcome {
                 pending: Some(format!(
@@ -516,9 +660,26 @@ impl Engine {
                     ..Outcome::default()
                 });
             };
-            let plan =
-                plan::plan(&loaded, self.ready_inventory(), &kernel).map_err(compile_failure)?;
+            let changes: Option<Vec<ContainerChange>> = match &self.planned_with {
+                Some(planned) if Arc::ptr_eq(planned, &loaded) => self
+                    .since_converged
+                    .as_ref()
+                    .map(|changes| changes.values().cloned().collect()),
+                _ => None,
+            };
+            let since = match &changes {
+                Some(changes) => Since::Containers(changes),
+                None => Since::Anything,
+            };
+            let plan = plan::plan_since(&loaded, self.ready_inventory(), &kernel, since)
+                .map_err(compile_failure)?;
+            // What this plan looked at alone, once it is in the loader.
+            let looked_at = match (&plan.desired, since) {
+                (None, Since::Containers(changes)) => Some(changes.to_vec()),
+                _ => None,
+            };
             if plan.diff.is_empty() {
+                self.converged(&loaded, looked_at);
                 return Ok(Outcome {
                     generation: kernel.generation,
                     warnings: plan.warnings,
@@ -534,12 +695,29 @@ impl Engine {
                 .await;
             match applied {
                 Ok(Ok(generation)) => {
-                    self.ids.retain_live(&plan.desired, &loaded.policies);
                     tracing::info!(generation, ops = plan.diff.ops.len(), "applied");
-                    self.view.kernel = Some(Arc::new(StateSnapshot {
-                        generation,
-                        state: plan.desired,
-                    }));
+                    match plan.desired {
+                        Some(state) => {
+                            self.ids.retain_live(&state, &loaded.policies);
+                            self.view.kernel = Some(Arc::new(StateSnapshot { generation, state }));
+                            self.kernel_copies.replaced();
+                        }
+                        // Only container entries changed: the rules, and
+                        // the ids they hold, are as they were.
+                        None => {
+                            // Not held here, so it can be changed in place.
+                            drop(kernel);
+                            match &mut self.view.kernel {
+                                Some(held) => self
+                                    .kernel_copies
+                                    .change(held, &[(generation, plan.diff.clone())]),
+                                // The plan was made from it: cannot happen;
+                                // it is read again before the next plan.
+                                None => self.forget_kernel(),
+                            }
+                        }
+                    }
+                    self.converged(&loaded, looked_at);
                     self.view.last_applied_unix = Some(unix_now());
                     return Ok(Outcome {
                         applied: true,
@@ -555,14 +733,14 @@ impl Engine {
                         actual,
                         "loader state moved on; refetching and diffing again"
                     );
-                    self.view.kernel = None;
+                    self.forget_kernel();
                 }
                 Ok(Err(e)) => {
-                    self.view.kernel = None;
+                    self.forget_kernel();
                     return Err(PolicydError::Loader(e));
                 }
                 Err(e) => {
-                    self.view.kernel = None;
+                    self.forget_kernel();
                     return Err(e);
                 }
             }
@@ -570,6 +748,14 @@ impl Engine {
         Err(PolicydError::Internal(format!(
             "the loader's generation changed {ATTEMPTS} times while applying; another writer is active?"
         )))
+    }
+
+    /// The loader holds what `loaded` calls for on the inventory: later
+    /// container changes can be planned alone.
+    fn converged(&mut self, loaded: &Arc<Loaded>, looked_at: Option<Vec<ContainerChange>>) {
+        self.since_converged = Some(BTreeMap::new());
+        self.planned_with = Some(loaded.clone());
+        self.last_converged = looked_at;
     }
 
     /// Converges and records the outcome for status.
@@ -676,6 +862,8 @@ impl Engine {
         } else {
             let previous = self.view.loaded.replace(candidate);
             self.view.inventory = Arc::new(inventory);
+            self.inventory_copies.replaced();
+            self.since_converged = None;
             self.view.rejected_digest = None;
             match self.converge().await {
                 Ok(outcome) => outcome,
@@ -720,7 +908,9 @@ impl Engine {
             return None;
         }
         self.view.inventory = Arc::new(inventory);
+        self.inventory_copies.replaced();
         self.inventory_ready = true;
+        self.since_converged = None;
         if first {
             // Policy ids are learned through running containers' cgroups:
             // now that they are known, learn again from the loader's state.
@@ -730,22 +920,113 @@ impl Engine {
         Some("inventory changed")
     }
 
+    /// Takes the changed containers of an inventory, the others unchanged:
+    /// only these are looked at (their executables carried over or
+    /// resolved as [`Self::set_inventory`] does), so a change costs what
+    /// its containers do, not what the host's do. Says why to converge,
+    /// if anything changed.
+    async fn change_containers(
+        &mut self,
+        changes: Vec<(String, Option<Container>)>,
+    ) -> Option<&'static str> {
+        let mut changed = Vec::new();
+        for (key, mut after) in changes {
+            let position = position_of(&self.view.inventory, &key);
+            let before = position.ok().map(|i| &self.view.inventory.containers[i]);
+            if let (Some(after), Some(before)) = (after.as_mut(), before) {
+                if after.exes.is_empty()
+                    && after.id == before.id
+                    && after.cgroup_id.is_some()
+                    && after.cgroup_id == before.cgroup_id
+                {
+                    after.exes = before.exes.clone();
+                }
+            }
+            if let (Some(loaded), true) = (self.view.loaded.clone(), after.is_some()) {
+                let mut alone = Inventory {
+                    containers: after.take().into_iter().collect(),
+                };
+                // Only this container's unanswered paths are asked again
+                // here; the periodic resync still retries everyone's.
+                let incomplete = std::mem::take(&mut self.exes_incomplete);
+                self.resolve_exes(&loaded.policies, &mut alone, false).await;
+                self.exes_incomplete |= incomplete;
+                after = alone.containers.pop();
+            }
+            let before = position
+                .ok()
+                .map(|i| self.view.inventory.containers[i].clone());
+            if before == after {
+                continue;
+            }
+            changed.push((key, ContainerChange { before, after }));
+        }
+        if changed.is_empty() {
+            return None;
+        }
+        let edits: Vec<InventoryChange> = changed
+            .iter()
+            .map(|(key, change)| (key.clone(), change.after.clone()))
+            .collect();
+        self.inventory_copies
+            .change(&mut self.view.inventory, &edits);
+        if !self.inventory_ready {
+            self.inventory_ready = true;
+            self.seeded = false;
+            return Some("first inventory");
+        }
+        if let Some(since) = &mut self.since_converged {
+            for (key, change) in changed {
+                since
+                    .entry(key)
+                    .and_modify(|earlier| earlier.after = change.after.clone())
+                    .or_insert(change);
+            }
+        }
+        Some("inventory changed")
+    }
+
     /// Logs a warning for every selected container whose policy the kernel
     /// does not enforce (its cgroup is below no attached parent), once per
     /// container and reason.
     async fn warn_unenforced(&mut self) {
-        let Some(loaded) = &self.view.loaded else {
+        let Some(loaded) = self.view.loaded.clone() else {
             return;
         };
-        let Ok(assigned) = compile::assign(&loaded.policies, &loaded.rules, &self.view.inventory)
-        else {
+        // After a convergence that looked at some containers alone, only
+        // those can have become (or stopped being) unenforced.
+        let scope = self.last_converged.take();
+        let scoped;
+        let inventory = match &scope {
+            Some(changes) => {
+                scoped = Inventory {
+                    containers: changes.iter().filter_map(|c| c.after.clone()).collect(),
+                };
+                &scoped
+            }
+            None => &*self.view.inventory,
+        };
+        let Ok(assigned) = compile::assign(&loaded.policies, &loaded.rules, inventory) else {
             return;
         };
         let attached = self.loader.attached_parents().await;
-        let mut now = BTreeMap::new();
+        let mut reported = match &scope {
+            Some(changes) => {
+                let mut kept = std::mem::take(&mut self.unenforced_reported);
+                let mut previous = BTreeMap::new();
+                for c in changes.iter().flat_map(|c| c.before.iter().chain(&c.after)) {
+                    if let Some(reason) = kept.remove(&c.id) {
+                        previous.insert(c.id.clone(), reason);
+                    }
+                }
+                self.unenforced_reported = previous;
+                kept
+            }
+            None => BTreeMap::new(),
+        };
         let enforcements = view::enforcements(
-            loaded,
-            &self.view.inventory,
+            &loaded,
+            inventory,
             assigned,
             &attached,
             self.view.kernel.as_deref(),
@@ -764,10 +1045,22 @@ impl Engine {
                     "container selected by a policy is NOT enforced"
                 );
             }
-            now.insert(c.id.clone(), reason);
+            reported.insert(c.id.clone(), reason);
         }
-        self.unenforced_reported = now;
+        self.unenforced_reported = reported;
     }
+}
+
+/// Where the container of inventory key `key` (`namespace/id`) is in an
+/// inventory kept in key order (the resolver's), or would go.
+fn position_of(inventory: &Inventory, key: &str) -> Result<usize, usize> {
+    inventory.containers.binary_search_by(|c| {
+        c.namespace
+            .bytes()
+            .chain(std::iter::once(b'/'))
+            .chain(c.id.bytes())
+            .cmp(key.bytes())
+    })
 }
 
 /// How a reload ended, for the metrics.
@@ -836,5 +1129,79 @@ mod tests {
             compile::compile_rules(&edited.policies, &mut fresh_ids).unwrap()
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn container(id: &str) -> Container {
+        Container {
+            id: id.into(),
+            namespace: "default".into(),
+            cgroup_id: Some(id.len() as u64),
+            ..Container::default()
+        }
+    }
+
+    fn add(id: &str) -> InventoryChange {
+        (format!("default/{id}"), Some(container(id)))
+    }
+
+    fn ids(inventory: &Inventory) -> Vec<&str> {
+        inventory.containers.iter().map(|c| c.id.as_str()).collect()
+    }
+
+    /// One engine batch: `changes` made to the value, then published.
+    fn batch(
+        copies: &mut Recycler<Inventory, InventoryChange>,
+        value: &mut Arc<Inventory>,
+        published: &mut Arc<Inventory>,
+        changes: &[InventoryChange],
+    ) {
+        copies.change(value, changes);
+        let previous = std::mem::replace(published, value.clone());
+        copies.recycle(Some(previous), Some(value));
+    }
+
+    #[test]
+    fn a_change_to_a_published_value_is_made_to_the_spare_copy_caught_up() {
+        let mut copies = Recycler::default();
+        let mut value = Arc::new(Inventory::default());
+        let mut published = value.clone();
+        batch(
+            &mut copies,
+            &mut value,
+            &mut published,
+            &[add("b"), add("d")],
+        );
+        // The value before that batch, unheld, is the spare now.
+        assert!(copies.spare.is_some());
+        batch(&mut copies, &mut value, &mut published, &[add("a")]);
+        assert_eq!(ids(&value), ["a", "b", "d"]);
+        batch(
+            &mut copies,
+            &mut value,
+            &mut published,
+            &[("default/b".into(), None), add("c")],
+        );
+        assert_eq!(ids(&value), ["a", "c", "d"]);
+        assert_eq!(ids(&published), ["a", "c", "d"]);
+    }
+
+    #[test]
+    fn a_copy_a_reader_holds_or_a_value_replaced_whole_is_not_reused() {
+        let mut copies = Recycler::default();
+        let mut value = Arc::new(Inventory::default());
+        let mut published = value.clone();
+        let reader = published.clone();
+        batch(&mut copies, &mut value, &mut published, &[add("a")]);
+        assert!(copies.spare.is_none(), "a reader still holds it");
+        drop(reader);
+        value = Arc::new(Inventory {
+            containers: vec![container("z")],
+        });
+        copies.replaced();
+        let previous = std::mem::replace(&mut published, value.clone());
+        copies.recycle(Some(previous), Some(&value));
+        assert!(copies.spare.is_none(), "it cannot catch up by changes");
+        batch(&mut copies, &mut value, &mut published, &[add("b")]);
+        assert_eq!(ids(&value), ["b", "z"]);
     }
 }

@@ -3,7 +3,7 @@
 //! the engine a command; none touches its state.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
@@ -11,7 +11,9 @@ use std::{
 
 use backon::{BackoffBuilder as _, ExponentialBackoff, ExponentialBuilder};
 use proto::{
-    resolver::{Container as ResolverContainer, ResolverClient, WatchReply, MAX_WATCH_WAIT_MS},
+    resolver::{
+        ChangeKind, Container as ResolverContainer, ResolverClient, WatchReply, MAX_WATCH_WAIT_MS,
+    },
     transport,
 };
 
@@ -179,23 +181,45 @@ async fn follow_once(engine: &Handle, path: &Path, delays: &mut ExponentialBacko
             Ok(r) => r,
             Err(e) => return format!("resolver watch failed: {e}"),
         };
-        let unchanged = match &reply {
+        // The keys a list of changes names; `None` for a resync.
+        let changed: Option<BTreeSet<String>> = match &reply {
             WatchReply::Changes { changes, .. } => {
                 if reply.instance() != instance {
                     return "resolver restarted".into();
                 }
-                changes.is_empty()
+                Some(changes.iter().map(|c| changed_key(&c.kind)).collect())
             }
             WatchReply::Resync { reason, .. } => {
                 tracing::info!(reason, "resolver resync");
                 instance = reply.instance();
-                false
+                None
             }
         };
         generation = reply.apply_to(&mut containers);
-        if !unchanged {
-            publish(engine, &containers).await;
+        match changed {
+            None => publish(engine, &containers).await,
+            // Only the containers changed are converted and sent: the cost
+            // of a change does not grow with the host's containers.
+            Some(keys) if !keys.is_empty() => {
+                let changes = keys
+                    .into_iter()
+                    .map(|key| {
+                        let container = containers.get(&key).map(Container::from);
+                        (key, container)
+                    })
+                    .collect();
+                engine.tell(Feed::ContainersChanged(changes)).await;
+            }
+            Some(_) => {}
         }
+    }
+}
+
+/// The inventory key a change is about.
+fn changed_key(kind: &ChangeKind) -> String {
+    match kind {
+        ChangeKind::Added { container } | ChangeKind::Updated { container } => container.key(),
+        ChangeKind::Removed { namespace, id, .. } => format!("{namespace}/{id}"),
     }
 }
 

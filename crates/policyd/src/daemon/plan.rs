@@ -3,20 +3,23 @@
 //! gets them there. No I/O: `reload --dry-run` is a plan not applied.
 //!
 //! A plan borrows the compiled rules: a container start or stop only
-//! re-assigns containers to policies, it never recompiles a rule.
+//! re-assigns containers to policies, it never recompiles a rule. And when
+//! only containers changed since the loader's state was planned, the plan
+//! looks at their entries alone ([`plan_since`]): a start on a host of
+//! many containers and many rules costs what that one container does.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kernel_model::{
-    diff::MapDiff,
-    state::{CgroupEntry, KernelState, ProcessKey, ProcessMatch},
+    diff::{apply_order, MapDiff},
+    state::{CgroupEntry, Entry, EntryKey, KernelState, MapOp, ProcessKey, ProcessMatch},
 };
 use proto::loader::StateSnapshot;
 
 use crate::{
     compile::{self, Assigned, CompileError, CompiledRules},
     diagnostic::Diagnostic,
-    inventory::Inventory,
+    inventory::{Container, Inventory},
     policy::{Mode, PolicySet},
 };
 
@@ -30,15 +33,22 @@ pub struct Loaded {
 /// What the loader should hold and how to get there from its state.
 #[derive(Clone, Debug)]
 pub struct Plan {
-    pub desired: KernelState,
+    /// The whole state, when the plan built it; `None` when only some
+    /// containers' entries were planned: the desired state is then the
+    /// loader's with `diff` applied.
+    pub desired: Option<KernelState>,
     pub diff: MapDiff,
     /// What matching the policy against the containers found (overlapping
     /// selectors, shared cgroup ids, executables not resolved).
     pub warnings: Vec<Diagnostic>,
 }
 
-/// The state `loaded` calls for on the containers of `inventory`.
-pub fn desired(loaded: &Loaded, inventory: &Inventory) -> Result<Plan, CompileError> {
+/// The state `loaded` calls for on the containers of `inventory`, and what
+/// matching the policy against them found.
+pub fn desired(
+    loaded: &Loaded,
+    inventory: &Inventory,
+) -> Result<(KernelState, Vec<Diagnostic>), CompileError> {
     let Assigned {
         cgroups,
         veths,
@@ -47,11 +57,7 @@ pub fn desired(loaded: &Loaded, inventory: &Inventory) -> Result<Plan, CompileEr
         ..
     } = compile::assign(&loaded.policies, &loaded.rules, inventory)?;
     let desired = compile::assemble(&loaded.policies, &loaded.rules, cgroups, veths, files);
-    Ok(Plan {
-        desired,
-        diff: MapDiff::default(),
-        warnings,
-    })
+    Ok((desired, warnings))
 }
 
 /// Plans the change from `kernel` to what `loaded` calls for. With no
@@ -65,7 +71,14 @@ pub fn plan(
     kernel: &StateSnapshot,
 ) -> Result<Plan, CompileError> {
     let mut plan = match inventory {
-        Some(inventory) => desired(loaded, inventory)?,
+        Some(inventory) => {
+            let (desired, warnings) = desired(loaded, inventory)?;
+            Plan {
+                desired: Some(desired),
+                diff: MapDiff::default(),
+                warnings,
+            }
+        }
         None => {
             let files: BTreeMap<ProcessKey, u32> = kernel
                 .state
@@ -88,14 +101,164 @@ pub fn plan(
                 files,
             );
             Plan {
-                desired,
+                desired: Some(desired),
                 diff: MapDiff::default(),
                 warnings: Vec::new(),
             }
         }
     };
-    plan.diff = MapDiff::between(kernel.generation, &kernel.state, &plan.desired);
+    if let Some(desired) = &plan.desired {
+        plan.diff = MapDiff::between(kernel.generation, &kernel.state, desired);
+    }
     Ok(plan)
+}
+
+/// One container as the inventory had it before a change and has it after
+/// (`None`: absent).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContainerChange {
+    pub before: Option<Container>,
+    pub after: Option<Container>,
+}
+
+/// What changed since the loader's state was planned.
+#[derive(Clone, Copy, Debug)]
+pub enum Since<'a> {
+    /// Anything may have: the policy, the whole inventory, the loader's
+    /// state behind policyd's back.
+    Anything,
+    /// Only these containers: the loader holds exactly what the same
+    /// `Loaded` called for on the inventory before them.
+    Containers(&'a [ContainerChange]),
+}
+
+/// [`plan`], told what changed since the loader's state was planned: after
+/// a change of containers alone, only their entries are looked at, and the
+/// whole state is not built, unless the change reaches further than their
+/// own entries (see [`containers_only`]), when the whole plan decides.
+pub fn plan_since(
+    loaded: &Loaded,
+    inventory: Option<&Inventory>,
+    kernel: &StateSnapshot,
+    since: Since<'_>,
+) -> Result<Plan, CompileError> {
+    if let (Some(inventory), Since::Containers(changes)) = (inventory, since) {
+        if let Some(plan) = containers_only(loaded, inventory, kernel, changes)? {
+            return Ok(plan);
+        }
+    }
+    plan(loaded, inventory, kernel)
+}
+
+/// The diff of the changed containers' own entries, equal to the whole
+/// plan's as long as nothing ties them to other containers: `None` (the
+/// whole plan must decide) if a policy names executables (their entries
+/// are shared by the containers that hold the same file), or a changed
+/// container's cgroup id or veths are also another container's (the first
+/// in the inventory, or the veth's owner, keeps them), or the `CGROUPS`
+/// map would overflow.
+fn containers_only(
+    loaded: &Loaded,
+    inventory: &Inventory,
+    kernel: &StateSnapshot,
+    changes: &[ContainerChange],
+) -> Result<Option<Plan>, CompileError> {
+    if loaded
+        .policies
+        .policies
+        .iter()
+        .any(|p| !p.processes.is_empty())
+    {
+        return Ok(None);
+    }
+    let versions = || {
+        changes
+            .iter()
+            .flat_map(|c| c.before.iter().chain(c.after.iter()))
+    };
+    let cgroup_ids: BTreeSet<u64> = versions().filter_map(|c| c.cgroup_id).collect();
+    let ifindexes: BTreeSet<u32> = versions()
+        .flat_map(|c| c.host_veths.iter().copied())
+        .collect();
+    let changed: BTreeSet<(&str, &str)> = versions()
+        .map(|c| (c.namespace.as_str(), c.id.as_str()))
+        .collect();
+    // What ties a change to other containers; integers are compared
+    // first, a container's name only when they match.
+    let tied = inventory.containers.iter().any(|c| {
+        (c.cgroup_id.is_some_and(|id| cgroup_ids.contains(&id))
+            || c.host_veths.iter().any(|v| ifindexes.contains(v)))
+            && !changed.contains(&(c.namespace.as_str(), c.id.as_str()))
+    });
+    // Two changed containers sharing a cgroup id or a veth, before or
+    // after: the whole plan orders them.
+    let shared = |version: fn(&ContainerChange) -> Option<&Container>| {
+        let all: Vec<&Container> = changes.iter().filter_map(version).collect();
+        all.iter()
+            .enumerate()
+            .any(|(i, a)| all[i + 1..].iter().any(|b| overlap(a, b)))
+    };
+    if tied || shared(|c| c.before.as_ref()) || shared(|c| c.after.as_ref()) {
+        return Ok(None);
+    }
+    let after = Inventory {
+        containers: changes.iter().filter_map(|c| c.after.clone()).collect(),
+    };
+    let Assigned {
+        cgroups,
+        veths,
+        warnings,
+        ..
+    } = compile::assign(&loaded.policies, &loaded.rules, &after)?;
+    let mut ops = Vec::new();
+    for &id in &cgroup_ids {
+        let key = EntryKey::Cgroup { id };
+        let entry = cgroups.get(&id).map(|&value| Entry::Cgroup { id, value });
+        push_op(&kernel.state, key, entry, &mut ops);
+    }
+    for &ifindex in &ifindexes {
+        let key = EntryKey::Veth { ifindex };
+        let entry = veths
+            .get(&ifindex)
+            .map(|&cgroup_id| Entry::Veth { ifindex, cgroup_id });
+        push_op(&kernel.state, key, entry, &mut ops);
+    }
+    let added = ops
+        .iter()
+        .filter(|op| {
+            matches!(op, MapOp::Upsert { entry: Entry::Cgroup { id, .. } } if !kernel.state.cgroups.contains_key(id))
+        })
+        .count();
+    if kernel.state.cgroups.len() + added > contain_common::capacity::CGROUPS as usize {
+        return Ok(None);
+    }
+    // The whole diff's order: by kind of operation, keys in map order.
+    ops.sort_by_key(apply_order);
+    Ok(Some(Plan {
+        desired: None,
+        diff: MapDiff {
+            from_generation: kernel.generation,
+            unknown_verdict: None,
+            ops,
+        },
+        warnings,
+    }))
+}
+
+/// Whether two containers share a cgroup id or a veth.
+fn overlap(a: &Container, b: &Container) -> bool {
+    (a.cgroup_id.is_some() && a.cgroup_id == b.cgroup_id)
+        || a.host_veths.iter().any(|v| b.host_veths.contains(v))
+}
+
+/// The operation that makes `key` hold `desired` in `state`, if any.
+fn push_op(state: &KernelState, key: EntryKey, desired: Option<Entry>, ops: &mut Vec<MapOp>) {
+    match (state.get(&key), desired) {
+        (Some(held), Some(entry)) if held == entry => {}
+        (_, Some(entry)) => ops.push(MapOp::Upsert { entry }),
+        (Some(_), None) => ops.push(MapOp::Delete { key }),
+        (None, None) => {}
+    }
 }
 
 /// A cgroup entry kept without an inventory: a switch from audit to enforce,
@@ -166,7 +329,7 @@ mod tests {
     fn applied(plan: &Plan) -> StateSnapshot {
         StateSnapshot {
             generation: 1,
-            state: plan.desired.clone(),
+            state: plan.desired.clone().expect("a whole plan"),
         }
     }
 
@@ -233,7 +396,7 @@ mod tests {
         let running = plan(&loaded, Some(&inventory(3)), &empty()).unwrap();
         let held = plan(&loaded, None, &applied(&running)).unwrap();
         assert!(held.diff.is_empty(), "{:?}", held.diff);
-        assert_eq!(held.desired.cgroups.len(), 3);
+        assert_eq!(held.desired.expect("a whole plan").cgroups.len(), 3);
     }
 
     /// A switch from audit to enforce reaches the containers whose entries
@@ -244,16 +407,100 @@ mod tests {
         let mut auditing = enforcing.clone();
         auditing.policies.policies[0].mode = Mode::Audit;
         let running = plan(&auditing, Some(&inventory(3)), &empty()).unwrap();
-        assert!(running.desired.cgroups.values().all(|e| e.audit));
+        assert!(applied(&running).state.cgroups.values().all(|e| e.audit));
         let held = plan(&enforcing, None, &applied(&running)).unwrap();
         assert!(
-            held.desired
+            applied(&held)
+                .state
                 .cgroups
                 .values()
                 .all(|e| !e.audit && !e.unrestricted),
             "{:?}",
-            held.desired.cgroups
+            held.desired
         );
         assert_eq!(OpCounts::of(&held.diff.ops).total(), 3, "{:?}", held.diff);
+    }
+
+    /// `inventory(running)` planned and applied, then the change to
+    /// `after`: the plan told only containers changed, and the whole one.
+    fn both_plans(
+        loaded: &Loaded,
+        running: u64,
+        after: &Inventory,
+        changes: &[ContainerChange],
+    ) -> (Plan, Plan) {
+        let before = applied(&plan(loaded, Some(&inventory(running)), &empty()).unwrap());
+        let told = plan_since(loaded, Some(after), &before, Since::Containers(changes)).unwrap();
+        let whole = plan(loaded, Some(after), &before).unwrap();
+        (told, whole)
+    }
+
+    #[test]
+    fn a_start_on_a_host_of_many_containers_is_one_op_without_building_the_state() {
+        let loaded = loaded(1_000);
+        let after = inventory(501);
+        let started = ContainerChange {
+            before: None,
+            after: Some(after.containers[500].clone()),
+        };
+        let (told, whole) = both_plans(&loaded, 500, &after, &[started]);
+        assert!(
+            told.desired.is_none(),
+            "the whole state (1 000 rules, 501 containers) was built"
+        );
+        assert_eq!(OpCounts::of(&told.diff.ops).total(), 1, "{:?}", told.diff);
+        assert_eq!(told.diff, whole.diff);
+    }
+
+    #[test]
+    fn a_stop_a_relabel_and_new_veths_plan_as_the_whole_plan_does() {
+        let loaded = loaded(50);
+        let running = inventory(20);
+        // Container 3 stops; container 5 leaves the policy (another
+        // image) and gets a veth; container 7 gets a veth.
+        let mut after = running.clone();
+        let mut relabelled = after.containers[5].clone();
+        relabelled.image = "other:1".into();
+        relabelled.host_veths = vec![40];
+        let mut veth = after.containers[7].clone();
+        veth.host_veths = vec![41, 42];
+        after.containers[5] = relabelled.clone();
+        after.containers[7] = veth.clone();
+        let stopped = after.containers.remove(3);
+        let changes = [
+            ContainerChange {
+                before: Some(stopped),
+                after: None,
+            },
+            ContainerChange {
+                before: Some(running.containers[5].clone()),
+                after: Some(relabelled),
+            },
+            ContainerChange {
+                before: Some(running.containers[7].clone()),
+                after: Some(veth),
+            },
+        ];
+        let (told, whole) = both_plans(&loaded, 20, &after, &changes);
+        assert!(told.desired.is_none());
+        assert_eq!(told.diff, whole.diff);
+        assert_eq!(OpCounts::of(&told.diff.ops).total(), 5, "{:?}", told.diff);
+    }
+
+    #[test]
+    fn a_container_taking_anothers_cgroup_id_is_left_to_the_whole_plan() {
+        let loaded = loaded(10);
+        let mut after = inventory(5);
+        let mut clash = after.containers[4].clone();
+        clash.id = "id-late".into();
+        clash.cgroup_id = Some(1002);
+        after.containers.push(clash.clone());
+        let changes = [ContainerChange {
+            before: None,
+            after: Some(clash),
+        }];
+        let (told, whole) = both_plans(&loaded, 5, &after, &changes);
+        assert!(told.desired.is_some(), "the whole plan decides");
+        assert_eq!(told.diff, whole.diff);
     }
 }

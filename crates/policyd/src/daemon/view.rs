@@ -290,18 +290,14 @@ pub async fn explain(handle: &Handle, query: &ExplainQuery) -> Result<Explanatio
         ));
     };
     let inventory = inventory_for_explain(handle, &view.inventory, query).await;
-    let desired = plan::desired(loaded, &inventory).map_err(compile_failure)?;
-    let mut explanation = explain::explain(
-        &loaded.policies,
-        &loaded.rules,
-        &desired.desired,
-        &inventory,
-        query,
-    )
-    .map_err(|e| match e {
-        ExplainError::NotFound(m) => PolicydError::NotFound(m),
-        ExplainError::BadQuery(m) => PolicydError::BadRequest(m),
-    })?;
+    let (desired, _) = plan::desired(loaded, &inventory).map_err(compile_failure)?;
+    let mut explanation =
+        explain::explain(&loaded.policies, &loaded.rules, &desired, &inventory, query).map_err(
+            |e| match e {
+                ExplainError::NotFound(m) => PolicydError::NotFound(m),
+                ExplainError::BadQuery(m) => PolicydError::BadRequest(m),
+            },
+        )?;
     let Some(policy_name) = explanation.policy.as_deref() else {
         return Ok(explanation);
     };
