@@ -174,6 +174,36 @@ pub(crate) fn start(
 
 /// [`start`], in network namespace `netns` if given (joined between fork
 /// and exec, as `nsenter --net` does: the mounts stay the host's).
+/// The release bpf-loader in network namespace `netns` (it attaches its
+/// veth backstop to every veth there), attached to `attach_parent` (below
+/// the cgroup2 root), its socket `loader.sock` and its log in `scratch`.
+pub(crate) fn start_loader(
+    bin_dir: &Path,
+    pin_dir: &Path,
+    attach_parent: &str,
+    scratch: &Path,
+    netns: &str,
+) -> Result<Daemon> {
+    let socket = scratch.join("loader.sock");
+    start_in(
+        "bpf-loader",
+        &bin_dir.join("bpf-loader"),
+        &[
+            "--socket",
+            &socket.to_string_lossy(),
+            "--pin-dir",
+            &pin_dir.to_string_lossy(),
+            "--attach-parent",
+            attach_parent,
+            "--log-format",
+            "text",
+        ],
+        &socket,
+        scratch,
+        Some(netns),
+    )
+}
+
 pub(crate) fn start_in(
     name: &'static str,
     bin: &Path,
@@ -364,22 +394,12 @@ pub fn measure(bin_dir: &Path, quick: bool) -> Result<(Control, Vec<String>)> {
     let loader_ns = format!("{name}-loader");
     process::run("ip", &["netns", "add", &loader_ns])?;
     scene.netns.push(loader_ns.clone());
-    let loader = start_in(
-        "bpf-loader",
-        &bin("bpf-loader"),
-        &[
-            "--socket",
-            &path(&sock("loader")),
-            "--pin-dir",
-            &path(&scene.pin_dir),
-            "--attach-parent",
-            &format!("{name}/ctr"),
-            "--log-format",
-            "text",
-        ],
-        &sock("loader"),
+    let loader = start_loader(
+        bin_dir,
+        &scene.pin_dir,
+        &format!("{name}/ctr"),
         &s,
-        Some(&loader_ns),
+        &loader_ns,
     )?;
     let mut resolver_args = vec![
         "--socket".to_string(),
@@ -601,30 +621,8 @@ fn create_to_in_force(
         let flags = ["--label", "contain-bench=1", "--with-ns", &with_ns];
         let pinging = "while :; do ping -c 1 -W 1 198.18.200.1 >/dev/null 2>&1; sleep 0.005; done";
         let dir = parent.join(&id);
-        let in_force = std::thread::scope(|scope| -> Result<Option<i128>> {
-            let run = scope
-                .spawn(|| containerd.run_container("default", &id, &flags, &["sh", "-c", pinging]));
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let mut in_force = None;
-            let mut cgroup_id = None;
-            while Instant::now() < deadline {
-                if cgroup_id.is_none() && dir.is_dir() {
-                    cgroup_id = cgroup::cgroup_id(&dir).ok();
-                }
-                if let Some(cid) = cgroup_id {
-                    if cgroups.get(&cid, 0).is_ok() {
-                        in_force = Some(now_ns());
-                        break;
-                    }
-                }
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            run.join()
-                .map_err(|_| anyhow::anyhow!("ctr thread panicked"))??;
-            Ok(in_force)
-        })?;
-        let in_force = in_force.with_context(|| {
-            format!("container {id}: its cgroup never appeared in the loader's map")
+        let in_force = until_in_force(&dir, &cgroups, || {
+            Ok(containerd.run_container("default", &id, &flags, &["sh", "-c", pinging])?)
         })?;
         let create_ns = events.wait(&id, "/tasks/create")?;
         let start_ns = events.wait(&id, "/tasks/start")?;
@@ -903,6 +901,42 @@ fn measure_nft(scene: &mut Scene, ns: &str, text: &str, runs: usize) -> Result<N
         }
     }
     Ok(nft)
+}
+
+/// Runs `start` (a container's start) while polling for the cgroup at `dir`
+/// to appear in the loader's `CGROUPS` map; when it appeared (`now_ns`).
+pub(crate) fn until_in_force<T: Send>(
+    dir: &Path,
+    cgroups: &BpfHashMap<MapData, u64, CgroupPolicy>,
+    start: impl FnOnce() -> Result<T> + Send,
+) -> Result<i128> {
+    let in_force = std::thread::scope(|scope| -> Result<Option<i128>> {
+        let run = scope.spawn(start);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut in_force = None;
+        let mut cgroup_id = None;
+        while Instant::now() < deadline {
+            if cgroup_id.is_none() && dir.is_dir() {
+                cgroup_id = cgroup::cgroup_id(dir).ok();
+            }
+            if let Some(cid) = cgroup_id {
+                if cgroups.get(&cid, 0).is_ok() {
+                    in_force = Some(now_ns());
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        run.join()
+            .map_err(|_| anyhow::anyhow!("ctr thread panicked"))??;
+        Ok(in_force)
+    })?;
+    in_force.with_context(|| {
+        format!(
+            "{}: the container's cgroup never appeared in the loader's map",
+            dir.display()
+        )
+    })
 }
 
 #[cfg(test)]

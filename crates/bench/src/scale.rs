@@ -34,14 +34,10 @@ use anyhow::{bail, Context as _, Result};
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use contain_common::CgroupPolicy;
 use serde::{Deserialize, Serialize};
-use test_kit::{
-    cgroup, cleanup,
-    containerd::{now_ns, Containerd},
-    process,
-};
+use test_kit::{cgroup, cleanup, containerd::Containerd, process};
 
 use crate::{
-    control::{maps_dir, start, start_in, Daemon},
+    control::{maps_dir, start, start_in, start_loader, until_in_force, Daemon},
     sys,
 };
 
@@ -310,30 +306,7 @@ fn measured_start(
     veth: &str,
 ) -> Result<f64> {
     let dir = scene.cgroup.path().join("ctr").join(id);
-    let in_force = std::thread::scope(|scope| -> Result<Option<i128>> {
-        let run = scope.spawn(|| run_container(scene, host_ns, id, veth));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut in_force = None;
-        let mut cgroup_id = None;
-        while Instant::now() < deadline {
-            if cgroup_id.is_none() && dir.is_dir() {
-                cgroup_id = cgroup::cgroup_id(&dir).ok();
-            }
-            if let Some(cid) = cgroup_id {
-                if cgroups.get(&cid, 0).is_ok() {
-                    in_force = Some(now_ns());
-                    break;
-                }
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        run.join()
-            .map_err(|_| anyhow::anyhow!("ctr thread panicked"))??;
-        Ok(in_force)
-    })?;
-    let in_force = in_force.with_context(|| {
-        format!("container {id}: its cgroup never appeared in the loader's map")
-    })?;
+    let in_force = until_in_force(&dir, cgroups, || run_container(scene, host_ns, id, veth))?;
     let create_ns = events.wait(id, "/tasks/create")?;
     Ok((in_force - create_ns) as f64 / 1e6)
 }
@@ -383,22 +356,12 @@ pub fn measure(bin_dir: &Path, quick: bool) -> Result<Scale> {
         .push(host_ns.clone());
     process::run("ip", &["netns", "add", &host_ns])?;
 
-    let loader = start_in(
-        "bpf-loader",
-        &bin("bpf-loader"),
-        &[
-            "--socket",
-            &path(&sock("loader")),
-            "--pin-dir",
-            &path(&scene.pin_dir),
-            "--attach-parent",
-            &format!("{name}/ctr"),
-            "--log-format",
-            "text",
-        ],
-        &sock("loader"),
+    let loader = start_loader(
+        bin_dir,
+        &scene.pin_dir,
+        &format!("{name}/ctr"),
         &s,
-        Some(&host_ns),
+        &host_ns,
     )?;
     scene.daemons.push(loader);
     let containerd_socket = path(scene.containerd()?.socket());

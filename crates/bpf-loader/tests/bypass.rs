@@ -1125,14 +1125,38 @@ async fn p_rs_mcast(cx: &mut Ctx) -> Outcome {
 }
 
 async fn p_udp_revoke(cx: &mut Ctx) -> Outcome {
+    across_change(cx, &["udp-revoke", PEER4, "5353"], Change::Revoke).await
+}
+
+/// What changes while an attack holds its flow open.
+enum Change {
+    /// The rules that allowed the flow are revoked.
+    Revoke,
+    /// The container's cgroup entry goes (policyd forgets the container).
+    ForgetContainer,
+}
+
+/// `attack` (its command and destination) sends the control marker, waits
+/// while `change` is installed, then sends the leak marker on the same
+/// socket; the policy is installed again afterwards.
+async fn across_change(cx: &mut Ctx, attack: &[&str], change: Change) -> Outcome {
     let t = now();
     let (lm, cm) = (cx.marker(), cx.marker());
     let ct = cx.lab.ct.clone();
-    let (mut child, mut out) = cx.spawn_attack(&ct, &["udp-revoke", PEER4, "5353", &cm, &lm]);
+    let args: Vec<&str> = attack
+        .iter()
+        .copied()
+        .chain([cm.as_str(), lm.as_str()])
+        .collect();
+    let (mut child, mut out) = cx.spawn_attack(&ct, &args);
     let mut notes = read_until(&mut out, "WAIT");
     let mut failures = Vec::new();
-    if let Err(e) = cx.install(true, false).await {
-        failures.push(format!("revoking policy refused: {e}"));
+    let installed = match change {
+        Change::Revoke => cx.install(true, false).await,
+        Change::ForgetContainer => cx.forget_container().await,
+    };
+    if let Err(e) = installed {
+        failures.push(format!("the change was refused: {e}"));
     }
     let _ = writeln!(child.stdin.as_mut().expect("stdin"), "go");
     let mut rest = String::new();
@@ -1151,26 +1175,7 @@ async fn p_udp_revoke(cx: &mut Ctx) -> Outcome {
 /// container's cgroup: once that entry goes, the flow's next packet is the
 /// unknown cgroup's (denied), not the cache's.
 async fn p_container_forgotten(cx: &mut Ctx) -> Outcome {
-    let t = now();
-    let (lm, cm) = (cx.marker(), cx.marker());
-    let ct = cx.lab.ct.clone();
-    let (mut child, mut out) = cx.spawn_attack(&ct, &["tcp-hold", PEER4, SINK, &cm, &lm]);
-    let mut notes = read_until(&mut out, "WAIT");
-    let mut failures = Vec::new();
-    if let Err(e) = cx.forget_container().await {
-        failures.push(format!("removing the container's entry refused: {e}"));
-    }
-    let _ = writeln!(child.stdin.as_mut().expect("stdin"), "go");
-    let mut rest = String::new();
-    let _ = out.read_to_string(&mut rest);
-    let _ = child.wait();
-    notes.push(rest.trim().replace('\n', " "));
-    let mut o = cx.judge(t, &lm, &cm, marker_leak, notes).await;
-    if let Err(e) = cx.install(false, false).await {
-        failures.push(format!("policy refused: {e}"));
-    }
-    o.failures = failures;
-    o
+    across_change(cx, &["tcp-hold", PEER4, SINK], Change::ForgetContainer).await
 }
 
 /// The container's socket(s) on `lport` wait for the peer to speak first

@@ -164,15 +164,13 @@ impl Kernel {
 
     /// Sets the kernel's runtime limits (not policy: the generation stays).
     pub fn set_limits(&mut self, limits: &Limits) -> Result<(), KernelError> {
-        let mut config = self.maps.config.get(&0, 0).unwrap_or_default();
-        config.udp_reply_timeout_ns = u64::try_from(limits.udp_reply_timeout.as_nanos())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        config.events_per_second = limits.events_per_second.max(1);
-        self.maps
-            .config
-            .set(0, config, 0)
-            .map_err(map_err(map_names::CONFIG))
+        self.update_config(|config| {
+            config.udp_reply_timeout_ns = u64::try_from(limits.udp_reply_timeout.as_nanos())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            config.events_per_second = limits.events_per_second.max(1);
+        })
+        .map(|_| ())
     }
 }
 

@@ -70,40 +70,51 @@ impl Kernel {
             mirror = ?(started.elapsed() - written),
             "diff written"
         );
-        let mut config = self.maps.config.get(&0, 0).unwrap_or_default();
         if let Some(v) = diff.unknown_verdict {
-            config.unknown_verdict = repr::verdict(v) as u8;
             self.mirror.unknown_verdict = v;
         }
-        config.generation = config.generation.wrapping_add(1);
-        if rules_changed {
-            config.rules_epoch = config.rules_epoch.wrapping_add(1);
-        }
-        // Again after the last write: allows stamped against the maps half
-        // written are not taken either.
-        if cgroups_checked_again {
-            config.cgroup_epoch = config.cgroup_epoch.wrapping_add(1);
-        }
-        self.maps
-            .config
-            .set(0, config, 0)
-            .map_err(map_err(map_names::CONFIG))?;
+        let config = self.update_config(|config| {
+            if let Some(v) = diff.unknown_verdict {
+                config.unknown_verdict = repr::verdict(v) as u8;
+            }
+            config.generation = config.generation.wrapping_add(1);
+            if rules_changed {
+                config.rules_epoch = config.rules_epoch.wrapping_add(1);
+            }
+            // Again after the last write: allows stamped against the maps
+            // half written are not taken either.
+            if cgroups_checked_again {
+                config.cgroup_epoch = config.cgroup_epoch.wrapping_add(1);
+            }
+        })?;
         Ok(config.generation)
     }
 
     /// Moves the rules and/or cgroup epoch, nothing else.
     fn bump_epochs(&mut self, rules: bool, cgroup: bool) -> Result<(), KernelError> {
+        self.update_config(|config| {
+            if rules {
+                config.rules_epoch = config.rules_epoch.wrapping_add(1);
+            }
+            if cgroup {
+                config.cgroup_epoch = config.cgroup_epoch.wrapping_add(1);
+            }
+        })
+        .map(|_| ())
+    }
+
+    /// Reads `CONFIG`, changes it and writes it back; what was written.
+    pub(super) fn update_config(
+        &mut self,
+        change: impl FnOnce(&mut kern::Config),
+    ) -> Result<kern::Config, KernelError> {
         let mut config = self.maps.config.get(&0, 0).unwrap_or_default();
-        if rules {
-            config.rules_epoch = config.rules_epoch.wrapping_add(1);
-        }
-        if cgroup {
-            config.cgroup_epoch = config.cgroup_epoch.wrapping_add(1);
-        }
+        change(&mut config);
         self.maps
             .config
             .set(0, config, 0)
-            .map_err(map_err(map_names::CONFIG))
+            .map_err(map_err(map_names::CONFIG))?;
+        Ok(config)
     }
 
     /// Writes back what `done` (the inverse of the writes so far) restores,
