@@ -153,8 +153,10 @@ fn headers(skb: *mut __sk_buff) -> Option<Headers> {
 }
 
 /// Whether the socket's cached verdict allows this packet without the full
-/// path (counted as the full path counts it).
-#[inline(always)]
+/// path (counted as the full path counts it). A call of its own: inlined,
+/// its locals would add to the egress program's frame, which every call
+/// chain below it pays (kernel 6.1 refuses more than 512 bytes in all).
+#[inline(never)]
 pub fn allows_cached(skb: *mut __sk_buff, info: *mut SockInfo, epochs: &Epochs) -> bool {
     // SAFETY: storage pointer from the helper, null or valid.
     let Some(i) = (unsafe { info.as_ref() }) else {
@@ -195,8 +197,9 @@ pub fn allows_cached(skb: *mut __sk_buff, info: *mut SockInfo, epochs: &Epochs) 
 
 /// Whether this is a packet of an accepted TCP connection (never marked
 /// outbound) or of one that predates contain, which the full path lets
-/// through whatever the policy says.
-#[inline(always)]
+/// through whatever the policy says. A call of its own, as
+/// [`allows_cached`].
+#[inline(never)]
 pub fn allows_accepted(skb: *mut __sk_buff, full: *mut bpf_sock, info: *mut SockInfo) -> bool {
     // SAFETY: storage pointer from the helper, null or valid.
     if unsafe { info.as_ref() }.is_some_and(|i| i.flags & SOCK_OUTBOUND != 0) {
