@@ -620,8 +620,11 @@ def reflect_echo6(spoofed, dst, marker):
     raw6_send([echo6_packet(spoofed, dst, marker)], dst)
 
 
-def reflect_echo4(spoofed, dst, marker):
-    raw4_send([echo4_packet(spoofed, dst, marker)], dst)
+def reflect_echo4(spoofed, dst, marker, cached="no"):
+    # "cached": from the same raw socket, a genuine echo request to `dst`
+    # first, so its allow is cached on the socket when the spoofed one goes.
+    first = [echo4_packet(dst, dst, "genuine")] if cached == "cached" else []
+    raw4_send(first + [echo4_packet(spoofed, dst, marker)], dst)
 
 
 def reflect_rst4(spoofed, dst, dport, sport):
