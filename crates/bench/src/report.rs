@@ -184,7 +184,7 @@ pub fn write(r: &Results, out: &Path) -> Result<()> {
         latency(&mut md, l, &r.veth_backstop, out)?;
     }
     if let Some(t) = &r.throughput {
-        throughput(&mut md, t, r.latency.as_ref(), out)?;
+        throughput(&mut md, t, out)?;
     }
     if let Some(c) = &r.control {
         control(&mut md, c);
@@ -193,7 +193,7 @@ pub fn write(r: &Results, out: &Path) -> Result<()> {
         crate::sockcost::render(&mut md, s);
     }
     if let Some(f) = &r.flow {
-        crate::flowcost::render(&mut md, f);
+        crate::flowcost::render(&mut md, f, r.prog_cost.as_ref().map(|p| p.floor_ns));
     }
     if let Some(s) = &r.scale {
         crate::scale::render(&mut md, s);
@@ -255,7 +255,7 @@ fn summary(md: &mut String, r: &Results) {
         "| what | target (DESIGN.md) | measured |\n|---|---|---|"
     );
     if let Some(f) = &r.flow {
-        if let Some(line) = crate::flowcost::summary(f) {
+        if let Some(line) = crate::flowcost::summary(f, r.prog_cost.as_ref().map(|p| p.floor_ns)) {
             let _ = writeln!(md, "{line}");
         }
     }
@@ -373,24 +373,37 @@ fn summary(md: &mut String, r: &Results) {
         }
     }
     if let Some(t) = &r.throughput {
-        if let Some(none) = t.rows.iter().find(|x| x.kind == Kind::None) {
+        if let Some(none) = t.rows.iter().find(|x| x.kind == Kind::None && !x.control) {
             let cells = |kind: Kind| -> Vec<String> {
                 t.rows
                     .iter()
                     .filter(|x| x.kind == kind)
                     .map(|x| {
                         format!(
-                            "{:.1} % at {} rules (median of paired ratios; ratio of medians {:.1} %)",
-                            100.0 * x.median_ratio_to_none,
+                            "{} at {} rules (median of paired ratios{}; contain's programs {})",
+                            percent(x.median_ratio_to_none),
                             count(x.rules),
-                            100.0 * x.median_gbps / none.median_gbps
+                            interval_note(x),
+                            x.program_cpu_share()
+                                .map_or("—".into(), |s| format!("{:.2} % of one CPU", 100.0 * s))
                         )
                     })
                     .collect()
             };
+            let control = t
+                .rows
+                .iter()
+                .find(|x| x.control)
+                .map_or(String::new(), |x| {
+                    format!(
+                        "; the A/A control, unfiltered against unfiltered: {}{}",
+                        percent(x.median_ratio_to_none),
+                        interval_note(x)
+                    )
+                });
             let _ = writeln!(
                 md,
-                "| TCP throughput through a filtered veth | ≥ 98 % of unfiltered | {} ({:.1} Gbit/s unfiltered) |",
+                "| TCP throughput through a filtered veth | ≥ 98 % of unfiltered | {} ({:.1} Gbit/s unfiltered{control}) |",
                 cells(Kind::Contain).join(", "),
                 none.median_gbps
             );
@@ -994,37 +1007,105 @@ fn backstop_latency(
     let _ = writeln!(md);
 }
 
-fn throughput(
-    md: &mut String,
-    t: &crate::throughput::Throughput,
-    latency: Option<&crate::latency::Latency>,
-    out: &Path,
-) -> Result<()> {
+fn percent(ratio: f64) -> String {
+    format!("{:.1} %", 100.0 * ratio)
+}
+
+/// ", ≥ 90 % interval 95.1–100.2 %" for a row with pairs, or nothing.
+fn interval_note(row: &crate::throughput::Row) -> String {
+    row.ratio_interval.map_or(String::new(), |(low, high)| {
+        format!(
+            ", {:.0} % interval {:.1}–{}",
+            100.0 * row.interval_coverage,
+            100.0 * low,
+            percent(high)
+        )
+    })
+}
+
+/// Each of contain's programs during the throughput runs of the
+/// configurations that have them: where their share of a CPU goes.
+fn program_times(md: &mut String, t: &crate::throughput::Throughput) {
+    let rows: Vec<_> = t
+        .rows
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.kind,
+                Kind::Contain | Kind::ContainVeth | Kind::ContainTcFloor
+            ) && !r.by_program.is_empty()
+        })
+        .collect();
+    let Some(first) = rows.first() else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "contain's programs during those runs, each: runs a second, mean run time (the \
+         statistics' own clock reads included, about the `flow` phase's floor), and share of one \
+         CPU over the runs' time.\n"
+    );
+    let _ = write!(md, "| configuration | rules |");
+    for p in &first.by_program {
+        let _ = write!(md, " `{}` |", p.name);
+    }
+    let _ = writeln!(md, "\n|---|---:|{}", "---:|".repeat(first.by_program.len()));
+    for row in rows {
+        let secs: f64 = row.seconds.iter().sum();
+        let _ = write!(md, "| {} | {} |", row.kind.label(), count(row.rules));
+        for p in &row.by_program {
+            if p.runs == 0 || secs <= 0.0 {
+                let _ = write!(md, " — |");
+            } else {
+                let _ = write!(
+                    md,
+                    " {:.1} k/s, {:.0} ns, {:.2} % |",
+                    p.runs as f64 / secs / 1e3,
+                    p.ns as f64 / p.runs as f64,
+                    100.0 * p.ns as f64 / 1e9 / secs
+                );
+            }
+        }
+        let _ = writeln!(md);
+    }
+    let _ = writeln!(md);
+}
+
+fn throughput(md: &mut String, t: &crate::throughput::Throughput, out: &Path) -> Result<()> {
     let _ = writeln!(md, "## Throughput\n");
     let _ = writeln!(
         md,
         "iperf3, one TCP stream from the client namespace (in the configuration's cgroup) to the \
-         peer, {} s per run, receiver side. Each configuration is run {} times, each time right \
-         next to an unfiltered run (which one goes first alternates), configurations \
-         round-robin; the last column is the median of those pairs' ratios. On 2 cores the \
-         sender, the receiver and the veth's softirq share the CPUs with whatever else runs, so \
-         single runs vary by ±10 % or more. contain's cost on a bulk stream is an early return \
-         per packet (the flow's verdict is cached and unchanged), whatever the rule count. With \
-         the veth backstop (on the peer's end of the veth, as in the latency section) each data \
-         packet (a GSO packet of up to 64 kB on a veth) also takes the ancestor-cgroup walk on \
-         its way in, and each ACK coming back passes `contain_veth_inbound` on its way out; \
-         *contain + a tc program that passes* has the same two tc hooks without the \
-         backstop's work (see the latency section).\n",
+         peer, {} s per run, receiver side, the client pinned to one CPU and the server to the \
+         other (`-A`). Each configuration is run {} times, each time right next to an unfiltered \
+         run (which one goes first alternates), configurations round-robin, and judged by the \
+         median of those pairs' ratios, with the interval that holds the median of all such \
+         pairs with at least 90 % confidence (the sign test's, from the pairs' order statistics: \
+         no assumption about their distribution). On 2 cores the sender, the receiver and the \
+         veth's softirq share the CPUs with whatever else runs, so single runs vary by several \
+         per cent. The first filtered row is the **A/A control**: the unfiltered configuration \
+         paired with itself the same way, so its interval is what the measurement cannot tell \
+         from no difference. contain's cost on a bulk stream is an early return per packet (the \
+         flow's verdict is cached and unchanged), whatever the rule count. With the veth \
+         backstop (on the peer's end of the veth, as in the latency section) each data packet \
+         (a GSO packet of up to 64 kB on a veth) also takes the ancestor-cgroup walk on its way \
+         in, and each ACK coming back passes `contain_veth_inbound` on its way out; *contain + a \
+         tc program that passes* has the same two tc hooks without the backstop's work (see the \
+         latency section). The last columns are the run time of contain's programs (egress, \
+         ingress and both veth programs, by the kernel's per-program statistics, which are on \
+         for this phase and add their own two clock reads to every run of every program) during \
+         the configuration's runs: per run, and as a share of one CPU over the runs' time, which \
+         is what they can take from a stream bound by one CPU.\n",
         t.seconds_per_run, t.rounds
     );
     let none = t
         .rows
         .iter()
-        .find(|x| x.kind == Kind::None)
+        .find(|x| x.kind == Kind::None && !x.control)
         .map(|x| x.median_gbps);
     let _ = writeln!(
         md,
-        "| configuration | rules | median Gbit/s | runs | ratio of medians | median of paired ratios | frames on the veth's host side¹ |\n|---|---:|---:|---|---:|---:|---:|"
+        "| configuration | rules | median Gbit/s | runs | ratio of medians | median of paired ratios | interval (confidence) | frames on the veth's host side¹ | contain's programs: per run | share of one CPU |\n|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"
     );
     let mut bars = Vec::new();
     for row in &t.rows {
@@ -1038,9 +1119,7 @@ fn throughput(
         } else {
             row.gbps.iter().map(|g| format!("{g:.2}")).collect()
         };
-        let of = none.map_or("—".into(), |n| {
-            format!("{:.1} %", 100.0 * row.median_gbps / n)
-        });
+        let of = none.map_or("—".into(), |n| percent(row.median_gbps / n));
         let frames = match (row.frames_per_second(), row.mean_frame_bytes()) {
             (Some(f), Some(b)) => format!(
                 "{:.0} k/s in, {:.1} kB each; {}",
@@ -1053,29 +1132,57 @@ fn throughput(
             ),
             _ => "—".into(),
         };
+        let (label, rules) = match (row.kind, row.control) {
+            (Kind::None, true) => ("no filter, paired with itself (A/A control)", "—".into()),
+            (Kind::None, false) => (Kind::None.label(), "—".into()),
+            (kind, _) => (kind.label(), count(row.rules)),
+        };
+        let (paired, interval) = if row.kind == Kind::None && !row.control {
+            ("100.0 %".to_string(), "—".to_string())
+        } else {
+            (
+                percent(row.median_ratio_to_none),
+                row.ratio_interval.map_or("—".into(), |(low, high)| {
+                    format!(
+                        "{:.1}–{} ({:.0} %)",
+                        100.0 * low,
+                        percent(high),
+                        100.0 * row.interval_coverage
+                    )
+                }),
+            )
+        };
+        // No filter's runs run none of contain's programs (what little the
+        // statistics show then is other traffic's).
+        let contain = matches!(
+            row.kind,
+            Kind::Contain | Kind::ContainVeth | Kind::ContainTcFloor
+        );
+        let per_run = row
+            .program_ns_per_run()
+            .filter(|_| contain)
+            .map_or("—".into(), |ns| format!("{ns:.0} ns"));
+        let share = row
+            .program_cpu_share()
+            .filter(|_| contain)
+            .map_or("—".into(), |s| format!("{:.2} %", 100.0 * s));
         let _ = writeln!(
             md,
-            "| {} | {} | {:.2} | {} | {} | {:.1} % | {frames} |",
-            row.kind.label(),
-            if row.kind == Kind::None {
-                "—".into()
-            } else {
-                count(row.rules)
-            },
+            "| {label} | {rules} | {:.2} | {} | {of} | {paired} | {interval} | {frames} | {per_run} | {share} |",
             row.median_gbps,
             runs.join(", "),
-            of,
-            100.0 * row.median_ratio_to_none
         );
-        bars.push(Bar {
-            label: if row.kind == Kind::None {
-                "no filter".into()
-            } else {
-                format!("{}, {}", row.kind.label(), count(row.rules))
-            },
-            value: row.median_gbps,
-            color: color(row.kind),
-        });
+        if !row.control {
+            bars.push(Bar {
+                label: if row.kind == Kind::None {
+                    "no filter".into()
+                } else {
+                    format!("{}, {}", row.kind.label(), count(row.rules))
+                },
+                value: row.median_gbps,
+                color: color(row.kind),
+            });
+        }
     }
     let _ = writeln!(
         md,
@@ -1084,25 +1191,7 @@ fn throughput(
          the median rate, with their mean size; and the skbs it sent back (ACKs: \
          `contain_veth_inbound` runs once for each).\n"
     );
-    for row in t.rows.iter().filter(|x| x.kind == Kind::ContainVeth) {
-        let share = latency.and_then(|l| backstop_share(l, row.rules, ping_of));
-        if let (Some(fps), Some(back), Some((share_us, _))) =
-            (row.frames_per_second(), row.back_per_frame(), share)
-        {
-            let _ = writeln!(
-                md,
-                "The backstop at {} rules: ({:.0} k frames in + {:.0} k back a second) × half \
-                 its share of a ping round trip ({}: one frame each way) ≈ {:.2} % of one CPU's \
-                 time, about what it can take from a stream bound by that CPU (an estimate; \
-                 single runs vary far more).",
-                count(row.rules),
-                fps / 1e3,
-                fps * back / 1e3,
-                signed_us2(share_us),
-                100.0 * fps * (1.0 + back) * share_us.max(0.0) / 2.0 * 1e-6
-            );
-        }
-    }
+    program_times(md, t);
     std::fs::write(
         out.join("throughput.svg"),
         svg::bar_chart("TCP throughput (iperf3), median", "Gbit/s", &bars)?,
@@ -1425,8 +1514,14 @@ mod tests {
             seconds: 0.0,
         };
         let mut md = String::new();
-        flowcost::render(&mut md, &f);
-        assert!(md.contains("| 50.0 ns | 2.50 × |"), "{md}");
+        flowcost::render(&mut md, &f, Some(15.0));
+        assert!(
+            md.contains("| 50.0 ns | 2.50 × | 30.0 ns | 2.00 × |"),
+            "{md}"
+        );
+        let line = flowcost::summary(&f, Some(15.0)).unwrap();
+        assert!(line.contains("2.00 × (30 ns own time"), "{line}");
+        assert!(line.contains("2.50 × (50 ns against 20 ns"), "{line}");
     }
 
     #[test]
