@@ -807,6 +807,10 @@ fn remember_inbound_peer(ctx: &SkBuffContext) {
     if ifindex == LOOPBACK_IFINDEX || pkt_type == PACKET_LOOPBACK {
         return;
     }
+    // Most of what comes in is TCP: told in place, before the full parse.
+    if packet::surely_not_udp::<{ packet::L3_AT_START }>(ctx.skb.skb) {
+        return;
+    }
     let mut slot = MaybeUninit::uninit();
     let flow = Flow::zeroed_in(&mut slot);
     if !packet::parse::<{ packet::L3_AT_START }>(ctx.skb.skb, flow) {

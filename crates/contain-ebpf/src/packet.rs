@@ -143,6 +143,72 @@ pub fn parse<const L3: usize>(skb: *mut __sk_buff, flow: &mut Flow) -> bool {
     }
 }
 
+/// The linear part of the packet from the network header at `L3`:
+/// `(start, end)` addresses for direct packet access.
+#[inline(always)]
+fn linear<const L3: usize>(skb: *mut __sk_buff) -> (usize, usize) {
+    // SAFETY: the context is valid for the program's duration; `data` and
+    // `data_end` bound the linear part.
+    let (data, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
+    (data + L3, end)
+}
+
+/// Whether the packet is surely not a UDP datagram, read in place: IPv4's
+/// protocol field (every fragment carries it), or IPv6's next header when
+/// it is TCP or ICMPv6 itself. `false` when it cannot be told this cheaply
+/// (a UDP datagram, an extension header, a header outside the linear
+/// part); a frame that is not IP is not UDP.
+#[inline(always)]
+pub fn surely_not_udp<const L3: usize>(skb: *mut __sk_buff) -> bool {
+    let (ip, end) = linear::<L3>(skb);
+    match ethertype(skb) {
+        ETH_P_IP => {
+            if ip + 20 > end {
+                return false;
+            }
+            // SAFETY: 20 bytes from `ip` are within the packet.
+            unsafe { *(ip as *const u8).add(9) != ip_proto::UDP }
+        }
+        ETH_P_IPV6 => {
+            if ip + 40 > end {
+                return false;
+            }
+            // SAFETY: 40 bytes from `ip` are within the packet.
+            let next = unsafe { *(ip as *const u8).add(6) };
+            next == ip_proto::TCP || next == ip_proto::ICMPV6
+        }
+        _ => true,
+    }
+}
+
+/// The packet's source address as 16 key bytes (IPv4 v4-mapped), read in
+/// place when the header is in the linear part, else copied out.
+#[inline(always)]
+pub fn source_address<const L3: usize>(skb: *mut __sk_buff) -> Option<[u8; 16]> {
+    let (ip, end) = linear::<L3>(skb);
+    let ctx = SkBuffContext::new(skb);
+    match ethertype(skb) {
+        ETH_P_IP => {
+            let a = if ip + 20 <= end {
+                // SAFETY: 20 bytes from `ip` are within the packet.
+                unsafe { (ip as *const u8).add(12).cast::<[u8; 4]>().read_unaligned() }
+            } else {
+                ctx.load::<[u8; 4]>(L3 + 12).ok()?
+            };
+            let mut addr = [0u8; 16];
+            write_v4_mapped(&mut addr, a);
+            Some(addr)
+        }
+        ETH_P_IPV6 => Some(if ip + 40 <= end {
+            // SAFETY: 40 bytes from `ip` are within the packet.
+            unsafe { (ip as *const u8).add(8).cast::<[u8; 16]>().read_unaligned() }
+        } else {
+            ctx.load::<[u8; 16]>(L3 + 8).ok()?
+        }),
+        _ => None,
+    }
+}
+
 /// The packet's protocol (`skb->protocol`, in network byte order there).
 #[inline(always)]
 pub fn ethertype(skb: *mut __sk_buff) -> u32 {

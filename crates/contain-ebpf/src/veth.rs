@@ -28,7 +28,10 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     bindings::{__sk_buff, bpf_sock, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::{bpf_ktime_get_ns, bpf_sk_fullsock, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id},
+    helpers::{
+        bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_sk_fullsock, bpf_skb_ancestor_cgroup_id,
+        bpf_skb_cgroup_id,
+    },
     programs::SkBuffContext,
 };
 use contain_common::{
@@ -329,25 +332,19 @@ pub fn admit_inbound(skb: *mut __sk_buff) -> i32 {
     if unsafe { VETHS.get(ifindex) }.is_none() {
         return PASS;
     }
-    let mut addr = [0u8; 16];
-    match packet::ethertype(skb) {
-        ETH_P_IP => match ctx.load::<[u8; 4]>(L3_AFTER_ETHERNET + 12) {
-            Ok(a) => packet::write_v4_mapped(&mut addr, a),
-            Err(_) => return PASS,
-        },
-        ETH_P_IPV6 => match ctx.load::<[u8; 16]>(L3_AFTER_ETHERNET + 8) {
-            Ok(a) => addr = a,
-            Err(_) => return PASS,
-        },
-        _ => return PASS,
-    }
+    let Some(addr) = packet::source_address::<L3_AFTER_ETHERNET>(skb) else {
+        return PASS;
+    };
     let key = VethPeerKey {
         ifindex,
         _pad: 0,
         addr,
     };
+    // The coarse clock (the last tick's time, no clock read): it lags the
+    // precise one `is_kernel_answer` reads by at most a tick, so an entry
+    // never looks younger than it is.
     // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     // SAFETY: copied out at once.
     let fresh = unsafe { VETH_PEERS.get(key) }
         .is_some_and(|&seen| now.wrapping_sub(seen) < PEER_REFRESH_NS);
