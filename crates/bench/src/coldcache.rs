@@ -8,9 +8,10 @@
 //!
 //! The traffic: SYN-shaped TCP headers from raw sockets
 //! (`socket(AF_INET, SOCK_RAW, IPPROTO_TCP)`). No socket hook judges a raw
-//! socket's send (the kernel runs the sendmsg hooks for UDP only), so
-//! contain's egress program judges each packet, and the socket's verdict
-//! cache holds one destination: its last. Destinations are the synthetic
+//! socket's send (the kernel runs the sendmsg hooks for UDP sockets, not
+//! raw ones; `sock_create` only stamps the socket), so contain's egress
+//! program judges each packet, and the socket's verdict cache holds one
+//! destination: its last. Destinations are the synthetic
 //! rules of 10.0.0.0/8 (TCP, one port each; a random address inside a /30
 //! or /28): each packet's rule drawn uniformly, never the rule of its
 //! socket's previous packet nor of the packet before it; every tenth packet
@@ -251,7 +252,7 @@ fn cold_schedule(rules: &[Rule], sockets: usize, count: usize, seed: u64) -> Vec
 /// Socket 0 to [`WARM_DESTINATIONS`] fixed destinations in turn (fewer
 /// rules: each rule's address allowed, then denied), `count` packets.
 fn warm_schedule(rules: &[Rule], count: usize) -> Vec<Packet> {
-    let mut rng = Rng(0x5eed_0f_c01d);
+    let mut rng = Rng(0x5eed_c01d);
     let mut picks: Vec<usize> = Vec::new();
     let k = rules.len().min(WARM_DESTINATIONS);
     while picks.len() < k {
@@ -679,8 +680,8 @@ pub fn render(md: &mut String, c: &ColdCache) {
          policy, each with a raw socket) send SYN-shaped TCP headers to destinations drawn \
          uniformly from the list's synthetic rules (10.0.0.0/8, TCP to one port each), never \
          the same rule twice in a row for a socket nor for the whole stream, so each packet \
-         misses the socket's verdict cache and takes the full decision (raw sockets pass no \
-         socket hook: the egress program judges every packet). Every {}th packet goes to its \
+         misses the socket's verdict cache and takes the full decision (no connect or sendmsg \
+         hook judges a raw socket's send: the egress program judges every packet). Every {}th packet goes to its \
          rule's address on another port: denied (EPERM). Timed as the flow phase times a \
          packet: the kernel's per-program statistics (`run_time_ns` ÷ `run_cnt`) around {} \
          packets per configuration and round, {} rounds in rotating order; each cell is the \
@@ -706,9 +707,10 @@ pub fn render(md: &mut String, c: &ColdCache) {
     );
     let _ = writeln!(
         md,
-        "A denied packet's event: in the cold case each container stays within its event rate \
-         (the ring buffer is attempted; nothing reads it here, so it is full), in the warm case \
-         the one container's events are rate-limited: a difference in the denied tenth's path \
+        "A denied packet's event: in the cold case each container stays within its event rate, \
+         so each denial tries the ring buffer (nothing reads it here: it soon fills, and the \
+         reservation fails); in the warm case the one container's events are soon \
+         rate-limited, so most denials skip it. The denied tenth's path differs by that \
          besides the caches.\n"
     );
     let cell = |name: &str, case: Case| {
