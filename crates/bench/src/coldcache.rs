@@ -139,16 +139,28 @@ pub struct Row {
     pub refused: u64,
 }
 
+/// What the phase sent.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Traffic {
+    /// Packets per configuration and round (after a warm-up of 200).
+    pub packets_per_round: usize,
+    /// … in the thrashed case (each after a read of the whole buffer).
+    pub thrashed_packets_per_round: usize,
+    /// Cgroups per rule count, and for the floor: each with its own
+    /// CGROUPS entry (contain's) and one raw socket created inside it.
+    pub containers: usize,
+    /// Every this many packets one is denied.
+    pub deny_every: usize,
+    /// The buffer read between packets in the thrashed case.
+    pub thrash_bytes: usize,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ColdCache {
     pub rounds: usize,
-    pub packets_per_round: usize,
-    pub thrashed_packets_per_round: usize,
-    /// Cgroups (each with its own socket) per rule count, and for the floor.
-    pub containers: usize,
-    pub deny_every: usize,
-    pub thrash_bytes: usize,
-    /// The measuring CPU's caches, as sysfs describes them.
+    pub traffic: Traffic,
+    /// The measuring CPU's caches, as sysfs describes them (`L2 unified
+    /// 2048K`, …): what the thrashed case evicts, and what it cannot.
     pub cpu_caches: Vec<String>,
     pub rows: Vec<Row>,
     pub seconds: f64,
@@ -371,18 +383,18 @@ fn network(lab: &Lab) -> Result<(Netns, Netns)> {
         process::run("ip", &["netns", "exec", ns, "sh", "-c", quiet])?;
         ip(&format!("-n {ns} link set lo up"))?;
     }
-    ip(&format!(
-        "-n {c} link add vc address {CLIENT_MAC} type veth peer name vp address {PEER_MAC} netns {p}"
-    ))?;
-    ip(&format!("-n {c} addr add {CLIENT_ADDR} dev vc"))?;
-    ip(&format!("-n {p} addr add {PEER}/24 dev vp"))?;
-    ip(&format!("-n {c} link set vc up"))?;
-    ip(&format!("-n {p} link set vp up"))?;
-    ip(&format!(
-        "-n {c} neigh replace {PEER} lladdr {PEER_MAC} dev vc nud permanent"
-    ))?;
-    ip(&format!("-n {c} route add 10.0.0.0/8 via {PEER} dev vc"))?;
-    ip(&format!("-n {p} route add blackhole 10.0.0.0/8"))?;
+    for args in [
+        format!("-n {c} link add vc address {CLIENT_MAC} type veth peer name vp address {PEER_MAC} netns {p}"),
+        format!("-n {c} addr add {CLIENT_ADDR} dev vc"),
+        format!("-n {p} addr add {PEER}/24 dev vp"),
+        format!("-n {c} link set vc up"),
+        format!("-n {p} link set vp up"),
+        format!("-n {c} neigh replace {PEER} lladdr {PEER_MAC} dev vc nud permanent"),
+        format!("-n {c} route add 10.0.0.0/8 via {PEER} dev vc"),
+        format!("-n {p} route add blackhole 10.0.0.0/8"),
+    ] {
+        ip(&args)?;
+    }
     Ok((client, peer))
 }
 
@@ -653,11 +665,13 @@ pub fn measure(lab: &mut Lab, p: &Params) -> Result<ColdCache> {
         .collect();
     Ok(ColdCache {
         rounds: p.rounds,
-        packets_per_round: p.packets,
-        thrashed_packets_per_round: p.thrashed_packets,
-        containers: p.containers,
-        deny_every: DENY_EVERY,
-        thrash_bytes: THRASH_BYTES,
+        traffic: Traffic {
+            packets_per_round: p.packets,
+            thrashed_packets_per_round: p.thrashed_packets,
+            containers: p.containers,
+            deny_every: DENY_EVERY,
+            thrash_bytes: THRASH_BYTES,
+        },
         cpu_caches: cpu_caches(sys::measuring_cpu()),
         rows,
         seconds: started.elapsed().as_secs_f64(),
@@ -686,7 +700,7 @@ pub fn render(md: &mut String, c: &ColdCache) {
          packet: the kernel's per-program statistics (`run_time_ns` ÷ `run_cnt`) around {} \
          packets per configuration and round, {} rounds in rotating order; each cell is the \
          median over the rounds.\n",
-        c.containers, c.deny_every, c.packets_per_round, c.rounds
+        c.traffic.containers, c.traffic.deny_every, c.traffic.packets_per_round, c.rounds
     );
     let _ = writeln!(
         md,
@@ -697,8 +711,8 @@ pub fn render(md: &mut String, c: &ColdCache) {
          not an L3 larger than the buffer (this CPU: {}). The floor is `baseline_pass` on the \
          same cold traffic from as many cgroups of its own; both programs' figures include \
          the statistics' own cost.\n",
-        c.thrash_bytes >> 20,
-        c.thrashed_packets_per_round,
+        c.traffic.thrash_bytes >> 20,
+        c.traffic.thrashed_packets_per_round,
         if c.cpu_caches.is_empty() {
             "not known".to_string()
         } else {
@@ -859,11 +873,13 @@ mod tests {
         };
         let c = ColdCache {
             rounds: 1,
-            packets_per_round: 1,
-            thrashed_packets_per_round: 1,
-            containers: 100,
-            deny_every: DENY_EVERY,
-            thrash_bytes: THRASH_BYTES,
+            traffic: Traffic {
+                packets_per_round: 1,
+                thrashed_packets_per_round: 1,
+                containers: 100,
+                deny_every: DENY_EVERY,
+                thrash_bytes: THRASH_BYTES,
+            },
             cpu_caches: vec!["L2 unified 2048K".into()],
             rows: vec![
                 row("floor", 0, Case::Cold, 20.0),
