@@ -110,9 +110,9 @@ impl Case {
     pub fn label(self) -> &'static str {
         match self {
             Case::Cold => "cold: many containers, random destinations",
-            Case::Thrashed => "cold, a buffer read between packets",
+            Case::Thrashed => "thrashed: cold, a buffer read between packets",
             Case::Warm => "warm: one container, ten destinations in turn",
-            Case::Cached => "one container, one destination (cached verdict)",
+            Case::Cached => "cached: one container, one destination",
             Case::ColdHosts => "/32 rules only: a hash lookup (`HOSTS`)",
             Case::ColdPrefixes => {
                 "/30 and /28 rules only: a hash miss, then the LPM trie (`DESTS`)"
