@@ -12,6 +12,9 @@
 # memory; connect() and sendto() per call with contain's socket hooks and
 # without (phase `syscalls`); an established flow's packet on contain's
 # egress program against the floor, by the kernel's bpf_stats (`flow`);
+# the full decision with cold caches: 100 containers sending to
+# destinations drawn at random from the rule list, against the same
+# traffic warm and the floor, by bpf_stats (`cold`);
 # one container start on hosts of 10, 100 and 500 containers: time to the
 # policy in force and the resolver's and policyd's CPU per start (`scale`).
 # About ten minutes. Needs root. Installs what it needs first, idempotently

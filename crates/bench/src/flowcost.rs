@@ -77,13 +77,13 @@ pub fn prog_stats(fd: RawFd) -> Result<(u64, u64)> {
 
 /// A program attached to a cgroup's egress (BPF_PROG_ATTACH, no flags),
 /// detached on drop.
-struct Attached {
+pub struct Attached {
     cgroup: File,
     prog: RawFd,
 }
 
 impl Attached {
-    fn new(cgroup: &Path, prog: RawFd) -> Result<Attached> {
+    pub fn new(cgroup: &Path, prog: RawFd) -> Result<Attached> {
         let cgroup = File::open(cgroup).with_context(|| format!("opening {}", cgroup.display()))?;
         let mut attr = [0u64; 16];
         attr[0] = cgroup.as_raw_fd() as u32 as u64 | ((prog as u32 as u64) << 32);
@@ -343,22 +343,10 @@ pub fn render(md: &mut String, c: &FlowCost, testrun_floor_ns: Option<f64>) {
     }
     let _ = writeln!(md);
     let _ = writeln!(md, "|---|{}", "---:|---:|---:|---:|".repeat(FLOWS.len()));
-    let mut names: Vec<(usize, String)> = Vec::new();
-    for r in &c.rows {
-        if !names.iter().any(|n| n.1 == r.name) {
-            names.push((if r.name == "floor" { 0 } else { r.rules }, r.name.clone()));
-        }
-    }
-    names.sort();
-    for (rules, name) in &names {
-        let label = if name == "floor" {
-            "floor (`baseline_pass`)".to_string()
-        } else {
-            format!("contain's egress, {rules} rules")
-        };
+    for (name, label) in programs(c.rows.iter().map(|r| (r.name.as_str(), r.rules))) {
         let _ = write!(md, "| {label} |");
         for f in FLOWS {
-            match c.rows.iter().find(|r| &r.name == name && r.flow == f) {
+            match c.rows.iter().find(|r| r.name == name && r.flow == f) {
                 Some(r) => {
                     let ratio = match floor(f) {
                         Some(base) if base > 0.0 => format!("{:.2} ×", r.ns_per_packet / base),
@@ -386,6 +374,29 @@ pub fn render(md: &mut String, c: &FlowCost, testrun_floor_ns: Option<f64>) {
         let _ = writeln!(md);
     }
     let _ = writeln!(md);
+}
+
+/// The programs of a phase's rows, given as (name, rule count): the floor
+/// first, then contain's by rule count, each as (name, the table's label).
+pub fn programs<'a>(rows: impl IntoIterator<Item = (&'a str, usize)>) -> Vec<(String, String)> {
+    let mut names: Vec<(usize, String)> = Vec::new();
+    for (name, rules) in rows {
+        if !names.iter().any(|n| n.1 == name) {
+            names.push((if name == "floor" { 0 } else { rules }, name.to_string()));
+        }
+    }
+    names.sort();
+    names
+        .into_iter()
+        .map(|(rules, name)| {
+            let label = if name == "floor" {
+                "floor (`baseline_pass`)".to_string()
+            } else {
+                format!("contain's egress, {rules} rules")
+            };
+            (name, label)
+        })
+        .collect()
 }
 
 /// The design-targets table's row: the largest rule count's slowest flow,

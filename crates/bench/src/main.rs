@@ -4,12 +4,13 @@
 //! ```text
 //! sudo contain-bench run --out docs        # everything, then the report
 //! sudo contain-bench run --phases prog     # one phase (prog, latency, throughput, control,
-//!                                            # syscalls, flow, scale)
+//!                                            # syscalls, flow, cold, scale)
 //! contain-bench report --out docs          # re-render docs/benchmarks.md from the JSON
 //! ```
 //!
 //! `scripts/bench.sh` builds everything and runs the first form.
 
+mod coldcache;
 mod control;
 mod flowcost;
 mod lab;
@@ -39,7 +40,7 @@ use test_kit::{process, repo_root};
 #[command(
     name = "contain-bench",
     about = "contain's benchmarks: program cost, latency, throughput, control plane, socket calls, \
-             established flows"
+             established flows, cache-cold decisions"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -55,11 +56,12 @@ enum Cmd {
         out: PathBuf,
         /// Comma-separated: prog, latency, throughput, control, syscalls
         /// (connect() and sendto() per call), flow (an established flow's
-        /// packet, by bpf_stats), scale (a container start on hosts of 10,
-        /// 100 and 500 containers).
+        /// packet, by bpf_stats), cold (full decisions with cold caches: many
+        /// containers, random destinations, by bpf_stats), scale (a
+        /// container start on hosts of 10, 100 and 500 containers).
         #[arg(
             long,
-            default_value = "prog,latency,throughput,control,syscalls,flow,scale"
+            default_value = "prog,latency,throughput,control,syscalls,flow,cold,scale"
         )]
         phases: String,
         /// Rule counts.
@@ -122,6 +124,10 @@ pub struct Results {
     /// A packet of an established flow, by bpf_stats, against the floor.
     #[serde(default)]
     pub flow: Option<flowcost::FlowCost>,
+    /// Full decisions with cold caches: many containers, random
+    /// destinations, by bpf_stats.
+    #[serde(default)]
+    pub cold: Option<coldcache::ColdCache>,
     /// One container start on hosts of 10, 100 and 500 containers.
     #[serde(default)]
     pub scale: Option<scale::Scale>,
@@ -171,13 +177,14 @@ fn meta() -> Meta {
     }
 }
 
-const PHASES: [&str; 7] = [
+const PHASES: [&str; 8] = [
     "prog",
     "latency",
     "throughput",
     "control",
     "syscalls",
     "flow",
+    "cold",
     "scale",
 ];
 
@@ -224,7 +231,7 @@ fn run(
     };
     std::fs::create_dir_all(out)?;
 
-    if ["prog", "latency", "throughput", "syscalls", "flow"]
+    if ["prog", "latency", "throughput", "syscalls", "flow", "cold"]
         .iter()
         .any(|p| has(p))
     {
@@ -289,6 +296,18 @@ fn run(
                 &flowcost::Params {
                     rounds: if quick { 2 } else { latency_rounds },
                     packets: if quick { 2000 } else { 20_000 },
+                },
+            )?);
+        }
+        if has("cold") {
+            eprintln!("contain-bench: full decisions with cold caches (bpf_stats)");
+            results.cold = Some(coldcache::measure(
+                &mut lab,
+                &coldcache::Params {
+                    rounds: if quick { 2 } else { latency_rounds },
+                    packets: if quick { 2000 } else { 20_000 },
+                    thrashed_packets: if quick { 200 } else { 1000 },
+                    containers: 100,
                 },
             )?);
         }

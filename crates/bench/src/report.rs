@@ -195,6 +195,9 @@ pub fn write(r: &Results, out: &Path) -> Result<()> {
     if let Some(f) = &r.flow {
         crate::flowcost::render(&mut md, f, r.prog_cost.as_ref().map(|p| p.floor_ns));
     }
+    if let Some(c) = &r.cold {
+        crate::coldcache::render(&mut md, c);
+    }
     if let Some(s) = &r.scale {
         crate::scale::render(&mut md, s);
     }
@@ -1452,8 +1455,9 @@ mod tests {
         let map = old.as_object_mut().expect("an object");
         map.remove("syscalls");
         map.remove("flow");
+        map.remove("cold");
         let r: Results = serde_json::from_value(old).expect("old results");
-        assert!(r.syscalls.is_none() && r.flow.is_none());
+        assert!(r.syscalls.is_none() && r.flow.is_none() && r.cold.is_none());
     }
 
     #[test]

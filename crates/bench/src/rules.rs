@@ -50,10 +50,12 @@ impl Rule {
     }
 }
 
-/// A small deterministic PRNG (xorshift): every run builds the same rules.
-struct Rng(u64);
+/// A small deterministic PRNG (xorshift): every run builds the same rules
+/// (and the cache-cold phase draws the same destinations). The seed must
+/// not be 0.
+pub struct Rng(pub u64);
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
