@@ -3,6 +3,7 @@
 //! upgraded loader keeps the same maps and the enforcement they carry.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SkStorage},
     macros::btf_map,
 };
@@ -12,22 +13,33 @@ use contain_common::{
     VethPeerKey, MAX_POLICIES,
 };
 
+/// A hash map the loader writes and programs only read: its elements are
+/// allocated as entries are added (`BPF_F_NO_PREALLOC`), not all at
+/// creation. Preallocated, an empty HOSTS alone would hold about 100 MB of
+/// kernel memory (a million elements); allocated on demand, the maps take
+/// their buckets and what the policy needs. (No tracing program uses
+/// these maps, where kernel 6.1 wants preallocation.)
+type LoaderHashMap<K, V, const MAX_ENTRIES: usize> =
+    HashMap<K, V, MAX_ENTRIES, { BPF_F_NO_PREALLOC as usize }>;
+
 #[btf_map(name = "CONTAIN_CGROUPS")]
-pub static CGROUPS: HashMap<u64, CgroupPolicy, { capacity::CGROUPS as usize }> = HashMap::new();
+pub static CGROUPS: LoaderHashMap<u64, CgroupPolicy, { capacity::CGROUPS as usize }> =
+    LoaderHashMap::new();
 
 #[btf_map(name = "CONTAIN_PROCESSES")]
-pub static PROCESSES: HashMap<ProcessKey, ProcessClass, { capacity::PROCESSES as usize }> =
-    HashMap::new();
+pub static PROCESSES: LoaderHashMap<ProcessKey, ProcessClass, { capacity::PROCESSES as usize }> =
+    LoaderHashMap::new();
 
 #[btf_map(name = "CONTAIN_DESTS")]
 pub static DESTS: LpmTrie<DestKey, DestValue, { capacity::DESTS as usize }> = LpmTrie::new();
 
 #[btf_map(name = "CONTAIN_HOSTS")]
-pub static HOSTS: HashMap<DestKey, DestValue, { capacity::HOSTS as usize }> = HashMap::new();
+pub static HOSTS: LoaderHashMap<DestKey, DestValue, { capacity::HOSTS as usize }> =
+    LoaderHashMap::new();
 
 #[btf_map(name = "CONTAIN_EXACT_PORTS")]
-pub static EXACT_PORTS: HashMap<PortKey, PortValue, { capacity::EXACT_PORTS as usize }> =
-    HashMap::new();
+pub static EXACT_PORTS: LoaderHashMap<PortKey, PortValue, { capacity::EXACT_PORTS as usize }> =
+    LoaderHashMap::new();
 
 #[btf_map(name = "CONTAIN_PORTS")]
 pub static PORTS: LpmTrie<PortKey, PortValue, { capacity::PORTS as usize }> = LpmTrie::new();
@@ -78,16 +90,17 @@ pub static EVENT_FLOW_SCRATCH: PerCpuArray<crate::decide::EventFlow, 1> = PerCpu
 
 /// The container behind each host-side veth, by ifindex (policyd's).
 #[btf_map(name = "CONTAIN_VETHS")]
-pub static VETHS: HashMap<u32, VethOwner, { capacity::VETHS as usize }> = HashMap::new();
+pub static VETHS: LoaderHashMap<u32, VethOwner, { capacity::VETHS as usize }> =
+    LoaderHashMap::new();
 
 /// The cgroups contain's cgroup programs are attached to (the loader's):
 /// a socket under one of them was judged by those programs.
 #[btf_map(name = "CONTAIN_ATTACHED_CGROUPS")]
-pub static ATTACHED_CGROUPS: HashMap<u64, u32, { capacity::ATTACHED_CGROUPS as usize }> =
-    HashMap::new();
+pub static ATTACHED_CGROUPS: LoaderHashMap<u64, u32, { capacity::ATTACHED_CGROUPS as usize }> =
+    LoaderHashMap::new();
 
 /// Who sent packets into each container through its veth, and when last
-/// (`bpf_ktime_get_ns`): the kernel may answer them.
+/// (`bpf_ktime_get_coarse_ns`): the kernel may answer them.
 #[btf_map(name = "CONTAIN_VETH_PEERS")]
 pub static VETH_PEERS: LruHashMap<VethPeerKey, u64, { capacity::VETH_PEERS as usize }> =
     LruHashMap::new();
