@@ -364,13 +364,11 @@ impl Lab {
             .append(true)
             .open(self.loader_log())
             .expect("log");
-        // nsenter, not `ip netns exec`: that remounts /sys for the
-        // namespace, which hides bpffs and the cgroup2 mount. Without
-        // --fork nsenter execs the loader itself: the child is the loader.
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.host_ns))
-            .arg("--")
-            .arg(env!("CARGO_BIN_EXE_bpf-loader"))
+        // Joined between fork and exec, not `ip netns exec`: that remounts
+        // /sys for the namespace, which hides bpffs and the cgroup2 mount.
+        // The child is the loader itself.
+        let mut loader = Command::new(env!("CARGO_BIN_EXE_bpf-loader"));
+        loader
             .arg("--socket")
             .arg(&self.socket)
             .arg("--pin-dir")
@@ -378,9 +376,8 @@ impl Lab {
             .arg("--attach-parent")
             .arg(&self.parent)
             .args(&self.loader_args)
-            .stderr(log)
-            .spawn()
-            .expect("starting bpf-loader");
+            .stderr(log);
+        let child = must(lab::spawn_in(loader, Some(&self.host_ns), None));
         self.loader = Some(Proc(child));
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
