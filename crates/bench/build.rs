@@ -1,9 +1,13 @@
-//! Builds the benchmark-only eBPF programs (crates/contain-ebpf, its
-//! `baselines` binary: the "pass" floor and the thesis-style scans) with
-//! aya-build. They are the bench's own: the loader never embeds them.
+//! The benchmark-only eBPF programs (crates/contain-ebpf, its `baselines`
+//! binary: the "pass" floor and the thesis-style scans) come from
+//! bpf-loader's build script, which builds them with the loader's object
+//! when a dependent turns on its `baselines` feature (this crate does) and
+//! names the file in `DEP_CONTAIN_EBPF_BASELINES` (its `links`). They are
+//! the bench's own: the loader never embeds them. Copied to this crate's
+//! OUT_DIR, where `programs.rs` includes them from.
 //!
 //! With `CONTAIN_EBPF_OBJ` set (a packager's build, no eBPF toolchain) the
-//! object is left empty and the bench says it cannot load the baselines.
+//! file is empty and the bench says it cannot load the baselines.
 
 use std::{env, path::PathBuf};
 
@@ -11,29 +15,11 @@ use anyhow::Context as _;
 
 fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("cargo sets OUT_DIR")?);
-    println!("cargo:rerun-if-env-changed=CONTAIN_EBPF_OBJ");
-    if env::var_os("CONTAIN_EBPF_OBJ").is_some() {
-        std::fs::write(out_dir.join("baselines"), []).context("writing OUT_DIR")?;
-        return Ok(());
-    }
-    let manifest_dir =
-        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("cargo sets CARGO_MANIFEST_DIR")?);
-    let ebpf_dir = manifest_dir.join("../contain-ebpf");
-    println!(
-        "cargo:rerun-if-changed={}",
-        manifest_dir.join("../contain-common/src").display()
-    );
-    // The eBPF crate is its own workspace; aya-build runs cargo where the
-    // build script runs.
-    env::set_current_dir(&ebpf_dir).with_context(|| format!("cd {}", ebpf_dir.display()))?;
-    aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "contain-ebpf",
-            root_dir: ebpf_dir.to_str().context("the eBPF crate's path is not UTF-8")?,
-            features: &["baselines"],
-            ..Default::default()
-        }],
-        aya_build::Toolchain::Nightly,
-    )
-    .context("building the baselines eBPF object (needs the nightly toolchain with rust-src and bpf-linker: run scripts/setup.sh)")
+    let built = PathBuf::from(env::var_os("DEP_CONTAIN_EBPF_BASELINES").context(
+        "bpf-loader's build script names the baselines object when its `baselines` feature is on",
+    )?);
+    println!("cargo:rerun-if-changed={}", built.display());
+    std::fs::copy(&built, out_dir.join("baselines"))
+        .with_context(|| format!("copying {} to OUT_DIR", built.display()))?;
+    Ok(())
 }

@@ -5,6 +5,12 @@
 //!
 //! `CONTAIN_EBPF_OBJ=/path/to/object` embeds a prebuilt object instead
 //! (packagers such as the Nix flake build it on their own).
+//!
+//! With the `baselines` feature (the bench turns it on; nothing shipped
+//! does) the same eBPF build also makes the benchmark-only programs, the
+//! `baselines` binary, which the loader never embeds (empty with
+//! `CONTAIN_EBPF_OBJ`). Dependents find both files through `links`:
+//! `DEP_CONTAIN_EBPF_OBJECT` and `DEP_CONTAIN_EBPF_BASELINES`.
 
 use std::{
     env,
@@ -29,13 +35,22 @@ fn ensure_elf(path: &Path, what: &str) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("cargo sets OUT_DIR")?);
+    let (object, baselines) = (out_dir.join("contain"), out_dir.join("baselines"));
+    let with_baselines = env::var_os("CARGO_FEATURE_BASELINES").is_some();
     println!("cargo:rerun-if-env-changed=CONTAIN_EBPF_OBJ");
+    println!("cargo:object={}", object.display());
+    if with_baselines {
+        println!("cargo:baselines={}", baselines.display());
+    }
     if let Some(prebuilt) = env::var_os("CONTAIN_EBPF_OBJ") {
         let prebuilt = PathBuf::from(prebuilt);
         println!("cargo:rerun-if-changed={}", prebuilt.display());
         ensure_elf(&prebuilt, "CONTAIN_EBPF_OBJ")?;
-        std::fs::copy(&prebuilt, out_dir.join("contain"))
+        std::fs::copy(&prebuilt, &object)
             .with_context(|| format!("CONTAIN_EBPF_OBJ={}: cannot copy it", prebuilt.display()))?;
+        if with_baselines {
+            std::fs::write(&baselines, []).context("writing OUT_DIR")?;
+        }
         return Ok(());
     }
     let manifest_dir =
@@ -50,7 +65,6 @@ fn main() -> anyhow::Result<()> {
     env::set_current_dir(&ebpf_dir).with_context(|| format!("cd {}", ebpf_dir.display()))?;
     // aya-build leaves OUT_DIR as it is when told to skip (AYA_BUILD_SKIP):
     // no object from an earlier build may pass for this one.
-    let object = out_dir.join("contain");
     if object.exists() {
         std::fs::remove_file(&object).with_context(|| format!("removing {}", object.display()))?;
     }
@@ -58,6 +72,7 @@ fn main() -> anyhow::Result<()> {
         [aya_build::Package {
             name: "contain-ebpf",
             root_dir: ebpf_dir.to_str().context("the eBPF crate's path is not UTF-8")?,
+            features: if with_baselines { &["baselines"] } else { &[] },
             ..Default::default()
         }],
         aya_build::Toolchain::Nightly,

@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use test_kit::{
     cgroup, cleanup,
     containerd::{now_ns, Containerd},
+    lab::{self, Netns, VethEnd},
     process,
 };
 
@@ -219,8 +220,8 @@ pub(crate) fn start_in(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
-    let child = test_kit::lab::spawn_in(cmd, netns, None)
-        .with_context(|| format!("starting {}", bin.display()))?;
+    let child =
+        lab::spawn_in(cmd, netns, None).with_context(|| format!("starting {}", bin.display()))?;
     let mut d = Daemon { name, child };
     wait_for_socket(socket, &mut d, &log_path)?;
     Ok(d)
@@ -262,16 +263,7 @@ fn record(r: &mut Reload, (wall, report, bytes): (f64, serde_json::Value, usize)
     let ops: Vec<MapOp> = serde_json::from_value(report["ops"].clone()).unwrap_or_default();
     r.ops = counts.total();
     if ops.len() < r.ops {
-        r.ops_detail = format!(
-            "{} upserts, {} deletes: {} cgroups, {} veths, {} processes, {} destinations, {} ports",
-            counts.upserts,
-            counts.deletes,
-            counts.cgroups,
-            counts.veths,
-            counts.processes,
-            counts.dests,
-            counts.ports
-        );
+        r.ops_detail = counts.to_string();
         return;
     }
     let mut by: BTreeMap<String, usize> = BTreeMap::new();
@@ -331,10 +323,8 @@ pub(crate) fn maps_dir(pin_dir: &Path) -> Result<PathBuf> {
 
 /// Everything this phase creates, removed on drop.
 struct Scene {
-    scratch: PathBuf,
-    pin_dir: PathBuf,
-    cgroup: cgroup::Cgroup,
-    netns: Vec<String>,
+    places: Places,
+    netns: Vec<Netns>,
     containerd: Option<Containerd>,
     daemons: Vec<Daemon>,
 }
@@ -343,9 +333,47 @@ impl Drop for Scene {
     fn drop(&mut self) {
         self.daemons.clear();
         self.containerd.take();
-        for ns in &self.netns {
-            let _ = process::run("ip", &["netns", "del", ns]);
+        self.netns.clear();
+    }
+}
+
+/// Fails, saying how to build them, unless the release daemons are in
+/// `bin_dir`.
+pub fn require_daemons(bin_dir: &Path) -> Result<()> {
+    for b in ["bpf-loader", "policyd", "resolver"] {
+        if !bin_dir.join(b).is_file() {
+            bail!(
+                "{} not found (build with `cargo build --release -p bpf-loader -p policyd -p resolver`, or pass --bin-dir)",
+                bin_dir.join(b).display()
+            );
         }
+    }
+    Ok(())
+}
+
+/// Where a phase's scene `name` keeps its files (a scratch directory) and
+/// its pins, and its cgroup: made here, all removed on drop (after
+/// whatever used them has stopped).
+pub struct Places {
+    pub scratch: PathBuf,
+    pub pin_dir: PathBuf,
+    pub cgroup: cgroup::Cgroup,
+}
+
+impl Places {
+    pub fn new(name: &str) -> Result<Places> {
+        let places = Places {
+            scratch: PathBuf::from("/tmp").join(name),
+            pin_dir: PathBuf::from("/sys/fs/bpf").join(name),
+            cgroup: cgroup::Cgroup::create(&cgroup::cgroup2_mount()?.join(name))?,
+        };
+        std::fs::create_dir_all(&places.scratch)?;
+        Ok(places)
+    }
+}
+
+impl Drop for Places {
+    fn drop(&mut self) {
         cleanup::remove_any(&self.pin_dir);
         let _ = std::fs::remove_dir_all(&self.scratch);
     }
@@ -354,27 +382,17 @@ impl Drop for Scene {
 pub fn measure(bin_dir: &Path, quick: bool) -> Result<(Control, Vec<String>)> {
     let started = Instant::now();
     let mut missing = Vec::new();
+    require_daemons(bin_dir)?;
     let bin = |name: &str| bin_dir.join(name);
-    for b in ["bpf-loader", "policyd", "resolver"] {
-        if !bin(b).is_file() {
-            bail!(
-                "{} not found (build with `cargo build --release -p bpf-loader -p policyd -p resolver`, or pass --bin-dir)",
-                bin(b).display()
-            );
-        }
-    }
     let name = format!("{}-cp", sys::run_name());
     let mut scene = Scene {
-        scratch: PathBuf::from("/tmp").join(&name),
-        pin_dir: PathBuf::from("/sys/fs/bpf").join(&name),
-        cgroup: cgroup::Cgroup::create(&cgroup::cgroup2_mount()?.join(&name))?,
+        places: Places::new(&name)?,
         netns: Vec::new(),
         containerd: None,
         daemons: Vec::new(),
     };
-    let s = scene.scratch.clone();
-    std::fs::create_dir_all(&s)?;
-    std::fs::create_dir_all(scene.cgroup.path().join("ctr"))?;
+    let s = scene.places.scratch.clone();
+    std::fs::create_dir_all(scene.places.cgroup.path().join("ctr"))?;
     let sock = |n: &str| s.join(format!("{n}.sock"));
     let path = |p: &Path| p.to_string_lossy().into_owned();
 
@@ -392,11 +410,10 @@ pub fn measure(bin_dir: &Path, quick: bool) -> Result<(Control, Vec<String>)> {
     // namespace: it runs in one of its own, so no device of the host's
     // (nor of anything else running there) gets a program from the bench.
     let loader_ns = format!("{name}-loader");
-    process::run("ip", &["netns", "add", &loader_ns])?;
-    scene.netns.push(loader_ns.clone());
+    scene.netns.push(Netns::new(&loader_ns)?);
     let loader = start_loader(
         bin_dir,
-        &scene.pin_dir,
+        &scene.places.pin_dir,
         &format!("{name}/ctr"),
         &s,
         &loader_ns,
@@ -551,24 +568,24 @@ fn create_to_in_force(
     policyd_bin: &Path,
     quick: bool,
 ) -> Result<Create> {
-    let s = scene.scratch.clone();
+    let s = scene.places.scratch.clone();
     // The containers' network: a namespace they join, a veth to a peer
     // that counts what reaches it.
     let (ct_ns, peer_ns) = (format!("{name}-ct"), format!("{name}-peer"));
-    scene.netns.push(ct_ns.clone());
-    scene.netns.push(peer_ns.clone());
-    process::sh(&format!(
-        "ip netns add {ct_ns}
-         ip netns add {peer_ns}
-         ip -n {ct_ns} link add vc address 02:cb:00:00:c8:02 type veth peer name vp address 02:cb:00:00:c8:01 netns {peer_ns}
-         ip -n {ct_ns} addr add 198.18.200.2/24 dev vc
-         ip -n {peer_ns} addr add 198.18.200.1/24 dev vp
-         ip -n {ct_ns} link set lo up
-         ip -n {ct_ns} link set vc up
-         ip -n {peer_ns} link set vp up
-         ip -n {ct_ns} neigh replace 198.18.200.1 lladdr 02:cb:00:00:c8:01 dev vc nud permanent
-         ip -n {peer_ns} neigh replace 198.18.200.2 lladdr 02:cb:00:00:c8:02 dev vp nud permanent"
-    ))?;
+    scene.netns.push(Netns::new(&ct_ns)?);
+    scene.netns.push(Netns::new(&peer_ns)?);
+    let (cmac, pmac) = ("02:cb:00:00:c8:02", "02:cb:00:00:c8:01");
+    lab::add_veth(
+        VethEnd::new(&ct_ns, "vc").mac(cmac),
+        VethEnd::new(&peer_ns, "vp").mac(pmac),
+    )?;
+    lab::add_addr(&ct_ns, "vc", "198.18.200.2/24")?;
+    lab::add_addr(&peer_ns, "vp", "198.18.200.1/24")?;
+    lab::link_up(&ct_ns, "lo")?;
+    lab::link_up(&ct_ns, "vc")?;
+    lab::link_up(&peer_ns, "vp")?;
+    lab::add_neighbour(&ct_ns, "vc", "198.18.200.1", pmac)?;
+    lab::add_neighbour(&peer_ns, "vp", "198.18.200.2", cmac)?;
     process::run_with_input(
         "ip",
         &["netns", "exec", &peer_ns, "nft", "-f", "-"],
@@ -603,20 +620,20 @@ fn create_to_in_force(
     // Let it converge (first inventory, first apply).
     std::thread::sleep(Duration::from_secs(2));
 
-    let maps = maps_dir(&scene.pin_dir)?;
+    let maps = maps_dir(&scene.places.pin_dir)?;
     let cgroups: BpfHashMap<MapData, u64, CgroupPolicy> =
         Map::HashMap(MapData::from_pin(maps.join("CONTAIN_CGROUPS"))?).try_into()?;
     let containerd = scene.containerd.as_ref().context("containerd")?;
     let events = containerd.events()?;
     let trials = if quick { 2 } else { 10 };
-    let parent = scene.cgroup.path().join("ctr");
+    let parent = scene.places.cgroup.path().join("ctr");
     let mut create = Create {
         trials,
         ..Create::default()
     };
     for i in 0..=trials {
         let id = format!("{name}-{i}");
-        let netns = test_kit::lab::netns_path(&ct_ns);
+        let netns = lab::netns_path(&ct_ns);
         let with_ns = format!("network:{}", netns.display());
         let flags = ["--label", "contain-bench=1", "--with-ns", &with_ns];
         let pinging = "while :; do ping -c 1 -W 1 198.18.200.1 >/dev/null 2>&1; sleep 0.005; done";
@@ -670,7 +687,7 @@ fn create_to_in_force(
         ))
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    let out = test_kit::lab::spawn_in(probe, Some(&ct_ns), Some(&unmapped))?.wait_with_output()?;
+    let out = lab::spawn_in(probe, Some(&ct_ns), Some(&unmapped))?.wait_with_output()?;
     let accepted: u64 = String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()
@@ -854,7 +871,7 @@ fn nft_load(ns: &str, file: &Path) -> Result<f64> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let t = Instant::now();
-    let out = test_kit::lab::spawn_in(cmd, Some(ns), None)?.wait_with_output()?;
+    let out = lab::spawn_in(cmd, Some(ns), None)?.wait_with_output()?;
     let wall = t.elapsed().as_secs_f64() * 1000.0;
     if !out.status.success() {
         bail!(
@@ -875,13 +892,12 @@ fn measure_nft(scene: &mut Scene, ns: &str, text: &str, runs: usize) -> Result<N
     if rules.is_empty() {
         bail!("no rules in the synthetic policy");
     }
-    process::run("ip", &["netns", "add", ns])?;
-    scene.netns.push(ns.to_string());
+    scene.netns.push(Netns::new(ns)?);
     let (fresh, elements) = nft_table(&rules, false);
     let (replace, _) = nft_table(&rules, true);
     let (fresh_file, replace_file) = (
-        scene.scratch.join("rules.nft"),
-        scene.scratch.join("rules-replace.nft"),
+        scene.places.scratch.join("rules.nft"),
+        scene.places.scratch.join("rules-replace.nft"),
     );
     std::fs::write(&fresh_file, &fresh)?;
     std::fs::write(&replace_file, &replace)?;
@@ -895,7 +911,7 @@ fn measure_nft(scene: &mut Scene, ns: &str, text: &str, runs: usize) -> Result<N
         nft.replace_ms.push(nft_load(ns, &replace_file)?);
         let mut cmd = Command::new("nft");
         cmd.args(["delete", "table", "inet", NFT_TABLE]);
-        let status = test_kit::lab::spawn_in(cmd, Some(ns), None)?.wait()?;
+        let status = lab::spawn_in(cmd, Some(ns), None)?.wait()?;
         if !status.success() {
             bail!("nft delete table inet {NFT_TABLE} failed ({status})");
         }

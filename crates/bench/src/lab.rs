@@ -45,7 +45,11 @@ use kernel_model::{
     state::{Entry, Verdict},
 };
 use serde::{Deserialize, Serialize};
-use test_kit::{cgroup, cleanup, process};
+use test_kit::{
+    cgroup, cleanup,
+    lab::{self as netlab, Netns, VethEnd},
+    process,
+};
 
 use crate::{
     programs::{Floor, Thesis, BOUNDED_MAX},
@@ -202,6 +206,8 @@ pub struct Lab {
     /// The tc floor program, attached next to the backstop (tcx kernels).
     tc_floor: Option<TcFloor>,
     network: bool,
+    /// Every namespace above, deleted on drop (the last made first).
+    namespaces: Vec<Netns>,
     servers: Vec<JoinHandle<()>>,
     children: Vec<Child>,
     stop: Arc<AtomicBool>,
@@ -234,6 +240,7 @@ impl Lab {
             backstop: Vec::new(),
             tc_floor: None,
             network: opts.network,
+            namespaces: Vec::new(),
             servers: Vec::new(),
             children: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
@@ -306,7 +313,7 @@ impl Lab {
     /// devices for BPF_PROG_TEST_RUN's ifindex).
     fn setup_testrun(&mut self) -> Result<()> {
         let ns = self.testrun_ns.clone();
-        process::run("ip", &["netns", "add", &ns])?;
+        self.namespaces.push(Netns::new(&ns)?);
         let contain: Vec<usize> = self
             .targets
             .iter()
@@ -318,26 +325,9 @@ impl Lab {
             .collect();
         devices.push(("tru".into(), TESTRUN_UNOWNED));
         for (name, index) in &devices {
-            let (peer_name, peer_index) = (format!("{name}p"), (index + 1000).to_string());
-            let index = index.to_string();
-            process::run(
-                "ip",
-                &[
-                    "-n",
-                    &ns,
-                    "link",
-                    "add",
-                    name,
-                    "index",
-                    &index,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    &peer_name,
-                    "index",
-                    &peer_index,
-                ],
+            netlab::add_veth(
+                VethEnd::new(&ns, name).index(*index),
+                VethEnd::new(&ns, &format!("{name}p")).index(index + 1000),
             )?;
         }
         self.testrun_veths = contain
@@ -401,11 +391,9 @@ impl Lab {
 
     fn setup_network(&mut self) -> Result<()> {
         let peer = &self.peer_ns;
-        let quiet =
-            "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1";
-        process::run("ip", &["netns", "add", peer])?;
-        process::run("ip", &["-n", peer, "link", "set", "lo", "up"])?;
-        process::run("ip", &["netns", "exec", peer, "sh", "-c", quiet])?;
+        self.namespaces.push(Netns::new(peer)?);
+        netlab::link_up(peer, "lo")?;
+        netlab::disable_ipv6(peer)?;
         for (i, t) in self.targets.iter().enumerate() {
             let k = i + 1;
             let (ns, pv) = (t.ns.as_str(), peer_veth(k));
@@ -413,75 +401,27 @@ impl Lab {
                 format!("02:cb:00:00:{k:02x}:02"),
                 format!("02:cb:00:00:{k:02x}:01"),
             );
-            process::run("ip", &["netns", "add", ns])?;
-            process::run(
-                "ip",
-                &[
-                    "netns",
-                    "exec",
-                    ns,
-                    "sh",
-                    "-c",
-                    &format!("{quiet}; sysctl -qw net.ipv4.ping_group_range='0 2147483647'"),
-                ],
-            )?;
-            process::run(
-                "ip",
-                &[
-                    "-n", ns, "link", "add", "vc", "address", &cmac, "type", "veth", "peer",
-                    "name", &pv, "address", &pmac, "netns", peer,
-                ],
+            self.namespaces.push(Netns::new(ns)?);
+            netlab::disable_ipv6(ns)?;
+            netlab::allow_ping_sockets(ns)?;
+            netlab::add_veth(
+                VethEnd::new(ns, "vc").mac(&cmac),
+                VethEnd::new(peer, &pv).mac(&pmac),
             )?;
             let c = t.client.to_string();
             let p = t.peer.to_string();
-            process::run(
-                "ip",
-                &["-n", ns, "addr", "add", &format!("{c}/24"), "dev", "vc"],
-            )?;
-            process::run(
-                "ip",
-                &["-n", peer, "addr", "add", &format!("{p}/24"), "dev", &pv],
-            )?;
-            process::run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
-            process::run("ip", &["-n", ns, "link", "set", "vc", "up"])?;
-            process::run("ip", &["-n", peer, "link", "set", &pv, "up"])?;
-            process::run(
-                "ip",
-                &[
-                    "-n",
-                    ns,
-                    "neigh",
-                    "replace",
-                    &p,
-                    "lladdr",
-                    &pmac,
-                    "dev",
-                    "vc",
-                    "nud",
-                    "permanent",
-                ],
-            )?;
-            process::run(
-                "ip",
-                &[
-                    "-n",
-                    peer,
-                    "neigh",
-                    "replace",
-                    &c,
-                    "lladdr",
-                    &cmac,
-                    "dev",
-                    &pv,
-                    "nud",
-                    "permanent",
-                ],
-            )?;
+            netlab::add_addr(ns, "vc", &format!("{c}/24"))?;
+            netlab::add_addr(peer, &pv, &format!("{p}/24"))?;
+            netlab::link_up(ns, "lo")?;
+            netlab::link_up(ns, "vc")?;
+            netlab::link_up(peer, &pv)?;
+            netlab::add_neighbour(ns, "vc", &p, &pmac)?;
+            netlab::add_neighbour(peer, &pv, &c, &cmac)?;
         }
         // The host-side ends' ifindexes, as the peer namespace numbers them
         // (what CONTAIN_VETHS is keyed by).
         let names: Vec<String> = (1..=self.targets.len()).map(peer_veth).collect();
-        let indexes = test_kit::lab::with_netns(peer, || {
+        let indexes = netlab::with_netns(peer, || {
             names
                 .iter()
                 .map(|n| {
@@ -495,7 +435,7 @@ impl Lab {
         }
         // The TCP request/response server, in the peer namespace.
         let stop = self.stop.clone();
-        let listener = test_kit::lab::in_netns(peer, move || {
+        let listener = netlab::in_netns(peer, move || {
             let l = std::net::TcpListener::bind(("0.0.0.0", RR_PORT))?;
             l.set_nonblocking(true)?;
             Ok::<_, anyhow::Error>(l)
@@ -522,7 +462,7 @@ impl Lab {
             let program = match t.kind {
                 Kind::ContainVeth => {
                     let kernel = &mut self.kernel;
-                    test_kit::lab::with_netns(&self.peer_ns, || {
+                    netlab::with_netns(&self.peer_ns, || {
                         kernel
                             .attach_veth(ifindex, &device)
                             .map_err(|e| anyhow::anyhow!("attaching contain_veth to {device}: {e}"))
@@ -538,7 +478,7 @@ impl Lab {
                         self.tc_floor = Some(TcFloor::load()?);
                     }
                     let floor = self.tc_floor.as_mut().context("the tc floor")?;
-                    test_kit::lab::with_netns(&self.peer_ns, || floor.attach(ifindex))?;
+                    netlab::with_netns(&self.peer_ns, || floor.attach(ifindex))?;
                     "tc floor (ingress and egress)".to_string()
                 }
                 _ => continue,
@@ -622,13 +562,7 @@ impl Drop for Lab {
             let _ = s.join();
         }
         self.thesis.clear();
-        if self.network {
-            for t in &self.targets {
-                let _ = process::run("ip", &["netns", "del", &t.ns]);
-            }
-            let _ = process::run("ip", &["netns", "del", &self.peer_ns]);
-        }
-        let _ = process::run("ip", &["netns", "del", &self.testrun_ns]);
+        while self.namespaces.pop().is_some() {}
         cleanup::remove_any(&self.pin_dir);
         cgroup::remove_tree(&self.base);
     }

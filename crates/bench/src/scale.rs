@@ -34,10 +34,16 @@ use anyhow::{bail, Context as _, Result};
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use contain_common::CgroupPolicy;
 use serde::{Deserialize, Serialize};
-use test_kit::{cgroup, cleanup, containerd::Containerd, process};
+use test_kit::{
+    cgroup,
+    containerd::Containerd,
+    lab::{self, Netns, VethEnd},
+};
 
 use crate::{
-    control::{maps_dir, start, start_in, start_loader, until_in_force, Daemon},
+    control::{
+        maps_dir, require_daemons, start, start_in, start_loader, until_in_force, Daemon, Places,
+    },
     sys,
 };
 
@@ -91,11 +97,9 @@ fn move_into(cgroup: &Path, daemon: &Daemon) -> Result<()> {
 
 /// Everything this phase creates, removed on drop (also on error).
 struct Scene {
-    scratch: PathBuf,
-    pin_dir: PathBuf,
-    cgroup: cgroup::Cgroup,
+    places: Places,
     /// The namespace standing for the host's, then one per container.
-    netns: Mutex<Vec<String>>,
+    netns: Mutex<Vec<Netns>>,
     containerd: Option<Containerd>,
     daemons: Vec<Daemon>,
     /// Every container id a `ctr run` was attempted for.
@@ -114,7 +118,7 @@ impl Scene {
         let Some(containerd) = &self.containerd else {
             return;
         };
-        let parent = self.cgroup.path().join("ctr");
+        let parent = self.places.cgroup.path().join("ctr");
         for id in ids {
             let _ = std::fs::write(parent.join(id).join("cgroup.kill"), "1");
         }
@@ -142,14 +146,16 @@ impl Scene {
             args.extend(&chunk);
             let _ = containerd.ctr(NAMESPACE, &args);
         }
-        let netns: Vec<String> = ids.iter().map(|id| netns_of(id)).collect();
-        self.netns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|n| !netns.contains(n));
-        for ns in netns {
-            process::run_quiet("ip", &["netns", "del", &ns]);
-        }
+        let names: Vec<String> = ids.iter().map(|id| netns_of(id)).collect();
+        let gone: Vec<Netns> = {
+            let mut netns = self.netns.lock().unwrap_or_else(|p| p.into_inner());
+            let (gone, kept) = std::mem::take(&mut *netns)
+                .into_iter()
+                .partition(|n| names.iter().any(|name| name == n.name()));
+            *netns = kept;
+            gone
+        };
+        drop(gone);
         self.containers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -167,11 +173,7 @@ impl Drop for Scene {
         self.remove_containers(&ids);
         self.daemons.clear();
         self.containerd.take();
-        for ns in self.netns.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            process::run_quiet("ip", &["netns", "del", ns]);
-        }
-        cleanup::remove_any(&self.pin_dir);
-        let _ = std::fs::remove_dir_all(&self.scratch);
+        self.netns.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 }
 
@@ -189,22 +191,16 @@ fn run_container(scene: &Scene, host_ns: &str, id: &str, veth: &str) -> Result<(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .push(id.to_string());
+    let netns = Netns::new(&ns)?;
     scene
         .netns
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .push(ns.clone());
-    process::run("ip", &["netns", "add", &ns])?;
-    process::run(
-        "ip",
-        &[
-            "-n", host_ns, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns",
-            &ns,
-        ],
-    )?;
+        .push(netns);
+    lab::add_veth(VethEnd::new(host_ns, veth), VethEnd::new(&ns, "eth0"))?;
     let containerd = scene.containerd()?;
     let cgroup = containerd.cgroup_of(id);
-    let with_ns = format!("network:{}", test_kit::lab::netns_path(&ns).display());
+    let with_ns = format!("network:{}", lab::netns_path(&ns).display());
     containerd.ctr(
         NAMESPACE,
         &[
@@ -305,7 +301,7 @@ fn measured_start(
     id: &str,
     veth: &str,
 ) -> Result<f64> {
-    let dir = scene.cgroup.path().join("ctr").join(id);
+    let dir = scene.places.cgroup.path().join("ctr").join(id);
     let in_force = until_in_force(&dir, cgroups, || run_container(scene, host_ns, id, veth))?;
     let create_ns = events.wait(id, "/tasks/create")?;
     Ok((in_force - create_ns) as f64 / 1e6)
@@ -313,28 +309,18 @@ fn measured_start(
 
 pub fn measure(bin_dir: &Path, quick: bool) -> Result<Scale> {
     let started = Instant::now();
+    require_daemons(bin_dir)?;
     let bin = |name: &str| bin_dir.join(name);
-    for b in ["bpf-loader", "policyd", "resolver"] {
-        if !bin(b).is_file() {
-            bail!(
-                "{} not found (build with `cargo build --release -p bpf-loader -p policyd -p resolver`, or pass --bin-dir)",
-                bin(b).display()
-            );
-        }
-    }
     let name = format!("{}-sc", sys::run_name());
     let mut scene = Scene {
-        scratch: PathBuf::from("/tmp").join(&name),
-        pin_dir: PathBuf::from("/sys/fs/bpf").join(&name),
-        cgroup: cgroup::Cgroup::create(&cgroup::cgroup2_mount()?.join(&name))?,
+        places: Places::new(&name)?,
         netns: Mutex::new(Vec::new()),
         containerd: None,
         daemons: Vec::new(),
         containers: Mutex::new(Vec::new()),
     };
-    let s = scene.scratch.clone();
-    std::fs::create_dir_all(&s)?;
-    let parent = scene.cgroup.path().join("ctr");
+    let s = scene.places.scratch.clone();
+    let parent = scene.places.cgroup.path().join("ctr");
     std::fs::create_dir_all(&parent)?;
     let sock = |n: &str| s.join(format!("{n}.sock"));
     let path = |p: &Path| p.to_string_lossy().into_owned();
@@ -349,16 +335,16 @@ pub fn measure(bin_dir: &Path, quick: bool) -> Result<Scale> {
         .context("starting a private containerd")?,
     );
     let host_ns = format!("{name}-host");
+    let netns = Netns::new(&host_ns)?;
     scene
         .netns
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .push(host_ns.clone());
-    process::run("ip", &["netns", "add", &host_ns])?;
+        .push(netns);
 
     let loader = start_loader(
         bin_dir,
-        &scene.pin_dir,
+        &scene.places.pin_dir,
         &format!("{name}/ctr"),
         &s,
         &host_ns,
@@ -412,14 +398,14 @@ pub fn measure(bin_dir: &Path, quick: bool) -> Result<Scale> {
         &sock("policyd"),
         &s,
     )?;
-    let resolver_cpu = scene.cgroup.path().join("daemons/resolver");
-    let policyd_cpu = scene.cgroup.path().join("daemons/policyd");
+    let resolver_cpu = scene.places.cgroup.path().join("daemons/resolver");
+    let policyd_cpu = scene.places.cgroup.path().join("daemons/policyd");
     move_into(&resolver_cpu, &resolver)?;
     move_into(&policyd_cpu, &policyd)?;
     scene.daemons.push(resolver);
     scene.daemons.push(policyd);
 
-    let maps = maps_dir(&scene.pin_dir)?;
+    let maps = maps_dir(&scene.places.pin_dir)?;
     let cgroups: BpfHashMap<MapData, u64, CgroupPolicy> =
         Map::HashMap(MapData::from_pin(maps.join("CONTAIN_CGROUPS"))?).try_into()?;
     let (sizes, measured): (&[usize], usize) = if quick {

@@ -255,17 +255,7 @@ pub fn pin_group(links_dir: &Path, ifindex: u32) -> std::path::PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rtnetlink::packet_route::link::LinkHeader;
-
-    fn msg(index: u32, attrs: Vec<LinkAttribute>) -> LinkMessage {
-        let mut m = LinkMessage::default();
-        m.header = LinkHeader {
-            index,
-            ..LinkHeader::default()
-        };
-        m.attributes = attrs;
-        m
-    }
+    use test_kit::lab::link_message as msg;
 
     #[test]
     fn veths_only() {

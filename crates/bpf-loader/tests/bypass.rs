@@ -49,6 +49,7 @@ use policyd::{
 };
 use proto::loader::{Event, Hook, LoaderClient};
 use serde_json::Value;
+use test_kit::lab;
 
 /// Addresses no rule allows: a packet to one of them, or naming one in a
 /// routing header or source-route option, is a leak.
@@ -577,12 +578,18 @@ impl Ctx {
     /// there.
     fn hairpin(&self, on: bool) {
         let state = if on { "on" } else { "off" };
-        let status = Command::new("ip")
-            .args(["-n", &self.lab.host_ns, "link", "set"])
-            .args([CT_HOST_VETH, "type", "bridge_slave", "hairpin", state])
-            .status()
-            .expect("ip link set hairpin");
-        assert!(status.success(), "setting hairpin {state}");
+        let set = [
+            "link",
+            "set",
+            CT_HOST_VETH,
+            "type",
+            "bridge_slave",
+            "hairpin",
+            state,
+        ];
+        if let Err(e) = lab::ip(&self.lab.host_ns, &set) {
+            panic!("setting hairpin {state}: {e}");
+        }
     }
 
     /// `/usr/bin/ping -c1 -W2` from the container (either family), its
@@ -618,11 +625,9 @@ impl Ctx {
     /// the next packet to a neighbour needs the kernel to resolve it.
     fn flush_neighbours(&self, family: Family) {
         let flag = if family == Family::V4 { "-4" } else { "-6" };
-        let status = Command::new("ip")
-            .args(["-n", &self.lab.ct_ns, flag, "neigh", "flush", "dev", "vc"])
-            .status()
-            .expect("ip neigh flush");
-        assert!(status.success(), "flushing the container's neighbours");
+        if let Err(e) = lab::ip(&self.lab.ct_ns, &[flag, "neigh", "flush", "dev", "vc"]) {
+            panic!("flushing the container's neighbours: {e}");
+        }
     }
 
     /// attack.py in the unfiltered neighbour (its cgroup and netns).
@@ -635,10 +640,8 @@ impl Ctx {
     /// attack.py as a host process (the test's cgroup) inside the
     /// container's netns, where dockerd's embedded DNS works.
     fn host_in_container_netns(&self, args: &[&str]) -> String {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.lab.ct_ns, PYTHON])
-            .arg(script("attack.py"))
-            .args(args);
+        let mut cmd = lab::cmd_in(&self.lab.ct_ns, PYTHON);
+        cmd.arg(script("attack.py")).args(args);
         output_of(cmd)
     }
 
@@ -657,8 +660,7 @@ impl Ctx {
     }
 
     fn peer(&self, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.lab.peer_ns, PYTHON])
+        let out = lab::cmd_in(&self.lab.peer_ns, PYTHON)
             .arg(script("peer.py"))
             .args(args)
             .output()
@@ -2121,39 +2123,30 @@ async fn setup(mode: Mode) -> Ctx {
     // The peer's veth, and the container's loopback (Docker's DNS probe):
     // both sniffers run in the test's own cgroup, outside the filter.
     for (ns, ifname) in [(cx.lab.peer_ns.clone(), "vp"), (cx.lab.ct_ns.clone(), "lo")] {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &ns, PYTHON])
-            .arg(script("sniffer.py"))
-            .args([&cap, ifname]);
+        let mut cmd = lab::cmd_in(&ns, PYTHON);
+        cmd.arg(script("sniffer.py")).args([&cap, ifname]);
         cx.spawn_ready(cmd);
     }
-    let mut sink = Command::new("ip");
-    sink.args(["netns", "exec", &cx.lab.peer_ns, PYTHON])
-        .arg(script("peer.py"))
-        .args(["sink", SINK]);
+    let mut sink = lab::cmd_in(&cx.lab.peer_ns, PYTHON);
+    sink.arg(script("peer.py")).args(["sink", SINK]);
     cx.spawn_ready(sink);
     // The upstream DNS server, at the peer.
-    let mut upstream = Command::new("ip");
-    upstream
-        .args(["netns", "exec", &cx.lab.peer_ns, PYTHON])
-        .arg(script("peer.py"))
-        .args(["udp-echo", "53"]);
+    let mut upstream = lab::cmd_in(&cx.lab.peer_ns, PYTHON);
+    upstream.arg(script("peer.py")).args(["udp-echo", "53"]);
     cx.spawn_ready(upstream);
     // dockerd's embedded DNS listens in the container's netns from the
     // host's cgroup and forwards from there; so does this one (the test's
     // cgroup). 127.0.0.1:53 only listens.
-    let mut dns = Command::new("ip");
-    dns.args(["netns", "exec", &cx.lab.ct_ns, PYTHON])
-        .arg(script("attack.py"))
-        .args([
-            "dns-forwarder",
-            PEER4,
-            "53",
-            "127.0.0.11",
-            "53",
-            "127.0.0.1",
-            "53",
-        ]);
+    let mut dns = lab::cmd_in(&cx.lab.ct_ns, PYTHON);
+    dns.arg(script("attack.py")).args([
+        "dns-forwarder",
+        PEER4,
+        "53",
+        "127.0.0.11",
+        "53",
+        "127.0.0.1",
+        "53",
+    ]);
     cx.spawn_ready(dns);
     // The receiver of the forged inbound connection keeps quiet (drops its
     // RSTs), as a cooperating one would: otherwise its RST to the SYN-ACK
@@ -2162,9 +2155,7 @@ async fn setup(mode: Mode) -> Ctx {
     let rule = format!(
         "table inet bypass {{ chain out {{ type filter hook output priority 0 ; tcp sport {FORGED_TCP_PORT} tcp flags rst drop ; }} ; }}"
     );
-    match Command::new("ip")
-        .args(["netns", "exec", &cx.lab.peer_ns, "nft", &rule])
-        .output()
+    match lab::cmd_in(&cx.lab.peer_ns, "nft").arg(&rule).output()
     {
         Ok(out) if out.status.success() => {}
         other => eprintln!(

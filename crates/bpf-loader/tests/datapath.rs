@@ -618,8 +618,7 @@ async fn the_veth_backstop_stops_packet_sockets_and_keeps_allowed_flows() {
 /// What `script` (a Python script of the repository) prints when run with
 /// `args` in the peer's namespace, trimmed.
 fn at_peer(lab: &Lab, script: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.peer_ns, PYTHON])
+    let out = test_kit::lab::cmd_in(&lab.peer_ns, PYTHON)
         .arg(repo_root().join(script))
         .args(args)
         .output()

@@ -30,6 +30,7 @@ use kernel_model::{
     },
 };
 use test_kit::{
+    cleanup::RemoveOnDrop,
     packets::{self, Ext, ICMP, ICMPV6, TCP, UDP},
     testrun,
 };
@@ -319,13 +320,6 @@ fn counted(kernel: &Kernel) -> [u64; 3] {
     })
 }
 
-struct PinDir(std::path::PathBuf);
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn kernel_decides_as_the_model() {
     let Some(()) = require_root("kernel_decides_as_the_model") else {
@@ -341,7 +335,7 @@ fn kernel_decides_as_the_model() {
         });
     eprintln!("DIFFERENTIAL_SEED={seed}");
     let mut rng = Rng(seed);
-    let pins = PinDir(std::path::PathBuf::from(format!(
+    let pins = RemoveOnDrop(std::path::PathBuf::from(format!(
         "/sys/fs/bpf/contain-t-{}-differential",
         std::process::id()
     )));

@@ -11,6 +11,7 @@ use common::{require_root, Allow, Rules};
 use contain_common::program_names;
 use kernel_model::{diff::MapDiff, state::Verdict};
 use test_kit::{
+    cleanup::RemoveOnDrop,
     packets::{self, Ext, ICMP, ICMPV6, TCP, UDP},
     testrun,
 };
@@ -21,13 +22,6 @@ const OTHER4: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 9);
 const ALLOWED6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 1);
 const OTHER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x99, 0, 0, 0, 0, 9);
 
-struct PinDir(std::path::PathBuf);
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 const LOOPBACK_IFINDEX: u32 = 1;
 const MLDV2_ROUTERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x16);
 
@@ -36,7 +30,7 @@ fn egress_parses_real_headers() {
     let Some(()) = require_root("egress_parses_real_headers") else {
         return;
     };
-    let pins = PinDir(std::path::PathBuf::from(format!(
+    let pins = RemoveOnDrop(std::path::PathBuf::from(format!(
         "/sys/fs/bpf/contain-t-{}-parse",
         std::process::id()
     )));

@@ -447,6 +447,24 @@ impl OpCounts {
     }
 }
 
+/// "3 upserts, 1 deletes: 1 cgroups, 0 veths, …": the counts as policyd's
+/// apply report and the bench print them.
+impl std::fmt::Display for OpCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} upserts, {} deletes: {} cgroups, {} veths, {} processes, {} destinations, {} ports",
+            self.upserts,
+            self.deletes,
+            self.cgroups,
+            self.veths,
+            self.processes,
+            self.dests,
+            self.ports
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

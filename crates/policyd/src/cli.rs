@@ -716,17 +716,14 @@ pub fn print_reload(report: &ReloadReport) {
         );
     } else {
         println!(
-            "policy {}: {verb} {} operation(s) ({} upserts, {} deletes: {} cgroups, {} veths, {} processes, {} destinations, {} ports){}",
+            "policy {}: {verb} {} operation(s) ({counts}){}",
             report.policy_digest,
             counts.total(),
-            counts.upserts,
-            counts.deletes,
-            counts.cgroups,
-            counts.veths,
-            counts.processes,
-            counts.dests,
-            counts.ports,
-            if report.dry_run { String::new() } else { format!(", generation {}", report.generation) }
+            if report.dry_run {
+                String::new()
+            } else {
+                format!(", generation {}", report.generation)
+            }
         );
     }
     if let Some(v) = report.unknown_verdict {

@@ -759,10 +759,7 @@ async fn follows_the_resolver_and_holds_until_the_first_inventory() {
     use std::collections::BTreeMap;
 
     use fake_resolver::{container, FakeResolver};
-    use futures::StreamExt;
     use kernel_model::state::CgroupEntry;
-    use proto::resolver::Resolver as _;
-    use tarpc::server::Channel;
 
     let env = Env::new("resolver");
     env.serve_loader();
@@ -813,18 +810,7 @@ async fn follows_the_resolver_and_holds_until_the_first_inventory() {
     // The resolver comes up with web: policyd converges.
     let resolver = FakeResolver::default();
     resolver.add(container("web", 501));
-    let listener = transport::bind(&env.path("resolver.sock"), 0o600, None).unwrap();
-    let served = resolver.clone();
-    tokio::spawn(transport::serve(
-        listener,
-        transport::PeerPolicy::RootOnly,
-        transport::Service::Resolver,
-        move |channel, _| {
-            channel
-                .execute(served.clone().serve())
-                .for_each(transport::spawn_request)
-        },
-    ));
+    serve_resolver(&env, &resolver);
     // The rules go in under the policy id the kernel already had for web's
     // cgroup: learned from the loader's state, nothing renumbered.
     env.wait_for("web's policy rules", |s| {
@@ -853,22 +839,14 @@ async fn follows_the_resolver_and_holds_until_the_first_inventory() {
 
 /// Serves `resolver` on `resolver.sock` in `env`'s directory.
 fn serve_resolver(env: &Env, resolver: &fake_resolver::FakeResolver) {
-    use futures::StreamExt;
     use proto::resolver::Resolver as _;
-    use tarpc::server::Channel;
 
-    let listener = transport::bind(&env.path("resolver.sock"), 0o600, None).unwrap();
-    let served = resolver.clone();
-    tokio::spawn(transport::serve(
-        listener,
-        transport::PeerPolicy::RootOnly,
+    test_kit::serve_root_only!(
+        &env.path("resolver.sock"),
         transport::Service::Resolver,
-        move |channel, _| {
-            channel
-                .execute(served.clone().serve())
-                .for_each(transport::spawn_request)
-        },
-    ));
+        resolver.clone().serve(),
+    )
+    .unwrap();
 }
 
 const CURLERS: &str = r#"
@@ -1036,7 +1014,6 @@ async fn exe_rules_take_the_file_each_container_has() {
 mod gated_loader {
     use std::sync::{Arc, Mutex};
 
-    use futures::StreamExt;
     use kernel_model::diff::MapDiff;
     use proto::{
         loader::{
@@ -1044,7 +1021,7 @@ mod gated_loader {
         },
         transport,
     };
-    use tarpc::{context::Context, server::Channel};
+    use tarpc::context::Context;
     use test_kit::memory_loader::MemoryLoader;
     use tokio::sync::oneshot;
 
@@ -1074,18 +1051,8 @@ mod gated_loader {
         }
 
         pub fn serve(&self, socket: &std::path::Path) {
-            let listener = transport::bind(socket, 0o600, None).unwrap();
-            let loader = self.clone();
-            tokio::spawn(transport::serve(
-                listener,
-                transport::PeerPolicy::RootOnly,
-                transport::Service::Loader,
-                move |channel, _| {
-                    channel
-                        .execute(loader.clone().serve())
-                        .for_each(transport::spawn_request)
-                },
-            ));
+            test_kit::serve_root_only!(socket, transport::Service::Loader, self.clone().serve())
+                .unwrap();
         }
     }
 

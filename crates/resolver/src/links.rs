@@ -360,17 +360,7 @@ pub async fn watch(tx: mpsc::Sender<LinkSignal>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rtnetlink::packet_route::link::LinkHeader;
-
-    fn msg(index: u32, attrs: Vec<LinkAttribute>) -> LinkMessage {
-        let mut m = LinkMessage::default();
-        m.header = LinkHeader {
-            index,
-            ..LinkHeader::default()
-        };
-        m.attributes = attrs;
-        m
-    }
+    use test_kit::lab::link_message as msg;
 
     #[test]
     fn host_side_veth_carries_peer_and_nsid() {

@@ -7,7 +7,7 @@
 //! own on drop; a run that was killed cannot, so every run first sweeps
 //! the names of its prefix whose pid is gone.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::{cgroup, containerd, process};
 
@@ -68,6 +68,17 @@ fn names_in(dir: &Path) -> Vec<String> {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect()
+}
+
+/// A file or directory tree the run made (a pin directory, a scratch
+/// file), removed with [`remove_any`] when dropped.
+#[derive(Debug)]
+pub struct RemoveOnDrop(pub PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        remove_any(&self.0);
+    }
 }
 
 /// Removes a file or a whole directory tree (a bpffs tree too: unlinking a

@@ -7,7 +7,7 @@ use std::{
     fs::File,
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
-    process::{Child, Command},
+    process::{Child, Command, Stdio},
 };
 
 use crate::{io_error, process, Error, Result};
@@ -23,6 +23,26 @@ impl Netns {
     pub fn new(name: &str) -> Result<Netns> {
         process::run_quiet("ip", &["netns", "del", name]);
         process::run("ip", &["netns", "add", name])?;
+        Ok(Netns { name: name.into() })
+    }
+
+    /// Creates namespace `name` from inside `cgroup`, as runc does: the
+    /// kernel's per-namespace control sockets (neighbour discovery) then
+    /// belong to that cgroup too.
+    pub fn new_in_cgroup(name: &str, cgroup: &Path) -> Result<Netns> {
+        process::run_quiet("ip", &["netns", "del", name]);
+        let mut add = Command::new("ip");
+        add.args(["netns", "add", name]).stdin(Stdio::null());
+        let out = spawn_in(add, None, Some(cgroup))?
+            .wait_with_output()
+            .map_err(io_error("waiting for `ip netns add` in", cgroup))?;
+        if !out.status.success() {
+            return Err(Error::Failed {
+                command: format!("ip netns add {name} (in {})", cgroup.display()),
+                status: out.status,
+                output: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
         Ok(Netns { name: name.into() })
     }
 
@@ -51,6 +71,23 @@ pub struct Link {
     pub mac: String,
 }
 
+/// A link message as the kernel sends one (`RTM_NEWLINK`, a dump's entry):
+/// link `index` with `attributes`, for the parsers of the loader and the
+/// resolver.
+pub fn link_message(
+    index: u32,
+    attributes: Vec<rtnetlink::packet_route::link::LinkAttribute>,
+) -> rtnetlink::packet_route::link::LinkMessage {
+    use rtnetlink::packet_route::link::{LinkHeader, LinkMessage};
+    let mut m = LinkMessage::default();
+    m.header = LinkHeader {
+        index,
+        ..LinkHeader::default()
+    };
+    m.attributes = attributes;
+    m
+}
+
 /// Reads link `dev` inside namespace `ns` (ifindexes are per namespace).
 pub fn link_in(ns: &str, dev: &str) -> Result<Link> {
     let out = process::run("ip", &["-n", ns, "-j", "link", "show", "dev", dev])?;
@@ -65,6 +102,185 @@ pub fn link_in(ns: &str, dev: &str) -> Result<Link> {
             .ok_or_else(|| bad(format!("no ifindex in {v}")))?,
         mac: link["address"].as_str().unwrap_or_default().to_string(),
     })
+}
+
+/// Runs `ip -n <ns> <args>`: one change to namespace `ns`'s links,
+/// addresses, routes or neighbours.
+pub fn ip(ns: &str, args: &[&str]) -> Result<String> {
+    let mut all = vec!["-n", ns];
+    all.extend_from_slice(args);
+    process::run("ip", &all)
+}
+
+/// A command that runs `program` inside namespace `ns` (`ip netns exec`,
+/// which also mounts the namespace's /sys); its arguments are the caller's
+/// to add.
+pub fn cmd_in(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).arg(program);
+    cmd
+}
+
+/// Runs `program` inside namespace `ns` (see [`cmd_in`]): its stdout, or
+/// an error when it fails.
+pub fn exec_in(ns: &str, program: &str, args: &[&str]) -> Result<String> {
+    let mut all = vec!["netns", "exec", ns, program];
+    all.extend_from_slice(args);
+    process::run("ip", &all)
+}
+
+/// Sets `key=value` sysctls inside namespace `ns`.
+pub fn sysctl(ns: &str, settings: &[&str]) -> Result<()> {
+    let mut args = vec!["-qw"];
+    args.extend_from_slice(settings);
+    exec_in(ns, "sysctl", &args).map(drop)
+}
+
+/// Lets every group of namespace `ns` open ICMP echo ("ping") sockets.
+pub fn allow_ping_sockets(ns: &str) -> Result<()> {
+    sysctl(ns, &["net.ipv4.ping_group_range=0 2147483647"])
+}
+
+/// Turns IPv6 off in namespace `ns` (no background chatter), for links
+/// made there from now on too.
+pub fn disable_ipv6(ns: &str) -> Result<()> {
+    sysctl(
+        ns,
+        &[
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ],
+    )
+}
+
+/// One end of a veth pair: its namespace, its name and, if given, its MAC
+/// address and ifindex.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VethEnd<'a> {
+    pub ns: &'a str,
+    pub name: &'a str,
+    pub mac: Option<&'a str>,
+    pub index: Option<u32>,
+}
+
+impl<'a> VethEnd<'a> {
+    pub fn new(ns: &'a str, name: &'a str) -> VethEnd<'a> {
+        VethEnd {
+            ns,
+            name,
+            ..VethEnd::default()
+        }
+    }
+
+    pub fn mac(self, mac: &'a str) -> VethEnd<'a> {
+        VethEnd {
+            mac: Some(mac),
+            ..self
+        }
+    }
+
+    pub fn index(self, index: u32) -> VethEnd<'a> {
+        VethEnd {
+            index: Some(index),
+            ..self
+        }
+    }
+}
+
+/// Makes the veth pair `a` — `b` (both down), `b` moved into its own
+/// namespace when that is not `a`'s.
+pub fn add_veth(a: VethEnd<'_>, b: VethEnd<'_>) -> Result<()> {
+    fn options<'s>(mac: Option<&'s str>, index: Option<&'s str>, args: &mut Vec<&'s str>) {
+        if let Some(mac) = mac {
+            args.extend(["address", mac]);
+        }
+        if let Some(index) = index {
+            args.extend(["index", index]);
+        }
+    }
+    let (a_index, b_index) = (
+        a.index.map(|i| i.to_string()),
+        b.index.map(|i| i.to_string()),
+    );
+    let mut args = vec!["link", "add", a.name];
+    options(a.mac, a_index.as_deref(), &mut args);
+    args.extend(["type", "veth", "peer", "name", b.name]);
+    options(b.mac, b_index.as_deref(), &mut args);
+    if b.ns != a.ns {
+        args.extend(["netns", b.ns]);
+    }
+    ip(a.ns, &args).map(drop)
+}
+
+/// Sets link `dev` of namespace `ns` up.
+pub fn link_up(ns: &str, dev: &str) -> Result<()> {
+    ip(ns, &["link", "set", dev, "up"]).map(drop)
+}
+
+/// Adds address `cidr` (`198.18.0.2/15`, `2001:db8::2/64`) to `dev` in
+/// namespace `ns`; an IPv6 one without duplicate address detection (it is
+/// usable at once).
+pub fn add_addr(ns: &str, dev: &str, cidr: &str) -> Result<()> {
+    let mut args = vec!["addr", "add", cidr, "dev", dev];
+    if cidr.contains(':') {
+        args.push("nodad");
+    }
+    ip(ns, &args).map(drop)
+}
+
+/// A static neighbour entry: `addr` is at `mac` on `dev` (no ARP or
+/// neighbour discovery for it).
+pub fn add_neighbour(ns: &str, dev: &str, addr: &str, mac: &str) -> Result<()> {
+    ip(
+        ns,
+        &[
+            "neigh",
+            "replace",
+            addr,
+            "lladdr",
+            mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ],
+    )
+    .map(drop)
+}
+
+/// A bridge `name` in namespace `ns`, up, that only switches: no spanning
+/// tree, no multicast snooping, and (as far as the namespace has them) no
+/// bridge netfilter calls.
+pub fn add_bridge(ns: &str, name: &str) -> Result<()> {
+    exec_in(
+        ns,
+        "sh",
+        &[
+            "-c",
+            "for k in iptables ip6tables arptables; do f=/proc/sys/net/bridge/bridge-nf-call-$k; [ -e $f ] && echo 0 > $f; done; true",
+        ],
+    )?;
+    ip(
+        ns,
+        &[
+            "link",
+            "add",
+            name,
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "mcast_snooping",
+            "0",
+        ],
+    )?;
+    link_up(ns, name)
+}
+
+/// Makes link `dev` of namespace `ns` a port of `bridge`, and sets it up.
+pub fn add_to_bridge(ns: &str, dev: &str, bridge: &str) -> Result<()> {
+    ip(ns, &["link", "set", dev, "master", bridge])?;
+    link_up(ns, dev)
 }
 
 /// The ifindex of link `name` in this process's namespace.

@@ -18,6 +18,7 @@ pub mod memory_loader;
 pub mod packets;
 pub mod privileged;
 pub mod process;
+pub mod rpc;
 pub mod synthetic;
 pub mod testrun;
 

@@ -9,7 +9,6 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use futures::StreamExt;
 use kernel_model::{diff::MapDiff, state::KernelState, validate::validate};
 use proto::{
     loader::{
@@ -17,7 +16,7 @@ use proto::{
     },
     transport,
 };
-use tarpc::{context::Context, server::Channel};
+use tarpc::context::Context;
 
 #[derive(Debug, Default)]
 pub struct Maps {
@@ -109,19 +108,7 @@ impl MemoryLoader {
     /// Serves the loader service on `socket` (root only, like the real one)
     /// from the current tokio runtime.
     pub fn serve(&self, socket: &Path) -> std::io::Result<()> {
-        let listener = transport::bind(socket, 0o600, None)?;
-        let loader = self.clone();
-        tokio::spawn(transport::serve(
-            listener,
-            transport::PeerPolicy::RootOnly,
-            transport::Service::Loader,
-            move |channel, _| {
-                channel
-                    .execute(loader.clone().serve())
-                    .for_each(transport::spawn_request)
-            },
-        ));
-        Ok(())
+        crate::serve_root_only!(socket, transport::Service::Loader, self.clone().serve())
     }
 }
 

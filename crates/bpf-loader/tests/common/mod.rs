@@ -24,7 +24,7 @@
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
@@ -37,7 +37,12 @@ use kernel_model::{
 };
 use proto::{loader::LoaderClient, transport};
 pub use test_kit::lab::{in_cgroup_ns_cmd, Link};
-use test_kit::{cgroup, cleanup, lab, privileged};
+use test_kit::{
+    cgroup, cleanup,
+    lab::{self, Netns, VethEnd},
+    privileged,
+    process::Proc,
+};
 
 pub const PEER4: &str = "198.18.0.1";
 pub const PEER4_OTHER: &str = "198.18.1.1";
@@ -69,15 +74,14 @@ pub fn require_root(test: &str) -> Option<()> {
     privileged::root_or_skip(test, "it creates namespaces, cgroups and loads BPF").then_some(())
 }
 
-fn sh(script: &str) {
-    if let Err(e) = test_kit::process::sh(script) {
-        panic!("{e}");
-    }
+/// The lab's setup steps: a step that fails fails the test, saying why.
+fn must<T>(step: test_kit::Result<T>) -> T {
+    step.unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Reads `dev` inside `ns` (ifindexes are per namespace).
 pub fn link_in(ns: &str, dev: &str) -> Link {
-    lab::link_in(ns, dev).unwrap_or_else(|e| panic!("{e}"))
+    must(lab::link_in(ns, dev))
 }
 
 /// The identity the kernel records when `path` is exec'd (symlinks
@@ -89,7 +93,7 @@ pub fn file_of(path: &str) -> kernel_model::state::FileId {
 }
 
 pub fn cgroup2_mount() -> PathBuf {
-    cgroup::cgroup2_mount().unwrap_or_else(|e| panic!("{e}"))
+    must(cgroup::cgroup2_mount())
 }
 
 static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -113,10 +117,14 @@ pub struct Lab {
     /// Extra arguments for the lab's bpf-loader (e.g. a shorter UDP reply
     /// timeout), set before `start_loader`.
     pub loader_args: Vec<String>,
-    loader: Option<Child>,
-    children: Vec<Child>,
-    /// Namespaces of [`Lab::add_neighbour`], deleted on drop.
-    extra_ns: Vec<String>,
+    loader: Option<Proc>,
+    children: Vec<Proc>,
+    /// The managed parent cgroup, removed with everything in it on drop.
+    cgroup: Option<cgroup::Cgroup>,
+    /// The container's, the peer's and [`Lab::add_neighbour`]'s
+    /// namespaces, deleted on drop before the host's.
+    namespaces: Vec<Netns>,
+    host: Option<Netns>,
 }
 
 /// Another "container" on the lab's bridge, with a netns and cgroup of
@@ -140,6 +148,7 @@ impl Lab {
         let parent = mount.join(format!("{name}.slice"));
         let ct = parent.join("ct");
         let scratch = std::env::temp_dir().join(&name);
+        let cgroup = must(cgroup::Cgroup::create(&parent));
         std::fs::create_dir_all(&ct).expect("creating lab cgroups");
         std::fs::create_dir_all(&scratch).expect("creating scratch dir");
         let mut lab = Lab {
@@ -165,7 +174,9 @@ impl Lab {
             loader_args: Vec::new(),
             loader: None,
             children: Vec::new(),
-            extra_ns: Vec::new(),
+            cgroup: Some(cgroup),
+            namespaces: Vec::new(),
+            host: None,
         };
         lab.build_network();
         lab
@@ -180,64 +191,53 @@ impl Lab {
         // The host: a bridge that only switches (no address, no IPv6 of its
         // own, no multicast snooping, no br_netfilter: plain L2 between the
         // ports, as the lab had with one veth pair).
-        sh(&format!(
-            "set -e
-            ip netns add {h}
-            ip netns exec {h} sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
-            ip netns exec {h} sh -c 'for k in iptables ip6tables arptables; do f=/proc/sys/net/bridge/bridge-nf-call-$k; [ -e $f ] && echo 0 > $f; done; true'
-            ip -n {h} link set lo up
-            ip -n {h} link add {BRIDGE} type bridge stp_state 0 mcast_snooping 0
-            ip -n {h} link set {BRIDGE} up
-            "
-        ));
+        self.host = Some(must(Netns::new(&h)));
+        must(lab::disable_ipv6(&h));
+        must(lab::link_up(&h, "lo"));
+        must(lab::add_bridge(&h, BRIDGE));
         // The container's netns is made from inside its cgroup, as runc
         // does: the kernel's per-netns control sockets (neighbour discovery)
         // then belong to the container's cgroup too.
-        self.plug(&self.ct, &c, "vc", CT_HOST_VETH);
-        self.plug_ns_only(&p, "vp", PEER_HOST_VETH);
-        sh(&format!(
-            "set -e
-            ip -n {c} addr add {CT4}/15 dev vc
-            ip -n {c} -6 addr add {CT6}/64 dev vc nodad
-            ip -n {p} addr add {PEER4}/15 dev vp
-            ip -n {p} addr add {PEER4_OTHER}/15 dev vp
-            ip -n {p} -6 addr add {PEER6}/64 dev vp nodad
-            ip -n {p} -6 addr add {PEER6_OTHER}/64 dev vp nodad
-            ip -n {c} -6 route add 2001:db8:78::/64 via {PEER6}
-            ip netns exec {c} sysctl -qw net.ipv4.ping_group_range='0 2147483647'
-            ip netns exec {p} sysctl -qw net.ipv4.ping_group_range='0 2147483647'
-            "
+        let ct = self.ct.clone();
+        self.plug(Some(&ct), &c, "vc", CT_HOST_VETH);
+        self.plug(None, &p, "vp", PEER_HOST_VETH);
+        must(lab::add_addr(&c, "vc", &format!("{CT4}/15")));
+        must(lab::add_addr(&c, "vc", &format!("{CT6}/64")));
+        for addr in [
+            format!("{PEER4}/15"),
+            format!("{PEER4_OTHER}/15"),
+            format!("{PEER6}/64"),
+            format!("{PEER6_OTHER}/64"),
+        ] {
+            must(lab::add_addr(&p, "vp", &addr));
+        }
+        must(lab::ip(
+            &c,
+            &["-6", "route", "add", "2001:db8:78::/64", "via", PEER6],
         ));
+        must(lab::allow_ping_sockets(&c));
+        must(lab::allow_ping_sockets(&p));
         self.ct_veth = link_in(&h, CT_HOST_VETH);
         self.peer_link = link_in(&p, "vp");
     }
 
-    /// A new namespace `ns`, made from inside `cgroup` (as runc does), its
-    /// `inner` veth end plugged into the host's bridge as `host_end`.
-    fn plug(&self, cgroup: &Path, ns: &str, inner: &str, host_end: &str) {
-        let cg = cgroup.display();
-        sh(&format!(
-            "sh -c 'echo $$ > {cg}/cgroup.procs && exec ip netns add {ns}'"
-        ));
-        self.plug_veth(ns, inner, host_end);
-    }
-
-    fn plug_ns_only(&self, ns: &str, inner: &str, host_end: &str) {
-        sh(&format!("ip netns add {ns}"));
-        self.plug_veth(ns, inner, host_end);
-    }
-
-    fn plug_veth(&self, ns: &str, inner: &str, host_end: &str) {
+    /// A new namespace `ns` (made from inside `cgroup` if given, as runc
+    /// does), its `inner` veth end plugged into the host's bridge as
+    /// `host_end`.
+    fn plug(&mut self, cgroup: Option<&Path>, ns: &str, inner: &str, host_end: &str) {
+        let netns = match cgroup {
+            Some(cgroup) => Netns::new_in_cgroup(ns, cgroup),
+            None => Netns::new(ns),
+        };
+        self.namespaces.push(must(netns));
         let h = &self.host_ns;
-        sh(&format!(
-            "set -e
-            ip -n {ns} link set lo up
-            ip -n {ns} link add {inner} type veth peer name {host_end} netns {h}
-            ip -n {h} link set {host_end} master {BRIDGE}
-            ip -n {h} link set {host_end} up
-            ip -n {ns} link set {inner} up
-            "
+        must(lab::link_up(ns, "lo"));
+        must(lab::add_veth(
+            VethEnd::new(ns, inner),
+            VethEnd::new(h, host_end),
         ));
+        must(lab::add_to_bridge(h, host_end, BRIDGE));
+        must(lab::link_up(ns, inner));
     }
 
     /// Another container on the bridge: a cgroup `name` under the lab's
@@ -249,14 +249,9 @@ impl Lab {
         let ns = format!("{}-{name}", self.name);
         let host_end = format!("hn-{name}");
         assert!(host_end.len() <= 15, "interface name {host_end} too long");
-        self.extra_ns.push(ns.clone());
-        self.plug(&cgroup, &ns, "vn", &host_end);
-        sh(&format!(
-            "set -e
-            ip -n {ns} addr add {addr4}/15 dev vn
-            ip -n {ns} -6 addr add {addr6}/64 dev vn nodad
-            "
-        ));
+        self.plug(Some(&cgroup), &ns, "vn", &host_end);
+        must(lab::add_addr(&ns, "vn", &format!("{addr4}/15")));
+        must(lab::add_addr(&ns, "vn", &format!("{addr6}/64")));
         Neighbour {
             link: link_in(&ns, "vn"),
             host_veth: link_in(&self.host_ns, &host_end),
@@ -269,10 +264,8 @@ impl Lab {
     pub fn start_peer_servers(&mut self) {
         let ports: Vec<String> = PEER_PORTS.iter().map(|p| p.to_string()).collect();
         let server = repo_root().join("tests/peer_server.py");
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.peer_ns, PYTHON])
-            .arg(server)
-            .args(&ports);
+        let mut cmd = lab::cmd_in(&self.peer_ns, PYTHON);
+        cmd.arg(server).args(&ports);
         self.spawn_ready(cmd);
     }
 
@@ -288,9 +281,8 @@ impl Lab {
     /// Captures what arrives at the peer (`vp`) into `out`, one JSON line
     /// per frame (`tests/bypass/sniffer.py`), from now until the lab drops.
     pub fn start_peer_sniffer(&mut self, out: &Path) {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.peer_ns, PYTHON])
-            .arg(repo_root().join("tests/bypass/sniffer.py"))
+        let mut cmd = lab::cmd_in(&self.peer_ns, PYTHON);
+        cmd.arg(repo_root().join("tests/bypass/sniffer.py"))
             .arg(out)
             .arg("vp");
         self.spawn_ready(cmd);
@@ -303,7 +295,7 @@ impl Lab {
             .read_line(&mut line)
             .expect("server output");
         assert_eq!(line.trim(), "ready", "server did not start");
-        self.children.push(child);
+        self.children.push(Proc(child));
     }
 
     /// A command that joins `cgroup`, then the container's netns, then runs `args`.
@@ -344,7 +336,7 @@ impl Lab {
     }
 
     pub fn cgroup_id(&self, path: &Path) -> u64 {
-        cgroup::cgroup_id(path).unwrap_or_else(|e| panic!("{e}"))
+        must(cgroup::cgroup_id(path))
     }
 
     pub fn ct_id(&self) -> u64 {
@@ -372,13 +364,11 @@ impl Lab {
             .append(true)
             .open(self.loader_log())
             .expect("log");
-        // nsenter, not `ip netns exec`: that remounts /sys for the
-        // namespace, which hides bpffs and the cgroup2 mount. Without
-        // --fork nsenter execs the loader itself: the child is the loader.
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.host_ns))
-            .arg("--")
-            .arg(env!("CARGO_BIN_EXE_bpf-loader"))
+        // Joined between fork and exec, not `ip netns exec`: that remounts
+        // /sys for the namespace, which hides bpffs and the cgroup2 mount.
+        // The child is the loader itself.
+        let mut loader = Command::new(env!("CARGO_BIN_EXE_bpf-loader"));
+        loader
             .arg("--socket")
             .arg(&self.socket)
             .arg("--pin-dir")
@@ -386,16 +376,15 @@ impl Lab {
             .arg("--attach-parent")
             .arg(&self.parent)
             .args(&self.loader_args)
-            .stderr(log)
-            .spawn()
-            .expect("starting bpf-loader");
-        self.loader = Some(child);
+            .stderr(log);
+        let child = must(lab::spawn_in(loader, Some(&self.host_ns), None));
+        self.loader = Some(Proc(child));
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self
                 .loader
                 .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
+                .and_then(|c| c.0.try_wait().ok().flatten())
             {
                 panic!(
                     "bpf-loader exited ({status}): {}",
@@ -427,33 +416,22 @@ impl Lab {
 
     /// SIGKILLs the loader this lab started.
     pub fn kill_loader(&mut self) {
-        if let Some(mut child) = self.loader.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.loader.take();
     }
 
     pub fn loader_pid(&self) -> Option<u32> {
-        self.loader.as_ref().map(|c| c.id())
+        self.loader.as_ref().map(Proc::pid)
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
         self.kill_loader();
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        cgroup::remove_tree(&self.parent);
+        self.children.clear();
+        self.cgroup.take();
         cleanup::remove_any(&self.pin_dir);
-        let namespaces = [&self.ct_ns, &self.peer_ns]
-            .into_iter()
-            .chain(&self.extra_ns)
-            .chain([&self.host_ns]);
-        for ns in namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
+        self.namespaces.clear();
+        self.host.take();
         let _ = std::fs::remove_dir_all(&self.scratch);
     }
 }
