@@ -76,6 +76,8 @@ pub struct NftLoad {
     pub bytes: usize,
 }
 
+/// Resident memory of a daemon, or the kernel memory of bpf-loader's maps
+/// (`bpf-loader's maps`), at the three moments.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Rss {
     pub daemon: String,
@@ -128,6 +130,9 @@ pub struct Control {
     #[serde(default)]
     pub nft: Option<NftLoad>,
     pub rss: Vec<Rss>,
+    /// Kernel memory of bpf-loader's maps (their fdinfo `memlock`).
+    #[serde(default)]
+    pub loader_maps: Option<Rss>,
     pub create: Option<Create>,
     pub seconds: f64,
 }
@@ -477,6 +482,7 @@ pub fn measure(bin_dir: &Path, quick: bool) -> Result<(Control, Vec<String>)> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let policyd_daemon = start("policyd", &policyd_bin, &args, &policyd_sock, &s)?;
     std::thread::sleep(Duration::from_secs(1));
+    let maps_idle = sys::map_memory_kb(loader.child.id());
     let idle = [
         ("bpf-loader", sys::rss_kb(loader.child.id())),
         ("resolver", sys::rss_kb(resolver.child.id())),
@@ -493,6 +499,7 @@ pub fn measure(bin_dir: &Path, quick: bool) -> Result<(Control, Vec<String>)> {
     let changes = if quick { 2 } else { 7 };
     reload(&policyd_bin, &policyd_sock)?; // the empty policy, settled
     let mut installed = [None; 3];
+    let mut maps_installed = None;
     for i in 0..installs {
         std::fs::write(&policy, &text)?;
         record(&mut control.install, reload(&policyd_bin, &policyd_sock)?);
@@ -503,6 +510,7 @@ pub fn measure(bin_dir: &Path, quick: bool) -> Result<(Control, Vec<String>)> {
                 sys::rss_kb(resolver.child.id()),
                 sys::rss_kb(policyd_daemon.child.id()),
             ];
+            maps_installed = sys::map_memory_kb(loader.child.id());
         }
         if i + 1 < installs {
             std::fs::write(&policy, empty)?;
@@ -523,6 +531,12 @@ pub fn measure(bin_dir: &Path, quick: bool) -> Result<(Control, Vec<String>)> {
         sys::rss_kb(resolver.child.id()),
         sys::rss_kb(policyd_daemon.child.id()),
     ];
+    control.loader_maps = Some(Rss {
+        daemon: "bpf-loader's maps (kernel memory)".into(),
+        idle_kb: maps_idle,
+        installed_kb: maps_installed,
+        loaded_kb: sys::map_memory_kb(loader.child.id()),
+    });
     control.rss = idle
         .iter()
         .zip(installed)

@@ -463,6 +463,16 @@ fn summary(md: &mut String, r: &Results) {
                 mb(row.idle_kb)
             );
         }
+        if let Some(maps) = &c.loader_maps {
+            let _ = writeln!(
+                md,
+                "| kernel memory, bpf-loader's maps | — | {} with {} rules installed, {} after the reloads ({} with no policy) |",
+                mb(maps.installed_kb),
+                count(c.rules),
+                mb(maps.loaded_kb),
+                mb(maps.idle_kb)
+            );
+        }
     }
     let _ = writeln!(md);
 }
@@ -1342,6 +1352,22 @@ fn control(md: &mut String, c: &crate::control::Control) {
             } else {
                 "≤ 30 MB"
             }
+        );
+    }
+    if let Some(maps) = &c.loader_maps {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | — |",
+            maps.daemon,
+            mb(maps.idle_kb),
+            mb(maps.installed_kb),
+            mb(maps.loaded_kb)
+        );
+        let _ = writeln!(
+            md,
+            "\nThe maps' row is not a resident set: it is the kernel memory the maps bpf-loader \
+             holds take (the sum of their `memlock` in `/proc/<pid>/fdinfo`: what the kernel \
+             charges for each), pinned, so it stays while the maps do."
         );
     }
     let _ = writeln!(md);

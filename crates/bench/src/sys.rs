@@ -23,6 +23,40 @@ pub fn rss_kb(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// Kernel memory of the BPF maps a process holds open, kB: the sum of
+/// each map's `memlock` in its fdinfo (what the kernel charges for it),
+/// each map once.
+pub fn map_memory_kb(pid: u32) -> Option<u64> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut bytes = 0u64;
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
+        let is_map = std::fs::read_link(fd.path())
+            .is_ok_and(|target| target.as_os_str() == "anon_inode:bpf-map");
+        if !is_map {
+            continue;
+        }
+        let Ok(info) = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        )) else {
+            continue;
+        };
+        let field = |name: &str| -> Option<u64> {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))?
+                .trim()
+                .parse()
+                .ok()
+        };
+        if let (Some(id), Some(memlock)) = (field("map_id:"), field("memlock:")) {
+            if seen.insert(id) {
+                bytes += memlock;
+            }
+        }
+    }
+    (!seen.is_empty()).then_some(bytes / 1024)
+}
+
 /// Median of a sample (sorted copy).
 pub fn median(v: &[f64]) -> f64 {
     quantile(v, 0.5)
