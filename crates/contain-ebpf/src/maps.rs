@@ -17,8 +17,8 @@ use contain_common::{
 /// allocated as entries are added (`BPF_F_NO_PREALLOC`), not all at
 /// creation. Preallocated, an empty HOSTS alone would hold about 100 MB of
 /// kernel memory (a million elements); allocated on demand, the maps take
-/// their buckets and what the policy needs. (No tracing program uses
-/// these maps, where kernel 6.1 wants preallocation.)
+/// their buckets and what the policy needs. Maps pinned by an earlier
+/// loader keep their flags until they are removed (a reboot, a purge).
 type LoaderHashMap<K, V, const MAX_ENTRIES: usize> =
     HashMap<K, V, MAX_ENTRIES, { BPF_F_NO_PREALLOC as usize }>;
 

@@ -1,7 +1,10 @@
 //! The map transaction: a diff applied all or nothing, in the order the
 //! model gives, with the generation check and the rules epoch.
 
-use aya::maps::{lpm_trie::Key, HashMap, MapData};
+use aya::{
+    maps::{lpm_trie::Key, HashMap, MapData, MapError},
+    sys::SyscallError,
+};
 use contain_common::{self as kern, map_names, DestValue, PortValue, VethOwner};
 use kernel_model::{
     diff::{apply_order, MapDiff},
@@ -118,15 +121,39 @@ impl Kernel {
     }
 
     /// Writes back what `done` (the inverse of the writes so far) restores,
-    /// newest first.
+    /// newest first. A write back can fail too (a full map, or no memory for
+    /// an element: the hash maps allocate as entries are added); then the
+    /// maps are not what the mirror says, and every later diff planned from
+    /// the mirror could be refused. So the mirror is read again from the
+    /// maps, and the generation moves: a diff planned before is refused, and
+    /// policyd plans the next one from what the maps hold.
     fn undo(&mut self, done: &[MapOp]) {
+        let mut failed = false;
         for back in done.iter().rev() {
             let result = MapWrite::encode(back, self.exe_key)
                 .map_err(KernelError::from)
                 .and_then(|write| write.write(&mut self.maps));
             if let Err(e) = result {
-                tracing::error!(error = %e, "undoing a failed diff failed; the maps may be inconsistent until the next apply");
+                failed = true;
+                tracing::error!(error = %e, "undoing a failed diff failed; reading the maps again");
             }
+        }
+        if failed {
+            self.read_mirror_again();
+        }
+    }
+
+    /// The mirror from the maps themselves, and a new generation.
+    fn read_mirror_again(&mut self) {
+        match self.read_state() {
+            Ok(state) => self.mirror = state,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the maps again; the loader's view of them may stay wrong until it restarts");
+                return;
+            }
+        }
+        if let Err(e) = self.update_config(|c| c.generation = c.generation.wrapping_add(1)) {
+            tracing::error!(error = %e, "cannot move the generation after reading the maps again");
         }
     }
 }
@@ -212,12 +239,12 @@ impl MapWrite {
             MapWrite::Veth(k, v) => set(&mut m.veths, k, v, map_names::VETHS),
             MapWrite::Dest(k, v) => match v {
                 Some(v) => m.dests.insert(k, v, 0),
-                None => m.dests.remove(k),
+                None => absent_is_removed(m.dests.remove(k)),
             }
             .map_err(map_err(map_names::DESTS)),
             MapWrite::Port(k, v) => match v {
                 Some(v) => m.ports.insert(k, v, 0),
-                None => m.ports.remove(k),
+                None => absent_is_removed(m.ports.remove(k)),
             }
             .map_err(map_err(map_names::PORTS)),
         }
@@ -233,9 +260,23 @@ fn set<K: aya::Pod, V: aya::Pod>(
 ) -> Result<(), KernelError> {
     match value {
         Some(v) => map.insert(key, v, 0),
-        None => map.remove(key),
+        None => absent_is_removed(map.remove(key)),
     }
     .map_err(map_err(name))
+}
+
+/// A delete whose key is already absent has done what the diff asks: the
+/// entry is not there.
+fn absent_is_removed(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(SyscallError { io_error, .. }))
+            if io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// Whether `diff` changes what an entry already in the maps decides, so
