@@ -18,23 +18,63 @@
 //! address. Anything else falls through to the full path.
 
 use aya_ebpf::bindings::{__sk_buff, bpf_sock};
-use contain_common::{
-    ip_proto, v4_mapped, SockInfo, Verdict, CACHE_ALLOW, SOCK_OUTBOUND, UNKNOWN_POLICY_ID,
-};
+use contain_common::{ip_proto, SockInfo, Verdict, CACHE_ALLOW, SOCK_OUTBOUND, UNKNOWN_POLICY_ID};
 
 use crate::{
     decide::{count, Epochs},
     packet::{ethertype, ETH_P_IP, ETH_P_IPV6, TCP_ACK, TCP_SYN},
-    LOOPBACK6, LOOPBACK_IFINDEX, SOCK_STREAM,
+    LOOPBACK_IFINDEX, SOCK_STREAM,
 };
 
 /// What the established path reads of a packet.
 struct Headers {
-    daddr: [u8; 16],
+    /// The destination as the 16 key bytes (IPv4 v4-mapped), in two
+    /// little-endian words: compared with the cache a word at a time.
+    daddr: [u64; 2],
     /// The destination port, or ICMP's `type << 8 | code`.
     port: u16,
     proto: u8,
     tcp_flags: u8,
+}
+
+/// The last word of the cached verdict, laid out as [`SockInfo`] has it:
+/// `cache_policy_id`, `cache_port`, `cache_proto`, `cache_state`.
+const CACHE_TAIL: usize = core::mem::offset_of!(SockInfo, cache_policy_id);
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(SockInfo, cache_epoch) == 0);
+    assert!(offset_of!(SockInfo, cache_cgroup_epoch) == 8);
+    assert!(offset_of!(SockInfo, cache_addr) == 16);
+    assert!(CACHE_TAIL == 32);
+    assert!(offset_of!(SockInfo, cache_port) == CACHE_TAIL + 4);
+    assert!(offset_of!(SockInfo, cache_proto) == CACHE_TAIL + 6);
+    assert!(offset_of!(SockInfo, cache_state) == CACHE_TAIL + 7);
+    assert!(core::mem::align_of::<SockInfo>() == 8);
+};
+
+/// `::1` as [`address_words`] reads it.
+const LOOPBACK6_WORDS: [u64; 2] = [0, 1 << 56];
+
+/// 16 address bytes at `p` as two little-endian words.
+///
+/// # Safety
+/// 16 bytes from `p` must be within the packet.
+#[inline(always)]
+unsafe fn address_words(p: *const u8) -> [u64; 2] {
+    // SAFETY: per the caller's contract.
+    unsafe {
+        [
+            u64::from_le_bytes(p.cast::<[u8; 8]>().read_unaligned()),
+            u64::from_le_bytes(p.add(8).cast::<[u8; 8]>().read_unaligned()),
+        ]
+    }
+}
+
+/// The cache's tail word for an allow of `proto` to `port`, policy id left
+/// out (the low 32 bits).
+#[inline(always)]
+fn allow_tail(port: u16, proto: u8) -> u64 {
+    (port as u64) << 32 | (proto as u64) << 48 | (CACHE_ALLOW as u64) << 56
 }
 
 #[inline(always)]
@@ -112,8 +152,9 @@ fn headers(skb: *mut __sk_buff) -> Option<Headers> {
                 return None;
             }
             let (port, tcp_flags) = transport(data + 20, end, proto)?;
+            // v4-mapped: ten zero bytes, two 0xff, then the address.
             Some(Headers {
-                daddr: v4_mapped(daddr),
+                daddr: [0, 0xffff_0000 | (u32::from_le_bytes(daddr) as u64) << 32],
                 port,
                 proto,
                 tcp_flags,
@@ -124,21 +165,19 @@ fn headers(skb: *mut __sk_buff) -> Option<Headers> {
                 return None;
             }
             // SAFETY: 40 bytes from `data` are within the packet.
-            let (version, proto, daddr, saddr) = unsafe {
-                (
-                    *ip >> 4,
-                    *ip.add(6),
-                    ip.add(24).cast::<[u8; 16]>().read_unaligned(),
-                    ip.add(8).cast::<[u8; 16]>().read_unaligned(),
-                )
-            };
+            let (version, proto, daddr) =
+                unsafe { (*ip >> 4, *ip.add(6), address_words(ip.add(24))) };
             // The next header must be the transport itself: an extension
             // header (a routing header above all) takes the full path.
             if version != 6 {
                 return None;
             }
-            if ifindex == LOOPBACK_IFINDEX && saddr != LOOPBACK6 && saddr != daddr {
-                return None;
+            if ifindex == LOOPBACK_IFINDEX {
+                // SAFETY: as above.
+                let saddr = unsafe { address_words(ip.add(8)) };
+                if saddr != LOOPBACK6_WORDS && saddr != daddr {
+                    return None;
+                }
             }
             let (port, tcp_flags) = transport(data + 40, end, proto)?;
             Some(Headers {
@@ -158,37 +197,40 @@ fn headers(skb: *mut __sk_buff) -> Option<Headers> {
 /// chain below it pays (kernel 6.1 refuses more than 512 bytes in all).
 #[inline(never)]
 pub fn allows_cached(skb: *mut __sk_buff, info: *mut SockInfo, epochs: &Epochs) -> bool {
-    // SAFETY: storage pointer from the helper, null or valid.
-    let Some(i) = (unsafe { info.as_ref() }) else {
+    if info.is_null() {
         return false;
-    };
+    }
     // The cache is copied out in one go (volatile loads stay together, in
-    // order), as the full path reads it, before the headers: another CPU
-    // may be writing it for the same socket.
-    // SAFETY: fields of a valid map value.
-    let (state, stamp, epoch, policy_id, proto, port, addr) = unsafe {
+    // order), a word at a time, as the full path reads it, before the
+    // headers: another CPU may be writing it for the same socket.
+    let words = info.cast::<u64>();
+    // SAFETY: the helper's storage pointer, non-null: five aligned words of
+    // a valid map value (the layout is asserted above).
+    let (epoch, stamp, addr_lo, addr_hi, tail) = unsafe {
         (
-            core::ptr::read_volatile(&i.cache_state),
-            core::ptr::read_volatile(&i.cache_cgroup_epoch),
-            core::ptr::read_volatile(&i.cache_epoch),
-            core::ptr::read_volatile(&i.cache_policy_id),
-            core::ptr::read_volatile(&i.cache_proto),
-            core::ptr::read_volatile(&i.cache_port),
-            core::ptr::read_volatile(&i.cache_addr),
+            core::ptr::read_volatile(words),
+            core::ptr::read_volatile(words.add(1)),
+            core::ptr::read_volatile(words.add(2)),
+            core::ptr::read_volatile(words.add(3)),
+            core::ptr::read_volatile(words.add(CACHE_TAIL / 8)),
         )
     };
-    if state != CACHE_ALLOW
-        || epochs.cgroup == 0
+    let policy_id = tail as u32;
+    if epochs.cgroup == 0
         || stamp != epochs.cgroup
         || epoch != epochs.rules
         || policy_id == UNKNOWN_POLICY_ID
+        || tail >> 56 != CACHE_ALLOW as u64
     {
         return false;
     }
     let Some(h) = headers(skb) else {
         return false;
     };
-    if proto != h.proto || port != h.port || addr != h.daddr {
+    if tail & !0xffff_ffff != allow_tail(h.port, h.proto)
+        || addr_lo != h.daddr[0]
+        || addr_hi != h.daddr[1]
+    {
         return false;
     }
     count(policy_id, Verdict::Allow);
