@@ -153,6 +153,20 @@ fn linear<const L3: usize>(skb: *mut __sk_buff) -> (usize, usize) {
     (data + L3, end)
 }
 
+/// `N` bytes at `offset` from the packet's start: read in place when they
+/// are in the linear part (no helper call), else copied out by
+/// `bpf_skb_load_bytes`, which also reaches the paged part.
+#[inline(always)]
+fn bytes_at<const N: usize>(ctx: &SkBuffContext, offset: usize) -> Option<[u8; N]> {
+    let (data, end) = linear::<0>(ctx.skb.skb);
+    if data + offset + N <= end {
+        // SAFETY: N bytes from `data + offset` are within the linear part.
+        Some(unsafe { ((data + offset) as *const [u8; N]).read_unaligned() })
+    } else {
+        ctx.load::<[u8; N]>(offset).ok()
+    }
+}
+
 /// Whether the packet is surely not a UDP datagram, read in place: IPv4's
 /// protocol field (every fragment carries it), or IPv6's next header when
 /// it is TCP or ICMPv6 itself. `false` when it cannot be told this cheaply
@@ -217,7 +231,7 @@ pub fn ethertype(skb: *mut __sk_buff) -> u32 {
 
 #[inline(always)]
 fn parse_v4<const L3: usize>(ctx: &SkBuffContext, flow: &mut Flow) -> Option<()> {
-    let hdr: [u8; 20] = ctx.load(L3).ok()?;
+    let hdr: [u8; 20] = bytes_at(ctx, L3)?;
     if hdr[0] >> 4 != 4 {
         return None;
     }
@@ -245,12 +259,12 @@ fn parse_v4<const L3: usize>(ctx: &SkBuffContext, flow: &mut Flow) -> Option<()>
 
 #[inline(always)]
 fn parse_v6<const L3: usize>(ctx: &SkBuffContext, flow: &mut Flow) -> Option<()> {
-    let hdr: [u8; 8] = ctx.load(L3).ok()?;
+    let hdr: [u8; 8] = bytes_at(ctx, L3)?;
     if hdr[0] >> 4 != 6 {
         return None;
     }
-    flow.saddr = ctx.load(L3 + 8).ok()?;
-    flow.daddr = ctx.load(L3 + 24).ok()?;
+    flow.saddr = bytes_at(ctx, L3 + 8)?;
+    flow.daddr = bytes_at(ctx, L3 + 24)?;
     flow.family = 6;
     flow.proto = hdr[6];
     flow.hop_limit = hdr[7];
@@ -427,24 +441,24 @@ fn read_transport(ctx: &SkBuffContext, offset: usize, flow: &mut Flow) {
     match flow.proto {
         // A header that is not all there would be judged as port 0: such a
         // packet cannot be judged.
-        ip_proto::TCP => match ctx.load::<[u8; 14]>(offset) {
-            Ok(l4) => {
+        ip_proto::TCP => match bytes_at::<14>(ctx, offset) {
+            Some(l4) => {
                 flow.sport = u16::from_be_bytes([l4[0], l4[1]]);
                 flow.dport = u16::from_be_bytes([l4[2], l4[3]]);
                 flow.tcp_flags = l4[13];
             }
-            Err(_) => flow.unjudgeable = true,
+            None => flow.unjudgeable = true,
         },
-        ip_proto::UDP => match ctx.load::<[u8; 4]>(offset) {
-            Ok(l4) => {
+        ip_proto::UDP => match bytes_at::<4>(ctx, offset) {
+            Some(l4) => {
                 flow.sport = u16::from_be_bytes([l4[0], l4[1]]);
                 flow.dport = u16::from_be_bytes([l4[2], l4[3]]);
             }
-            Err(_) => flow.unjudgeable = true,
+            None => flow.unjudgeable = true,
         },
-        ip_proto::ICMP | ip_proto::ICMPV6 => match ctx.load::<[u8; 2]>(offset) {
-            Ok(l4) => flow.dport = u16::from_be_bytes([l4[0], l4[1]]),
-            Err(_) => flow.unjudgeable = true,
+        ip_proto::ICMP | ip_proto::ICMPV6 => match bytes_at::<2>(ctx, offset) {
+            Some(l4) => flow.dport = u16::from_be_bytes([l4[0], l4[1]]),
+            None => flow.unjudgeable = true,
         },
         _ => {}
     }
