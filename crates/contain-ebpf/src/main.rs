@@ -142,6 +142,14 @@ fn current_identity() -> SockInfo {
 /// `sk` must be a socket pointer the verifier accepts for sk_storage_get.
 #[inline(always)]
 unsafe fn stamped_storage(sk: *mut core::ffi::c_void) -> *mut SockInfo {
+    // A socket's later calls find its storage: the identity (four helper
+    // calls and a hash lookup) is read only for a socket without one.
+    // SAFETY: map pointer from a static map, sk per caller's contract.
+    let existing = unsafe { bpf_sk_storage_get(sockets_map(), sk, core::ptr::null_mut(), 0) }
+        .cast::<SockInfo>();
+    if !existing.is_null() {
+        return existing;
+    }
     let mut fresh = current_identity();
     // SAFETY: map pointer from a static map, sk per caller's contract.
     unsafe {
