@@ -406,7 +406,11 @@ pub struct Config {
     pub events_per_second: u32,
     /// [`Verdict`] for a cgroup under a managed parent with no entry yet.
     pub unknown_verdict: u8,
-    pub _pad: [u8; 3],
+    /// 1 while `PROCESSES` holds any entry. At 0 a decision skips the
+    /// process-class lookups: every process is class 0, whose rules each
+    /// class's include, so a 0 while entries exist is stricter, never looser.
+    pub process_classes: u8,
+    pub _pad: [u8; 2],
 }
 
 /// Default of [`Config::udp_reply_timeout_ns`].

@@ -50,6 +50,8 @@ const _: () = {
     assert!(offset_of!(SockInfo, cache_proto) == CACHE_TAIL + 6);
     assert!(offset_of!(SockInfo, cache_state) == CACHE_TAIL + 7);
     assert!(core::mem::align_of::<SockInfo>() == 8);
+    // The words are compared as little-endian loads of key bytes.
+    assert!(cfg!(target_endian = "little"));
 };
 
 /// `::1` as [`address_words`] reads it.

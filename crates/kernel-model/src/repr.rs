@@ -6,7 +6,7 @@ use contain_common as kern;
 use thiserror::Error;
 
 use crate::state::{
-    CgroupEntry, DestPrefix, FileId, PortPrefix, ProcessKey, ProcessMatch, Verdict,
+    CgroupEntry, DestPrefix, FileId, KernelState, PortPrefix, ProcessKey, ProcessMatch, Verdict,
 };
 
 /// A key of an LPM trie as the kernel takes it: how many leading bits of
@@ -224,6 +224,12 @@ pub fn port_key_back(k: &LpmKey<kern::PortKey>) -> PortPrefix {
         port: u16::from_be_bytes(k.data.port),
         port_bits: k.prefix_len.saturating_sub(kern::PORT_KEY_FIXED_BITS) as u8,
     }
+}
+
+/// `Config::process_classes` for a kernel state: 1 while it holds any
+/// process entry (the decision looks process classes up only then).
+pub fn process_classes(state: &KernelState) -> u8 {
+    u8::from(!state.processes.is_empty())
 }
 
 pub fn verdict(v: Verdict) -> kern::Verdict {

@@ -1464,6 +1464,75 @@ mod tests {
         );
     }
 
+    /// The kernel skips the class lookups while no policy has a class
+    /// (`Config::process_classes`), which is safe only because a class never
+    /// allows less than class 0: every target class 0 allows, each class
+    /// allows too, whatever the rules' shapes.
+    #[test]
+    fn a_process_class_never_allows_less_than_the_container_wide_rules() {
+        use kernel_model::decide::{lookup, Creator, Target};
+        use kernel_model::state::Verdict;
+        let p = policy(
+            "allow_loopback=true\nallow_docker_dns=true\n[[policy]]\nname='a'\nselect={name='a'}\n\
+             allow=[{to='10.0.0.0/8', proto='tcp', ports=[443, '8000-8100']}, {to='9.9.9.9', proto='udp', ports=[53]},\
+             {to='10.2.0.0/16', proto='icmp', icmp_types=['echo-request']}, {to='2001:db8::/32', proto='tcp'}]\n\
+             [[policy.process]]\ncomm='curl'\nallow=[{to='10.1.0.0/16', proto='udp', ports=[53]}, {to='10.2.3.4', proto='tcp', ports=[22]}]\n\
+             [[policy.process]]\ncomm='dig'\nallow=[{to='9.9.9.0/24', proto='udp', ports=[5353]}]\n",
+        );
+        let c = compile(&p, &inventory(&[("a", 10)]), &mut IdTables::default()).unwrap();
+        let dests = [
+            "10.0.0.1",
+            "10.1.2.3",
+            "10.2.3.4",
+            "10.2.9.9",
+            "9.9.9.9",
+            "9.9.9.8",
+            "127.0.0.1",
+            "127.0.0.11",
+            "11.0.0.1",
+            "2001:db8::1",
+            "::1",
+        ];
+        let targets = dests.iter().flat_map(|d| {
+            [
+                (6, 443),
+                (6, 8050),
+                (6, 22),
+                (17, 53),
+                (17, 5353),
+                (1, 8 << 8),
+                (6, 80),
+            ]
+            .map(|(proto, port)| Target {
+                dest: d.parse().unwrap(),
+                proto,
+                port,
+                later_fragment: false,
+            })
+        });
+        let anyone = Creator::default();
+        let mut allowed = 0;
+        for target in targets {
+            if lookup(&c.state, 10, Some(&anyone), &target).verdict != Verdict::Allow {
+                continue;
+            }
+            allowed += 1;
+            for comm in ["curl", "dig"] {
+                let creator = Creator {
+                    file: None,
+                    comm: Some(comm.as_bytes().to_vec()),
+                };
+                let class = lookup(&c.state, 10, Some(&creator), &target);
+                assert_ne!(class.class, 0, "{comm} has a class");
+                assert_eq!(class.verdict, Verdict::Allow, "{comm} to {target:?}");
+            }
+        }
+        assert!(
+            allowed >= 8,
+            "the grid reaches the container-wide rules ({allowed})"
+        );
+    }
+
     #[test]
     fn same_ports_share_one_ruleset() {
         let mut text = String::from(

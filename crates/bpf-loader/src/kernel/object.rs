@@ -14,7 +14,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use contain_common::{map_names, program_names};
-use kernel_model::state::KernelState;
+use kernel_model::{repr, state::KernelState};
 
 use super::{
     io_err, map_err,
@@ -120,6 +120,10 @@ impl Kernel {
         };
         kernel.exe_key = kernel.ensure_exe_key()?;
         kernel.mirror = kernel.read_state()?;
+        // Maps an older loader pinned have no flag yet: without it the
+        // programs would give every process the container-wide rules.
+        let process_classes = repr::process_classes(&kernel.mirror);
+        kernel.update_config(|c| c.process_classes = process_classes)?;
         Ok((kernel, events))
     }
     /// The fd of a loaded program, for BPF_PROG_TEST_RUN.

@@ -76,7 +76,9 @@ impl Kernel {
         if let Some(v) = diff.unknown_verdict {
             self.mirror.unknown_verdict = v;
         }
+        let process_classes = repr::process_classes(&self.mirror);
         let config = self.update_config(|config| {
+            config.process_classes = process_classes;
             if let Some(v) = diff.unknown_verdict {
                 config.unknown_verdict = repr::verdict(v) as u8;
             }
@@ -152,7 +154,11 @@ impl Kernel {
                 return;
             }
         }
-        if let Err(e) = self.update_config(|c| c.generation = c.generation.wrapping_add(1)) {
+        let process_classes = repr::process_classes(&self.mirror);
+        if let Err(e) = self.update_config(|c| {
+            c.generation = c.generation.wrapping_add(1);
+            c.process_classes = process_classes;
+        }) {
             tracing::error!(error = %e, "cannot move the generation after reading the maps again");
         }
     }
