@@ -414,6 +414,40 @@ def raw4(src, dst, port, marker, options):
     raw4_send([ip4(src, dst, 17, udp_hdr(40000, int(port), payload(marker)), opts)], dst)
 
 
+def cache_race(src, allowed, denied, port, marker, seconds):
+    """Two threads share one raw socket: one sends to an allowed address,
+    the other to a denied one on the same port, as fast as they can. The
+    socket's cached verdict is rewritten by both all the time: a verdict
+    read half old, half new (the allowed one's state and port, the denied
+    one's address) would let the second thread's packet through."""
+    import threading
+    ok = ip4(src, allowed, 17, udp_hdr(40001, int(port), b"ok"))
+    bad = ip4(src, denied, 17, udp_hdr(40002, int(port), payload(marker, 32)))
+    deadline = time.monotonic() + float(seconds)
+    counts = {}
+
+    def send(name, packet, dst):
+        sent = refused = 0
+        while time.monotonic() < deadline:
+            for _ in range(200):
+                try:
+                    s.sendto(packet, (dst, 0))
+                    sent += 1
+                except OSError:
+                    refused += 1
+        counts[name] = (sent, refused)
+
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as s:
+        threads = [threading.Thread(target=send, args=("allowed", ok, allowed)),
+                   threading.Thread(target=send, args=("denied", bad, denied))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    say(allowed_sent=counts["allowed"][0], allowed_refused=counts["allowed"][1],
+        denied_sent=counts["denied"][0], denied_refused=counts["denied"][1])
+
+
 def frag4_later(src, dst, port, marker):
     # Only a later fragment (offset 64 bytes): no transport header to judge.
     raw4_send([ip4(src, dst, 17, payload(marker, 64), frag=8, ident=0x1111)], dst)
@@ -979,7 +1013,7 @@ COMMANDS = {
     "overwrite-exec": lambda src, path, *rest: overwrite_exec(src, path, list(rest)),
     "copy-exec": lambda src, dst, *rest: copy_exec(src, dst, list(rest)),
     "as-comm": lambda name, *rest: as_comm(name, list(rest)),
-    "sendto-unspec": sendto_unspec, "raw4": raw4, "frag4-later": frag4_later, "frag4-after-cached": frag4_after_cached, "frag4-overlap": frag4_overlap,
+    "sendto-unspec": sendto_unspec, "raw4": raw4, "cache-race": cache_race, "frag4-later": frag4_later, "frag4-after-cached": frag4_after_cached, "frag4-overlap": frag4_overlap,
     "frag4-tiny": frag4_tiny, "v6-ext": v6_ext, "v6-frag-hidden": v6_frag_hidden, "v6-srh-raw": v6_srh_raw, "tfo": tfo,
     "sendmmsg": sendmmsg, "mcast-reply": mcast_reply, "v6-srh-segleft": v6_srh_segleft, "v6-ext7-srh": v6_ext7_srh, "reflect-echo6": reflect_echo6, "reflect-echo4": reflect_echo4, "reflect-rst4": reflect_rst4, "stream-mptcp": stream_mptcp, "revoked-flood": revoked_flood, "fdpass": fdpass, "fd-create": fd_create, "flood": flood,
     "pkt-udp": pkt_udp, "pkt-vlan": pkt_vlan, "pkt-ethertype": pkt_ethertype, "pkt-arp": pkt_arp, "pkt-arp-plain": pkt_arp_plain, "pkt-nd": pkt_nd,

@@ -473,7 +473,9 @@ pub struct SockInfo {
     pub comm: [u8; COMM_LEN],
     /// `SOCK_*` flags.
     pub flags: u32,
-    pub _pad: u32,
+    /// The cached verdict's sequence lock: odd while a program writes it.
+    /// (Where padding was: storage an older object wrote reads as 0.)
+    pub cache_seq: u32,
 }
 
 /// The socket made an outbound connection (connect allowed).

@@ -21,6 +21,7 @@ use aya_ebpf::bindings::{__sk_buff, bpf_sock};
 use contain_common::{ip_proto, SockInfo, Verdict, CACHE_ALLOW, SOCK_OUTBOUND, UNKNOWN_POLICY_ID};
 
 use crate::{
+    cache,
     decide::{count, Epochs},
     packet::{ethertype, ETH_P_IP, ETH_P_IPV6, TCP_ACK, TCP_SYN},
     LOOPBACK_IFINDEX, SOCK_STREAM,
@@ -36,23 +37,6 @@ struct Headers {
     proto: u8,
     tcp_flags: u8,
 }
-
-/// The last word of the cached verdict, laid out as [`SockInfo`] has it:
-/// `cache_policy_id`, `cache_port`, `cache_proto`, `cache_state`.
-const CACHE_TAIL: usize = core::mem::offset_of!(SockInfo, cache_policy_id);
-const _: () = {
-    use core::mem::offset_of;
-    assert!(offset_of!(SockInfo, cache_epoch) == 0);
-    assert!(offset_of!(SockInfo, cache_cgroup_epoch) == 8);
-    assert!(offset_of!(SockInfo, cache_addr) == 16);
-    assert!(CACHE_TAIL == 32);
-    assert!(offset_of!(SockInfo, cache_port) == CACHE_TAIL + 4);
-    assert!(offset_of!(SockInfo, cache_proto) == CACHE_TAIL + 6);
-    assert!(offset_of!(SockInfo, cache_state) == CACHE_TAIL + 7);
-    assert!(core::mem::align_of::<SockInfo>() == 8);
-    // The words are compared as little-endian loads of key bytes.
-    assert!(cfg!(target_endian = "little"));
-};
 
 /// `::1` as [`address_words`] reads it.
 const LOOPBACK6_WORDS: [u64; 2] = [0, 1 << 56];
@@ -70,13 +54,6 @@ unsafe fn address_words(p: *const u8) -> [u64; 2] {
             u64::from_le_bytes(p.add(8).cast::<[u8; 8]>().read_unaligned()),
         ]
     }
-}
-
-/// The cache's tail word for an allow of `proto` to `port`, policy id left
-/// out (the low 32 bits).
-#[inline(always)]
-fn allow_tail(port: u16, proto: u8) -> u64 {
-    (port as u64) << 32 | (proto as u64) << 48 | (CACHE_ALLOW as u64) << 56
 }
 
 #[inline(always)]
@@ -202,37 +179,25 @@ pub fn allows_cached(skb: *mut __sk_buff, info: *mut SockInfo, epochs: &Epochs) 
     if info.is_null() {
         return false;
     }
-    // The cache is copied out in one go (volatile loads stay together, in
-    // order), a word at a time, as the full path reads it, before the
-    // headers: another CPU may be writing it for the same socket.
-    let words = info.cast::<u64>();
-    // SAFETY: the helper's storage pointer, non-null: five aligned words of
-    // a valid map value (the layout is asserted above).
-    let (epoch, stamp, addr_lo, addr_hi, tail) = unsafe {
-        (
-            core::ptr::read_volatile(words),
-            core::ptr::read_volatile(words.add(1)),
-            core::ptr::read_volatile(words.add(2)),
-            core::ptr::read_volatile(words.add(3)),
-            core::ptr::read_volatile(words.add(CACHE_TAIL / 8)),
-        )
+    // Copied out before the headers are read, as a whole or not at all:
+    // another CPU may be writing it for the same socket.
+    // SAFETY: the helper's storage pointer, non-null.
+    let Some(c) = (unsafe { cache::read(info) }) else {
+        return false;
     };
-    let policy_id = tail as u32;
+    let policy_id = c.policy_id();
     if epochs.cgroup == 0
-        || stamp != epochs.cgroup
-        || epoch != epochs.rules
+        || c.cgroup_epoch != epochs.cgroup
+        || c.epoch != epochs.rules
         || policy_id == UNKNOWN_POLICY_ID
-        || tail >> 56 != CACHE_ALLOW as u64
+        || c.state() != CACHE_ALLOW
     {
         return false;
     }
     let Some(h) = headers(skb) else {
         return false;
     };
-    if tail & !0xffff_ffff != allow_tail(h.port, h.proto)
-        || addr_lo != h.daddr[0]
-        || addr_hi != h.daddr[1]
-    {
+    if c.tail & !0xffff_ffff != cache::tail(h.port, h.proto, CACHE_ALLOW) || c.addr != h.daddr {
         return false;
     }
     count(policy_id, Verdict::Allow);

@@ -16,7 +16,12 @@
 //! No kprobes, fentry or LSM: they do not exist on the kernels contain runs on.
 #![no_std]
 #![no_main]
+// The cache's sequence lock takes a compare-and-swap (BPF_CMPXCHG), which
+// `core::sync::atomic` does not offer on this target.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
+mod cache;
 mod decide;
 mod established;
 mod maps;
@@ -41,8 +46,8 @@ use aya_ebpf::{
 };
 use contain_common::{
     file_id, ip_proto, stat, v4_mapped, ExecInfo, FileStamp, Hook, InboundKey, InboundPeer,
-    SockInfo, Verdict, CACHE_ALLOW, CACHE_AUDIT, CACHE_DENY, CACHE_EMPTY, COMM_LEN,
-    EVENT_REVOKED_FLOW, EXE_PATH_LEN, SOCK_OUTBOUND,
+    SockInfo, Verdict, CACHE_ALLOW, CACHE_EMPTY, COMM_LEN, EVENT_REVOKED_FLOW, EXE_PATH_LEN,
+    SOCK_OUTBOUND,
 };
 
 use crate::{
@@ -131,7 +136,7 @@ fn current_identity() -> SockInfo {
         cache_port: 0,
         cache_proto: 0,
         cache_state: CACHE_EMPTY,
-        _pad: 0,
+        cache_seq: 0,
     }
 }
 
@@ -298,6 +303,17 @@ fn judge_sock_addr<const V6: bool>(ctx: &SockAddrContext, hook: Hook, is_connect
     if gov.unrestricted {
         return ALLOW;
     }
+    // A send to where the socket's last send went, allowed under the same
+    // policy and rules epoch (this hook or the egress program decided it,
+    // under this socket's identity): no decision again.
+    if !is_connect && !info.is_null() {
+        // SAFETY: non-null storage pointer.
+        let hit = unsafe { cache::read(info) }.and_then(|c| c.verdict_for(&target, &gov, epoch));
+        if hit == Some(Verdict::Allow) {
+            count(gov.policy_id, Verdict::Allow);
+            return ALLOW;
+        }
+    }
     if !is_connect && target.proto == ip_proto::UDP {
         // SAFETY: the sock_addr context is what the helper takes.
         let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
@@ -314,15 +330,8 @@ fn judge_sock_addr<const V6: bool>(ctx: &SockAddrContext, hook: Hook, is_connect
         // egress hook, with EPERM and an event there. Only an allow is
         // remembered, so the first denied send reports.
         if decision.verdict() == Verdict::Allow && !info.is_null() {
-            // SAFETY: non-null storage pointer, owned by this socket.
-            remember(
-                unsafe { &mut *info },
-                &target,
-                &gov,
-                decision.verdict(),
-                epoch,
-                0,
-            );
+            // SAFETY: non-null storage pointer.
+            unsafe { cache::write(info, &target, &gov, decision.verdict(), epoch, 0) };
         }
         return ALLOW;
     }
@@ -331,11 +340,11 @@ fn judge_sock_addr<const V6: bool>(ctx: &SockAddrContext, hook: Hook, is_connect
         let _queued = report(cgroup_id, &gov, &who, &decision, &flow);
     }
     if !info.is_null() {
-        // SAFETY: non-null storage pointer, owned by this socket.
-        let i = unsafe { &mut *info };
-        remember(i, &target, &gov, decision.verdict(), epoch, 0);
+        // SAFETY: non-null storage pointer.
+        unsafe { cache::write(info, &target, &gov, decision.verdict(), epoch, 0) };
         if is_connect && decision.verdict() != Verdict::Deny {
-            i.flags |= SOCK_OUTBOUND;
+            // SAFETY: non-null storage pointer, owned by this socket.
+            unsafe { (*info).flags |= SOCK_OUTBOUND };
         }
     }
     judged(decision.verdict())
@@ -345,31 +354,6 @@ fn judge_sock_addr<const V6: bool>(ctx: &SockAddrContext, hook: Hook, is_connect
 fn current_cgroup() -> u64 {
     // SAFETY: helper without preconditions.
     unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() }
-}
-
-/// Caches `verdict` for the socket. `cgroup_checked` is the cgroup epoch
-/// under which `gov` was looked up for the socket's own cgroup (0 when it
-/// was not: the socket hooks judge under the caller's identity).
-#[inline(always)]
-fn remember(
-    info: &mut SockInfo,
-    target: &Target,
-    gov: &Governance,
-    verdict: Verdict,
-    epoch: u64,
-    cgroup_checked: u64,
-) {
-    info.cache_epoch = epoch;
-    info.cache_cgroup_epoch = cgroup_checked;
-    info.cache_policy_id = gov.policy_id;
-    info.cache_addr = target.daddr;
-    info.cache_port = target.port;
-    info.cache_proto = target.proto;
-    info.cache_state = match verdict {
-        Verdict::Allow => CACHE_ALLOW,
-        Verdict::Deny => CACHE_DENY,
-        Verdict::Audit => CACHE_AUDIT,
-    };
 }
 
 #[cgroup_sock_addr(connect4)]
@@ -521,19 +505,32 @@ fn judge_packet(skb: *mut __sk_buff, scope: &Scope, info: *mut SockInfo, flow: &
     // and the cache is keyed by one (a verdict for port 0 is not one for
     // "no port").
     let uncached = source_routed || flow.later_fragment;
+    // The state alone, as it was: a hint for the revocation event below,
+    // never a verdict.
     // SAFETY: storage pointer from the helper, null or valid.
-    let (cached_before, hit) = match unsafe { info.as_ref() } {
-        Some(i) if !uncached => (i.cache_state, cached(i, &target, &gov, epochs.rules)),
-        Some(i) => (i.cache_state, None),
-        None => (CACHE_EMPTY, None),
+    let cached_before = unsafe { info.as_ref() }.map_or(CACHE_EMPTY, |i| unsafe {
+        core::ptr::read_volatile(&i.cache_state)
+    });
+    let hit = if uncached || info.is_null() {
+        None
+    } else {
+        // SAFETY: non-null storage pointer.
+        unsafe { cache::read(info) }.and_then(|c| c.verdict_for(&target, &gov, epochs.rules))
     };
     if hit == Some(Verdict::Allow) {
         // Checked against the socket's own cgroup just now: the flow's next
         // packets take the established path until a cgroup entry changes.
         // SAFETY: a hit means non-null storage.
-        if let Some(i) = unsafe { info.as_mut() } {
-            i.cache_cgroup_epoch = cgroup_checked(&gov, &epochs);
-        }
+        unsafe {
+            cache::write(
+                info,
+                &target,
+                &gov,
+                Verdict::Allow,
+                epochs.rules,
+                cgroup_checked(&gov, &epochs),
+            )
+        };
         count(gov.policy_id, Verdict::Allow);
         return ALLOW;
     }
@@ -598,20 +595,23 @@ fn judge_packet(skb: *mut __sk_buff, scope: &Scope, info: *mut SockInfo, flow: &
         // into bit arithmetic that kernel 6.1's verifier cannot follow.)
         return judged(decision.verdict());
     }
-    // SAFETY: storage pointer from the helper, null or valid.
-    if let Some(i) = unsafe { info.as_mut() } {
-        remember(
-            i,
-            &target,
-            &gov,
-            decision.verdict(),
-            epochs.rules,
-            cgroup_checked(&gov, &epochs),
-        );
+    if !info.is_null() {
+        // SAFETY: non-null storage pointer.
+        unsafe {
+            cache::write(
+                info,
+                &target,
+                &gov,
+                decision.verdict(),
+                epochs.rules,
+                cgroup_checked(&gov, &epochs),
+            )
+        };
         // A SYN no connect() hook judged (TCP Fast Open's sendto): the
         // flow is outbound all the same, and re-judged as such.
         if flow.proto == ip_proto::TCP && is_opening(flow) && decision.verdict() != Verdict::Deny {
-            i.flags |= SOCK_OUTBOUND;
+            // SAFETY: non-null storage pointer, owned by this socket.
+            unsafe { (*info).flags |= SOCK_OUTBOUND };
         }
     }
     judged(decision.verdict())
@@ -704,24 +704,6 @@ fn judged(v: Verdict) -> i32 {
     } else {
         ALLOW
     }
-}
-
-#[inline(always)]
-fn cached(i: &SockInfo, target: &Target, gov: &Governance, epoch: u64) -> Option<Verdict> {
-    if i.cache_state == CACHE_EMPTY
-        || i.cache_epoch != epoch
-        || i.cache_policy_id != gov.policy_id
-        || i.cache_proto != target.proto
-        || i.cache_port != target.port
-        || i.cache_addr != target.daddr
-    {
-        return None;
-    }
-    Some(match i.cache_state {
-        CACHE_ALLOW => Verdict::Allow,
-        CACHE_AUDIT => Verdict::Audit,
-        _ => Verdict::Deny,
-    })
 }
 
 /// The cgroup epoch to stamp on a verdict the egress program cached after
