@@ -448,6 +448,28 @@ def cache_race(src, allowed, denied, port, marker, seconds):
         denied_sent=counts["denied"][0], denied_refused=counts["denied"][1])
 
 
+def revoked_claim(src, allowed, port, denied, dport, count):
+    """One raw socket alternates a UDP datagram to an allowed peer (its
+    verdict, an allow, cached on the socket) and a TCP segment to a denied
+    address: each denied segment meets a cache that says "allow", for
+    another flow. Counted as revocations, they would pass the event rate
+    limit and flood the events."""
+    ok = ip4(src, allowed, 17, udp_hdr(40003, int(port), b"ok"))
+    tcp = struct.pack("!HHIIBBHHH", 40004, int(dport), 1, 1, 5 << 4, 0x18, 512, 0, 0) + b"x" * 16
+    bad = ip4(src, denied, 6, tcp)
+    sent = refused = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as s:
+        for _ in range(int(count)):
+            for packet, dst in ((ok, allowed), (bad, denied)):
+                try:
+                    s.sendto(packet, (dst, 0))
+                    sent += 1
+                except OSError:
+                    refused += 1
+    say(sent=sent, refused=refused)
+    time.sleep(1)
+
+
 def frag4_later(src, dst, port, marker):
     # Only a later fragment (offset 64 bytes): no transport header to judge.
     raw4_send([ip4(src, dst, 17, payload(marker, 64), frag=8, ident=0x1111)], dst)
@@ -1015,7 +1037,7 @@ COMMANDS = {
     "as-comm": lambda name, *rest: as_comm(name, list(rest)),
     "sendto-unspec": sendto_unspec, "raw4": raw4, "cache-race": cache_race, "frag4-later": frag4_later, "frag4-after-cached": frag4_after_cached, "frag4-overlap": frag4_overlap,
     "frag4-tiny": frag4_tiny, "v6-ext": v6_ext, "v6-frag-hidden": v6_frag_hidden, "v6-srh-raw": v6_srh_raw, "tfo": tfo,
-    "sendmmsg": sendmmsg, "mcast-reply": mcast_reply, "v6-srh-segleft": v6_srh_segleft, "v6-ext7-srh": v6_ext7_srh, "reflect-echo6": reflect_echo6, "reflect-echo4": reflect_echo4, "reflect-rst4": reflect_rst4, "stream-mptcp": stream_mptcp, "revoked-flood": revoked_flood, "fdpass": fdpass, "fd-create": fd_create, "flood": flood,
+    "sendmmsg": sendmmsg, "mcast-reply": mcast_reply, "v6-srh-segleft": v6_srh_segleft, "v6-ext7-srh": v6_ext7_srh, "reflect-echo6": reflect_echo6, "reflect-echo4": reflect_echo4, "reflect-rst4": reflect_rst4, "stream-mptcp": stream_mptcp, "revoked-flood": revoked_flood, "revoked-claim": revoked_claim, "fdpass": fdpass, "fd-create": fd_create, "flood": flood,
     "pkt-udp": pkt_udp, "pkt-vlan": pkt_vlan, "pkt-ethertype": pkt_ethertype, "pkt-arp": pkt_arp, "pkt-arp-plain": pkt_arp_plain, "pkt-nd": pkt_nd,
     "pkt-lo": pkt_lo, "tcp-forged-accept": tcp_forged_accept, "xdp-udp": xdp_udp, "dns-forwarder": dns_forwarder, "udp-ask": udp_ask,
 }

@@ -419,6 +419,8 @@ const PROBES: &[Probe] = &[
         "a byte of the flow captured > 1 s after apply returned", "the flow's bytes arrive before the revocation", p_x_mptcp_revocation),
     probe!("x-revoked-flood", "300 TCP flows to the allowed peer, each then given an LSRR through a denied hop; count events",
         "a segment naming the denied hop captured; filtered: more events in one second than the cgroup's rate", "-", p_x_revoked_flood),
+    probe!("x-revoked-claim", "one raw socket alternates 600 times: UDP to the allowed peer (an allow cached), TCP to a denied address; count events",
+        "a denied segment captured; filtered: more events in one second than the cgroup's rate (denials claiming a revoked flow)", "-", p_x_revoked_claim),
     probe!("x-mcast-reply", "UDP socket joins 224.0.0.251:5353; a raw datagram from a spoofed denied address to the group loops back to it; it answers (mDNS allowed)",
         "marker captured", "plain UDP4",
         simple(&[
@@ -936,11 +938,33 @@ async fn p_x_mptcp_revocation(cx: &mut Ctx) -> Outcome {
 }
 
 async fn p_x_revoked_flood(cx: &mut Ctx) -> Outcome {
+    flood_within_rate(cx, &["revoked-flood", PEER4, SINK, PEER4_OTHER, "300"]).await
+}
+
+async fn p_x_revoked_claim(cx: &mut Ctx) -> Outcome {
+    flood_within_rate(
+        cx,
+        &[
+            "revoked-claim",
+            CT4,
+            PEER4,
+            "5353",
+            PEER4_OTHER,
+            SINK,
+            "600",
+        ],
+    )
+    .await
+}
+
+/// `attack` sends denied packets as fast as it can: they must not reach the
+/// peer, and filtered, the cgroup's events must stay within its rate.
+async fn flood_within_rate(cx: &mut Ctx, attack: &[&str]) -> Outcome {
     let t = now();
-    let out = cx.attack(&["revoked-flood", PEER4, SINK, PEER4_OTHER, "300"]);
+    let out = cx.attack(attack);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut o = Outcome {
-        // Without a filter the source-routed segments reach the peer.
+        // Without a filter the denied packets reach the peer.
         leaked: cx.seen(t, |p| names_denied(p) && from_container(p)),
         control: true,
         notes: vec![format!("attack: {out}")],

@@ -65,24 +65,42 @@ impl Cached {
         self.tail as u32
     }
 
-    /// Whether it is the verdict for `target` under `gov`'s policy and rules
-    /// epoch `epoch`, and which.
+    /// Whether it is the verdict for `target` under `gov`'s policy, mode and
+    /// rules epoch `epoch`, and which. A miss's verdict (audit or deny) holds
+    /// only while the cgroup's mode still gives it: a cgroup entry that goes
+    /// and comes back in the other mode moves no rules epoch.
     #[inline(always)]
     pub fn verdict_for(&self, target: &Target, gov: &Governance, epoch: u64) -> Option<Verdict> {
         let state = self.state();
         if state == contain_common::CACHE_EMPTY
             || self.epoch != epoch
             || self.policy_id() != gov.policy_id
-            || self.tail >> 32 != tail(target.port, target.proto, state) >> 32
-            || self.addr != words(&target.daddr)
+            || !self.is_for(target, state)
         {
             return None;
         }
-        Some(match state {
+        let verdict = match state {
             CACHE_ALLOW => Verdict::Allow,
             CACHE_AUDIT => Verdict::Audit,
             _ => Verdict::Deny,
-        })
+        };
+        if verdict != Verdict::Allow && verdict != gov.on_miss {
+            return None;
+        }
+        Some(verdict)
+    }
+
+    /// Whether it allowed `target` itself, under whatever policy and epoch:
+    /// a deny now revokes that flow.
+    #[inline(always)]
+    pub fn allowed(&self, target: &Target) -> bool {
+        self.is_for(target, CACHE_ALLOW)
+    }
+
+    #[inline(always)]
+    fn is_for(&self, target: &Target, state: u8) -> bool {
+        self.tail >> 32 == tail(target.port, target.proto, state) >> 32
+            && self.addr == words(&target.daddr)
     }
 }
 

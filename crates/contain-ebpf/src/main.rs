@@ -46,8 +46,7 @@ use aya_ebpf::{
 };
 use contain_common::{
     file_id, ip_proto, stat, v4_mapped, ExecInfo, FileStamp, Hook, InboundKey, InboundPeer,
-    SockInfo, Verdict, CACHE_ALLOW, CACHE_EMPTY, COMM_LEN, EVENT_REVOKED_FLOW, EXE_PATH_LEN,
-    SOCK_OUTBOUND,
+    SockInfo, Verdict, CACHE_EMPTY, COMM_LEN, EVENT_REVOKED_FLOW, EXE_PATH_LEN, SOCK_OUTBOUND,
 };
 
 use crate::{
@@ -505,17 +504,22 @@ fn judge_packet(skb: *mut __sk_buff, scope: &Scope, info: *mut SockInfo, flow: &
     // and the cache is keyed by one (a verdict for port 0 is not one for
     // "no port").
     let uncached = source_routed || flow.later_fragment;
-    // The state alone, as it was: a hint for the revocation event below,
-    // never a verdict.
-    // SAFETY: storage pointer from the helper, null or valid.
-    let cached_before = unsafe { info.as_ref() }.map_or(CACHE_EMPTY, |i| unsafe {
-        core::ptr::read_volatile(&i.cache_state)
-    });
-    let hit = if uncached || info.is_null() {
-        None
+    // The cached verdict for this flow, and whether the cache allowed this
+    // very flow before (a deny now revokes it: reported past the rate limit,
+    // and the loader aborts the socket). Never from the state alone: a cache
+    // that allowed another destination would let every denied packet claim
+    // a revocation and flood the events.
+    let (hit, allowed_before) = if uncached || info.is_null() {
+        (None, false)
     } else {
         // SAFETY: non-null storage pointer.
-        unsafe { cache::read(info) }.and_then(|c| c.verdict_for(&target, &gov, epochs.rules))
+        match unsafe { cache::read(info) } {
+            Some(c) => (
+                c.verdict_for(&target, &gov, epochs.rules),
+                c.allowed(&target),
+            ),
+            None => (None, false),
+        }
     };
     if hit == Some(Verdict::Allow) {
         // Checked against the socket's own cgroup just now: the flow's next
@@ -575,10 +579,7 @@ fn judge_packet(skb: *mut __sk_buff, scope: &Scope, info: *mut SockInfo, flow: &
             // Source-routed packets and later fragments are never cached, so
             // their socket's cache still says allow: they are not a
             // revocation (and must not escape the rate limit as one).
-            if decision.verdict() == Verdict::Deny
-                && flow.proto == ip_proto::TCP
-                && cached_before == CACHE_ALLOW
-                && !uncached
+            if decision.verdict() == Verdict::Deny && flow.proto == ip_proto::TCP && allowed_before
             {
                 // The loader aborts exactly this socket; other events go
                 // without the cookie (a helper call on the deny path).
