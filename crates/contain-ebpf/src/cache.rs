@@ -24,7 +24,7 @@ use contain_common::Verdict;
 
 /// The cache's last word as [`SockInfo`] lays it out: `cache_policy_id`,
 /// `cache_port`, `cache_proto`, `cache_state`.
-pub const TAIL: usize = core::mem::offset_of!(SockInfo, cache_policy_id);
+const TAIL: usize = core::mem::offset_of!(SockInfo, cache_policy_id);
 const _: () = {
     use core::mem::offset_of;
     assert!(offset_of!(SockInfo, cache_epoch) == 0);
@@ -99,22 +99,37 @@ impl Cached {
 
     #[inline(always)]
     fn is_for(&self, target: &Target, state: u8) -> bool {
-        self.tail >> 32 == tail(target.port, target.proto, state) >> 32
-            && self.addr == words(&target.daddr)
+        self.is_state_of(words(&target.daddr), target.port, target.proto, state)
+    }
+
+    /// Whether it is verdict `state` for `proto` to `port` at the address
+    /// [`words`] gives as `addr`, under whatever policy and epoch.
+    #[inline(always)]
+    pub fn is_state_of(&self, addr: [u64; 2], port: u16, proto: u8, state: u8) -> bool {
+        self.tail >> 32 == tail(port, proto, state) >> 32 && self.addr == addr
     }
 }
 
 /// The tail word of a verdict `state` for `proto` to `port`, policy id 0.
 #[inline(always)]
-pub fn tail(port: u16, proto: u8, state: u8) -> u64 {
+fn tail(port: u16, proto: u8, state: u8) -> u64 {
     (port as u64) << 32 | (proto as u64) << 48 | (state as u64) << 56
 }
 
 /// 16 key bytes as the two little-endian words the cache compares.
 #[inline(always)]
 pub fn words(addr: &[u8; 16]) -> [u64; 2] {
-    let p = addr.as_ptr();
-    // SAFETY: 16 bytes from `p`.
+    // SAFETY: 16 bytes from the array's start.
+    unsafe { words_at(addr.as_ptr()) }
+}
+
+/// 16 address bytes at `p` (a packet's, say) as [`words`] gives them.
+///
+/// # Safety
+/// 16 bytes from `p` must be readable.
+#[inline(always)]
+pub unsafe fn words_at(p: *const u8) -> [u64; 2] {
+    // SAFETY: per the caller's contract.
     unsafe {
         [
             u64::from_le_bytes(p.cast::<[u8; 8]>().read_unaligned()),

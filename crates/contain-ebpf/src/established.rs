@@ -38,23 +38,8 @@ struct Headers {
     tcp_flags: u8,
 }
 
-/// `::1` as [`address_words`] reads it.
+/// `::1` as [`cache::words`] gives it.
 const LOOPBACK6_WORDS: [u64; 2] = [0, 1 << 56];
-
-/// 16 address bytes at `p` as two little-endian words.
-///
-/// # Safety
-/// 16 bytes from `p` must be within the packet.
-#[inline(always)]
-unsafe fn address_words(p: *const u8) -> [u64; 2] {
-    // SAFETY: per the caller's contract.
-    unsafe {
-        [
-            u64::from_le_bytes(p.cast::<[u8; 8]>().read_unaligned()),
-            u64::from_le_bytes(p.add(8).cast::<[u8; 8]>().read_unaligned()),
-        ]
-    }
-}
 
 #[inline(always)]
 fn be16(p: *const u8) -> u16 {
@@ -145,7 +130,7 @@ fn headers(skb: *mut __sk_buff) -> Option<Headers> {
             }
             // SAFETY: 40 bytes from `data` are within the packet.
             let (version, proto, daddr) =
-                unsafe { (*ip >> 4, *ip.add(6), address_words(ip.add(24))) };
+                unsafe { (*ip >> 4, *ip.add(6), cache::words_at(ip.add(24))) };
             // The next header must be the transport itself: an extension
             // header (a routing header above all) takes the full path.
             if version != 6 {
@@ -153,7 +138,7 @@ fn headers(skb: *mut __sk_buff) -> Option<Headers> {
             }
             if ifindex == LOOPBACK_IFINDEX {
                 // SAFETY: as above.
-                let saddr = unsafe { address_words(ip.add(8)) };
+                let saddr = unsafe { cache::words_at(ip.add(8)) };
                 if saddr != LOOPBACK6_WORDS && saddr != daddr {
                     return None;
                 }
@@ -197,7 +182,7 @@ pub fn allows_cached(skb: *mut __sk_buff, info: *mut SockInfo, epochs: &Epochs) 
     let Some(h) = headers(skb) else {
         return false;
     };
-    if c.tail & !0xffff_ffff != cache::tail(h.port, h.proto, CACHE_ALLOW) || c.addr != h.daddr {
+    if !c.is_state_of(h.daddr, h.port, h.proto, CACHE_ALLOW) {
         return false;
     }
     count(policy_id, Verdict::Allow);
