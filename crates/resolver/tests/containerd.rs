@@ -23,7 +23,7 @@ use test_kit::{
     cgroup::remove_tree as remove_cgroup_tree,
     cleanup::dead_owner,
     containerd::{self, Containerd},
-    process::run_quiet,
+    lab::{self, VethEnd},
 };
 
 /// The private containerd's directory: `<prefix><pid>`.
@@ -230,7 +230,8 @@ impl Drop for Env {
         {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with(&link_prefix(self.pid)) {
-                run_quiet("ip", &["link", "del", &name]);
+                // Gone already if its container's namespace went first.
+                let _ = lab::delete_link(&name);
             }
         }
         if let Ok(dir) = std::env::var("RESOLVER_TEST_LOG_DIR") {
@@ -311,21 +312,8 @@ async fn resolver_follows_a_real_containerd() {
     let p_d2 = env.run_container("moby", &d2, &[], &[]);
     // A CNI plugin's work: a veth whose peer goes into c1's namespace.
     let veth0 = format!("{}0", link_prefix(pid));
-    run(
-        "ip",
-        &[
-            "link",
-            "add",
-            &veth0,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth1",
-            "netns",
-            &p_c1.to_string(),
-        ],
-    );
+    lab::add_veth(VethEnd::own(&veth0), VethEnd::of_process(p_c1, "eth1"))
+        .unwrap_or_else(|e| panic!("{e}"));
     // Docker's side: d1 through the API, d2 only through config.v2.json.
     env.serve_docker_api(format!(
         r#"[{{"Id":"{d1}","Names":["/web"],"Image":"nginx:1.25","Labels":{{"egress":"block","tier":"public"}}}}]"#

@@ -25,8 +25,8 @@ use resolver::{
 };
 use test_kit::{
     cgroup::Cgroup,
-    lab::Netns,
-    process::{run_quiet, Proc},
+    lab::{self, Netns, VethEnd},
+    process::Proc,
 };
 
 const CG_PREFIX: &str = "contain-test-resolver-";
@@ -74,32 +74,32 @@ impl Scene {
         name
     }
 
+    /// Deletes namespace `name` of this scene now (a container gone).
+    fn delete_netns(&mut self, name: &str) {
+        let at = self
+            .netns
+            .iter()
+            .position(|ns| ns.name() == name)
+            .unwrap_or_else(|| panic!("no namespace {name} in this scene"));
+        self.netns
+            .remove(at)
+            .delete()
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
     /// A veth pair: host side `crv<tag><n>`, peer `eth<n>` inside `netns`.
     fn veth(&mut self, n: &str, netns: &str) -> (String, u32) {
         let host = format!("{LINK_PREFIX}{}{n}", self.tag);
         assert!(host.len() <= 15, "interface name {host} too long");
-        run_quiet("ip", &["link", "del", &host]);
+        // A stale one of this name, if any.
+        let _ = lab::delete_link(&host);
         let peer = format!("eth{n}");
-        run(
-            "ip",
-            &[
-                "link", "add", &host, "type", "veth", "peer", "name", &peer, "netns", netns,
-            ],
-        );
+        lab::add_veth(VethEnd::own(&host), VethEnd::new(netns, &peer))
+            .unwrap_or_else(|e| panic!("{e}"));
         self.links.push(host.clone());
-        let peer_ifindex: u32 = run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                netns,
-                "cat",
-                &format!("/sys/class/net/{peer}/ifindex"),
-            ],
-        )
-        .trim()
-        .parse()
-        .expect("peer ifindex");
+        let peer_ifindex = lab::link_in(netns, &peer)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .ifindex;
         (host, peer_ifindex)
     }
 
@@ -113,17 +113,18 @@ impl Scene {
     /// `sleep` in cgroup `cg` and (if given) network namespace `netns`;
     /// returns once it is `sleep` in both.
     fn process(&mut self, cg: &Path, netns: Option<&str>) -> u32 {
-        let exec = match netns {
-            Some(ns) => format!("exec ip netns exec {ns} sleep 600"),
-            None => "exec sleep 600".to_string(),
+        let child = match netns {
+            // Through `ip netns exec`, which gives it a mount namespace of
+            // its own too, as a container has.
+            Some(ns) => lab::in_cgroup_ns_cmd(cg, ns, &["sleep".into(), "600".into()])
+                .spawn()
+                .expect("spawning sh"),
+            None => {
+                let mut sleep = Command::new("sleep");
+                sleep.arg("600");
+                lab::spawn_in(sleep, None, Some(cg)).unwrap_or_else(|e| panic!("{e}"))
+            }
         };
-        let child = Command::new("sh")
-            .args([
-                "-c",
-                &format!("echo $$ > {}/cgroup.procs && {exec}", cg.display()),
-            ])
-            .spawn()
-            .expect("spawning sh");
         let proc = Proc(child);
         let pid = proc.pid();
         self.procs.push(proc);
@@ -156,7 +157,8 @@ impl Drop for Scene {
     fn drop(&mut self) {
         self.procs.clear();
         for l in &self.links {
-            run_quiet("ip", &["link", "del", l]);
+            // A test may have deleted it already.
+            let _ = lab::delete_link(l);
         }
         self.netns.clear();
         let socket = std::env::temp_dir().join(format!("{SOCKET_PREFIX}{}.sock", self.tag));
@@ -240,7 +242,7 @@ async fn maps_veth_to_netns_to_pid_to_cgroup_from_events() {
         inode(&cg_a),
         "cgroup id is the inode of the cgroup directory"
     );
-    assert_eq!(a.netns_inode, inode(Path::new(&format!("/run/netns/{ns}"))));
+    assert_eq!(a.netns_inode, inode(&lab::netns_path(&ns)));
     assert!(!a.host_network);
     assert_eq!(a.host_veths.len(), 1);
     assert_eq!(
@@ -307,7 +309,7 @@ async fn maps_veth_to_netns_to_pid_to_cgroup_from_events() {
     watcher.converge(&client, WAIT).await;
 
     // The first veth vanishes.
-    run("ip", &["link", "del", &veth0]);
+    lab::delete_link(&veth0).unwrap_or_else(|e| panic!("{e}"));
     let a = wait_for(&client, WAIT, "a keeps only the second veth", |s| {
         find(s, "test", "a")
             .filter(|a| a.host_veths.len() == 1)
@@ -414,8 +416,8 @@ async fn containers_coming_and_going_quickly() {
         upsert(&daemon, rc(&format!("q{i}"), pid)).await;
         if i % 2 == 1 {
             scene.kill(pid);
-            run("ip", &["link", "del", &veth]);
-            run("ip", &["netns", "del", &ns]);
+            lab::delete_link(&veth).unwrap_or_else(|e| panic!("{e}"));
+            scene.delete_netns(&ns);
             daemon
                 .sender()
                 .send(SourceEvent::Remove {

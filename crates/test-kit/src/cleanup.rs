@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{cgroup, containerd, process};
+use crate::{cgroup, containerd, lab, process};
 
 /// The pid of the run that made `name` (`<prefix><pid>…`), if that run is
 /// dead: its leftovers are safe to remove. Never this process.
@@ -36,7 +36,8 @@ pub fn sweep_dead_runs(prefix: &str) {
     }
     for name in names_in(Path::new("/sys/class/net")) {
         if dead(&name) {
-            process::run_quiet("ip", &["link", "del", &name]);
+            // A veth may go with its namespace, deleted above, meanwhile.
+            let _ = lab::delete_link(&name);
         }
     }
     if let Ok(root) = cgroup::cgroup2_mount() {

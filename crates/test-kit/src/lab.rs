@@ -49,11 +49,21 @@ impl Netns {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// Deletes the namespace now, failing if it cannot (a drop only tries:
+    /// what it removes may be gone already).
+    pub fn delete(mut self) -> Result<()> {
+        let name = std::mem::take(&mut self.name);
+        process::run("ip", &["netns", "del", &name]).map(drop)
+    }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        process::run_quiet("ip", &["netns", "del", &self.name]);
+        // Empty once `delete` has deleted it.
+        if !self.name.is_empty() {
+            process::run_quiet("ip", &["netns", "del", &self.name]);
+        }
     }
 }
 
@@ -153,22 +163,52 @@ pub fn disable_ipv6(ns: &str) -> Result<()> {
     )
 }
 
+/// A network namespace as `ip` can reach one: this process's own, one
+/// that [`Netns`] named, or the one a process (a container's init) is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetnsRef<'a> {
+    /// The namespace this process runs in (on a test host, the host's).
+    Own,
+    /// One [`Netns`] made, by its name.
+    Named(&'a str),
+    /// The namespace process `pid` is in.
+    OfProcess(u32),
+}
+
 /// One end of a veth pair: its namespace, its name and, if given, its MAC
 /// address and ifindex.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct VethEnd<'a> {
-    pub ns: &'a str,
+    pub ns: NetnsRef<'a>,
     pub name: &'a str,
     pub mac: Option<&'a str>,
     pub index: Option<u32>,
 }
 
 impl<'a> VethEnd<'a> {
+    /// An end in namespace `ns` (made by [`Netns`]).
     pub fn new(ns: &'a str, name: &'a str) -> VethEnd<'a> {
+        VethEnd::at(NetnsRef::Named(ns), name)
+    }
+
+    /// An end in this process's own namespace: a container's host side, as
+    /// a CNI plugin leaves it.
+    pub fn own(name: &'a str) -> VethEnd<'a> {
+        VethEnd::at(NetnsRef::Own, name)
+    }
+
+    /// An end in the namespace process `pid` is in: a container's side,
+    /// when the container's namespace has no name.
+    pub fn of_process(pid: u32, name: &'a str) -> VethEnd<'a> {
+        VethEnd::at(NetnsRef::OfProcess(pid), name)
+    }
+
+    fn at(ns: NetnsRef<'a>, name: &'a str) -> VethEnd<'a> {
         VethEnd {
             ns,
             name,
-            ..VethEnd::default()
+            mac: None,
+            index: None,
         }
     }
 
@@ -188,7 +228,8 @@ impl<'a> VethEnd<'a> {
 }
 
 /// Makes the veth pair `a` — `b` (both down), `b` moved into its own
-/// namespace when that is not `a`'s.
+/// namespace when that is not `a`'s. `a` is made where it is, so it must be
+/// in a namespace `ip` runs in: this process's or a named one.
 pub fn add_veth(a: VethEnd<'_>, b: VethEnd<'_>) -> Result<()> {
     fn options<'s>(mac: Option<&'s str>, index: Option<&'s str>, args: &mut Vec<&'s str>) {
         if let Some(mac) = mac {
@@ -202,14 +243,34 @@ pub fn add_veth(a: VethEnd<'_>, b: VethEnd<'_>) -> Result<()> {
         a.index.map(|i| i.to_string()),
         b.index.map(|i| i.to_string()),
     );
+    // `ip link ... netns` takes a namespace's name or a process in it.
+    let b_netns = match b.ns {
+        NetnsRef::Own => std::process::id().to_string(),
+        NetnsRef::Named(ns) => ns.to_string(),
+        NetnsRef::OfProcess(pid) => pid.to_string(),
+    };
     let mut args = vec!["link", "add", a.name];
     options(a.mac, a_index.as_deref(), &mut args);
     args.extend(["type", "veth", "peer", "name", b.name]);
     options(b.mac, b_index.as_deref(), &mut args);
     if b.ns != a.ns {
-        args.extend(["netns", b.ns]);
+        args.extend(["netns", &b_netns]);
     }
-    ip(a.ns, &args).map(drop)
+    match a.ns {
+        NetnsRef::Own => process::run("ip", &args).map(drop),
+        NetnsRef::Named(ns) => ip(ns, &args).map(drop),
+        NetnsRef::OfProcess(pid) => Err(Error::Setup(format!(
+            "veth {} — {}: `ip` cannot make a link inside process {pid}'s namespace; \
+             give that end second, it is moved there",
+            a.name, b.name
+        ))),
+    }
+}
+
+/// Deletes link `name` of this process's namespace (a veth takes its peer
+/// with it).
+pub fn delete_link(name: &str) -> Result<()> {
+    process::run("ip", &["link", "del", name]).map(drop)
 }
 
 /// Sets link `dev` of namespace `ns` up.

@@ -1,21 +1,36 @@
 //! The lab's pieces against the real host (root): a namespace and a cgroup
-//! made, used and removed, a process inside killed with its cgroup.
+//! made, used and removed, a process inside killed with its cgroup; veths
+//! between this process's namespace and others, made and deleted.
 
 use std::process::Command;
 
-use test_kit::{cgroup, cleanup, lab, privileged, process};
+use test_kit::{
+    cgroup, cleanup,
+    lab::{self, VethEnd},
+    privileged, process,
+};
 
 const PREFIX: &str = "contain-kit-";
+/// Links of this namespace: `ckit<pid>…` (a link's name has 15 bytes at
+/// most).
+const LINK_PREFIX: &str = "ckit";
+
+/// Whether `test` may run (as root; otherwise it is recorded as skipped),
+/// once what dead runs of these tests left is swept away.
+fn root_and_swept(test: &str) -> bool {
+    if !privileged::root_or_skip(test, "network namespaces, links and cgroups") {
+        return false;
+    }
+    cleanup::sweep_dead_runs(PREFIX);
+    cleanup::sweep_dead_runs(LINK_PREFIX);
+    true
+}
 
 #[test]
 fn a_netns_a_cgroup_and_their_process_are_made_and_removed() {
-    if !privileged::root_or_skip(
-        "a_netns_a_cgroup_and_their_process_are_made_and_removed",
-        "network namespaces and cgroups",
-    ) {
+    if !root_and_swept("a_netns_a_cgroup_and_their_process_are_made_and_removed") {
         return;
     }
-    cleanup::sweep_dead_runs(PREFIX);
     let name = format!("{PREFIX}{}", std::process::id());
     let dir = cgroup::cgroup2_mount().expect("cgroup2").join(&name);
     let made = cgroup::Cgroup::create(&dir).expect("creating the cgroup");
@@ -65,4 +80,59 @@ fn a_netns_a_cgroup_and_their_process_are_made_and_removed() {
         !lab::netns_path(&name).exists(),
         "the namespace is gone on drop"
     );
+}
+
+#[test]
+fn veths_join_this_namespace_to_a_named_one_and_to_a_process_s() {
+    if !root_and_swept("veths_join_this_namespace_to_a_named_one_and_to_a_process_s") {
+        return;
+    }
+    let pid = std::process::id();
+    let ns = lab::Netns::new(&format!("{PREFIX}{pid}-v")).expect("creating the namespace");
+    let mut sleeper = Command::new("sleep");
+    sleeper.arg("600");
+    let inside = process::Proc(lab::spawn_in(sleeper, Some(ns.name()), None).expect("spawning"));
+    let (to_process, to_named) = (
+        format!("{LINK_PREFIX}{pid}p"),
+        format!("{LINK_PREFIX}{pid}n"),
+    );
+
+    // Here → the namespace of a process in it, as a CNI plugin plugs a
+    // container whose namespace has no name.
+    lab::add_veth(
+        VethEnd::own(&to_process),
+        VethEnd::of_process(inside.pid(), "eth0"),
+    )
+    .expect("a veth into the process's namespace");
+    assert!(lab::ifindex(&to_process).expect("its host end") > 1);
+    assert!(
+        lab::link_in(ns.name(), "eth0").is_ok(),
+        "its peer is inside"
+    );
+    // Made from the named namespace, its peer moved here.
+    lab::add_veth(VethEnd::new(ns.name(), "eth1"), VethEnd::own(&to_named))
+        .expect("a veth from the named namespace");
+    assert!(lab::ifindex(&to_named).is_ok(), "its peer is here");
+    assert!(
+        lab::add_veth(VethEnd::of_process(inside.pid(), "x0"), VethEnd::own("x1")).is_err(),
+        "`ip` cannot make a link inside a namespace it has no name for"
+    );
+
+    for host_end in [&to_process, &to_named] {
+        lab::delete_link(host_end).expect("deleting the host end");
+        assert!(lab::ifindex(host_end).is_err(), "{host_end} is gone");
+    }
+    assert!(
+        lab::link_in(ns.name(), "eth0").is_err() && lab::link_in(ns.name(), "eth1").is_err(),
+        "the peers went with their host ends"
+    );
+    assert!(
+        lab::delete_link(&to_process).is_err(),
+        "deleting twice fails"
+    );
+
+    drop(inside);
+    let path = lab::netns_path(ns.name());
+    ns.delete().expect("deleting the namespace");
+    assert!(!path.exists(), "the namespace is gone at once");
 }

@@ -1,6 +1,7 @@
 //! Helpers of the resolver's integration tests: a tarpc client, waiting
-//! for the inventory, a watcher's copy of it; the host side (commands,
-//! cgroups, cleanup by name, the root-only tier) is test-kit's.
+//! for the inventory, a watcher's copy of it; the host side (namespaces,
+//! veths, processes, cgroups, cleanup by name, the root-only tier) is
+//! test-kit's.
 #![allow(dead_code)]
 
 use std::{
@@ -15,12 +16,6 @@ use proto::resolver::{Container, ResolverClient, Snapshot, WatchReply};
 /// (test-kit's `privileged`).
 pub fn root_or_skip(test: &str) -> bool {
     test_kit::privileged::root_or_skip(test, "network namespaces, veths, cgroups")
-}
-
-/// Runs a command; panics with its output if it cannot run or fails.
-pub fn run(cmd: &str, args: &[&str]) -> String {
-    test_kit::process::run(cmd, args)
-        .unwrap_or_else(|e| panic!("prerequisite missing or failed: {e}"))
 }
 
 /// The cgroup2 mount.
