@@ -119,23 +119,9 @@ fn tail(port: u16, proto: u8, state: u8) -> u64 {
 /// 16 key bytes as the two little-endian words the cache compares.
 #[inline(always)]
 pub fn words(addr: &[u8; 16]) -> [u64; 2] {
-    // SAFETY: 16 bytes from the array's start.
-    unsafe { words_at(addr.as_ptr()) }
-}
-
-/// 16 address bytes at `p` (a packet's, say) as [`words`] gives them.
-///
-/// # Safety
-/// 16 bytes from `p` must be readable.
-#[inline(always)]
-pub unsafe fn words_at(p: *const u8) -> [u64; 2] {
-    // SAFETY: per the caller's contract.
-    unsafe {
-        [
-            u64::from_le_bytes(p.cast::<[u8; 8]>().read_unaligned()),
-            u64::from_le_bytes(p.add(8).cast::<[u8; 8]>().read_unaligned()),
-        ]
-    }
+    let (low, high) = addr.split_at(8);
+    let word = |half: &[u8]| u64::from_le_bytes(half.try_into().unwrap_or([0; 8]));
+    [word(low), word(high)]
 }
 
 /// A consistent copy of `info`'s cache, or `None` while a program writes it.

@@ -24,7 +24,7 @@ use crate::{
     cache,
     decide::{count, Epochs},
     packet::{ethertype, ETH_P_IP, ETH_P_IPV6, TCP_ACK, TCP_SYN},
-    LOOPBACK_IFINDEX, SOCK_STREAM,
+    unaligned, LOOPBACK_IFINDEX, SOCK_STREAM,
 };
 
 /// What the established path reads of a packet.
@@ -41,12 +41,6 @@ struct Headers {
 /// `::1` as [`cache::words`] gives it.
 const LOOPBACK6_WORDS: [u64; 2] = [0, 1 << 56];
 
-#[inline(always)]
-fn be16(p: *const u8) -> u16 {
-    // SAFETY: the callers checked both bytes are within the packet.
-    unsafe { u16::from_be_bytes([*p, *p.add(1)]) }
-}
-
 /// The transport header from `l4` as the full path reads it: a TCP header
 /// up to its flags, UDP's ports, ICMP's type and code. `None` when it is not
 /// all in the linear part, or of another protocol.
@@ -59,19 +53,21 @@ fn transport(l4: usize, end: usize, proto: u8) -> Option<(u16, u8)> {
                 return None;
             }
             // SAFETY: 14 bytes from `l4` are within the packet.
-            Some((be16(p.wrapping_add(2)), unsafe { *p.add(13) }))
+            Some(unsafe { (unaligned::be16_at::<2>(p), *p.add(13)) })
         }
         ip_proto::UDP => {
             if l4 + 4 > end {
                 return None;
             }
-            Some((be16(p.wrapping_add(2)), 0))
+            // SAFETY: 4 bytes from `l4` are within the packet.
+            Some((unsafe { unaligned::be16_at::<2>(p) }, 0))
         }
         ip_proto::ICMP | ip_proto::ICMPV6 => {
             if l4 + 2 > end {
                 return None;
             }
-            Some((be16(p), 0))
+            // SAFETY: 2 bytes from `l4` are within the packet.
+            Some((unsafe { unaligned::be16_at::<0>(p) }, 0))
         }
         _ => None,
     }
@@ -97,28 +93,30 @@ fn headers(skb: *mut __sk_buff) -> Option<Headers> {
             if data + 20 > end {
                 return None;
             }
-            // SAFETY: 20 bytes from `data` are within the packet.
-            let (ver_ihl, proto, daddr, saddr) = unsafe {
+            // SAFETY: 20 bytes from `data` are within the packet. The
+            // addresses are little-endian loads: the first byte is the
+            // lowest.
+            let (ver_ihl, fragment_offset, proto, saddr, daddr) = unsafe {
                 (
                     *ip,
+                    unaligned::be16_at::<6>(ip) & 0x1fff,
                     *ip.add(9),
-                    [*ip.add(16), *ip.add(17), *ip.add(18), *ip.add(19)],
-                    [*ip.add(12), *ip.add(13), *ip.add(14), *ip.add(15)],
+                    unaligned::u32_at::<12>(ip),
+                    unaligned::u32_at::<16>(ip),
                 )
             };
-            let fragment_offset = be16(ip.wrapping_add(6)) & 0x1fff;
             if ver_ihl != 0x45 || fragment_offset != 0 {
                 return None;
             }
             // A packet to a local address from a source that is neither a
             // loopback address nor the destination is forged.
-            if ifindex == LOOPBACK_IFINDEX && saddr[0] != 127 && saddr != daddr {
+            if ifindex == LOOPBACK_IFINDEX && saddr as u8 != 127 && saddr != daddr {
                 return None;
             }
             let (port, tcp_flags) = transport(data + 20, end, proto)?;
             // v4-mapped: ten zero bytes, two 0xff, then the address.
             Some(Headers {
-                daddr: [0, 0xffff_0000 | (u32::from_le_bytes(daddr) as u64) << 32],
+                daddr: [0, 0xffff_0000 | (daddr as u64) << 32],
                 port,
                 proto,
                 tcp_flags,
@@ -129,8 +127,13 @@ fn headers(skb: *mut __sk_buff) -> Option<Headers> {
                 return None;
             }
             // SAFETY: 40 bytes from `data` are within the packet.
-            let (version, proto, daddr) =
-                unsafe { (*ip >> 4, *ip.add(6), cache::words_at(ip.add(24))) };
+            let (version, proto, daddr) = unsafe {
+                (
+                    *ip >> 4,
+                    *ip.add(6),
+                    [unaligned::u64_at::<24>(ip), unaligned::u64_at::<32>(ip)],
+                )
+            };
             // The next header must be the transport itself: an extension
             // header (a routing header above all) takes the full path.
             if version != 6 {
@@ -138,7 +141,7 @@ fn headers(skb: *mut __sk_buff) -> Option<Headers> {
             }
             if ifindex == LOOPBACK_IFINDEX {
                 // SAFETY: as above.
-                let saddr = unsafe { cache::words_at(ip.add(8)) };
+                let saddr = unsafe { [unaligned::u64_at::<8>(ip), unaligned::u64_at::<16>(ip)] };
                 if saddr != LOOPBACK6_WORDS && saddr != daddr {
                     return None;
                 }

@@ -19,6 +19,8 @@
 // The cache's sequence lock takes a compare-and-swap (BPF_CMPXCHG), which
 // `core::sync::atomic` does not offer on this target.
 #![feature(core_intrinsics)]
+// Packet loads at any alignment (`unaligned`).
+#![feature(asm_experimental_arch)]
 #![allow(internal_features)]
 
 mod cache;
@@ -26,6 +28,7 @@ mod decide;
 mod established;
 mod maps;
 mod packet;
+mod unaligned;
 mod veth;
 
 use core::mem::MaybeUninit;
