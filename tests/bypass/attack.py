@@ -804,6 +804,14 @@ def frame_send(ifname, kind, qbypass, dmac, ethertype, body, smac=None, tag=None
             attempt("sendto", lambda: s.sendto(body, (ifname, ethertype, 0, 0, dmac)) and None)
 
 
+def pkt_udp_big(ifname, dmac, src, dst, port, marker, size):
+    """A marked IPv4 UDP datagram of `size` bytes as one SOCK_RAW frame to
+    `dmac`: bigger than a page, the kernel keeps only the Ethernet header
+    in the frame's linear part (the links need a large enough MTU)."""
+    pkt = ip4(src, dst, 17, udp_hdr(40000, int(port), payload(marker, int(size))))
+    frame_send(ifname, "raw", 0, mac(dmac), ETH_P_IP, pkt)
+
+
 def pkt_udp(ifname, kind, qbypass, dmac, src, dst, port, marker, smac="-"):
     """A marked UDP datagram to dst:port as a frame to `dmac`; `smac` "-"
     is the interface's own."""
@@ -1038,7 +1046,7 @@ COMMANDS = {
     "sendto-unspec": sendto_unspec, "raw4": raw4, "cache-race": cache_race, "frag4-later": frag4_later, "frag4-after-cached": frag4_after_cached, "frag4-overlap": frag4_overlap,
     "frag4-tiny": frag4_tiny, "v6-ext": v6_ext, "v6-frag-hidden": v6_frag_hidden, "v6-srh-raw": v6_srh_raw, "tfo": tfo,
     "sendmmsg": sendmmsg, "mcast-reply": mcast_reply, "v6-srh-segleft": v6_srh_segleft, "v6-ext7-srh": v6_ext7_srh, "reflect-echo6": reflect_echo6, "reflect-echo4": reflect_echo4, "reflect-rst4": reflect_rst4, "stream-mptcp": stream_mptcp, "revoked-flood": revoked_flood, "revoked-claim": revoked_claim, "fdpass": fdpass, "fd-create": fd_create, "flood": flood,
-    "pkt-udp": pkt_udp, "pkt-vlan": pkt_vlan, "pkt-ethertype": pkt_ethertype, "pkt-arp": pkt_arp, "pkt-arp-plain": pkt_arp_plain, "pkt-nd": pkt_nd,
+    "pkt-udp": pkt_udp, "pkt-udp-big": pkt_udp_big, "pkt-vlan": pkt_vlan, "pkt-ethertype": pkt_ethertype, "pkt-arp": pkt_arp, "pkt-arp-plain": pkt_arp_plain, "pkt-nd": pkt_nd,
     "pkt-lo": pkt_lo, "tcp-forged-accept": tcp_forged_accept, "xdp-udp": xdp_udp, "dns-forwarder": dns_forwarder, "udp-ask": udp_ask,
 }
 

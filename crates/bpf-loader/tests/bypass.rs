@@ -329,6 +329,8 @@ const PROBES: &[Probe] = &[
     probe!("pkt-raw4", "AF_PACKET SOCK_RAW frame (its own Ethernet header) to the peer's MAC: IPv4/UDP to a denied address",
         "marker captured", "plain UDP4",
         simple(&["pkt-udp", "vc", "raw", "0", "{PMAC}", CT4, PEER4_OTHER, "5353", "{L}"], &["udp", PEER4, "5353", "{C}"], marker_leak)),
+    probe!("pkt-raw4-paged", "on jumbo-frame links, a 6000-byte AF_PACKET frame: the kernel puts only its Ethernet header in the linear part, so the veth backstop reads the IP and UDP headers out of the paged part",
+        "marker captured", "the same frame to the allowed peer: arrives only if those headers are read right", p_pkt_raw4_paged),
     probe!("pkt-raw4-qdisc-bypass", "the same with PACKET_QDISC_BYPASS (straight to the driver)",
         "marker captured", "plain UDP4",
         simple(&["pkt-udp", "vc", "raw", "1", "{PMAC}", CT4, PEER4_OTHER, "5353", "{L}"], &["udp", PEER4, "5353", "{C}"], marker_leak)),
@@ -594,6 +596,24 @@ impl Ctx {
         ];
         if let Err(e) = lab::ip(&self.lab.host_ns, &set) {
             panic!("setting hairpin {state}: {e}");
+        }
+    }
+
+    /// Jumbo frames (MTU 9000, as a Docker network made with
+    /// `com.docker.network.driver.mtu` has them) on every link between the
+    /// container and the peer, or back to 1500.
+    fn jumbo(&self, on: bool) {
+        let mtu = if on { "9000" } else { "1500" };
+        for (ns, dev) in [
+            (&self.lab.ct_ns, "vc"),
+            (&self.lab.host_ns, CT_HOST_VETH),
+            (&self.lab.host_ns, PEER_HOST_VETH),
+            (&self.lab.host_ns, BRIDGE),
+            (&self.lab.peer_ns, "vp"),
+        ] {
+            if let Err(e) = lab::ip(ns, &["link", "set", dev, "mtu", mtu]) {
+                panic!("setting mtu {mtu} on {dev}: {e}");
+            }
         }
     }
 
@@ -1384,6 +1404,39 @@ async fn p_hairpin_mcast_reply(cx: &mut Ctx) -> Outcome {
         )
         .await;
     cx.hairpin(false);
+    o
+}
+
+/// A packet socket's frame bigger than a page: `packet_snd` leaves all but
+/// its Ethernet header in pages, where the backstop cannot read in place.
+async fn p_pkt_raw4_paged(cx: &mut Ctx) -> Outcome {
+    cx.jumbo(true);
+    let o = cx
+        .simple(
+            &[
+                "pkt-udp-big",
+                "vc",
+                "{PMAC}",
+                CT4,
+                PEER4_OTHER,
+                "5353",
+                "{L}",
+                "6000",
+            ],
+            &[
+                "pkt-udp-big",
+                "vc",
+                "{PMAC}",
+                CT4,
+                PEER4,
+                "5353",
+                "{C}",
+                "6000",
+            ],
+            marker_leak,
+        )
+        .await;
+    cx.jumbo(false);
     o
 }
 

@@ -34,7 +34,7 @@ fn egress_parses_real_headers() {
         "/sys/fs/bpf/contain-t-{}-parse",
         std::process::id()
     )));
-    let (mut kernel, _events) = Kernel::load(&pins.0).expect("loading the eBPF object");
+    let (mut kernel, mut events) = Kernel::load(&pins.0).expect("loading the eBPF object");
     let allow = |addr, proto, port: Option<u16>, icmp_type| Allow {
         policy: 1,
         class: 0,
@@ -54,6 +54,7 @@ fn egress_parses_real_headers() {
         .allow(allow("198.18.0.1", UDP, Some(53), false))
         .allow(allow("198.18.0.1", ICMP, Some(8), true))
         .allow(allow("198.18.0.5", UDP, None, false))
+        .allow(allow("127.0.0.1", UDP, Some(53), false))
         .allow(allow("2001:db8:77::1", TCP, Some(443), false))
         .allow(allow("2001:db8:77::1", ICMPV6, Some(128), true));
     let diff = MapDiff {
@@ -212,5 +213,50 @@ fn egress_parses_real_headers() {
     if run.retval != 0 {
         failures.push("v4 tcp syn allowed, forged over loopback");
     }
+    // A loopback destination the rules allow: over lo from a loopback
+    // source it leaves; through any other device only a raw socket's own
+    // header can name it, and it is denied.
+    let loopback = packets::with_source(
+        packets::ipv4(Ipv4Addr::LOCALHOST, UDP, 53, 0, 0),
+        Ipv4Addr::LOCALHOST.into(),
+    );
+    for (name, through, expected) in [
+        ("v4 udp to 127.0.0.1 over loopback", LOOPBACK_IFINDEX, 1),
+        ("v4 udp to 127.0.0.1 through another device", ifindex, 0),
+    ] {
+        let run = testrun::run(egress, &loopback, 1, through).expect("BPF_PROG_TEST_RUN");
+        eprintln!("{name:<50} expected {expected} got {}", run.retval);
+        if run.retval != expected {
+            failures.push(name);
+        }
+    }
     assert!(failures.is_empty(), "wrong verdicts: {failures:?}");
+
+    // A header the parser cannot read (IPv4 header length 4) is denied like
+    // a miss, and counted and reported as one: unparsed, denied for its
+    // policy, one event.
+    while events.next().is_some() {}
+    let before = kernel.counters().expect("counters");
+    let mut malformed = packets::ipv4(ALLOWED4, TCP, 443, 0, 0);
+    malformed[14] = 0x44;
+    let run = testrun::run(egress, &malformed, 1, ifindex).expect("BPF_PROG_TEST_RUN");
+    assert_eq!(run.retval, 0, "a malformed header is denied");
+    let after = kernel.counters().expect("counters");
+    let denied = |c: &proto::loader::Counters| {
+        c.policies
+            .iter()
+            .find(|p| p.policy_id == 1)
+            .map_or(0, |p| p.denied)
+    };
+    assert_eq!(after.unparsed_packets - before.unparsed_packets, 1);
+    assert_eq!(
+        denied(&after) - denied(&before),
+        1,
+        "counted for its policy"
+    );
+    let mut reported = 0;
+    while events.next().is_some() {
+        reported += 1;
+    }
+    assert_eq!(reported, 1, "reported as one event");
 }

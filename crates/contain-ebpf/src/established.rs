@@ -41,6 +41,14 @@ struct Headers {
 /// `::1` as [`cache::words`] gives it.
 const LOOPBACK6_WORDS: [u64; 2] = [0, 1 << 56];
 
+/// [`crate::packet::is_loopback`] of an IPv6 packet's destination words:
+/// `::1`, or `::ffff:127.x`.
+#[inline(always)]
+fn is_loopback_words(daddr: [u64; 2]) -> bool {
+    let v4_mapped_127 = daddr[0] == 0 && daddr[1] & 0xff_ffff_ffff == 0x7f_ffff_0000;
+    daddr == LOOPBACK6_WORDS || v4_mapped_127
+}
+
 /// The transport header from `l4` as the full path reads it: a TCP header
 /// up to its flags, UDP's ports, ICMP's type and code. `None` when it is not
 /// all in the linear part, or of another protocol.
@@ -109,8 +117,14 @@ fn headers(skb: *mut __sk_buff) -> Option<Headers> {
                 return None;
             }
             // A packet to a local address from a source that is neither a
-            // loopback address nor the destination is forged.
-            if ifindex == LOOPBACK_IFINDEX && saddr as u8 != 127 && saddr != daddr {
+            // loopback address nor the destination is forged; one to a
+            // loopback address elsewhere than on `lo` is misrouted (a raw
+            // socket's own header): both take the full path.
+            let on_loopback = ifindex == LOOPBACK_IFINDEX;
+            if on_loopback && saddr as u8 != 127 && saddr != daddr {
+                return None;
+            }
+            if !on_loopback && daddr as u8 == 127 {
                 return None;
             }
             let (port, tcp_flags) = transport(data + 20, end, proto)?;
@@ -137,6 +151,9 @@ fn headers(skb: *mut __sk_buff) -> Option<Headers> {
             // The next header must be the transport itself: an extension
             // header (a routing header above all) takes the full path.
             if version != 6 {
+                return None;
+            }
+            if ifindex != LOOPBACK_IFINDEX && is_loopback_words(daddr) {
                 return None;
             }
             if ifindex == LOOPBACK_IFINDEX {

@@ -418,15 +418,19 @@ fn egress(ctx: &SkBuffContext) -> i32 {
     let mut slot = MaybeUninit::uninit();
     let flow = Flow::zeroed_in(&mut slot);
     if !packet::parse::<{ packet::L3_AT_START }>(ctx.skb.skb, flow) {
+        // Judged by the cgroup's miss verdict, as a packet the rules cannot
+        // read, and so counted for its policy and reported: malformed
+        // headers must not be a way to probe unseen.
         count_unparsed();
-        return judged(gov.on_miss);
+        flow.unjudgeable = true;
     }
     let flow: &Flow = flow;
     // The kernel answers a local destination from sockets outside every
     // container's cgroup (ICMP echo replies and errors, RSTs), to the source
     // the packet claims: a forged source would have it carry the
     // container's data anywhere.
-    let unjudgeable = flow.unjudgeable || is_spoofed_local(ctx, flow);
+    let unjudgeable =
+        flow.unjudgeable || is_spoofed_local(ctx, flow) || is_misrouted_loopback(ctx, flow);
     let source_routed = flow.route_len != 0 || unjudgeable;
     let mut udp_socket = false;
     if !source_routed {
@@ -679,6 +683,17 @@ fn is_spoofed_local(ctx: &SkBuffContext, flow: &Flow) -> bool {
 }
 
 pub(crate) const LOOPBACK6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+/// A packet to a loopback address leaving through another device. The
+/// kernel routes loopback destinations over `lo` alone; a raw socket's own
+/// header (`IP_HDRINCL`, routed by its `sendto` address) can name one and
+/// go to any neighbour, and the rules' loopback allowance would let it.
+#[inline(always)]
+fn is_misrouted_loopback(ctx: &SkBuffContext, flow: &Flow) -> bool {
+    // SAFETY: the context is valid.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    ifindex != LOOPBACK_IFINDEX && packet::is_loopback(&flow.daddr)
+}
 
 /// IPv6 neighbour discovery and MLD that the kernel itself sends. It sends
 /// them from per-netns control sockets (never stamped: no process created

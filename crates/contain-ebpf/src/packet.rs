@@ -5,8 +5,12 @@
 
 use core::mem::{size_of, MaybeUninit};
 
-use aya_ebpf::{bindings::__sk_buff, programs::SkBuffContext};
+use aya_ebpf::{
+    bindings::__sk_buff, helpers::generated::bpf_skb_load_bytes, programs::SkBuffContext,
+};
 use contain_common::{ip_proto, v4_mapped};
+
+use crate::unaligned;
 
 /// What the decision needs from a packet. 8-aligned, addresses first: it is
 /// zeroed and filled with word stores (see [`Flow::zeroed_in`]).
@@ -153,9 +157,35 @@ fn linear<const L3: usize>(skb: *mut __sk_buff) -> (usize, usize) {
     (data + L3, end)
 }
 
-/// `N` bytes at `offset` from the packet's start: read in place when they
-/// are in the linear part (no helper call), else copied out by
-/// `bpf_skb_load_bytes`, which also reaches the paged part.
+/// `N` bytes copied out of the packet, 8-aligned so that their fields are
+/// read with the same loads as in place: the verifier refuses a misaligned
+/// load from the stack, and each field is aligned to its size here.
+#[repr(C, align(8))]
+struct Copied<const N: usize>([u8; N]);
+
+/// Where the `N` bytes at `offset` from the packet's start can be read: in
+/// place when they are in the linear part (each field then one load, no
+/// helper call, no copy), else in `copy`, filled by `bpf_skb_load_bytes`,
+/// which also reaches the paged part. Read its fields with `unaligned`'s
+/// loads at offsets aligned to their size.
+#[inline(always)]
+fn header<const N: usize>(
+    skb: *mut __sk_buff,
+    offset: usize,
+    copy: &mut MaybeUninit<Copied<N>>,
+) -> Option<*const u8> {
+    let (data, end) = linear::<0>(skb);
+    if data + offset + N <= end {
+        return Some((data + offset) as *const u8);
+    }
+    let buf = copy.as_mut_ptr().cast::<u8>();
+    // SAFETY: `buf` has room for `N` bytes; the helper fills them or fails.
+    let rc = unsafe { bpf_skb_load_bytes(skb.cast(), offset as u32, buf.cast(), N as u32) };
+    (rc == 0).then_some(buf.cast_const())
+}
+
+/// `N` bytes at `offset` from the packet's start, copied: read in place
+/// when they are in the linear part, else by `bpf_skb_load_bytes`.
 #[inline(always)]
 fn bytes_at<const N: usize>(ctx: &SkBuffContext, offset: usize) -> Option<[u8; N]> {
     let (data, end) = linear::<0>(ctx.skb.skb);
@@ -195,6 +225,14 @@ pub fn surely_not_udp<const L3: usize>(skb: *mut __sk_buff) -> bool {
     }
 }
 
+/// Whether 16 key bytes are a loopback address: `::1`, or 127.0.0.0/8
+/// v4-mapped (an IPv4 packet's, or an IPv6 packet's to `::ffff:127.x`).
+#[inline(always)]
+pub fn is_loopback(addr: &[u8; 16]) -> bool {
+    let v4_mapped = addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff;
+    (v4_mapped && addr[12] == 127) || *addr == crate::LOOPBACK6
+}
+
 /// The packet's source address as 16 key bytes (IPv4 v4-mapped), read in
 /// place when the header is in the linear part, else copied out.
 #[inline(always)]
@@ -231,23 +269,33 @@ pub fn ethertype(skb: *mut __sk_buff) -> u32 {
 
 #[inline(always)]
 fn parse_v4<const L3: usize>(ctx: &SkBuffContext, flow: &mut Flow) -> Option<()> {
-    let hdr: [u8; 20] = bytes_at(ctx, L3)?;
-    if hdr[0] >> 4 != 4 {
+    let mut copy = MaybeUninit::uninit();
+    let hdr = header::<20>(ctx.skb.skb, L3, &mut copy)?;
+    // SAFETY: 20 bytes from `hdr` are readable, each field aligned to its
+    // size in a copy.
+    let (ver_ihl, frag, ttl, proto, saddr, daddr) = unsafe {
+        (
+            *hdr,
+            unaligned::be16_at::<6>(hdr),
+            *hdr.add(8),
+            *hdr.add(9),
+            unaligned::u32_at::<12>(hdr),
+            unaligned::u32_at::<16>(hdr),
+        )
+    };
+    if ver_ihl >> 4 != 4 {
         return None;
     }
-    let header_len = ((hdr[0] & 0x0f) as usize) * 4;
+    let header_len = ((ver_ihl & 0x0f) as usize) * 4;
     if header_len < 20 {
         return None;
     }
-    let frag_offset = u16::from_be_bytes([hdr[6], hdr[7]]) & 0x1fff;
-    flow.set_v4_addresses(
-        [hdr[16], hdr[17], hdr[18], hdr[19]],
-        [hdr[12], hdr[13], hdr[14], hdr[15]],
-    );
+    // Little-endian loads: the bytes in their order.
+    flow.set_v4_addresses(daddr.to_le_bytes(), saddr.to_le_bytes());
     flow.family = 4;
-    flow.proto = hdr[9];
-    flow.later_fragment = frag_offset != 0;
-    flow.hop_limit = hdr[8];
+    flow.proto = proto;
+    flow.later_fragment = frag & 0x1fff != 0;
+    flow.hop_limit = ttl;
     if header_len > 20 {
         flow.unjudgeable = !read_v4_source_route::<L3>(ctx.skb.skb, header_len - 20, flow);
     }
@@ -441,25 +489,37 @@ fn read_transport(ctx: &SkBuffContext, offset: usize, flow: &mut Flow) {
     match flow.proto {
         // A header that is not all there would be judged as port 0: such a
         // packet cannot be judged.
-        ip_proto::TCP => match bytes_at::<14>(ctx, offset) {
-            Some(l4) => {
-                flow.sport = u16::from_be_bytes([l4[0], l4[1]]);
-                flow.dport = u16::from_be_bytes([l4[2], l4[3]]);
-                flow.tcp_flags = l4[13];
+        ip_proto::TCP => {
+            let mut copy = MaybeUninit::uninit();
+            match header::<14>(ctx.skb.skb, offset, &mut copy) {
+                // SAFETY: 14 bytes from `l4` are readable, fields aligned.
+                Some(l4) => unsafe {
+                    flow.sport = unaligned::be16_at::<0>(l4);
+                    flow.dport = unaligned::be16_at::<2>(l4);
+                    flow.tcp_flags = *l4.add(13);
+                },
+                None => flow.unjudgeable = true,
             }
-            None => flow.unjudgeable = true,
-        },
-        ip_proto::UDP => match bytes_at::<4>(ctx, offset) {
-            Some(l4) => {
-                flow.sport = u16::from_be_bytes([l4[0], l4[1]]);
-                flow.dport = u16::from_be_bytes([l4[2], l4[3]]);
+        }
+        ip_proto::UDP => {
+            let mut copy = MaybeUninit::uninit();
+            match header::<4>(ctx.skb.skb, offset, &mut copy) {
+                // SAFETY: 4 bytes from `l4` are readable, fields aligned.
+                Some(l4) => unsafe {
+                    flow.sport = unaligned::be16_at::<0>(l4);
+                    flow.dport = unaligned::be16_at::<2>(l4);
+                },
+                None => flow.unjudgeable = true,
             }
-            None => flow.unjudgeable = true,
-        },
-        ip_proto::ICMP | ip_proto::ICMPV6 => match bytes_at::<2>(ctx, offset) {
-            Some(l4) => flow.dport = u16::from_be_bytes([l4[0], l4[1]]),
-            None => flow.unjudgeable = true,
-        },
+        }
+        ip_proto::ICMP | ip_proto::ICMPV6 => {
+            let mut copy = MaybeUninit::uninit();
+            match header::<2>(ctx.skb.skb, offset, &mut copy) {
+                // SAFETY: 2 bytes from `l4` are readable.
+                Some(l4) => flow.dport = unsafe { unaligned::be16_at::<0>(l4) },
+                None => flow.unjudgeable = true,
+            }
+        }
         _ => {}
     }
 }

@@ -9,9 +9,10 @@
 //! assembly because LLVM's target feature for it applies to a whole
 //! function, stack included, where the verifier requires alignment.
 //!
-//! Only for packet pointers: a misaligned load from the stack or a map
-//! value is refused by the verifier (loudly, at load time). The offset is
-//! the instruction's own, `AT` bytes past the pointer.
+//! For packet pointers, or a copy on the stack where each field read is
+//! aligned to its size: a misaligned load from the stack or a map value is
+//! refused by the verifier (loudly, at load time). The offset is the
+//! instruction's own, `AT` bytes past the pointer.
 
 use core::arch::asm;
 
@@ -19,9 +20,9 @@ use core::arch::asm;
 ///
 /// # Safety
 /// 8 bytes from `p + AT` must be within the packet's linear part, as
-/// checked against `data_end`.
+/// checked against `data_end`, or readable and 8-aligned on the stack.
 #[inline(always)]
-pub unsafe fn u64_at<const AT: i16>(p: *const u8) -> u64 {
+pub unsafe fn u64_at<const AT: usize>(p: *const u8) -> u64 {
     let v: u64;
     // SAFETY: per the caller's contract; the load writes nothing.
     unsafe {
@@ -41,7 +42,7 @@ pub unsafe fn u64_at<const AT: i16>(p: *const u8) -> u64 {
 /// # Safety
 /// As [`u64_at`], for 4 bytes.
 #[inline(always)]
-pub unsafe fn u32_at<const AT: i16>(p: *const u8) -> u32 {
+pub unsafe fn u32_at<const AT: usize>(p: *const u8) -> u32 {
     let v: u64;
     // SAFETY: as above.
     unsafe {
@@ -61,7 +62,7 @@ pub unsafe fn u32_at<const AT: i16>(p: *const u8) -> u32 {
 /// # Safety
 /// As [`u64_at`], for 2 bytes.
 #[inline(always)]
-pub unsafe fn be16_at<const AT: i16>(p: *const u8) -> u16 {
+pub unsafe fn be16_at<const AT: usize>(p: *const u8) -> u16 {
     let v: u64;
     // SAFETY: as above.
     unsafe {

@@ -68,7 +68,10 @@ static NOBODY: Identity = Identity::UNKNOWN;
 enum Origin {
     /// A packet socket of some process: the content is the sender's.
     PacketSocket,
-    /// No socket, or one of the kernel's or of a host process's.
+    /// No socket at all: what the container's namespace forwards, and the
+    /// few answers the kernel sends without one.
+    Socketless,
+    /// A socket of the kernel's or of a host process's.
     Unattributed {
         /// A full TCP or UDP socket of a host process (dockerd's DNS
         /// forwarder is one): not the kernel's.
@@ -87,9 +90,7 @@ pub fn judge_frame(skb: *mut __sk_buff) -> i32 {
         )
     };
     let origin = if sk.is_null() {
-        Origin::Unattributed {
-            host_process: false,
-        }
+        Origin::Socketless
     } else {
         // SAFETY: a socket pointer from the context; `family` is readable
         // on every kind of socket.
@@ -129,7 +130,7 @@ pub fn judge_frame(skb: *mut __sk_buff) -> i32 {
     }
     let flags = match origin {
         Origin::PacketSocket => EVENT_LINK_LAYER,
-        Origin::Unattributed { .. } => EVENT_UNATTRIBUTED,
+        Origin::Socketless | Origin::Unattributed { .. } => EVENT_UNATTRIBUTED,
     };
     let ethertype = packet::ethertype(skb);
     if vlan_present != 0 || (ethertype != ETH_P_IP && ethertype != ETH_P_IPV6) {
@@ -145,7 +146,11 @@ pub fn judge_frame(skb: *mut __sk_buff) -> i32 {
         return deny_frame(cgroup_id, &gov, ethertype, flags);
     }
     let flow: &Flow = flow;
-    let source_routed = flow.route_len != 0 || flow.unjudgeable;
+    // The container's loopback traffic never crosses its veth: a frame to a
+    // loopback address is forged, and the rules' loopback allowance must not
+    // carry it to the bridge.
+    let unjudgeable = flow.unjudgeable || packet::is_loopback(&flow.daddr);
+    let source_routed = flow.route_len != 0 || unjudgeable;
     if !source_routed && is_link_control(flow, origin) {
         return PASS;
     }
@@ -155,7 +160,7 @@ pub fn judge_frame(skb: *mut __sk_buff) -> i32 {
         port: flow.dport,
         portless: flow.later_fragment,
     };
-    let mut decision = if flow.unjudgeable {
+    let mut decision = if unjudgeable {
         Decision::new(gov.on_miss, 0)
     } else if source_routed {
         decide_source_routed(skb, &gov, &NOBODY, flow)
@@ -164,7 +169,8 @@ pub fn judge_frame(skb: *mut __sk_buff) -> i32 {
     };
     if decision.verdict() != Verdict::Allow
         && !source_routed
-        && (is_forwarded_dns(flow, origin, cgroup_id) || is_kernel_answer(flow, origin, ifindex))
+        && (is_forwarded_dns(flow, origin, cgroup_id)
+            || is_kernel_answer(skb, flow, origin, ifindex))
     {
         decision = Decision::new(Verdict::Allow, 0);
     }
@@ -267,19 +273,25 @@ fn is_forwarded_dns(flow: &Flow, origin: Origin, cgroup_id: u64) -> bool {
     unsafe { CGROUPS.get(cgroup_id) }.is_some_and(|c| c.flags & CGROUP_FORWARDED_DNS != 0)
 }
 
-/// A packet of the kernel's own (no socket, or one of its control
-/// sockets: not a host process's) to an address that sent packets into the
+/// A packet of the kernel's own to an address that sent packets into the
 /// container through this veth recently: its echo reply, reset or ICMP
-/// error. Its content is the kernel's, and the address spoke first; a
-/// packet forged inside the container (over `lo`) never passed the veth, so
-/// the kernel's answer to it stays judged.
+/// error from one of its control sockets (not a host process's), or,
+/// without a socket, a TCP segment without data (an IPv6 reset or
+/// time-wait acknowledgement, a netfilter reset). The address spoke first;
+/// a packet forged inside the container (over `lo`) never passed the veth,
+/// so the kernel's answer to it stays judged. Anything else without a
+/// socket is what the container's namespace forwards (a frame written on
+/// `lo` to a remote address, say), which the rules judge.
 #[inline(always)]
-fn is_kernel_answer(flow: &Flow, origin: Origin, ifindex: u32) -> bool {
-    if origin
-        != (Origin::Unattributed {
+fn is_kernel_answer(skb: *mut __sk_buff, flow: &Flow, origin: Origin, ifindex: u32) -> bool {
+    let answer = match origin {
+        Origin::Unattributed {
             host_process: false,
-        })
-    {
+        } => true,
+        Origin::Socketless => is_dataless_tcp(skb, flow),
+        _ => false,
+    };
+    if !answer {
         return false;
     }
     let key = VethPeerKey {
@@ -294,6 +306,41 @@ fn is_kernel_answer(flow: &Flow, origin: Origin, ifindex: u32) -> bool {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     now.wrapping_sub(seen) <= udp_reply_timeout_ns()
+}
+
+/// A TCP segment that carries no data, with neither IPv4 options nor an
+/// IPv6 extension header: what the kernel sends without a socket. Read
+/// with the helper: this is the rare path of a frame no socket sent.
+#[inline(always)]
+fn is_dataless_tcp(skb: *mut __sk_buff, flow: &Flow) -> bool {
+    if flow.proto != ip_proto::TCP || flow.later_fragment {
+        return false;
+    }
+    let ctx = SkBuffContext::new(skb);
+    let l3 = L3_AFTER_ETHERNET;
+    let (ip_payload_len, l4) = if flow.family == 4 {
+        let Ok(hdr) = ctx.load::<[u8; 4]>(l3) else {
+            return false;
+        };
+        if hdr[0] != 0x45 {
+            return false;
+        }
+        let total = u16::from_be_bytes([hdr[2], hdr[3]]);
+        (total.wrapping_sub(20), l3 + 20)
+    } else {
+        let Ok(hdr) = ctx.load::<[u8; 8]>(l3) else {
+            return false;
+        };
+        if hdr[6] != ip_proto::TCP {
+            return false;
+        }
+        (u16::from_be_bytes([hdr[4], hdr[5]]), l3 + 40)
+    };
+    let Ok(data_offset) = ctx.load::<u8>(l4 + 12) else {
+        return false;
+    };
+    let header_len = u16::from(data_offset >> 4) * 4;
+    header_len >= 20 && ip_payload_len == header_len
 }
 
 /// How often a peer's entry is refreshed: once a second is enough for

@@ -265,7 +265,8 @@ pub fn egress(state: &KernelState, cgroup_id: u64, socket: &Socket, packet: &Pac
     if gov.unrestricted {
         return done(Verdict::Allow, Reason::Unrestricted);
     }
-    let unjudgeable = packet.unjudgeable || is_forged_local(packet);
+    let unjudgeable =
+        packet.unjudgeable || is_forged_local(packet) || is_misrouted_loopback(packet);
     let source_routed = !packet.route.is_empty() || unjudgeable;
     let unstamped = !matches!(socket, Socket::Stamped { .. });
     let kind = match socket {
@@ -351,6 +352,18 @@ fn is_forged_local(packet: &Packet) -> bool {
         IpAddr::V6(s) => s.is_loopback(),
     };
     !loopback_source && addr_key(packet.source) != addr_key(packet.dest)
+}
+
+/// A packet to a loopback address (`::1`, 127.0.0.0/8, v4-mapped or not)
+/// leaving through another device than `lo`: only a raw socket's own
+/// header routed by its `sendto` address looks like that, and the rules'
+/// loopback allowance must not carry it to a neighbour.
+fn is_misrouted_loopback(packet: &Packet) -> bool {
+    let loopback = match packet.dest {
+        IpAddr::V4(d) => d.is_loopback(),
+        IpAddr::V6(d) => d.is_loopback() || d.to_ipv4_mapped().is_some_and(|m| m.is_loopback()),
+    };
+    !packet.over_loopback && loopback
 }
 
 /// Neighbour discovery (any destination, hop limit 255) and MLD (link-scope
@@ -536,6 +549,57 @@ mod tests {
             egress(&s, CGROUP, &other(), &routed(Ipv4Addr::new(10, 0, 0, 1))).verdict,
             Verdict::Deny
         );
+    }
+
+    #[test]
+    fn loopback_destinations_leave_only_over_loopback() {
+        let mut s = state();
+        // The loopback allowance every policy gets: any protocol.
+        for dest in [
+            IpAddr::from(Ipv4Addr::new(127, 0, 0, 0)),
+            Ipv6Addr::LOCALHOST.into(),
+        ] {
+            let prefix_len = if dest.is_ipv4() { 104 } else { 128 };
+            s.upsert(Entry::Dest {
+                key: DestPrefix {
+                    policy_id: 1,
+                    class: 0,
+                    addr: Prefix::new(addr_key(dest), prefix_len).key_bytes(),
+                    prefix_len,
+                },
+                ruleset: 2,
+            });
+        }
+        s.upsert(Entry::Port {
+            key: PortPrefix {
+                ruleset: 2,
+                proto: ip_proto::ANY,
+                port: 0,
+                port_bits: 0,
+            },
+            rule_id: 7,
+        });
+        // From the destination itself: over lo, any other source is forged.
+        let to = |dest: IpAddr, over_loopback| Packet {
+            over_loopback,
+            source: dest,
+            ..packet(dest, ip_proto::UDP, 53)
+        };
+        for dest in [
+            IpAddr::from(Ipv4Addr::new(127, 0, 0, 1)),
+            Ipv4Addr::new(127, 9, 9, 9).into(),
+            Ipv6Addr::LOCALHOST.into(),
+            "::ffff:127.0.0.1".parse().unwrap(),
+        ] {
+            let e = egress(&s, CGROUP, &other(), &to(dest, true));
+            assert_eq!(e.verdict, Verdict::Allow, "{dest} over lo");
+            let e = egress(&s, CGROUP, &other(), &to(dest, false));
+            assert_eq!(
+                (e.verdict, e.reason),
+                (Verdict::Deny, Reason::Unjudgeable),
+                "{dest} through another device"
+            );
+        }
     }
 
     #[test]

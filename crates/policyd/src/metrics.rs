@@ -156,6 +156,8 @@ pub struct KernelCounters {
     pub loader_buffer_full: u64,
     pub rate_limited: u64,
     pub unstamped_sockets: u64,
+    pub unparsed_packets: u64,
+    pub veth_unowned_frames: u64,
 }
 
 /// One kernel map's use.
@@ -389,6 +391,22 @@ pub fn render(scrape: &Scrape, recorder: &Recorder) -> String {
             refused.clone(),
         );
         refused.inc_by(kernel.unstamped_sockets);
+        for (name, help, count) in [
+            (
+                "packets_unparsed",
+                "Packets the egress program could not parse: judged by their container's miss verdict and reported",
+                kernel.unparsed_packets,
+            ),
+            (
+                "veth_unowned_frames",
+                "Frames no container's socket sent, let through on a veth policyd has mapped to no container",
+                kernel.veth_unowned_frames,
+            ),
+        ] {
+            let counter = Counter::<u64>::default();
+            registry.register(name, help, counter.clone());
+            counter.inc_by(count);
+        }
     }
 
     if let Some(maps) = &scrape.maps {

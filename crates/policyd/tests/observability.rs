@@ -289,6 +289,8 @@ async fn a_denial_is_logged_with_its_container_and_moves_its_counter_in_promethe
         events_dropped_loader: 0,
         events_rate_limited: 4,
         unstamped_sockets: 0,
+        unparsed_packets: 3,
+        veth_unowned_frames: 6,
     });
     let mut e = denial(CURLER_CGROUP, lockdown, 9090);
     e.suppressed = 4;
@@ -335,6 +337,11 @@ async fn a_denial_is_logged_with_its_container_and_moves_its_counter_in_promethe
             r#"contain_events_dropped_total{reason="ring_buffer_full"}"#
         ),
         Some(2.0)
+    );
+    assert_eq!(sample(&after, "contain_packets_unparsed_total"), Some(3.0));
+    assert_eq!(
+        sample(&after, "contain_veth_unowned_frames_total"),
+        Some(6.0)
     );
     assert_eq!(
         sample(&after, r#"contain_containers{state="enforced"}"#),

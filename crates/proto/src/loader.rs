@@ -83,6 +83,14 @@ pub struct Counters {
     /// their creator's identity.
     #[serde(default)]
     pub unstamped_sockets: u64,
+    /// Packets the egress program could not parse (judged by their
+    /// cgroup's miss verdict, and reported).
+    #[serde(default)]
+    pub unparsed_packets: u64,
+    /// Frames of no container's socket let through on a veth of no known
+    /// container (an unfiltered one's, or one policyd has not mapped yet).
+    #[serde(default)]
+    pub veth_unowned_frames: u64,
 }
 
 /// Which hook decided.

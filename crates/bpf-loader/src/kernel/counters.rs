@@ -46,6 +46,8 @@ impl Kernel {
             events_dropped_loader: 0,
             events_rate_limited: stat(kern::stat::EVENTS_RATE_LIMITED)?,
             unstamped_sockets: stat(kern::stat::UNSTAMPED_SOCKETS)?,
+            unparsed_packets: stat(kern::stat::UNPARSED)?,
+            veth_unowned_frames: stat(kern::stat::VETH_UNOWNED)?,
         })
     }
 

@@ -215,6 +215,8 @@ pub async fn gather(engine: &Handle, recorder: &Recorder) -> Scrape {
         loader_buffer_full: c.events_dropped_loader,
         rate_limited: c.events_rate_limited,
         unstamped_sockets: c.unstamped_sockets,
+        unparsed_packets: c.unparsed_packets,
+        veth_unowned_frames: c.veth_unowned_frames,
     });
     let mut containers = std::collections::BTreeMap::new();
     for c in &status.containers {
