@@ -87,9 +87,11 @@ export CONTAIN_SKIPPED_LOG="$log_dir/skipped-root.log"
 : >"$CONTAIN_SKIPPED_LOG"
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log_dir/cargo-test.log"
 count_cargo "$log_dir/cargo-test.log" "${PIPESTATUS[0]}" "cargo test"
-not_run=$(wc -l <"$CONTAIN_SKIPPED_LOG")
+# A line that starts "check: " is one check of a test that ran (a probe of
+# a hole known to be open): skipped, but the test's pass stands.
+not_run=$(grep -vc '^check: ' "$CONTAIN_SKIPPED_LOG")
 passed=$((passed - not_run))
-skipped=$((skipped + not_run))
+skipped=$((skipped + $(wc -l <"$CONTAIN_SKIPPED_LOG")))
 
 # Bounded fuzzing of every input another party controls (policy files,
 # socket frames, kernel events, resolver inputs), from the seeds in

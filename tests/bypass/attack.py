@@ -414,6 +414,18 @@ def raw4(src, dst, port, marker, options):
     raw4_send([ip4(src, dst, 17, udp_hdr(40000, int(port), payload(marker)), opts)], dst)
 
 
+def raw_via(what, src, dst, hop, marker):
+    """An IP_HDRINCL packet whose header names `dst`, sent with sendto() to
+    `hop`: the kernel routes it by the sendto address (to that neighbour's
+    MAC, or through that gateway) and sends the header as written. `what`:
+    "udp" (to port 5353, marked) or "echo" (an echo request, marked)."""
+    if what == "echo":
+        pkt = echo6_packet(src, dst, marker) if ":" in dst else echo4_packet(src, dst, marker)
+    else:
+        pkt = udp_packet(src, dst, 5353, marker)[1]
+    (raw6_send if ":" in dst else raw4_send)([pkt], hop)
+
+
 def cache_race(src, allowed, denied, port, marker, seconds):
     """Two threads share one raw socket: one sends to an allowed address,
     the other to a denied one on the same port, as fast as they can. The
@@ -891,6 +903,24 @@ def pkt_lo(what, spoofed, dst, arg):
     frame_send("lo", "dgram", 0, b"\0" * 6, ETH_P_IPV6 if ":" in dst else ETH_P_IP, pkt)
 
 
+def pkt_lo_forward(lport, src, dst, port, what, marker):
+    """A packet from `src` (no address of this container) to `dst`:`port`,
+    written on lo as a frame: with forwarding on, the kernel routes it out
+    of the veth as a router would, from no socket. `lport`: first wait for
+    the peer's datagram on this UDP port ("-": don't), so that `dst` has
+    just sent something into the container. `what`: "udp" (the marker as
+    data) or "rst" (IPv4 only: a TCP RST with the marker as data)."""
+    if lport != "-":
+        with bound_udp(dst, lport, False) as s:
+            if first_peer(s) is None:
+                return
+    if what == "rst":
+        pkt = tcp4_segment(src, dst, 47779, port, 0x4D4B4D4B, 0, 0x04, payload(marker))
+    else:
+        pkt = udp_packet(src, dst, port, marker)[1]
+    frame_send("lo", "dgram", 0, b"\0" * 6, ETH_P_IPV6 if ":" in dst else ETH_P_IP, pkt)
+
+
 def tcp4_segment(src, dst, sport, dport, seq, ack, flags, body=b""):
     tcp = struct.pack("!HHIIBBHHH", int(sport), int(dport), seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, flags,
                       65535, 0, 0) + body
@@ -899,21 +929,31 @@ def tcp4_segment(src, dst, sport, dport, seq, ack, flags, body=b""):
     return ip4(src, dst, 6, tcp)
 
 
-def tcp_forged_accept(via, ifname, lport, spoofed, sport, local, marker):
-    """A TCP connection "from" a denied address, forged from inside: a
-    listener of this container, a SYN from the spoofed address written on
-    lo (`via` "lo") or as a frame to the container's own MAC on `ifname`
-    (`via` "hairpin": a bridge port in hairpin mode sends it back), the
-    SYN-ACK read back from the veth's outgoing frames (a packet socket sees
-    them), the ACK written the same way; the accepted socket then sends the
-    marker, to the spoofed address (an accepted connection, one its peer
-    opened)."""
-    def inject(pkt):
-        if via == "lo":
-            frame_send("lo", "dgram", 0, b"\0" * 6, ETH_P_IP, pkt)
-        else:
-            frame_send(ifname, "dgram", 0, own_mac(ifname), ETH_P_IP, pkt)
+def injector(via, hop, ifname):
+    """How a forged inbound IPv4 packet gets into this container from
+    inside: written on lo (`via` "lo"); as a frame to the container's own
+    MAC on `ifname` ("hairpin": a bridge port in hairpin mode sends it
+    back); or to the gateway, which routes it back, from an IP_HDRINCL raw
+    socket whose sendto address (the next hop) is the gateway `hop`
+    ("gateway") or as a frame to the gateway's MAC `hop`
+    ("gateway-frame")."""
+    if via == "lo":
+        return lambda pkt: frame_send("lo", "dgram", 0, b"\0" * 6, ETH_P_IP, pkt)
+    if via == "hairpin":
+        return lambda pkt: frame_send(ifname, "dgram", 0, own_mac(ifname), ETH_P_IP, pkt)
+    if via == "gateway":
+        return lambda pkt: raw4_send([pkt], hop)
+    return lambda pkt: frame_send(ifname, "dgram", 0, mac(hop), ETH_P_IP, pkt)
 
+
+def tcp_forged_accept(via, hop, ifname, lport, spoofed, sport, local, marker):
+    """A TCP connection "from" a denied address, forged from inside: a
+    listener of this container, a SYN from the spoofed address written as
+    `injector` says, the SYN-ACK read back from the veth's outgoing frames
+    (a packet socket sees them), the ACK written the same way; the accepted
+    socket then sends the marker, to the spoofed address (an accepted
+    connection, one its peer opened)."""
+    inject = injector(via, hop, ifname)
     SYN, ACK = 0x02, 0x10
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -954,6 +994,26 @@ def tcp_forged_accept(via, ifname, lport, spoofed, sport, local, marker):
         for _ in range(3):
             attempt("send", lambda: conn.send(payload(marker)) and None)
             time.sleep(0.1)
+        # Reset, not closed: the receiver drops its RSTs, so a FIN and the
+        # unacknowledged data would be sent again for minutes, into later
+        # probes' captures.
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def udp_forged_reply(via, hop, ifname, lport, spoofed, sport, local, marker):
+    """A UDP socket of this container on `lport`; a datagram "from" the
+    spoofed address to it, written as `injector` says; once the socket has
+    it, it answers the spoofed address (a peer that spoke first) with the
+    marker."""
+    with bound_udp(local, lport, False) as s:
+        injector(via, hop, ifname)(ip4(spoofed, local, 17, udp_hdr(int(sport), int(lport), b"hello")))
+        try:
+            peer = s.recvfrom(2048)[1]
+        except OSError as e:
+            say(recv=err(e))
+            return
+        say(got=f"{peer[0]}:{peer[1]}")
+        attempt("reply", lambda: s.sendto(payload(marker), peer) and None)
 
 
 # AF_XDP (copy mode: no driver support needed; sending needs no XDP
@@ -1043,11 +1103,12 @@ COMMANDS = {
     "overwrite-exec": lambda src, path, *rest: overwrite_exec(src, path, list(rest)),
     "copy-exec": lambda src, dst, *rest: copy_exec(src, dst, list(rest)),
     "as-comm": lambda name, *rest: as_comm(name, list(rest)),
-    "sendto-unspec": sendto_unspec, "raw4": raw4, "cache-race": cache_race, "frag4-later": frag4_later, "frag4-after-cached": frag4_after_cached, "frag4-overlap": frag4_overlap,
+    "sendto-unspec": sendto_unspec, "raw4": raw4, "raw-via": raw_via, "cache-race": cache_race, "frag4-later": frag4_later, "frag4-after-cached": frag4_after_cached, "frag4-overlap": frag4_overlap,
     "frag4-tiny": frag4_tiny, "v6-ext": v6_ext, "v6-frag-hidden": v6_frag_hidden, "v6-srh-raw": v6_srh_raw, "tfo": tfo,
     "sendmmsg": sendmmsg, "mcast-reply": mcast_reply, "v6-srh-segleft": v6_srh_segleft, "v6-ext7-srh": v6_ext7_srh, "reflect-echo6": reflect_echo6, "reflect-echo4": reflect_echo4, "reflect-rst4": reflect_rst4, "stream-mptcp": stream_mptcp, "revoked-flood": revoked_flood, "revoked-claim": revoked_claim, "fdpass": fdpass, "fd-create": fd_create, "flood": flood,
     "pkt-udp": pkt_udp, "pkt-udp-big": pkt_udp_big, "pkt-vlan": pkt_vlan, "pkt-ethertype": pkt_ethertype, "pkt-arp": pkt_arp, "pkt-arp-plain": pkt_arp_plain, "pkt-nd": pkt_nd,
-    "pkt-lo": pkt_lo, "tcp-forged-accept": tcp_forged_accept, "xdp-udp": xdp_udp, "dns-forwarder": dns_forwarder, "udp-ask": udp_ask,
+    "pkt-lo": pkt_lo, "pkt-lo-forward": pkt_lo_forward, "tcp-forged-accept": tcp_forged_accept,
+    "udp-forged-reply": udp_forged_reply, "xdp-udp": xdp_udp, "dns-forwarder": dns_forwarder, "udp-ask": udp_ask,
 }
 
 

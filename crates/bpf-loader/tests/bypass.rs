@@ -49,7 +49,7 @@ use policyd::{
 };
 use proto::loader::{Event, Hook, LoaderClient};
 use serde_json::Value;
-use test_kit::lab;
+use test_kit::{lab, privileged};
 
 /// Addresses no rule allows: a packet to one of them, or naming one in a
 /// routing header or source-route option, is a leak.
@@ -67,10 +67,23 @@ const APP_PORT: &str = "5455";
 /// The unfiltered neighbour's addresses (on the lab's bridged subnets).
 const NB4: &str = "198.18.0.3";
 const NB6: &str = "2001:db8:77::3";
-/// The source port of the forged inbound TCP connections
-/// (`pkt-lo-forged-accept`, `hairpin-forged-accept`): the peer's RSTs to
-/// it are dropped, as a cooperating receiver would.
-const FORGED_TCP_PORT: &str = "47780";
+/// The source ports of the forged inbound TCP connections
+/// (`*-forged-accept`), one per probe: the connection one probe leaves
+/// behind (FIN_WAIT, TIME_WAIT) would turn away another's SYN to the same
+/// listener. The peer's RSTs from them are dropped, as a cooperating
+/// receiver would.
+const FORGED_TCP_PORTS: &str = "47780-47789";
+/// Sources of the packets the container forwards (`pkt-lo-forward*`):
+/// addresses of no one, on the lab's subnets.
+const FORWARDED_SRC4: &str = "198.18.7.7";
+const FORWARDED_SRC6: &str = "2001:db8:77::7";
+/// The peer's port the forwarded packets go to: no rule allows it.
+const FORWARDED_PORT: &str = "9999";
+/// The bridge's address when it is the containers' gateway (`gw-*`).
+const GATEWAY4: &str = "198.18.0.254";
+/// The UDP port the container may reach at its own address (as an "allow
+/// our subnet" rule lets it): `gw-forged-udp` listens there.
+const SELF_UDP_PORT: &str = "6009";
 /// The bpf-loader flag the UDP-reply expiry probe needs, and its value.
 const UDP_TIMEOUT_FLAG: &str = "--udp-reply-timeout-secs";
 const UDP_TIMEOUT_SECS: u64 = 2;
@@ -96,7 +109,7 @@ fn policy(app: &str, revoked: bool, docker_dns: bool) -> String {
     // it) and speak mDNS; and it may answer the peer's pings (an ICMP rule
     // whose "port" is 0, which a later fragment must not borrow).
     let extra = format!(
-        "  {{ to = [\"{CT4}\"], proto = \"icmp\", icmp_types = [\"echo-request\"] }},\n  {{ to = [\"{CT4}\"], proto = \"tcp\", ports = [9] }},\n  {{ to = [\"224.0.0.251\"], proto = \"udp\", ports = [5353] }},\n  {{ to = [\"{PEER4}\"], proto = \"icmp\", icmp_types = [\"echo-reply\"] }},\n"
+        "  {{ to = [\"{CT4}\"], proto = \"icmp\", icmp_types = [\"echo-request\"] }},\n  {{ to = [\"{CT4}\"], proto = \"tcp\", ports = [9] }},\n  {{ to = [\"{CT4}\"], proto = \"udp\", ports = [{SELF_UDP_PORT}] }},\n  {{ to = [\"224.0.0.251\"], proto = \"udp\", ports = [5353] }},\n  {{ to = [\"{PEER4}\"], proto = \"icmp\", icmp_types = [\"echo-reply\"] }},\n"
     );
     format!(
         r#"mode = "enforce"
@@ -292,6 +305,12 @@ const PROBES: &[Probe] = &[
     probe!("raw4-record-route", "IP_HDRINCL with a record-route option to a denied address",
         "marker captured", "plain UDP4",
         simple(&["raw4", CT4, PEER4_OTHER, "5353", "{L}", "rr"], &["udp", PEER4, "5353", "{C}"], marker_leak)),
+    probe!("raw4-nexthop-loopback", "IP_HDRINCL UDP packet whose header names 127.0.0.1 (loopback, allowed), sent with sendto() to a denied neighbour: the kernel routes it by the sendto address",
+        "marker captured at the peer (whatever its header's destination)", "plain UDP4",
+        simple(&["raw-via", "udp", CT4, "127.0.0.1", PEER4_OTHER, "{L}"], &["udp", PEER4, "5353", "{C}"], at_peer_with_marker)),
+    probe!("raw6-nexthop-loopback", "the same over IPv6 (IPPROTO_RAW: the header is the sender's), its header naming ::1",
+        "marker captured at the peer (whatever its header's destination)", "plain UDP6",
+        simple(&["raw-via", "udp", CT6, "::1", PEER6_OTHER, "{L}"], &["udp", PEER6, "5353", "{C}"], at_peer_with_marker)),
     probe!("raw4-lsrr-to-allowed", "IP_HDRINCL to the allowed peer with LSRR naming a denied hop",
         "LSRR naming a denied address captured", "plain UDP4", p_raw4_lsrr),
     probe!("frag4-later-denied-dest", "a later IPv4 fragment (no transport header) with data to a denied address",
@@ -352,6 +371,12 @@ const PROBES: &[Probe] = &[
     probe!("pkt-dgram6-qdisc-bypass", "AF_PACKET SOCK_DGRAM with PACKET_QDISC_BYPASS: IPv6/UDP to a denied address",
         "marker captured", "plain UDP6",
         simple(&["pkt-udp", "vc", "dgram", "1", "{PMAC}", CT6, PEER6_OTHER, "5353", "{L}"], &["udp", PEER6, "5353", "{C}"], marker_leak)),
+    probe!("pkt-loopback-dst4", "AF_PACKET frame to the peer's MAC: IPv4/UDP whose header names 127.0.0.1 (loopback, allowed)",
+        "marker captured at the peer", "plain UDP4",
+        simple(&["pkt-udp", "vc", "raw", "0", "{PMAC}", CT4, "127.0.0.1", "5353", "{L}"], &["udp", PEER4, "5353", "{C}"], at_peer_with_marker)),
+    probe!("pkt-loopback-dst6", "AF_PACKET frame to the peer's MAC: IPv6/UDP whose header names ::1",
+        "marker captured at the peer", "plain UDP6",
+        simple(&["pkt-udp", "vc", "raw", "0", "{PMAC}", CT6, "::1", "5353", "{L}"], &["udp", PEER6, "5353", "{C}"], at_peer_with_marker)),
     probe!("pkt-exe-rule", "AF_PACKET frame from python3 to the port allowed only to exe = python3 (a frame has no process)",
         "marker captured", "an AF_PACKET frame to a destination a container-wide rule allows",
         simple(&["pkt-udp", "vc", "dgram", "0", "{PMAC}", CT4, PEER4, EXE_PORT, "{L}"], &["pkt-udp", "vc", "dgram", "0", "{PMAC}", CT4, PEER4, "5353", "{C}"], marker_leak)),
@@ -377,10 +402,29 @@ const PROBES: &[Probe] = &[
         simple(&["pkt-lo", "syn", PEER4_OTHER, CT4, "9"], &["udp", PEER4, "5353", "{C}"], |p, _m| p["dst"] == PEER4_OTHER && p["src"] == CT4 && p["sport"].as_u64() == Some(9) && p["dport"].as_u64() == Some(47778))),
     probe!("pkt-lo-forged-accept", "a listener in the container; a SYN from a spoofed denied address written on lo; the SYN-ACK read off the veth; the ACK written on lo; the accepted socket sends",
         "a segment of the forged connection (SYN-ACK or data) captured at the denied address", "plain UDP4", p_pkt_lo_forged_accept),
+    probe!("pkt-lo-forward4", "the peer sends the container a datagram; then an AF_PACKET frame on lo: IPv4/UDP from an address not the container's to the peer's port 9999 (denied), which the container's kernel forwards out of its veth (containers forward IPv4 on a Docker host)",
+        "marker captured at the peer", "plain UDP4", p_pkt_lo_forward4),
+    probe!("pkt-lo-forward4-rst-data", "the same as a TCP RST carrying the marker as data (the kernel's own resets carry none)",
+        "marker captured at the peer", "plain UDP4", p_pkt_lo_forward4_rst_data),
+    probe!("pkt-lo-forward4-stranger", "AF_PACKET frame on lo: IPv4/UDP from an address not the container's to a denied address that sent nothing into the container, forwarded out of its veth",
+        "marker captured at the peer", "plain UDP4",
+        simple(&["pkt-lo-forward", "-", FORWARDED_SRC4, PEER4_OTHER, FORWARDED_PORT, "udp", "{L}"], &["udp", PEER4, "5353", "{C}"], at_peer_with_marker)),
+    probe!("pkt-lo-forward6", "pkt-lo-forward4 over IPv6, with IPv6 forwarding on in the container for this probe (a Docker container starts with it off; `--sysctl net.ipv6.conf.all.forwarding=1` turns it on)",
+        "marker captured at the peer", "plain UDP6", p_pkt_lo_forward6),
     probe!("hairpin-forged-accept", "the container's bridge port in hairpin mode; a listener on port 9 (its own address allowed for tcp/9); SYN and ACK from a spoofed denied address as frames to its own MAC; the accepted socket sends",
         "a segment of the forged connection (SYN-ACK or data) captured at the denied address", "plain UDP4", p_hairpin_forged_accept),
     probe!("hairpin-mcast-reply", "x-mcast-reply with the container's bridge port in hairpin mode: the forged datagram to the group comes back from the bridge, not over lo",
         "marker captured at the peer", "plain UDP4", p_hairpin_mcast_reply),
+    probe!("gw-redirect-quote", "the bridge as the containers' gateway (an address, IPv4 forwarding); a marked echo request from a spoofed denied address to the container's own address (allowed) from an IP_HDRINCL raw socket whose next hop is the gateway: the host routes it back out of the port it came from and sends the claimed source an ICMP redirect, which quotes it",
+        "the host's redirect quoting the marker captured at the denied address", "plain UDP4", p_gw_redirect_quote),
+    probe!("gw-forged-accept", "the bridge as the containers' gateway (an address, IPv4 forwarding); a listener on port 9 (its own address allowed for tcp/9); SYN and ACK from a spoofed denied address to its own address from an IP_HDRINCL raw socket whose sendto address (the next hop) is the gateway, which routes them back; the accepted socket sends",
+        "a segment of the forged connection (SYN-ACK or data) captured at the denied address", "plain UDP4", p_gw_forged_accept),
+    probe!("gw-forged-accept-pkt", "the same, SYN and ACK as AF_PACKET frames to the gateway's MAC",
+        "a segment of the forged connection (SYN-ACK or data) captured at the denied address", "plain UDP4", p_gw_forged_accept_pkt),
+    probe!("gw-forged-udp", "the bridge as gateway; a UDP socket on a port its own address is allowed; a datagram from a spoofed denied address to it, reflected by the gateway (IP_HDRINCL, next hop the gateway); the socket answers the spoofed address (a UDP reply)",
+        "marker captured at the peer", "plain UDP4", p_gw_forged_udp),
+    probe!("gw-reflect-echo4", "the bridge as gateway; an echo request from a spoofed denied address to the container's own address, reflected by the gateway: the denied address has then sent a packet into the container, so the kernel's echo reply counts as its answer",
+        "the kernel's echo reply (the marker) captured at the peer", "plain UDP4", p_gw_reflect_echo4),
     probe!("pkt-vlan", "AF_PACKET frame with an 802.1Q tag (VLAN 42) carrying IPv4/UDP to an allowed destination",
         "marker captured", "plain UDP4",
         simple(&["pkt-vlan", "vc", "{PMAC}", CT4, PEER4, "5353", "{L}", "42"], &["udp", PEER4, "5353", "{C}"], marker_leak)),
@@ -437,6 +481,20 @@ const PROBES: &[Probe] = &[
     probe!("fd-passing", "a process the policy does not allow makes a UDP socket, passes it (SCM_RIGHTS) to allowed python3, which sends",
         "marker captured", "python3 sends on its own socket", p_fdpass),
 ];
+
+/// Holes the suite shows that contain does not close (yet): a probe's name,
+/// and where the README says so. In the self-test such a probe must leak
+/// like any other; filtered, its leak is recorded as a skipped check
+/// (test-kit's skip log), not a failure, and the run fails once it stops
+/// leaking: then it comes off this list and the README claims the defence.
+const KNOWN_OPEN: &[(&str, &str)] = &[
+    ("gw-redirect-quote", README_GATEWAY),
+    ("gw-forged-accept", README_GATEWAY),
+    ("gw-forged-accept-pkt", README_GATEWAY),
+    ("gw-forged-udp", README_GATEWAY),
+    ("gw-reflect-echo4", README_GATEWAY),
+];
+const README_GATEWAY: &str = "README Out of reach: reflection through the containers' gateway";
 
 // --- the context every probe runs in ------------------------------------------
 
@@ -614,6 +672,34 @@ impl Ctx {
             if let Err(e) = lab::ip(ns, &["link", "set", dev, "mtu", mtu]) {
                 panic!("setting mtu {mtu} on {dev}: {e}");
             }
+        }
+    }
+
+    /// The bridge as the containers' gateway, as on a Docker host: an
+    /// address on the lab's subnet and IPv4 forwarding in the host's
+    /// namespace, so the host routes a packet for a container back out of
+    /// the bridge, whichever port it came from. Returns the bridge's MAC.
+    /// Off, the address goes (with none the host routes nothing) and
+    /// forwarding with it.
+    fn gateway(&self, on: bool) -> String {
+        let h = &self.lab.host_ns;
+        let (verb, forwarding) = if on { ("add", "1") } else { ("del", "0") };
+        let set = lab::ip(h, &["addr", verb, &format!("{GATEWAY4}/15"), "dev", BRIDGE])
+            .and_then(|_| lab::sysctl(h, &[&format!("net.ipv4.conf.all.forwarding={forwarding}")]));
+        if let Err(e) = set {
+            panic!("gateway address {verb}: {e}");
+        }
+        link_in(h, BRIDGE).mac
+    }
+
+    /// IPv6 forwarding in the container's namespace. A new namespace's
+    /// IPv6 settings start from the kernel's defaults (forwarding off),
+    /// not the host's; `docker run --sysctl net.ipv6.conf.all.forwarding=1`
+    /// turns it on.
+    fn forward_ipv6(&self, on: bool) {
+        let setting = format!("net.ipv6.conf.all.forwarding={}", u8::from(on));
+        if let Err(e) = lab::sysctl(&self.lab.ct_ns, &[&setting]) {
+            panic!("{setting} in the container: {e}");
         }
     }
 
@@ -983,13 +1069,17 @@ async fn flood_within_rate(cx: &mut Ctx, attack: &[&str]) -> Outcome {
     let t = now();
     let out = cx.attack(attack);
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    let leak = |p: &Value| names_denied(p) && from_container(p);
     let mut o = Outcome {
         // Without a filter the denied packets reach the peer.
-        leaked: cx.seen(t, |p| names_denied(p) && from_container(p)),
+        leaked: cx.seen(t, leak),
         control: true,
         notes: vec![format!("attack: {out}")],
         ..Default::default()
     };
+    if let Some(p) = cx.since(t).find(|p| leak(p)) {
+        o.notes.push(format!("leaked: {}", summary(p)));
+    }
     if cx.mode.filtered() {
         let evs = cx.events().await;
         let mut ts: Vec<u64> = evs.iter().map(|e| e.time_ns).collect();
@@ -1369,7 +1459,7 @@ async fn p_docker_dns(cx: &mut Ctx) -> Outcome {
 }
 
 async fn p_pkt_lo_forged_accept(cx: &mut Ctx) -> Outcome {
-    forged_accept(cx, "lo", "7402").await
+    forged_accept(cx, "lo", "-", "7402", "47780").await
 }
 
 /// The container's bridge port in hairpin mode (Docker sets it with
@@ -1379,7 +1469,7 @@ async fn p_pkt_lo_forged_accept(cx: &mut Ctx) -> Outcome {
 /// "allow our subnet" rule), so the backstop lets the SYN and ACK by.
 async fn p_hairpin_forged_accept(cx: &mut Ctx) -> Outcome {
     cx.hairpin(true);
-    let o = forged_accept(cx, "hairpin", "9").await;
+    let o = forged_accept(cx, "hairpin", "-", "9", "47781").await;
     cx.hairpin(false);
     o
 }
@@ -1440,11 +1530,100 @@ async fn p_pkt_raw4_paged(cx: &mut Ctx) -> Outcome {
     o
 }
 
-/// A TCP connection "from" a denied address forged from inside the
-/// container (`via` lo or a hairpin port) to its listener on `port_in`;
+/// The bridge reflects what the container sends to its gateway: a SYN and
+/// an ACK from a denied address to the container's own port 9 (allowed, as
+/// by an "allow our subnet" rule) come back routed by the host, as if from
+/// that address. Sent from an IP_HDRINCL raw socket whose sendto address
+/// (the next hop) is the gateway.
+async fn p_gw_forged_accept(cx: &mut Ctx) -> Outcome {
+    cx.gateway(true);
+    let o = forged_accept(cx, "gateway", GATEWAY4, "9", "47782").await;
+    cx.gateway(false);
+    o
+}
+
+/// The same, the SYN and ACK as packet-socket frames to the gateway's MAC.
+async fn p_gw_forged_accept_pkt(cx: &mut Ctx) -> Outcome {
+    let gateway_mac = cx.gateway(true);
+    let o = forged_accept(cx, "gateway-frame", &gateway_mac, "9", "47783").await;
+    cx.gateway(false);
+    o
+}
+
+/// A datagram "from" a denied address to the container's UDP socket on a
+/// port its own address is allowed, reflected by the gateway: the socket
+/// may answer it as a peer that spoke first.
+async fn p_gw_forged_udp(cx: &mut Ctx) -> Outcome {
+    let attack = [
+        "udp-forged-reply",
+        "gateway",
+        GATEWAY4,
+        "vc",
+        SELF_UDP_PORT,
+        PEER4_OTHER,
+        "47790",
+        CT4,
+        "{L}",
+    ];
+    through_gateway(cx, &attack, at_peer_with_marker).await
+}
+
+/// An echo request "from" a denied address to the container's own address
+/// (allowed), reflected by the gateway: it enters the container through
+/// the veth, so the denied address counts as one that sent packets in, and
+/// the kernel's echo reply, carrying the marker, passes as its answer.
+async fn p_gw_reflect_echo4(cx: &mut Ctx) -> Outcome {
+    gw_echo(cx, |p| {
+        p["src"] == CT4 && p["icmp_type"].as_u64() == Some(0)
+    })
+    .await
+}
+
+/// The host forwards the reflected packet out of the port it came in on,
+/// so it tells the claimed source of a better route (an ICMP redirect,
+/// `send_redirects` being on by default), quoting the packet: whatever
+/// the container wrote reaches that address from the host. The first
+/// `gw-*` probe of a run: the host redirects each source a few times, then
+/// less and less often.
+async fn p_gw_redirect_quote(cx: &mut Ctx) -> Outcome {
+    gw_echo(cx, |p| {
+        p["src"] == GATEWAY4 && p["icmp_type"].as_u64() == Some(5)
+    })
+    .await
+}
+
+/// A marked echo request "from" a denied address to the container's own
+/// address, through the gateway; `sent` tells which packet carrying the
+/// marker at the peer is the leak.
+async fn gw_echo(cx: &mut Ctx, sent: fn(&Value) -> bool) -> Outcome {
+    let attack = ["raw-via", "echo", PEER4_OTHER, CT4, GATEWAY4, "{L}"];
+    through_gateway(cx, &attack, move |p, m| {
+        at_peer_with_marker(p, m) && sent(p)
+    })
+    .await
+}
+
+/// `attack` and the plain UDP4 control (`Ctx::simple`) while the bridge is
+/// the containers' gateway.
+async fn through_gateway(
+    cx: &mut Ctx,
+    attack: &[&str],
+    leak: impl Fn(&Value, &str) -> bool,
+) -> Outcome {
+    cx.gateway(true);
+    let o = cx
+        .simple(attack, &["udp", PEER4, "5353", "{C}"], leak)
+        .await;
+    cx.gateway(false);
+    o
+}
+
+/// A TCP connection "from" a denied address (from port `sport`) forged
+/// from inside the container to its listener on `port_in`, written `via`
+/// lo, a hairpin port or the gateway `hop` (see attack.py's `injector`);
 /// reported apart: the kernel's SYN-ACK, and the accepted socket's data.
-async fn forged_accept(cx: &mut Ctx, via: &str, port_in: &str) -> Outcome {
-    let port: u64 = FORGED_TCP_PORT.parse().expect("port");
+async fn forged_accept(cx: &mut Ctx, via: &str, hop: &str, port_in: &str, sport: &str) -> Outcome {
+    let port: u64 = sport.parse().expect("port");
     let forged = move |p: &Value| {
         p["dst"] == PEER4_OTHER && p["src"] == CT4 && p["dport"].as_u64() == Some(port)
     };
@@ -1454,10 +1633,11 @@ async fn forged_accept(cx: &mut Ctx, via: &str, port_in: &str) -> Outcome {
             &[
                 "tcp-forged-accept",
                 via,
+                hop,
                 "vc",
                 port_in,
                 PEER4_OTHER,
-                FORGED_TCP_PORT,
+                sport,
                 CT4,
                 "{L}",
             ],
@@ -1476,6 +1656,58 @@ async fn forged_accept(cx: &mut Ctx, via: &str, port_in: &str) -> Outcome {
         "at the denied address: SYN-ACK {synack}, data segments {data}"
     ));
     o
+}
+
+async fn p_pkt_lo_forward4(cx: &mut Ctx) -> Outcome {
+    lo_forward(cx, Family::V4, "udp").await
+}
+
+async fn p_pkt_lo_forward4_rst_data(cx: &mut Ctx) -> Outcome {
+    lo_forward(cx, Family::V4, "rst").await
+}
+
+async fn p_pkt_lo_forward6(cx: &mut Ctx) -> Outcome {
+    cx.forward_ipv6(true);
+    let o = lo_forward(cx, Family::V6, "udp").await;
+    cx.forward_ipv6(false);
+    o
+}
+
+/// The peer sends the container a datagram, so it has just sent packets
+/// into the container through its veth; then the container writes on `lo`
+/// a packet `what` ("udp", "rst") from an address not its own to the
+/// peer's `FORWARDED_PORT`, which its kernel forwards out of the veth from
+/// no socket, as a router would.
+async fn lo_forward(cx: &mut Ctx, family: Family, what: &str) -> Outcome {
+    let (src, peer, ct) = match family {
+        Family::V4 => (FORWARDED_SRC4, PEER4, CT4),
+        Family::V6 => (FORWARDED_SRC6, PEER6, CT6),
+    };
+    let t = now();
+    let (lm, cm) = (cx.marker(), cx.marker());
+    let a = container_then_peer(
+        cx,
+        &[
+            "pkt-lo-forward",
+            "6004",
+            src,
+            peer,
+            FORWARDED_PORT,
+            what,
+            &lm,
+        ],
+        &["udp-first", "7780", ct, "6004"],
+    )
+    .await;
+    let c = cx.attack(&["udp", peer, "5353", &cm]);
+    cx.judge(
+        t,
+        &lm,
+        &cm,
+        at_peer_with_marker,
+        vec![format!("attack: {a}"), format!("control: {c}")],
+    )
+    .await
 }
 
 /// The container claims the unfiltered neighbour's addresses; the
@@ -2244,18 +2476,18 @@ async fn setup(mode: Mode) -> Ctx {
         "53",
     ]);
     cx.spawn_ready(dns);
-    // The receiver of the forged inbound connection keeps quiet (drops its
-    // RSTs), as a cooperating one would: otherwise its RST to the SYN-ACK
-    // ends the connection before the container's data. Without nft the
-    // probe still sees the SYN-ACK, which is a leak of its own.
+    // The receiver of the forged inbound connections keeps quiet (drops
+    // its RSTs), as a cooperating one would: otherwise its RST to the
+    // SYN-ACK ends the connection before the container's data. Without nft
+    // the probes still see the SYN-ACK, which is a leak of its own.
     let rule = format!(
-        "table inet bypass {{ chain out {{ type filter hook output priority 0 ; tcp sport {FORGED_TCP_PORT} tcp flags rst drop ; }} ; }}"
+        "table inet bypass {{ chain out {{ type filter hook output priority 0 ; tcp sport {FORGED_TCP_PORTS} tcp flags rst drop ; }} ; }}"
     );
     match lab::cmd_in(&cx.lab.peer_ns, "nft").arg(&rule).output()
     {
         Ok(out) if out.status.success() => {}
         other => eprintln!(
-            "bypass: no silent receiver for pkt-lo-forged-accept (nft: {}); its data segments will not follow the SYN-ACK",
+            "bypass: no silent receiver for the *-forged-accept probes (nft: {}); their data segments will not follow the SYN-ACK",
             match other {
                 Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
                 Err(e) => e.to_string(),
@@ -2273,7 +2505,19 @@ struct Row {
     leaked: bool,
     control: bool,
     pass: bool,
+    /// Filtered, it leaked as `KNOWN_OPEN` says it does.
+    known_open: bool,
     why: String,
+}
+
+impl Row {
+    fn result(&self) -> &'static str {
+        match (self.pass, self.known_open) {
+            (false, _) => "FAIL",
+            (true, true) => "pass (known open hole: skipped)",
+            (true, false) => "pass",
+        }
+    }
 }
 
 async fn run_suite(mode: Mode) -> Vec<Row> {
@@ -2291,6 +2535,11 @@ async fn run_suite(mode: Mode) -> Vec<Row> {
         }
         let t = Instant::now();
         let o = (p.run)(&mut cx).await;
+        let readme = KNOWN_OPEN
+            .iter()
+            .find(|(name, _)| *name == p.name)
+            .map(|(_, readme)| *readme);
+        let known_open = mode.filtered() && o.leaked && readme.is_some();
         let (pass, why) = match mode {
             Mode::SelfTest => {
                 let mut why = Vec::new();
@@ -2307,8 +2556,18 @@ async fn run_suite(mode: Mode) -> Vec<Row> {
             }
             Mode::Filtered => {
                 let mut why = o.failures.clone();
-                if o.leaked {
-                    why.insert(0, format!("LEAK: {}", p.leak));
+                match readme {
+                    Some(readme) if o.leaked => privileged::record_skipped_check(&format!(
+                        "bypass_filtered: {}: known open hole: {} ({readme})",
+                        p.name, p.leak
+                    )),
+                    Some(_) => why.insert(
+                        0,
+                        "no longer leaks: remove it from KNOWN_OPEN and claim the defence in the README"
+                            .into(),
+                    ),
+                    None if o.leaked => why.insert(0, format!("LEAK: {}", p.leak)),
+                    None => {}
                 }
                 if !o.control {
                     why.push(format!("control did not arrive ({})", p.control));
@@ -2316,24 +2575,26 @@ async fn run_suite(mode: Mode) -> Vec<Row> {
                 (why.is_empty(), why.join("; "))
             }
         };
+        let row = Row {
+            name: p.name,
+            leaked: o.leaked,
+            control: o.control,
+            pass,
+            known_open,
+            why,
+        };
         eprintln!(
             "[{mode:?}] {:<28} {:>5.1}s leaked={:<5} control={:<5} {} {}\n    attack: {}\n    notes: {}",
             p.name,
             t.elapsed().as_secs_f64(),
             o.leaked,
             o.control,
-            if pass { "PASS" } else { "FAIL" },
-            why,
+            row.result(),
+            row.why,
             p.attack,
             o.notes.join(" | ")
         );
-        rows.push(Row {
-            name: p.name,
-            leaked: o.leaked,
-            control: o.control,
-            pass,
-            why,
-        });
+        rows.push(row);
     }
     eprintln!(
         "\n{mode:?} summary ({:.0} s):\n{:<28} {:<7} {:<8} result",
@@ -2348,7 +2609,7 @@ async fn run_suite(mode: Mode) -> Vec<Row> {
             r.name,
             r.leaked,
             r.control,
-            if r.pass { "pass" } else { "FAIL" }
+            r.result()
         );
     }
     rows

@@ -16,7 +16,8 @@
 //! (where the backstop sits), the bridge and `hp`: a capture on `vp` sees
 //! only what passed. Addresses are from 198.18.0.0/15 and 2001:db8::/32
 //! (benchmarking and documentation ranges), one bridged subnet, and exist
-//! only inside the lab's namespaces. Everything is named after the test
+//! only inside the lab's namespaces. Containers forward IPv4, as they do on
+//! a Docker host (see `forward_ipv4`). Everything is named after the test
 //! process's pid, removed on drop, and leftovers of dead runs are swept
 //! first (test-kit's naming and sweep).
 #![allow(dead_code)]
@@ -72,6 +73,21 @@ pub fn probe_script() -> PathBuf {
 /// root.
 pub fn require_root(test: &str) -> Option<()> {
     privileged::root_or_skip(test, "it creates namespaces, cgroups and loads BPF").then_some(())
+}
+
+/// IPv4 forwarding on in a container's namespace, as on a Docker host: a
+/// new namespace copies its IPv4 `all` and `default` settings from the
+/// host's (`net.core.devconf_inherit_init_net` 0), and Docker turns
+/// `ip_forward` on. (IPv6 settings start from the kernel's defaults:
+/// forwarding off.)
+fn forward_ipv4(ns: &str) -> test_kit::Result<()> {
+    lab::sysctl(
+        ns,
+        &[
+            "net.ipv4.conf.all.forwarding=1",
+            "net.ipv4.conf.default.forwarding=1",
+        ],
+    )
 }
 
 /// The lab's setup steps: a step that fails fails the test, saying why.
@@ -217,6 +233,7 @@ impl Lab {
         ));
         must(lab::allow_ping_sockets(&c));
         must(lab::allow_ping_sockets(&p));
+        must(forward_ipv4(&c));
         self.ct_veth = link_in(&h, CT_HOST_VETH);
         self.peer_link = link_in(&p, "vp");
     }
@@ -252,6 +269,7 @@ impl Lab {
         self.plug(Some(&cgroup), &ns, "vn", &host_end);
         must(lab::add_addr(&ns, "vn", &format!("{addr4}/15")));
         must(lab::add_addr(&ns, "vn", &format!("{addr6}/64")));
+        must(forward_ipv4(&ns));
         Neighbour {
             link: link_in(&ns, "vn"),
             host_veth: link_in(&self.host_ns, &host_end),
