@@ -308,9 +308,10 @@ fn is_kernel_answer(skb: *mut __sk_buff, flow: &Flow, origin: Origin, ifindex: u
     now.wrapping_sub(seen) <= udp_reply_timeout_ns()
 }
 
-/// A TCP segment that carries no data, with neither IPv4 options nor an
-/// IPv6 extension header: what the kernel sends without a socket. Read
-/// with the helper: this is the rare path of a frame no socket sent.
+/// A TCP segment that carries no data, with no IPv6 extension header: what
+/// the kernel sends without a socket (a SYN-ACK under syncookies too, which
+/// echoes the SYN's IPv4 options). Read with the helper: this is the rare
+/// path of a frame no socket sent.
 #[inline(always)]
 fn is_dataless_tcp(skb: *mut __sk_buff, flow: &Flow) -> bool {
     if flow.proto != ip_proto::TCP || flow.later_fragment {
@@ -322,11 +323,12 @@ fn is_dataless_tcp(skb: *mut __sk_buff, flow: &Flow) -> bool {
         let Ok(hdr) = ctx.load::<[u8; 4]>(l3) else {
             return false;
         };
-        if hdr[0] != 0x45 {
+        let header_len = usize::from(hdr[0] & 0x0f) * 4;
+        if hdr[0] >> 4 != 4 || header_len < 20 {
             return false;
         }
         let total = u16::from_be_bytes([hdr[2], hdr[3]]);
-        (total.wrapping_sub(20), l3 + 20)
+        (total.wrapping_sub(header_len as u16), l3 + header_len)
     } else {
         let Ok(hdr) = ctx.load::<[u8; 8]>(l3) else {
             return false;

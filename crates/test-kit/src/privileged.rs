@@ -20,25 +20,26 @@ pub fn root_or_skip(test: &str, needs: &str) -> bool {
 /// Panics when the log is set but cannot be written: a skip that is not
 /// counted would be counted as a pass.
 pub fn record_skip(why: &str) {
-    record_line(why);
+    record_line("CONTAIN_SKIPPED_LOG", why);
 }
 
-/// How a line of the log starts when it is one check of a test that ran
-/// (`scripts/test.sh` counts it as skipped without taking a pass from the
-/// test, whose other checks passed or failed on their own).
-pub const SKIPPED_CHECK: &str = "check: ";
-
 /// Says why one check of a running test was not held against it (a probe
-/// of a hole known to be open, say) and records it as skipped.
+/// of a hole known to be open, say) and records it in
+/// `$CONTAIN_SKIPPED_CHECKS_LOG`: `scripts/test.sh` counts it as skipped
+/// without taking a pass from the test, whose other checks passed or failed
+/// on their own.
 ///
 /// Panics as [`record_skip`] does.
 pub fn record_skipped_check(why: &str) {
-    record_line(&format!("{SKIPPED_CHECK}{why}"));
+    record_line("CONTAIN_SKIPPED_CHECKS_LOG", why);
 }
 
-fn record_line(why: &str) {
+/// Appends `why` to the log `log_var` names, one line (a newline in it
+/// would count twice).
+fn record_line(log_var: &str, why: &str) {
+    let why = why.replace('\n', " ");
     eprintln!("skipped: {why}");
-    let Some(log) = std::env::var_os("CONTAIN_SKIPPED_LOG") else {
+    let Some(log) = std::env::var_os(log_var) else {
         return;
     };
     // One append of one line per test: tests run in parallel.
