@@ -53,8 +53,7 @@ use kernel_model::{diff::MapDiff, state::KernelState};
 use serde::{Deserialize, Serialize};
 use test_kit::{
     cgroup::{self, Cgroup},
-    lab::Netns,
-    process,
+    lab::{self as netlab, Netns, VethEnd},
 };
 
 use crate::{
@@ -365,12 +364,6 @@ fn batch(
     Ok(b)
 }
 
-/// Runs `ip` with the words of `args`.
-fn ip(args: &str) -> Result<()> {
-    process::run("ip", &args.split_whitespace().collect::<Vec<_>>())?;
-    Ok(())
-}
-
 /// The phase's namespace pair: the client, with 10.0.0.0/8 routed over a
 /// veth to the peer, which drops it (a blackhole route; forwarding is off
 /// there too, so no ICMP error comes back).
@@ -378,23 +371,21 @@ fn network(lab: &Lab) -> Result<(Netns, Netns)> {
     let client = Netns::new(&format!("{}-cold", lab.name))?;
     let peer = Netns::new(&format!("{}-coldpeer", lab.name))?;
     let (c, p) = (client.name(), peer.name());
-    let quiet = "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1";
     for ns in [c, p] {
-        process::run("ip", &["netns", "exec", ns, "sh", "-c", quiet])?;
-        ip(&format!("-n {ns} link set lo up"))?;
+        netlab::disable_ipv6(ns)?;
+        netlab::link_up(ns, "lo")?;
     }
-    for args in [
-        format!("-n {c} link add vc address {CLIENT_MAC} type veth peer name vp address {PEER_MAC} netns {p}"),
-        format!("-n {c} addr add {CLIENT_ADDR} dev vc"),
-        format!("-n {p} addr add {PEER}/24 dev vp"),
-        format!("-n {c} link set vc up"),
-        format!("-n {p} link set vp up"),
-        format!("-n {c} neigh replace {PEER} lladdr {PEER_MAC} dev vc nud permanent"),
-        format!("-n {c} route add 10.0.0.0/8 via {PEER} dev vc"),
-        format!("-n {p} route add blackhole 10.0.0.0/8"),
-    ] {
-        ip(&args)?;
-    }
+    netlab::add_veth(
+        VethEnd::new(c, "vc").mac(CLIENT_MAC),
+        VethEnd::new(p, "vp").mac(PEER_MAC),
+    )?;
+    netlab::add_addr(c, "vc", CLIENT_ADDR)?;
+    netlab::add_addr(p, "vp", &format!("{PEER}/24"))?;
+    netlab::link_up(c, "vc")?;
+    netlab::link_up(p, "vp")?;
+    netlab::add_neighbour(c, "vc", PEER, PEER_MAC)?;
+    netlab::add_route(c, "10.0.0.0/8", PEER, "vc")?;
+    netlab::add_blackhole_route(p, "10.0.0.0/8")?;
     Ok((client, peer))
 }
 

@@ -600,18 +600,12 @@ fn create_to_in_force(
     lab::link_up(&peer_ns, "vp")?;
     lab::add_neighbour(&ct_ns, "vc", "198.18.200.1", pmac)?;
     lab::add_neighbour(&peer_ns, "vp", "198.18.200.2", cmac)?;
-    process::run_with_input(
-        "ip",
-        &["netns", "exec", &peer_ns, "nft", "-f", "-"],
-        b"table ip cbench {\n chain pre {\n  type filter hook prerouting priority -300;\n  ip saddr 198.18.200.2 counter\n }\n}\n",
+    lab::load_nftables(
+        &peer_ns,
+        "table ip cbench {\n chain pre {\n  type filter hook prerouting priority -300;\n  ip saddr 198.18.200.2 counter\n }\n}\n",
     )?;
     let counted = || -> Result<u64> {
-        let out = process::run(
-            "ip",
-            &[
-                "netns", "exec", &peer_ns, "nft", "list", "table", "ip", "cbench",
-            ],
-        )?;
+        let out = lab::exec_in(&peer_ns, "nft", &["list", "table", "ip", "cbench"])?;
         out.split_whitespace()
             .skip_while(|w| *w != "packets")
             .nth(1)
@@ -712,20 +706,7 @@ fn create_to_in_force(
     let _ = std::fs::remove_dir(&unmapped);
     let before_control = counted()?;
     // Positive control: the same namespace, outside the managed cgroup.
-    let _ = process::run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &ct_ns,
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "1",
-            "198.18.200.1",
-        ],
-    );
+    let _ = lab::exec_in(&ct_ns, "ping", &["-c", "1", "-W", "1", "198.18.200.1"]);
     create.control_packets = counted()? - before_control;
     let counters: PerCpuArray<MapData, PolicyCounters> =
         Map::PerCpuArray(MapData::from_pin(maps.join("CONTAIN_COUNTERS"))?).try_into()?;

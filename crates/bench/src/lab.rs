@@ -502,12 +502,8 @@ impl Lab {
                 _ => continue,
             };
             let started = Instant::now();
-            process::run_with_input(
-                "ip",
-                &["netns", "exec", &t.ns, "nft", "-f", "-"],
-                text.as_bytes(),
-            )
-            .with_context(|| format!("loading the nftables rules of {}", t.name()))?;
+            netlab::load_nftables(&t.ns, &text)
+                .with_context(|| format!("loading the nftables rules of {}", t.name()))?;
             self.nft_load_s
                 .insert(t.name(), started.elapsed().as_secs_f64());
         }

@@ -25,7 +25,6 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use contain_common::program_names;
 use serde::{Deserialize, Serialize};
-use test_kit::process;
 
 use crate::{
     flowcost::prog_stats,
@@ -152,25 +151,8 @@ pub fn selected(kind: Kind, rules: usize, counts: &[usize]) -> bool {
 /// Counters of the host side of configuration `idx`'s veth: packets and
 /// bytes received (from the client), packets sent (to it).
 fn counters(lab: &Lab, idx: usize) -> Result<(u64, u64, u64)> {
-    let dev = peer_veth(idx + 1);
-    let out = process::run(
-        "ip",
-        &["-n", &lab.peer_ns, "-s", "-j", "link", "show", "dev", &dev],
-    )?;
-    let json: serde_json::Value = serde_json::from_str(&out).context("`ip -s -j link` output")?;
-    let rx = &json[0]["stats64"]["rx"];
-    let tx = &json[0]["stats64"]["tx"];
-    Ok((
-        rx["packets"]
-            .as_u64()
-            .with_context(|| format!("rx packets of {dev}"))?,
-        rx["bytes"]
-            .as_u64()
-            .with_context(|| format!("rx bytes of {dev}"))?,
-        tx["packets"]
-            .as_u64()
-            .with_context(|| format!("tx packets of {dev}"))?,
-    ))
+    let c = test_kit::lab::link_counters(&lab.peer_ns, &peer_veth(idx + 1))?;
+    Ok((c.rx_packets, c.rx_bytes, c.tx_packets))
 }
 
 struct Run {

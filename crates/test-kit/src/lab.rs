@@ -114,6 +114,34 @@ pub fn link_in(ns: &str, dev: &str) -> Result<Link> {
     })
 }
 
+/// A link's traffic counters, as `ip -s -j link` reports them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkCounters {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+}
+
+/// Reads the traffic counters of link `dev` inside namespace `ns`.
+pub fn link_counters(ns: &str, dev: &str) -> Result<LinkCounters> {
+    let out = ip(ns, &["-s", "-j", "link", "show", "dev", dev])?;
+    let bad = |why: String| Error::Setup(format!("ip -s -j link show {dev} in {ns}: {why}"));
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| bad(e.to_string()))?;
+    let stats = &v[0]["stats64"];
+    let counter = |direction: &str, what: &str| {
+        stats[direction][what]
+            .as_u64()
+            .ok_or_else(|| bad(format!("no {direction} {what} in {v}")))
+    };
+    Ok(LinkCounters {
+        rx_packets: counter("rx", "packets")?,
+        rx_bytes: counter("rx", "bytes")?,
+        tx_packets: counter("tx", "packets")?,
+        tx_bytes: counter("tx", "bytes")?,
+    })
+}
+
 /// Runs `ip -n <ns> <args>`: one change to namespace `ns`'s links,
 /// addresses, routes or neighbours.
 pub fn ip(ns: &str, args: &[&str]) -> Result<String> {
@@ -161,6 +189,16 @@ pub fn disable_ipv6(ns: &str) -> Result<()> {
             "net.ipv6.conf.default.disable_ipv6=1",
         ],
     )
+}
+
+/// Loads `ruleset` (what `nft -f` reads) into namespace `ns`'s nftables.
+pub fn load_nftables(ns: &str, ruleset: &str) -> Result<()> {
+    process::run_with_input(
+        "ip",
+        &["netns", "exec", ns, "nft", "-f", "-"],
+        ruleset.as_bytes(),
+    )
+    .map(drop)
 }
 
 /// A network namespace as `ip` can reach one: this process's own, one
@@ -307,6 +345,18 @@ pub fn add_neighbour(ns: &str, dev: &str, addr: &str, mac: &str) -> Result<()> {
         ],
     )
     .map(drop)
+}
+
+/// Routes `dest` (`10.0.0.0/8`) in namespace `ns` via `gateway` out of
+/// `dev`.
+pub fn add_route(ns: &str, dest: &str, gateway: &str, dev: &str) -> Result<()> {
+    ip(ns, &["route", "add", dest, "via", gateway, "dev", dev]).map(drop)
+}
+
+/// Drops what namespace `ns` sends to `dest` (`10.0.0.0/8`), silently: a
+/// blackhole route, no ICMP error.
+pub fn add_blackhole_route(ns: &str, dest: &str) -> Result<()> {
+    ip(ns, &["route", "add", "blackhole", dest]).map(drop)
 }
 
 /// A bridge `name` in namespace `ns`, up, that only switches: no spanning
