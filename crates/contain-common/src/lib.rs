@@ -35,6 +35,7 @@ pub mod map_names {
     pub const VETHS: &str = "CONTAIN_VETHS";
     pub const ATTACHED_CGROUPS: &str = "CONTAIN_ATTACHED_CGROUPS";
     pub const VETH_PEERS: &str = "CONTAIN_VETH_PEERS";
+    pub const VETH_SOURCES: &str = "CONTAIN_VETH_SOURCES";
     pub const ALL: &[&str] = &[
         CGROUPS,
         PROCESSES,
@@ -54,6 +55,7 @@ pub mod map_names {
         VETHS,
         ATTACHED_CGROUPS,
         VETH_PEERS,
+        VETH_SOURCES,
     ];
 }
 
@@ -76,6 +78,7 @@ pub mod capacity {
     pub const VETHS: u32 = 16_384;
     pub const ATTACHED_CGROUPS: u32 = 16_384;
     pub const VETH_PEERS: u32 = 65_536;
+    pub const VETH_SOURCES: u32 = 65_536;
 }
 
 /// Cgroup levels the veth program walks up from a socket's cgroup to find
@@ -195,12 +198,14 @@ pub const CGROUP_UNRESTRICTED: u32 = 2;
 /// dockerd forwards for it from inside its network namespace may leave.
 pub const CGROUP_FORWARDED_DNS: u32 = 4;
 
-/// `VETH_PEERS` key: an address that sent a packet into a container through
-/// its veth (host-side ifindex). The kernel's own replies to it (echo
-/// replies, resets, ICMP errors) may leave through that veth.
+/// An address on one host-side veth (by ifindex). `VETH_PEERS` keys: an
+/// address that sent a packet into a container through its veth, whose
+/// answers from the kernel (echo replies, resets, ICMP errors) may leave
+/// through that veth. `VETH_SOURCES` keys: an address of the container's
+/// own interface behind the veth, the only sources its frames may carry.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct VethPeerKey {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VethAddrKey {
     pub ifindex: u32,
     pub _pad: u32,
     pub addr: [u8; 16],
@@ -442,7 +447,10 @@ pub mod stat {
     /// container for, let through (a veth of an unfiltered container, or
     /// one policyd has not mapped yet).
     pub const VETH_UNOWNED: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// Frames of a governed container whose source is none of its
+    /// addresses (denied, or let through and reported in audit mode).
+    pub const FORGED_SOURCE: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// `SOCKETS` (socket storage): who created the socket, and the last verdict
@@ -585,6 +593,9 @@ pub const EVENT_LINK_LAYER: u8 = 2;
 /// kernel's own, or a host process working in the container's namespace,
 /// such as dockerd forwarding DNS queries).
 pub const EVENT_UNATTRIBUTED: u8 = 4;
+/// A veth event: the frame's source is no address of the container's
+/// (forged), whatever its destination.
+pub const EVENT_FORGED_SOURCE: u8 = 8;
 
 /// FNV-1a, 64 bit, over bytes up to the first NUL (or `limit`). The kernel
 /// hashes exec'd paths and comms with exactly this; userspace hashes the
@@ -644,6 +655,7 @@ mod pod {
     unsafe impl aya::Pod for ExePath {}
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for VethOwner {}
+    unsafe impl aya::Pod for VethAddrKey {}
     unsafe impl aya::Pod for FileStamp {}
 }
 

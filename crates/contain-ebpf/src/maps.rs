@@ -10,7 +10,7 @@ use aya_ebpf::{
 use contain_common::{
     capacity, CgroupPolicy, Config, DestKey, DestValue, EventBudget, ExePath, ExecInfo, InboundKey,
     InboundPeer, PolicyCounters, PortKey, PortValue, ProcessClass, ProcessKey, SockInfo, VethOwner,
-    VethPeerKey, MAX_POLICIES,
+    VethAddrKey, MAX_POLICIES,
 };
 
 /// A hash map the loader writes and programs only read: its elements are
@@ -102,5 +102,12 @@ pub static ATTACHED_CGROUPS: LoaderHashMap<u64, u32, { capacity::ATTACHED_CGROUP
 /// Who sent packets into each container through its veth, and when last
 /// (`bpf_ktime_get_coarse_ns`): the kernel may answer them.
 #[btf_map(name = "CONTAIN_VETH_PEERS")]
-pub static VETH_PEERS: LruHashMap<VethPeerKey, u64, { capacity::VETH_PEERS as usize }> =
+pub static VETH_PEERS: LruHashMap<VethAddrKey, u64, { capacity::VETH_PEERS as usize }> =
     LruHashMap::new();
+
+/// The addresses of the container's interface behind each host-side veth
+/// (policyd's, from the resolver): a governed container's frames must carry
+/// one of them as their source.
+#[btf_map(name = "CONTAIN_VETH_SOURCES")]
+pub static VETH_SOURCES: LoaderHashMap<VethAddrKey, u8, { capacity::VETH_SOURCES as usize }> =
+    LoaderHashMap::new();

@@ -35,7 +35,7 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use contain_common::{
-    ip_proto, stat, Hook, Verdict, VethPeerKey, CGROUP_FORWARDED_DNS, EVENT_LINK_LAYER,
+    ip_proto, stat, Hook, Verdict, VethAddrKey, CGROUP_FORWARDED_DNS, EVENT_LINK_LAYER,
     EVENT_UNATTRIBUTED, MAX_CGROUP_DEPTH,
 };
 
@@ -294,7 +294,7 @@ fn is_kernel_answer(skb: *mut __sk_buff, flow: &Flow, origin: Origin, ifindex: u
     if !answer {
         return false;
     }
-    let key = VethPeerKey {
+    let key = VethAddrKey {
         ifindex,
         _pad: 0,
         addr: flow.daddr,
@@ -384,7 +384,7 @@ pub fn admit_inbound(skb: *mut __sk_buff) -> i32 {
     let Some(addr) = packet::source_address::<L3_AFTER_ETHERNET>(skb) else {
         return PASS;
     };
-    let key = VethPeerKey {
+    let key = VethAddrKey {
         ifindex,
         _pad: 0,
         addr,

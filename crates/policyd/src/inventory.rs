@@ -348,6 +348,7 @@ mod tests {
                 ifindex: 31,
                 name: "veth1a2b".into(),
                 peer_ifindex: 2,
+                addresses: Vec::new(),
             }],
             host_network: false,
             metadata_complete: false,

@@ -632,6 +632,7 @@ mod fake_resolver {
                 ifindex: cgroup_id as u32,
                 name: format!("veth{name}"),
                 peer_ifindex: 2,
+                addresses: Vec::new(),
             }],
             host_network: false,
             metadata_complete: true,

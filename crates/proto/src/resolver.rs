@@ -85,6 +85,12 @@ pub struct HostVeth {
     pub name: String,
     /// The peer's interface index inside the container's namespace.
     pub peer_ifindex: u32,
+    /// The addresses of the peer interface (IPv4 and IPv6, link-local
+    /// included), sorted: the only sources the container's frames on this
+    /// veth may carry. Empty until read (the veth backstop then refuses
+    /// every routable source on it).
+    #[serde(default)]
+    pub addresses: Vec<std::net::IpAddr>,
 }
 
 /// One running container.
@@ -274,6 +280,7 @@ mod tests {
                 ifindex: 7,
                 name: "veth1".into(),
                 peer_ifindex: 2,
+                addresses: Vec::new(),
             }],
             host_network: false,
             metadata_complete: true,

@@ -160,6 +160,7 @@ mod tests {
                 ifindex,
                 name: format!("veth{ifindex}"),
                 peer_ifindex: 2,
+                addresses: Vec::new(),
             }],
             host_network: false,
             metadata_complete: true,
