@@ -31,7 +31,7 @@ use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use contain_common::{CgroupPolicy, PolicyCounters};
 use kernel_model::{
     diff::OpCounts,
-    state::{Entry, EntryKey, MapOp},
+    state::{EntryKey, MapOp},
 };
 use serde::{Deserialize, Serialize};
 use test_kit::{
@@ -273,27 +273,17 @@ fn record(r: &mut Reload, (wall, report, bytes): (f64, serde_json::Value, usize)
     }
     let mut by: BTreeMap<String, usize> = BTreeMap::new();
     for op in &ops {
-        let (verb, map) = match op {
-            MapOp::Upsert { entry } => (
-                "upsert",
-                match entry {
-                    Entry::Cgroup { .. } => "cgroup",
-                    Entry::Process { .. } => "process",
-                    Entry::Dest { .. } => "destination",
-                    Entry::Port { .. } => "port",
-                    Entry::Veth { .. } => "veth",
-                },
-            ),
-            MapOp::Delete { key } => (
-                "delete",
-                match key {
-                    EntryKey::Cgroup { .. } => "cgroup",
-                    EntryKey::Process { .. } => "process",
-                    EntryKey::Dest { .. } => "destination",
-                    EntryKey::Port { .. } => "port",
-                    EntryKey::Veth { .. } => "veth",
-                },
-            ),
+        let (verb, key) = match op {
+            MapOp::Upsert { entry } => ("upsert", entry.key()),
+            MapOp::Delete { key } => ("delete", *key),
+        };
+        let map = match key {
+            EntryKey::Cgroup { .. } => "cgroup",
+            EntryKey::Process { .. } => "process",
+            EntryKey::Dest { .. } => "destination",
+            EntryKey::Port { .. } => "port",
+            EntryKey::Veth { .. } => "veth",
+            EntryKey::VethSource { .. } => "veth source",
         };
         *by.entry(format!("{verb} {map}")).or_default() += 1;
     }

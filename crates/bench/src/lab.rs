@@ -42,7 +42,7 @@ use anyhow::{Context as _, Result};
 use bpf_loader::kernel::Kernel;
 use kernel_model::{
     diff::MapDiff,
-    state::{Entry, Verdict},
+    state::{Entry, Verdict, VethSource},
 };
 use serde::{Deserialize, Serialize};
 use test_kit::{
@@ -360,6 +360,13 @@ impl Lab {
                     _ => None,
                 };
                 if let Some(ifindex) = ifindex {
+                    let source = match t.kind {
+                        Kind::ContainVeth => t.client,
+                        _ => crate::progcost::FRAME_SOURCE,
+                    };
+                    state.state.upsert(Entry::VethSource {
+                        key: VethSource::new(ifindex, source.into()),
+                    });
                     state.state.upsert(Entry::Veth { ifindex, cgroup_id });
                 }
             }

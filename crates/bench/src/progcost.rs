@@ -39,6 +39,10 @@ use crate::{
 
 /// A hand-built Ethernet frame with an IPv4 TCP SYN (the kernel strips the
 /// Ethernet header for cgroup_skb).
+/// The source of every frame the program-cost phase builds: the address
+/// of the container behind the test-run veth.
+pub const FRAME_SOURCE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+
 pub fn tcp_syn(dst: Ipv4Addr, dport: u16) -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
     let mut ip = [0u8; 20];
@@ -46,7 +50,7 @@ pub fn tcp_syn(dst: Ipv4Addr, dport: u16) -> Vec<u8> {
     ip[2..4].copy_from_slice(&40u16.to_be_bytes());
     ip[8] = 64;
     ip[9] = TCP;
-    ip[12..16].copy_from_slice(&[198, 18, 0, 2]);
+    ip[12..16].copy_from_slice(&FRAME_SOURCE.octets());
     ip[16..20].copy_from_slice(&dst.octets());
     let mut tcp = [0u8; 20];
     tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());

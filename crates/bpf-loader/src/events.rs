@@ -168,6 +168,7 @@ pub fn decode(
         socket_cookie: e.socket_cookie,
         link_layer: e.flags & kern::EVENT_LINK_LAYER != 0,
         unattributed: e.flags & kern::EVENT_UNATTRIBUTED != 0,
+        forged_source: e.flags & kern::EVENT_FORGED_SOURCE != 0,
         // A veth event of a frame that is not IP carries its ethertype as
         // the port.
         ethertype: (e.family == 0 && hook == Hook::Veth).then_some(e.dport),

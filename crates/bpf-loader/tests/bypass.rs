@@ -2381,46 +2381,57 @@ async fn setup(mode: Mode) -> Ctx {
     write_app_script(&app_script);
     // ct and ct2 share the container's netns (two containers of a pod),
     // so both list its veth; nb has its own and no policy selects it.
-    let container = |name: &str, path: &Path, lab_label: &str, veth: u32| Container {
-        id: format!("{name}-id"),
-        name: name.into(),
-        labels: BTreeMap::from([("lab".to_string(), lab_label.to_string())]),
-        image: "bypass:lab".into(),
-        namespace: "moby".into(),
-        runtime: "docker".into(),
-        cgroup_id: Some(lab.cgroup_id(path)),
-        cgroup_path: path
-            .strip_prefix(cgroup2_mount())
-            .ok()
-            .map(|p| format!("/{}", p.display())),
-        host_network: false,
-        host_veths: vec![veth],
-        readonly_rootfs: None,
-        // What the resolver would answer: the lab's "containers" share the
-        // host's root.
-        exes: BTreeMap::from([
-            (
-                PYTHON.to_string(),
-                Ok(proto::resolver::ExeFile {
-                    file: file_of(PYTHON),
-                    sha256: None,
-                }),
-            ),
-            (
-                app.display().to_string(),
-                Ok(proto::resolver::ExeFile {
-                    file: app_file,
-                    sha256: None,
-                }),
-            ),
-        ]),
-    };
+    let container =
+        |name: &str, path: &Path, lab_label: &str, veth: u32, addresses: [&str; 2]| Container {
+            id: format!("{name}-id"),
+            name: name.into(),
+            labels: BTreeMap::from([("lab".to_string(), lab_label.to_string())]),
+            image: "bypass:lab".into(),
+            namespace: "moby".into(),
+            runtime: "docker".into(),
+            cgroup_id: Some(lab.cgroup_id(path)),
+            cgroup_path: path
+                .strip_prefix(cgroup2_mount())
+                .ok()
+                .map(|p| format!("/{}", p.display())),
+            host_network: false,
+            host_veths: vec![veth],
+            veth_addresses: BTreeMap::from([(
+                veth,
+                addresses.iter().map(|a| a.parse().unwrap()).collect(),
+            )]),
+            readonly_rootfs: None,
+            // What the resolver would answer: the lab's "containers" share the
+            // host's root.
+            exes: BTreeMap::from([
+                (
+                    PYTHON.to_string(),
+                    Ok(proto::resolver::ExeFile {
+                        file: file_of(PYTHON),
+                        sha256: None,
+                    }),
+                ),
+                (
+                    app.display().to_string(),
+                    Ok(proto::resolver::ExeFile {
+                        file: app_file,
+                        sha256: None,
+                    }),
+                ),
+            ]),
+        };
     let ct_veth = lab.ct_veth.ifindex;
     let inventory = Inventory {
         containers: vec![
-            container("ct", &lab.ct, "bypass", ct_veth),
-            container("ct2", &ct2, "bypass", ct_veth),
-            container("nb", &nb.cgroup, "unfiltered", nb.host_veth.ifindex),
+            container("ct", &lab.ct, "bypass", ct_veth, [CT4, CT6]),
+            container("ct2", &ct2, "bypass", ct_veth, [CT4, CT6]),
+            container(
+                "nb",
+                &nb.cgroup,
+                "unfiltered",
+                nb.host_veth.ifindex,
+                [NB4, NB6],
+            ),
         ],
     };
     let capture = lab.scratch.join("capture.jsonl");

@@ -512,7 +512,7 @@ async fn the_veth_backstop_stops_packet_sockets_and_keeps_allowed_flows() {
     let mut rules = Rules::default();
     rules
         .cgroup(lab.ct_id(), 1, false)
-        .veth(lab.ct_veth.ifindex, lab.ct_id())
+        .veth(lab.ct_veth.ifindex, lab.ct_id(), &[CT4, CT6])
         .process(1, ProcessMatch::File(common::file_of(PYTHON)), 1)
         .allow(Allow {
             policy: 1,
@@ -615,6 +615,130 @@ async fn the_veth_backstop_stops_packet_sockets_and_keeps_allowed_flows() {
     assert_eq!(event.src.to_string(), CT4);
 }
 
+/// A source address of no one's, on the lab's subnet: what a container
+/// forges.
+const FORGED4: &str = "198.18.7.9";
+
+/// The veth refuses any frame whose source is none of the container's
+/// addresses, whatever sent it and wherever it goes: a raw socket's
+/// header (which the cgroup program judged by its destination, allowed)
+/// and a packet socket's frame, both to the allowed peer. It reports them
+/// as forged and counts them; audit mode lets them pass, reported. The same
+/// sends from the container's own address arrive: the probes work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_veth_refuses_forged_sources_and_reports_them() {
+    let Some(()) = require_root("the_veth_refuses_forged_sources_and_reports_them") else {
+        return;
+    };
+    let (mut lab, client) = Lab::running().await;
+    let mut rules = Rules::default();
+    rules
+        .cgroup(lab.ct_id(), 1, false)
+        .veth(lab.ct_veth.ifindex, lab.ct_id(), &[CT4, CT6])
+        .allow(allow(PEER4, UDP, Some(5353)));
+    converge(&client, &rules.state, Verdict::Deny).await;
+    let capture = lab.scratch.join("capture.jsonl");
+    std::fs::write(&capture, "").expect("capture file");
+    lab.start_peer_sniffer(&capture);
+    let ct = lab.ct.clone();
+    let attack = repo_root().join("tests/bypass/attack.py");
+    let send = |args: &[&str]| {
+        let mut argv = vec![PYTHON.to_string(), attack.display().to_string()];
+        argv.extend(args.iter().map(|s| s.to_string()));
+        let out = lab.in_cgroup_cmd(&ct, &argv).output().expect("attack.py");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("sendto=ok"),
+            "could not send {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let raw = |src: &str, marker: &str| send(&["raw4", src, PEER4, "5353", marker, "none"]);
+    let mac = lab.peer_link.mac.clone();
+    let frame = |src: &str, marker: &str| {
+        send(&[
+            "pkt-udp", "vc", "dgram", "0", &mac, src, PEER4, "5353", marker,
+        ])
+    };
+
+    raw(CT4, "MK{rawown}");
+    frame(CT4, "MK{frameown}");
+    assert!(
+        marker_arrives(&capture, "MK{rawown}").await,
+        "the raw socket's own packet"
+    );
+    assert!(
+        marker_arrives(&capture, "MK{frameown}").await,
+        "the packet socket's own frame"
+    );
+    raw(FORGED4, "MK{rawforged}");
+    frame(FORGED4, "MK{frameforged}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = captured_markers(&capture);
+    for marker in ["MK{rawforged}", "MK{frameforged}"] {
+        assert!(
+            !seen.iter().any(|m| m == marker),
+            "{marker} arrived at the peer"
+        );
+    }
+
+    let batch = client
+        .events(tarpc::context::current(), 0, 1000, 1000)
+        .await
+        .expect("rpc");
+    let forged: Vec<_> = batch
+        .events
+        .iter()
+        .filter(|e| e.hook == Hook::Veth && e.src.to_string() == FORGED4)
+        .collect();
+    assert_eq!(
+        forged.len(),
+        2,
+        "one event per forged send: {:#?}",
+        batch.events
+    );
+    for event in &forged {
+        assert!(event.forged_source, "{event:#?}");
+        assert_eq!(event.cgroup_id, lab.ct_id());
+        assert_eq!((event.policy_id, event.verdict), (1, Verdict::Deny));
+        assert_eq!((event.proto, event.dst_port), (UDP, 5353));
+        assert_eq!(event.dst.to_string(), PEER4);
+    }
+    assert_eq!(
+        forged.iter().filter(|e| e.link_layer).count(),
+        1,
+        "the packet socket's frame says so, the raw socket's packet does not"
+    );
+    let counters = client
+        .counters(tarpc::context::current())
+        .await
+        .expect("rpc")
+        .expect("counters");
+    assert_eq!(counters.forged_source_frames, 2);
+
+    // Audit mode: passed, and reported as audited.
+    rules.cgroup(lab.ct_id(), 1, true);
+    converge(&client, &rules.state, Verdict::Deny).await;
+    raw(FORGED4, "MK{rawforgedaudit}");
+    assert!(
+        marker_arrives(&capture, "MK{rawforgedaudit}").await,
+        "audit mode denies nothing"
+    );
+    let seen_up_to = batch.events.iter().map(|e| e.seq).max().unwrap_or(0);
+    let batch = client
+        .events(tarpc::context::current(), seen_up_to, 1000, 1000)
+        .await
+        .expect("rpc");
+    assert!(
+        batch
+            .events
+            .iter()
+            .any(|e| e.forged_source && e.verdict == Verdict::Audit),
+        "{:#?}",
+        batch.events
+    );
+}
+
 /// What `script` (a Python script of the repository) prints when run with
 /// `args` in the peer's namespace, trimmed.
 fn at_peer(lab: &Lab, script: &str, args: &[&str]) -> String {
@@ -673,7 +797,7 @@ async fn the_kernel_answers_peers_through_a_mapped_veth() {
     // Policy 1 with no allowance at all.
     rules
         .cgroup(lab.ct_id(), 1, false)
-        .veth(lab.ct_veth.ifindex, lab.ct_id());
+        .veth(lab.ct_veth.ifindex, lab.ct_id(), &[CT4, CT6]);
     converge(&client, &rules.state, Verdict::Deny).await;
     let capture = lab.scratch.join("capture.jsonl");
     std::fs::write(&capture, "").expect("capture file");

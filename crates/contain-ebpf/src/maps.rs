@@ -9,8 +9,8 @@ use aya_ebpf::{
 };
 use contain_common::{
     capacity, CgroupPolicy, Config, DestKey, DestValue, EventBudget, ExePath, ExecInfo, InboundKey,
-    InboundPeer, PolicyCounters, PortKey, PortValue, ProcessClass, ProcessKey, SockInfo, VethOwner,
-    VethAddrKey, MAX_POLICIES,
+    InboundPeer, PolicyCounters, PortKey, PortValue, ProcessClass, ProcessKey, SockInfo,
+    VethAddrKey, VethOwner, MAX_POLICIES,
 };
 
 /// A hash map the loader writes and programs only read: its elements are

@@ -5,7 +5,7 @@
 //! across the veth and a process cannot forge:
 //!
 //! - an IP socket in a cgroup contain's programs are attached to: already
-//!   judged by `cgroup_skb/egress`, passed at the cost of a lookup;
+//!   judged by `cgroup_skb/egress`, but for its source address;
 //! - a packet socket: judged here under the policy of the cgroup that made
 //!   it (or, for a socket from outside contain's cgroups, the veth's
 //!   owner's), with no process identity, so only container-wide rules can
@@ -23,6 +23,17 @@
 //! IGMP would carry whatever it writes to the container's neighbours. Any
 //! other ethertype and any VLAN-tagged frame of a governed container is
 //! dropped.
+//!
+//! Whatever sent it, an IP frame of a governed container must carry as its
+//! source an address of the container's interface behind the veth
+//! (`VETH_SOURCES`, from the resolver through policyd), an IPv6 link-local
+//! address or the unspecified address, which never leave the link. A raw
+//! socket's header, a transparent or free-bind socket's bound address and
+//! a packet socket's frame can name any source; a forged one would have
+//! the answer to the packet sent to someone the rules deny (the host's
+//! routing reflects a packet to the container's own address back to it).
+//! The check starts once the veth is mapped: policyd writes its sources
+//! before the veth's owner.
 
 use core::mem::MaybeUninit;
 
@@ -35,8 +46,8 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use contain_common::{
-    ip_proto, stat, Hook, Verdict, VethAddrKey, CGROUP_FORWARDED_DNS, EVENT_LINK_LAYER,
-    EVENT_UNATTRIBUTED, MAX_CGROUP_DEPTH,
+    ip_proto, stat, Hook, Verdict, VethAddrKey, CGROUP_FORWARDED_DNS, EVENT_FORGED_SOURCE,
+    EVENT_LINK_LAYER, EVENT_UNATTRIBUTED, MAX_CGROUP_DEPTH,
 };
 
 use crate::{
@@ -45,7 +56,7 @@ use crate::{
         Identity, Target,
     },
     decide_source_routed,
-    maps::{ATTACHED_CGROUPS, CGROUPS, EVENT_FLOW_SCRATCH, VETHS, VETH_PEERS},
+    maps::{ATTACHED_CGROUPS, CGROUPS, EVENT_FLOW_SCRATCH, VETHS, VETH_PEERS, VETH_SOURCES},
     packet::{self, Flow, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, L3_AFTER_ETHERNET},
 };
 
@@ -66,6 +77,9 @@ static NOBODY: Identity = Identity::UNKNOWN;
 /// Who sent a frame that no cgroup program judged.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Origin {
+    /// An IP socket of a cgroup contain's cgroup programs run for: judged
+    /// by them, all but its source.
+    Judged,
     /// A packet socket of some process: the content is the sender's.
     PacketSocket,
     /// No socket at all: what the container's namespace forwards, and the
@@ -89,35 +103,42 @@ pub fn judge_frame(skb: *mut __sk_buff) -> i32 {
             (*skb).vlan_present,
         )
     };
-    let origin = if sk.is_null() {
-        Origin::Socketless
+    let (origin, governed) = if sk.is_null() {
+        (Origin::Socketless, false)
     } else {
         // SAFETY: a socket pointer from the context; `family` is readable
         // on every kind of socket.
         let family = unsafe { (*sk).family };
-        if family == AF_INET || family == AF_INET6 {
-            if socket_is_governed(skb) {
-                return PASS;
-            }
-            Origin::Unattributed {
-                host_process: is_host_process_socket(sk),
-            }
+        let governed = socket_is_governed(skb);
+        if family != AF_INET && family != AF_INET6 {
+            (Origin::PacketSocket, governed)
+        } else if governed {
+            (Origin::Judged, true)
         } else {
-            Origin::PacketSocket
+            let host_process = is_host_process_socket(sk);
+            (Origin::Unattributed { host_process }, false)
         }
     };
+    // SAFETY: presence only.
+    let mapped = unsafe { VETHS.get(ifindex) }.map(|owner| owner.cgroup_id);
+    if origin == Origin::Judged {
+        return if mapped.is_some() {
+            judge_source(skb, ifindex)
+        } else {
+            PASS
+        };
+    }
     // A packet socket of a governed cgroup is judged under that cgroup: the
     // kernel's record of who made the socket, which no frame can forge, and
     // more precise than the veth when containers share a namespace (a pod
     // whose sandbox no policy selects). Anything else is judged under the
     // container behind the veth.
-    let cgroup_id = if origin == Origin::PacketSocket && socket_is_governed(skb) {
+    let cgroup_id = if governed {
         // SAFETY: skb context.
         unsafe { bpf_skb_cgroup_id(skb) }
     } else {
-        // SAFETY: copied out at once.
-        match unsafe { VETHS.get(ifindex) } {
-            Some(owner) => owner.cgroup_id,
+        match mapped {
+            Some(owner) => owner,
             None => {
                 bump_stat(stat::VETH_UNOWNED);
                 return PASS;
@@ -130,7 +151,7 @@ pub fn judge_frame(skb: *mut __sk_buff) -> i32 {
     }
     let flags = match origin {
         Origin::PacketSocket => EVENT_LINK_LAYER,
-        Origin::Socketless | Origin::Unattributed { .. } => EVENT_UNATTRIBUTED,
+        Origin::Judged | Origin::Socketless | Origin::Unattributed { .. } => EVENT_UNATTRIBUTED,
     };
     let ethertype = packet::ethertype(skb);
     if vlan_present != 0 || (ethertype != ETH_P_IP && ethertype != ETH_P_IPV6) {
@@ -146,6 +167,9 @@ pub fn judge_frame(skb: *mut __sk_buff) -> i32 {
         return deny_frame(cgroup_id, &gov, ethertype, flags);
     }
     let flow: &Flow = flow;
+    if mapped.is_some() && !is_own_source(ifindex, flow.family, &flow.saddr) {
+        return deny_forged(cgroup_id, &gov, flow, flags);
+    }
     // The container's loopback traffic never crosses its veth: a frame to a
     // loopback address is forged, and the rules' loopback allowance must not
     // carry it to the bridge.
@@ -176,25 +200,101 @@ pub fn judge_frame(skb: *mut __sk_buff) -> i32 {
     }
     count(gov.policy_id, decision.verdict());
     if decision.verdict() != Verdict::Allow {
-        if let Some(event) = EVENT_FLOW_SCRATCH.get_ptr_mut(0) {
-            // SAFETY: per-CPU map value, this program's alone while it runs.
-            let event = unsafe { &mut *event };
-            event.hook = Hook::Veth as u8;
-            event.socket_cookie = 0;
-            event.flags = flags;
-            event.saddr = flow.saddr;
-            event.daddr = flow.daddr;
-            event.sport = flow.sport;
-            event.dport = flow.dport;
-            event.family = flow.family;
-            event.proto = flow.proto;
-            let _queued = report(cgroup_id, &gov, &NOBODY, &decision, event);
-        }
+        report_frame(cgroup_id, &gov, &decision, flow, flags);
     }
     if decision.verdict() == Verdict::Deny {
         DROP
     } else {
         PASS
+    }
+}
+
+/// A packet a cgroup program judged: its source is the one thing left to
+/// check, under the policy of the socket's cgroup. The packet is parsed
+/// whole only to report a forged one.
+#[inline(always)]
+fn judge_source(skb: *mut __sk_buff, ifindex: u32) -> i32 {
+    // SAFETY: skb context.
+    let cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
+    let gov = governance(cgroup_id);
+    if gov.unrestricted {
+        return PASS;
+    }
+    let family = if packet::ethertype(skb) == ETH_P_IPV6 {
+        6
+    } else {
+        4
+    };
+    if let Some(saddr) = packet::source_address::<L3_AFTER_ETHERNET>(skb) {
+        if is_own_source(ifindex, family, &saddr) {
+            return PASS;
+        }
+    }
+    let mut slot = MaybeUninit::uninit();
+    let flow = Flow::zeroed_in(&mut slot);
+    // Unparsed, the report shows what was read, zeros for the rest.
+    let _ = packet::parse::<L3_AFTER_ETHERNET>(skb, flow);
+    deny_forged(cgroup_id, &gov, flow, 0)
+}
+
+/// Whether a frame's source is one the container may send from: an address
+/// of its interface behind the veth, an IPv6 link-local address, or the
+/// unspecified address (duplicate address detection, a DHCP client), none
+/// of which the host routes back or answers beyond the link. An IPv6
+/// header's v4-mapped address is none of the container's.
+#[inline(always)]
+fn is_own_source(ifindex: u32, family: u8, addr: &[u8; 16]) -> bool {
+    let v4_mapped = addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff;
+    if family == 6 {
+        if v4_mapped {
+            return false;
+        }
+        if (addr[0] == 0xfe && addr[1] & 0xc0 == 0x80) || *addr == [0; 16] {
+            return true;
+        }
+    } else if addr[12..] == [0; 4] {
+        return true;
+    }
+    let key = VethAddrKey {
+        ifindex,
+        _pad: 0,
+        addr: *addr,
+    };
+    // SAFETY: presence only.
+    unsafe { VETH_SOURCES.get(key) }.is_some()
+}
+
+/// A frame whose source is none of the container's: refused (in audit
+/// mode passed), counted and reported, whatever its destination.
+#[inline(always)]
+fn deny_forged(cgroup_id: u64, gov: &Governance, flow: &Flow, flags: u8) -> i32 {
+    bump_stat(stat::FORGED_SOURCE);
+    let decision = Decision::new(gov.on_miss, 0);
+    count(gov.policy_id, decision.verdict());
+    report_frame(cgroup_id, gov, &decision, flow, flags | EVENT_FORGED_SOURCE);
+    if decision.verdict() == Verdict::Deny {
+        DROP
+    } else {
+        PASS
+    }
+}
+
+/// Reports a frame the veth program did not let through as allowed.
+#[inline(always)]
+fn report_frame(cgroup_id: u64, gov: &Governance, decision: &Decision, flow: &Flow, flags: u8) {
+    if let Some(event) = EVENT_FLOW_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: per-CPU map value, this program's alone while it runs.
+        let event = unsafe { &mut *event };
+        event.hook = Hook::Veth as u8;
+        event.socket_cookie = 0;
+        event.flags = flags;
+        event.saddr = flow.saddr;
+        event.daddr = flow.daddr;
+        event.sport = flow.sport;
+        event.dport = flow.dport;
+        event.family = flow.family;
+        event.proto = flow.proto;
+        let _queued = report(cgroup_id, gov, &NOBODY, decision, event);
     }
 }
 

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::state::{
     CgroupEntry, DestPrefix, Entry, EntryKey, FileId, KernelState, MapOp, PortPrefix, ProcessKey,
-    ProcessMatch, Verdict,
+    ProcessMatch, Verdict, VethSource,
 };
 
 /// A transactional change: applied only if the loader is still at
@@ -111,6 +111,9 @@ pub enum PackedOp {
     /// ifindex, cgroup id.
     #[serde(rename = "v")]
     Veth(u32, u64),
+    /// ifindex, address (high, low).
+    #[serde(rename = "s")]
+    VethSource(u32, u64, u64),
     #[serde(rename = "-c")]
     DeleteCgroup(u64),
     #[serde(rename = "-p")]
@@ -123,6 +126,8 @@ pub enum PackedOp {
     DeletePort(u32, u8, u16, u8),
     #[serde(rename = "-v")]
     DeleteVeth(u32),
+    #[serde(rename = "-s")]
+    DeleteVethSource(u32, u64, u64),
 }
 
 fn addr_halves(addr: [u8; 16]) -> (u64, u64) {
@@ -164,6 +169,10 @@ impl From<MapOp> for PackedOp {
                     PackedOp::Port(key.ruleset, key.proto, key.port, key.port_bits, rule_id)
                 }
                 Entry::Veth { ifindex, cgroup_id } => PackedOp::Veth(ifindex, cgroup_id),
+                Entry::VethSource { key } => {
+                    let (high, low) = addr_halves(key.addr);
+                    PackedOp::VethSource(key.ifindex, high, low)
+                }
             },
             MapOp::Delete { key } => match key {
                 EntryKey::Cgroup { id } => PackedOp::DeleteCgroup(id),
@@ -181,6 +190,10 @@ impl From<MapOp> for PackedOp {
                     PackedOp::DeletePort(key.ruleset, key.proto, key.port, key.port_bits)
                 }
                 EntryKey::Veth { ifindex } => PackedOp::DeleteVeth(ifindex),
+                EntryKey::VethSource { key } => {
+                    let (high, low) = addr_halves(key.addr);
+                    PackedOp::DeleteVethSource(key.ifindex, high, low)
+                }
             },
         }
     }
@@ -212,6 +225,10 @@ impl From<PackedOp> for MapOp {
             proto,
             port,
             port_bits,
+        };
+        let source = |ifindex, high, low| VethSource {
+            ifindex,
+            addr: addr_of(high, low),
         };
         let upsert = |entry| MapOp::Upsert { entry };
         let delete = |key| MapOp::Delete { key };
@@ -258,6 +275,12 @@ impl From<PackedOp> for MapOp {
                 key: port(ruleset, proto, p, bits),
             }),
             PackedOp::DeleteVeth(ifindex) => delete(EntryKey::Veth { ifindex }),
+            PackedOp::VethSource(ifindex, high, low) => upsert(Entry::VethSource {
+                key: source(ifindex, high, low),
+            }),
+            PackedOp::DeleteVethSource(ifindex, high, low) => delete(EntryKey::VethSource {
+                key: source(ifindex, high, low),
+            }),
         }
     }
 }
@@ -346,6 +369,16 @@ pub fn diff_ops(current: &KernelState, desired: &KernelState) -> Vec<MapOp> {
         |ifindex| EntryKey::Veth { ifindex },
         &mut ops,
     );
+    for &key in current.veth_sources.difference(&desired.veth_sources) {
+        ops.push(MapOp::Delete {
+            key: EntryKey::VethSource { key },
+        });
+    }
+    for &key in desired.veth_sources.difference(&current.veth_sources) {
+        ops.push(MapOp::Upsert {
+            entry: Entry::VethSource { key },
+        });
+    }
     // Stable: within one class of operation, keys stay in map order.
     ops.sort_by_key(apply_order);
     ops
@@ -368,7 +401,10 @@ pub fn apply(state: &mut KernelState, unknown_verdict: Option<Verdict>, ops: &[M
 /// racing the update never sees a rule whose target is missing: first the
 /// rule tables a new policy points to, then the cgroup pointers, and only
 /// then the removal of what nothing points to any more. A veth points to a
-/// cgroup entry: it comes after it and goes before it.
+/// cgroup entry: it comes after it and goes before it. A veth's source
+/// addresses are in place before the veth is mapped, and a changed address's
+/// new entry before its old one goes, so that no frame of the container's
+/// own is refused while the maps change.
 pub fn apply_order(op: &MapOp) -> u8 {
     match op {
         MapOp::Upsert {
@@ -384,23 +420,29 @@ pub fn apply_order(op: &MapOp) -> u8 {
             entry: Entry::Cgroup { .. },
         } => 3,
         MapOp::Upsert {
+            entry: Entry::VethSource { .. },
+        } => 4,
+        MapOp::Upsert {
             entry: Entry::Veth { .. },
         }
         | MapOp::Delete {
             key: EntryKey::Veth { .. },
-        } => 4,
-        MapOp::Delete {
-            key: EntryKey::Cgroup { .. },
         } => 5,
         MapOp::Delete {
-            key: EntryKey::Process { .. },
+            key: EntryKey::VethSource { .. },
         } => 6,
         MapOp::Delete {
-            key: EntryKey::Dest { .. },
+            key: EntryKey::Cgroup { .. },
         } => 7,
         MapOp::Delete {
-            key: EntryKey::Port { .. },
+            key: EntryKey::Process { .. },
         } => 8,
+        MapOp::Delete {
+            key: EntryKey::Dest { .. },
+        } => 9,
+        MapOp::Delete {
+            key: EntryKey::Port { .. },
+        } => 10,
     }
 }
 
@@ -415,6 +457,8 @@ pub struct OpCounts {
     pub ports: usize,
     #[serde(default)]
     pub veths: usize,
+    #[serde(default)]
+    pub veth_sources: usize,
 }
 
 impl OpCounts {
@@ -437,6 +481,7 @@ impl OpCounts {
                 EntryKey::Dest { .. } => c.dests += 1,
                 EntryKey::Port { .. } => c.ports += 1,
                 EntryKey::Veth { .. } => c.veths += 1,
+                EntryKey::VethSource { .. } => c.veth_sources += 1,
             }
         }
         c
@@ -453,11 +498,12 @@ impl std::fmt::Display for OpCounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} upserts, {} deletes: {} cgroups, {} veths, {} processes, {} destinations, {} ports",
+            "{} upserts, {} deletes: {} cgroups, {} veths, {} veth sources, {} processes, {} destinations, {} ports",
             self.upserts,
             self.deletes,
             self.cgroups,
             self.veths,
+            self.veth_sources,
             self.processes,
             self.dests,
             self.ports
@@ -533,17 +579,37 @@ mod tests {
             0u32..4,
             0..12,
         );
+        let veth_sources = prop::collection::btree_set(
+            (1u32..4, 0u8..4).prop_map(|(ifindex, b)| {
+                let mut addr = [0u8; 16];
+                addr[15] = b;
+                VethSource { ifindex, addr }
+            }),
+            0..6,
+        );
         let verdict = prop::sample::select(vec![Verdict::Deny, Verdict::Allow, Verdict::Audit]);
-        (verdict, cgroups, processes, dests, ports, veths).prop_map(
-            |(unknown_verdict, cgroups, processes, dests, ports, veths)| KernelState {
-                unknown_verdict,
-                cgroups,
-                processes,
-                dests,
-                ports,
-                veths,
-            },
+        (
+            verdict,
+            cgroups,
+            processes,
+            dests,
+            ports,
+            veths,
+            veth_sources,
         )
+            .prop_map(
+                |(unknown_verdict, cgroups, processes, dests, ports, veths, veth_sources)| {
+                    KernelState {
+                        unknown_verdict,
+                        cgroups,
+                        processes,
+                        dests,
+                        ports,
+                        veths,
+                        veth_sources,
+                    }
+                },
+            )
     }
 
     /// Any operation, every field over its whole range.
@@ -620,6 +686,9 @@ mod tests {
                 }),
             (any::<u32>(), any::<u64>())
                 .prop_map(|(ifindex, cgroup_id)| Entry::Veth { ifindex, cgroup_id }),
+            (any::<u32>(), any::<[u8; 16]>()).prop_map(|(ifindex, addr)| Entry::VethSource {
+                key: VethSource { ifindex, addr },
+            }),
         ];
         (entry, any::<bool>()).prop_map(|(entry, delete)| {
             if delete {
@@ -722,6 +791,16 @@ mod tests {
                 cgroup_id: 42,
             },
         };
+        let source = VethSource {
+            ifindex: 5,
+            addr: [1; 16],
+        };
+        let new_source = MapOp::Upsert {
+            entry: Entry::VethSource { key: source },
+        };
+        let old_source = MapOp::Delete {
+            key: EntryKey::VethSource { key: source },
+        };
         let del_cgroup = MapOp::Delete {
             key: EntryKey::Cgroup { id: 42 },
         };
@@ -735,10 +814,18 @@ mod tests {
                 },
             },
         };
-        let order: Vec<u8> = [&port, &cgroup, &veth, &del_cgroup, &del_port]
-            .into_iter()
-            .map(apply_order)
-            .collect();
+        let order: Vec<u8> = [
+            &port,
+            &cgroup,
+            &new_source,
+            &veth,
+            &old_source,
+            &del_cgroup,
+            &del_port,
+        ]
+        .into_iter()
+        .map(apply_order)
+        .collect();
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
     }
 

@@ -7,6 +7,7 @@ use thiserror::Error;
 
 use crate::state::{
     CgroupEntry, DestPrefix, FileId, KernelState, PortPrefix, ProcessKey, ProcessMatch, Verdict,
+    VethSource,
 };
 
 /// A key of an LPM trie as the kernel takes it: how many leading bits of
@@ -32,6 +33,8 @@ pub enum EncodeError {
     PortNotCanonical { port: u16, bits: u8 },
     #[error("unknown process kind {0} in the kernel map")]
     ProcessKind(u32),
+    #[error("veth source address on interface index 0 (no interface has it)")]
+    VethIfindex,
 }
 
 fn check_policy(policy_id: u32) -> Result<(), EncodeError> {
@@ -39,6 +42,24 @@ fn check_policy(policy_id: u32) -> Result<(), EncodeError> {
         return Err(EncodeError::PolicyId(policy_id));
     }
     Ok(())
+}
+
+pub fn veth_source_key(k: &VethSource) -> Result<kern::VethAddrKey, EncodeError> {
+    if k.ifindex == 0 {
+        return Err(EncodeError::VethIfindex);
+    }
+    Ok(kern::VethAddrKey {
+        ifindex: k.ifindex,
+        _pad: 0,
+        addr: k.addr,
+    })
+}
+
+pub fn veth_source_back(k: &kern::VethAddrKey) -> VethSource {
+    VethSource {
+        ifindex: k.ifindex,
+        addr: k.addr,
+    }
 }
 
 pub fn cgroup_value(v: &CgroupEntry) -> Result<kern::CgroupPolicy, EncodeError> {

@@ -1,7 +1,11 @@
 //! The kernel state contain manages, as plain data: what policyd wants the
 //! loader's maps to hold and what the loader says they hold.
 
-use std::{collections::BTreeMap, fmt};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::IpAddr,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -110,6 +114,39 @@ pub struct PortPrefix {
     pub port_bits: u8,
 }
 
+/// An address of a container's interface, on the host-side veth it sits
+/// behind: a source the container's frames there may carry. Addresses are
+/// 16 bytes, IPv4 as `::ffff:a.b.c.d`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct VethSource {
+    pub ifindex: u32,
+    pub addr: [u8; 16],
+}
+
+impl VethSource {
+    pub fn new(ifindex: u32, addr: IpAddr) -> Self {
+        VethSource {
+            ifindex,
+            addr: crate::prefix::addr_key(addr).to_be_bytes(),
+        }
+    }
+
+    /// The address, IPv4 as such.
+    pub fn address(&self) -> IpAddr {
+        let v6 = std::net::Ipv6Addr::from(self.addr);
+        match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        }
+    }
+
+    /// IPv6 link-local (`fe80::/10`): the kernel lets it pass by prefix
+    /// (it stays on the link), so it needs no entry.
+    pub fn is_link_local(addr: IpAddr) -> bool {
+        matches!(addr, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80)
+    }
+}
+
 /// One map entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "map")]
@@ -136,6 +173,10 @@ pub enum Entry {
         ifindex: u32,
         cgroup_id: u64,
     },
+    /// A source address the frames on a veth may carry.
+    VethSource {
+        key: VethSource,
+    },
 }
 
 /// The key of one map entry.
@@ -147,6 +188,7 @@ pub enum EntryKey {
     Dest { key: DestPrefix },
     Port { key: PortPrefix },
     Veth { ifindex: u32 },
+    VethSource { key: VethSource },
 }
 
 impl Entry {
@@ -157,6 +199,7 @@ impl Entry {
             Entry::Dest { key, .. } => EntryKey::Dest { key },
             Entry::Port { key, .. } => EntryKey::Port { key },
             Entry::Veth { ifindex, .. } => EntryKey::Veth { ifindex },
+            Entry::VethSource { key } => EntryKey::VethSource { key },
         }
     }
 }
@@ -184,6 +227,9 @@ pub struct KernelState {
     /// Host-side veth ifindex → the cgroup id of the container behind it.
     #[serde(with = "as_pairs", default)]
     pub veths: BTreeMap<u32, u64>,
+    /// The addresses each veth's frames may carry as their source.
+    #[serde(default)]
+    pub veth_sources: BTreeSet<VethSource>,
 }
 
 impl KernelState {
@@ -193,6 +239,7 @@ impl KernelState {
             + self.dests.len()
             + self.ports.len()
             + self.veths.len()
+            + self.veth_sources.len()
     }
 
     pub fn get(&self, key: &EntryKey) -> Option<Entry> {
@@ -217,6 +264,10 @@ impl KernelState {
                 .veths
                 .get(&ifindex)
                 .map(|&cgroup_id| Entry::Veth { ifindex, cgroup_id }),
+            EntryKey::VethSource { key } => self
+                .veth_sources
+                .contains(&key)
+                .then_some(Entry::VethSource { key }),
         }
     }
 
@@ -236,6 +287,9 @@ impl KernelState {
             }
             Entry::Veth { ifindex, cgroup_id } => {
                 self.veths.insert(ifindex, cgroup_id);
+            }
+            Entry::VethSource { key } => {
+                self.veth_sources.insert(key);
             }
         }
     }
@@ -257,6 +311,9 @@ impl KernelState {
             }
             EntryKey::Veth { ifindex } => {
                 self.veths.remove(&ifindex);
+            }
+            EntryKey::VethSource { key } => {
+                self.veth_sources.remove(&key);
             }
         }
         old
@@ -296,11 +353,16 @@ impl KernelState {
             .veths
             .iter()
             .map(|(&ifindex, &cgroup_id)| Entry::Veth { ifindex, cgroup_id });
+        let veth_sources = self
+            .veth_sources
+            .iter()
+            .map(|&key| Entry::VethSource { key });
         cgroups
             .chain(processes)
             .chain(dests)
             .chain(ports)
             .chain(veths)
+            .chain(veth_sources)
     }
 }
 

@@ -75,6 +75,7 @@ fn check_entry(entry: &Entry) -> Result<(), Invalid> {
             }
             Ok(())
         }
+        Entry::VethSource { key } => repr::veth_source_key(key).map(drop),
     }
     .map_err(Invalid::Encode)
 }

@@ -785,6 +785,9 @@ pub fn describe_op(op: &MapOp) -> String {
             }
         ),
         EntryKey::Veth { ifindex } => format!("veth {ifindex}"),
+        EntryKey::VethSource { key } => {
+            format!("veth {} source {}", key.ifindex, key.address())
+        }
     };
     match op {
         MapOp::Upsert { entry } => {
@@ -808,6 +811,7 @@ pub fn describe_op(op: &MapOp) -> String {
                 Entry::Dest { ruleset, .. } => format!("ruleset {ruleset}"),
                 Entry::Port { rule_id, .. } => format!("rule {rule_id}"),
                 Entry::Veth { cgroup_id, .. } => format!("cgroup {cgroup_id}"),
+                Entry::VethSource { .. } => return format!("+ {}", key_text(&entry.key())),
             };
             format!("+ {} -> {value}", key_text(&entry.key()))
         }

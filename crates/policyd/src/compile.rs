@@ -37,13 +37,13 @@
 //! rules.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     rc::Rc,
 };
 
 use contain_common::capacity;
 use kernel_model::state::{
-    CgroupEntry, DestPrefix, FileId, KernelState, PortPrefix, ProcessKey, ProcessMatch,
+    CgroupEntry, DestPrefix, FileId, KernelState, PortPrefix, ProcessKey, ProcessMatch, VethSource,
 };
 
 use crate::{
@@ -171,11 +171,12 @@ pub fn compile(
         assignments,
         cgroups,
         veths,
+        veth_sources,
         files,
         exes,
         warnings,
     } = assign(policies, &rules, inventory)?;
-    let state = assemble(policies, &rules, cgroups, veths, files);
+    let state = assemble(policies, &rules, cgroups, (veths, veth_sources), files);
     Ok(Compiled {
         rules,
         assignments,
@@ -190,7 +191,7 @@ pub fn assemble(
     policies: &PolicySet,
     rules: &CompiledRules,
     cgroups: BTreeMap<u64, CgroupEntry>,
-    veths: BTreeMap<u32, u64>,
+    (veths, veth_sources): (BTreeMap<u32, u64>, BTreeSet<VethSource>),
     files: BTreeMap<ProcessKey, u32>,
 ) -> KernelState {
     let mut processes = rules.processes.clone();
@@ -202,6 +203,7 @@ pub fn assemble(
         dests: rules.dests.clone(),
         ports: rules.ports.clone(),
         veths,
+        veth_sources,
     }
 }
 
@@ -212,6 +214,8 @@ pub struct Assigned {
     pub cgroups: BTreeMap<u64, CgroupEntry>,
     /// Host-side veth ifindex → the cgroup id of its owner.
     pub veths: BTreeMap<u32, u64>,
+    /// The addresses of the owners' interfaces behind their veths.
+    pub veth_sources: BTreeSet<VethSource>,
     /// `PROCESSES` entries of the executables resolved in the containers.
     pub files: BTreeMap<ProcessKey, u32>,
     /// Every `exe` path of every selected container, resolved or not.
@@ -306,11 +310,12 @@ pub fn assign(
         };
         cgroups.insert(cgroup_id, entry);
     }
-    let veths = assign_veths(policies, inventory, &assignments, &mut warnings);
+    let (veths, veth_sources) = assign_veths(policies, inventory, &assignments, &mut warnings);
     let (files, exes) = assign_files(policies, rules, inventory, &assignments, &mut warnings);
     for (map, needed, cap) in [
         ("CGROUPS", cgroups.len(), capacity::CGROUPS),
         ("VETHS", veths.len(), capacity::VETHS),
+        ("VETH_SOURCES", veth_sources.len(), capacity::VETH_SOURCES),
         (
             "PROCESSES",
             rules.processes.len() + files.len(),
@@ -329,6 +334,7 @@ pub fn assign(
         assignments,
         cgroups,
         veths,
+        veth_sources,
         files,
         exes,
         warnings,
@@ -433,19 +439,33 @@ fn assign_files(
 /// `VETHS`: each host-side veth to its owner's cgroup id (see
 /// [`Inventory::veth_owners`]). Frames from any packet socket behind a
 /// shared veth are judged under the owner's policy, so containers sharing
-/// it under another policy are named in a warning.
+/// it under another policy are named in a warning. `VETH_SOURCES`: the
+/// addresses of the owner's interface behind each veth (the containers
+/// sharing it share the interface), but IPv6 link-local ones, which the
+/// kernel takes by prefix.
 fn assign_veths(
     policies: &PolicySet,
     inventory: &Inventory,
     assignments: &[Assignment],
     warnings: &mut Vec<Diagnostic>,
-) -> BTreeMap<u32, u64> {
+) -> (BTreeMap<u32, u64>, BTreeSet<VethSource>) {
     let policy_of = |index: usize| assignments[index].policy_index;
     let mut veths = BTreeMap::new();
+    let mut sources = BTreeSet::new();
     // One warning per namespace, not per veth.
     let mut differing: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (ifindex, owner) in inventory.veth_owners() {
         veths.insert(ifindex, owner.cgroup_id);
+        let addresses = inventory.containers[owner.owner]
+            .veth_addresses
+            .get(&ifindex);
+        sources.extend(
+            addresses
+                .into_iter()
+                .flatten()
+                .filter(|&&addr| !VethSource::is_link_local(addr))
+                .map(|&addr| VethSource::new(ifindex, addr)),
+        );
         let others: Vec<usize> = owner
             .sharers
             .into_iter()
@@ -478,7 +498,7 @@ fn assign_veths(
             source_line: None,
         });
     }
-    veths
+    (veths, sources)
 }
 
 /// Compiles every policy's rules (independent of the inventory).

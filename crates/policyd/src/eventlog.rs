@@ -47,6 +47,9 @@ pub enum Reason {
     /// process's in the container's namespace) the container-wide rules do
     /// not allow.
     Unattributed,
+    /// A frame whose source is none of the container's addresses: no rule
+    /// allows it.
+    ForgedSource,
 }
 
 impl Reason {
@@ -58,6 +61,8 @@ impl Reason {
             Reason::Revoked
         } else if event.ethertype.is_some() {
             Reason::NotIp
+        } else if event.forged_source {
+            Reason::ForgedSource
         } else if event.policy_id == contain_common::UNKNOWN_POLICY_ID {
             Reason::UnknownContainer
         } else if event.link_layer {
@@ -323,6 +328,7 @@ mod tests {
             socket_cookie: 0,
             link_layer: false,
             unattributed: false,
+            forged_source: false,
             ethertype: None,
         }
     }
@@ -410,6 +416,8 @@ mod tests {
         e.link_layer = true;
         e.policy_id = contain_common::UNKNOWN_POLICY_ID;
         assert_eq!(Reason::of(&e), Reason::UnknownContainer);
+        e.forged_source = true;
+        assert_eq!(Reason::of(&e), Reason::ForgedSource);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! This is policyd's own input type; the resolver's wire types convert into
 //! it, so the compiler does not depend on how containers are discovered.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use proto::resolver::{ExeFile, ExeLookup};
 use serde::{Deserialize, Serialize};
@@ -42,6 +42,10 @@ pub struct Container {
     /// Host-side ifindexes of the veths whose peers are in the container's
     /// network namespace; containers sharing a namespace list the same ones.
     pub host_veths: Vec<u32>,
+    /// The addresses of the container's interfaces, by the host-side
+    /// ifindex of the veth each sits behind: the only sources its frames
+    /// there may carry.
+    pub veth_addresses: BTreeMap<u32, Vec<IpAddr>>,
     /// The runtime mounts the container's root filesystem read-only
     /// (`None`: it did not say).
     pub readonly_rootfs: Option<bool>,
@@ -84,6 +88,11 @@ impl From<&proto::resolver::Container> for Container {
             cgroup_path: (!c.cgroup_path.is_empty()).then(|| c.cgroup_path.clone()),
             host_network: c.host_network,
             host_veths: c.host_veths.iter().map(|v| v.ifindex).collect(),
+            veth_addresses: c
+                .host_veths
+                .iter()
+                .map(|v| (v.ifindex, v.addresses.clone()))
+                .collect(),
             readonly_rootfs: c.readonly_rootfs,
             exes: BTreeMap::new(),
         }

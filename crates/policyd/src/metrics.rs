@@ -158,6 +158,7 @@ pub struct KernelCounters {
     pub unstamped_sockets: u64,
     pub unparsed_packets: u64,
     pub veth_unowned_frames: u64,
+    pub forged_source_frames: u64,
 }
 
 /// One kernel map's use.
@@ -401,6 +402,11 @@ pub fn render(scrape: &Scrape, recorder: &Recorder) -> String {
                 "veth_unowned_frames",
                 "Frames no container's socket sent, let through on a veth policyd has mapped to no container",
                 kernel.veth_unowned_frames,
+            ),
+            (
+                "forged_source_frames",
+                "Frames of a governed container whose source is none of its addresses: denied (passed in audit mode) and reported",
+                kernel.forged_source_frames,
             ),
         ] {
             let counter = Counter::<u64>::default();

@@ -180,6 +180,8 @@ struct Seen {
     docker_dns: u64,
     /// Non-IP frames: nothing allows them.
     not_ip: u64,
+    /// Frames with a forged source: nothing allows them either.
+    forged: u64,
     events: u64,
 }
 
@@ -268,6 +270,10 @@ impl Collector {
         }
         if record.reason == Reason::NotIp {
             seen.not_ip += 1;
+            return;
+        }
+        if record.reason == Reason::ForgedSource {
+            seen.forged += 1;
             return;
         }
         let (Some(dest), Some(transport)) = (record.destination_address, &record.transport) else {
@@ -561,6 +567,13 @@ pub fn render(s: &Suggestion) -> String {
                 plural(seen.not_ip, "event")
             );
         }
+        if seen.forged > 0 {
+            let _ = writeln!(
+                out,
+                "# {} of frames whose source is none of the container's addresses: no rule allows those.",
+                plural(seen.forged, "event")
+            );
+        }
         let wide = seen.flows.get(&Scope::ContainerWide);
         let exes: Vec<(&String, &Flows)> = seen
             .flows
@@ -766,6 +779,7 @@ mod tests {
             socket_cookie: 0,
             link_layer: false,
             unattributed: false,
+            forged_source: false,
             ethertype: None,
         }
     }

@@ -138,6 +138,7 @@ fn denial(cgroup_id: u64, policy_id: u32, port: u16) -> Event {
         socket_cookie: 0,
         link_layer: false,
         unattributed: false,
+        forged_source: false,
         ethertype: None,
     }
 }
@@ -291,6 +292,7 @@ async fn a_denial_is_logged_with_its_container_and_moves_its_counter_in_promethe
         unstamped_sockets: 0,
         unparsed_packets: 3,
         veth_unowned_frames: 6,
+        forged_source_frames: 7,
     });
     let mut e = denial(CURLER_CGROUP, lockdown, 9090);
     e.suppressed = 4;
@@ -342,6 +344,10 @@ async fn a_denial_is_logged_with_its_container_and_moves_its_counter_in_promethe
     assert_eq!(
         sample(&after, "contain_veth_unowned_frames_total"),
         Some(6.0)
+    );
+    assert_eq!(
+        sample(&after, "contain_forged_source_frames_total"),
+        Some(7.0)
     );
     assert_eq!(
         sample(&after, r#"contain_containers{state="enforced"}"#),

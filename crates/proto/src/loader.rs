@@ -91,6 +91,10 @@ pub struct Counters {
     /// container (an unfiltered one's, or one policyd has not mapped yet).
     #[serde(default)]
     pub veth_unowned_frames: u64,
+    /// Frames of a governed container whose source is none of its
+    /// addresses (denied, or passed and reported in audit mode).
+    #[serde(default)]
+    pub forged_source_frames: u64,
 }
 
 /// Which hook decided.
@@ -149,6 +153,10 @@ pub struct Event {
     /// kernel's, or a host process's in the container's namespace).
     #[serde(default)]
     pub unattributed: bool,
+    /// A veth event of a frame whose source is none of the container's
+    /// addresses: forged, whatever it was sent to.
+    #[serde(default)]
+    pub forged_source: bool,
     /// The ethertype of a denied frame that is not IP (then `proto` is 0
     /// and the addresses unspecified).
     #[serde(default)]

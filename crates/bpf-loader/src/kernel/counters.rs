@@ -48,6 +48,7 @@ impl Kernel {
             unstamped_sockets: stat(kern::stat::UNSTAMPED_SOCKETS)?,
             unparsed_packets: stat(kern::stat::UNPARSED)?,
             veth_unowned_frames: stat(kern::stat::VETH_UNOWNED)?,
+            forged_source_frames: stat(kern::stat::FORGED_SOURCE)?,
         })
     }
 

@@ -85,6 +85,7 @@ struct PolicyMaps {
     stats: PerCpuArray<MapData, u64>,
     exe_paths: HashMap<MapData, u64, ExePath>,
     veths: HashMap<MapData, u32, VethOwner>,
+    veth_sources: HashMap<MapData, kern::VethAddrKey, u8>,
     /// Cgroup id → its level: where the cgroup programs are attached.
     attached_cgroups: HashMap<MapData, u64, u32>,
 }

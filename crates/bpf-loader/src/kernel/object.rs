@@ -97,6 +97,7 @@ impl Kernel {
             stats: take(&mut ebpf, map_names::STATS)?,
             exe_paths: take(&mut ebpf, map_names::EXE_PATHS)?,
             veths: take(&mut ebpf, map_names::VETHS)?,
+            veth_sources: take(&mut ebpf, map_names::VETH_SOURCES)?,
             attached_cgroups: take(&mut ebpf, map_names::ATTACHED_CGROUPS)?,
         };
         let events: RingBuf<MapData> = take(&mut ebpf, map_names::EVENTS)?;

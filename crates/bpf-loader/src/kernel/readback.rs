@@ -74,6 +74,12 @@ impl Kernel {
                 cgroup_id: owner.cgroup_id,
             });
         }
+        for item in m.veth_sources.keys() {
+            let key = item.map_err(map_err(map_names::VETH_SOURCES))?;
+            state.upsert(Entry::VethSource {
+                key: repr::veth_source_back(&key),
+            });
+        }
         let config = m.config.get(&0, 0).unwrap_or_default();
         state.unknown_verdict = repr::verdict_back(config.unknown_verdict);
         Ok(state)

@@ -174,6 +174,7 @@ enum MapWrite {
     ExactPort(kern::PortKey, Option<PortValue>),
     Port(Key<kern::PortKey>, Option<PortValue>),
     Veth(u32, Option<VethOwner>),
+    VethSource(kern::VethAddrKey, Option<u8>),
 }
 
 impl MapWrite {
@@ -196,6 +197,9 @@ impl MapWrite {
                 Entry::Veth { ifindex, cgroup_id } => {
                     MapWrite::Veth(ifindex, Some(VethOwner { cgroup_id }))
                 }
+                Entry::VethSource { key } => {
+                    MapWrite::VethSource(repr::veth_source_key(&key)?, Some(1))
+                }
             },
             MapOp::Delete { key } => match key {
                 EntryKey::Cgroup { id } => MapWrite::Cgroup(id, None),
@@ -205,6 +209,9 @@ impl MapWrite {
                 EntryKey::Dest { key } => MapWrite::dest(&key, None)?,
                 EntryKey::Port { key } => MapWrite::port(&key, None)?,
                 EntryKey::Veth { ifindex } => MapWrite::Veth(ifindex, None),
+                EntryKey::VethSource { key } => {
+                    MapWrite::VethSource(repr::veth_source_key(&key)?, None)
+                }
             },
         })
     }
@@ -243,6 +250,7 @@ impl MapWrite {
             MapWrite::Host(k, v) => set(&mut m.hosts, k, v, map_names::HOSTS),
             MapWrite::ExactPort(k, v) => set(&mut m.exact_ports, k, v, map_names::EXACT_PORTS),
             MapWrite::Veth(k, v) => set(&mut m.veths, k, v, map_names::VETHS),
+            MapWrite::VethSource(k, v) => set(&mut m.veth_sources, k, v, map_names::VETH_SOURCES),
             MapWrite::Dest(k, v) => match v {
                 Some(v) => m.dests.insert(k, v, 0),
                 None => absent_is_removed(m.dests.remove(k)),

@@ -34,6 +34,7 @@ use kernel_model::{
     diff::MapDiff,
     state::{
         CgroupEntry, DestPrefix, Entry, KernelState, PortPrefix, ProcessKey, ProcessMatch, Verdict,
+        VethSource,
     },
 };
 use proto::{loader::LoaderClient, transport};
@@ -485,12 +486,19 @@ impl Rules {
         self
     }
 
-    /// The container (cgroup `id`) behind the host-side veth `ifindex`.
-    pub fn veth(&mut self, ifindex: u32, id: u64) -> &mut Self {
+    /// The container (cgroup `id`) behind the host-side veth `ifindex`,
+    /// whose interface there has the addresses `sources`.
+    pub fn veth(&mut self, ifindex: u32, id: u64, sources: &[&str]) -> &mut Self {
         self.state.upsert(Entry::Veth {
             ifindex,
             cgroup_id: id,
         });
+        for source in sources {
+            let addr = source.parse().expect("address");
+            self.state.upsert(Entry::VethSource {
+                key: VethSource::new(ifindex, addr),
+            });
+        }
         self
     }
 

@@ -217,6 +217,7 @@ pub async fn gather(engine: &Handle, recorder: &Recorder) -> Scrape {
         unstamped_sockets: c.unstamped_sockets,
         unparsed_packets: c.unparsed_packets,
         veth_unowned_frames: c.veth_unowned_frames,
+        forged_source_frames: c.forged_source_frames,
     });
     let mut containers = std::collections::BTreeMap::new();
     for c in &status.containers {

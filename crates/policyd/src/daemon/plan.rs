@@ -12,7 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kernel_model::{
     diff::{apply_order, MapDiff},
-    state::{CgroupEntry, Entry, EntryKey, KernelState, MapOp, ProcessKey, ProcessMatch},
+    state::{
+        CgroupEntry, Entry, EntryKey, KernelState, MapOp, ProcessKey, ProcessMatch, VethSource,
+    },
 };
 use proto::loader::StateSnapshot;
 
@@ -52,11 +54,18 @@ pub fn desired(
     let Assigned {
         cgroups,
         veths,
+        veth_sources,
         files,
         warnings,
         ..
     } = compile::assign(&loaded.policies, &loaded.rules, inventory)?;
-    let desired = compile::assemble(&loaded.policies, &loaded.rules, cgroups, veths, files);
+    let desired = compile::assemble(
+        &loaded.policies,
+        &loaded.rules,
+        cgroups,
+        (veths, veth_sources),
+        files,
+    );
     Ok((desired, warnings))
 }
 
@@ -97,7 +106,10 @@ pub fn plan(
                 &loaded.policies,
                 &loaded.rules,
                 cgroups,
-                kernel.state.veths.clone(),
+                (
+                    kernel.state.veths.clone(),
+                    kernel.state.veth_sources.clone(),
+                ),
                 files,
             );
             Plan {
@@ -207,6 +219,7 @@ fn containers_only(
     let Assigned {
         cgroups,
         veths,
+        veth_sources,
         warnings,
         ..
     } = compile::assign(&loaded.policies, &loaded.rules, &after)?;
@@ -222,6 +235,20 @@ fn containers_only(
             .get(&ifindex)
             .map(|&cgroup_id| Entry::Veth { ifindex, cgroup_id });
         push_op(&kernel.state, key, entry, &mut ops);
+        let on_veth = |s: &&VethSource| s.ifindex == ifindex;
+        let held: BTreeSet<&VethSource> =
+            kernel.state.veth_sources.iter().filter(on_veth).collect();
+        let wanted: BTreeSet<&VethSource> = veth_sources.iter().filter(on_veth).collect();
+        for &&key in held.difference(&wanted) {
+            ops.push(MapOp::Delete {
+                key: EntryKey::VethSource { key },
+            });
+        }
+        for &&key in wanted.difference(&held) {
+            ops.push(MapOp::Upsert {
+                entry: Entry::VethSource { key },
+            });
+        }
     }
     let added = ops
         .iter()
