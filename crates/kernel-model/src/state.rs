@@ -405,6 +405,32 @@ mod tests {
         assert_eq!(FileId::from_stat(0x801, 5, 6, 7).ctime_nsec, 7);
     }
 
+    #[test]
+    fn a_veth_source_keeps_ipv4_v4_mapped_and_gives_it_back() {
+        let v4: IpAddr = "172.17.0.2".parse().unwrap();
+        let source = VethSource::new(7, v4);
+        assert_eq!(
+            source.addr,
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 172, 17, 0, 2]
+        );
+        assert_eq!(source.address(), v4);
+        let v6: IpAddr = "fd00::2".parse().unwrap();
+        assert_eq!(VethSource::new(7, v6).address(), v6);
+        for (addr, link_local) in [
+            ("fe80::1", true),
+            ("febf::1", true),
+            ("fec0::1", false),
+            ("fd00::1", false),
+            ("169.254.0.1", false),
+        ] {
+            assert_eq!(
+                VethSource::is_link_local(addr.parse().unwrap()),
+                link_local,
+                "{addr}"
+            );
+        }
+    }
+
     fn sample() -> KernelState {
         let mut s = KernelState::default();
         s.upsert(Entry::Cgroup {

@@ -1401,6 +1401,32 @@ mod tests {
     }
 
     #[test]
+    fn a_veths_sources_are_its_owners_addresses_but_link_local_ones() {
+        let p = policy("[[policy]]\nname='a'\nselect={name='web'}\n");
+        let mut inv = with_veths(inventory(&[("web", 10), ("other", 11)]), &[&[7], &[8]]);
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        inv.containers[0].veth_addresses =
+            BTreeMap::from([(7, vec![ip("172.17.0.2"), ip("fd00::2"), ip("fe80::1")])]);
+        inv.containers[1].veth_addresses = BTreeMap::from([(8, vec![ip("172.17.0.3")])]);
+        let c = compile(&p, &inv, &mut IdTables::default()).unwrap();
+        let sources: Vec<(u32, std::net::IpAddr)> = c
+            .state
+            .veth_sources
+            .iter()
+            .map(|s| (s.ifindex, s.address()))
+            .collect();
+        assert_eq!(
+            sources,
+            [
+                (7, ip("172.17.0.2")),
+                (7, ip("fd00::2")),
+                (8, ip("172.17.0.3"))
+            ],
+            "link-local addresses are the kernel's to pass; an unrestricted container's are written too"
+        );
+    }
+
+    #[test]
     fn a_shared_veth_has_one_owner_and_a_warning_when_policies_differ() {
         let p = policy(
             "[[policy]]\nname='app'\nselect={name='app'}\n[[policy]]\nname='side'\nselect={name='sidecar'}\n",

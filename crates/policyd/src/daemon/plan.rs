@@ -515,6 +515,46 @@ mod tests {
     }
 
     #[test]
+    fn a_veths_changed_address_is_added_before_the_old_one_goes() {
+        let loaded = loaded(10);
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let with_addresses = |addresses: &[&str]| {
+            let mut inv = inventory(3);
+            inv.containers[1].host_veths = vec![41];
+            inv.containers[1].veth_addresses =
+                BTreeMap::from([(41, addresses.iter().map(|a| ip(a)).collect())]);
+            inv
+        };
+        let running = with_addresses(&["172.17.0.2", "fd00::2"]);
+        let after = with_addresses(&["172.17.0.9", "fd00::2"]);
+        let before = applied(&plan(&loaded, Some(&running), &empty()).unwrap());
+        let changes = [ContainerChange {
+            before: Some(running.containers[1].clone()),
+            after: Some(after.containers[1].clone()),
+        }];
+        let told = plan_since(&loaded, Some(&after), &before, Since::Containers(&changes)).unwrap();
+        let whole = plan(&loaded, Some(&after), &before).unwrap();
+        assert!(told.desired.is_none());
+        assert_eq!(told.diff, whole.diff);
+        let source = |a: &str| VethSource::new(41, ip(a));
+        assert_eq!(
+            told.diff.ops,
+            [
+                MapOp::Upsert {
+                    entry: Entry::VethSource {
+                        key: source("172.17.0.9")
+                    }
+                },
+                MapOp::Delete {
+                    key: EntryKey::VethSource {
+                        key: source("172.17.0.2")
+                    }
+                },
+            ]
+        );
+    }
+
+    #[test]
     fn a_container_taking_anothers_cgroup_id_is_left_to_the_whole_plan() {
         let loaded = loaded(10);
         let mut after = inventory(5);
