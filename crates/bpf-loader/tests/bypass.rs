@@ -487,14 +487,7 @@ const PROBES: &[Probe] = &[
 /// like any other; filtered, its leak is recorded as a skipped check
 /// (test-kit's skip log), not a failure, and the run fails once it stops
 /// leaking: then it comes off this list and the README claims the defence.
-const KNOWN_OPEN: &[(&str, &str)] = &[
-    ("gw-redirect-quote", README_GATEWAY),
-    ("gw-forged-accept", README_GATEWAY),
-    ("gw-forged-accept-pkt", README_GATEWAY),
-    ("gw-forged-udp", README_GATEWAY),
-    ("gw-reflect-echo4", README_GATEWAY),
-];
-const README_GATEWAY: &str = "README Out of reach: reflection through the containers' gateway";
+const KNOWN_OPEN: &[(&str, &str)] = &[];
 
 // --- the context every probe runs in ------------------------------------------
 

@@ -456,16 +456,28 @@ fn assign_veths(
     let mut differing: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (ifindex, owner) in inventory.veth_owners() {
         veths.insert(ifindex, owner.cgroup_id);
-        let addresses = inventory.containers[owner.owner]
-            .veth_addresses
-            .get(&ifindex);
+        let container = &inventory.containers[owner.owner];
+        let before = sources.len();
         sources.extend(
-            addresses
+            container
+                .veth_addresses
+                .get(&ifindex)
                 .into_iter()
                 .flatten()
                 .filter(|&&addr| !VethSource::is_link_local(addr))
                 .map(|&addr| VethSource::new(ifindex, addr)),
         );
+        if sources.len() == before && policy_of(owner.owner).is_some() {
+            warnings.push(Diagnostic {
+                severity: Severity::Warning,
+                location: None,
+                message: format!(
+                    "container \"{}\": no address of its interface behind veth {ifindex} is known (the resolver reports them); its frames there are refused as forged, but for link-local ones, until one is",
+                    container.name
+                ),
+                source_line: None,
+            });
+        }
         let others: Vec<usize> = owner
             .sharers
             .into_iter()
@@ -1380,9 +1392,14 @@ mod tests {
         assert!(!forwarded(12), "an unrestricted container has no policy");
     }
 
+    /// Each container its veths, each veth an address of its own.
     fn with_veths(mut inventory: Inventory, veths: &[&[u32]]) -> Inventory {
         for (c, v) in inventory.containers.iter_mut().zip(veths) {
             c.host_veths = v.to_vec();
+            c.veth_addresses = v
+                .iter()
+                .map(|&i| (i, vec![std::net::Ipv4Addr::new(10, 0, 0, i as u8).into()]))
+                .collect();
         }
         inventory
     }
@@ -1423,6 +1440,16 @@ mod tests {
                 (8, ip("172.17.0.3"))
             ],
             "link-local addresses are the kernel's to pass; an unrestricted container's are written too"
+        );
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        inv.containers[0].veth_addresses = BTreeMap::from([(7, vec![ip("fe80::1")])]);
+        inv.containers[1].veth_addresses.clear();
+        let c = compile(&p, &inv, &mut IdTables::default()).unwrap();
+        let messages: Vec<&str> = c.warnings.iter().map(|w| w.message.as_str()).collect();
+        assert_eq!(
+            messages,
+            ["container \"web\": no address of its interface behind veth 7 is known (the resolver reports them); its frames there are refused as forged, but for link-local ones, until one is"],
+            "only for a container a policy selects"
         );
     }
 
