@@ -1092,6 +1092,123 @@ def xdp_udp(ifname, dmac, src, dst, port, marker):
     xdp_send(ifname, mac(dmac) + own_mac(ifname) + struct.pack("!H", ethertype) + pkt)
 
 
+
+# --- forged sources (spoof-*) ---------------------------------------------------------
+#
+# Datagrams, connections and frames to a destination the policy allows, from a
+# source that is not this container's own: the ways the kernel lets a process
+# claim another address. The test judges only what arrives at the peer: any
+# marked packet there whose source is not the container's own is a leak.
+
+IP_FREEBIND = 15
+IP_TRANSPARENT = 19
+IP_PKTINFO = 8
+IPV6_TRANSPARENT = 75
+IPV6_FREEBIND = 78
+
+
+def link_local(ifname):
+    """`ifname`'s IPv6 link-local address (scope 0x20 in /proc/net/if_inet6)."""
+    with open("/proc/net/if_inet6") as f:
+        for line in f:
+            addr, _index, _plen, scope, _flags, name = line.split()
+            if name == ifname and int(scope, 16) == 0x20:
+                return socket.inet_ntop(socket.AF_INET6, bytes.fromhex(addr))
+    raise OSError(errno.EADDRNOTAVAIL, f"no link-local address on {ifname}")
+
+
+def source_of(src):
+    """`src`, or for "ll:IF" IF's own link-local address: (address, ifindex
+    for its scope, 0 when global)."""
+    if src.startswith("ll:"):
+        ifname = src[3:]
+        return link_local(ifname), socket.if_nametoindex(ifname)
+    return src, 0
+
+
+def raw_udp(src, dst, port, marker):
+    """A marked UDP datagram whose IP header, its source included, is this
+    process's: IP_HDRINCL (IPv4) or IPPROTO_RAW (IPv6, where it implies
+    IPV6_HDRINCL), sent to the header's destination."""
+    pkt = udp_packet(src, dst, port, marker)[1]
+    (raw6_send if ":" in dst else raw4_send)([pkt], dst)
+
+
+def nonlocal_socket(how, fam, typ):
+    """A UDP or TCP socket that may use an address this namespace does not
+    have: `how` "transparent" (IP_TRANSPARENT / IPV6_TRANSPARENT, which
+    CAP_NET_RAW allows, in Docker's default set) or "freebind" (IP_FREEBIND /
+    IPV6_FREEBIND, no capability at all); "-": neither."""
+    s = socket.socket(fam, typ)
+    v6 = fam == socket.AF_INET6
+    opts = {
+        "transparent": (socket.IPPROTO_IPV6, IPV6_TRANSPARENT) if v6 else (socket.IPPROTO_IP, IP_TRANSPARENT),
+        "freebind": (socket.IPPROTO_IPV6, IPV6_FREEBIND) if v6 else (socket.IPPROTO_IP, IP_FREEBIND),
+    }
+    if how in opts:
+        level, opt = opts[how]
+        attempt(how, lambda: s.setsockopt(level, opt, 1))
+    return s
+
+
+def bound_send(how, kind, src, dst, port, marker):
+    """A socket made by `nonlocal_socket` bound to `src` (of any host),
+    then a marked UDP datagram to dst:port (`kind` "udp"), or a connection
+    to it (`kind` "tcp": its SYN claims `src`; "lport=" names its port, as
+    the SYN carries no marker), the marker sent once connected."""
+    fam = family_of(dst)
+    typ = socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM
+    with nonlocal_socket(how, fam, typ) as s:
+        if not attempt("bind", lambda: s.bind((src, 0))):
+            return
+        if kind == "udp":
+            attempt("sendto", lambda: s.sendto(payload(marker), (dst, int(port))) and None)
+            return
+        say(lport=s.getsockname()[1])
+        # A forged source gets no SYN-ACK: the connection times out, and the
+        # socket closes before its SYN is sent a third time.
+        s.settimeout(2)
+        if attempt("connect", lambda: s.connect((dst, int(port)))):
+            attempt("send", lambda: s.sendall(payload(marker)))
+            time.sleep(0.2)
+
+
+def pktinfo_udp(how, src, dst, port, marker):
+    """An unbound UDP socket naming its source per datagram: IPv4
+    IP_PKTINFO's ipi_spec_dst, IPv6 IPV6_PKTINFO's address, which may be any
+    address once `nonlocal_socket`'s `how` lets the socket use one it does
+    not have (the kernel refuses it otherwise). `src` "ll:IF": IF's own
+    link-local address, with IF as its scope."""
+    fam = family_of(dst)
+    addr, ifindex = source_of(src)
+    if fam == socket.AF_INET6:
+        cmsg = (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, socket.inet_pton(fam, addr) + struct.pack("=I", ifindex))
+    else:
+        # struct in_pktinfo: ipi_ifindex, ipi_spec_dst (the source), ipi_addr.
+        cmsg = (socket.IPPROTO_IP, IP_PKTINFO, struct.pack("=I4s4s", ifindex, socket.inet_aton(addr), b"\0" * 4))
+    say(source=addr)
+    with nonlocal_socket(how, fam, socket.SOCK_DGRAM) as s:
+        attempt("sendmsg", lambda: s.sendmsg([payload(marker)], [cmsg], 0, (dst, int(port))) and None)
+
+
+def mld_join(ifname, marker):
+    """Joins the link-scope group ff02:<the marker's bytes>:: on `ifname`
+    for a while: the kernel reports the group (MLD, from the interface's
+    link-local address, hop limit 1, to ff02::16, its retransmission a
+    second later), so the report carries the marker. Leaving reports it
+    again."""
+    raw = marker.encode()
+    if len(raw) > 14:
+        say(group="error:marker-too-long")
+        return
+    group = b"\xff\x02" + raw + b"\0" * (14 - len(raw))
+    say(group=socket.inet_ntop(socket.AF_INET6, group), source=link_local(ifname))
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+        mreq = group + struct.pack("=I", socket.if_nametoindex(ifname))
+        if attempt("join", lambda: s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)):
+            time.sleep(1.2)
+
+
 COMMANDS = {
     "udp": udp, "tcp": tcp, "mapped-udp": mapped_udp, "stream": stream,
     "steer-tcp": lambda *a: steer(socket.SOCK_STREAM, *a),
@@ -1109,6 +1226,7 @@ COMMANDS = {
     "pkt-udp": pkt_udp, "pkt-udp-big": pkt_udp_big, "pkt-vlan": pkt_vlan, "pkt-ethertype": pkt_ethertype, "pkt-arp": pkt_arp, "pkt-arp-plain": pkt_arp_plain, "pkt-nd": pkt_nd,
     "pkt-lo": pkt_lo, "pkt-lo-forward": pkt_lo_forward, "tcp-forged-accept": tcp_forged_accept,
     "udp-forged-reply": udp_forged_reply, "xdp-udp": xdp_udp, "dns-forwarder": dns_forwarder, "udp-ask": udp_ask,
+    "raw-udp": raw_udp, "bound-send": bound_send, "pktinfo-udp": pktinfo_udp, "mld-join": mld_join,
 }
 
 

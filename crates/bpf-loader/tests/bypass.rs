@@ -84,6 +84,10 @@ const GATEWAY4: &str = "198.18.0.254";
 /// The UDP port the container may reach at its own address (as an "allow
 /// our subnet" rule lets it): `gw-forged-udp` listens there.
 const SELF_UDP_PORT: &str = "6009";
+/// The container's IPv4 address as an IPv4-mapped IPv6 address: an IPv6
+/// source that is not the container's, however its IPv4 address is
+/// written in a map keyed by 16 bytes (`spoof-raw6-mapped-src`).
+const MAPPED_CT4: &str = "::ffff:198.18.0.2";
 /// The bpf-loader flag the UDP-reply expiry probe needs, and its value.
 const UDP_TIMEOUT_FLAG: &str = "--udp-reply-timeout-secs";
 const UDP_TIMEOUT_SECS: u64 = 2;
@@ -480,6 +484,60 @@ const PROBES: &[Probe] = &[
         ], &["udp", PEER4, "5353", "{C}"], |p: &Value, m: &str| p["ifname"] == "vp" && has_marker(p, m))),
     probe!("fd-passing", "a process the policy does not allow makes a UDP socket, passes it (SCM_RIGHTS) to allowed python3, which sends",
         "marker captured", "python3 sends on its own socket", p_fdpass),
+    // Forged sources: every row sends to a destination the policy allows;
+    // what leaks is a marked packet at the peer from a source that is not
+    // the container's (`forged_at_peer`). The controls are the same sends
+    // from the container's own addresses, which must keep arriving once the
+    // veth checks sources.
+    probe!("spoof-raw4-denied-src", "IP_HDRINCL UDP datagram to the allowed peer and port, its header's source the denied address (the peer's other address)",
+        "marker captured at the peer from a source not the container's", "the same from the container's address",
+        simple(&["raw-udp", PEER4_OTHER, PEER4, "5353", "{L}"], &["raw-udp", CT4, PEER4, "5353", "{C}"], forged_at_peer)),
+    probe!("spoof-raw4-nb-src", "IP_HDRINCL UDP datagram to the allowed peer and port from the neighbour container's address (same bridge)",
+        "marker captured at the peer from a source not the container's", "the same from the container's address",
+        simple(&["raw-udp", NB4, PEER4, "5353", "{L}"], &["raw-udp", CT4, PEER4, "5353", "{C}"], forged_at_peer)),
+    probe!("spoof-raw6-denied-src", "raw IPv6 (AF_INET6 SOCK_RAW IPPROTO_RAW: the header is the sender's) UDP datagram to the allowed peer and port from the denied address",
+        "marker captured at the peer from a source not the container's", "the same from the container's address",
+        simple(&["raw-udp", PEER6_OTHER, PEER6, "5353", "{L}"], &["raw-udp", CT6, PEER6, "5353", "{C}"], forged_at_peer)),
+    probe!("spoof-raw6-nb-src", "raw IPv6 UDP datagram to the allowed peer and port from the neighbour container's address",
+        "marker captured at the peer from a source not the container's", "the same from the container's address",
+        simple(&["raw-udp", NB6, PEER6, "5353", "{L}"], &["raw-udp", CT6, PEER6, "5353", "{C}"], forged_at_peer)),
+    probe!("spoof-raw6-mapped-src", "raw IPv6 UDP datagram to the allowed peer and port whose source is the container's IPv4 address, IPv4-mapped (::ffff:198.18.0.2)",
+        "marker captured at the peer from a source not the container's", "the same from the container's address",
+        simple(&["raw-udp", MAPPED_CT4, PEER6, "5353", "{L}"], &["raw-udp", CT6, PEER6, "5353", "{C}"], forged_at_peer)),
+    probe!("spoof-transparent-udp4", "UDP socket with IP_TRANSPARENT (CAP_NET_RAW suffices) bound to the denied address, sendto the allowed peer and port",
+        "marker captured at the peer from a source not the container's", "the same socket bound to the container's address",
+        simple(&["bound-send", "transparent", "udp", PEER4_OTHER, PEER4, "5353", "{L}"], &["bound-send", "transparent", "udp", CT4, PEER4, "5353", "{C}"], forged_at_peer)),
+    probe!("spoof-pktinfo-udp4", "unbound UDP socket with IP_TRANSPARENT; sendmsg to the allowed peer and port with IP_PKTINFO naming the denied address as source (ipi_spec_dst)",
+        "marker captured at the peer from a source not the container's", "the same naming the container's address",
+        simple(&["pktinfo-udp", "transparent", PEER4_OTHER, PEER4, "5353", "{L}"], &["pktinfo-udp", "transparent", CT4, PEER4, "5353", "{C}"], forged_at_peer)),
+    probe!("spoof-freebind-udp6", "UDP6 socket with IPV6_FREEBIND (no capability needed) bound to the denied address, sendto the allowed peer and port",
+        "marker captured at the peer from a source not the container's", "the same socket bound to the container's address",
+        simple(&["bound-send", "freebind", "udp", PEER6_OTHER, PEER6, "5353", "{L}"], &["bound-send", "freebind", "udp", CT6, PEER6, "5353", "{C}"], forged_at_peer)),
+    probe!("spoof-pktinfo-udp6", "unbound UDP6 socket with IPV6_FREEBIND; sendmsg to the allowed peer and port with IPV6_PKTINFO naming the denied address as source",
+        "marker captured at the peer from a source not the container's",
+        "IPV6_PKTINFO naming the container's address; a plain socket's IPV6_PKTINFO naming the container's link-local address (scope vc), arriving from it; the kernel's MLD report from that link-local address (the group named by a marker)",
+        p_spoof_pktinfo6),
+    probe!("spoof-transparent-tcp4", "TCP socket with IP_TRANSPARENT bound to the denied address connects to the allowed peer's TCP sink",
+        "its SYN (by source port) or the marker captured at the peer from a source not the container's", "the same socket bound to the container's address connects and sends",
+        p_spoof_transparent_tcp4),
+    probe!("spoof-freebind-tcp6", "TCP6 socket with IPV6_FREEBIND bound to the denied address connects to the allowed peer's TCP sink",
+        "its SYN (by source port) or the marker captured at the peer from a source not the container's", "the same socket bound to the container's address connects and sends",
+        p_spoof_freebind_tcp6),
+    probe!("spoof-pkt-udp4", "AF_PACKET frame to the peer's MAC: IPv4/UDP to the allowed peer and port from the denied address",
+        "marker captured at the peer from a source not the container's", "the same frame from the container's address",
+        simple(&["pkt-udp", "vc", "raw", "0", "{PMAC}", PEER4_OTHER, PEER4, "5353", "{L}"], &["pkt-udp", "vc", "raw", "0", "{PMAC}", CT4, PEER4, "5353", "{C}"], forged_at_peer)),
+    probe!("spoof-pkt-udp6", "AF_PACKET frame to the peer's MAC: IPv6/UDP to the allowed peer and port from the denied address",
+        "marker captured at the peer from a source not the container's", "the same frame from the container's address",
+        simple(&["pkt-udp", "vc", "raw", "0", "{PMAC}", PEER6_OTHER, PEER6, "5353", "{L}"], &["pkt-udp", "vc", "raw", "0", "{PMAC}", CT6, PEER6, "5353", "{C}"], forged_at_peer)),
+    probe!("spoof-pkt-nb", "AF_PACKET frame claiming the neighbour container's IP and MAC: IPv4/UDP to the allowed peer and port",
+        "marker captured at the peer from a source not the container's", "the same frame from the container's own IP and MAC; the neighbour's own datagram to the peer (which teaches the bridge its MAC again)",
+        p_spoof_pkt_nb),
+    probe!("spoof-lo-forward4", "AF_PACKET frame on the container's lo: IPv4/UDP from an address of no one to the allowed peer and port, which the container's namespace forwards out of its veth (no socket)",
+        "marker captured at the peer from a source not the container's", "plain UDP4 (the container's own source on lo is a martian: not forwarded)",
+        simple(&["pkt-lo-forward", "-", FORWARDED_SRC4, PEER4, "5353", "udp", "{L}"], &["udp", PEER4, "5353", "{C}"], forged_at_peer)),
+    probe!("spoof-lo-forward6", "spoof-lo-forward4 over IPv6, IPv6 forwarding on in the container for this probe",
+        "marker captured at the peer from a source not the container's", "plain UDP6",
+        p_spoof_lo_forward6),
 ];
 
 /// Holes the suite shows that contain does not close (yet): a probe's name,
@@ -570,6 +628,30 @@ fn names_denied(p: &Value) -> bool {
 
 fn from_container(p: &Value) -> bool {
     matches!(p["src"].as_str(), Some(CT4) | Some(CT6))
+}
+
+/// A source the container may send from: its own addresses, or an IPv6
+/// link-local one (link-scoped: the veth does not check those).
+fn own_source(p: &Value) -> bool {
+    from_container(p)
+        || p["src"]
+            .as_str()
+            .and_then(|s| s.parse::<std::net::Ipv6Addr>().ok())
+            .is_some_and(|a| a.segments()[0] & 0xffc0 == 0xfe80)
+}
+
+/// The marker arrived at the peer from a source that is not the
+/// container's, whatever its destination (`spoof-*`).
+fn forged_at_peer(p: &Value, m: &str) -> bool {
+    at_peer_with_marker(p, m) && !own_source(p)
+}
+
+/// The source port an attack reported ("lport=N"), which tells its
+/// unmarked packets (a SYN) apart.
+fn lport_of(note: &str) -> Option<u64> {
+    note.split_whitespace()
+        .find_map(|w| w.strip_prefix("lport="))
+        .and_then(|p| p.parse::<u64>().ok())
 }
 
 /// Runs `cmd` and returns its output on one line, with the last line of
@@ -694,6 +776,22 @@ impl Ctx {
         if let Err(e) = lab::sysctl(&self.lab.ct_ns, &[&setting]) {
             panic!("{setting} in the container: {e}");
         }
+    }
+
+    /// The container's IPv6 link-local address on its veth, as its kernel
+    /// made it.
+    fn ct_link_local(&self) -> String {
+        let out = lab::ip(
+            &self.lab.ct_ns,
+            &["-6", "-o", "addr", "show", "dev", "vc", "scope", "link"],
+        )
+        .unwrap_or_else(|e| panic!("reading the container's link-local address: {e}"));
+        out.split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .unwrap_or_else(|| panic!("no link-local address on the container's veth: {out}"))
+            .to_string()
     }
 
     /// `/usr/bin/ping -c1 -W2` from the container (either family), its
@@ -945,10 +1043,7 @@ impl Ctx {
     /// orphaned retransmits to the same denied address.
     async fn steer(&mut self, attack: &[&str], control: &[&str]) -> Outcome {
         let (t, lm, cm, notes) = self.pair(attack, control);
-        let lport = notes[0]
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("lport="))
-            .and_then(|p| p.parse::<u64>().ok());
+        let lport = lport_of(&notes[0]);
         let leak = move |p: &Value, m: &str| {
             names_denied(p)
                 && (has_marker(p, m) || (from_container(p) && p["sport"].as_u64() == lport))
@@ -2289,6 +2384,139 @@ async fn p_fdpass(cx: &mut Ctx) -> Outcome {
         marker_leak,
     )
     .await
+}
+
+/// A further control of one probe: a packet that `arrived` accepts must be
+/// captured since `t` (within 5 s), or the probe's control fails, saying
+/// `what`.
+async fn also_arrives(
+    cx: &mut Ctx,
+    o: &mut Outcome,
+    t: f64,
+    what: &str,
+    arrived: impl Fn(&Value) -> bool,
+) {
+    let ok = cx.wait_seen(t, Duration::from_secs(5), arrived).await;
+    if !ok {
+        o.notes.push(format!("control missing: {what}"));
+    }
+    o.control &= ok;
+}
+
+/// IPV6_PKTINFO naming a forged source; the controls are what the veth
+/// must keep passing once it checks sources: the container's address, its
+/// link-local address (the same path, a link-scoped source), and the
+/// kernel's MLD report from that link-local address. (The policy allows no
+/// link-local destination, so the link-local datagram goes to the peer's
+/// global address, on the link.)
+async fn p_spoof_pktinfo6(cx: &mut Ctx) -> Outcome {
+    let ll = cx.ct_link_local();
+    let (t, lm, cm, mut notes) = cx.pair(
+        &["pktinfo-udp", "freebind", PEER6_OTHER, PEER6, "5353", "{L}"],
+        &["pktinfo-udp", "freebind", CT6, PEER6, "5353", "{C}"],
+    );
+    let (llm, mldm) = (cx.marker(), cx.marker());
+    notes.push(format!(
+        "link-local: {}",
+        cx.attack(&["pktinfo-udp", "-", "ll:vc", PEER6, "5353", &llm])
+    ));
+    notes.push(format!("mld: {}", cx.attack(&["mld-join", "vc", &mldm])));
+    let mut o = cx.judge(t, &lm, &cm, forged_at_peer, notes).await;
+    let from_ll = |p: &Value, m: &str| at_peer_with_marker(p, m) && p["src"] == ll.as_str();
+    also_arrives(
+        cx,
+        &mut o,
+        t,
+        "the datagram from the container's link-local address",
+        |p| from_ll(p, &llm),
+    )
+    .await;
+    also_arrives(
+        cx,
+        &mut o,
+        t,
+        "the kernel's MLD report from the container's link-local address",
+        |p| from_ll(p, &mldm) && p["icmp_type"].as_u64() == Some(143),
+    )
+    .await;
+    o
+}
+
+async fn p_spoof_transparent_tcp4(cx: &mut Ctx) -> Outcome {
+    spoof_syn(cx, "transparent", PEER4_OTHER, PEER4, CT4).await
+}
+
+async fn p_spoof_freebind_tcp6(cx: &mut Ctx) -> Outcome {
+    spoof_syn(cx, "freebind", PEER6_OTHER, PEER6, CT6).await
+}
+
+/// A TCP socket that `how` lets bind `forged` connects to `peer`'s sink:
+/// its SYN carries no marker, so it is known by its source port. The
+/// control binds the container's own address `own` the same way,
+/// connects and sends.
+async fn spoof_syn(cx: &mut Ctx, how: &str, forged: &str, peer: &str, own: &str) -> Outcome {
+    let (t, lm, cm, notes) = cx.pair(
+        &["bound-send", how, "tcp", forged, peer, SINK, "{L}"],
+        &["bound-send", how, "tcp", own, peer, SINK, "{C}"],
+    );
+    let lport = lport_of(&notes[0]);
+    let sink = SINK.parse::<u64>().ok();
+    let leak = move |p: &Value, m: &str| {
+        forged_at_peer(p, m)
+            || (p["ifname"] == "vp"
+                && !own_source(p)
+                && lport.is_some()
+                && p["sport"].as_u64() == lport
+                && p["dport"].as_u64() == sink)
+    };
+    cx.judge(t, &lm, &cm, leak, notes).await
+}
+
+/// The neighbour's addresses, IP and MAC, claimed by the container; then
+/// the neighbour sends its own datagram, which also teaches the bridge
+/// where its MAC really is.
+async fn p_spoof_pkt_nb(cx: &mut Ctx) -> Outcome {
+    let nb_mac = cx.nb.link.mac.clone();
+    let (t, lm, cm, mut notes) = cx.pair(
+        &[
+            "pkt-udp", "vc", "raw", "0", "{PMAC}", NB4, PEER4, "5353", "{L}", &nb_mac,
+        ],
+        &[
+            "pkt-udp", "vc", "raw", "0", "{PMAC}", CT4, PEER4, "5353", "{C}",
+        ],
+    );
+    let nbm = cx.marker();
+    notes.push(format!(
+        "neighbour: {}",
+        cx.attack_neighbour(&["udp", PEER4, "5353", &nbm])
+    ));
+    let mut o = cx.judge(t, &lm, &cm, forged_at_peer, notes).await;
+    also_arrives(cx, &mut o, t, "the neighbour's own datagram", |p| {
+        at_peer_with_marker(p, &nbm) && p["src"] == NB4
+    })
+    .await;
+    o
+}
+
+async fn p_spoof_lo_forward6(cx: &mut Ctx) -> Outcome {
+    cx.forward_ipv6(true);
+    let o = cx
+        .simple(
+            &[
+                "pkt-lo-forward",
+                "-",
+                FORWARDED_SRC6,
+                PEER6,
+                "5353",
+                "udp",
+                "{L}",
+            ],
+            &["udp", PEER6, "5353", "{C}"],
+            forged_at_peer,
+        )
+        .await;
+    cx.forward_ipv6(false);
+    o
 }
 
 // --- the two runs ---------------------------------------------------------------
