@@ -2617,10 +2617,7 @@ async fn setup(mode: Mode) -> Ctx {
                 .map(|p| format!("/{}", p.display())),
             host_network: false,
             host_veths: vec![veth],
-            veth_addresses: BTreeMap::from([(
-                veth,
-                addresses.iter().map(|a| a.parse().unwrap()).collect(),
-            )]),
+            addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
             readonly_rootfs: None,
             // What the resolver would answer: the lab's "containers" share the
             // host's root.

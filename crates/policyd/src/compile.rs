@@ -440,9 +440,10 @@ fn assign_files(
 /// [`Inventory::veth_owners`]). Frames from any packet socket behind a
 /// shared veth are judged under the owner's policy, so containers sharing
 /// it under another policy are named in a warning. `VETH_SOURCES`: the
-/// addresses of the owner's interface behind each veth (the containers
-/// sharing it share the interface), but IPv6 link-local ones, which the
-/// kernel takes by prefix.
+/// owner's addresses on each of its veths (the containers sharing it share
+/// them): a container on several networks may send from any of its
+/// addresses out of any of its veths, and the answer comes back to it.
+/// IPv6 link-local ones are left out: the kernel takes them by prefix.
 fn assign_veths(
     policies: &PolicySet,
     inventory: &Inventory,
@@ -460,10 +461,8 @@ fn assign_veths(
         let before = sources.len();
         sources.extend(
             container
-                .veth_addresses
-                .get(&ifindex)
-                .into_iter()
-                .flatten()
+                .addresses
+                .iter()
                 .filter(|&&addr| !VethSource::is_link_local(addr))
                 .map(|&addr| VethSource::new(ifindex, addr)),
         );
@@ -472,7 +471,7 @@ fn assign_veths(
                 severity: Severity::Warning,
                 location: None,
                 message: format!(
-                    "container \"{}\": no address of its interface behind veth {ifindex} is known (the resolver reports them); its frames there are refused as forged, but for link-local ones, until one is",
+                    "container \"{}\": none of its addresses is known (the resolver reports them); its frames on veth {ifindex} are refused as forged, but for link-local ones, until one is",
                     container.name
                 ),
                 source_line: None,
@@ -1396,9 +1395,9 @@ mod tests {
     fn with_veths(mut inventory: Inventory, veths: &[&[u32]]) -> Inventory {
         for (c, v) in inventory.containers.iter_mut().zip(veths) {
             c.host_veths = v.to_vec();
-            c.veth_addresses = v
+            c.addresses = v
                 .iter()
-                .map(|&i| (i, vec![std::net::Ipv4Addr::new(10, 0, 0, i as u8).into()]))
+                .map(|&i| std::net::Ipv4Addr::new(10, 0, 0, i as u8).into())
                 .collect();
         }
         inventory
@@ -1422,9 +1421,8 @@ mod tests {
         let p = policy("[[policy]]\nname='a'\nselect={name='web'}\n");
         let mut inv = with_veths(inventory(&[("web", 10), ("other", 11)]), &[&[7], &[8]]);
         let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
-        inv.containers[0].veth_addresses =
-            BTreeMap::from([(7, vec![ip("172.17.0.2"), ip("fd00::2"), ip("fe80::1")])]);
-        inv.containers[1].veth_addresses = BTreeMap::from([(8, vec![ip("172.17.0.3")])]);
+        inv.containers[0].addresses = vec![ip("172.17.0.2"), ip("fd00::2"), ip("fe80::1")];
+        inv.containers[1].addresses = vec![ip("172.17.0.3")];
         let c = compile(&p, &inv, &mut IdTables::default()).unwrap();
         let sources: Vec<(u32, std::net::IpAddr)> = c
             .state
@@ -1442,13 +1440,13 @@ mod tests {
             "link-local addresses are the kernel's to pass; an unrestricted container's are written too"
         );
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
-        inv.containers[0].veth_addresses = BTreeMap::from([(7, vec![ip("fe80::1")])]);
-        inv.containers[1].veth_addresses.clear();
+        inv.containers[0].addresses = vec![ip("fe80::1")];
+        inv.containers[1].addresses.clear();
         let c = compile(&p, &inv, &mut IdTables::default()).unwrap();
         let messages: Vec<&str> = c.warnings.iter().map(|w| w.message.as_str()).collect();
         assert_eq!(
             messages,
-            ["container \"web\": no address of its interface behind veth 7 is known (the resolver reports them); its frames there are refused as forged, but for link-local ones, until one is"],
+            ["container \"web\": none of its addresses is known (the resolver reports them); its frames on veth 7 are refused as forged, but for link-local ones, until one is"],
             "only for a container a policy selects"
         );
     }

@@ -42,10 +42,9 @@ pub struct Container {
     /// Host-side ifindexes of the veths whose peers are in the container's
     /// network namespace; containers sharing a namespace list the same ones.
     pub host_veths: Vec<u32>,
-    /// The addresses of the container's interfaces, by the host-side
-    /// ifindex of the veth each sits behind: the only sources its frames
-    /// there may carry.
-    pub veth_addresses: BTreeMap<u32, Vec<IpAddr>>,
+    /// The addresses of the container's network namespace, loopback ones
+    /// aside: the only sources its frames may carry out of its veths.
+    pub addresses: Vec<IpAddr>,
     /// The runtime mounts the container's root filesystem read-only
     /// (`None`: it did not say).
     pub readonly_rootfs: Option<bool>,
@@ -88,11 +87,7 @@ impl From<&proto::resolver::Container> for Container {
             cgroup_path: (!c.cgroup_path.is_empty()).then(|| c.cgroup_path.clone()),
             host_network: c.host_network,
             host_veths: c.host_veths.iter().map(|v| v.ifindex).collect(),
-            veth_addresses: c
-                .host_veths
-                .iter()
-                .map(|v| (v.ifindex, v.addresses.clone()))
-                .collect(),
+            addresses: c.addresses.clone(),
             readonly_rootfs: c.readonly_rootfs,
             exes: BTreeMap::new(),
         }
@@ -357,9 +352,9 @@ mod tests {
                 ifindex: 31,
                 name: "veth1a2b".into(),
                 peer_ifindex: 2,
-                addresses: Vec::new(),
             }],
             host_network: false,
+            addresses: Vec::new(),
             metadata_complete: false,
             readonly_rootfs: Some(true),
         };

@@ -632,9 +632,9 @@ mod fake_resolver {
                 ifindex: cgroup_id as u32,
                 name: format!("veth{name}"),
                 peer_ifindex: 2,
-                addresses: Vec::new(),
             }],
             host_network: false,
+            addresses: Vec::new(),
             metadata_complete: true,
             readonly_rootfs: Some(false),
         }

@@ -85,12 +85,6 @@ pub struct HostVeth {
     pub name: String,
     /// The peer's interface index inside the container's namespace.
     pub peer_ifindex: u32,
-    /// The addresses of the peer interface (IPv4 and IPv6, link-local
-    /// included), sorted: the only sources the container's frames on this
-    /// veth may carry. Empty until read (the veth backstop then refuses
-    /// every routable source on it).
-    #[serde(default)]
-    pub addresses: Vec<std::net::IpAddr>,
 }
 
 /// One running container.
@@ -124,6 +118,12 @@ pub struct Container {
     pub host_veths: Vec<HostVeth>,
     /// The container shares the host's (the resolver's) network namespace.
     pub host_network: bool,
+    /// The addresses of the container's network namespace on its
+    /// interfaces, loopback ones aside (IPv6 link-local included), sorted:
+    /// the only sources its frames may carry out of its veths. Empty until
+    /// read (the veth backstop then refuses every routable source).
+    #[serde(default)]
+    pub addresses: Vec<std::net::IpAddr>,
     /// The runtime's name and labels are known. False for a Docker container
     /// whose Docker record could not be read yet: its name is its id and
     /// its labels are missing, so a policy must not be chosen from them.
@@ -280,9 +280,9 @@ mod tests {
                 ifindex: 7,
                 name: "veth1".into(),
                 peer_ifindex: 2,
-                addresses: Vec::new(),
             }],
             host_network: false,
+            addresses: Vec::new(),
             metadata_complete: true,
             readonly_rootfs: None,
         }

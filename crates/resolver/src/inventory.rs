@@ -160,9 +160,9 @@ mod tests {
                 ifindex,
                 name: format!("veth{ifindex}"),
                 peer_ifindex: 2,
-                addresses: Vec::new(),
             }],
             host_network: false,
+            addresses: Vec::new(),
             metadata_complete: true,
             readonly_rootfs: None,
         }

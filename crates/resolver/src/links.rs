@@ -96,7 +96,6 @@ fn host_veth(l: &Link) -> proto::resolver::HostVeth {
         ifindex: l.ifindex,
         name: l.name.clone(),
         peer_ifindex: l.peer_ifindex.unwrap_or(0),
-        addresses: Vec::new(),
     }
 }
 

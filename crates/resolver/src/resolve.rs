@@ -65,6 +65,7 @@ pub fn build(
         netns_inode,
         host_veths,
         host_network,
+        addresses: Vec::new(),
         metadata_complete: rc.metadata_complete,
         readonly_rootfs: rc.readonly_rootfs,
     }

@@ -181,6 +181,7 @@ mod tests {
             netns_inode: 0,
             host_veths: vec![],
             host_network: false,
+            addresses: Vec::new(),
             metadata_complete: true,
             readonly_rootfs: None,
         }

@@ -521,8 +521,7 @@ mod tests {
         let with_addresses = |addresses: &[&str]| {
             let mut inv = inventory(3);
             inv.containers[1].host_veths = vec![41];
-            inv.containers[1].veth_addresses =
-                BTreeMap::from([(41, addresses.iter().map(|a| ip(a)).collect())]);
+            inv.containers[1].addresses = addresses.iter().map(|a| ip(a)).collect();
             inv
         };
         let running = with_addresses(&["172.17.0.2", "fd00::2"]);
