@@ -10,7 +10,10 @@ in the contain-test container image).
         raw-tcp4               SOCK_RAW, a TCP SYN (port 8080 by default) with the marker
         raw-ether              SOCK_RAW, ethertype 0x88b5 (local experimental), not IP
         raw-vlan               SOCK_RAW, an 802.1Q tag (VID 5) in front of IPv4/UDP
-      MOD: bypass (PACKET_QDISC_BYPASS), bcast (destination MAC ff:ff:ff:ff:ff:ff).
+        ipraw-tcp4             no frame: the TCP SYN's IPv4 header from an IP_HDRINCL raw
+                               socket (an IP socket, judged by the cgroup programs)
+      MOD: bypass (PACKET_QDISC_BYPASS), bcast (destination MAC ff:ff:ff:ff:ff:ff), spoof
+      (the source address is not the sender's: its last byte's high bit flipped).
       Prints one line per probe: "NAME sent=N errors=E [first_error=...]" and a last line
       "first_send_ms=T since_start_ms=S" (T: from this script's start to the first frame the
       kernel took; S: how long the process had run then, from /proc/self/stat).
@@ -128,7 +131,7 @@ class Probe:
         kind, _, port = kind.partition("@")
         kind, *mods = kind.split("+")
         self.name, self.kind, self.mods = name, kind, set(mods)
-        self.port = int(port) if port else (8080 if kind == "raw-tcp4" else args.port)
+        self.port = int(port) if port else (8080 if kind.endswith("tcp4") else args.port)
         self.sent = self.errors = 0
         self.first_error = None
         self.skipped = None
@@ -137,6 +140,11 @@ class Probe:
         if "bcast" in self.mods:
             dst_mac = BROADCAST
         src4, dst4, src6, dst6 = addrs
+        if "spoof" in self.mods:
+            # An address of no one's on the container's subnet: a forged source.
+            src4 = src4[:3] + bytes([src4[3] ^ 0x80])
+            if src6 is not None:
+                src6 = src6[:15] + bytes([src6[15] ^ 0x80])
         sport = 40000 + sum(marker) % 20000
         v6 = kind.endswith("6")
         if v6 and dst6 is None:
@@ -146,13 +154,19 @@ class Probe:
             l3, ethertype = ipv4(src4, dst4, 17, udp(src4, dst4, sport, self.port, marker)), ETH_P_IP
         elif kind in ("raw-udp6", "dgram-udp6"):
             l3, ethertype = ipv6(src6, dst6, 17, udp(src6, dst6, sport, self.port, marker)), ETH_P_IPV6
-        elif kind == "raw-tcp4":
+        elif kind in ("raw-tcp4", "ipraw-tcp4"):
             l3, ethertype = ipv4(src4, dst4, 6, tcp_syn(src4, dst4, sport, self.port, marker)), ETH_P_IP
         elif kind == "raw-ether":
             l3, ethertype = marker.ljust(46, b"."), ETH_P_EXPERIMENTAL
         else:
             raise SystemExit(f"unknown kind {kind!r}")
-        if kind.startswith("dgram-"):
+        if kind.startswith("ipraw-"):
+            # An IP socket whose header is the sender's (IP_HDRINCL): no frame, the
+            # kernel routes it by the sendto address.
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+            self.data = l3
+            self.addr = (socket.inet_ntop(socket.AF_INET, dst4), 0)
+        elif kind.startswith("dgram-"):
             self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ethertype))
             self.data = l3
             self.addr = (args.iface, ethertype, 0, 0, dst_mac)

@@ -8,7 +8,9 @@
 #  2. contain enforcing (egress=block): AF_PACKET SOCK_RAW and SOCK_DGRAM, IPv4 and IPv6, with
 #     and without PACKET_QDISC_BYPASS, broadcast, non-IP ethertype and 802.1Q: nothing arrives;
 #     a frame the container-wide rules allow does, one only a per-process rule allows does not;
-#     TCP through sockets works both ways; veth events with link_layer;
+#     the allowed SYN from a forged source, as a frame or from an IP_HDRINCL raw socket, does
+#     not (from the container's own address it does); TCP through sockets works both ways;
+#     veth events with link_layer, policyd's log with forged_source;
 #  3. first frame: 20 fresh egress=block containers whose entrypoint sends frames for 1 s
 #     at once: nothing arrives (the same command leaks before contain runs, and in a container
 #     no policy selects);
@@ -252,7 +254,10 @@ check "the peer answers" retry 30 0.5 bash -c "[[ \$(docker exec blocked python3
 DENIED_KINDS=(r4=raw-udp4 d4=dgram-udp4 r4q=raw-udp4+bypass d4q=dgram-udp4+bypass
   r6=raw-udp6 d6=dgram-udp6 r6q=raw-udp6+bypass d6q=dgram-udp6+bypass
   bc=raw-udp4+bcast et=raw-ether vl=raw-vlan)
-ALLOWED_KINDS=(tcp=raw-tcp4@8080)
+ALLOWED_KINDS=(tcp=raw-tcp4@8080 iptcp=ipraw-tcp4@8080)
+# A TCP SYN to peer:8080, which egress=block's rules allow, from a forged source: as a frame and
+# from an IP_HDRINCL raw socket (which the cgroup programs judge, by its destination).
+FORGED_KINDS=(sptcp=raw-tcp4+spoof@8080 spiptcp=ipraw-tcp4+spoof@8080)
 specs() { local p=$1 k; shift; for k in "$@"; do echo "$p$k"; done; }
 names() { local p=$1 k; shift; for k in "$@"; do echo "$p${k%%=*}"; done; }
 # The first-frame sender: the container's entrypoint, frames at once, for 1 s.
@@ -267,9 +272,9 @@ ff_sent() { awk -F'[ =]' '/ sent=/ { s += $3 } END { print s + 0 }' "$FF/$1" 2>/
 
 step "1. self-check: without contain, every link-layer probe reaches the peer"
 check "no contain programs anywhere yet" bash -c "! test -e /sys/fs/bpf/contain"
-report=$(send_in blocked --count 20 $(specs pre "${DENIED_KINDS[@]}" "${ALLOWED_KINDS[@]}"))
+report=$(send_in blocked --count 20 $(specs pre "${DENIED_KINDS[@]}" "${ALLOWED_KINDS[@]}" "${FORGED_KINDS[@]}"))
 barrier
-expect_frames all "$report" "no contain:" $(names pre "${DENIED_KINDS[@]}" "${ALLOWED_KINDS[@]}")
+expect_frames all "$report" "no contain:" $(names pre "${DENIED_KINDS[@]}" "${ALLOWED_KINDS[@]}" "${FORGED_KINDS[@]}")
 check "ffpre: a fresh egress=block container sending frames as its first act" \
   docker run -d --network "$NET" -v $T:$T:ro -v $FF:/out --label egress=block --name ffpre "$IMG" $(ff_cmd ffpre)
 retry 60 0.5 test -s $FF/ffpre || true
@@ -307,11 +312,12 @@ check_eq "blocked's packet sockets are covered (status names no gap for it)" nul
 # ---- 2. enforcement ----------------------------------------------------------------------------
 
 step "2. egress=block: link-layer frames to a denied port do not arrive"
-report=$(send_in blocked --count 20 $(specs enf "${DENIED_KINDS[@]}" "${ALLOWED_KINDS[@]}"))
+report=$(send_in blocked --count 20 $(specs enf "${DENIED_KINDS[@]}" "${ALLOWED_KINDS[@]}" "${FORGED_KINDS[@]}"))
 barrier
 expect_frames none "$report" "blocked, AF_PACKET:" $(names enf "${DENIED_KINDS[@]}")
-expect_frames all "$report" "blocked, AF_PACKET TCP SYN to peer:8080 (a container-wide rule allows it):" \
+expect_frames all "$report" "blocked, TCP SYN to peer:8080 from its own address (a container-wide rule allows it):" \
   $(names enf "${ALLOWED_KINDS[@]}")
+expect_frames none "$report" "blocked, the same SYN from a forged source:" $(names enf "${FORGED_KINDS[@]}")
 check_output "blocked: TCP to peer:8080 through a socket" ok docker exec blocked python3 $T/probe.py tcp $PEER_IP 8080
 check_output "blocked: IPv6 TCP to peer:8080 through a socket" ok docker exec blocked python3 $T/probe.py tcp6 $PEER_IP6 8080
 check_output "blocked: UDP to peer:$DENIED_PORT through a socket is refused" denied:EPERM \
@@ -331,6 +337,8 @@ out=$(veth_events blocked link_layer)
   || fail "policyd events: no veth event with link_layer for blocked"
 check "policyd's event log has them too" bash -c \
   "journalctl -u contain-policyd -o cat | grep '\"contain.hook\":\"veth\"' | grep -q '\"contain.reason\":\"packet_socket\"'"
+check "policyd's event log names the forged sources" bash -c \
+  "journalctl -u contain-policyd -o cat | grep '\"contain.hook\":\"veth\"' | grep -q '\"contain.reason\":\"forged_source\"'"
 
 # ---- 3. first frame ----------------------------------------------------------------------------
 
