@@ -119,15 +119,11 @@ pub fn judge_frame(skb: *mut __sk_buff) -> i32 {
             (Origin::Unattributed { host_process }, false)
         }
     };
-    // SAFETY: presence only.
-    let mapped = unsafe { VETHS.get(ifindex) }.map(|owner| owner.cgroup_id);
     if origin == Origin::Judged {
-        return if mapped.is_some() {
-            judge_source(skb, ifindex)
-        } else {
-            PASS
-        };
+        return judge_source(skb, ifindex);
     }
+    // SAFETY: copied out at once.
+    let mapped = unsafe { VETHS.get(ifindex) }.map(|owner| owner.cgroup_id);
     // A packet socket of a governed cgroup is judged under that cgroup: the
     // kernel's record of who made the socket, which no frame can forge, and
     // more precise than the veth when containers share a namespace (a pod
@@ -210,16 +206,11 @@ pub fn judge_frame(skb: *mut __sk_buff) -> i32 {
 }
 
 /// A packet a cgroup program judged: its source is the one thing left to
-/// check, under the policy of the socket's cgroup. The packet is parsed
-/// whole only to report a forged one.
+/// check, under the policy of the socket's cgroup, once the veth is mapped.
+/// The container's own source costs one lookup; the rest is the rare path
+/// of a forged one, parsed whole only to report it.
 #[inline(always)]
 fn judge_source(skb: *mut __sk_buff, ifindex: u32) -> i32 {
-    // SAFETY: skb context.
-    let cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
-    let gov = governance(cgroup_id);
-    if gov.unrestricted {
-        return PASS;
-    }
     let family = if packet::ethertype(skb) == ETH_P_IPV6 {
         6
     } else {
@@ -229,6 +220,16 @@ fn judge_source(skb: *mut __sk_buff, ifindex: u32) -> i32 {
         if is_own_source(ifindex, family, &saddr) {
             return PASS;
         }
+    }
+    // SAFETY: presence only.
+    if unsafe { VETHS.get(ifindex) }.is_none() {
+        return PASS;
+    }
+    // SAFETY: skb context.
+    let cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
+    let gov = governance(cgroup_id);
+    if gov.unrestricted {
+        return PASS;
     }
     let mut slot = MaybeUninit::uninit();
     let flow = Flow::zeroed_in(&mut slot);
