@@ -778,22 +778,6 @@ impl Ctx {
         }
     }
 
-    /// The container's IPv6 link-local address on its veth, as its kernel
-    /// made it.
-    fn ct_link_local(&self) -> String {
-        let out = lab::ip(
-            &self.lab.ct_ns,
-            &["-6", "-o", "addr", "show", "dev", "vc", "scope", "link"],
-        )
-        .unwrap_or_else(|e| panic!("reading the container's link-local address: {e}"));
-        out.split_whitespace()
-            .skip_while(|w| *w != "inet6")
-            .nth(1)
-            .and_then(|a| a.split('/').next())
-            .unwrap_or_else(|| panic!("no link-local address on the container's veth: {out}"))
-            .to_string()
-    }
-
     /// `/usr/bin/ping -c1 -W2` from the container (either family), its
     /// payload the marker repeated: whether it got its reply, and its last
     /// line.
@@ -2410,7 +2394,7 @@ async fn also_arrives(
 /// link-local destination, so the link-local datagram goes to the peer's
 /// global address, on the link.)
 async fn p_spoof_pktinfo6(cx: &mut Ctx) -> Outcome {
-    let ll = cx.ct_link_local();
+    let ll = link_local(&cx.lab.ct_ns, "vc");
     let (t, lm, cm, mut notes) = cx.pair(
         &["pktinfo-udp", "freebind", PEER6_OTHER, PEER6, "5353", "{L}"],
         &["pktinfo-udp", "freebind", CT6, PEER6, "5353", "{C}"],
@@ -2603,7 +2587,7 @@ async fn setup(mode: Mode) -> Ctx {
     // ct and ct2 share the container's netns (two containers of a pod),
     // so both list its veth; nb has its own and no policy selects it.
     let container =
-        |name: &str, path: &Path, lab_label: &str, veth: u32, addresses: [&str; 2]| Container {
+        |name: &str, path: &Path, lab_label: &str, veth: u32, addresses: [&str; 3]| Container {
             id: format!("{name}-id"),
             name: name.into(),
             labels: BTreeMap::from([("lab".to_string(), lab_label.to_string())]),
@@ -2639,16 +2623,19 @@ async fn setup(mode: Mode) -> Ctx {
             ]),
         };
     let ct_veth = lab.ct_veth.ifindex;
+    // What the resolver reads from each container's namespace.
+    let ct_link_local = link_local(&lab.ct_ns, "vc");
+    let nb_link_local = link_local(&nb.ns, "vn");
     let inventory = Inventory {
         containers: vec![
-            container("ct", &lab.ct, "bypass", ct_veth, [CT4, CT6]),
-            container("ct2", &ct2, "bypass", ct_veth, [CT4, CT6]),
+            container("ct", &lab.ct, "bypass", ct_veth, [CT4, CT6, &ct_link_local]),
+            container("ct2", &ct2, "bypass", ct_veth, [CT4, CT6, &ct_link_local]),
             container(
                 "nb",
                 &nb.cgroup,
                 "unfiltered",
                 nb.host_veth.ifindex,
-                [NB4, NB6],
+                [NB4, NB6, &nb_link_local],
             ),
         ],
     };

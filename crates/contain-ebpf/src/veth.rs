@@ -25,9 +25,10 @@
 //! dropped.
 //!
 //! Whatever sent it, an IP frame of a governed container must carry as its
-//! source an address of the container's interface behind the veth
-//! (`VETH_SOURCES`, from the resolver through policyd), an IPv6 link-local
-//! address or the unspecified address, which never leave the link. A raw
+//! source one of the container's addresses (`VETH_SOURCES`, from the
+//! resolver through policyd, its link-local ones included) or IPv4's
+//! unspecified address; an IPv6 link-local or unspecified source that is
+//! not its own passes only on the kernel's neighbour discovery and MLD. A raw
 //! socket's header, a transparent or free-bind socket's bound address and
 //! a packet socket's frame can name any source; a forged one would have
 //! the answer to the packet sent to someone the rules deny (the host's
@@ -163,7 +164,7 @@ pub fn judge_frame(skb: *mut __sk_buff) -> i32 {
         return deny_frame(cgroup_id, &gov, ethertype, flags);
     }
     let flow: &Flow = flow;
-    if mapped.is_some() && !is_own_source(ifindex, flow.family, &flow.saddr) {
+    if mapped.is_some() && !source_allowed(ifindex, flow, origin) {
         return deny_forged(cgroup_id, &gov, flow, flags);
     }
     // The container's loopback traffic never crosses its veth: a frame to a
@@ -216,10 +217,12 @@ fn judge_source(skb: *mut __sk_buff, ifindex: u32) -> i32 {
     } else {
         4
     };
-    if let Some(saddr) = packet::source_address::<L3_AFTER_ETHERNET>(skb) {
-        if is_own_source(ifindex, family, &saddr) {
-            return PASS;
-        }
+    let source = match packet::source_address::<L3_AFTER_ETHERNET>(skb) {
+        Some(saddr) => source_of(ifindex, family, &saddr),
+        None => Source::Foreign,
+    };
+    if source == Source::Own {
+        return PASS;
     }
     // SAFETY: presence only.
     if unsafe { VETHS.get(ifindex) }.is_none() {
@@ -234,27 +237,40 @@ fn judge_source(skb: *mut __sk_buff, ifindex: u32) -> i32 {
     let mut slot = MaybeUninit::uninit();
     let flow = Flow::zeroed_in(&mut slot);
     // Unparsed, the report shows what was read, zeros for the rest.
-    let _ = packet::parse::<L3_AFTER_ETHERNET>(skb, flow);
+    let parsed = packet::parse::<L3_AFTER_ETHERNET>(skb, flow);
+    let flow: &Flow = flow;
+    if parsed && source == Source::LinkScoped && source_allowed(ifindex, flow, Origin::Judged) {
+        return PASS;
+    }
     deny_forged(cgroup_id, &gov, flow, 0)
 }
 
-/// Whether a frame's source is one the container may send from: an address
-/// of its interface behind the veth, an IPv6 link-local address, or the
-/// unspecified address (duplicate address detection, a DHCP client), none
-/// of which the host routes back or answers beyond the link. An IPv6
-/// header's v4-mapped address is none of the container's.
+/// What a frame's source is to the container behind the veth.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// One of its addresses (`VETH_SOURCES`), or IPv4's unspecified address
+    /// (a DHCP client, IGMP before an address), which is a martian to every
+    /// router and answered by no one.
+    Own,
+    /// An IPv6 link-local or unspecified address not known as its own:
+    /// the kernel's neighbour discovery (before the resolver has read the
+    /// container's link-local address, and duplicate address detection)
+    /// may carry it, nothing else. A host forwards a packet back out of the
+    /// port it came from whatever its link-local source, so another
+    /// neighbour's link-local address is as forged as any.
+    LinkScoped,
+    Foreign,
+}
+
 #[inline(always)]
-fn is_own_source(ifindex: u32, family: u8, addr: &[u8; 16]) -> bool {
+fn source_of(ifindex: u32, family: u8, addr: &[u8; 16]) -> Source {
+    if family == 4 && addr[12..] == [0; 4] {
+        return Source::Own;
+    }
     let v4_mapped = addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff;
-    if family == 6 {
-        if v4_mapped {
-            return false;
-        }
-        if (addr[0] == 0xfe && addr[1] & 0xc0 == 0x80) || *addr == [0; 16] {
-            return true;
-        }
-    } else if addr[12..] == [0; 4] {
-        return true;
+    if family == 6 && v4_mapped {
+        // An IPv6 header's v4-mapped source is none of the container's.
+        return Source::Foreign;
     }
     let key = VethAddrKey {
         ifindex,
@@ -262,7 +278,27 @@ fn is_own_source(ifindex: u32, family: u8, addr: &[u8; 16]) -> bool {
         addr: *addr,
     };
     // SAFETY: presence only.
-    unsafe { VETH_SOURCES.get(key) }.is_some()
+    if unsafe { VETH_SOURCES.get(key) }.is_some() {
+        return Source::Own;
+    }
+    if family == 6 && ((addr[0] == 0xfe && addr[1] & 0xc0 == 0x80) || *addr == [0; 16]) {
+        Source::LinkScoped
+    } else {
+        Source::Foreign
+    }
+}
+
+/// Whether a parsed frame's source is one the container may send it from:
+/// its own, or a link-scoped one on the kernel's link control.
+#[inline(always)]
+fn source_allowed(ifindex: u32, flow: &Flow, origin: Origin) -> bool {
+    match source_of(ifindex, flow.family, &flow.saddr) {
+        Source::Own => true,
+        Source::LinkScoped => {
+            flow.route_len == 0 && !flow.unjudgeable && is_link_control(flow, origin)
+        }
+        Source::Foreign => false,
+    }
 }
 
 /// A frame whose source is none of the container's: refused (in audit

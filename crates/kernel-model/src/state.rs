@@ -139,12 +139,6 @@ impl VethSource {
             None => IpAddr::V6(v6),
         }
     }
-
-    /// IPv6 link-local (`fe80::/10`): the kernel lets it pass by prefix
-    /// (it stays on the link), so it needs no entry.
-    pub fn is_link_local(addr: IpAddr) -> bool {
-        matches!(addr, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80)
-    }
 }
 
 /// One map entry.
@@ -416,19 +410,6 @@ mod tests {
         assert_eq!(source.address(), v4);
         let v6: IpAddr = "fd00::2".parse().unwrap();
         assert_eq!(VethSource::new(7, v6).address(), v6);
-        for (addr, link_local) in [
-            ("fe80::1", true),
-            ("febf::1", true),
-            ("fec0::1", false),
-            ("fd00::1", false),
-            ("169.254.0.1", false),
-        ] {
-            assert_eq!(
-                VethSource::is_link_local(addr.parse().unwrap()),
-                link_local,
-                "{addr}"
-            );
-        }
     }
 
     fn sample() -> KernelState {

@@ -441,9 +441,9 @@ fn assign_files(
 /// shared veth are judged under the owner's policy, so containers sharing
 /// it under another policy are named in a warning. `VETH_SOURCES`: the
 /// owner's addresses on each of its veths (the containers sharing it share
-/// them): a container on several networks may send from any of its
-/// addresses out of any of its veths, and the answer comes back to it.
-/// IPv6 link-local ones are left out: the kernel takes them by prefix.
+/// them), link-local ones included: a container on several networks may
+/// send from any of its addresses out of any of its veths, and the answer
+/// comes back to it.
 fn assign_veths(
     policies: &PolicySet,
     inventory: &Inventory,
@@ -463,7 +463,6 @@ fn assign_veths(
             container
                 .addresses
                 .iter()
-                .filter(|&&addr| !VethSource::is_link_local(addr))
                 .map(|&addr| VethSource::new(ifindex, addr)),
         );
         if sources.len() == before && policy_of(owner.owner).is_some() {
@@ -471,7 +470,7 @@ fn assign_veths(
                 severity: Severity::Warning,
                 location: None,
                 message: format!(
-                    "container \"{}\": none of its addresses is known (the resolver reports them); its frames on veth {ifindex} are refused as forged, but for link-local ones, until one is",
+                    "container \"{}\": none of its addresses is known (the resolver reports them); its frames on veth {ifindex} are refused as forged, but for the kernel's neighbour discovery, until one is",
                     container.name
                 ),
                 source_line: None,
@@ -1417,7 +1416,7 @@ mod tests {
     }
 
     #[test]
-    fn a_veths_sources_are_its_owners_addresses_but_link_local_ones() {
+    fn a_veths_sources_are_its_owners_addresses() {
         let p = policy("[[policy]]\nname='a'\nselect={name='web'}\n");
         let mut inv = with_veths(inventory(&[("web", 10), ("other", 11)]), &[&[7], &[8]]);
         let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
@@ -1435,18 +1434,19 @@ mod tests {
             [
                 (7, ip("172.17.0.2")),
                 (7, ip("fd00::2")),
+                (7, ip("fe80::1")),
                 (8, ip("172.17.0.3"))
             ],
-            "link-local addresses are the kernel's to pass; an unrestricted container's are written too"
+            "its link-local address too; an unrestricted container's are written as well"
         );
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
-        inv.containers[0].addresses = vec![ip("fe80::1")];
+        inv.containers[0].addresses.clear();
         inv.containers[1].addresses.clear();
         let c = compile(&p, &inv, &mut IdTables::default()).unwrap();
         let messages: Vec<&str> = c.warnings.iter().map(|w| w.message.as_str()).collect();
         assert_eq!(
             messages,
-            ["container \"web\": none of its addresses is known (the resolver reports them); its frames on veth 7 are refused as forged, but for link-local ones, until one is"],
+            ["container \"web\": none of its addresses is known (the resolver reports them); its frames on veth 7 are refused as forged, but for the kernel's neighbour discovery, until one is"],
             "only for a container a policy selects"
         );
     }

@@ -921,6 +921,26 @@ mod tests {
     }
 
     #[test]
+    fn a_forged_source_is_said_and_never_allowed() {
+        let mut forged = event(None, v4(198, 18, 0, 1), 17, 5353);
+        forged.hook = Hook::Veth;
+        forged.forged_source = true;
+        forged.src = v4(198, 18, 7, 9);
+        let lines = vec![
+            line("c", &forged),
+            line("c", &event(None, v4(198, 18, 0, 2), 6, 443)),
+        ];
+        let text = suggest(&lines, Filter::default(), Aggregate::default());
+        valid(&text);
+        assert!(
+            text.contains("# 1 event of frames whose source is none of the container's addresses: no rule allows those."),
+            "{text}"
+        );
+        assert!(!text.contains("198.18.0.1"), "{text}");
+        assert!(text.contains("198.18.0.2"), "{text}");
+    }
+
+    #[test]
     fn hostile_names_and_paths_stay_strings() {
         let exe = "/tmp/x\"\n[[policy]]\nname = \"evil";
         let mut e = event(Some(exe), v4(198, 18, 0, 1), 6, 443);

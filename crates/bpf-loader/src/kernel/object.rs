@@ -29,7 +29,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/co
 
 /// Bumped when a map's key or value layout changes: a loader with another
 /// layout starts on fresh maps instead of misreading old ones.
-const MAP_LAYOUT_VERSION: u32 = 5;
+const MAP_LAYOUT_VERSION: u32 = 6;
 
 impl Kernel {
     /// Loads the object with every map pinned (or re-opened from its pin)

@@ -96,6 +96,28 @@ fn must<T>(step: test_kit::Result<T>) -> T {
     step.unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The IPv6 link-local address the kernel gave `dev` inside `ns` (it does
+/// as the link comes up; waited for up to 5 s).
+pub fn link_local(ns: &str, dev: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = must(lab::ip(
+            ns,
+            &["-6", "-o", "addr", "show", "dev", dev, "scope", "link"],
+        ));
+        let found = out
+            .split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)
+            .and_then(|a| a.split('/').next());
+        match found {
+            Some(addr) => return addr.to_string(),
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            None => panic!("no link-local address on {dev} in {ns}: {out}"),
+        }
+    }
+}
+
 /// Reads `dev` inside `ns` (ifindexes are per namespace).
 pub fn link_in(ns: &str, dev: &str) -> Link {
     must(lab::link_in(ns, dev))
