@@ -381,6 +381,10 @@ in
           #                        (0700, other owners) without owning them.
           # Not CAP_NET_ADMIN: rtnetlink dumps (RTM_GETLINK, RTM_GETNSID) and
           # link notifications are open to every process; only changes need it.
+          # A container's addresses are read from /proc/PID/net/{fib_trie,
+          # if_inet6}, which need nothing more; an RTM_GETADDR dump into its
+          # namespace would need CAP_NET_ADMIN, which a reader of what
+          # containers write does not get.
           # Not CAP_SYS_ADMIN: the resolver never setns(2)s into a container;
           # the veth's peer netns comes from IFLA_LINK_NETNSID/RTM_GETNSID.
           CapabilityBoundingSet = [

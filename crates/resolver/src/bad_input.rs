@@ -1,5 +1,6 @@
 //! What the resolver reads that others write — /proc files of processes a
-//! container runs, the mount table, Docker's replies and `config.v2.json`,
+//! container runs (and of its network namespace: `if_inet6`, `fib_trie`),
+//! the mount table, Docker's replies and `config.v2.json`,
 //! containerd's event envelopes — is parsed or refused, never a panic. The
 //! fuzz target `resolver_inputs` does the same for longer.
 
@@ -8,6 +9,7 @@ use proptest::prelude::*;
 use prost::Message;
 
 use crate::{
+    addresses::{namespace_addresses, parse_fib_trie, parse_if_inet6},
     cgroup::{parse_mountinfo, parse_pids, parse_proc_cgroup, Cgroup2Mount},
     containerd::{decode_envelope, DEFAULT_NAMESPACES},
     docker::{parse_api_list, parse_config_v2},
@@ -21,6 +23,11 @@ fn proc_like() -> impl Strategy<Value = String> {
             Just("24 1 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw".to_string()),
             Just("0::/contain.slice/docker-1.scope (deleted)".to_string()),
             Just("42 (a) b) S 1 2 3".to_string()),
+            Just("fe80000000000000c0cda9fffe4b1c63 02 40 20 80     eth0".to_string()),
+            Just("Local:".to_string()),
+            Just("  +-- 198.18.4.0/22 3 0 4".to_string()),
+            Just("     |-- 198.18.5.2".to_string()),
+            Just("        /32 host LOCAL".to_string()),
             r"[0-9a-z:/()\\ -]{0,40}",
             any::<String>(),
         ],
@@ -41,6 +48,12 @@ proptest! {
         }
         let _ = parse_pids(&text);
         let _ = parse_stat_starttime(&text);
+        let _ = parse_if_inet6(&text);
+        let _ = parse_fib_trie(&text);
+        if let Ok(addresses) = namespace_addresses(&text, Some(&text)) {
+            prop_assert!(addresses.windows(2).all(|w| w[0] < w[1]));
+            prop_assert!(addresses.iter().all(|a| !a.is_loopback()));
+        }
     }
 
     #[test]

@@ -10,13 +10,15 @@
 //! <cgroup dir>/cgroup.procs (recursively) ─► the container's processes
 //! /proc/<pid>/ns/net ─► netns inode, and (RTM_GETNSID) the host's nsid for it
 //! host links (rtnetlink) with IFLA_LINK_NETNSID == nsid ─► host veths
+//! /proc/<pid>/net/{fib_trie,if_inet6} ─► the namespace's addresses
 //! ```
 //!
-//! Pure logic lives in [`cgroup`], [`procfs`] (parsers), [`links`]
-//! (message → link), [`resolve`], [`inventory`], [`docker`] (parsers) and
-//! [`containerd`] (event decoding); the I/O is in the reconciler, the link
-//! watcher, the containerd source and the service.
+//! Pure logic lives in [`cgroup`], [`process`] and [`addresses`] (parsers),
+//! [`links`] (message → link), [`resolve`], [`inventory`], [`docker`]
+//! (parsers) and [`containerd`] (event decoding); the I/O is in the
+//! reconciler, the link watcher, the containerd source and the service.
 
+pub mod addresses;
 pub mod cgroup;
 pub mod containerd;
 pub mod docker;

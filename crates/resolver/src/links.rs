@@ -39,6 +39,12 @@ pub struct Link {
     /// `IFLA_LINK_NETNSID`: the host's id for the peer's namespace; absent
     /// when the peer is in the same namespace.
     pub link_netnsid: Option<i32>,
+    /// `IFLA_CARRIER`: for a veth, whether both ends are up. The host side
+    /// gets it when the peer comes up, which is when a runtime has just
+    /// configured the peer (Docker sets its addresses, then sets it up):
+    /// a change of it is a link event for the peer's namespace, whose
+    /// addresses are then read again (rather than at the next rescan).
+    pub carrier: bool,
 }
 
 impl Link {
@@ -54,12 +60,14 @@ impl Link {
             kind: None,
             peer_ifindex: None,
             link_netnsid: None,
+            carrier: false,
         };
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(name) => link.name = name.clone(),
                 LinkAttribute::Link(index) => link.peer_ifindex = Some(*index),
                 LinkAttribute::LinkNetNsId(id) if *id >= 0 => link.link_netnsid = Some(*id),
+                LinkAttribute::Carrier(on) => link.carrier = *on != 0,
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         if let NlLinkInfo::Kind(kind) = info {
@@ -136,8 +144,11 @@ impl LinkTable {
             return Vec::new();
         }
         let old_nsid = old.and_then(Self::veth_nsid);
-        let shown_same =
-            old.is_some_and(|o| old_nsid == new_nsid && host_veth(o) == host_veth(&link));
+        // The carrier is not in the entry, but its change may change the
+        // addresses the container's entry shows.
+        let shown_same = old.is_some_and(|o| {
+            old_nsid == new_nsid && host_veth(o) == host_veth(&link) && o.carrier == link.carrier
+        });
         if let Some(nsid) = old_nsid {
             self.unindex(nsid, link.ifindex);
         }
@@ -171,6 +182,12 @@ impl LinkTable {
                 self.veths_by_nsid.remove(&nsid);
             }
         }
+    }
+
+    /// Whether a host-side veth's peer is in the namespace the host calls
+    /// `nsid`.
+    pub fn has_veths_into(&self, nsid: i32) -> bool {
+        self.veths_by_nsid.contains_key(&nsid)
     }
 
     /// The host-side veths whose peer is in the namespace the host calls
@@ -370,6 +387,7 @@ mod tests {
                 LinkAttribute::IfName("veth1234".into()),
                 LinkAttribute::Link(2),
                 LinkAttribute::LinkNetNsId(3),
+                LinkAttribute::Carrier(1),
                 LinkAttribute::LinkInfo(vec![NlLinkInfo::Kind(InfoKind::Veth)]),
             ],
         ));
@@ -380,7 +398,8 @@ mod tests {
                 name: "veth1234".into(),
                 kind: Some("veth".into()),
                 peer_ifindex: Some(2),
-                link_netnsid: Some(3)
+                link_netnsid: Some(3),
+                carrier: true,
             }
         );
         assert!(l.is_veth());
@@ -411,6 +430,7 @@ mod tests {
             kind: Some("veth".into()),
             peer_ifindex: Some(2),
             link_netnsid: nsid,
+            carrier: false,
         };
         let mut links = vec![
             veth(9, Some(1)),
@@ -434,6 +454,7 @@ mod tests {
             kind: Some("veth".into()),
             peer_ifindex: Some(2),
             link_netnsid: nsid,
+            carrier: false,
         }
     }
 
@@ -488,6 +509,15 @@ mod tests {
             ..veth_link(7, Some(7))
         };
         assert!(table.upsert(up).is_empty());
+        // Its peer comes up, or goes down: its namespace, whose addresses
+        // may have changed.
+        let carrier = Link {
+            carrier: true,
+            ..veth_link(7, Some(7))
+        };
+        assert_eq!(table.upsert(carrier.clone()), vec![7]);
+        assert!(table.upsert(carrier).is_empty());
+        assert_eq!(table.upsert(veth_link(7, Some(7))), vec![7]);
         // A new veth: its namespace only.
         assert_eq!(table.upsert(veth_link(501, Some(501))), vec![501]);
         // Links that are not veths, and their removal: none.

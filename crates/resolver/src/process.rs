@@ -1,16 +1,24 @@
 //! What /proc says about one process: when it started (to tell a reused pid
-//! from the process the runtime announced), its cgroup v2 path and its
-//! network namespace. `cgroup` is read by the `procfs` crate; `stat` is not:
-//! its parser slices the text unchecked (it panics on a line that is not
-//! the kernel's) and wants every field, where only the start time is needed.
+//! from the process the runtime announced), its cgroup v2 path, its
+//! network namespace and that namespace's addresses. `cgroup` is read by
+//! the `procfs` crate; `stat` is not: its parser slices the text unchecked
+//! (it panics on a line that is not the kernel's) and wants every field,
+//! where only the start time is needed.
 
 use std::{
     fs::File,
+    io::Read as _,
+    net::IpAddr,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
-use crate::cgroup;
+use crate::{addresses, cgroup};
+
+/// The most of one `/proc/<pid>/net` file read: a namespace's routing
+/// tables are its own to grow (a container with `CAP_NET_ADMIN` may hold a
+/// full routing table), and the resolver's memory is not theirs.
+pub const MAX_NET_FILE_BYTES: u64 = 16 << 20;
 
 /// The start time of a process (field 22 of `/proc/<pid>/stat`, clock ticks
 /// since boot). The command name (field 2) may hold spaces and parentheses,
@@ -74,6 +82,50 @@ impl Proc {
         let file = File::open(self.pid_path(pid, "ns/net")).ok()?;
         let ino = file.metadata().ok()?.ino();
         Some((file, ino))
+    }
+
+    /// The text of `/proc/<pid>/net/<file>`: the file of the network
+    /// namespace `pid` is in when it is opened. Its bytes as text, any
+    /// that are not UTF-8 replaced (an interface's name may hold any byte
+    /// but `/`, `:` and white space, and no parser reads names); an error
+    /// past [`MAX_NET_FILE_BYTES`].
+    pub fn net_file(&self, pid: u32, file: &str) -> std::io::Result<String> {
+        let path = self.pid_path(pid, "net").join(file);
+        let mut bytes = Vec::new();
+        File::open(&path)?
+            .take(MAX_NET_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > MAX_NET_FILE_BYTES {
+            return Err(std::io::Error::other(format!(
+                "over {MAX_NET_FILE_BYTES} bytes"
+            )));
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// The addresses of the network namespace `pid` is in, loopback ones
+    /// aside, sorted (see [`addresses`]): IPv4 from its `fib_trie`, IPv6
+    /// from its `if_inet6`. Needs no privilege beyond seeing `/proc/<pid>`.
+    ///
+    /// The two files are opened one after the other, each in whatever
+    /// namespace `pid` is in at that moment: the caller checks that the
+    /// process, and its namespace, are the same after the read as before.
+    pub fn addresses(&self, pid: u32) -> Result<Vec<IpAddr>, String> {
+        let read = |file: &str| {
+            self.net_file(pid, file)
+                .map_err(|e| format!("/proc/{pid}/net/{file}: {e}"))
+        };
+        let fib_trie = read("fib_trie")?;
+        let if_inet6 = match self.net_file(pid, "if_inet6") {
+            Ok(text) => Some(text),
+            // A kernel without IPv6 (ipv6.disable=1) has no such file in
+            // any namespace. (A process that exited meanwhile has none
+            // either: the caller's check after the read tells.)
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("/proc/{pid}/net/if_inet6: {e}")),
+        };
+        addresses::namespace_addresses(&fib_trie, if_inet6.as_deref())
+            .map_err(|e| format!("/proc/{pid}/net/{e}"))
     }
 
     /// Inode of the resolver's own network namespace: "the host" for veths

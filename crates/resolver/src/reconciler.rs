@@ -7,6 +7,8 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    fs::File,
+    net::IpAddr,
     sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
@@ -20,7 +22,7 @@ use crate::{
     inventory::VersionedInventory,
     links::{LinkSignal, LinkTable, Netlink},
     process::Proc,
-    resolve::{build, ProcFacts},
+    resolve::{addresses_after, build, ProcFacts, ReadAddresses},
     source::{self, key, RuntimeContainer, SourceEvent, StatusBoard},
 };
 
@@ -29,6 +31,10 @@ const MAX_PIDS: usize = 4096;
 /// Most queued events handled in one batch.
 const MAX_BATCH: usize = 1024;
 pub const RTNETLINK_SOURCE: &str = "rtnetlink";
+/// The status entry of the reads of containers' addresses
+/// (`/proc/<pid>/net`): not connected while some container's could not be
+/// read (the entry names one, with the error).
+pub const ADDRESSES_SOURCE: &str = "procfs-addresses";
 
 /// What the service reads.
 pub struct Shared {
@@ -86,6 +92,10 @@ struct Record {
     /// The root directory of `rc.pid` when first seen: the root the
     /// runtime gave the container, before anything in it could chroot.
     root: Option<RootId>,
+    /// The addresses the container last showed, with the namespace they
+    /// were read in: what a failed read in the same namespace keeps. Kept
+    /// across a runtime's update of the same process, as `start_time` is.
+    addresses: Option<ReadAddresses>,
 }
 
 #[derive(Default)]
@@ -114,6 +124,15 @@ pub struct Reconciler {
     /// is forgotten when the kernel frees it (it may then be given to
     /// another namespace) and at every full rescan.
     searched_nsids: HashSet<i32>,
+    /// The addresses read in the batch being processed, by namespace
+    /// inode, with the namespace held open (so no other namespace is given
+    /// its inode meanwhile): containers sharing a namespace (a pod's) cost
+    /// one read. Only reads that succeeded: a failed one is the process's,
+    /// and another process of the namespace may read it.
+    address_reads: HashMap<u64, (File, Vec<IpAddr>)>,
+    /// Containers whose last address read failed (they show the addresses
+    /// of the read before, or none), with the error.
+    unread: BTreeMap<String, String>,
     own_netns: Option<u64>,
 }
 
@@ -129,6 +148,8 @@ impl Reconciler {
             links: LinkTable::default(),
             keys_by_nsid: HashMap::new(),
             searched_nsids: HashSet::new(),
+            address_reads: HashMap::new(),
+            unread: BTreeMap::new(),
             own_netns,
         }
     }
@@ -144,6 +165,7 @@ impl Reconciler {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (mut events_open, mut links_open) = (true, true);
         self.shared.status.register(RTNETLINK_SOURCE);
+        self.shared.status.register(ADDRESSES_SOURCE);
         loop {
             let mut work = Work::default();
             tokio::select! {
@@ -207,13 +229,17 @@ impl Reconciler {
             keys.into_iter().collect()
         };
         let mut resolved = Vec::with_capacity(keys.len());
+        self.address_reads.clear();
         for k in keys {
             // After a link change alone, containers nothing else happened to
-            // keep their /proc facts and only get their veths recomputed.
+            // keep their /proc facts and only get their veths and addresses
+            // recomputed.
             let full = everything || dirty.contains(&k);
             let value = self.resolve(&k, full).await;
             resolved.push((k, value));
         }
+        self.address_reads.clear();
+        self.publish_address_status();
         {
             let mut roots = self.shared.roots.write().unwrap_or_else(|p| p.into_inner());
             for (k, value) in &resolved {
@@ -335,11 +361,13 @@ impl Reconciler {
                 "labels over the size limit are left out of the inventory; no policy can select on them"
             );
         }
-        let (start_time, root) = self
+        let (start_time, root, addresses) = self
             .records
             .get(&k)
             .filter(|r| r.rc.pid == rc.pid)
-            .map_or((None, None), |r| (r.start_time, r.root));
+            .map_or((None, None, None), |r| {
+                (r.start_time, r.root, r.addresses.clone())
+            });
         self.remove_record(&k);
         self.records.insert(
             k,
@@ -349,6 +377,7 @@ impl Reconciler {
                 start_time,
                 facts: None,
                 root,
+                addresses,
             },
         );
     }
@@ -357,6 +386,22 @@ impl Reconciler {
     fn remove_record(&mut self, k: &str) {
         self.set_facts(k, None);
         self.records.remove(k);
+        self.unread.remove(k);
+    }
+
+    /// Says in the status whether every container's addresses are read.
+    fn publish_address_status(&self) {
+        match self.unread.iter().next() {
+            None => self.shared.status.connected(ADDRESSES_SOURCE),
+            Some((k, e)) => self.shared.status.failed(
+                ADDRESSES_SOURCE,
+                format!(
+                    "the addresses of {} container(s) could not be read from /proc (they show \
+                     the addresses read before in the same namespace, or none), e.g. {k}: {e}",
+                    self.unread.len()
+                ),
+            ),
+        }
     }
 
     /// Records what a resolution found (`None`: nothing to reuse), keeping
@@ -436,12 +481,24 @@ impl Reconciler {
 
     /// Follows the chain for one container; `None` if it is not running.
     /// With `full` false and facts from an earlier resolution, only the
-    /// namespace id and the veths are looked at again.
+    /// namespace id, the veths and the addresses are looked at again.
+    ///
+    /// Addresses are read at each resolution, so a link event for the
+    /// container's namespace (a veth into it made, removed, or its carrier
+    /// changed as the container's side comes up or goes down) and every
+    /// periodic rescan read them anew; an address added with no change to
+    /// the host's side of the veths (a runtime configuring the container
+    /// later, IPv6 autoconfiguration) is seen at the next of those, and
+    /// until then the veth backstop drops frames from it (fail closed).
     async fn resolve(&mut self, k: &str, full: bool) -> Option<Container> {
         let container = self.resolve_inner(k, full).await;
         if container.is_none() {
             // Nothing is reused from a resolution that found nothing.
             self.set_facts(k, None);
+            self.unread.remove(k);
+            if let Some(r) = self.records.get_mut(k) {
+                r.addresses = None;
+            }
         }
         container
     }
@@ -459,14 +516,19 @@ impl Reconciler {
         if !full {
             if let Some(mut facts) = record.facts.clone() {
                 let rc = record.rc.clone();
+                // Still the namespace the facts name, held open while read.
+                let netns = self
+                    .proc
+                    .open_netns(pid)
+                    .filter(|(_, ino)| Some(*ino) == facts.netns_inode);
                 if facts.nsid.is_none() {
-                    if let Some((file, ino)) = self.proc.open_netns(pid) {
-                        if Some(ino) == facts.netns_inode {
-                            facts.nsid = self.nsid(k, ino, &file).await;
-                        }
+                    if let Some((file, ino)) = &netns {
+                        facts.nsid = self.nsid(k, *ino, file).await;
                     }
-                    self.set_facts(k, Some(facts.clone()));
                 }
+                self.read_addresses(k, &mut facts, pid, start, netns.as_ref());
+                drop(netns);
+                self.set_facts(k, Some(facts.clone()));
                 return Some(build(&rc, &facts, &self.links, self.own_netns));
             }
         }
@@ -483,23 +545,28 @@ impl Reconciler {
             .as_deref()
             .map(|d| cgroup::procs_below(d, MAX_PIDS))
             .unwrap_or_default();
-        let (netns_inode, nsid) = match self.proc.open_netns(pid) {
-            Some((file, ino)) => (Some(ino), self.nsid(k, ino, &file).await),
+        // Held open until the addresses are read.
+        let netns = self.proc.open_netns(pid);
+        let (netns_inode, nsid) = match &netns {
+            Some((file, ino)) => (Some(*ino), self.nsid(k, *ino, file).await),
             None => (None, None),
         };
+        let mut facts = ProcFacts {
+            cgroup_path,
+            cgroup_id,
+            pids,
+            netns_inode,
+            nsid,
+            addresses: Vec::new(),
+        };
+        self.read_addresses(k, &mut facts, pid, start, netns.as_ref());
+        drop(netns);
         let root = known_root.or_else(|| exe::root_of(self.proc.root(), pid));
         // What was read belongs to the announced process only if it is
         // still the same process now.
         if self.proc.start_time(pid) != Some(start) {
             return None;
         }
-        let facts = ProcFacts {
-            cgroup_path,
-            cgroup_id,
-            pids,
-            netns_inode,
-            nsid,
-        };
         let container = build(&rc, &facts, &self.links, self.own_netns);
         if let Some(r) = self.records.get_mut(k) {
             r.start_time = Some(start);
@@ -507,6 +574,104 @@ impl Reconciler {
         }
         self.set_facts(k, Some(facts));
         Some(container)
+    }
+
+    /// Reads the addresses of the namespace `facts` names into
+    /// `facts.addresses`, through process `pid` (started at `start`), once
+    /// per namespace and batch; `netns`: that namespace, opened as the
+    /// process's, held while reading (`None`: the process is no longer in
+    /// it, or gone). Nothing is read for a namespace no host veth leads
+    /// into (the host's own among them): no frame of it reaches a veth.
+    ///
+    /// What is read belongs to the container only if, after the read, the
+    /// process is still the one that started at `start` and still in that
+    /// namespace. When it cannot be read, the container keeps what the
+    /// last read in the same namespace found, or none: an address is never
+    /// made up, and the failure is logged and shown in the status.
+    fn read_addresses(
+        &mut self,
+        k: &str,
+        facts: &mut ProcFacts,
+        pid: u32,
+        start: u64,
+        netns: Option<&(File, u64)>,
+    ) {
+        let (Some(netns_inode), Some(nsid)) = (facts.netns_inode, facts.nsid) else {
+            self.set_read_addresses(k, facts, None);
+            return;
+        };
+        if !self.links.has_veths_into(nsid) {
+            self.set_read_addresses(k, facts, None);
+            return;
+        }
+        let read = match netns {
+            Some((_, ino)) if *ino != netns_inode => Err(format!(
+                "process {pid} is in namespace {ino}, not {netns_inode}"
+            )),
+            None => Err(format!(
+                "process {pid}'s network namespace cannot be opened (it exited, or left \
+                 namespace {netns_inode})"
+            )),
+            Some((file, ino)) => match self.address_reads.get(ino) {
+                Some((_, addresses)) => Ok(addresses.clone()),
+                None => {
+                    let read = self.proc.addresses(pid).and_then(|addresses| {
+                        let same_process = self.proc.start_time(pid) == Some(start);
+                        let same_netns = self.proc.netns_inode(pid) == Some(*ino);
+                        if same_process && same_netns {
+                            Ok(addresses)
+                        } else {
+                            Err(format!(
+                                "process {pid} exited or left namespace {ino} while its \
+                                 addresses were read"
+                            ))
+                        }
+                    });
+                    if let (Ok(addresses), Ok(held)) = (&read, file.try_clone()) {
+                        self.address_reads.insert(*ino, (held, addresses.clone()));
+                    }
+                    read
+                }
+            },
+        };
+        match &read {
+            Ok(_) => {
+                self.unread.remove(k);
+            }
+            Err(e) => {
+                tracing::warn!(
+                    container = %k, netns = netns_inode, error = %e,
+                    "cannot read the container's addresses; it keeps those read before in its \
+                     namespace, if any, and the veth backstop drops frames from any other"
+                );
+                self.unread.insert(k.to_string(), e.clone());
+            }
+        }
+        let last = self.records.get(k).and_then(|r| r.addresses.as_ref());
+        let addresses = addresses_after(read, last, netns_inode);
+        self.set_read_addresses(
+            k,
+            facts,
+            Some(ReadAddresses {
+                netns_inode,
+                addresses,
+            }),
+        );
+    }
+
+    /// Puts what a read found (`None`: nothing to read) in `facts` and in
+    /// the record, for the next read to keep if it fails.
+    fn set_read_addresses(&mut self, k: &str, facts: &mut ProcFacts, read: Option<ReadAddresses>) {
+        if read.is_none() {
+            self.unread.remove(k);
+        }
+        facts.addresses = read
+            .as_ref()
+            .map(|r| r.addresses.clone())
+            .unwrap_or_default();
+        if let Some(r) = self.records.get_mut(k) {
+            r.addresses = read;
+        }
     }
 
     /// The host's id for the namespace `ino` (open as `file`). Asked anew

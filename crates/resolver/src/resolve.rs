@@ -1,6 +1,8 @@
 //! The mapping chain, as a pure function: runtime record + what /proc, the
 //! cgroup tree and rtnetlink said → one inventory entry.
 
+use std::net::IpAddr;
+
 use proto::resolver::Container;
 
 use crate::{links::LinkTable, source::RuntimeContainer};
@@ -18,6 +20,35 @@ pub struct ProcFacts {
     pub netns_inode: Option<u64>,
     /// The host's id for that namespace (`RTM_GETNSID`), if it has one.
     pub nsid: Option<i32>,
+    /// The namespace's addresses, loopback ones aside, sorted, without
+    /// duplicates (`/proc/<pid>/net`); empty when none were read.
+    pub addresses: Vec<IpAddr>,
+}
+
+/// Addresses read in one network namespace (its inode).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadAddresses {
+    pub netns_inode: u64,
+    pub addresses: Vec<IpAddr>,
+}
+
+/// Pure: a container's addresses after a read in namespace `netns_inode`:
+/// what it found; when it failed, what the `last` read found if that was
+/// in the same namespace, else none. Never anything else: a namespace that
+/// is not the one read (the container's new one) must not lend its
+/// addresses.
+pub fn addresses_after(
+    read: std::result::Result<Vec<IpAddr>, String>,
+    last: Option<&ReadAddresses>,
+    netns_inode: u64,
+) -> Vec<IpAddr> {
+    match read {
+        Ok(addresses) => addresses,
+        Err(_) => last
+            .filter(|l| l.netns_inode == netns_inode)
+            .map(|l| l.addresses.clone())
+            .unwrap_or_default(),
+    }
 }
 
 /// Builds the inventory entry. A container in the root cgroup (`0::/`, as
@@ -65,7 +96,7 @@ pub fn build(
         netns_inode,
         host_veths,
         host_network,
-        addresses: Vec::new(),
+        addresses: facts.addresses.clone(),
         metadata_complete: rc.metadata_complete,
         readonly_rootfs: rc.readonly_rootfs,
     }
@@ -101,6 +132,7 @@ mod tests {
             kind: Some("veth".into()),
             peer_ifindex: Some(2),
             link_netnsid: nsid,
+            carrier: false,
         }
     }
 
@@ -112,6 +144,7 @@ mod tests {
             pids: vec![300, 100, 200, 300],
             netns_inode: Some(4026532181),
             nsid: Some(3),
+            addresses: vec!["198.18.0.2".parse().unwrap()],
         };
         let links = LinkTable::from_links(vec![veth(7, Some(3)), veth(8, Some(4)), veth(9, None)]);
         let c = build(&rc(200), &facts, &links, Some(4026531833));
@@ -127,6 +160,30 @@ mod tests {
         );
         assert!(!c.host_network);
         assert_eq!((c.name.as_str(), c.runtime), ("curler", Runtime::Docker));
+        assert_eq!(c.addresses, facts.addresses);
+    }
+
+    #[test]
+    fn a_failed_read_keeps_only_what_the_same_namespace_showed() {
+        let ip = |a: &str| -> IpAddr { a.parse().unwrap() };
+        let before = vec![ip("198.18.0.2")];
+        let now = vec![ip("198.18.0.2"), ip("198.18.0.3")];
+        let last = ReadAddresses {
+            netns_inode: 40,
+            addresses: before.clone(),
+        };
+        let failed = || Err("/proc/7/net/fib_trie: No such file or directory".to_string());
+        assert_eq!(addresses_after(Ok(now.clone()), Some(&last), 40), now);
+        assert!(
+            addresses_after(Ok(vec![]), Some(&last), 40).is_empty(),
+            "a read that finds none is believed"
+        );
+        assert_eq!(addresses_after(failed(), Some(&last), 40), before);
+        assert!(addresses_after(failed(), None, 40).is_empty());
+        assert!(
+            addresses_after(failed(), Some(&last), 41).is_empty(),
+            "another namespace"
+        );
     }
 
     #[test]

@@ -182,6 +182,11 @@ fn rc(id: &str, pid: u32) -> RuntimeContainer {
 }
 
 async fn start_daemon(tag: &str) -> (Daemon, PathBuf) {
+    start_daemon_with(tag, |_| {}).await
+}
+
+/// [`start_daemon`], with `adjust` changing the test's configuration.
+async fn start_daemon_with(tag: &str, adjust: impl FnOnce(&mut Config)) -> (Daemon, PathBuf) {
     let socket = std::env::temp_dir().join(format!(
         "contain-resolver-test-{}{tag}.sock",
         std::process::id()
@@ -189,6 +194,7 @@ async fn start_daemon(tag: &str) -> (Daemon, PathBuf) {
     let mut config = Config::new(&socket);
     config.containerd_socket = None;
     config.rescan = Duration::from_secs(3600);
+    adjust(&mut config);
     let daemon = Daemon::start(config)
         .await
         .unwrap_or_else(|e| panic!("starting the resolver: {e}"));
@@ -531,4 +537,192 @@ async fn executables_are_the_files_paths_name_in_the_containers_root() {
         .unwrap();
     assert!(got[0].is_err(), "{got:?}");
     daemon.shutdown().await;
+}
+
+/// The addresses container `id` shows, if it is in the inventory.
+fn addresses_of(snap: &proto::resolver::Snapshot, id: &str) -> Option<Vec<std::net::IpAddr>> {
+    find(snap, "test", id).map(|c| c.addresses.clone())
+}
+
+fn ips(list: &[&str]) -> Vec<std::net::IpAddr> {
+    let mut v: Vec<std::net::IpAddr> = list.iter().map(|a| a.parse().unwrap()).collect();
+    v.sort_unstable();
+    v
+}
+
+/// The status of the address reads.
+async fn addresses_status(
+    client: &proto::resolver::ResolverClient,
+) -> proto::resolver::SourceStatus {
+    let status = client.status(ctx()).await.unwrap();
+    status
+        .sources
+        .into_iter()
+        .find(|s| s.name == "procfs-addresses")
+        .unwrap_or_else(|| panic!("no procfs-addresses in the status"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_containers_addresses_are_read_again_at_link_events() {
+    if !root_or_skip("a_containers_addresses_are_read_again_at_link_events") {
+        return;
+    }
+    let mut scene = Scene::new("f");
+    let ns = scene.netns("f");
+    let (veth0, _) = scene.veth("f0", &ns);
+    lab::add_addr(&ns, "ethf0", "198.18.7.2/24").unwrap();
+    lab::add_addr(&ns, "ethf0", "2001:db8:7::2/64").unwrap();
+    let cg = scene.cgroup("f");
+    let pid = scene.process(&cg, Some(&ns));
+    let (daemon, socket) = start_daemon("f").await;
+    let client = connect(&socket).await;
+    upsert(&daemon, rc("f", pid)).await;
+    let first = ips(&["198.18.7.2", "2001:db8:7::2"]);
+    wait_for(&client, WAIT, "f shows its addresses", |s| {
+        (addresses_of(s, "f")? == first).then_some(())
+    })
+    .await;
+    assert!(addresses_status(&client).await.connected);
+
+    // An address added inside the namespace: nothing on the host's side
+    // says so. A second veth into the namespace is a link event for it,
+    // and the namespace's addresses are read again.
+    lab::add_addr(&ns, "ethf0", "198.18.8.2/24").unwrap();
+    let (veth1, _) = scene.veth("f1", &ns);
+    let second = ips(&["198.18.7.2", "198.18.8.2", "2001:db8:7::2"]);
+    let f = wait_for(&client, WAIT, "f shows the new address", |s| {
+        find(s, "test", "f")
+            .filter(|f| f.addresses == second && f.host_veths.len() == 2)
+            .cloned()
+    })
+    .await;
+    assert_eq!(
+        lab::addresses_in(&ns, "ethf0").unwrap(),
+        second,
+        "what `ip` shows"
+    );
+    assert_eq!(f.host_veths[0].ifindex, ifindex(&veth0));
+
+    // The second peer configured, then up, as a runtime does: its host
+    // side's carrier comes on, a link event for the namespace. (IPv6 off
+    // on it: the link-local the kernel would add as it comes up races
+    // the read, and shows at the next one.)
+    lab::sysctl(&ns, &["net.ipv6.conf.ethf1.disable_ipv6=1"]).unwrap();
+    lab::add_addr(&ns, "ethf1", "198.18.9.2/24").unwrap();
+    lab::link_up(&ns, "ethf1").unwrap();
+    lab::own_link_up(&veth1).unwrap();
+    let third = ips(&["198.18.7.2", "198.18.8.2", "198.18.9.2", "2001:db8:7::2"]);
+    wait_for(&client, WAIT, "f shows the second peer's address", |s| {
+        (addresses_of(s, "f")? == third).then_some(())
+    })
+    .await;
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_read_keeps_what_the_same_namespace_showed_and_says_so() {
+    if !root_or_skip("a_failed_read_keeps_what_the_same_namespace_showed_and_says_so") {
+        return;
+    }
+    let mut scene = Scene::new("g");
+    let ns = scene.netns("g");
+    scene.veth("g0", &ns);
+    lab::add_addr(&ns, "ethg0", "198.18.10.2/24").unwrap();
+    let cg = scene.cgroup("g");
+    let pid = scene.process(&cg, Some(&ns));
+    let (daemon, socket) = start_daemon("g").await;
+    let client = connect(&socket).await;
+    upsert(&daemon, rc("g", pid)).await;
+    let before = ips(&["198.18.10.2"]);
+    wait_for(&client, WAIT, "g shows its address", |s| {
+        (addresses_of(s, "g")? == before).then_some(())
+    })
+    .await;
+
+    // Its init process exits, and its runtime has not reaped it yet: the
+    // process is still the one announced (same pid, same start time), but
+    // it is in no namespace, and its /proc/<pid>/net is gone. A link event
+    // for the namespace: g keeps what was read in it, the new address is
+    // not made up, the status says why.
+    test_kit::process::signal(pid, nix::sys::signal::Signal::SIGKILL);
+    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    lab::add_addr(&ns, "ethg0", "198.18.11.2/24").unwrap();
+    let (veth1, _) = scene.veth("g1", &ns);
+    let ifindex1 = ifindex(&veth1);
+    let g = wait_for(&client, WAIT, "g's second veth mapped", |s| {
+        find(s, "test", "g")
+            .filter(|g| g.host_veths.iter().any(|v| v.ifindex == ifindex1))
+            .cloned()
+    })
+    .await;
+    assert_eq!(g.addresses, before);
+    let status = addresses_status(&client).await;
+    assert!(!status.connected, "{status:?}");
+    let error = status.last_error.unwrap_or_default();
+    assert!(
+        error.contains("test/g") && error.contains(&format!("process {pid}")),
+        "names the container and its process: {error}"
+    );
+
+    // Reaped: g is gone at the next look, and with it the failure.
+    scene.kill(pid);
+    daemon
+        .sender()
+        .send(SourceEvent::Refresh {
+            namespace: "test".into(),
+            id: "g".into(),
+        })
+        .await
+        .unwrap();
+    wait_for(&client, WAIT, "g gone", |s| {
+        find(s, "test", "g").is_none().then_some(())
+    })
+    .await;
+    assert!(addresses_status(&client).await.connected);
+    daemon.shutdown().await;
+}
+
+/// Everything on this one thread (a current-thread runtime), with the
+/// effective capabilities of the resolver's unit and no others
+/// (debian/systemd/contain-resolver.service, nixos/module.nix): the whole
+/// chain, addresses included, as the deployed resolver runs it.
+#[tokio::test(flavor = "current_thread")]
+async fn the_units_capabilities_are_enough_for_the_whole_chain() {
+    use test_kit::privileged::{EffectiveCapabilities, CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE};
+    if !root_or_skip("the_units_capabilities_are_enough_for_the_whole_chain") {
+        return;
+    }
+    let mut scene = Scene::new("h");
+    let ns = scene.netns("h");
+    let (veth0, _) = scene.veth("h0", &ns);
+    for cidr in ["198.18.12.2/24", "198.18.12.3/24", "2001:db8:12::2/64"] {
+        lab::add_addr(&ns, "ethh0", cidr).unwrap();
+    }
+    let cg = scene.cgroup("h");
+    let pid = scene.process(&cg, Some(&ns));
+    let want = ips(&["198.18.12.2", "198.18.12.3", "2001:db8:12::2"]);
+    assert_eq!(lab::addresses_in(&ns, "ethh0").unwrap(), want);
+
+    let unit = EffectiveCapabilities::only(&[CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE])
+        .expect("narrowing to the unit's capabilities");
+    // The socket's group is this process's own: without CAP_CHOWN, root
+    // may give its file only a group it is in (the unit runs with
+    // Group=contain, the group the resolver then gives it).
+    let gid = nix::unistd::getgid().as_raw();
+    let (daemon, socket) = start_daemon_with("h", |c| c.socket_group = Some(gid)).await;
+    let client = connect(&socket).await;
+    upsert(&daemon, rc("h", pid)).await;
+    let h = wait_for(&client, WAIT, "h mapped with its addresses", |s| {
+        find(s, "test", "h")
+            .filter(|h| h.addresses == want && !h.host_veths.is_empty())
+            .cloned()
+    })
+    .await;
+    assert_eq!(h.host_veths[0].ifindex, ifindex(&veth0));
+    assert_eq!(h.cgroup_id, inode(&cg));
+    assert!(addresses_status(&client).await.connected);
+    daemon.shutdown().await;
+    drop(unit);
 }

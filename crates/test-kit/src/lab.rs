@@ -311,6 +311,12 @@ pub fn delete_link(name: &str) -> Result<()> {
     process::run("ip", &["link", "del", name]).map(drop)
 }
 
+/// Sets link `name` of this process's namespace up (a container's host
+/// side, as a runtime does once the pair is made).
+pub fn own_link_up(name: &str) -> Result<()> {
+    process::run("ip", &["link", "set", name, "up"]).map(drop)
+}
+
 /// Sets link `dev` of namespace `ns` up.
 pub fn link_up(ns: &str, dev: &str) -> Result<()> {
     ip(ns, &["link", "set", dev, "up"]).map(drop)
@@ -325,6 +331,29 @@ pub fn add_addr(ns: &str, dev: &str, cidr: &str) -> Result<()> {
         args.push("nodad");
     }
     ip(ns, &args).map(drop)
+}
+
+/// The addresses of link `dev` in namespace `ns` as `ip -j addr` reports
+/// them (every one the link holds: link-local, tentative and all), sorted:
+/// what a test holds the resolver's own reading against.
+pub fn addresses_in(ns: &str, dev: &str) -> Result<Vec<std::net::IpAddr>> {
+    let out = ip(ns, &["-j", "addr", "show", "dev", dev])?;
+    let bad = |why: String| Error::Setup(format!("ip -j addr show {dev} in {ns}: {why}"));
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| bad(e.to_string()))?;
+    let infos = v[0]["addr_info"]
+        .as_array()
+        .ok_or_else(|| bad(format!("no addr_info in {v}")))?;
+    let mut addresses = infos
+        .iter()
+        .map(|info| {
+            info["local"]
+                .as_str()
+                .and_then(|a| a.parse().ok())
+                .ok_or_else(|| bad(format!("no local address in {info}")))
+        })
+        .collect::<Result<Vec<std::net::IpAddr>>>()?;
+    addresses.sort_unstable();
+    Ok(addresses)
 }
 
 /// A static neighbour entry: `addr` is at `mac` on `dev` (no ARP or

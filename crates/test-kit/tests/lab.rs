@@ -109,6 +109,24 @@ fn veths_join_this_namespace_to_a_named_one_and_to_a_process_s() {
         lab::link_in(ns.name(), "eth0").is_ok(),
         "its peer is inside"
     );
+    // Its addresses as `ip` reports them, sorted; down at both ends, so
+    // no link-local one yet.
+    lab::add_addr(ns.name(), "eth0", "2001:db8::2/64").expect("an IPv6 address");
+    lab::add_addr(ns.name(), "eth0", "198.18.0.2/24").expect("an IPv4 address");
+    let want: Vec<std::net::IpAddr> = vec![
+        "198.18.0.2".parse().unwrap(),
+        "2001:db8::2".parse().unwrap(),
+    ];
+    assert_eq!(
+        lab::addresses_in(ns.name(), "eth0").expect("its addresses"),
+        want
+    );
+    // The host end up, as a runtime sets it.
+    lab::own_link_up(&to_process).expect("setting the host end up");
+    let flags =
+        std::fs::read_to_string(format!("/sys/class/net/{to_process}/flags")).expect("its flags");
+    let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).expect("hex");
+    assert_eq!(flags & 1, 1, "IFF_UP");
     // Made from the named namespace, its peer moved here.
     lab::add_veth(VethEnd::new(ns.name(), "eth1"), VethEnd::own(&to_named))
         .expect("a veth from the named namespace");
