@@ -930,20 +930,22 @@ def tcp4_segment(src, dst, sport, dport, seq, ack, flags, body=b""):
 
 
 def injector(via, hop, ifname):
-    """How a forged inbound IPv4 packet gets into this container from
-    inside: written on lo (`via` "lo"); as a frame to the container's own
-    MAC on `ifname` ("hairpin": a bridge port in hairpin mode sends it
-    back); or to the gateway, which routes it back, from an IP_HDRINCL raw
-    socket whose sendto address (the next hop) is the gateway `hop`
-    ("gateway") or as a frame to the gateway's MAC `hop`
+    """How a forged inbound packet (IPv4 or IPv6) gets into this container
+    from inside: written on lo (`via` "lo"); as a frame to the container's
+    own MAC on `ifname` ("hairpin": a bridge port in hairpin mode sends it
+    back); or to the gateway, which routes it back, from a raw socket
+    (IP_HDRINCL, IPv6 IPPROTO_RAW) whose sendto address (the next hop) is
+    the gateway `hop` ("gateway") or as a frame to the gateway's MAC `hop`
     ("gateway-frame")."""
+    def ethertype(pkt):
+        return ETH_P_IPV6 if pkt[0] >> 4 == 6 else ETH_P_IP
     if via == "lo":
-        return lambda pkt: frame_send("lo", "dgram", 0, b"\0" * 6, ETH_P_IP, pkt)
+        return lambda pkt: frame_send("lo", "dgram", 0, b"\0" * 6, ethertype(pkt), pkt)
     if via == "hairpin":
-        return lambda pkt: frame_send(ifname, "dgram", 0, own_mac(ifname), ETH_P_IP, pkt)
+        return lambda pkt: frame_send(ifname, "dgram", 0, own_mac(ifname), ethertype(pkt), pkt)
     if via == "gateway":
-        return lambda pkt: raw4_send([pkt], hop)
-    return lambda pkt: frame_send(ifname, "dgram", 0, mac(hop), ETH_P_IP, pkt)
+        return lambda pkt: (raw6_send if ":" in hop else raw4_send)([pkt], hop)
+    return lambda pkt: frame_send(ifname, "dgram", 0, mac(hop), ethertype(pkt), pkt)
 
 
 def tcp_forged_accept(via, hop, ifname, lport, spoofed, sport, local, marker):
@@ -1005,8 +1007,12 @@ def udp_forged_reply(via, hop, ifname, lport, spoofed, sport, local, marker):
     spoofed address to it, written as `injector` says; once the socket has
     it, it answers the spoofed address (a peer that spoke first) with the
     marker."""
+    if ":" in local:
+        forged = udp6_packet(spoofed, local, int(sport), int(lport), b"hello")
+    else:
+        forged = ip4(spoofed, local, 17, udp_hdr(int(sport), int(lport), b"hello"))
     with bound_udp(local, lport, False) as s:
-        injector(via, hop, ifname)(ip4(spoofed, local, 17, udp_hdr(int(sport), int(lport), b"hello")))
+        injector(via, hop, ifname)(forged)
         try:
             peer = s.recvfrom(2048)[1]
         except OSError as e:
@@ -1014,6 +1020,14 @@ def udp_forged_reply(via, hop, ifname, lport, spoofed, sport, local, marker):
             return
         say(got=f"{peer[0]}:{peer[1]}")
         attempt("reply", lambda: s.sendto(payload(marker), peer) and None)
+
+
+def forged_echo(via, hop, ifname, spoofed, local, marker):
+    """A marked echo request "from" the spoofed address to this container's
+    own address `local`, written as `injector` says: the kernel answers the
+    spoofed address, with the marker."""
+    pkt = echo6_packet(spoofed, local, marker) if ":" in local else echo4_packet(spoofed, local, marker)
+    injector(via, hop, ifname)(pkt)
 
 
 # AF_XDP (copy mode: no driver support needed; sending needs no XDP
@@ -1225,7 +1239,7 @@ COMMANDS = {
     "sendmmsg": sendmmsg, "mcast-reply": mcast_reply, "v6-srh-segleft": v6_srh_segleft, "v6-ext7-srh": v6_ext7_srh, "reflect-echo6": reflect_echo6, "reflect-echo4": reflect_echo4, "reflect-rst4": reflect_rst4, "stream-mptcp": stream_mptcp, "revoked-flood": revoked_flood, "revoked-claim": revoked_claim, "fdpass": fdpass, "fd-create": fd_create, "flood": flood,
     "pkt-udp": pkt_udp, "pkt-udp-big": pkt_udp_big, "pkt-vlan": pkt_vlan, "pkt-ethertype": pkt_ethertype, "pkt-arp": pkt_arp, "pkt-arp-plain": pkt_arp_plain, "pkt-nd": pkt_nd,
     "pkt-lo": pkt_lo, "pkt-lo-forward": pkt_lo_forward, "tcp-forged-accept": tcp_forged_accept,
-    "udp-forged-reply": udp_forged_reply, "xdp-udp": xdp_udp, "dns-forwarder": dns_forwarder, "udp-ask": udp_ask,
+    "udp-forged-reply": udp_forged_reply, "forged-echo": forged_echo, "xdp-udp": xdp_udp, "dns-forwarder": dns_forwarder, "udp-ask": udp_ask,
     "raw-udp": raw_udp, "bound-send": bound_send, "pktinfo-udp": pktinfo_udp, "mld-join": mld_join,
 }
 

@@ -81,8 +81,11 @@ const FORWARDED_SRC6: &str = "2001:db8:77::7";
 const FORWARDED_PORT: &str = "9999";
 /// The bridge's address when it is the containers' gateway (`gw-*`).
 const GATEWAY4: &str = "198.18.0.254";
-/// The UDP port the container may reach at its own address (as an "allow
-/// our subnet" rule lets it): `gw-forged-udp` listens there.
+/// The bridge's address when it is the containers' IPv6 gateway (`gw6-*`).
+const GATEWAY6: &str = "2001:db8:77::fe";
+/// The UDP port the container may reach at its own addresses (as an
+/// "allow our subnet" rule lets it): `gw-forged-udp` and `gw6-ll-udp`
+/// listen there.
 const SELF_UDP_PORT: &str = "6009";
 /// The container's IPv4 address as an IPv4-mapped IPv6 address: an IPv6
 /// source that is not the container's, however its IPv4 address is
@@ -109,11 +112,11 @@ fn policy(app: &str, revoked: bool, docker_dns: bool) -> String {
         ""
     };
     // Rules some reflection and multicast probes need: the container may
-    // ping and reach its own address (as an "allow our subnet" rule lets
+    // ping and reach its own addresses (as an "allow our subnet" rule lets
     // it) and speak mDNS; and it may answer the peer's pings (an ICMP rule
     // whose "port" is 0, which a later fragment must not borrow).
     let extra = format!(
-        "  {{ to = [\"{CT4}\"], proto = \"icmp\", icmp_types = [\"echo-request\"] }},\n  {{ to = [\"{CT4}\"], proto = \"tcp\", ports = [9] }},\n  {{ to = [\"{CT4}\"], proto = \"udp\", ports = [{SELF_UDP_PORT}] }},\n  {{ to = [\"224.0.0.251\"], proto = \"udp\", ports = [5353] }},\n  {{ to = [\"{PEER4}\"], proto = \"icmp\", icmp_types = [\"echo-reply\"] }},\n"
+        "  {{ to = [\"{CT4}\"], proto = \"icmp\", icmp_types = [\"echo-request\"] }},\n  {{ to = [\"{CT4}\"], proto = \"tcp\", ports = [9] }},\n  {{ to = [\"{CT4}\"], proto = \"udp\", ports = [{SELF_UDP_PORT}] }},\n  {{ to = [\"{CT6}\"], proto = \"icmpv6\", icmp_types = [\"echo-request\"] }},\n  {{ to = [\"{CT6}\"], proto = \"udp\", ports = [{SELF_UDP_PORT}] }},\n  {{ to = [\"224.0.0.251\"], proto = \"udp\", ports = [5353] }},\n  {{ to = [\"{PEER4}\"], proto = \"icmp\", icmp_types = [\"echo-reply\"] }},\n"
     );
     format!(
         r#"mode = "enforce"
@@ -429,6 +432,20 @@ const PROBES: &[Probe] = &[
         "marker captured at the peer", "plain UDP4", p_gw_forged_udp),
     probe!("gw-reflect-echo4", "the bridge as gateway; an echo request from a spoofed denied address to the container's own address, reflected by the gateway: the denied address has then sent a packet into the container, so the kernel's echo reply counts as its answer",
         "the kernel's echo reply (the marker) captured at the peer", "plain UDP4", p_gw_reflect_echo4),
+    // The same reflection over IPv6 from the peer's link-local address,
+    // which the host forwards back out of the port it came in on (it
+    // refuses a link-local source only towards another interface).
+    probe!("gw6-ll-direct", "no gateway: plain UDP from the container to the peer's link-local address (scope vc), on the port the policy allows at its global address: what the gw6-* probes reflect their way to",
+        "the marker captured at the peer's link-local address", "plain UDP6",
+        p_gw6_ll_direct),
+    probe!("gw6-ll-redirect", "the bridge as the containers' IPv6 gateway (IPv6 on it, an address, IPv6 forwarding); a marked echo request from the peer's link-local address to the container's own address (allowed) from a raw IPv6 socket (IPPROTO_RAW) whose sendto address (the next hop) is the gateway: the host routes it back out of the port it came from and sends the claimed source an ICMPv6 redirect, which quotes it",
+        "the host's redirect quoting the marker captured at the peer's link-local address", "plain UDP6", p_gw6_ll_redirect),
+    probe!("gw6-ll-echo", "the same echo request through the IPv6 gateway: it enters the container through the veth from the peer's link-local address, which the kernel's echo reply then goes to",
+        "the kernel's echo reply (the marker) captured at the peer's link-local address", "plain UDP6", p_gw6_ll_echo),
+    probe!("gw6-ll-echo-pkt", "the same echo request as an AF_PACKET frame to the gateway's MAC",
+        "the kernel's echo reply or the host's redirect (the marker) captured at the peer's link-local address", "plain UDP6", p_gw6_ll_echo_pkt),
+    probe!("gw6-ll-udp", "the bridge as IPv6 gateway; a UDP socket on a port its own address is allowed; a datagram from the peer's link-local address to it, reflected by the gateway (raw IPv6, next hop the gateway); the socket answers that address (a UDP reply)",
+        "the marker captured at the peer's link-local address", "plain UDP6", p_gw6_ll_udp),
     probe!("pkt-vlan", "AF_PACKET frame with an 802.1Q tag (VLAN 42) carrying IPv4/UDP to an allowed destination",
         "marker captured", "plain UDP4",
         simple(&["pkt-vlan", "vc", "{PMAC}", CT4, PEER4, "5353", "{L}", "42"], &["udp", PEER4, "5353", "{C}"], marker_leak)),
@@ -758,11 +775,46 @@ impl Ctx {
     /// forwarding with it.
     fn gateway(&self, on: bool) -> String {
         let h = &self.lab.host_ns;
-        let (verb, forwarding) = if on { ("add", "1") } else { ("del", "0") };
-        let set = lab::ip(h, &["addr", verb, &format!("{GATEWAY4}/15"), "dev", BRIDGE])
-            .and_then(|_| lab::sysctl(h, &[&format!("net.ipv4.conf.all.forwarding={forwarding}")]));
+        let address = format!("{GATEWAY4}/15");
+        let forwarding = format!("net.ipv4.conf.all.forwarding={}", u8::from(on));
+        let set = if on {
+            lab::add_addr(h, BRIDGE, &address)
+        } else {
+            lab::del_addr(h, BRIDGE, &address)
+        }
+        .and_then(|()| lab::sysctl(h, &[&forwarding]));
         if let Err(e) = set {
-            panic!("gateway address {verb}: {e}");
+            panic!("gateway {GATEWAY4} {}: {e}", if on { "on" } else { "off" });
+        }
+        link_in(h, BRIDGE).mac
+    }
+
+    /// The bridge as the containers' IPv6 gateway too: IPv6 on the bridge
+    /// (the lab's host namespace has it off everywhere), an address on the
+    /// lab's IPv6 subnet and IPv6 forwarding, so the host routes a packet
+    /// for a container back out of the bridge, and redirects from the
+    /// bridge's link-local address (made without duplicate address
+    /// detection: usable at once, as a redirect's source must be). Returns
+    /// the bridge's MAC. Off, everything is as the lab made it: the address
+    /// goes, IPv6 on the bridge with its link-local address, duplicate
+    /// address detection is back (the kernel's default) and forwarding
+    /// off. Forwarding goes on first, so the bridge, a router from its
+    /// first moment, solicits no router.
+    fn gateway6(&self, on: bool) -> String {
+        let h = &self.lab.host_ns;
+        let address = format!("{GATEWAY6}/64");
+        let forwarding = format!("net.ipv6.conf.all.forwarding={}", u8::from(on));
+        let dad = format!("net.ipv6.conf.{BRIDGE}.accept_dad={}", u8::from(!on));
+        let disabled = format!("net.ipv6.conf.{BRIDGE}.disable_ipv6={}", u8::from(!on));
+        let set = if on {
+            lab::sysctl(h, &[&forwarding, &dad, &disabled])
+                .and_then(|()| lab::add_addr(h, BRIDGE, &address))
+        } else {
+            lab::del_addr(h, BRIDGE, &address)
+                .and_then(|()| lab::sysctl(h, &[&disabled, &dad, &forwarding]))
+        };
+        if let Err(e) = set {
+            panic!("gateway {GATEWAY6} {}: {e}", if on { "on" } else { "off" });
         }
         link_in(h, BRIDGE).mac
     }
@@ -1687,6 +1739,104 @@ async fn through_gateway(
         .simple(attack, &["udp", PEER4, "5353", "{C}"], leak)
         .await;
     cx.gateway(false);
+    o
+}
+
+/// The marker arrived at the peer's link-local address `ll`, whoever sent it.
+fn at_link_local(p: &Value, m: &str, ll: &str) -> bool {
+    at_peer_with_marker(p, m) && p["dst"] == ll
+}
+
+/// What the `gw6-*` probes reach by reflection, straight from a plain
+/// socket: the policy allows the peer's global address, not its
+/// link-local one.
+async fn p_gw6_ll_direct(cx: &mut Ctx) -> Outcome {
+    let ll = link_local(&cx.lab.peer_ns, "vp");
+    let scoped = format!("{ll}%vc");
+    cx.simple(
+        &["udp", &scoped, "5353", "{L}"],
+        &["udp", PEER6, "5353", "{C}"],
+        move |p, m| at_link_local(p, m, &ll),
+    )
+    .await
+}
+
+/// The host forwards the reflected packet out of the port it came in on,
+/// so it tells the claimed source, the peer's link-local address, of a
+/// better route (an ICMPv6 redirect, from the bridge's link-local
+/// address), quoting the packet.
+async fn p_gw6_ll_redirect(cx: &mut Ctx) -> Outcome {
+    gw6_echo(cx, "gateway", |p| p["icmp_type"].as_u64() == Some(137)).await
+}
+
+/// An echo request "from" the peer's link-local address to the container's
+/// own address (allowed), reflected by the IPv6 gateway: it enters the
+/// container through the veth, and the kernel's echo reply, carrying the
+/// marker, goes to that address.
+async fn p_gw6_ll_echo(cx: &mut Ctx) -> Outcome {
+    gw6_echo(cx, "gateway", |p| {
+        p["src"] == CT6 && p["icmp_type"].as_u64() == Some(129)
+    })
+    .await
+}
+
+/// The same as a frame to the gateway's MAC (no cgroup hook sees it): the
+/// echo reply or the redirect.
+async fn p_gw6_ll_echo_pkt(cx: &mut Ctx) -> Outcome {
+    gw6_echo(cx, "gateway-frame", |p| {
+        matches!(p["icmp_type"].as_u64(), Some(129 | 137))
+    })
+    .await
+}
+
+/// A marked echo request "from" the peer's link-local address to the
+/// container's own address, to the IPv6 gateway `via` a raw socket
+/// ("gateway") or a frame ("gateway-frame", see attack.py's `injector`);
+/// `sent` tells which packet carrying the marker to that address is the
+/// leak.
+async fn gw6_echo(cx: &mut Ctx, via: &str, sent: fn(&Value) -> bool) -> Outcome {
+    let gateway_mac = cx.gateway6(true);
+    let ll = link_local(&cx.lab.peer_ns, "vp");
+    let hop = if via == "gateway" {
+        GATEWAY6
+    } else {
+        &gateway_mac
+    };
+    let o = cx
+        .simple(
+            &["forged-echo", via, hop, "vc", &ll, CT6, "{L}"],
+            &["udp", PEER6, "5353", "{C}"],
+            |p, m| at_link_local(p, m, &ll) && sent(p),
+        )
+        .await;
+    cx.gateway6(false);
+    o
+}
+
+/// A datagram "from" the peer's link-local address to the container's UDP
+/// socket on a port its own address is allowed, reflected by the IPv6
+/// gateway: the socket may answer it as a peer that spoke first.
+async fn p_gw6_ll_udp(cx: &mut Ctx) -> Outcome {
+    cx.gateway6(true);
+    let ll = link_local(&cx.lab.peer_ns, "vp");
+    let o = cx
+        .simple(
+            &[
+                "udp-forged-reply",
+                "gateway",
+                GATEWAY6,
+                "vc",
+                SELF_UDP_PORT,
+                &ll,
+                "47791",
+                CT6,
+                "{L}",
+            ],
+            &["udp", PEER6, "5353", "{C}"],
+            |p, m| at_link_local(p, m, &ll),
+        )
+        .await;
+    cx.gateway6(false);
     o
 }
 

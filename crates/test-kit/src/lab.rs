@@ -333,6 +333,12 @@ pub fn add_addr(ns: &str, dev: &str, cidr: &str) -> Result<()> {
     ip(ns, &args).map(drop)
 }
 
+/// Removes address `cidr` (as [`add_addr`] took it) from `dev` in
+/// namespace `ns`.
+pub fn del_addr(ns: &str, dev: &str, cidr: &str) -> Result<()> {
+    ip(ns, &["addr", "del", cidr, "dev", dev]).map(drop)
+}
+
 /// The addresses of link `dev` in namespace `ns` as `ip -j addr` reports
 /// them (every one the link holds: link-local, tentative and all), sorted:
 /// what a test holds the resolver's own reading against.

@@ -97,13 +97,26 @@ fn must<T>(step: test_kit::Result<T>) -> T {
 }
 
 /// The IPv6 link-local address the kernel gave `dev` inside `ns` (it does
-/// as the link comes up; waited for up to 5 s).
+/// as the link comes up), once it is usable: until its duplicate address
+/// detection is done (a second or two) the kernel answers no neighbour
+/// solicitation for it, so nothing sent to it arrives. Waited for up to
+/// 5 s.
 pub fn link_local(ns: &str, dev: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let out = must(lab::ip(
             ns,
-            &["-6", "-o", "addr", "show", "dev", dev, "scope", "link"],
+            &[
+                "-6",
+                "-o",
+                "addr",
+                "show",
+                "dev",
+                dev,
+                "scope",
+                "link",
+                "-tentative",
+            ],
         ));
         let found = out
             .split_whitespace()
