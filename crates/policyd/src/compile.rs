@@ -310,12 +310,13 @@ pub fn assign(
         };
         cgroups.insert(cgroup_id, entry);
     }
-    let (veths, veth_sources) = assign_veths(policies, inventory, &assignments, &mut warnings);
+    let (veths, veth_sources, sources_needed) =
+        assign_veths(policies, inventory, &assignments, &mut warnings);
     let (files, exes) = assign_files(policies, rules, inventory, &assignments, &mut warnings);
     for (map, needed, cap) in [
         ("CGROUPS", cgroups.len(), capacity::CGROUPS),
         ("VETHS", veths.len(), capacity::VETHS),
-        ("VETH_SOURCES", veth_sources.len(), capacity::VETH_SOURCES),
+        ("VETH_SOURCES", sources_needed, capacity::VETH_SOURCES),
         (
             "PROCESSES",
             rules.processes.len() + files.len(),
@@ -443,29 +444,33 @@ fn assign_files(
 /// owner's addresses on each of its veths (the containers sharing it share
 /// them), link-local ones included: a container on several networks may
 /// send from any of its addresses out of any of its veths, and the answer
-/// comes back to it.
+/// comes back to it. Also how many sources that is: a container with more
+/// veths and addresses than the map holds is not expanded past it.
 fn assign_veths(
     policies: &PolicySet,
     inventory: &Inventory,
     assignments: &[Assignment],
     warnings: &mut Vec<Diagnostic>,
-) -> (BTreeMap<u32, u64>, BTreeSet<VethSource>) {
+) -> (BTreeMap<u32, u64>, BTreeSet<VethSource>, usize) {
     let policy_of = |index: usize| assignments[index].policy_index;
     let mut veths = BTreeMap::new();
     let mut sources = BTreeSet::new();
+    let mut sources_needed = 0usize;
     // One warning per namespace, not per veth.
     let mut differing: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (ifindex, owner) in inventory.veth_owners() {
         veths.insert(ifindex, owner.cgroup_id);
         let container = &inventory.containers[owner.owner];
-        let before = sources.len();
-        sources.extend(
-            container
-                .addresses
-                .iter()
-                .map(|&addr| VethSource::new(ifindex, addr)),
-        );
-        if sources.len() == before && policy_of(owner.owner).is_some() {
+        sources_needed += container.addresses.len();
+        if sources_needed <= capacity::VETH_SOURCES as usize {
+            sources.extend(
+                container
+                    .addresses
+                    .iter()
+                    .map(|&addr| VethSource::new(ifindex, addr)),
+            );
+        }
+        if container.addresses.is_empty() && policy_of(owner.owner).is_some() {
             warnings.push(Diagnostic {
                 severity: Severity::Warning,
                 location: None,
@@ -508,7 +513,7 @@ fn assign_veths(
             source_line: None,
         });
     }
-    (veths, sources)
+    (veths, sources, sources_needed)
 }
 
 /// Compiles every policy's rules (independent of the inventory).
@@ -1390,14 +1395,11 @@ mod tests {
         assert!(!forwarded(12), "an unrestricted container has no policy");
     }
 
-    /// Each container its veths, each veth an address of its own.
+    /// Each container its veths and an address.
     fn with_veths(mut inventory: Inventory, veths: &[&[u32]]) -> Inventory {
-        for (c, v) in inventory.containers.iter_mut().zip(veths) {
+        for (i, (c, v)) in inventory.containers.iter_mut().zip(veths).enumerate() {
             c.host_veths = v.to_vec();
-            c.addresses = v
-                .iter()
-                .map(|&i| std::net::Ipv4Addr::new(10, 0, 0, i as u8).into())
-                .collect();
+            c.addresses = vec![std::net::Ipv4Addr::new(10, 0, 0, i as u8 + 1).into()];
         }
         inventory
     }
@@ -1487,6 +1489,24 @@ mod tests {
                 map: "VETHS",
                 needed: capacity::VETHS as usize + 1,
                 capacity: capacity::VETHS,
+            })
+        );
+    }
+
+    #[test]
+    fn more_sources_than_the_map_holds_is_a_capacity_error_not_a_long_build() {
+        let p = policy("[[policy]]\nname='a'\nselect={name='web'}\n");
+        let veths: Vec<u32> = (1..=300).collect();
+        let mut inv = with_veths(inventory(&[("web", 10)]), &[&veths]);
+        inv.containers[0].addresses = (0..300u32)
+            .map(|i| std::net::Ipv4Addr::from(0x0a00_0000 + i).into())
+            .collect();
+        assert_eq!(
+            compile(&p, &inv, &mut IdTables::default()),
+            Err(CompileError::Capacity {
+                map: "VETH_SOURCES",
+                needed: 90_000,
+                capacity: capacity::VETH_SOURCES,
             })
         );
     }

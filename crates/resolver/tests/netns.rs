@@ -167,6 +167,15 @@ impl Drop for Scene {
     }
 }
 
+/// Every test's resolver sees every link event of the host, the other
+/// tests' too: run one at a time, no test's namespace churn can overrun
+/// another's event socket (a gap re-reads every container in full, which
+/// the failed-read test must not meet).
+async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    ALONE.lock().await
+}
+
 fn rc(id: &str, pid: u32) -> RuntimeContainer {
     RuntimeContainer {
         runtime: Runtime::Containerd,
@@ -217,6 +226,7 @@ async fn maps_veth_to_netns_to_pid_to_cgroup_from_events() {
     if !root_or_skip("maps_veth_to_netns_to_pid_to_cgroup_from_events") {
         return;
     }
+    let _alone = one_at_a_time().await;
     let mut scene = Scene::new("a");
     // Containers already running when the resolver starts.
     let ns = scene.netns("a");
@@ -404,6 +414,7 @@ async fn containers_coming_and_going_quickly() {
     if !root_or_skip("containers_coming_and_going_quickly") {
         return;
     }
+    let _alone = one_at_a_time().await;
     let mut scene = Scene::new("b");
     let (daemon, socket) = start_daemon("b").await;
     let client = connect(&socket).await;
@@ -472,6 +483,7 @@ async fn executables_are_the_files_paths_name_in_the_containers_root() {
     if !root_or_skip("executables_are_the_files_paths_name_in_the_containers_root") {
         return;
     }
+    let _alone = one_at_a_time().await;
     let mut scene = Scene::new("e");
     let cg = scene.cgroup("e");
     // Its root is the host's: what the paths name is what stat says here.
@@ -567,6 +579,7 @@ async fn a_containers_addresses_are_read_again_at_link_events() {
     if !root_or_skip("a_containers_addresses_are_read_again_at_link_events") {
         return;
     }
+    let _alone = one_at_a_time().await;
     let mut scene = Scene::new("f");
     let ns = scene.netns("f");
     let (veth0, _) = scene.veth("f0", &ns);
@@ -624,6 +637,7 @@ async fn a_failed_read_keeps_what_the_same_namespace_showed_and_says_so() {
     if !root_or_skip("a_failed_read_keeps_what_the_same_namespace_showed_and_says_so") {
         return;
     }
+    let _alone = one_at_a_time().await;
     let mut scene = Scene::new("g");
     let ns = scene.netns("g");
     scene.veth("g0", &ns);
@@ -694,6 +708,7 @@ async fn the_units_capabilities_are_enough_for_the_whole_chain() {
     if !root_or_skip("the_units_capabilities_are_enough_for_the_whole_chain") {
         return;
     }
+    let _alone = one_at_a_time().await;
     let mut scene = Scene::new("h");
     let ns = scene.netns("h");
     let (veth0, _) = scene.veth("h0", &ns);
