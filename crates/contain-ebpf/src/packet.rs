@@ -229,14 +229,20 @@ pub fn surely_not_udp<const L3: usize>(skb: *mut __sk_buff) -> bool {
 /// v4-mapped (an IPv4 packet's, or an IPv6 packet's to `::ffff:127.x`).
 #[inline(always)]
 pub fn is_loopback(addr: &[u8; 16]) -> bool {
-    let v4_mapped = addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff;
-    (v4_mapped && addr[12] == 127) || *addr == crate::LOOPBACK6
+    (is_v4_mapped(addr) && addr[12] == 127) || *addr == crate::LOOPBACK6
 }
 
-/// The packet's source address as 16 key bytes (IPv4 v4-mapped), read in
-/// place when the header is in the linear part, else copied out.
+/// Whether 16 key bytes are `::ffff:a.b.c.d`.
 #[inline(always)]
-pub fn source_address<const L3: usize>(skb: *mut __sk_buff) -> Option<[u8; 16]> {
+pub fn is_v4_mapped(addr: &[u8; 16]) -> bool {
+    addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff
+}
+
+/// The packet's IP version and source address as 16 key bytes (IPv4
+/// v4-mapped), read in place when the header is in the linear part, else
+/// copied out.
+#[inline(always)]
+pub fn source_address<const L3: usize>(skb: *mut __sk_buff) -> Option<(u8, [u8; 16])> {
     let (ip, end) = linear::<L3>(skb);
     let ctx = SkBuffContext::new(skb);
     match ethertype(skb) {
@@ -249,14 +255,17 @@ pub fn source_address<const L3: usize>(skb: *mut __sk_buff) -> Option<[u8; 16]> 
             };
             let mut addr = [0u8; 16];
             write_v4_mapped(&mut addr, a);
-            Some(addr)
+            Some((4, addr))
         }
-        ETH_P_IPV6 => Some(if ip + 40 <= end {
-            // SAFETY: 40 bytes from `ip` are within the packet.
-            unsafe { (ip as *const u8).add(8).cast::<[u8; 16]>().read_unaligned() }
-        } else {
-            ctx.load::<[u8; 16]>(L3 + 8).ok()?
-        }),
+        ETH_P_IPV6 => Some((
+            6,
+            if ip + 40 <= end {
+                // SAFETY: 40 bytes from `ip` are within the packet.
+                unsafe { (ip as *const u8).add(8).cast::<[u8; 16]>().read_unaligned() }
+            } else {
+                ctx.load::<[u8; 16]>(L3 + 8).ok()?
+            },
+        )),
         _ => None,
     }
 }

@@ -212,13 +212,8 @@ pub fn judge_frame(skb: *mut __sk_buff) -> i32 {
 /// of a forged one, parsed whole only to report it.
 #[inline(always)]
 fn judge_source(skb: *mut __sk_buff, ifindex: u32) -> i32 {
-    let family = if packet::ethertype(skb) == ETH_P_IPV6 {
-        6
-    } else {
-        4
-    };
     let source = match packet::source_address::<L3_AFTER_ETHERNET>(skb) {
-        Some(saddr) => source_of(ifindex, family, &saddr),
+        Some((family, saddr)) => source_of(ifindex, family, &saddr),
         None => Source::Foreign,
     };
     if source == Source::Own {
@@ -267,8 +262,7 @@ fn source_of(ifindex: u32, family: u8, addr: &[u8; 16]) -> Source {
     if family == 4 && addr[12..] == [0; 4] {
         return Source::Own;
     }
-    let v4_mapped = addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff;
-    if family == 6 && v4_mapped {
+    if family == 6 && packet::is_v4_mapped(addr) {
         // An IPv6 header's v4-mapped source is none of the container's.
         return Source::Foreign;
     }
@@ -518,7 +512,7 @@ pub fn admit_inbound(skb: *mut __sk_buff) -> i32 {
     if unsafe { VETHS.get(ifindex) }.is_none() {
         return PASS;
     }
-    let Some(addr) = packet::source_address::<L3_AFTER_ETHERNET>(skb) else {
+    let Some((_, addr)) = packet::source_address::<L3_AFTER_ETHERNET>(skb) else {
         return PASS;
     };
     let key = VethAddrKey {

@@ -235,10 +235,17 @@ fn containers_only(
             .get(&ifindex)
             .map(|&cgroup_id| Entry::Veth { ifindex, cgroup_id });
         push_op(&kernel.state, key, entry, &mut ops);
-        let on_veth = |s: &&VethSource| s.ifindex == ifindex;
+        // Sources are ordered by ifindex first: this veth's are one range.
+        let on_veth = VethSource {
+            ifindex,
+            addr: [0; 16],
+        }..=VethSource {
+            ifindex,
+            addr: [0xff; 16],
+        };
         let held: BTreeSet<&VethSource> =
-            kernel.state.veth_sources.iter().filter(on_veth).collect();
-        let wanted: BTreeSet<&VethSource> = veth_sources.iter().filter(on_veth).collect();
+            kernel.state.veth_sources.range(on_veth.clone()).collect();
+        let wanted: BTreeSet<&VethSource> = veth_sources.range(on_veth).collect();
         for &&key in held.difference(&wanted) {
             ops.push(MapOp::Delete {
                 key: EntryKey::VethSource { key },
