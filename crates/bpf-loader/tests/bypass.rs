@@ -91,6 +91,8 @@ const SELF_UDP_PORT: &str = "6009";
 /// source that is not the container's, however its IPv4 address is
 /// written in a map keyed by 16 bytes (`spoof-raw6-mapped-src`).
 const MAPPED_CT4: &str = "::ffff:198.18.0.2";
+/// A link-local address of no one on the lab's link (`spoof-*-ll*`).
+const FORGED_LL6: &str = "fe80::dead:beef";
 /// The bpf-loader flag the UDP-reply expiry probe needs, and its value.
 const UDP_TIMEOUT_FLAG: &str = "--udp-reply-timeout-secs";
 const UDP_TIMEOUT_SECS: u64 = 2;
@@ -521,6 +523,15 @@ const PROBES: &[Probe] = &[
     probe!("spoof-raw6-mapped-src", "raw IPv6 UDP datagram to the allowed peer and port whose source is the container's IPv4 address, IPv4-mapped (::ffff:198.18.0.2)",
         "marker captured at the peer from a source not the container's", "the same from the container's address",
         simple(&["raw-udp", MAPPED_CT4, PEER6, "5353", "{L}"], &["raw-udp", CT6, PEER6, "5353", "{C}"], forged_at_peer)),
+    probe!("spoof-raw6-unspec-src", "raw IPv6 UDP datagram to the allowed peer and port from the unspecified address (::), which only the kernel's duplicate address detection may send from",
+        "marker captured at the peer from ::", "the same from the container's address",
+        simple(&["raw-udp", "::", PEER6, "5353", "{L}"], &["raw-udp", CT6, PEER6, "5353", "{C}"], |p, m| at_peer_from(p, m, "::"))),
+    probe!("spoof-raw6-ll-src", "raw IPv6 UDP datagram to the allowed peer's global address and port from a link-local address of no one on the link",
+        "marker captured at the peer from that link-local address", "the same from the container's address",
+        simple(&["raw-udp", FORGED_LL6, PEER6, "5353", "{L}"], &["raw-udp", CT6, PEER6, "5353", "{C}"], |p, m| at_peer_from(p, m, FORGED_LL6))),
+    probe!("spoof-pkt-udp6-ll", "AF_PACKET frame to the peer's MAC: IPv6/UDP to the allowed peer and port from a link-local address of no one on the link",
+        "marker captured at the peer from that link-local address", "the same frame from the container's address",
+        simple(&["pkt-udp", "vc", "raw", "0", "{PMAC}", FORGED_LL6, PEER6, "5353", "{L}"], &["pkt-udp", "vc", "raw", "0", "{PMAC}", CT6, PEER6, "5353", "{C}"], |p, m| at_peer_from(p, m, FORGED_LL6))),
     probe!("spoof-transparent-udp4", "UDP socket with IP_TRANSPARENT (CAP_NET_RAW suffices) bound to the denied address, sendto the allowed peer and port",
         "marker captured at the peer from a source not the container's", "the same socket bound to the container's address",
         simple(&["bound-send", "transparent", "udp", PEER4_OTHER, PEER4, "5353", "{L}"], &["bound-send", "transparent", "udp", CT4, PEER4, "5353", "{C}"], forged_at_peer)),
@@ -648,7 +659,8 @@ fn from_container(p: &Value) -> bool {
 }
 
 /// A source the container may send from: its own addresses, or an IPv6
-/// link-local one (link-scoped: the veth does not check those).
+/// link-local one (its own is not known here: the probes that forge a
+/// link-local source judge by that exact source, `at_peer_from`).
 fn own_source(p: &Value) -> bool {
     from_container(p)
         || p["src"]
@@ -661,6 +673,12 @@ fn own_source(p: &Value) -> bool {
 /// container's, whatever its destination (`spoof-*`).
 fn forged_at_peer(p: &Value, m: &str) -> bool {
     at_peer_with_marker(p, m) && !own_source(p)
+}
+
+/// The marker arrived at the peer from exactly `source`.
+fn at_peer_from(p: &Value, m: &str, source: &str) -> bool {
+    let parsed = |a: &str| a.parse::<std::net::IpAddr>().ok();
+    at_peer_with_marker(p, m) && p["src"].as_str().and_then(parsed) == parsed(source)
 }
 
 /// The source port an attack reported ("lport=N"), which tells its

@@ -8,6 +8,7 @@ use std::{
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use crate::{io_error, process, Error, Result};
@@ -362,6 +363,33 @@ pub fn addresses_in(ns: &str, dev: &str) -> Result<Vec<std::net::IpAddr>> {
     Ok(addresses)
 }
 
+/// The IPv6 link-local address the kernel gave `dev` inside `ns` (it does
+/// as the link comes up), once it is usable: until its duplicate address
+/// detection is done (a second or two) the kernel answers no neighbour
+/// solicitation for it, so nothing sent to it arrives. Waits up to 5 s.
+pub fn usable_link_local(ns: &str, dev: &str) -> Result<std::net::Ipv6Addr> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = ip(
+            ns,
+            &["-6", "-j", "addr", "show", "dev", dev, "scope", "link"],
+        )?;
+        let bad = |why: String| Error::Setup(format!("ip -j addr show {dev} in {ns}: {why}"));
+        let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| bad(e.to_string()))?;
+        let usable = v[0]["addr_info"].as_array().and_then(|infos| {
+            infos
+                .iter()
+                .filter(|info| info["tentative"] != true)
+                .find_map(|info| info["local"].as_str()?.parse().ok())
+        });
+        match usable {
+            Some(addr) => return Ok(addr),
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            None => return Err(bad(format!("no usable link-local address in {v}"))),
+        }
+    }
+}
+
 /// A static neighbour entry: `addr` is at `mac` on `dev` (no ARP or
 /// neighbour discovery for it).
 pub fn add_neighbour(ns: &str, dev: &str, addr: &str, mac: &str) -> Result<()> {
@@ -382,8 +410,8 @@ pub fn add_neighbour(ns: &str, dev: &str, addr: &str, mac: &str) -> Result<()> {
     .map(drop)
 }
 
-/// Routes `dest` (`10.0.0.0/8`) in namespace `ns` via `gateway` out of
-/// `dev`.
+/// Routes `dest` (`10.0.0.0/8`, `2001:db8::/64`) in namespace `ns` via
+/// `gateway` out of `dev`.
 pub fn add_route(ns: &str, dest: &str, gateway: &str, dev: &str) -> Result<()> {
     ip(ns, &["route", "add", dest, "via", gateway, "dev", dev]).map(drop)
 }

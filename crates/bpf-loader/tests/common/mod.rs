@@ -96,39 +96,10 @@ fn must<T>(step: test_kit::Result<T>) -> T {
     step.unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The IPv6 link-local address the kernel gave `dev` inside `ns` (it does
-/// as the link comes up), once it is usable: until its duplicate address
-/// detection is done (a second or two) the kernel answers no neighbour
-/// solicitation for it, so nothing sent to it arrives. Waited for up to
-/// 5 s.
+/// The usable IPv6 link-local address of `dev` inside `ns`
+/// (`lab::usable_link_local`).
 pub fn link_local(ns: &str, dev: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let out = must(lab::ip(
-            ns,
-            &[
-                "-6",
-                "-o",
-                "addr",
-                "show",
-                "dev",
-                dev,
-                "scope",
-                "link",
-                "-tentative",
-            ],
-        ));
-        let found = out
-            .split_whitespace()
-            .skip_while(|w| *w != "inet6")
-            .nth(1)
-            .and_then(|a| a.split('/').next());
-        match found {
-            Some(addr) => return addr.to_string(),
-            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
-            None => panic!("no link-local address on {dev} in {ns}: {out}"),
-        }
-    }
+    must(lab::usable_link_local(ns, dev)).to_string()
 }
 
 /// Reads `dev` inside `ns` (ifindexes are per namespace).
@@ -263,10 +234,7 @@ impl Lab {
         ] {
             must(lab::add_addr(&p, "vp", &addr));
         }
-        must(lab::ip(
-            &c,
-            &["-6", "route", "add", "2001:db8:78::/64", "via", PEER6],
-        ));
+        must(lab::add_route(&c, "2001:db8:78::/64", PEER6, "vc"));
         must(lab::allow_ping_sockets(&c));
         must(lab::allow_ping_sockets(&p));
         must(forward_ipv4(&c));
