@@ -670,8 +670,9 @@ fn veth_cost(md: &mut String, p: &crate::progcost::ProgCost) {
          *allowed prefix* and *denied* as above (a denied frame is dropped and reported, like \
          the egress program's). **Inbound** is `contain_veth_inbound` on a frame into the \
          container: on its veth the frame's source is looked up in `CONTAIN_VETH_PEERS` (and \
-         rewritten there at most once a second), which every packet into a container costs; on \
-         an unowned veth it passes after the `CONTAIN_VETHS` lookup.\n"
+         rewritten there at most once a second, after a `CONTAIN_VETHS` lookup), which every \
+         packet into a container costs; on an unowned veth it passes after both lookups (its \
+         peers are never noted).\n"
     );
     let _ = writeln!(
         md,

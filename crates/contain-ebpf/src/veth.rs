@@ -508,10 +508,6 @@ pub fn admit_inbound(skb: *mut __sk_buff) -> i32 {
             PASS
         };
     }
-    // SAFETY: presence only.
-    if unsafe { VETHS.get(ifindex) }.is_none() {
-        return PASS;
-    }
     let Some((_, addr)) = packet::source_address::<L3_AFTER_ETHERNET>(skb) else {
         return PASS;
     };
@@ -528,7 +524,12 @@ pub fn admit_inbound(skb: *mut __sk_buff) -> i32 {
     // SAFETY: copied out at once.
     let fresh = unsafe { VETH_PEERS.get(key) }
         .is_some_and(|&seen| now.wrapping_sub(seen) < PEER_REFRESH_NS);
-    if !fresh {
+    // A fresh entry is left as it is, whoever owns the veth now: the common
+    // path (a peer of the container's flow) is this one lookup. Only an
+    // entry to write asks whether the veth is a container's; an unowned
+    // veth's peers are never noted.
+    // SAFETY: presence only.
+    if !fresh && unsafe { VETHS.get(ifindex) }.is_some() {
         let _ = VETH_PEERS.insert(key, now, 0);
     }
     PASS

@@ -28,6 +28,12 @@ pub const LOOPBACK_IFINDEX: u32 = 1;
 /// use by another node of the link.
 const IFA_F_DADFAILED: u8 = 0x08;
 
+/// `IFA_F_PERMANENT`: an address with no lifetime, as a runtime configures
+/// one and the kernel its link-local addresses. Those the kernel adds from
+/// a router advertisement (and their temporary twins) have a lifetime, and
+/// whoever sent the advertisement chose their prefix.
+const IFA_F_PERMANENT: u8 = 0x80;
+
 /// A line of a procfs file that is not what the kernel writes there.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParseError {
@@ -48,12 +54,15 @@ impl std::error::Error for ParseError {}
 
 /// Pure: the IPv6 addresses of `/proc/<pid>/net/if_inet6`'s text, those of
 /// the loopback interface (and any loopback address) aside, in the file's
-/// order. Every other address counts, link-local ones and tentative ones
-/// (duplicate address detection still running) included: the container's
-/// frames may carry each as their source. Not one whose detection failed
-/// (`dadfailed`): another node of the link holds it, the kernel sends
-/// nothing from it, and accepting it as a source would let the container
-/// claim that node's address.
+/// order. Every permanent address counts, link-local ones and tentative
+/// ones (duplicate address detection still running) included: the
+/// container's frames may carry each as their source. Not one whose
+/// detection failed (`dadfailed`): another node of the link holds it, the
+/// kernel sends nothing from it, and accepting it as a source would let the
+/// container claim that node's address. Nor one with a lifetime (not
+/// `permanent`): the kernel adds those from router advertisements, whose
+/// prefix any node of the link may choose (a neighbour advertising a prefix
+/// it routes would get the answers to packets from such an address).
 ///
 /// Each line is `if6_seq_show`'s `"%pi6 %02x %02x %02x %02x %8s\n"`: the
 /// address as 32 hex digits, then in hex the ifindex (more than two digits
@@ -92,7 +101,11 @@ pub fn parse_if_inet6(text: &str) -> Result<Vec<Ipv6Addr>, ParseError> {
         }
         hex_u8("scope", scope)?;
         let flags = hex_u8("flags", flags)?;
-        if ifindex == LOOPBACK_IFINDEX || address.is_loopback() || flags & IFA_F_DADFAILED != 0 {
+        if ifindex == LOOPBACK_IFINDEX
+            || address.is_loopback()
+            || flags & IFA_F_DADFAILED != 0
+            || flags & IFA_F_PERMANENT == 0
+        {
             continue;
         }
         addresses.push(address);
@@ -225,13 +238,17 @@ mod tests {
     /// A container's `if_inet6` on 6.18: lo, eth0 with a global address
     /// and its link-local (the kernel's, from its MAC), eth1 with a
     /// tentative one (its link down), one whose duplicate detection failed,
-    /// and an interface past ifindex 255.
+    /// one from a router advertisement (a lifetime: flags 00) and its
+    /// temporary twin (`IFA_F_TEMPORARY`, 01), and an interface past
+    /// ifindex 255.
     const IF_INET6: &str = "\
 fe80000000000000c0cda9fffe4b1c63 02 40 20 80     eth0
 00000000000000000000000000000001 01 80 10 80       lo
 20010db8000900000000000000000002 03 40 00 c0     eth1
 20010db8000500000000000000000002 02 40 00 80     eth0
 20010db8000500000000000000000003 02 40 00 48     eth0
+20010db8bbbb0001c0cda9fffe4b1c63 02 40 00 00     eth0
+20010db8bbbb00013d1b6a2f0c4e9a11 02 40 00 01     eth0
 20010db8000a00000000000000000002 1a3 40 00 80 verylongname15
 ";
 
@@ -245,7 +262,8 @@ fe80000000000000c0cda9fffe4b1c63 02 40 20 80     eth0
                 "2001:db8:5::2",
                 "2001:db8:a::2",
             ]),
-            "link-local and tentative included; lo, and the address another node holds, not"
+            "link-local and tentative included; lo, the address another node holds and those \
+             from a router advertisement, not"
         );
         assert!(parse_if_inet6("").unwrap().is_empty());
     }

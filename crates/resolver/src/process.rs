@@ -20,6 +20,11 @@ use crate::{addresses, cgroup};
 /// full routing table), and the resolver's memory is not theirs.
 pub const MAX_NET_FILE_BYTES: u64 = 16 << 20;
 
+/// The most threads of one process looked at for one whose network
+/// namespace can be seen (its main thread having ended): a process's
+/// thread count is its container's to choose, within its pids limit.
+const MAX_THREADS_SEARCHED: usize = 4096;
+
 /// The start time of a process (field 22 of `/proc/<pid>/stat`, clock ticks
 /// since boot). The command name (field 2) may hold spaces and parentheses,
 /// so fields are counted from the last `)`.
@@ -68,9 +73,36 @@ impl Proc {
         cgroup::parse_proc_cgroup(&text)
     }
 
+    /// The /proc directory through which `pid`'s network namespace is
+    /// seen: its own, or, once its main thread has ended while other
+    /// threads run on, the lowest-numbered of those (`task/<tid>`). A
+    /// thread group leader that calls `exit` (not `exit_group`) keeps its
+    /// pid and start time but has no namespace left to show, so without
+    /// this a container's init could make its namespace, its veths and
+    /// its addresses vanish from the resolver's view while it runs on.
+    fn netns_dir(&self, pid: u32) -> PathBuf {
+        let own = self.root.join(pid.to_string());
+        if own.join("ns/net").exists() {
+            return own;
+        }
+        let tasks = own.join("task");
+        let Ok(entries) = std::fs::read_dir(&tasks) else {
+            return own;
+        };
+        let mut tids: Vec<u32> = entries
+            .take(MAX_THREADS_SEARCHED)
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        tids.sort_unstable();
+        tids.into_iter()
+            .map(|tid| tasks.join(tid.to_string()))
+            .find(|dir| dir.join("ns/net").exists())
+            .unwrap_or(own)
+    }
+
     /// Inode of the network namespace of `pid`.
     pub fn netns_inode(&self, pid: u32) -> Option<u64> {
-        std::fs::metadata(self.pid_path(pid, "ns/net"))
+        std::fs::metadata(self.netns_dir(pid).join("ns/net"))
             .ok()
             .map(|m| m.ino())
     }
@@ -79,18 +111,19 @@ impl Proc {
     /// namespace fd) and its inode, read from the same open file so they
     /// cannot disagree.
     pub fn open_netns(&self, pid: u32) -> Option<(File, u64)> {
-        let file = File::open(self.pid_path(pid, "ns/net")).ok()?;
+        let file = File::open(self.netns_dir(pid).join("ns/net")).ok()?;
         let ino = file.metadata().ok()?.ino();
         Some((file, ino))
     }
 
     /// The text of `/proc/<pid>/net/<file>`: the file of the network
-    /// namespace `pid` is in when it is opened. Its bytes as text, any
+    /// namespace `pid` is in when it is opened (through a thread of it
+    /// when its main thread has ended, as for [`Proc::open_netns`]). Its bytes as text, any
     /// that are not UTF-8 replaced (an interface's name may hold any byte
     /// but `/`, `:` and white space, and no parser reads names); an error
     /// past [`MAX_NET_FILE_BYTES`].
     pub fn net_file(&self, pid: u32, file: &str) -> std::io::Result<String> {
-        let path = self.pid_path(pid, "net").join(file);
+        let path = self.netns_dir(pid).join("net").join(file);
         let mut bytes = Vec::new();
         File::open(&path)?
             .take(MAX_NET_FILE_BYTES + 1)

@@ -1,8 +1,9 @@
 //! Reading a network namespace's addresses through a process in it
 //! (`Proc::addresses`: `/proc/<pid>/net/{fib_trie,if_inet6}`) against the
 //! kernel: a namespace with a veth holding IPv4, a secondary IPv4 and IPv6
-//! addresses (and the link-local one the kernel adds), a second interface
-//! whose IPv6 address stays tentative, lo up; read as root and with exactly
+//! addresses (and the link-local one the kernel adds, and one with a
+//! lifetime, as from a router advertisement, which does not count), a
+//! second interface whose IPv6 address stays tentative, lo up; read as root and with exactly
 //! the resolver unit's capabilities. Privileged: run as root
 //! (`cargo test -p resolver --test addresses`).
 
@@ -112,9 +113,10 @@ fn link_local(addresses: &[IpAddr]) -> Vec<IpAddr> {
 
 /// The lab of both tests: eth0 up at both ends with 198.18.5.2/24, the
 /// secondary 198.18.5.3/24 and 2001:db8:5::2/64 (and the link-local the
-/// kernel gives it); eth1 down with 2001:db8:6::2/64 under duplicate
-/// address detection (tentative until the link is up) and 198.18.6.2/24;
-/// lo up. The process's pid, and every address the read must return.
+/// kernel gives it), and 2001:db8:55::2/64 with a lifetime; eth1 down with
+/// 2001:db8:6::2/64 under duplicate address detection (tentative until the
+/// link is up) and 198.18.6.2/24; lo up. The process's pid, and every
+/// address the read must return (not the one with a lifetime).
 fn lab_with_addresses(lab: &mut Lab) -> (u32, Vec<IpAddr>) {
     let host0 = lab.veth("a0", "eth0");
     for cidr in ["198.18.5.2/24", "198.18.5.3/24", "2001:db8:5::2/64"] {
@@ -128,6 +130,24 @@ fn lab_with_addresses(lab: &mut Lab) -> (u32, Vec<IpAddr>) {
     lab::ip(
         lab.ns(),
         &["addr", "add", "2001:db8:6::2/64", "dev", "eth1"],
+    )
+    .unwrap();
+    // With a lifetime, as the kernel adds one from a router advertisement
+    // (not permanent): whoever advertised chose its prefix, so it is never
+    // the container's own.
+    lab::ip(
+        lab.ns(),
+        &[
+            "addr",
+            "add",
+            "2001:db8:55::2/64",
+            "dev",
+            "eth0",
+            "valid_lft",
+            "300",
+            "preferred_lft",
+            "300",
+        ],
     )
     .unwrap();
     lab::link_up(lab.ns(), "lo").unwrap();
@@ -159,7 +179,10 @@ fn lab_with_addresses(lab: &mut Lab) -> (u32, Vec<IpAddr>) {
     let mut held = lab.addresses("eth0");
     held.extend(lab.addresses("eth1"));
     held.sort_unstable();
-    assert_eq!(held, want, "what `ip` shows of eth0 and eth1");
+    let mut shown = want.clone();
+    shown.extend(ips(&["2001:db8:55::2"]));
+    shown.sort_unstable();
+    assert_eq!(held, shown, "what `ip` shows of eth0 and eth1");
     let pid = lab.process();
     (pid, want)
 }

@@ -139,6 +139,37 @@ impl Scene {
         panic!("process {pid} did not become `sleep` in {}", cg.display());
     }
 
+    /// A process in cgroup `cg` and namespace `netns` whose main thread
+    /// has ended (`exit`, not `exit_group`) while another thread runs on:
+    /// `/proc/<pid>` keeps its pid, start time and cgroup but shows no
+    /// namespace. Returns once that is so.
+    fn leaderless_process(&mut self, cg: &Path, netns: &str) -> u32 {
+        // SYS_exit (60 on x86_64) ends only the calling thread.
+        let code = "import ctypes, threading, time\n\
+                    threading.Thread(target=time.sleep, args=(600,)).start()\n\
+                    ctypes.CDLL(None).syscall(60, 0)\n";
+        let child = lab::in_cgroup_ns_cmd(cg, netns, &["python3".into(), "-c".into(), code.into()])
+            .spawn()
+            .expect("spawning python3");
+        let proc = Proc(child);
+        let pid = proc.pid();
+        self.procs.push(proc);
+        for _ in 0..1000 {
+            let python = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "python3");
+            let no_namespace = std::fs::metadata(format!("/proc/{pid}/ns/net")).is_err();
+            let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+            if python && no_namespace && threads == 2 {
+                return pid;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!(
+            "process {pid} did not end its main thread in {}",
+            cg.display()
+        );
+    }
+
     fn kill(&mut self, pid: u32) {
         self.procs.retain(|p| p.pid() != pid);
     }
@@ -692,6 +723,60 @@ async fn a_failed_read_keeps_what_the_same_namespace_showed_and_says_so() {
         .unwrap();
     wait_for(&client, WAIT, "g gone", |s| {
         find(s, "test", "g").is_none().then_some(())
+    })
+    .await;
+    assert!(addresses_status(&client).await.connected);
+    daemon.shutdown().await;
+}
+
+/// A container's init whose main thread has ended while another runs on
+/// shows no namespace under `/proc/<pid>`: the resolver reads it through
+/// the live thread, so the container keeps its veth and its addresses
+/// (without that, the veth backstop would count the veth as no
+/// container's, and pass what it should judge).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_init_without_its_main_thread_keeps_its_namespace() {
+    if !root_or_skip("an_init_without_its_main_thread_keeps_its_namespace") {
+        return;
+    }
+    let _alone = one_at_a_time().await;
+    let mut scene = Scene::new("h");
+    let ns = scene.netns("h");
+    let (veth, _) = scene.veth("h0", &ns);
+    lab::add_addr(&ns, "ethh0", "198.18.12.2/24").unwrap();
+    let cg = scene.cgroup("h");
+    let pid = scene.leaderless_process(&cg, &ns);
+    let (daemon, socket) = start_daemon("h").await;
+    let client = connect(&socket).await;
+    upsert(&daemon, rc("h", pid)).await;
+    let addresses = ips(&["198.18.12.2"]);
+    let h = wait_for(&client, WAIT, "h resolved", |s| {
+        find(s, "test", "h").cloned()
+    })
+    .await;
+    assert_eq!(
+        h.host_veths.iter().map(|v| v.ifindex).collect::<Vec<_>>(),
+        vec![ifindex(&veth)],
+        "{h:?}"
+    );
+    assert_eq!(h.addresses, addresses, "{h:?}");
+
+    // A full look again (the runtime's refresh, as the periodic rescan
+    // does), after an address is added: read through the thread too.
+    lab::add_addr(&ns, "ethh0", "198.18.13.2/24").unwrap();
+    daemon
+        .sender()
+        .send(SourceEvent::Refresh {
+            namespace: "test".into(),
+            id: "h".into(),
+        })
+        .await
+        .unwrap();
+    let again = ips(&["198.18.12.2", "198.18.13.2"]);
+    wait_for(&client, WAIT, "h read again through its thread", |s| {
+        find(s, "test", "h")
+            .filter(|h| h.addresses == again && h.host_veths.len() == 1)
+            .cloned()
     })
     .await;
     assert!(addresses_status(&client).await.connected);
