@@ -249,6 +249,11 @@ impl Docker {
                 }
                 Err(e) => self.api_failed(&e),
             }
+            for (id, meta) in found.iter_mut() {
+                if is_image_id(&meta.image) {
+                    self.restore_image_reference(id, meta).await;
+                }
+            }
         }
         for id in ids {
             if found.contains_key(id) {
@@ -262,6 +267,23 @@ impl Docker {
             }
         }
         found
+    }
+
+    /// The image reference container `id` was created from, from its
+    /// `config.v2.json`, in place of the image id the API lists.
+    async fn restore_image_reference(&self, id: &str, meta: &mut DockerMeta) {
+        match self.read_config(id).await {
+            Ok(config) if !config.image.is_empty() => meta.image = config.image,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                container = %id,
+                image = %meta.image,
+                error = %e,
+                "Docker lists this container's image by id only (the name it was created from \
+                 now names another image) and its config.v2.json cannot be read: image \
+                 selectors do not match it until it can"
+            ),
+        }
     }
 
     pub async fn lookup(&self, id: &str) -> Option<DockerMeta> {
@@ -291,6 +313,17 @@ impl Docker {
         }
         parse_config_v2(&body)
     }
+}
+
+/// An image id as Docker's container list gives it (`sha256:` and 64 hex
+/// digits). Docker lists a container's image so once the reference it was
+/// created from (`nginx:1.25`) names another image (after a `docker pull`
+/// or `docker tag`): selectors name the reference, which the container's
+/// `config.v2.json` keeps.
+fn is_image_id(image: &str) -> bool {
+    image
+        .strip_prefix("sha256:")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 fn config_path(root: &Path, id: &str) -> PathBuf {
@@ -401,6 +434,41 @@ mod tests {
             request_line.starts_with("GET /containers/json?all=1&filters=%7B%22id%22%3A%5B%22"),
             "{request_line}"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// After `docker pull` or `docker tag` moves the name a container was
+    /// created from, the API lists its image by id: the reference comes
+    /// from its `config.v2.json`, so an image selector keeps matching.
+    #[tokio::test]
+    async fn an_image_listed_by_id_is_named_by_the_reference_it_was_created_from() {
+        let dir = std::env::temp_dir().join(format!("contain-docker-retag-{}", std::process::id()));
+        let config = dir.join("containers").join(ID);
+        std::fs::create_dir_all(&config).unwrap();
+        std::fs::write(
+            config.join("config.v2.json"),
+            br#"{"Name":"/web","Config":{"Image":"nginx:1.25","Labels":{}}}"#,
+        )
+        .unwrap();
+        let socket = dir.join("docker.sock");
+        let body = format!(
+            r#"[{{"Id":"{ID}","Names":["/web"],"Image":"sha256:{}"}}]"#,
+            "ab".repeat(32)
+        );
+        let raw = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let _served = fake_docker(&socket, Box::leak(raw.into_bytes().into_boxed_slice())).await;
+        let docker = Docker::new(&socket, &dir);
+        let meta = docker.lookup(ID).await.expect("metadata from the API");
+        assert_eq!(
+            (meta.name.as_str(), meta.image.as_str()),
+            ("web", "nginx:1.25")
+        );
+        assert!(is_image_id(&format!("sha256:{}", "0f".repeat(32))));
+        assert!(!is_image_id("nginx:1.25"));
+        assert!(!is_image_id("sha256:abc"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

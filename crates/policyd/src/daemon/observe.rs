@@ -18,7 +18,11 @@ use hyper_util::rt::TokioIo;
 use proto::{loader::LoaderClient, transport};
 use tokio::{net::TcpListener, sync::Semaphore};
 
-use super::{engine::Handle, links::LoaderLink, view};
+use super::{
+    engine::{Feed, Handle},
+    links::LoaderLink,
+    view,
+};
 use crate::{
     eventlog::EventRecord,
     metrics::{self, ContainerState, KernelCounters, Recorder, Scrape},
@@ -114,6 +118,14 @@ pub async fn follow_events(engine: Handle, recorder: Arc<Recorder>, target: Even
                     tokio::time::sleep(retry).await;
                     continue;
                 };
+                if cursor.is_some() {
+                    // The stream was lost: the loader may have restarted,
+                    // on maps of a new layout (empty), where the veth
+                    // backstop would count every veth as no container's
+                    // until the next periodic resync. Its generation tells
+                    // at once.
+                    engine.tell(Feed::Resync { healthy: true }).await;
+                }
                 let from = resume_from(cursor, probe.last_seq);
                 if cursor.is_none() && from > 0 {
                     tracing::info!(
