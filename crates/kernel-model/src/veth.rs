@@ -183,7 +183,8 @@ enum Source {
 }
 
 /// `contain_veth`'s decision on `frame`, from `origin`, arriving on the
-/// host-side veth `ifindex`.
+/// host-side veth `ifindex`: `judge_frame` in `contain-ebpf/src/veth.rs`,
+/// step for step.
 pub fn judge_frame(
     state: &KernelState,
     ifindex: u32,
