@@ -32,6 +32,7 @@ use kernel_model::{
 use test_kit::{
     cleanup::RemoveOnDrop,
     packets::{self, Ext, ICMP, ICMPV6, TCP, UDP},
+    random::Rng,
     testrun,
 };
 
@@ -39,31 +40,6 @@ const ROUNDS: usize = 150;
 const PACKETS_PER_ROUND: usize = 300;
 const LOOPBACK_IFINDEX: u32 = 1;
 const GRE: u8 = 47;
-
-/// splitmix64: small, seedable, good enough to spread cases.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
-    }
-}
 
 fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
     Ipv4Addr::new(a, b, c, d).into()
@@ -141,7 +117,7 @@ fn random_state(rng: &mut Rng, own_cgroup: u64) -> KernelState {
         s.upsert(Entry::Process {
             key: ProcessKey {
                 policy_id: rng.pick(&[1, 2]),
-                process: ProcessMatch::Comm(rng.next()),
+                process: ProcessMatch::Comm(rng.next_u64()),
             },
             class,
         });
@@ -325,16 +301,8 @@ fn kernel_decides_as_the_model() {
     let Some(()) = require_root("kernel_decides_as_the_model") else {
         return;
     };
-    let seed = std::env::var("DIFFERENTIAL_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
-    eprintln!("DIFFERENTIAL_SEED={seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_env("DIFFERENTIAL_SEED");
+    let seed = rng.seed();
     let pins = RemoveOnDrop(std::path::PathBuf::from(format!(
         "/sys/fs/bpf/contain-t-{}-differential",
         std::process::id()

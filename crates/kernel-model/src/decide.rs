@@ -8,7 +8,9 @@
 //! This mirrors `contain-ebpf/src/decide.rs` and the egress program in
 //! `contain-ebpf/src/main.rs`; the differential test
 //! (`bpf-loader/tests/differential.rs`) holds the two equal on random
-//! states and packets. `policyd explain` answers from it.
+//! states and packets. `policyd explain` answers from it. The veth
+//! backstop's decision on a frame (`contain-ebpf/src/veth.rs`) is
+//! [`crate::veth`]'s, built on this one's rule lookup.
 
 use std::net::IpAddr;
 
@@ -305,6 +307,27 @@ pub fn egress(state: &KernelState, cgroup_id: u64, socket: &Socket, packet: &Pac
         Socket::Stamped { creator, .. } => Some(creator),
         _ => None,
     };
+    let (verdict, first) = judge_route(state, cgroup_id, creator, packet);
+    Egress {
+        verdict,
+        reason: if source_routed {
+            Reason::SourceRoute
+        } else {
+            Reason::Rules
+        },
+        lookup: Some(first),
+    }
+}
+
+/// The rules' verdict on a packet: its destination, then each address of
+/// its source route while none is denied (the worst verdict wins), and the
+/// destination's lookup.
+pub(crate) fn judge_route(
+    state: &KernelState,
+    cgroup_id: u64,
+    creator: Option<&Creator>,
+    packet: &Packet,
+) -> (Verdict, Lookup) {
     let judge = |dest| {
         lookup(
             state,
@@ -329,15 +352,7 @@ pub fn egress(state: &KernelState, cgroup_id: u64, socket: &Socket, packet: &Pac
             verdict = v;
         }
     }
-    Egress {
-        verdict,
-        reason: if source_routed {
-            Reason::SourceRoute
-        } else {
-            Reason::Rules
-        },
-        lookup: Some(first),
-    }
+    (verdict, first)
 }
 
 /// A packet to a local address whose source is neither a loopback address
@@ -359,17 +374,21 @@ fn is_forged_local(packet: &Packet) -> bool {
 /// header routed by its `sendto` address looks like that, and the rules'
 /// loopback allowance must not carry it to a neighbour.
 fn is_misrouted_loopback(packet: &Packet) -> bool {
-    let loopback = match packet.dest {
-        IpAddr::V4(d) => d.is_loopback(),
-        IpAddr::V6(d) => d.is_loopback() || d.to_ipv4_mapped().is_some_and(|m| m.is_loopback()),
-    };
-    !packet.over_loopback && loopback
+    !packet.over_loopback && is_loopback(packet.dest)
+}
+
+/// `::1` or 127.0.0.0/8, v4-mapped or not.
+pub(crate) fn is_loopback(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => a.is_loopback(),
+        IpAddr::V6(a) => a.is_loopback() || a.to_ipv4_mapped().is_some_and(|m| m.is_loopback()),
+    }
 }
 
 /// Neighbour discovery (any destination, hop limit 255) and MLD (link-scope
 /// multicast, hop limit 1), which the kernel sends from sockets no process
 /// created.
-fn is_kernel_link_control(packet: &Packet) -> bool {
+pub(crate) fn is_kernel_link_control(packet: &Packet) -> bool {
     if packet.proto != ip_proto::ICMPV6 || packet.later_fragment {
         return false;
     }

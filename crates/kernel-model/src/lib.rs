@@ -10,8 +10,10 @@
 //!   values in `contain-common`;
 //! - [`prefix`]: the 128-bit destination prefixes and port blocks the maps
 //!   are keyed by;
-//! - [`decide`]: a model of the kernel's decision on that state, held equal
-//!   to the kernel's by a differential test.
+//! - [`decide`]: a model of the egress program's decision on that state,
+//!   held equal to the kernel's by a differential test;
+//! - [`veth`]: a model of the veth backstop's decision on a frame, held
+//!   equal to the kernel's by another.
 //!
 //! Pure: no I/O, no BPF.
 
@@ -21,3 +23,4 @@ pub mod prefix;
 pub mod repr;
 pub mod state;
 pub mod validate;
+pub mod veth;

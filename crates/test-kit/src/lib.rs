@@ -1,7 +1,8 @@
 //! The one kit of contain's tests and benchmarks: what they need from the
 //! host (namespaces, veths, cgroups, a private containerd, crafted packets,
-//! test runs of BPF programs) and the stand-ins they run the daemons
-//! against (the in-memory loader, synthetic policies and inventories).
+//! test runs of BPF programs, seeded randomness) and the stand-ins they run
+//! the daemons against (the in-memory loader, synthetic policies and
+//! inventories).
 //!
 //! Nothing here ships: the daemons take this crate as a dev-dependency
 //! only, and the bench (never packaged) as a dependency.
@@ -18,6 +19,7 @@ pub mod memory_loader;
 pub mod packets;
 pub mod privileged;
 pub mod process;
+pub mod random;
 pub mod rpc;
 pub mod synthetic;
 pub mod testrun;

@@ -128,9 +128,10 @@ fn ipv6_frame(dst: Ipv6Addr, next: u8, body: Vec<u8>) -> Vec<u8> {
     f
 }
 
-/// The same IPv6 frame with another hop limit.
+/// The same IP frame with another hop limit (IPv6) or TTL (IPv4).
 pub fn with_hop_limit(mut frame: Vec<u8>, hop_limit: u8) -> Vec<u8> {
-    frame[14 + 7] = hop_limit;
+    let at = if frame[12..14] == [0x08, 0x00] { 8 } else { 7 };
+    frame[14 + at] = hop_limit;
     frame
 }
 

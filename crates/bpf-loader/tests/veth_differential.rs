@@ -1,0 +1,843 @@
+//! The veth backstop's decision against the model's
+//! (`kernel_model::veth::judge_frame`): random kernel states, veths and
+//! their sources included, installed through the real loader's diff and
+//! apply, and random Ethernet frames run through `contain_veth` with
+//! BPF_PROG_TEST_RUN. Every pass or drop must be the model's, and so must
+//! every policy's allowed/denied/audited counters and the unowned,
+//! unparsed and forged-source statistics each round.
+//!
+//! A test run gives a tc program a dummy socket of the calling process's
+//! cgroup, full, of no socket type, with the frame's family (`AF_INET`,
+//! `AF_INET6`, anything else `AF_UNSPEC`, which the program takes for a
+//! packet socket). So each round's frames are run from two cgroups:
+//!
+//! - one below a cgroup the loader attached its cgroup programs to
+//!   (`Kernel::attach`): an IP frame is `Origin::Judged`, any other a
+//!   governed packet socket's;
+//! - the cgroup the test started in, outside it: an IP frame is
+//!   `Origin::Unattributed { host_process: false }` (a full socket, not
+//!   TCP or UDP, as the kernel's control sockets), any other an
+//!   ungoverned packet socket's.
+//!
+//! A test run cannot give a frame no socket, a host process's TCP or UDP
+//! socket (so no DNS forwarded by dockerd), a packet socket's IP frame, or
+//! a VLAN tag the device took off: the model's unit tests cover those
+//! against veth.rs, and the datapath tests and the bypass suite prove them
+//! on real sockets (packet sockets' frames, forwarded frames, Docker's DNS,
+//! the kernel's answers). `VETH_PEERS` is written as the kernel writes it,
+//! by test runs of `contain_veth_inbound` with a frame from the address to
+//! note; a round's UDP reply timeout is an hour (every noted address is a
+//! recent peer) or a nanosecond (none is).
+//!
+//! This test moves its process between cgroups, so it is a binary of its
+//! own. `VETH_DIFFERENTIAL_SEED=N` replays a run; each run prints its seed.
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use bpf_loader::kernel::{Kernel, Limits};
+use common::require_root;
+use contain_common::{ip_proto::ANY, program_names, DEFAULT_EVENTS_PER_SECOND};
+use kernel_model::{
+    decide::Packet,
+    diff::MapDiff,
+    prefix::{addr_key, Family, PortBlock, Prefix, V4_BLOCK_LEN},
+    state::{
+        CgroupEntry, DestPrefix, Entry, KernelState, PortPrefix, ProcessKey, ProcessMatch, Verdict,
+        VethSource,
+    },
+    veth::{judge_frame, Frame, FrameVerdict, Origin, Reason, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6},
+};
+use test_kit::{
+    cgroup,
+    cleanup::{self, RemoveOnDrop},
+    packets::{self, Ext, ICMP, ICMPV6, TCP, UDP},
+    random::Rng,
+    testrun,
+};
+
+const ROUNDS: usize = 200;
+/// Frames per round from each of the two cgroups.
+const FRAMES_PER_SIDE: usize = 150;
+const GRE: u8 = 47;
+const IGMP: u8 = 2;
+/// tc's verdicts: `TC_ACT_UNSPEC` (pass on) and `TC_ACT_SHOT`.
+const TC_PASS: i32 = -1;
+const TC_DROP: i32 = 2;
+/// Where an IP header starts in a frame.
+const L3: usize = 14;
+
+/// The container's addresses, which a round may list as its veth's.
+const OWN4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const OWN6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 2);
+const OWN_LL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2);
+
+fn v4(a: u8, b: u8, c: u8, d: u8) -> Ipv4Addr {
+    Ipv4Addr::new(a, b, c, d)
+}
+
+fn v6(text: &str) -> Ipv6Addr {
+    text.parse().expect("an IPv6 address")
+}
+
+/// Sources frames carry: the container's, the unspecified ones, a
+/// neighbour's, anyone's, and an IPv6 header's v4-mapped one.
+fn v4_sources() -> Vec<Ipv4Addr> {
+    vec![
+        OWN4,
+        OWN4,
+        Ipv4Addr::UNSPECIFIED,
+        v4(198, 18, 0, 66),
+        v4(198, 18, 0, 1),
+    ]
+}
+
+fn v6_sources() -> Vec<Ipv6Addr> {
+    vec![
+        OWN6,
+        OWN6,
+        OWN_LL,
+        v6("fe80::3"),
+        Ipv6Addr::UNSPECIFIED,
+        v6("::ffff:198.18.0.2"),
+        v6("2001:db8:77::66"),
+    ]
+}
+
+/// Destinations frames go to and rules are built around, so that they
+/// meet often: peers, the container itself, loopback, link-scope
+/// multicast and IGMP's groups.
+fn v4_universe() -> Vec<Ipv4Addr> {
+    vec![
+        v4(198, 18, 0, 1),
+        v4(198, 18, 0, 2),
+        v4(198, 18, 0, 5),
+        v4(198, 18, 1, 1),
+        v4(198, 18, 9, 9),
+        v4(10, 0, 0, 1),
+        v4(127, 0, 0, 1),
+        v4(224, 0, 0, 22),
+        v4(224, 0, 1, 1),
+    ]
+}
+
+fn v6_universe() -> Vec<Ipv6Addr> {
+    [
+        "2001:db8:77::1",
+        "2001:db8:77::2",
+        "2001:db8:77::5",
+        "2001:db8:99::9",
+        "ff02::16",
+        "ff02::1:ff00:1",
+        "fe80::1",
+        "::1",
+        "::ffff:198.18.0.1",
+        "::ffff:127.0.0.1",
+    ]
+    .into_iter()
+    .map(v6)
+    .collect()
+}
+
+fn every_destination() -> Vec<IpAddr> {
+    v4_universe()
+        .into_iter()
+        .map(IpAddr::V4)
+        .chain(v6_universe().into_iter().map(IpAddr::V6))
+        .collect()
+}
+
+/// The cgroups a round's state speaks of.
+struct Cgroups {
+    /// Where the judged side's frames come from.
+    container: u64,
+    /// Another container's, with a policy of its own.
+    other: u64,
+    /// One the maps never know.
+    unknown: u64,
+}
+
+fn random_state(rng: &mut Rng, ids: &Cgroups, veth: u32) -> KernelState {
+    let mut s = KernelState {
+        unknown_verdict: rng.pick(&[Verdict::Deny, Verdict::Allow, Verdict::Audit]),
+        ..KernelState::default()
+    };
+    let entry = |policy_id, audit, unrestricted, forwarded_dns| CgroupEntry {
+        policy_id,
+        audit,
+        unrestricted,
+        forwarded_dns,
+    };
+    let forwarded_dns = rng.chance(50);
+    let own = match rng.below(10) {
+        0 => None,
+        1 => Some(entry(0, false, true, false)),
+        2 | 3 => Some(entry(1, true, false, forwarded_dns)),
+        4 => Some(entry(2, false, false, forwarded_dns)),
+        _ => Some(entry(1, false, false, forwarded_dns)),
+    };
+    if let Some(value) = own {
+        s.upsert(Entry::Cgroup {
+            id: ids.container,
+            value,
+        });
+    }
+    if rng.chance(70) {
+        s.upsert(Entry::Cgroup {
+            id: ids.other,
+            value: entry(rng.pick(&[1, 2]), rng.chance(30), false, rng.chance(50)),
+        });
+    }
+    // The veth under test: the container's, another's, one no policy
+    // knows, or no one's.
+    let owner = match rng.below(10) {
+        0 | 1 => None,
+        2 => Some(ids.other),
+        3 => Some(ids.unknown),
+        _ => Some(ids.container),
+    };
+    if let Some(cgroup_id) = owner {
+        s.upsert(Entry::Veth {
+            ifindex: veth,
+            cgroup_id,
+        });
+    }
+    for addr in [IpAddr::V4(OWN4), OWN6.into(), OWN_LL.into()] {
+        if rng.chance(75) {
+            s.upsert(Entry::VethSource {
+                key: VethSource::new(veth, addr),
+            });
+        }
+    }
+    // Another veth and its sources, which must not matter.
+    s.upsert(Entry::Veth {
+        ifindex: veth + 1,
+        cgroup_id: ids.other,
+    });
+    for addr in [IpAddr::V4(v4(198, 18, 0, 66)), v6("fe80::3").into()] {
+        s.upsert(Entry::VethSource {
+            key: VethSource::new(veth + 1, addr),
+        });
+    }
+    // Process classes: a frame has no process, so it is in none of them.
+    for class in 1..=rng.below(3) as u32 {
+        s.upsert(Entry::Process {
+            key: ProcessKey {
+                policy_id: rng.pick(&[1, 2]),
+                process: ProcessMatch::Comm(rng.next_u64()),
+            },
+            class,
+        });
+    }
+    let addresses: Vec<u128> = every_destination().into_iter().map(addr_key).collect();
+    for _ in 0..rng.below(16) {
+        let addr = rng.pick(&addresses);
+        let len = if Prefix::new(addr, 128).family() == Family::V4 {
+            V4_BLOCK_LEN + rng.pick(&[0u8, 8, 16, 24, 31, 32])
+        } else {
+            rng.pick(&[0u8, 8, 16, 32, 48, 64, 96, 112, 127, 128])
+        };
+        s.upsert(Entry::Dest {
+            key: DestPrefix {
+                policy_id: rng.pick(&[1, 1, 2]),
+                class: if rng.chance(85) { 0 } else { 1 },
+                addr: Prefix::new(addr, len).key_bytes(),
+                prefix_len: len,
+            },
+            ruleset: 1 + rng.below(6) as u32,
+        });
+    }
+    for ruleset in 1..=6u32 {
+        for _ in 0..rng.below(5) {
+            let proto = rng.pick(&[TCP, TCP, UDP, UDP, ICMP, ICMPV6, ANY, GRE, IGMP]);
+            let block = match proto {
+                ANY => PortBlock::ALL,
+                ICMP | ICMPV6 => {
+                    let ty: u16 = rng.pick(&[0, 3, 8, 128, 133, 135, 136, 143]);
+                    PortBlock::enclosing(ty << 8, rng.pick(&[0u8, 8, 8, 16]))
+                }
+                _ => PortBlock::enclosing(
+                    rng.pick(&[53u16, 80, 443, 8080, 1024, 65535]),
+                    rng.pick(&[0u8, 6, 8, 12, 16, 16, 16]),
+                ),
+            };
+            s.upsert(Entry::Port {
+                key: PortPrefix {
+                    ruleset,
+                    proto,
+                    port: block.port,
+                    port_bits: block.bits,
+                },
+                rule_id: 1 + rng.below(1000) as u32,
+            });
+        }
+    }
+    s
+}
+
+/// A frame of another ethertype than IP: ARP, a VLAN tag around an IPv4
+/// packet (the tag in the frame, not taken off by a device), and others.
+fn non_ip_frame(rng: &mut Rng) -> (Vec<u8>, Frame) {
+    let ethertype = rng.pick(&[ETH_P_ARP, ETH_P_ARP, 0x8100, 0x88a8, 0x88cc, 0x8847, 0x8863]);
+    let mut bytes = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    bytes.extend_from_slice(&ethertype.to_be_bytes());
+    if ethertype == 0x8100 {
+        let inner = packets::ipv4(v4(198, 18, 0, 1), TCP, 443, 0, 0);
+        bytes.extend_from_slice(&[0, 7]);
+        bytes.extend_from_slice(&inner[12..]);
+    } else {
+        bytes.extend_from_slice(&[0u8; 46]);
+    }
+    (bytes, frame_of(ethertype, None, None, false))
+}
+
+fn frame_of(
+    ethertype: u16,
+    source: Option<IpAddr>,
+    packet: Option<Packet>,
+    dataless_tcp: bool,
+) -> Frame {
+    Frame {
+        ethertype,
+        vlan_tagged: false,
+        source,
+        packet,
+        dataless_tcp,
+        dest_recent_peer: false,
+    }
+}
+
+/// An IP frame the parser refuses whole: the wrong version, or an IPv4
+/// header length under 20. Its source is still where a judged packet's is
+/// read from.
+fn malformed_frame(rng: &mut Rng) -> (Vec<u8>, Frame) {
+    if rng.chance(50) {
+        let source = rng.pick(&v4_sources());
+        let mut bytes = packets::with_source(
+            packets::ipv4(v4(198, 18, 0, 1), UDP, 53, 0, 0),
+            source.into(),
+        );
+        bytes[L3] = rng.pick(&[0x65u8, 0x44, 0x40]);
+        (bytes, frame_of(ETH_P_IP, Some(source.into()), None, false))
+    } else {
+        let source = rng.pick(&v6_sources());
+        let mut bytes = packets::with_source(
+            packets::ipv6(v6("2001:db8:77::1"), UDP, 53, &[]),
+            source.into(),
+        );
+        bytes[L3] = 0x45;
+        (
+            bytes,
+            frame_of(ETH_P_IPV6, Some(source.into()), None, false),
+        )
+    }
+}
+
+/// A plain IP frame cut inside its transport header, which the parser
+/// reads as unjudgeable. (A test run refuses an IP frame shorter than its
+/// fixed header with EINVAL; a header the parser refuses is
+/// [`malformed_frame`]'s.)
+fn truncated_frame(rng: &mut Rng) -> (Vec<u8>, Frame) {
+    let is_v6 = rng.chance(50);
+    let proto = rng.pick(&[TCP, UDP, if is_v6 { ICMPV6 } else { ICMP }]);
+    let port = match proto {
+        TCP | UDP => 443,
+        _ => 8 << 8,
+    };
+    let transport_len = match proto {
+        TCP => 14,
+        UDP => 4,
+        _ => 2,
+    };
+    let (mut bytes, source, dest, transport_at) = if is_v6 {
+        let source = rng.pick(&v6_sources());
+        let dest = rng.pick(&v6_universe());
+        let bytes = packets::with_source(packets::ipv6(dest, proto, port, &[]), source.into());
+        (bytes, source.into(), dest.into(), L3 + 40)
+    } else {
+        let source = rng.pick(&v4_sources());
+        let dest = rng.pick(&v4_universe());
+        let bytes = packets::with_source(packets::ipv4(dest, proto, port, 0, 0), source.into());
+        (bytes, source.into(), dest.into(), L3 + 20)
+    };
+    let len = transport_at + rng.below(transport_len);
+    bytes.truncate(len);
+    let packet = Packet {
+        source,
+        dest,
+        proto,
+        port: 0,
+        tcp_opening: false,
+        later_fragment: false,
+        hop_limit: 64,
+        route: Vec::new(),
+        unjudgeable: true,
+        over_loopback: false,
+    };
+    let ethertype = if is_v6 { ETH_P_IPV6 } else { ETH_P_IP };
+    // The TCP header's data offset is what says there is no data.
+    let dataless = proto == TCP && len > transport_at + 12;
+    (
+        bytes,
+        frame_of(ethertype, Some(source), Some(packet), dataless),
+    )
+}
+
+/// What an IP frame is about: protocol, port (or ICMP type and code),
+/// destination and hop limit; link control's shapes with the right and
+/// the wrong hop limits and destinations, DNS, and anything.
+fn ip_shape(rng: &mut Rng, is_v6: bool) -> (u8, u16, IpAddr, u8) {
+    let any_dest = |rng: &mut Rng| -> IpAddr {
+        if is_v6 {
+            rng.pick(&v6_universe()).into()
+        } else {
+            rng.pick(&v4_universe()).into()
+        }
+    };
+    match (is_v6, rng.below(10)) {
+        (true, 0 | 1) => {
+            let ty: u16 = rng.pick(&[133, 134, 135, 136, 137, 128]);
+            let dest = rng.pick(&["ff02::1:ff00:1", "fe80::1", "2001:db8:77::1", "::1"]);
+            (ICMPV6, ty << 8, v6(dest).into(), rng.pick(&[255, 255, 64]))
+        }
+        (true, 2) => {
+            let ty: u16 = rng.pick(&[130, 131, 132, 143]);
+            let dest = rng.pick(&["ff02::16", "ff02::1", "2001:db8:77::1"]);
+            (ICMPV6, ty << 8, v6(dest).into(), rng.pick(&[1, 1, 64]))
+        }
+        (false, 0 | 1) => {
+            let dest = rng.pick(&[
+                v4(224, 0, 0, 22),
+                v4(224, 0, 0, 1),
+                v4(224, 0, 1, 1),
+                v4(198, 18, 0, 1),
+            ]);
+            (IGMP, 0x1600, dest.into(), rng.pick(&[1, 1, 64]))
+        }
+        // ICMPv6's number in an IPv4 header, shaped as neighbour discovery.
+        (false, 2) => (ICMPV6, 135 << 8, any_dest(rng), rng.pick(&[255, 64])),
+        (_, 3) => (rng.pick(&[UDP, TCP]), 53, any_dest(rng), 64),
+        _ => {
+            let icmp = if is_v6 { ICMPV6 } else { ICMP };
+            let proto = rng.pick(&[TCP, UDP, icmp, icmp, GRE]);
+            let port = match proto {
+                TCP | UDP => rng.pick(&[53, 80, 443, 444, 1025, 8080, 8081, 65535]),
+                ICMP => rng.pick(&[0u16, 3, 8, 13]) << 8 | rng.pick(&[0u16, 0, 1]),
+                ICMPV6 => rng.pick(&[128u16, 129, 133, 135, 143]) << 8,
+                _ => 0,
+            };
+            let hop_limit = if proto == ICMPV6 {
+                rng.pick(&[1, 64, 255])
+            } else {
+                64
+            };
+            (proto, port, any_dest(rng), hop_limit)
+        }
+    }
+}
+
+/// A whole IP frame: any source, any shape, with IPv4 options (a loose
+/// source route, sound or not, or padding), IPv6 extension headers and
+/// routing headers (sound or not), and later fragments.
+fn ip_frame(rng: &mut Rng) -> (Vec<u8>, Frame) {
+    let is_v6 = rng.chance(50);
+    let (proto, port, dest, hop_limit) = ip_shape(rng, is_v6);
+    let later_fragment = rng.chance(10);
+    let source: IpAddr = if is_v6 {
+        rng.pick(&v6_sources()).into()
+    } else {
+        rng.pick(&v4_sources()).into()
+    };
+    let read_port = match proto {
+        TCP | UDP | ICMP | ICMPV6 if !later_fragment => port,
+        _ => 0,
+    };
+    let mut model = Packet {
+        source,
+        dest,
+        proto,
+        port: read_port,
+        tcp_opening: false,
+        later_fragment,
+        hop_limit,
+        route: Vec::new(),
+        unjudgeable: false,
+        over_loopback: false,
+    };
+    let mut plain = true;
+    let bytes = match dest {
+        IpAddr::V6(dest6) => {
+            let routed = !later_fragment && rng.chance(15);
+            if routed {
+                plain = false;
+                let hops: Vec<Ipv6Addr> = (0..rng.below(4))
+                    .map(|_| rng.pick(&v6_universe()))
+                    .collect();
+                let segments_left = rng.below(hops.len() + 2) as u8;
+                let routing_type = if rng.chance(80) { 0 } else { 3 };
+                if segments_left != 0 {
+                    let sound = routing_type == 0
+                        && !hops.is_empty()
+                        && hops.len() <= 2
+                        && segments_left as usize <= hops.len();
+                    if sound {
+                        model.route = hops.iter().map(|&h| IpAddr::V6(h)).collect();
+                    } else {
+                        model.unjudgeable = true;
+                    }
+                }
+                packets::ipv6_routed(dest6, proto, port, routing_type, &hops, segments_left)
+            } else {
+                let mut exts = Vec::new();
+                if rng.chance(15) {
+                    exts.push(rng.pick(&[Ext::HopByHop, Ext::DestOpts]));
+                }
+                if later_fragment {
+                    exts.push(Ext::Fragment(100));
+                }
+                plain = exts.is_empty();
+                packets::ipv6(dest6, proto, port, &exts)
+            }
+        }
+        IpAddr::V4(dest4) => {
+            let fragment_offset = if later_fragment { 100 } else { 0 };
+            match rng.below(8) {
+                0 => packets::ipv4(dest4, proto, port, 8, fragment_offset),
+                1 => {
+                    // NOP, then a loose source route of `hops` addresses with
+                    // its pointer on the first (or off the list).
+                    let hops: Vec<Ipv4Addr> = (0..1 + rng.below(3))
+                        .map(|_| rng.pick(&v4_universe()))
+                        .collect();
+                    let pointer = rng.pick(&[4u8, 4, 4, 5]);
+                    let options_len = 4 + 4 * hops.len();
+                    let mut bytes = packets::ipv4(dest4, proto, port, options_len, fragment_offset);
+                    let mut option = vec![1, 131, (3 + 4 * hops.len()) as u8, pointer];
+                    for hop in &hops {
+                        option.extend_from_slice(&hop.octets());
+                    }
+                    bytes[L3 + 20..L3 + 20 + options_len].copy_from_slice(&option);
+                    if hops.len() <= 2 && pointer.is_multiple_of(4) {
+                        model.route = hops.into_iter().map(IpAddr::V4).collect();
+                    } else {
+                        model.unjudgeable = true;
+                    }
+                    bytes
+                }
+                _ => packets::ipv4(dest4, proto, port, 0, fragment_offset),
+            }
+        }
+    };
+    let bytes = packets::with_hop_limit(packets::with_source(bytes, source), hop_limit);
+    let ethertype = if is_v6 { ETH_P_IPV6 } else { ETH_P_IP };
+    // IPv6's extension headers hide a segment's length; IPv4's options
+    // do not.
+    let dataless = proto == TCP && !later_fragment && (plain || !is_v6);
+    (
+        bytes,
+        frame_of(ethertype, Some(source), Some(model), dataless),
+    )
+}
+
+fn random_frame(rng: &mut Rng) -> (Vec<u8>, Frame) {
+    match rng.below(20) {
+        0 | 1 => non_ip_frame(rng),
+        2 => malformed_frame(rng),
+        3 | 4 => truncated_frame(rng),
+        _ => ip_frame(rng),
+    }
+}
+
+/// Where a frame comes from: below the attached cgroup (the container) or
+/// outside it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Container,
+    Outside,
+}
+
+/// The origin a test run gives a frame from `side`, as found by this test:
+/// the dummy socket's family is the frame's IP version, else none.
+fn origin(side: Side, frame: &Frame, container: u64) -> Origin {
+    let ip = frame.ethertype == ETH_P_IP || frame.ethertype == ETH_P_IPV6;
+    match (side, ip) {
+        (Side::Container, true) => Origin::Judged {
+            cgroup_id: container,
+        },
+        (Side::Container, false) => Origin::PacketSocket {
+            governed_cgroup: Some(container),
+        },
+        (Side::Outside, true) => Origin::Unattributed {
+            host_process: false,
+        },
+        (Side::Outside, false) => Origin::PacketSocket {
+            governed_cgroup: None,
+        },
+    }
+}
+
+fn origin_name(origin: Origin) -> &'static str {
+    match origin {
+        Origin::Judged { .. } => "judged",
+        Origin::PacketSocket {
+            governed_cgroup: Some(_),
+        } => "packet, governed",
+        Origin::PacketSocket {
+            governed_cgroup: None,
+        } => "packet",
+        Origin::Socketless => "socketless",
+        Origin::Unattributed { .. } => "unattributed",
+    }
+}
+
+/// Per policy, [allowed, denied, audited]; then the unowned, unparsed and
+/// forged-source statistics.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Tally {
+    policies: BTreeMap<u32, [u64; 3]>,
+    stats: BTreeMap<u32, u64>,
+}
+
+impl Tally {
+    fn of(kernel: &Kernel) -> Tally {
+        use contain_common::stat;
+        let counters = kernel.counters().expect("the loader's counters");
+        Tally {
+            policies: counters
+                .policies
+                .iter()
+                .map(|p| (p.policy_id, [p.allowed, p.denied, p.audited]))
+                .collect(),
+            stats: [
+                (stat::VETH_UNOWNED, counters.veth_unowned_frames),
+                (stat::UNPARSED, counters.unparsed_packets),
+                (stat::FORGED_SOURCE, counters.forged_source_frames),
+            ]
+            .into_iter()
+            .collect(),
+        }
+    }
+
+    fn count(&mut self, v: &FrameVerdict) {
+        if let Some(policy_id) = v.counted_policy() {
+            let slot = match v.verdict {
+                Verdict::Allow => 0,
+                Verdict::Deny => 1,
+                Verdict::Audit => 2,
+            };
+            self.policies.entry(policy_id).or_default()[slot] += 1;
+        }
+        if let Some(index) = v.stat() {
+            *self.stats.entry(index).or_default() += 1;
+        }
+    }
+
+    /// What moved from `before` to `self`, zeros left out.
+    fn since(&self, before: &Tally) -> Tally {
+        let policies = self
+            .policies
+            .iter()
+            .map(|(id, now)| {
+                let was = before.policies.get(id).copied().unwrap_or_default();
+                (*id, [0, 1, 2].map(|i| now[i] - was[i]))
+            })
+            .filter(|(_, d)| *d != [0; 3])
+            .collect();
+        let stats = self
+            .stats
+            .iter()
+            .map(|(i, now)| (*i, now - before.stats.get(i).copied().unwrap_or_default()))
+            .filter(|(_, d)| *d != 0)
+            .collect();
+        Tally { policies, stats }
+    }
+}
+
+/// Moves this process back to the cgroup it started in when dropped,
+/// before the test's cgroups are removed (which kills what is in them).
+struct Home(PathBuf);
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        let _ = cgroup::enter(&self.0);
+    }
+}
+
+/// Notes `addr` as a peer of the container behind `veth`, as the kernel
+/// does for a packet into it: a test run of `contain_veth_inbound`.
+fn note_peer(inbound: i32, veth: u32, addr: IpAddr) {
+    let frame = match addr {
+        IpAddr::V4(_) => packets::ipv4(OWN4, UDP, 5353, 0, 0),
+        IpAddr::V6(_) => packets::ipv6(OWN6, UDP, 5353, &[]),
+    };
+    let run = testrun::run(inbound, &packets::with_source(frame, addr), 1, veth)
+        .expect("BPF_PROG_TEST_RUN of the inbound program");
+    assert_eq!(run.retval as i32, TC_PASS, "the inbound program passes");
+}
+
+#[test]
+fn the_veth_program_decides_as_the_model() {
+    let Some(()) = require_root("the_veth_program_decides_as_the_model") else {
+        return;
+    };
+    let mut rng = Rng::from_env("VETH_DIFFERENTIAL_SEED");
+    let seed = rng.seed();
+    cleanup::sweep_dead_runs("contain-t-");
+    let name = format!("contain-t-{}-veth-differential", std::process::id());
+    let pins = RemoveOnDrop(PathBuf::from("/sys/fs/bpf").join(&name));
+    let (mut kernel, _events) = Kernel::load(&pins.0).expect("loading the eBPF object");
+    let program = kernel
+        .program_fd(program_names::VETH)
+        .expect("veth program");
+    let inbound = kernel
+        .program_fd(program_names::VETH_INBOUND)
+        .expect("veth inbound program");
+    // The veth: any device of this namespace (a test run looks it up).
+    let veth = testrun::egress_ifindex().expect("an interface to run frames through");
+
+    // The attach point and a container below it; the process goes in and
+    // out of the container, and home before they are removed.
+    let mount = cgroup::cgroup2_mount().expect("the cgroup2 mount");
+    let attach_point = cgroup::Cgroup::create(&mount.join(format!("{name}.slice")))
+        .expect("creating the attach point");
+    let container_dir = attach_point.path().join("ct");
+    std::fs::create_dir_all(&container_dir).expect("creating the container's cgroup");
+    let home = Home(cgroup::own_cgroup().expect("this process's cgroup"));
+    kernel
+        .attach(&attach_point.path().to_string_lossy())
+        .expect("attaching the cgroup programs");
+    let ids = Cgroups {
+        container: cgroup::cgroup_id(&container_dir).expect("the container's cgroup id"),
+        other: 0x00c0_ffee,
+        unknown: 0x00de_ad00,
+    };
+
+    let mut mismatches = Vec::new();
+    let mut seen = BTreeMap::new();
+    let mut noted = BTreeSet::new();
+    let destinations = every_destination();
+    for round in 0..ROUNDS {
+        let desired = random_state(&mut rng, &ids, veth);
+        let diff = MapDiff::between(kernel.generation(), kernel.state(), &desired);
+        kernel.apply(&diff).expect("the loader applies the diff");
+        assert_eq!(
+            &kernel.read_state().expect("reading the maps back"),
+            &desired,
+            "round {round}: the maps as the kernel holds them"
+        );
+        // The inbound program notes peers only of a mapped veth.
+        if desired.veths.contains_key(&veth) && rng.chance(40) {
+            let addr = rng.pick(&destinations);
+            note_peer(inbound, veth, addr);
+            noted.insert(addr_key(addr));
+        }
+        let peers_recent = rng.chance(60);
+        kernel
+            .set_limits(&Limits {
+                udp_reply_timeout: if peers_recent {
+                    Duration::from_secs(3600)
+                } else {
+                    Duration::from_nanos(1)
+                },
+                events_per_second: DEFAULT_EVENTS_PER_SECOND,
+            })
+            .expect("setting the reply timeout");
+
+        let before = Tally::of(&kernel);
+        let mut expected = Tally::default();
+        for side in [Side::Container, Side::Outside] {
+            let dir = match side {
+                Side::Container => &container_dir,
+                Side::Outside => &home.0,
+            };
+            cgroup::enter(dir).expect("moving into the frames' cgroup");
+            for _ in 0..FRAMES_PER_SIDE {
+                let (bytes, mut frame) = random_frame(&mut rng);
+                frame.dest_recent_peer = peers_recent
+                    && frame
+                        .packet
+                        .as_ref()
+                        .is_some_and(|p| noted.contains(&addr_key(p.dest)));
+                let origin = origin(side, &frame, ids.container);
+                let model = judge_frame(&desired, veth, origin, &frame);
+                let run = testrun::run(program, &bytes, 1, veth).expect("BPF_PROG_TEST_RUN");
+                let retval = run.retval as i32;
+                expected.count(&model);
+                *seen
+                    .entry((origin_name(origin), model.reason, model.verdict))
+                    .or_insert(0u32) += 1;
+                let wanted = if model.passes() { TC_PASS } else { TC_DROP };
+                if retval != wanted && mismatches.len() < 20 {
+                    mismatches.push(format!(
+                        "round {round}: kernel returned {retval}, the model says {:?} ({:?})\n  origin {origin:?}\n  frame {frame:?}\n  bytes {bytes:02x?}\n  cgroup {:?}, veth owner {:?}, sources {:?}",
+                        model.verdict,
+                        model.reason,
+                        desired.cgroups.get(&ids.container),
+                        desired.veths.get(&veth),
+                        desired
+                            .veth_sources
+                            .iter()
+                            .filter(|s| s.ifindex == veth)
+                            .map(VethSource::address)
+                            .collect::<Vec<_>>(),
+                    ));
+                }
+            }
+        }
+        cgroup::enter(&home.0).expect("moving home");
+        let counted = Tally::of(&kernel).since(&before);
+        if counted != expected && mismatches.len() < 20 {
+            mismatches.push(format!(
+                "round {round}: the kernel counted {counted:?}, the model {expected:?}"
+            ));
+        }
+    }
+    eprintln!("{:<18} {:<14} {:<6} frames", "origin", "reason", "verdict");
+    for ((origin, reason, verdict), n) in &seen {
+        eprintln!(
+            "{origin:<18} {:<14} {verdict:<6} {n}",
+            format!("{reason:?}")
+        );
+    }
+    assert!(
+        mismatches.is_empty(),
+        "the kernel and the model disagree (VETH_DIFFERENTIAL_SEED={seed}):\n{}",
+        mismatches.join("\n")
+    );
+    // The run must have reached every case it claims to compare.
+    for (origin, reason, verdict) in [
+        ("judged", Reason::Judged, Verdict::Allow),
+        ("judged", Reason::Unrestricted, Verdict::Allow),
+        ("judged", Reason::LinkControl, Verdict::Allow),
+        ("judged", Reason::ForgedSource, Verdict::Deny),
+        ("judged", Reason::ForgedSource, Verdict::Audit),
+        ("packet, governed", Reason::NotIp, Verdict::Deny),
+        ("packet, governed", Reason::NotIp, Verdict::Audit),
+        ("packet", Reason::Unowned, Verdict::Allow),
+        ("packet", Reason::NotIp, Verdict::Deny),
+        ("unattributed", Reason::Unowned, Verdict::Allow),
+        ("unattributed", Reason::Unrestricted, Verdict::Allow),
+        ("unattributed", Reason::Unparsable, Verdict::Deny),
+        ("unattributed", Reason::ForgedSource, Verdict::Deny),
+        ("unattributed", Reason::ForgedSource, Verdict::Audit),
+        ("unattributed", Reason::LinkControl, Verdict::Allow),
+        ("unattributed", Reason::Unjudgeable, Verdict::Deny),
+        ("unattributed", Reason::SourceRoute, Verdict::Allow),
+        ("unattributed", Reason::SourceRoute, Verdict::Deny),
+        ("unattributed", Reason::Rules, Verdict::Allow),
+        ("unattributed", Reason::Rules, Verdict::Deny),
+        ("unattributed", Reason::Rules, Verdict::Audit),
+        ("unattributed", Reason::KernelAnswer, Verdict::Allow),
+    ] {
+        assert!(
+            seen.contains_key(&(origin, reason, verdict)),
+            "no frame of {origin} {reason:?} {verdict} was generated (seed {seed})"
+        );
+    }
+}
