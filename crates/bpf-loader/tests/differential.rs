@@ -181,7 +181,8 @@ fn random_packet(rng: &mut Rng) -> (Vec<u8>, Packet, bool) {
     let proto = if is_v6 {
         rng.pick(&[TCP, UDP, ICMPV6, ICMPV6, GRE])
     } else {
-        rng.pick(&[TCP, UDP, ICMP, GRE])
+        // ICMPv6 in an IPv4 header too: no neighbour discovery there.
+        rng.pick(&[TCP, UDP, ICMP, GRE, ICMPV6])
     };
     let port: u16 = match proto {
         TCP | UDP => rng.pick(&[53, 80, 443, 444, 1025, 8080, 8081, 65535]),

@@ -707,7 +707,7 @@ fn is_misrouted_loopback(ctx: &SkBuffContext, flow: &Flow) -> bool {
 /// The same message from a process's socket is judged like anything else.
 #[inline(always)]
 fn is_kernel_link_control(flow: &Flow, unstamped: bool) -> bool {
-    if !unstamped || flow.proto != ip_proto::ICMPV6 || flow.later_fragment {
+    if !unstamped || flow.family != 6 || flow.proto != ip_proto::ICMPV6 || flow.later_fragment {
         return false;
     }
     match flow.dport >> 8 {

@@ -377,7 +377,8 @@ fn is_link_control(flow: &Flow, origin: Origin) -> bool {
     let d = &flow.daddr;
     let link_multicast6 = d[0] == 0xff && d[1] == 0x02;
     match flow.proto {
-        ip_proto::ICMPV6 => match flow.dport >> 8 {
+        // ICMPv6 in an IPv4 header is no neighbour discovery.
+        ip_proto::ICMPV6 if flow.family == 6 => match flow.dport >> 8 {
             133..=137 => flow.hop_limit == 255,
             130..=132 | 143 => flow.hop_limit == 1 && link_multicast6,
             _ => false,

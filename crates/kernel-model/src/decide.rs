@@ -389,13 +389,14 @@ pub(crate) fn is_loopback(addr: IpAddr) -> bool {
 /// multicast, hop limit 1), which the kernel sends from sockets no process
 /// created.
 pub(crate) fn is_kernel_link_control(packet: &Packet) -> bool {
+    // ICMPv6 in an IPv4 header is no neighbour discovery.
+    let IpAddr::V6(dest) = packet.dest else {
+        return false;
+    };
     if packet.proto != ip_proto::ICMPV6 || packet.later_fragment {
         return false;
     }
-    let link_scope_multicast = match packet.dest {
-        IpAddr::V6(d) => d.octets()[..2] == [0xff, 0x02],
-        IpAddr::V4(_) => false,
-    };
+    let link_scope_multicast = dest.octets()[..2] == [0xff, 0x02];
     match packet.port >> 8 {
         133..=137 => packet.hop_limit == 255,
         130..=132 | 143 => packet.hop_limit == 1 && link_scope_multicast,
@@ -520,6 +521,19 @@ mod tests {
             )
         };
         assert_eq!(egress(&s, CGROUP, &other(), &mld).verdict, Verdict::Allow);
+        // The same ICMPv6 message in an IPv4 header is judged by the rules.
+        let in_ipv4 = Packet {
+            hop_limit: 255,
+            ..packet(
+                Ipv4Addr::new(198, 18, 7, 7).into(),
+                ip_proto::ICMPV6,
+                135 << 8,
+            )
+        };
+        assert_eq!(
+            egress(&s, CGROUP, &other(), &in_ipv4).verdict,
+            Verdict::Deny
+        );
     }
 
     #[test]
