@@ -5,7 +5,7 @@
 
 use std::{borrow::Cow, collections::BTreeMap, sync::Arc};
 
-use kernel_model::state::CgroupEntry;
+use kernel_model::state::{CgroupEntry, KernelState};
 
 use proto::{
     loader::{Counters, StateSnapshot},
@@ -127,6 +127,34 @@ fn held_by_kernel(
     }
 }
 
+/// Why the frames on `container`'s veths are not judged as its policy
+/// says, when the loader's maps do not give one of them the owner the
+/// policy does (not applied yet, or the last apply failed); `None` when
+/// they all do. Only veths the policy maps are looked at: a veth another
+/// container of the same namespace owns is judged under that one's.
+fn veths_not_held(
+    container: &Container,
+    desired: &BTreeMap<u32, u64>,
+    kernel: &KernelState,
+) -> Option<String> {
+    let unheld: Vec<String> = container
+        .host_veths
+        .iter()
+        .filter(|ifindex| {
+            desired
+                .get(ifindex)
+                .is_some_and(|owner| kernel.veths.get(ifindex) != Some(owner))
+        })
+        .map(u32::to_string)
+        .collect();
+    (!unheld.is_empty()).then(|| {
+        format!(
+            "the loader's maps do not map its veth (ifindex {}) to it as its policy gives it (not applied yet, or the last apply failed: see the last error): frames from its packet sockets, and what its namespace forwards, are not judged",
+            unheld.join(", ")
+        )
+    })
+}
+
 /// The loader's counters, or `None` (why is kept for status).
 pub async fn counters(loader: &LoaderLink) -> Option<Counters> {
     let ctx = transport::context_with_deadline(10);
@@ -208,6 +236,7 @@ pub async fn status(handle: &Handle, counters: Option<&Counters>) -> Status {
         .map(to_wire)
         .collect();
     let exes = assigned.exes.clone();
+    let desired_veths = assigned.veths.clone();
     let enforcements = enforcements(
         loaded,
         inventory,
@@ -220,6 +249,13 @@ pub async fn status(handle: &Handle, counters: Option<&Counters>) -> Status {
         policy_of[a.container_index] = a.policy_index.map(|i| policies.policies[i].name.as_str());
     }
     let mut uncovered = coverage::packet_sockets_uncovered(inventory, &policy_of);
+    if let Some(kernel) = view.kernel.as_deref() {
+        for (i, c) in inventory.containers.iter().enumerate() {
+            if policy_of[i].is_some() && uncovered[i].is_none() {
+                uncovered[i] = veths_not_held(c, &desired_veths, &kernel.state);
+            }
+        }
+    }
     let mut containers_per_policy = vec![0u32; policies.policies.len()];
     for (c, a, enforcement) in enforcements {
         if let Some(i) = a.policy_index {
@@ -363,8 +399,6 @@ async fn inventory_for_explain<'a>(
 
 #[cfg(test)]
 mod tests {
-    use kernel_model::state::KernelState;
-
     use super::*;
 
     fn enforced() -> Enforcement {
@@ -412,5 +446,31 @@ mod tests {
             "another policy's entry"
         );
         assert_eq!(mode(None), "unverified", "the maps never read");
+    }
+
+    #[test]
+    fn a_veth_the_maps_do_not_give_its_owner_is_named() {
+        let container = Container {
+            host_veths: vec![7, 8, 9],
+            ..Container::default()
+        };
+        // Veth 9 belongs to another container of the namespace.
+        let desired = BTreeMap::from([(7, 100), (8, 100), (9, 200)]);
+        let held = |veths: &[(u32, u64)]| KernelState {
+            veths: veths.iter().copied().collect(),
+            ..KernelState::default()
+        };
+        assert_eq!(
+            veths_not_held(&container, &desired, &held(&[(7, 100), (8, 100), (9, 200)])),
+            None
+        );
+        let why = veths_not_held(&container, &desired, &held(&[(7, 100), (9, 300)]))
+            .expect("veth 8 unmapped, veth 9 another owner's");
+        assert!(why.contains("ifindex 8, 9"), "{why}");
+        assert_eq!(
+            veths_not_held(&Container::default(), &desired, &held(&[])),
+            None,
+            "no veth of its own: the packet-socket coverage says so"
+        );
     }
 }
