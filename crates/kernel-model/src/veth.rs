@@ -343,8 +343,7 @@ fn source_allowed(state: &KernelState, ifindex: u32, packet: &Packet, origin: Or
 }
 
 /// Neighbour discovery and MLD (as the egress program exempts them) and
-/// IGMP with TTL 1 to 224.0.0.0/24; never from a packet socket. As the
-/// kernel, ICMPv6's shape is not tied to the header's family.
+/// IGMP with TTL 1 to 224.0.0.0/24; never from a packet socket.
 fn is_link_control(packet: &Packet, origin: Origin) -> bool {
     if packet.later_fragment || matches!(origin, Origin::PacketSocket { .. }) {
         return false;

@@ -28,10 +28,10 @@ pub const LOOPBACK_IFINDEX: u32 = 1;
 /// use by another node of the link.
 const IFA_F_DADFAILED: u8 = 0x08;
 
-/// `IFA_F_PERMANENT`: an address with no lifetime, as a runtime configures
-/// one and the kernel its link-local addresses. Those the kernel adds from
-/// a router advertisement (and their temporary twins) have a lifetime, and
-/// whoever sent the advertisement chose their prefix.
+/// `IFA_F_PERMANENT`: an address a runtime configured, or the kernel's
+/// link-local one. Those the kernel adds from a router advertisement (even
+/// one with an infinite lifetime) and the temporary ones it derives lack
+/// it, and whoever sent the advertisement chose their prefix.
 const IFA_F_PERMANENT: u8 = 0x80;
 
 /// A line of a procfs file that is not what the kernel writes there.
@@ -59,10 +59,10 @@ impl std::error::Error for ParseError {}
 /// container's frames may carry each as their source. Not one whose
 /// detection failed (`dadfailed`): another node of the link holds it, the
 /// kernel sends nothing from it, and accepting it as a source would let the
-/// container claim that node's address. Nor one with a lifetime (not
-/// `permanent`): the kernel adds those from router advertisements, whose
-/// prefix any node of the link may choose (a neighbour advertising a prefix
-/// it routes would get the answers to packets from such an address).
+/// container claim that node's address. Nor one that is not `permanent`:
+/// the kernel adds those from router advertisements, whose prefix any node
+/// of the link may choose (a neighbour advertising a prefix it routes would
+/// get the answers to packets from such an address).
 ///
 /// Each line is `if6_seq_show`'s `"%pi6 %02x %02x %02x %02x %8s\n"`: the
 /// address as 32 hex digits, then in hex the ifindex (more than two digits

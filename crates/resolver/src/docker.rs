@@ -135,6 +135,25 @@ const MAX_RESPONSE_BYTES: usize = 64 << 20;
 /// rather than read whole into memory.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
+/// Largest `config.v2.json` read for a container's image reference alone:
+/// streamed, everything else skipped as it is read, so only the reference
+/// is kept (an image's environment and labels, which land in the same
+/// file, cannot push it past what is read for names and labels).
+const MAX_IMAGE_CONFIG_BYTES: u64 = 64 << 20;
+
+/// The one field of `config.v2.json` [`Docker::read_image_reference`] keeps.
+#[derive(Deserialize)]
+struct ImageOnly {
+    #[serde(rename = "Config", default)]
+    config: Option<ImageOnlyConfig>,
+}
+
+#[derive(Deserialize)]
+struct ImageOnlyConfig {
+    #[serde(rename = "Image", default)]
+    image: Option<String>,
+}
+
 /// How Docker's metadata is looked up.
 pub struct Docker {
     socket: PathBuf,
@@ -272,8 +291,8 @@ impl Docker {
     /// The image reference container `id` was created from, from its
     /// `config.v2.json`, in place of the image id the API lists.
     async fn restore_image_reference(&self, id: &str, meta: &mut DockerMeta) {
-        match self.read_config(id).await {
-            Ok(config) if !config.image.is_empty() => meta.image = config.image,
+        match self.read_image_reference(id).await {
+            Ok(image) if !image.is_empty() => meta.image = image,
             Ok(_) => {}
             Err(e) => tracing::warn!(
                 container = %id,
@@ -288,6 +307,30 @@ impl Docker {
 
     pub async fn lookup(&self, id: &str) -> Option<DockerMeta> {
         self.lookup_many(&[id.to_string()]).await.remove(id)
+    }
+
+    /// `Config.Image` of container `id`'s `config.v2.json`, streamed (up to
+    /// [`MAX_IMAGE_CONFIG_BYTES`]).
+    async fn read_image_reference(&self, id: &str) -> Result<String> {
+        if !is_docker_id(id) {
+            return Err(Error::Docker(format!(
+                "{id:?} is not a Docker container id"
+            )));
+        }
+        let path = config_path(&self.root, id);
+        let read = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+            let reader = std::io::BufReader::new(std::io::Read::take(file, MAX_IMAGE_CONFIG_BYTES));
+            let config: ImageOnly = serde_json::from_reader(reader).map_err(|e| {
+                Error::Docker(format!(
+                    "{} (read up to {MAX_IMAGE_CONFIG_BYTES} bytes): {e}",
+                    path.display()
+                ))
+            })?;
+            Ok(config.config.and_then(|c| c.image).unwrap_or_default())
+        });
+        read.await
+            .map_err(|e| Error::Docker(format!("reading container {id}'s image reference: {e}")))?
     }
 
     async fn read_config(&self, id: &str) -> Result<DockerMeta> {
@@ -466,6 +509,21 @@ mod tests {
             (meta.name.as_str(), meta.image.as_str()),
             ("web", "nginx:1.25")
         );
+
+        // A config over the 1 MiB read for names and labels (an image's
+        // environment is in it): the reference is still read.
+        let env = "A".repeat(2 << 20);
+        std::fs::write(
+            config.join("config.v2.json"),
+            format!(r#"{{"Name":"/web","Config":{{"Env":["X={env}"],"Image":"nginx:1.26","Labels":{{}}}}}}"#),
+        )
+        .unwrap();
+        let mut listed = DockerMeta {
+            image: format!("sha256:{}", "ab".repeat(32)),
+            ..DockerMeta::default()
+        };
+        docker.restore_image_reference(ID, &mut listed).await;
+        assert_eq!(listed.image, "nginx:1.26");
         assert!(is_image_id(&format!("sha256:{}", "0f".repeat(32))));
         assert!(!is_image_id("nginx:1.25"));
         assert!(!is_image_id("sha256:abc"));

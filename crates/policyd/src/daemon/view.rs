@@ -149,7 +149,7 @@ fn veths_not_held(
         .collect();
     (!unheld.is_empty()).then(|| {
         format!(
-            "the loader's maps do not map its veth (ifindex {}) to it as its policy gives it (not applied yet, or the last apply failed: see the last error): frames from its packet sockets, and what its namespace forwards, are not judged",
+            "the loader's maps do not map its veth (ifindex {}) to it as its policy gives it (not applied yet, or the last apply failed: see the last error): the sources of its frames, what its namespace forwards and the kernel's answers are not checked there",
             unheld.join(", ")
         )
     })
