@@ -432,27 +432,56 @@ impl Reconciler {
         }
     }
 
+    /// A namespace lost its id (it is gone): the containers whose facts
+    /// name that id keep no claim through it, as the id may soon name
+    /// another namespace. Returns them: their next resolution takes the id
+    /// again from their process's namespace, if it is still there.
+    fn forget_nsid(&mut self, nsid: i32) -> Vec<String> {
+        let keys: Vec<String> = self
+            .keys_by_nsid
+            .get(&Some(nsid))
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        for k in &keys {
+            let facts = self.records.get(k).and_then(|r| r.facts.clone());
+            if let Some(mut facts) = facts {
+                facts.nsid = None;
+                self.set_facts(k, Some(facts));
+            }
+        }
+        keys
+    }
+
     /// Applies link events to the table; the containers whose veths they
     /// may change: those in the namespaces they name, and, when one names
     /// a namespace no known container is in for the first time, those
     /// whose namespace had no id (it may be theirs, just given one).
     fn take_link_events(&mut self, signals: Vec<LinkSignal>) -> BTreeSet<String> {
         let mut nsids = BTreeSet::new();
+        let mut keys = BTreeSet::new();
         for signal in signals {
             match signal {
                 LinkSignal::Link(link) => nsids.extend(self.links.upsert(link)),
                 LinkSignal::Removed { ifindex } => nsids.extend(self.links.remove(ifindex)),
-                LinkSignal::Nsid { nsid, removed } => {
-                    if removed {
-                        self.searched_nsids.remove(&nsid);
-                    }
+                LinkSignal::Nsid {
+                    nsid,
+                    removed: true,
+                } => {
+                    self.searched_nsids.remove(&nsid);
+                    keys.extend(self.forget_nsid(nsid));
+                }
+                LinkSignal::Nsid {
+                    nsid,
+                    removed: false,
+                } => {
                     nsids.insert(nsid);
                 }
                 // Taken as Work::gap, never queued here.
                 LinkSignal::Gap => {}
             }
         }
-        let mut keys = BTreeSet::new();
         let mut unowned = false;
         for nsid in nsids {
             match self.keys_by_nsid.get(&Some(nsid)) {
@@ -534,6 +563,11 @@ impl Reconciler {
         }
         let rc = record.rc.clone();
         let known_root = record.root.filter(|_| record.start_time == Some(start));
+        let known_netns = record
+            .facts
+            .as_ref()
+            .filter(|_| record.start_time == Some(start))
+            .map(|f| (f.netns_inode, f.nsid));
 
         let cgroup_path = self.proc.cgroup_path(pid);
         let dir = cgroup_path
@@ -549,7 +583,12 @@ impl Reconciler {
         let netns = self.proc.open_netns(pid);
         let (netns_inode, nsid) = match &netns {
             Some((file, ino)) => (Some(*ino), self.nsid(k, *ino, file).await),
-            None => (None, None),
+            // The same process, no thread of it in a namespace: its init
+            // has ended and its runtime has not reaped it. It keeps the
+            // namespace it was in (and with it its veths) until the runtime
+            // says it is gone or the namespace loses its id, so a rescan
+            // in between does not unmap its veths.
+            None => known_netns.unwrap_or((None, None)),
         };
         let mut facts = ProcFacts {
             cgroup_path,

@@ -711,6 +711,52 @@ async fn a_failed_read_keeps_what_the_same_namespace_showed_and_says_so() {
         "names the container and its process: {error}"
     );
 
+    // A full look (as a rescan, or a netlink overrun, makes): g keeps the
+    // namespace it was in, and its veths.
+    daemon
+        .sender()
+        .send(SourceEvent::Refresh {
+            namespace: "test".into(),
+            id: "g".into(),
+        })
+        .await
+        .unwrap();
+    let probe = scene.cgroup("g-probe");
+    let probe_pid = scene.process(&probe, None);
+    upsert(&daemon, rc("g-probe", probe_pid)).await;
+    wait_for(&client, WAIT, "the refresh done", |s| {
+        find(s, "test", "g-probe").map(|_| ())
+    })
+    .await;
+    let g = find(&list(&client).await, "test", "g")
+        .cloned()
+        .expect("g still there");
+    assert_eq!(g.host_veths.len(), 2, "{g:?}");
+
+    // Its namespace goes before its runtime reaps it: the namespace's id is
+    // freed, and the next namespace given one gets the same id. g claims
+    // nothing through that id any more: not the new namespace's veth.
+    scene.delete_netns(&ns);
+    let ns2 = scene.netns("g2");
+    let (veth2, _) = scene.veth("g2", &ns2);
+    let ifindex2 = ifindex(&veth2);
+    let cg2 = scene.cgroup("g2");
+    let pid2 = scene.process(&cg2, Some(&ns2));
+    upsert(&daemon, rc("g2", pid2)).await;
+    wait_for(&client, WAIT, "g2 has its veth", |s| {
+        find(s, "test", "g2")
+            .filter(|c| c.host_veths.iter().any(|v| v.ifindex == ifindex2))
+            .map(|_| ())
+    })
+    .await;
+    let g = wait_for(&client, WAIT, "g has no veth left", |s| {
+        find(s, "test", "g")
+            .filter(|g| g.host_veths.is_empty())
+            .cloned()
+    })
+    .await;
+    assert!(g.host_veths.is_empty(), "{g:?}");
+
     // Reaped: g is gone at the next look, and with it the failure.
     scene.kill(pid);
     daemon

@@ -118,14 +118,14 @@ pub async fn follow_events(engine: Handle, recorder: Arc<Recorder>, target: Even
                     tokio::time::sleep(retry).await;
                     continue;
                 };
-                if cursor.is_some() {
-                    // The stream was lost: the loader may have restarted,
-                    // on maps of a new layout (empty), where the veth
-                    // backstop would count every veth as no container's
-                    // until the next periodic resync. Its generation tells
-                    // at once.
-                    engine.tell(Feed::Resync { healthy: true }).await;
-                }
+                // A new connection may be to a new loader (restarted, on
+                // maps of a new layout: empty, where the veth backstop
+                // counts every veth as no container's until policyd
+                // installs the state again). Its generation tells at once,
+                // not at the next periodic resync; on the first connection
+                // too, which a loader restart during policyd's start can
+                // make the first to the new loader.
+                engine.tell(Feed::Resync { healthy: true }).await;
                 let from = resume_from(cursor, probe.last_seq);
                 if cursor.is_none() && from > 0 {
                     tracing::info!(
