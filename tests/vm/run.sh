@@ -16,7 +16,7 @@
 #                            <repo>/target/vm-debs, which scripts/test.sh fills; none if absent)
 #   CONTAIN_VM_CACHE         image + saved state cache (default /var/cache/contain-vm)
 #   CONTAIN_VM_SNAPSHOT=0    always cold boot (no saved VM state)
-#   CONTAIN_VM_TIMEOUT       seconds the scenario itself may take (default 600)
+#   CONTAIN_VM_TIMEOUT       seconds the scenario itself may take (default 900)
 #   CONTAIN_VM_BOOT_TIMEOUT  seconds for a cold boot to "docker ready" (default 420)
 #   CONTAIN_VM_RESTORE_TIMEOUT seconds for a restore to reach the agent (default 90)
 #   CONTAIN_VM_LOG_DIR       if set, logs are copied to $CONTAIN_VM_LOG_DIR/<scenario>/

@@ -514,7 +514,7 @@ def main():
     r.add_argument("--no-state", action="store_true", help="always cold boot")
     r.add_argument("--writable", action="store_true",
                    help="boot the image itself (provisioning); implies --no-state")
-    r.add_argument("--timeout", type=float, default=env_num("CONTAIN_VM_TIMEOUT", 600),
+    r.add_argument("--timeout", type=float, default=env_num("CONTAIN_VM_TIMEOUT", 900),
                    help="limit for the scenario itself, from GO to exit code")
     r.add_argument("--boot-timeout", type=float, default=env_num("CONTAIN_VM_BOOT_TIMEOUT", 420))
     r.add_argument("--restore-timeout", type=float,
