@@ -17,7 +17,21 @@ cd "$root_dir"
 export PATH="$HOME/.cargo/bin:$PATH"
 export CARGO_TERM_COLOR=never
 
-say() { printf '\n\033[1m[test]\033[0m %s\n' "$*"; }
+# Each phase's wall time goes to the summary at the end (the suite must stay
+# well inside CI's limit: this shows where its time goes).
+phase_times=()
+phase_name=""
+phase_start=$SECONDS
+end_phase() {
+  [[ -n $phase_name ]] && phase_times+=("$(printf '%5d s  %s' $((SECONDS - phase_start)) "$phase_name")")
+  phase_name=""
+}
+say() {
+  end_phase
+  phase_name="$*"
+  phase_start=$SECONDS
+  printf '\n\033[1m[test]\033[0m %s\n' "$*"
+}
 passed=0
 failed=0
 skipped=0
@@ -131,7 +145,10 @@ elif [[ -x tests/vm/run-all.sh ]]; then
   count_summary "$log_dir/vm.log" "${PIPESTATUS[0]}" "VM tests"
 fi
 
+end_phase
 echo
+echo "time per phase (${SECONDS} s in all):"
+printf '  %s\n' "${phase_times[@]}"
 if (( ${#failures[@]} )); then
   echo "failed suites: ${failures[*]} (logs in $log_dir)"
 fi

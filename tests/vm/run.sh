@@ -23,6 +23,7 @@
 #   CONTAIN_VM_KEEP=1        keep the run directory (disk overlay, sockets, logs)
 #   CONTAIN_VM_SKIP_BUILD=1  do not call build-image.sh first
 #   CONTAIN_VM_ACCEL         auto (default) | tcg | kvm
+#   CONTAIN_VM_CPU           QEMU's -cpu under TCG (default qemu64)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

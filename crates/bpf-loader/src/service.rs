@@ -8,6 +8,7 @@ use std::{
 use kernel_model::diff::MapDiff;
 use proto::loader::{
     Attachment, Counters, EventBatch, Loader, LoaderError, LoaderInfo, StateSnapshot,
+    VethAttachment,
 };
 use tarpc::context::Context;
 
@@ -67,6 +68,17 @@ impl Loader for LoaderServer {
 
     async fn attachments(self, _: Context) -> Vec<Attachment> {
         self.kernel().attachments()
+    }
+
+    async fn veth_attachments(self, _: Context) -> Vec<VethAttachment> {
+        self.kernel()
+            .attached_veths()
+            .iter()
+            .map(|(&ifindex, name)| VethAttachment {
+                ifindex,
+                name: name.clone(),
+            })
+            .collect()
     }
 
     async fn apply(self, _: Context, diff: MapDiff) -> Result<u64, LoaderError> {

@@ -509,6 +509,18 @@ async fn the_veth_backstop_stops_packet_sockets_and_keeps_allowed_flows() {
         return;
     };
     let (mut lab, client) = Lab::running().await;
+    // The loader reports the backstop on the container's veth: what
+    // policyd status checks a selected container's veths against.
+    let on = client
+        .veth_attachments(tarpc::context::current())
+        .await
+        .expect("veth_attachments");
+    assert!(
+        on.iter()
+            .any(|v| v.ifindex == lab.ct_veth.ifindex && v.name == lab.ct_veth.name),
+        "{on:?} lacks {:?}",
+        lab.ct_veth
+    );
     let mut rules = Rules::default();
     rules
         .cgroup(lab.ct_id(), 1, false)

@@ -883,6 +883,19 @@ async fn follows_the_resolver_and_holds_until_the_first_inventory() {
     let status = client.status(ctx()).await.unwrap().unwrap();
     assert!(status.inventory.connected, "{status:#?}");
     assert_eq!(status.containers.len(), 1);
+    // Mapped, but the loader reports no backstop on curler's veth (an
+    // attach that failed): status says its packet sockets are not covered
+    // until the loader reports one.
+    let uncovered = status.containers[0].packet_sockets_uncovered.clone();
+    assert!(
+        uncovered
+            .as_deref()
+            .is_some_and(|r| r.starts_with("the loader has no backstop on its veth (ifindex 502)")),
+        "{uncovered:?}"
+    );
+    env.loader.attach_veth(502, "vethcurler");
+    let status = client.status(ctx()).await.unwrap().unwrap();
+    assert_eq!(status.containers[0].packet_sockets_uncovered, None);
 
     drop(client);
     daemon.shutdown_background();
@@ -1069,6 +1082,7 @@ mod gated_loader {
     use proto::{
         loader::{
             Attachment, Counters, EventBatch, Loader, LoaderError, LoaderInfo, StateSnapshot,
+            VethAttachment,
         },
         transport,
     };
@@ -1113,6 +1127,9 @@ mod gated_loader {
         }
         async fn attachments(self, ctx: Context) -> Vec<Attachment> {
             self.inner.attachments(ctx).await
+        }
+        async fn veth_attachments(self, ctx: Context) -> Vec<VethAttachment> {
+            self.inner.veth_attachments(ctx).await
         }
         async fn apply(self, ctx: Context, diff: MapDiff) -> Result<u64, LoaderError> {
             let gate = self.gate.lock().unwrap().take();

@@ -19,6 +19,10 @@ pub trait Loader {
     /// process). Only the loader's command line attaches: no client can
     /// detach them.
     async fn attachments() -> Vec<Attachment>;
+    /// The host-side veths the veth backstop is attached to now (the
+    /// loader's network namespace), by ifindex. A veth missing here passes
+    /// packet-socket frames and forged sources unjudged.
+    async fn veth_attachments() -> Vec<VethAttachment>;
     /// Applies a diff to the policy maps, all or nothing, if the loader is
     /// still at `diff.from_generation`. Returns the new generation.
     async fn apply(diff: MapDiff) -> Result<u64, LoaderError>;
@@ -51,6 +55,12 @@ pub struct Attachment {
     pub cgroup_path: String,
     pub cgroup_id: u64,
     pub programs: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VethAttachment {
+    pub ifindex: u32,
+    pub name: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,6 +13,7 @@ use kernel_model::{diff::MapDiff, state::KernelState, validate::validate};
 use proto::{
     loader::{
         Attachment, Counters, Event, EventBatch, Loader, LoaderError, LoaderInfo, StateSnapshot,
+        VethAttachment,
     },
     transport,
 };
@@ -27,6 +28,8 @@ pub struct Maps {
     /// Cgroups "attached" to, keyed by their path relative to the cgroup2
     /// mount.
     pub attachments: BTreeMap<String, Attachment>,
+    /// Veths the backstop is "attached" to, by ifindex.
+    pub veths: BTreeMap<u32, String>,
     /// Events "the kernel" reported, numbered from 1 as the loader does.
     pub events: Vec<Event>,
     /// What `counters` answers.
@@ -77,6 +80,12 @@ impl MemoryLoader {
         attachment
     }
 
+    /// Records the backstop on veth `ifindex` (`name`), as the real loader
+    /// reports one; no program runs.
+    pub fn attach_veth(&self, ifindex: u32, name: &str) {
+        self.maps().veths.insert(ifindex, name.to_owned());
+    }
+
     /// Reports `event` as the real loader reports one from the kernel,
     /// with the next sequence number.
     pub fn push_event(&self, mut event: Event) {
@@ -122,6 +131,16 @@ impl Loader for MemoryLoader {
     }
     async fn attachments(self, _: Context) -> Vec<Attachment> {
         self.maps().attachments.values().cloned().collect()
+    }
+    async fn veth_attachments(self, _: Context) -> Vec<VethAttachment> {
+        self.maps()
+            .veths
+            .iter()
+            .map(|(&ifindex, name)| VethAttachment {
+                ifindex,
+                name: name.clone(),
+            })
+            .collect()
     }
     async fn apply(self, _: Context, diff: MapDiff) -> Result<u64, LoaderError> {
         let mut m = self.maps();

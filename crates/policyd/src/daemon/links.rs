@@ -2,6 +2,7 @@
 //! engine and the readers: each redials on demand after a failure.
 
 use std::{
+    collections::BTreeSet,
     path::PathBuf,
     sync::{Mutex, MutexGuard},
 };
@@ -111,6 +112,19 @@ impl LoaderLink {
             .await
             .map_err(|e| e.to_string())?;
         Ok(attachments.into_iter().map(|a| a.cgroup_path).collect())
+    }
+
+    /// The host-side veths the loader's backstop is attached to, by
+    /// ifindex, or why they are not known.
+    pub async fn attached_veths(&self) -> Result<BTreeSet<u32>, String> {
+        let ctx = transport::context_with_deadline(10);
+        let veths = self
+            .call("veth_attachments", |c| async move {
+                c.veth_attachments(ctx).await
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(veths.into_iter().map(|v| v.ifindex).collect())
     }
 }
 

@@ -3,7 +3,11 @@
 //! waiting for the engine: a status during a long reload shows the state
 //! before it.
 
-use std::{borrow::Cow, collections::BTreeMap, sync::Arc};
+use std::{
+    borrow::Cow,
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use kernel_model::state::{CgroupEntry, KernelState};
 
@@ -155,6 +159,45 @@ fn veths_not_held(
     })
 }
 
+/// Why the frames on `container`'s veths are not judged at all, when the
+/// loader reports no backstop on one its policy maps (the attach failed:
+/// the loader's log says why), or cannot be asked which it is on; `None`
+/// when the backstop is on all of them.
+fn veths_not_attached(
+    container: &Container,
+    desired: &BTreeMap<u32, u64>,
+    attached: &Result<BTreeSet<u32>, String>,
+) -> Option<String> {
+    let mapped: Vec<u32> = container
+        .host_veths
+        .iter()
+        .copied()
+        .filter(|ifindex| desired.contains_key(ifindex))
+        .collect();
+    if mapped.is_empty() {
+        return None;
+    }
+    let attached = match attached {
+        Ok(attached) => attached,
+        Err(why) => {
+            return Some(format!(
+                "cannot tell whether the backstop is on its veth: {why}"
+            ))
+        }
+    };
+    let bare: Vec<String> = mapped
+        .iter()
+        .filter(|ifindex| !attached.contains(ifindex))
+        .map(u32::to_string)
+        .collect();
+    (!bare.is_empty()).then(|| {
+        format!(
+            "the loader has no backstop on its veth (ifindex {}): frames from its packet sockets, forged sources and what its namespace forwards pass there unjudged (the loader's log says why the attach failed)",
+            bare.join(", ")
+        )
+    })
+}
+
 /// The loader's counters, or `None` (why is kept for status).
 pub async fn counters(loader: &LoaderLink) -> Option<Counters> {
     let ctx = transport::context_with_deadline(10);
@@ -176,6 +219,7 @@ pub async fn counters(loader: &LoaderLink) -> Option<Counters> {
 pub async fn status(handle: &Handle, counters: Option<&Counters>) -> Status {
     let view = handle.view();
     let attached = handle.loader.attached_parents().await;
+    let attached_veths = handle.loader.attached_veths().await;
     let mut status = Status {
         api_version: proto::API_VERSION,
         policy_file: handle.policy_path.display().to_string(),
@@ -252,7 +296,8 @@ pub async fn status(handle: &Handle, counters: Option<&Counters>) -> Status {
     if let Some(kernel) = view.kernel.as_deref() {
         for (i, c) in inventory.containers.iter().enumerate() {
             if policy_of[i].is_some() && uncovered[i].is_none() {
-                uncovered[i] = veths_not_held(c, &desired_veths, &kernel.state);
+                uncovered[i] = veths_not_held(c, &desired_veths, &kernel.state)
+                    .or_else(|| veths_not_attached(c, &desired_veths, &attached_veths));
             }
         }
     }
@@ -446,6 +491,33 @@ mod tests {
             "another policy's entry"
         );
         assert_eq!(mode(None), "unverified", "the maps never read");
+    }
+
+    #[test]
+    fn a_veth_without_the_backstop_is_named() {
+        let container = Container {
+            host_veths: vec![7, 8, 9],
+            ..Container::default()
+        };
+        // Veth 9 is not the policy's (no entry is desired for it).
+        let desired = BTreeMap::from([(7, 100), (8, 100)]);
+        let on = |veths: &[u32]| Ok(veths.iter().copied().collect());
+        assert_eq!(veths_not_attached(&container, &desired, &on(&[7, 8])), None);
+        let why = veths_not_attached(&container, &desired, &on(&[7, 9])).unwrap();
+        assert!(
+            why.starts_with("the loader has no backstop on its veth (ifindex 8):"),
+            "{why}"
+        );
+        let why = veths_not_attached(&container, &desired, &Err("loader down".into())).unwrap();
+        assert_eq!(
+            why,
+            "cannot tell whether the backstop is on its veth: loader down"
+        );
+        // A container none of whose veths the policy maps is not this check's.
+        assert_eq!(
+            veths_not_attached(&Container::default(), &desired, &on(&[])),
+            None
+        );
     }
 
     #[test]
