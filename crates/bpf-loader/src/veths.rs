@@ -34,7 +34,7 @@ use rtnetlink::{
     packet_core::NetlinkPayload,
     packet_route::{
         link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
-        RouteNetlinkMessage,
+        AddressFamily, RouteNetlinkMessage,
     },
     MulticastGroup,
 };
@@ -174,7 +174,11 @@ pub async fn follow(kernel: Arc<Mutex<Kernel>>) {
                                 attach_one(&kernel, ifindex, &name);
                             }
                         }
-                        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) => {
+                        // A bridge reports a port leaving it as a DELLINK of
+                        // family AF_BRIDGE: the device itself stays.
+                        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link))
+                            if link.header.interface_family == AddressFamily::Unspec =>
+                        {
                             lock(&kernel).veth_gone(link.header.index);
                         }
                         NetlinkPayload::Overrun(_) => {
@@ -229,7 +233,18 @@ pub async fn attach_all(kernel: &Arc<Mutex<Kernel>>) {
 }
 
 fn attach_one(kernel: &Arc<Mutex<Kernel>>, ifindex: u32, name: &str) {
-    match lock(kernel).attach_veth(ifindex, name) {
+    let mut kernel = lock(kernel);
+    match kernel.attach_veth(ifindex, name) {
+        // Attached by name: a rename in between put the program on another
+        // device, which its own link event covers. Not this ifindex's.
+        Ok(true) if nix::net::if_::if_nametoindex(name).ok() != Some(ifindex) => {
+            kernel.veth_gone(ifindex);
+            tracing::debug!(
+                veth = name,
+                ifindex,
+                "veth renamed while the backstop was attached; left to the new name's event"
+            );
+        }
         Ok(true) => tracing::info!(veth = name, ifindex, "backstop attached to veth"),
         Ok(false) => {}
         // The end a runtime moves into a container's namespace is often gone

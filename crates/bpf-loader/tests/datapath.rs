@@ -502,6 +502,61 @@ fn captured_markers(capture: &std::path::Path) -> Vec<String> {
 /// the container answers, and a flow allowed to one executable only works.
 /// A packet socket's frame to a denied address stops there, reported as a
 /// link-layer event in the container's name.
+/// What policyd status checks a selected container's veths against: the
+/// loader lists a veth once its link event is in, and forgets it once the
+/// veth is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loader_reports_the_veths_its_backstop_is_on() {
+    let Some(()) = require_root("the_loader_reports_the_veths_its_backstop_is_on") else {
+        return;
+    };
+    let (lab, client) = Lab::running().await;
+    let listed = || async {
+        client
+            .veth_attachments(tarpc::context::current())
+            .await
+            .expect("veth_attachments")
+    };
+    let on = listed().await;
+    assert!(
+        on.iter()
+            .any(|v| v.ifindex == lab.ct_veth.ifindex && v.name == lab.ct_veth.name),
+        "{on:?} lacks the container's {:?}",
+        lab.ct_veth
+    );
+    test_kit::lab::add_veth(
+        test_kit::lab::VethEnd::new(&lab.host_ns, "cbt-new-a"),
+        test_kit::lab::VethEnd::new(&lab.host_ns, "cbt-new-b"),
+    )
+    .expect("a veth pair in the lab's host namespace");
+    let new = test_kit::lab::link_in(&lab.host_ns, "cbt-new-a").expect("the new veth");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !listed().await.iter().any(|v| v.ifindex == new.ifindex) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a new veth is not listed: {:?}",
+            listed().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    test_kit::lab::ip(&lab.host_ns, &["link", "del", "cbt-new-a"]).expect("deleting the new veth");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while listed().await.iter().any(|v| v.ifindex == new.ifindex) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a deleted veth is still listed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        listed()
+            .await
+            .iter()
+            .any(|v| v.ifindex == lab.ct_veth.ifindex),
+        "the container's veth is still listed"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_veth_backstop_stops_packet_sockets_and_keeps_allowed_flows() {
     let Some(()) = require_root("the_veth_backstop_stops_packet_sockets_and_keeps_allowed_flows")
@@ -509,18 +564,6 @@ async fn the_veth_backstop_stops_packet_sockets_and_keeps_allowed_flows() {
         return;
     };
     let (mut lab, client) = Lab::running().await;
-    // The loader reports the backstop on the container's veth: what
-    // policyd status checks a selected container's veths against.
-    let on = client
-        .veth_attachments(tarpc::context::current())
-        .await
-        .expect("veth_attachments");
-    assert!(
-        on.iter()
-            .any(|v| v.ifindex == lab.ct_veth.ifindex && v.name == lab.ct_veth.name),
-        "{on:?} lacks {:?}",
-        lab.ct_veth
-    );
     let mut rules = Rules::default();
     rules
         .cgroup(lab.ct_id(), 1, false)

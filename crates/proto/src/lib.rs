@@ -10,8 +10,11 @@ pub mod resolver;
 pub mod runtime;
 pub mod transport;
 
-/// Bumped when a service trait or a shared type changes incompatibly.
-pub const API_VERSION: u32 = 3;
+/// Bumped when a service trait or a shared type changes incompatibly, or
+/// gains a method: a server that does not know a request closes the
+/// connection, so a client asks for a newer method only of a peer that
+/// reports the version that brought it.
+pub const API_VERSION: u32 = 4;
 
 /// Where the daemons listen by default.
 pub mod paths {

@@ -21,7 +21,8 @@ pub trait Loader {
     async fn attachments() -> Vec<Attachment>;
     /// The host-side veths the veth backstop is attached to now (the
     /// loader's network namespace), by ifindex. A veth missing here passes
-    /// packet-socket frames and forged sources unjudged.
+    /// packet-socket frames and forged sources unjudged. Since API
+    /// version [`VETH_ATTACHMENTS_SINCE`].
     async fn veth_attachments() -> Vec<VethAttachment>;
     /// Applies a diff to the policy maps, all or nothing, if the loader is
     /// still at `diff.from_generation`. Returns the new generation.
@@ -56,6 +57,9 @@ pub struct Attachment {
     pub cgroup_id: u64,
     pub programs: Vec<String>,
 }
+
+/// The API version whose loader answers `veth_attachments`.
+pub const VETH_ATTACHMENTS_SINCE: u32 = 4;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VethAttachment {

@@ -406,7 +406,7 @@ for line in open(sys.argv[2], errors="replace"):
     except ValueError:
         continue
     c = per.setdefault(e.get("contain.cgroup_id"), [0, 0])
-    c[0 if e.get("contain.reason") == "unknown_container" else 1] += 1
+    c[0 if "contain.policy" not in e else 1] += 1  # no policy: the unknown-container verdict
 unknown_only = [c for c, (u, m) in per.items() if u and not m]
 both = [c for c, (u, m) in per.items() if u and m]
 mapped_only = [c for c, (u, m) in per.items() if m and not u]

@@ -179,9 +179,19 @@ impl Kernel {
         }
     }
 
-    /// Releases the pinned links of veths that no longer exist (a
-    /// predecessor's, for veths deleted while no loader ran).
+    /// Forgets veths that no longer exist (a lost delete event) and
+    /// releases their pinned links (a predecessor's too, for veths deleted
+    /// while no loader ran).
     pub fn release_gone_veths(&mut self, present: &[u32]) {
+        let forgotten: Vec<u32> = self
+            .veths
+            .keys()
+            .copied()
+            .filter(|ifindex| !present.contains(ifindex))
+            .collect();
+        for ifindex in forgotten {
+            self.veth_gone(ifindex);
+        }
         let Ok(entries) = std::fs::read_dir(self.links_dir().join("veths")) else {
             return;
         };

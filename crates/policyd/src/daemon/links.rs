@@ -8,7 +8,7 @@ use std::{
 };
 
 use proto::{
-    loader::LoaderClient,
+    loader::{LoaderClient, VETH_ATTACHMENTS_SINCE},
     policyd::{Connection, PolicydError},
     resolver::{ExeFile, ExeLookup, ResolverClient},
     transport,
@@ -117,6 +117,19 @@ impl LoaderLink {
     /// The host-side veths the loader's backstop is attached to, by
     /// ifindex, or why they are not known.
     pub async fn attached_veths(&self) -> Result<BTreeSet<u32>, String> {
+        let ctx = transport::context_with_deadline(10);
+        let info = self
+            .call("version", |c| async move { c.version(ctx).await })
+            .await
+            .map_err(|e| e.to_string())?;
+        // An older loader would close the connection on the request, and
+        // with it every other call in flight.
+        if info.api_version < VETH_ATTACHMENTS_SINCE {
+            return Err(format!(
+                "the loader ({}, API version {}) does not report its veth attachments: restart it on this version",
+                info.version, info.api_version
+            ));
+        }
         let ctx = transport::context_with_deadline(10);
         let veths = self
             .call("veth_attachments", |c| async move {

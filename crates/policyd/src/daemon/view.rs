@@ -160,9 +160,9 @@ fn veths_not_held(
 }
 
 /// Why the frames on `container`'s veths are not judged at all, when the
-/// loader reports no backstop on one its policy maps (the attach failed:
-/// the loader's log says why), or cannot be asked which it is on; `None`
-/// when the backstop is on all of them.
+/// loader reports no backstop on one its policy maps (the attach failed,
+/// or the loader has not taken the veth's link event yet), or cannot be
+/// asked which it is on; `None` when the backstop is on all of them.
 fn veths_not_attached(
     container: &Container,
     desired: &BTreeMap<u32, u64>,
@@ -192,7 +192,7 @@ fn veths_not_attached(
         .collect();
     (!bare.is_empty()).then(|| {
         format!(
-            "the loader has no backstop on its veth (ifindex {}): frames from its packet sockets, forged sources and what its namespace forwards pass there unjudged (the loader's log says why the attach failed)",
+            "the loader has no backstop on its veth (ifindex {}): frames from its packet sockets, forged sources and what its namespace forwards pass there unjudged (an attach failed: the loader's log says why; or the loader has not taken the veth's link event yet)",
             bare.join(", ")
         )
     })
@@ -218,8 +218,10 @@ pub async fn counters(loader: &LoaderLink) -> Option<Counters> {
 /// the loader's attachments (and `counters`) as they are now.
 pub async fn status(handle: &Handle, counters: Option<&Counters>) -> Status {
     let view = handle.view();
-    let attached = handle.loader.attached_parents().await;
-    let attached_veths = handle.loader.attached_veths().await;
+    let (attached, attached_veths) = tokio::join!(
+        handle.loader.attached_parents(),
+        handle.loader.attached_veths()
+    );
     let mut status = Status {
         api_version: proto::API_VERSION,
         policy_file: handle.policy_path.display().to_string(),
