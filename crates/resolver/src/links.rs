@@ -20,7 +20,7 @@ use rtnetlink::{
     packet_route::{
         link::{InfoKind, LinkAttribute, LinkInfo as NlLinkInfo, LinkMessage},
         nsid::{NsidAttribute, NsidMessage},
-        RouteNetlinkMessage,
+        AddressFamily, RouteNetlinkMessage,
     },
     Handle, MulticastGroup,
 };
@@ -303,6 +303,16 @@ impl LinkSignal {
             })
         };
         match msg {
+            // A bridge reports its ports' state in messages of family
+            // AF_BRIDGE, without the device's kind or namespace id (a port
+            // going up sends three): taken as the device, they left the
+            // veth with no namespace until its next full message. A port
+            // leaving the bridge is no device leaving either.
+            RouteNetlinkMessage::NewLink(m) | RouteNetlinkMessage::DelLink(m)
+                if m.header.interface_family != AddressFamily::Unspec =>
+            {
+                None
+            }
             RouteNetlinkMessage::NewLink(m) => Some(LinkSignal::Link(Link::from_message(m))),
             RouteNetlinkMessage::DelLink(m) => Some(LinkSignal::Removed {
                 ifindex: m.header.index,
@@ -554,6 +564,20 @@ mod tests {
             LinkSignal::from_message(&del),
             Some(LinkSignal::Removed { ifindex: 7 })
         );
+        // The bridge's word on its port 7: neither a new device nor a gone one.
+        let of_bridge = |mut m: LinkMessage| {
+            m.header.interface_family = AddressFamily::Bridge;
+            m
+        };
+        for port in [
+            RouteNetlinkMessage::NewLink(of_bridge(msg(
+                7,
+                vec![LinkAttribute::IfName("veth7".into())],
+            ))),
+            RouteNetlinkMessage::DelLink(of_bridge(msg(7, vec![]))),
+        ] {
+            assert_eq!(LinkSignal::from_message(&port), None, "{port:?}");
+        }
         let mut nsid = NsidMessage::default();
         nsid.attributes.push(NsidAttribute::Id(4));
         assert_eq!(
