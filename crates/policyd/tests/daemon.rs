@@ -1073,6 +1073,44 @@ async fn exe_rules_take_the_file_each_container_has() {
     daemon.shutdown_background();
 }
 
+/// A loader older than `veth_attachments` would close the connection on
+/// the request (and every call on it): status does not ask it, and says it
+/// cannot tell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_does_not_ask_an_older_loader_for_its_veths() {
+    use fake_resolver::{container, FakeResolver};
+
+    let env = Env::new("old-loader");
+    env.loader.attach_cgroup(MANAGED_PARENT);
+    env.loader.attach_veth(502, "vethcurler");
+    let loader = gated_loader::GatedLoader::new(env.loader.clone()).reporting_api_version(3);
+    loader.serve(&env.path("loader.sock"));
+    env.write("policy.toml", V1);
+    let resolver = FakeResolver::default();
+    resolver.add(container("curler", 502));
+    serve_resolver(&env, &resolver);
+    let daemon = env.start(Config {
+        inventory: InventorySource::Resolver(env.path("resolver.sock")),
+        ..env.config("policy.toml")
+    });
+    let client = env.client().await;
+    env.wait_for("curler's veth", |s| s.veths.contains_key(&502))
+        .await;
+    let status = client.status(ctx()).await.unwrap().unwrap();
+    let uncovered = status.containers[0].packet_sockets_uncovered.clone();
+    assert!(
+        uncovered.as_deref().is_some_and(|r| r.starts_with(
+            "cannot tell whether the backstop is on its veth: the loader (memory, API version 3) does not report its veth attachments"
+        )),
+        "{uncovered:?}"
+    );
+    assert_eq!(loader.veth_requests(), 0);
+    assert!(status.loader.connected, "{:?}", status.loader);
+
+    drop(client);
+    daemon.shutdown_background();
+}
+
 /// A loader whose next apply, once armed, waits until the test lets it
 /// through: a reload that takes as long as the test wants.
 mod gated_loader {
@@ -1096,6 +1134,10 @@ mod gated_loader {
     pub struct GatedLoader {
         pub inner: MemoryLoader,
         gate: Arc<Mutex<Option<Gate>>>,
+        /// The API version `version` reports instead of the inner loader's.
+        api_version: Option<u32>,
+        /// `veth_attachments` requests heard.
+        veth_requests: Arc<Mutex<u32>>,
     }
 
     impl GatedLoader {
@@ -1103,7 +1145,21 @@ mod gated_loader {
             GatedLoader {
                 inner,
                 gate: Arc::default(),
+                api_version: None,
+                veth_requests: Arc::default(),
             }
+        }
+
+        /// A loader that says it is of API version `v`.
+        pub fn reporting_api_version(self, v: u32) -> Self {
+            GatedLoader {
+                api_version: Some(v),
+                ..self
+            }
+        }
+
+        pub fn veth_requests(&self) -> u32 {
+            *self.veth_requests.lock().unwrap()
         }
 
         /// Holds the next apply: the first receiver hears when it arrived,
@@ -1123,12 +1179,17 @@ mod gated_loader {
 
     impl Loader for GatedLoader {
         async fn version(self, ctx: Context) -> LoaderInfo {
-            self.inner.version(ctx).await
+            let info = self.inner.version(ctx).await;
+            LoaderInfo {
+                api_version: self.api_version.unwrap_or(info.api_version),
+                ..info
+            }
         }
         async fn attachments(self, ctx: Context) -> Vec<Attachment> {
             self.inner.attachments(ctx).await
         }
         async fn veth_attachments(self, ctx: Context) -> Vec<VethAttachment> {
+            *self.veth_requests.lock().unwrap() += 1;
             self.inner.veth_attachments(ctx).await
         }
         async fn apply(self, ctx: Context, diff: MapDiff) -> Result<u64, LoaderError> {
