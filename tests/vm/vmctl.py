@@ -75,7 +75,7 @@ def accel():
         return ["-accel", "kvm", "-cpu", "host"]
     # qemu64, not max: the guest's Go (dockerd, containerd, runc) and glibc then take plain SSE2
     # paths and 4-level page tables, which TCG runs faster: a `docker run` on a user network took
-    # 4.3-4.8 s against 6-8.4 s with max (tests/vm's timing, same image, one host).
+    # 4.3-4.8 s against 6-8.4 s with max (a scenario timing `docker run`, same image, one host).
     return ["-accel", "tcg,thread=multi,tb-size=512", "-cpu", os.environ.get("CONTAIN_VM_CPU") or "qemu64"]
 
 

@@ -496,12 +496,6 @@ fn captured_markers(capture: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
-/// With the veth backstop on the host side of the container's veth (and
-/// the veth mapped to the container, as policyd maps it from the
-/// inventory), what the cgroup hooks let through still flows: a server in
-/// the container answers, and a flow allowed to one executable only works.
-/// A packet socket's frame to a denied address stops there, reported as a
-/// link-layer event in the container's name.
 /// What policyd status checks a selected container's veths against: the
 /// loader lists a veth once its link event is in, and forgets it once the
 /// veth is gone.
@@ -557,6 +551,12 @@ async fn the_loader_reports_the_veths_its_backstop_is_on() {
     );
 }
 
+/// With the veth backstop on the host side of the container's veth (and
+/// the veth mapped to the container, as policyd maps it from the
+/// inventory), what the cgroup hooks let through still flows: a server in
+/// the container answers, and a flow allowed to one executable only works.
+/// A packet socket's frame to a denied address stops there, reported as a
+/// link-layer event in the container's name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_veth_backstop_stops_packet_sockets_and_keeps_allowed_flows() {
     let Some(()) = require_root("the_veth_backstop_stops_packet_sockets_and_keeps_allowed_flows")
