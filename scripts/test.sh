@@ -85,6 +85,16 @@ if [[ $EUID -ne 0 ]]; then
   echo "NOTE: not root: the privileged integration tests and VM tests do not apply and will say so."
 fi
 
+# The VM image (debootstrap, a kernel, a disk: minutes on a fresh machine, mostly one core and
+# the disk) builds in the background beside the host phases; the VM tier waits for it. Cached:
+# seconds when its inputs have not changed.
+image_pid=
+if [[ -n $want_vm && $EUID -eq 0 && -x tests/vm/build-image.sh ]]; then
+  tests/vm/build-image.sh >"$log_dir/vm-image.log" 2>&1 &
+  image_pid=$!
+  trap '[[ -n $image_pid ]] && kill "$image_pid" 2>/dev/null' EXIT
+fi
+
 say "cargo fmt --check"
 cargo fmt --all --check && (cd crates/contain-ebpf && cargo fmt --check)
 record "cargo fmt" $?
@@ -140,6 +150,12 @@ if [[ "${CONTAIN_SKIP_VM:-0}" == 1 ]]; then
   echo "VM tier skipped: CONTAIN_SKIP_VM=1 (CI runs it)"
 elif [[ -x tests/vm/run-all.sh ]]; then
   say "VM tests: Debian 12 guest, real Docker and containerd"
+  if [[ -n $image_pid ]]; then
+    # run-all.sh builds the image again if this failed, and fails with its reason.
+    wait "$image_pid" || echo "the VM image's build beside the host phases failed; run-all.sh tries again"
+    image_pid=
+    sed 's/^/  image: /' "$log_dir/vm-image.log"
+  fi
   cargo build --release --quiet -p bpf-loader -p resolver -p policyd
   CONTAIN_BIN_DIR="$root_dir/target/release" tests/vm/run-all.sh 2>&1 | tee "$log_dir/vm.log"
   count_summary "$log_dir/vm.log" "${PIPESTATUS[0]}" "VM tests"

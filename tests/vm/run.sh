@@ -82,6 +82,9 @@ for f in "$HERE"/lib/*.py; do if [[ -e $f ]]; then install -m 755 "$f" "$SHARE/l
 # The same probe and peer server as the privileged host tests, so "ping", "raw ICMP" and
 # "connected UDP" mean one thing in both tiers.
 install -m 755 "$REPO/tests/probe.py" "$REPO/tests/peer_server.py" "$SHARE/lib/"
+# The first-frame sender: static, so that it runs in the busybox container image.
+cc -static -O2 -Wall -Werror -o "$SHARE/lib/first_frames" "$HERE/lib/first_frames.c" \
+  || { log "cannot build lib/first_frames.c (needs cc and libc6-dev: scripts/setup.sh --vm)"; exit 1; }
 found=()
 for b in "${CONTAIN_BINS[@]}"; do
   if [[ -x $BIN_DIR/$b ]]; then
