@@ -46,6 +46,9 @@ pub const DEFAULT_NAMESPACES: &[&str] = &["moby", "default", "k8s.io"];
 /// The namespace Docker runs its containers in.
 pub const DOCKER_NAMESPACE: &str = "moby";
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a full listing failed while the event stream still runs (a
+/// containerd too busy to answer in time): the next attempt.
+const RELIST_RETRY: Duration = Duration::from_secs(2);
 
 /// Which runtime a namespace belongs to.
 pub fn runtime_of(namespace: &str) -> Runtime {
@@ -285,6 +288,13 @@ enum End {
     Lost(Error),
 }
 
+/// What an event asks of the session after it was handled.
+enum Handled {
+    Done,
+    /// A record could not be read: a full listing soon makes up for it.
+    ListAgain,
+}
+
 impl ContainerdSource {
     pub fn name(&self) -> String {
         format!("containerd:{}", self.socket.display())
@@ -404,13 +414,23 @@ impl ContainerdSource {
         let mut relist = tokio::time::interval(self.relist.max(Duration::from_secs(1)));
         relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         relist.tick().await;
+        // Only the event stream's end ends the session. A listing or a read
+        // of one record that fails while events still arrive (a containerd
+        // busy with a burst of starts answers late) is tried again soon:
+        // reconnecting would drop the stream, and with it the events of
+        // the very containers that made containerd slow.
         loop {
-            tokio::select! {
+            let listed = tokio::select! {
                 item = events.recv() => match item {
                     Some(Ok(env)) => {
                         let Some(event) = decode_envelope(&env, &self.namespaces) else { continue };
-                        if let Err(end) = self.handle(&channel, &mut cache, event).await {
-                            return end;
+                        match self.handle(&channel, &mut cache, event).await {
+                            Ok(Handled::Done) => continue,
+                            Ok(Handled::ListAgain) => {
+                                relist.reset_after(RELIST_RETRY);
+                                continue;
+                            }
+                            Err(end) => return end,
                         }
                     }
                     Some(Err(reason)) => return End::Lost(self.err(reason)),
@@ -418,15 +438,18 @@ impl ContainerdSource {
                 },
                 _ = &mut confirm, if !confirmed => {
                     confirmed = true;
-                    if let Err(end) = self.full_listing(&channel, &mut cache).await {
-                        return end;
-                    }
+                    self.full_listing(&channel, &mut cache).await
                 }
-                _ = relist.tick() => {
-                    if let Err(end) = self.full_listing(&channel, &mut cache).await {
-                        return end;
-                    }
+                _ = relist.tick() => self.full_listing(&channel, &mut cache).await,
+            };
+            match listed {
+                Ok(()) => self.status.connected(&name),
+                Err(End::Lost(e)) => {
+                    tracing::warn!(error = %e, retry_in = ?RELIST_RETRY, "a full listing of containerd failed; following its events meanwhile");
+                    self.status.degraded(&name, &e);
+                    relist.reset_after(RELIST_RETRY);
                 }
+                Err(end) => return end,
             }
         }
     }
@@ -435,14 +458,34 @@ impl ContainerdSource {
         self.tx.send(ev).await.map_err(|_| End::Shutdown)
     }
 
-    /// Lists every watched namespace and sends one snapshot.
+    /// Lists every watched namespace and sends one snapshot. The cache is
+    /// replaced only by a listing that completed.
     async fn full_listing(
         &self,
         channel: &Channel,
         cache: &mut HashMap<(String, String), Meta>,
     ) -> std::result::Result<(), End> {
         let mut all = Vec::new();
-        cache.clear();
+        let previous = std::mem::take(cache);
+        let listed = self.list_all(channel, cache, &mut all).await;
+        if listed.is_err() {
+            *cache = previous;
+            return listed;
+        }
+        tracing::debug!(containers = all.len(), "containerd listing");
+        self.send(SourceEvent::Snapshot {
+            source: self.name(),
+            containers: all,
+        })
+        .await
+    }
+
+    async fn list_all(
+        &self,
+        channel: &Channel,
+        cache: &mut HashMap<(String, String), Meta>,
+        all: &mut Vec<RuntimeContainer>,
+    ) -> std::result::Result<(), End> {
         for ns in &self.namespaces {
             let containers = self.list_containers(channel, ns).await.map_err(End::Lost)?;
             let tasks = self.list_tasks(channel, ns).await.map_err(End::Lost)?;
@@ -472,12 +515,7 @@ impl ContainerdSource {
                 all.push(self.container(ns, &id, entry.clone(), pid));
             }
         }
-        tracing::debug!(containers = all.len(), "containerd listing");
-        self.send(SourceEvent::Snapshot {
-            source: self.name(),
-            containers: all,
-        })
-        .await
+        Ok(())
     }
 
     fn container(&self, namespace: &str, id: &str, meta: Meta, pid: u32) -> RuntimeContainer {
@@ -594,7 +632,7 @@ impl ContainerdSource {
         channel: &Channel,
         cache: &mut HashMap<(String, String), Meta>,
         event: Event,
-    ) -> std::result::Result<(), End> {
+    ) -> std::result::Result<Handled, End> {
         let source = self.name();
         match event {
             Event::ContainerChanged { namespace, id } => {
@@ -609,13 +647,16 @@ impl ContainerdSource {
                         cache.insert(key, meta.clone());
                         if pid != 0 {
                             let container = self.container(&namespace, &id, meta, pid);
-                            return self.send(SourceEvent::Upsert { source, container }).await;
+                            self.send(SourceEvent::Upsert { source, container }).await?;
                         }
                     }
                     Ok(None) => {}
-                    Err(e) => tracing::warn!(error = %e, "cannot read a container record"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read a container record; listing everything again soon");
+                        return Ok(Handled::ListAgain);
+                    }
                 }
-                Ok(())
+                Ok(Handled::Done)
             }
             Event::ContainerDeleted { namespace, id } => {
                 cache.remove(&(namespace.clone(), id.clone()));
@@ -624,7 +665,8 @@ impl ContainerdSource {
                     namespace,
                     id,
                 })
-                .await
+                .await?;
+                Ok(Handled::Done)
             }
             Event::TaskRunning { namespace, id, pid } => {
                 let cache_key = (namespace.clone(), id.clone());
@@ -636,18 +678,19 @@ impl ContainerdSource {
                     _ => match self.get_meta(channel, &namespace, &id).await {
                         Ok(meta) => meta,
                         Err(e) => {
-                            tracing::warn!(error = %e, "cannot read a container record; listing everything again");
-                            return self.full_listing(channel, cache).await;
+                            tracing::warn!(error = %e, "cannot read a container record; listing everything again soon");
+                            return Ok(Handled::ListAgain);
                         }
                     },
                 };
                 let Some(mut meta) = meta else {
-                    return Ok(());
+                    return Ok(Handled::Done);
                 };
                 meta.pid = pid;
                 cache.insert(cache_key, meta.clone());
                 let container = self.container(&namespace, &id, meta, pid);
-                self.send(SourceEvent::Upsert { source, container }).await
+                self.send(SourceEvent::Upsert { source, container }).await?;
+                Ok(Handled::Done)
             }
             Event::TaskGone { namespace, id } => {
                 if let Some(m) = cache.get_mut(&(namespace.clone(), id.clone())) {
@@ -658,10 +701,12 @@ impl ContainerdSource {
                     namespace,
                     id,
                 })
-                .await
+                .await?;
+                Ok(Handled::Done)
             }
             Event::ExecStarted { namespace, id } => {
-                self.send(SourceEvent::Refresh { namespace, id }).await
+                self.send(SourceEvent::Refresh { namespace, id }).await?;
+                Ok(Handled::Done)
             }
         }
     }

@@ -118,6 +118,12 @@ impl StatusBoard {
         self.with(name, |s| s.resyncs += 1)
     }
 
+    /// Still connected and following events, but a call failed (a full
+    /// listing that timed out): the reason stays until the next listing.
+    pub fn degraded(&self, name: &str, error: impl ToString) {
+        self.with(name, |s| s.last_error = Some(error.to_string()))
+    }
+
     pub fn failed(&self, name: &str, error: impl ToString) {
         self.with(name, |s| {
             s.connected = false;

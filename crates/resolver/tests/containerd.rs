@@ -150,9 +150,12 @@ impl Env {
             self.base.join("docker.sock").display().to_string(),
             "--docker-root".into(),
             self.base.join("docker").display().to_string(),
-            "--rescan-secs".into(),
-            "3600".into(),
         ];
+        // No periodic listing unless the caller asks for one: events alone
+        // must keep the inventory current.
+        if !extra.contains(&"--rescan-secs") {
+            args.extend(["--rescan-secs".into(), "3600".into()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let child = Command::new(env!("CARGO_BIN_EXE_resolver"))
             .args(&args)
@@ -608,4 +611,66 @@ async fn resolver_follows_a_real_containerd() {
         .iter()
         .all(|c| c.cgroup_id != cg));
     watcher.converge(&client, WAIT).await;
+
+    // ---- containerd too busy to answer a listing in time ----
+    // The resolver again, listing every second; containerd paused past the
+    // 5 s call timeout, as by a burst of starts. The listings time out and
+    // status says so, but the session and its event stream stay: once
+    // containerd answers, a new container arrives by its events, with no
+    // reconnect, and the next listing clears the error.
+    env.stop_resolver();
+    let resolver_log = env.base.join("resolver.log");
+    let sessions = || {
+        std::fs::read_to_string(&resolver_log)
+            .unwrap_or_default()
+            .matches("following containerd")
+            .count()
+    };
+    let socket = env.start_resolver(&["--rescan-secs", "1"]);
+    let client = connect(&socket).await;
+    wait_source(&client, true, "the restarted resolver follows containerd").await;
+    let sessions_before = sessions();
+    {
+        let _paused = env.containerd.pause().unwrap_or_else(|e| panic!("{e}"));
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let s = status_of(&client, "containerd:").await;
+        assert!(
+            s.connected
+                && s.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("timed out")),
+            "a listing timed out, and the source is still connected: {s:?}"
+        );
+    }
+    let b1 = cid(pid, "b1");
+    let p_b1 = env.run_container("default", &b1, &[], &[]);
+    let b = wait_for(
+        &client,
+        WAIT,
+        "a container started once containerd answers",
+        |s| find(s, "default", &b1).cloned(),
+    )
+    .await;
+    assert_eq!(b.pids.first(), Some(&p_b1));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = status_of(&client, "containerd:").await;
+        if s.connected && s.last_error.is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the error stays: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        sessions(),
+        sessions_before,
+        "no new session: the event stream stayed through the timeouts\n{}",
+        env.tail("resolver.log")
+    );
+    assert!(
+        std::fs::read_to_string(&resolver_log)
+            .unwrap_or_default()
+            .contains("a full listing of containerd failed"),
+        "the log says why"
+    );
 }

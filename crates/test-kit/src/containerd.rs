@@ -58,6 +58,15 @@ pub struct Containerd {
     namespaces: Vec<String>,
 }
 
+/// A paused containerd; resumed when dropped (also when a test fails).
+pub struct Paused(nix::unistd::Pid);
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
 impl Containerd {
     /// Starts containerd with its state under `base` (on a real filesystem:
     /// overlay snapshots do not work on tmpfs) and imports the test image
@@ -166,6 +175,20 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         if let Some(mut child) = self.child.take() {
             process::stop(&mut child);
         }
+    }
+
+    /// Stops the daemon in its tracks (SIGSTOP) until the guard is dropped
+    /// (SIGCONT): its connections stay open and nothing answers, as from a
+    /// containerd too busy to answer in time.
+    pub fn pause(&self) -> Result<Paused> {
+        let child = self
+            .child
+            .as_ref()
+            .ok_or_else(|| Error::Setup("containerd is not running: nothing to pause".into()))?;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP)
+            .map_err(|e| Error::Setup(format!("SIGSTOP to containerd (pid {pid}): {e}")))?;
+        Ok(Paused(pid))
     }
 
     fn running(&self) -> bool {
