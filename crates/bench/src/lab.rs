@@ -49,13 +49,13 @@ use test_kit::{
     cgroup, cleanup,
     lab::{self as netlab, Netns, VethEnd},
     process,
+    tc_program::{self, Placement, TcProgram},
 };
 
 use crate::{
     programs::{Floor, Thesis, BOUNDED_MAX},
     rules::{self, ContainState, Rule},
     sys,
-    tcfloor::TcFloor,
 };
 
 /// TCP request/response server port on the peer.
@@ -204,7 +204,7 @@ pub struct Lab {
     /// Where the backstop is attached (network phases).
     pub backstop: Vec<Backstop>,
     /// The tc floor program, attached next to the backstop (tcx kernels).
-    tc_floor: Option<TcFloor>,
+    tc_floor: Option<TcProgram>,
     network: bool,
     /// Every namespace above, deleted on drop (the last made first).
     namespaces: Vec<Netns>,
@@ -482,10 +482,10 @@ impl Lab {
                 }
                 Kind::ContainTcFloor => {
                     if self.tc_floor.is_none() {
-                        self.tc_floor = Some(TcFloor::load()?);
+                        self.tc_floor = Some(TcProgram::load(tc_program::Verdict::NoOpinion)?);
                     }
                     let floor = self.tc_floor.as_mut().context("the tc floor")?;
-                    netlab::with_netns(&self.peer_ns, || floor.attach(ifindex))?;
+                    netlab::with_netns(&self.peer_ns, || floor.attach(ifindex, Placement::Last))?;
                     "tc floor (ingress and egress)".to_string()
                 }
                 _ => continue,

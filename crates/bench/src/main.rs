@@ -23,7 +23,6 @@ mod scale;
 mod sockcost;
 mod svg;
 mod sys;
-mod tcfloor;
 mod throughput;
 
 use std::{

@@ -969,7 +969,7 @@ fn backstop_latency(
         md,
         "### contain with and without the veth backstop\n\nThe medians above, to 10 ns, and \
          the difference each makes to no filter's. **contain + a tc program that passes** has a \
-         two-instruction tc program (`r0 = TC_ACT_UNSPEC; exit`, `crates/bench/src/tcfloor.rs`) \
+         two-instruction tc program (`r0 = TC_ACT_UNSPEC; exit`, `crates/test-kit/src/tc_program.rs`) \
          attached by tcx where the backstop's two programs are, on tc ingress and egress of the \
          host side: what running any tc program there costs. The last two columns are the \
          backstop's share (contain + backstop − contain) and, of it, the hooks' share (contain \

@@ -15,6 +15,7 @@ use tarpc::context::Context;
 use crate::{
     events::EventLog,
     kernel::{Kernel, KernelError},
+    veths::{self, FirstOnHook},
 };
 
 /// Longest a client may long-poll for events.
@@ -70,15 +71,43 @@ impl Loader for LoaderServer {
         self.kernel().attachments()
     }
 
+    /// The veths whose hooks the kernel shows the backstop's programs
+    /// first on: a veth this loader attached to is left out if its
+    /// attachment is gone, or another program or filter runs before it
+    /// (one that accepts a frame would end the hook before the backstop).
     async fn veth_attachments(self, _: Context) -> Vec<VethAttachment> {
-        self.kernel()
-            .attached_veths()
-            .iter()
-            .map(|(&ifindex, name)| VethAttachment {
-                ifindex,
-                name: name.clone(),
-            })
-            .collect()
+        let (recorded, ours) = {
+            let kernel = self.kernel();
+            (
+                kernel.attached_veths().clone(),
+                kernel.backstop_program_ids(),
+            )
+        };
+        let ours = match ours {
+            Ok(ours) => ours,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the backstop's program ids: no veth is reported as covered");
+                return Vec::new();
+            }
+        };
+        let mut covered = Vec::new();
+        'veths: for (ifindex, name) in recorded {
+            for &(attach_type, id) in &ours {
+                match veths::first_on_hook(ifindex, &name, attach_type).await {
+                    Ok(FirstOnHook::Program(first)) if first == id => {}
+                    Ok(first) => {
+                        tracing::warn!(veth = %name, ifindex, hook = ?attach_type, backstop_program = id, ?first, "the backstop is not what runs first on this veth: frames there may pass unjudged");
+                        continue 'veths;
+                    }
+                    Err(e) => {
+                        tracing::warn!(veth = %name, ifindex, hook = ?attach_type, error = %e, "cannot read this veth's tc programs: not reported as covered");
+                        continue 'veths;
+                    }
+                }
+            }
+            covered.push(VethAttachment { ifindex, name });
+        }
+        covered
     }
 
     async fn apply(self, _: Context, diff: MapDiff) -> Result<u64, LoaderError> {

@@ -34,6 +34,7 @@ use rtnetlink::{
     packet_core::NetlinkPayload,
     packet_route::{
         link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
+        tc::{TcAttribute, TcFilterBpfOption, TcHandle as NlTcHandle, TcMessage, TcOption},
         AddressFamily, RouteNetlinkMessage,
     },
     MulticastGroup,
@@ -156,6 +157,92 @@ fn attach_one_program(
     Ok(None)
 }
 
+/// What a frame meets first on one tc hook of a device, as the kernel
+/// lists it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FirstOnHook {
+    Nothing,
+    /// A BPF program, by its kernel id (a tcx program, or a `bpf` filter's).
+    Program(u32),
+    /// A clsact filter of another kind (`matchall`, `u32`, ...).
+    Filter(String),
+}
+
+/// What a frame meets first on `attach_type` of veth `name` (`ifindex`).
+/// With tcx, the first program of the hook's list; before it, the first
+/// filter of the clsact parent's dump.
+pub async fn first_on_hook(
+    ifindex: u32,
+    name: &str,
+    attach_type: TcAttachType,
+) -> std::io::Result<FirstOnHook> {
+    if uses_tcx() {
+        // aya asks by name: a rename in between would answer for another
+        // device.
+        let (_, programs) =
+            SchedClassifier::query_tcx(name, attach_type).map_err(std::io::Error::other)?;
+        if nix::net::if_::if_nametoindex(name).ok() != Some(ifindex) {
+            return Err(std::io::Error::other(format!(
+                "{name} is no longer ifindex {ifindex}"
+            )));
+        }
+        return Ok(programs
+            .first()
+            .map_or(FirstOnHook::Nothing, |p| FirstOnHook::Program(p.id())));
+    }
+    let (conn, handle, _) = rtnetlink::new_connection()?;
+    let conn_task = tokio::spawn(conn);
+    let request = handle.traffic_filter(ifindex as i32).get();
+    let request = match attach_type {
+        TcAttachType::Ingress => request.ingress(),
+        TcAttachType::Egress => request.egress(),
+        TcAttachType::Custom(_) => {
+            conn_task.abort();
+            return Err(std::io::Error::other("not a clsact hook"));
+        }
+    };
+    let dump: Result<Vec<TcMessage>, _> = request.execute().try_collect().await;
+    conn_task.abort();
+    Ok(first_filter(&dump.map_err(std::io::Error::other)?))
+}
+
+/// The filter a frame meets first, from a clsact parent's filter dump: in
+/// dump order (by priority, then as the classifier walks its filters),
+/// skipping each priority's own entry (handle 0) and chains other than 0
+/// (reached only by a filter's `goto`).
+pub fn first_filter(dump: &[TcMessage]) -> FirstOnHook {
+    for msg in dump {
+        if msg.header.handle == NlTcHandle::UNSPEC {
+            continue;
+        }
+        let mut kind = None;
+        let mut chain = 0;
+        let mut program = None;
+        for attr in &msg.attributes {
+            match attr {
+                TcAttribute::Kind(k) => kind = Some(k.as_str()),
+                TcAttribute::Chain(c) => chain = *c,
+                TcAttribute::Options(options) => {
+                    for option in options {
+                        if let TcOption::Bpf(TcFilterBpfOption::ProgId(id)) = option {
+                            program = Some(*id);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if chain != 0 {
+            continue;
+        }
+        return match (kind, program) {
+            (Some("bpf"), Some(id)) => FirstOnHook::Program(id),
+            (kind, _) => FirstOnHook::Filter(kind.unwrap_or("unknown").to_string()),
+        };
+    }
+    FirstOnHook::Nothing
+}
+
 /// Attaches to every veth now, then follows link events and attaches to
 /// each new one, forever. A lost event (socket overrun) is
 /// made up by a full re-read.
@@ -271,6 +358,56 @@ pub fn pin_group(links_dir: &Path, ifindex: u32) -> std::path::PathBuf {
 mod tests {
     use super::*;
     use test_kit::lab::link_message as msg;
+
+    /// A filter dump's entry: `handle` 0 is a priority's own entry.
+    fn filter(handle: u16, kind: &str, chain: u32, program: Option<u32>) -> TcMessage {
+        let mut m = TcMessage::default();
+        m.header.handle = NlTcHandle {
+            major: if handle == 0 { 0 } else { 0xc0a7 },
+            minor: handle,
+        };
+        m.attributes.push(TcAttribute::Kind(kind.into()));
+        m.attributes.push(TcAttribute::Chain(chain));
+        if let Some(id) = program {
+            m.attributes.push(TcAttribute::Options(vec![TcOption::Bpf(
+                TcFilterBpfOption::ProgId(id),
+            )]));
+        }
+        m
+    }
+
+    #[test]
+    fn the_first_filter_is_the_first_real_one_of_chain_0() {
+        assert_eq!(first_filter(&[]), FirstOnHook::Nothing);
+        assert_eq!(
+            first_filter(&[filter(0, "bpf", 0, None), filter(1, "bpf", 0, Some(7))]),
+            FirstOnHook::Program(7)
+        );
+        // A filter of another priority before it, or of the same one added
+        // later (cls_bpf walks its newest first): listed, and so found, first.
+        assert_eq!(
+            first_filter(&[
+                filter(0, "matchall", 0, None),
+                filter(1, "matchall", 0, None),
+                filter(0, "bpf", 0, None),
+                filter(1, "bpf", 0, Some(7)),
+            ]),
+            FirstOnHook::Filter("matchall".into())
+        );
+        assert_eq!(
+            first_filter(&[
+                filter(0, "bpf", 0, None),
+                filter(2, "bpf", 0, Some(9)),
+                filter(1, "bpf", 0, Some(7))
+            ]),
+            FirstOnHook::Program(9)
+        );
+        // Another chain runs only by a filter's goto.
+        assert_eq!(
+            first_filter(&[filter(1, "matchall", 3, None), filter(1, "bpf", 0, Some(7))]),
+            FirstOnHook::Program(7)
+        );
+    }
 
     #[test]
     fn veths_only() {

@@ -9,6 +9,7 @@ use contain_common::{comm_hash, ip_proto as ip};
 use kernel_model::state::{ProcessMatch, Verdict};
 use proto::loader::Hook;
 use std::time::Duration;
+use test_kit::tc_program::{self, Placement, TcProgram};
 
 const TCP: u8 = ip::TCP;
 const UDP: u8 = ip::UDP;
@@ -498,7 +499,8 @@ fn captured_markers(capture: &std::path::Path) -> Vec<String> {
 
 /// What policyd status checks a selected container's veths against: the
 /// loader lists a veth once its link event is in, and forgets it once the
-/// veth is gone.
+/// veth is gone; a veth where another program runs before the backstop is
+/// not listed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_loader_reports_the_veths_its_backstop_is_on() {
     let Some(()) = require_root("the_loader_reports_the_veths_its_backstop_is_on") else {
@@ -518,6 +520,31 @@ async fn the_loader_reports_the_veths_its_backstop_is_on() {
         "{on:?} lacks the container's {:?}",
         lab.ct_veth
     );
+    // The list is the kernel's, not the loader's record: a program that
+    // runs before the backstop and accepts every frame (TCX_PASS ends the
+    // hook) takes the veth off it, and detaching it puts the veth back.
+    if bpf_loader::veths::uses_tcx() {
+        let mut first = TcProgram::load(tc_program::Verdict::Accept).expect("loading a tc program");
+        test_kit::lab::with_netns(&lab.host_ns, || {
+            first.attach(lab.ct_veth.ifindex, Placement::First)
+        })
+        .expect("attaching it before the backstop");
+        let on = listed().await;
+        assert!(
+            !on.iter().any(|v| v.ifindex == lab.ct_veth.ifindex),
+            "a veth where another program runs first is listed: {on:?}"
+        );
+        first.detach();
+        let on = listed().await;
+        assert!(
+            on.iter().any(|v| v.ifindex == lab.ct_veth.ifindex),
+            "the veth is not listed again once the backstop runs first: {on:?}"
+        );
+    } else {
+        test_kit::privileged::record_skipped_check(
+            "the_loader_reports_the_veths_its_backstop_is_on: a program before the backstop needs tcx (kernel 6.6); the VM tier checks a clsact filter before it",
+        );
+    }
     test_kit::lab::add_veth(
         test_kit::lab::VethEnd::new(&lab.host_ns, "cbt-new-a"),
         test_kit::lab::VethEnd::new(&lab.host_ns, "cbt-new-b"),

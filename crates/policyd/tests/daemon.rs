@@ -888,9 +888,8 @@ async fn follows_the_resolver_and_holds_until_the_first_inventory() {
     // until the loader reports one.
     let uncovered = status.containers[0].packet_sockets_uncovered.clone();
     assert!(
-        uncovered
-            .as_deref()
-            .is_some_and(|r| r.starts_with("the loader has no backstop on its veth (ifindex 502)")),
+        uncovered.as_deref().is_some_and(|r| r
+            .starts_with("the kernel does not run the backstop first on its veth (ifindex 502)")),
         "{uncovered:?}"
     );
     env.loader.attach_veth(502, "vethcurler");

@@ -19,9 +19,11 @@ pub trait Loader {
     /// process). Only the loader's command line attaches: no client can
     /// detach them.
     async fn attachments() -> Vec<Attachment>;
-    /// The host-side veths the veth backstop is attached to now (the
-    /// loader's network namespace), by ifindex. A veth missing here passes
-    /// packet-socket frames and forged sources unjudged. Since API
+    /// The host-side veths (the loader's network namespace) on which the
+    /// kernel runs the veth backstop's programs first, read from the
+    /// kernel at the call. A veth missing here (not attached, the
+    /// attachment removed, or another program or filter before it) may
+    /// pass packet-socket frames and forged sources unjudged. Since API
     /// version [`VETH_ATTACHMENTS_SINCE`].
     async fn veth_attachments() -> Vec<VethAttachment>;
     /// Applies a diff to the policy maps, all or nothing, if the loader is

@@ -22,6 +22,7 @@ pub mod process;
 pub mod random;
 pub mod rpc;
 pub mod synthetic;
+pub mod tc_program;
 pub mod testrun;
 
 use std::path::{Path, PathBuf};

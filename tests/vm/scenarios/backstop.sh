@@ -10,7 +10,8 @@
 #     a frame the container-wide rules allow does, one only a per-process rule allows does not;
 #     the allowed SYN from a forged source, as a frame or from an IP_HDRINCL raw socket, does
 #     not (from the container's own address it does); TCP through sockets works both ways;
-#     veth events with link_layer, policyd's log with forged_source;
+#     veth events with link_layer, policyd's log with forged_source; status names blocked's veth
+#     once its filter is removed behind the loader's back, and not once a restarted loader is on;
 #  3. first frame: 12 fresh egress=block containers whose entrypoint (a static binary) sends
 #     frames for 1 s from its first millisecond: nothing arrives (the same command leaks before
 #     contain runs, and in a container no policy selects); which starts sent before policyd had
@@ -111,6 +112,8 @@ else:
     print("ABSENT")' "$1" "$2"
 }
 has_policy() { [[ $(status_of "$1" policy) == "$2" ]]; }
+has_field() { [[ $(status_of "$1" "$2") == "$3" ]]; }
+uncovered_says() { [[ $(status_of "$1" packet_sockets_uncovered) == *"$2"* ]]; }
 has_mode() { [[ $(status_of "$1" mode) == "$2" ]]; }
 # check_eq DESC WANT CMD...: PASS if CMD prints exactly WANT
 check_eq() {
@@ -342,6 +345,23 @@ check "policyd's event log has them too" bash -c \
   "journalctl -u contain-policyd -o cat | grep '\"contain.hook\":\"veth\"' | grep -q '\"contain.reason\":\"packet_socket\"'"
 check "policyd's event log names the forged sources" bash -c \
   "journalctl -u contain-policyd -o cat | grep '\"contain.hook\":\"veth\"' | grep -q '\"contain.reason\":\"forged_source\"'"
+
+# Status reads the kernel, not the loader's record: with blocked's clsact filter removed behind the
+# loader's back (kernel 6.1: the backstop is a filter here, not a tcx link), status names the veth;
+# a restarted loader attaches again and status is clear.
+bveth_index=$(docker exec blocked cat /sys/class/net/eth0/iflink)
+bveth=$(ip -o link show | awk -F': ' -v i="$bveth_index" '$1 == i { sub(/@.*/, "", $2); print $2 }')
+if [[ -n $bveth ]] && tc filter del dev "$bveth" ingress; then
+  check "status: blocked's veth $bveth (ifindex $bveth_index) without its ingress filter is named" \
+    retry 40 0.25 uncovered_says blocked "does not run the backstop first on its veth (ifindex $bveth_index)"
+  info "status said: $(status_of blocked packet_sockets_uncovered)"
+  check "restart the loader" systemctl restart contain-bpf-loader
+  check "status: the restarted loader's filter runs first on $bveth again" \
+    retry 80 0.25 has_field blocked packet_sockets_uncovered null
+  check "tc lists the backstop's filter on $bveth" bash -c "tc filter show dev $bveth ingress | grep -q contain_veth"
+else
+  fail "cannot remove blocked's veth filter (veth '${bveth}', ifindex ${bveth_index:-?})"
+fi
 
 # ---- 3. first frame ----------------------------------------------------------------------------
 

@@ -12,7 +12,8 @@ use std::{
 use aya::{
     programs::{
         cgroup_skb::CgroupSkbAttachType, links::FdLink, links::PinnedLink, CgroupAttachMode,
-        CgroupSkb, CgroupSock, CgroupSockAddr, RawTracePoint, TracePoint,
+        CgroupSkb, CgroupSock, CgroupSockAddr, RawTracePoint, SchedClassifier, TcAttachType,
+        TracePoint,
     },
     Ebpf,
 };
@@ -205,9 +206,28 @@ impl Kernel {
         }
     }
 
-    /// The host-side veths the backstop is attached to.
+    /// The host-side veths the backstop is attached to, by this loader's
+    /// record (what the kernel runs there: [`veths::first_on_hook`]).
     pub fn attached_veths(&self) -> &BTreeMap<u32, String> {
         &self.veths
+    }
+
+    /// The kernel's ids of the backstop's programs, with the hook each
+    /// belongs on.
+    pub fn backstop_program_ids(&self) -> Result<Vec<(TcAttachType, u32)>, KernelError> {
+        veths::PROGRAMS
+            .iter()
+            .map(|&(name, attach_type)| {
+                let err = |source| KernelError::Program { name, source };
+                let prog: &SchedClassifier = self
+                    .ebpf
+                    .program(name)
+                    .ok_or(KernelError::MissingProgram(name))?
+                    .try_into()
+                    .map_err(err)?;
+                Ok((attach_type, prog.info().map_err(err)?.id()))
+            })
+            .collect()
     }
 
     pub fn attachments(&self) -> Vec<Attachment> {

@@ -159,10 +159,11 @@ fn veths_not_held(
     })
 }
 
-/// Why the frames on `container`'s veths are not judged at all, when the
-/// loader reports no backstop on one its policy maps (the attach failed,
-/// or the loader has not taken the veth's link event yet), or cannot be
-/// asked which it is on; `None` when the backstop is on all of them.
+/// Why the frames on `container`'s veths may not be judged at all, when the
+/// loader does not find its backstop first on one its policy maps (the
+/// attach failed or was removed, another tc program or filter runs before
+/// it, or the loader has not taken the veth's link event yet), or cannot
+/// be asked; `None` when the backstop runs first on all of them.
 fn veths_not_attached(
     container: &Container,
     desired: &BTreeMap<u32, u64>,
@@ -192,7 +193,7 @@ fn veths_not_attached(
         .collect();
     (!bare.is_empty()).then(|| {
         format!(
-            "the loader has no backstop on its veth (ifindex {}): frames from its packet sockets, forged sources and what its namespace forwards pass there unjudged (an attach failed: the loader's log says why; or the loader has not taken the veth's link event yet)",
+            "the kernel does not run the backstop first on its veth (ifindex {}): frames from its packet sockets, forged sources and what its namespace forwards may pass there unjudged (the attach failed or was removed, or another tc program or filter runs before it: the loader's log says which; or the loader has not taken the veth's link event yet)",
             bare.join(", ")
         )
     })
@@ -507,7 +508,7 @@ mod tests {
         assert_eq!(veths_not_attached(&container, &desired, &on(&[7, 8])), None);
         let why = veths_not_attached(&container, &desired, &on(&[7, 9])).unwrap();
         assert!(
-            why.starts_with("the loader has no backstop on its veth (ifindex 8):"),
+            why.starts_with("the kernel does not run the backstop first on its veth (ifindex 8):"),
             "{why}"
         );
         let why = veths_not_attached(&container, &desired, &Err("loader down".into())).unwrap();

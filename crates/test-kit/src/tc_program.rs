@@ -1,23 +1,42 @@
-//! The floor of a tc program: two instructions that return TC_ACT_UNSPEC
-//! ("no opinion", what the veth backstop returns for a frame it passes),
-//! loaded by a raw bpf(2) call and attached with tcx to both sides of a
-//! device, where bpf-loader attaches the backstop's two programs
-//! (`contain_veth` on ingress, `contain_veth_inbound` on egress). Next to
-//! the backstop it splits the backstop's share of a round trip into the
-//! hooks' own cost (running any tc program there) and the programs' work.
+//! A two-instruction tc program (`r0 = VERDICT; exit`), loaded by a raw
+//! bpf(2) call and attached with tcx (kernels 6.6 and later) to a device:
+//! the bench's floor of a tc hook next to the veth backstop (it returns
+//! TC_ACT_UNSPEC, "no opinion", what the backstop returns for a frame it
+//! passes), and the tests' program that runs before the backstop and
+//! accepts everything (TCX_PASS), which `policyd status` must notice.
 
 use std::{
     io,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
-use anyhow::{Context as _, Result};
+use crate::{Error, Result};
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 const BPF_TCX_INGRESS: u32 = 46;
 const BPF_TCX_EGRESS: u32 = 47;
+/// `BPF_F_BEFORE`: with no relative program, in front of every other.
+const BPF_F_BEFORE: u32 = 1 << 3;
+
+/// What the program returns for every frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// TC_ACT_UNSPEC (TCX_NEXT): no opinion, the next program decides.
+    NoOpinion = -1,
+    /// TCX_PASS: accepted, and no program after it runs.
+    Accept = 0,
+}
+
+/// Where on the hook the program goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// After the programs already there.
+    Last,
+    /// Before every program already there.
+    First,
+}
 
 /// `struct bpf_insn`.
 #[repr(C)]
@@ -29,21 +48,22 @@ struct Insn {
     imm: i32,
 }
 
-/// `r0 = -1; exit`.
-const PROGRAM: [Insn; 2] = [
-    Insn {
-        code: 0xb7, // BPF_ALU64 | BPF_MOV | BPF_K
-        regs: 0,
-        off: 0,
-        imm: -1, // TC_ACT_UNSPEC
-    },
-    Insn {
-        code: 0x95, // BPF_JMP | BPF_EXIT
-        regs: 0,
-        off: 0,
-        imm: 0,
-    },
-];
+fn program(verdict: Verdict) -> [Insn; 2] {
+    [
+        Insn {
+            code: 0xb7, // BPF_ALU64 | BPF_MOV | BPF_K
+            regs: 0,
+            off: 0,
+            imm: verdict as i32,
+        },
+        Insn {
+            code: 0x95, // BPF_JMP | BPF_EXIT
+            regs: 0,
+            off: 0,
+            imm: 0,
+        },
+    ]
+}
 
 /// `union bpf_attr` for BPF_PROG_LOAD, up to `expected_attach_type`.
 #[repr(C)]
@@ -95,26 +115,32 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
 }
 
 /// The loaded program and its attachments (detached when dropped).
-pub struct TcFloor {
+pub struct TcProgram {
     prog: OwnedFd,
     links: Vec<OwnedFd>,
 }
 
-impl TcFloor {
-    pub fn load() -> Result<TcFloor> {
+impl TcProgram {
+    pub fn load(verdict: Verdict) -> Result<TcProgram> {
         let license = b"GPL\0";
         let mut name = [0u8; 16];
-        name[..13].copy_from_slice(b"cbench_tc_ok\0");
+        let label: &[u8] = match verdict {
+            Verdict::NoOpinion => b"ckit_tc_unspec",
+            Verdict::Accept => b"ckit_tc_accept",
+        };
+        name[..label.len()].copy_from_slice(label);
+        let insns = program(verdict);
         let mut attr = ProgLoadAttr {
             prog_type: BPF_PROG_TYPE_SCHED_CLS,
-            insn_cnt: PROGRAM.len() as u32,
-            insns: PROGRAM.as_ptr() as u64,
+            insn_cnt: insns.len() as u32,
+            insns: insns.as_ptr() as u64,
             license: license.as_ptr() as u64,
             prog_name: name,
             ..ProgLoadAttr::default()
         };
-        let prog = bpf(BPF_PROG_LOAD, &mut attr).context("loading the tc floor program")?;
-        Ok(TcFloor {
+        let prog = bpf(BPF_PROG_LOAD, &mut attr)
+            .map_err(|e| Error::Setup(format!("loading a two-instruction tc program: {e}")))?;
+        Ok(TcProgram {
             prog,
             links: Vec::new(),
         })
@@ -123,18 +149,28 @@ impl TcFloor {
     /// Attaches to tc ingress and egress of `ifindex` in the calling
     /// thread's network namespace (tcx links, as bpf-loader makes for the
     /// backstop).
-    pub fn attach(&mut self, ifindex: u32) -> Result<()> {
+    pub fn attach(&mut self, ifindex: u32, placement: Placement) -> Result<()> {
         for attach_type in [BPF_TCX_INGRESS, BPF_TCX_EGRESS] {
             let mut attr = LinkCreateAttr {
                 prog_fd: self.prog.as_raw_fd() as u32,
                 target_ifindex: ifindex,
                 attach_type,
+                flags: match placement {
+                    Placement::Last => 0,
+                    Placement::First => BPF_F_BEFORE,
+                },
                 ..LinkCreateAttr::default()
             };
-            let link = bpf(BPF_LINK_CREATE, &mut attr)
-                .with_context(|| format!("attaching the tc floor program to ifindex {ifindex}"))?;
+            let link = bpf(BPF_LINK_CREATE, &mut attr).map_err(|e| {
+                Error::Setup(format!("attaching a tc program to ifindex {ifindex}: {e}"))
+            })?;
             self.links.push(link);
         }
         Ok(())
+    }
+
+    /// Detaches it from every device it is on.
+    pub fn detach(&mut self) {
+        self.links.clear();
     }
 }
