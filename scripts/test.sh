@@ -90,9 +90,10 @@ fi
 # seconds when its inputs have not changed.
 image_pid=
 if [[ -n $want_vm && $EUID -eq 0 && -x tests/vm/build-image.sh ]]; then
-  tests/vm/build-image.sh >"$log_dir/vm-image.log" 2>&1 &
+  # Its own process group: an interrupted suite stops debootstrap and apt too.
+  setsid tests/vm/build-image.sh >"$log_dir/vm-image.log" 2>&1 &
   image_pid=$!
-  trap '[[ -n $image_pid ]] && kill "$image_pid" 2>/dev/null' EXIT
+  trap '[[ -n $image_pid ]] && kill -- -"$image_pid" 2>/dev/null' EXIT
 fi
 
 say "cargo fmt --check"

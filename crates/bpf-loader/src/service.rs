@@ -15,7 +15,7 @@ use tarpc::context::Context;
 use crate::{
     events::EventLog,
     kernel::{Kernel, KernelError},
-    veths::{self, FirstOnHook},
+    veths,
 };
 
 /// Longest a client may long-poll for events.
@@ -90,24 +90,11 @@ impl Loader for LoaderServer {
                 return Vec::new();
             }
         };
-        let mut covered = Vec::new();
-        'veths: for (ifindex, name) in recorded {
-            for &(attach_type, id) in &ours {
-                match veths::first_on_hook(ifindex, &name, attach_type).await {
-                    Ok(FirstOnHook::Program(first)) if first == id => {}
-                    Ok(first) => {
-                        tracing::warn!(veth = %name, ifindex, hook = ?attach_type, backstop_program = id, ?first, "the backstop is not what runs first on this veth: frames there may pass unjudged");
-                        continue 'veths;
-                    }
-                    Err(e) => {
-                        tracing::warn!(veth = %name, ifindex, hook = ?attach_type, error = %e, "cannot read this veth's tc programs: not reported as covered");
-                        continue 'veths;
-                    }
-                }
-            }
-            covered.push(VethAttachment { ifindex, name });
-        }
-        covered
+        veths::backstop_first_on(recorded, ours)
+            .await
+            .into_iter()
+            .map(|(ifindex, name)| VethAttachment { ifindex, name })
+            .collect()
     }
 
     async fn apply(self, _: Context, diff: MapDiff) -> Result<u64, LoaderError> {

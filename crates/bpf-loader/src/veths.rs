@@ -14,6 +14,7 @@
 //! while a loader restarts, and a veth's attachment goes with the veth.
 
 use std::{
+    collections::BTreeMap,
     path::Path,
     sync::{Arc, Mutex},
     time::Duration,
@@ -168,42 +169,103 @@ pub enum FirstOnHook {
     Filter(String),
 }
 
-/// What a frame meets first on `attach_type` of veth `name` (`ifindex`).
-/// With tcx, the first program of the hook's list; before it, the first
-/// filter of the clsact parent's dump.
-pub async fn first_on_hook(
-    ifindex: u32,
-    name: &str,
-    attach_type: TcAttachType,
-) -> std::io::Result<FirstOnHook> {
-    if uses_tcx() {
-        // aya asks by name: a rename in between would answer for another
-        // device.
-        let (_, programs) =
-            SchedClassifier::query_tcx(name, attach_type).map_err(std::io::Error::other)?;
-        if nix::net::if_::if_nametoindex(name).ok() != Some(ifindex) {
-            return Err(std::io::Error::other(format!(
-                "{name} is no longer ifindex {ifindex}"
-            )));
-        }
-        return Ok(programs
-            .first()
-            .map_or(FirstOnHook::Nothing, |p| FirstOnHook::Program(p.id())));
-    }
-    let (conn, handle, _) = rtnetlink::new_connection()?;
-    let conn_task = tokio::spawn(conn);
-    let request = handle.traffic_filter(ifindex as i32).get();
-    let request = match attach_type {
-        TcAttachType::Ingress => request.ingress(),
-        TcAttachType::Egress => request.egress(),
-        TcAttachType::Custom(_) => {
-            conn_task.abort();
-            return Err(std::io::Error::other("not a clsact hook"));
+/// The veths of `recorded` (ifindex → name) on whose every hook the
+/// kernel runs the backstop's program first (`ours`: each hook with its
+/// program's id). One left out is logged with what runs first there.
+pub async fn backstop_first_on(
+    recorded: BTreeMap<u32, String>,
+    ours: Vec<(TcAttachType, u32)>,
+) -> Vec<(u32, String)> {
+    let firsts = if uses_tcx() {
+        // bpf(2) queries, each under the rtnl lock: off the daemon's one
+        // thread.
+        let recorded = recorded.clone();
+        let ours = ours.clone();
+        tokio::task::spawn_blocking(move || {
+            recorded
+                .iter()
+                .map(|(&ifindex, name)| {
+                    ours.iter()
+                        .map(|&(hook, _)| first_on_tcx_hook(ifindex, name, hook))
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default()
+    } else {
+        match rtnetlink::new_connection() {
+            Ok((conn, handle, _)) => {
+                let conn_task = tokio::spawn(conn);
+                let mut firsts = Vec::new();
+                for &ifindex in recorded.keys() {
+                    let mut per_hook = Vec::new();
+                    for &(hook, _) in &ours {
+                        per_hook.push(first_on_clsact_hook(&handle, ifindex, hook).await);
+                    }
+                    firsts.push(per_hook);
+                }
+                conn_task.abort();
+                firsts
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open rtnetlink to read the veths' tc filters: no veth is reported as covered");
+                Vec::new()
+            }
         }
     };
-    let dump: Result<Vec<TcMessage>, _> = request.execute().try_collect().await;
-    conn_task.abort();
-    Ok(first_filter(&dump.map_err(std::io::Error::other)?))
+    let mut covered = Vec::new();
+    'veths: for ((ifindex, name), per_hook) in recorded.into_iter().zip(firsts) {
+        for (&(hook, id), first) in ours.iter().zip(per_hook) {
+            match first {
+                Ok(FirstOnHook::Program(first)) if first == id => {}
+                Ok(first) => {
+                    tracing::warn!(veth = %name, ifindex, ?hook, backstop_program = id, ?first, "the backstop is not what runs first on this veth: frames there may pass unjudged");
+                    continue 'veths;
+                }
+                Err(e) => {
+                    tracing::warn!(veth = %name, ifindex, ?hook, error = %e, "cannot read this veth's tc programs: not reported as covered");
+                    continue 'veths;
+                }
+            }
+        }
+        covered.push((ifindex, name));
+    }
+    covered
+}
+
+/// The first program of a tcx hook. aya asks by name: a rename in between
+/// would answer for another device.
+fn first_on_tcx_hook(ifindex: u32, name: &str, hook: TcAttachType) -> std::io::Result<FirstOnHook> {
+    let (_, programs) = SchedClassifier::query_tcx(name, hook).map_err(std::io::Error::other)?;
+    if nix::net::if_::if_nametoindex(name).ok() != Some(ifindex) {
+        return Err(std::io::Error::other(format!(
+            "{name} is no longer ifindex {ifindex}"
+        )));
+    }
+    Ok(programs
+        .first()
+        .map_or(FirstOnHook::Nothing, |p| FirstOnHook::Program(p.id())))
+}
+
+/// The first filter of a clsact hook, from its filter dump.
+async fn first_on_clsact_hook(
+    handle: &rtnetlink::Handle,
+    ifindex: u32,
+    hook: TcAttachType,
+) -> std::io::Result<FirstOnHook> {
+    let request = handle.traffic_filter(ifindex as i32).get();
+    let request = match hook {
+        TcAttachType::Ingress => request.ingress(),
+        TcAttachType::Egress => request.egress(),
+        TcAttachType::Custom(_) => return Err(std::io::Error::other("not a clsact hook")),
+    };
+    let dump: Vec<TcMessage> = request
+        .execute()
+        .try_collect()
+        .await
+        .map_err(std::io::Error::other)?;
+    Ok(first_filter(&dump))
 }
 
 /// The filter a frame meets first, from a clsact parent's filter dump: in

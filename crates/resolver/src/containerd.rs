@@ -26,7 +26,7 @@ use containerd_client::{
 };
 use prost::{Message, Name};
 use proto::resolver::Runtime;
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, time::Instant};
 
 use crate::{
     docker::Docker,
@@ -49,6 +49,17 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// After a full listing failed while the event stream still runs (a
 /// containerd too busy to answer in time): the next attempt.
 const RELIST_RETRY: Duration = Duration::from_secs(2);
+/// How long listings may keep failing before the session is given up (and
+/// the source reported disconnected), though its event stream is open.
+const LISTING_GIVE_UP: Duration = Duration::from_secs(120);
+
+/// Sleeps until `at`; never wakes for `None`.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// Which runtime a namespace belongs to.
 pub fn runtime_of(namespace: &str) -> Runtime {
@@ -291,8 +302,9 @@ enum End {
 /// What an event asks of the session after it was handled.
 enum Handled {
     Done,
-    /// A record could not be read: a full listing soon makes up for it.
-    ListAgain,
+    /// A record was not read (the read failed, with why, or reads wait for
+    /// a listing): a full listing soon makes up for it.
+    ListAgain(Option<Error>),
 }
 
 impl ContainerdSource {
@@ -414,20 +426,29 @@ impl ContainerdSource {
         let mut relist = tokio::time::interval(self.relist.max(Duration::from_secs(1)));
         relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         relist.tick().await;
-        // Only the event stream's end ends the session. A listing or a read
-        // of one record that fails while events still arrive (a containerd
-        // busy with a burst of starts answers late) is tried again soon:
-        // reconnecting would drop the stream, and with it the events of
-        // the very containers that made containerd slow.
+        // The session ends with the event stream, or once listings have
+        // failed for LISTING_GIVE_UP (a containerd that accepts and never
+        // answers). A listing or a record read that fails while events
+        // still arrive (a containerd busy with a burst of starts answers
+        // late) is tried again soon: reconnecting would drop the stream, and
+        // with it the events of the very containers that made containerd
+        // slow. Until a listing succeeds, events read no records (each read
+        // would wait out the call timeout): that listing reads them all.
+        let mut retry_at: Option<Instant> = None;
+        let mut failing_since: Option<Instant> = None;
         loop {
             let listed = tokio::select! {
                 item = events.recv() => match item {
                     Some(Ok(env)) => {
                         let Some(event) = decode_envelope(&env, &self.namespaces) else { continue };
-                        match self.handle(&channel, &mut cache, event).await {
+                        match self.handle(&channel, &mut cache, event, retry_at.is_none()).await {
                             Ok(Handled::Done) => continue,
-                            Ok(Handled::ListAgain) => {
-                                relist.reset_after(RELIST_RETRY);
+                            Ok(Handled::ListAgain(failed)) => {
+                                if let Some(e) = failed {
+                                    self.status.degraded(&name, &e);
+                                    failing_since.get_or_insert_with(Instant::now);
+                                }
+                                retry_at.get_or_insert_with(|| Instant::now() + RELIST_RETRY);
                                 continue;
                             }
                             Err(end) => return end,
@@ -441,13 +462,25 @@ impl ContainerdSource {
                     self.full_listing(&channel, &mut cache).await
                 }
                 _ = relist.tick() => self.full_listing(&channel, &mut cache).await,
+                _ = sleep_until_some(retry_at) => self.full_listing(&channel, &mut cache).await,
             };
             match listed {
-                Ok(()) => self.status.connected(&name),
+                Ok(()) => {
+                    retry_at = None;
+                    failing_since = None;
+                    self.status.connected(&name);
+                }
                 Err(End::Lost(e)) => {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= LISTING_GIVE_UP {
+                        return End::Lost(self.err(format!(
+                            "no listing has succeeded for {} s: {e}",
+                            since.elapsed().as_secs()
+                        )));
+                    }
                     tracing::warn!(error = %e, retry_in = ?RELIST_RETRY, "a full listing of containerd failed; following its events meanwhile");
                     self.status.degraded(&name, &e);
-                    relist.reset_after(RELIST_RETRY);
+                    retry_at = Some(Instant::now() + RELIST_RETRY);
                 }
                 Err(end) => return end,
             }
@@ -632,6 +665,7 @@ impl ContainerdSource {
         channel: &Channel,
         cache: &mut HashMap<(String, String), Meta>,
         event: Event,
+        read_records: bool,
     ) -> std::result::Result<Handled, End> {
         let source = self.name();
         match event {
@@ -641,6 +675,9 @@ impl ContainerdSource {
                 // of its labels).
                 let key = (namespace.clone(), id.clone());
                 let pid = cache.get(&key).map_or(0, |m| m.pid);
+                if !read_records {
+                    return Ok(Handled::ListAgain(None));
+                }
                 match self.get_meta(channel, &namespace, &id).await {
                     Ok(Some(mut meta)) => {
                         meta.pid = pid;
@@ -653,7 +690,7 @@ impl ContainerdSource {
                     Ok(None) => {}
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read a container record; listing everything again soon");
-                        return Ok(Handled::ListAgain);
+                        return Ok(Handled::ListAgain(Some(e)));
                     }
                 }
                 Ok(Handled::Done)
@@ -675,11 +712,12 @@ impl ContainerdSource {
                     // Docker name or labels yet: read them now, or it would
                     // stay unmapped until the next listing.
                     Some(meta) if meta.complete => Some(meta.clone()),
+                    _ if !read_records => return Ok(Handled::ListAgain(None)),
                     _ => match self.get_meta(channel, &namespace, &id).await {
                         Ok(meta) => meta,
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot read a container record; listing everything again soon");
-                            return Ok(Handled::ListAgain);
+                            return Ok(Handled::ListAgain(Some(e)));
                         }
                     },
                 };

@@ -616,8 +616,8 @@ async fn resolver_follows_a_real_containerd() {
     // The resolver again, listing every second; containerd paused past the
     // 5 s call timeout, as by a burst of starts. The listings time out and
     // status says so, but the session and its event stream stay: once
-    // containerd answers, a new container arrives by its events, with no
-    // reconnect, and the next listing clears the error.
+    // containerd answers, a new container arrives with no reconnect, and
+    // the next listing clears the error.
     env.stop_resolver();
     let resolver_log = env.base.join("resolver.log");
     let sessions = || {
@@ -626,10 +626,19 @@ async fn resolver_follows_a_real_containerd() {
             .matches("following containerd")
             .count()
     };
+    let sessions_before = sessions() + 1;
     let socket = env.start_resolver(&["--rescan-secs", "1"]);
     let client = connect(&socket).await;
     wait_source(&client, true, "the restarted resolver follows containerd").await;
-    let sessions_before = sessions();
+    // Its session's log line comes right after status says connected.
+    let deadline = Instant::now() + WAIT;
+    while sessions() < sessions_before {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted resolver never logged its session"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     {
         let _paused = env.containerd.pause().unwrap_or_else(|e| panic!("{e}"));
         tokio::time::sleep(Duration::from_secs(8)).await;

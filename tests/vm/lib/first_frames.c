@@ -36,6 +36,7 @@
 struct probe {
 	char name[41];
 	int fd;
+	int socket_errno; /* why socket() failed, when fd < 0 */
 	unsigned char frame[160];
 	size_t len;
 	struct sockaddr_ll to; /* sll_family 0: send(), the frame carries its own header */
@@ -233,6 +234,7 @@ int main(int argc, char **argv)
 		if (i == 1) {
 			/* dgram-udp4+bypass: the kernel writes the Ethernet header; past the qdisc. */
 			p->fd = socket(AF_PACKET, SOCK_DGRAM, htons(ETH_P_IP));
+			p->socket_errno = errno;
 			int one = 1;
 			setsockopt(p->fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof one);
 			p->len = ipv4(p->frame, src4, dst4, sport, port, marker);
@@ -245,6 +247,7 @@ int main(int argc, char **argv)
 		}
 		/* raw-udp4, raw-udp6: the Ethernet header is ours. */
 		p->fd = socket(AF_PACKET, SOCK_RAW, 0);
+		p->socket_errno = errno;
 		struct sockaddr_ll bind_to = { .sll_family = AF_PACKET, .sll_ifindex = ifindex };
 		if (p->fd >= 0)
 			bind(p->fd, (struct sockaddr *)&bind_to, sizeof bind_to);
@@ -264,7 +267,7 @@ int main(int argc, char **argv)
 			struct probe *p = &probes[i];
 			ssize_t r;
 			if (p->fd < 0)
-				r = -1, errno = EBADF;
+				r = -1, errno = p->socket_errno;
 			else if (p->to.sll_family)
 				r = sendto(p->fd, p->frame, p->len, 0, (struct sockaddr *)&p->to, sizeof p->to);
 			else
