@@ -117,6 +117,19 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The container it is about: (namespace, id).
+    pub fn container(&self) -> (&str, &str) {
+        match self {
+            Event::ContainerChanged { namespace, id }
+            | Event::ContainerDeleted { namespace, id }
+            | Event::TaskRunning { namespace, id, .. }
+            | Event::TaskGone { namespace, id }
+            | Event::ExecStarted { namespace, id } => (namespace, id),
+        }
+    }
+}
+
 fn decode<T: Message + Name + Default>(any: &prost_types::Any) -> Option<T> {
     // containerd leaves out the leading `/` of type URLs; accept both.
     let type_name = any.type_url.rsplit('/').next().unwrap_or_default();
@@ -432,27 +445,36 @@ impl ContainerdSource {
         // still arrive (a containerd busy with a burst of starts answers
         // late) is tried again soon: reconnecting would drop the stream, and
         // with it the events of the very containers that made containerd
-        // slow. Until a listing succeeds, events read no records (each read
-        // would wait out the call timeout): that listing reads them all.
+        // slow. After a read failed, the events that need one wait (each
+        // read would wait out the call timeout) for the next listing: if it
+        // fails too (a busy containerd lists tasks slower than it reads one
+        // record), they are handled again, reads and all.
         let mut retry_at: Option<Instant> = None;
         let mut failing_since: Option<Instant> = None;
+        let mut reads_paused = false;
+        let mut waiting: Vec<Event> = Vec::new();
         loop {
             let listed = tokio::select! {
                 item = events.recv() => match item {
                     Some(Ok(env)) => {
                         let Some(event) = decode_envelope(&env, &self.namespaces) else { continue };
-                        match self.handle(&channel, &mut cache, event, retry_at.is_none()).await {
-                            Ok(Handled::Done) => continue,
+                        if let Event::TaskGone { namespace, id } | Event::ContainerDeleted { namespace, id } = &event {
+                            waiting.retain(|w| w.container() != (namespace.as_str(), id.as_str()));
+                        }
+                        match self.handle(&channel, &mut cache, event.clone(), !reads_paused).await {
+                            Ok(Handled::Done) => {}
                             Ok(Handled::ListAgain(failed)) => {
                                 if let Some(e) = failed {
                                     self.status.degraded(&name, &e);
                                     failing_since.get_or_insert_with(Instant::now);
+                                    reads_paused = true;
                                 }
+                                waiting.push(event);
                                 retry_at.get_or_insert_with(|| Instant::now() + RELIST_RETRY);
-                                continue;
                             }
                             Err(end) => return end,
                         }
+                        continue;
                     }
                     Some(Err(reason)) => return End::Lost(self.err(reason)),
                     None => return End::Lost(self.err("event subscription ended")),
@@ -464,10 +486,12 @@ impl ContainerdSource {
                 _ = relist.tick() => self.full_listing(&channel, &mut cache).await,
                 _ = sleep_until_some(retry_at) => self.full_listing(&channel, &mut cache).await,
             };
+            reads_paused = false;
             match listed {
                 Ok(()) => {
                     retry_at = None;
                     failing_since = None;
+                    waiting.clear();
                     self.status.connected(&name);
                 }
                 Err(End::Lost(e)) => {
@@ -481,6 +505,19 @@ impl ContainerdSource {
                     tracing::warn!(error = %e, retry_in = ?RELIST_RETRY, "a full listing of containerd failed; following its events meanwhile");
                     self.status.degraded(&name, &e);
                     retry_at = Some(Instant::now() + RELIST_RETRY);
+                    for event in std::mem::take(&mut waiting) {
+                        match self
+                            .handle(&channel, &mut cache, event.clone(), !reads_paused)
+                            .await
+                        {
+                            Ok(Handled::Done) => {}
+                            Ok(Handled::ListAgain(failed)) => {
+                                reads_paused |= failed.is_some();
+                                waiting.push(event);
+                            }
+                            Err(end) => return end,
+                        }
+                    }
                 }
                 Err(end) => return end,
             }

@@ -12,8 +12,8 @@
 #     not (from the container's own address it does); TCP through sockets works both ways;
 #     veth events with link_layer, policyd's log with forged_source; status names blocked's veth
 #     once its filter is removed behind the loader's back, and not once a restarted loader is on;
-#  3. first frame: 12 fresh egress=block containers whose entrypoint (a static binary) sends
-#     frames for 1 s from its first millisecond: nothing arrives (the same command leaks before
+#  3. first frame: 8 fresh egress=block containers, started at once, whose entrypoint (a static
+#     binary) sends frames for 1 s from its first millisecond: nothing arrives (the same command leaks before
 #     contain runs, and in a container no policy selects); which starts sent before policyd had
 #     mapped the container (the unknown-container verdict) is reported;
 #  4. Docker's embedded DNS forwarding from inside the container's namespace: allowed with
@@ -39,7 +39,7 @@ T=/opt/contain-test            # probe.py, peer_server.py, frames.py (bind-mount
 FF=/opt/contain-ff             # first-frame senders' reports (bind-mounted as /out)
 CAP=/run/contain-bs-capture.txt  # the peer's capture: "MK{...} LEN ETHERTYPE" per marker
 DNSLOG=/run/contain-bs-dns.txt   # the upstream's log: "SRC QNAME QTYPE" per query
-FIRST_STARTS=12
+FIRST_STARTS=8
 IMG=$CONTAIN_TEST_IMAGE
 OUT=/mnt/share/out
 
