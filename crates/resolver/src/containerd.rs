@@ -47,8 +47,11 @@ pub const DEFAULT_NAMESPACES: &[&str] = &["moby", "default", "k8s.io"];
 pub const DOCKER_NAMESPACE: &str = "moby";
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// After a full listing failed while the event stream still runs (a
-/// containerd too busy to answer in time): the next attempt.
+/// containerd too busy to answer in time): the next attempt, 2 s doubling
+/// to 16 s. A listing holds up the events while it waits for its answer:
+/// back to back, failing listings would leave the events little time.
 const RELIST_RETRY: Duration = Duration::from_secs(2);
+const RELIST_RETRY_MAX: Duration = Duration::from_secs(16);
 /// How long listings may keep failing before the session is given up (and
 /// the source reported disconnected), though its event stream is open.
 const LISTING_GIVE_UP: Duration = Duration::from_secs(120);
@@ -453,6 +456,7 @@ impl ContainerdSource {
         let mut failing_since: Option<Instant> = None;
         let mut reads_paused = false;
         let mut waiting: Vec<Event> = Vec::new();
+        let mut retry_in = RELIST_RETRY;
         loop {
             let listed = tokio::select! {
                 item = events.recv() => match item {
@@ -491,6 +495,7 @@ impl ContainerdSource {
                 Ok(()) => {
                     retry_at = None;
                     failing_since = None;
+                    retry_in = RELIST_RETRY;
                     waiting.clear();
                     self.status.connected(&name);
                 }
@@ -502,9 +507,10 @@ impl ContainerdSource {
                             since.elapsed().as_secs()
                         )));
                     }
-                    tracing::warn!(error = %e, retry_in = ?RELIST_RETRY, "a full listing of containerd failed; following its events meanwhile");
+                    tracing::warn!(error = %e, ?retry_in, "a full listing of containerd failed; following its events meanwhile");
                     self.status.degraded(&name, &e);
-                    retry_at = Some(Instant::now() + RELIST_RETRY);
+                    retry_at = Some(Instant::now() + retry_in);
+                    retry_in = (retry_in * 2).min(RELIST_RETRY_MAX);
                     for event in std::mem::take(&mut waiting) {
                         match self
                             .handle(&channel, &mut cache, event.clone(), !reads_paused)
