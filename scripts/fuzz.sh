@@ -17,6 +17,8 @@
 #   scripts/fuzz.sh 600                 longer, e.g. before a release
 #   scripts/fuzz.sh 0                   replay the seeds only
 #   scripts/fuzz.sh 60 rpc_frames       some targets only
+#   scripts/fuzz.sh --build-only        build the targets, run none (the suite
+#                                       builds them beside the privileged tests)
 #   CONTAIN_FUZZ_TARGET_DIR=...         where to build (default
 #                                       /var/cache/contain-fuzz/target, or
 #                                       fuzz/target if that is not writable)
@@ -26,6 +28,11 @@ cd "$root_dir"
 export PATH="$HOME/.cargo/bin:$PATH"
 export CARGO_TERM_COLOR=never
 
+build_only=0
+if [[ ${1:-} == --build-only ]]; then
+  build_only=1
+  shift
+fi
 seconds="${1:-25}"
 targets=("${@:2}")
 
@@ -59,6 +66,7 @@ if ! cargo +nightly fuzz build --debug-assertions --target-dir "$target_dir" >"$
 fi
 built=$(date +%s)
 echo "built the fuzz targets in $((built - started)) s (in $target_dir)"
+(( build_only )) && exit 0
 
 if (( ${#targets[@]} == 0 )); then
   mapfile -t targets < <(cargo +nightly fuzz list)

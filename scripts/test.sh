@@ -93,8 +93,29 @@ if [[ -n $want_vm && $EUID -eq 0 && -x tests/vm/build-image.sh ]]; then
   # Its own process group: an interrupted suite stops debootstrap and apt too.
   setsid tests/vm/build-image.sh >"$log_dir/vm-image.log" 2>&1 &
   image_pid=$!
-  trap '[[ -n $image_pid ]] && kill -- -"$image_pid" 2>/dev/null' EXIT
 fi
+
+# The release daemons (the package and the VM tier need them) and the fuzz targets build in
+# the background too, at the lowest priority: the foreground's compiles leave gaps, and the
+# privileged tests spend much of their time waiting (captures, timeouts). Their phases below
+# wait for them; a failed build there is built again in the foreground, which reports it.
+declare -A build_pid=()
+start_background_build() { # name command...
+  local name=$1
+  shift
+  setsid nice -n 19 "$@" >"$log_dir/$name.log" 2>&1 &
+  build_pid[$name]=$!
+}
+wait_background_build() { # name
+  local name=$1
+  [[ -n ${build_pid[$name]:-} ]] || return 0
+  wait "${build_pid[$name]}" || echo "the $name beside the tests failed (its log below); the phase builds again"
+  sed "s/^/  $name: /" "$log_dir/$name.log"
+  unset "build_pid[$name]"
+}
+start_background_build release-build cargo build --release --locked --quiet -p bpf-loader -p resolver -p policyd
+start_background_build fuzz-build scripts/fuzz.sh --build-only
+trap 'for p in $image_pid "${build_pid[@]}"; do kill -- -"$p" 2>/dev/null; done' EXIT
 
 say "cargo fmt --check"
 cargo fmt --all --check && (cd crates/contain-ebpf && cargo fmt --check)
@@ -124,6 +145,7 @@ skipped=$((skipped + not_run + $(wc -l <"$CONTAIN_SKIPPED_CHECKS_LOG")))
 # socket frames, kernel events, resolver inputs), from the seeds in
 # fuzz/corpus/. CONTAIN_FUZZ_SECONDS: time per target (CI leaves the default).
 say "fuzzing, ${CONTAIN_FUZZ_SECONDS:-25} s per target"
+wait_background_build fuzz-build
 scripts/fuzz.sh "${CONTAIN_FUZZ_SECONDS:-25}" 2>&1 | tee "$log_dir/fuzz.log"
 count_summary "$log_dir/fuzz.log" "${PIPESTATUS[0]}" "fuzzing"
 
@@ -144,6 +166,7 @@ build_debs() {
       CONTAIN_DEB_VERSION="$(dpkg-parsechangelog -S Version)+vmupgrade1" scripts/package.sh
 }
 say "Debian package (scripts/package.sh, lintian)"
+wait_background_build release-build
 build_debs 2>&1 | tee "$log_dir/package.log"
 record "debian package" "${PIPESTATUS[0]}"
 
