@@ -104,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
     // that sees the loader ready sees every existing veth covered.
     bpf_loader::veths::attach_all(&kernel).await;
     tokio::spawn(bpf_loader::veths::follow(kernel.clone()));
+    tokio::spawn(bpf_loader::veths::keep_first(kernel.clone()));
     {
         let kernel_guard = kernel.lock().unwrap_or_else(|p| p.into_inner());
         tracing::info!(

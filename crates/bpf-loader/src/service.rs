@@ -93,7 +93,11 @@ impl Loader for LoaderServer {
         veths::backstop_first_on(recorded, ours)
             .await
             .into_iter()
-            .map(|(ifindex, name)| VethAttachment { ifindex, name })
+            .filter(|c| c.gap.is_none())
+            .map(|c| VethAttachment {
+                ifindex: c.ifindex,
+                name: c.name,
+            })
             .collect()
     }
 

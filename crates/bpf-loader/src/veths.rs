@@ -158,24 +158,75 @@ fn attach_one_program(
     Ok(None)
 }
 
-/// What a frame meets first on one tc hook of a device, as the kernel
-/// lists it now.
+/// What is attached to one tc hook of a device, in the order a frame
+/// meets it, as the kernel lists it now.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FirstOnHook {
-    Nothing,
+pub enum OnHook {
     /// A BPF program, by its kernel id (a tcx program, or a `bpf` filter's).
     Program(u32),
     /// A clsact filter of another kind (`matchall`, `u32`, ...).
     Filter(String),
 }
 
-/// The veths of `recorded` (ifindex → name) on whose every hook the
-/// kernel runs the backstop's program first (`ours`: each hook with its
-/// program's id). One left out is logged with what runs first there.
+impl std::fmt::Display for OnHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OnHook::Program(id) => write!(f, "another BPF program (id {id})"),
+            OnHook::Filter(kind) => write!(f, "a {kind} filter"),
+        }
+    }
+}
+
+/// Why the kernel does not run the backstop first on a veth.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gap {
+    /// Its program is not on this hook (the filter or the qdisc deleted,
+    /// the link detached): the loader attaches it again.
+    Missing(TcAttachType),
+    /// Something else runs before it. Left where it is (not the loader's
+    /// to remove, and it may well pass frames on), and reported.
+    NotFirst(TcAttachType, OnHook),
+    /// What runs there could not be read (the reason).
+    Unreadable(String),
+}
+
+impl std::fmt::Display for Gap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Gap::Missing(hook) => write!(f, "on tc {hook:?}, the backstop is not attached"),
+            Gap::NotFirst(hook, first) => write!(f, "on tc {hook:?}, {first} runs before it"),
+            Gap::Unreadable(reason) => write!(f, "cannot read what runs: {reason}"),
+        }
+    }
+}
+
+/// What a hook's list says of the backstop's program `ours` there.
+pub fn gap_on(hook: TcAttachType, ours: u32, attached: &[OnHook]) -> Option<Gap> {
+    match attached.first() {
+        Some(OnHook::Program(first)) if *first == ours => None,
+        _ if !attached.contains(&OnHook::Program(ours)) => Some(Gap::Missing(hook)),
+        Some(first) => Some(Gap::NotFirst(hook, first.clone())),
+        None => Some(Gap::Missing(hook)),
+    }
+}
+
+/// One veth the loader attached to, as the kernel shows it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Coverage {
+    pub ifindex: u32,
+    pub name: String,
+    /// `None` when the kernel runs the backstop's program first on both
+    /// hooks.
+    pub gap: Option<Gap>,
+}
+
+/// What the kernel runs first on each hook of the veths of `recorded`
+/// (ifindex → name), against the backstop's programs (`ours`: each hook
+/// with its program's id).
 pub async fn backstop_first_on(
     recorded: BTreeMap<u32, String>,
     ours: Vec<(TcAttachType, u32)>,
-) -> Vec<(u32, String)> {
+) -> Vec<Coverage> {
     let firsts = if uses_tcx() {
         // bpf(2) queries, each under the rtnl lock: off the daemon's one
         // thread.
@@ -186,7 +237,7 @@ pub async fn backstop_first_on(
                 .iter()
                 .map(|(&ifindex, name)| {
                     ours.iter()
-                        .map(|&(hook, _)| first_on_tcx_hook(ifindex, name, hook))
+                        .map(|&(hook, _)| on_tcx_hook(ifindex, name, hook))
                         .collect::<Vec<_>>()
                 })
                 .collect::<Vec<_>>()
@@ -201,7 +252,7 @@ pub async fn backstop_first_on(
                 for &ifindex in recorded.keys() {
                     let mut per_hook = Vec::new();
                     for &(hook, _) in &ours {
-                        per_hook.push(first_on_clsact_hook(&handle, ifindex, hook).await);
+                        per_hook.push(on_clsact_hook(&handle, ifindex, hook).await);
                     }
                     firsts.push(per_hook);
                 }
@@ -209,51 +260,52 @@ pub async fn backstop_first_on(
                 firsts
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot open rtnetlink to read the veths' tc filters: no veth is reported as covered");
-                Vec::new()
+                let reason = format!("cannot open rtnetlink to read the tc filters: {e}");
+                return recorded
+                    .into_iter()
+                    .map(|(ifindex, name)| Coverage {
+                        ifindex,
+                        name,
+                        gap: Some(Gap::Unreadable(reason.clone())),
+                    })
+                    .collect();
             }
         }
     };
-    let mut covered = Vec::new();
-    'veths: for ((ifindex, name), per_hook) in recorded.into_iter().zip(firsts) {
-        for (&(hook, id), first) in ours.iter().zip(per_hook) {
-            match first {
-                Ok(FirstOnHook::Program(first)) if first == id => {}
-                Ok(first) => {
-                    tracing::warn!(veth = %name, ifindex, ?hook, backstop_program = id, ?first, "the backstop is not what runs first on this veth: frames there may pass unjudged");
-                    continue 'veths;
-                }
-                Err(e) => {
-                    tracing::warn!(veth = %name, ifindex, ?hook, error = %e, "cannot read this veth's tc programs: not reported as covered");
-                    continue 'veths;
-                }
-            }
-        }
-        covered.push((ifindex, name));
-    }
-    covered
+    recorded
+        .into_iter()
+        .zip(firsts)
+        .map(|((ifindex, name), per_hook)| {
+            let gap =
+                ours.iter()
+                    .zip(per_hook)
+                    .find_map(|(&(hook, id), attached)| match attached {
+                        Ok(attached) => gap_on(hook, id, &attached),
+                        Err(e) => Some(Gap::Unreadable(format!("on tc {hook:?}: {e}"))),
+                    });
+            Coverage { ifindex, name, gap }
+        })
+        .collect()
 }
 
-/// The first program of a tcx hook. aya asks by name: a rename in between
-/// would answer for another device.
-fn first_on_tcx_hook(ifindex: u32, name: &str, hook: TcAttachType) -> std::io::Result<FirstOnHook> {
+/// The programs of a tcx hook, in order. aya asks by name: a rename in
+/// between would answer for another device.
+fn on_tcx_hook(ifindex: u32, name: &str, hook: TcAttachType) -> std::io::Result<Vec<OnHook>> {
     let (_, programs) = SchedClassifier::query_tcx(name, hook).map_err(std::io::Error::other)?;
     if nix::net::if_::if_nametoindex(name).ok() != Some(ifindex) {
         return Err(std::io::Error::other(format!(
             "{name} is no longer ifindex {ifindex}"
         )));
     }
-    Ok(programs
-        .first()
-        .map_or(FirstOnHook::Nothing, |p| FirstOnHook::Program(p.id())))
+    Ok(programs.iter().map(|p| OnHook::Program(p.id())).collect())
 }
 
-/// The first filter of a clsact hook, from its filter dump.
-async fn first_on_clsact_hook(
+/// The filters of a clsact hook, in order, from its filter dump.
+async fn on_clsact_hook(
     handle: &rtnetlink::Handle,
     ifindex: u32,
     hook: TcAttachType,
-) -> std::io::Result<FirstOnHook> {
+) -> std::io::Result<Vec<OnHook>> {
     let request = handle.traffic_filter(ifindex as i32).get();
     let request = match hook {
         TcAttachType::Ingress => request.ingress(),
@@ -265,14 +317,15 @@ async fn first_on_clsact_hook(
         .try_collect()
         .await
         .map_err(std::io::Error::other)?;
-    Ok(first_filter(&dump))
+    Ok(filters_in_order(&dump))
 }
 
-/// The filter a frame meets first, from a clsact parent's filter dump: in
-/// dump order (by priority, then as the classifier walks its filters),
-/// skipping each priority's own entry (handle 0) and chains other than 0
-/// (reached only by a filter's `goto`).
-pub fn first_filter(dump: &[TcMessage]) -> FirstOnHook {
+/// The filters a frame meets, in order, from a clsact parent's filter
+/// dump: in dump order (by priority, then as the classifier walks its
+/// filters), skipping each priority's own entry (handle 0) and chains
+/// other than 0 (reached only by a filter's `goto`).
+pub fn filters_in_order(dump: &[TcMessage]) -> Vec<OnHook> {
+    let mut filters = Vec::new();
     for msg in dump {
         if msg.header.handle == NlTcHandle::UNSPEC {
             continue;
@@ -297,12 +350,12 @@ pub fn first_filter(dump: &[TcMessage]) -> FirstOnHook {
         if chain != 0 {
             continue;
         }
-        return match (kind, program) {
-            (Some("bpf"), Some(id)) => FirstOnHook::Program(id),
-            (kind, _) => FirstOnHook::Filter(kind.unwrap_or("unknown").to_string()),
-        };
+        filters.push(match (kind, program) {
+            (Some("bpf"), Some(id)) => OnHook::Program(id),
+            (kind, _) => OnHook::Filter(kind.unwrap_or("unknown").to_string()),
+        });
     }
-    FirstOnHook::Nothing
+    filters
 }
 
 /// Attaches to every veth now, then follows link events and attaches to
@@ -349,6 +402,66 @@ pub async fn follow(kernel: Arc<Mutex<Kernel>>) {
     }
 }
 
+/// How often the loader checks that the kernel runs the backstop first on
+/// every veth it attached to.
+const CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// Keeps the backstop on every veth it was attached to, forever: where its
+/// program is gone from a hook (another tool's `tc qdisc del dev X clsact`
+/// or filter flush before kernel 6.6, a tcx link detached), attaches it
+/// again. A program or filter another tool put before it is left where it
+/// is: it may pass frames on, and the backstop cannot be put in front of it
+/// without a moment off the hook (the kernel takes a program once per
+/// hook); status names the veth, and the loader logs it once.
+pub async fn keep_first(kernel: Arc<Mutex<Kernel>>) {
+    let mut check = tokio::time::interval(CHECK_EVERY);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Each veth's last gap, so that a gap that stays is logged once.
+    let mut gaps: BTreeMap<u32, Gap> = BTreeMap::new();
+    loop {
+        check.tick().await;
+        let (recorded, ours) = {
+            let kernel = lock(&kernel);
+            (
+                kernel.attached_veths().clone(),
+                kernel.backstop_program_ids(),
+            )
+        };
+        let ours = match ours {
+            Ok(ours) => ours,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the backstop's program ids: cannot check that it runs first on the veths");
+                continue;
+            }
+        };
+        let mut seen = BTreeMap::new();
+        for Coverage { ifindex, name, gap } in backstop_first_on(recorded, ours).await {
+            match gap {
+                None => {
+                    if gaps.contains_key(&ifindex) {
+                        tracing::info!(veth = %name, ifindex, "the backstop runs first on this veth again");
+                    }
+                }
+                Some(gap) => {
+                    let repair = matches!(gap, Gap::Missing(_));
+                    if gaps.get(&ifindex) != Some(&gap) {
+                        if repair {
+                            tracing::warn!(veth = %name, ifindex, %gap, "the backstop is gone from this veth: attaching it again");
+                        } else {
+                            tracing::warn!(veth = %name, ifindex, %gap, "the backstop is not what runs first on this veth: frames there may pass unjudged");
+                        }
+                    }
+                    if repair {
+                        reattach_one(&kernel, ifindex, &name);
+                    }
+                    seen.insert(ifindex, gap);
+                }
+            }
+        }
+        gaps = seen;
+    }
+}
+
 /// Every veth of this namespace, from a link dump.
 pub async fn veths() -> std::io::Result<Vec<(u32, String)>> {
     let (conn, handle, _) = rtnetlink::new_connection()?;
@@ -383,7 +496,24 @@ pub async fn attach_all(kernel: &Arc<Mutex<Kernel>>) {
 
 fn attach_one(kernel: &Arc<Mutex<Kernel>>, ifindex: u32, name: &str) {
     let mut kernel = lock(kernel);
-    match kernel.attach_veth(ifindex, name) {
+    let attached = kernel.attach_veth(ifindex, name);
+    report_attach(&mut kernel, attached, ifindex, name);
+}
+
+/// Attaches the backstop to a veth the loader has attached to before.
+fn reattach_one(kernel: &Arc<Mutex<Kernel>>, ifindex: u32, name: &str) {
+    let mut kernel = lock(kernel);
+    let attached = kernel.reattach_veth(ifindex, name);
+    report_attach(&mut kernel, attached, ifindex, name);
+}
+
+fn report_attach(
+    kernel: &mut Kernel,
+    attached: Result<bool, KernelError>,
+    ifindex: u32,
+    name: &str,
+) {
+    match attached {
         // Attached by name: a rename in between put the program on another
         // device, which its own link event covers. Not this ifindex's.
         Ok(true) if nix::net::if_::if_nametoindex(name).ok() != Some(ifindex) => {
@@ -439,35 +569,55 @@ mod tests {
     }
 
     #[test]
-    fn the_first_filter_is_the_first_real_one_of_chain_0() {
-        assert_eq!(first_filter(&[]), FirstOnHook::Nothing);
+    fn filters_are_listed_in_the_order_a_frame_meets_them() {
+        use OnHook::{Filter, Program};
+        assert_eq!(filters_in_order(&[]), vec![]);
         assert_eq!(
-            first_filter(&[filter(0, "bpf", 0, None), filter(1, "bpf", 0, Some(7))]),
-            FirstOnHook::Program(7)
+            filters_in_order(&[filter(0, "bpf", 0, None), filter(1, "bpf", 0, Some(7))]),
+            vec![Program(7)]
         );
         // A filter of another priority before it, or of the same one added
-        // later (cls_bpf walks its newest first): listed, and so found, first.
+        // later (cls_bpf walks its newest first): listed, and so met, first.
         assert_eq!(
-            first_filter(&[
+            filters_in_order(&[
                 filter(0, "matchall", 0, None),
                 filter(1, "matchall", 0, None),
                 filter(0, "bpf", 0, None),
                 filter(1, "bpf", 0, Some(7)),
             ]),
-            FirstOnHook::Filter("matchall".into())
+            vec![Filter("matchall".into()), Program(7)]
         );
         assert_eq!(
-            first_filter(&[
+            filters_in_order(&[
                 filter(0, "bpf", 0, None),
                 filter(2, "bpf", 0, Some(9)),
                 filter(1, "bpf", 0, Some(7))
             ]),
-            FirstOnHook::Program(9)
+            vec![Program(9), Program(7)]
         );
         // Another chain runs only by a filter's goto.
         assert_eq!(
-            first_filter(&[filter(1, "matchall", 3, None), filter(1, "bpf", 0, Some(7))]),
-            FirstOnHook::Program(7)
+            filters_in_order(&[filter(1, "matchall", 3, None), filter(1, "bpf", 0, Some(7))]),
+            vec![Program(7)]
+        );
+    }
+
+    #[test]
+    fn only_a_missing_backstop_is_a_gap_to_repair() {
+        use OnHook::{Filter, Program};
+        let hook = TcAttachType::Ingress;
+        assert_eq!(gap_on(hook, 7, &[Program(7)]), None);
+        assert_eq!(gap_on(hook, 7, &[Program(7), Program(9)]), None);
+        assert_eq!(gap_on(hook, 7, &[]), Some(Gap::Missing(hook)));
+        // Another loader's program (a predecessor's) is not this one's.
+        assert_eq!(gap_on(hook, 7, &[Program(9)]), Some(Gap::Missing(hook)));
+        assert_eq!(
+            gap_on(hook, 7, &[Program(9), Program(7)]),
+            Some(Gap::NotFirst(hook, Program(9)))
+        );
+        assert_eq!(
+            gap_on(hook, 7, &[Filter("matchall".into()), Program(7)]),
+            Some(Gap::NotFirst(hook, Filter("matchall".into())))
         );
     }
 

@@ -4,8 +4,9 @@
 
 mod common;
 
+use aya::programs::{SchedClassifier, TcAttachType};
 use common::*;
-use contain_common::{comm_hash, ip_proto as ip};
+use contain_common::{comm_hash, ip_proto as ip, program_names};
 use kernel_model::state::{ProcessMatch, Verdict};
 use proto::loader::Hook;
 use std::time::Duration;
@@ -500,7 +501,7 @@ fn captured_markers(capture: &std::path::Path) -> Vec<String> {
 /// What policyd status checks a selected container's veths against: the
 /// loader lists a veth once its link event is in, and forgets it once the
 /// veth is gone; a veth where another program runs before the backstop is
-/// not listed.
+/// not listed, and one the backstop was taken off gets it back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_loader_reports_the_veths_its_backstop_is_on() {
     let Some(()) = require_root("the_loader_reports_the_veths_its_backstop_is_on") else {
@@ -534,15 +535,32 @@ async fn the_loader_reports_the_veths_its_backstop_is_on() {
             !on.iter().any(|v| v.ifindex == lab.ct_veth.ifindex),
             "a veth where another program runs first is listed: {on:?}"
         );
+        // Left where it is: the loader does not remove another's program.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(
+            tcx_ingress_programs(&lab).first().map(String::as_str),
+            Some(tc_program::Verdict::Accept.program_name()),
+            "the program put before the backstop was moved"
+        );
         first.detach();
         let on = listed().await;
         assert!(
             on.iter().any(|v| v.ifindex == lab.ct_veth.ifindex),
             "the veth is not listed again once the backstop runs first: {on:?}"
         );
+        // A backstop taken off the veth behind the loader's back (its pinned
+        // links removed: the kernel detaches a link with its last
+        // reference) is attached again.
+        let pins = remove_backstop_pins(&lab);
+        wait_for_backstop_again(&lab, &pins).await;
+        let on = listed().await;
+        assert!(
+            on.iter().any(|v| v.ifindex == lab.ct_veth.ifindex),
+            "the veth is not listed once the backstop is attached again: {on:?}"
+        );
     } else {
         test_kit::privileged::record_skipped_check(
-            "the_loader_reports_the_veths_its_backstop_is_on: a program before the backstop needs tcx (kernel 6.6); the VM tier checks a clsact filter before it",
+            "the_loader_reports_the_veths_its_backstop_is_on: a program before the backstop needs tcx (kernel 6.6); the VM tier checks a clsact filter removed",
         );
     }
     test_kit::lab::add_veth(
@@ -695,6 +713,100 @@ async fn the_veth_backstop_stops_packet_sockets_and_keeps_allowed_flows() {
     assert_eq!(event.verdict, Verdict::Deny);
     assert_eq!((event.proto, event.dst_port), (UDP, 5353));
     assert_eq!(event.src.to_string(), CT4);
+
+    // Taken off the veth behind the loader's back, the backstop is attached
+    // again: judged at the peer, the denied frame stops again and the
+    // allowed one still arrives.
+    if !bpf_loader::veths::uses_tcx() {
+        test_kit::privileged::record_skipped_check(
+            "the_veth_backstop_stops_packet_sockets_and_keeps_allowed_flows: pinned tcx links need kernel 6.6; the VM tier checks a clsact filter removed",
+        );
+        return;
+    }
+    let pins = remove_backstop_pins(&lab);
+    wait_for_backstop_again(&lab, &pins).await;
+    frame(PEER4_OTHER, "MK{deniedagain}");
+    frame(PEER4, "MK{allowedagain}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !captured_markers(&capture)
+        .iter()
+        .any(|m| m == "MK{allowedagain}")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "once the backstop was attached again, a frame to an allowed destination did not arrive"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !captured_markers(&capture)
+            .iter()
+            .any(|m| m == "MK{deniedagain}"),
+        "once the backstop was attached again, a frame to a denied address arrived at the peer"
+    );
+}
+
+/// The names of the programs on tc ingress of the container's host-side
+/// veth, in the order frames meet them.
+fn tcx_ingress_programs(lab: &Lab) -> Vec<String> {
+    test_kit::lab::with_netns(&lab.host_ns, || {
+        SchedClassifier::query_tcx(&lab.ct_veth.name, TcAttachType::Ingress)
+            .map_err(|e| test_kit::Error::Setup(e.to_string()))
+    })
+    .expect("querying the veth's tc ingress")
+    .1
+    .iter()
+    .map(|p| p.name_as_str().unwrap_or("?").to_string())
+    .collect()
+}
+
+/// Removes the pins of the backstop's links on the container's veth, as
+/// another tool could; they were the links' last references, so the kernel
+/// detaches them (shortly after: it frees a link after an RCU grace
+/// period). Returns the pins' paths.
+fn remove_backstop_pins(lab: &Lab) -> Vec<std::path::PathBuf> {
+    let group = bpf_loader::veths::pin_group(&lab.pin_dir.join("links"), lab.ct_veth.ifindex);
+    let mut removed = Vec::new();
+    for instance in std::fs::read_dir(&group)
+        .expect("the veth's pin group")
+        .flatten()
+    {
+        for link in std::fs::read_dir(instance.path())
+            .expect("an instance's pins")
+            .flatten()
+        {
+            std::fs::remove_file(link.path()).expect("removing a pin");
+            removed.push(link.path());
+        }
+    }
+    assert_eq!(
+        removed.len(),
+        2,
+        "the backstop's two links under {}",
+        group.display()
+    );
+    removed
+}
+
+/// Waits until the loader has attached the backstop to the container's veth
+/// again (its links pinned where the removed `pins` were: only a new
+/// attachment makes them) and it runs first there.
+async fn wait_for_backstop_again(lab: &Lab, pins: &[std::path::PathBuf]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let programs = tcx_ingress_programs(lab);
+        if pins.iter().all(|p| p.exists())
+            && programs.first().map(String::as_str) == Some(program_names::VETH)
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "10 s after the backstop was taken off the veth, the loader has not attached it again: {programs:?} on tc ingress"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A source address of no one's, on the lab's subnet: what a container

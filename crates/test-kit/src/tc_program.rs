@@ -120,14 +120,21 @@ pub struct TcProgram {
     links: Vec<OwnedFd>,
 }
 
+impl Verdict {
+    /// The kernel's name of the program that returns this verdict.
+    pub fn program_name(self) -> &'static str {
+        match self {
+            Verdict::NoOpinion => "ckit_tc_unspec",
+            Verdict::Accept => "ckit_tc_accept",
+        }
+    }
+}
+
 impl TcProgram {
     pub fn load(verdict: Verdict) -> Result<TcProgram> {
         let license = b"GPL\0";
         let mut name = [0u8; 16];
-        let label: &[u8] = match verdict {
-            Verdict::NoOpinion => b"ckit_tc_unspec",
-            Verdict::Accept => b"ckit_tc_accept",
-        };
+        let label = verdict.program_name().as_bytes();
         name[..label.len()].copy_from_slice(label);
         let insns = program(verdict);
         let mut attr = ProgLoadAttr {

@@ -167,6 +167,14 @@ impl Kernel {
         Ok(true)
     }
 
+    /// Attaches the backstop to `ifindex` again, where the kernel no longer
+    /// runs it first. With tcx the new links go in front and replace the
+    /// old ones' pins, so the veth is never without one.
+    pub fn reattach_veth(&mut self, ifindex: u32, name: &str) -> Result<bool, KernelError> {
+        self.veths.remove(&ifindex);
+        self.attach_veth(ifindex, name)
+    }
+
     /// A veth left this namespace (deleted, or moved into a container's):
     /// its pinned link, if any, is released.
     pub fn veth_gone(&mut self, ifindex: u32) {
@@ -207,7 +215,7 @@ impl Kernel {
     }
 
     /// The host-side veths the backstop is attached to, by this loader's
-    /// record (what the kernel runs there: [`veths::first_on_hook`]).
+    /// record (what the kernel runs there: [`veths::backstop_first_on`]).
     pub fn attached_veths(&self) -> &BTreeMap<u32, String> {
         &self.veths
     }
