@@ -93,7 +93,7 @@ impl Loader for LoaderServer {
         veths::backstop_first_on(recorded, ours)
             .await
             .into_iter()
-            .filter(|c| c.gap.is_none())
+            .filter(|c| c.gaps.is_empty())
             .map(|c| VethAttachment {
                 ifindex: c.ifindex,
                 name: c.name,

@@ -83,8 +83,20 @@ pub const PROGRAMS: [(&str, TcAttachType); 2] = [
 /// are for the caller to pin; with netlink the filters are in the kernel
 /// and there is nothing to keep.
 pub fn attach(ebpf: &mut Ebpf, name: &str) -> Result<Vec<(&'static str, FdLink)>, KernelError> {
+    attach_hooks(ebpf, name, &PROGRAMS.map(|(_, hook)| hook))
+}
+
+/// [`attach`] for some of the hooks.
+pub fn attach_hooks(
+    ebpf: &mut Ebpf,
+    name: &str,
+    hooks: &[TcAttachType],
+) -> Result<Vec<(&'static str, FdLink)>, KernelError> {
     let mut links = Vec::new();
     for (prog_name, attach_type) in PROGRAMS {
+        if !hooks.contains(&attach_type) {
+            continue;
+        }
         if let Some(link) = attach_one_program(ebpf, prog_name, attach_type, name)? {
             links.push((prog_name, link));
         }
@@ -162,22 +174,23 @@ fn attach_one_program(
 /// meets it, as the kernel lists it now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OnHook {
-    /// A BPF program, by its kernel id (a tcx program, or a `bpf` filter's).
-    Program(u32),
-    /// A clsact filter of another kind (`matchall`, `u32`, ...).
+    /// A BPF program: its kernel id, and its name (the kernel's, or a
+    /// filter's).
+    Program(u32, String),
+    /// A clsact filter of another kind (`matchall`, `u32`, classic BPF ...).
     Filter(String),
 }
 
 impl std::fmt::Display for OnHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            OnHook::Program(id) => write!(f, "another BPF program (id {id})"),
+            OnHook::Program(id, name) => write!(f, "another BPF program ({name:?}, id {id})"),
             OnHook::Filter(kind) => write!(f, "a {kind} filter"),
         }
     }
 }
 
-/// Why the kernel does not run the backstop first on a veth.
+/// Why the kernel does not run the backstop first on a hook of a veth.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Gap {
     /// Its program is not on this hook (the filter or the qdisc deleted,
@@ -186,6 +199,10 @@ pub enum Gap {
     /// Something else runs before it. Left where it is (not the loader's
     /// to remove, and it may well pass frames on), and reported.
     NotFirst(TcAttachType, OnHook),
+    /// Another contain loader's backstop is there instead (one with
+    /// another pin directory, which replaced this one's filter): reported,
+    /// never replaced back, so that two loaders do not take turns.
+    OtherLoader(TcAttachType, OnHook),
     /// What runs there could not be read (the reason).
     Unreadable(String),
 }
@@ -195,18 +212,31 @@ impl std::fmt::Display for Gap {
         match self {
             Gap::Missing(hook) => write!(f, "on tc {hook:?}, the backstop is not attached"),
             Gap::NotFirst(hook, first) => write!(f, "on tc {hook:?}, {first} runs before it"),
+            Gap::OtherLoader(hook, other) => write!(
+                f,
+                "on tc {hook:?}, {other} of another contain loader is there instead"
+            ),
             Gap::Unreadable(reason) => write!(f, "cannot read what runs: {reason}"),
         }
     }
 }
 
+/// The backstop's programs are named `contain_veth…` (the kernel keeps 15
+/// bytes of a name).
+const BACKSTOP_NAME_PREFIX: &str = "contain_veth";
+
 /// What a hook's list says of the backstop's program `ours` there.
 pub fn gap_on(hook: TcAttachType, ours: u32, attached: &[OnHook]) -> Option<Gap> {
+    let is_ours = |on: &OnHook| matches!(on, OnHook::Program(id, _) if *id == ours);
     match attached.first() {
-        Some(OnHook::Program(first)) if *first == ours => None,
-        _ if !attached.contains(&OnHook::Program(ours)) => Some(Gap::Missing(hook)),
-        Some(first) => Some(Gap::NotFirst(hook, first.clone())),
-        None => Some(Gap::Missing(hook)),
+        Some(first) if is_ours(first) => None,
+        Some(first) if attached.iter().any(is_ours) => Some(Gap::NotFirst(hook, first.clone())),
+        _ => match attached.iter().find(
+            |on| matches!(on, OnHook::Program(_, name) if name.starts_with(BACKSTOP_NAME_PREFIX)),
+        ) {
+            Some(other) => Some(Gap::OtherLoader(hook, other.clone())),
+            None => Some(Gap::Missing(hook)),
+        },
     }
 }
 
@@ -215,9 +245,9 @@ pub fn gap_on(hook: TcAttachType, ours: u32, attached: &[OnHook]) -> Option<Gap>
 pub struct Coverage {
     pub ifindex: u32,
     pub name: String,
-    /// `None` when the kernel runs the backstop's program first on both
+    /// Empty when the kernel runs the backstop's program first on both
     /// hooks.
-    pub gap: Option<Gap>,
+    pub gaps: Vec<Gap>,
 }
 
 /// What the kernel runs first on each hook of the veths of `recorded`
@@ -227,13 +257,13 @@ pub async fn backstop_first_on(
     recorded: BTreeMap<u32, String>,
     ours: Vec<(TcAttachType, u32)>,
 ) -> Vec<Coverage> {
-    let firsts = if uses_tcx() {
+    let attached = if uses_tcx() {
         // bpf(2) queries, each under the rtnl lock: off the daemon's one
         // thread.
-        let recorded = recorded.clone();
+        let query = recorded.clone();
         let ours = ours.clone();
-        tokio::task::spawn_blocking(move || {
-            recorded
+        let listed = tokio::task::spawn_blocking(move || {
+            query
                 .iter()
                 .map(|(&ifindex, name)| {
                     ours.iter()
@@ -242,48 +272,62 @@ pub async fn backstop_first_on(
                 })
                 .collect::<Vec<_>>()
         })
-        .await
-        .unwrap_or_default()
+        .await;
+        match listed {
+            Ok(listed) => listed,
+            Err(e) => return unreadable(recorded, &format!("the tcx queries failed: {e}")),
+        }
     } else {
         match rtnetlink::new_connection() {
             Ok((conn, handle, _)) => {
                 let conn_task = tokio::spawn(conn);
-                let mut firsts = Vec::new();
+                let mut listed = Vec::new();
                 for &ifindex in recorded.keys() {
                     let mut per_hook = Vec::new();
                     for &(hook, _) in &ours {
                         per_hook.push(on_clsact_hook(&handle, ifindex, hook).await);
                     }
-                    firsts.push(per_hook);
+                    listed.push(per_hook);
                 }
                 conn_task.abort();
-                firsts
+                listed
             }
             Err(e) => {
-                let reason = format!("cannot open rtnetlink to read the tc filters: {e}");
-                return recorded
-                    .into_iter()
-                    .map(|(ifindex, name)| Coverage {
-                        ifindex,
-                        name,
-                        gap: Some(Gap::Unreadable(reason.clone())),
-                    })
-                    .collect();
+                return unreadable(
+                    recorded,
+                    &format!("cannot open rtnetlink to read the tc filters: {e}"),
+                )
             }
         }
     };
     recorded
         .into_iter()
-        .zip(firsts)
+        .zip(attached)
         .map(|((ifindex, name), per_hook)| {
-            let gap =
-                ours.iter()
-                    .zip(per_hook)
-                    .find_map(|(&(hook, id), attached)| match attached {
-                        Ok(attached) => gap_on(hook, id, &attached),
-                        Err(e) => Some(Gap::Unreadable(format!("on tc {hook:?}: {e}"))),
-                    });
-            Coverage { ifindex, name, gap }
+            let gaps = ours
+                .iter()
+                .zip(per_hook)
+                .filter_map(|(&(hook, id), attached)| match attached {
+                    Ok(attached) => gap_on(hook, id, &attached),
+                    Err(e) => Some(Gap::Unreadable(format!("on tc {hook:?}: {e}"))),
+                })
+                .collect();
+            Coverage {
+                ifindex,
+                name,
+                gaps,
+            }
+        })
+        .collect()
+}
+
+fn unreadable(recorded: BTreeMap<u32, String>, reason: &str) -> Vec<Coverage> {
+    recorded
+        .into_iter()
+        .map(|(ifindex, name)| Coverage {
+            ifindex,
+            name,
+            gaps: vec![Gap::Unreadable(reason.to_string())],
         })
         .collect()
 }
@@ -297,7 +341,10 @@ fn on_tcx_hook(ifindex: u32, name: &str, hook: TcAttachType) -> std::io::Result<
             "{name} is no longer ifindex {ifindex}"
         )));
     }
-    Ok(programs.iter().map(|p| OnHook::Program(p.id())).collect())
+    Ok(programs
+        .iter()
+        .map(|p| OnHook::Program(p.id(), p.name_as_str().unwrap_or_default().to_string()))
+        .collect())
 }
 
 /// The filters of a clsact hook, in order, from its filter dump.
@@ -333,14 +380,17 @@ pub fn filters_in_order(dump: &[TcMessage]) -> Vec<OnHook> {
         let mut kind = None;
         let mut chain = 0;
         let mut program = None;
+        let mut name = String::new();
         for attr in &msg.attributes {
             match attr {
                 TcAttribute::Kind(k) => kind = Some(k.as_str()),
                 TcAttribute::Chain(c) => chain = *c,
                 TcAttribute::Options(options) => {
                     for option in options {
-                        if let TcOption::Bpf(TcFilterBpfOption::ProgId(id)) = option {
-                            program = Some(*id);
+                        match option {
+                            TcOption::Bpf(TcFilterBpfOption::ProgId(id)) => program = Some(*id),
+                            TcOption::Bpf(TcFilterBpfOption::ProgName(n)) => name.clone_from(n),
+                            _ => {}
                         }
                     }
                 }
@@ -351,7 +401,7 @@ pub fn filters_in_order(dump: &[TcMessage]) -> Vec<OnHook> {
             continue;
         }
         filters.push(match (kind, program) {
-            (Some("bpf"), Some(id)) => OnHook::Program(id),
+            (Some("bpf"), Some(id)) => OnHook::Program(id, name),
             (kind, _) => OnHook::Filter(kind.unwrap_or("unknown").to_string()),
         });
     }
@@ -405,19 +455,25 @@ pub async fn follow(kernel: Arc<Mutex<Kernel>>) {
 /// How often the loader checks that the kernel runs the backstop first on
 /// every veth it attached to.
 const CHECK_EVERY: Duration = Duration::from_secs(2);
+/// The longest wait before a veth whose attach keeps failing is tried again.
+const RETRY_MAX: Duration = Duration::from_secs(60);
 
-/// Keeps the backstop on every veth it was attached to, forever: where its
-/// program is gone from a hook (another tool's `tc qdisc del dev X clsact`
-/// or filter flush before kernel 6.6, a tcx link detached), attaches it
-/// again. A program or filter another tool put before it is left where it
-/// is: it may pass frames on, and the backstop cannot be put in front of it
-/// without a moment off the hook (the kernel takes a program once per
-/// hook); status names the veth, and the loader logs it once.
+/// Keeps the backstop on every veth of this namespace, forever. Where its
+/// program is gone from a hook (another tool's `tc filter del` or
+/// `tc qdisc del dev X clsact` before kernel 6.6, a tcx link detached or
+/// unpinned), attaches it to that hook again. A program or filter another
+/// tool put before it is left where it is: it may pass frames on, and the
+/// backstop cannot be put in front of it without a moment off the hook
+/// (the kernel takes a program once per hook); status names the veth, and
+/// the loader logs it once. A veth whose attach failed is tried again, at
+/// most once a minute once it keeps failing.
 pub async fn keep_first(kernel: Arc<Mutex<Kernel>>) {
     let mut check = tokio::time::interval(CHECK_EVERY);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Each veth's last gap, so that a gap that stays is logged once.
-    let mut gaps: BTreeMap<u32, Gap> = BTreeMap::new();
+    // Each veth's last gaps, so that a gap that stays is logged once.
+    let mut last_gaps: BTreeMap<u32, Vec<Gap>> = BTreeMap::new();
+    // Veths not on record: when to try each again, and the back-off.
+    let mut retry: BTreeMap<u32, (tokio::time::Instant, Duration)> = BTreeMap::new();
     loop {
         check.tick().await;
         let (recorded, ours) = {
@@ -434,31 +490,78 @@ pub async fn keep_first(kernel: Arc<Mutex<Kernel>>) {
                 continue;
             }
         };
-        let mut seen = BTreeMap::new();
-        for Coverage { ifindex, name, gap } in backstop_first_on(recorded, ours).await {
-            match gap {
-                None => {
-                    if gaps.contains_key(&ifindex) {
-                        tracing::info!(veth = %name, ifindex, "the backstop runs first on this veth again");
-                    }
+        let mut gaps_now = BTreeMap::new();
+        for Coverage {
+            ifindex,
+            name,
+            gaps,
+        } in backstop_first_on(recorded.clone(), ours).await
+        {
+            if gaps.is_empty() {
+                if last_gaps.contains_key(&ifindex) {
+                    tracing::info!(veth = %name, ifindex, "the backstop runs first on this veth again");
                 }
-                Some(gap) => {
-                    let repair = matches!(gap, Gap::Missing(_));
-                    if gaps.get(&ifindex) != Some(&gap) {
-                        if repair {
-                            tracing::warn!(veth = %name, ifindex, %gap, "the backstop is gone from this veth: attaching it again");
-                        } else {
-                            tracing::warn!(veth = %name, ifindex, %gap, "the backstop is not what runs first on this veth: frames there may pass unjudged");
+                continue;
+            }
+            // Gone, moved into a container's namespace or renamed since the
+            // record was read: its link event settles it.
+            let still_here = lock(&kernel).attached_veths().get(&ifindex) == Some(&name)
+                && nix::net::if_::if_nametoindex(name.as_str()).ok() == Some(ifindex);
+            if !still_here {
+                continue;
+            }
+            if last_gaps.get(&ifindex) != Some(&gaps) {
+                for gap in &gaps {
+                    match gap {
+                        Gap::Missing(_) => {
+                            tracing::warn!(veth = %name, ifindex, %gap, "the backstop is gone from this veth: attaching it again")
+                        }
+                        Gap::Unreadable(_) => {
+                            tracing::warn!(veth = %name, ifindex, %gap, "cannot check that the backstop runs first on this veth")
+                        }
+                        _ => {
+                            tracing::warn!(veth = %name, ifindex, %gap, "the backstop is not what runs first on this veth: frames there may pass unjudged")
                         }
                     }
-                    if repair {
-                        reattach_one(&kernel, ifindex, &name);
-                    }
-                    seen.insert(ifindex, gap);
                 }
             }
+            let missing: Vec<TcAttachType> = gaps
+                .iter()
+                .filter_map(|g| match g {
+                    Gap::Missing(hook) => Some(*hook),
+                    _ => None,
+                })
+                .collect();
+            if !missing.is_empty() {
+                if let Err(e) = lock(&kernel).reattach_veth(ifindex, &name, &missing) {
+                    tracing::error!(veth = %name, ifindex, error = %e, "cannot attach the backstop to this veth again: packet sockets behind it are not covered");
+                }
+                // Each repair holds the kernel's lock across bpf(2) and
+                // netlink calls: the socket's requests go in between.
+                tokio::task::yield_now().await;
+            }
+            gaps_now.insert(ifindex, gaps);
         }
-        gaps = seen;
+        last_gaps = gaps_now;
+
+        // Veths whose attach failed (or that no event announced).
+        let Ok(present) = veths().await else { continue };
+        let now = tokio::time::Instant::now();
+        retry.retain(|ifindex, _| present.iter().any(|(i, _)| i == ifindex));
+        for (ifindex, name) in present {
+            if recorded.contains_key(&ifindex) {
+                retry.remove(&ifindex);
+                continue;
+            }
+            let (at, backoff) = retry.get(&ifindex).copied().unwrap_or((now, CHECK_EVERY));
+            if at > now {
+                continue;
+            }
+            if !attach_one(&kernel, ifindex, &name) {
+                retry.insert(ifindex, (now + backoff, (backoff * 2).min(RETRY_MAX)));
+            }
+            tokio::task::yield_now().await;
+        }
     }
 }
 
@@ -494,17 +597,12 @@ pub async fn attach_all(kernel: &Arc<Mutex<Kernel>>) {
     }
 }
 
-fn attach_one(kernel: &Arc<Mutex<Kernel>>, ifindex: u32, name: &str) {
+/// Attaches the backstop to one veth; returns whether the veth is on
+/// record now (attached, or left to a link event).
+fn attach_one(kernel: &Arc<Mutex<Kernel>>, ifindex: u32, name: &str) -> bool {
     let mut kernel = lock(kernel);
     let attached = kernel.attach_veth(ifindex, name);
-    report_attach(&mut kernel, attached, ifindex, name);
-}
-
-/// Attaches the backstop to a veth the loader has attached to before.
-fn reattach_one(kernel: &Arc<Mutex<Kernel>>, ifindex: u32, name: &str) {
-    let mut kernel = lock(kernel);
-    let attached = kernel.reattach_veth(ifindex, name);
-    report_attach(&mut kernel, attached, ifindex, name);
+    report_attach(&mut kernel, attached, ifindex, name)
 }
 
 fn report_attach(
@@ -512,7 +610,7 @@ fn report_attach(
     attached: Result<bool, KernelError>,
     ifindex: u32,
     name: &str,
-) {
+) -> bool {
     match attached {
         // Attached by name: a rename in between put the program on another
         // device, which its own link event covers. Not this ifindex's.
@@ -523,16 +621,22 @@ fn report_attach(
                 ifindex,
                 "veth renamed while the backstop was attached; left to the new name's event"
             );
+            true
         }
-        Ok(true) => tracing::info!(veth = name, ifindex, "backstop attached to veth"),
-        Ok(false) => {}
+        Ok(true) => {
+            tracing::info!(veth = name, ifindex, "backstop attached to veth");
+            true
+        }
+        Ok(false) => true,
         // The end a runtime moves into a container's namespace is often gone
         // from this one before it could be attached: nothing to cover here.
         Err(e) if nix::net::if_::if_nametoindex(name).ok() != Some(ifindex) => {
             tracing::debug!(veth = name, ifindex, error = %e, "veth left this namespace before the backstop was attached");
+            true
         }
         Err(e) => {
-            tracing::error!(veth = name, ifindex, error = %e, "cannot attach the backstop to veth: packet sockets behind it are not covered")
+            tracing::error!(veth = name, ifindex, error = %e, "cannot attach the backstop to veth: packet sockets behind it are not covered");
+            false
         }
     }
 }
@@ -568,13 +672,18 @@ mod tests {
         m
     }
 
+    fn prog(id: u32) -> OnHook {
+        OnHook::Program(id, format!("prog{id}"))
+    }
+
     #[test]
     fn filters_are_listed_in_the_order_a_frame_meets_them() {
-        use OnHook::{Filter, Program};
+        use OnHook::Filter;
         assert_eq!(filters_in_order(&[]), vec![]);
+        let named = |id| OnHook::Program(id, String::new());
         assert_eq!(
             filters_in_order(&[filter(0, "bpf", 0, None), filter(1, "bpf", 0, Some(7))]),
-            vec![Program(7)]
+            vec![named(7)]
         );
         // A filter of another priority before it, or of the same one added
         // later (cls_bpf walks its newest first): listed, and so met, first.
@@ -585,7 +694,7 @@ mod tests {
                 filter(0, "bpf", 0, None),
                 filter(1, "bpf", 0, Some(7)),
             ]),
-            vec![Filter("matchall".into()), Program(7)]
+            vec![Filter("matchall".into()), named(7)]
         );
         assert_eq!(
             filters_in_order(&[
@@ -593,31 +702,42 @@ mod tests {
                 filter(2, "bpf", 0, Some(9)),
                 filter(1, "bpf", 0, Some(7))
             ]),
-            vec![Program(9), Program(7)]
+            vec![named(9), named(7)]
+        );
+        // Classic BPF: a bpf filter without a program id.
+        assert_eq!(
+            filters_in_order(&[filter(2, "bpf", 0, None), filter(1, "bpf", 0, Some(7))]),
+            vec![Filter("bpf".into()), named(7)]
         );
         // Another chain runs only by a filter's goto.
         assert_eq!(
             filters_in_order(&[filter(1, "matchall", 3, None), filter(1, "bpf", 0, Some(7))]),
-            vec![Program(7)]
+            vec![named(7)]
         );
     }
 
     #[test]
     fn only_a_missing_backstop_is_a_gap_to_repair() {
-        use OnHook::{Filter, Program};
+        use OnHook::Filter;
         let hook = TcAttachType::Ingress;
-        assert_eq!(gap_on(hook, 7, &[Program(7)]), None);
-        assert_eq!(gap_on(hook, 7, &[Program(7), Program(9)]), None);
+        assert_eq!(gap_on(hook, 7, &[prog(7)]), None);
+        assert_eq!(gap_on(hook, 7, &[prog(7), prog(9)]), None);
         assert_eq!(gap_on(hook, 7, &[]), Some(Gap::Missing(hook)));
-        // Another loader's program (a predecessor's) is not this one's.
-        assert_eq!(gap_on(hook, 7, &[Program(9)]), Some(Gap::Missing(hook)));
+        assert_eq!(gap_on(hook, 7, &[prog(9)]), Some(Gap::Missing(hook)));
         assert_eq!(
-            gap_on(hook, 7, &[Program(9), Program(7)]),
-            Some(Gap::NotFirst(hook, Program(9)))
+            gap_on(hook, 7, &[prog(9), prog(7)]),
+            Some(Gap::NotFirst(hook, prog(9)))
         );
         assert_eq!(
-            gap_on(hook, 7, &[Filter("matchall".into()), Program(7)]),
+            gap_on(hook, 7, &[Filter("matchall".into()), prog(7)]),
             Some(Gap::NotFirst(hook, Filter("matchall".into())))
+        );
+        // Another loader's backstop where this one's was (it replaced this
+        // one's clsact filter): not taken back.
+        let other = OnHook::Program(9, "contain_veth_in".into());
+        assert_eq!(
+            gap_on(hook, 7, std::slice::from_ref(&other)),
+            Some(Gap::OtherLoader(hook, other))
         );
     }
 

@@ -551,7 +551,9 @@ async fn the_loader_reports_the_veths_its_backstop_is_on() {
         // A backstop taken off the veth behind the loader's back (its pinned
         // links removed: the kernel detaches a link with its last
         // reference) is attached again.
-        let pins = remove_backstop_pins(&lab);
+        let pins = remove_backstop_pins(&lab, &[program_names::VETH]);
+        wait_for_backstop_again(&lab, &pins).await;
+        let pins = remove_backstop_pins(&lab, &[program_names::VETH, program_names::VETH_INBOUND]);
         wait_for_backstop_again(&lab, &pins).await;
         let on = listed().await;
         assert!(
@@ -723,7 +725,7 @@ async fn the_veth_backstop_stops_packet_sockets_and_keeps_allowed_flows() {
         );
         return;
     }
-    let pins = remove_backstop_pins(&lab);
+    let pins = remove_backstop_pins(&lab, &[program_names::VETH, program_names::VETH_INBOUND]);
     wait_for_backstop_again(&lab, &pins).await;
     frame(PEER4_OTHER, "MK{deniedagain}");
     frame(PEER4, "MK{allowedagain}");
@@ -750,8 +752,15 @@ async fn the_veth_backstop_stops_packet_sockets_and_keeps_allowed_flows() {
 /// The names of the programs on tc ingress of the container's host-side
 /// veth, in the order frames meet them.
 fn tcx_ingress_programs(lab: &Lab) -> Vec<String> {
+    tcx_programs(lab, TcAttachType::Ingress)
+}
+
+/// The names of the programs on a tc hook of the container's host-side
+/// veth, in the order frames meet them (the kernel keeps 15 bytes of a
+/// name).
+fn tcx_programs(lab: &Lab, hook: TcAttachType) -> Vec<String> {
     test_kit::lab::with_netns(&lab.host_ns, || {
-        SchedClassifier::query_tcx(&lab.ct_veth.name, TcAttachType::Ingress)
+        SchedClassifier::query_tcx(&lab.ct_veth.name, hook)
             .map_err(|e| test_kit::Error::Setup(e.to_string()))
     })
     .expect("querying the veth's tc ingress")
@@ -761,29 +770,28 @@ fn tcx_ingress_programs(lab: &Lab) -> Vec<String> {
     .collect()
 }
 
-/// Removes the pins of the backstop's links on the container's veth, as
-/// another tool could; they were the links' last references, so the kernel
-/// detaches them (shortly after: it frees a link after an RCU grace
-/// period). Returns the pins' paths.
-fn remove_backstop_pins(lab: &Lab) -> Vec<std::path::PathBuf> {
+/// Removes the pins of the backstop's links named `programs` on the
+/// container's veth, as another tool could; they were the links' last
+/// references, so the kernel detaches them (shortly after: it frees a link
+/// after an RCU grace period). Returns the pins' paths.
+fn remove_backstop_pins(lab: &Lab, programs: &[&str]) -> Vec<std::path::PathBuf> {
     let group = bpf_loader::veths::pin_group(&lab.pin_dir.join("links"), lab.ct_veth.ifindex);
     let mut removed = Vec::new();
     for instance in std::fs::read_dir(&group)
         .expect("the veth's pin group")
         .flatten()
     {
-        for link in std::fs::read_dir(instance.path())
-            .expect("an instance's pins")
-            .flatten()
-        {
-            std::fs::remove_file(link.path()).expect("removing a pin");
-            removed.push(link.path());
+        for program in programs {
+            let pin = instance.path().join(program);
+            std::fs::remove_file(&pin)
+                .unwrap_or_else(|e| panic!("removing {}: {e}", pin.display()));
+            removed.push(pin);
         }
     }
     assert_eq!(
         removed.len(),
-        2,
-        "the backstop's two links under {}",
+        programs.len(),
+        "one instance's pins under {}",
         group.display()
     );
     removed
@@ -791,19 +799,28 @@ fn remove_backstop_pins(lab: &Lab) -> Vec<std::path::PathBuf> {
 
 /// Waits until the loader has attached the backstop to the container's veth
 /// again (its links pinned where the removed `pins` were: only a new
-/// attachment makes them) and it runs first there.
+/// attachment makes them) and it runs first on both hooks.
 async fn wait_for_backstop_again(lab: &Lab, pins: &[std::path::PathBuf]) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let programs = tcx_ingress_programs(lab);
+        let ingress = tcx_programs(lab, TcAttachType::Ingress);
+        let egress = tcx_programs(lab, TcAttachType::Egress);
         if pins.iter().all(|p| p.exists())
-            && programs.first().map(String::as_str) == Some(program_names::VETH)
+            && ingress.first().map(String::as_str) == Some(program_names::VETH)
+            && egress
+                .first()
+                .is_some_and(|p| program_names::VETH_INBOUND.starts_with(p.as_str()))
         {
+            assert_eq!(
+                (ingress.len(), egress.len()),
+                (1, 1),
+                "the backstop twice on a hook: {ingress:?}, {egress:?}"
+            );
             return;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "10 s after the backstop was taken off the veth, the loader has not attached it again: {programs:?} on tc ingress"
+            "10 s after the backstop's links {pins:?} were removed, the loader has not attached them again: {ingress:?} on tc ingress, {egress:?} on tc egress"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -113,6 +113,7 @@ else:
 }
 has_policy() { [[ $(status_of "$1" policy) == "$2" ]]; }
 has_field() { [[ $(status_of "$1" "$2") == "$3" ]]; }
+uncovered_says() { [[ $(status_of "$1" packet_sockets_uncovered) == *"$2"* ]]; }
 has_mode() { [[ $(status_of "$1" mode) == "$2" ]]; }
 # check_eq DESC WANT CMD...: PASS if CMD prints exactly WANT
 check_eq() {
@@ -368,6 +369,31 @@ if [[ -n $bveth ]] && tc filter del dev "$bveth" ingress; then
   check "tc lists the backstop's filters on $bveth again after its clsact qdisc was deleted" \
     retry 40 0.25 bash -c "tc filter show dev $bveth ingress | grep -q contain_veth && tc filter show dev $bveth egress | grep -q contain_veth_in"
   check "status: blocked's packet sockets are covered" \
+    retry 40 0.25 has_field blocked packet_sockets_uncovered null
+  report=$(send_in blocked --count 20 $(specs req "${DENIED_KINDS[@]}" "${ALLOWED_KINDS[@]}"))
+  barrier
+  expect_frames none "$report" "blocked, AF_PACKET, after the loader attached the qdisc's filters again:" \
+    $(names req "${DENIED_KINDS[@]}")
+  expect_frames all "$report" "blocked, TCP SYN to peer:8080, after the loader attached the qdisc's filters again:" \
+    $(names req "${ALLOWED_KINDS[@]}")
+  # Another tool's filter before the backstop's (a classic BPF filter at its priority, added later,
+  # so walked first; this one matches nothing, so frames still reach the backstop): reported by
+  # status, logged once, left where it is.
+  check "another filter before the backstop on $bveth" tc filter add dev "$bveth" ingress pref 1 \
+    handle 0x2 protocol all bpf bytecode '1,6 0 0 0,'
+  check "status: blocked's veth with a filter before the backstop is named" \
+    retry 40 0.25 uncovered_says blocked "does not run the backstop first on its veth (ifindex $bveth_index)"
+  info "status said: $(status_of blocked packet_sockets_uncovered)"
+  sleep 5 # two more of the loader's checks
+  check_eq "the loader logged the filter before it once" 1 bash -c \
+    "journalctl -u contain-bpf-loader -o cat | grep 'the backstop is not what runs first on this veth' | grep -cE '\"ifindex\":$bveth_index[,}]'"
+  check "the loader left it there" bash -c "tc filter show dev $bveth ingress | grep -q 'handle 0x2 '"
+  report=$(send_in blocked --count 20 $(specs fil "${DENIED_KINDS[@]}"))
+  barrier
+  expect_frames none "$report" "blocked, AF_PACKET, past a filter that matches nothing:" \
+    $(names fil "${DENIED_KINDS[@]}")
+  check "remove the other filter" tc filter del dev "$bveth" ingress pref 1 handle 0x2 protocol all bpf
+  check "status: blocked's packet sockets are covered once it is gone" \
     retry 40 0.25 has_field blocked packet_sockets_uncovered null
 else
   fail "cannot remove blocked's veth filter (veth '${bveth}', ifindex ${bveth_index:-?})"

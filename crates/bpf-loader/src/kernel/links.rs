@@ -167,12 +167,25 @@ impl Kernel {
         Ok(true)
     }
 
-    /// Attaches the backstop to `ifindex` again, where the kernel no longer
-    /// runs it first. With tcx the new links go in front and replace the
-    /// old ones' pins, so the veth is never without one.
-    pub fn reattach_veth(&mut self, ifindex: u32, name: &str) -> Result<bool, KernelError> {
-        self.veths.remove(&ifindex);
-        self.attach_veth(ifindex, name)
+    /// Attaches the backstop's programs again to the `hooks` of recorded
+    /// veth `ifindex` where the kernel no longer has them (only those: the
+    /// kernel takes a program once per hook). A tcx link is pinned where
+    /// the lost one was.
+    pub fn reattach_veth(
+        &mut self,
+        ifindex: u32,
+        name: &str,
+        hooks: &[TcAttachType],
+    ) -> Result<(), KernelError> {
+        let links = veths::attach_hooks(&mut self.ebpf, name, hooks)?;
+        if !links.is_empty() {
+            let dir = veths::pin_group(&self.links_dir(), ifindex).join(&self.instance);
+            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            for (program, link) in links {
+                pin(link, &dir.join(program))?;
+            }
+        }
+        Ok(())
     }
 
     /// A veth left this namespace (deleted, or moved into a container's):
