@@ -76,22 +76,14 @@ impl Loader for LoaderServer {
     /// attachment is gone, or another program or filter runs before it
     /// (one that accepts a frame would end the hook before the backstop).
     async fn veth_attachments(self, _: Context) -> Vec<VethAttachment> {
-        let (recorded, ours) = {
-            let kernel = self.kernel();
-            (
-                kernel.attached_veths().clone(),
-                kernel.backstop_program_ids(),
-            )
-        };
-        let ours = match ours {
-            Ok(ours) => ours,
+        let coverage = match veths::coverage(&self.kernel).await {
+            Ok(coverage) => coverage,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the backstop's program ids: no veth is reported as covered");
                 return Vec::new();
             }
         };
-        veths::backstop_first_on(recorded, ours)
-            .await
+        coverage
             .into_iter()
             .filter(|c| c.gaps.is_empty())
             .map(|c| VethAttachment {

@@ -250,6 +250,18 @@ pub struct Coverage {
     pub gaps: Vec<Gap>,
 }
 
+/// What the kernel runs on the hooks of every veth the loader attached to.
+pub async fn coverage(kernel: &Arc<Mutex<Kernel>>) -> Result<Vec<Coverage>, KernelError> {
+    let (recorded, ours) = {
+        let kernel = lock(kernel);
+        (
+            kernel.attached_veths().clone(),
+            kernel.backstop_program_ids()?,
+        )
+    };
+    Ok(backstop_first_on(recorded, ours).await)
+}
+
 /// What the kernel runs first on each hook of the veths of `recorded`
 /// (ifindex → name), against the backstop's programs (`ours`: each hook
 /// with its program's id).
@@ -476,15 +488,9 @@ pub async fn keep_first(kernel: Arc<Mutex<Kernel>>) {
     let mut retry: BTreeMap<u32, (tokio::time::Instant, Duration)> = BTreeMap::new();
     loop {
         check.tick().await;
-        let (recorded, ours) = {
-            let kernel = lock(&kernel);
-            (
-                kernel.attached_veths().clone(),
-                kernel.backstop_program_ids(),
-            )
-        };
-        let ours = match ours {
-            Ok(ours) => ours,
+        let recorded = lock(&kernel).attached_veths().clone();
+        let coverage = match coverage(&kernel).await {
+            Ok(coverage) => coverage,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the backstop's program ids: cannot check that it runs first on the veths");
                 continue;
@@ -495,7 +501,7 @@ pub async fn keep_first(kernel: Arc<Mutex<Kernel>>) {
             ifindex,
             name,
             gaps,
-        } in backstop_first_on(recorded.clone(), ours).await
+        } in coverage
         {
             if gaps.is_empty() {
                 if last_gaps.contains_key(&ifindex) {

@@ -680,24 +680,30 @@ async fn the_veth_backstop_stops_packet_sockets_and_keeps_allowed_flows() {
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    frame(PEER4_OTHER, "MK{denied}");
-    frame(PEER4, "MK{allowed}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !captured_markers(&capture)
-        .iter()
-        .any(|m| m == "MK{allowed}")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a packet socket's frame to an allowed destination did not arrive"
+    // Judged at the peer: the frame to the allowed destination arrives, the
+    // one to the denied address does not.
+    let only_the_allowed_frame_arrives = async |round: &str, when: &str| {
+        let (denied, allowed) = (
+            format!("MK{{denied{round}}}"),
+            format!("MK{{allowed{round}}}"),
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !captured_markers(&capture).iter().any(|m| m == "MK{denied}"),
-        "a packet socket's frame to a denied address arrived at the peer"
-    );
+        frame(PEER4_OTHER, &denied);
+        frame(PEER4, &allowed);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !captured_markers(&capture).contains(&allowed) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{when}a packet socket's frame to an allowed destination did not arrive"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !captured_markers(&capture).contains(&denied),
+            "{when}a packet socket's frame to a denied address arrived at the peer"
+        );
+    };
+    only_the_allowed_frame_arrives("", "").await;
 
     let batch = client
         .events(tarpc::context::current(), 0, 1000, 1000)
@@ -727,26 +733,7 @@ async fn the_veth_backstop_stops_packet_sockets_and_keeps_allowed_flows() {
     }
     let pins = remove_backstop_pins(&lab, &[program_names::VETH, program_names::VETH_INBOUND]);
     wait_for_backstop_again(&lab, &pins).await;
-    frame(PEER4_OTHER, "MK{deniedagain}");
-    frame(PEER4, "MK{allowedagain}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !captured_markers(&capture)
-        .iter()
-        .any(|m| m == "MK{allowedagain}")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "once the backstop was attached again, a frame to an allowed destination did not arrive"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !captured_markers(&capture)
-            .iter()
-            .any(|m| m == "MK{deniedagain}"),
-        "once the backstop was attached again, a frame to a denied address arrived at the peer"
-    );
+    only_the_allowed_frame_arrives("again", "once the backstop was attached again, ").await;
 }
 
 /// The names of the programs on tc ingress of the container's host-side
