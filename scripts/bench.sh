@@ -17,7 +17,7 @@
 # traffic warm and the floor, by bpf_stats (`cold`);
 # one container start on hosts of 10, 100 and 500 containers: time to the
 # policy in force and the resolver's and policyd's CPU per start (`scale`).
-# About ten minutes. Needs root. Installs what it needs first, idempotently
+# About a quarter of an hour. Needs root. Installs what it needs first, idempotently
 # (scripts/setup.sh: iperf3, nftables, containerd, the eBPF toolchain).
 # Plots are SVG, drawn with the plotters crate (its SVG backend: no system
 # font libraries).

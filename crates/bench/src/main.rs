@@ -78,8 +78,10 @@ enum Cmd {
         /// Echoes and request/responses per configuration per round.
         #[arg(long, default_value_t = 400)]
         latency_samples: usize,
-        /// iperf3 runs per configuration (each paired with an unfiltered run).
-        #[arg(long, default_value_t = 8)]
+        /// iperf3 runs per configuration of contain's and of the A/A
+        /// control, each paired with an unfiltered run (the other filters'
+        /// get at most 8).
+        #[arg(long, default_value_t = 32)]
         iperf_rounds: usize,
         /// Seconds per iperf3 run.
         #[arg(long, default_value_t = 1)]

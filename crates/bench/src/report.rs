@@ -1091,13 +1091,16 @@ fn throughput(md: &mut String, t: &crate::throughput::Throughput, out: &Path) ->
         md,
         "iperf3, one TCP stream from the client namespace (in the configuration's cgroup) to the \
          peer, {} s per run, receiver side, the client pinned to one CPU and the server to the \
-         other (`-A`). Each configuration is run {} times, each time right next to an unfiltered \
-         run (which one goes first alternates), configurations round-robin, and judged by the \
-         median of those pairs' ratios, with the interval that holds the median of all such \
-         pairs with at least 90 % confidence (the sign test's, from the pairs' order statistics: \
-         no assumption about their distribution). On 2 cores the sender, the receiver and the \
-         veth's softirq share the CPUs with whatever else runs, so single runs vary by several \
-         per cent. The first filtered row is the **A/A control**: the unfiltered configuration \
+         other (`-A`). Each configuration of contain's is run {} times, each time right next to \
+         an unfiltered run (which one goes first alternates), the other filters' {} times, \
+         configurations round-robin, and judged by the median of those pairs' ratios, with the \
+         interval that holds the median of all such pairs with at least 90 % confidence (the \
+         sign test's, from the pairs' order statistics: no assumption about their \
+         distribution). Single runs scatter by about 6 % (as much in 5-second runs as in \
+         1-second ones, with the sending CPU busy throughout and the bytes per busy CPU second \
+         scattering as much as the throughput: the work per byte differs from run to run), so \
+         telling 98 % from 100 % takes dozens of pairs; the other filters are far from \
+         unfiltered. The first filtered row is the **A/A control**: the unfiltered configuration \
          paired with itself the same way, so its interval is what the measurement cannot tell \
          from no difference. contain's cost on a bulk stream is an early return per packet (the \
          flow's verdict is cached and unchanged), whatever the rule count. With the veth \
@@ -1110,7 +1113,7 @@ fn throughput(md: &mut String, t: &crate::throughput::Throughput, out: &Path) ->
          for this phase and add their own two clock reads to every run of every program) during \
          the configuration's runs: per run, and as a share of one CPU over the runs' time, which \
          is what they can take from a stream bound by one CPU.\n",
-        t.seconds_per_run, t.rounds
+        t.seconds_per_run, t.rounds, t.comparison_rounds
     );
     let none = t
         .rows
