@@ -516,7 +516,8 @@ pub async fn keep_first(kernel: Arc<Mutex<Kernel>>) {
             if !still_here {
                 continue;
             }
-            if last_gaps.get(&ifindex) != Some(&gaps) {
+            let new_gaps = last_gaps.get(&ifindex) != Some(&gaps);
+            if new_gaps {
                 for gap in &gaps {
                     match gap {
                         Gap::Missing(_) => {
@@ -539,8 +540,14 @@ pub async fn keep_first(kernel: Arc<Mutex<Kernel>>) {
                 })
                 .collect();
             if !missing.is_empty() {
-                if let Err(e) = lock(&kernel).reattach_veth(ifindex, &name, &missing) {
-                    tracing::error!(veth = %name, ifindex, error = %e, "cannot attach the backstop to this veth again: packet sockets behind it are not covered");
+                match lock(&kernel).reattach_veth(ifindex, &name, &missing) {
+                    Ok(()) => {}
+                    Err(e) if new_gaps => {
+                        tracing::error!(veth = %name, ifindex, error = %e, "cannot attach the backstop to this veth again: packet sockets behind it are not covered (tried again every check)");
+                    }
+                    Err(e) => {
+                        tracing::debug!(veth = %name, ifindex, error = %e, "the backstop's attach failed again")
+                    }
                 }
                 // Each repair holds the kernel's lock across bpf(2) and
                 // netlink calls: the socket's requests go in between.
@@ -553,7 +560,9 @@ pub async fn keep_first(kernel: Arc<Mutex<Kernel>>) {
         // Veths whose attach failed (or that no event announced).
         let Ok(present) = veths().await else { continue };
         let now = tokio::time::Instant::now();
-        retry.retain(|ifindex, _| present.iter().any(|(i, _)| i == ifindex));
+        let present_ifindexes: std::collections::BTreeSet<u32> =
+            present.iter().map(|(i, _)| *i).collect();
+        retry.retain(|ifindex, _| present_ifindexes.contains(ifindex));
         for (ifindex, name) in present {
             if recorded.contains_key(&ifindex) {
                 retry.remove(&ifindex);
