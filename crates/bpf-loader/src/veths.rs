@@ -532,8 +532,8 @@ const RESCAN_EVERY: u32 = 5;
 /// tool put before it is left where it is: it may pass frames on, and the
 /// backstop cannot be put in front of it without a moment off the hook
 /// (the kernel takes a program once per hook); status names the veth, and
-/// the loader logs it once. A veth whose attach failed is tried again, at
-/// most once a minute once it keeps failing.
+/// the loader logs it once. A veth whose attach failed is tried again after
+/// 10 s, backing off to once a minute while it keeps failing.
 pub async fn keep_first(kernel: Arc<Mutex<Kernel>>) {
     let mut check = tokio::time::interval(CHECK_EVERY);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -630,7 +630,10 @@ pub async fn keep_first(kernel: Arc<Mutex<Kernel>>) {
                 retry.remove(&ifindex);
                 continue;
             }
-            let (at, backoff) = retry.get(&ifindex).copied().unwrap_or((now, CHECK_EVERY));
+            let (at, backoff) = retry
+                .get(&ifindex)
+                .copied()
+                .unwrap_or((now, CHECK_EVERY * RESCAN_EVERY));
             if at > now {
                 continue;
             }
