@@ -544,7 +544,6 @@ pub async fn keep_first(kernel: Arc<Mutex<Kernel>>) {
     let mut checks: u32 = 0;
     loop {
         check.tick().await;
-        let recorded = lock(&kernel).attached_veths().clone();
         let coverage = match coverage(&kernel).await {
             Ok(coverage) => coverage,
             Err(e) => {
@@ -552,6 +551,9 @@ pub async fn keep_first(kernel: Arc<Mutex<Kernel>>) {
                 continue;
             }
         };
+        // Every veth on record has its coverage.
+        let recorded: std::collections::BTreeSet<u32> =
+            coverage.iter().map(|c| c.ifindex).collect();
         let mut gaps_now = BTreeMap::new();
         for Coverage {
             ifindex,
@@ -626,7 +628,7 @@ pub async fn keep_first(kernel: Arc<Mutex<Kernel>>) {
             present.iter().map(|(i, _)| *i).collect();
         retry.retain(|ifindex, _| present_ifindexes.contains(ifindex));
         for (ifindex, name) in present {
-            if recorded.contains_key(&ifindex) {
+            if recorded.contains(&ifindex) {
                 retry.remove(&ifindex);
                 continue;
             }
