@@ -161,11 +161,21 @@ impl Reconciler {
         mut link_signals: mpsc::Receiver<LinkSignal>,
         rescan: Duration,
     ) {
-        let mut tick = tokio::time::interval(rescan.max(Duration::from_millis(100)));
+        let period = rescan.max(Duration::from_millis(100));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (mut events_open, mut links_open) = (true, true);
         self.shared.status.register(RTNETLINK_SOURCE);
         self.shared.status.register(ADDRESSES_SOURCE);
+        // The full scan at start, before any event is taken: an event
+        // resolved first (a runtime's listing queued before this task ran)
+        // would meet a link table not yet read, and its container would be
+        // published without its veths.
+        self.process(Work {
+            rescan: true,
+            ..Work::default()
+        })
+        .await;
         loop {
             let mut work = Work::default();
             tokio::select! {
@@ -177,7 +187,6 @@ impl Reconciler {
                     Some(sig) => work.add_link(sig),
                     None => links_open = false,
                 },
-                // The first tick fires at once: the full scan at start.
                 _ = tick.tick() => work.rescan = true,
             }
             if !events_open && !links_open {

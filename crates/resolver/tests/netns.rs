@@ -775,6 +775,61 @@ async fn a_failed_read_keeps_what_the_same_namespace_showed_and_says_so() {
     daemon.shutdown().await;
 }
 
+/// A container announced before the resolver's first scan (a runtime's
+/// first listing, sent as the daemon starts) is published with its veths
+/// from its first version on: resolved against a link table not yet read,
+/// it would reach policyd's watch, and the veth backstop, with none until
+/// the scan. Every version the change log holds is checked, on one thread
+/// so the announcement is queued before the resolver's task first runs,
+/// over several starts, since which of the two the task took first was a
+/// coin toss.
+#[tokio::test(flavor = "current_thread")]
+async fn a_container_announced_at_start_is_published_with_its_veths() {
+    use proto::resolver::{ChangeKind, WatchReply};
+    if !root_or_skip("a_container_announced_at_start_is_published_with_its_veths") {
+        return;
+    }
+    let _alone = one_at_a_time().await;
+    let mut scene = Scene::new("s");
+    let ns = scene.netns("s");
+    let (veth, _) = scene.veth("s0", &ns);
+    let cg = scene.cgroup("s");
+    let pid = scene.process(&cg, Some(&ns));
+    for start in 0..8 {
+        let (daemon, socket) = start_daemon("s").await;
+        let first = daemon.snapshot().generation;
+        upsert(&daemon, rc("s", pid)).await;
+        let client = connect(&socket).await;
+        wait_for(&client, WAIT, "s published with a veth", |s| {
+            find(s, "test", "s")
+                .filter(|s| !s.host_veths.is_empty())
+                .map(|_| ())
+        })
+        .await;
+        let Some(WatchReply::Changes { changes, .. }) = daemon.shared().read().changes_after(first)
+        else {
+            panic!("start {start}: the change log lost the changes after {first}");
+        };
+        let versions: Vec<Vec<u32>> = changes
+            .iter()
+            .filter_map(|c| match &c.kind {
+                ChangeKind::Added { container } | ChangeKind::Updated { container }
+                    if container.id == "s" =>
+                {
+                    Some(container.host_veths.iter().map(|v| v.ifindex).collect())
+                }
+                _ => None,
+            })
+            .collect();
+        assert!(!versions.is_empty(), "start {start}: s was never published");
+        assert!(
+            versions.iter().all(|v| *v == vec![ifindex(&veth)]),
+            "start {start}: the veths of each version of s: {versions:?}"
+        );
+        daemon.shutdown().await;
+    }
+}
+
 /// A container's init whose main thread has ended while another runs on
 /// shows no namespace under `/proc/<pid>`: the resolver reads it through
 /// the live thread, so the container keeps its veth and its addresses
