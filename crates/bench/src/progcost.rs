@@ -19,8 +19,9 @@
 //! and *judged* (a veth mapped to the container's cgroup: its policy
 //! decides, with no process identity). `contain_veth_inbound` (tc egress
 //! of the host side, what the container receives) on the container's veth
-//! (the source is looked up in, and once a second refreshed in,
-//! `CONTAIN_VETH_PEERS`: every packet into a container) and on an unowned
+//! (the source is compared with the peer last noted on this CPU, as every
+//! run after the first finds it, else looked up in, and once a second
+//! refreshed in, `CONTAIN_VETH_PEERS`: every packet into a container) and on an unowned
 //! one. The device is a veth of the bench's test-run namespace: the kernel
 //! looks the context's ifindex up in the caller's namespace, so these runs
 //! are made from a thread there.

@@ -656,10 +656,12 @@ fn veth_cost(md: &mut String, p: &crate::progcost::ProgCost) {
          up in the caller's namespace). BPF_PROG_TEST_RUN gives a tc program a dummy socket, as \
          it does a cgroup program: in the caller's cgroup, with the frame's IP family. So the \
          common path *can* be test-run: **a container's own socket** (the bench in the \
-         container's cgroup) is a packet the cgroup programs already judged; the program walks \
-         the socket's ancestor cgroups from the root until one is in `CONTAIN_ATTACHED_CGROUPS` \
-         (here 3 levels: the programs sit on `cbench-<pid>/contain`, one level deeper than a \
-         top-level `contain.slice`) and passes it. The frame goes where the policy denies, so \
+         container's cgroup) is a packet the cgroup programs already judged; the program finds \
+         the socket's ancestor cgroup that is in `CONTAIN_ATTACHED_CGROUPS` (at the level \
+         where it last found one on this CPU: one lookup after the first run; the first walks \
+         from the root, here 3 levels, since the programs sit on `cbench-<pid>/contain`, one \
+         level deeper than a top-level `contain.slice`), checks the frame's source in \
+         `CONTAIN_VETH_SOURCES`, and passes it. The frame goes where the policy denies, so \
          the verdict shows the exit was taken. The other columns run from the root cgroup, a \
          socket outside contain's cgroups with the shortest walk (one lookup), as the program \
          sees a host process's packets: **unowned veth** is a veth `CONTAIN_VETHS` maps to no \
@@ -669,10 +671,11 @@ fn veth_cost(md: &mut String, p: &crate::progcost::ProgCost) {
          header and decided under its policy with no process identity, *allowed host*, \
          *allowed prefix* and *denied* as above (a denied frame is dropped and reported, like \
          the egress program's). **Inbound** is `contain_veth_inbound` on a frame into the \
-         container: on its veth the frame's source is looked up in `CONTAIN_VETH_PEERS` (and \
-         rewritten there at most once a second, after a `CONTAIN_VETHS` lookup), which every \
-         packet into a container costs; on an unowned veth it passes after both lookups (its \
-         peers are never noted).\n"
+         container: on its veth the frame's source is compared with the peer the program last \
+         found fresh or noted on this CPU (a stream's packets after its first stop there, as \
+         every run after the first does here), else looked up in `CONTAIN_VETH_PEERS` (and \
+         rewritten there at most once a second, after a `CONTAIN_VETHS` lookup); on an unowned \
+         veth it passes after both lookups (its peers are never noted).\n"
     );
     let _ = writeln!(
         md,
@@ -747,9 +750,10 @@ fn latency(
          `contain_veth` on tc ingress, `contain_veth_inbound` on tc egress{}) and the device is \
          mapped to the configuration's cgroup in `CONTAIN_VETHS`, as policyd maps a \
          container's veth. Every frame the client sends crosses `contain_veth`; they come from \
-         the client's own sockets, so they take the common path (the ancestor-cgroup walk \
-         finds contain's cgroup, 3 levels here, and the frame passes); every reply crosses \
-         `contain_veth_inbound` (its source looked up in `CONTAIN_VETH_PEERS`). Every \
+         the client's own sockets, so they take the common path (contain's cgroup found among \
+         the socket's ancestors at the level last found, the source checked, and the frame \
+         passes); every reply crosses `contain_veth_inbound` (its source compared with the \
+         peer last noted, or looked up in `CONTAIN_VETH_PEERS`). Every \
          configuration's path is the same: one veth pair, no bridge, no routing hop; only what \
          is attached differs (the other configurations' peer ends have no backstop, as if \
          contain were not installed: with bpf-loader every veth of its namespace would get \
@@ -1105,8 +1109,8 @@ fn throughput(md: &mut String, t: &crate::throughput::Throughput, out: &Path) ->
          from no difference. contain's cost on a bulk stream is an early return per packet (the \
          flow's verdict is cached and unchanged), whatever the rule count. With the veth \
          backstop (on the peer's end of the veth, as in the latency section) each data packet \
-         (a GSO packet of up to 64 kB on a veth) also takes the ancestor-cgroup walk on its way \
-         in, and each ACK coming back passes `contain_veth_inbound` on its way out; *contain + a \
+         (a GSO packet of up to 64 kB on a veth) also takes the backstop's common path (one \
+         ancestor-cgroup lookup and its source's) on its way in, and each ACK coming back passes `contain_veth_inbound` on its way out; *contain + a \
          tc program that passes* has the same two tc hooks without the backstop's work (see the \
          latency section). The last columns are the run time of contain's programs (egress, \
          ingress and both veth programs, by the kernel's per-program statistics, which are on \

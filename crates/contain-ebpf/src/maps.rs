@@ -88,6 +88,21 @@ pub static PATH_SCRATCH: PerCpuArray<ExePath, 1> = PerCpuArray::new();
 #[btf_map]
 pub static EVENT_FLOW_SCRATCH: PerCpuArray<crate::decide::EventFlow, 1> = PerCpuArray::new();
 
+/// Per CPU, the cgroup level at which the veth backstop last found a
+/// socket's attached ancestor: tried first, since one managed parent
+/// usually holds every container. Only a hint (a hit is proven by
+/// `ATTACHED_CGROUPS` itself); it spares the walk from the root.
+#[btf_map]
+pub static GOVERNED_LEVEL_HINT: PerCpuArray<u32, 1> = PerCpuArray::new();
+
+/// Per CPU, the peer the veth's inbound program last found fresh in
+/// `VETH_PEERS` or noted there: a stream's next packets from it skip the
+/// lookup. Skipping only ever skips a write, so an entry evicted meanwhile
+/// is missing (the kernel's answers to that peer judged) until the memo
+/// ages out, never more.
+#[btf_map]
+pub static LAST_NOTED_PEER: PerCpuArray<crate::veth::NotedPeer, 1> = PerCpuArray::new();
+
 /// The container behind each host-side veth, by ifindex (policyd's).
 #[btf_map(name = "CONTAIN_VETHS")]
 pub static VETHS: LoaderHashMap<u32, VethOwner, { capacity::VETHS as usize }> =

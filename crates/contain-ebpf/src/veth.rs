@@ -57,7 +57,10 @@ use crate::{
         Identity, Target,
     },
     decide_source_routed,
-    maps::{ATTACHED_CGROUPS, CGROUPS, EVENT_FLOW_SCRATCH, VETHS, VETH_PEERS, VETH_SOURCES},
+    maps::{
+        ATTACHED_CGROUPS, CGROUPS, EVENT_FLOW_SCRATCH, GOVERNED_LEVEL_HINT, LAST_NOTED_PEER, VETHS,
+        VETH_PEERS, VETH_SOURCES,
+    },
     packet::{self, Flow, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, L3_AFTER_ETHERNET},
 };
 
@@ -331,24 +334,44 @@ fn report_frame(cgroup_id: u64, gov: &Governance, decision: &Decision, flow: &Fl
 
 /// Whether the packet's socket is in a cgroup contain's cgroup programs
 /// run for (one they are attached to, or below one): the socket's cgroup
-/// and its ancestors, from the root down.
+/// and its ancestors, from the root down, after the level where this CPU
+/// last found one (one lookup on the common path).
 #[inline(always)]
 fn socket_is_governed(skb: *mut __sk_buff) -> bool {
-    let mut level = 0;
-    while level < MAX_CGROUP_DEPTH {
-        // SAFETY: skb context; 0 past the socket's own level (or without
-        // a full socket).
-        let id = unsafe { bpf_skb_ancestor_cgroup_id(skb, level as i32) };
-        if id == 0 {
-            return false;
-        }
-        // SAFETY: presence only.
-        if unsafe { ATTACHED_CGROUPS.get(id) }.is_some() {
+    let hint = GOVERNED_LEVEL_HINT.get_ptr_mut(0);
+    if let Some(hint) = hint {
+        // SAFETY: per-CPU map value, this program's alone while it runs.
+        let level = unsafe { *hint };
+        if level < MAX_CGROUP_DEPTH && attached_ancestor(skb, level) == Some(true) {
             return true;
         }
-        level += 1;
+    }
+    let mut level = 0;
+    while level < MAX_CGROUP_DEPTH {
+        match attached_ancestor(skb, level) {
+            None => return false,
+            Some(false) => level += 1,
+            Some(true) => {
+                if let Some(hint) = hint {
+                    // SAFETY: as above.
+                    unsafe { *hint = level };
+                }
+                return true;
+            }
+        }
     }
     false
+}
+
+/// Whether the socket's ancestor cgroup at `level` is one contain's cgroup
+/// programs are attached to; `None` past the socket's own level (or
+/// without a full socket).
+#[inline(always)]
+fn attached_ancestor(skb: *mut __sk_buff, level: u32) -> Option<bool> {
+    // SAFETY: skb context.
+    let id = unsafe { bpf_skb_ancestor_cgroup_id(skb, level as i32) };
+    // SAFETY: presence only.
+    (id != 0).then(|| unsafe { ATTACHED_CGROUPS.get(id) }.is_some())
 }
 
 /// A full TCP or UDP socket (a host process's; the kernel's control
@@ -522,18 +545,55 @@ pub fn admit_inbound(skb: *mut __sk_buff) -> i32 {
     // never looks younger than it is.
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let memo = LAST_NOTED_PEER.get_ptr_mut(0);
+    if let Some(memo) = memo {
+        // SAFETY: per-CPU map value, this program's alone while it runs.
+        let memo = unsafe { &*memo };
+        if memo.is_fresh(&key, now) {
+            return PASS;
+        }
+    }
     // SAFETY: copied out at once.
-    let fresh = unsafe { VETH_PEERS.get(key) }
-        .is_some_and(|&seen| now.wrapping_sub(seen) < PEER_REFRESH_NS);
+    let seen = unsafe { VETH_PEERS.get(key) }
+        .copied()
+        .filter(|&seen| now.wrapping_sub(seen) < PEER_REFRESH_NS);
     // A fresh entry is left as it is, whoever owns the veth now: the common
-    // path (a peer of the container's flow) is this one lookup. Only an
-    // entry to write asks whether the veth is a container's; an unowned
-    // veth's peers are never noted.
-    // SAFETY: presence only.
-    if !fresh && unsafe { VETHS.get(ifindex) }.is_some() {
-        let _ = VETH_PEERS.insert(key, now, 0);
+    // path (a peer of the container's flow) is the memo, or this one
+    // lookup. Only an entry to write asks whether the veth is a
+    // container's; an unowned veth's peers are never noted.
+    let noted = match seen {
+        Some(seen) => Some(seen),
+        // SAFETY: presence only.
+        None if unsafe { VETHS.get(ifindex) }.is_some() => {
+            VETH_PEERS.insert(key, now, 0).is_ok().then_some(now)
+        }
+        None => None,
+    };
+    if let (Some(memo), Some(seen)) = (memo, noted) {
+        // SAFETY: as above.
+        unsafe { *memo = NotedPeer { key, seen } };
     }
     PASS
+}
+
+/// A peer `admit_inbound` found fresh in `VETH_PEERS` or noted there, with
+/// the time its entry holds.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NotedPeer {
+    key: VethAddrKey,
+    seen: u64,
+}
+
+impl NotedPeer {
+    /// Whether this is `key`'s entry and young enough not to be refreshed.
+    /// Compared as words: the program has no `memcmp`.
+    #[inline(always)]
+    fn is_fresh(&self, key: &VethAddrKey, now: u64) -> bool {
+        self.key.ifindex == key.ifindex
+            && crate::cache::words(&self.key.addr) == crate::cache::words(&key.addr)
+            && now.wrapping_sub(self.seen) < PEER_REFRESH_NS
+    }
 }
 
 /// A frame that is not IP (or not readable as IP): reported with its
