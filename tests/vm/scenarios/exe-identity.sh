@@ -98,7 +98,9 @@ st() { python3 $T/st.py "$@" 2>&1 || true; }
 
 check "start bpf-loader" systemd-run --unit=contain-bpf-loader -p Restart=always -p RestartSec=0.2 \
   /usr/local/bin/bpf-loader --attach-parent contain.slice
-check "loader socket" retry 100 0.2 test -S /run/contain/loader.sock
+# The loader verifies its programs before it serves: 10-20 s under TCG,
+# more while the host is busy.
+check "loader socket" retry 300 0.2 test -S /run/contain/loader.sock
 check "start resolver" systemd-run --unit=contain-resolver -p Restart=always -p RestartSec=0.2 \
   /usr/local/bin/resolver
 check "resolver socket" retry 100 0.2 test -S /run/contain/resolver.sock

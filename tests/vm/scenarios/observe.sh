@@ -54,7 +54,9 @@ write_policy
 check "policy is valid" policyd check /etc/contain/policy.toml
 check "start bpf-loader" systemd-run --unit=contain-bpf-loader -p Restart=always \
   /usr/local/bin/bpf-loader --attach-parent contain.slice
-check "loader socket" retry 100 0.2 test -S /run/contain/loader.sock
+# The loader verifies its programs before it serves: 10-20 s under TCG,
+# more while the host is busy.
+check "loader socket" retry 300 0.2 test -S /run/contain/loader.sock
 check "start resolver" systemd-run --unit=contain-resolver -p Restart=always /usr/local/bin/resolver
 check "resolver socket" retry 100 0.2 test -S /run/contain/resolver.sock
 check "start policyd" systemd-run --unit=contain-policyd -p Restart=always \
