@@ -1059,7 +1059,7 @@ fn program_times(md: &mut String, t: &crate::throughput::Throughput) {
     };
     let _ = writeln!(
         md,
-        "contain's programs during those runs, each: runs a second, mean run time (the \
+        "contain's programs in the statistics' runs, each: runs a second, mean run time (the \
          statistics' own clock reads included, about the `flow` phase's floor), and share of one \
          CPU over the runs' time.\n"
     );
@@ -1069,7 +1069,7 @@ fn program_times(md: &mut String, t: &crate::throughput::Throughput) {
     }
     let _ = writeln!(md, "\n|---|---:|{}", "---:|".repeat(first.by_program.len()));
     for row in rows {
-        let secs: f64 = row.seconds.iter().sum();
+        let secs = row.program_secs();
         let _ = write!(md, "| {} | {} |", row.kind.label(), count(row.rules));
         for p in &row.by_program {
             if p.runs == 0 || secs <= 0.0 {
@@ -1110,14 +1110,16 @@ fn throughput(md: &mut String, t: &crate::throughput::Throughput, out: &Path) ->
          flow's verdict is cached and unchanged), whatever the rule count. With the veth \
          backstop (on the peer's end of the veth, as in the latency section) each data packet \
          (a GSO packet of up to 64 kB on a veth) also takes the backstop's common path (one \
-         ancestor-cgroup lookup and its source's) on its way in, and each ACK coming back passes `contain_veth_inbound` on its way out; *contain + a \
-         tc program that passes* has the same two tc hooks without the backstop's work (see the \
-         latency section). The last columns are the run time of contain's programs (egress, \
-         ingress and both veth programs, by the kernel's per-program statistics, which are on \
-         for this phase and add their own two clock reads to every run of every program) during \
-         the configuration's runs: per run, and as a share of one CPU over the runs' time, which \
-         is what they can take from a stream bound by one CPU.\n",
-        t.seconds_per_run, t.rounds, t.comparison_rounds
+         ancestor-cgroup lookup and its source's) on its way in, and each ACK coming back \
+         passes `contain_veth_inbound` on its way out; *contain + a tc program that passes* has \
+         the same two tc hooks without the backstop's work (see the latency section). The last \
+         columns are the run time of contain's programs (egress, ingress and both veth \
+         programs, by the kernel's per-program statistics) in {} more runs of each of \
+         contain's configurations after the pairs: per run, and as a share of one CPU over the \
+         runs' time, which is what they can take from a stream bound by one CPU. The \
+         statistics add two clock reads to every run of every program, which contain does not \
+         pay in service, so they are off while the pairs run.\n",
+        t.seconds_per_run, t.rounds, t.comparison_rounds, t.stats_runs
     );
     let none = t
         .rows

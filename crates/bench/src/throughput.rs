@@ -9,9 +9,12 @@
 //!   same way as every filter; its spread is the measurement's own;
 //! - for each median of paired ratios, the interval the population median
 //!   lies in with at least 90 % confidence (order statistics of the pairs);
-//! - the CPU time contain's programs themselves took during the runs, from
-//!   the kernel's per-program statistics (`BPF_ENABLE_STATS`): what they
-//!   can take from a stream bound by one CPU, measured, not inferred.
+//! - the CPU time contain's programs themselves take, from the kernel's
+//!   per-program statistics (`BPF_ENABLE_STATS`): what they can take from
+//!   a stream bound by one CPU, measured, not inferred. The statistics add
+//!   two clock reads to every run of every program, a cost contain does
+//!   not have in service, so they are on only for runs of their own after
+//!   the pairs.
 //!
 //! iperf3's client and server are pinned to different CPUs (`-A`), so
 //! runs do not differ by where the scheduler put them.
@@ -72,15 +75,21 @@ pub struct Row {
     #[serde(default)]
     pub seconds: Vec<f64>,
     /// Run time of contain's programs (egress, ingress, both veth
-    /// programs) during each run, ns (bpf_stats, its own cost included).
+    /// programs) during each of the statistics' runs, ns (bpf_stats, its
+    /// own cost included).
     #[serde(default)]
     pub program_ns: Vec<u64>,
     /// Their runs, each run.
     #[serde(default)]
     pub program_runs: Vec<u64>,
-    /// Each program's run time and runs over all the configuration's runs.
+    /// Each program's run time and runs over the statistics' runs.
     #[serde(default)]
     pub by_program: Vec<ProgramTime>,
+    /// Seconds iperf3's receiver measured in each of the statistics' runs
+    /// (empty in results from before they were separate: then the pairs'
+    /// runs were the statistics' too).
+    #[serde(default)]
+    pub program_seconds: Vec<f64>,
 }
 
 /// One program's share of the runs (bpf_stats).
@@ -104,9 +113,18 @@ impl Row {
             .map(|size| self.median_gbps * 1e9 / 8.0 / size)
     }
 
-    /// The share of one CPU contain's programs took during the runs.
+    /// Seconds of the runs the program times come from.
+    pub fn program_secs(&self) -> f64 {
+        if self.program_seconds.is_empty() {
+            self.seconds.iter().sum()
+        } else {
+            self.program_seconds.iter().sum()
+        }
+    }
+
+    /// The share of one CPU contain's programs took during their runs.
     pub fn program_cpu_share(&self) -> Option<f64> {
-        let secs: f64 = self.seconds.iter().sum();
+        let secs = self.program_secs();
         (secs > 0.0 && !self.program_ns.is_empty())
             .then(|| self.program_ns.iter().sum::<u64>() as f64 / 1e9 / secs)
     }
@@ -133,6 +151,9 @@ pub struct Throughput {
     /// Pairs of the other filters'.
     #[serde(default)]
     pub comparison_rounds: usize,
+    /// Runs of each of contain's configurations with the statistics on.
+    #[serde(default)]
+    pub stats_runs: usize,
     pub rows: Vec<Row>,
     pub seconds: f64,
 }
@@ -143,6 +164,11 @@ pub struct Throughput {
 /// the work per byte differs from run to run, with the sending CPU busy
 /// throughout), so telling 98 % from 100 % takes dozens of pairs.
 pub const COMPARISON_ROUNDS: usize = 8;
+
+/// Runs of each of contain's configurations with the kernel's per-program
+/// statistics on: each has some 60 000 runs of every program a second, so a
+/// few runs give their mean run time to well under a nanosecond.
+pub const STATS_RUNS: usize = 4;
 
 /// Which configurations get an iperf3 run (the others cost time and say
 /// little more).
@@ -285,9 +311,6 @@ pub fn measure(lab: &mut Lab, counts: &[usize], rounds: usize, secs: u32) -> Res
         (program_names::VETH, lab.veth_fd()?),
         (program_names::VETH_INBOUND, lab.veth_inbound_fd()?),
     ];
-    // Statistics on while the returned fd is open.
-    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
-        .map_err(|e| anyhow::anyhow!("BPF_ENABLE_STATS: {e}"))?;
     let mut runs: Vec<Vec<Run>> = (0..slots.len()).map(|_| Vec::new()).collect();
     let mut ratios = vec![Vec::new(); slots.len()];
     let mut none_runs = Vec::new();
@@ -309,7 +332,7 @@ pub fn measure(lab: &mut Lab, counts: &[usize], rounds: usize, secs: u32) -> Res
             for (k, got) in got.iter_mut().enumerate() {
                 let filtered = (k == 0) == filtered_first;
                 let idx = if filtered { slots[j].target } else { none };
-                let run = iperf(lab, idx, secs, &programs)?;
+                let run = iperf(lab, idx, secs, &[])?;
                 *got = run.gbps;
                 if filtered {
                     runs[j].push(run);
@@ -327,49 +350,68 @@ pub fn measure(lab: &mut Lab, counts: &[usize], rounds: usize, secs: u32) -> Res
         eprint!(".");
     }
     eprintln!();
-    drop(stats);
-    let row = |t: &crate::lab::Target, control: bool, runs: &[Run], ratios: Vec<f64>| {
-        let gbps: Vec<f64> = runs.iter().map(|r| r.gbps).collect();
-        let interval = sys::median_interval(&ratios, 0.9);
-        Row {
-            name: t.name(),
-            kind: t.kind,
-            rules: t.rules,
-            control,
-            median_gbps: sys::median(&gbps),
-            median_ratio_to_none: if ratios.is_empty() {
-                1.0
-            } else {
-                sys::median(&ratios)
-            },
-            ratio_interval: interval.map(|i| (i.low, i.high)),
-            interval_coverage: interval.map_or(0.0, |i| i.coverage),
-            ratios,
-            gbps,
-            retransmits: runs.iter().map(|r| r.retransmits).collect(),
-            frames: runs.iter().map(|r| r.frames).collect(),
-            frame_bytes: runs.iter().map(|r| r.bytes).collect(),
-            frames_back: runs.iter().map(|r| r.frames_back).collect(),
-            seconds: runs.iter().map(|r| r.seconds).collect(),
-            program_ns: runs.iter().map(|r| r.program_total().0).collect(),
-            program_runs: runs.iter().map(|r| r.program_total().1).collect(),
-            by_program: programs
-                .iter()
-                .enumerate()
-                .map(|(p, (name, _))| ProgramTime {
-                    name: (*name).into(),
-                    ns: runs.iter().map(|r| r.programs[p].0).sum(),
-                    runs: runs.iter().map(|r| r.programs[p].1).sum(),
-                })
-                .collect(),
+    // Statistics on while the returned fd is open.
+    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .map_err(|e| anyhow::anyhow!("BPF_ENABLE_STATS: {e}"))?;
+    let mut stats_runs: Vec<Vec<Run>> = (0..slots.len()).map(|_| Vec::new()).collect();
+    for (j, slot) in slots.iter().enumerate() {
+        let runs_programs = matches!(
+            lab.targets[slot.target].kind,
+            Kind::Contain | Kind::ContainVeth | Kind::ContainTcFloor
+        );
+        if slot.control || !runs_programs {
+            continue;
         }
-    };
-    let mut rows = vec![row(&lab.targets[none], false, &none_runs, Vec::new())];
+        for _ in 0..STATS_RUNS {
+            stats_runs[j].push(iperf(lab, slot.target, secs, &programs)?);
+        }
+    }
+    drop(stats);
+    let row =
+        |t: &crate::lab::Target, control: bool, runs: &[Run], stats: &[Run], ratios: Vec<f64>| {
+            let gbps: Vec<f64> = runs.iter().map(|r| r.gbps).collect();
+            let interval = sys::median_interval(&ratios, 0.9);
+            Row {
+                name: t.name(),
+                kind: t.kind,
+                rules: t.rules,
+                control,
+                median_gbps: sys::median(&gbps),
+                median_ratio_to_none: if ratios.is_empty() {
+                    1.0
+                } else {
+                    sys::median(&ratios)
+                },
+                ratio_interval: interval.map(|i| (i.low, i.high)),
+                interval_coverage: interval.map_or(0.0, |i| i.coverage),
+                ratios,
+                gbps,
+                retransmits: runs.iter().map(|r| r.retransmits).collect(),
+                frames: runs.iter().map(|r| r.frames).collect(),
+                frame_bytes: runs.iter().map(|r| r.bytes).collect(),
+                frames_back: runs.iter().map(|r| r.frames_back).collect(),
+                seconds: runs.iter().map(|r| r.seconds).collect(),
+                program_ns: stats.iter().map(|r| r.program_total().0).collect(),
+                program_runs: stats.iter().map(|r| r.program_total().1).collect(),
+                program_seconds: stats.iter().map(|r| r.seconds).collect(),
+                by_program: programs
+                    .iter()
+                    .enumerate()
+                    .map(|(p, (name, _))| ProgramTime {
+                        name: (*name).into(),
+                        ns: stats.iter().map(|r| r.programs[p].0).sum(),
+                        runs: stats.iter().map(|r| r.programs[p].1).sum(),
+                    })
+                    .collect(),
+            }
+        };
+    let mut rows = vec![row(&lab.targets[none], false, &none_runs, &[], Vec::new())];
     for (j, slot) in slots.iter().enumerate() {
         rows.push(row(
             &lab.targets[slot.target],
             slot.control,
             &runs[j],
+            &stats_runs[j],
             std::mem::take(&mut ratios[j]),
         ));
     }
@@ -377,6 +419,7 @@ pub fn measure(lab: &mut Lab, counts: &[usize], rounds: usize, secs: u32) -> Res
         seconds_per_run: secs,
         rounds,
         comparison_rounds,
+        stats_runs: STATS_RUNS,
         rows,
         seconds: started.elapsed().as_secs_f64(),
     })
