@@ -109,6 +109,14 @@ impl Kind {
             Kind::NftSet => "nftables, one set lookup",
         }
     }
+
+    /// Whether contain's cgroup programs run for this configuration.
+    pub fn has_contain(self) -> bool {
+        matches!(
+            self,
+            Kind::Contain | Kind::ContainVeth | Kind::ContainTcFloor
+        )
+    }
 }
 
 pub struct Target {
@@ -344,10 +352,7 @@ impl Lab {
             .with_context(|| format!("attaching contain to {parent}"))?;
         let mut state = ContainState::default();
         for (i, t) in self.targets.iter().enumerate() {
-            if matches!(
-                t.kind,
-                Kind::Contain | Kind::ContainVeth | Kind::ContainTcFloor
-            ) {
+            if t.kind.has_contain() {
                 let list = rules::list(t.rules, &needed(t.peer));
                 let cgroup_id = cgroup::cgroup_id(&t.cgroup)?;
                 state.add_policy(i as u32 + 1, cgroup_id, &list);

@@ -1047,12 +1047,7 @@ fn program_times(md: &mut String, t: &crate::throughput::Throughput) {
     let rows: Vec<_> = t
         .rows
         .iter()
-        .filter(|r| {
-            matches!(
-                r.kind,
-                Kind::Contain | Kind::ContainVeth | Kind::ContainTcFloor
-            ) && !r.by_program.is_empty()
-        })
+        .filter(|r| r.kind.has_contain() && !r.by_program.is_empty())
         .collect();
     let Some(first) = rows.first() else {
         return;
@@ -1177,10 +1172,7 @@ fn throughput(md: &mut String, t: &crate::throughput::Throughput, out: &Path) ->
         };
         // No filter's runs run none of contain's programs (what little the
         // statistics show then is other traffic's).
-        let contain = matches!(
-            row.kind,
-            Kind::Contain | Kind::ContainVeth | Kind::ContainTcFloor
-        );
+        let contain = row.kind.has_contain();
         let per_run = row
             .program_ns_per_run()
             .filter(|_| contain)

@@ -317,9 +317,13 @@ pub fn measure(lab: &mut Lab, counts: &[usize], rounds: usize, secs: u32) -> Res
     // Each configuration is run right next to an unfiltered run (which
     // one goes first alternates), and judged by the ratio of the pair.
     let comparison_rounds = rounds.min(COMPARISON_ROUNDS);
-    let rounds_of = |slot: &Slot| match lab.targets[slot.target].kind {
-        Kind::Contain | Kind::ContainVeth | Kind::ContainTcFloor | Kind::None => rounds,
-        _ => comparison_rounds,
+    let rounds_of = |slot: &Slot| {
+        let kind = lab.targets[slot.target].kind;
+        if kind.has_contain() || kind == Kind::None {
+            rounds
+        } else {
+            comparison_rounds
+        }
     };
     for round in 0..rounds {
         for i in 0..slots.len() {
@@ -355,11 +359,7 @@ pub fn measure(lab: &mut Lab, counts: &[usize], rounds: usize, secs: u32) -> Res
         .map_err(|e| anyhow::anyhow!("BPF_ENABLE_STATS: {e}"))?;
     let mut stats_runs: Vec<Vec<Run>> = (0..slots.len()).map(|_| Vec::new()).collect();
     for (j, slot) in slots.iter().enumerate() {
-        let runs_programs = matches!(
-            lab.targets[slot.target].kind,
-            Kind::Contain | Kind::ContainVeth | Kind::ContainTcFloor
-        );
-        if slot.control || !runs_programs {
+        if slot.control || !lab.targets[slot.target].kind.has_contain() {
             continue;
         }
         for _ in 0..STATS_RUNS {
