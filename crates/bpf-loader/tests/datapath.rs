@@ -4,7 +4,10 @@
 
 mod common;
 
-use aya::programs::{SchedClassifier, TcAttachType};
+use aya::{
+    maps::{Map, MapData, PerCpuArray},
+    programs::{SchedClassifier, TcAttachType},
+};
 use common::*;
 use contain_common::{comm_hash, ip_proto as ip, program_names};
 use kernel_model::state::{ProcessMatch, Verdict};
@@ -740,6 +743,138 @@ async fn the_veth_backstop_stops_packet_sockets_and_keeps_allowed_flows() {
 /// veth, in the order frames meet them.
 fn tcx_ingress_programs(lab: &Lab) -> Vec<String> {
     tcx_programs(lab, TcAttachType::Ingress)
+}
+
+/// Sockets of cgroups under contain's programs at two depths of the cgroup
+/// tree, one after the other on one CPU. The backstop first tries the
+/// level where this CPU last found contain's cgroup (a per-CPU hint), so
+/// here the hint is wrong for every other flow and the walk from the root
+/// has to find the cgroup. A socket misread as ungoverned would be judged
+/// with no process identity, and the flow allowed only to python3 would
+/// stop at the veth. The hint is read after each flow, to show that misses
+/// were walked both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backstop_finds_governed_sockets_at_two_depths_on_one_cpu() {
+    let Some(()) = require_root("the_backstop_finds_governed_sockets_at_two_depths_on_one_cpu")
+    else {
+        return;
+    };
+    let mut lab = Lab::new();
+    // A second tree beside the lab's parent (level 1): contain's programs
+    // also on its `inner` cgroup, at level 2.
+    let deep_tree =
+        test_kit::cgroup::Cgroup::create(&cgroup2_mount().join(format!("{}-deep.slice", lab.name)))
+            .expect("creating the second cgroup tree");
+    let deep_parent = deep_tree.path().join("inner");
+    let deep_ct = deep_parent.join("ct");
+    std::fs::create_dir_all(&deep_ct).expect("creating the deep container's cgroup");
+    let deep = lab.add_neighbour_in(deep_ct.clone(), "deep", DEEP4, DEEP6);
+    lab.loader_args = vec!["--attach-parent".into(), deep_parent.display().to_string()];
+    lab.start_peer_servers();
+    let client = lab.start_loader().await;
+
+    let (ct_id, deep_id) = (lab.ct_id(), lab.cgroup_id(&deep_ct));
+    let mut rules = Rules::default();
+    rules
+        .cgroup(ct_id, 1, false)
+        .cgroup(deep_id, 1, false)
+        .veth(lab.ct_veth.ifindex, ct_id, &[CT4, CT6])
+        .veth(deep.host_veth.ifindex, deep_id, &[DEEP4, DEEP6])
+        .process(1, ProcessMatch::File(common::file_of(PYTHON)), 1)
+        .allow(Allow {
+            policy: 1,
+            class: 1,
+            addr: PEER4,
+            proto: TCP,
+            port: Some(9090),
+            icmp_type: false,
+        });
+    converge(&client, &rules.state, Verdict::Deny).await;
+
+    // python3's flow to the allowed port, from `cgroup` in `ns`, sent from
+    // CPU 0 (the veth's ingress runs where the sender queued the frame).
+    let flow_on_cpu0 = |cgroup: &std::path::Path, ns: &str| {
+        let args: Vec<String> = [
+            "taskset",
+            "-c",
+            "0",
+            PYTHON,
+            &probe_script().display().to_string(),
+            "tcp",
+            PEER4,
+            "9090",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let out = in_cgroup_ns_cmd(cgroup, ns, &args)
+            .output()
+            .expect("running the probe");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let mut hints = Vec::new();
+    for round in 0..6 {
+        assert_eq!(
+            flow_on_cpu0(&lab.ct, &lab.ct_ns),
+            "ok",
+            "round {round}: python3's flow from the cgroup under contain's programs at level 1"
+        );
+        let after_shallow = governed_level_hint(&lab, 0);
+        assert_eq!(
+            flow_on_cpu0(&deep_ct, &deep.ns),
+            "ok",
+            "round {round}: python3's flow from the cgroup under contain's programs at level 2"
+        );
+        hints.push((after_shallow, governed_level_hint(&lab, 0)));
+    }
+    // The kernel's own frames from either namespace (its control sockets
+    // are the container's) may move the hint between two reads, so one
+    // round in which it went from 1 to 2 and the next back to 1 is what
+    // shows that a miss was walked both ways.
+    assert!(
+        hints.windows(2).any(|w| w[0] == (1, 2) && w[1].0 == 1),
+        "CPU 0's hint after each round's two flows (level 1's, level 2's): {hints:?}: \
+         it never went from 1 to 2 and back, so the walk after a miss was not taken both ways"
+    );
+    drop(client);
+    drop(lab);
+    drop(deep_tree);
+}
+
+/// A neighbour whose cgroup sits one level deeper than the container's.
+const DEEP4: &str = "198.18.0.4";
+const DEEP6: &str = "2001:db8:77::4";
+
+/// `contain_veth`'s per-CPU hint on `cpu`: the cgroup level where it last
+/// found contain's cgroup. Read from the map of the program on the
+/// container's veth (each lab's loader has its own).
+fn governed_level_hint(lab: &Lab, cpu: usize) -> u32 {
+    const HINT_MAP: &str = "GOVERNED_LEVEL_HINT";
+    let programs = test_kit::lab::with_netns(&lab.host_ns, || {
+        SchedClassifier::query_tcx(&lab.ct_veth.name, TcAttachType::Ingress)
+            .map_err(|e| test_kit::Error::Setup(e.to_string()))
+    })
+    .expect("querying the veth's tc ingress")
+    .1;
+    let program = programs
+        .iter()
+        .find(|p| p.name_as_str() == Some(program_names::VETH))
+        .expect("the backstop on the container's veth");
+    for id in program
+        .map_ids()
+        .expect("the backstop's maps")
+        .unwrap_or_default()
+    {
+        let map = MapData::from_id(id).expect("opening one of the backstop's maps");
+        let info = map.info().expect("the map's info");
+        // The kernel keeps 15 bytes of a name.
+        if info.name_as_str().is_some_and(|n| HINT_MAP.starts_with(n)) {
+            let hint = PerCpuArray::<_, u32>::try_from(Map::PerCpuArray(map))
+                .expect("the hint as a per-CPU array");
+            return hint.get(&0, 0).expect("reading the hint")[cpu];
+        }
+    }
+    panic!("the backstop has no map named {HINT_MAP}");
 }
 
 /// The names of the programs on a tc hook of the container's host-side

@@ -267,6 +267,18 @@ impl Lab {
     /// selects it is the test's business. Removed when the lab drops.
     pub fn add_neighbour(&mut self, name: &str, addr4: &str, addr6: &str) -> Neighbour {
         let cgroup = self.add_container_cgroup(name);
+        self.add_neighbour_in(cgroup, name, addr4, addr6)
+    }
+
+    /// [`Lab::add_neighbour`] in a cgroup of the caller's (which the
+    /// caller creates and removes), not under the lab's parent.
+    pub fn add_neighbour_in(
+        &mut self,
+        cgroup: PathBuf,
+        name: &str,
+        addr4: &str,
+        addr6: &str,
+    ) -> Neighbour {
         let ns = format!("{}-{name}", self.name);
         let host_end = format!("hn-{name}");
         assert!(host_end.len() <= 15, "interface name {host_end} too long");
