@@ -387,6 +387,13 @@ async fn a_new_cgroup_under_the_parent_is_covered_from_its_first_packet() {
     );
 }
 
+/// While the loader is killed with SIGKILL and started again, the container
+/// keeps sending: connects the cgroup hooks judge by errno, and marked
+/// datagrams judged at the peer: allowed and denied over an IP socket (the
+/// cgroup hooks), a packet socket's frames to an allowed and a denied
+/// address, and a raw socket's forged source (the veth backstop). Every
+/// allowed marker arrives, sent while the loader was down too (the capture
+/// sees the whole window); no denied one does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enforcement_survives_kill_9_and_restart_of_the_loader() {
     let Some(()) = require_root("enforcement_survives_kill_9_and_restart_of_the_loader") else {
@@ -396,9 +403,14 @@ async fn enforcement_survives_kill_9_and_restart_of_the_loader() {
     let mut rules = Rules::default();
     rules
         .cgroup(lab.ct_id(), 1, false)
-        .allow(allow(PEER4, TCP, Some(8080)));
+        .veth(lab.ct_veth.ifindex, lab.ct_id(), &[CT4, CT6])
+        .allow(allow(PEER4, TCP, Some(8080)))
+        .allow(allow(PEER4, UDP, Some(5353)));
     let generation = converge(&client, &rules.state, Verdict::Deny).await;
     drop(client);
+    let capture = lab.scratch.join("capture.jsonl");
+    std::fs::write(&capture, "").expect("capture file");
+    lab.start_peer_sniffer(&capture);
 
     // A probe loop in the container: allowed and denied connects, alternating.
     let script = format!(
@@ -410,18 +422,68 @@ async fn enforcement_survives_kill_9_and_restart_of_the_loader() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("probe loop");
+    // Beside it, marked sends in rounds until `stop` exists; `round` holds
+    // the current round's number.
+    let (stop, round) = (lab.scratch.join("stop"), lab.scratch.join("round"));
+    let send_loop = format!(
+        r#"
+import os, sys, time
+sys.path.insert(0, {bypass:?})
+import attack
+stop, round_file, mac = sys.argv[1:4]
+i = 0
+while not os.path.exists(stop):
+    with open(round_file + ".new", "w") as f:
+        f.write(str(i))
+    os.rename(round_file + ".new", round_file)
+    attack.udp("{PEER4}", "5353", f"MK{{{{okip{{i}}}}}}")
+    attack.udp("{PEER4}", "9090", f"MK{{{{denyip{{i}}}}}}")
+    attack.pkt_udp("vc", "dgram", "0", mac, "{CT4}", "{PEER4}", "5353", f"MK{{{{okpkt{{i}}}}}}")
+    attack.pkt_udp("vc", "dgram", "0", mac, "{CT4}", "{PEER4_OTHER}", "5353", f"MK{{{{denypkt{{i}}}}}}")
+    attack.raw_udp("{FORGED4}", "{PEER4}", "5353", f"MK{{{{denyforged{{i}}}}}}")
+    i += 1
+    time.sleep(0.02)
+print(f"rounds={{i}}", flush=True)
+"#,
+        bypass = repo_root().join("tests/bypass").display().to_string(),
+    );
+    let sender = lab
+        .in_cgroup_cmd(
+            &lab.ct.clone(),
+            &[
+                PYTHON.into(),
+                "-c".into(),
+                send_loop,
+                stop.display().to_string(),
+                round.display().to_string(),
+                lab.peer_link.mac.clone(),
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("send loop");
+    let current_round = || -> u32 {
+        std::fs::read_to_string(&round)
+            .ok()
+            .and_then(|r| r.trim().parse().ok())
+            .unwrap_or(0)
+    };
     tokio::time::sleep(Duration::from_millis(800)).await;
     lab.kill_loader();
+    let round_at_kill = current_round();
     // Pins of an earlier map layout, as an upgrade that changed one leaves
     // them: the restarted loader removes them.
     let earlier_layout = lab.pin_dir.join("maps-v1");
     std::fs::create_dir_all(&earlier_layout).expect("an earlier layout's directory");
     tokio::time::sleep(Duration::from_millis(800)).await;
+    let round_at_start = current_round();
     let client = lab.start_loader().await;
     assert!(
         !earlier_layout.exists(),
         "the maps of an earlier layout are still pinned"
     );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    std::fs::write(&stop, "").expect("stopping the send loop");
     let out = tokio::task::spawn_blocking(move || probe_loop.wait_with_output())
         .await
         .expect("join")
@@ -438,6 +500,47 @@ async fn enforcement_survives_kill_9_and_restart_of_the_loader() {
             "attempt {i} while the loader was killed and restarted: {lines:?}"
         );
     }
+    let sent = tokio::task::spawn_blocking(move || sender.wait_with_output())
+        .await
+        .expect("join")
+        .expect("send loop");
+    let sent = String::from_utf8_lossy(&sent.stdout).to_string();
+    let rounds: u32 = sent
+        .lines()
+        .find_map(|l| l.strip_prefix("rounds="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the send loop did not finish: {sent}"));
+    assert!(
+        round_at_kill < round_at_start && round_at_start < rounds,
+        "the send loop did not run through the loader's absence: rounds {round_at_kill} at the kill, {round_at_start} at the start, {rounds} in all"
+    );
+
+    // Judged at the peer.
+    let expected: Vec<String> = (0..rounds)
+        .flat_map(|i| [format!("MK{{okip{i}}}"), format!("MK{{okpkt{i}}}")])
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let captured = captured_markers(&capture);
+        let missing: Vec<&String> = expected.iter().filter(|m| !captured.contains(m)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "allowed sends that never arrived (rounds {round_at_kill}..{round_at_start} ran while the loader was down): {missing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let leaked: Vec<String> = captured_markers(&capture)
+        .into_iter()
+        .filter(|m| m.starts_with("MK{deny"))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "denied sends arrived at the peer while the loader was killed and restarted: {leaked:?}"
+    );
     // The restarted loader adopted the maps: same state, same generation.
     let snap = client
         .state(tarpc::context::current())
@@ -447,6 +550,7 @@ async fn enforcement_survives_kill_9_and_restart_of_the_loader() {
     assert_eq!(snap.generation, generation);
     assert_eq!(snap.state.cgroups, rules.state.cgroups);
     assert_eq!(snap.state.ports, rules.state.ports);
+    assert_eq!(snap.state.veths, rules.state.veths);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
