@@ -220,7 +220,7 @@ macro_rules! probe {
 /// Every probe, in run order. Both modes run exactly this list.
 const PROBES: &[Probe] = &[
     probe!("1-revocation", "TCP stream of marked bytes to an allowed port; the rule is removed mid-stream",
-        "a byte of the flow captured > 1 s after apply returned", "the flow's bytes arrive before the revocation", p_revocation),
+        "a byte of the flow captured > 0.2 s after apply returned (frames already past the hooks)", "the flow's bytes arrive before the revocation", p_revocation),
     probe!("2-steer-tcp6-srh", "connected TCP6 to allowed peer, then IPV6_RTHDR (SRH) naming a denied address, send",
         "packet to / routing header naming a denied address", "plain TCP6 to the same port",
         steer(&["steer-tcp", PEER6, SINK, PEER6_OTHER, "{L}", "0", "after"], &["tcp", PEER6, SINK, "{C}"])),
@@ -485,7 +485,7 @@ const PROBES: &[Probe] = &[
         "a TCP packet from the container to the denied address with sport 9", "plain UDP4",
         simple(&["reflect-rst4", PEER4_OTHER, CT4, "9", "47777"], &["udp", PEER4, "5353", "{C}"], |p, _m| p["dst"] == PEER4_OTHER && p["src"] == CT4 && p["sport"].as_u64() == Some(9))),
     probe!("x-mptcp-revocation", "MPTCP stream (plain TCP peer, fallback) to an allowed port; the rule is removed mid-stream",
-        "a byte of the flow captured > 1 s after apply returned", "the flow's bytes arrive before the revocation", p_x_mptcp_revocation),
+        "a byte of the flow captured > 0.2 s after apply returned (frames already past the hooks)", "the flow's bytes arrive before the revocation", p_x_mptcp_revocation),
     probe!("x-revoked-flood", "300 TCP flows to the allowed peer, each then given an LSRR through a denied hop; count events",
         "a segment naming the denied hop captured; filtered: more events in one second than the cgroup's rate", "-", p_x_revoked_flood),
     probe!("x-revoked-claim", "one raw socket alternates 600 times: UDP to the allowed peer (an allow cached), TCP to a denied address; count events",
@@ -1266,6 +1266,10 @@ async fn flood_within_rate(cx: &mut Ctx, attack: &[&str]) -> Outcome {
     o
 }
 
+/// How long after a revocation's apply a captured segment of the flow may
+/// still be one that passed the hooks before it (see `revocation_with`).
+const REVOCATION_IN_FLIGHT_SECS: f64 = 0.2;
+
 async fn revocation_with(cx: &mut Ctx, cmd: &str) -> Outcome {
     let mut o = Outcome::default();
     let m = cx.marker();
@@ -1295,18 +1299,22 @@ async fn revocation_with(cx: &mut Ctx, cmd: &str) -> Outcome {
         o.failures.push(format!("revoking policy refused: {e}"));
     }
     let applied = now();
-    // The property is "nothing later than 1 s after apply": look 1.5 s on.
+    // The property is "no byte once apply has returned". The capture's
+    // timestamps are the kernel's, taken as a frame reaches the peer's
+    // link, so a segment already past the hooks when the maps changed may
+    // be stamped a softirq later: the first 0.2 s are left to those.
+    // Retransmits and the sender's next chunks (every 10 ms) fall after.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     cx.refresh();
     let late: Vec<f64> = cx
-        .since(applied + 1.0)
+        .since(applied + REVOCATION_IN_FLIGHT_SECS)
         .filter(|p| flow(p))
         .filter_map(|p| p["t"].as_f64())
         .collect();
     o.leaked = !late.is_empty();
     if let Some(last) = late.last() {
         o.notes.push(format!(
-            "{} segments with data after apply+1s, last at apply+{:.2}s",
+            "{} segments with data after apply+{REVOCATION_IN_FLIGHT_SECS}s, last at apply+{:.2}s",
             late.len(),
             last - applied
         ));
@@ -1319,9 +1327,11 @@ async fn revocation_with(cx: &mut Ctx, cmd: &str) -> Outcome {
         let _ = child.wait();
         let last = lines.last().cloned().unwrap_or_default();
         o.notes.push(format!("sender: {last}"));
-        if !last.starts_with("stream=error") {
-            o.failures
-                .push(format!("sender got no error within 30 s ({last})"));
+        // The loader aborts the flow's socket (SOCK_DESTROY).
+        if last != "stream=error:ECONNABORTED" {
+            o.failures.push(format!(
+                "sender did not get ECONNABORTED within 30 s ({last})"
+            ));
         }
         let deny: Vec<Event> = cx
             .events()
