@@ -202,6 +202,126 @@ async fn process_rules_follow_the_executable_not_the_name() {
     }
 }
 
+/// A process the loader never saw exec (started before it, as a
+/// container's processes are when the loader first comes up on a running
+/// host) has no identity: it and the children it forks get the
+/// container-wide rules, not the class of the executable they run. The
+/// same executable started afterwards gets its class. Judged at the peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_started_before_the_loader_gets_only_the_container_wide_rules() {
+    let Some(()) =
+        require_root("a_process_started_before_the_loader_gets_only_the_container_wide_rules")
+    else {
+        return;
+    };
+    let mut lab = Lab::new();
+    lab.start_peer_servers();
+    let capture = lab.scratch.join("capture.jsonl");
+    std::fs::write(&capture, "").expect("capture file");
+    lab.start_peer_sniffer(&capture);
+    // Sends a marked datagram to each port given `tag`, from itself and
+    // from a child it forks, once a line arrives on stdin (at once if none
+    // is expected).
+    let sender = |tag: &str, wait: bool| -> Vec<String> {
+        let script = format!(
+            r#"
+import os, socket, sys
+if {wait}:
+    sys.stdin.readline()
+def send(port, marker):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.sendto((marker + " ").encode() * 4, ("{PEER4}", port))
+        except OSError:
+            pass
+send(9090, "MK{{{tag}class}}")
+send(5353, "MK{{{tag}wide}}")
+child = os.fork()
+if child == 0:
+    send(9090, "MK{{{tag}childclass}}")
+    os._exit(0)
+os.waitpid(child, 0)
+print("done", flush=True)
+"#,
+            wait = if wait { "True" } else { "False" },
+        );
+        vec![PYTHON.into(), "-c".into(), script]
+    };
+    let mut early = lab
+        .in_cgroup_cmd(&lab.ct.clone(), &sender("early", true))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the process started before the loader");
+
+    let client = lab.start_loader().await;
+    let mut rules = Rules::default();
+    rules
+        .cgroup(lab.ct_id(), 1, false)
+        .process(1, ProcessMatch::File(common::file_of(PYTHON)), 1)
+        .allow(Allow {
+            policy: 1,
+            class: 1,
+            addr: PEER4,
+            proto: UDP,
+            port: Some(9090),
+            icmp_type: false,
+        })
+        .allow(allow(PEER4, UDP, Some(5353)))
+        // A class has the container-wide rules too, as policyd compiles it.
+        .allow(Allow {
+            policy: 1,
+            class: 1,
+            addr: PEER4,
+            proto: UDP,
+            port: Some(5353),
+            icmp_type: false,
+        });
+    converge(&client, &rules.state, Verdict::Deny).await;
+
+    use std::io::Write;
+    early
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"go\n")
+        .expect("waking the early process");
+    let out = early.wait_with_output().expect("the early process");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "done");
+    let out = lab
+        .in_cgroup_cmd(&lab.ct.clone(), &sender("late", false))
+        .output()
+        .expect("the process started after the loader");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "done");
+
+    let arrived = [
+        "MK{earlywide}",
+        "MK{latewide}",
+        "MK{lateclass}",
+        "MK{latechildclass}",
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !arrived
+        .iter()
+        .all(|m| captured_markers(&capture).iter().any(|c| c == m))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "allowed sends that did not arrive: {:?} of {arrived:?}",
+            captured_markers(&capture)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let captured = captured_markers(&capture);
+    for denied in ["MK{earlyclass}", "MK{earlychildclass}"] {
+        assert!(
+            !captured.iter().any(|c| c == denied),
+            "{denied} arrived: a process the loader never saw exec got python3's class"
+        );
+    }
+}
+
 /// A process rule names a file (device, inode, ctime), resolved when the
 /// policy is: every path to that file gets its class (a hard link is the
 /// file, a symlink is followed by exec), a change of the file does not
