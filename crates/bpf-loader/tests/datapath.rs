@@ -673,6 +673,127 @@ print(f"rounds={{i}}", flush=True)
     assert_eq!(snap.state.veths, rules.state.veths);
 }
 
+/// An upgrade whose loader has another map layout cannot adopt the pinned
+/// maps: it starts on empty ones, so until the policy is installed again
+/// the container gets the unknown-container verdict (deny): fail closed.
+/// Here the maps' pins are moved to an earlier layout's directory behind a
+/// killed loader, as the old package leaves them, and a loader started.
+/// Judged at the peer: an allowed datagram arrives before the upgrade and
+/// after the policy is installed again, not in between; a denied one
+/// never, though sent throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loader_with_another_map_layout_fails_closed_until_the_policy_is_back() {
+    let Some(()) =
+        require_root("a_loader_with_another_map_layout_fails_closed_until_the_policy_is_back")
+    else {
+        return;
+    };
+    let (mut lab, client) = Lab::running().await;
+    let mut rules = Rules::default();
+    rules
+        .cgroup(lab.ct_id(), 1, false)
+        .allow(allow(PEER4, UDP, Some(5353)));
+    converge(&client, &rules.state, Verdict::Deny).await;
+    drop(client);
+    let capture = lab.scratch.join("capture.jsonl");
+    std::fs::write(&capture, "").expect("capture file");
+    lab.start_peer_sniffer(&capture);
+    let attack = repo_root().join("tests/bypass/attack.py");
+    let send = |lab: &Lab, port: &str, marker: &str| {
+        let args: Vec<String> = [
+            PYTHON,
+            &attack.display().to_string(),
+            "udp",
+            PEER4,
+            port,
+            marker,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        lab.in_cgroup_cmd(&lab.ct, &args)
+            .output()
+            .expect("attack.py udp");
+    };
+    let arrives = async |marker: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !captured_markers(&capture).iter().any(|m| m == marker) {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
+    };
+    // Denied datagrams throughout, until `stop` exists.
+    let stop = lab.scratch.join("stop");
+    let denied_loop = format!(
+        "i=0; while [ ! -e {stop} ]; do {PYTHON} {attack} udp {PEER4} 9090 MK{{denied$i}} >/dev/null; i=$((i+1)); done; echo $i",
+        stop = stop.display(),
+        attack = attack.display(),
+    );
+    let denied_sender = test_kit::process::Proc(
+        lab.in_cgroup_cmd(&lab.ct.clone(), &["sh".into(), "-c".into(), denied_loop])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("the denied send loop"),
+    );
+
+    send(&lab, "5353", "MK{beforeupgrade}");
+    assert!(
+        arrives("MK{beforeupgrade}").await,
+        "the allowed datagram did not arrive"
+    );
+    lab.kill_loader();
+    let maps = std::fs::read_dir(&lab.pin_dir)
+        .expect("the pin directory")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("maps-v"))
+        })
+        .expect("the maps' pin directory");
+    let earlier = lab.pin_dir.join("maps-v0");
+    std::fs::rename(&maps, &earlier).expect("moving the pins to an earlier layout's place");
+    let client = lab.start_loader().await;
+    assert!(
+        !earlier.exists(),
+        "the earlier layout's maps are still pinned"
+    );
+    send(&lab, "5353", "MK{beforepolicy}");
+    assert!(
+        !arrives("MK{beforepolicy}").await,
+        "an allowed datagram arrived before the policy was installed again: the new loader's empty maps let the container through"
+    );
+    converge(&client, &rules.state, Verdict::Deny).await;
+    send(&lab, "5353", "MK{afterpolicy}");
+    assert!(
+        arrives("MK{afterpolicy}").await,
+        "the allowed datagram did not arrive once the policy was installed again"
+    );
+    std::fs::write(&stop, "").expect("stopping the denied send loop");
+    let mut denied_sender = denied_sender;
+    let mut sent = String::new();
+    std::io::Read::read_to_string(
+        denied_sender.0.stdout.as_mut().expect("the loop's stdout"),
+        &mut sent,
+    )
+    .expect("the loop's count");
+    let sent: u32 = sent.trim().parse().expect("the loop's count");
+    assert!(sent > 2, "the denied send loop sent {sent} datagrams only");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let captured = captured_markers(&capture);
+    let leaked: Vec<&String> = captured
+        .iter()
+        .filter(|m| m.starts_with("MK{denied"))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "denied datagrams arrived during the upgrade: {leaked:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_access_stops_new_and_established_outbound_flows() {
     let Some(()) = require_root("revoking_access_stops_new_and_established_outbound_flows") else {
