@@ -14,7 +14,8 @@
 #     allowed requests failed;
 #  6. upgrade to a rebuilt package of a higher version during a probe loop: the same, the
 #     edited conffile kept, every daemon restarted;
-#  7. apt remove: daemons stopped, the removal says filtering stays, and it does;
+#  7. apt remove: daemons stopped, the removal says filtering stays, and it does, a container
+#     started afterwards included (the unknown-container verdict);
 #  8. apt purge: pins, veth filters and /etc/contain gone, the blocked container reaches the
 #     peer again (so the capture would have seen leaks had there been any).
 #
@@ -185,7 +186,7 @@ check_output "policyd serves metrics on 127.0.0.1:9879" "contain_policy_loaded 1
 step "policyd status names a container outside the managed parent"
 docker network rm "$NET" >/dev/null 2>&1 || true
 defer docker network rm "$NET"
-defer docker rm -f outside peer blocked free
+defer docker rm -f outside peer blocked free late
 check "network $NET" docker network create --subnet "$SUBNET" "$NET"
 check "a container in system.slice" docker run -d --name outside --cgroup-parent system.slice \
   --network "$NET" "$IMG" sleep 3600
@@ -308,12 +309,20 @@ check_output "the package is removed, its configuration kept" "deinstall ok conf
 check "the programs are still attached to contain.slice" bash -c \
   "bpftool cgroup show /sys/fs/cgroup/contain.slice | grep -q contain_"
 check "the veth backstop is still on the containers' veths" bash -c "veth_filters | grep -q contain_veth"
+# A container started after the removal has no entry: the unknown-container verdict (deny).
+check "late (no label), started after the removal" run --name late "$IMG" sleep 3600
+LATE_IP=$(ip_of late)
+check "late sits under contain.slice" grep -q contain.slice "/proc/$(pid_of late)/cgroup"
 capture_start
 probe blocked tcp $PEER_IP $DENIED_PORT >/dev/null
 probe blocked udp-sendto $PEER_IP $DENIED_PORT >/dev/null
 check_output "blocked: the last policy still allows peer:$ALLOWED_PORT" ok probe blocked tcp $PEER_IP $ALLOWED_PORT
+probe late tcp $PEER_IP $ALLOWED_PORT >/dev/null
+probe late udp-sendto $PEER_IP $ALLOWED_PORT >/dev/null
 capture_stop
 expect_arrived "after remove, blocked: TCP and UDP to $DENIED_PORT" none "$BLOCKED_IP" $DENIED_PORT
+expect_arrived "after remove, blocked: TCP to $ALLOWED_PORT (the capture's control)" some "$BLOCKED_IP" $ALLOWED_PORT
+expect_arrived "after remove, late: TCP and UDP to $ALLOWED_PORT (unknown container)" none "$LATE_IP" $ALLOWED_PORT
 
 # ---- 8. purge -----------------------------------------------------------------------------------
 step "apt purge: configuration, pins and veth filters gone"
@@ -333,7 +342,9 @@ check_output "Docker's daemon.json is left as it is" contain.slice python3 -c \
   'import json; print(json.load(open("/etc/docker/daemon.json"))["cgroup-parent"])'
 capture_start
 probe blocked tcp $PEER_IP $DENIED_PORT >/dev/null
+probe late tcp $PEER_IP $ALLOWED_PORT >/dev/null
 capture_stop
 expect_arrived "after purge, blocked: TCP to $DENIED_PORT (unfiltered now)" some "$BLOCKED_IP" $DENIED_PORT
+expect_arrived "after purge, late: TCP to $ALLOWED_PORT (unfiltered now)" some "$LATE_IP" $ALLOWED_PORT
 
 finish
