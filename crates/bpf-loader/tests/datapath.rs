@@ -561,12 +561,15 @@ while not os.path.exists(stop):
     attack.pkt_udp("vc", "dgram", "0", mac, "{CT4}", "{PEER4}", "5353", f"MK{{{{okpkt{{i}}}}}}")
     attack.pkt_udp("vc", "dgram", "0", mac, "{CT4}", "{PEER4_OTHER}", "5353", f"MK{{{{denypkt{{i}}}}}}")
     attack.raw_udp("{FORGED4}", "{PEER4}", "5353", f"MK{{{{denyforged{{i}}}}}}")
+    attack.raw_udp("{CT4}", "{PEER4}", "5353", f"MK{{{{okraw{{i}}}}}}")
     i += 1
     time.sleep(0.02)
-print(f"rounds={{i}}", flush=True)
+print(f"rounds={{i}}", file=sys.stderr, flush=True)
 "#,
         bypass = repo_root().join("tests/bypass").display().to_string(),
     );
+    // Its diagnostics go nowhere (a pipe read only at the end could fill
+    // and stall it); the count of rounds comes on stderr.
     let sender = lab
         .in_cgroup_cmd(
             &lab.ct.clone(),
@@ -579,7 +582,8 @@ print(f"rounds={{i}}", flush=True)
                 lab.peer_link.mac.clone(),
             ],
         )
-        .stdout(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("send loop");
     let current_round = || -> u32 {
@@ -598,6 +602,7 @@ print(f"rounds={{i}}", flush=True)
     tokio::time::sleep(Duration::from_millis(800)).await;
     let round_at_start = current_round();
     let client = lab.start_loader().await;
+    let round_at_started = current_round();
     assert!(
         !earlier_layout.exists(),
         "the maps of an earlier layout are still pinned"
@@ -624,20 +629,26 @@ print(f"rounds={{i}}", flush=True)
         .await
         .expect("join")
         .expect("send loop");
-    let sent = String::from_utf8_lossy(&sent.stdout).to_string();
+    let sent = String::from_utf8_lossy(&sent.stderr).to_string();
     let rounds: u32 = sent
         .lines()
         .find_map(|l| l.strip_prefix("rounds="))
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("the send loop did not finish: {sent}"));
     assert!(
-        round_at_kill < round_at_start && round_at_start < rounds,
-        "the send loop did not run through the loader's absence: rounds {round_at_kill} at the kill, {round_at_start} at the start, {rounds} in all"
+        round_at_kill < round_at_start && round_at_start < round_at_started && round_at_started < rounds,
+        "the send loop did not run through the loader's absence and start: rounds {round_at_kill} at the kill, {round_at_start} at the start, {round_at_started} once it answered, {rounds} in all"
     );
 
     // Judged at the peer.
     let expected: Vec<String> = (0..rounds)
-        .flat_map(|i| [format!("MK{{okip{i}}}"), format!("MK{{okpkt{i}}}")])
+        .flat_map(|i| {
+            [
+                format!("MK{{okip{i}}}"),
+                format!("MK{{okpkt{i}}}"),
+                format!("MK{{okraw{i}}}"),
+            ]
+        })
         .collect();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
@@ -725,13 +736,21 @@ async fn a_loader_with_another_map_layout_fails_closed_until_the_policy_is_back(
         }
         true
     };
-    // Denied datagrams throughout, until `stop` exists.
-    let stop = lab.scratch.join("stop");
+    // Denied datagrams throughout, until `stop` exists; `round` holds the
+    // number sent.
+    let (stop, round) = (lab.scratch.join("stop"), lab.scratch.join("round"));
     let denied_loop = format!(
-        "i=0; while [ ! -e {stop} ]; do {PYTHON} {attack} udp {PEER4} 9090 MK{{denied$i}} >/dev/null; i=$((i+1)); done; echo $i",
+        "i=0; while [ ! -e {stop} ]; do {PYTHON} {attack} udp {PEER4} 9090 MK{{denied$i}} >/dev/null; i=$((i+1)); echo $i > {round}.new && mv {round}.new {round}; done; echo $i",
         stop = stop.display(),
+        round = round.display(),
         attack = attack.display(),
     );
+    let current_round = || -> u32 {
+        std::fs::read_to_string(&round)
+            .ok()
+            .and_then(|r| r.trim().parse().ok())
+            .unwrap_or(0)
+    };
     let denied_sender = test_kit::process::Proc(
         lab.in_cgroup_cmd(&lab.ct.clone(), &["sh".into(), "-c".into(), denied_loop])
             .stdout(std::process::Stdio::piped())
@@ -756,7 +775,9 @@ async fn a_loader_with_another_map_layout_fails_closed_until_the_policy_is_back(
         .expect("the maps' pin directory");
     let earlier = lab.pin_dir.join("maps-v0");
     std::fs::rename(&maps, &earlier).expect("moving the pins to an earlier layout's place");
+    let round_at_kill = current_round();
     let client = lab.start_loader().await;
+    let round_at_start = current_round();
     assert!(
         !earlier.exists(),
         "the earlier layout's maps are still pinned"
@@ -766,6 +787,7 @@ async fn a_loader_with_another_map_layout_fails_closed_until_the_policy_is_back(
         !arrives("MK{beforepolicy}").await,
         "an allowed datagram arrived before the policy was installed again: the new loader's empty maps let the container through"
     );
+    let round_at_policy = current_round();
     converge(&client, &rules.state, Verdict::Deny).await;
     send(&lab, "5353", "MK{afterpolicy}");
     assert!(
@@ -781,7 +803,10 @@ async fn a_loader_with_another_map_layout_fails_closed_until_the_policy_is_back(
     )
     .expect("the loop's count");
     let sent: u32 = sent.trim().parse().expect("the loop's count");
-    assert!(sent > 2, "the denied send loop sent {sent} datagrams only");
+    assert!(
+        round_at_kill < round_at_start && round_at_start < round_at_policy && round_at_policy < sent,
+        "the denied send loop did not run through the upgrade: {round_at_kill} sent at the kill, {round_at_start} once the new loader answered, {round_at_policy} when the policy went back, {sent} in all"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let captured = captured_markers(&capture);
     let leaked: Vec<&String> = captured
@@ -1157,6 +1182,8 @@ async fn the_backstop_finds_governed_sockets_at_two_depths_on_one_cpu() {
             .expect("running the probe");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
+    // The hint is read from the program tcx lists on the veth (kernel 6.6).
+    let tcx = bpf_loader::veths::uses_tcx();
     let mut hints = Vec::new();
     for round in 0..6 {
         assert_eq!(
@@ -1164,18 +1191,26 @@ async fn the_backstop_finds_governed_sockets_at_two_depths_on_one_cpu() {
             "ok",
             "round {round}: python3's flow from the cgroup under contain's programs at level 1"
         );
-        let after_shallow = governed_level_hint(&lab, 0);
+        let after_shallow = tcx.then(|| governed_level_hint(&lab, 0));
         assert_eq!(
             flow_on_cpu0(&deep_ct, &deep.ns),
             "ok",
             "round {round}: python3's flow from the cgroup under contain's programs at level 2"
         );
-        hints.push((after_shallow, governed_level_hint(&lab, 0)));
+        if let Some(after_shallow) = after_shallow {
+            hints.push((after_shallow, governed_level_hint(&lab, 0)));
+        }
     }
     // The kernel's own frames from either namespace (its control sockets
     // are the container's) may move the hint between two reads, so one
     // round in which it went from 1 to 2 and the next back to 1 is what
     // shows that a miss was walked both ways.
+    if !tcx {
+        test_kit::privileged::record_skipped_check(
+            "the_backstop_finds_governed_sockets_at_two_depths_on_one_cpu: the hint's readback needs tcx (kernel 6.6); the flows were checked",
+        );
+        return;
+    }
     assert!(
         hints.windows(2).any(|w| w[0] == (1, 2) && w[1].0 == 1),
         "CPU 0's hint after each round's two flows (level 1's, level 2's): {hints:?}: \
