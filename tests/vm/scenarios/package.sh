@@ -301,8 +301,8 @@ step "apt remove: the daemons stop, filtering stays, and the removal says so"
 out=$("${APT[@]}" remove contain 2>&1) && pass "apt-get remove contain" \
   || fail "apt-get remove: $(tail -n 20 <<<"$out")"
 printf '%s\n' "$out" >/mnt/share/out/remove.log
-[[ $out == *"FILTERING STAYS IN FORCE"* && $out == *"apt purge contain"* ]] \
-  && pass "the removal says filtering stays and how to remove it" || fail "the removal does not say what stays"
+[[ $out == *"FILTERING STAYS IN FORCE"* && $out == *"apt purge contain"* && $out == *"until the next boot"* ]] \
+  && pass "the removal says filtering stays, until the next boot, and how to remove it" || fail "the removal does not say what stays"
 check_fails "no unit is active" bash -c "systemctl is-active contain-bpf-loader contain-resolver contain-policyd | grep -qx active"
 check_fails "the binaries are gone" test -e /usr/bin/policyd
 check_output "the package is removed, its configuration kept" "deinstall ok config-files" dpkg-query -W -f='${Status}' contain
