@@ -276,6 +276,24 @@ fn unreachable_daemon(e: impl std::fmt::Display) -> Failure {
     )
 }
 
+/// A call the daemon did not answer, on a connection it had accepted: it
+/// drops a peer outside root and its group before reading a request.
+fn dropped_by_daemon(socket: &Path) -> impl Fn(tarpc::client::RpcError) -> Failure + '_ {
+    move |e| {
+        Failure::new(
+            exit::DAEMON_UNREACHABLE,
+            format!(
+                "policyd at {} closed the connection ({e}); it serves only root and the \
+                 members of its group ({} unless its --group says otherwise): run this as \
+                 root or as a member, or, if you are one, check that the daemon runs \
+                 (systemctl status contain-policyd)",
+                socket.display(),
+                paths::GROUP
+            ),
+        )
+    }
+}
+
 async fn connect(socket: &Path) -> Result<PolicydClient, Failure> {
     let stream = transport::connect(socket)
         .await
@@ -287,9 +305,32 @@ async fn connect(socket: &Path) -> Result<PolicydClient, Failure> {
     .spawn())
 }
 
+/// From here on the command only writes its output: a reader that goes
+/// away (`| head`) ends it quietly, as other tools end, rather than a panic
+/// in `println!`. Not while it talks to the daemon: a daemon that drops the
+/// connection (a user outside its group) is reported, where SIGPIPE on the
+/// request would end the command without a word.
+fn output_only_from_here() {
+    // SAFETY: signal(2) only sets the process's disposition of SIGPIPE;
+    // no handler runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Runs a parsed command; returns the exit code.
 pub async fn run(cli: Cli) -> u8 {
     let json = cli.json;
+    let talks_to_daemon = match &cli.command {
+        Command::Reload { .. } | Command::Status | Command::Events { .. } => true,
+        Command::Explain {
+            policy, inventory, ..
+        } => policy.is_none() || inventory.is_none(),
+        _ => false,
+    };
+    if !talks_to_daemon {
+        output_only_from_here();
+    }
     let result = match cli.command {
         Command::Check {
             file,
@@ -672,7 +713,8 @@ async fn reload(
     let report = client
         .reload(transport::context_with_deadline(120), dry_run, max_ops)
         .await
-        .map_err(unreachable_daemon)??;
+        .map_err(dropped_by_daemon(socket))??;
+    output_only_from_here();
     if json {
         print_json(&report);
         return Ok(());
@@ -901,7 +943,8 @@ async fn status(socket: &Path, json: bool) -> Result<(), Failure> {
     let status = client
         .status(transport::context_with_deadline(30))
         .await
-        .map_err(unreachable_daemon)??;
+        .map_err(dropped_by_daemon(socket))??;
+    output_only_from_here();
     if json {
         print_json(&status);
     } else {
@@ -1148,7 +1191,8 @@ async fn explain_online(socket: &Path, query: &ExplainQuery, json: bool) -> Resu
     let e = client
         .explain(transport::context_with_deadline(30), query.clone())
         .await
-        .map_err(unreachable_daemon)??;
+        .map_err(dropped_by_daemon(socket))??;
+    output_only_from_here();
     print_explanation(&e, json);
     Ok(())
 }
@@ -1240,15 +1284,21 @@ async fn events(
 ) -> Result<(), Failure> {
     let client = connect(socket).await?;
     let mut after = after;
-    if !json {
-        println!("{}", event_header());
-    }
+    let mut first = true;
     loop {
         let wait_ms = if follow { 25_000 } else { 0 };
         let batch: EventBatch = client
             .events(transport::context_with_deadline(60), after, max, wait_ms)
             .await
-            .map_err(unreachable_daemon)??;
+            .map_err(dropped_by_daemon(socket))??;
+        if first {
+            // The daemon has answered: what follows is mostly output.
+            output_only_from_here();
+            if !json {
+                println!("{}", event_header());
+            }
+            first = false;
+        }
         if batch.missed > 0 {
             eprintln!(
                 "policyd: {} event(s) missed (older than the loader's buffer)",

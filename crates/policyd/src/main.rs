@@ -20,15 +20,6 @@ fn main() -> ExitCode {
         }
     };
     let is_daemon = matches!(cli.command, Command::Daemon { .. });
-    if !is_daemon {
-        // A CLI piped into `head` should end quietly, as other tools do,
-        // not panic in println!.
-        // SAFETY: restoring the default disposition of one signal before
-        // any thread is started.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
-    }
     if is_daemon {
         proto::runtime::init_tracing(proto::runtime::LogFormat::Text);
     }

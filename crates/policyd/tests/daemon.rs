@@ -1,8 +1,10 @@
 //! The daemon end to end over real Unix sockets: an in-memory loader that keeps
 //! the maps in memory with the real generation semantics, an inventory
-//! file, and the policyd client. No privileges, no BPF.
+//! file, and the policyd client. No BPF; one test runs the CLI as another
+//! user (root only), to check the socket's peer credentials.
 
 use std::{
+    os::unix::fs::PermissionsExt,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -541,6 +543,84 @@ async fn the_thesis_json_file_works() {
     assert_eq!(e.verdict, Some(Verdict::Deny));
     drop(client);
     daemon.shutdown_background();
+}
+
+/// The socket serves root and the configured group, judged by the peer's
+/// credentials rather than the file's mode: the CLI run as another user is
+/// dropped before any request even with the socket opened to everyone, and
+/// is served once that user holds the group among its supplementary groups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_serves_root_and_the_group_only() {
+    if !test_kit::privileged::root_or_skip(
+        "the_socket_serves_root_and_the_group_only",
+        "it runs the CLI as another user",
+    ) {
+        return;
+    }
+    const GROUP: &str = "daemon";
+    let gid = nix::unistd::Group::from_name(GROUP)
+        .expect("reading the group database")
+        .unwrap_or_else(|| panic!("no group {GROUP}"))
+        .gid
+        .as_raw();
+    let env = Env::new("peers");
+    env.serve_loader();
+    env.write("policy.toml", V1);
+    env.write_inventory(&[("curler", 602)]);
+    let mut config = env.config("policy.toml");
+    config.group = GROUP.into();
+    let daemon = env.start(config);
+    let root = env.client().await;
+    let root_served = root.status(ctx()).await.map(|r| r.is_ok());
+
+    // Where the other user can reach it: the CLI copied out of the build
+    // tree, the socket's mode opened to everyone.
+    let cli = env.path("policyd");
+    std::fs::copy(env!("CARGO_BIN_EXE_policyd"), &cli).expect("copying the CLI");
+    for (path, mode) in [
+        (&env.dir, 0o755),
+        (&cli, 0o755),
+        (&env.path("policyd.sock"), 0o666),
+    ] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    let status_as_nobody = |groups: &str| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", groups])
+            .arg(&cli)
+            .arg("--socket")
+            .arg(env.path("policyd.sock"))
+            .arg("status")
+            .output()
+            .expect("setpriv")
+    };
+    let refused = status_as_nobody("--clear-groups");
+    let served = status_as_nobody(&format!("--groups={gid}"));
+    drop(root);
+    daemon.shutdown_background();
+    assert!(
+        matches!(root_served, Ok(true)),
+        "root was not served: {root_served:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("serves only root and the members of its group"),
+        "the refused user is not told why: {}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "a user outside the group was not refused as the CLI says a daemon it cannot reach ({:?}): {}{}",
+        refused.status,
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(
+        served.status.success(),
+        "a member of the group was not served: {}",
+        String::from_utf8_lossy(&served.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
