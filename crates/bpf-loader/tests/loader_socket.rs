@@ -52,6 +52,23 @@ async fn non_root_clients_are_refused_and_garbage_does_not_crash_it() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Closed because of who it was, not because of what it sent (the
+    // frame is no request either): the loader says so.
+    let refused = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let log = std::fs::read_to_string(lab.loader_log()).unwrap_or_default();
+        if log
+            .lines()
+            .any(|l| l.contains("peer refused by credential check") && l.contains("\"uid\":65534"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < refused,
+            "the loader did not log refusing uid 65534: {log}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     // Garbage from root: a bogus frame and a huge length prefix.
     for payload in [&b"\x00\x00\x00\x05hello"[..], &b"\xff\xff\xff\xffxx"[..]] {
