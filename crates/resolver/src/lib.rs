@@ -110,6 +110,18 @@ fn contain_gid() -> Option<u32> {
         .map(|g| g.gid.as_raw())
 }
 
+/// The socket's mode and who it serves. Only policyd asks the resolver
+/// anything: root and policyd's user, which reaches the socket through its
+/// group. The group's other members (operators using the CLI) are not
+/// admitted, since a lookup hashes files in containers and reports what it
+/// finds. Without the group or the user: root alone.
+fn socket_access(group: Option<u32>, policyd_uid: Option<u32>) -> (u32, PeerPolicy) {
+    match (group, policyd_uid) {
+        (Some(_), Some(uid)) => (0o660, PeerPolicy::RootOrUser(uid)),
+        _ => (0o600, PeerPolicy::RootOnly),
+    }
+}
+
 fn policyd_uid() -> Option<u32> {
     nix::unistd::User::from_name(proto::paths::USER)
         .ok()
@@ -169,14 +181,8 @@ impl Daemon {
         ));
 
         let netlink = Netlink::connect()?;
-        // Only policyd asks the resolver anything: its group's members
-        // (operators using the CLI) are not admitted, since a lookup hashes
-        // files in containers and reports what it finds.
         let gid = config.socket_group.or_else(contain_gid);
-        let (mode, policy) = match (gid, policyd_uid()) {
-            (Some(_), Some(uid)) => (0o660, PeerPolicy::RootOrUser(uid)),
-            _ => (0o600, PeerPolicy::RootOnly),
-        };
+        let (mode, policy) = socket_access(gid, policyd_uid());
 
         let (source_tx, source_rx) = mpsc::channel(1024);
         let (link_tx, link_rx) = mpsc::channel(1024);
@@ -275,5 +281,53 @@ impl Daemon {
             let _ = t.await;
         }
         let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::transport::PeerCred;
+
+    use super::*;
+
+    fn peer(uid: u32, gid: u32, groups: &[u32]) -> PeerCred {
+        PeerCred {
+            pid: None,
+            uid,
+            gid,
+            groups: groups.to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_socket_serves_root_and_policyds_user_only() {
+        const CONTAIN_GID: u32 = 990;
+        const POLICYD_UID: u32 = 991;
+        let (mode, policy) = socket_access(Some(CONTAIN_GID), Some(POLICYD_UID));
+        assert_eq!(mode, 0o660);
+        assert!(policy.admits(&peer(0, 0, &[])), "root");
+        assert!(
+            policy.admits(&peer(POLICYD_UID, CONTAIN_GID, &[])),
+            "policyd's user"
+        );
+        assert!(
+            !policy.admits(&peer(1000, 1000, &[CONTAIN_GID])),
+            "an operator in the group"
+        );
+        assert!(
+            !policy.admits(&peer(1000, CONTAIN_GID, &[])),
+            "a process whose primary group is the group"
+        );
+        for (group, uid) in [
+            (None, Some(POLICYD_UID)),
+            (Some(CONTAIN_GID), None),
+            (None, None),
+        ] {
+            assert_eq!(
+                socket_access(group, uid),
+                (0o600, PeerPolicy::RootOnly),
+                "group {group:?}, policyd's uid {uid:?}"
+            );
+        }
     }
 }
