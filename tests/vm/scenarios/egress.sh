@@ -50,7 +50,7 @@ EOF
 step "contain under systemd"
 install_contain
 mkdir -p $T /etc/contain
-cp /mnt/share/lib/probe.py /mnt/share/lib/peer_server.py $T/
+cp /mnt/share/lib/probe.py /mnt/share/lib/peer_server.py /mnt/share/lib/frames.py $T/
 getent group contain >/dev/null || groupadd --system contain
 write_policy ""
 check "policy is valid" policyd check /etc/contain/policy.toml
@@ -160,6 +160,21 @@ check "converged back" retry 40 0.25 bash -c \
   "[[ \$(docker exec blocked python3 $T/probe.py tcp $PEER_IP 9090) == denied:EPERM ]]"
 
 step "kill -9 of each daemon while a probe loop runs"
+# Besides the connects, judged by their outcome, marked frames and raw IP through the whole
+# window, judged by a capture in the peer's namespace: a packet socket's UDP frames and an
+# IP_HDRINCL SYN to the denied port, and to the allowed port a packet socket's SYN and the raw
+# SYN (the capture's controls: they arrive).
+CAP=/run/contain-eg-capture.txt
+: >$CAP
+nsenter -t "$(docker inspect -f '{{.State.Pid}}' peer)" -n python3 $T/frames.py sniff "$CAP" eth0 \
+  >/run/contain-eg-sniff.out 2>&1 &
+defer kill $!
+retry 50 0.2 grep -q ready /run/contain-eg-sniff.out || fail "the peer's capture did not start"
+PEER_MAC=$(docker inspect -f "{{(index .NetworkSettings.Networks \"$NET\").MacAddress}}" peer)
+docker exec -d blocked python3 $T/frames.py send --dst-mac "$PEER_MAC" --dst4 $PEER_IP \
+  --port 9090 --duration 9 --out /tmp/frames.out \
+  killraw=raw-udp4 killdgram=dgram-udp4 killipraw=ipraw-tcp4@9090 \
+  killokpkt=raw-tcp4@8080 killokipraw=ipraw-tcp4@8080
 docker exec -d blocked sh -c "for i in \$(seq 1 25); do python3 $T/probe.py tcp $PEER_IP 8080; \
   python3 $T/probe.py tcp $PEER_IP 9090; done > /tmp/loop.out 2>&1; touch /tmp/loop.done"
 for unit in contain-bpf-loader contain-resolver contain-policyd; do
@@ -167,6 +182,25 @@ for unit in contain-bpf-loader contain-resolver contain-policyd; do
   check "kill -9 $unit" systemctl kill -s KILL "$unit"
 done
 check "probe loop finished" retry 120 1 docker exec blocked test -f /tmp/loop.done
+check "the frame sender finished" retry 60 0.5 docker exec blocked test -s /tmp/frames.out
+frames=$(docker exec blocked cat /tmp/frames.out || true)
+info "frames sent through the kills: $(tr '\n' ' ' <<<"$frames")"
+# The raw SYN to the denied port is refused at the send (EPERM), or not: the capture judges it.
+for name in killraw killdgram killokpkt killokipraw; do
+  grep -qE "^$name sent=[1-9][0-9]* errors=0$" <<<"$frames" \
+    || fail "$name: the sender did not send ($(grep -E "^$name " <<<"$frames"))"
+done
+sleep 1
+for name in killraw killdgram killipraw; do
+  n=$(grep -c -F "MK{$name} " "$CAP" || true)
+  [[ $n -eq 0 ]] && pass "during the kills, $name to the denied port: 0 arrived at the peer" \
+    || fail "during the kills, $name to the denied port: $n ARRIVED at the peer"
+done
+for name in killokpkt killokipraw; do
+  n=$(grep -c -F "MK{$name} " "$CAP" || true)
+  [[ $n -gt 0 ]] && pass "during the kills, $name to the allowed port: $n arrived (the capture's control)" \
+    || fail "during the kills, $name to the allowed port: nothing arrived"
+done
 loop=$(docker exec blocked cat /tmp/loop.out || true)
 allowed_ok=$(awk 'NR % 2 == 1 && $0 == "ok"' <<<"$loop" | wc -l)
 denied_ok=$(awk 'NR % 2 == 0 && $0 == "ok"' <<<"$loop" | wc -l)
