@@ -20,6 +20,18 @@ const UDP: u8 = ip::UDP;
 const ICMP: u8 = ip::ICMP;
 const ICMPV6: u8 = ip::ICMPV6;
 
+/// Policy 1 allows `class` (a process class) `proto` to `addr`:`port`.
+fn class_allow(class: u32, addr: &str, proto: u8, port: u16) -> Allow<'_> {
+    Allow {
+        policy: 1,
+        class,
+        addr,
+        proto,
+        port: Some(port),
+        icmp_type: false,
+    }
+}
+
 fn allow(addr: &str, proto: u8, port: Option<u16>) -> Allow<'_> {
     Allow {
         policy: 1,
@@ -158,22 +170,8 @@ async fn process_rules_follow_the_executable_not_the_name() {
         .cgroup(lab.ct_id(), 1, false)
         .process(1, ProcessMatch::File(common::file_of(PYTHON)), 1)
         .process(1, ProcessMatch::Comm(comm_hash(b"allowed-comm")), 2)
-        .allow(Allow {
-            policy: 1,
-            class: 1,
-            addr: PEER4,
-            proto: TCP,
-            port: Some(8080),
-            icmp_type: false,
-        })
-        .allow(Allow {
-            policy: 1,
-            class: 2,
-            addr: PEER4,
-            proto: TCP,
-            port: Some(9090),
-            icmp_type: false,
-        });
+        .allow(class_allow(1, PEER4, TCP, 8080))
+        .allow(class_allow(2, PEER4, TCP, 9090));
     converge(&client, &rules.state, Verdict::Deny).await;
 
     let copy = lab.scratch.join("python3");
@@ -259,24 +257,10 @@ print("done", flush=True)
     rules
         .cgroup(lab.ct_id(), 1, false)
         .process(1, ProcessMatch::File(common::file_of(PYTHON)), 1)
-        .allow(Allow {
-            policy: 1,
-            class: 1,
-            addr: PEER4,
-            proto: UDP,
-            port: Some(9090),
-            icmp_type: false,
-        })
+        .allow(class_allow(1, PEER4, UDP, 9090))
         .allow(allow(PEER4, UDP, Some(5353)))
         // A class has the container-wide rules too, as policyd compiles it.
-        .allow(Allow {
-            policy: 1,
-            class: 1,
-            addr: PEER4,
-            proto: UDP,
-            port: Some(5353),
-            icmp_type: false,
-        });
+        .allow(class_allow(1, PEER4, UDP, 5353));
     converge(&client, &rules.state, Verdict::Deny).await;
 
     use std::io::Write;
@@ -347,14 +331,7 @@ async fn process_rules_hold_for_the_file_through_links_not_past_its_changes() {
         rules
             .cgroup(lab.ct_id(), 1, false)
             .process(1, ProcessMatch::File(file), 1)
-            .allow(Allow {
-                policy: 1,
-                class: 1,
-                addr: PEER4,
-                proto: TCP,
-                port: Some(8080),
-                icmp_type: false,
-            });
+            .allow(class_allow(1, PEER4, TCP, 8080));
         let client = client.clone();
         async move { converge(&client, &rules.state, Verdict::Deny).await }
     };
@@ -764,15 +741,7 @@ async fn a_loader_with_another_map_layout_fails_closed_until_the_policy_is_back(
         "the allowed datagram did not arrive"
     );
     lab.kill_loader();
-    let maps = std::fs::read_dir(&lab.pin_dir)
-        .expect("the pin directory")
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("maps-v"))
-        })
-        .expect("the maps' pin directory");
+    let maps = maps_pin_dir(&lab.pin_dir);
     let earlier = lab.pin_dir.join("maps-v0");
     std::fs::rename(&maps, &earlier).expect("moving the pins to an earlier layout's place");
     let round_at_kill = current_round();
@@ -989,14 +958,7 @@ async fn the_veth_backstop_stops_packet_sockets_and_keeps_allowed_flows() {
         .cgroup(lab.ct_id(), 1, false)
         .veth(lab.ct_veth.ifindex, lab.ct_id(), &[CT4, CT6])
         .process(1, ProcessMatch::File(common::file_of(PYTHON)), 1)
-        .allow(Allow {
-            policy: 1,
-            class: 1,
-            addr: PEER4,
-            proto: TCP,
-            port: Some(9090),
-            icmp_type: false,
-        })
+        .allow(class_allow(1, PEER4, TCP, 9090))
         .allow(allow(PEER4, UDP, Some(5353)));
     converge(&client, &rules.state, Verdict::Deny).await;
     lab.start_container_servers(&[7070]);
@@ -1151,14 +1113,7 @@ async fn the_backstop_finds_governed_sockets_at_two_depths_on_one_cpu() {
         .veth(lab.ct_veth.ifindex, ct_id, &[CT4, CT6])
         .veth(deep.host_veth.ifindex, deep_id, &[DEEP4, DEEP6])
         .process(1, ProcessMatch::File(common::file_of(PYTHON)), 1)
-        .allow(Allow {
-            policy: 1,
-            class: 1,
-            addr: PEER4,
-            proto: TCP,
-            port: Some(9090),
-            icmp_type: false,
-        });
+        .allow(class_allow(1, PEER4, TCP, 9090));
     converge(&client, &rules.state, Verdict::Deny).await;
 
     // python3's flow to the allowed port, from `cgroup` in `ns`, sent from

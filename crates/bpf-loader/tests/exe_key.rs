@@ -8,7 +8,7 @@ use std::path::Path;
 
 use aya::maps::{Array, Map, MapData};
 use bpf_loader::kernel::Kernel;
-use common::require_root;
+use common::{maps_pin_dir, require_root};
 use contain_common::{map_names, Config};
 use test_kit::cleanup::RemoveOnDrop;
 
@@ -43,16 +43,8 @@ fn the_exe_key_is_random_and_kept_with_the_pinned_maps() {
 
 /// The key in the pinned config map under `pin_dir`.
 fn pinned_exe_key(pin_dir: &Path) -> [u64; 2] {
-    let maps_dir = std::fs::read_dir(pin_dir)
-        .expect("the pin directory")
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("maps-v"))
-        })
-        .expect("the maps' pin directory");
-    let data = MapData::from_pin(maps_dir.join(map_names::CONFIG)).expect("the pinned config");
+    let data = MapData::from_pin(maps_pin_dir(pin_dir).join(map_names::CONFIG))
+        .expect("the pinned config");
     let config: Array<_, Config> =
         Array::try_from(Map::Array(data)).expect("the config as an array");
     config.get(&0, 0).expect("reading the config").exe_key

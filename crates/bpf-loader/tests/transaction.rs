@@ -7,7 +7,7 @@ mod common;
 
 use aya::maps::{HashMap, Map, MapData};
 use bpf_loader::kernel::Kernel;
-use common::require_root;
+use common::{maps_pin_dir, require_root};
 use contain_common::{map_names, CgroupPolicy};
 use kernel_model::{
     diff::MapDiff,
@@ -43,16 +43,8 @@ fn a_delete_of_an_entry_already_gone_is_done() {
     kernel.apply(&install).expect("installing the entry");
 
     // Behind the loader's back, the entry goes from the pinned map.
-    let maps_dir = std::fs::read_dir(&pins.0)
-        .expect("the pin directory")
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("maps-v"))
-        })
-        .expect("the maps' pin directory");
-    let data = MapData::from_pin(maps_dir.join(map_names::CGROUPS)).expect("the pinned map");
+    let data =
+        MapData::from_pin(maps_pin_dir(&pins.0).join(map_names::CGROUPS)).expect("the pinned map");
     let mut cgroups: HashMap<_, u64, CgroupPolicy> =
         HashMap::try_from(Map::HashMap(data)).expect("CGROUPS as a hash map");
     cgroups.remove(&CGROUP).expect("removing the entry by hand");

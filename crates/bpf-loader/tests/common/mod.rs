@@ -115,6 +115,19 @@ pub fn file_of(path: &str) -> kernel_model::state::FileId {
     kernel_model::state::FileId::from_stat(md.dev(), md.ino(), md.ctime(), md.ctime_nsec())
 }
 
+/// Where the loader pins its maps under `pin_dir` (`maps-v<layout>`).
+pub fn maps_pin_dir(pin_dir: &Path) -> PathBuf {
+    std::fs::read_dir(pin_dir)
+        .expect("the pin directory")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("maps-v"))
+        })
+        .expect("the maps' pin directory")
+}
+
 pub fn cgroup2_mount() -> PathBuf {
     must(cgroup::cgroup2_mount())
 }
