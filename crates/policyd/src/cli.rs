@@ -276,13 +276,14 @@ fn unreachable_daemon(e: impl std::fmt::Display) -> Failure {
     )
 }
 
-/// A call the daemon did not answer, on a connection it had accepted: it
-/// drops a peer outside root and its group before reading a request.
+/// A call the daemon did not answer, on a connection it had accepted. A
+/// connection it closes at once is most often one from a peer outside
+/// root and its group, which it drops before reading a request.
 fn dropped_by_daemon(socket: &Path) -> impl Fn(tarpc::client::RpcError) -> Failure + '_ {
+    use tarpc::client::RpcError;
     move |e| {
-        Failure::new(
-            exit::DAEMON_UNREACHABLE,
-            format!(
+        let message = match &e {
+            RpcError::Shutdown | RpcError::Send(_) | RpcError::Channel(_) => format!(
                 "policyd at {} closed the connection ({e}); it serves only root and the \
                  members of its group ({} unless its --group says otherwise): run this as \
                  root or as a member, or, if you are one, check that the daemon runs \
@@ -290,7 +291,18 @@ fn dropped_by_daemon(socket: &Path) -> impl Fn(tarpc::client::RpcError) -> Failu
                 socket.display(),
                 paths::GROUP
             ),
-        )
+            RpcError::DeadlineExceeded => format!(
+                "policyd at {} did not answer in time; check its log \
+                 (journalctl -u contain-policyd) and try again",
+                socket.display()
+            ),
+            RpcError::Server(_) => format!(
+                "policyd at {} refused the request ({e}); check its log \
+                 (journalctl -u contain-policyd)",
+                socket.display()
+            ),
+        };
+        Failure::new(exit::DAEMON_UNREACHABLE, message)
     }
 }
 
@@ -321,14 +333,18 @@ fn output_only_from_here() {
 /// Runs a parsed command; returns the exit code.
 pub async fn run(cli: Cli) -> u8 {
     let json = cli.json;
-    let talks_to_daemon = match &cli.command {
-        Command::Reload { .. } | Command::Status | Command::Events { .. } => true,
+    // Every command is named: a new one must choose. The daemon keeps
+    // SIGPIPE ignored (a client gone mid-answer must not end it), and so
+    // do the commands that talk to it until it has answered.
+    let only_writes_output = match &cli.command {
+        Command::Check { .. } | Command::Setup(_) | Command::Suggest { .. } => true,
         Command::Explain {
             policy, inventory, ..
-        } => policy.is_none() || inventory.is_none(),
-        _ => false,
+        } => policy.is_some() && inventory.is_some(),
+        Command::Reload { .. } | Command::Status | Command::Events { .. } => false,
+        Command::Daemon { .. } => false,
     };
-    if !talks_to_daemon {
+    if only_writes_output {
         output_only_from_here();
     }
     let result = match cli.command {
@@ -423,7 +439,11 @@ pub async fn run(cli: Cli) -> u8 {
         Err(failure) if failure.message.is_empty() => failure.code,
         Err(failure) => {
             if json {
-                println!(
+                // Written, not println!: stdout may be gone, and the exit
+                // code says the rest.
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stdout(),
                     "{}",
                     json!({ "error": failure.message, "exit_code": failure.code })
                 );
@@ -1282,23 +1302,22 @@ async fn events(
     max: u32,
     json: bool,
 ) -> Result<(), Failure> {
+    // It asks the daemon again after printing (`--follow`), so SIGPIPE
+    // stays ignored: a reader gone (`| head`) ends it quietly through the
+    // write's error instead.
+    use std::io::Write as _;
     let client = connect(socket).await?;
     let mut after = after;
-    let mut first = true;
+    let mut out = std::io::stdout();
+    if !json && writeln!(out, "{}", event_header()).is_err() {
+        return Ok(());
+    }
     loop {
         let wait_ms = if follow { 25_000 } else { 0 };
         let batch: EventBatch = client
             .events(transport::context_with_deadline(60), after, max, wait_ms)
             .await
             .map_err(dropped_by_daemon(socket))??;
-        if first {
-            // The daemon has answered: what follows is mostly output.
-            output_only_from_here();
-            if !json {
-                println!("{}", event_header());
-            }
-            first = false;
-        }
         if batch.missed > 0 {
             eprintln!(
                 "policyd: {} event(s) missed (older than the loader's buffer)",
@@ -1306,15 +1325,21 @@ async fn events(
             );
         }
         for e in &batch.events {
-            if json {
+            after = after.max(e.event.seq);
+            let line = if json {
                 match serde_json::to_string(e) {
-                    Ok(line) => println!("{line}"),
-                    Err(err) => eprintln!("policyd: {err}"),
+                    Ok(line) => line,
+                    Err(err) => {
+                        eprintln!("policyd: {err}");
+                        continue;
+                    }
                 }
             } else {
-                println!("{}", event_row(e));
+                event_row(e)
+            };
+            if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                return Ok(());
             }
-            after = after.max(e.event.seq);
         }
         if !follow && (batch.events.len() < max as usize) {
             return Ok(());

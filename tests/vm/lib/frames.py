@@ -233,7 +233,7 @@ def cmd_send(args):
         if deadline is not None:
             if time.monotonic() >= deadline:
                 break
-            time.sleep(0.0005)
+            time.sleep(args.interval)
         else:
             if rounds >= args.count:
                 break
@@ -356,6 +356,8 @@ def main():
     p.add_argument("--port", type=int, default=9999, help="UDP destination port")
     p.add_argument("--count", type=int, default=20, help="frames per probe")
     p.add_argument("--duration", type=float, help="send in a loop for this many seconds instead")
+    p.add_argument("--interval", type=float, default=0.0005,
+                   help="seconds between rounds of the --duration loop")
     p.add_argument("--out", help="also write the report to this file")
     p.add_argument("probes", nargs="+")
     p = sub.add_parser("sniff")

@@ -171,8 +171,9 @@ nsenter -t "$(docker inspect -f '{{.State.Pid}}' peer)" -n python3 $T/frames.py 
 defer kill $!
 retry 50 0.2 grep -q ready /run/contain-eg-sniff.out || fail "the peer's capture did not start"
 PEER_MAC=$(docker inspect -f "{{(index .NetworkSettings.Networks \"$NET\").MacAddress}}" peer)
+# It sends until well after the daemons are back (the loader takes 10-20 s to serve under TCG).
 docker exec -d blocked python3 $T/frames.py send --dst-mac "$PEER_MAC" --dst4 $PEER_IP \
-  --port 9090 --duration 9 --out /tmp/frames.out \
+  --port 9090 --duration 45 --interval 0.01 --out /tmp/frames.out \
   killraw=raw-udp4 killdgram=dgram-udp4 killipraw=ipraw-tcp4@9090 \
   killokpkt=raw-tcp4@8080 killokipraw=ipraw-tcp4@8080
 docker exec -d blocked sh -c "for i in \$(seq 1 25); do python3 $T/probe.py tcp $PEER_IP 8080; \
@@ -182,7 +183,11 @@ for unit in contain-bpf-loader contain-resolver contain-policyd; do
   check "kill -9 $unit" systemctl kill -s KILL "$unit"
 done
 check "probe loop finished" retry 120 1 docker exec blocked test -f /tmp/loop.done
-check "the frame sender finished" retry 60 0.5 docker exec blocked test -s /tmp/frames.out
+check "all daemons are back" retry 100 0.2 systemctl is-active --quiet contain-bpf-loader contain-resolver contain-policyd
+check "bpf-loader is ready again" retry 150 0.2 bash -c \
+  "[[ \$(journalctl -u contain-bpf-loader -o cat | grep -c 'bpf-loader ready') -ge 2 ]]"
+check_fails "the frame sender still runs once they are back" docker exec blocked test -s /tmp/frames.out
+check "the frame sender finished" retry 120 0.5 docker exec blocked test -s /tmp/frames.out
 frames=$(docker exec blocked cat /tmp/frames.out || true)
 info "frames sent through the kills: $(tr '\n' ' ' <<<"$frames")"
 # The raw SYN to the denied port is refused at the send (EPERM), or not: the capture judges it.
@@ -208,7 +213,6 @@ denied_ok=$(awk 'NR % 2 == 0 && $0 == "ok"' <<<"$loop" | wc -l)
   || fail "$denied_ok denied connections passed during the kills"
 [[ $allowed_ok -eq 25 ]] && pass "allowed connections kept working (25/25)" \
   || fail "allowed connections: $allowed_ok/25 worked"
-check "all daemons are back" retry 50 0.2 systemctl is-active --quiet contain-bpf-loader contain-resolver contain-policyd
 
 step "a plain containerd container (ctr)"
 ctr -n default images import --all-platforms /dev/null >/dev/null 2>&1 || true
