@@ -284,18 +284,12 @@ print("done", flush=True)
         "MK{lateclass}",
         "MK{latechildclass}",
     ];
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !arrived
-        .iter()
-        .all(|m| captured_markers(&capture).iter().any(|c| c == m))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "allowed sends that did not arrive: {:?} of {arrived:?}",
-            captured_markers(&capture)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let arrived = arrived.map(String::from);
+    let missing = missing_after_wait(&capture, &arrived).await;
+    assert!(
+        missing.is_empty(),
+        "allowed sends that did not arrive: {missing:?} of {arrived:?}"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let captured = captured_markers(&capture);
     for denied in ["MK{earlyclass}", "MK{earlychildclass}"] {
@@ -563,30 +557,24 @@ print(f"rounds={{i}}", file=sys.stderr, flush=True)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("send loop");
-    let current_round = || -> u32 {
-        std::fs::read_to_string(&round)
-            .ok()
-            .and_then(|r| r.trim().parse().ok())
-            .unwrap_or(0)
-    };
     tokio::time::sleep(Duration::from_millis(800)).await;
     lab.kill_loader();
-    let round_at_kill = current_round();
+    let round_at_kill = round_in(&round);
     // Pins of an earlier map layout, as an upgrade that changed one leaves
     // them: the restarted loader removes them.
     let earlier_layout = lab.pin_dir.join("maps-v1");
     std::fs::create_dir_all(&earlier_layout).expect("an earlier layout's directory");
     tokio::time::sleep(Duration::from_millis(800)).await;
-    round_passes(&current_round, round_at_kill).await;
-    let round_at_start = current_round();
+    round_passes(&round, round_at_kill).await;
+    let round_at_start = round_in(&round);
     let client = lab.start_loader().await;
-    let round_at_started = current_round();
+    let round_at_started = round_in(&round);
     assert!(
         !earlier_layout.exists(),
         "the maps of an earlier layout are still pinned"
     );
     tokio::time::sleep(Duration::from_millis(800)).await;
-    round_passes(&current_round, round_at_started).await;
+    round_passes(&round, round_at_started).await;
     std::fs::write(&stop, "").expect("stopping the send loop");
     let out = tokio::task::spawn_blocking(move || probe_loop.wait_with_output())
         .await
@@ -629,19 +617,11 @@ print(f"rounds={{i}}", file=sys.stderr, flush=True)
             ]
         })
         .collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let captured = captured_markers(&capture);
-        let missing: Vec<&String> = expected.iter().filter(|m| !captured.contains(m)).collect();
-        if missing.is_empty() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "allowed sends that never arrived (rounds {round_at_kill}..{round_at_start} ran while the loader was down): {missing:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let missing = missing_after_wait(&capture, &expected).await;
+    assert!(
+        missing.is_empty(),
+        "allowed sends that never arrived (rounds {round_at_kill}..{round_at_start} ran while the loader was down): {missing:?}"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let leaked: Vec<String> = captured_markers(&capture)
         .into_iter()
@@ -706,14 +686,9 @@ async fn a_loader_with_another_map_layout_fails_closed_until_the_policy_is_back(
             .expect("attack.py udp");
     };
     let arrives = async |marker: &str| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !captured_markers(&capture).iter().any(|m| m == marker) {
-            if std::time::Instant::now() > deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        true
+        missing_after_wait(&capture, &[marker.to_string()])
+            .await
+            .is_empty()
     };
     // Denied datagrams throughout, until `stop` exists; `round` holds the
     // number sent.
@@ -724,12 +699,6 @@ async fn a_loader_with_another_map_layout_fails_closed_until_the_policy_is_back(
         round = round.display(),
         attack = attack.display(),
     );
-    let current_round = || -> u32 {
-        std::fs::read_to_string(&round)
-            .ok()
-            .and_then(|r| r.trim().parse().ok())
-            .unwrap_or(0)
-    };
     let denied_sender = test_kit::process::Proc(
         lab.in_cgroup_cmd(&lab.ct.clone(), &["sh".into(), "-c".into(), denied_loop])
             .stdout(std::process::Stdio::piped())
@@ -746,10 +715,10 @@ async fn a_loader_with_another_map_layout_fails_closed_until_the_policy_is_back(
     let maps = maps_pin_dir(&lab.pin_dir);
     let earlier = lab.pin_dir.join("maps-v0");
     std::fs::rename(&maps, &earlier).expect("moving the pins to an earlier layout's place");
-    let round_at_kill = current_round();
-    round_passes(&current_round, round_at_kill).await;
+    let round_at_kill = round_in(&round);
+    round_passes(&round, round_at_kill).await;
     let client = lab.start_loader().await;
-    let round_at_start = current_round();
+    let round_at_start = round_in(&round);
     assert!(
         !earlier.exists(),
         "the earlier layout's maps are still pinned"
@@ -759,7 +728,7 @@ async fn a_loader_with_another_map_layout_fails_closed_until_the_policy_is_back(
         !arrives("MK{beforepolicy}").await,
         "an allowed datagram arrived before the policy was installed again: the new loader's empty maps let the container through"
     );
-    let round_at_policy = current_round();
+    let round_at_policy = round_in(&round);
     converge(&client, &rules.state, Verdict::Deny).await;
     send(&lab, "5353", "MK{afterpolicy}");
     assert!(
@@ -824,16 +793,41 @@ async fn revoking_access_stops_new_and_established_outbound_flows() {
     assert_outcomes(&lab, &[(&["tcp", PEER4, "8080"], "ok")]);
 }
 
-/// Waits until a send loop's round count, as `current` reads it, is past
-/// `round`: what the test does next is then after at least one more round.
-async fn round_passes(current: &impl Fn() -> u32, round: u32) {
+/// The round a send loop last wrote to `file` (0 before its first).
+fn round_in(file: &std::path::Path) -> u32 {
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|r| r.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until the send loop writing `file` is past `round`: what the test
+/// does next is then after at least one more round.
+async fn round_passes(file: &std::path::Path, round: u32) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while current() <= round {
+    while round_in(file) <= round {
         assert!(
             std::time::Instant::now() < deadline,
             "the send loop made no progress past round {round} in 30 s"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits up to 5 s for each of `markers` to reach the peer's capture;
+/// returns those that did not.
+async fn missing_after_wait<'a>(
+    capture: &std::path::Path,
+    markers: &'a [String],
+) -> Vec<&'a String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let captured = captured_markers(capture);
+        let missing: Vec<&String> = markers.iter().filter(|m| !captured.contains(m)).collect();
+        if missing.is_empty() || std::time::Instant::now() >= deadline {
+            return missing;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
