@@ -34,7 +34,8 @@ fi
 # --- Debian packages ---------------------------------------------------------
 packages=(protobuf-compiler iproute2 iputils-ping curl python3 util-linux procps gcc libc6-dev
           containerd runc busybox-static jq socat nftables iperf3 bpftool
-          prometheus)   # prometheus and promtool: the metrics test scrapes and lints /metrics
+          prometheus    # prometheus and promtool: the metrics test scrapes and lints /metrics
+          strace)       # holds a restarting loader at each release of its predecessor's links
 if (( want_vm )); then
   packages+=(debootstrap e2fsprogs zstd qemu-utils)
 fi

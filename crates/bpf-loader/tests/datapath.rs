@@ -513,69 +513,26 @@ async fn enforcement_survives_kill_9_and_restart_of_the_loader() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("probe loop");
-    // Beside it, marked sends in rounds until `stop` exists; `round` holds
-    // the current round's number.
-    let (stop, round) = (lab.scratch.join("stop"), lab.scratch.join("round"));
-    let send_loop = format!(
-        r#"
-import os, sys, time
-sys.path.insert(0, {bypass:?})
-import attack
-stop, round_file, mac = sys.argv[1:4]
-i = 0
-while not os.path.exists(stop):
-    with open(round_file + ".new", "w") as f:
-        f.write(str(i))
-    os.rename(round_file + ".new", round_file)
-    attack.udp("{PEER4}", "5353", f"MK{{{{okip{{i}}}}}}")
-    attack.udp("{PEER4}", "9090", f"MK{{{{denyip{{i}}}}}}")
-    attack.pkt_udp("vc", "dgram", "0", mac, "{CT4}", "{PEER4}", "5353", f"MK{{{{okpkt{{i}}}}}}")
-    attack.pkt_udp("vc", "dgram", "0", mac, "{CT4}", "{PEER4_OTHER}", "5353", f"MK{{{{denypkt{{i}}}}}}")
-    attack.raw_udp("{FORGED4}", "{PEER4}", "5353", f"MK{{{{denyforged{{i}}}}}}")
-    attack.raw_udp("{CT4}", "{PEER4}", "5353", f"MK{{{{okraw{{i}}}}}}")
-    i += 1
-    time.sleep(0.02)
-print(f"rounds={{i}}", file=sys.stderr, flush=True)
-"#,
-        bypass = repo_root().join("tests/bypass").display().to_string(),
-    );
-    // Its diagnostics go nowhere (a pipe read only at the end could fill
-    // and stall it); the count of rounds comes on stderr.
-    let sender = lab
-        .in_cgroup_cmd(
-            &lab.ct.clone(),
-            &[
-                PYTHON.into(),
-                "-c".into(),
-                send_loop,
-                stop.display().to_string(),
-                round.display().to_string(),
-                lab.peer_link.mac.clone(),
-            ],
-        )
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("send loop");
+    let sends = SendLoop::start(&lab);
     tokio::time::sleep(Duration::from_millis(800)).await;
     lab.kill_loader();
-    let round_at_kill = round_in(&round);
+    let round_at_kill = sends.round();
     // Pins of an earlier map layout, as an upgrade that changed one leaves
     // them: the restarted loader removes them.
     let earlier_layout = lab.pin_dir.join("maps-v1");
     std::fs::create_dir_all(&earlier_layout).expect("an earlier layout's directory");
     tokio::time::sleep(Duration::from_millis(800)).await;
-    round_passes(&round, round_at_kill).await;
-    let round_at_start = round_in(&round);
+    sends.passes(round_at_kill).await;
+    let round_at_start = sends.round();
     let client = lab.start_loader().await;
-    let round_at_started = round_in(&round);
+    let round_at_started = sends.round();
     assert!(
         !earlier_layout.exists(),
         "the maps of an earlier layout are still pinned"
     );
     tokio::time::sleep(Duration::from_millis(800)).await;
-    round_passes(&round, round_at_started).await;
-    std::fs::write(&stop, "").expect("stopping the send loop");
+    sends.passes(round_at_started).await;
+    let rounds = sends.finish().await;
     let out = tokio::task::spawn_blocking(move || probe_loop.wait_with_output())
         .await
         .expect("join")
@@ -592,41 +549,15 @@ print(f"rounds={{i}}", file=sys.stderr, flush=True)
             "attempt {i} while the loader was killed and restarted: {lines:?}"
         );
     }
-    let sent = tokio::task::spawn_blocking(move || sender.wait_with_output())
-        .await
-        .expect("join")
-        .expect("send loop");
-    let sent = String::from_utf8_lossy(&sent.stderr).to_string();
-    let rounds: u32 = sent
-        .lines()
-        .find_map(|l| l.strip_prefix("rounds="))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("the send loop did not finish: {sent}"));
     assert!(
         round_at_kill < round_at_start && round_at_started < rounds,
         "the send loop did not run through the loader's absence and after its start: rounds {round_at_kill} at the kill, {round_at_start} at the start, {round_at_started} once it answered, {rounds} in all"
     );
-
-    // Judged at the peer.
-    let expected: Vec<String> = (0..rounds)
-        .flat_map(|i| {
-            [
-                format!("MK{{okip{i}}}"),
-                format!("MK{{okpkt{i}}}"),
-                format!("MK{{okraw{i}}}"),
-            ]
-        })
-        .collect();
-    let missing = missing_after_wait(&capture, &expected).await;
+    let (missing, leaked) = SendLoop::judged_at_peer(&capture, rounds).await;
     assert!(
         missing.is_empty(),
         "allowed sends that never arrived (rounds {round_at_kill}..{round_at_start} ran while the loader was down): {missing:?}"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let leaked: Vec<String> = captured_markers(&capture)
-        .into_iter()
-        .filter(|m| m.starts_with("MK{deny"))
-        .collect();
     assert!(
         leaked.is_empty(),
         "denied sends arrived at the peer while the loader was killed and restarted: {leaked:?}"
@@ -641,6 +572,151 @@ print(f"rounds={{i}}", file=sys.stderr, flush=True)
     assert_eq!(snap.state.cgroups, rules.state.cgroups);
     assert_eq!(snap.state.ports, rules.state.ports);
     assert_eq!(snap.state.veths, rules.state.veths);
+}
+
+/// A restarted loader attaches its links before it lets go of its
+/// predecessor's (make before break): the cgroup programs, the veth
+/// backstop and the tracepoints. Were it the other way round, for as long
+/// as the release took the container's IP sends would pass (the backstop
+/// trusts the cgroup programs with sockets under contain's cgroups) and so
+/// would its packet socket's frames. The restarted loader runs under
+/// strace, which holds it for 0.3 s after each release of a predecessor's
+/// link (`delay_exit`), so a gap would last for many rounds of the send
+/// loop. Judged at the peer; the trace shows that each release came after
+/// the pin of the same program's new link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_loader_attaches_its_links_before_it_releases_the_old_ones() {
+    let Some(()) =
+        require_root("a_restarted_loader_attaches_its_links_before_it_releases_the_old_ones")
+    else {
+        return;
+    };
+    assert!(
+        test_kit::process::installed("strace"),
+        "strace is not installed (scripts/setup.sh installs it)"
+    );
+    let (mut lab, client) = Lab::running().await;
+    let mut rules = Rules::default();
+    rules
+        .cgroup(lab.ct_id(), 1, false)
+        .veth(lab.ct_veth.ifindex, lab.ct_id(), &[CT4, CT6])
+        .allow(allow(PEER4, UDP, Some(5353)));
+    converge(&client, &rules.state, Verdict::Deny).await;
+    drop(client);
+    let capture = lab.scratch.join("capture.jsonl");
+    std::fs::write(&capture, "").expect("capture file");
+    lab.start_peer_sniffer(&capture);
+    let links = lab.pin_dir.join("links");
+    let old_pins = link_pins(&links);
+    for group in ["tracepoints", "cgroups", "veths"] {
+        assert!(
+            old_pins
+                .iter()
+                .any(|p| p.strip_prefix(&links).is_ok_and(|p| p.starts_with(group))),
+            "the first loader pinned no {group} link: {old_pins:?}"
+        );
+    }
+
+    let sends = SendLoop::start(&lab);
+    sends.passes(0).await;
+    lab.kill_loader();
+    let trace = lab.scratch.join("restart.strace");
+    lab.loader_wrapper = [
+        "strace",
+        "-f",
+        "-qq",
+        "-e",
+        "signal=none",
+        "-e",
+        "trace=unlink,unlinkat,bpf",
+        "-e",
+        "inject=unlink,unlinkat:delay_exit=300000",
+        "-o",
+        &trace.display().to_string(),
+        "--",
+    ]
+    .map(str::to_string)
+    .to_vec();
+    let round_at_start = sends.round();
+    let client = lab.start_loader().await;
+    let round_at_started = sends.round();
+    sends.passes(round_at_started).await;
+    let rounds = sends.finish().await;
+    drop(client);
+    lab.kill_loader();
+    assert!(
+        round_at_start < round_at_started,
+        "the send loop did not run while the loader started: round {round_at_start} at the start, {round_at_started} once it answered"
+    );
+
+    let (missing, leaked) = SendLoop::judged_at_peer(&capture, rounds).await;
+    assert!(
+        missing.is_empty(),
+        "allowed sends that never arrived (rounds {round_at_start}..{round_at_started} ran while the loader started): {missing:?}"
+    );
+    assert!(
+        leaked.is_empty(),
+        "denied sends arrived at the peer while the restarted loader replaced the links: {leaked:?}"
+    );
+    let trace = std::fs::read_to_string(&trace).expect("the restart's trace");
+    let lines: Vec<&str> = trace
+        .lines()
+        .filter(|l| l.contains("BPF_OBJ_PIN") || l.contains("unlink"))
+        .collect();
+    let trace = lines.join("\n");
+    for old in &old_pins {
+        let quoted = format!("\"{}\"", old.display());
+        let released = lines
+            .iter()
+            .position(|l| l.contains("unlink") && l.contains(&quoted))
+            .unwrap_or_else(|| {
+                panic!(
+                    "the restarted loader did not release {}; its pins and releases:\n{trace}",
+                    old.display()
+                )
+            });
+        assert!(
+            lines[released].contains("(DELAYED)"),
+            "the release of {} was not held: {}",
+            old.display(),
+            lines[released]
+        );
+        // The same program's pin in the new instance's directory: a sibling
+        // of the old one's.
+        let group = old
+            .parent()
+            .and_then(|i| i.parent())
+            .expect("a link's group");
+        let program = old.file_name().expect("a link's program");
+        let pinned = lines[..released].iter().any(|l| {
+            l.contains("BPF_OBJ_PIN")
+                && l.contains(&format!("pathname=\"{}/", group.display()))
+                && l.contains(&format!("/{}\"", program.to_string_lossy()))
+        });
+        assert!(
+            pinned,
+            "{} was released before its successor was pinned; the restart's pins and releases:\n{trace}",
+            old.display()
+        );
+    }
+}
+
+/// Every link pin under `links` (`<group>/[<key>/]<instance>/<program>`).
+fn link_pins(links: &std::path::Path) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    let mut pins = Vec::new();
+    walk(links, &mut pins);
+    pins.sort();
+    pins
 }
 
 /// An upgrade whose loader has another map layout cannot adopt the pinned
@@ -791,6 +867,115 @@ async fn revoking_access_stops_new_and_established_outbound_flows() {
     );
     converge(&client, &rules.state, Verdict::Deny).await;
     assert_outcomes(&lab, &[(&["tcp", PEER4, "8080"], "ok")]);
+}
+
+/// Marked sends from the lab's container in rounds, until stopped: over an
+/// IP socket, a packet socket and a raw socket (its own source, and a
+/// forged one), each to a destination the policy allows (`PEER4` UDP 5353,
+/// markers `MK{ok…}`) and to one it denies (markers `MK{deny…}`).
+struct SendLoop {
+    child: std::process::Child,
+    stop: std::path::PathBuf,
+    /// Holds the current round's number.
+    round: std::path::PathBuf,
+}
+
+impl SendLoop {
+    fn start(lab: &Lab) -> SendLoop {
+        let (stop, round) = (lab.scratch.join("stop"), lab.scratch.join("round"));
+        let script = format!(
+            r#"
+import os, sys, time
+sys.path.insert(0, {bypass:?})
+import attack
+stop, round_file, mac = sys.argv[1:4]
+i = 0
+while not os.path.exists(stop):
+    with open(round_file + ".new", "w") as f:
+        f.write(str(i))
+    os.rename(round_file + ".new", round_file)
+    attack.udp("{PEER4}", "5353", f"MK{{{{okip{{i}}}}}}")
+    attack.udp("{PEER4}", "9090", f"MK{{{{denyip{{i}}}}}}")
+    attack.pkt_udp("vc", "dgram", "0", mac, "{CT4}", "{PEER4}", "5353", f"MK{{{{okpkt{{i}}}}}}")
+    attack.pkt_udp("vc", "dgram", "0", mac, "{CT4}", "{PEER4_OTHER}", "5353", f"MK{{{{denypkt{{i}}}}}}")
+    attack.raw_udp("{FORGED4}", "{PEER4}", "5353", f"MK{{{{denyforged{{i}}}}}}")
+    attack.raw_udp("{CT4}", "{PEER4}", "5353", f"MK{{{{okraw{{i}}}}}}")
+    i += 1
+    time.sleep(0.02)
+print(f"rounds={{i}}", file=sys.stderr, flush=True)
+"#,
+            bypass = repo_root().join("tests/bypass").display().to_string(),
+        );
+        // Its diagnostics go nowhere (a pipe read only at the end could
+        // fill and stall it); the count of rounds comes on stderr.
+        let child = lab
+            .in_cgroup_cmd(
+                &lab.ct,
+                &[
+                    PYTHON.into(),
+                    "-c".into(),
+                    script,
+                    stop.display().to_string(),
+                    round.display().to_string(),
+                    lab.peer_link.mac.clone(),
+                ],
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("send loop");
+        SendLoop { child, stop, round }
+    }
+
+    /// The round the loop is in (0 before its first).
+    fn round(&self) -> u32 {
+        round_in(&self.round)
+    }
+
+    /// Waits until the loop is past `round`.
+    async fn passes(&self, round: u32) {
+        round_passes(&self.round, round).await
+    }
+
+    /// Stops the loop; the number of rounds it sent.
+    async fn finish(self) -> u32 {
+        std::fs::write(&self.stop, "").expect("stopping the send loop");
+        let child = self.child;
+        let sent = tokio::task::spawn_blocking(move || child.wait_with_output())
+            .await
+            .expect("join")
+            .expect("send loop");
+        let sent = String::from_utf8_lossy(&sent.stderr).to_string();
+        sent.lines()
+            .find_map(|l| l.strip_prefix("rounds="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("the send loop did not finish: {sent}"))
+    }
+
+    /// Judged at the peer's `capture`: the allowed sends of `rounds` that
+    /// never arrived, and the denied sends that did.
+    async fn judged_at_peer(capture: &std::path::Path, rounds: u32) -> (Vec<String>, Vec<String>) {
+        let expected: Vec<String> = (0..rounds)
+            .flat_map(|i| {
+                [
+                    format!("MK{{okip{i}}}"),
+                    format!("MK{{okpkt{i}}}"),
+                    format!("MK{{okraw{i}}}"),
+                ]
+            })
+            .collect();
+        let missing = missing_after_wait(capture, &expected)
+            .await
+            .into_iter()
+            .cloned()
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let leaked = captured_markers(capture)
+            .into_iter()
+            .filter(|m| m.starts_with("MK{deny"))
+            .collect();
+        (missing, leaked)
+    }
 }
 
 /// The round a send loop last wrote to `file` (0 before its first).

@@ -11,9 +11,8 @@ use std::{
 
 use aya::{
     programs::{
-        cgroup_skb::CgroupSkbAttachType, links::FdLink, links::PinnedLink, CgroupAttachMode,
-        CgroupSkb, CgroupSock, CgroupSockAddr, RawTracePoint, SchedClassifier, TcAttachType,
-        TracePoint,
+        cgroup_skb::CgroupSkbAttachType, links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSock,
+        CgroupSockAddr, RawTracePoint, SchedClassifier, TcAttachType, TracePoint,
     },
     Ebpf,
 };
@@ -310,13 +309,10 @@ fn pin(link: FdLink, path: &Path) -> Result<(), KernelError> {
     })
 }
 
-/// Unpins one link; when this was its last reference the kernel detaches it.
+/// Unpins one link. The pin is its last reference (a loader holds none of
+/// its own once it has pinned a link), so the kernel detaches it then.
 fn release(path: &Path) -> Result<(), KernelError> {
-    let link = PinnedLink::from_pin(path).map_err(|e| KernelError::Pin {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
-    link.unpin().map(drop).map_err(io_err(path))
+    std::fs::remove_file(path).map_err(io_err(path))
 }
 
 /// Releases every instance directory under `group` but `keep`.

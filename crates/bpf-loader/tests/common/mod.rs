@@ -24,6 +24,7 @@
 
 use std::{
     io::{BufRead, BufReader},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -43,7 +44,7 @@ use test_kit::{
     cgroup, cleanup,
     lab::{self, Netns, VethEnd},
     privileged,
-    process::Proc,
+    process::{Proc, ProcGroup},
 };
 
 pub const PEER4: &str = "198.18.0.1";
@@ -153,7 +154,12 @@ pub struct Lab {
     /// Extra arguments for the lab's bpf-loader (e.g. a shorter UDP reply
     /// timeout), set before `start_loader`.
     pub loader_args: Vec<String>,
-    loader: Option<Proc>,
+    /// A command the loader runs under (strace), set before `start_loader`;
+    /// the loader is its last argument's successor.
+    pub loader_wrapper: Vec<String>,
+    /// The loader (under its wrapper, if any), in a process group of its
+    /// own: killing it kills both.
+    loader: Option<ProcGroup>,
     children: Vec<Proc>,
     /// The managed parent cgroup, removed with everything in it on drop.
     cgroup: Option<cgroup::Cgroup>,
@@ -208,6 +214,7 @@ impl Lab {
             ct,
             scratch,
             loader_args: Vec::new(),
+            loader_wrapper: Vec::new(),
             loader: None,
             children: Vec::new(),
             cgroup: Some(cgroup),
@@ -414,8 +421,17 @@ impl Lab {
         // Joined between fork and exec, not `ip netns exec`: that remounts
         // /sys for the namespace, which hides bpffs and the cgroup2 mount.
         // The child is the loader itself.
-        let mut loader = Command::new(env!("CARGO_BIN_EXE_bpf-loader"));
+        let binary = env!("CARGO_BIN_EXE_bpf-loader");
+        let mut loader = match self.loader_wrapper.split_first() {
+            Some((wrapper, args)) => {
+                let mut cmd = Command::new(wrapper);
+                cmd.args(args).arg(binary);
+                cmd
+            }
+            None => Command::new(binary),
+        };
         loader
+            .process_group(0)
             .arg("--socket")
             .arg(&self.socket)
             .arg("--pin-dir")
@@ -425,7 +441,7 @@ impl Lab {
             .args(&self.loader_args)
             .stderr(log);
         let child = must(lab::spawn_in(loader, Some(&self.host_ns), None));
-        self.loader = Some(Proc(child));
+        self.loader = Some(ProcGroup(child));
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self
@@ -461,13 +477,9 @@ impl Lab {
         .spawn())
     }
 
-    /// SIGKILLs the loader this lab started.
+    /// SIGKILLs the loader this lab started (and its wrapper).
     pub fn kill_loader(&mut self) {
         self.loader.take();
-    }
-
-    pub fn loader_pid(&self) -> Option<u32> {
-        self.loader.as_ref().map(Proc::pid)
     }
 }
 
