@@ -978,6 +978,182 @@ print(f"rounds={{i}}", file=sys.stderr, flush=True)
     }
 }
 
+/// Many containers denied at once, each within its event rate, while the
+/// loader drains nothing (stopped): the shared ring buffer fills, and every
+/// denial is either delivered once the loader runs again, attributed to its
+/// own container, or counted as dropped by the kernel; none is lost
+/// unaccounted, and none of the denied datagrams reaches the peer. Each
+/// container's allowed datagram sent after its flood does (the capture's
+/// control), and a denial after the flood is reported again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_many_containers_fills_the_event_ring_and_every_event_is_accounted_for() {
+    let Some(()) = require_root(
+        "a_flood_from_many_containers_fills_the_event_ring_and_every_event_is_accounted_for",
+    ) else {
+        return;
+    };
+    // Four containers, 4000 denials each to ports of their own: 16 000
+    // events of about 120 bytes for a 1 MiB ring, none beyond their rate.
+    const CONTAINERS: u16 = 4;
+    const PER_CONTAINER: u16 = 4000;
+    const FIRST_PORT: u16 = 20_000;
+    let mut lab = Lab::new();
+    lab.start_peer_servers();
+    lab.loader_args = vec!["--events-per-second".into(), "100000".into()];
+    let client = lab.start_loader().await;
+    let containers: Vec<(std::path::PathBuf, u64, u16)> = (0..CONTAINERS)
+        .map(|k| {
+            let cgroup = lab.add_container_cgroup(&format!("flood{k}"));
+            let id = lab.cgroup_id(&cgroup);
+            (cgroup, id, FIRST_PORT + k * PER_CONTAINER)
+        })
+        .collect();
+    let mut rules = Rules::default();
+    for (_, id, _) in &containers {
+        rules.cgroup(*id, 1, false);
+    }
+    rules.allow(allow(PEER4, UDP, Some(5353)));
+    converge(&client, &rules.state, Verdict::Deny).await;
+    let capture = lab.scratch.join("capture.jsonl");
+    std::fs::write(&capture, "").expect("capture file");
+    lab.start_peer_sniffer(&capture);
+
+    let flood = format!(
+        r#"
+import socket, sys
+first, n = int(sys.argv[1]), int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+denied = 0
+for port in range(first, first + n):
+    try:
+        s.sendto(b"MK{{fl%d}}" % port, ("{PEER4}", port))
+    except PermissionError:
+        denied += 1
+s.sendto(b"MK{{ok%d}}" % first, ("{PEER4}", 5353))
+print(denied)
+"#
+    );
+    lab.signal_loader(nix::sys::signal::Signal::SIGSTOP);
+    let floods: Vec<std::process::Child> = containers
+        .iter()
+        .map(|(cgroup, _, first)| {
+            lab.in_cgroup_cmd(
+                cgroup,
+                &[
+                    PYTHON.into(),
+                    "-c".into(),
+                    flood.clone(),
+                    first.to_string(),
+                    PER_CONTAINER.to_string(),
+                ],
+            )
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("a flood")
+        })
+        .collect();
+    let outputs: Vec<std::process::Output> = floods
+        .into_iter()
+        .map(|f| f.wait_with_output().expect("a flood's end"))
+        .collect();
+    lab.signal_loader(nix::sys::signal::Signal::SIGCONT);
+    for out in &outputs {
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            PER_CONTAINER.to_string(),
+            "a container's denied sends were not all refused: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // Drained until the loader has nothing more.
+    let mut events = Vec::new();
+    let mut after = 0;
+    loop {
+        let batch = client
+            .events(tarpc::context::current(), after, 5000, 500)
+            .await
+            .expect("rpc");
+        assert_eq!(batch.missed, 0, "the loader's own buffer overflowed");
+        let Some(last) = batch.events.last() else {
+            break;
+        };
+        after = last.seq;
+        events.extend(batch.events);
+    }
+    let counters = client
+        .counters(tarpc::context::current())
+        .await
+        .expect("rpc")
+        .expect("counters");
+    for e in &events {
+        let (_, _, first) = containers
+            .iter()
+            .find(|(_, id, _)| *id == e.cgroup_id)
+            .unwrap_or_else(|| panic!("an event of no flooding container: {e:?}"));
+        assert!(
+            e.verdict == Verdict::Deny && (*first..first + PER_CONTAINER).contains(&e.dst_port),
+            "an event not of its container's own denied sends: {e:?}"
+        );
+    }
+    let delivered = events.len() as u64;
+    let sent = u64::from(CONTAINERS) * u64::from(PER_CONTAINER);
+    assert!(
+        delivered < sent,
+        "the ring never filled (all {sent} events delivered): the test proves nothing"
+    );
+    assert_eq!(
+        (
+            delivered + counters.events_dropped_kernel,
+            counters.events_rate_limited,
+            counters.events_dropped_loader
+        ),
+        (sent, 0, 0),
+        "denials unaccounted for: {delivered} delivered, {} dropped by the kernel, {} rate-limited, {} dropped by the loader, of {sent}",
+        counters.events_dropped_kernel,
+        counters.events_rate_limited,
+        counters.events_dropped_loader
+    );
+
+    // Judged at the peer: every control arrived, no denied datagram did.
+    let controls: Vec<String> = containers
+        .iter()
+        .map(|(_, _, first)| format!("MK{{ok{first}}}"))
+        .collect();
+    let missing = missing_after_wait(&capture, &controls).await;
+    assert!(
+        missing.is_empty(),
+        "allowed datagrams that never arrived: {missing:?}"
+    );
+    let leaked: Vec<String> = captured_markers(&capture)
+        .into_iter()
+        .filter(|m| m.starts_with("MK{fl"))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "denied datagrams arrived at the peer: {leaked:?}"
+    );
+
+    // The ring has room again: the next denial is reported.
+    let (cgroup, id, _) = &containers[0];
+    assert_eq!(
+        lab.probe_with(cgroup, PYTHON, &["udp-sendto", PEER4, "9999"]),
+        "denied:EPERM"
+    );
+    let batch = client
+        .events(tarpc::context::current(), after, 100, 2000)
+        .await
+        .expect("rpc");
+    assert!(
+        batch
+            .events
+            .iter()
+            .any(|e| e.cgroup_id == *id && e.dst_port == 9999),
+        "a denial after the flood was not reported: {:?}",
+        batch.events
+    );
+}
+
 /// The round a send loop last wrote to `file` (0 before its first).
 fn round_in(file: &std::path::Path) -> u32 {
     std::fs::read_to_string(file)

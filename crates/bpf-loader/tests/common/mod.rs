@@ -481,6 +481,17 @@ impl Lab {
     pub fn kill_loader(&mut self) {
         self.loader.take();
     }
+
+    /// Sends `signal` to the loader this lab started (started with no
+    /// wrapper: the process is the loader itself).
+    pub fn signal_loader(&self, signal: nix::sys::signal::Signal) {
+        assert!(
+            self.loader_wrapper.is_empty(),
+            "the loader runs under a wrapper"
+        );
+        let loader = self.loader.as_ref().expect("the lab's loader runs");
+        test_kit::process::signal(loader.0.id(), signal);
+    }
 }
 
 impl Drop for Lab {
