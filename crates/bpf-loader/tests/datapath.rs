@@ -553,15 +553,12 @@ async fn enforcement_survives_kill_9_and_restart_of_the_loader() {
         round_at_kill < round_at_start && round_at_started < rounds,
         "the send loop did not run through the loader's absence and after its start: rounds {round_at_kill} at the kill, {round_at_start} at the start, {round_at_started} once it answered, {rounds} in all"
     );
-    let (missing, leaked) = SendLoop::judged_at_peer(&capture, rounds).await;
-    assert!(
-        missing.is_empty(),
-        "allowed sends that never arrived (rounds {round_at_kill}..{round_at_start} ran while the loader was down): {missing:?}"
-    );
-    assert!(
-        leaked.is_empty(),
-        "denied sends arrived at the peer while the loader was killed and restarted: {leaked:?}"
-    );
+    SendLoop::judge_at_peer(
+        &capture,
+        rounds,
+        &format!("the loader was killed and restarted; it was down in rounds {round_at_kill}..{round_at_start}"),
+    )
+    .await;
     // The restarted loader adopted the maps: same state, same generation.
     let snap = client
         .state(tarpc::context::current())
@@ -649,15 +646,12 @@ async fn a_restarted_loader_attaches_its_links_before_it_releases_the_old_ones()
         "the send loop did not run while the loader started: round {round_at_start} at the start, {round_at_started} once it answered"
     );
 
-    let (missing, leaked) = SendLoop::judged_at_peer(&capture, rounds).await;
-    assert!(
-        missing.is_empty(),
-        "allowed sends that never arrived (rounds {round_at_start}..{round_at_started} ran while the loader started): {missing:?}"
-    );
-    assert!(
-        leaked.is_empty(),
-        "denied sends arrived at the peer while the restarted loader replaced the links: {leaked:?}"
-    );
+    SendLoop::judge_at_peer(
+        &capture,
+        rounds,
+        &format!("the restarted loader replaced the links in rounds {round_at_start}..{round_at_started}"),
+    )
+    .await;
     let trace = std::fs::read_to_string(&trace).expect("the restart's trace");
     let lines: Vec<&str> = trace
         .lines()
@@ -824,12 +818,7 @@ async fn a_loader_with_another_map_layout_fails_closed_until_the_policy_is_back(
         round_at_kill < round_at_start && round_at_start < round_at_policy && round_at_policy < sent,
         "the denied send loop did not run through the upgrade: {round_at_kill} sent at the kill, {round_at_start} once the new loader answered, {round_at_policy} when the policy went back, {sent} in all"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let captured = captured_markers(&capture);
-    let leaked: Vec<&String> = captured
-        .iter()
-        .filter(|m| m.starts_with("MK{denied"))
-        .collect();
+    let leaked = arrived_at_peer(&capture, "MK{denied").await;
     assert!(
         leaked.is_empty(),
         "denied datagrams arrived during the upgrade: {leaked:?}"
@@ -952,9 +941,9 @@ print(f"rounds={{i}}", file=sys.stderr, flush=True)
             .unwrap_or_else(|| panic!("the send loop did not finish: {sent}"))
     }
 
-    /// Judged at the peer's `capture`: the allowed sends of `rounds` that
-    /// never arrived, and the denied sends that did.
-    async fn judged_at_peer(capture: &std::path::Path, rounds: u32) -> (Vec<String>, Vec<String>) {
+    /// Judged at the peer's `capture`: every allowed send of `rounds`
+    /// arrived and no denied one did, while what `meanwhile` says happened.
+    async fn judge_at_peer(capture: &std::path::Path, rounds: u32, meanwhile: &str) {
         let expected: Vec<String> = (0..rounds)
             .flat_map(|i| {
                 [
@@ -964,17 +953,16 @@ print(f"rounds={{i}}", file=sys.stderr, flush=True)
                 ]
             })
             .collect();
-        let missing = missing_after_wait(capture, &expected)
-            .await
-            .into_iter()
-            .cloned()
-            .collect();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let leaked = captured_markers(capture)
-            .into_iter()
-            .filter(|m| m.starts_with("MK{deny"))
-            .collect();
-        (missing, leaked)
+        let missing = missing_after_wait(capture, &expected).await;
+        assert!(
+            missing.is_empty(),
+            "allowed sends that never arrived ({meanwhile}): {missing:?}"
+        );
+        let leaked = arrived_at_peer(capture, "MK{deny").await;
+        assert!(
+            leaked.is_empty(),
+            "denied sends arrived at the peer ({meanwhile}): {leaked:?}"
+        );
     }
 }
 
@@ -1125,10 +1113,7 @@ print(denied)
         missing.is_empty(),
         "allowed datagrams that never arrived: {missing:?}"
     );
-    let leaked: Vec<String> = captured_markers(&capture)
-        .into_iter()
-        .filter(|m| m.starts_with("MK{fl"))
-        .collect();
+    let leaked = arrived_at_peer(&capture, "MK{fl").await;
     assert!(
         leaked.is_empty(),
         "denied datagrams arrived at the peer: {leaked:?}"
@@ -1190,6 +1175,16 @@ async fn missing_after_wait<'a>(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The markers starting with `prefix` that reached the peer's `capture`,
+/// read after 0.3 s more for any still on their way.
+async fn arrived_at_peer(capture: &std::path::Path, prefix: &str) -> Vec<String> {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    captured_markers(capture)
+        .into_iter()
+        .filter(|m| m.starts_with(prefix))
+        .collect()
 }
 
 /// The markers of every frame the peer's sniffer wrote to `capture`.
