@@ -230,7 +230,7 @@ impl Lab {
         std::fs::create_dir_all(&base)?;
         let home = cgroup::own_cgroup()?;
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(&name);
-        let (kernel, _events) = Kernel::load(&pin_dir)
+        let (kernel, _rings) = Kernel::load(&pin_dir)
             .context("loading contain's eBPF object (bpf-loader's Kernel)")?;
         let mut lab = Lab {
             peer_ns: format!("{name}-peer"),

@@ -69,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
         bail!("bpf-loader must run as root (it loads BPF programs and attaches them to cgroups)");
     }
 
-    let (mut kernel, ring) =
+    let (mut kernel, rings) =
         Kernel::load(&args.pin_dir).context("loading contain's eBPF object")?;
     kernel
         .set_limits(&Limits {
@@ -117,7 +117,16 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let event_log = EventLog::new();
-    tokio::spawn(drain_events(ring, kernel.clone(), event_log.clone()));
+    tokio::spawn(drain_events(
+        rings.events,
+        kernel.clone(),
+        event_log.clone(),
+    ));
+    tokio::spawn(drain_events(
+        rings.revoked_flows,
+        kernel.clone(),
+        event_log.clone(),
+    ));
 
     let (mode, group, peers) = match &args.client_user {
         None => (0o600, None, PeerPolicy::RootOnly),
@@ -150,7 +159,8 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Moves events from the kernel ring buffer to the log and the buffer.
+/// Moves events from a kernel ring buffer to the log and the buffer,
+/// aborting the sockets of revoked flows on the way.
 async fn drain_events(ring: RingBuf<MapData>, kernel: Arc<Mutex<Kernel>>, log: Arc<EventLog>) {
     // SAFETY: the ring buffer owns its map fd, which stays open and valid
     // for as long as the AsyncFd (which owns the ring buffer) lives.

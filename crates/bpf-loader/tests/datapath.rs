@@ -1139,6 +1139,141 @@ print(denied)
     );
 }
 
+/// A revoked flow's socket is aborted even when denials have filled the
+/// event ring: its event goes on a ring of its own. The flow is revoked
+/// while idle; the loader is stopped, another container fills the shared
+/// ring with denials, and only then does the flow send (its segments
+/// dropped, its revocation reported). Once the loader runs again, the
+/// sender gets ECONNABORTED, and nothing it sent after the revocation
+/// reached the peer, while what it sent before did (the control).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_flow_is_aborted_even_when_denials_fill_the_event_ring() {
+    let Some(()) = require_root("a_revoked_flow_is_aborted_even_when_denials_fill_the_event_ring")
+    else {
+        return;
+    };
+    const SINK: u16 = 7100;
+    let mut lab = Lab::new();
+    lab.start_peer_servers();
+    lab.start_peer_sink(SINK);
+    lab.loader_args = vec!["--events-per-second".into(), "100000".into()];
+    let client = lab.start_loader().await;
+    let flooder = lab.add_container_cgroup("flooder");
+    let mut rules = Rules::default();
+    rules
+        .cgroup(lab.ct_id(), 1, false)
+        .cgroup(lab.cgroup_id(&flooder), 2, false)
+        .allow(allow(PEER4, TCP, Some(SINK)));
+    converge(&client, &rules.state, Verdict::Deny).await;
+    let capture = lab.scratch.join("capture.jsonl");
+    std::fs::write(&capture, "").expect("capture file");
+    lab.start_peer_sniffer(&capture);
+
+    // The flow: one marked chunk, then idle until `go` exists, then a
+    // marked chunk every 10 ms until the kernel reports an error.
+    let go = lab.scratch.join("go");
+    let flow = format!(
+        r#"
+import os, socket, sys, time
+sys.path.insert(0, {bypass:?})
+from attack import err, payload, say
+go = sys.argv[1]
+with socket.create_connection(("{PEER4}", {SINK}), timeout=5) as s:
+    s.sendall(payload("MK{{before}}", 200))
+    say(connected=1)
+    while not os.path.exists(go):
+        time.sleep(0.01)
+    start = time.monotonic()
+    while time.monotonic() - start < 20:
+        try:
+            s.send(payload("MK{{after}}", 200))
+        except socket.timeout:
+            pass
+        except OSError as e:
+            say(stream=err(e))
+            break
+        time.sleep(0.01)
+    else:
+        say(stream="no-error")
+"#,
+        bypass = repo_root().join("tests/bypass").display().to_string(),
+    );
+    let mut sender = lab
+        .in_cgroup_cmd(
+            &lab.ct,
+            &[PYTHON.into(), "-c".into(), flow, go.display().to_string()],
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the flow");
+    let mut out = std::io::BufReader::new(sender.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).expect("the flow's first line");
+    assert_eq!(line.trim(), "connected=1", "the flow did not start");
+    assert!(
+        marker_arrives(&capture, "MK{before}").await,
+        "the flow's first chunk never reached the peer"
+    );
+
+    let mut revoked = Rules::default();
+    revoked
+        .cgroup(lab.ct_id(), 1, false)
+        .cgroup(lab.cgroup_id(&flooder), 2, false);
+    converge(&client, &revoked.state, Verdict::Deny).await;
+    lab.signal_loader(nix::sys::signal::Signal::SIGSTOP);
+    let flood = format!(
+        r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+denied = 0
+for port in range(20000, 36000):
+    try:
+        s.sendto(b"x", ("{PEER4}", port))
+    except PermissionError:
+        denied += 1
+print(denied)
+"#
+    );
+    let flooded = lab
+        .in_cgroup_cmd(&flooder, &[PYTHON.into(), "-c".into(), flood])
+        .output()
+        .expect("the flood");
+    assert_eq!(String::from_utf8_lossy(&flooded.stdout).trim(), "16000");
+    std::fs::write(&go, "").expect("letting the flow send");
+    // The flow's segments now meet the revocation, with the loader stopped.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    lab.signal_loader(nix::sys::signal::Signal::SIGCONT);
+    let mut rest = String::new();
+    let status = tokio::task::spawn_blocking(move || {
+        std::io::Read::read_to_string(&mut out, &mut rest).expect("the flow's output");
+        (sender.wait().expect("the flow's end"), rest)
+    })
+    .await
+    .expect("join");
+    let (_, rest) = status;
+    let counters = client
+        .counters(tarpc::context::current())
+        .await
+        .expect("rpc")
+        .expect("counters");
+    assert!(
+        counters.events_dropped_kernel > 0,
+        "the flood did not fill the event ring: the test proves nothing"
+    );
+    assert_eq!(
+        rest.trim(),
+        "stream=error:ECONNABORTED",
+        "the revoked flow's socket was not aborted ({} events dropped by the kernel)",
+        counters.events_dropped_kernel
+    );
+    let leaked = arrived_at_peer(&capture, "MK{after").await;
+    assert!(
+        leaked.is_empty(),
+        "the revoked flow's data reached the peer: {} chunks",
+        leaked.len()
+    );
+}
+
 /// The round a send loop last wrote to `file` (0 before its first).
 fn round_in(file: &std::path::Path) -> u32 {
     std::fs::read_to_string(file)

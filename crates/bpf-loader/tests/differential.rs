@@ -308,7 +308,7 @@ fn kernel_decides_as_the_model() {
         "/sys/fs/bpf/contain-t-{}-differential",
         std::process::id()
     )));
-    let (mut kernel, _events) = Kernel::load(&pins.0).expect("loading the eBPF object");
+    let (mut kernel, _rings) = Kernel::load(&pins.0).expect("loading the eBPF object");
     let program = kernel
         .program_fd(program_names::EGRESS)
         .expect("egress program");

@@ -34,7 +34,8 @@ fn egress_parses_real_headers() {
         "/sys/fs/bpf/contain-t-{}-parse",
         std::process::id()
     )));
-    let (mut kernel, mut events) = Kernel::load(&pins.0).expect("loading the eBPF object");
+    let (mut kernel, rings) = Kernel::load(&pins.0).expect("loading the eBPF object");
+    let mut events = rings.events;
     let allow = |addr, proto, port: Option<u16>, icmp_type| Allow {
         policy: 1,
         class: 0,

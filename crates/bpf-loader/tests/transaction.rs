@@ -27,7 +27,7 @@ fn a_delete_of_an_entry_already_gone_is_done() {
         "/sys/fs/bpf/contain-t-{}-transaction",
         std::process::id()
     )));
-    let (mut kernel, _events) = Kernel::load(&pins.0).expect("loading the eBPF object");
+    let (mut kernel, _rings) = Kernel::load(&pins.0).expect("loading the eBPF object");
     let empty = kernel.state().clone();
     let mut desired = empty.clone();
     desired.upsert(Entry::Cgroup {

@@ -691,7 +691,7 @@ fn the_veth_program_decides_as_the_model() {
     cleanup::sweep_dead_runs("contain-t-");
     let name = format!("contain-t-{}-veth-differential", std::process::id());
     let pins = RemoveOnDrop(PathBuf::from("/sys/fs/bpf").join(&name));
-    let (mut kernel, _events) = Kernel::load(&pins.0).expect("loading the eBPF object");
+    let (mut kernel, _rings) = Kernel::load(&pins.0).expect("loading the eBPF object");
     let program = kernel
         .program_fd(program_names::VETH)
         .expect("veth program");

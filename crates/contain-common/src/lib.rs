@@ -27,6 +27,7 @@ pub mod map_names {
     pub const COUNTERS: &str = "CONTAIN_COUNTERS";
     pub const STATS: &str = "CONTAIN_STATS";
     pub const EVENTS: &str = "CONTAIN_EVENTS";
+    pub const REVOKED_FLOWS: &str = "CONTAIN_REVOKED_FLOWS";
     pub const SOCKETS: &str = "CONTAIN_SOCKETS";
     pub const EXECS: &str = "CONTAIN_EXECS";
     pub const EXE_PATHS: &str = "CONTAIN_EXE_PATHS";
@@ -47,6 +48,7 @@ pub mod map_names {
         COUNTERS,
         STATS,
         EVENTS,
+        REVOKED_FLOWS,
         SOCKETS,
         EXECS,
         EXE_PATHS,
@@ -75,6 +77,9 @@ pub mod capacity {
     /// two).
     pub const EVENT_BUDGETS: u32 = 4_096;
     pub const EVENTS_BYTES: u32 = 1 << 20;
+    /// The revoked flows' own ring (about 2 000 events): denials from every
+    /// container share the other one, and may fill it.
+    pub const REVOKED_FLOWS_BYTES: u32 = 1 << 18;
     pub const VETHS: u32 = 16_384;
     pub const ATTACHED_CGROUPS: u32 = 16_384;
     pub const VETH_PEERS: u32 = 65_536;

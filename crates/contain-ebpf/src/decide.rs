@@ -14,6 +14,7 @@ use contain_common::{
 
 use crate::maps::{
     CGROUPS, CONFIG, COUNTERS, DESTS, EVENTS, EVENT_BUDGETS, EXACT_PORTS, HOSTS, PORTS, PROCESSES,
+    REVOKED_FLOWS,
     STATS,
 };
 
@@ -341,7 +342,8 @@ fn event_budget(cgroup_id: u64, now: u64) -> Option<u32> {
 
 /// Queues a deny/audit event, within the cgroup's rate; when the ring
 /// buffer is full the event is dropped and counted, never waited for.
-/// Revoked flows always report: the loader aborts their sockets.
+/// Revoked flows always report, on a ring of their own that denials
+/// cannot fill: the loader aborts their sockets.
 /// A BPF-to-BPF call (rarely taken) that fills the ring slot in place: the
 /// event does not fit the stack beside the decision. Returns whether the
 /// event was queued (and returns a value at all: kernel 6.1's verifier
@@ -364,7 +366,12 @@ pub fn report(
             return false;
         }
     };
-    let Some(mut slot) = EVENTS.reserve(0) else {
+    let slot = if flow.flags & EVENT_REVOKED_FLOW != 0 {
+        REVOKED_FLOWS.reserve(0)
+    } else {
+        EVENTS.reserve(0)
+    };
+    let Some(mut slot) = slot else {
         bump_stat(stat::EVENTS_DROPPED);
         return false;
     };

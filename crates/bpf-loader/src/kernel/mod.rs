@@ -12,6 +12,8 @@ mod offsets;
 mod readback;
 mod transaction;
 
+pub use object::EventRings;
+
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},

@@ -27,6 +27,15 @@ use crate::{fs, veths};
 /// binary).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/contain"));
 
+/// The ring buffers the programs report on.
+pub struct EventRings {
+    /// Deny and audit events, revoked flows' excepted.
+    pub events: RingBuf<MapData>,
+    /// Revoked flows' events, whose sockets the loader aborts: on a ring of
+    /// their own, which a flood of denials cannot fill.
+    pub revoked_flows: RingBuf<MapData>,
+}
+
 /// Bumped when a map's key or value layout changes: a loader with another
 /// layout starts on fresh maps instead of misreading old ones.
 const MAP_LAYOUT_VERSION: u32 = 6;
@@ -34,8 +43,8 @@ const MAP_LAYOUT_VERSION: u32 = 6;
 impl Kernel {
     /// Loads the object with every map pinned (or re-opened from its pin)
     /// under `pin_dir`, and loads every program. Returns the event ring
-    /// buffer separately: it is drained on its own task.
-    pub fn load(pin_dir: &Path) -> Result<(Kernel, RingBuf<MapData>), KernelError> {
+    /// buffers separately: each is drained on a task of its own.
+    pub fn load(pin_dir: &Path) -> Result<(Kernel, EventRings), KernelError> {
         let bpffs_root = pin_dir.parent().unwrap_or(Path::new("/sys/fs/bpf"));
         fs::ensure_mounted("bpf", bpffs_root)?;
         let maps_dir = pin_dir.join(format!("maps-v{MAP_LAYOUT_VERSION}"));
@@ -100,7 +109,10 @@ impl Kernel {
             veth_sources: take(&mut ebpf, map_names::VETH_SOURCES)?,
             attached_cgroups: take(&mut ebpf, map_names::ATTACHED_CGROUPS)?,
         };
-        let events: RingBuf<MapData> = take(&mut ebpf, map_names::EVENTS)?;
+        let rings = EventRings {
+            events: take(&mut ebpf, map_names::EVENTS)?,
+            revoked_flows: take(&mut ebpf, map_names::REVOKED_FLOWS)?,
+        };
         let instance = format!(
             "{}-{}",
             SystemTime::now()
@@ -125,7 +137,7 @@ impl Kernel {
         // programs would give every process the container-wide rules.
         let process_classes = repr::process_classes(&kernel.mirror);
         kernel.update_config(|c| c.process_classes = process_classes)?;
-        Ok((kernel, events))
+        Ok((kernel, rings))
     }
     /// The fd of a loaded program, for BPF_PROG_TEST_RUN.
     pub fn program_fd(&self, name: &str) -> Option<std::os::fd::RawFd> {

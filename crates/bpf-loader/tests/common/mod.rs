@@ -323,6 +323,15 @@ impl Lab {
         self.spawn_ready(cmd);
     }
 
+    /// Starts a TCP server at the peer on `port` that reads and discards
+    /// until EOF, and never closes first (`tests/bypass/peer.py sink`).
+    pub fn start_peer_sink(&mut self, port: u16) {
+        let mut cmd = lab::cmd_in(&self.peer_ns, PYTHON);
+        cmd.arg(repo_root().join("tests/bypass/peer.py"))
+            .args(["sink", &port.to_string()]);
+        self.spawn_ready(cmd);
+    }
+
     /// Starts servers inside the container (its netns and cgroup).
     pub fn start_container_servers(&mut self, ports: &[u16]) {
         let server = repo_root().join("tests/peer_server.py");
