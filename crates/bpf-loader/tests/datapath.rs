@@ -519,8 +519,28 @@ async fn enforcement_survives_kill_9_and_restart_of_the_loader() {
     let round_at_kill = sends.round();
     // Pins of an earlier map layout, as an upgrade that changed one leaves
     // them: the restarted loader removes them.
+    // And a map an earlier object had beside this one's: its pin goes too.
+    let retired = maps_pin_dir(&lab.pin_dir).join("CONTAIN_EVENT_BUDGETS");
     let earlier_layout = lab.pin_dir.join("maps-v1");
     std::fs::create_dir_all(&earlier_layout).expect("an earlier layout's directory");
+    must(test_kit::process::run(
+        "bpftool",
+        &[
+            "map",
+            "create",
+            &retired.display().to_string(),
+            "type",
+            "array",
+            "key",
+            "4",
+            "value",
+            "4",
+            "entries",
+            "1",
+            "name",
+            "retired",
+        ],
+    ));
     tokio::time::sleep(Duration::from_millis(800)).await;
     sends.passes(round_at_kill).await;
     let round_at_start = sends.round();
@@ -529,6 +549,10 @@ async fn enforcement_survives_kill_9_and_restart_of_the_loader() {
     assert!(
         !earlier_layout.exists(),
         "the maps of an earlier layout are still pinned"
+    );
+    assert!(
+        !retired.exists(),
+        "a map the object no longer has is still pinned"
     );
     tokio::time::sleep(Duration::from_millis(800)).await;
     sends.passes(round_at_started).await;
@@ -1136,6 +1160,154 @@ print(denied)
             .any(|e| e.cgroup_id == *id && e.dst_port == 9999),
         "a denial after the flood was not reported: {:?}",
         batch.events
+    );
+}
+
+/// Two containers cannot pass their denials off the rate limit by taking
+/// turns: each cgroup keeps its own budget. The attack: the two cgroup ids
+/// fall in one slot of a table indexed by the id's low bits (4096 slots),
+/// and the two containers alternate denials on one CPU, so that each
+/// would take the slot over from the other and start a fresh window. With
+/// the default 100 events a second, at most twice that (a sliding second)
+/// may be reported of each one's 1000; the rest is counted as
+/// rate-limited. None of the denied datagrams reaches the peer; each
+/// container's allowed one does (the capture's control).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_taking_turns_stay_within_their_event_rates() {
+    let Some(()) = require_root("containers_taking_turns_stay_within_their_event_rates") else {
+        return;
+    };
+    const ROUNDS: u16 = 1000;
+    const SLOTS: u64 = 4096;
+    let (mut lab, client) = Lab::running().await;
+    let first = lab.add_container_cgroup("turns-a");
+    let first_id = lab.cgroup_id(&first);
+    // cgroup ids are allocated in sequence: one of the next 4096 falls in
+    // the first one's slot.
+    let second = (0..2 * SLOTS)
+        .find_map(|i| {
+            let path = lab.add_container_cgroup(&format!("turns-b{i}"));
+            if lab.cgroup_id(&path) % SLOTS == first_id % SLOTS {
+                Some(path)
+            } else {
+                std::fs::remove_dir(&path).expect("removing a cgroup");
+                None
+            }
+        })
+        .expect("no cgroup id in the first one's slot");
+    let second_id = lab.cgroup_id(&second);
+    let mut rules = Rules::default();
+    rules
+        .cgroup(first_id, 1, false)
+        .cgroup(second_id, 1, false)
+        .allow(allow(PEER4, UDP, Some(5353)));
+    converge(&client, &rules.state, Verdict::Deny).await;
+    let capture = lab.scratch.join("capture.jsonl");
+    std::fs::write(&capture, "").expect("capture file");
+    lab.start_peer_sniffer(&capture);
+
+    // Turns are handed over through two FIFOs, both processes on CPU 0.
+    let (to_second, to_first) = (lab.scratch.join("to-second"), lab.scratch.join("to-first"));
+    for fifo in [&to_second, &to_first] {
+        nix::unistd::mkfifo(fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    }
+    let turns = format!(
+        r#"
+import os, socket, sys
+role, first_port, give, take = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+os.sched_setaffinity(0, {{0}})
+if role == "first":
+    out = open(give, "wb", buffering=0); inp = open(take, "rb", buffering=0)
+else:
+    inp = open(take, "rb", buffering=0); out = open(give, "wb", buffering=0)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+denied = 0
+for i in range({ROUNDS}):
+    if role == "second" or i > 0:
+        inp.read(1)
+    try:
+        s.sendto(b"MK{{turn%d}}" % (first_port + i), ("{PEER4}", first_port + i))
+    except PermissionError:
+        denied += 1
+    out.write(b".")
+s.sendto(b"MK{{ok%d}}" % first_port, ("{PEER4}", 5353))
+print(denied)
+"#
+    );
+    let spawn = |cgroup: &std::path::Path,
+                 role: &str,
+                 port: u16,
+                 give: &std::path::Path,
+                 take: &std::path::Path| {
+        lab.in_cgroup_cmd(
+            cgroup,
+            &[
+                PYTHON.into(),
+                "-c".into(),
+                turns.clone(),
+                role.into(),
+                port.to_string(),
+                give.display().to_string(),
+                take.display().to_string(),
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("a container taking turns")
+    };
+    let takers = [
+        spawn(&first, "first", 20_000, &to_second, &to_first),
+        spawn(&second, "second", 30_000, &to_first, &to_second),
+    ];
+    for taker in takers {
+        let out = taker.wait_with_output().expect("a turn taker's end");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            ROUNDS.to_string(),
+            "a container's denied sends were not all refused"
+        );
+    }
+
+    let mut events = Vec::new();
+    let mut after = 0;
+    loop {
+        let batch = client
+            .events(tarpc::context::current(), after, 5000, 500)
+            .await
+            .expect("rpc");
+        let Some(last) = batch.events.last() else {
+            break;
+        };
+        after = last.seq;
+        events.extend(batch.events);
+    }
+    let counters = client
+        .counters(tarpc::context::current())
+        .await
+        .expect("rpc")
+        .expect("counters");
+    let reported = |id: u64| events.iter().filter(|e| e.cgroup_id == id).count() as u64;
+    let (first_reported, second_reported) = (reported(first_id), reported(second_id));
+    let bound = 2 * u64::from(contain_common::DEFAULT_EVENTS_PER_SECOND);
+    assert!(
+        first_reported <= bound && second_reported <= bound,
+        "events beyond the rate by taking turns in one slot (cgroups {first_id} and {second_id}): {first_reported} and {second_reported} of {ROUNDS} each reported"
+    );
+    assert_eq!(
+        first_reported + second_reported + counters.events_rate_limited,
+        2 * u64::from(ROUNDS),
+        "denials neither reported nor counted as rate-limited"
+    );
+    let controls = ["MK{ok20000}".to_string(), "MK{ok30000}".to_string()];
+    let missing = missing_after_wait(&capture, &controls).await;
+    assert!(
+        missing.is_empty(),
+        "allowed datagrams that never arrived: {missing:?}"
+    );
+    let leaked = arrived_at_peer(&capture, "MK{turn").await;
+    assert!(
+        leaked.is_empty(),
+        "denied datagrams arrived at the peer: {leaked:?}"
     );
 }
 

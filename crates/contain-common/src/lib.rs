@@ -32,7 +32,7 @@ pub mod map_names {
     pub const EXECS: &str = "CONTAIN_EXECS";
     pub const EXE_PATHS: &str = "CONTAIN_EXE_PATHS";
     pub const INBOUND_PEERS: &str = "CONTAIN_INBOUND";
-    pub const EVENT_BUDGETS: &str = "CONTAIN_EVENT_BUDGETS";
+    pub const EVENT_RATES: &str = "CONTAIN_EVENT_RATES";
     pub const VETHS: &str = "CONTAIN_VETHS";
     pub const ATTACHED_CGROUPS: &str = "CONTAIN_ATTACHED_CGROUPS";
     pub const VETH_PEERS: &str = "CONTAIN_VETH_PEERS";
@@ -53,7 +53,7 @@ pub mod map_names {
         EXECS,
         EXE_PATHS,
         INBOUND_PEERS,
-        EVENT_BUDGETS,
+        EVENT_RATES,
         VETHS,
         ATTACHED_CGROUPS,
         VETH_PEERS,
@@ -73,9 +73,9 @@ pub mod capacity {
     pub const EXECS: u32 = 65_536;
     pub const EXE_PATHS: u32 = 16_384;
     pub const INBOUND_PEERS: u32 = 65_536;
-    /// Slots of the per-CPU, direct-mapped event budget table (a power of
-    /// two).
-    pub const EVENT_BUDGETS: u32 = 4_096;
+    /// Cgroups whose event rate is followed at once (per CPU); beyond
+    /// that, the one that reported least recently starts afresh.
+    pub const EVENT_RATES: u32 = 4_096;
     pub const EVENTS_BYTES: u32 = 1 << 20;
     /// The revoked flows' own ring (about 2 000 events): denials from every
     /// container share the other one, and may fill it.
@@ -540,14 +540,13 @@ pub struct InboundPeer {
     pub rules_epoch: u64,
 }
 
-/// `EVENT_BUDGETS` slot (per CPU, indexed by the cgroup id's low bits): a
-/// one-second window of one cgroup's reported events, and how many were
-/// held back. A slot another cgroup takes over starts a fresh window for
-/// it, so a flood can never hold back another cgroup's events.
+/// A cgroup's `EVENT_RATES` entry on one CPU: a one-second window of its
+/// reported events, and how many were held back. An entry of its own, so
+/// neither another cgroup's flood nor containers taking turns can move a
+/// cgroup's window.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventBudget {
-    pub cgroup_id: u64,
     pub window_start_ns: u64,
     pub reported: u32,
     pub suppressed: u32,
@@ -705,7 +704,7 @@ mod tests {
         );
         assert_eq!(size_of::<InboundKey>(), 8 + 16 + 2 + 6);
         assert_eq!(size_of::<InboundPeer>(), 16);
-        assert_eq!(size_of::<EventBudget>(), 24);
+        assert_eq!(size_of::<EventBudget>(), 16);
         assert_eq!(size_of::<Config>(), 8 * 4 + 16 + 4 + 1 + 3);
         assert_eq!(size_of::<FileStamp>(), 24);
         assert_eq!(size_of::<ProcessClass>(), 32);

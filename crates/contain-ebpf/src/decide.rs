@@ -6,14 +6,14 @@
 
 use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::bpf_ktime_get_ns};
 use contain_common::{
-    capacity, comm_hash, ip_proto, stat, CgroupPolicy, DestKey, PortKey, ProcessKey, SockInfo,
+    comm_hash, ip_proto, stat, CgroupPolicy, DestKey, EventBudget, PortKey, ProcessKey, SockInfo,
     Verdict, CGROUP_AUDIT, CGROUP_UNRESTRICTED, COMM_LEN, DEFAULT_EVENTS_PER_SECOND,
     DEFAULT_UDP_REPLY_TIMEOUT_NS, DEST_KEY_FIXED_BITS, EVENT_REVOKED_FLOW, PORT_KEY_FIXED_BITS,
     PROCESS_BY_COMM, PROCESS_BY_FILE, UNKNOWN_POLICY_ID,
 };
 
 use crate::maps::{
-    CGROUPS, CONFIG, COUNTERS, DESTS, EVENTS, EVENT_BUDGETS, EXACT_PORTS, HOSTS, PORTS, PROCESSES,
+    CGROUPS, CONFIG, COUNTERS, DESTS, EVENTS, EVENT_RATES, EXACT_PORTS, HOSTS, PORTS, PROCESSES,
     REVOKED_FLOWS,
     STATS,
 };
@@ -307,27 +307,29 @@ pub struct EventFlow {
 /// How many of a cgroup's events were held back since its last reported
 /// one, or `None` when this one must be held back too: one cgroup flooding
 /// denied sends must not fill the ring and hide every other container's
-/// events. Per CPU, so the limit applies per CPU; a slot taken over by
-/// another cgroup restarts its window (and drops the previous cgroup's
-/// held-back count, which the global counter still has).
+/// events. Per CPU, so the limit applies per CPU. Each cgroup has an entry
+/// of its own: containers taking turns cannot restart each other's
+/// windows.
 #[inline(always)]
 fn event_budget(cgroup_id: u64, now: u64) -> Option<u32> {
-    let slot = (cgroup_id as u32) & (capacity::EVENT_BUDGETS - 1);
-    let Some(b) = EVENT_BUDGETS.get_ptr_mut(slot) else {
+    let fresh = EventBudget {
+        window_start_ns: now,
+        reported: 1,
+        suppressed: 0,
+    };
+    let Some(b) = EVENT_RATES.get_ptr_mut(cgroup_id) else {
+        // The cgroup's first event on this CPU (or since its entry made
+        // room for others'): a window starts. Should the entry not fit,
+        // the event is still reported, as it would be in a fresh window.
+        let _ = EVENT_RATES.insert(cgroup_id, fresh, 0);
         return Some(0);
     };
-    // SAFETY: per-CPU map value, this program's alone while it runs.
+    // SAFETY: this CPU's value of the entry, this program's alone while it
+    // runs (no insert or remove on this map comes between).
     let b = unsafe { &mut *b };
-    if b.cgroup_id != cgroup_id || now.wrapping_sub(b.window_start_ns) >= NS_PER_SEC {
-        let suppressed = if b.cgroup_id == cgroup_id {
-            b.suppressed
-        } else {
-            0
-        };
-        b.cgroup_id = cgroup_id;
-        b.window_start_ns = now;
-        b.reported = 1;
-        b.suppressed = 0;
+    if now.wrapping_sub(b.window_start_ns) >= NS_PER_SEC {
+        let suppressed = b.suppressed;
+        *b = fresh;
         return Some(suppressed);
     }
     if b.reported < events_per_second() {

@@ -4,7 +4,9 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SkStorage},
+    btf_maps::{
+        Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf, SkStorage,
+    },
     macros::btf_map,
 };
 use contain_common::{
@@ -80,11 +82,10 @@ pub static INBOUND_PEERS: LruHashMap<
     { capacity::INBOUND_PEERS as usize },
 > = LruHashMap::new();
 
-/// Per-cgroup event rate windows, per CPU and direct-mapped: an array
-/// lookup on the deny path instead of a hash map's.
-#[btf_map(name = "CONTAIN_EVENT_BUDGETS")]
-pub static EVENT_BUDGETS: PerCpuArray<EventBudget, { capacity::EVENT_BUDGETS as usize }> =
-    PerCpuArray::new();
+/// Each cgroup's event rate window, per CPU, by cgroup id.
+#[btf_map(name = "CONTAIN_EVENT_RATES")]
+pub static EVENT_RATES: LruPerCpuHashMap<u64, EventBudget, { capacity::EVENT_RATES as usize }> =
+    LruPerCpuHashMap::new();
 
 /// One path buffer per CPU: too big for the 512-byte BPF stack.
 #[btf_map]

@@ -90,9 +90,11 @@ impl Kernel {
         for (name, _) in veths::PROGRAMS {
             load_program(&mut ebpf, name)?;
         }
-        // This object loads here: an older layout's maps are not needed
-        // for a way back.
+        // This object loads here: an older layout's maps, and maps an
+        // earlier object had beside this one's, are not needed for a way
+        // back.
         unpin_other_layouts(pin_dir, &maps_dir);
+        unpin_retired_maps(&maps_dir);
 
         let maps = PolicyMaps {
             cgroups: take(&mut ebpf, map_names::CGROUPS)?,
@@ -214,6 +216,31 @@ fn unpin_other_layouts(pin_dir: &Path, current: &Path) {
             }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot unpin the maps of an earlier layout")
+            }
+        }
+    }
+}
+
+/// Removes the pins of maps this object no longer has (an upgrade that
+/// replaced one without changing the others' layout, as `EVENT_RATES`
+/// replaced `EVENT_BUDGETS`), as [`unpin_other_layouts`] does whole
+/// layouts.
+fn unpin_retired_maps(maps_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(maps_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_str().is_some_and(|n| map_names::ALL.contains(&n)) {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "unpinned a map this loader no longer has")
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot unpin a map this loader no longer has")
             }
         }
     }

@@ -93,7 +93,7 @@ fn forward_ipv4(ns: &str) -> test_kit::Result<()> {
 }
 
 /// The lab's setup steps: a step that fails fails the test, saying why.
-fn must<T>(step: test_kit::Result<T>) -> T {
+pub fn must<T>(step: test_kit::Result<T>) -> T {
     step.unwrap_or_else(|e| panic!("{e}"))
 }
 
