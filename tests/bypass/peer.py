@@ -21,6 +21,7 @@
 """
 
 import errno
+import resource
 import socket
 import sys
 import threading
@@ -32,7 +33,10 @@ def sink(port):
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     s.bind(("::", port))
-    s.listen(16)
+    # Room for thousands of connections at once (the revoked-ring test).
+    s.listen(4096)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     print("ready", flush=True)
     while True:
         conn, _ = s.accept()

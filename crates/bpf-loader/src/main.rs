@@ -183,6 +183,8 @@ async fn drain_events(ring: RingBuf<MapData>, kernel: Arc<Mutex<Kernel>>, log: A
             }
         };
         let ring = guard.get_inner_mut();
+        let mut drained = 0;
+        let mut emptied = true;
         while let Some(item) = ring.next() {
             let decoded = {
                 let kernel = kernel.lock().unwrap_or_else(|p| p.into_inner());
@@ -199,10 +201,25 @@ async fn drain_events(ring: RingBuf<MapData>, kernel: Arc<Mutex<Kernel>>, log: A
                 }
                 None => tracing::warn!(len = item.len(), "skipping an undecodable event record"),
             }
+            drained += 1;
+            if drained == DRAIN_BATCH {
+                emptied = false;
+                break;
+            }
         }
-        guard.clear_ready();
+        if emptied {
+            guard.clear_ready();
+        } else {
+            // The other ring and the socket get their turn on this one
+            // thread, however fast this ring fills.
+            drop(guard);
+            tokio::task::yield_now().await;
+        }
     }
 }
+
+/// Records drained from one ring before the runtime's other tasks run.
+const DRAIN_BATCH: usize = 256;
 
 /// Aborts the socket of a revoked TCP flow, off the runtime thread; if that
 /// fails the flow stays dropped, only the sender is not told at once.

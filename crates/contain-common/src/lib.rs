@@ -73,9 +73,11 @@ pub mod capacity {
     pub const EXECS: u32 = 65_536;
     pub const EXE_PATHS: u32 = 16_384;
     pub const INBOUND_PEERS: u32 = 65_536;
-    /// Cgroups whose event rate is followed at once (per CPU); beyond
-    /// that, the one that reported least recently starts afresh.
-    pub const EVENT_RATES: u32 = 4_096;
+    /// Cgroups whose event rate is followed at once (per CPU), as many as
+    /// `CGROUPS` holds: beyond that (or sooner on a host with many CPUs,
+    /// whose free lists hold some back), the one that reported least
+    /// recently starts afresh.
+    pub const EVENT_RATES: u32 = 16_384;
     pub const EVENTS_BYTES: u32 = 1 << 20;
     /// The revoked flows' own ring (about 2 000 events): denials from every
     /// container share the other one, and may fill it.

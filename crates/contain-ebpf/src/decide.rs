@@ -360,15 +360,21 @@ pub fn report(
 ) -> bool {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let suppressed = match event_budget(cgroup_id, now) {
-        Some(n) => n,
-        None if flow.flags & EVENT_REVOKED_FLOW != 0 => 0,
-        None => {
-            bump_stat(stat::EVENTS_RATE_LIMITED);
-            return false;
+    let revoked = flow.flags & EVENT_REVOKED_FLOW != 0;
+    // A revoked flow's event neither uses nor moves its cgroup's budget:
+    // the held-back count stays for the cgroup's next rate-limited event.
+    let suppressed = if revoked {
+        0
+    } else {
+        match event_budget(cgroup_id, now) {
+            Some(n) => n,
+            None => {
+                bump_stat(stat::EVENTS_RATE_LIMITED);
+                return false;
+            }
         }
     };
-    let slot = if flow.flags & EVENT_REVOKED_FLOW != 0 {
+    let slot = if revoked {
         REVOKED_FLOWS.reserve(0)
     } else {
         EVENTS.reserve(0)

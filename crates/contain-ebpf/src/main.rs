@@ -338,6 +338,10 @@ fn judge_sock_addr<const V6: bool>(ctx: &SockAddrContext, hook: Hook, is_connect
         return ALLOW;
     }
     count(gov.policy_id, decision.verdict());
+    // A revoked flow whose event found no room in its ring: its verdict is
+    // not cached, so the flow's next segment (a retransmit at the latest) is
+    // judged and reported again, and the loader's abort comes late, not never.
+    let mut revocation_unreported = false;
     if decision.verdict() != Verdict::Allow {
         let _queued = report(cgroup_id, &gov, &who, &decision, &flow);
     }
@@ -576,6 +580,10 @@ fn judge_packet(skb: *mut __sk_buff, scope: &Scope, info: *mut SockInfo, flow: &
         decide(&gov, who, &target)
     };
     count(gov.policy_id, decision.verdict());
+    // A revoked flow whose event found no room in its ring: its verdict is
+    // not cached, so the flow's next segment (a retransmit at the latest) is
+    // judged and reported again, and the loader's abort comes late, not never.
+    let mut revocation_unreported = false;
     if decision.verdict() != Verdict::Allow {
         // The event's flow is assembled in a per-CPU map value: the stack
         // has no room for it beside the decision.
@@ -594,13 +602,17 @@ fn judge_packet(skb: *mut __sk_buff, scope: &Scope, info: *mut SockInfo, flow: &
                 // SAFETY: the skb context is what the helper takes.
                 event.socket_cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
             }
-            let _queued = report(cgroup_id, &gov, who, &decision, event);
+            let queued = report(cgroup_id, &gov, who, &decision, event);
+            revocation_unreported = !queued && event.flags & EVENT_REVOKED_FLOW != 0;
         }
     }
     if uncached {
         // Not cached: the next packet of the flow is judged again. (An
         // early return rather than `&&` with the null check: LLVM folds that
         // into bit arithmetic that kernel 6.1's verifier cannot follow.)
+        return judged(decision.verdict());
+    }
+    if revocation_unreported {
         return judged(decision.verdict());
     }
     if !info.is_null() {

@@ -137,20 +137,21 @@ impl Drop for Proc {
     }
 }
 
-/// A child spawned as the leader of a process group of its own
-/// (`Command::process_group(0)`), killed (SIGKILL) as a whole group and
-/// reaped when dropped: a wrapper such as strace goes with what it runs,
-/// which a tracer's death alone would leave running.
+/// A child killed (SIGKILL) and reaped when dropped, with the process
+/// group it leads if it was spawned as a leader (`Command::process_group(0)`):
+/// a wrapper such as strace then goes with what it runs, which a tracer's
+/// death alone would leave running.
 pub struct ProcGroup(pub Child);
 
 impl Drop for ProcGroup {
     fn drop(&mut self) {
         if let Ok(leader) = i32::try_from(self.0.id()) {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(leader),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let leader = nix::unistd::Pid::from_raw(leader);
+            if nix::unistd::getpgid(Some(leader)) == Ok(leader) {
+                let _ = nix::sys::signal::killpg(leader, nix::sys::signal::Signal::SIGKILL);
+            }
         }
+        let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }

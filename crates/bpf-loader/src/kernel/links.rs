@@ -310,7 +310,8 @@ fn pin(link: FdLink, path: &Path) -> Result<(), KernelError> {
 }
 
 /// Unpins one link. The pin is its last reference (a loader holds none of
-/// its own once it has pinned a link), so the kernel detaches it then.
+/// its own once it has pinned a link), so the kernel detaches it once
+/// bpffs lets go of it, moments later.
 fn release(path: &Path) -> Result<(), KernelError> {
     std::fs::remove_file(path).map_err(io_err(path))
 }

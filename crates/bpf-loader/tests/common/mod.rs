@@ -157,8 +157,8 @@ pub struct Lab {
     /// A command the loader runs under (strace), set before `start_loader`;
     /// the loader is its last argument's successor.
     pub loader_wrapper: Vec<String>,
-    /// The loader (under its wrapper, if any), in a process group of its
-    /// own: killing it kills both.
+    /// The loader, or its wrapper in a process group of its own with the
+    /// loader: killing it kills both.
     loader: Option<ProcGroup>,
     children: Vec<Proc>,
     /// The managed parent cgroup, removed with everything in it on drop.
@@ -433,14 +433,14 @@ impl Lab {
         let binary = env!("CARGO_BIN_EXE_bpf-loader");
         let mut loader = match self.loader_wrapper.split_first() {
             Some((wrapper, args)) => {
+                // A group of its own, killed as one with the loader in it.
                 let mut cmd = Command::new(wrapper);
-                cmd.args(args).arg(binary);
+                cmd.process_group(0).args(args).arg(binary);
                 cmd
             }
             None => Command::new(binary),
         };
         loader
-            .process_group(0)
             .arg("--socket")
             .arg(&self.socket)
             .arg("--pin-dir")
