@@ -577,7 +577,7 @@ async fn enforcement_survives_kill_9_and_restart_of_the_loader() {
         round_at_kill < round_at_start && round_at_started < rounds,
         "the send loop did not run through the loader's absence and after its start: rounds {round_at_kill} at the kill, {round_at_start} at the start, {round_at_started} once it answered, {rounds} in all"
     );
-    SendLoop::judge_at_peer(
+    SendLoop::judge_rounds_at_peer(
         &capture,
         rounds,
         &format!("the loader was killed and restarted; it was down in rounds {round_at_kill}..{round_at_start}"),
@@ -678,7 +678,7 @@ async fn a_restarted_loader_attaches_its_links_before_it_releases_the_old_ones()
         "the send loop hardly ran while the loader started, through {held} held releases: round {round_at_start} at the start, {round_at_started} once it answered"
     );
 
-    SendLoop::judge_at_peer(
+    SendLoop::judge_rounds_at_peer(
         &capture,
         rounds,
         &format!("the restarted loader replaced the links in rounds {round_at_start}..{round_at_started}"),
@@ -976,7 +976,7 @@ print(f"rounds={{i}}", file=sys.stderr, flush=True)
 
     /// Judged at the peer's `capture`: every allowed send of `rounds`
     /// arrived and no denied one did, while what `meanwhile` says happened.
-    async fn judge_at_peer(capture: &std::path::Path, rounds: u32, meanwhile: &str) {
+    async fn judge_rounds_at_peer(capture: &std::path::Path, rounds: u32, meanwhile: &str) {
         let expected: Vec<String> = (0..rounds)
             .flat_map(|i| {
                 [
@@ -986,17 +986,28 @@ print(f"rounds={{i}}", file=sys.stderr, flush=True)
                 ]
             })
             .collect();
-        let missing = missing_after_wait(capture, &expected).await;
-        assert!(
-            missing.is_empty(),
-            "allowed sends that never arrived ({meanwhile}): {missing:?}"
-        );
-        let leaked = arrived_at_peer(capture, "MK{deny").await;
-        assert!(
-            leaked.is_empty(),
-            "denied sends arrived at the peer ({meanwhile}): {leaked:?}"
-        );
+        judge_at_peer(capture, &expected, "MK{deny", meanwhile).await;
     }
+}
+
+/// Judged at the peer's `capture`: every marker of `allowed` arrived and
+/// none starting with `denied` did, while what `meanwhile` says happened.
+async fn judge_at_peer(
+    capture: &std::path::Path,
+    allowed: &[String],
+    denied: &str,
+    meanwhile: &str,
+) {
+    let missing = missing_after_wait(capture, allowed).await;
+    assert!(
+        missing.is_empty(),
+        "allowed sends that never arrived ({meanwhile}): {missing:?}"
+    );
+    let leaked = arrived_at_peer(capture, denied).await;
+    assert!(
+        leaked.is_empty(),
+        "denied sends arrived at the peer ({meanwhile}): {leaked:?}"
+    );
 }
 
 /// Many containers denied at once, each within its event rate, while the
@@ -1055,53 +1066,22 @@ print(denied)
 "#
     );
     lab.signal_loader(nix::sys::signal::Signal::SIGSTOP);
-    let floods: Vec<std::process::Child> = containers
+    let floods: Vec<ContainerScript> = containers
         .iter()
         .map(|(cgroup, _, first)| {
-            lab.in_cgroup_cmd(
-                cgroup,
-                &[
-                    PYTHON.into(),
-                    "-c".into(),
-                    flood.clone(),
-                    first.to_string(),
-                    PER_CONTAINER.to_string(),
-                ],
-            )
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("a flood")
+            let args = [first.to_string(), PER_CONTAINER.to_string()];
+            ContainerScript::start(&lab, cgroup, flood.clone(), &args)
         })
         .collect();
-    let outputs: Vec<std::process::Output> = floods
-        .into_iter()
-        .map(|f| f.wait_with_output().expect("a flood's end"))
-        .collect();
+    let denied: Vec<String> = floods.into_iter().map(ContainerScript::rest).collect();
     lab.signal_loader(nix::sys::signal::Signal::SIGCONT);
-    for out in &outputs {
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            PER_CONTAINER.to_string(),
-            "a container's denied sends were not all refused: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    assert!(
+        denied.iter().all(|d| *d == PER_CONTAINER.to_string()),
+        "the containers' denied sends were not all refused: {denied:?}"
+    );
 
-    // Drained until the loader has nothing more.
-    let mut events = Vec::new();
-    let mut after = 0;
-    loop {
-        let batch = client
-            .events(tarpc::context::current(), after, 5000, 500)
-            .await
-            .expect("rpc");
-        assert_eq!(batch.missed, 0, "the loader's own buffer overflowed");
-        let Some(last) = batch.events.last() else {
-            break;
-        };
-        after = last.seq;
-        events.extend(batch.events);
-    }
+    let events = all_events(&client).await;
+    let after = events.last().map_or(0, |e| e.seq);
     let counters = client
         .counters(tarpc::context::current())
         .await
@@ -1144,16 +1124,7 @@ print(denied)
         .iter()
         .map(|(_, _, first)| format!("MK{{ok{first}}}"))
         .collect();
-    let missing = missing_after_wait(&capture, &controls).await;
-    assert!(
-        missing.is_empty(),
-        "allowed datagrams that never arrived: {missing:?}"
-    );
-    let leaked = arrived_at_peer(&capture, "MK{fl").await;
-    assert!(
-        leaked.is_empty(),
-        "denied datagrams arrived at the peer: {leaked:?}"
-    );
+    judge_at_peer(&capture, &controls, "MK{fl", "four containers flooded").await;
 
     // The ring has room again: the next denial is reported.
     let (cgroup, id, _) = &containers[0];
@@ -1253,51 +1224,28 @@ print(denied)
                  port: u16,
                  give: &std::path::Path,
                  take: &std::path::Path| {
-        lab.in_cgroup_cmd(
-            cgroup,
-            &[
-                PYTHON.into(),
-                "-c".into(),
-                turns.clone(),
-                role.into(),
-                port.to_string(),
-                give.display().to_string(),
-                take.display().to_string(),
-            ],
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("a container taking turns")
+        let args = [
+            role,
+            &port.to_string(),
+            &give.display().to_string(),
+            &take.display().to_string(),
+        ]
+        .map(str::to_string);
+        ContainerScript::start(&lab, cgroup, turns.clone(), &args)
     };
     let started = std::time::Instant::now();
     let takers = [
         spawn(&first, "first", 20_000, &to_second, &to_first),
         spawn(&second, "second", 30_000, &to_first, &to_second),
     ];
-    for taker in takers {
-        let out = taker.wait_with_output().expect("a turn taker's end");
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            ROUNDS.to_string(),
-            "a container's denied sends were not all refused: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let denied = takers.map(ContainerScript::rest);
+    assert_eq!(
+        denied,
+        [ROUNDS.to_string(), ROUNDS.to_string()],
+        "the containers' denied sends were not all refused"
+    );
 
-    let mut events = Vec::new();
-    let mut after = 0;
-    loop {
-        let batch = client
-            .events(tarpc::context::current(), after, 5000, 500)
-            .await
-            .expect("rpc");
-        let Some(last) = batch.events.last() else {
-            break;
-        };
-        after = last.seq;
-        events.extend(batch.events);
-    }
+    let events = all_events(&client).await;
     let counters = client
         .counters(tarpc::context::current())
         .await
@@ -1318,16 +1266,7 @@ print(denied)
         "denials neither reported nor counted as rate-limited"
     );
     let controls = ["MK{ok20000}".to_string(), "MK{ok30000}".to_string()];
-    let missing = missing_after_wait(&capture, &controls).await;
-    assert!(
-        missing.is_empty(),
-        "allowed datagrams that never arrived: {missing:?}"
-    );
-    let leaked = arrived_at_peer(&capture, "MK{turn").await;
-    assert!(
-        leaked.is_empty(),
-        "denied datagrams arrived at the peer: {leaked:?}"
-    );
+    judge_at_peer(&capture, &controls, "MK{turn", "two containers took turns").await;
 }
 
 /// A revoked flow's socket is aborted even when denials have filled the
@@ -1389,18 +1328,8 @@ with socket.create_connection(("{PEER4}", {SINK}), timeout=5) as s:
 "#,
         bypass = repo_root().join("tests/bypass").display().to_string(),
     );
-    let mut sender = lab
-        .in_cgroup_cmd(
-            &lab.ct,
-            &[PYTHON.into(), "-c".into(), flow, go.display().to_string()],
-        )
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("the flow");
-    let mut out = std::io::BufReader::new(sender.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).expect("the flow's first line");
-    assert_eq!(line.trim(), "connected=1", "the flow did not start");
+    let mut sender = ContainerScript::start(&lab, &lab.ct, flow, &[go.display().to_string()]);
+    assert_eq!(sender.line(), "connected=1", "the flow did not start");
     assert!(
         marker_arrives(&capture, "MK{before}").await,
         "the flow's first chunk never reached the peer"
@@ -1436,14 +1365,7 @@ print(denied)
     tokio::time::sleep(Duration::from_millis(500)).await;
     let resumed_at = wall_clock_ns();
     lab.signal_loader(nix::sys::signal::Signal::SIGCONT);
-    let mut rest = String::new();
-    let status = tokio::task::spawn_blocking(move || {
-        std::io::Read::read_to_string(&mut out, &mut rest).expect("the flow's output");
-        (sender.wait().expect("the flow's end"), rest)
-    })
-    .await
-    .expect("join");
-    let (_, rest) = status;
+    let rest = sender.rest();
     let counters = client
         .counters(tarpc::context::current())
         .await
@@ -1462,11 +1384,8 @@ print(denied)
     // Aborted for the revocation the kernel queued after the flood (none
     // slipped out before the shared ring was full) and before the loader
     // ran again (it found room while the shared ring had none).
-    let revocations: Vec<u64> = client
-        .events(tarpc::context::current(), 0, 100_000, 0)
+    let revocations: Vec<u64> = all_events(&client)
         .await
-        .expect("rpc")
-        .events
         .into_iter()
         .filter(|e| e.revoked_flow && e.cgroup_id == lab.ct_id())
         .map(|e| e.time_ns)
@@ -1543,44 +1462,19 @@ while pending and time.monotonic() < deadline:
 print(f"aborted={{{FLOWS} - len(pending) - len(others)}} other={{sorted(set(others))}}", flush=True)
 "#
     );
-    let mut sender = lab
-        .in_cgroup_cmd(
-            &lab.ct,
-            &[PYTHON.into(), "-c".into(), flows, go.display().to_string()],
-        )
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("the flows");
-    let mut out = std::io::BufReader::new(sender.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).expect("the flows' first line");
-    assert_eq!(line.trim(), "connected", "the flows did not start");
+    let mut sender = ContainerScript::start(&lab, &lab.ct, flows, &[go.display().to_string()]);
+    assert_eq!(sender.line(), "connected", "the flows did not start");
 
     let mut revoked = Rules::default();
     revoked.cgroup(lab.ct_id(), 1, false);
     converge(&client, &revoked.state, Verdict::Deny).await;
     lab.signal_loader(nix::sys::signal::Signal::SIGSTOP);
     std::fs::write(&go, "").expect("letting the flows send");
-    let (line, out) = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut out, &mut line).expect("the flows' second line");
-        (line, out)
-    })
-    .await
-    .expect("join");
-    assert_eq!(line.trim(), "sent");
+    assert_eq!(sender.line(), "sent");
     // Every flow's segment meets the revocation, with the loader stopped.
     tokio::time::sleep(Duration::from_millis(500)).await;
     lab.signal_loader(nix::sys::signal::Signal::SIGCONT);
-    let rest = tokio::task::spawn_blocking(move || {
-        let mut out = out;
-        let mut rest = String::new();
-        std::io::Read::read_to_string(&mut out, &mut rest).expect("the flows' output");
-        let _ = sender.wait();
-        rest
-    })
-    .await
-    .expect("join");
+    let rest = sender.rest();
     let counters = client
         .counters(tarpc::context::current())
         .await
@@ -1596,6 +1490,61 @@ print(f"aborted={{{FLOWS} - len(pending) - len(others)}} other={{sorted(set(othe
         "not every revoked flow was aborted ({} events dropped by the kernel)",
         counters.events_dropped_kernel
     );
+}
+
+/// A Python script run in a cgroup of the lab's container, its output
+/// read a line at a time (blocking: the tests' runtime has a second
+/// worker).
+struct ContainerScript {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl ContainerScript {
+    fn start(lab: &Lab, cgroup: &std::path::Path, script: String, args: &[String]) -> Self {
+        let mut argv = vec![PYTHON.to_string(), "-c".into(), script];
+        argv.extend_from_slice(args);
+        let mut child = lab
+            .in_cgroup_cmd(cgroup, &argv)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("a script in the container");
+        let out = std::io::BufReader::new(child.stdout.take().expect("its stdout"));
+        ContainerScript { child, out }
+    }
+
+    /// The script's next line, trimmed.
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut self.out, &mut line).expect("the script's output");
+        line.trim().to_string()
+    }
+
+    /// Everything else the script prints, trimmed, once it has ended.
+    fn rest(mut self) -> String {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut self.out, &mut rest).expect("the script's output");
+        let _ = self.child.wait();
+        rest.trim().to_string()
+    }
+}
+
+/// Every event the loader holds, read until it has no more for half a
+/// second (none missed: its own buffer did not overflow).
+async fn all_events(client: &proto::loader::LoaderClient) -> Vec<proto::loader::Event> {
+    let mut events = Vec::new();
+    loop {
+        let after = events.last().map_or(0, |e: &proto::loader::Event| e.seq);
+        let batch = client
+            .events(tarpc::context::current(), after, 5000, 500)
+            .await
+            .expect("rpc");
+        assert_eq!(batch.missed, 0, "the loader's own buffer overflowed");
+        if batch.events.is_empty() {
+            return events;
+        }
+        events.extend(batch.events);
+    }
 }
 
 /// Now, in nanoseconds since the Unix epoch (as events' `time_ns`).
