@@ -338,10 +338,6 @@ fn judge_sock_addr<const V6: bool>(ctx: &SockAddrContext, hook: Hook, is_connect
         return ALLOW;
     }
     count(gov.policy_id, decision.verdict());
-    // A revoked flow whose event found no room in its ring: its verdict is
-    // not cached, so the flow's next segment (a retransmit at the latest) is
-    // judged and reported again, and the loader's abort comes late, not never.
-    let mut revocation_unreported = false;
     if decision.verdict() != Verdict::Allow {
         let _queued = report(cgroup_id, &gov, &who, &decision, &flow);
     }
