@@ -14,8 +14,7 @@ use contain_common::{
 
 use crate::maps::{
     CGROUPS, CONFIG, COUNTERS, DESTS, EVENTS, EVENT_RATES, EXACT_PORTS, HOSTS, PORTS, PROCESSES,
-    REVOKED_FLOWS,
-    STATS,
+    REVOKED_FLOWS, STATS,
 };
 
 const NS_PER_SEC: u64 = 1_000_000_000;

@@ -62,8 +62,10 @@ pub static EVENTS: RingBuf<contain_common::Event, { capacity::EVENTS_BYTES as us
 /// Events of revoked flows only, which the loader acts on (it aborts their
 /// sockets): a flood of denials that fills `EVENTS` cannot crowd them out.
 #[btf_map(name = "CONTAIN_REVOKED_FLOWS")]
-pub static REVOKED_FLOWS: RingBuf<contain_common::Event, { capacity::REVOKED_FLOWS_BYTES as usize }> =
-    RingBuf::new();
+pub static REVOKED_FLOWS: RingBuf<
+    contain_common::Event,
+    { capacity::REVOKED_FLOWS_BYTES as usize },
+> = RingBuf::new();
 
 #[btf_map(name = "CONTAIN_SOCKETS")]
 pub static SOCKETS: SkStorage<SockInfo> = SkStorage::new();
