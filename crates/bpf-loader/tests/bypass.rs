@@ -1223,14 +1223,24 @@ async fn flood_within_rate(cx: &mut Ctx, attack: &[&str]) -> Outcome {
         o.notes.push(format!("leaked: {}", summary(p)));
     }
     if cx.mode.filtered() {
-        let evs = cx.events().await;
+        // This attack's events: the container's, since it started (the
+        // loader's buffer holds every probe's).
+        let ct = cx.lab.ct_id();
+        let evs: Vec<Event> = cx
+            .events()
+            .await
+            .into_iter()
+            .filter(|e| e.cgroup_id == ct && e.time_ns as f64 / 1e9 >= t)
+            .collect();
         let mut ts: Vec<u64> = evs.iter().map(|e| e.time_ns).collect();
         ts.sort();
         // The budget is per CPU, in windows of a second that each CPU starts
         // at its first event after the last window ended: in the second from
-        // the very first event no CPU can have begun a second window, so at
-        // most the default rate on each. (A sliding second can hold the end
-        // of one window and the start of the next: up to twice that.)
+        // the attack's first event no CPU can have begun a second window, so
+        // at most the default rate on each (the kernel's retransmits run
+        // where its timers fire, not only where the attack runs). (A sliding
+        // second can hold the end of one window and the start of the next:
+        // up to twice that.)
         let first_second = ts
             .iter()
             .take_while(|&&t| t - ts[0] < 1_000_000_000)

@@ -1426,6 +1426,9 @@ async fn revoked_flows_beyond_their_ring_are_aborted_on_a_later_segment() {
         .cgroup(lab.ct_id(), 1, false)
         .allow(allow(PEER4, TCP, Some(SINK)));
     converge(&client, &rules.state, Verdict::Deny).await;
+    let capture = lab.scratch.join("capture.jsonl");
+    std::fs::write(&capture, "").expect("capture file");
+    lab.start_peer_sniffer(&capture);
 
     let go = lab.scratch.join("go");
     let flows = format!(
@@ -1437,14 +1440,14 @@ go = sys.argv[1]
 socks = []
 for _ in range({FLOWS}):
     s = socket.create_connection(("{PEER4}", {SINK}), timeout=5)
-    s.sendall(b"x")
+    s.sendall(b"MK{{before}}")
     socks.append(s)
 print("connected", flush=True)
 while not os.path.exists(go):
     time.sleep(0.01)
 for s in socks:
     s.setblocking(False)
-    s.send(b"y")
+    s.send(b"MK{{after}}")
 print("sent", flush=True)
 pending, others = set(range({FLOWS})), []
 deadline = time.monotonic() + 30
@@ -1452,7 +1455,7 @@ while pending and time.monotonic() < deadline:
     time.sleep(0.2)
     for i in list(pending):
         try:
-            socks[i].send(b"z")
+            socks[i].send(b"MK{{after}}")
         except BlockingIOError:
             pass
         except OSError as e:
@@ -1490,6 +1493,14 @@ print(f"aborted={{{FLOWS} - len(pending) - len(others)}} other={{sorted(set(othe
         "not every revoked flow was aborted ({} events dropped by the kernel)",
         counters.events_dropped_kernel
     );
+    // Uncached, the flows' later segments are still judged and dropped.
+    judge_at_peer(
+        &capture,
+        &["MK{before}".to_string()],
+        "MK{after",
+        "3000 flows were revoked at once",
+    )
+    .await;
 }
 
 /// A Python script run in a cgroup of the lab's container, its output
