@@ -231,7 +231,7 @@ def cmd_send(args):
                 first = (time.monotonic() - T_START, process_age_ms())
         rounds += 1
         if deadline is not None:
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or (args.until and os.path.exists(args.until)):
                 break
             time.sleep(args.interval)
         else:
@@ -358,6 +358,7 @@ def main():
     p.add_argument("--duration", type=float, help="send in a loop for this many seconds instead")
     p.add_argument("--interval", type=float, default=0.0005,
                    help="seconds between rounds of the --duration loop")
+    p.add_argument("--until", help="end the --duration loop early once this file exists")
     p.add_argument("--out", help="also write the report to this file")
     p.add_argument("probes", nargs="+")
     p = sub.add_parser("sniff")

@@ -171,9 +171,10 @@ nsenter -t "$(docker inspect -f '{{.State.Pid}}' peer)" -n python3 $T/frames.py 
 defer kill $!
 retry 50 0.2 grep -q ready /run/contain-eg-sniff.out || fail "the peer's capture did not start"
 PEER_MAC=$(docker inspect -f "{{(index .NetworkSettings.Networks \"$NET\").MacAddress}}" peer)
-# It sends until well after the daemons are back (the loader takes 10-20 s to serve under TCG).
+# It sends until the daemons are back and told to stop (the loader takes 10-20 s to serve under
+# TCG, the probe loop a minute or more on a slow host); 300 s is only a bound.
 docker exec -d blocked python3 $T/frames.py send --dst-mac "$PEER_MAC" --dst4 $PEER_IP \
-  --port 9090 --duration 45 --interval 0.01 --out /tmp/frames.out \
+  --port 9090 --duration 300 --until /tmp/frames.stop --interval 0.01 --out /tmp/frames.out \
   killraw=raw-udp4 killdgram=dgram-udp4 killipraw=ipraw-tcp4@9090 \
   killokpkt=raw-tcp4@8080 killokipraw=ipraw-tcp4@8080
 docker exec -d blocked sh -c "for i in \$(seq 1 25); do python3 $T/probe.py tcp $PEER_IP 8080; \
@@ -187,6 +188,7 @@ check "all daemons are back" retry 100 0.2 systemctl is-active --quiet contain-b
 check "bpf-loader is ready again" retry 150 0.2 bash -c \
   "[[ \$(journalctl -u contain-bpf-loader -o cat | grep -c 'bpf-loader ready') -ge 2 ]]"
 check_fails "the frame sender still runs once they are back" docker exec blocked test -s /tmp/frames.out
+docker exec blocked touch /tmp/frames.stop
 check "the frame sender finished" retry 120 0.5 docker exec blocked test -s /tmp/frames.out
 frames=$(docker exec blocked cat /tmp/frames.out || true)
 info "frames sent through the kills: $(tr '\n' ' ' <<<"$frames")"
