@@ -79,7 +79,7 @@ pub mod capacity {
     /// recently starts afresh.
     pub const EVENT_RATES: u32 = 16_384;
     pub const EVENTS_BYTES: u32 = 1 << 20;
-    /// The revoked flows' own ring (about 2 000 events): denials from every
+    /// The revoked flows' own ring (2 184 events of 120 bytes): denials from every
     /// container share the other one, and may fill it.
     pub const REVOKED_FLOWS_BYTES: u32 = 1 << 18;
     pub const VETHS: u32 = 16_384;
