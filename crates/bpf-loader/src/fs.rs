@@ -77,6 +77,43 @@ pub fn cgroup_id(path: &Path) -> Result<u64, FsError> {
         })
 }
 
+/// The cgroup with id `id` at or below one of `roots`, if any. A walk, for
+/// the rare caller that has only a socket's cgroup id (cgroup v2 has no
+/// path lookup by id without `CAP_DAC_READ_SEARCH`'s `open_by_handle_at`).
+pub fn find_cgroup(roots: &[PathBuf], id: u64) -> Option<PathBuf> {
+    let mut pending: Vec<PathBuf> = roots.to_vec();
+    while let Some(dir) = pending.pop() {
+        if cgroup_id(&dir).is_ok_and(|found| found == id) {
+            return Some(dir);
+        }
+        pending.extend(subdirectories(&dir));
+    }
+    None
+}
+
+/// The processes of `cgroup` and of the cgroups below it, from their
+/// `cgroup.procs` (unreadable ones, gone meanwhile, are skipped).
+pub fn processes_below(cgroup: &Path) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let mut pending = vec![cgroup.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            pids.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        pending.extend(subdirectories(&dir));
+    }
+    pids
+}
+
+fn subdirectories(dir: &Path) -> impl Iterator<Item = PathBuf> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+}
+
 /// The cgroup v2 id of the calling process (the id of the cgroup sockets it
 /// creates belong to).
 pub fn own_cgroup_id() -> Result<u64, FsError> {
@@ -181,6 +218,29 @@ mod tests {
         );
         assert!(resolve_cgroup(mount, "/etc").is_err());
         assert!(resolve_cgroup(mount, "a/../../etc").is_err());
+    }
+
+    #[test]
+    fn cgroups_are_found_by_id_and_their_processes_listed_below_them() {
+        let root = tempfile::tempdir().unwrap();
+        let a = root.path().join("a");
+        let deep = a.join("b/c");
+        std::fs::create_dir_all(&deep).unwrap();
+        std::fs::create_dir_all(root.path().join("x")).unwrap();
+        std::fs::write(a.join("cgroup.procs"), "10\n11\n").unwrap();
+        std::fs::write(deep.join("cgroup.procs"), "12\n").unwrap();
+        std::fs::write(root.path().join("x/cgroup.procs"), "99\n").unwrap();
+        let roots = [root.path().to_path_buf()];
+        let id = |p: &Path| cgroup_id(p).unwrap();
+        assert_eq!(find_cgroup(&roots, id(&deep)), Some(deep.clone()));
+        assert_eq!(
+            find_cgroup(&roots, id(root.path())),
+            Some(root.path().into())
+        );
+        assert_eq!(find_cgroup(&[a.clone()], id(&root.path().join("x"))), None);
+        let mut below = processes_below(&a);
+        below.sort();
+        assert_eq!(below, [10, 11, 12]);
     }
 
     #[test]

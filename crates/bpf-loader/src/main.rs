@@ -193,7 +193,14 @@ async fn drain_events(ring: RingBuf<MapData>, kernel: Arc<Mutex<Kernel>>, log: A
             match decoded {
                 Some(event) => {
                     if event.revoked_flow {
-                        abort_revoked(&event);
+                        let cgroup_roots = kernel
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .attachments()
+                            .into_iter()
+                            .map(|a| PathBuf::from(a.cgroup))
+                            .collect();
+                        abort_revoked(&event, cgroup_roots);
                     }
                     // policyd writes the log line: it knows the container's
                     // name and image, and the policy's name.
@@ -223,16 +230,19 @@ const DRAIN_BATCH: usize = 256;
 
 /// Aborts the socket of a revoked TCP flow, off the runtime thread; if that
 /// fails the flow stays dropped, only the sender is not told at once.
-fn abort_revoked(event: &proto::loader::Event) {
+/// `cgroup_roots` are the cgroups the programs are attached to, below which
+/// the socket's cgroup is.
+fn abort_revoked(event: &proto::loader::Event, cgroup_roots: Vec<PathBuf>) {
     let flow = RevokedFlow {
         tgid: event.tgid,
+        cgroup_id: event.cgroup_id,
         src: event.src,
         dst: event.dst,
         src_port: event.src_port,
         dst_port: event.dst_port,
         socket_cookie: event.socket_cookie,
     };
-    tokio::task::spawn_blocking(move || match revoke::abort(&flow) {
+    tokio::task::spawn_blocking(move || match revoke::abort(&flow, &cgroup_roots) {
         Ok(()) => tracing::info!(?flow, "aborted the socket of a revoked flow"),
         Err(e) => {
             tracing::warn!(?flow, error = %e, "could not abort the socket of a revoked flow; its packets stay dropped")

@@ -7,12 +7,18 @@
 //! loader aborts that one socket with `SOCK_DESTROY` (what `ss -K` does,
 //! `CONFIG_INET_DIAG_DESTROY`): the sender's next call fails with
 //! ECONNABORTED. The request is made from inside the socket's network
-//! namespace, since sock_diag looks sockets up in the requester's.
+//! namespace, since sock_diag looks sockets up in the requester's: its
+//! creator's, or, when the creator has exited (a child holds the socket, or
+//! the pid now names another process), that of a process of the socket's
+//! cgroup. The request names the socket's cookie, so asking in a wrong
+//! namespace finds nothing and destroys nothing.
 //!
 //! The message is a fixed 72-byte `nlmsghdr` + `inet_diag_req_v2`; the
 //! netlink crates in the ecosystem model dumps, not this one request.
 
-use std::{fs::File, io, net::IpAddr};
+use std::{
+    collections::HashSet, fs::File, io, net::IpAddr, os::unix::fs::MetadataExt, path::PathBuf,
+};
 
 use nix::{
     sched::{setns, CloneFlags},
@@ -28,6 +34,8 @@ use thiserror::Error;
 pub struct RevokedFlow {
     /// A process of the socket's network namespace (the socket's creator).
     pub tgid: u32,
+    /// The socket's cgroup: its processes share the socket's namespace.
+    pub cgroup_id: u64,
     pub src: IpAddr,
     pub dst: IpAddr,
     pub src_port: u16,
@@ -45,6 +53,12 @@ pub enum AbortError {
     Netlink(nix::Error),
     #[error("the kernel refused SOCK_DESTROY: {0} (ENOENT: the socket is already gone; EOPNOTSUPP: a kernel without CONFIG_INET_DIAG_DESTROY)")]
     Refused(nix::Error),
+    #[error("no network namespace of the socket's creator (pid {tgid}) or of a process of its cgroup {cgroup_id} has the socket ({namespaces} searched); it is closed, or its holders left the cgroup")]
+    NotFound {
+        tgid: u32,
+        cgroup_id: u64,
+        namespaces: usize,
+    },
     #[error("malformed sock_diag reply ({0} bytes)")]
     Reply(usize),
     #[error("mixed address families in {0:?}")]
@@ -59,24 +73,65 @@ const NLMSG_HDR_LEN: usize = 16;
 const INET_DIAG_REQ_V2_LEN: usize = 56;
 const ALL_TCP_STATES: u32 = u32::MAX;
 
-/// Aborts the socket of `flow`. Blocking: call it off the async runtime.
-pub fn abort(flow: &RevokedFlow) -> Result<(), AbortError> {
-    let netns =
-        File::open(format!("/proc/{}/ns/net", flow.tgid)).map_err(|source| AbortError::Netns {
-            tgid: flow.tgid,
-            source,
-        })?;
+/// Aborts the socket of `flow`, asked for in its creator's network
+/// namespace and then, until one has it, in those of the processes of the
+/// socket's cgroup found below `cgroup_roots`. Blocking: call it off the
+/// async runtime.
+pub fn abort(flow: &RevokedFlow, cgroup_roots: &[PathBuf]) -> Result<(), AbortError> {
     let request = destroy_request(flow)?;
+    let mut searched = HashSet::new();
+    let creator = abort_from(flow.tgid, &request, &mut searched);
+    if !creator.as_ref().is_err_and(AbortError::elsewhere) {
+        return creator;
+    }
+    let cgroup = crate::fs::find_cgroup(cgroup_roots, flow.cgroup_id);
+    for pid in cgroup.iter().flat_map(|c| crate::fs::processes_below(c)) {
+        match abort_from(pid, &request, &mut searched) {
+            Err(e) if e.elsewhere() => continue,
+            done => return done,
+        }
+    }
+    Err(AbortError::NotFound {
+        tgid: flow.tgid,
+        cgroup_id: flow.cgroup_id,
+        namespaces: searched.len(),
+    })
+}
+
+impl AbortError {
+    /// The socket may be found from another process's namespace: this one
+    /// is gone, or its namespace does not have the socket.
+    fn elsewhere(&self) -> bool {
+        match self {
+            AbortError::Netns { .. } | AbortError::Setns { .. } => true,
+            AbortError::Refused(errno) => *errno == nix::Error::ENOENT,
+            _ => false,
+        }
+    }
+}
+
+/// Sends `request` from the network namespace of `tgid`, unless that
+/// namespace is in `searched` already (then: not found there).
+fn abort_from(
+    tgid: u32,
+    request: &[u8],
+    searched: &mut HashSet<(u64, u64)>,
+) -> Result<(), AbortError> {
+    let netns = File::open(format!("/proc/{tgid}/ns/net"))
+        .and_then(|f| f.metadata().map(|m| (f, (m.dev(), m.ino()))))
+        .map_err(|source| AbortError::Netns { tgid, source });
+    let (netns, id) = netns?;
+    if !searched.insert(id) {
+        return Err(AbortError::Refused(nix::Error::ENOENT));
+    }
     // setns() moves only the calling thread: a thread of its own, so the
     // loader's other threads stay in the host namespace.
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                setns(&netns, CloneFlags::CLONE_NEWNET).map_err(|source| AbortError::Setns {
-                    tgid: flow.tgid,
-                    source,
-                })?;
-                send_request(&request)
+                setns(&netns, CloneFlags::CLONE_NEWNET)
+                    .map_err(|source| AbortError::Setns { tgid, source })?;
+                send_request(request)
             })
             .join()
             .unwrap_or(Err(AbortError::Reply(0)))
@@ -165,6 +220,7 @@ mod tests {
     fn flow(src: &str, dst: &str) -> RevokedFlow {
         RevokedFlow {
             tgid: 1,
+            cgroup_id: 1,
             src: src.parse().unwrap(),
             dst: dst.parse().unwrap(),
             src_port: 40000,

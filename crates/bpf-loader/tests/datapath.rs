@@ -1402,6 +1402,111 @@ print(denied)
     );
 }
 
+/// A revoked flow is aborted after the process that created its socket has
+/// exited: the creator hands the socket to a child and exits (reaped, its
+/// pid gone), so the revocation names a process whose namespace can no
+/// longer be entered; the loader finds the socket from a process of the
+/// socket's cgroup instead. The child, sending after the revocation, gets
+/// ECONNABORTED, and none of its later bytes reach the peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_flow_is_aborted_after_its_creator_has_exited() {
+    let Some(()) = require_root("a_revoked_flow_is_aborted_after_its_creator_has_exited") else {
+        return;
+    };
+    const SINK: u16 = 7100;
+    let mut lab = Lab::new();
+    lab.start_peer_servers();
+    lab.start_peer_sink(SINK);
+    let client = lab.start_loader().await;
+    let mut rules = Rules::default();
+    rules
+        .cgroup(lab.ct_id(), 1, false)
+        .allow(allow(PEER4, TCP, Some(SINK)));
+    converge(&client, &rules.state, Verdict::Deny).await;
+    let capture = lab.scratch.join("capture.jsonl");
+    std::fs::write(&capture, "").expect("capture file");
+    lab.start_peer_sniffer(&capture);
+
+    // The creator connects, forks the holder and exits; the holder sends a
+    // marked chunk every 10 ms from `go` on, until the kernel reports an
+    // error (at most 20 s).
+    let go = lab.scratch.join("go");
+    let flow = format!(
+        r#"
+import os, socket, sys, time
+sys.path.insert(0, {bypass:?})
+from attack import err, payload, say
+go = sys.argv[1]
+creator = os.fork()
+if creator == 0:
+    s = socket.create_connection(("{PEER4}", {SINK}), timeout=5)
+    s.sendall(payload("MK{{before}}", 200))
+    if os.fork() != 0:
+        os._exit(0)
+    while not os.path.exists(go):
+        time.sleep(0.01)
+    start = time.monotonic()
+    while time.monotonic() - start < 20:
+        try:
+            s.send(payload("MK{{after}}", 200))
+        except socket.timeout:
+            pass
+        except OSError as e:
+            say(stream=err(e))
+            break
+        time.sleep(0.01)
+    else:
+        say(stream="no-error")
+    os._exit(0)
+os.waitpid(creator, 0)
+say(creator=creator, creator_gone=int(not os.path.exists(f"/proc/{{creator}}")))
+"#,
+        bypass = repo_root().join("tests/bypass").display().to_string(),
+    );
+    let mut sender = ContainerScript::start(&lab, &lab.ct, flow, &[go.display().to_string()]);
+    let creator: u32 = sender
+        .line()
+        .strip_prefix("creator=")
+        .and_then(|pid| pid.parse().ok())
+        .expect("the creator's pid");
+    assert_eq!(
+        sender.line(),
+        "creator_gone=1",
+        "the creator is still there"
+    );
+    assert!(
+        marker_arrives(&capture, "MK{before}").await,
+        "the flow's first chunk never reached the peer"
+    );
+
+    let mut revoked = Rules::default();
+    revoked.cgroup(lab.ct_id(), 1, false);
+    converge(&client, &revoked.state, Verdict::Deny).await;
+    std::fs::write(&go, "").expect("letting the holder send");
+    assert_eq!(
+        sender.rest(),
+        "stream=error:ECONNABORTED",
+        "the revoked flow's socket was not aborted"
+    );
+    let revocations: Vec<u32> = all_events(&client)
+        .await
+        .into_iter()
+        .filter(|e| e.revoked_flow && e.cgroup_id == lab.ct_id())
+        .map(|e| e.tgid)
+        .collect();
+    assert_eq!(
+        revocations,
+        [creator],
+        "one revocation, naming the exited creator, was expected"
+    );
+    let leaked = arrived_at_peer(&capture, "MK{after").await;
+    assert!(
+        leaked.is_empty(),
+        "the revoked flow's data reached the peer: {} chunks",
+        leaked.len()
+    );
+}
+
 /// A revoked flow whose event finds its ring full is not let go: its
 /// verdict is not cached, so its next segment (a retransmit at the latest)
 /// is judged and reported again, and its socket is aborted late, not
