@@ -237,7 +237,10 @@ mod tests {
             find_cgroup(&roots, id(root.path())),
             Some(root.path().into())
         );
-        assert_eq!(find_cgroup(&[a.clone()], id(&root.path().join("x"))), None);
+        assert_eq!(
+            find_cgroup(std::slice::from_ref(&a), id(&root.path().join("x"))),
+            None
+        );
         let mut below = processes_below(&a);
         below.sort();
         assert_eq!(below, [10, 11, 12]);
