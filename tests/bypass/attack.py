@@ -210,20 +210,6 @@ def udp_revoke(host, port, first_marker, marker):
         attempt("after", lambda: s.sendto(payload(marker), (host, int(port))) and None)
 
 
-def tcp_hold(host, port, first_marker, marker):
-    """An established TCP flow: one marked send, then (after "go") three
-    more on the same connection."""
-    with socket.socket(family_of(host), socket.SOCK_STREAM) as s:
-        s.settimeout(3)
-        if not attempt("connect", lambda: s.connect((host, int(port)))):
-            return
-        attempt("first", lambda: s.send(payload(first_marker)) and None)
-        wait_go()
-        for _ in range(3):
-            attempt("after", lambda: s.send(payload(marker)) and None)
-            time.sleep(0.1)
-
-
 def bound_udp(host, lport, reuse):
     fam = family_of(host)
     s = socket.socket(fam, socket.SOCK_DGRAM)
@@ -1227,7 +1213,7 @@ COMMANDS = {
     "udp": udp, "tcp": tcp, "mapped-udp": mapped_udp, "stream": stream,
     "steer-tcp": lambda *a: steer(socket.SOCK_STREAM, *a),
     "steer-udp": lambda *a: steer(socket.SOCK_DGRAM, *a),
-    "inbound-rthdr": inbound_rthdr, "nd": nd, "udp-revoke": udp_revoke, "tcp-hold": tcp_hold, "udp-tied": udp_tied,
+    "inbound-rthdr": inbound_rthdr, "nd": nd, "udp-revoke": udp_revoke, "udp-tied": udp_tied,
     "udp-late-reply": udp_late_reply,
     "connect-then-send": connect_then_send, "exec-as": lambda path, *rest: exec_as(path, list(rest)),
     "chroot-exec": lambda root, path, *rest: chroot_exec(root, path, list(rest)),

@@ -269,8 +269,8 @@ const PROBES: &[Probe] = &[
         "marker captured", "UDP6 to the allowed peer", p_rs_mcast),
     probe!("4a-udp-reply-after-revoke", "UDP to allowed peer P, P replies, the rule is revoked, send to P again",
         "the second datagram's marker captured", "the first datagram, while allowed", p_udp_revoke),
-    probe!("4d-flow-outlives-its-container", "established TCP4 flow to an allowed peer; the container's cgroup entry goes (policyd forgets the container: unknown, denied); send again",
-        "a later send's marker captured", "the first send, while known", p_container_forgotten),
+    probe!("4d-flow-outlives-its-container", "TCP stream of marked bytes to an allowed port; the container's cgroup entry goes mid-stream (policyd forgets the container: unknown, denied)",
+        "a byte of the flow captured > 0.2 s after apply returned (frames already past the hooks)", "the flow's bytes arrive while the container is known", p_container_forgotten),
     probe!("4b-udp-reply-other-socket", "P speaks to socket A; socket B (same port via SO_REUSEPORT) sends to P",
         "B's marker captured", "A's reply", p_udp_tied),
     probe!("4c-udp-reply-expired", "P speaks to socket A; A replies after the reply timeout (loader runs with 2 s)",
@@ -300,8 +300,8 @@ const PROBES: &[Probe] = &[
     probe!("10-af-unspec", "sendto() on UDP4 with a sockaddr of family AF_UNSPEC naming a denied address",
         "marker captured", "plain sendto to the allowed peer",
         simple(&["sendto-unspec", PEER4_OTHER, "5353", "{L}"], &["udp", PEER4, "5353", "{C}"], marker_leak)),
-    probe!("12-event-flood", "container A floods denied sends; container B sends one denied datagram",
-        "B's marker captured", "B's allowed datagram; filtered: B's event and A's suppressed count reported", p_flood),
+    probe!("12-event-flood", "with the loader stopped (nothing drains the event ring), container A sends 20 000 denied datagrams, more than the ring holds; container B sends one denied datagram",
+        "B's marker captured", "B's allowed datagram; filtered: B's event and A's suppressed count reported once the loader runs again", p_flood),
     probe!("raw4-hdrincl", "IP_HDRINCL UDP packet to a denied address",
         "marker captured", "plain UDP4",
         simple(&["raw4", CT4, PEER4_OTHER, "5353", "{L}", "none"], &["udp", PEER4, "5353", "{C}"], marker_leak)),
@@ -1178,11 +1178,11 @@ fn at_peer_with_marker(p: &Value, m: &str) -> bool {
 // --- probes -------------------------------------------------------------------
 
 async fn p_revocation(cx: &mut Ctx) -> Outcome {
-    revocation_with(cx, "stream").await
+    revocation_with(cx, "stream", Change::Revoke).await
 }
 
 async fn p_x_mptcp_revocation(cx: &mut Ctx) -> Outcome {
-    revocation_with(cx, "stream-mptcp").await
+    revocation_with(cx, "stream-mptcp", Change::Revoke).await
 }
 
 async fn p_x_revoked_flood(cx: &mut Ctx) -> Outcome {
@@ -1280,7 +1280,11 @@ async fn flood_within_rate(cx: &mut Ctx, attack: &[&str]) -> Outcome {
 /// still be one that passed the hooks before it (see `revocation_with`).
 const REVOCATION_IN_FLIGHT_SECS: f64 = 0.2;
 
-async fn revocation_with(cx: &mut Ctx, cmd: &str) -> Outcome {
+/// A stream `cmd` of marked chunks (every 10 ms) on one established flow,
+/// across `change`: none of its bytes may arrive after the change is
+/// applied, the sender must get ECONNABORTED (the loader aborts the socket)
+/// and the kernel must report the flow once.
+async fn revocation_with(cx: &mut Ctx, cmd: &str, change: Change) -> Outcome {
     let mut o = Outcome::default();
     let m = cx.marker();
     let t0 = now();
@@ -1305,8 +1309,8 @@ async fn revocation_with(cx: &mut Ctx, cmd: &str) -> Outcome {
     };
     o.control = cx.wait_seen(t0, Duration::from_secs(5), flow).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    if let Err(e) = cx.install(true, false).await {
-        o.failures.push(format!("revoking policy refused: {e}"));
+    if let Err(e) = apply_change(cx, change).await {
+        o.failures.push(format!("the change was refused: {e}"));
     }
     let applied = now();
     // The property is "no byte once apply has returned". The capture's
@@ -1445,7 +1449,7 @@ async fn p_rs_mcast(cx: &mut Ctx) -> Outcome {
 }
 
 async fn p_udp_revoke(cx: &mut Ctx) -> Outcome {
-    across_change(cx, &["udp-revoke", PEER4, "5353"], Change::Revoke).await
+    across_change(cx, &["udp-revoke", PEER4, "5353"]).await
 }
 
 /// What changes while an attack holds its flow open.
@@ -1456,10 +1460,17 @@ enum Change {
     ForgetContainer,
 }
 
+async fn apply_change(cx: &mut Ctx, change: Change) -> Result<(), String> {
+    match change {
+        Change::Revoke => cx.install(true, false).await,
+        Change::ForgetContainer => cx.forget_container().await,
+    }
+}
+
 /// `attack` (its command and destination) sends the control marker, waits
-/// while `change` is installed, then sends the leak marker on the same
+/// while the rules are revoked, then sends the leak marker on the same
 /// socket; the policy is installed again afterwards.
-async fn across_change(cx: &mut Ctx, attack: &[&str], change: Change) -> Outcome {
+async fn across_change(cx: &mut Ctx, attack: &[&str]) -> Outcome {
     let t = now();
     let (lm, cm) = (cx.marker(), cx.marker());
     let ct = cx.lab.ct.clone();
@@ -1471,11 +1482,7 @@ async fn across_change(cx: &mut Ctx, attack: &[&str], change: Change) -> Outcome
     let (mut child, mut out) = cx.spawn_attack(&ct, &args);
     let mut notes = read_until(&mut out, "WAIT");
     let mut failures = Vec::new();
-    let installed = match change {
-        Change::Revoke => cx.install(true, false).await,
-        Change::ForgetContainer => cx.forget_container().await,
-    };
-    if let Err(e) = installed {
+    if let Err(e) = cx.install(true, false).await {
         failures.push(format!("the change was refused: {e}"));
     }
     let _ = writeln!(child.stdin.as_mut().expect("stdin"), "go");
@@ -1493,9 +1500,9 @@ async fn across_change(cx: &mut Ctx, attack: &[&str], change: Change) -> Outcome
 
 /// An established flow's cached allow was taken without looking up the
 /// container's cgroup: once that entry goes, the flow's next packet is the
-/// unknown cgroup's (denied), not the cache's.
+/// unknown cgroup's (denied), not the cache's, and the flow is aborted.
 async fn p_container_forgotten(cx: &mut Ctx) -> Outcome {
-    across_change(cx, &["tcp-hold", PEER4, SINK], Change::ForgetContainer).await
+    revocation_with(cx, "stream", Change::ForgetContainer).await
 }
 
 /// The container's socket(s) on `lport` wait for the peer to speak first
@@ -2437,12 +2444,25 @@ async fn p_exe_script(cx: &mut Ctx) -> Outcome {
     exe_probe(cx, &[&script, "udp", PEER4, APP_PORT, "{L}"]).await
 }
 
+/// A's flood: more denials than the shared event ring holds (about 8 700).
+const FLOOD_DENIALS: &str = "20000";
+
+/// With the loader stopped, nothing drains the event ring while A floods
+/// and B sends its one denial: only the kernel's per-cgroup rate limit
+/// leaves room for B's event (without it, A's flood fills the ring first).
 async fn p_flood(cx: &mut Ctx) -> Outcome {
     let t = now();
     let (lm, cm, am) = (cx.marker(), cx.marker(), cx.marker());
     let ct2 = cx.ct2.clone();
-    let flood = cx.attack(&["flood", PEER4_OTHER, "5353", "3000", &am]);
+    let stop_loader = cx.mode.filtered();
+    if stop_loader {
+        cx.lab.signal_loader(nix::sys::signal::Signal::SIGSTOP);
+    }
+    let flood = cx.attack(&["flood", PEER4_OTHER, "5353", FLOOD_DENIALS, &am]);
     let b = cx.attack_in(&ct2, &["udp", PEER4_OTHER, "5353", &lm]);
+    if stop_loader {
+        cx.lab.signal_loader(nix::sys::signal::Signal::SIGCONT);
+    }
     let c = cx.attack_in(&ct2, &["udp", PEER4, "5353", &cm]);
     let mut o = cx
         .judge(

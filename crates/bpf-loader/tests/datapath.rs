@@ -1153,8 +1153,10 @@ print(denied)
 /// would take the slot over from the other and start a fresh window. With
 /// the default 100 events a second, at most twice that (a sliding second)
 /// may be reported of each one's 1000; the rest is counted as
-/// rate-limited. None of the denied datagrams reaches the peer; each
-/// container's allowed one does (the capture's control).
+/// rate-limited, and the counts of held-back events that each container's
+/// next event carries add up to that counter. None of the denied datagrams
+/// reaches the peer; each container's allowed one does (the capture's
+/// control).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_taking_turns_stay_within_their_event_rates() {
     let Some(()) = require_root("containers_taking_turns_stay_within_their_event_rates") else {
@@ -1267,6 +1269,41 @@ print(denied)
     );
     let controls = ["MK{ok20000}".to_string(), "MK{ok30000}".to_string()];
     judge_at_peer(&capture, &controls, "MK{turn", "two containers took turns").await;
+
+    // Once their windows are over, one more denial each, on the same CPU,
+    // is reported and carries the count its cgroup had held back: what the
+    // events say was held back is what the counter says was.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let one_more = format!(
+        r#"
+import os, socket
+os.sched_setaffinity(0, {{0}})
+try:
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"MK{{turnlast}}", ("{PEER4}", 9))
+except PermissionError:
+    print("denied")
+"#
+    );
+    for cgroup in [&first, &second] {
+        let out = ContainerScript::start(&lab, cgroup, one_more.clone(), &[]).rest();
+        assert_eq!(out, "denied", "the last denial was not refused");
+    }
+    let events = all_events(&client).await;
+    let ours = |e: &&proto::loader::Event| e.cgroup_id == first_id || e.cgroup_id == second_id;
+    let reported = events.iter().filter(ours).count() as u64;
+    let suppressed: u64 = events
+        .iter()
+        .filter(ours)
+        .map(|e| u64::from(e.suppressed))
+        .sum();
+    assert_eq!(
+        (reported, suppressed),
+        (
+            first_reported + second_reported + 2,
+            counters.events_rate_limited
+        ),
+        "the last denials were not reported, or the suppressed counts they carry are not the rate-limited counter's"
+    );
 }
 
 /// A revoked flow's socket is aborted even when denials have filled the
