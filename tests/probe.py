@@ -7,6 +7,13 @@ Prints one line and exits 0 when the exchange completed:
   timeout                nothing came back (dropped on the way out)
   error:<ERRNO or text>  anything else (refused, unreachable, ...)
 
+Two kinds run longer: `sink` serves a TCP port that reads whatever comes,
+until killed; `stream` sends marked chunks on one connection to it,
+`MK{revbefore}` until the file --pause exists, then (it says "paused")
+nothing until --go exists, then `MK{revafter}` until an error or
+--seconds, so every "after" chunk is sent after whatever the test did in
+the pause.
+
 Used by the privileged integration tests and the VM scenarios, so that
 "ping", "a raw ICMP socket" and "connected UDP" mean exactly one thing.
 """
@@ -18,6 +25,7 @@ import os
 import socket
 import struct
 import sys
+import threading
 import time
 
 TIMEOUT = 2.0
@@ -72,6 +80,48 @@ def udp(host, port, family, connected):
             s.recvfrom(64)
 
 
+def sink(port):
+    srv = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    srv.bind(("::", port))
+    srv.listen(16)
+    print("ready", flush=True)
+    while True:
+        conn, _ = srv.accept()
+        threading.Thread(target=drain, args=(conn,), daemon=True).start()
+
+
+def drain(conn):
+    with conn:
+        try:
+            while conn.recv(65536):
+                pass
+        except OSError:
+            pass
+
+
+def wait_for(path):
+    while not os.path.exists(path):
+        time.sleep(0.02)
+
+
+def stream(host, port, pause, go, seconds):
+    with socket.create_connection((host, port), timeout=TIMEOUT) as s:
+        while not os.path.exists(pause):
+            s.send(b"MK{revbefore} " * 8)
+            time.sleep(0.02)
+        print("paused", flush=True)
+        wait_for(go)
+        start = time.monotonic()
+        while time.monotonic() - start < seconds:
+            try:
+                s.send(b"MK{revafter} " * 8)
+            except socket.timeout:
+                pass
+            time.sleep(0.02)
+
+
 def icmp(host, family, raw):
     v6 = family == socket.AF_INET6
     proto = socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP
@@ -94,10 +144,13 @@ def icmp(host, family, raw):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("kind", choices=["tcp", "tcp6", "tcp-mapped", "udp-connect", "udp-sendto", "udp6-sendto",
-                                    "ping", "ping6", "icmp-raw", "icmp6-raw"])
+                                    "ping", "ping6", "icmp-raw", "icmp6-raw", "sink", "stream"])
     p.add_argument("host")
     p.add_argument("port", nargs="?", type=int, default=0)
     p.add_argument("--comm", help="rename this process (prctl PR_SET_NAME) first")
+    p.add_argument("--pause", help="stream: stop sending once this file exists")
+    p.add_argument("--go", help="stream: send again once this file exists")
+    p.add_argument("--seconds", type=float, default=30, help="stream: at most this long after --go")
     a = p.parse_args()
     if a.comm:
         set_comm(a.comm)
@@ -122,6 +175,10 @@ def main():
             icmp(a.host, socket.AF_INET, raw=True)
         elif a.kind == "icmp6-raw":
             icmp(a.host, socket.AF_INET6, raw=True)
+        elif a.kind == "sink":
+            sink(a.port)
+        elif a.kind == "stream":
+            stream(a.host, a.port, a.pause, a.go, a.seconds)
     except socket.timeout:
         print("timeout")
         return 1

@@ -121,10 +121,42 @@ out=$(docker run --rm --network "$NET" -v $T:$T:ro --label egress=block --name f
 [[ $out == denied:* || $out == timeout ]] && pass "a denied connect as the container's first act is denied ($out)" \
   || fail "first packet of a new egress=block container escaped: $out"
 
+# A capture in the peer's namespace: every marker that arrives there, for the steps that judge at
+# the receiver.
+CAP=/run/contain-eg-capture.txt
+: >$CAP
+nsenter -t "$(docker inspect -f '{{.State.Pid}}' peer)" -n python3 $T/frames.py sniff "$CAP" eth0 \
+  >/run/contain-eg-sniff.out 2>&1 &
+defer kill $!
+retry 50 0.2 grep -q ready /run/contain-eg-sniff.out || fail "the peer's capture did not start"
+
 step "policyd reload changes access live"
 write_policy ", 9090"
 check "policyd reload" policyd reload
 expect "blocked: TCP 9090 after the reload" ok blocked tcp $PEER_IP 9090
+
+step "policyd reload revokes an established flow"
+# A flow to a sink on 9191 sends MK{revbefore} chunks, pauses, the reload removes 9191, then it
+# sends MK{revafter} chunks: none may reach the peer, and the sender must be told.
+docker exec -d peer python3 $T/probe.py sink :: 9191
+write_policy ", 9090, 9191"
+check "policyd reload (allows 9191)" policyd reload
+docker exec -d blocked sh -c "python3 $T/probe.py stream $PEER_IP 9191 --pause /tmp/rev.pause \
+  --go /tmp/rev.go --seconds 60 >/tmp/rev.out 2>&1; touch /tmp/rev.done"
+check "the flow's chunks reach the peer" retry 100 0.2 grep -q -F "MK{revbefore}" $CAP
+docker exec blocked touch /tmp/rev.pause
+check "the flow pauses" retry 100 0.2 docker exec blocked grep -q paused /tmp/rev.out
+write_policy ", 9090"
+check "policyd reload (revokes 9191)" policyd reload
+check "the flow sends again" docker exec blocked touch /tmp/rev.go
+check "the sender ended" retry 120 0.5 docker exec blocked test -f /tmp/rev.done
+out=$(docker exec blocked tail -n1 /tmp/rev.out || true)
+[[ $out == error:ECONNABORTED ]] && pass "the revoked flow's sender got ECONNABORTED (the loader aborted its socket)" \
+  || fail "the revoked flow's sender: $out, not error:ECONNABORTED"
+sleep 1
+n=$(grep -c -F "MK{revafter}" "$CAP" || true)
+[[ $n -eq 0 ]] && pass "0 chunks the revoked flow sent after the reload arrived at the peer" \
+  || fail "$n chunks the revoked flow sent after the reload ARRIVED at the peer"
 write_policy ""
 check "policyd reload (revert)" policyd reload
 expect "blocked: TCP 9090 after reverting" denied:EPERM blocked tcp $PEER_IP 9090
@@ -164,12 +196,6 @@ step "kill -9 of each daemon while a probe loop runs"
 # window, judged by a capture in the peer's namespace: a packet socket's UDP frames and an
 # IP_HDRINCL SYN to the denied port, and to the allowed port a packet socket's SYN and the raw
 # SYN (the capture's controls: they arrive).
-CAP=/run/contain-eg-capture.txt
-: >$CAP
-nsenter -t "$(docker inspect -f '{{.State.Pid}}' peer)" -n python3 $T/frames.py sniff "$CAP" eth0 \
-  >/run/contain-eg-sniff.out 2>&1 &
-defer kill $!
-retry 50 0.2 grep -q ready /run/contain-eg-sniff.out || fail "the peer's capture did not start"
 PEER_MAC=$(docker inspect -f "{{(index .NetworkSettings.Networks \"$NET\").MacAddress}}" peer)
 # It sends until the daemons are back and told to stop (the loader takes 10-20 s to serve under
 # TCG, the probe loop a minute or more on a slow host); 300 s is only a bound.
