@@ -1,6 +1,7 @@
 //! The egress program on crafted packets (BPF_PROG_TEST_RUN): it must find
 //! the real transport header behind IPv4 options and IPv6 extension
-//! headers, and judge later fragments without inventing ports.
+//! headers, and judge later fragments without inventing ports; a header
+//! it cannot read is a miss (denied, or audited in audit mode) and reported.
 
 mod common;
 
@@ -255,9 +256,55 @@ fn egress_parses_real_headers() {
         1,
         "counted for its policy"
     );
-    let mut reported = 0;
-    while events.next().is_some() {
-        reported += 1;
-    }
-    assert_eq!(reported, 1, "reported as one event");
+    let verdicts = |events: &mut aya::maps::RingBuf<aya::maps::MapData>| {
+        let mut verdicts = Vec::new();
+        while let Some(record) = events.next() {
+            let event = bpf_loader::events::decode(&record, 0, |_| None).expect("an event");
+            verdicts.push(event.verdict);
+        }
+        verdicts
+    };
+    assert_eq!(
+        verdicts(&mut events),
+        [Verdict::Deny],
+        "reported as one event"
+    );
+
+    // In audit mode the same packet passes, and is counted and reported as
+    // audited: a malformed header is no way to probe unseen there either.
+    let mut audit = Rules::default();
+    audit.cgroup(
+        bpf_loader::fs::own_cgroup_id().expect("own cgroup id"),
+        1,
+        true,
+    );
+    let diff = MapDiff {
+        unknown_verdict: Some(Verdict::Deny),
+        ..MapDiff::between(kernel.generation(), kernel.state(), &audit.state)
+    };
+    kernel.apply(&diff).expect("apply audit mode");
+    let before = kernel.counters().expect("counters");
+    let run = testrun::run(egress, &malformed, 1, ifindex).expect("BPF_PROG_TEST_RUN");
+    assert_eq!(run.retval, 1, "audit mode passes a malformed header");
+    let after = kernel.counters().expect("counters");
+    let audited = |c: &proto::loader::Counters| {
+        c.policies
+            .iter()
+            .find(|p| p.policy_id == 1)
+            .map_or(0, |p| p.audited)
+    };
+    assert_eq!(after.unparsed_packets - before.unparsed_packets, 1);
+    assert_eq!(
+        (
+            audited(&after) - audited(&before),
+            denied(&after) - denied(&before)
+        ),
+        (1, 0),
+        "counted as audited for its policy"
+    );
+    assert_eq!(
+        verdicts(&mut events),
+        [Verdict::Audit],
+        "reported as one audit event"
+    );
 }
