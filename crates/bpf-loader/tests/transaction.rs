@@ -1,14 +1,15 @@
-//! The map transaction against maps that are not what the loader last wrote
-//! (an undo that could not write everything back, or a hand-edited pin):
-//! deleting an entry that is already gone is done, so the loader keeps
-//! converging instead of refusing every diff after it.
+//! The map transaction: a diff the kernel refuses midway is undone, and
+//! against maps that are not what the loader last wrote (an undo that could
+//! not write everything back, or a hand-edited pin) deleting an entry that
+//! is already gone is done, so the loader keeps converging instead of
+//! refusing every diff after it.
 
 mod common;
 
 use aya::maps::{HashMap, Map, MapData};
 use bpf_loader::kernel::Kernel;
-use common::{maps_pin_dir, require_root};
-use contain_common::{map_names, CgroupPolicy};
+use common::{maps_pin_dir, require_root, Allow, Rules};
+use contain_common::{capacity, map_names, CgroupPolicy};
 use kernel_model::{
     diff::MapDiff,
     state::{CgroupEntry, Entry},
@@ -59,4 +60,76 @@ fn a_delete_of_an_entry_already_gone_is_done() {
     assert_eq!(applied, generation + 1);
     assert_eq!(kernel.read_state().expect("reading the maps back"), empty);
     assert_eq!(kernel.state(), &empty);
+}
+
+/// A diff the kernel refuses midway (one cgroup more than `CGROUPS` holds:
+/// its last insert fails with E2BIG after the ports, destinations and the
+/// other cgroups are written) leaves the maps exactly as they were: the
+/// writes done are undone, the generation stays, and a diff planned from
+/// that generation applies next.
+#[test]
+fn a_diff_the_kernel_refuses_midway_leaves_the_maps_as_they_were() {
+    let Some(()) = require_root("a_diff_the_kernel_refuses_midway_leaves_the_maps_as_they_were")
+    else {
+        return;
+    };
+    let pins = RemoveOnDrop(std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/contain-t-{}-undo",
+        std::process::id()
+    )));
+    let (mut kernel, _rings) = Kernel::load(&pins.0).expect("loading the eBPF object");
+    let allow = |policy, addr, proto, port| Allow {
+        policy,
+        class: 0,
+        addr,
+        proto,
+        port: Some(port),
+        icmp_type: false,
+    };
+    let mut before = Rules::default();
+    before
+        .cgroup(CGROUP, 1, false)
+        .allow(allow(1, "198.18.0.1", 6, 443))
+        .allow(allow(1, "198.18.0.2", 17, 53));
+    kernel
+        .apply(&MapDiff::between(
+            kernel.generation(),
+            kernel.state(),
+            &before.state,
+        ))
+        .expect("installing the first state");
+    let generation = kernel.generation();
+
+    // Changed, added and removed entries of every kind, and one cgroup too
+    // many.
+    let mut after = Rules::default();
+    after
+        .cgroup(CGROUP, 2, false)
+        .allow(allow(2, "198.18.0.1", 6, 443))
+        .allow(allow(2, "198.18.0.3", 6, 80));
+    let fits = after.state.clone();
+    for i in 1..=u64::from(capacity::CGROUPS) {
+        after.cgroup(CGROUP + i, 2, false);
+    }
+    let too_big = MapDiff::between(generation, kernel.state(), &after.state);
+    let refused = kernel
+        .apply(&too_big)
+        .expect_err("one cgroup more than the map holds");
+    assert!(
+        refused.to_string().contains(map_names::CGROUPS),
+        "the error does not name the map that refused: {refused}"
+    );
+    assert_eq!(kernel.generation(), generation, "the generation moved");
+    assert_eq!(kernel.state(), &before.state, "the loader's view changed");
+    assert_eq!(
+        kernel.read_state().expect("reading the maps back"),
+        before.state,
+        "the maps are not as they were before the refused diff"
+    );
+
+    let applied = kernel
+        .apply(&MapDiff::between(generation, kernel.state(), &fits))
+        .expect("a diff planned from the same generation");
+    assert_eq!(applied, generation + 1);
+    assert_eq!(kernel.read_state().expect("reading the maps back"), fits);
 }
