@@ -179,8 +179,10 @@ if m is not None:
     check(exec_is(Pc, "policyd", "daemon --policy /etc/contain/policy.toml --socket /run/contain/policyd.sock --metrics-listen 127.0.0.1:9879"),
           f"policyd: ExecStart = {Pc.get('ExecStart')}")
 
-    check(sorted(Lc.get("CapabilityBoundingSet", [])) == sorted(["CAP_BPF", "CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_PERFMON"]),
-          f"loader: CapabilityBoundingSet is exactly BPF NET_ADMIN SYS_ADMIN PERFMON ({Lc.get('CapabilityBoundingSet')})")
+    check(sorted(Lc.get("CapabilityBoundingSet", [])) == sorted(["CAP_BPF", "CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_PERFMON", "CAP_SYS_PTRACE"]),
+          f"loader: CapabilityBoundingSet is exactly BPF NET_ADMIN SYS_ADMIN PERFMON SYS_PTRACE ({Lc.get('CapabilityBoundingSet')})")
+    check(Lc.get("RestrictNamespaces") == "net",
+          f"loader: RestrictNamespaces = net, the only namespaces it enters ({Lc.get('RestrictNamespaces')})")
     check("User" not in Lc or Lc["User"] == "root", "loader: runs as root")
     check(Lc.get("RuntimeDirectory") == "contain" and Lc.get("RuntimeDirectoryPreserve") == "yes",
           "loader: RuntimeDirectory=contain, preserved")

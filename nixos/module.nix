@@ -316,12 +316,17 @@ in
           # cgroup_skb/sock programs and the veth backstop's tc programs (it
           # follows rtnetlink, hence AF_NETLINK), CAP_SYS_ADMIN for attaching
           # to cgroups and pinning in bpffs. It reads the kernel's BTF under
-          # /sys (read-only below) for the exec program's offsets.
+          # /sys (read-only below) for the exec program's offsets. A revoked
+          # flow's socket is aborted from inside its network namespace:
+          # CAP_SYS_PTRACE to open a container process's /proc/<pid>/ns/net
+          # (the kernel grants it only to a tracer), CAP_SYS_ADMIN to enter
+          # it, CAP_NET_ADMIN for SOCK_DESTROY.
           CapabilityBoundingSet = [
             "CAP_BPF"
             "CAP_NET_ADMIN"
             "CAP_SYS_ADMIN"
             "CAP_PERFMON"
+            "CAP_SYS_PTRACE"
           ];
           AmbientCapabilities = [ ];
           # Group contain: the socket it creates belongs to contain.
@@ -342,7 +347,8 @@ in
           # Maps are charged to memcg on current kernels; older ones still
           # count them against RLIMIT_MEMLOCK.
           LimitMEMLOCK = "infinity";
-          RestrictNamespaces = true;
+          # Network namespaces only: the loader enters a revoked flow's.
+          RestrictNamespaces = "net";
           RestrictAddressFamilies = [
             "AF_UNIX"
             "AF_NETLINK"

@@ -10,6 +10,8 @@
 #  3. enforce: nothing of the blocked container's reaches the peer, a container no policy
 #     selects does (the capture's own control), the peer reaches the blocked container's server;
 #  4. an edited conffile applied by `systemctl reload contain-policyd` (same process);
+#  4b. a reload that revokes an established flow: the loader, as its unit runs it, aborts the
+#      socket (ECONNABORTED) and no data segment reaches the peer after the reload;
 #  5. `systemctl restart` of each unit during a probe loop: 0 denied packets at the peer, 0
 #     allowed requests failed;
 #  6. upgrade to a rebuilt package of a higher version during a probe loop: the same, the
@@ -166,8 +168,9 @@ check "contain.slice is active" systemctl is-active --quiet contain.slice
 check "the programs are attached to contain.slice" bash -c \
   "bpftool cgroup show /sys/fs/cgroup/contain.slice | grep -q contain_"
 check_output "policyd runs as contain" "contain" ps -o user= -p "$(main_pid contain-policyd)"
-# CapBnd of the loader: CAP_NET_ADMIN (12), CAP_SYS_ADMIN (21), CAP_PERFMON (38), CAP_BPF (39)
-check_output "bpf-loader's capability bounding set" "CapBnd:	000000c000201000" \
+# CapBnd of the loader: CAP_NET_ADMIN (12), CAP_SYS_PTRACE (19), CAP_SYS_ADMIN (21),
+# CAP_PERFMON (38), CAP_BPF (39)
+check_output "bpf-loader's capability bounding set" "CapBnd:	000000c000281000" \
   grep CapBnd "/proc/$(main_pid contain-bpf-loader)/status"
 # CAP_DAC_READ_SEARCH (2), CAP_SYS_PTRACE (19)
 check_output "resolver's capability bounding set" "CapBnd:	0000000000080004" \
@@ -260,6 +263,47 @@ check "blocked reaches peer:$ALLOWED_PORT after the reload" retry 40 0.25 bash -
   "[[ \$(docker exec blocked python3 $T/probe.py tcp $PEER_IP $ALLOWED_PORT) == ok ]]"
 check_output "blocked: peer:$DENIED_PORT still denied" denied:EPERM probe blocked tcp $PEER_IP $DENIED_PORT
 check_output "policyd was reloaded, not restarted" "$pid_before" main_pid contain-policyd
+
+# ---- 4b. revocation under the units ---------------------------------------------------------------
+step "a reload that removes a port aborts its established flow (as the units run the loader)"
+# The loader aborts a revoked flow's socket from inside the container's network namespace: its
+# unit must let it open /proc/<pid>/ns/net (CAP_SYS_PTRACE) and enter it (RestrictNamespaces=net).
+# The flow sends data, pauses (every segment acknowledged), the reload removes its port, and it
+# sends again: the sender must get ECONNABORTED, and no data segment may reach the peer after
+# the pause.
+STREAM_PORT=9191
+data_segments() { grep -cE "IP $BLOCKED_IP\.[0-9]+ > $PEER_IP\.$STREAM_PORT: .* length [1-9]" "$CAP" || true; }
+sed -i "s|ports = \[$ALLOWED_PORT\]|ports = [$ALLOWED_PORT, $STREAM_PORT]|" /etc/contain/policy.toml
+check "systemctl reload (allows $STREAM_PORT)" systemctl reload contain-policyd
+docker exec -d peer python3 $T/probe.py sink :: $STREAM_PORT
+check "the peer's sink listens on $STREAM_PORT" retry 50 0.2 bash -c \
+  "nsenter -t \$(docker inspect -f '{{.State.Pid}}' peer) -n ss -Hltn 'sport = :$STREAM_PORT' | grep -q ."
+check "blocked may open flows to $STREAM_PORT" retry 40 0.25 bash -c \
+  "docker exec blocked python3 $T/probe.py tcp $PEER_IP $STREAM_PORT | grep -qv denied"
+capture_start
+rm -f $T/rev.pause $T/rev.go $T/rev.out $T/rev.done
+docker exec -d blocked sh -c "python3 $T/probe.py stream $PEER_IP $STREAM_PORT --pause $T/rev.pause \
+  --go $T/rev.go --seconds 60 >$T/rev.out 2>&1; touch $T/rev.done"
+check "the flow's data reaches the peer" retry 100 0.2 bash -c "(( \$(grep -cE 'IP $BLOCKED_IP\.[0-9]+ > $PEER_IP\.$STREAM_PORT: .* length [1-9]' $CAP) > 0 ))"
+touch $T/rev.pause
+check "the flow pauses" retry 100 0.2 grep -q paused $T/rev.out
+sed -i "s|ports = \[$ALLOWED_PORT, $STREAM_PORT\]|ports = [$ALLOWED_PORT]|" /etc/contain/policy.toml
+check "systemctl reload (removes $STREAM_PORT)" systemctl reload contain-policyd
+check "a new flow to $STREAM_PORT is denied (the reload is in force)" retry 40 0.25 bash -c \
+  "[[ \$(docker exec blocked python3 $T/probe.py tcp $PEER_IP $STREAM_PORT) == denied:EPERM ]]"
+sleep 1
+paused_segments=$(data_segments)
+touch $T/rev.go
+check "the revoked flow's sender ended" retry 120 0.5 test -f $T/rev.done
+capture_stop
+check_output "the revoked flow's sender got ECONNABORTED (the loader aborted its socket)" \
+  error:ECONNABORTED tail -n1 $T/rev.out
+n=$(( $(data_segments) - paused_segments ))
+[[ $n -eq 0 ]] && pass "0 data segments of the revoked flow reached the peer after the reload" \
+  || fail "$n data segments of the revoked flow ARRIVED at the peer after the reload"
+if journalctl -u contain-bpf-loader -o cat | grep -q "could not abort the socket"; then
+  fail "bpf-loader logged a failed abort: $(journalctl -u contain-bpf-loader -o cat | grep "could not abort" | tail -n1)"
+fi
 
 # ---- 5. restarts --------------------------------------------------------------------------------
 step "systemctl restart of each unit during a probe loop"

@@ -431,14 +431,20 @@ impl Lab {
         // /sys for the namespace, which hides bpffs and the cgroup2 mount.
         // The child is the loader itself.
         let binary = env!("CARGO_BIN_EXE_bpf-loader");
+        // setpriv execs the loader in its own process: the loader's pid.
+        let as_unit = unit_capabilities();
         let mut loader = match self.loader_wrapper.split_first() {
             Some((wrapper, args)) => {
                 // A group of its own, killed as one with the loader in it.
                 let mut cmd = Command::new(wrapper);
-                cmd.process_group(0).args(args).arg(binary);
+                cmd.process_group(0).args(args).args(&as_unit).arg(binary);
                 cmd
             }
-            None => Command::new(binary),
+            None => {
+                let mut cmd = Command::new(&as_unit[0]);
+                cmd.args(&as_unit[1..]).arg(binary);
+                cmd
+            }
         };
         loader
             .arg("--socket")
@@ -501,6 +507,30 @@ impl Lab {
         let loader = self.loader.as_ref().expect("the lab's loader runs");
         test_kit::process::signal(loader.0.id(), signal);
     }
+}
+
+/// The command that runs the loader as its systemd unit does, as far as
+/// capabilities go: root, bounded to the unit's `CapabilityBoundingSet=`
+/// (read from `debian/systemd/contain-bpf-loader.service`, so the tests
+/// follow the unit), so that a capability the loader needs and the unit
+/// lacks fails here too.
+fn unit_capabilities() -> Vec<String> {
+    let unit = repo_root().join("debian/systemd/contain-bpf-loader.service");
+    let text = std::fs::read_to_string(&unit)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", unit.display()));
+    let caps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .unwrap_or_else(|| panic!("{} has no CapabilityBoundingSet=", unit.display()));
+    let bounding: Vec<String> = caps
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    vec![
+        "setpriv".into(),
+        format!("--bounding-set=-all,{}", bounding.join(",")),
+        "--".into(),
+    ]
 }
 
 impl Drop for Lab {
