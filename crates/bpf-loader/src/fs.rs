@@ -91,14 +91,19 @@ pub fn find_cgroup(roots: &[PathBuf], id: u64) -> Option<PathBuf> {
     None
 }
 
-/// The processes of `cgroup` and of the cgroups below it, from their
-/// `cgroup.procs` (unreadable ones, gone meanwhile, are skipped).
-pub fn processes_below(cgroup: &Path) -> Vec<u32> {
+/// Up to `most` processes of `cgroup` and of the cgroups below it, those
+/// of `cgroup` itself first, from their `cgroup.procs` (unreadable ones,
+/// gone meanwhile, are skipped).
+pub fn processes_below(cgroup: &Path, most: usize) -> Vec<u32> {
     let mut pids = Vec::new();
     let mut pending = vec![cgroup.to_path_buf()];
     while let Some(dir) = pending.pop() {
         if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
             pids.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        if pids.len() >= most {
+            pids.truncate(most);
+            break;
         }
         pending.extend(subdirectories(&dir));
     }
@@ -241,9 +246,9 @@ mod tests {
             find_cgroup(std::slice::from_ref(&a), id(&root.path().join("x"))),
             None
         );
-        let mut below = processes_below(&a);
-        below.sort();
-        assert_eq!(below, [10, 11, 12]);
+        let below = processes_below(&a, 10);
+        assert_eq!(below, [10, 11, 12], "the cgroup's own first");
+        assert_eq!(processes_below(&a, 2), [10, 11]);
     }
 
     #[test]

@@ -193,14 +193,7 @@ async fn drain_events(ring: RingBuf<MapData>, kernel: Arc<Mutex<Kernel>>, log: A
             match decoded {
                 Some(event) => {
                     if event.revoked_flow {
-                        let cgroup_roots = kernel
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .attachments()
-                            .into_iter()
-                            .map(|a| PathBuf::from(a.cgroup))
-                            .collect();
-                        abort_revoked(&event, cgroup_roots);
+                        abort_revoked(&event, kernel.clone());
                     }
                     // policyd writes the log line: it knows the container's
                     // name and image, and the policy's name.
@@ -229,10 +222,10 @@ async fn drain_events(ring: RingBuf<MapData>, kernel: Arc<Mutex<Kernel>>, log: A
 const DRAIN_BATCH: usize = 256;
 
 /// Aborts the socket of a revoked TCP flow, off the runtime thread; if that
-/// fails the flow stays dropped, only the sender is not told at once.
-/// `cgroup_roots` are the cgroups the programs are attached to, below which
-/// the socket's cgroup is.
-fn abort_revoked(event: &proto::loader::Event, cgroup_roots: Vec<PathBuf>) {
+/// fails the flow stays dropped, only the sender is not told at once. The
+/// socket's cgroup is below one of those `kernel`'s programs are attached
+/// to, looked up only when its creator's namespace does not have it.
+fn abort_revoked(event: &proto::loader::Event, kernel: Arc<Mutex<Kernel>>) {
     let flow = RevokedFlow {
         tgid: event.tgid,
         cgroup_id: event.cgroup_id,
@@ -242,8 +235,20 @@ fn abort_revoked(event: &proto::loader::Event, cgroup_roots: Vec<PathBuf>) {
         dst_port: event.dst_port,
         socket_cookie: event.socket_cookie,
     };
-    tokio::task::spawn_blocking(move || match revoke::abort(&flow, &cgroup_roots) {
-        Ok(()) => tracing::info!(?flow, "aborted the socket of a revoked flow"),
+    let cgroup_roots = move || {
+        let kernel = kernel.lock().unwrap_or_else(|p| p.into_inner());
+        kernel
+            .attachments()
+            .into_iter()
+            .map(|a| PathBuf::from(a.cgroup))
+            .collect()
+    };
+    tokio::task::spawn_blocking(move || match revoke::abort(&flow, cgroup_roots) {
+        Ok(pid) => tracing::info!(
+            ?flow,
+            from_namespace_of = pid,
+            "aborted the socket of a revoked flow"
+        ),
         Err(e) => {
             tracing::warn!(?flow, error = %e, "could not abort the socket of a revoked flow; its packets stay dropped")
         }

@@ -32,7 +32,8 @@ use thiserror::Error;
 /// The flow whose socket to abort, as the kernel reported it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RevokedFlow {
-    /// A process of the socket's network namespace (the socket's creator).
+    /// The socket's creator: it may have exited, or its pid may name
+    /// another process by now.
     pub tgid: u32,
     /// The socket's cgroup: its processes share the socket's namespace.
     pub cgroup_id: u64,
@@ -45,19 +46,23 @@ pub struct RevokedFlow {
 
 #[derive(Debug, Error)]
 pub enum AbortError {
-    #[error("opening the network namespace of pid {tgid}: {source} (the process may have exited)")]
+    #[error("opening the network namespace of pid {tgid}: {source} (the process may have exited; EACCES or EPERM: the loader lacks CAP_SYS_PTRACE)")]
     Netns { tgid: u32, source: io::Error },
-    #[error("entering the network namespace of pid {tgid}: {source}")]
+    #[error("entering the network namespace of pid {tgid}: {source} (EPERM: the loader lacks CAP_SYS_ADMIN, or its unit's RestrictNamespaces= does not list net)")]
     Setns { tgid: u32, source: nix::Error },
+    #[error("starting the thread that enters a network namespace: {0}")]
+    Thread(io::Error),
     #[error("sock_diag request: {0}")]
     Netlink(nix::Error),
-    #[error("the kernel refused SOCK_DESTROY: {0} (ENOENT: the socket is already gone; EOPNOTSUPP: a kernel without CONFIG_INET_DIAG_DESTROY)")]
+    #[error("the kernel refused SOCK_DESTROY: {0} (EOPNOTSUPP: a kernel without CONFIG_INET_DIAG_DESTROY; EPERM: the loader lacks CAP_NET_ADMIN)")]
     Refused(nix::Error),
-    #[error("no network namespace of the socket's creator (pid {tgid}) or of a process of its cgroup {cgroup_id} has the socket ({namespaces} searched); it is closed, or its holders left the cgroup")]
+    #[error("the socket is in none of the network namespaces searched: its creator's (pid {tgid}: {creator}) and {searched} of the processes in and below its cgroup {cgroup_id} ({cgroup}); it is closed already, or only processes outside that cgroup hold it")]
     NotFound {
         tgid: u32,
         cgroup_id: u64,
-        namespaces: usize,
+        creator: String,
+        searched: usize,
+        cgroup: String,
     },
     #[error("malformed sock_diag reply ({0} bytes)")]
     Reply(usize),
@@ -73,69 +78,111 @@ const NLMSG_HDR_LEN: usize = 16;
 const INET_DIAG_REQ_V2_LEN: usize = 56;
 const ALL_TCP_STATES: u32 = u32::MAX;
 
+/// At most this many processes of the socket's cgroup are asked about: a
+/// container's processes share one namespace, and a container with many
+/// must not make each abort open as many namespace files.
+const MOST_PROCESSES: usize = 256;
+
 /// Aborts the socket of `flow`, asked for in its creator's network
-/// namespace and then, until one has it, in those of the processes of the
-/// socket's cgroup found below `cgroup_roots`. Blocking: call it off the
-/// async runtime.
-pub fn abort(flow: &RevokedFlow, cgroup_roots: &[PathBuf]) -> Result<(), AbortError> {
+/// namespace and then, until one has it, in those of the processes in and
+/// below the socket's cgroup, found below the cgroups `cgroup_roots` lists.
+/// Returns the pid whose namespace had it. Blocking: call it off the async
+/// runtime.
+pub fn abort(
+    flow: &RevokedFlow,
+    cgroup_roots: impl FnOnce() -> Vec<PathBuf>,
+) -> Result<u32, AbortError> {
     let request = destroy_request(flow)?;
     let mut searched = HashSet::new();
-    let creator = abort_from(flow.tgid, &request, &mut searched);
-    if !creator.as_ref().is_err_and(AbortError::elsewhere) {
-        return creator;
-    }
-    let cgroup = crate::fs::find_cgroup(cgroup_roots, flow.cgroup_id);
-    for pid in cgroup.iter().flat_map(|c| crate::fs::processes_below(c)) {
-        match abort_from(pid, &request, &mut searched) {
-            Err(e) if e.elsewhere() => continue,
-            done => return done,
+    let creator = match ask_from(flow.tgid, &request, &mut searched) {
+        Ok(Asked::Aborted) => return Ok(flow.tgid),
+        Ok(Asked::NotThere) => "not in its namespace".to_string(),
+        Err(e) if e.of_this_process() => e.to_string(),
+        Err(e) => return Err(e),
+    };
+    let Some(cgroup) = crate::fs::find_cgroup(&cgroup_roots(), flow.cgroup_id) else {
+        return Err(AbortError::NotFound {
+            tgid: flow.tgid,
+            cgroup_id: flow.cgroup_id,
+            creator,
+            searched: 0,
+            cgroup: "not found below the cgroups the loader is attached to".into(),
+        });
+    };
+    for pid in crate::fs::processes_below(&cgroup, MOST_PROCESSES) {
+        match ask_from(pid, &request, &mut searched) {
+            Ok(Asked::Aborted) => return Ok(pid),
+            Ok(Asked::NotThere) => {}
+            Err(e) if e.of_this_process() => {}
+            Err(e) => return Err(e),
         }
     }
     Err(AbortError::NotFound {
         tgid: flow.tgid,
         cgroup_id: flow.cgroup_id,
-        namespaces: searched.len(),
+        creator,
+        searched: searched.len(),
+        cgroup: cgroup.display().to_string(),
     })
 }
 
 impl AbortError {
-    /// The socket may be found from another process's namespace: this one
-    /// is gone, or its namespace does not have the socket.
-    fn elsewhere(&self) -> bool {
-        match self {
-            AbortError::Netns { .. } | AbortError::Setns { .. } => true,
-            AbortError::Refused(errno) => *errno == nix::Error::ENOENT,
-            _ => false,
-        }
+    /// A failure of this one process (gone, or its namespace not entered):
+    /// another process's namespace may still be asked.
+    fn of_this_process(&self) -> bool {
+        matches!(self, AbortError::Netns { .. } | AbortError::Setns { .. })
     }
 }
 
+/// What one namespace's kernel said.
+enum Asked {
+    Aborted,
+    /// No socket with the flow's addresses there (ENOENT), one with them
+    /// but another cookie (ESTALE: not the flow's), or a namespace already
+    /// asked.
+    NotThere,
+}
+
 /// Sends `request` from the network namespace of `tgid`, unless that
-/// namespace is in `searched` already (then: not found there).
-fn abort_from(
+/// namespace was asked already (`searched`, by device and inode).
+fn ask_from(
     tgid: u32,
     request: &[u8],
     searched: &mut HashSet<(u64, u64)>,
-) -> Result<(), AbortError> {
-    let netns = File::open(format!("/proc/{tgid}/ns/net"))
+) -> Result<Asked, AbortError> {
+    let (netns, id) = File::open(format!("/proc/{tgid}/ns/net"))
         .and_then(|f| f.metadata().map(|m| (f, (m.dev(), m.ino()))))
-        .map_err(|source| AbortError::Netns { tgid, source });
-    let (netns, id) = netns?;
-    if !searched.insert(id) {
-        return Err(AbortError::Refused(nix::Error::ENOENT));
+        .map_err(|source| AbortError::Netns { tgid, source })?;
+    if searched.contains(&id) {
+        return Ok(Asked::NotThere);
     }
     // setns() moves only the calling thread: a thread of its own, so the
     // loader's other threads stay in the host namespace.
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
+    let answer = std::thread::scope(|scope| {
+        let asking = std::thread::Builder::new()
+            .name("revoke-netns".into())
+            .spawn_scoped(scope, || {
                 setns(&netns, CloneFlags::CLONE_NEWNET)
                     .map_err(|source| AbortError::Setns { tgid, source })?;
                 send_request(request)
             })
-            .join()
-            .unwrap_or(Err(AbortError::Reply(0)))
-    })
+            .map_err(AbortError::Thread)?;
+        asking.join().unwrap_or_else(|_| {
+            Err(AbortError::Thread(io::Error::other(
+                "the thread asking from the namespace panicked",
+            )))
+        })
+    });
+    match answer {
+        Ok(()) => Ok(Asked::Aborted),
+        Err(AbortError::Refused(errno))
+            if errno == nix::Error::ENOENT || errno == nix::Error::ESTALE =>
+        {
+            searched.insert(id);
+            Ok(Asked::NotThere)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The netlink message: `nlmsghdr` then `inet_diag_req_v2` for the exact
@@ -182,6 +229,14 @@ fn send_request(request: &[u8]) -> Result<(), AbortError> {
         SockType::Raw,
         SockFlag::SOCK_CLOEXEC,
         SockProtocol::NetlinkSockDiag,
+    )
+    .map_err(AbortError::Netlink)?;
+    // The kernel answers at once; a bound all the same, so a blocking
+    // thread never waits for good.
+    nix::sys::socket::setsockopt(
+        &fd,
+        nix::sys::socket::sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::new(2, 0),
     )
     .map_err(AbortError::Netlink)?;
     use std::os::fd::AsRawFd as _;

@@ -2456,7 +2456,7 @@ async fn p_flood(cx: &mut Ctx) -> Outcome {
     let ct2 = cx.ct2.clone();
     let stop_loader = cx.mode.filtered();
     if stop_loader {
-        cx.lab.signal_loader(nix::sys::signal::Signal::SIGSTOP);
+        cx.lab.stop_loader();
     }
     let flood = cx.attack(&["flood", PEER4_OTHER, "5353", FLOOD_DENIALS, &am]);
     let b = cx.attack_in(&ct2, &["udp", PEER4_OTHER, "5353", &lm]);

@@ -1065,7 +1065,7 @@ s.sendto(b"MK{{ok%d}}" % first, ("{PEER4}", 5353))
 print(denied)
 "#
     );
-    lab.signal_loader(nix::sys::signal::Signal::SIGSTOP);
+    lab.stop_loader();
     let floods: Vec<ContainerScript> = containers
         .iter()
         .map(|(cgroup, _, first)| {
@@ -1191,7 +1191,8 @@ async fn containers_taking_turns_stay_within_their_event_rates() {
     std::fs::write(&capture, "").expect("capture file");
     lab.start_peer_sniffer(&capture);
 
-    // Turns are handed over through two FIFOs, both processes on CPU 0.
+    // Turns are handed over through two FIFOs, both processes on one CPU
+    // (the lowest they may run on).
     let (to_second, to_first) = (lab.scratch.join("to-second"), lab.scratch.join("to-first"));
     for fifo in [&to_second, &to_first] {
         nix::unistd::mkfifo(fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
@@ -1200,7 +1201,7 @@ async fn containers_taking_turns_stay_within_their_event_rates() {
         r#"
 import os, socket, sys
 role, first_port, give, take = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-os.sched_setaffinity(0, {{0}})
+os.sched_setaffinity(0, {{min(os.sched_getaffinity(0))}})
 if role == "first":
     out = open(give, "wb", buffering=0); inp = open(take, "rb", buffering=0)
 else:
@@ -1277,7 +1278,7 @@ print(denied)
     let one_more = format!(
         r#"
 import os, socket
-os.sched_setaffinity(0, {{0}})
+os.sched_setaffinity(0, {{min(os.sched_getaffinity(0))}})
 try:
     socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"MK{{turnlast}}", ("{PEER4}", 9))
 except PermissionError:
@@ -1377,7 +1378,7 @@ with socket.create_connection(("{PEER4}", {SINK}), timeout=5) as s:
         .cgroup(lab.ct_id(), 1, false)
         .cgroup(lab.cgroup_id(&flooder), 2, false);
     converge(&client, &revoked.state, Verdict::Deny).await;
-    lab.signal_loader(nix::sys::signal::Signal::SIGSTOP);
+    lab.stop_loader();
     let flood = format!(
         r#"
 import socket
@@ -1442,9 +1443,12 @@ print(denied)
 /// A revoked flow is aborted after the process that created its socket has
 /// exited: the creator hands the socket to a child and exits (reaped, its
 /// pid gone), so the revocation names a process whose namespace can no
-/// longer be entered; the loader finds the socket from a process of the
-/// socket's cgroup instead. The child, sending after the revocation, gets
-/// ECONNABORTED, and none of its later bytes reach the peer.
+/// longer be entered; the loader finds the socket from a process in or
+/// below the socket's cgroup instead. The child, moved to a cgroup below,
+/// sending after the revocation, gets ECONNABORTED, and none of its later
+/// bytes reach the peer. A decoy, the one process left in the socket's
+/// cgroup itself (asked first), is in another network namespace: asking
+/// there finds nothing, and the loader goes on to the child's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_flow_is_aborted_after_its_creator_has_exited() {
     let Some(()) = require_root("a_revoked_flow_is_aborted_after_its_creator_has_exited") else {
@@ -1474,12 +1478,14 @@ import os, socket, sys, time
 sys.path.insert(0, {bypass:?})
 from attack import err, payload, say
 go = sys.argv[1]
+r, w = os.pipe()
 creator = os.fork()
 if creator == 0:
     s = socket.create_connection(("{PEER4}", {SINK}), timeout=5)
     s.sendall(payload("MK{{before}}", 200))
     if os.fork() != 0:
         os._exit(0)
+    os.write(w, str(os.getpid()).encode())
     while not os.path.exists(go):
         time.sleep(0.01)
     start = time.monotonic()
@@ -1495,21 +1501,50 @@ if creator == 0:
     else:
         say(stream="no-error")
     os._exit(0)
+say(holder=os.read(r, 16).decode().strip())
 os.waitpid(creator, 0)
 say(creator=creator, creator_gone=int(not os.path.exists(f"/proc/{{creator}}")))
 "#,
         bypass = repo_root().join("tests/bypass").display().to_string(),
     );
     let mut sender = ContainerScript::start(&lab, &lab.ct, flow, &[go.display().to_string()]);
-    let creator: u32 = sender
-        .line()
-        .strip_prefix("creator=")
-        .and_then(|pid| pid.parse().ok())
-        .expect("the creator's pid");
+    let mut pid_after = |prefix: &str| -> u32 {
+        let line = sender.line();
+        line.strip_prefix(prefix)
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_else(|| panic!("wanted {prefix}<pid>, the script said {line:?}"))
+    };
+    let holder = pid_after("holder=");
+    let creator = pid_after("creator=");
     assert_eq!(
         sender.line(),
         "creator_gone=1",
         "the creator is still there"
+    );
+    // The holder one cgroup down; the decoy, in the peer's namespace, the
+    // only process left in the socket's cgroup itself once the script's
+    // first process has ended.
+    let below = lab.ct.join("holder");
+    std::fs::create_dir(&below).expect("a cgroup below the container's");
+    std::fs::write(below.join("cgroup.procs"), holder.to_string()).expect("moving the holder");
+    let mut decoy = in_cgroup_ns_cmd(
+        &lab.ct,
+        &lab.peer_ns,
+        &["sleep".to_string(), "120".to_string()],
+    )
+    .spawn()
+    .expect("the decoy");
+    let only_decoy = || {
+        std::fs::read_to_string(lab.ct.join("cgroup.procs")).expect("cgroup.procs")
+            == format!("{}\n", decoy.id())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !only_decoy() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        only_decoy(),
+        "the decoy is not the one process of the socket's cgroup"
     );
     assert!(
         marker_arrives(&capture, "MK{before}").await,
@@ -1531,10 +1566,25 @@ say(creator=creator, creator_gone=int(not os.path.exists(f"/proc/{{creator}}")))
         .filter(|e| e.revoked_flow && e.cgroup_id == lab.ct_id())
         .map(|e| e.tgid)
         .collect();
+    let _ = decoy.kill();
+    let _ = decoy.wait();
     assert_eq!(
         revocations,
         [creator],
         "one revocation, naming the exited creator, was expected"
+    );
+    // The loader logs JSON lines.
+    let log = std::fs::read_to_string(lab.loader_log()).expect("the loader's log");
+    let aborted_from: Vec<u64> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["message"] == "aborted the socket of a revoked flow")
+        .filter_map(|l| l["from_namespace_of"].as_u64())
+        .collect();
+    assert_eq!(
+        aborted_from,
+        [u64::from(holder)],
+        "the loader did not abort the flow once, from the holder's namespace"
     );
     let leaked = arrived_at_peer(&capture, "MK{after").await;
     assert!(
@@ -1613,7 +1663,7 @@ print(f"aborted={{{FLOWS} - len(pending) - len(others)}} other={{sorted(set(othe
     let mut revoked = Rules::default();
     revoked.cgroup(lab.ct_id(), 1, false);
     converge(&client, &revoked.state, Verdict::Deny).await;
-    lab.signal_loader(nix::sys::signal::Signal::SIGSTOP);
+    lab.stop_loader();
     std::fs::write(&go, "").expect("letting the flows send");
     assert_eq!(sender.line(), "sent");
     // Every flow's segment meets the revocation, with the loader stopped.

@@ -64,9 +64,10 @@ fn a_delete_of_an_entry_already_gone_is_done() {
 
 /// A diff the kernel refuses midway (one cgroup more than `CGROUPS` holds:
 /// its last insert fails with E2BIG after the ports, destinations and the
-/// other cgroups are written) leaves the maps exactly as they were: the
-/// writes done are undone, the generation stays, and a diff planned from
-/// that generation applies next.
+/// other cgroups are written; its deletes, which come after every upsert,
+/// are never reached) leaves the maps exactly as they were: the writes done
+/// (new entries, and a changed one) are undone, the generation stays, and
+/// a diff planned from that generation applies next.
 #[test]
 fn a_diff_the_kernel_refuses_midway_leaves_the_maps_as_they_were() {
     let Some(()) = require_root("a_diff_the_kernel_refuses_midway_leaves_the_maps_as_they_were")
@@ -100,8 +101,8 @@ fn a_diff_the_kernel_refuses_midway_leaves_the_maps_as_they_were() {
         .expect("installing the first state");
     let generation = kernel.generation();
 
-    // Changed, added and removed entries of every kind, and one cgroup too
-    // many.
+    // A changed cgroup, new destinations and ports, removed ones, and one
+    // cgroup too many.
     let mut after = Rules::default();
     after
         .cgroup(CGROUP, 2, false)

@@ -127,7 +127,8 @@ CAP=/run/contain-eg-capture.txt
 : >$CAP
 nsenter -t "$(docker inspect -f '{{.State.Pid}}' peer)" -n python3 $T/frames.py sniff "$CAP" eth0 \
   >/run/contain-eg-sniff.out 2>&1 &
-defer kill $!
+SNIFF_PID=$!
+defer kill $SNIFF_PID
 retry 50 0.2 grep -q ready /run/contain-eg-sniff.out || fail "the peer's capture did not start"
 
 step "policyd reload changes access live"
@@ -139,6 +140,8 @@ step "policyd reload revokes an established flow"
 # A flow to a sink on 9191 sends MK{revbefore} chunks, pauses, the reload removes 9191, then it
 # sends MK{revafter} chunks: none may reach the peer, and the sender must be told.
 docker exec -d peer python3 $T/probe.py sink :: 9191
+check "the peer's sink listens on 9191" retry 50 0.2 bash -c \
+  "nsenter -t \$(docker inspect -f '{{.State.Pid}}' peer) -n ss -Hltn 'sport = :9191' | grep -q ."
 write_policy ", 9090, 9191"
 check "policyd reload (allows 9191)" policyd reload
 docker exec -d blocked sh -c "python3 $T/probe.py stream $PEER_IP 9191 --pause /tmp/rev.pause \
@@ -154,6 +157,7 @@ out=$(docker exec blocked tail -n1 /tmp/rev.out || true)
 [[ $out == error:ECONNABORTED ]] && pass "the revoked flow's sender got ECONNABORTED (the loader aborted its socket)" \
   || fail "the revoked flow's sender: $out, not error:ECONNABORTED"
 sleep 1
+check "the peer's capture still runs" kill -0 $SNIFF_PID
 n=$(grep -c -F "MK{revafter}" "$CAP" || true)
 [[ $n -eq 0 ]] && pass "0 chunks the revoked flow sent after the reload arrived at the peer" \
   || fail "$n chunks the revoked flow sent after the reload ARRIVED at the peer"

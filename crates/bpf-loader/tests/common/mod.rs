@@ -507,6 +507,27 @@ impl Lab {
         let loader = self.loader.as_ref().expect("the lab's loader runs");
         test_kit::process::signal(loader.0.id(), signal);
     }
+
+    /// Stops the loader (SIGSTOP) and waits until the kernel says it is
+    /// stopped: from then on nothing drains its rings.
+    pub fn stop_loader(&self) {
+        self.signal_loader(nix::sys::signal::Signal::SIGSTOP);
+        let pid = self.loader.as_ref().expect("the lab's loader runs").0.id();
+        let stopped = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+                    Some(state == "T")
+                })
+                .unwrap_or(false)
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !stopped() {
+            assert!(Instant::now() < deadline, "the loader did not stop");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 }
 
 /// The command that runs the loader as its systemd unit does, as far as
