@@ -7,12 +7,11 @@ Prints one line and exits 0 when the exchange completed:
   timeout                nothing came back (dropped on the way out)
   error:<ERRNO or text>  anything else (refused, unreachable, ...)
 
-Two kinds run longer: `sink` serves a TCP port that reads whatever comes,
-until killed; `stream` sends marked chunks on one connection to it,
-`MK{revbefore}` until the file --pause exists, then (it says "paused")
-nothing until --go exists, then `MK{revafter}` until an error or
---seconds, so every "after" chunk is sent after whatever the test did in
-the pause.
+One kind runs longer: `stream` sends marked chunks on one connection to a
+reader (`tests/bypass/peer.py sink`), `MK{revbefore}` until the file
+--pause exists, then (it says "paused") nothing until --go exists, then
+`MK{revafter}` until an error or --seconds, so every "after" chunk is sent
+after whatever the test did in the pause.
 
 Used by the privileged integration tests and the VM scenarios, so that
 "ping", "a raw ICMP socket" and "connected UDP" mean exactly one thing.
@@ -25,7 +24,6 @@ import os
 import socket
 import struct
 import sys
-import threading
 import time
 
 TIMEOUT = 2.0
@@ -80,27 +78,6 @@ def udp(host, port, family, connected):
             s.recvfrom(64)
 
 
-def sink(port):
-    srv = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    srv.bind(("::", port))
-    srv.listen(16)
-    print("ready", flush=True)
-    while True:
-        conn, _ = srv.accept()
-        threading.Thread(target=drain, args=(conn,), daemon=True).start()
-
-
-def drain(conn):
-    with conn:
-        try:
-            while conn.recv(65536):
-                pass
-        except OSError:
-            pass
-
-
 def wait_for(path):
     while not os.path.exists(path):
         time.sleep(0.02)
@@ -144,7 +121,7 @@ def icmp(host, family, raw):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("kind", choices=["tcp", "tcp6", "tcp-mapped", "udp-connect", "udp-sendto", "udp6-sendto",
-                                    "ping", "ping6", "icmp-raw", "icmp6-raw", "sink", "stream"])
+                                    "ping", "ping6", "icmp-raw", "icmp6-raw", "stream"])
     p.add_argument("host")
     p.add_argument("port", nargs="?", type=int, default=0)
     p.add_argument("--comm", help="rename this process (prctl PR_SET_NAME) first")
@@ -175,8 +152,6 @@ def main():
             icmp(a.host, socket.AF_INET, raw=True)
         elif a.kind == "icmp6-raw":
             icmp(a.host, socket.AF_INET6, raw=True)
-        elif a.kind == "sink":
-            sink(a.port)
         elif a.kind == "stream":
             stream(a.host, a.port, a.pause, a.go, a.seconds)
     except socket.timeout:

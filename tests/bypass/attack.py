@@ -53,6 +53,25 @@ def attempt(name, fn):
         return False
 
 
+def send_until_refused(s, go, marker, seconds=20):
+    """Once the file `go` exists, a marked chunk every 10 ms on the
+    connected socket `s`, until the kernel reports an error (said as
+    stream=error:...) or `seconds` have passed (stream=no-error)."""
+    while not os.path.exists(go):
+        time.sleep(0.01)
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        try:
+            s.send(payload(marker, 200))
+        except socket.timeout:
+            pass
+        except OSError as e:
+            say(stream=err(e))
+            return
+        time.sleep(0.01)
+    say(stream="no-error")
+
+
 def family_of(host):
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 

@@ -81,7 +81,7 @@ install -m 644 "$HERE/lib/vmtest.sh" "$SHARE/lib/vmtest.sh"
 for f in "$HERE"/lib/*.py; do if [[ -e $f ]]; then install -m 755 "$f" "$SHARE/lib/"; fi; done
 # The same probe and peer server as the privileged host tests, so "ping", "raw ICMP" and
 # "connected UDP" mean one thing in both tiers.
-install -m 755 "$REPO/tests/probe.py" "$REPO/tests/peer_server.py" "$SHARE/lib/"
+install -m 755 "$REPO/tests/probe.py" "$REPO/tests/peer_server.py" "$REPO/tests/bypass/peer.py" "$SHARE/lib/"
 # The first-frame sender: static, so that it runs in the busybox container image.
 cc -static -O2 -Wall -Werror -o "$SHARE/lib/first_frames" "$HERE/lib/first_frames.c" \
   || { log "cannot build lib/first_frames.c (needs cc and libc6-dev: scripts/setup.sh --vm)"; exit 1; }

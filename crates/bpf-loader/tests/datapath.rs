@@ -214,9 +214,7 @@ async fn a_process_started_before_the_loader_gets_only_the_container_wide_rules(
     };
     let mut lab = Lab::new();
     lab.start_peer_servers();
-    let capture = lab.scratch.join("capture.jsonl");
-    std::fs::write(&capture, "").expect("capture file");
-    lab.start_peer_sniffer(&capture);
+    let capture = lab.start_peer_capture();
     // Sends a marked datagram to each port given `tag`, from itself and
     // from a child it forks, once a line arrives on stdin (at once if none
     // is expected).
@@ -499,9 +497,7 @@ async fn enforcement_survives_kill_9_and_restart_of_the_loader() {
         .allow(allow(PEER4, UDP, Some(5353)));
     let generation = converge(&client, &rules.state, Verdict::Deny).await;
     drop(client);
-    let capture = lab.scratch.join("capture.jsonl");
-    std::fs::write(&capture, "").expect("capture file");
-    lab.start_peer_sniffer(&capture);
+    let capture = lab.start_peer_capture();
 
     // A probe loop in the container: allowed and denied connects, alternating.
     let script = format!(
@@ -624,9 +620,7 @@ async fn a_restarted_loader_attaches_its_links_before_it_releases_the_old_ones()
         .allow(allow(PEER4, UDP, Some(5353)));
     converge(&client, &rules.state, Verdict::Deny).await;
     drop(client);
-    let capture = lab.scratch.join("capture.jsonl");
-    std::fs::write(&capture, "").expect("capture file");
-    lab.start_peer_sniffer(&capture);
+    let capture = lab.start_peer_capture();
     let links = lab.pin_dir.join("links");
     let old_pins = link_pins(&links);
     // Before tcx (6.6) the backstop is a clsact filter, which has no link.
@@ -768,9 +762,7 @@ async fn a_loader_with_another_map_layout_fails_closed_until_the_policy_is_back(
         .allow(allow(PEER4, UDP, Some(5353)));
     converge(&client, &rules.state, Verdict::Deny).await;
     drop(client);
-    let capture = lab.scratch.join("capture.jsonl");
-    std::fs::write(&capture, "").expect("capture file");
-    lab.start_peer_sniffer(&capture);
+    let capture = lab.start_peer_capture();
     let attack = repo_root().join("tests/bypass/attack.py");
     let send = |lab: &Lab, port: &str, marker: &str| {
         let args: Vec<String> = [
@@ -1046,9 +1038,7 @@ async fn a_flood_from_many_containers_fills_the_event_ring_and_every_event_is_ac
     }
     rules.allow(allow(PEER4, UDP, Some(5353)));
     converge(&client, &rules.state, Verdict::Deny).await;
-    let capture = lab.scratch.join("capture.jsonl");
-    std::fs::write(&capture, "").expect("capture file");
-    lab.start_peer_sniffer(&capture);
+    let capture = lab.start_peer_capture();
 
     let flood = format!(
         r#"
@@ -1187,9 +1177,7 @@ async fn containers_taking_turns_stay_within_their_event_rates() {
         .cgroup(second_id, 1, false)
         .allow(allow(PEER4, UDP, Some(5353)));
     converge(&client, &rules.state, Verdict::Deny).await;
-    let capture = lab.scratch.join("capture.jsonl");
-    std::fs::write(&capture, "").expect("capture file");
-    lab.start_peer_sniffer(&capture);
+    let capture = lab.start_peer_capture();
 
     // Turns are handed over through two FIFOs, both processes on one CPU
     // (the lowest they may run on).
@@ -1320,12 +1308,7 @@ async fn a_revoked_flow_is_aborted_even_when_denials_fill_the_event_ring() {
     else {
         return;
     };
-    const SINK: u16 = 7100;
-    let mut lab = Lab::new();
-    lab.start_peer_servers();
-    lab.start_peer_sink(SINK);
-    lab.loader_args = vec!["--events-per-second".into(), "100000".into()];
-    let client = lab.start_loader().await;
+    let (mut lab, client) = sink_lab(&["--events-per-second", "100000"]).await;
     let flooder = lab.add_container_cgroup("flooder");
     let mut rules = Rules::default();
     rules
@@ -1333,36 +1316,21 @@ async fn a_revoked_flow_is_aborted_even_when_denials_fill_the_event_ring() {
         .cgroup(lab.cgroup_id(&flooder), 2, false)
         .allow(allow(PEER4, TCP, Some(SINK)));
     converge(&client, &rules.state, Verdict::Deny).await;
-    let capture = lab.scratch.join("capture.jsonl");
-    std::fs::write(&capture, "").expect("capture file");
-    lab.start_peer_sniffer(&capture);
+    let capture = lab.start_peer_capture();
 
     // The flow: one marked chunk, then idle until `go` exists, then a
     // marked chunk every 10 ms until the kernel reports an error.
     let go = lab.scratch.join("go");
     let flow = format!(
         r#"
-import os, socket, sys, time
+import socket, sys
 sys.path.insert(0, {bypass:?})
-from attack import err, payload, say
+from attack import payload, say, send_until_refused
 go = sys.argv[1]
 with socket.create_connection(("{PEER4}", {SINK}), timeout=5) as s:
     s.sendall(payload("MK{{before}}", 200))
     say(connected=1)
-    while not os.path.exists(go):
-        time.sleep(0.01)
-    start = time.monotonic()
-    while time.monotonic() - start < 20:
-        try:
-            s.send(payload("MK{{after}}", 200))
-        except socket.timeout:
-            pass
-        except OSError as e:
-            say(stream=err(e))
-            break
-        time.sleep(0.01)
-    else:
-        say(stream="no-error")
+    send_until_refused(s, go, "MK{{after}}")
 "#,
         bypass = repo_root().join("tests/bypass").display().to_string(),
     );
@@ -1454,19 +1422,9 @@ async fn a_revoked_flow_is_aborted_after_its_creator_has_exited() {
     let Some(()) = require_root("a_revoked_flow_is_aborted_after_its_creator_has_exited") else {
         return;
     };
-    const SINK: u16 = 7100;
-    let mut lab = Lab::new();
-    lab.start_peer_servers();
-    lab.start_peer_sink(SINK);
-    let client = lab.start_loader().await;
-    let mut rules = Rules::default();
-    rules
-        .cgroup(lab.ct_id(), 1, false)
-        .allow(allow(PEER4, TCP, Some(SINK)));
-    converge(&client, &rules.state, Verdict::Deny).await;
-    let capture = lab.scratch.join("capture.jsonl");
-    std::fs::write(&capture, "").expect("capture file");
-    lab.start_peer_sniffer(&capture);
+    let (mut lab, client) = sink_lab(&[]).await;
+    allow_the_sink(&client, &lab).await;
+    let capture = lab.start_peer_capture();
 
     // The creator connects, forks the holder and exits; the holder sends a
     // marked chunk every 10 ms from `go` on, until the kernel reports an
@@ -1474,9 +1432,9 @@ async fn a_revoked_flow_is_aborted_after_its_creator_has_exited() {
     let go = lab.scratch.join("go");
     let flow = format!(
         r#"
-import os, socket, sys, time
+import os, socket, sys
 sys.path.insert(0, {bypass:?})
-from attack import err, payload, say
+from attack import payload, say, send_until_refused
 go = sys.argv[1]
 r, w = os.pipe()
 creator = os.fork()
@@ -1486,20 +1444,7 @@ if creator == 0:
     if os.fork() != 0:
         os._exit(0)
     os.write(w, str(os.getpid()).encode())
-    while not os.path.exists(go):
-        time.sleep(0.01)
-    start = time.monotonic()
-    while time.monotonic() - start < 20:
-        try:
-            s.send(payload("MK{{after}}", 200))
-        except socket.timeout:
-            pass
-        except OSError as e:
-            say(stream=err(e))
-            break
-        time.sleep(0.01)
-    else:
-        say(stream="no-error")
+    send_until_refused(s, go, "MK{{after}}")
     os._exit(0)
 say(holder=os.read(r, 16).decode().strip())
 os.waitpid(creator, 0)
@@ -1607,20 +1552,10 @@ async fn revoked_flows_beyond_their_ring_are_aborted_on_a_later_segment() {
     else {
         return;
     };
-    const SINK: u16 = 7100;
     const FLOWS: usize = 3000;
-    let mut lab = Lab::new();
-    lab.start_peer_servers();
-    lab.start_peer_sink(SINK);
-    let client = lab.start_loader().await;
-    let mut rules = Rules::default();
-    rules
-        .cgroup(lab.ct_id(), 1, false)
-        .allow(allow(PEER4, TCP, Some(SINK)));
-    converge(&client, &rules.state, Verdict::Deny).await;
-    let capture = lab.scratch.join("capture.jsonl");
-    std::fs::write(&capture, "").expect("capture file");
-    lab.start_peer_sniffer(&capture);
+    let (mut lab, client) = sink_lab(&[]).await;
+    allow_the_sink(&client, &lab).await;
+    let capture = lab.start_peer_capture();
 
     let go = lab.scratch.join("go");
     let flows = format!(
@@ -1693,6 +1628,31 @@ print(f"aborted={{{FLOWS} - len(pending) - len(others)}} other={{sorted(set(othe
         "3000 flows were revoked at once",
     )
     .await;
+}
+
+/// The peer's TCP sink (reads until EOF), where the revocation tests'
+/// flows go.
+const SINK: u16 = 7100;
+
+/// A lab with the peer's servers and its sink on [`SINK`] running, and its
+/// loader started with `loader_args`.
+async fn sink_lab(loader_args: &[&str]) -> (Lab, proto::loader::LoaderClient) {
+    let mut lab = Lab::new();
+    lab.start_peer_servers();
+    lab.start_peer_sink(SINK);
+    lab.loader_args = loader_args.iter().map(|a| a.to_string()).collect();
+    let client = lab.start_loader().await;
+    (lab, client)
+}
+
+/// The lab's container (policy 1) may open TCP flows to the sink, and
+/// nothing else.
+async fn allow_the_sink(client: &proto::loader::LoaderClient, lab: &Lab) {
+    let mut rules = Rules::default();
+    rules
+        .cgroup(lab.ct_id(), 1, false)
+        .allow(allow(PEER4, TCP, Some(SINK)));
+    converge(client, &rules.state, Verdict::Deny).await;
 }
 
 /// A Python script run in a cgroup of the lab's container, its output
@@ -1946,9 +1906,7 @@ async fn the_veth_backstop_stops_packet_sockets_and_keeps_allowed_flows() {
         .allow(allow(PEER4, UDP, Some(5353)));
     converge(&client, &rules.state, Verdict::Deny).await;
     lab.start_container_servers(&[7070]);
-    let capture = lab.scratch.join("capture.jsonl");
-    std::fs::write(&capture, "").expect("capture file");
-    lab.start_peer_sniffer(&capture);
+    let capture = lab.start_peer_capture();
 
     let from_peer = |args: &[&str]| at_peer(&lab, "tests/probe.py", args);
     assert_eq!(
@@ -2289,9 +2247,7 @@ async fn the_veth_refuses_forged_sources_and_reports_them() {
         .veth(lab.ct_veth.ifindex, lab.ct_id(), &[CT4, CT6])
         .allow(allow(PEER4, UDP, Some(5353)));
     converge(&client, &rules.state, Verdict::Deny).await;
-    let capture = lab.scratch.join("capture.jsonl");
-    std::fs::write(&capture, "").expect("capture file");
-    lab.start_peer_sniffer(&capture);
+    let capture = lab.start_peer_capture();
     let ct = lab.ct.clone();
     let attack = repo_root().join("tests/bypass/attack.py");
     let send = |args: &[&str]| {
@@ -2451,9 +2407,7 @@ async fn the_kernel_answers_peers_through_a_mapped_veth() {
         .cgroup(lab.ct_id(), 1, false)
         .veth(lab.ct_veth.ifindex, lab.ct_id(), &[CT4, CT6]);
     converge(&client, &rules.state, Verdict::Deny).await;
-    let capture = lab.scratch.join("capture.jsonl");
-    std::fs::write(&capture, "").expect("capture file");
-    lab.start_peer_sniffer(&capture);
+    let capture = lab.start_peer_capture();
 
     // Nothing listens on this port in the container.
     const CLOSED: &str = "7071";

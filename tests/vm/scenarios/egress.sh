@@ -10,7 +10,7 @@ SUBNET=198.18.251.0/24
 SUBNET6=2001:db8:251::/64
 PEER_IP=198.18.251.10
 PEER_IP6=2001:db8:251::10
-T=/opt/contain-test            # probe.py and peer_server.py, bind-mounted into containers
+T=/opt/contain-test            # probe.py, peer_server.py and peer.py, bind-mounted into containers
 IMG=$CONTAIN_TEST_IMAGE
 
 # probe CONTAINER ARGS...: the probe's one-line outcome (ok, denied:EPERM, timeout, error:...)
@@ -50,7 +50,7 @@ EOF
 step "contain under systemd"
 install_contain
 mkdir -p $T /etc/contain
-cp /mnt/share/lib/probe.py /mnt/share/lib/peer_server.py /mnt/share/lib/frames.py $T/
+cp /mnt/share/lib/probe.py /mnt/share/lib/peer_server.py /mnt/share/lib/peer.py /mnt/share/lib/frames.py $T/
 getent group contain >/dev/null || groupadd --system contain
 write_policy ""
 check "policy is valid" policyd check /etc/contain/policy.toml
@@ -139,7 +139,7 @@ expect "blocked: TCP 9090 after the reload" ok blocked tcp $PEER_IP 9090
 step "policyd reload revokes an established flow"
 # A flow to a sink on 9191 sends MK{revbefore} chunks, pauses, the reload removes 9191, then it
 # sends MK{revafter} chunks: none may reach the peer, and the sender must be told.
-docker exec -d peer python3 $T/probe.py sink :: 9191
+docker exec -d peer python3 $T/peer.py sink 9191
 check "the peer's sink listens on 9191" retry 50 0.2 bash -c \
   "nsenter -t \$(docker inspect -f '{{.State.Pid}}' peer) -n ss -Hltn 'sport = :9191' | grep -q ."
 write_policy ", 9090, 9191"

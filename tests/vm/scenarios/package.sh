@@ -135,7 +135,7 @@ info "install $(basename "$FIRST"), upgrade to $(basename "$UPGRADE")"
 [[ $FIRST != "$UPGRADE" ]] && pass "two versions to upgrade between" || fail "all packages have one version"
 
 mkdir -p $T
-cp /mnt/share/lib/probe.py /mnt/share/lib/peer_server.py "$CONTAIN_EXTRA/package.d/loop.py" $T/
+cp /mnt/share/lib/probe.py /mnt/share/lib/peer_server.py /mnt/share/lib/peer.py "$CONTAIN_EXTRA/package.d/loop.py" $T/
 defer bash -c "journalctl -u contain-bpf-loader -u contain-resolver -u contain-policyd --no-pager \
   -o short-monotonic > /mnt/share/out/daemons.log"
 
@@ -275,7 +275,7 @@ STREAM_PORT=9191
 data_segments() { grep -cE "IP $BLOCKED_IP\.[0-9]+ > $PEER_IP\.$STREAM_PORT: .* length [1-9]" "$CAP" || true; }
 sed -i "s|ports = \[$ALLOWED_PORT\]|ports = [$ALLOWED_PORT, $STREAM_PORT]|" /etc/contain/policy.toml
 check "systemctl reload (allows $STREAM_PORT)" systemctl reload contain-policyd
-docker exec -d peer python3 $T/probe.py sink :: $STREAM_PORT
+docker exec -d peer python3 $T/peer.py sink $STREAM_PORT
 check "the peer's sink listens on $STREAM_PORT" retry 50 0.2 bash -c \
   "nsenter -t \$(docker inspect -f '{{.State.Pid}}' peer) -n ss -Hltn 'sport = :$STREAM_PORT' | grep -q ."
 check "blocked may open flows to $STREAM_PORT" retry 40 0.25 bash -c \

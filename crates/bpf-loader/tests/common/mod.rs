@@ -343,6 +343,15 @@ impl Lab {
 
     /// Captures what arrives at the peer (`vp`) into `out`, one JSON line
     /// per frame (`tests/bypass/sniffer.py`), from now until the lab drops.
+    /// Starts the capture in the peer's namespace into a fresh
+    /// `capture.jsonl` of the scratch directory; returns its path.
+    pub fn start_peer_capture(&mut self) -> PathBuf {
+        let capture = self.scratch.join("capture.jsonl");
+        std::fs::write(&capture, "").expect("capture file");
+        self.start_peer_sniffer(&capture);
+        capture
+    }
+
     pub fn start_peer_sniffer(&mut self, out: &Path) {
         let mut cmd = lab::cmd_in(&self.peer_ns, PYTHON);
         cmd.arg(repo_root().join("tests/bypass/sniffer.py"))
