@@ -23,6 +23,8 @@
 # font libraries).
 #
 #   sudo scripts/bench.sh                      # the whole suite
+#   sudo scripts/bench.sh --before docs/benchmarks.json
+#                                              # ... and a table of what moved since that report
 #   sudo scripts/bench.sh --quick --out /tmp/bench   # a smoke run (under a minute, noisy)
 #   sudo scripts/bench.sh --phases prog,latency --out /tmp/bench
 #

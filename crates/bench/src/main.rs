@@ -6,11 +6,13 @@
 //! sudo contain-bench run --phases prog     # one phase (prog, latency, throughput, control,
 //!                                            # syscalls, flow, cold, scale)
 //! contain-bench report --out docs          # re-render docs/benchmarks.md from the JSON
+//! sudo contain-bench run --before docs/benchmarks.json   # and say what changed since then
 //! ```
 //!
 //! `scripts/bench.sh` builds everything and runs the first form.
 
 mod coldcache;
+mod compare;
 mod control;
 mod flowcost;
 mod lab;
@@ -90,11 +92,23 @@ enum Cmd {
         /// resolver (default: next to this binary).
         #[arg(long)]
         bin_dir: Option<PathBuf>,
+        /// A previous run's benchmarks.json: the report compares this run's
+        /// headline figures with its. Read before the run starts, so it may
+        /// be DIR/benchmarks.json itself; its commit, date and figures are
+        /// kept in the new benchmarks.json.
+        #[arg(long, value_name = "FILE")]
+        before: Option<PathBuf>,
     },
     /// Render DIR/benchmarks.md and the plots from DIR/benchmarks.json.
     Report {
         #[arg(long, default_value = "docs")]
         out: PathBuf,
+        /// A previous run's benchmarks.json to compare with, in place of
+        /// the run's own --before (which DIR/benchmarks.json keeps, so
+        /// `report` alone renders that comparison). For this rendering only:
+        /// DIR/benchmarks.json is not changed.
+        #[arg(long, value_name = "FILE")]
+        before: Option<PathBuf>,
     },
 }
 
@@ -137,6 +151,11 @@ pub struct Results {
     pub veth_backstop: Vec<lab::Backstop>,
     /// What was not measured, and why.
     pub not_measured: Vec<String>,
+    /// The run this one is compared against (`--before`): its identity
+    /// and headline figures, so the report renders the comparison from
+    /// this file alone.
+    #[serde(default)]
+    pub previous: Option<compare::Previous>,
 }
 
 fn meta() -> Meta {
@@ -201,6 +220,7 @@ fn run(
     iperf_rounds: usize,
     iperf_secs: u32,
     bin_dir: Option<PathBuf>,
+    previous: Option<compare::Previous>,
 ) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!(
@@ -228,6 +248,7 @@ fn run(
     };
     let mut results = Results {
         meta: meta(),
+        previous,
         ..Results::default()
     };
     std::fs::create_dir_all(out)?;
@@ -379,7 +400,11 @@ fn main() -> Result<()> {
             iperf_rounds,
             iperf_secs,
             bin_dir,
+            before,
         } => {
+            // Before anything is measured: a wrong path fails at once, and
+            // DIR/benchmarks.json is read before the run replaces it.
+            let previous = before.as_deref().map(compare::read_previous).transpose()?;
             let mut counts: Vec<usize> = rules
                 .split(',')
                 .map(|s| s.trim().parse())
@@ -404,13 +429,35 @@ fn main() -> Result<()> {
                 iperf_rounds,
                 iperf_secs,
                 bin_dir,
+                previous,
             )
         }
-        Cmd::Report { out } => {
+        Cmd::Report { out, before } => {
             let json = out.join("benchmarks.json");
             let text = std::fs::read_to_string(&json)
                 .with_context(|| format!("reading {}", json.display()))?;
-            let results: Results = serde_json::from_str(&text)?;
+            let mut results: Results = serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{}: not a benchmarks.json this contain-bench can read",
+                    json.display()
+                )
+            })?;
+            // The measured results stay as the run wrote them: written
+            // again, their floats would not all come back digit for digit.
+            if let Some(before) = before {
+                let own = results.previous.replace(compare::read_previous(&before)?);
+                eprintln!(
+                    "contain-bench: compared with {} for this rendering only ({} is not changed; \
+                     without --before, `report` renders {})",
+                    before.display(),
+                    json.display(),
+                    if own.is_some() {
+                        "the comparison the run was given"
+                    } else {
+                        "no comparison"
+                    }
+                );
+            }
             report::write(&results, &out)
         }
     }

@@ -6,6 +6,7 @@ use std::{fmt::Write as _, path::Path};
 use anyhow::{Context as _, Result};
 
 use crate::{
+    compare::{self, Phase, Unit, Verdict},
     lab::Kind,
     latency::Stats,
     svg::{self, Bar, LineChart, Series, COLORS},
@@ -34,7 +35,7 @@ fn color(kind: Kind) -> &'static str {
     }
 }
 
-fn count(n: usize) -> String {
+pub(crate) fn count(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
@@ -177,6 +178,7 @@ pub fn write(r: &Results, out: &Path) -> Result<()> {
     let _ = writeln!(md);
 
     summary(&mut md, r);
+    since_previous(&mut md, r);
     if let Some(p) = &r.prog_cost {
         prog_cost(&mut md, p, out)?;
     }
@@ -475,6 +477,143 @@ fn summary(md: &mut String, r: &Results) {
         }
     }
     let _ = writeln!(md);
+}
+
+/// A figure's value with its unit, as the comparison shows it.
+fn figure_value(unit: Unit, v: f64) -> String {
+    match unit {
+        Unit::Ns if v < 100.0 => format!("{v:.1} ns"),
+        Unit::Ns => ns(v),
+        Unit::AddedUs => signed_us2(v),
+        Unit::Ms if v < 10.0 => format!("{v:.2} ms"),
+        Unit::Ms => ms(v),
+        Unit::Mb => format!("{v:.1} MB"),
+        Unit::ShareOfUnfiltered => percent(v),
+    }
+}
+
+fn figures(n: usize) -> String {
+    if n == 1 {
+        "1 figure".into()
+    } else {
+        format!("{n} figures")
+    }
+}
+
+/// How the headline figures moved since the run `--before` named.
+fn since_previous(md: &mut String, r: &Results) {
+    let Some(previous) = &r.previous else {
+        return;
+    };
+    let now = compare::headline(r);
+    let c = compare::compare(&previous.figures, &now);
+    let (then, m) = (&previous.meta, &r.meta);
+    let _ = writeln!(md, "## Since the previous report\n");
+    let machine =
+        if (then.nproc, &then.cpu_model, &then.kernel) == (m.nproc, &m.cpu_model, &m.kernel) {
+            "on the same machine and kernel".to_string()
+        } else {
+            format!(
+                "on another machine or kernel ({} cores, {}, kernel {})",
+                then.nproc, then.cpu_model, then.kernel
+            )
+        };
+    let code = if then.commit == m.commit {
+        "the same commit as this run".to_string()
+    } else {
+        format!(
+            "`git log {}..{}` lists what changed in the code between the two",
+            then.commit, m.commit
+        )
+    };
+    let code = if m.dirty {
+        format!("{code}, and this run had uncommitted changes besides")
+    } else {
+        code
+    };
+    let threshold = 100.0 * compare::MARK_THRESHOLD;
+    let _ = writeln!(
+        md,
+        "Against the report of commit `{}`{}, run {} {machine}: {code}. Every headline figure \
+         both reports measured, as the sections below measure it; *now ÷ before* is their ratio \
+         (none where before is zero or below, as an added round trip can be). A figure more \
+         than {threshold:.0} % worse than before is marked **worse**, one more than \
+         {threshold:.0} % better *better*: for throughput higher is better, for every other \
+         figure lower. These are measured numbers, nothing passes or fails; noise between runs \
+         moves them too, the added round trips most (each a difference of two medians).\n",
+        then.commit,
+        if then.dirty {
+            " plus uncommitted changes"
+        } else {
+            ""
+        },
+        then.date_utc,
+    );
+    if c.pairs.is_empty() {
+        let _ = writeln!(md, "No headline figure was measured in both reports.\n");
+    } else {
+        let _ = writeln!(
+            md,
+            "| figure | before | now | now ÷ before | change |\n|---|---:|---:|---:|---|"
+        );
+        for pair in &c.pairs {
+            let unit = pair.now.unit;
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} |",
+                pair.now.label,
+                figure_value(unit, pair.before),
+                figure_value(unit, pair.now.value),
+                pair.ratio.map_or("—".into(), |x| format!("{x:.2} ×")),
+                match pair.verdict {
+                    Verdict::Worse => "**worse**",
+                    Verdict::Better => "*better*",
+                    Verdict::Within => "",
+                }
+            );
+        }
+        let _ = writeln!(md);
+    }
+    let phases = |ps: &[Phase]| ps.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ");
+    let mut one_side = Vec::new();
+    if !c.phases_before_only.is_empty() {
+        one_side.push(format!(
+            "{} in the previous only",
+            phases(&c.phases_before_only)
+        ));
+    }
+    if !c.phases_now_only.is_empty() {
+        one_side.push(format!("{} in this one only", phases(&c.phases_now_only)));
+    }
+    let mut skipped = Vec::new();
+    if c.skipped_phase_one_side > 0 {
+        let phase_count = c.phases_before_only.len() + c.phases_now_only.len();
+        skipped.push(format!(
+            "{} of {} that ran in one report only ({})",
+            figures(c.skipped_phase_one_side),
+            if phase_count == 1 {
+                "a phase"
+            } else {
+                "phases"
+            },
+            one_side.join("; ")
+        ));
+    }
+    if c.skipped_other > 0 {
+        skipped.push(format!(
+            "{} that one report measured at a rule count, on a path or in a configuration the \
+             other did not",
+            figures(c.skipped_other)
+        ));
+    }
+    if skipped.is_empty() {
+        let _ = writeln!(
+            md,
+            "No headline figure was skipped: each report measured all the other's.\n"
+        );
+    } else {
+        let _ = writeln!(md, "Skipped: {}.\n", skipped.join(", and "));
+    }
 }
 
 fn prog_cost(md: &mut String, p: &crate::progcost::ProgCost, out: &Path) -> Result<()> {
@@ -1484,8 +1623,107 @@ mod tests {
         map.remove("syscalls");
         map.remove("flow");
         map.remove("cold");
+        map.remove("previous");
         let r: Results = serde_json::from_value(old).expect("old results");
         assert!(r.syscalls.is_none() && r.flow.is_none() && r.cold.is_none());
+        assert!(r.previous.is_none());
+    }
+
+    #[test]
+    fn the_comparison_follows_the_targets_and_marks_worse_and_better() {
+        use crate::compare::{Better, Figure, Previous};
+        let prog = |deny_ns: f64| crate::progcost::ProgCost {
+            rounds: 1,
+            target_ms: 20,
+            floor_ns: 14.0,
+            rows: vec![crate::progcost::Row {
+                rules: 10,
+                contain_allow_host_ns: 60.0,
+                contain_allow_prefix_ns: 90.0,
+                contain_deny_ns: deny_ns,
+                thesis_allow_ns: 40.0,
+                thesis_deny_ns: 50.0,
+                thesis_bounded_allow_ns: None,
+                thesis_bounded_deny_ns: None,
+                floor_ns: 14.0,
+                veth_governed_ns: None,
+                veth_unowned_ns: None,
+                veth_allow_host_ns: None,
+                veth_allow_prefix_ns: None,
+                veth_deny_ns: None,
+                veth_inbound_ns: None,
+                veth_inbound_unowned_ns: None,
+                raw: Default::default(),
+            }],
+            seconds: 0.0,
+        };
+        let mut before = Previous::of(&Results {
+            prog_cost: Some(prog(100.0)),
+            ..Results::default()
+        });
+        before.meta.commit = "0123456789ab".into();
+        before.meta.date_utc = "2026-01-01T00:00:00Z".into();
+        // The floor got faster; a phase only the previous run had.
+        before
+            .figures
+            .iter_mut()
+            .filter(|f| f.key == "prog/floor")
+            .for_each(|f| f.value = 20.0);
+        before.figures.push(Figure {
+            key: "scale/in-force@10".into(),
+            phase: Phase::Scale,
+            label: "in force".into(),
+            unit: Unit::Ms,
+            better: Better::Lower,
+            value: 3.0,
+        });
+        let r = Results {
+            prog_cost: Some(prog(120.0)),
+            previous: Some(before),
+            ..Results::default()
+        };
+        let dir = std::env::temp_dir().join(format!("contain-bench-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch directory");
+        write(&r, &dir).expect("the report");
+        let md = std::fs::read_to_string(dir.join("benchmarks.md")).expect("benchmarks.md");
+        std::fs::remove_dir_all(&dir).expect("clean up");
+        let headings: Vec<&str> = md.lines().filter(|l| l.starts_with("## ")).collect();
+        assert_eq!(
+            headings[..2],
+            [
+                "## Against the design targets",
+                "## Since the previous report"
+            ]
+        );
+        assert!(
+            md.contains("commit `0123456789ab`, run 2026-01-01T00:00:00Z"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "denied, 10 rules: per packet (test run) | 100 ns | 120 ns | 1.20 × | **worse** |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "allowed host, 10 rules: per packet (test run) | 60.0 ns | 60.0 ns | 1.00 × |  |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 20.0 ns | 14.0 ns | 0.70 × | *better* |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("Skipped: 1 figure of a phase that ran in one report only (scale in the previous only)."),
+            "{md}"
+        );
+        let mut without = r.clone();
+        without.previous = None;
+        let mut md = String::new();
+        since_previous(&mut md, &without);
+        assert!(md.is_empty());
     }
 
     #[test]
