@@ -729,23 +729,8 @@ mod tests {
 
     fn prog_row(rules: usize, host: f64, veth: Option<f64>) -> progcost::Row {
         progcost::Row {
-            rules,
-            contain_allow_host_ns: host,
-            contain_allow_prefix_ns: host + 20.0,
-            contain_deny_ns: host + 50.0,
-            thesis_allow_ns: 1.0,
-            thesis_deny_ns: 2.0,
-            thesis_bounded_allow_ns: None,
-            thesis_bounded_deny_ns: None,
-            floor_ns: 15.0,
             veth_governed_ns: veth,
-            veth_unowned_ns: None,
-            veth_allow_host_ns: None,
-            veth_allow_prefix_ns: None,
-            veth_deny_ns: None,
-            veth_inbound_ns: None,
-            veth_inbound_unowned_ns: None,
-            raw: Default::default(),
+            ..progcost::Row::sample(rules, host, host + 20.0, host + 50.0, 15.0)
         }
     }
 

@@ -101,6 +101,33 @@ pub struct Row {
     pub raw: BTreeMap<String, Vec<u32>>,
 }
 
+#[cfg(test)]
+impl Row {
+    /// A row of `rules` rules with contain's three paths and the floor as
+    /// given, a thesis-style scan of 40 and 50 ns, and no veth column.
+    pub fn sample(rules: usize, host: f64, prefix: f64, deny: f64, floor: f64) -> Row {
+        Row {
+            rules,
+            contain_allow_host_ns: host,
+            contain_allow_prefix_ns: prefix,
+            contain_deny_ns: deny,
+            thesis_allow_ns: 40.0,
+            thesis_deny_ns: 50.0,
+            thesis_bounded_allow_ns: None,
+            thesis_bounded_deny_ns: None,
+            floor_ns: floor,
+            veth_governed_ns: None,
+            veth_unowned_ns: None,
+            veth_allow_host_ns: None,
+            veth_allow_prefix_ns: None,
+            veth_deny_ns: None,
+            veth_inbound_ns: None,
+            veth_inbound_unowned_ns: None,
+            raw: Default::default(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ProgCost {
     pub rounds: usize,

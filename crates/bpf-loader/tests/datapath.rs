@@ -1321,19 +1321,14 @@ async fn a_revoked_flow_is_aborted_even_when_denials_fill_the_event_ring() {
     // The flow: one marked chunk, then idle until `go` exists, then a
     // marked chunk every 10 ms until the kernel reports an error.
     let go = lab.scratch.join("go");
-    let flow = format!(
+    let flow = revoked_flow_script(&format!(
         r#"
-import socket, sys
-sys.path.insert(0, {bypass:?})
-from attack import payload, say, send_until_refused
-go = sys.argv[1]
 with socket.create_connection(("{PEER4}", {SINK}), timeout=5) as s:
     s.sendall(payload("MK{{before}}", 200))
     say(connected=1)
     send_until_refused(s, go, "MK{{after}}")
-"#,
-        bypass = repo_root().join("tests/bypass").display().to_string(),
-    );
+"#
+    ));
     let mut sender = ContainerScript::start(&lab, &lab.ct, flow, &[go.display().to_string()]);
     assert_eq!(sender.line(), "connected=1", "the flow did not start");
     assert!(
@@ -1430,12 +1425,8 @@ async fn a_revoked_flow_is_aborted_after_its_creator_has_exited() {
     // marked chunk every 10 ms from `go` on, until the kernel reports an
     // error (at most 20 s).
     let go = lab.scratch.join("go");
-    let flow = format!(
+    let flow = revoked_flow_script(&format!(
         r#"
-import os, socket, sys
-sys.path.insert(0, {bypass:?})
-from attack import payload, say, send_until_refused
-go = sys.argv[1]
 r, w = os.pipe()
 creator = os.fork()
 if creator == 0:
@@ -1449,9 +1440,8 @@ if creator == 0:
 say(holder=os.read(r, 16).decode().strip())
 os.waitpid(creator, 0)
 say(creator=creator, creator_gone=int(not os.path.exists(f"/proc/{{creator}}")))
-"#,
-        bypass = repo_root().join("tests/bypass").display().to_string(),
-    );
+"#
+    ));
     let mut sender = ContainerScript::start(&lab, &lab.ct, flow, &[go.display().to_string()]);
     let mut pid_after = |prefix: &str| -> u32 {
         let line = sender.line();
@@ -1628,6 +1618,16 @@ print(f"aborted={{{FLOWS} - len(pending) - len(others)}} other={{sorted(set(othe
         "3000 flows were revoked at once",
     )
     .await;
+}
+
+/// A revoked flow's script: `body` with `os`, `socket` and `sys`, and
+/// `payload`, `say` and `send_until_refused` from the bypass suite's
+/// attack.py, `go` the path of its first argument.
+fn revoked_flow_script(body: &str) -> String {
+    format!(
+        "import os, socket, sys\nsys.path.insert(0, {bypass:?})\nfrom attack import payload, say, send_until_refused\ngo = sys.argv[1]\n{body}",
+        bypass = repo_root().join("tests/bypass").display().to_string(),
+    )
 }
 
 /// The peer's TCP sink (reads until EOF), where the revocation tests'
