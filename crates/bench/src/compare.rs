@@ -39,21 +39,6 @@ pub enum Phase {
     Scale,
 }
 
-impl Phase {
-    pub fn name(self) -> &'static str {
-        match self {
-            Phase::Prog => "prog",
-            Phase::Latency => "latency",
-            Phase::Throughput => "throughput",
-            Phase::Control => "control",
-            Phase::Syscalls => "syscalls",
-            Phase::Flow => "flow",
-            Phase::Cold => "cold",
-            Phase::Scale => "scale",
-        }
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Unit {
@@ -141,7 +126,7 @@ impl Figures {
             Unit::Ns | Unit::AddedUs | Unit::Ms | Unit::Mb => Better::Lower,
         };
         self.0.push(Figure {
-            key: format!("{}/{what}", phase.name()),
+            key: format!("{}/{what}", json_name(phase)),
             phase,
             label,
             unit,
@@ -151,9 +136,9 @@ impl Figures {
     }
 }
 
-/// The name the JSON gives a variant (`tcp-rr`, `connect-allowed`): the
-/// part of a key that says which flow, call or case.
-fn json_name<T: Serialize>(value: T) -> String {
+/// The name the JSON gives a variant (`prog`, `tcp-rr`, `connect-allowed`):
+/// the parts of a key that say which phase, flow, call or case.
+pub fn json_name<T: Serialize>(value: T) -> String {
     serde_json::to_value(value)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))

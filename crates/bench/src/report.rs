@@ -574,7 +574,12 @@ fn since_previous(md: &mut String, r: &Results) {
         }
         let _ = writeln!(md);
     }
-    let phases = |ps: &[Phase]| ps.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ");
+    let phases = |ps: &[Phase]| {
+        ps.iter()
+            .map(|&p| crate::compare::json_name(p))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let mut one_side = Vec::new();
     if !c.phases_before_only.is_empty() {
         one_side.push(format!(

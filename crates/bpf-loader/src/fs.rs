@@ -91,25 +91,6 @@ pub fn find_cgroup(roots: &[PathBuf], id: u64) -> Option<PathBuf> {
     None
 }
 
-/// Up to `most` processes of `cgroup` and of the cgroups below it, those
-/// of `cgroup` itself first, from their `cgroup.procs` (unreadable ones,
-/// gone meanwhile, are skipped).
-pub fn processes_below(cgroup: &Path, most: usize) -> Vec<u32> {
-    let mut pids = Vec::new();
-    let mut pending = vec![cgroup.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-            pids.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
-        }
-        if pids.len() >= most {
-            pids.truncate(most);
-            break;
-        }
-        pending.extend(subdirectories(&dir));
-    }
-    pids
-}
-
 fn subdirectories(dir: &Path) -> impl Iterator<Item = PathBuf> {
     std::fs::read_dir(dir)
         .into_iter()
@@ -226,15 +207,12 @@ mod tests {
     }
 
     #[test]
-    fn cgroups_are_found_by_id_and_their_processes_listed_below_them() {
+    fn cgroups_are_found_by_id_below_the_roots() {
         let root = tempfile::tempdir().unwrap();
         let a = root.path().join("a");
         let deep = a.join("b/c");
         std::fs::create_dir_all(&deep).unwrap();
         std::fs::create_dir_all(root.path().join("x")).unwrap();
-        std::fs::write(a.join("cgroup.procs"), "10\n11\n").unwrap();
-        std::fs::write(deep.join("cgroup.procs"), "12\n").unwrap();
-        std::fs::write(root.path().join("x/cgroup.procs"), "99\n").unwrap();
         let roots = [root.path().to_path_buf()];
         let id = |p: &Path| cgroup_id(p).unwrap();
         assert_eq!(find_cgroup(&roots, id(&deep)), Some(deep.clone()));
@@ -246,9 +224,6 @@ mod tests {
             find_cgroup(std::slice::from_ref(&a), id(&root.path().join("x"))),
             None
         );
-        let below = processes_below(&a, 10);
-        assert_eq!(below, [10, 11, 12], "the cgroup's own first");
-        assert_eq!(processes_below(&a, 2), [10, 11]);
     }
 
     #[test]

@@ -109,7 +109,7 @@ pub fn abort(
             cgroup: "not found below the cgroups the loader is attached to".into(),
         });
     };
-    for pid in crate::fs::processes_below(&cgroup, MOST_PROCESSES) {
+    for pid in proto::cgroups::procs_below(&cgroup, MOST_PROCESSES) {
         match ask_from(pid, &request, &mut searched) {
             Ok(Asked::Aborted) => return Ok(pid),
             Ok(Asked::NotThere) => {}

@@ -1,7 +1,9 @@
 //! The wire between contain's daemons: tarpc service traits, the serde types
 //! they exchange, where their sockets live, and a Unix-socket transport that
-//! checks each peer's credentials before serving it.
+//! checks each peer's credentials before serving it; and what more than one
+//! daemon reads of the host the same way (`mounts`, `cgroups`).
 
+pub mod cgroups;
 pub mod loader;
 pub mod mounts;
 pub mod peer_groups;

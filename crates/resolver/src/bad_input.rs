@@ -10,7 +10,7 @@ use prost::Message;
 
 use crate::{
     addresses::{namespace_addresses, parse_fib_trie, parse_if_inet6},
-    cgroup::{parse_mountinfo, parse_pids, parse_proc_cgroup, Cgroup2Mount},
+    cgroup::{parse_mountinfo, parse_proc_cgroup, Cgroup2Mount},
     containerd::{decode_envelope, DEFAULT_NAMESPACES},
     docker::{parse_api_list, parse_config_v2},
     process::parse_stat_starttime,
@@ -46,7 +46,7 @@ proptest! {
             prop_assert!(path.starts_with('/'));
             let _ = Cgroup2Mount::at("/sys/fs/cgroup").dir_of(&path);
         }
-        let _ = parse_pids(&text);
+        let _ = proto::cgroups::parse_pids(&text);
         let _ = parse_stat_starttime(&text);
         let _ = parse_if_inet6(&text);
         let _ = parse_fib_trie(&text);

@@ -83,11 +83,6 @@ pub fn parse_proc_cgroup(text: &[u8]) -> Option<String> {
     })
 }
 
-/// Parses `cgroup.procs` (one pid per line); junk lines are skipped.
-pub fn parse_pids(text: &str) -> Vec<u32> {
-    text.lines().filter_map(|l| l.trim().parse().ok()).collect()
-}
-
 /// The cgroup2 mount of this process's mount namespace (I/O).
 pub fn find_mount() -> Result<Cgroup2Mount> {
     let mountinfo = Path::new("/proc/self/mountinfo");
@@ -100,34 +95,6 @@ pub fn cgroup_id(dir: &Path) -> Result<u64> {
     std::fs::metadata(dir)
         .map(|m| m.ino())
         .map_err(|e| Error::io(dir, e))
-}
-
-/// Every process in the cgroup at `dir` and the cgroups below it, at most
-/// `limit` of them, depth-first (I/O). Errors (a cgroup vanishing while it
-/// is read) end that branch.
-pub fn procs_below(dir: &Path, limit: usize) -> Vec<u32> {
-    let mut pids = Vec::new();
-    let mut stack = vec![(dir.to_path_buf(), 0usize)];
-    while let Some((d, depth)) = stack.pop() {
-        if let Ok(text) = std::fs::read_to_string(d.join("cgroup.procs")) {
-            pids.extend(parse_pids(&text));
-        }
-        if pids.len() >= limit {
-            pids.truncate(limit);
-            break;
-        }
-        if depth >= 16 {
-            continue;
-        }
-        if let Ok(entries) = std::fs::read_dir(&d) {
-            for entry in entries.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push((entry.path(), depth + 1));
-                }
-            }
-        }
-    }
-    pids
 }
 
 #[cfg(test)]
@@ -245,10 +212,5 @@ mod tests {
         );
         assert_eq!(m.dir_of("/../../etc"), None);
         assert_eq!(m.dir_of("relative"), None);
-    }
-
-    #[test]
-    fn pids_skip_junk() {
-        assert_eq!(parse_pids("1\n22\n\nx\n333\n"), vec![1, 22, 333]);
     }
 }

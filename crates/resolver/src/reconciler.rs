@@ -586,7 +586,7 @@ impl Reconciler {
         let cgroup_id = dir.as_deref().and_then(|d| cgroup::cgroup_id(d).ok());
         let pids = dir
             .as_deref()
-            .map(|d| cgroup::procs_below(d, MAX_PIDS))
+            .map(|d| proto::cgroups::procs_below(d, MAX_PIDS))
             .unwrap_or_default();
         // Held open until the addresses are read.
         let netns = self.proc.open_netns(pid);
