@@ -9,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use resolver::{
     addresses::{namespace_addresses, parse_fib_trie, parse_if_inet6},
-    cgroup::{parse_mountinfo, parse_pids, parse_proc_cgroup, Cgroup2Mount},
+    cgroup::{parse_mountinfo, parse_proc_cgroup, Cgroup2Mount},
     containerd::{decode_envelope, DEFAULT_NAMESPACES},
     docker::{parse_api_list, parse_config_v2},
     process::parse_stat_starttime,
@@ -33,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         (2, Some(text)) => {
-            let _ = parse_pids(text);
+            let _ = proto::cgroups::parse_pids(text);
         }
         (3, Some(text)) => {
             let _ = parse_stat_starttime(text);
