@@ -1529,6 +1529,115 @@ say(creator=creator, creator_gone=int(not os.path.exists(f"/proc/{{creator}}")))
     );
 }
 
+/// The limit the README names: a revoked flow's socket handed over a Unix
+/// socket to a process of another container's cgroup, its creator gone, is
+/// not aborted (the loader asks no namespace outside the socket's cgroup),
+/// but none of its segments reaches the peer: the deny is on the socket,
+/// whoever holds it. The holder keeps sending for 3 s and is never told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_flow_handed_out_of_its_cgroup_stays_dropped() {
+    let Some(()) = require_root("a_revoked_flow_handed_out_of_its_cgroup_stays_dropped") else {
+        return;
+    };
+    let (mut lab, client) = sink_lab(&[]).await;
+    allow_the_sink(&client, &lab).await;
+    let capture = lab.start_peer_capture();
+
+    // The creator connects and passes the socket to the script's first
+    // process (SCM_RIGHTS), which then holds its only descriptor.
+    let go = lab.scratch.join("go");
+    let flow = revoked_flow_script(&format!(
+        r#"
+ours, theirs = socket.socketpair()
+creator = os.fork()
+if creator == 0:
+    s = socket.create_connection(("{PEER4}", {SINK}), timeout=5)
+    s.sendall(payload("MK{{before}}", 200))
+    socket.send_fds(theirs, [b"s"], [s.fileno()])
+    os._exit(0)
+_, fds, _, _ = socket.recv_fds(ours, 1, 1)
+os.waitpid(creator, 0)
+s = socket.socket(fileno=fds[0])
+s.settimeout(5)
+say(holder=os.getpid(), creator=creator)
+say(creator_gone=int(not os.path.exists(f"/proc/{{creator}}")))
+send_until_refused(s, go, "MK{{after}}", seconds=3)
+"#
+    ));
+    let mut sender = ContainerScript::start(&lab, &lab.ct, flow, &[go.display().to_string()]);
+    let mut pid_after = |prefix: &str| -> u32 {
+        let line = sender.line();
+        line.strip_prefix(prefix)
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_else(|| panic!("wanted {prefix}<pid>, the script said {line:?}"))
+    };
+    let holder = pid_after("holder=");
+    let creator = pid_after("creator=");
+    assert_eq!(
+        sender.line(),
+        "creator_gone=1",
+        "the creator is still there"
+    );
+    // The holder into another container's cgroup: none is left in the
+    // socket's.
+    let other = lab.add_container_cgroup("other");
+    std::fs::write(other.join("cgroup.procs"), holder.to_string()).expect("moving the holder");
+    let emptied = || {
+        std::fs::read_to_string(lab.ct.join("cgroup.procs"))
+            .expect("cgroup.procs")
+            .trim()
+            .is_empty()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !emptied() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(emptied(), "a process is left in the socket's cgroup");
+    assert!(
+        marker_arrives(&capture, "MK{before}").await,
+        "the flow's first chunk never reached the peer"
+    );
+
+    let mut revoked = Rules::default();
+    revoked.cgroup(lab.ct_id(), 1, false);
+    converge(&client, &revoked.state, Verdict::Deny).await;
+    std::fs::write(&go, "").expect("letting the holder send");
+    assert_eq!(
+        sender.rest(),
+        "stream=no-error",
+        "the holder outside the socket's cgroup was told: the README's limit no longer holds"
+    );
+    let revocations: Vec<u32> = all_events(&client)
+        .await
+        .into_iter()
+        .filter(|e| e.revoked_flow && e.cgroup_id == lab.ct_id())
+        .map(|e| e.tgid)
+        .collect();
+    assert_eq!(
+        revocations,
+        [creator],
+        "one revocation, naming the exited creator, was expected"
+    );
+    let log = std::fs::read_to_string(lab.loader_log()).expect("the loader's log");
+    let failed_aborts = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| {
+            l["message"] == "could not abort the socket of a revoked flow; its packets stay dropped"
+        })
+        .count();
+    assert_eq!(
+        failed_aborts, 1,
+        "the loader did not log its one failed abort"
+    );
+    let leaked = arrived_at_peer(&capture, "MK{after").await;
+    assert!(
+        leaked.is_empty(),
+        "the revoked flow's data reached the peer from outside its cgroup: {} chunks",
+        leaked.len()
+    );
+}
+
 /// A revoked flow whose event finds its ring full is not let go: its
 /// verdict is not cached, so its next segment (a retransmit at the latest)
 /// is judged and reported again, and its socket is aborted late, not
