@@ -138,8 +138,9 @@ impl AbortError {
 enum Asked {
     Aborted,
     /// No socket with the flow's addresses there (ENOENT), one with them
-    /// but another cookie (ESTALE: not the flow's), or a namespace already
-    /// asked.
+    /// but another cookie (not the flow's: ENOENT on 6.18, ESTALE, the
+    /// cookie check's own errno, where a kernel passes it on), or a
+    /// namespace already asked.
     NotThere,
 }
 

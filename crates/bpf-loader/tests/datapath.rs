@@ -1417,6 +1417,59 @@ async fn a_revoked_flow_is_aborted_after_its_creator_has_exited() {
     let Some(()) = require_root("a_revoked_flow_is_aborted_after_its_creator_has_exited") else {
         return;
     };
+    revoked_flow_after_its_creator_exited(Decoy::Elsewhere).await;
+}
+
+/// As above, with a decoy whose namespace holds a twin of the flow's
+/// socket: the same addresses and ports, another socket. Asking there
+/// must destroy nothing (the request names the flow's socket cookie; the
+/// kernel answers ENOENT, or ESTALE), and the loader goes on to the child's
+/// namespace. The twin still carries data afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twin_of_a_revoked_flow_in_another_namespace_is_left_alone() {
+    let Some(()) = require_root("a_twin_of_a_revoked_flow_in_another_namespace_is_left_alone")
+    else {
+        return;
+    };
+    revoked_flow_after_its_creator_exited(Decoy::Twin).await;
+}
+
+/// The process left in a revoked flow's cgroup, whose namespace the loader
+/// asks before the socket's holder's.
+enum Decoy {
+    /// A `sleep` in the peer's namespace: no socket with the flow's
+    /// addresses there.
+    Elsewhere,
+    /// A namespace of its own with a connected twin of the flow's socket.
+    Twin,
+}
+
+/// Holds a connected twin of a flow's socket (`ct`:`sport` to
+/// `peer`:`port`, over `lo`) in a namespace of its own, says
+/// `twin=ready`, and on a line from stdin says whether the twin still
+/// carries a byte: `twin=alive`, or its error.
+const TWIN_SCRIPT: &str = r#"
+import errno, socket, subprocess, sys
+ct, peer, port, sport = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+for addr in (ct, peer):
+    subprocess.run(["ip", "addr", "add", addr + "/32", "dev", "lo"], check=True)
+server = socket.create_server((peer, port))
+twin = socket.socket()
+twin.bind((ct, sport))
+twin.connect((peer, port))
+far, _ = server.accept()
+far.settimeout(2)
+print("twin=ready", flush=True)
+sys.stdin.readline()
+try:
+    twin.sendall(b"x")
+    print("twin=alive" if far.recv(1) == b"x" else "twin=silent", flush=True)
+except OSError as e:
+    print("twin=error:" + errno.errorcode.get(e.errno, str(e)), flush=True)
+"#;
+
+async fn revoked_flow_after_its_creator_exited(decoy_kind: Decoy) {
     let (mut lab, client) = sink_lab(&[]).await;
     allow_the_sink(&client, &lab).await;
     let capture = lab.start_peer_capture();
@@ -1434,41 +1487,65 @@ if creator == 0:
     s.sendall(payload("MK{{before}}", 200))
     if os.fork() != 0:
         os._exit(0)
-    os.write(w, str(os.getpid()).encode())
+    os.write(w, f"{{os.getpid()}} {{s.getsockname()[1]}}\n".encode())
     send_until_refused(s, go, "MK{{after}}")
     os._exit(0)
-say(holder=os.read(r, 16).decode().strip())
+holder, sport = os.read(r, 32).decode().split()
+say(holder=holder, sport=sport)
 os.waitpid(creator, 0)
 say(creator=creator, creator_gone=int(not os.path.exists(f"/proc/{{creator}}")))
 "#
     ));
     let mut sender = ContainerScript::start(&lab, &lab.ct, flow, &[go.display().to_string()]);
-    let mut pid_after = |prefix: &str| -> u32 {
+    let mut number_after = |prefix: &str| -> u32 {
         let line = sender.line();
         line.strip_prefix(prefix)
-            .and_then(|pid| pid.parse().ok())
-            .unwrap_or_else(|| panic!("wanted {prefix}<pid>, the script said {line:?}"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("wanted {prefix}<number>, the script said {line:?}"))
     };
-    let holder = pid_after("holder=");
-    let creator = pid_after("creator=");
+    let holder = number_after("holder=");
+    let sport = number_after("sport=");
+    let creator = number_after("creator=");
     assert_eq!(
         sender.line(),
         "creator_gone=1",
         "the creator is still there"
     );
-    // The holder one cgroup down; the decoy, in the peer's namespace, the
-    // only process left in the socket's cgroup itself once the script's
-    // first process has ended.
+    // The holder one cgroup down; the decoy the only process left in the
+    // socket's cgroup itself once the script's first process has ended.
     let below = lab.ct.join("holder");
     std::fs::create_dir(&below).expect("a cgroup below the container's");
     std::fs::write(below.join("cgroup.procs"), holder.to_string()).expect("moving the holder");
-    let mut decoy = in_cgroup_ns_cmd(
-        &lab.ct,
-        &lab.peer_ns,
-        &["sleep".to_string(), "120".to_string()],
-    )
-    .spawn()
-    .expect("the decoy");
+    let mut decoy = match decoy_kind {
+        Decoy::Elsewhere => in_cgroup_ns_cmd(
+            &lab.ct,
+            &lab.peer_ns,
+            &["sleep".to_string(), "120".to_string()],
+        )
+        .spawn()
+        .expect("the decoy"),
+        Decoy::Twin => {
+            // Made outside the lab's cgroups (contain would judge its
+            // connection over `lo`), then moved into the socket's.
+            let mut twin = std::process::Command::new("unshare")
+                .args(["-n", PYTHON, "-c", TWIN_SCRIPT, CT4, PEER4])
+                .args([SINK.to_string(), sport.to_string()])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("the decoy with a twin socket");
+            let mut ready = String::new();
+            std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(twin.stdout.as_mut().expect("its stdout")),
+                &mut ready,
+            )
+            .expect("the decoy's output");
+            assert_eq!(ready.trim(), "twin=ready", "the twin was not made");
+            std::fs::write(lab.ct.join("cgroup.procs"), twin.id().to_string())
+                .expect("moving the decoy");
+            twin
+        }
+    };
     let only_decoy = || {
         std::fs::read_to_string(lab.ct.join("cgroup.procs")).expect("cgroup.procs")
             == format!("{}\n", decoy.id())
@@ -1495,14 +1572,34 @@ say(creator=creator, creator_gone=int(not os.path.exists(f"/proc/{{creator}}")))
         "stream=error:ECONNABORTED",
         "the revoked flow's socket was not aborted"
     );
+    let twin = match decoy_kind {
+        Decoy::Elsewhere => None,
+        Decoy::Twin => {
+            std::io::Write::write_all(decoy.stdin.as_mut().expect("its stdin"), b"check\n")
+                .expect("asking the decoy");
+            let mut said = String::new();
+            std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(decoy.stdout.as_mut().expect("its stdout")),
+                &mut said,
+            )
+            .expect("the decoy's output");
+            Some(said.trim().to_string())
+        }
+    };
+    let _ = decoy.kill();
+    let _ = decoy.wait();
+    if let Some(twin) = twin {
+        assert_eq!(
+            twin, "twin=alive",
+            "the loader's abort reached the twin socket"
+        );
+    }
     let revocations: Vec<u32> = all_events(&client)
         .await
         .into_iter()
         .filter(|e| e.revoked_flow && e.cgroup_id == lab.ct_id())
         .map(|e| e.tgid)
         .collect();
-    let _ = decoy.kill();
-    let _ = decoy.wait();
     assert_eq!(
         revocations,
         [creator],
