@@ -1773,11 +1773,14 @@ mod tests {
         let mut md = String::new();
         flowcost::render(&mut md, &f, Some(15.0));
         assert!(
-            md.contains("| 50.0 ns | 2.50 × | 30.0 ns | 2.00 × |"),
+            md.contains("| 50.0 ns | 2.50 × | 30.0 ns | 3.00 × |"),
             "{md}"
         );
         let line = flowcost::summary(&f, Some(15.0)).unwrap();
-        assert!(line.contains("2.00 × (30 ns own time"), "{line}");
+        assert!(
+            line.contains("3.00 × (30 ns added to a pass-only program, the statistics' cost taken out: 45 ns against the 15 ns floor"),
+            "{line}"
+        );
         assert!(line.contains("2.50 × (50 ns against 20 ns"), "{line}");
     }
 
