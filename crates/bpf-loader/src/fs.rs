@@ -4,7 +4,6 @@
 
 use std::{
     io,
-    os::unix::fs::MetadataExt,
     path::{Component, Path, PathBuf},
 };
 
@@ -66,15 +65,13 @@ pub fn resolve_cgroup(mount: &Path, cgroup: &str) -> Result<PathBuf, FsError> {
     Ok(full)
 }
 
-/// A cgroup v2 id is the inode number of its directory.
+/// A cgroup v2 id ([`proto::cgroups::cgroup_id`]).
 pub fn cgroup_id(path: &Path) -> Result<u64, FsError> {
-    std::fs::metadata(path)
-        .map(|m| m.ino())
-        .map_err(|source| FsError::Io {
-            what: "reading cgroup",
-            path: path.to_owned(),
-            source,
-        })
+    proto::cgroups::cgroup_id(path).map_err(|source| FsError::Io {
+        what: "reading cgroup",
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// The cgroup with id `id` at or below one of `roots`, if any. A walk, for

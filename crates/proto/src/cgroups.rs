@@ -8,6 +8,13 @@ use std::path::Path;
 /// programs look up, `contain_common::MAX_CGROUP_DEPTH`).
 const MAX_DEPTH: usize = 16;
 
+/// A cgroup v2 directory's id: its inode number, as the kernel's
+/// `bpf_get_current_cgroup_id` and `bpf_skb_cgroup_id` report it (I/O).
+pub fn cgroup_id(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(dir).map(|m| m.ino())
+}
+
 /// Parses `cgroup.procs` (one pid per line); junk lines are skipped.
 pub fn parse_pids(text: &str) -> Vec<u32> {
     text.lines().filter_map(|l| l.trim().parse().ok()).collect()

@@ -3,10 +3,7 @@
 //!
 //! The parsers are pure; the few functions that touch the filesystem say so.
 
-use std::{
-    os::unix::fs::MetadataExt,
-    path::{Component, Path, PathBuf},
-};
+use std::path::{Component, Path, PathBuf};
 
 use procfs::FromRead;
 use proto::mounts;
@@ -88,13 +85,6 @@ pub fn find_mount() -> Result<Cgroup2Mount> {
     let mountinfo = Path::new("/proc/self/mountinfo");
     let all = mounts::read().map_err(|e| Error::io(mountinfo, e))?;
     cgroup2_of(&all).ok_or_else(|| Error::NoCgroup2Mount(mountinfo.display().to_string()))
-}
-
-/// The cgroup id: the inode number of the cgroup's directory (I/O).
-pub fn cgroup_id(dir: &Path) -> Result<u64> {
-    std::fs::metadata(dir)
-        .map(|m| m.ino())
-        .map_err(|e| Error::io(dir, e))
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use proto::resolver::{ChangeKind, Container};
 use tokio::sync::{mpsc, watch};
 
 use crate::{
-    cgroup::{self, Cgroup2Mount},
+    cgroup::Cgroup2Mount,
     exe::{self, RootId},
     inventory::VersionedInventory,
     links::{LinkSignal, LinkTable, Netlink},
@@ -583,7 +583,9 @@ impl Reconciler {
             .as_deref()
             .filter(|p| *p != "/")
             .and_then(|p| self.mount.dir_of(p));
-        let cgroup_id = dir.as_deref().and_then(|d| cgroup::cgroup_id(d).ok());
+        let cgroup_id = dir
+            .as_deref()
+            .and_then(|d| proto::cgroups::cgroup_id(d).ok());
         let pids = dir
             .as_deref()
             .map(|d| proto::cgroups::procs_below(d, MAX_PIDS))

@@ -2,7 +2,6 @@
 //! removing a tree with everything running in it.
 
 use std::{
-    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -64,12 +63,9 @@ fn hierarchies(fstypes: &[&str]) -> Result<Vec<PathBuf>> {
         .collect())
 }
 
-/// A cgroup v2 directory's id: the inode number, as the kernel's
-/// `bpf_get_current_cgroup_id` and `bpf_skb_cgroup_id` report it.
+/// A cgroup v2 directory's id ([`proto::cgroups::cgroup_id`]).
 pub fn cgroup_id(path: &Path) -> Result<u64> {
-    std::fs::metadata(path)
-        .map(|m| m.ino())
-        .map_err(io_error("reading the id of cgroup", path))
+    proto::cgroups::cgroup_id(path).map_err(io_error("reading the id of cgroup", path))
 }
 
 /// The cgroup this process is in (absolute path).
