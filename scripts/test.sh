@@ -122,7 +122,7 @@ start_background_build fuzz-build scripts/fuzz.sh --build-only
 trap 'for p in $image_pid "${build_pid[@]}"; do kill -- -"$p" 2>/dev/null; done' EXIT
 
 say "cargo fmt --check"
-cargo fmt --all --check && (cd crates/contain-ebpf && cargo fmt --check)
+cargo fmt --all --check && (cd crates/contain-ebpf && cargo fmt --check) && (cd fuzz && cargo fmt --check)
 record "cargo fmt" $?
 
 say "cargo clippy --all-targets -- -D warnings (workspace and eBPF crate)"

@@ -17,6 +17,9 @@ fuzz_target!(|data: &[u8]| {
     if let Some(event) = decode(data, *WALL_OFFSET_NS, exe) {
         serde_json::to_string(&event).expect("an event always serialises");
         let line = policyd::eventlog::EventRecord::new(&event, None, None).to_line();
-        assert!(!line.contains('\n'), "an event log record is one line: {line}");
+        assert!(
+            !line.contains('\n'),
+            "an event log record is one line: {line}"
+        );
     }
 });
