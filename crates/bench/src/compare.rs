@@ -80,6 +80,12 @@ pub struct Figure {
 pub struct Previous {
     pub meta: Meta,
     pub figures: Vec<Figure>,
+    /// The commits between that run's and this one's that touched what
+    /// the figures measure ([`code_changes`]), read when the comparison
+    /// was made: the report lists them as what changed, each subject
+    /// saying why.
+    #[serde(default)]
+    pub code_changes: Vec<String>,
 }
 
 impl Previous {
@@ -87,12 +93,40 @@ impl Previous {
         Previous {
             meta: results.meta.clone(),
             figures: headline(results),
+            code_changes: Vec::new(),
         }
     }
 }
 
-/// Reads the previous run's benchmarks.json (`--before`).
-pub fn read_previous(path: &Path) -> Result<Previous> {
+/// What the figures measure: the code and the build, not the docs.
+pub const MEASURED_PATHS: [&str; 5] = ["crates", "scripts", "Cargo.toml", "Cargo.lock", ".cargo"];
+
+/// The commits after `before` up to `now` that touched [`MEASURED_PATHS`],
+/// oldest first, one `<hash> <subject>` line each; empty where git cannot
+/// say (no checkout here, or a commit it does not have).
+pub fn code_changes(before: &str, now: &str) -> Vec<String> {
+    let root = test_kit::repo_root();
+    let range = format!("{before}..{now}");
+    let mut args = vec![
+        "-C".to_string(),
+        root.display().to_string(),
+        "log".into(),
+        "--reverse".into(),
+        "--no-merges".into(),
+        "--format=%h %s".into(),
+        range,
+        "--".into(),
+    ];
+    args.extend(MEASURED_PATHS.map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    test_kit::process::run("git", &args)
+        .map(|out| out.lines().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// Reads the previous run's benchmarks.json (`--before`), with the commits
+/// from its run's to `now` ([`code_changes`]).
+pub fn read_previous(path: &Path, now: &str) -> Result<Previous> {
     let text = std::fs::read_to_string(path).with_context(|| {
         format!(
             "--before {}: cannot read the previous results; give the benchmarks.json of an \
@@ -108,7 +142,9 @@ pub fn read_previous(path: &Path) -> Result<Previous> {
             path.display()
         )
     })?;
-    Ok(Previous::of(&results))
+    let mut previous = Previous::of(&results);
+    previous.code_changes = code_changes(&previous.meta.commit, now);
+    Ok(previous)
 }
 
 /// The figures of a run, in the order the comparison lists them.
@@ -1063,12 +1099,18 @@ mod tests {
             std::env::temp_dir().join(format!("contain-bench-compare-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("scratch directory");
         let missing = dir.join("missing.json");
-        let e = format!("{:#}", read_previous(&missing).expect_err("no such file"));
+        let e = format!(
+            "{:#}",
+            read_previous(&missing, "HEAD").expect_err("no such file")
+        );
         assert!(e.contains(&missing.display().to_string()), "{e}");
         assert!(e.contains("--before"), "{e}");
         let garbage = dir.join("garbage.json");
         std::fs::write(&garbage, "{\"meta\": 1}").expect("write");
-        let e = format!("{:#}", read_previous(&garbage).expect_err("not results"));
+        let e = format!(
+            "{:#}",
+            read_previous(&garbage, "HEAD").expect_err("not results")
+        );
         assert!(e.contains(&garbage.display().to_string()), "{e}");
         assert!(e.contains("benchmarks.json an earlier"), "{e}");
         std::fs::remove_dir_all(&dir).expect("clean up");

@@ -404,7 +404,10 @@ fn main() -> Result<()> {
         } => {
             // Before anything is measured: a wrong path fails at once, and
             // DIR/benchmarks.json is read before the run replaces it.
-            let previous = before.as_deref().map(compare::read_previous).transpose()?;
+            let previous = before
+                .as_deref()
+                .map(|b| compare::read_previous(b, "HEAD"))
+                .transpose()?;
             let mut counts: Vec<usize> = rules
                 .split(',')
                 .map(|s| s.trim().parse())
@@ -445,7 +448,9 @@ fn main() -> Result<()> {
             // The measured results stay as the run wrote them: written
             // again, their floats would not all come back digit for digit.
             if let Some(before) = before {
-                let own = results.previous.replace(compare::read_previous(&before)?);
+                let own = results
+                    .previous
+                    .replace(compare::read_previous(&before, &results.meta.commit)?);
                 eprintln!(
                     "contain-bench: compared with {} for this rendering only ({} is not changed; \
                      without --before, `report` renders {})",

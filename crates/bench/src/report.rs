@@ -520,10 +520,16 @@ fn since_previous(md: &mut String, r: &Results) {
         };
     let code = if then.commit == m.commit {
         "the same commit as this run".to_string()
+    } else if previous.code_changes.is_empty() {
+        format!(
+            "`git log {}..{}` lists what changed in the code between the two (this checkout \
+             could not say when the comparison was made)",
+            then.commit, m.commit
+        )
     } else {
         format!(
-            "`git log {}..{}` lists what changed in the code between the two",
-            then.commit, m.commit
+            "what changed in the code between the two is listed below the table ({} commits)",
+            previous.code_changes.len()
         )
     };
     let code = if m.dirty {
@@ -618,6 +624,22 @@ fn since_previous(md: &mut String, r: &Results) {
         );
     } else {
         let _ = writeln!(md, "Skipped: {}.\n", skipped.join(", and "));
+    }
+    if !previous.code_changes.is_empty() {
+        let _ = writeln!(
+            md,
+            "What changed in the code between the two runs: the commits that touched the \
+             crates, the scripts or the build (`git log --reverse {}..{} -- {}`), oldest first; \
+             each subject says what changed and why, and a figure marked above moved with \
+             these or with the machine's noise:\n",
+            then.commit,
+            m.commit,
+            compare::MEASURED_PATHS.join(" ")
+        );
+        for commit in &previous.code_changes {
+            let _ = writeln!(md, "- {commit}");
+        }
+        let _ = writeln!(md);
     }
 }
 
@@ -1650,6 +1672,10 @@ mod tests {
         });
         before.meta.commit = "0123456789ab".into();
         before.meta.date_utc = "2026-01-01T00:00:00Z".into();
+        before.code_changes = vec![
+            "1111111 ebpf: one lookup fewer".into(),
+            "2222222 bench: the floor's rounds".into(),
+        ];
         // The floor got faster; a phase only the previous run had.
         before
             .figures
@@ -1704,6 +1730,15 @@ mod tests {
         );
         assert!(
             md.contains("Skipped: 1 figure of a phase that ran in one report only (scale in the previous only)."),
+            "{md}"
+        );
+        assert!(md.contains("listed below the table (2 commits)"), "{md}");
+        assert!(
+            md.contains(
+                "oldest first; each subject says what changed and why, and a figure marked above \
+                 moved with these or with the machine's noise:\n\n- 1111111 ebpf: one lookup \
+                 fewer\n- 2222222 bench: the floor's rounds\n"
+            ),
             "{md}"
         );
         let mut without = r.clone();
