@@ -101,6 +101,25 @@ def tcp(host, port, marker):
             time.sleep(0.2)
 
 
+def tcp_from(sport, host, port):
+    """A TCP connect from source port `sport`: its SYN carries no marker,
+    so the test tells it apart by that port."""
+    with socket.socket(family_of(host), socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("::" if ":" in host else "0.0.0.0", int(sport)))
+        s.settimeout(3)
+        attempt("connect", lambda: s.connect((host, int(port))))
+
+
+def icmp4_type(dst, icmp_type, marker):
+    """An ICMP message of type `icmp_type` (code 0), marked, from a raw
+    ICMP socket (the kernel writes the IP header)."""
+    msg = struct.pack("!BBHHH", int(icmp_type), 0, 0, 0x78, 1) + payload(marker, 64)
+    msg = msg[:2] + struct.pack("!H", csum(msg)) + msg[4:]
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
+        attempt("sendto", lambda: s.sendto(msg, (dst, 0)) and None)
+
+
 def mapped_udp(v4host, port, marker):
     with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
         attempt("sendto", lambda: s.sendto(payload(marker), ("::ffff:" + v4host, int(port))) and None)
@@ -1231,7 +1250,7 @@ def mld_join(ifname, marker):
 
 
 COMMANDS = {
-    "udp": udp, "tcp": tcp, "mapped-udp": mapped_udp, "stream": stream,
+    "udp": udp, "tcp": tcp, "tcp-from": tcp_from, "icmp4-type": icmp4_type, "mapped-udp": mapped_udp, "stream": stream,
     "steer-tcp": lambda *a: steer(socket.SOCK_STREAM, *a),
     "steer-udp": lambda *a: steer(socket.SOCK_DGRAM, *a),
     "inbound-rthdr": inbound_rthdr, "nd": nd, "udp-revoke": udp_revoke, "udp-tied": udp_tied,

@@ -277,8 +277,25 @@ const PROBES: &[Probe] = &[
         "the late reply's marker captured", "an immediate reply from another socket", p_udp_expired),
     probe!("5-docker-dns", "UDP query to 127.0.0.11:53, where a forwarder in the test's cgroup (as dockerd's embedded DNS) relays it to the peer's port 53 from inside the container's netns; and a query that forwarder relays for a host process",
         "the container's query captured (on its lo or at the peer); the relayed copy of the host's query at the peer", "127.0.0.1:53 on lo; under allow_docker_dns = true the container's query arrives at the peer and is answered", p_docker_dns),
+    probe!("0-tcp4-denied-port", "TCP connect() to the allowed peer, on a port no rule allows",
+        "a segment from the probe's source port (41001) captured", "plain TCP4 to the allowed port",
+        simple(&["tcp-from", "41001", PEER4, "8081"], &["tcp", PEER4, SINK, "{C}"], |p, _m| from_port(p, 41001))),
+    probe!("0-tcp4-denied-address", "TCP connect() to a denied address, on the port the peer's rule allows",
+        "a segment from the probe's source port (41002) captured", "plain TCP4 to the allowed peer",
+        simple(&["tcp-from", "41002", PEER4_OTHER, SINK], &["tcp", PEER4, SINK, "{C}"], |p, _m| from_port(p, 41002))),
+    probe!("0-tcp6-denied-port", "TCP6 connect() to the allowed peer, on a port no rule allows",
+        "a segment from the probe's source port (41003) captured", "plain TCP6 to the allowed port",
+        simple(&["tcp-from", "41003", PEER6, "8081"], &["tcp", PEER6, SINK, "{C}"], |p, _m| from_port(p, 41003))),
+    probe!("0-tcp6-denied-address", "TCP6 connect() to a denied address, on the port the peer's rule allows",
+        "a segment from the probe's source port (41004) captured", "plain TCP6 to the allowed peer",
+        simple(&["tcp-from", "41004", PEER6_OTHER, SINK], &["tcp", PEER6, SINK, "{C}"], |p, _m| from_port(p, 41004))),
+    probe!("0-icmp4-type-denied", "raw ICMP timestamp request (type 13), marked, to the allowed peer, whose rule allows echo requests only",
+        "marker captured", "plain UDP4",
+        simple(&["icmp4-type", PEER4, "13", "{L}"], &["udp", PEER4, "5353", "{C}"], marker_leak)),
     probe!("7a-iputils-ping", "/usr/bin/ping -c1 -W2 (UDP connect() first) to a denied address",
         "echo request captured", "ping to the allowed peer succeeds and arrives", p_ping),
+    probe!("7a-iputils-ping6", "/usr/bin/ping -6 -c1 -W2 (an ICMPv6 ping socket) to a denied address",
+        "echo request captured", "ping -6 to the allowed peer succeeds and arrives", p_ping6),
     probe!("7b-udp-connect-denied", "UDP connect() to a denied address, then send()",
         "marker captured", "the same to the allowed peer; filtered: connect ok, send EPERM", p_udp_connect),
     probe!("9-exec-long-path", "allowed python3 execv()s a copy of itself at a path > 255 bytes, which sends",
@@ -665,6 +682,12 @@ fn names_denied(p: &Value) -> bool {
         })
     };
     DENIED.contains(&dst) || listed("rh") || listed("srr")
+}
+
+/// A segment the container sent from source port `port` (a probe's own,
+/// fixed: its unmarked SYN is told apart by it).
+fn from_port(p: &Value, port: u64) -> bool {
+    from_container(p) && p["sport"].as_u64() == Some(port)
 }
 
 fn from_container(p: &Value) -> bool {
@@ -2212,10 +2235,20 @@ fn ping_marker_hex(m: &str) -> String {
 }
 
 async fn p_ping(cx: &mut Ctx) -> Outcome {
+    ping_denied_and_allowed(cx, PEER4_OTHER, PEER4).await
+}
+
+async fn p_ping6(cx: &mut Ctx) -> Outcome {
+    ping_denied_and_allowed(cx, PEER6_OTHER, PEER6).await
+}
+
+/// `ping` to `denied` (the attack) and to `allowed` (the control, which
+/// must get its reply).
+async fn ping_denied_and_allowed(cx: &mut Ctx, denied: &str, allowed: &str) -> Outcome {
     let t = now();
     let (lm, cm) = (cx.marker(), cx.marker());
-    let (_, a) = cx.ping(PEER4_OTHER, &lm);
-    let (ok, c) = cx.ping(PEER4, &cm);
+    let (_, a) = cx.ping(denied, &lm);
+    let (ok, c) = cx.ping(allowed, &cm);
     // ping -p repeats the pattern: the marker is whole in the payload.
     let mut o = cx
         .judge(
