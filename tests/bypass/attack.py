@@ -407,9 +407,9 @@ def sendto_unspec(host, port, marker):
 
 # --- classic vectors ------------------------------------------------------------------
 
-def ip4(src, dst, proto, body, options=b"", frag=0, ident=0x4242):
+def ip4(src, dst, proto, body, options=b"", frag=0, ident=0x4242, ttl=64):
     ihl = 5 + len(options) // 4
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, 20 + len(options) + len(body), ident, frag, 64,
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, 20 + len(options) + len(body), ident, frag, ttl,
                       proto, 0, socket.inet_aton(src), socket.inet_aton(dst)) + options
     hdr = hdr[:10] + struct.pack("!H", csum(hdr)) + hdr[12:]
     return hdr + body
@@ -863,6 +863,18 @@ def pkt_vlan(ifname, dmac, src, dst, port, marker, vid):
     frame_send(ifname, "raw", 0, mac(dmac), ethertype, pkt, tag=vid)
 
 
+def pkt_igmp(ifname, src, marker):
+    """An IGMPv3 membership report as the kernel sends one (to 224.0.0.22,
+    TTL 1, Router Alert), from a packet socket, the marker after its one
+    group record."""
+    record = struct.pack("!BBH4s", 2, 0, 0, socket.inet_aton("239.1.2.3"))
+    report = struct.pack("!BBHHH", 0x22, 0, 0, 0, 1) + record + payload(marker, 64)
+    report = report[:2] + struct.pack("!H", csum(report)) + report[4:]
+    router_alert = b"\x94\x04\x00\x00"
+    packet = ip4(src, "224.0.0.22", 2, report, options=router_alert, ttl=1)
+    frame_send(ifname, "raw", 0, mac("01:00:5e:00:00:16"), 0x0800, packet)
+
+
 def pkt_ethertype(ifname, dmac, ethertype, marker):
     """A frame of another protocol (e.g. 0x88b5, local experimental) whose
     payload is the marker."""
@@ -1263,7 +1275,7 @@ COMMANDS = {
     "sendto-unspec": sendto_unspec, "raw4": raw4, "raw-via": raw_via, "cache-race": cache_race, "frag4-later": frag4_later, "frag4-after-cached": frag4_after_cached, "frag4-overlap": frag4_overlap,
     "frag4-tiny": frag4_tiny, "v6-ext": v6_ext, "v6-frag-hidden": v6_frag_hidden, "v6-srh-raw": v6_srh_raw, "tfo": tfo,
     "sendmmsg": sendmmsg, "mcast-reply": mcast_reply, "v6-srh-segleft": v6_srh_segleft, "v6-ext7-srh": v6_ext7_srh, "reflect-echo6": reflect_echo6, "reflect-echo4": reflect_echo4, "reflect-rst4": reflect_rst4, "stream-mptcp": stream_mptcp, "revoked-flood": revoked_flood, "revoked-claim": revoked_claim, "fdpass": fdpass, "fd-create": fd_create, "flood": flood,
-    "pkt-udp": pkt_udp, "pkt-udp-big": pkt_udp_big, "pkt-vlan": pkt_vlan, "pkt-ethertype": pkt_ethertype, "pkt-arp": pkt_arp, "pkt-arp-plain": pkt_arp_plain, "pkt-nd": pkt_nd,
+    "pkt-udp": pkt_udp, "pkt-udp-big": pkt_udp_big, "pkt-vlan": pkt_vlan, "pkt-ethertype": pkt_ethertype, "pkt-igmp": pkt_igmp, "pkt-arp": pkt_arp, "pkt-arp-plain": pkt_arp_plain, "pkt-nd": pkt_nd,
     "pkt-lo": pkt_lo, "pkt-lo-forward": pkt_lo_forward, "tcp-forged-accept": tcp_forged_accept,
     "udp-forged-reply": udp_forged_reply, "forged-echo": forged_echo, "xdp-udp": xdp_udp, "dns-forwarder": dns_forwarder, "udp-ask": udp_ask,
     "raw-udp": raw_udp, "bound-send": bound_send, "pktinfo-udp": pktinfo_udp, "mld-join": mld_join,
