@@ -435,6 +435,12 @@ def raw4(src, dst, port, marker, options):
         # Loose source route whose next hop is the named address: a router
         # at `dst` would forward the packet there.
         opts = struct.pack("!BBB", 131, 7, 4) + socket.inet_aton(options[5:]) + b"\x00"
+    elif options.startswith("lsrr-ptr5="):
+        # The named address twice, the pointer one byte into the first: a
+        # router would take the next hop from bytes straddling the two, an
+        # address the list does not name.
+        addr = socket.inet_aton(options[10:])
+        opts = struct.pack("!BBB", 131, 11, 5) + addr + addr + b"\x00"
     raw4_send([ip4(src, dst, 17, udp_hdr(40000, int(port), payload(marker)), opts)], dst)
 
 
@@ -568,6 +574,13 @@ def v6_ext(src, dst, port, marker):
     # hop-by-hop → destination options → UDP to a denied port.
     body = opts_hdr(60) + opts_hdr(17) + udp_hdr(40000, int(port), payload(marker))
     raw6_send([ip6(src, dst, 0, body)], dst)
+
+
+def v6_truncated_ext(src, dst, marker):
+    """A hop-by-hop header that claims 248 bytes where the packet ends after
+    72 (the marker in its options): no transport header can be read."""
+    hbh = struct.pack("!BB", 17, 30) + b"\x01\x04\0\0\0\0" + payload(marker, 64)
+    raw6_send([ip6(src, dst, 0, hbh)], dst)
 
 
 def v6_frag_hidden(src, dst, port, marker):
@@ -1273,7 +1286,7 @@ COMMANDS = {
     "copy-exec": lambda src, dst, *rest: copy_exec(src, dst, list(rest)),
     "as-comm": lambda name, *rest: as_comm(name, list(rest)),
     "sendto-unspec": sendto_unspec, "raw4": raw4, "raw-via": raw_via, "cache-race": cache_race, "frag4-later": frag4_later, "frag4-after-cached": frag4_after_cached, "frag4-overlap": frag4_overlap,
-    "frag4-tiny": frag4_tiny, "v6-ext": v6_ext, "v6-frag-hidden": v6_frag_hidden, "v6-srh-raw": v6_srh_raw, "tfo": tfo,
+    "frag4-tiny": frag4_tiny, "v6-ext": v6_ext, "v6-truncated-ext": v6_truncated_ext, "v6-frag-hidden": v6_frag_hidden, "v6-srh-raw": v6_srh_raw, "tfo": tfo,
     "sendmmsg": sendmmsg, "mcast-reply": mcast_reply, "v6-srh-segleft": v6_srh_segleft, "v6-ext7-srh": v6_ext7_srh, "reflect-echo6": reflect_echo6, "reflect-echo4": reflect_echo4, "reflect-rst4": reflect_rst4, "stream-mptcp": stream_mptcp, "revoked-flood": revoked_flood, "revoked-claim": revoked_claim, "fdpass": fdpass, "fd-create": fd_create, "flood": flood,
     "pkt-udp": pkt_udp, "pkt-udp-big": pkt_udp_big, "pkt-vlan": pkt_vlan, "pkt-ethertype": pkt_ethertype, "pkt-igmp": pkt_igmp, "pkt-arp": pkt_arp, "pkt-arp-plain": pkt_arp_plain, "pkt-nd": pkt_nd,
     "pkt-lo": pkt_lo, "pkt-lo-forward": pkt_lo_forward, "tcp-forged-accept": tcp_forged_accept,
