@@ -803,6 +803,10 @@ def mcast_reply(group, port, ifaddr, spoofed, sport, marker):
 
 SOL_PACKET = 263
 PACKET_QDISC_BYPASS = 20
+PACKET_VNET_HDR = 15
+VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
+SIOCETHTOOL = 0x8946
+ETHTOOL_STXCSUM = 0x17
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
 ETH_P_ARP = 0x0806
@@ -886,6 +890,59 @@ def pkt_igmp(ifname, src, marker):
     router_alert = b"\x94\x04\x00\x00"
     packet = ip4(src, "224.0.0.22", 2, report, options=router_alert, ttl=1)
     frame_send(ifname, "raw", 0, mac("01:00:5e:00:00:16"), 0x0800, packet)
+
+
+def ones_sum(data):
+    """The ones' complement sum of `data`'s 16-bit words, folded."""
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def csum_rewrite_frame(ifname, dmac, src, dst, port, rewritten, marker):
+    """A frame of a marked UDP datagram to dst:port (its UDP checksum 0,
+    "none") whose words from the UDP header on sum to ~rewritten: a
+    "checksum" resolved over them and written at the destination port
+    (offset 14 + 20 + 2) makes the port `rewritten`."""
+    body = payload(marker, 40)
+    udp = struct.pack("!HHHH", 40000, int(port), 8 + len(body) + 2, 0) + body
+    want = ~int(rewritten) & 0xFFFF
+    last = ones_sum(struct.pack("!HH", want, ~ones_sum(udp) & 0xFFFF))
+    udp += struct.pack("!H", last)
+    return mac(dmac) + own_mac(ifname) + struct.pack("!H", 0x0800) + ip4(src, dst, 17, udp)
+
+
+def pkt_vnet_csum(ifname, dmac, src, dst, port, rewritten, marker):
+    """A packet socket's frame whose virtio_net_hdr asks for checksum
+    offload over the UDP destination port: as sent, and as the veth judges
+    it, the datagram goes to `port`; a device without checksum offload on
+    the way resolves the "checksum" there, which makes it `rewritten`."""
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0) as s:
+        if not attempt("vnet_hdr", lambda: s.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)):
+            return
+        s.bind((ifname, 0))
+        frame = csum_rewrite_frame(ifname, dmac, src, dst, port, rewritten, marker)
+        vnet = struct.pack("<BBHHHH", VIRTIO_NET_HDR_F_NEEDS_CSUM, 0, 0, 0, 14 + 20, 2)
+        attempt("send", lambda: s.send(vnet + frame) and None)
+
+
+def xdp_csum(ifname, dmac, src, dst, port, rewritten, marker):
+    """The same frame from an AF_XDP socket whose transmit metadata asks
+    for checksum offload at the destination port."""
+    frame = csum_rewrite_frame(ifname, dmac, src, dst, port, rewritten, marker)
+    xdp_send(ifname, frame, csum_at=(14 + 20, 2))
+
+
+def tx_checksum(ifname, state):
+    """Turns a device's transmit checksum offload on or off (ethtool -K
+    IFNAME tx on|off, which this host may not have)."""
+    import array
+    import fcntl
+    value = array.array("I", [ETHTOOL_STXCSUM, 1 if state == "on" else 0])
+    ifr = struct.pack("16sP", ifname.encode(), value.buffer_info()[0])
+    with socket.socket() as s:
+        attempt("tx_checksum", lambda: fcntl.ioctl(s, SIOCETHTOOL, ifr) and None)
 
 
 def pkt_ethertype(ifname, dmac, ethertype, marker):
@@ -1095,7 +1152,17 @@ XDP_FRAME = 4096
 XDP_RING = 64
 
 
-def xdp_send(ifname, frame):
+XDP_UMEM_TX_METADATA_LEN = 1 << 2
+XDP_TX_METADATA = 1 << 1
+XDP_TXMD_FLAGS_CHECKSUM = 1 << 1
+# struct xsk_tx_metadata: flags, then csum_start, csum_offset, launch_time.
+XSK_TX_METADATA_LEN = 24
+
+
+def xdp_send(ifname, frame, csum_at=None):
+    """`frame` from an AF_XDP socket (copy mode). `csum_at` (start, offset):
+    the umem carries transmit metadata, and the frame's asks for checksum
+    offload there."""
     import mmap
     # Python's socket module knows no AF_XDP: libc, by descriptor.
     fd = libc.socket(AF_XDP, socket.SOCK_RAW, 0)
@@ -1119,7 +1186,12 @@ def xdp_send(ifname, frame):
         umem = mmap.mmap(-1, XDP_FRAME * XDP_RING)
         addr = ctypes.addressof(ctypes.c_char.from_buffer(umem))
         # struct xdp_umem_reg: addr, len, chunk_size, headroom, flags, tx_metadata_len
-        sockopt(XDP_UMEM_REG, struct.pack("=QQIIII", addr, len(umem), XDP_FRAME, 0, 0, 0))
+        flags, md_len = (XDP_UMEM_TX_METADATA_LEN, XSK_TX_METADATA_LEN) if csum_at else (0, 0)
+        try:
+            sockopt(XDP_UMEM_REG, struct.pack("=QQIIII", addr, len(umem), XDP_FRAME, 0, flags, md_len))
+        except OSError as e:
+            say(umem_reg=err(e))
+            return
         for name in (XDP_UMEM_FILL_RING, XDP_UMEM_COMPLETION_RING, XDP_TX_RING):
             sockopt(name, struct.pack("=I", XDP_RING))
         # struct xdp_mmap_offsets: rx, tx, fr, cr; each producer, consumer,
@@ -1134,9 +1206,13 @@ def xdp_send(ifname, frame):
         sxdp = struct.pack("=HHIII", AF_XDP, XDP_COPY, socket.if_nametoindex(ifname), 0, 0)
         if libc.bind(fd, sxdp, len(sxdp)) != 0:
             raise OSError(ctypes.get_errno(), "bind")
-        umem[:len(frame)] = frame
+        # The metadata sits right before the frame in its chunk.
+        at = 256 if csum_at else 0
+        if csum_at:
+            umem[at - XSK_TX_METADATA_LEN:at] = struct.pack("=QHHxxxxQ", XDP_TXMD_FLAGS_CHECKSUM, csum_at[0], csum_at[1], 0)
+        umem[at:at + len(frame)] = frame
         # struct xdp_desc: addr, len, options
-        tx[tx_desc:tx_desc + 16] = struct.pack("=QII", 0, len(frame), 0)
+        tx[tx_desc:tx_desc + 16] = struct.pack("=QII", at, len(frame), XDP_TX_METADATA if csum_at else 0)
         prod = struct.unpack("=I", tx[tx_prod:tx_prod + 4])[0]
         tx[tx_prod:tx_prod + 4] = struct.pack("=I", prod + 1)
         r = libc.sendto(fd, None, 0, socket.MSG_DONTWAIT, None, 0)
@@ -1288,7 +1364,7 @@ COMMANDS = {
     "sendto-unspec": sendto_unspec, "raw4": raw4, "raw-via": raw_via, "cache-race": cache_race, "frag4-later": frag4_later, "frag4-after-cached": frag4_after_cached, "frag4-overlap": frag4_overlap,
     "frag4-tiny": frag4_tiny, "v6-ext": v6_ext, "v6-truncated-ext": v6_truncated_ext, "v6-frag-hidden": v6_frag_hidden, "v6-srh-raw": v6_srh_raw, "tfo": tfo,
     "sendmmsg": sendmmsg, "mcast-reply": mcast_reply, "v6-srh-segleft": v6_srh_segleft, "v6-ext7-srh": v6_ext7_srh, "reflect-echo6": reflect_echo6, "reflect-echo4": reflect_echo4, "reflect-rst4": reflect_rst4, "stream-mptcp": stream_mptcp, "revoked-flood": revoked_flood, "revoked-claim": revoked_claim, "fdpass": fdpass, "fd-create": fd_create, "flood": flood,
-    "pkt-udp": pkt_udp, "pkt-udp-big": pkt_udp_big, "pkt-vlan": pkt_vlan, "pkt-ethertype": pkt_ethertype, "pkt-igmp": pkt_igmp, "pkt-arp": pkt_arp, "pkt-arp-plain": pkt_arp_plain, "pkt-nd": pkt_nd,
+    "pkt-udp": pkt_udp, "pkt-udp-big": pkt_udp_big, "pkt-vlan": pkt_vlan, "pkt-ethertype": pkt_ethertype, "pkt-igmp": pkt_igmp, "pkt-vnet-csum": pkt_vnet_csum, "xdp-csum": xdp_csum, "tx-checksum": tx_checksum, "pkt-arp": pkt_arp, "pkt-arp-plain": pkt_arp_plain, "pkt-nd": pkt_nd,
     "pkt-lo": pkt_lo, "pkt-lo-forward": pkt_lo_forward, "tcp-forged-accept": tcp_forged_accept,
     "udp-forged-reply": udp_forged_reply, "forged-echo": forged_echo, "xdp-udp": xdp_udp, "dns-forwarder": dns_forwarder, "udp-ask": udp_ask,
     "raw-udp": raw_udp, "bound-send": bound_send, "pktinfo-udp": pktinfo_udp, "mld-join": mld_join,

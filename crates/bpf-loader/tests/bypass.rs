@@ -474,6 +474,12 @@ const PROBES: &[Probe] = &[
     probe!("pkt-vlan", "AF_PACKET frame with an 802.1Q tag (VLAN 42) carrying IPv4/UDP to an allowed destination",
         "marker captured", "plain UDP4",
         simple(&["pkt-vlan", "vc", "{PMAC}", CT4, PEER4, "5353", "{L}", "42"], &["udp", PEER4, "5353", "{C}"], marker_leak)),
+    probe!("pkt-vnet-csum", "AF_PACKET frame with a virtio_net_hdr (PACKET_VNET_HDR) asking for checksum offload over its UDP destination port: UDP to the allowed peer and port as sent, its last two bytes chosen so that the \"checksum\" a device without offload writes there is port 9 (the bridge's port to the peer has transmit checksumming off for this probe, as a NIC without it)",
+        "marker captured on another port than the allowed one", "plain UDP4",
+        p_pkt_vnet_csum),
+    probe!("xdp-csum", "AF_XDP socket (copy mode) whose umem carries transmit metadata, the frame's asking for checksum offload over its UDP destination port, as pkt-vnet-csum",
+        "marker captured on another port than the allowed one", "plain UDP4",
+        p_xdp_csum),
     probe!("pkt-igmp", "AF_PACKET IGMPv3 membership report shaped as the kernel's own (to 224.0.0.22, TTL 1, Router Alert, from the container's address), the marker after its group record",
         "marker captured", "plain UDP4",
         simple(&["pkt-igmp", "vc", CT4, "{L}"], &["udp", PEER4, "5353", "{C}"], marker_leak)),
@@ -2255,6 +2261,42 @@ async fn kernel_resolution_control(
 
 fn ping_marker_hex(m: &str) -> String {
     m.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn p_pkt_vnet_csum(cx: &mut Ctx) -> Outcome {
+    csum_rewrite(cx, "pkt-vnet-csum").await
+}
+
+async fn p_xdp_csum(cx: &mut Ctx) -> Outcome {
+    csum_rewrite(cx, "xdp-csum").await
+}
+
+/// `attack` sends a frame to the allowed peer and port that asks for
+/// checksum offload over its destination port, with the bridge's port to
+/// the peer transmitting without checksum offload (as a NIC without it):
+/// there the kernel writes port 9 over the port the veth judged.
+async fn csum_rewrite(cx: &mut Ctx, attack: &str) -> Outcome {
+    let host_ns = cx.lab.host_ns.clone();
+    let host = |state: &str| {
+        lab::cmd_in(&host_ns, PYTHON)
+            .arg(script("attack.py"))
+            .args(["tx-checksum", PEER_HOST_VETH, state])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_else(|e| format!("tx-checksum: {e}"))
+    };
+    let off = host("off");
+    let mut o = cx
+        .simple(
+            &[attack, "vc", "{PMAC}", CT4, PEER4, "5353", "9", "{L}"],
+            &["udp", PEER4, "5353", "{C}"],
+            |p, m| has_marker(p, m) && p["dport"].as_u64() != Some(5353),
+        )
+        .await;
+    let on = host("on");
+    o.notes
+        .push(format!("peer's bridge port: off {off}, on {on}"));
+    o
 }
 
 async fn p_ping(cx: &mut Ctx) -> Outcome {

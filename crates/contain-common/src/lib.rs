@@ -26,6 +26,7 @@ pub mod map_names {
     pub const CONFIG: &str = "CONTAIN_CONFIG";
     pub const COUNTERS: &str = "CONTAIN_COUNTERS";
     pub const STATS: &str = "CONTAIN_STATS";
+    pub const REFUSED_SOCKOPTS: &str = "CONTAIN_REFUSED_SOCKOPTS";
     pub const EVENTS: &str = "CONTAIN_EVENTS";
     pub const REVOKED_FLOWS: &str = "CONTAIN_REVOKED_FLOWS";
     pub const SOCKETS: &str = "CONTAIN_SOCKETS";
@@ -47,6 +48,7 @@ pub mod map_names {
         CONFIG,
         COUNTERS,
         STATS,
+        REFUSED_SOCKOPTS,
         EVENTS,
         REVOKED_FLOWS,
         SOCKETS,
@@ -101,6 +103,7 @@ pub mod program_names {
     pub const SENDMSG6: &str = "contain_sendmsg6";
     pub const EGRESS: &str = "contain_egress";
     pub const INGRESS: &str = "contain_ingress";
+    pub const SETSOCKOPT: &str = "contain_setsockopt";
     pub const EXEC: &str = "contain_exec";
     pub const NEWTASK: &str = "contain_newtask";
     pub const EXIT: &str = "contain_exit";
@@ -127,6 +130,7 @@ pub mod program_names {
         SENDMSG6,
         EGRESS,
         INGRESS,
+        SETSOCKOPT,
     ];
 }
 

@@ -8,6 +8,8 @@
 //!   for raw sockets, ping sockets and anything the socket hooks miss;
 //! - `cgroup_skb/ingress` remembers UDP peers that spoke first to a socket,
 //!   so a UDP server in a filtered container can answer them;
+//! - `cgroup/setsockopt` refuses the options that would let a packet
+//!   socket's frame change after the veth backstop judged it (`sockopt`);
 //! - `sched_process_exec`, `task_newtask` and `sched_process_exit` keep the
 //!   executable each process runs;
 //! - `contain_veth` (tc ingress on the host side of each container's veth)
@@ -28,6 +30,7 @@ mod decide;
 mod established;
 mod maps;
 mod packet;
+mod sockopt;
 mod unaligned;
 mod veth;
 
@@ -63,8 +66,8 @@ use crate::{
 
 static UNKNOWN_IDENTITY: Identity = Identity::UNKNOWN;
 
-const ALLOW: i32 = 1;
-const REJECT: i32 = 0;
+pub(crate) const ALLOW: i32 = 1;
+pub(crate) const REJECT: i32 = 0;
 
 pub(crate) const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
@@ -353,7 +356,7 @@ fn judge_sock_addr<const V6: bool>(ctx: &SockAddrContext, hook: Hook, is_connect
 }
 
 #[inline(always)]
-fn current_cgroup() -> u64 {
+pub(crate) fn current_cgroup() -> u64 {
     // SAFETY: helper without preconditions.
     unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() }
 }

@@ -55,6 +55,11 @@ pub static COUNTERS: PerCpuArray<PolicyCounters, { MAX_POLICIES as usize }> = Pe
 #[btf_map(name = "CONTAIN_STATS")]
 pub static STATS: PerCpuArray<u64, { contain_common::stat::COUNT as usize }> = PerCpuArray::new();
 
+/// Socket options `contain_setsockopt` refused (one counter, per CPU): a map
+/// of its own, so `STATS` keeps its layout.
+#[btf_map(name = "CONTAIN_REFUSED_SOCKOPTS")]
+pub static REFUSED_SOCKOPTS: PerCpuArray<u64, 1> = PerCpuArray::new();
+
 #[btf_map(name = "CONTAIN_EVENTS")]
 pub static EVENTS: RingBuf<contain_common::Event, { capacity::EVENTS_BYTES as usize }> =
     RingBuf::new();

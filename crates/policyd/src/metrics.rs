@@ -159,6 +159,7 @@ pub struct KernelCounters {
     pub unparsed_packets: u64,
     pub veth_unowned_frames: u64,
     pub forged_source_frames: u64,
+    pub refused_socket_options: u64,
 }
 
 /// One kernel map's use.
@@ -407,6 +408,11 @@ pub fn render(scrape: &Scrape, recorder: &Recorder) -> String {
                 "forged_source_frames",
                 "Frames of a governed container whose source is none of its addresses: denied (passed in audit mode) and reported",
                 kernel.forged_source_frames,
+            ),
+            (
+                "refused_socket_options",
+                "Socket options refused to a governed container because they let a packet socket's frame change after the veth backstop judged it (PACKET_VNET_HDR, AF_XDP transmit metadata)",
+                kernel.refused_socket_options,
             ),
         ] {
             let counter = Counter::<u64>::default();

@@ -293,6 +293,7 @@ async fn a_denial_is_logged_with_its_container_and_moves_its_counter_in_promethe
         unparsed_packets: 3,
         veth_unowned_frames: 6,
         forged_source_frames: 7,
+        refused_socket_options: 8,
     });
     let mut e = denial(CURLER_CGROUP, lockdown, 9090);
     e.suppressed = 4;
@@ -348,6 +349,10 @@ async fn a_denial_is_logged_with_its_container_and_moves_its_counter_in_promethe
     assert_eq!(
         sample(&after, "contain_forged_source_frames_total"),
         Some(7.0)
+    );
+    assert_eq!(
+        sample(&after, "contain_refused_socket_options_total"),
+        Some(8.0)
     );
     assert_eq!(
         sample(&after, r#"contain_containers{state="enforced"}"#),

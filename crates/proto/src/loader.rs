@@ -111,6 +111,11 @@ pub struct Counters {
     /// addresses (denied, or passed and reported in audit mode).
     #[serde(default)]
     pub forged_source_frames: u64,
+    /// Socket options refused to a governed container because they let a
+    /// packet socket's frame change after the veth backstop judged it
+    /// (`PACKET_VNET_HDR`, AF_XDP transmit metadata).
+    #[serde(default)]
+    pub refused_socket_options: u64,
 }
 
 /// Which hook decided.

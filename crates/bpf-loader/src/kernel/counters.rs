@@ -49,6 +49,12 @@ impl Kernel {
             unparsed_packets: stat(kern::stat::UNPARSED)?,
             veth_unowned_frames: stat(kern::stat::VETH_UNOWNED)?,
             forged_source_frames: stat(kern::stat::FORGED_SOURCE)?,
+            refused_socket_options: m
+                .refused_sockopts
+                .get(&0, 0)
+                .map_err(map_err(map_names::REFUSED_SOCKOPTS))?
+                .iter()
+                .sum(),
         })
     }
 

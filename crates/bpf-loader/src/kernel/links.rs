@@ -12,7 +12,7 @@ use std::{
 use aya::{
     programs::{
         cgroup_skb::CgroupSkbAttachType, links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSock,
-        CgroupSockAddr, RawTracePoint, SchedClassifier, TcAttachType, TracePoint,
+        CgroupSockAddr, CgroupSockopt, RawTracePoint, SchedClassifier, TcAttachType, TracePoint,
     },
     Ebpf,
 };
@@ -80,8 +80,13 @@ impl Kernel {
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let cgroup_dir = File::open(&path).map_err(io_err(&path))?;
         for &name in program_names::CGROUP {
-            let link = attach_cgroup_program(&mut self.ebpf, name, &cgroup_dir)?;
-            pin(link, &dir.join(name))?;
+            let path = dir.join(name);
+            if name == program_names::SETSOCKOPT {
+                attach_setsockopt_pinned(&mut self.ebpf, &cgroup_dir, &path)?;
+            } else {
+                let link = attach_cgroup_program(&mut self.ebpf, name, &cgroup_dir)?;
+                pin(link, &path)?;
+            }
         }
         release_other_instances(&group, &self.instance)?;
         // The veth backstop passes the packets of sockets under this cgroup:
@@ -296,6 +301,83 @@ fn attach_cgroup_program(
             let id = prog.attach(cgroup, mode).map_err(err)?;
             prog.take_link(id).map_err(err)?.try_into().map_err(pin_err)
         }
+    }
+}
+
+/// Attaches `contain_setsockopt` to `cgroup` with a bpf_link pinned at
+/// `path`. aya 0.14 gives no `FdLink` of a sockopt program's link (nothing
+/// to pin), so the link is made and pinned with the two bpf(2) calls
+/// themselves; the pin then behaves as every other link's.
+fn attach_setsockopt_pinned(
+    ebpf: &mut Ebpf,
+    cgroup: &File,
+    path: &Path,
+) -> Result<(), KernelError> {
+    use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd};
+    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+    let name = program_names::SETSOCKOPT;
+    let prog: &mut CgroupSockopt = program_mut(ebpf, name)?;
+    let prog_fd = prog
+        .fd()
+        .map_err(|source| KernelError::Program { name, source })?
+        .as_fd()
+        .as_raw_fd();
+    let pin_err = |call: &str| KernelError::Pin {
+        path: path.to_owned(),
+        reason: format!("{call}: {}", std::io::Error::last_os_error()),
+    };
+    // SAFETY: a plain C union, valid zeroed (what the kernel wants of every
+    // field a call does not use).
+    let mut attr = unsafe { std::mem::zeroed::<bpf_attr>() };
+    attr.link_create.__bindgen_anon_1.prog_fd = prog_fd as u32;
+    attr.link_create.__bindgen_anon_2.target_fd = cgroup.as_raw_fd() as u32;
+    attr.link_create.attach_type = bpf_attach_type::BPF_CGROUP_SETSOCKOPT as u32;
+    // SAFETY: a BPF_LINK_CREATE attribute of the size passed.
+    let link = unsafe { bpf_syscall(bpf_cmd::BPF_LINK_CREATE, &mut attr) };
+    if link < 0 {
+        return Err(pin_err("BPF_LINK_CREATE"));
+    }
+    // SAFETY: the kernel returned a new file descriptor, owned from here.
+    let link = unsafe { OwnedFd::from_raw_fd(link as i32) };
+    if path.exists() {
+        release(path)?;
+    }
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
+        KernelError::Pin {
+            path: path.to_owned(),
+            reason: "the path holds a NUL byte".into(),
+        }
+    })?;
+    // SAFETY: as above.
+    let mut attr = unsafe { std::mem::zeroed::<bpf_attr>() };
+    attr.__bindgen_anon_4.pathname = c_path.as_ptr() as u64;
+    attr.__bindgen_anon_4.bpf_fd = link.as_raw_fd() as u32;
+    // SAFETY: a BPF_OBJ_PIN attribute of the size passed; `pathname` points
+    // at a C string that outlives the call.
+    if unsafe { bpf_syscall(bpf_cmd::BPF_OBJ_PIN, &mut attr) } < 0 {
+        return Err(pin_err("BPF_OBJ_PIN"));
+    }
+    // The pin holds the link now: closing `link` leaves it attached.
+    Ok(())
+}
+
+/// bpf(2) with `attr`.
+///
+/// # Safety
+/// `attr` must be a valid attribute for `cmd`, its pointers valid for the
+/// call.
+unsafe fn bpf_syscall(
+    cmd: aya_obj::generated::bpf_cmd,
+    attr: &mut aya_obj::generated::bpf_attr,
+) -> i64 {
+    // SAFETY: per the caller's contract.
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_long,
+            std::ptr::from_mut(attr),
+            std::mem::size_of::<aya_obj::generated::bpf_attr>(),
+        )
     }
 }
 

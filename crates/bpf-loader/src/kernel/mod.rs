@@ -85,6 +85,7 @@ struct PolicyMaps {
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, PolicyCounters>,
     stats: PerCpuArray<MapData, u64>,
+    refused_sockopts: PerCpuArray<MapData, u64>,
     exe_paths: HashMap<MapData, u64, ExePath>,
     veths: HashMap<MapData, u32, VethOwner>,
     veth_sources: HashMap<MapData, kern::VethAddrKey, u8>,

@@ -230,6 +230,7 @@ pub async fn gather(engine: &Handle, recorder: &Recorder) -> Scrape {
         unparsed_packets: c.unparsed_packets,
         veth_unowned_frames: c.veth_unowned_frames,
         forged_source_frames: c.forged_source_frames,
+        refused_socket_options: c.refused_socket_options,
     });
     let mut containers = std::collections::BTreeMap::new();
     for c in &status.containers {
