@@ -127,12 +127,14 @@ def mapped_udp(v4host, port, marker):
 
 # --- 1. revocation -------------------------------------------------------------
 
-def stream(host, port, marker, limit):
+def stream(host, port, marker, limit, sock=None):
     """Streams marked chunks until the kernel reports an error or `limit`
-    seconds pass; prints the local port first so the test knows the flow."""
-    with socket.socket(family_of(host), socket.SOCK_STREAM) as s:
+    seconds pass; prints the local port first so the test knows the flow.
+    `sock`: a TCP socket to connect instead of a new one."""
+    with sock or socket.socket(family_of(host), socket.SOCK_STREAM) as s:
         s.settimeout(5)
-        s.connect((host, int(port)))
+        if not attempt("connect", lambda: s.connect((host, int(port)))):
+            return
         say(port=s.getsockname()[1])
         s.settimeout(1)
         chunk = payload(marker, 200)
@@ -147,6 +149,39 @@ def stream(host, port, marker, limit):
                 return
             time.sleep(0.01)
         say(stream="no-error")
+
+
+TCP_MD5SIG = 14
+
+
+def stream_unstamped(own, own_port, host, port, marker, limit):
+    """`stream` from a socket no storage can be made for: an accepted TCP
+    socket (no sock_create hook runs for one) whose option memory is full
+    of TCP_MD5SIG keys, disconnected (connect AF_UNSPEC) and connected
+    again, elsewhere. Without storage the flow could not be marked
+    outbound, and passed as an accepted connection, past revocation. The
+    listener is on the container's own address `own` (a loopback one could
+    not connect anywhere else), on a port the policy lets it reach."""
+    server = socket.create_server((own, int(own_port)), reuse_port=False)
+    client = socket.create_connection(server.getsockname())
+    s, _ = server.accept()
+    keys = 0
+    for i in range(4096):
+        # struct tcp_md5sig: sockaddr_storage, flags, prefixlen, keylen,
+        # ifindex, key[80]; each key for another address.
+        addr = struct.pack("=HH4s", socket.AF_INET, 0, bytes([10, (i >> 16) & 255, (i >> 8) & 255, i & 255]))
+        md5 = addr.ljust(128, b"\0") + struct.pack("=BBHi", 0, 0, 16, 0) + b"k" * 16 + b"\0" * 64
+        try:
+            s.setsockopt(socket.IPPROTO_TCP, TCP_MD5SIG, md5)
+        except OSError:
+            break
+        keys += 1
+    unspec = struct.pack("=H14x", socket.AF_UNSPEC)
+    disconnected = libc.connect(s.fileno(), unspec, len(unspec)) == 0
+    say(md5_keys=keys, disconnected=int(disconnected))
+    client.close()
+    server.close()
+    stream(host, port, marker, limit, sock=s)
 
 
 # --- 2. steering ---------------------------------------------------------------
@@ -913,21 +948,31 @@ def csum_rewrite_frame(ifname, dmac, src, dst, port, rewritten, marker):
     return mac(dmac) + own_mac(ifname) + struct.pack("!H", 0x0800) + ip4(src, dst, 17, udp)
 
 
-def pkt_vnet_csum(ifname, dmac, src, dst, port, rewritten, marker):
+def pkt_vnet_csum(ifname, dmac, src, dst, port, rewritten, marker, compat="-"):
     """A packet socket's frame whose virtio_net_hdr asks for checksum
     offload over the UDP destination port: as sent, and as the veth judges
     it, the datagram goes to `port`; a device without checksum offload on
-    the way resolves the "checksum" there, which makes it `rewritten`."""
+    the way resolves the "checksum" there, which makes it `rewritten`.
+    `compat`: the compat_setsockopt helper, which sets PACKET_VNET_HDR
+    through the 32-bit entry (no cgroup setsockopt program runs there)."""
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0) as s:
-        if not attempt("vnet_hdr", lambda: s.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)):
-            return
+        if compat == "-":
+            if not attempt("vnet_hdr", lambda: s.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)):
+                return
+        else:
+            args = [compat, str(s.fileno()), str(SOL_PACKET), str(PACKET_VNET_HDR), "1"]
+            out = subprocess.run(args, pass_fds=[s.fileno()], capture_output=True, text=True)
+            print(out.stdout.strip(), flush=True)
+            if s.getsockopt(SOL_PACKET, PACKET_VNET_HDR) != 1:
+                say(vnet_hdr="not set")
+                return
         s.bind((ifname, 0))
         frame = csum_rewrite_frame(ifname, dmac, src, dst, port, rewritten, marker)
         vnet = struct.pack("<BBHHHH", VIRTIO_NET_HDR_F_NEEDS_CSUM, 0, 0, 0, 14 + 20, 2)
         attempt("send", lambda: s.send(vnet + frame) and None)
 
 
-def xdp_csum(ifname, dmac, src, dst, port, rewritten, marker):
+def xdp_csum(ifname, dmac, src, dst, port, rewritten, marker, _compat="-"):
     """The same frame from an AF_XDP socket whose transmit metadata asks
     for checksum offload at the destination port."""
     frame = csum_rewrite_frame(ifname, dmac, src, dst, port, rewritten, marker)
@@ -1351,7 +1396,7 @@ def mld_join(ifname, marker):
 
 
 COMMANDS = {
-    "udp": udp, "tcp": tcp, "tcp-from": tcp_from, "icmp4-type": icmp4_type, "mapped-udp": mapped_udp, "stream": stream,
+    "udp": udp, "tcp": tcp, "stream-unstamped": stream_unstamped, "tcp-from": tcp_from, "icmp4-type": icmp4_type, "mapped-udp": mapped_udp, "stream": stream,
     "steer-tcp": lambda *a: steer(socket.SOCK_STREAM, *a),
     "steer-udp": lambda *a: steer(socket.SOCK_DGRAM, *a),
     "inbound-rthdr": inbound_rthdr, "nd": nd, "udp-revoke": udp_revoke, "udp-tied": udp_tied,

@@ -152,16 +152,20 @@ impl Btf {
     /// The byte offset of `member` in struct `ty`, looking into anonymous
     /// struct and union members as C does.
     pub fn member_offset(&self, ty: &str, member: &str) -> Result<u32, BtfError> {
+        self.member_bit_offset(ty, member).map(|bits| bits / 8)
+    }
+
+    /// The bit offset of `member` in struct `ty` (a bit field's), looking
+    /// into anonymous struct and union members as C does.
+    pub fn member_bit_offset(&self, ty: &str, member: &str) -> Result<u32, BtfError> {
         let id = *self
             .structs
             .get(ty)
             .ok_or_else(|| BtfError::NoStruct(ty.to_owned()))?;
-        self.find(id, member, 0)
-            .map(|bits| bits / 8)
-            .ok_or_else(|| BtfError::NoMember {
-                ty: ty.to_owned(),
-                member: member.to_owned(),
-            })
+        self.find(id, member, 0).ok_or_else(|| BtfError::NoMember {
+            ty: ty.to_owned(),
+            member: member.to_owned(),
+        })
     }
 
     /// Whether struct `ty` has `member` (directly or in an anonymous part).

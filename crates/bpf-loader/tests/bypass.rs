@@ -269,6 +269,8 @@ const PROBES: &[Probe] = &[
         "marker captured", "UDP6 to the allowed peer", p_rs_mcast),
     probe!("4a-udp-reply-after-revoke", "UDP to allowed peer P, P replies, the rule is revoked, send to P again",
         "the second datagram's marker captured", "the first datagram, while allowed, and P's reply received", p_udp_revoke),
+    probe!("4e-unstamped-flow", "an accepted TCP socket (no storage) whose option memory is filled with TCP_MD5SIG keys, so no storage can be charged to it, disconnected (AF_UNSPEC) and connected to the allowed sink; it streams and the rule is removed",
+        "a byte of the flow captured > 0.2 s after apply returned", "the flow's bytes arrive before the revocation; filtered, the connect() is refused with EPERM once the socket cannot be stamped", p_unstamped_flow),
     probe!("4d-flow-outlives-its-container", "TCP stream of marked bytes to an allowed port; the container's cgroup entry goes mid-stream (policyd forgets the container: unknown, denied)",
         "a byte of the flow captured > 0.2 s after apply returned (frames already past the hooks)", "the flow's bytes arrive while the container is known", p_container_forgotten),
     probe!("4b-udp-reply-other-socket", "P speaks to socket A; socket B (same port via SO_REUSEPORT) sends to P",
@@ -477,6 +479,9 @@ const PROBES: &[Probe] = &[
     probe!("pkt-vnet-csum", "AF_PACKET frame with a virtio_net_hdr (PACKET_VNET_HDR) asking for checksum offload over its UDP destination port: UDP to the allowed peer and port as sent, its last two bytes chosen so that the \"checksum\" a device without offload writes there is port 9 (the bridge's port to the peer has transmit checksumming off for this probe, as a NIC without it)",
         "marker captured on another port than the allowed one", "plain UDP4",
         p_pkt_vnet_csum),
+    probe!("pkt-vnet-csum-compat", "pkt-vnet-csum with PACKET_VNET_HDR set through the 32-bit system call entry (int $0x80), where the kernel runs no cgroup setsockopt program",
+        "marker captured on another port than the allowed one", "plain UDP4",
+        p_pkt_vnet_csum_compat),
     probe!("xdp-csum", "AF_XDP socket (copy mode) whose umem carries transmit metadata, the frame's asking for checksum offload over its UDP destination port, as pkt-vnet-csum",
         "marker captured on another port than the allowed one", "plain UDP4",
         p_xdp_csum),
@@ -632,6 +637,8 @@ struct Ctx {
     long_python: PathBuf,
     /// `uring_send.c` compiled for this run, or why it could not be.
     uring: Result<PathBuf, String>,
+    /// `compat_setsockopt.c` compiled for this run, or why it could not be.
+    compat_setsockopt: Result<PathBuf, String>,
     /// A chroot holding `static_send.c` at `/usr/bin/python3`.
     chroot: Result<PathBuf, String>,
     /// The lab's allowed executable, `APP_NAME` in the scratch directory
@@ -1243,11 +1250,11 @@ fn at_peer_with_marker(p: &Value, m: &str) -> bool {
 // --- probes -------------------------------------------------------------------
 
 async fn p_revocation(cx: &mut Ctx) -> Outcome {
-    revocation_with(cx, "stream", Change::Revoke).await
+    revocation_with(cx, &["stream"], Change::Revoke).await
 }
 
 async fn p_x_mptcp_revocation(cx: &mut Ctx) -> Outcome {
-    revocation_with(cx, "stream-mptcp", Change::Revoke).await
+    revocation_with(cx, &["stream-mptcp"], Change::Revoke).await
 }
 
 async fn p_x_revoked_flood(cx: &mut Ctx) -> Outcome {
@@ -1359,13 +1366,19 @@ const REVOCATION_IN_FLIGHT_SECS: f64 = 0.2;
 /// A stream `cmd` of marked chunks (every 10 ms) on one established flow,
 /// across `change`: none of its bytes may arrive after the change is
 /// applied, the sender must get ECONNABORTED (the loader aborts the socket)
-/// and the kernel must report the flow once.
-async fn revocation_with(cx: &mut Ctx, cmd: &str, change: Change) -> Outcome {
+/// and the kernel must report the flow once. `cmd` is the attack and its
+/// first arguments.
+async fn revocation_with(cx: &mut Ctx, cmd: &[&str], change: Change) -> Outcome {
     let mut o = Outcome::default();
     let m = cx.marker();
     let t0 = now();
     let ct = cx.lab.ct.clone();
-    let (mut child, mut out) = cx.spawn_attack(&ct, &[cmd, PEER4, SINK, &m, "30"]);
+    let args: Vec<&str> = cmd
+        .iter()
+        .copied()
+        .chain([PEER4, SINK, m.as_str(), "30"])
+        .collect();
+    let (mut child, mut out) = cx.spawn_attack(&ct, &args);
     let first = read_until(&mut out, "port=");
     let Some(port) = first
         .last()
@@ -1588,8 +1601,22 @@ async fn across_change(cx: &mut Ctx, attack: &[&str]) -> Outcome {
 /// An established flow's cached allow was taken without looking up the
 /// container's cgroup: once that entry goes, the flow's next packet is the
 /// unknown cgroup's (denied), not the cache's, and the flow is aborted.
+/// A flow from a socket no storage could be made for (an accepted socket,
+/// its option memory full, connected again elsewhere): without storage it
+/// could not be marked outbound and passed as an accepted connection, past
+/// revocation. Filtered, its connect() is refused: that is the control
+/// there (the attack reached the unstampable state and was told EPERM).
+async fn p_unstamped_flow(cx: &mut Ctx) -> Outcome {
+    let mut o = revocation_with(cx, &["stream-unstamped", CT4, "9"], Change::Revoke).await;
+    let said = o.notes.join(" ");
+    if cx.mode.filtered() && said.contains("connect=error:EPERM") {
+        o.control = said.contains("disconnected=1") && !said.contains("md5_keys=0");
+    }
+    o
+}
+
 async fn p_container_forgotten(cx: &mut Ctx) -> Outcome {
-    revocation_with(cx, "stream", Change::ForgetContainer).await
+    revocation_with(cx, &["stream"], Change::ForgetContainer).await
 }
 
 /// The container's socket(s) on `lport` wait for the peer to speak first
@@ -2264,18 +2291,31 @@ fn ping_marker_hex(m: &str) -> String {
 }
 
 async fn p_pkt_vnet_csum(cx: &mut Ctx) -> Outcome {
-    csum_rewrite(cx, "pkt-vnet-csum").await
+    csum_rewrite(cx, "pkt-vnet-csum", None).await
 }
 
 async fn p_xdp_csum(cx: &mut Ctx) -> Outcome {
-    csum_rewrite(cx, "xdp-csum").await
+    csum_rewrite(cx, "xdp-csum", None).await
+}
+
+async fn p_pkt_vnet_csum_compat(cx: &mut Ctx) -> Outcome {
+    let helper = match &cx.compat_setsockopt {
+        Ok(bin) => bin.display().to_string(),
+        Err(why) => {
+            return Outcome {
+                notes: vec![format!("compat_setsockopt not built: {why}")],
+                ..Default::default()
+            }
+        }
+    };
+    csum_rewrite(cx, "pkt-vnet-csum", Some(&helper)).await
 }
 
 /// `attack` sends a frame to the allowed peer and port that asks for
 /// checksum offload over its destination port, with the bridge's port to
 /// the peer transmitting without checksum offload (as a NIC without it):
 /// there the kernel writes port 9 over the port the veth judged.
-async fn csum_rewrite(cx: &mut Ctx, attack: &str) -> Outcome {
+async fn csum_rewrite(cx: &mut Ctx, attack: &str, compat: Option<&str>) -> Outcome {
     let host_ns = cx.lab.host_ns.clone();
     let host = |state: &str| {
         lab::cmd_in(&host_ns, PYTHON)
@@ -2288,7 +2328,17 @@ async fn csum_rewrite(cx: &mut Ctx, attack: &str) -> Outcome {
     let off = host("off");
     let mut o = cx
         .simple(
-            &[attack, "vc", "{PMAC}", CT4, PEER4, "5353", "9", "{L}"],
+            &[
+                attack,
+                "vc",
+                "{PMAC}",
+                CT4,
+                PEER4,
+                "5353",
+                "9",
+                "{L}",
+                compat.unwrap_or("-"),
+            ],
             &["udp", PEER4, "5353", "{C}"],
             |p, m| has_marker(p, m) && p["dport"].as_u64() != Some(5353),
         )
@@ -2910,6 +2960,11 @@ async fn setup(mode: Mode) -> Ctx {
     copy_python(&long_python);
     assert!(long_python.as_os_str().len() > 255);
     let uring = build_c("uring_send.c", &lab.scratch.join("uring_send"), &[]);
+    let compat_setsockopt = build_c(
+        "compat_setsockopt.c",
+        &lab.scratch.join("compat_setsockopt"),
+        &[],
+    );
     // A chroot whose /usr/bin/python3 is another program.
     let chroot = build_c(
         "static_send.c",
@@ -2997,6 +3052,7 @@ async fn setup(mode: Mode) -> Ctx {
         other_python,
         long_python,
         uring,
+        compat_setsockopt,
         chroot,
         app,
         other_program,

@@ -452,7 +452,8 @@ pub mod stat {
     pub const UNPARSED: u32 = 1;
     /// Events not reported because their cgroup exceeded its rate.
     pub const EVENTS_RATE_LIMITED: u32 = 2;
-    /// Sockets that could not be stamped at creation and were refused.
+    /// Sockets that could not be stamped, refused at creation or at
+    /// connect().
     pub const UNSTAMPED_SOCKETS: u32 = 3;
     /// Packets of no container's socket on a veth contain knows no
     /// container for, let through (a veth of an unfiltered container, or

@@ -114,7 +114,7 @@ fn sockets_map() -> *mut core::ffi::c_void {
 }
 
 #[inline(always)]
-fn read_config(v: &'static u32) -> u32 {
+pub(crate) fn read_config(v: &'static u32) -> u32 {
     // SAFETY: a valid static; volatile so the loader's patched value is read.
     unsafe { core::ptr::read_volatile(v) }
 }
@@ -308,6 +308,14 @@ fn judge_sock_addr<const V6: bool>(ctx: &SockAddrContext, hook: Hook, is_connect
     if gov.unrestricted {
         return ALLOW;
     }
+    if is_connect && info.is_null() {
+        // The storage could not be made (the socket's option memory used
+        // up, say): the flow could not be marked outbound, and its later
+        // segments would pass as an accepted connection's, past every
+        // revocation. Refused, as `sock_create` refuses such a socket.
+        bump_stat(stat::UNSTAMPED_SOCKETS);
+        return REJECT;
+    }
     // A send to where the socket's last send went, allowed under the same
     // policy and rules epoch (this hook or the egress program decided it,
     // under this socket's identity): no decision again.
@@ -436,6 +444,7 @@ fn egress(ctx: &SkBuffContext) -> i32 {
         flow.unjudgeable || is_spoofed_local(ctx, flow) || is_misrouted_loopback(ctx, flow);
     let source_routed = flow.route_len != 0 || unjudgeable;
     let mut udp_socket = false;
+    let mut untracked_opening = false;
     if !source_routed {
         if is_kernel_link_control(flow, info.is_null()) {
             return ALLOW;
@@ -449,6 +458,12 @@ fn egress(ctx: &SkBuffContext) -> i32 {
         // SAFETY: full socket pointer checked non-null above.
         let (sock_type, sock_proto) = unsafe { ((*full).type_, (*full).protocol) };
         let tcp = sock_type == SOCK_STREAM && sock_proto == ip_proto::TCP as u32;
+        // A connection opened from a socket without storage (no connect()
+        // hook stamped it: a Fast Open sendto() whose storage could not be
+        // made) could not be marked outbound: its later segments would pass
+        // as an accepted connection's. Judged as unjudgeable.
+        untracked_opening =
+            tcp && flow.proto == ip_proto::TCP && is_opening(flow) && info.is_null();
         if tcp && flow.proto == ip_proto::TCP && !is_opening(flow) {
             // An accepted connection (its socket, stamped or not, is never
             // marked outbound) or one that predates contain: its peer opened
@@ -469,8 +484,8 @@ fn egress(ctx: &SkBuffContext) -> i32 {
         cgroup_id,
         gov,
         epochs,
-        source_routed,
-        unjudgeable,
+        source_routed: source_routed || untracked_opening,
+        unjudgeable: unjudgeable || untracked_opening,
         udp_socket,
     };
     judge_packet(ctx.skb.skb, &scope, info, flow)

@@ -41,8 +41,8 @@ use core::mem::MaybeUninit;
 use aya_ebpf::{
     bindings::{__sk_buff, bpf_sock, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::{
-        bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_sk_fullsock, bpf_skb_ancestor_cgroup_id,
-        bpf_skb_cgroup_id,
+        bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_sk_fullsock,
+        bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
     },
     programs::SkBuffContext,
 };
@@ -154,6 +154,12 @@ pub fn judge_frame(skb: *mut __sk_buff) -> i32 {
         Origin::Judged | Origin::Socketless | Origin::Unattributed { .. } => EVENT_UNATTRIBUTED,
     };
     let ethertype = packet::ethertype(skb);
+    if origin == Origin::PacketSocket && checksum_pending(skb) {
+        // Its bytes change after this judgement (see `checksum_pending`):
+        // what would leave cannot be judged.
+        bump_stat(stat::UNPARSED);
+        return deny_frame(cgroup_id, &gov, ethertype, flags);
+    }
     if vlan_present != 0 || (ethertype != ETH_P_IP && ethertype != ETH_P_IPV6) {
         if ethertype == ETH_P_ARP && vlan_present == 0 && origin != Origin::PacketSocket {
             return PASS;
@@ -593,6 +599,33 @@ impl NotedPeer {
         self.key.ifindex == key.ifindex
             && crate::cache::words(&self.key.addr) == crate::cache::words(&key.addr)
             && now.wrapping_sub(self.seen) < PEER_REFRESH_NS
+    }
+}
+
+/// The bit offset of `ip_summed` in the kernel's `struct sk_buff`, read by
+/// the loader from the kernel's BTF and patched in at load time.
+#[no_mangle]
+static SKB_IP_SUMMED_BIT: u32 = 0;
+
+/// The kernel's `CHECKSUM_PARTIAL`: a checksum still to be written.
+const CHECKSUM_PARTIAL: u8 = 3;
+
+/// Whether the frame asks for a checksum to be written later, at an offset
+/// its sender chose: a packet socket with a `virtio_net_hdr`
+/// (`PACKET_VNET_HDR`) or an AF_XDP socket with transmit metadata. A device
+/// without checksum offload (the kernel's fallback) or the NIC then writes
+/// 16 bits of the sender's choosing over a port or an address this program
+/// judged. `contain_setsockopt` refuses the options, but a 32-bit
+/// `setsockopt` (`int $0x80`) never reaches that hook; this check holds
+/// either way. The context a tc program gets is the kernel's `sk_buff`.
+#[inline(always)]
+fn checksum_pending(skb: *mut __sk_buff) -> bool {
+    let bit = crate::read_config(&SKB_IP_SUMMED_BIT);
+    // SAFETY: a read of one byte of the context's sk_buff; the helper
+    // checks the access, and a failed read counts as pending.
+    match unsafe { bpf_probe_read_kernel(skb.cast::<u8>().add((bit / 8) as usize)) } {
+        Ok(byte) => (byte >> (bit % 8)) & 3 == CHECKSUM_PARTIAL,
+        Err(_) => true,
     }
 }
 

@@ -389,7 +389,7 @@ pub fn render(scrape: &Scrape, recorder: &Recorder) -> String {
         let refused = Counter::<u64>::default();
         registry.register(
             "sockets_refused",
-            "Sockets refused at creation because the kernel could not stamp them with their creator's identity",
+            "Sockets refused at creation, and connect() calls refused, because the kernel could not stamp the socket with its creator's identity",
             refused.clone(),
         );
         refused.inc_by(kernel.unstamped_sockets);

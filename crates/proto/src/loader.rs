@@ -95,7 +95,8 @@ pub struct Counters {
     /// (each cgroup's next event carries its own count in `suppressed`).
     #[serde(default)]
     pub events_rate_limited: u64,
-    /// Sockets refused at creation because they could not be stamped with
+    /// Sockets refused at creation, and connect() calls refused, because the
+    /// socket could not be stamped with
     /// their creator's identity.
     #[serde(default)]
     pub unstamped_sockets: u64,

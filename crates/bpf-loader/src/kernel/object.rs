@@ -70,6 +70,7 @@ impl Kernel {
             .override_global("INODE_CTIME_SEC_OFFSET", &exec.inode_ctime_sec, true)
             .override_global("INODE_CTIME_NSEC_OFFSET", &exec.inode_ctime_nsec, true)
             .override_global("SB_DEV_OFFSET", &exec.sb_dev, true)
+            .override_global("SKB_IP_SUMMED_BIT", &exec.skb_ip_summed_bit, true)
             .override_global("NEWTASK_PID_OFFSET", &offsets.newtask_pid, true)
             .override_global(
                 "NEWTASK_CLONE_FLAGS_OFFSET",

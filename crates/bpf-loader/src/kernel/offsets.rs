@@ -37,6 +37,8 @@ pub(super) struct ExecOffsets {
     pub(super) inode_ctime_sec: u32,
     pub(super) inode_ctime_nsec: u32,
     pub(super) sb_dev: u32,
+    /// The bit offset of `sk_buff`'s `ip_summed`, for the veth backstop.
+    pub(super) skb_ip_summed_bit: u32,
 }
 
 impl ExecOffsets {
@@ -64,6 +66,7 @@ impl ExecOffsets {
             inode_ctime_sec,
             inode_ctime_nsec,
             sb_dev: btf.member_offset("super_block", "s_dev")?,
+            skb_ip_summed_bit: btf.member_bit_offset("sk_buff", "ip_summed")?,
         })
     }
 }
