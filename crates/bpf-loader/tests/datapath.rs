@@ -869,9 +869,7 @@ async fn revoking_access_stops_new_and_established_outbound_flows() {
             (&["udp-connect", PEER4, "5353"], "ok"),
         ],
     );
-    let mut revoked = Rules::default();
-    revoked.cgroup(lab.ct_id(), 1, false);
-    converge(&client, &revoked.state, Verdict::Deny).await;
+    revoke_every_rule(&client, &lab).await;
     assert_outcomes(
         &lab,
         &[
@@ -1321,14 +1319,13 @@ async fn a_revoked_flow_is_aborted_even_when_denials_fill_the_event_ring() {
     // The flow: one marked chunk, then idle until `go` exists, then a
     // marked chunk every 10 ms until the kernel reports an error.
     let go = lab.scratch.join("go");
-    let flow = revoked_flow_script(&format!(
+    let flow = revoked_flow_script(
         r#"
-with socket.create_connection(("{PEER4}", {SINK}), timeout=5) as s:
-    s.sendall(payload("MK{{before}}", 200))
+with open_flow() as s:
     say(connected=1)
-    send_until_refused(s, go, "MK{{after}}")
-"#
-    ));
+    send_until_refused(s, go, "MK{after}")
+"#,
+    );
     let mut sender = ContainerScript::start(&lab, &lab.ct, flow, &[go.display().to_string()]);
     assert_eq!(sender.line(), "connected=1", "the flow did not start");
     assert!(
@@ -1385,10 +1382,9 @@ print(denied)
     // Aborted for the revocation the kernel queued after the flood (none
     // slipped out before the shared ring was full) and before the loader
     // ran again (it found room while the shared ring had none).
-    let revocations: Vec<u64> = all_events(&client)
+    let revocations: Vec<u64> = revocations(&client, &lab)
         .await
-        .into_iter()
-        .filter(|e| e.revoked_flow && e.cgroup_id == lab.ct_id())
+        .iter()
         .map(|e| e.time_ns)
         .collect();
     assert!(
@@ -1478,34 +1474,27 @@ async fn revoked_flow_after_its_creator_exited(decoy_kind: Decoy) {
     // marked chunk every 10 ms from `go` on, until the kernel reports an
     // error (at most 20 s).
     let go = lab.scratch.join("go");
-    let flow = revoked_flow_script(&format!(
+    let flow = revoked_flow_script(
         r#"
 r, w = os.pipe()
 creator = os.fork()
 if creator == 0:
-    s = socket.create_connection(("{PEER4}", {SINK}), timeout=5)
-    s.sendall(payload("MK{{before}}", 200))
+    s = open_flow()
     if os.fork() != 0:
         os._exit(0)
-    os.write(w, f"{{os.getpid()}} {{s.getsockname()[1]}}\n".encode())
-    send_until_refused(s, go, "MK{{after}}")
+    os.write(w, f"{os.getpid()} {s.getsockname()[1]}\n".encode())
+    send_until_refused(s, go, "MK{after}")
     os._exit(0)
 holder, sport = os.read(r, 32).decode().split()
 say(holder=holder, sport=sport)
 os.waitpid(creator, 0)
-say(creator=creator, creator_gone=int(not os.path.exists(f"/proc/{{creator}}")))
-"#
-    ));
+say(creator=creator, creator_gone=int(not os.path.exists(f"/proc/{creator}")))
+"#,
+    );
     let mut sender = ContainerScript::start(&lab, &lab.ct, flow, &[go.display().to_string()]);
-    let mut number_after = |prefix: &str| -> u32 {
-        let line = sender.line();
-        line.strip_prefix(prefix)
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("wanted {prefix}<number>, the script said {line:?}"))
-    };
-    let holder = number_after("holder=");
-    let sport = number_after("sport=");
-    let creator = number_after("creator=");
+    let holder = sender.number_after("holder=");
+    let sport = sender.number_after("sport=");
+    let creator = sender.number_after("creator=");
     assert_eq!(
         sender.line(),
         "creator_gone=1",
@@ -1563,9 +1552,7 @@ say(creator=creator, creator_gone=int(not os.path.exists(f"/proc/{{creator}}")))
         "the flow's first chunk never reached the peer"
     );
 
-    let mut revoked = Rules::default();
-    revoked.cgroup(lab.ct_id(), 1, false);
-    converge(&client, &revoked.state, Verdict::Deny).await;
+    revoke_every_rule(&client, &lab).await;
     std::fs::write(&go, "").expect("letting the holder send");
     assert_eq!(
         sender.rest(),
@@ -1594,10 +1581,9 @@ say(creator=creator, creator_gone=int(not os.path.exists(f"/proc/{{creator}}")))
             "the loader's abort reached the twin socket"
         );
     }
-    let revocations: Vec<u32> = all_events(&client)
+    let revocations: Vec<u32> = revocations(&client, &lab)
         .await
-        .into_iter()
-        .filter(|e| e.revoked_flow && e.cgroup_id == lab.ct_id())
+        .iter()
         .map(|e| e.tgid)
         .collect();
     assert_eq!(
@@ -1643,13 +1629,12 @@ async fn a_revoked_flow_handed_out_of_its_cgroup_stays_dropped() {
     // The creator connects and passes the socket to the script's first
     // process (SCM_RIGHTS), which then holds its only descriptor.
     let go = lab.scratch.join("go");
-    let flow = revoked_flow_script(&format!(
+    let flow = revoked_flow_script(
         r#"
 ours, theirs = socket.socketpair()
 creator = os.fork()
 if creator == 0:
-    s = socket.create_connection(("{PEER4}", {SINK}), timeout=5)
-    s.sendall(payload("MK{{before}}", 200))
+    s = open_flow()
     socket.send_fds(theirs, [b"s"], [s.fileno()])
     os._exit(0)
 _, fds, _, _ = socket.recv_fds(ours, 1, 1)
@@ -1657,19 +1642,13 @@ os.waitpid(creator, 0)
 s = socket.socket(fileno=fds[0])
 s.settimeout(5)
 say(holder=os.getpid(), creator=creator)
-say(creator_gone=int(not os.path.exists(f"/proc/{{creator}}")))
-send_until_refused(s, go, "MK{{after}}", seconds=3)
-"#
-    ));
+say(creator_gone=int(not os.path.exists(f"/proc/{creator}")))
+send_until_refused(s, go, "MK{after}", seconds=3)
+"#,
+    );
     let mut sender = ContainerScript::start(&lab, &lab.ct, flow, &[go.display().to_string()]);
-    let mut pid_after = |prefix: &str| -> u32 {
-        let line = sender.line();
-        line.strip_prefix(prefix)
-            .and_then(|pid| pid.parse().ok())
-            .unwrap_or_else(|| panic!("wanted {prefix}<pid>, the script said {line:?}"))
-    };
-    let holder = pid_after("holder=");
-    let creator = pid_after("creator=");
+    let holder = sender.number_after("holder=");
+    let creator = sender.number_after("creator=");
     assert_eq!(
         sender.line(),
         "creator_gone=1",
@@ -1695,19 +1674,16 @@ send_until_refused(s, go, "MK{{after}}", seconds=3)
         "the flow's first chunk never reached the peer"
     );
 
-    let mut revoked = Rules::default();
-    revoked.cgroup(lab.ct_id(), 1, false);
-    converge(&client, &revoked.state, Verdict::Deny).await;
+    revoke_every_rule(&client, &lab).await;
     std::fs::write(&go, "").expect("letting the holder send");
     assert_eq!(
         sender.rest(),
         "stream=no-error",
         "the holder outside the socket's cgroup was told: the README's limit no longer holds"
     );
-    let revocations: Vec<u32> = all_events(&client)
+    let revocations: Vec<u32> = revocations(&client, &lab)
         .await
-        .into_iter()
-        .filter(|e| e.revoked_flow && e.cgroup_id == lab.ct_id())
+        .iter()
         .map(|e| e.tgid)
         .collect();
     assert_eq!(
@@ -1791,9 +1767,7 @@ print(f"aborted={{{FLOWS} - len(pending) - len(others)}} other={{sorted(set(othe
     let mut sender = ContainerScript::start(&lab, &lab.ct, flows, &[go.display().to_string()]);
     assert_eq!(sender.line(), "connected", "the flows did not start");
 
-    let mut revoked = Rules::default();
-    revoked.cgroup(lab.ct_id(), 1, false);
-    converge(&client, &revoked.state, Verdict::Deny).await;
+    revoke_every_rule(&client, &lab).await;
     lab.stop_loader();
     std::fs::write(&go, "").expect("letting the flows send");
     assert_eq!(sender.line(), "sent");
@@ -1828,10 +1802,11 @@ print(f"aborted={{{FLOWS} - len(pending) - len(others)}} other={{sorted(set(othe
 
 /// A revoked flow's script: `body` with `os`, `socket` and `sys`, and
 /// `payload`, `say` and `send_until_refused` from the bypass suite's
-/// attack.py, `go` the path of its first argument.
+/// attack.py, `go` the path of its first argument, and `open_flow()`: a
+/// connection to the sink that has sent one marked chunk (`MK{before}`).
 fn revoked_flow_script(body: &str) -> String {
     format!(
-        "import os, socket, sys\nsys.path.insert(0, {bypass:?})\nfrom attack import payload, say, send_until_refused\ngo = sys.argv[1]\n{body}",
+        "import os, socket, sys\nsys.path.insert(0, {bypass:?})\nfrom attack import payload, say, send_until_refused\ngo = sys.argv[1]\n\ndef open_flow():\n    s = socket.create_connection((\"{PEER4}\", {SINK}), timeout=5)\n    s.sendall(payload(\"MK{{before}}\", 200))\n    return s\n\n{body}",
         bypass = repo_root().join("tests/bypass").display().to_string(),
     )
 }
@@ -1889,6 +1864,14 @@ impl ContainerScript {
         line.trim().to_string()
     }
 
+    /// The number the script's next line gives after `prefix`.
+    fn number_after(&mut self, prefix: &str) -> u32 {
+        let line = self.line();
+        line.strip_prefix(prefix)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("wanted {prefix}<number>, the script said {line:?}"))
+    }
+
     /// Everything else the script prints, trimmed, once it has ended.
     fn rest(mut self) -> String {
         let mut rest = String::new();
@@ -1896,6 +1879,23 @@ impl ContainerScript {
         let _ = self.child.wait();
         rest.trim().to_string()
     }
+}
+
+/// The lab's container (policy 1) may reach nothing: every flow it had is
+/// revoked.
+async fn revoke_every_rule(client: &proto::loader::LoaderClient, lab: &Lab) {
+    let mut revoked = Rules::default();
+    revoked.cgroup(lab.ct_id(), 1, false);
+    converge(client, &revoked.state, Verdict::Deny).await;
+}
+
+/// The revoked-flow events of the lab's container.
+async fn revocations(client: &proto::loader::LoaderClient, lab: &Lab) -> Vec<proto::loader::Event> {
+    all_events(client)
+        .await
+        .into_iter()
+        .filter(|e| e.revoked_flow && e.cgroup_id == lab.ct_id())
+        .collect()
 }
 
 /// Every event the loader holds, read until it has no more for half a
