@@ -154,15 +154,9 @@ pub fn judge_frame(skb: *mut __sk_buff) -> i32 {
         Origin::Judged | Origin::Socketless | Origin::Unattributed { .. } => EVENT_UNATTRIBUTED,
     };
     let ethertype = packet::ethertype(skb);
-    if matches!(origin, Origin::PacketSocket | Origin::Socketless) && checksum_pending(skb) {
+    if origin == Origin::PacketSocket && checksum_pending(skb) {
         // Its bytes change after this judgement (see `checksum_pending`):
-        // what would leave cannot be judged. What the container's
-        // namespace forwards has no socket left (the receive path orphans
-        // it), so a packet socket's frame looped through `lo` and
-        // forwarded keeps its pending checksum and loses its origin. A
-        // socket of the kernel's or a host process's (dockerd's DNS
-        // forwarder) leaves its checksum to the device, at the offset the
-        // kernel itself set.
+        // what would leave cannot be judged.
         bump_stat(stat::UNPARSED);
         return deny_frame(cgroup_id, &gov, ethertype, flags);
     }
@@ -623,9 +617,7 @@ const CHECKSUM_PARTIAL: u8 = 3;
 /// 16 bits of the sender's choosing over a port or an address this program
 /// judged. `contain_setsockopt` refuses the options, but a 32-bit
 /// `setsockopt` (`int $0x80`) never reaches that hook; this check holds
-/// either way. A frame the container's namespace forwards is checked too
-/// (see `judge_frame`). The context a tc program gets is the kernel's
-/// `sk_buff`.
+/// either way. The context a tc program gets is the kernel's `sk_buff`.
 #[inline(always)]
 fn checksum_pending(skb: *mut __sk_buff) -> bool {
     let bit = crate::read_config(&SKB_IP_SUMMED_BIT);
