@@ -972,6 +972,21 @@ def pkt_vnet_csum(ifname, dmac, src, dst, port, rewritten, marker, compat="-"):
         attempt("send", lambda: s.send(vnet + frame) and None)
 
 
+def pkt_txring_race(helper, ifname, dmac, src, dst, port, rewritten, marker):
+    """A datagram to dst:port (its UDP checksum 0, "none") sent 2000 times
+    from a packet socket's transmit ring while another thread rewrites its
+    destination port in the ring between `port` and `rewritten`: the ring's
+    pages are the frame's, so a filter reading them where they are may see
+    `port` while the receiver's stack reads `rewritten` (the tx_ring_race
+    helper)."""
+    body = payload(marker, 40)
+    frame = mac(dmac) + own_mac(ifname) + struct.pack("!H", 0x0800) \
+        + ip4(src, dst, 17, udp_hdr(40000, int(port), body))
+    args = [helper, ifname, frame.hex(), str(14 + 20 + 2), str(rewritten), "2000"]
+    out = subprocess.run(args, capture_output=True, text=True)
+    print(out.stdout.strip() or "tx_ring_race=error:%s" % out.stderr.strip(), flush=True)
+
+
 def xdp_csum(ifname, dmac, src, dst, port, rewritten, marker, _compat="-"):
     """The same frame from an AF_XDP socket whose transmit metadata asks
     for checksum offload at the destination port."""
@@ -1409,7 +1424,7 @@ COMMANDS = {
     "sendto-unspec": sendto_unspec, "raw4": raw4, "raw-via": raw_via, "cache-race": cache_race, "frag4-later": frag4_later, "frag4-after-cached": frag4_after_cached, "frag4-overlap": frag4_overlap,
     "frag4-tiny": frag4_tiny, "v6-ext": v6_ext, "v6-truncated-ext": v6_truncated_ext, "v6-frag-hidden": v6_frag_hidden, "v6-srh-raw": v6_srh_raw, "tfo": tfo,
     "sendmmsg": sendmmsg, "mcast-reply": mcast_reply, "v6-srh-segleft": v6_srh_segleft, "v6-ext7-srh": v6_ext7_srh, "reflect-echo6": reflect_echo6, "reflect-echo4": reflect_echo4, "reflect-rst4": reflect_rst4, "stream-mptcp": stream_mptcp, "revoked-flood": revoked_flood, "revoked-claim": revoked_claim, "fdpass": fdpass, "fd-create": fd_create, "flood": flood,
-    "pkt-udp": pkt_udp, "pkt-udp-big": pkt_udp_big, "pkt-vlan": pkt_vlan, "pkt-ethertype": pkt_ethertype, "pkt-igmp": pkt_igmp, "pkt-vnet-csum": pkt_vnet_csum, "xdp-csum": xdp_csum, "tx-checksum": tx_checksum, "pkt-arp": pkt_arp, "pkt-arp-plain": pkt_arp_plain, "pkt-nd": pkt_nd,
+    "pkt-udp": pkt_udp, "pkt-udp-big": pkt_udp_big, "pkt-vlan": pkt_vlan, "pkt-ethertype": pkt_ethertype, "pkt-igmp": pkt_igmp, "pkt-vnet-csum": pkt_vnet_csum, "pkt-txring-race": pkt_txring_race, "xdp-csum": xdp_csum, "tx-checksum": tx_checksum, "pkt-arp": pkt_arp, "pkt-arp-plain": pkt_arp_plain, "pkt-nd": pkt_nd,
     "pkt-lo": pkt_lo, "pkt-lo-forward": pkt_lo_forward, "tcp-forged-accept": tcp_forged_accept,
     "udp-forged-reply": udp_forged_reply, "forged-echo": forged_echo, "xdp-udp": xdp_udp, "dns-forwarder": dns_forwarder, "udp-ask": udp_ask,
     "raw-udp": raw_udp, "bound-send": bound_send, "pktinfo-udp": pktinfo_udp, "mld-join": mld_join,

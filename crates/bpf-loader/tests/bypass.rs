@@ -482,6 +482,9 @@ const PROBES: &[Probe] = &[
     probe!("pkt-vnet-csum-compat", "pkt-vnet-csum with PACKET_VNET_HDR set through the 32-bit system call entry (int $0x80), where the kernel runs no cgroup setsockopt program",
         "marker captured on another port than the allowed one", "plain UDP4",
         p_pkt_vnet_csum_compat),
+    probe!("pkt-txring-race", "AF_PACKET transmit ring (PACKET_TX_RING, zero copy: the frame's bytes past its Ethernet header stay in the ring's pages): UDP to the allowed peer and port, sent 2000 times while a second thread rewrites the destination port in the ring between the allowed one and 9",
+        "marker captured in a datagram to port 9", "plain UDP4",
+        p_pkt_txring_race),
     probe!("xdp-csum", "AF_XDP socket (copy mode) whose umem carries transmit metadata, the frame's asking for checksum offload over its UDP destination port, as pkt-vnet-csum",
         "marker captured on another port than the allowed one", "plain UDP4",
         p_xdp_csum),
@@ -639,6 +642,8 @@ struct Ctx {
     uring: Result<PathBuf, String>,
     /// `compat_setsockopt.c` compiled for this run, or why it could not be.
     compat_setsockopt: Result<PathBuf, String>,
+    /// `tx_ring_race.c` compiled for this run, or why it could not be.
+    tx_ring_race: Result<PathBuf, String>,
     /// A chroot holding `static_send.c` at `/usr/bin/python3`.
     chroot: Result<PathBuf, String>,
     /// The lab's allowed executable, `APP_NAME` in the scratch directory
@@ -2357,6 +2362,51 @@ async fn p_pkt_vnet_csum_compat(cx: &mut Ctx) -> Outcome {
     csum_rewrite(cx, "pkt-vnet-csum", Some(&helper)).await
 }
 
+/// A transmit ring's frame stays in pages the container may still write
+/// after it is sent: what the veth judged must be what leaves. The kernel
+/// sees to it (the ring's skbs are marked zero copy, and `veth_xmit`
+/// copies their pages before the host side); this probe holds it to that.
+async fn p_pkt_txring_race(cx: &mut Ctx) -> Outcome {
+    let helper = match &cx.tx_ring_race {
+        Ok(bin) => bin.display().to_string(),
+        Err(why) => {
+            return Outcome {
+                notes: vec![format!("tx_ring_race not built: {why}")],
+                ..Default::default()
+            }
+        }
+    };
+    let mut o = cx
+        .simple(
+            &[
+                "pkt-txring-race",
+                &helper,
+                "vc",
+                "{PMAC}",
+                CT4,
+                PEER4,
+                "5353",
+                "9",
+                "{L}",
+            ],
+            &["udp", PEER4, "5353", "{C}"],
+            // The datagram itself: the peer answers those that reach 5353,
+            // and the container's ICMP error back quotes the marker.
+            |p, m| {
+                has_marker(p, m)
+                    && p["proto"].as_u64() == Some(17)
+                    && p["dport"].as_u64() == Some(9)
+            },
+        )
+        .await;
+    // Nothing arriving proves nothing unless the ring sent every frame.
+    if !o.notes[0].contains("tx_ring_race=sent:2000") {
+        o.failures
+            .push("the transmit ring did not send its 2000 frames".into());
+    }
+    o
+}
+
 /// `attack` sends a frame to the allowed peer and port that asks for
 /// checksum offload over its destination port, with the bridge's port to
 /// the peer transmitting without checksum offload (as a NIC without it):
@@ -3011,6 +3061,11 @@ async fn setup(mode: Mode) -> Ctx {
         &lab.scratch.join("compat_setsockopt"),
         &[],
     );
+    let tx_ring_race = build_c(
+        "tx_ring_race.c",
+        &lab.scratch.join("tx_ring_race"),
+        &["-pthread"],
+    );
     // A chroot whose /usr/bin/python3 is another program.
     let chroot = build_c(
         "static_send.c",
@@ -3099,6 +3154,7 @@ async fn setup(mode: Mode) -> Ctx {
         long_python,
         uring,
         compat_setsockopt,
+        tx_ring_race,
         chroot,
         app,
         other_program,

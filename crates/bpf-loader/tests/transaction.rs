@@ -6,10 +6,10 @@
 
 mod common;
 
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{Array, HashMap, Map, MapData};
 use bpf_loader::kernel::Kernel;
 use common::{maps_pin_dir, require_root, Allow, Rules};
-use contain_common::{capacity, map_names, CgroupPolicy};
+use contain_common::{capacity, map_names, CgroupPolicy, Config};
 use kernel_model::{
     diff::MapDiff,
     state::{CgroupEntry, Entry},
@@ -133,4 +133,41 @@ fn a_diff_the_kernel_refuses_midway_leaves_the_maps_as_they_were() {
         .expect("a diff planned from the same generation");
     assert_eq!(applied, generation + 1);
     assert_eq!(kernel.read_state().expect("reading the maps back"), fits);
+}
+
+/// A loader killed between its last map write and its closing epoch bump
+/// leaves the maps ahead of the epochs; the loader that adopts them moves
+/// both, so no verdict cached before it is taken again.
+#[test]
+fn a_loader_that_adopts_the_pinned_maps_moves_the_epochs() {
+    let Some(()) = require_root("a_loader_that_adopts_the_pinned_maps_moves_the_epochs") else {
+        return;
+    };
+    let pins = RemoveOnDrop(std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/contain-t-{}-adopt-epochs",
+        std::process::id()
+    )));
+    drop(Kernel::load(&pins.0).expect("loading the eBPF object"));
+    let before = pinned_config(&pins.0);
+    drop(Kernel::load(&pins.0).expect("adopting the pinned maps"));
+    let after = pinned_config(&pins.0);
+    assert!(
+        after.rules_epoch > before.rules_epoch && after.cgroup_epoch > before.cgroup_epoch,
+        "epochs before {:?}, after {:?}: a verdict cached under the predecessor's rules would be taken",
+        (before.rules_epoch, before.cgroup_epoch),
+        (after.rules_epoch, after.cgroup_epoch),
+    );
+    assert_eq!(
+        after.generation, before.generation,
+        "the generation is policyd's, not moved"
+    );
+}
+
+/// The pinned config map under `pin_dir`.
+fn pinned_config(pin_dir: &std::path::Path) -> Config {
+    let data = MapData::from_pin(maps_pin_dir(pin_dir).join(map_names::CONFIG))
+        .expect("the pinned config");
+    let config: Array<_, Config> =
+        Array::try_from(Map::Array(data)).expect("the config as an array");
+    config.get(&0, 0).expect("reading the config")
 }

@@ -405,7 +405,30 @@ pub fn apply(state: &mut KernelState, unknown_verdict: Option<Verdict>, ops: &[M
 /// addresses are in place before the veth is mapped, and a changed address's
 /// new entry before its old one goes, so that no frame of the container's
 /// own is refused while the maps change.
-pub fn apply_order(op: &MapOp) -> u8 {
+///
+/// Destination prefixes are written longest first and removed shortest
+/// first: a packet then meets, for its address, either the entries of the
+/// old state or those of the new one, never a new broad prefix without the
+/// narrower one that restricts it (the `::ffff:0:0/96` entry that keeps an
+/// IPv6 rule for every address off IPv4, Docker's DNS under 127/8). Written
+/// broadest first, adding `::/0` port 443 allowed IPv4 port 443 everywhere
+/// until its restricting entry followed.
+pub fn apply_order(op: &MapOp) -> (u8, u8) {
+    let class = apply_class(op);
+    let within = match op {
+        MapOp::Upsert {
+            entry: Entry::Dest { key, .. },
+        } => u8::MAX - key.prefix_len,
+        MapOp::Delete {
+            key: EntryKey::Dest { key },
+        } => key.prefix_len,
+        _ => 0,
+    };
+    (class, within)
+}
+
+/// The kinds of operation in the order they reach the kernel.
+fn apply_class(op: &MapOp) -> u8 {
     match op {
         MapOp::Upsert {
             entry: Entry::Port { .. },
@@ -699,6 +722,98 @@ mod tests {
         })
     }
 
+    fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
+        let mut addr = [0u8; 16];
+        addr[10] = 0xff;
+        addr[11] = 0xff;
+        addr[12..].copy_from_slice(&a);
+        addr
+    }
+
+    /// States as policyd writes them: one enforced cgroup, rulesets whose
+    /// port blocks are fixed by their id (a ruleset never changes while in
+    /// use; 0 is empty, as the entries that restrict a broader prefix),
+    /// destinations from nested prefixes.
+    fn arb_policy_state() -> impl Strategy<Value = KernelState> {
+        let v6 = |text: &str| text.parse::<std::net::Ipv6Addr>().unwrap().octets();
+        let prefixes = vec![
+            ([0u8; 16], 0u8),
+            (v4_mapped([0, 0, 0, 0]), 96),
+            (v4_mapped([10, 0, 0, 0]), 104),
+            (v4_mapped([10, 1, 0, 0]), 112),
+            (v4_mapped([10, 1, 2, 3]), 128),
+            (v4_mapped([127, 0, 0, 0]), 104),
+            (v4_mapped([127, 0, 0, 11]), 128),
+            (v6("2001:db8::"), 32),
+            (v6("2001:db8::1"), 128),
+        ];
+        prop::collection::btree_map(prop::sample::select(prefixes), 0u32..4, 0..7).prop_map(
+            |dests| {
+                let mut s = KernelState::default();
+                s.upsert(Entry::Cgroup {
+                    id: 42,
+                    value: CgroupEntry {
+                        policy_id: 1,
+                        audit: false,
+                        unrestricted: false,
+                        forwarded_dns: false,
+                    },
+                });
+                for (ruleset, proto, port, port_bits) in
+                    [(1, 6, 443, 16), (2, 0, 0, 0), (3, 17, 53, 16)]
+                {
+                    s.upsert(Entry::Port {
+                        key: PortPrefix {
+                            ruleset,
+                            proto,
+                            port,
+                            port_bits,
+                        },
+                        rule_id: ruleset,
+                    });
+                }
+                for ((addr, prefix_len), ruleset) in dests {
+                    s.upsert(Entry::Dest {
+                        key: DestPrefix {
+                            policy_id: 1,
+                            class: 0,
+                            addr,
+                            prefix_len,
+                        },
+                        ruleset,
+                    });
+                }
+                s
+            },
+        )
+    }
+
+    /// Packets to addresses inside and outside each of those prefixes.
+    fn policy_targets() -> Vec<crate::decide::Target> {
+        let addresses = [
+            "10.1.2.3",
+            "10.1.9.9",
+            "10.9.9.9",
+            "93.184.216.34",
+            "127.0.0.11",
+            "127.0.0.1",
+            "2001:db8::1",
+            "2001:db8::2",
+            "2002::1",
+        ];
+        addresses
+            .iter()
+            .flat_map(|a| {
+                [(6, 443), (17, 53), (6, 80)].map(|(proto, port)| crate::decide::Target {
+                    dest: a.parse().unwrap(),
+                    proto,
+                    port,
+                    later_fragment: false,
+                })
+            })
+            .collect()
+    }
+
     proptest! {
         #[test]
         fn a_diff_travels_packed_and_arrives_the_same(
@@ -732,6 +847,29 @@ mod tests {
             for op in &ops {
                 if let MapOp::Upsert { entry } = op {
                     prop_assert_ne!(a.get(&entry.key()), Some(*entry));
+                }
+            }
+        }
+
+        /// Each operation reaches the kernel alone: after every one of them
+        /// (and so after every step of an undo, which retraces them), each
+        /// packet is judged as the old state or the new one judges it.
+        #[test]
+        fn every_state_on_the_way_judges_as_the_old_or_the_new(
+            a in arb_policy_state(),
+            b in arb_policy_state(),
+        ) {
+            let ops = diff_ops(&a, &b);
+            let mut state = a.clone();
+            for (i, op) in ops.iter().enumerate() {
+                state.apply_ops(std::slice::from_ref(op));
+                for target in policy_targets() {
+                    let verdict = |s: &KernelState| crate::decide::lookup(s, 42, None, &target).verdict;
+                    let (old, now, new) = (verdict(&a), verdict(&state), verdict(&b));
+                    prop_assert!(
+                        now == old || now == new,
+                        "after op {i} ({op:?}): {target:?} judged {now:?}, old {old:?}, new {new:?}"
+                    );
                 }
             }
         }
@@ -824,7 +962,7 @@ mod tests {
             &del_port,
         ]
         .into_iter()
-        .map(apply_order)
+        .map(apply_class)
         .collect();
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
     }

@@ -140,7 +140,15 @@ impl Kernel {
         // Maps an older loader pinned have no flag yet: without it the
         // programs would give every process the container-wide rules.
         let process_classes = repr::process_classes(&kernel.mirror);
-        kernel.update_config(|c| c.process_classes = process_classes)?;
+        kernel.update_config(|c| {
+            c.process_classes = process_classes;
+            // A predecessor killed between its last map write and the
+            // closing epoch bump left the maps ahead of the epochs: a
+            // verdict cached under the rules it removed would stand for
+            // good. Every flow is judged again instead.
+            c.rules_epoch = c.rules_epoch.wrapping_add(1);
+            c.cgroup_epoch = c.cgroup_epoch.wrapping_add(1);
+        })?;
         Ok((kernel, rings))
     }
     /// The fd of a loaded program, for BPF_PROG_TEST_RUN.
@@ -162,7 +170,11 @@ impl Kernel {
     /// the first time the maps are used (so once per boot, as the maps live
     /// in bpffs), kept in the pinned config after that.
     fn ensure_exe_key(&mut self) -> Result<[u64; 2], KernelError> {
-        let mut config = self.maps.config.get(&0, 0).unwrap_or_default();
+        let mut config = self
+            .maps
+            .config
+            .get(&0, 0)
+            .map_err(map_err(map_names::CONFIG))?;
         if config.exe_key != [0, 0] {
             return Ok(config.exe_key);
         }

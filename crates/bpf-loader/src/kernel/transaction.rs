@@ -108,12 +108,18 @@ impl Kernel {
         .map(|_| ())
     }
 
-    /// Reads `CONFIG`, changes it and writes it back; what was written.
+    /// Reads `CONFIG`, changes it and writes it back; what was written. A
+    /// config that cannot be read is an error, never a default: that would
+    /// put the epochs back where verdicts cached long ago match again.
     pub(super) fn update_config(
         &mut self,
         change: impl FnOnce(&mut kern::Config),
     ) -> Result<kern::Config, KernelError> {
-        let mut config = self.maps.config.get(&0, 0).unwrap_or_default();
+        let mut config = self
+            .maps
+            .config
+            .get(&0, 0)
+            .map_err(map_err(map_names::CONFIG))?;
         change(&mut config);
         self.maps
             .config
