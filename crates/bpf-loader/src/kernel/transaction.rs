@@ -319,12 +319,14 @@ fn changes_rules(current: &KernelState, diff: &MapDiff) -> bool {
         MapOp::Delete {
             key: EntryKey::Cgroup { .. },
         } => false,
-        // Which container a veth belongs to decides no cached verdict.
+        // Which container a veth belongs to, and the addresses its frames
+        // may carry, decide no cached verdict: only the veth backstop reads
+        // them, and it caches none.
         MapOp::Upsert {
-            entry: Entry::Veth { .. },
+            entry: Entry::Veth { .. } | Entry::VethSource { .. },
         }
         | MapOp::Delete {
-            key: EntryKey::Veth { .. },
+            key: EntryKey::Veth { .. } | EntryKey::VethSource { .. },
         } => false,
         _ => true,
     })
@@ -409,6 +411,22 @@ mod tests {
             key: EntryKey::Veth { ifindex: 9 },
         };
         assert!(!changes_rules(&current, &diff(vec![veth, veth_gone], None)));
+        // And its addresses (which every start and stop changed, moving the
+        // epoch for every socket on the host).
+        let source = kernel_model::state::VethSource {
+            ifindex: 9,
+            addr: [7; 16],
+        };
+        let address = MapOp::Upsert {
+            entry: Entry::VethSource { key: source },
+        };
+        let address_gone = MapOp::Delete {
+            key: EntryKey::VethSource { key: source },
+        };
+        assert!(!changes_rules(
+            &current,
+            &diff(vec![address, address_gone], None)
+        ));
     }
 
     #[test]
