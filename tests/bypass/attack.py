@@ -927,14 +927,6 @@ def pkt_igmp(ifname, src, marker):
     frame_send(ifname, "raw", 0, mac("01:00:5e:00:00:16"), 0x0800, packet)
 
 
-def ones_sum(data):
-    """The ones' complement sum of `data`'s 16-bit words, folded."""
-    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
 def csum_rewrite_frame(ifname, dmac, src, dst, port, rewritten, marker):
     """A frame of a marked UDP datagram to dst:port (its UDP checksum 0,
     "none") whose words from the UDP header on sum to ~rewritten: a
@@ -943,7 +935,8 @@ def csum_rewrite_frame(ifname, dmac, src, dst, port, rewritten, marker):
     body = payload(marker, 40)
     udp = struct.pack("!HHHH", 40000, int(port), 8 + len(body) + 2, 0) + body
     want = ~int(rewritten) & 0xFFFF
-    last = ones_sum(struct.pack("!HH", want, ~ones_sum(udp) & 0xFFFF))
+    # The ones' complement sum of two words is the complement of their checksum.
+    last = ~csum(struct.pack("!HH", want, csum(udp))) & 0xFFFF
     udp += struct.pack("!H", last)
     return mac(dmac) + own_mac(ifname) + struct.pack("!H", 0x0800) + ip4(src, dst, 17, udp)
 

@@ -392,17 +392,9 @@ fn tcx_program_ids(ifindex: u32, hook: TcAttachType) -> std::io::Result<Vec<u32>
     attr.query.attach_type = attach_type as u32;
     attr.query.__bindgen_anon_2.prog_cnt = ids.len() as u32;
     attr.query.prog_ids = ids.as_mut_ptr() as u64;
-    // SAFETY: a BPF_PROG_QUERY attribute of the size passed; `prog_ids`
-    // points at `prog_cnt` u32s that outlive the call, and the kernel writes
-    // at most that many.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            bpf_cmd::BPF_PROG_QUERY as libc::c_long,
-            std::ptr::from_mut(&mut attr),
-            std::mem::size_of::<bpf_attr>(),
-        )
-    };
+    // SAFETY: a BPF_PROG_QUERY attribute; `prog_ids` points at `prog_cnt`
+    // u32s that outlive the call, and the kernel writes at most that many.
+    let ret = unsafe { crate::kernel::bpf_syscall(bpf_cmd::BPF_PROG_QUERY, &mut attr) };
     if ret < 0 {
         return Err(std::io::Error::last_os_error());
     }

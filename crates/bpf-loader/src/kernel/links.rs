@@ -361,12 +361,13 @@ fn attach_setsockopt_pinned(
     Ok(())
 }
 
-/// bpf(2) with `attr`.
+/// bpf(2) with `attr`, for the commands aya does not wrap the way the
+/// loader needs (a sockopt link, a cheap tcx query).
 ///
 /// # Safety
 /// `attr` must be a valid attribute for `cmd`, its pointers valid for the
 /// call.
-unsafe fn bpf_syscall(
+pub(crate) unsafe fn bpf_syscall(
     cmd: aya_obj::generated::bpf_cmd,
     attr: &mut aya_obj::generated::bpf_attr,
 ) -> i64 {

@@ -12,6 +12,7 @@ mod offsets;
 mod readback;
 mod transaction;
 
+pub(crate) use links::bpf_syscall;
 pub use object::EventRings;
 
 use std::{
