@@ -45,6 +45,8 @@ const RECONNECT: ExponentialBuilder = ExponentialBuilder::new()
 pub const DEFAULT_NAMESPACES: &[&str] = &["moby", "default", "k8s.io"];
 /// The namespace Docker runs its containers in.
 pub const DOCKER_NAMESPACE: &str = "moby";
+/// The namespace of Kubernetes' containers (CRI).
+pub const CRI_NAMESPACE: &str = "k8s.io";
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// After a full listing failed while the event stream still runs (a
 /// containerd too busy to answer in time): the next attempt, 2 s doubling
@@ -73,21 +75,34 @@ pub fn runtime_of(namespace: &str) -> Runtime {
     }
 }
 
-/// The name of a plain containerd container: nerdctl's name label, else
-/// `<pod>/<container>` for a Kubernetes container (`<pod>/POD` for the
-/// pod's sandbox), else the id.
-pub fn containerd_name(id: &str, labels: &BTreeMap<String, String>) -> String {
-    if let Some(name) = labels.get("nerdctl/name").filter(|n| !n.is_empty()) {
-        return name.clone();
+/// The name of a containerd container, from labels its runtime sets over
+/// those of its image (a container's labels start as its image's, and an
+/// image's author must not choose the name a policy selects):
+/// - in Kubernetes' namespace, `<namespace>/<pod>/<container>`
+///   (`<namespace>/<pod>/POD` for the pod's sandbox) from the kubelet's
+///   labels; nerdctl's name label is the image's there, never a name;
+/// - elsewhere, nerdctl's name label, which nerdctl sets for every
+///   container it runs (plain `ctr` sets none: an image's then stands);
+/// - else the id.
+pub fn containerd_name(namespace: &str, id: &str, labels: &BTreeMap<String, String>) -> String {
+    let label = |key: &str| labels.get(key).filter(|v| !v.is_empty());
+    if namespace == CRI_NAMESPACE {
+        return match (
+            label("io.kubernetes.pod.namespace"),
+            label("io.kubernetes.pod.name"),
+        ) {
+            (Some(pod_namespace), Some(pod)) => {
+                let container = label("io.kubernetes.container.name")
+                    .map(String::as_str)
+                    .unwrap_or("POD");
+                format!("{pod_namespace}/{pod}/{container}")
+            }
+            _ => id.to_string(),
+        };
     }
-    if let Some(pod) = labels.get("io.kubernetes.pod.name") {
-        let container = labels
-            .get("io.kubernetes.container.name")
-            .map(String::as_str)
-            .unwrap_or("POD");
-        return format!("{pod}/{container}");
-    }
-    id.to_string()
+    label("nerdctl/name")
+        .cloned()
+        .unwrap_or_else(|| id.to_string())
 }
 
 /// An event the source acts on, decoded from an envelope.
@@ -236,7 +251,7 @@ fn meta_of(namespace: &str, c: &containerd_client::services::v1::Container) -> M
     let name = if namespace == DOCKER_NAMESPACE {
         c.id.clone()
     } else {
-        containerd_name(&c.id, &labels)
+        containerd_name(namespace, &c.id, &labels)
     };
     Meta {
         name,
@@ -952,15 +967,36 @@ mod tests {
     #[test]
     fn names_of_plain_containerd_containers() {
         let mut labels = BTreeMap::new();
-        assert_eq!(containerd_name("id1", &labels), "id1");
-        labels.insert("io.kubernetes.pod.name".into(), "web-0".into());
-        assert_eq!(containerd_name("id1", &labels), "web-0/POD");
-        labels.insert("io.kubernetes.container.name".into(), "nginx".into());
-        assert_eq!(containerd_name("id1", &labels), "web-0/nginx");
+        assert_eq!(containerd_name("default", "id1", &labels), "id1");
         labels.insert("nerdctl/name".into(), "mine".into());
-        assert_eq!(containerd_name("id1", &labels), "mine");
+        assert_eq!(containerd_name("default", "id1", &labels), "mine");
+        // Outside Kubernetes' namespace its labels are an image's like any.
+        labels.insert("io.kubernetes.pod.namespace".into(), "prod".into());
+        labels.insert("io.kubernetes.pod.name".into(), "web-0".into());
+        assert_eq!(containerd_name("default", "id1", &labels), "mine");
         assert_eq!(runtime_of("moby"), Runtime::Docker);
         assert_eq!(runtime_of("k8s.io"), Runtime::Containerd);
+    }
+
+    #[test]
+    fn a_kubernetes_name_is_the_kubelets_and_names_its_namespace() {
+        let mut labels = BTreeMap::new();
+        labels.insert("io.kubernetes.pod.name".into(), "web-0".into());
+        // No namespace: not a name that could tell two pods apart.
+        assert_eq!(containerd_name("k8s.io", "id1", &labels), "id1");
+        labels.insert("io.kubernetes.pod.namespace".into(), "prod".into());
+        assert_eq!(containerd_name("k8s.io", "id1", &labels), "prod/web-0/POD");
+        labels.insert("io.kubernetes.container.name".into(), "nginx".into());
+        assert_eq!(
+            containerd_name("k8s.io", "id1", &labels),
+            "prod/web-0/nginx"
+        );
+        // An image's nerdctl/name label (the kubelet sets none) names nothing.
+        labels.insert("nerdctl/name".into(), "payments".into());
+        assert_eq!(
+            containerd_name("k8s.io", "id1", &labels),
+            "prod/web-0/nginx"
+        );
     }
 
     #[test]
