@@ -544,6 +544,8 @@ fn check(
                             path: o.path.clone(),
                             file: o.file.as_ref().ok().copied(),
                             problem: o.file.as_ref().err().cloned(),
+                            final_path: o.final_path.clone(),
+                            links: o.links,
                         })
                     })
                     .collect(),
@@ -1201,7 +1203,44 @@ fn render_executables(containers: &[proto::policyd::ContainerStatus]) -> String 
             subject(&unknown)
         );
     }
+    out.push_str(&render_shared_files(containers));
     out
+}
+
+/// The process rules whose file is also other commands (a symlink to a
+/// file of another name, or a file with hard links: a multi-call binary
+/// such as BusyBox), where each leads, and what to do.
+fn render_shared_files(containers: &[proto::policyd::ContainerStatus]) -> String {
+    let rows: Vec<Vec<String>> = containers
+        .iter()
+        .flat_map(|c| {
+            c.executables.iter().filter_map(|e| {
+                let shared = e.shared()?;
+                let why = match (shared.other_name, shared.links) {
+                    (Some(name), Some(links)) => {
+                        format!("a symlink to a file named {name}, with {links} hard links")
+                    }
+                    (Some(name), None) => format!("a symlink to a file named {name}"),
+                    (None, Some(links)) => format!("a file with {links} hard links"),
+                    (None, None) => return None,
+                };
+                Some(vec![
+                    c.name.clone(),
+                    e.path.clone(),
+                    e.final_path.clone().unwrap_or_else(|| "?".into()),
+                    why,
+                ])
+            })
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\n{} process rule(s) name a file that other commands may be too (a multi-call binary): the kernel knows the file, not the name it was run by, so every command that is this file (in BusyBox every applet, a shell among them) gets the rule's allowances, sha256 pin or not; point the rule at a dedicated binary (a static single-purpose executable) or drop it\n{}",
+        rows.len(),
+        table(&["CONTAINER", "EXE", "FILE THERE", "WHY"], &rows)
+    )
 }
 
 // ---- explain ----
@@ -1518,6 +1557,85 @@ mod tests {
             key: EntryKey::Veth { ifindex: 7 },
         };
         assert_eq!(describe_op(&gone), "- veth 7");
+    }
+
+    #[test]
+    fn status_names_process_rules_whose_file_is_also_other_commands() {
+        let exe =
+            |path: &str, final_path: Option<&str>, links: u64| proto::policyd::ExecutableStatus {
+                entry: format!("exe {path}"),
+                path: path.into(),
+                file: Some(kernel_model::state::FileId::default()),
+                final_path: final_path.map(Into::into),
+                links,
+                ..Default::default()
+            };
+        let container = |name: &str, executables| proto::policyd::ContainerStatus {
+            name: name.into(),
+            mode: "enforce".into(),
+            readonly_rootfs: Some(true),
+            executables,
+            ..Default::default()
+        };
+        let status = Status {
+            containers: vec![
+                container(
+                    "alpine",
+                    vec![
+                        exe("/usr/bin/wget", Some("/bin/busybox"), 1),
+                        exe("/bin/sh", Some("/bin/sh"), 3),
+                        exe("/usr/bin/curl", Some("/usr/bin/curl"), 1),
+                    ],
+                ),
+                // An older resolver: no path, no link count, nothing said.
+                container("old", vec![exe("/usr/bin/wget", None, 0)]),
+                // The link count alone, the path not known.
+                container("linked", vec![exe("/usr/bin/nc", None, 2)]),
+            ],
+            ..Status::default()
+        };
+        let out = render_status(&status);
+        let section = out
+            .split("process rule(s) name a file that other commands may be too")
+            .nth(1)
+            .expect("a section for rules whose file is also other commands");
+        assert!(
+            out.contains("\n3 process rule(s) name a file that other commands may be too"),
+            "{out}"
+        );
+        assert!(section.contains("a shell among them"), "{section}");
+        assert!(section.contains("a dedicated binary"), "{section}");
+        // Each row with its columns' padding taken out.
+        let row = |start: &str| {
+            section
+                .lines()
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                .find(|l| l.starts_with(start))
+        };
+        assert_eq!(
+            row("alpine /usr/bin/wget ").as_deref(),
+            Some("alpine /usr/bin/wget /bin/busybox a symlink to a file named busybox")
+        );
+        assert_eq!(
+            row("alpine /bin/sh ").as_deref(),
+            Some("alpine /bin/sh /bin/sh a file with 3 hard links")
+        );
+        assert_eq!(
+            row("linked ").as_deref(),
+            Some("linked /usr/bin/nc ? a file with 2 hard links")
+        );
+        assert_eq!(row("alpine /usr/bin/curl "), None);
+        assert_eq!(row("old "), None);
+
+        // A rule that recognises no file here gives nothing to share.
+        let mut unresolved = exe("/usr/bin/wget", Some("/bin/busybox"), 2);
+        unresolved.file = None;
+        unresolved.problem = Some("its content is not what the sha256 pin says".into());
+        let status = Status {
+            containers: vec![container("pinned", vec![unresolved])],
+            ..Status::default()
+        };
+        assert!(!render_status(&status).contains("other commands may be too"));
     }
 
     #[test]

@@ -146,6 +146,11 @@ pub struct ExeOutcome {
     /// The file the kernel recognises for that entry, or why there is none
     /// (the executable then gets the container-wide rules).
     pub file: Result<FileId, String>,
+    /// Where the path's symlinks end inside the container's root, and the
+    /// file's hard links (0: not known), as the resolver found them: a file
+    /// of another name, or of several, is also other commands.
+    pub final_path: Option<String>,
+    pub links: u64,
 }
 
 /// Policy × inventory → everything the loader's maps should hold.
@@ -421,11 +426,17 @@ fn assign_files(
                         source_line: None,
                     });
                 }
+                let (final_path, links) = match container.exes.get(path) {
+                    Some(Ok(resolved)) => (resolved.final_path.clone(), resolved.links),
+                    _ => (None, 0),
+                };
                 outcomes.push(ExeOutcome {
                     container_index: a.container_index,
                     process_index: pi,
                     path: path.to_string(),
                     file,
+                    final_path,
+                    links,
                 });
             }
         }
@@ -1806,6 +1817,7 @@ mod tests {
         Ok(proto::resolver::ExeFile {
             file: file(ino),
             sha256: sha256.map(Into::into),
+            ..Default::default()
         })
     }
 
@@ -1876,6 +1888,37 @@ mod tests {
         );
         assert_eq!(c.warnings[0].location.as_ref().map(|l| l.line), Some(4));
         assert_eq!(c.exes.len(), 6);
+    }
+
+    #[test]
+    fn where_a_path_leads_and_the_files_links_go_with_its_outcome() {
+        let p = policy(TWO_ENTRIES);
+        let busybox = Ok(proto::resolver::ExeFile {
+            file: file(5),
+            final_path: Some("/bin/busybox".into()),
+            links: 2,
+            ..Default::default()
+        });
+        let inv = with_exes(
+            inventory(&[("c1", 10)]),
+            &[&[
+                ("/usr/bin/curl", resolved(1, None)),
+                ("/usr/bin/wget", busybox),
+            ]],
+        );
+        let c = compile(&p, &inv, &mut IdTables::default()).unwrap();
+        let outcome = |path: &str| c.exes.iter().find(|o| o.path == path).unwrap();
+        let wget = outcome("/usr/bin/wget");
+        assert_eq!(
+            (wget.file.clone(), wget.final_path.as_deref(), wget.links),
+            (Ok(file(5)), Some("/bin/busybox"), 2)
+        );
+        let curl = outcome("/usr/bin/curl");
+        assert_eq!((curl.final_path.as_deref(), curl.links), (None, 0));
+        // Not resolved: nothing known of it.
+        let bin_curl = outcome("/bin/curl");
+        assert!(bin_curl.file.is_err());
+        assert_eq!((bin_curl.final_path.as_deref(), bin_curl.links), (None, 0));
     }
 
     #[test]

@@ -524,7 +524,7 @@ mod tests {
                 "/usr/bin/curl".to_string(),
                 Ok(proto::resolver::ExeFile {
                     file: CURL,
-                    sha256: None,
+                    ..Default::default()
                 }),
             ),
             (

@@ -97,7 +97,7 @@ impl Env {
                             "/usr/bin/curl".to_string(),
                             Ok(ExeFile {
                                 file: CURL,
-                                sha256: None,
+                                ..ExeFile::default()
                             }),
                         )]
                         .into()
@@ -1087,6 +1087,7 @@ async fn exe_rules_take_the_file_each_container_has() {
     let exe = |ino: u64| ExeFile {
         file: file(ino),
         sha256: Some(format!("{ino:064x}")),
+        ..ExeFile::default()
     };
     let has_file = |s: &KernelState, ino: u64| {
         s.processes
@@ -1098,8 +1099,17 @@ async fn exe_rules_take_the_file_each_container_has() {
     // c1's image has curl; a symlink /bin/curl leads to it.
     resolver.file("c1-id", "/usr/bin/curl", exe(11));
     resolver.file("c1-id", "/bin/curl", exe(11));
-    // c2 is another container: its own filesystem, its own curl.
-    resolver.file("c2-id", "/usr/bin/curl", exe(22));
+    // c2 is another container: its own filesystem, its own curl, a
+    // multi-call binary there (a symlink to BusyBox, hard-linked too).
+    resolver.file(
+        "c2-id",
+        "/usr/bin/curl",
+        ExeFile {
+            final_path: Some("/bin/busybox".into()),
+            links: 3,
+            ..exe(22)
+        },
+    );
     serve_resolver(&env, &resolver);
     let daemon = env.start(Config {
         inventory: InventorySource::Resolver(env.path("resolver.sock")),
@@ -1161,6 +1171,25 @@ async fn exe_rules_take_the_file_each_container_has() {
     let rendered = policyd::cli::render_status(&status);
     assert!(
         rendered.contains("containers c1, c2 have process rules on a writable root filesystem"),
+        "{rendered}"
+    );
+    // What the resolver said of c2's file reaches status, and the note.
+    let c2 = status.containers.iter().find(|c| c.name == "c2").unwrap();
+    assert_eq!(
+        (
+            c2.executables[0].final_path.as_deref(),
+            c2.executables[0].links
+        ),
+        (Some("/bin/busybox"), 3)
+    );
+    assert!(
+        rendered.contains("1 process rule(s) name a file that other commands may be too"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.lines().any(|l| l.starts_with("c2 ")
+            && l.split_whitespace().collect::<Vec<_>>()[..3]
+                == ["c2", "/usr/bin/curl", "/bin/busybox"]),
         "{rendered}"
     );
 

@@ -148,6 +148,24 @@ pub struct ExecutableStatus {
     pub file: Option<kernel_model::state::FileId>,
     /// Why there is none: its processes get the container-wide rules.
     pub problem: Option<String>,
+    /// The file's own path inside the container's root, symlinks followed
+    /// (see `proto::resolver::ExeFile::final_path`).
+    #[serde(default)]
+    pub final_path: Option<String>,
+    /// The file's hard links; 0: not known.
+    #[serde(default)]
+    pub links: u64,
+}
+
+impl ExecutableStatus {
+    /// Whether the file the kernel recognises for the entry is also other
+    /// commands (see [`crate::resolver::shared_file`]); `None` when the
+    /// entry recognises no file here.
+    pub fn shared(&self) -> Option<crate::resolver::SharedFile> {
+        self.file.and_then(|_| {
+            crate::resolver::shared_file(&self.path, self.final_path.as_deref(), self.links)
+        })
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -39,11 +39,55 @@ pub struct ExeLookup {
 }
 
 /// What a path names inside a container.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExeFile {
     pub file: kernel_model::state::FileId,
     /// Lowercase hex SHA-256 of the content, when asked for.
     pub sha256: Option<String>,
+    /// The file's own path inside the container's root, symlinks followed
+    /// (`/bin/busybox` for `/usr/bin/wget` on Alpine); `None` when it could
+    /// not be told, or from a resolver that does not say.
+    #[serde(default)]
+    pub final_path: Option<String>,
+    /// The file's hard links (`st_nlink`); 0 from a resolver that does not
+    /// say.
+    #[serde(default)]
+    pub links: u64,
+}
+
+impl ExeFile {
+    /// Whether the file `path` resolved to is also other commands: see
+    /// [`shared_file`].
+    pub fn shared(&self, path: &str) -> Option<SharedFile> {
+        shared_file(path, self.final_path.as_deref(), self.links)
+    }
+}
+
+/// A process rule's file that is more than the command the rule names: the
+/// kernel knows the file, not the name it was run by, so every name of it
+/// (every applet of a multi-call binary such as BusyBox, its shell among
+/// them) gets the rule's allowances.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedFile {
+    /// The file's own name, where it is not the last component of the
+    /// rule's path (the path is, or passes through, a symlink to it).
+    pub other_name: Option<String>,
+    /// The file's hard links, where it has more than one.
+    pub links: Option<u64>,
+}
+
+/// Whether a rule's `path`, which resolved to the file at `final_path`
+/// (inside the container's root; `None`: not known) with `links` hard
+/// links (0: not known), names a file that is also other commands: one
+/// whose name is not the path's last component, or one with more than one
+/// hard link. `None` when neither holds or nothing is known.
+pub fn shared_file(path: &str, final_path: Option<&str>, links: u64) -> Option<SharedFile> {
+    let name = |p: &str| p.rsplit('/').next().unwrap_or(p).to_string();
+    let other_name = final_path
+        .map(name)
+        .filter(|own| !own.is_empty() && *own != name(path));
+    let links = (links > 1).then_some(links);
+    (other_name.is_some() || links.is_some()).then_some(SharedFile { other_name, links })
 }
 
 /// Longest a `watch` call waits before answering with no changes. The
@@ -92,9 +136,9 @@ pub struct HostVeth {
 pub struct Container {
     /// Runtime id (Docker's 64-hex id, or the containerd container id).
     pub id: String,
-    /// Docker's name (without the leading `/`); for containerd the
-    /// `nerdctl/name` label, else `<pod>/<container>` for a Kubernetes
-    /// container, else the id.
+    /// Docker's name (without the leading `/`); for containerd, in
+    /// Kubernetes' namespace `<namespace>/<pod>/<container>` from the
+    /// kubelet's labels, elsewhere the `nerdctl/name` label; else the id.
     pub name: String,
     pub runtime: Runtime,
     /// containerd namespace (`moby` for Docker).
@@ -298,6 +342,71 @@ mod tests {
             serde_json::to_string(&Runtime::Containerd).unwrap(),
             "\"containerd\""
         );
+    }
+
+    #[test]
+    fn a_symlink_to_a_file_of_another_name_is_shared() {
+        // Alpine: /usr/bin/wget -> /bin/busybox, which is /bin/sh too.
+        assert_eq!(
+            shared_file("/usr/bin/wget", Some("/bin/busybox"), 1),
+            Some(SharedFile {
+                other_name: Some("busybox".into()),
+                links: None
+            })
+        );
+        assert_eq!(
+            shared_file("/usr/bin/python3", Some("/usr/bin/python3.12"), 1)
+                .and_then(|s| s.other_name)
+                .as_deref(),
+            Some("python3.12")
+        );
+    }
+
+    #[test]
+    fn a_file_with_more_than_one_hard_link_is_shared() {
+        assert_eq!(
+            shared_file("/bin/wget", Some("/bin/wget"), 3),
+            Some(SharedFile {
+                other_name: None,
+                links: Some(3)
+            })
+        );
+        // Both at once.
+        assert_eq!(
+            shared_file("/usr/bin/nc", Some("/bin/busybox"), 2),
+            Some(SharedFile {
+                other_name: Some("busybox".into()),
+                links: Some(2)
+            })
+        );
+        // Not knowing the path leaves the link count to tell.
+        assert_eq!(
+            shared_file("/usr/bin/wget", None, 2).map(|s| s.links),
+            Some(Some(2))
+        );
+    }
+
+    #[test]
+    fn a_file_of_its_own_name_and_one_link_is_not_shared() {
+        assert_eq!(shared_file("/usr/bin/curl", Some("/usr/bin/curl"), 1), None);
+        // A symlinked directory on the way changes the directory, not the
+        // name: /bin -> /usr/bin.
+        assert_eq!(shared_file("/bin/curl", Some("/usr/bin/curl"), 1), None);
+        // Nothing known (an older resolver): nothing said.
+        assert_eq!(shared_file("/usr/bin/wget", None, 0), None);
+        assert_eq!(shared_file("/usr/bin/wget", None, 1), None);
+        // A path the resolver could not have meant as a file's is ignored,
+        // never taken for another name.
+        assert_eq!(shared_file("/usr/bin/wget", Some("/"), 1), None);
+        assert_eq!(shared_file("/usr/bin/wget", Some(""), 1), None);
+    }
+
+    #[test]
+    fn an_exe_file_from_an_older_resolver_still_parses() {
+        let old = r#"{"file":{"dev":1,"ino":2,"ctime_sec":3,"ctime_nsec":4},"sha256":null}"#;
+        let got: ExeFile = serde_json::from_str(old).unwrap();
+        assert_eq!((got.final_path, got.links), (None, 0));
+        assert_eq!(got.file.ino, 2);
     }
 
     #[test]

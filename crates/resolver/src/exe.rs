@@ -1,6 +1,8 @@
 //! What an `exe` path names inside a container: the file itself (device,
 //! inode, change time, as the kernel records the executed file at exec),
-//! and optionally a SHA-256 of its content.
+//! optionally a SHA-256 of its content, and where the path's symlinks end
+//! and the file's link count: a rule whose file has other names (BusyBox's
+//! applets, its shell among them) gives them all its allowances.
 //!
 //! The path is resolved in the container's own root, `/proc/<pid>/root`
 //! opened as a directory, with `openat2(RESOLVE_IN_ROOT |
@@ -97,6 +99,15 @@ pub fn open_root(
 }
 
 fn open_in(root: &File, path: &str, flags: OFlag) -> nix::Result<OwnedFd> {
+    open_in_how(root, path, flags, ResolveFlag::empty())
+}
+
+fn open_in_how(
+    root: &File,
+    path: &str,
+    flags: OFlag,
+    resolve: ResolveFlag,
+) -> nix::Result<OwnedFd> {
     // openat2 refuses flags O_PATH ignores (EINVAL) where openat drops them.
     let flags = if flags.contains(OFlag::O_PATH) {
         flags | OFlag::O_CLOEXEC
@@ -105,7 +116,7 @@ fn open_in(root: &File, path: &str, flags: OFlag) -> nix::Result<OwnedFd> {
     };
     let how = OpenHow::new()
         .flags(flags)
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        .resolve(resolve | ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
     let fd = openat2(root.as_raw_fd(), path, how)?;
     // SAFETY: openat2 just returned this descriptor; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -174,7 +185,70 @@ pub fn resolve_in(
     } else {
         None
     };
-    Ok(ExeFile { file, sha256 })
+    Ok(ExeFile {
+        file,
+        sha256,
+        final_path: final_path(root, &handle, &meta),
+        links: meta.nlink(),
+    })
+}
+
+/// The path of `handle`, a file opened in `root`, inside `root`: where the
+/// symlinks of the path it was opened by end (`/bin/busybox` for Alpine's
+/// `/usr/bin/wget`). `None` when that cannot be told (the file was renamed
+/// or unlinked since, a path the kernel cannot show): the link count alone
+/// then says whether the file is also other commands.
+///
+/// The kernel shows a descriptor's path (`/proc/self/fd/N`) from the top of
+/// the mount namespace it lies in: for a container's file, its path in the
+/// container (a root the runtime put at `/`), or, for a root that is a
+/// directory of the resolver's own tree, the path through that directory.
+/// So the root's own path is taken off where it leads the file's, and a
+/// candidate is kept only if, resolved in `root` with no symlink followed,
+/// it is the very file.
+fn final_path(root: &File, handle: &File, meta: &std::fs::Metadata) -> Option<String> {
+    let shown = |f: &File| -> Option<String> {
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).ok()?;
+        link.into_os_string().into_string().ok()
+    };
+    let root_path = shown(root)?;
+    let file_path = shown(handle)?;
+    in_root_candidates(&root_path, &file_path)
+        .into_iter()
+        .find(|candidate| {
+            open_in_how(
+                root,
+                candidate,
+                OFlag::O_PATH | OFlag::O_NOFOLLOW,
+                ResolveFlag::RESOLVE_NO_SYMLINKS,
+            )
+            .ok()
+            .map(File::from)
+            .and_then(|f| f.metadata().ok())
+            .is_some_and(|m| (m.dev(), m.ino()) == (meta.dev(), meta.ino()))
+        })
+}
+
+/// The paths inside a root shown as `root_path` that a file shown as
+/// `file_path` may have there, likeliest first: the file's path less the
+/// root's, where the root's leads it, then the file's path as shown.
+/// Neither is trusted: [`final_path`] checks each.
+fn in_root_candidates(root_path: &str, file_path: &str) -> Vec<String> {
+    if !file_path.starts_with('/') {
+        // `anon_inode:…` and the like: no path at all.
+        return Vec::new();
+    }
+    let mut candidates = Vec::new();
+    if root_path != "/" {
+        if let Some(rest) = file_path
+            .strip_prefix(root_path)
+            .filter(|rest| rest.starts_with('/'))
+        {
+            candidates.push(rest.to_string());
+        }
+    }
+    candidates.push(file_path.to_string());
+    candidates
 }
 
 /// Largest file hashed for a `sha256` pin.
@@ -263,6 +337,94 @@ mod tests {
     }
 
     #[test]
+    fn a_symlink_to_another_name_and_a_hard_link_are_told() {
+        let dir = scratch("shared");
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        std::fs::write(dir.join("bin/busybox"), b"multi-call").unwrap();
+        std::fs::hard_link(dir.join("bin/busybox"), dir.join("bin/sh")).unwrap();
+        // Alpine's applets: absolute and relative symlinks to the one file.
+        std::os::unix::fs::symlink("/bin/busybox", dir.join("usr/bin/wget")).unwrap();
+        std::os::unix::fs::symlink("../../bin/busybox", dir.join("usr/bin/nc")).unwrap();
+        std::fs::write(dir.join("usr/bin/curl"), b"curl").unwrap();
+        std::os::unix::fs::symlink("/usr/bin", dir.join("sbin")).unwrap();
+        let root = File::open(&dir).unwrap();
+        let busybox = file_id(&std::fs::metadata(dir.join("bin/busybox")).unwrap());
+
+        let wget = resolve_in(&root, "c", "/usr/bin/wget", false).unwrap();
+        assert_eq!(wget.file, busybox);
+        assert_eq!(
+            (wget.final_path.as_deref(), wget.links),
+            (Some("/bin/busybox"), 2)
+        );
+        assert_eq!(
+            wget.shared("/usr/bin/wget").and_then(|s| s.other_name),
+            Some("busybox".to_string())
+        );
+        let nc = resolve_in(&root, "c", "/usr/bin/nc", false).unwrap();
+        assert_eq!(nc.final_path.as_deref(), Some("/bin/busybox"));
+
+        // A hard link has its own name: only the link count tells.
+        let sh = resolve_in(&root, "c", "/bin/sh", false).unwrap();
+        assert_eq!(
+            (sh.file, sh.final_path.as_deref()),
+            (busybox, Some("/bin/sh"))
+        );
+        let shared = sh.shared("/bin/sh").unwrap();
+        assert_eq!((shared.other_name, shared.links), (None, Some(2)));
+
+        // A file of its own, also through a symlinked directory: nothing.
+        let curl = resolve_in(&root, "c", "/usr/bin/curl", false).unwrap();
+        assert_eq!(
+            (curl.final_path.as_deref(), curl.links),
+            (Some("/usr/bin/curl"), 1)
+        );
+        assert_eq!(curl.shared("/usr/bin/curl"), None);
+        let via_dir = resolve_in(&root, "c", "/sbin/curl", false).unwrap();
+        assert_eq!(via_dir.final_path.as_deref(), Some("/usr/bin/curl"));
+        assert_eq!(via_dir.shared("/sbin/curl"), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_files_path_in_its_root_is_the_shown_path_less_the_roots() {
+        // A root that is a directory of the resolver's tree.
+        assert_eq!(
+            in_root_candidates("/var/lib/c/rootfs", "/var/lib/c/rootfs/bin/busybox"),
+            ["/bin/busybox", "/var/lib/c/rootfs/bin/busybox"]
+        );
+        // A container's own mount namespace: shown from its top, `/`.
+        assert_eq!(in_root_candidates("/", "/bin/busybox"), ["/bin/busybox"]);
+        // A prefix of a name is not the root's path.
+        assert_eq!(
+            in_root_candidates("/var/lib/c/root", "/var/lib/c/rootfs/bin/sh"),
+            ["/var/lib/c/rootfs/bin/sh"]
+        );
+        assert_eq!(in_root_candidates("/r", "/r"), ["/r"]);
+        assert!(in_root_candidates("/", "anon_inode:[eventfd]").is_empty());
+        assert!(in_root_candidates("/", "").is_empty());
+    }
+
+    #[test]
+    fn a_file_unlinked_after_it_was_opened_has_no_final_path() {
+        let dir = scratch("unlinked");
+        std::fs::write(dir.join("usr/bin/curl"), b"curl").unwrap();
+        let root = File::open(&dir).unwrap();
+        let handle = File::open(dir.join("usr/bin/curl")).unwrap();
+        let meta = handle.metadata().unwrap();
+        assert_eq!(
+            final_path(&root, &handle, &meta).as_deref(),
+            Some("/usr/bin/curl")
+        );
+        // The kernel now shows "… (deleted)", which names no file.
+        std::fs::remove_file(dir.join("usr/bin/curl")).unwrap();
+        assert_eq!(final_path(&root, &handle, &meta), None);
+        // Another file at the same path is not this one.
+        std::fs::write(dir.join("usr/bin/curl"), b"other").unwrap();
+        assert_eq!(final_path(&root, &handle, &meta), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_process_root_resolves_like_the_files_own_stat() {
         // The test's own /proc/<pid>/root is the host's root.
         let me = std::process::id();
@@ -272,6 +434,8 @@ mod tests {
         let exe = std::env::current_exe().unwrap();
         let got = resolve_in(&root, "self", exe.to_str().unwrap(), false).unwrap();
         assert_eq!(got.file, file_id(&std::fs::metadata(&exe).unwrap()));
+        let canonical = std::fs::canonicalize(&exe).unwrap();
+        assert_eq!(got.final_path.as_deref(), canonical.to_str());
     }
 
     #[test]

@@ -440,6 +440,24 @@ async fn resolver_follows_a_real_containerd() {
         stat(format!("/proc/{p_c1}/root/bin/busybox"))
     );
     assert_eq!(got[1].as_ref().unwrap().file, busybox_c1.file);
+    // Where the symlinks end, as a path in the container's own root (the
+    // kernel shows it from the top of c1's mount namespace): /bin/sleep is
+    // BusyBox, and a rule naming it would be every applet.
+    assert_eq!(busybox_c1.final_path.as_deref(), Some("/bin/busybox"));
+    assert_eq!(
+        busybox_c1
+            .shared("/bin/sleep")
+            .and_then(|s| s.other_name)
+            .as_deref(),
+        Some("busybox")
+    );
+    // Named as itself, with one link (the image's applets are symlinks).
+    let named = got[1].as_ref().unwrap();
+    assert_eq!(
+        (named.final_path.as_deref(), named.links),
+        (Some("/bin/busybox"), 1)
+    );
+    assert_eq!(named.shared("/bin/busybox"), None);
     // The image's busybox is a copy of the host's: same content, other file.
     let host = resolver::exe::hash(&mut std::fs::File::open("/bin/busybox").unwrap()).unwrap();
     assert_eq!(busybox_c1.sha256.as_deref(), Some(host.as_str()));

@@ -99,7 +99,13 @@ pub fn inventory(containers: usize) -> Inventory {
                             ctime_sec: 1_700_000_000,
                             ctime_nsec: 0,
                         };
-                        (path.to_string(), Ok(ExeFile { file, sha256: None }))
+                        (
+                            path.to_string(),
+                            Ok(ExeFile {
+                                file,
+                                ..ExeFile::default()
+                            }),
+                        )
                     })
                     .collect(),
                 ..Container::default()

@@ -357,6 +357,8 @@ fn executable_statuses(
             path: o.path.clone(),
             file: o.file.as_ref().ok().copied(),
             problem: o.file.as_ref().err().cloned(),
+            final_path: o.final_path.clone(),
+            links: o.links,
         })
         .collect()
 }
