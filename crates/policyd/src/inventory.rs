@@ -32,6 +32,12 @@ pub struct Container {
     /// cgroup v2 id of the container's cgroup; `None` until the resolver has
     /// mapped it (the kernel then applies `unknown_container`).
     pub cgroup_id: Option<u64>,
+    /// The cgroup id the resolver found, also while the container's name
+    /// and labels are not known (`cgroup_id` is `None` then): the owner of
+    /// its veths, so that frames there are judged under the unknown-container
+    /// verdict (a cgroup with no entry) instead of passing as on a veth of
+    /// no container.
+    pub resolved_cgroup_id: Option<u64>,
     /// cgroup v2 path relative to the cgroup2 mount, as in
     /// `/proc/<pid>/cgroup` (`/contain.slice/docker-<id>.scope`), when known:
     /// tells whether the loader's programs, attached to parent cgroups, see
@@ -84,6 +90,7 @@ impl From<&proto::resolver::Container> for Container {
             // unselected and left alone): without a cgroup id it keeps the
             // kernel's unknown-container verdict until they are.
             cgroup_id: (c.cgroup_id != 0 && c.metadata_complete).then_some(c.cgroup_id),
+            resolved_cgroup_id: (c.cgroup_id != 0).then_some(c.cgroup_id),
             cgroup_path: (!c.cgroup_path.is_empty()).then(|| c.cgroup_path.clone()),
             host_network: c.host_network,
             host_veths: c.host_veths.iter().map(|v| v.ifindex).collect(),
@@ -230,12 +237,23 @@ impl Inventory {
         behind
             .into_iter()
             .filter_map(|(ifindex, indexes)| {
+                // A container not known yet owns a veth only when no known
+                // one shares it: its cgroup has no entry, so its frames meet
+                // the unknown-container verdict.
                 let (owner, cgroup_id) = indexes
                     .iter()
-                    .filter_map(|&i| Some((i, self.containers[i].cgroup_id?)))
+                    .filter_map(|&i| {
+                        let c = &self.containers[i];
+                        Some((i, c.cgroup_id.or(c.resolved_cgroup_id)?))
+                    })
                     .min_by_key(|&(i, _)| {
                         let c = &self.containers[i];
-                        (c.joins_another_netns(), &c.id, &c.namespace)
+                        (
+                            c.cgroup_id.is_none(),
+                            c.joins_another_netns(),
+                            &c.id,
+                            &c.namespace,
+                        )
                     })?;
                 let sharers = indexes.into_iter().filter(|&i| i != owner).collect();
                 Some((
@@ -359,6 +377,7 @@ mod tests {
             readonly_rootfs: Some(true),
         };
         assert_eq!(Container::from(&resolved).cgroup_id, None);
+        assert_eq!(Container::from(&resolved).resolved_cgroup_id, Some(77));
         assert_eq!(Container::from(&resolved).host_veths, [31]);
         let complete = proto::resolver::Container {
             metadata_complete: true,
@@ -484,6 +503,25 @@ mod tests {
             ],
         };
         assert_eq!(owners(&inv), [(7, "b", vec!["a"])]);
+    }
+
+    #[test]
+    fn a_container_not_known_yet_owns_its_veth_by_its_cgroup() {
+        // Its name and labels unknown: no policy entry, but its veth must
+        // not be one of no container's, whose frames of no socket pass.
+        let unknown = |id: &str, cgroup_id: u64, veths: &[u32]| Container {
+            resolved_cgroup_id: Some(cgroup_id),
+            ..behind(id, None, veths)
+        };
+        let inv = Inventory {
+            containers: vec![
+                unknown("a", 5, &[7]),
+                behind("b", Some(2), &[7]),
+                unknown("c", 6, &[8]),
+            ],
+        };
+        assert_eq!(owners(&inv), [(7, "b", vec!["a"]), (8, "c", vec![])]);
+        assert_eq!(inv.veth_owners()[&8].cgroup_id, 6);
     }
 
     #[test]
