@@ -105,6 +105,19 @@ pub fn containerd_name(namespace: &str, id: &str, labels: &BTreeMap<String, Stri
         .unwrap_or_else(|| id.to_string())
 }
 
+/// A record this listing could not complete takes the last complete one of
+/// the same container (a Docker container's name and labels, read before),
+/// keeping what this listing read of its own (the root's read-only flag).
+fn keep_complete(meta: &mut Meta, previous: Option<&Meta>) {
+    if let Some(previous) = previous.filter(|p| p.complete && !meta.complete) {
+        *meta = Meta {
+            readonly_rootfs: meta.readonly_rootfs,
+            pid: meta.pid,
+            ..previous.clone()
+        };
+    }
+}
+
 /// An event the source acts on, decoded from an envelope.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -558,7 +571,7 @@ impl ContainerdSource {
     ) -> std::result::Result<(), End> {
         let mut all = Vec::new();
         let previous = std::mem::take(cache);
-        let listed = self.list_all(channel, cache, &mut all).await;
+        let listed = self.list_all(channel, cache, &previous, &mut all).await;
         if listed.is_err() {
             *cache = previous;
             return listed;
@@ -571,10 +584,16 @@ impl ContainerdSource {
         .await
     }
 
+    /// Lists every watched namespace into `cache` and `all`. A Docker
+    /// container whose lookup fails this time keeps the complete record it
+    /// had (`previous`): a runtime that answers slowly, or a listing past
+    /// its size limit, must not turn an enforced container unknown at every
+    /// re-list.
     async fn list_all(
         &self,
         channel: &Channel,
         cache: &mut HashMap<(String, String), Meta>,
+        previous: &HashMap<(String, String), Meta>,
         all: &mut Vec<RuntimeContainer>,
     ) -> std::result::Result<(), End> {
         for ns in &self.namespaces {
@@ -601,7 +620,9 @@ impl ContainerdSource {
                 }
             }
             for (id, pid) in running {
-                let entry = cache.entry((ns.clone(), id.clone())).or_default();
+                let key = (ns.clone(), id.clone());
+                let entry = cache.entry(key.clone()).or_default();
+                keep_complete(entry, previous.get(&key));
                 entry.pid = pid;
                 all.push(self.container(ns, &id, entry.clone(), pid));
             }
@@ -976,6 +997,48 @@ mod tests {
         assert_eq!(containerd_name("default", "id1", &labels), "mine");
         assert_eq!(runtime_of("moby"), Runtime::Docker);
         assert_eq!(runtime_of("k8s.io"), Runtime::Containerd);
+    }
+
+    #[test]
+    fn a_failed_lookup_keeps_the_last_complete_record() {
+        let known = Meta {
+            name: "web".into(),
+            labels: BTreeMap::from([("egress".into(), "block".into())]),
+            image: "nginx".into(),
+            pid: 7,
+            complete: true,
+            readonly_rootfs: Some(false),
+        };
+        // This listing's own record: containerd's, Docker's lookup failed.
+        let listed = || Meta {
+            name: "0123abcd".into(),
+            readonly_rootfs: Some(true),
+            ..Meta::default()
+        };
+        let mut meta = listed();
+        keep_complete(&mut meta, Some(&known));
+        assert!(meta.complete);
+        assert_eq!((meta.name.as_str(), meta.labels.len()), ("web", 1));
+        assert_eq!(
+            meta.readonly_rootfs,
+            Some(true),
+            "what this listing read stays"
+        );
+        // Nothing complete before: it stays incomplete (unknown, as it was).
+        let mut meta = listed();
+        keep_complete(&mut meta, None);
+        assert!(!meta.complete);
+        let mut meta = listed();
+        keep_complete(&mut meta, Some(&listed()));
+        assert!(!meta.complete);
+        // A lookup that succeeded this time is not overwritten.
+        let mut meta = Meta {
+            name: "renamed".into(),
+            complete: true,
+            ..Meta::default()
+        };
+        keep_complete(&mut meta, Some(&known));
+        assert_eq!(meta.name, "renamed");
     }
 
     #[test]
