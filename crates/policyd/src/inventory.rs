@@ -76,11 +76,32 @@ impl Container {
     }
 }
 
+/// A name as the daemon shows and logs it: its control characters escaped
+/// (`\n`, `\u{1b}`). A name can come from an image (plain `ctr`), and a
+/// newline in it would start a forged line in the journal that `policyd
+/// suggest` reads events from, an escape sequence would rewrite `status`'s
+/// table on a terminal. Runtimes that validate names never give one.
+pub fn printable(name: &str) -> String {
+    if !name.chars().any(char::is_control) {
+        return name.to_string();
+    }
+    name.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
 impl From<&proto::resolver::Container> for Container {
     fn from(c: &proto::resolver::Container) -> Self {
         Container {
             id: c.id.clone(),
-            name: c.name.clone(),
+            name: printable(&c.name),
             labels: c.labels.clone(),
             image: c.image.clone(),
             namespace: c.namespace.clone(),
@@ -503,6 +524,15 @@ mod tests {
             ],
         };
         assert_eq!(owners(&inv), [(7, "b", vec!["a"])]);
+    }
+
+    #[test]
+    fn a_name_shows_its_control_characters_escaped() {
+        assert_eq!(printable("web-0/nginx"), "web-0/nginx");
+        let forged = "x\n{\"verdict\":\"deny\"}\u{1b}[2K";
+        let shown = printable(forged);
+        assert_eq!(shown, "x\\n{\"verdict\":\"deny\"}\\u{1b}[2K");
+        assert!(!shown.chars().any(char::is_control));
     }
 
     #[test]

@@ -290,7 +290,7 @@ impl Reconciler {
             match &change.kind {
                 ChangeKind::Added { container: c } => tracing::info!(
                     generation = change.generation,
-                    container = %c.key(), name = %c.name, runtime = %c.runtime, pid = c.pids.first().copied().unwrap_or(0),
+                    container = %c.key(), name = ?c.name, runtime = %c.runtime, pid = c.pids.first().copied().unwrap_or(0),
                     cgroup = %c.cgroup_path, cgroup_id = c.cgroup_id, netns = c.netns_inode,
                     veths = ?c.host_veths.iter().map(|v| v.ifindex).collect::<Vec<_>>(), host_network = c.host_network,
                     "container added"

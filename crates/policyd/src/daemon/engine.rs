@@ -1039,7 +1039,7 @@ impl Engine {
             };
             if self.unenforced_reported.get(&c.id) != Some(&reason) {
                 tracing::warn!(
-                    container = %c.name,
+                    container = ?c.name,
                     id = %c.id,
                     reason = %reason,
                     "container selected by a policy is NOT enforced"
