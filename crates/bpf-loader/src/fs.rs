@@ -4,6 +4,7 @@
 
 use std::{
     io,
+    os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt},
     path::{Component, Path, PathBuf},
 };
 
@@ -131,18 +132,93 @@ pub fn ensure_mounted(fs_type: &str, target: &Path) -> Result<(), FsError> {
         path: target.to_owned(),
         source,
     })?;
+    // Root's alone, as systemd mounts bpffs: the kernel's default is 1777.
     nix::mount::mount(
         Some(fs_type),
         target,
         Some(fs_type),
         nix::mount::MsFlags::empty(),
-        None::<&str>,
+        Some("mode=0700"),
     )
     .map_err(|e| FsError::Io {
         what: "mounting",
         path: target.to_owned(),
         source: e.into(),
     })
+}
+
+/// Creates the directory `path` (and what is missing above it) for root
+/// alone, or takes back one already there: owned by root, mode 0700. A pin
+/// directory another user may write is one whose pins that user can
+/// delete, and deleting a link's pin detaches its program. On a bpffs that
+/// systemd did not mount (the kernel's default mode is 1777) any user may
+/// have made the directory first, or put a symlink there (removed, as root
+/// may in a sticky directory).
+pub fn private_dir(path: &Path) -> Result<(), FsError> {
+    let err = |what: &'static str| {
+        move |source: io::Error| FsError::Io {
+            what,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        std::fs::remove_file(path)
+            .map_err(err("removing a symlink in place of a pin directory"))?;
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(err("creating pin directory"))?;
+    take_back_dir(path)
+}
+
+/// Every directory at and below `root` owned by root, mode 0700 (pin
+/// directories an older loader made group-writable included). Symlinks
+/// are not followed.
+pub fn private_tree(root: &Path) -> Result<(), FsError> {
+    take_back_dir(root)?;
+    let entries = std::fs::read_dir(root).map_err(|source| FsError::Io {
+        what: "listing pin directory",
+        path: root.to_owned(),
+        source,
+    })?;
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            private_tree(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn take_back_dir(path: &Path) -> Result<(), FsError> {
+    let err = |what: &'static str| {
+        move |source: io::Error| FsError::Io {
+            what,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    let meta = std::fs::symlink_metadata(path).map_err(err("reading pin directory"))?;
+    if !meta.is_dir() {
+        return Err(err("a pin directory")(io::Error::other(
+            "not a directory: remove it, contain pins its programs and maps there",
+        )));
+    }
+    if meta.uid() != 0 || meta.gid() != 0 {
+        nix::unistd::chown(
+            path,
+            Some(nix::unistd::Uid::from_raw(0)),
+            Some(nix::unistd::Gid::from_raw(0)),
+        )
+        .map_err(|e| err("taking back pin directory")(e.into()))?;
+    }
+    if meta.mode() & 0o7777 != 0o700 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+            .map_err(err("taking back pin directory"))?;
+    }
+    Ok(())
 }
 
 /// The tracefs root, mounting it when nothing provides it.

@@ -28,7 +28,7 @@ impl Kernel {
     pub fn attach_tracepoints(&mut self) -> Result<(), KernelError> {
         let group = self.links_dir().join("tracepoints");
         let dir = group.join(&self.instance);
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        crate::fs::private_dir(&dir)?;
         for &(name, category, tracepoint) in program_names::TRACEPOINTS {
             let prog: &mut TracePoint = program_mut(&mut self.ebpf, name)?;
             let id = prog
@@ -77,7 +77,7 @@ impl Kernel {
         if self.attachments.contains_key(&relative) && dir.exists() {
             return Ok(self.attachments[&relative].clone());
         }
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        crate::fs::private_dir(&dir)?;
         let cgroup_dir = File::open(&path).map_err(io_err(&path))?;
         for &name in program_names::CGROUP {
             let path = dir.join(name);
@@ -161,7 +161,7 @@ impl Kernel {
         if !links.is_empty() {
             let group = veths::pin_group(&self.links_dir(), ifindex);
             let dir = group.join(&self.instance);
-            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            crate::fs::private_dir(&dir)?;
             for (program, link) in links {
                 pin(link, &dir.join(program))?;
             }
@@ -184,7 +184,7 @@ impl Kernel {
         let links = veths::attach_hooks(&mut self.ebpf, name, hooks)?;
         if !links.is_empty() {
             let dir = veths::pin_group(&self.links_dir(), ifindex).join(&self.instance);
-            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            crate::fs::private_dir(&dir)?;
             for (program, link) in links {
                 pin(link, &dir.join(program))?;
             }

@@ -48,7 +48,9 @@ impl Kernel {
         let bpffs_root = pin_dir.parent().unwrap_or(Path::new("/sys/fs/bpf"));
         fs::ensure_mounted("bpf", bpffs_root)?;
         let maps_dir = pin_dir.join(format!("maps-v{MAP_LAYOUT_VERSION}"));
-        std::fs::create_dir_all(&maps_dir).map_err(io_err(&maps_dir))?;
+        fs::private_dir(pin_dir)?;
+        fs::private_tree(pin_dir)?;
+        fs::private_dir(&maps_dir)?;
         let cgroup_root = fs::cgroup2_mount()?;
         let offsets = TraceOffsets::read()?;
         let exec = ExecOffsets::read(&crate::btf::Btf::from_sys_fs()?)?;
