@@ -1091,7 +1091,10 @@ impl Ctx {
         for c in &mut self.inventory.containers {
             c.exes.insert(
                 app.clone(),
-                Ok(proto::resolver::ExeFile { file, sha256: None }),
+                Ok(proto::resolver::ExeFile {
+                    file,
+                    ..Default::default()
+                }),
             );
         }
         self.current_policy = None;
@@ -3092,6 +3095,7 @@ async fn setup(mode: Mode) -> Ctx {
             namespace: "moby".into(),
             runtime: "docker".into(),
             cgroup_id: Some(lab.cgroup_id(path)),
+            resolved_cgroup_id: Some(lab.cgroup_id(path)),
             cgroup_path: path
                 .strip_prefix(cgroup2_mount())
                 .ok()
@@ -3107,14 +3111,14 @@ async fn setup(mode: Mode) -> Ctx {
                     PYTHON.to_string(),
                     Ok(proto::resolver::ExeFile {
                         file: file_of(PYTHON),
-                        sha256: None,
+                        ..Default::default()
                     }),
                 ),
                 (
                     app.display().to_string(),
                     Ok(proto::resolver::ExeFile {
                         file: app_file,
-                        sha256: None,
+                        ..Default::default()
                     }),
                 ),
             ]),
