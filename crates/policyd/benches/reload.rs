@@ -167,7 +167,12 @@ async fn end_to_end(rules: usize) {
     };
     tokio::spawn(daemon::run(config));
     let client = loop {
-        if let Ok(stream) = transport::connect(&dir.join("policyd.sock")).await {
+        if let Ok(stream) = transport::connect(
+            &dir.join("policyd.sock"),
+            &proto::transport::ServerIs::root_or([nix::unistd::geteuid().as_raw()]),
+        )
+        .await
+        {
             break PolicydClient::new(
                 tarpc::client::Config::default(),
                 transport::client(stream, transport::Service::Policyd),

@@ -306,8 +306,23 @@ fn dropped_by_daemon(socket: &Path) -> impl Fn(tarpc::client::RpcError) -> Failu
     }
 }
 
+/// The user the packaged daemon runs as (`User=` of its unit).
+const DAEMON_USER: &str = "contain";
+
 async fn connect(socket: &Path) -> Result<PolicydClient, Failure> {
-    let stream = transport::connect(socket)
+    // Served by root, the daemon's user, or this user (a daemon it started
+    // itself): never by another member of the group that may write the
+    // sockets' directory.
+    let daemon_user = nix::unistd::User::from_name(DAEMON_USER)
+        .ok()
+        .flatten()
+        .map(|u| u.uid.as_raw());
+    let server = transport::ServerIs::root_or(
+        daemon_user
+            .into_iter()
+            .chain([nix::unistd::geteuid().as_raw()]),
+    );
+    let stream = transport::connect(socket, &server)
         .await
         .map_err(unreachable_daemon)?;
     Ok(PolicydClient::new(

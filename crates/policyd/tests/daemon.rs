@@ -150,7 +150,12 @@ impl Env {
     async fn client(&self) -> PolicydClient {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(stream) = transport::connect(&self.path("policyd.sock")).await {
+            if let Ok(stream) = transport::connect(
+                &self.path("policyd.sock"),
+                &proto::transport::ServerIs::root_or([nix::unistd::geteuid().as_raw()]),
+            )
+            .await
+            {
                 return PolicydClient::new(
                     tarpc::client::Config::default(),
                     transport::client(stream, transport::Service::Policyd),

@@ -225,7 +225,12 @@ async fn a_denial_is_logged_with_its_container_and_moves_its_counter_in_promethe
     let client = PolicydClient::new(
         tarpc::client::Config::default(),
         transport::client(
-            transport::connect(&socket).await.unwrap(),
+            transport::connect(
+                &socket,
+                &proto::transport::ServerIs::root_or([nix::unistd::geteuid().as_raw()]),
+            )
+            .await
+            .unwrap(),
             transport::Service::Policyd,
         ),
     )

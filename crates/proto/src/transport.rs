@@ -314,9 +314,43 @@ where
 pub type ServerChannel<Req, Resp> =
     MaxRequests<BaseChannel<Req, Resp, JsonTransport<ClientMessage<Req>, Response<Resp>>>>;
 
-/// Connects to a server's socket, saying which socket failed and why.
-pub async fn connect(path: &Path) -> io::Result<UnixStream> {
-    UnixStream::connect(path).await.map_err(|e| {
+/// Who must be serving a socket for a client to speak to it. The sockets'
+/// directory is writable by the group the daemons run as, and a socket is
+/// missing while its daemon restarts: another member of that group could
+/// bind one in its place. A client that spoke to whoever answered would take
+/// a forged inventory for the real one (and tell the loader to leave those
+/// containers unrestricted), or send the policy nowhere.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerIs {
+    /// Who besides root may serve.
+    users: Vec<u32>,
+}
+
+impl ServerIs {
+    /// Root alone: the loader and the resolver, for a client of another user.
+    pub fn root() -> ServerIs {
+        ServerIs { users: Vec::new() }
+    }
+
+    /// Root or one of `users`: policyd's own user for its socket, and the
+    /// client's own (a daemon and its stand-ins run by one user in a test:
+    /// only that user could have bound them).
+    pub fn root_or(users: impl IntoIterator<Item = u32>) -> ServerIs {
+        ServerIs {
+            users: users.into_iter().filter(|&u| u != 0).collect(),
+        }
+    }
+
+    pub fn admits(&self, uid: u32) -> bool {
+        uid == 0 || self.users.contains(&uid)
+    }
+}
+
+/// Connects to a server's socket, saying which socket failed and why, and
+/// refuses a server that is not `server` (by `SO_PEERCRED`, which the
+/// kernel fixed when the server called `listen`).
+pub async fn connect(path: &Path, server: &ServerIs) -> io::Result<UnixStream> {
+    let stream = UnixStream::connect(path).await.map_err(|e| {
         io::Error::new(
             e.kind(),
             format!(
@@ -324,7 +358,24 @@ pub async fn connect(path: &Path) -> io::Result<UnixStream> {
                 path.display()
             ),
         )
-    })
+    })?;
+    let uid = stream.peer_cred()?.uid();
+    if !server.admits(uid) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is served by uid {uid}, not by root{}: another process took the socket's \
+                 place; stop it, then restart the daemon",
+                path.display(),
+                server
+                    .users
+                    .iter()
+                    .map(|u| format!(" or uid {u}"))
+                    .collect::<String>()
+            ),
+        ));
+    }
+    Ok(stream)
 }
 
 /// Binds a listening socket at `path` with file mode `mode` (and group
@@ -606,6 +657,73 @@ mod tests {
             .is_err());
     }
 
+    #[test]
+    fn a_server_must_be_root_or_the_daemons_user() {
+        assert!(ServerIs::root().admits(0));
+        assert!(!ServerIs::root().admits(1000));
+        let policyd = ServerIs::root_or([999, 0]);
+        assert!(policyd.admits(0));
+        assert!(policyd.admits(999));
+        assert!(!policyd.admits(1000));
+    }
+
+    /// A socket bound by another user in the daemon's place is refused
+    /// before a byte is sent: as root, one bound by nobody; otherwise, one
+    /// bound by this test's own user, which is not root.
+    #[tokio::test]
+    async fn a_client_refuses_a_socket_another_user_serves() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("taken.sock");
+        let me = nix::unistd::geteuid().as_raw();
+        let (_listener, mut squatter) = if me == 0 {
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+            let script = format!(
+                "import socket,time;s=socket.socket(socket.AF_UNIX);s.bind({:?});s.listen();print('ready',flush=True);time.sleep(30)",
+                path.display().to_string()
+            );
+            let mut child = std::process::Command::new("setpriv")
+                .args([
+                    "--reuid=65534",
+                    "--regid=65534",
+                    "--clear-groups",
+                    "/usr/bin/python3",
+                    "-c",
+                    &script,
+                ])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("setpriv and python3 run the squatter");
+            let mut ready = String::new();
+            std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+                &mut ready,
+            )
+            .unwrap();
+            assert_eq!(ready.trim(), "ready");
+            (None, Some(child))
+        } else {
+            (Some(UnixListener::bind(&path).unwrap()), None)
+        };
+        let err = connect(&path, &ServerIs::root())
+            .await
+            .expect_err("a socket root does not serve is refused");
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        assert!(
+            err.to_string()
+                .contains("another process took the socket's place"),
+            "{err}"
+        );
+        if me != 0 {
+            connect(&path, &ServerIs::root_or([me]))
+                .await
+                .expect("the daemon's own user is served");
+        }
+        if let Some(child) = squatter.as_mut() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
     #[tokio::test]
     async fn a_uids_requests_beyond_the_cap_wait_for_one_to_end() {
         let mut requests = RequestsPerUid::default();
@@ -656,7 +774,12 @@ mod tests {
             |channel, _| channel.execute(EchoServer.serve()).for_each(spawn_request),
         ));
         let open = || async {
-            let stream = connect(&socket).await.unwrap();
+            let stream = connect(
+                &socket,
+                &ServerIs::root_or([nix::unistd::geteuid().as_raw()]),
+            )
+            .await
+            .unwrap();
             EchoClient::new(Default::default(), client(stream, Service::Policyd)).spawn()
         };
         let mut clients = Vec::new();

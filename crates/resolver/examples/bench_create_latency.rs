@@ -72,7 +72,11 @@ async fn main() -> anyhow::Result<()> {
     config.docker_socket = base.join("no-docker.sock");
     config.docker_root = base.join("no-docker");
     let daemon = Daemon::start(config).await?;
-    let stream = proto::transport::connect(&resolver_socket).await?;
+    let stream = proto::transport::connect(
+        &resolver_socket,
+        &proto::transport::ServerIs::root_or([nix::unistd::geteuid().as_raw()]),
+    )
+    .await?;
     let client = ResolverClient::new(
         tarpc::client::Config::default(),
         proto::transport::client(stream, proto::transport::Service::Resolver),

@@ -493,7 +493,11 @@ impl Lab {
     }
 
     pub async fn client(&self) -> std::io::Result<LoaderClient> {
-        let stream = transport::connect(&self.socket).await?;
+        let stream = transport::connect(
+            &self.socket,
+            &proto::transport::ServerIs::root_or([nix::unistd::geteuid().as_raw()]),
+        )
+        .await?;
         Ok(LoaderClient::new(
             tarpc::client::Config::default(),
             transport::client(stream, transport::Service::Loader),

@@ -40,7 +40,12 @@ impl LoaderLink {
         if let Some(client) = lock(&self.client).clone() {
             return Ok(client);
         }
-        match transport::connect(&self.path).await {
+        match transport::connect(
+            &self.path,
+            &transport::ServerIs::root_or([nix::unistd::geteuid().as_raw()]),
+        )
+        .await
+        {
             Ok(stream) => {
                 let client = LoaderClient::new(
                     tarpc::client::Config::default(),
@@ -179,7 +184,12 @@ impl ExeResolver {
             let client = match cached {
                 Some(c) => c,
                 None => {
-                    let stream = transport::connect(&self.path).await.map_err(|e| {
+                    let stream = transport::connect(
+                        &self.path,
+                        &transport::ServerIs::root_or([nix::unistd::geteuid().as_raw()]),
+                    )
+                    .await
+                    .map_err(|e| {
                         format!("the resolver ({}) is unavailable: {e}", self.path.display())
                     })?;
                     let client = ResolverClient::new(
