@@ -17,6 +17,24 @@ cd "$root_dir"
 export PATH="$HOME/.cargo/bin:$PATH"
 export CARGO_TERM_COLOR=never
 
+# As root, scratch space of root's own: the tests name their directories
+# after their pid in $TMPDIR, and in a world-writable /tmp another user could
+# make those paths first (a symlink at a log file's name then has root write
+# wherever it points). Others may pass through (mode 0711: a test runs the
+# CLI as another user against a socket in there), never create.
+if [[ $EUID -eq 0 ]]; then
+  TMPDIR=/var/tmp/contain-test
+  if [[ -L $TMPDIR ]] || { [[ -e $TMPDIR ]] && [[ $(stat -c %u:%a "$TMPDIR") != 0:711 ]]; }; then
+    rm -rf "$TMPDIR"
+  fi
+  mkdir -p -m 0711 "$TMPDIR"
+  if [[ -L $TMPDIR ]] || [[ $(stat -c %u:%a "$TMPDIR") != 0:711 ]]; then
+    echo "test.sh: $TMPDIR is not root's (mode 0711); another user made it: remove it and run again" >&2
+    exit 1
+  fi
+  export TMPDIR
+fi
+
 # Each phase's wall time goes to the summary at the end (the suite must stay
 # well inside CI's limit: this shows where its time goes).
 phase_times=()
@@ -36,7 +54,7 @@ passed=0
 failed=0
 skipped=0
 failures=()
-log_dir="$(mktemp -d /tmp/contain-test.XXXXXX)"
+log_dir="$(mktemp -d "${TMPDIR:-/tmp}/contain-test.XXXXXX")"
 
 record() { # name status
   if [[ $2 -eq 0 ]]; then
