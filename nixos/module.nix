@@ -458,9 +458,8 @@ in
             ];
           ProtectKernelTunables = true;
           ProtectControlGroups = true;
-          # Not "invisible": the peer check reads /proc/PID/status of a
-          # connecting client (supplementary groups) that runs as another user.
-          ProtectProc = "default";
+          # It reads no other process: peers' groups come from SO_PEERGROUPS.
+          ProtectProc = "invisible";
           ProcSubset = "pid";
           RestrictNamespaces = true;
           PrivateUsers = false; # peer uids must stay real uids for SO_PEERCRED
