@@ -12,7 +12,7 @@
 use std::{
     fs,
     io::Write as _,
-    os::unix::fs::PermissionsExt as _,
+    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -257,13 +257,18 @@ pub enum SetupOutcome {
 
 /// Sets Docker's `cgroup-parent` to `parent` in the file at `path`: the old
 /// file is copied to `backup` first (when it exists), and the new one
-/// replaces it atomically with the same permissions.
+/// replaces it atomically with the same permissions: each file is created
+/// with them (a `daemon.json` of mode 0600 may hold a proxy's credentials,
+/// never world-readable for a moment), and a `daemon.json` that is a
+/// symlink has the file it points to replaced, not the link.
 pub fn setup_docker(
     path: &Path,
     parent: &str,
     force: bool,
     backup: &Path,
 ) -> Result<SetupOutcome, SetupError> {
+    let resolved = fs::canonicalize(path).ok();
+    let path = resolved.as_deref().unwrap_or(path);
     let io = |action: &'static str, path: &Path| {
         let path = path.to_owned();
         move |source| SetupError::Io {
@@ -294,11 +299,26 @@ pub fn setup_docker(
         Ok(meta) => meta.permissions().mode() & 0o7777,
         Err(_) => 0o644,
     };
+    // A file of `mode` from its creation on, never one found in its place.
+    let create = |at: &Path, text: &str| -> std::io::Result<()> {
+        match fs::remove_file(at) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(at)?;
+        file.write_all(text.as_bytes())?;
+        // The process's umask may have taken bits off.
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.sync_all()
+    };
     let backup = match existing {
         Some(old) => {
-            fs::write(backup, old).map_err(io("writing the backup", backup))?;
-            fs::set_permissions(backup, fs::Permissions::from_mode(mode))
-                .map_err(io("setting the mode of", backup))?;
+            create(backup, &old).map_err(io("writing the backup", backup))?;
             Some(backup.to_owned())
         }
         None => None,
@@ -309,13 +329,7 @@ pub fn setup_docker(
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     ));
-    let write_tmp = || -> std::io::Result<()> {
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(text.as_bytes())?;
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.sync_all()
-    };
-    if let Err(e) = write_tmp() {
+    if let Err(e) = create(&tmp, &text) {
         let _ = fs::remove_file(&tmp);
         return Err(io("writing", &tmp)(e));
     }
@@ -547,6 +561,49 @@ mod tests {
             "{oops",
             "a refused file is left alone"
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn setup_keeps_the_backup_private_and_a_symlink_a_symlink() {
+        let dir = std::env::temp_dir().join(format!("contain-setup-link-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("managed.json");
+        let link = dir.join("daemon.json");
+        let backup = dir.join("daemon.json.bak");
+        fs::write(
+            &target,
+            "{\"proxies\": {\"http-proxy\": \"http://u:secret@p\"}}\n",
+        )
+        .unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        // A backup left world-readable by an earlier run is made again.
+        fs::write(&backup, "old").unwrap();
+        fs::set_permissions(&backup, fs::Permissions::from_mode(0o644)).unwrap();
+
+        setup_docker(&link, PARENT, false, &backup).unwrap();
+        assert!(
+            fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "the link is kept; the file it names is replaced"
+        );
+        assert_eq!(
+            parsed(&fs::read_to_string(&target).unwrap())["cgroup-parent"],
+            PARENT
+        );
+        for file in [&target, &backup] {
+            assert_eq!(
+                fs::metadata(file).unwrap().permissions().mode() & 0o777,
+                0o600,
+                "{}",
+                file.display()
+            );
+        }
+        assert!(fs::read_to_string(&backup).unwrap().contains("secret"));
         fs::remove_dir_all(&dir).unwrap();
     }
 
