@@ -127,17 +127,28 @@ def mapped_udp(v4host, port, marker):
 
 # --- 1. revocation -------------------------------------------------------------
 
-def stream(host, port, marker, limit, sock=None):
+def stream(host, port, marker, limit, sock=None, fastopen=False):
     """Streams marked chunks until the kernel reports an error or `limit`
     seconds pass; prints the local port first so the test knows the flow.
-    `sock`: a TCP socket to connect instead of a new one."""
+    `sock`: a TCP socket to connect instead of a new one. `fastopen`: the
+    connection opened by the first chunk's sendto(MSG_FASTOPEN), which no
+    connect() call precedes."""
     with sock or socket.socket(family_of(host), socket.SOCK_STREAM) as s:
         s.settimeout(5)
-        if not attempt("connect", lambda: s.connect((host, int(port)))):
+        chunk = payload(marker, 200)
+        if fastopen:
+            # Blocking, as a plain sendto: a non-blocking one without a
+            # cookie only starts the handshake (EINPROGRESS). SO_SNDTIMEO
+            # bounds the wait for it.
+            s.setblocking(True)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 5, 0))
+            opened = attempt("fastopen", lambda: s.sendto(chunk, socket.MSG_FASTOPEN, (host, int(port))) and None)
+        else:
+            opened = attempt("connect", lambda: s.connect((host, int(port))))
+        if not opened:
             return
         say(port=s.getsockname()[1])
         s.settimeout(1)
-        chunk = payload(marker, 200)
         start = time.monotonic()
         while time.monotonic() - start < float(limit):
             try:
@@ -154,7 +165,7 @@ def stream(host, port, marker, limit, sock=None):
 TCP_MD5SIG = 14
 
 
-def stream_unstamped(own, own_port, host, port, marker, limit):
+def stream_unstamped(own, own_port, host, port, marker, limit, fastopen=False):
     """`stream` from a socket no storage can be made for: an accepted TCP
     socket (no sock_create hook runs for one) whose option memory is full
     of TCP_MD5SIG keys, disconnected (connect AF_UNSPEC) and connected
@@ -181,7 +192,13 @@ def stream_unstamped(own, own_port, host, port, marker, limit):
     say(md5_keys=keys, disconnected=int(disconnected))
     client.close()
     server.close()
-    stream(host, port, marker, limit, sock=s)
+    stream(host, port, marker, limit, sock=s, fastopen=fastopen)
+
+
+def stream_unstamped_tfo(own, own_port, host, port, marker, limit):
+    """`stream_unstamped` whose flow TCP Fast Open opens (sendto with
+    MSG_FASTOPEN): the kernel connects from inside sendmsg."""
+    stream_unstamped(own, own_port, host, port, marker, limit, fastopen=True)
 
 
 # --- 2. steering ---------------------------------------------------------------
@@ -1404,7 +1421,7 @@ def mld_join(ifname, marker):
 
 
 COMMANDS = {
-    "udp": udp, "tcp": tcp, "stream-unstamped": stream_unstamped, "tcp-from": tcp_from, "icmp4-type": icmp4_type, "mapped-udp": mapped_udp, "stream": stream,
+    "udp": udp, "tcp": tcp, "stream-unstamped": stream_unstamped, "stream-unstamped-tfo": stream_unstamped_tfo, "tcp-from": tcp_from, "icmp4-type": icmp4_type, "mapped-udp": mapped_udp, "stream": stream,
     "steer-tcp": lambda *a: steer(socket.SOCK_STREAM, *a),
     "steer-udp": lambda *a: steer(socket.SOCK_DGRAM, *a),
     "inbound-rthdr": inbound_rthdr, "nd": nd, "udp-revoke": udp_revoke, "udp-tied": udp_tied,

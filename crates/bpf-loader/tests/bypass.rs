@@ -271,6 +271,8 @@ const PROBES: &[Probe] = &[
         "the second datagram's marker captured", "the first datagram, while allowed, and P's reply received", p_udp_revoke),
     probe!("4e-unstamped-flow", "an accepted TCP socket (no storage) whose option memory is filled with TCP_MD5SIG keys, so no storage can be charged to it, disconnected (AF_UNSPEC) and connected to the allowed sink; it streams and the rule is removed",
         "a byte of the flow captured > 0.2 s after apply returned", "the flow's bytes arrive before the revocation; filtered, the connect() is refused with EPERM once the socket cannot be stamped", p_unstamped_flow),
+    probe!("4e-unstamped-tfo", "4e-unstamped-flow, its flow opened by TCP Fast Open (sendto with MSG_FASTOPEN) instead of connect()",
+        "a byte of the flow captured > 0.2 s after apply returned", "the flow's bytes arrive before the revocation; filtered, the sendto() is refused with EPERM once the socket cannot be stamped", p_unstamped_tfo),
     probe!("4d-flow-outlives-its-container", "TCP stream of marked bytes to an allowed port; the container's cgroup entry goes mid-stream (policyd forgets the container: unknown, denied)",
         "a byte of the flow captured > 0.2 s after apply returned (frames already past the hooks)", "the flow's bytes arrive while the container is known", p_container_forgotten),
     probe!("4b-udp-reply-other-socket", "P speaks to socket A; socket B (same port via SO_REUSEPORT) sends to P",
@@ -1682,6 +1684,15 @@ async fn p_unstamped_flow(cx: &mut Ctx) -> Outcome {
     let mut o = revocation_with(cx, &["stream-unstamped", CT4, "9"], Change::Revoke).await;
     let said = o.notes.join(" ");
     if cx.mode.filtered() && said.contains("connect=error:EPERM") {
+        o.control = said.contains("disconnected=1") && !said.contains("md5_keys=0");
+    }
+    o
+}
+
+async fn p_unstamped_tfo(cx: &mut Ctx) -> Outcome {
+    let mut o = revocation_with(cx, &["stream-unstamped-tfo", CT4, "9"], Change::Revoke).await;
+    let said = o.notes.join(" ");
+    if cx.mode.filtered() && said.contains("fastopen=error:EPERM") {
         o.control = said.contains("disconnected=1") && !said.contains("md5_keys=0");
     }
     o
