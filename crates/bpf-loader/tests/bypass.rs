@@ -2382,14 +2382,9 @@ async fn p_xdp_csum(cx: &mut Ctx) -> Outcome {
 }
 
 async fn p_pkt_vnet_csum_compat(cx: &mut Ctx) -> Outcome {
-    let helper = match &cx.compat_setsockopt {
-        Ok(bin) => bin.display().to_string(),
-        Err(why) => {
-            return Outcome {
-                notes: vec![format!("compat_setsockopt not built: {why}")],
-                ..Default::default()
-            }
-        }
+    let helper = match built("compat_setsockopt", &cx.compat_setsockopt) {
+        Ok(path) => path,
+        Err(o) => return o,
     };
     csum_rewrite(cx, "pkt-vnet-csum", Some(&helper)).await
 }
@@ -2399,14 +2394,9 @@ async fn p_pkt_vnet_csum_compat(cx: &mut Ctx) -> Outcome {
 /// sees to it (the ring's skbs are marked zero copy, and `veth_xmit`
 /// copies their pages before the host side); this probe holds it to that.
 async fn p_pkt_txring_race(cx: &mut Ctx) -> Outcome {
-    let helper = match &cx.tx_ring_race {
-        Ok(bin) => bin.display().to_string(),
-        Err(why) => {
-            return Outcome {
-                notes: vec![format!("tx_ring_race not built: {why}")],
-                ..Default::default()
-            }
-        }
+    let helper = match built("tx_ring_race", &cx.tx_ring_race) {
+        Ok(path) => path,
+        Err(o) => return o,
     };
     let mut o = cx
         .simple(
@@ -2538,14 +2528,9 @@ async fn p_exec_long(cx: &mut Ctx) -> Outcome {
 }
 
 async fn p_exec_chroot(cx: &mut Ctx) -> Outcome {
-    let root = match &cx.chroot {
-        Ok(root) => root.display().to_string(),
-        Err(why) => {
-            return Outcome {
-                notes: vec![format!("chroot probe not built: {why}")],
-                ..Default::default()
-            }
-        }
+    let root = match built("the chroot probe", &cx.chroot) {
+        Ok(path) => path,
+        Err(o) => return o,
     };
     cx.simple(
         &["chroot-exec", &root, PYTHON, PEER4, EXE_PORT, "{L}"],
@@ -2572,10 +2557,17 @@ fn app_send(cx: &Ctx, m: &str) -> String {
 }
 
 fn other_program(cx: &Ctx) -> Result<String, Outcome> {
-    match &cx.other_program {
-        Ok(p) => Ok(p.display().to_string()),
+    built("the other program", &cx.other_program)
+}
+
+/// The path of a helper this run compiled, or, when it could not, the
+/// outcome that says why: no leak, no control, so that a probe without its
+/// helper fails instead of passing.
+fn built(what: &str, build: &Result<PathBuf, String>) -> Result<String, Outcome> {
+    match build {
+        Ok(path) => Ok(path.display().to_string()),
         Err(why) => Err(Outcome {
-            notes: vec![format!("the other program was not built: {why}")],
+            notes: vec![format!("{what} was not built: {why}")],
             ..Default::default()
         }),
     }
@@ -2848,14 +2840,9 @@ async fn p_raw4_lsrr(cx: &mut Ctx) -> Outcome {
 }
 
 async fn p_uring(cx: &mut Ctx) -> Outcome {
-    let bin = match &cx.uring {
-        Ok(bin) => bin.display().to_string(),
-        Err(why) => {
-            return Outcome {
-                notes: vec![format!("io_uring probe not built: {why}")],
-                ..Default::default()
-            }
-        }
+    let bin = match built("the io_uring probe", &cx.uring) {
+        Ok(path) => path,
+        Err(o) => return o,
     };
     let t = now();
     let (lm, cm) = (cx.marker(), cx.marker());

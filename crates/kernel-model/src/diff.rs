@@ -752,12 +752,7 @@ mod tests {
                 let mut s = KernelState::default();
                 s.upsert(Entry::Cgroup {
                     id: 42,
-                    value: CgroupEntry {
-                        policy_id: 1,
-                        audit: false,
-                        unrestricted: false,
-                        forwarded_dns: false,
-                    },
+                    value: CgroupEntry::enforced(1),
                 });
                 for (ruleset, proto, port, port_bits) in
                     [(1, 6, 443, 16), (2, 0, 0, 0), (3, 17, 53, 16)]
@@ -915,12 +910,7 @@ mod tests {
         let cgroup = MapOp::Upsert {
             entry: Entry::Cgroup {
                 id: 42,
-                value: CgroupEntry {
-                    policy_id: 1,
-                    audit: false,
-                    unrestricted: false,
-                    forwarded_dns: false,
-                },
+                value: CgroupEntry::enforced(1),
             },
         };
         let veth = MapOp::Upsert {

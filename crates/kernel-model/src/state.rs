@@ -46,6 +46,19 @@ pub struct CgroupEntry {
     pub forwarded_dns: bool,
 }
 
+impl CgroupEntry {
+    /// A cgroup enforced under `policy_id`: what its rules do not allow is
+    /// denied.
+    pub fn enforced(policy_id: u32) -> CgroupEntry {
+        CgroupEntry {
+            policy_id,
+            audit: false,
+            unrestricted: false,
+            forwarded_dns: false,
+        }
+    }
+}
+
 /// The file a process executes, as the kernel records it at exec: its
 /// filesystem, inode and inode change time. A replaced, copied, chrooted or
 /// bind-mounted file is another file; one modified in place gets a new
@@ -416,12 +429,7 @@ mod tests {
         let mut s = KernelState::default();
         s.upsert(Entry::Cgroup {
             id: 42,
-            value: CgroupEntry {
-                policy_id: 1,
-                audit: false,
-                unrestricted: false,
-                forwarded_dns: false,
-            },
+            value: CgroupEntry::enforced(1),
         });
         s.upsert(Entry::Dest {
             key: DestPrefix {
