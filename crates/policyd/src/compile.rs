@@ -535,6 +535,58 @@ pub fn compile_rules(
     compile_rules_reusing(policies, ids, None).map(|(rules, _)| rules)
 }
 
+/// Learns policy ids from the kernel's rules, for a start with no inventory
+/// to say which container runs which policy (the resolver away): a policy
+/// whose container-wide destinations, compiled, are exactly those one
+/// policy id holds in the kernel (each prefix to its ruleset, whose ids
+/// `ids` learned from the kernel's contents), and no other policy's are,
+/// takes that id. Otherwise ids are handed out in the file's order, and two
+/// policies whose names prefer the same id could take each other's: the
+/// kept-over cgroup entries would point at the other policy's rules. A
+/// policy changed since, or one whose rules another's equal, learns
+/// nothing here.
+pub fn seed_policy_ids_from_rules(state: &KernelState, policies: &PolicySet, ids: &mut IdTables) {
+    let mut provisional = ids.clone();
+    let Ok(rules) = compile_rules(policies, &mut provisional) else {
+        return;
+    };
+    type Signature = Vec<([u8; 16], u8, u32)>;
+    let signature = |dests: &BTreeMap<DestPrefix, u32>, policy_id: u32| -> Signature {
+        dests
+            .iter()
+            .filter(|(k, _)| k.policy_id == policy_id && k.class == 0)
+            .map(|(k, &ruleset)| (k.addr, k.prefix_len, ruleset))
+            .collect()
+    };
+    let mut in_kernel: BTreeMap<Signature, Vec<u32>> = BTreeMap::new();
+    let kernel_ids: BTreeSet<u32> = state.dests.keys().map(|k| k.policy_id).collect();
+    for id in kernel_ids {
+        in_kernel
+            .entry(signature(&state.dests, id))
+            .or_default()
+            .push(id);
+    }
+    let mut compiled: BTreeMap<Signature, Vec<usize>> = BTreeMap::new();
+    for (index, &id) in rules.policy_ids.iter().enumerate() {
+        compiled
+            .entry(signature(&rules.dests, id))
+            .or_default()
+            .push(index);
+    }
+    for (signature, indexes) in compiled {
+        if signature.is_empty() {
+            continue;
+        }
+        if let ([index], Some([id])) = (
+            indexes.as_slice(),
+            in_kernel.get(&signature).map(Vec::as_slice),
+        ) {
+            ids.policies
+                .seed(policies.policies[*index].name.clone(), *id);
+        }
+    }
+}
+
 /// How many policies a compile took over from the previous one, and how
 /// many it compiled.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -1347,6 +1399,46 @@ mod tests {
 
     pub(crate) fn policy(text: &str) -> PolicySet {
         policy::parse("p.toml", text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_restart_without_an_inventory_learns_policy_ids_from_the_rules() {
+        let a = "[[policy]]\nname='a'\nselect={name='x'}\nallow=[{to='10.0.0.0/8', proto='tcp', ports=[443]}]\n";
+        let b = "[[policy]]\nname='b'\nselect={name='y'}\nallow=[{to='192.168.0.0/16', proto='udp', ports=[53]}]\n";
+        // Before: the ids the names would not get by preference (as after
+        // a collision, or a policy's id kept while another came and went).
+        let mut before = IdTables::default();
+        assert!(before.policies.seed("a".into(), 7));
+        assert!(before.policies.seed("b".into(), 8));
+        let written = compile_rules(&policy(&format!("{a}{b}")), &mut before).unwrap();
+        let mut state = KernelState::default();
+        for (&key, &ruleset) in &written.dests {
+            state.upsert(kernel_model::state::Entry::Dest { key, ruleset });
+        }
+        for (&key, &rule_id) in &written.ports {
+            state.upsert(kernel_model::state::Entry::Port { key, rule_id });
+        }
+        // After a restart, the file reordered, no inventory.
+        let reordered = policy(&format!("{b}{a}"));
+        let mut ids = IdTables::default();
+        ids.seed_from_state(&state);
+        seed_policy_ids_from_rules(&state, &reordered, &mut ids);
+        let rules = compile_rules(&reordered, &mut ids).unwrap();
+        assert_eq!(rules.policy_ids, [8, 7], "b keeps 8 and a keeps 7");
+        assert!(
+            rules
+                .dests
+                .iter()
+                .all(|(k, r)| written.dests.get(k) == Some(r)),
+            "the same entries: nothing to write"
+        );
+        // A policy whose rules changed learns nothing (and takes no id).
+        let changed = policy(&format!("{}{b}", a.replace("443", "8443")));
+        let mut ids = IdTables::default();
+        ids.seed_from_state(&state);
+        seed_policy_ids_from_rules(&state, &changed, &mut ids);
+        assert_eq!(ids.policies.get(&"a".to_string()), None);
+        assert_eq!(ids.policies.get(&"b".to_string()), Some(8));
     }
 
     fn inventory(containers: &[(&str, u64)]) -> Inventory {

@@ -548,6 +548,9 @@ impl Engine {
         ids.seed_from_state(kernel);
         if let Some(loaded) = &self.view.loaded {
             ids.seed_policies(kernel, &loaded.policies, &self.view.inventory);
+            // What the containers did not tell (none known yet, or a policy
+            // no running container has), the kernel's rules may.
+            compile::seed_policy_ids_from_rules(kernel, &loaded.policies, &mut ids);
             match compile::compile_rules(&loaded.policies, &mut ids) {
                 Ok(rules) => {
                     self.view.loaded = Some(Arc::new(Loaded {
