@@ -176,6 +176,26 @@ impl Env {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    /// Waits until the daemon's status says `done`.
+    async fn wait_status(
+        &self,
+        what: &str,
+        client: &PolicydClient,
+        mut done: impl FnMut(&proto::policyd::Status) -> bool,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = client.status(ctx()).await.unwrap().unwrap();
+            if done(&status) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {status:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 impl Drop for Env {
@@ -809,6 +829,8 @@ mod fake_resolver {
         files: BTreeMap<(String, String), ExeFile>,
         /// Every lookup asked for, in order.
         lookups: Vec<ExeLookup>,
+        /// Runtimes whose containers the snapshots say they lack.
+        unlisted: Vec<String>,
     }
 
     /// The resolver's contract in memory: snapshots, and changes by
@@ -855,6 +877,10 @@ mod fake_resolver {
         }
         pub fn lookups(&self) -> Vec<ExeLookup> {
             self.inner.lock().unwrap().lookups.clone()
+        }
+        /// From now on its snapshots lack `sources`' containers.
+        pub fn unlisted(&self, sources: &[&str]) {
+            self.inner.lock().unwrap().unlisted = sources.iter().map(|s| s.to_string()).collect();
         }
         pub fn add(&self, c: Container) {
             let mut i = self.inner.lock().unwrap();
@@ -906,6 +932,7 @@ mod fake_resolver {
                 instance: 1,
                 generation: i.generation,
                 containers: i.containers.values().cloned().collect(),
+                unlisted_sources: i.unlisted.clone(),
             }
         }
         async fn executables(
@@ -1012,10 +1039,28 @@ async fn follows_the_resolver_and_holds_until_the_first_inventory() {
     assert!(state.cgroups.contains_key(&501));
     assert_eq!(state.veths.get(&31), Some(&501));
 
-    // The resolver comes up with web: policyd converges.
+    // The resolver comes up before its runtime answers: its snapshot lacks
+    // web, and says so. It is not the inventory: nothing is removed.
     let resolver = FakeResolver::default();
-    resolver.add(container("web", 501));
+    resolver.unlisted(&["containerd"]);
     serve_resolver(&env, &resolver);
+    env.wait_status("the resolver's missing listing", &client, |s| {
+        s.inventory
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("has not listed the containers of containerd"))
+    })
+    .await;
+    let (_, state, applies) = env.kernel();
+    assert_eq!(
+        applies, 0,
+        "a list without the runtime's containers applied"
+    );
+    assert!(state.cgroups.contains_key(&501));
+
+    // The runtime answers, with web: policyd converges.
+    resolver.add(container("web", 501));
+    resolver.unlisted(&[]);
     // The rules go in under the policy id the kernel already had for web's
     // cgroup: learned from the loader's state, nothing renumbered.
     env.wait_for("web's policy rules", |s| {

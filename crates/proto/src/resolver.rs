@@ -194,6 +194,11 @@ pub struct Snapshot {
     pub generation: u64,
     /// Sorted by [`Container::key`].
     pub containers: Vec<Container>,
+    /// The runtimes whose containers are not in it yet: the resolver
+    /// serves without a runtime that did not answer its first listing in
+    /// time, and until it does, the containers missing here are not gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unlisted_sources: Vec<String>,
 }
 
 /// What happened to one container.

@@ -97,6 +97,7 @@ impl VersionedInventory {
             instance: self.instance,
             generation: self.generation,
             containers: self.containers.values().cloned().collect(),
+            unlisted_sources: Vec::new(),
         }
     }
 

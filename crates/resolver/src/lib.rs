@@ -211,6 +211,11 @@ impl Daemon {
                 relist: config.rescan,
             };
             first_listing = Some(source.name());
+            shared
+                .sources
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(source.name());
             tasks.push(tokio::spawn(source.run()));
         }
         // A client's first inventory must hold the running containers: an
@@ -265,7 +270,7 @@ impl Daemon {
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        self.shared.read().snapshot()
+        self.shared.snapshot()
     }
 
     pub fn shared(&self) -> Arc<Shared> {

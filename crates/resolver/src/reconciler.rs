@@ -53,6 +53,8 @@ pub struct Shared {
     /// snapshot processed): until containerd's is in, the inventory is
     /// missing every running container, not saying they are gone.
     pub listed: watch::Sender<BTreeSet<String>>,
+    /// The sources started, whose first listing the inventory waits for.
+    pub sources: RwLock<BTreeSet<String>>,
 }
 
 impl Shared {
@@ -66,7 +68,28 @@ impl Shared {
             roots: RwLock::new(HashMap::new()),
             proc_root: std::path::PathBuf::from("/proc"),
             listed: watch::Sender::new(BTreeSet::new()),
+            sources: RwLock::new(BTreeSet::new()),
         }
+    }
+
+    /// The inventory as clients get it: with the sources whose first
+    /// listing it does not hold yet.
+    pub fn snapshot(&self) -> proto::resolver::Snapshot {
+        let mut snapshot = self.read().snapshot();
+        snapshot.unlisted_sources = self.unlisted_sources();
+        snapshot
+    }
+
+    /// Started sources whose first listing is not in.
+    pub fn unlisted_sources(&self) -> Vec<String> {
+        let listed = self.listed.borrow();
+        self.sources
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|s| !listed.contains(*s))
+            .cloned()
+            .collect()
     }
 
     pub fn root_of(&self, key: &str) -> Option<RootId> {

@@ -39,7 +39,10 @@ impl ResolverServer {
                     inv.changes_after(after_generation),
                 )
             };
-            if let Some(reply) = reply {
+            if let Some(mut reply) = reply {
+                if let WatchReply::Resync { snapshot, .. } = &mut reply {
+                    snapshot.unlisted_sources = self.shared.unlisted_sources();
+                }
                 return reply;
             }
             match tokio::time::timeout_at(deadline, generation.changed()).await {
@@ -128,7 +131,7 @@ impl Resolver for ResolverServer {
     }
 
     async fn list(self, _: Context) -> Snapshot {
-        self.shared.read().snapshot()
+        self.shared.snapshot()
     }
 
     async fn watch(self, ctx: Context, after_generation: u64, wait_ms: u32) -> WatchReply {
@@ -194,6 +197,43 @@ mod tests {
             inv.generation()
         };
         shared.generation.send_replace(generation);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_names_the_runtimes_not_listed_yet() {
+        let shared = Arc::new(Shared::new(
+            VersionedInventory::new(1, 10, 16),
+            StatusBoard::default(),
+            "/sys/fs/cgroup".into(),
+        ));
+        shared.sources.write().unwrap().insert("containerd".into());
+        let server = ResolverServer {
+            shared: shared.clone(),
+        };
+        assert_eq!(
+            server
+                .clone()
+                .list(tarpc::context::current())
+                .await
+                .unlisted_sources,
+            ["containerd"],
+            "served before containerd's first listing: its containers are not gone"
+        );
+        // A watcher from another run gets a snapshot that says it too.
+        match server.watch_inner(u64::MAX, 0).await {
+            WatchReply::Resync { snapshot, .. } => {
+                assert_eq!(snapshot.unlisted_sources, ["containerd"])
+            }
+            other => panic!("not a resync: {other:?}"),
+        }
+        shared.listed.send_modify(|l| {
+            l.insert("containerd".into());
+        });
+        assert!(server
+            .list(tarpc::context::current())
+            .await
+            .unlisted_sources
+            .is_empty());
     }
 
     #[tokio::test]

@@ -158,6 +158,9 @@ async fn follow_once(engine: &Handle, path: &Path, delays: &mut ExponentialBacko
         Err(e) => return format!("resolver list failed: {e}"),
     };
     *delays = RETRY.build();
+    if let Some(unlisted) = unlisted(&snapshot) {
+        return unlisted;
+    }
     tracing::info!(
         containers = snapshot.containers.len(),
         generation = snapshot.generation,
@@ -192,7 +195,10 @@ async fn follow_once(engine: &Handle, path: &Path, delays: &mut ExponentialBacko
                 }
                 Some(changes.iter().map(|c| changed_key(&c.kind)).collect())
             }
-            WatchReply::Resync { reason, .. } => {
+            WatchReply::Resync { reason, snapshot } => {
+                if let Some(unlisted) = unlisted(snapshot) {
+                    return unlisted;
+                }
                 tracing::info!(reason, "resolver resync");
                 instance = reply.instance();
                 None
@@ -216,6 +222,21 @@ async fn follow_once(engine: &Handle, path: &Path, delays: &mut ExponentialBacko
             Some(_) => {}
         }
     }
+}
+
+/// Why a snapshot is not the inventory, if it is not: a runtime whose
+/// containers it does not hold yet (a resolver started while containerd did
+/// not answer). Taken as the containers' list, it would have every running
+/// container's entry removed (unknown, denied) and its veth left without an
+/// owner (frames of no socket passing); until the runtime is listed the
+/// last inventory stands, or, after a start, the loader's entries.
+fn unlisted(snapshot: &proto::resolver::Snapshot) -> Option<String> {
+    (!snapshot.unlisted_sources.is_empty()).then(|| {
+        format!(
+            "the resolver has not listed the containers of {} yet (the runtime does not answer)",
+            snapshot.unlisted_sources.join(", ")
+        )
+    })
 }
 
 /// The inventory key a change is about.
