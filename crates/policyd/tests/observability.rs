@@ -277,6 +277,23 @@ async fn a_denial_is_logged_with_its_container_and_moves_its_counter_in_promethe
         lab.loader.push_event(denial(WEB_CGROUP, web_policy, 25));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Idle connections in every scrape slot: the daemon closes each when
+    // its request does not come (within seconds, where it had held them
+    // for its 30 s connection deadline), and a scrape gets in.
+    let idle: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(metrics_addr).unwrap())
+        .collect();
+    for mut stream in idle {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            stream.read(&mut byte).map_err(|e| e.kind()),
+            Ok(0),
+            "an idle connection to the metrics page was not closed"
+        );
+    }
     let before = http_get(metrics_addr, "/metrics");
     let curler_denials =
         r#"contain_container_verdicts_total{action="deny",policy="lockdown",container="curler"}"#;

@@ -14,7 +14,7 @@ use std::{
 
 use http_body_util::Full;
 use hyper::{body::Bytes, server::conn::http1, service::service_fn, Method, Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use proto::{loader::LoaderClient, transport};
 use tokio::{net::TcpListener, sync::Semaphore};
 
@@ -259,6 +259,10 @@ pub async fn gather(engine: &Handle, recorder: &Recorder) -> Scrape {
 const CONCURRENT_SCRAPES: usize = 4;
 /// Longest a connection may stay open.
 const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
+/// Longest a client may take to send its request's headers: a local user
+/// holding the few scrape slots with idle connections would otherwise keep
+/// Prometheus out for `CONNECTION_DEADLINE` at a time.
+const HEADER_DEADLINE: Duration = Duration::from_secs(2);
 
 fn response(status: u16, content_type: &str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -313,7 +317,13 @@ pub async fn serve_metrics(listener: TcpListener, engine: Handle, recorder: Arc<
                     })
                 }
             });
-            let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            // One request per connection: a scrape every few seconds gains
+            // nothing from keeping it, and an idle one holds a slot.
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_DEADLINE)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
             let _ = tokio::time::timeout(CONNECTION_DEADLINE, connection).await;
             drop(permit);
         });
