@@ -1420,9 +1420,12 @@ fn event_row(a: &proto::policyd::AttributedEvent) -> String {
         _ if e.dst.is_ipv6() => format!("[{}]:{}", e.dst, e.dst_port),
         _ => format!("{}:{}", e.dst, e.dst_port),
     };
+    // The container chooses both (PR_SET_NAME, the path it executes by):
+    // control characters shown escaped, so no row rewrites the terminal.
+    let comm = crate::inventory::printable(&e.comm);
     let process = match &e.exe {
-        Some(exe) => format!("{} ({exe})", e.comm),
-        None => e.comm.clone(),
+        Some(exe) => format!("{comm} ({})", crate::inventory::printable(exe)),
+        None => comm,
     };
     format!(
         "{:<20} {:<6} {:<20} {:<16} {:<24} {:<6} {:<40} {:?}",

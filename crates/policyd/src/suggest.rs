@@ -120,6 +120,12 @@ struct Dest {
 
 impl Dest {
     fn new(addr: IpAddr, aggregate: Aggregate) -> Dest {
+        // `::ffff:a.b.c.d` is IPv4 to the policy: aggregated as IPv4, never
+        // by the IPv6 length (`/96` of it is every IPv4 address).
+        let addr = match addr {
+            IpAddr::V6(a) => a.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+            v4 => v4,
+        };
         match addr {
             IpAddr::V4(a) => {
                 let len = aggregate.v4.unwrap_or(32).min(32);
@@ -182,6 +188,9 @@ struct Seen {
     not_ip: u64,
     /// Frames with a forged source: nothing allows them either.
     forged: u64,
+    /// Port 0 (a later fragment, or a connect() to port 0), or a process
+    /// whose executable path is relative: no valid rule names them.
+    unsuggested: u64,
     events: u64,
 }
 
@@ -289,6 +298,10 @@ impl Collector {
                 seen.docker_dns += 1;
                 return;
             }
+            ("tcp" | "udp", Some(0), _) => {
+                seen.unsuggested += 1;
+                return;
+            }
             ("tcp", Some(port), _) => Service::Tcp(port),
             ("udp", Some(port), _) => Service::Udp(port),
             ("icmp", _, Some(t)) => Service::Icmp(t),
@@ -306,6 +319,10 @@ impl Collector {
         // rules; so does a process whose executable the kernel did not see.
         let scope = match (&record.exe, record.reason) {
             (_, Reason::PacketSocket | Reason::Unattributed) => Scope::ContainerWide,
+            (Some(exe), _) if !exe.starts_with('/') => {
+                seen.unsuggested += 1;
+                return;
+            }
             (Some(exe), _) => Scope::Exe(exe.clone()),
             (None, _) => Scope::ContainerWide,
         };
@@ -467,11 +484,18 @@ fn render_entries(out: &mut String, flows: &Flows) {
             let protos: Vec<String> = e.other_protocols.iter().map(u8::to_string).collect();
             let _ = write!(
                 note,
-                "; IP protocol {}: no rule narrower than proto = \"any\" allows it",
+                "; IP protocol {}: no rule narrower than proto = \"any\" allows it, which allows every protocol and port: uncomment it only if that is meant",
                 protos.join(", ")
             );
         }
         let _ = writeln!(out, "  # {note}");
+        // Every protocol and port to those addresses: left for the reader
+        // to take, never taken by default.
+        let indent = if e.other_protocols.is_empty() {
+            "  "
+        } else {
+            "  # "
+        };
         let to: Vec<String> = e
             .dests
             .iter()
@@ -479,7 +503,7 @@ fn render_entries(out: &mut String, flows: &Flows) {
             .collect();
         let _ = write!(
             out,
-            "  {{ to = [{}], proto = \"{}\"",
+            "{indent}{{ to = [{}], proto = \"{}\"",
             to.join(", "),
             e.proto
         );
@@ -572,6 +596,13 @@ pub fn render(s: &Suggestion) -> String {
                 out,
                 "# {} of frames whose source is none of the container's addresses: no rule allows those.",
                 plural(seen.forged, "event")
+            );
+        }
+        if seen.unsuggested > 0 {
+            let _ = writeln!(
+                out,
+                "# {} to port 0 or from an executable by a relative path: no rule is suggested for those.",
+                plural(seen.unsuggested, "event")
             );
         }
         let wide = seen.flows.get(&Scope::ContainerWide);
@@ -913,11 +944,39 @@ mod tests {
         let text = suggest(&lines, Filter::default(), Aggregate::default());
         let policies = valid(&text);
         assert!(policies.policies[0].allow_docker_dns, "{text}");
+        // Every protocol and port: offered commented out, never allowed as is.
         assert!(
-            text.contains("{ to = [\"198.18.0.1\"], proto = \"any\" }"),
+            text.contains("  # { to = [\"198.18.0.1\"], proto = \"any\" }"),
             "{text}"
         );
+        assert!(policies.policies[0].rules.is_empty(), "{text}");
         assert!(text.contains("IP protocol 47"));
+    }
+
+    #[test]
+    fn what_no_valid_rule_names_is_said_and_a_mapped_address_stays_ipv4() {
+        let mapped = IpAddr::V6(Ipv4Addr::new(198, 18, 0, 9).to_ipv6_mapped());
+        let lines = vec![
+            line("c", &event(None, v4(198, 18, 0, 1), 6, 0)),
+            line("c", &event(Some("./x"), v4(198, 18, 0, 2), 6, 443)),
+            line("c", &event(None, mapped, 6, 443)),
+        ];
+        let aggregate = Aggregate {
+            v4: Some(24),
+            v6: Some(96),
+        };
+        let text = suggest(&lines, Filter::default(), aggregate);
+        valid(&text);
+        assert!(
+            text.contains("# 2 events to port 0 or from an executable by a relative path"),
+            "{text}"
+        );
+        // /24 as IPv4 asks, not ::ffff:0.0.0.0/96 (every IPv4 address).
+        assert!(text.contains("\"198.18.0.0/24\""), "{text}");
+        assert!(
+            !text.contains("::ffff") && !text.contains("0.0.0.0"),
+            "{text}"
+        );
     }
 
     #[test]
