@@ -148,7 +148,8 @@ pub fn ensure_mounted(fs_type: &str, target: &Path) -> Result<(), FsError> {
 }
 
 /// Creates the directory `path` (and what is missing above it) for root
-/// alone, or takes back one already there: owned by root, mode 0700. A pin
+/// alone, or takes back one already there: owned by root, mode 0700 (its
+/// group is the loader's, and has no access). A pin
 /// directory another user may write is one whose pins that user can
 /// delete, and deleting a link's pin detaches its program. On a bpffs that
 /// systemd did not mount (the kernel's default mode is 1777) any user may
@@ -206,13 +207,13 @@ fn take_back_dir(path: &Path) -> Result<(), FsError> {
             "not a directory: remove it, contain pins its programs and maps there",
         )));
     }
-    if meta.uid() != 0 || meta.gid() != 0 {
-        nix::unistd::chown(
-            path,
-            Some(nix::unistd::Uid::from_raw(0)),
-            Some(nix::unistd::Gid::from_raw(0)),
-        )
-        .map_err(|e| err("taking back pin directory")(e.into()))?;
+    // The owner, not the group: with mode 0700 the group has no access,
+    // and the unit runs the loader with group contain and without
+    // CAP_CHOWN, which a change of group would need.
+    if meta.uid() != 0 {
+        nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(0)), None).map_err(|e| {
+            err("taking back pin directory (made by another user: remove it)")(e.into())
+        })?;
     }
     if meta.mode() & 0o7777 != 0o700 {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))

@@ -24,13 +24,18 @@ fn the_loader_takes_back_pin_directories_another_user_made() {
         std::process::id()
     )));
     // Made first by nobody, open to all, with a group-writable links
-    // directory as an older loader (umask 0007) left them.
+    // directory of group 65534 as an older loader (umask 0007, its unit's
+    // group) left it.
     let nobody = nix::unistd::Uid::from_raw(65534);
     let links = pins.0.join("links");
     std::fs::create_dir_all(&links).expect("making the directories as another user would");
-    for dir in [&pins.0, &links] {
-        nix::unistd::chown(dir.as_path(), Some(nobody), None).expect("chown to nobody");
-    }
+    nix::unistd::chown(pins.0.as_path(), Some(nobody), None).expect("chown to nobody");
+    nix::unistd::chown(
+        links.as_path(),
+        None,
+        Some(nix::unistd::Gid::from_raw(65534)),
+    )
+    .expect("chgrp");
     std::fs::set_permissions(&pins.0, std::fs::Permissions::from_mode(0o777)).unwrap();
     std::fs::set_permissions(&links, std::fs::Permissions::from_mode(0o770)).unwrap();
 

@@ -547,7 +547,9 @@ impl Lab {
 /// capabilities go: root, bounded to the unit's `CapabilityBoundingSet=`
 /// (read from `debian/systemd/contain-bpf-loader.service`, so the tests
 /// follow the unit), so that a capability the loader needs and the unit
-/// lacks fails here too.
+/// lacks fails here too; and with a group that is not root's, as the unit's
+/// `Group=contain` (65534 stands in for it: what the loader creates is then
+/// not root's group, which it must not need to change, lacking CAP_CHOWN).
 fn unit_capabilities() -> Vec<String> {
     let unit = repo_root().join("debian/systemd/contain-bpf-loader.service");
     let text = std::fs::read_to_string(&unit)
@@ -563,6 +565,8 @@ fn unit_capabilities() -> Vec<String> {
     vec![
         "setpriv".into(),
         format!("--bounding-set=-all,{}", bounding.join(",")),
+        "--regid=65534".into(),
+        "--clear-groups".into(),
         "--".into(),
     ]
 }
