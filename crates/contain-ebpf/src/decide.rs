@@ -380,6 +380,16 @@ pub fn report(
     };
     let Some(mut slot) = slot else {
         bump_stat(stat::EVENTS_DROPPED);
+        // The held-back count this event was to carry goes back to its
+        // cgroup, for the next event that finds room: dropped with it, the
+        // counts events carry would no longer add up to those held back.
+        if suppressed != 0 {
+            if let Some(b) = EVENT_RATES.get_ptr_mut(cgroup_id) {
+                // SAFETY: this CPU's value of the entry, this program's alone
+                // while it runs.
+                unsafe { (*b).suppressed = (*b).suppressed.saturating_add(suppressed) };
+            }
+        }
         return false;
     };
     let is_icmp = flow.proto == ip_proto::ICMP || flow.proto == ip_proto::ICMPV6;

@@ -58,11 +58,11 @@ impl Sender {
             None => Sender::default(),
             Some(t) if t.starts_with('/') => {
                 let base = t.rsplit('/').next().unwrap_or(t);
-                let comm: String = base
-                    .bytes()
-                    .take(contain_common::COMM_LEN - 1)
-                    .map(char::from)
-                    .collect();
+                // The kernel keeps the name's first 15 bytes, as bytes: a
+                // non-ASCII name stays what it is (each byte taken as a char
+                // of its own made another comm).
+                let cut = &base.as_bytes()[..base.len().min(contain_common::COMM_LEN - 1)];
+                let comm = String::from_utf8_lossy(cut).into_owned();
                 Sender {
                     exe: Some(t.to_string()),
                     file: None,
@@ -495,6 +495,16 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn an_executables_comm_is_its_names_first_15_bytes() {
+        let comm = |path: &str| Sender::parse(Some(path)).comm.unwrap();
+        assert_eq!(comm("/usr/bin/curl"), "curl");
+        assert_eq!(comm("/opt/a-very-long-name-indeed"), "a-very-long-nam");
+        // Non-ASCII bytes kept as they are: "żółw" is 7 bytes, not 7 chars.
+        assert_eq!(comm("/usr/bin/żółw"), "żółw");
+        assert_eq!(comm("/usr/bin/żółw").len(), 7);
+    }
     use crate::{
         compile::compile,
         ids::IdTables,
