@@ -440,6 +440,8 @@ const PROBES: &[Probe] = &[
         "a segment of the forged connection (SYN-ACK or data) captured at the denied address", "plain UDP4", p_pkt_lo_forged_accept),
     probe!("pkt-lo-forward4", "the peer sends the container a datagram; then an AF_PACKET frame on lo: IPv4/UDP from an address not the container's to the peer's port 9999 (denied), which the container's kernel forwards out of its veth (containers forward IPv4 on a Docker host)",
         "marker captured at the peer", "plain UDP4", p_pkt_lo_forward4),
+    probe!("pkt-lo-forward4-unmapped", "pkt-lo-forward4 while the resolver knows the container's cgroup but not yet its name and labels (no policy entry; unknown_container = deny)",
+        "marker captured at the peer", "plain UDP4 (filtered: refused, the container being unknown)", p_pkt_lo_forward4_unmapped),
     probe!("pkt-lo-forward4-rst-data", "the same as a TCP RST carrying the marker as data (the kernel's own resets carry none)",
         "marker captured at the peer", "plain UDP4", p_pkt_lo_forward4_rst_data),
     probe!("pkt-lo-forward4-stranger", "AF_PACKET frame on lo: IPv4/UDP from an address not the container's to a denied address that sent nothing into the container, forwarded out of its veth",
@@ -1079,6 +1081,33 @@ impl Ctx {
             return Err(format!("the compiled policy has no entry for cgroup {ct}"));
         }
         compiled.state.veths.retain(|_, owner| *owner != ct);
+        converge(client, &compiled.state, compiled.state.unknown_verdict).await;
+        self.current_policy = None;
+        Ok(())
+    }
+
+    /// The lab's policy compiled as policyd does while the resolver knows
+    /// the cgroup of the container (and of its pod sibling, which shares
+    /// its veth) but not yet its name and labels: no cgroup entry.
+    async fn metadata_not_known(&mut self) -> Result<(), String> {
+        let Some(client) = &self.client else {
+            return Ok(());
+        };
+        let text = policy(&self.app.display().to_string(), false, false);
+        let set = policyd::policy::parse("bypass.toml", &text).map_err(|e| e.to_string())?;
+        let veth = self.lab.ct_veth.ifindex;
+        let mut inventory = self.inventory.clone();
+        for c in &mut inventory.containers {
+            if c.host_veths.contains(&veth) {
+                c.cgroup_id = None;
+            }
+        }
+        let compiled = policyd::compile::compile(&set, &inventory, &mut self.ids)
+            .map_err(|e| e.to_string())?;
+        let ct = self.lab.ct_id();
+        if compiled.state.cgroups.contains_key(&ct) {
+            return Err(format!("the compiled policy has an entry for cgroup {ct}"));
+        }
         converge(client, &compiled.state, compiled.state.unknown_verdict).await;
         self.current_policy = None;
         Ok(())
@@ -2124,6 +2153,30 @@ async fn forged_accept(cx: &mut Ctx, via: &str, hop: &str, port_in: &str, sport:
 
 async fn p_pkt_lo_forward4(cx: &mut Ctx) -> Outcome {
     lo_forward(cx, Family::V4, "udp").await
+}
+
+/// pkt-lo-forward4 while the container's name and labels are not known
+/// yet: its veth is owned by its cgroup, which has no entry.
+async fn p_pkt_lo_forward4_unmapped(cx: &mut Ctx) -> Outcome {
+    let unmapped = cx.metadata_not_known().await;
+    let mut o = lo_forward(cx, Family::V4, "udp").await;
+    if let Err(e) = cx.install(false, false).await {
+        o.failures
+            .push(format!("the policy was not installed again: {e}"));
+    }
+    if let Err(e) = unmapped {
+        o.failures
+            .push(format!("the unmapped state was refused: {e}"));
+    }
+    // Filtered, an unknown container's own datagram is refused: the
+    // control is that the unknown-container verdict is what applies.
+    if cx.mode.filtered() {
+        o.control = o
+            .notes
+            .iter()
+            .any(|n| n.contains("control: sendto=error:EPERM"));
+    }
+    o
 }
 
 async fn p_pkt_lo_forward4_rst_data(cx: &mut Ctx) -> Outcome {
