@@ -26,12 +26,20 @@ pub enum FsError {
     },
 }
 
-fn mounts() -> Result<Vec<Mount>, FsError> {
-    mounts::read().map_err(|source| FsError::Io {
-        what: "reading mount table",
-        path: PathBuf::from("/proc/self/mountinfo"),
+/// An I/O error as [`FsError::Io`]: `what` was being done at `path`.
+fn io_at<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FsError + 'a {
+    move |source| FsError::Io {
+        what,
+        path: path.to_owned(),
         source,
-    })
+    }
+}
+
+fn mounts() -> Result<Vec<Mount>, FsError> {
+    mounts::read().map_err(io_at(
+        "reading mount table",
+        Path::new("/proc/self/mountinfo"),
+    ))
 }
 
 /// Where the cgroup v2 hierarchy is mounted.
@@ -68,11 +76,7 @@ pub fn resolve_cgroup(mount: &Path, cgroup: &str) -> Result<PathBuf, FsError> {
 
 /// A cgroup v2 id ([`proto::cgroups::cgroup_id`]).
 pub fn cgroup_id(path: &Path) -> Result<u64, FsError> {
-    proto::cgroups::cgroup_id(path).map_err(|source| FsError::Io {
-        what: "reading cgroup",
-        path: path.to_owned(),
-        source,
-    })
+    proto::cgroups::cgroup_id(path).map_err(io_at("reading cgroup", path))
 }
 
 /// The cgroup with id `id` at or below one of `roots`, if any. A walk, for
@@ -127,11 +131,7 @@ pub fn ensure_mounted(fs_type: &str, target: &Path) -> Result<(), FsError> {
     {
         return Ok(());
     }
-    std::fs::create_dir_all(target).map_err(|source| FsError::Io {
-        what: "creating mount point",
-        path: target.to_owned(),
-        source,
-    })?;
+    std::fs::create_dir_all(target).map_err(io_at("creating mount point", target))?;
     // Root's alone, as systemd mounts bpffs: the kernel's default is 1777.
     nix::mount::mount(
         Some(fs_type),
@@ -140,11 +140,7 @@ pub fn ensure_mounted(fs_type: &str, target: &Path) -> Result<(), FsError> {
         nix::mount::MsFlags::empty(),
         Some("mode=0700"),
     )
-    .map_err(|e| FsError::Io {
-        what: "mounting",
-        path: target.to_owned(),
-        source: e.into(),
-    })
+    .map_err(|e| io_at("mounting", target)(e.into()))
 }
 
 /// Creates the directory `path` (and what is missing above it) for root
@@ -156,22 +152,17 @@ pub fn ensure_mounted(fs_type: &str, target: &Path) -> Result<(), FsError> {
 /// have made the directory first, or put a symlink there (removed, as root
 /// may in a sticky directory).
 pub fn private_dir(path: &Path) -> Result<(), FsError> {
-    let err = |what: &'static str| {
-        move |source: io::Error| FsError::Io {
-            what,
-            path: path.to_owned(),
-            source,
-        }
-    };
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
-        std::fs::remove_file(path)
-            .map_err(err("removing a symlink in place of a pin directory"))?;
+        std::fs::remove_file(path).map_err(io_at(
+            "removing a symlink in place of a pin directory",
+            path,
+        ))?;
     }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(path)
-        .map_err(err("creating pin directory"))?;
+        .map_err(io_at("creating pin directory", path))?;
     take_back_dir(path)
 }
 
@@ -180,11 +171,7 @@ pub fn private_dir(path: &Path) -> Result<(), FsError> {
 /// are not followed.
 pub fn private_tree(root: &Path) -> Result<(), FsError> {
     take_back_dir(root)?;
-    let entries = std::fs::read_dir(root).map_err(|source| FsError::Io {
-        what: "listing pin directory",
-        path: root.to_owned(),
-        source,
-    })?;
+    let entries = std::fs::read_dir(root).map_err(io_at("listing pin directory", root))?;
     for entry in entries.flatten() {
         if entry.file_type().is_ok_and(|t| t.is_dir()) {
             private_tree(&entry.path())?;
@@ -194,16 +181,9 @@ pub fn private_tree(root: &Path) -> Result<(), FsError> {
 }
 
 fn take_back_dir(path: &Path) -> Result<(), FsError> {
-    let err = |what: &'static str| {
-        move |source: io::Error| FsError::Io {
-            what,
-            path: path.to_owned(),
-            source,
-        }
-    };
-    let meta = std::fs::symlink_metadata(path).map_err(err("reading pin directory"))?;
+    let meta = std::fs::symlink_metadata(path).map_err(io_at("reading pin directory", path))?;
     if !meta.is_dir() {
-        return Err(err("a pin directory")(io::Error::other(
+        return Err(io_at("a pin directory", path)(io::Error::other(
             "not a directory: remove it, contain pins its programs and maps there",
         )));
     }
@@ -212,12 +192,15 @@ fn take_back_dir(path: &Path) -> Result<(), FsError> {
     // CAP_CHOWN, which a change of group would need.
     if meta.uid() != 0 {
         nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(0)), None).map_err(|e| {
-            err("taking back pin directory (made by another user: remove it)")(e.into())
+            io_at(
+                "taking back pin directory (made by another user: remove it)",
+                path,
+            )(e.into())
         })?;
     }
     if meta.mode() & 0o7777 != 0o700 {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
-            .map_err(err("taking back pin directory"))?;
+            .map_err(io_at("taking back pin directory", path))?;
     }
     Ok(())
 }

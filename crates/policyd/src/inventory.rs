@@ -82,19 +82,15 @@ impl Container {
 /// suggest` reads events from, an escape sequence would rewrite `status`'s
 /// table on a terminal. Runtimes that validate names never give one.
 pub fn printable(name: &str) -> String {
-    if !name.chars().any(char::is_control) {
-        return name.to_string();
+    let mut shown = String::with_capacity(name.len());
+    for c in name.chars() {
+        if c.is_control() {
+            shown.extend(c.escape_default());
+        } else {
+            shown.push(c);
+        }
     }
-    name.chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect()
+    shown
 }
 
 impl From<&proto::resolver::Container> for Container {

@@ -141,10 +141,7 @@ pub async fn follow_resolver(engine: Handle, path: PathBuf) {
 }
 
 async fn follow_once(engine: &Handle, path: &Path, delays: &mut ExponentialBackoff) -> String {
-    // The resolver runs as root; a socket another user bound in its place
-    // (its directory is the daemons' group's) would feed a forged inventory.
-    let server = transport::ServerIs::root_or([nix::unistd::geteuid().as_raw()]);
-    let stream = match transport::connect(path, &server).await {
+    let stream = match transport::connect(path, &super::links::daemon_server()).await {
         Ok(s) => s,
         Err(e) => return e.to_string(),
     };

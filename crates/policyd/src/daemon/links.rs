@@ -22,6 +22,14 @@ pub struct LoaderLink {
     last_error: Mutex<Option<String>>,
 }
 
+/// Who may serve the loader's and the resolver's sockets: root, or this
+/// daemon's own user (stand-ins a test runs as it). The sockets' directory
+/// is writable by the daemons' group: another member's socket in their
+/// place would take the policy, or feed a forged inventory.
+pub(super) fn daemon_server() -> transport::ServerIs {
+    transport::ServerIs::root_or([nix::unistd::geteuid().as_raw()])
+}
+
 /// Locks `m`; a panic elsewhere while it was held left a plain value.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -40,12 +48,7 @@ impl LoaderLink {
         if let Some(client) = lock(&self.client).clone() {
             return Ok(client);
         }
-        match transport::connect(
-            &self.path,
-            &transport::ServerIs::root_or([nix::unistd::geteuid().as_raw()]),
-        )
-        .await
-        {
+        match transport::connect(&self.path, &daemon_server()).await {
             Ok(stream) => {
                 let client = LoaderClient::new(
                     tarpc::client::Config::default(),
@@ -184,14 +187,11 @@ impl ExeResolver {
             let client = match cached {
                 Some(c) => c,
                 None => {
-                    let stream = transport::connect(
-                        &self.path,
-                        &transport::ServerIs::root_or([nix::unistd::geteuid().as_raw()]),
-                    )
-                    .await
-                    .map_err(|e| {
-                        format!("the resolver ({}) is unavailable: {e}", self.path.display())
-                    })?;
+                    let stream = transport::connect(&self.path, &daemon_server())
+                        .await
+                        .map_err(|e| {
+                            format!("the resolver ({}) is unavailable: {e}", self.path.display())
+                        })?;
                     let client = ResolverClient::new(
                         tarpc::client::Config::default(),
                         transport::client(stream, transport::Service::Resolver),
