@@ -5,7 +5,7 @@
 //! come in the order [`apply_order`] prescribes, so a packet racing the
 //! update never meets a pointer to a missing table.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -382,6 +382,58 @@ pub fn diff_ops(current: &KernelState, desired: &KernelState) -> Vec<MapOp> {
     // Stable: within one class of operation, keys stay in map order.
     ops.sort_by_key(apply_order);
     ops
+}
+
+/// The policy ids whose rewrite by `ops` (applied to `current`) a cgroup
+/// moving between policies would see: an entry written under a policy id a
+/// cgroup leaves (it still points there while the policy's tables are
+/// written, [`apply_order`]), or one deleted under a policy id a cgroup
+/// joins (it points there before the policy's old entries go). Such a
+/// cgroup would be judged by neither its old policy nor its new one for the
+/// length of the diff. A policy id rewritten in place under the same
+/// cgroups is safe: every state on the way judges each packet as the old
+/// or the new tables do. So is a policy id the current state does not use
+/// at all, which is how policyd avoids what this finds: the policy's new
+/// tables go under a fresh id.
+pub fn rewrites_seen_by_moving_cgroups(current: &KernelState, ops: &[MapOp]) -> BTreeSet<u32> {
+    // The policy whose tables judge a cgroup's packets, if any.
+    let judged_by = |entry: &CgroupEntry| (!entry.unrestricted).then_some(entry.policy_id);
+    let (mut written, mut deleted) = (BTreeSet::new(), BTreeSet::new());
+    let (mut left, mut joined) = (BTreeSet::new(), BTreeSet::new());
+    for op in ops {
+        match op {
+            MapOp::Upsert {
+                entry: Entry::Dest { key, .. },
+            } => _ = written.insert(key.policy_id),
+            MapOp::Upsert {
+                entry: Entry::Process { key, .. },
+            } => _ = written.insert(key.policy_id),
+            MapOp::Delete {
+                key: EntryKey::Dest { key },
+            } => _ = deleted.insert(key.policy_id),
+            MapOp::Delete {
+                key: EntryKey::Process { key },
+            } => _ = deleted.insert(key.policy_id),
+            MapOp::Upsert {
+                entry: Entry::Cgroup { id, value },
+            } => {
+                let before = current.cgroups.get(id).and_then(judged_by);
+                let after = judged_by(value);
+                if before != after {
+                    left.extend(before);
+                    joined.extend(after);
+                }
+            }
+            MapOp::Delete {
+                key: EntryKey::Cgroup { id },
+            } => left.extend(current.cgroups.get(id).and_then(judged_by)),
+            _ => {}
+        }
+    }
+    left.intersection(&written)
+        .chain(joined.intersection(&deleted))
+        .copied()
+        .collect()
 }
 
 /// The global verdict change, if any.
@@ -783,6 +835,93 @@ mod tests {
         )
     }
 
+    /// States of two policies (ids 1 and 2), their destinations drawn as in
+    /// [`arb_policy_state`], and three cgroups each under one of them or
+    /// unknown.
+    fn arb_policies_state() -> impl Strategy<Value = KernelState> {
+        let policy = || arb_policy_state().prop_map(|s| s.dests);
+        let cgroup = || prop::option::of(1u32..=2);
+        (policy(), policy(), [cgroup(), cgroup(), cgroup()]).prop_map(|(one, two, cgroups)| {
+            let mut s = KernelState::default();
+            for (policy_id, dests) in [(1, one), (2, two)] {
+                for (key, ruleset) in dests {
+                    s.upsert(Entry::Dest {
+                        key: DestPrefix { policy_id, ..key },
+                        ruleset,
+                    });
+                }
+            }
+            for (cgroup, policy_id) in (41..).zip(cgroups) {
+                if let Some(policy_id) = policy_id {
+                    s.upsert(Entry::Cgroup {
+                        id: cgroup,
+                        value: CgroupEntry::enforced(policy_id),
+                    });
+                }
+            }
+            for (ruleset, proto, port, port_bits) in
+                [(1, 6, 443, 16), (2, 0, 0, 0), (3, 17, 53, 16)]
+            {
+                s.upsert(Entry::Port {
+                    key: PortPrefix {
+                        ruleset,
+                        proto,
+                        port,
+                        port_bits,
+                    },
+                    rule_id: ruleset,
+                });
+            }
+            s
+        })
+    }
+
+    /// `state` with policy id `from`'s tables and cgroups under `to`: what
+    /// policyd does to a policy [`rewrites_seen_by_moving_cgroups`] names.
+    fn renumber(state: &KernelState, from: u32, to: u32) -> KernelState {
+        let id = |policy_id| if policy_id == from { to } else { policy_id };
+        let mut out = state.clone();
+        out.dests = state
+            .dests
+            .iter()
+            .map(|(k, &v)| {
+                (
+                    DestPrefix {
+                        policy_id: id(k.policy_id),
+                        ..*k
+                    },
+                    v,
+                )
+            })
+            .collect();
+        for entry in out.cgroups.values_mut() {
+            entry.policy_id = id(entry.policy_id);
+        }
+        out
+    }
+
+    /// Steps `ops` one at a time from `a`: the first state in which a
+    /// cgroup's packet is judged as neither `a` nor `b` judges it.
+    fn first_state_neither(a: &KernelState, b: &KernelState, ops: &[MapOp]) -> Option<String> {
+        let mut state = a.clone();
+        for (i, op) in ops.iter().enumerate() {
+            state.apply_ops(std::slice::from_ref(op));
+            for cgroup in 41..=43 {
+                for target in policy_targets() {
+                    let verdict =
+                        |s: &KernelState| crate::decide::lookup(s, cgroup, None, &target).verdict;
+                    let (old, now, new) = (verdict(a), verdict(&state), verdict(b));
+                    if now != old && now != new {
+                        return Some(format!(
+                            "after op {i} ({op:?}): cgroup {cgroup}, {target:?} judged {now:?}, old {old:?}, new {new:?}"
+                        ));
+                    }
+                }
+            }
+        }
+        None
+    }
+
     /// Packets to addresses inside and outside each of those prefixes.
     fn policy_targets() -> Vec<crate::decide::Target> {
         let addresses = [
@@ -869,11 +1008,85 @@ mod tests {
             }
         }
 
+        /// With cgroups moving between policies that change too: a diff
+        /// the detector passes judges every cgroup's packets as its old or
+        /// its new policy all the way; one it does not, once the policies
+        /// it names have moved to fresh ids (as policyd does), too.
+        #[test]
+        fn a_cgroup_moving_between_changed_policies_is_judged_as_the_old_or_the_new(
+            a in arb_policies_state(),
+            b in arb_policies_state(),
+        ) {
+            let ops = diff_ops(&a, &b);
+            let named = rewrites_seen_by_moving_cgroups(&a, &ops);
+            let (b, ops) = if named.is_empty() {
+                (b, ops)
+            } else {
+                let fresh = (3..).zip(&named).fold(b, |s, (to, &from)| renumber(&s, from, to));
+                let ops = diff_ops(&a, &fresh);
+                prop_assert!(rewrites_seen_by_moving_cgroups(&a, &ops).is_empty());
+                (fresh, ops)
+            };
+            let failure = first_state_neither(&a, &b, &ops);
+            prop_assert!(failure.is_none(), "{}", failure.unwrap_or_default());
+        }
+
         #[test]
         fn ops_are_in_apply_order(a in arb_state(), b in arb_state()) {
             let ops = diff_ops(&a, &b);
             prop_assert!(ops.windows(2).all(|w| apply_order(&w[0]) <= apply_order(&w[1])));
         }
+    }
+
+    /// Review finding: `db` leaves policy 1 for policy 2 in the reload that
+    /// gives policy 1 a new host. Policy 1's entry is written while `db`
+    /// still points there, so `db` reaches the host, which neither of its
+    /// policies allows; under a fresh id it never does.
+    #[test]
+    fn a_cgroup_leaving_a_policy_never_sees_its_new_rules() {
+        let dest = |policy_id, addr, prefix_len, ruleset| Entry::Dest {
+            key: DestPrefix {
+                policy_id,
+                class: 0,
+                addr,
+                prefix_len,
+            },
+            ruleset,
+        };
+        let mut a = KernelState::default();
+        a.upsert(Entry::Port {
+            key: PortPrefix {
+                ruleset: 1,
+                proto: 0,
+                port: 0,
+                port_bits: 0,
+            },
+            rule_id: 1,
+        });
+        a.upsert(dest(1, v4_mapped([10, 0, 0, 0]), 104, 1));
+        for (cgroup, policy_id) in [(41, 1), (42, 1)] {
+            a.upsert(Entry::Cgroup {
+                id: cgroup,
+                value: CgroupEntry::enforced(policy_id),
+            });
+        }
+        let mut b = a.clone();
+        b.upsert(dest(1, v4_mapped([93, 184, 216, 34]), 128, 1));
+        b.upsert(Entry::Cgroup {
+            id: 42,
+            value: CgroupEntry::enforced(2),
+        });
+        let ops = diff_ops(&a, &b);
+        assert_eq!(
+            rewrites_seen_by_moving_cgroups(&a, &ops),
+            BTreeSet::from([1])
+        );
+        let failure = first_state_neither(&a, &b, &ops).expect("the in-place order lets db out");
+        assert!(failure.contains("cgroup 42"), "{failure}");
+        let fresh = renumber(&b, 1, 3);
+        let ops = diff_ops(&a, &fresh);
+        assert!(rewrites_seen_by_moving_cgroups(&a, &ops).is_empty());
+        assert_eq!(first_state_neither(&a, &fresh, &ops), None);
     }
 
     #[test]

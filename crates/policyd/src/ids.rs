@@ -101,27 +101,52 @@ impl<K: Clone + Eq + Hash> IdTable<K> {
         if let Some(&id) = self.by_key.get(key) {
             return Ok(id);
         }
+        self.alloc(key, |_| false)
+    }
+
+    /// Gives `key` an id other than its own, one `taken` does not name and
+    /// no other key holds. On failure `key` keeps its id.
+    pub fn move_to_fresh(
+        &mut self,
+        key: &K,
+        taken: impl Fn(u32) -> bool,
+    ) -> Result<u32, IdSpaceFull> {
+        let old = self.by_key.remove(key);
+        if let Some(old) = old {
+            self.by_id.remove(&old);
+        }
+        let moved = self.alloc(key, |id| Some(id) == old || taken(id));
+        if let (Err(_), Some(old)) = (&moved, old) {
+            self.by_key.insert(key.clone(), old);
+            self.by_id.insert(old, key.clone());
+        }
+        moved
+    }
+
+    /// Allocates `key` (which holds no id) the first id from its content
+    /// hash on that no key holds and `skip` does not name.
+    fn alloc(&mut self, key: &K, skip: impl Fn(u32) -> bool) -> Result<u32, IdSpaceFull> {
+        let full = IdSpaceFull {
+            what: self.what,
+            first: self.first,
+            last: self.last,
+        };
         let span = u64::from(self.last - self.first) + 1;
         if self.by_key.len() as u64 >= span {
-            return Err(IdSpaceFull {
-                what: self.what,
-                first: self.first,
-                last: self.last,
-            });
+            return Err(full);
         }
         let start = stable_hash(key) % span;
         // Linear probing: the table is sparse for every realistic policy, so
-        // this finds a slot in a step or two.
-        let mut offset = 0u64;
-        loop {
+        // this finds a slot in a step or two; `skip` may leave none.
+        for offset in 0..span {
             let id = self.first + ((start + offset) % span) as u32;
-            if !self.by_id.contains_key(&id) {
+            if !self.by_id.contains_key(&id) && !skip(id) {
                 self.by_key.insert(key.clone(), id);
                 self.by_id.insert(id, key.clone());
                 return Ok(id);
             }
-            offset += 1;
         }
+        Err(full)
     }
 
     /// Records an id learned from the kernel, unless the key or id is taken.
@@ -337,6 +362,23 @@ mod tests {
             a.get_or_alloc(&"x".into()).unwrap(),
             b.get_or_alloc(&"x".into()).unwrap()
         );
+    }
+
+    #[test]
+    fn a_key_moved_to_a_fresh_id_avoids_its_own_the_taken_and_the_held() {
+        let mut t = IdTable::new("policy", 1, 4);
+        let web = t.get_or_alloc(&"web".to_string()).unwrap();
+        let db = t.get_or_alloc(&"db".to_string()).unwrap();
+        let taken = |id| id == 1 || id == 2;
+        let moved = t.move_to_fresh(&"web".to_string(), taken).unwrap();
+        assert!(moved != web && moved != db && !taken(moved), "{moved}");
+        assert_eq!(t.get(&"web".to_string()), Some(moved));
+        assert_eq!(t.len(), 2);
+        // Nowhere left to go: it keeps its id.
+        let err = t.move_to_fresh(&"web".to_string(), |id| id != moved);
+        assert!(err.is_err());
+        assert_eq!(t.get(&"web".to_string()), Some(moved));
+        assert_eq!(t.get(&"db".to_string()), Some(db));
     }
 
     #[test]

@@ -363,6 +363,84 @@ async fn reload_grants_and_revokes_live_and_refuses_invalid_files() {
 /// With no file watcher to apply the edit first (it polls hourly here), a
 /// dry run of an edited file is the whole diff, and nothing reaches the
 /// loader.
+/// Review finding: a reload that gives a policy a new rule and moves one of
+/// its containers to another policy. Rewritten in place, the policy's new
+/// entry went in while the leaving container still pointed at it, so it
+/// could reach a host neither of its policies allows for the length of the
+/// diff. The changed policy now moves to a fresh id: at every step of the
+/// applied diff `db` is judged as the old or the new file judges it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_leaving_a_changed_policy_never_sees_its_new_rules() {
+    const TEAM: &str = r#"
+[[policy]]
+name = "team"
+select = { image = "alpine:*" }
+allow = [{ to = "10.0.0.0/8", proto = "tcp", ports = [443] }]
+"#;
+    let env = Env::new("moving");
+    env.serve_loader();
+    env.write("policy.toml", TEAM);
+    env.write_inventory(&[("app", 301), ("db", 302)]);
+    let daemon = env.start_daemon("policy.toml");
+    let client = env.client().await;
+    env.wait_for("both containers", |s| s.cgroups.len() == 2)
+        .await;
+    let (_, before, _) = env.kernel();
+    let team_before = before.cgroups[&301].policy_id;
+    assert_eq!(before.cgroups[&302].policy_id, team_before);
+
+    let edited = format!(
+        "[[policy]]\nname = \"db\"\nselect = {{ name = \"db\" }}\nallow = [{{ to = \"192.0.2.1\", proto = \"tcp\", ports = [5432] }}]\n{}",
+        TEAM.replace(
+            "ports = [443] }]",
+            "ports = [443] }, { to = \"203.0.113.7\", proto = \"udp\", ports = [9999] }]"
+        )
+    );
+    env.write("policy.toml", &edited);
+    client
+        .reload(ctx(), false, u32::MAX)
+        .await
+        .unwrap()
+        .unwrap();
+    let (_, after, _) = env.kernel();
+    assert_ne!(after.cgroups[&301].policy_id, after.cgroups[&302].policy_id);
+    assert_ne!(
+        after.cgroups[&301].policy_id, team_before,
+        "the changed policy keeps its id: the leaving container would see its new rule"
+    );
+
+    let target = |dest: &str, proto, port| kernel_model::decide::Target {
+        dest: dest.parse().unwrap(),
+        proto,
+        port,
+        later_fragment: false,
+    };
+    let targets = [
+        target("203.0.113.7", 17, 9999),
+        target("10.1.2.3", 6, 443),
+        target("192.0.2.1", 6, 5432),
+    ];
+    let mut state = before.clone();
+    for (i, op) in kernel_model::diff::diff_ops(&before, &after)
+        .iter()
+        .enumerate()
+    {
+        state.apply_ops(std::slice::from_ref(op));
+        for cgroup in [301, 302] {
+            for target in &targets {
+                let verdict =
+                    |s: &KernelState| kernel_model::decide::lookup(s, cgroup, None, target).verdict;
+                let (old, now, new) = (verdict(&before), verdict(&state), verdict(&after));
+                assert!(
+                    now == old || now == new,
+                    "after op {i} ({op:?}): cgroup {cgroup}, {target:?} judged {now:?}, old {old:?}, new {new:?}"
+                );
+            }
+        }
+    }
+    daemon.shutdown_background();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_shows_the_diff_and_changes_nothing() {
     let env = Env::new("dry-run");

@@ -516,11 +516,6 @@ impl Engine {
         self.since_converged = None;
     }
 
-    /// The inventory to plan with: none until a first one arrived.
-    fn ready_inventory(&self) -> Option<&Inventory> {
-        self.inventory_ready.then_some(&*self.view.inventory)
-    }
-
     /// The loader's state, fetched if not known.
     async fn kernel_state(&mut self) -> Result<Arc<StateSnapshot>, PolicydError> {
         if let Some(k) = &self.view.kernel {
@@ -674,8 +669,18 @@ impl Engine {
                 Some(changes) => Since::Containers(changes),
                 None => Since::Anything,
             };
-            let plan = plan::plan_since(&loaded, self.ready_inventory(), &kernel, since)
-                .map_err(compile_failure)?;
+            // None until a first inventory arrived.
+            let inventory = self.inventory_ready.then_some(&*self.view.inventory);
+            let (moved, plan) =
+                plan::plan_moving_safely(&loaded, &mut self.ids, inventory, &kernel, since)
+                    .map_err(compile_failure)?;
+            if !Arc::ptr_eq(&moved, &loaded) {
+                tracing::info!(
+                    "policies changing while containers move between them: their tables go under fresh ids"
+                );
+                self.view.loaded = Some(moved.clone());
+            }
+            let loaded = moved;
             // What this plan looked at alone, once it is in the loader.
             let looked_at = match (&plan.desired, since) {
                 (None, Since::Containers(changes)) => Some(changes.to_vec()),
@@ -850,10 +855,13 @@ impl Engine {
 
         let outcome = if dry_run {
             let kernel = self.kernel_state().await?;
-            let plan = plan::plan(
+            // As a reload would plan it, the ids it would move included.
+            let (_, plan) = plan::plan_moving_safely(
                 &candidate,
+                &mut self.ids.clone(),
                 self.inventory_ready.then_some(&inventory),
                 &kernel,
+                Since::Anything,
             )
             .map_err(compile_failure)?;
             Outcome {

@@ -8,10 +8,13 @@
 //! looks at their entries alone ([`plan_since`]): a start on a host of
 //! many containers and many rules costs what that one container does.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use kernel_model::{
-    diff::{apply_order, MapDiff},
+    diff::{apply_order, rewrites_seen_by_moving_cgroups, MapDiff},
     state::{
         CgroupEntry, Entry, EntryKey, KernelState, MapOp, ProcessKey, ProcessMatch, VethSource,
     },
@@ -21,6 +24,7 @@ use proto::loader::StateSnapshot;
 use crate::{
     compile::{self, Assigned, CompileError, CompiledRules},
     diagnostic::Diagnostic,
+    ids::IdTables,
     inventory::{Container, Inventory},
     policy::{Mode, PolicySet},
 };
@@ -123,6 +127,51 @@ pub fn plan(
         plan.diff = MapDiff::between(kernel.generation, &kernel.state, desired);
     }
     Ok(plan)
+}
+
+/// [`plan_since`], and should its diff rewrite a policy's tables where a
+/// container changing policy in the same diff would see it (the policy it
+/// leaves gains entries while it still points there, or the one it joins
+/// loses entries after it does: [`rewrites_seen_by_moving_cgroups`]), the
+/// plan again with each such policy moved to an id the loader's state does
+/// not use. Its tables are then written whole before any container points
+/// there, and the old ones deleted after none does, so every container is
+/// judged by its old policy or its new one throughout. Returns the loaded
+/// policy the plan is for: `loaded` itself, or it recompiled onto the
+/// moved ids (which `ids` then holds).
+pub fn plan_moving_safely(
+    loaded: &Arc<Loaded>,
+    ids: &mut IdTables,
+    inventory: Option<&Inventory>,
+    kernel: &StateSnapshot,
+    since: Since<'_>,
+) -> Result<(Arc<Loaded>, Plan), CompileError> {
+    let first = plan_since(loaded, inventory, kernel, since)?;
+    let named = rewrites_seen_by_moving_cgroups(&kernel.state, &first.diff.ops);
+    if named.is_empty() {
+        return Ok((loaded.clone(), first));
+    }
+    let state = &kernel.state;
+    let in_use: BTreeSet<u32> = state
+        .cgroups
+        .values()
+        .map(|e| e.policy_id)
+        .chain(state.dests.keys().map(|k| k.policy_id))
+        .chain(state.processes.keys().map(|k| k.policy_id))
+        .chain(loaded.rules.policy_ids.iter().copied())
+        .collect();
+    for (index, policy) in loaded.policies.policies.iter().enumerate() {
+        if named.contains(&loaded.rules.policy_ids[index]) {
+            ids.policies
+                .move_to_fresh(&policy.name, |id| in_use.contains(&id))?;
+        }
+    }
+    let moved = Arc::new(Loaded {
+        policies: loaded.policies.clone(),
+        rules: compile::compile_rules(&loaded.policies, ids)?,
+    });
+    let moved_plan = plan(&moved, inventory, kernel)?;
+    Ok((moved, moved_plan))
 }
 
 /// One container as the inventory had it before a change and has it after

@@ -900,6 +900,24 @@ fn check_rule(
                 }
             }
         }
+        // A name only one of ICMP's tables has (`timestamp-request`,
+        // `packet-too-big`) gives the other protocol no type, and a
+        // protocol without types would be every type: refused instead.
+        if ok {
+            for proto in icmp_protos.iter().filter(|p| !icmp.contains_key(p)) {
+                let (name, other) = match proto {
+                    Proto::Icmpv6 => ("icmpv6", "icmp"),
+                    _ => ("icmp", "icmpv6"),
+                };
+                checker.error(
+                    Some(span.clone()),
+                    format!(
+                        "icmp_types names no {name} type (each name here is an {other} type only), so this rule would allow {name} of every type; list the {name} types it should allow, or give {name} a rule of its own"
+                    ),
+                );
+                ok = false;
+            }
+        }
     }
     if !ok {
         return None;
@@ -1373,6 +1391,47 @@ allow = [
                 "icmpv6 type 11",
                 "icmpv6 type 128"
             ]
+        );
+    }
+
+    #[test]
+    fn icmp_types_of_one_family_do_not_open_the_other() {
+        for (types, missing) in [
+            (r#"["timestamp-request"]"#, "icmpv6"),
+            (r#"["redirect", "timestamp-reply"]"#, "icmpv6"),
+            (r#"["packet-too-big"]"#, "icmp"),
+            (
+                r#"["neighbor-solicitation", "neighbor-advertisement"]"#,
+                "icmp",
+            ),
+        ] {
+            let text = format!(
+                r#"[[policy]]
+name = "a"
+select = {{ name = "web" }}
+allow = [{{ to = ["0.0.0.0/0", "::/0"], proto = ["icmp", "icmpv6"], icmp_types = {types} }}]
+"#
+            );
+            let e = err(&text);
+            assert!(
+                e.contains(&format!("icmp_types names no {missing} type")),
+                "{types}: {e}"
+            );
+        }
+        // Each family named once: accepted, and no protocol of every type.
+        let p = ok(r#"[[policy]]
+name = "a"
+select = { name = "web" }
+allow = [{ to = ["0.0.0.0/0", "::/0"], proto = ["icmp", "icmpv6"], icmp_types = ["timestamp-request", "packet-too-big"] }]
+"#);
+        let allowances = &p.policies[0].rules[0].allowances;
+        assert!(allowances.iter().all(|a| a.block != PortBlock::ALL));
+        assert_eq!(
+            allowances
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["icmp type 13", "icmpv6 type 2"]
         );
     }
 
