@@ -1114,24 +1114,50 @@ print(denied)
         .collect();
     judge_at_peer(&capture, &controls, "MK{fl", "four containers flooded").await;
 
-    // The ring has room again: the next denial is reported.
-    let (cgroup, id, _) = &containers[0];
-    assert_eq!(
-        lab.probe_with(cgroup, PYTHON, &["udp-sendto", PEER4, "9999"]),
-        "denied:EPERM"
+    // The ring has room again: each container's next denials (one from
+    // each CPU: held-back counts are per CPU) are reported, and carry as
+    // held back the container's denials the full ring dropped, so its
+    // events add up to its denials.
+    let each_cpu = format!(
+        r#"
+import os, socket
+for cpu in sorted(os.sched_getaffinity(0)):
+    os.sched_setaffinity(0, {{cpu}})
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"MK{{again}}", ("{PEER4}", 9999))
+    except PermissionError:
+        print(cpu)
+"#
     );
-    let batch = client
-        .events(tarpc::context::current(), after, 100, 2000)
-        .await
-        .expect("rpc");
-    assert!(
-        batch
+    let mut after = after;
+    for (cgroup, id, _) in &containers {
+        let denied = ContainerScript::start(&lab, cgroup, each_cpu.clone(), &[]).rest();
+        let cpus = denied.lines().count();
+        assert!(cpus > 0, "no denial after the flood: {denied:?}");
+        let batch = client
+            .events(tarpc::context::current(), after, 100, 2000)
+            .await
+            .expect("rpc");
+        after = batch.events.last().map_or(after, |e| e.seq);
+        let next: Vec<&proto::loader::Event> = batch
             .events
             .iter()
-            .any(|e| e.cgroup_id == *id && e.dst_port == 9999),
-        "a denial after the flood was not reported: {:?}",
-        batch.events
-    );
+            .filter(|e| e.cgroup_id == *id && e.dst_port == 9999)
+            .collect();
+        assert_eq!(
+            next.len(),
+            cpus,
+            "denials after the flood not all reported: {:?}",
+            batch.events
+        );
+        let held_back: u64 = next.iter().map(|e| u64::from(e.suppressed)).sum();
+        let delivered = events.iter().filter(|e| e.cgroup_id == *id).count() as u64;
+        assert_eq!(
+            delivered + held_back,
+            u64::from(PER_CONTAINER),
+            "cgroup {id}: {delivered} events delivered and {held_back} held back, of {PER_CONTAINER} denials"
+        );
+    }
 }
 
 /// Two containers cannot pass their denials off the rate limit by taking

@@ -380,14 +380,18 @@ pub fn report(
     };
     let Some(mut slot) = slot else {
         bump_stat(stat::EVENTS_DROPPED);
-        // The held-back count this event was to carry goes back to its
-        // cgroup, for the next event that finds room: dropped with it, the
-        // counts events carry would no longer add up to those held back.
-        if suppressed != 0 {
+        // This event, and the held-back count it was to carry, go to its
+        // cgroup's next event that finds room: dropped with it, the counts
+        // a container's events carry would no longer add up to its
+        // denials. (A revoked flow's event is the loader's to act on; its
+        // loss is counted above.)
+        if !revoked {
             if let Some(b) = EVENT_RATES.get_ptr_mut(cgroup_id) {
                 // SAFETY: this CPU's value of the entry, this program's alone
                 // while it runs.
-                unsafe { (*b).suppressed = (*b).suppressed.saturating_add(suppressed) };
+                unsafe {
+                    (*b).suppressed = (*b).suppressed.saturating_add(suppressed).saturating_add(1)
+                };
             }
         }
         return false;
