@@ -2606,6 +2606,90 @@ async fn marker_arrives(capture: &std::path::Path, marker: &str) -> bool {
 /// that the test can wait it out.
 const REPLY_TIMEOUT_SECS: u64 = 3;
 
+/// Frames on a container's veth that none of its sockets sent (the
+/// kernel's answers to packets forged on its `lo` here; a neighbour's
+/// packets its namespace forwards in the attack) are reported under the
+/// container, on a budget of their own: a flood of them, past the event
+/// rate, does not hold back the container's own denial right after it on
+/// the same CPU.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unattributed_frames_do_not_spend_the_containers_event_budget() {
+    let Some(()) = require_root("unattributed_frames_do_not_spend_the_containers_event_budget")
+    else {
+        return;
+    };
+    const RATE: usize = 10;
+    const FORGED: usize = 4 * RATE;
+    let mut lab = Lab::new();
+    lab.loader_args = vec!["--events-per-second".into(), RATE.to_string()];
+    let client = lab.start_loader().await;
+    let mut rules = Rules::default();
+    rules
+        .cgroup(lab.ct_id(), 1, false)
+        .veth(lab.ct_veth.ifindex, lab.ct_id(), &[CT4, CT6]);
+    converge(&client, &rules.state, Verdict::Deny).await;
+
+    // On one CPU, within a second: echo requests forged on lo "from" a
+    // denied address (the kernel's replies are denied on the veth), then
+    // one denied datagram of the container's own.
+    let attack_dir = repo_root().join("tests/bypass");
+    let script = format!(
+        r#"
+import os, socket, sys
+sys.path.insert(0, "{dir}")
+import attack
+os.sched_setaffinity(0, {{0}})
+for i in range({FORGED}):
+    attack.pkt_lo("echo", "{PEER4_OTHER}", "{CT4}", "MK{{uf%d}}" % i)
+try:
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"MK{{own}}", ("{PEER4}", 9999))
+    print("sent")
+except PermissionError:
+    print("denied")
+"#,
+        dir = attack_dir.display()
+    );
+    let args = vec![PYTHON.to_string(), "-c".into(), script];
+    let out = lab
+        .in_cgroup_cmd(&lab.ct.clone(), &args)
+        .output()
+        .expect("python");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim().lines().last(),
+        Some("denied"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let batch = client
+        .events(tarpc::context::current(), 0, 1000, 1000)
+        .await
+        .expect("rpc");
+    let ours = |e: &&proto::loader::Event| e.cgroup_id == lab.ct_id();
+    let unattributed = batch
+        .events
+        .iter()
+        .filter(ours)
+        .filter(|e| e.hook == Hook::Veth && e.unattributed)
+        .count();
+    // The flood went past the rate: otherwise this proves nothing.
+    assert!(
+        (1..=RATE).contains(&unattributed),
+        "{unattributed} unattributed veth events for {FORGED} forged requests at {RATE} a second: {:#?}",
+        batch.events
+    );
+    assert!(
+        batch
+            .events
+            .iter()
+            .filter(ours)
+            .any(|e| e.hook == Hook::Sendmsg4 && e.dst_port == 9999 && !e.unattributed),
+        "the container's own denial was held back behind the unattributed frames: {:#?}",
+        batch.events
+    );
+}
+
 /// With the container's veth mapped to it (as policyd maps it from the
 /// inventory) under a policy that allows nothing, the kernel still answers
 /// the peer that reached the container through that veth: echo replies, a

@@ -550,7 +550,8 @@ pub struct InboundPeer {
 /// A cgroup's `EVENT_RATES` entry on one CPU: a one-second window of its
 /// reported events, and how many were held back. An entry of its own, so
 /// neither another cgroup's flood nor containers taking turns can move a
-/// cgroup's window.
+/// cgroup's window; a second one for the unattributed frames on its veth,
+/// which a neighbour can make.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventBudget {

@@ -8,8 +8,8 @@ use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::bpf_ktime_get_ns};
 use contain_common::{
     comm_hash, ip_proto, stat, CgroupPolicy, DestKey, EventBudget, PortKey, ProcessKey, SockInfo,
     Verdict, CGROUP_AUDIT, CGROUP_UNRESTRICTED, COMM_LEN, DEFAULT_EVENTS_PER_SECOND,
-    DEFAULT_UDP_REPLY_TIMEOUT_NS, DEST_KEY_FIXED_BITS, EVENT_REVOKED_FLOW, PORT_KEY_FIXED_BITS,
-    PROCESS_BY_COMM, PROCESS_BY_FILE, UNKNOWN_POLICY_ID,
+    DEFAULT_UDP_REPLY_TIMEOUT_NS, DEST_KEY_FIXED_BITS, EVENT_REVOKED_FLOW, EVENT_UNATTRIBUTED,
+    PORT_KEY_FIXED_BITS, PROCESS_BY_COMM, PROCESS_BY_FILE, UNKNOWN_POLICY_ID,
 };
 
 use crate::maps::{
@@ -303,6 +303,10 @@ pub struct EventFlow {
     pub proto: u8,
 }
 
+/// The bit that keys a cgroup's budget for unattributed veth frames apart
+/// from its own (cgroup ids are far below it).
+const UNATTRIBUTED_BUDGET: u64 = 1 << 63;
+
 /// How many of a cgroup's events were held back since its last reported
 /// one, or `None` when this one must be held back too: one cgroup flooding
 /// denied sends must not fill the ring and hide every other container's
@@ -360,12 +364,21 @@ pub fn report(
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let revoked = flow.flags & EVENT_REVOKED_FLOW != 0;
+    // Frames on a container's veth that none of its sockets sent (what its
+    // namespace forwards, the kernel's answers) are judged under it, but a
+    // neighbour can send them: they get a budget of their own, so a flood
+    // of them never holds back the container's own denials.
+    let budget = if flow.flags & EVENT_UNATTRIBUTED != 0 {
+        cgroup_id ^ UNATTRIBUTED_BUDGET
+    } else {
+        cgroup_id
+    };
     // A revoked flow's event neither uses nor moves its cgroup's budget:
     // the held-back count stays for the cgroup's next rate-limited event.
     let suppressed = if revoked {
         0
     } else {
-        match event_budget(cgroup_id, now) {
+        match event_budget(budget, now) {
             Some(n) => n,
             None => {
                 bump_stat(stat::EVENTS_RATE_LIMITED);
@@ -386,7 +399,7 @@ pub fn report(
         // denials. (A revoked flow's event is the loader's to act on; its
         // loss is counted above.)
         if !revoked {
-            if let Some(b) = EVENT_RATES.get_ptr_mut(cgroup_id) {
+            if let Some(b) = EVENT_RATES.get_ptr_mut(budget) {
                 // SAFETY: this CPU's value of the entry, this program's alone
                 // while it runs.
                 unsafe {
