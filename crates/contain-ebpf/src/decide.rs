@@ -13,8 +13,8 @@ use contain_common::{
 };
 
 use crate::maps::{
-    CGROUPS, CONFIG, COUNTERS, DESTS, EVENTS, EVENT_RATES, EXACT_PORTS, HOSTS, PORTS, PROCESSES,
-    REVOKED_FLOWS, STATS,
+    CGROUPS, CONFIG, COUNTERS, DESTS, EVENTS, EVENT_FLOW_DEPTH, EVENT_FLOW_SCRATCH, EVENT_RATES,
+    EXACT_PORTS, HOSTS, PORTS, PROCESSES, REVOKED_FLOWS, STATS,
 };
 
 const NS_PER_SEC: u64 = 1_000_000_000;
@@ -301,6 +301,28 @@ pub struct EventFlow {
     pub dport: u16,
     pub family: u8,
     pub proto: u8,
+}
+
+/// Lends `fill_and_report` this CPU's event scratch slot no program on this
+/// CPU holds. A program that interrupts another on its CPU (a softirq's,
+/// during a program in process context) takes the other slot, and gives it
+/// back before the interrupted one goes on: one shared slot would have the
+/// interrupted program report the other's flow, or lose its own revocation.
+#[inline(always)]
+pub fn with_event_scratch<R>(fill_and_report: impl FnOnce(&mut EventFlow) -> R) -> Option<R> {
+    let depth = EVENT_FLOW_DEPTH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's value; whatever interrupts this program restores
+    // it before this program goes on.
+    let level = unsafe { *depth };
+    let slot = EVENT_FLOW_SCRATCH.get_ptr_mut(level & 1)?;
+    // SAFETY: as above; the slot is this program's until it restores the
+    // depth.
+    unsafe {
+        *depth = level.wrapping_add(1);
+        let out = fill_and_report(&mut *slot);
+        *depth = level;
+        Some(out)
+    }
 }
 
 /// The bit that keys a cgroup's budget for unattributed veth frames apart

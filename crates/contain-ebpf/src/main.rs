@@ -58,9 +58,10 @@ use contain_common::{
 use crate::{
     decide::{
         bump_stat, count, count_unparsed, decide, decide_call, epochs, governance, report,
-        udp_reply_timeout_ns, Decision, Epochs, EventFlow, Governance, Identity, Target,
+        udp_reply_timeout_ns, with_event_scratch, Decision, Epochs, EventFlow, Governance,
+        Identity, Target,
     },
-    maps::{CONFIG, EVENT_FLOW_SCRATCH, EXECS, EXE_PATHS, INBOUND_PEERS, PATH_SCRATCH, SOCKETS},
+    maps::{CONFIG, EXECS, EXE_PATHS, INBOUND_PEERS, PATH_SCRATCH, SOCKETS},
     packet::{Flow, MAX_ROUTE_ADDRS, TCP_ACK, TCP_SYN},
 };
 
@@ -601,9 +602,7 @@ fn judge_packet(skb: *mut __sk_buff, scope: &Scope, info: *mut SockInfo, flow: &
     if decision.verdict() != Verdict::Allow {
         // The event's flow is assembled in a per-CPU map value: the stack
         // has no room for it beside the decision.
-        if let Some(event) = EVENT_FLOW_SCRATCH.get_ptr_mut(0) {
-            // SAFETY: per-CPU map value, this program's alone while it runs.
-            let event = unsafe { &mut *event };
+        revocation_unreported = with_event_scratch(|event| {
             fill_event_flow(event, flow);
             // Source-routed packets and later fragments are never cached, so
             // their socket's cache still says allow: they are not a
@@ -617,8 +616,9 @@ fn judge_packet(skb: *mut __sk_buff, scope: &Scope, info: *mut SockInfo, flow: &
                 event.socket_cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
             }
             let queued = report(cgroup_id, &gov, who, &decision, event);
-            revocation_unreported = !queued && event.flags & EVENT_REVOKED_FLOW != 0;
-        }
+            !queued && event.flags & EVENT_REVOKED_FLOW != 0
+        })
+        .unwrap_or(false);
     }
     if uncached {
         // Not cached: the next packet of the flow is judged again. (An

@@ -98,9 +98,18 @@ pub static EVENT_RATES: LruPerCpuHashMap<u64, EventBudget, { capacity::EVENT_RAT
 #[btf_map]
 pub static PATH_SCRATCH: PerCpuArray<ExePath, 1> = PerCpuArray::new();
 
-/// One event's flow per CPU, assembled off the egress program's stack.
+/// Two events' flows per CPU, assembled off the programs' stacks: one for
+/// a program and one for a program that interrupts it on the same CPU (the
+/// egress program runs in process context with softirqs on, and a softirq
+/// runs the egress and veth programs too). Lent by
+/// [`crate::decide::with_event_scratch`].
 #[btf_map]
-pub static EVENT_FLOW_SCRATCH: PerCpuArray<crate::decide::EventFlow, 1> = PerCpuArray::new();
+pub static EVENT_FLOW_SCRATCH: PerCpuArray<crate::decide::EventFlow, 2> = PerCpuArray::new();
+
+/// Per CPU, how many programs hold a slot of `EVENT_FLOW_SCRATCH`: the
+/// slot the next one takes.
+#[btf_map]
+pub static EVENT_FLOW_DEPTH: PerCpuArray<u32, 1> = PerCpuArray::new();
 
 /// Per CPU, the cgroup level at which the veth backstop last found a
 /// socket's attached ancestor: tried first, since one managed parent

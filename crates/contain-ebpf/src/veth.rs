@@ -53,13 +53,13 @@ use contain_common::{
 
 use crate::{
     decide::{
-        bump_stat, count, decide, governance, report, udp_reply_timeout_ns, Decision, Governance,
-        Identity, Target,
+        bump_stat, count, decide, governance, report, udp_reply_timeout_ns, with_event_scratch,
+        Decision, Governance, Identity, Target,
     },
     decide_source_routed,
     maps::{
-        ATTACHED_CGROUPS, CGROUPS, EVENT_FLOW_SCRATCH, GOVERNED_LEVEL_HINT, LAST_NOTED_PEER, VETHS,
-        VETH_PEERS, VETH_SOURCES,
+        ATTACHED_CGROUPS, CGROUPS, GOVERNED_LEVEL_HINT, LAST_NOTED_PEER, VETHS, VETH_PEERS,
+        VETH_SOURCES,
     },
     packet::{self, Flow, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, L3_AFTER_ETHERNET},
 };
@@ -322,9 +322,7 @@ fn deny_forged(cgroup_id: u64, gov: &Governance, flow: &Flow, flags: u8) -> i32 
 /// Reports a frame the veth program did not let through as allowed.
 #[inline(always)]
 fn report_frame(cgroup_id: u64, gov: &Governance, decision: &Decision, flow: &Flow, flags: u8) {
-    if let Some(event) = EVENT_FLOW_SCRATCH.get_ptr_mut(0) {
-        // SAFETY: per-CPU map value, this program's alone while it runs.
-        let event = unsafe { &mut *event };
+    with_event_scratch(|event| {
         event.hook = Hook::Veth as u8;
         event.socket_cookie = 0;
         event.flags = flags;
@@ -334,8 +332,8 @@ fn report_frame(cgroup_id: u64, gov: &Governance, decision: &Decision, flow: &Fl
         event.dport = flow.dport;
         event.family = flow.family;
         event.proto = flow.proto;
-        let _queued = report(cgroup_id, gov, &NOBODY, decision, event);
-    }
+        report(cgroup_id, gov, &NOBODY, decision, event)
+    });
 }
 
 /// Whether the packet's socket is in a cgroup contain's cgroup programs
@@ -635,9 +633,7 @@ fn checksum_pending(skb: *mut __sk_buff) -> bool {
 fn deny_frame(cgroup_id: u64, gov: &Governance, ethertype: u32, flags: u8) -> i32 {
     let verdict = gov.on_miss;
     count(gov.policy_id, verdict);
-    if let Some(event) = EVENT_FLOW_SCRATCH.get_ptr_mut(0) {
-        // SAFETY: per-CPU map value, this program's alone while it runs.
-        let event = unsafe { &mut *event };
+    with_event_scratch(|event| {
         event.hook = Hook::Veth as u8;
         event.socket_cookie = 0;
         event.flags = flags;
@@ -647,8 +643,8 @@ fn deny_frame(cgroup_id: u64, gov: &Governance, ethertype: u32, flags: u8) -> i3
         event.dport = ethertype as u16;
         event.family = 0;
         event.proto = 0;
-        let _queued = report(cgroup_id, gov, &NOBODY, &Decision::new(verdict, 0), event);
-    }
+        report(cgroup_id, gov, &NOBODY, &Decision::new(verdict, 0), event)
+    });
     if verdict == Verdict::Deny {
         DROP
     } else {
