@@ -436,6 +436,11 @@ in
           ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
           Restart = "always";
           RestartSec = "1s";
+          # The event log is policyd's stdout: journald's per-unit rate limit
+          # (about 10 000 lines in 30 s) would drop every container's lines,
+          # and policyd's own, once one container floods. policyd bounds its
+          # lines itself, per container (held back ones are counted).
+          LogRateLimitIntervalSec = 0;
           # Least privilege: an ordinary system user with no capabilities.
           # Running it as root "without capabilities" would still leave it uid 0,
           # owner of most of the file system. It reaches the loader and the

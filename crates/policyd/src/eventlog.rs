@@ -15,7 +15,11 @@
 //! record is always exactly one line; lengths are bounded by the kernel
 //! (16 bytes of comm, 256 of path) and again here.
 
-use std::net::IpAddr;
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
 use kernel_model::state::Verdict;
 use proto::loader::{Event, Hook};
@@ -98,8 +102,8 @@ pub struct EventRecord {
     pub seq: u64,
     #[serde(rename = "contain.cgroup_id")]
     pub cgroup_id: u64,
-    /// Events of this cgroup the kernel's rate limit held back since the
-    /// previous one reported.
+    /// Events of this cgroup the kernel's rate limit, or policyd's
+    /// [`LineBudget`], held back since the previous one written.
     #[serde(rename = "contain.suppressed", default)]
     pub suppressed: u32,
     #[serde(rename = "container.name", skip_serializing_if = "Option::is_none")]
@@ -295,6 +299,65 @@ impl EventRecord {
     }
 }
 
+/// How many lines of the event log each cgroup may take in a second,
+/// across all CPUs. The kernel's rate limit is per CPU, so without this a
+/// container flooding denials from every CPU of a large host would write
+/// that many times more; the lines held back are counted in the cgroup's
+/// next line (`contain.suppressed`), and every event is in the metrics.
+pub struct LineBudget {
+    per_second: u32,
+    windows: HashMap<u64, LineWindow>,
+}
+
+struct LineWindow {
+    start: Instant,
+    written: u32,
+    held_back: u32,
+}
+
+/// Windows kept before the ones ended with nothing held back are dropped.
+const LINE_WINDOWS_KEPT: usize = 4096;
+
+impl LineBudget {
+    pub fn new(per_second: u32) -> Self {
+        LineBudget {
+            per_second,
+            windows: HashMap::new(),
+        }
+    }
+
+    /// Whether `record` is written at `now`; if it is, its `suppressed`
+    /// takes the lines of its cgroup held back since the last one written.
+    pub fn admit(&mut self, record: &mut EventRecord, now: Instant) -> bool {
+        if self.windows.len() >= LINE_WINDOWS_KEPT {
+            self.windows.retain(|_, w| {
+                w.held_back > 0 || now.duration_since(w.start) < Duration::from_secs(1)
+            });
+        }
+        let window = self.windows.entry(record.cgroup_id).or_insert(LineWindow {
+            start: now,
+            written: 0,
+            held_back: 0,
+        });
+        if now.duration_since(window.start) >= Duration::from_secs(1) {
+            window.start = now;
+            window.written = 0;
+        }
+        if window.written >= self.per_second {
+            window.held_back = window
+                .held_back
+                .saturating_add(1)
+                .saturating_add(record.suppressed);
+            return false;
+        }
+        window.written += 1;
+        record.suppressed = record
+            .suppressed
+            .saturating_add(std::mem::take(&mut window.held_back));
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
@@ -432,6 +495,33 @@ mod tests {
             ("localhost:5000/app".into(), vec![])
         );
         assert_eq!(split_image("app@sha256:abcd"), ("app".into(), vec![]));
+    }
+
+    #[test]
+    fn a_cgroups_lines_past_its_budget_are_counted_in_its_next_line() {
+        let mut budget = LineBudget::new(3);
+        let start = Instant::now();
+        let record = |cgroup_id, suppressed| {
+            let mut r = EventRecord::new(&event(), None, None);
+            r.cgroup_id = cgroup_id;
+            r.suppressed = suppressed;
+            r
+        };
+        // Five events of cgroup 7 in one second, the kernel having held back
+        // 10 before the fifth: three written, two held back (with the 10).
+        let written: Vec<bool> = [0, 0, 0, 0, 10]
+            .map(|suppressed| budget.admit(&mut record(7, suppressed), start))
+            .to_vec();
+        assert_eq!(written, [true, true, true, false, false]);
+        // Another cgroup has a budget of its own.
+        assert!(budget.admit(&mut record(8, 0), start));
+        // The next second: the first line carries the 12 held back.
+        let mut next = record(7, 1);
+        assert!(budget.admit(&mut next, start + Duration::from_secs(1)));
+        assert_eq!(next.suppressed, 1 + 2 + 10);
+        let mut after = record(7, 0);
+        assert!(budget.admit(&mut after, start + Duration::from_secs(1)));
+        assert_eq!(after.suppressed, 0);
     }
 
     #[test]

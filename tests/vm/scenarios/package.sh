@@ -178,6 +178,9 @@ check_output "resolver's capability bounding set" "CapBnd:	0000000000080004" \
 check_output "policyd has no capabilities" "CapBnd:	0000000000000000" \
   grep CapBnd "/proc/$(main_pid contain-policyd)/status"
 check_output "ProtectSystem=strict" "strict" systemctl show -p ProtectSystem --value contain-policyd
+# systemctl show prints 0 for an unset interval too: the unit itself says it.
+check "journald does not rate-limit policyd's event log (LogRateLimitIntervalSec=0)" \
+  bash -c "systemctl cat contain-policyd | grep -qx 'LogRateLimitIntervalSec=0'"
 # systemd prints the set in no fixed order ("::/0 0.0.0.0/0" on some boots).
 check_output "policyd may reach localhost only (IPAddressDeny=any)" "0.0.0.0/0 ::/0" \
   bash -c "systemctl show -p IPAddressDeny --value contain-policyd | tr ' ' '\n' | LC_ALL=C sort | xargs"

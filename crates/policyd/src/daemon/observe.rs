@@ -24,7 +24,7 @@ use super::{
     view,
 };
 use crate::{
-    eventlog::EventRecord,
+    eventlog::{EventRecord, LineBudget},
     metrics::{self, ContainerState, KernelCounters, Recorder, Scrape},
 };
 
@@ -51,6 +51,10 @@ impl std::str::FromStr for EventLogTarget {
         }
     }
 }
+
+/// Event log lines per cgroup and second, across CPUs ([`LineBudget`]):
+/// the kernel's default rate on one CPU.
+const LOG_LINES_PER_SECOND: u32 = 100;
 
 /// Events asked for per request.
 const EVENTS_PER_BATCH: u32 = 1024;
@@ -96,6 +100,7 @@ pub async fn follow_events(engine: Handle, recorder: Arc<Recorder>, target: Even
     // A connection of its own: clients' event long polls on the shared
     // one must not be able to crowd out the event log.
     let link = LoaderLink::new(engine.loader.path.clone());
+    let mut lines = LineBudget::new(LOG_LINES_PER_SECOND);
     let mut cursor: Option<u64> = None;
     let mut client: Option<LoaderClient> = None;
     let mut retry = Duration::from_millis(500);
@@ -182,10 +187,13 @@ pub async fn follow_events(engine: Handle, recorder: Arc<Recorder>, target: Even
             );
         }
         if let Some(w) = out.as_mut() {
+            let now = Instant::now();
             let mut text = String::new();
-            for record in &records {
-                text.push_str(&record.to_line());
-                text.push('\n');
+            for mut record in records {
+                if lines.admit(&mut record, now) {
+                    text.push_str(&record.to_line());
+                    text.push('\n');
+                }
             }
             if let Err(e) = w.write_all(text.as_bytes()).and_then(|()| w.flush()) {
                 tracing::error!(error = %e, "cannot write the event log; events are only counted from now on");
