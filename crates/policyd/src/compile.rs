@@ -1271,7 +1271,12 @@ fn fold_class(
             }
             for ((origin, dest), by) in covered_pairs.drain(..) {
                 if let Some(by) = by {
-                    if by.rule_id != 0 && in_scope(origin) {
+                    // The loopback allowance leaves Docker's DNS out: a rule
+                    // over it opens that, and is no repeat of loopback.
+                    let opens_docker_dns = by.origin == RuleOrigin::Loopback
+                        && carve_out_docker_dns
+                        && dest.contains(&docker_dns);
+                    if by.rule_id != 0 && in_scope(origin) && !opens_docker_dns {
                         redundant.push(Redundant { origin, dest, by });
                     }
                 }
@@ -1893,6 +1898,32 @@ mod tests {
             w.iter()
                 .any(|m| m.contains("process comm x allow[0] is redundant")),
             "{w:#?}"
+        );
+    }
+
+    /// Review finding: `check` called a rule over 127/8 a repeat of the
+    /// loopback allowance, though it is what opens Docker's DNS there.
+    #[test]
+    fn a_rule_that_opens_docker_dns_is_not_called_redundant() {
+        let p = policy(
+            "allow_docker_dns=false\n[[policy]]\nname='a'\nselect={name='a'}\nallow=[{to='127.0.0.0/8'}, {to='127.0.0.1', proto='tcp', ports=[80]}]\n",
+        );
+        let c = compile(&p, &Inventory::default(), &mut IdTables::default()).unwrap();
+        let w: Vec<String> = c.rules.warnings.iter().map(ToString::to_string).collect();
+        assert!(
+            !w.iter().any(|m| m.contains("allow[0] is redundant")),
+            "{w:#?}"
+        );
+        // A rule within loopback that leaves Docker's DNS out still is.
+        assert!(
+            w.iter().any(|m| m.contains("allow[1] is redundant")),
+            "{w:#?}"
+        );
+        let pid = c.rules.policy_ids[0];
+        let dns = ruleset_for(&c.state, pid, "127.0.0.11").expect("a carve-out entry");
+        assert!(
+            c.state.ports.keys().any(|k| k.ruleset == dns),
+            "the rule opens Docker's DNS"
         );
     }
 

@@ -777,7 +777,7 @@ fn check_rule(
     }
     if ok && dests.is_empty() {
         checker.error(
-            Some(to_span),
+            Some(to_span.clone()),
             "`to` lists no destination; for anywhere write [\"0.0.0.0/0\", \"::/0\"]",
         );
         ok = false;
@@ -921,6 +921,16 @@ fn check_rule(
     }
     if !ok {
         return None;
+    }
+
+    let docker_dns = Prefix::docker_dns();
+    if port_ranges.is_some() && dests.contains(&docker_dns) {
+        checker.warn(
+            Some(to_span),
+            format!(
+                "Docker rewrites what is sent to its DNS server {docker_dns} (port 53) to a port of its own choosing before contain sees it, so this rule's ports never match there; set allow_docker_dns = true for name resolution"
+            ),
+        );
     }
 
     let mut allowances = Vec::new();
@@ -1391,6 +1401,24 @@ allow = [
                 "icmpv6 type 11",
                 "icmpv6 type 128"
             ]
+        );
+    }
+
+    #[test]
+    fn a_port_rule_to_docker_dns_is_warned_it_never_matches() {
+        let p = ok(r#"[[policy]]
+name = "a"
+select = { name = "web" }
+allow = [
+  { to = "127.0.0.11", proto = "udp", ports = [53] },
+  { to = "127.0.0.11" },
+]
+"#);
+        let w: Vec<String> = p.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(w.len(), 1, "{w:#?}");
+        assert!(
+            w[0].starts_with("p.toml:5:10: warning: Docker rewrites"),
+            "{w:#?}"
         );
     }
 
