@@ -304,9 +304,13 @@ impl EventRecord {
 /// container flooding denials from every CPU of a large host would write
 /// that many times more; the lines held back are counted in the cgroup's
 /// next line (`contain.suppressed`), and every event is in the metrics.
+/// As in the kernel, frames on a container's veth that none of its sockets
+/// sent (which a neighbour can send) have a budget of their own, and a
+/// revoked flow is always written.
 pub struct LineBudget {
     per_second: u32,
-    windows: HashMap<u64, LineWindow>,
+    /// By cgroup id and whether the events are unattributed.
+    windows: HashMap<(u64, bool), LineWindow>,
 }
 
 struct LineWindow {
@@ -315,7 +319,9 @@ struct LineWindow {
     held_back: u32,
 }
 
-/// Windows kept before the ones ended with nothing held back are dropped.
+/// Windows kept before the ones that ended are dropped (with what they
+/// held back: it is in the metrics, and the kernel's own count of a
+/// cgroup that floods on is in its next line).
 const LINE_WINDOWS_KEPT: usize = 4096;
 
 impl LineBudget {
@@ -326,31 +332,33 @@ impl LineBudget {
         }
     }
 
-    /// Whether `record` is written at `now`; if it is, its `suppressed`
-    /// takes the lines of its cgroup held back since the last one written.
-    pub fn admit(&mut self, record: &mut EventRecord, now: Instant) -> bool {
+    /// Whether `event`'s `record` is written at `now`; if it is, its
+    /// `suppressed` takes the lines held back since the last one written.
+    pub fn admit(&mut self, event: &Event, record: &mut EventRecord, now: Instant) -> bool {
         if self.windows.len() >= LINE_WINDOWS_KEPT {
-            self.windows.retain(|_, w| {
-                w.held_back > 0 || now.duration_since(w.start) < Duration::from_secs(1)
-            });
+            self.windows
+                .retain(|_, w| now.duration_since(w.start) < Duration::from_secs(1));
         }
-        let window = self.windows.entry(record.cgroup_id).or_insert(LineWindow {
-            start: now,
-            written: 0,
-            held_back: 0,
-        });
+        let window = self
+            .windows
+            .entry((event.cgroup_id, event.unattributed))
+            .or_insert(LineWindow {
+                start: now,
+                written: 0,
+                held_back: 0,
+            });
         if now.duration_since(window.start) >= Duration::from_secs(1) {
             window.start = now;
             window.written = 0;
         }
-        if window.written >= self.per_second {
+        if window.written >= self.per_second && !event.revoked_flow {
             window.held_back = window
                 .held_back
                 .saturating_add(1)
                 .saturating_add(record.suppressed);
             return false;
         }
-        window.written += 1;
+        window.written = window.written.saturating_add(1);
         record.suppressed = record
             .suppressed
             .saturating_add(std::mem::take(&mut window.held_back));
@@ -501,27 +509,37 @@ mod tests {
     fn a_cgroups_lines_past_its_budget_are_counted_in_its_next_line() {
         let mut budget = LineBudget::new(3);
         let start = Instant::now();
-        let record = |cgroup_id, suppressed| {
-            let mut r = EventRecord::new(&event(), None, None);
-            r.cgroup_id = cgroup_id;
+        let mut admit = |cgroup_id, suppressed, set: fn(&mut Event), at| {
+            let mut e = event();
+            e.cgroup_id = cgroup_id;
+            set(&mut e);
+            let mut r = EventRecord::new(&e, None, None);
             r.suppressed = suppressed;
-            r
+            let written = budget.admit(&e, &mut r, at);
+            (written, r.suppressed)
         };
+        let own: fn(&mut Event) = |_| {};
+        let unattributed: fn(&mut Event) = |e| e.unattributed = true;
+        let revoked: fn(&mut Event) = |e| e.revoked_flow = true;
         // Five events of cgroup 7 in one second, the kernel having held back
         // 10 before the fifth: three written, two held back (with the 10).
         let written: Vec<bool> = [0, 0, 0, 0, 10]
-            .map(|suppressed| budget.admit(&mut record(7, suppressed), start))
+            .map(|suppressed| admit(7, suppressed, own, start).0)
             .to_vec();
         assert_eq!(written, [true, true, true, false, false]);
-        // Another cgroup has a budget of its own.
-        assert!(budget.admit(&mut record(8, 0), start));
+        // Another cgroup, and the unattributed frames on cgroup 7's veth,
+        // have budgets of their own.
+        assert!(admit(8, 0, own, start).0);
+        assert!(admit(7, 0, unattributed, start).0);
         // The next second: the first line carries the 12 held back.
-        let mut next = record(7, 1);
-        assert!(budget.admit(&mut next, start + Duration::from_secs(1)));
-        assert_eq!(next.suppressed, 1 + 2 + 10);
-        let mut after = record(7, 0);
-        assert!(budget.admit(&mut after, start + Duration::from_secs(1)));
-        assert_eq!(after.suppressed, 0);
+        let second = start + Duration::from_secs(1);
+        assert_eq!(admit(7, 1, own, second), (true, 1 + 2 + 10));
+        assert_eq!(admit(7, 0, own, second), (true, 0));
+        // A revoked flow is written past the budget, and carries what was
+        // held back before it.
+        assert_eq!(admit(7, 0, own, second), (true, 0));
+        assert_eq!(admit(7, 0, own, second), (false, 0));
+        assert_eq!(admit(7, 0, revoked, second), (true, 1));
     }
 
     #[test]

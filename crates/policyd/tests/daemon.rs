@@ -360,9 +360,6 @@ async fn reload_grants_and_revokes_live_and_refuses_invalid_files() {
     daemon.shutdown_background();
 }
 
-/// With no file watcher to apply the edit first (it polls hourly here), a
-/// dry run of an edited file is the whole diff, and nothing reaches the
-/// loader.
 /// Review finding: a reload that gives a policy a new rule and moves one of
 /// its containers to another policy. Rewritten in place, the policy's new
 /// entry went in while the leaving container still pointed at it, so it
@@ -441,6 +438,9 @@ allow = [{ to = "10.0.0.0/8", proto = "tcp", ports = [443] }]
     daemon.shutdown_background();
 }
 
+/// With no file watcher to apply the edit first (it polls hourly here), a
+/// dry run of an edited file is the whole diff, and nothing reaches the
+/// loader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_shows_the_diff_and_changes_nothing() {
     let env = Env::new("dry-run");

@@ -189,8 +189,8 @@ pub async fn follow_events(engine: Handle, recorder: Arc<Recorder>, target: Even
         if let Some(w) = out.as_mut() {
             let now = Instant::now();
             let mut text = String::new();
-            for mut record in records {
-                if lines.admit(&mut record, now) {
+            for (event, mut record) in batch.events.iter().zip(records) {
+                if lines.admit(event, &mut record, now) {
                     text.push_str(&record.to_line());
                     text.push('\n');
                 }
