@@ -390,16 +390,32 @@ pub fn diff_ops(current: &KernelState, desired: &KernelState) -> Vec<MapOp> {
 /// written, [`apply_order`]), or one deleted under a policy id a cgroup
 /// joins (it points there before the policy's old entries go). Such a
 /// cgroup would be judged by neither its old policy nor its new one for the
-/// length of the diff. A policy id rewritten in place under the same
-/// cgroups is safe: every state on the way judges each packet as the old
-/// or the new tables do. So is a policy id the current state does not use
-/// at all, which is how policyd avoids what this finds: the policy's new
-/// tables go under a fresh id.
+/// length of the diff. A veth whose owner changes moves its frames the same
+/// way. A policy id rewritten in place under the same cgroups is safe:
+/// every state on the way judges each packet as the old or the new tables
+/// do. So is a policy id the current state does not use at all, which is
+/// how policyd avoids what this finds: the policy's new tables go under a
+/// fresh id.
+///
+/// The executable files of a policy's containers (`ProcessMatch::File`)
+/// are not counted: one comes and goes with the container that holds it
+/// (a start and a stop in one diff would otherwise move the whole policy),
+/// and a moving container's process runs another container's file only
+/// through a volume both mount.
 pub fn rewrites_seen_by_moving_cgroups(current: &KernelState, ops: &[MapOp]) -> BTreeSet<u32> {
     // The policy whose tables judge a cgroup's packets, if any.
     let judged_by = |entry: &CgroupEntry| (!entry.unrestricted).then_some(entry.policy_id);
+    let now = |id: &u64| current.cgroups.get(id).and_then(judged_by);
+    // Cgroup entries as the diff leaves them (absent: as they are).
+    let mut after: BTreeMap<u64, Option<u32>> = BTreeMap::new();
     let (mut written, mut deleted) = (BTreeSet::new(), BTreeSet::new());
     let (mut left, mut joined) = (BTreeSet::new(), BTreeSet::new());
+    let mut moved = |before: Option<u32>, later: Option<u32>| {
+        if before != later {
+            left.extend(before);
+            joined.extend(later);
+        }
+    };
     for op in ops {
         match op {
             MapOp::Upsert {
@@ -407,33 +423,91 @@ pub fn rewrites_seen_by_moving_cgroups(current: &KernelState, ops: &[MapOp]) -> 
             } => _ = written.insert(key.policy_id),
             MapOp::Upsert {
                 entry: Entry::Process { key, .. },
-            } => _ = written.insert(key.policy_id),
+            } if !matches!(key.process, ProcessMatch::File(_)) => _ = written.insert(key.policy_id),
             MapOp::Delete {
                 key: EntryKey::Dest { key },
             } => _ = deleted.insert(key.policy_id),
             MapOp::Delete {
                 key: EntryKey::Process { key },
-            } => _ = deleted.insert(key.policy_id),
+            } if !matches!(key.process, ProcessMatch::File(_)) => _ = deleted.insert(key.policy_id),
             MapOp::Upsert {
                 entry: Entry::Cgroup { id, value },
             } => {
-                let before = current.cgroups.get(id).and_then(judged_by);
-                let after = judged_by(value);
-                if before != after {
-                    left.extend(before);
-                    joined.extend(after);
-                }
+                after.insert(*id, judged_by(value));
+                moved(now(id), judged_by(value));
             }
             MapOp::Delete {
                 key: EntryKey::Cgroup { id },
-            } => left.extend(current.cgroups.get(id).and_then(judged_by)),
+            } => {
+                after.insert(*id, None);
+                moved(now(id), None);
+            }
             _ => {}
         }
+    }
+    for op in ops {
+        // A veth that goes has frames no rule judges after: nothing on the
+        // way lets through more than that.
+        let MapOp::Upsert {
+            entry: Entry::Veth { ifindex, cgroup_id },
+        } = op
+        else {
+            continue;
+        };
+        let before = current.veths.get(ifindex).and_then(now);
+        let later = after
+            .get(cgroup_id)
+            .copied()
+            .unwrap_or_else(|| now(cgroup_id));
+        moved(before, later);
     }
     left.intersection(&written)
         .chain(joined.intersection(&deleted))
         .copied()
         .collect()
+}
+
+/// Whether the kernel's maps hold every state on the way from `current`
+/// through `ops`: new keys are written before anything is deleted
+/// ([`apply_order`]), so each kind of entry peaks at what the current state
+/// has plus the new keys. (A destination goes to `HOSTS` or `DESTS` and a
+/// port to `PORTS` or `EXACT_PORTS`: each kind is held to the smaller map.)
+pub fn fits_on_the_way(current: &KernelState, ops: &[MapOp]) -> bool {
+    use contain_common::capacity;
+    let mut added = [0usize; 6];
+    for op in ops {
+        if let MapOp::Upsert { entry } = op {
+            if current.get(&entry.key()).is_none() {
+                added[kind(&entry.key())] += 1;
+            }
+        }
+    }
+    let held = [
+        (current.cgroups.len(), capacity::CGROUPS),
+        (current.processes.len(), capacity::PROCESSES),
+        (current.dests.len(), capacity::DESTS.min(capacity::HOSTS)),
+        (
+            current.ports.len(),
+            capacity::PORTS.min(capacity::EXACT_PORTS),
+        ),
+        (current.veths.len(), capacity::VETHS),
+        (current.veth_sources.len(), capacity::VETH_SOURCES),
+    ];
+    held.iter()
+        .zip(added)
+        .all(|(&(now, cap), new)| now + new <= cap as usize)
+}
+
+/// The index of an entry's kind in [`fits_on_the_way`]'s table.
+fn kind(key: &EntryKey) -> usize {
+    match key {
+        EntryKey::Cgroup { .. } => 0,
+        EntryKey::Process { .. } => 1,
+        EntryKey::Dest { .. } => 2,
+        EntryKey::Port { .. } => 3,
+        EntryKey::Veth { .. } => 4,
+        EntryKey::VethSource { .. } => 5,
+    }
 }
 
 /// The global verdict change, if any.
@@ -836,44 +910,56 @@ mod tests {
     }
 
     /// States of two policies (ids 1 and 2), their destinations drawn as in
-    /// [`arb_policy_state`], and three cgroups each under one of them or
-    /// unknown.
+    /// [`arb_policy_state`], three cgroups each under one of them or
+    /// unknown, and two veths each owned by one of the cgroups or none.
     fn arb_policies_state() -> impl Strategy<Value = KernelState> {
         let policy = || arb_policy_state().prop_map(|s| s.dests);
         let cgroup = || prop::option::of(1u32..=2);
-        (policy(), policy(), [cgroup(), cgroup(), cgroup()]).prop_map(|(one, two, cgroups)| {
-            let mut s = KernelState::default();
-            for (policy_id, dests) in [(1, one), (2, two)] {
-                for (key, ruleset) in dests {
-                    s.upsert(Entry::Dest {
-                        key: DestPrefix { policy_id, ..key },
-                        ruleset,
+        let veth = || prop::option::of(41u64..=43);
+        (
+            policy(),
+            policy(),
+            [cgroup(), cgroup(), cgroup()],
+            [veth(), veth()],
+        )
+            .prop_map(|(one, two, cgroups, veths)| {
+                let mut s = KernelState::default();
+                for (ifindex, owner) in (1..).zip(veths) {
+                    if let Some(cgroup_id) = owner {
+                        s.upsert(Entry::Veth { ifindex, cgroup_id });
+                    }
+                }
+                for (policy_id, dests) in [(1, one), (2, two)] {
+                    for (key, ruleset) in dests {
+                        s.upsert(Entry::Dest {
+                            key: DestPrefix { policy_id, ..key },
+                            ruleset,
+                        });
+                    }
+                }
+                for (cgroup, policy_id) in (41..).zip(cgroups) {
+                    if let Some(policy_id) = policy_id {
+                        s.upsert(Entry::Cgroup {
+                            id: cgroup,
+                            value: CgroupEntry::enforced(policy_id),
+                        });
+                    }
+                }
+                for (ruleset, proto, port, port_bits) in
+                    [(1, 6, 443, 16), (2, 0, 0, 0), (3, 17, 53, 16)]
+                {
+                    s.upsert(Entry::Port {
+                        key: PortPrefix {
+                            ruleset,
+                            proto,
+                            port,
+                            port_bits,
+                        },
+                        rule_id: ruleset,
                     });
                 }
-            }
-            for (cgroup, policy_id) in (41..).zip(cgroups) {
-                if let Some(policy_id) = policy_id {
-                    s.upsert(Entry::Cgroup {
-                        id: cgroup,
-                        value: CgroupEntry::enforced(policy_id),
-                    });
-                }
-            }
-            for (ruleset, proto, port, port_bits) in
-                [(1, 6, 443, 16), (2, 0, 0, 0), (3, 17, 53, 16)]
-            {
-                s.upsert(Entry::Port {
-                    key: PortPrefix {
-                        ruleset,
-                        proto,
-                        port,
-                        port_bits,
-                    },
-                    rule_id: ruleset,
-                });
-            }
-            s
-        })
+                s
+            })
     }
 
     /// `state` with policy id `from`'s tables and cgroups under `to`: what
@@ -903,17 +989,51 @@ mod tests {
     /// Steps `ops` one at a time from `a`: the first state in which a
     /// cgroup's packet is judged as neither `a` nor `b` judges it.
     fn first_state_neither(a: &KernelState, b: &KernelState, ops: &[MapOp]) -> Option<String> {
+        // A cgroup's packets, and the frames on a veth: its owner's rules,
+        // and on a veth of no container, passed.
+        let senders = [
+            (41, None),
+            (42, None),
+            (43, None),
+            (0, Some(1)),
+            (0, Some(2)),
+        ];
+        // Out of reach, as the README says: a veth whose owner changes
+        // while the old or the new owner's entry does (its frames meet the
+        // old owner's new entry, or the new owner's old one, whichever goes
+        // first).
+        let owner_moves_with_its_entry = |ifindex: u32| {
+            let (from, to) = (a.veths.get(&ifindex), b.veths.get(&ifindex));
+            let entry_changes =
+                |id: Option<&u64>| id.is_some_and(|id| a.cgroups.get(id) != b.cgroups.get(id));
+            from != to && (entry_changes(from) || entry_changes(to))
+        };
         let mut state = a.clone();
         for (i, op) in ops.iter().enumerate() {
             state.apply_ops(std::slice::from_ref(op));
-            for cgroup in 41..=43 {
+            for (cgroup, veth) in senders {
+                if veth.is_some_and(owner_moves_with_its_entry) {
+                    continue;
+                }
                 for target in policy_targets() {
-                    let verdict =
-                        |s: &KernelState| crate::decide::lookup(s, cgroup, None, &target).verdict;
+                    let verdict = |s: &KernelState| {
+                        let cgroup = match veth {
+                            Some(ifindex) => match s.veths.get(&ifindex) {
+                                Some(&owner) => owner,
+                                None => return Verdict::Allow,
+                            },
+                            None => cgroup,
+                        };
+                        crate::decide::lookup(s, cgroup, None, &target).verdict
+                    };
                     let (old, now, new) = (verdict(a), verdict(&state), verdict(b));
-                    if now != old && now != new {
+                    // A veth's frames have no flow to revoke: a frame
+                    // dropped on the way is all a denial costs there, so
+                    // only what passes must be the old or the new verdict.
+                    let dropped_frame = veth.is_some() && now == Verdict::Deny;
+                    if now != old && now != new && !dropped_frame {
                         return Some(format!(
-                            "after op {i} ({op:?}): cgroup {cgroup}, {target:?} judged {now:?}, old {old:?}, new {new:?}"
+                            "after op {i} ({op:?}): cgroup {cgroup}, veth {veth:?}, {target:?} judged {now:?}, old {old:?}, new {new:?}"
                         ));
                     }
                 }
@@ -1087,6 +1207,81 @@ mod tests {
         let ops = diff_ops(&a, &fresh);
         assert!(rewrites_seen_by_moving_cgroups(&a, &ops).is_empty());
         assert_eq!(first_state_neither(&a, &fresh, &ops), None);
+    }
+
+    /// A rolling update under a policy with an `exe` rule: one container
+    /// stops and another starts in one diff, each with its own file's
+    /// entry. Nothing moves: neither container runs the other's file.
+    #[test]
+    fn a_container_replaced_under_an_exe_policy_moves_nothing() {
+        let file = |ino| Entry::Process {
+            key: ProcessKey {
+                policy_id: 1,
+                process: ProcessMatch::File(FileId {
+                    dev: 52,
+                    ino,
+                    ctime_sec: 1,
+                    ctime_nsec: 0,
+                }),
+            },
+            class: 1,
+        };
+        let cgroup = |id| Entry::Cgroup {
+            id,
+            value: CgroupEntry::enforced(1),
+        };
+        let mut a = KernelState::default();
+        a.upsert(file(10));
+        a.upsert(cgroup(41));
+        let mut b = KernelState::default();
+        b.upsert(file(20));
+        b.upsert(cgroup(42));
+        let ops = diff_ops(&a, &b);
+        assert!(rewrites_seen_by_moving_cgroups(&a, &ops).is_empty());
+        // A comm rule is the policy's own table: changed with a container
+        // leaving, it is named.
+        let comm = |hash| Entry::Process {
+            key: ProcessKey {
+                policy_id: 1,
+                process: ProcessMatch::Comm(hash),
+            },
+            class: 1,
+        };
+        a.upsert(comm(7));
+        b.upsert(comm(8));
+        let ops = diff_ops(&a, &b);
+        assert_eq!(
+            rewrites_seen_by_moving_cgroups(&a, &ops),
+            BTreeSet::from([1])
+        );
+    }
+
+    #[test]
+    fn a_diff_fits_when_every_state_on_the_way_does() {
+        let comm = |policy_id, hash| Entry::Process {
+            key: ProcessKey {
+                policy_id,
+                process: ProcessMatch::Comm(hash),
+            },
+            class: 1,
+        };
+        let cap = contain_common::capacity::PROCESSES as u64;
+        let mut a = KernelState::default();
+        for hash in 0..cap * 3 / 4 {
+            a.upsert(comm(1, hash));
+        }
+        // The same entries under a fresh id: both copies at once, before
+        // the old ones go, do not fit; a quarter of them does.
+        let mut moved = KernelState::default();
+        for hash in 0..cap * 3 / 4 {
+            moved.upsert(comm(2, hash));
+        }
+        assert!(!fits_on_the_way(&a, &diff_ops(&a, &moved)));
+        let mut smaller = KernelState::default();
+        for hash in 0..cap / 4 {
+            smaller.upsert(comm(2, hash));
+        }
+        assert!(fits_on_the_way(&a, &diff_ops(&a, &smaller)));
     }
 
     #[test]

@@ -671,16 +671,12 @@ impl Engine {
             };
             // None until a first inventory arrived.
             let inventory = self.inventory_ready.then_some(&*self.view.inventory);
-            let (moved, plan) =
-                plan::plan_moving_safely(&loaded, &mut self.ids, inventory, &kernel, since)
-                    .map_err(compile_failure)?;
-            if !Arc::ptr_eq(&moved, &loaded) {
-                tracing::info!(
-                    "policies changing while containers move between them: their tables go under fresh ids"
-                );
-                self.view.loaded = Some(moved.clone());
-            }
-            let loaded = moved;
+            let plan::SafePlan {
+                loaded: planned,
+                moved_ids,
+                plan,
+            } = plan::plan_moving_safely(&loaded, &self.ids, inventory, &kernel, since)
+                .map_err(compile_failure)?;
             // What this plan looked at alone, once it is in the loader.
             let looked_at = match (&plan.desired, since) {
                 (None, Since::Containers(changes)) => Some(changes.to_vec()),
@@ -704,6 +700,14 @@ impl Engine {
             match applied {
                 Ok(Ok(generation)) => {
                     tracing::info!(generation, ops = plan.diff.ops.len(), "applied");
+                    // What the loader now holds is the plan's: policies
+                    // moved to fresh ids are ours only from here on.
+                    if let Some(ids) = moved_ids {
+                        tracing::info!("policies that changed while containers moved onto or off them are under fresh ids");
+                        self.ids = ids;
+                        self.view.loaded = Some(planned.clone());
+                    }
+                    let loaded = planned;
                     match plan.desired {
                         Some(state) => {
                             self.ids.retain_live(&state, &loaded.policies);
@@ -856,14 +860,15 @@ impl Engine {
         let outcome = if dry_run {
             let kernel = self.kernel_state().await?;
             // As a reload would plan it, the ids it would move included.
-            let (_, plan) = plan::plan_moving_safely(
+            let plan = plan::plan_moving_safely(
                 &candidate,
-                &mut self.ids.clone(),
+                &self.ids,
                 self.inventory_ready.then_some(&inventory),
                 &kernel,
                 Since::Anything,
             )
-            .map_err(compile_failure)?;
+            .map_err(compile_failure)?
+            .plan;
             Outcome {
                 generation: kernel.generation,
                 diff: plan.diff,

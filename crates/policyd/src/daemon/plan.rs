@@ -14,7 +14,7 @@ use std::{
 };
 
 use kernel_model::{
-    diff::{apply_order, rewrites_seen_by_moving_cgroups, MapDiff},
+    diff::{apply_order, fits_on_the_way, rewrites_seen_by_moving_cgroups, MapDiff},
     state::{
         CgroupEntry, Entry, EntryKey, KernelState, MapOp, ProcessKey, ProcessMatch, VethSource,
     },
@@ -23,7 +23,7 @@ use proto::loader::StateSnapshot;
 
 use crate::{
     compile::{self, Assigned, CompileError, CompiledRules},
-    diagnostic::Diagnostic,
+    diagnostic::{Diagnostic, Severity},
     ids::IdTables,
     inventory::{Container, Inventory},
     policy::{Mode, PolicySet},
@@ -129,6 +129,15 @@ pub fn plan(
     Ok(plan)
 }
 
+/// A plan, and what it is for: the loaded policy and, if policies moved to
+/// fresh ids, the id tables that hold them (the caller's own until the
+/// plan is applied).
+pub struct SafePlan {
+    pub loaded: Arc<Loaded>,
+    pub moved_ids: Option<IdTables>,
+    pub plan: Plan,
+}
+
 /// [`plan_since`], and should its diff rewrite a policy's tables where a
 /// container changing policy in the same diff would see it (the policy it
 /// leaves gains entries while it still points there, or the one it joins
@@ -136,20 +145,28 @@ pub fn plan(
 /// plan again with each such policy moved to an id the loader's state does
 /// not use. Its tables are then written whole before any container points
 /// there, and the old ones deleted after none does, so every container is
-/// judged by its old policy or its new one throughout. Returns the loaded
-/// policy the plan is for: `loaded` itself, or it recompiled onto the
-/// moved ids (which `ids` then holds).
+/// judged by its old policy or its new one throughout. Should both copies
+/// of the tables not fit in the kernel's maps at once, the policy is
+/// rewritten in place, with a warning saying what that means.
 pub fn plan_moving_safely(
     loaded: &Arc<Loaded>,
-    ids: &mut IdTables,
+    ids: &IdTables,
     inventory: Option<&Inventory>,
     kernel: &StateSnapshot,
     since: Since<'_>,
-) -> Result<(Arc<Loaded>, Plan), CompileError> {
+) -> Result<SafePlan, CompileError> {
     let first = plan_since(loaded, inventory, kernel, since)?;
     let named = rewrites_seen_by_moving_cgroups(&kernel.state, &first.diff.ops);
+    let in_place = |mut plan: Plan, warning: Option<Diagnostic>| SafePlan {
+        loaded: loaded.clone(),
+        moved_ids: None,
+        plan: {
+            plan.warnings.extend(warning);
+            plan
+        },
+    };
     if named.is_empty() {
-        return Ok((loaded.clone(), first));
+        return Ok(in_place(first, None));
     }
     let state = &kernel.state;
     let in_use: BTreeSet<u32> = state
@@ -160,18 +177,38 @@ pub fn plan_moving_safely(
         .chain(state.processes.keys().map(|k| k.policy_id))
         .chain(loaded.rules.policy_ids.iter().copied())
         .collect();
+    let mut moved_ids = ids.clone();
+    let mut names = Vec::new();
     for (index, policy) in loaded.policies.policies.iter().enumerate() {
         if named.contains(&loaded.rules.policy_ids[index]) {
-            ids.policies
+            moved_ids
+                .policies
                 .move_to_fresh(&policy.name, |id| in_use.contains(&id))?;
+            names.push(format!("\"{}\"", policy.name));
         }
     }
     let moved = Arc::new(Loaded {
         policies: loaded.policies.clone(),
-        rules: compile::compile_rules(&loaded.policies, ids)?,
+        rules: compile::compile_rules(&loaded.policies, &mut moved_ids)?,
     });
     let moved_plan = plan(&moved, inventory, kernel)?;
-    Ok((moved, moved_plan))
+    if !fits_on_the_way(state, &moved_plan.diff.ops) {
+        let warning = Diagnostic {
+            severity: Severity::Warning,
+            location: None,
+            message: format!(
+                "policies {} change while containers move onto or off them, and their tables do not fit twice in the kernel's maps: rewritten in place, so until the change is applied such a container may be judged by a mix of its old and new policy",
+                names.join(", ")
+            ),
+            source_line: None,
+        };
+        return Ok(in_place(first, Some(warning)));
+    }
+    Ok(SafePlan {
+        loaded: moved,
+        moved_ids: Some(moved_ids),
+        plan: moved_plan,
+    })
 }
 
 /// One container as the inventory had it before a change and has it after
