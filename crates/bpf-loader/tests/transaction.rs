@@ -12,7 +12,7 @@ use common::{maps_pin_dir, require_root, Allow, Rules};
 use contain_common::{capacity, map_names, CgroupPolicy, Config};
 use kernel_model::{
     diff::MapDiff,
-    state::{CgroupEntry, Entry},
+    state::{CgroupEntry, Entry, Verdict},
 };
 use test_kit::cleanup::RemoveOnDrop;
 
@@ -92,6 +92,7 @@ fn a_diff_the_kernel_refuses_midway_leaves_the_maps_as_they_were() {
         .cgroup(CGROUP, 1, false)
         .allow(allow(1, "198.18.0.1", 6, 443))
         .allow(allow(1, "198.18.0.2", 17, 53));
+    before.state.unknown_verdict = Verdict::Allow;
     kernel
         .apply(&MapDiff::between(
             kernel.generation(),
@@ -112,10 +113,19 @@ fn a_diff_the_kernel_refuses_midway_leaves_the_maps_as_they_were() {
     for i in 1..=u64::from(capacity::CGROUPS) {
         after.cgroup(CGROUP + i, 2, false);
     }
+    // A stricter verdict for unknown cgroups, which goes in before the
+    // maps: taken back with them.
+    after.state.unknown_verdict = Verdict::Deny;
     let too_big = MapDiff::between(generation, kernel.state(), &after.state);
+    assert_eq!(too_big.unknown_verdict, Some(Verdict::Deny));
     let refused = kernel
         .apply(&too_big)
         .expect_err("one cgroup more than the map holds");
+    assert_eq!(
+        pinned_config(&pins.0).unknown_verdict,
+        kernel_model::repr::verdict(Verdict::Allow) as u8,
+        "the verdict for unknown cgroups stayed the refused diff's"
+    );
     assert!(
         refused.to_string().contains(map_names::CGROUPS),
         "the error does not name the map that refused: {refused}"

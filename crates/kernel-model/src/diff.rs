@@ -515,6 +515,21 @@ pub fn diff_verdict(current: &KernelState, desired: &KernelState) -> Option<Verd
     (current.unknown_verdict != desired.unknown_verdict).then_some(desired.unknown_verdict)
 }
 
+/// Whether a changed verdict for unknown cgroups reaches the kernel before
+/// the diff's map writes rather than after them: a stricter one does (a
+/// cgroup the diff removes is then never judged by the looser old verdict
+/// on the way), a looser one does not (one the diff adds is never judged by
+/// the looser new verdict before its entry is there). On the way, a packet
+/// is then never let through that both the old and the new state refuse.
+pub fn verdict_goes_first(current: Verdict, new: Verdict) -> bool {
+    let leniency = |v: Verdict| match v {
+        Verdict::Deny => 0,
+        Verdict::Audit => 1,
+        Verdict::Allow => 2,
+    };
+    leniency(new) < leniency(current)
+}
+
 /// Applies ops and a verdict change to a state: what the loader does.
 pub fn apply(state: &mut KernelState, unknown_verdict: Option<Verdict>, ops: &[MapOp]) {
     if let Some(v) = unknown_verdict {
@@ -1149,6 +1164,45 @@ mod tests {
             };
             let failure = first_state_neither(&a, &b, &ops);
             prop_assert!(failure.is_none(), "{}", failure.unwrap_or_default());
+        }
+
+        /// With the verdict for unknown cgroups changing too, written
+        /// before or after the maps as [`verdict_goes_first`] says: no state
+        /// on the way lets a cgroup's packet through that both the old and
+        /// the new state refuse.
+        #[test]
+        fn a_changed_unknown_verdict_opens_nothing_on_the_way(
+            a in arb_policies_state(),
+            b in arb_policies_state(),
+            verdicts in (0..3usize, 0..3usize),
+        ) {
+            let all = [Verdict::Deny, Verdict::Audit, Verdict::Allow];
+            let (mut a, mut b) = (a, b);
+            a.unknown_verdict = all[verdicts.0];
+            b.unknown_verdict = all[verdicts.1];
+            let named = rewrites_seen_by_moving_cgroups(&a, &diff_ops(&a, &b));
+            let b = (3..).zip(&named).fold(b, |s, (to, &from)| renumber(&s, from, to));
+            let ops = diff_ops(&a, &b);
+            let first = verdict_goes_first(a.unknown_verdict, b.unknown_verdict);
+            let mut state = a.clone();
+            if first {
+                state.unknown_verdict = b.unknown_verdict;
+            }
+            let passes = |v: Verdict| v != Verdict::Deny;
+            for (i, op) in ops.iter().enumerate() {
+                state.apply_ops(std::slice::from_ref(op));
+                for cgroup in 41..=43 {
+                    for target in policy_targets() {
+                        let verdict =
+                            |s: &KernelState| crate::decide::lookup(s, cgroup, None, &target).verdict;
+                        let (old, now, new) = (verdict(&a), verdict(&state), verdict(&b));
+                        prop_assert!(
+                            !passes(now) || passes(old) || passes(new),
+                            "after op {i} ({op:?}), verdict first: {first}: cgroup {cgroup}, {target:?} judged {now:?}, old {old:?}, new {new:?}"
+                        );
+                    }
+                }
+            }
         }
 
         #[test]

@@ -7,7 +7,7 @@ use aya::{
 };
 use contain_common::{self as kern, map_names, DestValue, PortValue, VethOwner};
 use kernel_model::{
-    diff::{apply_order, MapDiff},
+    diff::{apply_order, verdict_goes_first, MapDiff},
     repr::{self, EncodeError, LpmKey},
     state::{Entry, EntryKey, KernelState, MapOp},
     validate::validate,
@@ -38,10 +38,23 @@ impl Kernel {
         let encoded = started.elapsed();
         let rules_changed = changes_rules(&self.mirror, diff);
         let cgroups_checked_again = rules_changed || removes_cgroups(diff);
-        if cgroups_checked_again {
+        let old_verdict = self.mirror.unknown_verdict;
+        // A stricter verdict for unknown cgroups goes in before the maps
+        // change, a looser one after (`verdict_goes_first`).
+        let verdict_first = diff
+            .unknown_verdict
+            .filter(|&v| verdict_goes_first(old_verdict, v));
+        if cgroups_checked_again || verdict_first.is_some() {
             // Before the first write: from it on, the established path
             // would take a cached allow the full path no longer gives.
-            self.bump_epochs(false, true)?;
+            self.update_config(|config| {
+                if cgroups_checked_again {
+                    config.cgroup_epoch = config.cgroup_epoch.wrapping_add(1);
+                }
+                if let Some(v) = verdict_first {
+                    config.unknown_verdict = repr::verdict(v) as u8;
+                }
+            })?;
         }
         let mut undo: Vec<MapOp> = Vec::with_capacity(ops.len());
         for (op, write) in ops.iter().zip(&writes) {
@@ -52,8 +65,14 @@ impl Kernel {
             if let Err(e) = write.write(&mut self.maps) {
                 self.undo(&undo);
                 // Verdicts cached while the diff was half written were
-                // decided on maps that never were the policy.
-                if let Err(bump) = self.bump_epochs(true, true) {
+                // decided on maps that never were the policy; and the
+                // verdict for unknown cgroups is the old one again.
+                let restored = self.update_config(|config| {
+                    config.rules_epoch = config.rules_epoch.wrapping_add(1);
+                    config.cgroup_epoch = config.cgroup_epoch.wrapping_add(1);
+                    config.unknown_verdict = repr::verdict(old_verdict) as u8;
+                });
+                if let Err(bump) = restored {
                     tracing::error!(error = %bump, "cannot move the epochs after a failed diff; verdicts cached during it stay until the next change");
                 }
                 return Err(e);
@@ -93,19 +112,6 @@ impl Kernel {
             }
         })?;
         Ok(config.generation)
-    }
-
-    /// Moves the rules and/or cgroup epoch, nothing else.
-    fn bump_epochs(&mut self, rules: bool, cgroup: bool) -> Result<(), KernelError> {
-        self.update_config(|config| {
-            if rules {
-                config.rules_epoch = config.rules_epoch.wrapping_add(1);
-            }
-            if cgroup {
-                config.cgroup_epoch = config.cgroup_epoch.wrapping_add(1);
-            }
-        })
-        .map(|_| ())
     }
 
     /// Reads `CONFIG`, changes it and writes it back; what was written. A
