@@ -895,19 +895,7 @@ mod tests {
                     id: 42,
                     value: CgroupEntry::enforced(1),
                 });
-                for (ruleset, proto, port, port_bits) in
-                    [(1, 6, 443, 16), (2, 0, 0, 0), (3, 17, 53, 16)]
-                {
-                    s.upsert(Entry::Port {
-                        key: PortPrefix {
-                            ruleset,
-                            proto,
-                            port,
-                            port_bits,
-                        },
-                        rule_id: ruleset,
-                    });
-                }
+                with_rulesets(&mut s);
                 for ((addr, prefix_len), ruleset) in dests {
                     s.upsert(Entry::Dest {
                         key: DestPrefix {
@@ -960,19 +948,7 @@ mod tests {
                         });
                     }
                 }
-                for (ruleset, proto, port, port_bits) in
-                    [(1, 6, 443, 16), (2, 0, 0, 0), (3, 17, 53, 16)]
-                {
-                    s.upsert(Entry::Port {
-                        key: PortPrefix {
-                            ruleset,
-                            proto,
-                            port,
-                            port_bits,
-                        },
-                        rule_id: ruleset,
-                    });
-                }
+                with_rulesets(&mut s);
                 s
             })
     }
@@ -1055,6 +1031,22 @@ mod tests {
             }
         }
         None
+    }
+
+    /// Rulesets whose port blocks are fixed by their id: 1 TCP 443, 2
+    /// anything, 3 UDP 53.
+    fn with_rulesets(s: &mut KernelState) {
+        for (ruleset, proto, port, port_bits) in [(1, 6, 443, 16), (2, 0, 0, 0), (3, 17, 53, 16)] {
+            s.upsert(Entry::Port {
+                key: PortPrefix {
+                    ruleset,
+                    proto,
+                    port,
+                    port_bits,
+                },
+                rule_id: ruleset,
+            });
+        }
     }
 
     /// Packets to addresses inside and outside each of those prefixes.
