@@ -6,10 +6,10 @@
 
 mod common;
 
-use aya::maps::{Array, HashMap, Map, MapData};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use bpf_loader::kernel::Kernel;
 use common::{maps_pin_dir, require_root, Allow, Rules};
-use contain_common::{capacity, map_names, CgroupPolicy, Config};
+use contain_common::{capacity, map_names, CgroupPolicy, Config, PolicyCounters};
 use kernel_model::{
     diff::MapDiff,
     state::{CgroupEntry, Entry, Verdict},
@@ -170,6 +170,75 @@ fn a_loader_that_adopts_the_pinned_maps_moves_the_epochs() {
     assert_eq!(
         after.generation, before.generation,
         "the generation is policyd's, not moved"
+    );
+}
+
+/// A policy id the maps do not use yet starts its counters at zero (its
+/// slot holds what a policy that had the id before counted); one in use
+/// keeps counting.
+#[test]
+fn a_policy_id_new_to_the_maps_starts_its_counters_at_zero() {
+    let Some(()) = require_root("a_policy_id_new_to_the_maps_starts_its_counters_at_zero") else {
+        return;
+    };
+    let pins = RemoveOnDrop(std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/contain-t-{}-counters",
+        std::process::id()
+    )));
+    let (mut kernel, _rings) = Kernel::load(&pins.0).expect("loading the eBPF object");
+    const POLICY: u32 = 5;
+    let stale = |denied| {
+        let data = MapData::from_pin(maps_pin_dir(&pins.0).join(map_names::COUNTERS))
+            .expect("the pinned counters");
+        let mut counters: PerCpuArray<_, PolicyCounters> =
+            PerCpuArray::try_from(Map::PerCpuArray(data)).expect("the counters");
+        let cpus = aya::util::nr_cpus().expect("possible CPUs");
+        let values = vec![
+            PolicyCounters {
+                allowed: 0,
+                denied,
+                audited: 0,
+            };
+            cpus
+        ];
+        counters
+            .set(POLICY, PerCpuValues::try_from(values).unwrap(), 0)
+            .expect("writing the counters");
+    };
+    let denied = |kernel: &Kernel| {
+        kernel
+            .counters()
+            .expect("the counters")
+            .policies
+            .iter()
+            .find(|p| p.policy_id == POLICY)
+            .map_or(0, |p| p.denied)
+    };
+    stale(7);
+    assert!(denied(&kernel) > 0);
+    let mut rules = Rules::default();
+    rules.cgroup(CGROUP, POLICY, false);
+    kernel
+        .apply(&MapDiff::between(
+            kernel.generation(),
+            kernel.state(),
+            &rules.state,
+        ))
+        .expect("a cgroup under the new policy id");
+    assert_eq!(denied(&kernel), 0, "the id's old counts stayed");
+    // In use now: a diff that changes its rules leaves its counts alone.
+    stale(3);
+    rules.cgroup(CGROUP + 1, POLICY, false);
+    kernel
+        .apply(&MapDiff::between(
+            kernel.generation(),
+            kernel.state(),
+            &rules.state,
+        ))
+        .expect("another cgroup under the same policy id");
+    assert!(
+        denied(&kernel) > 0,
+        "the counts of a policy id in use were reset"
     );
 }
 

@@ -2,10 +2,12 @@
 //! model gives, with the generation check and the rules epoch.
 
 use aya::{
-    maps::{lpm_trie::Key, HashMap, MapData, MapError},
+    maps::{lpm_trie::Key, HashMap, MapData, MapError, PerCpuValues},
     sys::SyscallError,
 };
 use contain_common::{self as kern, map_names, DestValue, PortValue, VethOwner};
+use std::collections::BTreeSet;
+
 use kernel_model::{
     diff::{apply_order, verdict_goes_first, MapDiff},
     repr::{self, EncodeError, LpmKey},
@@ -38,6 +40,11 @@ impl Kernel {
         let encoded = started.elapsed();
         let rules_changed = changes_rules(&self.mirror, diff);
         let cgroups_checked_again = rules_changed || removes_cgroups(diff);
+        // A policy id the maps do not use yet starts its counters at zero:
+        // what its slot holds is a policy's that had the id before.
+        for policy_id in policies_new_to(&self.mirror, &ops) {
+            self.clear_counters(policy_id)?;
+        }
         let old_verdict = self.mirror.unknown_verdict;
         // A stricter verdict for unknown cgroups goes in before the maps
         // change, a looser one after (`verdict_goes_first`).
@@ -112,6 +119,21 @@ impl Kernel {
             }
         })?;
         Ok(config.generation)
+    }
+
+    /// Zeroes one policy id's `COUNTERS` slot on every CPU.
+    fn clear_counters(&mut self, policy_id: u32) -> Result<(), KernelError> {
+        let possible = |source| KernelError::Io {
+            path: "/sys/devices/system/cpu/possible".into(),
+            source,
+        };
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| possible(e))?;
+        let zeros = PerCpuValues::try_from(vec![kern::PolicyCounters::default(); cpus])
+            .map_err(possible)?;
+        self.maps
+            .counters
+            .set(policy_id, zeros, 0)
+            .map_err(map_err(map_names::COUNTERS))
     }
 
     /// Reads `CONFIG`, changes it and writes it back; what was written. A
@@ -293,6 +315,33 @@ fn set<K: aya::Pod, V: aya::Pod>(
 
 /// A delete whose key is already absent has done what the diff asks: the
 /// entry is not there.
+/// The policy ids `ops` point a cgroup at or write entries under that
+/// nothing in `current` uses.
+fn policies_new_to(current: &KernelState, ops: &[MapOp]) -> BTreeSet<u32> {
+    let used: BTreeSet<u32> = current
+        .cgroups
+        .values()
+        .map(|e| e.policy_id)
+        .chain(current.dests.keys().map(|k| k.policy_id))
+        .chain(current.processes.keys().map(|k| k.policy_id))
+        .collect();
+    ops.iter()
+        .filter_map(|op| match op {
+            MapOp::Upsert {
+                entry: Entry::Cgroup { value, .. },
+            } => Some(value.policy_id),
+            MapOp::Upsert {
+                entry: Entry::Dest { key, .. },
+            } => Some(key.policy_id),
+            MapOp::Upsert {
+                entry: Entry::Process { key, .. },
+            } => Some(key.policy_id),
+            _ => None,
+        })
+        .filter(|id| *id != kern::UNKNOWN_POLICY_ID && !used.contains(id))
+        .collect()
+}
+
 fn absent_is_removed(result: Result<(), MapError>) -> Result<(), MapError> {
     match result {
         Err(MapError::KeyNotFound) => Ok(()),
