@@ -923,8 +923,16 @@ fn check_rule(
         return None;
     }
 
+    // A loopback destination that takes in Docker's DNS, with ports that are
+    // not all of them: Docker's rewritten port is any.
     let docker_dns = Prefix::docker_dns();
-    if port_ranges.is_some() && dests.contains(&docker_dns) {
+    let some_ports = port_ranges
+        .as_ref()
+        .is_some_and(|ranges| merge_ranges(ranges.clone()) != [(1, u16::MAX)]);
+    let over_docker_dns = dests
+        .iter()
+        .any(|d| d.contains(&docker_dns) && Prefix::v4_loopback().contains(d));
+    if some_ports && over_docker_dns {
         checker.warn(
             Some(to_span),
             format!(
@@ -1411,13 +1419,20 @@ name = "a"
 select = { name = "web" }
 allow = [
   { to = "127.0.0.11", proto = "udp", ports = [53] },
+  { to = "127.0.0.0/24", proto = "tcp", ports = [53] },
   { to = "127.0.0.11" },
+  { to = "127.0.0.11", proto = "udp", ports = ["1-65535"] },
+  { to = "0.0.0.0/0", proto = "tcp", ports = [443] },
 ]
 "#);
         let w: Vec<String> = p.warnings.iter().map(ToString::to_string).collect();
-        assert_eq!(w.len(), 1, "{w:#?}");
+        assert_eq!(w.len(), 2, "{w:#?}");
         assert!(
             w[0].starts_with("p.toml:5:10: warning: Docker rewrites"),
+            "{w:#?}"
+        );
+        assert!(
+            w[1].starts_with("p.toml:6:10: warning: Docker rewrites"),
             "{w:#?}"
         );
     }
