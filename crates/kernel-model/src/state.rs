@@ -240,6 +240,16 @@ pub struct KernelState {
 }
 
 impl KernelState {
+    /// Every policy id a cgroup points at or an entry is written under.
+    pub fn policy_ids_in_use(&self) -> BTreeSet<u32> {
+        self.cgroups
+            .values()
+            .map(|e| e.policy_id)
+            .chain(self.dests.keys().map(|k| k.policy_id))
+            .chain(self.processes.keys().map(|k| k.policy_id))
+            .collect()
+    }
+
     pub fn entry_count(&self) -> usize {
         self.cgroups.len()
             + self.processes.len()

@@ -313,18 +313,10 @@ fn set<K: aya::Pod, V: aya::Pod>(
     .map_err(map_err(name))
 }
 
-/// A delete whose key is already absent has done what the diff asks: the
-/// entry is not there.
 /// The policy ids `ops` point a cgroup at or write entries under that
 /// nothing in `current` uses.
 fn policies_new_to(current: &KernelState, ops: &[MapOp]) -> BTreeSet<u32> {
-    let used: BTreeSet<u32> = current
-        .cgroups
-        .values()
-        .map(|e| e.policy_id)
-        .chain(current.dests.keys().map(|k| k.policy_id))
-        .chain(current.processes.keys().map(|k| k.policy_id))
-        .collect();
+    let used = current.policy_ids_in_use();
     ops.iter()
         .filter_map(|op| match op {
             MapOp::Upsert {
@@ -342,6 +334,8 @@ fn policies_new_to(current: &KernelState, ops: &[MapOp]) -> BTreeSet<u32> {
         .collect()
 }
 
+/// A delete whose key is already absent has done what the diff asks: the
+/// entry is not there.
 fn absent_is_removed(result: Result<(), MapError>) -> Result<(), MapError> {
     match result {
         Err(MapError::KeyNotFound) => Ok(()),

@@ -169,14 +169,8 @@ pub fn plan_moving_safely(
         return Ok(in_place(first, None));
     }
     let state = &kernel.state;
-    let in_use: BTreeSet<u32> = state
-        .cgroups
-        .values()
-        .map(|e| e.policy_id)
-        .chain(state.dests.keys().map(|k| k.policy_id))
-        .chain(state.processes.keys().map(|k| k.policy_id))
-        .chain(loaded.rules.policy_ids.iter().copied())
-        .collect();
+    let mut in_use = state.policy_ids_in_use();
+    in_use.extend(&loaded.rules.policy_ids);
     let mut moved_ids = ids.clone();
     let mut names = Vec::new();
     for (index, policy) in loaded.policies.policies.iter().enumerate() {
