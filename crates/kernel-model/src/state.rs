@@ -219,6 +219,91 @@ pub enum MapOp {
     Delete { key: EntryKey },
 }
 
+/// The tables a policy's containers are judged by, borrowed from a whole
+/// state or from compiled rules alone: process classes, destination
+/// prefixes and the rulesets' ports.
+#[derive(Clone, Copy, Debug)]
+pub struct RuleTables<'a> {
+    pub processes: &'a BTreeMap<ProcessKey, u32>,
+    pub dests: &'a BTreeMap<DestPrefix, u32>,
+    pub ports: &'a BTreeMap<PortPrefix, u32>,
+}
+
+impl<'a> RuleTables<'a> {
+    pub fn of(state: &'a KernelState) -> Self {
+        RuleTables {
+            processes: &state.processes,
+            dests: &state.dests,
+            ports: &state.ports,
+        }
+    }
+
+    /// Whether both judge the containers of policy `policy_id` alike: the
+    /// same classes by comm, the same destination prefixes to the same
+    /// rulesets, and the same ports in each of those rulesets. The
+    /// containers' executable files (`ProcessMatch::File`) are each
+    /// container's own and left to the caller.
+    pub fn judge_policy_alike(&self, other: &RuleTables, policy_id: u32) -> bool {
+        if !self.comms(policy_id).eq(other.comms(policy_id))
+            || !self.dests(policy_id).eq(other.dests(policy_id))
+        {
+            return false;
+        }
+        // The prefixes agree, so they point to the same rulesets.
+        let rulesets: BTreeSet<u32> = self.dests(policy_id).map(|(_, &r)| r).collect();
+        rulesets
+            .into_iter()
+            .all(|ruleset| self.ports(ruleset).eq(other.ports(ruleset)))
+    }
+
+    fn comms(&self, policy_id: u32) -> impl Iterator<Item = (&'a ProcessKey, &'a u32)> {
+        let least = |policy_id| ProcessKey {
+            policy_id,
+            process: ProcessMatch::File(FileId {
+                dev: 0,
+                ino: 0,
+                ctime_sec: i64::MIN,
+                ctime_nsec: 0,
+            }),
+        };
+        policy_range(self.processes, policy_id, least)
+            .filter(|(k, _)| matches!(k.process, ProcessMatch::Comm(_)))
+    }
+
+    fn dests(&self, policy_id: u32) -> impl Iterator<Item = (&'a DestPrefix, &'a u32)> {
+        let least = |policy_id| DestPrefix {
+            policy_id,
+            class: 0,
+            addr: [0; 16],
+            prefix_len: 0,
+        };
+        policy_range(self.dests, policy_id, least)
+    }
+
+    fn ports(&self, ruleset: u32) -> impl Iterator<Item = (&'a PortPrefix, &'a u32)> {
+        let least = |ruleset| PortPrefix {
+            ruleset,
+            proto: 0,
+            port: 0,
+            port_bits: 0,
+        };
+        policy_range(self.ports, ruleset, least)
+    }
+}
+
+/// The entries of `map` whose keys lead with `id`, given the least key
+/// that leads with an id.
+fn policy_range<K: Ord, V>(
+    map: &BTreeMap<K, V>,
+    id: u32,
+    least: impl Fn(u32) -> K,
+) -> std::collections::btree_map::Range<'_, K, V> {
+    match id.checked_add(1) {
+        Some(next) => map.range(least(id)..least(next)),
+        None => map.range(least(id)..),
+    }
+}
+
 /// Everything the policy maps hold, plus the global unknown-cgroup verdict.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelState {
@@ -460,6 +545,66 @@ mod tests {
             rule_id: 3,
         });
         s
+    }
+
+    /// A policy's tables are alike when its comm classes, prefixes and
+    /// their rulesets' ports are; other policies, unused rulesets and the
+    /// containers' files do not count.
+    #[test]
+    fn rule_tables_judge_a_policy_alike_by_its_own_entries() {
+        let base = sample();
+        let alike = |f: &dyn Fn(&mut KernelState)| {
+            let mut changed = base.clone();
+            f(&mut changed);
+            RuleTables::of(&base).judge_policy_alike(&RuleTables::of(&changed), 1)
+        };
+        assert!(alike(&|_| ()));
+        let port = |ruleset, port| Entry::Port {
+            key: PortPrefix {
+                ruleset,
+                proto: 6,
+                port,
+                port_bits: 16,
+            },
+            rule_id: 3,
+        };
+        let dest = |policy_id, prefix_len| Entry::Dest {
+            key: DestPrefix {
+                policy_id,
+                class: 0,
+                addr: [0; 16],
+                prefix_len,
+            },
+            ruleset: 7,
+        };
+        let process = |policy_id, process| Entry::Process {
+            key: ProcessKey { policy_id, process },
+            class: 1,
+        };
+        assert!(!alike(&|s| s.upsert(port(7, 22))), "a port of its ruleset");
+        assert!(!alike(&|s| s.upsert(dest(1, 8))), "a prefix of its own");
+        assert!(
+            !alike(&|s| s.upsert(process(1, ProcessMatch::Comm(9)))),
+            "a comm class"
+        );
+        assert!(
+            alike(&|s| s.upsert(port(8, 22))),
+            "a ruleset it does not use"
+        );
+        assert!(alike(&|s| s.upsert(dest(2, 8))), "another policy's prefix");
+        assert!(
+            alike(&|s| s.upsert(process(1, ProcessMatch::File(FileId::default())))),
+            "a container's file"
+        );
+        assert!(alike(
+            &|s| s.upsert(process(u32::MAX, ProcessMatch::Comm(9)))
+        ));
+        let mut last = base.clone();
+        last.upsert(process(u32::MAX, ProcessMatch::Comm(9)));
+        assert!(
+            !RuleTables::of(&base).judge_policy_alike(&RuleTables::of(&last), u32::MAX),
+            "the last policy id"
+        );
     }
 
     #[test]

@@ -348,7 +348,7 @@ pub fn render(scrape: &Scrape, recorder: &Recorder) -> String {
     let containers = gauge_family(
         &mut registry,
         "containers",
-        "Containers in the inventory by state: enforced (an enforce-mode policy selects it and the kernel programs see its cgroup), audited (the same in audit mode: nothing is denied), unenforced (selected, but its cgroup is below no cgroup the programs are attached to), unknown (no cgroup mapped yet, no policy loaded, or not checkable), unselected (no policy selects it)",
+        "Containers in the inventory by state: enforced (an enforce-mode policy selects it and the kernel programs see its cgroup), audited (the same in audit mode: nothing is denied), unenforced (selected, but its cgroup is below no cgroup the programs are attached to, or the maps do not hold its entry or its policy's rules as the file gives them), unknown (no cgroup mapped yet, no policy loaded, or not checkable), unselected (no policy selects it)",
     );
     for state in ContainerState::ALL {
         containers

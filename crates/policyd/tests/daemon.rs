@@ -1443,6 +1443,9 @@ mod gated_loader {
         api_version: Option<u32>,
         /// `veth_attachments` requests heard.
         veth_requests: Arc<Mutex<u32>>,
+        /// Whether every apply is answered as if another writer moved the
+        /// maps on first.
+        moved_on: Arc<Mutex<bool>>,
     }
 
     impl GatedLoader {
@@ -1452,7 +1455,14 @@ mod gated_loader {
                 gate: Arc::default(),
                 api_version: None,
                 veth_requests: Arc::default(),
+                moved_on: Arc::default(),
             }
+        }
+
+        /// From now on (`true`) or no longer, no apply is taken: each is
+        /// answered as if another writer had moved the maps on.
+        pub fn take_no_apply(&self, refuse: bool) {
+            *self.moved_on.lock().unwrap() = refuse;
         }
 
         /// A loader that says it is of API version `v`.
@@ -1502,6 +1512,12 @@ mod gated_loader {
             if let Some((arrived, released)) = gate {
                 let _ = arrived.send(());
                 let _ = released.await;
+            }
+            if *self.moved_on.lock().unwrap() {
+                return Err(LoaderError::GenerationMismatch {
+                    expected: diff.from_generation,
+                    actual: diff.from_generation + 1,
+                });
             }
             self.inner.apply(ctx, diff).await
         }
@@ -1624,5 +1640,73 @@ async fn a_refused_reload_does_not_drop_a_container_start_queued_with_it() {
     .await;
     let (_, state, _) = env.kernel();
     assert!(state.cgroups.contains_key(&712), "{state:?}");
+    daemon.shutdown_background();
+}
+
+/// A reload the loader never takes leaves the kernel on the rules before
+/// it: status and explain do not describe the file's new rules as
+/// enforced, and say so until an apply succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_the_loader_did_not_take_is_not_reported_enforced() {
+    let env = Env::new("not-taken");
+    let loader = gated_loader::GatedLoader::new(env.loader.clone());
+    env.loader.attach_cgroup(MANAGED_PARENT);
+    loader.serve(&env.path("loader.sock"));
+    env.write("policy.toml", V1);
+    env.write_inventory(&[("web", 721)]);
+    let daemon = env.start_daemon("policy.toml");
+    let client = env.client().await;
+    env.wait_status("web enforced", &client, |s| {
+        s.containers.iter().any(|c| c.mode == "enforce")
+    })
+    .await;
+
+    // Grant ssh to web; the loader takes no apply.
+    loader.take_no_apply(true);
+    let ssh = V1.replace(
+        "ports = [443] }]",
+        "ports = [443] }, { to = \"10.0.0.5\", proto = \"tcp\", ports = [22] }]",
+    );
+    env.write("policy.toml", &ssh);
+    env.wait_status("the reload failed", &client, |s| s.reload_failures > 0)
+        .await;
+    let (_, state, _) = env.kernel();
+    assert!(!state.ports.keys().any(|k| k.port == 22), "{state:?}");
+    let status = client.status(ctx()).await.unwrap().unwrap();
+    let web = &status.containers[0];
+    assert_eq!(web.mode, "unverified", "{web:#?}");
+    let e = client
+        .explain(ctx(), query("web", "10.0.0.5", "22", None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.mode, "unverified", "{e:#?}");
+    assert!(
+        e.reason
+            .starts_with("unverified (policyd does not know what the loader's maps hold"),
+        "{}",
+        e.reason
+    );
+
+    // Once an apply is taken, both say it is enforced again.
+    loader.take_no_apply(false);
+    client
+        .reload(ctx(), false, u32::MAX)
+        .await
+        .unwrap()
+        .unwrap();
+    let e = client
+        .explain(ctx(), query("web", "10.0.0.5", "22", None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (e.mode.as_str(), e.verdict),
+        ("enforce", Some(Verdict::Allow)),
+        "{e:#?}"
+    );
+    let status = client.status(ctx()).await.unwrap().unwrap();
+    assert_eq!(status.containers[0].mode, "enforce");
+    drop(client);
     daemon.shutdown_background();
 }

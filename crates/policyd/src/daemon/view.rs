@@ -9,7 +9,7 @@ use std::{
     sync::Arc,
 };
 
-use kernel_model::state::{CgroupEntry, KernelState};
+use kernel_model::state::{CgroupEntry, KernelState, ProcessKey, ProcessMatch, RuleTables};
 
 use proto::{
     loader::{Counters, StateSnapshot},
@@ -81,53 +81,111 @@ pub fn enforcements<'a>(
     attached: &AttachedParents,
     kernel: Option<&StateSnapshot>,
 ) -> Vec<(&'a Container, Assignment, Enforcement)> {
-    let desired = assigned.cgroups;
+    let mut held = Held::new(loaded, &assigned.cgroups, &assigned.files, kernel);
     assigned
         .assignments
-        .into_iter()
+        .iter()
         .filter_map(|a| {
             let c = inventory.containers.get(a.container_index)?;
             let mode = a.policy_index.map(|i| loaded.policies.policies[i].mode);
-            let enforcement = held_by_kernel(
-                coverage::enforcement(c, mode, attached),
-                c,
-                &desired,
-                kernel,
-            );
-            Some((c, a, enforcement))
+            let enforcement = held.judge(coverage::enforcement(c, mode, attached), c);
+            Some((c, a.clone(), enforcement))
         })
         .collect()
 }
 
-/// A container is only reported enforced (or audited) when the loader's
-/// maps hold its entry as the policy gives it: not while it waits to be
-/// applied, nor after an apply that failed.
-fn held_by_kernel(
-    enforcement: Enforcement,
-    container: &Container,
-    desired: &BTreeMap<u64, CgroupEntry>,
-    kernel: Option<&StateSnapshot>,
-) -> Enforcement {
-    if !matches!(enforcement.mode.as_str(), "enforce" | "audit") {
-        return enforcement;
+/// Whether the loader's maps judge a container as the loaded policy says.
+/// A container is only reported enforced (or audited) when they hold its
+/// entry, its policy's rules and its executables' entries as the policy
+/// gives them: not while they wait to be applied, nor after an apply that
+/// failed, nor while the loader keeps a policy's earlier rules.
+pub struct Held<'a> {
+    kernel: Option<&'a KernelState>,
+    cgroups: &'a BTreeMap<u64, CgroupEntry>,
+    files: &'a BTreeMap<ProcessKey, u32>,
+    rules: RuleTables<'a>,
+    /// Whether the maps hold each policy id's rules as compiled, once
+    /// looked at: many containers share a policy of many rules.
+    rules_held: BTreeMap<u32, bool>,
+}
+
+impl<'a> Held<'a> {
+    /// `cgroups` and `files`: the containers' entries the policy gives.
+    pub fn new(
+        loaded: &'a Loaded,
+        cgroups: &'a BTreeMap<u64, CgroupEntry>,
+        files: &'a BTreeMap<ProcessKey, u32>,
+        kernel: Option<&'a StateSnapshot>,
+    ) -> Self {
+        Held {
+            kernel: kernel.map(|k| &k.state),
+            cgroups,
+            files,
+            rules: RuleTables {
+                processes: &loaded.rules.processes,
+                dests: &loaded.rules.dests,
+                ports: &loaded.rules.ports,
+            },
+            rules_held: BTreeMap::new(),
+        }
     }
-    let Some(cgroup_id) = container.cgroup_id else {
-        return enforcement;
-    };
-    let (mode, why) = match kernel {
-        None => (
-            "unverified",
-            "policyd has not read the loader's maps yet",
-        ),
-        Some(k) if k.state.cgroups.get(&cgroup_id) != desired.get(&cgroup_id) => (
-            "unenforced",
-            "the loader's maps do not hold this container's entry as its policy gives it (not applied yet, or the last apply failed: see the last error)",
-        ),
-        Some(_) => return enforcement,
-    };
-    Enforcement {
-        mode: mode.into(),
-        unenforced_reason: Some(why.into()),
+
+    /// `enforcement` (from the programs' attachment), or why the maps do
+    /// not do what it says.
+    pub fn judge(&mut self, enforcement: Enforcement, container: &Container) -> Enforcement {
+        if !matches!(enforcement.mode.as_str(), "enforce" | "audit") {
+            return enforcement;
+        }
+        let Some(cgroup_id) = container.cgroup_id else {
+            return enforcement;
+        };
+        let unenforced = |mode: &str, why: &str| Enforcement {
+            mode: mode.into(),
+            unenforced_reason: Some(why.into()),
+        };
+        let Some(kernel) = self.kernel else {
+            return unenforced(
+                "unverified",
+                "policyd does not know what the loader's maps hold: it has not read them since it started, the loader went away or an apply failed (see the last error)",
+            );
+        };
+        let desired = self.cgroups.get(&cgroup_id);
+        if kernel.cgroups.get(&cgroup_id) != desired {
+            return unenforced(
+                "unenforced",
+                "the loader's maps do not hold this container's entry as its policy gives it (not applied yet, or the last apply failed: see the last error)",
+            );
+        }
+        let Some(policy_id) = desired.map(|e| e.policy_id) else {
+            return enforcement;
+        };
+        let rules = self.rules;
+        let rules_held = *self
+            .rules_held
+            .entry(policy_id)
+            .or_insert_with(|| rules.judge_policy_alike(&RuleTables::of(kernel), policy_id));
+        if !rules_held {
+            return unenforced(
+                "unenforced",
+                "the loader's maps hold other rules for its policy than the policy file gives (not applied yet, or the last apply failed: see the last error): the kernel judges it by the rules it had before",
+            );
+        }
+        let files_held = container.exes.values().flatten().all(|exe| {
+            let key = ProcessKey {
+                policy_id,
+                process: ProcessMatch::File(exe.file),
+            };
+            self.files
+                .get(&key)
+                .is_none_or(|class| kernel.processes.get(&key) == Some(class))
+        });
+        if !files_held {
+            return unenforced(
+                "unenforced",
+                "the loader's maps do not hold its executables' entries as its policy gives them (not applied yet, or the last apply failed: see the last error): those processes get the container-wide rules",
+            );
+        }
+        enforcement
     }
 }
 
@@ -364,8 +422,9 @@ fn executable_statuses(
 }
 
 /// Explains a flow under the policy in force; when the loader's programs
-/// do not (or may not) see the container, says so first, since the
-/// verdict is then the policy's, not the kernel's.
+/// do not (or may not) see the container, or its maps do not hold what
+/// the policy gives it, says so first, since the verdict is then the
+/// policy's, not the kernel's.
 pub async fn explain(handle: &Handle, query: &ExplainQuery) -> Result<Explanation, PolicydError> {
     let view = handle.view();
     let Some(loaded) = &view.loaded else {
@@ -396,6 +455,9 @@ pub async fn explain(handle: &Handle, query: &ExplainQuery) -> Result<Explanatio
     let attached = handle.loader.attached_parents().await;
     if let Ok(container) = inventory.find(&query.container) {
         let enforcement = coverage::enforcement(container, policy_mode, &attached);
+        let kernel = view.kernel.as_deref();
+        let enforcement = Held::new(loaded, &desired.cgroups, &desired.processes, kernel)
+            .judge(enforcement, container);
         if let Some(why) = enforcement.unenforced_reason {
             explanation.reason = format!(
                 "{} ({why}); what the policy says: {}",
@@ -449,6 +511,9 @@ async fn inventory_for_explain<'a>(
 
 #[cfg(test)]
 mod tests {
+    use kernel_model::state::FileId;
+    use proto::resolver::ExeFile;
+
     use super::*;
 
     fn enforced() -> Enforcement {
@@ -467,35 +532,102 @@ mod tests {
         }
     }
 
-    fn kernel_with(cgroups: &[(u64, CgroupEntry)]) -> StateSnapshot {
-        StateSnapshot {
-            generation: 1,
-            state: KernelState {
-                cgroups: cgroups.iter().copied().collect(),
-                ..KernelState::default()
-            },
-        }
-    }
-
-    /// Status says "enforce" only for what the maps hold.
+    /// Status and explain say "enforce" only for what the maps hold: the
+    /// container's entry, its policy's rules and its executables' entries.
     #[test]
-    fn a_container_is_enforced_only_once_the_maps_hold_its_entry() {
+    fn a_container_is_enforced_only_once_the_maps_hold_its_entry_and_rules() {
+        let policies = crate::policy::parse(
+            "web.toml",
+            r#"
+            [[policy]]
+            name = "web"
+            select = { name = "web" }
+            allow = [{ to = "10.0.0.0/8", proto = "tcp", ports = [443] }]
+            [[policy.process]]
+            exe = "/usr/bin/curl"
+            allow = [{ to = "1.1.1.1", proto = "tcp", ports = [80] }]
+            "#,
+        )
+        .unwrap();
+        let rules =
+            compile::compile_rules(&policies, &mut crate::ids::IdTables::default()).unwrap();
+        let loaded = Loaded { policies, rules };
+        let curl = FileId {
+            dev: 1,
+            ino: 2,
+            ctime_sec: 3,
+            ctime_nsec: 4,
+        };
         let container = Container {
+            name: "web".into(),
             cgroup_id: Some(7),
+            exes: [(
+                "/usr/bin/curl".to_string(),
+                Ok(ExeFile {
+                    file: curl,
+                    ..ExeFile::default()
+                }),
+            )]
+            .into(),
             ..Container::default()
         };
-        let desired = BTreeMap::from([(7, entry(3))]);
-        let mode = |kernel: Option<&StateSnapshot>| {
-            held_by_kernel(enforced(), &container, &desired, kernel).mode
+        let inventory = Inventory {
+            containers: vec![container.clone()],
         };
-        assert_eq!(mode(Some(&kernel_with(&[(7, entry(3))]))), "enforce");
-        assert_eq!(mode(Some(&kernel_with(&[]))), "unenforced", "not applied");
+        let (desired, _) = plan::desired(&loaded, &inventory).unwrap();
+        let policy_id = desired.cgroups[&7].policy_id;
+        let file_key = ProcessKey {
+            policy_id,
+            process: ProcessMatch::File(curl),
+        };
+        assert!(desired.processes.contains_key(&file_key));
+        let mode = |change: &dyn Fn(&mut KernelState)| {
+            let mut state = desired.clone();
+            change(&mut state);
+            let kernel = StateSnapshot {
+                generation: 1,
+                state,
+            };
+            Held::new(&loaded, &desired.cgroups, &desired.processes, Some(&kernel))
+                .judge(enforced(), &container)
+                .mode
+        };
+        assert_eq!(mode(&|_| ()), "enforce");
         assert_eq!(
-            mode(Some(&kernel_with(&[(7, entry(4))]))),
+            mode(&|s| s.cgroups.clear()),
+            "unenforced",
+            "the entry not applied"
+        );
+        assert_eq!(
+            mode(&|s| {
+                s.cgroups.insert(7, entry(policy_id + 1));
+            }),
             "unenforced",
             "another policy's entry"
         );
-        assert_eq!(mode(None), "unverified", "the maps never read");
+        assert_eq!(
+            mode(&|s| {
+                let (&key, _) = s.ports.iter().next().unwrap();
+                s.ports.remove(&key);
+            }),
+            "unenforced",
+            "a port of its rules not applied"
+        );
+        assert_eq!(
+            mode(&|s| s.dests.retain(|k, _| k.class != 0)),
+            "unenforced",
+            "its container-wide prefixes not applied"
+        );
+        assert_eq!(
+            mode(&|s| {
+                s.processes.remove(&file_key);
+            }),
+            "unenforced",
+            "its executable's entry not applied"
+        );
+        let unverified = Held::new(&loaded, &desired.cgroups, &desired.processes, None)
+            .judge(enforced(), &container);
+        assert_eq!(unverified.mode, "unverified", "the maps never read");
     }
 
     #[test]
