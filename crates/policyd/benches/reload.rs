@@ -161,6 +161,7 @@ async fn end_to_end(rules: usize) {
         group: "root".into(),
         // The bench reloads explicitly; keep the watchers out of the way.
         file_poll: Duration::from_secs(3600),
+        policy_watch: None,
         resync_every: Duration::from_secs(3600),
         metrics_listen: None,
         event_log: policyd::daemon::observe::EventLogTarget::Off,

@@ -148,9 +148,16 @@ pub enum Command {
         /// Group admitted to the socket besides root.
         #[arg(long, default_value = paths::GROUP)]
         group: String,
-        /// Seconds between checks of the policy file for changes.
+        /// Seconds between checks of the `--inventory` file for changes.
         #[arg(long, default_value_t = 1.0)]
         poll_secs: f64,
+        /// Seconds between checks of the policy file, each change then
+        /// applied as `policyd reload` would once the file stayed the same
+        /// for a whole interval; or `off`: only `policyd reload` and SIGHUP
+        /// apply an edited file, so a half-done edit saved on the way is
+        /// never enforced.
+        #[arg(long, default_value = "off", value_parser = parse_watch)]
+        watch_policy_secs: Watch,
         /// Seconds between re-reads of the loader's state (drift repair).
         #[arg(long, default_value_t = 60.0)]
         resync_secs: f64,
@@ -203,6 +210,24 @@ pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9879";
 /// `--metrics-listen`: an address, or off.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listen(pub Option<std::net::SocketAddr>);
+
+/// How often the policy file is checked, if at all.
+#[derive(Clone, Copy, Debug)]
+pub struct Watch(Option<Duration>);
+
+fn parse_watch(s: &str) -> Result<Watch, String> {
+    if s == "off" {
+        return Ok(Watch(None));
+    }
+    match s.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 => {
+            Ok(Watch(Some(Duration::from_secs_f64(secs.max(0.05)))))
+        }
+        _ => Err(format!(
+            "{s:?} is not an interval; expected seconds (e.g. 2) or off"
+        )),
+    }
+}
 
 fn parse_listen(s: &str) -> Result<Listen, String> {
     if s == "off" {
@@ -426,6 +451,7 @@ pub async fn run(cli: Cli) -> u8 {
             inventory,
             group,
             poll_secs,
+            watch_policy_secs,
             resync_secs,
             metrics_listen,
             event_log,
@@ -440,6 +466,7 @@ pub async fn run(cli: Cli) -> u8 {
                 },
                 group,
                 file_poll: Duration::from_secs_f64(poll_secs.max(0.05)),
+                policy_watch: watch_policy_secs.0,
                 resync_every: Duration::from_secs_f64(resync_secs.max(1.0)),
                 metrics_listen: metrics_listen.0,
                 event_log,
@@ -1529,6 +1556,33 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// The daemon applies an edited policy file only when told to, unless
+    /// asked to watch it.
+    #[test]
+    fn the_policy_file_is_watched_only_when_asked() {
+        let watch = |args: &[&str]| -> Result<Option<Duration>, String> {
+            let cli =
+                Cli::try_parse_from([&["policyd", "daemon", "--policy", "p.toml"], args].concat())
+                    .map_err(|e| e.to_string())?;
+            match cli.command {
+                Command::Daemon {
+                    watch_policy_secs, ..
+                } => Ok(watch_policy_secs.0),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(watch(&[]), Ok(None));
+        assert_eq!(
+            watch(&["--watch-policy-secs", "2"]),
+            Ok(Some(Duration::from_secs(2)))
+        );
+        assert_eq!(watch(&["--watch-policy-secs", "off"]), Ok(None));
+        for bad in ["0", "soon", "inf", "NaN"] {
+            let err = watch(&["--watch-policy-secs", bad]).unwrap_err();
+            assert!(err.contains("expected seconds (e.g. 2) or off"), "{err}");
+        }
     }
 
     #[test]

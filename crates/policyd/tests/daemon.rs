@@ -123,6 +123,7 @@ impl Env {
             inventory: InventorySource::File(self.path("inventory.json")),
             group: "root".into(),
             file_poll: Duration::from_millis(50),
+            policy_watch: Some(Duration::from_millis(50)),
             resync_every: Duration::from_secs(3600),
             metrics_listen: None,
             event_log: policyd::daemon::observe::EventLogTarget::Off,
@@ -449,6 +450,7 @@ async fn a_dry_run_shows_the_diff_and_changes_nothing() {
     env.write_inventory(&[("web", 801), ("curler", 802)]);
     let daemon = env.start(Config {
         file_poll: Duration::from_secs(3600),
+        policy_watch: None,
         ..env.config("policy.toml")
     });
     let client = env.client().await;

@@ -205,6 +205,7 @@ async fn a_denial_is_logged_with_its_container_and_moves_its_counter_in_promethe
         inventory: InventorySource::File(lab.path("inventory.json")),
         group: "root".into(),
         file_poll: Duration::from_millis(50),
+        policy_watch: Some(Duration::from_millis(50)),
         resync_every: Duration::from_secs(3600),
         metrics_listen: Some(metrics_addr),
         event_log: EventLogTarget::File(lab.path("events.json")),

@@ -9,7 +9,8 @@
 #     restarted on it: new containers land under contain.slice;
 #  3. enforce: nothing of the blocked container's reaches the peer, a container no policy
 #     selects does (the capture's own control), the peer reaches the blocked container's server;
-#  4. an edited conffile applied by `systemctl reload contain-policyd` (same process);
+#  4. an edited conffile applied by `systemctl reload contain-policyd` (same process); a refused
+#     one fails the reload, named with its line, and the running policy stays (at the capture);
 #  4b. a reload that revokes an established flow: the loader, as its unit runs it, aborts the
 #      socket (ECONNABORTED) and no data segment reaches the peer after the reload;
 #  5. `systemctl restart` of each unit during a probe loop: 0 denied packets at the peer, 0
@@ -266,6 +267,26 @@ check "blocked reaches peer:$ALLOWED_PORT after the reload" retry 40 0.25 bash -
   "[[ \$(docker exec blocked python3 $T/probe.py tcp $PEER_IP $ALLOWED_PORT) == ok ]]"
 check_output "blocked: peer:$DENIED_PORT still denied" denied:EPERM probe blocked tcp $PEER_IP $DENIED_PORT
 check_output "policyd was reloaded, not restarted" "$pid_before" main_pid contain-policyd
+
+step "a refused policy: systemctl reload fails and says where; the running policy stays"
+cp /etc/contain/policy.toml $T/policy.good.toml
+# The edit opens the denied port but misspells the mode: the whole file is refused.
+sed -i -e "s|ports = \[$ALLOWED_PORT\]|ports = [$ALLOWED_PORT, $DENIED_PORT]|" \
+  -e 's|^mode = "enforce"|mode = "enforcing"|' /etc/contain/policy.toml
+check_fails "policyd check refuses the edit" policyd check /etc/contain/policy.toml
+since=$(date '+%Y-%m-%d %H:%M:%S')
+check_fails "systemctl reload contain-policyd fails on it" systemctl reload contain-policyd
+check "the unit's journal names the file, line and column" retry 20 0.25 bash -c \
+  "journalctl -u contain-policyd --since '$since' --no-pager | grep -qE '/etc/contain/policy.toml:[0-9]+:[0-9]+'"
+check_output "policyd is still running, not restarted" "$pid_before" main_pid contain-policyd
+capture_start
+for i in 1 2 3; do probe blocked tcp $PEER_IP $DENIED_PORT >/dev/null; done
+probe blocked tcp $PEER_IP $ALLOWED_PORT >/dev/null
+capture_stop
+expect_arrived "after the refused reload, blocked: TCP to $DENIED_PORT" none "$BLOCKED_IP" $DENIED_PORT
+expect_arrived "after the refused reload, blocked: TCP to $ALLOWED_PORT (the capture's control)" some "$BLOCKED_IP" $ALLOWED_PORT
+cp $T/policy.good.toml /etc/contain/policy.toml
+check "systemctl reload on the good file again" systemctl reload contain-policyd
 
 # ---- 4b. revocation under the units ---------------------------------------------------------------
 step "a reload that removes a port aborts its established flow (as the units run the loader)"

@@ -45,16 +45,44 @@ fn file_version(path: &Path) -> Option<(SystemTime, u64, u64)> {
     Some((meta.modified().ok()?, meta.len(), meta.ino()))
 }
 
-/// Reloads when the policy file's content changes.
+/// Which file version to apply: one that changed and then stayed the same
+/// for a whole interval. A write still under way (an editor or `cat >`
+/// that truncates and then writes, `rsync --inplace`) is not read half
+/// done: an empty or cut-short file is a valid policy that selects fewer
+/// containers.
+#[derive(Debug)]
+struct Settled<V> {
+    applied: V,
+    seen: V,
+}
+
+impl<V: PartialEq + Clone> Settled<V> {
+    fn new(version: V) -> Self {
+        Settled {
+            applied: version.clone(),
+            seen: version,
+        }
+    }
+
+    /// Takes one check's version; whether to apply it now.
+    fn check(&mut self, version: V) -> bool {
+        let settled = version == self.seen && version != self.applied;
+        self.seen = version.clone();
+        if settled {
+            self.applied = version;
+        }
+        settled
+    }
+}
+
+/// Reloads when the policy file's content changed and then settled.
 pub async fn watch_policy_file(engine: Handle, path: PathBuf, every: Duration) {
-    let mut last = file_version(&path);
+    let mut versions = Settled::new(file_version(&path));
     loop {
         tokio::time::sleep(every).await;
-        let now = file_version(&path);
-        if now == last {
+        if !versions.check(file_version(&path)) {
             continue;
         }
-        last = now;
         let Ok(bytes) = std::fs::read(&path) else {
             continue;
         };
@@ -272,5 +300,28 @@ pub async fn watch_inventory_file(engine: Handle, path: PathBuf, every: Duration
             engine.tell(feed).await;
         }
         tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Settled;
+
+    /// A version is applied once it stayed the same for a whole interval,
+    /// and only once: a truncate caught between two checks is never read.
+    #[test]
+    fn a_file_version_is_applied_once_it_settled() {
+        let mut versions = Settled::new("v1");
+        assert!(!versions.check("v1"), "unchanged");
+        assert!(!versions.check("truncated"), "changed: not yet");
+        assert!(!versions.check("v2"), "changed again: not yet");
+        assert!(versions.check("v2"), "settled");
+        assert!(!versions.check("v2"), "already applied");
+        assert!(!versions.check("v3"));
+        assert!(
+            !versions.check("v2"),
+            "back to the applied one: nothing to do"
+        );
+        assert!(!versions.check("v2"));
     }
 }

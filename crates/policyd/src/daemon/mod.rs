@@ -40,8 +40,12 @@ pub struct Config {
     pub inventory: InventorySource,
     /// Group admitted to the socket besides root.
     pub group: String,
-    /// How often the policy (and inventory) file is checked for changes.
+    /// How often the inventory file is checked for changes.
     pub file_poll: Duration,
+    /// How often the policy file is checked for changes, which are then
+    /// applied as `reload` would; `None`: only `reload` and SIGHUP apply
+    /// an edited file.
+    pub policy_watch: Option<Duration>,
     /// How often the loader's state is re-read to repair drift (a loader
     /// restart, someone else's writes).
     pub resync_every: Duration,
@@ -105,11 +109,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         recorder,
         config.event_log.clone(),
     ));
-    tokio::spawn(feeds::watch_policy_file(
-        engine.clone(),
-        config.policy.clone(),
-        config.file_poll,
-    ));
+    if let Some(every) = config.policy_watch {
+        tokio::spawn(feeds::watch_policy_file(
+            engine.clone(),
+            config.policy.clone(),
+            every,
+        ));
+    }
     tokio::spawn(feeds::on_sighup(engine.clone()));
     tokio::spawn(feeds::resync(engine.clone(), config.resync_every));
     match &config.inventory {
