@@ -1712,3 +1712,52 @@ async fn a_reload_the_loader_did_not_take_is_not_reported_enforced() {
     drop(client);
     daemon.shutdown_background();
 }
+
+/// A loader restarted on fresh maps holds nothing of what policyd last
+/// applied: until policyd has given it the state again, status and
+/// explain do not call the container enforced. The restarted loader's
+/// first apply is held so that the window stays open while they answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loader_restarted_on_fresh_maps_is_not_reported_enforcing() {
+    let env = Env::new("fresh-maps");
+    env.loader.attach_cgroup(MANAGED_PARENT);
+    let first_loader = serve_on_own_runtime(&env.loader, &env.path("loader.sock"));
+    env.write("policy.toml", V1);
+    env.write_inventory(&[("web", 731)]);
+    let daemon = env.start_daemon("policy.toml");
+    let client = env.client().await;
+    env.wait_status("web enforced", &client, |s| {
+        s.containers.iter().any(|c| c.mode == "enforce")
+    })
+    .await;
+
+    first_loader.shutdown_background();
+    let fresh = MemoryLoader::default();
+    fresh.attach_cgroup(MANAGED_PARENT);
+    let second_loader = gated_loader::GatedLoader::new(fresh.clone());
+    let (arrived, release) = second_loader.arm();
+    second_loader.serve(&env.path("loader.sock"));
+    // A guard against hanging forever, not a measure of anything.
+    tokio::time::timeout(Duration::from_secs(30), arrived)
+        .await
+        .expect("policyd gave the restarted loader the state")
+        .unwrap();
+    assert!(fresh.snapshot().1.cgroups.is_empty());
+    let status = client.status(ctx()).await.unwrap().unwrap();
+    assert_eq!(status.containers[0].mode, "unverified", "{status:#?}");
+    let e = client
+        .explain(ctx(), query("web", "10.0.0.1", "443", None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.mode, "unverified", "{e:#?}");
+
+    release.send(()).unwrap();
+    env.wait_status("web enforced again", &client, |s| {
+        s.containers.iter().any(|c| c.mode == "enforce")
+    })
+    .await;
+    assert_eq!(fresh.snapshot().1.cgroups.len(), 1);
+    drop(client);
+    daemon.shutdown_background();
+}

@@ -122,6 +122,14 @@ impl LoaderLink {
         Ok(attachments.into_iter().map(|a| a.cgroup_path).collect())
     }
 
+    /// The generation the loader's maps are at now, or why it is not known.
+    pub async fn generation(&self) -> Result<u64, String> {
+        let ctx = transport::context_with_deadline(10);
+        self.call("generation", |c| async move { c.generation(ctx).await })
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// The host-side veths the loader's backstop is attached to, by
     /// ifindex, or why they are not known.
     pub async fn attached_veths(&self) -> Result<BTreeSet<u32>, String> {

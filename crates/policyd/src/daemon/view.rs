@@ -146,7 +146,7 @@ impl<'a> Held<'a> {
         let Some(kernel) = self.kernel else {
             return unenforced(
                 "unverified",
-                "policyd does not know what the loader's maps hold: it has not read them since it started, the loader went away or an apply failed (see the last error)",
+                "policyd does not know what the loader's maps hold: it has not read them since it started or since they changed (a loader restarted on fresh maps, another writer), the loader cannot be reached or an apply failed (see the last error)",
             );
         };
         let desired = self.cgroups.get(&cgroup_id);
@@ -273,13 +273,26 @@ pub async fn counters(loader: &LoaderLink) -> Option<Counters> {
     }
 }
 
+/// What the loader's maps hold as policyd last read or applied it, while
+/// they are still at that generation: after a loader restart on fresh
+/// maps, or another writer's apply, until the engine reads them again,
+/// what policyd holds is not what the kernel does.
+async fn kernel_now(handle: &Handle, view: &View) -> Option<Arc<StateSnapshot>> {
+    let held = view.kernel.clone()?;
+    let generation = handle.loader.generation().await.ok()?;
+    (generation == held.generation).then_some(held)
+}
+
 /// What `policyd status` shows: the engine's last published view, with
-/// the loader's attachments (and `counters`) as they are now.
+/// the loader's attachments (and `counters`) as they are now, and a
+/// container shown enforced only if the maps are still as the view holds
+/// them.
 pub async fn status(handle: &Handle, counters: Option<&Counters>) -> Status {
     let view = handle.view();
-    let (attached, attached_veths) = tokio::join!(
+    let (attached, attached_veths, kernel) = tokio::join!(
         handle.loader.attached_parents(),
-        handle.loader.attached_veths()
+        handle.loader.attached_veths(),
+        kernel_now(handle, &view)
     );
     let mut status = Status {
         api_version: proto::API_VERSION,
@@ -342,19 +355,13 @@ pub async fn status(handle: &Handle, counters: Option<&Counters>) -> Status {
         .collect();
     let exes = assigned.exes.clone();
     let desired_veths = assigned.veths.clone();
-    let enforcements = enforcements(
-        loaded,
-        inventory,
-        assigned,
-        &attached,
-        view.kernel.as_deref(),
-    );
+    let enforcements = enforcements(loaded, inventory, assigned, &attached, kernel.as_deref());
     let mut policy_of = vec![None; inventory.containers.len()];
     for (_, a, _) in &enforcements {
         policy_of[a.container_index] = a.policy_index.map(|i| policies.policies[i].name.as_str());
     }
     let mut uncovered = coverage::packet_sockets_uncovered(inventory, &policy_of);
-    if let Some(kernel) = view.kernel.as_deref() {
+    if let Some(kernel) = kernel.as_deref() {
         for (i, c) in inventory.containers.iter().enumerate() {
             if policy_of[i].is_some() && uncovered[i].is_none() {
                 uncovered[i] = veths_not_held(c, &desired_veths, &kernel.state)
@@ -452,12 +459,17 @@ pub async fn explain(handle: &Handle, query: &ExplainQuery) -> Result<Explanatio
         .iter()
         .find(|p| p.name == policy_name)
         .map(|p| p.mode);
-    let attached = handle.loader.attached_parents().await;
+    let (attached, kernel) =
+        tokio::join!(handle.loader.attached_parents(), kernel_now(handle, &view));
     if let Ok(container) = inventory.find(&query.container) {
         let enforcement = coverage::enforcement(container, policy_mode, &attached);
-        let kernel = view.kernel.as_deref();
-        let enforcement = Held::new(loaded, &desired.cgroups, &desired.processes, kernel)
-            .judge(enforcement, container);
+        let enforcement = Held::new(
+            loaded,
+            &desired.cgroups,
+            &desired.processes,
+            kernel.as_deref(),
+        )
+        .judge(enforcement, container);
         if let Some(why) = enforcement.unenforced_reason {
             explanation.reason = format!(
                 "{} ({why}); what the policy says: {}",
