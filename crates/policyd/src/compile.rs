@@ -134,6 +134,10 @@ pub struct Assignment {
     pub policy_index: Option<usize>,
     /// Later policies whose selectors also match (the first wins).
     pub also_matched: Vec<usize>,
+    /// The `CGROUPS` entry its policy gives it (`None`: no cgroup id yet).
+    /// The one written differs when it shares its cgroup with a container
+    /// that has another (see [`assign`]).
+    pub entry: Option<CgroupEntry>,
 }
 
 /// What one `exe` path of a selected container's policy came to there.
@@ -278,42 +282,50 @@ pub fn assign(
                 });
             }
         }
+        let entry = container
+            .cgroup_id
+            .map(|_| cgroup_entry(policies, rules, selection.policy));
         assignments.push(Assignment {
             container_index,
             policy_index: selection.policy,
             also_matched: selection.also_matched,
+            entry,
         });
-        let Some(cgroup_id) = container.cgroup_id else {
+        let (Some(cgroup_id), Some(entry)) = (container.cgroup_id, entry) else {
             continue;
         };
-        if let Some(&first) = owner.get(&cgroup_id) {
-            warnings.push(Diagnostic {
-                severity: Severity::Warning,
-                location: None,
-                message: format!(
-                    "containers \"{}\" and \"{}\" report the same cgroup id {cgroup_id}; the first keeps it",
-                    inventory.containers[first].name, container.name
-                ),
-                source_line: None,
-            });
+        let Some(&first) = owner.get(&cgroup_id) else {
+            owner.insert(cgroup_id, container_index);
+            cgroups.insert(cgroup_id, entry);
+            continue;
+        };
+        // One cgroup, one entry: the kernel cannot tell the containers'
+        // packets apart. The stricter entry is kept, so that sharing a
+        // cgroup with an unselected (or audited) container never lifts a
+        // policy; between two policies the first keeps it, and status
+        // shows the other container unenforced.
+        let kept = cgroups[&cgroup_id];
+        if kept == entry {
             continue;
         }
-        owner.insert(cgroup_id, container_index);
-        let entry = match selection.policy {
-            Some(index) => CgroupEntry {
-                policy_id: rules.policy_ids[index],
-                audit: policies.policies[index].mode == Mode::Audit,
-                unrestricted: false,
-                forwarded_dns: policies.policies[index].allow_docker_dns,
-            },
-            None => CgroupEntry {
-                policy_id: contain_common::UNKNOWN_POLICY_ID,
-                audit: false,
-                unrestricted: true,
-                forwarded_dns: false,
-            },
+        let winner = if strictness(&entry) > strictness(&kept) {
+            owner.insert(cgroup_id, container_index);
+            cgroups.insert(cgroup_id, entry);
+            container_index
+        } else {
+            first
         };
-        cgroups.insert(cgroup_id, entry);
+        warnings.push(Diagnostic {
+            severity: Severity::Warning,
+            location: None,
+            message: format!(
+                "containers \"{}\" and \"{}\" report the same cgroup id {cgroup_id} under different policies; the kernel judges both by \"{}\"'s",
+                inventory.containers[first].name,
+                container.name,
+                inventory.containers[winner].name
+            ),
+            source_line: None,
+        });
     }
     let (veths, veth_sources, sources_needed) =
         assign_veths(policies, inventory, &assignments, &mut warnings);
@@ -345,6 +357,39 @@ pub fn assign(
         exes,
         warnings,
     })
+}
+
+/// The `CGROUPS` entry of a container the policy of index `policy`
+/// selects (`None`: no policy does).
+pub fn cgroup_entry(
+    policies: &PolicySet,
+    rules: &CompiledRules,
+    policy: Option<usize>,
+) -> CgroupEntry {
+    match policy {
+        Some(index) => CgroupEntry {
+            policy_id: rules.policy_ids[index],
+            audit: policies.policies[index].mode == Mode::Audit,
+            unrestricted: false,
+            forwarded_dns: policies.policies[index].allow_docker_dns,
+        },
+        None => CgroupEntry {
+            policy_id: contain_common::UNKNOWN_POLICY_ID,
+            audit: false,
+            unrestricted: true,
+            forwarded_dns: false,
+        },
+    }
+}
+
+/// How much a cgroup entry restricts: enforced over audited over
+/// unrestricted.
+fn strictness(entry: &CgroupEntry) -> u8 {
+    match (entry.unrestricted, entry.audit) {
+        (true, _) => 0,
+        (false, true) => 1,
+        (false, false) => 2,
+    }
 }
 
 /// What the kernel recognises of `path` of entry `process` in a container

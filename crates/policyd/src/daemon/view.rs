@@ -88,7 +88,7 @@ pub fn enforcements<'a>(
         .filter_map(|a| {
             let c = inventory.containers.get(a.container_index)?;
             let mode = a.policy_index.map(|i| loaded.policies.policies[i].mode);
-            let enforcement = held.judge(coverage::enforcement(c, mode, attached), c);
+            let enforcement = held.judge(coverage::enforcement(c, mode, attached), c, a.entry);
             Some((c, a.clone(), enforcement))
         })
         .collect()
@@ -131,8 +131,14 @@ impl<'a> Held<'a> {
     }
 
     /// `enforcement` (from the programs' attachment), or why the maps do
-    /// not do what it says.
-    pub fn judge(&mut self, enforcement: Enforcement, container: &Container) -> Enforcement {
+    /// not do what it says; `own`: the entry the container's policy gives
+    /// it.
+    pub fn judge(
+        &mut self,
+        enforcement: Enforcement,
+        container: &Container,
+        own: Option<CgroupEntry>,
+    ) -> Enforcement {
         if !matches!(enforcement.mode.as_str(), "enforce" | "audit") {
             return enforcement;
         }
@@ -150,6 +156,12 @@ impl<'a> Held<'a> {
             );
         };
         let desired = self.cgroups.get(&cgroup_id);
+        if desired != own.as_ref() {
+            return unenforced(
+                "unenforced",
+                "it shares its cgroup with a container under another policy, and the kernel judges both by that one's (see the warnings)",
+            );
+        }
         if kernel.cgroups.get(&cgroup_id) != desired {
             return unenforced(
                 "unenforced",
@@ -453,12 +465,12 @@ pub async fn explain(handle: &Handle, query: &ExplainQuery) -> Result<Explanatio
     let Some(policy_name) = explanation.policy.as_deref() else {
         return Ok(explanation);
     };
-    let policy_mode = loaded
+    let policy_index = loaded
         .policies
         .policies
         .iter()
-        .find(|p| p.name == policy_name)
-        .map(|p| p.mode);
+        .position(|p| p.name == policy_name);
+    let policy_mode = policy_index.map(|i| loaded.policies.policies[i].mode);
     let (attached, kernel) =
         tokio::join!(handle.loader.attached_parents(), kernel_now(handle, &view));
     if let Ok(container) = inventory.find(&query.container) {
@@ -469,7 +481,13 @@ pub async fn explain(handle: &Handle, query: &ExplainQuery) -> Result<Explanatio
             &desired.processes,
             kernel.as_deref(),
         )
-        .judge(enforcement, container);
+        .judge(
+            enforcement,
+            container,
+            container
+                .cgroup_id
+                .map(|_| compile::cgroup_entry(&loaded.policies, &loaded.rules, policy_index)),
+        );
         if let Some(why) = enforcement.unenforced_reason {
             explanation.reason = format!(
                 "{} ({why}); what the policy says: {}",
@@ -601,7 +619,7 @@ mod tests {
                 state,
             };
             Held::new(&loaded, &desired.cgroups, &desired.processes, Some(&kernel))
-                .judge(enforced(), &container)
+                .judge(enforced(), &container, Some(desired.cgroups[&7]))
                 .mode
         };
         assert_eq!(mode(&|_| ()), "enforce");
@@ -637,9 +655,106 @@ mod tests {
             "unenforced",
             "its executable's entry not applied"
         );
-        let unverified = Held::new(&loaded, &desired.cgroups, &desired.processes, None)
-            .judge(enforced(), &container);
+        let unverified = Held::new(&loaded, &desired.cgroups, &desired.processes, None).judge(
+            enforced(),
+            &container,
+            Some(desired.cgroups[&7]),
+        );
         assert_eq!(unverified.mode, "unverified", "the maps never read");
+    }
+
+    /// Containers sharing a cgroup share its one entry: the stricter one,
+    /// or between two policies the first's; the other is not shown
+    /// enforced by its own policy.
+    #[test]
+    fn containers_sharing_a_cgroup_get_the_stricter_entry_and_are_shown_so() {
+        let policies = crate::policy::parse(
+            "shared.toml",
+            r#"
+            [[policy]]
+            name = "audited"
+            mode = "audit"
+            select = { name = "audited" }
+            [[policy]]
+            name = "web"
+            select = { name = "web" }
+            allow = [{ to = "10.0.0.0/8", proto = "tcp", ports = [443] }]
+            [[policy]]
+            name = "db"
+            select = { name = "db" }
+            "#,
+        )
+        .unwrap();
+        let rules =
+            compile::compile_rules(&policies, &mut crate::ids::IdTables::default()).unwrap();
+        let loaded = Loaded { policies, rules };
+        let modes = |names: &[&str]| {
+            let inventory = Inventory {
+                containers: names
+                    .iter()
+                    .map(|name| Container {
+                        id: format!("{name}-id"),
+                        name: name.to_string(),
+                        cgroup_id: Some(7),
+                        ..Container::default()
+                    })
+                    .collect(),
+            };
+            let (desired, _) = plan::desired(&loaded, &inventory).unwrap();
+            let kernel = StateSnapshot {
+                generation: 1,
+                state: desired.clone(),
+            };
+            let assigned = compile::assign(&loaded.policies, &loaded.rules, &inventory).unwrap();
+            assert_eq!(assigned.warnings.len(), 1, "{:?}", assigned.warnings);
+            let policy_of_entry = loaded
+                .rules
+                .policy_ids
+                .iter()
+                .position(|&id| id == desired.cgroups[&7].policy_id)
+                .map(|i| loaded.policies.policies[i].name.clone());
+            let mut held = Held::new(&loaded, &assigned.cgroups, &assigned.files, Some(&kernel));
+            let modes: Vec<String> = assigned
+                .assignments
+                .iter()
+                .map(|a| {
+                    let c = &inventory.containers[a.container_index];
+                    let mode = a.policy_index.map_or("unrestricted".into(), |i| {
+                        loaded.policies.policies[i].mode.to_string()
+                    });
+                    let enforcement = Enforcement {
+                        mode,
+                        unenforced_reason: None,
+                    };
+                    held.judge(enforcement, c, a.entry).mode
+                })
+                .collect();
+            (policy_of_entry, modes)
+        };
+        assert_eq!(
+            modes(&["free", "web"]),
+            (
+                Some("web".into()),
+                vec!["unrestricted".into(), "enforce".into()]
+            ),
+            "an unselected container first does not lift web's policy"
+        );
+        assert_eq!(
+            modes(&["audited", "web"]),
+            (
+                Some("web".into()),
+                vec!["unenforced".into(), "enforce".into()]
+            ),
+            "enforced over audited"
+        );
+        assert_eq!(
+            modes(&["web", "db"]),
+            (
+                Some("web".into()),
+                vec!["enforce".into(), "unenforced".into()]
+            ),
+            "between two policies the first keeps it, and the other is not shown enforced"
+        );
     }
 
     #[test]
