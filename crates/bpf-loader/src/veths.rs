@@ -480,7 +480,7 @@ pub async fn follow(kernel: Arc<Mutex<Kernel>>) {
                     match msg.payload {
                         NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
                             if let Some((ifindex, name)) = veth_of(&link) {
-                                attach_one(&kernel, ifindex, &name);
+                                attach_announced(&kernel, ifindex, &name);
                             }
                         }
                         // A bridge reports a port leaving it as a DELLINK of
@@ -677,6 +677,19 @@ fn attach_one(kernel: &Arc<Mutex<Kernel>>, ifindex: u32, name: &str) -> bool {
     let mut kernel = lock(kernel);
     let attached = kernel.attach_veth(ifindex, name);
     report_attach(&mut kernel, attached, ifindex, name)
+}
+
+/// Attaches the backstop to a veth a link event announced. One it was not
+/// on yet appeared while the loader ran (a container starting): it is
+/// marked new first ([`Kernel::mark_new_veth`]). A link event of a veth on
+/// record (its flags changed) changes nothing.
+fn attach_announced(kernel: &Arc<Mutex<Kernel>>, ifindex: u32, name: &str) {
+    let mut kernel = lock(kernel);
+    if !kernel.veth_on_record(ifindex, name) {
+        kernel.mark_new_veth(ifindex);
+    }
+    let attached = kernel.attach_veth(ifindex, name);
+    report_attach(&mut kernel, attached, ifindex, name);
 }
 
 fn report_attach(

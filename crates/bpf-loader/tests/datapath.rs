@@ -2863,3 +2863,112 @@ async fn the_kernel_answers_peers_through_a_mapped_veth() {
         batch.events
     );
 }
+
+/// A container's namespace can forward before policyd has named it: a
+/// frame written to its `lo` is routed out of its veth from no socket,
+/// judged under the veth's owner, and a new container's veth has none yet.
+/// A veth that appeared while the loader ran holds such frames to the
+/// unknown-container verdict until it has an owner. Judged at the peer;
+/// the control is the same frame from the lab's container, whose veth was
+/// there before the loader and has no owner in the maps either: it
+/// arrives, as on a veth of no container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_veths_forwarded_frames_wait_for_its_owner() {
+    let Some(()) = require_root("a_new_veths_forwarded_frames_wait_for_its_owner") else {
+        return;
+    };
+    const LATE4: &str = "198.18.0.9";
+    const LATE6: &str = "2001:db8:77::9";
+    let (mut lab, client) = Lab::running().await;
+    converge(&client, &Rules::default().state, Verdict::Deny).await;
+    let late = lab.add_neighbour("late", LATE4, LATE6);
+    for ns in [&late.ns, &lab.ct_ns] {
+        test_kit::lab::sysctl(ns, &["net.ipv4.conf.all.forwarding=1"]).expect("forwarding on");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let on = client
+            .veth_attachments(tarpc::context::current())
+            .await
+            .expect("veth_attachments");
+        if on.iter().any(|v| v.ifindex == late.host_veth.ifindex) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backstop never came onto the new veth: {on:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let capture = lab.start_peer_capture();
+    let attack = repo_root().join("tests/bypass/attack.py");
+    let forward = |cgroup: &std::path::Path, ns: &str, marker: &str| {
+        let args: Vec<String> = [
+            PYTHON,
+            &attack.display().to_string(),
+            "pkt-lo-forward",
+            "-",
+            "198.18.7.7",
+            PEER4,
+            "9999",
+            "udp",
+            marker,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let out = test_kit::lab::in_cgroup_ns_cmd(cgroup, ns, &args)
+            .output()
+            .expect("attack.py");
+        assert!(
+            out.status.success(),
+            "the frame was not written: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let arrives = async |marker: &str, what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !captured_markers(&capture).iter().any(|m| m == marker) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what} did not arrive at the peer"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    forward(&late.cgroup, &late.ns, "MK{held}");
+    forward(&lab.ct.clone(), &lab.ct_ns.clone(), "MK{control}");
+    arrives(
+        "MK{control}",
+        "the control (a forwarded frame on a veth older than the loader)",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !captured_markers(&capture).iter().any(|m| m == "MK{held}"),
+        "a frame the new container's namespace forwarded arrived at the peer before its veth had an owner"
+    );
+
+    // Named by policyd (here, as a container no policy selects), its
+    // forwarding is its own business again.
+    let late_id = lab.cgroup_id(&late.cgroup);
+    let mut rules = Rules::default();
+    rules.veth(late.host_veth.ifindex, late_id, &[LATE4, LATE6]);
+    rules.state.upsert(kernel_model::state::Entry::Cgroup {
+        id: late_id,
+        value: kernel_model::state::CgroupEntry {
+            policy_id: contain_common::UNKNOWN_POLICY_ID,
+            audit: false,
+            unrestricted: true,
+            forwarded_dns: false,
+        },
+    });
+    converge(&client, &rules.state, Verdict::Deny).await;
+    forward(&late.cgroup, &late.ns, "MK{owned}");
+    arrives(
+        "MK{owned}",
+        "a forwarded frame once the new veth had an owner",
+    )
+    .await;
+}

@@ -38,6 +38,7 @@ pub mod map_names {
     pub const ATTACHED_CGROUPS: &str = "CONTAIN_ATTACHED_CGROUPS";
     pub const VETH_PEERS: &str = "CONTAIN_VETH_PEERS";
     pub const VETH_SOURCES: &str = "CONTAIN_VETH_SOURCES";
+    pub const NEW_VETHS: &str = "CONTAIN_NEW_VETHS";
     pub const ALL: &[&str] = &[
         CGROUPS,
         PROCESSES,
@@ -60,6 +61,7 @@ pub mod map_names {
         ATTACHED_CGROUPS,
         VETH_PEERS,
         VETH_SOURCES,
+        NEW_VETHS,
     ];
 }
 
@@ -431,6 +433,12 @@ pub struct Config {
 
 /// Default of [`Config::udp_reply_timeout_ns`].
 pub const DEFAULT_UDP_REPLY_TIMEOUT_NS: u64 = 30_000_000_000;
+/// How long after the loader attached the backstop to a veth that appeared
+/// while it ran (`NEW_VETHS`) frames of no socket there are held to the
+/// unknown-container verdict while no container owns it: a new
+/// container's namespace forwards nothing before policyd has named it.
+/// Past this, a veth no container owns is taken for none's.
+pub const NEW_VETH_HOLD_NS: u64 = 10_000_000_000;
 /// Default of [`Config::events_per_second`].
 pub const DEFAULT_EVENTS_PER_SECOND: u32 = 100;
 

@@ -131,6 +131,13 @@ pub static LAST_NOTED_PEER: PerCpuArray<crate::veth::NotedPeer, 1> = PerCpuArray
 pub static VETHS: LoaderHashMap<u32, VethOwner, { capacity::VETHS as usize }> =
     LoaderHashMap::new();
 
+/// When the loader attached the backstop to each veth that appeared while
+/// it ran (`bpf_ktime_get_ns`; the loader's): see `NEW_VETH_HOLD_NS`. An
+/// LRU, so that many veths coming and going cannot fill it; an entry
+/// evicted only ends its veth's hold early.
+#[btf_map(name = "CONTAIN_NEW_VETHS")]
+pub static NEW_VETHS: LruHashMap<u32, u64, { capacity::VETHS as usize }> = LruHashMap::new();
+
 /// The cgroups contain's cgroup programs are attached to (the loader's):
 /// a socket under one of them was judged by those programs.
 #[btf_map(name = "CONTAIN_ATTACHED_CGROUPS")]

@@ -48,7 +48,7 @@ use aya_ebpf::{
 };
 use contain_common::{
     ip_proto, stat, Hook, Verdict, VethAddrKey, CGROUP_FORWARDED_DNS, EVENT_FORGED_SOURCE,
-    EVENT_LINK_LAYER, EVENT_UNATTRIBUTED, MAX_CGROUP_DEPTH,
+    EVENT_LINK_LAYER, EVENT_UNATTRIBUTED, MAX_CGROUP_DEPTH, NEW_VETH_HOLD_NS,
 };
 
 use crate::{
@@ -58,8 +58,8 @@ use crate::{
     },
     decide_source_routed,
     maps::{
-        ATTACHED_CGROUPS, CGROUPS, GOVERNED_LEVEL_HINT, LAST_NOTED_PEER, VETHS, VETH_PEERS,
-        VETH_SOURCES,
+        ATTACHED_CGROUPS, CGROUPS, GOVERNED_LEVEL_HINT, LAST_NOTED_PEER, NEW_VETHS, VETHS,
+        VETH_PEERS, VETH_SOURCES,
     },
     packet::{self, Flow, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, L3_AFTER_ETHERNET},
 };
@@ -139,6 +139,10 @@ pub fn judge_frame(skb: *mut __sk_buff) -> i32 {
     } else {
         match mapped {
             Some(owner) => owner,
+            // A new container's namespace may forward (an `AF_PACKET` frame
+            // written to its `lo`) before policyd has named it: held to the
+            // unknown-container verdict, as its sockets are.
+            None if origin == Origin::Socketless && is_new_veth(ifindex) => UNKNOWN_CGROUP,
             None => {
                 bump_stat(stat::VETH_UNOWNED);
                 return PASS;
@@ -212,6 +216,21 @@ pub fn judge_frame(skb: *mut __sk_buff) -> i32 {
         DROP
     } else {
         PASS
+    }
+}
+
+/// No cgroup's id: `governance` of it is the unknown-container verdict.
+const UNKNOWN_CGROUP: u64 = 0;
+
+/// Whether the loader attached the backstop to `ifindex` when it appeared,
+/// less than `NEW_VETH_HOLD_NS` ago.
+#[inline(always)]
+fn is_new_veth(ifindex: u32) -> bool {
+    // SAFETY: copied out at once.
+    match unsafe { NEW_VETHS.get(ifindex) } {
+        // SAFETY: a helper with no arguments.
+        Some(&attached) => unsafe { bpf_ktime_get_ns() }.wrapping_sub(attached) < NEW_VETH_HOLD_NS,
+        None => false,
     }
 }
 

@@ -32,6 +32,8 @@ pub const ETH_P_IPV6: u16 = 0x86DD;
 pub const ETH_P_ARP: u16 = 0x0806;
 
 const IPPROTO_IGMP: u8 = 2;
+/// No cgroup's id: its governance is the unknown-container verdict.
+const UNKNOWN_CGROUP: u64 = 0;
 const DNS_PORT: u16 = 53;
 
 /// Who sent a frame: the socket the kernel keeps on it, which no frame can
@@ -191,6 +193,27 @@ pub fn judge_frame(
     origin: Origin,
     frame: &Frame,
 ) -> FrameVerdict {
+    judge_frame_on(state, ifindex, VethAge::Settled, origin, frame)
+}
+
+/// Whether the loader saw a veth appear while it ran, less than
+/// `contain_common::NEW_VETH_HOLD_NS` ago (`NEW_VETHS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VethAge {
+    New,
+    Settled,
+}
+
+/// [`judge_frame`] on a veth of age `age`: a new veth no container owns yet
+/// holds frames of no socket (what a new container's namespace forwards)
+/// to the unknown-container verdict, as the container's own sockets are.
+pub fn judge_frame_on(
+    state: &KernelState,
+    ifindex: u32,
+    age: VethAge,
+    origin: Origin,
+    frame: &Frame,
+) -> FrameVerdict {
     let pass = |reason, governance| FrameVerdict {
         verdict: Verdict::Allow,
         reason,
@@ -211,6 +234,7 @@ pub fn judge_frame(
             _,
         ) => cgroup_id,
         (_, Some(owner)) => owner,
+        (Origin::Socketless, None) if age == VethAge::New => UNKNOWN_CGROUP,
         (_, None) => return pass(Reason::Unowned, None),
     };
     let gov = governance(state, cgroup_id);
@@ -593,6 +617,70 @@ mod tests {
         let v = judge_frame(&s, VETH, JUDGED, &forged);
         assert_eq!(decided(&v), (Verdict::Allow, Reason::Judged));
         assert_eq!(v.stat(), None);
+    }
+
+    /// A new veth no container owns holds what no socket sent (a new
+    /// container's forwarding) to the unknown-container verdict; ARP and
+    /// the kernel's link control still pass, other origins are as on any
+    /// unowned veth, and an owner or a settled veth ends the hold.
+    #[test]
+    fn a_new_unowned_veth_holds_frames_of_no_socket_to_the_unknown_verdict() {
+        let mut s = state();
+        s.veths.clear();
+        let on_new = |s: &KernelState, origin, frame: &Frame| {
+            judge_frame_on(s, VETH, VethAge::New, origin, frame)
+        };
+        let allowed_elsewhere = tcp4(PEER4, 443);
+        let v = on_new(&s, SOCKETLESS, &allowed_elsewhere);
+        assert_eq!(decided(&v), (Verdict::Deny, Reason::Rules));
+        assert_eq!(
+            v.governance.map(|g| g.policy_id),
+            Some(contain_common::UNKNOWN_POLICY_ID)
+        );
+        assert_eq!(v.counted_policy(), Some(contain_common::UNKNOWN_POLICY_ID));
+        // A forged source is no more than what the verdict already says.
+        let forged = frame(packet(
+            Ipv4Addr::new(203, 0, 113, 9).into(),
+            PEER4.into(),
+            ip_proto::UDP,
+            9,
+        ));
+        assert_eq!(on_new(&s, SOCKETLESS, &forged).verdict, Verdict::Deny);
+        assert_eq!(
+            decided(&on_new(&s, SOCKETLESS, &not_ip(ETH_P_ARP))),
+            (Verdict::Allow, Reason::Arp)
+        );
+        assert_eq!(
+            decided(&on_new(&s, SOCKETLESS, &solicitation(OWN_LL, 255))),
+            (Verdict::Allow, Reason::LinkControl)
+        );
+        for origin in [
+            KERNEL,
+            HOST_PROCESS,
+            Origin::PacketSocket {
+                governed_cgroup: None,
+            },
+        ] {
+            assert_eq!(
+                decided(&on_new(&s, origin, &allowed_elsewhere)),
+                (Verdict::Allow, Reason::Unowned),
+                "{origin:?}"
+            );
+        }
+        s.unknown_verdict = Verdict::Allow;
+        assert_eq!(on_new(&s, SOCKETLESS, &forged).verdict, Verdict::Allow);
+        s.unknown_verdict = Verdict::Deny;
+        assert_eq!(
+            decided(&judge_frame(&s, VETH, SOCKETLESS, &forged)),
+            (Verdict::Allow, Reason::Unowned),
+            "a settled veth"
+        );
+        let owned = state();
+        assert_eq!(
+            decided(&on_new(&owned, SOCKETLESS, &allowed_elsewhere)),
+            (Verdict::Allow, Reason::Rules),
+            "owned: its container's rules"
+        );
     }
 
     #[test]

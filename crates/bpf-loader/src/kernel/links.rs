@@ -154,7 +154,7 @@ impl Kernel {
     /// Attaches the veth backstop to host-side veth `ifindex` (`name`),
     /// unless this loader already has. Returns whether it attached.
     pub fn attach_veth(&mut self, ifindex: u32, name: &str) -> Result<bool, KernelError> {
-        if self.veths.get(&ifindex).is_some_and(|n| n == name) {
+        if self.veth_on_record(ifindex, name) {
             return Ok(false);
         }
         let links = veths::attach(&mut self.ebpf, name)?;
@@ -194,8 +194,32 @@ impl Kernel {
 
     /// A veth left this namespace (deleted, or moved into a container's):
     /// its pinned link, if any, is released.
+    /// Whether the backstop is on record on veth `ifindex` under `name`.
+    pub fn veth_on_record(&self, ifindex: u32, name: &str) -> bool {
+        self.veths.get(&ifindex).is_some_and(|n| n == name)
+    }
+
+    /// Marks veth `ifindex` as one that appeared while the loader ran: its
+    /// frames of no socket are held to the unknown-container verdict for
+    /// `NEW_VETH_HOLD_NS` while no container owns it. Marked before the
+    /// backstop is attached, so that its first frame finds the mark.
+    pub fn mark_new_veth(&mut self, ifindex: u32) {
+        let now = match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+            Ok(now) => now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64,
+            Err(e) => {
+                tracing::warn!(ifindex, error = %e, "cannot read the clock: the new veth's frames of no socket are not held until policyd names its container");
+                return;
+            }
+        };
+        if let Err(e) = self.maps.new_veths.insert(ifindex, now, 0) {
+            tracing::warn!(ifindex, error = %e, "cannot mark the veth as new: its frames of no socket are not held until policyd names its container");
+        }
+    }
+
     pub fn veth_gone(&mut self, ifindex: u32) {
         self.veths.remove(&ifindex);
+        // Absent already for most: only veths that appeared are marked.
+        let _ = self.maps.new_veths.remove(&ifindex);
         let group = veths::pin_group(&self.links_dir(), ifindex);
         if group.exists() {
             if let Err(e) = release_other_instances(&group, "") {

@@ -92,6 +92,9 @@ struct PolicyMaps {
     veth_sources: HashMap<MapData, kern::VethAddrKey, u8>,
     /// Cgroup id → its level: where the cgroup programs are attached.
     attached_cgroups: HashMap<MapData, u64, u32>,
+    /// Veth ifindex → when the backstop was attached to it, for veths that
+    /// appeared while this loader ran (an LRU).
+    new_veths: HashMap<MapData, u32, u64>,
 }
 
 pub struct Kernel {

@@ -114,6 +114,7 @@ impl Kernel {
             veths: take(&mut ebpf, map_names::VETHS)?,
             veth_sources: take(&mut ebpf, map_names::VETH_SOURCES)?,
             attached_cgroups: take(&mut ebpf, map_names::ATTACHED_CGROUPS)?,
+            new_veths: take(&mut ebpf, map_names::NEW_VETHS)?,
         };
         let rings = EventRings {
             events: take(&mut ebpf, map_names::EVENTS)?,
