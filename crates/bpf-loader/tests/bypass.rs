@@ -1187,6 +1187,21 @@ impl Ctx {
         }
     }
 
+    /// The loader's count of socket options its cgroup setsockopt program
+    /// refused (`contain_refused_socket_options_total`); 0 unfiltered.
+    async fn refused_socket_options(&self) -> u64 {
+        match &self.client {
+            Some(c) => {
+                c.counters(tarpc::context::current())
+                    .await
+                    .expect("counters rpc")
+                    .expect("counters")
+                    .refused_socket_options
+            }
+            None => 0,
+        }
+    }
+
     /// The common shape: the attack (its marker substituted for "{L}"),
     /// then the control ("{C}"); once the control has arrived, anything
     /// the attack sent before it has arrived too.
@@ -2487,6 +2502,7 @@ async fn p_pkt_txring_race(cx: &mut Ctx) -> Outcome {
 /// the peer transmitting without checksum offload (as a NIC without it):
 /// there the kernel writes port 9 over the port the veth judged.
 async fn csum_rewrite(cx: &mut Ctx, attack: &str, compat: Option<&str>) -> Outcome {
+    let refused_before = cx.refused_socket_options().await;
     let host_ns = cx.lab.host_ns.clone();
     let host = |state: &str| {
         lab::cmd_in(&host_ns, PYTHON)
@@ -2517,6 +2533,31 @@ async fn csum_rewrite(cx: &mut Ctx, attack: &str, compat: Option<&str>) -> Outco
     let on = host("on");
     o.notes
         .push(format!("peer's bridge port: off {off}, on {on}"));
+    // The veth's check alone stops the frame: the cgroup setsockopt
+    // program's refusal (which the 32-bit entry never meets) is checked
+    // apart, with the count that reports it.
+    if cx.mode.filtered() && compat.is_none() {
+        let option = if attack == "xdp-csum" {
+            "umem_reg"
+        } else {
+            "vnet_hdr"
+        };
+        if !o
+            .notes
+            .iter()
+            .any(|n| n.contains(&format!("{option}=error:EPERM")))
+        {
+            o.failures.push(format!(
+                "the cgroup setsockopt program did not refuse {option} with EPERM"
+            ));
+        }
+        let refused_after = cx.refused_socket_options().await;
+        if refused_after <= refused_before {
+            o.failures.push(format!(
+                "the refused socket options count did not move ({refused_before} before, {refused_after} after)"
+            ));
+        }
+    }
     o
 }
 
