@@ -351,12 +351,19 @@ impl ServerIs {
 /// kernel fixed when the server called `listen`).
 pub async fn connect(path: &Path, server: &ServerIs) -> io::Result<UnixStream> {
     let stream = UnixStream::connect(path).await.map_err(|e| {
+        let hint = match e.kind() {
+            io::ErrorKind::PermissionDenied => format!(
+                "this user may not use it: run as root, or as a member of group {group} (`usermod -aG {group} USER`, then log in again)",
+                group = crate::paths::GROUP
+            ),
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                "is the daemon running?".to_string()
+            }
+            _ => "is the daemon running, and may this user use its socket?".to_string(),
+        };
         io::Error::new(
             e.kind(),
-            format!(
-                "cannot connect to {}: {e} (is the daemon running, and may this user use its socket?)",
-                path.display()
-            ),
+            format!("cannot connect to {}: {e} ({hint})", path.display()),
         )
     })?;
     let uid = stream.peer_cred()?.uid();
