@@ -459,8 +459,9 @@ async fn a_new_cgroup_under_the_parent_is_covered_from_its_first_packet() {
     else {
         return;
     };
-    let (lab, client) = Lab::running().await;
+    let (mut lab, client) = Lab::running().await;
     converge(&client, &Rules::default().state, Verdict::Deny).await;
+    let capture = lab.start_peer_capture();
     // Created after attach, unknown to every map.
     let fresh = lab.parent.join("fresh");
     std::fs::create_dir(&fresh).expect("new cgroup");
@@ -469,10 +470,79 @@ async fn a_new_cgroup_under_the_parent_is_covered_from_its_first_packet() {
         "denied:EPERM"
     );
     assert!(lab.probe_with(&fresh, PYTHON, &["ping", PEER4]) != "ok");
+    // Judged at the peer: marked datagrams and connects over IPv4 and IPv6.
+    let attack = repo_root().join("tests/bypass/attack.py");
+    let send = |what: &str, dest: &str, port: &str, marker: &str| {
+        let args: Vec<String> = [
+            PYTHON,
+            &attack.display().to_string(),
+            what,
+            dest,
+            port,
+            marker,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let out = lab
+            .in_cgroup_cmd(&fresh, &args)
+            .output()
+            .expect("attack.py");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let first: Vec<(&str, &str, &str, &str)> = vec![
+        ("udp", PEER4, "5353", "MK{first-udp4}"),
+        ("udp", PEER6, "5353", "MK{first-udp6}"),
+        ("tcp", PEER4, "8080", "MK{first-tcp4}"),
+        ("tcp", PEER6, "8080", "MK{first-tcp6}"),
+    ];
+    for &(what, dest, port, marker) in &first {
+        let out = send(what, dest, port, marker);
+        assert!(out.contains("error:EPERM"), "{what} to {dest}: {out}");
+    }
+    let allowed_from = wall_clock_ns() as f64 / 1e9;
     converge(&client, &Rules::default().state, Verdict::Allow).await;
     assert_eq!(
         lab.probe_with(&fresh, PYTHON, &["tcp", PEER4, "8080"]),
         "ok"
+    );
+    // The control: the same cgroup's datagram arrives once it is allowed,
+    // and with it everything sent before.
+    send("udp", PEER4, "5353", "MK{allowed}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !captured_markers(&capture)
+        .iter()
+        .any(|m| m == "MK{allowed}")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the allowed datagram did not arrive at the peer"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = captured_markers(&capture);
+    for (what, dest, _, marker) in first {
+        assert!(
+            !seen.iter().any(|m| m == marker),
+            "{what} to {dest} from the new cgroup arrived at the peer"
+        );
+    }
+    // TCP to 8080: the allowed probe's connection, none of the denied
+    // connects' (a SYN carries no marker: told apart by the time).
+    let tcp_times: Vec<f64> = std::fs::read_to_string(&capture)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|p| p["proto"] == 6 && p["dport"] == 8080)
+        .filter_map(|p| p["t"].as_f64())
+        .collect();
+    assert!(
+        !tcp_times.is_empty(),
+        "the capture saw no TCP to 8080 at all, not even the allowed connection"
+    );
+    assert!(
+        tcp_times.iter().all(|&t| t >= allowed_from),
+        "TCP from the new cgroup reached the peer before it was allowed: {tcp_times:?} (allowed from {allowed_from})"
     );
 }
 
