@@ -108,6 +108,11 @@ fn policy(app: &str, revoked: bool, docker_dns: bool) -> String {
             "  {{ to = [\"{PEER4}\"], proto = \"tcp\", ports = [{SINK}] }},\n  {{ to = [\"{PEER4}\"], proto = \"udp\", ports = [5353] }},\n"
         )
     };
+    let v6_sink = if revoked {
+        String::new()
+    } else {
+        format!(", {SINK}")
+    };
     let dns = if docker_dns {
         "allow_docker_dns = true\n"
     } else {
@@ -129,7 +134,7 @@ name = "bypass-lab"
 select = {{ label = {{ lab = "bypass" }} }}
 allow = [
 {v4_flows}  {{ to = ["{PEER4}"], proto = "tcp", ports = [8080] }},
-  {{ to = ["{PEER6}"], proto = "tcp", ports = [8080, {SINK}] }},
+  {{ to = ["{PEER6}"], proto = "tcp", ports = [8080{v6_sink}] }},
   {{ to = ["{PEER6}"], proto = "udp", ports = [5353] }},
   {{ to = ["{PEER4}"], proto = "icmp", icmp_types = ["echo-request"] }},
   {{ to = ["{PEER6}"], proto = "icmpv6", icmp_types = ["echo-request"] }},
@@ -221,6 +226,8 @@ macro_rules! probe {
 const PROBES: &[Probe] = &[
     probe!("1-revocation", "TCP stream of marked bytes to an allowed port; the rule is removed mid-stream",
         "a byte of the flow captured > 0.2 s after apply returned (frames already past the hooks)", "the flow's bytes arrive before the revocation", p_revocation),
+    probe!("1-revocation6", "1-revocation over IPv6 (its own connect6 program and cached-allow path)",
+        "a byte of the flow captured > 0.2 s after apply returned (frames already past the hooks)", "the flow's bytes arrive before the revocation", p_revocation6),
     probe!("2-steer-tcp6-srh", "connected TCP6 to allowed peer, then IPV6_RTHDR (SRH) naming a denied address, send",
         "packet to / routing header naming a denied address", "plain TCP6 to the same port",
         steer(&["steer-tcp", PEER6, SINK, PEER6_OTHER, "{L}", "0", "after"], &["tcp", PEER6, SINK, "{C}"])),
@@ -1328,11 +1335,15 @@ fn at_peer_with_marker(p: &Value, m: &str) -> bool {
 // --- probes -------------------------------------------------------------------
 
 async fn p_revocation(cx: &mut Ctx) -> Outcome {
-    revocation_with(cx, &["stream"], Change::Revoke).await
+    revocation_with(cx, &["stream"], PEER4, Change::Revoke).await
+}
+
+async fn p_revocation6(cx: &mut Ctx) -> Outcome {
+    revocation_with(cx, &["stream"], PEER6, Change::Revoke).await
 }
 
 async fn p_x_mptcp_revocation(cx: &mut Ctx) -> Outcome {
-    revocation_with(cx, &["stream-mptcp"], Change::Revoke).await
+    revocation_with(cx, &["stream-mptcp"], PEER4, Change::Revoke).await
 }
 
 async fn p_x_revoked_flood(cx: &mut Ctx) -> Outcome {
@@ -1486,15 +1497,21 @@ const REVOCATION_IN_FLIGHT_SECS: f64 = 0.2;
 /// applied, the sender must get ECONNABORTED (the loader aborts the socket)
 /// and the kernel must report the flow once. `cmd` is the attack and its
 /// first arguments.
-async fn revocation_with(cx: &mut Ctx, cmd: &[&str], change: Change) -> Outcome {
+async fn revocation_with(
+    cx: &mut Ctx,
+    cmd: &[&str],
+    peer: &'static str,
+    change: Change,
+) -> Outcome {
     let mut o = Outcome::default();
     let m = cx.marker();
     let t0 = now();
     let ct = cx.lab.ct.clone();
+    let own = if peer.contains(':') { CT6 } else { CT4 };
     let args: Vec<&str> = cmd
         .iter()
         .copied()
-        .chain([PEER4, SINK, m.as_str(), "30"])
+        .chain([peer, SINK, m.as_str(), "30"])
         .collect();
     let (mut child, mut out) = cx.spawn_attack(&ct, &args);
     let first = read_until(&mut out, "port=");
@@ -1509,7 +1526,7 @@ async fn revocation_with(cx: &mut Ctx, cmd: &[&str], change: Change) -> Outcome 
         return o;
     };
     let flow = move |p: &Value| {
-        p["src"] == CT4
+        p["src"] == own
             && p["sport"].as_u64() == Some(port)
             && p["dport"].as_u64() == Some(7100)
             && p["payload_len"].as_u64().unwrap_or(0) > 0
@@ -1725,7 +1742,7 @@ async fn across_change(cx: &mut Ctx, attack: &[&str]) -> Outcome {
 /// revocation. Filtered, its connect() is refused: that is the control
 /// there (the attack reached the unstampable state and was told EPERM).
 async fn p_unstamped_flow(cx: &mut Ctx) -> Outcome {
-    let mut o = revocation_with(cx, &["stream-unstamped", CT4, "9"], Change::Revoke).await;
+    let mut o = revocation_with(cx, &["stream-unstamped", CT4, "9"], PEER4, Change::Revoke).await;
     let said = o.notes.join(" ");
     if cx.mode.filtered() && said.contains("connect=error:EPERM") {
         o.control = said.contains("disconnected=1") && !said.contains("md5_keys=0");
@@ -1734,7 +1751,13 @@ async fn p_unstamped_flow(cx: &mut Ctx) -> Outcome {
 }
 
 async fn p_unstamped_tfo(cx: &mut Ctx) -> Outcome {
-    let mut o = revocation_with(cx, &["stream-unstamped-tfo", CT4, "9"], Change::Revoke).await;
+    let mut o = revocation_with(
+        cx,
+        &["stream-unstamped-tfo", CT4, "9"],
+        PEER4,
+        Change::Revoke,
+    )
+    .await;
     let said = o.notes.join(" ");
     if cx.mode.filtered() && said.contains("fastopen=error:EPERM") {
         o.control = said.contains("disconnected=1") && !said.contains("md5_keys=0");
@@ -1743,7 +1766,7 @@ async fn p_unstamped_tfo(cx: &mut Ctx) -> Outcome {
 }
 
 async fn p_container_forgotten(cx: &mut Ctx) -> Outcome {
-    revocation_with(cx, &["stream"], Change::ForgetContainer).await
+    revocation_with(cx, &["stream"], PEER4, Change::ForgetContainer).await
 }
 
 /// The container's socket(s) on `lport` wait for the peer to speak first
