@@ -1194,18 +1194,16 @@ impl Ctx {
         }
     }
 
-    /// The loader's count of socket options its cgroup setsockopt program
-    /// refused (`contain_refused_socket_options_total`); 0 unfiltered.
-    async fn refused_socket_options(&self) -> u64 {
+    /// The loader's counters (what policyd's metrics report); zeros
+    /// unfiltered.
+    async fn counters(&self) -> proto::loader::Counters {
         match &self.client {
-            Some(c) => {
-                c.counters(tarpc::context::current())
-                    .await
-                    .expect("counters rpc")
-                    .expect("counters")
-                    .refused_socket_options
-            }
-            None => 0,
+            Some(c) => c
+                .counters(tarpc::context::current())
+                .await
+                .expect("counters rpc")
+                .expect("counters"),
+            None => proto::loader::Counters::default(),
         }
     }
 
@@ -1742,15 +1740,28 @@ async fn across_change(cx: &mut Ctx, attack: &[&str]) -> Outcome {
 /// revocation. Filtered, its connect() is refused: that is the control
 /// there (the attack reached the unstampable state and was told EPERM).
 async fn p_unstamped_flow(cx: &mut Ctx) -> Outcome {
+    let before = cx.counters().await.unstamped_sockets;
     let mut o = revocation_with(cx, &["stream-unstamped", CT4, "9"], PEER4, Change::Revoke).await;
     let said = o.notes.join(" ");
     if cx.mode.filtered() && said.contains("connect=error:EPERM") {
         o.control = said.contains("disconnected=1") && !said.contains("md5_keys=0");
+        refused_socket_counted(cx, before, &mut o).await;
     }
     o
 }
 
+/// The refused connect is counted (`contain_sockets_refused_total`).
+async fn refused_socket_counted(cx: &Ctx, before: u64, o: &mut Outcome) {
+    let after = cx.counters().await.unstamped_sockets;
+    if after <= before {
+        o.failures.push(format!(
+            "the refused sockets count did not move ({before} before, {after} after)"
+        ));
+    }
+}
+
 async fn p_unstamped_tfo(cx: &mut Ctx) -> Outcome {
+    let before = cx.counters().await.unstamped_sockets;
     let mut o = revocation_with(
         cx,
         &["stream-unstamped-tfo", CT4, "9"],
@@ -1761,6 +1772,7 @@ async fn p_unstamped_tfo(cx: &mut Ctx) -> Outcome {
     let said = o.notes.join(" ");
     if cx.mode.filtered() && said.contains("fastopen=error:EPERM") {
         o.control = said.contains("disconnected=1") && !said.contains("md5_keys=0");
+        refused_socket_counted(cx, before, &mut o).await;
     }
     o
 }
@@ -2525,7 +2537,7 @@ async fn p_pkt_txring_race(cx: &mut Ctx) -> Outcome {
 /// the peer transmitting without checksum offload (as a NIC without it):
 /// there the kernel writes port 9 over the port the veth judged.
 async fn csum_rewrite(cx: &mut Ctx, attack: &str, compat: Option<&str>) -> Outcome {
-    let refused_before = cx.refused_socket_options().await;
+    let refused_before = cx.counters().await.refused_socket_options;
     let host_ns = cx.lab.host_ns.clone();
     let host = |state: &str| {
         lab::cmd_in(&host_ns, PYTHON)
@@ -2574,7 +2586,7 @@ async fn csum_rewrite(cx: &mut Ctx, attack: &str, compat: Option<&str>) -> Outco
                 "the cgroup setsockopt program did not refuse {option} with EPERM"
             ));
         }
-        let refused_after = cx.refused_socket_options().await;
+        let refused_after = cx.counters().await.refused_socket_options;
         if refused_after <= refused_before {
             o.failures.push(format!(
                 "the refused socket options count did not move ({refused_before} before, {refused_after} after)"
