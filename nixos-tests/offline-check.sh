@@ -198,7 +198,8 @@ if m is not None:
     check("contain.slice" in L.get("requires", []) and "contain.slice" in L.get("after", []),
           "loader: requires and follows contain.slice")
     check(L.get("startLimitIntervalSec") == 0, "loader: never gives up restarting")
-    check(bool(Lc.get("ExecStartPost")), "loader: started only once its socket exists (ExecStartPost)")
+    check(Lc.get("Type") == "notify" and Lc.get("NotifyAccess") == "main",
+          f"loader: started only once it says it is ready (Type={Lc.get('Type')}, NotifyAccess={Lc.get('NotifyAccess')})")
 
     check(sorted(Rc.get("CapabilityBoundingSet", [])) == ["CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE"],
           f"resolver: CapabilityBoundingSet is SYS_PTRACE DAC_READ_SEARCH only ({Rc.get('CapabilityBoundingSet')})")

@@ -88,18 +88,6 @@ let
   );
   cgroupPath = "/sys/fs/cgroup/${cgroupRelPath}";
 
-  # The loader is "started" once its socket exists: it binds the socket only
-  # after the programs are attached to the managed parent, so anything ordered
-  # after it (Docker, containerd) starts with enforcement in place.
-  waitForLoader = pkgs.writeShellScript "contain-wait-for-loader" ''
-    for _ in $(seq 1 600); do
-      [ -S ${loaderSocket} ] && exit 0
-      sleep 0.1
-    done
-    echo "bpf-loader did not create ${loaderSocket} within 60 s" >&2
-    exit 1
-  '';
-
   environment = {
     RUST_LOG = cfg.logLevel;
   };
@@ -304,10 +292,16 @@ in
         # crash, but events and map updates need the loader.
         startLimitIntervalSec = 0;
         serviceConfig = commonServiceConfig // {
-          Type = "simple";
+          # "Started" once the loader says so (READY=1): it does after the
+          # programs are attached to the managed parent and its socket is
+          # bound, so anything ordered after it (Docker, containerd) starts
+          # with enforcement in place. Not the socket file's existence: one
+          # left by a predecessor (the runtime directory is preserved) would
+          # say so too early.
+          Type = "notify";
+          NotifyAccess = "main";
           # policyd runs as user contain: the loader admits exactly root and that uid.
           ExecStart = "${cfg.package}/bin/bpf-loader --socket ${loaderSocket} --attach-parent ${cgroupPath} --client-user contain";
-          ExecStartPost = "${waitForLoader}";
           Restart = "always";
           RestartSec = "1s";
           # root (the default User=), with these capabilities and nothing else:

@@ -143,6 +143,14 @@ async fn main() -> anyhow::Result<()> {
     };
     let listener = bind(&args.socket, mode, group)
         .with_context(|| format!("binding {}", args.socket.display()))?;
+    // Ready for systemd (Type=notify): the programs are attached to the
+    // managed parent and the socket takes requests, so Docker and
+    // containerd, ordered after this unit, start with enforcement in place.
+    // A socket file alone would say so too early: one left by a predecessor,
+    // or made by anyone who may write the runtime directory.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "cannot tell systemd the loader is ready");
+    }
     let server = LoaderServer {
         kernel,
         events: event_log,

@@ -162,6 +162,19 @@ check "bpf-loader is ordered before docker.service" bash -c \
   "systemctl show -p Before --value contain-bpf-loader | tr ' ' '\n' | grep -qx docker.service"
 check "bpf-loader is ordered before containerd.service" bash -c \
   "systemctl show -p Before --value contain-bpf-loader | tr ' ' '\n' | grep -qx containerd.service"
+# Active only once the loader said READY=1 (after its programs are attached), which a
+# leftover socket file cannot fake: a restart over a planted one still waits for it.
+check_output "bpf-loader's unit is Type=notify" notify systemctl show -p Type --value contain-bpf-loader
+readies() { journalctl -u contain-bpf-loader --no-pager -o cat | grep -c "bpf-loader ready" || true; }
+before=$(readies)
+systemctl stop contain-bpf-loader
+python3 -c 'import socket; socket.socket(socket.AF_UNIX).bind("/run/contain/loader.sock")'
+check "bpf-loader starts again over a socket file left behind" systemctl start contain-bpf-loader
+# systemctl start returns once READY=1 came (Type=notify), which the loader sends after it
+# has attached and bound: a start that returned while a planted socket was still the only one
+# there would have needed no READY=1 at all.
+check "the restarted loader attached and said ready" retry 20 0.25 bash -c "(( \$(journalctl -u contain-bpf-loader --no-pager -o cat | grep -c 'bpf-loader ready') > $before ))"
+check_output "the loader is active" active systemctl is-active contain-bpf-loader
 check "user and group contain (sysusers)" bash -c "getent passwd contain && getent group contain"
 check_output "/run/contain is root:contain 1770 (tmpfiles)" "1770 root contain" stat -c '%a %U %G' /run/contain
 check_output "policy.toml is a conffile" "/etc/contain/policy.toml" dpkg-query -W -f='${Conffiles}' contain
