@@ -1046,6 +1046,7 @@ impl Engine {
             assigned,
             &attached,
             self.view.kernel.as_deref(),
+            view::Rules::JustConverged,
         );
         for (c, _, enforcement) in enforcements {
             let (Some(reason), "unenforced") =

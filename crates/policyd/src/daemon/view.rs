@@ -71,6 +71,18 @@ impl View {
     }
 }
 
+/// Whether [`enforcements`] compares the maps' rules with the loaded ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rules {
+    /// Compare them (status, explain: the maps may be at any state).
+    Compare,
+    /// Take them as held: the engine has just applied (or found nothing
+    /// to apply to) what the loaded policy gives; a failed convergence
+    /// leaves it no view of the maps at all. Spares a compare of every
+    /// rule of a policy on each container start.
+    JustConverged,
+}
+
 /// Each container of `assigned`, with its assignment and what the kernel
 /// enforces of it: by the programs' attachment, and by what the loader's
 /// maps hold (`kernel`, as last read or applied).
@@ -80,8 +92,17 @@ pub fn enforcements<'a>(
     assigned: Assigned,
     attached: &AttachedParents,
     kernel: Option<&StateSnapshot>,
+    rules: Rules,
 ) -> Vec<(&'a Container, Assignment, Enforcement)> {
     let mut held = Held::new(loaded, &assigned.cgroups, &assigned.files, kernel);
+    if rules == Rules::JustConverged {
+        held.rules_held = loaded
+            .rules
+            .policy_ids
+            .iter()
+            .map(|&id| (id, true))
+            .collect();
+    }
     assigned
         .assignments
         .iter()
@@ -367,7 +388,14 @@ pub async fn status(handle: &Handle, counters: Option<&Counters>) -> Status {
         .collect();
     let exes = assigned.exes.clone();
     let desired_veths = assigned.veths.clone();
-    let enforcements = enforcements(loaded, inventory, assigned, &attached, kernel.as_deref());
+    let enforcements = enforcements(
+        loaded,
+        inventory,
+        assigned,
+        &attached,
+        kernel.as_deref(),
+        Rules::Compare,
+    );
     let mut policy_of = vec![None; inventory.containers.len()];
     for (_, a, _) in &enforcements {
         policy_of[a.container_index] = a.policy_index.map(|i| policies.policies[i].name.as_str());
