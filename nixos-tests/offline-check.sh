@@ -220,6 +220,59 @@ if m is not None:
           "policyd with metrics (the default): IP sockets, reachable from localhost only")
     check(o.get("metricsListenAddressDefault") == "127.0.0.1:9879" and o.get("metricsAllowedClientsDefault") == ["localhost"],
           "options: metrics on 127.0.0.1:9879 for localhost by default")
+    # The .deb's units claim the module's hardening (README, debian/systemd/): every setting
+    # of their [Service] sections, key by key, but the command lines (store paths), the
+    # Environment (the module's logLevel) and what the module spells by its own options.
+    repo = os.environ["REPO"]
+
+    def deb_service(unit):
+        section, values = None, {}
+        try:
+            lines = open(os.path.join(repo, "debian/systemd", unit + ".service")).read().splitlines()
+        except OSError:
+            return None
+        for line in lines:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith("["):
+                section = line
+                continue
+            if section == "[Service]" and "=" in line:
+                key, value = line.split("=", 1)
+                values.setdefault(key, []).append(value)
+        return values
+
+    def nix_words(value):
+        if isinstance(value, bool):
+            return ["yes" if value else "no"]
+        if isinstance(value, list):
+            return [str(v) for v in value]
+        return str(value).split()
+
+    def deb_words(values):
+        # Repeated keys add up, except a "~" line (SystemCallFilter), kept whole.
+        return [w for v in values for w in (v.split() if not v.startswith("~") else [v])]
+
+    not_compared = {"ExecStart", "ExecReload", "ExecStartPre", "ExecStartPost", "Environment"}
+    for unit, nix in (("contain-bpf-loader", Lc), ("contain-resolver", Rc), ("contain-policyd", Pc)):
+        deb = deb_service(unit)
+        if deb is None:
+            check(False, f"{unit}: debian/systemd/{unit}.service not readable")
+            continue
+        differ = []
+        for key in sorted((set(deb) | set(nix)) - not_compared):
+            d = deb_words(deb.get(key, []))
+            n = nix_words(nix[key]) if key in nix else []
+            if key == "SystemCallFilter" and isinstance(nix.get(key), list):
+                n = [str(v) for v in nix[key]]
+            # A boolean off is systemd's default for every setting here: the same as unset.
+            if key not in deb and nix.get(key) is False:
+                continue
+            if sorted(d) != sorted(n):
+                differ.append(f"{key}: deb {d} nix {n}")
+        check(not differ, f"{unit}: the .deb's unit has the module's settings" + (" (" + "; ".join(differ) + ")" if differ else ""))
+
     nm = get(m, "variants", "noMetrics", default={})
     check(nm.get("PrivateNetwork") is True and nm.get("RestrictAddressFamilies") == ["AF_UNIX"]
           and "IPAddressDeny" not in nm and nm.get("ExecStart", "").endswith(" --metrics-listen off"),
