@@ -57,6 +57,13 @@ struct Args {
     /// counted and the count reported with its next event.
     #[arg(long, default_value_t = contain_common::DEFAULT_EVENTS_PER_SECOND, value_parser = clap::value_parser!(u32).range(1..))]
     events_per_second: u32,
+    /// Seconds a veth that appears holds the frames no socket sent (what a
+    /// new container's namespace forwards) to the unknown-container verdict
+    /// while no container owns it; 0: not at all (another tool's veths
+    /// then forward from their first frame, and so may a new container's
+    /// namespace until policyd names it).
+    #[arg(long, default_value_t = contain_common::DEFAULT_NEW_VETH_HOLD_SECS)]
+    new_veth_hold_secs: u64,
 }
 
 // One thread: map updates are serialised anyway, and a single malloc arena
@@ -75,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
         .set_limits(&Limits {
             udp_reply_timeout: Duration::from_secs(args.udp_reply_timeout_secs),
             events_per_second: args.events_per_second,
+            new_veth_hold: Duration::from_secs(args.new_veth_hold_secs),
         })
         .context("setting the kernel's limits")?;
     kernel
@@ -102,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
     let kernel = Arc::new(Mutex::new(kernel));
     // Every veth gets the backstop before the socket is served: a client
     // that sees the loader ready sees every existing veth covered.
-    bpf_loader::veths::attach_all(&kernel).await;
+    bpf_loader::veths::attach_all(&kernel, bpf_loader::veths::Found::AtStart).await;
     tokio::spawn(bpf_loader::veths::follow(kernel.clone()));
     tokio::spawn(bpf_loader::veths::keep_first(kernel.clone()));
     {

@@ -475,12 +475,14 @@ pub async fn follow(kernel: Arc<Mutex<Kernel>>) {
             Ok((conn, _, mut messages)) => {
                 let conn_task = tokio::spawn(conn);
                 delay = Duration::from_millis(100);
-                attach_all(&kernel).await;
+                // What appeared since the last look (the loader's start, or
+                // a socket that closed) is new.
+                attach_all(&kernel, Found::Appeared).await;
                 while let Some((msg, _)) = messages.next().await {
                     match msg.payload {
                         NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
                             if let Some((ifindex, name)) = veth_of(&link) {
-                                attach_announced(&kernel, ifindex, &name);
+                                attach_one(&kernel, ifindex, &name, Found::Appeared);
                             }
                         }
                         // A bridge reports a port leaving it as a DELLINK of
@@ -492,7 +494,7 @@ pub async fn follow(kernel: Arc<Mutex<Kernel>>) {
                         }
                         NetlinkPayload::Overrun(_) => {
                             tracing::warn!("rtnetlink event socket overran; re-reading the links");
-                            attach_all(&kernel).await;
+                            attach_all(&kernel, Found::Appeared).await;
                         }
                         _ => {}
                     }
@@ -631,7 +633,13 @@ pub async fn keep_first(kernel: Arc<Mutex<Kernel>>) {
             if at > now {
                 continue;
             }
-            if !attach_one(&kernel, ifindex, &name) {
+            // One no event announced appeared; one retried is not new again.
+            let found = if retry.contains_key(&ifindex) {
+                Found::AtStart
+            } else {
+                Found::Appeared
+            };
+            if !attach_one(&kernel, ifindex, &name, found) {
                 retry.insert(ifindex, (now + backoff, (backoff * 2).min(RETRY_MAX)));
             }
             tokio::task::yield_now().await;
@@ -656,13 +664,23 @@ pub async fn veths() -> std::io::Result<Vec<(u32, String)>> {
         .map_err(std::io::Error::other)
 }
 
+/// How the loader came upon a veth.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// There when the loader started.
+    AtStart,
+    /// Appeared while the loader ran (a container starting): one not on
+    /// record yet is marked new ([`Kernel::mark_new_veth`]).
+    Appeared,
+}
+
 /// Attaches to every veth there is, and releases the pins of veths that
 /// are gone.
-pub async fn attach_all(kernel: &Arc<Mutex<Kernel>>) {
+pub async fn attach_all(kernel: &Arc<Mutex<Kernel>>, found: Found) {
     match veths().await {
         Ok(veths) => {
             for (ifindex, name) in &veths {
-                attach_one(kernel, *ifindex, name);
+                attach_one(kernel, *ifindex, name, found);
             }
             let present: Vec<u32> = veths.iter().map(|(i, _)| *i).collect();
             lock(kernel).release_gone_veths(&present);
@@ -672,24 +690,16 @@ pub async fn attach_all(kernel: &Arc<Mutex<Kernel>>) {
 }
 
 /// Attaches the backstop to one veth; returns whether the veth is on
-/// record now (attached, or left to a link event).
-fn attach_one(kernel: &Arc<Mutex<Kernel>>, ifindex: u32, name: &str) -> bool {
+/// record now (attached, or left to a link event). One that appeared is
+/// marked new first, unless on record already (a link event of a veth
+/// whose flags changed changes nothing).
+fn attach_one(kernel: &Arc<Mutex<Kernel>>, ifindex: u32, name: &str, found: Found) -> bool {
     let mut kernel = lock(kernel);
-    let attached = kernel.attach_veth(ifindex, name);
-    report_attach(&mut kernel, attached, ifindex, name)
-}
-
-/// Attaches the backstop to a veth a link event announced. One it was not
-/// on yet appeared while the loader ran (a container starting): it is
-/// marked new first ([`Kernel::mark_new_veth`]). A link event of a veth on
-/// record (its flags changed) changes nothing.
-fn attach_announced(kernel: &Arc<Mutex<Kernel>>, ifindex: u32, name: &str) {
-    let mut kernel = lock(kernel);
-    if !kernel.veth_on_record(ifindex, name) {
+    if found == Found::Appeared && !kernel.veth_on_record(ifindex, name) {
         kernel.mark_new_veth(ifindex);
     }
     let attached = kernel.attach_veth(ifindex, name);
-    report_attach(&mut kernel, attached, ifindex, name);
+    report_attach(&mut kernel, attached, ifindex, name)
 }
 
 fn report_attach(

@@ -2938,10 +2938,11 @@ async fn the_kernel_answers_peers_through_a_mapped_veth() {
 /// frame written to its `lo` is routed out of its veth from no socket,
 /// judged under the veth's owner, and a new container's veth has none yet.
 /// A veth that appeared while the loader ran holds such frames to the
-/// unknown-container verdict until it has an owner. Judged at the peer;
-/// the control is the same frame from the lab's container, whose veth was
-/// there before the loader and has no owner in the maps either: it
-/// arrives, as on a veth of no container.
+/// unknown-container verdict until it has an owner, for the hold's length
+/// (3 s here). Judged at the peer; the control is the same frame from the
+/// lab's container, whose veth was there before the loader and has no
+/// owner in the maps either: it arrives, as on a veth of no container.
+/// Past the hold, a veth nobody named is taken for none's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_veths_forwarded_frames_wait_for_its_owner() {
     let Some(()) = require_root("a_new_veths_forwarded_frames_wait_for_its_owner") else {
@@ -2949,9 +2950,14 @@ async fn a_new_veths_forwarded_frames_wait_for_its_owner() {
     };
     const LATE4: &str = "198.18.0.9";
     const LATE6: &str = "2001:db8:77::9";
-    let (mut lab, client) = Lab::running().await;
+    const HOLD: Duration = Duration::from_secs(3);
+    let mut lab = Lab::new();
+    lab.start_peer_servers();
+    lab.loader_args = vec!["--new-veth-hold-secs".into(), HOLD.as_secs().to_string()];
+    let client = lab.start_loader().await;
     converge(&client, &Rules::default().state, Verdict::Deny).await;
     let late = lab.add_neighbour("late", LATE4, LATE6);
+    let appeared = std::time::Instant::now();
     for ns in [&late.ns, &lab.ct_ns] {
         test_kit::lab::sysctl(ns, &["net.ipv4.conf.all.forwarding=1"]).expect("forwarding on");
     }
@@ -3019,6 +3025,24 @@ async fn a_new_veths_forwarded_frames_wait_for_its_owner() {
         !captured_markers(&capture).iter().any(|m| m == "MK{held}"),
         "a frame the new container's namespace forwarded arrived at the peer before its veth had an owner"
     );
+    // Refused as the unknown-container verdict, and reported so.
+    let events = client
+        .events(tarpc::context::current(), 0, 1000, 0)
+        .await
+        .expect("events rpc")
+        .events;
+    assert!(
+        events.iter().any(|e| e.hook == Hook::Veth
+            && e.cgroup_id == 0
+            && e.verdict == Verdict::Deny
+            && e.dst.to_string() == PEER4
+            && e.dst_port == 9999),
+        "no unknown-container denial on the veth for the held frame: {events:#?}"
+    );
+    assert!(
+        appeared.elapsed() < HOLD,
+        "the test took longer than the hold: it proves nothing (rerun on a less busy machine)"
+    );
 
     // Named by policyd (here, as a container no policy selects), its
     // forwarding is its own business again.
@@ -3041,4 +3065,40 @@ async fn a_new_veths_forwarded_frames_wait_for_its_owner() {
         "a forwarded frame once the new veth had an owner",
     )
     .await;
+
+    // Another new veth nobody names: a frame every 250 ms until one
+    // arrives. Those sent well within the hold (the veth appeared before
+    // `add_neighbour` returned, so its hold may end up to that much early:
+    // 1 s is left to it) never arrive; once it ends, they do.
+    let unnamed = lab.add_neighbour("unnamed", "198.18.0.10", "2001:db8:77::a");
+    let unnamed_appeared = std::time::Instant::now();
+    test_kit::lab::sysctl(&unnamed.ns, &["net.ipv4.conf.all.forwarding=1"]).expect("forwarding on");
+    let mut within = Vec::new();
+    let mut arrived = None;
+    for n in 0.. {
+        let marker = format!("MK{{unnamed{n}}}");
+        let sent_after = unnamed_appeared.elapsed();
+        forward(&unnamed.cgroup, &unnamed.ns, &marker);
+        if sent_after + Duration::from_secs(1) < HOLD {
+            within.push(marker);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let seen = captured_markers(&capture);
+        if let Some(m) = seen.iter().find(|m| m.starts_with("MK{unnamed")) {
+            arrived = Some(m.clone());
+            break;
+        }
+        assert!(
+            unnamed_appeared.elapsed() < HOLD + Duration::from_secs(10),
+            "no frame forwarded on a veth nobody named arrived past the hold"
+        );
+    }
+    let seen = captured_markers(&capture);
+    assert!(!within.is_empty(), "no frame was sent well within the hold");
+    for marker in &within {
+        assert!(
+            !seen.contains(marker),
+            "{marker}, forwarded within the hold on a veth nobody named, arrived at the peer (first: {arrived:?})"
+        );
+    }
 }

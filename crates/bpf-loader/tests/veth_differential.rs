@@ -746,6 +746,7 @@ fn the_veth_program_decides_as_the_model() {
                     Duration::from_nanos(1)
                 },
                 events_per_second: DEFAULT_EVENTS_PER_SECOND,
+                new_veth_hold: Duration::ZERO,
             })
             .expect("setting the reply timeout");
 

@@ -433,12 +433,12 @@ pub struct Config {
 
 /// Default of [`Config::udp_reply_timeout_ns`].
 pub const DEFAULT_UDP_REPLY_TIMEOUT_NS: u64 = 30_000_000_000;
-/// How long after the loader attached the backstop to a veth that appeared
-/// while it ran (`NEW_VETHS`) frames of no socket there are held to the
-/// unknown-container verdict while no container owns it: a new
-/// container's namespace forwards nothing before policyd has named it.
+/// Default of the loader's `--new-veth-hold-secs`: how long a veth that
+/// appeared while the loader ran holds frames of no socket to the
+/// unknown-container verdict while no container owns it (`NEW_VETHS`): a
+/// new container's namespace forwards nothing before policyd has named it.
 /// Past this, a veth no container owns is taken for none's.
-pub const NEW_VETH_HOLD_NS: u64 = 10_000_000_000;
+pub const DEFAULT_NEW_VETH_HOLD_SECS: u64 = 10;
 /// Default of [`Config::events_per_second`].
 pub const DEFAULT_EVENTS_PER_SECOND: u32 = 100;
 

@@ -131,12 +131,13 @@ pub static LAST_NOTED_PEER: PerCpuArray<crate::veth::NotedPeer, 1> = PerCpuArray
 pub static VETHS: LoaderHashMap<u32, VethOwner, { capacity::VETHS as usize }> =
     LoaderHashMap::new();
 
-/// When the loader attached the backstop to each veth that appeared while
-/// it ran (`bpf_ktime_get_ns`; the loader's): see `NEW_VETH_HOLD_NS`. An
-/// LRU, so that many veths coming and going cannot fill it; an entry
-/// evicted only ends its veth's hold early.
+/// Until when (`bpf_ktime_get_ns`) each veth that appeared while the loader
+/// ran holds frames of no socket to the unknown-container verdict while no
+/// container owns it (the loader's; see `DEFAULT_NEW_VETH_HOLD_SECS`). A
+/// plain hash: an LRU could evict a live hold by itself. The loader
+/// removes a veth's entry when it goes, and expired ones when full.
 #[btf_map(name = "CONTAIN_NEW_VETHS")]
-pub static NEW_VETHS: LruHashMap<u32, u64, { capacity::VETHS as usize }> = LruHashMap::new();
+pub static NEW_VETHS: LoaderHashMap<u32, u64, { capacity::VETHS as usize }> = LoaderHashMap::new();
 
 /// The cgroups contain's cgroup programs are attached to (the loader's):
 /// a socket under one of them was judged by those programs.

@@ -48,7 +48,7 @@ use aya_ebpf::{
 };
 use contain_common::{
     ip_proto, stat, Hook, Verdict, VethAddrKey, CGROUP_FORWARDED_DNS, EVENT_FORGED_SOURCE,
-    EVENT_LINK_LAYER, EVENT_UNATTRIBUTED, MAX_CGROUP_DEPTH, NEW_VETH_HOLD_NS,
+    EVENT_LINK_LAYER, EVENT_UNATTRIBUTED, MAX_CGROUP_DEPTH,
 };
 
 use crate::{
@@ -222,14 +222,14 @@ pub fn judge_frame(skb: *mut __sk_buff) -> i32 {
 /// No cgroup's id: `governance` of it is the unknown-container verdict.
 const UNKNOWN_CGROUP: u64 = 0;
 
-/// Whether the loader attached the backstop to `ifindex` when it appeared,
-/// less than `NEW_VETH_HOLD_NS` ago.
+/// Whether `ifindex` appeared while the loader ran, and its hold has not
+/// ended (`NEW_VETHS`).
 #[inline(always)]
 fn is_new_veth(ifindex: u32) -> bool {
     // SAFETY: copied out at once.
     match unsafe { NEW_VETHS.get(ifindex) } {
         // SAFETY: a helper with no arguments.
-        Some(&attached) => unsafe { bpf_ktime_get_ns() }.wrapping_sub(attached) < NEW_VETH_HOLD_NS,
+        Some(&until) => until > unsafe { bpf_ktime_get_ns() },
         None => false,
     }
 }

@@ -196,8 +196,8 @@ pub fn judge_frame(
     judge_frame_on(state, ifindex, VethAge::Settled, origin, frame)
 }
 
-/// Whether the loader saw a veth appear while it ran, less than
-/// `contain_common::NEW_VETH_HOLD_NS` ago (`NEW_VETHS`).
+/// Whether the loader saw a veth appear while it ran, and its hold has not
+/// ended (`NEW_VETHS`; `contain_common::DEFAULT_NEW_VETH_HOLD_SECS`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VethAge {
     New,

@@ -192,8 +192,6 @@ impl Kernel {
         Ok(())
     }
 
-    /// A veth left this namespace (deleted, or moved into a container's):
-    /// its pinned link, if any, is released.
     /// Whether the backstop is on record on veth `ifindex` under `name`.
     pub fn veth_on_record(&self, ifindex: u32, name: &str) -> bool {
         self.veths.get(&ifindex).is_some_and(|n| n == name)
@@ -201,21 +199,40 @@ impl Kernel {
 
     /// Marks veth `ifindex` as one that appeared while the loader ran: its
     /// frames of no socket are held to the unknown-container verdict for
-    /// `NEW_VETH_HOLD_NS` while no container owns it. Marked before the
-    /// backstop is attached, so that its first frame finds the mark.
+    /// [`Limits::new_veth_hold`](super::Limits) while no container owns it.
+    /// Marked before the backstop is attached, so that its first frame
+    /// finds the mark.
     pub fn mark_new_veth(&mut self, ifindex: u32) {
-        let now = match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
-            Ok(now) => now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64,
-            Err(e) => {
-                tracing::warn!(ifindex, error = %e, "cannot read the clock: the new veth's frames of no socket are not held until policyd names its container");
-                return;
-            }
+        if self.new_veth_hold.is_zero() {
+            return;
+        }
+        let Some(now) = monotonic_ns() else {
+            tracing::warn!(ifindex, "cannot read the clock: the new veth's frames of no socket are not held until policyd names its container");
+            return;
         };
-        if let Err(e) = self.maps.new_veths.insert(ifindex, now, 0) {
+        let until = now.saturating_add(self.new_veth_hold.as_nanos() as u64);
+        if self.maps.new_veths.insert(ifindex, until, 0).is_ok() {
+            return;
+        }
+        // Full: holds that ended make room (a veth's own goes with it).
+        let ended: Vec<u32> = self
+            .maps
+            .new_veths
+            .iter()
+            .flatten()
+            .filter(|&(_, until)| until <= now)
+            .map(|(ifindex, _)| ifindex)
+            .collect();
+        for ended in ended {
+            let _ = self.maps.new_veths.remove(&ended);
+        }
+        if let Err(e) = self.maps.new_veths.insert(ifindex, until, 0) {
             tracing::warn!(ifindex, error = %e, "cannot mark the veth as new: its frames of no socket are not held until policyd names its container");
         }
     }
 
+    /// A veth left this namespace (deleted, or moved into a container's):
+    /// its pinned link, if any, is released, and its hold ends.
     pub fn veth_gone(&mut self, ifindex: u32) {
         self.veths.remove(&ifindex);
         // Absent already for most: only veths that appeared are marked.
@@ -441,4 +458,10 @@ fn release_other_instances(group: &Path, keep: &str) -> Result<(), KernelError> 
         std::fs::remove_dir(&dir).map_err(io_err(&dir))?;
     }
     Ok(())
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: `bpf_ktime_get_ns`'s clock.
+fn monotonic_ns() -> Option<u64> {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).ok()?;
+    Some(now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64)
 }

@@ -92,8 +92,8 @@ struct PolicyMaps {
     veth_sources: HashMap<MapData, kern::VethAddrKey, u8>,
     /// Cgroup id → its level: where the cgroup programs are attached.
     attached_cgroups: HashMap<MapData, u64, u32>,
-    /// Veth ifindex → when the backstop was attached to it, for veths that
-    /// appeared while this loader ran (an LRU).
+    /// Veth ifindex → until when its frames of no socket are held, for
+    /// veths that appeared while this loader ran.
     new_veths: HashMap<MapData, u32, u64>,
 }
 
@@ -111,6 +111,8 @@ pub struct Kernel {
     veths: BTreeMap<u32, String>,
     /// The key of the kernel's exe ids (`CONFIG.exe_key`).
     exe_key: [u64; 2],
+    /// See [`Limits::new_veth_hold`].
+    new_veth_hold: std::time::Duration,
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> KernelError {
@@ -132,6 +134,10 @@ pub struct Limits {
     pub udp_reply_timeout: std::time::Duration,
     /// Deny/audit events one cgroup may report per second.
     pub events_per_second: u32,
+    /// How long a veth that appears holds frames of no socket to the
+    /// unknown-container verdict while no container owns it (zero: not
+    /// at all).
+    pub new_veth_hold: std::time::Duration,
 }
 
 impl Kernel {

@@ -137,6 +137,9 @@ impl Kernel {
             attachments: BTreeMap::new(),
             veths: BTreeMap::new(),
             exe_key: [0, 0],
+            new_veth_hold: std::time::Duration::from_secs(
+                contain_common::DEFAULT_NEW_VETH_HOLD_SECS,
+            ),
         };
         kernel.exe_key = kernel.ensure_exe_key()?;
         kernel.mirror = kernel.read_state()?;
@@ -206,8 +209,9 @@ impl Kernel {
                 .unwrap_or(u64::MAX)
                 .max(1);
             config.events_per_second = limits.events_per_second.max(1);
-        })
-        .map(|_| ())
+        })?;
+        self.new_veth_hold = limits.new_veth_hold;
+        Ok(())
     }
 }
 
