@@ -306,14 +306,36 @@ pub async fn counters(loader: &LoaderLink) -> Option<Counters> {
     }
 }
 
-/// What the loader's maps hold as policyd last read or applied it, while
-/// they are still at that generation: after a loader restart on fresh
-/// maps, or another writer's apply, until the engine reads them again,
-/// what policyd holds is not what the kernel does.
-async fn kernel_now(handle: &Handle, view: &View) -> Option<Arc<StateSnapshot>> {
-    let held = view.kernel.clone()?;
-    let generation = handle.loader.generation().await.ok()?;
-    (generation == held.generation).then_some(held)
+/// How long a status or explain waits for the engine to publish an apply
+/// the loader already shows.
+const PUBLISH_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The engine's last published view, and what the loader's maps hold as
+/// that view has them, while they are still at its generation: after a
+/// loader restart on fresh maps, or another writer's apply, until the
+/// engine reads them again, what policyd holds is not what the kernel
+/// does (`None`). An apply of the engine's own shows in the loader's
+/// generation before the engine publishes it (once its batch is done):
+/// that view is waited for, briefly, so that a status in between does not
+/// show every container unverified.
+async fn settled_view(handle: &Handle) -> (Arc<View>, Option<Arc<StateSnapshot>>) {
+    let deadline = tokio::time::Instant::now() + PUBLISH_WAIT;
+    loop {
+        let view = handle.view();
+        let Some(held) = view.kernel.clone() else {
+            return (view, None);
+        };
+        let Ok(generation) = handle.loader.generation().await else {
+            return (view, None);
+        };
+        if generation == held.generation {
+            return (view, Some(held));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return (view, None);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// What `policyd status` shows: the engine's last published view, with
@@ -321,11 +343,10 @@ async fn kernel_now(handle: &Handle, view: &View) -> Option<Arc<StateSnapshot>> 
 /// container shown enforced only if the maps are still as the view holds
 /// them.
 pub async fn status(handle: &Handle, counters: Option<&Counters>) -> Status {
-    let view = handle.view();
-    let (attached, attached_veths, kernel) = tokio::join!(
+    let (view, kernel) = settled_view(handle).await;
+    let (attached, attached_veths) = tokio::join!(
         handle.loader.attached_parents(),
-        handle.loader.attached_veths(),
-        kernel_now(handle, &view)
+        handle.loader.attached_veths()
     );
     let mut status = Status {
         api_version: proto::API_VERSION,
@@ -473,7 +494,7 @@ fn executable_statuses(
 /// the policy gives it, says so first, since the verdict is then the
 /// policy's, not the kernel's.
 pub async fn explain(handle: &Handle, query: &ExplainQuery) -> Result<Explanation, PolicydError> {
-    let view = handle.view();
+    let (view, kernel) = settled_view(handle).await;
     let Some(loaded) = &view.loaded else {
         return Err(PolicydError::NoPolicy(
             view.last_error
@@ -499,8 +520,7 @@ pub async fn explain(handle: &Handle, query: &ExplainQuery) -> Result<Explanatio
         .iter()
         .position(|p| p.name == policy_name);
     let policy_mode = policy_index.map(|i| loaded.policies.policies[i].mode);
-    let (attached, kernel) =
-        tokio::join!(handle.loader.attached_parents(), kernel_now(handle, &view));
+    let attached = handle.loader.attached_parents().await;
     if let Ok(container) = inventory.find(&query.container) {
         let enforcement = coverage::enforcement(container, policy_mode, &attached);
         let enforcement = Held::new(
