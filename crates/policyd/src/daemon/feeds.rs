@@ -67,11 +67,14 @@ impl<V: PartialEq + Clone> Settled<V> {
     /// Takes one check's version; whether to apply it now.
     fn check(&mut self, version: V) -> bool {
         let settled = version == self.seen && version != self.applied;
-        self.seen = version.clone();
-        if settled {
-            self.applied = version;
-        }
+        self.seen = version;
         settled
+    }
+
+    /// The version last checked was read: it is not applied again. One that
+    /// could not be read is tried again at the next check.
+    fn read(&mut self) {
+        self.applied = self.seen.clone();
     }
 }
 
@@ -86,6 +89,7 @@ pub async fn watch_policy_file(engine: Handle, path: PathBuf, every: Duration) {
         let Ok(bytes) = std::fs::read(&path) else {
             continue;
         };
+        versions.read();
         let digest = policy::fnv1a(&bytes);
         let view = engine.view();
         if view.loaded_digest() == Some(digest) || view.rejected_digest == Some(digest) {
@@ -316,6 +320,7 @@ mod tests {
         assert!(!versions.check("truncated"), "changed: not yet");
         assert!(!versions.check("v2"), "changed again: not yet");
         assert!(versions.check("v2"), "settled");
+        versions.read();
         assert!(!versions.check("v2"), "already applied");
         assert!(!versions.check("v3"));
         assert!(
@@ -323,5 +328,11 @@ mod tests {
             "back to the applied one: nothing to do"
         );
         assert!(!versions.check("v2"));
+        // A settled version that could not be read is tried again.
+        assert!(!versions.check("v4"));
+        assert!(versions.check("v4"), "settled");
+        assert!(versions.check("v4"), "not read: again");
+        versions.read();
+        assert!(!versions.check("v4"));
     }
 }
