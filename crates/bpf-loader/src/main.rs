@@ -113,17 +113,6 @@ async fn main() -> anyhow::Result<()> {
     bpf_loader::veths::attach_all(&kernel, bpf_loader::veths::Found::AtStart).await;
     tokio::spawn(bpf_loader::veths::follow(kernel.clone()));
     tokio::spawn(bpf_loader::veths::keep_first(kernel.clone()));
-    {
-        let kernel_guard = kernel.lock().unwrap_or_else(|p| p.into_inner());
-        tracing::info!(
-            generation = kernel_guard.generation(),
-            entries = kernel_guard.state().entry_count(),
-            pin_dir = %kernel_guard.pin_dir().display(),
-            veths = kernel_guard.attached_veths().len(),
-            tcx = bpf_loader::veths::uses_tcx(),
-            "bpf-loader ready"
-        );
-    }
     let event_log = EventLog::new();
     tokio::spawn(drain_events(
         rings.events,
@@ -158,6 +147,17 @@ async fn main() -> anyhow::Result<()> {
     // or made by anyone who may write the runtime directory.
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::warn!(error = %e, "cannot tell systemd the loader is ready");
+    }
+    {
+        let kernel_guard = kernel.lock().unwrap_or_else(|p| p.into_inner());
+        tracing::info!(
+            generation = kernel_guard.generation(),
+            entries = kernel_guard.state().entry_count(),
+            pin_dir = %kernel_guard.pin_dir().display(),
+            veths = kernel_guard.attached_veths().len(),
+            tcx = bpf_loader::veths::uses_tcx(),
+            "bpf-loader ready"
+        );
     }
     let server = LoaderServer {
         kernel,

@@ -174,9 +174,8 @@ systemctl stop contain-bpf-loader
 check "a socket file is left behind" test -S /run/contain/loader.sock
 check "bpf-loader starts again over a socket file left behind" systemctl start contain-bpf-loader
 # systemctl start returns once READY=1 came (Type=notify), which the loader sends after it
-# has attached and bound: a start that returned while a planted socket was still the only one
-# there would have needed no READY=1 at all.
-check "the restarted loader attached and said ready" retry 20 0.25 bash -c "(( \$(journalctl -u contain-bpf-loader --no-pager -o cat | grep -c 'bpf-loader ready') > $before ))"
+# has attached and bound its socket, and then logs "bpf-loader ready".
+check "the restarted loader attached, bound and said ready" retry 20 0.25 bash -c "(( \$(journalctl -u contain-bpf-loader --no-pager -o cat | grep -c 'bpf-loader ready') > $before ))"
 check_output "the loader is active" active systemctl is-active contain-bpf-loader
 check "user and group contain (sysusers)" bash -c "getent passwd contain && getent group contain"
 check_output "/run/contain is root:contain 1770 (tmpfiles)" "1770 root contain" stat -c '%a %U %G' /run/contain
