@@ -14,7 +14,7 @@
 #            may reach the peer on 8080; busybox wget, a copy of curl, ping
 #            and raw ICMP are refused
 # Then: first-packet coverage of a new container, fail-closed while daemons
-# are down, `policyd reload`, a refused bad policy, SIGHUP reload, and a NixOS
+# are down, `policyd reload`, a refused bad policy, `systemctl reload`, and a NixOS
 # configuration switch (audit mode) that reloads policyd without restarting it.
 { pkgs, self }:
 
@@ -270,7 +270,10 @@ in
           machine.succeed(tcp("blocked"))
           machine.succeed("systemctl is-active contain-policyd")
 
-      with subtest("systemctl reload (SIGHUP) re-reads the file"):
+      with subtest("systemctl reload re-reads the file (policyd reload), and fails on a refused one"):
+          machine.succeed("cp ${badPolicy} /etc/contain/policy.toml")
+          machine.fail("systemctl reload contain-policyd")
+          machine.succeed(tcp("blocked"))
           machine.succeed("cp /tmp/policy.base.toml /etc/contain/policy.toml")
           machine.succeed("systemctl reload contain-policyd")
           eventually_denied(machine, tcp("blocked"), "blocked tcp, base policy again")

@@ -213,8 +213,8 @@ if m is not None:
     check({"contain-bpf-loader.service", "contain-resolver.service"} <= set(P.get("after", []))
           and {"contain-bpf-loader.service", "contain-resolver.service"} <= set(P.get("wants", [])),
           "policyd: after (and wants) the loader and the resolver")
-    check(re.fullmatch(r"/nix/store/\S+/bin/kill -HUP \$MAINPID", Pc.get("ExecReload", "")) is not None,
-          f"policyd: ExecReload sends SIGHUP ({Pc.get('ExecReload')})")
+    check(exec_is({"ExecStart": Pc.get("ExecReload", "")}, "policyd", "--socket /run/contain/policyd.sock reload"),
+          f"policyd: ExecReload is policyd reload, which fails on a refused policy ({Pc.get('ExecReload')})")
     check(Pc.get("PrivateNetwork") is False and Pc.get("RestrictAddressFamilies") == ["AF_UNIX", "AF_INET", "AF_INET6"]
           and Pc.get("IPAddressDeny") == "any" and Pc.get("IPAddressAllow") == ["localhost"],
           "policyd with metrics (the default): IP sockets, reachable from localhost only")
@@ -412,7 +412,7 @@ if f is not None:
         ("wget -q", "TCP"),
         ("policyd reload", "policyd reload"),
         ("policyd check", "policyd check"),
-        ("systemctl reload contain-policyd", "SIGHUP reload"),
+        ("systemctl reload contain-policyd", "systemctl reload"),
         ("specialisation/audit/bin/switch-to-configuration test", "a configuration switch"),
         ("systemctl restart contain-bpf-loader", "a loader restart"),
         ("bpftool -j cgroup show", "the programs on the managed parent"),

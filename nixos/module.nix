@@ -72,7 +72,7 @@ let
 
   # policyd reads the policy from a stable path rather than from the store path
   # itself: a changed policy then only changes the file and `reloadTriggers`,
-  # not the unit, so switching configurations reloads policyd (SIGHUP, an atomic
+  # not the unit, so switching configurations reloads policyd (`policyd reload`, an atomic
   # swap that keeps the running policy if the new one is refused) instead of
   # restarting it.
   policyFile = "/etc/contain/policy.toml";
@@ -422,12 +422,15 @@ in
           "contain-resolver.service"
         ];
         inherit environment;
-        # A new policy reloads policyd (SIGHUP) instead of restarting it.
+        # A new policy reloads policyd (`policyd reload`) instead of restarting it.
         reloadTriggers = [ checkedPolicy ];
         serviceConfig = commonServiceConfig // {
           Type = "simple";
           ExecStart = "${cfg.package}/bin/policyd daemon --policy ${policyFile} --socket ${policydSocket} --metrics-listen ${metricsListen}";
-          ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
+          # policyd reload, not a bare SIGHUP: a refused policy (or a loader
+          # that is away) fails the reload, and so the switch, with policyd's
+          # errors, instead of succeeding in silence.
+          ExecReload = "${cfg.package}/bin/policyd --socket ${policydSocket} reload";
           Restart = "always";
           RestartSec = "1s";
           # The event log is policyd's stdout: journald's per-unit rate limit
