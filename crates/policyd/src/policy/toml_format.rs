@@ -477,8 +477,17 @@ pub fn parse(name: &str, text: &str) -> Result<PolicySet, InvalidPolicy> {
         .unwrap_or_default();
     let unknown_container: Verdict = raw
         .unknown_container
+        .as_ref()
         .and_then(|v| checker.keyword("unknown_container", v.get_ref(), v.span()))
         .unwrap_or_default();
+    if unknown_container != Verdict::Deny {
+        checker.warn(
+            raw.unknown_container.as_ref().map(|v| v.span()),
+            format!(
+                "unknown_container = \"{unknown_container}\" lets through whatever comes from a cgroup under the managed parent that has no entry: a container not mapped yet, but also a cgroup a container makes below its own where its cgroupfs is writable, and processes that outlive their container's entry; \"deny\" fails closed there"
+            ),
+        );
+    }
     let allow_loopback = raw.allow_loopback.unwrap_or(true);
     let allow_docker_dns = raw.allow_docker_dns.unwrap_or(false);
     let mut policies: Vec<ContainerPolicy> = Vec::new();
@@ -1476,6 +1485,20 @@ allow = [{ to = ["0.0.0.0/0", "::/0"], proto = ["icmp", "icmpv6"], icmp_types = 
                 .collect::<Vec<_>>(),
             ["icmp type 13", "icmpv6 type 2"]
         );
+    }
+
+    #[test]
+    fn an_unknown_verdict_other_than_deny_is_warned_of() {
+        for (verdict, warned) in [("deny", false), ("allow", true), ("audit", true)] {
+            let p = ok(&format!("unknown_container = \"{verdict}\"\n"));
+            let text: Vec<String> = p.warnings.iter().map(ToString::to_string).collect();
+            assert_eq!(
+                text.iter().any(|w| w.contains("\"deny\" fails closed there")),
+                warned,
+                "{verdict}: {text:?}"
+            );
+        }
+        assert!(ok("").warnings.is_empty(), "the default is deny");
     }
 
     #[test]
