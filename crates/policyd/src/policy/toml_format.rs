@@ -1493,7 +1493,8 @@ allow = [{ to = ["0.0.0.0/0", "::/0"], proto = ["icmp", "icmpv6"], icmp_types = 
             let p = ok(&format!("unknown_container = \"{verdict}\"\n"));
             let text: Vec<String> = p.warnings.iter().map(ToString::to_string).collect();
             assert_eq!(
-                text.iter().any(|w| w.contains("\"deny\" fails closed there")),
+                text.iter()
+                    .any(|w| w.contains("\"deny\" fails closed there")),
                 warned,
                 "{verdict}: {text:?}"
             );
