@@ -453,6 +453,126 @@ async fn audit_mode_passes_traffic_and_reports_it() {
     );
 }
 
+/// A ruleless cgroup entry (policyd's for a cgroup that containers under
+/// two policies share) denies what the policy's rules allow, and what the
+/// unknown-container verdict (here allow) would let through: its IP sockets
+/// and its packet socket's frames, judged at the peer. Once the cgroup is
+/// back under the policy the same sends arrive (the control). In audit the
+/// ruleless cgroup's sends arrive and are reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ruleless_cgroup_is_denied_what_any_rule_or_the_unknown_verdict_allows() {
+    let Some(()) =
+        require_root("a_ruleless_cgroup_is_denied_what_any_rule_or_the_unknown_verdict_allows")
+    else {
+        return;
+    };
+    let (mut lab, client) = Lab::running().await;
+    let capture = lab.start_peer_capture();
+    let ruleless = |audit: bool| {
+        let mut rules = Rules::default();
+        rules
+            .cgroup(lab.ct_id(), 1, false)
+            .veth(lab.ct_veth.ifindex, lab.ct_id(), &[CT4, CT6])
+            .allow(allow(PEER4, UDP, Some(5353)))
+            .allow(allow(PEER6, UDP, Some(5353)))
+            .allow(allow(PEER4, TCP, Some(8080)));
+        let under_policy = rules.state.clone();
+        rules.state.cgroups.insert(
+            lab.ct_id(),
+            kernel_model::state::CgroupEntry::ruleless(audit),
+        );
+        (under_policy, rules.state)
+    };
+    let attack = repo_root().join("tests/bypass/attack.py");
+    let ct = lab.ct.clone();
+    let send = |args: &[&str]| {
+        let mut full = vec![PYTHON.to_string(), attack.display().to_string()];
+        full.extend(args.iter().map(|s| s.to_string()));
+        let out = lab.in_cgroup_cmd(&ct, &full).output().expect("attack.py");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let frame = |marker: &str| {
+        send(&[
+            "pkt-udp",
+            "vc",
+            "dgram",
+            "0",
+            &lab.peer_link.mac,
+            CT4,
+            PEER4,
+            "5353",
+            marker,
+        ])
+    };
+    let sends = |round: &str| {
+        vec![
+            (
+                send(&["udp", PEER4, "5353", &format!("MK{{{round}Udp4}}")]),
+                "udp4",
+            ),
+            (
+                send(&["udp", PEER6, "5353", &format!("MK{{{round}Udp6}}")]),
+                "udp6",
+            ),
+            (frame(&format!("MK{{{round}Frame}}")), "packet socket"),
+        ]
+    };
+
+    let (under_policy, denied_all) = ruleless(false);
+    converge(&client, &denied_all, Verdict::Allow).await;
+    assert_eq!(lab.probe(&["tcp", PEER4, "8080"]), "denied:EPERM");
+    for (out, what) in sends("denied") {
+        if what != "packet socket" {
+            assert!(out.contains("error:EPERM"), "{what}: {out}");
+        }
+    }
+    let denials: Vec<_> = all_events(&client)
+        .await
+        .into_iter()
+        .filter(|e| e.cgroup_id == lab.ct_id() && e.verdict == Verdict::Deny)
+        .collect();
+    assert!(
+        !denials.is_empty() && denials.iter().all(|e| e.policy_id == 0),
+        "the denials are reported under no policy: {denials:#?}"
+    );
+
+    converge(&client, &under_policy, Verdict::Allow).await;
+    let control: Vec<String> = ["Udp4", "Udp6", "Frame"]
+        .iter()
+        .map(|k| format!("MK{{allowed{k}}}"))
+        .collect();
+    sends("allowed");
+    judge_at_peer(
+        &capture,
+        &control,
+        "MK{denied",
+        "a ruleless cgroup, then its policy",
+    )
+    .await;
+
+    let (_, audited_all) = ruleless(true);
+    converge(&client, &audited_all, Verdict::Deny).await;
+    let audited: Vec<String> = ["Udp4", "Udp6", "Frame"]
+        .iter()
+        .map(|k| format!("MK{{audited{k}}}"))
+        .collect();
+    sends("audited");
+    judge_at_peer(
+        &capture,
+        &audited,
+        "MK{denied",
+        "a ruleless cgroup in audit",
+    )
+    .await;
+    assert!(
+        all_events(&client)
+            .await
+            .iter()
+            .any(|e| e.cgroup_id == lab.ct_id() && e.verdict == Verdict::Audit && e.policy_id == 0),
+        "a ruleless cgroup in audit reports what it passes"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_cgroup_under_the_parent_is_covered_from_its_first_packet() {
     let Some(()) = require_root("a_new_cgroup_under_the_parent_is_covered_from_its_first_packet")

@@ -90,11 +90,14 @@ fn random_state(rng: &mut Rng, own_cgroup: u64) -> KernelState {
         unrestricted,
         forwarded_dns: false,
     };
-    let own = match rng.below(10) {
+    let own = match rng.below(12) {
         0 => None,
         1 => Some(entry(0, false, true)),
         2 => Some(entry(1, true, false)),
         3 => Some(entry(2, false, false)),
+        // Ruleless: a cgroup containers under two policies share.
+        4 => Some(CgroupEntry::ruleless(false)),
+        5 => Some(CgroupEntry::ruleless(true)),
         _ => Some(entry(1, false, false)),
     };
     if let Some(value) = own {

@@ -175,11 +175,13 @@ fn random_state(rng: &mut Rng, ids: &Cgroups, veth: u32) -> KernelState {
         forwarded_dns,
     };
     let forwarded_dns = rng.chance(50);
-    let own = match rng.below(10) {
+    let own = match rng.below(12) {
         0 => None,
         1 => Some(entry(0, false, true, false)),
         2 | 3 => Some(entry(1, true, false, forwarded_dns)),
         4 => Some(entry(2, false, false, forwarded_dns)),
+        // Ruleless: a cgroup containers under two policies share.
+        5 => Some(CgroupEntry::ruleless(rng.chance(50))),
         _ => Some(entry(1, false, false, forwarded_dns)),
     };
     if let Some(value) = own {

@@ -63,9 +63,10 @@ pub fn veth_source_back(k: &kern::VethAddrKey) -> VethSource {
 }
 
 pub fn cgroup_value(v: &CgroupEntry) -> Result<kern::CgroupPolicy, EncodeError> {
-    // A container no policy selects is unrestricted and has no policy: it
-    // counts under policy 0, with the unknown cgroups.
-    if !(v.unrestricted && v.policy_id == kern::UNKNOWN_POLICY_ID) {
+    // A container no policy selects is unrestricted and has no policy, and
+    // a ruleless entry has no rules: both count under policy 0, with the
+    // unknown cgroups.
+    if v.policy_id != kern::UNKNOWN_POLICY_ID {
         check_policy(v.policy_id)?;
     }
     let mut flags = 0;
@@ -364,7 +365,7 @@ mod tests {
     }
 
     #[test]
-    fn unrestricted_cgroups_need_no_policy() {
+    fn unrestricted_and_ruleless_cgroups_need_no_policy() {
         let free = CgroupEntry {
             policy_id: 0,
             audit: false,
@@ -372,13 +373,13 @@ mod tests {
             forwarded_dns: false,
         };
         assert_eq!(cgroup_entry(&cgroup_value(&free).unwrap()), free);
-        let restricted = CgroupEntry {
-            policy_id: 0,
-            audit: false,
-            unrestricted: false,
-            forwarded_dns: false,
-        };
-        assert!(cgroup_value(&restricted).is_err());
+        for audit in [false, true] {
+            let ruleless = CgroupEntry::ruleless(audit);
+            assert!(ruleless.is_ruleless());
+            assert_eq!(cgroup_entry(&cgroup_value(&ruleless).unwrap()), ruleless);
+        }
+        let beyond = CgroupEntry::enforced(kern::MAX_POLICIES);
+        assert!(cgroup_value(&beyond).is_err());
     }
 
     #[test]

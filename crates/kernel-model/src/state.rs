@@ -57,6 +57,25 @@ impl CgroupEntry {
             forwarded_dns: false,
         }
     }
+
+    /// A cgroup under no policy's rules that is not left alone: every
+    /// packet misses, so it is denied (in audit, reported). What containers
+    /// under two policies that share one cgroup get: the kernel cannot tell
+    /// their packets apart, and either policy's rules would let the other
+    /// container's through.
+    pub fn ruleless(audit: bool) -> CgroupEntry {
+        CgroupEntry {
+            policy_id: contain_common::UNKNOWN_POLICY_ID,
+            audit,
+            unrestricted: false,
+            forwarded_dns: false,
+        }
+    }
+
+    /// Whether this is a [`CgroupEntry::ruleless`] one.
+    pub fn is_ruleless(&self) -> bool {
+        !self.unrestricted && self.policy_id == contain_common::UNKNOWN_POLICY_ID
+    }
 }
 
 /// The file a process executes, as the kernel records it at exec: its

@@ -105,7 +105,12 @@ mod tests {
             Ok(())
         );
         assert!(matches!(
-            validate(&empty, &[MapOp::Upsert { entry: cgroup(0) }]),
+            validate(
+                &empty,
+                &[MapOp::Upsert {
+                    entry: cgroup(contain_common::MAX_POLICIES)
+                }]
+            ),
             Err(InvalidDiff::Unencodable { .. })
         ));
         let wide = Entry::Dest {

@@ -302,27 +302,37 @@ pub fn assign(
         // One cgroup, one entry: the kernel cannot tell the containers'
         // packets apart. The stricter entry is kept, so that sharing a
         // cgroup with an unselected (or audited) container never lifts a
-        // policy; between two policies the first keeps it, and status
-        // shows the other container unenforced.
+        // policy. Between two policies of the same mode neither's rules may
+        // judge the other's packets: the cgroup gets none (denied, or in
+        // audit reported), and status shows both unenforced.
         let kept = cgroups[&cgroup_id];
         if kept == entry {
             continue;
         }
-        let winner = if strictness(&entry) > strictness(&kept) {
-            owner.insert(cgroup_id, container_index);
-            cgroups.insert(cgroup_id, entry);
-            container_index
-        } else {
-            first
+        let judged_by = match strictness(&entry).cmp(&strictness(&kept)) {
+            std::cmp::Ordering::Greater => {
+                owner.insert(cgroup_id, container_index);
+                cgroups.insert(cgroup_id, entry);
+                format!("\"{}\"'s policy", container.name)
+            }
+            std::cmp::Ordering::Less => {
+                format!("\"{}\"'s policy", inventory.containers[first].name)
+            }
+            std::cmp::Ordering::Equal => {
+                cgroups.insert(cgroup_id, CgroupEntry::ruleless(kept.audit));
+                if kept.audit {
+                    "no rules: every packet is audited".into()
+                } else {
+                    "no rules: every packet is denied".into()
+                }
+            }
         };
         warnings.push(Diagnostic {
             severity: Severity::Warning,
             location: None,
             message: format!(
-                "containers \"{}\" and \"{}\" report the same cgroup id {cgroup_id} under different policies; the kernel judges both by \"{}\"'s",
-                inventory.containers[first].name,
-                container.name,
-                inventory.containers[winner].name
+                "containers \"{}\" and \"{}\" report the same cgroup id {cgroup_id} under different policies; the kernel cannot tell their packets apart and judges both by {judged_by}",
+                inventory.containers[first].name, container.name,
             ),
             source_line: None,
         });

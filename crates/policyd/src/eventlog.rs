@@ -54,6 +54,9 @@ pub enum Reason {
     /// A frame whose source is none of the container's addresses: no rule
     /// allows it.
     ForgedSource,
+    /// The container shares its cgroup with one under another policy: the
+    /// kernel cannot tell their packets apart and judges them by no rules.
+    SharedCgroup,
 }
 
 impl Reason {
@@ -290,6 +293,15 @@ impl EventRecord {
         }
     }
 
+    /// Says the record's cgroup is judged by no rules because containers
+    /// under different policies share it (the kernel reports policy 0, as
+    /// for an unknown container).
+    pub fn judged_as_shared_cgroup(&mut self) {
+        if self.reason == Reason::UnknownContainer {
+            self.reason = Reason::SharedCgroup;
+        }
+    }
+
     /// The record as one line of JSON (no newline).
     pub fn to_line(&self) -> String {
         // A struct of strings, numbers and addresses always serialises.
@@ -487,8 +499,21 @@ mod tests {
         e.link_layer = true;
         e.policy_id = contain_common::UNKNOWN_POLICY_ID;
         assert_eq!(Reason::of(&e), Reason::UnknownContainer);
+        let mut shared = EventRecord::new(&e, Some(&container()), None);
+        shared.judged_as_shared_cgroup();
+        assert_eq!(shared.reason, Reason::SharedCgroup);
+        assert!(shared
+            .to_line()
+            .contains(r#""contain.reason":"shared_cgroup""#));
         e.forged_source = true;
         assert_eq!(Reason::of(&e), Reason::ForgedSource);
+        let mut forged = EventRecord::new(&e, Some(&container()), None);
+        forged.judged_as_shared_cgroup();
+        assert_eq!(
+            forged.reason,
+            Reason::ForgedSource,
+            "the more specific reason stays"
+        );
     }
 
     #[test]

@@ -188,6 +188,9 @@ struct Seen {
     not_ip: u64,
     /// Frames with a forged source: nothing allows them either.
     forged: u64,
+    /// Packets of a cgroup containers under different policies share: no
+    /// rule is consulted for them.
+    shared_cgroup: u64,
     /// Port 0 (a later fragment, or a connect() to port 0), or a process
     /// whose executable path is relative: no valid rule names them.
     unsuggested: u64,
@@ -283,6 +286,12 @@ impl Collector {
         }
         if record.reason == Reason::ForgedSource {
             seen.forged += 1;
+            return;
+        }
+        // No rule lets a shared cgroup's packets through: the containers
+        // must get cgroups of their own first.
+        if record.reason == Reason::SharedCgroup {
+            seen.shared_cgroup += 1;
             return;
         }
         let (Some(dest), Some(transport)) = (record.destination_address, &record.transport) else {
@@ -596,6 +605,13 @@ pub fn render(s: &Suggestion) -> String {
                 out,
                 "# {} of frames whose source is none of the container's addresses: no rule allows those.",
                 plural(seen.forged, "event")
+            );
+        }
+        if seen.shared_cgroup > 0 {
+            let _ = writeln!(
+                out,
+                "# {} of a cgroup this container shares with one under another policy: no rule lets those through; give each container a cgroup of its own.",
+                plural(seen.shared_cgroup, "event")
             );
         }
         if seen.unsuggested > 0 {
@@ -993,6 +1009,32 @@ mod tests {
         valid(&text);
         assert!(
             text.contains("# 1 event of frames whose source is none of the container's addresses: no rule allows those."),
+            "{text}"
+        );
+        assert!(!text.contains("198.18.0.1"), "{text}");
+        assert!(text.contains("198.18.0.2"), "{text}");
+    }
+
+    #[test]
+    fn a_shared_cgroups_denials_are_said_and_never_allowed() {
+        let mut shared = event(None, v4(198, 18, 0, 1), 6, 443);
+        shared.policy_id = contain_common::UNKNOWN_POLICY_ID;
+        let c = Container {
+            name: "c".into(),
+            ..Container::default()
+        };
+        let mut record = EventRecord::new(&shared, Some(&c), None);
+        record.judged_as_shared_cgroup();
+        let lines = vec![
+            record.to_line(),
+            line("c", &event(None, v4(198, 18, 0, 2), 6, 443)),
+        ];
+        let text = suggest(&lines, Filter::default(), Aggregate::default());
+        valid(&text);
+        assert!(
+            text.contains(
+                "# 1 event of a cgroup this container shares with one under another policy"
+            ),
             "{text}"
         );
         assert!(!text.contains("198.18.0.1"), "{text}");

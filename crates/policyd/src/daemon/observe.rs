@@ -171,11 +171,15 @@ pub async fn follow_events(engine: Handle, recorder: Arc<Recorder>, target: Even
             .events
             .iter()
             .map(|event| {
-                EventRecord::new(
+                let mut record = EventRecord::new(
                     event,
                     view.container_of(event.cgroup_id),
                     view.policy_name(event.policy_id),
-                )
+                );
+                if view.is_ruleless(event.cgroup_id) {
+                    record.judged_as_shared_cgroup();
+                }
+                record
             })
             .collect();
         for record in &records {

@@ -62,6 +62,15 @@ impl View {
         Some(&info.name)
     }
 
+    /// Whether the maps judge `cgroup_id` by no rules (containers under
+    /// different policies share it), as last read or applied.
+    pub fn is_ruleless(&self, cgroup_id: u64) -> bool {
+        self.kernel
+            .as_ref()
+            .and_then(|k| k.state.cgroups.get(&cgroup_id))
+            .is_some_and(CgroupEntry::is_ruleless)
+    }
+
     /// The container owning `cgroup_id`, for an event.
     pub fn container_of(&self, cgroup_id: u64) -> Option<&Container> {
         self.inventory
@@ -178,10 +187,12 @@ impl<'a> Held<'a> {
         };
         let desired = self.cgroups.get(&cgroup_id);
         if desired != own.as_ref() {
-            return unenforced(
-                "unenforced",
-                "it shares its cgroup with a container under another policy, and the kernel judges both by that one's (see the warnings)",
-            );
+            let why = if desired.is_some_and(CgroupEntry::is_ruleless) {
+                "it shares its cgroup with a container under another policy: the kernel cannot tell their packets apart and judges both by no rules, so every packet is denied (in audit, reported) (see the warnings)"
+            } else {
+                "it shares its cgroup with a container under another policy, and the kernel judges both by that one's (see the warnings)"
+            };
+            return unenforced("unenforced", why);
         }
         if kernel.cgroups.get(&cgroup_id) != desired {
             return unenforced(
@@ -712,8 +723,9 @@ mod tests {
     }
 
     /// Containers sharing a cgroup share its one entry: the stricter one,
-    /// or between two policies the first's; the other is not shown
-    /// enforced by its own policy.
+    /// or between two policies of one mode no rules at all (so neither
+    /// policy's rules let the other's packets through); a container whose
+    /// own entry it is not is not shown enforced by its policy.
     #[test]
     fn containers_sharing_a_cgroup_get_the_stricter_entry_and_are_shown_so() {
         let policies = crate::policy::parse(
@@ -730,6 +742,10 @@ mod tests {
             [[policy]]
             name = "db"
             select = { name = "db" }
+            [[policy]]
+            name = "audited-too"
+            mode = "audit"
+            select = { name = "audited-too" }
             "#,
         )
         .unwrap();
@@ -754,13 +770,31 @@ mod tests {
                 state: desired.clone(),
             };
             let assigned = compile::assign(&loaded.policies, &loaded.rules, &inventory).unwrap();
-            assert_eq!(assigned.warnings.len(), 1, "{:?}", assigned.warnings);
-            let policy_of_entry = loaded
-                .rules
-                .policy_ids
-                .iter()
-                .position(|&id| id == desired.cgroups[&7].policy_id)
-                .map(|i| loaded.policies.policies[i].name.clone());
+            assert_eq!(
+                assigned.warnings.len(),
+                names.len() - 1,
+                "{:?}",
+                assigned.warnings
+            );
+            let entry = desired.cgroups[&7];
+            let policy_of_entry = if entry.is_ruleless() {
+                assert!(!entry.forwarded_dns);
+                Some(
+                    if entry.audit {
+                        "(none, audited)"
+                    } else {
+                        "(none)"
+                    }
+                    .to_string(),
+                )
+            } else {
+                loaded
+                    .rules
+                    .policy_ids
+                    .iter()
+                    .position(|&id| id == entry.policy_id)
+                    .map(|i| loaded.policies.policies[i].name.clone())
+            };
             let mut held = Held::new(&loaded, &assigned.cgroups, &assigned.files, Some(&kernel));
             let modes: Vec<String> = assigned
                 .assignments
@@ -795,13 +829,40 @@ mod tests {
             ),
             "enforced over audited"
         );
+        let unenforced = |n: usize| vec!["unenforced".to_string(); n];
         assert_eq!(
             modes(&["web", "db"]),
+            (Some("(none)".into()), unenforced(2)),
+            "between two enforced policies neither's rules judge the cgroup: every packet is denied"
+        );
+        assert_eq!(
+            modes(&["web", "db", "web"]),
+            (Some("(none)".into()), unenforced(3)),
+            "a third container under one of them does not bring its rules back"
+        );
+        assert_eq!(
+            modes(&["web", "db", "audited", "free"]),
+            (
+                Some("(none)".into()),
+                unenforced(3)
+                    .into_iter()
+                    .chain(["unrestricted".into()])
+                    .collect()
+            ),
+            "nor does an audited or unselected one"
+        );
+        assert_eq!(
+            modes(&["audited", "audited-too"]),
+            (Some("(none, audited)".into()), unenforced(2)),
+            "between two audited policies every packet is reported"
+        );
+        assert_eq!(
+            modes(&["audited", "audited-too", "web"]),
             (
                 Some("web".into()),
-                vec!["enforce".into(), "unenforced".into()]
+                vec!["unenforced".into(), "unenforced".into(), "enforce".into()]
             ),
-            "between two policies the first keeps it, and the other is not shown enforced"
+            "an enforced policy is stricter than audit"
         );
     }
 
