@@ -14,7 +14,7 @@
 //! while a loader restarts, and a veth's attachment goes with the veth.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::Path,
     sync::{Arc, Mutex},
     time::Duration,
@@ -667,7 +667,9 @@ pub async fn veths() -> std::io::Result<Vec<(u32, String)>> {
 /// How the loader came upon a veth.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Found {
-    /// There when the loader started.
+    /// There when the loader started (or retried after a failed attach).
+    /// At the start, one no predecessor's backstop is on appeared while no
+    /// loader watched: [`attach_all`] takes it as [`Found::Appeared`].
     AtStart,
     /// Appeared while the loader ran (a container starting): one not on
     /// record yet is marked new ([`Kernel::mark_new_veth`]).
@@ -679,7 +681,16 @@ pub enum Found {
 pub async fn attach_all(kernel: &Arc<Mutex<Kernel>>, found: Found) {
     match veths().await {
         Ok(veths) => {
+            let covered = match found {
+                Found::AtStart => covered_before(&veths).await,
+                Found::Appeared => BTreeSet::new(),
+            };
             for (ifindex, name) in &veths {
+                let found = if covered.contains(ifindex) {
+                    Found::AtStart
+                } else {
+                    Found::Appeared
+                };
                 attach_one(kernel, *ifindex, name, found);
             }
             let present: Vec<u32> = veths.iter().map(|(i, _)| *i).collect();
@@ -687,6 +698,50 @@ pub async fn attach_all(kernel: &Arc<Mutex<Kernel>>, found: Found) {
         }
         Err(e) => tracing::error!(error = %e, "cannot list the host's veths"),
     }
+}
+
+/// The veths of `veths` a backstop's program is on already (a
+/// predecessor's, pinned or a tc filter): the others appeared while no
+/// loader watched, or the kernel could not say (then they are held as new:
+/// the hold ends with its owner's entry, or after its length).
+async fn covered_before(veths: &[(u32, String)]) -> BTreeSet<u32> {
+    let is_backstop = |name: &str| name.starts_with(BACKSTOP_NAME_PREFIX);
+    if uses_tcx() {
+        let query = veths.to_vec();
+        return tokio::task::spawn_blocking(move || {
+            query
+                .into_iter()
+                .filter(|(_, name)| {
+                    SchedClassifier::query_tcx(name, TcAttachType::Ingress).is_ok_and(
+                        |(_, programs)| {
+                            programs
+                                .iter()
+                                .any(|p| p.name_as_str().is_some_and(is_backstop))
+                        },
+                    )
+                })
+                .map(|(ifindex, _)| ifindex)
+                .collect()
+        })
+        .await
+        .unwrap_or_default();
+    }
+    let Ok((conn, handle, _)) = rtnetlink::new_connection() else {
+        return BTreeSet::new();
+    };
+    let conn_task = tokio::spawn(conn);
+    let mut covered = BTreeSet::new();
+    for &(ifindex, _) in veths {
+        let on = on_clsact_hook(&handle, ifindex, TcAttachType::Ingress).await;
+        if on.is_ok_and(|on| {
+            on.iter()
+                .any(|o| matches!(o, OnHook::Program(_, name) if is_backstop(name)))
+        }) {
+            covered.insert(ifindex);
+        }
+    }
+    conn_task.abort();
+    covered
 }
 
 /// Attaches the backstop to one veth; returns whether the veth is on

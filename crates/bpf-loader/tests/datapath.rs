@@ -3055,14 +3055,18 @@ async fn the_kernel_answers_peers_through_a_mapped_veth() {
 }
 
 /// A container's namespace can forward before policyd has named it: a
-/// frame written to its `lo` is routed out of its veth from no socket,
-/// judged under the veth's owner, and a new container's veth has none yet.
-/// A veth that appeared while the loader ran holds such frames to the
-/// unknown-container verdict until it has an owner, for the hold's length
-/// (3 s here). Judged at the peer; the control is the same frame from the
-/// lab's container, whose veth was there before the loader and has no
-/// owner in the maps either: it arrives, as on a veth of no container.
-/// Past the hold, a veth nobody named is taken for none's.
+/// frame written to its `lo` is routed out of its veth from no socket, and
+/// its kernel answers a source forged there, both judged under the veth's
+/// owner, and a new container's veth has none yet. A veth that appeared
+/// while the loader ran holds such frames to the unknown-container verdict
+/// until it has an owner, for the hold's length (3 s here), and so does a
+/// veth the loader finds at its start with no predecessor's backstop on it
+/// (it appeared while no loader watched): the lab's container's, here.
+/// Judged at the peer; the control is the same frames from the lab's
+/// container once its hold is over: no owner in the maps either, they
+/// arrive, as on a veth of no container. Past the hold, a veth nobody
+/// named is taken for none's; and a loader restarted over the backstop it
+/// left on a veth does not hold that veth again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_veths_forwarded_frames_wait_for_its_owner() {
     let Some(()) = require_root("a_new_veths_forwarded_frames_wait_for_its_owner") else {
@@ -3074,29 +3078,11 @@ async fn a_new_veths_forwarded_frames_wait_for_its_owner() {
     let mut lab = Lab::new();
     lab.start_peer_servers();
     lab.loader_args = vec!["--new-veth-hold-secs".into(), HOLD.as_secs().to_string()];
-    let client = lab.start_loader().await;
-    converge(&client, &Rules::default().state, Verdict::Deny).await;
-    let late = lab.add_neighbour("late", LATE4, LATE6);
-    let appeared = std::time::Instant::now();
-    for ns in [&late.ns, &lab.ct_ns] {
-        test_kit::lab::sysctl(ns, &["net.ipv4.conf.all.forwarding=1"]).expect("forwarding on");
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let on = client
-            .veth_attachments(tarpc::context::current())
-            .await
-            .expect("veth_attachments");
-        if on.iter().any(|v| v.ifindex == late.host_veth.ifindex) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the backstop never came onto the new veth: {on:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let capture = lab.start_peer_capture();
+    let client = lab.start_loader().await;
+    let loader_started = std::time::Instant::now();
+    converge(&client, &Rules::default().state, Verdict::Deny).await;
+    test_kit::lab::sysctl(&lab.ct_ns, &["net.ipv4.conf.all.forwarding=1"]).expect("forwarding on");
     let attack = repo_root().join("tests/bypass/attack.py");
     let forward = |cgroup: &std::path::Path, ns: &str, marker: &str| {
         let args: Vec<String> = [
@@ -3123,6 +3109,59 @@ async fn a_new_veths_forwarded_frames_wait_for_its_owner() {
             String::from_utf8_lossy(&out.stderr)
         );
     };
+    // Held from the loader's start: the lab's container's veth had no
+    // backstop before it.
+    let (ct, ct_ns) = (lab.ct.clone(), lab.ct_ns.clone());
+    forward(&ct, &ct_ns, "MK{atStart}");
+    assert!(
+        loader_started.elapsed() < HOLD,
+        "the test took longer than the hold: it proves nothing (rerun on a less busy machine)"
+    );
+    tokio::time::sleep(HOLD.saturating_sub(loader_started.elapsed()) + Duration::from_millis(500))
+        .await;
+    let late = lab.add_neighbour("late", LATE4, LATE6);
+    let appeared = std::time::Instant::now();
+    test_kit::lab::sysctl(&late.ns, &["net.ipv4.conf.all.forwarding=1"]).expect("forwarding on");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let on = client
+            .veth_attachments(tarpc::context::current())
+            .await
+            .expect("veth_attachments");
+        if on.iter().any(|v| v.ifindex == late.host_veth.ifindex) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backstop never came onto the new veth: {on:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The kernel's echo reply to a source forged on lo (the peer, which
+    // never spoke into the container), carrying the marker out.
+    let reflect = |cgroup: &std::path::Path, ns: &str, own: &str, marker: &str| {
+        let args: Vec<String> = [
+            PYTHON,
+            &attack.display().to_string(),
+            "pkt-lo",
+            "echo",
+            PEER4,
+            own,
+            marker,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let out = test_kit::lab::in_cgroup_ns_cmd(cgroup, ns, &args)
+            .output()
+            .expect("attack.py");
+        assert!(
+            out.status.success(),
+            "the echo request was not written: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
     let arrives = async |marker: &str, what: &str| {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while !captured_markers(&capture).iter().any(|m| m == marker) {
@@ -3134,16 +3173,32 @@ async fn a_new_veths_forwarded_frames_wait_for_its_owner() {
         }
     };
     forward(&late.cgroup, &late.ns, "MK{held}");
-    forward(&lab.ct.clone(), &lab.ct_ns.clone(), "MK{control}");
+    reflect(&late.cgroup, &late.ns, LATE4, "MK{heldEcho}");
+    forward(&ct, &ct_ns, "MK{control}");
+    reflect(&ct, &ct_ns, CT4, "MK{controlEcho}");
     arrives(
         "MK{control}",
         "the control (a forwarded frame on a veth older than the loader)",
     )
     .await;
+    arrives(
+        "MK{controlEcho}",
+        "the control (the kernel's echo reply on a veth older than the loader)",
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = captured_markers(&capture);
     assert!(
-        !captured_markers(&capture).iter().any(|m| m == "MK{held}"),
+        !seen.iter().any(|m| m == "MK{held}"),
         "a frame the new container's namespace forwarded arrived at the peer before its veth had an owner"
+    );
+    assert!(
+        !seen.iter().any(|m| m == "MK{heldEcho}"),
+        "the new container's kernel answered a source forged on its lo through the veth before it had an owner"
+    );
+    assert!(
+        !seen.iter().any(|m| m == "MK{atStart}"),
+        "a frame forwarded on a veth that had no backstop before the loader's start arrived within its hold"
     );
     // Refused as the unknown-container verdict, and reported so.
     let events = client
@@ -3158,6 +3213,14 @@ async fn a_new_veths_forwarded_frames_wait_for_its_owner() {
             && e.dst.to_string() == PEER4
             && e.dst_port == 9999),
         "no unknown-container denial on the veth for the held frame: {events:#?}"
+    );
+    assert!(
+        events.iter().any(|e| e.hook == Hook::Veth
+            && e.cgroup_id == 0
+            && e.verdict == Verdict::Deny
+            && e.dst.to_string() == PEER4
+            && e.proto == ICMP),
+        "no unknown-container denial on the veth for the held echo reply: {events:#?}"
     );
     assert!(
         appeared.elapsed() < HOLD,
@@ -3221,4 +3284,20 @@ async fn a_new_veths_forwarded_frames_wait_for_its_owner() {
             "{marker}, forwarded within the hold on a veth nobody named, arrived at the peer (first: {arrived:?})"
         );
     }
+
+    // A loader killed and started again finds its predecessor's backstop
+    // on the lab's container's veth: not new, not held.
+    lab.kill_loader();
+    let _client = lab.start_loader().await;
+    let restarted = std::time::Instant::now();
+    forward(&ct, &ct_ns, "MK{afterRestart}");
+    arrives(
+        "MK{afterRestart}",
+        "a forwarded frame on a veth the predecessor's backstop was on, right after a restart",
+    )
+    .await;
+    assert!(
+        restarted.elapsed() < HOLD,
+        "the frame arrived only after a hold would have ended: it proves nothing"
+    );
 }

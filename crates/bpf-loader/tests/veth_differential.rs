@@ -1,5 +1,5 @@
 //! The veth backstop's decision against the model's
-//! (`kernel_model::veth::judge_frame`): random kernel states, veths and
+//! (`kernel_model::veth::judge_frame_on`): random kernel states, veths and
 //! their sources included, installed through the real loader's diff and
 //! apply, and random Ethernet frames run through `contain_veth` with
 //! BPF_PROG_TEST_RUN. Every pass or drop must be the model's, and so must
@@ -52,7 +52,10 @@ use kernel_model::{
         CgroupEntry, DestPrefix, Entry, KernelState, PortPrefix, ProcessKey, ProcessMatch, Verdict,
         VethSource,
     },
-    veth::{judge_frame, Frame, FrameVerdict, Origin, Reason, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6},
+    veth::{
+        judge_frame_on, Frame, FrameVerdict, Origin, Reason, VethAge, ETH_P_ARP, ETH_P_IP,
+        ETH_P_IPV6,
+    },
 };
 use test_kit::{
     cgroup,
@@ -733,23 +736,36 @@ fn the_veth_program_decides_as_the_model() {
             &desired,
             "round {round}: the maps as the kernel holds them"
         );
-        // The inbound program notes peers only of a mapped veth.
-        if desired.veths.contains_key(&veth) && rng.chance(40) {
+        // The veth is new in some rounds (marked as one the loader saw
+        // appear, its hold running), settled in the rest.
+        let age = if rng.chance(30) {
+            kernel
+                .set_limits(&limits(
+                    Duration::from_secs(3600),
+                    Duration::from_secs(3600),
+                ))
+                .expect("setting the hold");
+            kernel.mark_new_veth(veth);
+            VethAge::New
+        } else {
+            kernel.veth_gone(veth);
+            VethAge::Settled
+        };
+        // The inbound program notes peers only of a mapped or a new veth.
+        let unowned = !desired.veths.contains_key(&veth);
+        if (!unowned || age == VethAge::New) && rng.chance(40) {
             let addr = rng.pick(&destinations);
             note_peer(inbound, veth, addr);
             noted.insert(addr_key(addr));
         }
         let peers_recent = rng.chance(60);
+        let reply_timeout = if peers_recent {
+            Duration::from_secs(3600)
+        } else {
+            Duration::from_nanos(1)
+        };
         kernel
-            .set_limits(&Limits {
-                udp_reply_timeout: if peers_recent {
-                    Duration::from_secs(3600)
-                } else {
-                    Duration::from_nanos(1)
-                },
-                events_per_second: DEFAULT_EVENTS_PER_SECOND,
-                new_veth_hold: Duration::ZERO,
-            })
+            .set_limits(&limits(reply_timeout, Duration::ZERO))
             .expect("setting the reply timeout");
 
         let before = Tally::of(&kernel);
@@ -768,12 +784,16 @@ fn the_veth_program_decides_as_the_model() {
                         .as_ref()
                         .is_some_and(|p| noted.contains(&addr_key(p.dest)));
                 let origin = origin(side, &frame, ids.container);
-                let model = judge_frame(&desired, veth, origin, &frame);
+                let model = judge_frame_on(&desired, veth, age, origin, &frame);
                 let run = testrun::run(program, &bytes, 1, veth).expect("BPF_PROG_TEST_RUN");
                 let retval = run.retval as i32;
                 expected.count(&model);
+                let name = match (origin_name(origin), age, unowned) {
+                    ("unattributed", VethAge::New, true) => "unattributed, new veth",
+                    (name, ..) => name,
+                };
                 *seen
-                    .entry((origin_name(origin), model.reason, model.verdict))
+                    .entry((name, model.reason, model.verdict))
                     .or_insert(0u32) += 1;
                 let wanted = if model.passes() { TC_PASS } else { TC_DROP };
                 if retval != wanted && mismatches.len() < 20 {
@@ -837,10 +857,25 @@ fn the_veth_program_decides_as_the_model() {
         ("unattributed", Reason::Rules, Verdict::Deny),
         ("unattributed", Reason::Rules, Verdict::Audit),
         ("unattributed", Reason::KernelAnswer, Verdict::Allow),
+        ("unattributed, new veth", Reason::Rules, Verdict::Deny),
+        (
+            "unattributed, new veth",
+            Reason::KernelAnswer,
+            Verdict::Allow,
+        ),
     ] {
         assert!(
             seen.contains_key(&(origin, reason, verdict)),
             "no frame of {origin} {reason:?} {verdict} was generated (seed {seed})"
         );
+    }
+}
+
+/// The loader's limits with `udp_reply_timeout` and `new_veth_hold`.
+fn limits(udp_reply_timeout: Duration, new_veth_hold: Duration) -> Limits {
+    Limits {
+        udp_reply_timeout,
+        events_per_second: DEFAULT_EVENTS_PER_SECOND,
+        new_veth_hold,
     }
 }

@@ -140,9 +140,12 @@ pub fn judge_frame(skb: *mut __sk_buff) -> i32 {
         match mapped {
             Some(owner) => owner,
             // A new container's namespace may forward (an `AF_PACKET` frame
-            // written to its `lo`) before policyd has named it: held to the
-            // unknown-container verdict, as its sockets are.
-            None if origin == Origin::Socketless && is_new_veth(ifindex) => UNKNOWN_CGROUP,
+            // written to its `lo`), and its kernel answer a source forged
+            // there, before policyd has named it: held to the
+            // unknown-container verdict, as its sockets are. The kernel's
+            // answers to peers that spoke first still pass
+            // (`is_kernel_answer`: `admit_inbound` notes a new veth's peers).
+            None if held_while_new(origin) && is_new_veth(ifindex) => UNKNOWN_CGROUP,
             None => {
                 bump_stat(stat::VETH_UNOWNED);
                 return PASS;
@@ -221,6 +224,21 @@ pub fn judge_frame(skb: *mut __sk_buff) -> i32 {
 
 /// No cgroup's id: `governance` of it is the unknown-container verdict.
 const UNKNOWN_CGROUP: u64 = 0;
+
+/// Frames a new veth holds while no container owns it: those of no socket
+/// and those of the kernel's own sockets, whose content a container's
+/// namespace can steer. A host process's socket working in the namespace
+/// (dockerd's DNS forwarder; another tool's container) is not held.
+#[inline(always)]
+fn held_while_new(origin: Origin) -> bool {
+    matches!(
+        origin,
+        Origin::Socketless
+            | Origin::Unattributed {
+                host_process: false
+            }
+    )
+}
 
 /// Whether `ifindex` appeared while the loader ran, and its hold has not
 /// ended (`NEW_VETHS`).
@@ -583,11 +601,12 @@ pub fn admit_inbound(skb: *mut __sk_buff) -> i32 {
     // A fresh entry is left as it is, whoever owns the veth now: the common
     // path (a peer of the container's flow) is the memo, or this one
     // lookup. Only an entry to write asks whether the veth is a
-    // container's; an unowned veth's peers are never noted.
+    // container's, or a new one that holds the kernel's answers; an
+    // unowned veth's peers are never noted.
     let noted = match seen {
         Some(seen) => Some(seen),
         // SAFETY: presence only.
-        None if unsafe { VETHS.get(ifindex) }.is_some() => {
+        None if unsafe { VETHS.get(ifindex) }.is_some() || is_new_veth(ifindex) => {
             VETH_PEERS.insert(key, now, 0).is_ok().then_some(now)
         }
         None => None,

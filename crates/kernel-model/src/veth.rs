@@ -206,7 +206,9 @@ pub enum VethAge {
 
 /// [`judge_frame`] on a veth of age `age`: a new veth no container owns yet
 /// holds frames of no socket (what a new container's namespace forwards)
-/// to the unknown-container verdict, as the container's own sockets are.
+/// and of the kernel's own sockets (its answers to a source forged on the
+/// container's `lo`) to the unknown-container verdict, as the container's
+/// own sockets are; the kernel's answers to peers that spoke first pass.
 pub fn judge_frame_on(
     state: &KernelState,
     ifindex: u32,
@@ -234,7 +236,13 @@ pub fn judge_frame_on(
             _,
         ) => cgroup_id,
         (_, Some(owner)) => owner,
-        (Origin::Socketless, None) if age == VethAge::New => UNKNOWN_CGROUP,
+        (
+            Origin::Socketless
+            | Origin::Unattributed {
+                host_process: false,
+            },
+            None,
+        ) if age == VethAge::New => UNKNOWN_CGROUP,
         (_, None) => return pass(Reason::Unowned, None),
     };
     let gov = governance(state, cgroup_id);
@@ -624,7 +632,7 @@ mod tests {
     /// the kernel's link control still pass, other origins are as on any
     /// unowned veth, and an owner or a settled veth ends the hold.
     #[test]
-    fn a_new_unowned_veth_holds_frames_of_no_socket_to_the_unknown_verdict() {
+    fn a_new_unowned_veth_holds_frames_of_no_socket_and_the_kernels_to_the_unknown_verdict() {
         let mut s = state();
         s.veths.clear();
         let on_new = |s: &KernelState, origin, frame: &Frame| {
@@ -654,8 +662,31 @@ mod tests {
             decided(&on_new(&s, SOCKETLESS, &solicitation(OWN_LL, 255))),
             (Verdict::Allow, Reason::LinkControl)
         );
+        // The kernel's echo reply to a source forged on the container's lo
+        // is held; its answer to a peer that spoke first through the veth
+        // passes.
+        let reply = frame(packet(
+            OWN4.into(),
+            Ipv4Addr::new(203, 0, 113, 9).into(),
+            ip_proto::ICMP,
+            0,
+        ));
+        assert_eq!(
+            decided(&on_new(&s, KERNEL, &reply)),
+            (Verdict::Deny, Reason::Rules)
+        );
+        let answer = Frame {
+            dest_recent_peer: true,
+            ..reply.clone()
+        };
+        assert_eq!(
+            decided(&on_new(&s, KERNEL, &answer)),
+            (Verdict::Allow, Reason::KernelAnswer)
+        );
+        // A host process's socket in the namespace (another tool's
+        // container, dockerd's DNS forwarder) and a packet socket outside
+        // contain's cgroups are not held.
         for origin in [
-            KERNEL,
             HOST_PROCESS,
             Origin::PacketSocket {
                 governed_cgroup: None,

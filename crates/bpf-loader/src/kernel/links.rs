@@ -210,7 +210,8 @@ impl Kernel {
             tracing::warn!(ifindex, "cannot read the clock: the new veth's frames of no socket are not held until policyd names its container");
             return;
         };
-        let until = now.saturating_add(self.new_veth_hold.as_nanos() as u64);
+        let hold = u64::try_from(self.new_veth_hold.as_nanos()).unwrap_or(u64::MAX);
+        let until = now.saturating_add(hold);
         if self.maps.new_veths.insert(ifindex, until, 0).is_ok() {
             return;
         }
