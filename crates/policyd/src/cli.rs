@@ -1040,9 +1040,10 @@ pub fn render_status(s: &Status) -> String {
         match (&s.policy_digest, &s.mode) {
             (Some(d), Some(m)) => format!(
                 "{d}, mode {m}, unknown containers: {}",
-                s.unknown_container
-                    .map(|v| v.to_string())
-                    .unwrap_or_default()
+                s.unknown_container.map_or_else(
+                    || "unverified (policyd does not know what the loader's maps hold)".into(),
+                    |v| format!("{v} (in the maps)")
+                )
             ),
             _ => "none loaded".into(),
         }

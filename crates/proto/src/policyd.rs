@@ -188,8 +188,13 @@ pub struct Status {
     /// Digest of the policy in force, if one was loaded.
     pub policy_digest: Option<String>,
     pub mode: Option<String>,
+    /// The verdict the loader's maps give containers they do not know, as
+    /// policyd last read or applied them while still the maps' generation;
+    /// `None` when policyd does not know the maps (the policy file's may
+    /// not be applied).
     pub unknown_container: Option<Verdict>,
-    /// The loader's generation policyd last saw.
+    /// The loader's generation, when the maps are the ones policyd last
+    /// read or applied.
     pub generation: Option<u64>,
     pub loader: Connection,
     pub inventory: Connection,

@@ -49,9 +49,11 @@ type Reply = oneshot::Sender<Result<ReloadReport, PolicydError>>;
 /// What the engine is asked to do.
 enum Command {
     /// Re-read the policy file and apply it (or, with `dry_run`, say what
-    /// applying it would do).
+    /// applying it would do). `settled`: the digest of the version the file
+    /// watcher saw settle; another read now is not applied.
     Reload {
         dry_run: bool,
+        settled: Option<u64>,
         reply: Reply,
     },
     Feed(Feed),
@@ -104,8 +106,28 @@ impl Handle {
     }
 
     pub async fn reload(&self, dry_run: bool) -> Result<ReloadReport, PolicydError> {
+        self.ask_reload(dry_run, None).await
+    }
+
+    /// Applies the policy file if it still holds the version of digest
+    /// `settled` (the file watcher's): an edit begun since is applied once
+    /// it settles, never half written.
+    pub async fn reload_settled(&self, settled: u64) -> Result<ReloadReport, PolicydError> {
+        self.ask_reload(false, Some(settled)).await
+    }
+
+    async fn ask_reload(
+        &self,
+        dry_run: bool,
+        settled: Option<u64>,
+    ) -> Result<ReloadReport, PolicydError> {
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Reload { dry_run, reply }).await;
+        self.send(Command::Reload {
+            dry_run,
+            settled,
+            reply,
+        })
+        .await;
         answer
             .await
             .unwrap_or_else(|_| Err(PolicydError::Internal("the engine stopped".into())))
@@ -364,11 +386,14 @@ struct Refused {
 
 /// Reads, validates and compiles the policy file. The same bytes as
 /// `previous` was loaded from are `previous` itself; otherwise only the
-/// policies that differ from `previous`'s are compiled again.
+/// policies that differ from `previous`'s are compiled again. With
+/// `settled`, bytes of another digest are refused: the file changed since
+/// the watcher saw that version settle (an edit under way).
 fn load(
     path: &std::path::Path,
     ids: &mut IdTables,
     previous: Option<&Arc<Loaded>>,
+    settled: Option<u64>,
 ) -> Result<Arc<Loaded>, Refused> {
     let started = Instant::now();
     let text = std::fs::read_to_string(path).map_err(|source| Refused {
@@ -382,6 +407,15 @@ fn load(
         digest: None,
     })?;
     let digest = policy::fnv1a(text.as_bytes());
+    if settled.is_some_and(|settled| settled != digest) {
+        return Err(Refused {
+            error: PolicydError::Internal(format!(
+                "the policy file {} changed while it was read (an edit under way?); the running policy stays, and the file is applied once it settles",
+                path.display()
+            )),
+            digest: None,
+        });
+    }
     let name = path.display().to_string();
     if let Some(previous) =
         previous.filter(|p| p.policies.digest == digest && p.policies.source_name == name)
@@ -420,15 +454,26 @@ impl Engine {
                 commands.push(more);
             }
             let (mut reloads, mut dry_runs, mut why) = (Vec::new(), Vec::new(), None);
+            // Held to a settled version only when no one asked for the file
+            // as it is now.
+            let (mut settled, mut only_settled) = (None, true);
             for command in commands {
                 match command {
                     Command::Reload {
                         dry_run: false,
+                        settled: version,
                         reply,
-                    } => reloads.push(reply),
+                    } => {
+                        match version {
+                            Some(digest) => settled = Some(digest),
+                            None => only_settled = false,
+                        }
+                        reloads.push(reply);
+                    }
                     Command::Reload {
                         dry_run: true,
                         reply,
+                        ..
                     } => dry_runs.push(reply),
                     Command::Feed(feed) => why = self.take(feed).await.or(why),
                 }
@@ -446,10 +491,11 @@ impl Engine {
             // before it began, so each sees the file as it is now.
             let mut answers = Vec::new();
             if !reloads.is_empty() {
-                answers.push((reloads, self.reload(false).await));
+                let settled = settled.filter(|_| only_settled);
+                answers.push((reloads, self.reload(false, settled).await));
             }
             if !dry_runs.is_empty() {
-                answers.push((dry_runs, self.reload(true).await));
+                answers.push((dry_runs, self.reload(true, None).await));
             }
             // Published before anyone hears back, so a client's next
             // status or explain sees what its reload did.
@@ -796,9 +842,13 @@ impl Engine {
 
     /// Re-reads the policy file and applies it (or, with `dry_run`, plans
     /// it against the loader's state and applies nothing).
-    async fn reload(&mut self, dry_run: bool) -> Result<ReloadReport, PolicydError> {
+    async fn reload(
+        &mut self,
+        dry_run: bool,
+        settled: Option<u64>,
+    ) -> Result<ReloadReport, PolicydError> {
         let started = Instant::now();
-        let result = self.reload_inner(dry_run, started).await;
+        let result = self.reload_inner(dry_run, settled, started).await;
         if !dry_run {
             self.recorder
                 .reload(reload_result(&result), started.elapsed());
@@ -817,6 +867,7 @@ impl Engine {
     async fn reload_inner(
         &mut self,
         dry_run: bool,
+        settled: Option<u64>,
         started: Instant,
     ) -> Result<ReloadReport, PolicydError> {
         // Learn the loader's ids first (after a start), so the candidate
@@ -827,7 +878,8 @@ impl Engine {
                 self.seed(&snapshot.state);
             }
         }
-        let candidate = match load(&self.policy_path, &mut self.ids, self.view.loaded.as_ref()) {
+        let loaded = self.view.loaded.as_ref();
+        let candidate = match load(&self.policy_path, &mut self.ids, loaded, settled) {
             Ok(c) => c,
             Err(Refused { error, digest }) => {
                 if digest.is_some() {
@@ -1127,19 +1179,36 @@ mod tests {
         let path = dir.join("policy.toml");
         std::fs::write(&path, policy_text(443)).unwrap();
         let mut ids = IdTables::default();
-        let Ok(first) = load(&path, &mut ids, None) else {
+        let Ok(first) = load(&path, &mut ids, None, None) else {
             panic!("the policy loads")
         };
-        let Ok(again) = load(&path, &mut ids, Some(&first)) else {
+        let Ok(again) = load(&path, &mut ids, Some(&first), None) else {
             panic!("the policy loads")
         };
         assert!(Arc::ptr_eq(&first, &again), "not parsed nor compiled again");
 
         std::fs::write(&path, policy_text(8443)).unwrap();
         let mut fresh_ids = ids.clone();
-        let Ok(edited) = load(&path, &mut ids, Some(&again)) else {
+        let Ok(edited) = load(&path, &mut ids, Some(&again), None) else {
             panic!("the policy loads")
         };
+        // The watcher's settled version is no longer the file's: refused,
+        // not taken as a policy.
+        let stale = policy::fnv1a(policy_text(443).as_bytes());
+        let Err(refused) = load(&path, &mut ids, Some(&edited), Some(stale)) else {
+            panic!("a version other than the settled one is applied")
+        };
+        assert!(
+            refused
+                .error
+                .to_string()
+                .contains("changed while it was read"),
+            "{}",
+            refused.error
+        );
+        assert_eq!(refused.digest, None, "not remembered as a refused file");
+        let current = policy::fnv1a(policy_text(8443).as_bytes());
+        assert!(load(&path, &mut ids, Some(&edited), Some(current)).is_ok());
         assert!(!Arc::ptr_eq(&again, &edited));
         assert_eq!(
             edited.rules,

@@ -95,7 +95,7 @@ pub async fn watch_policy_file(engine: Handle, path: PathBuf, every: Duration) {
         if view.loaded_digest() == Some(digest) || view.rejected_digest == Some(digest) {
             continue;
         }
-        match engine.reload(false).await {
+        match engine.reload_settled(digest).await {
             Ok(report) => tracing::info!(ops = report.ops.len(), "policy file changed: reloaded"),
             Err(err) => tracing::error!(error = %err, "policy file changed but was not applied"),
         }

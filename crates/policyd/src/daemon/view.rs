@@ -362,7 +362,9 @@ pub async fn status(handle: &Handle, counters: Option<&Counters>) -> Status {
     let mut status = Status {
         api_version: proto::API_VERSION,
         policy_file: handle.policy_path.display().to_string(),
-        generation: view.kernel.as_ref().map(|k| k.generation),
+        // What the maps hold now, or nothing while policyd does not know.
+        generation: kernel.as_ref().map(|k| k.generation),
+        unknown_container: kernel.as_ref().map(|k| k.state.unknown_verdict),
         loader: handle.loader.connection(),
         inventory: view.inventory_connection.clone(),
         reloads: view.reloads,
@@ -375,7 +377,7 @@ pub async fn status(handle: &Handle, counters: Option<&Counters>) -> Status {
         status.events_dropped_kernel = c.events_dropped_kernel;
         status.events_dropped_loader = c.events_dropped_loader;
     }
-    if let Some(k) = &view.kernel {
+    if let Some(k) = &kernel {
         status.entries = EntryCounts {
             cgroups: k.state.cgroups.len() as u64,
             processes: k.state.processes.len() as u64,
@@ -410,7 +412,6 @@ pub async fn status(handle: &Handle, counters: Option<&Counters>) -> Status {
         Format::Toml => policies.mode.to_string(),
         Format::ThesisJson => format!("{} (thesis JSON)", policies.mode),
     });
-    status.unknown_container = Some(policies.unknown_container);
     status.warnings = policies
         .warnings
         .iter()
