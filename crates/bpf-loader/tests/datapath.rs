@@ -519,7 +519,44 @@ async fn a_ruleless_cgroup_is_denied_what_any_rule_or_the_unknown_verdict_allows
     };
 
     let (under_policy, denied_all) = ruleless(false);
+    // A flow the unknown-container verdict allowed (the cgroup has no
+    // entry yet) is judged again once the cgroup is ruleless: its cached
+    // allow was under policy 0 as well. (The port unreachable its first
+    // datagram drew is cleared before the second.)
+    let mut unknown = under_policy.clone();
+    unknown.cgroups.remove(&lab.ct_id());
+    converge(&client, &unknown, Verdict::Allow).await;
+    let go = lab.scratch.join("ruleless-go");
+    let mut flow = ContainerScript::start(
+        &lab,
+        &ct,
+        "import errno, os, socket, sys, time\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.connect((sys.argv[1], 5354))\n\
+         s.send(b'MK{unknownAllowed} ' * 4)\n\
+         print('sent', flush=True)\n\
+         while not os.path.exists(sys.argv[2]):\n    time.sleep(0.02)\n\
+         s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)\n\
+         try:\n    s.send(b'MK{deniedCached} ' * 4)\n    print('after=ok')\n\
+         except OSError as e:\n    print('after=' + errno.errorcode[e.errno])\n"
+            .into(),
+        &[PEER4.into(), go.display().to_string()],
+    );
+    assert_eq!(flow.line(), "sent");
     converge(&client, &denied_all, Verdict::Allow).await;
+    std::fs::write(&go, "").expect("the go file");
+    assert_eq!(
+        flow.rest(),
+        "after=EPERM",
+        "the cached flow's next datagram"
+    );
+    judge_at_peer(
+        &capture,
+        &["MK{unknownAllowed}".to_string()],
+        "MK{denied",
+        "a flow the unknown-container verdict allowed, then its cgroup ruleless",
+    )
+    .await;
     assert_eq!(lab.probe(&["tcp", PEER4, "8080"]), "denied:EPERM");
     for (out, what) in sends("denied") {
         if what != "packet socket" {

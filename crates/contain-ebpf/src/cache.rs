@@ -87,6 +87,12 @@ impl Cached {
         if verdict != Verdict::Allow && verdict != gov.on_miss {
             return None;
         }
+        // Policy 0 is no policy's rules: an allow under it came from the
+        // unknown-container verdict, which a ruleless entry (policy 0 too,
+        // written without moving an epoch) no longer gives.
+        if verdict == Verdict::Allow && gov.policy_id == contain_common::UNKNOWN_POLICY_ID {
+            return None;
+        }
         Some(verdict)
     }
 

@@ -309,22 +309,23 @@ pub fn assign(
         if kept == entry {
             continue;
         }
+        let no_rules = |audit: bool| -> String {
+            let what = if audit { "audited" } else { "denied" };
+            format!("no rules: every packet is {what}")
+        };
         let judged_by = match strictness(&entry).cmp(&strictness(&kept)) {
             std::cmp::Ordering::Greater => {
                 owner.insert(cgroup_id, container_index);
                 cgroups.insert(cgroup_id, entry);
                 format!("\"{}\"'s policy", container.name)
             }
+            std::cmp::Ordering::Less if kept.is_ruleless() => no_rules(kept.audit),
             std::cmp::Ordering::Less => {
                 format!("\"{}\"'s policy", inventory.containers[first].name)
             }
             std::cmp::Ordering::Equal => {
                 cgroups.insert(cgroup_id, CgroupEntry::ruleless(kept.audit));
-                if kept.audit {
-                    "no rules: every packet is audited".into()
-                } else {
-                    "no rules: every packet is denied".into()
-                }
+                no_rules(kept.audit)
             }
         };
         warnings.push(Diagnostic {

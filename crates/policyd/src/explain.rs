@@ -387,6 +387,16 @@ pub fn explain(
         return Ok(out);
     }
     out.verdict = flow.map(|_| trace.verdict);
+    if cgroup.is_ruleless() {
+        out.mode = "unenforced".into();
+        out.process = who;
+        out.reason = format!(
+            "container \"{}\" shares its cgroup with a container under another policy: the kernel cannot tell their packets apart and judges them by no rules, so {flow_text} is {}",
+            container.name,
+            if cgroup.audit { "audited" } else { "denied" }
+        );
+        return Ok(out);
+    }
     let Some((_, policy_index)) = policy_entry else {
         out.mode = if cgroup.audit {
             "audit".into()
@@ -773,6 +783,30 @@ allow = [{ to = ["1.1.1.0/24"], proto = "tcp", ports = [80, 443] },
             explain(&p, &c.rules, &c.state, &inv, &q),
             Err(ExplainError::NotFound(_))
         ));
+    }
+
+    /// A cgroup containers under two policies share is judged by no rules:
+    /// explain says so, not what its policy would allow.
+    #[test]
+    fn a_ruleless_cgroup_is_explained_as_unenforced() {
+        let p = crate::policy::parse("p.toml", CURLER).unwrap();
+        let inv = inventory();
+        let mut c = compile(&p, &inv, &mut IdTables::default()).unwrap();
+        let allowed = query("9.9.9.9", Some("udp"), Some("53"), None);
+        assert_eq!(
+            explain(&p, &c.rules, &c.state, &inv, &allowed)
+                .unwrap()
+                .verdict,
+            Some(Verdict::Allow)
+        );
+        c.state
+            .cgroups
+            .insert(7, kernel_model::state::CgroupEntry::ruleless(false));
+        let e = explain(&p, &c.rules, &c.state, &inv, &allowed).unwrap();
+        assert_eq!(e.mode, "unenforced");
+        assert_eq!(e.verdict, Some(Verdict::Deny));
+        assert!(e.reason.contains("judges them by no rules"), "{}", e.reason);
+        assert_eq!(e.policy, None);
     }
 
     // ---- The compiler against the reference reading of the policy. ----

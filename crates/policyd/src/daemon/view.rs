@@ -780,6 +780,13 @@ mod tests {
             let entry = desired.cgroups[&7];
             let policy_of_entry = if entry.is_ruleless() {
                 assert!(!entry.forwarded_dns);
+                for w in &assigned.warnings {
+                    assert!(
+                        w.message.contains("judges both by no rules"),
+                        "{}",
+                        w.message
+                    );
+                }
                 Some(
                     if entry.audit {
                         "(none, audited)"
