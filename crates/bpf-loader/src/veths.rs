@@ -711,14 +711,17 @@ async fn covered_before(veths: &[(u32, String)]) -> BTreeSet<u32> {
         return tokio::task::spawn_blocking(move || {
             query
                 .into_iter()
-                .filter(|(_, name)| {
-                    SchedClassifier::query_tcx(name, TcAttachType::Ingress).is_ok_and(
+                .filter(|(ifindex, name)| {
+                    let on = SchedClassifier::query_tcx(name, TcAttachType::Ingress).is_ok_and(
                         |(_, programs)| {
                             programs
                                 .iter()
                                 .any(|p| p.name_as_str().is_some_and(is_backstop))
                         },
-                    )
+                    );
+                    // Asked by name: a rename since the dump answered for
+                    // another device.
+                    on && nix::net::if_::if_nametoindex(name.as_str()).ok() == Some(*ifindex)
                 })
                 .map(|(ifindex, _)| ifindex)
                 .collect()

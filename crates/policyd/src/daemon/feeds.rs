@@ -83,12 +83,18 @@ pub async fn watch_policy_file(engine: Handle, path: PathBuf, every: Duration) {
     let mut versions = Settled::new(file_version(&path));
     loop {
         tokio::time::sleep(every).await;
-        if !versions.check(file_version(&path)) {
+        let version = file_version(&path);
+        if !versions.check(version) {
             continue;
         }
         let Ok(bytes) = std::fs::read(&path) else {
             continue;
         };
+        // An edit begun between the check and the read: the bytes may be
+        // half written. Taken up again once it settles.
+        if file_version(&path) != version {
+            continue;
+        }
         versions.read();
         let digest = policy::fnv1a(&bytes);
         let view = engine.view();
