@@ -32,6 +32,9 @@
 #define FRAME_SIZE RING_SIZE
 
 static atomic_int stop;
+// Set once the rewriting thread runs: the sends wait for it, so that a
+// burst never goes out while the thread has not been scheduled yet.
+static atomic_int rewriting;
 static volatile uint16_t *word;
 static uint16_t values[2];
 
@@ -42,6 +45,8 @@ static void *rewrite(void *unused) {
     (void)unused;
     for (unsigned i = 0; !atomic_load_explicit(&stop, memory_order_relaxed); i++) {
         *word = values[i & 1];
+        if (i == 1)
+            atomic_store_explicit(&rewriting, 1, memory_order_release);
         for (int spin = 0; spin < 64; spin++)
             __builtin_ia32_pause();
     }
@@ -120,6 +125,8 @@ int main(int argc, char **argv) {
         printf("tx_ring_race=error:thread\n");
         return 1;
     }
+    while (!atomic_load_explicit(&rewriting, memory_order_acquire))
+        __builtin_ia32_pause();
     long sent = 0;
     const char *error = NULL;
     for (long i = 0; i < count; i++) {

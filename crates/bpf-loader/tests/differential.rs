@@ -19,7 +19,7 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use bpf_loader::kernel::Kernel;
-use common::require_root;
+use common::{random_ipv6, require_root};
 use contain_common::{ip_proto::ANY, program_names};
 use kernel_model::{
     decide::{egress, Packet, Reason, Socket, SocketKind},
@@ -31,7 +31,7 @@ use kernel_model::{
 };
 use test_kit::{
     cleanup::RemoveOnDrop,
-    packets::{self, Ext, ICMP, ICMPV6, TCP, UDP},
+    packets::{self, ICMP, ICMPV6, TCP, UDP},
     random::Rng,
     testrun,
 };
@@ -213,35 +213,10 @@ fn random_packet(rng: &mut Rng) -> (Vec<u8>, Packet, bool) {
             rng.pick(&v6_universe())
         };
         model.dest = dest.into();
-        let routed = !later_fragment && rng.chance(15);
-        let frame = if routed {
-            let hops: Vec<Ipv6Addr> = (0..rng.below(4))
-                .map(|_| rng.pick(&v6_universe()))
-                .collect();
-            let segments_left = rng.below(hops.len() + 2) as u8;
-            let routing_type = if rng.chance(80) { 0 } else { 3 };
-            if segments_left != 0 {
-                let sound = routing_type == 0
-                    && !hops.is_empty()
-                    && hops.len() <= 2
-                    && segments_left as usize <= hops.len();
-                if sound {
-                    model.route = hops.iter().map(|&h| IpAddr::V6(h)).collect();
-                } else {
-                    model.unjudgeable = true;
-                }
-            }
-            packets::ipv6_routed(dest, proto, port, routing_type, &hops, segments_left)
-        } else {
-            let mut exts = Vec::new();
-            if rng.chance(20) {
-                exts.push(rng.pick(&[Ext::HopByHop, Ext::DestOpts]));
-            }
-            if later_fragment {
-                exts.push(Ext::Fragment(100));
-            }
-            packets::ipv6(dest, proto, port, &exts)
-        };
+        let packet = random_ipv6(rng, dest, (proto, port), later_fragment, &v6_universe(), 20);
+        model.route = packet.route;
+        model.unjudgeable = packet.unjudgeable;
+        let frame = packet.bytes;
         let hop_limit = if proto == ICMPV6 {
             rng.pick(&[1u8, 64, 255])
         } else {

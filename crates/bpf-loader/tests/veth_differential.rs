@@ -42,7 +42,7 @@ use std::{
 };
 
 use bpf_loader::kernel::{Kernel, Limits};
-use common::require_root;
+use common::{random_ipv6, require_root};
 use contain_common::{ip_proto::ANY, program_names, DEFAULT_EVENTS_PER_SECOND};
 use kernel_model::{
     decide::Packet,
@@ -60,7 +60,7 @@ use kernel_model::{
 use test_kit::{
     cgroup,
     cleanup::{self, RemoveOnDrop},
-    packets::{self, Ext, ICMP, ICMPV6, TCP, UDP},
+    packets::{self, ICMP, ICMPV6, TCP, UDP},
     random::Rng,
     testrun,
 };
@@ -478,37 +478,18 @@ fn ip_frame(rng: &mut Rng) -> (Vec<u8>, Frame) {
     let mut plain = true;
     let bytes = match dest {
         IpAddr::V6(dest6) => {
-            let routed = !later_fragment && rng.chance(15);
-            if routed {
-                plain = false;
-                let hops: Vec<Ipv6Addr> = (0..rng.below(4))
-                    .map(|_| rng.pick(&v6_universe()))
-                    .collect();
-                let segments_left = rng.below(hops.len() + 2) as u8;
-                let routing_type = if rng.chance(80) { 0 } else { 3 };
-                if segments_left != 0 {
-                    let sound = routing_type == 0
-                        && !hops.is_empty()
-                        && hops.len() <= 2
-                        && segments_left as usize <= hops.len();
-                    if sound {
-                        model.route = hops.iter().map(|&h| IpAddr::V6(h)).collect();
-                    } else {
-                        model.unjudgeable = true;
-                    }
-                }
-                packets::ipv6_routed(dest6, proto, port, routing_type, &hops, segments_left)
-            } else {
-                let mut exts = Vec::new();
-                if rng.chance(15) {
-                    exts.push(rng.pick(&[Ext::HopByHop, Ext::DestOpts]));
-                }
-                if later_fragment {
-                    exts.push(Ext::Fragment(100));
-                }
-                plain = exts.is_empty();
-                packets::ipv6(dest6, proto, port, &exts)
-            }
+            let packet = random_ipv6(
+                rng,
+                dest6,
+                (proto, port),
+                later_fragment,
+                &v6_universe(),
+                15,
+            );
+            model.route = packet.route;
+            model.unjudgeable = packet.unjudgeable;
+            plain = packet.plain;
+            packet.bytes
         }
         IpAddr::V4(dest4) => {
             let fragment_offset = if later_fragment { 100 } else { 0 };

@@ -698,3 +698,64 @@ pub async fn converge(client: &LoaderClient, desired: &KernelState, unknown: Ver
         .expect("rpc")
         .expect("apply")
 }
+
+/// A random IPv6 packet of the differential tests, with what the kernel's
+/// parser makes of it.
+pub struct RandomIpv6 {
+    pub bytes: Vec<u8>,
+    /// The hops a sound routing header still has to visit: each is judged.
+    pub route: Vec<std::net::IpAddr>,
+    /// A routing header the parser cannot follow: the packet is denied.
+    pub unjudgeable: bool,
+    /// No extension header at all.
+    pub plain: bool,
+}
+
+/// An IPv6 packet to `dest`: in 15 % of whole packets a routing header
+/// (type 0, or 3 in a fifth of them) of up to three hops from `hops`, some
+/// still to visit; otherwise a hop-by-hop or destination-options header in
+/// `ext_percent` % of them, and a fragment header on a later fragment.
+pub fn random_ipv6(
+    rng: &mut test_kit::random::Rng,
+    dest: std::net::Ipv6Addr,
+    (proto, port): (u8, u16),
+    later_fragment: bool,
+    hops: &[std::net::Ipv6Addr],
+    ext_percent: u64,
+) -> RandomIpv6 {
+    use test_kit::packets::{self, Ext};
+    let mut out = RandomIpv6 {
+        bytes: Vec::new(),
+        route: Vec::new(),
+        unjudgeable: false,
+        plain: false,
+    };
+    if !later_fragment && rng.chance(15) {
+        let route: Vec<std::net::Ipv6Addr> = (0..rng.below(4)).map(|_| rng.pick(hops)).collect();
+        let segments_left = rng.below(route.len() + 2) as u8;
+        let routing_type = if rng.chance(80) { 0 } else { 3 };
+        if segments_left != 0 {
+            let sound = routing_type == 0
+                && !route.is_empty()
+                && route.len() <= 2
+                && segments_left as usize <= route.len();
+            if sound {
+                out.route = route.iter().map(|&h| std::net::IpAddr::V6(h)).collect();
+            } else {
+                out.unjudgeable = true;
+            }
+        }
+        out.bytes = packets::ipv6_routed(dest, proto, port, routing_type, &route, segments_left);
+        return out;
+    }
+    let mut exts = Vec::new();
+    if rng.chance(ext_percent) {
+        exts.push(rng.pick(&[Ext::HopByHop, Ext::DestOpts]));
+    }
+    if later_fragment {
+        exts.push(Ext::Fragment(100));
+    }
+    out.plain = exts.is_empty();
+    out.bytes = packets::ipv6(dest, proto, port, &exts);
+    out
+}
