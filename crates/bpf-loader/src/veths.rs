@@ -681,9 +681,13 @@ pub enum Found {
 pub async fn attach_all(kernel: &Arc<Mutex<Kernel>>, found: Found) {
     match veths().await {
         Ok(veths) => {
+            // Maps that give no veth an owner (fresh ones, after a layout
+            // change) hold every veth: each is no container's until policyd
+            // maps it again, whatever backstop a predecessor left on it.
+            let owners_known = !lock(kernel).state().veths.is_empty();
             let covered = match found {
-                Found::AtStart => covered_before(&veths).await,
-                Found::Appeared => BTreeSet::new(),
+                Found::AtStart if owners_known => covered_before(&veths).await,
+                Found::AtStart | Found::Appeared => BTreeSet::new(),
             };
             for (ifindex, name) in &veths {
                 let found = if covered.contains(ifindex) {

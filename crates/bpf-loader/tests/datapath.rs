@@ -974,7 +974,9 @@ fn link_pins(links: &std::path::Path) -> Vec<std::path::PathBuf> {
 /// killed loader, as the old package leaves them, and a loader started.
 /// Judged at the peer: an allowed datagram arrives before the upgrade and
 /// after the policy is installed again, not in between; a denied one
-/// never, though sent throughout.
+/// never, though sent throughout. The container's veth, mapped in the old
+/// maps and in none of the new, holds what its namespace forwards for the
+/// new-veth hold's length (3 s here), and passes it once that is over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loader_with_another_map_layout_fails_closed_until_the_policy_is_back() {
     let Some(()) =
@@ -986,6 +988,7 @@ async fn a_loader_with_another_map_layout_fails_closed_until_the_policy_is_back(
     let mut rules = Rules::default();
     rules
         .cgroup(lab.ct_id(), 1, false)
+        .veth(lab.ct_veth.ifindex, lab.ct_id(), &[CT4, CT6])
         .allow(allow(PEER4, UDP, Some(5353)));
     converge(&client, &rules.state, Verdict::Deny).await;
     drop(client);
@@ -1011,6 +1014,29 @@ async fn a_loader_with_another_map_layout_fails_closed_until_the_policy_is_back(
         missing_after_wait(&capture, &[marker.to_string()])
             .await
             .is_empty()
+    };
+    // A frame the container's namespace forwards (written on its lo, from
+    // no socket).
+    const HOLD: Duration = Duration::from_secs(3);
+    test_kit::lab::sysctl(&lab.ct_ns, &["net.ipv4.conf.all.forwarding=1"]).expect("forwarding on");
+    let forward = |lab: &Lab, marker: &str| {
+        let args: Vec<String> = [
+            PYTHON,
+            &attack.display().to_string(),
+            "pkt-lo-forward",
+            "-",
+            "198.18.7.7",
+            PEER4,
+            "9999",
+            "udp",
+            marker,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        lab.in_cgroup_cmd(&lab.ct, &args)
+            .output()
+            .expect("attack.py pkt-lo-forward");
     };
     // Denied datagrams throughout, until `stop` exists; `round` holds the
     // number sent.
@@ -1039,16 +1065,42 @@ async fn a_loader_with_another_map_layout_fails_closed_until_the_policy_is_back(
     std::fs::rename(&maps, &earlier).expect("moving the pins to an earlier layout's place");
     let round_at_kill = round_in(&round);
     round_passes(&round, round_at_kill).await;
+    lab.loader_args = vec!["--new-veth-hold-secs".into(), HOLD.as_secs().to_string()];
     let client = lab.start_loader().await;
+    let started = std::time::Instant::now();
     let round_at_start = round_in(&round);
     assert!(
         !earlier.exists(),
         "the earlier layout's maps are still pinned"
     );
+    // The fresh maps map no veth: the container's, where the predecessor's
+    // backstop still is, holds what its namespace forwards for the hold's
+    // length; then, still unmapped, it is no container's.
+    forward(&lab, "MK{heldOnFreshMaps}");
+    assert!(
+        arrived_at_peer(&capture, "MK{heldOnFreshMaps}")
+            .await
+            .is_empty(),
+        "a forwarded frame arrived within the hold after the loader started on fresh maps"
+    );
+    assert!(
+        started.elapsed() < HOLD,
+        "the test took longer than the hold: it proves nothing (rerun on a less busy machine)"
+    );
     send(&lab, "5353", "MK{beforepolicy}");
     assert!(
         !arrives("MK{beforepolicy}").await,
         "an allowed datagram arrived before the policy was installed again: the new loader's empty maps let the container through"
+    );
+    tokio::time::sleep(HOLD.saturating_sub(started.elapsed()) + Duration::from_millis(500)).await;
+    forward(&lab, "MK{pastTheHold}");
+    assert!(
+        arrives("MK{pastTheHold}").await,
+        "the control: a forwarded frame on the unmapped veth past the hold did not arrive"
+    );
+    assert!(
+        !captured_markers(&capture).contains(&"MK{heldOnFreshMaps}".to_string()),
+        "the held frame arrived after all"
     );
     let round_at_policy = round_in(&round);
     converge(&client, &rules.state, Verdict::Deny).await;
