@@ -1662,13 +1662,22 @@ async fn a_reload_the_loader_did_not_take_is_not_reported_enforced() {
         s.containers.iter().any(|c| c.mode == "enforce")
     })
     .await;
+    let status = client.status(ctx()).await.unwrap().unwrap();
+    assert_eq!(status.unknown_container, Some(Verdict::Deny));
+    assert!(status.generation.is_some());
 
-    // Grant ssh to web; the loader takes no apply.
+    // Grant ssh to web and let unknown containers through; the loader
+    // takes no apply.
     loader.take_no_apply(true);
-    let ssh = V1.replace(
-        "ports = [443] }]",
-        "ports = [443] }, { to = \"10.0.0.5\", proto = \"tcp\", ports = [22] }]",
-    );
+    let ssh = V1
+        .replace(
+            "ports = [443] }]",
+            "ports = [443] }, { to = \"10.0.0.5\", proto = \"tcp\", ports = [22] }]",
+        )
+        .replace(
+            "unknown_container = \"deny\"",
+            "unknown_container = \"allow\"",
+        );
     env.write("policy.toml", &ssh);
     env.wait_status("the reload failed", &client, |s| s.reload_failures > 0)
         .await;
@@ -1677,6 +1686,11 @@ async fn a_reload_the_loader_did_not_take_is_not_reported_enforced() {
     let status = client.status(ctx()).await.unwrap().unwrap();
     let web = &status.containers[0];
     assert_eq!(web.mode, "unverified", "{web:#?}");
+    assert_eq!(
+        (status.unknown_container, status.generation),
+        (None, None),
+        "the file's verdict is not the maps': status says what it does not know"
+    );
     let e = client
         .explain(ctx(), query("web", "10.0.0.5", "22", None))
         .await
@@ -1709,6 +1723,7 @@ async fn a_reload_the_loader_did_not_take_is_not_reported_enforced() {
     );
     let status = client.status(ctx()).await.unwrap().unwrap();
     assert_eq!(status.containers[0].mode, "enforce");
+    assert_eq!(status.unknown_container, Some(Verdict::Allow));
     drop(client);
     daemon.shutdown_background();
 }
