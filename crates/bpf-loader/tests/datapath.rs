@@ -1019,25 +1019,7 @@ async fn a_loader_with_another_map_layout_fails_closed_until_the_policy_is_back(
     // no socket).
     const HOLD: Duration = Duration::from_secs(3);
     test_kit::lab::sysctl(&lab.ct_ns, &["net.ipv4.conf.all.forwarding=1"]).expect("forwarding on");
-    let forward = |lab: &Lab, marker: &str| {
-        let args: Vec<String> = [
-            PYTHON,
-            &attack.display().to_string(),
-            "pkt-lo-forward",
-            "-",
-            "198.18.7.7",
-            PEER4,
-            "9999",
-            "udp",
-            marker,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        lab.in_cgroup_cmd(&lab.ct, &args)
-            .output()
-            .expect("attack.py pkt-lo-forward");
-    };
+    let forward = |lab: &Lab, marker: &str| forward_on_lo(&lab.ct, &lab.ct_ns, marker);
     // Denied datagrams throughout, until `stop` exists; `round` holds the
     // number sent.
     let (stop, round) = (lab.scratch.join("stop"), lab.scratch.join("round"));
@@ -3143,6 +3125,38 @@ async fn the_kernel_answers_peers_through_a_mapped_veth() {
     );
 }
 
+/// A frame from 198.18.7.7 (no one's address) to the peer's UDP port 9999
+/// with `marker`, written from `cgroup` on `ns`'s lo: with forwarding on,
+/// the namespace routes it out of its veth from no socket.
+fn forward_on_lo(cgroup: &std::path::Path, ns: &str, marker: &str) {
+    let args: Vec<String> = [
+        PYTHON,
+        &repo_root()
+            .join("tests/bypass/attack.py")
+            .display()
+            .to_string(),
+        "pkt-lo-forward",
+        "-",
+        "198.18.7.7",
+        PEER4,
+        "9999",
+        "udp",
+        marker,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = test_kit::lab::in_cgroup_ns_cmd(cgroup, ns, &args)
+        .output()
+        .expect("attack.py");
+    assert!(
+        out.status.success(),
+        "the frame was not written: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A container's namespace can forward before policyd has named it: a
 /// frame written to its `lo` is routed out of its veth from no socket, and
 /// its kernel answers a source forged there, both judged under the veth's
@@ -3173,31 +3187,7 @@ async fn a_new_veths_forwarded_frames_wait_for_its_owner() {
     converge(&client, &Rules::default().state, Verdict::Deny).await;
     test_kit::lab::sysctl(&lab.ct_ns, &["net.ipv4.conf.all.forwarding=1"]).expect("forwarding on");
     let attack = repo_root().join("tests/bypass/attack.py");
-    let forward = |cgroup: &std::path::Path, ns: &str, marker: &str| {
-        let args: Vec<String> = [
-            PYTHON,
-            &attack.display().to_string(),
-            "pkt-lo-forward",
-            "-",
-            "198.18.7.7",
-            PEER4,
-            "9999",
-            "udp",
-            marker,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let out = test_kit::lab::in_cgroup_ns_cmd(cgroup, ns, &args)
-            .output()
-            .expect("attack.py");
-        assert!(
-            out.status.success(),
-            "the frame was not written: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let forward = forward_on_lo;
     // Held from the loader's start: the lab's container's veth had no
     // backstop before it.
     let (ct, ct_ns) = (lab.ct.clone(), lab.ct_ns.clone());
