@@ -3129,29 +3129,33 @@ async fn the_kernel_answers_peers_through_a_mapped_veth() {
 /// with `marker`, written from `cgroup` on `ns`'s lo: with forwarding on,
 /// the namespace routes it out of its veth from no socket.
 fn forward_on_lo(cgroup: &std::path::Path, ns: &str, marker: &str) {
-    let args: Vec<String> = [
-        PYTHON,
-        &repo_root()
-            .join("tests/bypass/attack.py")
-            .display()
-            .to_string(),
-        "pkt-lo-forward",
-        "-",
-        "198.18.7.7",
-        PEER4,
-        "9999",
-        "udp",
-        marker,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let out = test_kit::lab::in_cgroup_ns_cmd(cgroup, ns, &args)
+    attack_in(
+        cgroup,
+        ns,
+        &[
+            "pkt-lo-forward",
+            "-",
+            "198.18.7.7",
+            PEER4,
+            "9999",
+            "udp",
+            marker,
+        ],
+    );
+}
+
+/// `tests/bypass/attack.py` with `args`, run from `cgroup` in `ns`, which
+/// must succeed.
+fn attack_in(cgroup: &std::path::Path, ns: &str, args: &[&str]) {
+    let attack = repo_root().join("tests/bypass/attack.py");
+    let mut argv = vec![PYTHON.to_string(), attack.display().to_string()];
+    argv.extend(args.iter().map(|s| s.to_string()));
+    let out = test_kit::lab::in_cgroup_ns_cmd(cgroup, ns, &argv)
         .output()
         .expect("attack.py");
     assert!(
         out.status.success(),
-        "the frame was not written: {}{}",
+        "attack.py {args:?} failed: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -3186,7 +3190,6 @@ async fn a_new_veths_forwarded_frames_wait_for_its_owner() {
     let loader_started = std::time::Instant::now();
     converge(&client, &Rules::default().state, Verdict::Deny).await;
     test_kit::lab::sysctl(&lab.ct_ns, &["net.ipv4.conf.all.forwarding=1"]).expect("forwarding on");
-    let attack = repo_root().join("tests/bypass/attack.py");
     let forward = forward_on_lo;
     // Held from the loader's start: the lab's container's veth had no
     // backstop before it.
@@ -3219,27 +3222,7 @@ async fn a_new_veths_forwarded_frames_wait_for_its_owner() {
     // The kernel's echo reply to a source forged on lo (the peer, which
     // never spoke into the container), carrying the marker out.
     let reflect = |cgroup: &std::path::Path, ns: &str, own: &str, marker: &str| {
-        let args: Vec<String> = [
-            PYTHON,
-            &attack.display().to_string(),
-            "pkt-lo",
-            "echo",
-            PEER4,
-            own,
-            marker,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let out = test_kit::lab::in_cgroup_ns_cmd(cgroup, ns, &args)
-            .output()
-            .expect("attack.py");
-        assert!(
-            out.status.success(),
-            "the echo request was not written: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        attack_in(cgroup, ns, &["pkt-lo", "echo", PEER4, own, marker]);
     };
     let arrives = async |marker: &str, what: &str| {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
