@@ -50,23 +50,27 @@ fn file_version(path: &Path) -> Option<(SystemTime, u64, u64)> {
 /// that truncates and then writes, `rsync --inplace`) is not read half
 /// done: an empty or cut-short file is a valid policy that selects fewer
 /// containers.
+///
+/// The version there when watching starts is not taken as applied: the
+/// start's own load may have read it while it was changing. Its first
+/// settled check reads it, which costs a digest when it is the loaded one.
 #[derive(Debug)]
 struct Settled<V> {
-    applied: V,
+    applied: Option<V>,
     seen: V,
 }
 
 impl<V: PartialEq + Clone> Settled<V> {
     fn new(version: V) -> Self {
         Settled {
-            applied: version.clone(),
+            applied: None,
             seen: version,
         }
     }
 
     /// Takes one check's version; whether to apply it now.
     fn check(&mut self, version: V) -> bool {
-        let settled = version == self.seen && version != self.applied;
+        let settled = version == self.seen && self.applied.as_ref() != Some(&version);
         self.seen = version;
         settled
     }
@@ -74,7 +78,13 @@ impl<V: PartialEq + Clone> Settled<V> {
     /// The version last checked was read: it is not applied again. One that
     /// could not be read is tried again at the next check.
     fn read(&mut self) {
-        self.applied = self.seen.clone();
+        self.applied = Some(self.seen.clone());
+    }
+
+    /// The version read was not applied (the loader refused it, or it
+    /// changed while read): tried again at the next check.
+    fn not_applied(&mut self) {
+        self.applied = None;
     }
 }
 
@@ -103,7 +113,12 @@ pub async fn watch_policy_file(engine: Handle, path: PathBuf, every: Duration) {
         }
         match engine.reload_settled(digest).await {
             Ok(report) => tracing::info!(ops = report.ops.len(), "policy file changed: reloaded"),
-            Err(err) => tracing::error!(error = %err, "policy file changed but was not applied"),
+            Err(err) => {
+                // A file policyd refused is not read again (its digest is
+                // the rejected one); anything else is tried again.
+                versions.not_applied();
+                tracing::error!(error = %err, "policy file changed but was not applied");
+            }
         }
     }
 }
@@ -321,7 +336,16 @@ mod tests {
     /// and only once: a truncate caught between two checks is never read.
     #[test]
     fn a_file_version_is_applied_once_it_settled() {
-        let mut versions = Settled::new("v1");
+        let mut versions = Settled::new("v0");
+        assert!(
+            versions.check("v0"),
+            "the version there at the start is read once (the start's load may have read it half written)"
+        );
+        versions.read();
+        assert!(!versions.check("v0"));
+        assert!(!versions.check("v1"), "changed: not yet");
+        assert!(versions.check("v1"), "settled");
+        versions.read();
         assert!(!versions.check("v1"), "unchanged");
         assert!(!versions.check("truncated"), "changed: not yet");
         assert!(!versions.check("v2"), "changed again: not yet");
@@ -340,5 +364,8 @@ mod tests {
         assert!(versions.check("v4"), "not read: again");
         versions.read();
         assert!(!versions.check("v4"));
+        // Read, but not applied (the loader refused it): tried again.
+        versions.not_applied();
+        assert!(versions.check("v4"), "not applied: again");
     }
 }
