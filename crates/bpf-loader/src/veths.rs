@@ -681,12 +681,13 @@ pub enum Found {
 pub async fn attach_all(kernel: &Arc<Mutex<Kernel>>, found: Found) {
     match veths().await {
         Ok(veths) => {
-            // Maps that give no veth an owner (fresh ones, after a layout
-            // change) hold every veth: each is no container's until policyd
-            // maps it again, whatever backstop a predecessor left on it.
-            let owners_known = !lock(kernel).state().veths.is_empty();
+            // Fresh maps (the first start, or a layout change) hold every
+            // veth: none has an owner until policyd maps it, whatever
+            // backstop a predecessor left on it. Maps no change was ever
+            // applied to are fresh.
+            let fresh_maps = lock(kernel).generation() == 0;
             let covered = match found {
-                Found::AtStart if owners_known => covered_before(&veths).await,
+                Found::AtStart if !fresh_maps => covered_before(&veths).await,
                 Found::AtStart | Found::Appeared => BTreeSet::new(),
             };
             for (ifindex, name) in &veths {

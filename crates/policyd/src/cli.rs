@@ -1057,11 +1057,21 @@ pub fn render_status(s: &Status) -> String {
             .unwrap_or_else(|| "?".into())
     );
     let _ = writeln!(out, "inventory:    {}", conn(&s.inventory));
-    let _ = writeln!(
-        out,
-        "kernel maps:  {} cgroups, {} veths, {} processes, {} destinations, {} port entries",
-        s.entries.cgroups, s.entries.veths, s.entries.processes, s.entries.dests, s.entries.ports
-    );
+    let _ = match s.generation {
+        Some(_) => writeln!(
+            out,
+            "kernel maps:  {} cgroups, {} veths, {} processes, {} destinations, {} port entries",
+            s.entries.cgroups,
+            s.entries.veths,
+            s.entries.processes,
+            s.entries.dests,
+            s.entries.ports
+        ),
+        None => writeln!(
+            out,
+            "kernel maps:  unverified (policyd does not know what they hold)"
+        ),
+    };
     let _ = writeln!(
         out,
         "reloads:      {} ({} failed); events dropped: {} in kernel, {} in loader",

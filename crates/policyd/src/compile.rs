@@ -246,6 +246,8 @@ pub fn assign(
     let mut cgroups = BTreeMap::new();
     let mut warnings = Vec::new();
     let mut owner: HashMap<u64, usize> = HashMap::new();
+    // Cgroups containers of different entries share.
+    let mut shared: BTreeSet<u64> = BTreeSet::new();
     for (container_index, container) in inventory.containers.iter().enumerate() {
         let selection = inventory::select(policies, container);
         if !selection.also_matched.is_empty() {
@@ -294,7 +296,7 @@ pub fn assign(
         let (Some(cgroup_id), Some(entry)) = (container.cgroup_id, entry) else {
             continue;
         };
-        let Some(&first) = owner.get(&cgroup_id) else {
+        let Some(&kept) = cgroups.get(&cgroup_id) else {
             owner.insert(cgroup_id, container_index);
             cgroups.insert(cgroup_id, entry);
             continue;
@@ -305,35 +307,46 @@ pub fn assign(
         // policy. Between two policies of the same mode neither's rules may
         // judge the other's packets: the cgroup gets none (denied, or in
         // audit reported), and status shows both unenforced.
-        let kept = cgroups[&cgroup_id];
         if kept == entry {
             continue;
         }
-        let no_rules = |audit: bool| -> String {
-            let what = if audit { "audited" } else { "denied" };
-            format!("no rules: every packet is {what}")
-        };
-        let judged_by = match strictness(&entry).cmp(&strictness(&kept)) {
+        match strictness(&entry).cmp(&strictness(&kept)) {
             std::cmp::Ordering::Greater => {
                 owner.insert(cgroup_id, container_index);
                 cgroups.insert(cgroup_id, entry);
-                format!("\"{}\"'s policy", container.name)
             }
-            std::cmp::Ordering::Less if kept.is_ruleless() => no_rules(kept.audit),
-            std::cmp::Ordering::Less => {
-                format!("\"{}\"'s policy", inventory.containers[first].name)
-            }
+            std::cmp::Ordering::Less => {}
             std::cmp::Ordering::Equal => {
                 cgroups.insert(cgroup_id, CgroupEntry::ruleless(kept.audit));
-                no_rules(kept.audit)
             }
+        }
+        shared.insert(cgroup_id);
+    }
+    // Said once the cgroup's entry is final: a later container may have
+    // changed what judges the earlier ones.
+    for cgroup_id in shared {
+        let names: Vec<String> = inventory
+            .containers
+            .iter()
+            .filter(|c| c.cgroup_id == Some(cgroup_id))
+            .map(|c| format!("\"{}\"", c.name))
+            .collect();
+        let entry = cgroups[&cgroup_id];
+        let judged_by = if entry.is_ruleless() {
+            let what = if entry.audit { "audited" } else { "denied" };
+            format!("no rules: every packet is {what}")
+        } else {
+            format!(
+                "\"{}\"'s policy",
+                inventory.containers[owner[&cgroup_id]].name
+            )
         };
         warnings.push(Diagnostic {
             severity: Severity::Warning,
             location: None,
             message: format!(
-                "containers \"{}\" and \"{}\" report the same cgroup id {cgroup_id} under different policies; the kernel cannot tell their packets apart and judges both by {judged_by}",
-                inventory.containers[first].name, container.name,
+                "containers {} report the same cgroup id {cgroup_id} under different policies; the kernel cannot tell their packets apart and judges them all by {judged_by}",
+                names.join(", "),
             ),
             source_line: None,
         });

@@ -1691,6 +1691,14 @@ async fn a_reload_the_loader_did_not_take_is_not_reported_enforced() {
         (None, None),
         "the file's verdict is not the maps': status says what it does not know"
     );
+    let rendered = policyd::cli::render_status(&status);
+    for line in [
+        "unknown containers: unverified",
+        "generation ?",
+        "kernel maps:  unverified",
+    ] {
+        assert!(rendered.contains(line), "{line:?} not in:\n{rendered}");
+    }
     let e = client
         .explain(ctx(), query("web", "10.0.0.5", "22", None))
         .await
@@ -1724,6 +1732,11 @@ async fn a_reload_the_loader_did_not_take_is_not_reported_enforced() {
     let status = client.status(ctx()).await.unwrap().unwrap();
     assert_eq!(status.containers[0].mode, "enforce");
     assert_eq!(status.unknown_container, Some(Verdict::Allow));
+    let rendered = policyd::cli::render_status(&status);
+    assert!(
+        rendered.contains("unknown containers: allow (in the maps)"),
+        "{rendered}"
+    );
     drop(client);
     daemon.shutdown_background();
 }
