@@ -976,7 +976,7 @@ fn link_pins(links: &std::path::Path) -> Vec<std::path::PathBuf> {
 /// after the policy is installed again, not in between; a denied one
 /// never, though sent throughout. The container's veth, mapped in the old
 /// maps and in none of the new, holds what its namespace forwards for the
-/// new-veth hold's length (3 s here), and passes it once that is over.
+/// new-veth hold's length (5 s here), and passes it once that is over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loader_with_another_map_layout_fails_closed_until_the_policy_is_back() {
     let Some(()) =
@@ -1017,7 +1017,7 @@ async fn a_loader_with_another_map_layout_fails_closed_until_the_policy_is_back(
     };
     // A frame the container's namespace forwards (written on its lo, from
     // no socket).
-    const HOLD: Duration = Duration::from_secs(3);
+    const HOLD: Duration = Duration::from_secs(5);
     test_kit::lab::sysctl(&lab.ct_ns, &["net.ipv4.conf.all.forwarding=1"]).expect("forwarding on");
     let forward = |lab: &Lab, marker: &str| forward_on_lo(&lab.ct, &lab.ct_ns, marker);
     // Denied datagrams throughout, until `stop` exists; `round` holds the
@@ -1048,8 +1048,9 @@ async fn a_loader_with_another_map_layout_fails_closed_until_the_policy_is_back(
     let round_at_kill = round_in(&round);
     round_passes(&round, round_at_kill).await;
     lab.loader_args = vec!["--new-veth-hold-secs".into(), HOLD.as_secs().to_string()];
-    let client = lab.start_loader().await;
     let started = std::time::Instant::now();
+    let client = lab.start_loader().await;
+    let ready = std::time::Instant::now();
     let round_at_start = round_in(&round);
     assert!(
         !earlier.exists(),
@@ -1060,21 +1061,21 @@ async fn a_loader_with_another_map_layout_fails_closed_until_the_policy_is_back(
     // length; then, still unmapped, it is no container's.
     forward(&lab, "MK{heldOnFreshMaps}");
     assert!(
+        started.elapsed() < HOLD,
+        "the held frame went after the hold: it proves nothing (rerun on a less busy machine)"
+    );
+    assert!(
         arrived_at_peer(&capture, "MK{heldOnFreshMaps}")
             .await
             .is_empty(),
         "a forwarded frame arrived within the hold after the loader started on fresh maps"
-    );
-    assert!(
-        started.elapsed() < HOLD,
-        "the test took longer than the hold: it proves nothing (rerun on a less busy machine)"
     );
     send(&lab, "5353", "MK{beforepolicy}");
     assert!(
         !arrives("MK{beforepolicy}").await,
         "an allowed datagram arrived before the policy was installed again: the new loader's empty maps let the container through"
     );
-    tokio::time::sleep(HOLD.saturating_sub(started.elapsed()) + Duration::from_millis(500)).await;
+    tokio::time::sleep(HOLD.saturating_sub(ready.elapsed()) + Duration::from_millis(500)).await;
     forward(&lab, "MK{pastTheHold}");
     assert!(
         arrives("MK{pastTheHold}").await,
@@ -3166,7 +3167,7 @@ fn attack_in(cgroup: &std::path::Path, ns: &str, args: &[&str]) {
 /// its kernel answers a source forged there, both judged under the veth's
 /// owner, and a new container's veth has none yet. A veth that appeared
 /// while the loader ran holds such frames to the unknown-container verdict
-/// until it has an owner, for the hold's length (3 s here), and so does a
+/// until it has an owner, for the hold's length (5 s here), and so does a
 /// veth the loader finds at its start with no predecessor's backstop on it
 /// (it appeared while no loader watched): the lab's container's, here.
 /// Judged at the peer; the control is the same frames from the lab's
@@ -3181,13 +3182,16 @@ async fn a_new_veths_forwarded_frames_wait_for_its_owner() {
     };
     const LATE4: &str = "198.18.0.9";
     const LATE6: &str = "2001:db8:77::9";
-    const HOLD: Duration = Duration::from_secs(3);
+    const HOLD: Duration = Duration::from_secs(5);
     let mut lab = Lab::new();
     lab.start_peer_servers();
     lab.loader_args = vec!["--new-veth-hold-secs".into(), HOLD.as_secs().to_string()];
     let capture = lab.start_peer_capture();
-    let client = lab.start_loader().await;
+    // Before the start: the loader marks the veths as it starts.
     let loader_started = std::time::Instant::now();
+    let client = lab.start_loader().await;
+    // The loader marked them before it answered: their hold ends by then.
+    let loader_ready = std::time::Instant::now();
     converge(&client, &Rules::default().state, Verdict::Deny).await;
     test_kit::lab::sysctl(&lab.ct_ns, &["net.ipv4.conf.all.forwarding=1"]).expect("forwarding on");
     let forward = forward_on_lo;
@@ -3199,10 +3203,10 @@ async fn a_new_veths_forwarded_frames_wait_for_its_owner() {
         loader_started.elapsed() < HOLD,
         "the test took longer than the hold: it proves nothing (rerun on a less busy machine)"
     );
-    tokio::time::sleep(HOLD.saturating_sub(loader_started.elapsed()) + Duration::from_millis(500))
+    tokio::time::sleep(HOLD.saturating_sub(loader_ready.elapsed()) + Duration::from_millis(500))
         .await;
-    let late = lab.add_neighbour("late", LATE4, LATE6);
     let appeared = std::time::Instant::now();
+    let late = lab.add_neighbour("late", LATE4, LATE6);
     test_kit::lab::sysctl(&late.ns, &["net.ipv4.conf.all.forwarding=1"]).expect("forwarding on");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -3236,6 +3240,10 @@ async fn a_new_veths_forwarded_frames_wait_for_its_owner() {
     };
     forward(&late.cgroup, &late.ns, "MK{held}");
     reflect(&late.cgroup, &late.ns, LATE4, "MK{heldEcho}");
+    assert!(
+        appeared.elapsed() < HOLD,
+        "the held frames went after the hold: they prove nothing (rerun on a less busy machine)"
+    );
     forward(&ct, &ct_ns, "MK{control}");
     reflect(&ct, &ct_ns, CT4, "MK{controlEcho}");
     arrives(
@@ -3284,10 +3292,6 @@ async fn a_new_veths_forwarded_frames_wait_for_its_owner() {
             && e.proto == ICMP),
         "no unknown-container denial on the veth for the held echo reply: {events:#?}"
     );
-    assert!(
-        appeared.elapsed() < HOLD,
-        "the test took longer than the hold: it proves nothing (rerun on a less busy machine)"
-    );
 
     // Named by policyd (here, as a container no policy selects), its
     // forwarding is its own business again.
@@ -3312,11 +3316,10 @@ async fn a_new_veths_forwarded_frames_wait_for_its_owner() {
     .await;
 
     // Another new veth nobody names: a frame every 250 ms until one
-    // arrives. Those sent well within the hold (the veth appeared before
-    // `add_neighbour` returned, so its hold may end up to that much early:
-    // 1 s is left to it) never arrive; once it ends, they do.
-    let unnamed = lab.add_neighbour("unnamed", "198.18.0.10", "2001:db8:77::a");
+    // arrives. Those sent well within the hold (1 s is left to it) never
+    // arrive; once it ends, they do.
     let unnamed_appeared = std::time::Instant::now();
+    let unnamed = lab.add_neighbour("unnamed", "198.18.0.10", "2001:db8:77::a");
     test_kit::lab::sysctl(&unnamed.ns, &["net.ipv4.conf.all.forwarding=1"]).expect("forwarding on");
     let mut within = Vec::new();
     let mut arrived = None;
