@@ -687,7 +687,7 @@ pub async fn attach_all(kernel: &Arc<Mutex<Kernel>>, found: Found) {
             // applied to are fresh.
             let fresh_maps = lock(kernel).generation() == 0;
             let covered = match found {
-                Found::AtStart if !fresh_maps => covered_before(&veths).await,
+                Found::AtStart if !fresh_maps => covered_before(kernel, &veths).await,
                 Found::AtStart | Found::Appeared => BTreeSet::new(),
             };
             for (ifindex, name) in &veths {
@@ -705,51 +705,24 @@ pub async fn attach_all(kernel: &Arc<Mutex<Kernel>>, found: Found) {
     }
 }
 
-/// The veths of `veths` a backstop's program is on already (a
-/// predecessor's, pinned or a tc filter): the others appeared while no
-/// loader watched, or the kernel could not say (then they are held as new:
-/// the hold ends with its owner's entry, or after its length).
-async fn covered_before(veths: &[(u32, String)]) -> BTreeSet<u32> {
-    let is_backstop = |name: &str| name.starts_with(BACKSTOP_NAME_PREFIX);
-    if uses_tcx() {
-        let query = veths.to_vec();
-        return tokio::task::spawn_blocking(move || {
-            query
-                .into_iter()
-                .filter(|(ifindex, name)| {
-                    let on = SchedClassifier::query_tcx(name, TcAttachType::Ingress).is_ok_and(
-                        |(_, programs)| {
-                            programs
-                                .iter()
-                                .any(|p| p.name_as_str().is_some_and(is_backstop))
-                        },
-                    );
-                    // Asked by name: a rename since the dump answered for
-                    // another device.
-                    on && nix::net::if_::if_nametoindex(name.as_str()).ok() == Some(*ifindex)
-                })
-                .map(|(ifindex, _)| ifindex)
-                .collect()
-        })
-        .await
-        .unwrap_or_default();
-    }
-    let Ok((conn, handle, _)) = rtnetlink::new_connection() else {
+/// The veths of `veths` a backstop's program is on already, before this
+/// loader's (a predecessor's, pinned or a tc filter): the others appeared
+/// while no loader watched, or the kernel could not say (then they are held
+/// as new: the hold ends with its owner's entry, or after its length).
+async fn covered_before(kernel: &Arc<Mutex<Kernel>>, veths: &[(u32, String)]) -> BTreeSet<u32> {
+    let Ok(ours) = lock(kernel).backstop_program_ids() else {
         return BTreeSet::new();
     };
-    let conn_task = tokio::spawn(conn);
-    let mut covered = BTreeSet::new();
-    for &(ifindex, _) in veths {
-        let on = on_clsact_hook(&handle, ifindex, TcAttachType::Ingress).await;
-        if on.is_ok_and(|on| {
-            on.iter()
-                .any(|o| matches!(o, OnHook::Program(_, name) if is_backstop(name)))
-        }) {
-            covered.insert(ifindex);
-        }
-    }
-    conn_task.abort();
-    covered
+    let ingress = ours
+        .into_iter()
+        .filter(|&(hook, _)| hook == TcAttachType::Ingress)
+        .collect();
+    backstop_first_on(veths.iter().cloned().collect(), ingress)
+        .await
+        .into_iter()
+        .filter(|c| matches!(c.gaps.as_slice(), [Gap::OtherLoader(..)]))
+        .map(|c| c.ifindex)
+        .collect()
 }
 
 /// Attaches the backstop to one veth; returns whether the veth is on
