@@ -18,11 +18,21 @@
                                         answers each datagram with itself
                                         (the upstream DNS of the Docker DNS
                                         probe); prints "ready"
+  peer.py from SRC KIND HOST            one packet from the peer's address
+                                        SRC to HOST, of KIND: udp (a
+                                        datagram to port 9), icmp-error (a
+                                        port unreachable quoting a datagram
+                                        HOST sent SRC, as a router or any
+                                        host can send, conntrack letting it
+                                        in as related) or later-fragment (a
+                                        UDP datagram's fragment at offset
+                                        800); prints "sent"
 """
 
 import errno
 import resource
 import socket
+import struct
 import sys
 import threading
 import time
@@ -99,6 +109,64 @@ def udp_echo(port):
         s.sendto(data, addr)
 
 
+def checksum(data):
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def from_source(src, kind, host):
+    v6 = ":" in host
+    family = socket.AF_INET6 if v6 else socket.AF_INET
+    # A datagram HOST sent SRC, as an ICMP error quotes it.
+    udp = struct.pack("!HHHH", 40000, 53, 8, 0)
+    if kind == "udp":
+        s = socket.socket(family, socket.SOCK_DGRAM)
+        s.bind((src, 0))
+        s.sendto(b"spoken", (host, 9))
+    elif kind == "icmp-error" and v6:
+        s = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        s.bind((src, 0))
+        quoted = (
+            struct.pack("!IHBB", 6 << 28, 8, 17, 64)
+            + socket.inet_pton(family, host)
+            + socket.inet_pton(family, src)
+            + udp
+        )
+        # The kernel fills in an ICMPv6 checksum.
+        s.sendto(struct.pack("!BBHI", 1, 4, 0, 0) + quoted, (host, 0))
+    elif kind == "icmp-error":
+        s = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        s.bind((src, 0))
+        ip = struct.pack("!BBHHHBBH", 0x45, 0, 28, 1, 0, 64, 17, 0)
+        ip += socket.inet_pton(family, host) + socket.inet_pton(family, src)
+        ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
+        body = struct.pack("!I", 0) + ip + udp
+        header = struct.pack("!BBH", 3, 3, 0)
+        message = header + body
+        message = header[:2] + struct.pack("!H", checksum(message)) + body
+        s.sendto(message, (host, 0))
+    elif kind == "later-fragment" and v6:
+        s = socket.socket(family, socket.SOCK_RAW, 44)
+        s.bind((src, 0))
+        fragment = struct.pack("!BBHI", 17, 0, 100 << 3, 0x0C0FFEE)
+        s.sendto(fragment + b"a later fragment", (host, 0))
+    elif kind == "later-fragment":
+        s = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        payload = b"a later fragment"
+        ip = struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(payload), 0xBEEF, 100, 64, 17, 0)
+        ip += socket.inet_pton(family, src) + socket.inet_pton(family, host)
+        # The kernel fills in an IP_HDRINCL header's checksum.
+        s.sendto(ip + payload, (host, 0))
+    else:
+        sys.exit(f"unknown kind {kind}")
+    s.close()
+    print("sent", flush=True)
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "sink":
@@ -111,6 +179,8 @@ def main():
         udp_connect(args[0], int(args[1]))
     elif cmd == "udp-echo":
         udp_echo(int(args[0]))
+    elif cmd == "from":
+        from_source(args[0], args[1], args[2])
     else:
         sys.exit(f"unknown command {cmd}")
 

@@ -2966,7 +2966,8 @@ except PermissionError:
 /// the bypass suite's `pkt-lo-echo4`, `pkt-lo-echo6`, `pkt-lo-udp-error4`
 /// and `pkt-lo-rst4` (same mapped veth). Here, what the exemption adds:
 /// it is per address (another address of the same peer host gets nothing
-/// while the peer's own is exempt) and it ends with the timeout.
+/// while the peer's own is exempt), it ends with the timeout, and an
+/// address that sent only an ICMP error or a later fragment gets nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kernel_answers_peers_through_a_mapped_veth() {
     let Some(()) = require_root("the_kernel_answers_peers_through_a_mapped_veth") else {
@@ -3106,6 +3107,27 @@ async fn the_kernel_answers_peers_through_a_mapped_veth() {
             !arrived(&late) && !arrived(&after),
             "the kernel's reply to an echo request forged from {own} arrived {}s after {own} last sent anything (the reply timeout is {REPLY_TIMEOUT_SECS}s)",
             REPLY_TIMEOUT_SECS + 1
+        );
+    }
+    // An address is noted only when it spoke for itself: not by an ICMP
+    // error (conntrack lets one into a container as related to a flow,
+    // from any host that names that flow) nor by a later fragment. The
+    // control: a datagram from the same address is noted, and the reply
+    // to a request forged from it then arrives.
+    for (other, to) in [(PEER4_OTHER, CT4), (PEER6_OTHER, CT6)] {
+        for kind in ["icmp-error", "later-fragment"] {
+            assert_eq!(at_peer(&lab, peer, &["from", other, kind, to]), "sent");
+        }
+        let unnoted = forge(other, to);
+        assert_eq!(at_peer(&lab, peer, &["from", other, "udp", to]), "sent");
+        let noted = forge(other, to);
+        assert!(
+            marker_arrives(&capture, &noted).await,
+            "control: the kernel's reply to an echo request forged from {other}, which had just sent the container a datagram, did not arrive"
+        );
+        assert!(
+            !arrived(&unnoted),
+            "the kernel's reply to an echo request forged from {other} reached it after {other} had sent the container only an ICMP error and a later fragment"
         );
     }
     let batch = client

@@ -25,15 +25,19 @@
 //! against veth.rs, and the datapath tests and the bypass suite prove them
 //! on real sockets (packet sockets' frames, forwarded frames, Docker's DNS,
 //! the kernel's answers). `VETH_PEERS` is written as the kernel writes it,
-//! by test runs of `contain_veth_inbound` with a frame from the address to
-//! note; a round's UDP reply timeout is an hour (every noted address is a
-//! recent peer) or a nanosecond (none is).
+//! by test runs of `contain_veth_inbound` with a random frame from the
+//! address to note, each checked against `kernel_model::veth::notes_source`
+//! in the map (an ICMP error, a later fragment or an unreadable header notes
+//! nothing; nor does a frame into a settled veth with no owner); a round's
+//! UDP reply timeout is an hour (every noted address is a recent peer) or a
+//! nanosecond (none is).
 //!
 //! This test moves its process between cgroups, so it is a binary of its
 //! own. `VETH_DIFFERENTIAL_SEED=N` replays a run; each run prints its seed.
 
 mod common;
 
+use aya::maps::{HashMap, MapData};
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -42,8 +46,10 @@ use std::{
 };
 
 use bpf_loader::kernel::{Kernel, Limits};
-use common::{random_ipv6, require_root};
-use contain_common::{ip_proto::ANY, program_names, DEFAULT_EVENTS_PER_SECOND};
+use common::{maps_pin_dir, random_ipv6, require_root};
+use contain_common::{
+    ip_proto::ANY, map_names, program_names, VethAddrKey, DEFAULT_EVENTS_PER_SECOND,
+};
 use kernel_model::{
     decide::Packet,
     diff::MapDiff,
@@ -53,8 +59,8 @@ use kernel_model::{
         VethSource,
     },
     veth::{
-        judge_frame_on, Frame, FrameVerdict, Origin, Reason, VethAge, ETH_P_ARP, ETH_P_IP,
-        ETH_P_IPV6,
+        judge_frame_on, notes_source, Frame, FrameVerdict, Origin, Reason, VethAge, ETH_P_ARP,
+        ETH_P_IP, ETH_P_IPV6,
     },
 };
 use test_kit::{
@@ -68,6 +74,8 @@ use test_kit::{
 const ROUNDS: usize = 200;
 /// Frames per round from each of the two cgroups.
 const FRAMES_PER_SIDE: usize = 150;
+/// Frames from addresses never seen before sent into the container per round.
+const INBOUND_PER_ROUND: usize = 4;
 const GRE: u8 = 47;
 const IGMP: u8 = 2;
 /// tc's verdicts: `TC_ACT_UNSPEC` (pass on) and `TC_ACT_SHOT`.
@@ -433,8 +441,8 @@ fn ip_shape(rng: &mut Rng, is_v6: bool) -> (u8, u16, IpAddr, u8) {
             let proto = rng.pick(&[TCP, UDP, icmp, icmp, GRE]);
             let port = match proto {
                 TCP | UDP => rng.pick(&[53, 80, 443, 444, 1025, 8080, 8081, 65535]),
-                ICMP => rng.pick(&[0u16, 3, 8, 13]) << 8 | rng.pick(&[0u16, 0, 1]),
-                ICMPV6 => rng.pick(&[128u16, 129, 133, 135, 143]) << 8,
+                ICMP => rng.pick(&[0u16, 3, 8, 13, 11, 4, 5, 12]) << 8 | rng.pick(&[0u16, 0, 1]),
+                ICMPV6 => rng.pick(&[128u16, 129, 133, 135, 143, 1, 2, 3, 4]) << 8,
                 _ => 0,
             };
             let hop_limit = if proto == ICMPV6 {
@@ -655,16 +663,65 @@ impl Drop for Home {
     }
 }
 
-/// Notes `addr` as a peer of the container behind `veth`, as the kernel
-/// does for a packet into it: a test run of `contain_veth_inbound`.
-fn note_peer(inbound: i32, veth: u32, addr: IpAddr) {
-    let frame = match addr {
-        IpAddr::V4(_) => packets::ipv4(OWN4, UDP, 5353, 0, 0),
-        IpAddr::V6(_) => packets::ipv6(OWN6, UDP, 5353, &[]),
+/// A random frame into the container from `addr`: any frame this test
+/// draws, its source made `addr` when it is an IP packet of `addr`'s
+/// family.
+fn frame_from(rng: &mut Rng, addr: IpAddr) -> (Vec<u8>, Frame) {
+    loop {
+        let (bytes, mut frame) = random_frame(rng);
+        match frame.packet.as_mut() {
+            None => return (bytes, frame),
+            Some(p) if p.source.is_ipv4() == addr.is_ipv4() => {
+                p.source = addr;
+                frame.source = Some(addr);
+                return (packets::with_source(bytes, addr), frame);
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// Sends `frame` from `addr` into the container behind `veth` (a test run
+/// of `contain_veth_inbound`), and checks that the kernel noted `addr` as
+/// a peer exactly when the model says it does: when `addr` was not noted
+/// before (a fresh entry is left as it is). Returns what the model says,
+/// and why, for the run's tally.
+fn send_in(
+    peers: &mut HashMap<MapData, VethAddrKey, u64>,
+    inbound: i32,
+    veth: u32,
+    notes: bool,
+    (bytes, frame): (Vec<u8>, Frame),
+    addr: IpAddr,
+    mismatches: &mut Vec<String>,
+) -> (bool, &'static str) {
+    let key = VethAddrKey {
+        ifindex: veth,
+        _pad: 0,
+        addr: addr_key(addr).to_be_bytes(),
     };
-    let run = testrun::run(inbound, &packets::with_source(frame, addr), 1, veth)
-        .expect("BPF_PROG_TEST_RUN of the inbound program");
+    let before = peers.get(&key, 0).is_ok();
+    let run =
+        testrun::run(inbound, &bytes, 1, veth).expect("BPF_PROG_TEST_RUN of the inbound program");
     assert_eq!(run.retval as i32, TC_PASS, "the inbound program passes");
+    let noted = notes && notes_source(&frame) == Some(addr);
+    let after = peers.get(&key, 0).is_ok();
+    if !before && after != noted && mismatches.len() < 20 {
+        mismatches.push(format!(
+            "the inbound program {} {addr} on a frame the model says {}:\n  frame {frame:?}\n  bytes {bytes:02x?}",
+            if after { "noted" } else { "did not note" },
+            if noted { "notes it" } else { "notes nothing" },
+        ));
+    }
+    let why = match &frame.packet {
+        _ if !notes => "a settled veth with no owner",
+        None => "unparsed",
+        Some(p) if p.later_fragment => "later fragment",
+        Some(p) if p.unjudgeable => "unjudgeable",
+        Some(_) if noted => "noted",
+        Some(_) => "ICMP error",
+    };
+    (noted, why)
 }
 
 #[test]
@@ -684,6 +741,12 @@ fn the_veth_program_decides_as_the_model() {
     let inbound = kernel
         .program_fd(program_names::VETH_INBOUND)
         .expect("veth inbound program");
+    let mut peers: HashMap<MapData, VethAddrKey, u64> =
+        HashMap::try_from(aya::maps::Map::LruHashMap(
+            MapData::from_pin(maps_pin_dir(&pins.0).join(map_names::VETH_PEERS))
+                .expect("the pinned peers map"),
+        ))
+        .expect("the peers map's type");
     // The veth: any device of this namespace (a test run looks it up).
     let veth = testrun::egress_ifindex().expect("an interface to run frames through");
 
@@ -707,6 +770,8 @@ fn the_veth_program_decides_as_the_model() {
     let mut mismatches = Vec::new();
     let mut seen = BTreeMap::new();
     let mut noted = BTreeSet::new();
+    let mut inbound_cases = BTreeMap::new();
+    let mut fresh_peers = 0u32;
     let destinations = every_destination();
     for round in 0..ROUNDS {
         let desired = random_state(&mut rng, &ids, veth);
@@ -732,12 +797,55 @@ fn the_veth_program_decides_as_the_model() {
             kernel.veth_gone(veth);
             VethAge::Settled
         };
-        // The inbound program notes peers only of a mapped or a new veth.
+        // The inbound program notes peers only of a mapped or a new veth,
+        // and only a source that spoke for itself.
         let unowned = !desired.veths.contains_key(&veth);
-        if (!unowned || age == VethAge::New) && rng.chance(40) {
+        let notes = !unowned || age == VethAge::New;
+        if notes && rng.chance(40) {
             let addr = rng.pick(&destinations);
-            note_peer(inbound, veth, addr);
-            noted.insert(addr_key(addr));
+            let frame = frame_from(&mut rng, addr);
+            let (was_noted, why) = send_in(
+                &mut peers,
+                inbound,
+                veth,
+                notes,
+                frame,
+                addr,
+                &mut mismatches,
+            );
+            *inbound_cases.entry(why).or_insert(0u32) += 1;
+            if was_noted {
+                noted.insert(addr_key(addr));
+            }
+        }
+        // Addresses never seen before, each checked in the map.
+        for _ in 0..INBOUND_PER_ROUND {
+            fresh_peers += 1;
+            let addr = if rng.chance(50) {
+                IpAddr::V4(Ipv4Addr::from(0x0a4d_0000 | fresh_peers))
+            } else {
+                IpAddr::V6(Ipv6Addr::new(
+                    0x2001,
+                    0xdb8,
+                    0xfe,
+                    0,
+                    0,
+                    0,
+                    0,
+                    fresh_peers as u16,
+                ))
+            };
+            let frame = frame_from(&mut rng, addr);
+            let (_, why) = send_in(
+                &mut peers,
+                inbound,
+                veth,
+                notes,
+                frame,
+                addr,
+                &mut mismatches,
+            );
+            *inbound_cases.entry(why).or_insert(0u32) += 1;
         }
         let peers_recent = rng.chance(60);
         let reply_timeout = if peers_recent {
@@ -802,6 +910,7 @@ fn the_veth_program_decides_as_the_model() {
             ));
         }
     }
+    eprintln!("inbound frames: {inbound_cases:?}");
     eprintln!("{:<18} {:<14} {:<6} frames", "origin", "reason", "verdict");
     for ((origin, reason, verdict), n) in &seen {
         eprintln!(
@@ -815,6 +924,18 @@ fn the_veth_program_decides_as_the_model() {
         mismatches.join("\n")
     );
     // The run must have reached every case it claims to compare.
+    for why in [
+        "noted",
+        "ICMP error",
+        "later fragment",
+        "unparsed",
+        "a settled veth with no owner",
+    ] {
+        assert!(
+            inbound_cases.contains_key(why),
+            "no inbound frame of the case {why:?} was sent (seed {seed}): {inbound_cases:?}"
+        );
+    }
     for (origin, reason, verdict) in [
         ("judged", Reason::Judged, Verdict::Allow),
         ("judged", Reason::Unrestricted, Verdict::Allow),

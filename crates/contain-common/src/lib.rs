@@ -146,6 +146,19 @@ pub mod ip_proto {
     pub const ICMPV6: u8 = 58;
 }
 
+/// Whether an ICMP (`proto` 1) or ICMPv6 (58) message of `icmp_type` is an
+/// error about another packet, which it quotes: what conntrack lets into a
+/// container as related to one of its flows, from whichever router or host
+/// claims to have seen that flow (the kernel's `icmp_is_err`, and every
+/// ICMPv6 type below 128). Its source never spoke for itself.
+pub const fn is_icmp_error(proto: u8, icmp_type: u8) -> bool {
+    match proto {
+        ip_proto::ICMP => matches!(icmp_type, 3 | 4 | 5 | 11 | 12),
+        ip_proto::ICMPV6 => icmp_type < 128,
+        _ => false,
+    }
+}
+
 /// What the kernel does when no rule allows a flow.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

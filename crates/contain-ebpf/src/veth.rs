@@ -18,7 +18,9 @@
 //! The kernel's own ARP passes (it reaches only the container's link), and
 //! so do its replies (echo replies, resets, ICMP errors) to addresses that
 //! sent packets into the container through its veth, which
-//! `contain_veth_inbound` (tc egress, the container's inbound side) notes.
+//! `contain_veth_inbound` (tc egress, the container's inbound side) notes
+//! (not the source of an ICMP error or a later fragment, which any host
+//! can send as related to a flow).
 //! A packet socket gets no exemption: its ARP, neighbour discovery or
 //! IGMP would carry whatever it writes to the container's neighbours. Any
 //! other ethertype and any VLAN-tagged frame of a governed container is
@@ -47,8 +49,8 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use contain_common::{
-    ip_proto, stat, Hook, Verdict, VethAddrKey, CGROUP_FORWARDED_DNS, EVENT_FORGED_SOURCE,
-    EVENT_LINK_LAYER, EVENT_UNATTRIBUTED, MAX_CGROUP_DEPTH,
+    ip_proto, is_icmp_error, stat, Hook, Verdict, VethAddrKey, CGROUP_FORWARDED_DNS,
+    EVENT_FORGED_SOURCE, EVENT_LINK_LAYER, EVENT_UNATTRIBUTED, MAX_CGROUP_DEPTH,
 };
 
 use crate::{
@@ -550,7 +552,8 @@ const PEER_REFRESH_NS: u64 = 1_000_000_000;
 /// (hairpin mode) is the container's own: multicast and broadcast never
 /// need that (the kernel loops them itself), and a packet socket's frame
 /// must not come back as if another host had sent it; neither is noted as
-/// a peer. Every other source is noted, so the kernel may answer it.
+/// a peer. Every other source that spoke for itself
+/// ([`speaks_for_its_source`]) is noted, so the kernel may answer it.
 #[inline(always)]
 pub fn admit_inbound(skb: *mut __sk_buff) -> i32 {
     // SAFETY: the context is valid for the program's duration.
@@ -606,7 +609,9 @@ pub fn admit_inbound(skb: *mut __sk_buff) -> i32 {
     let noted = match seen {
         Some(seen) => Some(seen),
         // SAFETY: presence only.
-        None if unsafe { VETHS.get(ifindex) }.is_some() || is_new_veth(ifindex) => {
+        None if (unsafe { VETHS.get(ifindex) }.is_some() || is_new_veth(ifindex))
+            && speaks_for_its_source(skb) =>
+        {
             VETH_PEERS.insert(key, now, 0).is_ok().then_some(now)
         }
         None => None,
@@ -616,6 +621,22 @@ pub fn admit_inbound(skb: *mut __sk_buff) -> i32 {
         unsafe { *memo = NotedPeer { key, seen } };
     }
     PASS
+}
+
+/// Whether a packet into the container shows that its source spoke: not an
+/// ICMP error (conntrack lets one in as related to a flow whoever sends it,
+/// so noting its source would let the kernel answer any host on the
+/// Internet), not a later fragment (whose first may have been one), and a
+/// packet the parser reads whole. Read on the rare path only: a peer's
+/// first packet, then one a second.
+#[inline(always)]
+fn speaks_for_its_source(skb: *mut __sk_buff) -> bool {
+    let mut slot = MaybeUninit::uninit();
+    let flow = Flow::zeroed_in(&mut slot);
+    packet::parse::<L3_AFTER_ETHERNET>(skb, flow)
+        && !flow.unjudgeable
+        && !flow.later_fragment
+        && !is_icmp_error(flow.proto, (flow.dport >> 8) as u8)
 }
 
 /// A peer `admit_inbound` found fresh in `VETH_PEERS` or noted there, with

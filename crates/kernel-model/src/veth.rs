@@ -18,7 +18,7 @@
 
 use std::net::IpAddr;
 
-use contain_common::{ip_proto, stat};
+use contain_common::{ip_proto, is_icmp_error, stat};
 
 use crate::{
     decide::{
@@ -417,6 +417,21 @@ fn is_kernel_answer(frame: &Frame, packet: &Packet, origin: Origin) -> bool {
         _ => false,
     };
     answer && frame.dest_recent_peer
+}
+
+/// Whether `contain_veth_inbound` notes the source of `frame`, a frame into
+/// a container through a veth that has an owner or is new (it notes no
+/// other veth's peers), so that the kernel's answers to it pass
+/// ([`Frame::dest_recent_peer`]): a packet the parser reads whole, not a
+/// later fragment, not an ICMP error (conntrack lets one in from any host
+/// as related to a flow; its source never spoke).
+pub fn notes_source(frame: &Frame) -> Option<IpAddr> {
+    let packet = frame.packet.as_ref()?;
+    let spoke = is_ip(frame.ethertype)
+        && !packet.unjudgeable
+        && !packet.later_fragment
+        && !is_icmp_error(packet.proto, (packet.port >> 8) as u8);
+    spoke.then_some(packet.source)
 }
 
 #[cfg(test)]
@@ -1079,6 +1094,54 @@ mod tests {
         }
         let v = judge_frame(&s, VETH, KERNEL, &routed);
         assert_eq!(decided(&v), (Verdict::Deny, Reason::SourceRoute));
+    }
+
+    #[test]
+    fn only_a_source_that_spoke_for_itself_is_noted() {
+        let peer = IpAddr::from(Ipv4Addr::new(198, 18, 9, 9));
+        let peer6 = IpAddr::from(Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, 9));
+        let into =
+            |source: IpAddr, dest: IpAddr, proto, port| frame(packet(source, dest, proto, port));
+        for (source, dest) in [(peer, IpAddr::from(OWN4)), (peer6, IpAddr::from(OWN6))] {
+            assert_eq!(
+                notes_source(&into(source, dest, ip_proto::UDP, 53)),
+                Some(source)
+            );
+            assert_eq!(
+                notes_source(&into(source, dest, ip_proto::TCP, 80)),
+                Some(source)
+            );
+            let mut fragment = into(source, dest, ip_proto::UDP, 0);
+            if let Some(p) = fragment.packet.as_mut() {
+                p.later_fragment = true;
+            }
+            assert_eq!(notes_source(&fragment), None, "a later fragment");
+            let mut unreadable = into(source, dest, ip_proto::UDP, 53);
+            if let Some(p) = unreadable.packet.as_mut() {
+                p.unjudgeable = true;
+            }
+            assert_eq!(notes_source(&unreadable), None, "an unreadable route");
+            let mut unparsed = into(source, dest, ip_proto::UDP, 53);
+            unparsed.packet = None;
+            assert_eq!(notes_source(&unparsed), None, "an unparsed header");
+        }
+        // ICMP: errors (conntrack's related) are not the source speaking.
+        for ty in [0u16, 8, 13, 14] {
+            let f = into(peer, OWN4.into(), ip_proto::ICMP, ty << 8);
+            assert_eq!(notes_source(&f), Some(peer), "ICMP type {ty}");
+        }
+        for ty in [3u16, 4, 5, 11, 12] {
+            let f = into(peer, OWN4.into(), ip_proto::ICMP, ty << 8 | 1);
+            assert_eq!(notes_source(&f), None, "ICMP error type {ty}");
+        }
+        for ty in [128u16, 129, 135] {
+            let f = into(peer6, OWN6.into(), ip_proto::ICMPV6, ty << 8);
+            assert_eq!(notes_source(&f), Some(peer6), "ICMPv6 type {ty}");
+        }
+        for ty in [1u16, 2, 3, 4, 127] {
+            let f = into(peer6, OWN6.into(), ip_proto::ICMPV6, ty << 8);
+            assert_eq!(notes_source(&f), None, "ICMPv6 error type {ty}");
+        }
     }
 
     #[test]
