@@ -96,6 +96,21 @@ fn egress_parses_real_headers() {
         ),
         ("v4 udp allowed", packets::ipv4(ALLOWED4, UDP, 53, 0, 0), 1),
         (
+            "v4 udp allowed, through an allowed source route",
+            with_v4_routes(packets::ipv4(ALLOWED4, UDP, 53, 16, 0), &[ALLOWED4]),
+            1,
+        ),
+        (
+            "v4 udp allowed, through a denied source route",
+            with_v4_routes(packets::ipv4(ALLOWED4, UDP, 53, 16, 0), &[OTHER4]),
+            0,
+        ),
+        (
+            "v4 udp allowed, a second source route behind an allowed one",
+            with_v4_routes(packets::ipv4(ALLOWED4, UDP, 53, 16, 0), &[ALLOWED4, OTHER4]),
+            0,
+        ),
+        (
             "v4 udp wrong port",
             packets::ipv4(ALLOWED4, UDP, 54, 0, 0),
             0,
@@ -307,4 +322,20 @@ fn egress_parses_real_headers() {
         [Verdict::Audit],
         "reported as one audit event"
     );
+}
+
+/// `frame` (16 bytes of IPv4 options) with, for each of `hops`, a NOP and
+/// a loose source route of that one address (its pointer on it), then the
+/// end of the options.
+fn with_v4_routes(mut frame: Vec<u8>, hops: &[Ipv4Addr]) -> Vec<u8> {
+    const OPTIONS: usize = 14 + 20;
+    for (i, hop) in hops.iter().enumerate() {
+        let at = OPTIONS + 8 * i;
+        frame[at..at + 4].copy_from_slice(&[1, 131, 7, 4]);
+        frame[at + 4..at + 8].copy_from_slice(&hop.octets());
+    }
+    if let Some(end) = frame.get_mut(OPTIONS + 8 * hops.len()) {
+        *end = 0;
+    }
+    frame
 }

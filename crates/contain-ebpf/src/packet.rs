@@ -433,6 +433,7 @@ pub fn load_route_address(
 /// The addresses of an IPv4 loose or strict source route option (the
 /// kernel sends a socket's `IP_OPTIONS` route with the first hop as the
 /// destination and the rest, the connected address last, in the option).
+/// Every option is walked: one route option judged, a second unjudgeable.
 /// Options are read two bytes at a time, in a call of its own so the loop
 /// is not unrolled into the caller's stack frame. False when the options
 /// cannot be judged. (A BPF-to-BPF call returns a value: kernel 6.1's
@@ -473,7 +474,11 @@ fn read_v4_source_route<const L3: usize>(
             let Ok(pointer) = ctx.load::<u8>(L3 + 20 + at + 2) else {
                 return false;
             };
-            if count == 0
+            // A second route option would be read by no one the same way
+            // (Linux refuses it; another stack may follow either): it
+            // cannot be judged.
+            if flow.route_len != 0
+                || count == 0
                 || count > MAX_ROUTE_ADDRS
                 || at + opt_len > len
                 || !(opt_len - 3).is_multiple_of(4)
@@ -484,7 +489,6 @@ fn read_v4_source_route<const L3: usize>(
             }
             flow.route_offset = (L3 + 20 + at + 3) as u16;
             flow.route_len = count as u8;
-            return true;
         }
         at += opt_len;
     }
