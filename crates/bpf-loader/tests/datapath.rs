@@ -2967,7 +2967,8 @@ except PermissionError:
 /// and `pkt-lo-rst4` (same mapped veth). Here, what the exemption adds:
 /// it is per address (another address of the same peer host gets nothing
 /// while the peer's own is exempt), it ends with the timeout, and an
-/// address that sent only an ICMP error or a later fragment gets nothing.
+/// address that sent only an ICMP error, a later fragment or a packet to
+/// another address gets nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kernel_answers_peers_through_a_mapped_veth() {
     let Some(()) = require_root("the_kernel_answers_peers_through_a_mapped_veth") else {
@@ -3109,14 +3110,25 @@ async fn the_kernel_answers_peers_through_a_mapped_veth() {
             REPLY_TIMEOUT_SECS + 1
         );
     }
-    // An address is noted only when it spoke for itself: not by an ICMP
-    // error (conntrack lets one into a container as related to a flow,
-    // from any host that names that flow) nor by a later fragment. The
-    // control: a datagram from the same address is noted, and the reply
-    // to a request forged from it then arrives.
-    for (other, to) in [(PEER4_OTHER, CT4), (PEER6_OTHER, CT6)] {
-        for kind in ["icmp-error", "later-fragment"] {
-            assert_eq!(at_peer(&lab, peer, &["from", other, kind, to]), "sent");
+    // An address is noted only when it spoke to the container itself: not
+    // by an ICMP error (conntrack lets one into a container as related to a
+    // flow, from any host that names that flow), a later fragment, or a
+    // datagram to another address that reached the container's link (as
+    // traffic for a neighbour whose MAC a packet socket in the container
+    // took over on the bridge would: here the peer routes it through the
+    // container). The control: a datagram from the same address to the
+    // container is noted, and the reply to a request forged from it then
+    // arrives.
+    for (stray, via) in [("198.18.0.77", CT4), ("2001:db8:77::77", CT6)] {
+        test_kit::lab::add_route(&lab.peer_ns, stray, via, "vp")
+            .expect("a route via the container");
+    }
+    for (other, to, stray) in [
+        (PEER4_OTHER, CT4, "198.18.0.77"),
+        (PEER6_OTHER, CT6, "2001:db8:77::77"),
+    ] {
+        for (kind, dest) in [("icmp-error", to), ("later-fragment", to), ("udp", stray)] {
+            assert_eq!(at_peer(&lab, peer, &["from", other, kind, dest]), "sent");
         }
         let unnoted = forge(other, to);
         assert_eq!(at_peer(&lab, peer, &["from", other, "udp", to]), "sent");
@@ -3127,7 +3139,7 @@ async fn the_kernel_answers_peers_through_a_mapped_veth() {
         );
         assert!(
             !arrived(&unnoted),
-            "the kernel's reply to an echo request forged from {other} reached it after {other} had sent the container only an ICMP error and a later fragment"
+            "the kernel's reply to an echo request forged from {other} reached it after {other} had sent the container only an ICMP error, a later fragment and a datagram to {stray}"
         );
     }
     let batch = client

@@ -48,7 +48,7 @@ use std::{
 use bpf_loader::kernel::{Kernel, Limits};
 use common::{maps_pin_dir, random_ipv6, require_root};
 use contain_common::{
-    ip_proto::ANY, map_names, program_names, VethAddrKey, DEFAULT_EVENTS_PER_SECOND,
+    ip_proto::ANY, is_icmp_error, map_names, program_names, VethAddrKey, DEFAULT_EVENTS_PER_SECOND,
 };
 use kernel_model::{
     decide::Packet,
@@ -665,7 +665,7 @@ impl Drop for Home {
 
 /// A random frame into the container from `addr`: any frame this test
 /// draws, its source made `addr` when it is an IP packet of `addr`'s
-/// family.
+/// family, and mostly addressed to one of the container's addresses.
 fn frame_from(rng: &mut Rng, addr: IpAddr) -> (Vec<u8>, Frame) {
     loop {
         let (bytes, mut frame) = random_frame(rng);
@@ -674,7 +674,18 @@ fn frame_from(rng: &mut Rng, addr: IpAddr) -> (Vec<u8>, Frame) {
             Some(p) if p.source.is_ipv4() == addr.is_ipv4() => {
                 p.source = addr;
                 frame.source = Some(addr);
-                return (packets::with_source(bytes, addr), frame);
+                let mut bytes = packets::with_source(bytes, addr);
+                if rng.chance(70) {
+                    p.dest = match addr {
+                        IpAddr::V4(_) => OWN4.into(),
+                        IpAddr::V6(_) => rng.pick(&[OWN6, OWN_LL]).into(),
+                    };
+                    match p.dest {
+                        IpAddr::V4(d) => bytes[L3 + 16..L3 + 20].copy_from_slice(&d.octets()),
+                        IpAddr::V6(d) => bytes[L3 + 24..L3 + 40].copy_from_slice(&d.octets()),
+                    }
+                }
+                return (bytes, frame);
             }
             Some(_) => {}
         }
@@ -689,8 +700,7 @@ fn frame_from(rng: &mut Rng, addr: IpAddr) -> (Vec<u8>, Frame) {
 fn send_in(
     peers: &mut HashMap<MapData, VethAddrKey, u64>,
     inbound: i32,
-    veth: u32,
-    notes: bool,
+    (state, veth, age): (&KernelState, u32, VethAge),
     (bytes, frame): (Vec<u8>, Frame),
     addr: IpAddr,
     mismatches: &mut Vec<String>,
@@ -704,7 +714,7 @@ fn send_in(
     let run =
         testrun::run(inbound, &bytes, 1, veth).expect("BPF_PROG_TEST_RUN of the inbound program");
     assert_eq!(run.retval as i32, TC_PASS, "the inbound program passes");
-    let noted = notes && notes_source(&frame) == Some(addr);
+    let noted = notes_source(state, veth, age, &frame) == Some(addr);
     let after = peers.get(&key, 0).is_ok();
     if !before && after != noted && mismatches.len() < 20 {
         mismatches.push(format!(
@@ -713,13 +723,16 @@ fn send_in(
             if noted { "notes it" } else { "notes nothing" },
         ));
     }
+    let owned = state.veths.contains_key(&veth);
     let why = match &frame.packet {
-        _ if !notes => "a settled veth with no owner",
+        _ if !owned && age == VethAge::Settled => "a settled veth with no owner",
         None => "unparsed",
         Some(p) if p.later_fragment => "later fragment",
         Some(p) if p.unjudgeable => "unjudgeable",
-        Some(_) if noted => "noted",
-        Some(_) => "ICMP error",
+        Some(_) if noted && owned => "noted",
+        Some(_) if noted => "noted on a new veth with no owner",
+        Some(p) if is_icmp_error(p.proto, (p.port >> 8) as u8) => "ICMP error",
+        Some(_) => "not to the container's address",
     };
     (noted, why)
 }
@@ -800,19 +813,11 @@ fn the_veth_program_decides_as_the_model() {
         // The inbound program notes peers only of a mapped or a new veth,
         // and only a source that spoke for itself.
         let unowned = !desired.veths.contains_key(&veth);
-        let notes = !unowned || age == VethAge::New;
-        if notes && rng.chance(40) {
+        let on = (&desired, veth, age);
+        if (!unowned || age == VethAge::New) && rng.chance(40) {
             let addr = rng.pick(&destinations);
             let frame = frame_from(&mut rng, addr);
-            let (was_noted, why) = send_in(
-                &mut peers,
-                inbound,
-                veth,
-                notes,
-                frame,
-                addr,
-                &mut mismatches,
-            );
+            let (was_noted, why) = send_in(&mut peers, inbound, on, frame, addr, &mut mismatches);
             *inbound_cases.entry(why).or_insert(0u32) += 1;
             if was_noted {
                 noted.insert(addr_key(addr));
@@ -836,15 +841,7 @@ fn the_veth_program_decides_as_the_model() {
                 ))
             };
             let frame = frame_from(&mut rng, addr);
-            let (_, why) = send_in(
-                &mut peers,
-                inbound,
-                veth,
-                notes,
-                frame,
-                addr,
-                &mut mismatches,
-            );
+            let (_, why) = send_in(&mut peers, inbound, on, frame, addr, &mut mismatches);
             *inbound_cases.entry(why).or_insert(0u32) += 1;
         }
         let peers_recent = rng.chance(60);
@@ -926,6 +923,8 @@ fn the_veth_program_decides_as_the_model() {
     // The run must have reached every case it claims to compare.
     for why in [
         "noted",
+        "noted on a new veth with no owner",
+        "not to the container's address",
         "ICMP error",
         "later fragment",
         "unparsed",

@@ -608,13 +608,13 @@ pub fn admit_inbound(skb: *mut __sk_buff) -> i32 {
     // unowned veth's peers are never noted.
     let noted = match seen {
         Some(seen) => Some(seen),
-        // SAFETY: presence only.
-        None if (unsafe { VETHS.get(ifindex) }.is_some() || is_new_veth(ifindex))
-            && speaks_for_its_source(skb) =>
-        {
-            VETH_PEERS.insert(key, now, 0).is_ok().then_some(now)
+        None => {
+            // SAFETY: presence only.
+            let owned = unsafe { VETHS.get(ifindex) }.is_some();
+            ((owned || is_new_veth(ifindex)) && speaks_for_its_source(skb, ifindex, owned))
+                .then(|| VETH_PEERS.insert(key, now, 0).is_ok().then_some(now))
+                .flatten()
         }
-        None => None,
     };
     if let (Some(memo), Some(seen)) = (memo, noted) {
         // SAFETY: as above.
@@ -623,20 +623,32 @@ pub fn admit_inbound(skb: *mut __sk_buff) -> i32 {
     PASS
 }
 
-/// Whether a packet into the container shows that its source spoke: not an
-/// ICMP error (conntrack lets one in as related to a flow whoever sends it,
-/// so noting its source would let the kernel answer any host on the
-/// Internet), not a later fragment (whose first may have been one), and a
-/// packet the parser reads whole. Read on the rare path only: a peer's
-/// first packet, then one a second.
+/// Whether a packet into the container shows that its source spoke to it:
+/// a packet the parser reads whole, not an ICMP error (conntrack lets one
+/// in as related to a flow whoever sends it, so noting its source would let
+/// the kernel answer any host on the Internet), not a later fragment (whose
+/// first may have been one), and, on a veth with an owner, addressed to one
+/// of the container's own addresses (a frame meant for a neighbour whose
+/// MAC a packet socket took over on the bridge notes nothing). Read on the
+/// rare path only: a peer's first packet, then one a second.
 #[inline(always)]
-fn speaks_for_its_source(skb: *mut __sk_buff) -> bool {
+fn speaks_for_its_source(skb: *mut __sk_buff, ifindex: u32, owned: bool) -> bool {
     let mut slot = MaybeUninit::uninit();
     let flow = Flow::zeroed_in(&mut slot);
-    packet::parse::<L3_AFTER_ETHERNET>(skb, flow)
-        && !flow.unjudgeable
-        && !flow.later_fragment
-        && !is_icmp_error(flow.proto, (flow.dport >> 8) as u8)
+    if !packet::parse::<L3_AFTER_ETHERNET>(skb, flow)
+        || flow.unjudgeable
+        || flow.later_fragment
+        || is_icmp_error(flow.proto, (flow.dport >> 8) as u8)
+    {
+        return false;
+    }
+    let own = VethAddrKey {
+        ifindex,
+        _pad: 0,
+        addr: flow.daddr,
+    };
+    // SAFETY: presence only.
+    !owned || unsafe { VETH_SOURCES.get(own) }.is_some()
 }
 
 /// A peer `admit_inbound` found fresh in `VETH_PEERS` or noted there, with

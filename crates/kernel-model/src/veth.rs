@@ -419,18 +419,32 @@ fn is_kernel_answer(frame: &Frame, packet: &Packet, origin: Origin) -> bool {
     answer && frame.dest_recent_peer
 }
 
-/// Whether `contain_veth_inbound` notes the source of `frame`, a frame into
-/// a container through a veth that has an owner or is new (it notes no
-/// other veth's peers), so that the kernel's answers to it pass
-/// ([`Frame::dest_recent_peer`]): a packet the parser reads whole, not a
-/// later fragment, not an ICMP error (conntrack lets one in from any host
-/// as related to a flow; its source never spoke).
-pub fn notes_source(frame: &Frame) -> Option<IpAddr> {
+/// The source `contain_veth_inbound` notes of `frame`, a frame into a
+/// container through veth `ifindex` of age `age`, so that the kernel's
+/// answers to it pass ([`Frame::dest_recent_peer`]): on a veth with an
+/// owner or a new one (no other veth's peers are noted), a packet the
+/// parser reads whole, not a later fragment, not an ICMP error (conntrack
+/// lets one in from any host as related to a flow; its source never
+/// spoke), and on a veth with an owner, addressed to one of the
+/// container's own addresses (not to a neighbour whose MAC the container
+/// took over on the bridge).
+pub fn notes_source(
+    state: &KernelState,
+    ifindex: u32,
+    age: VethAge,
+    frame: &Frame,
+) -> Option<IpAddr> {
     let packet = frame.packet.as_ref()?;
-    let spoke = is_ip(frame.ethertype)
+    let owned = state.veths.contains_key(&ifindex);
+    let spoke = (owned || age == VethAge::New)
+        && is_ip(frame.ethertype)
         && !packet.unjudgeable
         && !packet.later_fragment
-        && !is_icmp_error(packet.proto, (packet.port >> 8) as u8);
+        && !is_icmp_error(packet.proto, (packet.port >> 8) as u8)
+        && (!owned
+            || state
+                .veth_sources
+                .contains(&VethSource::new(ifindex, packet.dest)));
     spoke.then_some(packet.source)
 }
 
@@ -1098,6 +1112,8 @@ mod tests {
 
     #[test]
     fn only_a_source_that_spoke_for_itself_is_noted() {
+        let s = state();
+        let notes_source = |f: &Frame| super::notes_source(&s, VETH, VethAge::Settled, f);
         let peer = IpAddr::from(Ipv4Addr::new(198, 18, 9, 9));
         let peer6 = IpAddr::from(Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, 9));
         let into =
@@ -1142,6 +1158,28 @@ mod tests {
             let f = into(peer6, OWN6.into(), ip_proto::ICMPV6, ty << 8);
             assert_eq!(notes_source(&f), None, "ICMPv6 error type {ty}");
         }
+        // To a neighbour's address (its MAC taken over on the bridge): not
+        // the container's own.
+        let neighbour = IpAddr::from(Ipv4Addr::new(198, 18, 0, 9));
+        assert_eq!(
+            notes_source(&into(peer, neighbour, ip_proto::UDP, 53)),
+            None
+        );
+        let to_own_ll = into(peer6, OWN_LL.into(), ip_proto::UDP, 53);
+        assert_eq!(notes_source(&to_own_ll), Some(peer6));
+        // A new veth with no owner notes its peers, its addresses unknown;
+        // a settled one with no owner notes nothing.
+        let mut unowned = s.clone();
+        unowned.veths.clear();
+        let f = into(peer, neighbour, ip_proto::UDP, 53);
+        assert_eq!(
+            super::notes_source(&unowned, VETH, VethAge::New, &f),
+            Some(peer)
+        );
+        assert_eq!(
+            super::notes_source(&unowned, VETH, VethAge::Settled, &f),
+            None
+        );
     }
 
     #[test]
