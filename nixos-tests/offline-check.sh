@@ -297,6 +297,9 @@ if m is not None:
     check(s["tmpfiles"] == ["d /run/contain 1770 root contain - -"], "/run/contain: root:contain 1770 from early boot")
     check(list(s["slices"]) == ["contain"], "the managed slice contain.slice is defined")
     check(s["dockerSettings"] == {"cgroup-parent": "contain.slice"}, "docker: cgroup-parent = contain.slice")
+    loader_bin = Lc["ExecStart"].split(" ")[0]
+    check(s["runtimeChecks"] == {"docker": [loader_bin + " --check-attached /sys/fs/cgroup/contain.slice"]},
+          f"docker starts only once the loader's programs are attached, and no containerd unit appears ({s['runtimeChecks']})")
     check("contain-0.1.0" in s["systemPackages"], "environment.systemPackages has the package")
     check(s["failedAssertions"] == [], f"no failed NixOS assertions ({s['failedAssertions']})")
     pol = s["contain"]["policy"]
@@ -309,8 +312,11 @@ if m is not None:
     ns = v["nestedSlice"]
     check(ns["execStart"].endswith("--attach-parent /sys/fs/cgroup/contain.slice/contain-docker.slice --client-user contain")
           and ns["slices"] == ["contain-docker"] and ns["requires"] == ["contain-docker.slice"]
-          and ns["dockerParent"] == "contain-docker.slice",
+          and ns["dockerParent"] == "contain-docker.slice"
+          and ns["dockerCheck"] == [ns["execStart"].split(" --socket")[0] + " --check-attached /sys/fs/cgroup/contain.slice/contain-docker.slice"],
           "a nested slice (contain-docker.slice) maps to its cgroup path")
+    check(v["containerdChecks"] == {"containerd": [loader_bin + " --check-attached /sys/fs/cgroup/contain.slice"]},
+          f"containerd alone: it starts only once the loader's programs are attached ({v['containerdChecks']})")
     check(v["auditPolicy"] == {"mode": "audit", "unknown_container": "audit"}, "policy: audit values accepted")
     check(v["uncheckedSource"] != src, "checkPolicy = false uses the rendered policy unchecked")
     check(all(x == [] or x == {} for x in v["disabled"].values()), f"disabled: the module adds nothing ({v['disabled']})")

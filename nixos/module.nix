@@ -7,7 +7,10 @@
 #                       programs to the managed parent cgroup (a systemd slice that
 #                       Docker uses as its `cgroup-parent`) before Docker or
 #                       containerd start, so every container inherits them
-#                       before its first process runs.
+#                       before its first process runs. Docker and containerd
+#                       check that they are attached before they start
+#                       (`bpf-loader --check-attached`): a loader that failed
+#                       keeps them down, never their containers unfiltered.
 #   contain-resolver    root uid (it connects to the root-owned containerd and
 #                       Docker sockets) with only CAP_SYS_PTRACE and
 #                       CAP_DAC_READ_SEARCH, to read other processes' /proc entries.
@@ -87,6 +90,9 @@ let
     ) (builtins.length sliceParts)
   );
   cgroupPath = "/sys/fs/cgroup/${cgroupRelPath}";
+  # A container runtime starts only with contain's programs attached to the
+  # managed parent: ordering alone lets it start when the loader failed.
+  runtimeCheck = "${cfg.package}/bin/bpf-loader --check-attached ${cgroupPath}";
 
   environment = {
     RUST_LOG = cfg.logLevel;
@@ -483,6 +489,11 @@ in
     (mkIf config.virtualisation.docker.enable {
       # Docker puts every container's cgroup under the managed parent.
       virtualisation.docker.daemon.settings."cgroup-parent" = mkDefault cfg.cgroupParent;
+      systemd.services.docker.serviceConfig.ExecStartPre = [ runtimeCheck ];
+    })
+
+    (mkIf config.virtualisation.containerd.enable {
+      systemd.services.containerd.serviceConfig.ExecStartPre = [ runtimeCheck ];
     })
   ]);
 }

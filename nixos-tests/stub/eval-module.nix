@@ -106,6 +106,10 @@ let
       }) cfg.environment.etc;
       systemPackages = map (p: p.name) cfg.environment.systemPackages;
       dockerSettings = cfg.virtualisation.docker.daemon.settings;
+      # What the container runtimes run before they start.
+      runtimeChecks = lib.mapAttrs (_: s: s.serviceConfig.ExecStartPre or null) (
+        lib.filterAttrs (name: _: name == "docker" || name == "containerd") cfg.systemd.services
+      );
       failedAssertions = map (a: a.message) (builtins.filter (a: !a.assertion) cfg.assertions);
       contain = {
         inherit (cfg.services.contain)
@@ -164,6 +168,17 @@ in
         }
       ]).config.virtualisation.docker.daemon.settings."cgroup-parent";
 
+    # containerd alone: its unit checks, and no Docker unit appears.
+    containerdChecks =
+      (summary
+        (eval [
+          {
+            virtualisation.containerd.enable = true;
+            services.contain.enable = true;
+          }
+        ]).config
+      ).runtimeChecks;
+
     # A nested slice: its cgroup lives under its parent slices.
     nestedSlice =
       let
@@ -180,6 +195,7 @@ in
       in
       {
         execStart = c.systemd.services.contain-bpf-loader.serviceConfig.ExecStart;
+        dockerCheck = c.systemd.services.docker.serviceConfig.ExecStartPre;
         slices = builtins.attrNames c.systemd.slices;
         requires = c.systemd.services.contain-bpf-loader.requires;
         dockerParent = c.virtualisation.docker.daemon.settings."cgroup-parent";

@@ -1,6 +1,7 @@
 //! bpf-loader: owns contain's BPF programs, links and maps. It knows
 //! cgroups and maps, nothing about containers or policy syntax.
 
+pub mod attached;
 pub mod btf;
 pub mod events;
 pub mod fs;

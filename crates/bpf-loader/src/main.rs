@@ -64,6 +64,12 @@ struct Args {
     /// namespace until policyd names it).
     #[arg(long, default_value_t = contain_common::DEFAULT_NEW_VETH_HOLD_SECS)]
     new_veth_hold_secs: u64,
+    /// Only check that contain's cgroup programs are attached to this
+    /// cgroup (a path) and exit: 0 if every one is, 1 naming those that
+    /// are not. A container runtime's unit runs it before starting, so
+    /// that containers never start unfiltered.
+    #[arg(long, value_name = "CGROUP")]
+    check_attached: Option<PathBuf>,
 }
 
 // One thread: map updates are serialised anyway, and a single malloc arena
@@ -74,6 +80,9 @@ async fn main() -> anyhow::Result<()> {
     proto::runtime::init_tracing(args.log_format);
     if !nix::unistd::geteuid().is_root() {
         bail!("bpf-loader must run as root (it loads BPF programs and attaches them to cgroups)");
+    }
+    if let Some(cgroup) = &args.check_attached {
+        return check_attached(cgroup);
     }
 
     let (mut kernel, rings) =
@@ -269,4 +278,29 @@ fn abort_revoked(event: &proto::loader::Event, kernel: Arc<Mutex<Kernel>>) {
             tracing::warn!(?flow, error = %e, "could not abort the socket of a revoked flow; its packets stay dropped")
         }
     });
+}
+
+/// `--check-attached`: exits 1 (with the reason on stderr) unless every
+/// cgroup program of contain is attached to `cgroup`.
+fn check_attached(cgroup: &std::path::Path) -> anyhow::Result<()> {
+    let missing = bpf_loader::attached::missing_cgroup_programs(cgroup).with_context(|| {
+        format!(
+            "checking contain's programs on {}: containers started now could run unfiltered; \
+             start contain-bpf-loader (journalctl -u contain-bpf-loader says why it is not)",
+            cgroup.display()
+        )
+    })?;
+    if missing.is_empty() {
+        println!("contain's programs are attached to {}", cgroup.display());
+        return Ok(());
+    }
+    eprintln!(
+        "contain's programs are not attached to {} (missing: {}): containers started now \
+         would run unfiltered. Start contain-bpf-loader (journalctl -u contain-bpf-loader says \
+         why it is not running), then this unit again; to run containers without contain, \
+         remove contain's drop-in from this unit (systemctl cat shows it).",
+        cgroup.display(),
+        missing.join(", ")
+    );
+    std::process::exit(1);
 }

@@ -378,30 +378,13 @@ fn on_tcx_hook(
 /// every program for its info: with a link dump every check, that cost the
 /// loader 2.2 % of a CPU at rest on a host of 1 000 veths; this, 0.4 %.
 fn tcx_program_ids(ifindex: u32, hook: TcAttachType) -> std::io::Result<Vec<u32>> {
-    use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd};
+    use aya_obj::generated::bpf_attach_type;
     let attach_type = match hook {
         TcAttachType::Ingress => bpf_attach_type::BPF_TCX_INGRESS,
         TcAttachType::Egress => bpf_attach_type::BPF_TCX_EGRESS,
         TcAttachType::Custom(_) => return Err(std::io::Error::other("not a tcx hook")),
     };
-    let mut ids = vec![0u32; 64];
-    // SAFETY: a plain C union, valid zeroed (what the kernel wants of every
-    // field this call does not use).
-    let mut attr = unsafe { std::mem::zeroed::<bpf_attr>() };
-    attr.query.__bindgen_anon_1.target_ifindex = ifindex;
-    attr.query.attach_type = attach_type as u32;
-    attr.query.__bindgen_anon_2.prog_cnt = ids.len() as u32;
-    attr.query.prog_ids = ids.as_mut_ptr() as u64;
-    // SAFETY: a BPF_PROG_QUERY attribute; `prog_ids` points at `prog_cnt`
-    // u32s that outlive the call, and the kernel writes at most that many.
-    let ret = unsafe { crate::kernel::bpf_syscall(bpf_cmd::BPF_PROG_QUERY, &mut attr) };
-    if ret < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel wrote the count back.
-    let count = unsafe { attr.query.__bindgen_anon_2.prog_cnt } as usize;
-    ids.truncate(count.min(ids.len()));
-    Ok(ids)
+    crate::kernel::query_program_ids(ifindex, attach_type)
 }
 
 /// The filters of a clsact hook, in order, from its filter dump.

@@ -950,6 +950,58 @@ async fn a_restarted_loader_attaches_its_links_before_it_releases_the_old_ones()
 }
 
 /// Every link pin under `links` (`<group>/[<key>/]<instance>/<program>`).
+/// `bpf-loader --check-attached`, which a container runtime's unit runs
+/// before it starts (`debian/systemd/*.service.d/contain.conf`, the NixOS
+/// module), reads the kernel alone: it fails, naming every program, before
+/// the loader has attached to the managed parent; passes once it has; and
+/// fails again, naming only `contain_egress`, once that program's link is
+/// gone (the loader killed and the link's pin removed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runtime_check_fails_until_every_program_is_attached() {
+    let Some(()) = require_root("the_runtime_check_fails_until_every_program_is_attached") else {
+        return;
+    };
+    let mut lab = Lab::new();
+    let check = |lab: &Lab| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bpf-loader"))
+            .arg("--check-attached")
+            .arg(&lab.parent)
+            .output()
+            .expect("bpf-loader --check-attached");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = check(&lab);
+    assert_eq!(code, Some(1), "before the loader: {stderr}");
+    for program in program_names::CGROUP {
+        assert!(stderr.contains(program), "{program} not named: {stderr}");
+    }
+    let _client = lab.start_loader().await;
+    let (code, stderr) = check(&lab);
+    assert_eq!(code, Some(0), "with the loader attached: {stderr}");
+
+    lab.kill_loader();
+    let pins = link_pins(&lab.pin_dir.join("links"));
+    let egress = pins
+        .iter()
+        .find(|p| p.file_name().is_some_and(|n| n == program_names::EGRESS))
+        .expect("the egress program's link pin");
+    std::fs::remove_file(egress).expect("removing the egress link's pin");
+    let (code, stderr) = check(&lab);
+    assert_eq!(code, Some(1), "with the egress link gone: {stderr}");
+    let missing = stderr
+        .split_once("missing: ")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(list, _)| list.to_string());
+    assert_eq!(
+        missing.as_deref(),
+        Some(program_names::EGRESS),
+        "only the egress program is missing: {stderr}"
+    );
+}
+
 fn link_pins(links: &std::path::Path) -> Vec<std::path::PathBuf> {
     fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {

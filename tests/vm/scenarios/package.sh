@@ -6,7 +6,9 @@
 #  1. install: units active with their users and capabilities, contain.slice, /run/contain,
 #     the conffile; `policyd status` names a container outside the managed parent;
 #  2. `policyd setup docker` on Docker's real daemon.json (kept keys, backup, idempotent), Docker
-#     restarted on it: new containers land under contain.slice;
+#     restarted on it: new containers land under contain.slice; Docker and containerd refuse to
+#     start while contain's programs are not attached (the loader masked, its links released),
+#     saying why, and start once the loader is back;
 #  3. enforce: nothing of the blocked container's reaches the peer, a container no policy
 #     selects does (the capture's own control), the peer reaches the blocked container's server;
 #  4. an edited conffile applied by `systemctl reload contain-policyd` (same process); a refused
@@ -238,6 +240,27 @@ printf '{"log-level": "warn",}' >/tmp/bad.json
 check_output "invalid JSON is refused, naming the file" "/tmp/bad.json" bash -c "policyd setup docker --daemon-json /tmp/bad.json 2>&1; true"
 check "Docker restarts on the merged file" systemctl restart docker
 check "Docker is up" retry 60 0.5 docker info
+
+step "Docker and containerd start only with contain's programs attached"
+# Ordering alone would start them after a loader that failed (at boot, say), and their
+# containers would run unfiltered: the package's drop-in makes each check first.
+for unit in docker containerd; do
+  check "$unit.service checks the programs before it starts" bash -c \
+    "systemctl cat $unit | grep -qx 'ExecStartPre=/usr/sbin/bpf-loader --check-attached /sys/fs/cgroup/contain.slice'"
+done
+check "Docker and containerd stop" systemctl stop docker.socket docker containerd
+# As at a boot where the loader failed: no loader, no link on contain.slice.
+check "the loader stops, masked" bash -c "systemctl stop contain-bpf-loader && systemctl mask --runtime contain-bpf-loader"
+check "its links on contain.slice are released" bash -c \
+  "find /sys/fs/bpf/contain/links/cgroups -type f -delete; ! bpftool cgroup show /sys/fs/cgroup/contain.slice | grep -q contain_"
+check_fails "containerd does not start" systemctl start containerd
+check_fails "Docker does not start" systemctl start docker
+check "containerd's journal says why" bash -c \
+  "journalctl -u containerd --no-pager -o cat | grep -q \"contain's programs are not attached to /sys/fs/cgroup/contain.slice\""
+check "the loader starts again" bash -c "systemctl unmask --runtime contain-bpf-loader && systemctl start contain-bpf-loader"
+check "Docker starts" bash -c "systemctl reset-failed docker docker.socket containerd; systemctl start docker"
+check "Docker is up" retry 60 0.5 docker info
+check "the three units are active" retry 100 0.2 all_active
 
 # ---- 3. enforce ---------------------------------------------------------------------------------
 step "the default policy on an egress=block container"

@@ -404,7 +404,7 @@ fn attach_setsockopt_pinned(
 }
 
 /// bpf(2) with `attr`, for the commands aya does not wrap the way the
-/// loader needs (a sockopt link, a cheap tcx query).
+/// loader needs (a sockopt link, a cheap program query).
 ///
 /// # Safety
 /// `attr` must be a valid attribute for `cmd`, its pointers valid for the
@@ -422,6 +422,34 @@ pub(crate) unsafe fn bpf_syscall(
             std::mem::size_of::<aya_obj::generated::bpf_attr>(),
         )
     }
+}
+
+/// The ids of the programs attached to `target` (a cgroup's fd, or a
+/// device's ifindex for a tcx hook: the same field) at `attach_type`, in
+/// the kernel's order: `BPF_PROG_QUERY`, without opening any program.
+pub(crate) fn query_program_ids(
+    target: u32,
+    attach_type: aya_obj::generated::bpf_attach_type,
+) -> std::io::Result<Vec<u32>> {
+    use aya_obj::generated::{bpf_attr, bpf_cmd};
+    let mut ids = vec![0u32; 64];
+    // SAFETY: a plain C union, valid zeroed (what the kernel wants of every
+    // field this call does not use).
+    let mut attr = unsafe { std::mem::zeroed::<bpf_attr>() };
+    attr.query.__bindgen_anon_1.target_ifindex = target;
+    attr.query.attach_type = attach_type as u32;
+    attr.query.__bindgen_anon_2.prog_cnt = ids.len() as u32;
+    attr.query.prog_ids = ids.as_mut_ptr() as u64;
+    // SAFETY: a BPF_PROG_QUERY attribute; `prog_ids` points at `prog_cnt`
+    // u32s that outlive the call, and the kernel writes at most that many.
+    let ret = unsafe { bpf_syscall(bpf_cmd::BPF_PROG_QUERY, &mut attr) };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel wrote the count back.
+    let count = unsafe { attr.query.__bindgen_anon_2.prog_cnt } as usize;
+    ids.truncate(count.min(ids.len()));
+    Ok(ids)
 }
 
 fn pin(link: FdLink, path: &Path) -> Result<(), KernelError> {

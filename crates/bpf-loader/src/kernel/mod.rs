@@ -12,7 +12,7 @@ mod offsets;
 mod readback;
 mod transaction;
 
-pub(crate) use links::bpf_syscall;
+pub(crate) use links::query_program_ids;
 pub use object::EventRings;
 
 use std::{
