@@ -953,8 +953,8 @@ async fn a_restarted_loader_attaches_its_links_before_it_releases_the_old_ones()
 /// `bpf-loader --check-attached`, which a container runtime's unit runs
 /// before it starts (`debian/systemd/*.service.d/contain.conf`, the NixOS
 /// module), reads the kernel alone: it fails, naming every program, before
-/// the loader has attached to the managed parent; passes once it has; and
-/// fails again, naming only `contain_egress`, once that program's link is
+/// the loader has attached to the managed parent; passes once it has (and
+/// fails for a cgroup below it, which only inherits them); and fails again, naming only `contain_egress`, once that program's link is
 /// gone (the loader killed and the link's pin removed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_runtime_check_fails_until_every_program_is_attached() {
@@ -962,10 +962,10 @@ async fn the_runtime_check_fails_until_every_program_is_attached() {
         return;
     };
     let mut lab = Lab::new();
-    let check = |lab: &Lab| {
+    let check = |cgroup: &std::path::Path| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_bpf-loader"))
             .arg("--check-attached")
-            .arg(&lab.parent)
+            .arg(cgroup)
             .output()
             .expect("bpf-loader --check-attached");
         (
@@ -973,14 +973,18 @@ async fn the_runtime_check_fails_until_every_program_is_attached() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let (code, stderr) = check(&lab);
+    let (code, stderr) = check(&lab.parent);
     assert_eq!(code, Some(1), "before the loader: {stderr}");
     for program in program_names::CGROUP {
         assert!(stderr.contains(program), "{program} not named: {stderr}");
     }
     let _client = lab.start_loader().await;
-    let (code, stderr) = check(&lab);
+    let (code, stderr) = check(&lab.parent);
     assert_eq!(code, Some(0), "with the loader attached: {stderr}");
+    // A cgroup below the managed parent has them only by inheritance: the
+    // check is of the cgroup the loader attaches to.
+    let (code, stderr) = check(&lab.ct);
+    assert_eq!(code, Some(1), "below the managed parent: {stderr}");
 
     lab.kill_loader();
     let pins = link_pins(&lab.pin_dir.join("links"));
@@ -989,7 +993,7 @@ async fn the_runtime_check_fails_until_every_program_is_attached() {
         .find(|p| p.file_name().is_some_and(|n| n == program_names::EGRESS))
         .expect("the egress program's link pin");
     std::fs::remove_file(egress).expect("removing the egress link's pin");
-    let (code, stderr) = check(&lab);
+    let (code, stderr) = check(&lab.parent);
     assert_eq!(code, Some(1), "with the egress link gone: {stderr}");
     let missing = stderr
         .split_once("missing: ")
