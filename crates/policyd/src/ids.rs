@@ -16,7 +16,7 @@
 //! empty or near-empty diff.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     hash::{Hash, Hasher},
 };
 
@@ -71,6 +71,9 @@ pub struct IdTable<K> {
     last: u32,
     by_key: HashMap<K, u32>,
     by_id: HashMap<u32, K>,
+    /// Ids the kernel's state uses that no key here is known to hold: what
+    /// they name cannot be told, so none is handed out.
+    reserved: BTreeSet<u32>,
 }
 
 impl<K: Clone + Eq + Hash> IdTable<K> {
@@ -81,6 +84,7 @@ impl<K: Clone + Eq + Hash> IdTable<K> {
             last,
             by_key: HashMap::new(),
             by_id: HashMap::new(),
+            reserved: BTreeSet::new(),
         }
     }
 
@@ -140,7 +144,7 @@ impl<K: Clone + Eq + Hash> IdTable<K> {
         // this finds a slot in a step or two; `skip` may leave none.
         for offset in 0..span {
             let id = self.first + ((start + offset) % span) as u32;
-            if !self.by_id.contains_key(&id) && !skip(id) {
+            if !self.by_id.contains_key(&id) && !self.reserved.contains(&id) && !skip(id) {
                 self.by_key.insert(key.clone(), id);
                 self.by_id.insert(id, key.clone());
                 return Ok(id);
@@ -161,6 +165,16 @@ impl<K: Clone + Eq + Hash> IdTable<K> {
         self.by_key.insert(key.clone(), id);
         self.by_id.insert(id, key);
         true
+    }
+
+    /// Reserves the ids of `in_use` (ids the kernel holds) that no key
+    /// holds, in place of what was reserved before: an id learned later
+    /// ([`IdTable::seed`]) is no longer reserved, being held.
+    pub fn reserve_unknown(&mut self, in_use: impl IntoIterator<Item = u32>) {
+        self.reserved = in_use
+            .into_iter()
+            .filter(|id| (self.first..=self.last).contains(id) && !self.by_id.contains_key(id))
+            .collect();
     }
 
     /// Forgets every id for which `keep` is false.
@@ -217,8 +231,13 @@ impl Default for IdTables {
 }
 
 impl IdTables {
-    /// Learns rulesets from what the kernel holds.
+    /// Learns rulesets from what the kernel holds, and reserves the policy
+    /// ids it uses: a policy learns its id only from proof (the containers
+    /// it selects, [`IdTables::seed_policies`], or its rules,
+    /// `compile::seed_policy_ids_from_rules`), never by preferring the same
+    /// id as the policy the kernel's entries were made for.
     pub fn seed_from_state(&mut self, state: &KernelState) {
+        self.policies.reserve_unknown(state.policy_ids_in_use());
         let mut rulesets: BTreeMap<u32, RulesetKey> = BTreeMap::new();
         for (key, &rule_id) in &state.ports {
             rulesets.entry(key.ruleset).or_default().push((
@@ -328,10 +347,15 @@ impl IdTables {
             .chain(state.ports.keys().map(|k| k.ruleset))
             .collect();
         self.rulesets.retain(|id, _| live_rulesets.contains(&id));
+        // A policy the file no longer has keeps its id while the kernel
+        // uses it (cgroup entries kept without an inventory), so that no
+        // other policy takes that id and those containers' rules with it.
         let names: std::collections::HashSet<&str> =
             policies.policies.iter().map(|p| p.name.as_str()).collect();
+        let in_use = state.policy_ids_in_use();
         self.policies
-            .retain(|_, name| names.contains(name.as_str()));
+            .retain(|id, name| names.contains(name.as_str()) || in_use.contains(&id));
+        self.policies.reserve_unknown(in_use);
     }
 }
 
@@ -379,6 +403,78 @@ mod tests {
         assert!(err.is_err());
         assert_eq!(t.get(&"web".to_string()), Some(moved));
         assert_eq!(t.get(&"db".to_string()), Some(db));
+    }
+
+    /// Two policy names that prefer the same policy id.
+    fn colliding_names() -> (String, String) {
+        let span = u64::from(contain_common::MAX_POLICIES - 1);
+        let mut first_by_preference = HashMap::new();
+        for n in 0.. {
+            let name = format!("policy-{n}");
+            let preference = stable_hash(&name) % span;
+            if let Some(first) = first_by_preference.insert(preference, name.clone()) {
+                return (first, name);
+            }
+        }
+        unreachable!()
+    }
+
+    fn kernel_with_a_cgroup_of(policy_id: u32) -> KernelState {
+        let mut state = KernelState::default();
+        state.upsert(kernel_model::state::Entry::Cgroup {
+            id: 42,
+            value: kernel_model::state::CgroupEntry {
+                policy_id,
+                audit: false,
+                unrestricted: false,
+                forwarded_dns: false,
+            },
+        });
+        state
+    }
+
+    fn policies_named(names: &[&str]) -> PolicySet {
+        let text: String = names
+            .iter()
+            .map(|n| format!("[[policy]]\nname = '{n}'\nselect = {{ name = '{n}' }}\n"))
+            .collect();
+        crate::policy::parse("test.toml", &text).expect("a valid policy")
+    }
+
+    #[test]
+    fn a_removed_policys_id_the_kernel_still_uses_goes_to_no_other_policy() {
+        let (old, new) = colliding_names();
+        let mut ids = IdTables::default();
+        let id = ids.policies.get_or_alloc(&old).unwrap();
+        // The file drops `old`; its containers' entries stay in the kernel
+        // (kept without an inventory), and `new` prefers the same id.
+        ids.retain_live(&kernel_with_a_cgroup_of(id), &policies_named(&[&new]));
+        assert_ne!(ids.policies.get_or_alloc(&new).unwrap(), id);
+        assert_eq!(ids.policies.get(&old), Some(id), "kept while in use");
+        // Once the kernel no longer uses it, the id is free again.
+        let mut ids = IdTables::default();
+        ids.policies.get_or_alloc(&old).unwrap();
+        ids.retain_live(&KernelState::default(), &policies_named(&[&new]));
+        assert_eq!(ids.policies.get_or_alloc(&new).unwrap(), id);
+    }
+
+    #[test]
+    fn after_a_restart_a_policy_takes_a_kernel_id_only_from_proof() {
+        let (old, new) = colliding_names();
+        let id = IdTables::default().policies.get_or_alloc(&old).unwrap();
+        let kernel = kernel_with_a_cgroup_of(id);
+        // Nothing proves which policy the kernel's id names: `new`, which
+        // prefers it, does not get it, and neither does `old` itself.
+        let mut ids = IdTables::default();
+        ids.seed_from_state(&kernel);
+        assert_ne!(ids.policies.get_or_alloc(&new).unwrap(), id);
+        assert_ne!(ids.policies.get_or_alloc(&old).unwrap(), id);
+        // Learned from proof (the containers it selects, or its rules).
+        let mut ids = IdTables::default();
+        ids.seed_from_state(&kernel);
+        assert!(ids.policies.seed(old.clone(), id));
+        assert_eq!(ids.policies.get_or_alloc(&old).unwrap(), id);
+        assert_ne!(ids.policies.get_or_alloc(&new).unwrap(), id);
     }
 
     #[test]

@@ -388,12 +388,15 @@ struct Refused {
 /// `previous` was loaded from are `previous` itself; otherwise only the
 /// policies that differ from `previous`'s are compiled again. With
 /// `settled`, bytes of another digest are refused: the file changed since
-/// the watcher saw that version settle (an edit under way).
+/// the watcher saw that version settle (an edit under way). With `proof`
+/// (the first load after a start), policies learn the ids the kernel's
+/// entries prove are theirs before anything is compiled.
 fn load(
     path: &std::path::Path,
     ids: &mut IdTables,
     previous: Option<&Arc<Loaded>>,
     settled: Option<u64>,
+    proof: Option<(&KernelState, &Inventory)>,
 ) -> Result<Arc<Loaded>, Refused> {
     let started = Instant::now();
     let text = std::fs::read_to_string(path).map_err(|source| Refused {
@@ -432,6 +435,10 @@ fn load(
         .map_err(|invalid_policy| refused(invalid(&invalid_policy.diagnostics)))?;
     drop(text);
     let parsed = started.elapsed();
+    if let Some((kernel, inventory)) = proof {
+        ids.seed_policies(kernel, &policies, inventory);
+        compile::seed_policy_ids_from_rules(kernel, &policies, ids);
+    }
     let (rules, reuse) =
         compile::compile_rules_reusing(&policies, ids, previous.map(|p| (&p.policies, &p.rules)))
             .map_err(|e| refused(compile_failure(e)))?;
@@ -879,7 +886,11 @@ impl Engine {
             }
         }
         let loaded = self.view.loaded.as_ref();
-        let candidate = match load(&self.policy_path, &mut self.ids, loaded, settled) {
+        let proof = match (loaded, &self.view.kernel) {
+            (None, Some(kernel)) => Some((&kernel.state, &*self.view.inventory)),
+            _ => None,
+        };
+        let candidate = match load(&self.policy_path, &mut self.ids, loaded, settled, proof) {
             Ok(c) => c,
             Err(Refused { error, digest }) => {
                 if digest.is_some() {
@@ -1179,23 +1190,23 @@ mod tests {
         let path = dir.join("policy.toml");
         std::fs::write(&path, policy_text(443)).unwrap();
         let mut ids = IdTables::default();
-        let Ok(first) = load(&path, &mut ids, None, None) else {
+        let Ok(first) = load(&path, &mut ids, None, None, None) else {
             panic!("the policy loads")
         };
-        let Ok(again) = load(&path, &mut ids, Some(&first), None) else {
+        let Ok(again) = load(&path, &mut ids, Some(&first), None, None) else {
             panic!("the policy loads")
         };
         assert!(Arc::ptr_eq(&first, &again), "not parsed nor compiled again");
 
         std::fs::write(&path, policy_text(8443)).unwrap();
         let mut fresh_ids = ids.clone();
-        let Ok(edited) = load(&path, &mut ids, Some(&again), None) else {
+        let Ok(edited) = load(&path, &mut ids, Some(&again), None, None) else {
             panic!("the policy loads")
         };
         // The watcher's settled version is no longer the file's: refused,
         // not taken as a policy.
         let stale = policy::fnv1a(policy_text(443).as_bytes());
-        let Err(refused) = load(&path, &mut ids, Some(&edited), Some(stale)) else {
+        let Err(refused) = load(&path, &mut ids, Some(&edited), Some(stale), None) else {
             panic!("a version other than the settled one is applied")
         };
         assert!(
@@ -1208,7 +1219,7 @@ mod tests {
         );
         assert_eq!(refused.digest, None, "not remembered as a refused file");
         let current = policy::fnv1a(policy_text(8443).as_bytes());
-        assert!(load(&path, &mut ids, Some(&edited), Some(current)).is_ok());
+        assert!(load(&path, &mut ids, Some(&edited), Some(current), None).is_ok());
         assert!(!Arc::ptr_eq(&again, &edited));
         assert_eq!(
             edited.rules,
