@@ -285,26 +285,45 @@ impl Inventory {
             .collect()
     }
 
-    /// Finds a container by id, id prefix (at least 4 characters, unique) or name.
-    pub fn find(&self, query: &str) -> Result<&Container, String> {
+    /// Finds a container by id, name or id prefix (at least 4 characters),
+    /// in that order. A name or prefix that more than one container has
+    /// (two runtimes' namespaces may both have a "web") is refused with
+    /// their ids, never answered with the first.
+    pub fn find<'a>(&'a self, query: &str) -> Result<&'a Container, String> {
         let query = query.trim_start_matches('/');
-        if let Some(c) = self
-            .containers
-            .iter()
-            .find(|c| c.name == query || c.id == query)
-        {
+        if let Some(c) = self.containers.iter().find(|c| c.id == query) {
             return Ok(c);
         }
+        let one = |what: &str, mut matches: Vec<&'a Container>| match matches.len() {
+            1 => Some(Ok(matches.remove(0))),
+            0 => None,
+            _ => Some(Err(format!(
+                "{what} \"{query}\" names {} containers; give one of their ids: {}",
+                matches.len(),
+                matches
+                    .iter()
+                    .map(|c| format!("{} ({}/{})", c.id, c.namespace, c.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        };
+        let named = self.containers.iter().filter(|c| c.name == query).collect();
+        if let Some(found) = one("the name", named) {
+            return found;
+        }
         if query.len() >= 4 {
-            let mut by_prefix = self.containers.iter().filter(|c| c.id.starts_with(query));
-            if let Some(first) = by_prefix.next() {
-                return match by_prefix.next() {
-                    None => Ok(first),
-                    Some(_) => Err(format!("container id prefix \"{query}\" is ambiguous")),
-                };
+            let prefixed = self
+                .containers
+                .iter()
+                .filter(|c| c.id.starts_with(query))
+                .collect();
+            if let Some(found) = one("the id prefix", prefixed) {
+                return found;
             }
         }
-        Err(format!("no container named \"{query}\" or with that id"))
+        Err(format!(
+            "no container named \"{query}\" or with that id (`policyd status` lists them)"
+        ))
     }
 }
 
@@ -559,5 +578,32 @@ mod tests {
         assert_eq!(inv.find("b0000000000").unwrap().name, "b");
         assert_eq!(inv.find("b000").unwrap().name, "b");
         assert!(inv.find("zzz").is_err());
+    }
+
+    #[test]
+    fn a_name_or_prefix_two_containers_have_is_refused_with_their_ids() {
+        let mut other = container("web", "x", &[]);
+        other.id = "web0ffff".into();
+        other.namespace = "default".into();
+        let mut named_by_another_id = container("x", "x", &[]);
+        named_by_another_id.name = "web0000000000".into();
+        let inv = Inventory {
+            containers: vec![named_by_another_id, container("web", "x", &[]), other],
+        };
+        let e = inv.find("web").unwrap_err();
+        assert!(
+            e.contains("the name \"web\" names 2 containers")
+                && e.contains("web0000000000 (moby/web)")
+                && e.contains("web0ffff (default/web)"),
+            "{e}"
+        );
+        // An exact id comes before a name, even another container's.
+        assert_eq!(inv.find("web0000000000").unwrap().id, "web0000000000");
+        assert_eq!(inv.find("web0f").unwrap().namespace, "default");
+        let e = inv.find("web0").unwrap_err();
+        assert!(
+            e.contains("the id prefix \"web0\" names 2 containers"),
+            "{e}"
+        );
     }
 }

@@ -18,7 +18,7 @@
 //! JSON has no spans in serde, so positions of semantic errors are found by
 //! locating the offending literal after its enclosing entry.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use contain_common::ip_proto;
 use kernel_model::state::Verdict;
@@ -182,7 +182,8 @@ pub fn parse(name: &str, text: &str) -> Result<PolicySet, InvalidPolicy> {
         }
         let mut rules_for_all = Vec::new();
         let mut processes: Vec<ProcessPolicy> = Vec::new();
-        let mut seen_process = HashSet::new();
+        // Comm → the comm first written with the kernel's same key.
+        let mut seen_process = HashMap::new();
         for process in entry.policy {
             pos = cursor.find("\"process\"", pos).unwrap_or(pos);
             let process_at = pos;
@@ -260,16 +261,24 @@ pub fn parse(name: &str, text: &str) -> Result<PolicySet, InvalidPolicy> {
                 rules_for_all.extend(rules);
                 continue;
             }
-            if !seen_process.insert(comm.to_string()) {
-                checker.error(
-                    span_at(process_at),
-                    format!("conflicting selectors: process \"{comm}\" has a second entry in container \"{container}\"; the thesis format takes one object per process"),
-                );
-                continue;
-            }
             let Some(ident) = checker.comm(comm, process_at..process_at + 1) else {
                 continue;
             };
+            // The kernel keeps 15 bytes of a comm: two longer ones that
+            // share them are one process to it.
+            if let Some(first) = seen_process.get(&ident.comm_match()) {
+                let same = if first == comm {
+                    String::new()
+                } else {
+                    format!(" (\"{first}\", the same comm to the kernel, which keeps 15 bytes)")
+                };
+                checker.error(
+                    span_at(process_at),
+                    format!("conflicting selectors: process \"{comm}\" has a second entry{same} in container \"{container}\"; the thesis format takes one object per process"),
+                );
+                continue;
+            }
+            seen_process.insert(ident.comm_match(), comm.to_string());
             processes.push(ProcessPolicy {
                 sha256: None,
                 idents: vec![ident],
@@ -405,11 +414,24 @@ mod tests {
             "x.json:4:14: error: invalid cidr4: prefix length 33",
             "x.json:5:14: error: cidr4 2001:db8::/32 is not IPv4",
             "x.json:6:38: error: port 70000 is out of range",
-            "x.json:8:4: error: conflicting selectors: process \"curl\" has a second entry",
+            "x.json:8:4: error: conflicting selectors: process \"curl\" has a second entry in",
             "x.json:10:3: error: conflicting selectors: container \"a\" has a second entry",
         ] {
             assert!(e.contains(needle), "missing `{needle}` in:\n{e}");
         }
+    }
+
+    #[test]
+    fn comms_the_kernel_cannot_tell_apart_are_one_process() {
+        let text = r#"[{"container_name": "a", "policy": [
+  {"process": "a-long-worker-name-1", "allow": [{"cidr4": "10.0.0.1/32", "ports": [80]}]},
+  {"process": "a-long-worker-name-2", "allow": [{"cidr4": "10.0.0.2/32", "ports": [443]}]}
+]}]"#;
+        let e = parse("x.json", text).unwrap_err().to_string();
+        assert!(
+            e.contains("x.json:3:4: error: conflicting selectors: process \"a-long-worker-name-2\" has a second entry (\"a-long-worker-name-1\", the same comm to the kernel"),
+            "{e}"
+        );
     }
 
     #[test]
