@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -35,6 +36,10 @@ static atomic_int stop;
 // Set once the rewriting thread runs: the sends wait for it, so that a
 // burst never goes out while the thread has not been scheduled yet.
 static atomic_int rewriting;
+// Counts the rewriting thread's writes: each send waits for it to move, so
+// that a thread descheduled for a whole burst (a busy host, both threads on
+// one CPU) cannot leave every frame with the frame's own value.
+static atomic_uint rewrites;
 static volatile uint16_t *word;
 static uint16_t values[2];
 
@@ -45,6 +50,7 @@ static void *rewrite(void *unused) {
     (void)unused;
     for (unsigned i = 0; !atomic_load_explicit(&stop, memory_order_relaxed); i++) {
         *word = values[i & 1];
+        atomic_fetch_add_explicit(&rewrites, 1, memory_order_release);
         if (i == 1)
             atomic_store_explicit(&rewriting, 1, memory_order_release);
         for (int spin = 0; spin < 64; spin++)
@@ -64,6 +70,22 @@ static int unhex(const char *hex, uint8_t *out, size_t cap) {
         out[i] = (uint8_t)byte;
     }
     return (int)(n / 2);
+}
+
+// Waits until the rewriting thread has written since `*seen`, yielding the
+// CPU to it; -1 after a second without a write.
+static int wait_rewritten(unsigned *seen) {
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    unsigned current;
+    while ((current = atomic_load_explicit(&rewrites, memory_order_acquire)) == *seen) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec - start.tv_sec > 1)
+            return -1;
+        sched_yield();
+    }
+    *seen = current;
+    return 0;
 }
 
 static int wait_available(volatile struct tpacket2_hdr *h) {
@@ -129,9 +151,14 @@ int main(int argc, char **argv) {
         __builtin_ia32_pause();
     long sent = 0;
     const char *error = NULL;
+    unsigned seen = 0;
     for (long i = 0; i < count; i++) {
         if (wait_available(slot)) {
             error = "slot never returned";
+            break;
+        }
+        if (wait_rewritten(&seen)) {
+            error = "rewriting thread stalled";
             break;
         }
         slot->tp_len = (uint32_t)len;

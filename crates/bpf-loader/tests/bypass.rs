@@ -2501,33 +2501,45 @@ async fn p_pkt_txring_race(cx: &mut Ctx) -> Outcome {
         Ok(path) => path,
         Err(o) => return o,
     };
-    let mut o = cx
-        .simple(
-            &[
-                "pkt-txring-race",
-                &helper,
-                "vc",
-                "{PMAC}",
-                CT4,
-                PEER4,
-                "5353",
-                "9",
-                "{L}",
-            ],
-            &["udp", PEER4, "5353", "{C}"],
-            // The datagram itself: the peer answers those that reach 5353,
-            // and the container's ICMP error back quotes the marker.
-            |p, m| {
-                has_marker(p, m)
-                    && p["proto"].as_u64() == Some(17)
-                    && p["dport"].as_u64() == Some(9)
-            },
-        )
-        .await;
-    // Nothing arriving proves nothing unless the ring sent every frame.
+    let (t, lm, cm, notes) = cx.pair(
+        &[
+            "pkt-txring-race",
+            &helper,
+            "vc",
+            "{PMAC}",
+            CT4,
+            PEER4,
+            "5353",
+            "9",
+            "{L}",
+        ],
+        &["udp", PEER4, "5353", "{C}"],
+    );
+    // The datagram itself: the peer answers those that reach 5353, and the
+    // container's ICMP error back quotes the marker.
+    let to_port = |port: u64| {
+        let lm = lm.clone();
+        move |p: &Value| {
+            has_marker(p, &lm)
+                && p["ifname"] == "vp"
+                && p["proto"].as_u64() == Some(17)
+                && p["dport"].as_u64() == Some(port)
+        }
+    };
+    let mut o = cx.judge(t, &lm, &cm, |p, _| to_port(9)(p), notes).await;
+    let allowed = cx.since(t).filter(|p| to_port(5353)(p)).count();
+    let rewritten = cx.since(t).filter(|p| to_port(9)(p)).count();
+    o.notes
+        .push(format!("arrived: {allowed} to 5353, {rewritten} to 9"));
+    // Nothing arriving proves nothing unless the ring sent every frame and
+    // its frames reached the peer.
     if !o.notes[0].contains("tx_ring_race=sent:2000") {
         o.failures
             .push("the transmit ring did not send its 2000 frames".into());
+    }
+    if allowed == 0 {
+        o.failures
+            .push("none of the ring's frames to the allowed port arrived".into());
     }
     o
 }
