@@ -1,6 +1,7 @@
 //! Struct member offsets from the kernel's BTF (`/sys/kernel/btf/vmlinux`),
 //! for the exec program's walk `linux_binprm` → `file` → `inode` →
-//! `super_block`, whose layout differs between kernel versions and builds.
+//! `super_block` and the veth backstop's `sk_buff` → `net_device`, whose
+//! layouts differ between kernel versions and builds.
 //!
 //! Only what that needs: the type section is walked to number the types,
 //! structs and unions are kept with their members. (aya parses BTF too,
@@ -26,6 +27,7 @@ pub enum BtfError {
 }
 
 const MAGIC: u16 = 0xeb9f;
+const KIND_PTR: u32 = 2;
 const KIND_STRUCT: u32 = 4;
 const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
@@ -42,7 +44,7 @@ struct Member {
 
 struct Type {
     kind: u32,
-    /// What a typedef or qualifier refers to.
+    /// What a typedef, qualifier or pointer refers to; a struct's size.
     refers_to: u32,
     members: Vec<Member>,
 }
@@ -158,14 +160,7 @@ impl Btf {
     /// The bit offset of `member` in struct `ty` (a bit field's), looking
     /// into anonymous struct and union members as C does.
     pub fn member_bit_offset(&self, ty: &str, member: &str) -> Result<u32, BtfError> {
-        let id = *self
-            .structs
-            .get(ty)
-            .ok_or_else(|| BtfError::NoStruct(ty.to_owned()))?;
-        self.find(id, member, 0).ok_or_else(|| BtfError::NoMember {
-            ty: ty.to_owned(),
-            member: member.to_owned(),
-        })
+        self.member(ty, member).map(|(bits, _)| bits)
     }
 
     /// Whether struct `ty` has `member` (directly or in an anonymous part).
@@ -173,11 +168,44 @@ impl Btf {
         self.member_offset(ty, member).is_ok()
     }
 
-    fn find(&self, id: u32, member: &str, depth: u32) -> Option<u32> {
+    /// Whether `member` of struct `ty` is a pointer (through typedefs and
+    /// qualifiers), not the data itself.
+    pub fn member_is_pointer(&self, ty: &str, member: &str) -> Result<bool, BtfError> {
+        let (_, type_id) = self.member(ty, member)?;
+        let kind = self
+            .types
+            .get(self.resolve(type_id) as usize)
+            .map(|t| t.kind);
+        Ok(kind == Some(KIND_PTR))
+    }
+
+    /// The size in bytes of struct `ty`.
+    pub fn struct_size(&self, ty: &str) -> Result<u32, BtfError> {
+        let id = self.struct_id(ty)?;
+        Ok(self.types[id as usize].refers_to)
+    }
+
+    fn struct_id(&self, ty: &str) -> Result<u32, BtfError> {
+        self.structs
+            .get(ty)
+            .copied()
+            .ok_or_else(|| BtfError::NoStruct(ty.to_owned()))
+    }
+
+    /// `member` of struct `ty`: its bit offset and type.
+    fn member(&self, ty: &str, member: &str) -> Result<(u32, u32), BtfError> {
+        self.find(self.struct_id(ty)?, member, 0)
+            .ok_or_else(|| BtfError::NoMember {
+                ty: ty.to_owned(),
+                member: member.to_owned(),
+            })
+    }
+
+    fn find(&self, id: u32, member: &str, depth: u32) -> Option<(u32, u32)> {
         let ty = self.types.get(id as usize)?;
         for m in &ty.members {
             if m.name == member {
-                return Some(m.bit_offset);
+                return Some((m.bit_offset, m.type_id));
             }
         }
         if depth > 4 {
@@ -185,8 +213,8 @@ impl Btf {
         }
         for m in ty.members.iter().filter(|m| m.name.is_empty()) {
             let inner = self.resolve(m.type_id);
-            if let Some(bits) = self.find(inner, member, depth + 1) {
-                return Some(m.bit_offset + bits);
+            if let Some((bits, type_id)) = self.find(inner, member, depth + 1) {
+                return Some((m.bit_offset + bits, type_id));
             }
         }
         None
@@ -210,9 +238,10 @@ impl Btf {
 mod tests {
     use super::*;
 
-    /// A BTF blob with `struct outer { int a; union { int b; int c; }; }`.
+    /// A BTF blob with `struct outer { int a; union { int b; int c; };
+    /// const int *p; }`.
     fn blob() -> Vec<u8> {
-        let strings = b"\0int\0outer\0a\0b\0c\0";
+        let strings = b"\0int\0outer\0a\0b\0c\0p\0";
         let name = |s: &str| -> u32 {
             let needle = format!("\0{s}\0");
             strings
@@ -231,8 +260,24 @@ mod tests {
         push(&[name("int"), 1 << 24, 4, 32]);
         // 2: anonymous union of b and c at 0.
         push(&[0, (5 << 24) | 2, 4, name("b"), 1, 0, name("c"), 1, 0]);
-        // 3: struct outer { a at 0; anon union at 32 bits }.
-        push(&[name("outer"), (4 << 24) | 2, 8, name("a"), 1, 0, 0, 2, 32]);
+        // 3: struct outer { a at 0; anon union at 32 bits; p at 64 }.
+        push(&[
+            name("outer"),
+            (4 << 24) | 3,
+            16,
+            name("a"),
+            1,
+            0,
+            0,
+            2,
+            32,
+            name("p"),
+            5,
+            64,
+        ]);
+        // 4: const int; 5: a pointer to it.
+        push(&[0, KIND_CONST << 24, 1]);
+        push(&[0, KIND_PTR << 24, 4]);
         let mut data = Vec::new();
         data.extend_from_slice(&MAGIC.to_le_bytes());
         data.extend_from_slice(&[1, 0]);
@@ -255,6 +300,9 @@ mod tests {
         let btf = Btf::parse(&blob()).unwrap();
         assert_eq!(btf.member_offset("outer", "a"), Ok(0));
         assert_eq!(btf.member_offset("outer", "c"), Ok(4));
+        assert_eq!(btf.member_is_pointer("outer", "p"), Ok(true));
+        assert_eq!(btf.member_is_pointer("outer", "a"), Ok(false));
+        assert_eq!(btf.struct_size("outer"), Ok(16));
         assert!(matches!(
             btf.member_offset("outer", "d"),
             Err(BtfError::NoMember { .. })
@@ -285,6 +333,9 @@ mod tests {
             ("inode", "i_sb"),
             ("inode", "i_ino"),
             ("super_block", "s_dev"),
+            ("sk_buff", "dev"),
+            ("sk_buff", "ip_summed"),
+            ("net_device", "dev_addr"),
         ] {
             assert!(btf.member_offset(ty, member).is_ok(), "{ty}.{member}");
         }

@@ -2897,6 +2897,127 @@ async fn the_veth_refuses_forged_sources_and_reports_them() {
     );
 }
 
+/// A MAC no device of the lab has: a neighbour's, for the bridge.
+const NEIGHBOURS_MAC: &str = "02:00:5e:00:be:ef";
+
+/// Whether the lab's bridge has learned `mac` (on any port).
+fn bridge_learned(lab: &Lab, mac: &str) -> bool {
+    let out = test_kit::lab::cmd_in(&lab.host_ns, "bridge")
+        .args(["fdb", "show", "br", BRIDGE])
+        .output()
+        .expect("bridge fdb show");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with(mac))
+}
+
+/// A packet socket's frame must carry the MAC of the container's interface
+/// as its source: with a neighbour's, the bridge would learn that MAC on
+/// the container's port and hand it the neighbour's traffic. The MAC is
+/// read from the kernel at each frame, so one set after the veth was
+/// mapped (Docker sets it once the interface is in the container's
+/// namespace) is the one compared. Judged at the peer and in the bridge's
+/// table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_packet_sockets_frame_from_another_mac_reaches_no_one() {
+    let Some(()) = require_root("a_packet_sockets_frame_from_another_mac_reaches_no_one") else {
+        return;
+    };
+    let (mut lab, client) = Lab::running().await;
+    let mut rules = Rules::default();
+    rules
+        .cgroup(lab.ct_id(), 1, false)
+        .veth(lab.ct_veth.ifindex, lab.ct_id(), &[CT4, CT6])
+        .allow(allow(PEER4, UDP, Some(5353)));
+    converge(&client, &rules.state, Verdict::Deny).await;
+    let capture = lab.start_peer_capture();
+    let ct = lab.ct.clone();
+    let attack = repo_root().join("tests/bypass/attack.py");
+    let peer_mac = lab.peer_link.mac.clone();
+    // A frame to the allowed peer and port, from `smac` ("-": the
+    // interface's own).
+    let frame = |smac: &str, marker: &str| {
+        let argv: Vec<String> = [
+            PYTHON,
+            &attack.display().to_string(),
+            "pkt-udp",
+            "vc",
+            "raw",
+            "0",
+            &peer_mac,
+            CT4,
+            PEER4,
+            "5353",
+            marker,
+            smac,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let out = lab.in_cgroup_cmd(&ct, &argv).output().expect("attack.py");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("send=ok"),
+            "could not send from {smac}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+
+    frame("-", "MK{ownmac}");
+    assert!(
+        marker_arrives(&capture, "MK{ownmac}").await,
+        "the interface's own MAC"
+    );
+    frame(NEIGHBOURS_MAC, "MK{neighbourmac}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !captured_markers(&capture).contains(&"MK{neighbourmac}".to_string()),
+        "a frame from a neighbour's MAC arrived at the peer"
+    );
+    assert!(
+        !bridge_learned(&lab, NEIGHBOURS_MAC),
+        "the bridge learned the neighbour's MAC on the container's port"
+    );
+    let batch = client
+        .events(tarpc::context::current(), 0, 1000, 1000)
+        .await
+        .expect("rpc");
+    let forged: Vec<_> = batch.events.iter().filter(|e| e.forged_source).collect();
+    assert_eq!(forged.len(), 1, "{:#?}", batch.events);
+    assert!(forged[0].link_layer, "{:#?}", forged[0]);
+    assert_eq!(
+        (forged[0].cgroup_id, forged[0].verdict, forged[0].dst_port),
+        (lab.ct_id(), Verdict::Deny, 5353)
+    );
+
+    // A MAC set on the container's interface after the veth was mapped is
+    // its own from then on; the one it had before is not.
+    let old_mac = link_in(&lab.ct_ns, "vc").mac;
+    let new_mac = "02:42:c6:12:00:02";
+    test_kit::lab::ip(&lab.ct_ns, &["link", "set", "vc", "address", new_mac])
+        .expect("setting the container's MAC");
+    frame("-", "MK{newmac}");
+    assert!(
+        marker_arrives(&capture, "MK{newmac}").await,
+        "the interface's MAC, set after the veth was mapped"
+    );
+    frame(&old_mac, "MK{oldmac}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !captured_markers(&capture).contains(&"MK{oldmac}".to_string()),
+        "a frame from the interface's former MAC arrived at the peer"
+    );
+
+    // Audit mode: passed, and reported as audited.
+    rules.cgroup(lab.ct_id(), 1, true);
+    converge(&client, &rules.state, Verdict::Deny).await;
+    frame(NEIGHBOURS_MAC, "MK{neighbouraudit}");
+    assert!(
+        marker_arrives(&capture, "MK{neighbouraudit}").await,
+        "audit mode denies nothing"
+    );
+}
+
 /// What `script` (a Python script of the repository) prints when run with
 /// `args` in the peer's namespace, trimmed.
 fn at_peer(lab: &Lab, script: &str, args: &[&str]) -> String {

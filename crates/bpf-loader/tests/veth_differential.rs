@@ -323,6 +323,8 @@ fn frame_of(
         packet,
         dataless_tcp,
         dest_recent_peer: false,
+        // BPF_PROG_TEST_RUN's frames have no socket: no packet socket's.
+        from_devices_mac: true,
     }
 }
 

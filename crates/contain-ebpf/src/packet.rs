@@ -225,6 +225,13 @@ pub fn surely_not_udp<const L3: usize>(skb: *mut __sk_buff) -> bool {
     }
 }
 
+/// The Ethernet source address of a frame whose data starts at its
+/// Ethernet header (tc on a veth).
+#[inline(always)]
+pub fn ethernet_source(skb: *mut __sk_buff) -> Option<[u8; 6]> {
+    bytes_at::<6>(&SkBuffContext::new(skb), 6)
+}
+
 /// Whether 16 key bytes are a loopback address: `::1`, or 127.0.0.0/8
 /// v4-mapped (an IPv4 packet's, or an IPv6 packet's to `::ffff:127.x`).
 #[inline(always)]

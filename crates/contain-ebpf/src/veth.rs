@@ -37,6 +37,12 @@
 //! routing reflects a packet to the container's own address back to it).
 //! The check starts once the veth is mapped: policyd writes its sources
 //! before the veth's owner.
+//!
+//! A packet socket's frame must also carry as its Ethernet source the MAC
+//! of the veth's other end, the container's interface (as the kernel writes
+//! it on every other frame): with a neighbour's, the bridge would learn
+//! that neighbour's MAC on the container's port and hand it the traffic
+//! meant for the neighbour.
 
 use core::mem::MaybeUninit;
 
@@ -182,6 +188,9 @@ pub fn judge_frame(skb: *mut __sk_buff) -> i32 {
         return deny_frame(cgroup_id, &gov, ethertype, flags);
     }
     let flow: &Flow = flow;
+    if origin == Origin::PacketSocket && !carries_its_devices_mac(skb) {
+        return deny_forged(cgroup_id, &gov, flow, flags);
+    }
     if mapped.is_some() && !source_allowed(ifindex, flow, origin) {
         return deny_forged(cgroup_id, &gov, flow, flags);
     }
@@ -696,6 +705,67 @@ fn checksum_pending(skb: *mut __sk_buff) -> bool {
         Ok(byte) => (byte >> (bit % 8)) & 3 == CHECKSUM_PARTIAL,
         Err(_) => true,
     }
+}
+
+/// Where the MAC address of the veth's other end is, from the kernel's BTF,
+/// patched in at load time: `sk_buff`'s `dev` (the host-side veth, at tc
+/// ingress), the offset of `netdev_priv` plus that of `struct veth_priv`'s
+/// `peer` (the container's interface), `net_device`'s `dev_addr`, and
+/// whether that is a pointer (from 5.17) or the bytes themselves. Zero
+/// offsets (the loader could not tell) fail every check.
+#[no_mangle]
+static SKB_DEV_OFFSET: u32 = 0;
+#[no_mangle]
+static VETH_PEER_OFFSET: u32 = 0;
+#[no_mangle]
+static NETDEV_DEV_ADDR_OFFSET: u32 = 0;
+#[no_mangle]
+static NETDEV_DEV_ADDR_IS_POINTER: u32 = 0;
+
+/// Whether a frame's Ethernet source is the MAC of the veth's other end:
+/// read from the kernel at each frame, so a MAC set after the loader saw
+/// the veth (Docker sets it once the interface is in the container's
+/// namespace) is the one compared. A read that fails counts as another MAC.
+#[inline(always)]
+fn carries_its_devices_mac(skb: *mut __sk_buff) -> bool {
+    let (dev_at, peer_at, addr_at) = (
+        crate::read_config(&SKB_DEV_OFFSET),
+        crate::read_config(&VETH_PEER_OFFSET),
+        crate::read_config(&NETDEV_DEV_ADDR_OFFSET),
+    );
+    if dev_at == 0 || peer_at == 0 || addr_at == 0 {
+        return false;
+    }
+    let Some(source) = packet::ethernet_source(skb) else {
+        return false;
+    };
+    // SAFETY: reads of kernel memory through the helper, which checks each
+    // access: the context's sk_buff, its device, that device's private
+    // part (a veth's, where this program is attached) and the peer's MAC.
+    let mac = unsafe {
+        let Ok(dev) = bpf_probe_read_kernel(skb.cast::<u8>().add(dev_at as usize).cast::<u64>())
+        else {
+            return false;
+        };
+        let Ok(peer) = bpf_probe_read_kernel((dev + u64::from(peer_at)) as *const u64) else {
+            return false;
+        };
+        if peer == 0 {
+            return false;
+        }
+        let mut addr = peer + u64::from(addr_at);
+        if crate::read_config(&NETDEV_DEV_ADDR_IS_POINTER) != 0 {
+            let Ok(pointed) = bpf_probe_read_kernel(addr as *const u64) else {
+                return false;
+            };
+            addr = pointed;
+        }
+        bpf_probe_read_kernel(addr as *const [u8; 6])
+    };
+    // Compared as words: the program has no `memcmp`.
+    let word = |m: [u8; 6]| u64::from(u32::from_ne_bytes([m[0], m[1], m[2], m[3]])) << 16
+        | u64::from(u16::from_ne_bytes([m[4], m[5]]));
+    mac.is_ok_and(|mac| word(mac) == word(source))
 }
 
 /// A frame that is not IP (or not readable as IP): reported with its

@@ -85,6 +85,10 @@ pub struct Frame {
     /// The destination sent packets into the container through this veth
     /// within the UDP reply timeout (`VETH_PEERS`).
     pub dest_recent_peer: bool,
+    /// The Ethernet source is the MAC of the veth's other end, the
+    /// container's interface: what the kernel writes on every frame but a
+    /// packet socket's.
+    pub from_devices_mac: bool,
 }
 
 /// Why the veth program decided as it did.
@@ -104,7 +108,8 @@ pub enum Reason {
     NotIp,
     /// An IP ethertype whose header the parser cannot read.
     Unparsable,
-    /// A source none of the container's.
+    /// A source none of the container's, or a packet socket's frame from
+    /// another MAC than the container's interface.
     ForgedSource,
     /// Neighbour discovery, MLD or IGMP shaped as the kernel sends them
     /// (never a packet socket's).
@@ -265,6 +270,11 @@ pub fn judge_frame_on(
     let Some(packet) = &frame.packet else {
         return missed(Reason::Unparsable);
     };
+    // A neighbour's MAC would have the bridge hand that neighbour's
+    // traffic to the container.
+    if packet_socket && !frame.from_devices_mac {
+        return missed(Reason::ForgedSource);
+    }
     if owner.is_some() && !source_allowed(state, ifindex, packet, origin) {
         return missed(Reason::ForgedSource);
     }
@@ -555,6 +565,7 @@ mod tests {
             packet: Some(packet),
             dataless_tcp: false,
             dest_recent_peer: false,
+            from_devices_mac: true,
         }
     }
 
@@ -571,6 +582,7 @@ mod tests {
             packet: None,
             dataless_tcp: false,
             dest_recent_peer: false,
+            from_devices_mac: true,
         }
     }
 
@@ -617,6 +629,32 @@ mod tests {
             assert_eq!(v.verdict, Verdict::Deny, "{origin:?}");
             assert_eq!(v.lookup.map(|l| l.class), Some(0));
         }
+    }
+
+    #[test]
+    fn a_packet_sockets_frame_from_another_mac_is_forged() {
+        let mut s = state();
+        let allowed = Frame {
+            from_devices_mac: false,
+            ..tcp4(PEER4, 443)
+        };
+        let v = judge_frame(&s, VETH, PACKET, &allowed);
+        assert_eq!(decided(&v), (Verdict::Deny, Reason::ForgedSource));
+        assert_eq!(v.stat(), Some(stat::FORGED_SOURCE));
+        // On an unmapped veth too: the MAC is the veth's other end's.
+        s.veths.clear();
+        let v = judge_frame(&s, VETH, PACKET, &allowed);
+        assert_eq!(decided(&v), (Verdict::Deny, Reason::ForgedSource));
+        // Audit mode passes it, reported.
+        s.upsert(Entry::Cgroup {
+            id: CT,
+            value: CgroupEntry {
+                audit: true,
+                ..entry(1)
+            },
+        });
+        let v = judge_frame(&s, VETH, PACKET, &allowed);
+        assert_eq!(decided(&v), (Verdict::Audit, Reason::ForgedSource));
     }
 
     #[test]

@@ -13,7 +13,8 @@ in the contain-test container image).
         ipraw-tcp4             no frame: the TCP SYN's IPv4 header from an IP_HDRINCL raw
                                socket (an IP socket, judged by the cgroup programs)
       MOD: bypass (PACKET_QDISC_BYPASS), bcast (destination MAC ff:ff:ff:ff:ff:ff), spoof
-      (the source address is not the sender's: its last byte's high bit flipped).
+      (the source address is not the sender's: its last byte's high bit flipped), othermac
+      (SOCK_RAW: the Ethernet source is a neighbour's MAC, NEIGHBOUR_MAC, not the interface's).
       Prints one line per probe: "NAME sent=N errors=E [first_error=...]" and a last line
       "first_send_ms=T since_start_ms=S" (T: from this script's start to the first frame the
       kernel took; S: how long the process had run then, from /proc/self/stat).
@@ -51,6 +52,8 @@ PACKET_OUTGOING = 4
 SIOCGIFADDR = 0x8915
 MARKER = re.compile(rb"MK\{[0-9A-Za-z_-]{1,40}\}")
 BROADCAST = b"\xff" * 6
+# A MAC no device has: a neighbour's, for the bridge.
+NEIGHBOUR_MAC = b"\x02\x00\x5e\x00\xbe\xef"
 
 
 def checksum(data):
@@ -139,6 +142,8 @@ class Probe:
         src_mac, dst_mac = macs
         if "bcast" in self.mods:
             dst_mac = BROADCAST
+        if "othermac" in self.mods:
+            src_mac = NEIGHBOUR_MAC
         src4, dst4, src6, dst6 = addrs
         if "spoof" in self.mods:
             # An address of no one's on the container's subnet: a forged source.

@@ -8,8 +8,9 @@
 #  2. contain enforcing (egress=block): AF_PACKET SOCK_RAW and SOCK_DGRAM, IPv4 and IPv6, with
 #     and without PACKET_QDISC_BYPASS, broadcast, non-IP ethertype and 802.1Q: nothing arrives;
 #     a frame the container-wide rules allow does, one only a per-process rule allows does not;
-#     the allowed SYN from a forged source, as a frame or from an IP_HDRINCL raw socket, does
-#     not (from the container's own address it does); TCP through sockets works both ways;
+#     the allowed SYN from a forged source, as a frame or from an IP_HDRINCL raw socket, or as
+#     a frame from a neighbour's MAC, does not (from the container's own address and MAC it
+#     does); TCP through sockets works both ways;
 #     veth events with link_layer, policyd's log with forged_source; status names blocked's veth
 #     once its filter is removed behind the loader's back, and not once a restarted loader is on;
 #  3. first frame: 8 fresh egress=block containers, started at once, whose entrypoint (a static
@@ -261,7 +262,9 @@ DENIED_KINDS=(r4=raw-udp4 d4=dgram-udp4 r4q=raw-udp4+bypass d4q=dgram-udp4+bypas
 ALLOWED_KINDS=(tcp=raw-tcp4@8080 iptcp=ipraw-tcp4@8080)
 # A TCP SYN to peer:8080, which egress=block's rules allow, from a forged source: as a frame and
 # from an IP_HDRINCL raw socket (which the cgroup programs judge, by its destination).
-FORGED_KINDS=(sptcp=raw-tcp4+spoof@8080 spiptcp=ipraw-tcp4+spoof@8080)
+# And the same SYN from the container's own address and a neighbour's MAC (frames.py's
+# NEIGHBOUR_MAC), which the bridge would learn on the container's port.
+FORGED_KINDS=(sptcp=raw-tcp4+spoof@8080 spiptcp=ipraw-tcp4+spoof@8080 mactcp=raw-tcp4+othermac@8080)
 specs() { local p=$1 k; shift; for k in "$@"; do echo "$p$k"; done; }
 names() { local p=$1 k; shift; for k in "$@"; do echo "$p${k%%=*}"; done; }
 # The first-frame sender: the container's entrypoint, frames from its first millisecond, for 1 s
@@ -560,13 +563,23 @@ info "the shared veth's owner (lowest id): $owner (blocked $(id_of blocked | cut
 check_eq "status: $owner, which owns the veth, is covered" null status_of $owner packet_sockets_uncovered
 check_output "joiner: UDP to peer:5353 through a socket (its own policy)" ok \
   bash -c "docker exec joiner python3 $T/probe.py udp-sendto $PEER_IP 5353; true"
-report=$(send_in joiner --count 20 joinr4=raw-udp4 joind4=dgram-udp4 joinx4=raw-udp4@7777)
+# The self-check's frames from the neighbour's MAC taught the bridge that MAC: forget it.
+bridge fdb show br $BR | awk '$1 == "02:00:5e:00:be:ef" { print $3 }' | while read -r port; do
+  bridge fdb del 02:00:5e:00:be:ef dev "$port" master || true
+done
+report=$(send_in joiner --count 20 joinr4=raw-udp4 joind4=dgram-udp4 joinx4=raw-udp4@7777 \
+  joinm4=raw-udp4+othermac)
 report+=$'\n'$(send_in blocked --count 20 blkj4=raw-udp4)
 barrier
 # contain_veth judges a packet socket's frames under the policy of the cgroup that made the
 # socket (veth.rs), whoever owns the veth: joiner's rules apply to joiner's frames only.
 expect_frames all "$report" "joiner's AF_PACKET frames to UDP $DENIED_PORT, which its own policy allows (owner $owner):" joinr4 joind4
 expect_frames none "$report" "joiner's AF_PACKET frames to UDP 7777, which its own policy denies (owner $owner):" joinx4
+# The MAC Docker set on the interface (joinr4 arrived from it) is the only one a packet
+# socket's frame may carry: from a neighbour's, the bridge would hand the container its traffic.
+expect_frames none "$report" "joiner's AF_PACKET frames the same, from a neighbour's MAC:" joinm4
+check "the bridge $BR did not learn the neighbour's MAC" \
+  bash -c "! bridge fdb show br $BR | grep -q '^02:00:5e:00:be:ef '"
 expect_frames none "$report" "blocked's AF_PACKET frames with joiner beside it (owner $owner):" blkj4
 # What status says must match that.
 claim=$(status_of $other packet_sockets_uncovered)

@@ -18,7 +18,7 @@ use kernel_model::{repr, state::KernelState};
 
 use super::{
     io_err, map_err,
-    offsets::{ExecOffsets, TraceOffsets},
+    offsets::{ExecOffsets, TraceOffsets, VethOffsets},
     Kernel, KernelError, Limits, PolicyMaps,
 };
 use crate::{fs, veths};
@@ -53,7 +53,10 @@ impl Kernel {
         fs::private_dir(&maps_dir)?;
         let cgroup_root = fs::cgroup2_mount()?;
         let offsets = TraceOffsets::read()?;
-        let exec = ExecOffsets::read(&crate::btf::Btf::from_sys_fs()?)?;
+        let btf = crate::btf::Btf::from_sys_fs()?;
+        let exec = ExecOffsets::read(&btf)?;
+        let veth = VethOffsets::read(&btf)?;
+        drop(btf);
 
         let map_paths: Vec<(&str, PathBuf)> = map_names::ALL
             .iter()
@@ -72,7 +75,15 @@ impl Kernel {
             .override_global("INODE_CTIME_SEC_OFFSET", &exec.inode_ctime_sec, true)
             .override_global("INODE_CTIME_NSEC_OFFSET", &exec.inode_ctime_nsec, true)
             .override_global("SB_DEV_OFFSET", &exec.sb_dev, true)
-            .override_global("SKB_IP_SUMMED_BIT", &exec.skb_ip_summed_bit, true)
+            .override_global("SKB_IP_SUMMED_BIT", &veth.skb_ip_summed_bit, true)
+            .override_global("SKB_DEV_OFFSET", &veth.skb_dev, true)
+            .override_global("VETH_PEER_OFFSET", &veth.veth_peer, true)
+            .override_global("NETDEV_DEV_ADDR_OFFSET", &veth.dev_addr, true)
+            .override_global(
+                "NETDEV_DEV_ADDR_IS_POINTER",
+                &veth.dev_addr_is_pointer,
+                true,
+            )
             .override_global("NEWTASK_PID_OFFSET", &offsets.newtask_pid, true)
             .override_global(
                 "NEWTASK_CLONE_FLAGS_OFFSET",

@@ -37,8 +37,6 @@ pub(super) struct ExecOffsets {
     pub(super) inode_ctime_sec: u32,
     pub(super) inode_ctime_nsec: u32,
     pub(super) sb_dev: u32,
-    /// The bit offset of `sk_buff`'s `ip_summed`, for the veth backstop.
-    pub(super) skb_ip_summed_bit: u32,
 }
 
 impl ExecOffsets {
@@ -66,7 +64,51 @@ impl ExecOffsets {
             inode_ctime_sec,
             inode_ctime_nsec,
             sb_dev: btf.member_offset("super_block", "s_dev")?,
+        })
+    }
+}
+
+/// Where the veth backstop reads what the kernel knows of a frame, from
+/// the kernel's BTF.
+pub(super) struct VethOffsets {
+    /// The bit offset of `sk_buff`'s `ip_summed`.
+    pub(super) skb_ip_summed_bit: u32,
+    /// `sk_buff`'s `dev`.
+    pub(super) skb_dev: u32,
+    /// From a veth's `net_device` to `struct veth_priv`'s `peer`.
+    pub(super) veth_peer: u32,
+    pub(super) dev_addr: u32,
+    /// `net_device`'s `dev_addr` is a pointer from 5.17, the bytes before.
+    pub(super) dev_addr_is_pointer: u32,
+}
+
+/// `NETDEV_ALIGN`: a device's private part starts at this alignment
+/// after its `struct net_device` (before 6.11's `priv` member).
+const NETDEV_ALIGN: u32 = 32;
+
+impl VethOffsets {
+    pub(super) fn read(btf: &btf::Btf) -> Result<VethOffsets, btf::BtfError> {
+        // `netdev_priv()`: the `priv` array that ends `struct net_device`
+        // (6.11 on), or the struct's size aligned to `NETDEV_ALIGN`.
+        let private = match btf.member_offset("net_device", "priv") {
+            Ok(at) => at,
+            Err(_) => btf
+                .struct_size("net_device")?
+                .next_multiple_of(NETDEV_ALIGN),
+        };
+        // veth is often a module, whose types are not in vmlinux's BTF:
+        // `peer` has been `struct veth_priv`'s first member since veth was
+        // written, and the backstop's tests read the MAC through it.
+        let peer = match btf.member_offset("veth_priv", "peer") {
+            Err(btf::BtfError::NoStruct(_)) => 0,
+            at => at?,
+        };
+        Ok(VethOffsets {
             skb_ip_summed_bit: btf.member_bit_offset("sk_buff", "ip_summed")?,
+            skb_dev: btf.member_offset("sk_buff", "dev")?,
+            veth_peer: private + peer,
+            dev_addr: btf.member_offset("net_device", "dev_addr")?,
+            dev_addr_is_pointer: btf.member_is_pointer("net_device", "dev_addr")?.into(),
         })
     }
 }
