@@ -2779,6 +2779,43 @@ async fn wait_for_backstop_again(lab: &Lab, pins: &[std::path::PathBuf]) {
 /// forges.
 const FORGED4: &str = "198.18.7.9";
 
+/// A lab whose container's veth is mapped with its addresses, under a
+/// policy allowing UDP 5353 to the peer, and a capture at the peer.
+async fn lab_with_a_mapped_veth() -> (Lab, proto::loader::LoaderClient, Rules, std::path::PathBuf) {
+    let (mut lab, client) = Lab::running().await;
+    let mut rules = Rules::default();
+    rules
+        .cgroup(lab.ct_id(), 1, false)
+        .veth(lab.ct_veth.ifindex, lab.ct_id(), &[CT4, CT6])
+        .allow(allow(PEER4, UDP, Some(5353)));
+    converge(&client, &rules.state, Verdict::Deny).await;
+    let capture = lab.start_peer_capture();
+    (lab, client, rules, capture)
+}
+
+/// Runs `tests/bypass/attack.py ARGS` in the container's cgroup and
+/// namespace; fails unless it printed `sent` (its send succeeded).
+fn attack_from_container(lab: &Lab, args: &[&str], sent: &str) {
+    let mut argv = vec![
+        PYTHON.to_string(),
+        repo_root()
+            .join("tests/bypass/attack.py")
+            .display()
+            .to_string(),
+    ];
+    argv.extend(args.iter().map(|s| s.to_string()));
+    let out = lab
+        .in_cgroup_cmd(&lab.ct, &argv)
+        .output()
+        .expect("attack.py");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(sent),
+        "could not send {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The veth refuses any frame whose source is none of the container's
 /// addresses, whatever sent it and wherever it goes: a raw socket's
 /// header (which the cgroup program judged by its destination, allowed)
@@ -2790,27 +2827,8 @@ async fn the_veth_refuses_forged_sources_and_reports_them() {
     let Some(()) = require_root("the_veth_refuses_forged_sources_and_reports_them") else {
         return;
     };
-    let (mut lab, client) = Lab::running().await;
-    let mut rules = Rules::default();
-    rules
-        .cgroup(lab.ct_id(), 1, false)
-        .veth(lab.ct_veth.ifindex, lab.ct_id(), &[CT4, CT6])
-        .allow(allow(PEER4, UDP, Some(5353)));
-    converge(&client, &rules.state, Verdict::Deny).await;
-    let capture = lab.start_peer_capture();
-    let ct = lab.ct.clone();
-    let attack = repo_root().join("tests/bypass/attack.py");
-    let send = |args: &[&str]| {
-        let mut argv = vec![PYTHON.to_string(), attack.display().to_string()];
-        argv.extend(args.iter().map(|s| s.to_string()));
-        let out = lab.in_cgroup_cmd(&ct, &argv).output().expect("attack.py");
-        assert!(
-            String::from_utf8_lossy(&out.stdout).contains("sendto=ok"),
-            "could not send {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let (lab, client, mut rules, capture) = lab_with_a_mapped_veth().await;
+    let send = |args: &[&str]| attack_from_container(&lab, args, "sendto=ok");
     let raw = |src: &str, marker: &str| send(&["raw4", src, PEER4, "5353", marker, "none"]);
     let mac = lab.peer_link.mac.clone();
     let frame = |src: &str, marker: &str| {
@@ -2923,44 +2941,18 @@ async fn a_packet_sockets_frame_from_another_mac_reaches_no_one() {
     let Some(()) = require_root("a_packet_sockets_frame_from_another_mac_reaches_no_one") else {
         return;
     };
-    let (mut lab, client) = Lab::running().await;
-    let mut rules = Rules::default();
-    rules
-        .cgroup(lab.ct_id(), 1, false)
-        .veth(lab.ct_veth.ifindex, lab.ct_id(), &[CT4, CT6])
-        .allow(allow(PEER4, UDP, Some(5353)));
-    converge(&client, &rules.state, Verdict::Deny).await;
-    let capture = lab.start_peer_capture();
-    let ct = lab.ct.clone();
-    let attack = repo_root().join("tests/bypass/attack.py");
+    let (lab, client, mut rules, capture) = lab_with_a_mapped_veth().await;
     let peer_mac = lab.peer_link.mac.clone();
     // A frame to the allowed peer and port, from `smac` ("-": the
     // interface's own).
     let frame = |smac: &str, marker: &str| {
-        let argv: Vec<String> = [
-            PYTHON,
-            &attack.display().to_string(),
-            "pkt-udp",
-            "vc",
-            "raw",
-            "0",
-            &peer_mac,
-            CT4,
-            PEER4,
-            "5353",
-            marker,
-            smac,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let out = lab.in_cgroup_cmd(&ct, &argv).output().expect("attack.py");
-        assert!(
-            String::from_utf8_lossy(&out.stdout).contains("send=ok"),
-            "could not send from {smac}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        attack_from_container(
+            &lab,
+            &[
+                "pkt-udp", "vc", "raw", "0", &peer_mac, CT4, PEER4, "5353", marker, smac,
+            ],
+            "send=ok",
+        )
     };
 
     frame("-", "MK{ownmac}");
