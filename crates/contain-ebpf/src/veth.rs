@@ -763,8 +763,10 @@ fn carries_its_devices_mac(skb: *mut __sk_buff) -> bool {
         bpf_probe_read_kernel(addr as *const [u8; 6])
     };
     // Compared as words: the program has no `memcmp`.
-    let word = |m: [u8; 6]| u64::from(u32::from_ne_bytes([m[0], m[1], m[2], m[3]])) << 16
-        | u64::from(u16::from_ne_bytes([m[4], m[5]]));
+    let word = |m: [u8; 6]| {
+        u64::from(u32::from_ne_bytes([m[0], m[1], m[2], m[3]])) << 16
+            | u64::from(u16::from_ne_bytes([m[4], m[5]]))
+    };
     mac.is_ok_and(|mac| word(mac) == word(source))
 }
 
