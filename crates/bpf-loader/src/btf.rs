@@ -1,10 +1,13 @@
-//! Struct member offsets from the kernel's BTF (`/sys/kernel/btf/vmlinux`),
-//! for the exec program's walk `linux_binprm` → `file` → `inode` →
-//! `super_block` and the veth backstop's `sk_buff` → `net_device`, whose
-//! layouts differ between kernel versions and builds.
+//! Struct member offsets from the kernel's BTF (`/sys/kernel/btf/vmlinux`,
+//! and a module's split BTF beside it), for the exec program's walk
+//! `linux_binprm` → `file` → `inode` → `super_block` and the veth
+//! backstop's `sk_buff` → `net_device` → `veth_priv`, whose layouts differ
+//! between kernel versions and builds.
 //!
 //! Only what that needs: the type section is walked to number the types,
-//! structs and unions are kept with their members. (aya parses BTF too,
+//! structs and unions are kept with their members. A module's split BTF
+//! numbers its types on from the kernel's and names them from the kernel's
+//! strings and then its own. (aya parses BTF too,
 //! but keeps members private; btf-rs is LGPL, which this MIT/Apache
 //! project does not link.)
 
@@ -59,36 +62,56 @@ fn u32_at(data: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?))
 }
 
+/// The type and string sections of BTF `data`.
+fn sections(data: &[u8]) -> Result<(&[u8], &[u8]), BtfError> {
+    if data.get(0..2) != Some(&MAGIC.to_le_bytes()[..]) {
+        return Err(BtfError::Header);
+    }
+    let field = |at| u32_at(data, at).ok_or(BtfError::Header);
+    let hdr_len = field(4)? as usize;
+    let (type_off, type_len) = (field(8)? as usize, field(12)? as usize);
+    let (str_off, str_len) = (field(16)? as usize, field(20)? as usize);
+    let section = |off: usize, len: usize| {
+        let start = hdr_len.checked_add(off).ok_or(BtfError::Header)?;
+        let end = start.checked_add(len).ok_or(BtfError::Header)?;
+        data.get(start..end).ok_or(BtfError::Header)
+    };
+    Ok((section(type_off, type_len)?, section(str_off, str_len)?))
+}
+
+/// The NUL-terminated string at `off` of a string section.
+fn string_at(strings: &[u8], off: u32) -> String {
+    let rest = strings.get(off as usize..).unwrap_or_default();
+    let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+    String::from_utf8_lossy(&rest[..end]).into_owned()
+}
+
 impl Btf {
-    pub fn from_sys_fs() -> Result<Btf, crate::kernel::KernelError> {
-        let path = std::path::Path::new("/sys/kernel/btf/vmlinux");
-        let data = std::fs::read(path).map_err(|source| crate::kernel::KernelError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        Btf::parse(&data).map_err(crate::kernel::KernelError::Btf)
+    /// The kernel's BTF, with the split BTF of each of `modules` that is
+    /// loaded as a module with BTF (one built in has its types in the
+    /// kernel's).
+    pub fn from_sys_fs(modules: &[&str]) -> Result<Btf, crate::kernel::KernelError> {
+        let root = std::path::Path::new("/sys/kernel/btf");
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|source| crate::kernel::KernelError::Io {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let kernel = read(&root.join("vmlinux"))?;
+        let mut btf = Btf::parse(&kernel).map_err(crate::kernel::KernelError::Btf)?;
+        for module in modules {
+            let path = root.join(module);
+            if path.exists() {
+                btf.add_split(&kernel, &read(&path)?)
+                    .map_err(crate::kernel::KernelError::Btf)?;
+            }
+        }
+        Ok(btf)
     }
 
     /// Parses little-endian BTF (what the kernel exposes).
     pub fn parse(data: &[u8]) -> Result<Btf, BtfError> {
-        if data.get(0..2) != Some(&MAGIC.to_le_bytes()[..]) {
-            return Err(BtfError::Header);
-        }
-        let field = |at| u32_at(data, at).ok_or(BtfError::Header);
-        let hdr_len = field(4)? as usize;
-        let (type_off, type_len) = (field(8)? as usize, field(12)? as usize);
-        let (str_off, str_len) = (field(16)? as usize, field(20)? as usize);
-        let types_data = data
-            .get(hdr_len + type_off..hdr_len + type_off + type_len)
-            .ok_or(BtfError::Header)?;
-        let strings = data
-            .get(hdr_len + str_off..hdr_len + str_off + str_len)
-            .ok_or(BtfError::Header)?;
-        let string = |off: u32| -> String {
-            let rest = strings.get(off as usize..).unwrap_or_default();
-            let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-            String::from_utf8_lossy(&rest[..end]).into_owned()
-        };
         let mut btf = Btf {
             types: vec![Type {
                 kind: 0,
@@ -97,9 +120,31 @@ impl Btf {
             }],
             structs: HashMap::new(),
         };
+        let (types_data, strings) = sections(data)?;
+        btf.add_types(types_data, |off| string_at(strings, off))?;
+        Ok(btf)
+    }
+
+    /// Adds a module's split BTF, whose base is `base` (the data this was
+    /// parsed from).
+    pub fn add_split(&mut self, base: &[u8], split: &[u8]) -> Result<(), BtfError> {
+        let (_, base_strings) = sections(base)?;
+        let (types_data, strings) = sections(split)?;
+        let base_len = base_strings.len() as u32;
+        self.add_types(types_data, |off| match off.checked_sub(base_len) {
+            Some(own) => string_at(strings, own),
+            None => string_at(base_strings, off),
+        })
+    }
+
+    fn add_types(
+        &mut self,
+        types_data: &[u8],
+        string: impl Fn(u32) -> String,
+    ) -> Result<(), BtfError> {
         let mut at = 0usize;
         while at < types_data.len() {
-            let id = btf.types.len() as u32;
+            let id = self.types.len() as u32;
             let word = |i: usize| u32_at(types_data, at + 4 * i).ok_or(BtfError::Truncated(id));
             let (name_off, info, size_or_type) = (word(0)?, word(1)?, word(2)?);
             let vlen = (info & 0xffff) as usize;
@@ -140,15 +185,15 @@ impl Btf {
             }
             let name = string(name_off);
             if kind == KIND_STRUCT && !name.is_empty() {
-                btf.structs.entry(name.clone()).or_insert(id);
+                self.structs.entry(name.clone()).or_insert(id);
             }
-            btf.types.push(Type {
+            self.types.push(Type {
                 kind,
                 refers_to: size_or_type,
                 members,
             });
         }
-        Ok(btf)
+        Ok(())
     }
 
     /// The byte offset of `member` in struct `ty`, looking into anonymous
@@ -278,6 +323,11 @@ mod tests {
         // 4: const int; 5: a pointer to it.
         push(&[0, KIND_CONST << 24, 1]);
         push(&[0, KIND_PTR << 24, 4]);
+        encode(&types, strings)
+    }
+
+    /// BTF data of a type section and a string section.
+    fn encode(types: &[u8], strings: &[u8]) -> Vec<u8> {
         let mut data = Vec::new();
         data.extend_from_slice(&MAGIC.to_le_bytes());
         data.extend_from_slice(&[1, 0]);
@@ -290,9 +340,50 @@ mod tests {
         ] {
             data.extend_from_slice(&w.to_le_bytes());
         }
-        data.extend_from_slice(&types);
+        data.extend_from_slice(types);
         data.extend_from_slice(strings);
         data
+    }
+
+    /// A module's split BTF on [`blob`]: `struct veth_priv { int a;
+    /// struct outer *peer; }`, its first member named from the base's
+    /// strings, the pointer a type of its own to a type of the base.
+    fn split_blob() -> Vec<u8> {
+        let base_len = b"\0int\0outer\0a\0b\0c\0p\0".len() as u32;
+        let strings = b"\0veth_priv\0peer\0";
+        let words: [u32; 12] = [
+            // 6: struct veth_priv, 16 bytes: a (base string 11) at 0, peer at 64.
+            base_len + 1,
+            (4 << 24) | 2,
+            16,
+            11,
+            1,
+            0,
+            base_len + 11,
+            7,
+            64,
+            // 7: a pointer to struct outer (3).
+            0,
+            KIND_PTR << 24,
+            3,
+        ];
+        let types: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        encode(&types, strings)
+    }
+
+    #[test]
+    fn a_modules_split_btf_numbers_and_names_its_types_on_from_the_base() {
+        let base = blob();
+        let mut btf = Btf::parse(&base).unwrap();
+        assert!(matches!(
+            btf.member_offset("veth_priv", "peer"),
+            Err(BtfError::NoStruct(_))
+        ));
+        btf.add_split(&base, &split_blob()).unwrap();
+        assert_eq!(btf.member_offset("veth_priv", "peer"), Ok(8));
+        assert_eq!(btf.member_offset("veth_priv", "a"), Ok(0));
+        assert_eq!(btf.member_is_pointer("veth_priv", "peer"), Ok(true));
+        assert_eq!(btf.member_offset("outer", "c"), Ok(4));
     }
 
     #[test]
@@ -324,8 +415,7 @@ mod tests {
     #[test]
     fn this_kernel_has_the_exec_walk() {
         // Every kernel contain runs on has BTF (the loader needs it).
-        let data = std::fs::read("/sys/kernel/btf/vmlinux").expect("the kernel's BTF");
-        let btf = Btf::parse(&data).unwrap();
+        let btf = Btf::from_sys_fs(&["veth"]).expect("the kernel's BTF");
         for (ty, member) in [
             ("linux_binprm", "file"),
             ("linux_binprm", "filename"),

@@ -53,7 +53,7 @@ impl Kernel {
         fs::private_dir(&maps_dir)?;
         let cgroup_root = fs::cgroup2_mount()?;
         let offsets = TraceOffsets::read()?;
-        let btf = crate::btf::Btf::from_sys_fs()?;
+        let btf = crate::btf::Btf::from_sys_fs(&["veth"])?;
         let exec = ExecOffsets::read(&btf)?;
         let veth = VethOffsets::read(&btf)?;
         drop(btf);

@@ -96,9 +96,10 @@ impl VethOffsets {
                 .struct_size("net_device")?
                 .next_multiple_of(NETDEV_ALIGN),
         };
-        // veth is often a module, whose types are not in vmlinux's BTF:
-        // `peer` has been `struct veth_priv`'s first member since veth was
-        // written, and the backstop's tests read the MAC through it.
+        // `struct veth_priv` is in the kernel's BTF when veth is built in,
+        // in the module's split BTF when it is a module (`Btf::from_sys_fs`
+        // reads it). A module built without BTF has neither: `peer` has
+        // been the struct's first member since veth was written.
         let peer = match btf.member_offset("veth_priv", "peer") {
             Err(btf::BtfError::NoStruct(_)) => 0,
             at => at?,
