@@ -562,9 +562,10 @@ fn check(
         .collect();
     let mut policy_of = vec![None; inventory.containers.len()];
     for a in &compiled.assignments {
-        policy_of[a.container_index] = a.policy_index.map(|i| policies.policies[i].name.as_str());
+        policy_of[a.container_index] = a.policy_index.map(|i| &policies.policies[i]);
     }
-    let uncovered = coverage::packet_sockets_uncovered(&inventory, &policy_of);
+    // The inventory's host is not this one: its settings are not known.
+    let uncovered = coverage::packet_sockets_uncovered(&inventory, &policy_of, None);
     // What each container's exe paths name there, as far as the inventory
     // says (offline, nothing is resolved that it does not list).
     let statuses: Vec<proto::policyd::ContainerStatus> = compiled

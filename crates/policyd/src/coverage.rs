@@ -15,7 +15,7 @@
 
 use crate::{
     inventory::{Container, Inventory},
-    policy::Mode,
+    policy::{ContainerPolicy, Mode},
 };
 
 /// The cgroups the loader's programs are attached to (paths relative to
@@ -158,24 +158,29 @@ pub fn packet_sockets(inventory: &Inventory) -> Vec<PacketSockets> {
         .collect()
 }
 
-/// For each container a policy selects (`policies[i]` names the policy of
+/// For each container a policy selects (`policies[i]` is the policy of
 /// container `i`), why frames from its packet sockets are not judged under
 /// its policy, for people; `None` when they are, or when no policy selects
-/// it.
+/// it. `forged_dns` is why a Docker container's packet socket can have
+/// Docker's DNS forwarder send a query on this host, if it can
+/// ([`crate::docker_dns`]): said of each one whose policy does not allow
+/// Docker's DNS.
 pub fn packet_sockets_uncovered(
     inventory: &Inventory,
-    policies: &[Option<&str>],
+    policies: &[Option<&ContainerPolicy>],
+    forged_dns: Option<&str>,
 ) -> Vec<Option<String>> {
     const DROP_NET_RAW: &str = "drop NET_RAW (--cap-drop NET_RAW)";
     packet_sockets(inventory)
         .into_iter()
         .zip(policies)
-        .map(|(coverage, policy)| {
-            if policy.is_none() {
-                return None;
-            }
+        .zip(&inventory.containers)
+        .map(|((coverage, policy), container)| {
+            let policy = (*policy)?;
             match coverage {
-                PacketSockets::Veth => None,
+                PacketSockets::Veth => forged_dns
+                    .filter(|_| container.runtime == "docker" && !policy.allow_docker_dns)
+                    .map(str::to_owned),
                 PacketSockets::HostNetwork => Some(format!(
                     "uses the host network: no veth of its own; frames from packet sockets (CAP_NET_RAW) leave unjudged; {DROP_NET_RAW}"
                 )),
@@ -359,9 +364,11 @@ mod tests {
                 networked("unfiltered", true, &[]),
             ],
         };
+        let web = policy(false);
         let reasons = packet_sockets_uncovered(
             &inventory,
-            &[Some("web"), Some("web"), Some("web"), Some("side"), None],
+            &[Some(&web), Some(&web), Some(&web), Some(&web), None],
+            None,
         );
         assert_eq!(reasons[0], None);
         let host = reasons[1].as_deref().unwrap();
@@ -377,6 +384,41 @@ mod tests {
             "a shared veth judges it under its own policy"
         );
         assert_eq!(reasons[4], None, "no policy selects it");
+    }
+
+    fn policy(allow_docker_dns: bool) -> ContainerPolicy {
+        ContainerPolicy {
+            name: "web".into(),
+            mode: Mode::Enforce,
+            allow_loopback: true,
+            allow_docker_dns,
+            selector: Default::default(),
+            rules: Vec::new(),
+            processes: Vec::new(),
+            location: None,
+        }
+    }
+
+    #[test]
+    fn a_forged_docker_dns_query_is_named_for_docker_containers_denied_dns() {
+        let docker = |id| Container {
+            runtime: "docker".into(),
+            ..networked(id, false, &[7])
+        };
+        let inventory = Inventory {
+            containers: vec![
+                docker("denied"),
+                docker("allowed"),
+                networked("ctr", false, &[7]),
+                docker("free"),
+            ],
+        };
+        let (denied, allowed) = (policy(false), policy(true));
+        let policies = [Some(&denied), Some(&allowed), Some(&denied), None];
+        let reasons = packet_sockets_uncovered(&inventory, &policies, Some("forged"));
+        assert_eq!(reasons, [Some("forged".to_string()), None, None, None]);
+        let reasons = packet_sockets_uncovered(&inventory, &policies, None);
+        assert_eq!(reasons, [None, None, None, None]);
     }
 
     #[test]

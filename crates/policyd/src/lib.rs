@@ -22,6 +22,7 @@ pub mod compile;
 pub mod coverage;
 pub mod daemon;
 pub mod diagnostic;
+pub mod docker_dns;
 pub mod eventlog;
 pub mod explain;
 pub mod glob;

@@ -27,6 +27,11 @@ in the contain-test container image).
   frames.py dns-query SERVER NAME
       One A query over UDP (3 s): prints the first address, "nxdomain", "timeout" or
       "error:...".
+  frames.py dns-forge NAME [--count N]
+      An A query for NAME written on lo by an AF_PACKET socket, from 127.0.0.1 straight to the
+      port Docker's embedded DNS listens on at 127.0.0.11 (read from /proc/net/udp: its
+      iptables DNAT from port 53 is for packets the stack sends, not for frames received on
+      lo). Prints "forged to 127.0.0.11:PORT sent=N", or "no embedded DNS socket".
 """
 
 import argparse
@@ -350,6 +355,36 @@ def cmd_dns_query(args):
     print("noanswer")
 
 
+def embedded_dns_port():
+    """The UDP port bound on 127.0.0.11 in this namespace, or None."""
+    with open("/proc/net/udp") as f:
+        for line in f.readlines()[1:]:
+            local = line.split()[1]
+            addr, port = local.split(":")
+            if addr == "0B00007F":  # 127.0.0.11, as the kernel prints it (little-endian)
+                return int(port, 16)
+    return None
+
+
+def cmd_dns_forge(args):
+    port = embedded_dns_port()
+    if port is None:
+        print("no embedded DNS socket")
+        return
+    qname = b"".join(bytes([len(l)]) + l.encode() for l in args.name.rstrip(".").split(".")) + b"\0"
+    query = struct.pack("!HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0) + qname + struct.pack("!HH", 1, 1)
+    src, dst = socket.inet_aton(args.src), socket.inet_aton("127.0.0.11")
+    packet = ipv4(src, dst, 17, udp(src, dst, 40053, port, query))
+    frame = bytes(6) + bytes(6) + struct.pack("!H", ETH_P_IP) + packet
+    sent = 0
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+        s.bind(("lo", 0))
+        for _ in range(args.count):
+            sent += s.send(frame) == len(frame)
+            time.sleep(0.01)
+    print(f"forged to 127.0.0.11:{port} sent={sent}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -377,8 +412,13 @@ def main():
     p = sub.add_parser("dns-query")
     p.add_argument("server")
     p.add_argument("name")
+    p = sub.add_parser("dns-forge")
+    p.add_argument("name")
+    p.add_argument("--count", type=int, default=5)
+    p.add_argument("--src", default="127.0.0.1", help="the query's source address")
     args = ap.parse_args()
-    {"send": cmd_send, "sniff": cmd_sniff, "dns": cmd_dns, "dns-query": cmd_dns_query}[args.cmd](args)
+    {"send": cmd_send, "sniff": cmd_sniff, "dns": cmd_dns, "dns-query": cmd_dns_query,
+     "dns-forge": cmd_dns_forge}[args.cmd](args)
 
 
 if __name__ == "__main__":

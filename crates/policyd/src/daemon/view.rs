@@ -29,6 +29,7 @@ use super::{
 use crate::{
     compile::{self, Assigned, Assignment, ExeOutcome},
     coverage::{self, AttachedParents, Enforcement},
+    docker_dns::HostSettings,
     explain::{self, ExplainError},
     inventory::{Container, Inventory},
     policy::{Format, PolicySet},
@@ -431,15 +432,23 @@ pub async fn status(handle: &Handle, counters: Option<&Counters>) -> Status {
     );
     let mut policy_of = vec![None; inventory.containers.len()];
     for (_, a, _) in &enforcements {
-        policy_of[a.container_index] = a.policy_index.map(|i| policies.policies[i].name.as_str());
+        policy_of[a.container_index] = a.policy_index.map(|i| &policies.policies[i]);
     }
-    let mut uncovered = coverage::packet_sockets_uncovered(inventory, &policy_of);
+    let mut uncovered = coverage::packet_sockets_uncovered(inventory, &policy_of, None);
     if let Some(kernel) = kernel.as_deref() {
         for (i, c) in inventory.containers.iter().enumerate() {
             if policy_of[i].is_some() && uncovered[i].is_none() {
                 uncovered[i] = veths_not_held(c, &desired_veths, &kernel.state)
                     .or_else(|| veths_not_attached(c, &desired_veths, &attached_veths));
             }
+        }
+    }
+    // What the host's settings leave open, where the veth judges the rest.
+    let forged_dns = HostSettings::read().forged_query_forwarded();
+    let dns_gaps = coverage::packet_sockets_uncovered(inventory, &policy_of, forged_dns.as_deref());
+    for (gap, dns_gap) in uncovered.iter_mut().zip(dns_gaps) {
+        if gap.is_none() {
+            *gap = dns_gap;
         }
     }
     let mut containers_per_policy = vec![0u32; policies.policies.len()];
