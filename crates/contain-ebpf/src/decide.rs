@@ -4,7 +4,10 @@
 //! cgroup, at most two for the process, two LPM lookups for the rule,
 //! whatever the number of rules.
 
-use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::bpf_ktime_get_ns};
+use aya_ebpf::{
+    btf_maps::lpm_trie::Key,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+};
 use contain_common::{
     comm_hash, ip_proto, stat, CgroupPolicy, DestKey, EventBudget, PortKey, ProcessKey, SockInfo,
     Verdict, CGROUP_AUDIT, CGROUP_UNRESTRICTED, COMM_LEN, DEFAULT_EVENTS_PER_SECOND,
@@ -383,8 +386,11 @@ pub fn report(
     decision: &Decision,
     flow: &EventFlow,
 ) -> bool {
+    // The rate windows are a second long: the tick's clock, which costs a
+    // fraction of the precise one, is exact enough for them; an event that
+    // is queued reads the precise time below.
     // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let window_now = unsafe { bpf_ktime_get_coarse_ns() };
     let revoked = flow.flags & EVENT_REVOKED_FLOW != 0;
     // Frames on a container's veth that none of its sockets sent (what its
     // namespace forwards, the kernel's answers) are judged under it, but a
@@ -400,7 +406,7 @@ pub fn report(
     let suppressed = if revoked {
         0
     } else {
-        match event_budget(budget, now) {
+        match event_budget(budget, window_now) {
             Some(n) => n,
             None => {
                 bump_stat(stat::EVENTS_RATE_LIMITED);
@@ -436,7 +442,7 @@ pub fn report(
     // SAFETY: a reserved ring-buffer slot of exactly one Event; every field
     // is written before it is submitted.
     unsafe {
-        (*e).ktime_ns = now;
+        (*e).ktime_ns = bpf_ktime_get_ns();
         (*e).cgroup_id = cgroup_id;
         (*e).exe_id = who.exe_id;
         (*e).tgid = who.tgid;
