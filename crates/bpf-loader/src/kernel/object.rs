@@ -57,6 +57,14 @@ impl Kernel {
         let exec = ExecOffsets::read(&btf)?;
         let veth = VethOffsets::read(&btf)?;
         drop(btf);
+        if veth.veth_peer_from_btf {
+            tracing::info!(offset = veth.veth_peer, "veth_priv.peer read from BTF");
+        } else {
+            tracing::info!(
+                offset = veth.veth_peer,
+                "struct veth_priv is in no BTF (veth not loaded yet, or built without BTF): peer taken as its first member"
+            );
+        }
 
         let map_paths: Vec<(&str, PathBuf)> = map_names::ALL
             .iter()

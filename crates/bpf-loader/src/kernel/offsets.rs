@@ -80,6 +80,8 @@ pub(super) struct VethOffsets {
     pub(super) dev_addr: u32,
     /// `net_device`'s `dev_addr` is a pointer from 5.17, the bytes before.
     pub(super) dev_addr_is_pointer: u32,
+    /// Whether `veth_priv.peer` came from BTF, not from the assumption.
+    pub(super) veth_peer_from_btf: bool,
 }
 
 /// `NETDEV_ALIGN`: a device's private part starts at this alignment
@@ -97,12 +99,13 @@ impl VethOffsets {
                 .next_multiple_of(NETDEV_ALIGN),
         };
         // `struct veth_priv` is in the kernel's BTF when veth is built in,
-        // in the module's split BTF when it is a module (`Btf::from_sys_fs`
-        // reads it). A module built without BTF has neither: `peer` has
-        // been the struct's first member since veth was written.
-        let peer = match btf.member_offset("veth_priv", "peer") {
-            Err(btf::BtfError::NoStruct(_)) => 0,
-            at => at?,
+        // in the module's split BTF when it is a loaded module
+        // (`Btf::from_sys_fs` reads it). A module not loaded yet, or built
+        // without BTF, has neither: `peer` has been the struct's first
+        // member since veth was written.
+        let (peer, veth_peer_from_btf) = match btf.member_offset("veth_priv", "peer") {
+            Err(btf::BtfError::NoStruct(_)) => (0, false),
+            at => (at?, true),
         };
         Ok(VethOffsets {
             skb_ip_summed_bit: btf.member_bit_offset("sk_buff", "ip_summed")?,
@@ -110,6 +113,7 @@ impl VethOffsets {
             veth_peer: private + peer,
             dev_addr: btf.member_offset("net_device", "dev_addr")?,
             dev_addr_is_pointer: btf.member_is_pointer("net_device", "dev_addr")?.into(),
+            veth_peer_from_btf,
         })
     }
 }
