@@ -301,7 +301,7 @@ fn established_flow(f: &mut Figures, c: &flowcost::FlowCost) {
     let Some(rules) = c
         .rows
         .iter()
-        .filter(|r| r.name != "floor")
+        .filter(|r| r.is_contain())
         .map(|r| r.rules)
         .max()
     else {
@@ -312,7 +312,7 @@ fn established_flow(f: &mut Figures, c: &flowcost::FlowCost) {
         if let Some(row) = c
             .rows
             .iter()
-            .find(|r| r.name != "floor" && r.rules == rules && r.flow == flow)
+            .find(|r| r.is_contain() && r.rules == rules && r.flow == flow)
         {
             f.add(
                 Phase::Flow,

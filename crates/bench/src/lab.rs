@@ -202,6 +202,9 @@ pub struct Lab {
     /// Thesis-style programs by (Thesis or ThesisBounded, rule count).
     pub thesis: BTreeMap<(Kind, usize), Thesis>,
     pub floor: Floor,
+    /// One socket-storage lookup: the floor of an established flow's
+    /// cached verdict (the flow phase).
+    pub storage_floor: Floor,
     /// Seconds to load each nftables table, by target name.
     pub nft_load_s: BTreeMap<String, f64>,
     /// The namespace the program-cost phase test-runs `contain_veth` in.
@@ -243,6 +246,7 @@ impl Lab {
             pin_dir,
             thesis: BTreeMap::new(),
             floor: Floor::load()?,
+            storage_floor: Floor::storage_lookup()?,
             nft_load_s: BTreeMap::new(),
             testrun_veths: BTreeMap::new(),
             backstop: Vec::new(),

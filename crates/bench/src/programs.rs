@@ -43,7 +43,17 @@ pub struct Floor {
 
 impl Floor {
     pub fn load() -> Result<Floor> {
-        let (ebpf, fd) = load("baseline_pass")?;
+        Floor::load_program("baseline_pass")
+    }
+
+    /// `baseline_storage`: the floor of a verdict kept with the socket
+    /// (one socket-storage lookup).
+    pub fn storage_lookup() -> Result<Floor> {
+        Floor::load_program("baseline_storage")
+    }
+
+    fn load_program(name: &str) -> Result<Floor> {
+        let (ebpf, fd) = load(name)?;
         Ok(Floor { _ebpf: ebpf, fd })
     }
 }

@@ -1802,7 +1802,11 @@ mod tests {
             rounds: 1,
             packets_per_round: 1,
             payload_bytes: 64,
-            rows: vec![frow("floor", 0, 20.0), frow("contain@10", 10, 50.0)],
+            rows: vec![
+                frow("floor", 0, 20.0),
+                frow("storage", 0, 30.0),
+                frow("contain@10", 10, 50.0),
+            ],
             seconds: 0.0,
         };
         let mut md = String::new();
@@ -1817,6 +1821,14 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("2.50 × (50 ns against 20 ns"), "{line}");
+        assert!(
+            line.contains("one socket-storage lookup alone adds 10 ns"),
+            "{line}"
+        );
+        assert!(
+            md.contains("| one socket-storage lookup (`baseline_storage`) | — | — | — | — | 30.0 ns | 1.50 × | 10.0 ns | 1.67 × |"),
+            "{md}"
+        );
     }
 
     #[test]

@@ -2,6 +2,9 @@
 //!
 //! - `baseline_pass`: the floor a cgroup_skb program cannot go below
 //!   (returns "pass" and nothing else).
+//! - `baseline_storage`: what a verdict kept with the socket cannot do
+//!   without: the packet's socket's storage looked up (made on the flow's
+//!   first packet), a word of it read, "pass".
 //! - `thesis_scan`: the thesis' design, rebuilt for the comparison: one
 //!   allow-list per container held as an array of `{addr, mask, port,
 //!   proto}` entries and scanned linearly for every packet until an entry
@@ -17,13 +20,46 @@
 #![no_main]
 
 use aya_ebpf::{
-    btf_maps::Array, helpers::generated::bpf_loop, macros::btf_map, macros::cgroup_skb,
+    bindings::BPF_SK_STORAGE_GET_F_CREATE,
+    btf_maps::{Array, SkStorage},
+    helpers::generated::{bpf_loop, bpf_sk_storage_get},
+    macros::btf_map,
+    macros::cgroup_skb,
     programs::SkBuffContext,
 };
 
 #[cgroup_skb]
 pub fn baseline_pass(_ctx: SkBuffContext) -> i32 {
     1
+}
+
+#[btf_map(name = "BASELINE_SOCKETS")]
+static BASELINE_SOCKETS: SkStorage<u64> = SkStorage::new();
+
+#[cgroup_skb]
+pub fn baseline_storage(ctx: SkBuffContext) -> i32 {
+    // SAFETY: the context is valid for the program's duration.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return 1;
+    }
+    let map = core::ptr::from_ref(&BASELINE_SOCKETS).cast_mut().cast();
+    // SAFETY: a map pointer from a static map, the socket from the context.
+    let word = unsafe {
+        bpf_sk_storage_get(
+            map,
+            sk.cast(),
+            core::ptr::null_mut(),
+            BPF_SK_STORAGE_GET_F_CREATE as u64,
+        )
+    }
+    .cast::<u64>();
+    // SAFETY: the helper's storage pointer, null or valid.
+    match unsafe { word.as_ref() } {
+        // Read, so the lookup's result is used as a verdict's would be.
+        Some(&w) if w == u64::MAX => 0,
+        _ => 1,
+    }
 }
 
 /// One allow-list entry (layout shared with `crates/bench`). Addresses and
