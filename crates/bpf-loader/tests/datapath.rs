@@ -3035,6 +3035,99 @@ async fn marker_arrives(capture: &std::path::Path, marker: &str) -> bool {
 
 /// The UDP reply timeout the loader of the test below runs with: short, so
 /// that the test can wait it out.
+/// Neighbour discovery from a process's raw ICMPv6 socket (an
+/// advertisement naming another's address would have the neighbours send
+/// that address's traffic to the container), and a packet socket's
+/// neighbour discovery and IGMP, pass no rule: not even one that allows any
+/// ICMPv6 to the peer and any protocol to IGMP's group. The same rules let
+/// the raw socket's echo request through, and the packet socket's allowed
+/// datagram: the sends work. Judged at the peer's capture.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_protocols_from_a_process_or_a_packet_socket_pass_no_rule() {
+    let Some(()) = require_root("link_protocols_from_a_process_or_a_packet_socket_pass_no_rule")
+    else {
+        return;
+    };
+    let (lab, client, mut rules, capture) = lab_with_a_mapped_veth().await;
+    rules
+        .allow(allow(PEER6, ICMPV6, None))
+        .allow(allow("224.0.0.22", ip::ANY, None));
+    converge(&client, &rules.state, Verdict::Deny).await;
+    // Sends whose refusal (EPERM from the egress program) is expected.
+    let try_send = |args: &[&str]| {
+        let mut argv = vec![
+            PYTHON.to_string(),
+            repo_root()
+                .join("tests/bypass/attack.py")
+                .display()
+                .to_string(),
+        ];
+        argv.extend(args.iter().map(|s| s.to_string()));
+        lab.in_cgroup_cmd(&lab.ct, &argv)
+            .output()
+            .expect("attack.py")
+    };
+    let peer_mac = lab.peer_link.mac.clone();
+
+    attack_from_container(&lab, &["nd", "128", PEER6, "vc", "MK{echo6}"], "sendto=ok");
+    assert!(
+        marker_arrives(&capture, "MK{echo6}").await,
+        "the raw ICMPv6 socket's echo request, which the rules allow"
+    );
+    attack_from_container(
+        &lab,
+        &[
+            "pkt-udp",
+            "vc",
+            "raw",
+            "0",
+            &peer_mac,
+            CT4,
+            PEER4,
+            "5353",
+            "MK{pktok}",
+        ],
+        "send=ok",
+    );
+    assert!(
+        marker_arrives(&capture, "MK{pktok}").await,
+        "the packet socket's allowed datagram"
+    );
+    for (icmp_type, marker) in [
+        ("136", "MK{na}"),
+        ("134", "MK{ra}"),
+        ("137", "MK{redirect}"),
+    ] {
+        let out = try_send(&["nd", icmp_type, PEER6, "vc", marker]);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("sendto=error:EPERM"),
+            "the raw socket's ICMPv6 type {icmp_type} was not refused: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    attack_from_container(
+        &lab,
+        &["pkt-nd", "vc", &peer_mac, CT6, PEER6, PEER6, "MK{pktnd}"],
+        "sendto=ok",
+    );
+    attack_from_container(&lab, &["pkt-igmp", "vc", CT4, "MK{pktigmp}"], "send=ok");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let arrived = captured_markers(&capture);
+    for marker in [
+        "MK{na}",
+        "MK{ra}",
+        "MK{redirect}",
+        "MK{pktnd}",
+        "MK{pktigmp}",
+    ] {
+        assert!(
+            !arrived.contains(&marker.to_string()),
+            "{marker} arrived at the peer: {arrived:?}"
+        );
+    }
+}
+
 const REPLY_TIMEOUT_SECS: u64 = 3;
 
 /// Frames on a container's veth that none of its sockets sent (the

@@ -441,8 +441,13 @@ fn egress(ctx: &SkBuffContext) -> i32 {
     // container's cgroup (ICMP echo replies and errors, RSTs), to the source
     // the packet claims: a forged source would have it carry the
     // container's data anywhere.
-    let unjudgeable =
-        flow.unjudgeable || is_spoofed_local(ctx, flow) || is_misrouted_loopback(ctx, flow);
+    // A process's neighbour discovery would redirect its neighbours'
+    // traffic (an advertisement of another's address, a router
+    // advertisement): no rule allows it.
+    let unjudgeable = flow.unjudgeable
+        || is_spoofed_local(ctx, flow)
+        || is_misrouted_loopback(ctx, flow)
+        || (!info.is_null() && packet::is_neighbour_discovery(flow));
     let source_routed = flow.route_len != 0 || unjudgeable;
     let mut udp_socket = false;
     let mut untracked_opening = false;

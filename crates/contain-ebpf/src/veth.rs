@@ -196,8 +196,11 @@ pub fn judge_frame(skb: *mut __sk_buff) -> i32 {
     }
     // The container's loopback traffic never crosses its veth: a frame to a
     // loopback address is forged, and the rules' loopback allowance must not
-    // carry it to the bridge.
-    let unjudgeable = flow.unjudgeable || packet::is_loopback(&flow.daddr);
+    // carry it to the bridge. A packet socket's neighbour discovery, MLD or
+    // IGMP would steer where its neighbours send: no rule allows them.
+    let unjudgeable = flow.unjudgeable
+        || packet::is_loopback(&flow.daddr)
+        || (origin == Origin::PacketSocket && packet::is_link_protocol(flow));
     let source_routed = flow.route_len != 0 || unjudgeable;
     if !source_routed && is_link_control(flow, origin) {
         return PASS;

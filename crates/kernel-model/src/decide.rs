@@ -232,7 +232,8 @@ pub enum Reason {
     AcceptedConnection,
     /// A UDP reply to a peer that spoke first.
     UdpReply,
-    /// A forged local source or an unreadable source route: never allowed.
+    /// A forged local source, an unreadable source route or a process's
+    /// neighbour discovery: never allowed.
     Unjudgeable,
     /// Every address of a source route judged by the rules.
     SourceRoute,
@@ -267,10 +268,15 @@ pub fn egress(state: &KernelState, cgroup_id: u64, socket: &Socket, packet: &Pac
     if gov.unrestricted {
         return done(Verdict::Allow, Reason::Unrestricted);
     }
-    let unjudgeable =
-        packet.unjudgeable || is_forged_local(packet) || is_misrouted_loopback(packet);
-    let source_routed = !packet.route.is_empty() || unjudgeable;
     let unstamped = !matches!(socket, Socket::Stamped { .. });
+    // A process's neighbour discovery would redirect its neighbours'
+    // traffic (an advertisement of another's address, a router
+    // advertisement): no rule allows it.
+    let unjudgeable = packet.unjudgeable
+        || is_forged_local(packet)
+        || is_misrouted_loopback(packet)
+        || (!unstamped && is_neighbour_discovery(packet));
+    let source_routed = !packet.route.is_empty() || unjudgeable;
     let kind = match socket {
         Socket::Stamped { kind, .. } | Socket::Unstamped { kind } => Some(*kind),
         Socket::Minimal => None,
@@ -384,6 +390,28 @@ pub(crate) fn is_loopback(addr: IpAddr) -> bool {
         IpAddr::V6(a) => a.is_loopback() || a.to_ipv4_mapped().is_some_and(|m| m.is_loopback()),
     }
 }
+
+/// An ICMPv6 message of neighbour discovery (router and neighbour
+/// solicitation and advertisement, redirect), whatever its hop limit.
+pub(crate) fn is_neighbour_discovery(packet: &Packet) -> bool {
+    packet.dest.is_ipv6()
+        && packet.proto == ip_proto::ICMPV6
+        && !packet.later_fragment
+        && matches!(packet.port >> 8, 133..=137)
+}
+
+/// Neighbour discovery, MLD or IGMP, whatever its hop limit: the link's
+/// own protocols, which steer what neighbours send where.
+pub(crate) fn is_link_protocol(packet: &Packet) -> bool {
+    let mld = packet.dest.is_ipv6()
+        && packet.proto == ip_proto::ICMPV6
+        && !packet.later_fragment
+        && matches!(packet.port >> 8, 130..=132 | 143);
+    let igmp = packet.dest.is_ipv4() && packet.proto == IPPROTO_IGMP;
+    mld || igmp || is_neighbour_discovery(packet)
+}
+
+pub(crate) const IPPROTO_IGMP: u8 = 2;
 
 /// Neighbour discovery (any destination, hop limit 255) and MLD (link-scope
 /// multicast, hop limit 1), which the kernel sends from sockets no process
@@ -533,6 +561,63 @@ mod tests {
         assert_eq!(
             egress(&s, CGROUP, &other(), &in_ipv4).verdict,
             Verdict::Deny
+        );
+    }
+
+    #[test]
+    fn a_processs_neighbour_discovery_is_allowed_by_no_rule() {
+        // Policy 1 allows any ICMPv6 to the neighbour.
+        let neighbour: IpAddr = "2001:db8::1".parse().unwrap();
+        let mut s = state();
+        s.upsert(Entry::Dest {
+            key: DestPrefix {
+                policy_id: 1,
+                class: 0,
+                addr: Prefix::new(addr_key(neighbour), 128).key_bytes(),
+                prefix_len: 128,
+            },
+            ruleset: 2,
+        });
+        s.upsert(Entry::Port {
+            key: PortPrefix {
+                ruleset: 2,
+                proto: ip_proto::ICMPV6,
+                port: 0,
+                port_bits: 0,
+            },
+            rule_id: 10,
+        });
+        let stamped = Socket::Stamped {
+            creator: Creator::default(),
+            kind: SocketKind::Other,
+        };
+        let icmp6 = |icmp_type: u16| Packet {
+            hop_limit: 255,
+            ..packet(neighbour, ip_proto::ICMPV6, icmp_type << 8)
+        };
+        for nd in 133..=137 {
+            let e = egress(&s, CGROUP, &stamped, &icmp6(nd));
+            assert_eq!(
+                (e.verdict, e.reason),
+                (Verdict::Deny, Reason::Unjudgeable),
+                "type {nd}"
+            );
+        }
+        let echo = egress(&s, CGROUP, &stamped, &icmp6(128));
+        assert_eq!((echo.verdict, echo.reason), (Verdict::Allow, Reason::Rules));
+        // In audit mode, reported and let through as every miss is.
+        s.upsert(Entry::Cgroup {
+            id: CGROUP,
+            value: CgroupEntry {
+                policy_id: 1,
+                audit: true,
+                unrestricted: false,
+                forwarded_dns: false,
+            },
+        });
+        assert_eq!(
+            egress(&s, CGROUP, &stamped, &icmp6(136)).verdict,
+            Verdict::Audit
         );
     }
 

@@ -22,7 +22,8 @@ use contain_common::{ip_proto, is_icmp_error, stat};
 
 use crate::{
     decide::{
-        governance, is_kernel_link_control, is_loopback, judge_route, Governance, Lookup, Packet,
+        governance, is_kernel_link_control, is_link_protocol, is_loopback, judge_route, Governance,
+        Lookup, Packet, IPPROTO_IGMP,
     },
     state::{KernelState, Verdict, VethSource},
 };
@@ -31,7 +32,6 @@ pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86DD;
 pub const ETH_P_ARP: u16 = 0x0806;
 
-const IPPROTO_IGMP: u8 = 2;
 /// No cgroup's id: its governance is the unknown-container verdict.
 const UNKNOWN_CGROUP: u64 = 0;
 const DNS_PORT: u16 = 53;
@@ -278,8 +278,12 @@ pub fn judge_frame_on(
     if owner.is_some() && !source_allowed(state, ifindex, packet, origin) {
         return missed(Reason::ForgedSource);
     }
-    // The container's loopback traffic never crosses its veth.
-    let unjudgeable = packet.unjudgeable || is_loopback(packet.dest);
+    // The container's loopback traffic never crosses its veth; a packet
+    // socket's neighbour discovery, MLD or IGMP would steer where its
+    // neighbours send (no rule allows them).
+    let unjudgeable = packet.unjudgeable
+        || is_loopback(packet.dest)
+        || (packet_socket && is_link_protocol(packet));
     let source_routed = !packet.route.is_empty() || unjudgeable;
     if !source_routed && is_link_control(packet, origin) {
         return pass(Reason::LinkControl, Some(gov));
@@ -1002,8 +1006,60 @@ mod tests {
             assert_eq!(decided(&v), (Verdict::Allow, Reason::LinkControl));
             assert_eq!(v.counted_policy(), None);
             let v = judge_frame(&s, VETH, PACKET, f);
-            assert_eq!(decided(&v), (Verdict::Deny, Reason::Rules));
+            assert_eq!(decided(&v), (Verdict::Deny, Reason::Unjudgeable));
         }
+        // A packet socket's: not even where the rules allow everything, nor
+        // with another hop limit; the same rules let its echo request pass.
+        let mut open = s.clone();
+        open.upsert(Entry::Dest {
+            key: DestPrefix {
+                policy_id: 1,
+                class: 0,
+                addr: Prefix::new(addr_key(Ipv6Addr::UNSPECIFIED.into()), 0).key_bytes(),
+                prefix_len: 0,
+            },
+            ruleset: 3,
+        });
+        open.upsert(Entry::Port {
+            key: PortPrefix {
+                ruleset: 3,
+                proto: ip_proto::ANY,
+                port: 0,
+                port_bits: 0,
+            },
+            rule_id: 11,
+        });
+        let advertisement = |hop_limit| {
+            frame(Packet {
+                hop_limit,
+                ..packet(
+                    OWN6.into(),
+                    "2001:db8:77::1".parse().unwrap(),
+                    ip_proto::ICMPV6,
+                    136 << 8,
+                )
+            })
+        };
+        for f in [
+            &solicitation(OWN6, 255),
+            &mld,
+            &report,
+            &advertisement(255),
+            &advertisement(64),
+        ] {
+            let v = judge_frame(&open, VETH, PACKET, f);
+            assert_eq!(decided(&v), (Verdict::Deny, Reason::Unjudgeable), "{f:?}");
+        }
+        let echo = frame(packet(
+            OWN6.into(),
+            "2001:db8:77::1".parse().unwrap(),
+            ip_proto::ICMPV6,
+            128 << 8,
+        ));
+        assert_eq!(
+            decided(&judge_frame(&open, VETH, PACKET, &echo)),
+            (Verdict::Allow, Reason::Rules)
+        );
         for f in [
             igmp(Ipv4Addr::new(224, 0, 1, 22), 1),
             igmp(Ipv4Addr::new(224, 0, 0, 22), 2),
