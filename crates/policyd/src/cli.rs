@@ -97,7 +97,7 @@ pub enum Command {
     Status,
     /// Which rule decides a flow, and why.
     Explain {
-        /// Container name, id or unique id prefix.
+        /// Container name, id, unique id prefix, or NAMESPACE:ID.
         container: String,
         /// Destination address.
         dest: IpAddr,

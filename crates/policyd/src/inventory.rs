@@ -285,28 +285,43 @@ impl Inventory {
             .collect()
     }
 
-    /// Finds a container by id, name or id prefix (at least 4 characters),
-    /// in that order. A name or prefix that more than one container has
-    /// (two runtimes' namespaces may both have a "web") is refused with
-    /// their ids, never answered with the first.
+    /// Finds a container by `NAMESPACE:ID`, id, name or id prefix (at
+    /// least 4 characters), in that order. An id, name or prefix that more
+    /// than one container has (two runtimes' namespaces may both have a
+    /// "web", containerd's namespaces even the same id) is refused with
+    /// their `NAMESPACE:ID`s, never answered with the first.
     pub fn find<'a>(&'a self, query: &str) -> Result<&'a Container, String> {
         let query = query.trim_start_matches('/');
-        if let Some(c) = self.containers.iter().find(|c| c.id == query) {
-            return Ok(c);
+        // Neither ids nor names have a colon (containerd's and Docker's
+        // rules for both).
+        if let Some((namespace, id)) = query.split_once(':') {
+            return self
+                .containers
+                .iter()
+                .find(|c| c.namespace == namespace && c.id == id)
+                .ok_or_else(|| {
+                    format!(
+                        "no container {id} in namespace {namespace} (`policyd status` lists them)"
+                    )
+                });
         }
         let one = |what: &str, mut matches: Vec<&'a Container>| match matches.len() {
             1 => Some(Ok(matches.remove(0))),
             0 => None,
             _ => Some(Err(format!(
-                "{what} \"{query}\" names {} containers; give one of their ids: {}",
+                "{what} \"{query}\" names {} containers; give one as NAMESPACE:ID: {}",
                 matches.len(),
                 matches
                     .iter()
-                    .map(|c| format!("{} ({}/{})", c.id, c.namespace, c.name))
+                    .map(|c| format!("{}:{} ({})", c.namespace, c.id, c.name))
                     .collect::<Vec<_>>()
                     .join(", ")
             ))),
         };
+        let with_id = self.containers.iter().filter(|c| c.id == query).collect();
+        if let Some(found) = one("the id", with_id) {
+            return found;
+        }
         let named = self.containers.iter().filter(|c| c.name == query).collect();
         if let Some(found) = one("the name", named) {
             return found;
@@ -593,8 +608,8 @@ mod tests {
         let e = inv.find("web").unwrap_err();
         assert!(
             e.contains("the name \"web\" names 2 containers")
-                && e.contains("web0000000000 (moby/web)")
-                && e.contains("web0ffff (default/web)"),
+                && e.contains("moby:web0000000000 (web)")
+                && e.contains("default:web0ffff (web)"),
             "{e}"
         );
         // An exact id comes before a name, even another container's.
@@ -605,5 +620,27 @@ mod tests {
             e.contains("the id prefix \"web0\" names 2 containers"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn an_id_two_namespaces_have_is_refused_and_found_by_namespace() {
+        let mut first = container("one", "x", &[]);
+        first.id = "abc".into();
+        let mut other = container("two", "x", &[]);
+        other.id = "abc".into();
+        other.namespace = "other".into();
+        let inv = Inventory {
+            containers: vec![first, other],
+        };
+        let e = inv.find("abc").unwrap_err();
+        assert!(
+            e.contains("the id \"abc\" names 2 containers")
+                && e.contains("moby:abc")
+                && e.contains("other:abc"),
+            "{e}"
+        );
+        assert_eq!(inv.find("other:abc").unwrap().namespace, "other");
+        assert_eq!(inv.find("moby:abc").unwrap().namespace, "moby");
+        assert!(inv.find("third:abc").is_err());
     }
 }

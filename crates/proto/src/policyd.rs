@@ -214,7 +214,7 @@ pub struct Status {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExplainQuery {
-    /// Container name, id or unique id prefix.
+    /// Container name, id, unique id prefix, or `NAMESPACE:ID`.
     pub container: String,
     pub dest: IpAddr,
     /// tcp, udp, icmp, icmpv6, or a protocol number; `None` lists what is
