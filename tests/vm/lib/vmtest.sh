@@ -86,6 +86,23 @@ install_contain() {
   info "installed in /usr/local/bin: $(cd "$CONTAIN_BIN" && ls | tr "\n" " ")"
 }
 
+# start_contain: the three daemons as transient systemd units, restarted when they exit (the
+# loader attached to contain.slice, policyd on /etc/contain/policy.toml), each waited for until
+# its socket is there.
+start_contain() {
+  check "start bpf-loader" systemd-run --unit=contain-bpf-loader -p Restart=always -p RestartSec=0.2 \
+    /usr/local/bin/bpf-loader --attach-parent contain.slice
+  # The loader verifies its programs before it serves: 10-20 s under TCG, more while the host is
+  # busy.
+  check "loader socket" retry 300 0.2 test -S /run/contain/loader.sock
+  check "start resolver" systemd-run --unit=contain-resolver -p Restart=always -p RestartSec=0.2 \
+    /usr/local/bin/resolver
+  check "resolver socket" retry 100 0.2 test -S /run/contain/resolver.sock
+  check "start policyd" systemd-run --unit=contain-policyd -p Restart=always -p RestartSec=0.2 \
+    /usr/local/bin/policyd daemon --policy /etc/contain/policy.toml
+  check "policyd socket" retry 100 0.2 test -S /run/contain/policyd.sock
+}
+
 # finish: summary line; exit 1 if any check failed or nothing was checked.
 finish() {
   VMTEST_FINISHED=1

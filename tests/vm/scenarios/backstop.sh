@@ -295,17 +295,7 @@ n=$(ff_arrived ffpre)
 # ---- contain -----------------------------------------------------------------------------------
 
 step "contain under systemd"
-check "start bpf-loader" systemd-run --unit=contain-bpf-loader -p Restart=always -p RestartSec=0.2 \
-  /usr/local/bin/bpf-loader --attach-parent contain.slice
-# The loader verifies its programs before it serves: 10-20 s under TCG,
-# more while the host is busy.
-check "loader socket" retry 300 0.2 test -S /run/contain/loader.sock
-check "start resolver" systemd-run --unit=contain-resolver -p Restart=always -p RestartSec=0.2 \
-  /usr/local/bin/resolver
-check "resolver socket" retry 100 0.2 test -S /run/contain/resolver.sock
-check "start policyd" systemd-run --unit=contain-policyd -p Restart=always -p RestartSec=0.2 \
-  /usr/local/bin/policyd daemon --policy /etc/contain/policy.toml
-check "policyd socket" retry 100 0.2 test -S /run/contain/policyd.sock
+start_contain
 defer bash -c "journalctl -u contain-bpf-loader -u contain-resolver -u contain-policyd --no-pager \
   -o short-monotonic > $OUT/daemons.log"
 check "policyd maps blocked to its policy" retry 80 0.25 has_policy blocked blocked
