@@ -2794,8 +2794,8 @@ async fn lab_with_a_mapped_veth() -> (Lab, proto::loader::LoaderClient, Rules, s
 }
 
 /// Runs `tests/bypass/attack.py ARGS` in the container's cgroup and
-/// namespace; fails unless it printed `sent` (its send succeeded).
-fn attack_from_container(lab: &Lab, args: &[&str], sent: &str) {
+/// namespace.
+fn attack_output(lab: &Lab, args: &[&str]) -> std::process::Output {
     let mut argv = vec![
         PYTHON.to_string(),
         repo_root()
@@ -2804,10 +2804,14 @@ fn attack_from_container(lab: &Lab, args: &[&str], sent: &str) {
             .to_string(),
     ];
     argv.extend(args.iter().map(|s| s.to_string()));
-    let out = lab
-        .in_cgroup_cmd(&lab.ct, &argv)
+    lab.in_cgroup_cmd(&lab.ct, &argv)
         .output()
-        .expect("attack.py");
+        .expect("attack.py")
+}
+
+/// [`attack_output`]; fails unless it printed `sent` (its send succeeded).
+fn attack_from_container(lab: &Lab, args: &[&str], sent: &str) {
+    let out = attack_output(lab, args);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(sent),
         "could not send {args:?}: {}{}",
@@ -3053,20 +3057,6 @@ async fn link_protocols_from_a_process_or_a_packet_socket_pass_no_rule() {
         .allow(allow(PEER6, ICMPV6, None))
         .allow(allow("224.0.0.22", ip::ANY, None));
     converge(&client, &rules.state, Verdict::Deny).await;
-    // Sends whose refusal (EPERM from the egress program) is expected.
-    let try_send = |args: &[&str]| {
-        let mut argv = vec![
-            PYTHON.to_string(),
-            repo_root()
-                .join("tests/bypass/attack.py")
-                .display()
-                .to_string(),
-        ];
-        argv.extend(args.iter().map(|s| s.to_string()));
-        lab.in_cgroup_cmd(&lab.ct, &argv)
-            .output()
-            .expect("attack.py")
-    };
     let peer_mac = lab.peer_link.mac.clone();
 
     attack_from_container(&lab, &["nd", "128", PEER6, "vc", "MK{echo6}"], "sendto=ok");
@@ -3098,7 +3088,8 @@ async fn link_protocols_from_a_process_or_a_packet_socket_pass_no_rule() {
         ("134", "MK{ra}"),
         ("137", "MK{redirect}"),
     ] {
-        let out = try_send(&["nd", icmp_type, PEER6, "vc", marker]);
+        // Refused by the egress program: EPERM.
+        let out = attack_output(&lab, &["nd", icmp_type, PEER6, "vc", marker]);
         assert!(
             String::from_utf8_lossy(&out.stdout).contains("sendto=error:EPERM"),
             "the raw socket's ICMPv6 type {icmp_type} was not refused: {}{}",
