@@ -1064,6 +1064,19 @@ def pkt_nd(ifname, dmac, src, dst, target, marker):
     frame_send(ifname, "dgram", 0, dst_mac, ETH_P_IPV6, pkt)
 
 
+def pkt_mld(ifname, src, marker):
+    """An MLDv2 report as the kernel sends one (to ff02::16, hop limit 1),
+    from a packet socket, the marker after its one group record."""
+    dst = "ff02::16"
+    record = struct.pack("!BBH", 4, 0, 0) + socket.inet_pton(socket.AF_INET6, "ff05::1:3")
+    msg = struct.pack("!BBHHH", 143, 0, 0, 0, 1) + record + payload(marker, 48)
+    c = icmp6_csum(src, dst, msg)
+    msg = msg[:2] + struct.pack("!H", c) + msg[4:]
+    pkt = ip6(src, dst, 58, msg)
+    pkt = pkt[:7] + b"\x01" + pkt[8:]
+    frame_send(ifname, "dgram", 0, mac("33:33:00:00:00:16"), ETH_P_IPV6, pkt)
+
+
 def pkt_lo(what, spoofed, dst, arg):
     """A spoofed packet "from" a denied address to the container's own
     address, written on the container's loopback as a frame (lo's MAC is
@@ -1434,7 +1447,7 @@ COMMANDS = {
     "sendto-unspec": sendto_unspec, "raw4": raw4, "raw-via": raw_via, "cache-race": cache_race, "frag4-later": frag4_later, "frag4-after-cached": frag4_after_cached, "frag4-overlap": frag4_overlap,
     "frag4-tiny": frag4_tiny, "v6-ext": v6_ext, "v6-truncated-ext": v6_truncated_ext, "v6-frag-hidden": v6_frag_hidden, "v6-srh-raw": v6_srh_raw, "tfo": tfo,
     "sendmmsg": sendmmsg, "mcast-reply": mcast_reply, "v6-srh-segleft": v6_srh_segleft, "v6-ext7-srh": v6_ext7_srh, "reflect-echo6": reflect_echo6, "reflect-echo4": reflect_echo4, "reflect-rst4": reflect_rst4, "stream-mptcp": stream_mptcp, "revoked-flood": revoked_flood, "revoked-claim": revoked_claim, "fdpass": fdpass, "fd-create": fd_create, "flood": flood,
-    "pkt-udp": pkt_udp, "pkt-udp-big": pkt_udp_big, "pkt-vlan": pkt_vlan, "pkt-ethertype": pkt_ethertype, "pkt-igmp": pkt_igmp, "pkt-vnet-csum": pkt_vnet_csum, "pkt-txring-race": pkt_txring_race, "xdp-csum": xdp_csum, "tx-checksum": tx_checksum, "pkt-arp": pkt_arp, "pkt-arp-plain": pkt_arp_plain, "pkt-nd": pkt_nd,
+    "pkt-udp": pkt_udp, "pkt-udp-big": pkt_udp_big, "pkt-vlan": pkt_vlan, "pkt-ethertype": pkt_ethertype, "pkt-igmp": pkt_igmp, "pkt-vnet-csum": pkt_vnet_csum, "pkt-txring-race": pkt_txring_race, "xdp-csum": xdp_csum, "tx-checksum": tx_checksum, "pkt-arp": pkt_arp, "pkt-arp-plain": pkt_arp_plain, "pkt-nd": pkt_nd, "pkt-mld": pkt_mld,
     "pkt-lo": pkt_lo, "pkt-lo-forward": pkt_lo_forward, "tcp-forged-accept": tcp_forged_accept,
     "udp-forged-reply": udp_forged_reply, "forged-echo": forged_echo, "xdp-udp": xdp_udp, "dns-forwarder": dns_forwarder, "udp-ask": udp_ask,
     "raw-udp": raw_udp, "bound-send": bound_send, "pktinfo-udp": pktinfo_udp, "mld-join": mld_join,

@@ -3055,6 +3055,7 @@ async fn link_protocols_from_a_process_or_a_packet_socket_pass_no_rule() {
     let (lab, client, mut rules, capture) = lab_with_a_mapped_veth().await;
     rules
         .allow(allow(PEER6, ICMPV6, None))
+        .allow(allow("ff02::16", ICMPV6, None))
         .allow(allow("224.0.0.22", ip::ANY, None));
     converge(&client, &rules.state, Verdict::Deny).await;
     let peer_mac = lab.peer_link.mac.clone();
@@ -3083,11 +3084,14 @@ async fn link_protocols_from_a_process_or_a_packet_socket_pass_no_rule() {
         marker_arrives(&capture, "MK{pktok}").await,
         "the packet socket's allowed datagram"
     );
-    for (icmp_type, marker) in [
-        ("136", "MK{na}"),
+    let process_nd = [
+        ("133", "MK{rs}"),
         ("134", "MK{ra}"),
+        ("135", "MK{ns}"),
+        ("136", "MK{na}"),
         ("137", "MK{redirect}"),
-    ] {
+    ];
+    for (icmp_type, marker) in process_nd {
         // Refused by the egress program: EPERM.
         let out = attack_output(&lab, &["nd", icmp_type, PEER6, "vc", marker]);
         assert!(
@@ -3103,18 +3107,29 @@ async fn link_protocols_from_a_process_or_a_packet_socket_pass_no_rule() {
         "sendto=ok",
     );
     attack_from_container(&lab, &["pkt-igmp", "vc", CT4, "MK{pktigmp}"], "send=ok");
+    attack_from_container(&lab, &["pkt-mld", "vc", CT6, "MK{pktmld}"], "sendto=ok");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let arrived = captured_markers(&capture);
-    for marker in [
-        "MK{na}",
-        "MK{ra}",
-        "MK{redirect}",
-        "MK{pktnd}",
-        "MK{pktigmp}",
-    ] {
+    let refused = process_nd.iter().map(|(_, marker)| *marker);
+    for marker in refused.chain(["MK{pktnd}", "MK{pktigmp}", "MK{pktmld}"]) {
         assert!(
             !arrived.contains(&marker.to_string()),
             "{marker} arrived at the peer: {arrived:?}"
+        );
+    }
+    // Each refusal is reported, as any denial is.
+    let batch = client
+        .events(tarpc::context::current(), 0, 1000, 1000)
+        .await
+        .expect("rpc");
+    for (icmp_type, _) in process_nd {
+        let icmp_type: u8 = icmp_type.parse().expect("type");
+        assert!(
+            batch.events.iter().any(|e| e.icmp_type == Some(icmp_type)
+                && e.verdict == Verdict::Deny
+                && e.cgroup_id == lab.ct_id()),
+            "no denial reported for ICMPv6 type {icmp_type}: {:#?}",
+            batch.events
         );
     }
 }
