@@ -141,6 +141,7 @@ pub mod ip_proto {
     /// "Any protocol" in keys.
     pub const ANY: u8 = 0;
     pub const ICMP: u8 = 1;
+    pub const IGMP: u8 = 2;
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
     pub const ICMPV6: u8 = 58;

@@ -735,17 +735,17 @@ fn is_misrouted_loopback(ctx: &SkBuffContext, flow: &Flow) -> bool {
 /// accepted; 1 for MLD, to link-scope multicast only). Neighbour discovery
 /// cannot be held to link-scope destinations: unreachability probes and
 /// solicited advertisements go to a neighbour's global address (RFC 4861).
-/// The same message from a process's socket is judged like anything else.
+/// From a process's socket, neighbour discovery passes no rule (see
+/// `egress`) and MLD is judged like anything else.
 #[inline(always)]
 fn is_kernel_link_control(flow: &Flow, unstamped: bool) -> bool {
-    if !unstamped || flow.family != 6 || flow.proto != ip_proto::ICMPV6 || flow.later_fragment {
+    if !unstamped {
         return false;
     }
-    match flow.dport >> 8 {
-        133..=137 => flow.hop_limit == 255,
-        130..=132 | 143 => flow.hop_limit == 1 && flow.daddr[0] == 0xff && flow.daddr[1] == 0x02,
-        _ => false,
+    if packet::is_neighbour_discovery(flow) {
+        return flow.hop_limit == 255;
     }
+    packet::is_mld(flow) && flow.hop_limit == 1 && flow.daddr[0] == 0xff && flow.daddr[1] == 0x02
 }
 
 fn judged(v: Verdict) -> i32 {

@@ -287,19 +287,22 @@ pub fn is_neighbour_discovery(flow: &Flow) -> bool {
         && matches!(flow.dport >> 8, 133..=137)
 }
 
+/// An ICMPv6 message of MLD (query, reports, done), whatever its hop limit.
+#[inline(always)]
+pub fn is_mld(flow: &Flow) -> bool {
+    flow.family == 6
+        && flow.proto == ip_proto::ICMPV6
+        && !flow.later_fragment
+        && matches!(flow.dport >> 8, 130..=132 | 143)
+}
+
 /// Neighbour discovery, MLD or IGMP, whatever its hop limit: the link's own
 /// protocols, which steer what neighbours send where.
 #[inline(always)]
 pub fn is_link_protocol(flow: &Flow) -> bool {
-    let mld = flow.family == 6
-        && flow.proto == ip_proto::ICMPV6
-        && !flow.later_fragment
-        && matches!(flow.dport >> 8, 130..=132 | 143);
-    let igmp = flow.family == 4 && flow.proto == IPPROTO_IGMP;
-    mld || igmp || is_neighbour_discovery(flow)
+    let igmp = flow.family == 4 && flow.proto == ip_proto::IGMP;
+    is_mld(flow) || igmp || is_neighbour_discovery(flow)
 }
-
-const IPPROTO_IGMP: u8 = 2;
 
 /// The packet's protocol (`skb->protocol`, in network byte order there).
 #[inline(always)]

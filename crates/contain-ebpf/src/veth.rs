@@ -82,7 +82,6 @@ const AF_INET6: u32 = 10;
 const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
 const DNS_PORT: u16 = 53;
-const IPPROTO_IGMP: u8 = 2;
 
 static NOBODY: Identity = Identity::UNKNOWN;
 
@@ -453,19 +452,18 @@ fn is_link_control(flow: &Flow, origin: Origin) -> bool {
         return false;
     }
     let d = &flow.daddr;
-    let link_multicast6 = d[0] == 0xff && d[1] == 0x02;
-    match flow.proto {
-        // ICMPv6 in an IPv4 header is no neighbour discovery.
-        ip_proto::ICMPV6 if flow.family == 6 => match flow.dport >> 8 {
-            133..=137 => flow.hop_limit == 255,
-            130..=132 | 143 => flow.hop_limit == 1 && link_multicast6,
-            _ => false,
-        },
-        IPPROTO_IGMP => {
-            flow.family == 4 && flow.hop_limit == 1 && d[12] == 224 && d[13] == 0 && d[14] == 0
-        }
-        _ => false,
+    if packet::is_neighbour_discovery(flow) {
+        return flow.hop_limit == 255;
     }
+    if packet::is_mld(flow) {
+        return flow.hop_limit == 1 && d[0] == 0xff && d[1] == 0x02;
+    }
+    flow.family == 4
+        && flow.proto == ip_proto::IGMP
+        && flow.hop_limit == 1
+        && d[12] == 224
+        && d[13] == 0
+        && d[14] == 0
 }
 
 /// A DNS query a host process (dockerd's embedded DNS) forwards from

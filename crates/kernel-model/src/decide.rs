@@ -400,36 +400,33 @@ pub(crate) fn is_neighbour_discovery(packet: &Packet) -> bool {
         && matches!(packet.port >> 8, 133..=137)
 }
 
+/// An ICMPv6 message of MLD (query, reports, done), whatever its hop
+/// limit.
+fn is_mld(packet: &Packet) -> bool {
+    packet.dest.is_ipv6()
+        && packet.proto == ip_proto::ICMPV6
+        && !packet.later_fragment
+        && matches!(packet.port >> 8, 130..=132 | 143)
+}
+
 /// Neighbour discovery, MLD or IGMP, whatever its hop limit: the link's
 /// own protocols, which steer what neighbours send where.
 pub(crate) fn is_link_protocol(packet: &Packet) -> bool {
-    let mld = packet.dest.is_ipv6()
-        && packet.proto == ip_proto::ICMPV6
-        && !packet.later_fragment
-        && matches!(packet.port >> 8, 130..=132 | 143);
-    let igmp = packet.dest.is_ipv4() && packet.proto == IPPROTO_IGMP;
-    mld || igmp || is_neighbour_discovery(packet)
+    let igmp = packet.dest.is_ipv4() && packet.proto == ip_proto::IGMP;
+    is_mld(packet) || igmp || is_neighbour_discovery(packet)
 }
-
-pub(crate) const IPPROTO_IGMP: u8 = 2;
 
 /// Neighbour discovery (any destination, hop limit 255) and MLD (link-scope
 /// multicast, hop limit 1), which the kernel sends from sockets no process
-/// created.
+/// created. (ICMPv6 in an IPv4 header is neither.)
 pub(crate) fn is_kernel_link_control(packet: &Packet) -> bool {
-    // ICMPv6 in an IPv4 header is no neighbour discovery.
     let IpAddr::V6(dest) = packet.dest else {
         return false;
     };
-    if packet.proto != ip_proto::ICMPV6 || packet.later_fragment {
-        return false;
+    if is_neighbour_discovery(packet) {
+        return packet.hop_limit == 255;
     }
-    let link_scope_multicast = dest.octets()[..2] == [0xff, 0x02];
-    match packet.port >> 8 {
-        133..=137 => packet.hop_limit == 255,
-        130..=132 | 143 => packet.hop_limit == 1 && link_scope_multicast,
-        _ => false,
-    }
+    is_mld(packet) && packet.hop_limit == 1 && dest.octets()[..2] == [0xff, 0x02]
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use contain_common::{ip_proto, is_icmp_error, stat};
 use crate::{
     decide::{
         governance, is_kernel_link_control, is_link_protocol, is_loopback, judge_route, Governance,
-        Lookup, Packet, IPPROTO_IGMP,
+        Lookup, Packet,
     },
     state::{KernelState, Verdict, VethSource},
 };
@@ -397,7 +397,7 @@ fn is_link_control(packet: &Packet, origin: Origin) -> bool {
     let igmp = match (packet.source, packet.dest) {
         (IpAddr::V4(_), IpAddr::V4(d)) => {
             let d = d.octets();
-            packet.proto == IPPROTO_IGMP && packet.hop_limit == 1 && d[..3] == [224, 0, 0]
+            packet.proto == ip_proto::IGMP && packet.hop_limit == 1 && d[..3] == [224, 0, 0]
         }
         _ => false,
     };
@@ -997,7 +997,7 @@ mod tests {
         let igmp = |dest: Ipv4Addr, hop_limit| {
             frame(Packet {
                 hop_limit,
-                ..packet(OWN4.into(), dest.into(), IPPROTO_IGMP, 0x2200)
+                ..packet(OWN4.into(), dest.into(), ip_proto::IGMP, 0x2200)
             })
         };
         let report = igmp(Ipv4Addr::new(224, 0, 0, 22), 1);
