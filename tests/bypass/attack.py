@@ -289,6 +289,31 @@ def nd(icmp_type, dest, ifname, marker):
         attempt("sendto", lambda: s.sendto(msg, (dest, 0, 0, scope)) and None)
 
 
+def mld(ifname, marker):
+    """An MLDv2 report from this process's raw ICMPv6 socket, shaped as the
+    kernel's own (to ff02::16, hop limit 1), the marker after its group
+    record: not the kernel's, so judged by the rules."""
+    with socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as s:
+        record = struct.pack("!BBH", 4, 0, 0) + socket.inet_pton(socket.AF_INET6, "ff05::1:3")
+        msg = struct.pack("!BBHHH", 143, 0, 0, 0, 1) + record + payload(marker, 48)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1)
+        scope = socket.if_nametoindex(ifname)
+        attempt("sendto", lambda: s.sendto(msg, ("ff02::16", 0, 0, scope)) and None)
+
+
+def igmp(src, marker):
+    """An IGMPv3 membership report from this process's raw IGMP socket (to
+    224.0.0.22, TTL 1, out of the interface of `src`), the marker after its
+    group record: judged by the rules."""
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, 2) as s:
+        record = struct.pack("!BBH4s", 2, 0, 0, socket.inet_aton("239.1.2.3"))
+        report = struct.pack("!BBHHH", 0x22, 0, 0, 0, 1) + record + payload(marker, 64)
+        report = report[:2] + struct.pack("!H", csum(report)) + report[4:]
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(src))
+        attempt("sendto", lambda: s.sendto(report, ("224.0.0.22", 0)) and None)
+
+
 # --- 4. UDP replies ------------------------------------------------------------
 
 def udp_revoke(host, port, first_marker, marker):
@@ -790,6 +815,14 @@ def reflect_rst4(spoofed, dst, dport, sport):
     raw4_send([syn4_packet(spoofed, dst, dport, sport)], dst)
 
 
+def reflect_udp(spoofed, dst, marker):
+    """A datagram "from" a denied address to the container's own closed
+    port 9, over IPv4 or IPv6 (by `dst`): the kernel answers with a port
+    unreachable to the denied address, quoting the marker."""
+    family, packet = udp_packet(spoofed, dst, 9, marker)
+    (raw6_send if family == ETH_P_IPV6 else raw4_send)([packet], dst)
+
+
 def stream_mptcp(host, port, marker, limit):
     real = socket.socket
     socket.socket = lambda fam, typ: real(fam, typ, 262)
@@ -856,6 +889,7 @@ def mcast_reply(group, port, ifaddr, spoofed, sport, marker):
 SOL_PACKET = 263
 PACKET_QDISC_BYPASS = 20
 PACKET_VNET_HDR = 15
+PACKET_VNET_HDR_SZ = 24
 VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
 SIOCETHTOOL = 0x8946
 ETHTOOL_STXCSUM = 0x17
@@ -1002,6 +1036,34 @@ def xdp_csum(ifname, dmac, src, dst, port, rewritten, marker, _compat="-"):
     for checksum offload at the destination port."""
     frame = csum_rewrite_frame(ifname, dmac, src, dst, port, rewritten, marker)
     xdp_send(ifname, frame, csum_at=(14 + 20, 2))
+
+
+def late_write_options():
+    """Asks for each socket option that lets a frame's bytes be written
+    after it is sent, each on a fresh socket: PACKET_VNET_HDR,
+    PACKET_VNET_HDR_SZ, an AF_XDP umem with transmit metadata; and, as the
+    control, an AF_XDP umem without it."""
+    import mmap
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0) as s:
+        attempt("vnet_hdr", lambda: s.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1))
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0) as s:
+        attempt("vnet_hdr_sz", lambda: s.setsockopt(SOL_PACKET, PACKET_VNET_HDR_SZ, 12))
+    umem = mmap.mmap(-1, XDP_FRAME * XDP_RING)
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(umem))
+    for name, flags, md_len in (("umem_tx_metadata", XDP_UMEM_TX_METADATA_LEN, XSK_TX_METADATA_LEN),
+                                ("umem_plain", 0, 0)):
+        fd = libc.socket(AF_XDP, socket.SOCK_RAW, 0)
+        if fd < 0:
+            say(**{name: "error:" + errno.errorcode.get(ctypes.get_errno(), "?")})
+            continue
+        # struct xdp_umem_reg: addr, len, chunk_size, headroom, flags, tx_metadata_len
+        reg = struct.pack("=QQIIII", addr, len(umem), XDP_FRAME, 0, flags, md_len)
+        buf = ctypes.create_string_buffer(reg, len(reg))
+        if libc.setsockopt(fd, SOL_XDP, XDP_UMEM_REG, buf, len(reg)) == 0:
+            say(**{name: "ok"})
+        else:
+            say(**{name: "error:" + errno.errorcode.get(ctypes.get_errno(), "?")})
+        os.close(fd)
 
 
 def tx_checksum(ifname, state):
@@ -1437,7 +1499,7 @@ COMMANDS = {
     "udp": udp, "tcp": tcp, "stream-unstamped": stream_unstamped, "stream-unstamped-tfo": stream_unstamped_tfo, "tcp-from": tcp_from, "icmp4-type": icmp4_type, "mapped-udp": mapped_udp, "stream": stream,
     "steer-tcp": lambda *a: steer(socket.SOCK_STREAM, *a),
     "steer-udp": lambda *a: steer(socket.SOCK_DGRAM, *a),
-    "inbound-rthdr": inbound_rthdr, "nd": nd, "udp-revoke": udp_revoke, "udp-tied": udp_tied,
+    "inbound-rthdr": inbound_rthdr, "nd": nd, "mld": mld, "igmp": igmp, "reflect-udp": reflect_udp, "late-write-options": late_write_options, "udp-revoke": udp_revoke, "udp-tied": udp_tied,
     "udp-late-reply": udp_late_reply,
     "connect-then-send": connect_then_send, "exec-as": lambda path, *rest: exec_as(path, list(rest)),
     "chroot-exec": lambda root, path, *rest: chroot_exec(root, path, list(rest)),

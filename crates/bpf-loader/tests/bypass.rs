@@ -542,6 +542,12 @@ const PROBES: &[Probe] = &[
             let answer = p["dst"] == PEER4_OTHER && p["src"] == CT4 && p["sport"].as_u64() == Some(9);
             forged_syn || answer
         })),
+    probe!("x-reflect-udp4-self", "raw UDP datagram from a spoofed denied address to the container's own closed port 9 (the kernel's port unreachable quotes it)",
+        "the forged datagram (its marker) on the container's lo, past the egress hook, or the kernel's answer at the peer", "plain UDP4",
+        simple(&["reflect-udp", PEER4_OTHER, CT4, "{L}"], &["udp", PEER4, "5353", "{C}"], reflected_or_on_lo)),
+    probe!("x-reflect-udp6-self", "raw UDP datagram from a spoofed denied address to the container's own closed port 9 over IPv6 (the kernel's port unreachable quotes it)",
+        "the forged datagram (its marker) on the container's lo, past the egress hook, or the kernel's answer at the peer", "plain UDP6",
+        simple(&["reflect-udp", PEER6_OTHER, CT6, "{L}"], &["udp", PEER6, "5353", "{C}"], reflected_or_on_lo)),
     probe!("x-mptcp-revocation", "MPTCP stream (plain TCP peer, fallback) to an allowed port; the rule is removed mid-stream",
         "a byte of the flow captured > 0.2 s after apply returned (frames already past the hooks)", "the flow's bytes arrive before the revocation", p_x_mptcp_revocation),
     probe!("x-revoked-flood", "300 TCP flows to the allowed peer, each then given an LSRR through a denied hop; count events",
@@ -2552,7 +2558,16 @@ async fn p_pkt_txring_race(cx: &mut Ctx) -> Outcome {
 /// the peer transmitting without checksum offload (as a NIC without it):
 /// there the kernel writes port 9 over the port the veth judged.
 async fn csum_rewrite(cx: &mut Ctx, attack: &str, compat: Option<&str>) -> Outcome {
-    let refused_before = cx.counters().await.refused_socket_options;
+    let judged_by_the_veth = cx.mode.filtered() && compat.is_some();
+    // The veth's drop is reported: its event must not fall in a rate
+    // window an earlier probe left open.
+    let quiet = if judged_by_the_veth {
+        cx.wait_events_quiet().await.err()
+    } else {
+        None
+    };
+    let before = cx.counters().await;
+    let sent_at = now();
     let host_ns = cx.lab.host_ns.clone();
     let host = |state: &str| {
         lab::cmd_in(&host_ns, PYTHON)
@@ -2602,10 +2617,35 @@ async fn csum_rewrite(cx: &mut Ctx, attack: &str, compat: Option<&str>) -> Outco
             ));
         }
         let refused_after = cx.counters().await.refused_socket_options;
-        if refused_after <= refused_before {
+        if refused_after <= before.refused_socket_options {
             o.failures.push(format!(
-                "the refused socket options count did not move ({refused_before} before, {refused_after} after)"
+                "the refused socket options count did not move ({} before, {refused_after} after)",
+                before.refused_socket_options
             ));
+        }
+    }
+    // The frame whose checksum is pending is counted as unparsed and
+    // reported as a denied link-layer frame in the container's name.
+    if judged_by_the_veth {
+        o.failures.extend(quiet);
+        let unparsed_after = cx.counters().await.unparsed_packets;
+        if unparsed_after <= before.unparsed_packets {
+            o.failures.push(format!(
+                "the unparsed count did not move ({} before, {unparsed_after} after)",
+                before.unparsed_packets
+            ));
+        }
+        let ct = cx.lab.ct_id();
+        let reported = cx.events().await.iter().any(|e| {
+            e.cgroup_id == ct
+                && e.hook == Hook::Veth
+                && e.link_layer
+                && e.verdict == Verdict::Deny
+                && e.time_ns as f64 / 1e9 >= sent_at
+        });
+        if !reported {
+            o.failures
+                .push("no denied link-layer event in the container's name".into());
         }
     }
     o

@@ -3014,6 +3014,181 @@ async fn a_packet_sockets_frame_from_another_mac_reaches_no_one() {
     );
 }
 
+/// A host process (outside every cgroup contain governs) that enters a
+/// container's network namespace and opens a packet socket there has no
+/// policy of its own: its frames are judged under the container behind the
+/// veth, reported in that container's name. Judged at the peer: its frame
+/// to the allowed peer and port arrives (the send works), the same to a
+/// denied address does not; from the container's own packet socket, the
+/// same two frames fare the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_processs_packet_socket_in_a_containers_namespace_is_judged_as_the_containers() {
+    let Some(()) = require_root(
+        "a_host_processs_packet_socket_in_a_containers_namespace_is_judged_as_the_containers",
+    ) else {
+        return;
+    };
+    let (lab, client, _rules, capture) = lab_with_a_mapped_veth().await;
+    let own_cgroup = std::fs::read_to_string("/proc/self/cgroup").expect("this test's cgroup");
+    let lab_parent = lab
+        .parent
+        .strip_prefix(cgroup2_mount())
+        .expect("the lab's parent is under the cgroup2 mount");
+    assert!(
+        !own_cgroup.contains(&*lab_parent.to_string_lossy()),
+        "the test runs inside the lab's cgroups ({own_cgroup}): it would not be a host process"
+    );
+    let attack = repo_root().join("tests/bypass/attack.py");
+    let peer_mac = lab.peer_link.mac.clone();
+    let frame_from_host = |dst: &str, marker: &str| {
+        let out = test_kit::lab::cmd_in(&lab.ct_ns, PYTHON)
+            .arg(&attack)
+            .args([
+                "pkt-udp", "vc", "dgram", "0", &peer_mac, CT4, dst, "5353", marker,
+            ])
+            .output()
+            .expect("attack.py");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("sendto=ok"),
+            "the host process's packet socket could not send: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    frame_from_host(PEER4, "MK{hostallowed}");
+    assert!(
+        marker_arrives(&capture, "MK{hostallowed}").await,
+        "the host process's frame to the allowed peer and port"
+    );
+    frame_from_host(PEER4_OTHER, "MK{hostdenied}");
+    for (dst, marker) in [(PEER4, "MK{ctallowed}"), (PEER4_OTHER, "MK{ctdenied}")] {
+        attack_from_container(
+            &lab,
+            &[
+                "pkt-udp", "vc", "dgram", "0", &peer_mac, CT4, dst, "5353", marker,
+            ],
+            "sendto=ok",
+        );
+    }
+    assert!(
+        marker_arrives(&capture, "MK{ctallowed}").await,
+        "the container's frame to the allowed peer and port"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let arrived = captured_markers(&capture);
+    for marker in ["MK{hostdenied}", "MK{ctdenied}"] {
+        assert!(
+            !arrived.iter().any(|m| m == marker),
+            "{marker} (to a denied address) arrived at the peer: {arrived:?}"
+        );
+    }
+    let batch = client
+        .events(tarpc::context::current(), 0, 1000, 1000)
+        .await
+        .expect("rpc");
+    let denied: Vec<_> = batch
+        .events
+        .iter()
+        .filter(|e| e.hook == Hook::Veth && e.dst.to_string() == PEER4_OTHER)
+        .collect();
+    assert_eq!(
+        denied.len(),
+        2,
+        "one event per denied frame: {:#?}",
+        batch.events
+    );
+    for event in denied {
+        assert!(event.link_layer, "{event:#?}");
+        assert_eq!(
+            (event.cgroup_id, event.policy_id, event.verdict),
+            (lab.ct_id(), 1, Verdict::Deny),
+            "{event:#?}"
+        );
+    }
+}
+
+/// The socket options that let a packet socket's frame change after the
+/// veth judged it (`PACKET_VNET_HDR`, `PACKET_VNET_HDR_SZ`, an AF_XDP umem
+/// with transmit metadata) are refused with `EPERM` wherever frames are
+/// judged: a container in enforce mode, and an unknown one under
+/// `unknown_container = "deny"`; each refusal counted. Audit mode and an
+/// unknown container under "allow" keep them, and an AF_XDP umem without
+/// transmit metadata is never refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_that_rewrite_frames_are_refused_where_frames_are_judged() {
+    let Some(()) = require_root("options_that_rewrite_frames_are_refused_where_frames_are_judged")
+    else {
+        return;
+    };
+    let (lab, client) = Lab::running().await;
+    const LATE_WRITES: [&str; 3] = ["vnet_hdr", "vnet_hdr_sz", "umem_tx_metadata"];
+    let options = || {
+        let out = attack_output(&lab, &["late-write-options"]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let result = |name: &str| {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "no {name} in {stdout}{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    )
+                })
+                .to_string()
+        };
+        (LATE_WRITES.map(result), result("umem_plain"))
+    };
+    let refused = async || {
+        client
+            .counters(tarpc::context::current())
+            .await
+            .expect("rpc")
+            .expect("counters")
+            .refused_socket_options
+    };
+    let governed = |audit| {
+        let mut rules = Rules::default();
+        rules.cgroup(lab.ct_id(), 1, audit);
+        rules.state
+    };
+    let cases = [
+        (
+            "in enforce mode",
+            governed(false),
+            Verdict::Allow,
+            "error:EPERM",
+        ),
+        ("in audit mode", governed(true), Verdict::Deny, "ok"),
+        (
+            "unknown, under deny",
+            Rules::default().state,
+            Verdict::Deny,
+            "error:EPERM",
+        ),
+        (
+            "unknown, under allow",
+            Rules::default().state,
+            Verdict::Allow,
+            "ok",
+        ),
+    ];
+    for (what, state, unknown, expected) in cases {
+        converge(&client, &state, unknown).await;
+        let before = refused().await;
+        let (late_writes, plain) = options();
+        assert_eq!(
+            late_writes,
+            [expected; 3].map(String::from),
+            "{what}: {LATE_WRITES:?}"
+        );
+        assert_eq!(plain, "ok", "{what}: a umem without transmit metadata");
+        let counted = refused().await - before;
+        let want = if expected == "ok" { 0 } else { 3 };
+        assert_eq!(counted, want, "{what}: refusals counted");
+    }
+}
+
 /// What `script` (a Python script of the repository) prints when run with
 /// `args` in the peer's namespace, trimmed.
 fn at_peer(lab: &Lab, script: &str, args: &[&str]) -> String {
@@ -3037,15 +3212,16 @@ async fn marker_arrives(capture: &std::path::Path, marker: &str) -> bool {
     true
 }
 
-/// The UDP reply timeout the loader of the test below runs with: short, so
-/// that the test can wait it out.
 /// Neighbour discovery from a process's raw ICMPv6 socket (an
 /// advertisement naming another's address would have the neighbours send
 /// that address's traffic to the container), and a packet socket's
-/// neighbour discovery and IGMP, pass no rule: not even one that allows any
-/// ICMPv6 to the peer and any protocol to IGMP's group. The same rules let
-/// the raw socket's echo request through, and the packet socket's allowed
-/// datagram: the sends work. Judged at the peer's capture.
+/// neighbour discovery, MLD and IGMP, pass no rule: not even one that
+/// allows any ICMPv6 to the peer and to MLD's group and any protocol to
+/// IGMP's. The same rules let the raw socket's echo request through, and
+/// the packet socket's allowed datagram: the sends work. A process's own
+/// MLD and IGMP reports from raw sockets are not the kernel's: the rules
+/// judge them, so they arrive under those rules and are refused without
+/// them. Judged at the peer's capture.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn link_protocols_from_a_process_or_a_packet_socket_pass_no_rule() {
     let Some(()) = require_root("link_protocols_from_a_process_or_a_packet_socket_pass_no_rule")
@@ -3132,8 +3308,45 @@ async fn link_protocols_from_a_process_or_a_packet_socket_pass_no_rule() {
             batch.events
         );
     }
+
+    // A process's MLD and IGMP reports, shaped as the kernel's.
+    attack_from_container(&lab, &["mld", "vc", "MK{mldallowed}"], "sendto=ok");
+    attack_from_container(&lab, &["igmp", CT4, "MK{igmpallowed}"], "sendto=ok");
+    for marker in ["MK{mldallowed}", "MK{igmpallowed}"] {
+        assert!(
+            marker_arrives(&capture, marker).await,
+            "{marker}: a process's report the rules allow"
+        );
+    }
+    // The same rules without the groups'.
+    let mut without_groups = Rules::default();
+    without_groups
+        .cgroup(lab.ct_id(), 1, false)
+        .veth(lab.ct_veth.ifindex, lab.ct_id(), &[CT4, CT6])
+        .allow(allow(PEER4, UDP, Some(5353)))
+        .allow(allow(PEER6, ICMPV6, None));
+    converge(&client, &without_groups.state, Verdict::Deny).await;
+    for (args, marker) in [
+        (["mld", "vc", "MK{mlddenied}"], "MK{mlddenied}"),
+        (["igmp", CT4, "MK{igmpdenied}"], "MK{igmpdenied}"),
+    ] {
+        let out = attack_output(&lab, &args);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("sendto=error:EPERM"),
+            "{args:?} with no rule for its group was not refused: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !captured_markers(&capture).iter().any(|m| m == marker),
+            "{marker} arrived at the peer"
+        );
+    }
 }
 
+/// The UDP reply timeout the loader of the test below runs with: short, so
+/// that the test can wait it out.
 const REPLY_TIMEOUT_SECS: u64 = 3;
 
 /// Frames on a container's veth that none of its sockets sent (the

@@ -60,6 +60,69 @@ fn the_loader_takes_back_pin_directories_another_user_made() {
     }
 }
 
+/// Where no bpffs is mounted, the loader mounts one itself, root's alone
+/// (mode 0700, as systemd mounts it), not with the kernel's default of
+/// 1777 under which any user may make contain's directory first; and pins
+/// its maps there.
+#[test]
+fn the_loader_mounts_bpffs_for_root_alone_where_none_is() {
+    let Some(()) = require_root("the_loader_mounts_bpffs_for_root_alone_where_none_is") else {
+        return;
+    };
+    let scratch = Unmounted(std::path::PathBuf::from(format!(
+        "/tmp/contain-t-{}-bpffs",
+        std::process::id()
+    )));
+    let bpffs = scratch.0.join("bpf");
+    std::fs::create_dir_all(&bpffs).expect("making the mount point");
+    std::fs::set_permissions(&bpffs, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mounted = |path: &Path| {
+        proto::mounts::read()
+            .expect("reading the mount table")
+            .into_iter()
+            .any(|m| m.fs_type == "bpf" && m.mount_point == path)
+    };
+    assert!(!mounted(&bpffs), "a bpffs is mounted there before the test");
+
+    let (kernel, _rings) = Kernel::load(&bpffs.join("contain")).expect("loading the eBPF object");
+    assert!(
+        mounted(&bpffs),
+        "the loader mounted no bpffs at {}",
+        bpffs.display()
+    );
+    // The kernel sets the sticky bit on every bpffs root; the permissions
+    // are the mount's.
+    let meta = std::fs::metadata(&bpffs).expect("the bpffs root");
+    assert_eq!(
+        (meta.uid(), meta.mode() & 0o777),
+        (0, 0o700),
+        "the bpffs the loader mounted: owned by {}, mode {:o}",
+        meta.uid(),
+        meta.mode() & 0o7777
+    );
+    let maps = common::maps_pin_dir(&bpffs.join("contain"));
+    assert!(
+        std::fs::read_dir(&maps)
+            .expect("the maps' pin directory")
+            .count()
+            > 0,
+        "no map is pinned in {}",
+        maps.display()
+    );
+    drop(kernel);
+}
+
+/// A scratch directory whose mounts are taken down, and then it, when the
+/// test ends.
+struct Unmounted(std::path::PathBuf);
+
+impl Drop for Unmounted {
+    fn drop(&mut self) {
+        test_kit::cleanup::unmount_under(&self.0);
+        test_kit::cleanup::remove_any(&self.0);
+    }
+}
+
 fn walk(dir: &Path, out: &mut Vec<(std::path::PathBuf, u32, u32)>) {
     let meta = std::fs::symlink_metadata(dir).expect("a pin directory");
     out.push((dir.to_owned(), meta.uid(), meta.mode()));
