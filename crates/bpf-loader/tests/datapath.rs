@@ -3107,6 +3107,104 @@ async fn a_host_processs_packet_socket_in_a_containers_namespace_is_judged_as_th
     }
 }
 
+/// A UDP socket may answer a peer that wrote to it first, under no rule;
+/// that allowance ends when the loader starts again (the restarted loader
+/// moves the rules epoch the allowance was noted under), and the peer's
+/// next datagram gives it back. Judged at the peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udp_reply_allowance_ends_when_the_loader_starts_again() {
+    let Some(()) = require_root("a_udp_reply_allowance_ends_when_the_loader_starts_again") else {
+        return;
+    };
+    use std::io::{BufRead, Write};
+    let (mut lab, client, rules, capture) = lab_with_a_mapped_veth().await;
+    drop(client);
+    // The container's socket on port 6010 answers the peer's first
+    // datagram, then once more for each line on its stdin: with no new
+    // datagram, then after the peer's second.
+    let script = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 6010))
+s.settimeout(10)
+print("ready", flush=True)
+def answer(marker):
+    try:
+        s.sendto(marker.encode(), peer)
+        print("sent", flush=True)
+    except PermissionError:
+        print("denied", flush=True)
+peer = s.recvfrom(2048)[1]
+answer("MK{beforerestart}")
+sys.stdin.readline()
+answer("MK{afterrestart}")
+sys.stdin.readline()
+s.recvfrom(2048)
+answer("MK{spokeagain}")
+"#;
+    let mut container = lab
+        .in_cgroup_cmd(
+            &lab.ct.clone(),
+            &[PYTHON.into(), "-c".into(), script.into()],
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the container's UDP socket");
+    let mut stdin = container.stdin.take().expect("stdin");
+    let mut lines = std::io::BufReader::new(container.stdout.take().expect("stdout")).lines();
+    let mut next_line = move || {
+        lines
+            .next()
+            .expect("the container's script ended early")
+            .expect("reading its output")
+    };
+    assert_eq!(next_line(), "ready");
+    let peer_speaks = |lab: &Lab| {
+        at_peer(
+            lab,
+            "tests/bypass/peer.py",
+            &["udp-first", "7790", CT4, "6010"],
+        )
+    };
+    assert_eq!(peer_speaks(&lab), "sent");
+    assert_eq!(next_line(), "sent", "the answer to a peer that spoke first");
+    assert!(
+        marker_arrives(&capture, "MK{beforerestart}").await,
+        "the answer to a peer that spoke first, under no rule"
+    );
+
+    lab.kill_loader();
+    let client = lab.start_loader().await;
+    // The restarted loader took over the pinned maps: the same rules.
+    let state = client
+        .state(tarpc::context::current())
+        .await
+        .expect("rpc")
+        .expect("state");
+    assert_eq!(state.state, rules.state, "the restarted loader's maps");
+    writeln!(stdin).expect("the container's stdin");
+    assert_eq!(
+        next_line(),
+        "denied",
+        "an answer after the loader started again, with no new datagram"
+    );
+    writeln!(stdin).expect("the container's stdin");
+    assert_eq!(peer_speaks(&lab), "sent");
+    assert_eq!(next_line(), "sent", "the answer once the peer spoke again");
+    assert!(
+        marker_arrives(&capture, "MK{spokeagain}").await,
+        "the answer once the peer spoke again"
+    );
+    assert!(
+        !captured_markers(&capture)
+            .iter()
+            .any(|m| m == "MK{afterrestart}"),
+        "the refused answer arrived at the peer"
+    );
+    let _ = container.wait();
+}
+
 /// The socket options that let a packet socket's frame change after the
 /// veth judged it (`PACKET_VNET_HDR`, `PACKET_VNET_HDR_SZ`, an AF_XDP umem
 /// with transmit metadata) are refused with `EPERM` wherever frames are

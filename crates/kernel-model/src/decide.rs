@@ -232,8 +232,9 @@ pub enum Reason {
     AcceptedConnection,
     /// A UDP reply to a peer that spoke first.
     UdpReply,
-    /// A forged local source, an unreadable source route or a process's
-    /// neighbour discovery: never allowed.
+    /// A forged local source, an unreadable source route, a process's
+    /// neighbour discovery or a TCP opening from a socket without storage:
+    /// never allowed.
     Unjudgeable,
     /// Every address of a source route judged by the rules.
     SourceRoute,
@@ -282,6 +283,10 @@ pub fn egress(state: &KernelState, cgroup_id: u64, socket: &Socket, packet: &Pac
         Socket::Minimal => None,
     };
     let mut udp_reply = false;
+    // A connection opened from a socket no connect() hook stamped (a Fast
+    // Open sendto() whose storage could not be made) could not be marked
+    // outbound: its later segments would pass as an accepted connection's.
+    let mut untracked_opening = false;
     if !source_routed {
         if unstamped && is_kernel_link_control(packet) {
             return done(Verdict::Allow, Reason::KernelLinkControl);
@@ -297,6 +302,10 @@ pub fn egress(state: &KernelState, cgroup_id: u64, socket: &Socket, packet: &Pac
             {
                 return done(Verdict::Allow, Reason::AcceptedConnection);
             }
+            SocketKind::Tcp { .. } => {
+                untracked_opening =
+                    unstamped && packet.proto == ip_proto::TCP && packet.tcp_opening;
+            }
             SocketKind::Udp { peer_spoke_first } => {
                 udp_reply = peer_spoke_first && packet.proto == ip_proto::UDP;
             }
@@ -306,7 +315,7 @@ pub fn egress(state: &KernelState, cgroup_id: u64, socket: &Socket, packet: &Pac
     if udp_reply {
         return done(Verdict::Allow, Reason::UdpReply);
     }
-    if unjudgeable {
+    if unjudgeable || untracked_opening {
         return done(gov.on_miss, Reason::Unjudgeable);
     }
     let creator = match socket {
@@ -514,6 +523,39 @@ mod tests {
         let mut fragment = packet(HOST.into(), ip_proto::UDP, 53);
         fragment.later_fragment = true;
         assert_eq!(v(&fragment), Verdict::Allow, "an any-port rule does not");
+    }
+
+    /// A TCP socket without storage could never be marked outbound: its
+    /// opening is not judged by the rules, which would let its flow pass
+    /// ever after as an accepted connection's, past revocation.
+    #[test]
+    fn a_tcp_opening_from_a_socket_without_storage_passes_no_rule() {
+        let s = state();
+        let syn = packet(HOST.into(), ip_proto::TCP, 443);
+        let unstamped = Socket::Unstamped {
+            kind: SocketKind::Tcp { outbound: false },
+        };
+        let e = egress(&s, CGROUP, &unstamped, &syn);
+        assert_eq!((e.verdict, e.reason), (Verdict::Deny, Reason::Unjudgeable));
+        let stamped = Socket::Stamped {
+            creator: Creator::default(),
+            kind: SocketKind::Tcp { outbound: false },
+        };
+        let e = egress(&s, CGROUP, &stamped, &syn);
+        assert_eq!(
+            (e.verdict, e.reason),
+            (Verdict::Allow, Reason::Rules),
+            "the same opening from a stamped socket"
+        );
+        let later = Packet {
+            tcp_opening: false,
+            ..syn
+        };
+        assert_eq!(
+            egress(&s, CGROUP, &unstamped, &later).reason,
+            Reason::AcceptedConnection,
+            "a later segment of a connection contain did not see opened"
+        );
     }
 
     #[test]
