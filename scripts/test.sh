@@ -84,12 +84,14 @@ count_cargo() { # log status name
 
 # Adds a suite's own "N passed, N failed" line.
 count_summary() { # log status name
-  local line p f
+  local line p f s
   line=$(grep -E '[0-9]+ passed, [0-9]+ failed' "$1" | tail -n1)
   p=$(grep -Eo '[0-9]+ passed' <<<"$line" | grep -Eo '[0-9]+')
   f=$(grep -Eo '[0-9]+ failed' <<<"$line" | grep -Eo '[0-9]+')
+  s=$(grep -Eo '[0-9]+ skipped' <<<"$line" | grep -Eo '[0-9]+')
   passed=$((passed + ${p:-0}))
   failed=$((failed + ${f:-0}))
+  skipped=$((skipped + ${s:-0}))
   if [[ $2 -ne 0 && ${f:-0} -eq 0 ]]; then failed=$((failed + 1)); fi
   if [[ $2 -ne 0 ]]; then failures+=("$3"); fi
 }
@@ -207,6 +209,19 @@ elif [[ -x tests/vm/run-all.sh ]]; then
   count_summary "$log_dir/vm.log" "${PIPESTATUS[0]}" "VM tests"
 fi
 
+# Last: each security check the README says a test proves is taken out of
+# the code, and its test must fail (tests/mutations/catalogue.toml). It edits
+# and rebuilds the tree, so nothing may build beside it or after it.
+say "mutation checks (tests/mutations/run.py)"
+tree_before=$(git status --porcelain 2>&1)
+tests/mutations/run.py 2>&1 | tee "$log_dir/mutations.log"
+count_summary "$log_dir/mutations.log" "${PIPESTATUS[0]}" "mutation checks"
+if [[ $(git status --porcelain 2>&1) != "$tree_before" ]]; then
+  echo "the mutation checks left the tree changed:"
+  git status --short
+  record "mutation checks left the tree as they found it" 1
+fi
+
 end_phase
 echo
 echo "time per phase (${SECONDS} s in all):"
@@ -218,6 +233,7 @@ if (( skipped )); then
   echo "skipped (did not run, or the check of a hole known to be open), with the reason:"
   grep -E '^test .* \.\.\. ignored' "$log_dir/cargo-test.log" | sed 's/^/  /'
   sed 's/^/  /' "$CONTAIN_SKIPPED_LOG" "$CONTAIN_SKIPPED_CHECKS_LOG"
+  grep -E '^SKIP ' "$log_dir/mutations.log" 2>/dev/null | sed 's/^/  mutation /'
   echo "$passed passed, $failed failed, $skipped skipped"
 else
   echo "$passed passed, $failed failed"

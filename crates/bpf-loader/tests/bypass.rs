@@ -542,12 +542,12 @@ const PROBES: &[Probe] = &[
             let answer = p["dst"] == PEER4_OTHER && p["src"] == CT4 && p["sport"].as_u64() == Some(9);
             forged_syn || answer
         })),
-    probe!("x-reflect-udp4-self", "raw UDP datagram from a spoofed denied address to the container's own closed port 9 (the kernel's port unreachable quotes it)",
+    probe!("x-reflect-udp4-lo", "raw UDP datagram from a spoofed denied address to 127.0.0.1's closed port 9 (the loopback allowance lets it be sent; the kernel's port unreachable quotes it)",
         "the forged datagram (its marker) on the container's lo, past the egress hook, or the kernel's answer at the peer", "plain UDP4",
-        simple(&["reflect-udp", PEER4_OTHER, CT4, "{L}"], &["udp", PEER4, "5353", "{C}"], reflected_or_on_lo)),
-    probe!("x-reflect-udp6-self", "raw UDP datagram from a spoofed denied address to the container's own closed port 9 over IPv6 (the kernel's port unreachable quotes it)",
+        simple(&["reflect-udp", PEER4_OTHER, "127.0.0.1", "{L}"], &["udp", PEER4, "5353", "{C}"], reflected_or_on_lo)),
+    probe!("x-reflect-udp6-lo", "raw UDP datagram from a spoofed denied address to ::1's closed port 9 (the loopback allowance lets it be sent; the kernel's port unreachable quotes it)",
         "the forged datagram (its marker) on the container's lo, past the egress hook, or the kernel's answer at the peer", "plain UDP6",
-        simple(&["reflect-udp", PEER6_OTHER, CT6, "{L}"], &["udp", PEER6, "5353", "{C}"], reflected_or_on_lo)),
+        simple(&["reflect-udp", PEER6_OTHER, "::1", "{L}"], &["udp", PEER6, "5353", "{C}"], reflected_or_on_lo)),
     probe!("x-mptcp-revocation", "MPTCP stream (plain TCP peer, fallback) to an allowed port; the rule is removed mid-stream",
         "a byte of the flow captured > 0.2 s after apply returned (frames already past the hooks)", "the flow's bytes arrive before the revocation", p_x_mptcp_revocation),
     probe!("x-revoked-flood", "300 TCP flows to the allowed peer, each then given an LSRR through a denied hop; count events",
