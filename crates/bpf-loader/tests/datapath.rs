@@ -3082,21 +3082,12 @@ async fn a_host_processs_packet_socket_in_a_containers_namespace_is_judged_as_th
             "{marker} (to a denied address) arrived at the peer: {arrived:?}"
         );
     }
-    let batch = client
-        .events(tarpc::context::current(), 0, 1000, 1000)
-        .await
-        .expect("rpc");
-    let denied: Vec<_> = batch
-        .events
+    let events = all_events(&client).await;
+    let denied: Vec<_> = events
         .iter()
         .filter(|e| e.hook == Hook::Veth && e.dst.to_string() == PEER4_OTHER)
         .collect();
-    assert_eq!(
-        denied.len(),
-        2,
-        "one event per denied frame: {:#?}",
-        batch.events
-    );
+    assert_eq!(denied.len(), 2, "one event per denied frame: {events:#?}");
     for event in denied {
         assert!(event.link_layer, "{event:#?}");
         assert_eq!(
