@@ -538,6 +538,28 @@ pub fn apply(state: &mut KernelState, unknown_verdict: Option<Verdict>, ops: &[M
     state.apply_ops(ops);
 }
 
+/// The operations that take the maps back to `before` from where `done`
+/// (the first operations of a diff from `before`, each key once, as
+/// [`validate`](crate::validate::validate) requires) left them, in the
+/// order they are to be written: newest first. Each one then leaves the
+/// maps in a state the diff passed through, so a packet racing the undo
+/// is judged as on the way there.
+pub fn undo_ops(before: &KernelState, done: &[MapOp]) -> Vec<MapOp> {
+    done.iter()
+        .rev()
+        .map(|op| {
+            let key = match op {
+                MapOp::Upsert { entry } => entry.key(),
+                MapOp::Delete { key } => *key,
+            };
+            match before.get(&key) {
+                Some(entry) => MapOp::Upsert { entry },
+                None => MapOp::Delete { key },
+            }
+        })
+        .collect()
+}
+
 /// The order in which a diff's operations reach the kernel, so that a packet
 /// racing the update never sees a rule whose target is missing: first the
 /// rule tables a new policy points to, then the cgroup pointers, and only
@@ -1197,6 +1219,36 @@ mod tests {
             }
         }
 
+        /// A diff stopped after any number of its operations and undone:
+        /// after each undo write the maps are exactly as the diff left them
+        /// one write earlier, down to the state before it. So every state
+        /// the undo passes through is one the tests above judge.
+        #[test]
+        fn an_undo_retraces_the_states_of_the_diff(a in arb_state(), b in arb_state()) {
+            let ops = diff_ops(&a, &b);
+            let mut on_the_way = vec![a.clone()];
+            for op in &ops {
+                let mut next = on_the_way[on_the_way.len() - 1].clone();
+                next.apply_ops(std::slice::from_ref(op));
+                on_the_way.push(next);
+            }
+            for done in 0..=ops.len() {
+                let undo = undo_ops(&a, &ops[..done]);
+                prop_assert_eq!(undo.len(), done);
+                let mut state = on_the_way[done].clone();
+                for (step, op) in undo.iter().enumerate() {
+                    state.apply_ops(std::slice::from_ref(op));
+                    let expected = done - 1 - step;
+                    prop_assert_eq!(
+                        &state,
+                        &on_the_way[expected],
+                        "{} of {} ops done, undo step {} ({:?}) should reach the state after op {}",
+                        done, ops.len(), step, op, expected
+                    );
+                }
+            }
+        }
+
         #[test]
         fn ops_are_in_apply_order(a in arb_state(), b in arb_state()) {
             let ops = diff_ops(&a, &b);
@@ -1409,6 +1461,54 @@ mod tests {
         .map(apply_class)
         .collect();
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+    }
+
+    /// A new entry is undone by a delete, a changed one by its old value,
+    /// a deleted one by writing it again; the newest write first.
+    #[test]
+    fn an_undo_writes_back_the_old_entries_newest_first() {
+        let cgroup = |id, policy_id| Entry::Cgroup {
+            id,
+            value: CgroupEntry::enforced(policy_id),
+        };
+        let port = Entry::Port {
+            key: PortPrefix {
+                ruleset: 1,
+                proto: 6,
+                port: 443,
+                port_bits: 16,
+            },
+            rule_id: 1,
+        };
+        let mut before = KernelState::default();
+        before.upsert(cgroup(41, 1));
+        before.upsert(port);
+        let done = [
+            MapOp::Upsert {
+                entry: cgroup(41, 2),
+            },
+            MapOp::Upsert {
+                entry: cgroup(42, 1),
+            },
+            MapOp::Delete { key: port.key() },
+        ];
+        let undo = undo_ops(&before, &done);
+        assert_eq!(
+            undo,
+            [
+                MapOp::Upsert { entry: port },
+                MapOp::Delete {
+                    key: EntryKey::Cgroup { id: 42 },
+                },
+                MapOp::Upsert {
+                    entry: cgroup(41, 1),
+                },
+            ]
+        );
+        let mut state = before.clone();
+        state.apply_ops(&done);
+        state.apply_ops(&undo);
+        assert_eq!(state, before);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use contain_common::{self as kern, map_names, DestValue, PortValue, VethOwner};
 use std::collections::BTreeSet;
 
 use kernel_model::{
-    diff::{apply_order, verdict_goes_first, MapDiff},
+    diff::{apply_order, undo_ops, verdict_goes_first, MapDiff},
     repr::{self, EncodeError, LpmKey},
     state::{Entry, EntryKey, KernelState, MapOp},
     validate::validate,
@@ -63,14 +63,10 @@ impl Kernel {
                 }
             })?;
         }
-        let mut undo: Vec<MapOp> = Vec::with_capacity(ops.len());
-        for (op, write) in ops.iter().zip(&writes) {
-            let key = match op {
-                MapOp::Upsert { entry } => entry.key(),
-                MapOp::Delete { key } => *key,
-            };
+        for (done, write) in writes.iter().enumerate() {
             if let Err(e) = write.write(&mut self.maps) {
-                self.undo(&undo);
+                // The mirror still holds the state before this diff.
+                self.undo(&undo_ops(&self.mirror, &ops[..done]));
                 // Verdicts cached while the diff was half written were
                 // decided on maps that never were the policy; and the
                 // verdict for unknown cgroups is the old one again.
@@ -84,11 +80,6 @@ impl Kernel {
                 }
                 return Err(e);
             }
-            // The mirror still holds the state before this diff.
-            undo.push(match self.mirror.get(&key) {
-                Some(entry) => MapOp::Upsert { entry },
-                None => MapOp::Delete { key },
-            });
         }
         let written = started.elapsed();
         self.mirror.apply_ops(&ops);
@@ -156,16 +147,16 @@ impl Kernel {
         Ok(config)
     }
 
-    /// Writes back what `done` (the inverse of the writes so far) restores,
-    /// newest first. A write back can fail too (a full map, or no memory for
-    /// an element: the hash maps allocate as entries are added); then the
-    /// maps are not what the mirror says, and every later diff planned from
-    /// the mirror could be refused. So the mirror is read again from the
-    /// maps, and the generation moves: a diff planned before is refused, and
-    /// policyd plans the next one from what the maps hold.
-    fn undo(&mut self, done: &[MapOp]) {
+    /// Writes `undo` ([`undo_ops`] of the writes so far) in its order. A
+    /// write back can fail too (a full map, or no memory for an element: the
+    /// hash maps allocate as entries are added); then the maps are not what
+    /// the mirror says, and every later diff planned from the mirror could
+    /// be refused. So the mirror is read again from the maps, and the
+    /// generation moves: a diff planned before is refused, and policyd plans
+    /// the next one from what the maps hold.
+    fn undo(&mut self, undo: &[MapOp]) {
         let mut failed = false;
-        for back in done.iter().rev() {
+        for back in undo {
             let result = MapWrite::encode(back, self.exe_key)
                 .map_err(KernelError::from)
                 .and_then(|write| write.write(&mut self.maps));
