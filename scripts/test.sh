@@ -213,10 +213,11 @@ fi
 # the code, and its test must fail (tests/mutations/catalogue.toml). It edits
 # and rebuilds the tree, so nothing may build beside it or after it.
 say "mutation checks (tests/mutations/run.py)"
-tree_before=$(git status --porcelain 2>&1)
+tree_state() { git status --porcelain 2>&1; git diff HEAD 2>&1 | sha256sum; }
+tree_before=$(tree_state)
 tests/mutations/run.py 2>&1 | tee "$log_dir/mutations.log"
 count_summary "$log_dir/mutations.log" "${PIPESTATUS[0]}" "mutation checks"
-if [[ $(git status --porcelain 2>&1) != "$tree_before" ]]; then
+if [[ $(tree_state) != "$tree_before" ]]; then
   echo "the mutation checks left the tree changed:"
   git status --short
   record "mutation checks left the tree as they found it" 1

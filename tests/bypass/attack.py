@@ -290,9 +290,10 @@ def nd(icmp_type, dest, ifname, marker):
 
 
 def mld(ifname, marker):
-    """An MLDv2 report from this process's raw ICMPv6 socket, shaped as the
-    kernel's own (to ff02::16, hop limit 1), the marker after its group
-    record: not the kernel's, so judged by the rules."""
+    """An MLDv2 report from this process's raw ICMPv6 socket, to ff02::16
+    with hop limit 1 as the kernel's own (without its Hop-by-Hop Router
+    Alert), the marker after its group record: not the kernel's, so judged
+    by the rules."""
     with socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as s:
         record = struct.pack("!BBH", 4, 0, 0) + socket.inet_pton(socket.AF_INET6, "ff05::1:3")
         msg = struct.pack("!BBHHH", 143, 0, 0, 0, 1) + record + payload(marker, 48)
@@ -816,9 +817,9 @@ def reflect_rst4(spoofed, dst, dport, sport):
 
 
 def reflect_udp(spoofed, dst, marker):
-    """A datagram "from" a denied address to the container's own closed
-    port 9, over IPv4 or IPv6 (by `dst`): the kernel answers with a port
-    unreachable to the denied address, quoting the marker."""
+    """A datagram "from" a denied address to closed port 9 of `dst`, a
+    local address (127.0.0.1, ::1), over IPv4 or IPv6: the kernel answers
+    with a port unreachable to the denied address, quoting the marker."""
     family, packet = udp_packet(spoofed, dst, 9, marker)
     (raw6_send if family == ETH_P_IPV6 else raw4_send)([packet], dst)
 

@@ -3108,7 +3108,18 @@ async fn a_udp_reply_allowance_ends_when_the_loader_starts_again() {
         return;
     };
     use std::io::{BufRead, Write};
-    let (mut lab, client, rules, capture) = lab_with_a_mapped_veth().await;
+    // A reply timeout no run of this test reaches: the allowance can only
+    // end with the restart.
+    let mut lab = Lab::new();
+    lab.loader_args = vec!["--udp-reply-timeout-secs".into(), "3600".into()];
+    let client = lab.start_loader().await;
+    let mut rules = Rules::default();
+    rules
+        .cgroup(lab.ct_id(), 1, false)
+        .veth(lab.ct_veth.ifindex, lab.ct_id(), &[CT4, CT6])
+        .allow(allow(PEER4, UDP, Some(5353)));
+    converge(&client, &rules.state, Verdict::Deny).await;
+    let capture = lab.start_peer_capture();
     drop(client);
     // The container's socket on port 6010 answers the peer's first
     // datagram, then once more for each line on its stdin: with no new

@@ -69,10 +69,10 @@ fn the_loader_mounts_bpffs_for_root_alone_where_none_is() {
     let Some(()) = require_root("the_loader_mounts_bpffs_for_root_alone_where_none_is") else {
         return;
     };
-    let scratch = Unmounted(std::path::PathBuf::from(format!(
-        "/tmp/contain-t-{}-bpffs",
-        std::process::id()
-    )));
+    // In $TMPDIR, which the suite keeps root's: a path another user could
+    // make first would have root mount bpffs wherever a link there points.
+    let scratch =
+        Unmounted(std::env::temp_dir().join(format!("contain-t-{}-bpffs", std::process::id())));
     let bpffs = scratch.0.join("bpf");
     std::fs::create_dir_all(&bpffs).expect("making the mount point");
     std::fs::set_permissions(&bpffs, std::fs::Permissions::from_mode(0o777)).unwrap();

@@ -178,8 +178,9 @@ pub enum Socket {
     /// A full socket a process created while contain ran, stamped with
     /// its creator.
     Stamped { creator: Creator, kind: SocketKind },
-    /// A full socket no process under contain created: the kernel's own
-    /// control sockets, or one that predates contain.
+    /// A full socket without storage: the kernel's own control sockets, one
+    /// that predates contain (until its connect stamps it), or one whose
+    /// storage could not be made.
     Unstamped { kind: SocketKind },
     /// A request or time-wait socket: the handshake of an inbound
     /// connection, or the tail of a closed one.
@@ -234,7 +235,8 @@ pub enum Reason {
     UdpReply,
     /// A forged local source, an unreadable source route, a process's
     /// neighbour discovery or a TCP opening from a socket without storage:
-    /// never allowed.
+    /// no rule allows it; the miss verdict decides (deny, audit mode's
+    /// audit, or the unknown-container verdict).
     Unjudgeable,
     /// Every address of a source route judged by the rules.
     SourceRoute,

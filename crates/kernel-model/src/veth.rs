@@ -1,12 +1,14 @@
 //! The veth backstop's decision, replayed on a [`KernelState`]: what
 //! `contain_veth` (tc ingress on the host side of a container's veth, the
 //! container's egress) does with one frame, sorted by the socket the kernel
-//! keeps on it ([`Origin`]).
+//! keeps on it ([`Origin`]); and what `contain_veth_inbound` (tc egress
+//! there, into the container) does with one frame ([`admit_inbound`]).
 //!
 //! This mirrors `contain-ebpf/src/veth.rs` (`judge_frame` and what it
 //! calls: `judge_source`, `source_of`, `source_allowed`,
 //! `is_link_control`, `is_forwarded_dns`, `is_kernel_answer`,
-//! `deny_forged`, `deny_frame`); the differential test
+//! `deny_forged`, `deny_frame`; `admit_inbound` and
+//! `speaks_for_its_source`); the differential test
 //! (`bpf-loader/tests/veth_differential.rs`) holds the two equal on random
 //! states and frames, for the origins a test run can give a frame.
 //!
@@ -433,21 +435,69 @@ fn is_kernel_answer(frame: &Frame, packet: &Packet, origin: Origin) -> bool {
     answer && frame.dest_recent_peer
 }
 
-/// The source `contain_veth_inbound` notes of `frame`, a frame into a
-/// container through veth `ifindex` of age `age`, so that the kernel's
-/// answers to it pass ([`Frame::dest_recent_peer`]): on a veth with an
-/// owner or a new one (no other veth's peers are noted), a packet the
-/// parser reads whole, not a later fragment, not an ICMP error (conntrack
-/// lets one in from any host as related to a flow; its source never
-/// spoke), and on a veth with an owner, addressed to one of the
-/// container's own addresses (not to a neighbour whose MAC the container
-/// took over on the bridge).
-pub fn notes_source(
+/// How a frame into a container came to the host side of its veth, as
+/// `contain_veth_inbound` tells from `ingress_ifindex`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// Through another device (another port of the bridge, a route), or
+    /// sent by the host itself.
+    Elsewhere,
+    /// Sent back out of the port it came in on by a bridge in hairpin mode
+    /// (`ingress_ifindex == ifindex`): a frame the container sent.
+    Reflected {
+        /// The destination MAC is a group address (multicast, broadcast:
+        /// its first byte's low bit set), or its first byte cannot be read
+        /// (which no test run's frame, at least an Ethernet header, is).
+        to_group: bool,
+        /// Who sent it, as [`judge_frame_on`] took it on its way out.
+        origin: Origin,
+    },
+}
+
+/// What `contain_veth_inbound` does with a frame into a container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InboundVerdict {
+    /// Passed on; else dropped (`TC_ACT_SHOT`).
+    pub passes: bool,
+    /// The source noted as a peer of the veth (`VETH_PEERS`), so that the
+    /// kernel's answers to it pass ([`Frame::dest_recent_peer`]).
+    pub noted: Option<IpAddr>,
+}
+
+/// `contain_veth_inbound`'s decision on `frame`, into a container through
+/// veth `ifindex` of age `age`: `admit_inbound` in
+/// `contain-ebpf/src/veth.rs`. A frame the bridge reflected is the
+/// container's own and notes nothing: dropped when it goes to a group (the
+/// kernel loops multicast and broadcast back itself) or a packet socket
+/// sent it (it must not come back as if another host had sent it), passed
+/// otherwise. Every other frame passes, its source noted when it spoke for
+/// itself (`noted_source`).
+pub fn admit_inbound(
     state: &KernelState,
     ifindex: u32,
     age: VethAge,
+    arrival: Arrival,
     frame: &Frame,
-) -> Option<IpAddr> {
+) -> InboundVerdict {
+    match arrival {
+        Arrival::Reflected { to_group, origin } => InboundVerdict {
+            passes: !to_group && !matches!(origin, Origin::PacketSocket { .. }),
+            noted: None,
+        },
+        Arrival::Elsewhere => InboundVerdict {
+            passes: true,
+            noted: noted_source(state, ifindex, age, frame),
+        },
+    }
+}
+
+/// The source noted of `frame`, one not reflected: on a veth with an owner
+/// or a new one (no other veth's peers are noted), a packet the parser
+/// reads whole, not a later fragment, not an ICMP error (conntrack lets one
+/// in from any host as related to a flow; its source never spoke), and on
+/// a veth with an owner, addressed to one of the container's own addresses
+/// (not to a neighbour whose MAC the container took over on the bridge).
+fn noted_source(state: &KernelState, ifindex: u32, age: VethAge, frame: &Frame) -> Option<IpAddr> {
     let packet = frame.packet.as_ref()?;
     let owned = state.veths.contains_key(&ifindex);
     let spoke = (owned || age == VethAge::New)
@@ -1207,7 +1257,11 @@ mod tests {
     #[test]
     fn only_a_source_that_spoke_for_itself_is_noted() {
         let s = state();
-        let notes_source = |f: &Frame| super::notes_source(&s, VETH, VethAge::Settled, f);
+        let notes_source = |f: &Frame| {
+            let v = admit_inbound(&s, VETH, VethAge::Settled, Arrival::Elsewhere, f);
+            assert!(v.passes, "a frame not reflected passes: {f:?}");
+            v.noted
+        };
         let peer = IpAddr::from(Ipv4Addr::new(198, 18, 9, 9));
         let peer6 = IpAddr::from(Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, 9));
         let into =
@@ -1267,13 +1321,58 @@ mod tests {
         unowned.veths.clear();
         let f = into(peer, neighbour, ip_proto::UDP, 53);
         assert_eq!(
-            super::notes_source(&unowned, VETH, VethAge::New, &f),
+            admit_inbound(&unowned, VETH, VethAge::New, Arrival::Elsewhere, &f).noted,
             Some(peer)
         );
         assert_eq!(
-            super::notes_source(&unowned, VETH, VethAge::Settled, &f),
+            admit_inbound(&unowned, VETH, VethAge::Settled, Arrival::Elsewhere, &f).noted,
             None
         );
+    }
+
+    #[test]
+    fn a_reflected_frame_is_dropped_to_a_group_or_from_a_packet_socket_and_never_noted() {
+        let s = state();
+        let mut unowned = s.clone();
+        unowned.veths.clear();
+        let peer = IpAddr::from(Ipv4Addr::new(198, 18, 9, 9));
+        // A frame whose source is noted when it is not reflected.
+        let f = frame(packet(peer, OWN4.into(), ip_proto::UDP, 53));
+        assert_eq!(
+            admit_inbound(&s, VETH, VethAge::Settled, Arrival::Elsewhere, &f),
+            InboundVerdict {
+                passes: true,
+                noted: Some(peer)
+            }
+        );
+        let ungoverned_packet = Origin::PacketSocket {
+            governed_cgroup: None,
+        };
+        let dropped = InboundVerdict {
+            passes: false,
+            noted: None,
+        };
+        let passed = InboundVerdict {
+            passes: true,
+            noted: None,
+        };
+        for (origin, unicast) in [
+            (SOCKETLESS, passed),
+            (KERNEL, passed),
+            (HOST_PROCESS, passed),
+            (JUDGED, passed),
+            (PACKET, dropped),
+            (ungoverned_packet, dropped),
+        ] {
+            for (state, age) in [(&s, VethAge::Settled), (&unowned, VethAge::New)] {
+                let reflected = |to_group| {
+                    let arrival = Arrival::Reflected { to_group, origin };
+                    admit_inbound(state, VETH, age, arrival, &f)
+                };
+                assert_eq!(reflected(true), dropped, "to a group, {origin:?} {age:?}");
+                assert_eq!(reflected(false), unicast, "unicast, {origin:?} {age:?}");
+            }
+        }
     }
 
     #[test]

@@ -39,9 +39,10 @@ pub struct TestRun {
 }
 
 /// Bytes of `struct __sk_buff` passed as the test run's context: up to and
-/// including `ifindex` (offset 40) and `tc_index`, which the kernel requires
-/// to be zero.
+/// including `ingress_ifindex` (offset 36), `ifindex` (offset 40) and
+/// `tc_index`, which the kernel requires to be zero.
 const SKB_CTX_LEN: usize = 48;
+const SKB_CTX_INGRESS_IFINDEX: usize = 36;
 const SKB_CTX_IFINDEX: usize = 40;
 
 /// Runs program `prog_fd` `repeat` times on `packet` (for skb programs: an
@@ -51,7 +52,24 @@ const SKB_CTX_IFINDEX: usize = 40;
 /// treats a packet that is not from a loopback address to another address
 /// as forged.
 pub fn run(prog_fd: RawFd, packet: &[u8], repeat: u32, ifindex: u32) -> io::Result<TestRun> {
+    run_from(prog_fd, packet, repeat, ifindex, 0)
+}
+
+/// [`run`] on a packet that came into the host through interface
+/// `ingress_ifindex` (the kernel's `skb_iif`, which a tc program reads as
+/// `__sk_buff.ingress_ifindex`; 0 for one the host sent). A bridge in
+/// hairpin mode sends a frame back out of the port it came in on: a frame
+/// leaving through `ifindex` that came in through it.
+pub fn run_from(
+    prog_fd: RawFd,
+    packet: &[u8],
+    repeat: u32,
+    ifindex: u32,
+    ingress_ifindex: u32,
+) -> io::Result<TestRun> {
     let mut ctx = [0u8; SKB_CTX_LEN];
+    ctx[SKB_CTX_INGRESS_IFINDEX..SKB_CTX_INGRESS_IFINDEX + 4]
+        .copy_from_slice(&ingress_ifindex.to_ne_bytes());
     ctx[SKB_CTX_IFINDEX..SKB_CTX_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
     let mut attr = TestRunAttr {
         prog_fd: prog_fd as u32,
