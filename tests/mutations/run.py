@@ -107,6 +107,16 @@ def cargo_test(tree, args, env, no_run=False):
         running = None
 
 
+def excerpt(out):
+    """What a failure report needs of a test's output: each panic's message
+    (a few lines from "panicked at"), or the end of the output."""
+    lines = out.strip().splitlines()
+    panics = [i for i, line in enumerate(lines) if "panicked at" in line]
+    if not panics:
+        return "\n".join(lines[-30:])
+    return "\n".join("\n".join(lines[i:i + 6]) for i in panics)
+
+
 def check(tree, m):
     """'ok', or why the mutation is a failure."""
     # A proptest that fails under a mutation must not write its case into
@@ -122,7 +132,7 @@ def check(tree, m):
         return f"the test ran past {TIMEOUT_SECS} s and was killed"
     if sum(int(n) for n in re.findall(r"^running (\d+) tests?$", out, re.M)) == 0:
         return "no test ran (the test name in the catalogue is stale)"
-    tail = "\n".join(out.strip().splitlines()[-30:])
+    tail = excerpt(out)
     if m.get("outcome", "fails") == "holds":
         missing = [e for e in m["expect"] if e not in out]
         found = [f for f in m["forbid"] if f in out]
