@@ -289,14 +289,28 @@ def nd(icmp_type, dest, ifname, marker):
         attempt("sendto", lambda: s.sendto(msg, (dest, 0, 0, scope)) and None)
 
 
+def mld_report(marker):
+    """An MLDv2 report of one group record (ff05::1:3), the marker after
+    it; its checksum left 0 (the kernel fills it for a raw socket)."""
+    record = struct.pack("!BBH", 4, 0, 0) + socket.inet_pton(socket.AF_INET6, "ff05::1:3")
+    return struct.pack("!BBHHH", 143, 0, 0, 0, 1) + record + payload(marker, 48)
+
+
+def igmp_report(marker):
+    """An IGMPv3 membership report of one group record (239.1.2.3), the
+    marker after it, with its checksum."""
+    record = struct.pack("!BBH4s", 2, 0, 0, socket.inet_aton("239.1.2.3"))
+    report = struct.pack("!BBHHH", 0x22, 0, 0, 0, 1) + record + payload(marker, 64)
+    return report[:2] + struct.pack("!H", csum(report)) + report[4:]
+
+
 def mld(ifname, marker):
     """An MLDv2 report from this process's raw ICMPv6 socket, to ff02::16
     with hop limit 1 as the kernel's own (without its Hop-by-Hop Router
     Alert), the marker after its group record: not the kernel's, so judged
     by the rules."""
     with socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as s:
-        record = struct.pack("!BBH", 4, 0, 0) + socket.inet_pton(socket.AF_INET6, "ff05::1:3")
-        msg = struct.pack("!BBHHH", 143, 0, 0, 0, 1) + record + payload(marker, 48)
+        msg = mld_report(marker)
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1)
         scope = socket.if_nametoindex(ifname)
         attempt("sendto", lambda: s.sendto(msg, ("ff02::16", 0, 0, scope)) and None)
@@ -307,9 +321,7 @@ def igmp(src, marker):
     224.0.0.22, TTL 1, out of the interface of `src`), the marker after its
     group record: judged by the rules."""
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, 2) as s:
-        record = struct.pack("!BBH4s", 2, 0, 0, socket.inet_aton("239.1.2.3"))
-        report = struct.pack("!BBHHH", 0x22, 0, 0, 0, 1) + record + payload(marker, 64)
-        report = report[:2] + struct.pack("!H", csum(report)) + report[4:]
+        report = igmp_report(marker)
         s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
         s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(src))
         attempt("sendto", lambda: s.sendto(report, ("224.0.0.22", 0)) and None)
@@ -971,9 +983,7 @@ def pkt_igmp(ifname, src, marker):
     """An IGMPv3 membership report as the kernel sends one (to 224.0.0.22,
     TTL 1, Router Alert), from a packet socket, the marker after its one
     group record."""
-    record = struct.pack("!BBH4s", 2, 0, 0, socket.inet_aton("239.1.2.3"))
-    report = struct.pack("!BBHHH", 0x22, 0, 0, 0, 1) + record + payload(marker, 64)
-    report = report[:2] + struct.pack("!H", csum(report)) + report[4:]
+    report = igmp_report(marker)
     router_alert = b"\x94\x04\x00\x00"
     packet = ip4(src, "224.0.0.22", 2, report, options=router_alert, ttl=1)
     frame_send(ifname, "raw", 0, mac("01:00:5e:00:00:16"), 0x0800, packet)
@@ -1131,8 +1141,7 @@ def pkt_mld(ifname, src, marker):
     """An MLDv2 report as the kernel sends one (to ff02::16, hop limit 1),
     from a packet socket, the marker after its one group record."""
     dst = "ff02::16"
-    record = struct.pack("!BBH", 4, 0, 0) + socket.inet_pton(socket.AF_INET6, "ff05::1:3")
-    msg = struct.pack("!BBHHH", 143, 0, 0, 0, 1) + record + payload(marker, 48)
+    msg = mld_report(marker)
     c = icmp6_csum(src, dst, msg)
     msg = msg[:2] + struct.pack("!H", c) + msg[4:]
     pkt = ip6(src, dst, 58, msg)
