@@ -250,38 +250,32 @@ pub fn assign(
     let mut shared: BTreeSet<u64> = BTreeSet::new();
     for (container_index, container) in inventory.containers.iter().enumerate() {
         let selection = inventory::select(policies, container);
-        if !selection.also_matched.is_empty() {
-            if let Some(first) = selection.policy {
+        if let Some(index) = selection.policy {
+            let policy = &policies.policies[index];
+            if !selection.also_matched.is_empty() {
                 let others: Vec<String> = selection
                     .also_matched
                     .iter()
                     .map(|&i| format!("\"{}\"", policies.policies[i].name))
                     .collect();
-                warnings.push(Diagnostic {
-                    severity: Severity::Warning,
-                    location: policies.policies[first].location.clone(),
-                    message: format!(
+                warnings.push(warning(
+                    policy.location.clone(),
+                    format!(
                         "container \"{}\" is selected by policy \"{}\" and also by {}; the first in the file applies",
                         container.name,
-                        policies.policies[first].name,
+                        policy.name,
                         others.join(", ")
                     ),
-                    source_line: None,
-                });
+                ));
             }
-        }
-        if let Some(index) = selection.policy {
-            let policy = &policies.policies[index];
             if container.host_network && policy.allow_loopback {
-                warnings.push(Diagnostic {
-                    severity: Severity::Warning,
-                    location: policy.location.clone(),
-                    message: format!(
+                warnings.push(warning(
+                    policy.location.clone(),
+                    format!(
                         "container \"{}\" uses the host network, so loopback is the host's: policy \"{}\" lets it reach every host-local service; set allow_loopback = false in that policy to prevent it",
                         container.name, policy.name
                     ),
-                    source_line: None,
-                });
+                ));
             }
         }
         let entry = container
@@ -341,20 +335,18 @@ pub fn assign(
                 inventory.containers[owner[&cgroup_id]].name
             )
         };
-        warnings.push(Diagnostic {
-            severity: Severity::Warning,
-            location: None,
-            message: format!(
+        warnings.push(warning(
+            None,
+            format!(
                 "containers {} report the same cgroup id {cgroup_id} under different policies; the kernel cannot tell their packets apart and judges them all by {judged_by}",
                 names.join(", "),
             ),
-            source_line: None,
-        });
+        ));
     }
     let (veths, veth_sources, sources_needed) =
         assign_veths(policies, inventory, &assignments, &mut warnings);
     let (files, exes) = assign_files(policies, rules, inventory, &assignments, &mut warnings);
-    for (map, needed, cap) in [
+    check_capacity(&[
         ("CGROUPS", cgroups.len(), capacity::CGROUPS),
         ("VETHS", veths.len(), capacity::VETHS),
         ("VETH_SOURCES", sources_needed, capacity::VETH_SOURCES),
@@ -363,15 +355,7 @@ pub fn assign(
             rules.processes.len() + files.len(),
             capacity::PROCESSES,
         ),
-    ] {
-        if needed > cap as usize {
-            return Err(CompileError::Capacity {
-                map,
-                needed,
-                capacity: cap,
-            });
-        }
-    }
+    ])?;
     Ok(Assigned {
         assignments,
         cgroups,
@@ -381,6 +365,31 @@ pub fn assign(
         exes,
         warnings,
     })
+}
+
+/// Fails on the first map that needs more entries than the kernel's holds.
+fn check_capacity(maps: &[(&'static str, usize, u32)]) -> Result<(), CompileError> {
+    for &(map, needed, capacity) in maps {
+        if needed > capacity as usize {
+            return Err(CompileError::Capacity {
+                map,
+                needed,
+                capacity,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A finding of the compile, about the policy (`location`) or the
+/// inventory.
+fn warning(location: Option<Location>, message: String) -> Diagnostic {
+    Diagnostic {
+        severity: Severity::Warning,
+        location,
+        message,
+        source_line: None,
+    }
 }
 
 /// The `CGROUPS` entry of a container the policy of index `policy`
@@ -454,46 +463,39 @@ fn assign_files(
     let mut files: BTreeMap<ProcessKey, (u32, usize)> = BTreeMap::new();
     let mut outcomes = Vec::new();
     for a in assignments {
-        let Some(policy_index) = a.policy_index else {
+        let container = &inventory.containers[a.container_index];
+        let (Some(policy_index), Some(_)) = (a.policy_index, container.cgroup_id) else {
             continue;
         };
-        let container = &inventory.containers[a.container_index];
-        if container.cgroup_id.is_none() {
-            continue;
-        }
         let policy = &policies.policies[policy_index];
         let policy_id = rules.policy_ids[policy_index];
         for (pi, process) in policy.processes.iter().enumerate() {
             let class = rules.class_ids[policy_index][pi];
             for path in process.exe_paths() {
-                let mut file = exe_file(process, path, &container.exes);
-                if let Ok(id) = file {
+                let file = exe_file(process, path, &container.exes).and_then(|id| {
                     let key = ProcessKey {
                         policy_id,
                         process: ProcessMatch::File(id),
                     };
                     match files.get(&key) {
-                        Some(&(other_class, other)) if other_class != class => {
-                            file = Err(format!(
-                                "it is the same file as {} of an earlier process entry, which keeps it",
-                                policy.processes[other].describe()
-                            ));
-                        }
+                        Some(&(other_class, other)) if other_class != class => Err(format!(
+                            "it is the same file as {} of an earlier process entry, which keeps it",
+                            policy.processes[other].describe()
+                        )),
                         _ => {
                             files.insert(key, (class, pi));
+                            Ok(id)
                         }
                     }
-                }
+                });
                 if let Err(why) = &file {
-                    warnings.push(Diagnostic {
-                        severity: Severity::Warning,
-                        location: process.location.clone(),
-                        message: format!(
+                    warnings.push(warning(
+                        process.location.clone(),
+                        format!(
                             "container \"{}\": exe {path} gives no process class: {why}; processes running it get the container-wide rules of policy \"{}\"",
                             container.name, policy.name
                         ),
-                        source_line: None,
-                    });
+                    ));
                 }
                 let (final_path, links) = match container.exes.get(path) {
                     Some(Ok(resolved)) => (resolved.final_path.clone(), resolved.links),
@@ -551,15 +553,13 @@ fn assign_veths(
             );
         }
         if container.addresses.is_empty() && policy_of(owner.owner).is_some() {
-            warnings.push(Diagnostic {
-                severity: Severity::Warning,
-                location: None,
-                message: format!(
+            warnings.push(warning(
+                None,
+                format!(
                     "container \"{}\": none of its addresses is known (the resolver reports them); its frames on veth {ifindex} are refused as forged, but for the kernel's neighbour discovery, until one is",
                     container.name
                 ),
-                source_line: None,
-            });
+            ));
         }
         let others: Vec<usize> = owner
             .sharers
@@ -584,14 +584,12 @@ fn assign_veths(
             Some(index) => format!("policy \"{}\"", policies.policies[index].name),
             None => "unrestricted: no policy selects it".to_string(),
         };
-        warnings.push(Diagnostic {
-            severity: Severity::Warning,
-            location: None,
-            message: format!(
+        warnings.push(warning(
+            None,
+            format!(
                 "{subject} {verb} the network namespace of \"{owner_name}\"; packets from no container's socket there (the kernel's answers, Docker's DNS forwarding) are judged under \"{owner_name}\"'s policy ({policy})"
             ),
-            source_line: None,
-        });
+        ));
     }
     (veths, sources, sources_needed)
 }
@@ -707,19 +705,11 @@ pub fn compile_rules_reusing(
         }
         out.policy_warnings.push(warnings_from..out.warnings.len());
     }
-    for (map, needed, cap) in [
+    check_capacity(&[
         ("PROCESSES", out.processes.len(), capacity::PROCESSES),
         ("DESTS", out.dests.len(), capacity::DESTS),
         ("PORTS", out.ports.len(), capacity::PORTS),
-    ] {
-        if needed > cap as usize {
-            return Err(CompileError::Capacity {
-                map,
-                needed,
-                capacity: cap,
-            });
-        }
-    }
+    ])?;
     Ok((out, reuse))
 }
 
@@ -729,16 +719,15 @@ fn policy_dests(
     dests: &BTreeMap<DestPrefix, u32>,
     policy_id: u32,
 ) -> impl Iterator<Item = (&DestPrefix, &u32)> {
-    let at = |policy_id| DestPrefix {
+    let first = DestPrefix {
         policy_id,
         class: 0,
         addr: [0; 16],
         prefix_len: 0,
     };
-    match policy_id.checked_add(1) {
-        Some(next) => dests.range(at(policy_id)..at(next)),
-        None => dests.range(at(policy_id)..),
-    }
+    dests
+        .range(first..)
+        .take_while(move |(k, _)| k.policy_id == policy_id)
 }
 
 /// The `PORTS` entries of one ruleset (keys sort by ruleset first).
@@ -746,20 +735,19 @@ fn ruleset_ports(
     ports: &BTreeMap<PortPrefix, u32>,
     ruleset: u32,
 ) -> impl Iterator<Item = (&PortPrefix, &u32)> {
-    let at = |ruleset| PortPrefix {
+    let first = PortPrefix {
         ruleset,
         proto: 0,
         port: 0,
         port_bits: 0,
     };
-    match ruleset.checked_add(1) {
-        Some(next) => ports.range(at(ruleset)..at(next)),
-        None => ports.range(at(ruleset)..),
-    }
+    ports
+        .range(first..)
+        .take_while(move |(k, _)| k.ruleset == ruleset)
 }
 
 /// The rulesets one policy's destinations point to.
-fn policy_rulesets(compiled: &CompiledRules, policy_id: u32) -> std::collections::BTreeSet<u32> {
+fn policy_rulesets(compiled: &CompiledRules, policy_id: u32) -> BTreeSet<u32> {
     policy_dests(&compiled.dests, policy_id)
         .map(|(_, &ruleset)| ruleset)
         .collect()
@@ -799,9 +787,7 @@ fn holds_ids(
             return false;
         }
     }
-    let scopes = std::iter::once((None, &policy.rules))
-        .chain(policy.processes.iter().map(|p| (Some(p), &p.rules)));
-    for ((process, rules), scope_ids) in scopes.zip(rule_ids) {
+    for ((process, rules), scope_ids) in scopes(policy).zip(rule_ids) {
         if rules.len() != scope_ids.len() {
             return false;
         }
@@ -893,24 +879,9 @@ fn compile_policy(
     out: &mut CompiledRules,
 ) -> Result<(), CompileError> {
     // Rule ids, per scope.
-    let mut rule_ids = vec![scope_rule_ids(
-        policy,
-        None,
-        &policy.rules,
-        ids,
-        index,
-        out,
-    )?];
-    for process in &policy.processes {
-        rule_ids.push(scope_rule_ids(
-            policy,
-            Some(process),
-            &process.rules,
-            ids,
-            index,
-            out,
-        )?);
-    }
+    let rule_ids = scopes(policy)
+        .map(|(process, rules)| scope_rule_ids(policy, process, rules, ids, index, out))
+        .collect::<Result<Vec<_>, _>>()?;
 
     // Process classes: comms are keys here; exe files are keys per
     // container (see `assign_files`).
@@ -930,54 +901,40 @@ fn compile_policy(
         class_ids.push(class);
     }
 
-    let container_rules: Vec<(RuleOrigin, &AllowRule, u32)> = policy
-        .rules
-        .iter()
-        .enumerate()
-        .map(|(ri, r)| {
-            (
-                RuleOrigin::Rule {
-                    process: None,
-                    rule: ri,
-                },
-                r,
-                rule_ids[0][ri],
-            )
-        })
-        .collect();
-
-    // Class 0: any process without an entry of its own.
+    // The rules of a scope (`None`: container-wide), each with its origin
+    // and id.
+    let tagged = |process: Option<usize>| {
+        let rules = match process {
+            None => &policy.rules,
+            Some(pi) => &policy.processes[pi].rules,
+        };
+        let scope_ids = &rule_ids[process.map_or(0, |pi| pi + 1)];
+        rules
+            .iter()
+            .zip(scope_ids)
+            .enumerate()
+            .map(move |(rule, (r, &id))| (RuleOrigin::Rule { process, rule }, r, id))
+    };
     let ctx = FoldContext { policy, policy_id };
     let mut redundant = Vec::new();
-    fold_class(
-        &ctx,
-        0,
-        &container_rules,
-        None,
-        ids,
-        rulesets,
-        out,
-        &mut redundant,
-    )?;
-    for (pi, process) in policy.processes.iter().enumerate() {
-        // Container-wide rules first, so a process rule that repeats one
-        // is the one reported as redundant.
-        let mut rules = container_rules.clone();
-        rules.extend(process.rules.iter().enumerate().map(|(ri, r)| {
-            (
-                RuleOrigin::Rule {
-                    process: Some(pi),
-                    rule: ri,
-                },
-                r,
-                rule_ids[pi + 1][ri],
-            )
-        }));
+    // Class 0 is any process without an entry of its own. Container-wide
+    // rules come first, so a process rule that repeats one is the one
+    // reported as redundant.
+    let classes = std::iter::once((0, None)).chain(
+        class_ids
+            .iter()
+            .enumerate()
+            .map(|(pi, &class)| (class, Some(pi))),
+    );
+    for (class, scope) in classes {
+        let rules: Vec<_> = tagged(None)
+            .chain(scope.into_iter().flat_map(|pi| tagged(Some(pi))))
+            .collect();
         fold_class(
             &ctx,
-            class_ids[pi],
+            class,
             &rules,
-            Some(pi),
+            scope,
             ids,
             rulesets,
             out,
@@ -989,6 +946,19 @@ fn compile_policy(
     out.class_ids.push(class_ids);
     out.rule_ids.push(rule_ids);
     Ok(())
+}
+
+/// A policy's rule scopes: the container-wide rules, then each process
+/// entry's.
+fn scopes(
+    policy: &ContainerPolicy,
+) -> impl Iterator<Item = (Option<&ProcessPolicy>, &[AllowRule])> {
+    std::iter::once((None, policy.rules.as_slice())).chain(
+        policy
+            .processes
+            .iter()
+            .map(|p| (Some(p), p.rules.as_slice())),
+    )
 }
 
 fn scope_rule_ids(
@@ -1021,7 +991,7 @@ fn scope_rule_ids(
 /// set gets its `PORTS` entries once.
 #[derive(Default)]
 struct RulesetInterner {
-    seen: FastMap<RulesetKey, u32>,
+    seen: HashMap<RulesetKey, u32>,
 }
 
 impl RulesetInterner {
@@ -1052,58 +1022,6 @@ impl RulesetInterner {
         }
         self.seen.insert(key, id);
         Ok(id)
-    }
-}
-
-/// A map keyed by the policy's own prefixes, hashed with FxHash rather
-/// than SipHash: the compiler hashes every destination of every class,
-/// and the keys come from the operator's file, not from the network.
-type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FxHasher>>;
-
-/// rustc's FxHash: a multiply and a rotate per word.
-#[derive(Default)]
-struct FxHasher(u64);
-
-impl std::hash::Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0; 8];
-            word.copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(word));
-        }
-        for &b in chunks.remainder() {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    fn write_u8(&mut self, n: u8) {
-        self.write_u64(n.into());
-    }
-
-    fn write_u16(&mut self, n: u16) {
-        self.write_u64(n.into());
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(n.into());
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-
-    fn write_u128(&mut self, n: u128) {
-        self.write_u64(n as u64);
-        self.write_u64((n >> 64) as u64);
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
     }
 }
 
@@ -1195,50 +1113,49 @@ fn fold_class(
 ) -> Result<(), CompileError> {
     // Own contributions per prefix, in rule order: the implicit allowances
     // first, so explicit rules repeating them are reported as redundant.
-    let mut own: FastMap<Prefix, Vec<Contribution>> = FastMap::default();
-    if ctx.policy.allow_loopback {
-        for dest in [Prefix::v4_loopback(), Prefix::v6_loopback()] {
-            let grant = Grant {
-                rule_id: LOOPBACK_RULE_ID,
-                origin: RuleOrigin::Loopback,
-                dest,
-            };
-            own.entry(dest).or_default().push(Contribution {
-                allowance: Allowance::ANY,
-                grant,
-            });
-        }
-    }
     let docker_dns = Prefix::docker_dns();
-    if ctx.policy.allow_docker_dns {
-        let grant = Grant {
-            rule_id: DOCKER_DNS_RULE_ID,
-            origin: RuleOrigin::DockerDns,
-            dest: docker_dns,
-        };
-        // Every port, not just 53: Docker DNATs 127.0.0.11:53 to a random
-        // port of dockerd's listener inside the container's namespace, and
-        // cgroup_skb/egress sees the packet after that NAT.
-        for proto in [contain_common::ip_proto::TCP, contain_common::ip_proto::UDP] {
-            own.entry(docker_dns).or_default().push(Contribution {
-                allowance: Allowance {
-                    proto,
-                    block: PortBlock::ALL,
-                },
-                grant,
-            });
-        }
+    let loopback = [Prefix::v4_loopback(), Prefix::v6_loopback()];
+    let docker_dns_dests = [docker_dns];
+    // Every port, not just 53: Docker DNATs 127.0.0.11:53 to a random
+    // port of dockerd's listener inside the container's namespace, and
+    // cgroup_skb/egress sees the packet after that NAT.
+    let docker_dns_allowances =
+        [contain_common::ip_proto::TCP, contain_common::ip_proto::UDP].map(|proto| Allowance {
+            proto,
+            block: PortBlock::ALL,
+        });
+    let mut sources: Vec<(RuleOrigin, u32, &[Prefix], &[Allowance])> = Vec::new();
+    if ctx.policy.allow_loopback {
+        sources.push((
+            RuleOrigin::Loopback,
+            LOOPBACK_RULE_ID,
+            &loopback,
+            &[Allowance::ANY],
+        ));
     }
-    for &(origin, rule, rule_id) in rules {
-        for &dest in &rule.dests {
+    if ctx.policy.allow_docker_dns {
+        sources.push((
+            RuleOrigin::DockerDns,
+            DOCKER_DNS_RULE_ID,
+            &docker_dns_dests,
+            &docker_dns_allowances,
+        ));
+    }
+    sources.extend(
+        rules.iter().map(|&(origin, rule, rule_id)| {
+            (origin, rule_id, &rule.dests[..], &rule.allowances[..])
+        }),
+    );
+    let mut own: HashMap<Prefix, Vec<Contribution>> = HashMap::new();
+    for (origin, rule_id, dests, allowances) in sources {
+        for &dest in dests {
             let grant = Grant {
                 rule_id,
                 origin,
                 dest,
             };
-            let contributions = own.entry(dest).or_default();
-            contributions.extend(
-                rule.allowances
+            own.entry(dest).or_default().extend(
+                allowances
                     .iter()
                     .filter(|a| a.applies_to(dest.family()))
                     .map(|&allowance| Contribution { allowance, grant }),
@@ -1246,30 +1163,30 @@ fn fold_class(
         }
     }
 
-    let mut v4: Vec<Prefix> = Vec::new();
-    let mut v6: Vec<Prefix> = Vec::new();
-    for (prefix, contributions) in &own {
-        if contributions.is_empty() {
-            continue;
-        }
-        match prefix.family() {
-            Family::V4 => v4.push(*prefix),
-            Family::V6 => v6.push(*prefix),
-        }
-    }
-    // An IPv6 prefix covering the IPv4-mapped block must not lend its
-    // allowances to IPv4: pin the block with the IPv4 rules alone.
+    let (mut v4, mut v6): (Vec<Prefix>, Vec<Prefix>) = own
+        .iter()
+        .filter(|(_, contributions)| !contributions.is_empty())
+        .map(|(prefix, _)| *prefix)
+        .partition(|prefix| prefix.family() == Family::V4);
+    // Prefixes with an entry whatever their allowances. An IPv6 prefix
+    // covering the IPv4-mapped block must not lend its allowances to IPv4:
+    // pin the block with the IPv4 rules alone.
+    let mut v4_pinned = Vec::new();
     let v4_root = Prefix::v4_all();
-    let pin_v4_root = v6.iter().any(|p| p.contains(&v4_root));
-    if pin_v4_root && !v4.contains(&v4_root) {
-        v4.push(v4_root);
+    if v6.iter().any(|p| p.contains(&v4_root)) {
+        v4_pinned.push(v4_root);
     }
     // Docker's DNS forwards anything it is sent upstream from dockerd's
     // cgroup, beyond contain's sight: the loopback allowance must not reach
     // it. Its own entry keeps the longest match from landing on 127.0.0.0/8.
     let carve_out_docker_dns = ctx.policy.allow_loopback;
-    if carve_out_docker_dns && !v4.contains(&docker_dns) {
-        v4.push(docker_dns);
+    if carve_out_docker_dns {
+        v4_pinned.push(docker_dns);
+    }
+    for pinned in &v4_pinned {
+        if !v4.contains(pinned) {
+            v4.push(*pinned);
+        }
     }
     v4.sort_unstable();
     v6.sort_unstable();
@@ -1279,18 +1196,10 @@ fn fold_class(
         RuleOrigin::Rule { process, .. } => process == scope,
     };
 
-    let mut v4_pinned = Vec::new();
-    if pin_v4_root {
-        v4_pinned.push(v4_root);
-    }
-    if carve_out_docker_dns {
-        v4_pinned.push(docker_dns);
-    }
     for (list, pinned) in [(v4, v4_pinned), (v6, Vec::new())] {
         // Prefixes sorted by (address, length) visit every ancestor before
         // its descendants; the stack holds the chain of enclosing prefixes.
         let mut stack: Vec<(Prefix, Rc<AllowSet>)> = Vec::new();
-        let empty = Rc::new(AllowSet::new());
         // Each prefix's (rule, destination) pairs and whether something
         // already granted them; a prefix has a handful: a list beats a map.
         let mut covered_pairs: Vec<((RuleOrigin, Prefix), Option<Grant>)> = Vec::new();
@@ -1298,10 +1207,7 @@ fn fold_class(
             while stack.last().is_some_and(|(p, _)| !p.contains(&prefix)) {
                 stack.pop();
             }
-            let parent = stack
-                .last()
-                .map(|(_, s)| s.clone())
-                .unwrap_or_else(|| empty.clone());
+            let parent = stack.last().map_or_else(Rc::default, |(_, s)| s.clone());
             let mut set: AllowSet = if carve_out_docker_dns && prefix == docker_dns {
                 fold_ancestors_without_loopback(&stack, &own)
             } else {
@@ -1311,21 +1217,19 @@ fn fold_class(
             covered_pairs.clear();
             for c in own.get(&prefix).map(Vec::as_slice).unwrap_or(&[]) {
                 let pair_key = (c.grant.origin, c.grant.dest);
-                let at = match covered_pairs.iter().position(|(k, _)| *k == pair_key) {
-                    Some(at) => at,
-                    None => {
+                let at = covered_pairs
+                    .iter()
+                    .position(|(k, _)| *k == pair_key)
+                    .unwrap_or_else(|| {
                         covered_pairs.push((pair_key, None));
                         covered_pairs.len() - 1
-                    }
-                };
+                    });
                 let pair = &mut covered_pairs[at].1;
                 match covering(&set, &c.allowance) {
                     Some(by) => {
                         // Remember a coverer for the message unless part of
                         // this pair already added something.
-                        if pair.is_none() {
-                            *pair = Some(by);
-                        }
+                        pair.get_or_insert(by);
                     }
                     None => {
                         insert_minimal(&mut set, c.allowance, c.grant);
@@ -1375,7 +1279,7 @@ fn fold_class(
 /// left out: what a prefix carved out of loopback inherits.
 fn fold_ancestors_without_loopback(
     stack: &[(Prefix, Rc<AllowSet>)],
-    own: &FastMap<Prefix, Vec<Contribution>>,
+    own: &HashMap<Prefix, Vec<Contribution>>,
 ) -> AllowSet {
     let mut set = AllowSet::new();
     let contributions = stack
@@ -1424,13 +1328,9 @@ fn report_redundant(ctx: &FoldContext, mut redundant: Vec<Redundant>, out: &mut 
     // rules are folded into every class.
     redundant.sort_by_key(|r| (r.origin, r.dest));
     redundant.dedup_by_key(|r| (r.origin, r.dest));
-    let mut by_rule: BTreeMap<RuleOrigin, Vec<&Redundant>> = BTreeMap::new();
-    for r in &redundant {
-        by_rule.entry(r.origin).or_default().push(r);
-    }
     const SHOWN: usize = 3;
-    for (origin, items) in by_rule {
-        let (what, location) = describe_origin(ctx.policy, origin);
+    for items in redundant.chunk_by(|a, b| a.origin == b.origin) {
+        let (what, location) = describe_origin(ctx.policy, items[0].origin);
         let mut parts: Vec<String> = items
             .iter()
             .take(SHOWN)
@@ -1439,29 +1339,25 @@ fn report_redundant(ctx: &FoldContext, mut redundant: Vec<Redundant>, out: &mut 
                 let at = by_loc
                     .map(|l| format!(" (line {})", l.line))
                     .unwrap_or_default();
-                if r.by.dest == r.dest {
-                    format!("{} is already allowed by {by}{at}", r.dest)
+                let through = if r.by.dest == r.dest {
+                    String::new()
                 } else {
-                    format!(
-                        "{} is already allowed by {by}{at} through {}",
-                        r.dest, r.by.dest
-                    )
-                }
+                    format!(" through {}", r.by.dest)
+                };
+                format!("{} is already allowed by {by}{at}{through}", r.dest)
             })
             .collect();
         if items.len() > SHOWN {
             parts.push(format!("and {} more destinations", items.len() - SHOWN));
         }
-        out.warnings.push(Diagnostic {
-            severity: Severity::Warning,
+        out.warnings.push(warning(
             location,
-            message: format!(
+            format!(
                 "policy \"{}\": {what} is redundant for some destinations: {}",
                 ctx.policy.name,
                 parts.join("; ")
             ),
-            source_line: None,
-        });
+        ));
     }
 }
 
