@@ -133,16 +133,15 @@ enum Strings {
     Many(Vec<Spanned<String>>),
 }
 
-impl Strings {
-    /// Each string with its span (a lone string takes the whole value's span).
-    fn items(self, whole: Range<usize>) -> Vec<(String, Range<usize>)> {
-        match self {
-            Strings::One(s) => vec![(s, whole)],
-            Strings::Many(v) => v
-                .into_iter()
-                .map(|s| (s.get_ref().clone(), s.span()))
-                .collect(),
-        }
+/// Each string with its span (a lone string takes the whole value's span).
+fn items(strings: Spanned<Strings>) -> Vec<(String, Range<usize>)> {
+    let whole = strings.span();
+    match strings.into_inner() {
+        Strings::One(s) => vec![(s, whole)],
+        Strings::Many(v) => v
+            .into_iter()
+            .map(|s| (s.get_ref().clone(), s.span()))
+            .collect(),
     }
 }
 
@@ -157,12 +156,8 @@ impl<'de> Deserialize<'de> for Strings {
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Strings, E> {
                 Ok(Strings::One(v.to_string()))
             }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Strings, A::Error> {
-                let mut items = Vec::new();
-                while let Some(item) = seq.next_element::<Spanned<String>>()? {
-                    items.push(item);
-                }
-                Ok(Strings::Many(items))
+            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Strings, A::Error> {
+                Vec::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(Strings::Many)
             }
         }
         d.deserialize_any(V)
@@ -230,7 +225,7 @@ impl<'de> Deserialize<'de> for PortSpec {
 enum IcmpSpec {
     Number(i64),
     Text(String),
-    TypeCode { ty: i64, code: Option<i64> },
+    TypeCode(RawTypeCode),
 }
 
 #[derive(Deserialize)]
@@ -260,11 +255,8 @@ impl<'de> Deserialize<'de> for IcmpSpec {
                 Ok(IcmpSpec::Text(v.to_string()))
             }
             fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<IcmpSpec, A::Error> {
-                let raw = RawTypeCode::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(IcmpSpec::TypeCode {
-                    ty: raw.ty,
-                    code: raw.code,
-                })
+                RawTypeCode::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(IcmpSpec::TypeCode)
             }
         }
         d.deserialize_any(V)
@@ -297,22 +289,14 @@ const ICMPV6_NAMES: &[(&str, u8)] = &[
     ("neighbor-advertisement", 136),
 ];
 
-fn icmp_type_by_name(proto: Proto, name: &str) -> Option<u8> {
-    let table = if proto == Proto::Icmp {
-        ICMP_NAMES
-    } else {
-        ICMPV6_NAMES
-    };
-    table.iter().find(|(n, _)| *n == name).map(|&(_, t)| t)
-}
-
 /// An ICMP (`proto` 1) or ICMPv6 (`proto` 58) type by name.
 pub(crate) fn icmp_type_named(proto: u8, name: &str) -> Option<u8> {
-    match proto {
-        ip_proto::ICMP => icmp_type_by_name(Proto::Icmp, name),
-        ip_proto::ICMPV6 => icmp_type_by_name(Proto::Icmpv6, name),
-        _ => None,
-    }
+    let table = match proto {
+        ip_proto::ICMP => ICMP_NAMES,
+        ip_proto::ICMPV6 => ICMPV6_NAMES,
+        _ => return None,
+    };
+    table.iter().find(|(n, _)| *n == name).map(|&(_, t)| t)
 }
 
 /// Paths the kernel opens are shorter than `PATH_MAX`.
@@ -675,22 +659,14 @@ fn check_process(
             );
             return None;
         }
-        (Some(exe), None) => {
-            let whole = exe.span();
-            let items = exe.into_inner().items(whole);
-            items
-                .into_iter()
-                .filter_map(|(p, s)| checker.exe(&p, s))
-                .collect()
-        }
-        (None, Some(comm)) => {
-            let whole = comm.span();
-            let items = comm.into_inner().items(whole);
-            items
-                .into_iter()
-                .filter_map(|(c, s)| checker.comm(&c, s))
-                .collect()
-        }
+        (Some(exe), None) => items(exe)
+            .into_iter()
+            .filter_map(|(p, s)| checker.exe(&p, s))
+            .collect(),
+        (None, Some(comm)) => items(comm)
+            .into_iter()
+            .filter_map(|(c, s)| checker.comm(&c, s))
+            .collect(),
     };
     if idents.is_empty() {
         checker.error(Some(span), "process entry lists no exe or comm");
@@ -705,10 +681,7 @@ fn check_process(
             );
             None
         }
-        Some(pin) => {
-            let pin_span = pin.span();
-            Some(checker.sha256(pin.get_ref(), pin_span)?)
-        }
+        Some(pin) => Some(checker.sha256(pin.get_ref(), pin.span())?),
     };
     let mut unique = Vec::new();
     for ident in idents {
@@ -760,7 +733,7 @@ fn check_rule(
     let mut ok = true;
     let to_span = raw.to.span();
     let mut dests: Vec<Prefix> = Vec::new();
-    for (text, s) in raw.to.into_inner().items(to_span.clone()) {
+    for (text, s) in items(raw.to) {
         match parse_cidr(&text) {
             Ok(p) if dests.contains(&p) => {
                 checker.warn(Some(s), format!("destination {p} is listed twice"))
@@ -795,15 +768,11 @@ fn check_rule(
     let protos: Vec<Proto> = match raw.proto {
         Some(p) => {
             let p_span = p.span();
-            let mut list = Vec::new();
-            let mut unknown = false;
-            for (text, s) in p.into_inner().items(p_span.clone()) {
-                match checker.keyword::<Proto>("proto", &text, s) {
-                    Some(proto) => list.push(proto),
-                    None => unknown = true,
-                }
-            }
-            if unknown {
+            let parsed: Vec<Option<Proto>> = items(p)
+                .into_iter()
+                .map(|(text, s)| checker.keyword("proto", &text, s))
+                .collect();
+            let Some(mut list) = parsed.into_iter().collect::<Option<Vec<_>>>() else {
                 // Which restrictions apply depends on the protocols; the
                 // port values can still be checked on their own.
                 for port in raw.ports.iter().flatten() {
@@ -812,7 +781,7 @@ fn check_rule(
                     }
                 }
                 return None;
-            }
+            };
             list.sort_unstable();
             list.dedup();
             if list.is_empty() {
@@ -845,69 +814,39 @@ fn check_rule(
         None => vec![Proto::Any],
     };
 
-    let mut port_ranges: Option<Vec<(u16, u16)>> = None;
+    let mut port_ranges = None;
     if let Some(ports) = raw.ports {
-        if !protos.iter().any(|p| p.has_ports()) {
-            let at = ports.first().map(Spanned::span).unwrap_or(span.clone());
-            checker.error(
-                Some(at),
+        let unused = !protos.iter().any(|p| p.has_ports());
+        port_ranges = check_entries(
+            checker,
+            ports,
+            &span,
+            unused.then_some(
                 "ports apply to tcp and udp, and this rule has neither; for ICMP use icmp_types",
-            );
-            ok = false;
-        }
-        if ports.is_empty() {
-            checker.error(
-                Some(span.clone()),
-                "ports is empty; leave it out to allow every port",
-            );
-            ok = false;
-        }
-        let mut ranges = Vec::new();
-        for port in ports {
-            let s = port.span();
-            match check_port_spec(port.get_ref()) {
-                Ok(r) => ranges.push(r),
-                Err(e) => {
-                    checker.error(Some(s), e);
-                    ok = false;
-                }
-            }
-        }
-        port_ranges = Some(ranges);
+            ),
+            "ports is empty; leave it out to allow every port",
+            check_port_spec,
+        );
+        ok &= port_ranges.is_some();
     }
 
-    // Per ICMP protocol: the (type, code) pairs allowed; None = every type.
-    let mut icmp: BTreeMap<Proto, Vec<IcmpMatch>> = BTreeMap::new();
+    // Per ICMP protocol: the (type, code) blocks allowed; none = every type.
+    let mut icmp: BTreeMap<Proto, Vec<PortBlock>> = BTreeMap::new();
     if let Some(types) = raw.icmp_types {
         let icmp_protos: Vec<Proto> = protos.iter().copied().filter(|p| p.is_icmp()).collect();
-        if icmp_protos.is_empty() {
-            let at = types.first().map(Spanned::span).unwrap_or(span.clone());
-            checker.error(
-                Some(at),
-                "icmp_types apply to icmp and icmpv6, and this rule has neither",
-            );
-            ok = false;
-        }
-        if types.is_empty() {
-            checker.error(
-                Some(span.clone()),
-                "icmp_types is empty; leave it out to allow every type",
-            );
-            ok = false;
-        }
-        for spec in types {
-            let s = spec.span();
-            match check_icmp_spec(spec.get_ref(), &icmp_protos) {
-                Ok(per_proto) => {
-                    for (proto, pair) in per_proto {
-                        icmp.entry(proto).or_default().push(pair);
-                    }
-                }
-                Err(e) => {
-                    checker.error(Some(s), e);
-                    ok = false;
-                }
-            }
+        let checked = check_entries(
+            checker,
+            types,
+            &span,
+            icmp_protos
+                .is_empty()
+                .then_some("icmp_types apply to icmp and icmpv6, and this rule has neither"),
+            "icmp_types is empty; leave it out to allow every type",
+            |spec| check_icmp_spec(spec, &icmp_protos),
+        );
+        ok &= checked.is_some();
+        for (proto, block) in checked.into_iter().flatten().flatten() {
+            icmp.entry(proto).or_default().push(block);
         }
         // A name only one of ICMP's tables has (`timestamp-request`,
         // `packet-too-big`) gives the other protocol no type, and a
@@ -932,16 +871,23 @@ fn check_rule(
         return None;
     }
 
+    // Port 0 is no destination; 1-65535 is "every port". The ports listed
+    // start at 1, so only "every port" gives the block of all 65536.
+    let port_blocks: Vec<PortBlock> = match port_ranges.map(merge_ranges) {
+        Some(merged) if merged != [(1, u16::MAX)] => merged
+            .into_iter()
+            .flat_map(|(lo, hi)| range_to_blocks(lo, hi))
+            .collect(),
+        _ => vec![PortBlock::ALL],
+    };
+
     // A loopback destination that takes in Docker's DNS, with ports that are
     // not all of them: Docker's rewritten port is any.
     let docker_dns = Prefix::docker_dns();
-    let some_ports = port_ranges
-        .as_ref()
-        .is_some_and(|ranges| merge_ranges(ranges.clone()) != [(1, u16::MAX)]);
     let over_docker_dns = dests
         .iter()
         .any(|d| d.contains(&docker_dns) && Prefix::v4_loopback().contains(d));
-    if some_ports && over_docker_dns {
+    if port_blocks != [PortBlock::ALL] && over_docker_dns {
         checker.warn(
             Some(to_span),
             format!(
@@ -950,62 +896,23 @@ fn check_rule(
         );
     }
 
-    let mut allowances = Vec::new();
-    for proto in &protos {
-        let number = proto.number();
-        match proto {
-            Proto::Any => allowances.push(Allowance::ANY),
-            Proto::Tcp | Proto::Udp => match &port_ranges {
-                None => allowances.push(Allowance {
-                    proto: number,
-                    block: PortBlock::ALL,
-                }),
-                Some(ranges) => {
-                    let merged = merge_ranges(ranges.clone());
-                    // Port 0 is no destination; 1-65535 is "every port".
-                    if merged == [(1, u16::MAX)] {
-                        allowances.push(Allowance {
-                            proto: number,
-                            block: PortBlock::ALL,
-                        });
-                    } else {
-                        for (lo, hi) in merged {
-                            allowances.extend(range_to_blocks(lo, hi).into_iter().map(|block| {
-                                Allowance {
-                                    proto: number,
-                                    block,
-                                }
-                            }));
-                        }
-                    }
-                }
-            },
-            Proto::Icmp | Proto::Icmpv6 => match icmp.get(proto) {
-                None => allowances.push(Allowance {
-                    proto: number,
-                    block: PortBlock::ALL,
-                }),
-                Some(pairs) => {
-                    for &(ty, code) in pairs {
-                        let block = match code {
-                            None => PortBlock {
-                                port: u16::from(ty) << 8,
-                                bits: 8,
-                            },
-                            Some(c) => PortBlock {
-                                port: u16::from(ty) << 8 | u16::from(c),
-                                bits: 16,
-                            },
-                        };
-                        allowances.push(Allowance {
-                            proto: number,
-                            block,
-                        });
-                    }
-                }
-            },
-        }
-    }
+    let allowances = protos
+        .iter()
+        .flat_map(|proto| {
+            let blocks = match proto {
+                Proto::Tcp | Proto::Udp => port_blocks.clone(),
+                Proto::Icmp | Proto::Icmpv6 => icmp
+                    .get(proto)
+                    .cloned()
+                    .unwrap_or_else(|| vec![PortBlock::ALL]),
+                Proto::Any => vec![PortBlock::ALL],
+            };
+            blocks.into_iter().map(|block| Allowance {
+                proto: proto.number(),
+                block,
+            })
+        })
+        .collect();
     let allowances = normalize_allowances(allowances);
 
     // A destination no allowance of this rule can reach (icmp to an IPv6
@@ -1042,6 +949,40 @@ fn check_rule(
         allowances,
         location: Some(checker.src.location(span.start)),
     })
+}
+
+/// Checks a rule's `ports` or `icmp_types`: an error where the rule's
+/// protocols take none (`unused`, at the first entry), one if the list is
+/// empty, and one per bad entry; the checked entries if there was none.
+fn check_entries<T, R>(
+    checker: &mut Checker,
+    entries: Vec<Spanned<T>>,
+    rule_span: &Range<usize>,
+    unused: Option<&str>,
+    empty: &str,
+    check: impl Fn(&T) -> Result<R, String>,
+) -> Option<Vec<R>> {
+    let mut ok = true;
+    if let Some(unused) = unused {
+        let at = entries.first().map_or(rule_span.clone(), Spanned::span);
+        checker.error(Some(at), unused);
+        ok = false;
+    }
+    if entries.is_empty() {
+        checker.error(Some(rule_span.clone()), empty);
+        ok = false;
+    }
+    let mut checked = Vec::new();
+    for entry in entries {
+        match check(entry.get_ref()) {
+            Ok(value) => checked.push(value),
+            Err(e) => {
+                checker.error(Some(entry.span()), e);
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(checked)
 }
 
 fn port_number(value: i64) -> Result<u16, String> {
@@ -1083,15 +1024,29 @@ fn byte(value: i64, what: &str) -> Result<u8, String> {
     u8::try_from(value).map_err(|_| format!("ICMP {what} {value} is out of range; expected 0-255"))
 }
 
-/// An ICMP type, and a code or every code.
-type IcmpMatch = (u8, Option<u8>);
+/// The `PORTS` block of an ICMP type, and a code or every code.
+fn icmp_block(ty: u8, code: Option<u8>) -> PortBlock {
+    match code {
+        None => PortBlock {
+            port: u16::from(ty) << 8,
+            bits: 8,
+        },
+        Some(c) => PortBlock {
+            port: u16::from(ty) << 8 | u16::from(c),
+            bits: 16,
+        },
+    }
+}
 
 /// One `icmp_types` entry, resolved for each ICMP protocol of the rule.
-fn check_icmp_spec(spec: &IcmpSpec, protos: &[Proto]) -> Result<Vec<(Proto, IcmpMatch)>, String> {
-    let numeric = |ty: u8, code: Option<u8>| protos.iter().map(|&p| (p, (ty, code))).collect();
+fn check_icmp_spec(spec: &IcmpSpec, protos: &[Proto]) -> Result<Vec<(Proto, PortBlock)>, String> {
+    let numeric = |ty: u8, code: Option<u8>| {
+        let block = icmp_block(ty, code);
+        protos.iter().map(|&p| (p, block)).collect()
+    };
     match spec {
         IcmpSpec::Number(n) => Ok(numeric(byte(*n, "type")?, None)),
-        IcmpSpec::TypeCode { ty, code } => {
+        IcmpSpec::TypeCode(RawTypeCode { ty, code }) => {
             let code = code.map(|c| byte(c, "code")).transpose()?;
             Ok(numeric(byte(*ty, "type")?, code))
         }
@@ -1111,7 +1066,9 @@ fn check_icmp_spec(spec: &IcmpSpec, protos: &[Proto]) -> Result<Vec<(Proto, Icmp
             }
             let resolved: Vec<_> = protos
                 .iter()
-                .filter_map(|&p| icmp_type_by_name(p, text).map(|t| (p, (t, None))))
+                .filter_map(|&p| {
+                    icmp_type_named(p.number(), text).map(|t| (p, icmp_block(t, None)))
+                })
                 .collect();
             if resolved.is_empty() {
                 let mut names: Vec<&str> = ICMP_NAMES
