@@ -18,9 +18,9 @@ pub fn parse_cidr(text: &str) -> Result<Prefix, String> {
     let ip: IpAddr = addr_text.parse().map_err(|_| {
         format!("`{addr_text}` is not an IPv4 or IPv6 address (expected e.g. 10.0.0.0/8 or 2001:db8::/32)")
     })?;
-    let max = match ip {
-        IpAddr::V4(_) => 32u8,
-        IpAddr::V6(_) => 128u8,
+    let (max, key_offset) = match ip {
+        IpAddr::V4(_) => (32u8, V4_BLOCK_LEN),
+        IpAddr::V6(_) => (128u8, 0),
     };
     let len = match len_text {
         None => max,
@@ -35,11 +35,7 @@ pub fn parse_cidr(text: &str) -> Result<Prefix, String> {
         }
     };
     let key = addr_key(ip);
-    let key_len = match ip {
-        IpAddr::V4(_) => len + V4_BLOCK_LEN,
-        IpAddr::V6(_) => len,
-    };
-    let prefix = Prefix::new(key, key_len);
+    let prefix = Prefix::new(key, len + key_offset);
     if prefix.addr != key {
         let network = match ip {
             IpAddr::V4(_) => {
@@ -78,21 +74,11 @@ pub fn translator_overlaps(prefix: &Prefix) -> Vec<String> {
 /// The fewest aligned blocks covering `lo..=hi` exactly.
 pub fn range_to_blocks(lo: u16, hi: u16) -> Vec<PortBlock> {
     let mut blocks = Vec::new();
-    if lo > hi {
-        return blocks;
-    }
-    let mut start = u32::from(lo);
-    let end = u32::from(hi);
+    let (mut start, end) = (u32::from(lo), u32::from(hi));
     while start <= end {
-        // Largest aligned block starting at `start` that stays inside the range.
-        let mut size_log2 = if start == 0 {
-            16
-        } else {
-            start.trailing_zeros().min(16)
-        };
-        while start + (1u32 << size_log2) - 1 > end {
-            size_log2 -= 1;
-        }
+        // Largest aligned block starting at `start` that stays inside the
+        // range (0 is aligned to every size).
+        let size_log2 = start.trailing_zeros().min((end - start + 1).ilog2());
         blocks.push(PortBlock {
             port: start as u16,
             bits: 16 - size_log2 as u8,
