@@ -60,27 +60,17 @@ impl Glob {
                 Some(Token::AnyRun) => {
                     backtrack = Some((p, t));
                     p += 1;
-                    continue;
                 }
-                Some(Token::AnyOne) => {
-                    t += 1;
-                    p += 1;
-                    continue;
-                }
-                Some(Token::Literal(c)) if *c == text[t] => {
-                    t += 1;
-                    p += 1;
-                    continue;
-                }
-                _ => {}
-            }
-            match backtrack {
-                Some((star_p, star_t)) => {
-                    p = star_p + 1;
-                    t = star_t + 1;
+                Some(Token::AnyOne) => (t, p) = (t + 1, p + 1),
+                Some(Token::Literal(c)) if *c == text[t] => (t, p) = (t + 1, p + 1),
+                _ => {
+                    // Let the last `*` take one more character.
+                    let Some((star_p, star_t)) = backtrack else {
+                        return false;
+                    };
+                    (p, t) = (star_p + 1, star_t + 1);
                     backtrack = Some((star_p, star_t + 1));
                 }
-                None => return false,
             }
         }
         self.tokens[p..]
