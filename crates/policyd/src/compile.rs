@@ -674,7 +674,7 @@ pub fn compile_rules_reusing(
     previous: Option<(&PolicySet, &CompiledRules)>,
 ) -> Result<(CompiledRules, Reuse), CompileError> {
     let mut out = CompiledRules::default();
-    let mut rulesets = RulesetInterner::default();
+    let mut rulesets = Rulesets::new();
     let mut reuse = Reuse::default();
     for (index, policy) in policies.policies.iter().enumerate() {
         let policy_id = ids.policies.get_or_alloc(&policy.name)?;
@@ -875,7 +875,7 @@ fn compile_policy(
     policy: &ContainerPolicy,
     policy_id: u32,
     ids: &mut IdTables,
-    rulesets: &mut RulesetInterner,
+    rulesets: &mut Rulesets,
     out: &mut CompiledRules,
 ) -> Result<(), CompileError> {
     // Rule ids, per scope.
@@ -915,8 +915,14 @@ fn compile_policy(
             .enumerate()
             .map(move |(rule, (r, &id))| (RuleOrigin::Rule { process, rule }, r, id))
     };
-    let ctx = FoldContext { policy, policy_id };
-    let mut redundant = Vec::new();
+    let mut fold = Fold {
+        policy,
+        policy_id,
+        ids,
+        rulesets,
+        out,
+        redundant: Vec::new(),
+    };
     // Class 0 is any process without an entry of its own. Container-wide
     // rules come first, so a process rule that repeats one is the one
     // reported as redundant.
@@ -930,18 +936,9 @@ fn compile_policy(
         let rules: Vec<_> = tagged(None)
             .chain(scope.into_iter().flat_map(|pi| tagged(Some(pi))))
             .collect();
-        fold_class(
-            &ctx,
-            class,
-            &rules,
-            scope,
-            ids,
-            rulesets,
-            out,
-            &mut redundant,
-        )?;
+        fold.class(class, &rules, scope)?;
     }
-    report_redundant(&ctx, redundant, out);
+    fold.report_redundant();
 
     out.class_ids.push(class_ids);
     out.rule_ids.push(rule_ids);
@@ -989,40 +986,36 @@ fn scope_rule_ids(
 
 /// Content-addressed rulesets of this compile, so each distinct allowance
 /// set gets its `PORTS` entries once.
-#[derive(Default)]
-struct RulesetInterner {
-    seen: HashMap<RulesetKey, u32>,
-}
+type Rulesets = HashMap<RulesetKey, u32>;
 
-impl RulesetInterner {
-    fn intern(
-        &mut self,
-        set: &AllowSet,
-        ids: &mut IdTables,
-        out: &mut CompiledRules,
-    ) -> Result<u32, CompileError> {
-        let key: RulesetKey = set
-            .iter()
-            .map(|(a, v)| (a.proto, a.block.port, a.block.bits, v.rule_id))
-            .collect();
-        if let Some(&id) = self.seen.get(&key) {
-            return Ok(id);
-        }
-        let id = ids.rulesets.get_or_alloc(&key)?;
-        for &(proto, port, port_bits, rule_id) in &key {
-            out.ports.insert(
-                PortPrefix {
-                    ruleset: id,
-                    proto,
-                    port,
-                    port_bits,
-                },
-                rule_id,
-            );
-        }
-        self.seen.insert(key, id);
-        Ok(id)
+/// The id of `set`'s ruleset; its `PORTS` entries are written the first
+/// time.
+fn intern(
+    rulesets: &mut Rulesets,
+    set: &AllowSet,
+    ids: &mut IdTables,
+    out: &mut CompiledRules,
+) -> Result<u32, CompileError> {
+    let key: RulesetKey = set
+        .iter()
+        .map(|(a, v)| (a.proto, a.block.port, a.block.bits, v.rule_id))
+        .collect();
+    if let Some(&id) = rulesets.get(&key) {
+        return Ok(id);
     }
+    let id = ids.rulesets.get_or_alloc(&key)?;
+    out.ports
+        .extend(key.iter().map(|&(proto, port, port_bits, rule_id)| {
+            let prefix = PortPrefix {
+                ruleset: id,
+                proto,
+                port,
+                port_bits,
+            };
+            (prefix, rule_id)
+        }));
+    rulesets.insert(key, id);
+    Ok(id)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1055,22 +1048,12 @@ fn insert_minimal(set: &mut AllowSet, a: Allowance, grant: Grant) {
     if a == Allowance::ANY {
         set.clear();
     } else {
-        let lo = Allowance {
+        let at = |port, bits| Allowance {
             proto: a.proto,
-            block: PortBlock {
-                port: a.block.first(),
-                bits: 0,
-            },
-        };
-        let hi = Allowance {
-            proto: a.proto,
-            block: PortBlock {
-                port: a.block.last(),
-                bits: 16,
-            },
+            block: PortBlock { port, bits },
         };
         let covered: Vec<Allowance> = set
-            .range(lo..=hi)
+            .range(at(a.block.first(), 0)..=at(a.block.last(), 16))
             .map(|(k, _)| *k)
             .filter(|k| a.covers(k))
             .collect();
@@ -1081,9 +1064,15 @@ fn insert_minimal(set: &mut AllowSet, a: Allowance, grant: Grant) {
     set.insert(a, grant);
 }
 
-struct FoldContext<'a> {
+/// One policy's classes being folded into `out`.
+struct Fold<'a> {
     policy: &'a ContainerPolicy,
     policy_id: u32,
+    ids: &'a mut IdTables,
+    rulesets: &'a mut Rulesets,
+    out: &'a mut CompiledRules,
+    /// Found in every class, reported once all are folded.
+    redundant: Vec<Redundant>,
 }
 
 /// A (rule, destination) whose every allowance was already granted.
@@ -1100,178 +1089,220 @@ struct Contribution {
     grant: Grant,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn fold_class(
-    ctx: &FoldContext,
-    class: u32,
-    rules: &[(RuleOrigin, &AllowRule, u32)],
-    scope: Option<usize>,
-    ids: &mut IdTables,
-    rulesets: &mut RulesetInterner,
-    out: &mut CompiledRules,
-    redundant: &mut Vec<Redundant>,
-) -> Result<(), CompileError> {
-    // Own contributions per prefix, in rule order: the implicit allowances
-    // first, so explicit rules repeating them are reported as redundant.
-    let docker_dns = Prefix::docker_dns();
-    let loopback = [Prefix::v4_loopback(), Prefix::v6_loopback()];
-    let docker_dns_dests = [docker_dns];
-    // Every port, not just 53: Docker DNATs 127.0.0.11:53 to a random
-    // port of dockerd's listener inside the container's namespace, and
-    // cgroup_skb/egress sees the packet after that NAT.
-    let docker_dns_allowances =
-        [contain_common::ip_proto::TCP, contain_common::ip_proto::UDP].map(|proto| Allowance {
-            proto,
-            block: PortBlock::ALL,
-        });
-    let mut sources: Vec<(RuleOrigin, u32, &[Prefix], &[Allowance])> = Vec::new();
-    if ctx.policy.allow_loopback {
-        sources.push((
-            RuleOrigin::Loopback,
-            LOOPBACK_RULE_ID,
-            &loopback,
-            &[Allowance::ANY],
-        ));
-    }
-    if ctx.policy.allow_docker_dns {
-        sources.push((
-            RuleOrigin::DockerDns,
-            DOCKER_DNS_RULE_ID,
-            &docker_dns_dests,
-            &docker_dns_allowances,
-        ));
-    }
-    sources.extend(
-        rules.iter().map(|&(origin, rule, rule_id)| {
+impl Fold<'_> {
+    /// Folds class `class`, whose rules are `rules` (those of `scope` are
+    /// its own: `None` for class 0), into `DESTS` entries and rulesets.
+    fn class(
+        &mut self,
+        class: u32,
+        rules: &[(RuleOrigin, &AllowRule, u32)],
+        scope: Option<usize>,
+    ) -> Result<(), CompileError> {
+        // Own contributions per prefix, in rule order: the implicit allowances
+        // first, so explicit rules repeating them are reported as redundant.
+        let docker_dns = Prefix::docker_dns();
+        let loopback = [Prefix::v4_loopback(), Prefix::v6_loopback()];
+        let docker_dns_dests = [docker_dns];
+        // Every port, not just 53: Docker DNATs 127.0.0.11:53 to a random
+        // port of dockerd's listener inside the container's namespace, and
+        // cgroup_skb/egress sees the packet after that NAT.
+        let docker_dns_allowances = [contain_common::ip_proto::TCP, contain_common::ip_proto::UDP]
+            .map(|proto| Allowance {
+                proto,
+                block: PortBlock::ALL,
+            });
+        let mut sources: Vec<(RuleOrigin, u32, &[Prefix], &[Allowance])> = Vec::new();
+        if self.policy.allow_loopback {
+            sources.push((
+                RuleOrigin::Loopback,
+                LOOPBACK_RULE_ID,
+                &loopback,
+                &[Allowance::ANY],
+            ));
+        }
+        if self.policy.allow_docker_dns {
+            sources.push((
+                RuleOrigin::DockerDns,
+                DOCKER_DNS_RULE_ID,
+                &docker_dns_dests,
+                &docker_dns_allowances,
+            ));
+        }
+        sources.extend(rules.iter().map(|&(origin, rule, rule_id)| {
             (origin, rule_id, &rule.dests[..], &rule.allowances[..])
-        }),
-    );
-    let mut own: HashMap<Prefix, Vec<Contribution>> = HashMap::new();
-    for (origin, rule_id, dests, allowances) in sources {
-        for &dest in dests {
-            let grant = Grant {
-                rule_id,
-                origin,
-                dest,
-            };
-            own.entry(dest).or_default().extend(
-                allowances
-                    .iter()
-                    .filter(|a| a.applies_to(dest.family()))
-                    .map(|&allowance| Contribution { allowance, grant }),
-            );
-        }
-    }
-
-    let (mut v4, mut v6): (Vec<Prefix>, Vec<Prefix>) = own
-        .iter()
-        .filter(|(_, contributions)| !contributions.is_empty())
-        .map(|(prefix, _)| *prefix)
-        .partition(|prefix| prefix.family() == Family::V4);
-    // Prefixes with an entry whatever their allowances. An IPv6 prefix
-    // covering the IPv4-mapped block must not lend its allowances to IPv4:
-    // pin the block with the IPv4 rules alone.
-    let mut v4_pinned = Vec::new();
-    let v4_root = Prefix::v4_all();
-    if v6.iter().any(|p| p.contains(&v4_root)) {
-        v4_pinned.push(v4_root);
-    }
-    // Docker's DNS forwards anything it is sent upstream from dockerd's
-    // cgroup, beyond contain's sight: the loopback allowance must not reach
-    // it. Its own entry keeps the longest match from landing on 127.0.0.0/8.
-    let carve_out_docker_dns = ctx.policy.allow_loopback;
-    if carve_out_docker_dns {
-        v4_pinned.push(docker_dns);
-    }
-    for pinned in &v4_pinned {
-        if !v4.contains(pinned) {
-            v4.push(*pinned);
-        }
-    }
-    v4.sort_unstable();
-    v6.sort_unstable();
-
-    let in_scope = |origin: RuleOrigin| match origin {
-        RuleOrigin::Loopback | RuleOrigin::DockerDns => false,
-        RuleOrigin::Rule { process, .. } => process == scope,
-    };
-
-    for (list, pinned) in [(v4, v4_pinned), (v6, Vec::new())] {
-        // Prefixes sorted by (address, length) visit every ancestor before
-        // its descendants; the stack holds the chain of enclosing prefixes.
-        let mut stack: Vec<(Prefix, Rc<AllowSet>)> = Vec::new();
-        // Each prefix's (rule, destination) pairs and whether something
-        // already granted them; a prefix has a handful: a list beats a map.
-        let mut covered_pairs: Vec<((RuleOrigin, Prefix), Option<Grant>)> = Vec::new();
-        for prefix in list {
-            while stack.last().is_some_and(|(p, _)| !p.contains(&prefix)) {
-                stack.pop();
-            }
-            let parent = stack.last().map_or_else(Rc::default, |(_, s)| s.clone());
-            let mut set: AllowSet = if carve_out_docker_dns && prefix == docker_dns {
-                fold_ancestors_without_loopback(&stack, &own)
-            } else {
-                (*parent).clone()
-            };
-            let mut changed = false;
-            covered_pairs.clear();
-            for c in own.get(&prefix).map(Vec::as_slice).unwrap_or(&[]) {
-                let pair_key = (c.grant.origin, c.grant.dest);
-                let at = covered_pairs
-                    .iter()
-                    .position(|(k, _)| *k == pair_key)
-                    .unwrap_or_else(|| {
-                        covered_pairs.push((pair_key, None));
-                        covered_pairs.len() - 1
-                    });
-                let pair = &mut covered_pairs[at].1;
-                match covering(&set, &c.allowance) {
-                    Some(by) => {
-                        // Remember a coverer for the message unless part of
-                        // this pair already added something.
-                        pair.get_or_insert(by);
-                    }
-                    None => {
-                        insert_minimal(&mut set, c.allowance, c.grant);
-                        changed = true;
-                        // Marks the pair as contributing.
-                        *pair = Some(Grant {
-                            rule_id: 0,
-                            ..c.grant
-                        });
-                    }
-                }
-            }
-            for ((origin, dest), by) in covered_pairs.drain(..) {
-                if let Some(by) = by {
-                    // The loopback allowance leaves Docker's DNS out: a rule
-                    // over it opens that, and is no repeat of loopback.
-                    let opens_docker_dns = by.origin == RuleOrigin::Loopback
-                        && carve_out_docker_dns
-                        && dest.contains(&docker_dns);
-                    if by.rule_id != 0 && in_scope(origin) && !opens_docker_dns {
-                        redundant.push(Redundant { origin, dest, by });
-                    }
-                }
-            }
-            if changed || pinned.contains(&prefix) {
-                let ruleset = rulesets.intern(&set, ids, out)?;
-                let key = DestPrefix {
-                    policy_id: ctx.policy_id,
-                    class,
-                    addr: prefix.key_bytes(),
-                    prefix_len: prefix.len,
+        }));
+        let mut own: HashMap<Prefix, Vec<Contribution>> = HashMap::new();
+        for (origin, rule_id, dests, allowances) in sources {
+            for &dest in dests {
+                let grant = Grant {
+                    rule_id,
+                    origin,
+                    dest,
                 };
-                out.dests.insert(key, ruleset);
-                stack.push((prefix, Rc::new(set)));
-            } else {
-                // Same allowances as the enclosing prefix: the kernel's
-                // longest match lands there anyway, no entry needed.
-                stack.push((prefix, parent));
+                own.entry(dest).or_default().extend(
+                    allowances
+                        .iter()
+                        .filter(|a| a.applies_to(dest.family()))
+                        .map(|&allowance| Contribution { allowance, grant }),
+                );
             }
         }
+
+        let (mut v4, mut v6): (Vec<Prefix>, Vec<Prefix>) = own
+            .iter()
+            .filter(|(_, contributions)| !contributions.is_empty())
+            .map(|(prefix, _)| *prefix)
+            .partition(|prefix| prefix.family() == Family::V4);
+        // Prefixes with an entry whatever their allowances. An IPv6 prefix
+        // covering the IPv4-mapped block must not lend its allowances to IPv4:
+        // pin the block with the IPv4 rules alone.
+        let mut v4_pinned = Vec::new();
+        let v4_root = Prefix::v4_all();
+        if v6.iter().any(|p| p.contains(&v4_root)) {
+            v4_pinned.push(v4_root);
+        }
+        // Docker's DNS forwards anything it is sent upstream from dockerd's
+        // cgroup, beyond contain's sight: the loopback allowance must not reach
+        // it. Its own entry keeps the longest match from landing on 127.0.0.0/8.
+        let carve_out_docker_dns = self.policy.allow_loopback;
+        if carve_out_docker_dns {
+            v4_pinned.push(docker_dns);
+        }
+        for pinned in &v4_pinned {
+            if !v4.contains(pinned) {
+                v4.push(*pinned);
+            }
+        }
+        v4.sort_unstable();
+        v6.sort_unstable();
+
+        let in_scope = |origin: RuleOrigin| match origin {
+            RuleOrigin::Loopback | RuleOrigin::DockerDns => false,
+            RuleOrigin::Rule { process, .. } => process == scope,
+        };
+
+        for (list, pinned) in [(v4, v4_pinned), (v6, Vec::new())] {
+            // Prefixes sorted by (address, length) visit every ancestor before
+            // its descendants; the stack holds the chain of enclosing prefixes.
+            let mut stack: Vec<(Prefix, Rc<AllowSet>)> = Vec::new();
+            // Each prefix's (rule, destination) pairs and whether something
+            // already granted them; a prefix has a handful: a list beats a map.
+            let mut covered_pairs: Vec<((RuleOrigin, Prefix), Option<Grant>)> = Vec::new();
+            for prefix in list {
+                while stack.last().is_some_and(|(p, _)| !p.contains(&prefix)) {
+                    stack.pop();
+                }
+                let parent = stack.last().map_or_else(Rc::default, |(_, s)| s.clone());
+                let mut set: AllowSet = if carve_out_docker_dns && prefix == docker_dns {
+                    fold_ancestors_without_loopback(&stack, &own)
+                } else {
+                    (*parent).clone()
+                };
+                let mut changed = false;
+                covered_pairs.clear();
+                for c in own.get(&prefix).map(Vec::as_slice).unwrap_or(&[]) {
+                    let pair_key = (c.grant.origin, c.grant.dest);
+                    let at = covered_pairs
+                        .iter()
+                        .position(|(k, _)| *k == pair_key)
+                        .unwrap_or_else(|| {
+                            covered_pairs.push((pair_key, None));
+                            covered_pairs.len() - 1
+                        });
+                    let pair = &mut covered_pairs[at].1;
+                    match covering(&set, &c.allowance) {
+                        Some(by) => {
+                            // Remember a coverer for the message unless part of
+                            // this pair already added something.
+                            pair.get_or_insert(by);
+                        }
+                        None => {
+                            insert_minimal(&mut set, c.allowance, c.grant);
+                            changed = true;
+                            // Marks the pair as contributing.
+                            *pair = Some(Grant {
+                                rule_id: 0,
+                                ..c.grant
+                            });
+                        }
+                    }
+                }
+                for ((origin, dest), by) in covered_pairs.drain(..) {
+                    if let Some(by) = by {
+                        // The loopback allowance leaves Docker's DNS out: a rule
+                        // over it opens that, and is no repeat of loopback.
+                        let opens_docker_dns = by.origin == RuleOrigin::Loopback
+                            && carve_out_docker_dns
+                            && dest.contains(&docker_dns);
+                        if by.rule_id != 0 && in_scope(origin) && !opens_docker_dns {
+                            self.redundant.push(Redundant { origin, dest, by });
+                        }
+                    }
+                }
+                if changed || pinned.contains(&prefix) {
+                    let ruleset = intern(self.rulesets, &set, self.ids, self.out)?;
+                    let key = DestPrefix {
+                        policy_id: self.policy_id,
+                        class,
+                        addr: prefix.key_bytes(),
+                        prefix_len: prefix.len,
+                    };
+                    self.out.dests.insert(key, ruleset);
+                    stack.push((prefix, Rc::new(set)));
+                } else {
+                    // Same allowances as the enclosing prefix: the kernel's
+                    // longest match lands there anyway, no entry needed.
+                    stack.push((prefix, parent));
+                }
+            }
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// Reports the redundant rules found in every class.
+    fn report_redundant(self) {
+        let Fold {
+            policy,
+            out,
+            mut redundant,
+            ..
+        } = self;
+        // A (rule, destination) pair is reported once, even though container
+        // rules are folded into every class.
+        redundant.sort_by_key(|r| (r.origin, r.dest));
+        redundant.dedup_by_key(|r| (r.origin, r.dest));
+        const SHOWN: usize = 3;
+        for items in redundant.chunk_by(|a, b| a.origin == b.origin) {
+            let (what, location) = describe_origin(policy, items[0].origin);
+            let mut parts: Vec<String> = items
+                .iter()
+                .take(SHOWN)
+                .map(|r| {
+                    let (by, by_loc) = describe_origin(policy, r.by.origin);
+                    let at = by_loc
+                        .map(|l| format!(" (line {})", l.line))
+                        .unwrap_or_default();
+                    let through = if r.by.dest == r.dest {
+                        String::new()
+                    } else {
+                        format!(" through {}", r.by.dest)
+                    };
+                    format!("{} is already allowed by {by}{at}{through}", r.dest)
+                })
+                .collect();
+            if items.len() > SHOWN {
+                parts.push(format!("and {} more destinations", items.len() - SHOWN));
+            }
+            out.warnings.push(warning(
+                location,
+                format!(
+                    "policy \"{}\": {what} is redundant for some destinations: {}",
+                    policy.name,
+                    parts.join("; ")
+                ),
+            ));
+        }
+    }
 }
 
 /// The allowances of the enclosing prefixes on `stack` (outermost first),
@@ -1320,44 +1351,6 @@ fn describe_origin(policy: &ContainerPolicy, origin: RuleOrigin) -> (String, Opt
                 r.location.clone(),
             )
         }
-    }
-}
-
-fn report_redundant(ctx: &FoldContext, mut redundant: Vec<Redundant>, out: &mut CompiledRules) {
-    // A (rule, destination) pair is reported once, even though container
-    // rules are folded into every class.
-    redundant.sort_by_key(|r| (r.origin, r.dest));
-    redundant.dedup_by_key(|r| (r.origin, r.dest));
-    const SHOWN: usize = 3;
-    for items in redundant.chunk_by(|a, b| a.origin == b.origin) {
-        let (what, location) = describe_origin(ctx.policy, items[0].origin);
-        let mut parts: Vec<String> = items
-            .iter()
-            .take(SHOWN)
-            .map(|r| {
-                let (by, by_loc) = describe_origin(ctx.policy, r.by.origin);
-                let at = by_loc
-                    .map(|l| format!(" (line {})", l.line))
-                    .unwrap_or_default();
-                let through = if r.by.dest == r.dest {
-                    String::new()
-                } else {
-                    format!(" through {}", r.by.dest)
-                };
-                format!("{} is already allowed by {by}{at}{through}", r.dest)
-            })
-            .collect();
-        if items.len() > SHOWN {
-            parts.push(format!("and {} more destinations", items.len() - SHOWN));
-        }
-        out.warnings.push(warning(
-            location,
-            format!(
-                "policy \"{}\": {what} is redundant for some destinations: {}",
-                ctx.policy.name,
-                parts.join("; ")
-            ),
-        ));
     }
 }
 
