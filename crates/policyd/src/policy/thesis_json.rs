@@ -25,8 +25,8 @@ use kernel_model::state::Verdict;
 use serde::Deserialize;
 
 use super::{
-    fnv1a, normalize_allowances, toml_format::Checker, AllowRule, Allowance, ContainerPolicy,
-    Format, InvalidPolicy, Mode, PolicySet, ProcessPolicy, Selector,
+    normalize_allowances, toml_format::Checker, AllowRule, Allowance, ContainerPolicy, Format,
+    InvalidPolicy, Mode, PolicySet, ProcessPolicy, Selector,
 };
 use crate::{
     diagnostic::{Diagnostic, Location, Severity},
@@ -218,14 +218,10 @@ pub fn parse(name: &str, text: &str) -> Result<PolicySet, InvalidPolicy> {
                                 port: port as u16,
                                 bits: 16,
                             };
-                            allowances.push(Allowance {
-                                proto: ip_proto::TCP,
-                                block,
-                            });
-                            allowances.push(Allowance {
-                                proto: ip_proto::UDP,
-                                block,
-                            });
+                            allowances.extend(
+                                [ip_proto::TCP, ip_proto::UDP]
+                                    .map(|proto| Allowance { proto, block }),
+                            );
                         }
                         _ => {
                             let at = cursor.find_number(port, allow_at).unwrap_or(allow_at);
@@ -303,17 +299,7 @@ pub fn parse(name: &str, text: &str) -> Result<PolicySet, InvalidPolicy> {
         });
     }
 
-    let source_name = name.to_string();
-    let digest = fnv1a(text.as_bytes());
-    checker.finish(|warnings| PolicySet {
-        source_name,
-        format: Format::ThesisJson,
-        mode: Mode::Enforce,
-        unknown_container: Verdict::Deny,
-        policies,
-        warnings,
-        digest,
-    })
+    checker.finish(Format::ThesisJson, Mode::Enforce, Verdict::Deny, policies)
 }
 
 #[cfg(test)]

@@ -60,13 +60,9 @@ use crate::{
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
-    #[serde(default)]
     mode: Option<Spanned<String>>,
-    #[serde(default)]
     unknown_container: Option<Spanned<String>>,
-    #[serde(default)]
     allow_loopback: Option<bool>,
-    #[serde(default)]
     allow_docker_dns: Option<bool>,
     #[serde(default)]
     policy: Vec<Spanned<RawPolicy>>,
@@ -76,11 +72,8 @@ struct RawFile {
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
     name: Spanned<String>,
-    #[serde(default)]
     mode: Option<Spanned<String>>,
-    #[serde(default)]
     allow_loopback: Option<bool>,
-    #[serde(default)]
     allow_docker_dns: Option<bool>,
     select: Spanned<RawSelect>,
     #[serde(default)]
@@ -92,24 +85,18 @@ struct RawPolicy {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSelect {
-    #[serde(default)]
     name: Option<Spanned<String>>,
     #[serde(default, alias = "labels")]
     label: BTreeMap<String, Spanned<String>>,
-    #[serde(default)]
     image: Option<Spanned<String>>,
-    #[serde(default)]
     namespace: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProcess {
-    #[serde(default)]
     exe: Option<Spanned<Strings>>,
-    #[serde(default)]
     comm: Option<Spanned<Strings>>,
-    #[serde(default)]
     sha256: Option<Spanned<String>>,
     #[serde(default)]
     allow: Vec<Spanned<RawRule>>,
@@ -119,11 +106,8 @@ struct RawProcess {
 #[serde(deny_unknown_fields)]
 struct RawRule {
     to: Spanned<Strings>,
-    #[serde(default)]
     proto: Option<Spanned<Strings>>,
-    #[serde(default)]
     ports: Option<Vec<Spanned<PortSpec>>>,
-    #[serde(default)]
     icmp_types: Option<Vec<Spanned<IcmpSpec>>>,
 }
 
@@ -233,7 +217,6 @@ enum IcmpSpec {
 struct RawTypeCode {
     #[serde(rename = "type")]
     ty: i64,
-    #[serde(default)]
     code: Option<i64>,
 }
 
@@ -429,17 +412,28 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// The policy set, or every error (and then the warnings too).
     pub fn finish(
         self,
-        build: impl FnOnce(Vec<Diagnostic>) -> PolicySet,
+        format: Format,
+        mode: Mode,
+        unknown_container: Verdict,
+        policies: Vec<ContainerPolicy>,
     ) -> Result<PolicySet, InvalidPolicy> {
-        if self.errors.is_empty() {
-            Ok(build(self.warnings))
-        } else {
+        if !self.errors.is_empty() {
             let mut diagnostics = self.errors;
             diagnostics.extend(self.warnings);
-            Err(InvalidPolicy { diagnostics })
+            return Err(InvalidPolicy { diagnostics });
         }
+        Ok(PolicySet {
+            source_name: self.src.name.to_string(),
+            format,
+            mode,
+            unknown_container,
+            policies,
+            warnings: self.warnings,
+            digest: fnv1a(self.src.text.as_bytes()),
+        })
     }
 }
 
@@ -560,61 +554,40 @@ pub fn parse(name: &str, text: &str) -> Result<PolicySet, InvalidPolicy> {
         }
     }
 
-    let source_name = name.to_string();
-    let digest = fnv1a(text.as_bytes());
-    checker.finish(|warnings| PolicySet {
-        source_name,
-        format: Format::Toml,
-        mode,
-        unknown_container,
-        policies,
-        warnings,
-        digest,
-    })
+    checker.finish(Format::Toml, mode, unknown_container, policies)
 }
 
 fn check_selector(checker: &mut Checker, raw: RawSelect, span: Range<usize>) -> Option<Selector> {
+    let errors_before = checker.errors.len();
     let mut selector = Selector::default();
-    let mut ok = true;
     if let Some(name) = raw.name {
         // Docker reports names with a leading '/'; people write them without.
         let n = name.get_ref().trim().trim_start_matches('/').to_string();
         if n.is_empty() {
             checker.error(Some(name.span()), "select.name is empty");
-            ok = false;
         }
         selector.name = Some(n);
     }
     for (key, value) in raw.label {
         if key.is_empty() {
             checker.error(Some(value.span()), "label key is empty");
-            ok = false;
             continue;
         }
         match Glob::new(value.get_ref()) {
             Ok(glob) => {
                 selector.labels.insert(key, glob);
             }
-            Err(e) => {
-                checker.error(Some(value.span()), format!("label value: {e}"));
-                ok = false;
-            }
+            Err(e) => checker.error(Some(value.span()), format!("label value: {e}")),
         }
     }
     if let Some(image) = raw.image {
         match Glob::new(image.get_ref().trim()) {
             Ok(glob) if !glob.as_str().is_empty() => selector.image = Some(glob),
-            Ok(_) => {
-                checker.error(
-                    Some(image.span()),
-                    "select.image is empty; expected an image glob like \"nginx:*\"",
-                );
-                ok = false;
-            }
-            Err(e) => {
-                checker.error(Some(image.span()), format!("select.image: {e}"));
-                ok = false;
-            }
+            Ok(_) => checker.error(
+                Some(image.span()),
+                "select.image is empty; expected an image glob like \"nginx:*\"",
+            ),
+            Err(e) => checker.error(Some(image.span()), format!("select.image: {e}")),
         }
     }
     if let Some(ns) = raw.namespace {
@@ -624,18 +597,20 @@ fn check_selector(checker: &mut Checker, raw: RawSelect, span: Range<usize>) -> 
                 Some(ns.span()),
                 "select.namespace is empty; expected e.g. \"moby\" or \"k8s.io\"",
             );
-            ok = false;
         }
         selector.namespace = Some(n);
     }
-    if ok && selector.is_empty() {
+    if checker.errors.len() > errors_before {
+        return None;
+    }
+    if selector.is_empty() {
         checker.error(
             Some(span),
             "select needs at least one of name, label, image, namespace (to select every container, use image = \"*\")",
         );
-        ok = false;
+        return None;
     }
-    ok.then_some(selector)
+    Some(selector)
 }
 
 fn check_process(
@@ -730,7 +705,9 @@ fn check_rule(
     index: usize,
     span: Range<usize>,
 ) -> Option<AllowRule> {
-    let mut ok = true;
+    // Most errors below do not end the check, so that a rule's mistakes
+    // are all reported; the rule is refused if there was any.
+    let errors_before = checker.errors.len();
     let to_span = raw.to.span();
     let mut dests: Vec<Prefix> = Vec::new();
     for (text, s) in items(raw.to) {
@@ -751,18 +728,14 @@ fn check_rule(
                 }
                 dests.push(p);
             }
-            Err(e) => {
-                checker.error(Some(s), format!("invalid destination: {e}"));
-                ok = false;
-            }
+            Err(e) => checker.error(Some(s), format!("invalid destination: {e}")),
         }
     }
-    if ok && dests.is_empty() {
+    if checker.errors.len() == errors_before && dests.is_empty() {
         checker.error(
             Some(to_span.clone()),
             "`to` lists no destination; for anywhere write [\"0.0.0.0/0\", \"::/0\"]",
         );
-        ok = false;
     }
 
     let protos: Vec<Proto> = match raw.proto {
@@ -817,7 +790,7 @@ fn check_rule(
     let mut port_ranges = None;
     if let Some(ports) = raw.ports {
         let unused = !protos.iter().any(|p| p.has_ports());
-        port_ranges = check_entries(
+        port_ranges = Some(check_entries(
             checker,
             ports,
             &span,
@@ -826,15 +799,14 @@ fn check_rule(
             ),
             "ports is empty; leave it out to allow every port",
             check_port_spec,
-        );
-        ok &= port_ranges.is_some();
+        ));
     }
 
     // Per ICMP protocol: the (type, code) blocks allowed; none = every type.
     let mut icmp: BTreeMap<Proto, Vec<PortBlock>> = BTreeMap::new();
     if let Some(types) = raw.icmp_types {
         let icmp_protos: Vec<Proto> = protos.iter().copied().filter(|p| p.is_icmp()).collect();
-        let checked = check_entries(
+        let blocks = check_entries(
             checker,
             types,
             &span,
@@ -844,14 +816,13 @@ fn check_rule(
             "icmp_types is empty; leave it out to allow every type",
             |spec| check_icmp_spec(spec, &icmp_protos),
         );
-        ok &= checked.is_some();
-        for (proto, block) in checked.into_iter().flatten().flatten() {
+        for (proto, block) in blocks.into_iter().flatten() {
             icmp.entry(proto).or_default().push(block);
         }
         // A name only one of ICMP's tables has (`timestamp-request`,
         // `packet-too-big`) gives the other protocol no type, and a
         // protocol without types would be every type: refused instead.
-        if ok {
+        if checker.errors.len() == errors_before {
             for proto in icmp_protos.iter().filter(|p| !icmp.contains_key(p)) {
                 let (name, other) = match proto {
                     Proto::Icmpv6 => ("icmpv6", "icmp"),
@@ -863,11 +834,10 @@ fn check_rule(
                         "icmp_types names no {name} type (each name here is an {other} type only), so this rule would allow {name} of every type; list the {name} types it should allow, or give {name} a rule of its own"
                     ),
                 );
-                ok = false;
             }
         }
     }
-    if !ok {
+    if checker.errors.len() > errors_before {
         return None;
     }
 
@@ -953,7 +923,7 @@ fn check_rule(
 
 /// Checks a rule's `ports` or `icmp_types`: an error where the rule's
 /// protocols take none (`unused`, at the first entry), one if the list is
-/// empty, and one per bad entry; the checked entries if there was none.
+/// empty, and one per bad entry; the good entries, checked.
 fn check_entries<T, R>(
     checker: &mut Checker,
     entries: Vec<Spanned<T>>,
@@ -961,28 +931,22 @@ fn check_entries<T, R>(
     unused: Option<&str>,
     empty: &str,
     check: impl Fn(&T) -> Result<R, String>,
-) -> Option<Vec<R>> {
-    let mut ok = true;
+) -> Vec<R> {
     if let Some(unused) = unused {
         let at = entries.first().map_or(rule_span.clone(), Spanned::span);
         checker.error(Some(at), unused);
-        ok = false;
     }
     if entries.is_empty() {
         checker.error(Some(rule_span.clone()), empty);
-        ok = false;
     }
-    let mut checked = Vec::new();
-    for entry in entries {
-        match check(entry.get_ref()) {
-            Ok(value) => checked.push(value),
-            Err(e) => {
-                checker.error(Some(entry.span()), e);
-                ok = false;
-            }
-        }
-    }
-    ok.then_some(checked)
+    entries
+        .iter()
+        .filter_map(|entry| {
+            check(entry.get_ref())
+                .map_err(|e| checker.error(Some(entry.span()), e))
+                .ok()
+        })
+        .collect()
 }
 
 fn port_number(value: i64) -> Result<u16, String> {
