@@ -401,16 +401,13 @@ pub fn cgroup_entry(
 ) -> CgroupEntry {
     match policy {
         Some(index) => CgroupEntry {
-            policy_id: rules.policy_ids[index],
             audit: policies.policies[index].mode == Mode::Audit,
-            unrestricted: false,
             forwarded_dns: policies.policies[index].allow_docker_dns,
+            ..CgroupEntry::enforced(rules.policy_ids[index])
         },
         None => CgroupEntry {
-            policy_id: contain_common::UNKNOWN_POLICY_ID,
-            audit: false,
             unrestricted: true,
-            forwarded_dns: false,
+            ..CgroupEntry::ruleless(false)
         },
     }
 }
@@ -619,9 +616,8 @@ pub fn seed_policy_ids_from_rules(state: &KernelState, policies: &PolicySet, ids
     };
     type Signature = Vec<([u8; 16], u8, u32)>;
     let signature = |dests: &BTreeMap<DestPrefix, u32>, policy_id: u32| -> Signature {
-        dests
-            .iter()
-            .filter(|(k, _)| k.policy_id == policy_id && k.class == 0)
+        policy_dests(dests, policy_id)
+            .filter(|(k, _)| k.class == 0)
             .map(|(k, &ruleset)| (k.addr, k.prefix_len, ruleset))
             .collect()
     };
@@ -966,10 +962,7 @@ fn scope_rule_ids(
     policy_index: usize,
     out: &mut CompiledRules,
 ) -> Result<Vec<u32>, CompileError> {
-    let scope = match process {
-        None => "container-wide".to_string(),
-        Some(p) => p.describe(),
-    };
+    let scope = process.map_or_else(|| "container-wide".to_string(), ProcessPolicy::describe);
     rules
         .iter()
         .map(|rule| {
