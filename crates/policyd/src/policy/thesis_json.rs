@@ -107,17 +107,15 @@ impl Cursor<'_> {
     }
     fn find_number(&self, value: i64, after: usize) -> Option<usize> {
         let text = value.to_string();
-        let mut from = after;
-        while let Some(at) = self.find(&text, from) {
-            let before = self.text[..at].chars().next_back();
-            let after_c = self.text[at + text.len()..].chars().next();
-            let boundary = |c: Option<char>| !c.is_some_and(|c| c.is_ascii_digit() || c == '-');
-            if boundary(before) && boundary(after_c) {
-                return Some(at);
-            }
-            from = at + text.len();
-        }
-        None
+        let boundary = |c: Option<char>| !c.is_some_and(|c| c.is_ascii_digit() || c == '-');
+        self.text
+            .get(after..)?
+            .match_indices(&text)
+            .map(|(at, _)| at + after)
+            .find(|&at| {
+                boundary(self.text[..at].chars().next_back())
+                    && boundary(self.text[at + text.len()..].chars().next())
+            })
     }
 }
 
@@ -136,12 +134,12 @@ pub fn parse(name: &str, text: &str) -> Result<PolicySet, InvalidPolicy> {
                 .as_ref()
                 .and_then(|l| text.lines().nth(l.line as usize - 1))
                 .map(str::to_string);
-            let message = e.to_string();
             // serde_json appends " at line L column C"; the location says it.
-            let message = message
+            let message = e
+                .to_string()
                 .split(" at line ")
                 .next()
-                .unwrap_or(&message)
+                .unwrap_or_default()
                 .to_string();
             return Err(InvalidPolicy {
                 diagnostics: vec![Diagnostic {
