@@ -103,26 +103,20 @@ pub fn enforcement(
     policy_mode: Option<Mode>,
     attached: &AttachedParents,
 ) -> Enforcement {
-    let plain = |mode: &str| Enforcement {
+    let enforcement = |mode: &str, unenforced_reason| Enforcement {
         mode: mode.to_string(),
-        unenforced_reason: None,
+        unenforced_reason,
     };
     if container.cgroup_id.is_none() {
-        return plain("unmapped");
+        return enforcement("unmapped", None);
     }
     let Some(mode) = policy_mode else {
-        return plain("unrestricted");
+        return enforcement("unrestricted", None);
     };
     match coverage(container.cgroup_path.as_deref(), attached) {
-        Coverage::Attached(_) => plain(&mode.to_string()),
-        Coverage::NotAttached(why) => Enforcement {
-            mode: "unenforced".into(),
-            unenforced_reason: Some(why),
-        },
-        Coverage::Unknown(why) => Enforcement {
-            mode: "unverified".into(),
-            unenforced_reason: Some(why),
-        },
+        Coverage::Attached(_) => enforcement(&mode.to_string(), None),
+        Coverage::NotAttached(why) => enforcement("unenforced", Some(why)),
+        Coverage::Unknown(why) => enforcement("unverified", Some(why)),
     }
 }
 
