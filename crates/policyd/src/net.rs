@@ -11,10 +11,9 @@ pub use kernel_model::prefix::{addr_key, Family, PortBlock, Prefix, V4_BLOCK_LEN
 /// because in an allow-list the wider reading is the dangerous one.
 pub fn parse_cidr(text: &str) -> Result<Prefix, String> {
     let text = text.trim();
-    let (addr_text, len_text) = match text.split_once('/') {
-        Some((a, l)) => (a, Some(l)),
-        None => (text, None),
-    };
+    let (addr_text, len_text) = text
+        .split_once('/')
+        .map_or((text, None), |(a, l)| (a, Some(l)));
     let ip: IpAddr = addr_text.parse().map_err(|_| {
         format!("`{addr_text}` is not an IPv4 or IPv6 address (expected e.g. 10.0.0.0/8 or 2001:db8::/32)")
     })?;
