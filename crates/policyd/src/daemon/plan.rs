@@ -83,15 +83,8 @@ pub fn plan(
     inventory: Option<&Inventory>,
     kernel: &StateSnapshot,
 ) -> Result<Plan, CompileError> {
-    let mut plan = match inventory {
-        Some(inventory) => {
-            let (desired, warnings) = desired(loaded, inventory)?;
-            Plan {
-                desired: Some(desired),
-                diff: MapDiff::default(),
-                warnings,
-            }
-        }
+    let (desired, warnings) = match inventory {
+        Some(inventory) => desired(loaded, inventory)?,
         None => {
             let files: BTreeMap<ProcessKey, u32> = kernel
                 .state
@@ -116,17 +109,14 @@ pub fn plan(
                 ),
                 files,
             );
-            Plan {
-                desired: Some(desired),
-                diff: MapDiff::default(),
-                warnings: Vec::new(),
-            }
+            (desired, Vec::new())
         }
     };
-    if let Some(desired) = &plan.desired {
-        plan.diff = MapDiff::between(kernel.generation, &kernel.state, desired);
-    }
-    Ok(plan)
+    Ok(Plan {
+        diff: MapDiff::between(kernel.generation, &kernel.state, &desired),
+        desired: Some(desired),
+        warnings,
+    })
 }
 
 /// A plan, and what it is for: the loaded policy and, if policies moved to
@@ -157,13 +147,13 @@ pub fn plan_moving_safely(
 ) -> Result<SafePlan, CompileError> {
     let first = plan_since(loaded, inventory, kernel, since)?;
     let named = rewrites_seen_by_moving_cgroups(&kernel.state, &first.diff.ops);
-    let in_place = |mut plan: Plan, warning: Option<Diagnostic>| SafePlan {
-        loaded: loaded.clone(),
-        moved_ids: None,
-        plan: {
-            plan.warnings.extend(warning);
-            plan
-        },
+    let in_place = |mut plan: Plan, warning: Option<Diagnostic>| {
+        plan.warnings.extend(warning);
+        SafePlan {
+            loaded: loaded.clone(),
+            moved_ids: None,
+            plan,
+        }
     };
     if named.is_empty() {
         return Ok(in_place(first, None));
@@ -323,18 +313,18 @@ fn containers_only(
             ifindex,
             addr: [0xff; 16],
         };
-        let held: BTreeSet<&VethSource> =
-            kernel.state.veth_sources.range(on_veth.clone()).collect();
-        let wanted: BTreeSet<&VethSource> = veth_sources.range(on_veth).collect();
-        for &&key in held.difference(&wanted) {
-            ops.push(MapOp::Delete {
-                key: EntryKey::VethSource { key },
-            });
-        }
-        for &&key in wanted.difference(&held) {
-            ops.push(MapOp::Upsert {
-                entry: Entry::VethSource { key },
-            });
+        let keys: BTreeSet<VethSource> = kernel
+            .state
+            .veth_sources
+            .range(on_veth.clone())
+            .chain(veth_sources.range(on_veth))
+            .copied()
+            .collect();
+        for key in keys {
+            let entry = veth_sources
+                .contains(&key)
+                .then_some(Entry::VethSource { key });
+            push_op(&kernel.state, EntryKey::VethSource { key }, entry, &mut ops);
         }
     }
     let added = ops
