@@ -11,9 +11,7 @@ use std::{
 
 use backon::{BackoffBuilder as _, ExponentialBackoff, ExponentialBuilder};
 use proto::{
-    resolver::{
-        ChangeKind, Container as ResolverContainer, ResolverClient, WatchReply, MAX_WATCH_WAIT_MS,
-    },
+    resolver::{ChangeKind, Container as ResolverContainer, WatchReply, MAX_WATCH_WAIT_MS},
     transport,
 };
 
@@ -164,15 +162,10 @@ pub async fn inventory_grace(engine: Handle, grace: Duration) {
     engine.tell(Feed::GraceOver).await;
 }
 
-fn to_inventory(containers: &BTreeMap<String, ResolverContainer>) -> Inventory {
-    Inventory {
-        containers: containers.values().map(Container::from).collect(),
-    }
-}
-
 async fn publish(engine: &Handle, containers: &BTreeMap<String, ResolverContainer>) {
+    let containers = containers.values().map(Container::from).collect();
     engine
-        .tell(Feed::SetInventory(to_inventory(containers)))
+        .tell(Feed::SetInventory(Inventory { containers }))
         .await;
 }
 
@@ -194,15 +187,10 @@ pub async fn follow_resolver(engine: Handle, path: PathBuf) {
 }
 
 async fn follow_once(engine: &Handle, path: &Path, delays: &mut ExponentialBackoff) -> String {
-    let stream = match transport::connect(path, &super::links::daemon_server()).await {
-        Ok(s) => s,
+    let client = match super::links::resolver_client(path).await {
+        Ok(client) => client,
         Err(e) => return e.to_string(),
     };
-    let client = ResolverClient::new(
-        tarpc::client::Config::default(),
-        transport::client(stream, transport::Service::Resolver),
-    )
-    .spawn();
     let snapshot = match client.list(transport::context_with_deadline(30)).await {
         Ok(s) => s,
         Err(e) => return format!("resolver list failed: {e}"),

@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeSet,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Mutex, MutexGuard},
 };
 
@@ -26,8 +26,18 @@ pub struct LoaderLink {
 /// daemon's own user (stand-ins a test runs as it). The sockets' directory
 /// is writable by the daemons' group: another member's socket in their
 /// place would take the policy, or feed a forged inventory.
-pub(super) fn daemon_server() -> transport::ServerIs {
+fn daemon_server() -> transport::ServerIs {
     transport::ServerIs::root_or([nix::unistd::geteuid().as_raw()])
+}
+
+/// A client of the resolver at `path`.
+pub(super) async fn resolver_client(path: &Path) -> std::io::Result<ResolverClient> {
+    let stream = transport::connect(path, &daemon_server()).await?;
+    Ok(ResolverClient::new(
+        tarpc::client::Config::default(),
+        transport::client(stream, transport::Service::Resolver),
+    )
+    .spawn())
 }
 
 /// Locks `m`; a panic elsewhere while it was held left a plain value.
@@ -195,16 +205,9 @@ impl ExeResolver {
             let client = match cached {
                 Some(c) => c,
                 None => {
-                    let stream = transport::connect(&self.path, &daemon_server())
-                        .await
-                        .map_err(|e| {
-                            format!("the resolver ({}) is unavailable: {e}", self.path.display())
-                        })?;
-                    let client = ResolverClient::new(
-                        tarpc::client::Config::default(),
-                        transport::client(stream, transport::Service::Resolver),
-                    )
-                    .spawn();
+                    let client = resolver_client(&self.path).await.map_err(|e| {
+                        format!("the resolver ({}) is unavailable: {e}", self.path.display())
+                    })?;
                     *lock(&self.client) = Some(client.clone());
                     client
                 }
