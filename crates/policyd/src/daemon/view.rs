@@ -244,22 +244,14 @@ fn veths_not_held(
     desired: &BTreeMap<u32, u64>,
     kernel: &KernelState,
 ) -> Option<String> {
-    let unheld: Vec<String> = container
-        .host_veths
-        .iter()
-        .filter(|ifindex| {
-            desired
-                .get(ifindex)
-                .is_some_and(|owner| kernel.veths.get(ifindex) != Some(owner))
-        })
-        .map(u32::to_string)
-        .collect();
-    (!unheld.is_empty()).then(|| {
-        format!(
-            "the loader's maps do not map its veth (ifindex {}) to it as its policy gives it (not applied yet, or the last apply failed: see the last error): the sources of its frames, what its namespace forwards and the kernel's answers are not checked there",
-            unheld.join(", ")
-        )
-    })
+    let unheld = listed(container.host_veths.iter().filter(|ifindex| {
+        desired
+            .get(ifindex)
+            .is_some_and(|owner| kernel.veths.get(ifindex) != Some(owner))
+    }))?;
+    Some(format!(
+        "the loader's maps do not map its veth (ifindex {unheld}) to it as its policy gives it (not applied yet, or the last apply failed: see the last error): the sources of its frames, what its namespace forwards and the kernel's answers are not checked there"
+    ))
 }
 
 /// Why the frames on `container`'s veths may not be judged at all, when the
@@ -272,15 +264,12 @@ fn veths_not_attached(
     desired: &BTreeMap<u32, u64>,
     attached: &Result<BTreeSet<u32>, String>,
 ) -> Option<String> {
-    let mapped: Vec<u32> = container
+    let mut mapped = container
         .host_veths
         .iter()
-        .copied()
         .filter(|ifindex| desired.contains_key(ifindex))
-        .collect();
-    if mapped.is_empty() {
-        return None;
-    }
+        .peekable();
+    mapped.peek()?;
     let attached = match attached {
         Ok(attached) => attached,
         Err(why) => {
@@ -289,17 +278,16 @@ fn veths_not_attached(
             ))
         }
     };
-    let bare: Vec<String> = mapped
-        .iter()
-        .filter(|ifindex| !attached.contains(ifindex))
-        .map(u32::to_string)
-        .collect();
-    (!bare.is_empty()).then(|| {
-        format!(
-            "the kernel does not run the backstop first on its veth (ifindex {}): frames from its packet sockets, forged sources and what its namespace forwards may pass there unjudged (the attach failed or was removed, or another tc program or filter runs before it: the loader's log says which; or the loader has not taken the veth's link event yet)",
-            bare.join(", ")
-        )
-    })
+    let bare = listed(mapped.filter(|ifindex| !attached.contains(ifindex)))?;
+    Some(format!(
+        "the kernel does not run the backstop first on its veth (ifindex {bare}): frames from its packet sockets, forged sources and what its namespace forwards may pass there unjudged (the attach failed or was removed, or another tc program or filter runs before it: the loader's log says which; or the loader has not taken the veth's link event yet)"
+    ))
+}
+
+/// `ifindexes` as a list for people; `None` when there are none.
+fn listed<'a>(ifindexes: impl Iterator<Item = &'a u32>) -> Option<String> {
+    let listed: Vec<String> = ifindexes.map(u32::to_string).collect();
+    (!listed.is_empty()).then(|| listed.join(", "))
 }
 
 /// The loader's counters, or `None` (why is kept for status).
@@ -577,13 +565,10 @@ async fn inventory_for_explain<'a>(
     inventory: &'a Inventory,
     query: &ExplainQuery,
 ) -> Cow<'a, Inventory> {
-    let Some(path) = query.process.as_deref().filter(|p| p.starts_with('/')) else {
-        return Cow::Borrowed(inventory);
-    };
-    let Ok(container) = inventory.find(&query.container) else {
-        return Cow::Borrowed(inventory);
-    };
-    let Some(resolver) = &handle.exe_resolver else {
+    let path = query.process.as_deref().filter(|p| p.starts_with('/'));
+    let container = inventory.find(&query.container).ok();
+    let (Some(path), Some(container), Some(resolver)) = (path, container, &handle.exe_resolver)
+    else {
         return Cow::Borrowed(inventory);
     };
     if container.exes.contains_key(path) || container.cgroup_id.is_none() {
