@@ -37,15 +37,14 @@ impl Hasher for StableHasher {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
+        let start = if self.0 == 0 {
             contain_common::fnv1a_start()
         } else {
             self.0
         };
-        for &b in bytes {
-            h = contain_common::fnv1a_step(h, b);
-        }
-        self.0 = h;
+        self.0 = bytes
+            .iter()
+            .fold(start, |h, &b| contain_common::fnv1a_step(h, b));
     }
 }
 
@@ -268,10 +267,7 @@ impl IdTables {
         inventory: &Inventory,
     ) {
         for container in &inventory.containers {
-            let Some(cgroup_id) = container.cgroup_id else {
-                continue;
-            };
-            let Some(entry) = state.cgroups.get(&cgroup_id) else {
+            let Some(entry) = container.cgroup_id.and_then(|id| state.cgroups.get(&id)) else {
                 continue;
             };
             if entry.unrestricted || entry.policy_id == 0 {

@@ -161,8 +161,7 @@ pub fn exe_lookups(
     for (&index, paths) in wanted {
         let container = &inventory.containers[index];
         for (path, &sha256) in paths {
-            let known = container.exes.get(path);
-            let fresh_enough = match known {
+            let fresh_enough = match container.exes.get(path) {
                 None => false,
                 Some(Ok(file)) => !sha256 || file.sha256.is_some(),
                 Some(Err(_)) => true,
@@ -205,10 +204,7 @@ pub fn carry_exes(old: &Inventory, fresh: &mut Inventory) {
         .filter(|c| !c.exes.is_empty())
         .filter_map(|c| Some(((c.id.as_str(), c.cgroup_id?), &c.exes)))
         .collect();
-    for c in &mut fresh.containers {
-        if !c.exes.is_empty() {
-            continue;
-        }
+    for c in fresh.containers.iter_mut().filter(|c| c.exes.is_empty()) {
         let Some(cgroup_id) = c.cgroup_id else {
             continue;
         };

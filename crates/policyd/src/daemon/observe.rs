@@ -179,17 +179,15 @@ pub async fn follow_events(engine: Handle, recorder: Arc<Recorder>, target: Even
                 if view.is_ruleless(event.cgroup_id) {
                     record.judged_as_shared_cgroup();
                 }
+                recorder.verdict(
+                    record.verdict,
+                    record.policy.as_deref().unwrap_or(""),
+                    record.container_name.as_deref().unwrap_or(""),
+                    record.suppressed,
+                );
                 record
             })
             .collect();
-        for record in &records {
-            recorder.verdict(
-                record.verdict,
-                record.policy.as_deref().unwrap_or(""),
-                record.container_name.as_deref().unwrap_or(""),
-                record.suppressed,
-            );
-        }
         if let Some(w) = out.as_mut() {
             let now = Instant::now();
             let mut text = String::new();
