@@ -202,20 +202,14 @@ impl<T: Clone + Patch<C>, C: Clone> Recycler<T, C> {
     /// Makes `changes` to `current`: in place when nobody else holds it,
     /// else to the spare copy (caught up first), else to a clone.
     fn change(&mut self, current: &mut Arc<T>, changes: &[C]) {
-        match Arc::get_mut(current) {
-            Some(value) => changes.iter().for_each(|c| value.patch(c)),
-            None => {
-                let mut next = match self.spare.take() {
-                    Some((mut spare, lag)) => {
-                        lag.iter().for_each(|c| spare.patch(c));
-                        spare
-                    }
-                    None => (**current).clone(),
-                };
-                changes.iter().for_each(|c| next.patch(c));
-                *current = Arc::new(next);
+        if Arc::get_mut(current).is_none() {
+            if let Some((mut spare, lag)) = self.spare.take() {
+                lag.iter().for_each(|c| spare.patch(c));
+                *current = Arc::new(spare);
             }
         }
+        let value = Arc::make_mut(current);
+        changes.iter().for_each(|c| value.patch(c));
         if let Some(since) = &mut self.since_publish {
             since.extend_from_slice(changes);
         }
@@ -334,13 +328,6 @@ pub fn spawn(config: &Config, recorder: Arc<Recorder>) -> (Handle, JoinHandle<()
         recorder,
     };
     (handle, tokio::spawn(engine.run(queue)))
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 pub fn to_wire(d: &Diagnostic) -> wire::Diagnostic {
@@ -467,9 +454,14 @@ impl Engine {
             for command in commands {
                 match command {
                     Command::Reload {
-                        dry_run: false,
+                        dry_run: true,
+                        reply,
+                        ..
+                    } => dry_runs.push(reply),
+                    Command::Reload {
                         settled: version,
                         reply,
+                        ..
                     } => {
                         match version {
                             Some(digest) => settled = Some(digest),
@@ -477,11 +469,6 @@ impl Engine {
                         }
                         reloads.push(reply);
                     }
-                    Command::Reload {
-                        dry_run: true,
-                        reply,
-                        ..
-                    } => dry_runs.push(reply),
                     Command::Feed(feed) => why = self.take(feed).await.or(why),
                 }
             }
@@ -507,15 +494,14 @@ impl Engine {
             // Published before anyone hears back, so a client's next
             // status or explain sees what its reload did.
             let previous = self.publish.send_replace(Arc::new(self.view.clone()));
-            if let Ok(previous) = Arc::try_unwrap(previous) {
-                self.inventory_copies
-                    .recycle(Some(previous.inventory), Some(&self.view.inventory));
-                self.kernel_copies
-                    .recycle(previous.kernel, self.view.kernel.as_ref());
-            } else {
-                self.inventory_copies.recycle(None, None);
-                self.kernel_copies.recycle(None, None);
-            }
+            let (inventory, kernel) = match Arc::try_unwrap(previous) {
+                Ok(previous) => (Some(previous.inventory), previous.kernel),
+                Err(_) => (None, None),
+            };
+            self.inventory_copies
+                .recycle(inventory, Some(&self.view.inventory));
+            self.kernel_copies
+                .recycle(kernel, self.view.kernel.as_ref());
             // After the publish: only then is the view before the reload,
             // and the policy it held, let go.
             if !answers.is_empty() {
@@ -532,17 +518,13 @@ impl Engine {
 
     /// Takes a feed's news; says why to converge, if it should.
     async fn take(&mut self, feed: Feed) -> Option<&'static str> {
+        if let Feed::SetInventory(_) | Feed::ContainersChanged(_) = feed {
+            self.view.inventory_connection.connected = true;
+            self.view.inventory_connection.error = None;
+        }
         match feed {
-            Feed::SetInventory(inventory) => {
-                self.view.inventory_connection.connected = true;
-                self.view.inventory_connection.error = None;
-                self.set_inventory(inventory).await
-            }
-            Feed::ContainersChanged(changes) => {
-                self.view.inventory_connection.connected = true;
-                self.view.inventory_connection.error = None;
-                self.change_containers(changes).await
-            }
+            Feed::SetInventory(inventory) => self.set_inventory(inventory).await,
+            Feed::ContainersChanged(changes) => self.change_containers(changes).await,
             Feed::InventoryUnavailable(error) => {
                 self.view.inventory_connection.connected = false;
                 self.view.inventory_connection.error = Some(error);
@@ -711,17 +693,15 @@ impl Engine {
                     ..Outcome::default()
                 });
             };
-            let changes: Option<Vec<ContainerChange>> = match &self.planned_with {
-                Some(planned) if Arc::ptr_eq(planned, &loaded) => self
-                    .since_converged
-                    .as_ref()
-                    .map(|changes| changes.values().cloned().collect()),
-                _ => None,
-            };
-            let since = match &changes {
-                Some(changes) => Since::Containers(changes),
-                None => Since::Anything,
-            };
+            let changes: Option<Vec<ContainerChange>> = self
+                .planned_with
+                .as_ref()
+                .filter(|planned| Arc::ptr_eq(planned, &loaded))
+                .and(self.since_converged.as_ref())
+                .map(|changes| changes.values().cloned().collect());
+            let since = changes
+                .as_deref()
+                .map_or(Since::Anything, Since::Containers);
             // None until a first inventory arrived.
             let inventory = self.inventory_ready.then_some(&*self.view.inventory);
             let plan::SafePlan {
@@ -749,66 +729,63 @@ impl Engine {
                 .call("apply", |c| async move {
                     c.apply(loader_deadline(), diff).await
                 })
-                .await;
-            match applied {
-                Ok(Ok(generation)) => {
-                    tracing::info!(generation, ops = plan.diff.ops.len(), "applied");
-                    // What the loader now holds is the plan's: policies
-                    // moved to fresh ids are ours only from here on.
-                    if let Some(ids) = moved_ids {
-                        tracing::info!("policies that changed while containers moved onto or off them are under fresh ids");
-                        self.ids = ids;
-                        self.view.loaded = Some(planned.clone());
-                    }
-                    let loaded = planned;
-                    match plan.desired {
-                        Some(state) => {
-                            self.ids.retain_live(&state, &loaded.policies);
-                            self.view.kernel = Some(Arc::new(StateSnapshot { generation, state }));
-                            self.kernel_copies.replaced();
-                        }
-                        // Only container entries changed: the rules, and
-                        // the ids they hold, are as they were.
-                        None => {
-                            // Not held here, so it can be changed in place.
-                            drop(kernel);
-                            match &mut self.view.kernel {
-                                Some(held) => self
-                                    .kernel_copies
-                                    .change(held, &[(generation, plan.diff.clone())]),
-                                // The plan was made from it: cannot happen;
-                                // it is read again before the next plan.
-                                None => self.forget_kernel(),
-                            }
-                        }
-                    }
-                    self.converged(&loaded, looked_at);
-                    self.view.last_applied_unix = Some(unix_now());
-                    return Ok(Outcome {
-                        applied: true,
-                        pending: None,
-                        generation,
-                        diff: plan.diff,
-                        warnings: plan.warnings,
-                    });
-                }
-                Ok(Err(LoaderError::GenerationMismatch { expected, actual })) => {
+                .await
+                .and_then(|applied| applied.map_err(PolicydError::Loader));
+            let generation = match applied {
+                Ok(generation) => generation,
+                Err(PolicydError::Loader(LoaderError::GenerationMismatch { expected, actual })) => {
                     tracing::info!(
                         expected,
                         actual,
                         "loader state moved on; refetching and diffing again"
                     );
                     self.forget_kernel();
-                }
-                Ok(Err(e)) => {
-                    self.forget_kernel();
-                    return Err(PolicydError::Loader(e));
+                    continue;
                 }
                 Err(e) => {
                     self.forget_kernel();
                     return Err(e);
                 }
+            };
+            tracing::info!(generation, ops = plan.diff.ops.len(), "applied");
+            // What the loader now holds is the plan's: policies moved to
+            // fresh ids are ours only from here on.
+            if let Some(ids) = moved_ids {
+                tracing::info!("policies that changed while containers moved onto or off them are under fresh ids");
+                self.ids = ids;
+                self.view.loaded = Some(planned.clone());
             }
+            match plan.desired {
+                Some(state) => {
+                    self.ids.retain_live(&state, &planned.policies);
+                    self.view.kernel = Some(Arc::new(StateSnapshot { generation, state }));
+                    self.kernel_copies.replaced();
+                }
+                // Only container entries changed: the rules, and the ids
+                // they hold, are as they were.
+                None => {
+                    // Not held here, so it can be changed in place.
+                    drop(kernel);
+                    match &mut self.view.kernel {
+                        Some(held) => self
+                            .kernel_copies
+                            .change(held, &[(generation, plan.diff.clone())]),
+                        // The plan was made from it: cannot happen; it is
+                        // read again before the next plan.
+                        None => self.forget_kernel(),
+                    }
+                }
+            }
+            self.converged(&planned, looked_at);
+            let now = SystemTime::now().duration_since(UNIX_EPOCH);
+            self.view.last_applied_unix = Some(now.map_or(0, |d| d.as_secs()));
+            return Ok(Outcome {
+                applied: true,
+                pending: None,
+                generation,
+                diff: plan.diff,
+                warnings: plan.warnings,
+            });
         }
         Err(PolicydError::Internal(format!(
             "the loader's generation changed {ATTEMPTS} times while applying; another writer is active?"
@@ -886,20 +863,21 @@ impl Engine {
             }
         }
         let loaded = self.view.loaded.as_ref();
-        let proof = match (loaded, &self.view.kernel) {
-            (None, Some(kernel)) => Some((&kernel.state, &*self.view.inventory)),
-            _ => None,
-        };
-        let candidate = match load(&self.policy_path, &mut self.ids, loaded, settled, proof) {
-            Ok(c) => c,
-            Err(Refused { error, digest }) => {
+        let proof = self
+            .view
+            .kernel
+            .as_ref()
+            .filter(|_| loaded.is_none())
+            .map(|kernel| (&kernel.state, &*self.view.inventory));
+        let candidate = load(&self.policy_path, &mut self.ids, loaded, settled, proof).map_err(
+            |Refused { error, digest }| {
                 if digest.is_some() {
                     self.view.rejected_digest = digest;
                 }
                 tracing::warn!(error = %error, "policy refused");
-                return Err(error);
-            }
-        };
+                error
+            },
+        )?;
         // Every executable again: a file may have been replaced or
         // modified since it was resolved.
         let mut inventory = (*self.view.inventory).clone();
@@ -908,18 +886,6 @@ impl Engine {
                 .await;
         }
         let compile_us = started.elapsed().as_micros() as u64;
-        // The policy's own warnings, then what matching it against the
-        // containers found (an executable that resolved to nothing, a sha256
-        // pin the file fails).
-        let mut warnings: Vec<Diagnostic> = candidate
-            .policies
-            .warnings
-            .iter()
-            .chain(&candidate.rules.warnings)
-            .cloned()
-            .collect();
-        let policy_digest = format!("{:016x}", candidate.policies.digest);
-
         let outcome = if dry_run {
             let kernel = self.kernel_state().await?;
             // As a reload would plan it, the ids it would move included.
@@ -939,7 +905,7 @@ impl Engine {
                 ..Outcome::default()
             }
         } else {
-            let previous = self.view.loaded.replace(candidate);
+            let previous = self.view.loaded.replace(candidate.clone());
             self.view.inventory = Arc::new(inventory);
             self.inventory_copies.replaced();
             self.since_converged = None;
@@ -957,17 +923,26 @@ impl Engine {
                 Err(e) => return Err(e),
             }
         };
-        warnings.extend(outcome.warnings);
         Ok(ReloadReport {
             dry_run,
             applied: outcome.applied,
             generation: outcome.generation,
-            policy_digest,
+            policy_digest: format!("{:016x}", candidate.policies.digest),
             unknown_verdict: outcome.diff.unknown_verdict,
             counts: OpCounts::of(&outcome.diff.ops),
             ops: outcome.diff.ops,
             pending: outcome.pending,
-            warnings: warnings.iter().map(to_wire).collect(),
+            // The policy's own warnings, then what matching it against the
+            // containers found (an executable that resolved to nothing, a
+            // sha256 pin the file fails).
+            warnings: candidate
+                .policies
+                .warnings
+                .iter()
+                .chain(&candidate.rules.warnings)
+                .chain(&outcome.warnings)
+                .map(to_wire)
+                .collect(),
             compile_us,
             apply_us: started.elapsed().as_micros() as u64 - compile_us,
         })
@@ -1011,8 +986,10 @@ impl Engine {
         let mut changed = Vec::new();
         for (key, mut after) in changes {
             let position = position_of(&self.view.inventory, &key);
-            let before = position.ok().map(|i| &self.view.inventory.containers[i]);
-            if let (Some(after), Some(before)) = (after.as_mut(), before) {
+            let before = position
+                .ok()
+                .map(|i| self.view.inventory.containers[i].clone());
+            if let (Some(after), Some(before)) = (after.as_mut(), &before) {
                 if after.exes.is_empty()
                     && after.id == before.id
                     && after.cgroup_id.is_some()
@@ -1032,9 +1009,6 @@ impl Engine {
                 self.exes_incomplete |= incomplete;
                 after = alone.containers.pop();
             }
-            let before = position
-                .ok()
-                .map(|i| self.view.inventory.containers[i].clone());
             if before == after {
                 continue;
             }
