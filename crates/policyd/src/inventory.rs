@@ -197,10 +197,9 @@ pub fn keep_wanted_exes(
 /// Copies into `fresh` the resolutions `old` holds for the same running
 /// containers (same id and cgroup id: a restarted container has a new
 /// cgroup, and a new root filesystem mount whose files are other files).
-pub fn carry_exes(old: &Inventory, fresh: &mut Inventory) {
+pub fn carry_exes<'a>(old: impl IntoIterator<Item = &'a Container>, fresh: &mut Inventory) {
     let known: BTreeMap<(&str, u64), &BTreeMap<String, Resolution>> = old
-        .containers
-        .iter()
+        .into_iter()
         .filter(|c| !c.exes.is_empty())
         .filter_map(|c| Some(((c.id.as_str(), c.cgroup_id?), &c.exes)))
         .collect();
@@ -301,40 +300,35 @@ impl Inventory {
                     )
                 });
         }
-        let one = |what: &str, mut matches: Vec<&'a Container>| match matches.len() {
-            1 => Some(Ok(matches.remove(0))),
-            0 => None,
-            _ => Some(Err(format!(
-                "{what} \"{query}\" names {} containers; give one as NAMESPACE:ID: {}",
-                matches.len(),
-                matches
-                    .iter()
-                    .map(|c| format!("{}:{} ({})", c.namespace, c.id, c.name))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))),
-        };
-        let with_id = self.containers.iter().filter(|c| c.id == query).collect();
-        if let Some(found) = one("the id", with_id) {
-            return found;
-        }
-        let named = self.containers.iter().filter(|c| c.name == query).collect();
-        if let Some(found) = one("the name", named) {
-            return found;
-        }
-        if query.len() >= 4 {
-            let prefixed = self
-                .containers
-                .iter()
-                .filter(|c| c.id.starts_with(query))
-                .collect();
-            if let Some(found) = one("the id prefix", prefixed) {
-                return found;
+        let one = |what: &str, keep: &dyn Fn(&Container) -> bool| {
+            let mut matches: Vec<&'a Container> =
+                self.containers.iter().filter(|c| keep(c)).collect();
+            match matches.len() {
+                1 => Some(Ok(matches.remove(0))),
+                0 => None,
+                _ => Some(Err(format!(
+                    "{what} \"{query}\" names {} containers; give one as NAMESPACE:ID: {}",
+                    matches.len(),
+                    matches
+                        .iter()
+                        .map(|c| format!("{}:{} ({})", c.namespace, c.id, c.name))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))),
             }
-        }
-        Err(format!(
-            "no container named \"{query}\" or with that id (`policyd status` lists them)"
-        ))
+        };
+        one("the id", &|c| c.id == query)
+            .or_else(|| one("the name", &|c| c.name == query))
+            .or_else(|| {
+                one("the id prefix", &|c| {
+                    query.len() >= 4 && c.id.starts_with(query)
+                })
+            })
+            .unwrap_or_else(|| {
+                Err(format!(
+                    "no container named \"{query}\" or with that id (`policyd status` lists them)"
+                ))
+            })
     }
 }
 

@@ -9,6 +9,7 @@
 //! reloads never run in parallel, and a storm of them costs one.
 
 use std::{
+    borrow::Cow,
     collections::BTreeMap,
     path::PathBuf,
     sync::Arc,
@@ -105,18 +106,12 @@ impl Handle {
         self.send(Command::Feed(feed)).await;
     }
 
-    pub async fn reload(&self, dry_run: bool) -> Result<ReloadReport, PolicydError> {
-        self.ask_reload(dry_run, None).await
-    }
-
-    /// Applies the policy file if it still holds the version of digest
-    /// `settled` (the file watcher's): an edit begun since is applied once
-    /// it settles, never half written.
-    pub async fn reload_settled(&self, settled: u64) -> Result<ReloadReport, PolicydError> {
-        self.ask_reload(false, Some(settled)).await
-    }
-
-    async fn ask_reload(
+    /// Re-reads the policy file and applies it (or, with `dry_run`, says
+    /// what applying it would do). With `settled` (the digest of the
+    /// version the file watcher saw settle), only if the file still holds
+    /// that version: an edit begun since is applied once it settles, never
+    /// half written.
+    pub async fn reload(
         &self,
         dry_run: bool,
         settled: Option<u64>,
@@ -463,10 +458,8 @@ impl Engine {
                         reply,
                         ..
                     } => {
-                        match version {
-                            Some(digest) => settled = Some(digest),
-                            None => only_settled = false,
-                        }
+                        settled = version.or(settled);
+                        only_settled &= version.is_some();
                         reloads.push(reply);
                     }
                     Command::Feed(feed) => why = self.take(feed).await.or(why),
@@ -953,7 +946,7 @@ impl Engine {
     /// are applied. Says why to converge, if anything changed.
     async fn set_inventory(&mut self, mut inventory: Inventory) -> Option<&'static str> {
         let first = !self.inventory_ready;
-        inventory::carry_exes(&self.view.inventory, &mut inventory);
+        inventory::carry_exes(&self.view.inventory.containers, &mut inventory);
         if let Some(loaded) = self.view.loaded.clone() {
             self.resolve_exes(&loaded.policies, &mut inventory, false)
                 .await;
@@ -984,31 +977,23 @@ impl Engine {
         changes: Vec<(String, Option<Container>)>,
     ) -> Option<&'static str> {
         let mut changed = Vec::new();
-        for (key, mut after) in changes {
+        for (key, after) in changes {
             let position = position_of(&self.view.inventory, &key);
             let before = position
                 .ok()
                 .map(|i| self.view.inventory.containers[i].clone());
-            if let (Some(after), Some(before)) = (after.as_mut(), &before) {
-                if after.exes.is_empty()
-                    && after.id == before.id
-                    && after.cgroup_id.is_some()
-                    && after.cgroup_id == before.cgroup_id
-                {
-                    after.exes = before.exes.clone();
-                }
-            }
-            if let (Some(loaded), true) = (self.view.loaded.clone(), after.is_some()) {
-                let mut alone = Inventory {
-                    containers: after.take().into_iter().collect(),
-                };
+            let mut alone = Inventory {
+                containers: after.into_iter().collect(),
+            };
+            inventory::carry_exes(&before, &mut alone);
+            if let Some(loaded) = self.view.loaded.clone() {
                 // Only this container's unanswered paths are asked again
                 // here; the periodic resync still retries everyone's.
                 let incomplete = std::mem::take(&mut self.exes_incomplete);
                 self.resolve_exes(&loaded.policies, &mut alone, false).await;
                 self.exes_incomplete |= incomplete;
-                after = alone.containers.pop();
             }
+            let after = alone.containers.pop();
             if before == after {
                 continue;
             }
@@ -1049,17 +1034,13 @@ impl Engine {
         // After a convergence that looked at some containers alone, only
         // those can have become (or stopped being) unenforced.
         let scope = self.last_converged.take();
-        let scoped;
         let inventory = match &scope {
-            Some(changes) => {
-                scoped = Inventory {
-                    containers: changes.iter().filter_map(|c| c.after.clone()).collect(),
-                };
-                &scoped
-            }
-            None => &*self.view.inventory,
+            Some(changes) => Cow::Owned(Inventory {
+                containers: changes.iter().filter_map(|c| c.after.clone()).collect(),
+            }),
+            None => Cow::Borrowed(&*self.view.inventory),
         };
-        let Ok(assigned) = compile::assign(&loaded.policies, &loaded.rules, inventory) else {
+        let Ok(assigned) = compile::assign(&loaded.policies, &loaded.rules, &inventory) else {
             return;
         };
         let attached = self.loader.attached_parents().await;
@@ -1079,7 +1060,7 @@ impl Engine {
         };
         let enforcements = view::enforcements(
             &loaded,
-            inventory,
+            &inventory,
             assigned,
             &attached,
             self.view.kernel.as_deref(),

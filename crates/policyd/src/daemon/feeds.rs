@@ -106,10 +106,11 @@ pub async fn watch_policy_file(engine: Handle, path: PathBuf, every: Duration) {
         versions.read();
         let digest = policy::fnv1a(&bytes);
         let view = engine.view();
-        if view.loaded_digest() == Some(digest) || view.rejected_digest == Some(digest) {
+        let loaded = view.loaded.as_ref().map(|l| l.policies.digest);
+        if loaded == Some(digest) || view.rejected_digest == Some(digest) {
             continue;
         }
-        match engine.reload_settled(digest).await {
+        match engine.reload(false, Some(digest)).await {
             Ok(report) => tracing::info!(ops = report.ops.len(), "policy file changed: reloaded"),
             Err(err) => {
                 // A file policyd refused is not read again (its digest is
@@ -130,7 +131,7 @@ pub async fn on_sighup(engine: Handle) {
         }
     };
     while hup.recv().await.is_some() {
-        match engine.reload(false).await {
+        match engine.reload(false, None).await {
             Ok(report) => tracing::info!(ops = report.ops.len(), "SIGHUP: reloaded"),
             Err(err) => tracing::error!(error = %err, "SIGHUP: policy not applied"),
         }

@@ -58,19 +58,17 @@ impl LoaderLink {
         if let Some(client) = lock(&self.client).clone() {
             return Ok(client);
         }
-        match transport::connect(&self.path, &daemon_server()).await {
-            Ok(stream) => {
-                let client = LoaderClient::new(
-                    tarpc::client::Config::default(),
-                    transport::client(stream, transport::Service::Loader),
-                )
-                .spawn();
-                *lock(&self.client) = Some(client.clone());
-                *lock(&self.last_error) = None;
-                Ok(client)
-            }
-            Err(e) => Err(self.failed(e.to_string())),
-        }
+        let stream = transport::connect(&self.path, &daemon_server())
+            .await
+            .map_err(|e| self.failed(e.to_string()))?;
+        let client = LoaderClient::new(
+            tarpc::client::Config::default(),
+            transport::client(stream, transport::Service::Loader),
+        )
+        .spawn();
+        *lock(&self.client) = Some(client.clone());
+        *lock(&self.last_error) = None;
+        Ok(client)
     }
 
     /// Drops the connection after a transport error; the next call redials.

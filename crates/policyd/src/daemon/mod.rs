@@ -76,7 +76,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // First load, before serving: an invalid file is reported and the
     // loader left as is.
-    match engine.reload(false).await {
+    match engine.reload(false, None).await {
         Ok(report) => tracing::info!(
             ops = report.ops.len(),
             applied = report.applied,

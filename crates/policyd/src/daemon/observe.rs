@@ -108,8 +108,7 @@ pub async fn follow_events(engine: Handle, recorder: Arc<Recorder>, target: Even
         let c = match &client {
             Some(c) => c.clone(),
             None => {
-                let connected = link.client().await;
-                let Ok(c) = connected else {
+                let Ok(c) = link.client().await else {
                     tokio::time::sleep(retry).await;
                     retry = (retry * 2).min(Duration::from_secs(30));
                     continue;

@@ -36,7 +36,7 @@ impl Policyd for PolicydServer {
         dry_run: bool,
         max_ops: u32,
     ) -> Result<ReloadReport, PolicydError> {
-        let mut report = self.engine.reload(dry_run).await?;
+        let mut report = self.engine.reload(dry_run, None).await?;
         report.ops.truncate(max_ops as usize);
         Ok(report)
     }

@@ -52,10 +52,6 @@ pub struct View {
 }
 
 impl View {
-    pub fn loaded_digest(&self) -> Option<u64> {
-        self.loaded.as_ref().map(|l| l.policies.digest)
-    }
-
     /// The name of the loaded policy with kernel id `policy_id`.
     pub fn policy_name(&self, policy_id: u32) -> Option<&str> {
         let loaded = self.loaded.as_ref()?;
@@ -360,21 +356,19 @@ pub async fn status(handle: &Handle, counters: Option<&Counters>) -> Status {
         reload_failures: view.reload_failures,
         last_applied_unix: view.last_applied_unix,
         last_error: view.last_error.clone(),
+        events_dropped_kernel: counters.map_or(0, |c| c.events_dropped_kernel),
+        events_dropped_loader: counters.map_or(0, |c| c.events_dropped_loader),
+        entries: kernel
+            .as_ref()
+            .map_or_else(EntryCounts::default, |k| EntryCounts {
+                cgroups: k.state.cgroups.len() as u64,
+                processes: k.state.processes.len() as u64,
+                dests: k.state.dests.len() as u64,
+                ports: k.state.ports.len() as u64,
+                veths: k.state.veths.len() as u64,
+            }),
         ..Status::default()
     };
-    if let Some(c) = counters {
-        status.events_dropped_kernel = c.events_dropped_kernel;
-        status.events_dropped_loader = c.events_dropped_loader;
-    }
-    if let Some(k) = &kernel {
-        status.entries = EntryCounts {
-            cgroups: k.state.cgroups.len() as u64,
-            processes: k.state.processes.len() as u64,
-            dests: k.state.dests.len() as u64,
-            ports: k.state.ports.len() as u64,
-            veths: k.state.veths.len() as u64,
-        };
-    }
     let inventory = &view.inventory;
     let matched = view.loaded.as_ref().and_then(|loaded| {
         let assigned = compile::assign(&loaded.policies, &loaded.rules, inventory).ok()?;
@@ -468,9 +462,9 @@ pub async fn status(handle: &Handle, counters: Option<&Counters>) -> Status {
             rules: p.rule_count() as u32,
             processes: p.processes.len() as u32,
             containers: containers_per_policy[i],
-            allowed: counter.map(|c| c.allowed).unwrap_or(0),
-            denied: counter.map(|c| c.denied).unwrap_or(0),
-            audited: counter.map(|c| c.audited).unwrap_or(0),
+            allowed: counter.map_or(0, |c| c.allowed),
+            denied: counter.map_or(0, |c| c.denied),
+            audited: counter.map_or(0, |c| c.audited),
         });
     }
     status
