@@ -1061,7 +1061,7 @@ impl Engine {
         let enforcements = view::enforcements(
             &loaded,
             &inventory,
-            assigned,
+            &assigned,
             &attached,
             self.view.kernel.as_deref(),
             view::Rules::JustConverged,

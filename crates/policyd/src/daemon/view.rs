@@ -95,7 +95,7 @@ pub enum Rules {
 pub fn enforcements<'a>(
     loaded: &Loaded,
     inventory: &'a Inventory,
-    assigned: Assigned,
+    assigned: &Assigned,
     attached: &AttachedParents,
     kernel: Option<&StateSnapshot>,
     rules: Rules,
@@ -402,12 +402,11 @@ pub async fn status(handle: &Handle, counters: Option<&Counters>) -> Status {
         .chain(&assigned.warnings)
         .map(to_wire)
         .collect();
-    let exes = assigned.exes.clone();
-    let desired_veths = assigned.veths.clone();
+    let desired_veths = &assigned.veths;
     let enforcements = enforcements(
         loaded,
         inventory,
-        assigned,
+        &assigned,
         &attached,
         kernel.as_deref(),
         Rules::Compare,
@@ -420,8 +419,8 @@ pub async fn status(handle: &Handle, counters: Option<&Counters>) -> Status {
     if let Some(kernel) = kernel.as_deref() {
         for (i, c) in inventory.containers.iter().enumerate() {
             if policy_of[i].is_some() && uncovered[i].is_none() {
-                uncovered[i] = veths_not_held(c, &desired_veths, &kernel.state)
-                    .or_else(|| veths_not_attached(c, &desired_veths, &attached_veths));
+                uncovered[i] = veths_not_held(c, desired_veths, &kernel.state)
+                    .or_else(|| veths_not_attached(c, desired_veths, &attached_veths));
             }
         }
     }
@@ -448,7 +447,7 @@ pub async fn status(handle: &Handle, counters: Option<&Counters>) -> Status {
             mode: enforcement.mode,
             unenforced_reason: enforcement.unenforced_reason,
             packet_sockets_uncovered: uncovered[a.container_index].take(),
-            executables: executable_statuses(policies, &a, &exes),
+            executables: executable_statuses(policies, &a, &assigned.exes),
             ..container(c)
         });
     }
