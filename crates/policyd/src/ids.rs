@@ -16,7 +16,7 @@
 //! empty or near-empty diff.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     hash::{Hash, Hasher},
 };
 
@@ -326,7 +326,7 @@ impl IdTables {
     pub fn retain_live(&mut self, state: &KernelState, policies: &PolicySet) {
         // A class whose executables no running container has keeps its
         // rules in DESTS: it is live as long as those are.
-        let live_classes: std::collections::HashSet<(u32, u32)> = state
+        let live_classes: HashSet<(u32, u32)> = state
             .processes
             .iter()
             .map(|(k, &c)| (k.policy_id, c))
@@ -334,9 +334,9 @@ impl IdTables {
             .collect();
         self.classes
             .retain(|id, key| live_classes.contains(&(key.0, id)));
-        let live_rules: std::collections::HashSet<u32> = state.ports.values().copied().collect();
+        let live_rules: HashSet<u32> = state.ports.values().copied().collect();
         self.rules.retain(|id, _| live_rules.contains(&id));
-        let live_rulesets: std::collections::HashSet<u32> = state
+        let live_rulesets: HashSet<u32> = state
             .dests
             .values()
             .copied()
@@ -346,8 +346,7 @@ impl IdTables {
         // A policy the file no longer has keeps its id while the kernel
         // uses it (cgroup entries kept without an inventory), so that no
         // other policy takes that id and those containers' rules with it.
-        let names: std::collections::HashSet<&str> =
-            policies.policies.iter().map(|p| p.name.as_str()).collect();
+        let names: HashSet<&str> = policies.policies.iter().map(|p| p.name.as_str()).collect();
         let in_use = state.policy_ids_in_use();
         self.policies
             .retain(|id, name| names.contains(name.as_str()) || in_use.contains(&id));

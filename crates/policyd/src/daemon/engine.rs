@@ -272,11 +272,9 @@ struct Engine {
 pub fn spawn(config: &Config, recorder: Arc<Recorder>) -> (Handle, JoinHandle<()>) {
     let (commands, queue) = mpsc::channel(QUEUED_COMMANDS);
     let mut view = View::default();
-    let (mut inventory_ready, mut hold) = (false, false);
     let exe_resolver = match &config.inventory {
         InventorySource::Resolver(path) => {
             view.inventory_connection.endpoint = path.display().to_string();
-            hold = true;
             Some(Arc::new(ExeResolver::new(path.clone())))
         }
         InventorySource::File(path) => {
@@ -285,7 +283,6 @@ pub fn spawn(config: &Config, recorder: Arc<Recorder>) -> (Handle, JoinHandle<()
                 Ok(inventory) => {
                     view.inventory = Arc::new(inventory);
                     view.inventory_connection.connected = true;
-                    inventory_ready = true;
                 }
                 Err(err) => tracing::warn!(error = %err, "inventory file not usable yet"),
             }
@@ -307,11 +304,12 @@ pub fn spawn(config: &Config, recorder: Arc<Recorder>) -> (Handle, JoinHandle<()
         loader: Arc::new(LoaderLink::new(config.loader_socket.clone())),
         exe_resolver: handle.exe_resolver.clone(),
         policy_path: handle.policy_path.clone(),
+        // Ready with an inventory file read; held for the resolver's.
+        inventory_ready: view.inventory_connection.connected,
+        hold: handle.exe_resolver.is_some(),
         view,
         publish,
         ids: IdTables::default(),
-        inventory_ready,
-        hold,
         seeded: false,
         exes_incomplete: false,
         unenforced_reported: BTreeMap::new(),

@@ -158,8 +158,7 @@ pub fn plan_moving_safely(
     if named.is_empty() {
         return Ok(in_place(first, None));
     }
-    let state = &kernel.state;
-    let mut in_use = state.policy_ids_in_use();
+    let mut in_use = kernel.state.policy_ids_in_use();
     in_use.extend(&loaded.rules.policy_ids);
     let mut moved_ids = ids.clone();
     let mut names = Vec::new();
@@ -176,7 +175,7 @@ pub fn plan_moving_safely(
         rules: compile::compile_rules(&loaded.policies, &mut moved_ids)?,
     });
     let moved_plan = plan(&moved, inventory, kernel)?;
-    if !fits_on_the_way(state, &moved_plan.diff.ops) {
+    if !fits_on_the_way(&kernel.state, &moved_plan.diff.ops) {
         let warning = Diagnostic {
             severity: Severity::Warning,
             location: None,
