@@ -15,7 +15,7 @@ use std::{
 use http_body_util::Full;
 use hyper::{body::Bytes, server::conn::http1, service::service_fn, Method, Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use proto::{loader::LoaderClient, transport};
+use proto::transport;
 use tokio::{net::TcpListener, sync::Semaphore};
 
 use super::{
@@ -102,47 +102,44 @@ pub async fn follow_events(engine: Handle, recorder: Arc<Recorder>, target: Even
     let link = LoaderLink::new(engine.loader.path.clone());
     let mut lines = LineBudget::new(LOG_LINES_PER_SECOND);
     let mut cursor: Option<u64> = None;
-    let mut client: Option<LoaderClient> = None;
+    // Whether the link's connection was probed (a new one is, before its
+    // events are followed).
+    let mut probed = false;
     let mut retry = Duration::from_millis(500);
     loop {
-        let c = match &client {
-            Some(c) => c.clone(),
-            None => {
-                let Ok(c) = link.client().await else {
-                    tokio::time::sleep(retry).await;
-                    retry = (retry * 2).min(Duration::from_secs(30));
-                    continue;
-                };
-                // Where to go on from, now that the loader may be a new one.
-                let probe = c
-                    .events(transport::context_with_deadline(10), u64::MAX, 0, 0)
-                    .await;
-                let Ok(probe) = probe else {
-                    link.failed("events probe failed".into());
-                    tokio::time::sleep(retry).await;
-                    continue;
-                };
-                // A new connection may be to a new loader (restarted, on
-                // maps of a new layout: empty, where the veth backstop
-                // counts every veth as no container's until policyd
-                // installs the state again). Its generation tells at once,
-                // not at the next periodic resync; on the first connection
-                // too, which a loader restart during policyd's start can
-                // make the first to the new loader.
-                engine.tell(Feed::Resync { healthy: true }).await;
-                let from = resume_from(cursor, probe.last_seq);
-                if cursor.is_none() && from > 0 {
-                    tracing::info!(
-                        after = from,
-                        "following the loader's events; the {from} it issued before are not logged again (`policyd events` shows those still buffered)"
-                    );
-                }
-                cursor = Some(from);
-                client = Some(c.clone());
-                retry = Duration::from_millis(500);
-                c
-            }
+        let Ok(c) = link.client().await else {
+            tokio::time::sleep(retry).await;
+            retry = (retry * 2).min(Duration::from_secs(30));
+            continue;
         };
+        if !probed {
+            // Where to go on from, now that the loader may be a new one.
+            let probe = c
+                .events(transport::context_with_deadline(10), u64::MAX, 0, 0)
+                .await;
+            let Ok(probe) = probe else {
+                link.failed("events probe failed".into());
+                tokio::time::sleep(retry).await;
+                continue;
+            };
+            // A new connection may be to a new loader (restarted, on maps of
+            // a new layout: empty, where the veth backstop counts every veth
+            // as no container's until policyd installs the state again). Its
+            // generation tells at once, not at the next periodic resync; on
+            // the first connection too, which a loader restart during
+            // policyd's start can make the first to the new loader.
+            engine.tell(Feed::Resync { healthy: true }).await;
+            let from = resume_from(cursor, probe.last_seq);
+            if cursor.is_none() && from > 0 {
+                tracing::info!(
+                    after = from,
+                    "following the loader's events; the {from} it issued before are not logged again (`policyd events` shows those still buffered)"
+                );
+            }
+            cursor = Some(from);
+            probed = true;
+            retry = Duration::from_millis(500);
+        }
         let after = cursor.unwrap_or(0);
         let ctx = transport::context_with_deadline(u64::from(EVENTS_WAIT_MS / 1000) + 10);
         let batch = match c.events(ctx, after, EVENTS_PER_BATCH, EVENTS_WAIT_MS).await {
@@ -150,7 +147,7 @@ pub async fn follow_events(engine: Handle, recorder: Arc<Recorder>, target: Even
             Err(e) => {
                 tracing::warn!(error = %e, "lost the loader's event stream; reconnecting");
                 link.failed(e.to_string());
-                client = None;
+                probed = false;
                 tokio::time::sleep(retry).await;
                 continue;
             }
