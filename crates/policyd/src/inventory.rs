@@ -170,6 +170,7 @@ pub fn exe_lookups(
                 lookups.push((
                     index,
                     ExeLookup {
+                        namespace: container.namespace.clone(),
                         container_id: container.id.clone(),
                         path: path.clone(),
                         sha256,

@@ -31,6 +31,9 @@ pub trait Resolver {
 /// One executable to resolve inside one container.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ExeLookup {
+    /// The container's runtime namespace: containerd's namespaces may each
+    /// hold a container of the same id.
+    pub namespace: String,
     pub container_id: String,
     /// Absolute path inside the container.
     pub path: String,

@@ -73,38 +73,42 @@ impl ResolverServer {
         }
         // Each container's processes and recorded root, read once under
         // the lock, then its root opened once for all of its paths.
-        let mut targets: BTreeMap<&str, Option<Target>> = BTreeMap::new();
+        let mut targets: BTreeMap<(&str, &str), Option<Target>> = BTreeMap::new();
         {
             let inv = self.shared.read();
             for l in lookups {
-                targets.entry(l.container_id.as_str()).or_insert_with(|| {
-                    let key = inv
-                        .keys()
-                        .find(|k| inv.get(k).is_some_and(|c| c.id == l.container_id))?
-                        .clone();
-                    let pids = inv.get(&key)?.pids.clone();
-                    Some((pids, self.shared.root_of(&key)))
+                let named = (l.namespace.as_str(), l.container_id.as_str());
+                targets.entry(named).or_insert_with(|| {
+                    let (key, container) = inv.keys().find_map(|k| {
+                        let c = inv.get(k)?;
+                        (c.namespace == l.namespace && c.id == l.container_id).then_some((k, c))
+                    })?;
+                    Some((container.pids.clone(), self.shared.root_of(key)))
                 });
             }
         }
-        let roots: BTreeMap<&str, Result<File, String>> = targets
+        let roots: BTreeMap<(&str, &str), Result<File, String>> = targets
             .into_iter()
-            .map(|(id, target)| {
+            .map(|((namespace, id), target)| {
                 let root = match target {
-                    None => Err(format!("no container {id} is running")),
+                    None => Err(format!(
+                        "no container {id} is running in namespace {namespace}"
+                    )),
                     Some((pids, expected)) => {
                         exe::open_root(&self.shared.proc_root, id, &pids, expected)
                     }
                 };
-                (id, root)
+                ((namespace, id), root)
             })
             .collect();
         lookups
             .iter()
-            .map(|l| match &roots[l.container_id.as_str()] {
-                Ok(root) => exe::resolve_in(root, &l.container_id, &l.path, l.sha256),
-                Err(e) => Err(e.clone()),
-            })
+            .map(
+                |l| match &roots[&(l.namespace.as_str(), l.container_id.as_str())] {
+                    Ok(root) => exe::resolve_in(root, &l.container_id, &l.path, l.sha256),
+                    Err(e) => Err(e.clone()),
+                },
+            )
             .collect()
     }
 }
@@ -197,6 +201,56 @@ mod tests {
             inv.generation()
         };
         shared.generation.send_replace(generation);
+    }
+
+    /// containerd's namespaces may each hold a container of the same id: a
+    /// path is resolved in the root of the one the lookup names.
+    #[test]
+    fn an_executable_is_resolved_in_the_container_of_its_namespace() {
+        let shared = Arc::new(Shared::new(
+            VersionedInventory::new(1, 10, 16),
+            StatusBoard::default(),
+            "/sys/fs/cgroup".into(),
+        ));
+        let own_root = exe::root_of(&shared.proc_root, std::process::id()).expect("own root");
+        // "a/web" has no live process; "b/web" is this process, on this root.
+        for (namespace, pid) in [("a", u32::MAX - 1), ("b", std::process::id())] {
+            let key = format!("{namespace}/web");
+            let web = Container {
+                namespace: namespace.into(),
+                pids: vec![pid],
+                ..container("web")
+            };
+            shared.inventory.write().unwrap().set(&key, Some(web));
+            shared.roots.write().unwrap().insert(key, own_root);
+        }
+        let server = ResolverServer { shared };
+        let this_binary = std::env::current_exe().expect("the test binary's path");
+        let lookup = |namespace: &str| ExeLookup {
+            namespace: namespace.into(),
+            container_id: "web".into(),
+            path: this_binary.to_str().expect("a UTF-8 path").into(),
+            sha256: false,
+        };
+        let got = server.executables_blocking(&[lookup("b"), lookup("a"), lookup("c")]);
+        let file = got[0].as_ref().expect("resolved in b/web's root");
+        assert_eq!(
+            file.file,
+            exe::file_id(&std::fs::metadata(&this_binary).unwrap())
+        );
+        assert!(
+            got[1].as_ref().unwrap_err().contains("no live process"),
+            "a/web's own process was not asked: {:?}",
+            got[1]
+        );
+        assert!(
+            got[2]
+                .as_ref()
+                .unwrap_err()
+                .contains("no container web is running in namespace c"),
+            "{:?}",
+            got[2]
+        );
     }
 
     #[tokio::test]

@@ -415,7 +415,8 @@ async fn resolver_follows_a_real_containerd() {
     assert!(s.connected && s.resyncs >= 1, "{s:?}");
 
     // ---- executables: what paths name in each container's own root ----
-    let lookup = |id: &str, path: &str, sha256: bool| proto::resolver::ExeLookup {
+    let lookup = |namespace: &str, id: &str, path: &str, sha256: bool| proto::resolver::ExeLookup {
+        namespace: namespace.into(),
         container_id: id.into(),
         path: path.into(),
         sha256,
@@ -424,10 +425,11 @@ async fn resolver_follows_a_real_containerd() {
         .executables(
             ctx(),
             vec![
-                lookup(&c1, "/bin/sleep", true),
-                lookup(&c1, "/bin/busybox", false),
-                lookup(&d1, "/bin/busybox", false),
-                lookup(&c1, "/usr/bin/curl", false),
+                lookup("default", &c1, "/bin/sleep", true),
+                lookup("default", &c1, "/bin/busybox", false),
+                lookup("moby", &d1, "/bin/busybox", false),
+                lookup("default", &c1, "/usr/bin/curl", false),
+                lookup("moby", &c1, "/bin/busybox", false),
             ],
         )
         .await
@@ -473,6 +475,15 @@ async fn resolver_follows_a_real_containerd() {
         got[3].as_ref().unwrap_err().contains("no such file"),
         "{:?}",
         got[3]
+    );
+    // An id is a container's only within its namespace.
+    assert!(
+        got[4]
+            .as_ref()
+            .unwrap_err()
+            .contains(&format!("no container {c1} is running in namespace moby")),
+        "{:?}",
+        got[4]
     );
 
     // ---- a read-only root filesystem, as the OCI spec says ----

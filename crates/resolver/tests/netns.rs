@@ -528,6 +528,7 @@ async fn executables_are_the_files_paths_name_in_the_containers_root() {
     .await;
 
     let lookup = |id: &str, path: &str, sha256: bool| proto::resolver::ExeLookup {
+        namespace: "test".into(),
         container_id: id.into(),
         path: path.into(),
         sha256,

@@ -568,6 +568,7 @@ async fn inventory_for_explain<'a>(
         return Cow::Borrowed(inventory);
     }
     let lookup = ExeLookup {
+        namespace: container.namespace.clone(),
         container_id: container.id.clone(),
         path: path.to_string(),
         sha256: false,
@@ -578,9 +579,13 @@ async fn inventory_for_explain<'a>(
             .unwrap_or_else(|| Err("the resolver gave no answer".into())),
         Err(e) => Err(format!("{UNANSWERED}: {e}")),
     };
-    let id = container.id.clone();
+    let (namespace, id) = (container.namespace.clone(), container.id.clone());
     let mut inventory = inventory.clone();
-    if let Some(c) = inventory.containers.iter_mut().find(|c| c.id == id) {
+    if let Some(c) = inventory
+        .containers
+        .iter_mut()
+        .find(|c| c.namespace == namespace && c.id == id)
+    {
         c.exes.insert(path.to_string(), result);
     }
     Cow::Owned(inventory)
