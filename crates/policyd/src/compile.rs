@@ -670,7 +670,7 @@ pub fn compile_rules_reusing(
     previous: Option<(&PolicySet, &CompiledRules)>,
 ) -> Result<(CompiledRules, Reuse), CompileError> {
     let mut out = CompiledRules::default();
-    let mut rulesets = Rulesets::new();
+    let mut rulesets = Rulesets::default();
     let mut reuse = Reuse::default();
     for (index, policy) in policies.policies.iter().enumerate() {
         let policy_id = ids.policies.get_or_alloc(&policy.name)?;
@@ -979,7 +979,7 @@ fn scope_rule_ids(
 
 /// Content-addressed rulesets of this compile, so each distinct allowance
 /// set gets its `PORTS` entries once.
-type Rulesets = HashMap<RulesetKey, u32>;
+type Rulesets = foldhash::HashMap<RulesetKey, u32>;
 
 /// The id of `set`'s ruleset; its `PORTS` entries are written the first
 /// time.
@@ -1124,7 +1124,7 @@ impl Fold<'_> {
         sources.extend(rules.iter().map(|&(origin, rule, rule_id)| {
             (origin, rule_id, &rule.dests[..], &rule.allowances[..])
         }));
-        let mut own: HashMap<Prefix, Vec<Contribution>> = HashMap::new();
+        let mut own: foldhash::HashMap<Prefix, Vec<Contribution>> = foldhash::HashMap::default();
         for (origin, rule_id, dests, allowances) in sources {
             for &dest in dests {
                 let grant = Grant {
@@ -1303,7 +1303,7 @@ impl Fold<'_> {
 /// left out: what a prefix carved out of loopback inherits.
 fn fold_ancestors_without_loopback(
     stack: &[(Prefix, Rc<AllowSet>)],
-    own: &HashMap<Prefix, Vec<Contribution>>,
+    own: &foldhash::HashMap<Prefix, Vec<Contribution>>,
 ) -> AllowSet {
     let mut set = AllowSet::new();
     let contributions = stack
