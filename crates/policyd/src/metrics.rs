@@ -25,9 +25,9 @@ use kernel_model::state::Verdict;
 use prometheus_client::{
     encoding::prometheus_text,
     metrics::{
-        counter::Counter,
+        counter::{ConstCounter, Counter},
         family::Family,
-        gauge::Gauge,
+        gauge::{ConstGauge, Gauge},
         histogram::{exponential_buckets, Histogram},
     },
     registry::{Registry, Unit},
@@ -125,24 +125,20 @@ impl Recorder {
     /// (`present`, by name) for [`RETAIN_GONE`].
     pub fn retain_containers(&self, present: &BTreeSet<String>, now: Instant) {
         let mut r = self.recorded();
-        let with_series: BTreeSet<String> = r
-            .verdicts
-            .keys()
-            .map(|k| k.container.clone())
-            .filter(|c| !c.is_empty())
-            .collect();
-        r.gone_since.retain(|name, _| !present.contains(name));
-        for name in with_series.difference(present) {
-            r.gone_since.entry(name.clone()).or_insert(now);
+        let Recorded {
+            verdicts,
+            gone_since,
+            ..
+        } = &mut *r;
+        gone_since.retain(|name, _| !present.contains(name));
+        for name in verdicts.keys().map(|k| &k.container) {
+            if !name.is_empty() && !present.contains(name) {
+                gone_since.entry(name.clone()).or_insert(now);
+            }
         }
-        let expired: BTreeSet<String> = r
-            .gone_since
-            .iter()
-            .filter(|(_, &since)| now.saturating_duration_since(since) >= RETAIN_GONE)
-            .map(|(name, _)| name.clone())
-            .collect();
-        r.verdicts.retain(|k, _| !expired.contains(&k.container));
-        r.gone_since.retain(|name, _| !expired.contains(name));
+        let expired = |since: &Instant| now.saturating_duration_since(*since) >= RETAIN_GONE;
+        verdicts.retain(|k, _| !gone_since.get(&k.container).is_some_and(expired));
+        gone_since.retain(|_, since| !expired(since));
     }
 }
 
@@ -242,49 +238,32 @@ pub fn map_usage(state: &kernel_model::state::KernelState) -> Vec<MapUsage> {
         .dests
         .keys()
         .filter(|k| dest_is_host(k.prefix_len.into()))
-        .count() as u64;
+        .count();
     let exact_ports = state
         .ports
         .keys()
         .filter(|k| port_is_exact(k.port_bits.into()))
-        .count() as u64;
-    vec![
-        MapUsage {
-            map: "cgroups",
-            entries: state.cgroups.len() as u64,
-            max_entries: capacity::CGROUPS,
-        },
-        MapUsage {
-            map: "processes",
-            entries: state.processes.len() as u64,
-            max_entries: capacity::PROCESSES,
-        },
-        MapUsage {
-            map: "dest_hosts",
-            entries: hosts,
-            max_entries: capacity::HOSTS,
-        },
-        MapUsage {
-            map: "dest_prefixes",
-            entries: state.dests.len() as u64 - hosts,
-            max_entries: capacity::DESTS,
-        },
-        MapUsage {
-            map: "ports_exact",
-            entries: exact_ports,
-            max_entries: capacity::EXACT_PORTS,
-        },
-        MapUsage {
-            map: "port_ranges",
-            entries: state.ports.len() as u64 - exact_ports,
-            max_entries: capacity::PORTS,
-        },
-        MapUsage {
-            map: "veths",
-            entries: state.veths.len() as u64,
-            max_entries: capacity::VETHS,
-        },
+        .count();
+    [
+        ("cgroups", state.cgroups.len(), capacity::CGROUPS),
+        ("processes", state.processes.len(), capacity::PROCESSES),
+        ("dest_hosts", hosts, capacity::HOSTS),
+        ("dest_prefixes", state.dests.len() - hosts, capacity::DESTS),
+        ("ports_exact", exact_ports, capacity::EXACT_PORTS),
+        (
+            "port_ranges",
+            state.ports.len() - exact_ports,
+            capacity::PORTS,
+        ),
+        ("veths", state.veths.len(), capacity::VETHS),
     ]
+    .into_iter()
+    .map(|(map, entries, max_entries)| MapUsage {
+        map,
+        entries: entries as u64,
+        max_entries,
+    })
+    .collect()
 }
 
 type Labels = Vec<(String, String)>;
@@ -296,20 +275,35 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
-fn counter_family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
+/// Registers a family of counters holding `samples`.
+fn counters(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Labels, u64)>,
+) {
     let family = Family::<Labels, Counter>::default();
-    registry.register(name, help, family.clone());
-    family
+    for (labels, count) in samples {
+        family.get_or_create(&labels).inc_by(count);
+    }
+    registry.register(name, help, family);
 }
 
-fn gauge_family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
+/// Registers a family of gauges holding `samples` (saturating at
+/// `i64::MAX`).
+fn gauges<V: TryInto<i64>>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Labels, V)>,
+) {
     let family = Family::<Labels, Gauge>::default();
-    registry.register(name, help, family.clone());
-    family
-}
-
-fn gauge(value: impl TryInto<i64>) -> i64 {
-    value.try_into().unwrap_or(i64::MAX)
+    for (labels, value) in samples {
+        family
+            .get_or_create(&labels)
+            .set(value.try_into().unwrap_or(i64::MAX));
+    }
+    registry.register(name, help, family);
 }
 
 /// The metrics page: `scrape` and what `recorder` holds, in the
@@ -317,83 +311,63 @@ fn gauge(value: impl TryInto<i64>) -> i64 {
 pub fn render(scrape: &Scrape, recorder: &Recorder) -> String {
     let mut registry = Registry::with_prefix("contain");
 
-    let info = gauge_family(
+    gauges(
         &mut registry,
         "build_info",
         "The policyd version (always 1)",
+        [(labels(&[("version", env!("CARGO_PKG_VERSION"))]), 1)],
     );
-    info.get_or_create(&labels(&[("version", env!("CARGO_PKG_VERSION"))]))
-        .set(1);
-    let connected = gauge_family(
+    gauges(
         &mut registry,
         "connected",
         "Whether policyd is connected to its peer: bpf-loader (peer=\"loader\") or the container inventory (peer=\"inventory\", the resolver or an inventory file); 1 or 0",
+        [
+            ("loader", scrape.loader_connected),
+            ("inventory", scrape.inventory_connected),
+        ]
+        .map(|(peer, up)| (labels(&[("peer", peer)]), i64::from(up))),
     );
-    for (peer, up) in [
-        ("loader", scrape.loader_connected),
-        ("inventory", scrape.inventory_connected),
-    ] {
-        connected
-            .get_or_create(&labels(&[("peer", peer)]))
-            .set(i64::from(up));
-    }
-    let loaded = Gauge::<i64>::default();
     registry.register(
         "policy_loaded",
         "Whether a valid policy is loaded (1) or none yet (0); an invalid file never replaces a loaded one",
-        loaded.clone(),
+        ConstGauge::new(i64::from(scrape.policy_loaded)),
     );
-    loaded.set(i64::from(scrape.policy_loaded));
-
-    let containers = gauge_family(
+    gauges(
         &mut registry,
         "containers",
         "Containers in the inventory by state: enforced (an enforce-mode policy selects it and the kernel programs see its cgroup), audited (the same in audit mode: nothing is denied), unenforced (selected, but its cgroup is below no cgroup the programs are attached to, or the maps do not hold its entry or its policy's rules as the file gives them), unknown (no cgroup mapped yet, no policy loaded, or not checkable), unselected (no policy selects it)",
+        ContainerState::ALL.map(|state| {
+            let count = scrape.containers.get(&state).copied().unwrap_or_default();
+            (labels(&[("state", state.as_str())]), count)
+        }),
     );
-    for state in ContainerState::ALL {
-        containers
-            .get_or_create(&labels(&[("state", state.as_str())]))
-            .set(gauge(
-                scrape.containers.get(&state).copied().unwrap_or_default(),
-            ));
-    }
 
     if let Some(kernel) = &scrape.kernel {
-        let verdicts = counter_family(
+        counters(
             &mut registry,
             "policy_verdicts",
             "Decisions the kernel programs made under each policy (policy=\"\": containers not mapped yet, under the unknown-container verdict), counted in the kernel for every decision, not sampled: each judged connect() and unconnected sendmsg(), and each outgoing packet and frame (packets of a flow whose verdict is cached count too, so allow counts packets while deny mostly counts attempts); not per container",
+            kernel.policy_verdicts.iter().map(|(policy, action, count)| {
+                (labels(&[("action", &action.to_string()), ("policy", policy)]), *count)
+            }),
         );
-        for (policy, action, count) in &kernel.policy_verdicts {
-            verdicts
-                .get_or_create(&labels(&[
-                    ("action", &action.to_string()),
-                    ("policy", policy),
-                ]))
-                .inc_by(*count);
-        }
-        let dropped = counter_family(
+        counters(
             &mut registry,
             "events_dropped",
             "Deny and audit events not reported, by reason: ring_buffer_full (the kernel could not queue them), loader_buffer_full (bpf-loader's buffer overflowed before they were read), rate_limited (their cgroup exceeded bpf-loader --events-per-second; each cgroup's next event carries how many)",
+            [
+                ("ring_buffer_full", kernel.ring_buffer_full),
+                ("loader_buffer_full", kernel.loader_buffer_full),
+                ("rate_limited", kernel.rate_limited),
+            ]
+            .map(|(reason, count)| (labels(&[("reason", reason)]), count)),
         );
-        for (reason, count) in [
-            ("ring_buffer_full", kernel.ring_buffer_full),
-            ("loader_buffer_full", kernel.loader_buffer_full),
-            ("rate_limited", kernel.rate_limited),
-        ] {
-            dropped
-                .get_or_create(&labels(&[("reason", reason)]))
-                .inc_by(count);
-        }
-        let refused = Counter::<u64>::default();
-        registry.register(
-            "sockets_refused",
-            "Sockets refused at creation, and connect() calls refused, because the kernel could not stamp the socket with its creator's identity",
-            refused.clone(),
-        );
-        refused.inc_by(kernel.unstamped_sockets);
         for (name, help, count) in [
+            (
+                "sockets_refused",
+                "Sockets refused at creation, and connect() calls refused, because the kernel could not stamp the socket with its creator's identity",
+                kernel.unstamped_sockets,
+            ),
             (
                 "packets_unparsed",
                 "Packets the egress program could not parse: judged by their container's miss verdict and reported",
@@ -415,67 +389,62 @@ pub fn render(scrape: &Scrape, recorder: &Recorder) -> String {
                 kernel.refused_socket_options,
             ),
         ] {
-            let counter = Counter::<u64>::default();
-            registry.register(name, help, counter.clone());
-            counter.inc_by(count);
+            registry.register(name, help, ConstCounter::new(count));
         }
     }
 
     if let Some(maps) = &scrape.maps {
-        let entries = gauge_family(
+        gauges(
             &mut registry,
             "bpf_map_entries",
             "Entries in each policy map, as of the loader state policyd last read or wrote",
+            maps.iter().map(|u| (labels(&[("map", u.map)]), u.entries)),
         );
-        let max = gauge_family(
+        gauges(
             &mut registry,
             "bpf_map_max_entries",
             "Capacity of each policy map; a reload that needs more is refused",
+            maps.iter()
+                .map(|u| (labels(&[("map", u.map)]), u.max_entries)),
         );
-        for usage in maps {
-            let l = labels(&[("map", usage.map)]);
-            entries.get_or_create(&l).set(gauge(usage.entries));
-            max.get_or_create(&l).set(i64::from(usage.max_entries));
-        }
     }
 
     let recorded = recorder.recorded();
-    let reloads = counter_family(
+    counters(
         &mut registry,
         "reloads",
         "Policy reloads (policyd reload, SIGHUP, a changed file; not dry runs) by result: applied, unchanged, pending (valid, waiting for the first inventory), invalid (refused, the running policy stays), failed (the loader was away or refused the diff)",
+        [
+            ReloadResult::Applied,
+            ReloadResult::Unchanged,
+            ReloadResult::Pending,
+            ReloadResult::Invalid,
+            ReloadResult::Failed,
+        ]
+        .map(|result| {
+            let count = recorded.reloads.get(&result).copied().unwrap_or_default();
+            (labels(&[("result", result.as_str())]), count)
+        }),
     );
-    for result in [
-        ReloadResult::Applied,
-        ReloadResult::Unchanged,
-        ReloadResult::Pending,
-        ReloadResult::Invalid,
-        ReloadResult::Failed,
-    ] {
-        reloads
-            .get_or_create(&labels(&[("result", result.as_str())]))
-            .inc_by(recorded.reloads.get(&result).copied().unwrap_or_default());
-    }
     registry.register_with_unit(
         "reload_duration",
         "Time a reload took: reading, validating and compiling the file, and applying the diff",
         Unit::Seconds,
         recorder.reload_duration.clone(),
     );
-    let by_container = counter_family(
+    counters(
         &mut registry,
         "container_verdicts",
         "Deny and audit events per container (container=\"\": a cgroup not mapped to a container), as policyd received them from bpf-loader: one per denied or audited flow and rules epoch (later packets of the flow take the cached verdict and are not reported), plus those the per-cgroup rate limit held back, counted when the cgroup's next event arrives. Events lost before policyd read them are in contain_events_dropped_total; allowed flows are only in contain_policy_verdicts_total",
-    );
-    for (key, count) in &recorded.verdicts {
-        by_container
-            .get_or_create(&labels(&[
+        recorded.verdicts.iter().map(|(key, count)| {
+            let labels = labels(&[
                 ("action", &key.action.to_string()),
                 ("policy", &key.policy),
                 ("container", &key.container),
-            ]))
-            .inc_by(*count);
-    }
+            ]);
+            (labels, *count)
+        }),
+    );
     drop(recorded);
 
     let mut out = String::new();
