@@ -64,21 +64,20 @@ impl Reason {
         // Most specific first: a revoked flow and a non-IP frame are that
         // whatever the policy; under no policy, the unknown-container
         // verdict decided, not a rule.
-        if event.revoked_flow {
-            Reason::Revoked
-        } else if event.ethertype.is_some() {
-            Reason::NotIp
-        } else if event.forged_source {
-            Reason::ForgedSource
-        } else if event.policy_id == contain_common::UNKNOWN_POLICY_ID {
-            Reason::UnknownContainer
-        } else if event.link_layer {
-            Reason::PacketSocket
-        } else if event.unattributed {
-            Reason::Unattributed
-        } else {
-            Reason::NotAllowed
-        }
+        [
+            (event.revoked_flow, Reason::Revoked),
+            (event.ethertype.is_some(), Reason::NotIp),
+            (event.forged_source, Reason::ForgedSource),
+            (
+                event.policy_id == contain_common::UNKNOWN_POLICY_ID,
+                Reason::UnknownContainer,
+            ),
+            (event.link_layer, Reason::PacketSocket),
+            (event.unattributed, Reason::Unattributed),
+        ]
+        .into_iter()
+        .find_map(|(holds, reason)| holds.then_some(reason))
+        .unwrap_or(Reason::NotAllowed)
     }
 }
 
@@ -182,30 +181,16 @@ pub fn event_name(verdict: Verdict) -> &'static str {
 }
 
 fn bounded(s: &str) -> String {
-    if s.len() <= MAX_FIELD {
-        return s.to_string();
-    }
-    let mut end = MAX_FIELD;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
+    s[..s.floor_char_boundary(MAX_FIELD)].to_string()
 }
 
-/// `nginx` and `["1.27"]` from `nginx:1.27`; a registry's port
+/// `nginx` and `1.27` from `nginx:1.27`; a registry's port
 /// (`registry:5000/app`) is not a tag; a digest is dropped.
-pub fn split_image(image: &str) -> (String, Vec<String>) {
+pub fn split_image(image: &str) -> (&str, Option<&str>) {
     let without_digest = image.split_once('@').map_or(image, |(name, _)| name);
-    let last_slash = without_digest.rfind('/').map_or(0, |i| i + 1);
-    match without_digest[last_slash..].rfind(':') {
-        Some(colon) => {
-            let at = last_slash + colon;
-            (
-                without_digest[..at].to_string(),
-                vec![without_digest[at + 1..].to_string()],
-            )
-        }
-        None => (without_digest.to_string(), Vec::new()),
+    match without_digest.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => (name, Some(tag)),
+        _ => (without_digest, None),
     }
 }
 
@@ -237,21 +222,13 @@ impl EventRecord {
     /// is mapped) and the policy named `policy`.
     pub fn new(event: &Event, container: Option<&Container>, policy: Option<&str>) -> Self {
         let non_ip = event.ethertype.is_some();
-        let is_icmp = event.icmp_type.is_some();
         let has_ports = matches!(
             event.proto,
             contain_common::ip_proto::TCP | contain_common::ip_proto::UDP
         );
-        let (image_name, image_tags) = match container {
-            Some(c) if !c.image.is_empty() => {
-                let (name, tags) = split_image(&c.image);
-                (
-                    Some(bounded(&name)),
-                    tags.iter().map(|t| bounded(t)).collect(),
-                )
-            }
-            _ => (None, Vec::new()),
-        };
+        let image = container
+            .filter(|c| !c.image.is_empty())
+            .map(|c| split_image(&c.image));
         EventRecord {
             timestamp: rfc3339_nanos(event.time_ns),
             level: match event.verdict {
@@ -269,8 +246,12 @@ impl EventRecord {
             suppressed: event.suppressed,
             container_name: container.map(|c| bounded(&c.name)),
             container_id: container.map(|c| bounded(&c.id)),
-            image_name,
-            image_tags,
+            image_name: image.map(|(name, _)| bounded(name)),
+            image_tags: image
+                .and_then(|(_, tag)| tag)
+                .map(bounded)
+                .into_iter()
+                .collect(),
             container_runtime: container
                 .filter(|c| !c.runtime.is_empty())
                 .map(|c| bounded(&c.runtime)),
@@ -287,8 +268,8 @@ impl EventRecord {
             source_port: (has_ports && event.src_port != 0).then_some(event.src_port),
             destination_address: (!non_ip).then_some(event.dst),
             destination_port: has_ports.then_some(event.dst_port),
-            icmp_type: if is_icmp { event.icmp_type } else { None },
-            icmp_code: if is_icmp { event.icmp_code } else { None },
+            icmp_type: event.icmp_type,
+            icmp_code: event.icmp_type.and(event.icmp_code),
             ethertype: event.ethertype,
         }
     }
@@ -518,16 +499,13 @@ mod tests {
 
     #[test]
     fn images_split_into_name_and_tag() {
-        assert_eq!(split_image("nginx"), ("nginx".into(), vec![]));
-        assert_eq!(
-            split_image("nginx:1.27"),
-            ("nginx".into(), vec!["1.27".into()])
-        );
+        assert_eq!(split_image("nginx"), ("nginx", None));
+        assert_eq!(split_image("nginx:1.27"), ("nginx", Some("1.27")));
         assert_eq!(
             split_image("localhost:5000/app"),
-            ("localhost:5000/app".into(), vec![])
+            ("localhost:5000/app", None)
         );
-        assert_eq!(split_image("app@sha256:abcd"), ("app".into(), vec![]));
+        assert_eq!(split_image("app@sha256:abcd"), ("app", None));
     }
 
     #[test]
