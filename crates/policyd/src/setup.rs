@@ -55,9 +55,10 @@ pub fn merge_cgroup_parent(
     force: bool,
 ) -> Result<Merge, MergeError> {
     let wanted = serde_json::Value::String(parent.to_owned()).to_string();
+    let setting = format!("\"{CGROUP_PARENT_KEY}\": {wanted}");
     let Some(text) = existing.filter(|t| !t.trim().is_empty()) else {
         return Ok(Merge::Changed {
-            text: format!("{{\n  \"{CGROUP_PARENT_KEY}\": {wanted}\n}}\n"),
+            text: format!("{{\n  {setting}\n}}\n"),
             replaced: None,
         });
     };
@@ -68,66 +69,53 @@ pub fn merge_cgroup_parent(
     // Docker (Go's encoding/json) takes the last of duplicate keys, like
     // serde_json: the member to look at and replace is the last one.
     let current = members.iter().rev().find(|m| m.key == CGROUP_PARENT_KEY);
-    let merged = match (object.get(CGROUP_PARENT_KEY), current) {
+    let old = object.get(CGROUP_PARENT_KEY);
+    // The bytes to replace, and with what.
+    let (range, insert) = match (old, current) {
         (Some(v), _) if v.as_str() == Some(parent) => return Ok(Merge::Unchanged),
         // serde_json saw the key where the scan did not: adding it would
         // leave the old value last, which is the one Docker reads.
         (Some(_), None) => return Err(MergeError::Unlocated),
-        (Some(v), Some(member)) => {
-            if !force {
-                return Err(MergeError::Conflict {
-                    existing: v.to_string(),
-                    wanted,
-                });
-            }
-            let mut out = String::with_capacity(text.len() + wanted.len());
-            out.push_str(&text[..member.value.start]);
-            out.push_str(&wanted);
-            out.push_str(&text[member.value.end..]);
-            Merge::Changed {
-                text: out,
-                replaced: Some(v.to_string()),
-            }
+        (Some(v), Some(_)) if !force => {
+            return Err(MergeError::Conflict {
+                existing: v.to_string(),
+                wanted,
+            })
         }
+        (Some(_), Some(member)) => (member.value.clone(), wanted),
+        // Insert as the first member, indented like the existing first
+        // member (or by two spaces in an empty object).
         (None, _) => {
-            // Insert as the first member, indented like the existing first
-            // member (or by two spaces in an empty object).
             let open = members_start(text).ok_or(MergeError::NotAnObject)?;
-            let mut out = String::with_capacity(text.len() + 40);
-            out.push_str(&text[..open]);
             match members.first() {
                 Some(first) => {
                     let between = &text[open..first.key_start];
-                    if between.contains('\n') {
-                        out.push_str(&format!("{between}\"{CGROUP_PARENT_KEY}\": {wanted},"));
+                    let insert = if between.contains('\n') {
+                        format!("{between}{setting},")
                     } else {
                         // One line: `{ "cgroup-parent": ..., ` before the rest.
-                        out.push_str(&format!(" \"{CGROUP_PARENT_KEY}\": {wanted},"));
-                        if between.is_empty() {
-                            out.push(' ');
-                        }
-                    }
-                    out.push_str(&text[open..]);
+                        let space = if between.is_empty() { " " } else { "" };
+                        format!(" {setting},{space}")
+                    };
+                    (open..open, insert)
                 }
                 None => {
                     let close = text[open..]
                         .find('}')
                         .map(|i| open + i)
                         .ok_or(MergeError::NotAnObject)?;
-                    out.push_str(&format!("\n  \"{CGROUP_PARENT_KEY}\": {wanted}\n"));
-                    out.push_str(&text[close..]);
+                    (open..close, format!("\n  {setting}\n"))
                 }
-            }
-            Merge::Changed {
-                text: out,
-                replaced: None,
             }
         }
     };
-    if let Merge::Changed { text: new, .. } = &merged {
-        verify(object, new, parent)?;
-    }
-    Ok(merged)
+    let mut merged = text.to_owned();
+    merged.replace_range(range, &insert);
+    verify(object, &merged, parent)?;
+    Ok(Merge::Changed {
+        text: merged,
+        replaced: old.map(|v| v.to_string()),
+    })
 }
 
 /// The merged text must say exactly what the old one said, plus the one
@@ -159,66 +147,41 @@ fn members_start(text: &str) -> Option<usize> {
     (text.as_bytes().get(open) == Some(&b'{')).then_some(open + 1)
 }
 
+/// The JSON value of type `T` that starts at byte `start` of `text`, and
+/// the byte just past it.
+fn value_at<T: serde::de::DeserializeOwned>(text: &str, start: usize) -> Option<(T, usize)> {
+    let mut values = serde_json::Deserializer::from_str(&text[start..]).into_iter();
+    let value = values.next()?.ok()?;
+    Some((value, start + values.byte_offset()))
+}
+
 /// The members of the top-level object of `text`, which serde_json has
 /// already accepted as a JSON object, so the scan only has to find
-/// boundaries: strings (with escapes) and nesting.
+/// boundaries: serde_json reads each key and value, and says where it ends.
 fn top_level_members(text: &str) -> Option<Vec<Member>> {
-    let bytes = text.as_bytes();
-    let skip_ws = |mut i: usize| {
-        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        i
-    };
-    // The index just past the string that starts (with '"') at i.
-    let string_end = |mut i: usize| {
-        i += 1;
-        while i < bytes.len() {
-            match bytes[i] {
-                b'\\' => i += 2,
-                b'"' => return Some(i + 1),
-                _ => i += 1,
-            }
-        }
-        None
-    };
+    let skip_ws = |i: usize| text.len() - text[i..].trim_start().len();
     let mut members = Vec::new();
     let mut i = skip_ws(members_start(text)?);
-    if bytes.get(i) == Some(&b'}') {
+    if text[i..].starts_with('}') {
         return Some(members);
     }
     loop {
         let key_start = i;
-        let key_end = string_end(i)?;
-        let key: String = serde_json::from_str(&text[key_start..key_end]).ok()?;
+        let (key, key_end) = value_at(text, key_start)?;
         i = skip_ws(key_end);
-        if bytes.get(i) != Some(&b':') {
+        if !text[i..].starts_with(':') {
             return None;
         }
         let value_start = skip_ws(i + 1);
-        let mut depth = 0usize;
-        let mut j = value_start;
-        while j < bytes.len() {
-            match bytes[j] {
-                b'"' => {
-                    j = string_end(j)?;
-                    continue;
-                }
-                b'{' | b'[' => depth += 1,
-                b'}' | b']' if depth > 0 => depth -= 1,
-                b',' | b'}' if depth == 0 => break,
-                _ => {}
-            }
-            j += 1;
-        }
-        let value_end = value_start + text[value_start..j].trim_end().len();
+        let (serde::de::IgnoredAny, value_end) = value_at(text, value_start)?;
         members.push(Member {
             key,
             key_start,
             value: value_start..value_end,
         });
-        match bytes.get(j) {
-            Some(b',') => i = skip_ws(j + 1),
+        i = skip_ws(value_end);
+        match text.as_bytes().get(i) {
+            Some(b',') => i = skip_ws(i + 1),
             Some(b'}') => return Some(members),
             _ => return None,
         }
@@ -288,23 +251,18 @@ pub fn setup_docker(
             source,
         }
     })?;
-    let (text, replaced) = match merged {
-        Merge::Unchanged => return Ok(SetupOutcome::AlreadySet),
-        Merge::Changed { text, replaced } => (text, replaced),
+    let Merge::Changed { text, replaced } = merged else {
+        return Ok(SetupOutcome::AlreadySet);
     };
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     let dir = dir.unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io("creating", dir))?;
-    let mode = match fs::metadata(path) {
-        Ok(meta) => meta.permissions().mode() & 0o7777,
-        Err(_) => 0o644,
-    };
+    let mode = fs::metadata(path).map_or(0o644, |meta| meta.permissions().mode() & 0o7777);
     // A file of `mode` from its creation on, never one found in its place.
     let create = |at: &Path, text: &str| -> std::io::Result<()> {
         match fs::remove_file(at) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
         }
         let mut file = fs::OpenOptions::new()
             .write(true)
@@ -316,28 +274,22 @@ pub fn setup_docker(
         file.set_permissions(fs::Permissions::from_mode(mode))?;
         file.sync_all()
     };
-    let backup = match existing {
-        Some(old) => {
-            create(backup, &old).map_err(io("writing the backup", backup))?;
-            Some(backup.to_owned())
-        }
-        None => None,
-    };
-    let tmp = dir.join(format!(
-        ".{}.contain-tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    ));
-    if let Err(e) = create(&tmp, &text) {
-        let _ = fs::remove_file(&tmp);
-        return Err(io("writing", &tmp)(e));
+    if let Some(old) = &existing {
+        create(backup, old).map_err(io("writing the backup", backup))?;
     }
-    fs::rename(&tmp, path).map_err(|e| {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.contain-tmp"));
+    let written = create(&tmp, &text)
+        .map_err(io("writing", &tmp))
+        .and_then(|()| fs::rename(&tmp, path).map_err(io("replacing", path)));
+    if written.is_err() {
         let _ = fs::remove_file(&tmp);
-        io("replacing", path)(e)
-    })?;
-    Ok(SetupOutcome::Written { backup, replaced })
+    }
+    written?;
+    Ok(SetupOutcome::Written {
+        backup: existing.map(|_| backup.to_owned()),
+        replaced,
+    })
 }
 
 #[cfg(test)]
