@@ -46,14 +46,12 @@ impl HostSettings {
     /// host's settings leave no way.
     pub fn forged_query_forwarded(&self) -> Option<String> {
         let resolver = loopback_nameserver(&self.resolv_conf)?;
-        let on = |value: &str| value.trim() == "1";
-        let setting = if on(&self.route_localnet_all) {
-            "all"
-        } else if on(&self.route_localnet_default) {
-            "default"
-        } else {
-            return None;
-        };
+        let setting = [
+            ("all", &self.route_localnet_all),
+            ("default", &self.route_localnet_default),
+        ]
+        .into_iter()
+        .find_map(|(name, value)| (value.trim() == "1").then_some(name))?;
         if self.devconf_inherit_init_net.trim() == "2" {
             return None;
         }
