@@ -197,6 +197,8 @@ pub enum SetupError {
         #[source]
         source: MergeError,
     },
+    #[error("{path} is a symlink to {target}, which does not exist; create that file (or remove the link) and run this again")]
+    DanglingLink { path: PathBuf, target: PathBuf },
     #[error("{action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -231,6 +233,14 @@ pub fn setup_docker(
     backup: &Path,
 ) -> Result<SetupOutcome, SetupError> {
     let resolved = fs::canonicalize(path).ok();
+    // Written over, a dangling link would become a file of its own and the
+    // file it names stay missing.
+    if let (None, Ok(target)) = (&resolved, fs::read_link(path)) {
+        return Err(SetupError::DanglingLink {
+            path: path.to_owned(),
+            target,
+        });
+    }
     let path = resolved.as_deref().unwrap_or(path);
     let io = |action: &'static str, path: &Path| {
         let path = path.to_owned();
@@ -556,6 +566,20 @@ mod tests {
             );
         }
         assert!(fs::read_to_string(&backup).unwrap().contains("secret"));
+
+        // A link to a file that is not there is left as it is, and said.
+        fs::remove_file(&target).unwrap();
+        let refused = setup_docker(&link, PARENT, false, &backup).unwrap_err();
+        assert!(
+            refused.to_string().contains("is a symlink to")
+                && refused.to_string().contains("managed.json"),
+            "{refused}"
+        );
+        assert!(fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(!target.exists());
         fs::remove_dir_all(&dir).unwrap();
     }
 
