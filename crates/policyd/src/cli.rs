@@ -9,11 +9,12 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
-use kernel_model::state::{Entry, EntryKey, MapOp};
+use kernel_model::state::{Entry, EntryKey, MapOp, ProcessMatch};
 use proto::{
     paths,
     policyd::{
-        EventBatch, ExplainQuery, Explanation, PolicydClient, PolicydError, ReloadReport, Status,
+        ContainerStatus, EventBatch, ExecutableStatus, ExplainQuery, Explanation, PolicydClient,
+        PolicydError, ReloadReport, Status,
     },
     transport,
 };
@@ -21,13 +22,14 @@ use serde_json::json;
 
 use crate::{
     compile,
-    coverage::{self, AttachedParents, Enforcement},
+    coverage::{self, AttachedParents},
     daemon::{self, engine::to_wire, feeds::read_inventory_file, InventorySource},
     explain,
     ids::IdTables,
     inventory::Inventory,
     net::Prefix,
-    policy::{self, proto_name, Allowance, PolicyError},
+    policy::{self, proto_name, PolicyError},
+    setup::{self, SetupOutcome},
 };
 
 /// Exit codes scripts can rely on.
@@ -175,33 +177,7 @@ pub enum Command {
     /// Policy entries that would have allowed the deny and audit events
     /// seen (read from the journal, or from a file of policyd's JSON event
     /// lines), per container and executable, as TOML to review.
-    Suggest {
-        /// Events from this time on: for the journal anything `journalctl
-        /// --since` takes ("2 days ago", "-2h", "2026-11-30 08:00"); with --input,
-        /// an RFC 3339 time in UTC (2026-11-30T08:00:00Z).
-        #[arg(long, allow_hyphen_values = true)]
-        since: Option<String>,
-        /// Events up to this time (same forms as --since).
-        #[arg(long, allow_hyphen_values = true)]
-        until: Option<String>,
-        /// Only this container (its name).
-        #[arg(long)]
-        container: Option<String>,
-        /// Read policyd's JSON event lines from this file (`-`: stdin)
-        /// instead of the journal.
-        #[arg(long)]
-        input: Option<PathBuf>,
-        /// The systemd unit whose journal holds the events.
-        #[arg(long, default_value = "contain-policyd.service")]
-        unit: String,
-        /// Widen IPv4 destinations to prefixes of this length (e.g. 24);
-        /// by default each address seen is listed.
-        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=32))]
-        aggregate_v4: Option<u8>,
-        /// Widen IPv6 destinations to prefixes of this length (e.g. 64).
-        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=128))]
-        aggregate_v6: Option<u8>,
-    },
+    Suggest(crate::suggest::Request),
 }
 
 /// Where `policyd daemon` serves metrics unless told otherwise.
@@ -377,7 +353,7 @@ pub async fn run(cli: Cli) -> u8 {
     // SIGPIPE ignored (a client gone mid-answer must not end it), and so
     // do the commands that talk to it until it has answered.
     let only_writes_output = match &cli.command {
-        Command::Check { .. } | Command::Setup(_) | Command::Suggest { .. } => true,
+        Command::Check { .. } | Command::Setup(_) | Command::Suggest(_) => true,
         Command::Explain {
             policy, inventory, ..
         } => policy.is_some() && inventory.is_some(),
@@ -424,26 +400,9 @@ pub async fn run(cli: Cli) -> u8 {
             cgroup_parent,
             force,
         }) => setup_docker(&daemon_json, &cgroup_parent, force, json),
-        Command::Suggest {
-            since,
-            until,
-            container,
-            input,
-            unit,
-            aggregate_v4,
-            aggregate_v6,
-        } => crate::suggest::run(&crate::suggest::Request {
-            since,
-            until,
-            container,
-            input,
-            unit,
-            aggregate: crate::suggest::Aggregate {
-                v4: aggregate_v4,
-                v6: aggregate_v6,
-            },
-        })
-        .map_err(|e| Failure::new(e.exit_code(), e.to_string())),
+        Command::Suggest(request) => {
+            crate::suggest::run(&request).map_err(|e| Failure::new(e.exit_code(), e.to_string()))
+        }
         Command::Daemon {
             policy,
             loader_socket,
@@ -551,70 +510,54 @@ fn check(
     } else {
         Ok(attached.to_vec())
     };
-    let enforcements: Vec<Enforcement> = compiled
-        .assignments
-        .iter()
-        .map(|a| {
-            let c = &inventory.containers[a.container_index];
-            let mode = a.policy_index.map(|i| policies.policies[i].mode);
-            coverage::enforcement(c, mode, &attached)
-        })
-        .collect();
     let mut policy_of = vec![None; inventory.containers.len()];
     for a in &compiled.assignments {
         policy_of[a.container_index] = a.policy_index.map(|i| &policies.policies[i]);
     }
     // The inventory's host is not this one: its settings are not known.
     let uncovered = coverage::packet_sockets_uncovered(&inventory, &policy_of, None);
-    // What each container's exe paths name there, as far as the inventory
-    // says (offline, nothing is resolved that it does not list).
-    let statuses: Vec<proto::policyd::ContainerStatus> = compiled
+    let containers: Vec<ContainerStatus> = compiled
         .assignments
         .iter()
         .map(|a| {
             let c = &inventory.containers[a.container_index];
-            proto::policyd::ContainerStatus {
-                name: c.name.clone(),
-                readonly_rootfs: c.readonly_rootfs,
-                executables: compiled
-                    .exes
-                    .iter()
-                    .filter(|o| o.container_index == a.container_index)
-                    .filter_map(|o| {
-                        let policy = &policies.policies[a.policy_index?];
-                        Some(proto::policyd::ExecutableStatus {
-                            entry: policy.processes[o.process_index].describe(),
-                            path: o.path.clone(),
-                            file: o.file.as_ref().ok().copied(),
-                            problem: o.file.as_ref().err().cloned(),
-                            final_path: o.final_path.clone(),
-                            links: o.links,
-                        })
+            let policy = a.policy_index.map(|i| &policies.policies[i]);
+            let enforcement = coverage::enforcement(c, policy.map(|p| p.mode), &attached);
+            // What the container's exe paths name there, as far as the
+            // inventory says (offline, nothing is resolved that it does
+            // not list).
+            let executables = compiled
+                .exes
+                .iter()
+                .filter(|o| o.container_index == a.container_index)
+                .filter_map(|o| {
+                    Some(ExecutableStatus {
+                        entry: policy?.processes[o.process_index].describe(),
+                        path: o.path.clone(),
+                        file: o.file.as_ref().ok().copied(),
+                        problem: o.file.as_ref().err().cloned(),
+                        final_path: o.final_path.clone(),
+                        links: o.links,
                     })
+                })
+                .collect();
+            ContainerStatus {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                cgroup_path: c.cgroup_path.clone(),
+                policy: policy.map(|p| p.name.clone()),
+                also_matched: a
+                    .also_matched
+                    .iter()
+                    .map(|&i| policies.policies[i].name.clone())
                     .collect(),
-                ..Default::default()
+                mode: enforcement.mode,
+                unenforced_reason: enforcement.unenforced_reason,
+                packet_sockets_uncovered: uncovered[a.container_index].clone(),
+                readonly_rootfs: c.readonly_rootfs,
+                executables,
+                ..ContainerStatus::default()
             }
-        })
-        .collect();
-    let containers: Vec<_> = compiled
-        .assignments
-        .iter()
-        .zip(&enforcements)
-        .zip(&statuses)
-        .map(|((a, e), status)| {
-            let c = &inventory.containers[a.container_index];
-            json!({
-                "name": c.name,
-                "id": c.id,
-                "cgroup_path": c.cgroup_path,
-                "policy": a.policy_index.map(|i| policies.policies[i].name.clone()),
-                "also_matched": a.also_matched.iter().map(|&i| policies.policies[i].name.clone()).collect::<Vec<_>>(),
-                "mode": e.mode,
-                "unenforced_reason": e.unenforced_reason,
-                "packet_sockets_uncovered": uncovered[a.container_index],
-                "readonly_rootfs": c.readonly_rootfs,
-                "executables": status.executables,
-            })
         })
         .collect();
     if json {
@@ -637,7 +580,18 @@ fn check(
                 "dests": state.dests.len(),
                 "ports": state.ports.len(),
             },
-            "containers": containers,
+            "containers": containers.iter().map(|c| json!({
+                "name": c.name,
+                "id": c.id,
+                "cgroup_path": c.cgroup_path,
+                "policy": c.policy,
+                "also_matched": c.also_matched,
+                "mode": c.mode,
+                "unenforced_reason": c.unenforced_reason,
+                "packet_sockets_uncovered": c.packet_sockets_uncovered,
+                "readonly_rootfs": c.readonly_rootfs,
+                "executables": c.executables,
+            })).collect::<Vec<_>>(),
             "diagnostics": warnings.iter().map(|d| to_wire(d)).collect::<Vec<_>>(),
         }));
         return Ok(());
@@ -682,23 +636,14 @@ fn check(
         table(&["POLICY", "MODE", "SELECTS", "RULES", "PROCESSES"], &rows)
     );
     if !inventory.containers.is_empty() {
-        let rows: Vec<Vec<String>> = compiled
-            .assignments
+        let rows: Vec<Vec<String>> = containers
             .iter()
-            .zip(&enforcements)
-            .map(|(a, e)| {
-                let c = &inventory.containers[a.container_index];
+            .map(|c| {
                 vec![
                     c.name.clone(),
-                    a.policy_index
-                        .map(|i| policies.policies[i].name.clone())
-                        .unwrap_or_else(|| "-".into()),
-                    e.mode.clone(),
-                    a.also_matched
-                        .iter()
-                        .map(|&i| policies.policies[i].name.clone())
-                        .collect::<Vec<_>>()
-                        .join(","),
+                    c.policy.clone().unwrap_or_else(|| "-".into()),
+                    c.mode.clone(),
+                    c.also_matched.join(","),
                 ]
             })
             .collect();
@@ -706,42 +651,33 @@ fn check(
             "\n{}",
             table(&["CONTAINER", "POLICY", "MODE", "ALSO MATCHED"], &rows)
         );
-        let unenforced = compiled
-            .assignments
-            .iter()
-            .zip(&enforcements)
-            .filter_map(|(a, e)| {
-                let reason = e.unenforced_reason.as_ref()?;
-                Some((
-                    inventory.containers[a.container_index].name.as_str(),
-                    e.mode.as_str(),
-                    reason.as_str(),
-                ))
-            });
-        let not_covered = compiled.assignments.iter().filter_map(|a| {
-            let reason = uncovered[a.container_index].as_deref()?;
-            Some((
-                inventory.containers[a.container_index].name.as_str(),
-                NOT_COVERED,
-                reason,
-            ))
-        });
-        print!("{}", render_reasons(unenforced.chain(not_covered)));
-        print!("{}", render_executables(&statuses));
+        print!("{}", render_reasons(&containers));
+        print!("{}", render_executables(&containers));
     }
     Ok(())
 }
 
-/// What status and check say of a container whose packet sockets the veth
-/// backstop does not judge on a veth of its own.
-const NOT_COVERED: &str = "not covered against packet sockets";
-
 /// "container NAME is STATE: REASON" lines for containers whose policy the
-/// kernel does not (or may not) enforce, or not everywhere, one per
+/// kernel does not (or may not) enforce, or not everywhere (their packet
+/// sockets not judged by the veth backstop on a veth of their own), one per
 /// distinct state and reason, after a blank line; empty if none.
-fn render_reasons<'a>(items: impl Iterator<Item = (&'a str, &'a str, &'a str)>) -> String {
+fn render_reasons(containers: &[ContainerStatus]) -> String {
+    let unenforced = containers.iter().filter_map(|c| {
+        Some((
+            c.name.as_str(),
+            c.mode.as_str(),
+            c.unenforced_reason.as_deref()?,
+        ))
+    });
+    let not_covered = containers.iter().filter_map(|c| {
+        Some((
+            c.name.as_str(),
+            "not covered against packet sockets",
+            c.packet_sockets_uncovered.as_deref()?,
+        ))
+    });
     let mut groups: Vec<((&str, &str), Vec<&str>)> = Vec::new();
-    for (name, state, reason) in items {
+    for (name, state, reason) in unenforced.chain(not_covered) {
         let key = (state, reason);
         match groups.iter_mut().find(|(k, _)| *k == key) {
             Some((_, names)) => names.push(name),
@@ -782,29 +718,33 @@ async fn reload(
     output_only_from_here();
     if json {
         print_json(&report);
-        return Ok(());
+    } else {
+        print_reload(&report);
     }
-    print_reload(&report);
     Ok(())
 }
 
 /// Warnings shown by reload and status; `policyd check FILE` shows all.
 const WARNINGS_SHOWN: usize = 10;
 
-fn print_warnings(warnings: &[proto::policyd::Diagnostic]) {
+/// The first warnings, one per line, then how many `more` are left out.
+fn shown_warnings(warnings: &[proto::policyd::Diagnostic], more: &str) -> String {
+    let mut out = String::new();
     for w in warnings.iter().take(WARNINGS_SHOWN) {
-        eprintln!("{}", w.rendered);
+        let _ = writeln!(out, "{}", w.rendered);
     }
     if warnings.len() > WARNINGS_SHOWN {
-        eprintln!(
-            "… and {} more warning(s); `policyd check FILE` lists them all",
+        let _ = writeln!(
+            out,
+            "… and {} {more}; `policyd check FILE` lists them all",
             warnings.len() - WARNINGS_SHOWN
         );
     }
+    out
 }
 
 pub fn print_reload(report: &ReloadReport) {
-    print_warnings(&report.warnings);
+    eprint!("{}", shown_warnings(&report.warnings, "more warning(s)"));
     let counts = report.counts;
     let verb = if report.dry_run {
         "would apply"
@@ -853,27 +793,21 @@ pub fn print_reload(report: &ReloadReport) {
     );
 }
 
-fn describe_process(m: kernel_model::state::ProcessMatch) -> String {
-    match m {
-        kernel_model::state::ProcessMatch::File(f) => format!(
-            "file {} ctime {}.{:09}",
-            explain::describe_file(&f),
-            f.ctime_sec,
-            f.ctime_nsec
-        ),
-        kernel_model::state::ProcessMatch::Comm(h) => format!("comm#{h:016x}"),
-    }
-}
-
-/// One map operation, for people.
-pub fn describe_op(op: &MapOp) -> String {
-    let key_text = |key: &EntryKey| match key {
+fn describe_key(key: &EntryKey) -> String {
+    match key {
         EntryKey::Cgroup { id } => format!("cgroup {id}"),
-        EntryKey::Process { key } => format!(
-            "process policy {} {}",
-            key.policy_id,
-            describe_process(key.process)
-        ),
+        EntryKey::Process { key } => {
+            let process = match key.process {
+                ProcessMatch::File(f) => format!(
+                    "file {} ctime {}.{:09}",
+                    explain::describe_file(&f),
+                    f.ctime_sec,
+                    f.ctime_nsec
+                ),
+                ProcessMatch::Comm(h) => format!("comm#{h:016x}"),
+            };
+            format!("process policy {} {process}", key.policy_id)
+        }
         EntryKey::Dest { key } => format!(
             "dest policy {} class {} {}",
             key.policy_id,
@@ -883,47 +817,45 @@ pub fn describe_op(op: &MapOp) -> String {
         EntryKey::Port { key } => format!(
             "port ruleset {} {}",
             key.ruleset,
-            Allowance {
-                proto: key.proto,
-                block: crate::net::PortBlock {
-                    port: key.port,
-                    bits: key.port_bits
-                }
-            }
+            explain::port_allowance(key)
         ),
         EntryKey::Veth { ifindex } => format!("veth {ifindex}"),
         EntryKey::VethSource { key } => {
             format!("veth {} source {}", key.ifindex, key.address())
         }
-    };
-    match op {
-        MapOp::Upsert { entry } => {
-            let value = match entry {
-                Entry::Cgroup { value, .. } if value.unrestricted => "unrestricted".to_string(),
-                Entry::Cgroup { value, .. } => {
-                    let flags: Vec<&str> = [
-                        (value.audit, "audit"),
-                        (value.forwarded_dns, "forwarded DNS"),
-                    ]
-                    .into_iter()
-                    .filter_map(|(set, name)| set.then_some(name))
-                    .collect();
-                    if flags.is_empty() {
-                        format!("policy {}", value.policy_id)
-                    } else {
-                        format!("policy {} ({})", value.policy_id, flags.join(", "))
-                    }
-                }
-                Entry::Process { class, .. } => format!("class {class}"),
-                Entry::Dest { ruleset, .. } => format!("ruleset {ruleset}"),
-                Entry::Port { rule_id, .. } => format!("rule {rule_id}"),
-                Entry::Veth { cgroup_id, .. } => format!("cgroup {cgroup_id}"),
-                Entry::VethSource { .. } => return format!("+ {}", key_text(&entry.key())),
-            };
-            format!("+ {} -> {value}", key_text(&entry.key()))
-        }
-        MapOp::Delete { key } => format!("- {}", key_text(key)),
     }
+}
+
+/// One map operation, for people.
+pub fn describe_op(op: &MapOp) -> String {
+    let entry = match op {
+        MapOp::Upsert { entry } => entry,
+        MapOp::Delete { key } => return format!("- {}", describe_key(key)),
+    };
+    let key = describe_key(&entry.key());
+    let value = match entry {
+        Entry::Cgroup { value, .. } if value.unrestricted => "unrestricted".to_string(),
+        Entry::Cgroup { value, .. } => {
+            let flags: Vec<&str> = [
+                (value.audit, "audit"),
+                (value.forwarded_dns, "forwarded DNS"),
+            ]
+            .into_iter()
+            .filter_map(|(set, name)| set.then_some(name))
+            .collect();
+            if flags.is_empty() {
+                format!("policy {}", value.policy_id)
+            } else {
+                format!("policy {} ({})", value.policy_id, flags.join(", "))
+            }
+        }
+        Entry::Process { class, .. } => format!("class {class}"),
+        Entry::Dest { ruleset, .. } => format!("ruleset {ruleset}"),
+        Entry::Port { rule_id, .. } => format!("rule {rule_id}"),
+        Entry::Veth { cgroup_id, .. } => format!("cgroup {cgroup_id}"),
+        Entry::VethSource { .. } => return format!("+ {key}"),
+    };
+    format!("+ {key} -> {value}")
 }
 
 // ---- setup docker ----
@@ -952,13 +884,13 @@ fn setup_docker(daemon_json: &Path, parent: &str, force: bool, json: bool) -> Re
         utc_time(now).replace(':', "")
     ));
     let backup = PathBuf::from(backup);
-    let outcome = crate::setup::setup_docker(daemon_json, parent, force, &backup)
+    let outcome = setup::setup_docker(daemon_json, parent, force, &backup)
         .map_err(|e| Failure::new(exit::SETUP_REFUSED, format!("{e}; nothing changed")))?;
     let file = daemon_json.display();
     if json {
         let (changed, backup, replaced) = match &outcome {
-            crate::setup::SetupOutcome::AlreadySet => (false, None, None),
-            crate::setup::SetupOutcome::Written { backup, replaced } => (
+            SetupOutcome::AlreadySet => (false, None, None),
+            SetupOutcome::Written { backup, replaced } => (
                 true,
                 backup.as_ref().map(|b| b.display().to_string()),
                 replaced.clone(),
@@ -975,11 +907,11 @@ fn setup_docker(daemon_json: &Path, parent: &str, force: bool, json: bool) -> Re
         return Ok(());
     }
     match outcome {
-        crate::setup::SetupOutcome::AlreadySet => {
+        SetupOutcome::AlreadySet => {
             println!("{file} already sets \"cgroup-parent\": \"{parent}\"; nothing to do.");
             println!("Containers created since Docker read it are under {parent}; `policyd status` lists any that are not.");
         }
-        crate::setup::SetupOutcome::Written { backup, replaced } => {
+        SetupOutcome::Written { backup, replaced } => {
             match replaced {
                 Some(old) => {
                     println!("{file}: \"cgroup-parent\" changed from {old} to \"{parent}\".")
@@ -1119,21 +1051,7 @@ pub fn render_status(s: &Status) -> String {
             &rows
         )
     );
-    let unenforced = s.containers.iter().filter_map(|c| {
-        Some((
-            c.name.as_str(),
-            c.mode.as_str(),
-            c.unenforced_reason.as_deref()?,
-        ))
-    });
-    let not_covered = s.containers.iter().filter_map(|c| {
-        Some((
-            c.name.as_str(),
-            NOT_COVERED,
-            c.packet_sockets_uncovered.as_deref()?,
-        ))
-    });
-    out.push_str(&render_reasons(unenforced.chain(not_covered)));
+    out.push_str(&render_reasons(&s.containers));
     out.push_str(&render_outside_managed_parent(&s.containers));
     out.push_str(&render_executables(&s.containers));
     let rows: Vec<Vec<String>> = s
@@ -1173,22 +1091,13 @@ pub fn render_status(s: &Status) -> String {
     );
     if !s.warnings.is_empty() {
         let _ = writeln!(out, "\n{} warning(s):", s.warnings.len());
-        for w in s.warnings.iter().take(WARNINGS_SHOWN) {
-            let _ = writeln!(out, "{}", w.rendered);
-        }
-        if s.warnings.len() > WARNINGS_SHOWN {
-            let _ = writeln!(
-                out,
-                "… and {} more; `policyd check FILE` lists them all",
-                s.warnings.len() - WARNINGS_SHOWN
-            );
-        }
+        out.push_str(&shown_warnings(&s.warnings, "more"));
     }
     out
 }
 
 /// The containers whose cgroup is below no attached parent, and what to do.
-fn render_outside_managed_parent(containers: &[proto::policyd::ContainerStatus]) -> String {
+fn render_outside_managed_parent(containers: &[ContainerStatus]) -> String {
     let rows: Vec<Vec<String>> = containers
         .iter()
         .filter_map(|c| Some(vec![c.name.clone(), c.outside_managed_parent.clone()?]))
@@ -1208,7 +1117,7 @@ fn render_outside_managed_parent(containers: &[proto::policyd::ContainerStatus])
 
 /// What each container's `exe` paths name there, and which containers
 /// have them on a root filesystem root in the container may write.
-fn render_executables(containers: &[proto::policyd::ContainerStatus]) -> String {
+fn render_executables(containers: &[ContainerStatus]) -> String {
     let mut out = String::new();
     let rows: Vec<Vec<String>> = containers
         .iter()
@@ -1264,7 +1173,7 @@ fn render_executables(containers: &[proto::policyd::ContainerStatus]) -> String 
 /// The process rules whose file is also other commands (a symlink to a
 /// file of another name, or a file with hard links: a multi-call binary
 /// such as BusyBox), where each leads, and what to do.
-fn render_shared_files(containers: &[proto::policyd::ContainerStatus]) -> String {
+fn render_shared_files(containers: &[ContainerStatus]) -> String {
     let rows: Vec<Vec<String>> = containers
         .iter()
         .flat_map(|c| {
@@ -1533,7 +1442,7 @@ mod tests {
 
     #[test]
     fn status_names_containers_outside_the_managed_parent_and_what_to_do() {
-        let container = |name: &str, outside: Option<&str>| proto::policyd::ContainerStatus {
+        let container = |name: &str, outside: Option<&str>| ContainerStatus {
             name: name.into(),
             mode: "unrestricted".into(),
             outside_managed_parent: outside.map(Into::into),
@@ -1645,16 +1554,15 @@ mod tests {
 
     #[test]
     fn status_names_process_rules_whose_file_is_also_other_commands() {
-        let exe =
-            |path: &str, final_path: Option<&str>, links: u64| proto::policyd::ExecutableStatus {
-                entry: format!("exe {path}"),
-                path: path.into(),
-                file: Some(kernel_model::state::FileId::default()),
-                final_path: final_path.map(Into::into),
-                links,
-                ..Default::default()
-            };
-        let container = |name: &str, executables| proto::policyd::ContainerStatus {
+        let exe = |path: &str, final_path: Option<&str>, links: u64| ExecutableStatus {
+            entry: format!("exe {path}"),
+            path: path.into(),
+            file: Some(kernel_model::state::FileId::default()),
+            final_path: final_path.map(Into::into),
+            links,
+            ..Default::default()
+        };
+        let container = |name: &str, executables| ContainerStatus {
             name: name.into(),
             mode: "enforce".into(),
             readonly_rootfs: Some(true),

@@ -94,10 +94,8 @@ impl<'a> Source<'a> {
     /// The location of a byte offset (clamped to the text).
     pub fn location(&self, offset: usize) -> Location {
         let offset = offset.min(self.text.len());
-        let line_index = match self.line_starts.binary_search(&offset) {
-            Ok(i) => i,
-            Err(i) => i - 1,
-        };
+        // The first line starts at 0: at least one start is not after it.
+        let line_index = self.line_starts.partition_point(|&start| start <= offset) - 1;
         let line_start = self.line_starts[line_index];
         let column = self
             .text

@@ -21,7 +21,7 @@ use crate::{
     compile::{exe_file, CompiledRules},
     ids::{DOCKER_DNS_RULE_ID, LOOPBACK_RULE_ID},
     inventory::{Inventory, Resolution},
-    net::{addr_key, Prefix},
+    net::{addr_key, PortBlock, Prefix},
     policy::{
         proto_name, toml_format::icmp_type_named, AllowRule, Allowance, ContainerPolicy, PolicySet,
     },
@@ -43,6 +43,17 @@ pub struct Sender {
     /// What the kernel recognises the executable by.
     pub file: Option<FileId>,
     pub comm: Option<String>,
+}
+
+/// What a `PORTS` key allows.
+pub fn port_allowance(key: &PortPrefix) -> Allowance {
+    Allowance {
+        proto: key.proto,
+        block: PortBlock {
+            port: key.port,
+            bits: key.port_bits,
+        },
+    }
 }
 
 /// A file identity for people: `dev MAJOR:MINOR ino N`.
@@ -70,9 +81,8 @@ impl Sender {
                 }
             }
             Some(t) => Sender {
-                exe: None,
-                file: None,
                 comm: Some(t.to_string()),
+                ..Sender::default()
             },
         }
     }
@@ -164,10 +174,6 @@ pub fn policy_allows(
     })
 }
 
-fn location_text(rule: &AllowRule) -> Option<String> {
-    rule.location.as_ref().map(ToString::to_string)
-}
-
 /// Finds the rule the kernel's rule id stands for at this destination: the
 /// one with that id whose destination is the most specific match.
 fn find_rule(
@@ -225,7 +231,7 @@ fn find_rule(
             rule.index,
             rule.describe_allowances()
         ),
-        location: location_text(rule),
+        location: rule.location.as_ref().map(ToString::to_string),
     })
 }
 
@@ -321,13 +327,6 @@ pub fn explain(
         .cgroup_id
         .map(|id| lookup(state, id, Some(&sender.creator()), &target));
     let cgroup = trace.as_ref().and_then(|t| t.governance.cgroup);
-    let policy_entry = cgroup.filter(|c| !c.unrestricted).and_then(|c| {
-        compiled
-            .catalog
-            .policies
-            .get(&c.policy_id)
-            .map(|info| (c, info.index))
-    });
     let who = match (&sender.exe, &sender.file, &sender.comm) {
         (Some(e), Some(f), _) => format!("exe {e} ({})", describe_file(f)),
         (Some(e), None, comm) => {
@@ -351,7 +350,7 @@ pub fn explain(
         policy_id: cgroup.map(|c| c.policy_id).unwrap_or(0),
         mode: String::new(),
         process_class: trace.as_ref().map_or(0, |t| t.class),
-        process: String::new(),
+        process: who.clone(),
         dest: query.dest,
         proto: flow.map(|f| f.0),
         port: flow.map(|f| f.1),
@@ -368,7 +367,6 @@ pub fn explain(
 
     let (Some(trace), Some(cgroup)) = (trace, cgroup) else {
         out.mode = "unmapped".into();
-        out.process = who;
         out.verdict = Some(state.unknown_verdict);
         out.reason = format!(
             "container \"{}\" has no cgroup entry yet (not mapped by the resolver), so the unknown_container verdict applies: {}",
@@ -378,7 +376,6 @@ pub fn explain(
     };
     if cgroup.unrestricted {
         out.mode = "unrestricted".into();
-        out.process = who;
         out.verdict = Some(Verdict::Allow);
         out.reason = format!(
             "no policy selects container \"{}\"; contain leaves it alone",
@@ -389,7 +386,6 @@ pub fn explain(
     out.verdict = flow.map(|_| trace.verdict);
     if cgroup.is_ruleless() {
         out.mode = "unenforced".into();
-        out.process = who;
         out.reason = format!(
             "container \"{}\" shares its cgroup with a container under another policy: the kernel cannot tell their packets apart and judges them by no rules, so {flow_text} is {}",
             container.name,
@@ -397,13 +393,13 @@ pub fn explain(
         );
         return Ok(out);
     }
-    let Some((_, policy_index)) = policy_entry else {
-        out.mode = if cgroup.audit {
-            "audit".into()
-        } else {
-            "enforce".into()
-        };
-        out.process = who;
+    let Some(policy_index) = compiled
+        .catalog
+        .policies
+        .get(&cgroup.policy_id)
+        .map(|p| p.index)
+    else {
+        out.mode = if cgroup.audit { "audit" } else { "enforce" }.into();
         out.reason = format!("the kernel has policy id {} for this container, which the loaded policy does not define (a reload is pending?)", cgroup.policy_id);
         return Ok(out);
     };
@@ -429,31 +425,17 @@ pub fn explain(
         let prefix = Prefix::from_key(dest_key.addr, dest_key.prefix_len);
         out.matched_prefix = Some(prefix.to_string());
         out.ruleset = Some(ruleset);
-        let lo = PortPrefix {
+        let first = PortPrefix {
             ruleset,
             proto: 0,
             port: 0,
             port_bits: 0,
         };
-        let hi = PortPrefix {
-            ruleset,
-            proto: u8::MAX,
-            port: u16::MAX,
-            port_bits: u8::MAX,
-        };
         out.allowed_here = state
             .ports
-            .range(lo..=hi)
-            .map(|(k, _)| {
-                Allowance {
-                    proto: k.proto,
-                    block: crate::net::PortBlock {
-                        port: k.port,
-                        bits: k.port_bits,
-                    },
-                }
-                .to_string()
-            })
+            .range(first..)
+            .take_while(|(k, _)| k.ruleset == ruleset)
+            .map(|(k, _)| port_allowance(k).to_string())
             .collect();
     }
     if let Some((_, rule_id)) = trace.port {

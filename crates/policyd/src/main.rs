@@ -19,17 +19,16 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let is_daemon = matches!(cli.command, Command::Daemon { .. });
-    if is_daemon {
+    if matches!(cli.command, Command::Daemon { .. }) {
         proto::runtime::init_tracing(proto::runtime::LogFormat::Text);
     }
     // One thread for the daemon too: every change is serialised by the
     // engine anyway, and one malloc arena keeps the resident set small
     // (per-thread arenas kept tens of MB of parse garbage mapped).
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build();
-    let runtime = match runtime {
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("policyd: cannot start the async runtime: {e}");

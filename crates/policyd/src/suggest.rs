@@ -42,16 +42,34 @@ pub struct Aggregate {
     pub v6: Option<u8>,
 }
 
-#[derive(Clone, Debug, Default)]
+/// `policyd suggest`'s arguments.
+#[derive(clap::Args, Clone, Debug, Default)]
 pub struct Request {
+    /// Events from this time on: for the journal anything `journalctl
+    /// --since` takes ("2 days ago", "-2h", "2026-11-30 08:00"); with --input,
+    /// an RFC 3339 time in UTC (2026-11-30T08:00:00Z).
+    #[arg(long, allow_hyphen_values = true)]
     pub since: Option<String>,
+    /// Events up to this time (same forms as --since).
+    #[arg(long, allow_hyphen_values = true)]
     pub until: Option<String>,
+    /// Only this container (its name).
+    #[arg(long)]
     pub container: Option<String>,
-    /// A file of event lines (`-`: stdin); `None`: the journal.
+    /// Read policyd's JSON event lines from this file (`-`: stdin)
+    /// instead of the journal.
+    #[arg(long)]
     pub input: Option<PathBuf>,
-    /// The unit whose journal holds the events.
+    /// The systemd unit whose journal holds the events.
+    #[arg(long, default_value = "contain-policyd.service")]
     pub unit: String,
-    pub aggregate: Aggregate,
+    /// Widen IPv4 destinations to prefixes of this length (e.g. 24);
+    /// by default each address seen is listed.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=32))]
+    pub aggregate_v4: Option<u8>,
+    /// Widen IPv6 destinations to prefixes of this length (e.g. 64).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub aggregate_v6: Option<u8>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -211,25 +229,16 @@ pub struct Filter {
 #[derive(Debug, Default)]
 pub struct Collector {
     filter: Filter,
-    aggregate: Aggregate,
-    containers: BTreeMap<String, Seen>,
-    /// Lines that are not event records (policyd's other log lines).
-    other_lines: u64,
-    /// Events of cgroups no container was mapped to.
-    unmapped: u64,
-    /// Events the rate limit held back: seen by the kernel, never logged.
-    suppressed: u64,
-    first: Option<String>,
-    last: Option<String>,
+    out: Suggestion,
 }
 
 impl Collector {
     pub fn new(filter: Filter, aggregate: Aggregate) -> Self {
-        Collector {
-            filter,
+        let out = Suggestion {
             aggregate,
-            ..Collector::default()
-        }
+            ..Suggestion::default()
+        };
+        Collector { filter, out }
     }
 
     pub fn add_line(&mut self, line: &str) {
@@ -237,7 +246,7 @@ impl Collector {
         // The journal may prefix nothing, Loki exports nothing either; a
         // line that does not start as an object is another log line.
         let Ok(record) = serde_json::from_str::<EventRecord>(line) else {
-            self.other_lines += 1;
+            self.out.other_lines += 1;
             return;
         };
         self.add(record);
@@ -247,9 +256,10 @@ impl Collector {
         if record.verdict == Verdict::Allow {
             return;
         }
+        let out = &mut self.out;
         if self.filter.since_ns.is_some() || self.filter.until_ns.is_some() {
             let Some(t) = parse_rfc3339(&record.timestamp) else {
-                self.other_lines += 1;
+                out.other_lines += 1;
                 return;
             };
             if self.filter.since_ns.is_some_and(|s| t < s)
@@ -263,35 +273,33 @@ impl Collector {
                 return;
             }
         }
-        self.suppressed += u64::from(record.suppressed);
+        out.suppressed += u64::from(record.suppressed);
         let Some(container) = record.container_name.clone() else {
-            self.unmapped += 1;
+            out.unmapped += 1;
             return;
         };
         // Timestamps of one format compare as strings.
-        if self.first.as_ref().is_none_or(|f| record.timestamp < *f) {
-            self.first = Some(record.timestamp.clone());
+        if out.first.as_ref().is_none_or(|f| record.timestamp < *f) {
+            out.first = Some(record.timestamp.clone());
         }
-        if self.last.as_ref().is_none_or(|l| record.timestamp > *l) {
-            self.last = Some(record.timestamp.clone());
+        if out.last.as_ref().is_none_or(|l| record.timestamp > *l) {
+            out.last = Some(record.timestamp.clone());
         }
-        let seen = self.containers.entry(container).or_default();
+        let seen = out.containers.entry(container).or_default();
         seen.events += 1;
         if let Some(p) = &record.policy {
             seen.policies.insert(p.clone());
         }
-        if record.reason == Reason::NotIp {
-            seen.not_ip += 1;
-            return;
-        }
-        if record.reason == Reason::ForgedSource {
-            seen.forged += 1;
-            return;
-        }
         // No rule lets a shared cgroup's packets through: the containers
         // must get cgroups of their own first.
-        if record.reason == Reason::SharedCgroup {
-            seen.shared_cgroup += 1;
+        let unruled = match record.reason {
+            Reason::NotIp => Some(&mut seen.not_ip),
+            Reason::ForgedSource => Some(&mut seen.forged),
+            Reason::SharedCgroup => Some(&mut seen.shared_cgroup),
+            _ => None,
+        };
+        if let Some(count) = unruled {
+            *count += 1;
             return;
         }
         let (Some(dest), Some(transport)) = (record.destination_address, &record.transport) else {
@@ -318,7 +326,7 @@ impl Collector {
             (other, _, _) => match other.parse::<u8>() {
                 Ok(n) => Service::Other(n),
                 Err(_) => {
-                    self.other_lines += 1;
+                    out.other_lines += 1;
                     seen.events -= 1;
                     return;
                 }
@@ -339,7 +347,7 @@ impl Collector {
             .flows
             .entry(scope)
             .or_default()
-            .entry((service, Dest::new(dest, self.aggregate)))
+            .entry((service, Dest::new(dest, out.aggregate)))
             .or_default();
         tally.events += 1;
         if let Some(comm) = record.comm {
@@ -350,24 +358,19 @@ impl Collector {
     }
 
     pub fn finish(self) -> Suggestion {
-        Suggestion {
-            containers: self.containers,
-            other_lines: self.other_lines,
-            unmapped: self.unmapped,
-            suppressed: self.suppressed,
-            first: self.first,
-            last: self.last,
-            aggregate: self.aggregate,
-        }
+        self.out
     }
 }
 
 /// What was seen, ready to render.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Suggestion {
     containers: BTreeMap<String, Seen>,
+    /// Lines that are not event records (policyd's other log lines).
     pub other_lines: u64,
+    /// Events of cgroups no container was mapped to.
     pub unmapped: u64,
+    /// Events the rate limit held back: seen by the kernel, never logged.
     pub suppressed: u64,
     first: Option<String>,
     last: Option<String>,
@@ -593,33 +596,15 @@ pub fn render(s: &Suggestion) -> String {
                 format!(" under policy {}", policies.join(", "))
             }
         );
-        if seen.not_ip > 0 {
-            let _ = writeln!(
-                out,
-                "# {} of frames that are not IP (from a packet socket): no rule allows those.",
-                plural(seen.not_ip, "event")
-            );
-        }
-        if seen.forged > 0 {
-            let _ = writeln!(
-                out,
-                "# {} of frames whose source is none of the container's addresses: no rule allows those.",
-                plural(seen.forged, "event")
-            );
-        }
-        if seen.shared_cgroup > 0 {
-            let _ = writeln!(
-                out,
-                "# {} of a cgroup this container shares with one under another policy: no rule lets those through; give each container a cgroup of its own.",
-                plural(seen.shared_cgroup, "event")
-            );
-        }
-        if seen.unsuggested > 0 {
-            let _ = writeln!(
-                out,
-                "# {} to port 0 or from an executable by a relative path: no rule is suggested for those.",
-                plural(seen.unsuggested, "event")
-            );
+        for (count, what) in [
+            (seen.not_ip, "of frames that are not IP (from a packet socket): no rule allows those."),
+            (seen.forged, "of frames whose source is none of the container's addresses: no rule allows those."),
+            (seen.shared_cgroup, "of a cgroup this container shares with one under another policy: no rule lets those through; give each container a cgroup of its own."),
+            (seen.unsuggested, "to port 0 or from an executable by a relative path: no rule is suggested for those."),
+        ] {
+            if count > 0 {
+                let _ = writeln!(out, "# {} {what}", plural(count, "event"));
+            }
         }
         let wide = seen.flows.get(&Scope::ContainerWide);
         let exes: Vec<(&String, &Flows)> = seen
@@ -714,17 +699,40 @@ fn window_bound(flag: &'static str, value: &Option<String>) -> Result<Option<u12
         .transpose()
 }
 
+/// Feeds each line of `reader` to `collector`.
+fn read_lines(
+    collector: &mut Collector,
+    reader: impl BufRead,
+    error: impl Fn(std::io::Error) -> SuggestError,
+) -> Result<(), SuggestError> {
+    for line in reader.split(b'\n') {
+        collector.add_line(&String::from_utf8_lossy(&line.map_err(&error)?));
+    }
+    Ok(())
+}
+
 /// Reads the events `request` names and prints the suggestion.
 pub fn run(request: &Request) -> Result<(), SuggestError> {
-    let aggregate = request.aggregate;
-    let suggestion = match &request.input {
+    // The journal is asked for the window itself.
+    let (since_ns, until_ns) = match request.input {
+        Some(_) => (
+            window_bound("since", &request.since)?,
+            window_bound("until", &request.until)?,
+        ),
+        None => (None, None),
+    };
+    let filter = Filter {
+        container: request.container.clone(),
+        since_ns,
+        until_ns,
+    };
+    let aggregate = Aggregate {
+        v4: request.aggregate_v4,
+        v6: request.aggregate_v6,
+    };
+    let mut collector = Collector::new(filter, aggregate);
+    match &request.input {
         Some(path) => {
-            let filter = Filter {
-                container: request.container.clone(),
-                since_ns: window_bound("since", &request.since)?,
-                until_ns: window_bound("until", &request.until)?,
-            };
-            let mut collector = Collector::new(filter, aggregate);
             let read_err = |source| SuggestError::Read {
                 path: path.display().to_string(),
                 source,
@@ -736,18 +744,10 @@ pub fn run(request: &Request) -> Result<(), SuggestError> {
                     std::fs::File::open(path).map_err(read_err)?,
                 ))
             };
-            for line in reader.split(b'\n') {
-                let line = line.map_err(read_err)?;
-                collector.add_line(&String::from_utf8_lossy(&line));
-            }
-            collector.finish()
+            read_lines(&mut collector, reader, read_err)?;
         }
         None => {
-            let filter = Filter {
-                container: request.container.clone(),
-                ..Filter::default()
-            };
-            let mut collector = Collector::new(filter, aggregate);
+            let journal_err = |e: std::io::Error| SuggestError::Journal(e.to_string());
             let mut command = Command::new("journalctl");
             command
                 .args(["--no-pager", "-o", "cat", "-u", &request.unit])
@@ -760,27 +760,20 @@ pub fn run(request: &Request) -> Result<(), SuggestError> {
             if let Some(until) = &request.until {
                 command.args(["--until", until]);
             }
-            let mut child = command
-                .spawn()
-                .map_err(|e| SuggestError::Journal(e.to_string()))?;
+            let mut child = command.spawn().map_err(journal_err)?;
             if let Some(stdout) = child.stdout.take() {
-                for line in std::io::BufReader::new(stdout).split(b'\n') {
-                    let line = line.map_err(|e| SuggestError::Journal(e.to_string()))?;
-                    collector.add_line(&String::from_utf8_lossy(&line));
-                }
+                read_lines(&mut collector, std::io::BufReader::new(stdout), journal_err)?;
             }
-            let output = child
-                .wait_with_output()
-                .map_err(|e| SuggestError::Journal(e.to_string()))?;
+            let output = child.wait_with_output().map_err(journal_err)?;
             if !output.status.success() {
                 return Err(SuggestError::JournalFailed {
                     status: output.status.to_string(),
                     stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
                 });
             }
-            collector.finish()
         }
-    };
+    }
+    let suggestion = collector.finish();
     print!("{}", render(&suggestion));
     eprintln!(
         "policyd: {} event(s) of {} container(s) read; {} other line(s) skipped",
