@@ -270,13 +270,6 @@ impl From<PolicydError> for Failure {
     }
 }
 
-fn unreachable_daemon(e: impl std::fmt::Display) -> Failure {
-    Failure::new(
-        exit::DAEMON_UNREACHABLE,
-        format!("policyd is unreachable: {e}"),
-    )
-}
-
 /// A call the daemon did not answer, on a connection it had accepted. A
 /// connection it closes at once is most often one from a peer outside
 /// root and its group, which it drops before reading a request.
@@ -323,9 +316,12 @@ async fn connect(socket: &Path) -> Result<PolicydClient, Failure> {
             .into_iter()
             .chain([nix::unistd::geteuid().as_raw()]),
     );
-    let stream = transport::connect(socket, &server)
-        .await
-        .map_err(unreachable_daemon)?;
+    let stream = transport::connect(socket, &server).await.map_err(|e| {
+        Failure::new(
+            exit::DAEMON_UNREACHABLE,
+            format!("policyd is unreachable: {e}"),
+        )
+    })?;
     Ok(PolicydClient::new(
         tarpc::client::Config::default(),
         transport::client(stream, transport::Service::Policyd),
@@ -876,8 +872,7 @@ fn setup_docker(daemon_json: &Path, parent: &str, force: bool, json: bool) -> Re
     }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+        .map_or(0, |d| d.as_secs());
     let mut backup = daemon_json.as_os_str().to_owned();
     backup.push(format!(
         ".contain-backup-{}",
@@ -923,11 +918,11 @@ fn setup_docker(daemon_json: &Path, parent: &str, force: bool, json: bool) -> Re
                 None => println!("(There was no such file before: nothing to back up.)"),
             }
             println!(
-                "Docker reads it when it starts: restart it now with `systemctl restart docker`"
+                "Docker reads it when it starts: restart it now with `systemctl restart docker`\n\
+                 (this stops running containers unless \"live-restore\" is set). Containers keep the\n\
+                 cgroup they were created in: recreate existing ones so that they are under {parent}\n\
+                 (`policyd status` lists those that are not)."
             );
-            println!("(this stops running containers unless \"live-restore\" is set). Containers keep the");
-            println!("cgroup they were created in: recreate existing ones so that they are under {parent}");
-            println!("(`policyd status` lists those that are not).");
         }
     }
     Ok(())
@@ -951,7 +946,6 @@ async fn status(socket: &Path, json: bool) -> Result<(), Failure> {
 }
 
 pub fn render_status(s: &Status) -> String {
-    let mut out = String::new();
     let conn = |c: &proto::policyd::Connection| {
         if c.connected {
             format!("connected ({})", c.endpoint)
@@ -966,49 +960,42 @@ pub fn render_status(s: &Status) -> String {
             )
         }
     };
-    let _ = writeln!(out, "policy file:  {}", s.policy_file);
-    let _ = writeln!(
-        out,
-        "policy:       {}",
-        match (&s.policy_digest, &s.mode) {
-            (Some(d), Some(m)) => format!(
-                "{d}, mode {m}, unknown containers: {}",
-                s.unknown_container.map_or_else(
-                    || "unverified (policyd does not know what the loader's maps hold)".into(),
-                    |v| format!("{v} (in the maps)")
-                )
-            ),
-            _ => "none loaded".into(),
-        }
-    );
-    let _ = writeln!(
-        out,
-        "loader:       {}, generation {}",
-        conn(&s.loader),
-        s.generation
-            .map(|g| g.to_string())
-            .unwrap_or_else(|| "?".into())
-    );
-    let _ = writeln!(out, "inventory:    {}", conn(&s.inventory));
-    let _ = match s.generation {
-        Some(_) => writeln!(
-            out,
-            "kernel maps:  {} cgroups, {} veths, {} processes, {} destinations, {} port entries",
+    let policy = match (&s.policy_digest, &s.mode) {
+        (Some(d), Some(m)) => format!(
+            "{d}, mode {m}, unknown containers: {}",
+            s.unknown_container.map_or_else(
+                || "unverified (policyd does not know what the loader's maps hold)".into(),
+                |v| format!("{v} (in the maps)")
+            )
+        ),
+        _ => "none loaded".into(),
+    };
+    let maps = match s.generation {
+        Some(_) => format!(
+            "{} cgroups, {} veths, {} processes, {} destinations, {} port entries",
             s.entries.cgroups,
             s.entries.veths,
             s.entries.processes,
             s.entries.dests,
             s.entries.ports
         ),
-        None => writeln!(
-            out,
-            "kernel maps:  unverified (policyd does not know what they hold)"
-        ),
+        None => "unverified (policyd does not know what they hold)".into(),
     };
-    let _ = writeln!(
-        out,
-        "reloads:      {} ({} failed); events dropped: {} in kernel, {} in loader",
-        s.reloads, s.reload_failures, s.events_dropped_kernel, s.events_dropped_loader
+    let mut out = format!(
+        "policy file:  {}\n\
+         policy:       {policy}\n\
+         loader:       {}, generation {}\n\
+         inventory:    {}\n\
+         kernel maps:  {maps}\n\
+         reloads:      {} ({} failed); events dropped: {} in kernel, {} in loader\n",
+        s.policy_file,
+        conn(&s.loader),
+        s.generation.map_or_else(|| "?".into(), |g| g.to_string()),
+        conn(&s.inventory),
+        s.reloads,
+        s.reload_failures,
+        s.events_dropped_kernel,
+        s.events_dropped_loader
     );
     if let Some(e) = &s.last_error {
         let _ = writeln!(out, "last error:   {e}");
@@ -1021,9 +1008,7 @@ pub fn render_status(s: &Status) -> String {
                 c.name.clone(),
                 c.id.chars().take(12).collect(),
                 c.image.clone(),
-                c.cgroup_id
-                    .map(|id| id.to_string())
-                    .unwrap_or_else(|| "-".into()),
+                c.cgroup_id.map_or_else(|| "-".into(), |id| id.to_string()),
                 c.policy.clone().unwrap_or_else(|| "-".into()),
                 c.mode.clone(),
                 match c.readonly_rootfs {
@@ -1139,32 +1124,21 @@ fn render_executables(containers: &[ContainerStatus]) -> String {
         return out;
     }
     let _ = write!(out, "\n{}", table(&["CONTAINER", "EXE", "FILE"], &rows));
-    let with_exes = |readonly: Option<bool>| -> Vec<&str> {
-        containers
+    for (readonly, what) in [
+        (Some(false), "process rules on a writable root filesystem: root in the container can replace the files they name; run it with --read-only (or pin each file's content with sha256)"),
+        (None, "process rules, and the runtime did not say whether the root filesystem is read-only: if it is writable, root in the container can replace the files they name"),
+    ] {
+        let names: Vec<&str> = containers
             .iter()
             .filter(|c| !c.executables.is_empty() && c.readonly_rootfs == readonly)
             .map(|c| c.name.as_str())
-            .collect()
-    };
-    let subject = |names: &[&str]| match names {
-        [one] => format!("container {one} has"),
-        many => format!("containers {} have", many.join(", ")),
-    };
-    let writable = with_exes(Some(false));
-    if !writable.is_empty() {
-        let _ = writeln!(
-            out,
-            "\n{} process rules on a writable root filesystem: root in the container can replace the files they name; run it with --read-only (or pin each file's content with sha256)",
-            subject(&writable)
-        );
-    }
-    let unknown = with_exes(None);
-    if !unknown.is_empty() {
-        let _ = writeln!(
-            out,
-            "\n{} process rules, and the runtime did not say whether the root filesystem is read-only: if it is writable, root in the container can replace the files they name",
-            subject(&unknown)
-        );
+            .collect();
+        let subject = match names.as_slice() {
+            [] => continue,
+            [one] => format!("container {one} has"),
+            many => format!("containers {} have", many.join(", ")),
+        };
+        let _ = writeln!(out, "\n{subject} {what}");
     }
     out.push_str(&render_shared_files(containers));
     out
@@ -1264,9 +1238,7 @@ pub fn print_explanation(e: &Explanation, json: bool) {
         "  container: {} ({}), cgroup {}",
         e.container,
         e.container_id.chars().take(12).collect::<String>(),
-        e.cgroup_id
-            .map(|c| c.to_string())
-            .unwrap_or_else(|| "-".into())
+        e.cgroup_id.map_or_else(|| "-".into(), |c| c.to_string())
     );
     println!(
         "  policy:    {} (id {}), mode {}",
@@ -1311,7 +1283,11 @@ async fn events(
     let client = connect(socket).await?;
     let mut after = after;
     let mut out = std::io::stdout();
-    if !json && writeln!(out, "{}", event_header()).is_err() {
+    let header = format!(
+        "{:<20} {:<6} {:<20} {:<16} {:<24} {:<6} {:<40} {}",
+        "TIME", "VERDICT", "CONTAINER", "POLICY", "PROCESS", "PROTO", "DESTINATION", "HOOK"
+    );
+    if !json && writeln!(out, "{header}").is_err() {
         return Ok(());
     }
     loop {
@@ -1352,13 +1328,6 @@ async fn events(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-}
-
-fn event_header() -> String {
-    format!(
-        "{:<20} {:<6} {:<20} {:<16} {:<24} {:<6} {:<40} {}",
-        "TIME", "VERDICT", "CONTAINER", "POLICY", "PROCESS", "PROTO", "DESTINATION", "HOOK"
-    )
 }
 
 fn event_row(a: &proto::policyd::AttributedEvent) -> String {

@@ -184,18 +184,15 @@ fn find_rule(
     rule_id: u32,
     addr: u128,
 ) -> Option<RuleRef> {
-    if rule_id == LOOPBACK_RULE_ID {
+    let implicit = match rule_id {
+        LOOPBACK_RULE_ID => Some("implicit loopback allowance: 127.0.0.0/8 (except Docker's DNS at 127.0.0.11) and ::1 never leave the container's network namespace (allow_loopback)"),
+        DOCKER_DNS_RULE_ID => Some("Docker's embedded DNS at 127.0.0.11, TCP and UDP (allow_docker_dns)"),
+        _ => None,
+    };
+    if let Some(description) = implicit {
         return Some(RuleRef {
             rule_id,
-            description: "implicit loopback allowance: 127.0.0.0/8 (except Docker's DNS at 127.0.0.11) and ::1 never leave the container's network namespace (allow_loopback)".into(),
-            location: None,
-        });
-    }
-    if rule_id == DOCKER_DNS_RULE_ID {
-        return Some(RuleRef {
-            rule_id,
-            description: "Docker's embedded DNS at 127.0.0.11, TCP and UDP (allow_docker_dns)"
-                .into(),
+            description: description.into(),
             location: None,
         });
     }
@@ -205,20 +202,20 @@ fn find_rule(
     if let Some(pi) = process {
         scopes.push((Some(pi), &policy.processes[pi].rules, &ids[pi + 1]));
     }
-    let mut best: Option<(u8, Option<usize>, &AllowRule, Prefix)> = None;
+    let mut best: Option<(Option<usize>, &AllowRule, Prefix)> = None;
     for (scope, rules, rule_ids) in scopes {
         for (rule, &id) in rules.iter().zip(rule_ids) {
             if id != rule_id {
                 continue;
             }
             for d in rule.dests.iter().filter(|d| dest_matches(d, addr)) {
-                if best.as_ref().is_none_or(|(len, ..)| d.len > *len) {
-                    best = Some((d.len, scope, rule, *d));
+                if best.as_ref().is_none_or(|(.., b)| d.len > b.len) {
+                    best = Some((scope, rule, *d));
                 }
             }
         }
     }
-    let (_, scope, rule, dest) = best?;
+    let (scope, rule, dest) = best?;
     let scope_text = match scope {
         None => String::new(),
         Some(pi) => format!(", process {}", policy.processes[pi].describe()),
@@ -276,14 +273,13 @@ fn flow(query: &ExplainQuery) -> Result<Option<(u8, u16)>, ExplainError> {
             let text = query.port.as_deref().ok_or_else(|| {
                 ExplainError::BadQuery(format!("{} needs --port", proto_name(proto)))
             })?;
-            match text.trim().parse::<u16>() {
-                Ok(p) if p > 0 => p,
-                _ => {
-                    return Err(ExplainError::BadQuery(format!(
-                        "\"{text}\" is not a port (1-65535)"
-                    )))
-                }
-            }
+            text.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p > 0)
+                .ok_or_else(|| {
+                    ExplainError::BadQuery(format!("\"{text}\" is not a port (1-65535)"))
+                })?
         }
         _ => 0,
     };
@@ -420,10 +416,8 @@ pub fn explain(
         None => format!("{who}: no process entry, container-wide rules (class 0)"),
     };
 
-    let addr = addr_key(query.dest);
     if let Some((dest_key, ruleset)) = trace.dest {
-        let prefix = Prefix::from_key(dest_key.addr, dest_key.prefix_len);
-        out.matched_prefix = Some(prefix.to_string());
+        out.matched_prefix = Some(Prefix::from_key(dest_key.addr, dest_key.prefix_len).to_string());
         out.ruleset = Some(ruleset);
         let first = PortPrefix {
             ruleset,
@@ -439,6 +433,7 @@ pub fn explain(
             .collect();
     }
     if let Some((_, rule_id)) = trace.port {
+        let addr = addr_key(query.dest);
         out.rule = find_rule(policy, compiled, policy_index, process_index, rule_id, addr);
     }
 

@@ -606,22 +606,15 @@ pub fn render(s: &Suggestion) -> String {
                 let _ = writeln!(out, "# {} {what}", plural(count, "event"));
             }
         }
-        let wide = seen.flows.get(&Scope::ContainerWide);
-        let exes: Vec<(&String, &Flows)> = seen
-            .flows
-            .iter()
-            .filter_map(|(scope, flows)| match scope {
-                Scope::Exe(path) => Some((path, flows)),
-                Scope::ContainerWide => None,
-            })
-            .collect();
-        if wide.is_none() && exes.is_empty() && seen.docker_dns == 0 {
+        if seen.flows.is_empty() && seen.docker_dns == 0 {
             let _ = writeln!(out, "# (nothing a rule can allow)");
             continue;
         }
-        out.push_str("[[policy]]\n");
-        let _ = writeln!(out, "name = {}", toml_string(name));
-        let _ = writeln!(out, "select = {{ name = {} }}", toml_string(name));
+        let name = toml_string(name);
+        let _ = writeln!(
+            out,
+            "[[policy]]\nname = {name}\nselect = {{ name = {name} }}"
+        );
         if seen.docker_dns > 0 {
             let _ = writeln!(
                 out,
@@ -630,13 +623,17 @@ pub fn render(s: &Suggestion) -> String {
             );
             out.push_str("allow_docker_dns = true\n");
         }
-        if let Some(flows) = wide {
-            out.push_str("# every process of the container (and its packet sockets)\n");
-            render_entries(&mut out, flows);
-        }
-        for (exe, flows) in exes {
-            out.push_str("\n[[policy.process]]\n");
-            let _ = writeln!(out, "exe = {}", toml_string(exe));
+        // The container-wide scope sorts first: its entries belong to the
+        // [[policy]] table, before any [[policy.process]] one.
+        for (scope, flows) in &seen.flows {
+            match scope {
+                Scope::ContainerWide => {
+                    out.push_str("# every process of the container (and its packet sockets)\n")
+                }
+                Scope::Exe(exe) => {
+                    let _ = writeln!(out, "\n[[policy.process]]\nexe = {}", toml_string(exe));
+                }
+            }
             render_entries(&mut out, flows);
         }
     }
