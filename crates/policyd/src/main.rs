@@ -25,10 +25,10 @@ fn main() -> ExitCode {
     // One thread for the daemon too: every change is serialised by the
     // engine anyway, and one malloc arena keeps the resident set small
     // (per-thread arenas kept tens of MB of parse garbage mapped).
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-    {
+        .build();
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("policyd: cannot start the async runtime: {e}");

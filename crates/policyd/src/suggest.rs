@@ -290,8 +290,9 @@ impl Collector {
         if let Some(p) = &record.policy {
             seen.policies.insert(p.clone());
         }
-        // No rule lets a shared cgroup's packets through: the containers
-        // must get cgroups of their own first.
+        // Nothing allows a non-IP frame or a forged source, and no rule lets
+        // a shared cgroup's packets through (the containers must get cgroups
+        // of their own first): counted, never suggested.
         let unruled = match record.reason {
             Reason::NotIp => Some(&mut seen.not_ip),
             Reason::ForgedSource => Some(&mut seen.forged),
