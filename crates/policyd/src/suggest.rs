@@ -641,48 +641,11 @@ pub fn render(s: &Suggestion) -> String {
     out
 }
 
-/// Nanoseconds since the epoch of `YYYY-MM-DDTHH:MM:SS[.fraction]Z`.
+/// Nanoseconds since the epoch of `YYYY-MM-DDTHH:MM:SS[.fraction]Z`; a day
+/// the month does not have (`2026-02-31`) is refused, not rolled over.
 pub fn parse_rfc3339(s: &str) -> Option<u128> {
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.splitn(3, '-');
-    let year: i64 = d.next()?.parse().ok()?;
-    let month: i64 = d.next()?.parse().ok()?;
-    let day: i64 = d.next()?.parse().ok()?;
-    let (hms, fraction) = match time.split_once('.') {
-        Some((hms, f)) => (hms, f),
-        None => (time, ""),
-    };
-    let mut t = hms.splitn(3, ':');
-    let hour: i64 = t.next()?.parse().ok()?;
-    let minute: i64 = t.next()?.parse().ok()?;
-    let second: i64 = t.next()?.parse().ok()?;
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-        || fraction.len() > 9
-        || !fraction.bytes().all(|b| b.is_ascii_digit())
-    {
-        return None;
-    }
-    let nanos: u128 = if fraction.is_empty() {
-        0
-    } else {
-        fraction.parse::<u128>().ok()? * 10u128.pow(9 - fraction.len() as u32)
-    };
-    // Howard Hinnant's days_from_civil.
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + second;
-    let secs = u128::try_from(secs).ok()?;
-    Some(secs * 1_000_000_000 + nanos)
+    let time = humantime::parse_rfc3339(s).ok()?;
+    Some(time.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos())
 }
 
 fn window_bound(flag: &'static str, value: &Option<String>) -> Result<Option<u128>, SuggestError> {
@@ -1068,5 +1031,11 @@ mod tests {
         );
         assert_eq!(parse_rfc3339("2 days ago"), None);
         assert_eq!(parse_rfc3339("2023-13-01T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339("2026-02-31T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339("2023-02-29T00:00:00Z"), None);
+        assert_eq!(
+            parse_rfc3339("2024-02-29T00:00:00Z"),
+            Some(1_709_164_800_000_000_000)
+        );
     }
 }
