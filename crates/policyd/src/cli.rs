@@ -1359,26 +1359,12 @@ fn event_row(a: &proto::policyd::AttributedEvent) -> String {
     )
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` from Unix seconds (Howard Hinnant's civil date
-/// algorithm; no time crate for one line of output).
+/// `YYYY-MM-DDTHH:MM:SSZ` from Unix seconds (after 9999 the format has no
+/// room: the last second of 9999).
 pub fn utc_time(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    const LAST_OF_9999: u64 = 253_402_300_799;
+    let time = std::time::UNIX_EPOCH + Duration::from_secs(secs.min(LAST_OF_9999));
+    humantime::format_rfc3339_seconds(time).to_string()
 }
 
 /// A plain text table, columns padded to their widest cell.
@@ -1480,6 +1466,7 @@ mod tests {
         assert_eq!(utc_time(0), "1970-01-01T00:00:00Z");
         assert_eq!(utc_time(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(utc_time(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(utc_time(u64::MAX), "9999-12-31T23:59:59Z");
     }
 
     #[test]

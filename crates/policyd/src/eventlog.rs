@@ -25,7 +25,7 @@ use kernel_model::state::Verdict;
 use proto::loader::{Event, Hook};
 use serde::{Deserialize, Serialize};
 
-use crate::{cli::utc_time, inventory::Container};
+use crate::inventory::Container;
 
 /// Longest string field written; the kernel's own limits are lower, this
 /// only guards against a future change making a log line unbounded.
@@ -207,14 +207,11 @@ pub fn transport_name(proto: u8) -> String {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` from nanoseconds since the epoch.
+/// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` from nanoseconds since the epoch (a
+/// `u64` of them ends in 2554, well within the format).
 pub fn rfc3339_nanos(time_ns: u64) -> String {
-    let seconds = utc_time(time_ns / 1_000_000_000);
-    format!(
-        "{}.{:09}Z",
-        seconds.trim_end_matches('Z'),
-        time_ns % 1_000_000_000
-    )
+    humantime::format_rfc3339_nanos(std::time::UNIX_EPOCH + Duration::from_nanos(time_ns))
+        .to_string()
 }
 
 impl EventRecord {
@@ -412,6 +409,8 @@ mod tests {
         let line = EventRecord::new(&event(), Some(&container()), Some("curler")).to_line();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["timestamp"], "2023-11-14T22:13:20.123456789Z");
+        assert_eq!(rfc3339_nanos(0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(rfc3339_nanos(u64::MAX), "2554-07-21T23:34:33.709551615Z");
         assert_eq!(v["event.name"], "contain.egress.deny");
         assert_eq!(v["contain.verdict"], "deny");
         assert_eq!(v["contain.reason"], "not_allowed");
