@@ -13,8 +13,8 @@ use kernel_model::state::{Entry, EntryKey, MapOp, ProcessMatch};
 use proto::{
     paths,
     policyd::{
-        ContainerStatus, EventBatch, ExecutableStatus, ExplainQuery, Explanation, PolicydClient,
-        PolicydError, ReloadReport, Status,
+        ContainerStatus, EventBatch, ExplainQuery, Explanation, PolicydClient, PolicydError,
+        ReloadReport, Status,
     },
     transport,
 };
@@ -522,21 +522,8 @@ fn check(
             // What the container's exe paths name there, as far as the
             // inventory says (offline, nothing is resolved that it does
             // not list).
-            let executables = compiled
-                .exes
-                .iter()
-                .filter(|o| o.container_index == a.container_index)
-                .filter_map(|o| {
-                    Some(ExecutableStatus {
-                        entry: policy?.processes[o.process_index].describe(),
-                        path: o.path.clone(),
-                        file: o.file.as_ref().ok().copied(),
-                        problem: o.file.as_ref().err().cloned(),
-                        final_path: o.final_path.clone(),
-                        links: o.links,
-                    })
-                })
-                .collect();
+            let executables =
+                crate::daemon::view::executable_statuses(&policies, a, &compiled.exes);
             ContainerStatus {
                 id: c.id.clone(),
                 name: c.name.clone(),
@@ -1394,6 +1381,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+    use proto::policyd::ExecutableStatus;
 
     #[test]
     fn status_names_containers_outside_the_managed_parent_and_what_to_do() {

@@ -470,7 +470,7 @@ pub async fn status(handle: &Handle, counters: Option<&Counters>) -> Status {
 }
 
 /// What each `exe` path of the policy selecting a container names there.
-fn executable_statuses(
+pub(crate) fn executable_statuses(
     policies: &PolicySet,
     assignment: &Assignment,
     exes: &[ExeOutcome],
