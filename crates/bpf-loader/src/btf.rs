@@ -11,9 +11,11 @@
 //! but keeps members private; btf-rs is LGPL, which this MIT/Apache
 //! project does not link.)
 
-use std::collections::HashMap;
+use std::{collections::HashMap, path::Path};
 
 use thiserror::Error;
+
+use crate::kernel::{io_err, KernelError};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum BtfError {
@@ -81,30 +83,22 @@ fn sections(data: &[u8]) -> Result<(&[u8], &[u8]), BtfError> {
 
 /// The NUL-terminated string at `off` of a string section.
 fn string_at(strings: &[u8], off: u32) -> String {
-    let rest = strings.get(off as usize..).unwrap_or_default();
-    let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-    String::from_utf8_lossy(&rest[..end]).into_owned()
+    crate::events::until_nul(strings.get(off as usize..).unwrap_or_default())
 }
 
 impl Btf {
     /// The kernel's BTF, with the split BTF of each of `modules` that is
     /// loaded as a module with BTF (one built in has its types in the
     /// kernel's).
-    pub fn from_sys_fs(modules: &[&str]) -> Result<Btf, crate::kernel::KernelError> {
-        let root = std::path::Path::new("/sys/kernel/btf");
-        let read = |path: &std::path::Path| {
-            std::fs::read(path).map_err(|source| crate::kernel::KernelError::Io {
-                path: path.to_owned(),
-                source,
-            })
-        };
+    pub fn from_sys_fs(modules: &[&str]) -> Result<Btf, KernelError> {
+        let root = Path::new("/sys/kernel/btf");
+        let read = |path: &Path| std::fs::read(path).map_err(io_err(path));
         let kernel = read(&root.join("vmlinux"))?;
-        let mut btf = Btf::parse(&kernel).map_err(crate::kernel::KernelError::Btf)?;
+        let mut btf = Btf::parse(&kernel)?;
         for module in modules {
             let path = root.join(module);
             if path.exists() {
-                btf.add_split(&kernel, &read(&path)?)
-                    .map_err(crate::kernel::KernelError::Btf)?;
+                btf.add_split(&kernel, &read(&path)?)?;
             }
         }
         Ok(btf)
@@ -248,10 +242,8 @@ impl Btf {
 
     fn find(&self, id: u32, member: &str, depth: u32) -> Option<(u32, u32)> {
         let ty = self.types.get(id as usize)?;
-        for m in &ty.members {
-            if m.name == member {
-                return Some((m.bit_offset, m.type_id));
-            }
+        if let Some(m) = ty.members.iter().find(|m| m.name == member) {
+            return Some((m.bit_offset, m.type_id));
         }
         if depth > 4 {
             return None;

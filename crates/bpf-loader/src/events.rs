@@ -6,6 +6,7 @@
 
 use std::{
     collections::VecDeque,
+    ffi::CStr,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{Arc, Mutex},
     time::Duration,
@@ -13,6 +14,7 @@ use std::{
 
 use contain_common as kern;
 use kernel_model::state::Verdict;
+use nix::time::ClockId;
 use proto::loader::{Event, EventBatch, Hook};
 use tokio::sync::Notify;
 
@@ -91,19 +93,15 @@ impl EventLog {
 
 /// Offset from CLOCK_MONOTONIC (bpf_ktime_get_ns) to wall-clock time.
 pub fn monotonic_to_wall_offset_ns() -> i128 {
-    let mono = clock_ns(libc::CLOCK_MONOTONIC);
-    let real = clock_ns(libc::CLOCK_REALTIME);
+    let mono = clock_ns(ClockId::CLOCK_MONOTONIC).unwrap_or(0);
+    let real = clock_ns(ClockId::CLOCK_REALTIME).unwrap_or(0);
     real - mono
 }
 
-fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+/// `clock` in nanoseconds, if it can be read.
+pub(crate) fn clock_ns(clock: ClockId) -> Option<i128> {
+    let ts = nix::time::clock_gettime(clock).ok()?;
+    Some(ts.tv_sec() as i128 * 1_000_000_000 + ts.tv_nsec() as i128)
 }
 
 fn addr(family: u8, bytes: [u8; 16]) -> IpAddr {
@@ -114,9 +112,10 @@ fn addr(family: u8, bytes: [u8; 16]) -> IpAddr {
     }
 }
 
-fn cstr(bytes: &[u8]) -> String {
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+/// A C string of a kernel record: up to its NUL, or all of `bytes`.
+pub(crate) fn until_nul(bytes: &[u8]) -> String {
+    let text = CStr::from_bytes_until_nul(bytes).map_or(bytes, CStr::to_bytes);
+    String::from_utf8_lossy(text).into_owned()
 }
 
 /// Decodes a raw ring-buffer record; `None` if it is not a whole event.
@@ -154,7 +153,7 @@ pub fn decode(
         rule_id: e.rule_id,
         tgid: e.tgid,
         uid: e.uid,
-        comm: cstr(&e.comm),
+        comm: until_nul(&e.comm),
         exe: if e.exe_id == 0 { None } else { exe(e.exe_id) },
         proto: e.proto,
         src: addr(e.family, e.saddr),

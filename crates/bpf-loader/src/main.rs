@@ -123,16 +123,9 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(bpf_loader::veths::follow(kernel.clone()));
     tokio::spawn(bpf_loader::veths::keep_first(kernel.clone()));
     let event_log = EventLog::new();
-    tokio::spawn(drain_events(
-        rings.events,
-        kernel.clone(),
-        event_log.clone(),
-    ));
-    tokio::spawn(drain_events(
-        rings.revoked_flows,
-        kernel.clone(),
-        event_log.clone(),
-    ));
+    for ring in [rings.events, rings.revoked_flows] {
+        tokio::spawn(drain_events(ring, kernel.clone(), event_log.clone()));
+    }
 
     let (mode, group, peers) = match &args.client_user {
         None => (0o600, None, PeerPolicy::RootOnly),
@@ -158,7 +151,7 @@ async fn main() -> anyhow::Result<()> {
         tracing::warn!(error = %e, "cannot tell systemd the loader is ready");
     }
     {
-        let kernel_guard = kernel.lock().unwrap_or_else(|p| p.into_inner());
+        let kernel_guard = Kernel::lock(&kernel);
         tracing::info!(
             generation = kernel_guard.generation(),
             entries = kernel_guard.state().entry_count(),
@@ -212,7 +205,7 @@ async fn drain_events(ring: RingBuf<MapData>, kernel: Arc<Mutex<Kernel>>, log: A
         let mut emptied = true;
         while let Some(item) = ring.next() {
             let decoded = {
-                let kernel = kernel.lock().unwrap_or_else(|p| p.into_inner());
+                let kernel = Kernel::lock(&kernel);
                 events::decode(&item, offset, |hash| kernel.exe_path(hash))
             };
             match decoded {
@@ -261,8 +254,7 @@ fn abort_revoked(event: &proto::loader::Event, kernel: Arc<Mutex<Kernel>>) {
         socket_cookie: event.socket_cookie,
     };
     let cgroup_roots = move || {
-        let kernel = kernel.lock().unwrap_or_else(|p| p.into_inner());
-        kernel
+        Kernel::lock(&kernel)
             .attachments()
             .into_iter()
             .map(|a| PathBuf::from(a.cgroup))

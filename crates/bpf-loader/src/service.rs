@@ -30,7 +30,7 @@ pub struct LoaderServer {
 
 impl LoaderServer {
     fn kernel(&self) -> std::sync::MutexGuard<'_, Kernel> {
-        self.kernel.lock().unwrap_or_else(|p| p.into_inner())
+        Kernel::lock(&self.kernel)
     }
 }
 

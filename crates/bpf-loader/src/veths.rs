@@ -41,7 +41,7 @@ use rtnetlink::{
     MulticastGroup,
 };
 
-use crate::kernel::{Kernel, KernelError};
+use crate::kernel::{io_err, pin_err, program_err, program_mut, Kernel, KernelError};
 
 /// The clsact filters' priority (first: a filter before contain's could
 /// accept a frame) and handle, fixed so a new loader replaces them in place.
@@ -93,10 +93,7 @@ pub fn attach_hooks(
     hooks: &[TcAttachType],
 ) -> Result<Vec<(&'static str, FdLink)>, KernelError> {
     let mut links = Vec::new();
-    for (prog_name, attach_type) in PROGRAMS {
-        if !hooks.contains(&attach_type) {
-            continue;
-        }
+    for (prog_name, attach_type) in PROGRAMS.into_iter().filter(|(_, t)| hooks.contains(t)) {
         if let Some(link) = attach_one_program(ebpf, prog_name, attach_type, name)? {
             links.push((prog_name, link));
         }
@@ -110,15 +107,8 @@ fn attach_one_program(
     attach_type: TcAttachType,
     name: &str,
 ) -> Result<Option<FdLink>, KernelError> {
-    let err = |source| KernelError::Program {
-        name: prog_name,
-        source,
-    };
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut(prog_name)
-        .ok_or(KernelError::MissingProgram(prog_name))?
-        .try_into()
-        .map_err(err)?;
+    let err = program_err(prog_name);
+    let prog: &mut SchedClassifier = program_mut(ebpf, prog_name)?;
     if uses_tcx() {
         let id = prog
             .attach_with_options(
@@ -126,27 +116,21 @@ fn attach_one_program(
                 attach_type,
                 TcAttachOptions::TcxOrder(LinkOrder::first()),
             )
-            .map_err(err)?;
-        let link = prog.take_link(id).map_err(err)?;
-        let fd_link = FdLink::try_from(link).map_err(|e| KernelError::Pin {
-            path: name.into(),
-            reason: e.to_string(),
-        })?;
-        return Ok(Some(fd_link));
+            .map_err(&err)?;
+        let link = prog.take_link(id).map_err(&err)?;
+        return Ok(Some(link.try_into().map_err(pin_err(Path::new(name)))?));
     }
     match tc::qdisc_add_clsact(name) {
         Ok(()) => {}
         Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
         Err(e) => return Err(err(e.into())),
     }
-    let options = || {
-        TcAttachOptions::Netlink(NlOptions {
-            priority: FILTER_PRIORITY,
-            handle: FILTER_HANDLE,
-            classid: None,
-        })
-    };
-    let id = match prog.attach_with_options(name, attach_type, options()) {
+    let options = TcAttachOptions::Netlink(NlOptions {
+        priority: FILTER_PRIORITY,
+        handle: FILTER_HANDLE,
+        classid: None,
+    });
+    let id = match prog.attach_with_options(name, attach_type, options) {
         Ok(id) => id,
         // A predecessor's filter: replaced in place, in one request.
         Err(_) => {
@@ -157,16 +141,13 @@ fn attach_one_program(
                 FILTER_HANDLE,
                 None,
             )
-            .map_err(|source| KernelError::Io {
-                path: name.into(),
-                source,
-            })?;
-            prog.attach_to_link(existing).map_err(err)?
+            .map_err(io_err(Path::new(name)))?;
+            prog.attach_to_link(existing).map_err(&err)?
         }
     };
     // The filter stays when this loader exits: the link is forgotten, not
     // dropped (dropping it would detach the filter).
-    std::mem::forget(prog.take_link(id).map_err(err)?);
+    std::mem::forget(prog.take_link(id).map_err(&err)?);
     Ok(None)
 }
 
@@ -253,7 +234,7 @@ pub struct Coverage {
 /// What the kernel runs on the hooks of every veth the loader attached to.
 pub async fn coverage(kernel: &Arc<Mutex<Kernel>>) -> Result<Vec<Coverage>, KernelError> {
     let (recorded, ours) = {
-        let kernel = lock(kernel);
+        let kernel = Kernel::lock(kernel);
         (
             kernel.attached_veths().clone(),
             kernel.backstop_program_ids()?,
@@ -362,7 +343,7 @@ fn on_tcx_hook(
             .collect());
     }
     let (_, programs) = SchedClassifier::query_tcx(name, hook).map_err(std::io::Error::other)?;
-    if nix::net::if_::if_nametoindex(name).ok() != Some(ifindex) {
+    if !still_named(ifindex, name) {
         return Err(std::io::Error::other(format!(
             "{name} is no longer ifindex {ifindex}"
         )));
@@ -473,7 +454,7 @@ pub async fn follow(kernel: Arc<Mutex<Kernel>>) {
                         NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link))
                             if link.header.interface_family == AddressFamily::Unspec =>
                         {
-                            lock(&kernel).veth_gone(link.header.index);
+                            Kernel::lock(&kernel).veth_gone(link.header.index);
                         }
                         NetlinkPayload::Overrun(_) => {
                             tracing::warn!("rtnetlink event socket overran; re-reading the links");
@@ -529,8 +510,7 @@ pub async fn keep_first(kernel: Arc<Mutex<Kernel>>) {
             }
         };
         // Every veth on record has its coverage.
-        let recorded: std::collections::BTreeSet<u32> =
-            coverage.iter().map(|c| c.ifindex).collect();
+        let recorded: BTreeSet<u32> = coverage.iter().map(|c| c.ifindex).collect();
         let mut gaps_now = BTreeMap::new();
         for Coverage {
             ifindex,
@@ -546,8 +526,8 @@ pub async fn keep_first(kernel: Arc<Mutex<Kernel>>) {
             }
             // Gone, moved into a container's namespace or renamed since the
             // record was read: its link event settles it.
-            let still_here = lock(&kernel).attached_veths().get(&ifindex) == Some(&name)
-                && nix::net::if_::if_nametoindex(name.as_str()).ok() == Some(ifindex);
+            let still_here = Kernel::lock(&kernel).attached_veths().get(&ifindex) == Some(&name)
+                && still_named(ifindex, &name);
             if !still_here {
                 continue;
             }
@@ -575,7 +555,7 @@ pub async fn keep_first(kernel: Arc<Mutex<Kernel>>) {
                 })
                 .collect();
             if !missing.is_empty() {
-                match lock(&kernel).reattach_veth(ifindex, &name, &missing) {
+                match Kernel::lock(&kernel).reattach_veth(ifindex, &name, &missing) {
                     Ok(()) => {}
                     Err(e) if new_gaps => {
                         tracing::error!(veth = %name, ifindex, error = %e, "cannot attach the backstop to this veth again: packet sockets behind it are not covered (tried again every check)");
@@ -601,8 +581,7 @@ pub async fn keep_first(kernel: Arc<Mutex<Kernel>>) {
         }
         let Ok(present) = veths().await else { continue };
         let now = tokio::time::Instant::now();
-        let present_ifindexes: std::collections::BTreeSet<u32> =
-            present.iter().map(|(i, _)| *i).collect();
+        let present_ifindexes: BTreeSet<u32> = present.iter().map(|(i, _)| *i).collect();
         retry.retain(|ifindex, _| present_ifindexes.contains(ifindex));
         for (ifindex, name) in present {
             if recorded.contains(&ifindex) {
@@ -668,7 +647,7 @@ pub async fn attach_all(kernel: &Arc<Mutex<Kernel>>, found: Found) {
             // veth: none has an owner until policyd maps it, whatever
             // backstop a predecessor left on it. Maps no change was ever
             // applied to are fresh.
-            let fresh_maps = lock(kernel).generation() == 0;
+            let fresh_maps = Kernel::lock(kernel).generation() == 0;
             let covered = match found {
                 Found::AtStart if !fresh_maps => covered_before(kernel, &veths).await,
                 Found::AtStart | Found::Appeared => BTreeSet::new(),
@@ -682,7 +661,7 @@ pub async fn attach_all(kernel: &Arc<Mutex<Kernel>>, found: Found) {
                 attach_one(kernel, *ifindex, name, found);
             }
             let present: Vec<u32> = veths.iter().map(|(i, _)| *i).collect();
-            lock(kernel).release_gone_veths(&present);
+            Kernel::lock(kernel).release_gone_veths(&present);
         }
         Err(e) => tracing::error!(error = %e, "cannot list the host's veths"),
     }
@@ -693,7 +672,7 @@ pub async fn attach_all(kernel: &Arc<Mutex<Kernel>>, found: Found) {
 /// while no loader watched, or the kernel could not say (then they are held
 /// as new: the hold ends with its owner's entry, or after its length).
 async fn covered_before(kernel: &Arc<Mutex<Kernel>>, veths: &[(u32, String)]) -> BTreeSet<u32> {
-    let Ok(ours) = lock(kernel).backstop_program_ids() else {
+    let Ok(ours) = Kernel::lock(kernel).backstop_program_ids() else {
         return BTreeSet::new();
     };
     let ingress = ours
@@ -713,24 +692,14 @@ async fn covered_before(kernel: &Arc<Mutex<Kernel>>, veths: &[(u32, String)]) ->
 /// marked new first, unless on record already (a link event of a veth
 /// whose flags changed changes nothing).
 fn attach_one(kernel: &Arc<Mutex<Kernel>>, ifindex: u32, name: &str, found: Found) -> bool {
-    let mut kernel = lock(kernel);
+    let mut kernel = Kernel::lock(kernel);
     if found == Found::Appeared && !kernel.veth_on_record(ifindex, name) {
         kernel.mark_new_veth(ifindex);
     }
-    let attached = kernel.attach_veth(ifindex, name);
-    report_attach(&mut kernel, attached, ifindex, name)
-}
-
-fn report_attach(
-    kernel: &mut Kernel,
-    attached: Result<bool, KernelError>,
-    ifindex: u32,
-    name: &str,
-) -> bool {
-    match attached {
+    match kernel.attach_veth(ifindex, name) {
         // Attached by name: a rename in between put the program on another
         // device, which its own link event covers. Not this ifindex's.
-        Ok(true) if nix::net::if_::if_nametoindex(name).ok() != Some(ifindex) => {
+        Ok(true) if !still_named(ifindex, name) => {
             kernel.veth_gone(ifindex);
             tracing::debug!(
                 veth = name,
@@ -746,7 +715,7 @@ fn report_attach(
         Ok(false) => true,
         // The end a runtime moves into a container's namespace is often gone
         // from this one before it could be attached: nothing to cover here.
-        Err(e) if nix::net::if_::if_nametoindex(name).ok() != Some(ifindex) => {
+        Err(e) if !still_named(ifindex, name) => {
             tracing::debug!(veth = name, ifindex, error = %e, "veth left this namespace before the backstop was attached");
             true
         }
@@ -757,8 +726,9 @@ fn report_attach(
     }
 }
 
-fn lock(kernel: &Arc<Mutex<Kernel>>) -> std::sync::MutexGuard<'_, Kernel> {
-    kernel.lock().unwrap_or_else(|p| p.into_inner())
+/// Whether device `ifindex` is named `name` in this namespace now.
+fn still_named(ifindex: u32, name: &str) -> bool {
+    nix::net::if_::if_nametoindex(name).ok() == Some(ifindex)
 }
 
 /// The pin directory of one veth's tcx links.

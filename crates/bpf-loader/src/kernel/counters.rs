@@ -27,12 +27,6 @@ impl Kernel {
                 policies.push(sum);
             }
         }
-        let dropped = m
-            .stats
-            .get(&kern::stat::EVENTS_DROPPED, 0)
-            .map_err(map_err(map_names::STATS))?
-            .iter()
-            .sum();
         let stat = |index: u32| -> Result<u64, KernelError> {
             Ok(m.stats
                 .get(&index, 0)
@@ -42,7 +36,7 @@ impl Kernel {
         };
         Ok(Counters {
             policies,
-            events_dropped_kernel: dropped,
+            events_dropped_kernel: stat(kern::stat::EVENTS_DROPPED)?,
             events_dropped_loader: 0,
             events_rate_limited: stat(kern::stat::EVENTS_RATE_LIMITED)?,
             unstamped_sockets: stat(kern::stat::UNSTAMPED_SOCKETS)?,
@@ -61,11 +55,6 @@ impl Kernel {
     /// The path an exe hash stands for, if the kernel saw that exec.
     pub fn exe_path(&self, hash: u64) -> Option<String> {
         let path = self.maps.exe_paths.get(&hash, 0).ok()?;
-        let end = path
-            .path
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(path.path.len());
-        Some(String::from_utf8_lossy(&path.path[..end]).into_owned())
+        Some(crate::events::until_nul(&path.path))
     }
 }

@@ -6,7 +6,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs::File,
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 use aya::{
@@ -19,7 +19,7 @@ use aya::{
 use contain_common::{map_names, program_names};
 use proto::loader::Attachment;
 
-use super::{io_err, map_err, object::program_mut, Kernel, KernelError};
+use super::{io_err, map_err, object::program_mut, pin_err, program_err, Kernel, KernelError};
 use crate::{fs, veths};
 
 impl Kernel {
@@ -30,31 +30,19 @@ impl Kernel {
         let dir = group.join(&self.instance);
         crate::fs::private_dir(&dir)?;
         for &(name, category, tracepoint) in program_names::TRACEPOINTS {
+            let path = dir.join(name);
             let prog: &mut TracePoint = program_mut(&mut self.ebpf, name)?;
             let id = prog
                 .attach(category, tracepoint)
-                .map_err(|source| KernelError::Program { name, source })?;
-            let link = prog
-                .take_link(id)
-                .map_err(|source| KernelError::Program { name, source })?;
-            let fd_link: FdLink =
-                link.try_into()
-                    .map_err(|e: aya::programs::links::LinkError| KernelError::Pin {
-                        path: dir.join(name),
-                        reason: e.to_string(),
-                    })?;
-            pin(fd_link, &dir.join(name))?;
+                .map_err(program_err(name))?;
+            let link = prog.take_link(id).map_err(program_err(name))?;
+            pin(link.try_into().map_err(pin_err(&path))?, &path)?;
         }
         for &(name, tracepoint) in program_names::RAW_TRACEPOINTS {
             let prog: &mut RawTracePoint = program_mut(&mut self.ebpf, name)?;
-            let id = prog
-                .attach(tracepoint)
-                .map_err(|source| KernelError::Program { name, source })?;
-            let link = prog
-                .take_link(id)
-                .map_err(|source| KernelError::Program { name, source })?;
-            let fd_link = FdLink::from(link);
-            pin(fd_link, &dir.join(name))?;
+            let id = prog.attach(tracepoint).map_err(program_err(name))?;
+            let link = prog.take_link(id).map_err(program_err(name))?;
+            pin(link.into(), &dir.join(name))?;
         }
         release_other_instances(&group, &self.instance)
     }
@@ -158,13 +146,8 @@ impl Kernel {
             return Ok(false);
         }
         let links = veths::attach(&mut self.ebpf, name)?;
-        if !links.is_empty() {
+        if self.pin_veth_links(ifindex, links)? {
             let group = veths::pin_group(&self.links_dir(), ifindex);
-            let dir = group.join(&self.instance);
-            crate::fs::private_dir(&dir)?;
-            for (program, link) in links {
-                pin(link, &dir.join(program))?;
-            }
             release_other_instances(&group, &self.instance)?;
         }
         self.veths.insert(ifindex, name.to_owned());
@@ -182,14 +165,25 @@ impl Kernel {
         hooks: &[TcAttachType],
     ) -> Result<(), KernelError> {
         let links = veths::attach_hooks(&mut self.ebpf, name, hooks)?;
-        if !links.is_empty() {
-            let dir = veths::pin_group(&self.links_dir(), ifindex).join(&self.instance);
-            crate::fs::private_dir(&dir)?;
-            for (program, link) in links {
-                pin(link, &dir.join(program))?;
-            }
+        self.pin_veth_links(ifindex, links).map(drop)
+    }
+
+    /// Pins veth `ifindex`'s tcx `links` under this loader's instance
+    /// directory; whether there were any (clsact filters need no pin).
+    fn pin_veth_links(
+        &self,
+        ifindex: u32,
+        links: Vec<(&str, FdLink)>,
+    ) -> Result<bool, KernelError> {
+        if links.is_empty() {
+            return Ok(false);
         }
-        Ok(())
+        let dir = veths::pin_group(&self.links_dir(), ifindex).join(&self.instance);
+        crate::fs::private_dir(&dir)?;
+        for (program, link) in links {
+            pin(link, &dir.join(program))?;
+        }
+        Ok(true)
     }
 
     /// Whether the backstop is on record on veth `ifindex` under `name`.
@@ -251,21 +245,12 @@ impl Kernel {
     /// releases their pinned links (a predecessor's too, for veths deleted
     /// while no loader ran).
     pub fn release_gone_veths(&mut self, present: &[u32]) {
-        let forgotten: Vec<u32> = self
-            .veths
-            .keys()
-            .copied()
-            .filter(|ifindex| !present.contains(ifindex))
-            .collect();
-        for ifindex in forgotten {
-            self.veth_gone(ifindex);
-        }
-        let Ok(entries) = std::fs::read_dir(self.links_dir().join("veths")) else {
-            return;
-        };
-        let gone: Vec<u32> = entries
+        let pinned = std::fs::read_dir(self.links_dir().join("veths"))
+            .into_iter()
             .flatten()
-            .filter_map(|entry| entry.file_name().to_string_lossy().parse().ok())
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_string_lossy().parse().ok());
+        let gone: BTreeSet<u32> = (self.veths.keys().copied().chain(pinned))
             .filter(|ifindex| !present.contains(ifindex))
             .collect();
         for ifindex in gone {
@@ -285,14 +270,13 @@ impl Kernel {
         veths::PROGRAMS
             .iter()
             .map(|&(name, attach_type)| {
-                let err = |source| KernelError::Program { name, source };
                 let prog: &SchedClassifier = self
                     .ebpf
                     .program(name)
                     .ok_or(KernelError::MissingProgram(name))?
                     .try_into()
-                    .map_err(err)?;
-                Ok((attach_type, prog.info().map_err(err)?.id()))
+                    .map_err(program_err(name))?;
+                Ok((attach_type, prog.info().map_err(program_err(name))?.id()))
             })
             .collect()
     }
@@ -317,11 +301,8 @@ fn attach_cgroup_program(
     } else {
         CgroupAttachMode::AllowMultiple
     };
-    let err = |source| KernelError::Program { name, source };
-    let pin_err = |e: aya::programs::links::LinkError| KernelError::Pin {
-        path: PathBuf::from(name),
-        reason: e.to_string(),
-    };
+    let err = program_err(name);
+    let pin_err = pin_err(Path::new(name));
     match name {
         program_names::EGRESS | program_names::INGRESS => {
             let kind = if name == program_names::EGRESS {
@@ -330,17 +311,17 @@ fn attach_cgroup_program(
                 CgroupSkbAttachType::Ingress
             };
             let prog: &mut CgroupSkb = program_mut(ebpf, name)?;
-            let id = prog.attach(cgroup, kind, mode).map_err(err)?;
+            let id = prog.attach(cgroup, kind, mode).map_err(&err)?;
             prog.take_link(id).map_err(err)?.try_into().map_err(pin_err)
         }
         program_names::SOCK_CREATE => {
             let prog: &mut CgroupSock = program_mut(ebpf, name)?;
-            let id = prog.attach(cgroup, mode).map_err(err)?;
+            let id = prog.attach(cgroup, mode).map_err(&err)?;
             prog.take_link(id).map_err(err)?.try_into().map_err(pin_err)
         }
         _ => {
             let prog: &mut CgroupSockAddr = program_mut(ebpf, name)?;
-            let id = prog.attach(cgroup, mode).map_err(err)?;
+            let id = prog.attach(cgroup, mode).map_err(&err)?;
             prog.take_link(id).map_err(err)?.try_into().map_err(pin_err)
         }
     }
@@ -359,15 +340,8 @@ fn attach_setsockopt_pinned(
     use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
     let name = program_names::SETSOCKOPT;
     let prog: &mut CgroupSockopt = program_mut(ebpf, name)?;
-    let prog_fd = prog
-        .fd()
-        .map_err(|source| KernelError::Program { name, source })?
-        .as_fd()
-        .as_raw_fd();
-    let pin_err = |call: &str| KernelError::Pin {
-        path: path.to_owned(),
-        reason: format!("{call}: {}", std::io::Error::last_os_error()),
-    };
+    let prog_fd = prog.fd().map_err(program_err(name))?.as_fd().as_raw_fd();
+    let failed = |call: &str| pin_err(path)(format!("{call}: {}", std::io::Error::last_os_error()));
     // SAFETY: a plain C union, valid zeroed (what the kernel wants of every
     // field a call does not use).
     let mut attr = unsafe { std::mem::zeroed::<bpf_attr>() };
@@ -377,19 +351,15 @@ fn attach_setsockopt_pinned(
     // SAFETY: a BPF_LINK_CREATE attribute of the size passed.
     let link = unsafe { bpf_syscall(bpf_cmd::BPF_LINK_CREATE, &mut attr) };
     if link < 0 {
-        return Err(pin_err("BPF_LINK_CREATE"));
+        return Err(failed("BPF_LINK_CREATE"));
     }
     // SAFETY: the kernel returned a new file descriptor, owned from here.
     let link = unsafe { OwnedFd::from_raw_fd(link as i32) };
     if path.exists() {
         release(path)?;
     }
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
-        KernelError::Pin {
-            path: path.to_owned(),
-            reason: "the path holds a NUL byte".into(),
-        }
-    })?;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| pin_err(path)("the path holds a NUL byte"))?;
     // SAFETY: as above.
     let mut attr = unsafe { std::mem::zeroed::<bpf_attr>() };
     attr.__bindgen_anon_4.pathname = c_path.as_ptr() as u64;
@@ -397,7 +367,7 @@ fn attach_setsockopt_pinned(
     // SAFETY: a BPF_OBJ_PIN attribute of the size passed; `pathname` points
     // at a C string that outlives the call.
     if unsafe { bpf_syscall(bpf_cmd::BPF_OBJ_PIN, &mut attr) } < 0 {
-        return Err(pin_err("BPF_OBJ_PIN"));
+        return Err(failed("BPF_OBJ_PIN"));
     }
     // The pin holds the link now: closing `link` leaves it attached.
     Ok(())
@@ -456,10 +426,7 @@ fn pin(link: FdLink, path: &Path) -> Result<(), KernelError> {
     if path.exists() {
         release(path)?;
     }
-    link.pin(path).map(drop).map_err(|e| KernelError::Pin {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })
+    link.pin(path).map(drop).map_err(pin_err(path))
 }
 
 /// Unpins one link. The pin is its last reference (a loader holds none of
@@ -491,6 +458,5 @@ fn release_other_instances(group: &Path, keep: &str) -> Result<(), KernelError> 
 
 /// `CLOCK_MONOTONIC` in nanoseconds: `bpf_ktime_get_ns`'s clock.
 fn monotonic_ns() -> Option<u64> {
-    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).ok()?;
-    Some(now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64)
+    crate::events::clock_ns(nix::time::ClockId::CLOCK_MONOTONIC).map(|ns| ns as u64)
 }

@@ -13,15 +13,18 @@ mod readback;
 mod transaction;
 
 pub(crate) use links::query_program_ids;
+pub(crate) use object::program_mut;
 pub use object::EventRings;
 
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
+    sync::{Mutex, MutexGuard},
 };
 
 use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray},
+    programs::ProgramError,
     Ebpf,
 };
 use contain_common::{
@@ -44,7 +47,7 @@ pub enum KernelError {
     Program {
         name: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: ProgramError,
     },
     #[error("map {name}: {source}")]
     Map {
@@ -119,7 +122,19 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> KernelError {
     move |source| KernelError::Map { name, source }
 }
 
-fn io_err(path: &Path) -> impl Fn(std::io::Error) -> KernelError + '_ {
+pub(crate) fn program_err(name: &'static str) -> impl Fn(ProgramError) -> KernelError {
+    move |source| KernelError::Program { name, source }
+}
+
+/// A link that could not be made into a pinnable one, or pinned, at `path`.
+pub(crate) fn pin_err<E: std::fmt::Display>(path: &Path) -> impl FnOnce(E) -> KernelError + '_ {
+    move |e| KernelError::Pin {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+pub(crate) fn io_err(path: &Path) -> impl Fn(std::io::Error) -> KernelError + '_ {
     move |source| KernelError::Io {
         path: path.to_owned(),
         source,
@@ -141,6 +156,11 @@ pub struct Limits {
 }
 
 impl Kernel {
+    /// The kernel behind `shared`, taken also when a panic poisoned the lock.
+    pub fn lock(shared: &Mutex<Kernel>) -> MutexGuard<'_, Kernel> {
+        shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
     }

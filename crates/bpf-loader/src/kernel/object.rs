@@ -5,7 +5,8 @@
 use std::{
     collections::BTreeMap,
     fs::File,
-    path::{Path, PathBuf},
+    io::Read as _,
+    path::Path,
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -19,7 +20,7 @@ use kernel_model::{repr, state::KernelState};
 use super::{
     io_err, map_err,
     offsets::{ExecOffsets, TraceOffsets, VethOffsets},
-    Kernel, KernelError, Limits, PolicyMaps,
+    program_err, Kernel, KernelError, Limits, PolicyMaps,
 };
 use crate::{fs, veths};
 
@@ -66,50 +67,37 @@ impl Kernel {
             );
         }
 
-        let map_paths: Vec<(&str, PathBuf)> = map_names::ALL
-            .iter()
-            .map(|&name| (name, maps_dir.join(name)))
-            .collect();
+        let globals = [
+            ("BPRM_FILE_OFFSET", exec.bprm_file),
+            ("BPRM_FILENAME_OFFSET", exec.bprm_filename),
+            ("FILE_INODE_OFFSET", exec.file_inode),
+            ("INODE_SB_OFFSET", exec.inode_sb),
+            ("INODE_INO_OFFSET", exec.inode_ino),
+            ("INODE_CTIME_SEC_OFFSET", exec.inode_ctime_sec),
+            ("INODE_CTIME_NSEC_OFFSET", exec.inode_ctime_nsec),
+            ("SB_DEV_OFFSET", exec.sb_dev),
+            ("SKB_IP_SUMMED_BIT", veth.skb_ip_summed_bit),
+            ("SKB_DEV_OFFSET", veth.skb_dev),
+            ("VETH_PEER_OFFSET", veth.veth_peer),
+            ("NETDEV_DEV_ADDR_OFFSET", veth.dev_addr),
+            ("NETDEV_DEV_ADDR_IS_POINTER", veth.dev_addr_is_pointer),
+            ("NEWTASK_PID_OFFSET", offsets.newtask_pid),
+            ("NEWTASK_CLONE_FLAGS_OFFSET", offsets.newtask_clone_flags),
+        ];
         let mut loader = EbpfLoader::new();
-        for (name, path) in &map_paths {
-            loader.map_pin_path(name, path.as_path());
+        for &name in map_names::ALL {
+            loader.map_pin_path(name, maps_dir.join(name));
         }
-        loader
-            .override_global("BPRM_FILE_OFFSET", &exec.bprm_file, true)
-            .override_global("BPRM_FILENAME_OFFSET", &exec.bprm_filename, true)
-            .override_global("FILE_INODE_OFFSET", &exec.file_inode, true)
-            .override_global("INODE_SB_OFFSET", &exec.inode_sb, true)
-            .override_global("INODE_INO_OFFSET", &exec.inode_ino, true)
-            .override_global("INODE_CTIME_SEC_OFFSET", &exec.inode_ctime_sec, true)
-            .override_global("INODE_CTIME_NSEC_OFFSET", &exec.inode_ctime_nsec, true)
-            .override_global("SB_DEV_OFFSET", &exec.sb_dev, true)
-            .override_global("SKB_IP_SUMMED_BIT", &veth.skb_ip_summed_bit, true)
-            .override_global("SKB_DEV_OFFSET", &veth.skb_dev, true)
-            .override_global("VETH_PEER_OFFSET", &veth.veth_peer, true)
-            .override_global("NETDEV_DEV_ADDR_OFFSET", &veth.dev_addr, true)
-            .override_global(
-                "NETDEV_DEV_ADDR_IS_POINTER",
-                &veth.dev_addr_is_pointer,
-                true,
-            )
-            .override_global("NEWTASK_PID_OFFSET", &offsets.newtask_pid, true)
-            .override_global(
-                "NEWTASK_CLONE_FLAGS_OFFSET",
-                &offsets.newtask_clone_flags,
-                true,
-            );
+        for (name, value) in &globals {
+            loader.override_global(name, value, true);
+        }
         let mut ebpf = loader.load(OBJECT)?;
 
-        for &name in program_names::CGROUP {
-            load_program(&mut ebpf, name)?;
-        }
-        for &(name, _, _) in program_names::TRACEPOINTS {
-            load_program(&mut ebpf, name)?;
-        }
-        for &(name, _) in program_names::RAW_TRACEPOINTS {
-            load_program(&mut ebpf, name)?;
-        }
-        for (name, _) in veths::PROGRAMS {
+        let programs = (program_names::CGROUP.iter().copied())
+            .chain(program_names::TRACEPOINTS.iter().map(|&(name, _, _)| name))
+            .chain(program_names::RAW_TRACEPOINTS.iter().map(|&(name, _)| name))
+            .chain(veths::PROGRAMS.map(|(name, _)| name));
+        for name in programs {
             load_program(&mut ebpf, name)?;
         }
         // This object loads here: an older layout's maps, and maps an
@@ -179,17 +167,7 @@ impl Kernel {
     /// The fd of a loaded program, for BPF_PROG_TEST_RUN.
     pub fn program_fd(&self, name: &str) -> Option<std::os::fd::RawFd> {
         use std::os::fd::{AsFd, AsRawFd};
-        let prog = self.ebpf.program(name)?;
-        let fd = match prog {
-            aya::programs::Program::CgroupSkb(p) => p.fd().ok()?,
-            aya::programs::Program::CgroupSock(p) => p.fd().ok()?,
-            aya::programs::Program::CgroupSockAddr(p) => p.fd().ok()?,
-            aya::programs::Program::CgroupSockopt(p) => p.fd().ok()?,
-            aya::programs::Program::TracePoint(p) => p.fd().ok()?,
-            aya::programs::Program::SchedClassifier(p) => p.fd().ok()?,
-            _ => return None,
-        };
-        Some(fd.as_fd().as_raw_fd())
+        Some(self.ebpf.program(name)?.fd().ok()?.as_fd().as_raw_fd())
     }
     /// The key of the kernel's exe ids: drawn from the kernel's random pool
     /// the first time the maps are used (so once per boot, as the maps live
@@ -206,14 +184,12 @@ impl Kernel {
         let mut bytes = [0u8; 16];
         while bytes == [0u8; 16] {
             let urandom = Path::new("/dev/urandom");
-            std::io::Read::read_exact(
-                &mut File::open(urandom).map_err(io_err(urandom))?,
-                &mut bytes,
-            )
-            .map_err(io_err(urandom))?;
+            File::open(urandom)
+                .and_then(|mut f| f.read_exact(&mut bytes))
+                .map_err(io_err(urandom))?;
         }
-        let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
-        config.exe_key = [word(&bytes[..8]), word(&bytes[8..])];
+        let key = u128::from_le_bytes(bytes);
+        config.exe_key = [key as u64, (key >> 64) as u64];
         self.maps
             .config
             .set(0, config, 0)
@@ -239,25 +215,12 @@ impl Kernel {
 /// loader keep their maps until this loader replaces them; a failure only
 /// leaves the pins (and their memory) until the next boot.
 fn unpin_other_layouts(pin_dir: &Path, current: &Path) {
-    let Ok(entries) = std::fs::read_dir(pin_dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
+    for entry in std::fs::read_dir(pin_dir).into_iter().flatten().flatten() {
         let path = entry.path();
-        let is_layout = entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.starts_with("maps-v"));
-        if !is_layout || path == current {
-            continue;
-        }
-        match std::fs::remove_dir_all(&path) {
-            Ok(()) => {
-                tracing::info!(path = %path.display(), "unpinned the maps of an earlier layout")
-            }
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot unpin the maps of an earlier layout")
-            }
+        let name = entry.file_name();
+        if name.to_str().is_some_and(|n| n.starts_with("maps-v")) && path != current {
+            let removed = std::fs::remove_dir_all(&path);
+            log_unpin(removed, &path, "the maps of an earlier layout");
         }
     }
 }
@@ -267,27 +230,24 @@ fn unpin_other_layouts(pin_dir: &Path, current: &Path) {
 /// replaced `EVENT_BUDGETS`), as [`unpin_other_layouts`] does whole
 /// layouts.
 fn unpin_retired_maps(maps_dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(maps_dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
+    for entry in std::fs::read_dir(maps_dir).into_iter().flatten().flatten() {
         let name = entry.file_name();
-        if name.to_str().is_some_and(|n| map_names::ALL.contains(&n)) {
-            continue;
-        }
-        let path = entry.path();
-        match std::fs::remove_file(&path) {
-            Ok(()) => {
-                tracing::info!(path = %path.display(), "unpinned a map this loader no longer has")
-            }
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot unpin a map this loader no longer has")
-            }
+        if !name.to_str().is_some_and(|n| map_names::ALL.contains(&n)) {
+            let path = entry.path();
+            let removed = std::fs::remove_file(&path);
+            log_unpin(removed, &path, "a map this loader no longer has");
         }
     }
 }
 
-pub(super) fn program_mut<'a, T>(
+fn log_unpin(removed: std::io::Result<()>, path: &Path, what: &str) {
+    match removed {
+        Ok(()) => tracing::info!(path = %path.display(), "unpinned {what}"),
+        Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot unpin {what}"),
+    }
+}
+
+pub(crate) fn program_mut<'a, T>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut T, KernelError>
@@ -297,8 +257,7 @@ where
     let prog = ebpf
         .program_mut(name)
         .ok_or(KernelError::MissingProgram(name))?;
-    prog.try_into()
-        .map_err(|source| KernelError::Program { name, source })
+    prog.try_into().map_err(program_err(name))
 }
 
 fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), KernelError> {
@@ -315,7 +274,7 @@ fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), KernelError> 
         aya::programs::Program::SchedClassifier(p) => p.load(),
         _ => return Err(KernelError::MissingProgram(name)),
     };
-    result.map_err(|source| KernelError::Program { name, source })
+    result.map_err(program_err(name))
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
