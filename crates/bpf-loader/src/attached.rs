@@ -96,14 +96,11 @@ pub fn missing_cgroup_programs(cgroup: &Path) -> Result<Vec<&'static str>, Attac
 }
 
 fn program_names_by_id() -> Result<BTreeMap<u32, String>, AttachedError> {
-    let mut names = BTreeMap::new();
-    for info in aya::programs::loaded_programs() {
+    let names: BTreeMap<u32, String> = aya::programs::loaded_programs()
         // A program unloaded while the list is read is no one's.
-        let Ok(info) = info else { continue };
-        if let Some(name) = info.name_as_str() {
-            names.insert(info.id(), name.to_owned());
-        }
-    }
+        .flatten()
+        .filter_map(|info| Some((info.id(), info.name_as_str()?.to_owned())))
+        .collect();
     if names.is_empty() {
         return Err(AttachedError::Programs(
             "no program could be read (is this root?)".into(),

@@ -41,7 +41,7 @@ impl EventLog {
     }
 
     /// Assigns the next sequence number and stores the event.
-    pub fn push(&self, mut event: Event) -> Event {
+    pub fn push(&self, mut event: Event) {
         {
             let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             inner.last_seq += 1;
@@ -50,10 +50,9 @@ impl EventLog {
                 inner.events.pop_front();
                 inner.dropped += 1;
             }
-            inner.events.push_back(event.clone());
+            inner.events.push_back(event);
         }
         self.notify.notify_waiters();
-        event
     }
 
     pub fn dropped(&self) -> u64 {

@@ -219,19 +219,14 @@ pub fn tracefs() -> Result<PathBuf, FsError> {
 /// A bpffs name for a cgroup path: bpffs names cannot hold '/', and bpffs
 /// refuses '.' in names ("reserved"), which every systemd slice has.
 pub fn pin_name_for(cgroup_relative: &str) -> String {
-    let mut out = String::with_capacity(cgroup_relative.len());
-    for ch in cgroup_relative.trim_matches('/').chars() {
-        match ch {
-            '%' => out.push_str("%25"),
-            '/' => out.push_str("%2F"),
-            '.' => out.push_str("%2E"),
-            c => out.push(c),
-        }
+    match cgroup_relative.trim_matches('/') {
+        "" => "%2F".into(),
+        // '%' first: the escapes after it are not escaped again.
+        path => path
+            .replace('%', "%25")
+            .replace('/', "%2F")
+            .replace('.', "%2E"),
     }
-    if out.is_empty() {
-        out.push_str("%2F");
-    }
-    out
 }
 
 /// Inverse of [`pin_name_for`].

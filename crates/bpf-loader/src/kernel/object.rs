@@ -173,7 +173,7 @@ impl Kernel {
     /// the first time the maps are used (so once per boot, as the maps live
     /// in bpffs), kept in the pinned config after that.
     fn ensure_exe_key(&mut self) -> Result<[u64; 2], KernelError> {
-        let mut config = self
+        let config = self
             .maps
             .config
             .get(&0, 0)
@@ -189,11 +189,7 @@ impl Kernel {
                 .map_err(io_err(urandom))?;
         }
         let key = u128::from_le_bytes(bytes);
-        config.exe_key = [key as u64, (key >> 64) as u64];
-        self.maps
-            .config
-            .set(0, config, 0)
-            .map_err(map_err(map_names::CONFIG))?;
+        let config = self.update_config(|c| c.exe_key = [key as u64, (key >> 64) as u64])?;
         Ok(config.exe_key)
     }
 
