@@ -28,12 +28,6 @@ pub struct LoaderServer {
     pub events: Arc<EventLog>,
 }
 
-impl LoaderServer {
-    fn kernel(&self) -> std::sync::MutexGuard<'_, Kernel> {
-        Kernel::lock(&self.kernel)
-    }
-}
-
 /// The wire's error for a kernel error: the kinds a client acts on keep
 /// their own variant, the rest is text.
 fn to_wire(e: KernelError) -> LoaderError {
@@ -63,12 +57,12 @@ impl Loader for LoaderServer {
         LoaderInfo {
             api_version: proto::API_VERSION,
             version: env!("CARGO_PKG_VERSION").to_string(),
-            pin_dir: self.kernel().pin_dir().display().to_string(),
+            pin_dir: Kernel::lock(&self.kernel).pin_dir().display().to_string(),
         }
     }
 
     async fn attachments(self, _: Context) -> Vec<Attachment> {
-        self.kernel().attachments()
+        Kernel::lock(&self.kernel).attachments()
     }
 
     /// The veths whose hooks the kernel shows the backstop's programs
@@ -96,7 +90,7 @@ impl Loader for LoaderServer {
     async fn apply(self, _: Context, diff: MapDiff) -> Result<u64, LoaderError> {
         let ops = diff.ops.len();
         let started = std::time::Instant::now();
-        let result = self.kernel().apply(&diff).map_err(to_wire);
+        let result = Kernel::lock(&self.kernel).apply(&diff).map_err(to_wire);
         let applied = started.elapsed();
         drop(diff);
         release_memory();
@@ -112,7 +106,7 @@ impl Loader for LoaderServer {
         // The snapshot is serialised after this returns; the memory it and
         // the last request took is handed back on the next call.
         release_memory();
-        let kernel = self.kernel();
+        let kernel = Kernel::lock(&self.kernel);
         Ok(StateSnapshot {
             generation: kernel.generation(),
             state: kernel.state().clone(),
@@ -120,11 +114,11 @@ impl Loader for LoaderServer {
     }
 
     async fn generation(self, _: Context) -> u64 {
-        self.kernel().generation()
+        Kernel::lock(&self.kernel).generation()
     }
 
     async fn counters(self, _: Context) -> Result<Counters, LoaderError> {
-        let mut counters = self.kernel().counters().map_err(to_wire)?;
+        let mut counters = Kernel::lock(&self.kernel).counters().map_err(to_wire)?;
         counters.events_dropped_loader = self.events.dropped();
         Ok(counters)
     }
