@@ -47,7 +47,7 @@ use kernel_model::state::{
 };
 
 use crate::{
-    diagnostic::{Diagnostic, Location, Severity},
+    diagnostic::{Diagnostic, Location},
     ids::{IdSpaceFull, IdTables, RuleKey, RulesetKey, DOCKER_DNS_RULE_ID, LOOPBACK_RULE_ID},
     inventory::{self, Inventory},
     net::{Family, PortBlock, Prefix},
@@ -258,7 +258,7 @@ pub fn assign(
                     .iter()
                     .map(|&i| format!("\"{}\"", policies.policies[i].name))
                     .collect();
-                warnings.push(warning(
+                warnings.push(Diagnostic::warning(
                     policy.location.clone(),
                     format!(
                         "container \"{}\" is selected by policy \"{}\" and also by {}; the first in the file applies",
@@ -269,7 +269,7 @@ pub fn assign(
                 ));
             }
             if container.host_network && policy.allow_loopback {
-                warnings.push(warning(
+                warnings.push(Diagnostic::warning(
                     policy.location.clone(),
                     format!(
                         "container \"{}\" uses the host network, so loopback is the host's: policy \"{}\" lets it reach every host-local service; set allow_loopback = false in that policy to prevent it",
@@ -335,7 +335,7 @@ pub fn assign(
                 inventory.containers[owner[&cgroup_id]].name
             )
         };
-        warnings.push(warning(
+        warnings.push(Diagnostic::warning(
             None,
             format!(
                 "containers {} report the same cgroup id {cgroup_id} under different policies; the kernel cannot tell their packets apart and judges them all by {judged_by}",
@@ -379,17 +379,6 @@ fn check_capacity(maps: &[(&'static str, usize, u32)]) -> Result<(), CompileErro
         }
     }
     Ok(())
-}
-
-/// A finding of the compile, about the policy (`location`) or the
-/// inventory.
-fn warning(location: Option<Location>, message: String) -> Diagnostic {
-    Diagnostic {
-        severity: Severity::Warning,
-        location,
-        message,
-        source_line: None,
-    }
 }
 
 /// The `CGROUPS` entry of a container the policy of index `policy`
@@ -486,7 +475,7 @@ fn assign_files(
                     }
                 });
                 if let Err(why) = &file {
-                    warnings.push(warning(
+                    warnings.push(Diagnostic::warning(
                         process.location.clone(),
                         format!(
                             "container \"{}\": exe {path} gives no process class: {why}; processes running it get the container-wide rules of policy \"{}\"",
@@ -550,7 +539,7 @@ fn assign_veths(
             );
         }
         if container.addresses.is_empty() && policy_of(owner.owner).is_some() {
-            warnings.push(warning(
+            warnings.push(Diagnostic::warning(
                 None,
                 format!(
                     "container \"{}\": none of its addresses is known (the resolver reports them); its frames on veth {ifindex} are refused as forged, but for the kernel's neighbour discovery, until one is",
@@ -581,7 +570,7 @@ fn assign_veths(
             Some(index) => format!("policy \"{}\"", policies.policies[index].name),
             None => "unrestricted: no policy selects it".to_string(),
         };
-        warnings.push(warning(
+        warnings.push(Diagnostic::warning(
             None,
             format!(
                 "{subject} {verb} the network namespace of \"{owner_name}\"; packets from no container's socket there (the kernel's answers, Docker's DNS forwarding) are judged under \"{owner_name}\"'s policy ({policy})"
@@ -1286,7 +1275,7 @@ impl Fold<'_> {
             if items.len() > SHOWN {
                 parts.push(format!("and {} more destinations", items.len() - SHOWN));
             }
-            out.warnings.push(warning(
+            out.warnings.push(Diagnostic::warning(
                 location,
                 format!(
                     "policy \"{}\": {what} is redundant for some destinations: {}",

@@ -38,6 +38,17 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
+    /// A warning with no source line: about a policy (`location`), or
+    /// about the inventory or the kernel's maps.
+    pub fn warning(location: Option<Location>, message: impl Into<String>) -> Self {
+        Diagnostic {
+            severity: Severity::Warning,
+            location,
+            message: message.into(),
+            source_line: None,
+        }
+    }
+
     pub fn is_error(&self) -> bool {
         self.severity == Severity::Error
     }

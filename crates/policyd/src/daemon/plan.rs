@@ -23,7 +23,7 @@ use proto::loader::StateSnapshot;
 
 use crate::{
     compile::{self, Assigned, CompileError, CompiledRules},
-    diagnostic::{Diagnostic, Severity},
+    diagnostic::Diagnostic,
     ids::IdTables,
     inventory::{Container, Inventory},
     policy::{Mode, PolicySet},
@@ -176,15 +176,13 @@ pub fn plan_moving_safely(
     });
     let moved_plan = plan(&moved, inventory, kernel)?;
     if !fits_on_the_way(&kernel.state, &moved_plan.diff.ops) {
-        let warning = Diagnostic {
-            severity: Severity::Warning,
-            location: None,
-            message: format!(
+        let warning = Diagnostic::warning(
+            None,
+            format!(
                 "policies {} change while containers move onto or off them, and their tables do not fit twice in the kernel's maps: rewritten in place, so until the change is applied such a container may be judged by a mix of its old and new policy",
                 names.join(", ")
             ),
-            source_line: None,
-        };
+        );
         return Ok(in_place(first, Some(warning)));
     }
     Ok(SafePlan {
