@@ -273,6 +273,31 @@ impl Collector {
                 return;
             }
         }
+        // A transport the event log never writes makes it another log line:
+        // told before anything of it is counted.
+        let target = match (record.destination_address, &record.transport) {
+            (Some(dest), Some(transport)) => {
+                let service = match (
+                    transport.as_str(),
+                    record.destination_port,
+                    record.icmp_type,
+                ) {
+                    ("tcp", Some(port), _) => Service::Tcp(port),
+                    ("udp", Some(port), _) => Service::Udp(port),
+                    ("icmp", _, Some(t)) => Service::Icmp(t),
+                    ("icmpv6", _, Some(t)) => Service::Icmpv6(t),
+                    (other, _, _) => match other.parse::<u8>() {
+                        Ok(n) => Service::Other(n),
+                        Err(_) => {
+                            out.other_lines += 1;
+                            return;
+                        }
+                    },
+                };
+                Some((dest, service))
+            }
+            _ => None,
+        };
         out.suppressed += u64::from(record.suppressed);
         let Some(container) = record.container_name.clone() else {
             out.unmapped += 1;
@@ -303,36 +328,21 @@ impl Collector {
             *count += 1;
             return;
         }
-        let (Some(dest), Some(transport)) = (record.destination_address, &record.transport) else {
+        let Some((dest, service)) = target else {
             seen.not_ip += 1;
             return;
         };
-        let service = match (
-            transport.as_str(),
-            record.destination_port,
-            record.icmp_type,
-        ) {
-            ("tcp" | "udp", Some(53), _) if dest == DOCKER_DNS => {
+        match service {
+            Service::Tcp(53) | Service::Udp(53) if dest == DOCKER_DNS => {
                 seen.docker_dns += 1;
                 return;
             }
-            ("tcp" | "udp", Some(0), _) => {
+            Service::Tcp(0) | Service::Udp(0) => {
                 seen.unsuggested += 1;
                 return;
             }
-            ("tcp", Some(port), _) => Service::Tcp(port),
-            ("udp", Some(port), _) => Service::Udp(port),
-            ("icmp", _, Some(t)) => Service::Icmp(t),
-            ("icmpv6", _, Some(t)) => Service::Icmpv6(t),
-            (other, _, _) => match other.parse::<u8>() {
-                Ok(n) => Service::Other(n),
-                Err(_) => {
-                    out.other_lines += 1;
-                    seen.events -= 1;
-                    return;
-                }
-            },
-        };
+            _ => {}
+        }
         // Frames and packets no process sent get only the container-wide
         // rules; so does a process whose executable the kernel did not see.
         let scope = match (&record.exe, record.reason) {
@@ -1016,6 +1026,20 @@ mod tests {
         assert!(text.contains("# 40 more events were held back"), "{text}");
         assert!(text.contains("# 1 event came from cgroups no container was mapped to yet"));
         assert!(text.contains("Nothing to suggest"));
+    }
+
+    #[test]
+    fn a_line_of_a_transport_the_log_never_writes_counts_for_nothing() {
+        let mut e = event(None, v4(198, 18, 0, 1), 6, 443);
+        e.suppressed = 7;
+        let forged = line("c", &e).replace("\"tcp\"", "\"tcpx\"");
+        assert!(forged.contains("tcpx"), "{forged}");
+        let mut c = Collector::new(Filter::default(), Aggregate::default());
+        c.add_line(&forged);
+        let out = c.finish();
+        assert_eq!(out.other_lines, 1);
+        assert!(out.containers.is_empty(), "{:?}", out.containers.keys());
+        assert_eq!((out.first, out.last, out.suppressed), (None, None, 0));
     }
 
     #[test]

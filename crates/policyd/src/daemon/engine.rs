@@ -974,6 +974,17 @@ impl Engine {
         &mut self,
         changes: Vec<(String, Option<Container>)>,
     ) -> Option<&'static str> {
+        if !self.inventory_ready {
+            // Changes to a listing this engine never took (the resolver's
+            // feed sends the whole list first): taken as the whole, they
+            // would remove every other running container's entry and leave
+            // its veth without an owner.
+            tracing::warn!(
+                containers = changes.len(),
+                "container changes before any inventory; ignored until the resolver's list arrives"
+            );
+            return None;
+        }
         let mut changed = Vec::new();
         for (key, after) in changes {
             let position = position_of(&self.view.inventory, &key);
@@ -1006,11 +1017,6 @@ impl Engine {
             .collect();
         self.inventory_copies
             .change(&mut self.view.inventory, &edits);
-        if !self.inventory_ready {
-            self.inventory_ready = true;
-            self.seeded = false;
-            return Some("first inventory");
-        }
         if let Some(since) = &mut self.since_converged {
             for (key, change) in changed {
                 since
@@ -1134,6 +1140,47 @@ mod tests {
             "[[policy]]\nname = \"a\"\nselect = {{ name = \"a\" }}\nallow = [{{ to = \"10.0.0.1\", proto = \"tcp\", ports = [443] }}]\n\
              [[policy]]\nname = \"b\"\nselect = {{ name = \"b\" }}\nallow = [{{ to = \"10.0.0.2\", proto = \"tcp\", ports = [{port}] }}]\n"
         )
+    }
+
+    #[tokio::test]
+    async fn changes_before_the_first_inventory_are_not_taken_for_it() {
+        let dir = std::env::temp_dir().join(format!("policyd-early-{}", std::process::id()));
+        let config = Config {
+            policy: dir.join("policy.toml"),
+            socket: dir.join("policyd.sock"),
+            loader_socket: dir.join("no-loader.sock"),
+            inventory: InventorySource::Resolver(dir.join("no-resolver.sock")),
+            group: "root".into(),
+            file_poll: Duration::from_secs(3600),
+            policy_watch: None,
+            resync_every: Duration::from_secs(3600),
+            metrics_listen: None,
+            event_log: super::super::observe::EventLogTarget::Off,
+        };
+        let (mut handle, task) = spawn(&config, Arc::default());
+        let web = Container {
+            id: "web-id".into(),
+            name: "web".into(),
+            ..Container::default()
+        };
+        handle
+            .tell(Feed::ContainersChanged(vec![(
+                "default/web-id".into(),
+                Some(web),
+            )]))
+            .await;
+        handle
+            .tell(Feed::InventoryUnavailable("marker".into()))
+            .await;
+        let view = handle
+            .view
+            .wait_for(|v| v.inventory_connection.error.as_deref() == Some("marker"))
+            .await
+            .unwrap()
+            .clone();
+        assert!(view.inventory.containers.is_empty(), "{:?}", view.inventory);
+        drop(handle);
+        task.await.unwrap();
     }
 
     #[test]

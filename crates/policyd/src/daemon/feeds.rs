@@ -25,12 +25,12 @@ use crate::{
 const RETRY_MAX: Duration = Duration::from_secs(30);
 /// Retries while something fails: 0.5 s doubling to [`RETRY_MAX`], never
 /// giving up.
-const RETRY: ExponentialBuilder = ExponentialBuilder::new()
+pub(super) const RETRY: ExponentialBuilder = ExponentialBuilder::new()
     .with_min_delay(Duration::from_millis(500))
     .with_max_delay(RETRY_MAX)
     .without_max_times();
 
-fn next_delay(delays: &mut ExponentialBackoff) -> Duration {
+pub(super) fn next_delay(delays: &mut ExponentialBackoff) -> Duration {
     delays.next().unwrap_or(RETRY_MAX)
 }
 

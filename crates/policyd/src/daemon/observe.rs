@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use backon::BackoffBuilder as _;
 use http_body_util::Full;
 use hyper::{body::Bytes, server::conn::http1, service::service_fn, Method, Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -20,6 +21,7 @@ use tokio::{net::TcpListener, sync::Semaphore};
 
 use super::{
     engine::{Feed, Handle},
+    feeds,
     links::LoaderLink,
     view,
 };
@@ -105,11 +107,10 @@ pub async fn follow_events(engine: Handle, recorder: Arc<Recorder>, target: Even
     // Whether the link's connection was probed (a new one is, before its
     // events are followed).
     let mut probed = false;
-    let mut retry = Duration::from_millis(500);
+    let mut delays = feeds::RETRY.build();
     loop {
         let Ok(c) = link.client().await else {
-            tokio::time::sleep(retry).await;
-            retry = (retry * 2).min(Duration::from_secs(30));
+            tokio::time::sleep(feeds::next_delay(&mut delays)).await;
             continue;
         };
         if !probed {
@@ -119,7 +120,7 @@ pub async fn follow_events(engine: Handle, recorder: Arc<Recorder>, target: Even
                 .await;
             let Ok(probe) = probe else {
                 link.failed("events probe failed".into());
-                tokio::time::sleep(retry).await;
+                tokio::time::sleep(feeds::next_delay(&mut delays)).await;
                 continue;
             };
             // A new connection may be to a new loader (restarted, on maps of
@@ -138,7 +139,7 @@ pub async fn follow_events(engine: Handle, recorder: Arc<Recorder>, target: Even
             }
             cursor = Some(from);
             probed = true;
-            retry = Duration::from_millis(500);
+            delays = feeds::RETRY.build();
         }
         let after = cursor.unwrap_or(0);
         let ctx = transport::context_with_deadline(u64::from(EVENTS_WAIT_MS / 1000) + 10);
@@ -148,7 +149,7 @@ pub async fn follow_events(engine: Handle, recorder: Arc<Recorder>, target: Even
                 tracing::warn!(error = %e, "lost the loader's event stream; reconnecting");
                 link.failed(e.to_string());
                 probed = false;
-                tokio::time::sleep(retry).await;
+                tokio::time::sleep(feeds::next_delay(&mut delays)).await;
                 continue;
             }
         };
