@@ -1,14 +1,15 @@
 //! Errors and warnings about a policy file, with file, line and column, in a
 //! form people can act on and scripts can parse.
 
-use std::{fmt, ops::Range};
+use std::{fmt, ops::Range, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
 /// A position in a policy file, 1-based.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Location {
-    pub file: String,
+    /// Shared by every location in the file: a policy holds one per rule.
+    pub file: Arc<str>,
     pub line: u32,
     pub column: u32,
 }
@@ -88,6 +89,7 @@ pub struct Source<'a> {
     pub name: &'a str,
     pub text: &'a str,
     line_starts: Vec<usize>,
+    file: Arc<str>,
 }
 
 impl<'a> Source<'a> {
@@ -99,6 +101,7 @@ impl<'a> Source<'a> {
             name,
             text,
             line_starts,
+            file: name.into(),
         }
     }
 
@@ -114,7 +117,7 @@ impl<'a> Source<'a> {
             .map(|s| s.chars().count())
             .unwrap_or(0);
         Location {
-            file: self.name.to_string(),
+            file: self.file.clone(),
             line: line_index as u32 + 1,
             column: column as u32 + 1,
         }

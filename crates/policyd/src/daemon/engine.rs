@@ -329,7 +329,7 @@ pub fn to_wire(d: &Diagnostic) -> wire::Diagnostic {
             Severity::Error => "error".into(),
             Severity::Warning => "warning".into(),
         },
-        file: d.location.as_ref().map(|l| l.file.clone()),
+        file: d.location.as_ref().map(|l| l.file.to_string()),
         line: d.location.as_ref().map(|l| l.line),
         column: d.location.as_ref().map(|l| l.column),
         message: d.message.clone(),

@@ -126,7 +126,7 @@ pub fn parse(name: &str, text: &str) -> Result<PolicySet, InvalidPolicy> {
         Ok(e) => e,
         Err(e) => {
             let location = (e.line() > 0).then(|| Location {
-                file: name.to_string(),
+                file: name.into(),
                 line: e.line() as u32,
                 column: e.column().max(1) as u32,
             });

@@ -690,13 +690,14 @@ fn check_process(
 }
 
 fn check_rules(checker: &mut Checker, raw: Vec<Spanned<RawRule>>) -> Vec<AllowRule> {
-    raw.into_iter()
-        .enumerate()
-        .filter_map(|(index, r)| {
-            let span = r.span();
-            check_rule(checker, r.into_inner(), index, span)
-        })
-        .collect()
+    // Into a vector of their own: collected in place, the rules would keep
+    // the raw list's larger allocation for as long as the policy is loaded.
+    let mut rules = Vec::with_capacity(raw.len());
+    for (index, r) in raw.into_iter().enumerate() {
+        let span = r.span();
+        rules.extend(check_rule(checker, r.into_inner(), index, span));
+    }
+    rules
 }
 
 fn check_rule(
@@ -883,7 +884,7 @@ fn check_rule(
             })
         })
         .collect();
-    let allowances = normalize_allowances(allowances);
+    let mut allowances = normalize_allowances(allowances);
 
     // A destination no allowance of this rule can reach (icmp to an IPv6
     // prefix, icmpv6 to an IPv4 one) is a mistake worth naming.
@@ -913,6 +914,10 @@ fn check_rule(
         );
     }
 
+    // Held as long as the policy is loaded: no spare capacity (a vector
+    // grown by a push has room for four).
+    dests.shrink_to_fit();
+    allowances.shrink_to_fit();
     Some(AllowRule {
         index,
         dests,
