@@ -147,6 +147,13 @@ impl Frames {
     }
 }
 
+/// A connection's write buffer that grew past this for one large frame (a
+/// diff of 10 000 rules is 1.4 MB) is let go once empty, not held at that
+/// size for the connection's life; a fresh one starts at tokio's initial
+/// 8 KiB. (The read buffer hands a frame's allocation over with the frame.)
+const KEPT_BUFFER_BYTES: usize = 64 * 1024;
+const FRESH_BUFFER_BYTES: usize = 8 * 1024;
+
 impl Decoder for Frames {
     type Item = BytesMut;
     type Error = io::Error;
@@ -160,6 +167,9 @@ impl Encoder<Bytes> for Frames {
     type Error = io::Error;
 
     fn encode(&mut self, frame: Bytes, dst: &mut BytesMut) -> io::Result<()> {
+        if dst.is_empty() && dst.capacity() > KEPT_BUFFER_BYTES {
+            *dst = BytesMut::with_capacity(FRESH_BUFFER_BYTES);
+        }
         self.write.encode(frame, dst)
     }
 }
@@ -662,6 +672,26 @@ mod tests {
         assert!(Frames::server(Service::Resolver)
             .encode(huge, &mut out)
             .is_err());
+    }
+
+    #[test]
+    fn a_large_frames_write_buffer_is_not_kept() {
+        let large = 1 << 20;
+        let mut frames = Frames::new(2 * large, 2 * large);
+        let mut out = BytesMut::new();
+        frames
+            .encode(Bytes::from(vec![b' '; large]), &mut out)
+            .unwrap();
+        // The socket took it all: empty, as large. The next frame goes into
+        // a fresh buffer; a small one's stays.
+        out.clear();
+        frames.encode(Bytes::from_static(b"{}"), &mut out).unwrap();
+        assert!(out.capacity() <= FRESH_BUFFER_BYTES, "{}", out.capacity());
+        let mut small = BytesMut::with_capacity(KEPT_BUFFER_BYTES);
+        frames
+            .encode(Bytes::from_static(b"{}"), &mut small)
+            .unwrap();
+        assert_eq!(small.capacity(), KEPT_BUFFER_BYTES);
     }
 
     #[test]
