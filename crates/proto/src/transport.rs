@@ -121,6 +121,10 @@ impl PeerPolicy {
 pub struct Frames {
     read: LengthDelimitedCodec,
     write: LengthDelimitedCodec,
+    /// Whether the write buffer grew past [`KEPT_BUFFER_BYTES`] since it
+    /// was last made (its `capacity()` does not tell: once the socket took
+    /// the bytes, it counts from their end).
+    write_grown: bool,
 }
 
 impl Frames {
@@ -133,6 +137,7 @@ impl Frames {
         Frames {
             read: codec(read),
             write: codec(write),
+            write_grown: false,
         }
     }
 
@@ -147,10 +152,11 @@ impl Frames {
     }
 }
 
-/// A connection's write buffer that grew past this for one large frame (a
-/// diff of 10 000 rules is 1.4 MB) is let go once empty, not held at that
-/// size for the connection's life; a fresh one starts at tokio's initial
-/// 8 KiB. (The read buffer hands a frame's allocation over with the frame.)
+/// A connection's write buffer that grew past this for a large frame (a
+/// diff of 10 000 rules is 1.4 MB) is let go at the next frame that finds
+/// it empty, not held at that size for the connection's life; a fresh one
+/// starts at tokio's initial 8 KiB. (The read buffer hands a frame's
+/// allocation over with the frame.)
 const KEPT_BUFFER_BYTES: usize = 64 * 1024;
 const FRESH_BUFFER_BYTES: usize = 8 * 1024;
 
@@ -167,10 +173,13 @@ impl Encoder<Bytes> for Frames {
     type Error = io::Error;
 
     fn encode(&mut self, frame: Bytes, dst: &mut BytesMut) -> io::Result<()> {
-        if dst.is_empty() && dst.capacity() > KEPT_BUFFER_BYTES {
+        if dst.is_empty() && self.write_grown {
             *dst = BytesMut::with_capacity(FRESH_BUFFER_BYTES);
+            self.write_grown = false;
         }
-        self.write.encode(frame, dst)
+        self.write.encode(frame, dst)?;
+        self.write_grown |= dst.capacity() > KEPT_BUFFER_BYTES;
+        Ok(())
     }
 }
 
@@ -674,24 +683,33 @@ mod tests {
             .is_err());
     }
 
-    #[test]
-    fn a_large_frames_write_buffer_is_not_kept() {
+    /// Through a real connection: the socket takes a large frame, which
+    /// leaves the write buffer empty with its allocation, and the next
+    /// frame goes into a fresh buffer instead of that allocation.
+    #[tokio::test]
+    async fn a_large_frames_write_buffer_is_not_kept() {
+        use futures::{SinkExt as _, StreamExt as _};
         let large = 1 << 20;
-        let mut frames = Frames::new(2 * large, 2 * large);
-        let mut out = BytesMut::new();
-        frames
-            .encode(Bytes::from(vec![b' '; large]), &mut out)
-            .unwrap();
-        // The socket took it all: empty, as large. The next frame goes into
-        // a fresh buffer; a small one's stays.
-        out.clear();
-        frames.encode(Bytes::from_static(b"{}"), &mut out).unwrap();
-        assert!(out.capacity() <= FRESH_BUFFER_BYTES, "{}", out.capacity());
-        let mut small = BytesMut::with_capacity(KEPT_BUFFER_BYTES);
-        frames
-            .encode(Bytes::from_static(b"{}"), &mut small)
-            .unwrap();
-        assert_eq!(small.capacity(), KEPT_BUFFER_BYTES);
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut sender = tokio_util::codec::Framed::new(ours, Frames::new(2 * large, 2 * large));
+        let mut receiver =
+            tokio_util::codec::Framed::new(theirs, Frames::new(2 * large, 2 * large));
+        let reader = tokio::spawn(async move {
+            let mut sizes = Vec::new();
+            while let Some(frame) = receiver.next().await {
+                sizes.push(frame.unwrap().len());
+            }
+            sizes
+        });
+        sender.send(Bytes::from(vec![b' '; large])).await.unwrap();
+        assert!(sender.write_buffer().is_empty());
+        // Queued, not yet sent: the buffer it went into.
+        sender.feed(Bytes::from_static(b"{}")).await.unwrap();
+        let capacity = sender.write_buffer().capacity();
+        assert!(capacity <= FRESH_BUFFER_BYTES, "{capacity}");
+        sender.close().await.unwrap();
+        drop(sender);
+        assert_eq!(reader.await.unwrap(), [large, 2]);
     }
 
     #[test]

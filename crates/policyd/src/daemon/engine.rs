@@ -509,6 +509,20 @@ impl Engine {
 
     /// Takes a feed's news; says why to converge, if it should.
     async fn take(&mut self, feed: Feed) -> Option<&'static str> {
+        if let Feed::ContainersChanged(changes) = &feed {
+            if !self.inventory_ready {
+                // Changes to a list this engine never took (the resolver's
+                // feed sends the whole list first): taken as the whole, they
+                // would remove every other running container's entry and
+                // leave its veth without an owner; nor do they make the
+                // source connected.
+                tracing::warn!(
+                    containers = changes.len(),
+                    "container changes before any inventory; ignored until the resolver's list arrives"
+                );
+                return None;
+            }
+        }
         if let Feed::SetInventory(_) | Feed::ContainersChanged(_) = feed {
             self.view.inventory_connection.connected = true;
             self.view.inventory_connection.error = None;
@@ -974,17 +988,6 @@ impl Engine {
         &mut self,
         changes: Vec<(String, Option<Container>)>,
     ) -> Option<&'static str> {
-        if !self.inventory_ready {
-            // Changes to a listing this engine never took (the resolver's
-            // feed sends the whole list first): taken as the whole, they
-            // would remove every other running container's entry and leave
-            // its veth without an owner.
-            tracing::warn!(
-                containers = changes.len(),
-                "container changes before any inventory; ignored until the resolver's list arrives"
-            );
-            return None;
-        }
         let mut changed = Vec::new();
         for (key, after) in changes {
             let position = position_of(&self.view.inventory, &key);
@@ -1169,16 +1172,11 @@ mod tests {
                 Some(web),
             )]))
             .await;
-        handle
-            .tell(Feed::InventoryUnavailable("marker".into()))
-            .await;
-        let view = handle
-            .view
-            .wait_for(|v| v.inventory_connection.error.as_deref() == Some("marker"))
-            .await
-            .unwrap()
-            .clone();
+        // Published after the batch that took it.
+        handle.view.changed().await.unwrap();
+        let view = handle.view.borrow_and_update().clone();
         assert!(view.inventory.containers.is_empty(), "{:?}", view.inventory);
+        assert!(!view.inventory_connection.connected);
         drop(handle);
         task.await.unwrap();
     }
