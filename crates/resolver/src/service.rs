@@ -8,7 +8,7 @@ use proto::resolver::{
 };
 use tarpc::context::Context;
 
-use crate::{exe, reconciler::Shared};
+use crate::{exe, reconciler::Shared, source};
 
 /// A running container's processes and the root it started with.
 type Target = (Vec<u32>, Option<exe::RootId>);
@@ -79,11 +79,9 @@ impl ResolverServer {
             for l in lookups {
                 let named = (l.namespace.as_str(), l.container_id.as_str());
                 targets.entry(named).or_insert_with(|| {
-                    let (key, container) = inv.keys().find_map(|k| {
-                        let c = inv.get(k)?;
-                        (c.namespace == l.namespace && c.id == l.container_id).then_some((k, c))
-                    })?;
-                    Some((container.pids.clone(), self.shared.root_of(key)))
+                    let key = source::key(&l.namespace, &l.container_id);
+                    let container = inv.get(&key)?;
+                    Some((container.pids.clone(), self.shared.root_of(&key)))
                 });
             }
         }
