@@ -18,7 +18,9 @@ use crate::{
     lab::Kind,
     report::count,
     sockcost::{self, CALLS},
-    sys, Meta, Results,
+    sys,
+    throughput::Toggle,
+    Meta, Results,
 };
 
 /// A change larger than this, relative to the previous figure, is marked
@@ -421,6 +423,18 @@ fn throughput(f: &mut Figures, t: &crate::throughput::Throughput) {
                 row.median_ratio_to_none,
             );
         }
+    }
+    for row in t.toggled.iter().filter(|x| x.toggle == Toggle::All) {
+        f.add(
+            Phase::Throughput,
+            &format!("toggled-all@{}", row.rules),
+            format!(
+                "TCP throughput with all of contain's programs, {} rules, within one connection: with ÷ without (median of paired windows)",
+                count(row.rules)
+            ),
+            Unit::ShareOfUnfiltered,
+            row.median_ratio,
+        );
     }
 }
 
@@ -883,6 +897,7 @@ mod tests {
                     trow(Kind::None, 0, true, 0.5),
                     trow(Kind::Contain, 10, false, 0.99),
                 ],
+                toggled: Vec::new(),
                 seconds: 0.0,
             }),
             control: Some(control::Control {

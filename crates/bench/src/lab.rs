@@ -349,8 +349,14 @@ impl Lab {
         Ok(())
     }
 
+    /// The cgroup contain's cgroup programs are attached to, relative to
+    /// the cgroup root: the parent of every contain configuration's.
+    pub fn contain_cgroup(&self) -> String {
+        format!("{}/contain", self.name)
+    }
+
     fn setup_contain(&mut self) -> Result<()> {
-        let parent = format!("{}/contain", self.name);
+        let parent = self.contain_cgroup();
         self.kernel
             .attach(&parent)
             .with_context(|| format!("attaching contain to {parent}"))?;

@@ -10,7 +10,9 @@ use crate::{
     lab::Kind,
     latency::Stats,
     svg::{self, Bar, LineChart, Series, COLORS},
-    sys, Results,
+    sys,
+    throughput::{Toggle, Toggled},
+    Results,
 };
 
 const KINDS: [Kind; 6] = [
@@ -418,6 +420,31 @@ fn summary(md: &mut String, r: &Results) {
                     md,
                     "| … with the veth backstop too | ≥ 98 % of unfiltered | {} |",
                     veth.join(", ")
+                );
+            }
+            let toggled = |toggle: Toggle| -> Vec<String> {
+                t.toggled
+                    .iter()
+                    .filter(|x| x.toggle == toggle)
+                    .map(|x| {
+                        format!(
+                            "{} at {} rules ({} pairs{})",
+                            percent(x.median_ratio),
+                            count(x.rules),
+                            x.ratios.len(),
+                            toggled_interval(x)
+                        )
+                    })
+                    .collect()
+            };
+            let all = toggled(Toggle::All);
+            if !all.is_empty() {
+                let _ = writeln!(
+                    md,
+                    "| … all of contain's programs (cgroup programs and backstop) taken off and put back within each connection: windows with ÷ without | ≥ 98 % of unfiltered | {}; the backstop alone {}; the A/A control (nothing taken off) {} |",
+                    all.join(", "),
+                    toggled(Toggle::Backstop).join(", "),
+                    toggled(Toggle::Nothing).join(", ")
                 );
             }
         }
@@ -1207,6 +1234,74 @@ fn interval_note(row: &crate::throughput::Row) -> String {
     })
 }
 
+/// ", 90 % interval 98.5–100.0 %" of a toggled row, or nothing.
+fn toggled_interval(row: &Toggled) -> String {
+    row.ratio_interval.map_or(String::new(), |(low, high)| {
+        format!(
+            ", {:.0} % interval {:.1}–{}",
+            100.0 * row.interval_coverage,
+            100.0 * low,
+            percent(high)
+        )
+    })
+}
+
+/// contain's programs taken off and put back within single connections.
+fn toggled(md: &mut String, t: &crate::throughput::Throughput) {
+    let Some(first) = t.toggled.first() else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "### Within one connection\n\n\
+         The pairs above compare two connections, and a connection's throughput differs from \
+         the next one's by several per cent whatever filters it: what the A/A control's \
+         interval shows. Here one connection is measured with and without contain: iperf3 runs \
+         {} s from the configuration with the backstop, and from its first second to its last \
+         contain's programs are taken off and put back every {} ms (the links released and \
+         attached again, and the kernel queried until it runs all of them or none; the time \
+         that takes is outside the windows). The bytes the peer's end of the veth received in \
+         each window give its rate; each pair of adjacent windows, one with the programs and \
+         one without (which comes first alternates, and every other run starts without them), \
+         gives a ratio. {} runs per row; the counters are read, and the programs toggled, from \
+         the server's CPU, not from the sender's. *All*: every cgroup program of contain's on \
+         the parent cgroup and the backstop on the veth; *the backstop*: the backstop alone, \
+         the cgroup programs staying; *nothing*: the same windows and pairs with nothing taken \
+         off (the A/A control).\n",
+        first.seconds_per_run, first.window_ms, first.runs
+    );
+    let _ = writeln!(
+        md,
+        "| configuration | rules | taken off | pairs | with ÷ without (median of pairs) | interval (confidence) | pairs' middle half |\n|---|---:|---|---:|---:|---:|---:|"
+    );
+    for row in &t.toggled {
+        let taken_off = match row.toggle {
+            Toggle::All => "all of contain's programs",
+            Toggle::Backstop => "the backstop",
+            Toggle::Nothing => "nothing (A/A control)",
+        };
+        let interval = row.ratio_interval.map_or("—".into(), |(low, high)| {
+            format!(
+                "{:.1}–{} ({:.0} %)",
+                100.0 * low,
+                percent(high),
+                100.0 * row.interval_coverage
+            )
+        });
+        let _ = writeln!(
+            md,
+            "| {} | {} | {taken_off} | {} | {} | {interval} | {:.1}–{} |",
+            Kind::ContainVeth.label(),
+            count(row.rules),
+            row.ratios.len(),
+            percent(row.median_ratio),
+            100.0 * sys::quantile(&row.ratios, 0.25),
+            percent(sys::quantile(&row.ratios, 0.75))
+        );
+    }
+    let _ = writeln!(md);
+}
+
 /// Each of contain's programs during the throughput runs of the
 /// configurations that have them: where their share of a CPU goes.
 fn program_times(md: &mut String, t: &crate::throughput::Throughput) {
@@ -1373,6 +1468,7 @@ fn throughput(md: &mut String, t: &crate::throughput::Throughput, out: &Path) ->
          `contain_veth_inbound` runs once for each).\n"
     );
     program_times(md, t);
+    toggled(md, t);
     std::fs::write(
         out.join("throughput.svg"),
         svg::bar_chart("TCP throughput (iperf3), median", "Gbit/s", &bars)?,

@@ -29,6 +29,8 @@ use anyhow::{bail, Context as _, Result};
 use contain_common::program_names;
 use serde::{Deserialize, Serialize};
 
+use test_kit::lab as netlab;
+
 use crate::{
     flowcost::prog_stats,
     lab::{peer_veth, Kind, Lab, IPERF_PORT},
@@ -155,7 +157,48 @@ pub struct Throughput {
     #[serde(default)]
     pub stats_runs: usize,
     pub rows: Vec<Row>,
+    /// The backstop taken off and put back inside single connections.
+    #[serde(default)]
+    pub toggled: Vec<Toggled>,
     pub seconds: f64,
+}
+
+/// What contain's programs cost inside one connection: a long iperf3 run
+/// on a configuration with the backstop, whose programs are taken off and
+/// put back between windows of [`TOGGLE_WINDOW`]; each pair of adjacent
+/// windows (one with, one without, which goes first alternating) gives a
+/// ratio. A run's throughput scatters by about 6 % from run to run, the
+/// windows of one run far less: what differs from run to run is the
+/// connection's, not the filter's.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Toggled {
+    /// The configuration (`contain-veth@N`).
+    pub name: String,
+    pub rules: usize,
+    pub toggle: Toggle,
+    pub runs: usize,
+    pub seconds_per_run: u32,
+    pub window_ms: u64,
+    /// Each pair's ratio (with ÷ without), in measuring order.
+    pub ratios: Vec<f64>,
+    pub median_ratio: f64,
+    /// An interval holding the median of the ratios' population with at
+    /// least `interval_coverage` confidence: (low, high).
+    pub ratio_interval: Option<(f64, f64)>,
+    pub interval_coverage: f64,
+}
+
+/// What a toggled run takes off and puts back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Toggle {
+    /// Every one of contain's programs: the cgroup programs and the
+    /// backstop.
+    All,
+    /// The veth backstop alone; the cgroup programs stay.
+    Backstop,
+    /// The A/A control: the same windows and pairs, nothing taken off.
+    Nothing,
 }
 
 /// Pairs of the other filters' configurations: they are far from
@@ -169,6 +212,18 @@ pub const COMPARISON_ROUNDS: usize = 8;
 /// statistics on: each has some 60 000 runs of every program a second, so a
 /// few runs give their mean run time to well under a nanosecond.
 pub const STATS_RUNS: usize = 4;
+
+/// Long runs per configuration with contain's programs toggled in them,
+/// and their length: each gives 16 pairs of windows.
+pub const TOGGLE_RUNS: usize = 5;
+pub const TOGGLE_SECS: u32 = 10;
+/// One window of a toggled run: long enough that the time a read of the
+/// counters takes is nothing to it, short enough for many pairs.
+pub const TOGGLE_WINDOW: Duration = Duration::from_millis(250);
+/// The start of a toggled run that is not measured (the connection's slow
+/// start), and its end (the client may stop a little early).
+const TOGGLE_WARMUP: Duration = Duration::from_secs(1);
+const TOGGLE_TAIL: Duration = Duration::from_secs(1);
 
 /// Which configurations get an iperf3 run (the others cost time and say
 /// little more).
@@ -223,24 +278,36 @@ fn affinity() -> String {
     format!("{client},{}", (client + 1) % cpus)
 }
 
-fn iperf(lab: &Lab, idx: usize, secs: u32, programs: &[(&str, RawFd)]) -> Result<Run> {
+/// iperf3's client for configuration `idx`, started in its namespace and
+/// cgroup.
+fn start_client(lab: &Lab, idx: usize, secs: u32) -> Result<std::process::Child> {
     let t = &lab.targets[idx];
-    let before = counters(lab, idx)?;
     let mut cmd = Command::new("iperf3");
     cmd.args(["-c", &t.peer.to_string(), "-p", &IPERF_PORT.to_string()])
         .args(["-t", &secs.to_string(), "-J", "--connect-timeout", "3000"])
         .args(["-A", &affinity()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let prog_before = programs_so_far(programs)?;
-    let child = test_kit::lab::spawn_in(cmd, Some(&t.ns), Some(&t.cgroup))?;
+    Ok(test_kit::lab::spawn_in(cmd, Some(&t.ns), Some(&t.cgroup))?)
+}
+
+/// The client's report, once it has ended.
+fn client_report(lab: &Lab, idx: usize, child: std::process::Child) -> Result<serde_json::Value> {
     let out = child.wait_with_output()?;
-    let prog_after = programs_so_far(programs)?;
     let json: serde_json::Value = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("iperf3 output: {}", String::from_utf8_lossy(&out.stderr)))?;
     if let Some(e) = json.get("error") {
-        bail!("iperf3 from {}: {e}", t.name());
+        bail!("iperf3 from {}: {e}", lab.targets[idx].name());
     }
+    Ok(json)
+}
+
+fn iperf(lab: &Lab, idx: usize, secs: u32, programs: &[(&str, RawFd)]) -> Result<Run> {
+    let before = counters(lab, idx)?;
+    let prog_before = programs_so_far(programs)?;
+    let child = start_client(lab, idx, secs)?;
+    let json = client_report(lab, idx, child)?;
+    let prog_after = programs_so_far(programs)?;
     let end = &json["end"];
     let bps = end["sum_received"]["bits_per_second"]
         .as_f64()
@@ -281,6 +348,7 @@ pub fn measure(lab: &mut Lab, counts: &[usize], rounds: usize, secs: u32) -> Res
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let server = test_kit::lab::spawn_in(server, Some(&lab.peer_ns.clone()), None)?;
+    let server_pid = server.id();
     lab.adopt_child(server);
     std::thread::sleep(Duration::from_millis(300));
     let none = lab
@@ -367,6 +435,7 @@ pub fn measure(lab: &mut Lab, counts: &[usize], rounds: usize, secs: u32) -> Res
         }
     }
     drop(stats);
+    let toggled = toggle_programs(lab, server_pid)?;
     let row =
         |t: &crate::lab::Target, control: bool, runs: &[Run], stats: &[Run], ratios: Vec<f64>| {
             let gbps: Vec<f64> = runs.iter().map(|r| r.gbps).collect();
@@ -421,6 +490,240 @@ pub fn measure(lab: &mut Lab, counts: &[usize], rounds: usize, secs: u32) -> Res
         comparison_rounds,
         stats_runs: STATS_RUNS,
         rows,
+        toggled,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// contain's programs toggled inside long runs: all of them on each
+/// configuration with the backstop, the backstop alone and the A/A control
+/// on the first. Only where the backstop is attached by tcx links, which a
+/// loader takes off by unpinning (clsact filters it does not take off).
+fn toggle_programs(lab: &mut Lab, server_pid: u32) -> Result<Vec<Toggled>> {
+    if !bpf_loader::veths::uses_tcx() {
+        return Ok(Vec::new());
+    }
+    let veths: Vec<usize> = (0..lab.targets.len())
+        .filter(|&i| lab.targets[i].kind == Kind::ContainVeth && lab.targets[i].host_ifindex != 0)
+        .collect();
+    let Some(&first) = veths.first() else {
+        return Ok(Vec::new());
+    };
+    let plan: Vec<(usize, Toggle)> = veths
+        .iter()
+        .map(|&i| (i, Toggle::All))
+        .chain([(first, Toggle::Backstop), (first, Toggle::Nothing)])
+        .collect();
+    // The counters are read and the programs toggled from the server's
+    // CPU, not from the sender's, which bounds the stream; on a thread of
+    // its own, so the pinning ends with it.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let reader_cpu = (sys::measuring_cpu() + 1) % cpus;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            sys::pin_thread(reader_cpu);
+            let mut out = Vec::new();
+            for (idx, toggle) in plan {
+                let ratios = toggled_runs(lab, idx, server_pid, toggle)?;
+                let interval = sys::median_interval(&ratios, 0.9);
+                let t = &lab.targets[idx];
+                out.push(Toggled {
+                    name: t.name(),
+                    rules: t.rules,
+                    toggle,
+                    runs: TOGGLE_RUNS,
+                    seconds_per_run: TOGGLE_SECS,
+                    window_ms: TOGGLE_WINDOW.as_millis() as u64,
+                    median_ratio: sys::median(&ratios),
+                    ratio_interval: interval.map(|i| (i.low, i.high)),
+                    interval_coverage: interval.map_or(0.0, |i| i.coverage),
+                    ratios,
+                });
+                eprint!(".");
+            }
+            eprintln!();
+            Ok(out)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the toggling thread panicked"))?
+    })
+}
+
+/// The pairs' ratios (with the programs ÷ without) of configuration
+/// `idx`'s toggled runs. Each pair's second window has the programs
+/// toggled, so the next pair starts with the other state; every other run
+/// starts without them, so that what happens at a fixed time into a run
+/// (iperf3 slows for a moment some 10 s in) falls as often in either.
+fn toggled_runs(lab: &mut Lab, idx: usize, server_pid: u32, toggle: Toggle) -> Result<Vec<f64>> {
+    let device = peer_veth(idx + 1);
+    let measured = Duration::from_secs(TOGGLE_SECS.into()) - TOGGLE_WARMUP - TOGGLE_TAIL;
+    let mut ratios = Vec::new();
+    for run in 0..TOGGLE_RUNS {
+        let mut on = run % 2 == 0;
+        set_programs(lab, idx, toggle, on)?;
+        let client = start_client(lab, idx, TOGGLE_SECS)?;
+        std::thread::sleep(TOGGLE_WARMUP);
+        let started = Instant::now();
+        let mut toggled = Ok(());
+        while started.elapsed() + 2 * TOGGLE_WINDOW <= measured {
+            let first = window_rate(server_pid, &device)?;
+            toggled = set_programs(lab, idx, toggle, !on);
+            if toggled.is_err() {
+                break;
+            }
+            on = !on;
+            let second = window_rate(server_pid, &device)?;
+            ratios.push(if on { second / first } else { first / second });
+        }
+        // At rest the programs are on.
+        let restored = set_programs(lab, idx, toggle, true);
+        client_report(lab, idx, client)?;
+        toggled?;
+        restored?;
+    }
+    Ok(ratios)
+}
+
+/// Bytes a second the peer's end of the veth received over one window.
+fn window_rate(server_pid: u32, device: &str) -> Result<f64> {
+    let (before, from) = (rx_bytes(server_pid, device)?, Instant::now());
+    std::thread::sleep(TOGGLE_WINDOW);
+    let (after, to) = (rx_bytes(server_pid, device)?, Instant::now());
+    Ok(after.saturating_sub(before) as f64 / (to - from).as_secs_f64())
+}
+
+/// Bytes `device` has received, from `/proc/PID/net/dev` of a process in
+/// its namespace: a file read, where `ip -s link` would be a process on
+/// some CPU every window.
+fn rx_bytes(pid: u32, device: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/net/dev");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    received_bytes(&text, device)
+        .with_context(|| format!("no received bytes of {device} in {path}"))
+}
+
+/// `device`'s received bytes in the text of `/proc/net/dev`: its line's
+/// first counter.
+fn received_bytes(net_dev: &str, device: &str) -> Option<u64> {
+    net_dev
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.trim() == device)
+        .and_then(|(_, counters)| counters.split_whitespace().next()?.parse().ok())
+}
+
+/// Puts `toggle`'s programs on configuration `idx` (its veth, and the
+/// cgroup contain is attached to) or takes them off, and returns once the
+/// kernel runs all of them or none (a released link is detached moments
+/// after its pin goes). The cgroup programs go on before the backstop and
+/// off after it: the backstop passes the frames of sockets they judged.
+fn set_programs(lab: &mut Lab, idx: usize, toggle: Toggle, on: bool) -> Result<()> {
+    match (toggle, on) {
+        (Toggle::Nothing, _) => Ok(()),
+        (Toggle::Backstop, _) => set_backstop(lab, idx, on),
+        (Toggle::All, true) => {
+            set_cgroup_programs(lab, true)?;
+            set_backstop(lab, idx, true)
+        }
+        (Toggle::All, false) => {
+            set_backstop(lab, idx, false)?;
+            set_cgroup_programs(lab, false)
+        }
+    }
+}
+
+fn set_backstop(lab: &mut Lab, idx: usize, on: bool) -> Result<()> {
+    let (device, ifindex) = (peer_veth(idx + 1), lab.targets[idx].host_ifindex);
+    let peer_ns = lab.peer_ns.clone();
+    let kernel = &mut lab.kernel;
+    if on {
+        netlab::with_netns(&peer_ns, || {
+            kernel
+                .attach_veth(ifindex, &device)
+                .map_err(|e| anyhow::anyhow!("attaching the backstop to {device}: {e}"))
+        })?;
+    } else {
+        kernel.veth_gone(ifindex);
+    }
+    let ours = kernel
+        .backstop_program_ids()
+        .map_err(|e| anyhow::anyhow!("the backstop's program ids: {e}"))?;
+    settled(&format!("the backstop on {device}"), on, || {
+        let running = netlab::with_netns(&peer_ns, || {
+            ours.iter()
+                .map(|&(hook, id)| {
+                    bpf_loader::veths::tcx_program_ids(ifindex, hook)
+                        .map(|ids| ids.contains(&id))
+                        .with_context(|| format!("querying the tcx hooks of {device}"))
+                })
+                .collect::<Result<Vec<bool>>>()
+        })?;
+        Ok(running)
+    })
+}
+
+fn set_cgroup_programs(lab: &mut Lab, on: bool) -> Result<()> {
+    let cgroup = lab.contain_cgroup();
+    if on {
+        lab.kernel.attach(&cgroup).map(drop)
+    } else {
+        lab.kernel.detach(&cgroup)
+    }
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{} contain on {cgroup}: {e}",
+            if on { "attaching" } else { "detaching" }
+        )
+    })?;
+    let path = lab.base.join("contain");
+    settled(
+        &format!("contain's cgroup programs on {cgroup}"),
+        on,
+        || {
+            let missing = bpf_loader::attached::missing_cgroup_programs(&path)?;
+            Ok(program_names::CGROUP
+                .iter()
+                .map(|p| !missing.contains(p))
+                .collect())
+        },
+    )
+}
+
+/// Waits until every program `running` reports is running (`on`) or none
+/// is, for at most two seconds.
+fn settled(what: &str, on: bool, running: impl Fn() -> Result<Vec<bool>>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        if running()?.iter().all(|&r| r == on) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{what}: still {} 2 s after it was {}",
+                if on { "missing" } else { "running" },
+                if on { "attached" } else { "released" }
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_devices_received_bytes_are_its_lines_first_counter() {
+        let net_dev = "\
+Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:    1200      12    0    0    0     0          0         0     1200      12    0    0    0     0       0          0
+    p1: 987654321  4242    0    0    0     0          0         0  5555555    3131    0    0    0     0       0          0
+   p11:      77       1    0    0    0     0          0         0       0       0    0    0    0     0       0          0
+";
+        assert_eq!(received_bytes(net_dev, "p1"), Some(987_654_321));
+        assert_eq!(received_bytes(net_dev, "p11"), Some(77));
+        assert_eq!(received_bytes(net_dev, "p2"), None);
+        assert_eq!(received_bytes(net_dev, "face |bytes"), None);
+    }
 }

@@ -358,7 +358,7 @@ fn on_tcx_hook(
 /// `BPF_PROG_QUERY` by ifindex. aya's `query_tcx` resolves a name and opens
 /// every program for its info: with a link dump every check, that cost the
 /// loader 2.2 % of a CPU at rest on a host of 1 000 veths; this, 0.4 %.
-fn tcx_program_ids(ifindex: u32, hook: TcAttachType) -> std::io::Result<Vec<u32>> {
+pub fn tcx_program_ids(ifindex: u32, hook: TcAttachType) -> std::io::Result<Vec<u32>> {
     use aya_obj::generated::bpf_attach_type;
     let attach_type = match hook {
         TcAttachType::Ingress => bpf_attach_type::BPF_TCX_INGRESS,

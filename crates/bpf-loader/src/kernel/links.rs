@@ -51,16 +51,8 @@ impl Kernel {
     /// pins the links; a predecessor's links on the same cgroup are released
     /// only after the new ones are in place, so there is no gap.
     pub fn attach(&mut self, cgroup: &str) -> Result<Attachment, KernelError> {
-        let path = fs::resolve_cgroup(&self.cgroup_root, cgroup)?;
-        let relative = path
-            .strip_prefix(&self.cgroup_root)
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let (path, relative, group) = self.cgroup_links(cgroup)?;
         let cgroup_id = fs::cgroup_id(&path)?;
-        let group = self
-            .links_dir()
-            .join("cgroups")
-            .join(fs::pin_name_for(&relative));
         let dir = group.join(&self.instance);
         if self.attachments.contains_key(&relative) && dir.exists() {
             return Ok(self.attachments[&relative].clone());
@@ -95,6 +87,40 @@ impl Kernel {
         };
         self.attachments.insert(relative, attachment.clone());
         Ok(attachment)
+    }
+
+    /// Takes this loader's cgroup programs off `cgroup`. The service never
+    /// does (a cgroup's programs stay until it is gone); the benchmarks
+    /// measure what the programs cost against none within one connection.
+    pub fn detach(&mut self, cgroup: &str) -> Result<(), KernelError> {
+        let (_, relative, group) = self.cgroup_links(cgroup)?;
+        let Some(attachment) = self.attachments.remove(&relative) else {
+            return Ok(());
+        };
+        release_other_instances(&group, "")?;
+        let _ = std::fs::remove_dir(&group);
+        self.maps
+            .attached_cgroups
+            .remove(&attachment.cgroup_id)
+            .map_err(map_err(map_names::ATTACHED_CGROUPS))
+    }
+
+    /// `cgroup` resolved, relative to the cgroup root, and where the links
+    /// of its programs are pinned.
+    fn cgroup_links(
+        &self,
+        cgroup: &str,
+    ) -> Result<(std::path::PathBuf, String, std::path::PathBuf), KernelError> {
+        let path = fs::resolve_cgroup(&self.cgroup_root, cgroup)?;
+        let relative = path
+            .strip_prefix(&self.cgroup_root)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let group = self
+            .links_dir()
+            .join("cgroups")
+            .join(fs::pin_name_for(&relative));
+        Ok((path, relative, group))
     }
 
     /// Re-attaches to every cgroup a predecessor attached to (found from its
