@@ -44,20 +44,34 @@ use crate::{
 /// of the container behind the test-run veth.
 pub const FRAME_SOURCE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 
+/// A SYN from the container's address to `dst`.
 pub fn tcp_syn(dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    tcp_frame(FRAME_SOURCE, dst, 40000, dport, TCP_SYN)
+}
+
+/// An ACK from `peer` into the container (to its address, as every packet
+/// of a container's flow comes in).
+pub fn tcp_ack_in(peer: Ipv4Addr, sport: u16) -> Vec<u8> {
+    tcp_frame(peer, FRAME_SOURCE, sport, 40000, TCP_ACK)
+}
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+fn tcp_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
     let mut ip = [0u8; 20];
     ip[0] = 0x45;
     ip[2..4].copy_from_slice(&40u16.to_be_bytes());
     ip[8] = 64;
     ip[9] = TCP;
-    ip[12..16].copy_from_slice(&FRAME_SOURCE.octets());
+    ip[12..16].copy_from_slice(&src.octets());
     ip[16..20].copy_from_slice(&dst.octets());
     let mut tcp = [0u8; 20];
-    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
     tcp[2..4].copy_from_slice(&dport.to_be_bytes());
     tcp[12] = 5 << 4;
-    tcp[13] = 0x02;
+    tcp[13] = flags;
     f.extend_from_slice(&ip);
     f.extend_from_slice(&tcp);
     f
@@ -235,12 +249,15 @@ pub fn measure(lab: &Lab, rounds: usize, target_ms: u64) -> Result<ProgCost> {
             // The frames of the two early exits go where the policy denies:
             // the verdict shows the exit was taken, not a judgement.
             let v_governed = on_veth(veth_dev, &denied, TC_PASS, "veth, governed socket")?;
-            // Into the container (the frame's source is the peer).
-            let v_in = on_dev(inbound, veth_dev, &allowed, TC_PASS, "veth inbound")?;
+            // Into the container: from the peer to the container's
+            // address (only such a packet notes its source, and so finds
+            // it noted at the next).
+            let into = tcp_ack_in(t.peer, RR_PORT);
+            let v_in = on_dev(inbound, veth_dev, &into, TC_PASS, "veth inbound")?;
             let v_in_unowned = on_dev(
                 inbound,
                 TESTRUN_UNOWNED,
-                &allowed,
+                &into,
                 TC_PASS,
                 "veth inbound, unowned",
             )?;

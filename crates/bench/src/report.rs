@@ -864,7 +864,8 @@ fn veth_cost(md: &mut String, p: &crate::progcost::ProgCost) {
          header and decided under its policy with no process identity, *allowed host*, \
          *allowed prefix* and *denied* as above (a denied frame is dropped and reported, like \
          the egress program's). **Inbound** is `contain_veth_inbound` on a frame into the \
-         container: on its veth the frame's source is compared with the peer the program last \
+         container (an ACK from the peer to the container's address: only a packet addressed \
+         to one of its addresses notes its source): on its veth the frame's source is compared with the peer the program last \
          found fresh or noted on this CPU (a stream's packets after its first stop there, as \
          every run after the first does here), else looked up in `CONTAIN_VETH_PEERS` (and \
          rewritten there at most once a second, after a `CONTAIN_VETHS` lookup); on an unowned \

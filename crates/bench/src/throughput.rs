@@ -214,14 +214,14 @@ pub const COMPARISON_ROUNDS: usize = 8;
 pub const STATS_RUNS: usize = 4;
 
 /// Long runs per configuration with contain's programs toggled in them,
-/// and their length: each gives 16 pairs of windows.
+/// and their length: each gives some 15 pairs of windows.
 pub const TOGGLE_RUNS: usize = 5;
 pub const TOGGLE_SECS: u32 = 10;
 /// One window of a toggled run: long enough that the time a read of the
 /// counters takes is nothing to it, short enough for many pairs.
 pub const TOGGLE_WINDOW: Duration = Duration::from_millis(250);
 /// The start of a toggled run that is not measured (the connection's slow
-/// start), and its end (the client may stop a little early).
+/// start), and its end (iperf3 winds the test down).
 const TOGGLE_WARMUP: Duration = Duration::from_secs(1);
 const TOGGLE_TAIL: Duration = Duration::from_secs(1);
 
@@ -435,7 +435,7 @@ pub fn measure(lab: &mut Lab, counts: &[usize], rounds: usize, secs: u32) -> Res
         }
     }
     drop(stats);
-    let toggled = toggle_programs(lab, server_pid)?;
+    let toggled = toggle_programs(lab, counts, server_pid)?;
     let row =
         |t: &crate::lab::Target, control: bool, runs: &[Run], stats: &[Run], ratios: Vec<f64>| {
             let gbps: Vec<f64> = runs.iter().map(|r| r.gbps).collect();
@@ -496,15 +496,18 @@ pub fn measure(lab: &mut Lab, counts: &[usize], rounds: usize, secs: u32) -> Res
 }
 
 /// contain's programs toggled inside long runs: all of them on each
-/// configuration with the backstop, the backstop alone and the A/A control
+/// configuration with the backstop that has paired runs, the backstop alone and the A/A control
 /// on the first. Only where the backstop is attached by tcx links, which a
 /// loader takes off by unpinning (clsact filters it does not take off).
-fn toggle_programs(lab: &mut Lab, server_pid: u32) -> Result<Vec<Toggled>> {
+fn toggle_programs(lab: &mut Lab, counts: &[usize], server_pid: u32) -> Result<Vec<Toggled>> {
     if !bpf_loader::veths::uses_tcx() {
         return Ok(Vec::new());
     }
     let veths: Vec<usize> = (0..lab.targets.len())
-        .filter(|&i| lab.targets[i].kind == Kind::ContainVeth && lab.targets[i].host_ifindex != 0)
+        .filter(|&i| {
+            let t = &lab.targets[i];
+            t.kind == Kind::ContainVeth && t.host_ifindex != 0 && selected(t.kind, t.rules, counts)
+        })
         .collect();
     let Some(&first) = veths.first() else {
         return Ok(Vec::new());
