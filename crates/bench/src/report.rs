@@ -11,7 +11,7 @@ use crate::{
     latency::Stats,
     svg::{self, Bar, LineChart, Series, COLORS},
     sys,
-    throughput::{Toggle, Toggled},
+    throughput::Toggle,
     Results,
 };
 
@@ -390,7 +390,7 @@ fn summary(md: &mut String, r: &Results) {
                             "{} at {} rules (median of paired ratios{}; contain's programs {})",
                             percent(x.median_ratio_to_none),
                             count(x.rules),
-                            interval_note(x),
+                            interval_note(x.ratio_interval, x.interval_coverage),
                             x.program_cpu_share()
                                 .map_or("—".into(), |s| format!("{:.2} % of one CPU", 100.0 * s))
                         )
@@ -405,7 +405,7 @@ fn summary(md: &mut String, r: &Results) {
                     format!(
                         "; the A/A control, unfiltered against unfiltered: {}{}",
                         percent(x.median_ratio_to_none),
-                        interval_note(x)
+                        interval_note(x.ratio_interval, x.interval_coverage)
                     )
                 });
             let _ = writeln!(
@@ -432,7 +432,7 @@ fn summary(md: &mut String, r: &Results) {
                             percent(x.median_ratio),
                             count(x.rules),
                             x.ratios.len(),
-                            toggled_interval(x)
+                            interval_note(x.ratio_interval, x.interval_coverage)
                         )
                     })
                     .collect()
@@ -1223,26 +1223,27 @@ fn percent(ratio: f64) -> String {
     format!("{:.1} %", 100.0 * ratio)
 }
 
-/// ", ≥ 90 % interval 95.1–100.2 %" for a row with pairs, or nothing.
-fn interval_note(row: &crate::throughput::Row) -> String {
-    row.ratio_interval.map_or(String::new(), |(low, high)| {
+/// ", 93 % interval 95.1–100.2 %" for a median with an interval, or
+/// nothing.
+fn interval_note(interval: Option<(f64, f64)>, coverage: f64) -> String {
+    interval.map_or(String::new(), |(low, high)| {
         format!(
             ", {:.0} % interval {:.1}–{}",
-            100.0 * row.interval_coverage,
+            100.0 * coverage,
             100.0 * low,
             percent(high)
         )
     })
 }
 
-/// ", 90 % interval 98.5–100.0 %" of a toggled row, or nothing.
-fn toggled_interval(row: &Toggled) -> String {
-    row.ratio_interval.map_or(String::new(), |(low, high)| {
+/// "95.1–100.2 % (93 %)": an interval as a table cell.
+fn interval_cell(interval: Option<(f64, f64)>, coverage: f64) -> String {
+    interval.map_or("—".into(), |(low, high)| {
         format!(
-            ", {:.0} % interval {:.1}–{}",
-            100.0 * row.interval_coverage,
+            "{:.1}–{} ({:.0} %)",
             100.0 * low,
-            percent(high)
+            percent(high),
+            100.0 * coverage
         )
     })
 }
@@ -1281,14 +1282,7 @@ fn toggled(md: &mut String, t: &crate::throughput::Throughput) {
             Toggle::Backstop => "the backstop",
             Toggle::Nothing => "nothing (A/A control)",
         };
-        let interval = row.ratio_interval.map_or("—".into(), |(low, high)| {
-            format!(
-                "{:.1}–{} ({:.0} %)",
-                100.0 * low,
-                percent(high),
-                100.0 * row.interval_coverage
-            )
-        });
+        let interval = interval_cell(row.ratio_interval, row.interval_coverage);
         let _ = writeln!(
             md,
             "| {} | {} | {taken_off} | {} | {} | {interval} | {:.1}–{} |",
@@ -1422,14 +1416,7 @@ fn throughput(md: &mut String, t: &crate::throughput::Throughput, out: &Path) ->
         } else {
             (
                 percent(row.median_ratio_to_none),
-                row.ratio_interval.map_or("—".into(), |(low, high)| {
-                    format!(
-                        "{:.1}–{} ({:.0} %)",
-                        100.0 * low,
-                        percent(high),
-                        100.0 * row.interval_coverage
-                    )
-                }),
+                interval_cell(row.ratio_interval, row.interval_coverage),
             )
         };
         // No filter's runs run none of contain's programs (what little the
