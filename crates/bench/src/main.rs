@@ -345,6 +345,11 @@ fn run(
                     &counts,
                     iperf_rounds,
                     iperf_secs,
+                    if quick {
+                        throughput::Toggling::QUICK
+                    } else {
+                        throughput::Toggling::FULL
+                    },
                 )?);
             }
         }

@@ -214,9 +214,19 @@ pub const COMPARISON_ROUNDS: usize = 8;
 pub const STATS_RUNS: usize = 4;
 
 /// Long runs per configuration with contain's programs toggled in them,
-/// and their length: each gives some 15 pairs of windows.
-pub const TOGGLE_RUNS: usize = 5;
-pub const TOGGLE_SECS: u32 = 10;
+/// and their length.
+#[derive(Clone, Copy)]
+pub struct Toggling {
+    pub runs: usize,
+    pub secs: u32,
+}
+
+impl Toggling {
+    /// Some 15 pairs of windows a run.
+    pub const FULL: Toggling = Toggling { runs: 5, secs: 10 };
+    /// A smoke run's: a few pairs.
+    pub const QUICK: Toggling = Toggling { runs: 1, secs: 4 };
+}
 /// One window of a toggled run: long enough that the time a read of the
 /// counters takes is nothing to it, short enough for many pairs.
 pub const TOGGLE_WINDOW: Duration = Duration::from_millis(250);
@@ -340,7 +350,13 @@ struct Slot {
     control: bool,
 }
 
-pub fn measure(lab: &mut Lab, counts: &[usize], rounds: usize, secs: u32) -> Result<Throughput> {
+pub fn measure(
+    lab: &mut Lab,
+    counts: &[usize],
+    rounds: usize,
+    secs: u32,
+    toggling: Toggling,
+) -> Result<Throughput> {
     let started = Instant::now();
     let mut server = Command::new("iperf3");
     server
@@ -435,7 +451,7 @@ pub fn measure(lab: &mut Lab, counts: &[usize], rounds: usize, secs: u32) -> Res
         }
     }
     drop(stats);
-    let toggled = toggle_programs(lab, counts, server_pid)?;
+    let toggled = toggle_programs(lab, counts, server_pid, toggling)?;
     let row =
         |t: &crate::lab::Target, control: bool, runs: &[Run], stats: &[Run], ratios: Vec<f64>| {
             let gbps: Vec<f64> = runs.iter().map(|r| r.gbps).collect();
@@ -499,7 +515,12 @@ pub fn measure(lab: &mut Lab, counts: &[usize], rounds: usize, secs: u32) -> Res
 /// configuration with the backstop that has paired runs, the backstop alone and the A/A control
 /// on the first. Only where the backstop is attached by tcx links, which a
 /// loader takes off by unpinning (clsact filters it does not take off).
-fn toggle_programs(lab: &mut Lab, counts: &[usize], server_pid: u32) -> Result<Vec<Toggled>> {
+fn toggle_programs(
+    lab: &mut Lab,
+    counts: &[usize],
+    server_pid: u32,
+    toggling: Toggling,
+) -> Result<Vec<Toggled>> {
     if !bpf_loader::veths::uses_tcx() {
         return Ok(Vec::new());
     }
@@ -527,15 +548,15 @@ fn toggle_programs(lab: &mut Lab, counts: &[usize], server_pid: u32) -> Result<V
             sys::pin_thread(reader_cpu);
             let mut out = Vec::new();
             for (idx, toggle) in plan {
-                let ratios = toggled_runs(lab, idx, server_pid, toggle)?;
+                let ratios = toggled_runs(lab, idx, server_pid, toggle, toggling)?;
                 let interval = sys::median_interval(&ratios, 0.9);
                 let t = &lab.targets[idx];
                 out.push(Toggled {
                     name: t.name(),
                     rules: t.rules,
                     toggle,
-                    runs: TOGGLE_RUNS,
-                    seconds_per_run: TOGGLE_SECS,
+                    runs: toggling.runs,
+                    seconds_per_run: toggling.secs,
                     window_ms: TOGGLE_WINDOW.as_millis() as u64,
                     median_ratio: sys::median(&ratios),
                     ratio_interval: interval.map(|i| (i.low, i.high)),
@@ -557,14 +578,20 @@ fn toggle_programs(lab: &mut Lab, counts: &[usize], server_pid: u32) -> Result<V
 /// toggled, so the next pair starts with the other state; every other run
 /// starts without them, so that what happens at a fixed time into a run
 /// (iperf3 slows for a moment some 10 s in) falls as often in either.
-fn toggled_runs(lab: &mut Lab, idx: usize, server_pid: u32, toggle: Toggle) -> Result<Vec<f64>> {
+fn toggled_runs(
+    lab: &mut Lab,
+    idx: usize,
+    server_pid: u32,
+    toggle: Toggle,
+    toggling: Toggling,
+) -> Result<Vec<f64>> {
     let device = peer_veth(idx + 1);
-    let measured = Duration::from_secs(TOGGLE_SECS.into()) - TOGGLE_WARMUP - TOGGLE_TAIL;
+    let measured = Duration::from_secs(toggling.secs.into()) - TOGGLE_WARMUP - TOGGLE_TAIL;
     let mut ratios = Vec::new();
-    for run in 0..TOGGLE_RUNS {
+    for run in 0..toggling.runs {
         let mut on = run % 2 == 0;
         set_programs(lab, idx, toggle, on)?;
-        let client = start_client(lab, idx, TOGGLE_SECS)?;
+        let client = start_client(lab, idx, toggling.secs)?;
         std::thread::sleep(TOGGLE_WARMUP);
         let started = Instant::now();
         let mut toggled = Ok(());
