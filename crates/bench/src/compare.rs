@@ -50,7 +50,8 @@ pub enum Unit {
     AddedUs,
     Ms,
     Mb,
-    /// A fraction of the unfiltered throughput.
+    /// A fraction of the unfiltered throughput (or, within one
+    /// connection, of the throughput without contain's programs).
     ShareOfUnfiltered,
 }
 
@@ -424,7 +425,11 @@ fn throughput(f: &mut Figures, t: &crate::throughput::Throughput) {
             );
         }
     }
-    for row in t.toggled.iter().filter(|x| x.toggle == Toggle::All) {
+    for row in t
+        .toggled
+        .iter()
+        .filter(|x| x.toggle == Toggle::All && !x.ratios.is_empty())
+    {
         f.add(
             Phase::Throughput,
             &format!("toggled-all@{}", row.rules),

@@ -355,6 +355,11 @@ impl Lab {
         format!("{}/contain", self.name)
     }
 
+    /// The same cgroup's directory.
+    pub fn contain_cgroup_path(&self) -> PathBuf {
+        self.base.join("contain")
+    }
+
     fn setup_contain(&mut self) -> Result<()> {
         let parent = self.contain_cgroup();
         self.kernel

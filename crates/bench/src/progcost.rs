@@ -38,10 +38,9 @@ use crate::{
     sys,
 };
 
-/// A hand-built Ethernet frame with an IPv4 TCP SYN (the kernel strips the
-/// Ethernet header for cgroup_skb).
-/// The source of every frame the program-cost phase builds: the address
-/// of the container behind the test-run veth.
+/// The address of the container behind the test-run veth: the source of
+/// what the program-cost phase's frames send, the destination of what they
+/// receive.
 pub const FRAME_SOURCE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 
 /// A SYN from the container's address to `dst`.
@@ -58,6 +57,8 @@ pub fn tcp_ack_in(peer: Ipv4Addr, sport: u16) -> Vec<u8> {
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 
+/// A hand-built Ethernet frame with an IPv4 TCP segment (the kernel strips
+/// the Ethernet header for cgroup_skb).
 fn tcp_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
     let mut ip = [0u8; 20];

@@ -425,7 +425,7 @@ fn summary(md: &mut String, r: &Results) {
             let toggled = |toggle: Toggle| -> Vec<String> {
                 t.toggled
                     .iter()
-                    .filter(|x| x.toggle == toggle)
+                    .filter(|x| x.toggle == toggle && !x.ratios.is_empty())
                     .map(|x| {
                         format!(
                             "{} at {} rules ({} pairs{})",
@@ -1260,23 +1260,26 @@ fn toggled(md: &mut String, t: &crate::throughput::Throughput) {
          the next one's by several per cent whatever filters it: what the A/A control's \
          interval shows. Here one connection is measured with and without contain: iperf3 runs \
          {} s from the configuration with the backstop, and from its first second to its last \
-         contain's programs are taken off and put back every {} ms (the links released and \
-         attached again, and the kernel queried until it runs all of them or none; the time \
-         that takes is outside the windows). The bytes the peer's end of the veth received in \
-         each window give its rate; each pair of adjacent windows, one with the programs and \
-         one without (which comes first alternates, and every other run starts without them), \
-         gives a ratio. {} runs per row; the counters are read, and the programs toggled, from \
+         contain's programs are taken off and put back between windows of {} ms (the links \
+         released and attached again, the kernel queried until it runs all of them or none, \
+         and 50 ms more left to settle, all outside the windows). The bytes the peer's end of \
+         the veth received in each window give its rate; each pair of adjacent windows, one \
+         with the programs and one without, gives a ratio (which comes first alternates). \
+         Every connection opens with the programs on, as a container's does (its sockets \
+         stamped, its flow's verdict cached), and every other run takes them off after its \
+         first second, so that what happens at a fixed time into a run falls as often in \
+         either state. {} runs per row; the counters are read, and the programs toggled, from \
          the server's CPU, not from the sender's. *All*: every cgroup program of contain's on \
          the parent cgroup and the backstop on the veth; *the backstop*: the backstop alone, \
-         the cgroup programs staying; *nothing*: the same windows and pairs with nothing taken \
-         off (the A/A control).\n",
+         the cgroup programs staying; *nothing*: the same windows, pairs and queries with \
+         nothing taken off (the A/A control).\n",
         first.seconds_per_run, first.window_ms, first.runs
     );
     let _ = writeln!(
         md,
         "| configuration | rules | taken off | pairs | with ÷ without (median of pairs) | interval (confidence) | pairs' middle half |\n|---|---:|---|---:|---:|---:|---:|"
     );
-    for row in &t.toggled {
+    for row in t.toggled.iter().filter(|x| !x.ratios.is_empty()) {
         let taken_off = match row.toggle {
             Toggle::All => "all of contain's programs",
             Toggle::Backstop => "the backstop",

@@ -157,7 +157,8 @@ pub struct Throughput {
     #[serde(default)]
     pub stats_runs: usize,
     pub rows: Vec<Row>,
-    /// The backstop taken off and put back inside single connections.
+    /// contain's programs taken off and put back within single
+    /// connections.
     #[serde(default)]
     pub toggled: Vec<Toggled>,
     pub seconds: f64,
@@ -181,6 +182,10 @@ pub struct Toggled {
     pub window_ms: u64,
     /// Each pair's ratio (with ÷ without), in measuring order.
     pub ratios: Vec<f64>,
+    /// Pairs in each run, in order (the odd runs' first windows are
+    /// without the programs).
+    #[serde(default)]
+    pub pairs_per_run: Vec<usize>,
     pub median_ratio: f64,
     /// An interval holding the median of the ratios' population with at
     /// least `interval_coverage` confidence: (low, high).
@@ -234,6 +239,9 @@ pub const TOGGLE_WINDOW: Duration = Duration::from_millis(250);
 /// start), and its end (iperf3 winds the test down).
 const TOGGLE_WARMUP: Duration = Duration::from_secs(1);
 const TOGGLE_TAIL: Duration = Duration::from_secs(1);
+/// Left unmeasured after each toggle: what a release or an attach leaves
+/// to do (links freed after a grace period) stays out of the windows.
+const TOGGLE_SETTLE: Duration = Duration::from_millis(50);
 
 /// Which configurations get an iperf3 run (the others cost time and say
 /// little more).
@@ -512,9 +520,10 @@ pub fn measure(
 }
 
 /// contain's programs toggled inside long runs: all of them on each
-/// configuration with the backstop that has paired runs, the backstop alone and the A/A control
-/// on the first. Only where the backstop is attached by tcx links, which a
-/// loader takes off by unpinning (clsact filters it does not take off).
+/// configuration with the backstop that has paired runs, the backstop
+/// alone and the A/A control on the first. Only where the backstop is
+/// attached by tcx links, which a loader takes off by unpinning (clsact
+/// filters it does not take off).
 fn toggle_programs(
     lab: &mut Lab,
     counts: &[usize],
@@ -548,7 +557,9 @@ fn toggle_programs(
             sys::pin_thread(reader_cpu);
             let mut out = Vec::new();
             for (idx, toggle) in plan {
-                let ratios = toggled_runs(lab, idx, server_pid, toggle, toggling)?;
+                let runs = toggled_runs(lab, idx, server_pid, toggle, toggling)?;
+                let pairs_per_run = runs.iter().map(Vec::len).collect();
+                let ratios: Vec<f64> = runs.into_iter().flatten().collect();
                 let interval = sys::median_interval(&ratios, 0.9);
                 let t = &lab.targets[idx];
                 out.push(Toggled {
@@ -562,6 +573,7 @@ fn toggle_programs(
                     ratio_interval: interval.map(|i| (i.low, i.high)),
                     interval_coverage: interval.map_or(0.0, |i| i.coverage),
                     ratios,
+                    pairs_per_run,
                 });
                 eprint!(".");
             }
@@ -574,44 +586,56 @@ fn toggle_programs(
 }
 
 /// The pairs' ratios (with the programs ÷ without) of configuration
-/// `idx`'s toggled runs. Each pair's second window has the programs
-/// toggled, so the next pair starts with the other state; every other run
-/// starts without them, so that what happens at a fixed time into a run
-/// (iperf3 slows for a moment some 10 s in) falls as often in either.
+/// `idx`'s toggled runs, each run's apart. Every connection opens with the
+/// programs on, as a container's does (its sockets stamped, its flow's
+/// verdict cached); every other run takes them off after the warm-up, so
+/// that what happens at a fixed time into a run (iperf3 slows for a moment
+/// some 10 s in) falls as often in either state. Each pair's second window
+/// follows a toggle, so the next pair starts with the other state; after
+/// every toggle [`TOGGLE_SETTLE`] passes unmeasured.
 fn toggled_runs(
     lab: &mut Lab,
     idx: usize,
     server_pid: u32,
     toggle: Toggle,
     toggling: Toggling,
-) -> Result<Vec<f64>> {
+) -> Result<Vec<Vec<f64>>> {
     let device = peer_veth(idx + 1);
     let measured = Duration::from_secs(toggling.secs.into()) - TOGGLE_WARMUP - TOGGLE_TAIL;
-    let mut ratios = Vec::new();
+    let mut runs = Vec::new();
     for run in 0..toggling.runs {
-        let mut on = run % 2 == 0;
-        set_programs(lab, idx, toggle, on)?;
+        set_programs(lab, idx, toggle, true)?;
         let client = start_client(lab, idx, toggling.secs)?;
-        std::thread::sleep(TOGGLE_WARMUP);
-        let started = Instant::now();
-        let mut toggled = Ok(());
-        while started.elapsed() + 2 * TOGGLE_WINDOW <= measured {
-            let first = window_rate(server_pid, &device)?;
-            toggled = set_programs(lab, idx, toggle, !on);
-            if toggled.is_err() {
-                break;
+        let mut ratios = Vec::new();
+        let mut on = true;
+        let mut pairs = || -> Result<()> {
+            std::thread::sleep(TOGGLE_WARMUP);
+            let started = Instant::now();
+            if run % 2 == 1 {
+                set_programs(lab, idx, toggle, false)?;
+                on = false;
+                std::thread::sleep(TOGGLE_SETTLE);
             }
-            on = !on;
-            let second = window_rate(server_pid, &device)?;
-            ratios.push(if on { second / first } else { first / second });
-        }
-        // At rest the programs are on.
+            while started.elapsed() + 2 * (TOGGLE_WINDOW + TOGGLE_SETTLE) <= measured {
+                let first = window_rate(server_pid, &device)?;
+                set_programs(lab, idx, toggle, !on)?;
+                on = !on;
+                std::thread::sleep(TOGGLE_SETTLE);
+                let second = window_rate(server_pid, &device)?;
+                ratios.push(if on { second / first } else { first / second });
+            }
+            Ok(())
+        };
+        let measuring = pairs();
+        // At rest the programs are on, whatever happened.
         let restored = set_programs(lab, idx, toggle, true);
-        client_report(lab, idx, client)?;
-        toggled?;
+        let ended = client_report(lab, idx, client);
+        measuring?;
         restored?;
+        ended?;
+        runs.push(ratios);
     }
-    Ok(ratios)
+    Ok(runs)
 }
 
 /// Bytes a second the peer's end of the veth received over one window.
@@ -649,7 +673,11 @@ fn received_bytes(net_dev: &str, device: &str) -> Option<u64> {
 /// off after it: the backstop passes the frames of sockets they judged.
 fn set_programs(lab: &mut Lab, idx: usize, toggle: Toggle, on: bool) -> Result<()> {
     match (toggle, on) {
-        (Toggle::Nothing, _) => Ok(()),
+        // The control does the same queries, and finds everything on.
+        (Toggle::Nothing, _) => {
+            set_cgroup_programs(lab, true)?;
+            set_backstop(lab, idx, true)
+        }
         (Toggle::Backstop, _) => set_backstop(lab, idx, on),
         (Toggle::All, true) => {
             set_cgroup_programs(lab, true)?;
@@ -673,6 +701,7 @@ fn set_backstop(lab: &mut Lab, idx: usize, on: bool) -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("attaching the backstop to {device}: {e}"))
         })?;
     } else {
+        // What the loader does when a veth leaves: its links released.
         kernel.veth_gone(ifindex);
     }
     let ours = kernel
@@ -705,7 +734,7 @@ fn set_cgroup_programs(lab: &mut Lab, on: bool) -> Result<()> {
             if on { "attaching" } else { "detaching" }
         )
     })?;
-    let path = lab.base.join("contain");
+    let path = lab.contain_cgroup_path();
     settled(
         &format!("contain's cgroup programs on {cgroup}"),
         on,

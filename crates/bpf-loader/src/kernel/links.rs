@@ -6,7 +6,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs::File,
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use aya::{
@@ -51,7 +51,11 @@ impl Kernel {
     /// pins the links; a predecessor's links on the same cgroup are released
     /// only after the new ones are in place, so there is no gap.
     pub fn attach(&mut self, cgroup: &str) -> Result<Attachment, KernelError> {
-        let (path, relative, group) = self.cgroup_links(cgroup)?;
+        let CgroupLinks {
+            path,
+            relative,
+            group,
+        } = self.cgroup_links(cgroup)?;
         let cgroup_id = fs::cgroup_id(&path)?;
         let dir = group.join(&self.instance);
         if self.attachments.contains_key(&relative) && dir.exists() {
@@ -89,28 +93,29 @@ impl Kernel {
         Ok(attachment)
     }
 
-    /// Takes this loader's cgroup programs off `cgroup`. The service never
-    /// does (a cgroup's programs stay until it is gone); the benchmarks
-    /// measure what the programs cost against none within one connection.
+    /// Takes contain's cgroup programs off `cgroup` (every loader's pinned
+    /// links there). The service never does (a cgroup's programs stay until
+    /// it is gone); the benchmarks measure what the programs cost against
+    /// none within one connection. The backstop stops taking the cgroup's
+    /// sockets as judged before their programs go, so nothing passes
+    /// unjudged in between, or if a release fails.
+    #[cfg(feature = "baselines")]
     pub fn detach(&mut self, cgroup: &str) -> Result<(), KernelError> {
-        let (_, relative, group) = self.cgroup_links(cgroup)?;
-        let Some(attachment) = self.attachments.remove(&relative) else {
+        let links = self.cgroup_links(cgroup)?;
+        let Some(attachment) = self.attachments.get(&links.relative) else {
             return Ok(());
         };
-        release_other_instances(&group, "")?;
-        let _ = std::fs::remove_dir(&group);
         self.maps
             .attached_cgroups
             .remove(&attachment.cgroup_id)
-            .map_err(map_err(map_names::ATTACHED_CGROUPS))
+            .map_err(map_err(map_names::ATTACHED_CGROUPS))?;
+        release_other_instances(&links.group, "")?;
+        let _ = std::fs::remove_dir(&links.group);
+        self.attachments.remove(&links.relative);
+        Ok(())
     }
 
-    /// `cgroup` resolved, relative to the cgroup root, and where the links
-    /// of its programs are pinned.
-    fn cgroup_links(
-        &self,
-        cgroup: &str,
-    ) -> Result<(std::path::PathBuf, String, std::path::PathBuf), KernelError> {
+    fn cgroup_links(&self, cgroup: &str) -> Result<CgroupLinks, KernelError> {
         let path = fs::resolve_cgroup(&self.cgroup_root, cgroup)?;
         let relative = path
             .strip_prefix(&self.cgroup_root)
@@ -120,7 +125,11 @@ impl Kernel {
             .links_dir()
             .join("cgroups")
             .join(fs::pin_name_for(&relative));
-        Ok((path, relative, group))
+        Ok(CgroupLinks {
+            path,
+            relative,
+            group,
+        })
     }
 
     /// Re-attaches to every cgroup a predecessor attached to (found from its
@@ -310,6 +319,14 @@ impl Kernel {
     pub fn attachments(&self) -> Vec<Attachment> {
         self.attachments.values().cloned().collect()
     }
+}
+
+/// A cgroup as the links of its programs are kept: resolved, relative to
+/// the cgroup root (the attachments' key), and where the links are pinned.
+struct CgroupLinks {
+    path: PathBuf,
+    relative: String,
+    group: PathBuf,
 }
 
 fn attach_cgroup_program(
