@@ -232,9 +232,10 @@ impl Toggling {
     /// A smoke run's: a few pairs.
     pub const QUICK: Toggling = Toggling { runs: 1, secs: 4 };
 }
+
 /// One window of a toggled run: long enough that the time a read of the
 /// counters takes is nothing to it, short enough for many pairs.
-pub const TOGGLE_WINDOW: Duration = Duration::from_millis(250);
+const TOGGLE_WINDOW: Duration = Duration::from_millis(250);
 /// The start of a toggled run that is not measured (the connection's slow
 /// start), and its end (iperf3 winds the test down).
 const TOGGLE_WARMUP: Duration = Duration::from_secs(1);
@@ -674,15 +675,11 @@ fn received_bytes(net_dev: &str, device: &str) -> Option<u64> {
 fn set_programs(lab: &mut Lab, idx: usize, toggle: Toggle, on: bool) -> Result<()> {
     match (toggle, on) {
         // The control does the same queries, and finds everything on.
-        (Toggle::Nothing, _) => {
+        (Toggle::Nothing, _) | (Toggle::All, true) => {
             set_cgroup_programs(lab, true)?;
             set_backstop(lab, idx, true)
         }
         (Toggle::Backstop, _) => set_backstop(lab, idx, on),
-        (Toggle::All, true) => {
-            set_cgroup_programs(lab, true)?;
-            set_backstop(lab, idx, true)
-        }
         (Toggle::All, false) => {
             set_backstop(lab, idx, false)?;
             set_cgroup_programs(lab, false)
