@@ -249,6 +249,19 @@ fn prog(f: &mut Figures, p: &crate::progcost::ProgCost) {
         Unit::Ns,
         p.floor_ns,
     );
+    if let Some((tcp, udp)) = row.established_added_ns() {
+        for (what, flow, value) in [("tcp", "TCP", tcp), ("udp", "UDP", udp)] {
+            f.add(
+                Phase::Prog,
+                &format!("established-{what}@{rules}"),
+                format!(
+                    "egress program, established flow ({flow}), {n} rules: added to a pass-only program (test run)"
+                ),
+                Unit::Ns,
+                value,
+            );
+        }
+    }
     for (what, label, value) in [
         (
             "veth-governed",

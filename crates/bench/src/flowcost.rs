@@ -1,8 +1,8 @@
-//! The cost of a packet of an established flow, which BPF_PROG_TEST_RUN
-//! cannot show (its dummy socket has no storage, so every test run is a
-//! full, uncached decision): the kernel's own per-program statistics
-//! (`BPF_ENABLE_STATS`, `run_time_ns` and `run_cnt` of `bpf_prog_info`)
-//! around real traffic.
+//! The cost of a packet of an established flow on real traffic, where the
+//! network stack runs between packets and caches are colder than in a test
+//! run (the program-cost phase test-runs the same path, on a socket it gives
+//! storage): the kernel's own per-program statistics (`BPF_ENABLE_STATS`,
+//! `run_time_ns` and `run_cnt` of `bpf_prog_info`) around real traffic.
 //!
 //! Two flows from each configuration's namespace and cgroup, pinned to one
 //! CPU: the TCP request/response loop of the latency phase on one
@@ -37,7 +37,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     lab::{Kind, Lab, UDP_SINK_PORT},
-    latency, sys,
+    latency,
+    sys::{self, bpf},
 };
 
 const PAYLOAD: usize = 64;
@@ -50,23 +51,6 @@ const BPF_CGROUP_INET_EGRESS: u32 = 1;
 const BPF_F_ALLOW_MULTI: u32 = 2;
 /// The row of `baseline_storage`.
 const STORAGE: &str = "storage";
-
-fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> std::io::Result<i64> {
-    // SAFETY: attr is a zero-padded bpf_attr of 128 bytes, the size given.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr.as_mut_ptr(),
-            std::mem::size_of::<[u64; 16]>(),
-        )
-    };
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
 
 /// (run_time_ns, run_cnt) of a program, from `bpf_prog_info`.
 pub fn prog_stats(fd: RawFd) -> Result<(u64, u64)> {
@@ -317,8 +301,8 @@ pub fn render(md: &mut String, c: &FlowCost, testrun_floor_ns: Option<f64>) {
     let _ = writeln!(md, "## A packet of an established flow (bpf_stats)\n");
     let _ = writeln!(
         md,
-        "BPF_PROG_TEST_RUN's dummy socket has no socket storage, so the program-cost table is \
-         always contain's full, uncached decision. Here the kernel's own per-program statistics \
+        "The same path as the test runs of an established flow above, on real traffic: the \
+         network stack runs between two packets, so caches are colder. The kernel's own per-program statistics \
          (`BPF_ENABLE_STATS`: `run_time_ns` ÷ `run_cnt` of the program) time contain's egress \
          program on real traffic of established flows, where every packet takes the cached \
          verdict: the latency phase's TCP request/response loop on one connection, warmed up \

@@ -53,7 +53,7 @@ use test_kit::{
 };
 
 use crate::{
-    programs::{Floor, Thesis, BOUNDED_MAX},
+    programs::{EstablishedVia, Floor, Thesis, BOUNDED_MAX},
     rules::{self, ContainState, Rule},
     sys,
 };
@@ -205,6 +205,8 @@ pub struct Lab {
     /// One socket-storage lookup: the floor of an established flow's
     /// cached verdict (the flow phase).
     pub storage_floor: Floor,
+    /// Test runs of an established flow's packet (the program-cost phase).
+    pub established: EstablishedVia,
     /// Seconds to load each nftables table, by target name.
     pub nft_load_s: BTreeMap<String, f64>,
     /// The namespace the program-cost phase test-runs `contain_veth` in.
@@ -235,6 +237,8 @@ impl Lab {
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(&name);
         let (kernel, _rings) = Kernel::load(&pin_dir)
             .context("loading contain's eBPF object (bpf-loader's Kernel)")?;
+        let established =
+            EstablishedVia::load(&kernel.map_pin(contain_common::map_names::SOCKETS))?;
         let mut lab = Lab {
             peer_ns: format!("{name}-peer"),
             testrun_ns: format!("{name}-tr"),
@@ -247,6 +251,7 @@ impl Lab {
             thesis: BTreeMap::new(),
             floor: Floor::load()?,
             storage_floor: Floor::storage_lookup()?,
+            established,
             nft_load_s: BTreeMap::new(),
             testrun_veths: BTreeMap::new(),
             backstop: Vec::new(),

@@ -8,6 +8,15 @@
 //! the cgroup of the calling process: the bench moves itself into the
 //! cgroup of each rule count before running its packets.
 //!
+//! An established flow's packet is test-run too, behind `established_via`
+//! (see `programs::EstablishedVia`): it gives the dummy socket storage, so
+//! of a run's repetitions, all on that one socket, the first is judged in
+//! full and every later one finds the cached verdict, as a packet of an
+//! established flow does. Measured for a TCP segment and a UDP datagram on
+//! contain's egress program, and on `baseline_pass` behind the same
+//! hand-over (its floor): the difference is what contain's established
+//! path adds to a pass-only program, with no statistics in the way.
+//!
 //! `contain_veth` (a tc program) gets the same kind of dummy socket, in the
 //! caller's cgroup, with the IP family of the frame: it can never see a
 //! frame without a socket here. Its paths: *governed* (the bench in the
@@ -33,8 +42,8 @@ use serde::{Deserialize, Serialize};
 use test_kit::testrun;
 
 use crate::{
-    lab::{Kind, Lab, PREFIX_RULE, RR_PORT, TESTRUN_UNOWNED},
-    rules::TCP,
+    lab::{Kind, Lab, PREFIX_RULE, RR_PORT, TESTRUN_UNOWNED, UDP_SINK_PORT},
+    rules::{TCP, UDP},
     sys,
 };
 
@@ -46,6 +55,12 @@ pub const FRAME_SOURCE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 /// A SYN from the container's address to `dst`.
 pub fn tcp_syn(dst: Ipv4Addr, dport: u16) -> Vec<u8> {
     tcp_frame(FRAME_SOURCE, dst, 40000, dport, TCP_SYN)
+}
+
+/// An ACK from the container's address to `dst`: a segment of a flow it
+/// opened.
+pub fn tcp_ack_out(dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    tcp_frame(FRAME_SOURCE, dst, 40000, dport, TCP_ACK)
 }
 
 /// An ACK from `peer` into the container (to its address, as every packet
@@ -75,6 +90,25 @@ fn tcp_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) ->
     tcp[13] = flags;
     f.extend_from_slice(&ip);
     f.extend_from_slice(&tcp);
+    f
+}
+
+/// A hand-built Ethernet frame with an IPv4 UDP datagram of 8 bytes.
+fn udp_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&36u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = UDP;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let mut udp = [0u8; 16];
+    udp[0..2].copy_from_slice(&sport.to_be_bytes());
+    udp[2..4].copy_from_slice(&dport.to_be_bytes());
+    udp[4..6].copy_from_slice(&16u16.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&udp);
     f
 }
 
@@ -113,7 +147,29 @@ pub struct Row {
     /// … on a veth mapped to no container (pass).
     #[serde(default)]
     pub veth_inbound_unowned_ns: Option<f64>,
+    /// An established flow's packet: `established_via` handing it to
+    /// contain's egress program (a TCP segment, a UDP datagram), and to
+    /// `baseline_pass` (the floor of that path, which the two include).
+    #[serde(default)]
+    pub established_tcp_ns: Option<f64>,
+    #[serde(default)]
+    pub established_udp_ns: Option<f64>,
+    #[serde(default)]
+    pub established_floor_ns: Option<f64>,
     pub raw: BTreeMap<String, Vec<u32>>,
+}
+
+impl Row {
+    /// What contain's established path adds to a pass-only program, per
+    /// packet: (TCP segment, UDP datagram), each less the floor behind the
+    /// same hand-over.
+    pub fn established_added_ns(&self) -> Option<(f64, f64)> {
+        let floor = self.established_floor_ns?;
+        Some((
+            self.established_tcp_ns? - floor,
+            self.established_udp_ns? - floor,
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -138,6 +194,9 @@ impl Row {
             veth_deny_ns: None,
             veth_inbound_ns: None,
             veth_inbound_unowned_ns: None,
+            established_tcp_ns: None,
+            established_udp_ns: None,
+            established_floor_ns: None,
             raw: Default::default(),
         }
     }
@@ -244,6 +303,14 @@ pub fn measure(lab: &Lab, rounds: usize, target_ms: u64) -> Result<ProgCost> {
             let on_veth =
                 |dev, pkt: &[u8], verdict, what: &str| on_dev(veth, dev, pkt, verdict, what);
             let floor = m(lab.floor.fd, &allowed, 1, "baseline_pass")?;
+            let via = &lab.established;
+            let segment = tcp_ack_out(t.peer, RR_PORT);
+            let datagram = udp_frame(FRAME_SOURCE, t.peer, 40000, UDP_SINK_PORT);
+            via.hand_to(egress)?;
+            let est_tcp = m(via.fd, &segment, 1, "established_via, contain, TCP")?;
+            let est_udp = m(via.fd, &datagram, 1, "established_via, contain, UDP")?;
+            via.hand_to(via.pass_fd)?;
+            let est_floor = m(via.fd, &segment, 1, "established_via, baseline_pass")?;
             let allow_host = m(egress, &allowed, 1, "contain, allowed host")?;
             let allow_prefix = m(egress, &prefix_hit, 1, "contain, allowed prefix")?;
             let deny = m(egress, &denied, 0, "contain, denied")?;
@@ -292,6 +359,9 @@ pub fn measure(lab: &Lab, rounds: usize, target_ms: u64) -> Result<ProgCost> {
             push(t.rules, "veth_inbound", v_in);
             push(t.rules, "veth_inbound_unowned", v_in_unowned);
             push(t.rules, "floor", floor);
+            push(t.rules, "established_tcp", est_tcp);
+            push(t.rules, "established_udp", est_udp);
+            push(t.rules, "established_floor", est_floor);
             push(t.rules, "contain_allow_host", allow_host);
             push(t.rules, "contain_allow_prefix", allow_prefix);
             push(t.rules, "contain_deny", deny);
@@ -324,6 +394,9 @@ pub fn measure(lab: &Lab, rounds: usize, target_ms: u64) -> Result<ProgCost> {
                 veth_deny_ns: series.get("veth_deny").map(|v| med(v)),
                 veth_inbound_ns: series.get("veth_inbound").map(|v| med(v)),
                 veth_inbound_unowned_ns: series.get("veth_inbound_unowned").map(|v| med(v)),
+                established_tcp_ns: series.get("established_tcp").map(|v| med(v)),
+                established_udp_ns: series.get("established_udp").map(|v| med(v)),
+                established_floor_ns: series.get("established_floor").map(|v| med(v)),
                 raw: series,
             }
         })

@@ -1,7 +1,8 @@
 //! The programs contain is compared with: the floor (`baseline_pass`) and
 //! the thesis-style linear scan (`thesis_scan`), from the baselines object
-//! (crates/contain-ebpf/src/baselines.rs). Each thesis instance is its own
-//! copy of the object, so it has its own entry array.
+//! (crates/contain-ebpf/src/baselines.rs); and `established_via`, which
+//! lets a test run show an established flow's packet. Each instance is its
+//! own copy of the object, so each thesis has its own entry array.
 
 use std::{
     fs::File,
@@ -21,8 +22,14 @@ use crate::rules::{thesis_entries, Rule, ThesisRule};
 /// The baselines object, built by this crate's build script.
 static BASELINES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baselines"));
 
-fn load(name: &str) -> Result<(Ebpf, RawFd)> {
-    let mut ebpf = EbpfLoader::new()
+/// Loads the object and its program `name`; `sockets` is the pin of
+/// contain's socket map, for the programs that use it.
+fn load(name: &str, sockets: Option<&Path>) -> Result<(Ebpf, RawFd)> {
+    let mut loader = EbpfLoader::new();
+    if let Some(pin) = sockets {
+        loader.map_pin_path(contain_common::map_names::SOCKETS, pin);
+    }
+    let mut ebpf = loader
         .load(BASELINES)
         .context("loading the baselines eBPF object")?;
     let prog: &mut CgroupSkb = ebpf
@@ -53,8 +60,61 @@ impl Floor {
     }
 
     fn load_program(name: &str) -> Result<Floor> {
-        let (ebpf, fd) = load(name)?;
+        let (ebpf, fd) = load(name, None)?;
         Ok(Floor { _ebpf: ebpf, fd })
+    }
+}
+
+/// `established_via` on contain's socket map: a test run of it hands each
+/// repetition of its packet, on a socket that has storage, to the program
+/// set with [`EstablishedVia::hand_to`].
+pub struct EstablishedVia {
+    ebpf: Ebpf,
+    pub fd: RawFd,
+    /// `baseline_pass` of this instance: the floor of the path.
+    pub pass_fd: RawFd,
+}
+
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+
+impl EstablishedVia {
+    /// `sockets`: where the loader pinned contain's socket map. It must be
+    /// there: a missing pin would be made anew, a map of this instance's.
+    pub fn load(sockets: &Path) -> Result<EstablishedVia> {
+        if !sockets.exists() {
+            anyhow::bail!(
+                "contain's socket map is not pinned at {}",
+                sockets.display()
+            );
+        }
+        let (mut ebpf, fd) = load("established_via", Some(sockets))?;
+        let pass: &mut CgroupSkb = ebpf
+            .program_mut("baseline_pass")
+            .context("program baseline_pass missing from the baselines object")?
+            .try_into()?;
+        pass.load().context("loading (verifying) baseline_pass")?;
+        let pass_fd = pass.fd()?.as_fd().as_raw_fd();
+        Ok(EstablishedVia { ebpf, fd, pass_fd })
+    }
+
+    /// Makes `prog` the program `established_via` hands packets to.
+    pub fn hand_to(&self, prog: RawFd) -> Result<()> {
+        let map = self
+            .ebpf
+            .map("ESTABLISHED_NEXT")
+            .context("map ESTABLISHED_NEXT missing from the baselines object")?;
+        let aya::maps::Map::ProgramArray(data) = map else {
+            anyhow::bail!("ESTABLISHED_NEXT is not a program array");
+        };
+        let key = 0u32;
+        let value = prog as u32;
+        let mut attr = [0u64; 16];
+        attr[0] = data.fd().as_fd().as_raw_fd() as u32 as u64;
+        attr[1] = &key as *const u32 as u64;
+        attr[2] = &value as *const u32 as u64;
+        crate::sys::bpf(BPF_MAP_UPDATE_ELEM, &mut attr)
+            .context("setting ESTABLISHED_NEXT (BPF_MAP_UPDATE_ELEM)")?;
+        Ok(())
     }
 }
 
@@ -80,7 +140,7 @@ impl Thesis {
         if bounded && rules.len() > BOUNDED_MAX {
             anyhow::bail!("{program} scans at most {BOUNDED_MAX} entries");
         }
-        let (mut ebpf, fd) = load(program)?;
+        let (mut ebpf, fd) = load(program, None)?;
         let entries = thesis_entries(rules);
         {
             let mut array: Array<_, ThesisRule> =

@@ -130,6 +130,25 @@ pub fn pin_thread(cpu: usize) {
     }
 }
 
+/// The `bpf(2)` system call, for the commands aya does not offer on a
+/// bare descriptor; `attr` is a zero-padded `bpf_attr`.
+pub fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> std::io::Result<i64> {
+    // SAFETY: attr is a zero-padded bpf_attr of 128 bytes, the size given.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of::<[u64; 16]>(),
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,13 @@
 //! - `baseline_storage`: what a verdict kept with the socket cannot do
 //!   without: the packet's socket's storage looked up (made on the flow's
 //!   first packet), a word of it read, "pass".
+//! - `established_via`: gives the test run's dummy socket storage in
+//!   contain's own socket map (`CONTAIN_SOCKETS`, the loader's pinned map:
+//!   an empty cache, marked outbound as a `connect()` marks it), then
+//!   tail-calls the program in `ESTABLISHED_NEXT`. One test run repeats its
+//!   packet on one socket: contain's egress program judges the first in
+//!   full and caches the verdict, every later one is a packet of an
+//!   established flow. With `baseline_pass` there, the floor of that path.
 //! - `thesis_scan`: the thesis' design, rebuilt for the comparison: one
 //!   allow-list per container held as an array of `{addr, mask, port,
 //!   proto}` entries and scanned linearly for every packet until an entry
@@ -21,12 +28,13 @@
 
 use aya_ebpf::{
     bindings::BPF_SK_STORAGE_GET_F_CREATE,
-    btf_maps::{Array, SkStorage},
+    btf_maps::{Array, ProgramArray, SkStorage},
     helpers::generated::{bpf_loop, bpf_sk_storage_get},
     macros::btf_map,
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
+use contain_common::{SockInfo, CACHE_EMPTY, COMM_LEN, SOCK_OUTBOUND};
 
 #[cgroup_skb]
 pub fn baseline_pass(_ctx: SkBuffContext) -> i32 {
@@ -61,6 +69,61 @@ pub fn baseline_storage(ctx: SkBuffContext) -> i32 {
         _ => 1,
     }
 }
+
+/// Contain's socket map: the bench loads this object with the loader's pin
+/// of it, so this is that map, not one of its own.
+#[btf_map(name = "CONTAIN_SOCKETS")]
+static CONTAIN_SOCKETS: SkStorage<SockInfo> = SkStorage::new();
+
+/// Index 0: the program `established_via` hands the packet to.
+#[btf_map(name = "ESTABLISHED_NEXT")]
+static ESTABLISHED_NEXT: ProgramArray<1> = ProgramArray::new();
+
+#[cgroup_skb]
+pub fn established_via(ctx: SkBuffContext) -> i32 {
+    // SAFETY: the context is valid for the program's duration.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return NOT_HANDED_ON;
+    }
+    let mut outbound = SockInfo {
+        cache_epoch: 0,
+        cache_cgroup_epoch: 0,
+        cache_addr: [0; 16],
+        cache_policy_id: 0,
+        cache_port: 0,
+        cache_proto: 0,
+        cache_state: CACHE_EMPTY,
+        cgroup_id: 0,
+        exe_id: 0,
+        tgid: 0,
+        uid: 0,
+        comm: [0; COMM_LEN],
+        flags: SOCK_OUTBOUND,
+        cache_seq: 0,
+    };
+    let map = core::ptr::from_ref(&CONTAIN_SOCKETS).cast_mut().cast();
+    // SAFETY: a map pointer from a static map, the socket from the context,
+    // the initial value a whole `SockInfo` on the stack.
+    let info = unsafe {
+        bpf_sk_storage_get(
+            map,
+            sk.cast(),
+            (&mut outbound as *mut SockInfo).cast(),
+            BPF_SK_STORAGE_GET_F_CREATE as u64,
+        )
+    };
+    if info.is_null() {
+        return NOT_HANDED_ON;
+    }
+    // SAFETY: the context is this program's; on success this does not return.
+    unsafe { ESTABLISHED_NEXT.tail_call(&ctx, 0) };
+    NOT_HANDED_ON
+}
+
+/// `established_via`'s verdict when it could not hand the packet on: a
+/// drop, where both programs it hands on to pass the bench's packets.
+const NOT_HANDED_ON: i32 = 0;
 
 /// One allow-list entry (layout shared with `crates/bench`). Addresses and
 /// masks are in network byte order; `port` 0 means any port (and, for

@@ -42,6 +42,15 @@ pub struct EventRings {
 const MAP_LAYOUT_VERSION: u32 = 6;
 
 impl Kernel {
+    /// Where map `name` is pinned: the bench loads its programs against
+    /// the loader's own maps.
+    #[cfg(feature = "baselines")]
+    pub fn map_pin(&self, name: &str) -> std::path::PathBuf {
+        self.pin_dir
+            .join(format!("maps-v{MAP_LAYOUT_VERSION}"))
+            .join(name)
+    }
+
     /// Loads the object with every map pinned (or re-opened from its pin)
     /// under `pin_dir`, and loads every program. Returns the event ring
     /// buffers separately: each is drained on a task of its own.
