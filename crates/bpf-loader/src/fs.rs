@@ -102,26 +102,6 @@ fn subdirectories(dir: &Path) -> impl Iterator<Item = PathBuf> {
         .map(|e| e.path())
 }
 
-/// The cgroup v2 id of the calling process (the id of the cgroup sockets it
-/// creates belong to).
-pub fn own_cgroup_id() -> Result<u64, FsError> {
-    let io = |e: procfs::ProcError| FsError::Io {
-        what: "reading own cgroup",
-        path: PathBuf::from("/proc/self/cgroup"),
-        source: io::Error::other(e.to_string()),
-    };
-    let cgroups = procfs::process::Process::myself()
-        .and_then(|me| me.cgroups())
-        .map_err(io)?;
-    // The v2 entry: hierarchy 0, no controllers.
-    let v2 = cgroups
-        .0
-        .iter()
-        .find(|c| c.hierarchy == 0 && c.controllers.is_empty())
-        .ok_or(FsError::NoCgroup2)?;
-    cgroup_id(&cgroup2_mount()?.join(v2.pathname.trim_start_matches('/')))
-}
-
 /// Mounts `fs_type` at `target` unless a filesystem of that type is
 /// already mounted there.
 pub fn ensure_mounted(fs_type: &str, target: &Path) -> Result<(), FsError> {

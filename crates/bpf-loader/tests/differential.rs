@@ -292,7 +292,7 @@ fn kernel_decides_as_the_model() {
         .expect("egress program");
     let ifindex = testrun::egress_ifindex().expect("an interface to run packets through");
     // A test run's socket belongs to the cgroup of the process running it.
-    let own_cgroup = bpf_loader::fs::own_cgroup_id().expect("own cgroup id");
+    let own_cgroup = test_kit::cgroup::own_cgroup_id().expect("own cgroup id");
     let socket = Socket::Unstamped {
         kind: SocketKind::Other,
     };

@@ -48,7 +48,7 @@ fn egress_parses_real_headers() {
     let mut rules = Rules::default();
     rules
         .cgroup(
-            bpf_loader::fs::own_cgroup_id().expect("own cgroup id"),
+            test_kit::cgroup::own_cgroup_id().expect("own cgroup id"),
             1,
             false,
         )
@@ -289,7 +289,7 @@ fn egress_parses_real_headers() {
     // audited: a malformed header is no way to probe unseen there either.
     let mut audit = Rules::default();
     audit.cgroup(
-        bpf_loader::fs::own_cgroup_id().expect("own cgroup id"),
+        test_kit::cgroup::own_cgroup_id().expect("own cgroup id"),
         1,
         true,
     );

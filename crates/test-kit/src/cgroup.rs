@@ -68,6 +68,12 @@ pub fn cgroup_id(path: &Path) -> Result<u64> {
     proto::cgroups::cgroup_id(path).map_err(io_error("reading the id of cgroup", path))
 }
 
+/// The id of the cgroup this process is in (the cgroup of the sockets it
+/// creates, and of a test run's dummy socket).
+pub fn own_cgroup_id() -> Result<u64> {
+    cgroup_id(&own_cgroup()?)
+}
+
 /// The cgroup this process is in (absolute path).
 pub fn own_cgroup() -> Result<PathBuf> {
     let text = std::fs::read_to_string("/proc/self/cgroup")
