@@ -4,8 +4,9 @@
 #   docs/benchmarks.md     tables, with the plots docs/*.svg
 #   docs/benchmarks.json   the raw results (machine, kernel, commit included)
 #
-# Per-packet program cost (BPF_PROG_TEST_RUN) of contain (egress program
-# and veth backstop), a thesis-style linear scan and the floor; added ping
+# Per-packet program cost (BPF_PROG_TEST_RUN) of contain (egress program,
+# full decision and an established flow's packet, and veth backstop), a
+# thesis-style linear scan and the floor; added ping
 # and TCP request/response latency against no filter, the thesis-style scan
 # and nftables, contain with and without its veth backstop; iperf3
 # throughput; policyd reload, container create → policy in force, daemon
