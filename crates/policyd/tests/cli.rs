@@ -230,6 +230,34 @@ fn an_unreachable_daemon_is_exit_2() {
     }
 }
 
+/// The CLI talks only to a policyd run by root or the `contain` user (or
+/// its own user): a socket another user binds in the daemon's place gets
+/// no request, and the command says why.
+#[test]
+fn a_socket_another_user_serves_is_refused() {
+    if !test_kit::privileged::root_or_skip(
+        "a_socket_another_user_serves_is_refused",
+        "a socket bound by another user",
+    ) {
+        return;
+    }
+    let scratch = Scratch::new("squatted");
+    let path = scratch.0.join("policyd.sock");
+    let _squatter = test_kit::rpc::Squatter::bind(&path).expect("nobody binds the socket");
+    let socket = path.display().to_string();
+    for cmd in [&["status"][..], &["reload"], &["events"]] {
+        let mut args = vec!["--socket", &socket];
+        args.extend_from_slice(cmd);
+        let out = policyd(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd:?}: {stderr}");
+        assert!(
+            stderr.contains("another process took the socket's place"),
+            "{cmd:?}: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn usage_errors_are_64_and_help_is_0() {
     assert_eq!(policyd(&["frobnicate"]).status.code(), Some(64));

@@ -730,32 +730,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("taken.sock");
         let me = nix::unistd::geteuid().as_raw();
-        let (_listener, mut squatter) = if me == 0 {
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-            let script = format!(
-                "import socket,time;s=socket.socket(socket.AF_UNIX);s.bind({:?});s.listen();print('ready',flush=True);time.sleep(30)",
-                path.display().to_string()
-            );
-            let mut child = std::process::Command::new("setpriv")
-                .args([
-                    "--reuid=65534",
-                    "--regid=65534",
-                    "--clear-groups",
-                    "/usr/bin/python3",
-                    "-c",
-                    &script,
-                ])
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .expect("setpriv and python3 run the squatter");
-            let mut ready = String::new();
-            std::io::BufRead::read_line(
-                &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-                &mut ready,
-            )
-            .unwrap();
-            assert_eq!(ready.trim(), "ready");
-            (None, Some(child))
+        let (_listener, _squatter) = if me == 0 {
+            let squatter = test_kit::rpc::Squatter::bind(&path).expect("nobody binds the socket");
+            (None, Some(squatter))
         } else {
             (Some(UnixListener::bind(&path).unwrap()), None)
         };
@@ -772,10 +749,6 @@ mod tests {
             connect(&path, &ServerIs::root_or([me]))
                 .await
                 .expect("the daemon's own user is served");
-        }
-        if let Some(child) = squatter.as_mut() {
-            child.kill().unwrap();
-            child.wait().unwrap();
         }
     }
 

@@ -37,3 +37,63 @@ pub mod private {
     pub use tarpc::server::Channel;
     pub use tokio;
 }
+
+/// A Unix socket another user holds where a daemon's should be: bound and
+/// listened on by `nobody` (uid 65534), so `SO_PEERCRED` names that user.
+/// A client that checks its server must refuse it before it sends a byte.
+/// Root only (the kit switches to `nobody` with `setpriv`). The process is
+/// killed when this is dropped.
+pub struct Squatter {
+    _process: crate::process::Proc,
+}
+
+/// The uid a [`Squatter`] runs as.
+pub const SQUATTER_UID: u32 = 65534;
+
+impl Squatter {
+    /// Binds `path`; its directory (a test's scratch directory) is made
+    /// writable by everyone first, so `nobody` can bind there.
+    pub fn bind(path: &std::path::Path) -> crate::Result<Squatter> {
+        use std::{io::BufRead as _, os::unix::fs::PermissionsExt as _};
+        let dir = path
+            .parent()
+            .ok_or_else(|| crate::Error::Setup(format!("{} has no directory", path.display())))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
+            .map_err(crate::io_error("making writable by nobody", dir))?;
+        let script = format!(
+            "import socket,time;s=socket.socket(socket.AF_UNIX);s.bind({:?});s.listen();print('ready',flush=True);time.sleep(300)",
+            path.display().to_string()
+        );
+        let uid = format!("--reuid={SQUATTER_UID}");
+        let gid = format!("--regid={SQUATTER_UID}");
+        let args = [
+            &uid[..],
+            &gid,
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            &script,
+        ];
+        let mut child = std::process::Command::new("setpriv")
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|source| crate::Error::Spawn {
+                command: format!("setpriv {}", args.join(" ")),
+                source,
+            })?;
+        let stdout = child.stdout.take();
+        let process = crate::process::Proc(child);
+        let mut ready = String::new();
+        if let Some(out) = stdout {
+            let _ = std::io::BufReader::new(out).read_line(&mut ready);
+        }
+        if ready.trim() != "ready" {
+            return Err(crate::Error::Setup(format!(
+                "the squatter did not bind {} as uid {SQUATTER_UID}",
+                path.display()
+            )));
+        }
+        Ok(Squatter { _process: process })
+    }
+}

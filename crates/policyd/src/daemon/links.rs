@@ -230,3 +230,44 @@ impl ExeResolver {
         Ok(results)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The loader's and the resolver's sockets sit in a directory the
+    /// daemons' group may write: a socket another user binds there must be
+    /// refused before policyd sends it the policy or takes its inventory.
+    #[tokio::test]
+    async fn a_loader_or_resolver_socket_another_user_serves_is_refused() {
+        if !test_kit::privileged::root_or_skip(
+            "a_loader_or_resolver_socket_another_user_serves_is_refused",
+            "a socket bound by another user",
+        ) {
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("policyd-links-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch directory");
+        let path = dir.join("taken.sock");
+        let squatter = test_kit::rpc::Squatter::bind(&path).expect("nobody binds the socket");
+
+        let loader = LoaderLink::new(path.clone());
+        let err = loader
+            .client()
+            .await
+            .expect_err("the loader's socket, served by nobody, is refused");
+        assert!(
+            err.to_string()
+                .contains("another process took the socket's place"),
+            "{err}"
+        );
+        let err = resolver_client(&path)
+            .await
+            .expect_err("the resolver's socket, served by nobody, is refused");
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
+
+        drop(squatter);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
