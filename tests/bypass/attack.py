@@ -120,6 +120,14 @@ def icmp4_type(dst, icmp_type, marker):
         attempt("sendto", lambda: s.sendto(msg, (dst, 0)) and None)
 
 
+def icmp6_type(dst, icmp_type, marker):
+    """An ICMPv6 message of type `icmp_type` (code 0), marked, from a raw
+    ICMPv6 socket (the kernel writes the IP header and the checksum)."""
+    msg = struct.pack("!BBHHH", int(icmp_type), 0, 0, 0x78, 1) + payload(marker, 64)
+    with socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as s:
+        attempt("sendto", lambda: s.sendto(msg, (dst, 0)) and None)
+
+
 def mapped_udp(v4host, port, marker):
     with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
         attempt("sendto", lambda: s.sendto(payload(marker), ("::ffff:" + v4host, int(port))) and None)
@@ -1506,7 +1514,7 @@ def mld_join(ifname, marker):
 
 
 COMMANDS = {
-    "udp": udp, "tcp": tcp, "stream-unstamped": stream_unstamped, "stream-unstamped-tfo": stream_unstamped_tfo, "tcp-from": tcp_from, "icmp4-type": icmp4_type, "mapped-udp": mapped_udp, "stream": stream,
+    "udp": udp, "tcp": tcp, "stream-unstamped": stream_unstamped, "stream-unstamped-tfo": stream_unstamped_tfo, "tcp-from": tcp_from, "icmp4-type": icmp4_type, "icmp6-type": icmp6_type, "mapped-udp": mapped_udp, "stream": stream,
     "steer-tcp": lambda *a: steer(socket.SOCK_STREAM, *a),
     "steer-udp": lambda *a: steer(socket.SOCK_DGRAM, *a),
     "inbound-rthdr": inbound_rthdr, "nd": nd, "mld": mld, "igmp": igmp, "reflect-udp": reflect_udp, "late-write-options": late_write_options, "udp-revoke": udp_revoke, "udp-tied": udp_tied,
