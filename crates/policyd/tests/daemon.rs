@@ -911,6 +911,14 @@ mod fake_resolver {
         lookups: Vec<ExeLookup>,
         /// Runtimes whose containers the snapshots say they lack.
         unlisted: Vec<String>,
+        /// How often it restarted: each restart is a new instance.
+        restarts: u64,
+    }
+
+    impl Inner {
+        fn instance(&self) -> u64 {
+            1 + self.restarts
+        }
     }
 
     /// The resolver's contract in memory: snapshots, and changes by
@@ -962,6 +970,16 @@ mod fake_resolver {
         pub fn unlisted(&self, sources: &[&str]) {
             self.inner.lock().unwrap().unlisted = sources.iter().map(|s| s.to_string()).collect();
         }
+        /// A restart while `sources` do not answer: a new instance that
+        /// has listed no container yet.
+        pub fn restart_unlisted(&self, sources: &[&str]) {
+            let mut i = self.inner.lock().unwrap();
+            i.restarts += 1;
+            i.containers.clear();
+            i.changes.clear();
+            i.unlisted = sources.iter().map(|s| s.to_string()).collect();
+            self.changed.notify_waiters();
+        }
         pub fn add(&self, c: Container) {
             let mut i = self.inner.lock().unwrap();
             i.generation += 1;
@@ -999,7 +1017,7 @@ mod fake_resolver {
             ResolverStatus {
                 api_version: proto::API_VERSION,
                 version: "fake".into(),
-                instance: 1,
+                instance: i.instance(),
                 generation: i.generation,
                 containers: i.containers.len() as u32,
                 cgroup_root: "/sys/fs/cgroup".into(),
@@ -1009,7 +1027,7 @@ mod fake_resolver {
         async fn list(self, _: Context) -> Snapshot {
             let i = self.inner.lock().unwrap();
             Snapshot {
-                instance: 1,
+                instance: i.instance(),
                 generation: i.generation,
                 containers: i.containers.values().cloned().collect(),
                 unlisted_sources: i.unlisted.clone(),
@@ -1054,7 +1072,7 @@ mod fake_resolver {
                         .collect();
                     if !changes.is_empty() || tokio::time::Instant::now() >= deadline {
                         return WatchReply::Changes {
-                            instance: 1,
+                            instance: i.instance(),
                             generation: i.generation,
                             changes,
                         };
@@ -1174,6 +1192,40 @@ async fn follows_the_resolver_and_holds_until_the_first_inventory() {
     env.loader.attach_veth(502, "vethcurler");
     let status = client.status(ctx()).await.unwrap().unwrap();
     assert_eq!(status.containers[0].packet_sockets_uncovered, None);
+
+    // The resolver restarts while its runtime does not answer: the new
+    // instance lists no container, and says so. policyd keeps the last
+    // inventory: curler's entry and its veth's owner stay.
+    let applies_before = env.kernel().2;
+    resolver.restart_unlisted(&["containerd"]);
+    env.wait_status("the restarted resolver's missing listing", &client, |s| {
+        s.inventory
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("has not listed the containers of containerd"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, state, applies) = env.kernel();
+    assert_eq!(
+        applies, applies_before,
+        "a restarted resolver's list without its runtime's containers applied"
+    );
+    assert!(state.cgroups.contains_key(&502), "{:?}", state.cgroups);
+    assert_eq!(state.veths, BTreeMap::from([(502, 502)]));
+    let status = client.status(ctx()).await.unwrap().unwrap();
+    assert_eq!(status.containers.len(), 1, "{status:#?}");
+
+    // The runtime answers again, with curler still running: in step.
+    resolver.add(container("curler", 502));
+    resolver.unlisted(&[]);
+    env.wait_status("the restarted resolver's inventory", &client, |s| {
+        s.inventory.connected && s.inventory.error.is_none()
+    })
+    .await;
+    let (_, state, _) = env.kernel();
+    assert!(state.cgroups.contains_key(&502));
+    assert_eq!(state.veths, BTreeMap::from([(502, 502)]));
 
     drop(client);
     daemon.shutdown_background();
