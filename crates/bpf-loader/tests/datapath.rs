@@ -9,7 +9,7 @@ use aya::{
     programs::{SchedClassifier, TcAttachType},
 };
 use common::*;
-use contain_common::{comm_hash, ip_proto as ip, program_names};
+use contain_common::{comm_hash, ip_proto as ip, map_names, program_names};
 use kernel_model::state::{ProcessMatch, Verdict};
 use proto::loader::Hook;
 use std::time::Duration;
@@ -828,6 +828,132 @@ async fn enforcement_survives_kill_9_and_restart_of_the_loader() {
 /// link (`delay_exit`), so a gap would last for many rounds of the send
 /// loop. Judged at the peer; the trace shows that each release came after
 /// the pin of the same program's new link.
+/// A loader killed between its last map write and its closing epoch bump
+/// leaves the maps ahead of the epochs: an established flow's cached allow
+/// would outlive the change (shown here: its bytes keep arriving). The loader
+/// that adopts the maps moves the epochs, and the flow's next segment is
+/// judged again: nothing it sends after that loader is up reaches the peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loader_adopting_maps_ahead_of_their_epochs_leaves_no_cached_allow() {
+    let Some(()) =
+        require_root("a_loader_adopting_maps_ahead_of_their_epochs_leaves_no_cached_allow")
+    else {
+        return;
+    };
+    const SINK_PORT: u16 = 7071;
+    let (mut lab, client) = Lab::running().await;
+    lab.start_peer_sink(SINK_PORT);
+    let mut rules = Rules::default();
+    rules
+        .cgroup(lab.ct_id(), 1, false)
+        .allow(allow(PEER4, TCP, Some(SINK_PORT)));
+    converge(&client, &rules.state, Verdict::Deny).await;
+    drop(client);
+    let capture = lab.start_peer_capture();
+
+    // One TCP connection to a sink, a marked chunk per round.
+    let (stop, round) = (lab.scratch.join("stop"), lab.scratch.join("round"));
+    let script = r#"
+import os, socket, sys, time
+host, port, stop, round_file = sys.argv[1:5]
+s = socket.create_connection((host, int(port)), timeout=5)
+i = 0
+while not os.path.exists(stop):
+    with open(round_file + ".new", "w") as f:
+        f.write(str(i))
+    os.rename(round_file + ".new", round_file)
+    try:
+        s.send(("MK{est%d}" % i).encode() + b"." * 64)
+    except OSError as e:
+        print("stream=%s" % e, file=sys.stderr, flush=True)
+        break
+    i += 1
+    time.sleep(0.02)
+"#;
+    let stream = lab
+        .in_cgroup_cmd(
+            &lab.ct.clone(),
+            &[
+                PYTHON.into(),
+                "-c".into(),
+                script.into(),
+                PEER4.into(),
+                SINK_PORT.to_string(),
+                stop.display().to_string(),
+                round.display().to_string(),
+            ],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the stream");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while round_in(&round) <= 5 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if round_in(&round) <= 5 {
+        let mut stream = stream;
+        let _ = stream.kill();
+        let out = stream.wait_with_output().expect("the stream");
+        panic!(
+            "the stream did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let first = ["MK{est3}".to_string()];
+    let established = missing_after_wait(&capture, &first).await;
+    assert!(established.is_empty(), "the stream never reached the peer");
+
+    // What the killed loader left: the container's cgroup entry removed
+    // (unknown, denied), the epochs as they were.
+    lab.kill_loader();
+    {
+        let data = MapData::from_pin(maps_pin_dir(&lab.pin_dir).join(map_names::CGROUPS))
+            .expect("the pinned cgroup map");
+        let mut cgroups: aya::maps::HashMap<_, u64, contain_common::CgroupPolicy> =
+            aya::maps::HashMap::try_from(Map::HashMap(data)).expect("the cgroup map");
+        cgroups
+            .remove(&lab.ct_id())
+            .expect("removing the container's entry");
+    }
+    let written = round_in(&round);
+    round_passes(&round, written + 6).await;
+    // The test can see the hole: under the old epochs the cached allow
+    // still lets the flow's chunks through.
+    let ahead: Vec<String> = (written + 2..=written + 5)
+        .map(|i| format!("MK{{est{i}}}"))
+        .collect();
+    let missing = missing_after_wait(&capture, &ahead).await;
+    assert!(
+        missing.is_empty(),
+        "chunks sent with the maps ahead of the epochs never arrived, so this test cannot see a cached allow: {missing:?}"
+    );
+
+    let _client = lab.start_loader().await;
+    let adopted = round_in(&round);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    std::fs::write(&stop, "").expect("stopping the stream");
+    let stream = tokio::task::spawn_blocking(move || stream.wait_with_output())
+        .await
+        .expect("join")
+        .expect("the stream");
+    let said = String::from_utf8_lossy(&stream.stderr);
+    let after: Vec<String> = arrived_at_peer(&capture, "MK{est")
+        .await
+        .into_iter()
+        .filter(|m| {
+            m.trim_start_matches("MK{est")
+                .trim_end_matches('}')
+                .parse::<u32>()
+                .is_ok_and(|i| i > adopted)
+        })
+        .collect();
+    assert!(
+        after.is_empty(),
+        "chunks sent after the adopting loader was up arrived at the peer (the cached allow outlived the change; the stream said {said:?}): {after:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_loader_attaches_its_links_before_it_releases_the_old_ones() {
     let Some(()) =
