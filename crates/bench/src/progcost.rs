@@ -75,40 +75,36 @@ const TCP_ACK: u8 = 0x10;
 /// A hand-built Ethernet frame with an IPv4 TCP segment (the kernel strips
 /// the Ethernet header for cgroup_skb).
 fn tcp_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
-    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
-    let mut ip = [0u8; 20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = TCP;
-    ip[12..16].copy_from_slice(&src.octets());
-    ip[16..20].copy_from_slice(&dst.octets());
     let mut tcp = [0u8; 20];
     tcp[0..2].copy_from_slice(&sport.to_be_bytes());
     tcp[2..4].copy_from_slice(&dport.to_be_bytes());
     tcp[12] = 5 << 4;
     tcp[13] = flags;
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&tcp);
-    f
+    ipv4_frame(src, dst, TCP, &tcp)
 }
 
 /// A hand-built Ethernet frame with an IPv4 UDP datagram of 8 bytes.
 fn udp_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
-    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
-    let mut ip = [0u8; 20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&36u16.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = UDP;
-    ip[12..16].copy_from_slice(&src.octets());
-    ip[16..20].copy_from_slice(&dst.octets());
     let mut udp = [0u8; 16];
     udp[0..2].copy_from_slice(&sport.to_be_bytes());
     udp[2..4].copy_from_slice(&dport.to_be_bytes());
     udp[4..6].copy_from_slice(&16u16.to_be_bytes());
+    ipv4_frame(src, dst, UDP, &udp)
+}
+
+/// `l4` (protocol `proto`) in an IPv4 header with no options, in an
+/// Ethernet frame.
+fn ipv4_frame(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = proto;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
     f.extend_from_slice(&ip);
-    f.extend_from_slice(&udp);
+    f.extend_from_slice(l4);
     f
 }
 
