@@ -3224,6 +3224,133 @@ async fn a_host_processs_packet_socket_in_a_containers_namespace_is_judged_as_th
     }
 }
 
+/// A datagram the kernel delivers from a device that is not Ethernet is
+/// whatever was written into that device: it does not make its claimed
+/// sender a peer that spoke first. (A container makes such a device with
+/// a raw IGMP socket alone where the kernel routes multicast: a PIM
+/// register device, whose unwrapped datagrams carry the source the
+/// container wrote. This kernel has no multicast routing; a tun device the
+/// test writes into stands in for it.) The socket's answer to that sender
+/// is judged by the rules: refused, and nothing at the peer; the same
+/// socket answers a peer that really wrote to it over the veth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_datagram_from_a_device_other_than_ethernet_allows_no_reply() {
+    let Some(()) = require_root("a_datagram_from_a_device_other_than_ethernet_allows_no_reply")
+    else {
+        return;
+    };
+    use std::io::{BufRead, Write};
+    let (mut lab, client) = Lab::running().await;
+    let mut rules = Rules::default();
+    rules
+        .cgroup(lab.ct_id(), 1, false)
+        .veth(lab.ct_veth.ifindex, lab.ct_id(), &[CT4, CT6])
+        .allow(allow(PEER4, UDP, Some(5353)));
+    converge(&client, &rules.state, Verdict::Deny).await;
+    let capture = lab.start_peer_capture();
+    drop(client);
+    must(test_kit::process::run(
+        "ip",
+        &[
+            "-n", &lab.ct_ns, "tuntap", "add", "dev", "tunx", "mode", "tun",
+        ],
+    ));
+    must(test_kit::process::run(
+        "ip",
+        &["-n", &lab.ct_ns, "link", "set", "tunx", "up"],
+    ));
+    // The container's socket on port 6020 answers whoever wrote to it,
+    // once per line on its stdin.
+    let script = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 6020))
+s.settimeout(10)
+print("ready", flush=True)
+for marker in sys.stdin:
+    peer = s.recvfrom(2048)[1]
+    try:
+        s.sendto(marker.strip().encode(), peer)
+        print("sent", flush=True)
+    except PermissionError:
+        print("denied", flush=True)
+"#;
+    let mut container = lab
+        .in_cgroup_cmd(
+            &lab.ct.clone(),
+            &[PYTHON.into(), "-c".into(), script.into()],
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the container's UDP socket");
+    let mut stdin = container.stdin.take().expect("stdin");
+    let mut lines = std::io::BufReader::new(container.stdout.take().expect("stdout")).lines();
+    let mut next_line = move || {
+        lines
+            .next()
+            .expect("the container's script ended early")
+            .expect("reading its output")
+    };
+    assert_eq!(next_line(), "ready");
+
+    // A datagram "from" a denied address, written into the tun device.
+    writeln!(stdin, "MK{{tunreply}}").expect("to the container");
+    let writer = format!(
+        r#"
+import fcntl, os, socket, struct
+def csum(b):
+    t = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    t = (t >> 16) + (t & 0xffff)
+    return ~(t + (t >> 16)) & 0xffff
+udp = struct.pack("!HHHH", 7791, 6020, 12, 0) + b"knock"[:4]
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                 socket.inet_aton("{PEER4_OTHER}"), socket.inet_aton("{CT4}"))
+ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, 0x400454ca, struct.pack("16sH", b"tunx", 0x0001 | 0x1000))
+os.write(fd, ip + udp)
+"#
+    );
+    let wrote = test_kit::lab::cmd_in(&lab.ct_ns, PYTHON)
+        .args(["-c", &writer])
+        .output()
+        .expect("writing into the tun device");
+    assert!(
+        wrote.status.success(),
+        "{}",
+        String::from_utf8_lossy(&wrote.stderr)
+    );
+    assert_eq!(
+        next_line(),
+        "denied",
+        "the answer to a sender a tun device claimed was not refused"
+    );
+    assert!(
+        !marker_arrives(&capture, "MK{tunreply}").await,
+        "the answer to a sender a tun device claimed arrived at the peer"
+    );
+
+    // The control: a peer that writes over the veth is answered.
+    writeln!(stdin, "MK{{vethreply}}").expect("to the container");
+    assert_eq!(
+        at_peer(
+            &lab,
+            "tests/bypass/peer.py",
+            &["udp-first", "7792", CT4, "6020"]
+        ),
+        "sent"
+    );
+    assert_eq!(next_line(), "sent", "the answer to a peer that spoke first");
+    assert!(
+        marker_arrives(&capture, "MK{vethreply}").await,
+        "the answer to a peer that spoke first never arrived: the capture cannot see answers"
+    );
+    drop(stdin);
+    let _ = container.kill();
+    let _ = container.wait();
+}
+
 /// A UDP socket may answer a peer that wrote to it first, under no rule;
 /// that allowance ends when the loader starts again (the restarted loader
 /// moves the rules epoch the allowance was noted under), and the peer's

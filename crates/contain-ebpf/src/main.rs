@@ -851,6 +851,15 @@ fn remember_inbound_peer(ctx: &SkBuffContext) {
     if packet::surely_not_udp::<{ packet::L3_AT_START }>(ctx.skb.skb) {
         return;
     }
+    // Unwrapped by the kernel on a device of another kind, the datagram is
+    // whatever the container wrapped: a PIM register device, which a raw
+    // IGMP socket alone can make (`MRT_INIT`, `MRT_ADD_VIF`), delivers
+    // the inner datagram of a register the container sent to itself over
+    // lo, its source forged. Only an Ethernet device (its veth) brings a
+    // datagram from another host.
+    if !arrived_over_ethernet(ctx.skb.skb) {
+        return;
+    }
     let mut slot = MaybeUninit::uninit();
     let flow = Flow::zeroed_in(&mut slot);
     if !packet::parse::<{ packet::L3_AT_START }>(ctx.skb.skb, flow) {
@@ -883,6 +892,36 @@ fn remember_inbound_peer(ctx: &SkBuffContext) {
         rules_epoch: epoch,
     };
     let _ = INBOUND_PEERS.insert(key, seen, 0);
+}
+
+/// `net_device`'s `type` (`ARPHRD_*`), from the kernel's BTF, patched in
+/// at load time; 0 (not known) counts as no Ethernet device.
+#[no_mangle]
+static NETDEV_TYPE_OFFSET: u32 = 0;
+const ARPHRD_ETHER: u16 = 1;
+
+/// Whether the packet came in on an Ethernet device (`skb->dev->type`); a
+/// read that fails counts as another kind.
+#[inline(always)]
+fn arrived_over_ethernet(skb: *mut __sk_buff) -> bool {
+    let (dev_at, type_at) = (
+        read_config(&veth::SKB_DEV_OFFSET),
+        read_config(&NETDEV_TYPE_OFFSET),
+    );
+    if dev_at == 0 || type_at == 0 {
+        return false;
+    }
+    // SAFETY: reads of kernel memory through the helper, which checks each
+    // access: the context's sk_buff, then its device.
+    unsafe {
+        let Ok(dev) = bpf_probe_read_kernel(skb.cast::<u8>().add(dev_at as usize).cast::<u64>())
+        else {
+            return false;
+        };
+        dev != 0
+            && bpf_probe_read_kernel((dev + u64::from(type_at)) as *const u16)
+                .is_ok_and(|t| t == ARPHRD_ETHER)
+    }
 }
 
 /// Every frame a container sends, as it arrives on the host side of its

@@ -715,7 +715,7 @@ fn checksum_pending(skb: *mut __sk_buff) -> bool {
 /// whether that is a pointer (from 5.17) or the bytes themselves. Zero
 /// offsets (the loader could not tell) fail every check.
 #[no_mangle]
-static SKB_DEV_OFFSET: u32 = 0;
+pub(crate) static SKB_DEV_OFFSET: u32 = 0;
 #[no_mangle]
 static VETH_PEER_OFFSET: u32 = 0;
 #[no_mangle]

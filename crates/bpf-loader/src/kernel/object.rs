@@ -90,6 +90,7 @@ impl Kernel {
             ("VETH_PEER_OFFSET", veth.veth_peer),
             ("NETDEV_DEV_ADDR_OFFSET", veth.dev_addr),
             ("NETDEV_DEV_ADDR_IS_POINTER", veth.dev_addr_is_pointer),
+            ("NETDEV_TYPE_OFFSET", veth.dev_type),
             ("NEWTASK_PID_OFFSET", offsets.newtask_pid),
             ("NEWTASK_CLONE_FLAGS_OFFSET", offsets.newtask_clone_flags),
         ];

@@ -80,6 +80,9 @@ pub(super) struct VethOffsets {
     pub(super) dev_addr: u32,
     /// `net_device`'s `dev_addr` is a pointer from 5.17, the bytes before.
     pub(super) dev_addr_is_pointer: u32,
+    /// `net_device`'s `type`: the ingress program notes a UDP datagram's
+    /// sender only when it came in on an Ethernet device.
+    pub(super) dev_type: u32,
     /// Whether `veth_priv.peer` came from BTF, not from the assumption.
     pub(super) veth_peer_from_btf: bool,
 }
@@ -113,6 +116,7 @@ impl VethOffsets {
             veth_peer: private + peer,
             dev_addr: btf.member_offset("net_device", "dev_addr")?,
             dev_addr_is_pointer: btf.member_is_pointer("net_device", "dev_addr")?.into(),
+            dev_type: btf.member_offset("net_device", "type")?,
             veth_peer_from_btf,
         })
     }
