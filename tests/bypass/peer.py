@@ -62,11 +62,14 @@ def drain(conn):
             pass
 
 
-def udp_first(sport, host, port):
+def udp_first(sport, host, port, size=0):
+    """A datagram from `sport` to host:port; of `size` bytes when given
+    (larger than the link's MTU, the IP layer sends it in fragments)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as s:
         s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", sport))
-        s.sendto(b"hello from the peer", (host, port))
+        body = b"hello from the peer"
+        s.sendto(body.ljust(int(size), b".") if size else body, (host, port))
     print("sent", flush=True)
 
 
@@ -172,7 +175,7 @@ def main():
     if cmd == "sink":
         sink(int(args[0]))
     elif cmd == "udp-first":
-        udp_first(int(args[0]), args[1], int(args[2]))
+        udp_first(int(args[0]), args[1], int(args[2]), *args[3:4])
     elif cmd == "tcp-in":
         tcp_in(args[0], int(args[1]))
     elif cmd == "udp-connect":

@@ -3346,6 +3346,30 @@ os.write(fd, ip + udp)
         marker_arrives(&capture, "MK{vethreply}").await,
         "the answer to a peer that spoke first never arrived: the capture cannot see answers"
     );
+
+    // A datagram put together from fragments takes its device from the
+    // last one: it does not make its sender a peer either (a fragment the
+    // kernel unwrapped and one looped back over the container's own
+    // Ethernet device would otherwise pass for one from the veth). The
+    // peer's 3000-byte datagram crosses the veth in fragments.
+    writeln!(stdin, "MK{{fragreply}}").expect("to the container");
+    assert_eq!(
+        at_peer(
+            &lab,
+            "tests/bypass/peer.py",
+            &["udp-first", "7793", CT4, "6020", "3000"]
+        ),
+        "sent"
+    );
+    assert_eq!(
+        next_line(),
+        "denied",
+        "the answer to the sender of a reassembled datagram was not refused"
+    );
+    assert!(
+        !marker_arrives(&capture, "MK{fragreply}").await,
+        "the answer to the sender of a reassembled datagram arrived at the peer"
+    );
     drop(stdin);
     let _ = container.kill();
     let _ = container.wait();

@@ -868,6 +868,14 @@ fn remember_inbound_peer(ctx: &SkBuffContext) {
     if flow.proto != ip_proto::UDP || flow.later_fragment {
         return;
     }
+    // Put together from fragments, the datagram takes its device from its
+    // last fragment and the rest of its record from its first: a fragment
+    // the container had the kernel unwrap (above) joined by one it had
+    // looped back over its own Ethernet device (forwarded there by the
+    // multicast router it made) would pass as one that came in over it.
+    if was_reassembled(ctx.skb.skb, flow.family) {
+        return;
+    }
     // SAFETY: skb context.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
     if governance(cgroup_id).unrestricted {
@@ -922,6 +930,38 @@ fn arrived_over_ethernet(skb: *mut __sk_buff) -> bool {
             && bpf_probe_read_kernel((dev + u64::from(type_at)) as *const u16)
                 .is_ok_and(|t| t == ARPHRD_ETHER)
     }
+}
+
+/// Where the IP layer's record of a received packet keeps the size of the
+/// largest fragment it was put together from (`frag_max_size` of
+/// `inet_skb_parm` and `inet6_skb_parm`, at `sk_buff`'s `cb`), from the
+/// kernel's BTF; 0 (not known) counts as reassembled.
+#[no_mangle]
+static SKB_CB_OFFSET: u32 = 0;
+#[no_mangle]
+static IPCB_FRAG_MAX_SIZE_OFFSET: u32 = 0;
+#[no_mangle]
+static IP6CB_FRAG_MAX_SIZE_OFFSET: u32 = 0;
+
+/// Whether the IP layer put the packet together from fragments; a read
+/// that fails counts as yes.
+#[inline(always)]
+fn was_reassembled(skb: *mut __sk_buff, family: u8) -> bool {
+    let cb_at = read_config(&SKB_CB_OFFSET);
+    let field_at = if family == 4 {
+        read_config(&IPCB_FRAG_MAX_SIZE_OFFSET)
+    } else {
+        read_config(&IP6CB_FRAG_MAX_SIZE_OFFSET)
+    };
+    if cb_at == 0 || field_at == 0 {
+        return true;
+    }
+    // SAFETY: a read of the context's sk_buff through the helper, which
+    // checks the access.
+    let size = unsafe {
+        bpf_probe_read_kernel(skb.cast::<u8>().add((cb_at + field_at) as usize).cast::<u16>())
+    };
+    size != Ok(0)
 }
 
 /// Every frame a container sends, as it arrives on the host side of its

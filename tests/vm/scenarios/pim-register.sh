@@ -17,7 +17,7 @@ IMG=$CONTAIN_TEST_IMAGE
 step "contain"
 install_contain
 mkdir -p $T /etc/contain
-cp /mnt/share/lib/frames.py /mnt/share/extra/pim-register.d/pim.py $T/
+cp /mnt/share/lib/frames.py /mnt/share/extra/pim-register.d/pim.py /mnt/share/extra/pim-register.d/pim_frag.py $T/
 getent group contain >/dev/null || groupadd --system contain
 cat >/etc/contain/policy.toml <<EOP
 mode = "enforce"
@@ -57,6 +57,11 @@ sed 's/^/    free: /' /run/pim-free.out
 step "the attack from a container whose policy denies the peer's port 5353"
 docker exec blocked python3 $T/pim.py 4 $PEER_IP 5353 leak4 >/run/pim-blocked.out 2>&1 || true
 sed 's/^/    blocked: /' /run/pim-blocked.out
+step "helper-96's variant: the datagram in two fragments, the last looped back on eth0"
+docker exec free python3 $T/pim_frag.py $PEER_IP 5353 fragfree >/run/pim-frag-free.out 2>&1 || true
+sed 's/^/    free: /' /run/pim-frag-free.out
+docker exec blocked python3 $T/pim_frag.py $PEER_IP 5353 fragleak >/run/pim-frag-blocked.out 2>&1 || true
+sed 's/^/    blocked: /' /run/pim-frag-blocked.out
 sleep 2
 step "judged at the peer"
 check "the register device was made with Docker's default capabilities" \
@@ -68,4 +73,10 @@ check "its answer to the denied peer was refused" \
 check "the control's answer arrived at the peer" grep -q -F 'MK{free4}' $CAP
 check_fails "no answer of the blocked container's arrived at the peer" grep -q -F 'MK{leak4}' $CAP
 check_fails "none of its plain sends arrived either" grep -q -F 'MK{leak4-' $CAP
+check "fragments: the put-together datagram from the denied peer reached the container's socket" \
+  grep -q "received 1192 bytes from ('$PEER_IP', 5353)" /run/pim-frag-blocked.out
+check "fragments: its answer to the denied peer was refused" \
+  grep -q "reply: 1 Operation not permitted" /run/pim-frag-blocked.out
+check "fragments: the control's answer arrived at the peer" grep -q -F 'MK{fragfree}' $CAP
+check_fails "fragments: no answer of the blocked container's arrived at the peer" grep -q -F 'MK{fragleak}' $CAP
 finish

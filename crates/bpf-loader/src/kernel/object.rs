@@ -91,6 +91,9 @@ impl Kernel {
             ("NETDEV_DEV_ADDR_OFFSET", veth.dev_addr),
             ("NETDEV_DEV_ADDR_IS_POINTER", veth.dev_addr_is_pointer),
             ("NETDEV_TYPE_OFFSET", veth.dev_type),
+            ("SKB_CB_OFFSET", veth.skb_cb),
+            ("IPCB_FRAG_MAX_SIZE_OFFSET", veth.ipcb_frag_max_size),
+            ("IP6CB_FRAG_MAX_SIZE_OFFSET", veth.ip6cb_frag_max_size),
             ("NEWTASK_PID_OFFSET", offsets.newtask_pid),
             ("NEWTASK_CLONE_FLAGS_OFFSET", offsets.newtask_clone_flags),
         ];

@@ -83,6 +83,11 @@ pub(super) struct VethOffsets {
     /// `net_device`'s `type`: the ingress program notes a UDP datagram's
     /// sender only when it came in on an Ethernet device.
     pub(super) dev_type: u32,
+    /// `sk_buff`'s `cb`, and there `frag_max_size` of the IPv4 and IPv6
+    /// records: nor when it was put together from fragments.
+    pub(super) skb_cb: u32,
+    pub(super) ipcb_frag_max_size: u32,
+    pub(super) ip6cb_frag_max_size: u32,
     /// Whether `veth_priv.peer` came from BTF, not from the assumption.
     pub(super) veth_peer_from_btf: bool,
 }
@@ -117,6 +122,9 @@ impl VethOffsets {
             dev_addr: btf.member_offset("net_device", "dev_addr")?,
             dev_addr_is_pointer: btf.member_is_pointer("net_device", "dev_addr")?.into(),
             dev_type: btf.member_offset("net_device", "type")?,
+            skb_cb: btf.member_offset("sk_buff", "cb")?,
+            ipcb_frag_max_size: btf.member_offset("inet_skb_parm", "frag_max_size")?,
+            ip6cb_frag_max_size: btf.member_offset("inet6_skb_parm", "frag_max_size")?,
             veth_peer_from_btf,
         })
     }
