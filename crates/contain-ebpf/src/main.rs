@@ -959,7 +959,11 @@ fn was_reassembled(skb: *mut __sk_buff, family: u8) -> bool {
     // SAFETY: a read of the context's sk_buff through the helper, which
     // checks the access.
     let size = unsafe {
-        bpf_probe_read_kernel(skb.cast::<u8>().add((cb_at + field_at) as usize).cast::<u16>())
+        bpf_probe_read_kernel(
+            skb.cast::<u8>()
+                .add((cb_at + field_at) as usize)
+                .cast::<u16>(),
+        )
     };
     size != Ok(0)
 }
