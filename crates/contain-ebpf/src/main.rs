@@ -912,23 +912,16 @@ const ARPHRD_ETHER: u16 = 1;
 /// read that fails counts as another kind.
 #[inline(always)]
 fn arrived_over_ethernet(skb: *mut __sk_buff) -> bool {
-    let (dev_at, type_at) = (
-        read_config(&veth::SKB_DEV_OFFSET),
-        read_config(&NETDEV_TYPE_OFFSET),
-    );
-    if dev_at == 0 || type_at == 0 {
+    if read_config(&veth::SKB_DEV_OFFSET) == 0 || read_config(&NETDEV_TYPE_OFFSET) == 0 {
         return false;
     }
-    // SAFETY: reads of kernel memory through the helper, which checks each
-    // access: the context's sk_buff, then its device.
+    // SAFETY: the context is an sk_buff and its `dev` a net_device; the
+    // helper checks each access.
     unsafe {
-        let Ok(dev) = bpf_probe_read_kernel(skb.cast::<u8>().add(dev_at as usize).cast::<u64>())
-        else {
+        let Ok(dev) = kernel_field::<*const u8>(skb.cast(), &veth::SKB_DEV_OFFSET) else {
             return false;
         };
-        dev != 0
-            && bpf_probe_read_kernel((dev + u64::from(type_at)) as *const u16)
-                .is_ok_and(|t| t == ARPHRD_ETHER)
+        !dev.is_null() && kernel_field::<u16>(dev, &NETDEV_TYPE_OFFSET) == Ok(ARPHRD_ETHER)
     }
 }
 
@@ -947,24 +940,18 @@ static IP6CB_FRAG_MAX_SIZE_OFFSET: u32 = 0;
 /// that fails counts as yes.
 #[inline(always)]
 fn was_reassembled(skb: *mut __sk_buff, family: u8) -> bool {
-    let cb_at = read_config(&SKB_CB_OFFSET);
-    let field_at = if family == 4 {
-        read_config(&IPCB_FRAG_MAX_SIZE_OFFSET)
+    let frag_max_size = if family == 4 {
+        &IPCB_FRAG_MAX_SIZE_OFFSET
     } else {
-        read_config(&IP6CB_FRAG_MAX_SIZE_OFFSET)
+        &IP6CB_FRAG_MAX_SIZE_OFFSET
     };
-    if cb_at == 0 || field_at == 0 {
+    let cb_at = read_config(&SKB_CB_OFFSET);
+    if cb_at == 0 || read_config(frag_max_size) == 0 {
         return true;
     }
-    // SAFETY: a read of the context's sk_buff through the helper, which
-    // checks the access.
-    let size = unsafe {
-        bpf_probe_read_kernel(
-            skb.cast::<u8>()
-                .add((cb_at + field_at) as usize)
-                .cast::<u16>(),
-        )
-    };
+    // SAFETY: the IP layer's record is at the context's sk_buff's `cb`;
+    // the helper checks the access.
+    let size = unsafe { kernel_field::<u16>(skb.cast::<u8>().add(cb_at as usize), frag_max_size) };
     size != Ok(0)
 }
 

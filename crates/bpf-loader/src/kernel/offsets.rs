@@ -68,8 +68,8 @@ impl ExecOffsets {
     }
 }
 
-/// Where the veth backstop reads what the kernel knows of a frame, from
-/// the kernel's BTF.
+/// Where the veth backstop, and the ingress program noting UDP peers, read
+/// what the kernel knows of a packet, from the kernel's BTF.
 pub(super) struct VethOffsets {
     /// The bit offset of `sk_buff`'s `ip_summed`.
     pub(super) skb_ip_summed_bit: u32,
